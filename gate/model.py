@@ -1,0 +1,85 @@
+"""The values a decision is made of: an attempt in, a decision out.
+
+All frozen; adapters (AGI, ARI, CLI) build an ``Attempt`` from their payload before any
+logic sees it, and render a ``Decision`` back. Reason codes are stable strings that
+dialplans, dashboards and audits may match on:
+
+- ``allowed``                          every rule passed
+- ``emergency``                        emergency/protected number (manual: ALLOW, campaign: BLOCK)
+- ``short_number``                     other short code (manual: ALLOW)
+- ``invalid_number``                   the dialled string is not a valid number
+- ``number_type:<type>``               e.g. ``number_type:premium`` for campaign traffic
+- ``listed:<list>``                    on a block list
+- ``cap:<rule>``                       frequency cap reached (DEFER with retry_after_s)
+- ``cps:<trunk>``                      trunk calls-per-second cap reached (DEFER)
+- ``store_unavailable``                Redis down or too slow: the configured fail mode
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from datetime import datetime
+
+__all__ = ["Attempt", "Decision", "TrafficClass", "Verdict"]
+
+
+class Verdict(enum.StrEnum):
+    """What Asterisk should do with the call."""
+
+    ALLOW = "ALLOW"
+    BLOCK = "BLOCK"
+    DEFER = "DEFER"
+
+
+class TrafficClass(enum.StrEnum):
+    """Who dials: a dialer/campaign (automated) or an agent by hand (manual)."""
+
+    CAMPAIGN = "campaign"
+    MANUAL = "manual"
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One outbound call about to leave, as the gate sees it.
+
+    ``now`` is timezone-aware; the core never reads the clock itself.
+    """
+
+    dialled: str
+    now: datetime
+    tenant: str = "default"
+    campaign: str = ""
+    trunk: str = ""
+    caller_id: str = ""
+    traffic_class: TrafficClass = TrafficClass.CAMPAIGN
+    channel: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The gate's answer: a verdict, a stable reason code, the rule that decided it.
+
+    ``retry_after_s`` is set for DEFER only: seconds from the attempt's ``now`` until
+    the call may be tried again. ``e164`` is empty when the dialled string was not a
+    valid number (short codes keep their digits).
+    """
+
+    verdict: Verdict
+    reason: str
+    rule: str
+    e164: str = ""
+    retry_after_s: float | None = None
+
+    @property
+    def hangup_cause(self) -> int:
+        """Suggested Q.850 cause for rejecting the channel (0 when it may go).
+
+        21 "call rejected" for BLOCK (SIP 403 on a PJSIP trunk); 34 "no circuit/channel
+        available" for DEFER, which SIP maps to 503 and dialers read as "retry later".
+        """
+        if self.verdict is Verdict.BLOCK:
+            return 21
+        if self.verdict is Verdict.DEFER:
+            return 34
+        return 0

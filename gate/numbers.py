@@ -1,0 +1,245 @@
+"""Dialled strings to canonical numbers: the first step of every decision.
+
+Guarantees:
+- ``classify(dialled, region)`` never raises for bad input; it returns a ``Destination``
+  (a valid E.164 number with its type and time zones) or a ``ShortCode`` (an emergency,
+  protected or other short number, recognised on the dialled string *before* any
+  normalisation, since short codes are not E.164) or a ``BadNumber`` with a one-line why.
+- ``parse_e164(text, region)`` is the strict form for admin input (list entries, CLI):
+  it raises ``NumberError`` with the same message instead.
+
+phonenumbers decides validity, number type and time zones; this module only cleans the
+dialled string (URIs, separators, non-ASCII digits) and holds the table of protected
+numbers that phonenumbers' short-number data does not mark as emergency.
+"""
+
+from __future__ import annotations
+
+import enum
+import unicodedata
+from dataclasses import dataclass
+
+import phonenumbers
+from phonenumbers import shortnumberinfo, timezone
+
+from gate.errors import NumberError
+
+__all__ = [
+    "BadNumber",
+    "Destination",
+    "NumberType",
+    "ShortCode",
+    "classify",
+    "is_protected",
+    "parse_e164",
+]
+
+
+class NumberType(enum.StrEnum):
+    """Stable names of phonenumbers' number types (used in reason codes and config)."""
+
+    FIXED_LINE = "fixed_line"
+    MOBILE = "mobile"
+    FIXED_LINE_OR_MOBILE = "fixed_line_or_mobile"
+    TOLL_FREE = "toll_free"
+    PREMIUM = "premium"
+    SHARED_COST = "shared_cost"
+    VOIP = "voip"
+    PERSONAL = "personal"
+    PAGER = "pager"
+    UAN = "uan"
+    VOICEMAIL = "voicemail"
+    UNKNOWN = "unknown"
+    SHORT = "short"
+
+
+_TYPE_NAMES: dict[int, NumberType] = {
+    phonenumbers.PhoneNumberType.FIXED_LINE: NumberType.FIXED_LINE,
+    phonenumbers.PhoneNumberType.MOBILE: NumberType.MOBILE,
+    phonenumbers.PhoneNumberType.FIXED_LINE_OR_MOBILE: NumberType.FIXED_LINE_OR_MOBILE,
+    phonenumbers.PhoneNumberType.TOLL_FREE: NumberType.TOLL_FREE,
+    phonenumbers.PhoneNumberType.PREMIUM_RATE: NumberType.PREMIUM,
+    phonenumbers.PhoneNumberType.SHARED_COST: NumberType.SHARED_COST,
+    phonenumbers.PhoneNumberType.VOIP: NumberType.VOIP,
+    phonenumbers.PhoneNumberType.PERSONAL_NUMBER: NumberType.PERSONAL,
+    phonenumbers.PhoneNumberType.PAGER: NumberType.PAGER,
+    phonenumbers.PhoneNumberType.UAN: NumberType.UAN,
+    phonenumbers.PhoneNumberType.VOICEMAIL: NumberType.VOICEMAIL,
+}
+
+# Emergency and protected short numbers per region, matched on the dialled digits.
+# phonenumbers knows most emergency codes; these add the protected social/helpline
+# numbers it does not flag. Sources: ARCEP list of emergency numbers (FR: 15 SAMU,
+# 17 police, 18 pompiers, 112, 114 deaf/hard-of-hearing, 115 homeless, 116000 missing
+# children, 116117 on-call doctors, 119 child abuse, 191 air rescue, 196 sea rescue,
+# 197 terror/abduction alert); 47 CFR 64.1200(a)(1) (US: 911, 988 crisis line);
+# UK 999 and 112; EU 112 and the harmonised 116xxx range.
+_PROTECTED: dict[str, frozenset[str]] = {
+    "FR": frozenset(
+        {"15", "17", "18", "112", "114", "115", "116000", "116117", "119", "191", "196", "197"}
+    ),
+    "US": frozenset({"911", "988", "112"}),
+    "CA": frozenset({"911", "988", "112"}),
+    "GB": frozenset({"999", "112", "116000", "116111", "116123"}),
+}
+# The harmonised European 116xxx social numbers are protected in every EU/EEA region.
+_EU_116 = "116"
+_EU_REGIONS = frozenset(
+    [
+        "AT",
+        "BE",
+        "BG",
+        "HR",
+        "CY",
+        "CZ",
+        "DK",
+        "EE",
+        "FI",
+        "FR",
+        "DE",
+        "GR",
+        "HU",
+        "IE",
+        "IT",
+        "LV",
+        "LT",
+        "LU",
+        "MT",
+        "NL",
+        "PL",
+        "PT",
+        "RO",
+        "SK",
+        "SI",
+        "ES",
+        "SE",
+        "IS",
+        "LI",
+        "NO",
+    ]
+)
+# Dialled strings this short or shorter are never national numbers anywhere we serve.
+_MAX_SHORT_DIGITS = 6
+_SEPARATORS = frozenset(" .-()/\t")
+_MAX_DIALLED_CHARS = 64
+
+
+@dataclass(frozen=True, slots=True)
+class Destination:
+    """A valid number in canonical form, with what phonenumbers knows of it."""
+
+    e164: str
+    region: str
+    number_type: NumberType
+    time_zones: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ShortCode:
+    """A short number dialled as such: emergency, protected, or another short code."""
+
+    digits: str
+    emergency: bool
+
+
+@dataclass(frozen=True, slots=True)
+class BadNumber:
+    """A dialled string that is not a usable number, and why (one line)."""
+
+    dialled: str
+    why: str
+
+
+def is_protected(digits: str, region: str) -> bool:
+    """True if ``digits`` is an emergency or protected number when dialled in ``region``."""
+    if digits in _PROTECTED.get(region, frozenset()):
+        return True
+    if region in _EU_REGIONS and digits.startswith(_EU_116) and len(digits) == 6:
+        return True
+    try:
+        return bool(shortnumberinfo.is_emergency_number(digits, region))
+    except Exception:  # phonenumbers raises on regions it has no data for
+        return False
+
+
+def _is_short_code(digits: str, region: str) -> bool:
+    """True if phonenumbers knows ``digits`` as a valid short number in ``region``."""
+    try:
+        parsed = phonenumbers.parse(digits, region)
+        return bool(shortnumberinfo.is_valid_short_number_for_region(parsed, region))
+    except phonenumbers.NumberParseException:
+        return False
+
+
+def _strip_uri(text: str) -> str:
+    """Return the user part of a ``tel:``/``sip:``/``sips:`` URI, or ``text`` unchanged."""
+    text = text.strip().strip("<>").strip()
+    lowered = text.lower()
+    if lowered.startswith("tel:"):
+        return text[4:].split(";", 1)[0]
+    for scheme in ("sip:", "sips:"):
+        if lowered.startswith(scheme):
+            user = text[len(scheme) :].split("@", 1)[0]
+            return user.split(";", 1)[0]
+    return text
+
+
+def _ascii_digits(text: str) -> str:
+    """Map every Unicode decimal digit (Arabic-Indic, full-width, ...) to ASCII."""
+    return "".join(str(unicodedata.decimal(ch)) if ch.isdecimal() else ch for ch in text)
+
+
+def _clean(dialled: str) -> str | BadNumber:
+    """Reduce a dialled string to ``+`` and digits, or say why it cannot be."""
+    if len(dialled) > _MAX_DIALLED_CHARS:
+        return BadNumber(dialled[:_MAX_DIALLED_CHARS] + "…", "longer than 64 characters")
+    text = _ascii_digits(_strip_uri(dialled))
+    out: list[str] = []
+    for index, ch in enumerate(text):
+        if ch.isdigit() or (ch == "+" and not out and "+" not in text[:index]):
+            out.append(ch)
+        elif ch in _SEPARATORS:
+            continue
+        else:
+            return BadNumber(dialled, f"unexpected character {ch!r}")
+    cleaned = "".join(out)
+    if not cleaned.lstrip("+"):
+        return BadNumber(dialled, "no digits")
+    return cleaned
+
+
+def classify(dialled: str, region: str) -> Destination | ShortCode | BadNumber:
+    """Turn any dialled string into a destination, a short code, or a refusal."""
+    cleaned = _clean(dialled)
+    if isinstance(cleaned, BadNumber):
+        return cleaned
+    if not cleaned.startswith("+"):
+        if is_protected(cleaned, region):
+            return ShortCode(cleaned, emergency=True)
+        if len(cleaned) <= _MAX_SHORT_DIGITS and _is_short_code(cleaned, region):
+            return ShortCode(cleaned, emergency=False)
+    try:
+        parsed = phonenumbers.parse(cleaned, region)
+    except phonenumbers.NumberParseException as exc:
+        return BadNumber(dialled, f"not a phone number ({exc._msg})")
+    if not phonenumbers.is_valid_number(parsed):
+        return BadNumber(dialled, f"not a valid number for region {region} or its own country")
+    number_type = _TYPE_NAMES.get(phonenumbers.number_type(parsed), NumberType.UNKNOWN)
+    zones = tuple(z for z in timezone.time_zones_for_number(parsed) if z != "Etc/Unknown")
+    return Destination(
+        e164=phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164),
+        region=phonenumbers.region_code_for_number(parsed) or region,
+        number_type=number_type,
+        time_zones=zones,
+    )
+
+
+def parse_e164(text: str, region: str) -> str:
+    """Strict form for admin input: the E.164 number, or ``NumberError`` saying why."""
+    result = classify(text, region)
+    if isinstance(result, Destination):
+        return result.e164
+    if isinstance(result, ShortCode):
+        kind = "an emergency/protected number" if result.emergency else "a short code"
+        raise NumberError(f"number {text!r}: {kind}, not an E.164 number")
+    raise NumberError(f"number {text!r}: {result.why}; give it as +<country><number>")

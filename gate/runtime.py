@@ -1,0 +1,35 @@
+"""Wiring for a running process: config → Redis (URL or embedded) → Store → Gate.
+
+``open_gate(config)`` is the one place that decides which Redis to talk to: the
+configured URL, else an embedded ``redis-server`` with its data in ``redis.data_dir``
+(reused if already running, stopped on exit only if this process started it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from gate.config import Config
+from gate.embedded import EmbeddedRedis
+from gate.service import Gate
+from gate.store import Store
+
+__all__ = ["open_gate"]
+
+
+@asynccontextmanager
+async def open_gate(config: Config, deadline_s: float | None = None) -> AsyncIterator[Gate]:
+    """A ready ``Gate`` for ``config``; the store is closed (and embedded Redis stopped) after."""
+    embedded: EmbeddedRedis | None = None
+    url = config.redis.url
+    if url is None:
+        embedded = EmbeddedRedis(config.redis.data_dir)
+        url = embedded.start()
+    store = Store(url, config.redis.deadline_s if deadline_s is None else deadline_s)
+    try:
+        yield Gate(config, store)
+    finally:
+        await store.close()
+        if embedded is not None:
+            embedded.stop()

@@ -1,0 +1,173 @@
+"""The Redis store: one atomic Lua call per decision, plus the list admin commands.
+
+Guarantees:
+- ``decide(check)`` is one EVALSHA of ``gate/lua/decide.lua`` (loaded from the package,
+  registered once, re-sent by redis-py on NOSCRIPT) under ``asyncio.timeout(deadline)``;
+  it returns a ``StoreResult`` or raises ``StoreUnavailable`` / ``StoreTimeout``.
+- No redis-py exception leaves this module: each is translated into ``gate.errors``.
+- Admin commands (list add/remove/count/export) use the same connection settings but no
+  decision deadline; list entries are sent in batches of ``BATCH`` members per command.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.resources
+from collections.abc import AsyncIterator, Iterable
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from gate.engine import CPS_WINDOW_MS, StoreCheck, StoreResult
+from gate.errors import StoreError, StoreTimeout, StoreUnavailable
+
+__all__ = ["BATCH", "Store", "load_script"]
+
+BATCH = 1000
+_ADMIN_TIMEOUT_S = 60.0
+
+
+def load_script(name: str) -> str:
+    """The text of a Lua script shipped in ``gate/lua/``."""
+    return (
+        importlib.resources.files("gate").joinpath("lua").joinpath(name).read_text(encoding="utf-8")
+    )
+
+
+def _translate(exc: BaseException, where: str) -> StoreError:
+    """Map a redis-py error to the gate's error tree (one line, says what to check)."""
+    if isinstance(exc, TimeoutError | RedisTimeoutError):
+        return StoreTimeout(f"Redis at {where} did not answer in time")
+    if isinstance(exc, RedisConnectionError | OSError):
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return StoreUnavailable(f"Redis at {where} is unreachable ({detail}); is it running?")
+    return StoreError(f"Redis at {where} answered with an error: {exc}")
+
+
+class Store:
+    """A connection pool to one Redis (or compatible) server, and the decision script."""
+
+    def __init__(self, url: str, deadline_s: float) -> None:
+        self.url = url
+        self.deadline_s = deadline_s
+        # One quick reconnect on a stale pooled connection (Redis restarted); everything
+        # else is bounded by the decision deadline, never by redis-py's retry schedule.
+        self._client: aioredis.Redis = aioredis.Redis.from_url(
+            url,
+            socket_connect_timeout=max(deadline_s, 0.5),
+            socket_timeout=_ADMIN_TIMEOUT_S,
+            retry=Retry(NoBackoff(), 1),
+            decode_responses=False,
+        )
+        self._decide = self._client.register_script(load_script("decide.lua"))
+
+    @property
+    def where(self) -> str:
+        """The server address without credentials, for messages."""
+        return self.url.split("@", 1)[-1]
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+    async def ping(self) -> None:
+        try:
+            async with asyncio.timeout(max(self.deadline_s, 1.0)):
+                await self._client.ping()
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise _translate(exc, self.where) from exc
+
+    async def decide(self, check: StoreCheck) -> StoreResult:
+        """Run one decision's lookups and counters atomically, within the deadline."""
+        keys = [*check.list_keys, *check.cap_keys]
+        if check.cps_limit:
+            keys.append(check.cps_key)
+        args: list[str | int] = [
+            check.now_ms,
+            1 if check.record else 0,
+            check.token,
+            len(check.list_keys),
+            len(check.cap_keys),
+            check.cps_limit,
+            CPS_WINDOW_MS,
+            *check.list_specs,
+        ]
+        for limit, window_ms in zip(check.cap_limits, check.cap_windows_ms, strict=True):
+            args += [limit, window_ms]
+        try:
+            async with asyncio.timeout(self.deadline_s):
+                reply = await self._decide(keys=keys, args=args)
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise _translate(exc, self.where) from exc
+        return _parse_reply(reply)
+
+    async def _admin(self, command: str, *args: Any) -> Any:
+        try:
+            async with asyncio.timeout(_ADMIN_TIMEOUT_S):
+                return await self._client.execute_command(command, *args)  # type: ignore[no-untyped-call]
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise _translate(exc, self.where) from exc
+
+    async def add_members(self, key: str, members: Iterable[str]) -> int:
+        """SADD in batches; returns how many were new."""
+        added = 0
+        for batch in _batches(members):
+            added += int(await self._admin("SADD", key, *batch))
+        return added
+
+    async def remove_members(self, key: str, members: Iterable[str]) -> int:
+        """SREM in batches; returns how many were present."""
+        removed = 0
+        for batch in _batches(members):
+            removed += int(await self._admin("SREM", key, *batch))
+        return removed
+
+    async def count_members(self, key: str) -> int:
+        return int(await self._admin("SCARD", key))
+
+    async def members(self, key: str) -> AsyncIterator[str]:
+        """Every member of a list SET, by SSCAN (constant memory)."""
+        cursor = 0
+        for _ in range(10**9):  # bounded: SSCAN ends when the cursor returns to 0
+            cursor, batch = await self._admin("SSCAN", key, cursor, "COUNT", BATCH)
+            for member in batch:
+                yield member.decode()
+            if int(cursor) == 0:
+                return
+
+    async def flush_namespace(self, pattern: str) -> None:
+        """Delete every key matching ``pattern`` (tests and ``callgate reset``)."""
+        cursor = 0
+        for _ in range(10**9):
+            cursor, keys = await self._admin("SCAN", cursor, "MATCH", pattern, "COUNT", BATCH)
+            if keys:
+                await self._admin("UNLINK", *keys)
+            if int(cursor) == 0:
+                return
+
+
+def _batches(members: Iterable[str]) -> Iterable[list[str]]:
+    batch: list[str] = []
+    for member in members:
+        batch.append(member)
+        if len(batch) >= BATCH:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _parse_reply(reply: Any) -> StoreResult:
+    outcome, index, retry_ms, memberships, counts, cps_count = reply
+    return StoreResult(
+        outcome=int(outcome),
+        index=int(index),
+        retry_after_ms=int(retry_ms),
+        memberships=tuple(bool(int(m)) for m in memberships),
+        counts=tuple(int(c) for c in counts),
+        cps_count=int(cps_count),
+    )
