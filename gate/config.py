@@ -186,6 +186,15 @@ class _Reader:
             raise self.fail(key, f"must be one of {', '.join(allowed)}, got {value!r}")
         return value
 
+    def duration(self, key: str, default: str | None) -> float:
+        value = self.get(key, (int, float, str), default)
+        if value is None:
+            raise self.fail(key, "is required (a duration like 30d, 24h or 1s)")
+        try:
+            return parse_duration_s(value, self._key(key))
+        except ConfigError as exc:
+            raise ConfigError(f"{self.origin}: {exc}") from None
+
     def table(self, key: str) -> _Reader:
         return _Reader(self.get(key, dict, {}), self._key(key), self.origin)
 
@@ -257,9 +266,7 @@ def _caps(root: _Reader) -> tuple[CapRule, ...]:
             CapRule(
                 id=reader.ident("id"),
                 limit=int(limit),
-                window_s=parse_duration_s(
-                    reader.get("window", (int, float, str), None), reader._key("window")
-                ),
+                window_s=reader.duration("window", None),
                 scope=reader.choice("scope", ("global", "tenant", "campaign"), "tenant"),
                 classes=parsed_classes,
                 source=str(reader.get("source", str, "")),
@@ -362,9 +369,7 @@ def parse_config(data: Mapping[str, Any], origin: str, base: Path) -> Config:
         url=url or None,
         data_dir=base / str(redis.get("data_dir", str, "var/redis")),
         namespace=redis.ident("namespace", "callgate"),
-        deadline_s=parse_duration_s(
-            redis.get("deadline", (int, float, str), "50ms"), "redis.deadline"
-        ),
+        deadline_s=redis.duration("deadline", "50ms"),
     )
     redis.done()
 
@@ -375,9 +380,7 @@ def parse_config(data: Mapping[str, Any], origin: str, base: Path) -> Config:
     agi_config = AgiConfig(
         host=str(agi.get("host", str, "127.0.0.1")),
         port=port,
-        header_timeout_s=parse_duration_s(
-            agi.get("header_timeout", (int, float, str), "2s"), "agi.header_timeout"
-        ),
+        header_timeout_s=agi.duration("header_timeout", "2s"),
     )
     agi.done()
 
@@ -385,9 +388,7 @@ def parse_config(data: Mapping[str, Any], origin: str, base: Path) -> Config:
     fail_mode = FailMode(
         campaign=_verdict(fail, "campaign", Verdict.DEFER),
         manual=_verdict(fail, "manual", Verdict.DEFER),
-        retry_after_s=parse_duration_s(
-            fail.get("retry_after", (int, float, str), "60s"), "fail_mode.retry_after"
-        ),
+        retry_after_s=fail.duration("retry_after", "60s"),
     )
     fail.done()
 

@@ -24,7 +24,9 @@
 --   counts           C integers, attempts already inside each cap's window
 --   cps_count        attempts on the trunk inside the last window
 -- Writes only when outcome is 0 and record is "1": appends now_ms to every log, prunes
--- entries that left their window, and sets each log to expire when its window does.
+-- entries that left their window, and sets each log to expire when its window does. A log
+-- is only appended to while it holds fewer than `limit` live entries, so it never holds
+-- more than `limit` (32 bytes for a cap of 4).
 
 local now = tonumber(ARGV[1])
 local record = ARGV[2] == "1"

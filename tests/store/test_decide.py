@@ -1,0 +1,244 @@
+"""The decision script against a REAL Redis: lists, exact rolling caps, CPS, atomicity."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import redis
+
+from gate.lists import ListAdmin
+from gate.model import Attempt, TrafficClass, Verdict
+from gate.service import Gate
+from gate.store import Store
+from tests.conftest import make_config
+
+T0 = datetime(2026, 12, 1, 9, 30, tzinfo=UTC)
+NUMBER = "0612345678"
+
+
+def attempt(dialled: str = NUMBER, at: datetime = T0, **kw: object) -> Attempt:
+    return Attempt(dialled=dialled, now=at, **kw)  # type: ignore[arg-type]
+
+
+def admin(gate: Gate) -> ListAdmin:
+    return ListAdmin(gate.config.policy, gate.keyspace, gate.store)
+
+
+async def test_unlisted_number_is_allowed(gate: Gate) -> None:
+    """No list hit, no cap reached: ALLOW with the E.164 number."""
+    decision = await gate.decide(attempt())
+    assert (Verdict.ALLOW, "allowed", "+33612345678") == (
+        decision.verdict, decision.reason, decision.e164
+    )
+
+
+async def test_listed_number_is_blocked_in_every_spelling(gate: Gate) -> None:
+    """A number on the red list is blocked however it is dialled."""
+    await admin(gate).add("red", ["+33612345678"], "default", "")
+    reasons = {
+        (await gate.decide(attempt(spelling))).reason
+        for spelling in ("06 12 34 56 78", "0033 6 12 34 56 78", "tel:+33612345678")
+    }
+    assert {"listed:red"} == reasons
+
+
+async def test_tenant_lists_are_per_tenant(gate: Gate) -> None:
+    """Tenant acme's red list does not block tenant globex's call."""
+    await admin(gate).add("red", [NUMBER], "acme", "")
+    assert [Verdict.BLOCK, Verdict.ALLOW] == [
+        (await gate.decide(attempt(tenant="acme"))).verdict,
+        (await gate.decide(attempt(tenant="globex"))).verdict,
+    ]
+
+
+async def test_campaign_list_applies_to_its_campaign_only(gate: Gate) -> None:
+    """A campaign-scoped list blocks in that campaign, not in another."""
+    await admin(gate).add("camp", [NUMBER], "default", "spring")
+    assert ["listed:camp", "allowed"] == [
+        (await gate.decide(attempt(campaign="spring"))).reason,
+        (await gate.decide(attempt(campaign="autumn"))).reason,
+    ]
+
+
+async def test_allow_list_exempts_from_the_named_block_list_only(gate: Gate) -> None:
+    """A customer on dnc is allowed (customers exempts dnc); on red it is still blocked."""
+    lists = admin(gate)
+    await lists.add("dnc", [NUMBER], "default", "")
+    await lists.add("customers", [NUMBER], "default", "")
+    first = await gate.decide(attempt())
+    await lists.add("red", [NUMBER], "default", "")
+    second = await gate.decide(attempt())
+    assert ["allowed", "listed:red"] == [first.reason, second.reason]
+
+
+async def test_blocked_attempts_are_not_counted(gate: Gate) -> None:
+    """Attempts refused by a list do not use up the cap once the number is delisted."""
+    lists = admin(gate)
+    await lists.add("red", [NUMBER], "default", "")
+    for _ in range(5):
+        await gate.decide(attempt())
+    await lists.remove("red", [NUMBER], "default", "")
+    verdicts = [(await gate.decide(attempt())).verdict for _ in range(4)]
+    assert [Verdict.ALLOW] * 4 == verdicts
+
+
+async def test_fifth_attempt_in_window_is_deferred_until_the_oldest_leaves(gate: Gate) -> None:
+    """4 per 30 days: the 5th is DEFER, retry_after_s = when the 1st attempt leaves the window."""
+    for day in range(4):
+        assert Verdict.ALLOW == (await gate.decide(attempt(at=T0 + timedelta(days=day)))).verdict
+    fifth = await gate.decide(attempt(at=T0 + timedelta(days=10)))
+    assert (Verdict.DEFER, "cap:fr-4-per-30d") == (fifth.verdict, fifth.reason)
+    assert 20 * 86400.0 == fifth.retry_after_s
+
+
+async def test_rolling_window_is_exact_not_fixed(gate: Gate) -> None:
+    """One ms before the oldest attempt is 30 days old: DEFER; at 30 days: ALLOW."""
+    for _ in range(4):
+        await gate.decide(attempt())
+    window = timedelta(days=30)
+    just_before = await gate.decide(attempt(at=T0 + window - timedelta(milliseconds=1)))
+    at_edge = await gate.decide(attempt(at=T0 + window))
+    assert [Verdict.DEFER, Verdict.ALLOW] == [just_before.verdict, at_edge.verdict]
+    assert 0.001 == just_before.retry_after_s
+
+
+async def test_evaluate_only_does_not_count(gate: Gate) -> None:
+    """Checks without record leave the counter untouched."""
+    for _ in range(10):
+        await gate.decide(attempt(), record=False)
+    verdicts = [(await gate.decide(attempt())).verdict for _ in range(5)]
+    assert [Verdict.ALLOW] * 4 + [Verdict.DEFER] == verdicts
+
+
+async def test_caps_count_per_tenant_across_campaigns(gate: Gate) -> None:
+    """The law counts per professional: campaigns share one tenant's cap."""
+    for campaign in ("a", "b", "c", "d"):
+        await gate.decide(attempt(campaign=campaign))
+    other_campaign = await gate.decide(attempt(campaign="e"))
+    other_tenant = await gate.decide(attempt(campaign="e", tenant="globex"))
+    assert [Verdict.DEFER, Verdict.ALLOW] == [other_campaign.verdict, other_tenant.verdict]
+
+
+async def test_longest_wait_wins_when_several_caps_are_reached(redis_url: str) -> None:
+    """With 2/day and 3/week both reached, retry_after is the weekly one."""
+    config = make_config({"caps": [
+        {"id": "day", "limit": 2, "window": "1d"},
+        {"id": "week", "limit": 3, "window": "7d"},
+    ]})
+    store = Store(redis_url, 1.0)
+    gate = Gate(config, store)
+    try:
+        for at in (T0, T0 + timedelta(days=2), T0 + timedelta(days=2, hours=1)):
+            await gate.decide(attempt(at=at))
+        decision = await gate.decide(attempt(at=T0 + timedelta(days=2, hours=2)))
+    finally:
+        await store.close()
+    assert ("cap:week", 5 * 86400.0 - 7200.0) == (decision.reason, decision.retry_after_s)
+
+
+async def test_trunk_cps_cap(gate: Gate) -> None:
+    """20 CPS on carrier-a: the 21st call in one second is DEFER; the next second is free."""
+    numbers = [f"06000000{i:02d}" for i in range(22)]
+    within = [
+        (await gate.decide(attempt(n, at=T0 + timedelta(milliseconds=i), trunk="carrier-a"))).verdict
+        for i, n in enumerate(numbers[:21])
+    ]
+    deferred = await gate.decide(attempt(numbers[21], at=T0 + timedelta(milliseconds=500),
+                                         trunk="carrier-a"))
+    later = await gate.decide(attempt(numbers[21], at=T0 + timedelta(seconds=1), trunk="carrier-a"))
+    assert [Verdict.ALLOW] * 20 + [Verdict.DEFER] == within
+    assert ("cps:carrier-a", 0.5) == (deferred.reason, deferred.retry_after_s)
+    assert Verdict.ALLOW == later.verdict
+
+
+async def test_two_hundred_concurrent_attempts_allow_exactly_the_cap(gate: Gate) -> None:
+    """200 concurrent recorded attempts on one number with a cap of 4: exactly 4 ALLOW."""
+    now = datetime.now(UTC)
+    decisions = await asyncio.gather(*(gate.decide(attempt(at=now)) for _ in range(200)))
+    verdicts = [d.verdict for d in decisions]
+    assert (4, 196) == (verdicts.count(Verdict.ALLOW), verdicts.count(Verdict.DEFER))
+
+
+async def test_counter_memory_is_bounded_and_expires(gate: Gate, sync_redis: redis.Redis) -> None:
+    """After 50 attempts the log holds at most 4 entries (32 bytes) and expires with its window."""
+    now = datetime.now(UTC)
+    for i in range(50):
+        await gate.decide(attempt(at=now + timedelta(days=i)))
+    (key,) = sync_redis.keys("{callgate}:cap:*")
+    value = sync_redis.get(key)
+    ttl_ms = sync_redis.pttl(key)
+    assert value is not None and len(value) <= 4 * 8
+    assert 0 < ttl_ms <= 30 * 86400 * 1000
+
+
+async def test_every_key_has_a_ttl_and_the_hash_tag(gate: Gate, sync_redis: redis.Redis) -> None:
+    """Counter keys (caps and CPS) all expire and all share the {callgate} tag."""
+    await gate.decide(attempt(at=datetime.now(UTC), trunk="carrier-a"))
+    keys = sync_redis.keys("*")
+    assert 2 == len(keys)
+    assert all(k.startswith(b"{callgate}:") and sync_redis.pttl(k) > 0 for k in keys)
+
+
+async def test_numbers_are_hashed_at_rest(gate: Gate, sync_redis: redis.Redis) -> None:
+    """Neither key names nor list members contain the number."""
+    await admin(gate).add("red", ["+33699999999"], "default", "")
+    await gate.decide(attempt(at=datetime.now(UTC)))
+    dump = b" ".join(sync_redis.keys("*")) + b" ".join(sync_redis.smembers("{callgate}:list:red:t:default"))
+    assert b"699999999" not in dump and b"612345678" not in dump
+
+
+async def test_script_is_reloaded_after_script_flush(gate: Gate, sync_redis: redis.Redis) -> None:
+    """A Redis that lost its script cache (restart, failover) still answers (NOSCRIPT reload)."""
+    await gate.decide(attempt())
+    sync_redis.script_flush()
+    assert Verdict.ALLOW == (await gate.decide(attempt())).verdict
+
+
+async def test_closed_port_applies_the_fail_mode_within_the_deadline(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Redis unreachable: campaign → DEFER store_unavailable, fast, logged once per incident."""
+    store = Store("redis://127.0.0.1:1/0", deadline_s=0.05)
+    gate = Gate(make_config(), store)
+    started = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="callgate"):
+        decisions = [await gate.decide(attempt()) for _ in range(3)]
+    elapsed = time.monotonic() - started
+    await store.close()
+    assert [(Verdict.DEFER, "store_unavailable", 60.0)] * 3 == [
+        (d.verdict, d.reason, d.retry_after_s) for d in decisions
+    ]
+    assert elapsed < 3.0  # no hang; not a performance claim
+    assert 1 == sum("store unavailable" in r.getMessage() for r in caplog.records)
+
+
+async def test_emergency_call_needs_no_store() -> None:
+    """A manual call to 17 is ALLOW even with Redis unreachable."""
+    store = Store("redis://127.0.0.1:1/0", deadline_s=0.05)
+    decision = await Gate(make_config(), store).decide(
+        attempt("17", traffic_class=TrafficClass.MANUAL)
+    )
+    await store.close()
+    assert (Verdict.ALLOW, "emergency") == (decision.verdict, decision.reason)
+
+
+async def test_slow_redis_hits_the_deadline_then_recovers(
+    redis_url: str, sync_redis: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A paused Redis answers later than the deadline: fail mode; once back, normal decisions."""
+    store = Store(redis_url, deadline_s=0.05)
+    gate = Gate(make_config({"fail_mode": {"manual": "BLOCK"}}), store)
+    await gate.decide(attempt())  # warm the connection and the script
+    sync_redis.execute_command("CLIENT", "PAUSE", 400, "ALL")
+    with caplog.at_level(logging.INFO, logger="callgate"):
+        paused = await gate.decide(attempt(traffic_class=TrafficClass.MANUAL))
+        await asyncio.sleep(0.6)
+        recovered = await gate.decide(attempt())
+    await store.close()
+    assert (Verdict.BLOCK, "store_unavailable") == (paused.verdict, paused.reason)
+    assert Verdict.ALLOW == recovered.verdict
+    assert any("recovered" in r.getMessage() for r in caplog.records)

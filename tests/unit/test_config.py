@@ -1,0 +1,98 @@
+"""Configuration: the sample loads; every mistake names its key (gate.config)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gate.config import load_config, parse_config, parse_duration_s
+from gate.errors import ConfigError
+from gate.model import TrafficClass, Verdict
+from gate.numbers import NumberType
+
+SAMPLE = Path(__file__).resolve().parents[2] / "config" / "callgate.toml"
+
+
+def test_sample_config_loads_and_enables_the_french_cap(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """config/callgate.toml is valid: FR region, 4 attempts per 30 days, DEFER fail mode."""
+    monkeypatch.setenv("CALLGATE_SECRET", "x" * 32)
+    config = load_config(SAMPLE)
+    cap = config.policy.caps[0]
+    assert ("FR", 4, 30 * 86400.0) == (config.policy.default_region, cap.limit, cap.window_s)
+    assert Verdict.DEFER == config.fail_mode.verdict_for(TrafficClass.CAMPAIGN)
+    assert NumberType.PREMIUM in config.policy.blocked_types[TrafficClass.CAMPAIGN]
+    assert config.redis.url is None
+
+
+def test_secret_file_is_created_once_and_reused(tmp_path: Path) -> None:
+    """A missing secret_file gets a random secret, private, and the same one next time."""
+    data = {"privacy": {"secret_file": "s/secret"}}
+    first = parse_config(data, "t.toml", tmp_path).secret
+    second = parse_config(data, "t.toml", tmp_path).secret
+    assert first == second
+    assert first is not None and len(first) >= 32
+    assert 0o600 == (tmp_path / "s" / "secret").stat().st_mode & 0o777
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"caps": [{"id": "c", "limit": -1, "window": "1d"}]}, "caps[0].limit"),
+        ({"caps": [{"id": "c", "limit": 4, "window": "soon"}]}, "caps[0].window"),
+        ({"caps": [{"id": "c", "limit": 4}]}, "caps[0].window"),
+        ({"caps": [{"id": "a b", "limit": 4, "window": "1d"}]}, "caps[0].id"),
+        ({"caps": [{"id": "c", "limit": 4, "window": "1d", "classes": ["robot"]}]}, "classes"),
+        ({"lists": [{"name": "red", "kind": "maybe"}]}, "lists[0].kind"),
+        ({"lists": [{"name": "r{x}"}]}, "lists[0].name"),
+        ({"lists": [{"name": "a", "kind": "allow", "exempts": ["nope"]}]}, "lists[0].exempts"),
+        ({"lists": [{"name": "a"}, {"name": "a"}]}, "defined twice"),
+        ({"gate": {"default_region": "France"}}, "gate.default_region"),
+        ({"gate": {"colour": "blue"}}, "gate.colour: unknown key"),
+        ({"redis": {"url": "http://x"}}, "redis.url"),
+        ({"redis": {"deadline": 0}}, "redis.deadline"),
+        ({"agi": {"port": 70000}}, "agi.port"),
+        ({"agi": {"port": "4573"}}, "agi.port: expected an int"),
+        ({"fail_mode": {"campaign": "MAYBE"}}, "fail_mode.campaign"),
+        ({"number_types": {"campaign_blocked": ["lava"]}}, "number_types.campaign_blocked"),
+        ({"trunks": {"cps": {"t1": -5}}}, "trunks.cps.t1"),
+        ({"privacy": {"hash_numbers": True}}, "privacy.secret"),
+        ({"typo": 1}, "typo: unknown key"),
+    ],
+)
+def test_config_errors_name_the_key(data: dict[str, Any], message: str, tmp_path: Path) -> None:
+    """Each invalid value gives a one-line ConfigError naming the key path."""
+    if "privacy" not in data:
+        data = {**data, "privacy": {"secret": "s" * 20}}
+    with pytest.raises(ConfigError) as caught:
+        parse_config(data, "cg.toml", tmp_path)
+    text = str(caught.value)
+    assert message in text
+    assert text.startswith("cg.toml: ")
+    assert "\n" not in text
+
+
+def test_broken_toml_names_the_file(tmp_path: Path) -> None:
+    """A TOML syntax error says which file and where."""
+    path = tmp_path / "bad.toml"
+    path.write_text("[gate\n")
+    with pytest.raises(ConfigError, match=r"bad\.toml: not valid TOML"):
+        load_config(path)
+
+
+def test_missing_file_says_how_to_point_at_one(tmp_path: Path) -> None:
+    """A missing config file tells the user about --config."""
+    with pytest.raises(ConfigError, match="--config"):
+        load_config(tmp_path / "nope.toml")
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [(30, 30.0), ("30d", 2592000.0), ("24h", 86400.0), ("1s", 1.0), ("500ms", 0.5), ("2w", 1209600.0)],
+)
+def test_durations(text: object, seconds: float) -> None:
+    """Durations accept seconds or a number with ms/s/m/h/d/w."""
+    assert seconds == parse_duration_s(text, "x")

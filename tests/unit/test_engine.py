@@ -1,0 +1,176 @@
+"""The pure decision core: static rules, the store check it plans, the decision it concludes."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from gate.engine import Outcome, Plan, StoreResult, conclude, explain, fail_closed, plan
+from gate.keys import Keyspace
+from gate.model import Attempt, Decision, TrafficClass, Verdict
+from tests.conftest import TEST_SECRET, make_config
+
+NOW = datetime(2026, 12, 1, 9, 30, tzinfo=UTC)
+POLICY = make_config().policy
+KEYS = Keyspace("callgate", TEST_SECRET.encode())
+
+
+def attempt(dialled: str, **kw: object) -> Attempt:
+    return Attempt(dialled=dialled, now=NOW, **kw)  # type: ignore[arg-type]
+
+
+def planned(a: Attempt, record: bool = True) -> Plan:
+    result = plan(a, POLICY, KEYS, record)
+    assert isinstance(result, Plan)
+    return result
+
+
+@pytest.mark.parametrize(
+    ("dialled", "traffic_class", "expected"),
+    [
+        ("17", TrafficClass.MANUAL, (Verdict.ALLOW, "emergency")),
+        ("17", TrafficClass.CAMPAIGN, (Verdict.BLOCK, "emergency")),
+        ("112", TrafficClass.CAMPAIGN, (Verdict.BLOCK, "emergency")),
+        ("118712", TrafficClass.CAMPAIGN, (Verdict.BLOCK, "number_type:short")),
+        ("3919", TrafficClass.MANUAL, (Verdict.ALLOW, "short_number")),
+        ("0899123456", TrafficClass.CAMPAIGN, (Verdict.BLOCK, "number_type:premium")),
+        ("0810123456", TrafficClass.CAMPAIGN, (Verdict.BLOCK, "number_type:shared_cost")),
+        ("not a number", TrafficClass.CAMPAIGN, (Verdict.BLOCK, "invalid_number")),
+        ("0612", TrafficClass.MANUAL, (Verdict.BLOCK, "invalid_number")),
+    ],
+)
+def test_static_rules_decide_without_the_store(
+    dialled: str, traffic_class: TrafficClass, expected: tuple[Verdict, str]
+) -> None:
+    """Emergency, short, premium and invalid numbers are decided before any Redis work."""
+    result = plan(attempt(dialled, traffic_class=traffic_class), POLICY, KEYS, True)
+    assert isinstance(result, Decision)
+    assert expected == (result.verdict, result.reason)
+
+
+def test_manual_traffic_may_dial_premium_numbers() -> None:
+    """number_types.manual_blocked is empty by default: an agent may call an 089 number."""
+    assert isinstance(plan(attempt("0899123456", traffic_class=TrafficClass.MANUAL), POLICY, KEYS, True), Plan)
+
+
+def test_plan_lists_every_key_with_one_hash_tag() -> None:
+    """All keys of one decision share the {namespace} hash tag (Redis Cluster: one slot)."""
+    p = planned(attempt("0612345678", tenant="acme", campaign="spring", trunk="carrier-a"))
+    keys = [*p.check.list_keys, *p.check.cap_keys, p.check.cps_key]
+    assert 6 == len(keys)
+    assert all(key.startswith("{callgate}:") for key in keys)
+
+
+def test_plan_scopes_keys_by_tenant_and_campaign() -> None:
+    """Tenant lists and caps are per tenant; campaign lists only apply with a campaign."""
+    with_campaign = planned(attempt("0612345678", tenant="acme", campaign="spring"))
+    without = planned(attempt("0612345678", tenant="acme"))
+    assert "{callgate}:list:red:t:acme" in with_campaign.check.list_keys
+    assert "{callgate}:list:camp:c:acme:spring" in with_campaign.check.list_keys
+    assert [r.name for r in without.lists] == ["red", "dnc", "customers"]
+
+
+def test_plan_encodes_allow_list_exemptions() -> None:
+    """dnc is exempted by customers (3rd list); red by nobody; customers is an allow list."""
+    p = planned(attempt("0612345678"))
+    assert ("b", "b3", "a") == p.check.list_specs
+
+
+def test_numbers_at_rest_are_tokens_not_numbers() -> None:
+    """With a secret, neither keys nor the token contain the number."""
+    p = planned(attempt("0612345678"))
+    assert "33612345678" not in p.check.token
+    assert all("33612345678" not in key for key in p.check.cap_keys)
+    assert 16 == len(p.check.token)
+
+
+def test_plain_storage_is_an_explicit_option() -> None:
+    """Without a secret the token is the E.164 number itself."""
+    p = plan(attempt("0612345678"), POLICY, Keyspace("callgate", None), True)
+    assert isinstance(p, Plan)
+    assert "+33612345678" == p.check.token
+
+
+def test_caps_apply_to_their_traffic_classes_only() -> None:
+    """A cap limited to campaign traffic is not in a manual attempt's plan."""
+    config = make_config({"caps": [{"id": "c", "limit": 1, "window": "1d", "classes": ["campaign"]}]})
+    manual = plan(attempt("0612345678", traffic_class=TrafficClass.MANUAL), config.policy, KEYS, True)
+    assert isinstance(manual, Plan)
+    assert () == manual.check.cap_keys
+
+
+def test_trunk_cps_only_for_capped_trunks() -> None:
+    """A trunk with no configured cap plans no CPS key."""
+    assert (20, 0) == (
+        planned(attempt("0612345678", trunk="carrier-a")).check.cps_limit,
+        planned(attempt("0612345678", trunk="other")).check.cps_limit,
+    )
+
+
+def result(outcome: int, index: int = 0, retry_ms: int = 0) -> StoreResult:
+    return StoreResult(outcome, index, retry_ms, (False, False, False), (0,), 0)
+
+
+@pytest.mark.parametrize(
+    ("store_result", "expected"),
+    [
+        (result(Outcome.PASS), Decision(Verdict.ALLOW, "allowed", "", "+33612345678")),
+        (result(Outcome.LISTED, 1), Decision(Verdict.BLOCK, "listed:red", "list:red", "+33612345678")),
+        (
+            result(Outcome.CAPPED, 1, 86_400_000),
+            Decision(Verdict.DEFER, "cap:fr-4-per-30d", "cap:fr-4-per-30d", "+33612345678", 86400.0),
+        ),
+        (
+            result(Outcome.CPS, 0, 40),
+            Decision(Verdict.DEFER, "cps:carrier-a", "cps:carrier-a", "+33612345678", 0.04),
+        ),
+    ],
+)
+def test_conclude_maps_store_outcomes(store_result: StoreResult, expected: Decision) -> None:
+    """Each Lua outcome becomes its verdict, stable reason code and retry time."""
+    assert expected == conclude(planned(attempt("0612345678", trunk="carrier-a")), store_result)
+
+
+def test_a_due_retry_is_never_zero() -> None:
+    """A DEFER always says to wait at least a millisecond."""
+    assert 0.001 == conclude(planned(attempt("0612345678")), result(Outcome.CAPPED, 1, 0)).retry_after_s
+
+
+@pytest.mark.parametrize(
+    ("traffic_class", "verdict", "retry"),
+    [(TrafficClass.CAMPAIGN, Verdict.DEFER, 60.0), (TrafficClass.MANUAL, Verdict.ALLOW, None)],
+)
+def test_fail_mode_is_per_traffic_class(
+    traffic_class: TrafficClass, verdict: Verdict, retry: float | None
+) -> None:
+    """store_unavailable takes the configured verdict of the attempt's class."""
+    config = make_config({"fail_mode": {"manual": "ALLOW"}})
+    a = attempt("0612345678", traffic_class=traffic_class)
+    decision = fail_closed(a, planned(a), config.fail_mode)
+    assert (verdict, "store_unavailable", retry) == (
+        decision.verdict, decision.reason, decision.retry_after_s
+    )
+
+
+def test_explain_names_each_rule_in_force() -> None:
+    """--explain lists the numbers, type, each list and each cap with its outcome."""
+    p = planned(attempt("0612345678"))
+    rows = explain(p, StoreResult(Outcome.LISTED, 1, 0, (True, False, False), (), 0))
+    assert [
+        ("numbers", "pass"),
+        ("number_types", "pass"),
+        ("list:red", "BLOCK"),
+        ("list:dnc", "not listed"),
+        ("list:customers", "not listed"),
+        ("cap:fr-4-per-30d", "not reached"),
+    ] == [(r.rule, r.outcome) for r in rows]
+
+
+def test_hangup_causes() -> None:
+    """BLOCK suggests Q.850 cause 21 (call rejected), DEFER 34, ALLOW 0."""
+    assert [21, 34, 0] == [
+        Decision(Verdict.BLOCK, "r", "r").hangup_cause,
+        Decision(Verdict.DEFER, "r", "r").hangup_cause,
+        Decision(Verdict.ALLOW, "r", "r").hangup_cause,
+    ]

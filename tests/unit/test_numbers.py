@@ -1,0 +1,100 @@
+"""Dialled strings → E.164, short codes, or a refusal (gate.numbers)."""
+
+from __future__ import annotations
+
+import pytest
+
+from gate.errors import NumberError
+from gate.numbers import BadNumber, Destination, NumberType, ShortCode, classify, parse_e164
+
+SAME_FRENCH_MOBILE = [
+    "0612345678",
+    "06 12 34 56 78",
+    "06.12.34.56.78",
+    "06-12-34-56-78",
+    "(06) 12 34 56 78",
+    "+33612345678",
+    "+33 6 12 34 56 78",
+    "+33 (0)6 12 34 56 78",
+    "0033 6 12 34 56 78",
+    "tel:+33612345678",
+    "tel:+33-6-12-34-56-78;phone-context=x",
+    "sip:0612345678@pbx.example;user=phone",
+    "<sip:+33612345678@10.0.0.1>",
+    "sips:+33612345678@pbx",
+    "٠٦١٢٣٤٥٦٧٨",  # Arabic-Indic digits
+    "０６１２３４５６７８",  # full-width digits
+]
+
+
+@pytest.mark.parametrize("dialled", SAME_FRENCH_MOBILE)
+def test_every_french_spelling_gives_one_e164(dialled: str) -> None:
+    """National, international, URI and non-ASCII spellings all give +33612345678."""
+    result = classify(dialled, "FR")
+    assert isinstance(result, Destination)
+    assert ("+33612345678", NumberType.MOBILE) == (result.e164, result.number_type)
+
+
+def test_destination_carries_region_and_time_zone() -> None:
+    """A Réunion number is judged in Réunion's zone, not Paris's."""
+    result = classify("+262 262 12 34 56", "FR")
+    assert Destination("+262262123456", "RE", NumberType.FIXED_LINE, ("Indian/Reunion",)) == result
+
+
+@pytest.mark.parametrize(
+    ("dialled", "expected"),
+    [
+        ("0899123456", NumberType.PREMIUM),
+        ("0810123456", NumberType.SHARED_COST),
+        ("0800123456", NumberType.TOLL_FREE),
+        ("0970123456", NumberType.VOIP),
+        ("0140000000", NumberType.FIXED_LINE),
+    ],
+)
+def test_number_type_comes_from_phonenumbers(dialled: str, expected: NumberType) -> None:
+    """Premium, shared-cost, toll-free, VoIP and fixed lines are told apart."""
+    result = classify(dialled, "FR")
+    assert isinstance(result, Destination)
+    assert expected == result.number_type
+
+
+@pytest.mark.parametrize("dialled", ["15", "17", "18", "112", "114", "115", "116000", "119", "196"])
+def test_french_emergency_numbers_are_recognised_before_normalisation(dialled: str) -> None:
+    """Every French emergency/protected short number is an emergency ShortCode."""
+    assert ShortCode(dialled, emergency=True) == classify(dialled, "FR")
+
+
+@pytest.mark.parametrize(("dialled", "region"), [("911", "US"), ("988", "US"), ("999", "GB")])
+def test_other_regions_emergency_numbers(dialled: str, region: str) -> None:
+    """US 911/988 and UK 999 are emergency numbers in their regions."""
+    assert ShortCode(dialled, emergency=True) == classify(dialled, region)
+
+
+def test_directory_enquiry_is_a_plain_short_code() -> None:
+    """118 712 (directory enquiries) is a short code, not an emergency number."""
+    assert ShortCode("118712", emergency=False) == classify("118 712", "FR")
+
+
+@pytest.mark.parametrize(
+    "dialled",
+    ["", "   ", "abc", "06 12 34 56 7x", "++33612345678", "0612", "+999123", "1" * 70, "06\n12"],
+)
+def test_bad_input_is_refused_without_an_exception(dialled: str) -> None:
+    """Garbage gives a BadNumber with a reason, never an exception."""
+    result = classify(dialled, "FR")
+    assert isinstance(result, BadNumber)
+    assert result.why
+
+
+def test_parse_e164_raises_a_one_line_number_error() -> None:
+    """The strict admin form says which input and what to do."""
+    with pytest.raises(NumberError) as caught:
+        parse_e164("06 12", "FR")
+    assert "'06 12'" in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_parse_e164_refuses_an_emergency_number() -> None:
+    """An emergency number is not an E.164 entry."""
+    with pytest.raises(NumberError, match="emergency"):
+        parse_e164("17", "FR")
