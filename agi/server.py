@@ -104,7 +104,8 @@ def _safe(value: str) -> str:
 
 
 def _ident(request: AgiRequest, name: str, default: str) -> str:
-    value = request.params.get(name, default)
+    # An empty value means "not given": dialplan subroutines pass ${ARGn} through as is.
+    value = request.params.get(name) or default
     if value and not IDENT_RE.match(value):
         raise BadRequest(f"bad_request:{name}", f"{name}={value!r} is not a valid identifier")
     return value
@@ -113,7 +114,7 @@ def _ident(request: AgiRequest, name: str, default: str) -> str:
 def build_attempt(request: AgiRequest, default_tenant: str, now: datetime) -> Attempt:
     """The attempt a ``check`` request describes."""
     try:
-        traffic_class = TrafficClass(request.params.get("class", TrafficClass.CAMPAIGN.value))
+        traffic_class = TrafficClass(request.params.get("class") or TrafficClass.CAMPAIGN.value)
     except ValueError:
         raise BadRequest("bad_request:class", "class must be campaign or manual") from None
     return Attempt(
@@ -122,7 +123,7 @@ def build_attempt(request: AgiRequest, default_tenant: str, now: datetime) -> At
         tenant=_ident(request, "tenant", default_tenant),
         campaign=_ident(request, "campaign", ""),
         trunk=_ident(request, "trunk", ""),
-        caller_id=request.params.get("caller_id", request.caller_id),
+        caller_id=request.params.get("caller_id") or request.caller_id,
         traffic_class=traffic_class,
         channel=request.channel,
     )

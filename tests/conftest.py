@@ -120,3 +120,18 @@ async def gate(redis_url: str) -> AsyncIterator[Gate]:
     store = Store(redis_url, deadline_s=1.0)
     yield Gate(make_config(), store)
     await store.close()
+
+
+_skipped: list[str] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.skipped:
+        _skipped.append(report.nodeid)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """In CI nothing may be skipped (a missing Redis or Asterisk must fail the run)."""
+    if os.environ.get("CI") and _skipped and exitstatus == 0:
+        session.exitstatus = 1
+        print(f"\nCI: {len(_skipped)} skipped test(s) count as failures: {_skipped[:5]}")

@@ -1,0 +1,43 @@
+# callgate developer entry points. `make run` and `make test` are the two commands the
+# README promises; .ci/run calls `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint unit sandbox bench clean
+
+$(STAMP): setup.cfg pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "callgate needs Python 3.11 or newer (set PYTHON=python3.11)")'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+## run: install into .venv and serve FastAGI with the sample config and an embedded Redis
+run: $(STAMP)
+	$(BIN)/callgate --config config/callgate.toml run
+
+## test: install, lint, type-check and run the whole suite (end-to-end included)
+test: $(STAMP) sandbox
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+	$(BIN)/pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+unit: $(STAMP)
+	$(BIN)/pytest -m 'not e2e'
+
+## sandbox: build or reuse the Debian-sid chroot with a real Asterisk (needs root)
+sandbox:
+	scripts/asterisk-sandbox
+
+bench: $(STAMP)
+	$(BIN)/python bench/decide.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
