@@ -23,17 +23,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from urllib.parse import unquote
 
 from agi._wire import AgiChannel, AgiHangup
-from gate.config import IDENT_RE
 from gate.errors import GateError, InputError
 from gate.lists import ListAdmin
-from gate.model import Attempt, Decision, TrafficClass
+from gate.model import Attempt
+from gate.params import (
+    BadRequest,
+    attempt_from_params,
+    decision_fields,
+    ident_param,
+    parse_pairs,
+    safe_value,
+)
 from gate.service import Gate
 
 __all__ = ["AgiRequest", "AgiServer", "parse_request"]
@@ -44,8 +49,6 @@ MAX_LINE_BYTES = 4096
 MAX_HEADER_LINES = 128
 COMMAND_TIMEOUT_S = 5.0
 STOP_GRACE_S = 10.0
-_PARAMS = frozenset({"number", "tenant", "campaign", "trunk", "class", "caller_id", "list"})
-_SAFE = re.compile(r"[^A-Za-z0-9_.:+\-]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,14 +62,6 @@ class AgiRequest:
     channel: str = ""
 
 
-class BadRequest(InputError):
-    """The request names an unknown route or parameter, or a malformed value."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-
 def parse_request(headers: Mapping[str, str]) -> AgiRequest:
     """Build an ``AgiRequest`` from the ``agi_*`` headers, or raise ``BadRequest``."""
     script = headers.get("agi_network_script", "")
@@ -77,17 +72,7 @@ def parse_request(headers: Mapping[str, str]) -> AgiRequest:
         if headers[f"agi_arg_{index}"]:
             pairs.append(headers[f"agi_arg_{index}"])
         index += 1
-    params: dict[str, str] = {}
-    for pair in pairs:
-        name, sep, value = pair.partition("=")
-        # unquote, not unquote_plus: "+33…" must keep its plus sign.
-        name, value = unquote(name).strip(), unquote(value).strip()
-        if not sep or name not in _PARAMS:
-            raise BadRequest(
-                f"bad_request:{_safe(name) or 'parameter'}",
-                f"unknown or malformed parameter {pair!r}",
-            )
-        params[name] = value
+    params = parse_pairs(pairs)
     caller_id = headers.get("agi_callerid", "")
     return AgiRequest(
         route=route.strip("/"),
@@ -98,49 +83,16 @@ def parse_request(headers: Mapping[str, str]) -> AgiRequest:
     )
 
 
-def _safe(value: str) -> str:
-    """A value safe inside ``SET VARIABLE … "…"``: no quote, backslash, space or newline."""
-    return _SAFE.sub("_", value)[:80]
-
-
-def _ident(request: AgiRequest, name: str, default: str) -> str:
-    # An empty value means "not given": dialplan subroutines pass ${ARGn} through as is.
-    value = request.params.get(name) or default
-    if value and not IDENT_RE.match(value):
-        raise BadRequest(f"bad_request:{name}", f"{name}={value!r} is not a valid identifier")
-    return value
-
-
 def build_attempt(request: AgiRequest, default_tenant: str, now: datetime) -> Attempt:
-    """The attempt a ``check`` request describes."""
-    try:
-        traffic_class = TrafficClass(request.params.get("class") or TrafficClass.CAMPAIGN.value)
-    except ValueError:
-        raise BadRequest("bad_request:class", "class must be campaign or manual") from None
-    return Attempt(
-        dialled=request.params.get("number") or request.extension,
-        now=now,
-        tenant=_ident(request, "tenant", default_tenant),
-        campaign=_ident(request, "campaign", ""),
-        trunk=_ident(request, "trunk", ""),
-        caller_id=request.params.get("caller_id") or request.caller_id,
-        traffic_class=traffic_class,
+    """The attempt a ``check`` request describes (number: the extension unless given)."""
+    return attempt_from_params(
+        request.params,
+        number=request.extension,
+        caller_id=request.caller_id,
         channel=request.channel,
+        default_tenant=default_tenant,
+        now=now,
     )
-
-
-def decision_variables(decision: Decision) -> list[tuple[str, str]]:
-    """The channel variables that carry a decision to the dialplan."""
-    retry = "" if decision.retry_after_s is None else f"{decision.retry_after_s:g}"
-    return [
-        ("CALLGATE_REASON", decision.reason),
-        ("CALLGATE_RULE", decision.rule),
-        ("CALLGATE_RETRY_AFTER", retry),
-        ("CALLGATE_E164", decision.e164),
-        ("CALLGATE_CAUSE", str(decision.hangup_cause)),
-        # Last, so a dialplan that sees a result also sees everything else.
-        ("CALLGATE_RESULT", decision.verdict.value),
-    ]
 
 
 class AgiServer:
@@ -225,7 +177,7 @@ class AgiServer:
         try:
             variables = await self._answer(headers)
             for name, value in variables:
-                await channel.set_variable(name, _safe(value))
+                await channel.set_variable(name, safe_value(value))
         except (AgiHangup, TimeoutError, ConnectionError) as exc:
             log.info(
                 "FastAGI: channel %s went away during the dialogue (%s)",
@@ -239,7 +191,7 @@ class AgiServer:
             request = parse_request(headers)
             if request.route == "check":
                 attempt = build_attempt(request, self.gate.config.default_tenant, datetime.now(UTC))
-                return decision_variables(await self.gate.decide(attempt))
+                return decision_fields(await self.gate.decide(attempt))
             if request.route == "optout":
                 return await self._optout(request)
             raise BadRequest("bad_request:route", f"unknown route {request.route!r}")
@@ -249,13 +201,15 @@ class AgiServer:
 
     async def _optout(self, request: AgiRequest) -> list[tuple[str, str]]:
         number = request.params.get("number") or request.extension
-        tenant = _ident(request, "tenant", self.gate.config.default_tenant)
-        list_name = _ident(request, "list", "red")
+        tenant = ident_param(request.params, "tenant", self.gate.config.default_tenant)
+        list_name = ident_param(request.params, "list", "red")
         try:
             rule = self.lists.rule(list_name)
             if rule.kind != "block":
                 raise InputError(f"list {list_name!r} is not a block list")
-            await self.lists.add(list_name, [number], tenant, _ident(request, "campaign", ""))
+            await self.lists.add(
+                list_name, [number], tenant, ident_param(request.params, "campaign", "")
+            )
         except GateError as exc:
             log.warning("FastAGI optout refused: %s", exc)
             return [

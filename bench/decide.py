@@ -28,11 +28,11 @@ import redis.asyncio as aioredis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gate.config import parse_config  # noqa: E402 (path set up above)
-from gate.embedded import find_redis_server  # noqa: E402
-from gate.model import Attempt  # noqa: E402
-from gate.service import Gate  # noqa: E402
-from gate.store import Store  # noqa: E402
+from gate.config import parse_config
+from gate.embedded import find_redis_server
+from gate.model import Attempt
+from gate.service import Gate
+from gate.store import Store
 
 CONFIG = {
     "privacy": {"secret": "bench-secret-0123456789"},
@@ -100,7 +100,7 @@ async def run(url: str, n: int, concurrency: int) -> None:
         lat, _secs = await timed(n // rounds, concurrency, ping)
         floor += lat
         offset = r * (n // rounds)
-        lat, secs = await timed(n // rounds, concurrency, lambda i: decide(offset + i))
+        lat, secs = await timed(n // rounds, concurrency, lambda i, o=offset: decide(o + i))
         path += lat
         path_seconds += secs
     await store.close()
@@ -128,8 +128,19 @@ def main() -> None:
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="cg-bench-") as tmp:
         server = subprocess.Popen(
-            [find_redis_server(), "--port", str(port), "--bind", "127.0.0.1",
-             "--save", "", "--appendonly", "no", "--dir", tmp],
+            [
+                find_redis_server(),
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                tmp,
+            ],
             stdout=subprocess.DEVNULL,
         )
         try:

@@ -56,8 +56,19 @@ def redis_server_url() -> Iterator[str]:
     with tempfile.TemporaryDirectory(prefix="cg-redis-") as tmp:
         sock = Path(tmp) / "redis.sock"
         process = subprocess.Popen(
-            [find_redis_server(), "--port", "0", "--unixsocket", str(sock),
-             "--save", "", "--appendonly", "no", "--dir", tmp],
+            [
+                find_redis_server(),
+                "--port",
+                "0",
+                "--unixsocket",
+                str(sock),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                tmp,
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

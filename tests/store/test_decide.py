@@ -32,7 +32,9 @@ async def test_unlisted_number_is_allowed(gate: Gate) -> None:
     """No list hit, no cap reached: ALLOW with the E.164 number."""
     decision = await gate.decide(attempt())
     assert (Verdict.ALLOW, "allowed", "+33612345678") == (
-        decision.verdict, decision.reason, decision.e164
+        decision.verdict,
+        decision.reason,
+        decision.e164,
     )
 
 
@@ -125,10 +127,14 @@ async def test_caps_count_per_tenant_across_campaigns(gate: Gate) -> None:
 
 async def test_longest_wait_wins_when_several_caps_are_reached(redis_url: str) -> None:
     """With 2/day and 3/week both reached, retry_after is the weekly one."""
-    config = make_config({"caps": [
-        {"id": "day", "limit": 2, "window": "1d"},
-        {"id": "week", "limit": 3, "window": "7d"},
-    ]})
+    config = make_config(
+        {
+            "caps": [
+                {"id": "day", "limit": 2, "window": "1d"},
+                {"id": "week", "limit": 3, "window": "7d"},
+            ]
+        }
+    )
     store = Store(redis_url, 1.0)
     gate = Gate(config, store)
     try:
@@ -144,11 +150,14 @@ async def test_trunk_cps_cap(gate: Gate) -> None:
     """20 CPS on carrier-a: the 21st call in one second is DEFER; the next second is free."""
     numbers = [f"06000000{i:02d}" for i in range(22)]
     within = [
-        (await gate.decide(attempt(n, at=T0 + timedelta(milliseconds=i), trunk="carrier-a"))).verdict
+        (
+            await gate.decide(attempt(n, at=T0 + timedelta(milliseconds=i), trunk="carrier-a"))
+        ).verdict
         for i, n in enumerate(numbers[:21])
     ]
-    deferred = await gate.decide(attempt(numbers[21], at=T0 + timedelta(milliseconds=500),
-                                         trunk="carrier-a"))
+    deferred = await gate.decide(
+        attempt(numbers[21], at=T0 + timedelta(milliseconds=500), trunk="carrier-a")
+    )
     later = await gate.decide(attempt(numbers[21], at=T0 + timedelta(seconds=1), trunk="carrier-a"))
     assert [Verdict.ALLOW] * 20 + [Verdict.DEFER] == within
     assert ("cps:carrier-a", 0.5) == (deferred.reason, deferred.retry_after_s)
@@ -171,7 +180,8 @@ async def test_counter_memory_is_bounded_and_expires(gate: Gate, sync_redis: red
     (key,) = sync_redis.keys("{callgate}:cap:*")
     value = sync_redis.get(key)
     ttl_ms = sync_redis.pttl(key)
-    assert value is not None and len(value) <= 4 * 8
+    assert value is not None
+    assert len(value) <= 4 * 8
     assert 0 < ttl_ms <= 30 * 86400 * 1000
 
 
@@ -187,8 +197,11 @@ async def test_numbers_are_hashed_at_rest(gate: Gate, sync_redis: redis.Redis) -
     """Neither key names nor list members contain the number."""
     await admin(gate).add("red", ["+33699999999"], "default", "")
     await gate.decide(attempt(at=datetime.now(UTC)))
-    dump = b" ".join(sync_redis.keys("*")) + b" ".join(sync_redis.smembers("{callgate}:list:red:t:default"))
-    assert b"699999999" not in dump and b"612345678" not in dump
+    dump = b" ".join(sync_redis.keys("*")) + b" ".join(
+        sync_redis.smembers("{callgate}:list:red:t:default")
+    )
+    assert b"699999999" not in dump
+    assert b"612345678" not in dump
 
 
 async def test_script_is_reloaded_after_script_flush(gate: Gate, sync_redis: redis.Redis) -> None:

@@ -34,7 +34,8 @@ def test_secret_file_is_created_once_and_reused(tmp_path: Path) -> None:
     first = parse_config(data, "t.toml", tmp_path).secret
     second = parse_config(data, "t.toml", tmp_path).secret
     assert first == second
-    assert first is not None and len(first) >= 32
+    assert first is not None
+    assert len(first) >= 32
     assert 0o600 == (tmp_path / "s" / "secret").stat().st_mode & 0o777
 
 
@@ -91,7 +92,14 @@ def test_missing_file_says_how_to_point_at_one(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("text", "seconds"),
-    [(30, 30.0), ("30d", 2592000.0), ("24h", 86400.0), ("1s", 1.0), ("500ms", 0.5), ("2w", 1209600.0)],
+    [
+        (30, 30.0),
+        ("30d", 2592000.0),
+        ("24h", 86400.0),
+        ("1s", 1.0),
+        ("500ms", 0.5),
+        ("2w", 1209600.0),
+    ],
 )
 def test_durations(text: object, seconds: float) -> None:
     """Durations accept seconds or a number with ms/s/m/h/d/w."""

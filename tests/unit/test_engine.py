@@ -51,7 +51,9 @@ def test_static_rules_decide_without_the_store(
 
 def test_manual_traffic_may_dial_premium_numbers() -> None:
     """number_types.manual_blocked is empty by default: an agent may call an 089 number."""
-    assert isinstance(plan(attempt("0899123456", traffic_class=TrafficClass.MANUAL), POLICY, KEYS, True), Plan)
+    assert isinstance(
+        plan(attempt("0899123456", traffic_class=TrafficClass.MANUAL), POLICY, KEYS, True), Plan
+    )
 
 
 def test_plan_lists_every_key_with_one_hash_tag() -> None:
@@ -94,8 +96,12 @@ def test_plain_storage_is_an_explicit_option() -> None:
 
 def test_caps_apply_to_their_traffic_classes_only() -> None:
     """A cap limited to campaign traffic is not in a manual attempt's plan."""
-    config = make_config({"caps": [{"id": "c", "limit": 1, "window": "1d", "classes": ["campaign"]}]})
-    manual = plan(attempt("0612345678", traffic_class=TrafficClass.MANUAL), config.policy, KEYS, True)
+    config = make_config(
+        {"caps": [{"id": "c", "limit": 1, "window": "1d", "classes": ["campaign"]}]}
+    )
+    manual = plan(
+        attempt("0612345678", traffic_class=TrafficClass.MANUAL), config.policy, KEYS, True
+    )
     assert isinstance(manual, Plan)
     assert () == manual.check.cap_keys
 
@@ -116,10 +122,15 @@ def result(outcome: int, index: int = 0, retry_ms: int = 0) -> StoreResult:
     ("store_result", "expected"),
     [
         (result(Outcome.PASS), Decision(Verdict.ALLOW, "allowed", "", "+33612345678")),
-        (result(Outcome.LISTED, 1), Decision(Verdict.BLOCK, "listed:red", "list:red", "+33612345678")),
+        (
+            result(Outcome.LISTED, 1),
+            Decision(Verdict.BLOCK, "listed:red", "list:red", "+33612345678"),
+        ),
         (
             result(Outcome.CAPPED, 1, 86_400_000),
-            Decision(Verdict.DEFER, "cap:fr-4-per-30d", "cap:fr-4-per-30d", "+33612345678", 86400.0),
+            Decision(
+                Verdict.DEFER, "cap:fr-4-per-30d", "cap:fr-4-per-30d", "+33612345678", 86400.0
+            ),
         ),
         (
             result(Outcome.CPS, 0, 40),
@@ -134,7 +145,10 @@ def test_conclude_maps_store_outcomes(store_result: StoreResult, expected: Decis
 
 def test_a_due_retry_is_never_zero() -> None:
     """A DEFER always says to wait at least a millisecond."""
-    assert 0.001 == conclude(planned(attempt("0612345678")), result(Outcome.CAPPED, 1, 0)).retry_after_s
+    assert (
+        0.001
+        == conclude(planned(attempt("0612345678")), result(Outcome.CAPPED, 1, 0)).retry_after_s
+    )
 
 
 @pytest.mark.parametrize(
@@ -149,7 +163,9 @@ def test_fail_mode_is_per_traffic_class(
     a = attempt("0612345678", traffic_class=traffic_class)
     decision = fail_closed(a, planned(a), config.fail_mode)
     assert (verdict, "store_unavailable", retry) == (
-        decision.verdict, decision.reason, decision.retry_after_s
+        decision.verdict,
+        decision.reason,
+        decision.retry_after_s,
     )
 
 

@@ -23,7 +23,7 @@ SAME_FRENCH_MOBILE = [
     "<sip:+33612345678@10.0.0.1>",
     "sips:+33612345678@pbx",
     "٠٦١٢٣٤٥٦٧٨",  # Arabic-Indic digits
-    "０６１２３４５６７８",  # full-width digits
+    "\uff10\uff16\uff11\uff12\uff13\uff14\uff15\uff16\uff17\uff18",  # full-width digits
 ]
 
 

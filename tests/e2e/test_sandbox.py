@@ -1,0 +1,412 @@
+"""Smoke tests of the real-Asterisk sandbox: dialplan, FastAGI, Stasis, restart, SIPp."""
+
+# House style for tests is `assert expected == actual`.
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from sandbox import AsteriskSandbox, free_port
+
+pytestmark = pytest.mark.e2e
+
+SandboxFactory = Callable[..., AsteriskSandbox]
+
+NUMBER = "0612345678"
+
+ANSWERER = """
+[answerer]
+exten => s,1,Answer()
+ same => n,Wait(10)
+ same => n,Hangup()
+"""
+
+
+async def poll_var(
+    sandbox: AsteriskSandbox, channel_id: str, name: str, expected: str, within: float = 10.0
+) -> str | None:
+    """Read a channel variable until it equals ``expected`` or time is up; return it."""
+    value: str | None = None
+    deadline = time.monotonic() + within
+    for _ in range(int(within / 0.05) + 1):
+        value = await sandbox.get_channel_var(channel_id, name)
+        if value == expected or time.monotonic() >= deadline:
+            break
+        await asyncio.sleep(0.05)
+    return value
+
+
+async def hang_up_all(sandbox: AsteriskSandbox) -> None:
+    for channel in await sandbox.list_channels():
+        await sandbox.hangup(str(channel["id"]))
+
+
+async def test_dialplan_variable_is_visible_over_ari_and_in_the_log(
+    asterisk_factory: SandboxFactory,
+) -> None:
+    """A variable set by an #included gated context is readable over ARI and in the log."""
+    gated = """
+[gated]
+exten => _X.,1,Set(GATE_SEEN=yes)
+ same => n,Log(NOTICE,CALLGATE-E2E gated number=${EXTEN} seen=${GATE_SEEN})
+ same => n,Goto(answerer,s,1)
+"""
+    sandbox = asterisk_factory(
+        "#include callgate.conf\n" + ANSWERER, extra_files={"callgate.conf": gated}
+    )
+    channel_id = await sandbox.originate_local(NUMBER, "gated")
+    try:
+        assert "yes" == await poll_var(sandbox, channel_id, "GATE_SEEN", "yes")
+        assert None is await sandbox.get_channel_var(channel_id, "NEVER_SET")
+        found = await sandbox.wait_for_log(r"CALLGATE-E2E gated number=(\d+) seen=(\w+)")
+        assert (NUMBER, "yes") == found.groups()
+        ids = {str(channel["id"]) for channel in await sandbox.list_channels()}
+        assert channel_id in ids
+    finally:
+        await hang_up_all(sandbox)
+
+
+async def test_fastagi_sets_a_variable_the_dialplan_reads(
+    asterisk_factory: SandboxFactory,
+) -> None:
+    """A raw FastAGI server's SET VARIABLE reaches the dialplan; a dead one gives FAILURE."""
+    requests: list[dict[str, str]] = []
+    replies: list[str] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        headers: dict[str, str] = {}
+        try:
+            for _ in range(200):
+                line = await asyncio.wait_for(reader.readline(), 5.0)
+                if not line.strip():
+                    break
+                key, _, value = line.decode().rstrip("\r\n").partition(": ")
+                headers[key] = value
+            requests.append(headers)
+            writer.write(b'SET VARIABLE CALLGATE_RESULT "ALLOW"\n')
+            await writer.drain()
+            replies.append((await asyncio.wait_for(reader.readline(), 5.0)).decode().strip())
+        finally:
+            writer.close()
+            await writer.wait_closed()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    agi_port = int(server.sockets[0].getsockname()[1])
+    dead_port = free_port()
+    dialplan = (
+        """
+[gated]
+exten => _X.,1,AGI(agi://127.0.0.1:@AGI_PORT@/check?campaign=x&tenant=y,extra)
+ same => n,Set(SEEN_RESULT=${CALLGATE_RESULT})
+ same => n,Set(SEEN_STATUS=${AGISTATUS})
+ same => n,Goto(answerer,s,1)
+
+[gated-dead]
+exten => _X.,1,AGI(agi://127.0.0.1:@DEAD_PORT@/check)
+ same => n,Set(SEEN_STATUS=${AGISTATUS})
+ same => n,Goto(answerer,s,1)
+""".replace("@AGI_PORT@", str(agi_port)).replace("@DEAD_PORT@", str(dead_port))
+        + ANSWERER
+    )
+    try:
+        sandbox = asterisk_factory(dialplan)
+        channel_id = await sandbox.originate_local(NUMBER, "gated")
+        dead_id = await sandbox.originate_local(NUMBER, "gated-dead")
+        try:
+            assert "SUCCESS" == await poll_var(sandbox, channel_id, "SEEN_STATUS", "SUCCESS")
+            assert "ALLOW" == await sandbox.get_channel_var(channel_id, "SEEN_RESULT")
+            assert "FAILURE" == await poll_var(sandbox, dead_id, "SEEN_STATUS", "FAILURE")
+        finally:
+            await hang_up_all(sandbox)
+    finally:
+        server.close()
+        await server.wait_closed()
+
+    assert 1 == len(requests)
+    headers = requests[0]
+    print("FastAGI request headers:", json.dumps(headers, indent=1, sort_keys=True))
+    print("FastAGI reply:", replies)
+    assert "check?campaign=x&tenant=y" == headers["agi_network_script"]
+    assert f"agi://127.0.0.1:{agi_port}/check?campaign=x&tenant=y" == headers["agi_request"]
+    assert NUMBER == headers["agi_extension"]
+    assert "gated" == headers["agi_context"]
+    assert "extra" == headers["agi_arg_1"]
+    assert ["200 result=1"] == replies
+
+
+async def _next_event(ws: aiohttp.ClientWebSocketResponse, kind: str) -> dict[str, Any]:
+    """The next ARI event of type ``kind`` (other events are skipped; bounded)."""
+    deadline = time.monotonic() + 10.0
+    for _ in range(100):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        message = await ws.receive(timeout=remaining)
+        if message.type != aiohttp.WSMsgType.TEXT:
+            raise AssertionError(f"websocket closed or failed while waiting for {kind}: {message}")
+        event: dict[str, Any] = json.loads(message.data)
+        if event.get("type") == kind:
+            return event
+    raise AssertionError(f"no {kind} event within 10 s")
+
+
+async def test_stasis_app_sets_variable_and_continues(asterisk_factory: SandboxFactory) -> None:
+    """A Stasis app sees the number in args, sets a variable, continues; no app gives FAILED."""
+    dialplan = (
+        """
+[gated]
+exten => _X.,1,Stasis(testapp,${EXTEN},campaign=x)
+ same => n,Set(AFTER_STATUS=${STASISSTATUS})
+ same => n,Set(AFTER_RESULT=${CALLGATE_RESULT})
+ same => n,Log(NOTICE,CALLGATE-E2E stasis status=${STASISSTATUS} result=${CALLGATE_RESULT})
+ same => n,Goto(answerer,s,1)
+"""
+        + ANSWERER
+    )
+    sandbox = asterisk_factory(dialplan)
+    events_url = sandbox.ari_url.replace("http://", "ws://", 1) + "/events"
+    timeout = aiohttp.ClientTimeout(total=30)
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=timeout) as session,
+            session.ws_connect(
+                events_url,
+                params={"app": "testapp", "subscribeAll": "false"},
+                headers=sandbox.auth_headers,
+            ) as ws,
+        ):
+            channel_id = await sandbox.originate_local(NUMBER, "gated")
+            start = await _next_event(ws, "StasisStart")
+            print("StasisStart args:", start["args"])
+            assert [NUMBER, "campaign=x"] == start["args"]
+            assert channel_id == start["channel"]["id"]
+            await sandbox.set_channel_var(channel_id, "CALLGATE_RESULT", "ALLOW")
+            await sandbox.continue_in_dialplan(channel_id)
+            end = await _next_event(ws, "StasisEnd")
+            assert channel_id == end["channel"]["id"]
+        assert "ALLOW" == await poll_var(sandbox, channel_id, "AFTER_RESULT", "ALLOW")
+        assert "SUCCESS" == await sandbox.get_channel_var(channel_id, "AFTER_STATUS")
+        found = await sandbox.wait_for_log(r"CALLGATE-E2E stasis status=(\w+) result=(\w*)")
+        assert ("SUCCESS", "ALLOW") == found.groups()
+
+        # The websocket is closed now: the app is gone and Stasis() returns at once.
+        for _ in range(100):
+            apps = await sandbox.ari("GET", "/applications")
+            if "testapp" not in {app["name"] for app in apps}:
+                break
+            await asyncio.sleep(0.05)
+        orphan_id = await sandbox.originate_local(NUMBER, "gated")
+        assert "FAILED" == await poll_var(sandbox, orphan_id, "AFTER_STATUS", "FAILED")
+        assert "" == await sandbox.get_channel_var(orphan_id, "AFTER_RESULT")
+    finally:
+        await hang_up_all(sandbox)
+
+
+async def test_restart_keeps_config_and_ports(asterisk_factory: SandboxFactory) -> None:
+    """After restart() Asterisk runs again with a new PID on the same ports and config."""
+    sandbox = asterisk_factory(ANSWERER)
+    before = (sandbox.pid, sandbox.http_port, sandbox.sip_port, sandbox.config_dir)
+    info = await sandbox.ari("GET", "/asterisk/info")
+    assert "system" in info
+    sandbox.restart()
+    after = (sandbox.pid, sandbox.http_port, sandbox.sip_port, sandbox.config_dir)
+    assert before[1:] == after[1:]
+    assert before[0] != after[0]
+    assert "system" in await sandbox.ari("GET", "/asterisk/info")
+    assert "Asterisk" in sandbox.cli("core show version")
+
+
+def test_stop_cleans_up_and_listens_only_on_loopback(asterisk_root: Path) -> None:
+    """Asterisk's TCP and SIP sockets are on 127.0.0.1; stop() removes dir and process."""
+    sandbox = AsteriskSandbox(ANSWERER, root=asterisk_root)
+    with sandbox:
+        pid = sandbox.pid
+        config_dir = sandbox.config_dir
+        sockets = subprocess.run(
+            ["ss", "-H", "-lntup"], capture_output=True, text=True, check=True, timeout=10
+        ).stdout
+        mine = [line.split() for line in sockets.splitlines() if f"pid={pid}," in line]
+        tcp = sorted(fields[4] for fields in mine if fields[0] == "tcp")
+        udp = [fields[4] for fields in mine if fields[0] == "udp"]
+        assert [f"127.0.0.1:{sandbox.http_port}"] == tcp
+        assert f"127.0.0.1:{sandbox.sip_port}" in udp
+        # pjproject's DNS client sockets (IPv4 + IPv6, ephemeral, talking to the chroot's
+        # resolv.conf, i.e. 127.0.0.1) are the only ones not bound to loopback.
+        others = [addr for addr in udp if not addr.startswith("127.0.0.1:")]
+        assert len(others) <= 2, udp
+        assert "nameserver 127.0.0.1\n" in (asterisk_root / "etc" / "resolv.conf").read_text()
+    assert not config_dir.exists()
+    assert not sandbox.running
+    assert pid is not None
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+
+
+SIPP_SCENARIO = """<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="callgate e2e uac">
+  <send retrans="500">
+    <![CDATA[
+      INVITE sip:[field0]@[remote_ip]:[remote_port] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      From: sipp <sip:sipp@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+      To: <sip:[field0]@[remote_ip]:[remote_port]>
+      Call-ID: [call_id]
+      CSeq: 1 INVITE
+      Contact: sip:sipp@[local_ip]:[local_port]
+      Max-Forwards: 70
+      Content-Type: application/sdp
+      Content-Length: [len]
+
+      v=0
+      o=user1 53655765 2353687637 IN IP[local_ip_type] [local_ip]
+      s=-
+      c=IN IP[media_ip_type] [media_ip]
+      t=0 0
+      m=audio [media_port] RTP/AVP 0
+      a=rtpmap:0 PCMU/8000
+    ]]>
+  </send>
+  <recv response="100" optional="true"/>
+  <recv response="180" optional="true"/>
+  <recv response="183" optional="true"/>
+@REJECTS@
+  <recv response="200" rtd="true">
+    <action><log message="RESULT [field0] 200"/></action>
+  </recv>
+  <send>
+    <![CDATA[
+      ACK sip:[field0]@[remote_ip]:[remote_port] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      From: sipp <sip:sipp@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+      To: <sip:[field0]@[remote_ip]:[remote_port]>[peer_tag_param]
+      Call-ID: [call_id]
+      CSeq: 1 ACK
+      Contact: sip:sipp@[local_ip]:[local_port]
+      Max-Forwards: 70
+      Content-Length: 0
+    ]]>
+  </send>
+  <pause milliseconds="200"/>
+  <send retrans="500">
+    <![CDATA[
+      BYE sip:[field0]@[remote_ip]:[remote_port] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      From: sipp <sip:sipp@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+      To: <sip:[field0]@[remote_ip]:[remote_port]>[peer_tag_param]
+      Call-ID: [call_id]
+      CSeq: 2 BYE
+      Contact: sip:sipp@[local_ip]:[local_port]
+      Max-Forwards: 70
+      Content-Length: 0
+    ]]>
+  </send>
+  <recv response="200" crlf="true"/>
+  <nop next="9"/>
+  <label id="1"/>
+  <send>
+    <![CDATA[
+      ACK sip:[field0]@[remote_ip]:[remote_port] SIP/2.0
+      [last_Via:]
+      From: sipp <sip:sipp@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+      [last_To:]
+      Call-ID: [call_id]
+      CSeq: 1 ACK
+      Max-Forwards: 70
+      Content-Length: 0
+    ]]>
+  </send>
+  <label id="9"/>
+</scenario>
+"""
+
+#: final rejection codes the scenario accepts (and logs) instead of 200
+REJECT_CODES = (403, 404, 480, 486, 488, 500, 503, 603)
+
+#: number -> what the dialplan does with it
+SIPP_CALLS = {
+    "0611111111": "answer",
+    "0622222222": "answer",
+    "0699999999": "hangup21",
+    "0633333333": "answer",
+    "0644444444": "answer",
+}
+
+
+def run_sipp(command: list[str], workdir: Path) -> tuple[int, str, str]:
+    """Run SIPp in ``workdir`` (killed after 60 s); return exit code, -trace_logs, errors."""
+    with open(workdir / "sipp.out", "wb") as out:
+        try:
+            done = subprocess.run(
+                command, cwd=workdir, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                timeout=60.0, check=False,
+            )  # fmt: skip
+            code = done.returncode
+        except subprocess.TimeoutExpired:
+            code = -1
+    logs = "".join(path.read_text() for path in workdir.glob("*_logs.log"))
+    errors = "".join(path.read_text() for path in workdir.glob("*_errors.log"))
+    return code, logs, errors
+
+
+async def test_sipp_sees_200_for_answer_and_403_for_hangup_21(
+    asterisk_factory: SandboxFactory, tmp_path: Path
+) -> None:
+    """Five SIPp INVITEs: answered numbers get 200, the Hangup(21) one gets 403."""
+    dialplan = """
+[from-sipp]
+exten => _X.,1,GotoIf($["${EXTEN}" = "0699999999"]?reject)
+ same => n,Answer()
+ same => n,Wait(5)
+ same => n,Hangup()
+ same => n(reject),Hangup(21)
+"""
+    sipp = shutil.which("sipp")
+    assert sipp is not None, "sipp missing: scripts/asterisk-sandbox installs Debian's sip-tester"
+    sandbox = asterisk_factory(dialplan, sip_context="from-sipp")
+    rejects = "\n".join(
+        f'  <recv response="{code}" optional="true" next="1">\n'
+        f'    <action><log message="RESULT [field0] {code}"/></action>\n'
+        "  </recv>"
+        for code in REJECT_CODES
+    )
+    scenario = tmp_path / "uac.xml"
+    scenario.write_text(SIPP_SCENARIO.replace("@REJECTS@", rejects))
+    numbers = tmp_path / "numbers.csv"
+    numbers.write_text("SEQUENTIAL\n" + "".join(f"{n};\n" for n in SIPP_CALLS))
+    command = [
+        sipp,
+        f"127.0.0.1:{sandbox.sip_port}",
+        "-sf", str(scenario),
+        "-inf", str(numbers),
+        "-i", "127.0.0.1",
+        "-p", str(free_port(socket.SOCK_DGRAM)),
+        "-mp", str(free_port(socket.SOCK_DGRAM)),
+        "-cp", str(free_port(socket.SOCK_DGRAM)),
+        "-m", str(len(SIPP_CALLS)),
+        "-l", "2",
+        "-r", "5",
+        "-recv_timeout", "10000",
+        "-timeout", "40s",
+        "-timeout_error",
+        "-nostdin",
+        "-trace_logs",
+        "-trace_err",
+    ]  # fmt: skip
+    code, logs, errors = await asyncio.to_thread(run_sipp, command, tmp_path)
+    seen = dict(re.findall(r"RESULT (\d+) (\d+)", logs))
+    print("SIPp final codes:", seen)
+    assert 0 == code, f"sipp exit {code}\n{errors[-2000:]}\n{sandbox.log_tail()}"
+    expected = {n: ("403" if what == "hangup21" else "200") for n, what in SIPP_CALLS.items()}
+    assert expected == seen

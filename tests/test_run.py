@@ -1,0 +1,81 @@
+"""`callgate run` as a user starts it: a real process, embedded Redis, FastAGI, SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from tests.conftest import SAMPLE_CONFIG
+
+STARTUP_DEADLINE_S = 20.0
+
+
+async def agi_check(port: int, extension: str) -> dict[str, str]:
+    """Play Asterisk for one FastAGI `check` request; return the variables set."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    headers = (
+        "agi_network_script: check?tenant=default\n"
+        f"agi_extension: {extension}\nagi_channel: Local/test\nagi_callerid: unknown\n\n"
+    )
+    writer.write(headers.encode())
+    await writer.drain()
+    variables: dict[str, str] = {}
+    async with asyncio.timeout(10):
+        for _ in range(20):
+            line = (await reader.readline()).decode().strip()
+            if not line:
+                break
+            match = re.fullmatch(r'SET VARIABLE (\w+) "(.*)"', line)
+            assert match, line
+            variables[match[1]] = match[2]
+            writer.write(b"200 result=1\n")
+            await writer.drain()
+    writer.close()
+    await writer.wait_closed()
+    return variables
+
+
+def test_run_serves_fastagi_with_embedded_redis_and_stops_on_sigterm() -> None:
+    """The sample config with an embedded Redis serves a check, then stops cleanly."""
+    data = Path(tempfile.mkdtemp(prefix="cg"))
+    config = data / "callgate.toml"
+    text = SAMPLE_CONFIG.read_text()
+    text = text.replace('data_dir = "../var/redis"', f'data_dir = "{data}/r"')
+    text = text.replace('secret_file = "../var/callgate.secret"', f'secret_file = "{data}/s"')
+    config.write_text(text.replace("port = 4573", "port = 0"))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("CALLGATE_SECRET", None)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gate.cli", "--config", str(config), "run"],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert process.stderr is not None
+        port = 0
+        deadline = time.monotonic() + STARTUP_DEADLINE_S
+        while time.monotonic() < deadline and not port:
+            line = process.stderr.readline()
+            if found := re.search(r"FastAGI on agi://127\.0\.0\.1:(\d+)/check", line):
+                port = int(found[1])
+        assert port, "callgate run did not log its FastAGI address"
+        variables = asyncio.run(agi_check(port, "0612345678"))
+        process.send_signal(signal.SIGTERM)
+        assert 0 == process.wait(STARTUP_DEADLINE_S)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+        if process.stderr is not None:
+            process.stderr.close()
+    assert ("ALLOW", "+33612345678") == (variables["CALLGATE_RESULT"], variables["CALLGATE_E164"])
+    assert not (data / "r" / "redis.sock").exists()  # the embedded Redis was stopped too
+    assert (data / "r" / "appendonly.aof").exists()
