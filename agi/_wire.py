@@ -39,7 +39,10 @@ class AgiChannel:
         if self._reader.at_eof():
             raise AgiHangup("connection closed")
         async with asyncio.timeout(self._timeout_s):
-            result: dict[str, Any] = await self._request.send_command(line)
+            try:
+                result: dict[str, Any] = await self._request.send_command(line)
+            except ValueError as exc:  # panoramisk: int('') on EOF or an unparseable reply
+                raise AgiHangup("connection closed or unreadable reply") from exc
         if result.get("error") == "AGIResultHangup" or (
             not result.get("line") and self._reader.at_eof()
         ):

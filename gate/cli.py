@@ -26,6 +26,7 @@ from gate.engine import window_text
 from gate.errors import GateError, InputError, StoreError
 from gate.lists import ListAdmin, Rejected, read_numbers
 from gate.model import Attempt, TrafficClass
+from gate.params import seconds_text
 from gate.runtime import open_gate
 from gate.service import Evaluation
 
@@ -136,7 +137,7 @@ def _print_evaluation(evaluation: Evaluation, as_json: bool, explain: bool) -> N
             ]
         print(json.dumps(body))
         return
-    retry = f" retry_after={decision.retry_after_s:g}s" if decision.retry_after_s else ""
+    retry = f" retry_after={seconds_text(decision.retry_after_s)}s" if decision.retry_after_s else ""
     print(f"{decision.verdict.value} {decision.reason}{retry} {decision.e164}".rstrip())
     if explain:
         width = max(len(r.rule) for r in evaluation.rules)

@@ -26,6 +26,7 @@ __all__ = [
     "ident_param",
     "parse_pairs",
     "safe_value",
+    "seconds_text",
 ]
 
 PARAMS = frozenset({"number", "tenant", "campaign", "trunk", "class", "caller_id", "list"})
@@ -39,6 +40,11 @@ class BadRequest(InputError):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code
+
+
+def seconds_text(seconds: float) -> str:
+    """``2592000``, ``0.04``: plain decimal seconds, never exponent form (dialplan math)."""
+    return f"{seconds:.3f}".rstrip("0").rstrip(".")
 
 
 def safe_value(value: str) -> str:
@@ -100,7 +106,7 @@ def attempt_from_params(
 
 def decision_fields(decision: Decision) -> list[tuple[str, str]]:
     """The ``CALLGATE_*`` variables of a decision, ``CALLGATE_RESULT`` last, values safe."""
-    retry = "" if decision.retry_after_s is None else f"{decision.retry_after_s:g}"
+    retry = "" if decision.retry_after_s is None else seconds_text(decision.retry_after_s)
     fields = [
         ("CALLGATE_REASON", decision.reason),
         ("CALLGATE_RULE", decision.rule),

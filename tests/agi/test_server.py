@@ -1,0 +1,584 @@
+"""The FastAGI server over a real TCP socket, against a scripted Asterisk peer and real Redis.
+
+The peer in this module plays Asterisk's side of FastAGI: it sends the ``agi_*`` request
+headers and a blank line, then answers every command the server sends with
+``200 result=1`` (or whatever the test scripts) until the server closes the connection.
+"""
+
+# House style (STYLE.md, Tests) writes `expected == actual`; ruff's SIM300 calls that Yoda.
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import re
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+import pytest
+
+from agi.server import AgiServer
+from gate.lists import ListAdmin
+from gate.service import Gate
+from gate.store import Store
+from tests.conftest import make_config
+
+HOST = "127.0.0.1"
+PEER_TIMEOUT_S = 5.0
+MAX_COMMANDS = 32
+HEADER_TIMEOUT_S = 0.2
+SAFE_COMMAND = re.compile(r'^SET VARIABLE (CALLGATE_[A-Z0-9_]+) "([A-Za-z0-9_.:+\-]*)"$')
+ALLOWED_0612345678 = {
+    "CALLGATE_REASON": "allowed",
+    "CALLGATE_RULE": "",
+    "CALLGATE_RETRY_AFTER": "",
+    "CALLGATE_E164": "+33612345678",
+    "CALLGATE_CAUSE": "0",
+    "CALLGATE_RESULT": "ALLOW",
+}
+
+# Answers the peer gives to the n-th command (0-based); None closes the connection.
+Reply = Callable[[int, str], Awaitable[str | None]]
+
+
+async def always_ok(_index: int, _command: str) -> str | None:
+    return "200 result=1\n"
+
+
+@dataclass(frozen=True, slots=True)
+class Dialogue:
+    """What the server sent during one FastAGI request."""
+
+    commands: tuple[str, ...]
+
+    @property
+    def variables(self) -> dict[str, str]:
+        """``SET VARIABLE`` commands as name → value (fails on any other command)."""
+        found: dict[str, str] = {}
+        for command in self.commands:
+            match = SAFE_COMMAND.match(command)
+            assert match is not None, f"unexpected command from the server: {command!r}"
+            found[match.group(1)] = match.group(2)
+        return found
+
+    @property
+    def names(self) -> list[str]:
+        return [command.split()[2] for command in self.commands]
+
+
+def request_headers(
+    script: str,
+    extension: str = "0612345678",
+    args: Sequence[str] = (),
+    callerid: str = "0102030405",
+    channel: str = "PJSIP/agent-00000001",
+) -> bytes:
+    """The header block Asterisk sends for ``AGI(agi://127.0.0.1/<script>,<args>)``."""
+    lines = [
+        "agi_network: yes",
+        f"agi_network_script: {script}",
+        f"agi_request: agi://{HOST}:4573/{script}",
+        f"agi_channel: {channel}",
+        "agi_language: en",
+        "agi_type: PJSIP",
+        "agi_uniqueid: 1767261600.17",
+        "agi_version: 20.11.0",
+        f"agi_callerid: {callerid}",
+        "agi_calleridname: Agent One",
+        "agi_callingpres: 0",
+        "agi_callingani2: 0",
+        "agi_callington: 0",
+        "agi_callingtns: 0",
+        f"agi_dnid: {extension}",
+        "agi_rdnis: unknown",
+        "agi_context: outbound",
+        f"agi_extension: {extension}",
+        "agi_priority: 2",
+        "agi_enhanced: 0.0",
+        "agi_accountcode: ",
+        "agi_threadid: 140234567890",
+        *(f"agi_arg_{index}: {arg}" for index, arg in enumerate(args, start=1)),
+    ]
+    return ("\n".join(lines) + "\n\n").encode()
+
+
+async def close_quietly(writer: asyncio.StreamWriter) -> None:
+    writer.close()
+    with contextlib.suppress(ConnectionError):
+        await writer.wait_closed()
+
+
+async def agi_call(
+    port: int,
+    script: str,
+    extension: str = "0612345678",
+    args: Sequence[str] = (),
+    reply: Reply = always_ok,
+    on_command: Callable[[int], None] | None = None,
+) -> Dialogue:
+    """Play one FastAGI request; return the commands the server sent before it closed."""
+    commands: list[str] = []
+    async with asyncio.timeout(PEER_TIMEOUT_S):
+        reader, writer = await asyncio.open_connection(HOST, port)
+        try:
+            writer.write(request_headers(script, extension, args))
+            await writer.drain()
+            for index in range(MAX_COMMANDS):
+                line = await reader.readline()
+                if not line:
+                    break
+                commands.append(line.decode().rstrip("\n"))
+                if on_command is not None:
+                    on_command(index)
+                answer = await reply(index, commands[-1])
+                if answer is None:
+                    break
+                writer.write(answer.encode())
+                await writer.drain()
+        finally:
+            await close_quietly(writer)
+    return Dialogue(tuple(commands))
+
+
+async def read_until_closed(reader: asyncio.StreamReader) -> bytes:
+    """Everything the server sends until it closes (bounded by the peer timeout)."""
+    async with asyncio.timeout(PEER_TIMEOUT_S):
+        return await reader.read()
+
+
+@pytest.fixture
+async def server(gate: Gate) -> AsyncIterator[AgiServer]:
+    """A started FastAGI server on an ephemeral port, stopped after the test."""
+    agi = AgiServer(gate, HOST, 0, header_timeout_s=HEADER_TIMEOUT_S)
+    await agi.start()
+    yield agi
+    await agi.stop()
+
+
+@pytest.fixture
+def errors_logged(caplog: pytest.LogCaptureFixture) -> Callable[[], list[str]]:
+    """The ERROR (or worse) records the server logged so far: a request that blew up."""
+    caplog.set_level(logging.INFO, logger="callgate")
+    return lambda: [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def red_list(gate: Gate, *numbers: str, tenant: str = "default") -> None:
+    await ListAdmin(gate.config.policy, gate.keyspace, gate.store).add("red", numbers, tenant, "")
+
+
+# --- check: verdicts ------------------------------------------------------------------
+
+
+async def test_unlisted_number_is_allowed(server: AgiServer) -> None:
+    """An unlisted number gets ALLOW, reason allowed, its E.164 and hangup cause 0."""
+    dialogue = await agi_call(server.port, "check?tenant=default")
+    assert ALLOWED_0612345678 == dialogue.variables
+
+
+async def test_result_is_the_last_variable_set(server: AgiServer) -> None:
+    """CALLGATE_RESULT comes last, so a dialplan that sees it sees every other variable."""
+    dialogue = await agi_call(server.port, "check?tenant=default")
+    assert "CALLGATE_RESULT" == dialogue.names[-1]
+    assert 6 == len(dialogue.names)
+
+
+async def test_number_defaults_to_the_extension(server: AgiServer) -> None:
+    """Without ``number=`` the dialled extension is checked."""
+    dialogue = await agi_call(server.port, "check", extension="06 12 34 56 79")
+    assert "+33612345679" == dialogue.variables["CALLGATE_E164"]
+
+
+async def test_number_in_the_query_overrides_the_extension_and_keeps_its_plus(
+    server: AgiServer,
+) -> None:
+    """``number=+33…`` in the query wins over the extension; the ``+`` is not a space."""
+    dialogue = await agi_call(server.port, "check?number=+33612345679", extension="s")
+    assert ("ALLOW", "+33612345679") == (
+        dialogue.variables["CALLGATE_RESULT"],
+        dialogue.variables["CALLGATE_E164"],
+    )
+
+
+async def test_number_as_agi_argument_overrides_the_extension(server: AgiServer) -> None:
+    """``AGI(agi://…/check,number=+33…)`` arrives as ``agi_arg_1`` and wins."""
+    dialogue = await agi_call(
+        server.port, "check?tenant=default", extension="s", args=["number=+33612345679"]
+    )
+    assert "+33612345679" == dialogue.variables["CALLGATE_E164"]
+
+
+async def test_empty_number_argument_falls_back_to_the_extension(server: AgiServer) -> None:
+    """``number=`` with an empty value (an unset ``${ARG1}``) means "not given"."""
+    dialogue = await agi_call(server.port, "check", extension="0612345678", args=["number="])
+    assert ALLOWED_0612345678 == dialogue.variables
+
+
+async def test_listed_number_is_blocked(gate: Gate, server: AgiServer) -> None:
+    """A number on the tenant's red list gets BLOCK listed:red and cause 21."""
+    await red_list(gate, "+33612345678")
+    dialogue = await agi_call(server.port, "check?tenant=default")
+    expected = {
+        "CALLGATE_REASON": "listed:red",
+        "CALLGATE_RULE": "list:red",
+        "CALLGATE_RETRY_AFTER": "",
+        "CALLGATE_E164": "+33612345678",
+        "CALLGATE_CAUSE": "21",
+        "CALLGATE_RESULT": "BLOCK",
+    }
+    assert expected == dialogue.variables
+
+
+async def test_red_list_is_per_tenant(gate: Gate, server: AgiServer) -> None:
+    """Another tenant's red list does not block this tenant's call."""
+    await red_list(gate, "+33612345678", tenant="acme")
+    dialogue = await agi_call(server.port, "check?tenant=default")
+    assert "ALLOW" == dialogue.variables["CALLGATE_RESULT"]
+
+
+async def test_fifth_attempt_within_the_cap_is_deferred(server: AgiServer) -> None:
+    """Four attempts to one number pass; the fifth gets DEFER with a retry delay, cause 34."""
+    results = [(await agi_call(server.port, "check?tenant=default")).variables for _ in range(5)]
+    assert ["ALLOW"] * 4 + ["DEFER"] == [v["CALLGATE_RESULT"] for v in results]
+    fifth = results[-1]
+    assert ("cap:fr-4-per-30d", "34") == (fifth["CALLGATE_REASON"], fifth["CALLGATE_CAUSE"])
+    assert float(fifth["CALLGATE_RETRY_AFTER"]) > 0
+
+
+async def test_retry_after_is_plain_decimal_seconds(server: AgiServer) -> None:
+    """CALLGATE_RETRY_AFTER is plain decimal seconds a dialplan can compare (no exponent)."""
+    for _ in range(4):
+        await agi_call(server.port, "check?tenant=default")
+    fifth = (await agi_call(server.port, "check?tenant=default")).variables
+    assert re.fullmatch(r"[0-9]+(\.[0-9]+)?", fifth["CALLGATE_RETRY_AFTER"]) is not None
+
+
+async def test_concurrent_requests_allow_exactly_the_cap(server: AgiServer) -> None:
+    """Ten simultaneous requests for one number with a cap of 4 allow exactly 4."""
+    dialogues = await asyncio.gather(
+        *(agi_call(server.port, "check?tenant=default") for _ in range(10))
+    )
+    results = collections.Counter(d.variables["CALLGATE_RESULT"] for d in dialogues)
+    assert {"ALLOW": 4, "DEFER": 6} == dict(results)
+
+
+async def test_manual_call_to_emergency_number_is_allowed(server: AgiServer) -> None:
+    """An agent dialling 17 (police) by hand is let through, reason emergency."""
+    dialogue = await agi_call(server.port, "check?class=manual", extension="17")
+    assert ("ALLOW", "emergency", "0") == (
+        dialogue.variables["CALLGATE_RESULT"],
+        dialogue.variables["CALLGATE_REASON"],
+        dialogue.variables["CALLGATE_CAUSE"],
+    )
+
+
+async def test_campaign_call_to_emergency_number_is_blocked(server: AgiServer) -> None:
+    """A dialer dialling 17 is refused, reason emergency."""
+    dialogue = await agi_call(server.port, "check?class=campaign", extension="17")
+    assert ("BLOCK", "emergency", "21") == (
+        dialogue.variables["CALLGATE_RESULT"],
+        dialogue.variables["CALLGATE_REASON"],
+        dialogue.variables["CALLGATE_CAUSE"],
+    )
+
+
+# --- bad requests -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("script", "reason"),
+    [
+        ("check?tenant=default&colour=red", "bad_request:colour"),
+        ("check?tenant=default&number", "bad_request:number"),
+        ("check?tenant=a{b}", "bad_request:tenant"),
+        ("check?tenant=default&campaign=spring:2026", "bad_request:campaign"),
+        ("check?class=robot", "bad_request:class"),
+        ("dial?tenant=default", "bad_request:route"),
+        ("", "bad_request:route"),
+    ],
+)
+async def test_bad_request_answers_error_and_the_server_goes_on(
+    server: AgiServer, script: str, reason: str
+) -> None:
+    """A malformed request gets ERROR with a bad_request reason; the next one is served."""
+    bad = await agi_call(server.port, script)
+    good = await agi_call(server.port, "check?tenant=default")
+    assert {"CALLGATE_REASON": reason, "CALLGATE_RESULT": "ERROR"} == bad.variables
+    assert ALLOWED_0612345678 == good.variables
+
+
+@pytest.mark.parametrize(
+    ("script", "extension", "args"),
+    [
+        ("check?number=%22%0AEXEC%20Dial", "s", ()),
+        ("check?number=%22%0D%0AHANGUP%0A", "s", ()),
+        ("check", '06"\\ EXEC Dial(PJSIP/x)', ()),
+        ("check?tenant=%22%0AEXEC%20Dial", "0612345678", ()),
+        ("check?%22%0AEXEC%20Dial=1", "0612345678", ()),
+        ("optout?list=%22%0AEXEC", "0612345678", ()),
+        ("check", "s", ['number="\\"; EXEC Dial(PJSIP/x)']),
+        ("check", "0612345678", ['class=manual" EXEC Dial']),
+    ],
+)
+async def test_crafted_values_cannot_inject_agi_commands(
+    server: AgiServer, script: str, extension: str, args: tuple[str, ...]
+) -> None:
+    """Quotes, spaces and newlines in a request never reach the wire: only safe SET VARIABLEs."""
+    dialogue = await agi_call(server.port, script, extension=extension, args=args)
+    unsafe = [c for c in dialogue.commands if SAFE_COMMAND.match(c) is None]
+    assert [] == unsafe
+    assert "CALLGATE_RESULT" == dialogue.names[-1]
+
+
+# --- peers that misbehave ---------------------------------------------------------------
+
+
+async def test_bare_tcp_probes_do_not_wedge_the_server(server: AgiServer) -> None:
+    """Connect-and-close probes (panoramisk 1.4 spun on them) leave the server responsive."""
+    for _ in range(5):
+        _, writer = await asyncio.open_connection(HOST, server.port)
+        await close_quietly(writer)
+    started = time.monotonic()
+    dialogue = await agi_call(server.port, "check?tenant=default")
+    assert ALLOWED_0612345678 == dialogue.variables
+    assert time.monotonic() - started < 2.0
+
+
+async def test_peer_closing_mid_headers_is_dropped(server: AgiServer) -> None:
+    """A peer that closes before the blank line gets nothing; the server goes on."""
+    reader, writer = await asyncio.open_connection(HOST, server.port)
+    writer.write(request_headers("check")[:60])
+    writer.write_eof()
+    sent = await read_until_closed(reader)
+    await close_quietly(writer)
+    assert b"" == sent
+    assert ALLOWED_0612345678 == (await agi_call(server.port, "check")).variables
+
+
+async def test_header_line_longer_than_limit_is_dropped(server: AgiServer) -> None:
+    """A header line over 4096 bytes closes the connection unanswered; the server goes on."""
+    reader, writer = await asyncio.open_connection(HOST, server.port)
+    writer.write(b"agi_network_script: check?number=" + b"6" * 5000 + b"\n\n")
+    sent = await read_until_closed(reader)
+    await close_quietly(writer)
+    assert b"" == sent
+    assert ALLOWED_0612345678 == (await agi_call(server.port, "check")).variables
+
+
+async def test_endless_header_lines_are_dropped(server: AgiServer) -> None:
+    """More than 128 header lines without the blank line closes the connection unanswered."""
+    reader, writer = await asyncio.open_connection(HOST, server.port)
+    writer.write(b"".join(f"agi_x{i}: y\n".encode() for i in range(200)))
+    sent = await read_until_closed(reader)
+    await close_quietly(writer)
+    assert b"" == sent
+    assert ALLOWED_0612345678 == (await agi_call(server.port, "check")).variables
+
+
+async def test_stalled_peer_is_dropped_after_the_header_timeout(server: AgiServer) -> None:
+    """A peer that never finishes its headers is closed after header_timeout_s."""
+    reader, writer = await asyncio.open_connection(HOST, server.port)
+    writer.write(b"agi_network: yes\nagi_network_script: check\n")
+    started = time.monotonic()
+    sent = await read_until_closed(reader)
+    waited = time.monotonic() - started
+    await close_quietly(writer)
+    assert b"" == sent
+    assert HEADER_TIMEOUT_S * 0.5 <= waited < HEADER_TIMEOUT_S + 2.0
+    assert ALLOWED_0612345678 == (await agi_call(server.port, "check")).variables
+
+
+async def test_stalled_peer_does_not_hold_up_others(gate: Gate) -> None:
+    """While one peer stalls in its headers, another request is answered at once."""
+    agi = AgiServer(gate, HOST, 0, header_timeout_s=PEER_TIMEOUT_S)
+    await agi.start()
+    try:
+        _, stalled = await asyncio.open_connection(HOST, agi.port)
+        stalled.write(b"agi_network: yes\n")
+        started = time.monotonic()
+        dialogue = await agi_call(agi.port, "check")
+        elapsed = time.monotonic() - started
+        await close_quietly(stalled)
+    finally:
+        await agi.stop()
+    assert ALLOWED_0612345678 == dialogue.variables
+    assert elapsed < PEER_TIMEOUT_S / 2
+
+
+async def test_hangup_after_first_command_ends_the_request_quietly(
+    server: AgiServer, errors_logged: Callable[[], list[str]]
+) -> None:
+    """A channel that answers HANGUP gets no further command, nothing blows up, and the
+    server serves the next request."""
+
+    async def hang_up(_index: int, _command: str) -> str | None:
+        return "HANGUP\n"
+
+    dialogue = await agi_call(server.port, "check", reply=hang_up)
+    following = await agi_call(server.port, "check")
+    assert 1 == len(dialogue.commands)
+    assert [] == errors_logged()
+    assert ALLOWED_0612345678 == following.variables
+
+
+async def test_result_hangup_after_first_command_ends_the_request_quietly(
+    server: AgiServer, errors_logged: Callable[[], list[str]]
+) -> None:
+    """``200 result=-1 (hangup)`` ends the dialogue like HANGUP does."""
+
+    async def hang_up(_index: int, _command: str) -> str | None:
+        return "200 result=-1 (hangup)\n"
+
+    dialogue = await agi_call(server.port, "check", reply=hang_up)
+    following = await agi_call(server.port, "check")
+    assert (1, []) == (len(dialogue.commands), errors_logged())
+    assert ALLOWED_0612345678 == following.variables
+
+
+async def test_peer_closing_after_first_command_ends_the_request_quietly(
+    server: AgiServer, errors_logged: Callable[[], list[str]]
+) -> None:
+    """A channel that closes the socket mid-dialogue is a hangup, not a server error."""
+
+    async def close(_index: int, _command: str) -> str | None:
+        return None
+
+    dialogue = await agi_call(server.port, "check", reply=close)
+    following = await agi_call(server.port, "check")
+    assert ALLOWED_0612345678 == following.variables
+    assert 1 == len(dialogue.commands)
+    assert [] == errors_logged()
+
+
+async def test_peer_closing_after_first_command_does_not_stop_the_server(
+    server: AgiServer,
+) -> None:
+    """Whatever is logged, a peer that vanishes mid-dialogue leaves the server serving."""
+
+    async def close(_index: int, _command: str) -> str | None:
+        return None
+
+    for _ in range(3):
+        await agi_call(server.port, "check", reply=close)
+    assert ALLOWED_0612345678 == (await agi_call(server.port, "check")).variables
+
+
+# --- optout -----------------------------------------------------------------------------
+
+
+async def test_optout_lists_the_number_for_the_very_next_check(server: AgiServer) -> None:
+    """``optout`` answers OK, and the next check of that number is BLOCK listed:red."""
+    optout = await agi_call(server.port, "optout?tenant=default", extension="0612345678")
+    check = await agi_call(server.port, "check?tenant=default", extension="+33612345678")
+    assert {"CALLGATE_REASON": "listed:red", "CALLGATE_RESULT": "OK"} == optout.variables
+    assert ("BLOCK", "listed:red") == (
+        check.variables["CALLGATE_RESULT"],
+        check.variables["CALLGATE_REASON"],
+    )
+
+
+async def test_optout_of_an_emergency_number_is_refused(server: AgiServer) -> None:
+    """17 can never go on a block list: optout answers ERROR and 17 stays dialable by hand."""
+    optout = await agi_call(server.port, "optout?tenant=default", extension="17")
+    manual = await agi_call(server.port, "check?class=manual", extension="17")
+    assert {
+        "CALLGATE_REASON": "optout_failed:ProtectedNumberError",
+        "CALLGATE_RESULT": "ERROR",
+    } == optout.variables
+    assert "ALLOW" == manual.variables["CALLGATE_RESULT"]
+
+
+@pytest.mark.parametrize(
+    ("script", "reason"),
+    [
+        ("optout?list=customers", "optout_failed:InputError"),
+        ("optout?list=nosuch", "optout_failed:InputError"),
+        ("optout?list=camp", "optout_failed:InputError"),
+    ],
+)
+async def test_optout_to_a_list_it_cannot_use_is_refused(
+    server: AgiServer, script: str, reason: str
+) -> None:
+    """An allow list, an unknown list, or a campaign list without campaign= is refused."""
+    optout = await agi_call(server.port, script)
+    assert {"CALLGATE_REASON": reason, "CALLGATE_RESULT": "ERROR"} == optout.variables
+
+
+# --- store down -------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def server_without_store() -> AsyncIterator[AgiServer]:
+    """A server whose Redis is a closed port."""
+    store = Store("redis://127.0.0.1:1", deadline_s=0.05)
+    agi = AgiServer(Gate(make_config(), store), HOST, 0, header_timeout_s=HEADER_TIMEOUT_S)
+    await agi.start()
+    yield agi
+    await agi.stop()
+    await store.close()
+
+
+async def test_store_down_defers_promptly(server_without_store: AgiServer) -> None:
+    """With Redis unreachable a campaign call gets DEFER store_unavailable, within a second."""
+    started = time.monotonic()
+    dialogue = await agi_call(server_without_store.port, "check?tenant=default")
+    elapsed = time.monotonic() - started
+    expected = {
+        "CALLGATE_REASON": "store_unavailable",
+        "CALLGATE_RULE": "fail_mode",
+        "CALLGATE_RETRY_AFTER": "60",
+        "CALLGATE_E164": "+33612345678",
+        "CALLGATE_CAUSE": "34",
+        "CALLGATE_RESULT": "DEFER",
+    }
+    assert expected == dialogue.variables
+    assert elapsed < 1.0
+
+
+async def test_store_down_still_lets_an_agent_dial_emergency(
+    server_without_store: AgiServer,
+) -> None:
+    """Emergency decisions never touch Redis: 17 by hand is ALLOW even with Redis down."""
+    dialogue = await agi_call(server_without_store.port, "check?class=manual", extension="17")
+    assert "ALLOW" == dialogue.variables["CALLGATE_RESULT"]
+
+
+# --- lifecycle --------------------------------------------------------------------------
+
+
+async def test_stop_waits_for_the_request_in_flight(gate: Gate) -> None:
+    """stop() returns only after a slow in-flight dialogue has received every variable,
+    and the port no longer accepts connections."""
+    agi = AgiServer(gate, HOST, 0, header_timeout_s=HEADER_TIMEOUT_S)
+    await agi.start()
+    port = agi.port
+    first_command = asyncio.Event()
+    received: list[int] = []
+
+    def seen(index: int) -> None:
+        received.append(index)
+        first_command.set()
+
+    async def slow_first(index: int, _command: str) -> str | None:
+        if index == 0:
+            await asyncio.sleep(0.3)
+        return "200 result=1\n"
+
+    call = asyncio.create_task(agi_call(port, "check", reply=slow_first, on_command=seen))
+    try:
+        async with asyncio.timeout(PEER_TIMEOUT_S):
+            await first_command.wait()
+            await agi.stop()
+            received_when_stopped = len(received)
+            dialogue = await call
+        assert 6 == received_when_stopped
+        assert ALLOWED_0612345678 == dialogue.variables
+        with pytest.raises(ConnectionRefusedError):
+            await asyncio.open_connection(HOST, port)
+    finally:
+        await agi.stop()
+        call.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await call

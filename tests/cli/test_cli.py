@@ -1,0 +1,568 @@
+"""The ``callgate`` command: decisions, list admin and its one-line error contract.
+
+Most tests call ``gate.cli.main(argv)`` in-process with the sample config
+(``config/callgate.toml``) pointed at the test's real Redis; the error-contract tests run
+``python -m gate.cli`` as a subprocess to see the real exit status and stderr.
+"""
+
+# House style (STYLE.md, Tests) writes `expected == actual`; ruff's SIM300 calls that Yoda.
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from gate.cli import main
+from tests.conftest import SAMPLE_CONFIG, TEST_SECRET
+
+NUMBER = "+33612345678"
+CLOSED_PORT_URL = "redis://127.0.0.1:1"
+SUBPROCESS_TIMEOUT_S = 30.0
+LISTED_RED = {
+    "verdict": "BLOCK",
+    "reason": "listed:red",
+    "rule": "list:red",
+    "retry_after_s": None,
+    "e164": NUMBER,
+}
+
+Settings = dict[str, dict[str, Any]]
+
+
+def edit_toml(text: str, settings: Settings) -> str:
+    """``text`` with ``settings[table][key]`` set (None: removed) inside existing tables."""
+    table = ""
+    seen: set[str] = set()
+    out: list[str] = []
+    for line in text.splitlines():
+        header = re.match(r"^\[([A-Za-z0-9_.]+)\]\s*$", line)
+        if header:
+            table = header.group(1)
+            seen.add(table)
+            out.append(line)
+            for name, value in settings.get(table, {}).items():
+                if value is not None:
+                    out.append(f"{name} = {json.dumps(value)}")
+            continue
+        assignment = re.match(r"^([A-Za-z0-9_]+)\s*=", line)
+        if assignment and assignment.group(1) in settings.get(table, {}):
+            continue  # replaced by (or removed in favour of) the value written above
+        out.append(line)
+    assert set(settings) <= seen, f"tables {set(settings) - seen} not in the sample config"
+    return "\n".join(out) + "\n"
+
+
+def sample_config(url: str | None, **settings: dict[str, Any]) -> str:
+    """The sample config with a test Redis and a literal secret (no secret file)."""
+    base: Settings = {
+        "redis": {"url": url, "data_dir": None},
+        "privacy": {"secret": TEST_SECRET, "secret_file": None},
+    }
+    for name, values in settings.items():
+        base[name] = {**base.get(name, {}), **values}
+    return edit_toml(SAMPLE_CONFIG.read_text(encoding="utf-8"), base)
+
+
+@pytest.fixture(autouse=True)
+def no_callgate_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The caller's CALLGATE_* variables must not leak into the command under test."""
+    for name in ("CALLGATE_SECRET", "CALLGATE_CONFIG"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def config_file(tmp_path: Path, redis_url: str) -> Path:
+    """The sample config on the test's Redis."""
+    path = tmp_path / "callgate.toml"
+    path.write_text(sample_config(redis_url), encoding="utf-8")
+    return path
+
+
+Run = Callable[..., tuple[int, str, str]]
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str], config_file: Path) -> Run:
+    """``callgate --config <config_file> ARGS…`` in-process: (status, stdout, stderr)."""
+
+    def run(*args: str, config: Path = config_file) -> tuple[int, str, str]:
+        capsys.readouterr()
+        status = main(["--config", str(config), *args])
+        out, err = capsys.readouterr()
+        return status, out, err
+
+    return run
+
+
+def check_json(cli: Run, *args: str, **options: Path) -> dict[str, Any]:
+    status, out, _ = cli("check", *args, "--json", **options)
+    assert 0 == status
+    result: dict[str, Any] = json.loads(out)
+    return result
+
+
+def run_subprocess(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``python -m gate.cli ARGS…`` with a clean CALLGATE_* environment, in ``cwd``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CALLGATE_")}
+    return subprocess.run(
+        [sys.executable, "-m", "gate.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=SUBPROCESS_TIMEOUT_S,
+        check=False,
+        cwd=cwd,
+        env=env,
+    )
+
+
+# --- check ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "spelling", ["06 12 34 56 78", "0033 6 12 34 56 78", "tel:+33612345678", "+33 6 12 34 56 78"]
+)
+def test_listed_number_is_blocked_however_it_is_written(cli: Run, spelling: str) -> None:
+    """A number put on red as +33… is BLOCK listed:red in every spelling of it."""
+    assert (0, "1 added, 0 already listed\n", "") == cli("list", "add", "red", NUMBER)
+    assert LISTED_RED == check_json(cli, spelling)
+
+
+def test_check_json_has_exactly_the_decision_keys(cli: Run) -> None:
+    """``check --json`` prints one object with verdict, reason, rule, retry_after_s, e164."""
+    expected = {
+        "verdict": "ALLOW",
+        "reason": "allowed",
+        "rule": "",
+        "retry_after_s": None,
+        "e164": NUMBER,
+    }
+    assert expected == check_json(cli, "0612345678")
+
+
+def test_check_plain_text_is_one_line(cli: Run) -> None:
+    """Without --json the decision is one line: verdict, reason, E.164."""
+    assert (0, "ALLOW allowed +33612345678\n", "") == cli("check", "0612345678")
+
+
+def test_adding_a_listed_number_again_says_so(cli: Run) -> None:
+    """Adding a number already on the list counts it as already listed."""
+    cli("list", "add", "red", NUMBER)
+    assert (0, "0 added, 1 already listed\n", "") == cli("list", "add", "red", "06 12 34 56 78")
+
+
+def test_fifth_recorded_check_is_deferred(cli: Run) -> None:
+    """Four recorded checks of one number pass; the fifth is DEFER with a retry delay."""
+    results = [check_json(cli, NUMBER, "--record") for _ in range(5)]
+    assert ["ALLOW"] * 4 + ["DEFER"] == [r["verdict"] for r in results]
+    assert "cap:fr-4-per-30d" == results[-1]["reason"]
+    assert results[-1]["retry_after_s"] > 0
+
+
+def test_check_without_record_does_not_count(cli: Run) -> None:
+    """Ten plain checks count nothing: four recorded checks after them still pass."""
+    plain = [check_json(cli, NUMBER)["verdict"] for _ in range(10)]
+    recorded = [check_json(cli, NUMBER, "--record")["verdict"] for _ in range(4)]
+    assert ["ALLOW"] * 14 == plain + recorded
+    assert "DEFER" == check_json(cli, NUMBER)["verdict"]
+
+
+def test_check_at_a_given_time(cli: Run) -> None:
+    """``--at`` decides as of that time: four attempts 31 days ago no longer count."""
+    for _ in range(4):
+        check_json(cli, NUMBER, "--record", "--at", "2026-01-01T10:00+01:00")
+    assert "DEFER" == check_json(cli, NUMBER, "--at", "2026-01-02T10:00+01:00")["verdict"]
+    assert "ALLOW" == check_json(cli, NUMBER, "--at", "2026-02-01T10:00+01:00")["verdict"]
+
+
+def test_explain_lists_every_rule(cli: Run) -> None:
+    """``--explain`` prints the decision, then one line per rule in evaluation order."""
+    cli("list", "add", "red", NUMBER)
+    status, out, _ = cli("check", NUMBER, "--explain")
+    lines = out.splitlines()
+    expected_rules = [
+        "numbers",
+        "number_types",
+        "list:red",
+        "list:dnc",
+        "list:customers",
+        "cap:fr-4-per-30d",
+    ]
+    assert (0, "BLOCK listed:red +33612345678") == (status, lines[0])
+    assert expected_rules == [line.split()[0] for line in lines[1:]]
+    assert "BLOCK" == lines[3].split()[1]
+
+
+def test_json_explain_includes_the_rules(cli: Run) -> None:
+    """``--json --explain`` adds a "rules" list of {rule, outcome, detail}."""
+    result = check_json(cli, NUMBER, "--explain")
+    rules = result.pop("rules")
+    assert {
+        "verdict": "ALLOW",
+        "reason": "allowed",
+        "rule": "",
+        "retry_after_s": None,
+        "e164": NUMBER,
+    } == result
+    assert [
+        "numbers",
+        "number_types",
+        "list:red",
+        "list:dnc",
+        "list:customers",
+        "cap:fr-4-per-30d",
+    ] == [r["rule"] for r in rules]
+    assert {
+        "rule": "cap:fr-4-per-30d",
+        "outcome": "pass",
+        "detail": "0 of 4 in 30d; Code de la consommation D223-9",
+    } == rules[-1]
+
+
+def test_explain_of_a_static_decision_names_its_rule(cli: Run) -> None:
+    """A decision made without Redis (emergency) explains itself in one rule line."""
+    result = check_json(cli, "17", "--class", "campaign", "--explain")
+    assert [{"rule": "emergency", "outcome": "BLOCK", "detail": "emergency"}] == result["rules"]
+
+
+# --- store down -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def store_down_config(tmp_path: Path) -> Path:
+    path = tmp_path / "down.toml"
+    path.write_text(sample_config(CLOSED_PORT_URL, redis={"deadline": "50ms"}), encoding="utf-8")
+    return path
+
+
+def test_store_down_still_allows_an_agent_to_dial_emergency(
+    cli: Run, store_down_config: Path
+) -> None:
+    """With Redis unreachable, 17 dialled by hand is ALLOW emergency."""
+    status, out, _ = cli("check", "17", "--class", "manual", "--json", config=store_down_config)
+    expected = {
+        "verdict": "ALLOW",
+        "reason": "emergency",
+        "rule": "emergency",
+        "retry_after_s": None,
+        "e164": "17",
+    }
+    assert (0, expected) == (status, json.loads(out))
+
+
+def test_store_down_defers_without_hanging(tmp_path: Path, store_down_config: Path) -> None:
+    """With Redis unreachable a check is DEFER store_unavailable within seconds, no traceback."""
+    started = time.monotonic()
+    done = run_subprocess(
+        tmp_path, "--config", str(store_down_config), "check", "0612345678", "--json"
+    )
+    elapsed = time.monotonic() - started
+    expected = {
+        "verdict": "DEFER",
+        "reason": "store_unavailable",
+        "rule": "fail_mode",
+        "retry_after_s": 60.0,
+        "e164": NUMBER,
+    }
+    assert (0, expected) == (done.returncode, json.loads(done.stdout))
+    assert "Traceback" not in done.stderr
+    assert elapsed < 5.0
+
+
+def test_list_admin_with_store_down_is_one_error_line(
+    tmp_path: Path, store_down_config: Path
+) -> None:
+    """An admin command against an unreachable Redis exits 2 with one line saying so."""
+    done = run_subprocess(tmp_path, "--config", str(store_down_config), "list", "count", "red")
+    assert (2, 1) == (done.returncode, len(done.stderr.splitlines()))
+    assert done.stderr.startswith("callgate: error: Redis at redis://127.0.0.1:1 is unreachable")
+
+
+# --- the one-line error contract --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["list", "add", "red", "17"], "emergency"),
+        (["list", "add", "nosuch", NUMBER], "'nosuch' is not in the config"),
+        (["list", "add", "red", "not-a-number"], "'not-a-number'"),
+        (["list", "add", "red"], "required: NUMBER"),
+        (["check", "0612345678", "--at", "garbage"], "--at 'garbage' is not ISO-8601"),
+        (["check", "0612345678", "--tenant", "a{b}"], "'a{b}'"),
+        (["check", "0612345678", "--class", "robot"], "invalid choice: 'robot'"),
+        (["frobnicate"], "invalid choice: 'frobnicate'"),
+    ],
+)
+def test_user_mistake_is_exit_2_and_one_stderr_line(
+    tmp_path: Path, config_file: Path, args: list[str], needle: str
+) -> None:
+    """A bad argument exits 2 with exactly one ``callgate: error:`` line and no traceback."""
+    done = run_subprocess(tmp_path, "--config", str(config_file), *args)
+    assert (2, "", 1) == (done.returncode, done.stdout, len(done.stderr.splitlines()))
+    assert done.stderr.startswith("callgate: error: ")
+    assert needle in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("content", "needle"),
+    [
+        (None, "no such config file"),
+        ("[gate\ndefault_region = 'FR'\n", "not valid TOML"),
+        (b"\xff\xfe[gate]\n", "not UTF-8"),
+    ],
+)
+def test_unreadable_config_is_exit_2_naming_the_file(
+    tmp_path: Path, content: str | bytes | None, needle: str
+) -> None:
+    """A missing, broken or non-UTF-8 config file exits 2 with one line naming the file."""
+    path = tmp_path / "broken.toml"
+    if isinstance(content, str):
+        path.write_text(content, encoding="utf-8")
+    elif isinstance(content, bytes):
+        path.write_bytes(content)
+    done = run_subprocess(tmp_path, "--config", str(path), "check", NUMBER)
+    assert (2, 1) == (done.returncode, len(done.stderr.splitlines()))
+    assert done.stderr.startswith(f"callgate: error: {path}: ")
+    assert needle in done.stderr
+
+
+def test_invalid_config_value_is_exit_2_naming_the_key(tmp_path: Path, redis_url: str) -> None:
+    """``limit = -1`` in the first cap exits 2 with one line naming the file and caps[0].limit."""
+    path = tmp_path / "callgate.toml"
+    text = sample_config(redis_url).replace("limit = 4", "limit = -1")
+    path.write_text(text, encoding="utf-8")
+    done = run_subprocess(tmp_path, "--config", str(path), "config", "check")
+    assert (2, 1) == (done.returncode, len(done.stderr.splitlines()))
+    assert done.stderr.startswith(f"callgate: error: {path}: caps[0].limit: ")
+
+
+def test_missing_secret_is_exit_2_naming_the_key(tmp_path: Path, redis_url: str) -> None:
+    """Hashed numbers without any secret exit 2 with one line naming privacy.secret."""
+    path = tmp_path / "callgate.toml"
+    path.write_text(sample_config(redis_url, privacy={"secret": None}), encoding="utf-8")
+    done = run_subprocess(tmp_path, "--config", str(path), "config", "check")
+    assert (2, 1) == (done.returncode, len(done.stderr.splitlines()))
+    assert done.stderr.startswith(f"callgate: error: {path}: privacy.secret: ")
+
+
+def test_in_process_error_returns_2_with_one_line(cli: Run) -> None:
+    """``main()`` returns 2 (no exception) and prints one line for a protected number."""
+    status, out, err = cli("list", "add", "red", "17")
+    assert (2, "", 1) == (status, out, len(err.splitlines()))
+    assert "emergency" in err
+
+
+# --- config check -----------------------------------------------------------------------
+
+
+def test_config_check_accepts_the_sample_config(cli: Run, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The shipped config/callgate.toml validates (secret from $CALLGATE_SECRET)."""
+    monkeypatch.setenv("CALLGATE_SECRET", TEST_SECRET)
+    status, out, err = cli("config", "check", config=SAMPLE_CONFIG)
+    assert (0, "") == (status, err)
+    assert f"{SAMPLE_CONFIG}: OK" == out.splitlines()[0]
+    assert "  caps: fr-4-per-30d (4 per 30d)" in out.splitlines()
+
+
+# --- list import ------------------------------------------------------------------------
+
+IMPORT_LINES = [
+    "# opposition list, exported 2026-11-30",  # 1
+    "+33612345678",  # 2
+    "06 12 34 56 79",  # 3
+    "",  # 4
+    "0033 6 12 34 56 80",  # 5
+    "not a number",  # 6 rejected
+    "+33612345681",  # 7
+    "   # indented comment",  # 8
+    "tel:+33612345682",  # 9
+    "06.12.34.56.78",  # 10 duplicate of line 2
+    "17",  # 11 rejected: protected
+    "",  # 12
+]
+IMPORTED = ["+33612345678", "+33612345679", "+33612345680", "+33612345681", "+33612345682"]
+
+
+@pytest.fixture
+def import_file(tmp_path: Path) -> Path:
+    """A BOM-prefixed CRLF file: 5 good numbers, 1 duplicate, 2 bad lines, blanks, comments."""
+    path = tmp_path / "optouts.txt"
+    path.write_bytes(b"\xef\xbb\xbf" + "\r\n".join(IMPORT_LINES).encode())
+    return path
+
+
+def test_import_reports_imported_duplicates_and_rejected(cli: Run, import_file: Path) -> None:
+    """Import summarises counts on stdout and reports each rejected line as FILE:LINE."""
+    status, out, err = cli("list", "import", "red", str(import_file))
+    assert (0, "5 imported, 1 duplicates, 2 rejected\n") == (status, out)
+    assert [f"{import_file}:6:", f"{import_file}:11:"] == [
+        line.split(" ")[0] for line in err.splitlines()
+    ]
+    assert "emergency" in err.splitlines()[1]
+
+
+def test_imported_numbers_are_counted_and_blocked(cli: Run, import_file: Path) -> None:
+    """After the import, red holds 5 entries and an imported number is blocked."""
+    cli("list", "import", "red", str(import_file))
+    assert (0, "5\n", "") == cli("list", "count", "red")
+    assert "listed:red" == check_json(cli, "06 12 34 56 80")["reason"]
+
+
+def test_remove_then_count(cli: Run, import_file: Path) -> None:
+    """Removing two listed numbers and one unlisted leaves 3 entries and unblocks them."""
+    cli("list", "import", "red", str(import_file))
+    assert (0, "2 removed, 1 were not listed\n", "") == cli(
+        "list", "remove", "red", "0612345678", "+33612345679", "+33699999999"
+    )
+    assert (0, "3\n", "") == cli("list", "count", "red")
+    assert "ALLOW" == check_json(cli, NUMBER)["verdict"]
+
+
+def test_import_writes_a_rejects_file(cli: Run, import_file: Path, tmp_path: Path) -> None:
+    """``--rejects`` writes one tab-separated line per rejected line: number, why, text."""
+    rejects = tmp_path / "out.tsv"
+    cli("list", "import", "red", str(import_file), "--rejects", str(rejects))
+    rows = [line.split("\t") for line in rejects.read_text(encoding="utf-8").splitlines()]
+    assert [("6", "not a number"), ("11", "17")] == [(row[0], row[2]) for row in rows]
+    assert [3, 3] == [len(row) for row in rows]
+
+
+def test_import_csv_column_by_header_name(cli: Run, tmp_path: Path) -> None:
+    """``--column phone`` picks the named column of a CSV with a header row."""
+    path = tmp_path / "contacts.csv"
+    path.write_text(
+        'name,phone,city\nAlice,06 12 34 56 78,Paris\n"Bob, Jr",+33612345679,Lyon\n',
+        encoding="utf-8",
+    )
+    status, out, _ = cli("list", "import", "red", str(path), "--column", "phone")
+    assert (0, "2 imported, 0 duplicates, 0 rejected\n") == (status, out)
+    assert "listed:red" == check_json(cli, "+33612345679")["reason"]
+
+
+def test_import_csv_column_by_index_with_semicolons(cli: Run, tmp_path: Path) -> None:
+    """``--column 2`` picks the second cell of a semicolon-separated file."""
+    path = tmp_path / "contacts.csv"
+    path.write_text("Alice;0612345678;Paris\nBob;0612345679;Lyon\nEve\n", encoding="utf-8")
+    status, out, err = cli("list", "import", "red", str(path), "--column", "2")
+    assert (0, "2 imported, 0 duplicates, 1 rejected\n") == (status, out)
+    assert err.startswith(f"{path}:3: rejected: no column 2")
+
+
+def test_import_csv_unknown_header_name_is_an_error(cli: Run, tmp_path: Path) -> None:
+    """``--column`` naming no header cell exits 2 with one line."""
+    path = tmp_path / "contacts.csv"
+    path.write_text("name,phone\nAlice,0612345678\n", encoding="utf-8")
+    status, _, err = cli("list", "import", "red", str(path), "--column", "mobile")
+    assert (2, 1) == (status, len(err.splitlines()))
+    assert "'mobile'" in err
+
+
+def test_import_gzip_file(cli: Run, tmp_path: Path) -> None:
+    """A gzip-compressed list is read as text."""
+    path = tmp_path / "optouts.txt.gz"
+    path.write_bytes(gzip.compress("\n".join(IMPORTED).encode()))
+    assert (0, "5 imported, 0 duplicates, 0 rejected\n", "") == cli(
+        "list", "import", "red", str(path)
+    )
+    assert (0, "5\n", "") == cli("list", "count", "red")
+
+
+def test_import_of_a_missing_file_is_one_error_line(cli: Run, tmp_path: Path) -> None:
+    """A missing import file exits 2 with one line naming it."""
+    path = tmp_path / "nope.txt"
+    status, _, err = cli("list", "import", "red", str(path))
+    assert (2, 1) == (status, len(err.splitlines()))
+    assert str(path) in err
+
+
+def test_import_of_a_binary_file_is_one_error_line(cli: Run, tmp_path: Path) -> None:
+    """A file that is not UTF-8 text exits 2 with one line saying so."""
+    path = tmp_path / "list.xls"
+    path.write_bytes(b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + bytes(range(256)))
+    status, _, err = cli("list", "import", "red", str(path))
+    assert (2, 1) == (status, len(err.splitlines()))
+    assert "not UTF-8" in err
+
+
+# --- list export ------------------------------------------------------------------------
+
+
+def test_export_of_hashed_list_is_refused(cli: Run) -> None:
+    """A hashed list cannot be exported: exit 2 with one line saying why."""
+    cli("list", "add", "red", NUMBER)
+    status, out, err = cli("list", "export", "red")
+    assert (2, "", 1) == (status, out, len(err.splitlines()))
+    assert "cannot be exported" in err
+
+
+def test_export_of_plain_list_prints_the_numbers(cli: Run, tmp_path: Path, redis_url: str) -> None:
+    """With hash_numbers = false, export prints each E.164 number on its own line."""
+    path = tmp_path / "plain.toml"
+    path.write_text(sample_config(redis_url, privacy={"hash_numbers": False}), encoding="utf-8")
+    cli("list", "add", "red", "0612345678", "+33612345679", config=path)
+    status, out, err = cli("list", "export", "red", config=path)
+    assert (0, "") == (status, err)
+    assert ["+33612345678", "+33612345679"] == sorted(out.splitlines())
+
+
+# --- embedded Redis ---------------------------------------------------------------------
+
+
+def socket_answers(path: Path) -> bool:
+    """True if a Redis server answers PING on the unix socket ``path``."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(1.0)
+            sock.connect(str(path))
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def embedded_dir() -> Iterator[Path]:
+    """A short data directory under /tmp (unix socket paths are limited to ~100 bytes)."""
+    path = Path(tempfile.mkdtemp(prefix="cg", dir="/tmp"))
+    yield path
+    sock = path / "redis" / "redis.sock"
+    if socket_answers(sock):  # a failed test must not leave a server behind
+        client = redis.Redis(unix_socket_path=str(sock), socket_timeout=5)
+        try:
+            client.shutdown(nosave=True)
+        except redis.ConnectionError:
+            pass
+        finally:
+            client.close()
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_embedded_redis_keeps_lists_between_invocations(cli: Run, embedded_dir: Path) -> None:
+    """Without redis.url each command runs an embedded Redis in data_dir and stops it; a
+    number listed by one invocation is blocked in the next."""
+    path = embedded_dir / "callgate.toml"
+    sock = embedded_dir / "redis" / "redis.sock"
+    path.write_text(sample_config(None, redis={"data_dir": "redis"}), encoding="utf-8")
+
+    added = cli("list", "add", "red", NUMBER, config=path)
+    running_between = socket_answers(sock)
+    checked = check_json(cli, "06 12 34 56 78", config=path)
+
+    assert (0, "1 added, 0 already listed\n", "") == added
+    assert (False, LISTED_RED) == (running_between, checked)
+    assert not socket_answers(sock)
+    assert (embedded_dir / "redis").is_dir()
