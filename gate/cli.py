@@ -137,7 +137,9 @@ def _print_evaluation(evaluation: Evaluation, as_json: bool, explain: bool) -> N
             ]
         print(json.dumps(body))
         return
-    retry = f" retry_after={seconds_text(decision.retry_after_s)}s" if decision.retry_after_s else ""
+    retry = (
+        f" retry_after={seconds_text(decision.retry_after_s)}s" if decision.retry_after_s else ""
+    )
     print(f"{decision.verdict.value} {decision.reason}{retry} {decision.e164}".rstrip())
     if explain:
         width = max(len(r.rule) for r in evaluation.rules)
@@ -246,7 +248,9 @@ def _config_check(config: Config) -> int:
 
 
 async def _run(config: Config) -> int:
-    from agi.server import AgiServer  # the CLI's other commands do not need the server
+    # The CLI's other commands need neither server.
+    from agi.server import AgiServer
+    from gate.stasis import StasisGate
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -265,6 +269,10 @@ async def _run(config: Config) -> int:
                 f"agi: cannot listen on {config.agi.host}:{config.agi.port}: "
                 f"{exc.strerror}; change [agi] port or stop the other server"
             ) from exc
+        stasis = StasisGate(gate, config.ari) if config.ari is not None else None
+        stasis_task = asyncio.create_task(stasis.run()) if stasis is not None else None
+        if config.ari is not None:
+            log.info("Stasis application %r via ARI at %s", config.ari.app, config.ari.url)
         log.info(
             "callgate %s: FastAGI on agi://%s:%d/check, Redis %s, config %s",
             __version__,
@@ -275,6 +283,9 @@ async def _run(config: Config) -> int:
         )
         await stop.wait()
         log.info("stopping: finishing in-flight requests")
+        if stasis is not None and stasis_task is not None:
+            await stasis.stop()
+            await stasis_task
         await server.stop()
     log.info("stopped")
     return 0

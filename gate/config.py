@@ -8,6 +8,7 @@ file are relative to the file's own directory.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import secrets
@@ -23,6 +24,7 @@ from gate.numbers import NumberType
 
 __all__ = [
     "AgiConfig",
+    "AriConfig",
     "CapRule",
     "Config",
     "FailMode",
@@ -36,6 +38,7 @@ __all__ = [
 
 SECRET_ENV = "CALLGATE_SECRET"
 CONFIG_ENV = "CALLGATE_CONFIG"
+ARI_PASSWORD_ENV = "CALLGATE_ARI_PASSWORD"
 # Identifiers end up inside Redis key names: no braces (hash tags), no colons (separators).
 IDENT_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
@@ -113,6 +116,21 @@ class AgiConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AriConfig:
+    """The Stasis door: where Asterisk's ARI is and what to do with refused calls."""
+
+    url: str
+    user: str
+    password: str = field(repr=False)
+    app: str = "callgate"
+    # "hangup": BLOCK/DEFER channels are hung up with the decision's cause (1 REST call);
+    # "continue": every channel continues with CALLGATE_DECISION set (the dialplan decides).
+    on_refuse: str = "hangup"
+    rest_timeout_s: float = 2.0
+    reconnect_max_s: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     path: Path | None
     policy: Policy
@@ -122,6 +140,7 @@ class Config:
     default_tenant: str
     hash_numbers: bool
     secret: bytes | None
+    ari: AriConfig | None = None
 
 
 def default_config_path() -> Path:
@@ -316,6 +335,37 @@ def _trunks(reader: _Reader) -> tuple[dict[str, int], int]:
     return caps, default
 
 
+def _ari(reader: _Reader) -> AriConfig | None:
+    if not reader.get("enabled", bool, True):
+        reader.seen.update(reader.data)
+        return None
+    url = reader.get("url", str, None)
+    if not url or not url.startswith(("http://", "https://")):
+        raise reader.fail(
+            "url", f"expected the ARI base URL like http://127.0.0.1:8088/ari, got {url!r}"
+        )
+    if "@" in url.split("//", 1)[1].split("/", 1)[0]:
+        raise reader.fail("url", "put the credentials in ari.user and ari.password, not the URL")
+    user = reader.get("user", str, None)
+    if not user:
+        raise reader.fail("user", "is required (the ari.conf user)")
+    password = os.environ.get(ARI_PASSWORD_ENV) or reader.get("password", str, None)
+    reader.seen.add("password")
+    if not password:
+        raise reader.fail("password", f"is required (or set ${ARI_PASSWORD_ENV})")
+    config = AriConfig(
+        url=url.rstrip("/"),
+        user=user,
+        password=password,
+        app=reader.ident("app", "callgate"),
+        on_refuse=reader.choice("on_refuse", ("hangup", "continue"), "hangup"),
+        rest_timeout_s=reader.duration("rest_timeout", "2s"),
+        reconnect_max_s=reader.duration("reconnect_max", "30s"),
+    )
+    reader.done()
+    return config
+
+
 def _secret(reader: _Reader, base: Path, hash_numbers: bool) -> bytes | None:
     literal: str | None = reader.get("secret", str, None)
     secret_file = reader.get("secret_file", str, None)
@@ -392,6 +442,8 @@ def parse_config(data: Mapping[str, Any], origin: str, base: Path) -> Config:
     )
     fail.done()
 
+    ari_config = _ari(root.table("ari")) if "ari" in data else None
+
     privacy = root.table("privacy")
     hash_numbers = bool(privacy.get("hash_numbers", bool, True))
     secret = _secret(privacy, base, hash_numbers)
@@ -415,6 +467,7 @@ def parse_config(data: Mapping[str, Any], origin: str, base: Path) -> Config:
         default_tenant=default_tenant,
         hash_numbers=hash_numbers,
         secret=secret,
+        ari=ari_config,
     )
 
 
@@ -434,14 +487,4 @@ def load_config(path: Path) -> Config:
         raise ConfigError(f"{path}: not UTF-8 text") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    config = parse_config(data, str(path), path.resolve().parent)
-    return Config(
-        path=path,
-        policy=config.policy,
-        redis=config.redis,
-        agi=config.agi,
-        fail_mode=config.fail_mode,
-        default_tenant=config.default_tenant,
-        hash_numbers=config.hash_numbers,
-        secret=config.secret,
-    )
+    return dataclasses.replace(parse_config(data, str(path), path.resolve().parent), path=path)
