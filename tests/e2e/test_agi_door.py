@@ -1,0 +1,217 @@
+"""The FastAGI door end to end: a REAL Asterisk runs dialplan/callgate.conf against a REAL
+``callgate run`` process backed by the session's REAL Redis.
+
+Dialplan under test: ``gated`` pushes a hangup handler, GoSubs ``callgate-agi`` (the repo's
+include file, pointed at the test's port) and, only if that returns, goes to ``reached``,
+which answers. Both log one ``CALLGATE-E2E`` line with the channel's uniqueid (the ARI
+channel id), so each call's fate is read from the Asterisk log: a ``reached`` line (it got
+through, with ``CALLGATE_RESULT``) or only a ``hangup`` line (it was refused, with the
+hangup cause).
+"""
+
+# House style for tests is `assert expected == actual`.
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from gateproc import GateProcess, callgate_dialplan, write_config
+from sandbox import AsteriskSandbox, SandboxError, free_port
+from sippuac import run_sipp
+
+from tests.conftest import TEST_SECRET
+
+pytestmark = pytest.mark.e2e
+
+SandboxFactory = Callable[..., AsteriskSandbox]
+
+LISTED = "0699001122"
+LISTED_E164 = "+33699001122"
+UNLISTED = "0612345678"
+DAY_S = 86_400
+
+DIALPLAN = """
+#include callgate.conf
+
+[gated]
+exten => _X.,1,Set(CHANNEL(hangup_handler_push)=e2e-hangup,s,1(${EXTEN}))
+ same => n,GoSub(callgate-agi,s,1(${EXTEN},default,e2e,campaign))
+ same => n,Goto(reached,${EXTEN},1)
+
+[reached]
+exten => _X.,1,Log(NOTICE,CALLGATE-E2E reached id=${UNIQUEID} number=${EXTEN} result=${CALLGATE_RESULT} agi=${AGISTATUS})
+ same => n,Answer()
+ same => n,Wait(5)
+ same => n,Hangup()
+
+[e2e-hangup]
+exten => s,1,Log(NOTICE,CALLGATE-E2E hangup id=${UNIQUEID} number=${ARG1} cause=${HANGUPCAUSE} result=${CALLGATE_RESULT} agi=${AGISTATUS})
+ same => n,Return()
+
+[answerer]
+exten => s,1,Answer()
+ same => n,Wait(10)
+ same => n,Hangup()
+"""  # noqa: E501 (dialplan lines cannot be wrapped)
+
+_LINE = re.compile(
+    r"CALLGATE-E2E (?P<where>reached|hangup) id=(?P<id>\S+) number=(?P<number>\d*)"
+    r"(?: cause=(?P<cause>\d*))? result=(?P<result>\w*) agi=(?P<agi>\w*)"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """Where one call ended up: ``reached`` the answering context, or only ``hangup``."""
+
+    where: str
+    result: str
+    cause: str
+    agi: str
+
+
+def outcomes(log: str) -> dict[str, Outcome]:
+    """Channel id -> outcome; a ``reached`` line wins over the same call's later hangup."""
+    found: dict[str, Outcome] = {}
+    for match in _LINE.finditer(log):
+        if match["id"] in found and found[match["id"]].where == "reached":
+            continue
+        found[match["id"]] = Outcome(
+            match["where"], match["result"], match["cause"] or "", match["agi"]
+        )
+    return found
+
+
+async def call(sandbox: AsteriskSandbox, number: str, within: float = 10.0) -> Outcome:
+    """Originate ``Local/NUMBER@gated`` and wait (bounded) until its fate is logged."""
+    channel_id = await sandbox.originate_local(number, "gated")
+    deadline = time.monotonic() + within
+    for _ in range(int(within / 0.05) + 1):
+        if (outcome := outcomes(sandbox.read_log()).get(channel_id)) is not None:
+            return outcome
+        if time.monotonic() >= deadline:
+            break
+        await asyncio.sleep(0.05)
+    raise SandboxError(f"call {channel_id} to {number}: no outcome within {within} s")
+
+
+REACHED_ALLOW = Outcome("reached", "ALLOW", "", "SUCCESS")
+BLOCKED = Outcome("hangup", "BLOCK", "21", "SUCCESS")
+
+
+@pytest.fixture
+def callgate(redis_url: str, tmp_path: Path) -> Iterator[GateProcess]:
+    """``callgate run`` on the sample config's lists and cap, the test's Redis and a free port.
+
+    The Redis deadline is 1 s instead of the sample's 50 ms: Asterisk, SIPp, Redis and the
+    gate share two cores here, and a stall must not turn into a DEFER the test did not ask for.
+    """
+    port = free_port()
+    config = write_config(
+        tmp_path / "callgate.toml",
+        redis_url=redis_url,
+        agi_port=port,
+        secret=TEST_SECRET,
+        overrides={"redis": {"deadline": "1s"}},
+    )
+    with GateProcess(config, tmp_path / "callgate.log", port) as process:
+        yield process
+
+
+@pytest.fixture
+def asterisk(asterisk_factory: SandboxFactory, callgate: GateProcess) -> AsteriskSandbox:
+    """Asterisk with the gated dialplan; SIP calls from SIPp land in ``gated`` too."""
+    include = callgate_dialplan(callgate.agi_port, fail_mode="DEFER")
+    return asterisk_factory(DIALPLAN, extra_files={"callgate.conf": include}, sip_context="gated")
+
+
+async def test_listed_number_is_rejected_and_unlisted_reaches_the_answerer(
+    callgate: GateProcess, asterisk: AsteriskSandbox
+) -> None:
+    """A red-listed number is hung up with cause 21; an unlisted one is answered with ALLOW."""
+    added = await asyncio.to_thread(callgate.cli, "list", "add", "red", LISTED_E164)
+    assert "1 added, 0 already listed" == added.stdout.strip()
+
+    assert BLOCKED == await call(asterisk, LISTED)
+    channel_id = await asterisk.originate_local(UNLISTED, "gated")
+    found = await asterisk.wait_for_log(rf"CALLGATE-E2E reached id={channel_id} .*result=(\w+)")
+    assert "ALLOW" == found[1]
+    assert "ALLOW" == await asterisk.get_channel_var(channel_id, "CALLGATE_RESULT")
+    assert "+33612345678" == await asterisk.get_channel_var(channel_id, "CALLGATE_E164")
+
+
+async def test_fifth_attempt_within_the_cap_window_is_deferred(
+    asterisk: AsteriskSandbox,
+) -> None:
+    """Four attempts to one number pass; the fifth within 30 days is DEFERred (cause 34)."""
+    seen = [await call(asterisk, UNLISTED) for _ in range(5)]
+    assert [REACHED_ALLOW] * 4 + [Outcome("hangup", "DEFER", "34", "SUCCESS")] == seen
+    found = await asterisk.wait_for_log(r"callgate: DEFER (\S+) retry_after=([^\s\")]*)")
+    assert "cap:fr-4-per-30d" == found[1]
+    # Plain decimal seconds (dialplan math), about 30 days: the first attempt's expiry.
+    assert re.fullmatch(r"\d+(\.\d+)?", found[2]), found[2]
+    assert 29 * DAY_S < float(found[2]) <= 30 * DAY_S
+
+
+async def test_calls_are_still_gated_after_asterisk_restarts(
+    callgate: GateProcess, asterisk: AsteriskSandbox
+) -> None:
+    """After Asterisk restarts mid-run, a listed number is rejected and an unlisted allowed."""
+    await asyncio.to_thread(callgate.cli, "list", "add", "red", LISTED)
+    before = [await call(asterisk, LISTED), await call(asterisk, UNLISTED)]
+    pid = asterisk.pid
+    await asyncio.to_thread(asterisk.restart)
+    assert pid != asterisk.pid
+    after = [await call(asterisk, LISTED), await call(asterisk, UNLISTED)]
+    assert [BLOCKED, REACHED_ALLOW] == before
+    assert [BLOCKED, REACHED_ALLOW] == after
+
+
+async def test_gate_down_applies_the_fail_mode_then_recovers(
+    callgate: GateProcess, asterisk: AsteriskSandbox
+) -> None:
+    """With the gate killed no call gets through (fail mode DEFER); restarted, gating resumes."""
+    await asyncio.to_thread(callgate.cli, "list", "add", "red", LISTED)
+    await asyncio.to_thread(callgate.kill)
+    assert not callgate.running
+
+    down = [await call(asterisk, LISTED), await call(asterisk, UNLISTED)]
+    assert [Outcome("hangup", "DEFER", "34", "FAILURE")] * 2 == down
+    found = await asterisk.wait_for_log(r"callgate unavailable \(AGISTATUS=(\w+) .*fail mode (\w+)")
+    assert ("FAILURE", "DEFER") == found.groups()
+
+    await asyncio.to_thread(callgate.start)
+    up = [await call(asterisk, LISTED), await call(asterisk, UNLISTED)]
+    assert [BLOCKED, REACHED_ALLOW] == up
+    assert 2 == callgate.starts
+
+
+SIPP_CALLS = 500
+SIPP_RATE_CPS = 50
+
+
+async def test_sipp_500_calls_at_50_cps_reject_exactly_the_listed_numbers(
+    callgate: GateProcess, asterisk: AsteriskSandbox, tmp_path: Path
+) -> None:
+    """500 SIPp calls at 50/s, 10 % red-listed: exactly those get 403, all others 200."""
+    numbers = [f"061200{i:04d}" for i in range(SIPP_CALLS)]  # distinct: the cap never bites
+    listed = set(numbers[::10])
+    red = tmp_path / "red.txt"
+    red.write_text("".join(f"{n}\n" for n in sorted(listed)))
+    imported = await asyncio.to_thread(callgate.cli, "list", "import", "red", str(red))
+    assert "50 imported, 0 duplicates, 0 rejected" == imported.stdout.strip()
+
+    run = await asyncio.to_thread(
+        run_sipp, asterisk.sip_port, numbers, tmp_path / "sipp", rate_cps=SIPP_RATE_CPS
+    )
+    assert 0 == run.exit_code, f"{run.output[-1500:]}\n{run.errors[-1500:]}"
+    expected = {n: 403 if n in listed else 200 for n in numbers}
+    assert expected == run.results
+    reached = set(re.findall(r"CALLGATE-E2E reached id=\S+ number=(\d+)", asterisk.read_log()))
+    assert set(numbers) - listed == reached
