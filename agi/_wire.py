@@ -1,17 +1,22 @@
-"""Typed wrapper around panoramisk's FastAGI command/response handling.
+"""Typed wrapper around panoramisk's FastAGI reply parsing.
 
 panoramisk 1.4 ships no types and its ``Application.handler`` spins on EOF (a bare TCP
 connect+close wedges it at 100 % CPU), so callgate reads the AGI headers itself (see
-``agi.server``) and uses panoramisk only for the command dialogue: ``Request.send_command``
-(which follows "100 Trying" and "520" usage replies) and ``parse_agi_result``.
+``agi.server``) and uses panoramisk for what it does well: parsing Asterisk's replies
+(``parse_agi_result``: ``200 result=1``, ``HANGUP``, ``510``/``520`` errors).
+
+Commands are pipelined: all ``SET VARIABLE`` lines of a decision are written at once and
+the replies read afterwards (Asterisk handles AGI commands one at a time, in order), so a
+decision costs one round trip to Asterisk instead of six.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from typing import Any
 
-from panoramisk.fast_agi import Request
+from panoramisk.utils import parse_agi_result
 
 __all__ = ["AgiChannel", "AgiHangup"]
 
@@ -21,34 +26,36 @@ class AgiHangup(Exception):
 
 
 class AgiChannel:
-    """Sends AGI commands on one FastAGI connection, each under a deadline."""
+    """Sends AGI commands on one FastAGI connection, under a deadline."""
 
     def __init__(
-        self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        headers: dict[str, str],
-        timeout_s: float,
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, timeout_s: float
     ) -> None:
-        self._request: Any = Request(app=None, headers=headers, reader=reader, writer=writer)
         self._reader = reader
+        self._writer = writer
         self._timeout_s = timeout_s
 
-    async def command(self, line: str) -> dict[str, Any]:
-        """Send one AGI command; return panoramisk's parsed result, or raise AgiHangup."""
-        if self._reader.at_eof():
-            raise AgiHangup("connection closed")
-        async with asyncio.timeout(self._timeout_s):
+    async def _reply(self) -> dict[str, Any]:
+        for _ in range(8):  # "100 Trying" lines precede the final reply; bounded
+            raw = await self._reader.readline()
+            if not raw:
+                raise AgiHangup("connection closed")
             try:
-                result: dict[str, Any] = await self._request.send_command(line)
-            except ValueError as exc:  # panoramisk: int('') on EOF or an unparseable reply
-                raise AgiHangup("connection closed or unreadable reply") from exc
-        if result.get("error") == "AGIResultHangup" or (
-            not result.get("line") and self._reader.at_eof()
-        ):
-            raise AgiHangup(str(result.get("msg", "hangup")))
-        return result
+                result: dict[str, Any] = parse_agi_result(
+                    raw.decode("utf-8", "replace").rstrip("\r\n")
+                )
+            except ValueError as exc:  # panoramisk: int() of an unparseable reply
+                raise AgiHangup(f"unreadable reply {raw[:80]!r}") from exc
+            if result.get("error") == "AGIResultHangup":
+                raise AgiHangup("channel hung up")
+            if result.get("status_code") != 100:
+                return result
+        raise AgiHangup("no final reply after 8 lines")
 
-    async def set_variable(self, name: str, value: str) -> None:
-        """``SET VARIABLE name "value"``; ``value`` must already be safe (see server)."""
-        await self.command(f'SET VARIABLE {name} "{value}"')
+    async def set_variables(self, pairs: Sequence[tuple[str, str]]) -> list[dict[str, Any]]:
+        """``SET VARIABLE name "value"`` for each pair, pipelined; values must be safe."""
+        lines = "".join(f'SET VARIABLE {name} "{value}"\n' for name, value in pairs)
+        async with asyncio.timeout(self._timeout_s):
+            self._writer.write(lines.encode())
+            await self._writer.drain()
+            return [await self._reply() for _ in pairs]

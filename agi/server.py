@@ -173,11 +173,10 @@ class AgiServer:
         headers = await self._read_headers(reader)
         if headers is None:
             return
-        channel = AgiChannel(reader, writer, headers, COMMAND_TIMEOUT_S)
+        channel = AgiChannel(reader, writer, COMMAND_TIMEOUT_S)
         try:
             variables = await self._answer(headers)
-            for name, value in variables:
-                await channel.set_variable(name, safe_value(value))
+            await channel.set_variables([(name, safe_value(value)) for name, value in variables])
         except (AgiHangup, TimeoutError, ConnectionError) as exc:
             log.info(
                 "FastAGI: channel %s went away during the dialogue (%s)",
