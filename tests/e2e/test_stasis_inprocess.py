@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -87,24 +88,34 @@ def ari_config(sandbox: AsteriskSandbox, on_refuse: str = "hangup") -> AriConfig
     )
 
 
+@asynccontextmanager
+async def serving(
+    gate: Gate, sandbox: AsteriskSandbox, on_refuse: str = "hangup", connected: bool = True
+) -> AsyncIterator[StasisGate]:
+    """A StasisGate running for the block (connected first unless told not to wait)."""
+    stasis = StasisGate(gate, ari_config(sandbox, on_refuse))
+    task = asyncio.create_task(stasis.run())
+    try:
+        if connected:
+            async with asyncio.timeout(10):
+                await stasis.connected.wait()
+        yield stasis
+    finally:
+        await stasis.stop()
+        await task
+
+
 async def test_listed_is_hung_up_and_unlisted_continues(
     asterisk_factory: SandboxFactory, gate: Gate
 ) -> None:
     """Through Stasis: the listed number is hung up; the unlisted one reaches the answerer."""
     text, files = dialplan()
     sandbox = asterisk_factory(text, extra_files=files)
-    stasis = StasisGate(gate, ari_config(sandbox))
-    task = asyncio.create_task(stasis.run())
-    try:
-        async with asyncio.timeout(10):
-            await stasis.connected.wait()
+    async with serving(gate, sandbox):
         allowed = await sandbox.originate_local(UNLISTED, "gated")
         blocked = await sandbox.originate_local(LISTED, "gated")
         assert "ALLOW" == await var_eventually(sandbox, allowed, "REACHED", 10)
         assert await gone_eventually(sandbox, blocked, 10)
-    finally:
-        await stasis.stop()
-        await task
 
 
 async def test_continue_mode_gives_the_dialplan_the_verdict(
@@ -113,17 +124,10 @@ async def test_continue_mode_gives_the_dialplan_the_verdict(
     """on_refuse=continue: the dialplan sees CALLGATE_RESULT=BLOCK and the reason, then hangs up."""
     text, files = dialplan()
     sandbox = asterisk_factory(text, extra_files=files)
-    stasis = StasisGate(gate, ari_config(sandbox, "continue"))
-    task = asyncio.create_task(stasis.run())
-    try:
-        async with asyncio.timeout(10):
-            await stasis.connected.wait()
+    async with serving(gate, sandbox, "continue"):
         blocked = await sandbox.originate_local(LISTED, "gated")
         await sandbox.wait_for_log(r"callgate: BLOCK listed:red", within=10)
         assert await gone_eventually(sandbox, blocked, 10)
-    finally:
-        await stasis.stop()
-        await task
 
 
 async def test_reconnects_after_asterisk_restart_and_gates_again(
@@ -132,11 +136,7 @@ async def test_reconnects_after_asterisk_restart_and_gates_again(
     """Asterisk restarted: the app reconnects by itself and the next call is decided."""
     text, files = dialplan()
     sandbox = asterisk_factory(text, extra_files=files)
-    stasis = StasisGate(gate, ari_config(sandbox))
-    task = asyncio.create_task(stasis.run())
-    try:
-        async with asyncio.timeout(10):
-            await stasis.connected.wait()
+    async with serving(gate, sandbox) as stasis:
         await asyncio.to_thread(sandbox.restart)
         for _ in range(300):  # bounded: 15 s
             if stasis.connected.is_set() and stasis.reconnects >= 1:
@@ -145,9 +145,6 @@ async def test_reconnects_after_asterisk_restart_and_gates_again(
         assert 1 <= stasis.reconnects
         allowed = await sandbox.originate_local(UNLISTED, "gated")
         assert "ALLOW" == await var_eventually(sandbox, allowed, "REACHED", 10)
-    finally:
-        await stasis.stop()
-        await task
 
 
 async def test_channels_left_waiting_are_decided_on_connect(
@@ -156,7 +153,6 @@ async def test_channels_left_waiting_are_decided_on_connect(
     """Channels already waiting in the app when callgate (re)connects are decided at once."""
     text, files = dialplan()
     sandbox = asterisk_factory(text, extra_files=files)
-    holder = StasisGate(gate, ari_config(sandbox))
     # Keep the app registered without deciding anything: an event stream nobody reads.
     async with (
         AriClient(sandbox.ari_url, sandbox.ari_user, sandbox.ari_password, "callgate") as client,
@@ -165,16 +161,10 @@ async def test_channels_left_waiting_are_decided_on_connect(
         waiting = await sandbox.originate_local(UNLISTED, "gated")
         await asyncio.sleep(0.5)
         assert await var_eventually(sandbox, waiting, "REACHED", 0.2) is None
-    del holder
-    stasis = StasisGate(gate, ari_config(sandbox))
-    task = asyncio.create_task(stasis.run())
-    try:
-        started = time.monotonic()
+    started = time.monotonic()
+    async with serving(gate, sandbox, connected=False):
         assert "ALLOW" == await var_eventually(sandbox, waiting, "REACHED", 5)
         assert time.monotonic() - started < 5
-    finally:
-        await stasis.stop()
-        await task
 
 
 async def test_ari_client_errors(asterisk_factory: SandboxFactory) -> None:
