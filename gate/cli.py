@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import IO, NoReturn
 
 from gate import __version__
-from gate.config import IDENT_RE, Config, default_config_path, load_config
+from gate._reader import IDENT_RE
+from gate.config import Config, default_config_path, load_config
 from gate.engine import window_text
 from gate.errors import GateError, InputError, StoreError
 from gate.lists import ListAdmin, Rejected, read_numbers
@@ -131,20 +132,25 @@ def _print_evaluation(evaluation: Evaluation, as_json: bool, explain: bool) -> N
             "retry_after_s": decision.retry_after_s,
             "e164": decision.e164,
         }
+        if decision.shadow:
+            body["shadow"] = list(decision.shadow)
         if explain:
             body["rules"] = [
-                {"rule": r.rule, "outcome": r.outcome, "detail": r.detail} for r in evaluation.rules
+                {"rule": r.rule, "outcome": r.outcome, "detail": r.detail, "source": r.source}
+                for r in evaluation.rules
             ]
-        print(json.dumps(body))
+        print(json.dumps(body, ensure_ascii=False))
         return
     retry = (
         f" retry_after={seconds_text(decision.retry_after_s)}s" if decision.retry_after_s else ""
     )
-    print(f"{decision.verdict.value} {decision.reason}{retry} {decision.e164}".rstrip())
+    shadow = f" (shadow: {', '.join(decision.shadow)})" if decision.shadow else ""
+    print(f"{decision.verdict.value} {decision.reason}{retry} {decision.e164}{shadow}".rstrip())
     if explain:
         width = max(len(r.rule) for r in evaluation.rules)
         for row in evaluation.rules:
-            print(f"  {row.rule:<{width}}  {row.outcome:<12} {row.detail}".rstrip())
+            source = f"  [{row.source}]" if row.source else ""
+            print(f"  {row.rule:<{width}}  {row.outcome:<12} {row.detail}{source}".rstrip())
 
 
 async def _check(config: Config, args: argparse.Namespace) -> int:
@@ -240,6 +246,8 @@ def _config_check(config: Config) -> int:
     )
     caps = ", ".join(f"{c.id} ({c.limit} per {window_text(c.window_s)})" for c in policy.caps)
     print(f"  caps: {caps or 'none'}")
+    for pack in policy.packs:
+        print(f"  packs: {pack.id} {pack.version} ({', '.join(sorted(pack.regions))})")
     print(
         f"  fail mode: campaign {config.fail_mode.campaign.value}, "
         f"manual {config.fail_mode.manual.value}"

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 import secrets
 import tomllib
 from collections.abc import Mapping
@@ -18,9 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gate.errors import ConfigError
+from gate._reader import IDENT_RE, Reader, parse_duration_s
+from gate.errors import ConfigError, GateError
 from gate.model import TrafficClass, Verdict
-from gate.numbers import NumberType
+from gate.numbers import NumberType, parse_e164
+from gate.packs import load_pack, parse_caps, parse_lists, validate_references
+from gate.rules import CapRule, ListRule, Pack
 
 __all__ = [
     "AgiConfig",
@@ -39,35 +41,6 @@ __all__ = [
 SECRET_ENV = "CALLGATE_SECRET"
 CONFIG_ENV = "CALLGATE_CONFIG"
 ARI_PASSWORD_ENV = "CALLGATE_ARI_PASSWORD"
-# Identifiers end up inside Redis key names: no braces (hash tags), no colons (separators).
-IDENT_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
-_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
-_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0, None: 1.0}
-
-
-@dataclass(frozen=True, slots=True)
-class ListRule:
-    """A named list. ``block`` lists refuse; ``allow`` lists exempt from the block lists
-    named in ``exempts``. ``scope`` says whose list it is: one ``global`` list, one per
-    ``tenant``, or one per tenant's ``campaign``."""
-
-    name: str
-    kind: str  # "block" | "allow"
-    scope: str  # "global" | "tenant" | "campaign"
-    exempts: tuple[str, ...] = ()
-    description: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class CapRule:
-    """At most ``limit`` allowed attempts to one destination per rolling ``window_s``."""
-
-    id: str
-    limit: int
-    window_s: float
-    scope: str  # "global" | "tenant" | "campaign"
-    classes: frozenset[TrafficClass]
-    source: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,9 +65,16 @@ class Policy:
     blocked_types: Mapping[TrafficClass, frozenset[NumberType]] = field(default_factory=dict)
     trunk_cps: Mapping[str, int] = field(default_factory=dict)
     default_trunk_cps: int = 0
+    packs: tuple[Pack, ...] = ()
+    # Per tenant, the caller IDs (E.164) it may present; absent: no tenant restriction.
+    caller_ids: Mapping[str, frozenset[str]] = field(default_factory=dict)
 
     def list_rule(self, name: str) -> ListRule | None:
-        return next((rule for rule in self.lists if rule.name == name), None)
+        """The list called ``name``, from the config or any enabled pack."""
+        for rule in (*self.lists, *(r for pack in self.packs for r in pack.lists)):
+            if rule.name == name:
+                return rule
+        return None
 
     def cps_for(self, trunk: str) -> int:
         return self.trunk_cps.get(trunk, self.default_trunk_cps) if trunk else 0
@@ -151,155 +131,11 @@ def default_config_path() -> Path:
     return local if local.exists() else Path("/etc/callgate/callgate.toml")
 
 
-def parse_duration_s(value: object, where: str) -> float:
-    """``30`` (seconds), ``"30d"``, ``"24h"``, ``"1s"``, ``"500ms"`` → seconds (> 0)."""
-    if isinstance(value, bool):
-        raise ConfigError(f"{where}: expected a duration like 30d, 24h or 1s, got {value!r}")
-    if isinstance(value, int | float):
-        seconds = float(value)
-    elif isinstance(value, str) and (m := _DURATION_RE.match(value)):
-        seconds = float(m.group(1)) * _UNIT_S[m.group(2)]
-    else:
-        raise ConfigError(f"{where}: expected a duration like 30d, 24h or 1s, got {value!r}")
-    if seconds <= 0:
-        raise ConfigError(f"{where}: must be longer than zero, got {value!r}")
-    return seconds
-
-
-class _Reader:
-    """Typed access to one TOML table, with errors that name the key path."""
-
-    def __init__(self, data: Mapping[str, Any], where: str, origin: str) -> None:
-        self.data, self.where, self.origin = data, where, origin
-        self.seen: set[str] = set()
-
-    def _key(self, key: str) -> str:
-        return f"{self.where}.{key}" if self.where else key
-
-    def fail(self, key: str, what: str) -> ConfigError:
-        return ConfigError(f"{self.origin}: {self._key(key)}: {what}")
-
-    def get(self, key: str, kind: type | tuple[type, ...], default: Any) -> Any:
-        self.seen.add(key)
-        if key not in self.data:
-            return default
-        value = self.data[key]
-        if isinstance(value, bool) and kind in (int, float, (int, float)):
-            raise self.fail(key, f"expected a number, got {value!r}")
-        if not isinstance(value, kind):
-            names = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
-            raise self.fail(key, f"expected {_article(names)}, got {value!r}")
-        return value
-
-    def ident(self, key: str, default: str | None = None) -> str:
-        value = self.get(key, str, default)
-        if value is None:
-            raise self.fail(key, "is required")
-        if not IDENT_RE.match(value):
-            raise self.fail(key, f"{value!r} must be 1-64 of A-Z a-z 0-9 _ . -")
-        return str(value)
-
-    def choice(self, key: str, allowed: tuple[str, ...], default: str) -> str:
-        value = str(self.get(key, str, default))
-        if value not in allowed:
-            raise self.fail(key, f"must be one of {', '.join(allowed)}, got {value!r}")
-        return value
-
-    def duration(self, key: str, default: str | None) -> float:
-        value = self.get(key, (int, float, str), default)
-        if value is None:
-            raise self.fail(key, "is required (a duration like 30d, 24h or 1s)")
-        try:
-            return parse_duration_s(value, self._key(key))
-        except ConfigError as exc:
-            raise ConfigError(f"{self.origin}: {exc}") from None
-
-    def table(self, key: str) -> _Reader:
-        return _Reader(self.get(key, dict, {}), self._key(key), self.origin)
-
-    def tables(self, key: str) -> list[_Reader]:
-        items = self.get(key, list, [])
-        readers = []
-        for index, item in enumerate(items):
-            if not isinstance(item, dict):
-                raise self.fail(f"{key}[{index}]", "expected a table ([[" + key + "]])")
-            readers.append(_Reader(item, f"{self._key(key)}[{index}]", self.origin))
-        return readers
-
-    def done(self) -> None:
-        unknown = sorted(set(self.data) - self.seen)
-        if unknown:
-            raise self.fail(unknown[0], "unknown key (misspelt?)")
-
-
-def _article(name: str) -> str:
-    return f"an {name}" if name[0] in "aeiou" else f"a {name}"
-
-
-def _verdict(reader: _Reader, key: str, default: Verdict) -> Verdict:
+def _verdict(reader: Reader, key: str, default: Verdict) -> Verdict:
     return Verdict(reader.choice(key, tuple(v.value for v in Verdict), default.value))
 
 
-def _lists(root: _Reader) -> tuple[ListRule, ...]:
-    rules: list[ListRule] = []
-    for reader in root.tables("lists"):
-        kind = reader.choice("kind", ("block", "allow"), "block")
-        exempts = reader.get("exempts", list, [])
-        if kind == "block" and exempts:
-            raise reader.fail("exempts", "only an allow list can exempt from other lists")
-        rules.append(
-            ListRule(
-                name=reader.ident("name"),
-                kind=kind,
-                scope=reader.choice("scope", ("global", "tenant", "campaign"), "tenant"),
-                exempts=tuple(str(name) for name in exempts),
-                description=str(reader.get("description", str, "")),
-            )
-        )
-        reader.done()
-    names = [rule.name for rule in rules]
-    for index, rule in enumerate(rules):
-        if names.count(rule.name) > 1:
-            raise root.fail(f"lists[{index}].name", f"{rule.name!r} is defined twice")
-        for target in rule.exempts:
-            found = next((r for r in rules if r.name == target), None)
-            if found is None or found.kind != "block":
-                raise root.fail(f"lists[{index}].exempts", f"{target!r} is not a block list")
-    return tuple(rules)
-
-
-def _caps(root: _Reader) -> tuple[CapRule, ...]:
-    rules: list[CapRule] = []
-    for reader in root.tables("caps"):
-        limit = reader.get("limit", int, None)
-        if limit is None or limit < 1:
-            raise reader.fail("limit", f"must be a whole number of attempts >= 1, got {limit!r}")
-        classes = reader.get("classes", list, [c.value for c in TrafficClass])
-        try:
-            parsed_classes = frozenset(TrafficClass(c) for c in classes)
-        except ValueError:
-            raise reader.fail(
-                "classes", f"entries must be campaign or manual, got {classes!r}"
-            ) from None
-        rules.append(
-            CapRule(
-                id=reader.ident("id"),
-                limit=int(limit),
-                window_s=reader.duration("window", None),
-                scope=reader.choice("scope", ("global", "tenant", "campaign"), "tenant"),
-                classes=parsed_classes,
-                source=str(reader.get("source", str, "")),
-            )
-        )
-        reader.done()
-    ids = [rule.id for rule in rules]
-    for index, rule in enumerate(rules):
-        if ids.count(rule.id) > 1:
-            raise root.fail(f"caps[{index}].id", f"{rule.id!r} is defined twice")
-    return tuple(rules)
-
-
-def _number_types(reader: _Reader) -> dict[TrafficClass, frozenset[NumberType]]:
+def _number_types(reader: Reader) -> dict[TrafficClass, frozenset[NumberType]]:
     allowed = tuple(t.value for t in NumberType)
     out: dict[TrafficClass, frozenset[NumberType]] = {}
     for traffic_class in TrafficClass:
@@ -318,7 +154,41 @@ def _number_types(reader: _Reader) -> dict[TrafficClass, frozenset[NumberType]]:
     return out
 
 
-def _trunks(reader: _Reader) -> tuple[dict[str, int], int]:
+def _check_lists(lists: tuple[ListRule, ...], packs: tuple[Pack, ...], origin: str) -> None:
+    """Exemptions name block lists; packs' rules name lists that exist with the right kind."""
+    kinds = {rule.name: rule.kind for rule in lists}
+    for pack in packs:
+        for rule in pack.lists:
+            kinds.setdefault(rule.name, rule.kind)
+    for index, rule in enumerate(lists):
+        for target in rule.exempts:
+            if kinds.get(target) != "block":
+                raise ConfigError(
+                    f"{origin}: lists[{index}].exempts: {target!r} is not a block list"
+                )
+    for pack in packs:
+        validate_references(pack, lists, f"{origin} (pack {pack.id})")
+
+
+def _tenants(reader: Reader, region: str) -> dict[str, frozenset[str]]:
+    out: dict[str, frozenset[str]] = {}
+    for tenant in list(reader.data):
+        table = reader.table(tenant)
+        if not IDENT_RE.match(tenant):
+            raise reader.fail(tenant, "tenant names must be 1-64 of A-Z a-z 0-9 _ . -")
+        numbers = []
+        for value in table.get("caller_ids", list, []):
+            try:
+                numbers.append(parse_e164(str(value), region))
+            except GateError as exc:
+                raise table.fail("caller_ids", str(exc)) from None
+        table.done()
+        out[tenant] = frozenset(numbers)
+    reader.done()
+    return out
+
+
+def _trunks(reader: Reader) -> tuple[dict[str, int], int]:
     default = reader.get("default_cps", int, 0)
     caps: dict[str, int] = {}
     cps = reader.table("cps")
@@ -335,7 +205,7 @@ def _trunks(reader: _Reader) -> tuple[dict[str, int], int]:
     return caps, default
 
 
-def _ari(reader: _Reader) -> AriConfig | None:
+def _ari(reader: Reader) -> AriConfig | None:
     if not reader.get("enabled", bool, True):
         reader.seen.update(reader.data)
         return None
@@ -366,7 +236,7 @@ def _ari(reader: _Reader) -> AriConfig | None:
     return config
 
 
-def _secret(reader: _Reader, base: Path, hash_numbers: bool) -> bytes | None:
+def _secret(reader: Reader, base: Path, hash_numbers: bool) -> bytes | None:
     literal: str | None = reader.get("secret", str, None)
     secret_file = reader.get("secret_file", str, None)
     reader.done()
@@ -401,7 +271,7 @@ def _secret(reader: _Reader, base: Path, hash_numbers: bool) -> bytes | None:
 
 def parse_config(data: Mapping[str, Any], origin: str, base: Path) -> Config:
     """Validate an already-parsed TOML document (``base``: where relative paths start)."""
-    root = _Reader(data, "", origin)
+    root = Reader(data, "", origin)
     gate = root.table("gate")
     region = str(gate.get("default_region", str, "FR")).upper()
     if len(region) != 2 or not region.isalpha():
@@ -409,6 +279,8 @@ def parse_config(data: Mapping[str, Any], origin: str, base: Path) -> Config:
             "default_region", f"expected a two-letter region code like FR, got {region!r}"
         )
     default_tenant = gate.ident("default_tenant", "default")
+    pack_names = [str(n) for n in gate.get("packs", list, [])]
+    packs_dir = base / str(gate.get("packs_dir", str, "packs"))
     gate.done()
 
     redis = root.table("redis")
@@ -449,10 +321,15 @@ def parse_config(data: Mapping[str, Any], origin: str, base: Path) -> Config:
     secret = _secret(privacy, base, hash_numbers)
 
     trunk_cps, default_cps = _trunks(root.table("trunks"))
+    lists = parse_lists(root)
+    packs = tuple(load_pack(name, packs_dir) for name in pack_names)
+    _check_lists(lists, packs, origin)
     policy = Policy(
         default_region=region,
-        lists=_lists(root),
-        caps=_caps(root),
+        lists=lists,
+        caps=parse_caps(root),
+        packs=packs,
+        caller_ids=_tenants(root.table("tenants"), region),
         blocked_types=_number_types(root.table("number_types")),
         trunk_cps=trunk_cps,
         default_trunk_cps=default_cps,

@@ -2,32 +2,53 @@
 
 A decision is made in three steps, and only the middle one does I/O:
 
-1. ``plan(attempt, policy, keyspace)`` classifies the dialled string and applies the
-   static rules (emergency, short codes, invalid numbers, number types). It either
-   decides at once (a ``Decision``: no Redis touched) or returns a ``Plan`` whose
-   ``check`` lists every Redis lookup and counter the decision needs.
-2. The store runs ``plan.check`` in one atomic Lua call and returns a ``StoreResult``.
+1. ``plan(attempt, policy, keyspace, record)`` classifies the dialled string, picks the
+   rule packs of the destination's region and the rules in force on the callee's local
+   day, and applies the static rules (emergency, short codes, invalid numbers, number
+   types and prefixes, caller ID). It either decides at once (a ``Decision``: no Redis
+   touched) or returns a ``Plan`` whose ``check`` lists every Redis check, in order.
+2. The store runs ``plan.check`` in one atomic Lua call (``gate/lua/decide.lua``) and
+   returns a ``StoreResult``.
 3. ``conclude(plan, result)`` turns that answer into the ``Decision``;
    ``fail_closed(...)`` does it instead when the store could not answer.
 
-Rule order (first match wins): emergency/short code → invalid number → number type →
-block lists (unless exempted by an allow list) → frequency caps → trunk CPS cap → ALLOW.
-A BLOCK or DEFER never counts as an attempt; an ALLOW counts in every cap it is under.
+Order: emergency/short code → invalid number → number type/prefix → caller ID → (store)
+block lists → consent → [DEFERs: cool-off after refusal, stale list, frequency caps,
+calling hours, trunk CPS; the longest wait wins]. A BLOCK or DEFER never counts as an
+attempt; an ALLOW counts in every attempt log (caps, CPS). Shadow rules are evaluated
+and reported in ``Decision.shadow`` but never decide.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import date
+from typing import TypeVar
 
-from gate.config import CapRule, FailMode, ListRule, Policy
+from gate.config import FailMode, Policy
+from gate.hours import next_open, zone
 from gate.keys import Keyspace
 from gate.model import Attempt, Decision, TrafficClass, Verdict
 from gate.numbers import BadNumber, Destination, NumberType, ShortCode, classify
+from gate.rules import (
+    CallerIdRule,
+    CapRule,
+    ConsentRule,
+    CooloffRule,
+    DestinationRule,
+    FreshnessRule,
+    HoursRule,
+    ListRule,
+    Pack,
+    in_force,
+)
 
 __all__ = [
     "CPS_WINDOW_MS",
-    "Outcome",
+    "STALE_RETRY_S",
+    "Check",
     "Plan",
     "RuleOutcome",
     "StoreCheck",
@@ -40,15 +61,29 @@ __all__ = [
 ]
 
 CPS_WINDOW_MS = 1000
+# A stale list cannot say when it will be refreshed: retry in an hour.
+STALE_RETRY_S = 3600.0
+# No opening within the search horizon (e.g. a toll-free number spanning every US zone).
+NO_WINDOW_RETRY_S = 86400.0
+_BLOCKING = frozenset("BC")
+_R = TypeVar(
+    "_R", CapRule, HoursRule, ConsentRule, FreshnessRule, CooloffRule, CallerIdRule, DestinationRule
+)
 
 
-class Outcome:
-    """Codes of the Lua script's first return value (see gate/lua/decide.lua)."""
+@dataclass(frozen=True, slots=True)
+class Check:
+    """One Redis check of a decision (see the kinds in gate/lua/decide.lua)."""
 
-    PASS = 0
-    LISTED = 1
-    CAPPED = 2
-    CPS = 3
+    kind: str  # A H B C R F W L
+    rule: str  # e.g. "list:red", "cap:fr-4-per-30d", "hours:fr-d223-9"
+    reason: str  # the reason code when it decides, e.g. "listed:red"
+    key: str = ""
+    params: tuple[int, ...] = ()
+    exempt_by: tuple[int, ...] = ()  # 1-based indexes of A/H checks that exempt it
+    shadow: bool = False
+    source: str = ""
+    detail: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,65 +93,97 @@ class StoreCheck:
     now_ms: int
     record: bool
     token: str
-    list_keys: tuple[str, ...]
-    # Per list: "a" (allow list) or "b" + comma-separated 1-based indexes of the allow
-    # lists (in list_keys order) that exempt it.
-    list_specs: tuple[str, ...]
-    cap_keys: tuple[str, ...]
-    cap_limits: tuple[int, ...]
-    cap_windows_ms: tuple[int, ...]
-    cps_key: str = ""
-    cps_limit: int = 0
+    checks: tuple[Check, ...]
 
 
 @dataclass(frozen=True, slots=True)
 class StoreResult:
-    """The Lua script's answer: outcome, which rule, how long to wait, what it saw."""
+    """The Lua script's answer: the deciding check (0: none), the wait, what each saw."""
 
-    outcome: int
-    index: int
+    decided: int
     retry_after_ms: int
-    memberships: tuple[bool, ...]
-    counts: tuple[int, ...]
-    cps_count: int
-
-
-@dataclass(frozen=True, slots=True)
-class Plan:
-    """A decision that needs the store: the rules in force and the check to run."""
-
-    attempt: Attempt
-    destination: Destination
-    lists: tuple[ListRule, ...]
-    caps: tuple[CapRule, ...]
-    trunk_cps: int
-    check: StoreCheck
+    results: tuple[int, ...]
 
 
 @dataclass(frozen=True, slots=True)
 class RuleOutcome:
-    """One line of ``--explain``: a rule in force and what it said."""
+    """One line of ``--explain``: a rule in force, what it said, and its source."""
 
     rule: str
     outcome: str
     detail: str = ""
+    source: str = ""
 
 
-def _decided(verdict: Verdict, reason: str, rule: str, e164: str = "") -> Decision:
-    return Decision(verdict=verdict, reason=reason, rule=rule, e164=e164)
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """A decision that needs the store: the static rules passed and the checks to run."""
+
+    attempt: Attempt
+    destination: Destination
+    packs: tuple[str, ...]
+    static: tuple[RuleOutcome, ...]
+    shadow: tuple[str, ...]
+    check: StoreCheck
 
 
-def _static(attempt: Attempt, policy: Policy) -> Decision | Destination:
-    """Rules that need no store: what the number is and whether this class may dial it."""
+@dataclass
+class _Builder:
+    """Accumulates checks; keeps list-check indexes for exemptions."""
+
+    keyspace: Keyspace
+    attempt: Attempt
+    target: Destination
+    day: date
+    lists: dict[str, ListRule]
+    checks: list[Check] = field(default_factory=list)
+    membership: dict[str, int] = field(default_factory=dict)  # list name → A/H check index
+
+    @property
+    def token(self) -> str:
+        return self.keyspace.token(self.target.e164)
+
+    def live(self, rules: Sequence[_R]) -> list[_R]:
+        """The rules in force for this attempt (class, number prefix, callee-local day)."""
+        return [
+            r for r in rules if in_force(r, self.target.e164, self.attempt.traffic_class, self.day)
+        ]
+
+    def list_key(self, name: str) -> str | None:
+        rule = self.lists.get(name)
+        if rule is None:
+            return None
+        return self.keyspace.list_key(rule, self.attempt.tenant, self.attempt.campaign)
+
+    def add(self, check: Check) -> int:
+        self.checks.append(check)
+        return len(self.checks)
+
+    def exemptions(self, names: Sequence[str]) -> tuple[int, ...]:
+        return tuple(self.membership[n] for n in names if n in self.membership)
+
+
+def _decided(
+    verdict: Verdict, reason: str, rule: str, e164: str = "", shadow: tuple[str, ...] = ()
+) -> Decision:
+    return Decision(verdict=verdict, reason=reason, rule=rule, e164=e164, shadow=shadow)
+
+
+def _local_day(zones: Sequence[str], attempt: Attempt) -> date:
+    """The callee's local date (first zone of the number; UTC if it has none)."""
+    return attempt.now.astimezone(zone(zones[0])).date() if zones else attempt.now.date()
+
+
+def _static_number(attempt: Attempt, policy: Policy) -> Decision | Destination:
+    """What the number is, and whether this class may dial such a number at all."""
     target = classify(attempt.dialled, policy.default_region)
     blocked = policy.blocked_types.get(attempt.traffic_class, frozenset())
     if isinstance(target, ShortCode):
         if target.emergency:
             # An agent's emergency call is never delayed by the gate; a dialer's is refused
             # (47 CFR 64.1200(a)(1); DOMAIN.md "Emergency and protected numbers").
-            verdict = (
-                Verdict.ALLOW if attempt.traffic_class is TrafficClass.MANUAL else Verdict.BLOCK
-            )
+            manual = attempt.traffic_class is TrafficClass.MANUAL
+            verdict = Verdict.ALLOW if manual else Verdict.BLOCK
             return _decided(verdict, "emergency", "emergency", target.digits)
         if NumberType.SHORT in blocked:
             return _decided(Verdict.BLOCK, "number_type:short", "number_types", target.digits)
@@ -124,55 +191,249 @@ def _static(attempt: Attempt, policy: Policy) -> Decision | Destination:
     if isinstance(target, BadNumber):
         return _decided(Verdict.BLOCK, "invalid_number", "numbers")
     if target.number_type in blocked:
-        return _decided(
-            Verdict.BLOCK, f"number_type:{target.number_type.value}", "number_types", target.e164
-        )
+        reason = f"number_type:{target.number_type.value}"
+        return _decided(Verdict.BLOCK, reason, "number_types", target.e164)
     return target
 
 
+def _destination_rule(rule: DestinationRule, dest: Destination) -> str | None:
+    """The reason ``rule`` refuses ``dest``, or None."""
+    if dest.number_type in rule.blocked_types:
+        return f"number_type:{dest.number_type.value}"
+    if rule.blocked_prefixes and dest.e164.startswith(rule.blocked_prefixes):
+        return f"number_type:{rule.id}"
+    return None
+
+
+def _caller_id_rule(rule: CallerIdRule, caller_id: str, region: str) -> str | None:
+    """Why ``caller_id`` may not be presented under ``rule``, or None."""
+    shown = caller_id.strip()
+    if not shown or shown.lower() in ("anonymous", "unknown", "restricted", "private"):
+        return "caller_id:masked" if rule.forbid_masked else None
+    result = classify(shown, region)
+    if not isinstance(result, Destination):
+        return "caller_id:invalid" if rule.require_valid else None
+    if (
+        rule.forbidden_prefixes
+        and result.e164.startswith(rule.forbidden_prefixes)
+        and not result.e164.startswith(rule.allowed_prefixes or ("\0",))
+    ):
+        return "caller_id:forbidden_range"
+    return None
+
+
+def _tenant_caller_id(policy: Policy, attempt: Attempt) -> str | None:
+    authorised = policy.caller_ids.get(attempt.tenant)
+    if not authorised:
+        return None
+    shown = classify(attempt.caller_id, policy.default_region)
+    if isinstance(shown, Destination) and shown.e164 in authorised:
+        return None
+    return "caller_id:not_authorised"
+
+
 def plan(attempt: Attempt, policy: Policy, keyspace: Keyspace, record: bool) -> Plan | Decision:
-    """Apply the static rules; return the decision, or the store check still needed."""
-    target = _static(attempt, policy)
+    """Apply the static rules; return the decision, or the store checks still needed."""
+    target = _static_number(attempt, policy)
     if isinstance(target, Decision):
         return target
-    token = keyspace.token(target.e164)
-    lists: list[ListRule] = []
-    list_keys: list[str] = []
-    for rule in policy.lists:
-        key = keyspace.list_key(rule, attempt.tenant, attempt.campaign)
-        if key is not None:
-            lists.append(rule)
-            list_keys.append(key)
-    specs = []
-    for rule in lists:
-        if rule.kind == "allow":
-            specs.append("a")
-            continue
-        exempting = [str(i + 1) for i, other in enumerate(lists) if rule.name in other.exempts]
-        specs.append("b" + ",".join(exempting))
-    caps: list[CapRule] = []
-    cap_keys: list[str] = []
-    for cap in policy.caps:
-        if attempt.traffic_class not in cap.classes:
-            continue
-        key = keyspace.cap_key(cap, attempt.tenant, attempt.campaign, token)
-        if key is not None:
-            caps.append(cap)
-            cap_keys.append(key)
-    trunk_cps = policy.cps_for(attempt.trunk)
+    packs = [p for p in policy.packs if target.region in p.regions]
+    lists: dict[str, ListRule] = {rule.name: rule for rule in policy.lists}
+    for pack in packs:
+        for rule in pack.lists:
+            lists.setdefault(rule.name, rule)
+    build = _Builder(keyspace, attempt, target, _local_day(target.time_zones, attempt), lists)
+    static: list[RuleOutcome] = []
+    shadow: list[str] = []
+    refusals: list[tuple[str, str, bool, str]] = []  # (reason or "", rule, shadow, source)
+    for pack in packs:
+        for dest_rule in build.live(pack.destinations):
+            why = _destination_rule(dest_rule, target)
+            refusals.append(
+                (why or "", f"number_types:{dest_rule.id}", dest_rule.shadow, dest_rule.source)
+            )
+        for caller_rule in build.live(pack.caller_ids):
+            why = _caller_id_rule(caller_rule, attempt.caller_id, policy.default_region)
+            refusals.append(
+                (why or "", f"caller_id:{caller_rule.id}", caller_rule.shadow, caller_rule.source)
+            )
+    if policy.caller_ids.get(attempt.tenant):
+        why = _tenant_caller_id(policy, attempt)
+        refusals.append((why or "", f"caller_id:tenant:{attempt.tenant}", False, "config"))
+    for why, rule_id, is_shadow, source in refusals:
+        outcome = ("shadow " if is_shadow else "") + ("BLOCK" if why else "pass")
+        static.append(RuleOutcome(rule_id, outcome, why, source))
+        if why and is_shadow:
+            shadow.append(why)
+        elif why:
+            return _decided(Verdict.BLOCK, why, rule_id, target.e164, tuple(shadow))
+
+    _list_checks(build)
+    _store_checks(build, policy, packs)
     check = StoreCheck(
         now_ms=int(attempt.now.timestamp() * 1000),
         record=record,
-        token=token,
-        list_keys=tuple(list_keys),
-        list_specs=tuple(specs),
-        cap_keys=tuple(cap_keys),
-        cap_limits=tuple(cap.limit for cap in caps),
-        cap_windows_ms=tuple(int(cap.window_s * 1000) for cap in caps),
-        cps_key=keyspace.cps_key(attempt.trunk) if trunk_cps else "",
-        cps_limit=trunk_cps,
+        token=build.token,
+        checks=tuple(build.checks),
     )
-    return Plan(attempt, target, tuple(lists), tuple(caps), trunk_cps, check)
+    return Plan(attempt, target, tuple(p.id for p in packs), tuple(static), tuple(shadow), check)
+
+
+def _list_checks(build: _Builder) -> None:
+    """Membership checks first (A/H), then block lists (B) that they may exempt."""
+    keyed = [(rule, build.list_key(rule.name)) for rule in build.lists.values()]
+    for rule, key in keyed:
+        if key is None or rule.kind == "block":
+            continue
+        kind = "A" if rule.kind == "allow" else "H"
+        build.membership[rule.name] = build.add(
+            Check(kind, f"list:{rule.name}", "", key, detail=f"{rule.kind}, {rule.scope}")
+        )
+    for rule, key in keyed:
+        if key is None or rule.kind != "block":
+            continue
+        exempting = [other.name for other in build.lists.values() if rule.name in other.exempts]
+        build.add(
+            Check(
+                "B",
+                f"list:{rule.name}",
+                f"listed:{rule.name}",
+                key,
+                exempt_by=build.exemptions(exempting),
+                detail=f"block, {rule.scope}",
+            )
+        )
+
+
+def _store_checks(build: _Builder, policy: Policy, packs: Sequence[Pack]) -> None:
+    """Consent, cool-off, freshness, caps, hours and CPS checks, in that order."""
+    attempt, keyspace, token = build.attempt, build.keyspace, build.token
+    for pack in packs:
+        for consent in build.live(pack.consents):
+            key = build.list_key(consent.list)
+            if key is None:
+                continue
+            unless = f" unless {', '.join(consent.exempt_lists)}" if consent.exempt_lists else ""
+            build.add(
+                Check(
+                    "C",
+                    f"consent:{consent.id}",
+                    f"no_consent:{consent.id}",
+                    key,
+                    exempt_by=build.exemptions(consent.exempt_lists),
+                    shadow=consent.shadow,
+                    source=consent.source,
+                    detail=f"needs {consent.list}{unless}",
+                )
+            )
+    for pack in packs:
+        for cool in build.live(pack.cooloffs):
+            build.add(
+                Check(
+                    "R",
+                    f"cooloff:{cool.id}",
+                    f"{cool.event}:{cool.id}",
+                    keyspace.cooloff_key(cool, attempt.tenant, token),
+                    shadow=cool.shadow,
+                    source=cool.source,
+                    detail=f"{window_text(cool.period_s)} after a {cool.event}",
+                )
+            )
+    for pack in packs:
+        for fresh in build.live(pack.freshness):
+            rule = build.lists.get(fresh.list)
+            meta = (
+                None if rule is None else keyspace.meta_key(rule, attempt.tenant, attempt.campaign)
+            )
+            if meta is None:
+                continue
+            build.add(
+                Check(
+                    "F",
+                    f"freshness:{fresh.id}",
+                    f"stale_list:{fresh.list}",
+                    meta,
+                    (int(fresh.max_age_s * 1000), int(STALE_RETRY_S * 1000)),
+                    shadow=fresh.shadow,
+                    source=fresh.source,
+                    detail=f"{fresh.list} refreshed within {window_text(fresh.max_age_s)}",
+                )
+            )
+    caps = [cap for cap in policy.caps if attempt.traffic_class in cap.classes]
+    for pack in packs:
+        caps += build.live(pack.caps)
+    for cap in caps:
+        key = keyspace.cap_key(cap, attempt.tenant, attempt.campaign, token)
+        if key is None:
+            continue
+        build.add(
+            Check(
+                "L",
+                f"cap:{cap.id}",
+                f"cap:{cap.id}",
+                key,
+                (cap.limit, int(cap.window_s * 1000)),
+                shadow=cap.shadow,
+                source=cap.source,
+                detail=f"{cap.limit} in {window_text(cap.window_s)}",
+            )
+        )
+    hours = [rule for pack in packs for rule in build.live(pack.hours)]
+    if hours:
+        _hours_check(build, hours)
+    cps = policy.cps_for(attempt.trunk)
+    if cps:
+        build.add(
+            Check(
+                "L",
+                f"cps:{attempt.trunk}",
+                f"cps:{attempt.trunk}",
+                keyspace.cps_key(attempt.trunk),
+                (cps, CPS_WINDOW_MS),
+                detail=f"{cps} per second",
+            )
+        )
+
+
+def _hours_check(build: _Builder, rules: Sequence[HoursRule]) -> None:
+    """One W check for all calling-hour rules in force, in all the number's zones."""
+    zones = build.target.time_zones or ("UTC",)
+    enforced = [r for r in rules if not r.shadow]
+    opens_at, closed = next_open(enforced or rules, zones, build.attempt.now)
+    if opens_at is None:
+        retry_ms = int(NO_WINDOW_RETRY_S * 1000)
+    else:
+        retry_ms = max(0, math.ceil((opens_at - build.attempt.now).total_seconds() * 1000))
+    exempt: list[int] = []
+    for rule in rules:
+        if rule.consent_list:
+            key = build.list_key(rule.consent_list)
+            if key is not None:
+                if rule.consent_list not in build.membership:
+                    build.membership[rule.consent_list] = build.add(
+                        Check(
+                            "H",
+                            f"list:{rule.consent_list}",
+                            "",
+                            key,
+                            detail="consent to calls outside hours",
+                        )
+                    )
+                exempt.append(build.membership[rule.consent_list])
+    decisive = closed or rules[0]
+    build.add(
+        Check(
+            "W",
+            f"hours:{decisive.id}",
+            f"outside_hours:{decisive.id}",
+            "",
+            (retry_ms,),
+            exempt_by=tuple(exempt),
+            shadow=not enforced,
+            source=decisive.source,
+            detail=f"local time in {', '.join(zones)}",
+        )
+    )
 
 
 def _retry_s(retry_after_ms: int) -> float:
@@ -180,31 +441,44 @@ def _retry_s(retry_after_ms: int) -> float:
     return max(math.ceil(retry_after_ms), 1) / 1000
 
 
-def conclude(plan: Plan, result: StoreResult) -> Decision:
+def _shadowed(pending: Plan, result: StoreResult) -> tuple[str, ...]:
+    """Reasons of shadow checks that would have decided."""
+    reasons = list(pending.shadow)
+    for check, seen in zip(pending.check.checks, result.results, strict=False):
+        if check.shadow and _would_decide(check, seen, result.results):
+            reasons.append(check.reason)
+    return tuple(reasons)
+
+
+def _would_decide(check: Check, seen: int, results: Sequence[int]) -> bool:
+    exempted = any(results[i - 1] == 1 for i in check.exempt_by)
+    if check.kind == "B":
+        return seen == 1 and not exempted
+    if check.kind == "C":
+        return seen == 0 and not exempted
+    if check.kind == "R":
+        return seen > 0
+    if check.kind == "F":
+        return seen < 0 or seen > check.params[0]
+    if check.kind == "W":
+        return seen > 0 and not exempted
+    if check.kind == "L":
+        return seen >= check.params[0]
+    return False
+
+
+def conclude(pending: Plan, result: StoreResult) -> Decision:
     """Turn the store's answer into the decision."""
-    e164 = plan.destination.e164
-    if result.outcome == Outcome.LISTED:
-        rule = plan.lists[result.index - 1]
-        return _decided(Verdict.BLOCK, f"listed:{rule.name}", f"list:{rule.name}", e164)
-    if result.outcome == Outcome.CAPPED:
-        cap = plan.caps[result.index - 1]
-        return Decision(
-            verdict=Verdict.DEFER,
-            reason=f"cap:{cap.id}",
-            rule=f"cap:{cap.id}",
-            e164=e164,
-            retry_after_s=_retry_s(result.retry_after_ms),
-        )
-    if result.outcome == Outcome.CPS:
-        trunk = plan.attempt.trunk
-        return Decision(
-            verdict=Verdict.DEFER,
-            reason=f"cps:{trunk}",
-            rule=f"cps:{trunk}",
-            e164=e164,
-            retry_after_s=_retry_s(result.retry_after_ms),
-        )
-    return _decided(Verdict.ALLOW, "allowed", "", e164)
+    e164 = pending.destination.e164
+    shadow = _shadowed(pending, result)
+    if result.decided == 0:
+        return _decided(Verdict.ALLOW, "allowed", "", e164, shadow)
+    check = pending.check.checks[result.decided - 1]
+    if check.kind in _BLOCKING:
+        return _decided(Verdict.BLOCK, check.reason, check.rule, e164, shadow)
+    return Decision(
+        Verdict.DEFER, check.reason, check.rule, e164, _retry_s(result.retry_after_ms), shadow
+    )
 
 
 def fail_closed(attempt: Attempt, pending: Plan, fail_mode: FailMode) -> Decision:
@@ -219,58 +493,68 @@ def fail_closed(attempt: Attempt, pending: Plan, fail_mode: FailMode) -> Decisio
     )
 
 
+def _outcome(check: Check, seen: int, decided: bool, results: Sequence[int]) -> str:
+    if check.kind in "AH":
+        return "listed" if seen else "not listed"
+    would = _would_decide(check, seen, results)
+    if decided:
+        return "BLOCK" if check.kind in _BLOCKING else "DEFER"
+    if would:
+        return (
+            "shadow " + ("BLOCK" if check.kind in _BLOCKING else "DEFER")
+            if check.shadow
+            else ("exempted" if check.kind in "BCW" else "not deciding")
+        )
+    return "pass"
+
+
+def _seen_text(check: Check, seen: int) -> str:
+    if check.kind == "L":
+        return f"{seen} of {check.params[0]} in window"
+    if check.kind == "R":
+        return f"{window_text(seen / 1000)} left" if seen > 0 else "none"
+    if check.kind == "F":
+        return "never refreshed" if seen < 0 else f"refreshed {window_text(seen / 1000)} ago"
+    if check.kind == "W":
+        return f"opens in {window_text(seen / 1000)}" if seen > 0 else "open now"
+    return ""
+
+
 def explain(pending: Plan | Decision, result: StoreResult | None) -> list[RuleOutcome]:
-    """Each rule in force and its outcome, in evaluation order, for ``check --explain``."""
+    """Each rule in force, its outcome and source, in evaluation order (``--explain``)."""
     if isinstance(pending, Decision):
         return [RuleOutcome(pending.rule, pending.verdict.value, pending.reason)]
+    dest = pending.destination
     rows = [
         RuleOutcome(
             "numbers",
             "pass",
-            f"{pending.destination.e164} "
-            f"({pending.destination.number_type.value}, {pending.destination.region})",
+            f"{dest.e164} ({dest.number_type.value}, {dest.region}, "
+            f"{', '.join(dest.time_zones) or 'no zone'})",
         ),
-        RuleOutcome("number_types", "pass", pending.destination.number_type.value),
+        RuleOutcome("packs", "in force" if pending.packs else "none", ", ".join(pending.packs)),
+        *pending.static,
     ]
     if result is None:
         return [*rows, RuleOutcome("store", "unavailable", "fail mode applied")]
-    for index, rule in enumerate(pending.lists):
-        listed = result.memberships[index]
-        if rule.kind == "allow":
-            outcome = "listed (exempts " + ", ".join(rule.exempts) + ")" if listed else "not listed"
-        elif not listed:
-            outcome = "not listed"
-        else:
-            decided = result.outcome == Outcome.LISTED and result.index == index + 1
-            outcome = "BLOCK" if decided else "listed, exempted"
-        rows.append(RuleOutcome(f"list:{rule.name}", outcome, f"{rule.kind}, {rule.scope}"))
-    for index, cap in enumerate(pending.caps):
-        if index >= len(result.counts):
-            rows.append(RuleOutcome(f"cap:{cap.id}", "not reached", "decided by an earlier rule"))
-            continue
-        seen = result.counts[index]
-        capped = result.outcome == Outcome.CAPPED and result.index == index + 1
-        rows.append(
-            RuleOutcome(
-                f"cap:{cap.id}",
-                "DEFER" if capped else "pass",
-                f"{seen} of {cap.limit} in {window_text(cap.window_s)}"
-                + (f"; {cap.source}" if cap.source else ""),
-            )
-        )
-    if pending.trunk_cps:
-        rows.append(
-            RuleOutcome(
-                f"cps:{pending.attempt.trunk}",
-                "DEFER" if result.outcome == Outcome.CPS else "pass",
-                f"{result.cps_count} of {pending.trunk_cps} in the last second",
-            )
-        )
+    for index, (check, seen) in enumerate(
+        zip(pending.check.checks, result.results, strict=False), start=1
+    ):
+        outcome = _outcome(check, seen, index == result.decided, result.results)
+        detail = "; ".join(d for d in (check.detail, _seen_text(check, seen)) if d)
+        rows.append(RuleOutcome(check.rule, outcome, detail, check.source))
     return rows
 
 
 def window_text(window_s: float) -> str:
+    """``2592000`` → ``30d``; ``5400`` → ``1h30m``; ``0.5`` → ``0.5s``."""
+    if window_s < 1:
+        return f"{window_s:g}s"
+    rest, parts = round(window_s), []
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
-        if window_s >= size and window_s % size == 0:
-            return f"{int(window_s // size)}{unit}"
-    return f"{window_s}s"
+        if rest >= size:
+            parts.append(f"{rest // size}{unit}")
+            rest %= size
+        if len(parts) == 2:
+            break
+    return "".join(parts)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 
-from gate.config import CapRule, ListRule
+from gate.rules import CapRule, CooloffRule, ListRule
 
 __all__ = ["Keyspace"]
 
@@ -56,6 +56,16 @@ class Keyspace:
         if rule.scope == "tenant":
             return f"{base}:t:{tenant}:{token}"
         return f"{base}:c:{tenant}:{campaign}:{token}" if campaign else None
+
+    def meta_key(self, rule: ListRule, tenant: str, campaign: str) -> str | None:
+        """The HASH of a list's metadata (refreshed_at, count, source…); None: not applicable."""
+        key = self.list_key(rule, tenant, campaign)
+        return None if key is None else key.replace(":list:", ":meta:", 1)
+
+    def cooloff_key(self, rule: CooloffRule, tenant: str, token: str) -> str:
+        """The marker that exists (with a TTL) while a number is in ``rule``'s cool-off."""
+        base = f"{self._prefix}cool:{rule.id}"
+        return f"{base}:{token}" if rule.scope == "global" else f"{base}:t:{tenant}:{token}"
 
     def cps_key(self, trunk: str) -> str:
         """The one-second attempt log of a trunk."""

@@ -12,6 +12,11 @@ dialplans, dashboards and audits may match on:
 - ``listed:<list>``                    on a block list
 - ``cap:<rule>``                       frequency cap reached (DEFER with retry_after_s)
 - ``cps:<trunk>``                      trunk calls-per-second cap reached (DEFER)
+- ``no_consent:<rule>``                 consent required and absent or expired (BLOCK)
+- ``refusal:<rule>``, ``abandoned:<rule>``  cool-off after a refusal / abandoned call (DEFER)
+- ``stale_list:<list>``                a list the law requires fresh is too old (DEFER)
+- ``outside_hours:<rule>``             outside the callee's legal calling hours (DEFER)
+- ``caller_id:<why>``                  masked, invalid, forbidden range, not authorised (BLOCK)
 - ``store_unavailable``                Redis down or too slow: the configured fail mode
 """
 
@@ -70,6 +75,8 @@ class Decision:
     rule: str
     e164: str = ""
     retry_after_s: float | None = None
+    # Reasons of shadow rules that would have refused the call (reported, not enforced).
+    shadow: tuple[str, ...] = ()
 
     @property
     def hangup_cause(self) -> int:

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime
 from urllib.parse import unquote
 
-from gate.config import IDENT_RE
+from gate._reader import IDENT_RE
 from gate.errors import InputError
 from gate.model import Attempt, Decision, TrafficClass
 

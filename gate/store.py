@@ -23,10 +23,10 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from gate.engine import CPS_WINDOW_MS, StoreCheck, StoreResult
+from gate.engine import StoreCheck, StoreResult
 from gate.errors import StoreError, StoreTimeout, StoreUnavailable
 
-__all__ = ["BATCH", "Store", "load_script"]
+__all__ = ["BATCH", "Store", "encode_checks", "load_script"]
 
 BATCH = 1000
 _ADMIN_TIMEOUT_S = 60.0
@@ -82,28 +82,15 @@ class Store:
             raise _translate(exc, self.where) from exc
 
     async def decide(self, check: StoreCheck) -> StoreResult:
-        """Run one decision's lookups and counters atomically, within the deadline."""
-        keys = [*check.list_keys, *check.cap_keys]
-        if check.cps_limit:
-            keys.append(check.cps_key)
-        args: list[str | int] = [
-            check.now_ms,
-            1 if check.record else 0,
-            check.token,
-            len(check.list_keys),
-            len(check.cap_keys),
-            check.cps_limit,
-            CPS_WINDOW_MS,
-            *check.list_specs,
-        ]
-        for limit, window_ms in zip(check.cap_limits, check.cap_windows_ms, strict=True):
-            args += [limit, window_ms]
+        """Run one decision's checks atomically, within the deadline."""
+        keys, args = encode_checks(check)
         try:
             async with asyncio.timeout(self.deadline_s):
                 reply = await self._decide(keys=keys, args=args)
         except (RedisError, OSError, TimeoutError) as exc:
             raise _translate(exc, self.where) from exc
-        return _parse_reply(reply)
+        decided, retry_ms, results = reply
+        return StoreResult(int(decided), int(retry_ms), tuple(int(r) for r in results))
 
     async def _admin(self, command: str, *args: Any) -> Any:
         try:
@@ -150,6 +137,25 @@ class Store:
                 return
 
 
+def encode_checks(check: StoreCheck) -> tuple[list[str], list[str | int]]:
+    """KEYS and ARGV for decide.lua (its header is the contract)."""
+    keys: list[str] = []
+    index: dict[str, int] = {}
+    args: list[str | int] = [check.now_ms, 1 if check.record else 0, check.token]
+    for item in check.checks:
+        fields = [item.kind, "1" if item.shadow else "0"]
+        if item.key:
+            if item.key not in index:
+                keys.append(item.key)
+                index[item.key] = len(keys)
+            fields.append(str(index[item.key]))
+        fields += [str(p) for p in item.params]
+        if item.exempt_by:
+            fields.append(",".join(str(i) for i in item.exempt_by))
+        args.append("|".join(fields))
+    return keys, args
+
+
 def _batches(members: Iterable[str]) -> Iterable[list[str]]:
     batch: list[str] = []
     for member in members:
@@ -159,15 +165,3 @@ def _batches(members: Iterable[str]) -> Iterable[list[str]]:
             batch = []
     if batch:
         yield batch
-
-
-def _parse_reply(reply: Any) -> StoreResult:
-    outcome, index, retry_ms, memberships, counts, cps_count = reply
-    return StoreResult(
-        outcome=int(outcome),
-        index=int(index),
-        retry_after_ms=int(retry_ms),
-        memberships=tuple(bool(int(m)) for m in memberships),
-        counts=tuple(int(c) for c in counts),
-        cps_count=int(cps_count),
-    )

@@ -22,7 +22,7 @@ async def agi_check(port: int, extension: str) -> dict[str, str]:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     headers = (
         "agi_network_script: check?tenant=default\n"
-        f"agi_extension: {extension}\nagi_channel: Local/test\nagi_callerid: unknown\n\n"
+        f"agi_extension: {extension}\nagi_channel: Local/test\nagi_callerid: 0162000000\n\n"
     )
     writer.write(headers.encode())
     await writer.drain()
@@ -49,6 +49,7 @@ def test_run_serves_fastagi_with_embedded_redis_and_stops_on_sigterm() -> None:
     text = SAMPLE_CONFIG.read_text()
     text = text.replace('data_dir = "../var/redis"', f'data_dir = "{data}/r"')
     text = text.replace('secret_file = "../var/callgate.secret"', f'secret_file = "{data}/s"')
+    text = text.replace('packs_dir = "packs"', f'packs_dir = "{SAMPLE_CONFIG.parent / "packs"}"')
     config.write_text(text.replace("port = 4573", "port = 0"))
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("CALLGATE_SECRET", None)
@@ -76,6 +77,12 @@ def test_run_serves_fastagi_with_embedded_redis_and_stops_on_sigterm() -> None:
             process.wait(10)
         if process.stderr is not None:
             process.stderr.close()
-    assert ("ALLOW", "+33612345678") == (variables["CALLGATE_RESULT"], variables["CALLGATE_E164"])
+    # The sample enables the fr pack: a consumer without prior consent may not be called
+    # (L223-1 opt-in, since 2026-08-11), whatever the time of day.
+    assert ("BLOCK", "no_consent:fr-l223-1-optin", "+33612345678") == (
+        variables["CALLGATE_RESULT"],
+        variables["CALLGATE_REASON"],
+        variables["CALLGATE_E164"],
+    )
     assert not (data / "r" / "redis.sock").exists()  # the embedded Redis was stopped too
     assert (data / "r" / "appendonly.aof").exists()

@@ -1,42 +1,67 @@
 -- decide.lua: all the Redis work of one call decision, atomically (one EVALSHA).
 --
--- KEYS[1 .. L]          list SETs, one per list rule in force (members are number tokens)
--- KEYS[L+1 .. L+C]      attempt logs of the frequency caps in force, one per cap: a STRING of
---                       packed big-endian doubles, each an allowed attempt's time in ms
--- KEYS[L+C+1]           the trunk's attempt log (same encoding), only when ARGV[6] > 0
+-- The engine (gate/engine.py) sends an ordered list of checks; this script runs them
+-- against the keys and returns what each saw and which one decided.
 --
--- ARGV[1]  now_ms       the attempt's time, integer milliseconds since the Unix epoch
--- ARGV[2]  record       "1": count the attempt if allowed; "0": evaluate only
--- ARGV[3]  token        the number's token, as stored in the lists
--- ARGV[4]  L            number of list keys
--- ARGV[5]  C            number of cap keys
--- ARGV[6]  cps_limit    trunk calls per second (0: no trunk cap, no trunk key)
--- ARGV[7]  cps_window   trunk window in ms (1000)
--- ARGV[8 .. 7+L]        per list: "a" (allow list) or "b" followed by the comma-separated
---                       1-based indexes of the allow lists that exempt it ("b", "b2,3")
--- ARGV[8+L .. ]         per cap: limit (attempts), window (ms); 2*C values
+-- KEYS[1 .. #KEYS]   the keys the checks name by index (lists, consent hashes, list
+--                    metadata, cool-off markers, attempt logs)
+-- ARGV[1]  now_ms    the attempt's time, integer milliseconds since the Unix epoch
+-- ARGV[2]  record    "1": count the attempt in every attempt log if allowed; "0": evaluate only
+-- ARGV[3]  token     the number's token, as stored in lists and consent hashes
+-- ARGV[4 .. ]        one check per argument, fields separated by "|":
+--   A|s|k              allow list: SISMEMBER KEYS[k]. Never decides.
+--   H|s|k              consent hash: HGET KEYS[k] token = "granted_ms:expiry_ms" (expiry 0:
+--                      none); hit if present and unexpired. Never decides.
+--   B|s|k|e1,e2        block list: BLOCK if a member, unless check e1, e2… (A/H) hit.
+--   C|s|k|e1,e2        consent required: BLOCK unless this consent hash holds an unexpired
+--                      entry or check e1, e2… hit.
+--   R|s|k              cool-off marker: DEFER while KEYS[k] exists, retry = its PTTL.
+--   F|s|k|max_age_ms|retry_ms
+--                      freshness: DEFER (retry_ms) unless HGET KEYS[k] "refreshed_at" is
+--                      within max_age_ms of now.
+--   W|s|retry_ms|e1    calling window: the engine computed retry_ms (> 0: outside the
+--                      window now); DEFER unless check e1 (outside-hours consent) hit.
+--   L|s|k|limit|window_ms
+--                      attempt log (frequency cap, trunk CPS): KEYS[k] is a STRING of packed
+--                      big-endian doubles (attempt times, ms); DEFER when `limit` attempts
+--                      are inside the window, retry = until the oldest of them leaves it.
+--   s is "1" for a shadow check: evaluated and reported, never deciding.
 --
--- Returns {outcome, index, retry_after_ms, memberships, counts, cps_count}
---   outcome          0 pass, 1 listed (BLOCK), 2 cap reached (DEFER), 3 trunk CPS (DEFER)
---   index            1-based index of the deciding list or cap (0 otherwise)
---   retry_after_ms   for 2 and 3: ms until the oldest counted attempt leaves its window
---   memberships      L integers, 1 where the token is in that list
---   counts           C integers, attempts already inside each cap's window
---   cps_count        attempts on the trunk inside the last window
--- Writes only when outcome is 0 and record is "1": appends now_ms to every log, prunes
--- entries that left their window, and sets each log to expire when its window does. A log
--- is only appended to while it holds fewer than `limit` live entries, so it never holds
--- more than `limit` (32 bytes for a cap of 4).
+-- BLOCK checks decide in order (the first wins). Among DEFER checks the longest wait wins.
+-- Returns {decided, retry_ms, results}: decided = 1-based index of the deciding check (0:
+-- allowed); results[i] = what check i saw: 0/1 for A H B C (1 = member / valid consent),
+-- PTTL ms or 0 for R, age ms or -1 (never refreshed) for F, retry_ms for W, entries inside
+-- the window for L.
+-- Writes only when nothing decided and record is "1": appends now_ms to every attempt
+-- log, drops entries that left their window and sets each log to expire with its window.
+-- A log is appended to only while it holds fewer than `limit` live entries, so it never
+-- holds more than `limit` (32 bytes for a cap of 4).
 
 local now = tonumber(ARGV[1])
 local record = ARGV[2] == "1"
 local token = ARGV[3]
-local n_lists = tonumber(ARGV[4])
-local n_caps = tonumber(ARGV[5])
-local cps_limit = tonumber(ARGV[6])
-local cps_window = tonumber(ARGV[7])
 
--- Entries of a packed log still inside (now - window, now], oldest first.
+local function split(text)
+  local fields = {}
+  for field in string.gmatch(text .. "|", "([^|]*)|") do
+    fields[#fields + 1] = field
+  end
+  return fields
+end
+
+local function consent_valid(key)
+  local value = redis.call("HGET", key, token)
+  if not value then
+    return 0
+  end
+  local expiry = tonumber(string.match(value, ":(%d+)$") or "0")
+  if expiry == 0 or expiry > now then
+    return 1
+  end
+  return 0
+end
+
+-- Entries of a packed attempt log still inside (now - window, now], oldest first.
 local function live_entries(key, window)
   local raw = redis.call("GET", key)
   local kept = {}
@@ -52,73 +77,86 @@ local function live_entries(key, window)
   return kept
 end
 
-local function append_and_store(key, entries, window)
-  local parts = {}
-  for i = 1, #entries do
-    parts[i] = struct.pack(">d", entries[i])
-  end
-  parts[#parts + 1] = struct.pack(">d", now)
-  redis.call("SET", key, table.concat(parts), "PX", window)
+local checks, results, logs = {}, {}, {}
+for i = 4, #ARGV do
+  checks[#checks + 1] = split(ARGV[i])
 end
 
--- Lists: a block list decides unless one of its exempting allow lists holds the token.
-local members = {}
-for i = 1, n_lists do
-  members[i] = redis.call("SISMEMBER", KEYS[i], token)
+local function exempted(list)
+  for index in string.gmatch(list or "", "%d+") do
+    if results[tonumber(index)] == 1 then
+      return true
+    end
+  end
+  return false
 end
-local memberships = members
-for i = 1, n_lists do
-  local spec = ARGV[7 + i]
-  if members[i] == 1 and string.sub(spec, 1, 1) == "b" then
-    local exempted = false
-    for allow in string.gmatch(string.sub(spec, 2), "%d+") do
-      if members[tonumber(allow)] == 1 then
-        exempted = true
+
+local block, defer, retry = 0, 0, 0
+for i, c in ipairs(checks) do
+  local kind, shadow = c[1], c[2] == "1"
+  local decides, wait = false, 0
+  if kind == "A" then
+    results[i] = redis.call("SISMEMBER", KEYS[tonumber(c[3])], token)
+  elseif kind == "H" then
+    results[i] = consent_valid(KEYS[tonumber(c[3])])
+  elseif kind == "B" then
+    results[i] = redis.call("SISMEMBER", KEYS[tonumber(c[3])], token)
+    decides = results[i] == 1 and not exempted(c[4])
+  elseif kind == "C" then
+    results[i] = consent_valid(KEYS[tonumber(c[3])])
+    decides = results[i] == 0 and not exempted(c[4])
+  elseif kind == "R" then
+    local ttl = redis.call("PTTL", KEYS[tonumber(c[3])])
+    results[i] = ttl > 0 and ttl or 0
+    decides, wait = ttl > 0, ttl
+  elseif kind == "F" then
+    local refreshed = tonumber(redis.call("HGET", KEYS[tonumber(c[3])], "refreshed_at") or "-1")
+    results[i] = refreshed < 0 and -1 or now - refreshed
+    decides = refreshed < 0 or now - refreshed > tonumber(c[4])
+    wait = tonumber(c[5])
+  elseif kind == "W" then
+    results[i] = tonumber(c[3])
+    decides = results[i] > 0 and not exempted(c[4])
+    wait = results[i]
+  elseif kind == "L" then
+    local limit, window = tonumber(c[4]), tonumber(c[5])
+    local entries = live_entries(KEYS[tonumber(c[3])], window)
+    logs[i] = entries
+    results[i] = #entries
+    if #entries >= limit then
+      decides, wait = true, entries[#entries - limit + 1] + window - now
+    end
+  else
+    return redis.error_reply("decide.lua: unknown check kind " .. tostring(kind))
+  end
+  if decides and not shadow then
+    if kind == "B" or kind == "C" then
+      if block == 0 then
+        block = i
       end
-    end
-    if not exempted then
-      return {1, i, 0, memberships, {}, 0}
+    elseif defer == 0 or wait > retry then
+      defer, retry = i, wait
     end
   end
 end
 
--- Frequency caps: exact rolling windows. When several are reached, the longest wait wins.
-local logs = {}
-local counts = {}
-local deciding, retry = 0, 0
-for c = 1, n_caps do
-  local limit = tonumber(ARGV[7 + n_lists + 2 * c - 1])
-  local window = tonumber(ARGV[7 + n_lists + 2 * c])
-  local entries = live_entries(KEYS[n_lists + c], window)
-  logs[c] = entries
-  counts[c] = #entries
-  if #entries >= limit then
-    local wait = entries[#entries - limit + 1] + window - now
-    if wait > retry or deciding == 0 then
-      deciding, retry = c, wait
-    end
-  end
+if block > 0 then
+  return {block, 0, results}
 end
-if deciding > 0 then
-  return {2, deciding, retry, memberships, counts, 0}
+if defer > 0 then
+  return {defer, retry, results}
 end
-
--- Trunk calls per second: the same exact log over a one-second window.
-local cps_entries = {}
-if cps_limit > 0 then
-  cps_entries = live_entries(KEYS[n_lists + n_caps + 1], cps_window)
-  if #cps_entries >= cps_limit then
-    local wait = cps_entries[#cps_entries - cps_limit + 1] + cps_window - now
-    return {3, 0, wait, memberships, counts, #cps_entries}
-  end
-end
-
 if record then
-  for c = 1, n_caps do
-    append_and_store(KEYS[n_lists + c], logs[c], tonumber(ARGV[7 + n_lists + 2 * c]))
-  end
-  if cps_limit > 0 then
-    append_and_store(KEYS[n_lists + n_caps + 1], cps_entries, cps_window)
+  for i, c in ipairs(checks) do
+    if c[1] == "L" then
+      local window = tonumber(c[5])
+      local parts = {}
+      for j = 1, #logs[i] do
+        parts[j] = struct.pack(">d", logs[i][j])
+      end
+      parts[#parts + 1] = struct.pack(">d", now)
+      redis.call("SET", KEYS[tonumber(c[3])], table.concat(parts), "PX", window)
+    end
   end
 end
-return {0, 0, 0, memberships, counts, #cps_entries}
+return {0, 0, results}

@@ -66,15 +66,27 @@ def edit_toml(text: str, settings: Settings) -> str:
     return "\n".join(out) + "\n"
 
 
+PLAIN_CAP = """
+[[caps]]
+id = "fr-4-per-30d"
+limit = 4
+window = "30d"
+scope = "tenant"
+"""
+
+
 def sample_config(url: str | None, **settings: dict[str, Any]) -> str:
     """The sample config with a test Redis and a literal secret (no secret file)."""
     base: Settings = {
+        "gate": {"packs": []},
         "redis": {"url": url, "data_dir": None},
         "privacy": {"secret": TEST_SECRET, "secret_file": None},
     }
     for name, values in settings.items():
         base[name] = {**base.get(name, {}), **values}
-    return edit_toml(SAMPLE_CONFIG.read_text(encoding="utf-8"), base)
+    # Without the fr pack (its calling hours would make these tests depend on the clock),
+    # with the same 4-per-30-days cap as a plain config cap.
+    return edit_toml(SAMPLE_CONFIG.read_text(encoding="utf-8"), base) + PLAIN_CAP
 
 
 @pytest.fixture(autouse=True)
@@ -195,15 +207,15 @@ def test_explain_lists_every_rule(cli: Run) -> None:
     lines = out.splitlines()
     expected_rules = [
         "numbers",
-        "number_types",
+        "packs",
+        "list:customers",
         "list:red",
         "list:dnc",
-        "list:customers",
         "cap:fr-4-per-30d",
     ]
     assert (0, "BLOCK listed:red +33612345678") == (status, lines[0])
     assert expected_rules == [line.split()[0] for line in lines[1:]]
-    assert "BLOCK" == lines[3].split()[1]
+    assert "BLOCK" == lines[4].split()[1]
 
 
 def test_json_explain_includes_the_rules(cli: Run) -> None:
@@ -219,23 +231,26 @@ def test_json_explain_includes_the_rules(cli: Run) -> None:
     } == result
     assert [
         "numbers",
-        "number_types",
+        "packs",
+        "list:customers",
         "list:red",
         "list:dnc",
-        "list:customers",
         "cap:fr-4-per-30d",
     ] == [r["rule"] for r in rules]
     assert {
         "rule": "cap:fr-4-per-30d",
         "outcome": "pass",
-        "detail": "0 of 4 in 30d; Code de la consommation D223-9",
+        "detail": "4 in 30d; 0 of 4 in window",
+        "source": "",
     } == rules[-1]
 
 
 def test_explain_of_a_static_decision_names_its_rule(cli: Run) -> None:
     """A decision made without Redis (emergency) explains itself in one rule line."""
     result = check_json(cli, "17", "--class", "campaign", "--explain")
-    assert [{"rule": "emergency", "outcome": "BLOCK", "detail": "emergency"}] == result["rules"]
+    assert [
+        {"rule": "emergency", "outcome": "BLOCK", "detail": "emergency", "source": ""}
+    ] == result["rules"]
 
 
 # --- store down -------------------------------------------------------------------------
@@ -375,7 +390,7 @@ def test_config_check_accepts_the_sample_config(cli: Run, monkeypatch: pytest.Mo
     status, out, err = cli("config", "check", config=SAMPLE_CONFIG)
     assert (0, "") == (status, err)
     assert f"{SAMPLE_CONFIG}: OK" == out.splitlines()[0]
-    assert "  caps: fr-4-per-30d (4 per 30d)" in out.splitlines()
+    assert "  packs: fr 2026.11 (BL, FR, GF, GP, MF, MQ, PM, RE, YT)" in out.splitlines()
 
 
 # --- list import ------------------------------------------------------------------------

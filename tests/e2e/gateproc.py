@@ -9,6 +9,8 @@ optional table overrides and extra TOML text (e.g. an ``[ari]`` table for the St
 waits (bounded) for its "FastAGI on agi://127.0.0.1:PORT/check" log line, and stops it by
 PID: SIGTERM, then SIGKILL. ``kill()`` is the crash (SIGKILL), ``restart()`` starts it again
 with the same config and port. ``cli()`` runs an admin command against the same config.
+``wait_for_log()`` waits (bounded) for a log line such as "ARI connected"; ``terminate()``
+is ``stop()`` returning the exit status; ``pause()``/``resume()`` freeze and thaw it.
 
 ``callgate_dialplan`` is the repo's ``dialplan/callgate.conf`` pointed at the test's port.
 
@@ -113,7 +115,11 @@ def config_text(
     privacy.pop("secret_file", None)
     privacy["secret"] = secret
     agi = {**data.get("agi", {}), "host": "127.0.0.1", "port": agi_port}
-    data.update(redis=redis, privacy=privacy, agi=agi)
+    # Real calls happen at the real time of day: without the fr pack's calling hours, with
+    # the same 4-per-30-days cap as a plain config cap.
+    gate = {**data.get("gate", {}), "packs": []}
+    caps = [{"id": "fr-4-per-30d", "limit": 4, "window": "30d", "scope": "tenant"}]
+    data.update(redis=redis, privacy=privacy, agi=agi, gate=gate, caps=caps)
     for name, value in (overrides or {}).items():
         if isinstance(value, dict) and isinstance(data.get(name), dict):
             data[name] = {**data[name], **value}
@@ -250,6 +256,45 @@ class GateProcess:
         """Stop (if running) and start again with the same config and port."""
         self.stop()
         self.start()
+
+    def wait_for_log(
+        self, pattern: str, within_s: float = START_TIMEOUT_S, since: int = 0, count: int = 1
+    ) -> re.Match[str]:
+        """Wait (bounded) until the log from offset ``since`` holds ``count`` lines matching
+        the regex ``pattern`` (e.g. ``"ARI connected"``); return the last match."""
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + within_s
+        for _ in range(int(within_s / 0.05) + 1):
+            found = list(regex.finditer(self.read_log()[since:]))
+            if len(found) >= count:
+                return found[count - 1]
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(0.05)
+        raise GateProcessError(
+            f"no {count} log line(s) matching {pattern!r} within {within_s:.0f} s\n"
+            f"{self.log_tail()}"
+        )
+
+    def log_size(self) -> int:
+        """The log's current length: a ``since`` offset for ``wait_for_log``."""
+        return len(self.read_log())
+
+    def terminate(self) -> int | None:
+        """``stop()`` (SIGTERM, SIGKILL after a deadline); the exit status, None if not running."""
+        proc = self._proc
+        self.stop()
+        return None if proc is None else proc.returncode
+
+    def pause(self) -> None:
+        """SIGSTOP: the process keeps its sockets open but handles nothing until ``resume()``."""
+        if self._proc is not None and self._proc.poll() is None:
+            os.kill(self._proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT after ``pause()``."""
+        if self._proc is not None and self._proc.poll() is None:
+            os.kill(self._proc.pid, signal.SIGCONT)
 
     def cli(self, *args: str, timeout_s: float = CLI_TIMEOUT_S) -> subprocess.CompletedProcess[str]:
         """Run ``callgate --config CFG ARGS…`` (an admin command); raise unless it exits 0."""

@@ -15,14 +15,20 @@ from gate.numbers import NumberType
 SAMPLE = Path(__file__).resolve().parents[2] / "config" / "callgate.toml"
 
 
-def test_sample_config_loads_and_enables_the_french_cap(
+def test_sample_config_loads_and_enables_the_french_pack(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """config/callgate.toml is valid: FR region, 4 attempts per 30 days, DEFER fail mode."""
+    """config/callgate.toml is valid: FR region, the fr pack (4 per 30 days), DEFER fail mode."""
     monkeypatch.setenv("CALLGATE_SECRET", "x" * 32)
     config = load_config(SAMPLE)
-    cap = config.policy.caps[0]
-    assert ("FR", 4, 30 * 86400.0) == (config.policy.default_region, cap.limit, cap.window_s)
+    (pack,) = config.policy.packs
+    cap = pack.caps[0]
+    assert ("FR", "fr", 4, 30 * 86400.0) == (
+        config.policy.default_region,
+        pack.id,
+        cap.limit,
+        cap.window_s,
+    )
     assert Verdict.DEFER == config.fail_mode.verdict_for(TrafficClass.CAMPAIGN)
     assert NumberType.PREMIUM in config.policy.blocked_types[TrafficClass.CAMPAIGN]
     assert config.redis.url is None

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from gate.engine import Outcome, Plan, StoreResult, conclude, explain, fail_closed, plan
+from gate.engine import Check, Plan, StoreResult, conclude, explain, fail_closed, plan
 from gate.keys import Keyspace
 from gate.model import Attempt, Decision, TrafficClass, Verdict
 from tests.conftest import TEST_SECRET, make_config
@@ -56,10 +56,14 @@ def test_manual_traffic_may_dial_premium_numbers() -> None:
     )
 
 
+def keys_of(p: Plan) -> list[str]:
+    return [c.key for c in p.check.checks if c.key]
+
+
 def test_plan_lists_every_key_with_one_hash_tag() -> None:
     """All keys of one decision share the {namespace} hash tag (Redis Cluster: one slot)."""
     p = planned(attempt("0612345678", tenant="acme", campaign="spring", trunk="carrier-a"))
-    keys = [*p.check.list_keys, *p.check.cap_keys, p.check.cps_key]
+    keys = keys_of(p)
     assert 6 == len(keys)
     assert all(key.startswith("{callgate}:") for key in keys)
 
@@ -68,22 +72,29 @@ def test_plan_scopes_keys_by_tenant_and_campaign() -> None:
     """Tenant lists and caps are per tenant; campaign lists only apply with a campaign."""
     with_campaign = planned(attempt("0612345678", tenant="acme", campaign="spring"))
     without = planned(attempt("0612345678", tenant="acme"))
-    assert "{callgate}:list:red:t:acme" in with_campaign.check.list_keys
-    assert "{callgate}:list:camp:c:acme:spring" in with_campaign.check.list_keys
-    assert [r.name for r in without.lists] == ["red", "dnc", "customers"]
+    assert "{callgate}:list:red:t:acme" in keys_of(with_campaign)
+    assert "{callgate}:list:camp:c:acme:spring" in keys_of(with_campaign)
+    assert ["list:customers", "list:red", "list:dnc"] == [
+        c.rule for c in without.check.checks if c.kind in "AB"
+    ]
 
 
 def test_plan_encodes_allow_list_exemptions() -> None:
-    """dnc is exempted by customers (3rd list); red by nobody; customers is an allow list."""
+    """dnc is exempted by customers (check 1, an allow list); red by nobody."""
     p = planned(attempt("0612345678"))
-    assert ("b", "b3", "a") == p.check.list_specs
+    checks = {c.rule: c for c in p.check.checks}
+    assert ("A", (), (1,)) == (
+        checks["list:customers"].kind,
+        checks["list:red"].exempt_by,
+        checks["list:dnc"].exempt_by,
+    )
 
 
 def test_numbers_at_rest_are_tokens_not_numbers() -> None:
     """With a secret, neither keys nor the token contain the number."""
     p = planned(attempt("0612345678"))
     assert "33612345678" not in p.check.token
-    assert all("33612345678" not in key for key in p.check.cap_keys)
+    assert all("33612345678" not in key for key in keys_of(p))
     assert 16 == len(p.check.token)
 
 
@@ -103,52 +114,53 @@ def test_caps_apply_to_their_traffic_classes_only() -> None:
         attempt("0612345678", traffic_class=TrafficClass.MANUAL), config.policy, KEYS, True
     )
     assert isinstance(manual, Plan)
-    assert () == manual.check.cap_keys
+    assert [] == [c for c in manual.check.checks if c.kind == "L"]
 
 
 def test_trunk_cps_only_for_capped_trunks() -> None:
-    """A trunk with no configured cap plans no CPS key."""
-    assert (20, 0) == (
-        planned(attempt("0612345678", trunk="carrier-a")).check.cps_limit,
-        planned(attempt("0612345678", trunk="other")).check.cps_limit,
+    """A trunk with no configured cap plans no CPS check."""
+    capped = planned(attempt("0612345678", trunk="carrier-a")).check.checks
+    other = planned(attempt("0612345678", trunk="other")).check.checks
+    assert (["cps:carrier-a"], []) == (
+        [c.rule for c in capped if c.rule.startswith("cps:")],
+        [c.rule for c in other if c.rule.startswith("cps:")],
     )
 
 
-def result(outcome: int, index: int = 0, retry_ms: int = 0) -> StoreResult:
-    return StoreResult(outcome, index, retry_ms, (False, False, False), (0,), 0)
+PLAN = planned(attempt("0612345678", trunk="carrier-a"))
+INDEX = {c.rule: i for i, c in enumerate(PLAN.check.checks, start=1)}
+NOTHING = tuple(0 for _ in PLAN.check.checks)
+
+
+def result(rule: str = "", retry_ms: int = 0) -> StoreResult:
+    return StoreResult(INDEX[rule] if rule else 0, retry_ms, NOTHING)
 
 
 @pytest.mark.parametrize(
     ("store_result", "expected"),
     [
-        (result(Outcome.PASS), Decision(Verdict.ALLOW, "allowed", "", "+33612345678")),
+        (result(), Decision(Verdict.ALLOW, "allowed", "", "+33612345678")),
+        (result("list:red"), Decision(Verdict.BLOCK, "listed:red", "list:red", "+33612345678")),
         (
-            result(Outcome.LISTED, 1),
-            Decision(Verdict.BLOCK, "listed:red", "list:red", "+33612345678"),
-        ),
-        (
-            result(Outcome.CAPPED, 1, 86_400_000),
+            result("cap:fr-4-per-30d", 86_400_000),
             Decision(
                 Verdict.DEFER, "cap:fr-4-per-30d", "cap:fr-4-per-30d", "+33612345678", 86400.0
             ),
         ),
         (
-            result(Outcome.CPS, 0, 40),
+            result("cps:carrier-a", 40),
             Decision(Verdict.DEFER, "cps:carrier-a", "cps:carrier-a", "+33612345678", 0.04),
         ),
     ],
 )
-def test_conclude_maps_store_outcomes(store_result: StoreResult, expected: Decision) -> None:
-    """Each Lua outcome becomes its verdict, stable reason code and retry time."""
-    assert expected == conclude(planned(attempt("0612345678", trunk="carrier-a")), store_result)
+def test_conclude_maps_the_deciding_check(store_result: StoreResult, expected: Decision) -> None:
+    """The deciding check becomes its verdict, stable reason code and retry time."""
+    assert expected == conclude(PLAN, store_result)
 
 
 def test_a_due_retry_is_never_zero() -> None:
     """A DEFER always says to wait at least a millisecond."""
-    assert (
-        0.001
-        == conclude(planned(attempt("0612345678")), result(Outcome.CAPPED, 1, 0)).retry_after_s
-    )
+    assert 0.001 == conclude(PLAN, result("cap:fr-4-per-30d", 0)).retry_after_s
 
 
 @pytest.mark.parametrize(
@@ -170,17 +182,35 @@ def test_fail_mode_is_per_traffic_class(
 
 
 def test_explain_names_each_rule_in_force() -> None:
-    """--explain lists the numbers, type, each list and each cap with its outcome."""
+    """--explain lists the number, packs, each list and each cap with its outcome."""
     p = planned(attempt("0612345678"))
-    rows = explain(p, StoreResult(Outcome.LISTED, 1, 0, (True, False, False), (), 0))
+    seen = tuple(1 if c.rule == "list:red" else 0 for c in p.check.checks)
+    decided = next(i for i, c in enumerate(p.check.checks, start=1) if c.rule == "list:red")
+    rows = explain(p, StoreResult(decided, 0, seen))
     assert [
         ("numbers", "pass"),
-        ("number_types", "pass"),
-        ("list:red", "BLOCK"),
-        ("list:dnc", "not listed"),
+        ("packs", "none"),
         ("list:customers", "not listed"),
-        ("cap:fr-4-per-30d", "not reached"),
+        ("list:red", "BLOCK"),
+        ("list:dnc", "pass"),
+        ("cap:fr-4-per-30d", "pass"),
     ] == [(r.rule, r.outcome) for r in rows]
+
+
+def test_shadow_checks_are_reported_not_enforced() -> None:
+    """A shadow check that would decide shows up in Decision.shadow; the call is allowed."""
+    check = Check("L", "cap:trial", "cap:trial", "{callgate}:k", (1, 1000), shadow=True)
+    p = planned(attempt("0612345678"))
+    shadowed = Plan(
+        p.attempt,
+        p.destination,
+        p.packs,
+        p.static,
+        p.shadow,
+        type(p.check)(p.check.now_ms, True, p.check.token, (check,)),
+    )
+    decision = conclude(shadowed, StoreResult(0, 0, (3,)))
+    assert (Verdict.ALLOW, ("cap:trial",)) == (decision.verdict, decision.shadow)
 
 
 def test_hangup_causes() -> None:
