@@ -10,6 +10,8 @@ Routes:
   (suggested Q.850 hangup cause: 21 BLOCK, 34 DEFER, 0 ALLOW).
 - ``optout`` put ``number`` on the tenant's red list (``list=`` to name another block
   list); sets ``CALLGATE_RESULT`` to OK or ERROR. The very next attempt sees it.
+- ``refusal`` / ``abandoned`` the agent's disposition: start the packs' cool-off for
+  ``number`` (France: 60 days after a refusal; UK: 72 h after an abandoned call).
 
 Guarantees (model: aiosmtpd's ``_handle_client``): headers are read under a deadline with
 a line-length and line-count limit; a peer that closes early, sends garbage or stalls is
@@ -193,10 +195,28 @@ class AgiServer:
                 return decision_fields(await self.gate.decide(attempt))
             if request.route == "optout":
                 return await self._optout(request)
+            if request.route in ("refusal", "abandoned"):
+                return await self._event(request)
             raise BadRequest("bad_request:route", f"unknown route {request.route!r}")
         except BadRequest as exc:
             log.warning("FastAGI: %s", exc)
             return [("CALLGATE_REASON", exc.code), ("CALLGATE_RESULT", "ERROR")]
+
+    async def _event(self, request: AgiRequest) -> list[tuple[str, str]]:
+        """The agent's disposition: the callee refused, or the call was abandoned."""
+        number = request.params.get("number") or request.extension
+        tenant = ident_param(request.params, "tenant", self.gate.config.default_tenant)
+        try:
+            rules = await self.lists.record_event(request.route, number, tenant, datetime.now(UTC))
+        except GateError as exc:
+            log.warning("FastAGI %s refused: %s", request.route, exc)
+            return [
+                ("CALLGATE_REASON", f"{request.route}_failed:{type(exc).__name__}"),
+                ("CALLGATE_RESULT", "ERROR"),
+            ]
+        if not rules:
+            return [("CALLGATE_REASON", f"{request.route}_no_rule"), ("CALLGATE_RESULT", "ERROR")]
+        return [("CALLGATE_REASON", f"{request.route}:{rules[0]}"), ("CALLGATE_RESULT", "OK")]
 
     async def _optout(self, request: AgiRequest) -> list[tuple[str, str]]:
         number = request.params.get("number") or request.extension

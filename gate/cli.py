@@ -109,7 +109,43 @@ def _build_parser() -> _Parser:
     imp.add_argument("file", type=Path)
     imp.add_argument("--column", help="CSV/TSV column: a header name or a 1-based index")
     imp.add_argument("--rejects", type=Path, help="also write rejected lines to this file")
+    imp.add_argument(
+        "--refreshed-at",
+        type=_when,
+        help="when the file was produced (a scrub's date; default now)",
+    )
     _scope_args(imp)
+    info = actions.add_parser("info", help="entries and metadata (refreshed_at, source)")
+    info.add_argument("list")
+    _scope_args(info)
+
+    consent = commands.add_parser("consent", help="record or revoke consents")
+    consent_actions = consent.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    grant = consent_actions.add_parser(
+        "add", help="record prior consent (granted now or --granted-at)"
+    )
+    grant.add_argument("numbers", nargs="+", metavar="NUMBER")
+    grant.add_argument(
+        "--list",
+        default="consent",
+        help="consent list (default consent; consent_outside_hours for hours)",
+    )
+    grant.add_argument("--granted-at", type=_when)
+    grant.add_argument("--expires", type=_when)
+    _scope_args(grant)
+    revoke = consent_actions.add_parser("revoke", help="consent withdrawn: remove it, red-list")
+    revoke.add_argument("numbers", nargs="+", metavar="NUMBER")
+    revoke.add_argument("--red-list", default="red")
+    _scope_args(revoke)
+
+    for event, text in (
+        ("refusal", "the callee refused during a call: start the cool-off"),
+        ("abandoned", "an abandoned call: start its cool-off"),
+    ):
+        sub = commands.add_parser(event, help=text)
+        sub.add_argument("number")
+        sub.add_argument("--at", type=_when, help="when it happened (default now)")
+        _scope_args(sub)
 
     config = commands.add_parser("config", help="configuration")
     config_actions = config.add_subparsers(dest="action", required=True, parser_class=_Parser)
@@ -203,6 +239,11 @@ async def _list(config: Config, args: argparse.Namespace) -> int:
         elif args.action == "export":
             async for number in admin.export(args.list, tenant, args.campaign):
                 print(number)
+        elif args.action == "info":
+            for name, value in (await admin.info(args.list, tenant, args.campaign)).items():
+                if name == "refreshed_at" and value.isdigit():
+                    value = datetime.fromtimestamp(int(value) / 1000, UTC).isoformat()
+                print(f"{name}: {value}")
         else:
             return await _import(admin, args, tenant)
     return 0
@@ -226,13 +267,49 @@ async def _import(admin: ListAdmin, args: argparse.Namespace, tenant: str) -> in
         entries = read_numbers(
             _open_text(args.file), rule, admin.policy.default_region, args.column
         )
-        summary = await admin.import_entries(args.list, entries, tenant, args.campaign, report)
+        summary = await admin.import_entries(
+            args.list,
+            entries,
+            tenant,
+            args.campaign,
+            report,
+            refreshed_at=args.refreshed_at,
+            source=args.file.name,
+        )
     finally:
         if rejects is not None:
             rejects.close()
     print(
         f"{summary.imported} imported, {summary.duplicates} duplicates, {summary.rejected} rejected"
     )
+    return 0
+
+
+async def _consent_or_event(config: Config, args: argparse.Namespace) -> int:
+    tenant = args.tenant or config.default_tenant
+    campaign = args.campaign or ""
+    async with open_gate(config, ADMIN_DEADLINE_S) as gate:
+        admin = ListAdmin(config.policy, gate.keyspace, gate.store)
+        if args.command == "consent" and args.action == "add":
+            if admin.rule(args.list).kind != "consent":
+                raise InputError(f"list {args.list!r} is not a consent list")
+            added = await admin.add(
+                args.list, args.numbers, tenant, campaign, now=args.granted_at, expires=args.expires
+            )
+            print(f"{added} consents recorded, {len(args.numbers) - added} updated")
+        elif args.command == "consent":
+            added = await admin.revoke(args.numbers, tenant, campaign, args.red_list)
+            print(f"{len(args.numbers)} consents revoked; {added} added to {args.red_list}")
+        else:
+            rules = await admin.record_event(
+                args.command, args.number, tenant, args.at or datetime.now(UTC)
+            )
+            if not rules:
+                raise InputError(
+                    f"no enabled pack has a cool-off after a {args.command} for "
+                    f"{args.number!r}; nothing recorded"
+                )
+            print(f"{args.command} recorded: {', '.join(rules)}")
     return 0
 
 
@@ -314,6 +391,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_check(config, args))
         if args.command == "list":
             return asyncio.run(_list(config, args))
+        if args.command in ("consent", "refusal", "abandoned"):
+            return asyncio.run(_consent_or_event(config, args))
         return asyncio.run(_run(config))
     except GateError as exc:
         print(f"callgate: error: {exc}", file=sys.stderr)

@@ -334,6 +334,7 @@ def _store_checks(build: _Builder, policy: Policy, packs: Sequence[Pack]) -> Non
                     f"cooloff:{cool.id}",
                     f"{cool.event}:{cool.id}",
                     keyspace.cooloff_key(cool, attempt.tenant, token),
+                    (int(cool.period_s * 1000),),
                     shadow=cool.shadow,
                     source=cool.source,
                     detail=f"{window_text(cool.period_s)} after a {cool.event}",

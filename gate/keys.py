@@ -63,7 +63,7 @@ class Keyspace:
         return None if key is None else key.replace(":list:", ":meta:", 1)
 
     def cooloff_key(self, rule: CooloffRule, tenant: str, token: str) -> str:
-        """The marker that exists (with a TTL) while a number is in ``rule``'s cool-off."""
+        """Holds the time (ms) of the number's last ``rule.event``; expires with the period."""
         base = f"{self._prefix}cool:{rule.id}"
         return f"{base}:{token}" if rule.scope == "global" else f"{base}:t:{tenant}:{token}"
 

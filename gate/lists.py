@@ -14,14 +14,17 @@ import csv
 import io
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
-from gate.config import ListRule, Policy
+from gate.config import Policy
 from gate.errors import InputError, NumberError, ProtectedNumberError
 from gate.keys import Keyspace
-from gate.numbers import BadNumber, ShortCode, classify
+from gate.model import TrafficClass
+from gate.numbers import BadNumber, Destination, ShortCode, classify
+from gate.rules import ListRule, in_force
 from gate.store import Store
 
-__all__ = ["ImportSummary", "ListAdmin", "Rejected", "read_numbers"]
+__all__ = ["ImportSummary", "ListAdmin", "Rejected", "consent_value", "read_numbers"]
 
 _COMMENT = "#"
 
@@ -111,7 +114,7 @@ def _sniff(line: str) -> type[csv.Dialect]:
 
 
 class ListAdmin:
-    """List operations for one tenant/campaign, by list name."""
+    """List, consent and event operations, by list name, for one tenant/campaign."""
 
     def __init__(self, policy: Policy, keyspace: Keyspace, store: Store) -> None:
         self.policy, self.keyspace, self.store = policy, keyspace, store
@@ -119,8 +122,14 @@ class ListAdmin:
     def rule(self, name: str) -> ListRule:
         rule = self.policy.list_rule(name)
         if rule is None:
-            known = ", ".join(r.name for r in self.policy.lists) or "none"
-            raise InputError(f"list {name!r} is not in the config (lists: {known})")
+            known = [
+                r.name
+                for r in (*self.policy.lists, *(r for p in self.policy.packs for r in p.lists))
+            ]
+            raise InputError(
+                f"list {name!r} is not in the config or its packs "
+                f"(lists: {', '.join(known) or 'none'})"
+            )
         return rule
 
     def key(self, name: str, tenant: str, campaign: str) -> str:
@@ -130,25 +139,60 @@ class ListAdmin:
             raise InputError(f"list {name!r} is per campaign: pass --campaign")
         return key
 
-    async def add(self, name: str, numbers: Iterable[str], tenant: str, campaign: str) -> int:
-        """Validate every number first, then add them all; returns how many were new."""
+    def _tokens(self, rule: ListRule, numbers: Iterable[str]) -> list[str]:
+        """Validate every number first (nothing is written if one is wrong)."""
+        region = self.policy.default_region
+        return [self.keyspace.token(validate_entry(rule, n, region)) for n in numbers]
+
+    async def _write(
+        self, rule: ListRule, key: str, tokens: list[str], now: datetime, expires: datetime | None
+    ) -> int:
+        if rule.kind == "consent":
+            value = consent_value(now, expires)
+            return await self.store.set_fields(key, ((t, value) for t in tokens))
+        return await self.store.add_members(key, tokens)
+
+    async def add(
+        self,
+        name: str,
+        numbers: Iterable[str],
+        tenant: str,
+        campaign: str,
+        now: datetime | None = None,
+        expires: datetime | None = None,
+    ) -> int:
+        """Add numbers (consent lists: granted ``now``, optional expiry); how many were new."""
         rule = self.rule(name)
-        tokens = [
-            self.keyspace.token(validate_entry(rule, n, self.policy.default_region))
-            for n in numbers
-        ]
-        return await self.store.add_members(self.key(name, tenant, campaign), tokens)
+        tokens = self._tokens(rule, numbers)
+        when = now or datetime.now(UTC)
+        return await self._write(rule, self.key(name, tenant, campaign), tokens, when, expires)
 
     async def remove(self, name: str, numbers: Iterable[str], tenant: str, campaign: str) -> int:
         rule = self.rule(name)
-        tokens = [
-            self.keyspace.token(validate_entry(rule, n, self.policy.default_region))
-            for n in numbers
-        ]
-        return await self.store.remove_members(self.key(name, tenant, campaign), tokens)
+        tokens = self._tokens(rule, numbers)
+        key = self.key(name, tenant, campaign)
+        if rule.kind == "consent":
+            return await self.store.remove_fields(key, tokens)
+        return await self.store.remove_members(key, tokens)
 
     async def count(self, name: str, tenant: str, campaign: str) -> int:
-        return await self.store.count_members(self.key(name, tenant, campaign))
+        key = self.key(name, tenant, campaign)
+        if self.rule(name).kind == "consent":
+            return await self.store.count_fields(key)
+        return await self.store.count_members(key)
+
+    async def info(self, name: str, tenant: str, campaign: str) -> dict[str, str]:
+        """The list's metadata (refreshed_at, source…) and its current entry count."""
+        rule = self.rule(name)
+        meta_key = self.keyspace.meta_key(rule, tenant, campaign)
+        meta = await self.store.get_fields(meta_key) if meta_key else {}
+        return {
+            "name": name,
+            "kind": rule.kind,
+            "scope": rule.scope,
+            "entries": str(await self.count(name, tenant, campaign)),
+            **meta,
+        }
 
     async def export(self, name: str, tenant: str, campaign: str) -> AsyncIterator[str]:
         if self.keyspace.hashed:
@@ -156,7 +200,8 @@ class ListAdmin:
                 f"list {name!r} holds keyed hashes, not numbers: it cannot be exported "
                 "(privacy.hash_numbers = true)"
             )
-        async for member in self.store.members(self.key(name, tenant, campaign)):
+        hashed = self.rule(name).kind == "consent"
+        async for member in self.store.members(self.key(name, tenant, campaign), hashed):
             yield member
 
     async def import_entries(
@@ -166,9 +211,16 @@ class ListAdmin:
         tenant: str,
         campaign: str,
         on_reject: Callable[[Rejected], None],
+        refreshed_at: datetime | None = None,
+        source: str = "",
     ) -> ImportSummary:
-        """Add every accepted entry in batches; report each rejected one to ``on_reject``."""
+        """Add every accepted entry in batches; report each rejected one to ``on_reject``.
+
+        Records the list's ``refreshed_at`` (the freshness rules read it) when done.
+        """
+        rule = self.rule(name)
         key = self.key(name, tenant, campaign)
+        when = refreshed_at or datetime.now(UTC)
         accepted = rejected = 0
         batch: list[str] = []
         new = 0
@@ -180,8 +232,72 @@ class ListAdmin:
             accepted += 1
             batch.append(self.keyspace.token(entry))
             if len(batch) >= 10_000:
-                new += await self.store.add_members(key, batch)
+                new += await self._write(rule, key, batch, when, None)
                 batch = []
         if batch:
-            new += await self.store.add_members(key, batch)
+            new += await self._write(rule, key, batch, when, None)
+        meta_key = self.keyspace.meta_key(rule, tenant, campaign)
+        if meta_key:
+            await self.store.set_fields(
+                meta_key,
+                [
+                    ("refreshed_at", str(int(when.timestamp() * 1000))),
+                    ("source", source),
+                    ("imported", str(new)),
+                ],
+            )
         return ImportSummary(imported=new, duplicates=accepted - new, rejected=rejected)
+
+    async def revoke(
+        self, numbers: Iterable[str], tenant: str, campaign: str, red_list: str = "red"
+    ) -> int:
+        """Consent withdrawn: remove from every consent list, put on ``red_list``."""
+        red = self.rule(red_list)
+        if red.kind != "block":
+            raise InputError(f"list {red_list!r} is not a block list")
+        tokens = self._tokens(red, numbers)
+        consent_lists = {
+            r.name: r
+            for r in (*self.policy.lists, *(r for p in self.policy.packs for r in p.lists))
+            if r.kind == "consent"
+        }
+        for rule in consent_lists.values():
+            key = self.keyspace.list_key(rule, tenant, campaign)
+            if key is not None:
+                await self.store.remove_fields(key, tokens)
+        return await self.store.add_members(self.key(red_list, tenant, campaign), tokens)
+
+    async def record_event(self, event: str, number: str, tenant: str, at: datetime) -> list[str]:
+        """Record a refusal/abandoned call: every cool-off rule for it starts at ``at``.
+
+        Returns the ids of the rules that now hold the number; an empty list means no
+        enabled pack has a cool-off for this event and destination.
+        """
+        target = classify(number, self.policy.default_region)
+        if not isinstance(target, Destination):
+            raise NumberError(f"number {number!r}: not a callable number")
+        day = at.date()
+        started: list[str] = []
+        for pack in self.policy.packs:
+            if target.region not in pack.regions:
+                continue
+            for rule in pack.cooloffs:
+                if rule.event != event or not any(
+                    in_force(rule, target.e164, cls, day) for cls in TrafficClass
+                ):
+                    continue
+                key = self.keyspace.cooloff_key(rule, tenant, self.keyspace.token(target.e164))
+                at_ms = int(at.timestamp() * 1000)
+                ttl_ms = (
+                    at_ms + int(rule.period_s * 1000) - int(datetime.now(UTC).timestamp() * 1000)
+                )
+                if ttl_ms > 0:
+                    await self.store.mark(key, str(at_ms), ttl_ms)
+                started.append(rule.id)
+        return started
+
+
+def consent_value(granted: datetime, expires: datetime | None) -> str:
+    """``granted_ms:expiry_ms`` (0: no expiry), as decide.lua reads it."""
+    expiry = 0 if expires is None else int(expires.timestamp() * 1000)
+    return f"{int(granted.timestamp() * 1000)}:{expiry}"

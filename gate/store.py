@@ -116,12 +116,47 @@ class Store:
     async def count_members(self, key: str) -> int:
         return int(await self._admin("SCARD", key))
 
-    async def members(self, key: str) -> AsyncIterator[str]:
-        """Every member of a list SET, by SSCAN (constant memory)."""
+    async def set_fields(self, key: str, fields: Iterable[tuple[str, str]]) -> int:
+        """HSET in batches (consent lists: token → "granted_ms:expiry_ms"); returns new fields."""
+        added = 0
+        batch: list[str] = []
+        for name, value in fields:
+            batch += [name, value]
+            if len(batch) >= 2 * BATCH:
+                added += int(await self._admin("HSET", key, *batch))
+                batch = []
+        if batch:
+            added += int(await self._admin("HSET", key, *batch))
+        return added
+
+    async def remove_fields(self, key: str, names: Iterable[str]) -> int:
+        removed = 0
+        for batch in _batches(names):
+            removed += int(await self._admin("HDEL", key, *batch))
+        return removed
+
+    async def count_fields(self, key: str) -> int:
+        return int(await self._admin("HLEN", key))
+
+    async def get_fields(self, key: str) -> dict[str, str]:
+        raw = await self._admin("HGETALL", key)
+        if isinstance(raw, dict):
+            return {k.decode(): v.decode() for k, v in raw.items()}
+        pairs = list(raw)
+        return {pairs[i].decode(): pairs[i + 1].decode() for i in range(0, len(pairs), 2)}
+
+    async def mark(self, key: str, value: str, ttl_ms: int) -> None:
+        """SET key value PX ttl_ms (cool-off markers)."""
+        await self._admin("SET", key, value, "PX", max(ttl_ms, 1))
+
+    async def members(self, key: str, hashed: bool = False) -> AsyncIterator[str]:
+        """Every member of a list SET (or field of a consent HASH), by SCAN: constant memory."""
+        command = "HSCAN" if hashed else "SSCAN"
         cursor = 0
-        for _ in range(10**9):  # bounded: SSCAN ends when the cursor returns to 0
-            cursor, batch = await self._admin("SSCAN", key, cursor, "COUNT", BATCH)
-            for member in batch:
+        for _ in range(10**9):  # bounded: the scan ends when the cursor returns to 0
+            cursor, batch = await self._admin(command, key, cursor, "COUNT", BATCH)
+            items = batch[::2] if hashed else batch
+            for member in items:
                 yield member.decode()
             if int(cursor) == 0:
                 return

@@ -15,7 +15,8 @@
 --   B|s|k|e1,e2        block list: BLOCK if a member, unless check e1, e2… (A/H) hit.
 --   C|s|k|e1,e2        consent required: BLOCK unless this consent hash holds an unexpired
 --                      entry or check e1, e2… hit.
---   R|s|k              cool-off marker: DEFER while KEYS[k] exists, retry = its PTTL.
+--   R|s|k|period_ms    cool-off: KEYS[k] holds the time (ms) of the last event (refusal,
+--                      abandoned call); DEFER until that time + period_ms.
 --   F|s|k|max_age_ms|retry_ms
 --                      freshness: DEFER (retry_ms) unless HGET KEYS[k] "refreshed_at" is
 --                      within max_age_ms of now.
@@ -30,7 +31,7 @@
 -- BLOCK checks decide in order (the first wins). Among DEFER checks the longest wait wins.
 -- Returns {decided, retry_ms, results}: decided = 1-based index of the deciding check (0:
 -- allowed); results[i] = what check i saw: 0/1 for A H B C (1 = member / valid consent),
--- PTTL ms or 0 for R, age ms or -1 (never refreshed) for F, retry_ms for W, entries inside
+-- ms left or 0 for R, age ms or -1 (never refreshed) for F, retry_ms for W, entries inside
 -- the window for L.
 -- Writes only when nothing decided and record is "1": appends now_ms to every attempt
 -- log, drops entries that left their window and sets each log to expire with its window.
@@ -106,9 +107,10 @@ for i, c in ipairs(checks) do
     results[i] = consent_valid(KEYS[tonumber(c[3])])
     decides = results[i] == 0 and not exempted(c[4])
   elseif kind == "R" then
-    local ttl = redis.call("PTTL", KEYS[tonumber(c[3])])
-    results[i] = ttl > 0 and ttl or 0
-    decides, wait = ttl > 0, ttl
+    local event = tonumber(redis.call("GET", KEYS[tonumber(c[3])]) or "0")
+    local left = event > 0 and event + tonumber(c[4]) - now or 0
+    results[i] = left > 0 and left or 0
+    decides, wait = left > 0, left
   elseif kind == "F" then
     local refreshed = tonumber(redis.call("HGET", KEYS[tonumber(c[3])], "refreshed_at") or "-1")
     results[i] = refreshed < 0 and -1 or now - refreshed
