@@ -186,7 +186,7 @@ def _print_evaluation(evaluation: Evaluation, as_json: bool, explain: bool) -> N
         width = max(len(r.rule) for r in evaluation.rules)
         for row in evaluation.rules:
             source = f"  [{row.source}]" if row.source else ""
-            print(f"  {row.rule:<{width}}  {row.outcome:<12} {row.detail}{source}".rstrip())
+            print(f"  {row.rule:<{width}}  {row.outcome:<18} {row.detail}{source}".rstrip())
 
 
 async def _check(config: Config, args: argparse.Namespace) -> int:

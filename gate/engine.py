@@ -262,13 +262,13 @@ def plan(attempt: Attempt, policy: Policy, keyspace: Keyspace, record: bool) -> 
         refusals.append((why or "", f"caller_id:tenant:{attempt.tenant}", False, "config"))
     for why, rule_id, is_shadow, source in refusals:
         outcome = ("shadow " if is_shadow else "") + ("BLOCK" if why else "pass")
-        static.append(RuleOutcome(rule_id, outcome, why, source))
+        static.append(RuleOutcome(rule_id, outcome, why or "ok", source))
         if why and is_shadow:
             shadow.append(why)
         elif why:
             return _decided(Verdict.BLOCK, why, rule_id, target.e164, tuple(shadow))
 
-    _list_checks(build)
+    _list_checks(build, packs)
     _store_checks(build, policy, packs)
     check = StoreCheck(
         now_ms=int(attempt.now.timestamp() * 1000),
@@ -279,11 +279,22 @@ def plan(attempt: Attempt, policy: Policy, keyspace: Keyspace, record: bool) -> 
     return Plan(attempt, target, tuple(p.id for p in packs), tuple(static), tuple(shadow), check)
 
 
-def _list_checks(build: _Builder) -> None:
-    """Membership checks first (A/H), then block lists (B) that they may exempt."""
+def _list_checks(build: _Builder, packs: Sequence[Pack]) -> None:
+    """Membership checks of the lists that exempt (A/H), then every block list (B).
+
+    An allow or consent list is looked up only when a block list or a consent rule in
+    force names it as an exemption; consent lists themselves are read by their rule.
+    """
+    needed = {rule.name for rule in build.lists.values() if rule.exempts}
+    needed |= {
+        name
+        for pack in packs
+        for consent in build.live(pack.consents)
+        for name in consent.exempt_lists
+    }
     keyed = [(rule, build.list_key(rule.name)) for rule in build.lists.values()]
     for rule, key in keyed:
-        if key is None or rule.kind == "block":
+        if key is None or rule.kind == "block" or rule.name not in needed:
             continue
         kind = "A" if rule.kind == "allow" else "H"
         build.membership[rule.name] = build.add(
@@ -451,8 +462,9 @@ def _shadowed(pending: Plan, result: StoreResult) -> tuple[str, ...]:
     return tuple(reasons)
 
 
-def _would_decide(check: Check, seen: int, results: Sequence[int]) -> bool:
-    exempted = any(results[i - 1] == 1 for i in check.exempt_by)
+def _would_decide(check: Check, seen: int, results: Sequence[int], exemptions: bool = True) -> bool:
+    """True if ``check`` refuses the call on what it saw (ignoring shadow mode)."""
+    exempted = exemptions and any(results[i - 1] == 1 for i in check.exempt_by)
     if check.kind == "B":
         return seen == 1 and not exempted
     if check.kind == "C":
@@ -497,15 +509,14 @@ def fail_closed(attempt: Attempt, pending: Plan, fail_mode: FailMode) -> Decisio
 def _outcome(check: Check, seen: int, decided: bool, results: Sequence[int]) -> str:
     if check.kind in "AH":
         return "listed" if seen else "not listed"
-    would = _would_decide(check, seen, results)
+    verdict = "BLOCK" if check.kind in _BLOCKING else "DEFER"
     if decided:
-        return "BLOCK" if check.kind in _BLOCKING else "DEFER"
-    if would:
-        return (
-            "shadow " + ("BLOCK" if check.kind in _BLOCKING else "DEFER")
-            if check.shadow
-            else ("exempted" if check.kind in "BCW" else "not deciding")
-        )
+        return verdict
+    if _would_decide(check, seen, results):
+        # Not deciding: a shadow rule, or a DEFER outweighed by a longer wait or a BLOCK.
+        return f"shadow {verdict}" if check.shadow else f"{verdict} (outweighed)"
+    if _would_decide(check, seen, results, exemptions=False):
+        return "exempted"
     return "pass"
 
 
