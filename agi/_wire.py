@@ -5,9 +5,9 @@ connect+close wedges it at 100 % CPU), so callgate reads the AGI headers itself 
 ``agi.server``) and uses panoramisk for what it does well: parsing Asterisk's replies
 (``parse_agi_result``: ``200 result=1``, ``HANGUP``, ``510``/``520`` errors).
 
-Commands are pipelined: all ``SET VARIABLE`` lines of a decision are written at once and
-the replies read afterwards (Asterisk handles AGI commands one at a time, in order), so a
-decision costs one round trip to Asterisk instead of six.
+Commands go one at a time, each answered before the next is sent: Asterisk's res_agi does
+not answer pipelined commands (it reads them through a buffered stream after poll(); seen
+on Asterisk 22, every reply then waited for the socket to close).
 """
 
 from __future__ import annotations
@@ -53,9 +53,11 @@ class AgiChannel:
         raise AgiHangup("no final reply after 8 lines")
 
     async def set_variables(self, pairs: Sequence[tuple[str, str]]) -> list[dict[str, Any]]:
-        """``SET VARIABLE name "value"`` for each pair, pipelined; values must be safe."""
-        lines = "".join(f'SET VARIABLE {name} "{value}"\n' for name, value in pairs)
+        """``SET VARIABLE name "value"`` for each pair, in turn; values must be safe."""
+        replies: list[dict[str, Any]] = []
         async with asyncio.timeout(self._timeout_s):
-            self._writer.write(lines.encode())
-            await self._writer.drain()
-            return [await self._reply() for _ in pairs]
+            for name, value in pairs:
+                self._writer.write(f'SET VARIABLE {name} "{value}"\n'.encode())
+                await self._writer.drain()
+                replies.append(await self._reply())
+        return replies

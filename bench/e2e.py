@@ -4,13 +4,22 @@
 
 Needs root and the Asterisk chroot (``make sandbox``) and Debian's sipp. Starts, all on
 loopback: a redis-server (unix socket), ``callgate run`` with the sample config
-(lists, 4-per-30d cap, the given Redis deadline), and one Asterisk whose SIP context sends
-``0…`` numbers through ``GoSub(callgate-agi,…)`` (dialplan/callgate.conf) and ``9…``
-numbers through the same dialplan without it. For each rate, SIPp places ``--calls``
-calls ungated, then as many gated (distinct numbers, so the cap never bites), and
-reports the INVITE→200 time (post-dial delay) p50/p99 and the ratio
-gated/ungated. Absolute numbers depend on the machine (Asterisk, SIPp, Redis and the gate
-share its cores); compare the ratios within one run.
+(lists, 4-per-30d cap, the given Redis deadline) and an ``[ari]`` table (both doors), and
+one Asterisk whose SIP context sends ``0…`` numbers through ``GoSub(callgate-agi,…)``
+(the FastAGI door), ``8…`` numbers through ``GoSub(callgate-stasis,…)`` (the Stasis door,
+dialplan/callgate.conf) and ``9…`` numbers through the same dialplan without a gate. For
+each rate, SIPp places ``--calls`` calls ungated, then as many through each door
+(distinct numbers, so the cap never bites), and reports the INVITE→200 time (post-dial
+delay) p50/p99 and the ratio door/ungated. Absolute numbers depend on the machine
+(Asterisk, SIPp, Redis and the gate share its cores); compare the ratios within one run.
+
+Then it counts the ARI REST requests per Stasis decision: with ``ari set debug all on``
+Asterisk logs every REST request it receives (``<--- ARI request received …`` followed by
+``METHOD channels/ID/…``); SIPp places ``REST_CALLS`` calls through the Stasis door, 10 %
+of them to red-listed numbers, and the requests naming each channel are counted, per
+verdict. By design: 2 for an allowed channel (set variable, continue), 1 for a refused one
+(DELETE with reason_code). This phase runs after the timed rows, so the debug logging does
+not slow them down.
 
 The delay comes from SIPp's ``-trace_msg`` timestamps (µs): its own ``rtd``/``-trace_rtt``
 counts in whole milliseconds on a ~4 ms tick, too coarse for a loopback PBX.
@@ -19,6 +28,9 @@ counts in whole milliseconds on a ~4 ms tick, too coarse for a loopback PBX.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
+import re
 import shutil
 import signal
 import statistics
@@ -42,6 +54,9 @@ from gate.embedded import find_redis_server  # noqa: E402
 
 SECRET = "bench-secret-0123456789abcdef"
 WARMUP_CALLS = 20
+REST_CALLS = 40
+#: modes in row order: the SIP number prefix and the context it reaches
+MODES = {"ungated": "9", "agi": "", "stasis": "8"}
 
 DIALPLAN = """
 #include callgate.conf
@@ -49,9 +64,14 @@ DIALPLAN = """
 [from-sipp]
 exten => _0X.,1,Goto(gated,${EXTEN},1)
 exten => _9X.,1,Goto(ungated,${EXTEN:1},1)
+exten => _8X.,1,Goto(stasis-gated,${EXTEN:1},1)
 
 [gated]
 exten => _X.,1,GoSub(callgate-agi,s,1(${EXTEN},default,bench,campaign))
+ same => n,Goto(reached,${EXTEN},1)
+
+[stasis-gated]
+exten => _X.,1,GoSub(callgate-stasis,s,1(${EXTEN},default,bench,campaign))
  same => n,Goto(reached,${EXTEN},1)
 
 [ungated]
@@ -112,6 +132,74 @@ def place(sandbox: AsteriskSandbox, numbers: list[str], rate: int, workdir: Path
     return run
 
 
+_ARI_REQUEST = re.compile(
+    r"<--- ARI request received from: (?P<peer>\S+) --->\n(?P<method>[A-Z]+) (?P<path>\S+)"
+)
+
+
+_ARI_EVENT = re.compile(r"<--- Sending ARI event to \S+ --->\n(\{\n.*?\n\})\n", re.S)
+
+
+def count_rest_calls(log: str) -> tuple[dict[str, int], int]:
+    """From Asterisk's ``ari set debug`` log: channel id -> REST requests naming it (the
+    originate ``POST channels`` names none), and the requests naming no channel."""
+    per_channel: dict[str, int] = {}
+    other = 0
+    for match in _ARI_REQUEST.finditer(log):
+        parts = match["path"].split("?")[0].strip("/").split("/")
+        if parts[0] == "channels" and len(parts) >= 2:
+            per_channel[parts[1]] = per_channel.get(parts[1], 0) + 1
+        else:
+            other += 1
+    return per_channel, other
+
+
+def rest_calls_per_decision(
+    sandbox: AsteriskSandbox, gate: GateProcess, workdir: Path
+) -> list[str]:
+    """Place REST_CALLS SIPp calls through the Stasis door with ARI debug on; report lines."""
+    numbers = [f"0614{i:06d}" for i in range(REST_CALLS)]
+    listed = set(numbers[::10])
+    red = workdir / "rest-red.txt"
+    red.write_text("".join(f"{n}\n" for n in sorted(listed)))
+    gate.cli("list", "import", "red", str(red))
+    since = len(sandbox.read_log())
+    sandbox.cli("ari set debug all on")
+    try:
+        run = place(sandbox, ["8" + n for n in numbers], 10, workdir / "rest")
+        time.sleep(1.0)  # the last decisions' log lines
+    finally:
+        sandbox.cli("ari set debug all off")
+    log = sandbox.read_log()[since:]
+    per_channel, other = count_rest_calls(log)
+    # Which number each channel dialled: from the StasisStart events in the same debug log.
+    number_of: dict[str, str] = {}
+    for block in _ARI_EVENT.findall(log):
+        with contextlib.suppress(ValueError):
+            event = json.loads(block)
+            if event.get("type") == "StasisStart" and event.get("args"):
+                number_of[str(event["channel"]["id"])] = str(event["args"][0])
+    by_verdict: dict[str, list[int]] = {"allowed": [], "refused": []}
+    for channel, count in per_channel.items():
+        number = number_of.get(channel)
+        if number is not None:
+            by_verdict["refused" if number in listed else "allowed"].append(count)
+    codes = list(run.results.values())
+    lines = [
+        f"ARI REST requests per Stasis decision ({REST_CALLS} SIPp calls, "
+        f"{len(listed)} red-listed; from Asterisk's `ari set debug all on` log)",
+        f"  SIPp final responses: {codes.count(200)} x 200, {codes.count(403)} x 403",
+    ]
+    for verdict, counts in by_verdict.items():
+        spread = f"min {min(counts)} max {max(counts)}" if counts else "no sample"
+        mean = statistics.fmean(counts) if counts else float("nan")
+        lines.append(
+            f"  {verdict:<8} {len(counts):>3} channels, {mean:.2f} requests each ({spread})"
+        )
+    lines.append(f"  requests naming no channel (e.g. the sweep's GET /channels): {other}")
+    return lines
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=500)
@@ -124,29 +212,41 @@ def main() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="cg-bench-e2e-"))
     redis_process, redis_url = start_redis(workdir)
     port = free_port()
+    sandbox = AsteriskSandbox(
+        DIALPLAN,
+        extra_files={"callgate.conf": callgate_dialplan(port, fail_mode="DEFER")},
+        sip_context="from-sipp",
+    )
+    ari = (
+        f'[ari]\nurl = "{sandbox.ari_url}"\nuser = "{sandbox.ari_user}"\n'
+        f'password = "{sandbox.ari_password}"\nreconnect_max = "1s"\n'
+    )
     config = write_config(
         workdir / "callgate.toml",
         redis_url=redis_url,
         agi_port=port,
         secret=SECRET,
         overrides={"redis": {"deadline": args.deadline}},
+        extra_toml=ari,
     )
     gate = GateProcess(config, workdir / "callgate.log", port)
-    sandbox = AsteriskSandbox(
-        DIALPLAN,
-        extra_files={"callgate.conf": callgate_dialplan(port, fail_mode="DEFER")},
-        sip_context="from-sipp",
-    )
     rows: list[tuple[int, str, int, int, float, float]] = []
+    rest_lines: list[str] = []
     try:
-        gate.start()
         sandbox.start()
+        gate.start()
+        gate.wait_for_log("ARI connected", within_s=10)
         warm = [f"0613{i:06d}" for i in range(WARMUP_CALLS)]
-        place(sandbox, warm + ["9" + n for n in warm], 20, workdir / "warmup")
+        place(
+            sandbox,
+            [prefix + n for prefix in MODES.values() for n in warm],
+            20,
+            workdir / "warmup",
+        )
         for index, rate in enumerate(rates):
-            base = (index + 1) * 100_000
-            numbers = [f"06{base + i:08d}" for i in range(args.calls)]
-            for mode, dialled in (("ungated", ["9" + n for n in numbers]), ("gated", numbers)):
+            for offset, (mode, prefix) in enumerate(MODES.items()):
+                base = (index * len(MODES) + offset + 1) * 100_000
+                dialled = [f"{prefix}06{base + i:08d}" for i in range(args.calls)]
                 run = place(sandbox, dialled, rate, workdir / f"{mode}-{rate}")
                 answered = sum(code == 200 for code in run.results.values())
                 samples = [ms for code, ms in run.final_ms.values() if code == 200]
@@ -155,6 +255,7 @@ def main() -> int:
                     (rate, mode, len(dialled), answered, percentile(samples, 50),
                      percentile(samples, 99))
                 )  # fmt: skip
+        rest_lines = rest_calls_per_decision(sandbox, gate, workdir)
     finally:
         sandbox.stop()
         gate.stop()
@@ -167,11 +268,15 @@ def main() -> int:
     for rate, mode, calls, answered, p50, p99 in rows:
         print(f"{rate:>5} {mode:<8} {calls:>6} {answered:>5} {p50:>8.2f} {p99:>8.2f}")
     print()
-    print(f"{'cps':>5} {'p50 gated/ungated':>18} {'p99 gated/ungated':>18}")
+    print(f"{'cps':>5} {'door':<8} {'p50 door/ungated':>17} {'p99 door/ungated':>17}")
     by_rate = {(rate, mode): (p50, p99) for rate, mode, _, _, p50, p99 in rows}
     for rate in rates:
-        (u50, u99), (g50, g99) = by_rate[rate, "ungated"], by_rate[rate, "gated"]
-        print(f"{rate:>5} {g50 / u50:>17.2f}x {g99 / u99:>17.2f}x")
+        u50, u99 = by_rate[rate, "ungated"]
+        for door in ("agi", "stasis"):
+            g50, g99 = by_rate[rate, door]
+            print(f"{rate:>5} {door:<8} {g50 / u50:>16.2f}x {g99 / u99:>16.2f}x")
+    print()
+    print("\n".join(rest_lines))
     if args.keep:
         print(f"(traces and logs kept in {workdir})")
     return 0

@@ -65,7 +65,7 @@ CPS_WINDOW_MS = 1000
 STALE_RETRY_S = 3600.0
 # No opening within the search horizon (e.g. a toll-free number spanning every US zone).
 NO_WINDOW_RETRY_S = 86400.0
-_BLOCKING = frozenset("BC")
+_BLOCKING = frozenset("BCM")
 _R = TypeVar(
     "_R", CapRule, HoursRule, ConsentRule, FreshnessRule, CooloffRule, CallerIdRule, DestinationRule
 )
@@ -75,7 +75,7 @@ _R = TypeVar(
 class Check:
     """One Redis check of a decision (see the kinds in gate/lua/decide.lua)."""
 
-    kind: str  # A H B C R F W L
+    kind: str  # A H B C M R F W L
     rule: str  # e.g. "list:red", "cap:fr-4-per-30d", "hours:fr-d223-9"
     reason: str  # the reason code when it decides, e.g. "listed:red"
     key: str = ""
@@ -292,6 +292,12 @@ def _list_checks(build: _Builder, packs: Sequence[Pack]) -> None:
         for consent in build.live(pack.consents)
         for name in consent.exempt_lists
     }
+    needed |= {
+        name
+        for pack in packs
+        for fresh in build.live(pack.freshness)
+        for name in fresh.exempt_lists
+    }
     keyed = [(rule, build.list_key(rule.name)) for rule in build.lists.values()]
     for rule, key in keyed:
         if key is None or rule.kind == "block" or rule.name not in needed:
@@ -325,9 +331,12 @@ def _store_checks(build: _Builder, policy: Policy, packs: Sequence[Pack]) -> Non
             if key is None:
                 continue
             unless = f" unless {', '.join(consent.exempt_lists)}" if consent.exempt_lists else ""
+            # A consent list holds grants with expiry (HASH); an allow list (a scrubbed
+            # file, e.g. Bloctel) only membership (SET).
+            kind = "M" if build.lists[consent.list].kind == "allow" else "C"
             build.add(
                 Check(
-                    "C",
+                    kind,
                     f"consent:{consent.id}",
                     f"no_consent:{consent.id}",
                     key,
@@ -366,6 +375,7 @@ def _store_checks(build: _Builder, policy: Policy, packs: Sequence[Pack]) -> Non
                     f"stale_list:{fresh.list}",
                     meta,
                     (int(fresh.max_age_s * 1000), int(STALE_RETRY_S * 1000)),
+                    exempt_by=build.exemptions(fresh.exempt_lists),
                     shadow=fresh.shadow,
                     source=fresh.source,
                     detail=f"{fresh.list} refreshed within {window_text(fresh.max_age_s)}",
@@ -467,12 +477,12 @@ def _would_decide(check: Check, seen: int, results: Sequence[int], exemptions: b
     exempted = exemptions and any(results[i - 1] == 1 for i in check.exempt_by)
     if check.kind == "B":
         return seen == 1 and not exempted
-    if check.kind == "C":
+    if check.kind in "CM":
         return seen == 0 and not exempted
     if check.kind == "R":
         return seen > 0
     if check.kind == "F":
-        return seen < 0 or seen > check.params[0]
+        return (seen < 0 or seen > check.params[0]) and not exempted
     if check.kind == "W":
         return seen > 0 and not exempted
     if check.kind == "L":

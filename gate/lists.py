@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 
 from gate.config import Policy
 from gate.errors import InputError, NumberError, ProtectedNumberError
+from gate.hours import zone
 from gate.keys import Keyspace
 from gate.model import TrafficClass
 from gate.numbers import BadNumber, Destination, ShortCode, classify
@@ -267,7 +268,9 @@ class ListAdmin:
                 await self.store.remove_fields(key, tokens)
         return await self.store.add_members(self.key(red_list, tenant, campaign), tokens)
 
-    async def record_event(self, event: str, number: str, tenant: str, at: datetime) -> list[str]:
+    async def record_event(
+        self, event: str, number: str, tenant: str, at: datetime, now: datetime | None = None
+    ) -> list[str]:
         """Record a refusal/abandoned call: every cool-off rule for it starts at ``at``.
 
         Returns the ids of the rules that now hold the number; an empty list means no
@@ -276,7 +279,8 @@ class ListAdmin:
         target = classify(number, self.policy.default_region)
         if not isinstance(target, Destination):
             raise NumberError(f"number {number!r}: not a callable number")
-        day = at.date()
+        zones = target.time_zones
+        day = at.astimezone(zone(zones[0])).date() if zones else at.date()
         started: list[str] = []
         for pack in self.policy.packs:
             if target.region not in pack.regions:
@@ -288,9 +292,10 @@ class ListAdmin:
                     continue
                 key = self.keyspace.cooloff_key(rule, tenant, self.keyspace.token(target.e164))
                 at_ms = int(at.timestamp() * 1000)
-                ttl_ms = (
-                    at_ms + int(rule.period_s * 1000) - int(datetime.now(UTC).timestamp() * 1000)
-                )
+                # The marker expires when the cool-off ends by the real clock (``now``:
+                # callers placing events at fixed dates, such as tests, pass their own).
+                clock_ms = int((now or datetime.now(UTC)).timestamp() * 1000)
+                ttl_ms = at_ms + int(rule.period_s * 1000) - clock_ms
                 if ttl_ms > 0:
                     await self.store.mark(key, str(at_ms), ttl_ms)
                 started.append(rule.id)

@@ -186,7 +186,10 @@ def parse_pack(data: Mapping[str, Any], origin: str) -> Pack:
             root,
             "freshness",
             lambda r: FreshnessRule(
-                list=r.ident("list"), max_age_s=r.duration("max_age", None), **common_fields(r)
+                list=r.ident("list"),
+                max_age_s=r.duration("max_age", None),
+                exempt_lists=tuple(str(n) for n in r.get("exempt_lists", list, [])),
+                **common_fields(r),
             ),
         ),
         cooloffs=_rules(
@@ -259,6 +262,8 @@ def validate_references(pack: Pack, config_lists: Sequence[ListRule], origin: st
             need(name, ("allow", "consent"), f"consent[{index}].exempt_lists")
     for index, fresh in enumerate(pack.freshness):
         need(fresh.list, ("block", "allow", "consent"), f"freshness[{index}].list")
+        for name in fresh.exempt_lists:
+            need(name, ("allow", "consent"), f"freshness[{index}].exempt_lists")
     for index, hours in enumerate(pack.hours):
         if hours.consent_list:
             need(hours.consent_list, ("consent",), f"hours[{index}].consent_list")

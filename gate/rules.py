@@ -128,11 +128,13 @@ class ConsentRule:
 
 @dataclass(frozen=True, slots=True)
 class FreshnessRule:
-    """``list`` must have been refreshed within ``max_age_s`` (else DEFER ``stale_list:<list>``)."""
+    """``list`` must have been refreshed within ``max_age_s`` (else DEFER
+    ``stale_list:<list>``), unless the number is on one of ``exempt_lists``."""
 
     id: str
     list: str
     max_age_s: float
+    exempt_lists: tuple[str, ...] = ()
     classes: frozenset[TrafficClass] = ALL_CLASSES
     source: str = ""
     verify: bool = False

@@ -133,6 +133,10 @@ class StasisGate:
                         was_connected, failures = True, 0
                         await self._sweep()
                         await self._consume(events)
+                        if self._stopping.is_set():
+                            # Stopping: StasisStarts not yet read are lost with the socket
+                            # while their channels still wait; decide those too.
+                            await self._sweep()
                 except AriError as exc:
                     if was_connected is not False:
                         log.warning("ARI unavailable (%s); retrying with backoff", exc)

@@ -15,11 +15,13 @@
 --   B|s|k|e1,e2        block list: BLOCK if a member, unless check e1, e2… (A/H) hit.
 --   C|s|k|e1,e2        consent required: BLOCK unless this consent hash holds an unexpired
 --                      entry or check e1, e2… hit.
+--   M|s|k|e1,e2        presence required (an allow list, e.g. a scrubbed file): BLOCK unless
+--                      SISMEMBER KEYS[k] or check e1, e2… hit.
 --   R|s|k|period_ms    cool-off: KEYS[k] holds the time (ms) of the last event (refusal,
 --                      abandoned call); DEFER until that time + period_ms.
---   F|s|k|max_age_ms|retry_ms
+--   F|s|k|max_age_ms|retry_ms|e1,e2
 --                      freshness: DEFER (retry_ms) unless HGET KEYS[k] "refreshed_at" is
---                      within max_age_ms of now.
+--                      within max_age_ms of now, or check e1, e2… hit.
 --   W|s|retry_ms|e1    calling window: the engine computed retry_ms (> 0: outside the
 --                      window now); DEFER unless check e1 (outside-hours consent) hit.
 --   L|s|k|limit|window_ms
@@ -30,7 +32,7 @@
 --
 -- BLOCK checks decide in order (the first wins). Among DEFER checks the longest wait wins.
 -- Returns {decided, retry_ms, results}: decided = 1-based index of the deciding check (0:
--- allowed); results[i] = what check i saw: 0/1 for A H B C (1 = member / valid consent),
+-- allowed); results[i] = what check i saw: 0/1 for A H B C M (1 = member / valid consent),
 -- ms left or 0 for R, age ms or -1 (never refreshed) for F, retry_ms for W, entries inside
 -- the window for L.
 -- Writes only when nothing decided and record is "1": appends now_ms to every attempt
@@ -106,6 +108,9 @@ for i, c in ipairs(checks) do
   elseif kind == "C" then
     results[i] = consent_valid(KEYS[tonumber(c[3])])
     decides = results[i] == 0 and not exempted(c[4])
+  elseif kind == "M" then
+    results[i] = redis.call("SISMEMBER", KEYS[tonumber(c[3])], token)
+    decides = results[i] == 0 and not exempted(c[4])
   elseif kind == "R" then
     local event = tonumber(redis.call("GET", KEYS[tonumber(c[3])]) or "0")
     local left = event > 0 and event + tonumber(c[4]) - now or 0
@@ -114,7 +119,7 @@ for i, c in ipairs(checks) do
   elseif kind == "F" then
     local refreshed = tonumber(redis.call("HGET", KEYS[tonumber(c[3])], "refreshed_at") or "-1")
     results[i] = refreshed < 0 and -1 or now - refreshed
-    decides = refreshed < 0 or now - refreshed > tonumber(c[4])
+    decides = (refreshed < 0 or now - refreshed > tonumber(c[4])) and not exempted(c[6])
     wait = tonumber(c[5])
   elseif kind == "W" then
     results[i] = tonumber(c[3])
@@ -132,7 +137,7 @@ for i, c in ipairs(checks) do
     return redis.error_reply("decide.lua: unknown check kind " .. tostring(kind))
   end
   if decides and not shadow then
-    if kind == "B" or kind == "C" then
+    if kind == "B" or kind == "C" or kind == "M" then
       if block == 0 then
         block = i
       end

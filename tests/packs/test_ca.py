@@ -1,0 +1,129 @@
+"""The Canada pack (config/packs/ca.toml) against a REAL Redis: CRTC calling hours in the
+recipient's time and the National DNCL with its 31-day freshness."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from gate.config import Config
+from gate.model import Attempt
+from gate.service import Gate
+from tests.packs.conftest import import_list, outcome, pack_config, pack_rules
+
+TORONTO = ZoneInfo("America/Toronto")
+VANCOUVER = ZoneInfo("America/Vancouver")
+TORONTO_NUMBER = "+14165550123"
+VANCOUVER_NUMBER = "+16045550123"
+CALLER_ID = "+14165550100"
+TUESDAY = datetime(2026, 12, 1, 12, 0, tzinfo=TORONTO)
+SATURDAY = datetime(2026, 12, 5, 9, 30, tzinfo=TORONTO)
+HOURS_REASON = "outside_hours:ca-crtc-hours"
+
+
+def call(at: datetime, dialled: str = TORONTO_NUMBER) -> Attempt:
+    return Attempt(dialled, now=at, caller_id=CALLER_ID)
+
+
+@pytest.fixture
+async def gate(open_gate: Callable[[Config], Gate]) -> Gate:
+    """A Gate with the shipped ca pack and a DNCL copy downloaded the day before."""
+    gate = open_gate(pack_config(["ca"], "CA"))
+    await import_list(gate, "dncl", [], TUESDAY - timedelta(days=1))
+    return gate
+
+
+def test_pack_loads_with_sources() -> None:
+    """ca.toml loads; every rule names its source."""
+    (pack,) = pack_config(["ca"], "CA").policy.packs
+    rules = pack_rules(pack)
+    assert ({"CA"}, {"dncl"}) == (set(pack.regions), {rule.name for rule in pack.lists})
+    assert [] == [rule.id for rule in rules if not rule.source]
+
+
+HOURS = [
+    # (dialled, at, expected (verdict, reason, retry_after_s))
+    pytest.param(
+        TORONTO_NUMBER, SATURDAY, ("DEFER", HOURS_REASON, 1800.0), id="saturday-09:30-until-10:00"
+    ),
+    pytest.param(
+        TORONTO_NUMBER,
+        SATURDAY.replace(hour=10, minute=0),
+        ("ALLOW", "allowed", None),
+        id="saturday-10:00",
+    ),
+    pytest.param(
+        TORONTO_NUMBER,
+        SATURDAY.replace(hour=18, minute=0),
+        ("DEFER", HOURS_REASON, 16 * 3600.0),
+        id="saturday-18:00-until-sunday-10:00",
+    ),
+    pytest.param(
+        TORONTO_NUMBER,
+        TUESDAY.replace(hour=21, minute=15),
+        ("ALLOW", "allowed", None),
+        id="weekday-21:15",
+    ),
+    pytest.param(
+        TORONTO_NUMBER,
+        TUESDAY.replace(hour=21, minute=30),
+        ("DEFER", HOURS_REASON, 11.5 * 3600),
+        id="weekday-21:30-until-09:00",
+    ),
+    pytest.param(
+        TORONTO_NUMBER,
+        datetime(2026, 12, 4, 21, 30, tzinfo=TORONTO),
+        ("DEFER", HOURS_REASON, 12.5 * 3600),
+        id="friday-21:30-until-saturday-10:00",
+    ),
+    pytest.param(
+        TORONTO_NUMBER,
+        TUESDAY.replace(hour=8, minute=59),
+        ("DEFER", HOURS_REASON, 60.0),
+        id="weekday-08:59",
+    ),
+    pytest.param(
+        VANCOUVER_NUMBER,
+        TUESDAY.replace(hour=11),  # 08:00 in Vancouver
+        ("DEFER", HOURS_REASON, 3600.0),
+        id="vancouver-judged-in-pacific-time",
+    ),
+]
+
+
+@pytest.mark.parametrize(("dialled", "at", "expected"), HOURS)
+async def test_calling_hours(
+    gate: Gate, dialled: str, at: datetime, expected: tuple[str, str, float | None]
+) -> None:
+    """CRTC: 09:00-21:30 weekdays, 10:00-18:00 Saturday and Sunday, recipient's time."""
+    assert expected == outcome(await gate.decide(call(at, dialled)))
+
+
+async def test_dncl_listed_number_is_blocked(gate: Gate) -> None:
+    """A number on the National DNCL copy is BLOCK listed:dncl."""
+    await import_list(gate, "dncl", [TORONTO_NUMBER], TUESDAY - timedelta(days=1))
+    assert [("BLOCK", "listed:dncl", None), ("ALLOW", "allowed", None)] == [
+        outcome(await gate.decide(call(TUESDAY))),
+        outcome(await gate.decide(call(TUESDAY, "+14165550199"))),
+    ]
+
+
+FRESHNESS = [
+    # (age of the DNCL copy, in absolute time, expected outcome)
+    pytest.param(timedelta(days=31), ("ALLOW", "allowed", None), id="31-days"),
+    pytest.param(
+        timedelta(days=31, seconds=1), ("DEFER", "stale_list:dncl", 3600.0), id="31-days-1s"
+    ),
+]
+
+
+@pytest.mark.parametrize(("age", "expected"), FRESHNESS)
+async def test_dncl_copy_must_be_at_most_31_days_old(
+    gate: Gate, age: timedelta, expected: tuple[str, str, float | None]
+) -> None:
+    """CRTC: scrub against a National DNCL copy at most 31 days old, else DEFER."""
+    await import_list(gate, "dncl", [], TUESDAY.astimezone(UTC) - age)
+    assert expected == outcome(await gate.decide(call(TUESDAY)))

@@ -1,0 +1,313 @@
+"""The France pack (config/packs/fr.toml) against a REAL Redis: dated scenarios of D223-9
+days, hours and attempts, the refusal cool-off, L223-1 opt-in consent (and the Bloctel
+regime before 2026-08-11), ARCEP caller-ID ranges and special numbers, shadow mode."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from gate.config import Config
+from gate.model import Attempt, TrafficClass, Verdict
+from gate.service import Gate
+from tests.packs.conftest import (
+    PACKS_DIR,
+    TENANT,
+    admin,
+    import_list,
+    outcome,
+    pack_config,
+    pack_rules,
+    upcoming,
+)
+
+PARIS = ZoneInfo("Europe/Paris")
+REUNION = ZoneInfo("Indian/Reunion")
+CONSUMER = "+33612345678"
+REUNION_CONSUMER = "+262262123456"
+# A "numéro polyvalent vérifié" (ARCEP décision n° 2022-1583): allowed for automated calls.
+VERIFIED_CLI = "+33162000000"
+TUESDAY = datetime(2026, 12, 1, 10, 30, tzinfo=PARIS)
+BLOCTEL_DAY = datetime(2026, 6, 2, 10, 30, tzinfo=PARIS)  # a Tuesday before 2026-08-11
+CAMPAIGN, MANUAL = TrafficClass.CAMPAIGN, TrafficClass.MANUAL
+
+
+def call(
+    at: datetime,
+    dialled: str = CONSUMER,
+    caller_id: str = VERIFIED_CLI,
+    traffic_class: TrafficClass = CAMPAIGN,
+) -> Attempt:
+    return Attempt(dialled, now=at, caller_id=caller_id, traffic_class=traffic_class)
+
+
+def wait_s(at: datetime, until: datetime) -> float:
+    return (until - at).total_seconds()
+
+
+@pytest.fixture
+def gate(open_gate: Callable[[Config], Gate]) -> Gate:
+    """A Gate with the shipped fr pack (French dialling, default number types)."""
+    return open_gate(pack_config(["fr"], "FR"))
+
+
+async def consent(gate: Gate, *numbers: str, lists: tuple[str, ...] = ("consent",)) -> None:
+    """Prior consent (no expiry) granted a year before the scenarios."""
+    for name in lists:
+        await admin(gate).add(name, numbers, TENANT, "", now=TUESDAY - timedelta(days=365))
+
+
+def test_pack_loads_with_its_lists_and_sources() -> None:
+    """fr.toml loads; every rule of it names its source."""
+    (pack,) = pack_config(["fr"], "FR").policy.packs
+    rules = pack_rules(pack)
+    assert ("fr", {"consent", "consent_outside_hours", "customers", "bloctel"}) == (
+        pack.id,
+        {rule.name for rule in pack.lists},
+    )
+    assert [] == [rule.id for rule in rules if not rule.source]
+
+
+HOURS = [
+    # (dialled, at, expected (verdict, reason, retry_after_s))
+    pytest.param(CONSUMER, TUESDAY, ("ALLOW", "allowed", None), id="tuesday-10:30"),
+    pytest.param(
+        CONSUMER,
+        TUESDAY.replace(hour=12, minute=59, second=59),
+        ("ALLOW", "allowed", None),
+        id="tuesday-12:59:59-half-open",
+    ),
+    pytest.param(
+        CONSUMER,
+        TUESDAY.replace(hour=13, minute=30),
+        ("DEFER", "outside_hours:fr-d223-9-hours", 1800.0),
+        id="tuesday-13:30-until-14:00",
+    ),
+    pytest.param(
+        CONSUMER,
+        TUESDAY.replace(hour=20, minute=0),
+        ("DEFER", "outside_hours:fr-d223-9-hours", 14 * 3600.0),
+        id="tuesday-20:00-until-wednesday-10:00",
+    ),
+    pytest.param(
+        CONSUMER,
+        datetime(2026, 12, 5, 11, 0, tzinfo=PARIS),
+        (
+            "DEFER",
+            "outside_hours:fr-d223-9-hours",
+            wait_s(
+                datetime(2026, 12, 5, 11, 0, tzinfo=PARIS),
+                datetime(2026, 12, 7, 10, 0, tzinfo=PARIS),
+            ),
+        ),
+        id="saturday-until-monday-10:00",
+    ),
+    pytest.param(
+        CONSUMER,
+        datetime(2026, 12, 25, 10, 30, tzinfo=PARIS),
+        (
+            "DEFER",
+            "outside_hours:fr-d223-9-hours",
+            wait_s(
+                datetime(2026, 12, 25, 10, 30, tzinfo=PARIS),
+                datetime(2026, 12, 28, 10, 0, tzinfo=PARIS),
+            ),
+        ),
+        id="christmas-friday-until-monday-10:00",
+    ),
+    pytest.param(
+        REUNION_CONSUMER,
+        TUESDAY,  # 13:30 in Réunion
+        ("DEFER", "outside_hours:fr-d223-9-hours", 1800.0),
+        id="reunion-judged-in-reunion-time",
+    ),
+    pytest.param(
+        REUNION_CONSUMER,
+        datetime(2026, 12, 1, 11, 0, tzinfo=REUNION),
+        ("ALLOW", "allowed", None),
+        id="reunion-11:00-local",
+    ),
+]
+
+
+@pytest.mark.parametrize(("dialled", "at", "expected"), HOURS)
+async def test_days_and_hours(
+    gate: Gate, dialled: str, at: datetime, expected: tuple[str, str, float | None]
+) -> None:
+    """D223-9: Monday-Friday 10:00-13:00 and 14:00-20:00 callee-local, never on a holiday."""
+    await consent(gate, dialled)
+    assert expected == outcome(await gate.decide(call(at, dialled)))
+
+
+async def test_consent_to_calls_outside_hours_allows_21h(gate: Gate) -> None:
+    """With the outside-hours consent a 21:00 call is ALLOW; without it, DEFER to 10:00."""
+    late = TUESDAY.replace(hour=21, minute=0)
+    other = "+33612345679"
+    await consent(gate, CONSUMER, lists=("consent", "consent_outside_hours"))
+    await consent(gate, other)
+    assert [
+        ("ALLOW", "allowed", None),
+        ("DEFER", "outside_hours:fr-d223-9-hours", 13 * 3600.0),
+    ] == [
+        outcome(await gate.decide(call(late))),
+        outcome(await gate.decide(call(late, other))),
+    ]
+
+
+async def test_fifth_attempt_in_30_days_is_deferred(gate: Gate) -> None:
+    """4 attempts per rolling 30 days: the 5th waits until the 1st leaves the window."""
+    await consent(gate, CONSUMER)
+    days = [TUESDAY + timedelta(days=n) for n in range(4)]  # Tuesday to Friday
+    fifth_at = TUESDAY + timedelta(days=6)  # next Monday
+    allowed = [outcome(await gate.decide(call(at))) for at in days]
+    fifth = await gate.decide(call(fifth_at))
+    assert [("ALLOW", "allowed", None)] * 4 == allowed
+    assert ("DEFER", "cap:fr-d223-9-attempts", wait_s(fifth_at, TUESDAY + timedelta(days=30))) == (
+        outcome(fifth)
+    )
+
+
+async def test_refusal_defers_60_days(gate: Gate) -> None:
+    """After a refusal during a call, no call or attempt for 60 calendar days."""
+    at = upcoming(1, 10, 30, PARIS)  # a Tuesday 10:30 after the wall clock (see `upcoming`)
+    await consent(gate, CONSUMER)
+    started = await admin(gate).record_event("refusal", CONSUMER, TENANT, at)
+    decision = await gate.decide(call(at + timedelta(minutes=5)))
+    assert ["fr-d223-9-refusal"] == started
+    assert ("DEFER", "refusal:fr-d223-9-refusal", 60 * 86400.0 - 300) == outcome(decision)
+
+
+CONSENT = [
+    # (lists the number is on, expected outcome on Tuesday 2026-12-01 10:30)
+    pytest.param((), ("BLOCK", "no_consent:fr-l223-1-optin", None), id="no-consent"),
+    pytest.param(("consent",), ("ALLOW", "allowed", None), id="consent"),
+    pytest.param(("customers",), ("ALLOW", "allowed", None), id="current-customer"),
+    pytest.param(
+        ("consent_outside_hours",),
+        ("BLOCK", "no_consent:fr-l223-1-optin", None),
+        id="hours-consent-is-not-opt-in",
+    ),
+]
+
+
+@pytest.mark.parametrize(("lists", "expected"), CONSENT)
+async def test_opt_in_from_2026_08_11(
+    gate: Gate, lists: tuple[str, ...], expected: tuple[str, str, float | None]
+) -> None:
+    """L223-1: prior consent required; a current contract is the only exception."""
+    await consent(gate, CONSUMER, lists=lists)
+    assert expected == outcome(await gate.decide(call(TUESDAY)))
+
+
+async def test_expired_consent_blocks(gate: Gate) -> None:
+    """A consent whose expiry has passed is no consent."""
+    granted = TUESDAY - timedelta(days=100)
+    await admin(gate).add(
+        "consent", [CONSUMER], TENANT, "", now=granted, expires=TUESDAY - timedelta(days=1)
+    )
+    expected = ("BLOCK", "no_consent:fr-l223-1-optin", None)
+    assert expected == outcome(await gate.decide(call(TUESDAY)))
+
+
+async def test_consent_with_future_expiry_allows(gate: Gate) -> None:
+    """A consent that expires after the call is still valid."""
+    await admin(gate).add(
+        "consent", [CONSUMER], TENANT, "", now=TUESDAY, expires=TUESDAY + timedelta(days=1)
+    )
+    assert ("ALLOW", "allowed", None) == outcome(await gate.decide(call(TUESDAY)))
+
+
+async def test_revoked_consent_blocks_on_the_red_list(gate: Gate) -> None:
+    """Revocation removes the consent and red-lists the number: BLOCK listed:red."""
+    await consent(gate, CONSUMER, lists=("consent", "consent_outside_hours"))
+    await admin(gate).revoke([CONSUMER], TENANT, "")
+    assert ("BLOCK", "listed:red", None) == outcome(await gate.decide(call(TUESDAY)))
+
+
+BLOCTEL = [
+    # (numbers in the cleaned file, its age in days, expected outcome on 2026-06-02 10:30)
+    pytest.param([], 10, ("BLOCK", "no_consent:fr-bloctel-clean", None), id="not-in-file"),
+    pytest.param(
+        [CONSUMER],
+        10,
+        ("ALLOW", "allowed", None),
+        id="in-file-10-days-old",
+    ),
+    pytest.param(
+        [CONSUMER],
+        40,
+        ("DEFER", "stale_list:bloctel", 3600.0),
+        id="file-40-days-old",
+    ),
+]
+
+
+@pytest.mark.parametrize(("numbers", "age_days", "expected"), BLOCTEL)
+async def test_bloctel_regime_before_2026_08_11(
+    gate: Gate, numbers: list[str], age_days: int, expected: tuple[str, str, float | None]
+) -> None:
+    """Until 2026-08-10: only numbers in a Bloctel-cleaned file less than 30 days old."""
+    await import_list(gate, "bloctel", numbers, BLOCTEL_DAY - timedelta(days=age_days))
+    assert expected == outcome(await gate.decide(call(BLOCTEL_DAY)))
+
+
+CALLER_IDS = [
+    # (caller ID presented, traffic class, expected outcome)
+    pytest.param("0612345678", CAMPAIGN, ("BLOCK", "caller_id:forbidden_range", None), id="06"),
+    pytest.param("0145000000", CAMPAIGN, ("BLOCK", "caller_id:forbidden_range", None), id="01"),
+    pytest.param("0162000000", CAMPAIGN, ("ALLOW", "allowed", None), id="0162-verified"),
+    pytest.param("0948000000", CAMPAIGN, ("ALLOW", "allowed", None), id="0948-verified"),
+    pytest.param("", CAMPAIGN, ("BLOCK", "caller_id:masked", None), id="masked"),
+    pytest.param("anonymous", CAMPAIGN, ("BLOCK", "caller_id:masked", None), id="anonymous"),
+    pytest.param(
+        "0612345678", MANUAL, ("BLOCK", "caller_id:forbidden_range", None), id="manual-06"
+    ),
+    pytest.param(
+        "0756123456", MANUAL, ("BLOCK", "caller_id:forbidden_range", None), id="manual-07"
+    ),
+    pytest.param("", MANUAL, ("BLOCK", "caller_id:masked", None), id="manual-masked"),
+    pytest.param("0145000000", MANUAL, ("ALLOW", "allowed", None), id="manual-01"),
+]
+
+
+@pytest.mark.parametrize(("caller_id", "traffic_class", "expected"), CALLER_IDS)
+async def test_caller_id(
+    gate: Gate, caller_id: str, traffic_class: TrafficClass, expected: tuple[str, str, None]
+) -> None:
+    """ARCEP 2022-1583 ranges for automated calls; never 06/07 or masked for a call centre."""
+    await consent(gate, CONSUMER)
+    decision = await gate.decide(call(TUESDAY, caller_id=caller_id, traffic_class=traffic_class))
+    assert expected == outcome(decision)
+
+
+async def test_premium_number_is_never_dialled_by_a_campaign(
+    open_gate: Callable[[Config], Gate],
+) -> None:
+    """The pack itself refuses 089 for campaigns (even with no config number_types)."""
+    gate = open_gate(
+        pack_config(["fr"], "FR", number_types={"campaign_blocked": [], "manual_blocked": []})
+    )
+    decision = await gate.decide(call(TUESDAY, "0891000000"))
+    assert (("BLOCK", "number_type:premium", None), "number_types:fr-special-numbers") == (
+        outcome(decision),
+        decision.rule,
+    )
+
+
+async def test_shadow_pack_reports_but_allows(
+    open_gate: Callable[[Config], Gate], tmp_path: Path
+) -> None:
+    """With [pack] shadow = true the 13:30 call goes out; the hours rule is reported."""
+    text = (PACKS_DIR / "fr.toml").read_text(encoding="utf-8")
+    shadowed = text.replace('\nid = "fr"\n', '\nid = "fr"\nshadow = true\n', 1)
+    assert shadowed != text
+    (tmp_path / "fr.toml").write_text(shadowed, encoding="utf-8")
+    gate = open_gate(pack_config(["fr"], "FR", packs_dir=tmp_path))
+    await consent(gate, CONSUMER)
+    decision = await gate.decide(call(TUESDAY.replace(hour=13, minute=30)))
+    assert (Verdict.ALLOW, "allowed") == (decision.verdict, decision.reason)
+    assert "outside_hours:fr-d223-9-hours" in decision.shadow

@@ -1,0 +1,198 @@
+"""The United States pack (config/packs/us.toml) against a REAL Redis: the TCPA/TSR calling
+window in every zone of the number, the National DNC (and its 31-day freshness), the
+company DNC, and the Florida/Oklahoma/Maryland hours and 3-per-24 h caps."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from gate.config import Config
+from gate.model import Attempt, TrafficClass
+from gate.service import Gate
+from tests.packs.conftest import TENANT, admin, import_list, outcome, pack_config, pack_rules
+
+NEW_YORK = ZoneInfo("America/New_York")
+CHICAGO = ZoneInfo("America/Chicago")
+DENVER = ZoneInfo("America/Denver")
+LOS_ANGELES = ZoneInfo("America/Los_Angeles")
+NY_NUMBER = "+12125550123"
+LA_NUMBER = "+12135550123"
+FL_NUMBER = "+13055550123"  # Miami
+OK_NUMBER = "+14055550123"  # Oklahoma City (Central time)
+MD_NUMBER = "+14105550123"  # Baltimore
+IDAHO_NUMBER = "+12085550123"  # 208: Mountain (Boise) and Pacific time
+CALLER_ID = "+12125550100"
+TUESDAY = datetime(2026, 12, 1, 8, 30, tzinfo=NEW_YORK)
+NATIONAL_HOURS = "outside_hours:us-tcpa-hours"
+
+
+def call(at: datetime, dialled: str = NY_NUMBER) -> Attempt:
+    return Attempt(dialled, now=at, caller_id=CALLER_ID)
+
+
+def at_ny(hour: int, minute: int = 0, days: int = 0) -> datetime:
+    return TUESDAY.replace(hour=hour, minute=minute) + timedelta(days=days)
+
+
+@pytest.fixture
+async def gate(open_gate: Callable[[Config], Gate]) -> Gate:
+    """A Gate with the shipped us pack and a National DNC copy scrubbed the day before."""
+    gate = open_gate(pack_config(["us"], "US"))
+    await import_list(gate, "national_dnc", [], TUESDAY - timedelta(days=1))
+    return gate
+
+
+def test_pack_loads_with_sources_and_verify_marks() -> None:
+    """us.toml loads; every rule names its source; state rules are marked verify (area codes)."""
+    (pack,) = pack_config(["us"], "US").policy.packs
+    rules = pack_rules(pack)
+    assert ({"US"}, {"national_dnc", "company_dnc"}) == (
+        set(pack.regions),
+        {rule.name for rule in pack.lists},
+    )
+    assert [] == [rule.id for rule in rules if not rule.source]
+    assert [] == [rule.id for rule in rules if rule.prefixes and not rule.verify]
+
+
+HOURS = [
+    # (dialled, at, expected (verdict, reason, retry_after_s))
+    pytest.param(
+        LA_NUMBER, at_ny(8, 30), ("DEFER", NATIONAL_HOURS, 2.5 * 3600), id="LA-05:30-until-08:00"
+    ),
+    pytest.param(NY_NUMBER, at_ny(8, 30), ("ALLOW", "allowed", None), id="NY-08:30"),
+    pytest.param(NY_NUMBER, at_ny(20, 59), ("ALLOW", "allowed", None), id="NY-20:59"),
+    pytest.param(NY_NUMBER, at_ny(21), ("DEFER", NATIONAL_HOURS, 11 * 3600.0), id="NY-21:00"),
+    pytest.param(NY_NUMBER, at_ny(7, 59), ("DEFER", NATIONAL_HOURS, 60.0), id="NY-07:59"),
+    pytest.param(
+        NY_NUMBER,
+        datetime(2026, 12, 6, 10, 0, tzinfo=NEW_YORK),
+        ("ALLOW", "allowed", None),
+        id="NY-sunday-10:00",
+    ),
+    pytest.param(
+        IDAHO_NUMBER,
+        datetime(2026, 12, 1, 8, 30, tzinfo=DENVER),  # 07:30 in the Pacific part
+        ("DEFER", NATIONAL_HOURS, 1800.0),
+        id="208-both-zones-morning",
+    ),
+    pytest.param(
+        IDAHO_NUMBER,
+        datetime(2026, 12, 1, 20, 30, tzinfo=LOS_ANGELES),  # 21:30 in the Mountain part
+        ("DEFER", NATIONAL_HOURS, 11.5 * 3600),
+        id="208-both-zones-evening",
+    ),
+    pytest.param(
+        IDAHO_NUMBER,
+        datetime(2026, 12, 1, 9, 0, tzinfo=DENVER),
+        ("ALLOW", "allowed", None),
+        id="208-open-in-both",
+    ),
+    pytest.param(
+        FL_NUMBER, at_ny(20, 30), ("DEFER", "outside_hours:us-fl-hours", 11.5 * 3600), id="FL-20:30"
+    ),
+    pytest.param(FL_NUMBER, at_ny(19, 59), ("ALLOW", "allowed", None), id="FL-19:59"),
+    pytest.param(FL_NUMBER, at_ny(7, 30), ("DEFER", NATIONAL_HOURS, 1800.0), id="FL-07:30"),
+    pytest.param(
+        OK_NUMBER,
+        datetime(2026, 12, 1, 20, 30, tzinfo=CHICAGO),
+        ("DEFER", "outside_hours:us-ok-hours", 11.5 * 3600),
+        id="OK-20:30-central",
+    ),
+    pytest.param(
+        MD_NUMBER, at_ny(20, 30), ("DEFER", "outside_hours:us-md-hours", 11.5 * 3600), id="MD-20:30"
+    ),
+]
+
+
+@pytest.mark.parametrize(("dialled", "at", "expected"), HOURS)
+async def test_calling_window(
+    gate: Gate, dialled: str, at: datetime, expected: tuple[str, str, float | None]
+) -> None:
+    """08:00-21:00 in every zone of the number (64.1200(c)(1)); FL/OK/MD stop at 20:00."""
+    assert expected == outcome(await gate.decide(call(at, dialled)))
+
+
+async def test_national_dnc_listed_number_is_blocked(gate: Gate) -> None:
+    """A number on the National DNC copy is BLOCK listed:national_dnc."""
+    await import_list(gate, "national_dnc", [NY_NUMBER], TUESDAY - timedelta(days=1))
+    assert [("BLOCK", "listed:national_dnc", None), ("ALLOW", "allowed", None)] == [
+        outcome(await gate.decide(call(at_ny(12), NY_NUMBER))),
+        outcome(await gate.decide(call(at_ny(12), LA_NUMBER))),
+    ]
+
+
+FRESHNESS = [
+    # (age of the National DNC copy in days, expected outcome)
+    pytest.param(30, ("ALLOW", "allowed", None), id="30-days"),
+    pytest.param(40, ("DEFER", "stale_list:national_dnc", 3600.0), id="40-days"),
+]
+
+
+@pytest.mark.parametrize(("age_days", "expected"), FRESHNESS)
+async def test_national_dnc_copy_must_be_at_most_31_days_old(
+    gate: Gate, age_days: int, expected: tuple[str, str, float | None]
+) -> None:
+    """64.1200(c)(2): scrub against a copy at most 31 days old, else DEFER."""
+    await import_list(gate, "national_dnc", [], at_ny(10) - timedelta(days=age_days))
+    assert expected == outcome(await gate.decide(call(at_ny(10))))
+
+
+async def test_never_imported_national_dnc_defers(open_gate: Callable[[Config], Gate]) -> None:
+    """Without any National DNC import, no US call goes out."""
+    gate = open_gate(pack_config(["us"], "US"))
+    expected = ("DEFER", "stale_list:national_dnc", 3600.0)
+    assert expected == outcome(await gate.decide(call(at_ny(10))))
+
+
+async def test_company_dnc_is_per_tenant(gate: Gate) -> None:
+    """The company DNC of tenant default blocks its calls, not another tenant's."""
+    await admin(gate).add("company_dnc", [NY_NUMBER], TENANT, "")
+    other = Attempt(NY_NUMBER, now=at_ny(10), caller_id=CALLER_ID, tenant="globex")
+    assert [("BLOCK", "listed:company_dnc", None), ("ALLOW", "allowed", None)] == [
+        outcome(await gate.decide(call(at_ny(10)))),
+        outcome(await gate.decide(other)),
+    ]
+
+
+STATE_CAPS = [
+    pytest.param(FL_NUMBER, "cap:us-fl-3-per-24h", id="florida"),
+    pytest.param(OK_NUMBER, "cap:us-ok-3-per-24h", id="oklahoma"),
+    pytest.param(MD_NUMBER, "cap:us-md-3-per-24h", id="maryland"),
+]
+
+
+@pytest.mark.parametrize(("dialled", "reason"), STATE_CAPS)
+async def test_fourth_state_call_in_24_hours_is_deferred(
+    gate: Gate, dialled: str, reason: str
+) -> None:
+    """FL/OK/MD: at most 3 calls per 24 h; the 4th waits until the 1st is 24 h old."""
+    first = datetime(2026, 12, 1, 10, 0, tzinfo=NEW_YORK)
+    times = [first, first + timedelta(hours=2), first + timedelta(hours=4)]
+    fourth_at = first + timedelta(hours=6)
+    allowed = [outcome(await gate.decide(call(at, dialled))) for at in times]
+    fourth = await gate.decide(call(fourth_at, dialled))
+    assert [("ALLOW", "allowed", None)] * 3 == allowed
+    assert ("DEFER", reason, 18 * 3600.0) == outcome(fourth)
+
+
+async def test_other_states_have_no_cap(gate: Gate) -> None:
+    """A New York number may be called a 4th time within 24 h (no state rule cited)."""
+    first = datetime(2026, 12, 1, 10, 0, tzinfo=NEW_YORK)
+    verdicts = [
+        outcome(await gate.decide(call(first + timedelta(hours=h), NY_NUMBER))) for h in range(4)
+    ]
+    assert [("ALLOW", "allowed", None)] * 4 == verdicts
+
+
+async def test_emergency_number_is_refused_to_campaigns(gate: Gate) -> None:
+    """No autodialed call to 911 (64.1200(a)(1)); an agent's 911 call is never held."""
+    campaign = await gate.decide(Attempt("911", now=at_ny(10)))
+    manual = await gate.decide(Attempt("911", now=at_ny(23), traffic_class=TrafficClass.MANUAL))
+    assert [("BLOCK", "emergency", None), ("ALLOW", "emergency", None)] == [
+        outcome(campaign),
+        outcome(manual),
+    ]
