@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date
-from typing import Protocol
 
 from gate.model import TrafficClass
 from gate.numbers import NumberType
@@ -34,18 +33,21 @@ __all__ = [
 ALL_CLASSES: frozenset[TrafficClass] = frozenset(TrafficClass)
 
 
-class _Governed(Protocol):
-    @property
-    def classes(self) -> frozenset[TrafficClass]: ...
-    @property
-    def prefixes(self) -> tuple[str, ...]: ...
-    @property
-    def valid_from(self) -> date | None: ...
-    @property
-    def valid_to(self) -> date | None: ...
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Rule:
+    """What every pack rule carries: its id, provenance and reach (see the module doc)."""
+
+    id: str
+    classes: frozenset[TrafficClass] = ALL_CLASSES
+    source: str = ""
+    verify: bool = False
+    shadow: bool = False
+    valid_from: date | None = None
+    valid_to: date | None = None
+    prefixes: tuple[str, ...] = ()
 
 
-def in_force(rule: _Governed, e164: str, traffic_class: TrafficClass, day: date) -> bool:
+def in_force(rule: _Rule, e164: str, traffic_class: TrafficClass, day: date) -> bool:
     """True if ``rule`` governs this class and number on this (callee-local) day."""
     if traffic_class not in rule.classes:
         return False
@@ -70,25 +72,17 @@ class ListRule:
     description: str = ""
 
 
-@dataclass(frozen=True, slots=True)
-class CapRule:
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CapRule(_Rule):
     """At most ``limit`` allowed attempts to one destination per rolling ``window_s``."""
 
-    id: str
     limit: int
     window_s: float
     scope: str  # "global" | "tenant" | "campaign"
-    classes: frozenset[TrafficClass] = ALL_CLASSES
-    source: str = ""
-    verify: bool = False
-    shadow: bool = False
-    valid_from: date | None = None
-    valid_to: date | None = None
-    prefixes: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
-class HoursRule:
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HoursRule(_Rule):
     """Calls may start only inside these local windows, never on the calendar's holidays.
 
     ``windows[0]`` is Monday: half-open ``(start, end)`` minute-of-day pairs. A number with
@@ -96,73 +90,41 @@ class HoursRule:
     ``consent_list`` (consent to be called outside hours) is exempt.
     """
 
-    id: str
     windows: tuple[tuple[tuple[int, int], ...], ...]
     holidays: tuple[tuple[str, str | None], ...] = ()
     consent_list: str | None = None
-    classes: frozenset[TrafficClass] = ALL_CLASSES
-    source: str = ""
-    verify: bool = False
-    shadow: bool = False
-    valid_from: date | None = None
-    valid_to: date | None = None
-    prefixes: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
-class ConsentRule:
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConsentRule(_Rule):
     """The number must hold an unexpired entry on ``list`` (BLOCK ``no_consent:<id>``),
     unless it is on one of ``exempt_lists`` (e.g. current customers)."""
 
-    id: str
     list: str
     exempt_lists: tuple[str, ...] = ()
-    classes: frozenset[TrafficClass] = ALL_CLASSES
-    source: str = ""
-    verify: bool = False
-    shadow: bool = False
-    valid_from: date | None = None
-    valid_to: date | None = None
-    prefixes: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
-class FreshnessRule:
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FreshnessRule(_Rule):
     """``list`` must have been refreshed within ``max_age_s`` (else DEFER
     ``stale_list:<list>``), unless the number is on one of ``exempt_lists``."""
 
-    id: str
     list: str
     max_age_s: float
     exempt_lists: tuple[str, ...] = ()
-    classes: frozenset[TrafficClass] = ALL_CLASSES
-    source: str = ""
-    verify: bool = False
-    shadow: bool = False
-    valid_from: date | None = None
-    valid_to: date | None = None
-    prefixes: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
-class CooloffRule:
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CooloffRule(_Rule):
     """No attempt for ``period_s`` after an ``event`` (refusal, abandoned call) on the number."""
 
-    id: str
     event: str  # "refusal" | "abandoned"
     period_s: float
     scope: str = "tenant"
-    classes: frozenset[TrafficClass] = ALL_CLASSES
-    source: str = ""
-    verify: bool = False
-    shadow: bool = False
-    valid_from: date | None = None
-    valid_to: date | None = None
-    prefixes: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
-class CallerIdRule:
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CallerIdRule(_Rule):
     """What caller ID a class may present (BLOCK ``caller_id:<why>``).
 
     ``forbidden_prefixes`` are refused unless the number also starts with one of
@@ -170,34 +132,18 @@ class CallerIdRule:
     caller ID; ``require_valid`` refuses one phonenumbers does not know as valid.
     """
 
-    id: str
     forbid_masked: bool = True
     require_valid: bool = True
     forbidden_prefixes: tuple[str, ...] = ()
     allowed_prefixes: tuple[str, ...] = ()
-    classes: frozenset[TrafficClass] = ALL_CLASSES
-    source: str = ""
-    verify: bool = False
-    shadow: bool = False
-    valid_from: date | None = None
-    valid_to: date | None = None
-    prefixes: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
-class DestinationRule:
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DestinationRule(_Rule):
     """Number types and prefixes a class may never dial (BLOCK ``number_type:<type>``)."""
 
-    id: str
     blocked_types: frozenset[NumberType] = frozenset()
     blocked_prefixes: tuple[str, ...] = ()
-    classes: frozenset[TrafficClass] = ALL_CLASSES
-    source: str = ""
-    verify: bool = False
-    shadow: bool = False
-    valid_from: date | None = None
-    valid_to: date | None = None
-    prefixes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
