@@ -7,9 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import re
-import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Callable
@@ -19,6 +16,7 @@ from typing import Any
 import aiohttp
 import pytest
 from sandbox import AsteriskSandbox, free_port
+from sippuac import run_sipp
 
 pytestmark = pytest.mark.e2e
 
@@ -254,86 +252,6 @@ def test_stop_cleans_up_and_listens_only_on_loopback(asterisk_root: Path) -> Non
         os.kill(pid, 0)
 
 
-SIPP_SCENARIO = """<?xml version="1.0" encoding="ISO-8859-1" ?>
-<scenario name="callgate e2e uac">
-  <send retrans="500">
-    <![CDATA[
-      INVITE sip:[field0]@[remote_ip]:[remote_port] SIP/2.0
-      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
-      From: sipp <sip:sipp@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
-      To: <sip:[field0]@[remote_ip]:[remote_port]>
-      Call-ID: [call_id]
-      CSeq: 1 INVITE
-      Contact: sip:sipp@[local_ip]:[local_port]
-      Max-Forwards: 70
-      Content-Type: application/sdp
-      Content-Length: [len]
-
-      v=0
-      o=user1 53655765 2353687637 IN IP[local_ip_type] [local_ip]
-      s=-
-      c=IN IP[media_ip_type] [media_ip]
-      t=0 0
-      m=audio [media_port] RTP/AVP 0
-      a=rtpmap:0 PCMU/8000
-    ]]>
-  </send>
-  <recv response="100" optional="true"/>
-  <recv response="180" optional="true"/>
-  <recv response="183" optional="true"/>
-@REJECTS@
-  <recv response="200" rtd="true">
-    <action><log message="RESULT [field0] 200"/></action>
-  </recv>
-  <send>
-    <![CDATA[
-      ACK sip:[field0]@[remote_ip]:[remote_port] SIP/2.0
-      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
-      From: sipp <sip:sipp@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
-      To: <sip:[field0]@[remote_ip]:[remote_port]>[peer_tag_param]
-      Call-ID: [call_id]
-      CSeq: 1 ACK
-      Contact: sip:sipp@[local_ip]:[local_port]
-      Max-Forwards: 70
-      Content-Length: 0
-    ]]>
-  </send>
-  <pause milliseconds="200"/>
-  <send retrans="500">
-    <![CDATA[
-      BYE sip:[field0]@[remote_ip]:[remote_port] SIP/2.0
-      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
-      From: sipp <sip:sipp@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
-      To: <sip:[field0]@[remote_ip]:[remote_port]>[peer_tag_param]
-      Call-ID: [call_id]
-      CSeq: 2 BYE
-      Contact: sip:sipp@[local_ip]:[local_port]
-      Max-Forwards: 70
-      Content-Length: 0
-    ]]>
-  </send>
-  <recv response="200" crlf="true"/>
-  <nop next="9"/>
-  <label id="1"/>
-  <send>
-    <![CDATA[
-      ACK sip:[field0]@[remote_ip]:[remote_port] SIP/2.0
-      [last_Via:]
-      From: sipp <sip:sipp@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
-      [last_To:]
-      Call-ID: [call_id]
-      CSeq: 1 ACK
-      Max-Forwards: 70
-      Content-Length: 0
-    ]]>
-  </send>
-  <label id="9"/>
-</scenario>
-"""
-
-#: final rejection codes the scenario accepts (and logs) instead of 200
-REJECT_CODES = (403, 404, 480, 486, 488, 500, 503, 603)
-
 #: number -> what the dialplan does with it
 SIPP_CALLS = {
     "0611111111": "answer",
@@ -342,22 +260,6 @@ SIPP_CALLS = {
     "0633333333": "answer",
     "0644444444": "answer",
 }
-
-
-def run_sipp(command: list[str], workdir: Path) -> tuple[int, str, str]:
-    """Run SIPp in ``workdir`` (killed after 60 s); return exit code, -trace_logs, errors."""
-    with open(workdir / "sipp.out", "wb") as out:
-        try:
-            done = subprocess.run(
-                command, cwd=workdir, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                timeout=60.0, check=False,
-            )  # fmt: skip
-            code = done.returncode
-        except subprocess.TimeoutExpired:
-            code = -1
-    logs = "".join(path.read_text() for path in workdir.glob("*_logs.log"))
-    errors = "".join(path.read_text() for path in workdir.glob("*_errors.log"))
-    return code, logs, errors
 
 
 async def test_sipp_sees_200_for_answer_and_403_for_hangup_21(
@@ -372,41 +274,13 @@ exten => _X.,1,GotoIf($["${EXTEN}" = "0699999999"]?reject)
  same => n,Hangup()
  same => n(reject),Hangup(21)
 """
-    sipp = shutil.which("sipp")
-    assert sipp is not None, "sipp missing: scripts/asterisk-sandbox installs Debian's sip-tester"
     sandbox = asterisk_factory(dialplan, sip_context="from-sipp")
-    rejects = "\n".join(
-        f'  <recv response="{code}" optional="true" next="1">\n'
-        f'    <action><log message="RESULT [field0] {code}"/></action>\n'
-        "  </recv>"
-        for code in REJECT_CODES
+    run = await asyncio.to_thread(
+        run_sipp, sandbox.sip_port, SIPP_CALLS, tmp_path, rate_cps=5, limit=2, timeout_s=40
     )
-    scenario = tmp_path / "uac.xml"
-    scenario.write_text(SIPP_SCENARIO.replace("@REJECTS@", rejects))
-    numbers = tmp_path / "numbers.csv"
-    numbers.write_text("SEQUENTIAL\n" + "".join(f"{n};\n" for n in SIPP_CALLS))
-    command = [
-        sipp,
-        f"127.0.0.1:{sandbox.sip_port}",
-        "-sf", str(scenario),
-        "-inf", str(numbers),
-        "-i", "127.0.0.1",
-        "-p", str(free_port(socket.SOCK_DGRAM)),
-        "-mp", str(free_port(socket.SOCK_DGRAM)),
-        "-cp", str(free_port(socket.SOCK_DGRAM)),
-        "-m", str(len(SIPP_CALLS)),
-        "-l", "2",
-        "-r", "5",
-        "-recv_timeout", "10000",
-        "-timeout", "40s",
-        "-timeout_error",
-        "-nostdin",
-        "-trace_logs",
-        "-trace_err",
-    ]  # fmt: skip
-    code, logs, errors = await asyncio.to_thread(run_sipp, command, tmp_path)
-    seen = dict(re.findall(r"RESULT (\d+) (\d+)", logs))
-    print("SIPp final codes:", seen)
-    assert 0 == code, f"sipp exit {code}\n{errors[-2000:]}\n{sandbox.log_tail()}"
-    expected = {n: ("403" if what == "hangup21" else "200") for n, what in SIPP_CALLS.items()}
-    assert expected == seen
+    print("SIPp final codes:", run.results)
+    assert 0 == run.exit_code, (
+        f"sipp exit {run.exit_code}\n{run.errors[-2000:]}\n{sandbox.log_tail()}"
+    )
+    expected = {n: (403 if what == "hangup21" else 200) for n, what in SIPP_CALLS.items()}
+    assert expected == run.results
