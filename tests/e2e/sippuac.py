@@ -11,6 +11,7 @@ Depends only on the standard library and Debian's ``sip-tester`` (/usr/bin/sipp 
 
 from __future__ import annotations
 
+import asyncio
 import re
 import shutil
 import socket
@@ -19,6 +20,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 #: final responses the scenario accepts (and logs) instead of 200
 REJECT_CODES = (403, 404, 480, 486, 488, 500, 503, 603)
@@ -238,3 +240,26 @@ def final_response_delays_ms(trace: str) -> dict[str, tuple[int, float]]:
             if code >= 200 and call_id[1] in invite_sent and call_id[1] not in final:
                 final[call_id[1]] = (code, (at - invite_sent[call_id[1]]) * 1000.0)
     return final
+
+
+async def rejects_exactly_the_listed(
+    callgate: Any, asterisk: Any, workdir: Path, calls: int = 500, rate_cps: float = 50
+) -> None:
+    """``calls`` SIPp calls at ``rate_cps``, 10 % red-listed through ``callgate list import``:
+    exactly the listed get 403, all others 200 and reach the answering context (the gated
+    context logs ``CALLGATE-E2E reached id=… number=…``)."""
+    numbers = [f"061200{i:04d}" for i in range(calls)]  # distinct: the cap never bites
+    listed = set(numbers[::10])
+    red = workdir / "red.txt"
+    red.write_text("".join(f"{n}\n" for n in sorted(listed)))
+    imported = await asyncio.to_thread(callgate.cli, "list", "import", "red", str(red))
+    assert f"{len(listed)} imported, 0 duplicates, 0 rejected" == imported.stdout.strip()
+
+    run = await asyncio.to_thread(
+        run_sipp, asterisk.sip_port, numbers, workdir / "sipp", rate_cps=rate_cps
+    )
+    assert 0 == run.exit_code, f"{run.output[-1500:]}\n{run.errors[-1500:]}"
+    expected = {n: 403 if n in listed else 200 for n in numbers}
+    assert expected == run.results
+    reached = set(re.findall(r"CALLGATE-E2E reached id=\S+ number=(\d+)", asterisk.read_log()))
+    assert set(numbers) - listed == reached

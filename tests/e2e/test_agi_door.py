@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from gateproc import GateProcess, callgate_dialplan, write_config
 from sandbox import AsteriskSandbox, SandboxError, free_port
-from sippuac import run_sipp
+from sippuac import rejects_exactly_the_listed
 
 from tests.conftest import TEST_SECRET
 
@@ -200,18 +200,4 @@ async def test_sipp_500_calls_at_50_cps_reject_exactly_the_listed_numbers(
     callgate: GateProcess, asterisk: AsteriskSandbox, tmp_path: Path
 ) -> None:
     """500 SIPp calls at 50/s, 10 % red-listed: exactly those get 403, all others 200."""
-    numbers = [f"061200{i:04d}" for i in range(SIPP_CALLS)]  # distinct: the cap never bites
-    listed = set(numbers[::10])
-    red = tmp_path / "red.txt"
-    red.write_text("".join(f"{n}\n" for n in sorted(listed)))
-    imported = await asyncio.to_thread(callgate.cli, "list", "import", "red", str(red))
-    assert "50 imported, 0 duplicates, 0 rejected" == imported.stdout.strip()
-
-    run = await asyncio.to_thread(
-        run_sipp, asterisk.sip_port, numbers, tmp_path / "sipp", rate_cps=SIPP_RATE_CPS
-    )
-    assert 0 == run.exit_code, f"{run.output[-1500:]}\n{run.errors[-1500:]}"
-    expected = {n: 403 if n in listed else 200 for n in numbers}
-    assert expected == run.results
-    reached = set(re.findall(r"CALLGATE-E2E reached id=\S+ number=(\d+)", asterisk.read_log()))
-    assert set(numbers) - listed == reached
+    await rejects_exactly_the_listed(callgate, asterisk, tmp_path, SIPP_CALLS, SIPP_RATE_CPS)
