@@ -80,7 +80,11 @@ def _build_parser() -> _Parser:
     check.add_argument("number")
     _scope_args(check)
     check.add_argument("--trunk", type=_ident, default=None)
-    check.add_argument("--caller-id", default="")
+    check.add_argument(
+        "--caller-id",
+        default=None,
+        help="caller ID to present (omitted: caller-ID rules are not checked)",
+    )
     check.add_argument(
         "--class", dest="traffic_class", default="campaign", choices=[c.value for c in TrafficClass]
     )

@@ -222,11 +222,11 @@ def _caller_id_rule(rule: CallerIdRule, caller_id: str, region: str) -> str | No
     return None
 
 
-def _tenant_caller_id(policy: Policy, attempt: Attempt) -> str | None:
-    authorised = policy.caller_ids.get(attempt.tenant)
+def _tenant_caller_id(policy: Policy, tenant: str, caller_id: str) -> str | None:
+    authorised = policy.caller_ids.get(tenant)
     if not authorised:
         return None
-    shown = classify(attempt.caller_id, policy.default_region)
+    shown = classify(caller_id, policy.default_region)
     if isinstance(shown, Destination) and shown.e164 in authorised:
         return None
     return "caller_id:not_authorised"
@@ -253,12 +253,22 @@ def plan(attempt: Attempt, policy: Policy, keyspace: Keyspace, record: bool) -> 
                 (why or "", f"number_types:{dest_rule.id}", dest_rule.shadow, dest_rule.source)
             )
         for caller_rule in build.live(pack.caller_ids):
+            if attempt.caller_id is None:
+                static.append(
+                    RuleOutcome(
+                        f"caller_id:{caller_rule.id}",
+                        "not checked",
+                        "no caller ID given",
+                        caller_rule.source,
+                    )
+                )
+                continue
             why = _caller_id_rule(caller_rule, attempt.caller_id, policy.default_region)
             refusals.append(
                 (why or "", f"caller_id:{caller_rule.id}", caller_rule.shadow, caller_rule.source)
             )
-    if policy.caller_ids.get(attempt.tenant):
-        why = _tenant_caller_id(policy, attempt)
+    if policy.caller_ids.get(attempt.tenant) and attempt.caller_id is not None:
+        why = _tenant_caller_id(policy, attempt.tenant, attempt.caller_id)
         refusals.append((why or "", f"caller_id:tenant:{attempt.tenant}", False, "config"))
     for why, rule_id, is_shadow, source in refusals:
         outcome = ("shadow " if is_shadow else "") + ("BLOCK" if why else "pass")

@@ -56,7 +56,9 @@ class Attempt:
     tenant: str = "default"
     campaign: str = ""
     trunk: str = ""
-    caller_id: str = ""
+    # The presented caller ID ("" = masked). None: not known to the asker (a CLI check or a
+    # scrub without one); caller-ID rules are then reported as not checked.
+    caller_id: str | None = None
     traffic_class: TrafficClass = TrafficClass.CAMPAIGN
     channel: str = ""
 

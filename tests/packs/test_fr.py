@@ -311,3 +311,13 @@ async def test_shadow_pack_reports_but_allows(
     decision = await gate.decide(call(TUESDAY.replace(hour=13, minute=30)))
     assert (Verdict.ALLOW, "allowed") == (decision.verdict, decision.reason)
     assert "outside_hours:fr-d223-9-hours" in decision.shadow
+
+
+async def test_a_check_without_caller_id_skips_the_caller_id_rules(gate: Gate) -> None:
+    """A CLI check names no caller ID: ARCEP rules say "not checked"; the number is judged."""
+    await consent(gate, CONSUMER)
+    await admin(gate).add("red", [CONSUMER], TENANT, "")
+    evaluation = await gate.evaluate(Attempt(CONSUMER, now=TUESDAY, caller_id=None), record=False)
+    rows = {row.rule: row.outcome for row in evaluation.rules}
+    assert ("BLOCK", "listed:red", None) == outcome(evaluation.decision)
+    assert "not checked" == rows["caller_id:fr-arcep-automated"]
