@@ -106,7 +106,17 @@ class AgiServer:
         self.header_timeout_s = header_timeout_s
         self._server: asyncio.Server | None = None
         self._clients: set[asyncio.Task[None]] = set()
-        self.lists = ListAdmin(gate.config.policy, gate.keyspace, gate.store)
+        self.accepted = 0  # connections since start (metrics)
+
+    @property
+    def lists(self) -> ListAdmin:
+        """List operations under the gate's configuration in force (it may be reloaded)."""
+        return self.gate.list_admin()
+
+    @property
+    def active(self) -> int:
+        """Connections being served now (metrics)."""
+        return len(self._clients)
 
     @property
     def port(self) -> int:
@@ -138,6 +148,7 @@ class AgiServer:
         task = asyncio.current_task()
         assert task is not None
         self._clients.add(task)
+        self.accepted += 1
         try:
             await self._serve(reader, writer)
         except Exception:  # a bug in one request must not take the server down
@@ -192,7 +203,7 @@ class AgiServer:
             request = parse_request(headers)
             if request.route == "check":
                 attempt = build_attempt(request, self.gate.config.default_tenant, datetime.now(UTC))
-                return decision_fields(await self.gate.decide(attempt))
+                return decision_fields(await self.gate.decide(attempt, door="agi"))
             if request.route == "optout":
                 return await self._optout(request)
             if request.route in ("refusal", "abandoned"):

@@ -10,25 +10,39 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import gzip
+import csv
+import itertools
 import json
 import logging
 import signal
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, NoReturn
 
 from gate import __version__
 from gate._reader import IDENT_RE
-from gate.config import Config, default_config_path, load_config
+from gate.config import Config, LoggingConfig, default_config_path, load_config
 from gate.engine import window_text
 from gate.errors import GateError, InputError, StoreError
-from gate.lists import ListAdmin, Rejected, read_numbers
+from gate.importing import (
+    FORMATS,
+    Digest,
+    Rejected,
+    count_lines,
+    csv_dialect,
+    open_lines,
+    read_entries,
+)
+from gate.lists import ListAdmin
+from gate.logs import configure_logging
 from gate.model import Attempt, TrafficClass
 from gate.params import seconds_text
+from gate.progress import importer, progress
+from gate.reload import request_reload
 from gate.runtime import open_gate
+from gate.scrub import scrub as scrub_leads
 from gate.service import Evaluation
 
 __all__ = ["main"]
@@ -75,6 +89,7 @@ def _build_parser() -> _Parser:
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     commands.add_parser("run", help="serve FastAGI (and later ARI) until SIGTERM/SIGINT")
+    commands.add_parser("reload", help="make the running gate re-read its config and packs")
 
     check = commands.add_parser("check", help="decide one call, as the gate would")
     check.add_argument("number")
@@ -118,6 +133,23 @@ def _build_parser() -> _Parser:
         type=_when,
         help="when the file was produced (a scrub's date; default now)",
     )
+    imp.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="lines",
+        help="lines (default), csv, us-dnc (area-code files), fr-scrub "
+        "(Telephone;Identifiant;result)",
+    )
+    imp.add_argument("--keep", help="fr-scrub: comma-separated result values to keep")
+    mode = imp.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--replace",
+        action="store_true",
+        help="the file is the whole list: build it beside the live one, switch",
+    )
+    mode.add_argument(
+        "--remove", action="store_true", help="remove the file's numbers (a deletions change file)"
+    )
     _scope_args(imp)
     info = actions.add_parser("info", help="entries and metadata (refreshed_at, source)")
     info.add_argument("list")
@@ -150,6 +182,30 @@ def _build_parser() -> _Parser:
         sub.add_argument("number")
         sub.add_argument("--at", type=_when, help="when it happened (default now)")
         _scope_args(sub)
+
+    scrub = commands.add_parser("scrub", help="what the gate would do with each lead of a file")
+    scrub.add_argument("file", type=Path, help="leads: CSV/TSV/semicolon, plain, gzip or zip")
+    scrub.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        required=True,
+        help="the leads with verdict, reason, retry_after_s appended",
+    )
+    scrub.add_argument(
+        "--column",
+        default="1",
+        help="the phone column: a header name, or a 1-based index (default 1)",
+    )
+    scrub.add_argument(
+        "--header", action="store_true", help="the first row is a header (implied by a column name)"
+    )
+    scrub.add_argument(
+        "--class", dest="traffic_class", default="campaign", choices=[c.value for c in TrafficClass]
+    )
+    scrub.add_argument("--caller-id", default=None)
+    scrub.add_argument("--at", type=_when, help="decide as of this ISO-8601 time (default now)")
+    _scope_args(scrub)
 
     config = commands.add_parser("config", help="configuration")
     config_actions = config.add_subparsers(dest="action", required=True, parser_class=_Parser)
@@ -209,23 +265,6 @@ async def _check(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
-def _open_text(path: Path) -> Iterator[str]:
-    """Lines of a text file, gzip-compressed or not, UTF-8 (with or without BOM)."""
-    try:
-        with path.open("rb") as probe:
-            magic = probe.read(2)
-        handle: IO[str]
-        opener = gzip.open if magic == b"\x1f\x8b" else open
-        handle = opener(path, "rt", encoding="utf-8-sig", newline="")  # closed by the with below
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read: {exc.strerror}") from exc
-    with handle:
-        try:
-            yield from handle
-        except UnicodeDecodeError as exc:
-            raise InputError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
-
-
 async def _list(config: Config, args: argparse.Namespace) -> int:
     tenant = args.tenant or config.default_tenant
     args.campaign = args.campaign or ""
@@ -255,6 +294,8 @@ async def _list(config: Config, args: argparse.Namespace) -> int:
 
 async def _import(admin: ListAdmin, args: argparse.Namespace, tenant: str) -> int:
     rule = admin.rule(args.list)
+    if args.replace and args.remove:
+        raise InputError("--replace and --remove do not go together")
     rejects: IO[str] | None = None
     if args.rejects:
         try:
@@ -267,25 +308,81 @@ async def _import(admin: ListAdmin, args: argparse.Namespace, tenant: str) -> in
         if rejects is not None:
             rejects.write(f"{entry.line_no}\t{entry.why}\t{entry.text}\n")
 
+    total = count_lines(args.file)
+    digest = Digest()
+    keep = frozenset(v.strip() for v in (args.keep or "").split(",") if v.strip())
+    mode = "replace" if args.replace else "remove" if args.remove else "add"
     try:
-        entries = read_numbers(
-            _open_text(args.file), rule, admin.policy.default_region, args.column
-        )
-        summary = await admin.import_entries(
-            args.list,
-            entries,
-            tenant,
-            args.campaign,
-            report,
-            refreshed_at=args.refreshed_at,
-            source=args.file.name,
-        )
+        with progress(total, f"importing {args.file.name}") as advance:
+            lines = (advance() or line for line in open_lines(args.file, digest))
+            entries = read_entries(
+                lines, rule, admin.policy.default_region, args.format, args.column, keep
+            )
+            summary = await admin.import_entries(
+                args.list,
+                entries,
+                tenant,
+                args.campaign,
+                report,
+                refreshed_at=args.refreshed_at,
+                meta={"source": args.file.name, "importer": importer()},
+                mode=mode,
+                expected=total,
+                checksum=digest,
+            )
     finally:
         if rejects is not None:
             rejects.close()
+    verb = {"add": "imported", "remove": "removed", "replace": "in the new version"}[mode]
+    skipped = f", {summary.skipped} skipped (result not kept)" if summary.skipped else ""
     print(
-        f"{summary.imported} imported, {summary.duplicates} duplicates, {summary.rejected} rejected"
+        f"{summary.imported} {verb}, {summary.duplicates} duplicates, "
+        f"{summary.rejected} rejected{skipped}"
     )
+    return 0
+
+
+async def _scrub(config: Config, args: argparse.Namespace) -> int:
+    lines = open_lines(args.file)
+    first = next((line for line in lines if line.strip()), None)
+    if first is None:
+        raise InputError(f"{args.file}: no leads in the file")
+    dialect = csv_dialect(first)
+    header = [c.strip() for c in next(csv.reader([first], dialect))]
+    named = not args.column.isdigit()
+    if named:
+        lowered = [c.lower() for c in header]
+        if args.column.lower() not in lowered:
+            raise InputError(f"{args.file}: no column named {args.column!r} in header {header!r}")
+        column = lowered.index(args.column.lower())
+    elif int(args.column) < 1:
+        raise InputError(f"--column {args.column}: columns are numbered from 1")
+    else:
+        column = int(args.column) - 1
+    has_header = named or args.header
+    body = itertools.chain([] if has_header else [first], lines)
+    rows = (row for row in csv.reader(body, dialect) if any(cell.strip() for cell in row))
+    try:
+        out = args.output.open("w", encoding="utf-8", newline="")
+    except OSError as exc:
+        raise InputError(f"{args.output}: cannot write: {exc.strerror}") from exc
+    with out:
+        writer = csv.writer(out, dialect)
+        if has_header:
+            writer.writerow([*header, "verdict", "reason", "retry_after_s"])
+        async with open_gate(config, ADMIN_DEADLINE_S) as gate:
+            summary = await scrub_leads(
+                gate,
+                rows,
+                column,
+                writer.writerow,
+                now=args.at or datetime.now(UTC),
+                tenant=args.tenant or config.default_tenant,
+                campaign=args.campaign or "",
+                traffic_class=TrafficClass(args.traffic_class),
+                caller_id=args.caller_id,
+            )
+    print(summary.text())
     return 0
 
 
@@ -339,6 +436,7 @@ def _config_check(config: Config) -> int:
 async def _run(config: Config) -> int:
     # The CLI's other commands need neither server.
     from agi.server import AgiServer
+    from gate.operations import Operations
     from gate.stasis import StasisGate
 
     stop = asyncio.Event()
@@ -362,16 +460,19 @@ async def _run(config: Config) -> int:
         stasis_task = asyncio.create_task(stasis.run()) if stasis is not None else None
         if config.ari is not None:
             log.info("Stasis application %r via ARI at %s", config.ari.app, config.ari.url)
+        ops = await Operations.start(gate, config, server, stasis)
         log.info(
-            "callgate %s: FastAGI on agi://%s:%d/check, Redis %s, config %s",
+            "callgate %s: FastAGI on agi://%s:%d/check, Redis %s, config %s (version %s)",
             __version__,
             config.agi.host,
             server.port,
             gate.store.where,
             config.path,
+            gate.version,
         )
         await stop.wait()
         log.info("stopping: finishing in-flight requests")
+        await ops.stop()
         if stasis is not None and stasis_task is not None:
             await stasis.stop()
             await stasis_task
@@ -380,15 +481,21 @@ async def _run(config: Config) -> int:
     return 0
 
 
+async def _reload(config: Config) -> int:
+    result = await request_reload(config)
+    change = "unchanged" if not result.changed else f"was {result.previous}"
+    print(f"reloaded: config version {result.version} ({change})")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging(LoggingConfig(), args.verbose)
     try:
         config = load_config(args.config or default_config_path())
+        configure_logging(config.logging, args.verbose)
+        if args.command == "reload":
+            return asyncio.run(_reload(config))
         if args.command == "config":
             return _config_check(config)
         if args.command == "check":
@@ -397,6 +504,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_list(config, args))
         if args.command in ("consent", "refusal", "abandoned"):
             return asyncio.run(_consent_or_event(config, args))
+        if args.command == "scrub":
+            return asyncio.run(_scrub(config, args))
         return asyncio.run(_run(config))
     except GateError as exc:
         print(f"callgate: error: {exc}", file=sys.stderr)

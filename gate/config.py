@@ -9,6 +9,7 @@ file are relative to the file's own directory.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import secrets
 import tomllib
@@ -26,14 +27,18 @@ from gate.rules import CapRule, ListRule, Pack
 
 __all__ = [
     "AgiConfig",
+    "ApiConfig",
     "AriConfig",
     "CapRule",
     "Config",
     "FailMode",
+    "HttpConfig",
     "ListRule",
+    "LoggingConfig",
     "Policy",
     "RedisConfig",
     "default_config_path",
+    "is_loopback",
     "load_config",
     "parse_duration_s",
 ]
@@ -41,6 +46,7 @@ __all__ = [
 SECRET_ENV = "CALLGATE_SECRET"
 CONFIG_ENV = "CALLGATE_CONFIG"
 ARI_PASSWORD_ENV = "CALLGATE_ARI_PASSWORD"
+API_TOKEN_ENV = "CALLGATE_API_TOKEN"
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +117,30 @@ class AriConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class HttpConfig:
+    """One HTTP listener for /metrics, /healthz, /readyz and the admin API (gate/http.py)."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 9473  # 0: any free port (logged at start)
+    # How often list sizes and ages are re-read from Redis for /metrics.
+    list_refresh_s: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class ApiConfig:
+    """The admin API's bearer token (required unless the listener is loopback-only)."""
+
+    token: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class LoggingConfig:
+    format: str = "text"  # "text" | "logfmt" | "json"
+    stream: str = "stderr"  # "stderr" | "stdout" (stdout also carries command output)
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     path: Path | None
     policy: Policy
@@ -121,6 +151,19 @@ class Config:
     hash_numbers: bool
     secret: bytes | None
     ari: AriConfig | None = None
+    http: HttpConfig = HttpConfig()
+    api: ApiConfig = ApiConfig()
+    logging: LoggingConfig = LoggingConfig()
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an address or ``localhost``) only accepts local connections."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def default_config_path() -> Path:
@@ -236,6 +279,44 @@ def _ari(reader: Reader) -> AriConfig | None:
     return config
 
 
+def _http(reader: Reader) -> HttpConfig:
+    port = reader.get("port", int, 9473)
+    if not 0 <= port <= 65535:
+        raise reader.fail("port", f"must be 0-65535 (0: any free port), got {port}")
+    config = HttpConfig(
+        enabled=bool(reader.get("enabled", bool, True)),
+        host=str(reader.get("host", str, "127.0.0.1")),
+        port=port,
+        list_refresh_s=reader.duration("list_refresh", "60s"),
+    )
+    reader.done()
+    return config
+
+
+def _api(reader: Reader, http: HttpConfig) -> ApiConfig:
+    token = os.environ.get(API_TOKEN_ENV) or reader.get("token", str, None)
+    reader.seen.add("token")
+    reader.done()
+    if token is not None and len(token) < 16:
+        raise reader.fail("token", "must be at least 16 characters (e.g. openssl rand -hex 32)")
+    if http.enabled and not token and not is_loopback(http.host):
+        raise reader.fail(
+            "token",
+            f"is required when http.host is {http.host!r} (not loopback): set api.token "
+            f"or ${API_TOKEN_ENV}",
+        )
+    return ApiConfig(token=token or None)
+
+
+def _logging(reader: Reader) -> LoggingConfig:
+    config = LoggingConfig(
+        format=reader.choice("format", ("text", "logfmt", "json"), "text"),
+        stream=reader.choice("stream", ("stderr", "stdout"), "stderr"),
+    )
+    reader.done()
+    return config
+
+
 def _secret(reader: Reader, base: Path, hash_numbers: bool) -> bytes | None:
     literal: str | None = reader.get("secret", str, None)
     secret_file = reader.get("secret_file", str, None)
@@ -315,6 +396,9 @@ def parse_config(data: Mapping[str, Any], origin: str, base: Path) -> Config:
     fail.done()
 
     ari_config = _ari(root.table("ari")) if "ari" in data else None
+    http_config = _http(root.table("http"))
+    api_config = _api(root.table("api"), http_config)
+    logging_config = _logging(root.table("logging"))
 
     privacy = root.table("privacy")
     hash_numbers = bool(privacy.get("hash_numbers", bool, True))
@@ -345,6 +429,9 @@ def parse_config(data: Mapping[str, Any], origin: str, base: Path) -> Config:
         hash_numbers=hash_numbers,
         secret=secret,
         ari=ari_config,
+        http=http_config,
+        api=api_config,
+        logging=logging_config,
     )
 
 

@@ -29,7 +29,7 @@ from typing import TypeVar
 
 from gate.config import FailMode, Policy
 from gate.hours import next_open, zone
-from gate.keys import Keyspace
+from gate.keys import Keyspace, NumberKeys
 from gate.model import Attempt, Decision, TrafficClass, Verdict
 from gate.numbers import BadNumber, Destination, NumberType, ShortCode, classify
 from gate.rules import (
@@ -92,7 +92,7 @@ class StoreCheck:
 
     now_ms: int
     record: bool
-    token: str
+    number: NumberKeys
     checks: tuple[Check, ...]
 
 
@@ -139,9 +139,14 @@ class _Builder:
     checks: list[Check] = field(default_factory=list)
     membership: dict[str, int] = field(default_factory=dict)  # list name → A/H check index
 
+    number: NumberKeys = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.number = self.keyspace.number(self.target.e164)
+
     @property
     def token(self) -> str:
-        return self.keyspace.token(self.target.e164)
+        return self.number.token
 
     def live(self, rules: Sequence[_R]) -> list[_R]:
         """The rules in force for this attempt (class, number prefix, callee-local day)."""
@@ -283,7 +288,7 @@ def plan(attempt: Attempt, policy: Policy, keyspace: Keyspace, record: bool) -> 
     check = StoreCheck(
         now_ms=int(attempt.now.timestamp() * 1000),
         record=record,
-        token=build.token,
+        number=build.number,
         checks=tuple(build.checks),
     )
     return Plan(attempt, target, tuple(p.id for p in packs), tuple(static), tuple(shadow), check)

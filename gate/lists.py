@@ -1,42 +1,33 @@
-"""List administration: add, remove, count, export and import numbers.
+"""List administration: add, remove, count, export, import; consents; refusals.
 
 Guarantees:
 - Every entry is validated and normalised to E.164 before it reaches Redis, then stored
-  as the keyspace's token (hashed unless the config says plain).
+  in the keyspace's encoding (a keyed hash unless the config says plain).
 - An emergency or protected number is never put on a block list (``ProtectedNumberError``).
-- ``read_numbers`` turns an import file into ``(line_no, e164)`` or ``(line_no, Rejected)``
-  items, so no line is dropped silently: every rejected line is reported with its number.
+- Block and allow lists live in compact buckets (gate/liststore.py); consent lists are a
+  HASH token → ``granted_ms:expiry_ms`` (decide.lua reads both).
+- An import counts every line: imported, duplicate, rejected (each reported with its line
+  number through ``on_reject``) or skipped (a scrub result not kept).
 """
 
 from __future__ import annotations
 
-import csv
-import io
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from gate.config import Policy
-from gate.errors import InputError, NumberError, ProtectedNumberError
+from gate.errors import InputError, NumberError
 from gate.hours import zone
-from gate.keys import Keyspace
+from gate.importing import Digest, Rejected, Skipped, validate_entry
+from gate.keys import Keyspace, NumberKeys
+from gate.liststore import ListStore
 from gate.model import TrafficClass
-from gate.numbers import BadNumber, Destination, ShortCode, classify
+from gate.numbers import Destination, classify
 from gate.rules import ListRule, in_force
 from gate.store import Store
 
-__all__ = ["ImportSummary", "ListAdmin", "Rejected", "consent_value", "read_numbers"]
-
-_COMMENT = "#"
-
-
-@dataclass(frozen=True, slots=True)
-class Rejected:
-    """A line of an import file that was not imported, and why."""
-
-    line_no: int
-    text: str
-    why: str
+__all__ = ["ImportSummary", "ListAdmin", "Rejected", "consent_value"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,74 +35,7 @@ class ImportSummary:
     imported: int
     duplicates: int
     rejected: int
-
-
-def validate_entry(rule: ListRule, text: str, region: str) -> str:
-    """The E.164 form of ``text`` for ``rule``, or an ``InputError`` saying why not."""
-    target = classify(text, region)
-    if isinstance(target, ShortCode):
-        if target.emergency and rule.kind == "block":
-            raise ProtectedNumberError(
-                f"number {text!r} is an emergency/protected number; it can never be put on "
-                f"block list {rule.name!r}"
-            )
-        raise NumberError(f"number {text!r} is a short code, not an E.164 number")
-    if isinstance(target, BadNumber):
-        raise NumberError(f"number {text!r}: {target.why}; give it as +<country><number>")
-    return target.e164
-
-
-def read_numbers(
-    lines: Iterable[str], rule: ListRule, region: str, column: str | None = None
-) -> Iterator[tuple[int, str | Rejected]]:
-    """Parse an import file: one number per line, or a CSV/TSV column by name or 1-based index.
-
-    Blank lines and lines starting with ``#`` are skipped (they are not entries). A CSV
-    header row is recognised when ``column`` is a name.
-    """
-    index: int | None = None
-    header_pending = False
-    if column is not None:
-        if column.isdigit() and int(column) >= 1:
-            index = int(column) - 1
-        else:
-            header_pending = True
-    dialect: type[csv.Dialect] | None = None
-    for line_no, raw in enumerate(lines, start=1):
-        line = raw.lstrip("\ufeff").rstrip("\r\n")
-        if not line.strip() or line.lstrip().startswith(_COMMENT):
-            continue
-        if column is None:
-            field = line.strip()
-        else:
-            if dialect is None:
-                dialect = _sniff(line)
-            cells = next(csv.reader(io.StringIO(line), dialect))
-            if header_pending:
-                names = [cell.strip().lower() for cell in cells]
-                if column.lower() not in names:
-                    raise InputError(
-                        f"line {line_no}: no column named {column!r} in header {cells!r}"
-                    )
-                index = names.index(column.lower())
-                header_pending = False
-                continue
-            assert index is not None
-            if index >= len(cells):
-                yield line_no, Rejected(line_no, line, f"no column {index + 1}")
-                continue
-            field = cells[index].strip()
-        try:
-            yield line_no, validate_entry(rule, field, region)
-        except InputError as exc:
-            yield line_no, Rejected(line_no, line, str(exc))
-
-
-def _sniff(line: str) -> type[csv.Dialect]:
-    class Dialect(csv.excel):
-        delimiter = max(",;\t|", key=line.count)
-
-    return Dialect
+    skipped: int = 0
 
 
 class ListAdmin:
@@ -119,6 +43,7 @@ class ListAdmin:
 
     def __init__(self, policy: Policy, keyspace: Keyspace, store: Store) -> None:
         self.policy, self.keyspace, self.store = policy, keyspace, store
+        self.lists = ListStore(store, keyspace)
 
     def rule(self, name: str) -> ListRule:
         rule = self.policy.list_rule(name)
@@ -140,18 +65,26 @@ class ListAdmin:
             raise InputError(f"list {name!r} is per campaign: pass --campaign")
         return key
 
-    def _tokens(self, rule: ListRule, numbers: Iterable[str]) -> list[str]:
+    def _numbers(self, rule: ListRule, numbers: Iterable[str]) -> list[NumberKeys]:
         """Validate every number first (nothing is written if one is wrong)."""
         region = self.policy.default_region
-        return [self.keyspace.token(validate_entry(rule, n, region)) for n in numbers]
+        return [self.keyspace.number(validate_entry(rule, n, region)) for n in numbers]
 
     async def _write(
-        self, rule: ListRule, key: str, tokens: list[str], now: datetime, expires: datetime | None
+        self,
+        rule: ListRule,
+        key: str,
+        op: str,
+        numbers: list[NumberKeys],
+        now: datetime,
+        expires: datetime | None = None,
     ) -> int:
-        if rule.kind == "consent":
-            value = consent_value(now, expires)
-            return await self.store.set_fields(key, ((t, value) for t in tokens))
-        return await self.store.add_members(key, tokens)
+        if rule.kind != "consent":
+            return await self.lists.delta(key, op, [(n.member, n.bucket32) for n in numbers])
+        if op == "remove":
+            return await self.store.remove_fields(key, (n.token for n in numbers))
+        value = consent_value(now, expires)
+        return await self.store.set_fields(key, ((n.token, value) for n in numbers))
 
     async def add(
         self,
@@ -164,34 +97,40 @@ class ListAdmin:
     ) -> int:
         """Add numbers (consent lists: granted ``now``, optional expiry); how many were new."""
         rule = self.rule(name)
-        tokens = self._tokens(rule, numbers)
-        when = now or datetime.now(UTC)
-        return await self._write(rule, self.key(name, tenant, campaign), tokens, when, expires)
+        checked = self._numbers(rule, numbers)
+        key = self.key(name, tenant, campaign)
+        return await self._write(rule, key, "add", checked, now or datetime.now(UTC), expires)
 
     async def remove(self, name: str, numbers: Iterable[str], tenant: str, campaign: str) -> int:
         rule = self.rule(name)
-        tokens = self._tokens(rule, numbers)
+        checked = self._numbers(rule, numbers)
         key = self.key(name, tenant, campaign)
-        if rule.kind == "consent":
-            return await self.store.remove_fields(key, tokens)
-        return await self.store.remove_members(key, tokens)
+        return await self._write(rule, key, "remove", checked, datetime.now(UTC))
 
     async def count(self, name: str, tenant: str, campaign: str) -> int:
         key = self.key(name, tenant, campaign)
         if self.rule(name).kind == "consent":
             return await self.store.count_fields(key)
-        return await self.store.count_members(key)
+        return int((await self.lists.head(key)).get("count", "0"))
 
     async def info(self, name: str, tenant: str, campaign: str) -> dict[str, str]:
-        """The list's metadata (refreshed_at, source…) and its current entry count."""
+        """The list's entry count and metadata (version, refreshed_at, source, checksum…)."""
         rule = self.rule(name)
-        meta_key = self.keyspace.meta_key(rule, tenant, campaign)
-        meta = await self.store.get_fields(meta_key) if meta_key else {}
+        key = self.key(name, tenant, campaign)
+        if rule.kind == "consent":
+            meta = await self.store.get_fields(f"{key}:meta")
+        else:
+            meta = {
+                k: v
+                for k, v in (await self.lists.head(key)).items()
+                if k not in ("next_version", "building", "building_bits")
+            }
         return {
             "name": name,
             "kind": rule.kind,
             "scope": rule.scope,
             "entries": str(await self.count(name, tenant, campaign)),
+            "hashed": "yes" if self.keyspace.hashed else "no",
             **meta,
         }
 
@@ -201,53 +140,81 @@ class ListAdmin:
                 f"list {name!r} holds keyed hashes, not numbers: it cannot be exported "
                 "(privacy.hash_numbers = true)"
             )
-        hashed = self.rule(name).kind == "consent"
-        async for member in self.store.members(self.key(name, tenant, campaign), hashed):
-            yield member
+        key = self.key(name, tenant, campaign)
+        if self.rule(name).kind == "consent":
+            async for token in self.store.members(key, hashed=True):
+                yield token
+            return
+        async for member in self.lists.members(key):
+            yield f"+{member}"
 
     async def import_entries(
         self,
         name: str,
-        entries: Iterable[tuple[int, str | Rejected]],
+        entries: Iterable[tuple[int, str | Rejected | Skipped]],
         tenant: str,
         campaign: str,
         on_reject: Callable[[Rejected], None],
         refreshed_at: datetime | None = None,
-        source: str = "",
+        meta: Mapping[str, str] | None = None,
+        mode: str = "add",
+        expected: int = 0,
+        checksum: Digest | None = None,
     ) -> ImportSummary:
-        """Add every accepted entry in batches; report each rejected one to ``on_reject``.
-
-        Records the list's ``refreshed_at`` (the freshness rules read it) when done.
-        """
+        """Import a file's entries: ``mode`` "add" (delta), "remove" (delta) or "replace"
+        (a new version built beside the live one, switched in one step). Each rejected
+        line goes to ``on_reject``. Records ``refreshed_at`` and ``meta`` on the list."""
         rule = self.rule(name)
         key = self.key(name, tenant, campaign)
         when = refreshed_at or datetime.now(UTC)
-        accepted = rejected = 0
-        batch: list[str] = []
-        new = 0
-        for _line_no, entry in entries:
-            if isinstance(entry, Rejected):
-                rejected += 1
-                on_reject(entry)
-                continue
-            accepted += 1
-            batch.append(self.keyspace.token(entry))
-            if len(batch) >= 10_000:
-                new += await self._write(rule, key, batch, when, None)
-                batch = []
-        if batch:
-            new += await self._write(rule, key, batch, when, None)
-        meta_key = self.keyspace.meta_key(rule, tenant, campaign)
-        if meta_key:
-            await self.store.set_fields(
-                meta_key,
-                [
-                    ("refreshed_at", str(int(when.timestamp() * 1000))),
-                    ("source", source),
-                    ("imported", str(new)),
-                ],
-            )
-        return ImportSummary(imported=new, duplicates=accepted - new, rejected=rejected)
+        tally = {"accepted": 0, "rejected": 0, "skipped": 0}
+        fields = {
+            "refreshed_at": str(int(when.timestamp() * 1000)),
+            "imported_at": str(int(datetime.now(UTC).timestamp() * 1000)),
+            **(meta or {}),
+        }
+
+        def accepted_numbers() -> Iterator[str]:
+            for _line_no, entry in entries:
+                if isinstance(entry, Rejected):
+                    tally["rejected"] += 1
+                    on_reject(entry)
+                    continue
+                if isinstance(entry, Skipped):
+                    tally["skipped"] += 1
+                    continue
+                tally["accepted"] += 1
+                yield entry
+            if checksum is not None:  # the file has been read whole: its digest is final
+                fields["sha256"] = checksum.hexdigest()
+
+        if mode == "replace":
+            if rule.kind == "consent":
+                raise InputError(
+                    f"list {name!r} is a consent list: --replace is for block and allow lists"
+                )
+            list_entries = (self.keyspace.list_entry(n) for n in accepted_numbers())
+            done = await self.lists.replace(key, list_entries, expected, fields)
+            changed = done.count
+        else:
+            changed = 0
+            batch: list[NumberKeys] = []
+            for e164 in accepted_numbers():
+                batch.append(self.keyspace.number(e164))
+                if len(batch) >= 10_000:
+                    changed += await self._write(rule, key, mode, batch, when)
+                    batch = []
+            if batch:
+                changed += await self._write(rule, key, mode, batch, when)
+            meta_key = self.keyspace.meta_key(rule, tenant, campaign)
+            if meta_key:
+                await self.store.set_fields(meta_key, fields.items())
+        return ImportSummary(
+            imported=changed,
+            duplicates=tally["accepted"] - changed,
+            rejected=tally["rejected"],
+            skipped=tally["skipped"],
+        )
 
     async def revoke(
         self, numbers: Iterable[str], tenant: str, campaign: str, red_list: str = "red"
@@ -256,7 +223,7 @@ class ListAdmin:
         red = self.rule(red_list)
         if red.kind != "block":
             raise InputError(f"list {red_list!r} is not a block list")
-        tokens = self._tokens(red, numbers)
+        checked = self._numbers(red, numbers)
         consent_lists = {
             r.name: r
             for r in (*self.policy.lists, *(r for p in self.policy.packs for r in p.lists))
@@ -265,8 +232,10 @@ class ListAdmin:
         for rule in consent_lists.values():
             key = self.keyspace.list_key(rule, tenant, campaign)
             if key is not None:
-                await self.store.remove_fields(key, tokens)
-        return await self.store.add_members(self.key(red_list, tenant, campaign), tokens)
+                await self.store.remove_fields(key, (n.token for n in checked))
+        return await self.lists.delta(
+            self.key(red_list, tenant, campaign), "add", [(n.member, n.bucket32) for n in checked]
+        )
 
     async def record_event(
         self, event: str, number: str, tenant: str, at: datetime, now: datetime | None = None

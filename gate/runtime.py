@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 
 from gate.config import Config
 from gate.embedded import EmbeddedRedis
+from gate.reload import config_version
 from gate.service import Gate
 from gate.store import Store
 
@@ -28,7 +29,7 @@ async def open_gate(config: Config, deadline_s: float | None = None) -> AsyncIte
         url = embedded.start()
     store = Store(url, config.redis.deadline_s if deadline_s is None else deadline_s)
     try:
-        yield Gate(config, store)
+        yield Gate(config, store, config_version(config.path))
     finally:
         await store.close()
         if embedded is not None:

@@ -6,21 +6,29 @@ Guarantees:
   the configured fail mode answers (reason ``store_unavailable``), the first failure of
   an incident is logged once at WARNING and the recovery once at INFO.
 - Emergency, short-code, invalid and number-type decisions never touch Redis.
+- One decision uses one configuration whole: ``evaluate`` reads the active
+  configuration (config, keyspace, version) once, and ``swap`` replaces it in one
+  assignment, so a reload takes effect between decisions, never inside one.
+- An ``observer`` (metrics) sees every decision with its door and its in-process and
+  Redis times; it is told, never asked, so it cannot change a decision.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
+from typing import Protocol
 
 from gate.config import Config
 from gate.engine import Plan, RuleOutcome, StoreResult, conclude, explain, fail_closed, plan
 from gate.errors import StoreError
 from gate.keys import Keyspace
+from gate.lists import ListAdmin
 from gate.model import Attempt, Decision
 from gate.store import Store
 
-__all__ = ["Evaluation", "Gate"]
+__all__ = ["Active", "DecisionObserver", "Evaluation", "Gate"]
 
 log = logging.getLogger("callgate")
 
@@ -33,35 +41,98 @@ class Evaluation:
     rules: tuple[RuleOutcome, ...]
 
 
-class Gate:
-    """Decides attempts against one configuration and one store."""
+@dataclass(frozen=True, slots=True)
+class Active:
+    """The configuration decisions use, with what derives from it; replaced whole."""
 
-    def __init__(self, config: Config, store: Store) -> None:
-        self.config = config
+    config: Config
+    keyspace: Keyspace
+    version: str  # short hash of the config and pack files ("" when not from files)
+
+
+def _activate(config: Config, version: str) -> Active:
+    secret = config.secret if config.hash_numbers else None
+    return Active(config, Keyspace(config.redis.namespace, secret), version)
+
+
+class DecisionObserver(Protocol):
+    """Told about every decision and store failure (gate/metrics.py implements it)."""
+
+    def decided(
+        self, decision: Decision, attempt: Attempt, door: str, process_s: float, store_s: float
+    ) -> None: ...
+
+    def store_failed(self, error: StoreError) -> None: ...
+
+
+class Gate:
+    """Decides attempts against one (swappable) configuration and one store."""
+
+    def __init__(self, config: Config, store: Store, version: str = "") -> None:
         self.store = store
-        self.keyspace = Keyspace(
-            config.redis.namespace, config.secret if config.hash_numbers else None
-        )
+        self.observer: DecisionObserver | None = None
+        self._active = _activate(config, version)
         self._failures = 0
 
-    async def decide(self, attempt: Attempt, record: bool = True) -> Decision:
-        return (await self.evaluate(attempt, record)).decision
+    @property
+    def active(self) -> Active:
+        return self._active
 
-    async def evaluate(self, attempt: Attempt, record: bool = True) -> Evaluation:
-        pending = plan(attempt, self.config.policy, self.keyspace, record)
+    @property
+    def config(self) -> Config:
+        return self._active.config
+
+    @property
+    def keyspace(self) -> Keyspace:
+        return self._active.keyspace
+
+    @property
+    def version(self) -> str:
+        return self._active.version
+
+    def swap(self, config: Config, version: str) -> None:
+        """Make ``config`` the one every decision from now on uses (decisions in flight
+        finish with the one they started with)."""
+        self._active = _activate(config, version)
+
+    def list_admin(self) -> ListAdmin:
+        """List operations under the active configuration."""
+        active = self._active
+        return ListAdmin(active.config.policy, active.keyspace, self.store)
+
+    async def decide(self, attempt: Attempt, record: bool = True, door: str = "cli") -> Decision:
+        return (await self.evaluate(attempt, record, door)).decision
+
+    async def evaluate(
+        self, attempt: Attempt, record: bool = True, door: str = "cli"
+    ) -> Evaluation:
+        """Decide ``attempt``; ``door`` (agi, stasis, cli, api, scrub) labels the metrics."""
+        active = self._active
+        started = time.perf_counter()
+        store_s = 0.0
+        pending = plan(attempt, active.config.policy, active.keyspace, record)
         if isinstance(pending, Decision):
-            return Evaluation(pending, tuple(explain(pending, None)))
-        result = await self._run(pending)
-        if result is None:
-            decision = fail_closed(attempt, pending, self.config.fail_mode)
+            evaluation = Evaluation(pending, tuple(explain(pending, None)))
         else:
-            decision = conclude(pending, result)
-        return Evaluation(decision, tuple(explain(pending, result)))
+            store_started = time.perf_counter()
+            result = await self._run(pending)
+            store_s = time.perf_counter() - store_started
+            if result is None:
+                decision = fail_closed(attempt, pending, active.config.fail_mode)
+            else:
+                decision = conclude(pending, result)
+            evaluation = Evaluation(decision, tuple(explain(pending, result)))
+        if self.observer is not None:
+            process_s = time.perf_counter() - started - store_s
+            self.observer.decided(evaluation.decision, attempt, door, process_s, store_s)
+        return evaluation
 
     async def _run(self, pending: Plan) -> StoreResult | None:
         try:
             result = await self.store.decide(pending.check)
         except StoreError as exc:
+            if self.observer is not None:
+                self.observer.store_failed(exc)
             if self._failures == 0:
                 log.warning("store unavailable, applying the fail mode: %s", exc)
             self._failures += 1

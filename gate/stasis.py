@@ -238,7 +238,7 @@ class StasisGate:
                 log.warning("Stasis channel %s: %s", channel.name, exc)
                 await self._apply_error(channel, exc.code)
                 return
-            decision = await self.gate.decide(attempt)
+            decision = await self.gate.decide(attempt, door="stasis")
             await self._apply(channel, decision)
         except AriNotFound:
             log.info("Stasis channel %s hung up before its decision was applied", channel.name)

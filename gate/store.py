@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.resources
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -26,9 +26,11 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from gate.engine import StoreCheck, StoreResult
 from gate.errors import StoreError, StoreTimeout, StoreUnavailable
 
-__all__ = ["BATCH", "Store", "encode_checks", "load_script"]
+__all__ = ["BATCH", "Store", "encode_checks", "load_script", "translate_error"]
 
 BATCH = 1000
+# Decisions per EVALSHA in a scrub: ~20-30 µs of Redis time each, so ~5 ms per call.
+SCRUB_BATCH = 200
 _ADMIN_TIMEOUT_S = 60.0
 
 
@@ -39,7 +41,7 @@ def load_script(name: str) -> str:
     )
 
 
-def _translate(exc: BaseException, where: str) -> StoreError:
+def translate_error(exc: BaseException, where: str) -> StoreError:
     """Map a redis-py error to the gate's error tree (one line, says what to check)."""
     if isinstance(exc, TimeoutError | RedisTimeoutError):
         return StoreTimeout(f"Redis at {where} did not answer in time")
@@ -65,6 +67,20 @@ class Store:
             decode_responses=False,
         )
         self._decide = self._client.register_script(load_script("decide.lua"))
+        self._admin_client: aioredis.Redis | None = None
+
+    @property
+    def admin_client(self) -> aioredis.Redis:
+        """A second pool for list administration: long timeout, never a blind retry
+        (REDIS.md: a re-sent slow command failed after the first one had succeeded)."""
+        if self._admin_client is None:
+            self._admin_client = aioredis.Redis.from_url(
+                self.url,
+                socket_timeout=_ADMIN_TIMEOUT_S * 2,
+                socket_connect_timeout=5.0,
+                retry=None,
+            )
+        return self._admin_client
 
     @property
     def where(self) -> str:
@@ -73,13 +89,15 @@ class Store:
 
     async def close(self) -> None:
         await self._client.aclose()
+        if self._admin_client is not None:
+            await self._admin_client.aclose()
 
     async def ping(self) -> None:
         try:
             async with asyncio.timeout(max(self.deadline_s, 1.0)):
                 await self._client.ping()
         except (RedisError, OSError, TimeoutError) as exc:
-            raise _translate(exc, self.where) from exc
+            raise translate_error(exc, self.where) from exc
 
     async def decide(self, check: StoreCheck) -> StoreResult:
         """Run one decision's checks atomically, within the deadline."""
@@ -88,33 +106,31 @@ class Store:
             async with asyncio.timeout(self.deadline_s):
                 reply = await self._decide(keys=keys, args=args)
         except (RedisError, OSError, TimeoutError) as exc:
-            raise _translate(exc, self.where) from exc
-        decided, retry_ms, results = reply
-        return StoreResult(int(decided), int(retry_ms), tuple(int(r) for r in results))
+            raise translate_error(exc, self.where) from exc
+        return _result(reply[0])
+
+    async def decide_many(self, checks: Sequence[StoreCheck]) -> list[StoreResult]:
+        """Evaluate many decisions: ``SCRUB_BATCH`` per EVALSHA (a few ms of Redis time
+        each, so live decisions are never held up long), all batches pipelined in one
+        round trip. No decision deadline: a scrub is not a call waiting to leave."""
+        if not checks:
+            return []
+        try:
+            async with self._client.pipeline(transaction=False) as pipe:
+                for start in range(0, len(checks), SCRUB_BATCH):
+                    keys, args = encode_checks(*checks[start : start + SCRUB_BATCH])
+                    await self._decide(keys=keys, args=args, client=pipe)
+                replies = await pipe.execute()
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise translate_error(exc, self.where) from exc
+        return [_result(reply) for batch in replies for reply in batch]
 
     async def _admin(self, command: str, *args: Any) -> Any:
         try:
             async with asyncio.timeout(_ADMIN_TIMEOUT_S):
                 return await self._client.execute_command(command, *args)  # type: ignore[no-untyped-call]
         except (RedisError, OSError, TimeoutError) as exc:
-            raise _translate(exc, self.where) from exc
-
-    async def add_members(self, key: str, members: Iterable[str]) -> int:
-        """SADD in batches; returns how many were new."""
-        added = 0
-        for batch in _batches(members):
-            added += int(await self._admin("SADD", key, *batch))
-        return added
-
-    async def remove_members(self, key: str, members: Iterable[str]) -> int:
-        """SREM in batches; returns how many were present."""
-        removed = 0
-        for batch in _batches(members):
-            removed += int(await self._admin("SREM", key, *batch))
-        return removed
-
-    async def count_members(self, key: str) -> int:
-        return int(await self._admin("SCARD", key))
+            raise translate_error(exc, self.where) from exc
 
     async def set_fields(self, key: str, fields: Iterable[tuple[str, str]]) -> int:
         """HSET in batches (consent lists: token → "granted_ms:expiry_ms"); returns new fields."""
@@ -172,23 +188,38 @@ class Store:
                 return
 
 
-def encode_checks(check: StoreCheck) -> tuple[list[str], list[str | int]]:
-    """KEYS and ARGV for decide.lua (its header is the contract)."""
+def encode_checks(*decisions: StoreCheck) -> tuple[list[str], list[str | int]]:
+    """KEYS and ARGV of decide.lua for one or more decisions (its header is the contract)."""
     keys: list[str] = []
     index: dict[str, int] = {}
-    args: list[str | int] = [check.now_ms, 1 if check.record else 0, check.token]
-    for item in check.checks:
-        fields = [item.kind, "1" if item.shadow else "0"]
-        if item.key:
-            if item.key not in index:
-                keys.append(item.key)
-                index[item.key] = len(keys)
-            fields.append(str(index[item.key]))
-        fields += [str(p) for p in item.params]
-        if item.exempt_by:
-            fields.append(",".join(str(i) for i in item.exempt_by))
-        args.append("|".join(fields))
+    args: list[str | int] = [len(decisions)]
+    for check in decisions:
+        number = check.number
+        args += [
+            check.now_ms,
+            1 if check.record else 0,
+            number.token,
+            number.member,
+            number.bucket32,
+            len(check.checks),
+        ]
+        for item in check.checks:
+            fields = [item.kind, "1" if item.shadow else "0"]
+            if item.key:
+                if item.key not in index:
+                    keys.append(item.key)
+                    index[item.key] = len(keys)
+                fields.append(str(index[item.key]))
+            fields += [str(p) for p in item.params]
+            if item.exempt_by:
+                fields.append(",".join(str(i) for i in item.exempt_by))
+            args.append("|".join(fields))
     return keys, args
+
+
+def _result(reply: Any) -> StoreResult:
+    decided, retry_ms, results = reply
+    return StoreResult(int(decided), int(retry_ms), tuple(int(r) for r in results))
 
 
 def _batches(members: Iterable[str]) -> Iterable[list[str]]:

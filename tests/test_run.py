@@ -50,7 +50,7 @@ def test_run_serves_fastagi_with_embedded_redis_and_stops_on_sigterm() -> None:
     text = text.replace('data_dir = "../var/redis"', f'data_dir = "{data}/r"')
     text = text.replace('secret_file = "../var/callgate.secret"', f'secret_file = "{data}/s"')
     text = text.replace('packs_dir = "packs"', f'packs_dir = "{SAMPLE_CONFIG.parent / "packs"}"')
-    config.write_text(text.replace("port = 4573", "port = 0"))
+    config.write_text(text.replace("port = 4573", "port = 0").replace("port = 9473", "port = 0"))
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("CALLGATE_SECRET", None)
     process = subprocess.Popen(

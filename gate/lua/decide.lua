@@ -1,22 +1,31 @@
--- decide.lua: all the Redis work of one call decision, atomically (one EVALSHA).
+-- decide.lua: all the Redis work of a call decision, atomically (one EVALSHA).
 --
 -- The engine (gate/engine.py) sends an ordered list of checks; this script runs them
--- against the keys and returns what each saw and which one decided.
+-- against the keys and returns what each saw and which one decided. The gate sends one
+-- decision per call; a scrub sends a batch of independent decisions (same logic, one call).
 --
--- KEYS[1 .. #KEYS]   the keys the checks name by index (lists, consent hashes, list
---                    metadata, cool-off markers, attempt logs)
--- ARGV[1]  now_ms    the attempt's time, integer milliseconds since the Unix epoch
--- ARGV[2]  record    "1": count the attempt in every attempt log if allowed; "0": evaluate only
--- ARGV[3]  token     the number's token, as stored in lists and consent hashes
--- ARGV[4 .. ]        one check per argument, fields separated by "|":
---   A|s|k              allow list: SISMEMBER KEYS[k]. Never decides.
+-- KEYS[1 .. #KEYS]   the keys the checks name by index (list heads, consent hashes,
+--                    cool-off markers, attempt logs), shared by the batch
+-- ARGV[1]            n, the number of decisions; then, for each decision:
+--   now_ms           the attempt's time, integer milliseconds since the Unix epoch
+--   record           "1": count the attempt in every attempt log if allowed; "0": evaluate only
+--   token            the number's token (consent hashes)
+--   member           the number as a list member (signed 64-bit integer, decimal)
+--   bucket32         the number's 32-bit bucket value (decimal)
+--   c                the number of checks, followed by c checks, fields separated by "|":
+--   A|s|k              allow list: is the member in list head KEYS[k]? Never decides.
+--                      (A list head is a HASH with `version` and `bits`; the member is in
+--                      SET <head>:v<version>:<top `bits` bits of bucket32>. Those bucket
+--                      keys are derived here and share the head's hash tag, so the same
+--                      Redis Cluster slot; gate/keys.py.)
 --   H|s|k              consent hash: HGET KEYS[k] token = "granted_ms:expiry_ms" (expiry 0:
 --                      none); hit if present and unexpired. Never decides.
---   B|s|k|e1,e2        block list: BLOCK if a member, unless check e1, e2… (A/H) hit.
+--   B|s|k|e1,e2        block list: BLOCK if the member is in list head KEYS[k], unless
+--                      check e1, e2… (A/H) hit.
 --   C|s|k|e1,e2        consent required: BLOCK unless this consent hash holds an unexpired
 --                      entry or check e1, e2… hit.
 --   M|s|k|e1,e2        presence required (an allow list, e.g. a scrubbed file): BLOCK unless
---                      SISMEMBER KEYS[k] or check e1, e2… hit.
+--                      the member is in list head KEYS[k] or check e1, e2… hit.
 --   R|s|k|period_ms    cool-off: KEYS[k] holds the time (ms) of the last event (refusal,
 --                      abandoned call); DEFER until that time + period_ms.
 --   F|s|k|max_age_ms|retry_ms|e1,e2
@@ -31,7 +40,8 @@
 --   s is "1" for a shadow check: evaluated and reported, never deciding.
 --
 -- BLOCK checks decide in order (the first wins). Among DEFER checks the longest wait wins.
--- Returns {decided, retry_ms, results}: decided = 1-based index of the deciding check (0:
+-- Returns one {decided, retry_ms, results} per decision: decided = 1-based index of the
+-- deciding check (0:
 -- allowed); results[i] = what check i saw: 0/1 for A H B C M (1 = member / valid consent),
 -- ms left or 0 for R, age ms or -1 (never refreshed) for F, retry_ms for W, entries inside
 -- the window for L.
@@ -40,9 +50,17 @@
 -- A log is appended to only while it holds fewer than `limit` live entries, so it never
 -- holds more than `limit` (32 bytes for a cap of 4).
 
-local now = tonumber(ARGV[1])
-local record = ARGV[2] == "1"
-local token = ARGV[3]
+local now, record, token, member, bucket32
+
+local function list_member(head)
+  local layout = redis.call("HMGET", head, "version", "bits")
+  if not layout[1] then
+    return 0
+  end
+  local bits = tonumber(layout[2])
+  local bucket = bits > 0 and math.floor(bucket32 / 2 ^ (32 - bits)) or 0
+  return redis.call("SISMEMBER", head .. ":v" .. layout[1] .. ":" .. bucket, member)
+end
 
 local function split(text)
   local fields = {}
@@ -80,90 +98,104 @@ local function live_entries(key, window)
   return kept
 end
 
-local checks, results, logs = {}, {}, {}
-for i = 4, #ARGV do
-  checks[#checks + 1] = split(ARGV[i])
-end
-
-local function exempted(list)
-  for index in string.gmatch(list or "", "%d+") do
-    if results[tonumber(index)] == 1 then
-      return true
-    end
+local function decide(base)
+  now = tonumber(ARGV[base])
+  record = ARGV[base + 1] == "1"
+  token = ARGV[base + 2]
+  member = ARGV[base + 3]
+  bucket32 = tonumber(ARGV[base + 4])
+  local checks, results, logs = {}, {}, {}
+  for i = base + 6, base + 5 + tonumber(ARGV[base + 5]) do
+    checks[#checks + 1] = split(ARGV[i])
   end
-  return false
-end
 
-local block, defer, retry = 0, 0, 0
-for i, c in ipairs(checks) do
-  local kind, shadow = c[1], c[2] == "1"
-  local decides, wait = false, 0
-  if kind == "A" then
-    results[i] = redis.call("SISMEMBER", KEYS[tonumber(c[3])], token)
-  elseif kind == "H" then
-    results[i] = consent_valid(KEYS[tonumber(c[3])])
-  elseif kind == "B" then
-    results[i] = redis.call("SISMEMBER", KEYS[tonumber(c[3])], token)
-    decides = results[i] == 1 and not exempted(c[4])
-  elseif kind == "C" then
-    results[i] = consent_valid(KEYS[tonumber(c[3])])
-    decides = results[i] == 0 and not exempted(c[4])
-  elseif kind == "M" then
-    results[i] = redis.call("SISMEMBER", KEYS[tonumber(c[3])], token)
-    decides = results[i] == 0 and not exempted(c[4])
-  elseif kind == "R" then
-    local event = tonumber(redis.call("GET", KEYS[tonumber(c[3])]) or "0")
-    local left = event > 0 and event + tonumber(c[4]) - now or 0
-    results[i] = left > 0 and left or 0
-    decides, wait = left > 0, left
-  elseif kind == "F" then
-    local refreshed = tonumber(redis.call("HGET", KEYS[tonumber(c[3])], "refreshed_at") or "-1")
-    results[i] = refreshed < 0 and -1 or now - refreshed
-    decides = (refreshed < 0 or now - refreshed > tonumber(c[4])) and not exempted(c[6])
-    wait = tonumber(c[5])
-  elseif kind == "W" then
-    results[i] = tonumber(c[3])
-    decides = results[i] > 0 and not exempted(c[4])
-    wait = results[i]
-  elseif kind == "L" then
-    local limit, window = tonumber(c[4]), tonumber(c[5])
-    local entries = live_entries(KEYS[tonumber(c[3])], window)
-    logs[i] = entries
-    results[i] = #entries
-    if #entries >= limit then
-      decides, wait = true, entries[#entries - limit + 1] + window - now
-    end
-  else
-    return redis.error_reply("decide.lua: unknown check kind " .. tostring(kind))
-  end
-  if decides and not shadow then
-    if kind == "B" or kind == "C" or kind == "M" then
-      if block == 0 then
-        block = i
+  local function exempted(list)
+    for index in string.gmatch(list or "", "%d+") do
+      if results[tonumber(index)] == 1 then
+        return true
       end
-    elseif defer == 0 or wait > retry then
-      defer, retry = i, wait
     end
+    return false
   end
-end
 
-if block > 0 then
-  return {block, 0, results}
-end
-if defer > 0 then
-  return {defer, retry, results}
-end
-if record then
+  local block, defer, retry = 0, 0, 0
   for i, c in ipairs(checks) do
-    if c[1] == "L" then
-      local window = tonumber(c[5])
-      local parts = {}
-      for j = 1, #logs[i] do
-        parts[j] = struct.pack(">d", logs[i][j])
+    local kind, shadow = c[1], c[2] == "1"
+    local decides, wait = false, 0
+    if kind == "A" then
+      results[i] = list_member(KEYS[tonumber(c[3])])
+    elseif kind == "H" then
+      results[i] = consent_valid(KEYS[tonumber(c[3])])
+    elseif kind == "B" then
+      results[i] = list_member(KEYS[tonumber(c[3])])
+      decides = results[i] == 1 and not exempted(c[4])
+    elseif kind == "C" then
+      results[i] = consent_valid(KEYS[tonumber(c[3])])
+      decides = results[i] == 0 and not exempted(c[4])
+    elseif kind == "M" then
+      results[i] = list_member(KEYS[tonumber(c[3])])
+      decides = results[i] == 0 and not exempted(c[4])
+    elseif kind == "R" then
+      local event = tonumber(redis.call("GET", KEYS[tonumber(c[3])]) or "0")
+      local left = event > 0 and event + tonumber(c[4]) - now or 0
+      results[i] = left > 0 and left or 0
+      decides, wait = left > 0, left
+    elseif kind == "F" then
+      local refreshed = tonumber(redis.call("HGET", KEYS[tonumber(c[3])], "refreshed_at") or "-1")
+      results[i] = refreshed < 0 and -1 or now - refreshed
+      decides = (refreshed < 0 or now - refreshed > tonumber(c[4])) and not exempted(c[6])
+      wait = tonumber(c[5])
+    elseif kind == "W" then
+      results[i] = tonumber(c[3])
+      decides = results[i] > 0 and not exempted(c[4])
+      wait = results[i]
+    elseif kind == "L" then
+      local limit, window = tonumber(c[4]), tonumber(c[5])
+      local entries = live_entries(KEYS[tonumber(c[3])], window)
+      logs[i] = entries
+      results[i] = #entries
+      if #entries >= limit then
+        decides, wait = true, entries[#entries - limit + 1] + window - now
       end
-      parts[#parts + 1] = struct.pack(">d", now)
-      redis.call("SET", KEYS[tonumber(c[3])], table.concat(parts), "PX", window)
+    else
+      error("decide.lua: unknown check kind " .. tostring(kind))
+    end
+    if decides and not shadow then
+      if kind == "B" or kind == "C" or kind == "M" then
+        if block == 0 then
+          block = i
+        end
+      elseif defer == 0 or wait > retry then
+        defer, retry = i, wait
+      end
     end
   end
+
+  if block > 0 then
+    return {block, 0, results}
+  end
+  if defer > 0 then
+    return {defer, retry, results}
+  end
+  if record then
+    for i, c in ipairs(checks) do
+      if c[1] == "L" then
+        local window = tonumber(c[5])
+        local parts = {}
+        for j = 1, #logs[i] do
+          parts[j] = struct.pack(">d", logs[i][j])
+        end
+        parts[#parts + 1] = struct.pack(">d", now)
+        redis.call("SET", KEYS[tonumber(c[3])], table.concat(parts), "PX", window)
+      end
+    end
+  end
+  return {0, 0, results}
 end
-return {0, 0, results}
+
+local replies, base = {}, 2
+for _ = 1, tonumber(ARGV[1]) do
+  replies[#replies + 1] = decide(base)
+  base = base + 6 + tonumber(ARGV[base + 5])
+end
+return replies

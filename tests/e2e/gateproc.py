@@ -11,6 +11,8 @@ PID: SIGTERM, then SIGKILL. ``kill()`` is the crash (SIGKILL), ``restart()`` sta
 with the same config and port. ``cli()`` runs an admin command against the same config.
 ``wait_for_log()`` waits (bounded) for a log line such as "ARI connected"; ``terminate()``
 is ``stop()`` returning the exit status; ``pause()``/``resume()`` freeze and thaw it.
+``http_port()`` is the port of its HTTP listener (metrics, health, admin API), which
+listens on any free loopback port unless the test's overrides say otherwise.
 
 ``callgate_dialplan`` is the repo's ``dialplan/callgate.conf`` pointed at the test's port.
 
@@ -41,6 +43,7 @@ START_TIMEOUT_S = 20.0
 STOP_TIMEOUT_S = 10.0
 CLI_TIMEOUT_S = 60.0
 READY_RE = re.compile(r"FastAGI on agi://127\.0\.0\.1:(\d+)/check")
+HTTP_RE = re.compile(r"HTTP on http://127\.0\.0\.1:(\d+)")
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 #: the environment must not override the config the test wrote
 _ENV_DROP = ("CALLGATE_SECRET", "CALLGATE_CONFIG")
@@ -115,11 +118,13 @@ def config_text(
     privacy.pop("secret_file", None)
     privacy["secret"] = secret
     agi = {**data.get("agi", {}), "host": "127.0.0.1", "port": agi_port}
+    # The HTTP listener (metrics, health, admin API) on any free port unless overridden.
+    http = {**data.get("http", {}), "host": "127.0.0.1", "port": 0}
     # Real calls happen at the real time of day: without the fr pack's calling hours, with
     # the same 4-per-30-days cap as a plain config cap.
     gate = {**data.get("gate", {}), "packs": []}
     caps = [{"id": "fr-4-per-30d", "limit": 4, "window": "30d", "scope": "tenant"}]
-    data.update(redis=redis, privacy=privacy, agi=agi, gate=gate, caps=caps)
+    data.update(redis=redis, privacy=privacy, agi=agi, http=http, gate=gate, caps=caps)
     for name, value in (overrides or {}).items():
         if isinstance(value, dict) and isinstance(data.get(name), dict):
             data[name] = {**data[name], **value}
@@ -275,6 +280,11 @@ class GateProcess:
             f"no {count} log line(s) matching {pattern!r} within {within_s:.0f} s\n"
             f"{self.log_tail()}"
         )
+
+    def http_port(self, since: int = 0) -> int:
+        """The port of the HTTP listener (metrics, health, admin API), from its log line
+        (after offset ``since``: a restarted process listens on a new port)."""
+        return int(self.wait_for_log(HTTP_RE.pattern, since=since)[1])
 
     def log_size(self) -> int:
         """The log's current length: a ``since`` offset for ``wait_for_log``."""

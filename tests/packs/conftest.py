@@ -96,7 +96,7 @@ async def import_list(
     """Import ``numbers`` (may be empty) into ``name`` as a scrub refreshed at ``refreshed_at``."""
     entries = list(enumerate(numbers, start=1))
     await admin(gate).import_entries(
-        name, entries, tenant, "", _refuse, refreshed_at=refreshed_at, source="test"
+        name, entries, tenant, "", _refuse, refreshed_at=refreshed_at, meta={"source": "test"}
     )
 
 

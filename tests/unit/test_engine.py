@@ -93,16 +93,16 @@ def test_plan_encodes_allow_list_exemptions() -> None:
 def test_numbers_at_rest_are_tokens_not_numbers() -> None:
     """With a secret, neither keys nor the token contain the number."""
     p = planned(attempt("0612345678"))
-    assert "33612345678" not in p.check.token
+    assert "33612345678" not in p.check.number.token
     assert all("33612345678" not in key for key in keys_of(p))
-    assert 16 == len(p.check.token)
+    assert 16 == len(p.check.number.token)
 
 
 def test_plain_storage_is_an_explicit_option() -> None:
     """Without a secret the token is the E.164 number itself."""
     p = plan(attempt("0612345678"), POLICY, Keyspace("callgate", None), True)
     assert isinstance(p, Plan)
-    assert "+33612345678" == p.check.token
+    assert "+33612345678" == p.check.number.token
 
 
 def test_caps_apply_to_their_traffic_classes_only() -> None:
@@ -207,7 +207,7 @@ def test_shadow_checks_are_reported_not_enforced() -> None:
         p.packs,
         p.static,
         p.shadow,
-        type(p.check)(p.check.now_ms, True, p.check.token, (check,)),
+        type(p.check)(p.check.now_ms, True, p.check.number.token, (check,)),
     )
     decision = conclude(shadowed, StoreResult(0, 0, (3,)))
     assert (Verdict.ALLOW, ("cap:trial",)) == (decision.verdict, decision.shadow)

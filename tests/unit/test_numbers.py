@@ -98,3 +98,52 @@ def test_parse_e164_refuses_an_emergency_number() -> None:
     """An emergency number is not an E.164 entry."""
     with pytest.raises(NumberError, match="emergency"):
         parse_e164("17", "FR")
+
+
+def _reference(dialled: str, region: str) -> tuple[str, str, tuple[str, ...]] | None:
+    """phonenumbers' own answer: E.164, number type and zones, or None if not valid."""
+    import phonenumbers
+    from phonenumbers import timezone
+
+    try:
+        parsed = phonenumbers.parse(dialled, region)
+    except phonenumbers.NumberParseException:
+        return None
+    if not phonenumbers.is_valid_number(parsed):
+        return None
+    zones = tuple(z for z in timezone.time_zones_for_number(parsed) if z != "Etc/Unknown")
+    e164 = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+    return e164, str(phonenumbers.number_type(parsed)), zones
+
+
+SAMPLES = [
+    *(f"06{i:08d}" for i in range(0, 10**8, 7_654_321)),
+    *(f"0{d}{i:08d}" for d in (1, 2, 3, 4, 5, 7, 8, 9) for i in (0, 12345678, 99999999)),
+    *(f"+1{a}5550{i:03d}" for a in (212, 213, 305, 800, 907, 808) for i in (0, 123)),
+    *(f"00{cc}" for cc in ("442079460000", "4930123456", "390612345678", "33612345678")),
+    "+390612345678",
+    "+447911123456",
+    "+4915112345678",
+    "+262262123456",
+    "+59069012345",
+    "0612",
+    "06123456789",
+    "+3361234567",
+    "+999123456789",
+]
+
+
+@pytest.mark.parametrize("dialled", SAMPLES)
+def test_fast_parse_agrees_with_phonenumbers(dialled: str) -> None:
+    """The shortcut around phonenumbers.parse gives phonenumbers' own answer."""
+    from gate.numbers import _TYPE_NAMES
+
+    result = classify(dialled, "FR")
+    reference = _reference(dialled, "FR")
+    if reference is None:
+        assert not isinstance(result, Destination)
+        return
+    assert isinstance(result, Destination)
+    e164, raw_type, zones = reference
+    assert (e164, zones) == (result.e164, result.time_zones)
+    assert _TYPE_NAMES[int(raw_type)] == result.number_type

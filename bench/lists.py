@@ -1,0 +1,201 @@
+"""Benchmark: lists at registry scale, in one session against a real Redis.
+
+    python bench/lists.py [--sizes 1000000,10000000] [--regions FR,US] [--decisions 5000]
+
+Starts its own redis-server (default configuration: nothing tuned for callgate) on a free
+loopback port. For each region and size it writes a synthetic list file (FR: national
+0[67]xxxxxxxx numbers; US: the registry's "area code,number" lines), imports it with the
+same code as ``callgate list import --replace`` and reports:
+- bytes per number: Redis ``used_memory`` after the import minus before, over the count;
+- import rate: numbers per second from the file (parse, hash, bucket, send, switch);
+- decision latency p50/p99 (``Gate.decide``, evaluate only) against this list, and the
+  ratio to the same measurement against a 1 000-number list in the same session.
+Goals (issue 5): <= 10 bytes per number, >= 300 k numbers/s, lookup ratio <= 1.2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import redis.asyncio as aioredis
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from gate.config import parse_config
+from gate.embedded import find_redis_server
+from gate.importing import Rejected, count_lines, open_lines, read_entries
+from gate.lists import ListAdmin
+from gate.model import Attempt
+from gate.service import Gate
+from gate.store import Store
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def write_file(path: Path, region: str, count: int, rng: random.Random) -> list[str]:
+    """A list file of ``count`` distinct numbers; returns a sample of them in E.164."""
+    sample: list[str] = []
+    picks = rng.sample(range(10**8 if region == "FR" else 8 * 10**9), count)
+    with path.open("w") as out:
+        for i, value in enumerate(picks):
+            if region == "FR":
+                line, e164 = f"0{6 + value // 5 * 10**8 % 2}{value:08d}", ""
+                e164 = "+33" + line[1:]
+            else:
+                area, rest = 201 + value // 10**7 % 700, 2_000_000 + value % 8_000_000
+                line, e164 = f"{area},{rest}", f"+1{area}{rest}"
+            out.write(line + "\n")
+            if i % max(1, count // 2000) == 0:
+                sample.append(e164)
+    return sample
+
+
+def unlisted(region: str, rng: random.Random, count: int) -> list[str]:
+    """Numbers outside the synthetic ranges (never listed)."""
+    if region == "FR":
+        return [f"+339{rng.randrange(10**8):08d}" for _ in range(count)]
+    return [f"+1989{rng.randrange(2_000_000, 10**7)}" for _ in range(count)]
+
+
+def fail(rejected: Rejected) -> None:
+    raise SystemExit(f"bench file rejected line {rejected.line_no}: {rejected.why}")
+
+
+async def import_file(admin: ListAdmin, name: str, path: Path, fmt: str) -> tuple[int, float]:
+    rule = admin.rule(name)
+    total = count_lines(path)
+    started = time.perf_counter()
+    entries = read_entries(open_lines(path), rule, admin.policy.default_region, fmt)
+    summary = await admin.import_entries(
+        name, entries, "default", "", fail, mode="replace", expected=total
+    )
+    return summary.imported, time.perf_counter() - started
+
+
+async def latencies(gate: Gate, numbers: list[str], rounds: int) -> list[float]:
+    now = datetime.now(UTC)
+    out = []
+    for i in range(rounds):
+        number = numbers[i % len(numbers)]
+        start = time.perf_counter()
+        await gate.decide(Attempt(number, now), record=False)
+        out.append((time.perf_counter() - start) * 1e6)
+    return out
+
+
+def pct(samples: list[float], q: int) -> float:
+    return statistics.quantiles(samples, n=100, method="inclusive")[q - 1]
+
+
+async def run(url: str, sizes: list[int], regions: list[str], decisions: int) -> None:
+    client = aioredis.Redis.from_url(url)
+    rng = random.Random(20261128)
+    print(
+        f"{'list':>14} {'numbers':>11} {'B/number':>9} {'import/s':>10} "
+        f"{'p50 µs':>8} {'p99 µs':>8} {'p50 vs 1k':>10} {'p99 vs 1k':>10}"
+    )
+    with tempfile.TemporaryDirectory(prefix="cg-lists-") as tmp:
+        for region in regions:
+            config = parse_config(
+                {
+                    "gate": {"default_region": region},
+                    "privacy": {"secret": "bench-secret-0123456789"},
+                    "lists": [
+                        {"name": "big", "kind": "block", "scope": "global"},
+                        {"name": "small", "kind": "block", "scope": "global"},
+                    ],
+                },
+                "bench",
+                Path(tmp),
+            )
+            store = Store(url, deadline_s=2.0)
+            gate = Gate(config, store)
+            admin = ListAdmin(config.policy, gate.keyspace, store)
+            fmt = "lines" if region == "FR" else "us-dnc"
+            for size in sizes:
+                await client.flushall()
+                small_path = Path(tmp) / "small.txt"
+                small_sample = write_file(small_path, region, 1000, rng)
+                await import_file(admin, "small", small_path, fmt)
+                probes = unlisted(region, rng, decisions // 2)
+                base_gate = Gate(
+                    parse_config(
+                        {
+                            "gate": {"default_region": region},
+                            "privacy": {"secret": "bench-secret-0123456789"},
+                            "lists": [{"name": "small", "kind": "block", "scope": "global"}],
+                        },
+                        "bench",
+                        Path(tmp),
+                    ),
+                    store,
+                )
+                baseline = await latencies(base_gate, small_sample + probes, decisions)
+                path = Path(tmp) / f"{region}-{size}.txt"
+                sample = write_file(path, region, size, rng)
+                before = int((await client.info("memory"))["used_memory"])
+                imported, seconds = await import_file(admin, "big", path, fmt)
+                after = int((await client.info("memory"))["used_memory"])
+                path.unlink()
+                measured = await latencies(gate, sample + probes, decisions)
+                print(
+                    f"{region + ' ' + format(size, ','):>14} {imported:>11,} "
+                    f"{(after - before) / imported:>9.2f} {imported / seconds:>10,.0f} "
+                    f"{pct(measured, 50):>8.0f} {pct(measured, 99):>8.0f} "
+                    f"{pct(measured, 50) / pct(baseline, 50):>9.2f}x "
+                    f"{pct(measured, 99) / pct(baseline, 99):>9.2f}x"
+                )
+            await store.close()
+    await client.aclose()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="1000000,10000000")
+    parser.add_argument("--regions", default="FR,US")
+    parser.add_argument("--decisions", type=int, default=5000)
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    regions = [r.strip().upper() for r in args.regions.split(",")]
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="cg-bench-") as tmp:
+        server = subprocess.Popen(
+            [
+                find_redis_server(),
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                tmp,
+            ],
+            stdout=subprocess.DEVNULL,
+        )
+        try:
+            time.sleep(0.3)
+            asyncio.run(run(f"redis://127.0.0.1:{port}/0", sizes, regions, args.decisions))
+        finally:
+            server.terminate()
+            server.wait(30)
+
+
+if __name__ == "__main__":
+    main()

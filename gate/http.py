@@ -1,0 +1,144 @@
+"""The HTTP listener of ``callgate run``: metrics, health, and the admin API on one port.
+
+Routes: ``GET /metrics`` (Prometheus text format), ``GET /healthz``, ``GET /readyz``,
+``GET /openapi.json``, and the admin API under ``/v1/`` (gate/api.py).
+
+Guarantees:
+- Loopback by default (``[http]``); ``start()`` refuses (``ConfigError``) a non-loopback
+  address without an API token, whatever built the config.
+- ``/healthz`` answers 200 while the process runs and never touches Redis.
+- ``/readyz`` answers 200 only when Redis answers PING (within the store's admin bound)
+  and, when ``[ari]`` is configured, the Stasis application is connected; else 503.
+  Both bodies are JSON and carry the config version in force.
+- Metrics and health are not authenticated (they hold no numbers); ``/v1/`` is.
+- ``stop()`` stops the list-metrics refresher, then the listener; in-flight requests get
+  ``STOP_GRACE_S`` to finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from aiohttp import web
+
+from gate import __version__
+from gate.api import AdminApi, error_middleware
+from gate.config import ApiConfig, HttpConfig, is_loopback
+from gate.errors import ConfigError, StoreError
+from gate.metrics import CONTENT_TYPE, Metrics, StasisStats, refresh_lists_until
+from gate.reload import Reloader
+from gate.service import Gate
+
+__all__ = ["HttpServer"]
+
+log = logging.getLogger("callgate.http")
+
+STOP_GRACE_S = 5.0
+# 10 000 numbers of up to 32 characters in JSON, with room to spare.
+MAX_BODY_BYTES = 2 * 1024 * 1024
+
+
+class HttpServer:
+    """Serves one gate's metrics, health and admin API until ``stop()``."""
+
+    def __init__(
+        self,
+        gate: Gate,
+        metrics: Metrics,
+        http: HttpConfig,
+        api: ApiConfig,
+        reloader: Reloader | None = None,
+        stasis: StasisStats | None = None,
+    ) -> None:
+        self.gate = gate
+        self.metrics = metrics
+        self.http = http
+        self.api = api
+        self.stasis = stasis
+        self.started = time.monotonic()
+        self._runner: web.AppRunner | None = None
+        self._site: web.TCPSite | None = None
+        self._stop = asyncio.Event()
+        self._refresher: asyncio.Task[None] | None = None
+        self.app = web.Application(middlewares=[error_middleware], client_max_size=MAX_BODY_BYTES)
+        self.app.router.add_get("/metrics", self._metrics)
+        self.app.router.add_get("/healthz", self._healthz)
+        self.app.router.add_get("/readyz", self._readyz)
+        AdminApi(gate, api.token, reloader).add_routes(self.app)
+
+    @property
+    def port(self) -> int:
+        """The bound port (useful when started with port 0)."""
+        assert self._runner is not None, "server not started"
+        address = self._runner.addresses[0]
+        return int(address[1])
+
+    @property
+    def url(self) -> str:
+        host = self.http.host if ":" not in self.http.host else f"[{self.http.host}]"
+        return f"http://{host}:{self.port}"
+
+    async def start(self) -> None:
+        """Listen (``OSError`` if the port is taken) and start the list-metrics refresher."""
+        if not self.api.token and not is_loopback(self.http.host):
+            raise ConfigError(
+                f"http: refusing to serve the admin API on {self.http.host!r} without a token; "
+                "set api.token or $CALLGATE_API_TOKEN, or listen on 127.0.0.1"
+            )
+        runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=STOP_GRACE_S)
+        await runner.setup()
+        site = web.TCPSite(runner, self.http.host, self.http.port)
+        try:
+            await site.start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner, self._site = runner, site
+        if not self.api.token:
+            log.warning("admin API without a token: any local user can change lists")
+        self._refresher = asyncio.create_task(
+            refresh_lists_until(self.metrics, self.gate, self.http.list_refresh_s, self._stop)
+        )
+
+    async def stop(self) -> None:
+        self._stop.set()
+        if self._refresher is not None:
+            await self._refresher
+            self._refresher = None
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = self._site = None
+
+    async def _metrics(self, _request: web.Request) -> web.Response:
+        response = web.Response(body=self.metrics.exposition())
+        response.headers["Content-Type"] = CONTENT_TYPE
+        return response
+
+    async def _healthz(self, _request: web.Request) -> web.Response:
+        return web.json_response(
+            {
+                "status": "up",
+                "version": __version__,
+                "config_version": self.gate.version,
+                "uptime_s": round(time.monotonic() - self.started, 3),
+            }
+        )
+
+    async def _readyz(self, _request: web.Request) -> web.Response:
+        checks: dict[str, dict[str, Any]] = {}
+        try:
+            await self.gate.store.ping()
+            checks["redis"] = {"ok": True}
+        except StoreError as exc:
+            checks["redis"] = {"ok": False, "error": str(exc)}
+        if self.stasis is not None:
+            connected = self.stasis.connected.is_set()
+            checks["ari"] = {"ok": connected, "reconnects": self.stasis.reconnects}
+            if not connected:
+                checks["ari"]["error"] = "the Stasis application is not connected to ARI"
+        ready = all(check["ok"] for check in checks.values())
+        body = {"ready": ready, "config_version": self.gate.version, "checks": checks}
+        return web.json_response(body, status=200 if ready else 503)

@@ -1,0 +1,342 @@
+"""Prometheus metrics of a running gate, on its own registry (served at ``/metrics``).
+
+What is measured (names as exposed):
+
+- ``callgate_decisions_total{verdict,reason,door,tenant}``: every decision. ``door`` is
+  ``agi``, ``stasis``, ``cli``, ``api`` or ``scrub`` (API batch scrubs, evaluate only).
+- ``callgate_decision_in_process_seconds`` / ``callgate_decision_redis_seconds``: latency
+  histograms; the Redis part is the one store call, the rest is callgate's own time.
+- ``callgate_redis_errors_total{kind}`` (``timeout``, ``unavailable``, ``error``) and
+  ``callgate_fail_mode_decisions_total{verdict}``: decisions answered by the fail mode.
+- ``callgate_ari_connected``, ``callgate_ari_reconnects_total``,
+  ``callgate_agi_connections_total``, ``callgate_agi_connections_active``: read from the
+  doors at scrape time.
+- ``callgate_list_entries{list,tenant}``, ``callgate_list_age_seconds{list,tenant}`` (since
+  the list's last import), refreshed every ``http.list_refresh``.
+- ``callgate_config_info{version}`` (1 for the version in force),
+  ``callgate_config_reloads_total{result}``, ``callgate_build_info{version}``.
+
+Guarantees: every label set is bounded. Reasons are stable codes built from config rule
+ids; tenants are the configured ones plus the first ``MAX_TENANTS`` seen. Past the bound a
+new reason is counted as ``<family>:other`` (``cps:other``) and a new tenant as ``other``.
+Recording a decision never raises and never awaits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Iterable, Iterator
+from typing import Protocol
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from gate import __version__
+from gate.config import Config, Policy
+from gate.errors import GateError, StoreError, StoreTimeout, StoreUnavailable
+from gate.model import Attempt, Decision
+from gate.numbers import NumberType
+from gate.service import Gate
+
+__all__ = [
+    "CONTENT_TYPE",
+    "AgiStats",
+    "BoundedLabel",
+    "Metrics",
+    "StasisStats",
+    "known_reasons",
+    "refresh_lists",
+    "refresh_lists_until",
+]
+
+log = logging.getLogger("callgate")
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+MAX_TENANTS = 50
+MAX_REASONS = 200
+MAX_LIST_SERIES = 100
+OTHER = "other"
+# 100 µs … 2.5 s: a decision's own time is sub-millisecond, the Redis deadline is 50 ms.
+LATENCY_BUCKETS_S = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    1.0,
+    2.5,
+)
+_FIXED_REASONS = (
+    "allowed",
+    "emergency",
+    "short_number",
+    "invalid_number",
+    "store_unavailable",
+    "caller_id:masked",
+    "caller_id:invalid",
+    "caller_id:forbidden_range",
+    "caller_id:not_authorised",
+)
+
+
+class BoundedLabel:
+    """Maps values to at most ``limit`` distinct label values, plus an overflow value.
+
+    ``known`` values always keep their own label; others are taken first come, first
+    served until the limit, then mapped to ``<family>:other`` (``family`` is the text
+    before the first ``:``) or ``other``.
+    """
+
+    def __init__(self, limit: int, known: Iterable[str] = ()) -> None:
+        self.limit = limit
+        self._seen: set[str] = set()
+        self.allow(known)
+
+    def allow(self, known: Iterable[str]) -> None:
+        self._seen.update(known)
+
+    def __call__(self, value: str) -> str:
+        if value in self._seen:
+            return value
+        if len(self._seen) < self.limit:
+            self._seen.add(value)
+            return value
+        family, sep, _ = value.partition(":")
+        return f"{family}:{OTHER}" if sep else OTHER
+
+
+def known_reasons(policy: Policy) -> set[str]:
+    """The reason codes ``policy`` can produce (``cps:<trunk>`` for configured trunks only)."""
+    reasons = set(_FIXED_REASONS)
+    reasons.update(f"number_type:{t.value}" for t in NumberType)
+    lists = (*policy.lists, *(r for pack in policy.packs for r in pack.lists))
+    reasons.update(f"listed:{rule.name}" for rule in lists)
+    reasons.update(
+        f"cap:{cap.id}" for cap in (*policy.caps, *(c for p in policy.packs for c in p.caps))
+    )
+    reasons.update(f"cps:{trunk}" for trunk in policy.trunk_cps)
+    for pack in policy.packs:
+        reasons.update(f"outside_hours:{rule.id}" for rule in pack.hours)
+        reasons.update(f"no_consent:{rule.id}" for rule in pack.consents)
+        reasons.update(f"stale_list:{rule.list}" for rule in pack.freshness)
+        reasons.update(f"{rule.event}:{rule.id}" for rule in pack.cooloffs)
+        reasons.update(f"number_type:{rule.id}" for rule in pack.destinations)
+    return reasons
+
+
+def _tenants(config: Config) -> set[str]:
+    return {config.default_tenant, *config.policy.caller_ids}
+
+
+def _error_kind(error: StoreError) -> str:
+    if isinstance(error, StoreTimeout):
+        return "timeout"
+    if isinstance(error, StoreUnavailable):
+        return "unavailable"
+    return "error"
+
+
+class AgiStats(Protocol):
+    """What the FastAGI server exposes (agi.server.AgiServer)."""
+
+    @property
+    def accepted(self) -> int: ...
+
+    @property
+    def active(self) -> int: ...
+
+
+class StasisStats(Protocol):
+    """What the Stasis door exposes (gate.stasis.StasisGate)."""
+
+    connected: asyncio.Event
+    reconnects: int
+
+
+class _Doors(Collector):
+    """Door state read at scrape time (no hook on the doors' hot paths)."""
+
+    def __init__(self) -> None:
+        self.agi: AgiStats | None = None
+        self.stasis: StasisStats | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        if self.agi is not None:
+            yield CounterMetricFamily(
+                "callgate_agi_connections",
+                "FastAGI connections accepted.",
+                value=float(self.agi.accepted),
+            )
+            yield GaugeMetricFamily(
+                "callgate_agi_connections_active",
+                "FastAGI connections being served.",
+                value=float(self.agi.active),
+            )
+        if self.stasis is not None:
+            yield GaugeMetricFamily(
+                "callgate_ari_connected",
+                "1 while the Stasis application is connected to ARI.",
+                value=1.0 if self.stasis.connected.is_set() else 0.0,
+            )
+            yield CounterMetricFamily(
+                "callgate_ari_reconnects",
+                "ARI reconnections after a lost connection.",
+                value=float(self.stasis.reconnects),
+            )
+
+
+class Metrics:
+    """The gate's metrics; a ``DecisionObserver`` for ``Gate.observer``."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        reg = self.registry
+        self.decisions = Counter(
+            "callgate_decisions",
+            "Decisions by verdict, reason code, door and tenant.",
+            ["verdict", "reason", "door", "tenant"],
+            registry=reg,
+        )
+        self.in_process_s = Histogram(
+            "callgate_decision_in_process_seconds",
+            "Time a decision spends in callgate itself (parsing, rules), without Redis.",
+            buckets=LATENCY_BUCKETS_S,
+            registry=reg,
+        )
+        self.redis_s = Histogram(
+            "callgate_decision_redis_seconds",
+            "Time of a decision's one Redis call (decisions that need Redis only).",
+            buckets=LATENCY_BUCKETS_S,
+            registry=reg,
+        )
+        self.redis_errors = Counter(
+            "callgate_redis_errors", "Failed Redis calls by kind.", ["kind"], registry=reg
+        )
+        self.fail_mode = Counter(
+            "callgate_fail_mode_decisions",
+            "Decisions answered by the fail mode (Redis down or too slow).",
+            ["verdict"],
+            registry=reg,
+        )
+        self.config_info = Gauge(
+            "callgate_config_info", "The configuration version in force.", ["version"], registry=reg
+        )
+        self.reloads = Counter(
+            "callgate_config_reloads", "Reloads by result (ok, error).", ["result"], registry=reg
+        )
+        self.list_entries = Gauge(
+            "callgate_list_entries", "Entries per list.", ["list", "tenant"], registry=reg
+        )
+        self.list_age_s = Gauge(
+            "callgate_list_age_seconds",
+            "Seconds since the list was last imported (lists with an import date only).",
+            ["list", "tenant"],
+            registry=reg,
+        )
+        Gauge("callgate_build_info", "callgate version.", ["version"], registry=reg).labels(
+            __version__
+        ).set(1)
+        self.doors = _Doors()
+        reg.register(self.doors)
+        self.reasons = BoundedLabel(MAX_REASONS, _FIXED_REASONS)
+        self.tenants = BoundedLabel(MAX_TENANTS)
+
+    def use_config(self, config: Config, version: str) -> None:
+        """Label sets and the version gauge for the configuration now in force."""
+        self.reasons.allow(known_reasons(config.policy))
+        self.tenants.allow(_tenants(config))
+        self.config_info.clear()
+        self.config_info.labels(version or "none").set(1)
+
+    def reload_result(self, ok: bool) -> None:
+        self.reloads.labels("ok" if ok else "error").inc()
+
+    def decided(
+        self, decision: Decision, attempt: Attempt, door: str, process_s: float, store_s: float
+    ) -> None:
+        self.decisions.labels(
+            decision.verdict.value,
+            self.reasons(decision.reason),
+            door,
+            self.tenants(attempt.tenant),
+        ).inc()
+        self.in_process_s.observe(process_s)
+        if store_s:
+            self.redis_s.observe(store_s)
+        if decision.reason == "store_unavailable":
+            self.fail_mode.labels(decision.verdict.value).inc()
+
+    def store_failed(self, error: StoreError) -> None:
+        self.redis_errors.labels(_error_kind(error)).inc()
+
+    def exposition(self) -> bytes:
+        """The text format for ``/metrics``."""
+        return generate_latest(self.registry)
+
+
+async def _list_values(gate: Gate) -> list[tuple[str, str, float, float | None]]:
+    """(list, tenant, entries, age_s) of the global and per-tenant lists (bounded)."""
+    config = gate.config
+    admin = gate.list_admin()
+    policy = config.policy
+    tenants = sorted(_tenants(config))
+    rules = {r.name: r for r in (*policy.lists, *(r for p in policy.packs for r in p.lists))}
+    now_ms = time.time() * 1000
+    values: list[tuple[str, str, float, float | None]] = []
+    for rule in rules.values():
+        if rule.scope == "campaign":
+            continue  # campaigns come and go: no bounded set to report on
+        for tenant in ("",) if rule.scope == "global" else tenants:
+            if len(values) >= MAX_LIST_SERIES:
+                return values
+            info = await admin.info(rule.name, tenant or config.default_tenant, "")
+            refreshed = str(info.get("refreshed_at", ""))
+            age_s = max(0.0, (now_ms - int(refreshed)) / 1000) if refreshed.isdigit() else None
+            values.append((rule.name, tenant, float(info.get("entries", 0) or 0), age_s))
+    return values
+
+
+async def refresh_lists(metrics: Metrics, gate: Gate) -> None:
+    """Re-read list sizes and ages; the gauges change in one step (no partial scrape)."""
+    values = await _list_values(gate)
+    metrics.list_entries.clear()
+    metrics.list_age_s.clear()
+    for name, tenant, entries, age_s in values:
+        metrics.list_entries.labels(name, tenant).set(entries)
+        if age_s is not None:
+            metrics.list_age_s.labels(name, tenant).set(age_s)
+
+
+async def refresh_lists_until(
+    metrics: Metrics, gate: Gate, every_s: float, stop: asyncio.Event
+) -> None:
+    """``refresh_lists`` every ``every_s`` until ``stop`` is set; failures are logged once."""
+    failing = False
+    while not stop.is_set():
+        try:
+            await refresh_lists(metrics, gate)
+            failing = False
+        except GateError as exc:
+            if not failing:
+                log.warning("list metrics not refreshed: %s", exc)
+            failing = True
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(every_s):
+                await stop.wait()

@@ -1,0 +1,242 @@
+"""Metrics and health over real HTTP (gate/metrics.py, gate/http.py), on the real Redis."""
+
+# House style (STYLE.md, Tests) writes `expected == actual`; ruff's SIM300 calls that Yoda.
+
+from __future__ import annotations
+
+import asyncio
+import re
+import socket
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import pytest
+
+from agi.server import AgiServer
+from gate.metrics import MAX_TENANTS, BoundedLabel, Metrics
+from gate.model import Attempt, TrafficClass
+from gate.service import Gate
+from gate.store import Store
+from tests.conftest import SAMPLE_CONFIG, make_config
+from tests.ops.conftest import Served, labels, serve
+from tests.test_run import agi_check
+
+LISTED = "+33699001122"
+UNLISTED = "+33612345678"
+
+
+def attempt(number: str, tenant: str = "default", **kwargs: object) -> Attempt:
+    return Attempt(number, datetime.now(UTC), tenant=tenant, **kwargs)  # type: ignore[arg-type]
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def decisions(
+    scraped: dict[tuple[str, frozenset[tuple[str, str]]], float],
+) -> dict[tuple[str, str, str, str], float]:
+    """callgate_decisions_total as (verdict, reason, door, tenant) → count."""
+    out = {}
+    for (name, found), value in scraped.items():
+        if name == "callgate_decisions_total":
+            row = dict(found)
+            out[(row["verdict"], row["reason"], row["door"], row["tenant"])] = value
+    return out
+
+
+async def test_decisions_move_the_counters_by_verdict_reason_door_and_tenant(
+    served: Served,
+) -> None:
+    """Each decision counts once under its verdict, reason, door and tenant."""
+    gate = served.gate
+    await gate.list_admin().add("red", [LISTED], "default", "")
+    await gate.decide(attempt(LISTED), door="agi")
+    await gate.decide(attempt(UNLISTED), door="agi")
+    await gate.decide(attempt(UNLISTED), door="stasis")
+    status, _ = await served.post("/v1/check", {"number": "17", "class": "manual"})
+    assert 200 == status
+    assert {
+        ("BLOCK", "listed:red", "agi", "default"): 1.0,
+        ("ALLOW", "allowed", "agi", "default"): 1.0,
+        ("ALLOW", "allowed", "stasis", "default"): 1.0,
+        ("ALLOW", "emergency", "api", "default"): 1.0,
+    } == decisions(await served.scrape())
+
+
+async def test_latency_is_measured_in_process_for_all_and_in_redis_for_store_decisions(
+    served: Served,
+) -> None:
+    """Both decisions get an in-process time; only the one that needs Redis a Redis time."""
+    await served.gate.decide(attempt(UNLISTED))
+    await served.gate.decide(attempt("17", traffic_class=TrafficClass.MANUAL))
+    scraped = await served.scrape()
+    assert (2.0, 1.0) == (
+        scraped[("callgate_decision_in_process_seconds_count", labels())],
+        scraped[("callgate_decision_redis_seconds_count", labels())],
+    )
+
+
+async def test_redis_errors_and_fail_mode_decisions_are_counted(redis_url: str) -> None:
+    """With Redis a closed port, a decision is an unavailable error and a fail-mode DEFER."""
+    store = Store(f"redis://127.0.0.1:{closed_port()}/0", deadline_s=1.0)
+    gate = Gate(make_config(), store)
+    running = await serve(gate)
+    try:
+        decision = await gate.decide(attempt(UNLISTED))
+        scraped = await running.scrape()
+    finally:
+        await running.session.close()
+        await running.server.stop()
+        await store.close()
+    assert ("DEFER", "store_unavailable", 1.0, 1.0) == (
+        decision.verdict.value,
+        decision.reason,
+        scraped[("callgate_redis_errors_total", labels(kind="unavailable"))],
+        scraped[("callgate_fail_mode_decisions_total", labels(verdict="DEFER"))],
+    )
+
+
+async def test_agi_connections_are_counted(served: Served) -> None:
+    """Two FastAGI requests: two connections accepted, none active afterwards."""
+    server = AgiServer(served.gate, "127.0.0.1", 0, 2.0)
+    served.metrics.doors.agi = server
+    await server.start()
+    try:
+        first = await agi_check(server.port, "0612345678")
+        await agi_check(server.port, "0612345679")
+        scraped = await served.scrape()
+    finally:
+        await server.stop()
+    assert ("ALLOW", 2.0, 0.0, 2.0) == (
+        first["CALLGATE_RESULT"],
+        scraped[("callgate_agi_connections_total", labels())],
+        scraped[("callgate_agi_connections_active", labels())],
+        decisions(scraped)[("ALLOW", "allowed", "agi", "default")],
+    )
+
+
+async def test_list_sizes_are_exported_per_list_and_tenant(served: Served) -> None:
+    """After a refresh, the red list of the default tenant shows its two entries."""
+    from gate.metrics import refresh_lists
+
+    await served.gate.list_admin().add("red", [LISTED, UNLISTED], "default", "")
+    await refresh_lists(served.metrics, served.gate)
+    scraped = await served.scrape()
+    assert (2.0, 0.0) == (
+        scraped[("callgate_list_entries", labels(list="red", tenant="default"))],
+        scraped[("callgate_list_entries", labels(list="dnc", tenant=""))],
+    )
+
+
+async def test_config_version_is_exported(served: Served) -> None:
+    """callgate_config_info carries the version in force."""
+    assert 1.0 == (await served.scrape())[("callgate_config_info", labels(version="v1"))]
+
+
+def test_tenants_beyond_the_bound_are_counted_as_other() -> None:
+    """Configured tenants keep their label; past MAX_TENANTS new ones become "other"."""
+    bound = BoundedLabel(MAX_TENANTS, {"acme"})
+    seen = {bound(f"t{i}") for i in range(MAX_TENANTS * 2)}
+    assert (MAX_TENANTS, "acme", "other") == (len(seen), bound("acme"), bound("late"))
+
+
+def test_unknown_reasons_past_the_bound_keep_their_family() -> None:
+    """A reason past the bound is counted as <family>:other (cps:other), never dropped."""
+    bound = BoundedLabel(2, {"allowed"})
+    first = bound("cps:trunk-1")
+    assert ("cps:trunk-1", "cps:other", "other") == (first, bound("cps:trunk-2"), bound("x"))
+
+
+def test_reasons_named_by_the_config_are_always_kept() -> None:
+    """List names and cap ids of the config are known reasons from the start."""
+    metrics = Metrics()
+    metrics.reasons.limit = 0
+    metrics.use_config(make_config(), "v")
+    assert ("listed:dnc", "cap:fr-4-per-30d", "cps:carrier-a", "cps:other") == (
+        metrics.reasons("listed:dnc"),
+        metrics.reasons("cap:fr-4-per-30d"),
+        metrics.reasons("cps:carrier-a"),
+        metrics.reasons("cps:carrier-b"),
+    )
+
+
+async def test_healthz_is_up_with_the_config_version(served: Served) -> None:
+    """/healthz answers 200 with status up and the version in force."""
+    status, body = await served.get("/healthz")
+    assert (200, "up", "v1") == (status, body["status"], body["config_version"])
+
+
+async def test_readyz_is_ready_when_redis_answers(served: Served) -> None:
+    """/readyz answers 200, ready, with the Redis check passed."""
+    status, body = await served.get("/readyz")
+    assert (200, {"ready": True, "config_version": "v1", "checks": {"redis": {"ok": True}}}) == (
+        status,
+        body,
+    )
+
+
+async def test_readyz_is_not_ready_when_redis_is_a_closed_port() -> None:
+    """/readyz answers 503, not ready, naming the Redis problem."""
+    store = Store(f"redis://127.0.0.1:{closed_port()}/0", deadline_s=0.2)
+    running = await serve(Gate(make_config(), store, version="v9"))
+    try:
+        status, body = await running.get("/readyz")
+    finally:
+        await running.session.close()
+        await running.server.stop()
+        await store.close()
+    redis = body["checks"]["redis"]
+    assert (503, False, "v9", False) == (status, body["ready"], body["config_version"], redis["ok"])
+    assert "unreachable" in redis["error"]
+
+
+@dataclass
+class StasisState:
+    """The two attributes of gate.stasis.StasisGate that /readyz and /metrics read."""
+
+    connected: asyncio.Event = field(default_factory=asyncio.Event)
+    reconnects: int = 0
+
+
+@pytest.fixture
+async def with_stasis(http_gate: Gate) -> AsyncIterator[tuple[Served, StasisState]]:
+    state = StasisState(reconnects=3)
+    running = await serve(http_gate, stasis=state)
+    running.metrics.doors.stasis = state
+    yield running, state
+    await running.session.close()
+    await running.server.stop()
+
+
+async def test_readyz_follows_the_ari_connection(
+    with_stasis: tuple[Served, StasisState],
+) -> None:
+    """With [ari], /readyz is 503 while disconnected and 200 once connected."""
+    running, state = with_stasis
+    before, _ = await running.get("/readyz")
+    state.connected.set()
+    after, body = await running.get("/readyz")
+    scraped = await running.scrape()
+    assert (503, 200, {"ok": True, "reconnects": 3}) == (before, after, body["checks"]["ari"])
+    assert (1.0, 3.0) == (
+        scraped[("callgate_ari_connected", labels())],
+        scraped[("callgate_ari_reconnects_total", labels())],
+    )
+
+
+def test_the_sample_dashboard_uses_only_exported_metrics() -> None:
+    """Every metric config/grafana-dashboard.json queries is one the gate exposes."""
+    metrics = Metrics()
+    metrics.doors.agi = AgiServer(Gate(make_config(), None), "127.0.0.1", 0, 1.0)  # type: ignore[arg-type]
+    metrics.doors.stasis = StasisState()
+    exported = set(re.findall(r"^# TYPE (\S+)", metrics.exposition().decode(), re.M))
+    dashboard = (SAMPLE_CONFIG.parent / "grafana-dashboard.json").read_text()
+    queried = {
+        re.sub(r"_(bucket|count|sum)$", "", m) for m in re.findall(r"callgate_\w+", dashboard)
+    }
+    assert set() == queried - exported

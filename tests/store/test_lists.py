@@ -1,0 +1,274 @@
+"""Lists at scale against a REAL Redis: compact buckets, deltas, atomic replacement."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import os
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+import redis
+
+from gate.importing import Rejected, open_lines, read_entries
+from gate.lists import ListAdmin
+from gate.liststore import bits_for
+from gate.model import Attempt, Verdict
+from gate.service import Gate
+from gate.store import Store
+from tests.conftest import TEST_SECRET, make_config
+
+NOW = datetime(2026, 12, 1, 9, 30, tzinfo=UTC)
+TENANT = "default"
+
+
+def admin(gate: Gate) -> ListAdmin:
+    return ListAdmin(gate.config.policy, gate.keyspace, gate.store)
+
+
+def numbers(start: int, count: int) -> list[str]:
+    return [f"+3361{i:07d}" for i in range(start, start + count)]
+
+
+def entries(values: list[str]) -> list[tuple[int, str | Rejected]]:
+    return list(enumerate(values, start=1))
+
+
+def fail_on_reject(rejected: Rejected) -> None:
+    raise AssertionError(rejected)
+
+
+async def listed(gate: Gate, number: str) -> bool:
+    decision = await gate.decide(Attempt(number, NOW), record=False)
+    return decision.reason == "listed:red"
+
+
+def test_bucket_bits_keep_buckets_under_the_intset_limit() -> None:
+    """Bits are chosen so that buckets hold at most 256 entries on average."""
+    assert [0, 0, 2, 12, 16, 20] == [bits_for(n) for n in (0, 256, 1000, 10**6, 10**7, 2.5e8)]
+
+
+async def test_deltas_reach_decisions_and_buckets_stay_intsets(
+    gate: Gate, sync_redis: redis.Redis
+) -> None:
+    """10 000 adds (resized on the way) are all listed, in intset buckets; removes delist."""
+    lists = admin(gate)
+    added = numbers(0, 10_000)
+    assert 10_000 == await lists.add("red", added, TENANT, "")
+    await lists.remove("red", added[:10], TENANT, "")
+    head = await lists.lists.head("{callgate}:list:red:t:default")
+    buckets = sync_redis.keys("{callgate}:list:red:t:default:v*")
+    encodings = {sync_redis.object("encoding", key) for key in buckets}
+    assert ("9990", str(bits_for(10_000))) == (head["count"], head["bits"])
+    assert {b"intset"} == encodings
+    assert [False, True] == [await listed(gate, added[0]), await listed(gate, added[-1])]
+
+
+async def test_replace_switches_in_one_step_and_drops_the_old_version(
+    gate: Gate, sync_redis: redis.Redis
+) -> None:
+    """--replace: the new version is live, the old one's buckets are gone."""
+    lists = admin(gate)
+    await lists.add("red", numbers(0, 500), TENANT, "")
+    summary = await lists.import_entries(
+        "red",
+        entries(numbers(1000, 800)),
+        TENANT,
+        "",
+        fail_on_reject,
+        mode="replace",
+        expected=800,
+    )
+    head = await lists.lists.head("{callgate}:list:red:t:default")
+    versions = {
+        k.split(b":v")[1].split(b":")[0]
+        for k in sync_redis.keys("{callgate}:list:red:t:default:v*")
+    }
+    assert (800, "800") == (summary.imported, head["count"])
+    assert {head["version"].encode()} == versions
+    assert [False, True] == [
+        await listed(gate, numbers(0, 1)[0]),
+        await listed(gate, numbers(1000, 1)[0]),
+    ]
+
+
+async def test_decisions_during_a_replace_see_the_old_list_or_the_new_one_whole(
+    redis_url: str,
+) -> None:
+    """Continuous decisions during --replace: every observation before one instant sees
+    the whole old list, every one after it the whole new list."""
+    store = Store(redis_url, deadline_s=2.0)
+    gate = Gate(make_config(), store)
+    old, new = numbers(0, 20_000), numbers(100_000, 20_000)
+    probes = [(False, n) for n in old[::997]] + [(True, n) for n in new[::997]]
+    seen: list[bool] = []  # per observation: does it show the new version's state?
+    try:
+        await admin(gate).import_entries(
+            "red", entries(old), TENANT, "", fail_on_reject, mode="replace", expected=len(old)
+        )
+        done = asyncio.Event()
+
+        async def watch() -> None:
+            for _ in range(100_000):  # bounded; ends once the import is done
+                for is_new, number in probes:
+                    seen.append(await listed(gate, number) == is_new)
+                if done.is_set():
+                    return
+
+        watcher = asyncio.create_task(watch())
+        await admin(gate).import_entries(
+            "red", entries(new), TENANT, "", fail_on_reject, mode="replace", expected=len(new)
+        )
+        done.set()
+        await asyncio.wait_for(watcher, 30)
+    finally:
+        await store.close()
+    cut = seen.index(True)
+    assert [False] * cut + [True] * (len(seen) - cut) == seen
+    assert 0 < cut
+
+
+async def test_an_opt_out_during_a_replace_survives_the_switch(
+    gate: Gate, sync_redis: redis.Redis
+) -> None:
+    """A number added while a replacement is being built is on the new version too."""
+    lists = admin(gate)
+    opt_out = "+33699999999"
+    importer = asyncio.create_task(
+        lists.import_entries(
+            "red",
+            entries(numbers(0, 200_000)),
+            TENANT,
+            "",
+            fail_on_reject,
+            mode="replace",
+            expected=200_000,
+        )
+    )
+    for _ in range(2000):  # bounded: until the build has started
+        if sync_redis.hget("{callgate}:list:red:t:default", "building"):
+            break
+        await asyncio.sleep(0.005)
+    assert sync_redis.hget("{callgate}:list:red:t:default", "building")
+    await lists.add("red", [opt_out], TENANT, "")
+    await asyncio.wait_for(importer, 60)
+    assert await listed(gate, opt_out)
+
+
+def test_a_killed_import_leaves_the_live_list_intact_and_the_next_cleans_up(
+    redis_url: str, tmp_path: Path, sync_redis: redis.Redis
+) -> None:
+    """SIGKILL during --replace: the old list still answers; the next import removes the
+    partial version."""
+    config = tmp_path / "cg.toml"
+    config.write_text(
+        f'[redis]\nurl = "{redis_url}"\n[privacy]\nsecret = "{TEST_SECRET}"\n'
+        '[[lists]]\nname = "red"\nkind = "block"\nscope = "tenant"\n'
+    )
+    small = tmp_path / "small.txt"
+    small.write_text("".join(f"{n}\n" for n in numbers(0, 100)))
+    big = tmp_path / "big.txt"
+    big.write_text("".join(f"{n}\n" for n in numbers(1000, 400_000)))
+    cli = [sys.executable, "-m", "gate.cli", "--config", str(config), "list", "import", "red"]
+    env = {**os.environ, "CALLGATE_SECRET": TEST_SECRET}
+    subprocess.run(
+        [*cli, str(small), "--replace"], check=True, capture_output=True, env=env, timeout=60
+    )
+    live_before = sync_redis.hgetall("{callgate}:list:red:t:default")
+    process = subprocess.Popen(
+        [*cli, str(big), "--replace"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + 30
+        for _ in range(3000):  # wait until the new version is being written
+            if (
+                sync_redis.hget("{callgate}:list:red:t:default", "building")
+                and len(sync_redis.keys("{callgate}:list:red:t:default:v*"))
+                > 2 ** bits_for(100) + 10
+            ) or time.monotonic() > deadline:
+                break
+            time.sleep(0.01)
+        process.send_signal(signal.SIGKILL)
+        process.wait(10)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+    live_after = sync_redis.hgetall("{callgate}:list:red:t:default")
+    assert live_before[b"version"] == live_after[b"version"]
+    assert live_before[b"count"] == live_after[b"count"]
+    sync_redis.delete("{callgate}:list:red:t:default:lock")  # the lease would expire in 15 min
+    subprocess.run(
+        [*cli, str(small), "--replace"], check=True, capture_output=True, env=env, timeout=60
+    )
+    head = sync_redis.hgetall("{callgate}:list:red:t:default")
+    versions = {
+        k.split(b":v")[1].split(b":")[0]
+        for k in sync_redis.keys("{callgate}:list:red:t:default:v*")
+    }
+    assert {head[b"version"]} == versions
+    assert b"building" not in head
+
+
+def test_formats_us_dnc_fr_scrub_zip_and_gzip(tmp_path: Path) -> None:
+    """Area-code files, a scrub return file (kept results only), zip and gzip inputs."""
+    rule = make_config().policy.list_rule("red")
+    assert rule is not None
+    dnc = tmp_path / "201.txt.gz"
+    with gzip.open(dnc, "wt") as handle:
+        handle.write("201,2345678\n2012345679\n201,123\n")
+    scrub = tmp_path / "scrub.zip"
+    with zipfile.ZipFile(scrub, "w") as archive:
+        archive.writestr(
+            "out.csv",
+            "Telephone;Identifiant;Resultat\n0612345678;A1;NON_INSCRIT\n0698765432;A2;INSCRIT\n",
+        )
+    us = list(read_entries(open_lines(dnc), rule, "FR", "us-dnc"))
+    fr = list(
+        read_entries(open_lines(scrub), rule, "FR", "fr-scrub", keep=frozenset({"NON_INSCRIT"}))
+    )
+    assert ["+12012345678", "+12012345679"] == [e for _, e in us[:2]]
+    assert isinstance(us[2][1], Rejected)
+    assert "+33612345678" == fr[0][1]
+    assert (3, "INSCRIT") == (fr[1][0], getattr(fr[1][1], "result", None))
+
+
+async def test_plain_lists_export_their_numbers(redis_url: str) -> None:
+    """With hash_numbers = false a list exports the E.164 numbers it holds."""
+    store = Store(redis_url, deadline_s=1.0)
+    gate = Gate(make_config({"privacy": {"hash_numbers": False}}), store)
+    try:
+        await admin(gate).add("red", numbers(0, 300), TENANT, "")
+        exported = sorted([n async for n in admin(gate).export("red", TENANT, "")])
+    finally:
+        await store.close()
+    assert numbers(0, 300) == exported
+
+
+@pytest.mark.parametrize("value", ["+33612345678"])
+async def test_list_info_has_the_metadata(gate: Gate, value: str) -> None:
+    """info: entries, version, refreshed_at, source and the file's checksum."""
+    await admin(gate).import_entries(
+        "red",
+        entries([value]),
+        TENANT,
+        "",
+        fail_on_reject,
+        refreshed_at=NOW,
+        meta={"source": "f.txt"},
+        mode="replace",
+        expected=1,
+    )
+    info = await admin(gate).info("red", TENANT, "")
+    assert ("1", "f.txt", str(int(NOW.timestamp() * 1000))) == (
+        info["entries"],
+        info["source"],
+        info["refreshed_at"],
+    )
+    assert Verdict.BLOCK == (await gate.decide(Attempt(value, NOW), record=False)).verdict
