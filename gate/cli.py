@@ -16,13 +16,17 @@ import json
 import logging
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, NoReturn
 
+from redis.exceptions import RedisError
+
 from gate import __version__
 from gate._reader import IDENT_RE
+from gate.audit import FIELDS as AUDIT_FIELDS
+from gate.audit import follow, read_range
 from gate.config import Config, LoggingConfig, default_config_path, load_config
 from gate.engine import window_text
 from gate.errors import GateError, InputError, StoreError
@@ -38,12 +42,14 @@ from gate.importing import (
 from gate.lists import ListAdmin
 from gate.logs import configure_logging
 from gate.model import Attempt, TrafficClass
+from gate.numbers import Destination, ShortCode, classify
 from gate.params import seconds_text
 from gate.progress import importer, progress
 from gate.reload import request_reload
 from gate.runtime import open_gate
 from gate.scrub import scrub as scrub_leads
-from gate.service import Evaluation
+from gate.service import Evaluation, Gate
+from gate.store import translate_error
 
 __all__ = ["main"]
 
@@ -206,6 +212,20 @@ def _build_parser() -> _Parser:
     scrub.add_argument("--caller-id", default=None)
     scrub.add_argument("--at", type=_when, help="decide as of this ISO-8601 time (default now)")
     _scope_args(scrub)
+
+    audit = commands.add_parser("audit", help="the audit trail of decisions")
+    audit_actions = audit.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    tail = audit_actions.add_parser("tail", help="the latest decisions (newest last)")
+    tail.add_argument("-n", type=int, default=20, help="how many (default 20)")
+    tail.add_argument("--follow", "-f", action="store_true", help="then wait for new ones")
+    export = audit_actions.add_parser("export", help="decisions in a time range, streamed")
+    export.add_argument("--since", type=_when)
+    export.add_argument("--until", type=_when)
+    export.add_argument("--tenant", type=_ident)
+    export.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
+    why = audit_actions.add_parser("why", help="every decision about one number")
+    why.add_argument("number")
+    why.add_argument("--since", type=_when)
 
     config = commands.add_parser("config", help="configuration")
     config_actions = config.add_subparsers(dest="action", required=True, parser_class=_Parser)
@@ -386,6 +406,70 @@ async def _scrub(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+async def _audit(config: Config, args: argparse.Namespace) -> int:
+    namespace = config.redis.namespace
+    async with open_gate(config, ADMIN_DEADLINE_S) as gate:
+        client = gate.store.admin_client
+        try:
+            if args.action == "tail":
+                latest = [
+                    r
+                    async for r in read_range(client, namespace, reverse=True, limit=max(args.n, 0))
+                ]
+                for record in reversed(latest):
+                    print(_audit_line(record))
+                last = latest[0]["id"] if latest else "$"
+                for _ in range(10**9 if args.follow else 0):  # until interrupted
+                    for record in await follow(client, namespace, last):
+                        print(_audit_line(record), flush=True)
+                        last = record["id"]
+            elif args.action == "export":
+                writer = csv.DictWriter(sys.stdout, ["id", *AUDIT_FIELDS], extrasaction="ignore")
+                if args.format == "csv":
+                    writer.writeheader()
+                async for record in read_range(client, namespace, args.since, args.until):
+                    if args.tenant and record.get("tenant") != args.tenant:
+                        continue
+                    if args.format == "csv":
+                        writer.writerow(record)
+                    else:
+                        print(json.dumps(record, ensure_ascii=False))
+            else:
+                wanted = _audit_number(args.number, config, gate)
+                found = 0
+                async for record in read_range(client, namespace, args.since):
+                    if record.get("number") == wanted:
+                        print(_audit_line(record))
+                        found += 1
+                print(f"{found} decisions about {args.number}", file=sys.stderr)
+        except (RedisError, OSError) as exc:
+            raise translate_error(exc, gate.store.where) from exc
+    return 0
+
+
+def _audit_number(text: str, config: Config, gate: Gate) -> str:
+    """How the audit trail names ``text``: its token (or E.164, or short-code digits)."""
+    target = classify(text, config.policy.default_region)
+    if isinstance(target, Destination):
+        return gate.keyspace.token(target.e164)
+    if isinstance(target, ShortCode):
+        return target.digits
+    raise InputError(f"number {text!r}: {target.why}")
+
+
+def _audit_line(record: Mapping[str, str]) -> str:
+    when = datetime.fromtimestamp(int(record.get("ts", "0")) / 1000, UTC).isoformat(
+        timespec="seconds"
+    )
+    retry = f" retry_after={record['retry_after_s']}s" if record.get("retry_after_s") else ""
+    return (
+        f"{when} {record.get('verdict', '?')} {record.get('reason', '')}{retry} "
+        f"door={record.get('door', '')} tenant={record.get('tenant', '')} "
+        f"campaign={record.get('campaign', '')} number={record.get('number', '')} "
+        f"channel={record.get('channel', '')}"
+    )
+
+
 async def _consent_or_event(config: Config, args: argparse.Namespace) -> int:
     tenant = args.tenant or config.default_tenant
     campaign = args.campaign or ""
@@ -506,6 +590,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_consent_or_event(config, args))
         if args.command == "scrub":
             return asyncio.run(_scrub(config, args))
+        if args.command == "audit":
+            return asyncio.run(_audit(config, args))
         return asyncio.run(_run(config))
     except GateError as exc:
         print(f"callgate: error: {exc}", file=sys.stderr)

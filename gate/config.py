@@ -29,6 +29,7 @@ __all__ = [
     "AgiConfig",
     "ApiConfig",
     "AriConfig",
+    "AuditConfig",
     "CapRule",
     "Config",
     "FailMode",
@@ -135,6 +136,15 @@ class ApiConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AuditConfig:
+    """The audit trail (gate/audit.py): a Redis Stream capped by age and by length."""
+
+    enabled: bool = True
+    max_age_s: float = 90 * 86400.0
+    max_len: int = 5_000_000
+
+
+@dataclass(frozen=True, slots=True)
 class LoggingConfig:
     format: str = "text"  # "text" | "logfmt" | "json"
     stream: str = "stderr"  # "stderr" | "stdout" (stdout also carries command output)
@@ -154,6 +164,7 @@ class Config:
     http: HttpConfig = HttpConfig()
     api: ApiConfig = ApiConfig()
     logging: LoggingConfig = LoggingConfig()
+    audit: AuditConfig = AuditConfig()
 
 
 def is_loopback(host: str) -> bool:
@@ -399,6 +410,16 @@ def parse_config(data: Mapping[str, Any], origin: str, base: Path) -> Config:
     http_config = _http(root.table("http"))
     api_config = _api(root.table("api"), http_config)
     logging_config = _logging(root.table("logging"))
+    audit = root.table("audit")
+    max_len = audit.get("max_len", int, 5_000_000)
+    if max_len < 1000:
+        raise audit.fail("max_len", f"keep at least 1000 records, got {max_len}")
+    audit_config = AuditConfig(
+        enabled=bool(audit.get("enabled", bool, True)),
+        max_age_s=audit.duration("max_age", "90d"),
+        max_len=max_len,
+    )
+    audit.done()
 
     privacy = root.table("privacy")
     hash_numbers = bool(privacy.get("hash_numbers", bool, True))
@@ -432,6 +453,7 @@ def parse_config(data: Mapping[str, Any], origin: str, base: Path) -> Config:
         http=http_config,
         api=api_config,
         logging=logging_config,
+        audit=audit_config,
     )
 
 

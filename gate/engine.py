@@ -103,6 +103,7 @@ class StoreResult:
     decided: int
     retry_after_ms: int
     results: tuple[int, ...]
+    versions: tuple[str, ...] = ()  # per check: the list version consulted ("" if none)
 
 
 @dataclass(frozen=True, slots=True)

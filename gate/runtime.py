@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from gate.audit import AuditLog
 from gate.config import Config
 from gate.embedded import EmbeddedRedis
 from gate.reload import config_version
@@ -28,9 +29,15 @@ async def open_gate(config: Config, deadline_s: float | None = None) -> AsyncIte
         embedded = EmbeddedRedis(config.redis.data_dir)
         url = embedded.start()
     store = Store(url, config.redis.deadline_s if deadline_s is None else deadline_s)
+    gate = Gate(config, store, config_version(config.path))
+    if config.audit.enabled:
+        gate.audit = AuditLog(store.admin_client, config.redis.namespace, config.audit)
+        gate.audit.start()
     try:
-        yield Gate(config, store, config_version(config.path))
+        yield gate
     finally:
+        if gate.audit is not None:
+            await gate.audit.close()
         await store.close()
         if embedded is not None:
             embedded.stop()

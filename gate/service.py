@@ -9,6 +9,8 @@ Guarantees:
 - One decision uses one configuration whole: ``evaluate`` reads the active
   configuration (config, keyspace, version) once, and ``swap`` replaces it in one
   assignment, so a reload takes effect between decisions, never inside one.
+- Every recorded decision (``record=True``: the doors, ``check --record``) is queued for
+  the audit trail (gate/audit.py) without adding a round trip.
 - An ``observer`` (metrics) sees every decision with its door and its in-process and
   Redis times; it is told, never asked, so it cannot change a decision.
 """
@@ -20,6 +22,7 @@ import time
 from dataclasses import dataclass
 from typing import Protocol
 
+from gate.audit import AuditLog, audit_record
 from gate.config import Config
 from gate.engine import Plan, RuleOutcome, StoreResult, conclude, explain, fail_closed, plan
 from gate.errors import StoreError
@@ -35,10 +38,16 @@ log = logging.getLogger("callgate")
 
 @dataclass(frozen=True, slots=True)
 class Evaluation:
-    """A decision with what led to it (for ``--explain`` and, later, the audit trail)."""
+    """A decision with what led to it; ``rules`` (``--explain``) is built on demand, off
+    the per-call path."""
 
     decision: Decision
-    rules: tuple[RuleOutcome, ...]
+    pending: Plan | Decision
+    result: StoreResult | None
+
+    @property
+    def rules(self) -> tuple[RuleOutcome, ...]:
+        return tuple(explain(self.pending, self.result))
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +80,8 @@ class Gate:
     def __init__(self, config: Config, store: Store, version: str = "") -> None:
         self.store = store
         self.observer: DecisionObserver | None = None
+        # Set by open_gate when [audit] is enabled: every recorded decision is appended.
+        self.audit: AuditLog | None = None
         self._active = _activate(config, version)
         self._failures = 0
 
@@ -111,8 +122,9 @@ class Gate:
         started = time.perf_counter()
         store_s = 0.0
         pending = plan(attempt, active.config.policy, active.keyspace, record)
+        result: StoreResult | None = None
         if isinstance(pending, Decision):
-            evaluation = Evaluation(pending, tuple(explain(pending, None)))
+            decision = pending
         else:
             store_started = time.perf_counter()
             result = await self._run(pending)
@@ -121,11 +133,25 @@ class Gate:
                 decision = fail_closed(attempt, pending, active.config.fail_mode)
             else:
                 decision = conclude(pending, result)
-            evaluation = Evaluation(decision, tuple(explain(pending, result)))
+        process_s = time.perf_counter() - started - store_s
         if self.observer is not None:
-            process_s = time.perf_counter() - started - store_s
-            self.observer.decided(evaluation.decision, attempt, door, process_s, store_s)
-        return evaluation
+            self.observer.decided(decision, attempt, door, process_s, store_s)
+        if self.audit is not None and record:
+            self.audit.append(
+                audit_record(
+                    attempt,
+                    decision,
+                    pending,
+                    result,
+                    active.config.policy,
+                    active.keyspace,
+                    active.version,
+                    door,
+                    process_s,
+                    store_s,
+                )
+            )
+        return Evaluation(decision, pending, result)
 
     async def _run(self, pending: Plan) -> StoreResult | None:
         try:

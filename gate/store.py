@@ -218,8 +218,13 @@ def encode_checks(*decisions: StoreCheck) -> tuple[list[str], list[str | int]]:
 
 
 def _result(reply: Any) -> StoreResult:
-    decided, retry_ms, results = reply
-    return StoreResult(int(decided), int(retry_ms), tuple(int(r) for r in results))
+    decided, retry_ms, results, versions = reply
+    return StoreResult(
+        int(decided),
+        int(retry_ms),
+        tuple(int(r) for r in results),
+        tuple(v.decode() if isinstance(v, bytes) else str(v) for v in versions),
+    )
 
 
 def _batches(members: Iterable[str]) -> Iterable[list[str]]:

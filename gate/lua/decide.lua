@@ -40,7 +40,8 @@
 --   s is "1" for a shadow check: evaluated and reported, never deciding.
 --
 -- BLOCK checks decide in order (the first wins). Among DEFER checks the longest wait wins.
--- Returns one {decided, retry_ms, results} per decision: decided = 1-based index of the
+-- Returns one {decided, retry_ms, results, versions} per decision (versions[i]: the list
+-- version check i consulted, "" for other checks): decided = 1-based index of the
 -- deciding check (0:
 -- allowed); results[i] = what check i saw: 0/1 for A H B C M (1 = member / valid consent),
 -- ms left or 0 for R, age ms or -1 (never refreshed) for F, retry_ms for W, entries inside
@@ -52,14 +53,15 @@
 
 local now, record, token, member, bucket32
 
+-- Is the member on the list whose head is `head`? Also returns the version consulted.
 local function list_member(head)
   local layout = redis.call("HMGET", head, "version", "bits")
   if not layout[1] then
-    return 0
+    return 0, ""
   end
   local bits = tonumber(layout[2])
   local bucket = bits > 0 and math.floor(bucket32 / 2 ^ (32 - bits)) or 0
-  return redis.call("SISMEMBER", head .. ":v" .. layout[1] .. ":" .. bucket, member)
+  return redis.call("SISMEMBER", head .. ":v" .. layout[1] .. ":" .. bucket, member), layout[1]
 end
 
 local function split(text)
@@ -104,7 +106,7 @@ local function decide(base)
   token = ARGV[base + 2]
   member = ARGV[base + 3]
   bucket32 = tonumber(ARGV[base + 4])
-  local checks, results, logs = {}, {}, {}
+  local checks, results, logs, versions = {}, {}, {}, {}
   for i = base + 6, base + 5 + tonumber(ARGV[base + 5]) do
     checks[#checks + 1] = split(ARGV[i])
   end
@@ -121,19 +123,20 @@ local function decide(base)
   local block, defer, retry = 0, 0, 0
   for i, c in ipairs(checks) do
     local kind, shadow = c[1], c[2] == "1"
+    versions[i] = ""
     local decides, wait = false, 0
     if kind == "A" then
-      results[i] = list_member(KEYS[tonumber(c[3])])
+      results[i], versions[i] = list_member(KEYS[tonumber(c[3])])
     elseif kind == "H" then
       results[i] = consent_valid(KEYS[tonumber(c[3])])
     elseif kind == "B" then
-      results[i] = list_member(KEYS[tonumber(c[3])])
+      results[i], versions[i] = list_member(KEYS[tonumber(c[3])])
       decides = results[i] == 1 and not exempted(c[4])
     elseif kind == "C" then
       results[i] = consent_valid(KEYS[tonumber(c[3])])
       decides = results[i] == 0 and not exempted(c[4])
     elseif kind == "M" then
-      results[i] = list_member(KEYS[tonumber(c[3])])
+      results[i], versions[i] = list_member(KEYS[tonumber(c[3])])
       decides = results[i] == 0 and not exempted(c[4])
     elseif kind == "R" then
       local event = tonumber(redis.call("GET", KEYS[tonumber(c[3])]) or "0")
@@ -172,10 +175,10 @@ local function decide(base)
   end
 
   if block > 0 then
-    return {block, 0, results}
+    return {block, 0, results, versions}
   end
   if defer > 0 then
-    return {defer, retry, results}
+    return {defer, retry, results, versions}
   end
   if record then
     for i, c in ipairs(checks) do
@@ -190,7 +193,7 @@ local function decide(base)
       end
     end
   end
-  return {0, 0, results}
+  return {0, 0, results, versions}
 end
 
 local replies, base = {}, 2

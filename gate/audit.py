@@ -1,0 +1,272 @@
+"""The audit trail: every decision that lets a call go or stops it, kept as evidence.
+
+Each decision of a door (FastAGI, Stasis, API with recording, ``check --record``) becomes
+one entry of a Redis Stream ``{<namespace>}:audit``: time, verdict, reason, rule, door,
+tenant, campaign, trunk, traffic class, the number (its keyed hash unless numbers are
+stored plain), caller ID, channel, the config version, the rule packs and the list
+versions consulted, the counters seen, the shadow reasons, and the decision's latency
+(in-process and Redis time).
+
+Guarantees:
+- Appending never adds a round trip to a decision: ``AuditLog.append`` only queues the
+  record; a background writer sends queued records in pipelined batches (every
+  ``FLUSH_S`` or ``BATCH`` records), trimming the stream by length (``MAXLEN ~``) and,
+  once a minute, by age (``XTRIM MINID ~``).
+- Nothing is lost silently: while Redis is unreachable records wait in memory (at most
+  ``QUEUE_MAX``); past that the oldest are dropped and the count is logged once per
+  incident and kept in ``dropped``. ``close()`` flushes what is queued.
+- Reading (``tail``, ``export``, ``why``) streams the stream in batches: constant memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Mapping
+from datetime import datetime
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from gate.config import AuditConfig, Policy
+from gate.engine import Plan, StoreResult
+from gate.keys import Keyspace
+from gate.model import Attempt, Decision
+
+__all__ = ["FIELDS", "AuditLog", "audit_record", "follow", "read_range", "stream_key"]
+
+log = logging.getLogger("callgate.audit")
+
+BATCH = 500
+FLUSH_S = 0.05
+QUEUE_MAX = 200_000
+TRIM_EVERY_S = 60.0
+FIELDS = (
+    "ts",
+    "verdict",
+    "reason",
+    "rule",
+    "door",
+    "tenant",
+    "campaign",
+    "trunk",
+    "class",
+    "number",
+    "caller_id",
+    "channel",
+    "config",
+    "packs",
+    "lists",
+    "counters",
+    "shadow",
+    "retry_after_s",
+    "latency_us",
+    "redis_us",
+)
+
+
+def stream_key(namespace: str) -> str:
+    return "{" + namespace + "}:audit"
+
+
+class AuditLog:
+    """Queues audit records and writes them in the background."""
+
+    def __init__(self, client: aioredis.Redis, namespace: str, settings: AuditConfig) -> None:
+        self._client = client
+        self.key = stream_key(namespace)
+        self.settings = settings
+        self._queue: deque[Mapping[str, str]] = deque()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._failing = False
+        self._last_trim = 0.0
+        self.dropped = 0
+        self.written = 0
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="callgate-audit")
+
+    def append(self, record: Mapping[str, str]) -> None:
+        """Queue one record (never blocks, never raises)."""
+        if len(self._queue) >= QUEUE_MAX:
+            self._queue.popleft()
+            self.dropped += 1
+        self._queue.append(record)
+        if len(self._queue) >= BATCH:
+            self._wake.set()
+
+    async def close(self) -> None:
+        """Stop the writer and flush what is queued (bounded by a few seconds)."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(5.0):
+                while self._queue and await self._flush():
+                    pass
+        if self._queue:
+            log.warning("audit: %d records could not be written before exit", len(self._queue))
+
+    async def _run(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(FLUSH_S):
+                    await self._wake.wait()
+            self._wake.clear()
+            if not await self._flush():
+                await asyncio.sleep(1.0)  # Redis unreachable: retry, records stay queued
+            await self._trim()
+
+    async def _flush(self) -> bool:
+        """Write up to BATCH records; False if Redis failed (they stay queued)."""
+        if not self._queue:
+            return True
+        batch = [self._queue[i] for i in range(min(BATCH, len(self._queue)))]
+        try:
+            async with self._client.pipeline(transaction=False) as pipe:
+                for record in batch:
+                    fields: dict[Any, Any] = dict(record)
+                    pipe.xadd(self.key, fields, maxlen=self.settings.max_len, approximate=True)
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            if not self._failing:
+                log.warning(
+                    "audit: cannot write to Redis (%s); %d records queued", exc, len(self._queue)
+                )
+            self._failing = True
+            return False
+        for _ in batch:
+            self._queue.popleft()
+        self.written += len(batch)
+        if self._failing:
+            log.info("audit: writing again (%d records were dropped meanwhile)", self.dropped)
+            self._failing = False
+        return True
+
+    async def _trim(self) -> None:
+        now = time.time()
+        if now - self._last_trim < TRIM_EVERY_S:
+            return
+        self._last_trim = now
+        cutoff_ms = int((now - self.settings.max_age_s) * 1000)
+        with contextlib.suppress(RedisError, OSError):
+            await self._client.xtrim(self.key, minid=f"{cutoff_ms}-0", approximate=True)
+
+
+def _stream_id(when: datetime | None, default: str) -> str:
+    return default if when is None else f"{int(when.timestamp() * 1000)}"
+
+
+async def read_range(
+    client: aioredis.Redis,
+    namespace: str,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    reverse: bool = False,
+    limit: int | None = None,
+) -> AsyncIterator[dict[str, str]]:
+    """Records between ``since`` and ``until`` (stream time), in batches; oldest first
+    unless ``reverse``. Each record has its stream ``id``."""
+    key = stream_key(namespace)
+    low, high = _stream_id(since, "-"), _stream_id(until, "+")
+    given = 0
+    for _ in range(10**9):  # bounded by the stream: each batch moves the cursor on
+        count = BATCH if limit is None else min(BATCH, limit - given)
+        if count <= 0:
+            return
+        batch: Any
+        if reverse:
+            batch = await client.xrevrange(key, max=high, min=low, count=count)
+        else:
+            batch = await client.xrange(key, min=low, max=high, count=count)
+        if not batch:
+            return
+        for entry_id, fields in batch:
+            record: dict[str, Any] = {"id": entry_id.decode()}
+            record.update({k.decode(): v.decode() for k, v in fields.items()})
+            yield record
+            given += 1
+        last = batch[-1][0].decode()
+        if len(batch) < count:
+            return
+        if reverse:
+            high = "(" + last
+        else:
+            low = "(" + last
+
+
+async def follow(client: aioredis.Redis, namespace: str, after: str) -> list[dict[str, str]]:
+    """Records appended after stream id ``after`` ("$": from now), waiting up to 5 s."""
+    reply: Any = await client.xread({stream_key(namespace): after}, block=5000, count=BATCH)
+    records = []
+    for _key, entries in reply or []:
+        for entry_id, fields in entries:
+            record = {"id": entry_id.decode()}
+            record.update({k.decode(): v.decode() for k, v in fields.items()})
+            records.append(record)
+    return records
+
+
+def audit_record(
+    attempt: Attempt,
+    decision: Decision,
+    pending: Plan | Decision,
+    result: StoreResult | None,
+    policy: Policy,
+    keyspace: Keyspace,
+    config_version: str,
+    door: str,
+    process_s: float,
+    store_s: float,
+) -> dict[str, str]:
+    """The audit entry of one decision (pure: no I/O)."""
+    lists: dict[str, str] = {}
+    counters: list[str] = []
+    packs = ""
+    if isinstance(pending, Plan):
+        number = pending.check.number.token
+        by_id = {pack.id: pack for pack in policy.packs}
+        packs = ",".join(f"{p}@{by_id[p].version}" for p in pending.packs if p in by_id)
+        if result is not None:
+            for check, seen, version in zip(
+                pending.check.checks, result.results, result.versions, strict=False
+            ):
+                if version:
+                    lists[check.rule.removeprefix("list:")] = version
+                if check.kind == "L":
+                    counters.append(f"{check.rule}={seen}")
+    elif decision.e164.startswith("+"):
+        number = keyspace.token(decision.e164)
+    else:
+        number = decision.e164  # a short code (emergency, directory…) or "" if unreadable
+    retry = "" if decision.retry_after_s is None else f"{decision.retry_after_s:.3f}"
+    return {
+        "ts": str(int(attempt.now.timestamp() * 1000)),
+        "verdict": decision.verdict.value,
+        "reason": decision.reason,
+        "rule": decision.rule,
+        "door": door,
+        "tenant": attempt.tenant,
+        "campaign": attempt.campaign,
+        "trunk": attempt.trunk,
+        "class": attempt.traffic_class.value,
+        "number": number,
+        "caller_id": attempt.caller_id or "",
+        "channel": attempt.channel,
+        "config": config_version,
+        "packs": packs,
+        "lists": ",".join(f"{name}@{version}" for name, version in lists.items()),
+        "counters": ",".join(counters),
+        "shadow": ",".join(decision.shadow),
+        "retry_after_s": retry.rstrip("0").rstrip(".") if retry else "",
+        "latency_us": str(round((process_s + store_s) * 1e6)),
+        "redis_us": str(round(store_s * 1e6)),
+    }

@@ -1,0 +1,143 @@
+"""The audit trail against a REAL Redis: what a decision leaves as evidence."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import redis.asyncio as aioredis
+
+from gate.audit import AuditLog, read_range
+from gate.config import AuditConfig
+from gate.lists import ListAdmin
+from gate.model import Attempt, TrafficClass
+from gate.service import Gate
+from gate.store import Store
+from tests.conftest import make_config
+
+NOW = datetime(2026, 12, 1, 9, 30, tzinfo=UTC)
+
+
+@pytest.fixture
+async def audited(redis_url: str) -> AsyncIterator[Gate]:
+    """A Gate with the audit trail on, writing to the test's Redis."""
+    store = Store(redis_url, deadline_s=1.0)
+    gate = Gate(make_config({"trunks": {"cps": {"carrier-a": 20}}}), store, "v123")
+    gate.audit = AuditLog(store.admin_client, "callgate", AuditConfig())
+    gate.audit.start()
+    yield gate
+    await gate.audit.close()
+    await store.close()
+
+
+async def records(gate: Gate) -> list[dict[str, str]]:
+    assert gate.audit is not None
+    await gate.audit.close()  # flush
+    gate.audit.start()
+    return [r async for r in read_range(gate.store.admin_client, "callgate")]
+
+
+async def test_each_recorded_decision_is_one_entry_with_its_evidence(audited: Gate) -> None:
+    """verdict, reason, rule, door, scope, hashed number, config, lists, counters, latency."""
+    admin = ListAdmin(audited.config.policy, audited.keyspace, audited.store)
+    await admin.add("red", ["+33612345678"], "acme", "")
+    attempt = Attempt(
+        "0612345678",
+        NOW,
+        "acme",
+        "spring",
+        "carrier-a",
+        "+33162000000",
+        TrafficClass.CAMPAIGN,
+        "PJSIP/out-0001",
+    )
+    await audited.decide(attempt, door="agi")
+    await audited.decide(Attempt("0698765432", NOW, "acme", trunk="carrier-a"), door="stasis")
+    blocked, allowed = await records(audited)
+    assert {
+        "verdict": "BLOCK",
+        "reason": "listed:red",
+        "rule": "list:red",
+        "door": "agi",
+        "tenant": "acme",
+        "campaign": "spring",
+        "trunk": "carrier-a",
+        "class": "campaign",
+        "number": audited.keyspace.token("+33612345678"),
+        "caller_id": "+33162000000",
+        "channel": "PJSIP/out-0001",
+        "config": "v123",
+        "ts": str(int(NOW.timestamp() * 1000)),
+    } == {
+        k: blocked[k]
+        for k in (
+            "verdict",
+            "reason",
+            "rule",
+            "door",
+            "tenant",
+            "campaign",
+            "trunk",
+            "class",
+            "number",
+            "caller_id",
+            "channel",
+            "config",
+            "ts",
+        )
+    }
+    assert "red@1" in blocked["lists"].split(",")
+    assert "33612345678" not in " ".join(blocked.values())
+    assert int(blocked["latency_us"]) >= int(blocked["redis_us"]) > 0
+    assert ("ALLOW", "cap:fr-4-per-30d=0,cps:carrier-a=0") == (
+        allowed["verdict"],
+        allowed["counters"],
+    )
+
+
+async def test_only_recorded_decisions_are_audited(audited: Gate) -> None:
+    """A check without recording (a scrub, check without --record) leaves no entry."""
+    await audited.decide(Attempt("0612345678", NOW), record=False)
+    await audited.decide(Attempt("17", NOW, traffic_class=TrafficClass.MANUAL))
+    (entry,) = await records(audited)
+    assert ("ALLOW", "emergency", "17", "0") == (
+        entry["verdict"],
+        entry["reason"],
+        entry["number"],
+        entry["redis_us"],
+    )
+
+
+async def test_export_range_is_by_time(audited: Gate) -> None:
+    """read_range(since, until) returns the entries appended in that window, in order."""
+    before = datetime.now(UTC) - timedelta(seconds=1)
+    for number in ("0611111111", "0622222222", "0633333333"):
+        await audited.decide(Attempt(number, NOW))
+    entries = await records(audited)
+    later = [
+        r
+        async for r in read_range(
+            audited.store.admin_client, "callgate", since=datetime.now(UTC) + timedelta(seconds=5)
+        )
+    ]
+    window = [
+        r
+        async for r in read_range(
+            audited.store.admin_client, "callgate", since=before, until=datetime.now(UTC)
+        )
+    ]
+    assert 3 == len(entries)
+    assert [] == later
+    assert [r["id"] for r in entries] == [r["id"] for r in window]
+
+
+async def test_a_dead_redis_loses_no_decision_and_raises_nothing() -> None:
+    """Audit records wait while Redis is unreachable; closing reports them, never raises."""
+    client = aioredis.Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.1)
+    audit = AuditLog(client, "callgate", AuditConfig())
+    audit.start()
+    audit.append({"verdict": "ALLOW"})
+    await audit.close()
+    await client.aclose()
+    assert (0, 0) == (audit.written, audit.dropped)
