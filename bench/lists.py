@@ -9,7 +9,9 @@ same code as ``callgate list import --replace`` and reports:
 - bytes per number: Redis ``used_memory`` after the import minus before, over the count;
 - import rate: numbers per second from the file (parse, hash, bucket, send, switch);
 - decision latency p50/p99 (``Gate.decide``, evaluate only) against this list, and the
-  ratio to the same measurement against a 1 000-number list in the same session.
+  ratio to the same measurement against a 1 000-number list in the same session: two
+  gates configured alike (one global block list each, same probes mix), measured in
+  interleaved rounds so that drift of the machine hits both alike.
 Goals (issue 5): <= 10 bytes per number, >= 300 k numbers/s, lookup ratio <= 1.2.
 """
 
@@ -31,13 +33,15 @@ import redis.asyncio as aioredis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gate.config import parse_config
+from gate.config import Config, parse_config
 from gate.embedded import find_redis_server
-from gate.importing import Rejected, count_lines, open_lines, read_entries
+from gate.importing import Rejected, count_lines, open_lines, read_batches
 from gate.lists import ListAdmin
 from gate.model import Attempt
 from gate.service import Gate
 from gate.store import Store
+
+ROUNDS = 10
 
 
 def free_port() -> int:
@@ -76,12 +80,13 @@ def fail(rejected: Rejected) -> None:
 
 
 async def import_file(admin: ListAdmin, name: str, path: Path, fmt: str) -> tuple[int, float]:
+    """``callgate list import NAME PATH --replace``, minus the progress bar: (count, s)."""
     rule = admin.rule(name)
     total = count_lines(path)
     started = time.perf_counter()
-    entries = read_entries(open_lines(path), rule, admin.policy.default_region, fmt)
-    summary = await admin.import_entries(
-        name, entries, "default", "", fail, mode="replace", expected=total
+    batches = read_batches(open_lines(path), rule, admin.policy.default_region, fmt)
+    summary = await admin.import_batches(
+        name, batches, "default", "", fail, mode="replace", expected=total
     )
     return summary.imported, time.perf_counter() - started
 
@@ -97,8 +102,45 @@ async def latencies(gate: Gate, numbers: list[str], rounds: int) -> list[float]:
     return out
 
 
+async def compare(
+    gate: Gate, numbers: list[str], base: Gate, base_numbers: list[str], decisions: int
+) -> tuple[list[float], list[float]]:
+    """Latencies of both gates in ``ROUNDS`` interleaved rounds (order alternating)."""
+    measured: list[float] = []
+    baseline: list[float] = []
+    per_round = max(1, decisions // ROUNDS)
+    await latencies(gate, numbers, per_round)  # warm-up, not kept
+    await latencies(base, base_numbers, per_round)
+    for i in range(ROUNDS):
+        rng = random.Random(i)
+        mine, theirs = (
+            rng.sample(numbers, len(numbers)),
+            rng.sample(base_numbers, len(base_numbers)),
+        )
+        if i % 2:
+            baseline += await latencies(base, theirs, per_round)
+            measured += await latencies(gate, mine, per_round)
+        else:
+            measured += await latencies(gate, mine, per_round)
+            baseline += await latencies(base, theirs, per_round)
+    return measured, baseline
+
+
 def pct(samples: list[float], q: int) -> float:
     return statistics.quantiles(samples, n=100, method="inclusive")[q - 1]
+
+
+def one_list(region: str, name: str, tmp: str) -> Config:
+    """A config with exactly one list: ``name``, a global block list."""
+    return parse_config(
+        {
+            "gate": {"default_region": region},
+            "privacy": {"secret": "bench-secret-0123456789"},
+            "lists": [{"name": name, "kind": "block", "scope": "global"}],
+        },
+        "bench",
+        Path(tmp),
+    )
 
 
 async def run(url: str, sizes: list[int], regions: list[str], decisions: int) -> None:
@@ -110,54 +152,34 @@ async def run(url: str, sizes: list[int], regions: list[str], decisions: int) ->
     )
     with tempfile.TemporaryDirectory(prefix="cg-lists-") as tmp:
         for region in regions:
-            config = parse_config(
-                {
-                    "gate": {"default_region": region},
-                    "privacy": {"secret": "bench-secret-0123456789"},
-                    "lists": [
-                        {"name": "big", "kind": "block", "scope": "global"},
-                        {"name": "small", "kind": "block", "scope": "global"},
-                    ],
-                },
-                "bench",
-                Path(tmp),
-            )
             store = Store(url, deadline_s=2.0)
-            gate = Gate(config, store)
-            admin = ListAdmin(config.policy, gate.keyspace, store)
+            gate = Gate(one_list(region, "big", tmp), store)
+            base = Gate(one_list(region, "small", tmp), store)
             fmt = "lines" if region == "FR" else "us-dnc"
             for size in sizes:
                 await client.flushall()
                 small_path = Path(tmp) / "small.txt"
                 small_sample = write_file(small_path, region, 1000, rng)
-                await import_file(admin, "small", small_path, fmt)
-                probes = unlisted(region, rng, decisions // 2)
-                base_gate = Gate(
-                    parse_config(
-                        {
-                            "gate": {"default_region": region},
-                            "privacy": {"secret": "bench-secret-0123456789"},
-                            "lists": [{"name": "small", "kind": "block", "scope": "global"}],
-                        },
-                        "bench",
-                        Path(tmp),
-                    ),
-                    store,
-                )
-                baseline = await latencies(base_gate, small_sample + probes, decisions)
+                await import_file(base.list_admin(), "small", small_path, fmt)
                 path = Path(tmp) / f"{region}-{size}.txt"
                 sample = write_file(path, region, size, rng)
                 before = int((await client.info("memory"))["used_memory"])
-                imported, seconds = await import_file(admin, "big", path, fmt)
+                imported, seconds = await import_file(gate.list_admin(), "big", path, fmt)
                 after = int((await client.info("memory"))["used_memory"])
                 path.unlink()
-                measured = await latencies(gate, sample + probes, decisions)
+                # Same mix for both: as many listed samples as unlisted probes.
+                probes = unlisted(region, rng, decisions // 2)
+                listed = rng.sample(sample, min(len(sample), len(small_sample)))
+                measured, baseline = await compare(
+                    gate, listed + probes, base, small_sample[: len(listed)] + probes, decisions
+                )
                 print(
                     f"{region + ' ' + format(size, ','):>14} {imported:>11,} "
                     f"{(after - before) / imported:>9.2f} {imported / seconds:>10,.0f} "
                     f"{pct(measured, 50):>8.0f} {pct(measured, 99):>8.0f} "
                     f"{pct(measured, 50) / pct(baseline, 50):>9.2f}x "
-                    f"{pct(measured, 99) / pct(baseline, 99):>9.2f}x"
+                    f"{pct(measured, 99) / pct(baseline, 99):>9.2f}x",
+                    flush=True,
                 )
             await store.close()
     await client.aclose()

@@ -16,7 +16,7 @@ import json
 import logging
 import signal
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, NoReturn
@@ -32,12 +32,13 @@ from gate.engine import window_text
 from gate.errors import GateError, InputError, StoreError
 from gate.importing import (
     FORMATS,
+    Batch,
     Digest,
     Rejected,
     count_lines,
     csv_dialect,
     open_lines,
-    read_entries,
+    read_batches,
 )
 from gate.lists import ListAdmin
 from gate.logs import configure_logging
@@ -334,13 +335,23 @@ async def _import(admin: ListAdmin, args: argparse.Namespace, tenant: str) -> in
     mode = "replace" if args.replace else "remove" if args.remove else "add"
     try:
         with progress(total, f"importing {args.file.name}") as advance:
-            lines = (advance() or line for line in open_lines(args.file, digest))
-            entries = read_entries(
-                lines, rule, admin.policy.default_region, args.format, args.column, keep
+            batches = read_batches(
+                open_lines(args.file, digest),
+                rule,
+                admin.policy.default_region,
+                args.format,
+                args.column,
+                keep,
             )
-            summary = await admin.import_entries(
+
+            def counted(batches: Iterator[Batch]) -> Iterator[Batch]:
+                for batch in batches:
+                    advance(batch.lines)
+                    yield batch
+
+            summary = await admin.import_batches(
                 args.list,
-                entries,
+                counted(batches),
                 tenant,
                 args.campaign,
                 report,

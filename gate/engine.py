@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date
 from typing import TypeVar
 
@@ -50,6 +50,7 @@ __all__ = [
     "STALE_RETRY_S",
     "Check",
     "Plan",
+    "Planner",
     "RuleOutcome",
     "StoreCheck",
     "StoreResult",
@@ -293,6 +294,81 @@ def plan(attempt: Attempt, policy: Policy, keyspace: Keyspace, record: bool) -> 
         checks=tuple(build.checks),
     )
     return Plan(attempt, target, tuple(p.id for p in packs), tuple(static), tuple(shadow), check)
+
+
+class Planner:
+    """``plan`` for many attempts that differ only in the number dialled (a scrub).
+
+    Pure, and equal to ``plan`` for every attempt: a plan depends on the number through
+    its classification (region, type, time zones), the rule prefixes it matches and its
+    own keys (``NumberKeys``; cap and cool-off keys end with its token). The rest is
+    computed once per distinct (attempt without the number, classification, prefixes
+    matched) and reused with the number's own keys put in.
+    """
+
+    _MAX_MODELS = 4096
+
+    def __init__(self, policy: Policy, keyspace: Keyspace, record: bool) -> None:
+        self.policy, self.keyspace, self.record = policy, keyspace, record
+        self._models: dict[tuple[object, ...], Plan | Decision] = {}
+        self._prefixes: dict[str, tuple[tuple[str, ...], ...]] = {}
+
+    def plan(self, attempt: Attempt) -> Plan | Decision:
+        target = _static_number(attempt, self.policy)
+        if isinstance(target, Decision):
+            return target
+        prefixes = self._prefixes.get(target.region)
+        if prefixes is None:
+            prefixes = self._prefixes[target.region] = _region_prefixes(self.policy, target.region)
+        signature = (
+            replace(attempt, dialled=""),
+            target.region,
+            target.number_type,
+            target.time_zones,
+            tuple(target.e164.startswith(p) for p in prefixes),
+        )
+        model = self._models.get(signature)
+        if model is None:
+            if len(self._models) >= self._MAX_MODELS:
+                self._models.clear()
+            model = self._models[signature] = plan(attempt, self.policy, self.keyspace, self.record)
+            return model
+        if isinstance(model, Decision):
+            return replace(model, e164=target.e164)
+        number = self.keyspace.number(target.e164)
+        ending = ":" + model.check.number.token
+        checks = tuple(
+            replace(c, key=c.key[: -len(ending)] + ":" + number.token)
+            if c.kind in "RL" and c.key.endswith(ending)
+            else c
+            for c in model.check.checks
+        )
+        check = replace(model.check, number=number, checks=checks)
+        return replace(model, attempt=attempt, destination=target, check=check)
+
+
+def _region_prefixes(policy: Policy, region: str) -> tuple[tuple[str, ...], ...]:
+    """Every distinct prefix filter that rules for ``region`` apply to the number."""
+    found: dict[tuple[str, ...], None] = {}
+    for pack in policy.packs:
+        if region not in pack.regions:
+            continue
+        for rules in (
+            pack.hours,
+            pack.caps,
+            pack.consents,
+            pack.freshness,
+            pack.cooloffs,
+            pack.caller_ids,
+            pack.destinations,
+        ):
+            for rule in rules:
+                if rule.prefixes:
+                    found[rule.prefixes] = None
+        for dest in pack.destinations:
+            if dest.blocked_prefixes:
+                found[dest.blocked_prefixes] = None
+    return tuple(found)
 
 
 def _list_checks(build: _Builder, packs: Sequence[Pack]) -> None:

@@ -4,11 +4,14 @@ Guarantees:
 - ``read_entries`` yields, for every line that is not blank or a ``#`` comment, either the
   E.164 number, a ``Rejected`` (line number and why) or a ``Skipped`` (a scrub result the
   caller did not ask to keep): no line disappears without being counted.
+- ``read_batches`` gives the same answers for ``BATCH_LINES`` lines at a time (bulk
+  imports: no per-line generator chain); each ``Batch`` says how many lines it read.
 - Well-formed bulk lines take a fast path (a syntactic check: E.164 with a known country
-  code, a French national number, a NANP ten-digit number) at about 1 µs per line; any
-  other line is checked by phonenumbers, which also refuses emergency numbers on block
-  lists. The fast path accepts assigned-looking numbers phonenumbers might call
-  unassigned; on a block list that can only ever block a number nobody can own.
+  code, a French national number, a NANP ten-digit number) at about 1 µs per line, and
+  bare national numbers of the default region a quicker one (~0.3 µs); any other line is
+  checked by phonenumbers, which also refuses emergency numbers on block lists. The fast
+  paths accept assigned-looking numbers phonenumbers might call unassigned; on a block
+  list that can only ever block a number nobody can own.
 - ``open_lines`` reads plain, gzip and zip files (a zip's members in order), UTF-8 with or
   without BOM, any line ending, and computes the SHA-256 of the bytes it read.
 """
@@ -21,8 +24,10 @@ import hashlib
 import io
 import re
 import zipfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
+from itertools import islice
 from pathlib import Path
 from typing import IO, cast
 
@@ -33,22 +38,34 @@ from gate.numbers import BadNumber, ShortCode, classify
 from gate.rules import ListRule
 
 __all__ = [
+    "BATCH_LINES",
     "FORMATS",
+    "Batch",
     "Digest",
     "Rejected",
     "Skipped",
+    "batches_of",
     "count_lines",
     "csv_dialect",
     "open_lines",
+    "read_batches",
     "read_entries",
     "validate_entry",
 ]
 
 FORMATS = ("lines", "csv", "us-dnc", "fr-scrub")
+BATCH_LINES = 10_000
 _COMMENT = "#"
-_E164 = re.compile(r"\+([1-9]\d{7,14})")
-_FR_NATIONAL = re.compile(r"0[1-9]\d{8}")
-_NANP = re.compile(r"1?([2-9]\d{2}[2-9]\d{6})")
+# ASCII digits only: other Unicode digits go to phonenumbers, which normalises them.
+_E164 = re.compile(r"\+([1-9]\d{7,14})", re.ASCII)
+_FR_NATIONAL = re.compile(r"0[1-9]\d{8}", re.ASCII)
+_NANP = re.compile(r"1?([2-9]\d{2}[2-9]\d{6})", re.ASCII)
+# The quicker path of bare national numbers: (full match, country prefix, digits kept).
+_QUICK: dict[str, tuple[Callable[[str], object], str, int]] = {
+    "FR": (_FR_NATIONAL.fullmatch, "+33", -9),
+    "US": (_NANP.fullmatch, "+1", -10),
+    "CA": (_NANP.fullmatch, "+1", -10),
+}
 _SEPARATORS = str.maketrans("", "", " .-()\t")
 
 
@@ -67,6 +84,17 @@ class Skipped:
 
     line_no: int
     result: str
+
+
+@dataclass(slots=True)
+class Batch:
+    """Consecutive lines of a list file, each one accounted for: an accepted number, a
+    rejected line, a skipped line, or a blank line or comment (counted in ``lines`` only)."""
+
+    lines: int  # lines read, blank lines and comments included
+    numbers: list[str] = field(default_factory=list)  # accepted, E.164, in file order
+    rejected: list[Rejected] = field(default_factory=list)  # in file order
+    skipped: int = 0
 
 
 def validate_entry(rule: ListRule, text: str, region: str) -> str:
@@ -107,6 +135,20 @@ def _entry(line_no: int, line: str, value: str, rule: ListRule, region: str) -> 
         return validate_entry(rule, value, region)
     except InputError as exc:
         return Rejected(line_no, line, str(exc))
+
+
+def _plain_entry(
+    line_no: int, raw: str, fmt: str, rule: ListRule, region: str
+) -> str | Rejected | None:
+    """A line of the ``lines`` or ``us-dnc`` format (None: a blank line or a comment)."""
+    line = raw.lstrip("\ufeff").rstrip("\r\n")
+    if not line.strip() or line.lstrip().startswith(_COMMENT):
+        return None
+    if fmt == "us-dnc":
+        value = "".join(part.strip() for part in line.split(",")[:2])
+    else:
+        value = line.strip()
+    return _entry(line_no, line, value, rule, region)
 
 
 def csv_dialect(line: str) -> type[csv.Dialect]:
@@ -159,12 +201,10 @@ def read_entries(
         line = raw.lstrip("\ufeff").rstrip("\r\n")
         if not line.strip() or line.lstrip().startswith(_COMMENT):
             continue
-        if fmt == "lines":
-            yield line_no, _entry(line_no, line, line.strip(), rule, region)
-            continue
-        if fmt == "us-dnc":
-            value = "".join(part.strip() for part in line.split(",")[:2])
-            yield line_no, _entry(line_no, line, value, rule, region)
+        if fmt in ("lines", "us-dnc"):
+            entry = _plain_entry(line_no, line, fmt, rule, region)
+            if entry is not None:
+                yield line_no, entry
             continue
         if dialect is None:
             dialect = csv_dialect(line)
@@ -195,6 +235,104 @@ def read_entries(
                 yield line_no, Skipped(line_no, result)
                 continue
         yield line_no, _entry(line_no, line, cells[index].strip(), rule, region)
+
+
+def read_batches(
+    lines: Iterable[str],
+    rule: ListRule,
+    region: str,
+    fmt: str = "lines",
+    column: str | None = None,
+    keep: frozenset[str] = frozenset(),
+    size: int = BATCH_LINES,
+) -> Iterator[Batch]:
+    """``read_entries`` by batches of ``size`` lines: the same numbers, rejects (with their
+    line numbers) and skips, in file order."""
+    if fmt not in FORMATS:
+        raise InputError(f"--format {fmt!r}: use one of {', '.join(FORMATS)}")
+    if fmt == "us-dnc" or (fmt == "lines" and column is None):
+        yield from _plain_batches(lines, rule, "US" if fmt == "us-dnc" else region, fmt, size)
+        return
+    counted = _Counted(lines)
+    batch, start = Batch(0), 0
+    for _line_no, entry in read_entries(counted, rule, region, fmt, column, keep):
+        if isinstance(entry, str):
+            batch.numbers.append(entry)
+        elif isinstance(entry, Rejected):
+            batch.rejected.append(entry)
+        else:
+            batch.skipped += 1
+        if counted.lines - start >= size:
+            batch.lines = counted.lines - start
+            yield batch
+            batch, start = Batch(0), counted.lines
+    batch.lines = counted.lines - start
+    yield batch
+
+
+def batches_of(entries: Iterable[tuple[int, str | Rejected | Skipped]]) -> Iterator[Batch]:
+    """``read_entries``-style entries grouped into batches (``lines``: entries)."""
+    batch = Batch(0)
+    for _line_no, entry in entries:
+        batch.lines += 1
+        if isinstance(entry, str):
+            batch.numbers.append(entry)
+        elif isinstance(entry, Rejected):
+            batch.rejected.append(entry)
+        else:
+            batch.skipped += 1
+        if batch.lines >= BATCH_LINES:
+            yield batch
+            batch = Batch(0)
+    yield batch
+
+
+class _Counted:
+    """Iterates over lines, counting them."""
+
+    def __init__(self, lines: Iterable[str]) -> None:
+        self._lines = iter(lines)
+        self.lines = 0
+
+    def __iter__(self) -> Iterator[str]:
+        return self
+
+    def __next__(self) -> str:
+        line = next(self._lines)
+        self.lines += 1
+        return line
+
+
+def _plain_batches(
+    lines: Iterable[str], rule: ListRule, region: str, fmt: str, size: int
+) -> Iterator[Batch]:
+    """The ``lines`` and ``us-dnc`` formats: a bare national number of ``region`` is
+    accepted by one regular expression; any other line goes through ``_plain_entry``."""
+    quick, prefix, kept = _QUICK.get(region, (None, "", 0))
+    area_codes = fmt == "us-dnc"
+    line_no = 0
+    for chunk in iter(partial(_take, iter(lines), size), []):
+        batch = Batch(len(chunk))
+        accept = batch.numbers.append
+        for raw in chunk:
+            line_no += 1
+            value = raw.strip()
+            if area_codes and "," in value:
+                parts = value.split(",")
+                value = parts[0] + parts[1] if len(parts) == 2 else ""
+            if quick is not None and quick(value):
+                accept(prefix + value[kept:])
+                continue
+            entry = _plain_entry(line_no, raw, fmt, rule, region)
+            if isinstance(entry, str):
+                accept(entry)
+            elif entry is not None:
+                batch.rejected.append(entry)
+        yield batch
+
+
+def _take(lines: Iterator[str], size: int) -> list[str]:
+    return list(islice(lines, size))
 
 
 @dataclass

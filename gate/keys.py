@@ -24,14 +24,17 @@ Guarantees:
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from gate.rules import CapRule, CooloffRule, ListRule
 
-__all__ = ["Keyspace", "ListEntry", "NumberKeys", "bucket_key"]
+__all__ = ["EntryChunk", "Keyspace", "ListEntry", "NumberKeys", "bucket_key"]
 
 # A list entry: (member, bucket32). See the module doc.
 ListEntry = tuple[int, int]
+# Many list entries, column-wise: (members, bucket32s), in the same order.
+EntryChunk = tuple[list[int], list[int]]
 
 _TOKEN_BYTES = 8
 
@@ -53,7 +56,7 @@ def bucket_key(head: str, version: int, bits: int, bucket32: int) -> str:
 class Keyspace:
     """Names keys and encodes numbers for one namespace and one hashing choice."""
 
-    __slots__ = ("_prefix", "_secret", "hashed")
+    __slots__ = ("_mac", "_prefix", "_secret", "hashed")
 
     def __init__(self, namespace: str, secret: bytes | None) -> None:
         self._prefix = "{" + namespace + "}:"
@@ -62,6 +65,14 @@ class Keyspace:
             secret = hashlib.blake2b(secret).digest()
         self._secret = secret
         self.hashed = secret is not None
+        # Keyed once: copying a keyed state is 3x cheaper than keying per number.
+        self._mac = (
+            None if secret is None else hashlib.blake2b(key=secret, digest_size=_TOKEN_BYTES)
+        )
+
+    def __reduce__(self) -> tuple[type[Keyspace], tuple[str, bytes | None]]:
+        """Pickled as its arguments (a scrub's worker processes rebuild the same one)."""
+        return Keyspace, (self._prefix[1:-2], self._secret)
 
     def number(self, e164: str) -> NumberKeys:
         """The encodings of ``e164`` (keyed hash unless numbers are stored plain)."""
@@ -83,6 +94,19 @@ class Keyspace:
         digest = hashlib.blake2b(e164.encode(), key=self._secret, digest_size=_TOKEN_BYTES).digest()
         member = int.from_bytes(digest, "big", signed=True)
         return member, (member % 2**64) >> 32
+
+    def list_entries(self, numbers: Iterable[str]) -> EntryChunk:
+        """``list_entry`` of many numbers at once, column-wise (bulk imports: ~0.5 µs each)."""
+        if self._mac is None:
+            pairs = [self.list_entry(e164) for e164 in numbers]
+            return [m for m, _ in pairs], [b for _, b in pairs]
+        fresh, from_bytes = self._mac.copy, int.from_bytes
+        members: list[int] = []
+        for e164 in numbers:
+            mac = fresh()
+            mac.update(e164.encode())
+            members.append(from_bytes(mac.digest(), "big", signed=True))
+        return members, [(m % 2**64) >> 32 for m in members]
 
     def token(self, e164: str) -> str:
         """The form in which ``e164`` names consent entries and counter keys."""

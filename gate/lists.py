@@ -7,7 +7,8 @@ Guarantees:
 - Block and allow lists live in compact buckets (gate/liststore.py); consent lists are a
   HASH token → ``granted_ms:expiry_ms`` (decide.lua reads both).
 - An import counts every line: imported, duplicate, rejected (each reported with its line
-  number through ``on_reject``) or skipped (a scrub result not kept).
+  number through ``on_reject``) or skipped (a scrub result not kept). It reads the file in
+  batches (gate/importing.py ``read_batches``), so memory stays bounded.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from datetime import UTC, datetime
 from gate.config import Policy
 from gate.errors import InputError, NumberError
 from gate.hours import zone
-from gate.importing import Digest, Rejected, Skipped, validate_entry
+from gate.importing import Batch, Digest, Rejected, Skipped, batches_of, validate_entry
 from gate.keys import Keyspace, NumberKeys
 from gate.liststore import ListStore
 from gate.model import TrafficClass
@@ -161,11 +162,43 @@ class ListAdmin:
         expected: int = 0,
         checksum: Digest | None = None,
     ) -> ImportSummary:
-        """Import a file's entries: ``mode`` "add" (delta), "remove" (delta) or "replace"
-        (a new version built beside the live one, switched in one step). Each rejected
-        line goes to ``on_reject``. Records ``refreshed_at`` and ``meta`` on the list."""
+        """``import_batches`` of ``read_entries``-style entries (one per line)."""
+        return await self.import_batches(
+            name,
+            batches_of(entries),
+            tenant,
+            campaign,
+            on_reject,
+            refreshed_at=refreshed_at,
+            meta=meta,
+            mode=mode,
+            expected=expected,
+            checksum=checksum,
+        )
+
+    async def import_batches(
+        self,
+        name: str,
+        batches: Iterable[Batch],
+        tenant: str,
+        campaign: str,
+        on_reject: Callable[[Rejected], None],
+        refreshed_at: datetime | None = None,
+        meta: Mapping[str, str] | None = None,
+        mode: str = "add",
+        expected: int = 0,
+        checksum: Digest | None = None,
+    ) -> ImportSummary:
+        """Import a file's batches (``read_batches``): ``mode`` "add" (delta), "remove"
+        (delta) or "replace" (a new version built beside the live one, switched in one
+        step). Each rejected line goes to ``on_reject``, in file order. Records
+        ``refreshed_at`` and ``meta`` on the list (and the file's ``sha256`` once read)."""
         rule = self.rule(name)
         key = self.key(name, tenant, campaign)
+        if mode == "replace" and rule.kind == "consent":
+            raise InputError(
+                f"list {name!r} is a consent list: --replace is for block and allow lists"
+            )
         when = refreshed_at or datetime.now(UTC)
         tally = {"accepted": 0, "rejected": 0, "skipped": 0}
         fields = {
@@ -174,38 +207,32 @@ class ListAdmin:
             **(meta or {}),
         }
 
-        def accepted_numbers() -> Iterator[str]:
-            for _line_no, entry in entries:
-                if isinstance(entry, Rejected):
-                    tally["rejected"] += 1
-                    on_reject(entry)
-                    continue
-                if isinstance(entry, Skipped):
-                    tally["skipped"] += 1
-                    continue
-                tally["accepted"] += 1
-                yield entry
+        def accepted() -> Iterator[list[str]]:
+            for batch in batches:
+                for rejected in batch.rejected:
+                    on_reject(rejected)
+                tally["rejected"] += len(batch.rejected)
+                tally["skipped"] += batch.skipped
+                tally["accepted"] += len(batch.numbers)
+                if batch.numbers:
+                    yield batch.numbers
             if checksum is not None:  # the file has been read whole: its digest is final
                 fields["sha256"] = checksum.hexdigest()
 
         if mode == "replace":
-            if rule.kind == "consent":
-                raise InputError(
-                    f"list {name!r} is a consent list: --replace is for block and allow lists"
-                )
-            list_entries = (self.keyspace.list_entry(n) for n in accepted_numbers())
-            done = await self.lists.replace(key, list_entries, expected, fields)
-            changed = done.count
+            chunks = (self.keyspace.list_entries(numbers) for numbers in accepted())
+            changed = (await self.lists.replace(key, chunks, expected, fields)).count
         else:
             changed = 0
-            batch: list[NumberKeys] = []
-            for e164 in accepted_numbers():
-                batch.append(self.keyspace.number(e164))
-                if len(batch) >= 10_000:
-                    changed += await self._write(rule, key, mode, batch, when)
-                    batch = []
-            if batch:
-                changed += await self._write(rule, key, mode, batch, when)
+            for numbers in accepted():
+                if rule.kind == "consent":
+                    checked = [self.keyspace.number(e164) for e164 in numbers]
+                    changed += await self._write(rule, key, mode, checked, when)
+                else:
+                    members, buckets32 = self.keyspace.list_entries(numbers)
+                    changed += await self.lists.delta(
+                        key, mode, zip(members, buckets32, strict=True)
+                    )
             meta_key = self.keyspace.meta_key(rule, tenant, campaign)
             if meta_key:
                 await self.store.set_fields(meta_key, fields.items())

@@ -18,6 +18,9 @@ Guarantees:
   REDIS.md: a RENAME over a 10 M-member SET froze Redis 11 s).
 - This module's connection has a long timeout and never retries a command blindly
   (REDIS.md: a re-sent slow command failed after the first had succeeded).
+- A replacement is written in bounded memory: entries are grouped per bucket over at most
+  ``_FLUSH_MAX`` entries, then sent as one pre-built request of SADDs (each small, so
+  decisions interleave) on an admin connection, while the next group is being read.
 """
 
 from __future__ import annotations
@@ -25,15 +28,14 @@ from __future__ import annotations
 import asyncio
 import math
 import secrets
-from collections import defaultdict
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from redis.exceptions import RedisError
 
 from gate.errors import InputError
-from gate.keys import Keyspace, ListEntry
+from gate.keys import EntryChunk, Keyspace, ListEntry
 from gate.store import Store, load_script, translate_error
 
 __all__ = ["ListStore", "bits_for"]
@@ -43,8 +45,14 @@ __all__ = ["ListStore", "bits_for"]
 TARGET_FILL = 256
 RESIZE_FILL = 384
 _DELTA_BATCH = 1000
-_WRITE_CHUNK = 200_000
-_PIPELINE = 2000
+# Entries grouped before a send: at least ~16 per bucket (fewer, larger SADDs), bounded.
+_FLUSH_MIN = 200_000
+_FLUSH_MAX = 1_000_000
+_FLUSH_PER_BUCKET = 16
+_COUNT_BATCH = 10_000
+# A whole pre-built request (up to _FLUSH_MAX entries, ~2 s) must be answered in this time.
+_SEND_TIMEOUT_S = 120.0
+_CHUNK = 100_000
 _LOCK_LEASE_MS = 15 * 60 * 1000
 _SCAN_BATCH = 500
 
@@ -116,11 +124,12 @@ class ListStore:
     async def replace(
         self,
         head: str,
-        numbers: Iterable[ListEntry | int],
+        chunks: Iterable[EntryChunk],
         expected: int,
         meta: Mapping[str, str],
     ) -> Replaced:
-        """Build a new version from ``numbers`` (about ``expected`` of them), then switch."""
+        """Build a new version from ``chunks`` of entries (about ``expected`` in all), then
+        switch to it."""
         lock = f"{head}:lock"
         lease = secrets.token_hex(8)
         if not await self._call(self._client.set(lock, lease, nx=True, px=_LOCK_LEASE_MS)):
@@ -132,7 +141,7 @@ class ListStore:
             await self._call(
                 self._client.hset(head, mapping={"building": version, "building_bits": bits})
             )
-            await self._write(head, version, bits, numbers)
+            await self._write(head, version, bits, chunks)
             count = await self._count(head, version, bits)
             fields: dict[Any, Any] = {
                 "version": version,
@@ -164,55 +173,79 @@ class ListStore:
             for k, v in layout.items()
             if k not in ("version", "bits", "count", "next_version", "building", "building_bits")
         }
-        return await self.replace(head, members, max(count, len(members)), meta)
+        bucket32_of = self.keyspace.bucket32_of
+        chunks = (
+            (part, [bucket32_of(m) for m in part])
+            for part in (members[i : i + _CHUNK] for i in range(0, len(members), _CHUNK))
+        )
+        return await self.replace(head, chunks, max(count, len(members)), meta)
 
     async def _live_version(self, head: str) -> int | None:
         value = await self._call(self._client.hget(head, "version"))
         return None if value is None else int(value)
 
     async def _write(
-        self, head: str, version: int, bits: int, numbers: Iterable[ListEntry | int]
+        self, head: str, version: int, bits: int, chunks: Iterable[EntryChunk]
     ) -> None:
-        """SADD every entry into its bucket: grouped per bucket in chunks, each chunk sent
-        pipelined while the next one is being read (Redis works while Python parses)."""
-        shift = 32 - bits
+        """SADD every entry into its bucket: entries grouped per bucket over a flush, each
+        flush sent as one request while the next is being read (Redis works while Python
+        parses: the event loop runs the send between chunks)."""
+        shift = 32 - bits  # bucket32 < 2**32: with 0 bits every entry is in bucket 0
         prefix = f"{head}:v{version}:"
-        grouped: defaultdict[int, list[int]] = defaultdict(list)
+        flush_at = min(_FLUSH_MAX, max(_FLUSH_MIN, _FLUSH_PER_BUCKET << bits))
+        groups: list[list[int]] = [[] for _ in range(1 << bits)]
         pending = 0
-        in_flight: asyncio.Task[None] | None = None
-        for entry in numbers:
-            if isinstance(entry, int):
-                member, bucket32 = entry, self.keyspace.bucket32_of(entry)
-            else:
-                member, bucket32 = entry
-            grouped[bucket32 >> shift if bits else 0].append(member)
-            pending += 1
-            if pending >= _WRITE_CHUNK:
-                if in_flight is not None:
-                    await in_flight
-                in_flight = asyncio.create_task(self._flush(prefix, grouped))
-                grouped = defaultdict(list)
-                pending = 0
-        if in_flight is not None:
-            await in_flight
-        await self._flush(prefix, grouped)
+        in_flight: asyncio.Task[int] | None = None
+        try:
+            for members, buckets32 in chunks:
+                for member, bucket32 in zip(members, buckets32, strict=True):
+                    groups[bucket32 >> shift].append(member)
+                pending += len(members)
+                if pending >= flush_at:
+                    request, commands = _sadd_request(prefix, groups)
+                    if in_flight is not None:
+                        await in_flight
+                    in_flight = asyncio.create_task(self._send(request, commands))
+                    groups = [[] for _ in range(1 << bits)]
+                    pending = 0
+                await asyncio.sleep(0)  # let the send in flight write and read replies
+            if in_flight is not None:
+                await in_flight
+            if pending:
+                await self._send(*_sadd_request(prefix, groups))
+        finally:
+            if in_flight is not None and not in_flight.done():
+                in_flight.cancel()
+                await asyncio.gather(in_flight, return_exceptions=True)
 
-    async def _flush(self, prefix: str, grouped: Mapping[int, list[int]]) -> None:
-        items = list(grouped.items())
-        for start in range(0, len(items), _PIPELINE):
-            async with self._client.pipeline(transaction=False) as pipe:
-                for bucket, members in items[start : start + _PIPELINE]:
-                    pipe.sadd(f"{prefix}{bucket}", *members)
-                await self._call(pipe.execute())
+    async def _send(self, request: bytes, commands: int) -> int:
+        """Send ``commands`` pre-built commands on one admin connection and read every
+        reply (an error reply raises); returns the sum of the integer replies."""
+        pool = self._client.connection_pool
+        connection = await self._call(pool.get_connection())  # type: ignore[no-untyped-call]
+        total = 0
+        try:
+            async with asyncio.timeout(_SEND_TIMEOUT_S):
+                await connection.send_packed_command(request)
+                for _ in range(commands):
+                    # One deadline for the whole request instead of one per reply.
+                    total += int(await connection.read_response(timeout=math.inf))
+        except BaseException as exc:
+            await connection.disconnect()  # replies may be left unread: never reuse it
+            if isinstance(exc, RedisError | OSError | TimeoutError):
+                raise translate_error(exc, self.where) from exc
+            raise
+        finally:
+            await pool.release(connection)
+        return total
 
     async def _count(self, head: str, version: int, bits: int) -> int:
         total = 0
-        buckets = 2**bits
-        for start in range(0, buckets, _PIPELINE):
-            async with self._client.pipeline(transaction=False) as pipe:
-                for bucket in range(start, min(buckets, start + _PIPELINE)):
-                    pipe.scard(f"{head}:v{version}:{bucket}")
-                total += sum(int(n) for n in await self._call(pipe.execute()))
+        buckets = 1 << bits
+        for start in range(0, buckets, _COUNT_BATCH):
+            stop = min(buckets, start + _COUNT_BATCH)
+            keys = [f"{head}:v{version}:{bucket}" for bucket in range(start, stop)]
+            total += await self._send(_request("SCARD", keys), len(keys))
         return total
 
     async def _drop_versions(self, head: str, keep: int | None) -> int:
@@ -235,3 +268,26 @@ class ListStore:
             if int(cursor) == 0:
                 return dropped
         return dropped
+
+
+def _bulk(text: str) -> str:
+    return f"${len(text.encode())}\r\n{text}\r\n"
+
+
+def _request(command: str, keys: Sequence[str]) -> bytes:
+    """``command key`` for every key, in the Redis protocol (RESP)."""
+    head = f"*2\r\n{_bulk(command)}"
+    return "".join([head + _bulk(key) for key in keys]).encode()
+
+
+def _sadd_request(prefix: str, groups: Sequence[list[int]]) -> tuple[bytes, int]:
+    """One ``SADD <prefix><bucket> member…`` per non-empty group, in RESP, and how many."""
+    parts: list[str] = []
+    commands = 0
+    for bucket, members in enumerate(groups):
+        if not members:
+            continue
+        commands += 1
+        parts.append(f"*{len(members) + 2}\r\n$4\r\nSADD\r\n{_bulk(prefix + str(bucket))}")
+        parts += [f"${len(m)}\r\n{m}\r\n" for m in map(str, members)]
+    return "".join(parts).encode(), commands

@@ -9,6 +9,7 @@ Most tests call ``gate.cli.main(argv)`` in-process with the sample config
 
 from __future__ import annotations
 
+import csv
 import gzip
 import json
 import os
@@ -19,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -581,3 +583,82 @@ def test_embedded_redis_keeps_lists_between_invocations(cli: Run, embedded_dir: 
     assert (False, LISTED_RED) == (running_between, checked)
     assert not socket_answers(sock)
     assert (embedded_dir / "redis").is_dir()
+
+
+# --- scrub ------------------------------------------------------------------------------
+
+SCRUB_ROWS = 100_000
+
+
+def scrub_leads(path: Path) -> tuple[list[str], list[tuple[str, str, str]]]:
+    """100 000 leads (``id,phone``): every 20th listed (5 %), 2 % malformed (1 % with an
+    unreadable number, 1 % without a phone cell), the rest callable.
+    Returns the listed numbers and each row's expected (verdict, reason, retry)."""
+    listed: list[str] = []
+    expected: list[tuple[str, str, str]] = []
+    lines = ["id,phone"]
+    for i in range(SCRUB_ROWS):
+        if i % 100 == 1:
+            lines.append(f"{i},06 12")
+            expected.append(("BLOCK", "invalid_number", ""))
+        elif i % 100 == 3:
+            lines.append(f"{i}")
+            expected.append(("ERROR", "missing_column", ""))
+        elif i % 20 == 0:
+            listed.append(f"0612{i:06d}")
+            lines.append(f"{i},{listed[-1]}")
+            expected.append(("BLOCK", "listed:red", ""))
+        else:
+            lines.append(f"{i},0613{i:06d}")
+            expected.append(("ALLOW", "allowed", ""))
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return listed, expected
+
+
+def test_scrub_of_100k_leads_gives_exact_counts(cli: Run, tmp_path: Path) -> None:
+    """100 000 leads, 5 % listed, 2 % malformed: the summary counts each kind exactly and
+    the output has every row, in input order, with its verdict, reason and retry."""
+    leads, out, red = tmp_path / "leads.csv", tmp_path / "out.csv", tmp_path / "red.txt"
+    listed, expected = scrub_leads(leads)
+    red.write_text("\n".join(listed) + "\n", encoding="utf-8")
+    assert 0 == cli("list", "import", "red", str(red), "--replace")[0]
+
+    status, summary, err = cli("scrub", str(leads), "--column", "phone", "-o", str(out))
+
+    with out.open(encoding="utf-8", newline="") as handle:
+        rows = list(csv.reader(handle))
+    assert (0, "") == (status, err)
+    assert (
+        "6000 of 100000 would be blocked: by reason listed:red 5000, invalid_number 1000\n"
+        "1000 of 100000 would be unreadable: by reason missing_column 1000\n"
+        "93000 of 100000 would be allowed\n"
+    ) == summary
+    assert ["id", "phone", "verdict", "reason", "retry_after_s"] == rows[0]
+    assert [str(i) for i in range(SCRUB_ROWS)] == [row[0] for row in rows[1:]]
+    assert expected == [tuple(row[-3:]) for row in rows[1:]]
+
+
+@pytest.mark.parametrize("packing", ["gzip", "zip"])
+def test_scrub_reads_gzip_and_zip_leads(cli: Run, tmp_path: Path, packing: str) -> None:
+    """A gzip or zip lead file is scrubbed like the plain one."""
+    cli("list", "add", "red", NUMBER)
+    text = "name;phone\nAlice;06 12 34 56 78\nBob;+33612345679\n"
+    path = tmp_path / f"leads.{packing}"
+    if packing == "gzip":
+        path.write_bytes(gzip.compress(text.encode()))
+    else:
+        with zipfile.ZipFile(path, "w") as archive:
+            archive.writestr("leads.csv", text)
+    out = tmp_path / "out.csv"
+
+    status, summary, _ = cli("scrub", str(path), "--column", "phone", "-o", str(out))
+
+    assert (0, "1 of 2 would be blocked: by reason listed:red 1\n1 of 2 would be allowed\n") == (
+        status,
+        summary,
+    )
+    assert [
+        "name;phone;verdict;reason;retry_after_s",
+        "Alice;06 12 34 56 78;BLOCK;listed:red;",
+        "Bob;+33612345679;ALLOW;allowed;",
+    ] == out.read_text(encoding="utf-8").splitlines()

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
-from gate.engine import Check, Plan, StoreResult, conclude, explain, fail_closed, plan
+from gate.engine import Check, Plan, Planner, StoreResult, conclude, explain, fail_closed, plan
 from gate.keys import Keyspace
 from gate.model import Attempt, Decision, TrafficClass, Verdict
 from tests.conftest import TEST_SECRET, make_config
@@ -220,3 +221,46 @@ def test_hangup_causes() -> None:
         Decision(Verdict.DEFER, "r", "r").hangup_cause,
         Decision(Verdict.ALLOW, "r", "r").hangup_cause,
     ]
+
+
+PACKS_DIR = Path(__file__).resolve().parents[2] / "config" / "packs"
+MIXED_NUMBERS = [
+    "0612345678",
+    "0712345678",
+    "0612345678",
+    "0145678901",
+    "0899123456",
+    "0810123456",
+    "17",
+    "3919",
+    "not a number",
+    "+12125551234",
+    "+14055551234",
+    "+12405551234",
+    "+18005551234",
+    "+447911123456",
+    "+442071234567",
+    "+14165551234",
+    "+16045551234",
+    "+3361234567",
+]
+
+
+@pytest.mark.parametrize("when", [NOW, datetime(2026, 12, 6, 22, 0, tzinfo=UTC)])
+@pytest.mark.parametrize("caller_id", [None, "", "+33162000000", "+33612345678"])
+def test_planner_plans_exactly_like_plan(when: datetime, caller_id: str | None) -> None:
+    """A scrub's Planner gives, number after number, the very plan ``plan`` gives."""
+    config = make_config(
+        {
+            "gate": {
+                "default_region": "FR",
+                "packs": ["fr", "us", "uk", "ca"],
+                "packs_dir": str(PACKS_DIR),
+            }
+        }
+    )
+    planner = Planner(config.policy, KEYS, False)
+    for dialled in MIXED_NUMBERS * 2:
+        for traffic_class in TrafficClass:
+            a = Attempt(dialled, when, caller_id=caller_id, traffic_class=traffic_class)
+            assert plan(a, config.policy, KEYS, False) == planner.plan(a)
