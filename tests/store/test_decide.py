@@ -260,3 +260,19 @@ async def test_slow_redis_hits_the_deadline_then_recovers(
     assert (Verdict.BLOCK, "store_unavailable") == (paused.verdict, paused.reason)
     assert Verdict.ALLOW == recovered.verdict
     assert any("recovered" in r.getMessage() for r in caplog.records)
+
+
+async def test_batched_decisions_reload_a_flushed_script(
+    gate: Gate, sync_redis: redis.Redis
+) -> None:
+    """decide_many (scrubs) also survives a Redis that lost its script cache."""
+    from gate.engine import Plan, plan
+
+    sync_redis.script_flush()
+    plans = [
+        plan(attempt(f"06000000{i:02d}"), gate.config.policy, gate.keyspace, False)
+        for i in range(3)
+    ]
+    checks = [p.check for p in plans if isinstance(p, Plan)]
+    results = await gate.store.decide_many(checks)
+    assert [0, 0, 0] == [r.decided for r in results]
