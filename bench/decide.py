@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,9 +25,11 @@ from pathlib import Path
 import redis.asyncio as aioredis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _server import redis_server
 
 from gate.config import parse_config
-from gate.embedded import find_redis_server
 from gate.model import Attempt
 from gate.service import Gate
 from gate.store import Store
@@ -43,12 +43,6 @@ CONFIG = {
     "caps": [{"id": "fr-4-per-30d", "limit": 4, "window": "30d"}],
     "trunks": {"cps": {"carrier-a": 100}},
 }
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def percentile(samples: list[float], q: float) -> float:
@@ -125,30 +119,8 @@ def main() -> None:
     if args.redis_url:
         asyncio.run(run(args.redis_url, args.n, args.concurrency))
         return
-    port = free_port()
-    with tempfile.TemporaryDirectory(prefix="cg-bench-") as tmp:
-        server = subprocess.Popen(
-            [
-                find_redis_server(),
-                "--port",
-                str(port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                tmp,
-            ],
-            stdout=subprocess.DEVNULL,
-        )
-        try:
-            time.sleep(0.3)
-            asyncio.run(run(f"redis://127.0.0.1:{port}/0", args.n, args.concurrency))
-        finally:
-            server.terminate()
-            server.wait(10)
+    with redis_server() as url:
+        asyncio.run(run(url, args.n, args.concurrency))
 
 
 if __name__ == "__main__":

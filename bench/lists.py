@@ -20,9 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,9 +30,11 @@ from pathlib import Path
 import redis.asyncio as aioredis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _server import redis_server
 
 from gate.config import Config, parse_config
-from gate.embedded import find_redis_server
 from gate.importing import Rejected, count_lines, open_lines, read_batches
 from gate.lists import ListAdmin
 from gate.model import Attempt
@@ -42,12 +42,6 @@ from gate.service import Gate
 from gate.store import Store
 
 ROUNDS = 10
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def write_file(path: Path, region: str, count: int, rng: random.Random) -> list[str]:
@@ -193,30 +187,8 @@ def main() -> None:
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     regions = [r.strip().upper() for r in args.regions.split(",")]
-    port = free_port()
-    with tempfile.TemporaryDirectory(prefix="cg-bench-") as tmp:
-        server = subprocess.Popen(
-            [
-                find_redis_server(),
-                "--port",
-                str(port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                tmp,
-            ],
-            stdout=subprocess.DEVNULL,
-        )
-        try:
-            time.sleep(0.3)
-            asyncio.run(run(f"redis://127.0.0.1:{port}/0", sizes, regions, args.decisions))
-        finally:
-            server.terminate()
-            server.wait(30)
+    with redis_server() as url:
+        asyncio.run(run(url, sizes, regions, args.decisions))
 
 
 if __name__ == "__main__":
