@@ -1,5 +1,7 @@
-"""Metrics end to end: calls through a REAL Asterisk and a REAL ``callgate run`` process,
-then ``GET /metrics`` on its HTTP listener counts each decision by verdict and reason.
+"""Operations end to end: calls through a REAL Asterisk and a REAL ``callgate run`` process,
+then ``GET /metrics`` on its HTTP listener counts each decision by verdict and reason, and
+``callgate audit export`` (a separate process, as a compliance officer would run it) finds
+every call with the reason it was let through or stopped.
 
 The dialplan is the FastAGI door test's (``gated`` → ``callgate-agi`` → ``reached``); the
 gate's ``[http]`` listener is on a free loopback port chosen by the test.
@@ -10,6 +12,7 @@ gate's ``[http]`` listener is on a free loopback port chosen by the test.
 from __future__ import annotations
 
 import asyncio
+import json
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -93,3 +96,28 @@ async def test_metrics_count_the_decisions_of_real_calls_by_verdict(
     } == agi
     assert 6.0 == scraped["callgate_agi_connections_total"][()]
     assert 6.0 == scraped["callgate_decision_redis_seconds_count"][()]  # each needed Redis
+
+
+async def test_audit_export_shows_each_real_call_with_its_reason(
+    callgate: GateProcess, asterisk: AsteriskSandbox
+) -> None:
+    """One red-listed call, then five to one number (cap 4 per 30 days): the export has
+    six agi entries, in order, with listed:red, allowed x4, cap:fr-4-per-30d."""
+    await asyncio.to_thread(callgate.cli, "list", "add", "red", LISTED_E164)
+    outcomes = [await call(asterisk, LISTED)] + [await call(asterisk, UNLISTED) for _ in range(5)]
+    assert [BLOCKED] + [REACHED_ALLOW] * 4 + [Outcome("hangup", "DEFER", "34", "SUCCESS")] == (
+        outcomes
+    )
+    entries: list[dict[str, str]] = []
+    for _ in range(50):  # the writer flushes every 50 ms: bounded wait for all six
+        exported = await asyncio.to_thread(callgate.cli, "audit", "export", "--format", "jsonl")
+        entries = [json.loads(line) for line in exported.stdout.splitlines()]
+        if len(entries) >= 6:
+            break
+        await asyncio.sleep(0.1)
+    agi = [e for e in entries if e["door"] == "agi"]
+    assert ["listed:red"] + ["allowed"] * 4 + ["cap:fr-4-per-30d"] == [e["reason"] for e in agi]
+    assert ["BLOCK"] + ["ALLOW"] * 4 + ["DEFER"] == [e["verdict"] for e in agi]
+    assert all(e["channel"].startswith("Local/") for e in agi)
+    why = await asyncio.to_thread(callgate.cli, "audit", "why", UNLISTED)
+    assert 5 == len(why.stdout.splitlines())
