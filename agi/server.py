@@ -30,10 +30,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from agi._wire import AgiChannel, AgiHangup
-from gate.errors import GateError, InputError
-from gate.lists import ListAdmin
-from gate.model import Attempt
-from gate.params import (
+from gate.core.errors import GateError, InputError
+from gate.core.model import Attempt
+from gate.core.params import (
     BadRequest,
     attempt_from_params,
     decision_fields,
@@ -41,6 +40,7 @@ from gate.params import (
     parse_pairs,
     safe_value,
 )
+from gate.lists.admin import ListAdmin
 from gate.service import Gate
 
 __all__ = ["AgiRequest", "AgiServer", "parse_request"]
@@ -111,7 +111,7 @@ class AgiServer:
     @property
     def lists(self) -> ListAdmin:
         """List operations under the gate's configuration in force (it may be reloaded)."""
-        return self.gate.list_admin()
+        return ListAdmin.of(self.gate)
 
     @property
     def active(self) -> int:
@@ -203,7 +203,7 @@ class AgiServer:
             request = parse_request(headers)
             if request.route == "check":
                 attempt = build_attempt(request, self.gate.config.default_tenant, datetime.now(UTC))
-                return decision_fields(await self.gate.decide(attempt, door="agi"))
+                return decision_fields(await self.gate.decide(attempt, record=True, door="agi"))
             if request.route == "optout":
                 return await self._optout(request)
             if request.route in ("refusal", "abandoned"):

@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gate.embedded import find_redis_server
+from gate.store.embedded import find_redis_server
 
 __all__ = ["redis_server"]
 

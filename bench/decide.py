@@ -29,10 +29,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _server import redis_server
 
-from gate.config import parse_config
-from gate.model import Attempt
+from gate.config.loader import parse_config
+from gate.core.model import Attempt
 from gate.service import Gate
-from gate.store import Store
+from gate.store.client import Store
 
 CONFIG = {
     "privacy": {"secret": "bench-secret-0123456789"},
@@ -72,7 +72,9 @@ async def run(url: str, n: int, concurrency: int) -> None:
     gate = Gate(config, store)
     await client.flushdb()
     await client.ping()
-    await gate.decide(Attempt("0612345678", datetime.now(UTC)))  # load the script, warm up
+    await gate.decide(
+        Attempt("0612345678", datetime.now(UTC)), record=True, door="cli"
+    )  # load the script, warm up
     numbers = [f"+3361{i:07d}" for i in range(n)]
 
     async def ping(_: int) -> None:
@@ -83,7 +85,9 @@ async def run(url: str, n: int, concurrency: int) -> None:
     async def decide(i: int) -> None:
         # Attempt times 20 ms apart (50 calls/s on the trunk): the CPS log stays realistic.
         now = start + timedelta(milliseconds=20 * i)
-        await gate.decide(Attempt(numbers[i], now, trunk="carrier-a", campaign="bench"))
+        await gate.decide(
+            Attempt(numbers[i], now, trunk="carrier-a", campaign="bench"), record=True, door="cli"
+        )
 
     # Alternate rounds so that drift in machine load hits both sides alike.
     floor: list[float] = []

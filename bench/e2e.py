@@ -50,7 +50,7 @@ from gateproc import GateProcess, callgate_dialplan, write_config  # noqa: E402
 from sandbox import AsteriskSandbox, free_port  # noqa: E402
 from sippuac import SippRun, run_sipp  # noqa: E402
 
-from gate.embedded import find_redis_server  # noqa: E402
+from gate.store.embedded import find_redis_server  # noqa: E402
 
 SECRET = "bench-secret-0123456789abcdef"
 WARMUP_CALLS = 20

@@ -34,12 +34,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _server import redis_server
 
-from gate.config import Config, parse_config
-from gate.importing import Rejected, count_lines, open_lines, read_batches
-from gate.lists import ListAdmin
-from gate.model import Attempt
+from gate.config.loader import Config, parse_config
+from gate.core.model import Attempt
+from gate.lists.admin import ListAdmin
+from gate.lists.formats import Rejected, count_lines, open_lines, read_batches
 from gate.service import Gate
-from gate.store import Store
+from gate.store.client import Store
 
 ROUNDS = 10
 
@@ -91,7 +91,7 @@ async def latencies(gate: Gate, numbers: list[str], rounds: int) -> list[float]:
     for i in range(rounds):
         number = numbers[i % len(numbers)]
         start = time.perf_counter()
-        await gate.decide(Attempt(number, now), record=False)
+        await gate.decide(Attempt(number, now), record=False, door="cli")
         out.append((time.perf_counter() - start) * 1e6)
     return out
 

@@ -5,7 +5,7 @@ The public surface: build an ``Attempt``, ask a ``Gate`` for its ``Decision``.
 
 from __future__ import annotations
 
-from gate.model import Attempt, Decision, TrafficClass, Verdict
+from gate.core.model import Attempt, Decision, TrafficClass, Verdict
 
 __version__ = "0.1.0"
 

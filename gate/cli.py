@@ -24,13 +24,14 @@ from typing import IO, NoReturn
 from redis.exceptions import RedisError
 
 from gate import __version__
-from gate._reader import IDENT_RE
-from gate.audit import FIELDS as AUDIT_FIELDS
-from gate.audit import follow, read_range
-from gate.config import Config, LoggingConfig, default_config_path, load_config
-from gate.engine import window_text
-from gate.errors import GateError, InputError, StoreError
-from gate.importing import (
+from gate.config.loader import Config, LoggingConfig, default_config_path, load_config
+from gate.core.engine import window_text
+from gate.core.errors import GateError, InputError, StoreError
+from gate.core.model import IDENT_RE, Attempt, TrafficClass
+from gate.core.numbers import Destination, ShortCode, classify
+from gate.core.params import seconds_text
+from gate.lists.admin import ListAdmin
+from gate.lists.formats import (
     FORMATS,
     Batch,
     Digest,
@@ -40,17 +41,15 @@ from gate.importing import (
     open_lines,
     read_batches,
 )
-from gate.lists import ListAdmin
-from gate.logs import configure_logging
-from gate.model import Attempt, TrafficClass
-from gate.numbers import Destination, ShortCode, classify
-from gate.params import seconds_text
-from gate.progress import importer, progress
-from gate.reload import request_reload
+from gate.lists.progress import importer, progress
+from gate.lists.scrub import scrub as scrub_leads
+from gate.ops.audit import FIELDS as AUDIT_FIELDS
+from gate.ops.audit import follow, read_range
+from gate.ops.logs import configure_logging
+from gate.ops.reload import request_reload
 from gate.runtime import open_gate
-from gate.scrub import scrub as scrub_leads
 from gate.service import Evaluation, Gate
-from gate.store import translate_error
+from gate.store.client import translate_error
 
 __all__ = ["main"]
 
@@ -281,7 +280,7 @@ async def _check(config: Config, args: argparse.Namespace) -> int:
         traffic_class=TrafficClass(args.traffic_class),
     )
     async with open_gate(config) as gate:
-        evaluation = await gate.evaluate(attempt, record=args.record)
+        evaluation = await gate.evaluate(attempt, record=args.record, door="cli")
     _print_evaluation(evaluation, args.json, args.explain)
     return 0
 
@@ -531,8 +530,8 @@ def _config_check(config: Config) -> int:
 async def _run(config: Config) -> int:
     # The CLI's other commands need neither server.
     from agi.server import AgiServer
-    from gate.operations import Operations
-    from gate.stasis import StasisGate
+    from gate.ops.operations import Operations
+    from gate.stasis.door import StasisGate
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -10,12 +10,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from gate.audit import AuditLog
-from gate.config import Config
-from gate.embedded import EmbeddedRedis
-from gate.reload import config_version
+from gate.config.loader import Config
+from gate.ops.audit import AuditLog
+from gate.ops.reload import config_version
 from gate.service import Gate
-from gate.store import Store
+from gate.store.client import Store
+from gate.store.embedded import EmbeddedRedis
 
 __all__ = ["open_gate"]
 
@@ -30,14 +30,17 @@ async def open_gate(config: Config, deadline_s: float | None = None) -> AsyncIte
         url = embedded.start()
     store = Store(url, config.redis.deadline_s if deadline_s is None else deadline_s)
     gate = Gate(config, store, config_version(config.path))
+    audit: AuditLog | None = None
     if config.audit.enabled:
-        gate.audit = AuditLog(store.admin_client, config.redis.namespace, config.audit)
-        gate.audit.start()
+        audit = AuditLog(store.admin_client, config.redis.namespace, config.audit)
+        gate.observers.append(audit)
+        audit.start()
     try:
         yield gate
     finally:
-        if gate.audit is not None:
-            await gate.audit.close()
+        if audit is not None:
+            gate.observers.remove(audit)
+            await audit.close()
         await store.close()
         if embedded is not None:
             embedded.stop()

@@ -1,7 +1,7 @@
-"""The gate: the per-call path that every door (FastAGI, ARI, CLI) calls.
+"""The gate: the per-call path that every door (FastAGI, Stasis, CLI, API) calls.
 
-``Gate.decide(attempt)`` = ``engine.plan`` → one ``Store.decide`` → ``engine.conclude``.
-Guarantees:
+``Gate.decide(attempt, record=…, door=…)`` = ``engine.plan`` → one ``Store.decide`` →
+``engine.conclude``. Guarantees:
 - It never raises for a store problem: when Redis is down or slower than the deadline,
   the configured fail mode answers (reason ``store_unavailable``), the first failure of
   an incident is logged once at WARNING and the recovery once at INFO.
@@ -9,29 +9,39 @@ Guarantees:
 - One decision uses one configuration whole: ``evaluate`` reads the active
   configuration (config, keyspace, version) once, and ``swap`` replaces it in one
   assignment, so a reload takes effect between decisions, never inside one.
-- Every recorded decision (``record=True``: the doors, ``check --record``) is queued for
-  the audit trail (gate/audit.py) without adding a round trip.
-- An ``observer`` (metrics) sees every decision with its door and its in-process and
-  Redis times; it is told, never asked, so it cannot change a decision.
+- Observers (metrics, the audit trail) are told about every decision, with its door,
+  its plan and store answer and its timings; they are told, never asked, so they cannot
+  change a decision, and telling them adds no round trip.
+
+May import: ``gate.core``, ``gate.config``, ``gate.store`` and the standard library.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from gate.audit import AuditLog, audit_record
-from gate.config import Config
-from gate.engine import Plan, RuleOutcome, StoreResult, conclude, explain, fail_closed, plan
-from gate.errors import StoreError
-from gate.keys import Keyspace
-from gate.lists import ListAdmin
-from gate.model import Attempt, Decision
-from gate.store import Store
+from gate.config.loader import Config
+from gate.core.engine import (
+    Plan,
+    RuleOutcome,
+    StoreResult,
+    conclude,
+    explain,
+    fail_mode_decision,
+    plan,
+)
+from gate.core.errors import StoreError
+from gate.core.evidence import Timing
+from gate.core.keys import Keyspace
+from gate.core.model import Attempt, Decision
+from gate.store.client import Store
 
-__all__ = ["Active", "DecisionObserver", "Evaluation", "Gate"]
+__all__ = ["Active", "DecisionObserver", "Evaluation", "Gate", "InFlight", "Observed"]
 
 log = logging.getLogger("callgate")
 
@@ -59,17 +69,31 @@ class Active:
     version: str  # short hash of the config and pack files ("" when not from files)
 
 
+@dataclass(frozen=True, slots=True)
+class Observed:
+    """One decision as observers see it: what was decided, how, under which config."""
+
+    attempt: Attempt
+    evaluation: Evaluation
+    active: Active
+    door: str
+    record: bool
+    timing: Timing
+
+    @property
+    def decision(self) -> Decision:
+        return self.evaluation.decision
+
+
 def _activate(config: Config, version: str) -> Active:
     secret = config.secret if config.hash_numbers else None
     return Active(config, Keyspace(config.redis.namespace, secret), version)
 
 
 class DecisionObserver(Protocol):
-    """Told about every decision and store failure (gate/metrics.py implements it)."""
+    """Told about every decision and store failure (metrics, the audit trail)."""
 
-    def decided(
-        self, decision: Decision, attempt: Attempt, door: str, process_s: float, store_s: float
-    ) -> None: ...
+    def decided(self, observed: Observed) -> None: ...
 
     def store_failed(self, error: StoreError) -> None: ...
 
@@ -79,9 +103,7 @@ class Gate:
 
     def __init__(self, config: Config, store: Store, version: str = "") -> None:
         self.store = store
-        self.observer: DecisionObserver | None = None
-        # Set by open_gate when [audit] is enabled: every recorded decision is appended.
-        self.audit: AuditLog | None = None
+        self.observers: list[DecisionObserver] = []
         self._active = _activate(config, version)
         self._failures = 0
 
@@ -106,18 +128,12 @@ class Gate:
         finish with the one they started with)."""
         self._active = _activate(config, version)
 
-    def list_admin(self) -> ListAdmin:
-        """List operations under the active configuration."""
-        active = self._active
-        return ListAdmin(active.config.policy, active.keyspace, self.store)
+    async def decide(self, attempt: Attempt, *, record: bool, door: str) -> Decision:
+        return (await self.evaluate(attempt, record=record, door=door)).decision
 
-    async def decide(self, attempt: Attempt, record: bool = True, door: str = "cli") -> Decision:
-        return (await self.evaluate(attempt, record, door)).decision
-
-    async def evaluate(
-        self, attempt: Attempt, record: bool = True, door: str = "cli"
-    ) -> Evaluation:
-        """Decide ``attempt``; ``door`` (agi, stasis, cli, api, scrub) labels the metrics."""
+    async def evaluate(self, attempt: Attempt, *, record: bool, door: str) -> Evaluation:
+        """Decide ``attempt``; ``record`` counts it (and keeps its evidence); ``door``
+        (agi, stasis, cli, api, scrub) labels the metrics and the evidence."""
         active = self._active
         started = time.perf_counter()
         store_s = 0.0
@@ -130,35 +146,23 @@ class Gate:
             result = await self._run(pending)
             store_s = time.perf_counter() - store_started
             if result is None:
-                decision = fail_closed(attempt, pending, active.config.fail_mode)
+                decision = fail_mode_decision(attempt, pending, active.config.fail_mode)
             else:
                 decision = conclude(pending, result)
-        process_s = time.perf_counter() - started - store_s
-        if self.observer is not None:
-            self.observer.decided(decision, attempt, door, process_s, store_s)
-        if self.audit is not None and record:
-            self.audit.append(
-                audit_record(
-                    attempt,
-                    decision,
-                    pending,
-                    result,
-                    active.config.policy,
-                    active.keyspace,
-                    active.version,
-                    door,
-                    process_s,
-                    store_s,
-                )
-            )
-        return Evaluation(decision, pending, result)
+        evaluation = Evaluation(decision, pending, result)
+        if self.observers:
+            timing = Timing(time.perf_counter() - started - store_s, store_s)
+            observed = Observed(attempt, evaluation, active, door, record, timing)
+            for observer in self.observers:
+                observer.decided(observed)
+        return evaluation
 
     async def _run(self, pending: Plan) -> StoreResult | None:
         try:
             result = await self.store.decide(pending.check)
         except StoreError as exc:
-            if self.observer is not None:
-                self.observer.store_failed(exc)
+            for observer in self.observers:
+                observer.store_failed(exc)
             if self._failures == 0:
                 log.warning("store unavailable, applying the fail mode: %s", exc)
             self._failures += 1
@@ -167,3 +171,46 @@ class Gate:
             log.info("store recovered after %d failed decisions", self._failures)
             self._failures = 0
         return result
+
+
+class InFlight:
+    """The requests a door is serving now: counted, and drained (bounded) when it stops."""
+
+    def __init__(self, name: str, grace_s: float) -> None:
+        self.name = name
+        self.grace_s = grace_s
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    def spawn(self, work: Callable[[], Awaitable[None]]) -> asyncio.Task[None]:
+        """Run ``work()`` as a tracked task."""
+
+        async def run() -> None:
+            await work()
+
+        task = asyncio.create_task(run())
+        self.track(task)
+        return task
+
+    def track(self, task: asyncio.Task[None]) -> None:
+        """Track a task created elsewhere (e.g. the one asyncio runs a connection in)."""
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def drain(self) -> None:
+        """Let in-flight requests finish within ``grace_s``; cancel the rest (logged)."""
+        if not self._tasks:
+            return
+        _, pending = await asyncio.wait(set(self._tasks), timeout=self.grace_s)
+        if pending:
+            log.warning(
+                "%s: %d request(s) still running after %.0f s; cancelling them",
+                self.name,
+                len(pending),
+                self.grace_s,
+            )
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)

@@ -20,10 +20,10 @@ from typing import Any
 import pytest
 import redis
 
-from gate.config import Config, parse_config
-from gate.embedded import find_redis_server
+from gate.config.loader import Config, parse_config
 from gate.service import Gate
-from gate.store import Store
+from gate.store.client import Store
+from gate.store.embedded import find_redis_server
 
 SAMPLE_CONFIG = Path(__file__).resolve().parent.parent / "config" / "callgate.toml"
 TEST_SECRET = "test-secret-0123456789abcdef"

@@ -21,9 +21,9 @@ from dataclasses import dataclass
 import pytest
 
 from agi.server import AgiServer
-from gate.lists import ListAdmin
+from gate.lists.admin import ListAdmin
 from gate.service import Gate
-from gate.store import Store
+from gate.store.client import Store
 from tests.conftest import make_config
 
 HOST = "127.0.0.1"

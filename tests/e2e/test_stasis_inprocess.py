@@ -12,12 +12,12 @@ import pytest
 from conftest import SandboxFactory
 from sandbox import AsteriskSandbox
 
-from gate.ari import AriClient, AriNotFound, AriUnavailable
-from gate.config import AriConfig
-from gate.lists import ListAdmin
+from gate.config.loader import AriConfig
+from gate.lists.admin import ListAdmin
 from gate.service import Gate
-from gate.stasis import StasisGate
-from gate.store import Store
+from gate.stasis.ari import AriClient, AriNotFound, AriUnavailable
+from gate.stasis.door import StasisGate
+from gate.store.client import Store
 from tests.conftest import make_config
 
 REPO = Path(__file__).resolve().parents[2]

@@ -15,11 +15,11 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from gate.config import ApiConfig, HttpConfig
-from gate.http import HttpServer
-from gate.metrics import Metrics
+from gate.config.loader import ApiConfig, HttpConfig
+from gate.ops.http import HttpServer
+from gate.ops.metrics import Metrics
 from gate.service import Gate
-from gate.store import Store
+from gate.store.client import Store
 from tests.conftest import BASE_CONFIG, make_config
 
 API_TOKEN = "test-token-0123456789abcdef"
@@ -79,7 +79,7 @@ async def http_gate(redis_url: str) -> AsyncIterator[Gate]:
 async def serve(gate: Gate, token: str | None = API_TOKEN, stasis: object = None) -> Served:
     metrics = Metrics()
     metrics.use_config(gate.config, gate.version)
-    gate.observer = metrics
+    gate.observers.append(metrics)
     server = HttpServer(
         gate,
         metrics,

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from gate.api import MAX_BATCH
-from gate.config import ApiConfig, HttpConfig
-from gate.errors import ConfigError
-from gate.http import HttpServer
-from gate.metrics import Metrics
+from gate.config.loader import ApiConfig, HttpConfig
+from gate.core.errors import ConfigError
+from gate.ops.api import MAX_BATCH
+from gate.ops.http import HttpServer
+from gate.ops.metrics import Metrics
 from gate.service import Gate
-from gate.store import Store
+from gate.store.client import Store
 from tests.conftest import SAMPLE_CONFIG, make_config
 from tests.ops.conftest import LISTS, Served, serve
 

@@ -14,10 +14,11 @@ from datetime import UTC, datetime
 import pytest
 
 from agi.server import AgiServer
-from gate.metrics import MAX_TENANTS, BoundedLabel, Metrics
-from gate.model import Attempt, TrafficClass
+from gate.core.model import Attempt, TrafficClass
+from gate.lists.admin import ListAdmin
+from gate.ops.metrics import MAX_TENANTS, BoundedLabel, Metrics
 from gate.service import Gate
-from gate.store import Store
+from gate.store.client import Store
 from tests.conftest import SAMPLE_CONFIG, make_config
 from tests.ops.conftest import Served, labels, serve
 from tests.test_run import agi_check
@@ -54,10 +55,10 @@ async def test_decisions_move_the_counters_by_verdict_reason_door_and_tenant(
 ) -> None:
     """Each decision counts once under its verdict, reason, door and tenant."""
     gate = served.gate
-    await gate.list_admin().add("red", [LISTED], "default", "")
-    await gate.decide(attempt(LISTED), door="agi")
-    await gate.decide(attempt(UNLISTED), door="agi")
-    await gate.decide(attempt(UNLISTED), door="stasis")
+    await ListAdmin.of(gate).add("red", [LISTED], "default", "")
+    await gate.decide(attempt(LISTED), door="agi", record=True)
+    await gate.decide(attempt(UNLISTED), door="agi", record=True)
+    await gate.decide(attempt(UNLISTED), door="stasis", record=True)
     status, _ = await served.post("/v1/check", {"number": "17", "class": "manual"})
     assert 200 == status
     assert {
@@ -72,8 +73,10 @@ async def test_latency_is_measured_in_process_for_all_and_in_redis_for_store_dec
     served: Served,
 ) -> None:
     """Both decisions get an in-process time; only the one that needs Redis a Redis time."""
-    await served.gate.decide(attempt(UNLISTED))
-    await served.gate.decide(attempt("17", traffic_class=TrafficClass.MANUAL))
+    await served.gate.decide(attempt(UNLISTED), record=True, door="cli")
+    await served.gate.decide(
+        attempt("17", traffic_class=TrafficClass.MANUAL), record=True, door="cli"
+    )
     scraped = await served.scrape()
     assert (2.0, 1.0) == (
         scraped[("callgate_decision_in_process_seconds_count", labels())],
@@ -87,7 +90,7 @@ async def test_redis_errors_and_fail_mode_decisions_are_counted(redis_url: str) 
     gate = Gate(make_config(), store)
     running = await serve(gate)
     try:
-        decision = await gate.decide(attempt(UNLISTED))
+        decision = await gate.decide(attempt(UNLISTED), record=True, door="cli")
         scraped = await running.scrape()
     finally:
         await running.session.close()
@@ -122,9 +125,9 @@ async def test_agi_connections_are_counted(served: Served) -> None:
 
 async def test_list_sizes_are_exported_per_list_and_tenant(served: Served) -> None:
     """After a refresh, the red list of the default tenant shows its two entries."""
-    from gate.metrics import refresh_lists
+    from gate.ops.metrics import refresh_lists
 
-    await served.gate.list_admin().add("red", [LISTED, UNLISTED], "default", "")
+    await ListAdmin.of(served.gate).add("red", [LISTED, UNLISTED], "default", "")
     await refresh_lists(served.metrics, served.gate)
     scraped = await served.scrape()
     assert (2.0, 0.0) == (

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from gate.config import load_config
-from gate.errors import ConfigError
-from gate.model import Attempt, Verdict
-from gate.reload import Reloader, config_version
+from gate.config.loader import load_config
+from gate.core.errors import ConfigError
+from gate.core.model import Attempt, Verdict
+from gate.ops.reload import Reloader, config_version
 from gate.service import Gate
-from gate.store import Store
+from gate.store.client import Store
 from tests.conftest import SAMPLE_CONFIG, TEST_SECRET
 
 CONFIG = """
@@ -110,8 +110,8 @@ async def test_a_changed_cap_applies_from_the_swap_on_while_decisions_run(
                 return
             number = f"+336{10_000_000 + index * MAX_PAIRS_PER_WORKER + serial}"
             after = swap_done.is_set()
-            first = await running.gate.decide(attempt(number))
-            second = await running.gate.decide(attempt(number))
+            first = await running.gate.decide(attempt(number), record=True, door="cli")
+            second = await running.gate.decide(attempt(number), record=True, door="cli")
             pairs[index].append(
                 Pair(
                     after,
@@ -155,7 +155,10 @@ async def test_a_broken_file_leaves_the_old_config_serving(running: Running) -> 
     write(running.path, running.url, '"three"')
     with pytest.raises(ConfigError, match=r"caps\[0\]\.limit"):
         await running.reloader.reload()
-    verdicts = [(await running.gate.decide(attempt("+33612345678"))).verdict for _ in range(4)]
+    verdicts = [
+        (await running.gate.decide(attempt("+33612345678"), record=True, door="cli")).verdict
+        for _ in range(4)
+    ]
     assert version == running.gate.version
     assert [Verdict.ALLOW] * 3 + [Verdict.DEFER] == verdicts
 

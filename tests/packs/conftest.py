@@ -14,10 +14,9 @@ from typing import Any
 
 import pytest
 
-from gate.config import Config
-from gate.lists import ListAdmin, Rejected
-from gate.model import Decision
-from gate.rules import (
+from gate.config.loader import Config
+from gate.core.model import Decision
+from gate.core.rules import (
     CallerIdRule,
     CapRule,
     ConsentRule,
@@ -27,8 +26,10 @@ from gate.rules import (
     HoursRule,
     Pack,
 )
+from gate.lists.admin import ListAdmin
+from gate.lists.formats import Rejected
 from gate.service import Gate
-from gate.store import Store
+from gate.store.client import Store
 from tests.conftest import make_config
 
 PACKS_DIR = Path(__file__).resolve().parents[2] / "config" / "packs"

@@ -9,8 +9,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from gate.config import Config
-from gate.model import Attempt
+from gate.config.loader import Config
+from gate.core.model import Attempt
 from gate.service import Gate
 from tests.packs.conftest import import_list, outcome, pack_config, pack_rules
 
@@ -99,15 +99,15 @@ async def test_calling_hours(
     gate: Gate, dialled: str, at: datetime, expected: tuple[str, str, float | None]
 ) -> None:
     """CRTC: 09:00-21:30 weekdays, 10:00-18:00 Saturday and Sunday, recipient's time."""
-    assert expected == outcome(await gate.decide(call(at, dialled)))
+    assert expected == outcome(await gate.decide(call(at, dialled), record=True, door="cli"))
 
 
 async def test_dncl_listed_number_is_blocked(gate: Gate) -> None:
     """A number on the National DNCL copy is BLOCK listed:dncl."""
     await import_list(gate, "dncl", [TORONTO_NUMBER], TUESDAY - timedelta(days=1))
     assert [("BLOCK", "listed:dncl", None), ("ALLOW", "allowed", None)] == [
-        outcome(await gate.decide(call(TUESDAY))),
-        outcome(await gate.decide(call(TUESDAY, "+14165550199"))),
+        outcome(await gate.decide(call(TUESDAY), record=True, door="cli")),
+        outcome(await gate.decide(call(TUESDAY, "+14165550199"), record=True, door="cli")),
     ]
 
 
@@ -126,4 +126,4 @@ async def test_dncl_copy_must_be_at_most_31_days_old(
 ) -> None:
     """CRTC: scrub against a National DNCL copy at most 31 days old, else DEFER."""
     await import_list(gate, "dncl", [], TUESDAY.astimezone(UTC) - age)
-    assert expected == outcome(await gate.decide(call(TUESDAY)))
+    assert expected == outcome(await gate.decide(call(TUESDAY), record=True, door="cli"))

@@ -11,8 +11,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from gate.config import Config
-from gate.model import Attempt, TrafficClass, Verdict
+from gate.config.loader import Config
+from gate.core.model import Attempt, TrafficClass, Verdict
 from gate.service import Gate
 from tests.packs.conftest import (
     PACKS_DIR,
@@ -140,7 +140,7 @@ async def test_days_and_hours(
 ) -> None:
     """D223-9: Monday-Friday 10:00-13:00 and 14:00-20:00 callee-local, never on a holiday."""
     await consent(gate, dialled)
-    assert expected == outcome(await gate.decide(call(at, dialled)))
+    assert expected == outcome(await gate.decide(call(at, dialled), record=True, door="cli"))
 
 
 async def test_consent_to_calls_outside_hours_allows_21h(gate: Gate) -> None:
@@ -153,8 +153,8 @@ async def test_consent_to_calls_outside_hours_allows_21h(gate: Gate) -> None:
         ("ALLOW", "allowed", None),
         ("DEFER", "outside_hours:fr-d223-9-hours", 13 * 3600.0),
     ] == [
-        outcome(await gate.decide(call(late))),
-        outcome(await gate.decide(call(late, other))),
+        outcome(await gate.decide(call(late), record=True, door="cli")),
+        outcome(await gate.decide(call(late, other), record=True, door="cli")),
     ]
 
 
@@ -163,8 +163,8 @@ async def test_fifth_attempt_in_30_days_is_deferred(gate: Gate) -> None:
     await consent(gate, CONSUMER)
     days = [TUESDAY + timedelta(days=n) for n in range(4)]  # Tuesday to Friday
     fifth_at = TUESDAY + timedelta(days=6)  # next Monday
-    allowed = [outcome(await gate.decide(call(at))) for at in days]
-    fifth = await gate.decide(call(fifth_at))
+    allowed = [outcome(await gate.decide(call(at), record=True, door="cli")) for at in days]
+    fifth = await gate.decide(call(fifth_at), record=True, door="cli")
     assert [("ALLOW", "allowed", None)] * 4 == allowed
     assert ("DEFER", "cap:fr-d223-9-attempts", wait_s(fifth_at, TUESDAY + timedelta(days=30))) == (
         outcome(fifth)
@@ -176,7 +176,7 @@ async def test_refusal_defers_60_days(gate: Gate) -> None:
     at = upcoming(1, 10, 30, PARIS)  # a Tuesday 10:30 after the wall clock (see `upcoming`)
     await consent(gate, CONSUMER)
     started = await admin(gate).record_event("refusal", CONSUMER, TENANT, at)
-    decision = await gate.decide(call(at + timedelta(minutes=5)))
+    decision = await gate.decide(call(at + timedelta(minutes=5)), record=True, door="cli")
     assert ["fr-d223-9-refusal"] == started
     assert ("DEFER", "refusal:fr-d223-9-refusal", 60 * 86400.0 - 300) == outcome(decision)
 
@@ -200,7 +200,7 @@ async def test_opt_in_from_2026_08_11(
 ) -> None:
     """L223-1: prior consent required; a current contract is the only exception."""
     await consent(gate, CONSUMER, lists=lists)
-    assert expected == outcome(await gate.decide(call(TUESDAY)))
+    assert expected == outcome(await gate.decide(call(TUESDAY), record=True, door="cli"))
 
 
 async def test_expired_consent_blocks(gate: Gate) -> None:
@@ -210,7 +210,7 @@ async def test_expired_consent_blocks(gate: Gate) -> None:
         "consent", [CONSUMER], TENANT, "", now=granted, expires=TUESDAY - timedelta(days=1)
     )
     expected = ("BLOCK", "no_consent:fr-l223-1-optin", None)
-    assert expected == outcome(await gate.decide(call(TUESDAY)))
+    assert expected == outcome(await gate.decide(call(TUESDAY), record=True, door="cli"))
 
 
 async def test_consent_with_future_expiry_allows(gate: Gate) -> None:
@@ -218,14 +218,18 @@ async def test_consent_with_future_expiry_allows(gate: Gate) -> None:
     await admin(gate).add(
         "consent", [CONSUMER], TENANT, "", now=TUESDAY, expires=TUESDAY + timedelta(days=1)
     )
-    assert ("ALLOW", "allowed", None) == outcome(await gate.decide(call(TUESDAY)))
+    assert ("ALLOW", "allowed", None) == outcome(
+        await gate.decide(call(TUESDAY), record=True, door="cli")
+    )
 
 
 async def test_revoked_consent_blocks_on_the_red_list(gate: Gate) -> None:
     """Revocation removes the consent and red-lists the number: BLOCK listed:red."""
     await consent(gate, CONSUMER, lists=("consent", "consent_outside_hours"))
     await admin(gate).revoke([CONSUMER], TENANT, "")
-    assert ("BLOCK", "listed:red", None) == outcome(await gate.decide(call(TUESDAY)))
+    assert ("BLOCK", "listed:red", None) == outcome(
+        await gate.decide(call(TUESDAY), record=True, door="cli")
+    )
 
 
 BLOCTEL = [
@@ -252,7 +256,7 @@ async def test_bloctel_regime_before_2026_08_11(
 ) -> None:
     """Until 2026-08-10: only numbers in a Bloctel-cleaned file less than 30 days old."""
     await import_list(gate, "bloctel", numbers, BLOCTEL_DAY - timedelta(days=age_days))
-    assert expected == outcome(await gate.decide(call(BLOCTEL_DAY)))
+    assert expected == outcome(await gate.decide(call(BLOCTEL_DAY), record=True, door="cli"))
 
 
 CALLER_IDS = [
@@ -280,7 +284,9 @@ async def test_caller_id(
 ) -> None:
     """ARCEP 2022-1583 ranges for automated calls; never 06/07 or masked for a call centre."""
     await consent(gate, CONSUMER)
-    decision = await gate.decide(call(TUESDAY, caller_id=caller_id, traffic_class=traffic_class))
+    decision = await gate.decide(
+        call(TUESDAY, caller_id=caller_id, traffic_class=traffic_class), record=True, door="cli"
+    )
     assert expected == outcome(decision)
 
 
@@ -291,7 +297,7 @@ async def test_premium_number_is_never_dialled_by_a_campaign(
     gate = open_gate(
         pack_config(["fr"], "FR", number_types={"campaign_blocked": [], "manual_blocked": []})
     )
-    decision = await gate.decide(call(TUESDAY, "0891000000"))
+    decision = await gate.decide(call(TUESDAY, "0891000000"), record=True, door="cli")
     assert (("BLOCK", "number_type:premium", None), "number_types:fr-special-numbers") == (
         outcome(decision),
         decision.rule,
@@ -308,7 +314,7 @@ async def test_shadow_pack_reports_but_allows(
     (tmp_path / "fr.toml").write_text(shadowed, encoding="utf-8")
     gate = open_gate(pack_config(["fr"], "FR", packs_dir=tmp_path))
     await consent(gate, CONSUMER)
-    decision = await gate.decide(call(TUESDAY.replace(hour=13, minute=30)))
+    decision = await gate.decide(call(TUESDAY.replace(hour=13, minute=30)), record=True, door="cli")
     assert (Verdict.ALLOW, "allowed") == (decision.verdict, decision.reason)
     assert "outside_hours:fr-d223-9-hours" in decision.shadow
 
@@ -317,7 +323,9 @@ async def test_a_check_without_caller_id_skips_the_caller_id_rules(gate: Gate) -
     """A CLI check names no caller ID: ARCEP rules say "not checked"; the number is judged."""
     await consent(gate, CONSUMER)
     await admin(gate).add("red", [CONSUMER], TENANT, "")
-    evaluation = await gate.evaluate(Attempt(CONSUMER, now=TUESDAY, caller_id=None), record=False)
+    evaluation = await gate.evaluate(
+        Attempt(CONSUMER, now=TUESDAY, caller_id=None), record=False, door="cli"
+    )
     rows = {row.rule: row.outcome for row in evaluation.rules}
     assert ("BLOCK", "listed:red", None) == outcome(evaluation.decision)
     assert "not checked" == rows["caller_id:fr-arcep-automated"]

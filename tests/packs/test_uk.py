@@ -10,8 +10,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from gate.config import Config
-from gate.model import Attempt, TrafficClass
+from gate.config.loader import Config
+from gate.core.model import Attempt, TrafficClass
 from gate.service import Gate
 from tests.packs.conftest import (
     TENANT,
@@ -78,7 +78,7 @@ async def test_tps_and_ctps_registered_numbers_are_blocked(
 ) -> None:
     """PECR reg. 21: no unsolicited live marketing call to a TPS/CTPS number."""
     await screen(gate, TUESDAY, tps, ctps)
-    assert expected == outcome(await gate.decide(call(TUESDAY)))
+    assert expected == outcome(await gate.decide(call(TUESDAY), record=True, door="cli"))
 
 
 FRESHNESS = [
@@ -96,7 +96,7 @@ async def test_tps_and_ctps_rescreened_every_28_days(
     """PECR reg. 21: a screening older than 28 days defers every call."""
     await import_list(gate, "tps", [], TUESDAY - timedelta(days=tps_age))
     await import_list(gate, "ctps", [], TUESDAY - timedelta(days=ctps_age))
-    assert expected == outcome(await gate.decide(call(TUESDAY)))
+    assert expected == outcome(await gate.decide(call(TUESDAY), record=True, door="cli"))
 
 
 async def test_abandoned_call_pauses_the_number_72_hours(gate: Gate) -> None:
@@ -111,9 +111,9 @@ async def test_abandoned_call_pauses_the_number_72_hours(gate: Gate) -> None:
         ("ALLOW", "allowed", None),
         ("ALLOW", "allowed", None),
     ] == [
-        outcome(await gate.decide(call(later))),
-        outcome(await gate.decide(call(later, traffic_class=MANUAL))),
-        outcome(await gate.decide(call(at + timedelta(hours=72)))),
+        outcome(await gate.decide(call(later), record=True, door="cli")),
+        outcome(await gate.decide(call(later, traffic_class=MANUAL), record=True, door="cli")),
+        outcome(await gate.decide(call(at + timedelta(hours=72)), record=True, door="cli")),
     ]
 
 
@@ -136,5 +136,7 @@ async def test_caller_id_shown_valid_and_never_09(
 ) -> None:
     """PECR as amended / Ofcom GC C6: CLI shown, valid and dialable; 09 banned as CLI."""
     await screen(gate, TUESDAY)
-    decision = await gate.decide(call(TUESDAY, caller_id=caller_id, traffic_class=traffic_class))
+    decision = await gate.decide(
+        call(TUESDAY, caller_id=caller_id, traffic_class=traffic_class), record=True, door="cli"
+    )
     assert expected == outcome(decision)

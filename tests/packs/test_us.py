@@ -10,8 +10,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from gate.config import Config
-from gate.model import Attempt, TrafficClass
+from gate.config.loader import Config
+from gate.core.model import Attempt, TrafficClass
 from gate.service import Gate
 from tests.packs.conftest import TENANT, admin, import_list, outcome, pack_config, pack_rules
 
@@ -113,15 +113,15 @@ async def test_calling_window(
     gate: Gate, dialled: str, at: datetime, expected: tuple[str, str, float | None]
 ) -> None:
     """08:00-21:00 in every zone of the number (64.1200(c)(1)); FL/OK/MD stop at 20:00."""
-    assert expected == outcome(await gate.decide(call(at, dialled)))
+    assert expected == outcome(await gate.decide(call(at, dialled), record=True, door="cli"))
 
 
 async def test_national_dnc_listed_number_is_blocked(gate: Gate) -> None:
     """A number on the National DNC copy is BLOCK listed:national_dnc."""
     await import_list(gate, "national_dnc", [NY_NUMBER], TUESDAY - timedelta(days=1))
     assert [("BLOCK", "listed:national_dnc", None), ("ALLOW", "allowed", None)] == [
-        outcome(await gate.decide(call(at_ny(12), NY_NUMBER))),
-        outcome(await gate.decide(call(at_ny(12), LA_NUMBER))),
+        outcome(await gate.decide(call(at_ny(12), NY_NUMBER), record=True, door="cli")),
+        outcome(await gate.decide(call(at_ny(12), LA_NUMBER), record=True, door="cli")),
     ]
 
 
@@ -138,14 +138,14 @@ async def test_national_dnc_copy_must_be_at_most_31_days_old(
 ) -> None:
     """64.1200(c)(2): scrub against a copy at most 31 days old, else DEFER."""
     await import_list(gate, "national_dnc", [], at_ny(10) - timedelta(days=age_days))
-    assert expected == outcome(await gate.decide(call(at_ny(10))))
+    assert expected == outcome(await gate.decide(call(at_ny(10)), record=True, door="cli"))
 
 
 async def test_never_imported_national_dnc_defers(open_gate: Callable[[Config], Gate]) -> None:
     """Without any National DNC import, no US call goes out."""
     gate = open_gate(pack_config(["us"], "US"))
     expected = ("DEFER", "stale_list:national_dnc", 3600.0)
-    assert expected == outcome(await gate.decide(call(at_ny(10))))
+    assert expected == outcome(await gate.decide(call(at_ny(10)), record=True, door="cli"))
 
 
 async def test_company_dnc_is_per_tenant(gate: Gate) -> None:
@@ -153,8 +153,8 @@ async def test_company_dnc_is_per_tenant(gate: Gate) -> None:
     await admin(gate).add("company_dnc", [NY_NUMBER], TENANT, "")
     other = Attempt(NY_NUMBER, now=at_ny(10), caller_id=CALLER_ID, tenant="globex")
     assert [("BLOCK", "listed:company_dnc", None), ("ALLOW", "allowed", None)] == [
-        outcome(await gate.decide(call(at_ny(10)))),
-        outcome(await gate.decide(other)),
+        outcome(await gate.decide(call(at_ny(10)), record=True, door="cli")),
+        outcome(await gate.decide(other, record=True, door="cli")),
     ]
 
 
@@ -173,8 +173,10 @@ async def test_fourth_state_call_in_24_hours_is_deferred(
     first = datetime(2026, 12, 1, 10, 0, tzinfo=NEW_YORK)
     times = [first, first + timedelta(hours=2), first + timedelta(hours=4)]
     fourth_at = first + timedelta(hours=6)
-    allowed = [outcome(await gate.decide(call(at, dialled))) for at in times]
-    fourth = await gate.decide(call(fourth_at, dialled))
+    allowed = [
+        outcome(await gate.decide(call(at, dialled), record=True, door="cli")) for at in times
+    ]
+    fourth = await gate.decide(call(fourth_at, dialled), record=True, door="cli")
     assert [("ALLOW", "allowed", None)] * 3 == allowed
     assert ("DEFER", reason, 18 * 3600.0) == outcome(fourth)
 
@@ -183,15 +185,20 @@ async def test_other_states_have_no_cap(gate: Gate) -> None:
     """A New York number may be called a 4th time within 24 h (no state rule cited)."""
     first = datetime(2026, 12, 1, 10, 0, tzinfo=NEW_YORK)
     verdicts = [
-        outcome(await gate.decide(call(first + timedelta(hours=h), NY_NUMBER))) for h in range(4)
+        outcome(
+            await gate.decide(call(first + timedelta(hours=h), NY_NUMBER), record=True, door="cli")
+        )
+        for h in range(4)
     ]
     assert [("ALLOW", "allowed", None)] * 4 == verdicts
 
 
 async def test_emergency_number_is_refused_to_campaigns(gate: Gate) -> None:
     """No autodialed call to 911 (64.1200(a)(1)); an agent's 911 call is never held."""
-    campaign = await gate.decide(Attempt("911", now=at_ny(10)))
-    manual = await gate.decide(Attempt("911", now=at_ny(23), traffic_class=TrafficClass.MANUAL))
+    campaign = await gate.decide(Attempt("911", now=at_ny(10)), record=True, door="cli")
+    manual = await gate.decide(
+        Attempt("911", now=at_ny(23), traffic_class=TrafficClass.MANUAL), record=True, door="cli"
+    )
     assert [("BLOCK", "emergency", None), ("ALLOW", "emergency", None)] == [
         outcome(campaign),
         outcome(manual),

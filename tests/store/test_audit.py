@@ -8,12 +8,12 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import redis.asyncio as aioredis
 
-from gate.audit import AuditLog, read_range
-from gate.config import AuditConfig
-from gate.lists import ListAdmin
-from gate.model import Attempt, TrafficClass
+from gate.config.loader import AuditConfig
+from gate.core.model import Attempt, TrafficClass
+from gate.lists.admin import ListAdmin
+from gate.ops.audit import AuditLog, read_range
 from gate.service import Gate
-from gate.store import Store
+from gate.store.client import Store
 from tests.conftest import make_config
 
 NOW = datetime(2026, 12, 1, 9, 30, tzinfo=UTC)
@@ -21,20 +21,21 @@ NOW = datetime(2026, 12, 1, 9, 30, tzinfo=UTC)
 
 @pytest.fixture
 async def audited(redis_url: str) -> AsyncIterator[Gate]:
-    """A Gate with the audit trail on, writing to the test's Redis."""
+    """A Gate with the audit trail on (an observer), writing to the test's Redis."""
     store = Store(redis_url, deadline_s=1.0)
     gate = Gate(make_config({"trunks": {"cps": {"carrier-a": 20}}}), store, "v123")
-    gate.audit = AuditLog(store.admin_client, "callgate", AuditConfig())
-    gate.audit.start()
+    audit = AuditLog(store.admin_client, "callgate", AuditConfig())
+    gate.observers.append(audit)
+    audit.start()
     yield gate
-    await gate.audit.close()
+    await audit.close()
     await store.close()
 
 
 async def records(gate: Gate) -> list[dict[str, str]]:
-    assert gate.audit is not None
-    await gate.audit.close()  # flush
-    gate.audit.start()
+    (audit,) = [o for o in gate.observers if isinstance(o, AuditLog)]
+    await audit.close()  # flush
+    audit.start()
     return [r async for r in read_range(gate.store.admin_client, "callgate")]
 
 
@@ -52,8 +53,10 @@ async def test_each_recorded_decision_is_one_entry_with_its_evidence(audited: Ga
         TrafficClass.CAMPAIGN,
         "PJSIP/out-0001",
     )
-    await audited.decide(attempt, door="agi")
-    await audited.decide(Attempt("0698765432", NOW, "acme", trunk="carrier-a"), door="stasis")
+    await audited.decide(attempt, door="agi", record=True)
+    await audited.decide(
+        Attempt("0698765432", NOW, "acme", trunk="carrier-a"), door="stasis", record=True
+    )
     blocked, allowed = await records(audited)
     assert {
         "verdict": "BLOCK",
@@ -98,8 +101,10 @@ async def test_each_recorded_decision_is_one_entry_with_its_evidence(audited: Ga
 
 async def test_only_recorded_decisions_are_audited(audited: Gate) -> None:
     """A check without recording (a scrub, check without --record) leaves no entry."""
-    await audited.decide(Attempt("0612345678", NOW), record=False)
-    await audited.decide(Attempt("17", NOW, traffic_class=TrafficClass.MANUAL))
+    await audited.decide(Attempt("0612345678", NOW), record=False, door="cli")
+    await audited.decide(
+        Attempt("17", NOW, traffic_class=TrafficClass.MANUAL), record=True, door="cli"
+    )
     (entry,) = await records(audited)
     assert ("ALLOW", "emergency", "17", "0") == (
         entry["verdict"],
@@ -113,7 +118,7 @@ async def test_export_range_is_by_time(audited: Gate) -> None:
     """read_range(since, until) returns the entries appended in that window, in order."""
     before = datetime.now(UTC) - timedelta(seconds=1)
     for number in ("0611111111", "0622222222", "0633333333"):
-        await audited.decide(Attempt(number, NOW))
+        await audited.decide(Attempt(number, NOW), record=True, door="cli")
     entries = await records(audited)
     later = [
         r

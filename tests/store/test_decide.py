@@ -10,10 +10,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import redis
 
-from gate.lists import ListAdmin
-from gate.model import Attempt, TrafficClass, Verdict
+from gate.core.model import Attempt, TrafficClass, Verdict
+from gate.lists.admin import ListAdmin
 from gate.service import Gate
-from gate.store import Store
+from gate.store.client import Store
 from tests.conftest import make_config
 
 T0 = datetime(2026, 12, 1, 9, 30, tzinfo=UTC)
@@ -30,7 +30,7 @@ def admin(gate: Gate) -> ListAdmin:
 
 async def test_unlisted_number_is_allowed(gate: Gate) -> None:
     """No list hit, no cap reached: ALLOW with the E.164 number."""
-    decision = await gate.decide(attempt())
+    decision = await gate.decide(attempt(), record=True, door="cli")
     assert (Verdict.ALLOW, "allowed", "+33612345678") == (
         decision.verdict,
         decision.reason,
@@ -42,7 +42,7 @@ async def test_listed_number_is_blocked_in_every_spelling(gate: Gate) -> None:
     """A number on the red list is blocked however it is dialled."""
     await admin(gate).add("red", ["+33612345678"], "default", "")
     reasons = {
-        (await gate.decide(attempt(spelling))).reason
+        (await gate.decide(attempt(spelling), record=True, door="cli")).reason
         for spelling in ("06 12 34 56 78", "0033 6 12 34 56 78", "tel:+33612345678")
     }
     assert {"listed:red"} == reasons
@@ -52,8 +52,8 @@ async def test_tenant_lists_are_per_tenant(gate: Gate) -> None:
     """Tenant acme's red list does not block tenant globex's call."""
     await admin(gate).add("red", [NUMBER], "acme", "")
     assert [Verdict.BLOCK, Verdict.ALLOW] == [
-        (await gate.decide(attempt(tenant="acme"))).verdict,
-        (await gate.decide(attempt(tenant="globex"))).verdict,
+        (await gate.decide(attempt(tenant="acme"), record=True, door="cli")).verdict,
+        (await gate.decide(attempt(tenant="globex"), record=True, door="cli")).verdict,
     ]
 
 
@@ -61,8 +61,8 @@ async def test_campaign_list_applies_to_its_campaign_only(gate: Gate) -> None:
     """A campaign-scoped list blocks in that campaign, not in another."""
     await admin(gate).add("camp", [NUMBER], "default", "spring")
     assert ["listed:camp", "allowed"] == [
-        (await gate.decide(attempt(campaign="spring"))).reason,
-        (await gate.decide(attempt(campaign="autumn"))).reason,
+        (await gate.decide(attempt(campaign="spring"), record=True, door="cli")).reason,
+        (await gate.decide(attempt(campaign="autumn"), record=True, door="cli")).reason,
     ]
 
 
@@ -71,9 +71,9 @@ async def test_allow_list_exempts_from_the_named_block_list_only(gate: Gate) -> 
     lists = admin(gate)
     await lists.add("dnc", [NUMBER], "default", "")
     await lists.add("customers", [NUMBER], "default", "")
-    first = await gate.decide(attempt())
+    first = await gate.decide(attempt(), record=True, door="cli")
     await lists.add("red", [NUMBER], "default", "")
-    second = await gate.decide(attempt())
+    second = await gate.decide(attempt(), record=True, door="cli")
     assert ["allowed", "listed:red"] == [first.reason, second.reason]
 
 
@@ -82,17 +82,22 @@ async def test_blocked_attempts_are_not_counted(gate: Gate) -> None:
     lists = admin(gate)
     await lists.add("red", [NUMBER], "default", "")
     for _ in range(5):
-        await gate.decide(attempt())
+        await gate.decide(attempt(), record=True, door="cli")
     await lists.remove("red", [NUMBER], "default", "")
-    verdicts = [(await gate.decide(attempt())).verdict for _ in range(4)]
+    verdicts = [(await gate.decide(attempt(), record=True, door="cli")).verdict for _ in range(4)]
     assert [Verdict.ALLOW] * 4 == verdicts
 
 
 async def test_fifth_attempt_in_window_is_deferred_until_the_oldest_leaves(gate: Gate) -> None:
     """4 per 30 days: the 5th is DEFER, retry_after_s = when the 1st attempt leaves the window."""
     for day in range(4):
-        assert Verdict.ALLOW == (await gate.decide(attempt(at=T0 + timedelta(days=day)))).verdict
-    fifth = await gate.decide(attempt(at=T0 + timedelta(days=10)))
+        assert (
+            Verdict.ALLOW
+            == (
+                await gate.decide(attempt(at=T0 + timedelta(days=day)), record=True, door="cli")
+            ).verdict
+        )
+    fifth = await gate.decide(attempt(at=T0 + timedelta(days=10)), record=True, door="cli")
     assert (Verdict.DEFER, "cap:fr-4-per-30d") == (fifth.verdict, fifth.reason)
     assert 20 * 86400.0 == fifth.retry_after_s
 
@@ -100,10 +105,12 @@ async def test_fifth_attempt_in_window_is_deferred_until_the_oldest_leaves(gate:
 async def test_rolling_window_is_exact_not_fixed(gate: Gate) -> None:
     """One ms before the oldest attempt is 30 days old: DEFER; at 30 days: ALLOW."""
     for _ in range(4):
-        await gate.decide(attempt())
+        await gate.decide(attempt(), record=True, door="cli")
     window = timedelta(days=30)
-    just_before = await gate.decide(attempt(at=T0 + window - timedelta(milliseconds=1)))
-    at_edge = await gate.decide(attempt(at=T0 + window))
+    just_before = await gate.decide(
+        attempt(at=T0 + window - timedelta(milliseconds=1)), record=True, door="cli"
+    )
+    at_edge = await gate.decide(attempt(at=T0 + window), record=True, door="cli")
     assert [Verdict.DEFER, Verdict.ALLOW] == [just_before.verdict, at_edge.verdict]
     assert 0.001 == just_before.retry_after_s
 
@@ -111,17 +118,19 @@ async def test_rolling_window_is_exact_not_fixed(gate: Gate) -> None:
 async def test_evaluate_only_does_not_count(gate: Gate) -> None:
     """Checks without record leave the counter untouched."""
     for _ in range(10):
-        await gate.decide(attempt(), record=False)
-    verdicts = [(await gate.decide(attempt())).verdict for _ in range(5)]
+        await gate.decide(attempt(), record=False, door="cli")
+    verdicts = [(await gate.decide(attempt(), record=True, door="cli")).verdict for _ in range(5)]
     assert [Verdict.ALLOW] * 4 + [Verdict.DEFER] == verdicts
 
 
 async def test_caps_count_per_tenant_across_campaigns(gate: Gate) -> None:
     """The law counts per professional: campaigns share one tenant's cap."""
     for campaign in ("a", "b", "c", "d"):
-        await gate.decide(attempt(campaign=campaign))
-    other_campaign = await gate.decide(attempt(campaign="e"))
-    other_tenant = await gate.decide(attempt(campaign="e", tenant="globex"))
+        await gate.decide(attempt(campaign=campaign), record=True, door="cli")
+    other_campaign = await gate.decide(attempt(campaign="e"), record=True, door="cli")
+    other_tenant = await gate.decide(
+        attempt(campaign="e", tenant="globex"), record=True, door="cli"
+    )
     assert [Verdict.DEFER, Verdict.ALLOW] == [other_campaign.verdict, other_tenant.verdict]
 
 
@@ -139,8 +148,10 @@ async def test_longest_wait_wins_when_several_caps_are_reached(redis_url: str) -
     gate = Gate(config, store)
     try:
         for at in (T0, T0 + timedelta(days=2), T0 + timedelta(days=2, hours=1)):
-            await gate.decide(attempt(at=at))
-        decision = await gate.decide(attempt(at=T0 + timedelta(days=2, hours=2)))
+            await gate.decide(attempt(at=at), record=True, door="cli")
+        decision = await gate.decide(
+            attempt(at=T0 + timedelta(days=2, hours=2)), record=True, door="cli"
+        )
     finally:
         await store.close()
     assert ("cap:week", 5 * 86400.0 - 7200.0) == (decision.reason, decision.retry_after_s)
@@ -151,14 +162,24 @@ async def test_trunk_cps_cap(gate: Gate) -> None:
     numbers = [f"06000000{i:02d}" for i in range(22)]
     within = [
         (
-            await gate.decide(attempt(n, at=T0 + timedelta(milliseconds=i), trunk="carrier-a"))
+            await gate.decide(
+                attempt(n, at=T0 + timedelta(milliseconds=i), trunk="carrier-a"),
+                record=True,
+                door="cli",
+            )
         ).verdict
         for i, n in enumerate(numbers[:21])
     ]
     deferred = await gate.decide(
-        attempt(numbers[21], at=T0 + timedelta(milliseconds=500), trunk="carrier-a")
+        attempt(numbers[21], at=T0 + timedelta(milliseconds=500), trunk="carrier-a"),
+        record=True,
+        door="cli",
     )
-    later = await gate.decide(attempt(numbers[21], at=T0 + timedelta(seconds=1), trunk="carrier-a"))
+    later = await gate.decide(
+        attempt(numbers[21], at=T0 + timedelta(seconds=1), trunk="carrier-a"),
+        record=True,
+        door="cli",
+    )
     assert [Verdict.ALLOW] * 20 + [Verdict.DEFER] == within
     assert ("cps:carrier-a", 0.5) == (deferred.reason, deferred.retry_after_s)
     assert Verdict.ALLOW == later.verdict
@@ -167,7 +188,9 @@ async def test_trunk_cps_cap(gate: Gate) -> None:
 async def test_two_hundred_concurrent_attempts_allow_exactly_the_cap(gate: Gate) -> None:
     """200 concurrent recorded attempts on one number with a cap of 4: exactly 4 ALLOW."""
     now = datetime.now(UTC)
-    decisions = await asyncio.gather(*(gate.decide(attempt(at=now)) for _ in range(200)))
+    decisions = await asyncio.gather(
+        *(gate.decide(attempt(at=now), record=True, door="cli") for _ in range(200))
+    )
     verdicts = [d.verdict for d in decisions]
     assert (4, 196) == (verdicts.count(Verdict.ALLOW), verdicts.count(Verdict.DEFER))
 
@@ -176,7 +199,7 @@ async def test_counter_memory_is_bounded_and_expires(gate: Gate, sync_redis: red
     """After 50 attempts the log holds at most 4 entries (32 bytes) and expires with its window."""
     now = datetime.now(UTC)
     for i in range(50):
-        await gate.decide(attempt(at=now + timedelta(days=i)))
+        await gate.decide(attempt(at=now + timedelta(days=i)), record=True, door="cli")
     (key,) = sync_redis.keys("{callgate}:cap:*")
     value = sync_redis.get(key)
     ttl_ms = sync_redis.pttl(key)
@@ -187,7 +210,7 @@ async def test_counter_memory_is_bounded_and_expires(gate: Gate, sync_redis: red
 
 async def test_every_key_has_a_ttl_and_the_hash_tag(gate: Gate, sync_redis: redis.Redis) -> None:
     """Counter keys (caps and CPS) all expire and all share the {callgate} tag."""
-    await gate.decide(attempt(at=datetime.now(UTC), trunk="carrier-a"))
+    await gate.decide(attempt(at=datetime.now(UTC), trunk="carrier-a"), record=True, door="cli")
     keys = sync_redis.keys("*")
     assert 2 == len(keys)
     assert all(k.startswith(b"{callgate}:") and sync_redis.pttl(k) > 0 for k in keys)
@@ -196,7 +219,7 @@ async def test_every_key_has_a_ttl_and_the_hash_tag(gate: Gate, sync_redis: redi
 async def test_numbers_are_hashed_at_rest(gate: Gate, sync_redis: redis.Redis) -> None:
     """Neither key names nor list members contain the number."""
     await admin(gate).add("red", ["+33699999999"], "default", "")
-    await gate.decide(attempt(at=datetime.now(UTC)))
+    await gate.decide(attempt(at=datetime.now(UTC)), record=True, door="cli")
     keys = sync_redis.keys("*")
     dump = b" ".join(keys) + b" ".join(
         member
@@ -211,9 +234,9 @@ async def test_numbers_are_hashed_at_rest(gate: Gate, sync_redis: redis.Redis) -
 
 async def test_script_is_reloaded_after_script_flush(gate: Gate, sync_redis: redis.Redis) -> None:
     """A Redis that lost its script cache (restart, failover) still answers (NOSCRIPT reload)."""
-    await gate.decide(attempt())
+    await gate.decide(attempt(), record=True, door="cli")
     sync_redis.script_flush()
-    assert Verdict.ALLOW == (await gate.decide(attempt())).verdict
+    assert Verdict.ALLOW == (await gate.decide(attempt(), record=True, door="cli")).verdict
 
 
 async def test_closed_port_applies_the_fail_mode_within_the_deadline(
@@ -224,7 +247,7 @@ async def test_closed_port_applies_the_fail_mode_within_the_deadline(
     gate = Gate(make_config(), store)
     started = time.monotonic()
     with caplog.at_level(logging.WARNING, logger="callgate"):
-        decisions = [await gate.decide(attempt()) for _ in range(3)]
+        decisions = [await gate.decide(attempt(), record=True, door="cli") for _ in range(3)]
     elapsed = time.monotonic() - started
     await store.close()
     assert [(Verdict.DEFER, "store_unavailable", 60.0)] * 3 == [
@@ -238,7 +261,7 @@ async def test_emergency_call_needs_no_store() -> None:
     """A manual call to 17 is ALLOW even with Redis unreachable."""
     store = Store("redis://127.0.0.1:1/0", deadline_s=0.05)
     decision = await Gate(make_config(), store).decide(
-        attempt("17", traffic_class=TrafficClass.MANUAL)
+        attempt("17", traffic_class=TrafficClass.MANUAL), record=True, door="cli"
     )
     await store.close()
     assert (Verdict.ALLOW, "emergency") == (decision.verdict, decision.reason)
@@ -250,12 +273,14 @@ async def test_slow_redis_hits_the_deadline_then_recovers(
     """A paused Redis answers later than the deadline: fail mode; once back, normal decisions."""
     store = Store(redis_url, deadline_s=0.05)
     gate = Gate(make_config({"fail_mode": {"manual": "BLOCK"}}), store)
-    await gate.decide(attempt())  # warm the connection and the script
+    await gate.decide(attempt(), record=True, door="cli")  # warm the connection and the script
     sync_redis.execute_command("CLIENT", "PAUSE", 400, "ALL")
     with caplog.at_level(logging.INFO, logger="callgate"):
-        paused = await gate.decide(attempt(traffic_class=TrafficClass.MANUAL))
+        paused = await gate.decide(
+            attempt(traffic_class=TrafficClass.MANUAL), record=True, door="cli"
+        )
         await asyncio.sleep(0.6)
-        recovered = await gate.decide(attempt())
+        recovered = await gate.decide(attempt(), record=True, door="cli")
     await store.close()
     assert (Verdict.BLOCK, "store_unavailable") == (paused.verdict, paused.reason)
     assert Verdict.ALLOW == recovered.verdict
@@ -266,7 +291,7 @@ async def test_batched_decisions_reload_a_flushed_script(
     gate: Gate, sync_redis: redis.Redis
 ) -> None:
     """decide_many (scrubs) also survives a Redis that lost its script cache."""
-    from gate.engine import Plan, plan
+    from gate.core.engine import Plan, plan
 
     sync_redis.script_flush()
     plans = [

@@ -16,12 +16,12 @@ from pathlib import Path
 import pytest
 import redis
 
-from gate.importing import Rejected, open_lines, read_entries
-from gate.lists import ListAdmin
-from gate.liststore import bits_for
-from gate.model import Attempt, Verdict
+from gate.core.model import Attempt, Verdict
+from gate.lists.admin import ListAdmin
+from gate.lists.formats import Rejected, open_lines, read_entries
 from gate.service import Gate
-from gate.store import Store
+from gate.store.client import Store
+from gate.store.lists import bits_for
 from tests.conftest import TEST_SECRET, make_config
 
 NOW = datetime(2026, 12, 1, 9, 30, tzinfo=UTC)
@@ -45,7 +45,7 @@ def fail_on_reject(rejected: Rejected) -> None:
 
 
 async def listed(gate: Gate, number: str) -> bool:
-    decision = await gate.decide(Attempt(number, NOW), record=False)
+    decision = await gate.decide(Attempt(number, NOW), record=False, door="cli")
     return decision.reason == "listed:red"
 
 
@@ -271,4 +271,6 @@ async def test_list_info_has_the_metadata(gate: Gate, value: str) -> None:
         info["source"],
         info["refreshed_at"],
     )
-    assert Verdict.BLOCK == (await gate.decide(Attempt(value, NOW), record=False)).verdict
+    assert (
+        Verdict.BLOCK == (await gate.decide(Attempt(value, NOW), record=False, door="cli")).verdict
+    )

@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from gate.config import load_config, parse_config, parse_duration_s
-from gate.errors import ConfigError
-from gate.model import TrafficClass, Verdict
-from gate.numbers import NumberType
+from gate.config.loader import load_config, parse_config, parse_duration_s
+from gate.core.errors import ConfigError
+from gate.core.model import TrafficClass, Verdict
+from gate.core.numbers import NumberType
 
 SAMPLE = Path(__file__).resolve().parents[2] / "config" / "callgate.toml"
 

@@ -7,9 +7,19 @@ from pathlib import Path
 
 import pytest
 
-from gate.engine import Check, Plan, Planner, StoreResult, conclude, explain, fail_closed, plan
-from gate.keys import Keyspace
-from gate.model import Attempt, Decision, TrafficClass, Verdict
+from gate.core.engine import (
+    Check,
+    CheckKind,
+    Plan,
+    Planner,
+    StoreResult,
+    conclude,
+    explain,
+    fail_mode_decision,
+    plan,
+)
+from gate.core.keys import Keyspace
+from gate.core.model import Attempt, Decision, TrafficClass, Verdict
 from tests.conftest import TEST_SECRET, make_config
 
 NOW = datetime(2026, 12, 1, 9, 30, tzinfo=UTC)
@@ -174,7 +184,7 @@ def test_fail_mode_is_per_traffic_class(
     """store_unavailable takes the configured verdict of the attempt's class."""
     config = make_config({"fail_mode": {"manual": "ALLOW"}})
     a = attempt("0612345678", traffic_class=traffic_class)
-    decision = fail_closed(a, planned(a), config.fail_mode)
+    decision = fail_mode_decision(a, planned(a), config.fail_mode)
     assert (verdict, "store_unavailable", retry) == (
         decision.verdict,
         decision.reason,
@@ -200,7 +210,9 @@ def test_explain_names_each_rule_in_force() -> None:
 
 def test_shadow_checks_are_reported_not_enforced() -> None:
     """A shadow check that would decide shows up in Decision.shadow; the call is allowed."""
-    check = Check("L", "cap:trial", "cap:trial", "{callgate}:k", (1, 1000), shadow=True)
+    check = Check(
+        CheckKind.ATTEMPT_LOG, "cap:trial", "cap:trial", "{callgate}:k", (1, 1000), shadow=True
+    )
     p = planned(attempt("0612345678"))
     shadowed = Plan(
         p.attempt,

@@ -8,7 +8,7 @@ import json
 import logging
 import sys
 
-from gate.logs import JsonFormatter, LogfmtFormatter
+from gate.ops.logs import JsonFormatter, LogfmtFormatter
 
 WHEN = 1_780_000_000.25  # 2026-05-28T20:26:40.250Z
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from gate.errors import NumberError
-from gate.numbers import BadNumber, Destination, NumberType, ShortCode, classify, parse_e164
+from gate.core.errors import NumberError
+from gate.core.numbers import BadNumber, Destination, NumberType, ShortCode, classify, parse_e164
 
 SAME_FRENCH_MOBILE = [
     "0612345678",
@@ -136,7 +136,7 @@ SAMPLES = [
 @pytest.mark.parametrize("dialled", SAMPLES)
 def test_fast_parse_agrees_with_phonenumbers(dialled: str) -> None:
     """The shortcut around phonenumbers.parse gives phonenumbers' own answer."""
-    from gate.numbers import _TYPE_NAMES
+    from gate.core.numbers import _TYPE_NAMES
 
     result = classify(dialled, "FR")
     reference = _reference(dialled, "FR")

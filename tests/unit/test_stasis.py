@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from gate.model import Decision, Verdict
-from gate.stasis import StasisChannel, decision_value, parse_app_data, parse_stasis_start
+from gate.core.model import Decision, Verdict
+from gate.stasis.door import StasisChannel, decision_value, parse_app_data, parse_stasis_start
 
 CHANNEL: dict[str, Any] = {
     "id": "1700000000.42",

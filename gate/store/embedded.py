@@ -20,7 +20,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from gate.errors import StoreUnavailable
+from gate.core.errors import StoreUnavailable
 
 __all__ = ["EmbeddedRedis", "find_redis_server"]
 

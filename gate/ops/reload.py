@@ -25,8 +25,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from gate.config import Config, load_config
-from gate.errors import ConfigError, InputError
+from gate.config.loader import Config, load_config
+from gate.core.errors import ConfigError, InputError
 from gate.service import Gate
 
 __all__ = [

@@ -18,25 +18,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gate._reader import IDENT_RE, Reader, parse_duration_s
-from gate.errors import ConfigError, GateError
-from gate.model import TrafficClass, Verdict
-from gate.numbers import NumberType, parse_e164
-from gate.packs import load_pack, parse_caps, parse_lists, validate_references
-from gate.rules import CapRule, ListRule, Pack
+from gate.config._reader import IDENT_RE, Reader, parse_duration_s
+from gate.config.packs import load_pack, parse_caps, parse_lists, validate_references
+from gate.core.errors import ConfigError, GateError
+from gate.core.model import TrafficClass, Verdict
+from gate.core.numbers import NumberType, parse_e164
+from gate.core.policy import FailMode, Policy
+from gate.core.rules import ListRule, Pack
 
 __all__ = [
     "AgiConfig",
     "ApiConfig",
     "AriConfig",
     "AuditConfig",
-    "CapRule",
     "Config",
-    "FailMode",
     "HttpConfig",
-    "ListRule",
     "LoggingConfig",
-    "Policy",
     "RedisConfig",
     "default_config_path",
     "is_loopback",
@@ -48,43 +45,6 @@ SECRET_ENV = "CALLGATE_SECRET"
 CONFIG_ENV = "CALLGATE_CONFIG"
 ARI_PASSWORD_ENV = "CALLGATE_ARI_PASSWORD"
 API_TOKEN_ENV = "CALLGATE_API_TOKEN"
-
-
-@dataclass(frozen=True, slots=True)
-class FailMode:
-    """What to answer, per traffic class, when Redis is down or slower than the deadline."""
-
-    campaign: Verdict = Verdict.DEFER
-    manual: Verdict = Verdict.DEFER
-    retry_after_s: float = 60.0
-
-    def verdict_for(self, traffic_class: TrafficClass) -> Verdict:
-        return self.campaign if traffic_class is TrafficClass.CAMPAIGN else self.manual
-
-
-@dataclass(frozen=True, slots=True)
-class Policy:
-    """Everything the pure decision core needs, and nothing else."""
-
-    default_region: str = "FR"
-    lists: tuple[ListRule, ...] = ()
-    caps: tuple[CapRule, ...] = ()
-    blocked_types: Mapping[TrafficClass, frozenset[NumberType]] = field(default_factory=dict)
-    trunk_cps: Mapping[str, int] = field(default_factory=dict)
-    default_trunk_cps: int = 0
-    packs: tuple[Pack, ...] = ()
-    # Per tenant, the caller IDs (E.164) it may present; absent: no tenant restriction.
-    caller_ids: Mapping[str, frozenset[str]] = field(default_factory=dict)
-
-    def list_rule(self, name: str) -> ListRule | None:
-        """The list called ``name``, from the config or any enabled pack."""
-        for rule in (*self.lists, *(r for pack in self.packs for r in pack.lists)):
-            if rule.name == name:
-                return rule
-        return None
-
-    def cps_for(self, trunk: str) -> int:
-        return self.trunk_cps.get(trunk, self.default_trunk_cps) if trunk else 0
 
 
 @dataclass(frozen=True, slots=True)

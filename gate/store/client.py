@@ -23,8 +23,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from gate.engine import StoreCheck, StoreResult
-from gate.errors import StoreError, StoreTimeout, StoreUnavailable
+from gate.core.engine import StoreCheck, StoreResult
+from gate.core.errors import StoreError, StoreTimeout, StoreUnavailable
 
 __all__ = ["BATCH", "Store", "encode_checks", "load_script", "translate_error"]
 
@@ -37,7 +37,10 @@ _ADMIN_TIMEOUT_S = 60.0
 def load_script(name: str) -> str:
     """The text of a Lua script shipped in ``gate/lua/``."""
     return (
-        importlib.resources.files("gate").joinpath("lua").joinpath(name).read_text(encoding="utf-8")
+        importlib.resources.files("gate.store")
+        .joinpath("lua")
+        .joinpath(name)
+        .read_text(encoding="utf-8")
     )
 
 

@@ -15,11 +15,11 @@ import signal
 
 from prometheus_client import disable_created_metrics
 
-from gate.config import Config
-from gate.errors import InputError
-from gate.http import HttpServer
-from gate.metrics import AgiStats, Metrics, StasisStats
-from gate.reload import Reloader
+from gate.config.loader import Config
+from gate.core.errors import InputError
+from gate.ops.http import HttpServer
+from gate.ops.metrics import AgiStats, Metrics, StasisStats
+from gate.ops.reload import Reloader
 from gate.service import Gate
 
 __all__ = ["Operations"]
@@ -47,7 +47,7 @@ class Operations:
         metrics = Metrics()
         metrics.use_config(config, gate.version)
         metrics.doors.agi, metrics.doors.stasis = agi, stasis
-        gate.observer = metrics
+        gate.observers.append(metrics)
         reloader = None
         if config.path is not None:
             reloader = Reloader(
@@ -83,4 +83,4 @@ class Operations:
             self.http = None
         if self.reloader is not None:
             await self.reloader.close()
-        self.gate.observer = None
+        self.gate.observers.remove(self.metrics)

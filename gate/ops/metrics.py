@@ -43,11 +43,12 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 from prometheus_client.registry import Collector
 
 from gate import __version__
-from gate.config import Config, Policy
-from gate.errors import GateError, StoreError, StoreTimeout, StoreUnavailable
-from gate.model import Attempt, Decision
-from gate.numbers import NumberType
-from gate.service import Gate
+from gate.config.loader import Config
+from gate.core.errors import GateError, StoreError, StoreTimeout, StoreUnavailable
+from gate.core.numbers import NumberType
+from gate.core.policy import Policy
+from gate.lists.admin import ListAdmin
+from gate.service import Gate, Observed
 
 __all__ = [
     "CONTENT_TYPE",
@@ -268,18 +269,17 @@ class Metrics:
     def reload_result(self, ok: bool) -> None:
         self.reloads.labels("ok" if ok else "error").inc()
 
-    def decided(
-        self, decision: Decision, attempt: Attempt, door: str, process_s: float, store_s: float
-    ) -> None:
+    def decided(self, observed: Observed) -> None:
+        decision = observed.decision
         self.decisions.labels(
             decision.verdict.value,
             self.reasons(decision.reason),
-            door,
-            self.tenants(attempt.tenant),
+            observed.door,
+            self.tenants(observed.attempt.tenant),
         ).inc()
-        self.in_process_s.observe(process_s)
-        if store_s:
-            self.redis_s.observe(store_s)
+        self.in_process_s.observe(observed.timing.process_s)
+        if observed.timing.store_s:
+            self.redis_s.observe(observed.timing.store_s)
         if decision.reason == "store_unavailable":
             self.fail_mode.labels(decision.verdict.value).inc()
 
@@ -294,7 +294,7 @@ class Metrics:
 async def _list_values(gate: Gate) -> list[tuple[str, str, float, float | None]]:
     """(list, tenant, entries, age_s) of the global and per-tenant lists (bounded)."""
     config = gate.config
-    admin = gate.list_admin()
+    admin = ListAdmin.of(gate)
     policy = config.policy
     tenants = sorted(_tenants(config))
     rules = {r.name: r for r in (*policy.lists, *(r for p in policy.packs for r in p.lists))}

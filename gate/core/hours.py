@@ -17,9 +17,9 @@ from zoneinfo import ZoneInfo
 
 import holidays
 
-from gate.rules import HoursRule
+from gate.core.rules import HoursRule
 
-__all__ = ["HORIZON_DAYS", "is_holiday", "is_open", "next_open", "zone"]
+__all__ = ["HORIZON_DAYS", "is_holiday", "is_open", "local_day", "next_open", "zone"]
 
 HORIZON_DAYS = 21
 _MAX_ROUNDS = 64
@@ -34,6 +34,13 @@ def zone(name: str) -> ZoneInfo:
 def _calendar(country: str, subdivision: str | None, year: int) -> frozenset[date]:
     days = holidays.country_holidays(country, subdiv=subdivision, years=year)
     return frozenset(days.keys())
+
+
+def local_day(zones: Sequence[str], instant: datetime) -> date:
+    """The callee's local date at ``instant`` (first zone of the number; UTC if none).
+
+    Rules' ``valid_from``/``valid_to`` are judged on this day."""
+    return instant.astimezone(zone(zones[0])).date() if zones else instant.date()
 
 
 def is_holiday(rule: HoursRule, day: date) -> bool:

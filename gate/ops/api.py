@@ -34,9 +34,7 @@ from typing import Any
 
 from aiohttp import web
 
-from gate._openapi import openapi
-from gate._reader import IDENT_RE
-from gate.errors import (
+from gate.core.errors import (
     ConfigError,
     GateError,
     InputError,
@@ -44,8 +42,10 @@ from gate.errors import (
     ProtectedNumberError,
     StoreError,
 )
-from gate.model import Attempt, TrafficClass
-from gate.reload import Reloader
+from gate.core.model import IDENT_RE, Attempt, TrafficClass
+from gate.lists.admin import ListAdmin
+from gate.ops._openapi import openapi
+from gate.ops.reload import Reloader
 from gate.service import Evaluation, Gate
 
 __all__ = ["MAX_BATCH", "AdminApi", "RequestError", "decision_json", "error_middleware"]
@@ -316,7 +316,7 @@ class AdminApi:
         tenant = query.ident("tenant", self.gate.config.default_tenant)
         campaign = query.ident("campaign", "")
         query.done()
-        info: dict[str, Any] = dict(await self.gate.list_admin().info(name, tenant, campaign))
+        info: dict[str, Any] = dict(await ListAdmin.of(self.gate).info(name, tenant, campaign))
         refreshed = str(info.get("refreshed_at", ""))
         if refreshed.isdigit():
             info["refreshed_at"] = datetime.fromtimestamp(int(refreshed) / 1000, UTC).isoformat()
@@ -331,7 +331,7 @@ class AdminApi:
         tenant = fields.ident("tenant", self.gate.config.default_tenant)
         campaign = fields.ident("campaign", "")
         fields.done()
-        admin = self.gate.list_admin()
+        admin = ListAdmin.of(self.gate)
         if add:
             added = await admin.add(name, numbers, tenant, campaign)
             log.info("API: %d number(s) added to list %s for tenant %s", added, name, tenant)
@@ -359,7 +359,7 @@ class AdminApi:
             raise RequestError(404, f"list {name!r} is not in the config or its packs")
         if rule.kind != "consent":
             raise RequestError(400, f"list: {name!r} is not a consent list")
-        admin = self.gate.list_admin()
+        admin = ListAdmin.of(self.gate)
         added = await admin.add(name, numbers, tenant, campaign, now=granted, expires=expires)
         return web.json_response({"recorded": added, "updated": len(numbers) - added})
 
@@ -372,7 +372,7 @@ class AdminApi:
         fields.done()
         if self.gate.config.policy.list_rule(red_list) is None:
             raise RequestError(404, f"list {red_list!r} is not in the config or its packs")
-        added = await self.gate.list_admin().revoke(numbers, tenant, campaign, red_list)
+        added = await ListAdmin.of(self.gate).revoke(numbers, tenant, campaign, red_list)
         return web.json_response({"revoked": len(numbers), "red_listed": added})
 
     async def _event(self, request: web.Request) -> web.Response:
@@ -384,7 +384,7 @@ class AdminApi:
         tenant = fields.ident("tenant", self.gate.config.default_tenant)
         at = fields.when("at") or datetime.now(UTC)
         fields.done()
-        rules = await self.gate.list_admin().record_event(event, number, tenant, at)
+        rules = await ListAdmin.of(self.gate).record_event(event, number, tenant, at)
         if not rules:
             raise RequestError(
                 422,

@@ -27,11 +27,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from gate.ari import AriClient, AriError, AriNotFound
-from gate.config import AriConfig
-from gate.model import Decision, Verdict
-from gate.params import BadRequest, attempt_from_params, decision_fields, parse_pairs
+from gate.config.loader import AriConfig
+from gate.core.model import Decision, Verdict
+from gate.core.params import BadRequest, attempt_from_params, decision_fields, parse_pairs
 from gate.service import Gate
+from gate.stasis.ari import AriClient, AriError, AriNotFound
 
 __all__ = ["StasisChannel", "StasisGate", "decision_value", "parse_app_data", "parse_stasis_start"]
 
@@ -238,7 +238,7 @@ class StasisGate:
                 log.warning("Stasis channel %s: %s", channel.name, exc)
                 await self._apply_error(channel, exc.code)
                 return
-            decision = await self.gate.decide(attempt, door="stasis")
+            decision = await self.gate.decide(attempt, record=True, door="stasis")
             await self._apply(channel, decision)
         except AriNotFound:
             log.info("Stasis channel %s hung up before its decision was applied", channel.name)

@@ -15,7 +15,7 @@ import logging
 import sys
 from datetime import UTC, datetime
 
-from gate.config import LoggingConfig
+from gate.config.loader import LoggingConfig
 
 __all__ = ["JsonFormatter", "LogfmtFormatter", "configure_logging"]
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import aiohttp
 
-from gate.errors import GateError
+from gate.core.errors import GateError
 
 __all__ = ["AriClient", "AriError", "AriNotFound", "AriUnavailable", "wait_ready"]
 

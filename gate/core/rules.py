@@ -13,8 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import date
 
-from gate.model import TrafficClass
-from gate.numbers import NumberType
+from gate.core.model import TrafficClass
+from gate.core.numbers import NumberType
 
 __all__ = [
     "ALL_CLASSES",

@@ -18,10 +18,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from gate._reader import IDENT_RE, Reader, common_fields
-from gate.errors import ConfigError
-from gate.numbers import NumberType
-from gate.rules import (
+from gate.config._reader import IDENT_RE, Reader, common_fields
+from gate.core.errors import ConfigError
+from gate.core.numbers import NumberType
+from gate.core.rules import (
     CallerIdRule,
     CapRule,
     ConsentRule,

@@ -25,11 +25,11 @@ from typing import Any
 from aiohttp import web
 
 from gate import __version__
-from gate.api import AdminApi, error_middleware
-from gate.config import ApiConfig, HttpConfig, is_loopback
-from gate.errors import ConfigError, StoreError
-from gate.metrics import CONTENT_TYPE, Metrics, StasisStats, refresh_lists_until
-from gate.reload import Reloader
+from gate.config.loader import ApiConfig, HttpConfig, is_loopback
+from gate.core.errors import ConfigError, StoreError
+from gate.ops.api import AdminApi, error_middleware
+from gate.ops.metrics import CONTENT_TYPE, Metrics, StasisStats, refresh_lists_until
+from gate.ops.reload import Reloader
 from gate.service import Gate
 
 __all__ = ["HttpServer"]

@@ -34,9 +34,9 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from gate.errors import InputError
-from gate.keys import EntryChunk, Keyspace, ListEntry
-from gate.store import Store, load_script, translate_error
+from gate.core.errors import InputError
+from gate.core.keys import EntryChunk, Keyspace, ListEntry
+from gate.store.client import Store, load_script, translate_error
 
 __all__ = ["ListStore", "bits_for"]
 

@@ -32,12 +32,12 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from gate.config import AuditConfig, Policy
-from gate.engine import Plan, StoreResult
-from gate.keys import Keyspace
-from gate.model import Attempt, Decision
+from gate.config.loader import AuditConfig
+from gate.core.errors import StoreError
+from gate.core.evidence import FIELDS, audit_record
+from gate.service import Observed
 
-__all__ = ["FIELDS", "AuditLog", "audit_record", "follow", "read_range", "stream_key"]
+__all__ = ["FIELDS", "AuditLog", "follow", "read_range", "stream_key"]
 
 log = logging.getLogger("callgate.audit")
 
@@ -45,28 +45,6 @@ BATCH = 500
 FLUSH_S = 0.05
 QUEUE_MAX = 200_000
 TRIM_EVERY_S = 60.0
-FIELDS = (
-    "ts",
-    "verdict",
-    "reason",
-    "rule",
-    "door",
-    "tenant",
-    "campaign",
-    "trunk",
-    "class",
-    "number",
-    "caller_id",
-    "channel",
-    "config",
-    "packs",
-    "lists",
-    "counters",
-    "shadow",
-    "retry_after_s",
-    "latency_us",
-    "redis_us",
-)
 
 
 def stream_key(namespace: str) -> str:
@@ -91,6 +69,29 @@ class AuditLog:
     def start(self) -> None:
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="callgate-audit")
+
+    def decided(self, observed: Observed) -> None:
+        """A decision observer: keep the evidence of every recorded decision."""
+        if not observed.record:
+            return
+        active = observed.active
+        evaluation = observed.evaluation
+        self.append(
+            audit_record(
+                observed.attempt,
+                evaluation.decision,
+                evaluation.pending,
+                evaluation.result,
+                packs=active.config.policy.packs,
+                keyspace=active.keyspace,
+                config_version=active.version,
+                door=observed.door,
+                timing=observed.timing,
+            )
+        )
+
+    def store_failed(self, error: StoreError) -> None:
+        """Nothing to keep: the decision itself (fail mode) is kept by ``decided``."""
 
     def append(self, record: Mapping[str, str]) -> None:
         """Queue one record (never blocks, never raises)."""
@@ -213,60 +214,3 @@ async def follow(client: aioredis.Redis, namespace: str, after: str) -> list[dic
             record.update({k.decode(): v.decode() for k, v in fields.items()})
             records.append(record)
     return records
-
-
-def audit_record(
-    attempt: Attempt,
-    decision: Decision,
-    pending: Plan | Decision,
-    result: StoreResult | None,
-    policy: Policy,
-    keyspace: Keyspace,
-    config_version: str,
-    door: str,
-    process_s: float,
-    store_s: float,
-) -> dict[str, str]:
-    """The audit entry of one decision (pure: no I/O)."""
-    lists: dict[str, str] = {}
-    counters: list[str] = []
-    packs = ""
-    if isinstance(pending, Plan):
-        number = pending.check.number.token
-        by_id = {pack.id: pack for pack in policy.packs}
-        packs = ",".join(f"{p}@{by_id[p].version}" for p in pending.packs if p in by_id)
-        if result is not None:
-            for check, seen, version in zip(
-                pending.check.checks, result.results, result.versions, strict=False
-            ):
-                if version:
-                    lists[check.rule.removeprefix("list:")] = version
-                if check.kind == "L":
-                    counters.append(f"{check.rule}={seen}")
-    elif decision.e164.startswith("+"):
-        number = keyspace.token(decision.e164)
-    else:
-        number = decision.e164  # a short code (emergency, directory…) or "" if unreadable
-    retry = "" if decision.retry_after_s is None else f"{decision.retry_after_s:.3f}"
-    return {
-        "ts": str(int(attempt.now.timestamp() * 1000)),
-        "verdict": decision.verdict.value,
-        "reason": decision.reason,
-        "rule": decision.rule,
-        "door": door,
-        "tenant": attempt.tenant,
-        "campaign": attempt.campaign,
-        "trunk": attempt.trunk,
-        "class": attempt.traffic_class.value,
-        "number": number,
-        "caller_id": attempt.caller_id or "",
-        "channel": attempt.channel,
-        "config": config_version,
-        "packs": packs,
-        "lists": ",".join(f"{name}@{version}" for name, version in lists.items()),
-        "counters": ",".join(counters),
-        "shadow": ",".join(decision.shadow),
-        "retry_after_s": retry.rstrip("0").rstrip(".") if retry else "",
-        "latency_us": str(round((process_s + store_s) * 1e6)),
-        "redis_us": str(round(store_s * 1e6)),
-    }

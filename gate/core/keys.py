@@ -27,7 +27,7 @@ import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from gate.rules import CapRule, CooloffRule, ListRule
+from gate.core.rules import CapRule, CooloffRule, ListRule
 
 __all__ = ["EntryChunk", "Keyspace", "ListEntry", "NumberKeys", "bucket_key"]
 

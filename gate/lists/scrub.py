@@ -26,13 +26,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from itertools import chain, islice
 
-from gate.config import Config
-from gate.engine import Plan, Planner, conclude
-from gate.keys import Keyspace
-from gate.model import Attempt, Decision, TrafficClass
-from gate.params import seconds_text
+from gate.config.loader import Config
+from gate.core.engine import Plan, Planner, conclude
+from gate.core.keys import Keyspace
+from gate.core.model import Attempt, Decision, TrafficClass
+from gate.core.params import seconds_text
 from gate.service import Gate
-from gate.store import Store
+from gate.store.client import Store
 
 __all__ = ["BATCH", "PARALLEL_FROM", "WORKERS", "ScrubSummary", "scrub"]
 

@@ -11,12 +11,11 @@ from collections.abc import Mapping
 from datetime import date
 from typing import Any
 
-from gate.errors import ConfigError
-from gate.model import TrafficClass
+from gate.core.errors import ConfigError
+from gate.core.model import IDENT_RE, TrafficClass
 
 __all__ = ["IDENT_RE", "Reader", "parse_duration_s"]
 
-IDENT_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
 _UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0, None: 1.0}
 

@@ -33,9 +33,9 @@ from typing import IO, cast
 
 from phonenumbers import COUNTRY_CODE_TO_REGION_CODE
 
-from gate.errors import InputError, NumberError, ProtectedNumberError
-from gate.numbers import BadNumber, ShortCode, classify
-from gate.rules import ListRule
+from gate.core.errors import InputError, NumberError, ProtectedNumberError
+from gate.core.numbers import BadNumber, ShortCode, classify
+from gate.core.rules import ListRule
 
 __all__ = [
     "BATCH_LINES",

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import phonenumbers
 from phonenumbers import COUNTRY_CODE_TO_REGION_CODE, shortnumberinfo, timezone
 
-from gate.errors import NumberError
+from gate.core.errors import NumberError
 
 __all__ = [
     "BadNumber",

@@ -10,7 +10,8 @@ A decision is made in three steps, and only the middle one does I/O:
 2. The store runs ``plan.check`` in one atomic Lua call (``gate/lua/decide.lua``) and
    returns a ``StoreResult``.
 3. ``conclude(plan, result)`` turns that answer into the ``Decision``;
-   ``fail_closed(...)`` does it instead when the store could not answer.
+   ``fail_mode_decision(...)`` does it instead when the store could not answer (the
+   configured fail mode: DEFER or BLOCK, or ALLOW where an operator chose it).
 
 Order: emergency/short code → invalid number → number type/prefix → caller ID → (store)
 block lists → consent → [DEFERs: cool-off after refusal, stale list, frequency caps,
@@ -21,18 +22,19 @@ and reported in ``Decision.shadow`` but never decide.
 
 from __future__ import annotations
 
+import enum
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date
 from typing import TypeVar
 
-from gate.config import FailMode, Policy
-from gate.hours import next_open, zone
-from gate.keys import Keyspace, NumberKeys
-from gate.model import Attempt, Decision, TrafficClass, Verdict
-from gate.numbers import BadNumber, Destination, NumberType, ShortCode, classify
-from gate.rules import (
+from gate.core.hours import local_day, next_open
+from gate.core.keys import Keyspace, NumberKeys
+from gate.core.model import Attempt, Decision, TrafficClass, Verdict
+from gate.core.numbers import BadNumber, Destination, NumberType, ShortCode, classify
+from gate.core.policy import FailMode, Policy
+from gate.core.rules import (
     CallerIdRule,
     CapRule,
     ConsentRule,
@@ -49,6 +51,7 @@ __all__ = [
     "CPS_WINDOW_MS",
     "STALE_RETRY_S",
     "Check",
+    "CheckKind",
     "Plan",
     "Planner",
     "RuleOutcome",
@@ -56,7 +59,7 @@ __all__ = [
     "StoreResult",
     "conclude",
     "explain",
-    "fail_closed",
+    "fail_mode_decision",
     "plan",
     "window_text",
 ]
@@ -66,22 +69,51 @@ CPS_WINDOW_MS = 1000
 STALE_RETRY_S = 3600.0
 # No opening within the search horizon (e.g. a toll-free number spanning every US zone).
 NO_WINDOW_RETRY_S = 86400.0
-_BLOCKING = frozenset("BCM")
 _R = TypeVar(
     "_R", CapRule, HoursRule, ConsentRule, FreshnessRule, CooloffRule, CallerIdRule, DestinationRule
 )
 
 
+class CheckKind(enum.StrEnum):
+    """What one Redis check does; the value is its letter in decide.lua's arguments."""
+
+    ALLOW_LIST = "A"  # is the number on an allow list? (never decides; exempts)
+    CONSENT_HELD = "H"  # does a consent list hold it, unexpired? (never decides; exempts)
+    BLOCK_LIST = "B"  # BLOCK if on a block list
+    CONSENT_REQUIRED = "C"  # BLOCK unless a consent list holds it
+    PRESENCE_REQUIRED = "M"  # BLOCK unless an allow list (a scrubbed file) holds it
+    COOLOFF = "R"  # DEFER during a cool-off after a refusal or an abandoned call
+    FRESHNESS = "F"  # DEFER while a list is older than allowed
+    WINDOW = "W"  # DEFER outside the calling hours (computed in-process)
+    ATTEMPT_LOG = "L"  # DEFER when a rolling-window cap (or a trunk's CPS) is reached
+
+    @property
+    def blocks(self) -> bool:
+        """True if this kind refuses with BLOCK (the others DEFER or never decide)."""
+        return self in _BLOCKING
+
+    @property
+    def lookup(self) -> bool:
+        """True for the membership lookups that exempt other checks (A, H)."""
+        return self in (CheckKind.ALLOW_LIST, CheckKind.CONSENT_HELD)
+
+
+_BLOCKING = frozenset(
+    {CheckKind.BLOCK_LIST, CheckKind.CONSENT_REQUIRED, CheckKind.PRESENCE_REQUIRED}
+)
+
+
 @dataclass(frozen=True, slots=True)
 class Check:
-    """One Redis check of a decision (see the kinds in gate/lua/decide.lua)."""
+    """One Redis check of a decision (see the kinds in gate/store/lua/decide.lua)."""
 
-    kind: str  # A H B C M R F W L
+    kind: CheckKind
     rule: str  # e.g. "list:red", "cap:fr-4-per-30d", "hours:fr-d223-9"
     reason: str  # the reason code when it decides, e.g. "listed:red"
     key: str = ""
     params: tuple[int, ...] = ()
     exempt_by: tuple[int, ...] = ()  # 1-based indexes of A/H checks that exempt it
+    list_name: str = ""  # the list it looks up (evidence: which list versions were read)
     shadow: bool = False
     source: str = ""
     detail: str = ""
@@ -176,11 +208,6 @@ def _decided(
     return Decision(verdict=verdict, reason=reason, rule=rule, e164=e164, shadow=shadow)
 
 
-def _local_day(zones: Sequence[str], attempt: Attempt) -> date:
-    """The callee's local date (first zone of the number; UTC if it has none)."""
-    return attempt.now.astimezone(zone(zones[0])).date() if zones else attempt.now.date()
-
-
 def _static_number(attempt: Attempt, policy: Policy) -> Decision | Destination:
     """What the number is, and whether this class may dial such a number at all."""
     target = classify(attempt.dialled, policy.default_region)
@@ -188,7 +215,7 @@ def _static_number(attempt: Attempt, policy: Policy) -> Decision | Destination:
     if isinstance(target, ShortCode):
         if target.emergency:
             # An agent's emergency call is never delayed by the gate; a dialer's is refused
-            # (47 CFR 64.1200(a)(1); DOMAIN.md "Emergency and protected numbers").
+            # (47 CFR 64.1200(a)(1): no autodialed call to an emergency line).
             manual = attempt.traffic_class is TrafficClass.MANUAL
             verdict = Verdict.ALLOW if manual else Verdict.BLOCK
             return _decided(verdict, "emergency", "emergency", target.digits)
@@ -212,31 +239,82 @@ def _destination_rule(rule: DestinationRule, dest: Destination) -> str | None:
     return None
 
 
-def _caller_id_rule(rule: CallerIdRule, caller_id: str, region: str) -> str | None:
-    """Why ``caller_id`` may not be presented under ``rule``, or None."""
-    shown = caller_id.strip()
-    if not shown or shown.lower() in ("anonymous", "unknown", "restricted", "private"):
+_MASKED = frozenset({"", "anonymous", "unknown", "restricted", "private"})
+
+
+@dataclass(frozen=True, slots=True)
+class _CallerId:
+    """The presented caller ID, classified once per decision."""
+
+    masked: bool
+    number: Destination | None  # None: masked, or not a valid number
+
+    @classmethod
+    def of(cls, caller_id: str, region: str) -> _CallerId:
+        shown = caller_id.strip()
+        if shown.lower() in _MASKED:
+            return cls(True, None)
+        result = classify(shown, region)
+        return cls(False, result if isinstance(result, Destination) else None)
+
+
+def _caller_id_rule(rule: CallerIdRule, shown: _CallerId) -> str | None:
+    """Why the caller ID may not be presented under ``rule``, or None."""
+    if shown.masked:
         return "caller_id:masked" if rule.forbid_masked else None
-    result = classify(shown, region)
-    if not isinstance(result, Destination):
+    if shown.number is None:
         return "caller_id:invalid" if rule.require_valid else None
+    e164 = shown.number.e164
     if (
         rule.forbidden_prefixes
-        and result.e164.startswith(rule.forbidden_prefixes)
-        and not result.e164.startswith(rule.allowed_prefixes or ("\0",))
+        and e164.startswith(rule.forbidden_prefixes)
+        and not e164.startswith(rule.allowed_prefixes or ("\0",))
     ):
         return "caller_id:forbidden_range"
     return None
 
 
-def _tenant_caller_id(policy: Policy, tenant: str, caller_id: str) -> str | None:
-    authorised = policy.caller_ids.get(tenant)
-    if not authorised:
-        return None
-    shown = classify(caller_id, policy.default_region)
-    if isinstance(shown, Destination) and shown.e164 in authorised:
+def _tenant_caller_id(authorised: frozenset[str], shown: _CallerId) -> str | None:
+    if shown.number is not None and shown.number.e164 in authorised:
         return None
     return "caller_id:not_authorised"
+
+
+# (reason, or "" when the rule passes; rule id; shadow; source)
+_Refusal = tuple[str, str, bool, str]
+
+
+def _static_rules(
+    build: _Builder, policy: Policy, packs: Sequence[Pack], static: list[RuleOutcome]
+) -> list[_Refusal]:
+    """Destination and caller-ID rules in force, each with why it refuses (or "")."""
+    attempt, target = build.attempt, build.target
+    shown = (
+        None
+        if attempt.caller_id is None
+        else _CallerId.of(attempt.caller_id, policy.default_region)
+    )
+    refusals: list[_Refusal] = []
+    for pack in packs:
+        for dest_rule in build.live(pack.destinations):
+            why = _destination_rule(dest_rule, target)
+            refusals.append(
+                (why or "", f"number_types:{dest_rule.id}", dest_rule.shadow, dest_rule.source)
+            )
+        for caller_rule in build.live(pack.caller_ids):
+            rule_id = f"caller_id:{caller_rule.id}"
+            if shown is None:
+                static.append(
+                    RuleOutcome(rule_id, "not checked", "no caller ID given", caller_rule.source)
+                )
+                continue
+            why = _caller_id_rule(caller_rule, shown)
+            refusals.append((why or "", rule_id, caller_rule.shadow, caller_rule.source))
+    authorised = policy.caller_ids.get(attempt.tenant)
+    if authorised and shown is not None:
+        why = _tenant_caller_id(authorised, shown)
+        refusals.append((why or "", f"caller_id:tenant:{attempt.tenant}", False, "config"))
+    return refusals
 
 
 def plan(attempt: Attempt, policy: Policy, keyspace: Keyspace, record: bool) -> Plan | Decision:
@@ -249,35 +327,10 @@ def plan(attempt: Attempt, policy: Policy, keyspace: Keyspace, record: bool) -> 
     for pack in packs:
         for rule in pack.lists:
             lists.setdefault(rule.name, rule)
-    build = _Builder(keyspace, attempt, target, _local_day(target.time_zones, attempt), lists)
+    build = _Builder(keyspace, attempt, target, local_day(target.time_zones, attempt.now), lists)
     static: list[RuleOutcome] = []
     shadow: list[str] = []
-    refusals: list[tuple[str, str, bool, str]] = []  # (reason or "", rule, shadow, source)
-    for pack in packs:
-        for dest_rule in build.live(pack.destinations):
-            why = _destination_rule(dest_rule, target)
-            refusals.append(
-                (why or "", f"number_types:{dest_rule.id}", dest_rule.shadow, dest_rule.source)
-            )
-        for caller_rule in build.live(pack.caller_ids):
-            if attempt.caller_id is None:
-                static.append(
-                    RuleOutcome(
-                        f"caller_id:{caller_rule.id}",
-                        "not checked",
-                        "no caller ID given",
-                        caller_rule.source,
-                    )
-                )
-                continue
-            why = _caller_id_rule(caller_rule, attempt.caller_id, policy.default_region)
-            refusals.append(
-                (why or "", f"caller_id:{caller_rule.id}", caller_rule.shadow, caller_rule.source)
-            )
-    if policy.caller_ids.get(attempt.tenant) and attempt.caller_id is not None:
-        why = _tenant_caller_id(policy, attempt.tenant, attempt.caller_id)
-        refusals.append((why or "", f"caller_id:tenant:{attempt.tenant}", False, "config"))
-    for why, rule_id, is_shadow, source in refusals:
+    for why, rule_id, is_shadow, source in _static_rules(build, policy, packs, static):
         outcome = ("shadow " if is_shadow else "") + ("BLOCK" if why else "pass")
         static.append(RuleOutcome(rule_id, outcome, why or "ok", source))
         if why and is_shadow:
@@ -286,7 +339,14 @@ def plan(attempt: Attempt, policy: Policy, keyspace: Keyspace, record: bool) -> 
             return _decided(Verdict.BLOCK, why, rule_id, target.e164, tuple(shadow))
 
     _list_checks(build, packs)
-    _store_checks(build, policy, packs)
+    _consent_checks(build, packs)
+    _cooloff_checks(build, packs)
+    _freshness_checks(build, packs)
+    _cap_checks(build, policy, packs)
+    hours = [rule for pack in packs for rule in build.live(pack.hours)]
+    if hours:
+        _hours_check(build, hours)
+    _cps_check(build, policy)
     check = StoreCheck(
         now_ms=int(attempt.now.timestamp() * 1000),
         record=record,
@@ -339,7 +399,7 @@ class Planner:
         ending = ":" + model.check.number.token
         checks = tuple(
             replace(c, key=c.key[: -len(ending)] + ":" + number.token)
-            if c.kind in "RL" and c.key.endswith(ending)
+            if c.kind in (CheckKind.COOLOFF, CheckKind.ATTEMPT_LOG) and c.key.endswith(ending)
             else c
             for c in model.check.checks
         )
@@ -394,9 +454,16 @@ def _list_checks(build: _Builder, packs: Sequence[Pack]) -> None:
     for rule, key in keyed:
         if key is None or rule.kind == "block" or rule.name not in needed:
             continue
-        kind = "A" if rule.kind == "allow" else "H"
+        kind = CheckKind.ALLOW_LIST if rule.kind == "allow" else CheckKind.CONSENT_HELD
         build.membership[rule.name] = build.add(
-            Check(kind, f"list:{rule.name}", "", key, detail=f"{rule.kind}, {rule.scope}")
+            Check(
+                kind,
+                f"list:{rule.name}",
+                "",
+                key,
+                list_name=rule.name,
+                detail=f"{rule.kind}, {rule.scope}",
+            )
         )
     for rule, key in keyed:
         if key is None or rule.kind != "block":
@@ -404,19 +471,19 @@ def _list_checks(build: _Builder, packs: Sequence[Pack]) -> None:
         exempting = [other.name for other in build.lists.values() if rule.name in other.exempts]
         build.add(
             Check(
-                "B",
+                CheckKind.BLOCK_LIST,
                 f"list:{rule.name}",
                 f"listed:{rule.name}",
                 key,
+                list_name=rule.name,
                 exempt_by=build.exemptions(exempting),
                 detail=f"block, {rule.scope}",
             )
         )
 
 
-def _store_checks(build: _Builder, policy: Policy, packs: Sequence[Pack]) -> None:
-    """Consent, cool-off, freshness, caps, hours and CPS checks, in that order."""
-    attempt, keyspace, token = build.attempt, build.keyspace, build.token
+def _consent_checks(build: _Builder, packs: Sequence[Pack]) -> None:
+    """Consent rules in force: the number must be on a consent (or allow) list."""
     for pack in packs:
         for consent in build.live(pack.consents):
             key = build.list_key(consent.list)
@@ -425,44 +492,60 @@ def _store_checks(build: _Builder, policy: Policy, packs: Sequence[Pack]) -> Non
             unless = f" unless {', '.join(consent.exempt_lists)}" if consent.exempt_lists else ""
             # A consent list holds grants with expiry (HASH); an allow list (a scrubbed
             # file, e.g. Bloctel) only membership (SET).
-            kind = "M" if build.lists[consent.list].kind == "allow" else "C"
+            kind = (
+                CheckKind.PRESENCE_REQUIRED
+                if build.lists[consent.list].kind == "allow"
+                else CheckKind.CONSENT_REQUIRED
+            )
             build.add(
                 Check(
                     kind,
                     f"consent:{consent.id}",
                     f"no_consent:{consent.id}",
                     key,
+                    list_name=consent.list,
                     exempt_by=build.exemptions(consent.exempt_lists),
                     shadow=consent.shadow,
                     source=consent.source,
                     detail=f"needs {consent.list}{unless}",
                 )
             )
+
+
+def _cooloff_checks(build: _Builder, packs: Sequence[Pack]) -> None:
+    """Cool-offs in force after a refusal or an abandoned call."""
     for pack in packs:
         for cool in build.live(pack.cooloffs):
             build.add(
                 Check(
-                    "R",
+                    CheckKind.COOLOFF,
                     f"cooloff:{cool.id}",
                     f"{cool.event}:{cool.id}",
-                    keyspace.cooloff_key(cool, attempt.tenant, token),
+                    build.keyspace.cooloff_key(cool, build.attempt.tenant, build.token),
                     (int(cool.period_s * 1000),),
                     shadow=cool.shadow,
                     source=cool.source,
                     detail=f"{window_text(cool.period_s)} after a {cool.event}",
                 )
             )
+
+
+def _freshness_checks(build: _Builder, packs: Sequence[Pack]) -> None:
+    """Lists the law requires fresh (e.g. a scrubbed file at most 30 days old)."""
+    attempt = build.attempt
     for pack in packs:
         for fresh in build.live(pack.freshness):
             rule = build.lists.get(fresh.list)
             meta = (
-                None if rule is None else keyspace.meta_key(rule, attempt.tenant, attempt.campaign)
+                None
+                if rule is None
+                else build.keyspace.meta_key(rule, attempt.tenant, attempt.campaign)
             )
             if meta is None:
                 continue
             build.add(
                 Check(
-                    "F",
+                    CheckKind.FRESHNESS,
                     f"freshness:{fresh.id}",
                     f"stale_list:{fresh.list}",
                     meta,
@@ -473,16 +556,21 @@ def _store_checks(build: _Builder, policy: Policy, packs: Sequence[Pack]) -> Non
                     detail=f"{fresh.list} refreshed within {window_text(fresh.max_age_s)}",
                 )
             )
+
+
+def _cap_checks(build: _Builder, policy: Policy, packs: Sequence[Pack]) -> None:
+    """Frequency caps of the config and of the packs in force (exact rolling windows)."""
+    attempt = build.attempt
     caps = [cap for cap in policy.caps if attempt.traffic_class in cap.classes]
     for pack in packs:
         caps += build.live(pack.caps)
     for cap in caps:
-        key = keyspace.cap_key(cap, attempt.tenant, attempt.campaign, token)
+        key = build.keyspace.cap_key(cap, attempt.tenant, attempt.campaign, build.token)
         if key is None:
             continue
         build.add(
             Check(
-                "L",
+                CheckKind.ATTEMPT_LOG,
                 f"cap:{cap.id}",
                 f"cap:{cap.id}",
                 key,
@@ -492,17 +580,19 @@ def _store_checks(build: _Builder, policy: Policy, packs: Sequence[Pack]) -> Non
                 detail=f"{cap.limit} in {window_text(cap.window_s)}",
             )
         )
-    hours = [rule for pack in packs for rule in build.live(pack.hours)]
-    if hours:
-        _hours_check(build, hours)
-    cps = policy.cps_for(attempt.trunk)
+
+
+def _cps_check(build: _Builder, policy: Policy) -> None:
+    """The trunk's calls-per-second cap (a one-second attempt log)."""
+    trunk = build.attempt.trunk
+    cps = policy.cps_for(trunk)
     if cps:
         build.add(
             Check(
-                "L",
-                f"cps:{attempt.trunk}",
-                f"cps:{attempt.trunk}",
-                keyspace.cps_key(attempt.trunk),
+                CheckKind.ATTEMPT_LOG,
+                f"cps:{trunk}",
+                f"cps:{trunk}",
+                build.keyspace.cps_key(trunk),
                 (cps, CPS_WINDOW_MS),
                 detail=f"{cps} per second",
             )
@@ -526,10 +616,11 @@ def _hours_check(build: _Builder, rules: Sequence[HoursRule]) -> None:
                 if rule.consent_list not in build.membership:
                     build.membership[rule.consent_list] = build.add(
                         Check(
-                            "H",
+                            CheckKind.CONSENT_HELD,
                             f"list:{rule.consent_list}",
                             "",
                             key,
+                            list_name=rule.consent_list,
                             detail="consent to calls outside hours",
                         )
                     )
@@ -537,7 +628,7 @@ def _hours_check(build: _Builder, rules: Sequence[HoursRule]) -> None:
     decisive = closed or rules[0]
     build.add(
         Check(
-            "W",
+            CheckKind.WINDOW,
             f"hours:{decisive.id}",
             f"outside_hours:{decisive.id}",
             "",
@@ -567,17 +658,18 @@ def _shadowed(pending: Plan, result: StoreResult) -> tuple[str, ...]:
 def _would_decide(check: Check, seen: int, results: Sequence[int], exemptions: bool = True) -> bool:
     """True if ``check`` refuses the call on what it saw (ignoring shadow mode)."""
     exempted = exemptions and any(results[i - 1] == 1 for i in check.exempt_by)
-    if check.kind == "B":
+    kind = check.kind
+    if kind is CheckKind.BLOCK_LIST:
         return seen == 1 and not exempted
-    if check.kind in "CM":
+    if kind in (CheckKind.CONSENT_REQUIRED, CheckKind.PRESENCE_REQUIRED):
         return seen == 0 and not exempted
-    if check.kind == "R":
+    if kind is CheckKind.COOLOFF:
         return seen > 0
-    if check.kind == "F":
+    if kind is CheckKind.FRESHNESS:
         return (seen < 0 or seen > check.params[0]) and not exempted
-    if check.kind == "W":
+    if kind is CheckKind.WINDOW:
         return seen > 0 and not exempted
-    if check.kind == "L":
+    if kind is CheckKind.ATTEMPT_LOG:
         return seen >= check.params[0]
     return False
 
@@ -589,14 +681,14 @@ def conclude(pending: Plan, result: StoreResult) -> Decision:
     if result.decided == 0:
         return _decided(Verdict.ALLOW, "allowed", "", e164, shadow)
     check = pending.check.checks[result.decided - 1]
-    if check.kind in _BLOCKING:
+    if check.kind.blocks:
         return _decided(Verdict.BLOCK, check.reason, check.rule, e164, shadow)
     return Decision(
         Verdict.DEFER, check.reason, check.rule, e164, _retry_s(result.retry_after_ms), shadow
     )
 
 
-def fail_closed(attempt: Attempt, pending: Plan, fail_mode: FailMode) -> Decision:
+def fail_mode_decision(attempt: Attempt, pending: Plan, fail_mode: FailMode) -> Decision:
     """The configured answer when the store could not decide ``pending`` in time."""
     verdict = fail_mode.verdict_for(attempt.traffic_class)
     return Decision(
@@ -609,9 +701,9 @@ def fail_closed(attempt: Attempt, pending: Plan, fail_mode: FailMode) -> Decisio
 
 
 def _outcome(check: Check, seen: int, decided: bool, results: Sequence[int]) -> str:
-    if check.kind in "AH":
+    if check.kind.lookup:
         return "listed" if seen else "not listed"
-    verdict = "BLOCK" if check.kind in _BLOCKING else "DEFER"
+    verdict = "BLOCK" if check.kind.blocks else "DEFER"
     if decided:
         return verdict
     if _would_decide(check, seen, results):
@@ -623,13 +715,13 @@ def _outcome(check: Check, seen: int, decided: bool, results: Sequence[int]) -> 
 
 
 def _seen_text(check: Check, seen: int) -> str:
-    if check.kind == "L":
+    if check.kind is CheckKind.ATTEMPT_LOG:
         return f"{seen} of {check.params[0]} in window"
-    if check.kind == "R":
+    if check.kind is CheckKind.COOLOFF:
         return f"{window_text(seen / 1000)} left" if seen > 0 else "none"
-    if check.kind == "F":
+    if check.kind is CheckKind.FRESHNESS:
         return "never refreshed" if seen < 0 else f"refreshed {window_text(seen / 1000)} ago"
-    if check.kind == "W":
+    if check.kind is CheckKind.WINDOW:
         return f"opens in {window_text(seen / 1000)}" if seen > 0 else "open now"
     return ""
 

@@ -17,18 +17,19 @@ from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from gate.config import Policy
-from gate.errors import InputError, NumberError
-from gate.hours import zone
-from gate.importing import Batch, Digest, Rejected, Skipped, batches_of, validate_entry
-from gate.keys import Keyspace, NumberKeys
-from gate.liststore import ListStore
-from gate.model import TrafficClass
-from gate.numbers import Destination, classify
-from gate.rules import ListRule, in_force
-from gate.store import Store
+from gate.core.errors import InputError, NumberError
+from gate.core.hours import local_day
+from gate.core.keys import Keyspace, NumberKeys
+from gate.core.model import TrafficClass
+from gate.core.numbers import Destination, classify
+from gate.core.policy import Policy
+from gate.core.rules import ListRule, in_force
+from gate.lists.formats import Batch, Digest, Rejected, Skipped, batches_of, validate_entry
+from gate.service import Gate
+from gate.store.client import Store
+from gate.store.lists import ListStore
 
-__all__ = ["ImportSummary", "ListAdmin", "Rejected", "consent_value"]
+__all__ = ["ImportSummary", "ListAdmin", "consent_value"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +46,12 @@ class ListAdmin:
     def __init__(self, policy: Policy, keyspace: Keyspace, store: Store) -> None:
         self.policy, self.keyspace, self.store = policy, keyspace, store
         self.lists = ListStore(store, keyspace)
+
+    @classmethod
+    def of(cls, gate: Gate) -> ListAdmin:
+        """List operations under the gate's configuration in force (it may be reloaded)."""
+        active = gate.active
+        return cls(active.config.policy, active.keyspace, gate.store)
 
     def rule(self, name: str) -> ListRule:
         rule = self.policy.list_rule(name)
@@ -275,8 +282,7 @@ class ListAdmin:
         target = classify(number, self.policy.default_region)
         if not isinstance(target, Destination):
             raise NumberError(f"number {number!r}: not a callable number")
-        zones = target.time_zones
-        day = at.astimezone(zone(zones[0])).date() if zones else at.date()
+        day = local_day(target.time_zones, at)
         started: list[str] = []
         for pack in self.policy.packs:
             if target.region not in pack.regions:

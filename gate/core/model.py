@@ -23,10 +23,14 @@ dialplans, dashboards and audits may match on:
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass
 from datetime import datetime
 
-__all__ = ["Attempt", "Decision", "TrafficClass", "Verdict"]
+__all__ = ["IDENT_RE", "Attempt", "Decision", "TrafficClass", "Verdict"]
+
+# Tenants, campaigns, trunks, lists and rule ids: 1-64 of A-Z a-z 0-9 _ . -
+IDENT_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
 class Verdict(enum.StrEnum):

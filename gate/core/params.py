@@ -15,9 +15,8 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime
 from urllib.parse import unquote
 
-from gate._reader import IDENT_RE
-from gate.errors import InputError
-from gate.model import Attempt, Decision, TrafficClass
+from gate.core.errors import InputError
+from gate.core.model import IDENT_RE, Attempt, Decision, TrafficClass
 
 __all__ = [
     "BadRequest",

@@ -1,0 +1,107 @@
+"""The evidence of a decision: the audit record, built from what the decision saw.
+
+``audit_record`` is pure: the attempt, the decision, the plan and the store's answer (if
+the decision reached the store), the rule packs and the config version in force, the door
+and the timings in; one flat ``str → str`` record out (``FIELDS``), as the audit stream
+keeps it. The number is its keyed token (``NumberKeys.token``: the plan's own, never
+hashed again), or the short code's digits, or "" for an unreadable string.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gate.core.engine import CheckKind, Plan, StoreResult
+from gate.core.keys import Keyspace
+from gate.core.model import Attempt, Decision
+from gate.core.rules import Pack
+
+__all__ = ["FIELDS", "Timing", "audit_record"]
+
+FIELDS = (
+    "ts",
+    "verdict",
+    "reason",
+    "rule",
+    "door",
+    "tenant",
+    "campaign",
+    "trunk",
+    "class",
+    "number",
+    "caller_id",
+    "channel",
+    "config",
+    "packs",
+    "lists",
+    "counters",
+    "shadow",
+    "retry_after_s",
+    "latency_us",
+    "redis_us",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Timing:
+    """Where a decision's time went: in-process (``process_s``) and in Redis (``store_s``)."""
+
+    process_s: float = 0.0
+    store_s: float = 0.0
+
+
+def audit_record(
+    attempt: Attempt,
+    decision: Decision,
+    pending: Plan | Decision,
+    result: StoreResult | None,
+    *,
+    packs: tuple[Pack, ...],
+    keyspace: Keyspace,
+    config_version: str,
+    door: str,
+    timing: Timing,
+) -> dict[str, str]:
+    """The audit entry of one decision (pure: no I/O)."""
+    lists: dict[str, str] = {}
+    counters: list[str] = []
+    consulted = ""
+    if isinstance(pending, Plan):
+        number = pending.check.number.token
+        by_id = {pack.id: pack for pack in packs}
+        consulted = ",".join(f"{p}@{by_id[p].version}" for p in pending.packs if p in by_id)
+        if result is not None:
+            for check, seen, version in zip(
+                pending.check.checks, result.results, result.versions, strict=False
+            ):
+                if version and check.list_name:
+                    lists[check.list_name] = version
+                if check.kind is CheckKind.ATTEMPT_LOG:
+                    counters.append(f"{check.rule}={seen}")
+    elif decision.e164.startswith("+"):
+        number = keyspace.token(decision.e164)
+    else:
+        number = decision.e164  # a short code (emergency, directory…) or "" if unreadable
+    retry = "" if decision.retry_after_s is None else f"{decision.retry_after_s:.3f}"
+    return {
+        "ts": str(int(attempt.now.timestamp() * 1000)),
+        "verdict": decision.verdict.value,
+        "reason": decision.reason,
+        "rule": decision.rule,
+        "door": door,
+        "tenant": attempt.tenant,
+        "campaign": attempt.campaign,
+        "trunk": attempt.trunk,
+        "class": attempt.traffic_class.value,
+        "number": number,
+        "caller_id": attempt.caller_id or "",
+        "channel": attempt.channel,
+        "config": config_version,
+        "packs": consulted,
+        "lists": ",".join(f"{name}@{version}" for name, version in lists.items()),
+        "counters": ",".join(counters),
+        "shadow": ",".join(decision.shadow),
+        "retry_after_s": retry.rstrip("0").rstrip(".") if retry else "",
+        "latency_us": str(round((timing.process_s + timing.store_s) * 1e6)),
+        "redis_us": str(round(timing.store_s * 1e6)),
+    }

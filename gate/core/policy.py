@@ -1,0 +1,54 @@
+"""The policy: everything the pure decision core needs from the configuration, and nothing else.
+
+``Policy`` (lists, caps, packs, number types, trunk CPS caps, tenants' caller IDs) and
+``FailMode`` (what to answer when the store cannot) are built by ``gate.config`` from the
+TOML file; the core only reads them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from gate.core.model import TrafficClass, Verdict
+from gate.core.numbers import NumberType
+from gate.core.rules import CapRule, ListRule, Pack
+
+__all__ = ["FailMode", "Policy"]
+
+
+@dataclass(frozen=True, slots=True)
+class FailMode:
+    """What to answer, per traffic class, when Redis is down or slower than the deadline."""
+
+    campaign: Verdict = Verdict.DEFER
+    manual: Verdict = Verdict.DEFER
+    retry_after_s: float = 60.0
+
+    def verdict_for(self, traffic_class: TrafficClass) -> Verdict:
+        return self.campaign if traffic_class is TrafficClass.CAMPAIGN else self.manual
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """Everything the pure decision core needs, and nothing else."""
+
+    default_region: str = "FR"
+    lists: tuple[ListRule, ...] = ()
+    caps: tuple[CapRule, ...] = ()
+    blocked_types: Mapping[TrafficClass, frozenset[NumberType]] = field(default_factory=dict)
+    trunk_cps: Mapping[str, int] = field(default_factory=dict)
+    default_trunk_cps: int = 0
+    packs: tuple[Pack, ...] = ()
+    # Per tenant, the caller IDs (E.164) it may present; absent: no tenant restriction.
+    caller_ids: Mapping[str, frozenset[str]] = field(default_factory=dict)
+
+    def list_rule(self, name: str) -> ListRule | None:
+        """The list called ``name``, from the config or any enabled pack."""
+        for rule in (*self.lists, *(r for pack in self.packs for r in pack.lists)):
+            if rule.name == name:
+                return rule
+        return None
+
+    def cps_for(self, trunk: str) -> int:
+        return self.trunk_cps.get(trunk, self.default_trunk_cps) if trunk else 0
