@@ -19,7 +19,7 @@ import sys
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, NoReturn
+from typing import IO, NoReturn, TypeAlias
 
 from redis.exceptions import RedisError
 
@@ -66,6 +66,10 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"callgate: error: {message} (see callgate --help)\n")
 
 
+# The subcommands of one parser (argparse has no public name for this type).
+Commands: TypeAlias = "argparse._SubParsersAction[_Parser]"
+
+
 def _ident(value: str) -> str:
     if not IDENT_RE.match(value):
         raise argparse.ArgumentTypeError(f"{value!r} must be 1-64 of A-Z a-z 0-9 _ . -")
@@ -93,10 +97,29 @@ def _build_parser() -> _Parser:
     parser.add_argument("--version", action="version", version=f"callgate {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug details")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for add in (
+        _run_parsers,
+        _check_parser,
+        _list_parsers,
+        _consent_parsers,
+        _event_parsers,
+        _scrub_parser,
+        _audit_parsers,
+        _config_parsers,
+    ):
+        add(commands)
+    return parser
 
-    commands.add_parser("run", help="serve FastAGI (and later ARI) until SIGTERM/SIGINT")
+
+def _run_parsers(commands: Commands) -> None:
+    commands.add_parser(
+        "run",
+        help="serve the doors (FastAGI; Stasis with [ari]) and HTTP until SIGTERM/SIGINT",
+    )
     commands.add_parser("reload", help="make the running gate re-read its config and packs")
 
+
+def _check_parser(commands: Commands) -> None:
     check = commands.add_parser("check", help="decide one call, as the gate would")
     check.add_argument("number")
     _scope_args(check)
@@ -118,6 +141,8 @@ def _build_parser() -> _Parser:
     check.add_argument("--json", action="store_true", help="print one JSON object")
     check.add_argument("--explain", action="store_true", help="show each rule and its outcome")
 
+
+def _list_parsers(commands: Commands) -> None:
     lists = commands.add_parser("list", help="manage block and allow lists")
     actions = lists.add_subparsers(dest="action", required=True, parser_class=_Parser)
     for name in ("add", "remove"):
@@ -161,6 +186,8 @@ def _build_parser() -> _Parser:
     info.add_argument("list")
     _scope_args(info)
 
+
+def _consent_parsers(commands: Commands) -> None:
     consent = commands.add_parser("consent", help="record or revoke consents")
     consent_actions = consent.add_subparsers(dest="action", required=True, parser_class=_Parser)
     grant = consent_actions.add_parser(
@@ -180,6 +207,8 @@ def _build_parser() -> _Parser:
     revoke.add_argument("--red-list", default="red")
     _scope_args(revoke)
 
+
+def _event_parsers(commands: Commands) -> None:
     for event, text in (
         ("refusal", "the callee refused during a call: start the cool-off"),
         ("abandoned", "an abandoned call: start its cool-off"),
@@ -189,6 +218,8 @@ def _build_parser() -> _Parser:
         sub.add_argument("--at", type=_when, help="when it happened (default now)")
         _scope_args(sub)
 
+
+def _scrub_parser(commands: Commands) -> None:
     scrub = commands.add_parser("scrub", help="what the gate would do with each lead of a file")
     scrub.add_argument("file", type=Path, help="leads: CSV/TSV/semicolon, plain, gzip or zip")
     scrub.add_argument(
@@ -213,6 +244,8 @@ def _build_parser() -> _Parser:
     scrub.add_argument("--at", type=_when, help="decide as of this ISO-8601 time (default now)")
     _scope_args(scrub)
 
+
+def _audit_parsers(commands: Commands) -> None:
     audit = commands.add_parser("audit", help="the audit trail of decisions")
     audit_actions = audit.add_subparsers(dest="action", required=True, parser_class=_Parser)
     tail = audit_actions.add_parser("tail", help="the latest decisions (newest last)")
@@ -227,10 +260,11 @@ def _build_parser() -> _Parser:
     why.add_argument("number")
     why.add_argument("--since", type=_when)
 
+
+def _config_parsers(commands: Commands) -> None:
     config = commands.add_parser("config", help="configuration")
     config_actions = config.add_subparsers(dest="action", required=True, parser_class=_Parser)
     config_actions.add_parser("check", help="validate the config file and say what it enables")
-    return parser
 
 
 def _scope_args(parser: argparse.ArgumentParser) -> None:

@@ -321,99 +321,128 @@ def _secret(reader: Reader, base: Path, hash_numbers: bool) -> bytes | None:
     return None
 
 
-def parse_config(data: Mapping[str, Any], origin: str, base: Path) -> Config:
-    """Validate an already-parsed TOML document (``base``: where relative paths start)."""
-    root = Reader(data, "", origin)
-    gate = root.table("gate")
-    region = str(gate.get("default_region", str, "FR")).upper()
-    if len(region) != 2 or not region.isalpha():
-        raise gate.fail(
-            "default_region", f"expected a two-letter region code like FR, got {region!r}"
-        )
-    default_tenant = gate.ident("default_tenant", "default")
-    pack_names = [str(n) for n in gate.get("packs", list, [])]
-    packs_dir = base / str(gate.get("packs_dir", str, "packs"))
-    gate.done()
-
-    redis = root.table("redis")
-    url = redis.get("url", str, None)
+def _redis(reader: Reader, base: Path) -> RedisConfig:
+    url = reader.get("url", str, None)
     if url is not None and not url.startswith(("redis://", "rediss://", "unix://")):
-        raise redis.fail("url", f"expected redis://, rediss:// or unix://, got {url!r}")
-    redis_config = RedisConfig(
+        raise reader.fail("url", f"expected redis://, rediss:// or unix://, got {url!r}")
+    config = RedisConfig(
         url=url or None,
-        data_dir=base / str(redis.get("data_dir", str, "var/redis")),
-        namespace=redis.ident("namespace", "callgate"),
-        deadline_s=redis.duration("deadline", "50ms"),
+        data_dir=base / str(reader.get("data_dir", str, "var/redis")),
+        namespace=reader.ident("namespace", "callgate"),
+        deadline_s=reader.duration("deadline", "50ms"),
     )
-    redis.done()
+    reader.done()
+    return config
 
-    agi = root.table("agi")
-    port = agi.get("port", int, 4573)
+
+def _agi(reader: Reader) -> AgiConfig:
+    port = reader.get("port", int, 4573)
     if not 0 <= port <= 65535:
-        raise agi.fail("port", f"must be 0-65535, got {port}")
-    agi_config = AgiConfig(
-        host=str(agi.get("host", str, "127.0.0.1")),
+        raise reader.fail("port", f"must be 0-65535, got {port}")
+    config = AgiConfig(
+        host=str(reader.get("host", str, "127.0.0.1")),
         port=port,
-        header_timeout_s=agi.duration("header_timeout", "2s"),
+        header_timeout_s=reader.duration("header_timeout", "2s"),
     )
-    agi.done()
+    reader.done()
+    return config
 
-    fail = root.table("fail_mode")
-    fail_mode = FailMode(
-        campaign=_verdict(fail, "campaign", Verdict.DEFER),
-        manual=_verdict(fail, "manual", Verdict.DEFER),
-        retry_after_s=fail.duration("retry_after", "60s"),
+
+def _fail_mode(reader: Reader) -> FailMode:
+    config = FailMode(
+        campaign=_verdict(reader, "campaign", Verdict.DEFER),
+        manual=_verdict(reader, "manual", Verdict.DEFER),
+        retry_after_s=reader.duration("retry_after", "60s"),
     )
-    fail.done()
+    reader.done()
+    return config
 
-    ari_config = _ari(root.table("ari")) if "ari" in data else None
-    http_config = _http(root.table("http"))
-    api_config = _api(root.table("api"), http_config)
-    logging_config = _logging(root.table("logging"))
-    audit = root.table("audit")
-    max_len = audit.get("max_len", int, 5_000_000)
+
+def _audit(reader: Reader) -> AuditConfig:
+    max_len = reader.get("max_len", int, 5_000_000)
     if max_len < 1000:
-        raise audit.fail("max_len", f"keep at least 1000 records, got {max_len}")
-    audit_config = AuditConfig(
-        enabled=bool(audit.get("enabled", bool, True)),
-        max_age_s=audit.duration("max_age", "90d"),
+        raise reader.fail("max_len", f"keep at least 1000 records, got {max_len}")
+    config = AuditConfig(
+        enabled=bool(reader.get("enabled", bool, True)),
+        max_age_s=reader.duration("max_age", "90d"),
         max_len=max_len,
     )
-    audit.done()
+    reader.done()
+    return config
 
-    privacy = root.table("privacy")
-    hash_numbers = bool(privacy.get("hash_numbers", bool, True))
-    secret = _secret(privacy, base, hash_numbers)
 
+@dataclass(frozen=True, slots=True)
+class _GateSection:
+    region: str
+    default_tenant: str
+    pack_names: tuple[str, ...]
+    packs_dir: Path
+
+
+def _gate(reader: Reader, base: Path) -> _GateSection:
+    region = str(reader.get("default_region", str, "FR")).upper()
+    if len(region) != 2 or not region.isalpha():
+        raise reader.fail(
+            "default_region", f"expected a two-letter region code like FR, got {region!r}"
+        )
+    section = _GateSection(
+        region=region,
+        default_tenant=reader.ident("default_tenant", "default"),
+        pack_names=tuple(str(n) for n in reader.get("packs", list, [])),
+        packs_dir=base / str(reader.get("packs_dir", str, "packs")),
+    )
+    reader.done()
+    return section
+
+
+def _policy(root: Reader, gate: _GateSection, origin: str) -> Policy:
     trunk_cps, default_cps = _trunks(root.table("trunks"))
     lists = parse_lists(root)
-    packs = tuple(load_pack(name, packs_dir) for name in pack_names)
+    packs = tuple(load_pack(name, gate.packs_dir) for name in gate.pack_names)
     _check_lists(lists, packs, origin)
-    policy = Policy(
-        default_region=region,
+    return Policy(
+        default_region=gate.region,
         lists=lists,
         caps=parse_caps(root),
         packs=packs,
-        caller_ids=_tenants(root.table("tenants"), region),
+        caller_ids=_tenants(root.table("tenants"), gate.region),
         blocked_types=_number_types(root.table("number_types")),
         trunk_cps=trunk_cps,
         default_trunk_cps=default_cps,
     )
+
+
+def parse_config(data: Mapping[str, Any], origin: str, base: Path) -> Config:
+    """Validate an already-parsed TOML document (``base``: where relative paths start)."""
+    root = Reader(data, "", origin)
+    gate = _gate(root.table("gate"), base)
+    redis = _redis(root.table("redis"), base)
+    agi = _agi(root.table("agi"))
+    fail_mode = _fail_mode(root.table("fail_mode"))
+    ari = _ari(root.table("ari")) if "ari" in data else None
+    http = _http(root.table("http"))
+    api = _api(root.table("api"), http)
+    logging = _logging(root.table("logging"))
+    audit = _audit(root.table("audit"))
+    privacy = root.table("privacy")
+    hash_numbers = bool(privacy.get("hash_numbers", bool, True))
+    secret = _secret(privacy, base, hash_numbers)
+    policy = _policy(root, gate, origin)
     root.done()
     return Config(
         path=None,
         policy=policy,
-        redis=redis_config,
-        agi=agi_config,
+        redis=redis,
+        agi=agi,
         fail_mode=fail_mode,
-        default_tenant=default_tenant,
+        default_tenant=gate.default_tenant,
         hash_numbers=hash_numbers,
         secret=secret,
-        ari=ari_config,
-        http=http_config,
-        api=api_config,
-        logging=logging_config,
-        audit=audit_config,
+        ari=ari,
+        http=http,
+        api=api,
+        logging=logging,
+        audit=audit,
     )
 
 

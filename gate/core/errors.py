@@ -7,10 +7,15 @@ errors of redis-py, aiohttp and panoramisk at the boundary with ``raise ... from
     ├── ConfigError                the TOML file or a value in it is wrong (names the key)
     ├── InputError                 a user-supplied value is wrong (CLI argument, import line)
     │   ├── NumberError            a dialled string is not a usable number
-    │   └── ProtectedNumberError   an emergency/protected number may not go on a block list
-    └── StoreError                 Redis could not answer
-        ├── StoreUnavailable       connection refused/reset, or no server
-        └── StoreTimeout           the answer did not come within the deadline
+    │   ├── ProtectedNumberError   an emergency/protected number may not go on a block list
+    │   └── BadRequest             a door's request names an unknown route or parameter, or
+    │                              carries a malformed value (gate.core.params; has ``code``)
+    ├── StoreError                 Redis could not answer
+    │   ├── StoreUnavailable       connection refused/reset, or no server
+    │   └── StoreTimeout           the answer did not come within the deadline
+    └── AriError                   Asterisk's REST interface refused or failed a request
+        ├── AriUnavailable         Asterisk could not be reached (gate.stasis.ari)
+        └── AriNotFound            the channel is gone (the caller hung up)
 
 ``str(error)`` is always one line meant for a human: what input, what is wrong, what to do.
 """

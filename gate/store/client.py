@@ -74,8 +74,11 @@ class Store:
 
     @property
     def admin_client(self) -> aioredis.Redis:
-        """A second pool for list administration: long timeout, never a blind retry
-        (REDIS.md: a re-sent slow command failed after the first one had succeeded)."""
+        """A second pool for list administration: long timeout, never a blind retry.
+
+        redis-py's default (a 5 s socket timeout, then one retry) re-sent a slow RENAME of
+        a big list, which then failed "no such key" after the first one had succeeded
+        (measured on a 10 M-member list): admin commands are not idempotent."""
         if self._admin_client is None:
             self._admin_client = aioredis.Redis.from_url(
                 self.url,

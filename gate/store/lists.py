@@ -15,9 +15,11 @@ Guarantees:
   list untouched; its partial buckets are removed by the next replacement, which holds a
   per-list lock (a lease, so a killed importer does not block the next one forever).
 - Old versions are removed with SCAN + UNLINK in small batches (no long Redis stall;
-  REDIS.md: a RENAME over a 10 M-member SET froze Redis 11 s).
+  measured here: a RENAME over a live 10 M-member SET froze Redis 11 s, as the old value
+  is freed synchronously, unless ``lazyfree-lazy-server-del yes``).
 - This module's connection has a long timeout and never retries a command blindly
-  (REDIS.md: a re-sent slow command failed after the first had succeeded).
+  (redis-py's default timeout plus retry re-sent a slow RENAME, which then failed after
+  the first had succeeded).
 - A replacement is written in bounded memory: entries are grouped per bucket over at most
   ``_FLUSH_MAX`` entries, then sent as one pre-built request of SADDs (each small, so
   decisions interleave) on an admin connection, while the next group is being read.

@@ -5,8 +5,6 @@ headers and a blank line, then answers every command the server sends with
 ``200 result=1`` (or whatever the test scripts) until the server closes the connection.
 """
 
-# House style (STYLE.md, Tests) writes `expected == actual`; ruff's SIM300 calls that Yoda.
-
 from __future__ import annotations
 
 import asyncio

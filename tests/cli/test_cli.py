@@ -5,8 +5,6 @@ Most tests call ``gate.cli.main(argv)`` in-process with the sample config
 ``python -m gate.cli`` as a subprocess to see the real exit status and stderr.
 """
 
-# House style (STYLE.md, Tests) writes `expected == actual`; ruff's SIM300 calls that Yoda.
-
 from __future__ import annotations
 
 import csv

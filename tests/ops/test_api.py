@@ -1,7 +1,5 @@
 """The admin API over real HTTP (gate/api.py), against the real Redis."""
 
-# House style (STYLE.md, Tests) writes `expected == actual`; ruff's SIM300 calls that Yoda.
-
 from __future__ import annotations
 
 from collections.abc import AsyncIterator

@@ -1,7 +1,5 @@
 """Metrics and health over real HTTP (gate/metrics.py, gate/http.py), on the real Redis."""
 
-# House style (STYLE.md, Tests) writes `expected == actual`; ruff's SIM300 calls that Yoda.
-
 from __future__ import annotations
 
 import asyncio

@@ -1,7 +1,5 @@
 """Hot reload (gate/reload.py): validated first, swapped whole between decisions."""
 
-# House style (STYLE.md, Tests) writes `expected == actual`; ruff's SIM300 calls that Yoda.
-
 from __future__ import annotations
 
 import asyncio

@@ -1,7 +1,5 @@
 """`callgate run` as a process: its HTTP listener, SIGHUP and `callgate reload`."""
 
-# House style (STYLE.md, Tests) writes `expected == actual`; ruff's SIM300 calls that Yoda.
-
 from __future__ import annotations
 
 import json

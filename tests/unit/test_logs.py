@@ -1,7 +1,5 @@
 """Log formats (gate/logs.py): one record per line, fields a shipper can parse."""
 
-# House style (STYLE.md, Tests) writes `expected == actual`; ruff's SIM300 calls that Yoda.
-
 from __future__ import annotations
 
 import json
