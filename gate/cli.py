@@ -25,7 +25,7 @@ from redis.exceptions import RedisError
 
 from gate import __version__
 from gate.config.loader import Config, LoggingConfig, default_config_path, load_config
-from gate.core.engine import window_text
+from gate.core.engine import record_time_error, window_text
 from gate.core.errors import GateError, InputError, StoreError
 from gate.core.model import IDENT_RE, Attempt, TrafficClass
 from gate.core.numbers import Destination, ShortCode, classify
@@ -304,9 +304,12 @@ def _print_evaluation(evaluation: Evaluation, as_json: bool, explain: bool) -> N
 
 
 async def _check(config: Config, args: argparse.Namespace) -> int:
+    clock = datetime.now(UTC)
+    if args.record and args.at is not None and (why := record_time_error(args.at, clock)):
+        raise InputError(f"--at with --record: {why}")
     attempt = Attempt(
         dialled=args.number,
-        now=args.at or datetime.now(UTC),
+        now=args.at or clock,
         tenant=args.tenant or config.default_tenant,
         campaign=args.campaign or "",
         trunk=args.trunk or "",

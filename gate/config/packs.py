@@ -70,10 +70,17 @@ def parse_caps(root: Reader) -> tuple[CapRule, ...]:
         limit = reader.get("limit", int, None)
         if limit is None or limit < 1:
             raise reader.fail("limit", f"must be a whole number of attempts >= 1, got {limit!r}")
+        window_s = reader.duration("window", None)
+        if window_s < 1:
+            # Attempt logs expire with their window in whole milliseconds, and a cap over
+            # less than a second is a CPS cap: that is [trunks].
+            raise reader.fail(
+                "window", f"must be at least 1s, got {window_s:g}s (per-second caps: [trunks])"
+            )
         rules.append(
             CapRule(
                 limit=int(limit),
-                window_s=reader.duration("window", None),
+                window_s=window_s,
                 scope=reader.choice("scope", ("global", "tenant", "campaign"), "tenant"),
                 **common_fields(reader),
             )

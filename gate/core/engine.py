@@ -26,7 +26,7 @@ import enum
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from datetime import date
+from datetime import date, datetime
 from typing import TypeVar
 
 from gate.core.hours import local_day, next_open
@@ -49,6 +49,7 @@ from gate.core.rules import (
 
 __all__ = [
     "CPS_WINDOW_MS",
+    "RECORD_SKEW_S",
     "STALE_RETRY_S",
     "Check",
     "CheckKind",
@@ -61,10 +62,15 @@ __all__ = [
     "explain",
     "fail_mode_decision",
     "plan",
+    "record_time_error",
     "window_text",
 ]
 
 CPS_WINDOW_MS = 1000
+# A recorded attempt happens now: its time may differ from the gate's clock by at most
+# this much (clocks of several hosts, a request in transit). Anything else is refused:
+# an attempt dated in the past or the future would make the attempt logs lie.
+RECORD_SKEW_S = 5.0
 # A stale list cannot say when it will be refreshed: retry in an hour.
 STALE_RETRY_S = 3600.0
 # No opening within the search horizon (e.g. a toll-free number spanning every US zone).
@@ -638,6 +644,20 @@ def _hours_check(build: _Builder, rules: Sequence[HoursRule]) -> None:
             source=decisive.source,
             detail=f"local time in {', '.join(zones)}",
         )
+    )
+
+
+def record_time_error(at: datetime, clock: datetime) -> str | None:
+    """Why an attempt at ``at`` may not be recorded when the clock says ``clock`` (or None).
+
+    A recorded attempt is a call leaving now; ``at`` may differ from ``clock`` by at most
+    ``RECORD_SKEW_S``. Evaluating at any other time stays possible without recording.
+    """
+    if abs((at - clock).total_seconds()) <= RECORD_SKEW_S:
+        return None
+    return (
+        f"a recorded attempt happens now (within {RECORD_SKEW_S:g} s of the gate's clock), "
+        f"not at {at.isoformat()}; evaluate other times without recording"
     )
 
 

@@ -34,6 +34,7 @@ from typing import Any
 
 from aiohttp import web
 
+from gate.core.engine import record_time_error
 from gate.core.errors import (
     ConfigError,
     GateError,
@@ -262,8 +263,11 @@ class AdminApi:
 
     async def _check(self, request: web.Request) -> web.Response:
         fields = await Fields.of(request)
-        attempt = self._attempt(fields, fields.required("number"), datetime.now(UTC))
+        clock = datetime.now(UTC)
+        attempt = self._attempt(fields, fields.required("number"), clock)
         record, explain = fields.flag("record"), fields.flag("explain")
+        if record and (why := record_time_error(attempt.now, clock)):
+            raise RequestError(400, f"at: {why}")
         fields.done()
         version = self.gate.version
         evaluation = await self.gate.evaluate(attempt, record=record, door="api")

@@ -20,6 +20,7 @@ import tempfile
 import time
 import zipfile
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -193,11 +194,33 @@ def test_check_without_record_does_not_count(cli: Run) -> None:
 
 
 def test_check_at_a_given_time(cli: Run) -> None:
-    """``--at`` decides as of that time: four attempts 31 days ago no longer count."""
+    """``--at`` decides as of that time: four attempts now no longer count in 31 days."""
     for _ in range(4):
-        check_json(cli, NUMBER, "--record", "--at", "2026-01-01T10:00+01:00")
-    assert "DEFER" == check_json(cli, NUMBER, "--at", "2026-01-02T10:00+01:00")["verdict"]
-    assert "ALLOW" == check_json(cli, NUMBER, "--at", "2026-02-01T10:00+01:00")["verdict"]
+        check_json(cli, NUMBER, "--record")
+    later = (datetime.now(UTC) + timedelta(days=31)).isoformat()
+    assert "DEFER" == check_json(cli, NUMBER)["verdict"]
+    assert "ALLOW" == check_json(cli, NUMBER, "--at", later)["verdict"]
+
+
+@pytest.mark.parametrize("offset", [timedelta(days=63), timedelta(days=-3), timedelta(seconds=9)])
+def test_a_recorded_check_at_another_time_is_refused_and_counts_nothing(
+    cli: Run, offset: timedelta
+) -> None:
+    """``--record --at`` more than 5 s from now: exit 2 with one line; the four real
+    attempts already counted stay counted (the fifth is still DEFER)."""
+    for _ in range(4):
+        check_json(cli, NUMBER, "--record")
+    at = (datetime.now(UTC) + offset).isoformat()
+    status, out, err = cli("check", NUMBER, "--record", "--at", at)
+    assert (2, "", 1) == (status, out, len(err.splitlines()))
+    assert err.startswith("callgate: error: --at with --record: a recorded attempt happens now")
+    assert ("DEFER", "cap:fr-4-per-30d") == tuple(check_json(cli, NUMBER).values())[:2]
+
+
+def test_a_recorded_check_at_now_is_accepted(cli: Run) -> None:
+    """``--record --at`` within the skew of now records like ``--record``."""
+    at = (datetime.now(UTC) + timedelta(seconds=1)).isoformat()
+    assert "ALLOW" == check_json(cli, NUMBER, "--record", "--at", at)["verdict"]
 
 
 def test_explain_lists_every_rule(cli: Run) -> None:
@@ -363,6 +386,18 @@ def test_invalid_config_value_is_exit_2_naming_the_key(tmp_path: Path, redis_url
     done = run_subprocess(tmp_path, "--config", str(path), "config", "check")
     assert (2, 1) == (done.returncode, len(done.stderr.splitlines()))
     assert done.stderr.startswith(f"callgate: error: {path}: caps[0].limit: ")
+
+
+def test_a_cap_window_under_a_second_is_refused_by_config_check(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """``window = "0.4ms"`` (would expire attempt logs at once) exits 2 naming caps[0].window."""
+    path = tmp_path / "callgate.toml"
+    text = sample_config(redis_url).replace('window = "30d"', 'window = "0.4ms"')
+    path.write_text(text, encoding="utf-8")
+    done = run_subprocess(tmp_path, "--config", str(path), "config", "check")
+    assert (2, 1) == (done.returncode, len(done.stderr.splitlines()))
+    assert done.stderr.startswith(f"callgate: error: {path}: caps[0].window: must be at least 1s")
 
 
 def test_missing_secret_is_exit_2_naming_the_key(tmp_path: Path, redis_url: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -56,6 +57,21 @@ async def test_check_evaluates_without_recording_unless_asked(served: Served) ->
     ]
     assert ["ALLOW"] * 5 == [body["verdict"] for _, body in plain]
     assert ["allowed"] * 4 + ["cap:fr-4-per-30d"] == [body["reason"] for _, body in recorded]
+
+
+@pytest.mark.parametrize("offset", [timedelta(days=63), timedelta(days=-31), timedelta(seconds=-9)])
+async def test_a_recorded_check_at_another_time_is_400_and_counts_nothing(
+    served: Served, offset: timedelta
+) -> None:
+    """``record`` with an ``at`` more than 5 s from now: 400 naming ``at``; the four real
+    attempts already counted stay counted."""
+    for _ in range(4):
+        await served.post("/v1/check", {"number": UNLISTED, "record": True})
+    at = (datetime.now(UTC) + offset).isoformat()
+    status, body = await served.post("/v1/check", {"number": UNLISTED, "record": True, "at": at})
+    _, after = await served.post("/v1/check", {"number": UNLISTED})
+    assert (400, True) == (status, body["error"].startswith("at: a recorded attempt happens now"))
+    assert "cap:fr-4-per-30d" == after["reason"]
 
 
 async def test_check_answers_the_decision_with_its_explanation(served: Served) -> None:

@@ -185,6 +185,53 @@ async def test_trunk_cps_cap(gate: Gate) -> None:
     assert Verdict.ALLOW == later.verdict
 
 
+async def test_an_attempt_dated_in_the_future_erases_no_real_attempt(gate: Gate) -> None:
+    """Four real attempts, then one recorded 63 days ahead (the library does not refuse it):
+    the four still count, so a check now is DEFER cap (it used to be ALLOW)."""
+    now = datetime.now(UTC)
+    for _ in range(4):
+        await gate.decide(attempt(at=now), record=True, door="cli")
+    await gate.decide(attempt(at=now + timedelta(days=63)), record=True, door="cli")
+    decision = await gate.decide(attempt(at=now + timedelta(seconds=1)), record=False, door="cli")
+    assert (Verdict.DEFER, "cap:fr-4-per-30d") == (decision.verdict, decision.reason)
+
+
+async def test_attempts_recorded_out_of_order_are_kept_in_time_order(redis_url: str) -> None:
+    """Cap 2 per minute: attempts at t and t - 2 s (a gate whose clock runs behind); at
+    t + 10 s the wait is until the OLDER one leaves: 48 s."""
+    gate = Gate(
+        make_config({"caps": [{"id": "m", "limit": 2, "window": "1m"}]}), Store(redis_url, 1.0)
+    )
+    t = datetime.now(UTC)
+    try:
+        await gate.decide(attempt(at=t), record=True, door="cli")
+        await gate.decide(attempt(at=t - timedelta(seconds=2)), record=True, door="cli")
+        decision = await gate.decide(attempt(at=t + timedelta(seconds=10)), record=True, door="cli")
+    finally:
+        await gate.store.close()
+    assert ("cap:m", 48.0) == (decision.reason, decision.retry_after_s)
+
+
+async def test_a_shadow_cap_stops_growing_at_its_limit(
+    redis_url: str, sync_redis: redis.Redis
+) -> None:
+    """A shadow cap of 2 never decides, and after 6 allowed attempts its log holds 2 entries."""
+    config = make_config({"caps": [{"id": "s", "limit": 2, "window": "1d", "shadow": True}]})
+    gate = Gate(config, Store(redis_url, 1.0))
+    now = datetime.now(UTC)
+    try:
+        decisions = [
+            await gate.decide(attempt(at=now + timedelta(milliseconds=i)), record=True, door="cli")
+            for i in range(6)
+        ]
+    finally:
+        await gate.store.close()
+    (key,) = [k for k in sync_redis.keys("*") if b":cap:s:" in k]
+    assert [Verdict.ALLOW] * 6 == [d.verdict for d in decisions]
+    assert [(), (), ("cap:s",), ("cap:s",)] == [d.shadow for d in decisions[:4]]
+    assert 2 * 8 == sync_redis.strlen(key)
+
+
 async def test_two_hundred_concurrent_attempts_allow_exactly_the_cap(gate: Gate) -> None:
     """200 concurrent recorded attempts on one number with a cap of 4: exactly 4 ALLOW."""
     now = datetime.now(UTC)
@@ -198,8 +245,8 @@ async def test_two_hundred_concurrent_attempts_allow_exactly_the_cap(gate: Gate)
 async def test_counter_memory_is_bounded_and_expires(gate: Gate, sync_redis: redis.Redis) -> None:
     """After 50 attempts the log holds at most 4 entries (32 bytes) and expires with its window."""
     now = datetime.now(UTC)
-    for i in range(50):
-        await gate.decide(attempt(at=now + timedelta(days=i)), record=True, door="cli")
+    for i in range(50):  # one a day, the last one now
+        await gate.decide(attempt(at=now - timedelta(days=49 - i)), record=True, door="cli")
     (key,) = sync_redis.keys("{callgate}:cap:*")
     value = sync_redis.get(key)
     ttl_ms = sync_redis.pttl(key)

@@ -51,6 +51,8 @@ def test_secret_file_is_created_once_and_reused(tmp_path: Path) -> None:
         ({"caps": [{"id": "c", "limit": -1, "window": "1d"}]}, "caps[0].limit"),
         ({"caps": [{"id": "c", "limit": 4, "window": "soon"}]}, "caps[0].window"),
         ({"caps": [{"id": "c", "limit": 4}]}, "caps[0].window"),
+        ({"caps": [{"id": "c", "limit": 4, "window": "0.4ms"}]}, "caps[0].window: must be at"),
+        ({"caps": [{"id": "c", "limit": 4, "window": "999ms"}]}, "caps[0].window: must be at"),
         ({"caps": [{"id": "a b", "limit": 4, "window": "1d"}]}, "caps[0].id"),
         ({"caps": [{"id": "c", "limit": 4, "window": "1d", "classes": ["robot"]}]}, "classes"),
         ({"lists": [{"name": "red", "kind": "maybe"}]}, "lists[0].kind"),

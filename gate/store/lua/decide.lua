@@ -46,10 +46,13 @@
 -- allowed); results[i] = what check i saw: 0/1 for A H B C M (1 = member / valid consent),
 -- ms left or 0 for R, age ms or -1 (never refreshed) for F, retry_ms for W, entries inside
 -- the window for L.
--- Writes only when nothing decided and record is "1": appends now_ms to every attempt
--- log, drops entries that left their window and sets each log to expire with its window.
--- A log is appended to only while it holds fewer than `limit` live entries, so it never
--- holds more than `limit` (32 bytes for a cap of 4).
+-- Writes only when nothing decided and record is "1": inserts now_ms, in time order, into
+-- every attempt log that holds fewer than `limit` live entries (a shadow cap at its limit
+-- stops growing), and sets each log to expire when its newest entry leaves the window.
+-- A real attempt is never dropped whatever now_ms is sent: entries are removed only once
+-- they left the window by the clock of the attempt AND by Redis's own clock (TIME), so an
+-- attempt dated in the future erases nothing; entries "from the future" (a gate whose
+-- clock runs ahead, within the callers' documented skew) are kept and counted.
 
 local now, record, token, member, bucket32
 
@@ -84,20 +87,61 @@ local function consent_valid(key)
   return 0
 end
 
--- Entries of a packed attempt log still inside (now - window, now], oldest first.
-local function live_entries(key, window)
+-- A packed attempt log: every entry (oldest first) and how many are live, i.e. after
+-- now - window (entries later than now included: they are real attempts too).
+local function read_log(key, window)
   local raw = redis.call("GET", key)
-  local kept = {}
+  local entries, live = {}, 0
   if not raw then
-    return kept
+    return entries, live
   end
   for offset = 1, #raw - 7, 8 do
     local t = struct.unpack(">d", raw, offset)
+    entries[#entries + 1] = t
     if t > now - window then
-      kept[#kept + 1] = t
+      live = live + 1
+    end
+  end
+  return entries, live
+end
+
+-- The live entries of a log, oldest first (entries are kept in time order).
+local function live_tail(entries, window)
+  local kept = {}
+  for j = 1, #entries do
+    if entries[j] > now - window then
+      kept[#kept + 1] = entries[j]
     end
   end
   return kept
+end
+
+-- Writes the log back with now inserted in time order. Entries are dropped only when
+-- they left the window by both clocks (the attempt's and Redis's), so a wrong now_ms
+-- never erases a real attempt; the log expires when its newest entry leaves the window.
+local function append_log(key, entries, window)
+  local clock = redis.call("TIME")
+  local server_ms = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+  local horizon = math.min(now, server_ms) - window
+  local parts, newest, placed = {}, now, false
+  for j = 1, #entries do
+    local t = entries[j]
+    if not placed and t > now then
+      parts[#parts + 1] = struct.pack(">d", now)
+      placed = true
+    end
+    if t > horizon then
+      parts[#parts + 1] = struct.pack(">d", t)
+      if t > newest then
+        newest = t
+      end
+    end
+  end
+  if not placed then
+    parts[#parts + 1] = struct.pack(">d", now)
+  end
+  local ttl = math.max(window, newest + window - server_ms)
+  redis.call("SET", key, table.concat(parts), "PX", math.ceil(ttl))
 end
 
 local function decide(base)
@@ -154,11 +198,12 @@ local function decide(base)
       wait = results[i]
     elseif kind == "L" then
       local limit, window = tonumber(c[4]), tonumber(c[5])
-      local entries = live_entries(KEYS[tonumber(c[3])], window)
+      local entries, live = read_log(KEYS[tonumber(c[3])], window)
       logs[i] = entries
-      results[i] = #entries
-      if #entries >= limit then
-        decides, wait = true, entries[#entries - limit + 1] + window - now
+      results[i] = live
+      if live >= limit then
+        local kept = live_tail(entries, window)
+        decides, wait = true, kept[live - limit + 1] + window - now
       end
     else
       error("decide.lua: unknown check kind " .. tostring(kind))
@@ -182,14 +227,8 @@ local function decide(base)
   end
   if record then
     for i, c in ipairs(checks) do
-      if c[1] == "L" then
-        local window = tonumber(c[5])
-        local parts = {}
-        for j = 1, #logs[i] do
-          parts[j] = struct.pack(">d", logs[i][j])
-        end
-        parts[#parts + 1] = struct.pack(">d", now)
-        redis.call("SET", KEYS[tonumber(c[3])], table.concat(parts), "PX", window)
+      if c[1] == "L" and results[i] < tonumber(c[4]) then
+        append_log(KEYS[tonumber(c[3])], logs[i], tonumber(c[5]))
       end
     end
   end
