@@ -22,7 +22,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from gate.config.loader import Config
@@ -36,7 +36,7 @@ from gate.core.engine import (
     plan,
 )
 from gate.core.errors import StoreError
-from gate.core.evidence import Timing
+from gate.core.evidence import Timing, evidence_for
 from gate.core.keys import Keyspace
 from gate.core.model import Attempt, Decision
 from gate.store.client import Store
@@ -84,10 +84,37 @@ class Observed:
     def decision(self) -> Decision:
         return self.evaluation.decision
 
+    @property
+    def evidence_stored(self) -> bool:
+        """True when the decision script wrote the audit entry itself (a recorded
+        decision that Redis answered); the others are left to the audit writer."""
+        evaluation = self.evaluation
+        return (
+            evaluation.result is not None
+            and isinstance(evaluation.pending, Plan)
+            and evaluation.pending.check.evidence is not None
+        )
+
 
 def _activate(config: Config, version: str) -> Active:
     secret = config.secret if config.hash_numbers else None
     return Active(config, Keyspace(config.redis.namespace, secret), version)
+
+
+def _with_evidence(pending: Plan, active: Active, door: str, process_s: float) -> Plan:
+    """``pending`` with its audit entry, for the decision script to write atomically."""
+    config = active.config
+    evidence = evidence_for(
+        pending.attempt,
+        pending,
+        packs=config.policy.packs,
+        config_version=active.version,
+        door=door,
+        process_s=process_s,
+        stream=active.keyspace.audit_key(),
+        max_age_s=config.audit.max_age_s,
+    )
+    return replace(pending, check=replace(pending.check, evidence=evidence))
 
 
 class DecisionObserver(Protocol):
@@ -142,6 +169,8 @@ class Gate:
         if isinstance(pending, Decision):
             decision = pending
         else:
+            if record and active.config.audit.enabled:
+                pending = _with_evidence(pending, active, door, time.perf_counter() - started)
             store_started = time.perf_counter()
             result = await self._run(pending)
             store_s = time.perf_counter() - store_started

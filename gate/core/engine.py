@@ -53,6 +53,7 @@ __all__ = [
     "STALE_RETRY_S",
     "Check",
     "CheckKind",
+    "Evidence",
     "Plan",
     "Planner",
     "RuleOutcome",
@@ -126,6 +127,17 @@ class Check:
 
 
 @dataclass(frozen=True, slots=True)
+class Evidence:
+    """The audit entry of a recorded decision, for the script to complete and append in
+    the same atomic call that counts the attempt (gate/core/evidence.py builds it)."""
+
+    known: tuple[tuple[str, str], ...]  # the fields known in-process, (name, value)
+    shadow: tuple[str, ...]  # shadow reasons of the static rules (the script adds its own)
+    stream: str  # the audit stream's key
+    min_id_ms: int  # entries older than this (stream time) are trimmed on append
+
+
+@dataclass(frozen=True, slots=True)
 class StoreCheck:
     """Everything the Lua script must look up and count for one decision."""
 
@@ -133,6 +145,7 @@ class StoreCheck:
     record: bool
     number: NumberKeys
     checks: tuple[Check, ...]
+    evidence: Evidence | None = None  # recorded decisions whose evidence the script writes
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,9 +1,17 @@
 """The evidence of a decision: the audit record, built from what the decision saw.
 
-``audit_record`` is pure: the attempt, the decision, the plan and the store's answer (if
-the decision reached the store), the rule packs and the config version in force, the door
-and the timings in; one flat ``str → str`` record out (``FIELDS``), as the audit stream
-keeps it. The number is its keyed token (``NumberKeys.token``: the plan's own, never
+Two ways, one record (``FIELDS``):
+- ``evidence_for`` (a recorded decision that needs the store): the fields known before the
+  store call (``Evidence``); decide.lua completes them with what the decision saw
+  (verdict, reason, rule, lists, counters, shadow, retry) and appends the entry to the
+  audit stream in the same atomic call that counts the attempt, so the evidence and the
+  counters are one fact. ``latency_us`` is then the in-process time
+  before the call and ``redis_us`` is empty (the decision's Redis time is only known
+  after the entry is written; it is in ``callgate_decision_redis_seconds``).
+- ``audit_record`` (a decision that never reached Redis: emergency, invalid number,
+  number type, fail mode): the whole record, written by the in-memory writer.
+
+Both are pure. The number is its keyed token (``NumberKeys.token``: the plan's own, never
 hashed again), or the short code's digits, or "" for an unreadable string.
 """
 
@@ -11,12 +19,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gate.core.engine import CheckKind, Plan, StoreResult
+from gate.core.engine import CheckKind, Evidence, Plan, StoreResult
 from gate.core.keys import Keyspace
 from gate.core.model import Attempt, Decision
 from gate.core.rules import Pack
 
-__all__ = ["FIELDS", "Timing", "audit_record"]
+__all__ = ["FIELDS", "Timing", "audit_record", "evidence_for"]
 
 FIELDS = (
     "ts",
@@ -68,8 +76,7 @@ def audit_record(
     consulted = ""
     if isinstance(pending, Plan):
         number = pending.check.number.token
-        by_id = {pack.id: pack for pack in packs}
-        consulted = ",".join(f"{p}@{by_id[p].version}" for p in pending.packs if p in by_id)
+        consulted = _packs_consulted(pending, packs)
         if result is not None:
             for check, seen, version in zip(
                 pending.check.checks, result.results, result.versions, strict=False
@@ -105,3 +112,43 @@ def audit_record(
         "latency_us": str(round((timing.process_s + timing.store_s) * 1e6)),
         "redis_us": str(round(timing.store_s * 1e6)),
     }
+
+
+def _packs_consulted(pending: Plan, packs: tuple[Pack, ...]) -> str:
+    by_id = {pack.id: pack for pack in packs}
+    return ",".join(f"{p}@{by_id[p].version}" for p in pending.packs if p in by_id)
+
+
+def evidence_for(
+    attempt: Attempt,
+    pending: Plan,
+    *,
+    packs: tuple[Pack, ...],
+    config_version: str,
+    door: str,
+    process_s: float,
+    stream: str,
+    max_age_s: float,
+) -> Evidence:
+    """What the decision script needs to write the audit entry of ``pending`` itself."""
+    known = {
+        "ts": str(pending.check.now_ms),
+        "door": door,
+        "tenant": attempt.tenant,
+        "campaign": attempt.campaign,
+        "trunk": attempt.trunk,
+        "class": attempt.traffic_class.value,
+        "number": pending.check.number.token,
+        "caller_id": attempt.caller_id or "",
+        "channel": attempt.channel,
+        "config": config_version,
+        "packs": _packs_consulted(pending, packs),
+        "latency_us": str(round(process_s * 1e6)),
+        "redis_us": "",
+    }
+    return Evidence(
+        known=tuple(known.items()),
+        shadow=pending.shadow,
+        stream=stream,
+        min_id_ms=pending.check.now_ms - int(max_age_s * 1000),
+    )

@@ -154,6 +154,10 @@ class Keyspace:
         base = f"{self._prefix}cool:{rule.id}"
         return f"{base}:{token}" if rule.scope == "global" else f"{base}:t:{tenant}:{token}"
 
+    def audit_key(self) -> str:
+        """The audit stream (gate/ops/audit.py)."""
+        return f"{self._prefix}audit"
+
     def cps_key(self, trunk: str) -> str:
         """The one-second attempt log of a trunk."""
         return f"{self._prefix}cps:{trunk}"

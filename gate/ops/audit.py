@@ -4,14 +4,18 @@ Each decision of a door (FastAGI, Stasis, API with recording, ``check --record``
 one entry of a Redis Stream ``{<namespace>}:audit``: time, verdict, reason, rule, door,
 tenant, campaign, trunk, traffic class, the number (its keyed hash unless numbers are
 stored plain), caller ID, channel, the config version, the rule packs and the list
-versions consulted, the counters seen, the shadow reasons, and the decision's latency
-(in-process and Redis time).
+versions consulted, the counters seen, the shadow reasons, and the decision's latency.
 
 Guarantees:
-- Appending never adds a round trip to a decision: ``AuditLog.append`` only queues the
-  record; a background writer sends queued records in pipelined batches (every
-  ``FLUSH_S`` or ``BATCH`` records), trimming the stream by length (``MAXLEN ~``) and,
-  once a minute, by age (``XTRIM MINID ~``).
+- A recorded decision that Redis answers is written by the decision script itself, in the
+  same atomic call that counts it (gate/core/evidence.py, decide.lua): no evidence waits in
+  memory, and an entry exists exactly when the counters moved. Such an entry is one field
+  ``e`` holding the record as JSON; the readers here return both kinds alike.
+- ``AuditLog`` keeps only the others (emergency, invalid number, number type, fail mode):
+  appending never adds a round trip: ``AuditLog.append`` only queues the record; a
+  background writer sends queued records in pipelined batches (every ``FLUSH_S`` or
+  ``BATCH`` records), trimming the stream by length (``MAXLEN ~``) and, once a minute,
+  by age and length (``XTRIM MINID ~``, ``XTRIM MAXLEN ~``).
 - Nothing is lost silently: while Redis is unreachable records wait in memory (at most
   ``QUEUE_MAX``); past that the oldest are dropped and the count is logged once per
   incident and kept in ``dropped``. ``close()`` flushes what is queued.
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections import deque
@@ -71,8 +76,9 @@ class AuditLog:
             self._task = asyncio.create_task(self._run(), name="callgate-audit")
 
     def decided(self, observed: Observed) -> None:
-        """A decision observer: keep the evidence of every recorded decision."""
-        if not observed.record:
+        """A decision observer: keep the evidence of every recorded decision that the
+        decision script did not write itself (emergency, invalid, number type, fail mode)."""
+        if not observed.record or observed.evidence_stored:
             return
         active = observed.active
         evaluation = observed.evaluation
@@ -160,6 +166,8 @@ class AuditLog:
         cutoff_ms = int((now - self.settings.max_age_s) * 1000)
         with contextlib.suppress(RedisError, OSError):
             await self._client.xtrim(self.key, minid=f"{cutoff_ms}-0", approximate=True)
+            # Entries written by the decision script are trimmed by age only.
+            await self._client.xtrim(self.key, maxlen=self.settings.max_len, approximate=True)
 
 
 def _stream_id(when: datetime | None, default: str) -> str:
@@ -191,9 +199,7 @@ async def read_range(
         if not batch:
             return
         for entry_id, fields in batch:
-            record: dict[str, Any] = {"id": entry_id.decode()}
-            record.update({k.decode(): v.decode() for k, v in fields.items()})
-            yield record
+            yield _record(entry_id, fields)
             given += 1
         last = batch[-1][0].decode()
         if len(batch) < count:
@@ -210,7 +216,18 @@ async def follow(client: aioredis.Redis, namespace: str, after: str) -> list[dic
     records = []
     for _key, entries in reply or []:
         for entry_id, fields in entries:
-            record = {"id": entry_id.decode()}
-            record.update({k.decode(): v.decode() for k, v in fields.items()})
-            records.append(record)
+            records.append(_record(entry_id, fields))
     return records
+
+
+def _record(entry_id: bytes, fields: Mapping[bytes, bytes]) -> dict[str, str]:
+    """One stream entry as a record: its ``id``, then its fields (decoded from JSON when
+    the decision script wrote it)."""
+    record = {"id": entry_id.decode()}
+    stored = fields.get(b"e")
+    if stored is not None and len(fields) == 1:
+        values = json.loads(stored)
+        record.update({name: str(values.get(name, "")) for name in FIELDS})
+    else:
+        record.update({k.decode(): v.decode() for k, v in fields.items()})
+    return record

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.resources
+import json
 from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any
 
@@ -252,6 +253,20 @@ def encode_checks(*decisions: StoreCheck) -> tuple[list[str], list[str | int]]:
             if item.exempt_by:
                 fields.append(",".join(str(i) for i in item.exempt_by))
             args.append("|".join(fields))
+        evidence = check.evidence if check.record else None
+        if evidence is None:
+            args.append("")
+            continue
+        if evidence.stream not in index:
+            keys.append(evidence.stream)
+            index[evidence.stream] = len(keys)
+        labels = "".join(f"{c.rule}\t{c.reason}\t{c.list_name}\n" for c in check.checks)
+        args += [
+            json.dumps(dict(evidence.known), ensure_ascii=False, separators=(",", ":"))[:-1],
+            ",".join(evidence.shadow) + "\n" + labels,
+            index[evidence.stream],
+            evidence.min_id_ms,
+        ]
     return keys, args
 
 

@@ -38,6 +38,13 @@
 --                      big-endian doubles (attempt times, ms); DEFER when `limit` attempts
 --                      are inside the window, retry = until the oldest of them leaves it.
 --   s is "1" for a shadow check: evaluated and reported, never deciding.
+--   evidence         "" (nothing to write), or the head of the audit entry: a JSON object's
+--                    text without its closing "}" (the fields known in-process), followed
+--                    by three more arguments:
+--     labels         the static rules' shadow reasons ("a,b"), "\n", then per check
+--                    "rule\treason\tlist\n" (its rule id, reason code, list name or "")
+--     stream         index in KEYS of the audit stream
+--     min_id_ms      entries of the stream older than this are trimmed (MINID ~)
 --
 -- BLOCK checks decide in order (the first wins). Among DEFER checks the longest wait wins.
 -- Returns one {decided, retry_ms, results, versions} per decision (versions[i]: the list
@@ -46,6 +53,10 @@
 -- allowed); results[i] = what check i saw: 0/1 for A H B C M (1 = member / valid consent),
 -- ms left or 0 for R, age ms or -1 (never refreshed) for F, retry_ms for W, entries inside
 -- the window for L.
+-- When record is "1" and evidence is given, the decision's audit entry (gate/core/evidence.py
+-- FIELDS: the head completed with verdict, reason, rule, lists, counters, shadow and
+-- retry_after_s) is appended to the stream as one field "e" (JSON), whatever the verdict:
+-- the evidence and the counters are one atomic fact.
 -- Writes only when nothing decided and record is "1": inserts now_ms, in time order, into
 -- every attempt log that holds fewer than `limit` live entries (a shadow cap at its limit
 -- stops growing), and sets each log to expire when its newest entry leaves the window.
@@ -144,16 +155,71 @@ local function append_log(key, entries, window)
   redis.call("SET", key, table.concat(parts), "PX", math.ceil(ttl))
 end
 
+-- "1800", "0.5": milliseconds as seconds, as gate/core/evidence.py writes retry_after_s.
+local function seconds_text(ms)
+  ms = math.max(math.floor(ms), 1)
+  local text = string.format("%d.%03d", math.floor(ms / 1000), ms % 1000)
+  return (string.gsub(string.gsub(text, "0+$", ""), "%.$", ""))
+end
+
+-- Completes the audit entry's head with what the decision saw and appends it.
+local function write_evidence(head, labels, stream, min_id, checks, outcome)
+  local static, rest = string.match(labels, "^([^\n]*)\n(.*)$")
+  local rules, reasons, names = {}, {}, {}
+  for rule, reason, name in string.gmatch(rest, "([^\t]*)\t([^\t]*)\t([^\n]*)\n") do
+    rules[#rules + 1], reasons[#reasons + 1], names[#names + 1] = rule, reason, name
+  end
+  local lists, at, counters, shadow = {}, {}, {}, {}
+  if static ~= "" then
+    shadow[1] = static
+  end
+  for i, c in ipairs(checks) do
+    local name = names[i]
+    if outcome.versions[i] ~= "" and name ~= "" then
+      if not at[name] then
+        lists[#lists + 1] = name
+      end
+      at[name] = outcome.versions[i]
+    end
+    if c[1] == "L" then
+      counters[#counters + 1] = rules[i] .. "=" .. outcome.results[i]
+    end
+    if outcome.shadowed[i] then
+      shadow[#shadow + 1] = reasons[i]
+    end
+  end
+  for j, name in ipairs(lists) do
+    lists[j] = name .. "@" .. at[name]
+  end
+  local verdict, reason, rule, retry = "ALLOW", "allowed", "", ""
+  if outcome.decided > 0 then
+    reason, rule = reasons[outcome.decided], rules[outcome.decided]
+    if outcome.block then
+      verdict = "BLOCK"
+    else
+      verdict, retry = "DEFER", seconds_text(outcome.retry)
+    end
+  end
+  local entry = table.concat({
+    head, ',"verdict":"', verdict, '","reason":"', reason, '","rule":"', rule,
+    '","lists":"', table.concat(lists, ","), '","counters":"', table.concat(counters, ","),
+    '","shadow":"', table.concat(shadow, ","), '","retry_after_s":"', retry, '"}',
+  })
+  redis.call("XADD", stream, "MINID", "~", min_id, "*", "e", entry)
+end
+
 local function decide(base)
   now = tonumber(ARGV[base])
   record = ARGV[base + 1] == "1"
   token = ARGV[base + 2]
   member = ARGV[base + 3]
   bucket32 = tonumber(ARGV[base + 4])
-  local checks, results, logs, versions = {}, {}, {}, {}
-  for i = base + 6, base + 5 + tonumber(ARGV[base + 5]) do
+  local checks, results, logs, versions, shadowed = {}, {}, {}, {}, {}
+  local after = base + 6 + tonumber(ARGV[base + 5])
+  for i = base + 6, after - 1 do
     checks[#checks + 1] = split(ARGV[i])
   end
+  local evidence = ARGV[after]
 
   local function exempted(list)
     for index in string.gmatch(list or "", "%d+") do
@@ -208,6 +274,7 @@ local function decide(base)
     else
       error("decide.lua: unknown check kind " .. tostring(kind))
     end
+    shadowed[i] = decides and shadow
     if decides and not shadow then
       if kind == "B" or kind == "C" or kind == "M" then
         if block == 0 then
@@ -219,11 +286,18 @@ local function decide(base)
     end
   end
 
+  local next_base = evidence == "" and after + 1 or after + 4
+  if record and evidence ~= "" then
+    local decided = block > 0 and block or defer
+    write_evidence(evidence, ARGV[after + 1], KEYS[tonumber(ARGV[after + 2])], ARGV[after + 3],
+      checks, {decided = decided, block = block > 0, retry = retry, results = results,
+      versions = versions, shadowed = shadowed})
+  end
   if block > 0 then
-    return {block, 0, results, versions}
+    return {block, 0, results, versions}, next_base
   end
   if defer > 0 then
-    return {defer, retry, results, versions}
+    return {defer, retry, results, versions}, next_base
   end
   if record then
     for i, c in ipairs(checks) do
@@ -232,12 +306,11 @@ local function decide(base)
       end
     end
   end
-  return {0, 0, results, versions}
+  return {0, 0, results, versions}, next_base
 end
 
 local replies, base = {}, 2
 for _ = 1, tonumber(ARGV[1]) do
-  replies[#replies + 1] = decide(base)
-  base = base + 6 + tonumber(ARGV[base + 5])
+  replies[#replies + 1], base = decide(base)
 end
 return replies
