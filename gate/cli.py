@@ -44,12 +44,13 @@ from gate.lists.formats import (
 from gate.lists.progress import importer, progress
 from gate.lists.scrub import scrub as scrub_leads
 from gate.ops.audit import FIELDS as AUDIT_FIELDS
-from gate.ops.audit import follow, read_range
+from gate.ops.audit import Follower, read_range
 from gate.ops.logs import configure_logging
 from gate.ops.reload import request_reload
 from gate.runtime import open_gate
 from gate.service import Evaluation, Gate
 from gate.store.client import translate_error
+from gate.store.migrate import legacy_keys_present, migrate
 
 __all__ = ["main"]
 
@@ -106,6 +107,7 @@ def _build_parser() -> _Parser:
         _scrub_parser,
         _audit_parsers,
         _config_parsers,
+        _migrate_parser,
     ):
         add(commands)
     return parser
@@ -265,6 +267,14 @@ def _config_parsers(commands: Commands) -> None:
     config = commands.add_parser("config", help="configuration")
     config_actions = config.add_subparsers(dest="action", required=True, parser_class=_Parser)
     config_actions.add_parser("check", help="validate the config file and say what it enables")
+
+
+def _migrate_parser(commands: Commands) -> None:
+    commands.add_parser(
+        "migrate",
+        help="move the store from the key layout of callgate before slot groups (stop the "
+        "gates first)",
+    )
 
 
 def _scope_args(parser: argparse.ArgumentParser) -> None:
@@ -459,17 +469,18 @@ async def _audit(config: Config, args: argparse.Namespace) -> int:
         client = gate.store.admin_client
         try:
             if args.action == "tail":
+                follower = Follower(client, namespace)
+                if args.follow:
+                    await follower.start()
                 latest = [
                     r
                     async for r in read_range(client, namespace, reverse=True, limit=max(args.n, 0))
                 ]
                 for record in reversed(latest):
-                    print(_audit_line(record))
-                last = latest[0]["id"] if latest else "$"
+                    print(_audit_line(record), flush=True)
                 for _ in range(10**9 if args.follow else 0):  # until interrupted
-                    for record in await follow(client, namespace, last):
+                    for record in await follower.poll():
                         print(_audit_line(record), flush=True)
-                        last = record["id"]
             elif args.action == "export":
                 writer = csv.DictWriter(sys.stdout, ["id", *AUDIT_FIELDS], extrasaction="ignore")
                 if args.format == "csv":
@@ -482,9 +493,9 @@ async def _audit(config: Config, args: argparse.Namespace) -> int:
                     else:
                         print(json.dumps(record, ensure_ascii=False))
             else:
-                wanted = _audit_number(args.number, config, gate)
+                wanted, group = _audit_number(args.number, config, gate)
                 found = 0
-                async for record in read_range(client, namespace, args.since):
+                async for record in read_range(client, namespace, args.since, groups=[group]):
                     if record.get("number") == wanted:
                         print(_audit_line(record))
                         found += 1
@@ -494,13 +505,15 @@ async def _audit(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
-def _audit_number(text: str, config: Config, gate: Gate) -> str:
-    """How the audit trail names ``text``: its token (or E.164, or short-code digits)."""
+def _audit_number(text: str, config: Config, gate: Gate) -> tuple[str, int]:
+    """How the audit trail names ``text`` (its token, or E.164, or short-code digits) and
+    the slot group whose stream holds its decisions."""
     target = classify(text, config.policy.default_region)
     if isinstance(target, Destination):
-        return gate.keyspace.token(target.e164)
+        number = gate.keyspace.number(target.e164)
+        return number.token, number.group
     if isinstance(target, ShortCode):
-        return target.digits
+        return target.digits, 0
     raise InputError(f"number {text!r}: {target.why}")
 
 
@@ -577,6 +590,12 @@ async def _run(config: Config) -> int:
     async with open_gate(config) as gate:
         try:
             await gate.store.ping()
+            if await legacy_keys_present(gate.store, gate.keyspace, quick=True):
+                log.error(
+                    "Redis holds keys of the old layout (namespace %r): lists, consents and "
+                    "counters there are not seen; stop and run `callgate migrate`",
+                    gate.keyspace.namespace,
+                )
         except StoreError as exc:
             log.warning("%s; decisions will get the fail mode until it answers", exc)
         server = AgiServer(gate, config.agi.host, config.agi.port, config.agi.header_timeout_s)
@@ -612,6 +631,17 @@ async def _run(config: Config) -> int:
     return 0
 
 
+async def _migrate(config: Config) -> int:
+    async with open_gate(config, ADMIN_DEADLINE_S) as gate:
+        if not await legacy_keys_present(gate.store, gate.keyspace):
+            namespace = gate.keyspace.namespace
+            print(f"nothing to migrate: no keys of the old layout in namespace {namespace!r}")
+            return 0
+        done = await migrate(gate.store, gate.keyspace, lambda text: log.info("migrate: %s", text))
+    print(done.text())
+    return 0
+
+
 async def _reload(config: Config) -> int:
     result = await request_reload(config)
     change = "unchanged" if not result.changed else f"was {result.previous}"
@@ -639,6 +669,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_scrub(config, args))
         if args.command == "audit":
             return asyncio.run(_audit(config, args))
+        if args.command == "migrate":
+            return asyncio.run(_migrate(config))
         return asyncio.run(_run(config))
     except GateError as exc:
         print(f"callgate: error: {exc}", file=sys.stderr)

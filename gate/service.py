@@ -36,7 +36,7 @@ from gate.core.engine import (
     plan,
 )
 from gate.core.errors import StoreError
-from gate.core.evidence import Timing, evidence_for
+from gate.core.evidence import Timing, evidence_for, stream_len
 from gate.core.keys import Keyspace
 from gate.core.model import Attempt, Decision
 from gate.store.client import Store
@@ -111,8 +111,8 @@ def _with_evidence(pending: Plan, active: Active, door: str, process_s: float) -
         config_version=active.version,
         door=door,
         process_s=process_s,
-        stream=active.keyspace.audit_key(),
         max_age_s=config.audit.max_age_s,
+        max_len=stream_len(config.audit.max_len),
     )
     return replace(pending, check=replace(pending.check, evidence=evidence))
 

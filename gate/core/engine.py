@@ -8,7 +8,9 @@ A decision is made in three steps, and only the middle one does I/O:
    types and prefixes, caller ID). It either decides at once (a ``Decision``: no Redis
    touched) or returns a ``Plan`` whose ``check`` lists every Redis check, in order.
 2. The store runs ``plan.check`` in one atomic Lua call (``gate/lua/decide.lua``) and
-   returns a ``StoreResult``.
+   returns a ``StoreResult``. A plan names its keys relative to the number (list instances,
+   key suffixes; gate/core/keys.py): the store puts them in the number's slot group, and
+   only ``StoreCheck.number`` and ``StoreCheck.prefix`` depend on the number.
 3. ``conclude(plan, result)`` turns that answer into the ``Decision``;
    ``fail_mode_decision(...)`` does it instead when the store could not answer (the
    configured fail mode: DEFER or BLOCK, or ALLOW where an operator chose it).
@@ -112,7 +114,13 @@ _BLOCKING = frozenset(
 
 @dataclass(frozen=True, slots=True)
 class Check:
-    """One Redis check of a decision (see the kinds in gate/store/lua/decide.lua)."""
+    """One Redis check of a decision (see the kinds in gate/store/lua/decide.lua).
+
+    ``key`` names what the check reads, relative to the number: the list instance (A, B,
+    M, H, C, F: gate/core/keys.py ``list_id``), the key suffix of a cool-off or attempt log
+    (R, L: the store appends the number's token, in its slot group), or, when ``shared``,
+    a whole key in its own slot (a trunk's CPS log), not the number's.
+    """
 
     kind: CheckKind
     rule: str  # e.g. "list:red", "cap:fr-4-per-30d", "hours:fr-d223-9"
@@ -122,6 +130,7 @@ class Check:
     exempt_by: tuple[int, ...] = ()  # 1-based indexes of A/H checks that exempt it
     list_name: str = ""  # the list it looks up (evidence: which list versions were read)
     shadow: bool = False
+    shared: bool = False  # an attempt log of shared state (its own slot), not the number's
     source: str = ""
     detail: str = ""
 
@@ -133,8 +142,8 @@ class Evidence:
 
     known: tuple[tuple[str, str], ...]  # the fields known in-process, (name, value)
     shadow: tuple[str, ...]  # shadow reasons of the static rules (the script adds its own)
-    stream: str  # the audit stream's key
     min_id_ms: int  # entries older than this (stream time) are trimmed on append
+    max_len: int  # entries the stream keeps at most (about)
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +153,7 @@ class StoreCheck:
     now_ms: int
     record: bool
     number: NumberKeys
+    prefix: str  # the number's slot group: the start of its keys (gate/core/keys.py)
     checks: tuple[Check, ...]
     evidence: Evidence | None = None  # recorded decisions whose evidence the script writes
 
@@ -208,10 +218,11 @@ class _Builder:
         ]
 
     def list_key(self, name: str) -> str | None:
+        """The list instance ``name`` for this attempt (None: unknown or not applicable)."""
         rule = self.lists.get(name)
         if rule is None:
             return None
-        return self.keyspace.list_key(rule, self.attempt.tenant, self.attempt.campaign)
+        return self.keyspace.list_id(rule, self.attempt.tenant, self.attempt.campaign)
 
     def add(self, check: Check) -> int:
         self.checks.append(check)
@@ -370,6 +381,7 @@ def plan(attempt: Attempt, policy: Policy, keyspace: Keyspace, record: bool) -> 
         now_ms=int(attempt.now.timestamp() * 1000),
         record=record,
         number=build.number,
+        prefix=keyspace.prefix(build.number.group),
         checks=tuple(build.checks),
     )
     return Plan(attempt, target, tuple(p.id for p in packs), tuple(static), tuple(shadow), check)
@@ -380,9 +392,9 @@ class Planner:
 
     Pure, and equal to ``plan`` for every attempt: a plan depends on the number through
     its classification (region, type, time zones), the rule prefixes it matches and its
-    own keys (``NumberKeys``; cap and cool-off keys end with its token). The rest is
-    computed once per distinct (attempt without the number, classification, prefixes
-    matched) and reused with the number's own keys put in.
+    own encodings (``NumberKeys`` and its slot group; keys are named relative to them).
+    The rest is computed once per distinct (attempt without the number, classification,
+    prefixes matched) and reused with the number's encodings put in.
     """
 
     _MAX_MODELS = 4096
@@ -415,14 +427,7 @@ class Planner:
         if isinstance(model, Decision):
             return replace(model, e164=target.e164)
         number = self.keyspace.number(target.e164)
-        ending = ":" + model.check.number.token
-        checks = tuple(
-            replace(c, key=c.key[: -len(ending)] + ":" + number.token)
-            if c.kind in (CheckKind.COOLOFF, CheckKind.ATTEMPT_LOG) and c.key.endswith(ending)
-            else c
-            for c in model.check.checks
-        )
-        check = replace(model.check, number=number, checks=checks)
+        check = replace(model.check, number=number, prefix=self.keyspace.prefix(number.group))
         return replace(model, attempt=attempt, destination=target, check=check)
 
 
@@ -540,7 +545,7 @@ def _cooloff_checks(build: _Builder, packs: Sequence[Pack]) -> None:
                     CheckKind.COOLOFF,
                     f"cooloff:{cool.id}",
                     f"{cool.event}:{cool.id}",
-                    build.keyspace.cooloff_key(cool, build.attempt.tenant, build.token),
+                    build.keyspace.cooloff_suffix(cool, build.attempt.tenant),
                     (int(cool.period_s * 1000),),
                     shadow=cool.shadow,
                     source=cool.source,
@@ -551,15 +556,9 @@ def _cooloff_checks(build: _Builder, packs: Sequence[Pack]) -> None:
 
 def _freshness_checks(build: _Builder, packs: Sequence[Pack]) -> None:
     """Lists the law requires fresh (e.g. a scrubbed file at most 30 days old)."""
-    attempt = build.attempt
     for pack in packs:
         for fresh in build.live(pack.freshness):
-            rule = build.lists.get(fresh.list)
-            meta = (
-                None
-                if rule is None
-                else build.keyspace.meta_key(rule, attempt.tenant, attempt.campaign)
-            )
+            meta = build.list_key(fresh.list)
             if meta is None:
                 continue
             build.add(
@@ -584,7 +583,7 @@ def _cap_checks(build: _Builder, policy: Policy, packs: Sequence[Pack]) -> None:
     for pack in packs:
         caps += build.live(pack.caps)
     for cap in caps:
-        key = build.keyspace.cap_key(cap, attempt.tenant, attempt.campaign, build.token)
+        key = build.keyspace.cap_suffix(cap, attempt.tenant, attempt.campaign)
         if key is None:
             continue
         build.add(
@@ -614,6 +613,7 @@ def _cps_check(build: _Builder, policy: Policy) -> None:
                 build.keyspace.cps_key(trunk),
                 (cps, CPS_WINDOW_MS),
                 detail=f"{cps} per second",
+                shared=True,
             )
         )
 

@@ -20,11 +20,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from gate.core.engine import CheckKind, Evidence, Plan, StoreResult
-from gate.core.keys import Keyspace
+from gate.core.keys import SLOT_GROUPS, Keyspace
 from gate.core.model import Attempt, Decision
 from gate.core.rules import Pack
 
-__all__ = ["FIELDS", "Timing", "audit_record", "evidence_for"]
+__all__ = ["FIELDS", "Timing", "audit_record", "evidence_for", "stream_len"]
 
 FIELDS = (
     "ts",
@@ -48,6 +48,12 @@ FIELDS = (
     "latency_us",
     "redis_us",
 )
+
+
+def stream_len(max_len: int) -> int:
+    """Entries kept per slot group's audit stream: ``[audit] max_len`` shared by the
+    groups (at least 100 each)."""
+    return max(max_len // SLOT_GROUPS, 100)
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,8 +133,8 @@ def evidence_for(
     config_version: str,
     door: str,
     process_s: float,
-    stream: str,
     max_age_s: float,
+    max_len: int,
 ) -> Evidence:
     """What the decision script needs to write the audit entry of ``pending`` itself."""
     known = {
@@ -149,6 +155,6 @@ def evidence_for(
     return Evidence(
         known=tuple(known.items()),
         shadow=pending.shadow,
-        stream=stream,
         min_id_ms=pending.check.now_ms - int(max_age_s * 1000),
+        max_len=max_len,
     )

@@ -1,24 +1,49 @@
 """Redis key names and number encodings, computed without I/O.
 
-Guarantees:
-- Every key starts with ``{<namespace>}:`` so all keys one decision touches share one
-  Redis Cluster hash slot. List bucket keys are derived inside the Lua scripts from a
-  declared list head key plus a suffix, so they share that slot too.
-- Numbers at rest are never stored in clear by default: ``number(e164)`` gives the keyed
-  64-bit BLAKE2b MAC of the number (RFC 7693 keyed mode, with the config's secret; CNIL
-  expects hashed red lists) as a hex ``token`` (consent lists, counters) and as a signed
-  64-bit ``member`` (list buckets); with ``hash_numbers = false`` the member is the E.164
-  number's digits and the token the E.164 string.
-- A hashed list entry is identified by 64 bits: a number not on a list of n entries
-  matches one by accident with probability n / 2**64 per lookup (1.4e-11 at 250 million,
-  i.e. about one wrongly blocked call in 70 billion). Such a collision can only block,
-  never allow.
-- List layout (see gate/lua/decide.lua and gate/liststore.py): the list's head is a HASH
-  (``version``, ``bits``, ``count``, ``refreshed_at``, …); its entries live in
-  ``2**bits`` SETs ``<head>:v<version>:<bucket>`` of 64-bit integers, the bucket being
-  the top ``bits`` bits of ``bucket32``. Buckets hold about 128-256 members, under Redis's
-  default ``set-max-intset-entries`` (512), so each stays a compact intset: 8 bytes per
-  member plus a share of the bucket's key.
+Layout (version 2; ``callgate migrate`` moves a store from version 1, where every key
+carried the one hash tag ``{<namespace>}``):
+
+- A number belongs to one of ``SLOT_GROUPS`` (1024) slot groups: the top 10 bits of its
+  ``bucket32``. Every key about the number carries its group's hash tag
+  (``<namespace>:{<tag>}:…``, gate/core/_slots.py), so one decision touches one Redis
+  Cluster slot (one atomic script), and different numbers spread evenly over all slots,
+  hence over all shards. In a group:
+
+  ====================================  ================================================
+  ``…:meta``                            HASH: per list instance ``L`` its live version
+                                        ``L`` = "version/bits", the version being built
+                                        ``L:b``, ``L:r`` refreshed_at (ms) and ``L:n``
+                                        the entries in this group (block/allow lists);
+                                        replicated in every group, so that a decision
+                                        reads them in its own slot
+  ``…:l:<L>:<version>:<bucket>``        SET of 64-bit integers: the list's entries
+                                        whose bucket (top ``bits`` bits of bucket32) it is
+  ``…:c:<L>``                           HASH token → "granted_ms:expiry_ms" (consents)
+  ``…:cap:<rule>[:t:…|:c:…]:<token>``   the attempt log of a cap (packed doubles)
+  ``…:cool:<rule>[:t:…]:<token>``       the time (ms) of the last refusal/abandoned call
+  ``…:audit``                           the audit stream of the group's decisions
+  ====================================  ================================================
+
+- Shared state has its own slot: ``<namespace>:{cps:<trunk>}`` (a trunk's one-second
+  attempt log; a campaign-wide counter would be ``<namespace>:{campaign:<t>:<c>}`` the
+  same way) and ``<namespace>:{lists}:<L>``, the list's directory entry (version, bits,
+  next_version, building, refreshed_at, source, checksum, importer…), the authoritative
+  copy of what the groups' meta replicate.
+- ``L`` (a list instance) is ``<name>``, ``<name>:t:<tenant>`` or
+  ``<name>:c:<tenant>:<campaign>`` by the list's scope.
+
+Numbers at rest are never stored in clear by default: ``number(e164)`` gives the keyed
+64-bit BLAKE2b MAC of the number (RFC 7693 keyed mode, with the config's secret; CNIL
+expects hashed red lists) as a hex ``token`` (consents, counters) and as a signed 64-bit
+``member`` (list buckets); with ``hash_numbers = false`` the member is the E.164 number's
+digits and the token the E.164 string. A hashed entry is identified by 64 bits: a number
+not on a list of n entries matches one by accident with probability n / 2**64 per lookup
+(1.4e-11 at 250 million, about one wrongly blocked call in 70 billion). Such a collision
+can only block, never allow.
+
+A list has ``2**bits`` buckets (``bits`` >= 10, so each bucket lies in one group), each
+holding about 128-256 members, under Redis's default ``set-max-intset-entries`` (512): a
+bucket stays a compact intset, 8 bytes per member plus a share of the bucket's key.
 """
 
 from __future__ import annotations
@@ -27,16 +52,53 @@ import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from gate.core._slots import SLOT_GROUPS, SLOT_TAGS
 from gate.core.rules import CapRule, CooloffRule, ListRule
 
-__all__ = ["EntryChunk", "Keyspace", "ListEntry", "NumberKeys", "bucket_key"]
+__all__ = [
+    "GROUP_BITS",
+    "MIN_BITS",
+    "SLOT_GROUPS",
+    "EntryChunk",
+    "Keyspace",
+    "ListEntry",
+    "NumberKeys",
+    "directory_key",
+    "group_of",
+    "list_version",
+    "namespace_of",
+]
 
 # A list entry: (member, bucket32). See the module doc.
 ListEntry = tuple[int, int]
 # Many list entries, column-wise: (members, bucket32s), in the same order.
 EntryChunk = tuple[list[int], list[int]]
 
+GROUP_BITS = 10
+# A list's bucket bits are never fewer than the group bits: a bucket lies in one group.
+MIN_BITS = GROUP_BITS
 _TOKEN_BYTES = 8
+_GROUP_SHIFT = 32 - GROUP_BITS
+
+
+def group_of(bucket32: int) -> int:
+    """The slot group of a number (or list entry) by its ``bucket32``."""
+    return bucket32 >> _GROUP_SHIFT
+
+
+def directory_key(namespace: str, list_id: str) -> str:
+    """The list's directory entry: version, bits, building, metadata (one slot)."""
+    return f"{namespace}:{{lists}}:{list_id}"
+
+
+def namespace_of(prefix: str) -> str:
+    """The namespace of a slot group's key prefix (``<namespace>:{<tag>}:``)."""
+    return prefix[: prefix.index(":{")]
+
+
+def list_version(version: int, bits: int) -> str:
+    """How a group's meta names a list version: "version/bits"."""
+    return f"{version}/{bits}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,19 +109,19 @@ class NumberKeys:
     member: int
     bucket32: int
 
-
-def bucket_key(head: str, version: int, bits: int, bucket32: int) -> str:
-    """The SET of a list version that holds entries whose ``bucket32`` is given."""
-    return f"{head}:v{version}:{bucket32 >> (32 - bits) if bits else 0}"
+    @property
+    def group(self) -> int:
+        return self.bucket32 >> _GROUP_SHIFT
 
 
 class Keyspace:
     """Names keys and encodes numbers for one namespace and one hashing choice."""
 
-    __slots__ = ("_mac", "_prefix", "_secret", "hashed")
+    __slots__ = ("_mac", "_prefixes", "_secret", "hashed", "namespace")
 
     def __init__(self, namespace: str, secret: bytes | None) -> None:
-        self._prefix = "{" + namespace + "}:"
+        self.namespace = namespace
+        self._prefixes = tuple(f"{namespace}:{{{tag}}}:" for tag in SLOT_TAGS)
         # BLAKE2b takes keys of up to 64 bytes; a longer secret is first hashed to 64.
         if secret is not None and len(secret) > 64:
             secret = hashlib.blake2b(secret).digest()
@@ -72,7 +134,9 @@ class Keyspace:
 
     def __reduce__(self) -> tuple[type[Keyspace], tuple[str, bytes | None]]:
         """Pickled as its arguments (a scrub's worker processes rebuild the same one)."""
-        return Keyspace, (self._prefix[1:-2], self._secret)
+        return Keyspace, (self.namespace, self._secret)
+
+    # --- numbers --------------------------------------------------------------------
 
     def number(self, e164: str) -> NumberKeys:
         """The encodings of ``e164`` (keyed hash unless numbers are stored plain)."""
@@ -119,50 +183,89 @@ class Keyspace:
             return int.from_bytes(hashlib.blake2b(e164.encode(), digest_size=4).digest(), "big")
         return (member % 2**64) >> 32
 
-    def list_key(self, rule: ListRule, tenant: str, campaign: str) -> str | None:
-        """The list's head for this tenant/campaign (None: not applicable).
+    def bucket32_of_token(self, token: str) -> int:
+        """``bucket32`` of a number by its token (consents, counters, audit entries)."""
+        if self._secret is None:
+            return int.from_bytes(hashlib.blake2b(token.encode(), digest_size=4).digest(), "big")
+        return int(token[:8], 16)
 
-        Block and allow lists: a HASH (version, bits, count, refreshed_at…) whose entries
-        live in bucket SETs; consent lists: a HASH token → ``granted_ms:expiry_ms``.
-        """
-        base = f"{self._prefix}list:{rule.name}"
+    # --- list instances -------------------------------------------------------------
+
+    @staticmethod
+    def list_id(rule: ListRule, tenant: str, campaign: str) -> str | None:
+        """The list instance for this tenant/campaign (None: not applicable)."""
+        if rule.scope == "global":
+            return rule.name
+        if rule.scope == "tenant":
+            return f"{rule.name}:t:{tenant}"
+        return f"{rule.name}:c:{tenant}:{campaign}" if campaign else None
+
+    # --- keys in a number's slot group ----------------------------------------------
+
+    def prefix(self, group: int) -> str:
+        """``<namespace>:{<tag>}:``, the start of every key of slot group ``group``."""
+        return self._prefixes[group]
+
+    @property
+    def prefixes(self) -> tuple[str, ...]:
+        return self._prefixes
+
+    def meta_key(self, group: int) -> str:
+        return self._prefixes[group] + "meta"
+
+    def bucket_key(self, list_id: str, version: int, bits: int, bucket: int) -> str:
+        """The SET of a list version holding the entries of ``bucket``."""
+        return f"{self._prefixes[bucket >> (bits - GROUP_BITS)]}l:{list_id}:{version}:{bucket}"
+
+    def consent_key(self, group: int, list_id: str) -> str:
+        return f"{self._prefixes[group]}c:{list_id}"
+
+    def audit_key(self, group: int) -> str:
+        """The audit stream of slot group ``group`` (gate/ops/audit.py merges them)."""
+        return self._prefixes[group] + "audit"
+
+    def number_key(self, group: int, suffix: str, token: str) -> str:
+        """A per-number key: ``cap_suffix``/``cooloff_suffix`` + the number's token."""
+        return f"{self._prefixes[group]}{suffix}:{token}"
+
+    @staticmethod
+    def cap_suffix(rule: CapRule, tenant: str, campaign: str) -> str | None:
+        """Names the attempt log of ``rule`` for a destination (None: not applicable)."""
+        base = f"cap:{rule.id}"
         if rule.scope == "global":
             return base
         if rule.scope == "tenant":
             return f"{base}:t:{tenant}"
         return f"{base}:c:{tenant}:{campaign}" if campaign else None
 
-    def meta_key(self, rule: ListRule, tenant: str, campaign: str) -> str | None:
-        """Where a list's ``refreshed_at`` and other metadata live (its head; consent
-        lists, whose head holds the entries, keep theirs beside it)."""
-        key = self.list_key(rule, tenant, campaign)
-        if key is None or rule.kind != "consent":
-            return key
-        return f"{key}:meta"
+    @staticmethod
+    def cooloff_suffix(rule: CooloffRule, tenant: str) -> str:
+        """Names the marker holding the time (ms) of the number's last ``rule.event``."""
+        base = f"cool:{rule.id}"
+        return base if rule.scope == "global" else f"{base}:t:{tenant}"
 
-    def cap_key(self, rule: CapRule, tenant: str, campaign: str, token: str) -> str | None:
-        """The attempt log of ``rule`` for one destination (None: not applicable)."""
-        base = f"{self._prefix}cap:{rule.id}"
-        if rule.scope == "global":
-            return f"{base}:{token}"
-        if rule.scope == "tenant":
-            return f"{base}:t:{tenant}:{token}"
-        return f"{base}:c:{tenant}:{campaign}:{token}" if campaign else None
-
-    def cooloff_key(self, rule: CooloffRule, tenant: str, token: str) -> str:
-        """Holds the time (ms) of the number's last ``rule.event``; expires with the period."""
-        base = f"{self._prefix}cool:{rule.id}"
-        return f"{base}:{token}" if rule.scope == "global" else f"{base}:t:{tenant}:{token}"
-
-    def audit_key(self) -> str:
-        """The audit stream (gate/ops/audit.py)."""
-        return f"{self._prefix}audit"
+    # --- shared keys (their own slots) ----------------------------------------------
 
     def cps_key(self, trunk: str) -> str:
-        """The one-second attempt log of a trunk."""
-        return f"{self._prefix}cps:{trunk}"
+        """The one-second attempt log of a trunk (its own slot)."""
+        return f"{self.namespace}:{{cps:{trunk}}}"
+
+    def directory_key(self, list_id: str) -> str:
+        """The list's directory entry: version, bits, building, metadata (one slot)."""
+        return directory_key(self.namespace, list_id)
+
+    def lock_key(self, list_id: str) -> str:
+        return f"{self.namespace}:{{lists}}:{list_id}:lock"
 
     @property
     def pattern(self) -> str:
         """A SCAN pattern matching every key of this namespace."""
-        return self._prefix.replace("{", "\\{").replace("}", "\\}") + "*"
+        return f"{self.namespace}:*"
+
+    @property
+    def legacy_pattern(self) -> str:
+        """A SCAN pattern matching the keys of layout version 1 (``callgate migrate``)."""
+        return "\\{" + self.namespace + "\\}:*"
+
+
+assert len(SLOT_TAGS) == SLOT_GROUPS == 1 << GROUP_BITS

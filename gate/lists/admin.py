@@ -4,8 +4,9 @@ Guarantees:
 - Every entry is validated and normalised to E.164 before it reaches Redis, then stored
   in the keyspace's encoding (a keyed hash unless the config says plain).
 - An emergency or protected number is never put on a block list (``ProtectedNumberError``).
-- Block and allow lists live in compact buckets (gate/liststore.py); consent lists are a
-  HASH token → ``granted_ms:expiry_ms`` (decide.lua reads both).
+- Block and allow lists live in compact buckets, consent lists in HASHes token →
+  ``granted_ms:expiry_ms``, both spread over the slot groups (gate/store/lists.py;
+  decide.lua reads both).
 - An import counts every line: imported, duplicate, rejected (each reported with its line
   number through ``on_reject``) or skipped (a scrub result not kept). It reads the file in
   batches (gate/importing.py ``read_batches``), so memory stays bounded.
@@ -67,8 +68,9 @@ class ListAdmin:
         return rule
 
     def key(self, name: str, tenant: str, campaign: str) -> str:
+        """The list instance of ``name`` for this tenant/campaign (gate/core/keys.py)."""
         rule = self.rule(name)
-        key = self.keyspace.list_key(rule, tenant, campaign)
+        key = self.keyspace.list_id(rule, tenant, campaign)
         if key is None:
             raise InputError(f"list {name!r} is per campaign: pass --campaign")
         return key
@@ -90,9 +92,9 @@ class ListAdmin:
         if rule.kind != "consent":
             return await self.lists.delta(key, op, [(n.member, n.bucket32) for n in numbers])
         if op == "remove":
-            return await self.store.remove_fields(key, (n.token for n in numbers))
+            return await self.lists.consent_remove(key, numbers)
         value = consent_value(now, expires)
-        return await self.store.set_fields(key, ((n.token, value) for n in numbers))
+        return await self.lists.consent_set(key, ((n, value) for n in numbers))
 
     async def add(
         self,
@@ -118,21 +120,17 @@ class ListAdmin:
     async def count(self, name: str, tenant: str, campaign: str) -> int:
         key = self.key(name, tenant, campaign)
         if self.rule(name).kind == "consent":
-            return await self.store.count_fields(key)
-        return int((await self.lists.head(key)).get("count", "0"))
+            return await self.lists.consent_count(key)
+        return await self.lists.count(key)
 
     async def info(self, name: str, tenant: str, campaign: str) -> dict[str, str]:
         """The list's entry count and metadata (version, refreshed_at, source, checksum…)."""
         rule = self.rule(name)
         key = self.key(name, tenant, campaign)
+        internal: tuple[str, ...] = ("next_version", "building", "building_bits")
         if rule.kind == "consent":
-            meta = await self.store.get_fields(f"{key}:meta")
-        else:
-            meta = {
-                k: v
-                for k, v in (await self.lists.head(key)).items()
-                if k not in ("next_version", "building", "building_bits")
-            }
+            internal += ("version", "bits")
+        meta = {k: v for k, v in (await self.lists.directory(key)).items() if k not in internal}
         return {
             "name": name,
             "kind": rule.kind,
@@ -150,7 +148,7 @@ class ListAdmin:
             )
         key = self.key(name, tenant, campaign)
         if self.rule(name).kind == "consent":
-            async for token in self.store.members(key, hashed=True):
+            async for token in self.lists.consent_tokens(key):
                 yield token
             return
         async for member in self.lists.members(key):
@@ -240,9 +238,7 @@ class ListAdmin:
                     changed += await self.lists.delta(
                         key, mode, zip(members, buckets32, strict=True)
                     )
-            meta_key = self.keyspace.meta_key(rule, tenant, campaign)
-            if meta_key:
-                await self.store.set_fields(meta_key, fields.items())
+            await self.lists.set_meta(key, fields)
         return ImportSummary(
             imported=changed,
             duplicates=tally["accepted"] - changed,
@@ -264,9 +260,9 @@ class ListAdmin:
             if r.kind == "consent"
         }
         for rule in consent_lists.values():
-            key = self.keyspace.list_key(rule, tenant, campaign)
+            key = self.keyspace.list_id(rule, tenant, campaign)
             if key is not None:
-                await self.store.remove_fields(key, (n.token for n in checked))
+                await self.lists.consent_remove(key, checked)
         return await self.lists.delta(
             self.key(red_list, tenant, campaign), "add", [(n.member, n.bucket32) for n in checked]
         )
@@ -292,14 +288,16 @@ class ListAdmin:
                     in_force(rule, target.e164, cls, day) for cls in TrafficClass
                 ):
                     continue
-                key = self.keyspace.cooloff_key(rule, tenant, self.keyspace.token(target.e164))
+                keys = self.keyspace.number(target.e164)
+                suffix = self.keyspace.cooloff_suffix(rule, tenant)
+                key = self.keyspace.number_key(keys.group, suffix, keys.token)
                 at_ms = int(at.timestamp() * 1000)
                 # The marker expires when the cool-off ends by the real clock (``now``:
                 # callers placing events at fixed dates, such as tests, pass their own).
                 clock_ms = int((now or datetime.now(UTC)).timestamp() * 1000)
                 ttl_ms = at_ms + int(rule.period_s * 1000) - clock_ms
                 if ttl_ms > 0:
-                    await self.store.mark(key, str(at_ms), ttl_ms)
+                    await self.lists.mark(key, str(at_ms), ttl_ms)
                 started.append(rule.id)
         return started
 

@@ -1,7 +1,8 @@
 """The audit trail: every decision that lets a call go or stops it, kept as evidence.
 
 Each decision of a door (FastAGI, Stasis, API with recording, ``check --record``) becomes
-one entry of a Redis Stream ``{<namespace>}:audit``: time, verdict, reason, rule, door,
+one entry of the audit stream of the number's slot group (``<namespace>:{<tag>}:audit``,
+gate/core/keys.py; group 0 for a decision without a number): time, verdict, reason, rule, door,
 tenant, campaign, trunk, traffic class, the number (its keyed hash unless numbers are
 stored plain), caller ID, channel, the config version, the rule packs and the list
 versions consulted, the counters seen, the shadow reasons, and the decision's latency.
@@ -19,18 +20,21 @@ Guarantees:
 - Nothing is lost silently: while Redis is unreachable records wait in memory (at most
   ``QUEUE_MAX``); past that the oldest are dropped and the count is logged once per
   incident and kept in ``dropped``. ``close()`` flushes what is queued.
-- Reading (``tail``, ``export``, ``why``) streams the stream in batches: constant memory.
+- Reading (``read_range``: ``tail``, ``export``, ``why``; ``Follower``: ``tail -f``) merges
+  the group streams in time order (by entry id, then group), in batches: bounded memory.
+  ``why`` reads only its number's group.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import json
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -38,11 +42,13 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from gate.config.loader import AuditConfig
+from gate.core.engine import Plan
 from gate.core.errors import StoreError
-from gate.core.evidence import FIELDS, audit_record
+from gate.core.evidence import FIELDS, audit_record, stream_len
+from gate.core.keys import SLOT_GROUPS, Keyspace
 from gate.service import Observed
 
-__all__ = ["FIELDS", "AuditLog", "follow", "read_range", "stream_key"]
+__all__ = ["FIELDS", "AuditLog", "Follower", "read_range"]
 
 log = logging.getLogger("callgate.audit")
 
@@ -52,8 +58,10 @@ QUEUE_MAX = 200_000
 TRIM_EVERY_S = 60.0
 
 
-def stream_key(namespace: str) -> str:
-    return "{" + namespace + "}:audit"
+# Entries read per stream and request when merging the group streams.
+_FIRST_READ = 16
+_NEXT_READ = 200
+_POLL_S = 0.5
 
 
 class AuditLog:
@@ -61,9 +69,10 @@ class AuditLog:
 
     def __init__(self, client: aioredis.Redis, namespace: str, settings: AuditConfig) -> None:
         self._client = client
-        self.key = stream_key(namespace)
+        self._keyspace = Keyspace(namespace, None)
         self.settings = settings
-        self._queue: deque[Mapping[str, str]] = deque()
+        self._queue: deque[tuple[str, Mapping[str, str]]] = deque()
+        self._written_to: set[str] = set()  # streams to trim
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._failing = False
@@ -82,6 +91,7 @@ class AuditLog:
             return
         active = observed.active
         evaluation = observed.evaluation
+        pending = evaluation.pending
         self.append(
             audit_record(
                 observed.attempt,
@@ -93,18 +103,20 @@ class AuditLog:
                 config_version=active.version,
                 door=observed.door,
                 timing=observed.timing,
-            )
+            ),
+            pending.check.number.group if isinstance(pending, Plan) else 0,
         )
 
     def store_failed(self, error: StoreError) -> None:
         """Nothing to keep: the decision itself (fail mode) is kept by ``decided``."""
 
-    def append(self, record: Mapping[str, str]) -> None:
-        """Queue one record (never blocks, never raises)."""
+    def append(self, record: Mapping[str, str], group: int = 0) -> None:
+        """Queue one record for the stream of slot group ``group`` (never blocks, never
+        raises)."""
         if len(self._queue) >= QUEUE_MAX:
             self._queue.popleft()
             self.dropped += 1
-        self._queue.append(record)
+        self._queue.append((self._keyspace.audit_key(group), record))
         if len(self._queue) >= BATCH:
             self._wake.set()
 
@@ -139,9 +151,12 @@ class AuditLog:
         batch = [self._queue[i] for i in range(min(BATCH, len(self._queue)))]
         try:
             async with self._client.pipeline(transaction=False) as pipe:
-                for record in batch:
+                for key, record in batch:
                     fields: dict[Any, Any] = dict(record)
-                    pipe.xadd(self.key, fields, maxlen=self.settings.max_len, approximate=True)
+                    pipe.xadd(
+                        key, fields, maxlen=stream_len(self.settings.max_len), approximate=True
+                    )
+                    self._written_to.add(key)
                 await pipe.execute()
         except (RedisError, OSError) as exc:
             if not self._failing:
@@ -159,65 +174,119 @@ class AuditLog:
         return True
 
     async def _trim(self) -> None:
+        """Once a minute, the streams written to by age (the decision script trims the
+        stream it appends to itself)."""
         now = time.time()
-        if now - self._last_trim < TRIM_EVERY_S:
+        if now - self._last_trim < TRIM_EVERY_S or not self._written_to:
             return
         self._last_trim = now
         cutoff_ms = int((now - self.settings.max_age_s) * 1000)
+        keys, self._written_to = self._written_to, set()
         with contextlib.suppress(RedisError, OSError):
-            await self._client.xtrim(self.key, minid=f"{cutoff_ms}-0", approximate=True)
-            # Entries written by the decision script are trimmed by age only.
-            await self._client.xtrim(self.key, maxlen=self.settings.max_len, approximate=True)
+            for key in keys:
+                await self._client.xtrim(key, minid=f"{cutoff_ms}-0", approximate=True)
 
 
 def _stream_id(when: datetime | None, default: str) -> str:
     return default if when is None else f"{int(when.timestamp() * 1000)}"
 
 
+def _id_order(entry_id: bytes) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition(b"-")
+    return int(ms), int(seq or 0)
+
+
 async def read_range(
-    client: aioredis.Redis,
+    client: Any,
     namespace: str,
     since: datetime | None = None,
     until: datetime | None = None,
     reverse: bool = False,
     limit: int | None = None,
+    groups: Sequence[int] | None = None,
 ) -> AsyncIterator[dict[str, str]]:
-    """Records between ``since`` and ``until`` (stream time), in batches; oldest first
-    unless ``reverse``. Each record has its stream ``id``."""
-    key = stream_key(namespace)
+    """Records between ``since`` and ``until`` (stream time) of every group stream (or of
+    ``groups``), merged in time order, oldest first unless ``reverse``. Each record has its
+    stream ``id``. Memory is bounded: a few entries per stream are read ahead."""
+    keyspace = Keyspace(namespace, None)
+    keys = [keyspace.audit_key(g) for g in (range(SLOT_GROUPS) if groups is None else groups)]
     low, high = _stream_id(since, "-"), _stream_id(until, "+")
-    given = 0
-    for _ in range(10**9):  # bounded by the stream: each batch moves the cursor on
-        count = BATCH if limit is None else min(BATCH, limit - given)
-        if count <= 0:
+    bounds = [(low, high) for _ in keys]
+    buffers: list[deque[tuple[bytes, Any]]] = [deque() for _ in keys]
+    done = [False] * len(keys)
+
+    async def read(indexes: Sequence[int], count: int) -> None:
+        async with client.pipeline(transaction=False) as pipe:
+            for i in indexes:
+                lo, hi = bounds[i]
+                if reverse:
+                    pipe.xrevrange(keys[i], max=hi, min=lo, count=count)
+                else:
+                    pipe.xrange(keys[i], min=lo, max=hi, count=count)
+            replies = await pipe.execute()
+        for i, batch in zip(indexes, replies, strict=True):
+            buffers[i].extend(batch)
+            if len(batch) < count:
+                done[i] = True
+            elif batch:
+                last = "(" + batch[-1][0].decode()
+                bounds[i] = (bounds[i][0], last) if reverse else (last, bounds[i][1])
+
+    await read(range(len(keys)), _FIRST_READ)
+    sign = -1 if reverse else 1
+    heap: list[tuple[int, int, int, int]] = []
+    for i, buffer in enumerate(buffers):
+        if buffer:
+            ms, seq = _id_order(buffer[0][0])
+            heapq.heappush(heap, (sign * ms, sign * seq, sign * i, i))
+    for given in range(10**12):  # bounded by the streams: each turn takes one entry off
+        if not heap or (limit is not None and given >= limit):
             return
-        batch: Any
-        if reverse:
-            batch = await client.xrevrange(key, max=high, min=low, count=count)
-        else:
-            batch = await client.xrange(key, min=low, max=high, count=count)
-        if not batch:
-            return
-        for entry_id, fields in batch:
-            yield _record(entry_id, fields)
-            given += 1
-        last = batch[-1][0].decode()
-        if len(batch) < count:
-            return
-        if reverse:
-            high = "(" + last
-        else:
-            low = "(" + last
+        *_, i = heapq.heappop(heap)
+        entry_id, fields = buffers[i].popleft()
+        yield _record(entry_id, fields)
+        if not buffers[i] and not done[i]:
+            await read([i], _NEXT_READ)
+        if buffers[i]:
+            ms, seq = _id_order(buffers[i][0][0])
+            heapq.heappush(heap, (sign * ms, sign * seq, sign * i, i))
 
 
-async def follow(client: aioredis.Redis, namespace: str, after: str) -> list[dict[str, str]]:
-    """Records appended after stream id ``after`` ("$": from now), waiting up to 5 s."""
-    reply: Any = await client.xread({stream_key(namespace): after}, block=5000, count=BATCH)
-    records = []
-    for _key, entries in reply or []:
-        for entry_id, fields in entries:
-            records.append(_record(entry_id, fields))
-    return records
+class Follower:
+    """New records of every group stream as they are appended (``audit tail -f``)."""
+
+    def __init__(self, client: Any, namespace: str) -> None:
+        self._client = client
+        keyspace = Keyspace(namespace, None)
+        self._keys = [keyspace.audit_key(g) for g in range(SLOT_GROUPS)]
+        self._after: list[str] = []
+
+    async def start(self) -> None:
+        """From now on: remember the last entry of each stream."""
+        async with self._client.pipeline(transaction=False) as pipe:
+            for key in self._keys:
+                pipe.xrevrange(key, count=1)
+            replies = await pipe.execute()
+        self._after = [batch[0][0].decode() if batch else "0-0" for batch in replies]
+
+    async def poll(self, wait_s: float = 5.0) -> list[dict[str, str]]:
+        """Records appended since the last poll, in time order, waiting up to ``wait_s``."""
+        for _ in range(max(1, int(wait_s / _POLL_S))):
+            async with self._client.pipeline(transaction=False) as pipe:
+                for key, after in zip(self._keys, self._after, strict=True):
+                    pipe.xrange(key, min="(" + after, max="+", count=BATCH)
+                replies = await pipe.execute()
+            found: list[tuple[tuple[int, int], int, bytes, Any]] = []
+            for i, batch in enumerate(replies):
+                for entry_id, fields in batch:
+                    found.append((_id_order(entry_id), i, entry_id, fields))
+                if batch:
+                    self._after[i] = batch[-1][0].decode()
+            if found:
+                found.sort(key=lambda item: (item[0], item[1]))
+                return [_record(entry_id, fields) for _, _, entry_id, fields in found]
+            await asyncio.sleep(_POLL_S)
+        return []
 
 
 def _record(entry_id: bytes, fields: Mapping[bytes, bytes]) -> dict[str, str]:

@@ -1,42 +1,79 @@
-"""The Redis store: one atomic Lua call per decision, plus the list admin commands.
+"""The Redis store: one atomic Lua call per decision, plus the admin primitives.
 
 Guarantees:
-- ``decide(check)`` is one EVALSHA of ``gate/lua/decide.lua`` (loaded from the package,
-  registered once, re-sent by redis-py on NOSCRIPT) under ``asyncio.timeout(deadline)``;
-  it returns a ``StoreResult`` or raises ``StoreUnavailable`` / ``StoreTimeout``.
-- No redis-py exception leaves this module: each is translated into ``gate.errors``.
-- Admin commands (list add/remove/count/export) use the same connection settings but no
-  decision deadline; list entries are sent in batches of ``BATCH`` members per command.
+- ``decide(check)`` is one EVALSHA of ``gate/store/lua/decide.lua`` under
+  ``asyncio.timeout(deadline)``, sent as a pre-encoded request (arguments encoded here,
+  the script's SHA1 computed once; NOSCRIPT loads it and sends again: the script did not
+  run); it returns a ``StoreResult`` or raises ``StoreUnavailable`` / ``StoreTimeout``.
+- Every key a script touches is in its KEYS, named in the number's slot group
+  (gate/core/keys.py). The store keeps a view of each list's live version ("version/bits",
+  read from the list's directory entry); the script checks it against the group's meta
+  and answers STALE instead of deciding when it is out of date, and the decision is sent
+  again with what the meta holds: a decision never reads a list version other than the
+  live one, and the first decision after a list swap sees the new version on every shard.
+- Two modes. One server (``url``): a decision, its CPS log included, is one call. Redis
+  Cluster (``nodes``, seed URLs): each call is routed to the master of its slot, MOVED
+  and ASK are followed (the script did not run, so sending it again is safe) and counted
+  (``redirects``); a shared attempt log (a trunk's CPS) lives in a slot of its own, so a
+  recorded decision that has one first reserves it (a call on that slot), then decides
+  in the number's slot, and gives the reservation back if the number's checks refused:
+  the CPS cap is never exceeded. A lost connection is never answered by sending a
+  recorded decision again: the error goes up (the gate applies its fail mode) and the
+  cluster's slot map is read again before the next call.
+- No redis-py exception leaves this module: each is translated into ``gate.core.errors``.
+- Admin commands (lists, consents, audit) use ``admin_client`` (a long timeout, routed by
+  key in cluster mode) and ``run_scripts``; never the decision deadline.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import importlib.resources
 import json
-from collections.abc import AsyncIterator, Iterable, Sequence
+import time
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
+from redis.backoff import ExponentialBackoff, NoBackoff
+from redis.crc import key_slot
+from redis.exceptions import (
+    AskError,
+    MovedError,
+    NoScriptError,
+    RedisError,
+    ResponseError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from gate.core.engine import StoreCheck, StoreResult
+from gate.core.engine import Check, CheckKind, StoreCheck, StoreResult
 from gate.core.errors import StoreError, StoreTimeout, StoreUnavailable
+from gate.core.keys import directory_key, namespace_of
 
-__all__ = ["BATCH", "Store", "encode_checks", "load_script", "translate_error"]
+__all__ = ["BATCH", "Script", "Store", "StoreSettings", "load_script", "translate_error"]
 
 BATCH = 1000
-# Decisions per EVALSHA in a scrub: ~20-30 µs of Redis time each, so ~5 ms per call.
+# Decisions per EVALSHA in a scrub: ~10-20 µs of Redis time each, so a few ms per call.
 SCRUB_BATCH = 200
 _ADMIN_TIMEOUT_S = 60.0
+# A decision whose list view is out of date is sent again with the meta's; a view that
+# changes under it again and again (a swap in progress on every try) gives up.
+_STALE_TRIES = 4
+# Redirections followed for one call (a slot moving, then a failover).
+_REDIRECTS = 8
+_REINIT_EVERY_S = 0.2
 
 
 def load_script(name: str) -> str:
-    """The text of a Lua script shipped in ``gate/lua/``."""
+    """The text of a Lua script shipped in ``gate/store/lua/``."""
     return (
         importlib.resources.files("gate.store")
         .joinpath("lua")
@@ -45,229 +82,512 @@ def load_script(name: str) -> str:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class Script:
+    """A shipped Lua script, its SHA1 (the name EVALSHA calls it by)."""
+
+    name: str
+    text: str
+    sha: bytes
+
+    @classmethod
+    def load(cls, name: str) -> Script:
+        text = load_script(name)
+        return cls(name, text, hashlib.sha1(text.encode()).hexdigest().encode())
+
+
+DECIDE = Script.load("decide.lua")
+LIST_DELTA = Script.load("list_delta.lua")
+RELEASE = Script.load("release.lua")
+
+
 def translate_error(exc: BaseException, where: str) -> StoreError:
     """Map a redis-py error to the gate's error tree (one line, says what to check)."""
+    if isinstance(exc, StoreError):
+        return exc
     if isinstance(exc, TimeoutError | RedisTimeoutError):
         return StoreTimeout(f"Redis at {where} did not answer in time")
     if isinstance(exc, RedisConnectionError | OSError):
         detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         return StoreUnavailable(f"Redis at {where} is unreachable ({detail}); is it running?")
-    return StoreError(f"Redis at {where} answered with an error: {exc}")
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if text.startswith(("CLUSTERDOWN", "TRYAGAIN", "MASTERDOWN", "LOADING")):
+        return StoreUnavailable(f"Redis at {where} cannot answer now ({text})")
+    return StoreError(f"Redis at {where} answered with an error: {text}")
+
+
+@dataclass(frozen=True, slots=True)
+class StoreSettings:
+    """What a ``Store`` is opened with (picklable: scrub workers open their own)."""
+
+    url: str
+    deadline_s: float
+    nodes: tuple[str, ...] = ()
+
+
+def _cluster_client(nodes: Sequence[str], socket_timeout: float, retries: int) -> RedisCluster:
+    """A RedisCluster over the seed ``nodes`` (redis:// or rediss:// URLs)."""
+    first = urlsplit(nodes[0])
+    startup = []
+    for url in nodes:
+        parts = urlsplit(url)
+        startup.append(ClusterNode(parts.hostname or "127.0.0.1", parts.port or 6379))
+    return RedisCluster(
+        startup_nodes=startup,
+        username=unquote(first.username) if first.username else None,
+        password=unquote(first.password) if first.password else None,
+        ssl=first.scheme == "rediss",
+        socket_timeout=socket_timeout,
+        socket_connect_timeout=min(socket_timeout, 5.0),
+        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries)
+        if retries
+        else Retry(NoBackoff(), 0),
+        decode_responses=False,
+    )
+
+
+_Reply = Any  # a decoded RESP reply, or the ResponseError an error reply raised
 
 
 class Store:
-    """A connection pool to one Redis (or compatible) server, and the decision script."""
+    """The connection to one Redis (or a Redis Cluster) and the scripts."""
 
-    def __init__(self, url: str, deadline_s: float) -> None:
+    def __init__(self, url: str, deadline_s: float, *, nodes: Sequence[str] = ()) -> None:
         self.url = url
         self.deadline_s = deadline_s
-        # One quick reconnect on a stale pooled connection (Redis restarted); everything
-        # else is bounded by the decision deadline, never by redis-py's retry schedule.
-        self._client: aioredis.Redis = aioredis.Redis.from_url(
-            url,
-            socket_connect_timeout=max(deadline_s, 0.5),
-            socket_timeout=_ADMIN_TIMEOUT_S,
-            retry=Retry(NoBackoff(), 1),
-            decode_responses=False,
-        )
-        self._decide = self._client.register_script(load_script("decide.lua"))
-        self._admin_client: aioredis.Redis | None = None
+        self.nodes = tuple(nodes)
+        self.cluster = bool(self.nodes)
+        self.redirects: Counter[str] = Counter()
+        self.answered_by = ""  # the node that answered the last decision
+        self._views: dict[str, str] = {}
+        self._reinit_at = 0.0
+        self._stale_topology = False
+        self._ask_nodes: dict[str, ClusterNode] = {}
+        self._client: aioredis.Redis | None = None
+        self._cluster: RedisCluster | None = None
+        if self.cluster:
+            self._cluster = _cluster_client(self.nodes, _ADMIN_TIMEOUT_S, 0)
+        else:
+            # No retry at all: a decision is never sent twice by the client library.
+            self._client = aioredis.Redis.from_url(
+                url,
+                socket_connect_timeout=max(deadline_s, 0.5),
+                socket_timeout=_ADMIN_TIMEOUT_S,
+                retry=Retry(NoBackoff(), 0),
+                decode_responses=False,
+            )
+        self._admin_client: aioredis.Redis | RedisCluster | None = None
+
+    @classmethod
+    def open(cls, settings: StoreSettings) -> Store:
+        return cls(settings.url, settings.deadline_s, nodes=settings.nodes)
 
     @property
-    def admin_client(self) -> aioredis.Redis:
-        """A second pool for list administration: long timeout, never a blind retry.
+    def settings(self) -> StoreSettings:
+        return StoreSettings(self.url, self.deadline_s, self.nodes)
 
-        redis-py's default (a 5 s socket timeout, then one retry) re-sent a slow RENAME of
-        a big list, which then failed "no such key" after the first one had succeeded
-        (measured on a 10 M-member list): admin commands are not idempotent."""
+    @property
+    def admin_client(self) -> Any:
+        """A client for administration (lists, consents, audit): long timeout.
+
+        One server: never a blind retry (redis-py's default, a 5 s socket timeout then one
+        retry, re-sent a slow RENAME of a big list, which then failed "no such key" after
+        the first had succeeded). Cluster: routed by key, MOVED/ASK followed, a few
+        retries after a failover (admin writes are idempotent)."""
         if self._admin_client is None:
-            self._admin_client = aioredis.Redis.from_url(
-                self.url,
-                socket_timeout=_ADMIN_TIMEOUT_S * 2,
-                socket_connect_timeout=5.0,
-                retry=None,
-            )
+            if self.cluster:
+                self._admin_client = _cluster_client(self.nodes, _ADMIN_TIMEOUT_S * 2, 3)
+            else:
+                self._admin_client = aioredis.Redis.from_url(
+                    self.url,
+                    socket_timeout=_ADMIN_TIMEOUT_S * 2,
+                    socket_connect_timeout=5.0,
+                    retry=None,
+                )
         return self._admin_client
 
     @property
     def where(self) -> str:
         """The server address without credentials, for messages."""
+        if self.cluster:
+            return "cluster " + ",".join(u.split("@", 1)[-1] for u in self.nodes)
         return self.url.split("@", 1)[-1]
 
     async def close(self) -> None:
-        await self._client.aclose()
+        if self._client is not None:
+            await self._client.aclose()
+        if self._cluster is not None:
+            await self._cluster.aclose()
+        for node in self._ask_nodes.values():
+            await node.disconnect()
         if self._admin_client is not None:
             await self._admin_client.aclose()
 
     async def ping(self) -> None:
         try:
             async with asyncio.timeout(max(self.deadline_s, 1.0)):
-                await self._client.ping()
+                if self._cluster is not None:
+                    await self._cluster.initialize()
+                    await self._cluster.ping(target_nodes=RedisCluster.PRIMARIES)
+                else:
+                    assert self._client is not None
+                    await self._client.ping()
         except (RedisError, OSError, TimeoutError) as exc:
             raise translate_error(exc, self.where) from exc
+
+    def forget_views(self) -> None:
+        """Read every list's version again before its next decision (tests, migrate)."""
+        self._views.clear()
+
+    # --- decisions ------------------------------------------------------------------
 
     async def decide(self, check: StoreCheck) -> StoreResult:
         """Run one decision's checks atomically, within the deadline."""
-        keys, args = encode_checks(check)
         try:
             async with asyncio.timeout(self.deadline_s):
-                reply = await self._decide(keys=keys, args=args)
+                return await self._decide(check)
         except (RedisError, OSError, TimeoutError) as exc:
             raise translate_error(exc, self.where) from exc
-        return _result(reply[0])
+
+    async def _decide(self, check: StoreCheck) -> StoreResult:
+        shared = [c for c in check.checks if c.shared] if self.cluster else []
+        reserved: list[Check] = []
+        outside: dict[int, tuple[int, int, int]] = {}
+        if shared:
+            outside, reserved = await self._reserve(check, shared)
+        result: StoreResult | None = None
+        try:
+            for _ in range(_STALE_TRIES):
+                await self._learn_views([check])
+                encoded = _encode([check], self._views, [outside])
+                (reply,) = await self._call([encoded.command(DECIDE)])
+                results = encoded.results(_raise_error(reply), self._views)
+                if results[0] is not None:
+                    result = results[0]
+                    return result
+            raise StoreError(f"Redis at {self.where}: list versions kept changing; try again")
+        finally:
+            if reserved and (result is None or result.decided != 0):
+                await self._release(reserved, check.now_ms)
+
+    async def _reserve(
+        self, check: StoreCheck, shared: list[Check]
+    ) -> tuple[dict[int, tuple[int, int, int]], list[Check]]:
+        """Cluster: read (and, recording, reserve) each shared attempt log in its own slot.
+        Returns, per check index, what it saw (seen, limit, retry_ms: an X check of
+        decide.lua) and the checks whose log holds a reservation."""
+        probes = [StoreCheck(check.now_ms, check.record, check.number, "", (c,)) for c in shared]
+        replies = await self._call([_encode([p], {}).command(DECIDE) for p in probes])
+        outside: dict[int, tuple[int, int, int]] = {}
+        reserved = []
+        for c, reply in zip(shared, replies, strict=True):
+            flat = _raise_error(reply)
+            decided, retry_ms, seen = int(flat[1]), int(flat[2]), int(flat[3])
+            outside[check.checks.index(c)] = (seen, c.params[0], retry_ms)
+            if check.record and not decided:
+                reserved.append(c)
+        return outside, reserved
+
+    async def _release(self, reserved: list[Check], now_ms: int) -> None:
+        """Give back reservations of a decision that did not let the call go."""
+        replies = await self._call([_command(RELEASE, [c.key], [now_ms]) for c in reserved])
+        for reply in replies:
+            _raise_error(reply)
 
     async def decide_many(self, checks: Sequence[StoreCheck]) -> list[StoreResult]:
-        """Evaluate many decisions: ``SCRUB_BATCH`` per EVALSHA (a few ms of Redis time
-        each, so live decisions are never held up long), all batches pipelined in one
-        round trip. No decision deadline: a scrub is not a call waiting to leave."""
+        """Evaluate many decisions (never recorded): ``SCRUB_BATCH`` per EVALSHA (a few ms
+        of Redis time each, so live decisions are never held up long), grouped by slot in
+        cluster mode, all sent in one round trip per node. No decision deadline: a scrub
+        is not a call waiting to leave."""
         if not checks:
             return []
-        # The EVALSHAs are sent as one pre-built RESP request: redis-py's per-argument
-        # encoding cost more than the decisions themselves (a scrub of 1 M leads).
-        request = bytearray()
-        calls = 0
-        for start in range(0, len(checks), SCRUB_BATCH):
-            keys, args = encode_checks(*checks[start : start + SCRUB_BATCH])
-            request += _resp(
-                [
-                    b"EVALSHA",
-                    self._decide.sha.encode(),
-                    b"%d" % len(keys),
-                    *(k.encode() for k in keys),
-                    *(str(a).encode() for a in args),
-                ]
-            )
-            calls += 1
-        for attempt in range(2):  # a second time after loading the script (NOSCRIPT)
-            try:
-                replies = await self._send(bytes(request), calls)
-                return [_result(reply) for batch in replies for reply in batch]
-            except NoScriptError:
-                if attempt:
-                    raise
-                await self._client.script_load(self._decide.script)
-            except (RedisError, OSError, TimeoutError) as exc:
-                raise translate_error(exc, self.where) from exc
-        raise AssertionError("unreachable")
-
-    async def _send(self, request: bytes, replies: int) -> list[Any]:
-        """Send pre-built commands on one pooled connection and read ``replies`` replies
-        (an error reply raises; the connection is then dropped, never reused)."""
-        pool = self._client.connection_pool
-        connection = await pool.get_connection()  # type: ignore[no-untyped-call]
         try:
-            await connection.send_packed_command(request)
-            return [await connection.read_response() for _ in range(replies)]
+            outside = await self._peek_shared(checks) if self.cluster else [{}] * len(checks)
+            results: list[StoreResult | None] = [None] * len(checks)
+            todo = list(range(len(checks)))
+            for _ in range(_STALE_TRIES):
+                await self._learn_views([checks[i] for i in todo])
+                batches = _batches(todo, checks, self.cluster)
+                encoded = [
+                    _encode([checks[i] for i in batch], self._views, [outside[i] for i in batch])
+                    for batch in batches
+                ]
+                replies = await self._call([e.command(DECIDE) for e in encoded])
+                stale: list[int] = []
+                for batch, enc, reply in zip(batches, encoded, replies, strict=True):
+                    for index, result in zip(
+                        batch, enc.results(_raise_error(reply), self._views), strict=True
+                    ):
+                        if result is None:
+                            stale.append(index)
+                        results[index] = result
+                if not stale:
+                    return [r for r in results if r is not None]
+                todo = stale
+            raise StoreError(f"Redis at {self.where}: list versions kept changing; try again")
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise translate_error(exc, self.where) from exc
+
+    async def _peek_shared(
+        self, checks: Sequence[StoreCheck]
+    ) -> list[dict[int, tuple[int, int, int]]]:
+        """Cluster: what each shared attempt log holds (each read once), per decision and
+        check index as (seen, limit, retry_ms) for an X check."""
+        probes: dict[str, StoreCheck] = {}
+        for check in checks:
+            for c in check.checks:
+                if c.shared and c.key not in probes:
+                    probes[c.key] = StoreCheck(check.now_ms, False, check.number, "", (c,))
+        replies = await self._call([_encode([p], {}).command(DECIDE) for p in probes.values()])
+        seen: dict[str, tuple[int, int]] = {}
+        for key, reply in zip(probes, replies, strict=True):
+            flat = _raise_error(reply)
+            seen[key] = (int(flat[3]), int(flat[2]))
+        return [
+            {
+                i: (seen[c.key][0], c.params[0], seen[c.key][1])
+                for i, c in enumerate(check.checks)
+                if c.shared
+            }
+            for check in checks
+        ]
+
+    # --- list views -----------------------------------------------------------------
+
+    async def _learn_views(self, checks: Iterable[StoreCheck]) -> None:
+        """Read the live version of every list these checks look up and the store has no
+        view of yet (from the lists' directory entries)."""
+        wanted: dict[str, str] = {}
+        for check in checks:
+            for c in check.checks:
+                if c.kind in _MEMBERSHIP and c.key not in self._views:
+                    wanted[c.key] = namespace_of(check.prefix)
+        if not wanted:
+            return
+        client = self.admin_client
+        async with client.pipeline(transaction=False) as pipe:
+            for list_id, namespace in wanted.items():
+                pipe.hmget(directory_key(namespace, list_id), "version", "bits")
+            replies = await pipe.execute()
+        for list_id, (version, bits) in zip(wanted, replies, strict=True):
+            self._views[list_id] = "" if version is None else f"{int(version)}/{int(bits)}"
+
+    # --- transport --------------------------------------------------------------------
+
+    async def run_scripts(
+        self, script: Script, calls: Sequence[tuple[Sequence[str], Sequence[Any]]]
+    ) -> list[Any]:
+        """Admin: EVALSHA ``script`` once per (keys, args), routed by slot, pipelined;
+        returns each reply (an error reply raises ``StoreError``)."""
+        commands = [_command(script, keys, args) for keys, args in calls]
+        return await self._admin_call(commands)
+
+    async def send(self, commands: Sequence[tuple[str, Sequence[Any]]]) -> list[Any]:
+        """Admin: commands given as (the key that routes it, its words), pre-encoded and
+        pipelined (one request per node); returns each reply (an error raises)."""
+        packed = [
+            _Command(None, key_slot(key.encode()), _resp([_word(w) for w in words]))
+            for key, words in commands
+        ]
+        return await self._admin_call(packed)
+
+    async def send_packed(self, commands: Sequence[tuple[str, bytes]]) -> list[Any]:
+        """Admin: commands already in RESP, each with the key that routes it; pipelined
+        (one request per node); returns each reply (an error raises)."""
+        return await self._admin_call(
+            [_Command(None, key_slot(key.encode()), packed) for key, packed in commands]
+        )
+
+    async def _admin_call(self, commands: list[_Command]) -> list[Any]:
+        try:
+            replies = await self._call(commands, admin=True)
+            return [_raise_error(reply) for reply in replies]
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise translate_error(exc, self.where) from exc
+
+    async def _call(self, commands: list[_Command], admin: bool = False) -> list[_Reply]:
+        """Send commands (one server: one request; cluster: one per node, at once) and
+        return each reply; NOSCRIPT, MOVED, ASK and TRYAGAIN replies are followed."""
+        replies: list[_Reply] = [None] * len(commands)
+        pending = list(range(len(commands)))
+        asking: dict[int, ClusterNode] = {}
+        for round_ in range(_REDIRECTS):
+            if not self.cluster:
+                sent = await self._send_single([commands[i].packed for i in pending], admin)
+                self.answered_by = self.where
+                routed: list[tuple[Any, list[int], list[_Reply]]] = [(None, pending, sent)]
+            else:
+                routed = await self._send_cluster(commands, pending, asking, admin)
+            retry: list[int] = []
+            asking = {}
+            loads: dict[Any, set[Script]] = {}
+            for node, indexes, sent in routed:
+                for index, reply in zip(indexes, sent, strict=True):
+                    replies[index] = reply
+                    script = commands[index].script
+                    if isinstance(reply, NoScriptError) and script is not None:
+                        loads.setdefault(node, set()).add(script)
+                        retry.append(index)
+                    elif isinstance(reply, MovedError) and self.cluster:
+                        self.redirects["moved"] += 1
+                        await self._cluster_for(admin).nodes_manager.move_slot(reply)
+                        retry.append(index)
+                    elif isinstance(reply, AskError) and self.cluster:
+                        self.redirects["ask"] += 1
+                        asking[index] = self._ask_node(reply.host, int(reply.port), admin)
+                        retry.append(index)
+                    elif isinstance(reply, TryAgainError):
+                        self.redirects["tryagain"] += 1
+                        retry.append(index)
+            if not retry:
+                return replies
+            for node, scripts in loads.items():
+                await self._load_scripts(node, scripts, admin)
+            if any(isinstance(replies[i], TryAgainError) for i in retry):
+                await asyncio.sleep(0.01 * (round_ + 1))
+            pending = retry
+        return replies
+
+    def _cluster_for(self, admin: bool) -> RedisCluster:
+        cluster = self.admin_client if admin else self._cluster
+        assert isinstance(cluster, RedisCluster)
+        return cluster
+
+    async def _send_single(self, packed: list[bytes], admin: bool = False) -> list[_Reply]:
+        client = self.admin_client if admin else self._client
+        assert client is not None
+        pool = client.connection_pool
+        connection = await pool.get_connection()
+        try:
+            return await _exchange(connection, b"".join(packed), len(packed))
         except BaseException:
-            await connection.disconnect()
+            await connection.disconnect()  # replies may be left unread: never reuse it
             raise
         finally:
             await pool.release(connection)
 
-    async def _admin(self, command: str, *args: Any) -> Any:
+    async def _send_cluster(
+        self,
+        commands: list[_Command],
+        pending: list[int],
+        asking: dict[int, ClusterNode],
+        admin: bool,
+    ) -> list[tuple[Any, list[int], list[_Reply]]]:
+        cluster = self._cluster_for(admin)
+        await self._refresh_topology(cluster)
+        by_node: dict[str, tuple[ClusterNode, list[int], bool]] = {}
+        for index in pending:
+            ask = index in asking
+            node = (
+                asking[index]
+                if ask
+                else cluster.nodes_manager.get_node_from_slot(commands[index].slot)
+            )
+            group_key = node.name + ("/ask" if ask else "")
+            by_node.setdefault(group_key, (node, [], ask))[1].append(index)
+
+        async def one(node: ClusterNode, indexes: list[int], ask: bool) -> list[_Reply]:
+            request = b"".join((_ASKING if ask else b"") + commands[i].packed for i in indexes)
+            expected = len(indexes) * (2 if ask else 1)
+            connection = node.acquire_connection()
+            try:
+                replies = await _exchange(connection, request, expected)
+            except BaseException:
+                await connection.disconnect()
+                self._stale_topology = True
+                raise
+            finally:
+                node.release(connection)
+            if not admin:
+                self.answered_by = node.name
+            return replies[1::2] if ask else replies
+
+        results = await asyncio.gather(
+            *(one(node, indexes, ask) for node, indexes, ask in by_node.values())
+        )
+        return [
+            (node, indexes, replies)
+            for (node, indexes, _), replies in zip(by_node.values(), results, strict=True)
+        ]
+
+    def _ask_node(self, host: str, port: int, admin: bool) -> ClusterNode:
+        cluster = self._cluster_for(admin)
+        node = cluster.get_node(host=host, port=port)
+        if node is None:
+            name = f"{host}:{port}/{'admin' if admin else 'decide'}"
+            node = self._ask_nodes.get(name)
+            if node is None:
+                node = self._ask_nodes[name] = ClusterNode(
+                    host, port, **cluster.nodes_manager.connection_kwargs
+                )
+        return node
+
+    async def _refresh_topology(self, cluster: RedisCluster) -> None:
+        """Read the cluster's slot map again after a lost connection (a failover), at most
+        every ``_REINIT_EVERY_S``."""
+        now = time.monotonic()
+        if self._stale_topology and now - self._reinit_at >= _REINIT_EVERY_S:
+            self._reinit_at = now
+            self._stale_topology = False
+            await cluster.nodes_manager.initialize()
+        else:
+            await cluster.initialize()
+
+    async def _load_scripts(self, node: Any, scripts: set[Script], admin: bool) -> None:
+        for script in scripts:
+            if node is None:
+                client = self.admin_client if admin else self._client
+                assert client is not None
+                await client.script_load(script.text)
+            else:
+                await node.execute_command("SCRIPT", "LOAD", script.text)
+
+
+_ASKING = b"*1\r\n$6\r\nASKING\r\n"
+_MEMBERSHIP = frozenset({CheckKind.ALLOW_LIST, CheckKind.BLOCK_LIST, CheckKind.PRESENCE_REQUIRED})
+
+
+async def _exchange(connection: Any, request: bytes, replies: int) -> list[_Reply]:
+    """Write ``request`` and read ``replies`` replies; an error reply is returned (the
+    connection stays in step), any other failure raises."""
+    await connection.send_packed_command(request)
+    out: list[_Reply] = []
+    for _ in range(replies):
         try:
-            async with asyncio.timeout(_ADMIN_TIMEOUT_S):
-                return await self._client.execute_command(command, *args)  # type: ignore[no-untyped-call]
-        except (RedisError, OSError, TimeoutError) as exc:
-            raise translate_error(exc, self.where) from exc
-
-    async def set_fields(self, key: str, fields: Iterable[tuple[str, str]]) -> int:
-        """HSET in batches (consent lists: token → "granted_ms:expiry_ms"); returns new fields."""
-        added = 0
-        batch: list[str] = []
-        for name, value in fields:
-            batch += [name, value]
-            if len(batch) >= 2 * BATCH:
-                added += int(await self._admin("HSET", key, *batch))
-                batch = []
-        if batch:
-            added += int(await self._admin("HSET", key, *batch))
-        return added
-
-    async def remove_fields(self, key: str, names: Iterable[str]) -> int:
-        removed = 0
-        for batch in _batches(names):
-            removed += int(await self._admin("HDEL", key, *batch))
-        return removed
-
-    async def count_fields(self, key: str) -> int:
-        return int(await self._admin("HLEN", key))
-
-    async def get_fields(self, key: str) -> dict[str, str]:
-        raw = await self._admin("HGETALL", key)
-        if isinstance(raw, dict):
-            return {k.decode(): v.decode() for k, v in raw.items()}
-        pairs = list(raw)
-        return {pairs[i].decode(): pairs[i + 1].decode() for i in range(0, len(pairs), 2)}
-
-    async def mark(self, key: str, value: str, ttl_ms: int) -> None:
-        """SET key value PX ttl_ms (cool-off markers)."""
-        await self._admin("SET", key, value, "PX", max(ttl_ms, 1))
-
-    async def members(self, key: str, hashed: bool = False) -> AsyncIterator[str]:
-        """Every member of a list SET (or field of a consent HASH), by SCAN: constant memory."""
-        command = "HSCAN" if hashed else "SSCAN"
-        cursor = 0
-        for _ in range(10**9):  # bounded: the scan ends when the cursor returns to 0
-            cursor, batch = await self._admin(command, key, cursor, "COUNT", BATCH)
-            items = batch[::2] if hashed else batch
-            for member in items:
-                yield member.decode()
-            if int(cursor) == 0:
-                return
-
-    async def flush_namespace(self, pattern: str) -> None:
-        """Delete every key matching ``pattern`` (tests and ``callgate reset``)."""
-        cursor = 0
-        for _ in range(10**9):
-            cursor, keys = await self._admin("SCAN", cursor, "MATCH", pattern, "COUNT", BATCH)
-            if keys:
-                await self._admin("UNLINK", *keys)
-            if int(cursor) == 0:
-                return
+            out.append(await connection.read_response())
+        except ResponseError as exc:
+            out.append(exc)
+    return out
 
 
-def encode_checks(*decisions: StoreCheck) -> tuple[list[str], list[str | int]]:
-    """KEYS and ARGV of decide.lua for one or more decisions (its header is the contract)."""
-    keys: list[str] = []
-    index: dict[str, int] = {}
-    args: list[str | int] = [len(decisions)]
-    for check in decisions:
-        number = check.number
-        args += [
-            check.now_ms,
-            1 if check.record else 0,
-            number.token,
-            number.member,
-            number.bucket32,
-            len(check.checks),
-        ]
-        for item in check.checks:
-            fields = [item.kind, "1" if item.shadow else "0"]
-            if item.key:
-                if item.key not in index:
-                    keys.append(item.key)
-                    index[item.key] = len(keys)
-                fields.append(str(index[item.key]))
-            fields += [str(p) for p in item.params]
-            if item.exempt_by:
-                fields.append(",".join(str(i) for i in item.exempt_by))
-            args.append("|".join(fields))
-        evidence = check.evidence if check.record else None
-        if evidence is None:
-            args.append("")
-            continue
-        if evidence.stream not in index:
-            keys.append(evidence.stream)
-            index[evidence.stream] = len(keys)
-        labels = "".join(f"{c.rule}\t{c.reason}\t{c.list_name}\n" for c in check.checks)
-        args += [
-            json.dumps(dict(evidence.known), ensure_ascii=False, separators=(",", ":"))[:-1],
-            ",".join(evidence.shadow) + "\n" + labels,
-            index[evidence.stream],
-            evidence.min_id_ms,
-        ]
-    return keys, args
+def _raise_error(reply: _Reply) -> Any:
+    if isinstance(reply, ResponseError):
+        raise reply
+    return reply
+
+
+@dataclass(frozen=True, slots=True)
+class _Command:
+    """One pre-encoded command (an EVALSHA of ``script``, or None) and its slot."""
+
+    script: Script | None
+    slot: int
+    packed: bytes
+
+
+def _word(word: Any) -> bytes:
+    if isinstance(word, bytes):
+        return word
+    if isinstance(word, int):
+        return b"%d" % word
+    return str(word).encode()
+
+
+def _command(script: Script, keys: Sequence[str], args: Sequence[Any]) -> _Command:
+    parts = [b"EVALSHA", script.sha, b"%d" % len(keys)]
+    parts += [k.encode() for k in keys]
+    parts += [a if isinstance(a, bytes) else str(a).encode() for a in args]
+    return _Command(script, key_slot(parts[3]) if keys else 0, _resp(parts))
 
 
 def _resp(parts: Sequence[bytes]) -> bytes:
@@ -275,22 +595,159 @@ def _resp(parts: Sequence[bytes]) -> bytes:
     return b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%b\r\n" % (len(p), p) for p in parts)
 
 
-def _result(reply: Any) -> StoreResult:
-    decided, retry_ms, results, versions = reply
-    return StoreResult(
-        int(decided),
-        int(retry_ms),
-        tuple(int(r) for r in results),
-        tuple(v.decode() if isinstance(v, bytes) else str(v) for v in versions),
-    )
+def _batches(indexes: list[int], checks: Sequence[StoreCheck], cluster: bool) -> list[list[int]]:
+    """Decisions per EVALSHA: at most SCRUB_BATCH, and one slot group each in a cluster."""
+    groups: dict[str, list[int]] = {}
+    for index in indexes:
+        groups.setdefault(checks[index].prefix if cluster else "", []).append(index)
+    return [
+        part[start : start + SCRUB_BATCH]
+        for part in groups.values()
+        for start in range(0, len(part), SCRUB_BATCH)
+    ]
 
 
-def _batches(members: Iterable[str]) -> Iterable[list[str]]:
-    batch: list[str] = []
-    for member in members:
-        batch.append(member)
-        if len(batch) >= BATCH:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
+@dataclass
+class _Encoded:
+    """The KEYS and ARGV of decide.lua for some decisions, and how to read the reply."""
+
+    keys: list[str]
+    args: list[bytes]
+    layout: list[tuple[StoreCheck, list[str]]]  # per decision: its meta fields
+
+    def command(self, script: Script) -> _Command:
+        return _command(script, self.keys, self.args)
+
+    def results(self, reply: list[Any], views: dict[str, str]) -> list[StoreResult | None]:
+        """Each decision's result, or None when it was STALE (``views`` updated)."""
+        out: list[StoreResult | None] = []
+        pos = 0
+        for check, fields in self.layout:
+            if int(reply[pos]) == 0:
+                for offset, name in enumerate(fields):
+                    if not name.endswith(":r"):
+                        value = reply[pos + 1 + offset]
+                        views[name] = "" if value is None else value.decode()
+                pos += 1 + len(fields)
+                out.append(None)
+                continue
+            n = len(check.checks)
+            results = tuple(int(r) for r in reply[pos + 3 : pos + 3 + n])
+            versions = tuple(_version(c, views) for c in check.checks)
+            out.append(StoreResult(int(reply[pos + 1]), int(reply[pos + 2]), results, versions))
+            pos += 3 + n
+        return out
+
+
+def _version(check: Check, views: dict[str, str]) -> str:
+    if check.kind not in _MEMBERSHIP:
+        return ""
+    return views.get(check.key, "").split("/", 1)[0]
+
+
+def _encode(
+    decisions: Sequence[StoreCheck],
+    views: dict[str, str],
+    outside: Sequence[dict[int, tuple[int, int, int]]] = (),
+) -> _Encoded:
+    """KEYS and ARGV of decide.lua (its header is the contract). ``outside[d][i]``: check
+    i of decision d is a shared attempt log already read in its own slot (an X check:
+    seen, limit, retry_ms)."""
+    encoder = _Encoder(len(decisions))
+    for d, check in enumerate(decisions):
+        encoder.add(check, views, outside[d] if outside else {})
+    return _Encoded(encoder.keys, encoder.args, encoder.layout)
+
+
+class _Encoder:
+    """Accumulates the KEYS (each once) and ARGV of decide.lua, decision by decision."""
+
+    __slots__ = ("args", "index", "keys", "layout")
+
+    def __init__(self, decisions: int) -> None:
+        self.keys: list[str] = []
+        self.index: dict[str, bytes] = {}
+        self.args: list[bytes] = [b"%d" % decisions]
+        self.layout: list[tuple[StoreCheck, list[str]]] = []
+
+    def key(self, key: str) -> bytes:
+        found = self.index.get(key)
+        if found is None:
+            self.keys.append(key)
+            found = self.index[key] = b"%d" % len(self.keys)
+        return found
+
+    def add(
+        self, check: StoreCheck, views: dict[str, str], read: dict[int, tuple[int, int, int]]
+    ) -> None:
+        number, prefix = check.number, check.prefix
+        fields: dict[str, str] = {}  # meta field → expected value, in order
+        body: list[bytes] = []
+        lists: dict[str, str] = {}
+        for i, c in enumerate(check.checks):
+            letter, mask = _letter_and_mask(c)
+            kind = c.kind
+            if kind in _MEMBERSHIP:
+                view = views.get(c.key, "")
+                fields[c.key] = view
+                at = b"0"
+                if view:
+                    version, bits = view.split("/")
+                    bucket = number.bucket32 >> (32 - int(bits))
+                    at = self.key(f"{prefix}l:{c.key}:{version}:{bucket}")
+                    if c.list_name:
+                        lists[c.list_name] = version
+                body += (letter, at) if kind is CheckKind.ALLOW_LIST else (letter, at, mask)
+            elif kind is CheckKind.CONSENT_HELD:
+                body += (letter, self.key(f"{prefix}c:{c.key}"))
+            elif kind is CheckKind.CONSENT_REQUIRED:
+                body += (letter, self.key(f"{prefix}c:{c.key}"), mask)
+            elif kind is CheckKind.COOLOFF:
+                at = self.key(f"{prefix}{c.key}:{number.token}")
+                body += (letter, at, b"%d" % c.params[0])
+            elif kind is CheckKind.FRESHNESS:
+                fields.setdefault(f"{c.key}:r", "*")
+                j = list(fields).index(f"{c.key}:r") + 1
+                body += (letter, b"%d" % j, b"%d" % c.params[0], b"%d" % c.params[1], mask)
+            elif kind is CheckKind.WINDOW:
+                body += (letter, b"%d" % c.params[0], mask)
+            elif i in read:  # a shared log read by its own call: (seen, limit, retry_ms)
+                body += (b"x" if c.shadow else b"X", *(b"%d" % p for p in read[i]))
+            else:
+                at = self.key(c.key if c.shared else f"{prefix}{c.key}:{number.token}")
+                body += (letter, at, b"%d" % c.params[0], b"%d" % c.params[1])
+        self.args += (
+            b"%d" % check.now_ms,
+            b"1" if check.record else b"0",
+            b"%d" % number.member,
+            number.token.encode(),
+            self.key(prefix + "meta") if fields else b"0",
+            b"%d" % len(fields),
+            *(f.encode() for f in fields),
+            *(e.encode() for e in fields.values()),
+            b"%d" % len(check.checks),
+            *body,
+        )
+        evidence = check.evidence if check.record else None
+        if evidence is None:
+            self.args.append(b"0")
+        else:
+            known = dict(evidence.known)
+            known["lists"] = ",".join(f"{name}@{version}" for name, version in lists.items())
+            head = json.dumps(known, ensure_ascii=False, separators=(",", ":"))[:-1]
+            self.args += (
+                b"1",
+                self.key(prefix + "audit"),
+                b"%d" % evidence.min_id_ms,
+                b"%d" % evidence.max_len,
+                head.encode(),
+                ",".join(evidence.shadow).encode(),
+                *(f"{c.reason}\t{c.rule}".encode() for c in check.checks),
+            )
+        self.layout.append((check, list(fields)))
+
+
+def _letter_and_mask(check: Check) -> tuple[bytes, bytes]:
+    """The check's kind letter (lowercase: shadow) and its exemption bit mask."""
+    letter = check.kind.value.lower() if check.shadow else check.kind.value
+    return letter.encode(), b"%d" % sum(1 << (index - 1) for index in check.exempt_by)

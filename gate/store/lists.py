@@ -1,28 +1,36 @@
-"""Block and allow lists in Redis at registry scale: compact buckets, atomic replacement.
+"""Lists in Redis at registry scale: compact buckets in every slot group, atomic replacement.
 
-Layout (gate/keys.py): a list head HASH (``version``, ``bits``, ``count``,
-``refreshed_at``, ``source``, ``checksum``, ``importer``, ``imported_at``…) and, per
-version, ``2**bits`` bucket SETs of 64-bit integers, each kept at about 128-256 members so
-it stays an intset under Redis's DEFAULT configuration (8 bytes per entry).
+Layout (gate/core/keys.py): a list instance ``L`` has a directory entry (the authoritative
+version, bits, next_version, building, refreshed_at, source, checksum, importer…) and, per
+version, ``2**bits`` bucket SETs of 64-bit integers spread over the 1024 slot groups (a
+bucket lies in the group of its numbers), each kept at about 128-256 members so it stays
+an intset under Redis's DEFAULT configuration (8 bytes per entry). Every group's meta
+replicates what a decision there needs: ``L`` (the live "version/bits"), ``L:b`` (the
+version being built), ``L:r`` (refreshed_at) and ``L:n`` (the group's entries). Consent
+lists are a HASH token → "granted_ms:expiry_ms" per group.
 
 Guarantees:
-- ``delta`` (add/remove) is atomic per batch (``gate/lua/list_delta.lua``) and reaches
-  decisions at once; it also applies to a version being built, so nothing added during a
-  replacement is lost. An overfull list is resized (rebuilt with more buckets).
-- ``replace`` builds a new version beside the live one and switches with ONE ``HSET`` of
-  the head (in a MULTI with the end of the build marker): decisions see the old version
-  whole, then the new one whole. A replacement that fails or is killed leaves the live
-  list untouched; its partial buckets are removed by the next replacement, which holds a
-  per-list lock (a lease, so a killed importer does not block the next one forever).
-- Old versions are removed with SCAN + UNLINK in small batches (no long Redis stall;
+- ``delta`` (add/remove) is atomic per group and batch (``lua/list_delta.lua``) and
+  reaches decisions at once; while a replacement is being built it also applies to that
+  version (each group's meta says so, checked in the same script), so nothing added
+  during a replacement is lost. An overfull list is resized (rebuilt with more buckets).
+- ``replace`` builds a new version beside the live one, then switches every group's meta
+  to it. On one server the switch is ONE transaction over all groups: decisions see the
+  old version whole, then the new one whole. On a cluster each group switches atomically
+  (a number sees the old version, then the new one) and, once ``replace`` returns, every
+  group on every shard holds the new version. A replacement that fails or is killed leaves
+  the live list untouched; the directory remembers the version it was building, which the
+  next replacement removes. Replacements hold a per-list lock (a lease, so a killed
+  importer does not block the next one forever).
+- Old versions are removed by name, UNLINK in small batches per slot (no long Redis stall;
   measured here: a RENAME over a live 10 M-member SET froze Redis 11 s, as the old value
   is freed synchronously, unless ``lazyfree-lazy-server-del yes``).
-- This module's connection has a long timeout and never retries a command blindly
-  (redis-py's default timeout plus retry re-sent a slow RENAME, which then failed after
-  the first had succeeded).
+- Writes go through the store's admin connections: a long timeout, never a blind retry
+  of a command that may have run (redis-py's default timeout plus retry re-sent a slow
+  RENAME, which then failed after the first had succeeded).
 - A replacement is written in bounded memory: entries are grouped per bucket over at most
-  ``_FLUSH_MAX`` entries, then sent as one pre-built request of SADDs (each small, so
-  decisions interleave) on an admin connection, while the next group is being read.
+  ``_FLUSH_MAX`` entries, then sent as pre-built requests of SADDs (each small, so
+  decisions interleave) while the next group is being read.
 """
 
 from __future__ import annotations
@@ -36,32 +44,43 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from gate.core.errors import InputError
-from gate.core.keys import EntryChunk, Keyspace, ListEntry
-from gate.store.client import Store, load_script, translate_error
+from gate.core.errors import InputError, StoreError
+from gate.core.keys import (
+    GROUP_BITS,
+    MIN_BITS,
+    SLOT_GROUPS,
+    EntryChunk,
+    Keyspace,
+    ListEntry,
+    NumberKeys,
+    group_of,
+    list_version,
+)
+from gate.store.client import LIST_DELTA, Store, translate_error
 
-__all__ = ["ListStore", "bits_for"]
+__all__ = ["ListStore", "Replaced", "bits_for"]
 
 # Aim for 128-256 entries per bucket: far below the 512 at which Redis (default
 # set-max-intset-entries) would convert a bucket to a hash table.
 TARGET_FILL = 256
 RESIZE_FILL = 384
-_DELTA_BATCH = 1000
+# Entries per delta round: grouped by slot group, one script call per group.
+_DELTA_BATCH = 20_000
 # Entries grouped before a send: at least ~16 per bucket (fewer, larger SADDs), bounded.
 _FLUSH_MIN = 200_000
 _FLUSH_MAX = 1_000_000
 _FLUSH_PER_BUCKET = 16
-_COUNT_BATCH = 10_000
-# A whole pre-built request (up to _FLUSH_MAX entries, ~2 s) must be answered in this time.
-_SEND_TIMEOUT_S = 120.0
-_CHUNK = 100_000
+_COMMANDS = 4096  # commands per admin request when reading or counting buckets
 _LOCK_LEASE_MS = 15 * 60 * 1000
-_SCAN_BATCH = 500
+_UNLINK_BATCH = 500
+_FIELDS_BATCH = 1000
+_STALE_TRIES = 20
 
 
 def bits_for(entries: int) -> int:
-    """Bucket bits so that ``entries`` spread at most TARGET_FILL per bucket."""
-    return max(0, math.ceil(math.log2(max(entries, 1) / TARGET_FILL)))
+    """Bucket bits so that ``entries`` spread at most TARGET_FILL per bucket (never fewer
+    than one bucket per slot group)."""
+    return max(MIN_BITS, math.ceil(math.log2(max(entries, 1) / TARGET_FILL)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,225 +90,383 @@ class Replaced:
     count: int
 
 
+def _bulk(word: str | int) -> bytes:
+    data = word.encode() if isinstance(word, str) else b"%d" % word
+    return b"$%d\r\n%b\r\n" % (len(data), data)
+
+
+def _packed(words: Sequence[str | int]) -> bytes:
+    return b"*%d\r\n" % len(words) + b"".join(_bulk(w) for w in words)
+
+
+def _sadd(key: str, members: list[int]) -> bytes:
+    """``SADD key member…`` in RESP (members as decimal integers)."""
+    head = b"*%d\r\n$4\r\nSADD\r\n" % (len(members) + 2) + _bulk(key)
+    return head + "".join([f"${len(m)}\r\n{m}\r\n" for m in map(str, members)]).encode()
+
+
 class ListStore:
-    """List storage operations on one Redis, for one keyspace."""
+    """List and consent storage operations, for one keyspace."""
 
     def __init__(self, store: Store, keyspace: Keyspace) -> None:
+        self.store = store
         self.keyspace = keyspace
         self._client = store.admin_client
-        self._delta = self._client.register_script(load_script("list_delta.lua"))
-        self.where = store.where
+
+    # --- directory and group meta -----------------------------------------------------
+
+    async def directory(self, list_id: str) -> dict[str, str]:
+        """The list's directory entry (empty: the list was never written)."""
+        raw = await self._call(self._client.hgetall(self.keyspace.directory_key(list_id)))
+        return {k.decode(): v.decode() for k, v in raw.items()}
 
     async def _call(self, coro: Any) -> Any:
         try:
             return await coro
         except (RedisError, OSError, TimeoutError) as exc:
-            raise translate_error(exc, self.where) from exc
+            raise translate_error(exc, self.store.where) from exc
 
-    async def head(self, head: str) -> dict[str, str]:
-        raw = await self._call(self._client.hgetall(head))
-        return {k.decode(): v.decode() for k, v in raw.items()}
+    async def _groups(self, commands: Sequence[Sequence[str | int]], atomic: bool) -> list[Any]:
+        """The same command (its key's ``{g}`` replaced by each group's meta) in every slot
+        group: one transaction on one server when ``atomic``, else pipelined."""
+        packed: list[tuple[str, bytes]] = []
+        for group in range(SLOT_GROUPS):
+            meta = self.keyspace.meta_key(group)
+            for words in commands:
+                packed.append((meta, _packed([meta if w == "{meta}" else w for w in words])))
+        if atomic and not self.store.cluster:
+            first = self.keyspace.meta_key(0)
+            replies = await self.store.send_packed(
+                [(first, _packed(["MULTI"])), *packed, (first, _packed(["EXEC"]))]
+            )
+            return list(replies[-1])
+        return await self.store.send_packed(packed)
 
-    async def delta(self, head: str, op: str, numbers: Iterable[ListEntry]) -> int:
-        """Add or remove entries (batches of 1000, each atomic); returns how many changed."""
+    async def ensure(self, list_id: str) -> dict[str, str]:
+        """The list's directory entry, creating version 1 (and every group's meta) if the
+        list does not exist yet."""
+        directory = await self.directory(list_id)
+        if "version" in directory:
+            return directory
+        key = self.keyspace.directory_key(list_id)
+        async with self._client.pipeline(transaction=not self.store.cluster) as pipe:
+            pipe.hsetnx(key, "version", 1)
+            pipe.hsetnx(key, "bits", MIN_BITS)
+            pipe.hsetnx(key, "next_version", 1)
+            await self._call(pipe.execute())
+        directory = await self.directory(list_id)
+        live = list_version(int(directory["version"]), int(directory["bits"]))
+        await self._groups([["HSETNX", "{meta}", list_id, live]], atomic=False)
+        return directory
+
+    async def set_meta(self, list_id: str, fields: Mapping[str, str]) -> None:
+        """Record metadata on the list (refreshed_at, source, checksum…); refreshed_at is
+        also replicated to every group's meta (freshness rules read it there)."""
+        if not fields:
+            return
+        await self._call(
+            self._client.hset(self.keyspace.directory_key(list_id), mapping=dict(fields))
+        )
+        if "refreshed_at" in fields:
+            await self._groups(
+                [["HSET", "{meta}", f"{list_id}:r", fields["refreshed_at"]]], atomic=True
+            )
+
+    async def count(self, list_id: str) -> int:
+        """Entries of the live version: the sum of every group's ``L:n``."""
+        replies = await self._groups([["HGET", "{meta}", f"{list_id}:n"]], atomic=False)
+        return sum(int(r or 0) for r in replies)
+
+    # --- deltas -----------------------------------------------------------------------
+
+    async def delta(self, list_id: str, op: str, numbers: Iterable[ListEntry]) -> int:
+        """Add or remove entries (each group's share of a batch atomically); returns how
+        many changed."""
+        directory = await (self.ensure(list_id) if op == "add" else self.directory(list_id))
+        if "version" not in directory:
+            return 0
         changed = 0
-        batch: list[str | int] = []
-        bits, count = 0, 0
-        for member, bucket32 in numbers:
-            batch += [member, bucket32]
-            if len(batch) >= 2 * _DELTA_BATCH:
-                changed_now, bits, count = await self._delta_call(head, op, batch)
-                changed += changed_now
+        batch: list[ListEntry] = []
+        for entry in numbers:
+            batch.append(entry)
+            if len(batch) >= _DELTA_BATCH:
+                changed += await self._delta_batch(list_id, op, batch)
                 batch = []
         if batch:
-            changed_now, bits, count = await self._delta_call(head, op, batch)
-            changed += changed_now
-        if op == "add" and count > RESIZE_FILL * 2**bits:
-            await self.resize(head)
+            changed += await self._delta_batch(list_id, op, batch)
+        if op == "add":
+            directory = await self.directory(list_id)
+            bits = int(directory.get("bits", MIN_BITS))
+            if await self.count(list_id) > RESIZE_FILL * 2**bits:
+                await self.resize(list_id)
         return changed
 
-    async def _delta_call(self, head: str, op: str, batch: list[str | int]) -> tuple[int, int, int]:
-        reply = await self._call(self._delta(keys=[head], args=[op, *batch]))
-        return int(reply[0]), int(reply[1]), int(reply[2])
+    async def _delta_batch(self, list_id: str, op: str, batch: list[ListEntry]) -> int:
+        directory = await self.directory(list_id)
+        live = list_version(int(directory["version"]), int(directory["bits"]))
+        building = ""
+        if "building" in directory:
+            building = list_version(int(directory["building"]), int(directory["building_bits"]))
+        by_group: dict[int, list[ListEntry]] = {}
+        for member, bucket32 in batch:
+            by_group.setdefault(group_of(bucket32), []).append((member, bucket32))
+        versions = {group: (live, building) for group in by_group}
+        changed = 0
+        for _ in range(_STALE_TRIES):
+            groups = list(by_group)
+            calls = [
+                self._delta_call(list_id, op, group, by_group[group], *versions[group])
+                for group in groups
+            ]
+            replies = await self.store.run_scripts(LIST_DELTA, calls)
+            stale: dict[int, list[ListEntry]] = {}
+            for group, reply in zip(groups, replies, strict=True):
+                if int(reply[0]) < 0:  # a replacement started or switched: its versions
+                    versions[group] = (reply[1].decode(), reply[2].decode())
+                    stale[group] = by_group[group]
+                else:
+                    changed += int(reply[0])
+            if not stale:
+                return changed
+            by_group = stale
+            await asyncio.sleep(0.01)
+        raise StoreError(f"list {list_id}: versions kept changing during the update; try again")
 
-    async def members(self, head: str) -> AsyncIterator[int]:
-        """Every entry of the live version (constant memory: one bucket at a time)."""
-        layout = await self.head(head)
-        if "version" not in layout:
+    def _delta_call(
+        self, list_id: str, op: str, group: int, entries: list[ListEntry], live: str, building: str
+    ) -> tuple[list[str], list[str | int]]:
+        keys = [self.keyspace.meta_key(group)]
+        index: dict[str, int] = {}
+
+        def key_at(version: str, bucket32: int) -> int:
+            if not version:
+                return 0
+            number, bits = (int(v) for v in version.split("/"))
+            key = self.keyspace.bucket_key(list_id, number, bits, bucket32 >> (32 - bits))
+            found = index.get(key)
+            if found is None:
+                keys.append(key)
+                found = index[key] = len(keys)
+            return found
+
+        args: list[str | int] = [op, list_id, live, building]
+        for member, bucket32 in entries:
+            args += [member, key_at(live, bucket32) if live else 1, key_at(building, bucket32)]
+        return keys, args
+
+    # --- reading --------------------------------------------------------------------
+
+    def _buckets(self, list_id: str, version: int, bits: int) -> list[str]:
+        return [self.keyspace.bucket_key(list_id, version, bits, b) for b in range(1 << bits)]
+
+    async def members(self, list_id: str) -> AsyncIterator[int]:
+        """Every entry of the live version (bounded memory: a few thousand buckets at once)."""
+        directory = await self.directory(list_id)
+        if "version" not in directory:
             return
-        version, bits = int(layout["version"]), int(layout["bits"])
-        for bucket in range(2**bits):
-            key = f"{head}:v{version}:{bucket}"
-            for member in await self._call(self._client.smembers(key)):
-                yield int(member)
+        keys = self._buckets(list_id, int(directory["version"]), int(directory["bits"]))
+        for start in range(0, len(keys), _COMMANDS):
+            chunk = keys[start : start + _COMMANDS]
+            replies = await self.store.send_packed([(k, _packed(["SMEMBERS", k])) for k in chunk])
+            for members in replies:
+                for member in members:
+                    yield int(member)
+
+    async def _count_groups(self, list_id: str, version: int, bits: int) -> list[int]:
+        """Entries of a version per slot group (SCARD of every bucket)."""
+        counts = [0] * SLOT_GROUPS
+        keys = self._buckets(list_id, version, bits)
+        shift = bits - GROUP_BITS
+        for start in range(0, len(keys), _COMMANDS):
+            chunk = keys[start : start + _COMMANDS]
+            replies = await self.store.send_packed([(k, _packed(["SCARD", k])) for k in chunk])
+            for offset, size in enumerate(replies):
+                counts[(start + offset) >> shift] += int(size)
+        return counts
+
+    # --- replacement ------------------------------------------------------------------
 
     async def replace(
         self,
-        head: str,
+        list_id: str,
         chunks: Iterable[EntryChunk],
         expected: int,
         meta: Mapping[str, str],
     ) -> Replaced:
         """Build a new version from ``chunks`` of entries (about ``expected`` in all), then
         switch to it."""
-        lock = f"{head}:lock"
+        lock = self.keyspace.lock_key(list_id)
         lease = secrets.token_hex(8)
         if not await self._call(self._client.set(lock, lease, nx=True, px=_LOCK_LEASE_MS)):
-            raise InputError(f"list {head}: another import or resize is running; try later")
+            raise InputError(f"list {list_id}: another import or resize is running; try later")
+        key = self.keyspace.directory_key(list_id)
         try:
-            await self._drop_versions(head, keep=await self._live_version(head))
-            version = int(await self._call(self._client.hincrby(head, "next_version", 1)))
+            directory = await self.directory(list_id)
+            if "building" in directory:  # a killed import's partial version
+                await self._drop(
+                    list_id, int(directory["building"]), int(directory["building_bits"])
+                )
+            version = int(await self._call(self._client.hincrby(key, "next_version", 1)))
             bits = bits_for(expected)
+            building = list_version(version, bits)
             await self._call(
-                self._client.hset(head, mapping={"building": version, "building_bits": bits})
+                self._client.hset(key, mapping={"building": version, "building_bits": bits})
             )
-            await self._write(head, version, bits, chunks)
-            count = await self._count(head, version, bits)
-            fields: dict[Any, Any] = {
-                "version": version,
-                "bits": bits,
-                "count": count,
-            }
-            fields.update(meta)
-            async with self._client.pipeline(transaction=True) as pipe:
-                pipe.hgetall(head)
-                pipe.hset(head, mapping=fields)
-                pipe.hdel(head, "building", "building_bits")
-                before, *_ = await self._call(pipe.execute())
-            old = before.get(b"version")
-            if old is not None:
-                await self._drop_versions(head, keep=version)
-            return Replaced(version, bits, count)
+            await self._groups([["HSET", "{meta}", f"{list_id}:b", building]], atomic=False)
+            await self._write(list_id, version, bits, chunks)
+            counts = await self._count_groups(list_id, version, bits)
+            refreshed = meta.get("refreshed_at")
+            await self._switch(list_id, building, counts, refreshed)
+            fields: dict[str, Any] = {"version": version, "bits": bits, **meta}
+            async with self._client.pipeline(transaction=not self.store.cluster) as pipe:
+                pipe.hset(key, mapping=fields)
+                pipe.hdel(key, "building", "building_bits")
+                await self._call(pipe.execute())
+            if "version" in directory:
+                await self._drop(list_id, int(directory["version"]), int(directory["bits"]))
+            return Replaced(version, bits, sum(counts))
         finally:
             # Release only our own lease (a slow import may have lost it).
             if (await self._call(self._client.get(lock))) == lease.encode():
                 await self._call(self._client.delete(lock))
 
-    async def resize(self, head: str) -> Replaced:
+    async def _switch(
+        self, list_id: str, live: str, counts: list[int], refreshed: str | None
+    ) -> None:
+        """Every group's meta to the new version (one transaction on one server)."""
+        packed: list[tuple[str, bytes]] = []
+        for group in range(SLOT_GROUPS):
+            meta = self.keyspace.meta_key(group)
+            words: list[str | int] = ["HSET", meta, list_id, live, f"{list_id}:n", counts[group]]
+            if refreshed is not None:
+                words += [f"{list_id}:r", refreshed]
+            packed.append((meta, _packed(words)))
+            packed.append((meta, _packed(["HDEL", meta, f"{list_id}:b"])))
+        if self.store.cluster:
+            await self.store.send_packed(packed)
+            return
+        first = self.keyspace.meta_key(0)
+        await self.store.send_packed(
+            [(first, _packed(["MULTI"])), *packed, (first, _packed(["EXEC"]))]
+        )
+
+    async def resize(self, list_id: str) -> Replaced:
         """Rebuild the live version with buckets sized for its entry count."""
-        layout = await self.head(head)
-        count = int(layout.get("count", "0"))
-        members = [m async for m in self.members(head)]
+        directory = await self.directory(list_id)
+        members = [m async for m in self.members(list_id)]
         meta = {
             k: v
-            for k, v in layout.items()
-            if k not in ("version", "bits", "count", "next_version", "building", "building_bits")
+            for k, v in directory.items()
+            if k not in ("version", "bits", "next_version", "building", "building_bits")
         }
         bucket32_of = self.keyspace.bucket32_of
         chunks = (
             (part, [bucket32_of(m) for m in part])
-            for part in (members[i : i + _CHUNK] for i in range(0, len(members), _CHUNK))
+            for part in (members[i : i + 100_000] for i in range(0, len(members), 100_000))
         )
-        return await self.replace(head, chunks, max(count, len(members)), meta)
-
-    async def _live_version(self, head: str) -> int | None:
-        value = await self._call(self._client.hget(head, "version"))
-        return None if value is None else int(value)
+        return await self.replace(list_id, chunks, len(members), meta)
 
     async def _write(
-        self, head: str, version: int, bits: int, chunks: Iterable[EntryChunk]
+        self, list_id: str, version: int, bits: int, chunks: Iterable[EntryChunk]
     ) -> None:
         """SADD every entry into its bucket: entries grouped per bucket over a flush, each
-        flush sent as one request while the next is being read (Redis works while Python
-        parses: the event loop runs the send between chunks)."""
-        shift = 32 - bits  # bucket32 < 2**32: with 0 bits every entry is in bucket 0
-        prefix = f"{head}:v{version}:"
+        flush sent while the next is being read (Redis works while Python parses)."""
+        shift = 32 - bits
         flush_at = min(_FLUSH_MAX, max(_FLUSH_MIN, _FLUSH_PER_BUCKET << bits))
         groups: list[list[int]] = [[] for _ in range(1 << bits)]
         pending = 0
-        in_flight: asyncio.Task[int] | None = None
+        in_flight: asyncio.Task[Any] | None = None
         try:
             for members, buckets32 in chunks:
                 for member, bucket32 in zip(members, buckets32, strict=True):
                     groups[bucket32 >> shift].append(member)
                 pending += len(members)
                 if pending >= flush_at:
-                    request, commands = _sadd_request(prefix, groups)
+                    request = self._sadds(list_id, version, bits, groups)
                     if in_flight is not None:
                         await in_flight
-                    in_flight = asyncio.create_task(self._send(request, commands))
+                    in_flight = asyncio.create_task(self.store.send_packed(request))
                     groups = [[] for _ in range(1 << bits)]
                     pending = 0
                 await asyncio.sleep(0)  # let the send in flight write and read replies
             if in_flight is not None:
                 await in_flight
             if pending:
-                await self._send(*_sadd_request(prefix, groups))
+                await self.store.send_packed(self._sadds(list_id, version, bits, groups))
         finally:
             if in_flight is not None and not in_flight.done():
                 in_flight.cancel()
                 await asyncio.gather(in_flight, return_exceptions=True)
 
-    async def _send(self, request: bytes, commands: int) -> int:
-        """Send ``commands`` pre-built commands on one admin connection and read every
-        reply (an error reply raises); returns the sum of the integer replies."""
-        pool = self._client.connection_pool
-        connection = await self._call(pool.get_connection())  # type: ignore[no-untyped-call]
-        total = 0
-        try:
-            async with asyncio.timeout(_SEND_TIMEOUT_S):
-                await connection.send_packed_command(request)
-                for _ in range(commands):
-                    # One deadline for the whole request instead of one per reply.
-                    total += int(await connection.read_response(timeout=math.inf))
-        except BaseException as exc:
-            await connection.disconnect()  # replies may be left unread: never reuse it
-            if isinstance(exc, RedisError | OSError | TimeoutError):
-                raise translate_error(exc, self.where) from exc
-            raise
-        finally:
-            await pool.release(connection)
-        return total
+    def _sadds(
+        self, list_id: str, version: int, bits: int, groups: Sequence[list[int]]
+    ) -> list[tuple[str, bytes]]:
+        out = []
+        for bucket, members in enumerate(groups):
+            if members:
+                key = self.keyspace.bucket_key(list_id, version, bits, bucket)
+                out.append((key, _sadd(key, members)))
+        return out
 
-    async def _count(self, head: str, version: int, bits: int) -> int:
-        total = 0
-        buckets = 1 << bits
-        for start in range(0, buckets, _COUNT_BATCH):
-            stop = min(buckets, start + _COUNT_BATCH)
-            keys = [f"{head}:v{version}:{bucket}" for bucket in range(start, stop)]
-            total += await self._send(_request("SCARD", keys), len(keys))
-        return total
+    async def _drop(self, list_id: str, version: int, bits: int) -> None:
+        """UNLINK every bucket of a version, by name, a few hundred of one slot at a time."""
+        keys = self._buckets(list_id, version, bits)
+        per_group = 1 << (bits - GROUP_BITS)
+        commands: list[tuple[str, bytes]] = []
+        for start in range(0, len(keys), per_group):  # the buckets of one group
+            group_keys = keys[start : start + per_group]
+            for at in range(0, len(group_keys), _UNLINK_BATCH):
+                part = group_keys[at : at + _UNLINK_BATCH]
+                commands.append((part[0], _packed(["UNLINK", *part])))
+            if len(commands) >= 64:
+                await self.store.send_packed(commands)
+                commands = []
+        if commands:
+            await self.store.send_packed(commands)
 
-    async def _drop_versions(self, head: str, keep: int | None) -> int:
-        """UNLINK every bucket of ``head`` whose version is not ``keep`` (small batches)."""
-        pattern = head.replace("{", "\\{").replace("}", "\\}") + ":v*"
-        prefix = f"{head}:v".encode()
-        dropped = 0
-        cursor = 0
-        for _ in range(10**9):  # bounded: SCAN ends when the cursor returns to 0
-            cursor, keys = await self._call(
-                self._client.scan(cursor, match=pattern, count=_SCAN_BATCH)
-            )
-            stale = [
-                k
-                for k in keys
-                if k.startswith(prefix) and k[len(prefix) :].split(b":", 1)[0] != str(keep).encode()
-            ]
-            if stale:
-                dropped += int(await self._call(self._client.unlink(*stale)))
-            if int(cursor) == 0:
-                return dropped
-        return dropped
+    # --- consents ---------------------------------------------------------------------
 
+    async def consent_set(self, list_id: str, items: Iterable[tuple[NumberKeys, str]]) -> int:
+        """HSET token → value in each number's group; returns how many were new."""
+        by_group: dict[int, list[tuple[str, str]]] = {}
+        for number, value in items:
+            by_group.setdefault(number.group, []).append((number.token, value))
+        commands = []
+        for group, pairs in by_group.items():
+            key = self.keyspace.consent_key(group, list_id)
+            for start in range(0, len(pairs), _FIELDS_BATCH):
+                words: list[str | int] = ["HSET", key]
+                for token, value in pairs[start : start + _FIELDS_BATCH]:
+                    words += [token, value]
+                commands.append((key, _packed(words)))
+        return sum(int(r) for r in await self.store.send_packed(commands))
 
-def _bulk(text: str) -> str:
-    return f"${len(text.encode())}\r\n{text}\r\n"
+    async def consent_remove(self, list_id: str, numbers: Iterable[NumberKeys]) -> int:
+        by_group: dict[int, list[str]] = {}
+        for number in numbers:
+            by_group.setdefault(number.group, []).append(number.token)
+        commands = []
+        for group, tokens in by_group.items():
+            key = self.keyspace.consent_key(group, list_id)
+            for start in range(0, len(tokens), _FIELDS_BATCH):
+                commands.append(
+                    (key, _packed(["HDEL", key, *tokens[start : start + _FIELDS_BATCH]]))
+                )
+        return sum(int(r) for r in await self.store.send_packed(commands))
 
+    async def consent_count(self, list_id: str) -> int:
+        keys = [self.keyspace.consent_key(g, list_id) for g in range(SLOT_GROUPS)]
+        replies = await self.store.send_packed([(k, _packed(["HLEN", k])) for k in keys])
+        return sum(int(r) for r in replies)
 
-def _request(command: str, keys: Sequence[str]) -> bytes:
-    """``command key`` for every key, in the Redis protocol (RESP)."""
-    head = f"*2\r\n{_bulk(command)}"
-    return "".join([head + _bulk(key) for key in keys]).encode()
+    async def consent_tokens(self, list_id: str) -> AsyncIterator[str]:
+        """Every token of a consent list (one group at a time)."""
+        for group in range(SLOT_GROUPS):
+            key = self.keyspace.consent_key(group, list_id)
+            (tokens,) = await self.store.send_packed([(key, _packed(["HKEYS", key]))])
+            for token in tokens:
+                yield token.decode()
 
-
-def _sadd_request(prefix: str, groups: Sequence[list[int]]) -> tuple[bytes, int]:
-    """One ``SADD <prefix><bucket> member…`` per non-empty group, in RESP, and how many."""
-    parts: list[str] = []
-    commands = 0
-    for bucket, members in enumerate(groups):
-        if not members:
-            continue
-        commands += 1
-        parts.append(f"*{len(members) + 2}\r\n$4\r\nSADD\r\n{_bulk(prefix + str(bucket))}")
-        parts += [f"${len(m)}\r\n{m}\r\n" for m in map(str, members)]
-    return "".join(parts).encode(), commands
+    async def mark(self, key: str, value: str, ttl_ms: int) -> None:
+        """SET key value PX ttl_ms (cool-off markers)."""
+        await self.store.send_packed([(key, _packed(["SET", key, value, "PX", max(ttl_ms, 1)]))])

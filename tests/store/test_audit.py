@@ -58,7 +58,8 @@ async def test_each_recorded_decision_is_one_entry_with_its_evidence(audited: Ga
     await audited.decide(
         Attempt("0698765432", NOW, "acme", trunk="carrier-a"), door="stasis", record=True
     )
-    blocked, allowed = await records(audited)
+    by_verdict = {r["verdict"]: r for r in await records(audited)}  # two streams: any order
+    blocked, allowed = by_verdict["BLOCK"], by_verdict["ALLOW"]
     assert {
         "verdict": "BLOCK",
         "reason": "listed:red",

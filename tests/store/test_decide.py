@@ -247,7 +247,7 @@ async def test_counter_memory_is_bounded_and_expires(gate: Gate, sync_redis: red
     now = datetime.now(UTC)
     for i in range(50):  # one a day, the last one now
         await gate.decide(attempt(at=now - timedelta(days=49 - i)), record=True, door="cli")
-    (key,) = sync_redis.keys("{callgate}:cap:*")
+    (key,) = sync_redis.keys("callgate:{*}:cap:*")
     value = sync_redis.get(key)
     ttl_ms = sync_redis.pttl(key)
     assert value is not None
@@ -255,13 +255,15 @@ async def test_counter_memory_is_bounded_and_expires(gate: Gate, sync_redis: red
     assert 0 < ttl_ms <= 30 * 86400 * 1000
 
 
-async def test_every_key_has_a_ttl_and_the_hash_tag(gate: Gate, sync_redis: redis.Redis) -> None:
-    """Counter keys (caps and CPS) all expire and all share the {callgate} tag (the audit
-    stream aside: it is trimmed by age)."""
+async def test_every_counter_expires_in_its_slot(gate: Gate, sync_redis: redis.Redis) -> None:
+    """Counter keys (caps and CPS) all expire; the cap's is in the number's slot group,
+    the trunk's CPS log in its own (the audit stream aside: it is trimmed by age)."""
     await gate.decide(attempt(at=datetime.now(UTC), trunk="carrier-a"), record=True, door="cli")
-    keys = [k for k in sync_redis.keys("*") if sync_redis.type(k) != b"stream"]
-    assert 2 == len(keys)
-    assert all(k.startswith(b"{callgate}:") and sync_redis.pttl(k) > 0 for k in keys)
+    keys = sorted(k for k in sync_redis.keys("*") if sync_redis.type(k) != b"stream")
+    number = gate.keyspace.number("+33612345678")
+    cap = f"{gate.keyspace.prefix(number.group)}cap:fr-4-per-30d:t:default:{number.token}"
+    assert sorted([cap.encode(), b"callgate:{cps:carrier-a}"]) == keys
+    assert all(sync_redis.pttl(k) > 0 for k in keys)
 
 
 async def test_numbers_are_hashed_at_rest(gate: Gate, sync_redis: redis.Redis) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -71,20 +72,25 @@ def keys_of(p: Plan) -> list[str]:
     return [c.key for c in p.check.checks if c.key]
 
 
-def test_plan_lists_every_key_with_one_hash_tag() -> None:
-    """All keys of one decision share the {namespace} hash tag (Redis Cluster: one slot)."""
+def test_plan_names_keys_in_the_numbers_slot_group_and_cps_in_its_own() -> None:
+    """The number's checks name keys relative to it (the store puts them in its slot
+    group, the plan's prefix); the trunk's CPS log is a whole key with its own hash tag."""
     p = planned(attempt("0612345678", tenant="acme", campaign="spring", trunk="carrier-a"))
-    keys = keys_of(p)
-    assert 6 == len(keys)
-    assert all(key.startswith("{callgate}:") for key in keys)
+    number = KEYS.number("+33612345678")
+    own = [c.key for c in p.check.checks if c.key and not c.shared]
+    shared = [c.key for c in p.check.checks if c.shared]
+    assert (5, ["callgate:{cps:carrier-a}"]) == (len(own), shared)
+    assert not any("{" in key for key in own)
+    assert KEYS.prefix(number.group) == p.check.prefix
+    assert (True, True) == (p.check.prefix.startswith("callgate:{"), p.check.prefix.endswith("}:"))
 
 
 def test_plan_scopes_keys_by_tenant_and_campaign() -> None:
     """Tenant lists and caps are per tenant; campaign lists only apply with a campaign."""
     with_campaign = planned(attempt("0612345678", tenant="acme", campaign="spring"))
     without = planned(attempt("0612345678", tenant="acme"))
-    assert "{callgate}:list:red:t:acme" in keys_of(with_campaign)
-    assert "{callgate}:list:camp:c:acme:spring" in keys_of(with_campaign)
+    assert "red:t:acme" in keys_of(with_campaign)
+    assert "camp:c:acme:spring" in keys_of(with_campaign)
     assert ["list:customers", "list:red", "list:dnc"] == [
         c.rule for c in without.check.checks if c.kind in "AB"
     ]
@@ -211,7 +217,7 @@ def test_explain_names_each_rule_in_force() -> None:
 def test_shadow_checks_are_reported_not_enforced() -> None:
     """A shadow check that would decide shows up in Decision.shadow; the call is allowed."""
     check = Check(
-        CheckKind.ATTEMPT_LOG, "cap:trial", "cap:trial", "{callgate}:k", (1, 1000), shadow=True
+        CheckKind.ATTEMPT_LOG, "cap:trial", "cap:trial", "cap:trial", (1, 1000), shadow=True
     )
     p = planned(attempt("0612345678"))
     shadowed = Plan(
@@ -220,7 +226,7 @@ def test_shadow_checks_are_reported_not_enforced() -> None:
         p.packs,
         p.static,
         p.shadow,
-        type(p.check)(p.check.now_ms, True, p.check.number.token, (check,)),
+        replace(p.check, record=True, checks=(check,)),
     )
     decision = conclude(shadowed, StoreResult(0, 0, (3,)))
     assert (Verdict.ALLOW, ("cap:trial",)) == (decision.verdict, decision.shadow)

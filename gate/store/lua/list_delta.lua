@@ -1,45 +1,43 @@
--- list_delta.lua: add or remove entries of a list, atomically (one call per batch).
+-- list_delta.lua: add or remove entries of a list in one slot group, atomically.
 --
--- KEYS[1]      the list head (a HASH: version, bits, count, building, building_bits,
---              next_version; see gate/keys.py). Bucket SETs are derived from it:
---              <head>:v<version>:<bucket>, same hash tag, same Redis Cluster slot.
+-- KEYS[1]      the group's meta HASH (gate/core/keys.py): field L = the live version
+--              "version/bits", L:b = the version being built (a --replace import),
+--              L:n = the live version's entries in this group
+-- KEYS[2 ..]   the bucket SETs the entries go to (live and building versions)
 -- ARGV[1]      "add" or "remove"
--- ARGV[2 ..]   pairs: member (signed 64-bit integer, decimal), bucket32 (decimal)
+-- ARGV[2]      L, the list instance
+-- ARGV[3]      the live version the caller read ("version/bits"; "" for none)
+-- ARGV[4]      the version being built the caller read ("" for none)
+-- ARGV[5 ..]   triples: member (signed 64-bit integer, decimal), index in KEYS of its
+--              live bucket, index in KEYS of its building bucket (0: none)
 --
--- Applies every pair to the live version (creating version 1 with one bucket when the list
--- has none) and, while a replacement is being built (`building`), to that version too, so
--- an opt-out recorded during a --replace import survives the switch.
--- Returns {changed, bits, count}: entries added/removed in the live version, its bucket
--- bits and its entry count afterwards (the caller resizes an overfull list).
+-- When the meta holds other versions than the caller read (a replacement started or
+-- switched meanwhile), nothing is written and the reply is {-1, live, building} as the
+-- meta holds them: the caller sends the entries again to those buckets. Otherwise every
+-- entry is applied to the live version and, while a replacement is being built, to that
+-- version too, so an opt-out recorded during a --replace import survives the switch.
+-- Returns {changed}: entries added/removed in the live version (L:n follows it).
 
-local head, op = KEYS[1], ARGV[1]
-local layout = redis.call("HMGET", head, "version", "bits", "building", "building_bits")
-local version, bits = layout[1], tonumber(layout[2] or "0")
-if not version then
-  if op ~= "add" then
-    return {0, 0, 0}
-  end
-  version = tostring(redis.call("HINCRBY", head, "next_version", 1))
-  bits = 0
-  redis.call("HSET", head, "version", version, "bits", 0, "count", 0)
+local meta, list = KEYS[1], ARGV[2]
+local held = redis.call("HMGET", meta, list, list .. ":b")
+local live, building = held[1] or "", held[2] or ""
+if live ~= ARGV[3] or building ~= ARGV[4] then
+  return {-1, live, building}
 end
-
-local function bucket_of(b, value)
-  if b == 0 then
-    return 0
-  end
-  return math.floor(value / 2 ^ (32 - b))
+if live == "" then
+  return {0}
 end
-
-local command = op == "add" and "SADD" or "SREM"
+local command = ARGV[1] == "add" and "SADD" or "SREM"
 local changed = 0
-for i = 2, #ARGV - 1, 2 do
-  local member, value = ARGV[i], tonumber(ARGV[i + 1])
-  changed = changed + redis.call(command, head .. ":v" .. version .. ":" .. bucket_of(bits, value), member)
-  if layout[3] then
-    local building = head .. ":v" .. layout[3] .. ":" .. bucket_of(tonumber(layout[4]), value)
-    redis.call(command, building, member)
+for i = 5, #ARGV - 2, 3 do
+  local member = ARGV[i]
+  changed = changed + redis.call(command, KEYS[tonumber(ARGV[i + 1])], member)
+  local other = tonumber(ARGV[i + 2])
+  if other > 0 then
+    redis.call(command, KEYS[other], member)
   end
 end
-local count = redis.call("HINCRBY", head, "count", op == "add" and changed or -changed)
-return {changed, bits, count}
+if changed > 0 then
+  redis.call("HINCRBY", meta, list .. ":n", ARGV[1] == "add" and changed or -changed)
+end
+return {changed}

@@ -1,0 +1,30 @@
+-- release.lua: give back a reservation in an attempt log (cluster mode: a trunk's CPS log
+-- reserved by its own call for a decision that then did not let the call go).
+--
+-- KEYS[1]   the attempt log: a STRING of packed big-endian doubles (times, ms), in order
+-- ARGV[1]   now_ms, the time the reservation was made with
+--
+-- Removes one entry equal to now_ms, keeping the log's expiry. Returns 1 if one was
+-- removed, 0 if none was there (the log expired meanwhile).
+
+local raw = redis.call("GET", KEYS[1])
+if not raw then
+  return 0
+end
+local now = tonumber(ARGV[1])
+for j = #raw / 8, 1, -1 do
+  local t = struct.unpack(">d", raw, j * 8 - 7)
+  if t == now then
+    local rest = string.sub(raw, 1, (j - 1) * 8) .. string.sub(raw, j * 8 + 1)
+    if rest == "" then
+      redis.call("DEL", KEYS[1])
+    else
+      redis.call("SET", KEYS[1], rest, "KEEPTTL")
+    end
+    return 1
+  end
+  if t < now then
+    return 0
+  end
+end
+return 0

@@ -1,0 +1,185 @@
+"""``callgate migrate`` against a REAL Redis filled with key layout 1 (before slot groups).
+
+``legacy_store`` writes layout 1 as callgate wrote it before slot groups (one hash tag
+``{callgate}`` for everything; gate/store/migrate.py's docstring): list heads with their
+version's buckets, a consent list and its metadata, an attempt log (out of time order,
+as a back-dated record left it), a cool-off marker, a trunk's CPS log and the audit
+stream, all derived from the test keyspace's encodings.
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import redis
+
+from gate.cli import main
+from gate.core.keys import Keyspace
+from gate.core.model import Attempt, Verdict
+from gate.lists.admin import ListAdmin
+from gate.ops.audit import read_range
+from gate.service import Gate
+from gate.store.client import Store
+from gate.store.migrate import legacy_keys_present, migrate
+from tests.conftest import TEST_SECRET, make_config
+
+OLD = "{callgate}:"
+RED, DNC, CONSENTED, CAPPED, REFUSED = (
+    "+33699999999",
+    "+33610000042",
+    "+33612345678",
+    "+33612345679",
+    "+33612345670",
+)
+DNC_NUMBERS = [f"+3361{i:07d}" for i in range(3000)]
+CONFIG = {
+    "lists": [
+        {"name": "red", "kind": "block", "scope": "tenant"},
+        {"name": "dnc", "kind": "block", "scope": "global"},
+        {"name": "consent", "kind": "consent", "scope": "tenant"},
+    ],
+    "caps": [{"id": "house", "limit": 2, "window": "7d", "scope": "tenant"}],
+}
+
+
+def legacy_store(client: redis.Redis, keyspace: Keyspace, now_ms: int) -> None:
+    """Layout 1, as the callgate before slot groups left it."""
+    red = keyspace.number(RED)
+    client.hset(OLD + "list:red:t:default", mapping={"version": 1, "bits": 0, "count": 1})
+    client.sadd(OLD + "list:red:t:default:v1:0", red.member)
+    client.hset(
+        OLD + "list:dnc",
+        mapping={
+            "version": 3,
+            "bits": 2,
+            "count": len(DNC_NUMBERS),
+            "next_version": 3,
+            "refreshed_at": now_ms - 86_400_000,
+            "source": "dnc.txt",
+        },
+    )
+    for e164 in DNC_NUMBERS:
+        entry = keyspace.number(e164)
+        client.sadd(f"{OLD}list:dnc:v3:{entry.bucket32 >> 30}", entry.member)
+    client.sadd(OLD + "list:dnc:v2:0", keyspace.number(RED).member)  # a dropped old version
+    consented = keyspace.number(CONSENTED)
+    client.hset(OLD + "list:consent:t:default", consented.token, f"{now_ms - 1000}:0")
+    client.hset(OLD + "list:consent:t:default:meta", "refreshed_at", now_ms - 5000)
+    capped = keyspace.number(CAPPED)
+    attempts = struct.pack(">2d", now_ms - 1000, now_ms - 60_000)  # out of order
+    client.set(f"{OLD}cap:house:t:default:{capped.token}", attempts, px=7 * 86_400_000)
+    refused = keyspace.number(REFUSED)
+    client.set(f"{OLD}cool:fr-d223-9-refusal:t:default:{refused.token}", now_ms, px=3_600_000)
+    client.set(OLD + "cps:carrier-a", struct.pack(">d", now_ms), px=60_000)
+    for number in (capped.token, capped.token, red.token, "17"):
+        client.xadd(OLD + "audit", {"verdict": "ALLOW", "number": number, "door": "agi"})
+
+
+@pytest.fixture
+def keyspace() -> Keyspace:
+    return Keyspace("callgate", TEST_SECRET.encode())
+
+
+async def test_migrate_moves_lists_consents_counters_and_audit(
+    redis_url: str, sync_redis: redis.Redis, keyspace: Keyspace
+) -> None:
+    """After migrate: red and dnc block (dnc keeps its metadata), the consent and its list
+    metadata are there, the attempt log still caps (in time order), the cool-off and CPS
+    log kept their time to live, every audit entry kept its id in its number's stream,
+    and no key of layout 1 is left."""
+    now = datetime.now(UTC)
+    now_ms = int(now.timestamp() * 1000)
+    legacy_store(sync_redis, keyspace, now_ms)
+    old_ids = [entry_id for entry_id, _ in sync_redis.xrange(OLD + "audit")]
+    store = Store(redis_url, deadline_s=1.0)
+    gate = Gate(make_config(CONFIG), store)
+    admin = ListAdmin.of(gate)
+    try:
+        assert await legacy_keys_present(store, keyspace)
+        done = await migrate(store, keyspace)
+        decisions = [
+            (await gate.decide(Attempt(number, now), record=False, door="cli")).reason
+            for number in (RED, DNC, DNC_NUMBERS[-1], CONSENTED, CAPPED)
+        ]
+        info = await admin.info("dnc", "default", "")
+        consent = await admin.info("consent", "default", "")
+        audit = [r async for r in read_range(store.admin_client, "callgate")]
+        capped = keyspace.number(CAPPED)
+        why = [
+            r["id"] async for r in read_range(store.admin_client, "callgate", groups=[capped.group])
+        ]
+        again = await legacy_keys_present(store, keyspace)
+    finally:
+        await store.close()
+    refused = keyspace.number(REFUSED)
+    cool = keyspace.number_key(refused.group, "cool:fr-d223-9-refusal:t:default", refused.token)
+    log = keyspace.number_key(capped.group, "cap:house:t:default", capped.token)
+    assert ["listed:red", "listed:dnc", "listed:dnc", "allowed", "cap:house"] == decisions
+    assert ({"dnc": 3000, "red:t:default": 1}, {"consent:t:default": 1}) == (
+        done.lists,
+        done.consents,
+    )
+    assert (str(len(DNC_NUMBERS)), str(now_ms - 86_400_000), "dnc.txt") == (
+        info["entries"],
+        info["refreshed_at"],
+        info["source"],
+    )
+    assert ("1", str(now_ms - 5000)) == (consent["entries"], consent["refreshed_at"])
+    assert (now_ms - 60_000, now_ms - 1000) == struct.unpack(">2d", sync_redis.get(log))
+    assert 0 < sync_redis.pttl(log) <= 7 * 86_400_000
+    assert (str(now_ms).encode(), True) == (
+        sync_redis.get(cool),
+        0 < sync_redis.pttl(cool) <= 3_600_000,
+    )
+    assert 0 < sync_redis.pttl(keyspace.cps_key("carrier-a")) <= 60_000
+    assert sorted(i.decode() for i in old_ids) == sorted(r["id"] for r in audit)
+    assert [i.decode() for i in old_ids[:2]] == why
+    assert ([], False) == (sync_redis.keys(OLD + "*"), again)
+
+
+def test_the_migrate_command_says_what_it_moved_and_is_idempotent(
+    redis_url: str,
+    sync_redis: redis.Redis,
+    keyspace: Keyspace,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``callgate migrate`` prints the lists and counts moved; run again, nothing to do."""
+    legacy_store(sync_redis, keyspace, int(time.time() * 1000))
+    config = tmp_path / "cg.toml"
+    config.write_text(
+        f'[redis]\nurl = "{redis_url}"\n[privacy]\nsecret = "{TEST_SECRET}"\n'
+        '[[lists]]\nname = "red"\nkind = "block"\nscope = "tenant"\n'
+        '[[lists]]\nname = "dnc"\nkind = "block"\nscope = "global"\n'
+    )
+    first = main(["--config", str(config), "migrate"])
+    out = capsys.readouterr().out
+    second = main(["--config", str(config), "migrate"])
+    again = capsys.readouterr().out
+    assert (0, 0) == (first, second)
+    assert out.startswith("lists: dnc 3000, red:t:default 1\nconsents: consent:t:default 1\n")
+    assert "audit entries 4" in out
+    assert "nothing to migrate: no keys of the old layout in namespace 'callgate'\n" == again
+
+
+async def test_a_migrated_store_decides_like_the_old_one_recorded(
+    redis_url: str, sync_redis: redis.Redis, keyspace: Keyspace
+) -> None:
+    """The migrated attempt log (two attempts) keeps counting: a cap of 2 in 7 days is
+    reached, and the wait is until the OLDER attempt leaves the window."""
+    now = datetime.now(UTC)
+    now_ms = int(now.timestamp() * 1000)
+    legacy_store(sync_redis, keyspace, now_ms)
+    store = Store(redis_url, deadline_s=1.0)
+    gate = Gate(make_config(CONFIG), store)
+    try:
+        await migrate(store, keyspace)
+        decision = await gate.decide(Attempt(CAPPED, now), record=True, door="cli")
+    finally:
+        await store.close()
+    wait = timedelta(days=7) - timedelta(seconds=60)
+    assert (Verdict.DEFER, wait.total_seconds()) == (decision.verdict, decision.retry_after_s)
