@@ -561,6 +561,8 @@ async def _consent_or_event(config: Config, args: argparse.Namespace) -> int:
 def _config_check(config: Config) -> int:
     policy = config.policy
     redis = config.redis.url or f"embedded, data in {config.redis.data_dir}"
+    if config.redis.mode == "cluster":
+        redis = "cluster, seed nodes " + ", ".join(n.split("@", 1)[-1] for n in config.redis.nodes)
     print(f"{config.path}: OK")
     print(f"  region {policy.default_region}, tenant {config.default_tenant}, redis {redis}")
     print(

@@ -1,7 +1,8 @@
 """Wiring for a running process: config → Redis (URL or embedded) → Store → Gate.
 
-``open_gate(config)`` is the one place that decides which Redis to talk to: the
-configured URL, else an embedded ``redis-server`` with its data in ``redis.data_dir``
+``open_gate(config)`` is the one place that decides which Redis to talk to: a Redis
+Cluster (``[redis] mode = "cluster"``, its seed nodes), the configured URL, else an
+embedded ``redis-server`` with its data in ``redis.data_dir``
 (reused if already running, stopped on exit only if this process started it).
 """
 
@@ -25,10 +26,14 @@ async def open_gate(config: Config, deadline_s: float | None = None) -> AsyncIte
     """A ready ``Gate`` for ``config``; the store is closed (and embedded Redis stopped) after."""
     embedded: EmbeddedRedis | None = None
     url = config.redis.url
-    if url is None:
+    nodes = config.redis.nodes if config.redis.mode == "cluster" else ()
+    if nodes:
+        url = nodes[0]
+    elif url is None:
         embedded = EmbeddedRedis(config.redis.data_dir)
         url = embedded.start()
-    store = Store(url, config.redis.deadline_s if deadline_s is None else deadline_s)
+    deadline = config.redis.deadline_s if deadline_s is None else deadline_s
+    store = Store(url, deadline, nodes=nodes)
     gate = Gate(config, store, config_version(config.path))
     audit: AuditLog | None = None
     if config.audit.enabled:

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from gate.config._reader import IDENT_RE, Reader, parse_duration_s
 from gate.config.packs import load_pack, parse_caps, parse_lists, validate_references
@@ -53,6 +54,8 @@ class RedisConfig:
     data_dir: Path = Path("var/redis")
     namespace: str = "callgate"
     deadline_s: float = 0.05
+    mode: str = "single"  # "single" (url, or the embedded server) | "cluster" (nodes)
+    nodes: tuple[str, ...] = ()  # cluster: seed nodes, redis:// or rediss:// URLs
 
 
 @dataclass(frozen=True, slots=True)
@@ -321,15 +324,52 @@ def _secret(reader: Reader, base: Path, hash_numbers: bool) -> bytes | None:
     return None
 
 
+def _cluster_nodes(reader: Reader) -> tuple[str, ...]:
+    """``[redis] nodes``: seed nodes of a Redis Cluster, ``redis://host:port`` each."""
+    nodes = reader.get("nodes", list, [])
+    if not nodes:
+        raise reader.fail(
+            "nodes",
+            'mode = "cluster" needs the seed nodes, e.g. nodes = ["redis://10.0.0.1:6379", '
+            '"redis://10.0.0.2:6379"]',
+        )
+    for index, node in enumerate(nodes):
+        key = f"nodes[{index}]"
+        if not isinstance(node, str) or not node.startswith(("redis://", "rediss://")):
+            raise reader.fail(
+                key, f"expected redis://host:port or rediss://host:port, got {node!r}"
+            )
+        try:
+            parts = urlsplit(node)
+            port = parts.port
+        except ValueError as exc:
+            raise reader.fail(key, f"{node!r} is not a URL: {exc}") from None
+        if not parts.hostname or port is None:
+            raise reader.fail(key, f"{node!r} needs a host and a port (redis://host:port)")
+        if parts.path.strip("/") not in ("", "0"):
+            raise reader.fail(key, f"{node!r}: a Redis Cluster has only database 0")
+    return tuple(str(node) for node in nodes)
+
+
 def _redis(reader: Reader, base: Path) -> RedisConfig:
+    mode = reader.choice("mode", ("single", "cluster"), "single")
     url = reader.get("url", str, None)
     if url is not None and not url.startswith(("redis://", "rediss://", "unix://")):
         raise reader.fail("url", f"expected redis://, rediss:// or unix://, got {url!r}")
+    nodes: tuple[str, ...] = ()
+    if mode == "cluster":
+        if url is not None:
+            raise reader.fail("url", 'with mode = "cluster" give the seed nodes in redis.nodes')
+        nodes = _cluster_nodes(reader)
+    elif "nodes" in reader.data:
+        raise reader.fail("nodes", 'seed nodes are for mode = "cluster"; set it, or use url')
     config = RedisConfig(
         url=url or None,
         data_dir=base / str(reader.get("data_dir", str, "var/redis")),
         namespace=reader.ident("namespace", "callgate"),
         deadline_s=reader.duration("deadline", "50ms"),
+        mode=mode,
+        nodes=nodes,
     )
     reader.done()
     return config

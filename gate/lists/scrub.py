@@ -32,7 +32,7 @@ from gate.core.keys import Keyspace
 from gate.core.model import Attempt, Decision, TrafficClass
 from gate.core.params import seconds_text
 from gate.service import Gate
-from gate.store.client import Store
+from gate.store.client import Store, StoreSettings
 
 __all__ = ["BATCH", "PARALLEL_FROM", "WORKERS", "ScrubSummary", "scrub"]
 
@@ -167,7 +167,7 @@ async def _parallel(
         workers,
         mp_context=multiprocessing.get_context("spawn"),
         initializer=_start_worker,
-        initargs=(job, store.url, store.deadline_s),
+        initargs=(job, store.settings),
     )
     in_flight: deque[tuple[list[Sequence[str]], Future[list[Outcome]]]] = deque()
     try:
@@ -220,9 +220,9 @@ def _write(
 _worker: tuple[_Job, Store, Planner, asyncio.AbstractEventLoop] | None = None
 
 
-def _start_worker(job: _Job, url: str, deadline_s: float) -> None:
+def _start_worker(job: _Job, settings: StoreSettings) -> None:
     global _worker
-    _worker = (job, Store(url, deadline_s), job.planner(), asyncio.new_event_loop())
+    _worker = (job, Store.open(settings), job.planner(), asyncio.new_event_loop())
 
 
 def _work(numbers: list[str | None]) -> list[Outcome]:

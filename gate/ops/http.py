@@ -55,6 +55,7 @@ class HttpServer:
     ) -> None:
         self.gate = gate
         self.metrics = metrics
+        metrics.redis.store = gate.store
         self.http = http
         self.api = api
         self.stasis = stasis
@@ -130,8 +131,14 @@ class HttpServer:
     async def _readyz(self, _request: web.Request) -> web.Response:
         checks: dict[str, dict[str, Any]] = {}
         try:
-            await self.gate.store.ping()
-            checks["redis"] = {"ok": True}
+            store = self.gate.store
+            await store.ping()
+            checks["redis"] = {
+                "ok": True,
+                "mode": "cluster" if store.cluster else "single",
+                "node": store.answered_by or store.where,
+                "redirects": dict(store.redirects),
+            }
         except StoreError as exc:
             checks["redis"] = {"ok": False, "error": str(exc)}
         if self.stasis is not None:

@@ -8,6 +8,9 @@ What is measured (names as exposed):
   histograms; the Redis part is the one store call, the rest is callgate's own time.
 - ``callgate_redis_errors_total{kind}`` (``timeout``, ``unavailable``, ``error``) and
   ``callgate_fail_mode_decisions_total{verdict}``: decisions answered by the fail mode.
+- ``callgate_redis_node_info{mode,node}`` (1 for the node that answered the last decision:
+  the server, or a cluster's master) and ``callgate_redis_redirects_total{kind}``
+  (``moved``, ``ask``, ``tryagain``: cluster redirections followed), read at scrape time.
 - ``callgate_ari_connected``, ``callgate_ari_reconnects_total``,
   ``callgate_agi_connections_total``, ``callgate_agi_connections_active``: read from the
   doors at scrape time.
@@ -28,7 +31,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Protocol
 
 from prometheus_client import (
@@ -171,6 +174,51 @@ class StasisStats(Protocol):
     reconnects: int
 
 
+class StoreStats(Protocol):
+    """What the store exposes (gate.store.client.Store)."""
+
+    @property
+    def cluster(self) -> bool: ...
+
+    @property
+    def answered_by(self) -> str: ...
+
+    @property
+    def redirects(self) -> Mapping[str, int]: ...
+
+    @property
+    def where(self) -> str: ...
+
+
+class _Redis(Collector):
+    """Which Redis node answers, and the cluster redirections followed (scrape time)."""
+
+    def __init__(self) -> None:
+        self.store: StoreStats | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        store = self.store
+        if store is None:
+            return
+        node = GaugeMetricFamily(
+            "callgate_redis_node_info",
+            "1 for the Redis node that answered the last decision.",
+            labels=["mode", "node"],
+        )
+        node.add_metric(
+            ["cluster" if store.cluster else "single", store.answered_by or store.where], 1.0
+        )
+        yield node
+        redirects = CounterMetricFamily(
+            "callgate_redis_redirects",
+            "Redis Cluster redirections followed (MOVED, ASK, TRYAGAIN).",
+            labels=["kind"],
+        )
+        for kind in ("moved", "ask", "tryagain"):
+            redirects.add_metric([kind], float(store.redirects.get(kind, 0)))
+        yield redirects
+
+
 class _Doors(Collector):
     """Door state read at scrape time (no hook on the doors' hot paths)."""
 
@@ -256,6 +304,8 @@ class Metrics:
         ).set(1)
         self.doors = _Doors()
         reg.register(self.doors)
+        self.redis = _Redis()
+        reg.register(self.redis)
         self.reasons = BoundedLabel(MAX_REASONS, _FIXED_REASONS)
         self.tenants = BoundedLabel(MAX_TENANTS)
 

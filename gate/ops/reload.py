@@ -73,6 +73,8 @@ def restart_only_changes(old: Config, new: Config) -> list[str]:
     """The settings that differ between ``old`` and ``new`` but only apply at start."""
     pairs: dict[str, tuple[object, object]] = {
         "redis.url": (old.redis.url, new.redis.url),
+        "redis.mode": (old.redis.mode, new.redis.mode),
+        "redis.nodes": (old.redis.nodes, new.redis.nodes),
         "redis.data_dir": (old.redis.data_dir, new.redis.data_dir),
         "redis.deadline": (old.redis.deadline_s, new.redis.deadline_s),
         "agi": (old.agi, new.agi),

@@ -175,7 +175,8 @@ async def test_healthz_is_up_with_the_config_version(served: Served) -> None:
 async def test_readyz_is_ready_when_redis_answers(served: Served) -> None:
     """/readyz answers 200, ready, with the Redis check passed."""
     status, body = await served.get("/readyz")
-    assert (200, {"ready": True, "config_version": "v1", "checks": {"redis": {"ok": True}}}) == (
+    redis_check = {"ok": True, "mode": "single", "node": served.gate.store.where, "redirects": {}}
+    assert (200, {"ready": True, "config_version": "v1", "checks": {"redis": redis_check}}) == (
         status,
         body,
     )

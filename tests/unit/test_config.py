@@ -63,6 +63,16 @@ def test_secret_file_is_created_once_and_reused(tmp_path: Path) -> None:
         ({"gate": {"colour": "blue"}}, "gate.colour: unknown key"),
         ({"redis": {"url": "http://x"}}, "redis.url"),
         ({"redis": {"deadline": 0}}, "redis.deadline"),
+        ({"redis": {"mode": "ring"}}, "redis.mode"),
+        ({"redis": {"mode": "cluster"}}, 'redis.nodes: mode = "cluster" needs the seed nodes'),
+        ({"redis": {"mode": "cluster", "nodes": ["unix:///r.sock"]}}, "redis.nodes[0]: expected"),
+        ({"redis": {"mode": "cluster", "nodes": ["redis://h"]}}, "needs a host and a port"),
+        ({"redis": {"mode": "cluster", "nodes": ["redis://h:1/2"]}}, "only database 0"),
+        (
+            {"redis": {"mode": "cluster", "nodes": ["redis://h:1"], "url": "redis://h:1"}},
+            "redis.url: with mode",
+        ),
+        ({"redis": {"nodes": ["redis://h:1"]}}, 'redis.nodes: seed nodes are for mode = "cluster"'),
         ({"agi": {"port": 70000}}, "agi.port"),
         ({"agi": {"port": "4573"}}, "agi.port: expected an int"),
         ({"fail_mode": {"campaign": "MAYBE"}}, "fail_mode.campaign"),
@@ -112,3 +122,20 @@ def test_missing_file_says_how_to_point_at_one(tmp_path: Path) -> None:
 def test_durations(text: object, seconds: float) -> None:
     """Durations accept seconds or a number with ms/s/m/h/d/w."""
     assert seconds == parse_duration_s(text, "x")
+
+
+def test_cluster_mode_keeps_its_seed_nodes(tmp_path: Path) -> None:
+    """``[redis] mode = "cluster"`` with seed nodes: the config carries them, no url."""
+    config = parse_config(
+        {
+            "redis": {"mode": "cluster", "nodes": ["redis://10.0.0.1:6379", "rediss://b:7000/0"]},
+            "privacy": {"secret": "s" * 20},
+        },
+        "cg.toml",
+        tmp_path,
+    )
+    assert ("cluster", ("redis://10.0.0.1:6379", "rediss://b:7000/0"), None) == (
+        config.redis.mode,
+        config.redis.nodes,
+        config.redis.url,
+    )

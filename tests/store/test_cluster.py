@@ -1,0 +1,412 @@
+"""Redis Cluster mode against a REAL cluster: 3 masters + 3 replicas of local redis-server.
+
+The cluster (tests/cluster.py) is started once for the module and flushed before each
+test; the failover test starts its own, as it kills a master. Numbers are picked in given
+slot groups (gate/core/keys.py) so that each test knows which shard holds what.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from gate.cli import main
+from gate.core.keys import SLOT_GROUPS, Keyspace
+from gate.core.model import Attempt, Decision, TrafficClass, Verdict
+from gate.lists.admin import ListAdmin
+from gate.lists.formats import Rejected
+from gate.lists.scrub import scrub
+from gate.ops.audit import read_range
+from gate.service import Gate
+from gate.store.client import Store
+from tests.cluster import LocalCluster, Node
+from tests.conftest import TEST_SECRET, make_config
+from tests.ops.conftest import labels, serve
+
+KEYS = Keyspace("callgate", TEST_SECRET.encode())
+TENANT = "default"
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """3 masters, 3 replicas, started once for the module, stopped by PID."""
+    local = LocalCluster(tmp_path_factory.mktemp("cluster")).start()
+    try:
+        yield local
+    finally:
+        local.stop()
+
+
+@pytest.fixture
+def seeds(cluster: LocalCluster) -> list[str]:
+    cluster.wait_ok()
+    cluster.flush()
+    return cluster.seeds
+
+
+@pytest.fixture
+async def gate(seeds: list[str]) -> AsyncIterator[Gate]:
+    store = Store(seeds[0], deadline_s=1.0, nodes=seeds)
+    yield Gate(make_config(), store)
+    await store.close()
+
+
+def numbers_in(group: int, count: int, start: int = 0) -> list[str]:
+    """``count`` French mobile numbers whose slot group is ``group``."""
+    found: list[str] = []
+    for i in range(start, start + 10_000_000):
+        e164 = f"+3361{i:07d}"
+        if KEYS.number(e164).group == group:
+            found.append(e164)
+            if len(found) == count:
+                return found
+    raise AssertionError("not enough numbers")
+
+
+def groups_by_master(cluster: LocalCluster) -> dict[int, list[int]]:
+    """The slot groups each master serves (by port)."""
+    out: dict[int, list[int]] = {}
+    for group in range(SLOT_GROUPS):
+        out.setdefault(cluster.master_of(16 * group).port, []).append(group)
+    return out
+
+
+def one_number_per_master(cluster: LocalCluster, start: int = 0) -> list[str]:
+    return [numbers_in(groups[7], 1, start)[0] for groups in groups_by_master(cluster).values()]
+
+
+def attempt(number: str, at: datetime | None = None, **kw: object) -> Attempt:
+    return Attempt(number, at or datetime.now(UTC), **kw)  # type: ignore[arg-type]
+
+
+def entries(values: list[str]) -> list[tuple[int, str | Rejected]]:
+    return list(enumerate(values, start=1))
+
+
+def fail_on_reject(rejected: Rejected) -> None:
+    raise AssertionError(rejected)
+
+
+async def test_decisions_run_on_every_shard(gate: Gate, cluster: LocalCluster) -> None:
+    """Lists, exemptions and caps decide alike on the three masters, each number's keys on
+    its own shard (every master holds some), with one call per decision."""
+    red, dnc, customer, free = (
+        one_number_per_master(cluster, s) for s in (0, 100_000, 200_000, 300_000)
+    )
+    admin = ListAdmin.of(gate)
+    await admin.add("red", red, TENANT, "")
+    await admin.add("dnc", dnc + customer, TENANT, "")
+    await admin.add("customers", customer, TENANT, "")
+    verdicts = [
+        (await gate.decide(attempt(n), record=True, door="cli")).reason
+        for n in red + dnc + customer + free
+    ]
+    capped = [
+        (await gate.decide(attempt(free[0]), record=True, door="cli")).reason for _ in range(4)
+    ]
+    sizes = [node.client().dbsize() for node in cluster.masters_now()]
+    assert ["listed:red"] * 3 + ["listed:dnc"] * 3 + ["allowed"] * 6 == verdicts
+    assert ["allowed"] * 3 + ["cap:fr-4-per-30d"] == capped
+    assert all(size > 0 for size in sizes)
+
+
+async def test_two_hundred_concurrent_attempts_allow_exactly_the_cap(gate: Gate) -> None:
+    """200 concurrent recorded attempts on one number, cap 4: exactly 4 ALLOW."""
+    now = datetime.now(UTC)
+    decisions = await asyncio.gather(
+        *(gate.decide(attempt("+33612345678", now), record=True, door="cli") for _ in range(200))
+    )
+    assert 4 == [d.verdict for d in decisions].count(Verdict.ALLOW)
+
+
+async def test_the_next_decision_after_a_list_swap_sees_the_new_version_on_every_shard(
+    gate: Gate, seeds: list[str], cluster: LocalCluster
+) -> None:
+    """A gate decides against list version A (its view of the list cached); another
+    process replaces the list by B; the gate's very next decision on a number of each
+    master sees B, not A."""
+    groups = groups_by_master(cluster)
+    old = [n for g in groups.values() for n in numbers_in(g[3], 5)]
+    new = [n for g in groups.values() for n in numbers_in(g[5], 5)]
+    importer = Store(seeds[0], deadline_s=5.0, nodes=seeds)
+    try:
+        admin = ListAdmin(gate.config.policy, gate.keyspace, importer)
+        await admin.import_entries(
+            "red", entries(old), TENANT, "", fail_on_reject, mode="replace", expected=15
+        )
+        before = [(await gate.decide(attempt(n), record=False, door="cli")).reason for n in old]
+        await admin.import_entries(
+            "red", entries(new), TENANT, "", fail_on_reject, mode="replace", expected=15
+        )
+        after_old = [
+            (await gate.decide(attempt(n), record=False, door="cli")).reason for n in old[::5]
+        ]
+        after_new = [
+            (await gate.decide(attempt(n), record=False, door="cli")).reason for n in new[::5]
+        ]
+        version = (await admin.lists.directory("red:t:default"))["version"]
+    finally:
+        await importer.close()
+    assert ["listed:red"] * 15 == before
+    assert (["allowed"] * 3, ["listed:red"] * 3, "2") == (after_old, after_new, version)
+
+
+async def test_list_import_and_count_spread_over_the_shards(
+    gate: Gate, cluster: LocalCluster
+) -> None:
+    """An imported list of 20 000 numbers counts whole, its buckets are on every master
+    in about equal shares, and each number is found."""
+    numbers = [f"+3362{i * 37:07d}" for i in range(20_000)]
+    admin = ListAdmin.of(gate)
+    await admin.import_entries(
+        "dnc", entries(numbers), TENANT, "", fail_on_reject, mode="replace", expected=20_000
+    )
+    per_master = []
+    for node in cluster.masters_now():
+        client = node.client()
+        per_master.append(sum(1 for _ in client.scan_iter(match="callgate:{*}:l:dnc:*")))
+        client.close()
+    probes = [
+        (await gate.decide(attempt(n), record=False, door="cli")).reason for n in numbers[::2000]
+    ]
+    assert 20_000 == await admin.count("dnc", TENANT, "")
+    assert ["listed:dnc"] * 10 == probes
+    assert max(per_master) <= 1.1 * min(per_master)
+
+
+async def test_scrub_decides_every_lead_on_the_cluster(gate: Gate) -> None:
+    """A scrub of 500 leads: the red-listed ones BLOCK, the others ALLOW, in input order."""
+    leads = [f"+3363{i * 101:07d}" for i in range(500)]
+    await ListAdmin.of(gate).add("red", leads[::10], TENANT, "")
+    rows: list[list[str]] = []
+    summary = await scrub(
+        gate,
+        ([lead] for lead in leads),
+        0,
+        rows.append,
+        now=datetime.now(UTC),
+        tenant=TENANT,
+        workers=1,
+    )
+    expected = [
+        [lead, "BLOCK", "listed:red", ""] if i % 10 == 0 else [lead, "ALLOW", "allowed", ""]
+        for i, lead in enumerate(leads)
+    ]
+    assert (expected, 50) == (rows, summary.verdicts["BLOCK"])
+
+
+async def test_the_trunk_cps_cap_is_never_exceeded_and_refusals_give_it_back(
+    gate: Gate, cluster: LocalCluster
+) -> None:
+    """CPS 20 on carrier-a, all in the same instant: 20 red-listed calls (BLOCK) leave the
+    cap whole (their reservations are given back), then of 40 concurrent calls exactly 20
+    are allowed and 20 deferred cps:carrier-a."""
+    now = datetime.now(UTC)
+    red = [f"+3364{i:07d}" for i in range(20)]
+    await ListAdmin.of(gate).add("red", red, TENANT, "")
+    blocked = [
+        (await gate.decide(attempt(n, now, trunk="carrier-a"), record=True, door="cli")).reason
+        for n in red
+    ]
+    concurrent = await asyncio.gather(
+        *(
+            gate.decide(attempt(f"+3365{i:07d}", now, trunk="carrier-a"), record=True, door="cli")
+            for i in range(40)
+        )
+    )
+    reasons = Counter(d.reason for d in concurrent)
+    assert ["listed:red"] * 20 == blocked
+    assert {"allowed": 20, "cps:carrier-a": 20} == reasons
+
+
+async def test_audit_export_and_why_merge_the_shards(
+    gate: Gate,
+    seeds: list[str],
+    cluster: LocalCluster,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Recorded decisions on numbers of every master: export (API and CLI) has them all in
+    time order, ``why`` has one number's."""
+    numbers = one_number_per_master(cluster) * 2 + one_number_per_master(cluster, 500_000)
+    for number in numbers:
+        await gate.decide(attempt(number), record=True, door="agi")
+        await asyncio.sleep(0.002)  # distinct milliseconds: a total order across shards
+    exported = [r async for r in read_range(gate.store.admin_client, "callgate")]
+    config = tmp_path / "cg.toml"
+    nodes = ", ".join(f'"{s}"' for s in seeds)
+    config.write_text(
+        f'[redis]\nmode = "cluster"\nnodes = [{nodes}]\n[privacy]\nsecret = "{TEST_SECRET}"\n'
+        "[audit]\nenabled = true\n"
+    )
+    capsys.readouterr()
+    assert 0 == await asyncio.to_thread(
+        main, ["--config", str(config), "audit", "export", "--format", "csv"]
+    )
+    cli_rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert 0 == await asyncio.to_thread(main, ["--config", str(config), "audit", "why", numbers[0]])
+    why = capsys.readouterr()
+    tokens = [KEYS.token(n) for n in numbers]
+    assert tokens == [r["number"] for r in exported]
+    assert [r["id"] for r in exported] == [r["id"] for r in cli_rows]
+    assert (2, "2 decisions about " + numbers[0]) == (
+        len(why.out.splitlines()),
+        why.err.strip(),
+    )
+
+
+async def test_a_slot_moved_under_continuous_decisions_loses_nothing(
+    cluster: LocalCluster, seeds: list[str]
+) -> None:
+    """A slot group's slot migrates key by key (MOVED, ASK, TRYAGAIN) while decisions run
+    on its numbers: every answer is the right one or the fail mode, no red-listed number
+    is allowed, every allowed attempt is counted and has its audit entry, and afterwards
+    the group answers from its new master."""
+    group = 77
+    slot = 16 * group
+    numbers = numbers_in(group, 400)
+    red = set(numbers[::5])
+    store = Store(seeds[0], deadline_s=0.25, nodes=seeds)
+    gate = Gate(make_config(), store)
+    await ListAdmin.of(gate).add("red", sorted(red), TENANT, "")
+    target = next(n for n in cluster.masters_now() if n.port != cluster.master_of(slot).port)
+    outcomes: list[tuple[str, Decision]] = []
+    done = asyncio.Event()
+
+    async def decide_all() -> None:
+        for number in numbers:
+            outcomes.append((number, await gate.decide(attempt(number), record=True, door="agi")))
+            if done.is_set() and len(outcomes) > 300:
+                return
+
+    try:
+        runner = asyncio.create_task(decide_all())
+        await asyncio.sleep(0.05)
+        moved = await asyncio.to_thread(cluster.move_slot, slot, target, lambda: time.sleep(0.02))
+        done.set()
+        await asyncio.wait_for(runner, 120)
+        after = await gate.decide(attempt(numbers[0]), record=False, door="cli")
+        answered_by = store.answered_by
+        redirects = dict(store.redirects)
+        audited = {
+            r["number"] async for r in read_range(store.admin_client, "callgate", groups=[group])
+        }
+    finally:
+        await store.close()
+    client = target.client()
+    logs = {
+        n
+        for n in numbers
+        if client.exists(KEYS.number_key(group, "cap:fr-4-per-30d:t:default", KEYS.token(n)))
+    }
+    client.close()
+    reasons = Counter(d.reason for _, d in outcomes)
+    allowed = {n for n, d in outcomes if d.verdict is Verdict.ALLOW}
+    print(f"slot {slot} moved ({moved} keys): {dict(reasons)}, redirects {redirects}")
+    assert moved > 0
+    assert set(reasons) <= {"allowed", "listed:red", "store_unavailable"}
+    assert not allowed & red
+    assert all(
+        d.reason == "listed:red" for n, d in outcomes if n in red and d.verdict is Verdict.BLOCK
+    )
+    assert allowed <= logs
+    assert {KEYS.token(n) for n in allowed} <= audited
+    assert (f"127.0.0.1:{target.port}", "listed:red") == (answered_by, after.reason)
+    assert redirects.get("moved", 0) + redirects.get("ask", 0) + redirects.get("tryagain", 0) > 0
+
+
+def test_a_killed_master_is_replaced_by_its_replica_and_decisions_resume(tmp_path: Path) -> None:
+    """SIGKILL the master of a number's slot while decisions run every 20 ms: meanwhile the
+    answers are the fail mode (never an ALLOW for the red-listed number), then its replica
+    is promoted and the decisions are right again (within 15 s)."""
+    local = LocalCluster(tmp_path).start()
+    try:
+        elapsed, outcomes = asyncio.run(_failover(local))
+    finally:
+        local.stop()
+    red_allowed = [d for n, d in outcomes if n == "red" and d.verdict is Verdict.ALLOW]
+    tail = [d.reason for _, d in outcomes[-4:]]
+    print(f"failover: decisions right again after {elapsed:.2f} s; {len(outcomes)} decisions")
+    assert [] == red_allowed
+    assert ["listed:red", "allowed"] * 2 == tail
+    assert {d.reason for _, d in outcomes} <= {"listed:red", "allowed", "store_unavailable"}
+    assert elapsed < 15
+
+
+async def _failover(local: LocalCluster) -> tuple[float, list[tuple[str, Decision]]]:
+    group = 300
+    red, free = numbers_in(group, 2)
+    store = Store(local.seeds[0], deadline_s=0.2, nodes=local.seeds)
+    gate = Gate(make_config(), store)
+    outcomes: list[tuple[str, Decision]] = []
+    try:
+        await ListAdmin.of(gate).add("red", [red], TENANT, "")
+        master: Node = local.master_of(16 * group)
+        client = master.client()
+        assert 1 <= client.execute_command("WAIT", 1, 5000)  # the replica holds the list
+        client.close()
+        local.kill(master)
+        killed = time.monotonic()
+        right_since: float | None = None
+        for _ in range(2000):  # bounded: 2000 rounds of 20 ms at most
+            pair = []
+            for name, number in (("red", red), ("free", free)):
+                decision = await gate.decide(
+                    attempt(number, traffic_class=TrafficClass.CAMPAIGN), record=False, door="cli"
+                )
+                pair.append(decision.reason)
+                outcomes.append((name, decision))
+            if pair == ["listed:red", "allowed"]:
+                right_since = right_since or time.monotonic()
+                if len(outcomes) >= 8 and all(
+                    o.reason != "store_unavailable" for _, o in outcomes[-4:]
+                ):
+                    break
+            else:
+                right_since = None
+            await asyncio.sleep(0.02)
+        assert right_since is not None, "decisions never came back"
+        return right_since - killed, outcomes
+    finally:
+        await store.close()
+
+
+def test_cluster_config_needs_seed_nodes(tmp_path: Path) -> None:
+    """``mode = "cluster"`` with seed nodes is accepted; ``config check`` shows them."""
+    path = tmp_path / "cg.toml"
+    path.write_text(
+        '[redis]\nmode = "cluster"\nnodes = ["redis://10.0.0.1:6379", "redis://10.0.0.2:6379"]\n'
+        f'[privacy]\nsecret = "{TEST_SECRET}"\n'
+    )
+    assert 0 == main(["--config", str(path), "config", "check"])
+
+
+async def test_readyz_and_metrics_say_which_node_answers(gate: Gate, cluster: LocalCluster) -> None:
+    """After a decision, /readyz names the cluster master that answered it, and /metrics
+    has it as callgate_redis_node_info with the redirections counted."""
+    number = one_number_per_master(cluster)[1]
+    master = cluster.master_of(16 * KEYS.number(number).group)
+    await gate.decide(attempt(number), record=False, door="cli")
+    running = await serve(gate)
+    try:
+        status, body = await running.get("/readyz")
+        scraped = await running.scrape()
+    finally:
+        await running.session.close()
+        await running.server.stop()
+    node = f"127.0.0.1:{master.port}"
+    assert (200, "cluster", node) == (
+        status,
+        body["checks"]["redis"]["mode"],
+        body["checks"]["redis"]["node"],
+    )
+    assert 1.0 == scraped[("callgate_redis_node_info", labels(mode="cluster", node=node))]
+    assert ("callgate_redis_redirects_total", labels(kind="moved")) in scraped
