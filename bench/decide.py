@@ -1,15 +1,18 @@
 """Benchmark: the full in-process decision path against a real Redis, beside the PING floor.
 
-    python bench/decide.py [--redis-url URL] [--n 5000] [--concurrency 1]
+    python bench/decide.py [--redis-url URL] [--n 5000] [--concurrency 16]
                            [--scenarios lean,sample,fr] [--list-size 1000000]
 
 Starts its own redis-server on a free loopback TCP port unless --redis-url is given.
 Measures, in the same process and session, per scenario:
 - the floor: redis-py asyncio PING round trips;
 - the path: ``Gate.decide`` = engine.plan + one EVALSHA of decide.lua + engine.conclude,
-  recording (so each decision also writes its audit entry in the script);
-- Redis's own time per decision: ``usec_per_call`` of EVALSHA in ``INFO commandstats``
-  (reset before the measured rounds).
+  recording (so each decision also writes its audit entry in the script), one at a time;
+  then ``n`` more with ``--concurrency`` in flight (loaded: Redis works back to back);
+- Redis's own time per decision, ``usec_per_call`` of EVALSHA in ``INFO commandstats``,
+  for each of the two (sequential: Redis idles between calls, its caches go cold on a
+  shared machine; loaded: the regime in which it bounds the decisions per second of one
+  Redis core, also printed as dec/s/core).
 Scenarios:
 - ``lean``: two block lists (empty), one cap, one trunk CPS cap (the historical baseline);
 - ``sample``: the lists of config/callgate.toml (red, dnc, customers exempting dnc) with
@@ -17,7 +20,8 @@ Scenarios:
   trunk's CPS cap, no law pack;
 - ``fr``: the same with the ``fr`` pack (hours, 4 attempts per 30 days, opt-in consent
   held by every number decided, refusal cool-off, caller-ID ranges).
-Prints p50/p99 of both, decisions per second, the ratios path/floor and the Redis time.
+Last, one recorded decision's EVALSHA sent pre-encoded (the store's path) against
+redis-py's ``evalsha`` with the same arguments (p50 of the call alone).
 Absolute numbers depend on the machine and its load; compare ratios within one run.
 """
 
@@ -30,6 +34,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -42,10 +47,26 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _server import redis_server
 
 from gate.config.loader import parse_config
+from gate.core.engine import Plan, plan
 from gate.core.model import Attempt
 from gate.lists.admin import ListAdmin
 from gate.service import Gate
 from gate.store.client import Store
+
+# This benchmark also runs against callgate before key layout 2 (to compare layouts).
+try:
+    from gate.service import _with_evidence as with_evidence
+except ImportError:  # before the evidence moved into decide.lua
+    with_evidence = None  # type: ignore[assignment]
+try:
+    from gate.store.client import DECIDE, _encode
+
+    LAYOUT = 2
+except ImportError:  # key layout 1
+    import gate.store.client as legacy
+
+    LAYOUT = 1
+PROTOCOL_AVAILABLE = LAYOUT == 2
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "bench-secret-0123456789"
@@ -75,6 +96,8 @@ SCENARIOS: dict[str, dict[str, Any]] = {"lean": LEAN, "sample": SAMPLE, "fr": FR
 # are kept until its clock passes them).
 START = datetime(2026, 11, 24, 9, 0, tzinfo=UTC)
 ROUNDS = 5
+# The pre-encoded vs redis-py comparison needs the store's internals of this version.
+PROTOCOL = True
 
 
 def percentile(samples: list[float], q: float) -> float:
@@ -126,6 +149,49 @@ async def populate(gate: Gate, list_size: int, numbers: list[str], consent: bool
         await admin.add("consent", numbers, "default", "")
 
 
+async def redis_us(client: aioredis.Redis) -> float:
+    """``usec_per_call`` of EVALSHA since the last ``CONFIG RESETSTAT``."""
+    stats = await client.info("commandstats")
+    return float(stats.get("cmdstat_evalsha", {}).get("usec_per_call", 0.0))
+
+
+async def back_to_back(
+    client: aioredis.Redis, gate: Gate, numbers: list[str], caller_id: str | None, n: int
+) -> float:
+    """Redis µs per decision when Redis works without pause: ``n`` more recorded decisions,
+    planned and encoded beforehand, sent 50 per request, in chunks of 500 each measured
+    alone; the best chunk (the least interference from the rest of a shared machine).
+    Runs against callgate before key layout 2 too (its encoding), to compare layouts."""
+    store, active = gate.store, gate.active
+    requests: list[tuple[Any, int]] = []
+    for i in range(n):
+        now = START + timedelta(days=1, milliseconds=20 * i)
+        attempt = Attempt(numbers[i], now, trunk="carrier-a", caller_id=caller_id)
+        pending = plan(attempt, active.config.policy, active.keyspace, True)
+        if not isinstance(pending, Plan):
+            continue
+        if with_evidence is not None:
+            pending = with_evidence(pending, active, "cli", 0.0)
+        if LAYOUT == 2:
+            requests.append((_encode([pending.check], store._views).command(DECIDE), 1))
+        else:
+            keys, args = legacy.encode_checks(pending.check)
+            words = [b"EVALSHA", store._decide.sha.encode(), b"%d" % len(keys)]
+            words += [k.encode() for k in keys] + [str(a).encode() for a in args]
+            requests.append((legacy._resp(words), 1))
+    chunks = []
+    for chunk in range(0, len(requests), 500):
+        await client.config_resetstat()
+        for start in range(chunk, min(chunk + 500, len(requests)), 50):
+            part = requests[start : min(start + 50, chunk + 500)]
+            if LAYOUT == 2:
+                await store._call([command for command, _ in part])
+            else:
+                await store._send(b"".join(request for request, _ in part), len(part))
+        chunks.append(await redis_us(client))
+    return min(chunks)
+
+
 async def scenario(
     url: str, name: str, n: int, concurrency: int, list_size: int
 ) -> dict[str, float]:
@@ -134,12 +200,11 @@ async def scenario(
     store = Store(url, deadline_s=1.0)
     gate = Gate(config, store)
     await client.flushdb()
-    numbers = fr_lines("+3361", n)
+    numbers = fr_lines("+3361", 2 * n + 1)
     if name != "lean":
         await populate(gate, list_size, numbers, consent=name == "fr")
-    start = START
     caller_id = "+33162000000" if name == "fr" else None
-    await gate.decide(Attempt("0612345678", start), record=True, door="cli")  # load, warm up
+    await gate.decide(Attempt(numbers[-1], START), record=True, door="cli")  # load, warm up
     await client.ping()
 
     async def ping(_: int) -> None:
@@ -147,24 +212,28 @@ async def scenario(
 
     async def decide(i: int) -> None:
         # Attempt times 20 ms apart (50 calls/s on the trunk): the CPS log stays realistic.
-        now = start + timedelta(milliseconds=20 * i)
+        now = START + timedelta(milliseconds=20 * i)
         attempt = Attempt(numbers[i], now, trunk="carrier-a", caller_id=caller_id)
         await gate.decide(attempt, record=True, door="cli")
 
-    await client.config_resetstat()
     # Alternate rounds so that drift in machine load hits both sides alike.
     floor: list[float] = []
     path: list[float] = []
     path_seconds = 0.0
+    await client.config_resetstat()
     for r in range(ROUNDS):
-        lat, _secs = await timed(n // ROUNDS, concurrency, ping)
+        lat, _secs = await timed(n // ROUNDS, 1, ping)
         floor += lat
         offset = r * (n // ROUNDS)
-        lat, secs = await timed(n // ROUNDS, concurrency, lambda i, o=offset: decide(o + i))
+        lat, secs = await timed(n // ROUNDS, 1, lambda i, o=offset: decide(o + i))
         path += lat
         path_seconds += secs
-    stats = await client.info("commandstats")
-    evalsha = stats.get("cmdstat_evalsha", {})
+    sequential_us = await redis_us(client)
+    # Loaded: many decisions in flight from this process.
+    await client.config_resetstat()
+    _, loaded_s = await timed(n, concurrency, lambda i: decide(n + i))
+    loaded_us = await redis_us(client)
+    back_to_back_us = await back_to_back(client, gate, numbers, caller_id, n)
     await store.close()
     await client.aclose()
     return {
@@ -173,24 +242,78 @@ async def scenario(
         "path50": percentile(path, 50),
         "path99": percentile(path, 99),
         "rate": len(path) / path_seconds,
-        "redis_us": float(evalsha.get("usec_per_call", 0.0)),
-        "calls": float(evalsha.get("calls", 0)),
+        "loaded_rate": n / loaded_s,
+        "redis_us": sequential_us,
+        "loaded_us": loaded_us,
+        "back_us": back_to_back_us,
     }
 
 
+async def protocol(url: str, n: int) -> tuple[float, float]:
+    """p50 (µs) of one recorded decision's EVALSHA sent pre-encoded (the store's path)
+    and through redis-py's ``evalsha`` with the same KEYS and ARGV, in alternating
+    rounds (the plan and the encoding are made beforehand: only the call is timed)."""
+    config = parse_config(SAMPLE, "bench", Path(tempfile.gettempdir()))
+    store = Store(url, deadline_s=1.0)
+    gate = Gate(config, store)
+    client = aioredis.Redis.from_url(url)
+    await client.flushdb()
+    numbers = fr_lines("+3366", 2 * n + 2)
+    await gate.decide(Attempt(numbers[-1], START), record=True, door="cli")
+    active = gate.active
+    encoded = []
+    for i in range(2 * n):
+        attempt = Attempt(numbers[i], START + timedelta(milliseconds=20 * i), trunk="carrier-a")
+        pending = plan(attempt, config.policy, active.keyspace, True)
+        assert isinstance(pending, Plan)
+        check = with_evidence(pending, active, "cli", 0.0).check
+        await store.decide(replace(check, record=False))  # learn the list views
+        encoded.append(_encode([check], store._views))
+    pre: list[float] = []
+    plain: list[float] = []
+    for r in range(ROUNDS):
+        chunk = range(r * 2 * n // ROUNDS, (r + 1) * 2 * n // ROUNDS)
+        half = len(chunk) // 2
+        for k, i in enumerate(chunk):
+            start = time.perf_counter()
+            if k < half:
+                await store._call([encoded[i].command(DECIDE)])
+                pre.append((time.perf_counter() - start) * 1e6)
+            else:
+                e = encoded[i]
+                await client.evalsha(DECIDE.sha.decode(), len(e.keys), *e.keys, *e.args)
+                plain.append((time.perf_counter() - start) * 1e6)
+    await store.close()
+    await client.aclose()
+    return percentile(pre, 50), percentile(plain, 50)
+
+
 async def run(url: str, n: int, concurrency: int, names: list[str], list_size: int) -> None:
-    print(f"redis {url.split('@')[-1]}, {n} decisions per scenario, concurrency {concurrency}")
+    print(
+        f"redis {url.split('@')[-1]}, {n} decisions per scenario (sequential), then {n} "
+        f"with {concurrency} in flight (loaded); lists: dnc {list_size}, red {list_size // 10}, "
+        f"customers {list_size // 100}"
+    )
     header = (
-        f"{'scenario':10}{'PING p50':>10}{'p99':>7}{'decide p50':>12}{'p99':>7}"
-        f"{'ratio p50':>11}{'p99':>7}{'dec/s':>8}{'Redis µs/decision':>19}"
+        f"{'scenario':9}{'PING p50':>9}{'p99':>6}{'decide p50':>11}{'p99':>6}"
+        f"{'ratio p50':>10}{'p99':>7}{'dec/s':>7}{'loaded dec/s':>13}"
+        f"{'Redis µs seq':>13}{'loaded':>8}{'b2b':>6}{'dec/s/core':>11}"
     )
     print(header)
     for name in names:
         m = await scenario(url, name, n, concurrency, list_size)
+        core = 1e6 / m["back_us"] if m["back_us"] else 0.0
         print(
-            f"{name:10}{m['floor50']:>10.0f}{m['floor99']:>7.0f}{m['path50']:>12.0f}"
-            f"{m['path99']:>7.0f}{m['path50'] / m['floor50']:>10.2f}x"
-            f"{m['path99'] / m['floor99']:>6.2f}x{m['rate']:>8.0f}{m['redis_us']:>19.2f}"
+            f"{name:9}{m['floor50']:>9.0f}{m['floor99']:>6.0f}{m['path50']:>11.0f}"
+            f"{m['path99']:>6.0f}{m['path50'] / m['floor50']:>9.2f}x"
+            f"{m['path99'] / m['floor99']:>6.2f}x{m['rate']:>7.0f}{m['loaded_rate']:>13.0f}"
+            f"{m['redis_us']:>13.1f}{m['loaded_us']:>8.1f}{m['back_us']:>6.1f}{core:>11.0f}"
+        )
+    if PROTOCOL and PROTOCOL_AVAILABLE:
+        pre, plain = await protocol(url, min(n, 2000))
+        print(
+            f"one EVALSHA (sample, recorded), p50: pre-encoded {pre:.0f} µs, redis-py evalsha "
+            f"{plain:.0f} µs: {plain / pre:.2f}x"
         )
 
 
@@ -198,7 +321,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--redis-url")
     parser.add_argument("--n", type=int, default=5000)
-    parser.add_argument("--concurrency", type=int, default=1)
+    parser.add_argument("--concurrency", type=int, default=16, help="in flight when loaded")
     parser.add_argument("--scenarios", default="lean,sample,fr")
     parser.add_argument("--list-size", type=int, default=1_000_000)
     args = parser.parse_args()

@@ -154,11 +154,11 @@ async def run(url: str, sizes: list[int], regions: list[str], decisions: int) ->
                 await client.flushall()
                 small_path = Path(tmp) / "small.txt"
                 small_sample = write_file(small_path, region, 1000, rng)
-                await import_file(base.list_admin(), "small", small_path, fmt)
+                await import_file(ListAdmin.of(base), "small", small_path, fmt)
                 path = Path(tmp) / f"{region}-{size}.txt"
                 sample = write_file(path, region, size, rng)
                 before = int((await client.info("memory"))["used_memory"])
-                imported, seconds = await import_file(gate.list_admin(), "big", path, fmt)
+                imported, seconds = await import_file(ListAdmin.of(gate), "big", path, fmt)
                 after = int((await client.info("memory"))["used_memory"])
                 path.unlink()
                 # Same mix for both: as many listed samples as unlisted probes.

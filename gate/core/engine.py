@@ -64,8 +64,10 @@ __all__ = [
     "conclude",
     "explain",
     "fail_mode_decision",
+    "outcome",
     "plan",
     "record_time_error",
+    "shadowed",
     "window_text",
 ]
 
@@ -86,8 +88,8 @@ _R = TypeVar(
 class CheckKind(enum.StrEnum):
     """What one Redis check does; the value is its letter in decide.lua's arguments."""
 
-    ALLOW_LIST = "A"  # is the number on an allow list? (never decides; exempts)
-    CONSENT_HELD = "H"  # does a consent list hold it, unexpired? (never decides; exempts)
+    ALLOW_LIST = "A"  # is the number on an allow list? (never decides; exempts; -1: unused)
+    CONSENT_HELD = "H"  # does a consent list hold it, unexpired? (as A)
     BLOCK_LIST = "B"  # BLOCK if on a block list
     CONSENT_REQUIRED = "C"  # BLOCK unless a consent list holds it
     PRESENCE_REQUIRED = "M"  # BLOCK unless an allow list (a scrubbed file) holds it
@@ -137,11 +139,11 @@ class Check:
 
 @dataclass(frozen=True, slots=True)
 class Evidence:
-    """The audit entry of a recorded decision, for the script to complete and append in
-    the same atomic call that counts the attempt (gate/core/evidence.py builds it)."""
+    """The audit entry of a recorded decision, for the script to append with what the
+    checks saw, in the same atomic call that counts the attempt (gate/core/evidence.py)."""
 
     known: tuple[tuple[str, str], ...]  # the fields known in-process, (name, value)
-    shadow: tuple[str, ...]  # shadow reasons of the static rules (the script adds its own)
+    shadow: tuple[str, ...]  # shadow reasons of the static rules
     min_id_ms: int  # entries older than this (stream time) are trimmed on append
     max_len: int  # entries the stream keeps at most (about)
 
@@ -679,13 +681,26 @@ def _retry_s(retry_after_ms: int) -> float:
     return max(math.ceil(retry_after_ms), 1) / 1000
 
 
-def _shadowed(pending: Plan, result: StoreResult) -> tuple[str, ...]:
-    """Reasons of shadow checks that would have decided."""
-    reasons = list(pending.shadow)
-    for check, seen in zip(pending.check.checks, result.results, strict=False):
+def shadowed(
+    checks: Sequence[Check], static: Sequence[str], result: StoreResult
+) -> tuple[str, ...]:
+    """Reasons of the static shadow rules (``static``), then of the shadow checks that
+    would have decided."""
+    reasons = list(static)
+    for check, seen in zip(checks, result.results, strict=False):
         if check.shadow and _would_decide(check, seen, result.results):
             reasons.append(check.reason)
     return tuple(reasons)
+
+
+def outcome(checks: Sequence[Check], result: StoreResult) -> tuple[Verdict, str, str, float | None]:
+    """(verdict, reason, rule, retry_after_s) of the store's answer to ``checks``."""
+    if result.decided == 0:
+        return Verdict.ALLOW, "allowed", "", None
+    check = checks[result.decided - 1]
+    if check.kind.blocks:
+        return Verdict.BLOCK, check.reason, check.rule, None
+    return Verdict.DEFER, check.reason, check.rule, _retry_s(result.retry_after_ms)
 
 
 def _would_decide(check: Check, seen: int, results: Sequence[int], exemptions: bool = True) -> bool:
@@ -709,16 +724,10 @@ def _would_decide(check: Check, seen: int, results: Sequence[int], exemptions: b
 
 def conclude(pending: Plan, result: StoreResult) -> Decision:
     """Turn the store's answer into the decision."""
-    e164 = pending.destination.e164
-    shadow = _shadowed(pending, result)
-    if result.decided == 0:
-        return _decided(Verdict.ALLOW, "allowed", "", e164, shadow)
-    check = pending.check.checks[result.decided - 1]
-    if check.kind.blocks:
-        return _decided(Verdict.BLOCK, check.reason, check.rule, e164, shadow)
-    return Decision(
-        Verdict.DEFER, check.reason, check.rule, e164, _retry_s(result.retry_after_ms), shadow
-    )
+    checks = pending.check.checks
+    verdict, reason, rule, retry_s = outcome(checks, result)
+    shadow = shadowed(checks, pending.shadow, result)
+    return Decision(verdict, reason, rule, pending.destination.e164, retry_s, shadow)
 
 
 def fail_mode_decision(attempt: Attempt, pending: Plan, fail_mode: FailMode) -> Decision:
@@ -735,7 +744,8 @@ def fail_mode_decision(attempt: Attempt, pending: Plan, fail_mode: FailMode) -> 
 
 def _outcome(check: Check, seen: int, decided: bool, results: Sequence[int]) -> str:
     if check.kind.lookup:
-        return "listed" if seen else "not listed"
+        # Looked up only when a check it exempts would decide (decide.lua).
+        return "not needed" if seen < 0 else "listed" if seen else "not listed"
     verdict = "BLOCK" if check.kind.blocks else "DEFER"
     if decided:
         return verdict

@@ -2,29 +2,42 @@
 
 Two ways, one record (``FIELDS``):
 - ``evidence_for`` (a recorded decision that needs the store): the fields known before the
-  store call (``Evidence``); decide.lua completes them with what the decision saw
-  (verdict, reason, rule, lists, counters, shadow, retry) and appends the entry to the
-  audit stream in the same atomic call that counts the attempt, so the evidence and the
-  counters are one fact. ``latency_us`` is then the in-process time
-  before the call and ``redis_us`` is empty (the decision's Redis time is only known
-  after the entry is written; it is in ``callgate_decision_redis_seconds``).
+  store call (``Evidence``). The store adds the list versions and ``check_summary`` of the
+  checks (their kind, rule, reason, parameters, exemptions, shadow flag) and decide.lua
+  appends them, with what each check saw, to the audit stream in the same atomic call
+  that counts the attempt: the evidence and the counters are one fact, and Redis does no
+  more than one append for it. ``stored_record`` turns such an entry into the record,
+  with the engine's own ``outcome`` and ``shadowed`` (the same conclusion as the decision).
+  ``latency_us`` is then the in-process time before the call and ``redis_us`` is empty
+  (the decision's Redis time is only known after the entry is written; it is in
+  ``callgate_decision_redis_seconds``).
 - ``audit_record`` (a decision that never reached Redis: emergency, invalid number,
   number type, fail mode): the whole record, written by the in-memory writer.
 
-Both are pure. The number is its keyed token (``NumberKeys.token``: the plan's own, never
+All are pure. The number is its keyed token (``NumberKeys.token``: the plan's own, never
 hashed again), or the short code's digits, or "" for an unreadable string.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from gate.core.engine import CheckKind, Evidence, Plan, StoreResult
+from gate.core.engine import Check, CheckKind, Evidence, Plan, StoreResult, outcome, shadowed
 from gate.core.keys import SLOT_GROUPS, Keyspace
 from gate.core.model import Attempt, Decision
 from gate.core.rules import Pack
 
-__all__ = ["FIELDS", "Timing", "audit_record", "evidence_for", "stream_len"]
+__all__ = [
+    "FIELDS",
+    "Timing",
+    "audit_record",
+    "check_summary",
+    "evidence_for",
+    "stored_record",
+    "stream_len",
+]
 
 FIELDS = (
     "ts",
@@ -158,3 +171,59 @@ def evidence_for(
         min_id_ms=pending.check.now_ms - int(max_age_s * 1000),
         max_len=max_len,
     )
+
+
+# One check in an entry written by decide.lua: kind letter, rule, reason, shadow (0/1),
+# the checks that exempt it, its parameters, the list it reads and that list's version.
+CheckSummary = tuple[str, str, str, int, tuple[int, ...], tuple[int, ...], str, str]
+
+
+def check_summary(checks: Sequence[Check], versions: Sequence[str]) -> list[CheckSummary]:
+    """What the audit entry keeps of each check (``versions``: of the list each reads,
+    "" for none), to conclude again when it is read."""
+    return [
+        (c.kind.value, c.rule, c.reason, int(c.shadow), c.exempt_by, c.params, c.list_name, v)
+        for c, v in zip(checks, versions, strict=True)
+    ]
+
+
+def stored_record(head: Mapping[str, Any], seen: str) -> dict[str, str]:
+    """The record of an entry decide.lua wrote: ``head`` (the fields known in-process,
+    ``checks`` and ``shadow``) and ``seen`` ("decided,retry_ms,r1,r2…")."""
+    summaries = head.get("checks", [])
+    checks = [
+        Check(
+            CheckKind(kind),
+            rule,
+            reason,
+            params=tuple(params),
+            exempt_by=tuple(exempt),
+            shadow=bool(shadow),
+            list_name=name,
+        )
+        for kind, rule, reason, shadow, exempt, params, name, _ in summaries
+    ]
+    numbers = [int(float(v)) for v in seen.split(",")] if seen else [0, 0]
+    result = StoreResult(numbers[0], numbers[1], tuple(numbers[2:]))
+    verdict, reason, rule, retry_s = outcome(checks, result)
+    counters = [
+        f"{c.rule}={n}"
+        for c, n in zip(checks, result.results, strict=False)
+        if c.kind is CheckKind.ATTEMPT_LOG
+    ]
+    lists: dict[str, str] = {}
+    for summary, n in zip(summaries, result.results, strict=False):
+        if summary[6] and summary[7] and n >= 0:
+            lists[summary[6]] = summary[7]
+    record = {name: str(head.get(name, "")) for name in FIELDS}
+    record["lists"] = ",".join(f"{name}@{version}" for name, version in lists.items())
+    retry = "" if retry_s is None else f"{retry_s:.3f}".rstrip("0").rstrip(".")
+    record.update(
+        verdict=verdict.value,
+        reason=reason,
+        rule=rule,
+        counters=",".join(counters),
+        shadow=",".join(shadowed(checks, head.get("shadow", []), result)),
+        retry_after_s=retry,
+    )
+    return record

@@ -10,8 +10,9 @@ versions consulted, the counters seen, the shadow reasons, and the decision's la
 Guarantees:
 - A recorded decision that Redis answers is written by the decision script itself, in the
   same atomic call that counts it (gate/core/evidence.py, decide.lua): no evidence waits in
-  memory, and an entry exists exactly when the counters moved. Such an entry is one field
-  ``e`` holding the record as JSON; the readers here return both kinds alike.
+  memory, and an entry exists exactly when the counters moved. Such an entry holds the
+  checks and what they saw (fields ``h`` and ``r``); the readers here conclude it into the
+  same record as the others (``evidence.stored_record``) and return both kinds alike.
 - ``AuditLog`` keeps only the others (emergency, invalid number, number type, fail mode):
   appending never adds a round trip: ``AuditLog.append`` only queues the record; a
   background writer sends queued records in pipelined batches (every ``FLUSH_S`` or
@@ -44,7 +45,7 @@ from redis.exceptions import RedisError
 from gate.config.loader import AuditConfig
 from gate.core.engine import Plan
 from gate.core.errors import StoreError
-from gate.core.evidence import FIELDS, audit_record, stream_len
+from gate.core.evidence import FIELDS, audit_record, stored_record, stream_len
 from gate.core.keys import SLOT_GROUPS, Keyspace
 from gate.service import Observed
 
@@ -290,13 +291,12 @@ class Follower:
 
 
 def _record(entry_id: bytes, fields: Mapping[bytes, bytes]) -> dict[str, str]:
-    """One stream entry as a record: its ``id``, then its fields (decoded from JSON when
-    the decision script wrote it)."""
+    """One stream entry as a record: its ``id``, then its fields (concluded again from the
+    checks and what they saw when the decision script wrote it)."""
     record = {"id": entry_id.decode()}
-    stored = fields.get(b"e")
-    if stored is not None and len(fields) == 1:
-        values = json.loads(stored)
-        record.update({name: str(values.get(name, "")) for name in FIELDS})
+    head, seen = fields.get(b"h"), fields.get(b"r")
+    if head is not None and seen is not None and len(fields) == 2:
+        record.update(stored_record(json.loads(head), seen.decode()))
     else:
         record.update({k.decode(): v.decode() for k, v in fields.items()})
     return record

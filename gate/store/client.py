@@ -28,9 +28,11 @@ Guarantees:
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import importlib.resources
 import json
+import struct
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -56,6 +58,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gate.core.engine import Check, CheckKind, StoreCheck, StoreResult
 from gate.core.errors import StoreError, StoreTimeout, StoreUnavailable
+from gate.core.evidence import check_summary
 from gate.core.keys import directory_key, namespace_of
 
 __all__ = ["BATCH", "Script", "Store", "StoreSettings", "load_script", "translate_error"]
@@ -281,8 +284,7 @@ class Store:
         outside: dict[int, tuple[int, int, int]] = {}
         reserved = []
         for c, reply in zip(shared, replies, strict=True):
-            flat = _raise_error(reply)
-            decided, retry_ms, seen = int(flat[1]), int(flat[2]), int(flat[3])
+            decided, retry_ms, seen = _probe(reply)
             outside[check.checks.index(c)] = (seen, c.params[0], retry_ms)
             if check.record and not decided:
                 reserved.append(c)
@@ -341,8 +343,8 @@ class Store:
         replies = await self._call([_encode([p], {}).command(DECIDE) for p in probes.values()])
         seen: dict[str, tuple[int, int]] = {}
         for key, reply in zip(probes, replies, strict=True):
-            flat = _raise_error(reply)
-            seen[key] = (int(flat[3]), int(flat[2]))
+            _, retry_ms, count = _probe(reply)
+            seen[key] = (count, retry_ms)
         return [
             {
                 i: (seen[c.key][0], c.params[0], seen[c.key][1])
@@ -560,6 +562,13 @@ async def _exchange(connection: Any, request: bytes, replies: int) -> list[_Repl
     return out
 
 
+def _probe(reply: _Reply) -> tuple[int, int, int]:
+    """(decided, retry_ms, seen) of a one-check decision (a shared attempt log)."""
+    (item,) = _raise_error(reply)
+    decided, retry_ms, seen = (int(n) for n in item.split(b","))
+    return decided, retry_ms, seen
+
+
 def _raise_error(reply: _Reply) -> Any:
     if isinstance(reply, ResponseError):
         raise reply
@@ -621,21 +630,20 @@ class _Encoded:
     def results(self, reply: list[Any], views: dict[str, str]) -> list[StoreResult | None]:
         """Each decision's result, or None when it was STALE (``views`` updated)."""
         out: list[StoreResult | None] = []
-        pos = 0
-        for check, fields in self.layout:
-            if int(reply[pos]) == 0:
-                for offset, name in enumerate(fields):
+        for (check, fields), item in zip(self.layout, reply, strict=True):
+            if isinstance(item, list):  # STALE: what the meta holds
+                for name, value in zip(fields, item, strict=True):
                     if not name.endswith(":r"):
-                        value = reply[pos + 1 + offset]
                         views[name] = "" if value is None else value.decode()
-                pos += 1 + len(fields)
                 out.append(None)
                 continue
-            n = len(check.checks)
-            results = tuple(int(r) for r in reply[pos + 3 : pos + 3 + n])
-            versions = tuple(_version(c, views) for c in check.checks)
-            out.append(StoreResult(int(reply[pos + 1]), int(reply[pos + 2]), results, versions))
-            pos += 3 + n
+            numbers = [int(n) for n in item.split(b",")]
+            results = tuple(numbers[2:])
+            versions = tuple(
+                _version(c, views) if seen >= 0 else ""
+                for c, seen in zip(check.checks, results, strict=True)
+            )
+            out.append(StoreResult(numbers[0], numbers[1], results, versions))
         return out
 
 
@@ -659,6 +667,27 @@ def _encode(
     return _Encoded(encoder.keys, encoder.args, encoder.layout)
 
 
+@functools.lru_cache(maxsize=256)
+def _mask(exempt_by: tuple[int, ...]) -> int:
+    """The bit mask of the checks that exempt (bit i-1: check i)."""
+    return sum(1 << (index - 1) for index in exempt_by)
+
+
+@functools.lru_cache(maxsize=1024)
+def _summary_json(
+    checks: tuple[Check, ...], versions: tuple[str, ...], shadow: tuple[str, ...]
+) -> str:
+    """``"shadow":[…],"checks":[…]}``: the end of an audit entry's head (the same for every
+    decision of one plan shape, so made once)."""
+    body = {"shadow": shadow, "checks": check_summary(checks, versions)}
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":"))[1:]
+
+
+# Each check's kind as decide.lua reads it (a character code; lowercase: shadow).
+_CODES = {kind: (ord(kind.value), ord(kind.value.lower())) for kind in CheckKind}
+_X = (ord("X"), ord("x"))
+
+
 class _Encoder:
     """Accumulates the KEYS (each once) and ARGV of decide.lua, decision by decision."""
 
@@ -666,15 +695,15 @@ class _Encoder:
 
     def __init__(self, decisions: int) -> None:
         self.keys: list[str] = []
-        self.index: dict[str, bytes] = {}
+        self.index: dict[str, int] = {}
         self.args: list[bytes] = [b"%d" % decisions]
         self.layout: list[tuple[StoreCheck, list[str]]] = []
 
-    def key(self, key: str) -> bytes:
+    def key(self, key: str) -> int:
         found = self.index.get(key)
         if found is None:
             self.keys.append(key)
-            found = self.index[key] = b"%d" % len(self.keys)
+            found = self.index[key] = len(self.keys)
         return found
 
     def add(
@@ -682,72 +711,78 @@ class _Encoder:
     ) -> None:
         number, prefix = check.number, check.prefix
         fields: dict[str, str] = {}  # meta field → expected value, in order
-        body: list[bytes] = []
-        lists: dict[str, str] = {}
+        fmt: list[str] = []
+        values: list[float] = []
         for i, c in enumerate(check.checks):
-            letter, mask = _letter_and_mask(c)
             kind = c.kind
+            code = _CODES[kind][c.shadow]
+            mask = _mask(c.exempt_by)
             if kind in _MEMBERSHIP:
                 view = views.get(c.key, "")
                 fields[c.key] = view
-                at = b"0"
+                at = 0
                 if view:
                     version, bits = view.split("/")
                     bucket = number.bucket32 >> (32 - int(bits))
                     at = self.key(f"{prefix}l:{c.key}:{version}:{bucket}")
-                    if c.list_name:
-                        lists[c.list_name] = version
-                body += (letter, at) if kind is CheckKind.ALLOW_LIST else (letter, at, mask)
+                if kind is CheckKind.ALLOW_LIST:
+                    fmt.append("BH")
+                    values += (code, at)
+                else:
+                    fmt.append("BHd")
+                    values += (code, at, mask)
             elif kind is CheckKind.CONSENT_HELD:
-                body += (letter, self.key(f"{prefix}c:{c.key}"))
+                fmt.append("BH")
+                values += (code, self.key(f"{prefix}c:{c.key}"))
             elif kind is CheckKind.CONSENT_REQUIRED:
-                body += (letter, self.key(f"{prefix}c:{c.key}"), mask)
+                fmt.append("BHd")
+                values += (code, self.key(f"{prefix}c:{c.key}"), mask)
             elif kind is CheckKind.COOLOFF:
-                at = self.key(f"{prefix}{c.key}:{number.token}")
-                body += (letter, at, b"%d" % c.params[0])
+                fmt.append("BHd")
+                values += (code, self.key(f"{prefix}{c.key}:{number.token}"), c.params[0])
             elif kind is CheckKind.FRESHNESS:
                 fields.setdefault(f"{c.key}:r", "*")
                 j = list(fields).index(f"{c.key}:r") + 1
-                body += (letter, b"%d" % j, b"%d" % c.params[0], b"%d" % c.params[1], mask)
+                fmt.append("BBddd")
+                values += (code, j, c.params[0], c.params[1], mask)
             elif kind is CheckKind.WINDOW:
-                body += (letter, b"%d" % c.params[0], mask)
+                fmt.append("Bdd")
+                values += (code, c.params[0], mask)
             elif i in read:  # a shared log read by its own call: (seen, limit, retry_ms)
-                body += (b"x" if c.shadow else b"X", *(b"%d" % p for p in read[i]))
+                fmt.append("Bddd")
+                values += (_X[c.shadow], *read[i])
             else:
                 at = self.key(c.key if c.shared else f"{prefix}{c.key}:{number.token}")
-                body += (letter, at, b"%d" % c.params[0], b"%d" % c.params[1])
+                fmt.append("BHdd")
+                values += (code, at, c.params[0], c.params[1])
+        evidence = check.evidence if check.record else None
+        head: list[float] = [
+            check.now_ms,
+            1 if check.record else 0,
+            self.key(prefix + "meta") if fields else 0,
+            len(fields),
+            len(check.checks),
+        ]
+        if evidence is None:
+            layout = ">dBHBBB"
+            head.append(0)
+        else:
+            layout = ">dBHBBBHdd"
+            head += (1, self.key(prefix + "audit"), evidence.min_id_ms, evidence.max_len)
+        packing = layout + "".join(fmt)
         self.args += (
-            b"%d" % check.now_ms,
-            b"1" if check.record else b"0",
+            packing.encode(),
+            struct.pack(packing, *head, *values),
             b"%d" % number.member,
             number.token.encode(),
-            self.key(prefix + "meta") if fields else b"0",
-            b"%d" % len(fields),
             *(f.encode() for f in fields),
             *(e.encode() for e in fields.values()),
-            b"%d" % len(check.checks),
-            *body,
         )
-        evidence = check.evidence if check.record else None
-        if evidence is None:
-            self.args.append(b"0")
-        else:
-            known = dict(evidence.known)
-            known["lists"] = ",".join(f"{name}@{version}" for name, version in lists.items())
-            head = json.dumps(known, ensure_ascii=False, separators=(",", ":"))[:-1]
-            self.args += (
-                b"1",
-                self.key(prefix + "audit"),
-                b"%d" % evidence.min_id_ms,
-                b"%d" % evidence.max_len,
-                head.encode(),
-                ",".join(evidence.shadow).encode(),
-                *(f"{c.reason}\t{c.rule}".encode() for c in check.checks),
-            )
+        if evidence is not None:
+            versions = tuple(_version(c, views) for c in check.checks)
+            present = {name: value for name, value in evidence.known if value}  # "" is implied
+            known = json.dumps(present, ensure_ascii=False, separators=(",", ":"))
+            tail = _summary_json(check.checks, versions, evidence.shadow)
+            joint = "," if present else ""
+            self.args.append(f"{known[:-1]}{joint}{tail}".encode())
         self.layout.append((check, list(fields)))
-
-
-def _letter_and_mask(check: Check) -> tuple[bytes, bytes]:
-    """The check's kind letter (lowercase: shadow) and its exemption bit mask."""
-    letter = check.kind.value.lower() if check.shadow else check.kind.value
-    return letter.encode(), b"%d" % sum(1 << (index - 1) for index in check.exempt_by)
