@@ -214,7 +214,7 @@ for d = 1, tonumber(ARGV[1]) do
         local first = first_after(raw, n, now - window)
         seen = n - first + 1
         logs = logs or {}
-        logs[i] = {key, raw, n, limit, window}
+        logs[i] = {key, raw, n, limit, window, first}
         if seen >= limit then
           decides = true
           wait = unpack_struct(">d", raw, (first + seen - limit) * 8 - 7) + window - now
@@ -261,26 +261,31 @@ for d = 1, tonumber(ARGV[1]) do
         local log = logs[i]
         if log and results[i] < log[4] then
           local key, raw, n, window = log[1], log[2], log[3], log[5]
+          local last = n > 0 and unpack_struct(">d", raw, n * 8 - 7) or now
           -- Drop what left the window by both clocks (Redis's is read only when the
           -- attempt's would drop something, and for windows of a minute or more: a
           -- CPS log trusts the attempt's clock, within the callers' skew); insert now
-          -- after the entries <= now.
-          local drop = first_after(raw, n, now - window) - 1
-          if window >= 60000 and (drop > 0 or n > 0 and unpack_struct(">d", raw, n * 8 - 7) > now) then
+          -- after the entries <= now (at the end, but for a gate whose clock is behind).
+          local drop = log[6] - 1
+          if window >= 60000 and (drop > 0 or last > now) then
             if not clock_ms then
               local clock = call("TIME")
               clock_ms = tonumber(clock[1]) * 1000 + floor(tonumber(clock[2]) / 1000)
             end
             drop = first_after(raw, n, math.min(now, clock_ms) - window) - 1
           end
-          local at = first_after(raw, n, now)
-          local newest = n >= at and unpack_struct(">d", raw, n * 8 - 7) or now
-          local ttl = window
-          if newest > now then -- entries later than now: live until they leave the window
-            ttl = math.max(window, newest + window - (clock_ms or now))
+          local kept
+          if last <= now then
+            kept = string.sub(raw, drop * 8 + 1) .. pack(">d", now)
+          else
+            local at = first_after(raw, n, now)
+            kept = string.sub(raw, drop * 8 + 1, (at - 1) * 8) .. pack(">d", now) .. string.sub(raw, at * 8 - 7)
           end
-          call("SET", key, string.sub(raw, drop * 8 + 1, (at - 1) * 8) .. pack(">d", now) .. string.sub(raw, (at - 1) * 8 + 1),
-            "PX", string.format("%d", math.ceil(ttl)))
+          local ttl = window
+          if last > now then -- entries later than now: live until they leave the window
+            ttl = math.max(window, last + window - (clock_ms or now))
+          end
+          call("SET", key, kept, "PX", math.ceil(ttl))
         end
       end
     end
