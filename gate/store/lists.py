@@ -185,24 +185,27 @@ class ListStore:
         directory = await (self.ensure(list_id) if op == "add" else self.directory(list_id))
         if "version" not in directory:
             return 0
-        changed = 0
+        changed, fullest = 0, 0
         batch: list[ListEntry] = []
         for entry in numbers:
             batch.append(entry)
             if len(batch) >= _DELTA_BATCH:
-                changed += await self._delta_batch(list_id, op, batch)
+                done, entries = await self._delta_batch(list_id, op, batch, directory)
+                changed, fullest = changed + done, max(fullest, entries)
                 batch = []
+                directory = await self.directory(list_id)
         if batch:
-            changed += await self._delta_batch(list_id, op, batch)
-        if op == "add":
-            directory = await self.directory(list_id)
-            bits = int(directory.get("bits", MIN_BITS))
-            if await self.count(list_id) > RESIZE_FILL * 2**bits:
-                await self.resize(list_id)
+            done, entries = await self._delta_batch(list_id, op, batch, directory)
+            changed, fullest = changed + done, max(fullest, entries)
+        # A group holds 2**(bits - GROUP_BITS) buckets; resize when one of them overfills.
+        if op == "add" and fullest > RESIZE_FILL << (int(directory["bits"]) - GROUP_BITS):
+            await self.resize(list_id)
         return changed
 
-    async def _delta_batch(self, list_id: str, op: str, batch: list[ListEntry]) -> int:
-        directory = await self.directory(list_id)
+    async def _delta_batch(
+        self, list_id: str, op: str, batch: list[ListEntry], directory: Mapping[str, str]
+    ) -> tuple[int, int]:
+        """Apply ``batch``; returns (entries changed, the most entries a group now holds)."""
         live = list_version(int(directory["version"]), int(directory["bits"]))
         building = ""
         if "building" in directory:
@@ -211,7 +214,7 @@ class ListStore:
         for member, bucket32 in batch:
             by_group.setdefault(group_of(bucket32), []).append((member, bucket32))
         versions = {group: (live, building) for group in by_group}
-        changed = 0
+        changed, fullest = 0, 0
         for _ in range(_STALE_TRIES):
             groups = list(by_group)
             calls = [
@@ -226,8 +229,9 @@ class ListStore:
                     stale[group] = by_group[group]
                 else:
                     changed += int(reply[0])
+                    fullest = max(fullest, int(reply[1]))
             if not stale:
-                return changed
+                return changed, fullest
             by_group = stale
             await asyncio.sleep(0.01)
         raise StoreError(f"list {list_id}: versions kept changing during the update; try again")

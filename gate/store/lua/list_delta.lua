@@ -16,7 +16,8 @@
 -- meta holds them: the caller sends the entries again to those buckets. Otherwise every
 -- entry is applied to the live version and, while a replacement is being built, to that
 -- version too, so an opt-out recorded during a --replace import survives the switch.
--- Returns {changed}: entries added/removed in the live version (L:n follows it).
+-- Returns {changed, entries}: entries added/removed in the live version and the entries it
+-- holds in this group afterwards (L:n follows it).
 
 local meta, list = KEYS[1], ARGV[2]
 local held = redis.call("HMGET", meta, list, list .. ":b")
@@ -25,7 +26,7 @@ if live ~= ARGV[3] or building ~= ARGV[4] then
   return {-1, live, building}
 end
 if live == "" then
-  return {0}
+  return {0, 0}
 end
 local command = ARGV[1] == "add" and "SADD" or "SREM"
 local changed = 0
@@ -37,7 +38,5 @@ for i = 5, #ARGV - 2, 3 do
     redis.call(command, KEYS[other], member)
   end
 end
-if changed > 0 then
-  redis.call("HINCRBY", meta, list .. ":n", ARGV[1] == "add" and changed or -changed)
-end
-return {changed}
+local entries = redis.call("HINCRBY", meta, list .. ":n", ARGV[1] == "add" and changed or -changed)
+return {changed, entries}
