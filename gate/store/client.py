@@ -32,6 +32,7 @@ import functools
 import hashlib
 import importlib.resources
 import json
+import logging
 import struct
 import time
 from collections import Counter
@@ -62,6 +63,8 @@ from gate.core.evidence import check_summary
 from gate.core.keys import directory_key, namespace_of
 
 __all__ = ["BATCH", "Script", "Store", "StoreSettings", "load_script", "translate_error"]
+
+log = logging.getLogger("callgate")
 
 BATCH = 1000
 # Decisions per EVALSHA in a scrub: ~10-20 µs of Redis time each, so a few ms per call.
@@ -271,7 +274,7 @@ class Store:
             raise StoreError(f"Redis at {self.where}: list versions kept changing; try again")
         finally:
             if reserved and (result is None or result.decided != 0):
-                await self._release(reserved, check.now_ms)
+                await self._give_back(reserved, check.now_ms)
 
     async def _reserve(
         self, check: StoreCheck, shared: list[Check]
@@ -289,6 +292,15 @@ class Store:
             if check.record and not decided:
                 reserved.append(c)
         return outside, reserved
+
+    async def _give_back(self, reserved: list[Check], now_ms: int) -> None:
+        """``_release``, bounded by the deadline; a failure leaves the reservation to leave
+        its log with its window (one second for a CPS log): fewer calls, never more."""
+        try:
+            async with asyncio.timeout(self.deadline_s):
+                await self._release(reserved, now_ms)
+        except (RedisError, OSError, TimeoutError) as exc:
+            log.info("a CPS reservation was not given back (%s); it expires with its window", exc)
 
     async def _release(self, reserved: list[Check], now_ms: int) -> None:
         """Give back reservations of a decision that did not let the call go."""
