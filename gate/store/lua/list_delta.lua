@@ -38,5 +38,6 @@ for i = 5, #ARGV - 2, 3 do
     redis.call(command, KEYS[other], member)
   end
 end
-local entries = redis.call("HINCRBY", meta, list .. ":n", ARGV[1] == "add" and changed or -changed)
+-- (0 - changed, not -changed: Lua's -0 is "-0", which HINCRBY refuses.)
+local entries = redis.call("HINCRBY", meta, list .. ":n", ARGV[1] == "add" and changed or 0 - changed)
 return {changed, entries}
