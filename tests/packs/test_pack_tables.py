@@ -104,8 +104,7 @@ ERRORS = [
     ),
     pytest.param(
         {"hours": [{**HOURS, "zone": "Central Standard Time"}]},
-        "xx.toml: hours[0].zone: 'Central Standard Time' is not a time zone name "
-        "(e.g. Etc/GMT+6)",
+        "xx.toml: hours[0].zone: 'Central Standard Time' is not a time zone name (e.g. Etc/GMT+6)",
         id="unknown-zone",
     ),
     pytest.param(
@@ -113,8 +112,7 @@ ERRORS = [
             "lists": [{"name": "consent", "kind": "consent"}, {"name": "rnd", "kind": "block"}],
             "consent": [{"id": "c", "list": "consent", "reassigned_list": "rnd"}],
         },
-        "xx.toml: consent[0].reassigned_list: list 'rnd' must be a reassigned list "
-        "(it is block)",
+        "xx.toml: consent[0].reassigned_list: list 'rnd' must be a reassigned list (it is block)",
         id="reassigned-list-of-the-wrong-kind",
     ),
     pytest.param(
