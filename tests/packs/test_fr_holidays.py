@@ -7,14 +7,16 @@ holidays package checked against the texts the pack relies on."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import holidays
 import pytest
 
 from gate.config.loader import Config
+from gate.core.engine import Planner, plan
 from gate.core.errors import ConfigError
+from gate.core.keys import Keyspace
 from gate.core.model import Attempt
 from gate.core.rules import CalendarRule
 from gate.service import Gate
@@ -326,3 +328,50 @@ def test_opting_in_to_an_unknown_calendar_is_a_config_error() -> None:
         "test.toml: tenants.acme.calendars: 'fr-guadeloupe-abolition' is not an optional "
         "calendar of the enabled packs (fr-alsace-moselle)"
     ) == str(caught.value)
+
+
+# A Guadeloupe fixed line that phonenumbers also gives Saint-Barthélemy and Saint-Martin:
+# same region, type and zone as GUADELOUPE, other places (the Planner must tell them apart).
+GUADELOUPE_SHARED_FIXED = "+590590331234"
+OVERSEAS_NUMBERS = [
+    GUADELOUPE_SHARED_FIXED,
+    *(
+        number
+        for number, _ in (
+            GUADELOUPE,
+            GUADELOUPE_MOBILE,
+            SAINT_MARTIN,
+            SAINT_BARTHELEMY,
+            MARTINIQUE,
+            GUYANE,
+            REUNION,
+            REUNION_MOBILE,
+            MAYOTTE,
+            MIQUELON,
+            PARIS_MOBILE,
+        )
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    "when",
+    [
+        datetime(2027, 5, 27, 15, 0, tzinfo=UTC),
+        datetime(2027, 5, 28, 15, 0, tzinfo=UTC),
+        datetime(2027, 4, 27, 8, 0, tzinfo=UTC),
+        datetime(2027, 3, 26, 10, 0, tzinfo=UTC),
+    ],
+)
+@pytest.mark.parametrize("tenant", [TENANT, "alsace"])
+def test_planner_plans_holidays_exactly_like_plan(when: datetime, tenant: str) -> None:
+    """A scrub's Planner, which reuses plans across numbers, keeps each number's places and
+    the tenant's opted-in calendars: its plans equal ``plan``'s, number after number."""
+    policy = pack_config(
+        ["fr"], "FR", tenants={"alsace": {"calendars": ["fr-alsace-moselle"]}}
+    ).policy
+    keys = Keyspace("t", None)
+    planner = Planner(policy, keys, False)
+    for dialled in OVERSEAS_NUMBERS * 2:
+        attempt = Attempt(dialled, now=when, caller_id=VERIFIED_CLI, tenant=tenant)
+        assert plan(attempt, policy, keys, False) == planner.plan(attempt)
