@@ -88,7 +88,9 @@ def callee_places(target: Destination, wanted: Collection[str]) -> tuple[str, ..
     places = {target.region}
     others = [r for r in _sharing_regions(target.region) if r != target.region and r in wanted]
     if others:
-        number = phonenumbers.parse(target.e164)
+        code = phonenumbers.country_code_for_region(target.region)
+        national = int(target.e164[len(str(code)) + 1 :])
+        number = phonenumbers.PhoneNumber(country_code=code, national_number=national)
         zones = frozenset(target.time_zones)
         for region in others:
             if phonenumbers.is_valid_number_for_region(number, region) or (
@@ -108,15 +110,31 @@ def localised(
     """``rule`` keeping only the calendars that govern this callee and tenant: those of
     one of ``places`` (or of every place), not optional or opted in, for this class and
     number prefix. Calendar validity dates are judged per holiday (``holiday_of``)."""
-    kept = tuple(
-        calendar
-        for calendar in rule.calendars
-        if (not calendar.places or not calendar.places.isdisjoint(places))
+    keep = tuple(
+        (not calendar.places or not calendar.places.isdisjoint(places))
         and (not calendar.optional or calendar.id in opted_in)
         and traffic_class in calendar.classes
         and (not calendar.prefixes or e164.startswith(calendar.prefixes))
+        for calendar in rule.calendars
     )
-    return rule if kept == rule.calendars else dataclasses.replace(rule, calendars=kept)
+    if all(keep):
+        return rule
+    # One variant per (rule, calendars kept), built once: dataclasses.replace costs more
+    # than the rest of the hours check. The rule itself is kept to check identity.
+    key = (id(rule), keep)
+    cached = _LOCALISED.get(key)
+    if cached is not None and cached[0] is rule:
+        return cached[1]
+    if len(_LOCALISED) >= _MAX_LOCALISED:
+        _LOCALISED.clear()
+    kept = tuple(c for c, k in zip(rule.calendars, keep, strict=True) if k)
+    variant = dataclasses.replace(rule, calendars=kept)
+    _LOCALISED[key] = (rule, variant)
+    return variant
+
+
+_MAX_LOCALISED = 1024
+_LOCALISED: dict[tuple[int, tuple[bool, ...]], tuple[HoursRule, HoursRule]] = {}
 
 
 def _on_calendar(calendar: CalendarRule, day: date) -> bool:
