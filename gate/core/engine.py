@@ -402,9 +402,9 @@ class Planner:
     Pure, and equal to ``plan`` for every attempt: a plan depends on the number through
     its classification (region, type, time zones), the rule prefixes it matches, the places
     whose calendars govern it (``callee_places``) and its own keys (``NumberKeys``; cap and
-    cool-off keys end with its token). The rest is
-    computed once per distinct (attempt without the number, classification, prefixes
-    matched) and reused with the number's own keys put in.
+    cool-off keys end with its token). The rest is computed once per distinct (attempt
+    without the number, classification, prefixes matched, places) and reused with the
+    number's own keys put in.
     """
 
     _MAX_MODELS = 4096
