@@ -19,7 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from gate.config._reader import IDENT_RE, Reader, parse_duration_s
-from gate.config.packs import load_pack, parse_caps, parse_lists, validate_references
+from gate.config.packs import (
+    load_pack,
+    optional_calendars,
+    parse_caps,
+    parse_lists,
+    validate_references,
+)
 from gate.core.errors import ConfigError, GateError
 from gate.core.model import TrafficClass, Verdict
 from gate.core.numbers import NumberType, parse_e164
@@ -184,8 +190,13 @@ def _check_lists(lists: tuple[ListRule, ...], packs: tuple[Pack, ...], origin: s
         validate_references(pack, lists, f"{origin} (pack {pack.id})")
 
 
-def _tenants(reader: Reader, region: str) -> dict[str, frozenset[str]]:
-    out: dict[str, frozenset[str]] = {}
+def _tenants(
+    reader: Reader, region: str, optional: frozenset[str]
+) -> tuple[dict[str, frozenset[str]], dict[str, frozenset[str]]]:
+    """Per tenant: the caller IDs it may present, and the optional pack calendars it opted
+    in to (``calendars``: ids of ``optional`` ``[[calendars]]`` of the enabled packs)."""
+    caller_ids: dict[str, frozenset[str]] = {}
+    calendars: dict[str, frozenset[str]] = {}
     for tenant in list(reader.data):
         table = reader.table(tenant)
         if not IDENT_RE.match(tenant):
@@ -196,10 +207,20 @@ def _tenants(reader: Reader, region: str) -> dict[str, frozenset[str]]:
                 numbers.append(parse_e164(str(value), region))
             except GateError as exc:
                 raise table.fail("caller_ids", str(exc)) from None
+        opted = table.get("calendars", list, [])
+        for name in opted:
+            if name not in optional:
+                known = ", ".join(sorted(optional)) or "none"
+                raise table.fail(
+                    "calendars",
+                    f"{name!r} is not an optional calendar of the enabled packs ({known})",
+                )
         table.done()
-        out[tenant] = frozenset(numbers)
+        caller_ids[tenant] = frozenset(numbers)
+        if opted:
+            calendars[tenant] = frozenset(str(name) for name in opted)
     reader.done()
-    return out
+    return caller_ids, calendars
 
 
 def _trunks(reader: Reader) -> tuple[dict[str, int], int]:
@@ -400,12 +421,14 @@ def _policy(root: Reader, gate: _GateSection, origin: str) -> Policy:
     lists = parse_lists(root)
     packs = tuple(load_pack(name, gate.packs_dir) for name in gate.pack_names)
     _check_lists(lists, packs, origin)
+    caller_ids, calendars = _tenants(root.table("tenants"), gate.region, optional_calendars(packs))
     return Policy(
         default_region=gate.region,
         lists=lists,
         caps=parse_caps(root),
         packs=packs,
-        caller_ids=_tenants(root.table("tenants"), gate.region),
+        caller_ids=caller_ids,
+        tenant_calendars=calendars,
         blocked_types=_number_types(root.table("number_types")),
         trunk_cps=trunk_cps,
         default_trunk_cps=default_cps,

@@ -29,12 +29,13 @@ from dataclasses import dataclass, field, replace
 from datetime import date
 from typing import TypeVar
 
-from gate.core.hours import local_day, next_open
+from gate.core.hours import callee_places, holiday_today, local_day, localised, next_open
 from gate.core.keys import Keyspace, NumberKeys
 from gate.core.model import Attempt, Decision, TrafficClass, Verdict
 from gate.core.numbers import BadNumber, Destination, NumberType, ShortCode, classify
 from gate.core.policy import FailMode, Policy
 from gate.core.rules import (
+    AbandonCeilingRule,
     CallerIdRule,
     CapRule,
     ConsentRule,
@@ -49,6 +50,7 @@ from gate.core.rules import (
 
 __all__ = [
     "CPS_WINDOW_MS",
+    "PENDING_KINDS",
     "STALE_RETRY_S",
     "Check",
     "CheckKind",
@@ -70,7 +72,15 @@ STALE_RETRY_S = 3600.0
 # No opening within the search horizon (e.g. a toll-free number spanning every US zone).
 NO_WINDOW_RETRY_S = 86400.0
 _R = TypeVar(
-    "_R", CapRule, HoursRule, ConsentRule, FreshnessRule, CooloffRule, CallerIdRule, DestinationRule
+    "_R",
+    CapRule,
+    HoursRule,
+    ConsentRule,
+    FreshnessRule,
+    CooloffRule,
+    CallerIdRule,
+    DestinationRule,
+    AbandonCeilingRule,
 )
 
 
@@ -86,6 +96,9 @@ class CheckKind(enum.StrEnum):
     FRESHNESS = "F"  # DEFER while a list is older than allowed
     WINDOW = "W"  # DEFER outside the calling hours (computed in-process)
     ATTEMPT_LOG = "L"  # DEFER when a rolling-window cap (or a trunk's CPS) is reached
+    # Designed, not yet run by decide.lua (see PENDING_KINDS and the contract below):
+    REASSIGNED = "D"  # BLOCK when the consent predates the number's last disconnection
+    ABANDON_RATE = "Q"  # DEFER while the campaign's abandoned-call rate is over its ceiling
 
     @property
     def blocks(self) -> bool:
@@ -99,8 +112,34 @@ class CheckKind(enum.StrEnum):
 
 
 _BLOCKING = frozenset(
-    {CheckKind.BLOCK_LIST, CheckKind.CONSENT_REQUIRED, CheckKind.PRESENCE_REQUIRED}
+    {
+        CheckKind.BLOCK_LIST,
+        CheckKind.CONSENT_REQUIRED,
+        CheckKind.PRESENCE_REQUIRED,
+        CheckKind.REASSIGNED,
+    }
 )
+
+# Kinds whose Redis side decide.lua does not run yet. ``plan()`` never emits them: the
+# rules that need them are parsed and validated, and reported by ``--explain`` as
+# "not enforced". Their contract, for decide.lua (fields separated by "|"):
+#   D|s|k|c             reassigned number: KEYS[k] is the reassigned list's HASH token ->
+#                       void_before_ms (the first instant after the UTC day of the number's
+#                       last permanent disconnection); c is the 1-based index of this
+#                       decision's C check, whose consent HASH holds "granted_ms:expiry_ms".
+#                       Sees 1 when both entries exist and granted_ms < void_before_ms;
+#                       BLOCK on 1 (no exemption: a reassigned number's new subscriber is
+#                       nobody's customer or consenter). Read-only.
+#   Q|s|k|ceiling_ppm|window_ms|min_live
+#                       abandoned-call ceiling: KEYS[k] holds the campaign's live (answered)
+#                       and abandoned call counts per minute over the trailing window (a
+#                       LIST of "minute:live:abandoned" plus running totals in KEYS[k]..":t";
+#                       entries older than window_ms are popped and subtracted). DEFER when
+#                       live >= min_live and abandoned * 1e6 > ceiling_ppm * live; sees and
+#                       waits the ms until, with no new calls, the oldest minutes leaving the
+#                       window bring the rate back under the ceiling (0 when under it).
+#                       Written by the answered/abandoned event script, never by a decision.
+PENDING_KINDS = frozenset({CheckKind.REASSIGNED, CheckKind.ABANDON_RATE})
 
 
 @dataclass(frozen=True, slots=True)
@@ -345,8 +384,9 @@ def plan(attempt: Attempt, policy: Policy, keyspace: Keyspace, record: bool) -> 
     _cap_checks(build, policy, packs)
     hours = [rule for pack in packs for rule in build.live(pack.hours)]
     if hours:
-        _hours_check(build, hours)
+        _hours_check(build, policy, hours)
     _cps_check(build, policy)
+    _pending_rules(build, packs, static)
     check = StoreCheck(
         now_ms=int(attempt.now.timestamp() * 1000),
         record=record,
@@ -360,10 +400,11 @@ class Planner:
     """``plan`` for many attempts that differ only in the number dialled (a scrub).
 
     Pure, and equal to ``plan`` for every attempt: a plan depends on the number through
-    its classification (region, type, time zones), the rule prefixes it matches and its
-    own keys (``NumberKeys``; cap and cool-off keys end with its token). The rest is
-    computed once per distinct (attempt without the number, classification, prefixes
-    matched) and reused with the number's own keys put in.
+    its classification (region, type, time zones), the rule prefixes it matches, the places
+    whose calendars govern it (``callee_places``) and its own keys (``NumberKeys``; cap and
+    cool-off keys end with its token). The rest is computed once per distinct (attempt
+    without the number, classification, prefixes matched, places) and reused with the
+    number's own keys put in.
     """
 
     _MAX_MODELS = 4096
@@ -372,6 +413,7 @@ class Planner:
         self.policy, self.keyspace, self.record = policy, keyspace, record
         self._models: dict[tuple[object, ...], Plan | Decision] = {}
         self._prefixes: dict[str, tuple[tuple[str, ...], ...]] = {}
+        self._places: dict[str, frozenset[str]] = {}
 
     def plan(self, attempt: Attempt) -> Plan | Decision:
         target = _static_number(attempt, self.policy)
@@ -380,12 +422,16 @@ class Planner:
         prefixes = self._prefixes.get(target.region)
         if prefixes is None:
             prefixes = self._prefixes[target.region] = _region_prefixes(self.policy, target.region)
+        wanted = self._places.get(target.region)
+        if wanted is None:
+            wanted = self._places[target.region] = _region_places(self.policy, target.region)
         signature = (
             replace(attempt, dialled=""),
             target.region,
             target.number_type,
             target.time_zones,
             tuple(target.e164.startswith(p) for p in prefixes),
+            callee_places(target, wanted) if wanted else (),
         )
         model = self._models.get(signature)
         if model is None:
@@ -421,6 +467,8 @@ def _region_prefixes(policy: Policy, region: str) -> tuple[tuple[str, ...], ...]
             pack.cooloffs,
             pack.caller_ids,
             pack.destinations,
+            pack.calendars,
+            pack.abandon_ceilings,
         ):
             for rule in rules:
                 if rule.prefixes:
@@ -429,6 +477,18 @@ def _region_prefixes(policy: Policy, region: str) -> tuple[tuple[str, ...], ...]
             if dest.blocked_prefixes:
                 found[dest.blocked_prefixes] = None
     return tuple(found)
+
+
+def _region_places(policy: Policy, region: str) -> frozenset[str]:
+    """Every place that a calendar of an hours rule for ``region`` is scoped to."""
+    return frozenset(
+        place
+        for pack in policy.packs
+        if region in pack.regions
+        for rule in pack.hours
+        for calendar in rule.calendars
+        for place in calendar.places
+    )
 
 
 def _list_checks(build: _Builder, packs: Sequence[Pack]) -> None:
@@ -599,15 +659,26 @@ def _cps_check(build: _Builder, policy: Policy) -> None:
         )
 
 
-def _hours_check(build: _Builder, rules: Sequence[HoursRule]) -> None:
-    """One W check for all calling-hour rules in force, in all the number's zones."""
-    zones = build.target.time_zones or ("UTC",)
+def _hours_check(build: _Builder, policy: Policy, in_force: Sequence[HoursRule]) -> None:
+    """One W check for all calling-hour rules in force, in all the number's zones, each
+    with the holiday calendars of the callee's places and the tenant's opted-in ones."""
+    target, attempt = build.target, build.attempt
+    zones = target.time_zones or ("UTC",)
+    wanted = {p for rule in in_force for c in rule.calendars for p in c.places}
+    places = callee_places(target, wanted) if wanted else (target.region,)
+    opted_in = policy.tenant_calendars.get(attempt.tenant, frozenset())
+    rules = [
+        localised(rule, places, opted_in, target.e164, attempt.traffic_class) for rule in in_force
+    ]
     enforced = [r for r in rules if not r.shadow]
     opens_at, closed = next_open(enforced or rules, zones, build.attempt.now)
     if opens_at is None:
         retry_ms = int(NO_WINDOW_RETRY_S * 1000)
     else:
-        retry_ms = max(0, math.ceil((opens_at - build.attempt.now).total_seconds() * 1000))
+        # Timestamps, not datetime subtraction: two datetimes of one zone subtract as wall
+        # clocks, an hour off across a DST change.
+        wait_s = opens_at.timestamp() - build.attempt.now.timestamp()
+        retry_ms = max(0, math.ceil(wait_s * 1000))
     exempt: list[int] = []
     for rule in rules:
         if rule.consent_list:
@@ -626,6 +697,10 @@ def _hours_check(build: _Builder, rules: Sequence[HoursRule]) -> None:
                     )
                 exempt.append(build.membership[rule.consent_list])
     decisive = closed or rules[0]
+    detail = f"local time in {decisive.zone or ', '.join(zones)}"
+    holiday = holiday_today(decisive, zones, attempt.now) if closed else None
+    if holiday is not None:
+        detail += f"; {holiday.day} is a holiday: {holiday.calendar} ({holiday.source})"
     build.add(
         Check(
             CheckKind.WINDOW,
@@ -636,9 +711,37 @@ def _hours_check(build: _Builder, rules: Sequence[HoursRule]) -> None:
             exempt_by=tuple(exempt),
             shadow=not enforced,
             source=decisive.source,
-            detail=f"local time in {', '.join(zones)}",
+            detail=detail,
         )
     )
+
+
+def _pending_rules(build: _Builder, packs: Sequence[Pack], static: list[RuleOutcome]) -> None:
+    """Rules in force whose store check (PENDING_KINDS) decide.lua does not run yet: parsed
+    and validated, reported, never enforced."""
+    for pack in packs:
+        for consent in build.live(pack.consents):
+            if consent.reassigned_list:
+                static.append(
+                    RuleOutcome(
+                        f"reassigned:{consent.id}",
+                        "not enforced",
+                        f"consents predating the last disconnect on {consent.reassigned_list}"
+                        " are void; the store's reassigned-number check is not built yet",
+                        consent.source,
+                    )
+                )
+        for ceiling in build.live(pack.abandon_ceilings):
+            static.append(
+                RuleOutcome(
+                    f"abandon_rate:{ceiling.id}",
+                    "not enforced",
+                    f"at most {ceiling.ceiling:.1%} of live calls abandoned per "
+                    f"{ceiling.scope} over {window_text(ceiling.window_s)}; the store's "
+                    "campaign counters are not built yet",
+                    ceiling.source,
+                )
+            )
 
 
 def _retry_s(retry_after_ms: int) -> float:
@@ -671,6 +774,10 @@ def _would_decide(check: Check, seen: int, results: Sequence[int], exemptions: b
         return seen > 0 and not exempted
     if kind is CheckKind.ATTEMPT_LOG:
         return seen >= check.params[0]
+    if kind is CheckKind.REASSIGNED:
+        return seen == 1
+    if kind is CheckKind.ABANDON_RATE:
+        return seen > 0
     return False
 
 
@@ -723,6 +830,10 @@ def _seen_text(check: Check, seen: int) -> str:
         return "never refreshed" if seen < 0 else f"refreshed {window_text(seen / 1000)} ago"
     if check.kind is CheckKind.WINDOW:
         return f"opens in {window_text(seen / 1000)}" if seen > 0 else "open now"
+    if check.kind is CheckKind.ABANDON_RATE:
+        return f"over the ceiling for {window_text(seen / 1000)}" if seen > 0 else "under"
+    if check.kind is CheckKind.REASSIGNED:
+        return "consent predates the disconnect" if seen else "no disconnect after consent"
     return ""
 
 

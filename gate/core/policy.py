@@ -1,8 +1,8 @@
 """The policy: everything the pure decision core needs from the configuration, and nothing else.
 
-``Policy`` (lists, caps, packs, number types, trunk CPS caps, tenants' caller IDs) and
-``FailMode`` (what to answer when the store cannot) are built by ``gate.config`` from the
-TOML file; the core only reads them.
+``Policy`` (lists, caps, packs, number types, trunk CPS caps, tenants' caller IDs and
+opted-in holiday calendars) and ``FailMode`` (what to answer when the store cannot) are
+built by ``gate.config`` from the TOML file; the core only reads them.
 """
 
 from __future__ import annotations
@@ -42,6 +42,9 @@ class Policy:
     packs: tuple[Pack, ...] = ()
     # Per tenant, the caller IDs (E.164) it may present; absent: no tenant restriction.
     caller_ids: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    # Per tenant, the optional holiday calendars of the packs it opted in to (their ids,
+    # e.g. "fr-alsace-moselle"); absent: none.
+    tenant_calendars: Mapping[str, frozenset[str]] = field(default_factory=dict)
 
     def list_rule(self, name: str) -> ListRule | None:
         """The list called ``name``, from the config or any enabled pack."""

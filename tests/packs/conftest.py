@@ -17,6 +17,7 @@ import pytest
 from gate.config.loader import Config
 from gate.core.model import Decision
 from gate.core.rules import (
+    AbandonCeilingRule,
     CallerIdRule,
     CapRule,
     ConsentRule,
@@ -51,7 +52,14 @@ def pack_config(
 
 
 Rule = (
-    HoursRule | CapRule | ConsentRule | FreshnessRule | CooloffRule | CallerIdRule | DestinationRule
+    HoursRule
+    | CapRule
+    | ConsentRule
+    | FreshnessRule
+    | CooloffRule
+    | CallerIdRule
+    | DestinationRule
+    | AbandonCeilingRule
 )
 
 
@@ -65,6 +73,7 @@ def pack_rules(pack: Pack) -> list[Rule]:
         *pack.cooloffs,
         *pack.caller_ids,
         *pack.destinations,
+        *pack.abandon_ceilings,
     ]
 
 
