@@ -13,7 +13,6 @@ on Asterisk 22, every reply then waited for the socket to close).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
 from typing import Any
 
 from panoramisk.utils import parse_agi_result
@@ -52,12 +51,9 @@ class AgiChannel:
                 return result
         raise AgiHangup("no final reply after 8 lines")
 
-    async def set_variables(self, pairs: Sequence[tuple[str, str]]) -> list[dict[str, Any]]:
-        """``SET VARIABLE name "value"`` for each pair, in turn; values must be safe."""
-        replies: list[dict[str, Any]] = []
+    async def set_variable(self, name: str, value: str) -> dict[str, Any]:
+        """``SET VARIABLE name "value"`` and Asterisk's reply; ``value`` must be safe."""
         async with asyncio.timeout(self._timeout_s):
-            for name, value in pairs:
-                self._writer.write(f'SET VARIABLE {name} "{value}"\n'.encode())
-                await self._writer.drain()
-                replies.append(await self._reply())
-        return replies
+            self._writer.write(f'SET VARIABLE {name} "{value}"\n'.encode())
+            await self._writer.drain()
+            return await self._reply()

@@ -33,12 +33,14 @@ from agi._wire import AgiChannel, AgiHangup
 from gate.core.errors import GateError, InputError
 from gate.core.model import Attempt
 from gate.core.params import (
+    DECISION_VARIABLE,
     BadRequest,
+    answer_value,
     attempt_from_params,
-    decision_fields,
+    decision_value,
+    error_value,
     ident_param,
     parse_pairs,
-    safe_value,
 )
 from gate.lists.admin import ListAdmin
 from gate.service import Gate
@@ -188,8 +190,7 @@ class AgiServer:
             return
         channel = AgiChannel(reader, writer, COMMAND_TIMEOUT_S)
         try:
-            variables = await self._answer(headers)
-            await channel.set_variables([(name, safe_value(value)) for name, value in variables])
+            await channel.set_variable(DECISION_VARIABLE, await self._answer(headers))
         except (AgiHangup, TimeoutError, ConnectionError) as exc:
             log.info(
                 "FastAGI: channel %s went away during the dialogue (%s)",
@@ -197,13 +198,13 @@ class AgiServer:
                 type(exc).__name__,
             )
 
-    async def _answer(self, headers: Mapping[str, str]) -> list[tuple[str, str]]:
-        """Decide (or opt out) and return the variables to set."""
+    async def _answer(self, headers: Mapping[str, str]) -> str:
+        """Decide (or opt out, or record a disposition): the ``CALLGATE_DECISION`` value."""
         try:
             request = parse_request(headers)
             if request.route == "check":
                 attempt = build_attempt(request, self.gate.config.default_tenant, datetime.now(UTC))
-                return decision_fields(await self.gate.decide(attempt, record=True, door="agi"))
+                return decision_value(await self.gate.decide(attempt, record=True, door="agi"))
             if request.route == "optout":
                 return await self._optout(request)
             if request.route in ("refusal", "abandoned"):
@@ -211,9 +212,9 @@ class AgiServer:
             raise BadRequest("bad_request:route", f"unknown route {request.route!r}")
         except BadRequest as exc:
             log.warning("FastAGI: %s", exc)
-            return [("CALLGATE_REASON", exc.code), ("CALLGATE_RESULT", "ERROR")]
+            return error_value(exc.code)
 
-    async def _event(self, request: AgiRequest) -> list[tuple[str, str]]:
+    async def _event(self, request: AgiRequest) -> str:
         """The agent's disposition: the callee refused, or the call was abandoned."""
         number = request.params.get("number") or request.extension
         tenant = ident_param(request.params, "tenant", self.gate.config.default_tenant)
@@ -221,15 +222,12 @@ class AgiServer:
             rules = await self.lists.record_event(request.route, number, tenant, datetime.now(UTC))
         except GateError as exc:
             log.warning("FastAGI %s refused: %s", request.route, exc)
-            return [
-                ("CALLGATE_REASON", f"{request.route}_failed:{type(exc).__name__}"),
-                ("CALLGATE_RESULT", "ERROR"),
-            ]
+            return error_value(f"{request.route}_failed:{type(exc).__name__}")
         if not rules:
-            return [("CALLGATE_REASON", f"{request.route}_no_rule"), ("CALLGATE_RESULT", "ERROR")]
-        return [("CALLGATE_REASON", f"{request.route}:{rules[0]}"), ("CALLGATE_RESULT", "OK")]
+            return error_value(f"{request.route}_no_rule")
+        return answer_value("OK", f"{request.route}:{rules[0]}")
 
-    async def _optout(self, request: AgiRequest) -> list[tuple[str, str]]:
+    async def _optout(self, request: AgiRequest) -> str:
         number = request.params.get("number") or request.extension
         tenant = ident_param(request.params, "tenant", self.gate.config.default_tenant)
         list_name = ident_param(request.params, "list", "red")
@@ -242,9 +240,6 @@ class AgiServer:
             )
         except GateError as exc:
             log.warning("FastAGI optout refused: %s", exc)
-            return [
-                ("CALLGATE_REASON", f"optout_failed:{type(exc).__name__}"),
-                ("CALLGATE_RESULT", "ERROR"),
-            ]
+            return error_value(f"optout_failed:{type(exc).__name__}")
         log.info("FastAGI optout: a number was added to list %s for tenant %s", list_name, tenant)
-        return [("CALLGATE_REASON", f"listed:{list_name}"), ("CALLGATE_RESULT", "OK")]
+        return answer_value("OK", f"listed:{list_name}")

@@ -29,15 +29,21 @@ from typing import Any
 
 from gate.config.loader import AriConfig
 from gate.core.model import Decision, Verdict
-from gate.core.params import BadRequest, attempt_from_params, decision_fields, parse_pairs
+from gate.core.params import (
+    DECISION_VARIABLE,
+    BadRequest,
+    attempt_from_params,
+    decision_value,
+    error_value,
+    parse_pairs,
+)
 from gate.service import Gate
 from gate.stasis.ari import AriClient, AriError, AriNotFound
 
-__all__ = ["StasisChannel", "StasisGate", "decision_value", "parse_app_data", "parse_stasis_start"]
+__all__ = ["StasisChannel", "StasisGate", "parse_app_data", "parse_stasis_start"]
 
 log = logging.getLogger("callgate.ari")
 
-DECISION_VARIABLE = "CALLGATE_DECISION"
 STOP_GRACE_S = 10.0
 _RECONNECT_BASE_S = 0.2
 _RECENT = 4096  # channel ids remembered to decide each channel once
@@ -82,20 +88,6 @@ def parse_app_data(channel: Mapping[str, Any], app: str) -> StasisChannel | None
     if name.strip() != app:
         return None
     return _channel(channel, tuple(a.strip() for a in args))
-
-
-def decision_value(decision: Decision) -> str:
-    """``RESULT|REASON|RULE|RETRY_AFTER|E164|CAUSE``: all of CALLGATE_* in one variable."""
-    fields = dict(decision_fields(decision))
-    order = (
-        "CALLGATE_RESULT",
-        "CALLGATE_REASON",
-        "CALLGATE_RULE",
-        "CALLGATE_RETRY_AFTER",
-        "CALLGATE_E164",
-        "CALLGATE_CAUSE",
-    )
-    return "|".join(fields[name] for name in order)
 
 
 class StasisGate:
@@ -256,5 +248,5 @@ class StasisGate:
         await self.client.continue_in_dialplan(channel.id)
 
     async def _apply_error(self, channel: StasisChannel, reason: str) -> None:
-        await self.client.set_variable(channel.id, DECISION_VARIABLE, f"ERROR|{reason}||||0")
+        await self.client.set_variable(channel.id, DECISION_VARIABLE, error_value(reason))
         await self.client.continue_in_dialplan(channel.id)

@@ -3,6 +3,8 @@
 The peer in this module plays Asterisk's side of FastAGI: it sends the ``agi_*`` request
 headers and a blank line, then answers every command the server sends with
 ``200 result=1`` (or whatever the test scripts) until the server closes the connection.
+The server answers with one ``SET VARIABLE CALLGATE_DECISION``; ``Dialogue.variables``
+splits it the way dialplan/callgate.conf's ``callgate-unpack`` does.
 """
 
 from __future__ import annotations
@@ -28,7 +30,15 @@ HOST = "127.0.0.1"
 PEER_TIMEOUT_S = 5.0
 MAX_COMMANDS = 32
 HEADER_TIMEOUT_S = 0.2
-SAFE_COMMAND = re.compile(r'^SET VARIABLE (CALLGATE_[A-Z0-9_]+) "([A-Za-z0-9_.:+\-]*)"$')
+SAFE_COMMAND = re.compile(r'^SET VARIABLE (CALLGATE_[A-Z0-9_]+) "([A-Za-z0-9_.:+|\-]*)"$')
+UNPACKED = (
+    "CALLGATE_RESULT",
+    "CALLGATE_REASON",
+    "CALLGATE_RULE",
+    "CALLGATE_RETRY_AFTER",
+    "CALLGATE_E164",
+    "CALLGATE_CAUSE",
+)
 ALLOWED_0612345678 = {
     "CALLGATE_REASON": "allowed",
     "CALLGATE_RULE": "",
@@ -37,6 +47,19 @@ ALLOWED_0612345678 = {
     "CALLGATE_CAUSE": "0",
     "CALLGATE_RESULT": "ALLOW",
 }
+
+
+def answer(result: str, reason: str) -> dict[str, str]:
+    """The variables of an answer that is not a decision (ERROR, OK): no rule, retry, E.164."""
+    return {
+        "CALLGATE_RESULT": result,
+        "CALLGATE_REASON": reason,
+        "CALLGATE_RULE": "",
+        "CALLGATE_RETRY_AFTER": "",
+        "CALLGATE_E164": "",
+        "CALLGATE_CAUSE": "0",
+    }
+
 
 # Answers the peer gives to the n-th command (0-based); None closes the connection.
 Reply = Callable[[int, str], Awaitable[str | None]]
@@ -54,13 +77,17 @@ class Dialogue:
 
     @property
     def variables(self) -> dict[str, str]:
-        """``SET VARIABLE`` commands as name → value (fails on any other command)."""
+        """The ``CALLGATE_*`` variables the dialplan gets from the one ``CALLGATE_DECISION``
+        the server set (fails on any other command)."""
         found: dict[str, str] = {}
         for command in self.commands:
             match = SAFE_COMMAND.match(command)
             assert match is not None, f"unexpected command from the server: {command!r}"
             found[match.group(1)] = match.group(2)
-        return found
+        assert ["CALLGATE_DECISION"] == list(found), f"unexpected variables {found!r}"
+        fields = found["CALLGATE_DECISION"].split("|")
+        assert len(UNPACKED) == len(fields), f"malformed CALLGATE_DECISION {fields!r}"
+        return dict(zip(UNPACKED, fields, strict=True))
 
     @property
     def names(self) -> list[str]:
@@ -176,11 +203,10 @@ async def test_unlisted_number_is_allowed(server: AgiServer) -> None:
     assert ALLOWED_0612345678 == dialogue.variables
 
 
-async def test_result_is_the_last_variable_set(server: AgiServer) -> None:
-    """CALLGATE_RESULT comes last, so a dialplan that sees it sees every other variable."""
+async def test_the_decision_is_one_variable_set_in_one_command(server: AgiServer) -> None:
+    """One round trip after the headers: a single ``SET VARIABLE CALLGATE_DECISION``."""
     dialogue = await agi_call(server.port, "check?tenant=default")
-    assert "CALLGATE_RESULT" == dialogue.names[-1]
-    assert 6 == len(dialogue.names)
+    assert ["CALLGATE_DECISION"] == dialogue.names
 
 
 async def test_number_defaults_to_the_extension(server: AgiServer) -> None:
@@ -303,7 +329,7 @@ async def test_bad_request_answers_error_and_the_server_goes_on(
     """A malformed request gets ERROR with a bad_request reason; the next one is served."""
     bad = await agi_call(server.port, script)
     good = await agi_call(server.port, "check?tenant=default")
-    assert {"CALLGATE_REASON": reason, "CALLGATE_RESULT": "ERROR"} == bad.variables
+    assert answer("ERROR", reason) == bad.variables
     assert ALLOWED_0612345678 == good.variables
 
 
@@ -318,16 +344,20 @@ async def test_bad_request_answers_error_and_the_server_goes_on(
         ("optout?list=%22%0AEXEC", "0612345678", ()),
         ("check", "s", ['number="\\"; EXEC Dial(PJSIP/x)']),
         ("check", "0612345678", ['class=manual" EXEC Dial']),
+        ("check?%7CALLOW%7C=1", "0612345678", ()),
+        ("check", "06|ALLOW|x", ()),
     ],
 )
 async def test_crafted_values_cannot_inject_agi_commands(
     server: AgiServer, script: str, extension: str, args: tuple[str, ...]
 ) -> None:
-    """Quotes, spaces and newlines in a request never reach the wire: only safe SET VARIABLEs."""
+    """Quotes, spaces, newlines and ``|`` in a request never reach the wire: only one safe
+    SET VARIABLE with its six fields."""
     dialogue = await agi_call(server.port, script, extension=extension, args=args)
     unsafe = [c for c in dialogue.commands if SAFE_COMMAND.match(c) is None]
     assert [] == unsafe
-    assert "CALLGATE_RESULT" == dialogue.names[-1]
+    assert ["CALLGATE_DECISION"] == dialogue.names
+    assert "ALLOW" != dialogue.variables["CALLGATE_RESULT"]
 
 
 # --- peers that misbehave ---------------------------------------------------------------
@@ -470,7 +500,7 @@ async def test_optout_lists_the_number_for_the_very_next_check(server: AgiServer
     """``optout`` answers OK, and the next check of that number is BLOCK listed:red."""
     optout = await agi_call(server.port, "optout?tenant=default", extension="0612345678")
     check = await agi_call(server.port, "check?tenant=default", extension="+33612345678")
-    assert {"CALLGATE_REASON": "listed:red", "CALLGATE_RESULT": "OK"} == optout.variables
+    assert answer("OK", "listed:red") == optout.variables
     assert ("BLOCK", "listed:red") == (
         check.variables["CALLGATE_RESULT"],
         check.variables["CALLGATE_REASON"],
@@ -481,10 +511,7 @@ async def test_optout_of_an_emergency_number_is_refused(server: AgiServer) -> No
     """17 can never go on a block list: optout answers ERROR and 17 stays dialable by hand."""
     optout = await agi_call(server.port, "optout?tenant=default", extension="17")
     manual = await agi_call(server.port, "check?class=manual", extension="17")
-    assert {
-        "CALLGATE_REASON": "optout_failed:ProtectedNumberError",
-        "CALLGATE_RESULT": "ERROR",
-    } == optout.variables
+    assert answer("ERROR", "optout_failed:ProtectedNumberError") == optout.variables
     assert "ALLOW" == manual.variables["CALLGATE_RESULT"]
 
 
@@ -501,7 +528,7 @@ async def test_optout_to_a_list_it_cannot_use_is_refused(
 ) -> None:
     """An allow list, an unknown list, or a campaign list without campaign= is refused."""
     optout = await agi_call(server.port, script)
-    assert {"CALLGATE_REASON": reason, "CALLGATE_RESULT": "ERROR"} == optout.variables
+    assert answer("ERROR", reason) == optout.variables
 
 
 # --- store down -------------------------------------------------------------------------
@@ -571,7 +598,7 @@ async def test_stop_waits_for_the_request_in_flight(gate: Gate) -> None:
             await agi.stop()
             received_when_stopped = len(received)
             dialogue = await call
-        assert 6 == received_when_stopped
+        assert 1 == received_when_stopped
         assert ALLOWED_0612345678 == dialogue.variables
         with pytest.raises(ConnectionRefusedError):
             await asyncio.open_connection(HOST, port)
