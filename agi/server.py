@@ -1,30 +1,40 @@
-"""The FastAGI server: Asterisk asks, the gate decides, channel variables answer.
+"""The FastAGI server: Asterisk asks, the gate decides, one channel variable answers.
 
 Dialplan: ``AGI(agi://127.0.0.1:4573/check?tenant=acme&campaign=spring&class=campaign)``
 (parameters may also be passed as AGI arguments: ``AGI(agi://…/check,number=${EXTEN})``).
+Every route answers with one ``SET VARIABLE CALLGATE_DECISION "RESULT|REASON|RULE|
+RETRY_AFTER|E164|CAUSE"`` (``gate.core.params.answer_value``), which the dialplan's
+``callgate-unpack`` splits into ``CALLGATE_RESULT``, ``CALLGATE_REASON`` and the rest.
 Routes:
 
-- ``check``  decide the call to ``number`` (default: the request's extension) and set
-  ``CALLGATE_RESULT`` (ALLOW/BLOCK/DEFER/ERROR), ``CALLGATE_REASON``, ``CALLGATE_RULE``,
-  ``CALLGATE_RETRY_AFTER`` (seconds, DEFER only), ``CALLGATE_E164`` and ``CALLGATE_CAUSE``
-  (suggested Q.850 hangup cause: 21 BLOCK, 34 DEFER, 0 ALLOW).
+- ``check``  decide the call to ``number`` (default: the request's extension): RESULT is
+  ALLOW, BLOCK or DEFER, with the reason, rule, retry delay (seconds, DEFER only), the
+  E.164 number and the suggested Q.850 hangup cause (21 BLOCK, 34 DEFER, 0 ALLOW).
 - ``optout`` put ``number`` on the tenant's red list (``list=`` to name another block
-  list); sets ``CALLGATE_RESULT`` to OK or ERROR. The very next attempt sees it.
+  list): RESULT ``OK`` (reason ``listed:<list>``) or ``ERROR``. The very next attempt
+  sees it.
 - ``refusal`` / ``abandoned`` the agent's disposition: start the packs' cool-off for
-  ``number`` (France: 60 days after a refusal; UK: 72 h after an abandoned call).
+  ``number`` (France: 60 days after a refusal; UK: 72 h after an abandoned call): RESULT
+  ``OK`` (reason ``refusal:<rule>``) or ``ERROR``.
+
+A request the server cannot serve (unknown route or parameter, malformed value) gets
+RESULT ``ERROR`` with reason ``bad_request:<what>``, so the dialplan applies its fail mode.
 
 Guarantees (model: aiosmtpd's ``_handle_client``): headers are read under a deadline with
 a line-length and line-count limit; a peer that closes early, sends garbage or stalls is
 dropped without affecting other connections; values written back are from a fixed safe
 alphabet, so a crafted number cannot inject AGI commands; ``CancelledError`` is never
-swallowed; ``stop()`` stops accepting, then waits for in-flight requests.
+swallowed; every accepted connection is tracked from the moment it is accepted, and
+``stop()`` stops accepting, then drains them all (bounded, ``gate.service.InFlight``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -43,7 +53,7 @@ from gate.core.params import (
     parse_pairs,
 )
 from gate.lists.admin import ListAdmin
-from gate.service import Gate
+from gate.service import Gate, InFlight
 
 __all__ = ["AgiRequest", "AgiServer", "parse_request"]
 
@@ -53,6 +63,9 @@ MAX_LINE_BYTES = 4096
 MAX_HEADER_LINES = 128
 COMMAND_TIMEOUT_S = 5.0
 STOP_GRACE_S = 10.0
+LISTEN_BACKLOG = 1024
+ACCEPT_BATCH = 64  # connections taken per wake-up, so accepting cannot starve the loop
+ACCEPT_RETRY_S = 1.0  # after EMFILE and the like (as asyncio's own servers do)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +80,11 @@ class AgiRequest:
 
 
 def parse_request(headers: Mapping[str, str]) -> AgiRequest:
-    """Build an ``AgiRequest`` from the ``agi_*`` headers, or raise ``BadRequest``."""
+    """Build an ``AgiRequest`` from the ``agi_*`` headers, or raise ``BadRequest``.
+
+    The caller ID is passed on as Asterisk gives it: the engine treats ``unknown`` (and
+    the other masked forms) as a masked caller ID.
+    """
     script = headers.get("agi_network_script", "")
     route, _, query = script.partition("?")
     pairs = [p for p in query.split("&") if p]
@@ -77,12 +94,11 @@ def parse_request(headers: Mapping[str, str]) -> AgiRequest:
             pairs.append(headers[f"agi_arg_{index}"])
         index += 1
     params = parse_pairs(pairs)
-    caller_id = headers.get("agi_callerid", "")
     return AgiRequest(
         route=route.strip("/"),
         params=params,
         extension=headers.get("agi_extension", ""),
-        caller_id="" if caller_id == "unknown" else caller_id,
+        caller_id=headers.get("agi_callerid", ""),
         channel=headers.get("agi_channel", ""),
     )
 
@@ -100,14 +116,16 @@ def build_attempt(request: AgiRequest, default_tenant: str, now: datetime) -> At
 
 
 class AgiServer:
-    """Serves the ``check`` and ``optout`` FastAGI routes for one ``Gate``."""
+    """Serves the ``check``, ``optout``, ``refusal`` and ``abandoned`` FastAGI routes for
+    one ``Gate``, until ``stop()``."""
 
     def __init__(self, gate: Gate, host: str, port: int, header_timeout_s: float) -> None:
         self.gate = gate
         self.host, self.requested_port = host, port
         self.header_timeout_s = header_timeout_s
-        self._server: asyncio.Server | None = None
-        self._clients: set[asyncio.Task[None]] = set()
+        self._listener: socket.socket | None = None
+        self._retry: asyncio.TimerHandle | None = None
+        self._requests = InFlight("FastAGI", STOP_GRACE_S)
         self.accepted = 0  # connections since start (metrics)
 
     @property
@@ -118,47 +136,84 @@ class AgiServer:
     @property
     def active(self) -> int:
         """Connections being served now (metrics)."""
-        return len(self._clients)
+        return len(self._requests)
 
     @property
     def port(self) -> int:
         """The bound port (useful when started with port 0)."""
-        assert self._server is not None, "server not started"
-        return int(self._server.sockets[0].getsockname()[1])
+        assert self._listener is not None, "server not started"
+        return int(self._listener.getsockname()[1])
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(
-            self._accept, self.host, self.requested_port, limit=MAX_LINE_BYTES
+        """Listen on the first address ``host`` resolves to (``OSError`` if it cannot)."""
+        loop = asyncio.get_running_loop()
+        infos = await loop.getaddrinfo(
+            self.host, self.requested_port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
         )
+        family, kind, proto, _, address = infos[0]
+        listener = socket.socket(family, kind, proto)
+        try:
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            listener.bind(address)
+            listener.listen(LISTEN_BACKLOG)
+            listener.setblocking(False)
+        except BaseException:
+            listener.close()
+            raise
+        self._listener = listener
+        loop.add_reader(listener.fileno(), self._accept_ready)
 
     async def stop(self) -> None:
-        """Stop accepting; let in-flight requests finish (bounded), then cancel the rest."""
-        if self._server is None:
-            return
-        self._server.close()
-        if self._clients:
-            _, pending = await asyncio.wait(set(self._clients), timeout=STOP_GRACE_S)
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(STOP_GRACE_S):
-                await self._server.wait_closed()
-        self._server = None
+        """Stop accepting; let every accepted request finish (bounded), cancel the rest."""
+        listener, self._listener = self._listener, None
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
+        if listener is not None:
+            asyncio.get_running_loop().remove_reader(listener.fileno())
+            listener.close()
+        await self._requests.drain()
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._clients.add(task)
-        self.accepted += 1
+    def _accept_ready(self) -> None:
+        """The listening socket is readable: take the waiting connections, each tracked
+        at once (nothing accepted can slip past ``stop()``)."""
+        listener = self._listener
+        if listener is None:
+            return
+        for _ in range(ACCEPT_BATCH):
+            try:
+                connection, _peer = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # EMFILE, ENOBUFS…: pause, as asyncio's servers do
+                log.warning("FastAGI: cannot accept connections (%s); retrying in 1 s", exc)
+                loop = asyncio.get_running_loop()
+                loop.remove_reader(listener.fileno())
+                self._retry = loop.call_later(ACCEPT_RETRY_S, self._resume_accepting)
+                return
+            self.accepted += 1
+            connection.setblocking(False)
+            self._requests.spawn(functools.partial(self._connection, connection))
+
+    def _resume_accepting(self) -> None:
+        self._retry = None
+        if self._listener is not None:
+            asyncio.get_running_loop().add_reader(self._listener.fileno(), self._accept_ready)
+
+    async def _connection(self, connection: socket.socket) -> None:
+        try:
+            reader, writer = await asyncio.open_connection(sock=connection, limit=MAX_LINE_BYTES)
+        except OSError as exc:  # the peer reset it already
+            connection.close()
+            log.info("FastAGI: a connection closed before it was served (%s)", exc)
+            return
         try:
             await self._serve(reader, writer)
         except Exception:  # a bug in one request must not take the server down
             log.exception("FastAGI request failed")
         finally:
-            self._clients.discard(task)
             writer.close()
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(OSError):  # reset by the peer while closing
                 await writer.wait_closed()
 
     async def _read_headers(self, reader: asyncio.StreamReader) -> dict[str, str] | None:
@@ -228,6 +283,7 @@ class AgiServer:
         return answer_value("OK", f"{request.route}:{rules[0]}")
 
     async def _optout(self, request: AgiRequest) -> str:
+        """The callee asked never to be called again: on a block list at once."""
         number = request.params.get("number") or request.extension
         tenant = ident_param(request.params, "tenant", self.gate.config.default_tenant)
         list_name = ident_param(request.params, "list", "red")

@@ -41,7 +41,15 @@ from gate.core.keys import Keyspace
 from gate.core.model import Attempt, Decision
 from gate.store.client import Store
 
-__all__ = ["Active", "DecisionObserver", "Evaluation", "Gate", "InFlight", "Observed"]
+__all__ = [
+    "Active",
+    "DecisionObserver",
+    "Evaluation",
+    "Gate",
+    "InFlight",
+    "Observed",
+    "stop_task",
+]
 
 log = logging.getLogger("callgate")
 
@@ -173,8 +181,16 @@ class Gate:
         return result
 
 
+CANCEL_GRACE_S = 2.0
+
+
 class InFlight:
-    """The requests a door is serving now: counted, and drained (bounded) when it stops."""
+    """The requests a door is serving now: counted, and drained (bounded) when it stops.
+
+    A task is tracked from the moment it is created (``spawn``) or handed over (``track``),
+    so a request accepted just before ``drain()`` is drained too. A task that fails is
+    logged here (a bug in one request never goes unseen, nor takes the door down).
+    """
 
     def __init__(self, name: str, grace_s: float) -> None:
         self.name = name
@@ -197,20 +213,49 @@ class InFlight:
     def track(self, task: asyncio.Task[None]) -> None:
         """Track a task created elsewhere (e.g. the one asyncio runs a connection in)."""
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and (error := task.exception()) is not None:
+            log.error("%s: a request failed", self.name, exc_info=error)
 
     async def drain(self) -> None:
-        """Let in-flight requests finish within ``grace_s``; cancel the rest (logged)."""
+        """Let in-flight requests (and any they start) finish within ``grace_s``; cancel
+        the rest (logged), and give up on any that ignore the cancel within a bound."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.grace_s
+        while self._tasks and (left := deadline - loop.time()) > 0:
+            await asyncio.wait(set(self._tasks), timeout=left)
         if not self._tasks:
             return
-        _, pending = await asyncio.wait(set(self._tasks), timeout=self.grace_s)
-        if pending:
-            log.warning(
-                "%s: %d request(s) still running after %.0f s; cancelling them",
-                self.name,
-                len(pending),
-                self.grace_s,
-            )
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
+        pending = set(self._tasks)
+        log.warning(
+            "%s: %d request(s) still running after %.0f s; cancelling them",
+            self.name,
+            len(pending),
+            self.grace_s,
+        )
+        for task in pending:
+            task.cancel()
+        _, stuck = await asyncio.wait(pending, timeout=CANCEL_GRACE_S)
+        if stuck:
+            log.error("%s: %d request(s) ignored the cancel; leaving them", self.name, len(stuck))
+
+
+async def stop_task(task: asyncio.Task[None], within_s: float, name: str) -> None:
+    """Wait (bounded) for a long-lived ``task`` already told to stop (its stop event is
+    set); past ``within_s`` cancel it, logged, and wait at most ``CANCEL_GRACE_S`` more.
+
+    Never raises for the task's own failure (logged); a cancel of the caller propagates.
+    """
+    done, _ = await asyncio.wait({task}, timeout=within_s)
+    if not done:
+        log.warning("%s did not stop within %.1f s; cancelling it", name, within_s)
+        task.cancel()
+        done, _ = await asyncio.wait({task}, timeout=CANCEL_GRACE_S)
+        if not done:
+            log.error("%s ignored the cancel; leaving it", name)
+            return
+    if not task.cancelled() and (error := task.exception()) is not None:
+        log.error("%s failed", name, exc_info=error)

@@ -4,8 +4,7 @@ Why in-house: the PyPI ``ari`` package is Python-2 only, and the other clients t
 Asterisk 22 do not reconnect reliably. This module does only what the Stasis gate uses:
 ``event_stream()`` (``GET /ari/events?app=…`` as a WebSocket with heartbeats), ``set_variable``
 (``POST /channels/{id}/variable``), ``continue_in_dialplan`` (``POST /channels/{id}/continue``),
-``hangup`` (``DELETE /channels/{id}?reason_code=…``), ``channels`` (``GET /channels``) and
-``originate`` (``POST /channels``).
+``hangup`` (``DELETE /channels/{id}?reason_code=…``) and ``channels`` (``GET /channels``).
 
 Guarantees: every REST call runs under a deadline; every aiohttp/socket failure becomes an
 ``AriError`` (``AriUnavailable`` when Asterisk cannot be reached, ``AriNotFound`` for a
@@ -15,7 +14,6 @@ URL, and ``repr``/messages never contain the password.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 from collections.abc import AsyncIterator, Mapping
@@ -26,7 +24,7 @@ import aiohttp
 
 from gate.core.errors import GateError
 
-__all__ = ["AriClient", "AriError", "AriNotFound", "AriUnavailable", "wait_ready"]
+__all__ = ["AriClient", "AriError", "AriNotFound", "AriUnavailable"]
 
 
 class AriError(GateError):
@@ -131,25 +129,6 @@ class AriClient:
         result: list[dict[str, Any]] = await self._request("GET", "/channels")
         return result
 
-    async def originate(
-        self,
-        endpoint: str,
-        context: str,
-        extension: str,
-        priority: int = 1,
-        variables: Mapping[str, str] | None = None,
-    ) -> str:
-        """``POST /channels``: start a call running ``context,extension,priority``; its id."""
-        params = {
-            "endpoint": endpoint,
-            "context": context,
-            "extension": extension,
-            "priority": str(priority),
-        }
-        body = {"variables": dict(variables)} if variables else None
-        result = await self._request("POST", "/channels", params, body)
-        return str(result["id"])
-
     @asynccontextmanager
     async def event_stream(self) -> AsyncIterator[AsyncIterator[dict[str, Any]]]:
         """Connect the application's event WebSocket; yield an iterator of its events.
@@ -183,17 +162,3 @@ async def _events(ws: aiohttp.ClientWebSocketResponse) -> AsyncIterator[dict[str
                 yield event
         elif message.type in (aiohttp.WSMsgType.ERROR, aiohttp.WSMsgType.CLOSED):
             return
-
-
-async def wait_ready(client: AriClient, deadline_s: float) -> None:
-    """Poll ``/asterisk/info`` until it answers; ``AriUnavailable`` after ``deadline_s``."""
-    try:
-        async with asyncio.timeout(deadline_s):
-            while True:
-                try:
-                    await client.info()
-                    return
-                except AriUnavailable:
-                    await asyncio.sleep(0.2)
-    except TimeoutError:
-        raise AriUnavailable(f"ARI at {client.base_url} not ready within {deadline_s}s") from None

@@ -17,6 +17,7 @@ import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -143,13 +144,14 @@ async def agi_call(
     args: Sequence[str] = (),
     reply: Reply = always_ok,
     on_command: Callable[[int], None] | None = None,
+    callerid: str = "0102030405",
 ) -> Dialogue:
     """Play one FastAGI request; return the commands the server sent before it closed."""
     commands: list[str] = []
     async with asyncio.timeout(PEER_TIMEOUT_S):
         reader, writer = await asyncio.open_connection(HOST, port)
         try:
-            writer.write(request_headers(script, extension, args))
+            writer.write(request_headers(script, extension, args, callerid=callerid))
             await writer.drain()
             for index in range(MAX_COMMANDS):
                 line = await reader.readline()
@@ -607,3 +609,63 @@ async def test_stop_waits_for_the_request_in_flight(gate: Gate) -> None:
         call.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await call
+
+
+async def test_connections_accepted_just_before_stop_are_drained(gate: Gate) -> None:
+    """stop() right after a burst of connects: every request the server accepted is
+    answered before stop() returns (a peer it did not accept is refused, not left hanging)."""
+    agi = AgiServer(gate, HOST, 0, header_timeout_s=PEER_TIMEOUT_S)
+    await agi.start()
+    port = agi.port
+    stopped = asyncio.Event()
+    answered_after_stop: list[int] = []
+    answered: list[int] = []
+
+    async def peer(index: int) -> None:
+        reader, writer = await asyncio.open_connection(HOST, port)
+        try:
+            writer.write(request_headers("check?tenant=default", extension=f"06123456{index:02d}"))
+            line = await reader.readline()
+            if line:
+                (answered_after_stop if stopped.is_set() else answered).append(index)
+                writer.write(b"200 result=1\n")
+                await reader.read()
+        finally:
+            await close_quietly(writer)
+
+    async with asyncio.timeout(PEER_TIMEOUT_S * 2):
+        peers = [asyncio.create_task(peer(i)) for i in range(40)]
+        for _ in range(3):
+            await asyncio.sleep(0)
+        await agi.stop()
+        stopped.set()
+        await asyncio.gather(*peers, return_exceptions=True)
+    assert [] == answered_after_stop
+    assert answered
+
+
+@pytest.mark.parametrize("callerid", ["unknown", ""])
+async def test_unknown_caller_id_counts_as_masked(
+    redis_url: str, tmp_path: Path, callerid: str
+) -> None:
+    """Asterisk's ``agi_callerid: unknown`` (or none) is a masked caller ID: a pack that
+    forbids masked numbers blocks the call with caller_id:masked."""
+    (tmp_path / "cid.toml").write_text(
+        '[pack]\nid = "cid"\nversion = "1"\nregions = ["FR"]\n\n'
+        '[[caller_id]]\nid = "cid-no-masked"\nsource = "test"\n'
+    )
+    config = make_config(
+        {"gate": {"default_region": "FR", "packs": ["cid"], "packs_dir": str(tmp_path)}}
+    )
+    store = Store(redis_url, deadline_s=1.0)
+    agi = AgiServer(Gate(config, store), HOST, 0, header_timeout_s=HEADER_TIMEOUT_S)
+    await agi.start()
+    try:
+        dialogue = await agi_call(agi.port, "check?tenant=default", callerid=callerid)
+    finally:
+        await agi.stop()
+        await store.close()
+    assert ("BLOCK", "caller_id:masked") == (
+        dialogue.variables["CALLGATE_RESULT"],
+        dialogue.variables["CALLGATE_REASON"],
+    )
