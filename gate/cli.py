@@ -585,7 +585,8 @@ async def _run(config: Config) -> int:
                 f"{exc.strerror}; change [agi] port or stop the other server"
             ) from exc
         stasis = StasisGate(gate, config.ari) if config.ari is not None else None
-        stasis_task = asyncio.create_task(stasis.run()) if stasis is not None else None
+        if stasis is not None:
+            stasis.start()
         if config.ari is not None:
             log.info("Stasis application %r via ARI at %s", config.ari.app, config.ari.url)
         ops = await Operations.start(gate, config, server, stasis)
@@ -601,9 +602,8 @@ async def _run(config: Config) -> int:
         await stop.wait()
         log.info("stopping: finishing in-flight requests")
         await ops.stop()
-        if stasis is not None and stasis_task is not None:
-            await stasis.stop()
-            await stasis_task
+        if stasis is not None:
+            await stasis.close()
         await server.stop()
     log.info("stopped")
     return 0

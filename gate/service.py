@@ -13,6 +13,11 @@
   its plan and store answer and its timings; they are told, never asked, so they cannot
   change a decision, and telling them adds no round trip.
 
+Also the lifecycle tools every door and background task uses: ``InFlight`` (requests
+tracked from the moment they are accepted, drained with a bound when a door stops),
+``stop_task`` (a bounded stop with a logged cancel fallback) and ``wait_event`` (a sleep
+that a stop event ends early, without touching cancellation).
+
 May import: ``gate.core``, ``gate.config``, ``gate.store`` and the standard library.
 """
 
@@ -49,6 +54,7 @@ __all__ = [
     "InFlight",
     "Observed",
     "stop_task",
+    "wait_event",
 ]
 
 log = logging.getLogger("callgate")
@@ -241,6 +247,24 @@ class InFlight:
         _, stuck = await asyncio.wait(pending, timeout=CANCEL_GRACE_S)
         if stuck:
             log.error("%s: %d request(s) ignored the cancel; leaving them", self.name, len(stuck))
+
+
+async def wait_event(event: asyncio.Event, timeout_s: float) -> bool:
+    """Wait up to ``timeout_s`` for ``event``; True if it is set.
+
+    For the sleeps of long-lived loops (a stop event that may end them early): unlike
+    ``asyncio.timeout`` around ``event.wait()`` (whose expiry is a cancel, which Python
+    3.11 can confuse with a cancel from outside), no cancellation is ever raised or
+    swallowed here except the caller's own.
+    """
+    if event.is_set():
+        return True
+    waiter = asyncio.ensure_future(event.wait())
+    try:
+        await asyncio.wait({waiter}, timeout=timeout_s)
+    finally:
+        waiter.cancel()
+    return event.is_set()
 
 
 async def stop_task(task: asyncio.Task[None], within_s: float, name: str) -> None:
