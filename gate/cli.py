@@ -313,7 +313,7 @@ async def _check(config: Config, args: argparse.Namespace) -> int:
         caller_id=args.caller_id,
         traffic_class=TrafficClass(args.traffic_class),
     )
-    async with open_gate(config) as gate:
+    async with open_gate(config, records=args.record) as gate:
         evaluation = await gate.evaluate(attempt, record=args.record, door="cli")
     _print_evaluation(evaluation, args.json, args.explain)
     return 0
@@ -571,7 +571,7 @@ async def _run(config: Config) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    async with open_gate(config) as gate:
+    async with open_gate(config, records=True) as gate:
         try:
             await gate.store.ping()
         except StoreError as exc:
