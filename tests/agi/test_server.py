@@ -669,3 +669,16 @@ async def test_unknown_caller_id_counts_as_masked(
         dialogue.variables["CALLGATE_RESULT"],
         dialogue.variables["CALLGATE_REASON"],
     )
+
+
+@pytest.mark.parametrize("extension", ["061234567²", "+3361234567²", "06①2345678"])
+async def test_a_number_with_digits_that_are_not_decimal_is_blocked_as_invalid(
+    server: AgiServer, errors_logged: Callable[[], list[str]], extension: str
+) -> None:
+    """Digits such as "²" (int() refuses them) give BLOCK invalid_number, never a traceback."""
+    dialogue = await agi_call(server.port, "check?tenant=default", extension=extension)
+    assert ("BLOCK", "invalid_number", []) == (
+        dialogue.variables["CALLGATE_RESULT"],
+        dialogue.variables["CALLGATE_REASON"],
+        errors_logged(),
+    )
