@@ -26,6 +26,11 @@ dropped without affecting other connections; values written back are from a fixe
 alphabet, so a crafted number cannot inject AGI commands; ``CancelledError`` is never
 swallowed; every accepted connection is tracked from the moment it is accepted, and
 ``stop()`` stops accepting, then drains them all (bounded, ``gate.service.InFlight``).
+
+Who may connect: with ``[agi] allow`` (addresses, CIDR networks) a peer outside the list
+is closed at once, before a byte is read (counted in ``refused``, logged once per
+address). The routes change state (``optout``, a recorded ``check``), so a non-loopback
+listener without an allow-list is refused at start, as at config load.
 """
 
 from __future__ import annotations
@@ -33,14 +38,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import ipaddress
 import logging
 import socket
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from agi._wire import AgiChannel, AgiHangup
-from gate.core.errors import GateError, InputError
+from gate.config.loader import Network, is_loopback
+from gate.core.errors import ConfigError, GateError, InputError
 from gate.core.model import Attempt
 from gate.core.params import (
     DECISION_VARIABLE,
@@ -66,6 +73,7 @@ STOP_GRACE_S = 10.0
 LISTEN_BACKLOG = 1024
 ACCEPT_BATCH = 64  # connections taken per wake-up, so accepting cannot starve the loop
 ACCEPT_RETRY_S = 1.0  # after EMFILE and the like (as asyncio's own servers do)
+MAX_REFUSED_LOGGED = 256  # distinct refused addresses logged (then only counted)
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,14 +127,24 @@ class AgiServer:
     """Serves the ``check``, ``optout``, ``refusal`` and ``abandoned`` FastAGI routes for
     one ``Gate``, until ``stop()``."""
 
-    def __init__(self, gate: Gate, host: str, port: int, header_timeout_s: float) -> None:
+    def __init__(
+        self,
+        gate: Gate,
+        host: str,
+        port: int,
+        header_timeout_s: float,
+        allow: Sequence[Network] = (),
+    ) -> None:
         self.gate = gate
         self.host, self.requested_port = host, port
         self.header_timeout_s = header_timeout_s
+        self.allow = tuple(allow)
         self._listener: socket.socket | None = None
         self._retry: asyncio.TimerHandle | None = None
         self._requests = InFlight("FastAGI", STOP_GRACE_S)
-        self.accepted = 0  # connections since start (metrics)
+        self._refused_from: set[str] = set()
+        self.accepted = 0  # connections served since start (metrics)
+        self.refused = 0  # connections closed unserved: peer not in the allow-list
 
     @property
     def lists(self) -> ListAdmin:
@@ -145,7 +163,13 @@ class AgiServer:
         return int(self._listener.getsockname()[1])
 
     async def start(self) -> None:
-        """Listen on the first address ``host`` resolves to (``OSError`` if it cannot)."""
+        """Listen on the first address ``host`` resolves to (``OSError`` if it cannot;
+        ``ConfigError`` for a non-loopback host without an allow-list)."""
+        if not self.allow and not is_loopback(self.host):
+            raise ConfigError(
+                f"agi: refusing to listen on {self.host!r} without agi.allow: list the "
+                "Asterisk servers that may connect, or listen on 127.0.0.1"
+            )
         loop = asyncio.get_running_loop()
         infos = await loop.getaddrinfo(
             self.host, self.requested_port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
@@ -182,7 +206,7 @@ class AgiServer:
             return
         for _ in range(ACCEPT_BATCH):
             try:
-                connection, _peer = listener.accept()
+                connection, peer = listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:  # EMFILE, ENOBUFS…: pause, as asyncio's servers do
@@ -191,9 +215,32 @@ class AgiServer:
                 loop.remove_reader(listener.fileno())
                 self._retry = loop.call_later(ACCEPT_RETRY_S, self._resume_accepting)
                 return
+            if not self._allowed(peer):
+                connection.close()
+                self._refuse(peer)
+                continue
             self.accepted += 1
             connection.setblocking(False)
             self._requests.spawn(functools.partial(self._connection, connection))
+
+    def _allowed(self, peer: object) -> bool:
+        """Whether ``peer`` (the address ``accept()`` gave) is in the allow-list."""
+        if not self.allow:
+            return True
+        try:
+            address = ipaddress.ip_address(peer[0] if isinstance(peer, tuple) else "")
+        except ValueError:
+            return False
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped  # a dual-stack listener's IPv4 peer
+        return any(address in network for network in self.allow)
+
+    def _refuse(self, peer: object) -> None:
+        self.refused += 1
+        who = str(peer[0]) if isinstance(peer, tuple) and peer else "?"
+        if who not in self._refused_from and len(self._refused_from) < MAX_REFUSED_LOGGED:
+            self._refused_from.add(who)
+            log.warning("FastAGI: refused a connection from %s: not in agi.allow", who)
 
     def _resume_accepting(self) -> None:
         self._retry = None

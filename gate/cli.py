@@ -576,7 +576,9 @@ async def _run(config: Config) -> int:
             await gate.store.ping()
         except StoreError as exc:
             log.warning("%s; decisions will get the fail mode until it answers", exc)
-        server = AgiServer(gate, config.agi.host, config.agi.port, config.agi.header_timeout_s)
+        server = AgiServer(
+            gate, config.agi.host, config.agi.port, config.agi.header_timeout_s, config.agi.allow
+        )
         try:
             await server.start()
         except OSError as exc:

@@ -9,8 +9,9 @@ What is measured (names as exposed):
 - ``callgate_redis_errors_total{kind}`` (``timeout``, ``unavailable``, ``error``) and
   ``callgate_fail_mode_decisions_total{verdict}``: decisions answered by the fail mode.
 - ``callgate_ari_connected``, ``callgate_ari_reconnects_total``,
-  ``callgate_agi_connections_total``, ``callgate_agi_connections_active``: read from the
-  doors at scrape time.
+  ``callgate_agi_connections_total``, ``callgate_agi_connections_refused_total`` (peer not
+  in ``agi.allow``), ``callgate_agi_connections_active``: read from the doors at scrape
+  time.
 - ``callgate_list_entries{list,tenant}``, ``callgate_list_age_seconds{list,tenant}`` (since
   the list's last import), refreshed every ``http.list_refresh``.
 - ``callgate_config_info{version}`` (1 for the version in force),
@@ -161,6 +162,9 @@ class AgiStats(Protocol):
     def accepted(self) -> int: ...
 
     @property
+    def refused(self) -> int: ...
+
+    @property
     def active(self) -> int: ...
 
 
@@ -184,6 +188,11 @@ class _Doors(Collector):
                 "callgate_agi_connections",
                 "FastAGI connections accepted.",
                 value=float(self.agi.accepted),
+            )
+            yield CounterMetricFamily(
+                "callgate_agi_connections_refused",
+                "FastAGI connections closed unserved: the peer is not in agi.allow.",
+                value=float(self.agi.refused),
             )
             yield GaugeMetricFamily(
                 "callgate_agi_connections_active",

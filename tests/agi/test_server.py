@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import ipaddress
 import logging
 import re
 import time
@@ -22,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from agi.server import AgiServer
+from gate.core.errors import ConfigError
 from gate.lists.admin import ListAdmin
 from gate.service import Gate
 from gate.store.client import Store
@@ -682,3 +684,39 @@ async def test_a_number_with_digits_that_are_not_decimal_is_blocked_as_invalid(
         dialogue.variables["CALLGATE_REASON"],
         errors_logged(),
     )
+
+
+# --- who may connect --------------------------------------------------------------------
+
+
+async def test_a_peer_outside_the_allow_list_is_closed_unserved(gate: Gate) -> None:
+    """allow = 10.0.0.0/8: a peer on 127.0.0.1 gets nothing, is counted as refused, and
+    nothing is decided."""
+    allow = [ipaddress.ip_network("10.0.0.0/8")]
+    agi = AgiServer(gate, HOST, 0, header_timeout_s=HEADER_TIMEOUT_S, allow=allow)
+    await agi.start()
+    try:
+        dialogue = await agi_call(agi.port, "optout?tenant=default")
+    finally:
+        await agi.stop()
+    assert ((), 1, 0) == (dialogue.commands, agi.refused, agi.accepted)
+    assert 0 == await ListAdmin.of(gate).count("red", "default", "")
+
+
+async def test_a_peer_in_the_allow_list_is_served(gate: Gate) -> None:
+    """allow = [10.0.0.0/8, 127.0.0.1]: the loopback peer is served as usual."""
+    allow = [ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("127.0.0.1/32")]
+    agi = AgiServer(gate, HOST, 0, header_timeout_s=HEADER_TIMEOUT_S, allow=allow)
+    await agi.start()
+    try:
+        dialogue = await agi_call(agi.port, "check?tenant=default")
+    finally:
+        await agi.stop()
+    assert (ALLOWED_0612345678, 0) == (dialogue.variables, agi.refused)
+
+
+async def test_a_non_loopback_listener_without_allow_list_does_not_start(gate: Gate) -> None:
+    """Whatever built the config, the server refuses to listen on 0.0.0.0 unrestricted."""
+    agi = AgiServer(gate, "0.0.0.0", 0, header_timeout_s=HEADER_TIMEOUT_S)
+    with pytest.raises(ConfigError, match=r"without agi\.allow"):
+        await agi.start()
