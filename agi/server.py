@@ -21,9 +21,12 @@ A request the server cannot serve (unknown route or parameter, malformed value) 
 RESULT ``ERROR`` with reason ``bad_request:<what>``, so the dialplan applies its fail mode.
 
 Guarantees (model: aiosmtpd's ``_handle_client``): headers are read under a deadline with
-a line-length and line-count limit; a peer that closes early, sends garbage or stalls is
-dropped without affecting other connections; values written back are from a fixed safe
-alphabet, so a crafted number cannot inject AGI commands; ``CancelledError`` is never
+a line-length and line-count limit, their control characters escaped (a crafted
+``agi_channel`` cannot forge a log line); a peer that closes early, sends garbage or stalls
+is dropped without affecting other connections; values written back are from a fixed safe
+alphabet, so a crafted number cannot inject AGI commands; Asterisk's reply is read whole
+and checked (anything but ``200``, or a garbled reply, is logged and counted in
+``failed``); ``CancelledError`` is never
 swallowed; every accepted connection is tracked from the moment it is accepted, and
 ``stop()`` stops accepting, then drains them all (bounded, ``gate.service.InFlight``).
 
@@ -45,7 +48,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from agi._wire import AgiChannel, AgiHangup
+from agi._wire import AgiChannel, AgiHangup, AgiProtocolError
 from gate.config.loader import Network, is_loopback
 from gate.core.errors import ConfigError, GateError, InputError
 from gate.core.model import Attempt
@@ -58,6 +61,7 @@ from gate.core.params import (
     error_value,
     ident_param,
     parse_pairs,
+    printable,
 )
 from gate.lists.admin import ListAdmin
 from gate.service import Gate, InFlight
@@ -145,6 +149,7 @@ class AgiServer:
         self._refused_from: set[str] = set()
         self.accepted = 0  # connections served since start (metrics)
         self.refused = 0  # connections closed unserved: peer not in the allow-list
+        self.failed = 0  # requests whose answer Asterisk refused or garbled (metrics)
 
     @property
     def lists(self) -> ListAdmin:
@@ -276,8 +281,8 @@ class AgiServer:
                     if not line:
                         return headers
                     name, sep, value = line.partition(": ")
-                    if sep:
-                        headers[name] = value
+                    if sep:  # control characters escaped: a header cannot forge a log line
+                        headers[name] = printable(value)
         except (TimeoutError, ValueError, ConnectionError) as exc:
             log.warning(
                 "FastAGI: dropped a request whose headers were unreadable (%s)", type(exc).__name__
@@ -291,13 +296,22 @@ class AgiServer:
         if headers is None:
             return
         channel = AgiChannel(reader, writer, COMMAND_TIMEOUT_S)
+        name = headers.get("agi_channel", "?")
         try:
-            await channel.set_variable(DECISION_VARIABLE, await self._answer(headers))
+            reply = await channel.set_variable(DECISION_VARIABLE, await self._answer(headers))
         except (AgiHangup, TimeoutError, ConnectionError) as exc:
             log.info(
-                "FastAGI: channel %s went away during the dialogue (%s)",
-                headers.get("agi_channel", "?"),
-                type(exc).__name__,
+                "FastAGI: channel %s went away during the dialogue (%s)", name, type(exc).__name__
+            )
+            return
+        except AgiProtocolError as exc:
+            self.failed += 1
+            log.warning("FastAGI: channel %s: unreadable reply from Asterisk: %s", name, exc)
+            return
+        if not reply.ok:
+            self.failed += 1
+            log.warning(
+                "FastAGI: channel %s: Asterisk refused %s: %s", name, DECISION_VARIABLE, reply.text
             )
 
     async def _answer(self, headers: Mapping[str, str]) -> str:

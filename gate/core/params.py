@@ -34,6 +34,7 @@ __all__ = [
     "error_value",
     "ident_param",
     "parse_pairs",
+    "printable",
     "safe_value",
     "seconds_text",
 ]
@@ -50,6 +51,9 @@ DECISION_FIELDS = (
 )
 PARAMS = frozenset({"number", "tenant", "campaign", "trunk", "class", "caller_id", "list"})
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.:+\-]")
+# C0 and C1 controls, DEL, and the Unicode line and paragraph separators: what a terminal
+# or a log reader could take for a line break or an escape sequence.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _MAX_VALUE = 80
 
 
@@ -64,6 +68,12 @@ class BadRequest(InputError):
 def seconds_text(seconds: float) -> str:
     """``2592000``, ``0.04``: plain decimal seconds, never exponent form (dialplan math)."""
     return f"{seconds:.3f}".rstrip("0").rstrip(".")
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters written as escapes (``\\r``, ``\\x1b``): what a
+    peer sent may be logged or kept, never forge a log line or drive a terminal."""
+    return _CONTROL.sub(lambda m: m[0].encode("unicode_escape").decode("ascii"), text)
 
 
 def safe_value(value: str) -> str:

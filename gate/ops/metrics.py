@@ -10,8 +10,8 @@ What is measured (names as exposed):
   ``callgate_fail_mode_decisions_total{verdict}``: decisions answered by the fail mode.
 - ``callgate_ari_connected``, ``callgate_ari_reconnects_total``,
   ``callgate_agi_connections_total``, ``callgate_agi_connections_refused_total`` (peer not
-  in ``agi.allow``), ``callgate_agi_connections_active``: read from the doors at scrape
-  time.
+  in ``agi.allow``), ``callgate_agi_requests_failed_total`` (Asterisk refused or garbled
+  the answer), ``callgate_agi_connections_active``: read from the doors at scrape time.
 - ``callgate_list_entries{list,tenant}``, ``callgate_list_age_seconds{list,tenant}`` (since
   the list's last import), refreshed every ``http.list_refresh``.
 - ``callgate_config_info{version}`` (1 for the version in force),
@@ -165,6 +165,9 @@ class AgiStats(Protocol):
     def refused(self) -> int: ...
 
     @property
+    def failed(self) -> int: ...
+
+    @property
     def active(self) -> int: ...
 
 
@@ -193,6 +196,11 @@ class _Doors(Collector):
                 "callgate_agi_connections_refused",
                 "FastAGI connections closed unserved: the peer is not in agi.allow.",
                 value=float(self.agi.refused),
+            )
+            yield CounterMetricFamily(
+                "callgate_agi_requests_failed",
+                "FastAGI requests whose answer Asterisk refused (not 200) or garbled.",
+                value=float(self.agi.failed),
             )
             yield GaugeMetricFamily(
                 "callgate_agi_connections_active",

@@ -47,6 +47,7 @@ from gate.core.params import (
     decision_value,
     error_value,
     parse_pairs,
+    printable,
 )
 from gate.service import Gate, InFlight, stop_task, wait_event
 from gate.stasis.ari import AriClient, AriError, AriNotFound
@@ -97,7 +98,7 @@ def _channel(channel: Mapping[str, Any], args: tuple[str, ...]) -> StasisChannel
     dialplan = channel.get("dialplan") or {}
     return StasisChannel(
         id=str(channel.get("id", "")),
-        name=str(channel.get("name", "")),
+        name=printable(str(channel.get("name", ""))),  # logged: no forged lines
         args=args,
         caller_id=str(caller.get("number", "")),
         extension=str(dialplan.get("exten", "")),

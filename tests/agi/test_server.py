@@ -23,9 +23,9 @@ from pathlib import Path
 import pytest
 
 from agi.server import AgiServer
-from gate.core.errors import ConfigError
+from gate.core.errors import ConfigError, StoreError
 from gate.lists.admin import ListAdmin
-from gate.service import Gate
+from gate.service import Gate, Observed
 from gate.store.client import Store
 from tests.conftest import make_config
 
@@ -147,13 +147,14 @@ async def agi_call(
     reply: Reply = always_ok,
     on_command: Callable[[int], None] | None = None,
     callerid: str = "0102030405",
+    channel: str = "PJSIP/agent-00000001",
 ) -> Dialogue:
     """Play one FastAGI request; return the commands the server sent before it closed."""
     commands: list[str] = []
     async with asyncio.timeout(PEER_TIMEOUT_S):
         reader, writer = await asyncio.open_connection(HOST, port)
         try:
-            writer.write(request_headers(script, extension, args, callerid=callerid))
+            writer.write(request_headers(script, extension, args, callerid, channel))
             await writer.drain()
             for index in range(MAX_COMMANDS):
                 line = await reader.readline()
@@ -720,3 +721,91 @@ async def test_a_non_loopback_listener_without_allow_list_does_not_start(gate: G
     agi = AgiServer(gate, "0.0.0.0", 0, header_timeout_s=HEADER_TIMEOUT_S)
     with pytest.raises(ConfigError, match=r"without agi\.allow"):
         await agi.start()
+
+
+# --- hostile replies and headers ----------------------------------------------------------
+
+USAGE_REPLY = (
+    "520-Invalid command syntax.  Proper usage follows:\n"
+    " Usage: SET VARIABLE <variablename> <value>\n"
+    "200 result=1 (a usage line that looks like a reply)\n"
+    "520 End of proper usage.\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("answer", "logged"),
+    [
+        (USAGE_REPLY, "520-Invalid command syntax"),
+        ("510 Invalid or unknown command\n", "510 Invalid or unknown command"),
+        ("511 Command Not Permitted on a dead channel or intercept routine\n", "511 Command"),
+        ("200 result=1 " + "x" * 5000 + "\n", "unreadable reply"),
+        ("NOT AN AGI REPLY\n", "unreadable reply"),
+    ],
+)
+async def test_an_answer_asterisk_refuses_or_garbles_is_logged_and_counted(
+    server: AgiServer,
+    caplog: pytest.LogCaptureFixture,
+    errors_logged: Callable[[], list[str]],
+    answer: str,
+    logged: str,
+) -> None:
+    """A refused SET VARIABLE (510, 511, a multi-line 520 read to its end), a reply line over
+    4 KiB or a garbled one: one warning, one failed request, no error, the server goes on."""
+
+    async def refuse(_index: int, _command: str) -> str | None:
+        return answer
+
+    await agi_call(server.port, "check?tenant=default", reply=refuse)
+    following = await agi_call(server.port, "check?tenant=default", extension="0612345679")
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert (1, [], "ALLOW") == (
+        server.failed,
+        errors_logged(),
+        following.variables["CALLGATE_RESULT"],
+    )
+    assert 1 == len([w for w in warnings if logged in w]), warnings
+
+
+class Channels:
+    """A decision observer: the channel names decisions were made for."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+
+    def decided(self, observed: Observed) -> None:
+        self.names.append(observed.attempt.channel)
+
+    def store_failed(self, error: StoreError) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    "channel",
+    [
+        "PJSIP/x\r2026-01-01 ERROR callgate: forged",
+        "PJSIP/x\x1b[2J\x1b[31mred",
+        "PJSIP/x\u2028forged",
+        "PJSIP/x\x85forged",
+        "PJSIP/x\x00nul",
+    ],
+)
+async def test_control_characters_in_headers_cannot_forge_log_lines(
+    gate: Gate, server: AgiServer, caplog: pytest.LogCaptureFixture, channel: str
+) -> None:
+    """A CR, an escape sequence or a line separator in agi_channel is escaped before it is
+    logged or kept with the decision."""
+    caplog.set_level(logging.INFO, logger="callgate")
+    channels = Channels()
+    gate.observers.append(channels)
+
+    async def hang_up(_index: int, _command: str) -> str | None:
+        return "HANGUP\n"  # the server then logs the channel name
+
+    await agi_call(server.port, "check?tenant=default", reply=hang_up, channel=channel)
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("went away" in m for m in messages)
+    assert [] == [m for m in [*messages, *channels.names] if CONTROL.search(m)]
+
+
+CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
