@@ -15,8 +15,9 @@
 
 Also the lifecycle tools every door and background task uses: ``InFlight`` (requests
 tracked from the moment they are accepted, drained with a bound when a door stops),
-``stop_task`` (a bounded stop with a logged cancel fallback) and ``wait_event`` (a sleep
-that a stop event ends early, without touching cancellation).
+``stop_task`` (a bounded stop with a logged cancel fallback), ``wait_event`` (a sleep
+that a stop event ends early, without touching cancellation) and ``cancelling`` (tell a
+cancel dressed as a library error from a real fault).
 
 May import: ``gate.core``, ``gate.config``, ``gate.store`` and the standard library.
 """
@@ -53,6 +54,7 @@ __all__ = [
     "Gate",
     "InFlight",
     "Observed",
+    "cancelling",
     "stop_task",
     "wait_event",
 ]
@@ -247,6 +249,14 @@ class InFlight:
         _, stuck = await asyncio.wait(pending, timeout=CANCEL_GRACE_S)
         if stuck:
             log.error("%s: %d request(s) ignored the cancel; leaving them", self.name, len(stuck))
+
+
+def cancelling() -> bool:
+    """Whether the current task is being cancelled. A library may turn a cancel into one
+    of its own errors (a timeout, a connection error): a loop that catches those checks
+    this and re-raises the cancel instead of taking it for a fault."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 async def wait_event(event: asyncio.Event, timeout_s: float) -> bool:

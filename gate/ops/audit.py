@@ -39,7 +39,7 @@ from redis.exceptions import RedisError
 from gate.config.loader import AuditConfig
 from gate.core.errors import StoreError
 from gate.core.evidence import FIELDS, audit_record
-from gate.service import Observed, stop_task, wait_event
+from gate.service import Observed, cancelling, stop_task, wait_event
 
 __all__ = ["FIELDS", "AuditLog", "follow", "read_range", "stream_key"]
 
@@ -51,13 +51,6 @@ QUEUE_MAX = 200_000
 TRIM_EVERY_S = 60.0
 STOP_WITHIN_S = 2.0  # the writer sees its stop event within FLUSH_S unless Redis hangs
 FINAL_FLUSH_S = 5.0
-
-
-def _cancelling() -> bool:
-    """Whether the current task is being cancelled (redis-py may have turned the cancel
-    into one of its errors, e.g. a timeout, which must not be taken for a Redis fault)."""
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() > 0
 
 
 def stream_key(namespace: str) -> str:
@@ -161,7 +154,7 @@ class AuditLog:
                     pipe.xadd(self.key, fields, maxlen=self.settings.max_len, approximate=True)
                 await pipe.execute()
         except (RedisError, OSError) as exc:
-            if _cancelling():
+            if cancelling():
                 raise asyncio.CancelledError from exc
             if not self._failing:
                 log.warning(
@@ -186,7 +179,7 @@ class AuditLog:
         try:
             await self._client.xtrim(self.key, minid=f"{cutoff_ms}-0", approximate=True)
         except (RedisError, OSError) as exc:
-            if _cancelling():
+            if cancelling():
                 raise asyncio.CancelledError from exc
             log.info("audit: trimming by age failed (%s); retried in a minute", exc)
 

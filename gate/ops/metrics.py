@@ -48,7 +48,7 @@ from gate.core.errors import GateError, StoreError, StoreTimeout, StoreUnavailab
 from gate.core.numbers import NumberType
 from gate.core.policy import Policy
 from gate.lists.admin import ListAdmin
-from gate.service import Gate, Observed, stop_task, wait_event
+from gate.service import Gate, Observed, cancelling, stop_task, wait_event
 
 __all__ = [
     "CONTENT_TYPE",
@@ -375,8 +375,7 @@ class ListRefresher:
                 await refresh_lists(self.metrics, self.gate)
                 failing = False
             except Exception as exc:  # Redis down, or a bug: the gauges keep their values
-                task = asyncio.current_task()
-                if task is not None and task.cancelling():
+                if cancelling():
                     raise asyncio.CancelledError from exc
                 if not failing:
                     log.warning(

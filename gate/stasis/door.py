@@ -49,7 +49,7 @@ from gate.core.params import (
     parse_pairs,
     printable,
 )
-from gate.service import Gate, InFlight, stop_task, wait_event
+from gate.service import Gate, InFlight, cancelling, stop_task, wait_event
 from gate.stasis.ari import AriClient, AriError, AriNotFound
 
 __all__ = ["StasisChannel", "StasisGate", "parse_app_data", "parse_stasis_start"]
@@ -195,6 +195,8 @@ class StasisGate:
                     was_connected = False
                 finally:
                     self.connected.clear()
+                if cancelling():  # a cancel that aiohttp reported as one of its errors
+                    raise asyncio.CancelledError
                 failures += 1
                 await self._backoff(failures)
 
@@ -285,7 +287,9 @@ class StasisGate:
             if action is None:
                 action = await self._decide(channel)
             await self._apply(channel, stay, action)
-        except Exception:  # a bug for one channel must not stop the application
+        except Exception as exc:  # a bug for one channel must not stop the application
+            if cancelling():
+                raise asyncio.CancelledError from exc
             log.exception("Stasis channel %s: decision failed", channel.name)
 
     async def _waiting(self, channel: StasisChannel) -> bool:
@@ -338,6 +342,8 @@ class StasisGate:
                 log.info("Stasis channel %s left before its decision was applied", channel.name)
                 return
             except AriError as exc:
+                if cancelling():
+                    raise asyncio.CancelledError from exc
                 log.warning(
                     "Stasis channel %s: could not apply the decision (try %d of %d): %s",
                     channel.name,
