@@ -21,6 +21,13 @@ verdict. By design: 2 for an allowed channel (set variable, continue), 1 for a r
 (DELETE with reason_code). This phase runs after the timed rows, so the debug logging does
 not slow them down.
 
+Likewise it counts the FastAGI round trips per AGI decision: with ``agi set debug on``
+Asterisk logs each request it sends (``<CHANNEL>AGI Tx >> agi_request: …``, the headers)
+and each command it receives (``<CHANNEL>AGI Rx << SET VARIABLE …``, each answered before
+the next is read). A request's round trips are its header block plus its commands; SIPp
+places ``AGI_CALLS`` calls through the FastAGI door, 10 % of them to red-listed numbers.
+By design: 2 per decision (the headers, then one ``SET VARIABLE CALLGATE_DECISION``).
+
 The delay comes from SIPp's ``-trace_msg`` timestamps (µs): its own ``rtd``/``-trace_rtt``
 counts in whole milliseconds on a ~4 ms tick, too coarse for a loopback PBX.
 """
@@ -55,6 +62,7 @@ from gate.store.embedded import find_redis_server  # noqa: E402
 SECRET = "bench-secret-0123456789abcdef"
 WARMUP_CALLS = 20
 REST_CALLS = 40
+AGI_CALLS = 40
 #: modes in row order: the SIP number prefix and the context it reaches
 MODES = {"ungated": "9", "agi": "", "stasis": "8"}
 
@@ -200,6 +208,59 @@ def rest_calls_per_decision(
     return lines
 
 
+_AGI_LINE = re.compile(r"<(?P<channel>[^>\n]+)>AGI (?:Tx >> agi_request: |Rx << (?P<command>.*))")
+_AGI_VERDICT = re.compile(r'^SET VARIABLE CALLGATE_(?:DECISION "(\w+)\||RESULT "(\w+)")')
+
+
+def count_agi_round_trips(log: str) -> dict[str, tuple[int, str]]:
+    """From Asterisk's ``agi set debug on`` log: channel -> (round trips, verdict set).
+
+    A round trip is the request's header block (``agi_request:`` sent) or one command
+    received from the gate (each is answered before Asterisk reads the next)."""
+    trips: dict[str, int] = {}
+    verdicts: dict[str, str] = {}
+    for match in _AGI_LINE.finditer(log):
+        channel = match["channel"]
+        trips[channel] = trips.get(channel, 0) + 1
+        if match["command"] and (found := _AGI_VERDICT.match(match["command"])):
+            verdicts[channel] = found[1] or found[2]
+    return {channel: (count, verdicts.get(channel, "?")) for channel, count in trips.items()}
+
+
+def agi_round_trips_per_decision(
+    sandbox: AsteriskSandbox, gate: GateProcess, workdir: Path
+) -> list[str]:
+    """Place AGI_CALLS SIPp calls through the FastAGI door with AGI debug on; report lines."""
+    numbers = [f"0615{i:06d}" for i in range(AGI_CALLS)]
+    listed = set(numbers[::10])
+    red = workdir / "agi-red.txt"
+    red.write_text("".join(f"{n}\n" for n in sorted(listed)))
+    gate.cli("list", "import", "red", str(red))
+    since = len(sandbox.read_log())
+    sandbox.cli("agi set debug on")
+    try:
+        run = place(sandbox, numbers, 10, workdir / "agi-debug")
+        time.sleep(1.0)  # the last decisions' log lines
+    finally:
+        sandbox.cli("agi set debug off")
+    per_channel = count_agi_round_trips(sandbox.read_log()[since:])
+    by_verdict: dict[str, list[int]] = {}
+    for count, verdict in per_channel.values():
+        by_verdict.setdefault(verdict, []).append(count)
+    codes = list(run.results.values())
+    lines = [
+        f"FastAGI round trips per decision ({AGI_CALLS} SIPp calls, {len(listed)} red-listed; "
+        "from Asterisk's `agi set debug on` log: the headers + each command)",
+        f"  SIPp final responses: {codes.count(200)} x 200, {codes.count(403)} x 403",
+    ]
+    for verdict, counts in sorted(by_verdict.items()):
+        lines.append(
+            f"  {verdict:<8} {len(counts):>3} requests, {statistics.fmean(counts):.2f} round "
+            f"trips each (min {min(counts)} max {max(counts)})"
+        )
+    return lines
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=500)
@@ -232,6 +293,7 @@ def main() -> int:
     gate = GateProcess(config, workdir / "callgate.log", port)
     rows: list[tuple[int, str, int, int, float, float]] = []
     rest_lines: list[str] = []
+    agi_lines: list[str] = []
     try:
         sandbox.start()
         gate.start()
@@ -256,6 +318,7 @@ def main() -> int:
                      percentile(samples, 99))
                 )  # fmt: skip
         rest_lines = rest_calls_per_decision(sandbox, gate, workdir)
+        agi_lines = agi_round_trips_per_decision(sandbox, gate, workdir)
     finally:
         sandbox.stop()
         gate.stop()
@@ -277,6 +340,8 @@ def main() -> int:
             print(f"{rate:>5} {door:<8} {g50 / u50:>16.2f}x {g99 / u99:>16.2f}x")
     print()
     print("\n".join(rest_lines))
+    print()
+    print("\n".join(agi_lines))
     if args.keep:
         print(f"(traces and logs kept in {workdir})")
     return 0

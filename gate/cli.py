@@ -313,7 +313,7 @@ async def _check(config: Config, args: argparse.Namespace) -> int:
         caller_id=args.caller_id,
         traffic_class=TrafficClass(args.traffic_class),
     )
-    async with open_gate(config) as gate:
+    async with open_gate(config, records=args.record) as gate:
         evaluation = await gate.evaluate(attempt, record=args.record, door="cli")
     _print_evaluation(evaluation, args.json, args.explain)
     return 0
@@ -571,12 +571,14 @@ async def _run(config: Config) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    async with open_gate(config) as gate:
+    async with open_gate(config, records=True) as gate:
         try:
             await gate.store.ping()
         except StoreError as exc:
             log.warning("%s; decisions will get the fail mode until it answers", exc)
-        server = AgiServer(gate, config.agi.host, config.agi.port, config.agi.header_timeout_s)
+        server = AgiServer(
+            gate, config.agi.host, config.agi.port, config.agi.header_timeout_s, config.agi.allow
+        )
         try:
             await server.start()
         except OSError as exc:
@@ -585,7 +587,8 @@ async def _run(config: Config) -> int:
                 f"{exc.strerror}; change [agi] port or stop the other server"
             ) from exc
         stasis = StasisGate(gate, config.ari) if config.ari is not None else None
-        stasis_task = asyncio.create_task(stasis.run()) if stasis is not None else None
+        if stasis is not None:
+            stasis.start()
         if config.ari is not None:
             log.info("Stasis application %r via ARI at %s", config.ari.app, config.ari.url)
         ops = await Operations.start(gate, config, server, stasis)
@@ -601,9 +604,8 @@ async def _run(config: Config) -> int:
         await stop.wait()
         log.info("stopping: finishing in-flight requests")
         await ops.stop()
-        if stasis is not None and stasis_task is not None:
-            await stasis.stop()
-            await stasis_task
+        if stasis is not None:
+            await stasis.close()
         await server.stop()
     log.info("stopped")
     return 0

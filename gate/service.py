@@ -13,6 +13,12 @@
   its plan and store answer and its timings; they are told, never asked, so they cannot
   change a decision, and telling them adds no round trip.
 
+Also the lifecycle tools every door and background task uses: ``InFlight`` (requests
+tracked from the moment they are accepted, drained with a bound when a door stops),
+``stop_task`` (a bounded stop with a logged cancel fallback), ``wait_event`` (a sleep
+that a stop event ends early, without touching cancellation) and ``cancelling`` (tell a
+cancel dressed as a library error from a real fault).
+
 May import: ``gate.core``, ``gate.config``, ``gate.store`` and the standard library.
 """
 
@@ -41,7 +47,17 @@ from gate.core.keys import Keyspace
 from gate.core.model import Attempt, Decision
 from gate.store.client import Store
 
-__all__ = ["Active", "DecisionObserver", "Evaluation", "Gate", "InFlight", "Observed"]
+__all__ = [
+    "Active",
+    "DecisionObserver",
+    "Evaluation",
+    "Gate",
+    "InFlight",
+    "Observed",
+    "cancelling",
+    "stop_task",
+    "wait_event",
+]
 
 log = logging.getLogger("callgate")
 
@@ -173,8 +189,16 @@ class Gate:
         return result
 
 
+CANCEL_GRACE_S = 2.0
+
+
 class InFlight:
-    """The requests a door is serving now: counted, and drained (bounded) when it stops."""
+    """The requests a door is serving now: counted, and drained (bounded) when it stops.
+
+    A task is tracked from the moment it is created (``spawn``) or handed over (``track``),
+    so a request accepted just before ``drain()`` is drained too. A task that fails is
+    logged here (a bug in one request never goes unseen, nor takes the door down).
+    """
 
     def __init__(self, name: str, grace_s: float) -> None:
         self.name = name
@@ -197,20 +221,75 @@ class InFlight:
     def track(self, task: asyncio.Task[None]) -> None:
         """Track a task created elsewhere (e.g. the one asyncio runs a connection in)."""
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and (error := task.exception()) is not None:
+            log.error("%s: a request failed", self.name, exc_info=error)
 
     async def drain(self) -> None:
-        """Let in-flight requests finish within ``grace_s``; cancel the rest (logged)."""
+        """Let in-flight requests (and any they start) finish within ``grace_s``; cancel
+        the rest (logged), and give up on any that ignore the cancel within a bound."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.grace_s
+        while self._tasks and (left := deadline - loop.time()) > 0:
+            await asyncio.wait(set(self._tasks), timeout=left)
         if not self._tasks:
             return
-        _, pending = await asyncio.wait(set(self._tasks), timeout=self.grace_s)
-        if pending:
-            log.warning(
-                "%s: %d request(s) still running after %.0f s; cancelling them",
-                self.name,
-                len(pending),
-                self.grace_s,
-            )
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
+        pending = set(self._tasks)
+        log.warning(
+            "%s: %d request(s) still running after %.0f s; cancelling them",
+            self.name,
+            len(pending),
+            self.grace_s,
+        )
+        for task in pending:
+            task.cancel()
+        _, stuck = await asyncio.wait(pending, timeout=CANCEL_GRACE_S)
+        if stuck:
+            log.error("%s: %d request(s) ignored the cancel; leaving them", self.name, len(stuck))
+
+
+def cancelling() -> bool:
+    """Whether the current task is being cancelled. A library may turn a cancel into one
+    of its own errors (a timeout, a connection error): a loop that catches those checks
+    this and re-raises the cancel instead of taking it for a fault."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
+async def wait_event(event: asyncio.Event, timeout_s: float) -> bool:
+    """Wait up to ``timeout_s`` for ``event``; True if it is set.
+
+    For the sleeps of long-lived loops (a stop event that may end them early): unlike
+    ``asyncio.timeout`` around ``event.wait()`` (whose expiry is a cancel, which Python
+    3.11 can confuse with a cancel from outside), no cancellation is ever raised or
+    swallowed here except the caller's own.
+    """
+    if event.is_set():
+        return True
+    waiter = asyncio.ensure_future(event.wait())
+    try:
+        await asyncio.wait({waiter}, timeout=timeout_s)
+    finally:
+        waiter.cancel()
+    return event.is_set()
+
+
+async def stop_task(task: asyncio.Task[None], within_s: float, name: str) -> None:
+    """Wait (bounded) for a long-lived ``task`` already told to stop (its stop event is
+    set); past ``within_s`` cancel it, logged, and wait at most ``CANCEL_GRACE_S`` more.
+
+    Never raises for the task's own failure (logged); a cancel of the caller propagates.
+    """
+    done, _ = await asyncio.wait({task}, timeout=within_s)
+    if not done:
+        log.warning("%s did not stop within %.1f s; cancelling it", name, within_s)
+        task.cancel()
+        done, _ = await asyncio.wait({task}, timeout=CANCEL_GRACE_S)
+        if not done:
+            log.error("%s ignored the cancel; leaving it", name)
+            return
+    if not task.cancelled() and (error := task.exception()) is not None:
+        log.error("%s failed", name, exc_info=error)

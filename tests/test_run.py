@@ -12,13 +12,15 @@ import tempfile
 import time
 from pathlib import Path
 
+from gate.core.params import DECISION_FIELDS
 from tests.conftest import SAMPLE_CONFIG
 
 STARTUP_DEADLINE_S = 20.0
 
 
 async def agi_check(port: int, extension: str) -> dict[str, str]:
-    """Play Asterisk for one FastAGI `check` request; return the variables set."""
+    """Play Asterisk for one FastAGI `check` request; return the ``CALLGATE_*`` variables
+    the dialplan gets (``CALLGATE_DECISION`` split as ``callgate-unpack`` does)."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     headers = (
         "agi_network_script: check?tenant=default\n"
@@ -39,7 +41,7 @@ async def agi_check(port: int, extension: str) -> dict[str, str]:
             await writer.drain()
     writer.close()
     await writer.wait_closed()
-    return variables
+    return dict(zip(DECISION_FIELDS, variables["CALLGATE_DECISION"].split("|"), strict=True))
 
 
 def test_run_serves_fastagi_with_embedded_redis_and_stops_on_sigterm() -> None:

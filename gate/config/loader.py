@@ -40,6 +40,7 @@ __all__ = [
     "Config",
     "HttpConfig",
     "LoggingConfig",
+    "Network",
     "RedisConfig",
     "default_config_path",
     "is_loopback",
@@ -61,11 +62,19 @@ class RedisConfig:
     deadline_s: float = 0.05
 
 
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
 @dataclass(frozen=True, slots=True)
 class AgiConfig:
+    """The FastAGI door: where it listens and who may connect."""
+
     host: str = "127.0.0.1"
     port: int = 4573
     header_timeout_s: float = 2.0
+    # Peers (addresses or CIDR networks) allowed to connect; empty: anyone who can reach
+    # the address, which only a loopback host may have (a non-loopback one must list them).
+    allow: tuple[Network, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -360,10 +369,28 @@ def _agi(reader: Reader) -> AgiConfig:
     port = reader.get("port", int, 4573)
     if not 0 <= port <= 65535:
         raise reader.fail("port", f"must be 0-65535, got {port}")
+    host = str(reader.get("host", str, "127.0.0.1"))
+    allow: list[Network] = []
+    for index, entry in enumerate(reader.get("allow", list, [])):
+        try:
+            if not isinstance(entry, str):
+                raise TypeError(entry)
+            allow.append(ipaddress.ip_network(entry.strip(), strict=False))
+        except (TypeError, ValueError):
+            raise reader.fail(
+                f"allow[{index}]", f"expected an address or network like 10.0.0.0/8, got {entry!r}"
+            ) from None
+    if not allow and not is_loopback(host):
+        raise reader.fail(
+            "allow",
+            f"is required when agi.host is {host!r} (not loopback): list the Asterisk servers "
+            'that may connect, e.g. allow = ["10.0.0.5", "10.1.0.0/16"]',
+        )
     config = AgiConfig(
-        host=str(reader.get("host", str, "127.0.0.1")),
+        host=host,
         port=port,
         header_timeout_s=reader.duration("header_timeout", "2s"),
+        allow=tuple(allow),
     )
     reader.done()
     return config

@@ -1,7 +1,7 @@
 """callgate's one error tree.
 
 Every failure a user or an adapter can meet is one of these; adapters translate the
-errors of redis-py, aiohttp and panoramisk at the boundary with ``raise ... from``::
+errors of redis-py and aiohttp at the boundary with ``raise ... from``::
 
     GateError                      root: anything callgate reports on purpose
     ├── ConfigError                the TOML file or a value in it is wrong (names the key)

@@ -15,13 +15,17 @@ Guarantees:
 - Nothing is lost silently: while Redis is unreachable records wait in memory (at most
   ``QUEUE_MAX``); past that the oldest are dropped and the count is logged once per
   incident and kept in ``dropped``. ``close()`` flushes what is queued.
+- Stopping never hangs: the writer stops on an explicit event; ``close()`` waits for it
+  at most ``within_s`` (then cancels it, logged), and flushes for at most
+  ``FINAL_FLUSH_S`` (then gives up, logged, counting what is left). A cancel is never
+  swallowed: a Redis error caught while the writer is being cancelled is re-raised as
+  the cancel. ``start()`` after ``close()`` starts a new writer.
 - Reading (``tail``, ``export``, ``why``) streams the stream in batches: constant memory.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import deque
@@ -35,7 +39,7 @@ from redis.exceptions import RedisError
 from gate.config.loader import AuditConfig
 from gate.core.errors import StoreError
 from gate.core.evidence import FIELDS, audit_record
-from gate.service import Observed
+from gate.service import Observed, cancelling, stop_task, wait_event
 
 __all__ = ["FIELDS", "AuditLog", "follow", "read_range", "stream_key"]
 
@@ -45,6 +49,8 @@ BATCH = 500
 FLUSH_S = 0.05
 QUEUE_MAX = 200_000
 TRIM_EVERY_S = 60.0
+STOP_WITHIN_S = 2.0  # the writer sees its stop event within FLUSH_S unless Redis hangs
+FINAL_FLUSH_S = 5.0
 
 
 def stream_key(namespace: str) -> str:
@@ -60,6 +66,7 @@ class AuditLog:
         self.settings = settings
         self._queue: deque[Mapping[str, str]] = deque()
         self._wake = asyncio.Event()
+        self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._failing = False
         self._last_trim = 0.0
@@ -67,7 +74,9 @@ class AuditLog:
         self.written = 0
 
     def start(self) -> None:
+        """Start the background writer (once; again after ``close()``)."""
         if self._task is None:
+            self._stop.clear()
             self._task = asyncio.create_task(self._run(), name="callgate-audit")
 
     def decided(self, observed: Observed) -> None:
@@ -102,29 +111,36 @@ class AuditLog:
         if len(self._queue) >= BATCH:
             self._wake.set()
 
-    async def close(self) -> None:
-        """Stop the writer and flush what is queued (bounded by a few seconds)."""
+    async def close(
+        self, within_s: float = STOP_WITHIN_S, flush_within_s: float = FINAL_FLUSH_S
+    ) -> None:
+        """Stop the writer (bounded by ``within_s``, then cancelled, logged), then flush
+        what is queued (bounded by ``flush_within_s``, then given up, logged)."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            self._stop.set()
+            self._wake.set()
+            await stop_task(self._task, within_s, "the audit writer")
             self._task = None
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(5.0):
-                while self._queue and await self._flush():
-                    pass
+        if self._queue:
+            flush = asyncio.create_task(self._flush_all(), name="callgate-audit-flush")
+            await stop_task(flush, flush_within_s, "the audit flush")
         if self._queue:
             log.warning("audit: %d records could not be written before exit", len(self._queue))
 
+    async def _flush_all(self) -> None:
+        while self._queue and await self._flush():
+            pass
+
     async def _run(self) -> None:
-        while True:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(FLUSH_S):
-                    await self._wake.wait()
-            self._wake.clear()
-            if not await self._flush():
-                await asyncio.sleep(1.0)  # Redis unreachable: retry, records stay queued
+        """Trim (once a minute), write what is queued, sleep until a batch is full or
+        ``FLUSH_S`` passed; until the stop event."""
+        while not self._stop.is_set():
             await self._trim()
+            if not await self._flush():
+                await wait_event(self._stop, 1.0)  # Redis unreachable: records stay queued
+                continue
+            await wait_event(self._wake, FLUSH_S)
+            self._wake.clear()
 
     async def _flush(self) -> bool:
         """Write up to BATCH records; False if Redis failed (they stay queued)."""
@@ -138,6 +154,8 @@ class AuditLog:
                     pipe.xadd(self.key, fields, maxlen=self.settings.max_len, approximate=True)
                 await pipe.execute()
         except (RedisError, OSError) as exc:
+            if cancelling():
+                raise asyncio.CancelledError from exc
             if not self._failing:
                 log.warning(
                     "audit: cannot write to Redis (%s); %d records queued", exc, len(self._queue)
@@ -158,8 +176,12 @@ class AuditLog:
             return
         self._last_trim = now
         cutoff_ms = int((now - self.settings.max_age_s) * 1000)
-        with contextlib.suppress(RedisError, OSError):
+        try:
             await self._client.xtrim(self.key, minid=f"{cutoff_ms}-0", approximate=True)
+        except (RedisError, OSError) as exc:
+            if cancelling():
+                raise asyncio.CancelledError from exc
+            log.info("audit: trimming by age failed (%s); retried in a minute", exc)
 
 
 def _stream_id(when: datetime | None, default: str) -> str:

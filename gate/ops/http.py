@@ -17,7 +17,6 @@ Guarantees:
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from typing import Any
@@ -28,7 +27,7 @@ from gate import __version__
 from gate.config.loader import ApiConfig, HttpConfig, is_loopback
 from gate.core.errors import ConfigError, StoreError
 from gate.ops.api import AdminApi, error_middleware
-from gate.ops.metrics import CONTENT_TYPE, Metrics, StasisStats, refresh_lists_until
+from gate.ops.metrics import CONTENT_TYPE, ListRefresher, Metrics, StasisStats
 from gate.ops.reload import Reloader
 from gate.service import Gate
 
@@ -61,8 +60,7 @@ class HttpServer:
         self.started = time.monotonic()
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
-        self._stop = asyncio.Event()
-        self._refresher: asyncio.Task[None] | None = None
+        self._refresher = ListRefresher(metrics, gate, http.list_refresh_s)
         self.app = web.Application(middlewares=[error_middleware], client_max_size=MAX_BODY_BYTES)
         self.app.router.add_get("/metrics", self._metrics)
         self.app.router.add_get("/healthz", self._healthz)
@@ -99,15 +97,10 @@ class HttpServer:
         self._runner, self._site = runner, site
         if not self.api.token:
             log.warning("admin API without a token: any local user can change lists")
-        self._refresher = asyncio.create_task(
-            refresh_lists_until(self.metrics, self.gate, self.http.list_refresh_s, self._stop)
-        )
+        self._refresher.start()
 
     async def stop(self) -> None:
-        self._stop.set()
-        if self._refresher is not None:
-            await self._refresher
-            self._refresher = None
+        await self._refresher.close()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = self._site = None

@@ -9,8 +9,9 @@ What is measured (names as exposed):
 - ``callgate_redis_errors_total{kind}`` (``timeout``, ``unavailable``, ``error``) and
   ``callgate_fail_mode_decisions_total{verdict}``: decisions answered by the fail mode.
 - ``callgate_ari_connected``, ``callgate_ari_reconnects_total``,
-  ``callgate_agi_connections_total``, ``callgate_agi_connections_active``: read from the
-  doors at scrape time.
+  ``callgate_agi_connections_total``, ``callgate_agi_connections_refused_total`` (peer not
+  in ``agi.allow``), ``callgate_agi_requests_failed_total`` (Asterisk refused or garbled
+  the answer), ``callgate_agi_connections_active``: read from the doors at scrape time.
 - ``callgate_list_entries{list,tenant}``, ``callgate_list_age_seconds{list,tenant}`` (since
   the list's last import), refreshed every ``http.list_refresh``.
 - ``callgate_config_info{version}`` (1 for the version in force),
@@ -25,7 +26,6 @@ Recording a decision never raises and never awaits.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Iterable, Iterator
@@ -48,17 +48,17 @@ from gate.core.errors import GateError, StoreError, StoreTimeout, StoreUnavailab
 from gate.core.numbers import NumberType
 from gate.core.policy import Policy
 from gate.lists.admin import ListAdmin
-from gate.service import Gate, Observed
+from gate.service import Gate, Observed, cancelling, stop_task, wait_event
 
 __all__ = [
     "CONTENT_TYPE",
     "AgiStats",
     "BoundedLabel",
+    "ListRefresher",
     "Metrics",
     "StasisStats",
     "known_reasons",
     "refresh_lists",
-    "refresh_lists_until",
 ]
 
 log = logging.getLogger("callgate")
@@ -67,6 +67,7 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 MAX_TENANTS = 50
 MAX_REASONS = 200
 MAX_LIST_SERIES = 100
+STOP_WITHIN_S = 2.0
 OTHER = "other"
 # 100 µs … 2.5 s: a decision's own time is sub-millisecond, the Redis deadline is 50 ms.
 LATENCY_BUCKETS_S = (
@@ -161,6 +162,12 @@ class AgiStats(Protocol):
     def accepted(self) -> int: ...
 
     @property
+    def refused(self) -> int: ...
+
+    @property
+    def failed(self) -> int: ...
+
+    @property
     def active(self) -> int: ...
 
 
@@ -184,6 +191,16 @@ class _Doors(Collector):
                 "callgate_agi_connections",
                 "FastAGI connections accepted.",
                 value=float(self.agi.accepted),
+            )
+            yield CounterMetricFamily(
+                "callgate_agi_connections_refused",
+                "FastAGI connections closed unserved: the peer is not in agi.allow.",
+                value=float(self.agi.refused),
+            )
+            yield CounterMetricFamily(
+                "callgate_agi_requests_failed",
+                "FastAGI requests whose answer Asterisk refused (not 200) or garbled.",
+                value=float(self.agi.failed),
             )
             yield GaugeMetricFamily(
                 "callgate_agi_connections_active",
@@ -324,19 +341,47 @@ async def refresh_lists(metrics: Metrics, gate: Gate) -> None:
             metrics.list_age_s.labels(name, tenant).set(age_s)
 
 
-async def refresh_lists_until(
-    metrics: Metrics, gate: Gate, every_s: float, stop: asyncio.Event
-) -> None:
-    """``refresh_lists`` every ``every_s`` until ``stop`` is set; failures are logged once."""
-    failing = False
-    while not stop.is_set():
-        try:
-            await refresh_lists(metrics, gate)
-            failing = False
-        except GateError as exc:
-            if not failing:
-                log.warning("list metrics not refreshed: %s", exc)
-            failing = True
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(every_s):
-                await stop.wait()
+class ListRefresher:
+    """Re-reads list sizes and ages every ``every_s`` until ``close()``.
+
+    A failed refresh (Redis down, or a bug) is logged once per incident and retried at the
+    next period. ``close()`` sets the stop event and waits at most ``within_s`` (a refresh
+    stuck on a hung Redis is then cancelled, logged); a cancel is never taken for a
+    failure.
+    """
+
+    def __init__(self, metrics: Metrics, gate: Gate, every_s: float) -> None:
+        self.metrics = metrics
+        self.gate = gate
+        self.every_s = every_s
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self._task is None:
+            self._stop.clear()
+            self._task = asyncio.create_task(self._run(), name="callgate-list-metrics")
+
+    async def close(self, within_s: float = STOP_WITHIN_S) -> None:
+        if self._task is not None:
+            self._stop.set()
+            await stop_task(self._task, within_s, "the list metrics refresher")
+            self._task = None
+
+    async def _run(self) -> None:
+        failing = False
+        while not self._stop.is_set():
+            try:
+                await refresh_lists(self.metrics, self.gate)
+                failing = False
+            except Exception as exc:  # Redis down, or a bug: the gauges keep their values
+                if cancelling():
+                    raise asyncio.CancelledError from exc
+                if not failing:
+                    log.warning(
+                        "list metrics not refreshed: %s",
+                        exc,
+                        exc_info=None if isinstance(exc, GateError) else exc,
+                    )
+                failing = True
+            await wait_event(self._stop, self.every_s)
