@@ -137,9 +137,13 @@ class AgiServer:
         port: int,
         header_timeout_s: float,
         allow: Sequence[Network] = (),
+        reuse_port: bool = False,
     ) -> None:
         self.gate = gate
         self.host, self.requested_port = host, port
+        # SO_REUSEPORT: worker processes each listen on the same port, and the kernel
+        # spreads the connections among them (``callgate run --workers N``).
+        self.reuse_port = reuse_port
         self.header_timeout_s = header_timeout_s
         self.allow = tuple(allow)
         self._listener: socket.socket | None = None
@@ -182,6 +186,8 @@ class AgiServer:
         listener = socket.socket(family, kind, proto)
         try:
             listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if self.reuse_port:
+                listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             listener.bind(address)
             listener.listen(LISTEN_BACKLOG)
             listener.setblocking(False)
