@@ -277,6 +277,7 @@ def goal_lines(rows: list[tuple[int, str, int, int, float, float]], rates: list[
         f"{'p99 bound':>10} {'failed':>7}"
     ]
     knee: dict[str, int | None] = {"agi": None, "stasis": None}
+    serves: dict[str, int | None] = {"agi": None, "stasis": None}  # < 1 % failed only
     verdicts: list[str] = []
     for rate in rates:
         _, _, u50, u99 = by_rate[rate, "ungated"]
@@ -289,6 +290,8 @@ def goal_lines(rows: list[tuple[int, str, int, int, float, float]], rates: list[
                 f"{bound:>8.2f}ms {100 * failed:>6.1f}%"
             )
             holds = failed < 0.01 and g50 <= 2 * u50
+            if failed < 0.01 and (serves[door] is None or rate > (serves[door] or 0)):
+                serves[door] = rate
             if holds and (knee[door] is None or rate > (knee[door] or 0)):
                 knee[door] = rate
             if rate == 100:
@@ -306,7 +309,8 @@ def goal_lines(rows: list[tuple[int, str, int, int, float, float]], rates: list[
     for door, rate in knee.items():
         lines.append(
             f"knee {door}: {f'holds up to {rate} cps' if rate else 'fails at every rate tried'} "
-            "(< 1 % failed, p50 <= 2x ungated)"
+            "(< 1 % failed, p50 <= 2x ungated); "
+            f"fewer than 1 % failed up to {serves[door] or 0} cps"
         )
     return lines
 
