@@ -28,11 +28,20 @@ from __future__ import annotations
 
 import asyncio
 import re
+import socket
 from dataclasses import dataclass
+from typing import Protocol
 
 from gate.core.params import printable
 
-__all__ = ["AgiChannel", "AgiHangup", "AgiProtocolError", "AgiReply"]
+__all__ = [
+    "AgiChannel",
+    "AgiHangup",
+    "AgiProtocolError",
+    "AgiReply",
+    "HeaderOverflow",
+    "SocketStream",
+]
 
 MAX_REPLY_LINES = 64  # a usage text is a dozen lines; "100 Trying" lines are few
 _REPLY = re.compile(r"(\d{3})([ -])(.*)", re.ASCII | re.DOTALL)
@@ -60,12 +69,100 @@ class AgiReply:
         return self.code == 200
 
 
+class HeaderOverflow(Exception):
+    """A request's header block broke a limit (a line too long, or too many lines)."""
+
+
+class _Reader(Protocol):
+    async def readuntil(self, separator: bytes = b"\n") -> bytes: ...
+
+
+class _Writer(Protocol):
+    def write(self, data: bytes) -> None: ...
+
+    async def drain(self) -> None: ...
+
+
+class SocketStream:
+    """One FastAGI connection read and written through the event loop's socket calls.
+
+    Lighter than asyncio's streams (no transport, protocol, reader and writer objects per
+    connection; the header block usually arrives in one ``recv``): the per-call path of
+    the server. ``readuntil`` and ``write``/``drain`` behave as ``StreamReader``'s and
+    ``StreamWriter``'s for ``AgiChannel`` (the same exceptions at EOF and past ``limit``).
+    """
+
+    __slots__ = ("_buffer", "_limit", "_loop", "_out", "_sock")
+
+    def __init__(self, sock: socket.socket, limit: int) -> None:
+        self._sock = sock
+        self._limit = limit
+        self._loop = asyncio.get_running_loop()
+        self._buffer = bytearray()
+        self._out = bytearray()
+
+    async def _fill(self) -> bool:
+        """Receive what the peer sent next; False at EOF."""
+        data = await self._loop.sock_recv(self._sock, 65536)
+        self._buffer += data
+        return bool(data)
+
+    async def read_headers(self, max_lines: int) -> list[bytes] | None:
+        """The lines of the header block up to its blank line (None: EOF before it).
+
+        Raises ``HeaderOverflow`` as soon as a line is longer than the limit or there are
+        more than ``max_lines`` lines; whatever follows the blank line stays buffered."""
+        lines: list[bytes] = []
+        start = 0
+        while True:
+            end = self._buffer.find(b"\n", start)
+            if end < 0:
+                if len(self._buffer) - start > self._limit:
+                    raise HeaderOverflow(f"a header line longer than {self._limit} bytes")
+                if not await self._fill():
+                    return None
+                continue
+            if end - start > self._limit:
+                raise HeaderOverflow(f"a header line longer than {self._limit} bytes")
+            line = bytes(self._buffer[start:end]).rstrip(b"\r")
+            start = end + 1
+            if not line:
+                del self._buffer[:start]
+                return lines
+            if len(lines) == max_lines:
+                raise HeaderOverflow(f"more than {max_lines} header lines")
+            lines.append(line)
+
+    async def readuntil(self, separator: bytes = b"\n") -> bytes:
+        while True:
+            end = self._buffer.find(separator)
+            if end >= 0:
+                end += len(separator)
+                if end > self._limit:
+                    raise asyncio.LimitOverrunError("separator found past the limit", end)
+                data = bytes(self._buffer[:end])
+                del self._buffer[:end]
+                return data
+            if len(self._buffer) > self._limit:
+                raise asyncio.LimitOverrunError("no separator within the limit", self._limit)
+            if not await self._fill():
+                partial = bytes(self._buffer)
+                self._buffer.clear()
+                raise asyncio.IncompleteReadError(partial, None)
+
+    def write(self, data: bytes) -> None:
+        self._out += data
+
+    async def drain(self) -> None:
+        if self._out:
+            data, self._out = bytes(self._out), bytearray()
+            await self._loop.sock_sendall(self._sock, data)
+
+
 class AgiChannel:
     """Sends AGI commands on one FastAGI connection, each under a deadline."""
 
-    def __init__(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, timeout_s: float
-    ) -> None:
+    def __init__(self, reader: _Reader, writer: _Writer, timeout_s: float) -> None:
         self._reader = reader
         self._writer = writer
         self._timeout_s = timeout_s

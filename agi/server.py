@@ -39,7 +39,6 @@ listener without an allow-list is refused at start, as at config load.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import ipaddress
 import logging
@@ -48,7 +47,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from agi._wire import AgiChannel, AgiHangup, AgiProtocolError
+from agi._wire import AgiChannel, AgiHangup, AgiProtocolError, HeaderOverflow, SocketStream
 from gate.config.loader import Network, is_loopback
 from gate.core.errors import ConfigError, GateError, InputError
 from gate.core.model import Attempt
@@ -138,9 +137,13 @@ class AgiServer:
         port: int,
         header_timeout_s: float,
         allow: Sequence[Network] = (),
+        reuse_port: bool = False,
     ) -> None:
         self.gate = gate
         self.host, self.requested_port = host, port
+        # SO_REUSEPORT: worker processes each listen on the same port, and the kernel
+        # spreads the connections among them (``callgate run --workers N``).
+        self.reuse_port = reuse_port
         self.header_timeout_s = header_timeout_s
         self.allow = tuple(allow)
         self._listener: socket.socket | None = None
@@ -183,6 +186,8 @@ class AgiServer:
         listener = socket.socket(family, kind, proto)
         try:
             listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if self.reuse_port:
+                listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             listener.bind(address)
             listener.listen(LISTEN_BACKLOG)
             listener.setblocking(False)
@@ -254,48 +259,39 @@ class AgiServer:
 
     async def _connection(self, connection: socket.socket) -> None:
         try:
-            reader, writer = await asyncio.open_connection(sock=connection, limit=MAX_LINE_BYTES)
-        except OSError as exc:  # the peer reset it already
-            connection.close()
-            log.info("FastAGI: a connection closed before it was served (%s)", exc)
-            return
-        try:
-            await self._serve(reader, writer)
+            await self._serve(SocketStream(connection, MAX_LINE_BYTES))
         except Exception:  # a bug in one request must not take the server down
             log.exception("FastAGI request failed")
         finally:
-            writer.close()
-            with contextlib.suppress(OSError):  # reset by the peer while closing
-                await writer.wait_closed()
+            connection.close()
 
-    async def _read_headers(self, reader: asyncio.StreamReader) -> dict[str, str] | None:
+    async def _read_headers(self, stream: SocketStream) -> dict[str, str] | None:
         """The request headers, or None if the peer closed, stalled or sent garbage."""
-        headers: dict[str, str] = {}
         try:
             async with asyncio.timeout(self.header_timeout_s):
-                for _ in range(MAX_HEADER_LINES):
-                    raw = await reader.readline()
-                    if not raw:
-                        return None  # EOF before the blank line: a probe or a dead peer
-                    line = raw.decode("utf-8", "replace").rstrip("\r\n")
-                    if not line:
-                        return headers
-                    name, sep, value = line.partition(": ")
-                    if sep:  # control characters escaped: a header cannot forge a log line
-                        headers[name] = printable(value)
-        except (TimeoutError, ValueError, ConnectionError) as exc:
+                lines = await stream.read_headers(MAX_HEADER_LINES)
+        except HeaderOverflow as exc:
+            log.warning("FastAGI: dropped a request: %s", exc)
+            return None
+        except (TimeoutError, OSError) as exc:  # a stall, a reset
             log.warning(
                 "FastAGI: dropped a request whose headers were unreadable (%s)", type(exc).__name__
             )
             return None
-        log.warning("FastAGI: dropped a request with more than %d header lines", MAX_HEADER_LINES)
-        return None
+        if lines is None:
+            return None  # EOF before the blank line: a probe or a dead peer
+        headers: dict[str, str] = {}
+        for raw in lines:
+            name, sep, value = raw.decode("utf-8", "replace").partition(": ")
+            if sep:  # control characters escaped: a header cannot forge a log line
+                headers[name] = printable(value)
+        return headers
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        headers = await self._read_headers(reader)
+    async def _serve(self, stream: SocketStream) -> None:
+        headers = await self._read_headers(stream)
         if headers is None:
             return
-        channel = AgiChannel(reader, writer, COMMAND_TIMEOUT_S)
+        channel = AgiChannel(stream, stream, COMMAND_TIMEOUT_S)
         name = headers.get("agi_channel", "?")
         try:
             reply = await channel.set_variable(DECISION_VARIABLE, await self._answer(headers))

@@ -5,10 +5,15 @@
 Starts its own redis-server on a free loopback TCP port unless --redis-url is given.
 Measures, in the same process and session:
 - the floor: redis-py asyncio PING round trips;
+- the store's share: the same EVALSHA alone (redis-py, arguments encoded once, not
+  recording), what the path costs beyond callgate's own work;
 - the path: ``Gate.decide`` = engine.plan + one EVALSHA of decide.lua (2 list lookups,
-  1 cap log, 1 CPS log, recording) + engine.conclude.
-Prints p50/p99 of both, decisions per second, and the ratios path/floor. Absolute numbers
-depend on the machine and its load; compare ratios within one run.
+  1 cap log, 1 CPS log, recording) + engine.conclude;
+- the difference of the p50s: plan, conclude, the store client's encoding and the
+  recording writes.
+Prints p50/p99 of each, decisions per second, and the ratios path/floor. Absolute numbers
+depend on the machine and its load; compare ratios within one run. ``--concurrency C``
+runs C decisions at a time (the aggregate rate of one process).
 """
 
 from __future__ import annotations
@@ -30,9 +35,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _server import redis_server
 
 from gate.config.loader import parse_config
-from gate.core.model import Attempt
+from gate.core.model import Attempt, Decision
 from gate.service import Gate
-from gate.store.client import Store
+from gate.store.client import Store, encode_checks, load_script
 
 CONFIG = {
     "privacy": {"secret": "bench-secret-0123456789"},
@@ -80,6 +85,16 @@ async def run(url: str, n: int, concurrency: int) -> None:
     async def ping(_: int) -> None:
         await client.ping()
 
+    sample = gate.active.planner(False).plan(
+        Attempt("+33612345678", datetime.now(UTC), trunk="carrier-a", campaign="bench")
+    )
+    assert not isinstance(sample, Decision)
+    keys, argv = encode_checks(sample.check)
+    sha = await client.script_load(load_script("decide.lua"))
+
+    async def evalsha(_: int) -> None:
+        await client.evalsha(sha, len(keys), *keys, *argv)  # type: ignore[misc]
+
     start = datetime.now(UTC)
 
     async def decide(i: int) -> None:
@@ -91,12 +106,15 @@ async def run(url: str, n: int, concurrency: int) -> None:
 
     # Alternate rounds so that drift in machine load hits both sides alike.
     floor: list[float] = []
+    bare: list[float] = []
     path: list[float] = []
     path_seconds = 0.0
     rounds = 5
     for r in range(rounds):
         lat, _secs = await timed(n // rounds, concurrency, ping)
         floor += lat
+        lat, _secs = await timed(n // rounds, concurrency, evalsha)
+        bare += lat
         offset = r * (n // rounds)
         lat, secs = await timed(n // rounds, concurrency, lambda i, o=offset: decide(o + i))
         path += lat
@@ -106,10 +124,15 @@ async def run(url: str, n: int, concurrency: int) -> None:
 
     p50f, p99f = percentile(floor, 50), percentile(floor, 99)
     p50d, p99d = percentile(path, 50), percentile(path, 99)
+    p50e, p99e = percentile(bare, 50), percentile(bare, 99)
     print(f"redis {url.split('@')[-1]}, {len(path)} decisions, concurrency {concurrency}")
     print(f"{'':24}{'p50 µs':>10}{'p99 µs':>10}")
     print(f"{'PING floor (redis-py)':24}{p50f:>10.0f}{p99f:>10.0f}")
+    print(f"{'EVALSHA alone (redis-py)':24}{p50e:>10.0f}{p99e:>10.0f}")
     print(f"{'decide (core + EVALSHA)':24}{p50d:>10.0f}{p99d:>10.0f}")
+    print(
+        f"p50 decide - p50 bare EVALSHA (plan, conclude, encoding, recording): {p50d - p50e:.0f} µs"
+    )
     print(f"ratio decide/PING: p50 {p50d / p50f:.2f}x, p99 {p99d / p99f:.2f}x")
     print(f"decisions per second: {len(path) / path_seconds:.0f}")
 

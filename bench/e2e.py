@@ -1,6 +1,6 @@
 """Benchmark: post-dial delay through a real Asterisk, with the gate and without, in one run.
 
-    python bench/e2e.py [--calls 500] [--rates 50,100] [--deadline 50ms] [--keep]
+    python bench/e2e.py [--calls 500] [--rates 50,100] [--workers 1] [--deadline 50ms] [--keep]
 
 Needs root and the Asterisk chroot (``make sandbox``) and Debian's sipp. Starts, all on
 loopback: a redis-server (unix socket), ``callgate run`` with the sample config
@@ -10,16 +10,22 @@ one Asterisk whose SIP context sends ``0…`` numbers through ``GoSub(callgate-a
 dialplan/callgate.conf) and ``9…`` numbers through the same dialplan without a gate. For
 each rate, SIPp places ``--calls`` calls ungated, then as many through each door
 (distinct numbers, so the cap never bites), and reports the INVITE→200 time (post-dial
-delay) p50/p99 and the ratio door/ungated. Absolute numbers depend on the machine
-(Asterisk, SIPp, Redis and the gate share its cores); compare the ratios within one run.
+delay) p50/p99, the share of calls that failed (no 200), and the ratio door/ungated.
+``--workers N`` runs ``callgate run --workers N``. Then it checks the goals, each against
+the ungated row of the same rate in the same run: at 100 cps the added p50 is at most
+1.5 ms and the p99 at most 2 x ungated p99 + 2 ms; at 300 cps fewer than 1 % fail and the
+p50 is at most 2 x ungated; and it names each door's knee, the highest rate tried where
+fewer than 1 % fail and the p50 is at most 2 x ungated. Absolute numbers depend on the
+machine (Asterisk, SIPp, Redis and the gate share its cores); compare the ratios within
+one run.
 
 Then it counts the ARI REST requests per Stasis decision: with ``ari set debug all on``
 Asterisk logs every REST request it receives (``<--- ARI request received …`` followed by
 ``METHOD channels/ID/…``); SIPp places ``REST_CALLS`` calls through the Stasis door, 10 %
 of them to red-listed numbers, and the requests naming each channel are counted, per
-verdict. By design: 2 for an allowed channel (set variable, continue), 1 for a refused one
-(DELETE with reason_code). This phase runs after the timed rows, so the debug logging does
-not slow them down.
+verdict. By design: 1 for an allowed channel (continue to ``callgate-decided``, the
+decision in the extension), 1 for a refused one (DELETE with reason_code). This phase runs
+after the timed rows, so the debug logging does not slow them down.
 
 Likewise it counts the FastAGI round trips per AGI decision: with ``agi set debug on``
 Asterisk logs each request it sends (``<CHANNEL>AGI Tx >> agi_request: …``, the headers)
@@ -261,11 +267,60 @@ def agi_round_trips_per_decision(
     return lines
 
 
+def goal_lines(rows: list[tuple[int, str, int, int, float, float]], rates: list[int]) -> list[str]:
+    """Each door against the ungated row of the same rate: ratios, the goals, the knee."""
+    by_rate = {
+        (rate, mode): (calls, answered, p50, p99) for rate, mode, calls, answered, p50, p99 in rows
+    }
+    lines = [
+        f"{'cps':>5} {'door':<7} {'added p50':>10} {'p50/ungated':>12} {'p99/ungated':>12} "
+        f"{'p99 bound':>10} {'failed':>7}"
+    ]
+    knee: dict[str, int | None] = {"agi": None, "stasis": None}
+    serves: dict[str, int | None] = {"agi": None, "stasis": None}  # < 1 % failed only
+    verdicts: list[str] = []
+    for rate in rates:
+        _, _, u50, u99 = by_rate[rate, "ungated"]
+        for door in ("agi", "stasis"):
+            calls, answered, g50, g99 = by_rate[rate, door]
+            failed = (calls - answered) / calls
+            bound = 2 * u99 + 2
+            lines.append(
+                f"{rate:>5} {door:<7} {g50 - u50:>+9.2f}ms {g50 / u50:>11.2f}x {g99 / u99:>11.2f}x "
+                f"{bound:>8.2f}ms {100 * failed:>6.1f}%"
+            )
+            holds = failed < 0.01 and g50 <= 2 * u50
+            if failed < 0.01 and (serves[door] is None or rate > (serves[door] or 0)):
+                serves[door] = rate
+            if holds and (knee[door] is None or rate > (knee[door] or 0)):
+                knee[door] = rate
+            if rate == 100:
+                ok = g50 - u50 <= 1.5 and g99 <= bound
+                verdicts.append(
+                    f"goal 100 cps {door}: added p50 {g50 - u50:.2f} ms (<= 1.5), p99 {g99:.2f} ms "
+                    f"(<= {bound:.2f}): {'met' if ok else 'NOT met'}"
+                )
+            if rate == 300:
+                verdicts.append(
+                    f"goal 300 cps {door}: failed {100 * failed:.1f} % (< 1), p50 {g50 / u50:.2f}x "
+                    f"ungated (<= 2): {'met' if holds else 'NOT met'}"
+                )
+    lines += ["", *verdicts]
+    for door, rate in knee.items():
+        lines.append(
+            f"knee {door}: {f'holds up to {rate} cps' if rate else 'fails at every rate tried'} "
+            "(< 1 % failed, p50 <= 2x ungated); "
+            f"fewer than 1 % failed up to {serves[door] or 0} cps"
+        )
+    return lines
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=500)
     parser.add_argument("--rates", default="50,100", help="calls per second, comma-separated")
     parser.add_argument("--deadline", default="50ms", help="the gate's [redis] deadline")
+    parser.add_argument("--workers", type=int, default=1, help="callgate run --workers N")
     parser.add_argument("--keep", action="store_true", help="keep the SIPp traces and logs")
     args = parser.parse_args()
     rates = [int(r) for r in args.rates.split(",")]
@@ -290,7 +345,7 @@ def main() -> int:
         overrides={"redis": {"deadline": args.deadline}},
         extra_toml=ari,
     )
-    gate = GateProcess(config, workdir / "callgate.log", port)
+    gate = GateProcess(config, workdir / "callgate.log", port, ("--workers", str(args.workers)))
     rows: list[tuple[int, str, int, int, float, float]] = []
     rest_lines: list[str] = []
     agi_lines: list[str] = []
@@ -326,18 +381,21 @@ def main() -> int:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
 
-    print(f"post-dial delay (INVITE sent → 200 received), {args.calls} calls per row")
-    print(f"{'cps':>5} {'mode':<8} {'calls':>6} {'200':>5} {'p50 ms':>8} {'p99 ms':>8}")
+    print(
+        f"post-dial delay (INVITE sent → 200 received), {args.calls} calls per row, "
+        f"callgate run --workers {args.workers}"
+    )
+    print(
+        f"{'cps':>5} {'mode':<8} {'calls':>6} {'200':>5} {'failed':>7} {'p50 ms':>8} {'p99 ms':>8}"
+    )
     for rate, mode, calls, answered, p50, p99 in rows:
-        print(f"{rate:>5} {mode:<8} {calls:>6} {answered:>5} {p50:>8.2f} {p99:>8.2f}")
+        failed = 100 * (calls - answered) / calls
+        print(
+            f"{rate:>5} {mode:<8} {calls:>6} {answered:>5} {failed:>6.1f}% {p50:>8.2f} {p99:>8.2f}"
+        )
     print()
-    print(f"{'cps':>5} {'door':<8} {'p50 door/ungated':>17} {'p99 door/ungated':>17}")
-    by_rate = {(rate, mode): (p50, p99) for rate, mode, _, _, p50, p99 in rows}
-    for rate in rates:
-        u50, u99 = by_rate[rate, "ungated"]
-        for door in ("agi", "stasis"):
-            g50, g99 = by_rate[rate, door]
-            print(f"{rate:>5} {door:<8} {g50 / u50:>16.2f}x {g99 / u99:>16.2f}x")
+    for line in goal_lines(rows, rates):
+        print(line)
     print()
     print("\n".join(rest_lines))
     print()

@@ -14,13 +14,17 @@ import csv
 import itertools
 import json
 import logging
+import shutil
 import signal
+import socket
 import sys
+import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, NoReturn, TypeAlias
 
+from prometheus_client import disable_created_metrics
 from redis.exceptions import RedisError
 
 from gate import __version__
@@ -47,8 +51,16 @@ from gate.ops.audit import FIELDS as AUDIT_FIELDS
 from gate.ops.audit import follow, read_range
 from gate.ops.logs import configure_logging
 from gate.ops.reload import request_reload
-from gate.runtime import open_gate
-from gate.service import Evaluation, Gate
+from gate.runtime import (
+    METRICS_EVERY_S,
+    StasisLeadership,
+    WorkerRole,
+    Workers,
+    WorkersStasis,
+    open_gate,
+    worker_expositions,
+)
+from gate.service import Evaluation, Gate, wait_event
 from gate.store.client import translate_error
 
 __all__ = ["main"]
@@ -111,11 +123,24 @@ def _build_parser() -> _Parser:
     return parser
 
 
+def _workers(value: str) -> int:
+    if not value.isdigit() or not 1 <= int(value) <= 64:
+        raise argparse.ArgumentTypeError(f"--workers {value!r}: expected a number of 1 to 64")
+    return int(value)
+
+
 def _run_parsers(commands: Commands) -> None:
-    commands.add_parser(
+    run = commands.add_parser(
         "run",
         help="serve the doors (FastAGI; Stasis with [ari]) and HTTP until SIGTERM/SIGINT",
     )
+    run.add_argument(
+        "--workers",
+        type=_workers,
+        default=1,
+        help="worker processes serving the doors (default 1); e.g. the number of cores",
+    )
+    run.add_argument("--worker", help=argparse.SUPPRESS)  # set by the parent of --workers
     commands.add_parser("reload", help="make the running gate re-read its config and packs")
 
 
@@ -561,7 +586,11 @@ def _config_check(config: Config) -> int:
     return 0
 
 
-async def _run(config: Config) -> int:
+async def _run(config: Config, args: argparse.Namespace) -> int:
+    if args.worker:
+        return await _run_worker(config, WorkerRole.parse(args.worker))
+    if args.workers > 1:
+        return await _run_workers(config, args.workers, args.verbose)
     # The CLI's other commands need neither server.
     from agi.server import AgiServer
     from gate.ops.operations import Operations
@@ -611,6 +640,124 @@ async def _run(config: Config) -> int:
     return 0
 
 
+def _stop_on_signals() -> asyncio.Event:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    return stop
+
+
+async def _run_worker(config: Config, role: WorkerRole) -> int:
+    """One worker of ``run --workers N``: FastAGI on the shared port, Stasis if it leads,
+    its metrics written for the parent; reloads on SIGHUP (the parent forwards it)."""
+    from agi.server import AgiServer
+    from gate.ops.metrics import Metrics
+    from gate.ops.reload import Reloader
+    from gate.stasis.door import StasisGate
+
+    stop = _stop_on_signals()
+    loop = asyncio.get_running_loop()
+    disable_created_metrics()  # type: ignore[no-untyped-call]
+    async with open_gate(config, records=True) as gate:
+        agi = config.agi
+        server = AgiServer(
+            gate, agi.host, role.agi_port, agi.header_timeout_s, agi.allow, reuse_port=True
+        )
+        await server.start()
+        metrics = Metrics()
+        metrics.use_config(config, gate.version)
+        metrics.doors.agi = server
+        gate.observers.append(metrics)
+        leadership = None
+        if config.ari is not None:
+            door = StasisGate(gate, config.ari)
+            metrics.doors.stasis = door
+            leadership = StasisLeadership(door, role.directory / "stasis.lock", stop)
+            leadership.start()
+        reloader = None
+        if config.path is not None:
+            reloader = Reloader(
+                gate, config.path, on_swap=metrics.use_config, on_result=metrics.reload_result
+            )
+            loop.add_signal_handler(signal.SIGHUP, reloader.request)
+        log.info(
+            "callgate %s worker %d: FastAGI on agi://%s:%d/check", __version__, role.index,
+            agi.host, server.port,
+        )  # fmt: skip
+        while not await wait_event(stop, METRICS_EVERY_S):
+            partial = role.metrics_path.with_suffix(".tmp")
+            partial.write_bytes(metrics.exposition())
+            partial.replace(role.metrics_path)  # the parent never reads half a file
+        if leadership is not None:
+            await leadership.close()
+        await server.stop()
+        if reloader is not None:
+            loop.remove_signal_handler(signal.SIGHUP)
+            await reloader.close()
+        gate.observers.remove(metrics)
+    return 0
+
+
+async def _run_workers(config: Config, count: int, verbose: bool) -> int:
+    """The parent of ``run --workers N``: the workers, supervised; HTTP, metrics (theirs
+    summed with its own) and reload (forwarded to them) in this process."""
+    from gate.ops.operations import Operations
+
+    stop = _stop_on_signals()
+    async with open_gate(config, records=True) as gate:  # the embedded Redis, once
+        # The port, held (bound, not listening) while the workers run: taken by another
+        # server, it fails here, once; 0 becomes one free port, the same for every worker.
+        reserved = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        reserved.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        try:
+            reserved.bind((config.agi.host, config.agi.port))
+        except OSError as exc:
+            reserved.close()
+            raise InputError(
+                f"agi: cannot listen on {config.agi.host}:{config.agi.port}: "
+                f"{exc.strerror}; change [agi] port or stop the other server"
+            ) from exc
+        port = int(reserved.getsockname()[1])
+        directory = Path(tempfile.mkdtemp(prefix="callgate-workers-"))
+        command = [sys.executable, "-m", "gate.cli", "--config", str(config.path)]
+        workers = Workers([*command, *(["-v"] if verbose else []), "run"], count, directory, port)
+        stasis = WorkersStasis(directory) if config.ari is not None else None
+        try:
+            workers.start()
+            ops = await Operations.start(gate, config, None, stasis)
+            ops.metrics.doors.stasis = None  # the workers report their doors themselves
+            ops.metrics.workers = lambda: worker_expositions(directory)
+            if ops.reloader is not None:  # a reload here (SIGHUP, API) reloads the workers
+                swapped = ops.reloader.on_swap
+
+                def forward(new: Config, version: str) -> None:
+                    if swapped is not None:
+                        swapped(new, version)
+                    workers.signal(signal.SIGHUP)
+
+                ops.reloader.on_swap = forward
+            log.info(
+                "callgate %s: %d workers (pids %s) on agi://%s:%d/check, Redis %s, config %s, "
+                "shared state in %s",
+                __version__, count, " ".join(str(p.pid) for p in workers.processes.values()),
+                config.agi.host, port, gate.store.where, config.path, directory,
+            )  # fmt: skip
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(workers.supervise(stop))
+                if stasis is not None:
+                    tasks.create_task(stasis.follow(stop))
+                await stop.wait()
+            log.info("stopping: the workers finish their in-flight requests")
+            await ops.stop()
+        finally:
+            await workers.stop()
+            shutil.rmtree(directory, ignore_errors=True)
+            reserved.close()
+    log.info("stopped")
+    return 0
+
+
 async def _reload(config: Config) -> int:
     result = await request_reload(config)
     change = "unchanged" if not result.changed else f"was {result.previous}"
@@ -638,7 +785,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_scrub(config, args))
         if args.command == "audit":
             return asyncio.run(_audit(config, args))
-        return asyncio.run(_run(config))
+        return asyncio.run(_run(config, args))
     except GateError as exc:
         print(f"callgate: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -1,6 +1,7 @@
 """The gate: the per-call path that every door (FastAGI, Stasis, CLI, API) calls.
 
-``Gate.decide(attempt, record=…, door=…)`` = ``engine.plan`` → one ``Store.decide`` →
+``Gate.decide(attempt, record=…, door=…)`` = ``engine.plan`` (through the configuration's
+``engine.Planner``, which reuses what does not depend on the number) → one ``Store.decide`` →
 ``engine.conclude``. Guarantees:
 - It never raises for a store problem: when Redis is down or slower than the deadline,
   the configured fail mode answers (reason ``store_unavailable``), the first failure of
@@ -34,12 +35,12 @@ from typing import Protocol
 from gate.config.loader import Config
 from gate.core.engine import (
     Plan,
+    Planner,
     RuleOutcome,
     StoreResult,
     conclude,
     explain,
     fail_mode_decision,
-    plan,
 )
 from gate.core.errors import StoreError
 from gate.core.evidence import Timing
@@ -83,6 +84,13 @@ class Active:
     config: Config
     keyspace: Keyspace
     version: str  # short hash of the config and pack files ("" when not from files)
+    # ``plan`` with what does not depend on the number or the instant reused (recording
+    # decisions, evaluations): built with the configuration, replaced with it.
+    recording: Planner
+    evaluating: Planner
+
+    def planner(self, record: bool) -> Planner:
+        return self.recording if record else self.evaluating
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +111,11 @@ class Observed:
 
 def _activate(config: Config, version: str) -> Active:
     secret = config.secret if config.hash_numbers else None
-    return Active(config, Keyspace(config.redis.namespace, secret), version)
+    keyspace = Keyspace(config.redis.namespace, secret)
+    policy = config.policy
+    return Active(
+        config, keyspace, version, Planner(policy, keyspace, True), Planner(policy, keyspace, False)
+    )
 
 
 class DecisionObserver(Protocol):
@@ -153,7 +165,7 @@ class Gate:
         active = self._active
         started = time.perf_counter()
         store_s = 0.0
-        pending = plan(attempt, active.config.policy, active.keyspace, record)
+        pending = active.planner(record).plan(attempt)
         result: StoreResult | None = None
         if isinstance(pending, Decision):
             decision = pending

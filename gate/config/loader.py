@@ -90,6 +90,10 @@ class AriConfig:
     on_refuse: str = "hangup"
     rest_timeout_s: float = 2.0
     reconnect_max_s: float = 30.0
+    # The dialplan context (dialplan/callgate.conf's ``callgate-decided``) a decided channel
+    # is continued to, its extension carrying CALLGATE_DECISION: one REST call per ALLOW.
+    # "": set the variable, then continue after Stasis() (two REST calls).
+    decided_context: str = "callgate-decided"
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,9 +279,20 @@ def _ari(reader: Reader) -> AriConfig | None:
         on_refuse=reader.choice("on_refuse", ("hangup", "continue"), "hangup"),
         rest_timeout_s=reader.duration("rest_timeout", "2s"),
         reconnect_max_s=reader.duration("reconnect_max", "30s"),
+        decided_context=_context(reader, "decided_context", "callgate-decided"),
     )
     reader.done()
     return config
+
+
+def _context(reader: Reader, key: str, default: str) -> str:
+    """A dialplan context name, or "" (not used)."""
+    value = reader.get(key, str, default)
+    if value and not IDENT_RE.match(value):
+        raise reader.fail(
+            key, f"expected a dialplan context name (A-Z a-z 0-9 _ . -), got {value!r}"
+        )
+    return str(value)
 
 
 def _http(reader: Reader) -> HttpConfig:

@@ -25,8 +25,8 @@ from __future__ import annotations
 import enum
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
-from datetime import date
+from dataclasses import dataclass, field, fields
+from datetime import date, datetime
 from typing import TypeVar
 
 from gate.core.hours import callee_places, holiday_today, local_day, localised, next_open
@@ -361,6 +361,14 @@ def plan(attempt: Attempt, policy: Policy, keyspace: Keyspace, record: bool) -> 
     target = _static_number(attempt, policy)
     if isinstance(target, Decision):
         return target
+    return _plan(attempt, target, policy, keyspace, record)[0]
+
+
+def _plan(
+    attempt: Attempt, target: Destination, policy: Policy, keyspace: Keyspace, record: bool
+) -> tuple[Plan | Decision, _Window | None]:
+    """``plan`` for a classified number, with its calling-hours check's inputs (None: no
+    hours rule in force), which a ``Planner`` re-evaluates at another instant."""
     packs = [p for p in policy.packs if target.region in p.regions]
     lists: dict[str, ListRule] = {rule.name: rule for rule in policy.lists}
     for pack in packs:
@@ -375,7 +383,7 @@ def plan(attempt: Attempt, policy: Policy, keyspace: Keyspace, record: bool) -> 
         if why and is_shadow:
             shadow.append(why)
         elif why:
-            return _decided(Verdict.BLOCK, why, rule_id, target.e164, tuple(shadow))
+            return _decided(Verdict.BLOCK, why, rule_id, target.e164, tuple(shadow)), None
 
     _list_checks(build, packs)
     _consent_checks(build, packs)
@@ -383,8 +391,7 @@ def plan(attempt: Attempt, policy: Policy, keyspace: Keyspace, record: bool) -> 
     _freshness_checks(build, packs)
     _cap_checks(build, policy, packs)
     hours = [rule for pack in packs for rule in build.live(pack.hours)]
-    if hours:
-        _hours_check(build, policy, hours)
+    window = _hours_check(build, policy, hours) if hours else None
     _cps_check(build, policy)
     _pending_rules(build, packs, static)
     check = StoreCheck(
@@ -393,25 +400,29 @@ def plan(attempt: Attempt, policy: Policy, keyspace: Keyspace, record: bool) -> 
         number=build.number,
         checks=tuple(build.checks),
     )
-    return Plan(attempt, target, tuple(p.id for p in packs), tuple(static), tuple(shadow), check)
+    packs_ids = tuple(p.id for p in packs)
+    return Plan(attempt, target, packs_ids, tuple(static), tuple(shadow), check), window
 
 
 class Planner:
-    """``plan`` for many attempts that differ only in the number dialled (a scrub).
+    """``plan`` for many attempts, reusing what does not depend on the number or the
+    instant: the live path of every door (``Gate``) and a scrub.
 
     Pure, and equal to ``plan`` for every attempt: a plan depends on the number through
     its classification (region, type, time zones), the rule prefixes it matches, the places
     whose calendars govern it (``callee_places``) and its own keys (``NumberKeys``; cap and
-    cool-off keys end with its token). The rest is computed once per distinct (attempt
-    without the number, classification, prefixes matched, places) and reused with the
-    number's own keys put in.
+    cool-off keys end with its token); on the instant through the callee-local day (rules'
+    validity), the calling-hours check (``_window_check``, rebuilt for each instant) and
+    ``now_ms``. The rest is computed once per distinct (attempt without its number, instant
+    and channel; local day; classification; prefixes matched; places) and reused with the
+    number's keys, the instant's hours check and the attempt put in.
     """
 
     _MAX_MODELS = 4096
 
     def __init__(self, policy: Policy, keyspace: Keyspace, record: bool) -> None:
         self.policy, self.keyspace, self.record = policy, keyspace, record
-        self._models: dict[tuple[object, ...], Plan | Decision] = {}
+        self._models: dict[tuple[object, ...], _Model] = {}
         self._prefixes: dict[str, tuple[tuple[str, ...], ...]] = {}
         self._places: dict[str, frozenset[str]] = {}
 
@@ -419,38 +430,91 @@ class Planner:
         target = _static_number(attempt, self.policy)
         if isinstance(target, Decision):
             return target
-        prefixes = self._prefixes.get(target.region)
+        region = target.region
+        prefixes = self._prefixes.get(region)
         if prefixes is None:
-            prefixes = self._prefixes[target.region] = _region_prefixes(self.policy, target.region)
-        wanted = self._places.get(target.region)
+            prefixes = self._prefixes[region] = _region_prefixes(self.policy, region)
+        wanted = self._places.get(region)
         if wanted is None:
-            wanted = self._places[target.region] = _region_places(self.policy, target.region)
+            wanted = self._places[region] = _region_places(self.policy, region)
         signature = (
-            replace(attempt, dialled=""),
-            target.region,
+            *[getattr(attempt, name) for name in _SIGNATURE_FIELDS],
+            local_day(target.time_zones, attempt.now),
+            region,
             target.number_type,
             target.time_zones,
-            tuple(target.e164.startswith(p) for p in prefixes),
+            *[target.e164.startswith(p) for p in prefixes],
             callee_places(target, wanted) if wanted else (),
         )
         model = self._models.get(signature)
         if model is None:
             if len(self._models) >= self._MAX_MODELS:
                 self._models.clear()
-            model = self._models[signature] = plan(attempt, self.policy, self.keyspace, self.record)
-            return model
-        if isinstance(model, Decision):
-            return replace(model, e164=target.e164)
-        number = self.keyspace.number(target.e164)
-        ending = ":" + model.check.number.token
-        checks = tuple(
-            replace(c, key=c.key[: -len(ending)] + ":" + number.token)
-            if c.kind in (CheckKind.COOLOFF, CheckKind.ATTEMPT_LOG) and c.key.endswith(ending)
-            else c
-            for c in model.check.checks
+            pending, window = _plan(attempt, target, self.policy, self.keyspace, self.record)
+            self._models[signature] = _Model.of(pending, window)
+            return pending
+        return model.instance(attempt, target, self.keyspace)
+
+
+@dataclass(frozen=True, slots=True)
+class _Model:
+    """A plan made for one attempt, and how to make it for another of the same signature."""
+
+    pending: Plan | Decision
+    window: _Window | None
+    numbered: tuple[int, ...]  # checks whose key ends with the number's token (caps, cool-offs)
+
+    @classmethod
+    def of(cls, pending: Plan | Decision, window: _Window | None) -> _Model:
+        if isinstance(pending, Decision):
+            return cls(pending, None, ())
+        ending = ":" + pending.check.number.token
+        numbered = tuple(
+            index
+            for index, check in enumerate(pending.check.checks)
+            if check.kind in (CheckKind.COOLOFF, CheckKind.ATTEMPT_LOG)
+            and check.key.endswith(ending)
         )
-        check = replace(model.check, number=number, checks=checks)
-        return replace(model, attempt=attempt, destination=target, check=check)
+        return cls(pending, window, numbered)
+
+    def instance(
+        self, attempt: Attempt, target: Destination, keyspace: Keyspace
+    ) -> Plan | Decision:
+        model = self.pending
+        if isinstance(model, Decision):
+            return _evolve(model, e164=target.e164)
+        number = keyspace.number(target.e164)
+        checks = list(model.check.checks)
+        cut = len(model.check.number.token)
+        for index in self.numbered:
+            keyed = checks[index]
+            checks[index] = _evolve(keyed, key=keyed.key[:-cut] + number.token)
+        now_ms = model.check.now_ms
+        if attempt.now != model.attempt.now:
+            now_ms = int(attempt.now.timestamp() * 1000)
+            if self.window is not None:
+                checks[self.window.index] = _window_check(self.window, attempt.now)
+        check = _evolve(model.check, now_ms=now_ms, number=number, checks=tuple(checks))
+        return _evolve(model, attempt=attempt, destination=target, check=check)
+
+
+_T = TypeVar("_T")
+
+
+def _evolve(value: _T, **changes: object) -> _T:
+    """``dataclasses.replace`` for the engine's frozen, slotted values, without its
+    per-call introspection (4x faster; the values have no ``__post_init__``)."""
+    copy = object.__new__(type(value))
+    for name in type(value).__slots__:  # type: ignore[attr-defined]
+        object.__setattr__(copy, name, changes[name] if name in changes else getattr(value, name))
+    return copy
+
+
+# The attempt's fields a plan depends on other than through the number and the instant
+# (the channel is only carried along).
+_SIGNATURE_FIELDS = tuple(
+    f.name for f in fields(Attempt) if f.name not in ("dialled", "now", "channel")
+)
 
 
 def _region_prefixes(policy: Policy, region: str) -> tuple[tuple[str, ...], ...]:
@@ -659,7 +723,18 @@ def _cps_check(build: _Builder, policy: Policy) -> None:
         )
 
 
-def _hours_check(build: _Builder, policy: Policy, in_force: Sequence[HoursRule]) -> None:
+@dataclass(frozen=True, slots=True)
+class _Window:
+    """A plan's calling-hours check less the instant: what ``_window_check`` needs to
+    build it for any ``now`` of the same callee-local day."""
+
+    index: int  # its place among the plan's checks (0-based)
+    rules: tuple[HoursRule, ...]  # the rules in force, with this callee's calendars
+    zones: tuple[str, ...]  # the number's zones ("UTC" if it has none)
+    exempt: tuple[int, ...]  # 1-based indexes of the consent lookups that exempt
+
+
+def _hours_check(build: _Builder, policy: Policy, in_force: Sequence[HoursRule]) -> _Window:
     """One W check for all calling-hour rules in force, in all the number's zones, each
     with the holiday calendars of the callee's places and the tenant's opted-in ones."""
     target, attempt = build.target, build.attempt
@@ -670,15 +745,6 @@ def _hours_check(build: _Builder, policy: Policy, in_force: Sequence[HoursRule])
     rules = [
         localised(rule, places, opted_in, target.e164, attempt.traffic_class) for rule in in_force
     ]
-    enforced = [r for r in rules if not r.shadow]
-    opens_at, closed = next_open(enforced or rules, zones, build.attempt.now)
-    if opens_at is None:
-        retry_ms = int(NO_WINDOW_RETRY_S * 1000)
-    else:
-        # Timestamps, not datetime subtraction: two datetimes of one zone subtract as wall
-        # clocks, an hour off across a DST change.
-        wait_s = opens_at.timestamp() - build.attempt.now.timestamp()
-        retry_ms = max(0, math.ceil(wait_s * 1000))
     exempt: list[int] = []
     for rule in rules:
         if rule.consent_list:
@@ -696,23 +762,38 @@ def _hours_check(build: _Builder, policy: Policy, in_force: Sequence[HoursRule])
                         )
                     )
                 exempt.append(build.membership[rule.consent_list])
+    window = _Window(len(build.checks), tuple(rules), tuple(zones), tuple(exempt))
+    build.add(_window_check(window, attempt.now))
+    return window
+
+
+def _window_check(window: _Window, now: datetime) -> Check:
+    """The W check of ``window`` at ``now``: the wait until every rule is open (ms)."""
+    rules, zones = window.rules, window.zones
+    enforced = [r for r in rules if not r.shadow]
+    opens_at, closed = next_open(enforced or rules, zones, now)
+    if opens_at is None:
+        retry_ms = int(NO_WINDOW_RETRY_S * 1000)
+    else:
+        # Timestamps, not datetime subtraction: two datetimes of one zone subtract as wall
+        # clocks, an hour off across a DST change.
+        wait_s = opens_at.timestamp() - now.timestamp()
+        retry_ms = max(0, math.ceil(wait_s * 1000))
     decisive = closed or rules[0]
     detail = f"local time in {decisive.zone or ', '.join(zones)}"
-    holiday = holiday_today(decisive, zones, attempt.now) if closed else None
+    holiday = holiday_today(decisive, zones, now) if closed else None
     if holiday is not None:
         detail += f"; {holiday.day} is a holiday: {holiday.calendar} ({holiday.source})"
-    build.add(
-        Check(
-            CheckKind.WINDOW,
-            f"hours:{decisive.id}",
-            f"outside_hours:{decisive.id}",
-            "",
-            (retry_ms,),
-            exempt_by=tuple(exempt),
-            shadow=not enforced,
-            source=decisive.source,
-            detail=detail,
-        )
+    return Check(
+        CheckKind.WINDOW,
+        f"hours:{decisive.id}",
+        f"outside_hours:{decisive.id}",
+        "",
+        (retry_ms,),
+        exempt_by=window.exempt,
+        shadow=not enforced,
+        source=decisive.source,
+        detail=detail,
     )
 
 

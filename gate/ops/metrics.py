@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Protocol
 
 from prometheus_client import (
@@ -40,6 +40,7 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 from gate import __version__
@@ -58,6 +59,7 @@ __all__ = [
     "Metrics",
     "StasisStats",
     "known_reasons",
+    "merge_expositions",
     "refresh_lists",
 ]
 
@@ -275,6 +277,9 @@ class Metrics:
         reg.register(self.doors)
         self.reasons = BoundedLabel(MAX_REASONS, _FIXED_REASONS)
         self.tenants = BoundedLabel(MAX_TENANTS)
+        # With ``callgate run --workers N``: the expositions of the worker processes, added
+        # to this process's own at every scrape (None: a single process).
+        self.workers: Callable[[], list[str]] | None = None
 
     def use_config(self, config: Config, version: str) -> None:
         """Label sets and the version gauge for the configuration now in force."""
@@ -304,8 +309,55 @@ class Metrics:
         self.redis_errors.labels(_error_kind(error)).inc()
 
     def exposition(self) -> bytes:
-        """The text format for ``/metrics``."""
-        return generate_latest(self.registry)
+        """The text format for ``/metrics`` (with the workers' samples added in)."""
+        own = generate_latest(self.registry)
+        if self.workers is None:
+            return own
+        return merge_expositions([own.decode(), *self.workers()])
+
+
+# Gauges that every process reports alike: merged by taking the largest value, not the sum.
+_SAME_IN_EVERY_PROCESS = frozenset({"callgate_config_info", "callgate_build_info"})
+
+
+class _Families(Collector):
+    def __init__(self, families: list[Metric]) -> None:
+        self.families = families
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self.families)
+
+
+def merge_expositions(texts: Iterable[str]) -> bytes:
+    """One exposition for several processes' (``callgate run --workers N``): each sample
+    is the sum over the processes (counters, histograms, gauges such as active
+    connections or ``callgate_ari_connected``, which only the Stasis leader sets), except
+    the config and build info gauges, the same in every process, whose largest is kept."""
+    families: dict[str, Metric] = {}
+    values: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
+    for text in texts:
+        for family in text_string_to_metric_families(text):
+            merged = families.get(family.name)
+            if merged is None:
+                merged = families[family.name] = Metric(
+                    family.name, family.documentation, family.type
+                )
+                values[family.name] = {}
+            samples = values[family.name]
+            for sample in family.samples:
+                key = (sample.name, tuple(sorted(sample.labels.items())))
+                if key not in samples:
+                    samples[key] = sample.value
+                elif family.name in _SAME_IN_EVERY_PROCESS:
+                    samples[key] = max(samples[key], sample.value)
+                else:
+                    samples[key] += sample.value
+    for name, merged in families.items():
+        for (sample_name, labels), value in values[name].items():
+            merged.add_sample(sample_name, dict(labels), value)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Families(list(families.values())))
+    return generate_latest(registry)
 
 
 async def _list_values(gate: Gate) -> list[tuple[str, str, float, float | None]]:

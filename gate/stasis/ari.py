@@ -3,7 +3,8 @@
 Why in-house: the PyPI ``ari`` package is Python-2 only, and the other clients tried against
 Asterisk 22 do not reconnect reliably. This module does only what the Stasis gate uses:
 ``event_stream()`` (``GET /ari/events?app=…`` as a WebSocket with heartbeats), ``set_variable``
-(``POST /channels/{id}/variable``), ``continue_in_dialplan`` (``POST /channels/{id}/continue``),
+(``POST /channels/{id}/variable``), ``continue_in_dialplan`` (``POST /channels/{id}/continue``,
+optionally to a context and extension),
 ``hangup`` (``DELETE /channels/{id}?reason_code=…``), ``channels`` (``GET /channels``) and
 ``channel`` (``GET /channels/{id}``).
 
@@ -123,9 +124,13 @@ class AriClient:
             "POST", f"/channels/{channel_id}/variable", {"variable": name, "value": value}
         )
 
-    async def continue_in_dialplan(self, channel_id: str) -> None:
-        """Leave Stasis and carry on at the next priority after ``Stasis()``."""
-        await self._request("POST", f"/channels/{channel_id}/continue")
+    async def continue_in_dialplan(
+        self, channel_id: str, context: str = "", extension: str = ""
+    ) -> None:
+        """Leave Stasis and carry on at the next priority after ``Stasis()``, or at
+        priority 1 of ``extension`` in ``context`` when they are given."""
+        params = {"context": context, "extension": extension, "priority": "1"} if context else None
+        await self._request("POST", f"/channels/{channel_id}/continue", params)
 
     async def hangup(self, channel_id: str, reason_code: int) -> None:
         """Hang up with a Q.850 cause (21: call rejected → SIP 403)."""

@@ -1,10 +1,17 @@
 """The Stasis door: ``Stasis(callgate,${NUMBER},tenant=…,campaign=…,class=…)`` in the dialplan.
 
 On ``StasisStart`` the channel's attempt is decided by the same ``Gate`` as the FastAGI
-door, then either continued into the dialplan with ``CALLGATE_DECISION`` set (2 REST calls:
-set variable, continue; the ``callgate-stasis`` subroutine splits it into the ``CALLGATE_*``
-variables), or, for BLOCK/DEFER with ``on_refuse = "hangup"``, hung up with the decision's
-Q.850 cause (1 REST call).
+door, then either continued into the dialplan with ``CALLGATE_DECISION`` set, or, for
+BLOCK/DEFER with ``on_refuse = "hangup"``, hung up with the decision's Q.850 cause (1 REST
+call). Continuing is 1 REST call: ``POST /channels/{id}/continue`` to extension
+``<the decision value>`` of the ``[ari] decided_context`` (dialplan/callgate.conf's
+``callgate-decided``, which sets ``CALLGATE_DECISION`` from ``${EXTEN}`` and goes back into
+the ``callgate-stasis`` subroutine, whose GoSub stack is untouched); the value's alphabet
+(``A-Z a-z 0-9 _ . : + - |``) is legal in an extension, and it starts with an upper-case
+letter (ALLOW, BLOCK, DEFER, ERROR) as the context's pattern wants. A value too long for an
+extension (Asterisk's ``AST_MAX_EXTENSION``, 80 bytes with its NUL: a long rule id in a
+refusal), or ``decided_context = ""``, takes 2 REST calls: set the variable, then continue
+after ``Stasis()``.
 
 Guarantees:
 - It reconnects forever with exponential backoff and jitter, logging each state change
@@ -62,6 +69,7 @@ _RECONNECT_BASE_S = 0.2
 _APPLY_TRIES = 5  # REST attempts per decision before leaving it to the next sweep
 _APPLY_BACKOFF_S = 0.2  # doubled after each failed attempt: 0.2, 0.4, 0.8, 1.6 s
 _UNAPPLIED_MAX = 4096  # decisions remembered for re-application (oldest dropped, logged)
+AST_MAX_EXTENSION = 80  # Asterisk's extension buffer (include/asterisk/channel.h), NUL included
 
 
 @dataclass(frozen=True, slots=True)
@@ -333,6 +341,11 @@ class StasisGate:
             try:
                 if action.hangup_cause is not None:
                     await self.client.hangup(channel.id, action.hangup_cause)
+                elif self._in_one_request(action.value):
+                    stay.continue_sent = True
+                    await self.client.continue_in_dialplan(
+                        channel.id, self.config.decided_context, action.value
+                    )
                 else:
                     await self.client.set_variable(channel.id, DECISION_VARIABLE, action.value)
                     stay.continue_sent = True
@@ -356,6 +369,10 @@ class StasisGate:
             delay *= 2
         if not stay.superseded:
             self._remember(channel, action)
+
+    def _in_one_request(self, value: str) -> bool:
+        """Whether ``value`` can travel as the extension of the decided context."""
+        return bool(self.config.decided_context) and len(value) < AST_MAX_EXTENSION
 
     def _remember(self, channel: StasisChannel, action: _Action) -> None:
         self._unapplied[channel.id] = action

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from agi._wire import AgiChannel, AgiHangup, AgiProtocolError, AgiReply
+from agi._wire import AgiChannel, AgiHangup, AgiProtocolError, AgiReply, SocketStream
 
 LIMIT = 4096
 
@@ -20,16 +20,24 @@ class Pair:
     asterisk: asyncio.StreamWriter
 
 
-@pytest.fixture
-async def pair() -> AsyncIterator[Pair]:
-    """An AgiChannel on one end of a socket pair; the test writes Asterisk's replies."""
+@pytest.fixture(params=["asyncio streams", "SocketStream"])
+async def pair(request: pytest.FixtureRequest) -> AsyncIterator[Pair]:
+    """An AgiChannel on one end of a socket pair, over asyncio's streams or the server's
+    own ``SocketStream``; the test writes Asterisk's replies."""
     ours, theirs = socket.socketpair()
-    reader, writer = await asyncio.open_connection(sock=ours, limit=LIMIT)
     _, asterisk = await asyncio.open_connection(sock=theirs)
-    yield Pair(AgiChannel(reader, writer, timeout_s=2.0), asterisk)
-    for end in (writer, asterisk):
-        end.close()
-        await end.wait_closed()
+    if request.param == "SocketStream":
+        ours.setblocking(False)
+        stream = SocketStream(ours, LIMIT)
+        yield Pair(AgiChannel(stream, stream, timeout_s=2.0), asterisk)
+        ours.close()
+    else:
+        reader, writer = await asyncio.open_connection(sock=ours, limit=LIMIT)
+        yield Pair(AgiChannel(reader, writer, timeout_s=2.0), asterisk)
+        writer.close()
+        await writer.wait_closed()
+    asterisk.close()
+    await asterisk.wait_closed()
 
 
 async def test_a_multi_line_usage_reply_is_read_to_its_end(pair: Pair) -> None:

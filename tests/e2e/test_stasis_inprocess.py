@@ -94,13 +94,16 @@ async def gate(redis_url: str) -> AsyncIterator[Gate]:
     await store.close()
 
 
-def ari_config(sandbox: AsteriskSandbox, on_refuse: str = "hangup") -> AriConfig:
+def ari_config(
+    sandbox: AsteriskSandbox, on_refuse: str = "hangup", decided_context: str = "callgate-decided"
+) -> AriConfig:
     return AriConfig(
         url=sandbox.ari_url,
         user=sandbox.ari_user,
         password=sandbox.ari_password,
         on_refuse=on_refuse,
         reconnect_max_s=1.0,
+        decided_context=decided_context,
     )
 
 
@@ -128,21 +131,34 @@ class FaultyClient(AriClient):
         self.bad_listings = 0  # this many GET /channels answer null
         self.buggy_sweeps = 0  # this many GET /channels raise a bug (TypeError)
         self.continues = 0
+        self.requests: list[tuple[str, str]] = []  # (method, path) of every REST request
         self.drop = asyncio.Event()  # set: the event stream ends (a lost connection)
 
-    async def continue_in_dialplan(self, channel_id: str) -> None:
+    async def continue_in_dialplan(
+        self, channel_id: str, context: str = "", extension: str = ""
+    ) -> None:
         self.continues += 1
         if self.failing_continues > 0:
             self.failing_continues -= 1
             raise AriUnavailable("injected: the continue request failed")
-        await super().continue_in_dialplan(channel_id)
+        await super().continue_in_dialplan(channel_id, context, extension)
         await asyncio.sleep(self.continue_delay_s)
 
     async def _request(self, method: str, path: str, params: Any = None, body: Any = None) -> Any:
+        self.requests.append((method, path))
         if (method, path) == ("GET", "/channels") and self.bad_listings > 0:
             self.bad_listings -= 1
             return None
         return await super()._request(method, path, params, body)
+
+    def requests_for(self, channel_id: str) -> list[str]:
+        """The REST requests that named ``channel_id``: ``"POST continue"``…"""
+        prefix = f"/channels/{channel_id}"
+        return [
+            f"{method} {path[len(prefix) + 1 :] or 'channel'}"
+            for method, path in self.requests
+            if path.startswith(prefix)
+        ]
 
     async def channels(self) -> list[dict[str, Any]]:
         if self.buggy_sweeps > 0:
@@ -193,9 +209,10 @@ async def serving(
     on_refuse: str = "hangup",
     connected: bool = True,
     client: AriClient | None = None,
+    decided_context: str = "callgate-decided",
 ) -> AsyncIterator[StasisGate]:
     """A StasisGate running for the block (connected first unless told not to wait)."""
-    stasis = StasisGate(gate, ari_config(sandbox, on_refuse), client)
+    stasis = StasisGate(gate, ari_config(sandbox, on_refuse, decided_context), client)
     task = asyncio.create_task(stasis.run())
     try:
         if connected:
@@ -218,6 +235,44 @@ async def test_listed_is_hung_up_and_unlisted_continues(
         blocked = await sandbox.originate_local(LISTED, "gated")
         assert "ALLOW" == await var_eventually(sandbox, allowed, "REACHED", 10)
         assert await gone_eventually(sandbox, blocked, 10)
+
+
+async def test_an_allowed_or_refused_channel_costs_one_ari_request(
+    asterisk_factory: SandboxFactory, gate: Gate
+) -> None:
+    """One REST request per decision: an ALLOW is continued to the decided context (its
+    extension carries CALLGATE_DECISION), a refusal in continue mode too, a refusal in
+    hangup mode is one DELETE; the dialplan sees the same variables as before."""
+    text, files = dialplan()
+    sandbox = asterisk_factory(text, extra_files=files)
+    client = FaultyClient(sandbox)
+    async with serving(gate, sandbox, "continue", client=client):
+        allowed = await sandbox.originate_local(UNLISTED, "gated")
+        refused = await sandbox.originate_local(LISTED, "gated")
+        assert "ALLOW" == await var_eventually(sandbox, allowed, "REACHED", 10)
+        assert await gone_eventually(sandbox, refused, 10)
+    async with serving(gate, sandbox, "hangup", client=client):
+        hung_up = await sandbox.originate_local(LISTED, "gated")
+        assert await gone_eventually(sandbox, hung_up, 10)
+    assert (["POST continue"], ["POST continue"], ["DELETE channel"]) == (
+        client.requests_for(allowed),
+        client.requests_for(refused),
+        client.requests_for(hung_up),
+    )
+
+
+async def test_without_a_decided_context_a_decision_is_set_then_continued(
+    asterisk_factory: SandboxFactory, gate: Gate
+) -> None:
+    """``decided_context = ""`` (a dialplan without [callgate-decided]): two REST requests,
+    set CALLGATE_DECISION then continue after Stasis(); the dialplan sees ALLOW."""
+    text, files = dialplan()
+    sandbox = asterisk_factory(text, extra_files=files)
+    client = FaultyClient(sandbox)
+    async with serving(gate, sandbox, client=client, decided_context=""):
+        allowed = await sandbox.originate_local(UNLISTED, "gated")
+        assert "ALLOW" == await var_eventually(sandbox, allowed, "REACHED", 10)
+    assert ["POST variable", "POST continue"] == client.requests_for(allowed)
 
 
 async def test_continue_mode_gives_the_dialplan_the_verdict(

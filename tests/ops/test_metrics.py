@@ -241,3 +241,35 @@ def test_the_sample_dashboard_uses_only_exported_metrics() -> None:
         re.sub(r"_(bucket|count|sum)$", "", m) for m in re.findall(r"callgate_\w+", dashboard)
     }
     assert set() == queried - exported
+
+
+def test_workers_metrics_are_summed_into_one_exposition() -> None:
+    """``run --workers``: the parent's /metrics adds the workers' counters and histograms
+    to its own, sample by sample; the config info gauge is not multiplied."""
+    from gate.ops.metrics import merge_expositions
+
+    texts = []
+    for count in (1, 2, 3):
+        metrics = Metrics()
+        metrics.use_config(make_config(), "abc123")
+        for _ in range(count):
+            metrics.decisions.labels("ALLOW", "allowed", "agi", "default").inc()
+            metrics.in_process_s.observe(0.0002)
+        texts.append(metrics.exposition().decode())
+    merged = merge_expositions(texts).decode().splitlines()
+    assert [
+        'callgate_decisions_total{door="agi",reason="allowed",tenant="default",'
+        'verdict="ALLOW"} 6.0',
+        "callgate_decision_in_process_seconds_count 6.0",
+        'callgate_config_info{version="abc123"} 1.0',
+    ] == [
+        line
+        for line in merged
+        if line.startswith(
+            (
+                "callgate_decisions_total",
+                "callgate_decision_in_process_seconds_count",
+                "callgate_config_info{",
+            )
+        )
+    ]

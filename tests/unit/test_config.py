@@ -68,6 +68,17 @@ def test_secret_file_is_created_once_and_reused(tmp_path: Path) -> None:
         ({"trunks": {"cps": {"t1": -5}}}, "trunks.cps.t1"),
         ({"privacy": {"hash_numbers": True}}, "privacy.secret"),
         ({"typo": 1}, "typo: unknown key"),
+        (
+            {
+                "ari": {
+                    "url": "http://a/ari",
+                    "user": "u",
+                    "password": "p",
+                    "decided_context": "a b",
+                }
+            },
+            "ari.decided_context",
+        ),
     ],
 )
 def test_config_errors_name_the_key(data: dict[str, Any], message: str, tmp_path: Path) -> None:
@@ -110,3 +121,20 @@ def test_missing_file_says_how_to_point_at_one(tmp_path: Path) -> None:
 def test_durations(text: object, seconds: float) -> None:
     """Durations accept seconds or a number with ms/s/m/h/d/w."""
     assert seconds == parse_duration_s(text, "x")
+
+
+def test_the_stasis_door_continues_to_the_decided_context_unless_told_not_to(
+    tmp_path: Path,
+) -> None:
+    """[ari] decided_context defaults to the include file's callgate-decided; "" turns the
+    one-request continue off."""
+    ari = {"url": "http://127.0.0.1:8088/ari", "user": "u", "password": "p"}
+    secret = {"secret": "s" * 20}
+    default = parse_config({"ari": ari, "privacy": secret}, "cg.toml", tmp_path).ari
+    off = parse_config(
+        {"ari": {**ari, "decided_context": ""}, "privacy": secret}, "cg.toml", tmp_path
+    ).ari
+    assert ("callgate-decided", "") == (
+        default.decided_context if default else None,
+        off.decided_context if off else None,
+    )
