@@ -42,7 +42,7 @@ from gate.core.engine import (
     explain,
     fail_mode_decision,
 )
-from gate.core.errors import StoreError
+from gate.core.errors import ConfigError, StoreError
 from gate.core.evidence import Timing
 from gate.core.keys import Keyspace
 from gate.core.model import Attempt, Decision
@@ -110,6 +110,8 @@ class Observed:
 
 
 def _activate(config: Config, version: str) -> Active:
+    if config.hash_numbers and config.secret is None:
+        raise ConfigError("privacy: numbers are hashed but the secret is not loaded")
     secret = config.secret if config.hash_numbers else None
     keyspace = Keyspace(config.redis.namespace, secret)
     policy = config.policy

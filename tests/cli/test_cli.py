@@ -78,7 +78,7 @@ scope = "tenant"
 def sample_config(url: str | None, **settings: dict[str, Any]) -> str:
     """The sample config with a test Redis and a literal secret (no secret file)."""
     base: Settings = {
-        "gate": {"packs": []},
+        "gate": {"packs": [], "state_dir": "."},
         "redis": {"url": url, "data_dir": None},
         "privacy": {"secret": TEST_SECRET, "secret_file": None},
     }
