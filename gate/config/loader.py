@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import re
 import secrets
 import tomllib
 from collections.abc import Mapping
@@ -125,6 +126,9 @@ class ApiConfig:
     """The admin API's bearer token (required unless the listener is loopback-only)."""
 
     token: str | None = field(default=None, repr=False)
+    # Host names (or addresses) of this server that clients use besides loopback and
+    # http.host: the API refuses any other Host or Origin (DNS rebinding).
+    allowed_hosts: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +166,17 @@ class Config:
     state_dir: Path = DEFAULT_STATE_DIR
     packs_dir: Path = PACKS_DIR
     secret_file: Path | None = None  # privacy.secret_file, resolved (None: not used)
+
+
+_HOST_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,252})$")
+
+
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def is_loopback(host: str) -> bool:
@@ -330,6 +345,12 @@ def _http(reader: Reader) -> HttpConfig:
 def _api(reader: Reader, http: HttpConfig) -> ApiConfig:
     token = os.environ.get(API_TOKEN_ENV) or reader.get("token", str, None)
     reader.seen.add("token")
+    hosts = reader.get("allowed_hosts", list, [])
+    for host in hosts:
+        if not isinstance(host, str) or not (_HOST_RE.match(host) or _is_address(host)):
+            raise reader.fail(
+                "allowed_hosts", f"entries must be host names or addresses, got {host!r}"
+            )
     reader.done()
     if token is not None and len(token) < 16:
         raise reader.fail("token", "must be at least 16 characters (e.g. openssl rand -hex 32)")
@@ -339,7 +360,7 @@ def _api(reader: Reader, http: HttpConfig) -> ApiConfig:
             f"is required when http.host is {http.host!r} (not loopback): set api.token "
             f"or ${API_TOKEN_ENV}",
         )
-    return ApiConfig(token=token or None)
+    return ApiConfig(token=token or None, allowed_hosts=tuple(h.lower() for h in hosts))
 
 
 def _logging(reader: Reader) -> LoggingConfig:

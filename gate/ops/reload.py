@@ -179,7 +179,7 @@ async def request_reload(config: Config, timeout_s: float = 30.0) -> ReloadResul
     try:
         async with (
             aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as session,
-            session.post(url, headers=headers) as response,
+            session.post(url, headers=headers, json={}) as response,
         ):
             body = await response.json(content_type=None)
     except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
