@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from datetime import datetime
+from typing import TypeVar
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -86,7 +87,10 @@ async def search(
         yield audit_record(stored)
 
 
-async def translated(records: AsyncIterator[AuditRecord], where: str) -> AsyncIterator[AuditRecord]:
+T = TypeVar("T")
+
+
+async def translated(records: AsyncIterator[T], where: str) -> AsyncIterator[T]:
     """``records``, a Redis failure raised as ``StoreError`` (a broken pipe to the reader
     is not one: only the stream's own errors are translated)."""
     iterator = aiter(records)
