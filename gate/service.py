@@ -7,6 +7,10 @@
   the configured fail mode answers (reason ``store_unavailable``), the first failure of
   an incident is logged once at WARNING and the recovery once at INFO.
 - Emergency, short-code, invalid and number-type decisions never touch Redis.
+- A tenant the configuration does not name is refused (``UnknownTenant``, a
+  ``BadRequest`` with code ``bad_request:tenant``) before anything is decided or counted,
+  unless ``gate.open_tenants``: a mistyped tenant never gets a call past lists that are
+  empty only because they are another tenant's.
 - One decision uses one configuration whole: ``evaluate`` reads the active
   configuration (config, keyspace, version) once, and ``swap`` replaces it in one
   assignment, so a reload takes effect between decisions, never inside one.
@@ -165,6 +169,7 @@ class Gate:
         """Decide ``attempt``; ``record`` counts it (and keeps its evidence); ``door``
         (agi, stasis, cli, api, scrub) labels the metrics and the evidence."""
         active = self._active
+        active.config.policy.check_tenant(attempt.tenant)  # UnknownTenant: the door refuses
         started = time.perf_counter()
         store_s = 0.0
         pending = active.planner(record).plan(attempt)

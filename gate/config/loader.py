@@ -480,6 +480,8 @@ class _GateSection:
     pack_names: tuple[str, ...]
     packs_dir: Path
     state_dir: Path
+    tenants: frozenset[str]
+    open_tenants: bool
 
 
 def _state_dir(reader: Reader, base: Path) -> Path:
@@ -497,12 +499,18 @@ def _gate(reader: Reader, base: Path) -> _GateSection:
             "default_region", f"expected a two-letter region code like FR, got {region!r}"
         )
     packs_dir = str(reader.get("packs_dir", str, ""))
+    tenants = reader.get("tenants", list, [])
+    for name in tenants:
+        if not isinstance(name, str) or not IDENT_RE.match(name):
+            raise reader.fail("tenants", f"entries must be 1-64 of A-Z a-z 0-9 _ . -, got {name!r}")
     section = _GateSection(
         region=region,
         default_tenant=reader.ident("default_tenant", "default"),
         pack_names=tuple(str(n) for n in reader.get("packs", list, [])),
         packs_dir=base / packs_dir if packs_dir else PACKS_DIR,
         state_dir=_state_dir(reader, base),
+        tenants=frozenset(tenants),
+        open_tenants=bool(reader.get("open_tenants", bool, False)),
     )
     reader.done()
     return section
@@ -521,6 +529,8 @@ def _policy(root: Reader, gate: _GateSection, origin: str) -> Policy:
         packs=packs,
         caller_ids=caller_ids,
         tenant_calendars=calendars,
+        tenants=frozenset({gate.default_tenant, *gate.tenants, *caller_ids, *calendars}),
+        open_tenants=gate.open_tenants,
         blocked_types=_number_types(root.table("number_types")),
         trunk_cps=trunk_cps,
         default_trunk_cps=default_cps,

@@ -71,6 +71,7 @@ class ListAdmin:
 
     def key(self, name: str, tenant: str, campaign: str) -> str:
         rule = self.rule(name)
+        self.policy.check_tenant(tenant)
         if rule.kind == "reassigned":
             raise InputError(
                 f"list {name!r} holds reassigned-number disconnect dates "
@@ -289,6 +290,7 @@ class ListAdmin:
         Returns the ids of the rules that now hold the number; an empty list means no
         enabled pack has a cool-off for this event and destination.
         """
+        self.policy.check_tenant(tenant)
         target = classify(number, self.policy.default_region)
         if not isinstance(target, Destination):
             raise NumberError(f"number {number!r}: not a callable number")

@@ -140,6 +140,7 @@ async def scrub(
 ) -> ScrubSummary:
     """Decide every row's number at ``now`` (nothing recorded); write rows with the result."""
     active = gate.active
+    active.config.policy.check_tenant(tenant)
     job = _Job(active.config, active.keyspace, now, tenant, campaign, traffic_class, caller_id)
     summary = ScrubSummary()
     batches = _batches(rows, BATCH)
