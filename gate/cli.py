@@ -479,7 +479,12 @@ def _event_parsers(commands: Commands) -> None:
         sub = _add(commands, event, summary, f"  callgate {event} 0612345678")
         sub.add_argument("number", metavar="NUMBER")
         sub.add_argument("--at", type=_when, metavar="TIME", help="when it happened (default now)")
-        _scope_args(sub)
+        sub.add_argument(
+            "--tenant",
+            type=_ident,
+            metavar="T",
+            help="tenant (default: gate.default_tenant; cool-offs are per tenant)",
+        )
 
 
 def _scrub_parser(commands: Commands) -> None:
@@ -748,7 +753,7 @@ def _an(event: str) -> str:
 
 async def _consent_or_event(config: Config, args: argparse.Namespace) -> int:
     tenant = args.tenant or config.default_tenant
-    campaign = args.campaign or ""
+    campaign = getattr(args, "campaign", None) or ""
     async with open_gate(config, ADMIN_DEADLINE_S) as gate:
         admin = ListAdmin(config.policy, gate.keyspace, gate.store)
         if args.command == "consent" and args.action == "add":
