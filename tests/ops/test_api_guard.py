@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, get_args
 
 import aiohttp
 import pytest
 
 from gate.config.loader import ApiConfig, HttpConfig
+from gate.lists.formats import FORMATS
 from gate.ops.http import HttpServer
 from gate.ops.metrics import Metrics
+from gate.ops.models import ImportQuery
 from gate.service import Gate
 from tests.ops.conftest import AUTH, Served
 
@@ -147,3 +149,8 @@ async def test_a_number_sent_as_a_json_number_is_refused(served: Served) -> None
     """Strict types: a JSON number is not a phone number string (nothing is coerced)."""
     status, body = await served.post("/v1/lists/red/add", {"numbers": [612345678]})
     assert (400, "numbers[0]: expected a string, got 612345678") == (status, body["error"])
+
+
+def test_the_upload_formats_are_the_import_formats() -> None:
+    """The API's import formats are exactly those of `callgate list import`."""
+    assert set(FORMATS) == set(get_args(ImportQuery.model_fields["format"].annotation))
