@@ -1193,7 +1193,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _init(args)
         config_check = args.command == "config"
         config = load_config(args.config or default_config_path(), create_secret=not config_check)
-        configure_logging(config.logging, args.verbose)
+        configure_logging(config.logging, args.verbose, config.hash_numbers, config.secret)
         if config_check:
             return _config_check(config, args)
         if args.command == "reload":
