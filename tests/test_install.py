@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 
 from gate.config.files import init_config
+from gate.config.loader import load_config
 from tests.test_run import agi_check
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -256,8 +257,11 @@ def test_make_run_installs_no_test_tools() -> None:
     assert (["."], True) == (installs, "-e '.[test]'" in dry_test.stdout)
 
 
-def test_the_containerfile_edits_apply_to_the_config_init_writes(tmp_path: Path) -> None:
-    """The Containerfile's sed turns exactly the [agi] and [http] hosts to 0.0.0.0."""
+def test_the_containerfile_edits_apply_to_the_config_init_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Containerfile's sed opens exactly the [agi] and [http] hosts (FastAGI to the
+    private networks), and the result loads (with the API token a container is given)."""
     containerfile = (ROOT / "Containerfile").read_text()
     expressions = re.findall(r"-e '([^']+)'", containerfile)
     config = tmp_path / "callgate.toml"
@@ -271,4 +275,16 @@ def test_the_containerfile_edits_apply_to_the_config_init_writes(tmp_path: Path)
         for old, new in zip(before.splitlines(), config.read_text().splitlines(), strict=True)
         if old != new
     ]
-    assert (0, [('host = "127.0.0.1"', 'host = "0.0.0.0"')] * 2) == (edited.returncode, changed)
+    assert (
+        0,
+        [
+            ('host = "127.0.0.1"', 'host = "0.0.0.0"'),
+            (
+                '# allow = ["10.0.0.5", "10.1.0.0/16"]',
+                'allow = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"]',
+            ),
+            ('host = "127.0.0.1"', 'host = "0.0.0.0"'),
+        ],
+    ) == (edited.returncode, changed)
+    monkeypatch.setenv("CALLGATE_API_TOKEN", "t" * 32)
+    assert "0.0.0.0" == load_config(config, create_secret=False).agi.host  # a valid config
