@@ -140,6 +140,7 @@ def test_the_synopsis_names_every_option(path: tuple[str, ...]) -> None:
         for action in parser._actions
         if action.option_strings
         and action.dest != "help"
+        and action.help != argparse.SUPPRESS
         and not words.intersection(action.option_strings)
     ]
     assert [] == missing
