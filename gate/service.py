@@ -11,6 +11,8 @@
   ``BadRequest`` with code ``bad_request:tenant``) before anything is decided or counted,
   unless ``gate.open_tenants``: a mistyped tenant never gets a call past lists that are
   empty only because they are another tenant's.
+- With ``privacy.hash_numbers`` the attempt's channel name reaches no observer and no
+  evidence with a number in it (``Local/0612345678@…`` becomes ``Local/#<tag>@…``).
 - One decision uses one configuration whole: ``evaluate`` reads the active
   configuration (config, keyspace, version) once, and ``swap`` replaces it in one
   assignment, so a reload takes effect between decisions, never inside one.
@@ -33,7 +35,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from gate.config.loader import Config
@@ -50,6 +52,7 @@ from gate.core.errors import ConfigError, StoreError
 from gate.core.evidence import Timing
 from gate.core.keys import Keyspace
 from gate.core.model import Attempt, Decision
+from gate.core.redact import redact
 from gate.store.client import Store
 
 __all__ = [
@@ -170,6 +173,9 @@ class Gate:
         (agi, stasis, cli, api, scrub) labels the metrics and the evidence."""
         active = self._active
         active.config.policy.check_tenant(attempt.tenant)  # UnknownTenant: the door refuses
+        if attempt.channel and active.config.hash_numbers:
+            # A channel name may hold the number (Local/0612345678@…): evidence gets a tag.
+            attempt = replace(attempt, channel=redact(attempt.channel, active.config.secret))
         started = time.perf_counter()
         store_s = 0.0
         pending = active.planner(record).plan(attempt)
