@@ -367,7 +367,9 @@ def test_audit_why_and_tail_in_json(cli: Run, audit_rows: int) -> None:
 def test_sigint_during_an_import_says_what_was_kept(tmp_path: Path, config_file: Path) -> None:
     """Ctrl-C during a --replace import: exit 130 and a line saying the list is unchanged."""
     path = tmp_path / "big.txt"
-    path.write_text("".join(f"+3361{i:07d}\n" for i in range(600_000)), encoding="utf-8")
+    # Big enough (several seconds of import) to be still running when the signal comes on
+    # a loaded machine.
+    path.write_text("".join(f"+3361{i:07d}\n" for i in range(3_000_000)), encoding="utf-8")
     process = subprocess.Popen(
         [
             sys.executable,
