@@ -7,6 +7,12 @@
   the configured fail mode answers (reason ``store_unavailable``), the first failure of
   an incident is logged once at WARNING and the recovery once at INFO.
 - Emergency, short-code, invalid and number-type decisions never touch Redis.
+- A tenant the configuration does not name is refused (``UnknownTenant``, a
+  ``BadRequest`` with code ``bad_request:tenant``) before anything is decided or counted,
+  unless ``gate.open_tenants``: a mistyped tenant never gets a call past lists that are
+  empty only because they are another tenant's.
+- With ``privacy.hash_numbers`` the attempt's channel name reaches no observer and no
+  evidence with a number in it (``Local/0612345678@…`` becomes ``Local/#<tag>@…``).
 - One decision uses one configuration whole: ``evaluate`` reads the active
   configuration (config, keyspace, version) once, and ``swap`` replaces it in one
   assignment, so a reload takes effect between decisions, never inside one.
@@ -29,7 +35,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from gate.config.loader import Config
@@ -42,10 +48,11 @@ from gate.core.engine import (
     explain,
     fail_mode_decision,
 )
-from gate.core.errors import StoreError
+from gate.core.errors import ConfigError, StoreError
 from gate.core.evidence import Timing
 from gate.core.keys import Keyspace
 from gate.core.model import Attempt, Decision
+from gate.core.redact import redact
 from gate.store.client import Store
 
 __all__ = [
@@ -110,6 +117,8 @@ class Observed:
 
 
 def _activate(config: Config, version: str) -> Active:
+    if config.hash_numbers and config.secret is None:
+        raise ConfigError("privacy: numbers are hashed but the secret is not loaded")
     secret = config.secret if config.hash_numbers else None
     keyspace = Keyspace(config.redis.namespace, secret)
     policy = config.policy
@@ -163,6 +172,10 @@ class Gate:
         """Decide ``attempt``; ``record`` counts it (and keeps its evidence); ``door``
         (agi, stasis, cli, api, scrub) labels the metrics and the evidence."""
         active = self._active
+        active.config.policy.check_tenant(attempt.tenant)  # UnknownTenant: the door refuses
+        if attempt.channel and active.config.hash_numbers:
+            # A channel name may hold the number (Local/0612345678@…): evidence gets a tag.
+            attempt = replace(attempt, channel=redact(attempt.channel, active.config.secret))
         started = time.perf_counter()
         store_s = 0.0
         pending = active.planner(record).plan(attempt)

@@ -49,9 +49,7 @@ def test_run_serves_fastagi_with_embedded_redis_and_stops_on_sigterm() -> None:
     data = Path(tempfile.mkdtemp(prefix="cg"))
     config = data / "callgate.toml"
     text = SAMPLE_CONFIG.read_text()
-    text = text.replace('data_dir = "../var/redis"', f'data_dir = "{data}/r"')
-    text = text.replace('secret_file = "../var/callgate.secret"', f'secret_file = "{data}/s"')
-    text = text.replace('packs_dir = "packs"', f'packs_dir = "{SAMPLE_CONFIG.parent / "packs"}"')
+    text = text.replace('state_dir = "../var"', f'state_dir = "{data}"')
     config.write_text(text.replace("port = 4573", "port = 0").replace("port = 9473", "port = 0"))
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("CALLGATE_SECRET", None)
@@ -86,5 +84,5 @@ def test_run_serves_fastagi_with_embedded_redis_and_stops_on_sigterm() -> None:
         variables["CALLGATE_REASON"],
         variables["CALLGATE_E164"],
     )
-    assert not (data / "r" / "redis.sock").exists()  # the embedded Redis was stopped too
-    assert (data / "r" / "appendonly.aof").exists()
+    assert not (data / "redis" / "redis.sock").exists()  # the embedded Redis was stopped too
+    assert (data / "redis" / "appendonly.aof").exists()

@@ -2,8 +2,18 @@
 
 Guarantees: ``load_config(path)`` returns a ``Config`` or raises ``ConfigError`` whose
 message names the file, the key (``caps[0].limit``) and what is wrong. Nothing is read
-lazily later: a ``Config`` that exists is complete and consistent. Relative paths in the
-file are relative to the file's own directory.
+lazily later: a ``Config`` that exists is complete and consistent.
+
+Paths: ``gate.packs_dir`` and ``gate.state_dir``, when relative, are relative to the
+file's own directory; without ``packs_dir`` the packs shipped with callgate are used. The
+state paths (``redis.data_dir``, ``privacy.secret_file``), when relative, are relative to
+``gate.state_dir``, whose default is ``$STATE_DIRECTORY`` (set by systemd's
+``StateDirectory=``), else ``/var/lib/callgate``: state never lands beside a config file
+in ``/etc``.
+
+Loading has one side effect, and only when asked (``create_secret``, what ``run`` and the
+admin commands do): a missing ``privacy.secret_file`` is created with a random secret.
+``callgate config check`` loads without it.
 """
 
 from __future__ import annotations
@@ -11,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import re
 import secrets
 import tomllib
 from collections.abc import Mapping
@@ -19,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from gate.config._reader import IDENT_RE, Reader, parse_duration_s
+from gate.config.files import DEFAULT_STATE_DIR, PACKS_DIR
 from gate.config.packs import (
     load_pack,
     optional_calendars,
@@ -49,6 +61,8 @@ __all__ = [
 ]
 
 SECRET_ENV = "CALLGATE_SECRET"
+# Set by systemd for a unit with StateDirectory= (the first directory if several).
+STATE_DIRECTORY_ENV = "STATE_DIRECTORY"
 CONFIG_ENV = "CALLGATE_CONFIG"
 ARI_PASSWORD_ENV = "CALLGATE_ARI_PASSWORD"
 API_TOKEN_ENV = "CALLGATE_API_TOKEN"
@@ -57,7 +71,7 @@ API_TOKEN_ENV = "CALLGATE_API_TOKEN"
 @dataclass(frozen=True, slots=True)
 class RedisConfig:
     url: str | None = None
-    data_dir: Path = Path("var/redis")
+    data_dir: Path = DEFAULT_STATE_DIR / "redis"
     namespace: str = "callgate"
     deadline_s: float = 0.05
 
@@ -112,6 +126,9 @@ class ApiConfig:
     """The admin API's bearer token (required unless the listener is loopback-only)."""
 
     token: str | None = field(default=None, repr=False)
+    # Host names (or addresses) of this server that clients use besides loopback and
+    # http.host: the API refuses any other Host or Origin (DNS rebinding).
+    allowed_hosts: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,12 +155,28 @@ class Config:
     fail_mode: FailMode
     default_tenant: str
     hash_numbers: bool
+    # None while hashing is on only when loaded without ``create_secret`` and the secret
+    # file does not exist yet (``config check``): such a Config cannot open a gate.
     secret: bytes | None
     ari: AriConfig | None = None
     http: HttpConfig = HttpConfig()
     api: ApiConfig = ApiConfig()
     logging: LoggingConfig = LoggingConfig()
     audit: AuditConfig = AuditConfig()
+    state_dir: Path = DEFAULT_STATE_DIR
+    packs_dir: Path = PACKS_DIR
+    secret_file: Path | None = None  # privacy.secret_file, resolved (None: not used)
+
+
+_HOST_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,252})$")
+
+
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def is_loopback(host: str) -> bool:
@@ -312,6 +345,12 @@ def _http(reader: Reader) -> HttpConfig:
 def _api(reader: Reader, http: HttpConfig) -> ApiConfig:
     token = os.environ.get(API_TOKEN_ENV) or reader.get("token", str, None)
     reader.seen.add("token")
+    hosts = reader.get("allowed_hosts", list, [])
+    for host in hosts:
+        if not isinstance(host, str) or not (_HOST_RE.match(host) or _is_address(host)):
+            raise reader.fail(
+                "allowed_hosts", f"entries must be host names or addresses, got {host!r}"
+            )
     reader.done()
     if token is not None and len(token) < 16:
         raise reader.fail("token", "must be at least 16 characters (e.g. openssl rand -hex 32)")
@@ -321,7 +360,7 @@ def _api(reader: Reader, http: HttpConfig) -> ApiConfig:
             f"is required when http.host is {http.host!r} (not loopback): set api.token "
             f"or ${API_TOKEN_ENV}",
         )
-    return ApiConfig(token=token or None)
+    return ApiConfig(token=token or None, allowed_hosts=tuple(h.lower() for h in hosts))
 
 
 def _logging(reader: Reader) -> LoggingConfig:
@@ -333,19 +372,19 @@ def _logging(reader: Reader) -> LoggingConfig:
     return config
 
 
-def _secret(reader: Reader, base: Path, hash_numbers: bool) -> bytes | None:
+def _secret(reader: Reader, path: Path | None, hash_numbers: bool, create: bool) -> bytes | None:
     literal: str | None = reader.get("secret", str, None)
-    secret_file = reader.get("secret_file", str, None)
     reader.done()
     if env := os.environ.get(SECRET_ENV):
         return env.encode()
     if literal:
         return literal.encode()
-    if secret_file:
-        path = base / secret_file
+    if path is not None:
+        if not create and not path.exists():
+            return None  # config check: created by the first command that needs it
         try:
             if not path.exists():
-                path.parent.mkdir(parents=True, exist_ok=True)
+                path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
                 with os.fdopen(fd, "w") as handle:
                     handle.write(secrets.token_hex(32) + "\n")
@@ -366,13 +405,13 @@ def _secret(reader: Reader, base: Path, hash_numbers: bool) -> bytes | None:
     return None
 
 
-def _redis(reader: Reader, base: Path) -> RedisConfig:
+def _redis(reader: Reader, state_dir: Path) -> RedisConfig:
     url = reader.get("url", str, None)
     if url is not None and not url.startswith(("redis://", "rediss://", "unix://")):
         raise reader.fail("url", f"expected redis://, rediss:// or unix://, got {url!r}")
     config = RedisConfig(
         url=url or None,
-        data_dir=base / str(reader.get("data_dir", str, "var/redis")),
+        data_dir=state_dir / str(reader.get("data_dir", str, "redis")),
         namespace=reader.ident("namespace", "callgate"),
         deadline_s=reader.duration("deadline", "50ms"),
     )
@@ -440,6 +479,17 @@ class _GateSection:
     default_tenant: str
     pack_names: tuple[str, ...]
     packs_dir: Path
+    state_dir: Path
+    tenants: frozenset[str]
+    open_tenants: bool
+
+
+def _state_dir(reader: Reader, base: Path) -> Path:
+    given = str(reader.get("state_dir", str, ""))
+    if given:
+        return base / given
+    from_systemd = os.environ.get(STATE_DIRECTORY_ENV, "").split(":")[0]
+    return Path(from_systemd) if from_systemd else DEFAULT_STATE_DIR
 
 
 def _gate(reader: Reader, base: Path) -> _GateSection:
@@ -448,11 +498,19 @@ def _gate(reader: Reader, base: Path) -> _GateSection:
         raise reader.fail(
             "default_region", f"expected a two-letter region code like FR, got {region!r}"
         )
+    packs_dir = str(reader.get("packs_dir", str, ""))
+    tenants = reader.get("tenants", list, [])
+    for name in tenants:
+        if not isinstance(name, str) or not IDENT_RE.match(name):
+            raise reader.fail("tenants", f"entries must be 1-64 of A-Z a-z 0-9 _ . -, got {name!r}")
     section = _GateSection(
         region=region,
         default_tenant=reader.ident("default_tenant", "default"),
         pack_names=tuple(str(n) for n in reader.get("packs", list, [])),
-        packs_dir=base / str(reader.get("packs_dir", str, "packs")),
+        packs_dir=base / packs_dir if packs_dir else PACKS_DIR,
+        state_dir=_state_dir(reader, base),
+        tenants=frozenset(tenants),
+        open_tenants=bool(reader.get("open_tenants", bool, False)),
     )
     reader.done()
     return section
@@ -471,17 +529,22 @@ def _policy(root: Reader, gate: _GateSection, origin: str) -> Policy:
         packs=packs,
         caller_ids=caller_ids,
         tenant_calendars=calendars,
+        tenants=frozenset({gate.default_tenant, *gate.tenants, *caller_ids, *calendars}),
+        open_tenants=gate.open_tenants,
         blocked_types=_number_types(root.table("number_types")),
         trunk_cps=trunk_cps,
         default_trunk_cps=default_cps,
     )
 
 
-def parse_config(data: Mapping[str, Any], origin: str, base: Path) -> Config:
-    """Validate an already-parsed TOML document (``base``: where relative paths start)."""
+def parse_config(
+    data: Mapping[str, Any], origin: str, base: Path, *, create_secret: bool = True
+) -> Config:
+    """Validate an already-parsed TOML document (``base``: the directory relative paths
+    start from; ``create_secret``: create a missing secret file)."""
     root = Reader(data, "", origin)
     gate = _gate(root.table("gate"), base)
-    redis = _redis(root.table("redis"), base)
+    redis = _redis(root.table("redis"), gate.state_dir)
     agi = _agi(root.table("agi"))
     fail_mode = _fail_mode(root.table("fail_mode"))
     ari = _ari(root.table("ari")) if "ari" in data else None
@@ -491,7 +554,9 @@ def parse_config(data: Mapping[str, Any], origin: str, base: Path) -> Config:
     audit = _audit(root.table("audit"))
     privacy = root.table("privacy")
     hash_numbers = bool(privacy.get("hash_numbers", bool, True))
-    secret = _secret(privacy, base, hash_numbers)
+    secret_name = privacy.get("secret_file", str, None)
+    secret_file = gate.state_dir / secret_name if secret_name else None
+    secret = _secret(privacy, secret_file, hash_numbers, create_secret)
     policy = _policy(root, gate, origin)
     root.done()
     return Config(
@@ -508,10 +573,13 @@ def parse_config(data: Mapping[str, Any], origin: str, base: Path) -> Config:
         api=api,
         logging=logging,
         audit=audit,
+        state_dir=gate.state_dir,
+        packs_dir=gate.packs_dir,
+        secret_file=secret_file,
     )
 
 
-def load_config(path: Path) -> Config:
+def load_config(path: Path, *, create_secret: bool = True) -> Config:
     """Read and validate ``path``; every problem is a one-line ``ConfigError``."""
     try:
         raw = path.read_bytes()
@@ -527,4 +595,5 @@ def load_config(path: Path) -> Config:
         raise ConfigError(f"{path}: not UTF-8 text") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    return dataclasses.replace(parse_config(data, str(path), path.resolve().parent), path=path)
+    config = parse_config(data, str(path), path.resolve().parent, create_secret=create_secret)
+    return dataclasses.replace(config, path=path)

@@ -56,10 +56,13 @@ class ListAdmin:
     def rule(self, name: str) -> ListRule:
         rule = self.policy.list_rule(name)
         if rule is None:
-            known = [
-                r.name
-                for r in (*self.policy.lists, *(r for p in self.policy.packs for r in p.lists))
-            ]
+            # A list of the config may also be a pack's: name each once, in order.
+            known = list(
+                dict.fromkeys(
+                    r.name
+                    for r in (*self.policy.lists, *(r for p in self.policy.packs for r in p.lists))
+                )
+            )
             raise InputError(
                 f"list {name!r} is not in the config or its packs "
                 f"(lists: {', '.join(known) or 'none'})"
@@ -68,6 +71,7 @@ class ListAdmin:
 
     def key(self, name: str, tenant: str, campaign: str) -> str:
         rule = self.rule(name)
+        self.policy.check_tenant(tenant)
         if rule.kind == "reassigned":
             raise InputError(
                 f"list {name!r} holds reassigned-number disconnect dates "
@@ -151,8 +155,9 @@ class ListAdmin:
     async def export(self, name: str, tenant: str, campaign: str) -> AsyncIterator[str]:
         if self.keyspace.hashed:
             raise InputError(
-                f"list {name!r} holds keyed hashes, not numbers: it cannot be exported "
-                "(privacy.hash_numbers = true)"
+                f"list {name!r} holds keyed hashes, not numbers (privacy.hash_numbers = true), "
+                "so it cannot be exported; keep the files you import as its source, and use "
+                "`callgate list info` for its size and `callgate check` for a number"
             )
         key = self.key(name, tenant, campaign)
         if self.rule(name).kind == "consent":
@@ -285,6 +290,7 @@ class ListAdmin:
         Returns the ids of the rules that now hold the number; an empty list means no
         enabled pack has a cool-off for this event and destination.
         """
+        self.policy.check_tenant(tenant)
         target = classify(number, self.policy.default_region)
         if not isinstance(target, Destination):
             raise NumberError(f"number {number!r}: not a callable number")

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import os
+import signal
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -139,6 +140,7 @@ async def scrub(
 ) -> ScrubSummary:
     """Decide every row's number at ``now`` (nothing recorded); write rows with the result."""
     active = gate.active
+    active.config.policy.check_tenant(tenant)
     job = _Job(active.config, active.keyspace, now, tenant, campaign, traffic_class, caller_id)
     summary = ScrubSummary()
     batches = _batches(rows, BATCH)
@@ -222,6 +224,9 @@ _worker: tuple[_Job, Store, Planner, asyncio.AbstractEventLoop] | None = None
 
 def _start_worker(job: _Job, url: str, deadline_s: float) -> None:
     global _worker
+    # Ctrl-C reaches the whole process group: the main process stops the pool (and says
+    # so); a worker printing its own KeyboardInterrupt traceback would only add noise.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _worker = (job, Store(url, deadline_s), job.planner(), asyncio.new_event_loop())
 
 

@@ -19,15 +19,16 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
 
 from aiohttp import web
 
 from gate import __version__
 from gate.config.loader import ApiConfig, HttpConfig, is_loopback
 from gate.core.errors import ConfigError, StoreError
-from gate.ops.api import AdminApi, error_middleware
+from gate.ops._openapi import Operation
+from gate.ops.api import AdminApi, HostGuard, error_middleware, json_response
 from gate.ops.metrics import CONTENT_TYPE, ListRefresher, Metrics, StasisStats
+from gate.ops.models import Check, Health, Ready
 from gate.ops.reload import Reloader
 from gate.service import Gate
 
@@ -65,7 +66,8 @@ class HttpServer:
         self.app.router.add_get("/metrics", self._metrics)
         self.app.router.add_get("/healthz", self._healthz)
         self.app.router.add_get("/readyz", self._readyz)
-        AdminApi(gate, api.token, reloader).add_routes(self.app)
+        guard = HostGuard(http.host, api.allowed_hosts)
+        AdminApi(gate, api.token, reloader, guard, OPERATIONS).add_routes(self.app)
 
     @property
     def port(self) -> int:
@@ -111,27 +113,61 @@ class HttpServer:
         return response
 
     async def _healthz(self, _request: web.Request) -> web.Response:
-        return web.json_response(
-            {
-                "status": "up",
-                "version": __version__,
-                "config_version": self.gate.version,
-                "uptime_s": round(time.monotonic() - self.started, 3),
-            }
+        return json_response(
+            Health(
+                status="up",
+                version=__version__,
+                config_version=self.gate.version,
+                uptime_s=round(time.monotonic() - self.started, 3),
+            )
         )
 
     async def _readyz(self, _request: web.Request) -> web.Response:
-        checks: dict[str, dict[str, Any]] = {}
+        checks: dict[str, Check] = {}
         try:
             await self.gate.store.ping()
-            checks["redis"] = {"ok": True}
+            checks["redis"] = Check(ok=True, error=None, reconnects=None)
         except StoreError as exc:
-            checks["redis"] = {"ok": False, "error": str(exc)}
+            checks["redis"] = Check(ok=False, error=str(exc), reconnects=None)
         if self.stasis is not None:
             connected = self.stasis.connected.is_set()
-            checks["ari"] = {"ok": connected, "reconnects": self.stasis.reconnects}
-            if not connected:
-                checks["ari"]["error"] = "the Stasis application is not connected to ARI"
-        ready = all(check["ok"] for check in checks.values())
-        body = {"ready": ready, "config_version": self.gate.version, "checks": checks}
-        return web.json_response(body, status=200 if ready else 503)
+            checks["ari"] = Check(
+                ok=connected,
+                error=None if connected else "the Stasis application is not connected to ARI",
+                reconnects=self.stasis.reconnects,
+            )
+        ready = all(check.ok for check in checks.values())
+        body = Ready(ready=ready, config_version=self.gate.version, checks=checks)
+        return json_response(body, status=200 if ready else 503)
+
+
+# The routes above, for /openapi.json (no token needed: they hold no numbers).
+OPERATIONS = (
+    Operation(
+        "GET",
+        "/healthz",
+        "getHealth",
+        "The process is up (never touches Redis)",
+        responses={200: Health},
+        errors=(),
+        auth=False,
+    ),
+    Operation(
+        "GET",
+        "/readyz",
+        "getReadiness",
+        "Redis answers PING and, with [ari], ARI is connected",
+        responses={200: Ready, 503: Ready},
+        errors=(),
+        auth=False,
+    ),
+    Operation(
+        "GET",
+        "/metrics",
+        "getMetrics",
+        "Prometheus text format",
+        streams={"text/plain": None},
+        errors=(),
+        auth=False,
+    ),
+)

@@ -2,8 +2,9 @@
 
 What is measured (names as exposed):
 
-- ``callgate_decisions_total{verdict,reason,door,tenant}``: every decision. ``door`` is
-  ``agi``, ``stasis``, ``cli``, ``api`` or ``scrub`` (API batch scrubs, evaluate only).
+- ``callgate_decisions_total{verdict,reason,door,tenant}``: every decision of this
+  process. ``door`` is ``agi``, ``stasis``, ``api`` or ``scrub`` (API batch scrubs,
+  evaluate only); a ``callgate check`` runs in its own process and is not counted here.
 - ``callgate_decision_in_process_seconds`` / ``callgate_decision_redis_seconds``: latency
   histograms; the Redis part is the one store call, the rest is callgate's own time.
 - ``callgate_redis_errors_total{kind}`` (``timeout``, ``unavailable``, ``error``) and
@@ -17,10 +18,11 @@ What is measured (names as exposed):
 - ``callgate_config_info{version}`` (1 for the version in force),
   ``callgate_config_reloads_total{result}``, ``callgate_build_info{version}``.
 
-Guarantees: every label set is bounded. Reasons are stable codes built from config rule
-ids; tenants are the configured ones plus the first ``MAX_TENANTS`` seen. Past the bound a
-new reason is counted as ``<family>:other`` (``cps:other``) and a new tenant as ``other``.
-Recording a decision never raises and never awaits.
+Guarantees: every label set is bounded, and carries only what the configuration names.
+Reasons are stable codes built from config rule ids (any other, such as ``cps:`` of a
+trunk the config does not name, is counted as ``<family>:other``); tenants are the
+configured ones (with ``gate.open_tenants`` every other tenant is ``other``); no label
+holds a number or a campaign. Recording a decision never raises and never awaits.
 """
 
 from __future__ import annotations
@@ -66,8 +68,6 @@ __all__ = [
 log = logging.getLogger("callgate")
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
-MAX_TENANTS = 50
-MAX_REASONS = 200
 MAX_LIST_SERIES = 100
 STOP_WITHIN_S = 2.0
 OTHER = "other"
@@ -146,7 +146,7 @@ def known_reasons(policy: Policy) -> set[str]:
 
 
 def _tenants(config: Config) -> set[str]:
-    return {config.default_tenant, *config.policy.caller_ids}
+    return {config.default_tenant, *config.policy.tenants}
 
 
 def _error_kind(error: StoreError) -> str:
@@ -275,8 +275,11 @@ class Metrics:
         ).set(1)
         self.doors = _Doors()
         reg.register(self.doors)
-        self.reasons = BoundedLabel(MAX_REASONS, _FIXED_REASONS)
-        self.tenants = BoundedLabel(MAX_TENANTS)
+        # Only values the configuration names get a series of their own: a tenant, trunk
+        # or anything else a caller made up (a phone number typed into the tenant field)
+        # is counted as "other" / "<family>:other", never as a label of its own.
+        self.reasons = BoundedLabel(0, _FIXED_REASONS)
+        self.tenants = BoundedLabel(0)
         # With ``callgate run --workers N``: the expositions of the worker processes, added
         # to this process's own at every scrape (None: a single process).
         self.workers: Callable[[], list[str]] | None = None

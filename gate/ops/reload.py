@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from gate.config.files import PACKS_DIR
 from gate.config.loader import Config, load_config
 from gate.core.errors import ConfigError, InputError
 from gate.service import Gate
@@ -60,7 +61,8 @@ def config_version(path: Path | None) -> str:
         raw = path.read_bytes()
         digest = hashlib.sha256(raw)
         gate = tomllib.loads(raw.decode("utf-8")).get("gate", {})
-        packs_dir = path.resolve().parent / str(gate.get("packs_dir", "packs"))
+        given = gate.get("packs_dir")
+        packs_dir = path.resolve().parent / str(given) if given else PACKS_DIR
         for name in gate.get("packs", []):
             digest.update(b"\0pack\0" + str(name).encode() + b"\0")
             digest.update((packs_dir / f"{name}.toml").read_bytes())
@@ -177,7 +179,7 @@ async def request_reload(config: Config, timeout_s: float = 30.0) -> ReloadResul
     try:
         async with (
             aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as session,
-            session.post(url, headers=headers) as response,
+            session.post(url, headers=headers, json={}) as response,
         ):
             body = await response.json(content_type=None)
     except (aiohttp.ClientError, TimeoutError, ValueError) as exc:

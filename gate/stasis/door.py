@@ -320,10 +320,10 @@ class StasisGate:
                 default_tenant=self.gate.config.default_tenant,
                 now=datetime.now(UTC),
             )
-        except BadRequest as exc:
+            decision = await self.gate.decide(attempt, record=True, door="stasis")
+        except BadRequest as exc:  # a malformed parameter, or an unknown tenant
             log.warning("Stasis channel %s: %s", channel.name, exc)
             return _Action(error_value(exc.code))
-        decision = await self.gate.decide(attempt, record=True, door="stasis")
         return self._action(decision)
 
     def _action(self, decision: Decision) -> _Action:

@@ -7,6 +7,8 @@ and counters survive restarts. Guarantees:
   ``callgate run`` and a CLI command share it); otherwise it starts one and waits for PING
   with a deadline.
 - ``stop()`` stops only a server this object started, by PID, and reaps it.
+- The data directory is 0700 and what it holds (the AOF, Redis's log) 0600: the server
+  runs with umask 077, and a directory left open by an older version is closed at start.
 """
 
 from __future__ import annotations
@@ -59,6 +61,20 @@ def _answers_ping(path: Path) -> bool:
         return False
 
 
+def _make_private(directory: Path) -> None:
+    """``directory`` 0700 and the files in it 0600 (they hold the lists, hashed or not, and
+    the counters; an older callgate left them world-readable)."""
+    directory.chmod(0o700)
+    for path in directory.iterdir():
+        if path.is_file() and not path.is_symlink():
+            path.chmod(0o600)
+        elif path.is_dir() and not path.is_symlink():
+            path.chmod(0o700)
+            for inner in path.iterdir():
+                if inner.is_file() and not inner.is_symlink():
+                    inner.chmod(0o600)
+
+
 class EmbeddedRedis:
     """A ``redis-server`` child process with its data in ``data_dir``."""
 
@@ -86,12 +102,16 @@ class EmbeddedRedis:
         if _answers_ping(self.socket_path):
             return self.url
         try:
-            self.data_dir.mkdir(parents=True, exist_ok=True)
+            self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            _make_private(self.data_dir)
+            log = os.fdopen(
+                os.open(self.data_dir / "redis.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600),
+                "ab",
+            )
         except OSError as exc:
             raise StoreUnavailable(
                 f"embedded Redis: cannot create data directory {self.data_dir}: {exc.strerror}"
             ) from exc
-        log = (self.data_dir / "redis.log").open("ab")
         self._process = subprocess.Popen(
             [
                 find_redis_server(),
@@ -118,6 +138,7 @@ class EmbeddedRedis:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
+            umask=0o077,  # its AOF and snapshots: readable by this user only
         )
         log.close()
         deadline = time.monotonic() + _START_DEADLINE_S

@@ -37,9 +37,9 @@ def run(capsys: pytest.CaptureFixture[str], config: Path, *args: str) -> tuple[i
 def test_check_of_a_bad_number_is_blocked_as_invalid(
     capsys: pytest.CaptureFixture[str], config: Path
 ) -> None:
-    """``check`` prints the BLOCK invalid_number decision and exits 0."""
+    """``check`` prints the BLOCK invalid_number decision and exits 3 (a BLOCK)."""
     status, out, err = run(capsys, config, "check", BAD)
-    assert (0, "BLOCK invalid_number", "") == (status, out.strip(), err)
+    assert (3, "BLOCK invalid_number", "") == (status, out.strip(), err)
 
 
 def test_adding_a_bad_number_is_one_error_line(

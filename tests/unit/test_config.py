@@ -36,7 +36,7 @@ def test_sample_config_loads_and_enables_the_french_pack(
 
 def test_secret_file_is_created_once_and_reused(tmp_path: Path) -> None:
     """A missing secret_file gets a random secret, private, and the same one next time."""
-    data = {"privacy": {"secret_file": "s/secret"}}
+    data = {"gate": {"state_dir": "."}, "privacy": {"secret_file": "s/secret"}}
     first = parse_config(data, "t.toml", tmp_path).secret
     second = parse_config(data, "t.toml", tmp_path).secret
     assert first == second
