@@ -66,7 +66,7 @@ async def open_gate(
     if url is None:
         embedded = EmbeddedRedis(config.redis.data_dir)
         url = embedded.start()
-    store = Store(url, config.redis.deadline_s if deadline_s is None else deadline_s)
+    store = Store(url, config.redis.deadline_s if deadline_s is None else deadline_s, config.redis)
     gate = Gate(config, store, config_version(config.path))
     audit: AuditLog | None = None
     if records and config.audit.enabled:
