@@ -1009,7 +1009,7 @@ async def _run(config: Config, args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    async with open_gate(config, records=True) as gate:
+    async with open_gate(config, records=True, supervise=True) as gate:
         try:
             await gate.store.ping()
         except StoreError as exc:
@@ -1114,7 +1114,7 @@ async def _run_workers(config: Config, count: int, verbose: bool) -> int:
     from gate.ops.operations import Operations
 
     stop = _stop_on_signals()
-    async with open_gate(config, records=True) as gate:  # the embedded Redis, once
+    async with open_gate(config, records=True, supervise=True) as gate:  # the embedded Redis, once
         # The port, held (bound, not listening) while the workers run: taken by another
         # server, it fails here, once; 0 becomes one free port, the same for every worker.
         reserved = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

@@ -56,7 +56,7 @@ class LinkStatus:
     mode: str
     node: str
     failovers: int = 0
-    restarts: int = 0  # of the embedded server, by ``callgate run``'s supervisor
+    restarts: int = 0  # of the embedded server begun by ``callgate run``'s supervisor
 
 
 class _SentinelPool(SentinelConnectionPool):
