@@ -75,6 +75,7 @@ from gate.runtime import (
     WorkerRole,
     Workers,
     WorkersStasis,
+    describe_redis,
     open_gate,
     worker_expositions,
 )
@@ -945,7 +946,7 @@ async def _audit(config: Config, args: argparse.Namespace) -> int:
 
 def _config_check(config: Config, args: argparse.Namespace) -> int:
     policy = config.policy
-    redis = config.redis.url or f"embedded, data in {config.redis.data_dir}"
+    redis = describe_redis(config)
     print(f"{config.path}: OK")
     print(f"  region {policy.default_region}, tenant {config.default_tenant}, redis {redis}")
     print(f"  state in {config.state_dir}, packs from {config.packs_dir}")

@@ -57,6 +57,7 @@ __all__ = [
     "WorkerRole",
     "Workers",
     "WorkersStasis",
+    "describe_redis",
     "open_gate",
     "supervise_embedded",
     "worker_expositions",
@@ -73,6 +74,24 @@ RESTART_DELAY_MAX_S = 5.0
 # A server that ran this long since its last start is healthy: the next delay is the minimum.
 HEALTHY_AFTER_S = 30.0
 SUPERVISOR_STOP_S = 5.0
+
+
+def describe_redis(config: Config) -> str:
+    """Which Redis ``config`` uses, in words (``config check``)."""
+    redis = config.redis
+    if redis.mode == "sentinel" and redis.sentinel is not None:
+        nodes = ", ".join(f"{host}:{port}" for host, port in redis.sentinel.nodes)
+        return (
+            f"sentinel: master of service {redis.sentinel.service!r} via {nodes}; "
+            f"opt-outs wait for {redis.wait_replicas} replica(s)"
+        )
+    if redis.url is not None:
+        where = redis.url.split("@", 1)[-1]
+        replicas = (
+            f"; opt-outs wait for {redis.wait_replicas} replica(s)" if redis.wait_replicas else ""
+        )
+        return f"{where}{replicas}"
+    return f"embedded, data in {redis.data_dir}"
 
 
 @asynccontextmanager

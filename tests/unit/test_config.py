@@ -202,3 +202,15 @@ def test_redis_passwords_come_from_the_environment_and_are_not_shown(
     assert redis.sentinel is not None
     assert ("from-env-1", "from-env-2") == (redis.password, redis.sentinel.password)
     assert "from-env" not in repr(redis)
+
+
+def test_config_check_names_the_sentinels_and_the_durability(tmp_path: Path) -> None:
+    """``config check`` says a sentinel config uses the sentinels' master and that
+    opt-outs wait for a replica (not "embedded")."""
+    from gate.runtime import describe_redis
+
+    config = parse_config({"redis": SENTINEL, "privacy": {"secret": "s" * 20}}, "cg.toml", tmp_path)
+    assert (
+        "sentinel: master of service 'callgate' via 10.0.0.1:26379, ::1:26380; "
+        "opt-outs wait for 1 replica(s)"
+    ) == describe_redis(config)
