@@ -85,9 +85,8 @@ async def test_missed_deadlines_do_not_turn_into_reconnections(
     redis_url: str, sync_redis: redis.Redis
 ) -> None:
     """20 decisions miss their deadline while Redis is paused; afterwards 5 bursts of 20
-    decisions reuse the same 20 connections: no reconnection storm."""
-    config = RedisConfig(url=redis_url, deadline_s=0.05, pool_size=20, pool_wait_s=5.0)
-    store = Store(redis_url, 0.05, config)
+    decisions reuse the same connections: no reconnection storm."""
+    store = Store(redis_url, 0.05)  # the default pool (50 connections)
     gate = Gate(make_config(), store)
     numbers = [f"0614{i:06d}" for i in range(20)]
     try:
