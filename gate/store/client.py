@@ -26,6 +26,7 @@ import asyncio
 import copy
 import dataclasses
 import importlib.resources
+import logging
 import select
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
@@ -43,6 +44,8 @@ from gate.core.errors import NotReplicated, StoreError, StoreTimeout, StoreUnava
 from gate.store.connect import ADMIN_TIMEOUT_S, Link, LinkStatus
 
 __all__ = ["BATCH", "Store", "encode_checks", "load_script", "translate_error"]
+
+log = logging.getLogger("callgate")
 
 BATCH = 1000
 # Decisions per EVALSHA in a scrub: ~20-30 µs of Redis time each, so ~5 ms per call.
@@ -116,10 +119,16 @@ class Store:
         return self.link.status
 
     async def close(self) -> None:
+        """Let replies still awaited arrive (at most ``_CLOSE_GRACE_S``), cancel the rest
+        and wait (bounded) until they have let go of their connections; then close."""
         if self._exchanges:
-            await asyncio.wait(self._exchanges, timeout=_CLOSE_GRACE_S)
-            for task in self._exchanges:
+            await asyncio.wait(set(self._exchanges), timeout=_CLOSE_GRACE_S)
+        if self._exchanges:
+            pending = set(self._exchanges)
+            log.warning("Redis at %s: %d replies still awaited at close", self.where, len(pending))
+            for task in pending:
                 task.cancel()
+            await asyncio.wait(pending, timeout=_CLOSE_GRACE_S)
         await self._client.aclose()
         if self._admin_client is not None:
             await self._admin_client.aclose()

@@ -26,8 +26,10 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.asyncio.connection import BlockingConnectionPool, ConnectionPool
 from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+from redis.asyncio.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gate.config.loader import RedisConfig
 
@@ -40,8 +42,12 @@ ADMIN_TIMEOUT_S = 60.0
 # on in the background (the connection is not thrown away) up to this bound.
 REPLY_TIMEOUT_S = 5.0
 CONNECT_TIMEOUT_S = 0.5
-# Sentinels are asked for the master on every new connection: answer fast or be skipped.
-SENTINEL_TIMEOUT_S = 0.5
+# Sentinels are asked for the master on every new connection: one that does not accept
+# the connection at once is skipped; one that accepted answers in microseconds, but under
+# a burst this process may take a while to read it (a tight read timeout turned a busy
+# moment into "no master found").
+SENTINEL_CONNECT_TIMEOUT_S = 0.5
+SENTINEL_READ_TIMEOUT_S = 2.0
 
 
 def no_retry() -> Retry:
@@ -57,6 +63,34 @@ class LinkStatus:
     node: str
     failovers: int = 0
     restarts: int = 0  # of the embedded server begun by ``callgate run``'s supervisor
+
+
+class _Sentinel(Sentinel):
+    """redis-py's ``Sentinel`` with a ``discover_master`` that is safe when called
+    concurrently (every new connection calls it, so a failover calls it from many tasks).
+
+    redis-py moves the sentinel that answered to the front of its list by the index it had
+    before an ``await``; two discoveries at once can then leave one sentinel twice in the
+    list and drop another (observed here: a sentinel lost from the list, and its pooled
+    connections garbage-collected unclosed). Here the list is walked as a snapshot and
+    the swap finds the sentinel by identity, after the ``await``: the list stays a
+    permutation of the configured sentinels."""
+
+    async def discover_master(self, service_name: str) -> tuple[str, int]:
+        errors: list[str] = []
+        for sentinel in list(self.sentinels):
+            try:
+                masters: Any = await sentinel.sentinel_masters()
+            except (RedisConnectionError, RedisTimeoutError) as exc:
+                errors.append(f"{sentinel} - {exc!r}")
+                continue
+            state = masters.get(service_name)
+            if state and self.check_master_state(state, service_name):
+                position = self.sentinels.index(sentinel)
+                self.sentinels[0], self.sentinels[position] = sentinel, self.sentinels[0]
+                return str(state["ip"]), int(state["port"])
+        detail = f" : {', '.join(errors)}" if errors else ""
+        raise MasterNotFoundError(f"No master found for {service_name!r}{detail}")
 
 
 class _SentinelPool(SentinelConnectionPool):
@@ -127,8 +161,8 @@ class Link:
             sentinel = self.config.sentinel
             assert sentinel is not None
             options: dict[str, Any] = {
-                "socket_timeout": SENTINEL_TIMEOUT_S,
-                "socket_connect_timeout": SENTINEL_TIMEOUT_S,
+                "socket_timeout": SENTINEL_READ_TIMEOUT_S,
+                "socket_connect_timeout": SENTINEL_CONNECT_TIMEOUT_S,
                 "retry": no_retry(),
             }
             if sentinel.username:
@@ -139,7 +173,7 @@ class Link:
                 options["ssl"] = True
                 if self.config.tls_ca_file is not None:
                     options["ssl_ca_certs"] = str(self.config.tls_ca_file)
-            self._sentinel = Sentinel(list(sentinel.nodes), sentinel_kwargs=options)  # type: ignore[no-untyped-call]
+            self._sentinel = _Sentinel(list(sentinel.nodes), sentinel_kwargs=options)  # type: ignore[no-untyped-call]
         return self._sentinel
 
     def _pool(self, pool_class: type[ConnectionPool], **options: Any) -> ConnectionPool:

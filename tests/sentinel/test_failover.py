@@ -69,8 +69,6 @@ def gate_config(group: SentinelGroup) -> Config:
             "redis": {**group.redis_config, "deadline": "250ms"},
             "caps": [{"id": "once", "limit": 1, "window": "30d", "scope": "tenant"}],
             "http": {"port": 0},
-            # Not under test here, and its writer can still hang a stop (issue 10 #12).
-            "audit": {"enabled": False},
         }
     )
 
@@ -151,7 +149,7 @@ async def test_sigkill_of_the_master_under_load(sentinel_group: SentinelGroup) -
     master and count one failover."""
     group = sentinel_group
     config = gate_config(group)
-    async with open_gate(config) as gate:
+    async with open_gate(config, records=True) as gate:  # as `callgate run`: with the audit writer
         ops = await Operations.start(gate, config, None, None)
         load = Load(gate)
         try:

@@ -42,8 +42,6 @@ def running(data_dir: Path) -> Iterator[GateProcess]:
             redis={"data_dir": data_dir.name},
             agi={"port": agi_port},
             http={"port": 0},
-            # Not under test here, and its writer can still hang a stop (issue 10 #12).
-            audit={"enabled": False},
         )
     )
     process = GateProcess(config, data_dir.parent / "callgate.log", agi_port)
