@@ -10,10 +10,11 @@
 - No connection re-sends a command by itself (``Retry(NoBackoff(), 0)``): whether a
   command may be sent again is its caller's decision (``client.py``), because a command
   whose reply was lost may already have run.
-- Mode "sentinel" uses redis-py's own ``redis.asyncio.sentinel.Sentinel``: every new
-  connection asks the sentinels for the master, so after a failover the pools reach the
-  new master by themselves; ``status`` names the node in use and counts the master
-  changes seen (``failovers``).
+- Mode "sentinel" uses redis-py's own ``redis.asyncio.sentinel.Sentinel`` (its master
+  discovery made safe under concurrency, ``_Sentinel``): every new connection asks the
+  sentinels for the master, so after a failover the pools reach the new master by
+  themselves; ``status`` names the node in use and counts the master changes seen
+  (``failovers``).
 - Admin commands get their own pool with long timeouts (list imports, exports, audit).
 """
 
