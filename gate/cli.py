@@ -75,6 +75,7 @@ from gate.runtime import (
     WorkerRole,
     Workers,
     WorkersStasis,
+    describe_redis,
     open_gate,
     worker_expositions,
 )
@@ -945,7 +946,7 @@ async def _audit(config: Config, args: argparse.Namespace) -> int:
 
 def _config_check(config: Config, args: argparse.Namespace) -> int:
     policy = config.policy
-    redis = config.redis.url or f"embedded, data in {config.redis.data_dir}"
+    redis = describe_redis(config)
     print(f"{config.path}: OK")
     print(f"  region {policy.default_region}, tenant {config.default_tenant}, redis {redis}")
     print(f"  state in {config.state_dir}, packs from {config.packs_dir}")
@@ -1009,7 +1010,7 @@ async def _run(config: Config, args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    async with open_gate(config, records=True) as gate:
+    async with open_gate(config, records=True, supervise=True) as gate:
         try:
             await gate.store.ping()
         except StoreError as exc:
@@ -1114,7 +1115,7 @@ async def _run_workers(config: Config, count: int, verbose: bool) -> int:
     from gate.ops.operations import Operations
 
     stop = _stop_on_signals()
-    async with open_gate(config, records=True) as gate:  # the embedded Redis, once
+    async with open_gate(config, records=True, supervise=True) as gate:  # the embedded Redis, once
         # The port, held (bound, not listening) while the workers run: taken by another
         # server, it fails here, once; 0 becomes one free port, the same for every worker.
         reserved = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

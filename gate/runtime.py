@@ -1,11 +1,18 @@
-"""Wiring for a running process: config → Redis (URL or embedded) → Store → Gate, and the
-worker processes of ``callgate run --workers N``.
+"""Wiring for a running process: config → Redis (URL, sentinels or embedded) → Store → Gate,
+and the worker processes of ``callgate run --workers N``.
 
 ``open_gate(config)`` is the one place that decides which Redis to talk to: the
-configured URL, else an embedded ``redis-server`` with its data in ``redis.data_dir``
-(reused if already running, stopped on exit only if this process started it). The audit
-writer runs only for a process that records decisions (``records=True``: ``run``,
-``check --record``); it is closed, bounded, before the store.
+configured URL or sentinels (``[redis] mode``), else an embedded ``redis-server`` with its
+data in ``redis.data_dir`` (shared if already running, stopped on exit only if this
+process started it). The audit writer runs only for a process that records decisions
+(``records=True``: ``run``, ``check --record``); it is closed, bounded, before the store.
+
+With ``supervise=True`` (``callgate run``; with ``--workers``, the parent) the embedded
+server is watched: if it dies it is started again (after 0.2 s, doubling up to 5 s while
+it keeps dying), and if the server this process shared with another one goes away, this
+process starts its own. Meanwhile decisions get the fail mode and ``/readyz`` is 503
+(Redis does not answer PING); ``Store.status.restarts`` counts the restarts begun. The
+supervisor stops on an explicit event, within a bound.
 
 ``callgate run --workers N`` (``Workers``): the parent starts N worker processes and keeps
 the HTTP listener (metrics, health, admin API, reload). Each worker serves FastAGI on the
@@ -26,14 +33,18 @@ import logging
 import os
 import signal
 import subprocess
-from collections.abc import AsyncIterator
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from prometheus_client.parser import text_string_to_metric_families
 
 from gate.config.loader import Config
+from gate.core.errors import StoreError
 from gate.ops.audit import AuditLog
 from gate.ops.reload import config_version
 from gate.service import Gate, stop_task, wait_event
@@ -46,29 +57,69 @@ __all__ = [
     "WorkerRole",
     "Workers",
     "WorkersStasis",
+    "describe_redis",
     "open_gate",
+    "supervise_embedded",
     "worker_expositions",
 ]
 
 log = logging.getLogger("callgate")
+_T = TypeVar("_T")
+
+SUPERVISE_EVERY_S = 0.1
+# A share of another process's server is checked less often (a lock and a connect).
+ADOPT_EVERY_S = 1.0
+RESTART_DELAY_MIN_S = 0.2
+RESTART_DELAY_MAX_S = 5.0
+# A server that ran this long since its last start is healthy: the next delay is the minimum.
+HEALTHY_AFTER_S = 30.0
+SUPERVISOR_STOP_S = 5.0
+
+
+def describe_redis(config: Config) -> str:
+    """Which Redis ``config`` uses, in words (``config check``)."""
+    redis = config.redis
+    if redis.mode == "sentinel" and redis.sentinel is not None:
+        nodes = ", ".join(f"{host}:{port}" for host, port in redis.sentinel.nodes)
+        return (
+            f"sentinel: master of service {redis.sentinel.service!r} via {nodes}; "
+            f"opt-outs wait for {redis.wait_replicas} replica(s)"
+        )
+    if redis.url is not None:
+        where = redis.url.split("@", 1)[-1]
+        replicas = (
+            f"; opt-outs wait for {redis.wait_replicas} replica(s)" if redis.wait_replicas else ""
+        )
+        return f"{where}{replicas}"
+    return f"embedded, data in {redis.data_dir}"
 
 
 @asynccontextmanager
 async def open_gate(
-    config: Config, deadline_s: float | None = None, *, records: bool = False
+    config: Config,
+    deadline_s: float | None = None,
+    *,
+    records: bool = False,
+    supervise: bool = False,
 ) -> AsyncIterator[Gate]:
     """A ready ``Gate`` for ``config``; the store is closed (and embedded Redis stopped) after.
 
     ``records``: this process records decisions, so it keeps their evidence (the audit
-    writer, with ``[audit]`` enabled)."""
+    writer, with ``[audit]`` enabled). ``supervise``: keep the embedded Redis running."""
     embedded: EmbeddedRedis | None = None
     url = config.redis.url
-    if url is None:
-        embedded = EmbeddedRedis(config.redis.data_dir)
-        url = embedded.start()
-    store = Store(url, config.redis.deadline_s if deadline_s is None else deadline_s)
+    if config.redis.mode == "single" and url is None:
+        embedded = EmbeddedRedis(config.redis.data_dir, config.redis.embedded_wait_s)
+        url = await _in_thread(embedded.start, threading.Event())
+    store = Store(url, config.redis.deadline_s if deadline_s is None else deadline_s, config.redis)
     gate = Gate(config, store, config_version(config.path))
     audit: AuditLog | None = None
+    stop = asyncio.Event()
+    supervisor: asyncio.Task[None] | None = None
+    if embedded is not None and supervise:
+        supervisor = asyncio.create_task(
+            supervise_embedded(embedded, store, stop), name="callgate-embedded-redis"
+        )
     if records and config.audit.enabled:
         audit = AuditLog(store.admin_client, config.redis.namespace, config.audit)
         gate.observers.append(audit)
@@ -79,9 +130,12 @@ async def open_gate(
         if audit is not None:
             gate.observers.remove(audit)
             await audit.close()
+        stop.set()
+        if supervisor is not None:
+            await stop_task(supervisor, SUPERVISOR_STOP_S, "the embedded Redis supervisor")
         await store.close()
         if embedded is not None:
-            embedded.stop()
+            await asyncio.to_thread(embedded.stop)
 
 
 # -- callgate run --workers N ---------------------------------------------------------------
@@ -266,3 +320,75 @@ class WorkersStasis:
     async def follow(self, stop: asyncio.Event) -> None:
         while not await wait_event(stop, LEADER_POLL_S):
             self.refresh()
+
+
+# -- the embedded Redis, supervised ------------------------------------------------------
+
+
+async def supervise_embedded(embedded: EmbeddedRedis, store: Store, stop: asyncio.Event) -> None:
+    """Keep the embedded server of ``embedded``'s data directory running until ``stop``."""
+    cancel = threading.Event()
+    delay = RESTART_DELAY_MIN_S
+    started = time.monotonic()
+    next_adopt = 0.0
+    try:
+        while not stop.is_set():
+            if await wait_event(stop, SUPERVISE_EVERY_S):
+                return
+            if not embedded.owned:
+                if time.monotonic() >= next_adopt:
+                    next_adopt = time.monotonic() + ADOPT_EVERY_S
+                    if await _run(embedded.adopt, cancel):
+                        store.status.restarts += 1
+                        log.warning(
+                            "the embedded Redis in %s had stopped; this process now runs it "
+                            "(pid %s)",
+                            embedded.data_dir,
+                            embedded.pid,
+                        )
+                continue
+            if embedded.running():
+                if time.monotonic() - started >= HEALTHY_AFTER_S:
+                    delay = RESTART_DELAY_MIN_S
+                continue
+            log.error(
+                "the embedded Redis in %s exited; decisions get the fail mode; "
+                "restarting it in %g s",
+                embedded.data_dir,
+                delay,
+            )
+            if await wait_event(stop, delay):
+                return
+            delay = min(delay * 2, RESTART_DELAY_MAX_S)
+            begun = time.monotonic()
+            store.status.restarts += 1
+            if await _run(embedded.restart, cancel):
+                started = time.monotonic()
+                log.warning(
+                    "the embedded Redis in %s is back (pid %s) after %.2f s",
+                    embedded.data_dir,
+                    embedded.pid,
+                    started - begun,
+                )
+    finally:
+        cancel.set()
+
+
+async def _in_thread(action: Callable[[threading.Event], _T], cancel: threading.Event) -> _T:
+    """``action(cancel)`` in a thread; if the caller is cancelled, so is the action (it
+    watches ``cancel``), and the cancellation goes on."""
+    try:
+        return await asyncio.to_thread(action, cancel)
+    except asyncio.CancelledError:
+        cancel.set()
+        raise
+
+
+async def _run(action: Callable[[threading.Event], object], cancel: threading.Event) -> bool:
+    """``_in_thread``, reporting a failure (logged) as False."""
+    try:
+        result = await _in_thread(action, cancel)
+    except StoreError as exc:
+        log.error("%s", exc)
+        return False
+    return result is not False

@@ -54,6 +54,7 @@ __all__ = [
     "LoggingConfig",
     "Network",
     "RedisConfig",
+    "SentinelConfig",
     "default_config_path",
     "is_loopback",
     "load_config",
@@ -66,14 +67,49 @@ STATE_DIRECTORY_ENV = "STATE_DIRECTORY"
 CONFIG_ENV = "CALLGATE_CONFIG"
 ARI_PASSWORD_ENV = "CALLGATE_ARI_PASSWORD"
 API_TOKEN_ENV = "CALLGATE_API_TOKEN"
+REDIS_PASSWORD_ENV = "CALLGATE_REDIS_PASSWORD"
+SENTINEL_PASSWORD_ENV = "CALLGATE_SENTINEL_PASSWORD"
+
+
+@dataclass(frozen=True, slots=True)
+class SentinelConfig:
+    """The sentinels that watch a Redis master (``[redis.sentinel]``, mode "sentinel")."""
+
+    nodes: tuple[tuple[str, int], ...]
+    service: str
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    tls: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class RedisConfig:
+    """How callgate reaches Redis (gate/store/connect.py) and what it waits for.
+
+    ``mode``: "single" (``url``, or without one the embedded server in ``data_dir``) or
+    "sentinel" (the master that ``sentinel`` names). ``pool_size`` connections serve the
+    decisions; a decision waits at most ``pool_wait_s`` for one, then at most
+    ``deadline_s`` for Redis's answer. Opt-outs, consent revocations and refusals are
+    acknowledged only once ``wait_replicas`` replicas hold them (``WAIT``, at most
+    ``wait_timeout_s``)."""
+
     url: str | None = None
     data_dir: Path = DEFAULT_STATE_DIR / "redis"
     namespace: str = "callgate"
     deadline_s: float = 0.05
+    mode: str = "single"
+    pool_size: int = 50
+    pool_wait_s: float = 1.0
+    embedded_wait_s: float = 60.0
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    tls: bool = False
+    tls_ca_file: Path | None = None
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    sentinel: SentinelConfig | None = None
+    wait_replicas: int = 0
+    wait_timeout_s: float = 1.0
 
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -405,18 +441,101 @@ def _secret(reader: Reader, path: Path | None, hash_numbers: bool, create: bool)
     return None
 
 
-def _redis(reader: Reader, state_dir: Path) -> RedisConfig:
+REDIS_MODES = ("single", "sentinel")
+MAX_POOL_SIZE = 10_000
+MAX_WAIT_REPLICAS = 16
+
+
+def _redis(reader: Reader, state_dir: Path, base: Path) -> RedisConfig:
+    """``[redis]``: the embedded server's data under ``state_dir``; TLS files relative to
+    the config file (``base``)."""
+    mode = reader.choice("mode", REDIS_MODES, "single")
     url = reader.get("url", str, None)
     if url is not None and not url.startswith(("redis://", "rediss://", "unix://")):
         raise reader.fail("url", f"expected redis://, rediss:// or unix://, got {url!r}")
+    pool_size = reader.get("pool_size", int, 50)
+    if not 1 <= pool_size <= MAX_POOL_SIZE:
+        raise reader.fail("pool_size", f"must be 1-{MAX_POOL_SIZE} connections, got {pool_size}")
+    sentinel = _sentinel(reader) if mode == "sentinel" else None
+    if mode == "sentinel" and url:
+        raise reader.fail("url", 'mode = "sentinel" takes [redis.sentinel] nodes, not a url')
+    if mode != "sentinel" and "sentinel" in reader.data:
+        raise reader.fail("sentinel", 'is only read with mode = "sentinel"')
+    if mode != "sentinel" and "tls" in reader.data:
+        raise reader.fail("tls", 'is for mode = "sentinel"; a single server uses a rediss:// url')
+    # Safe by default: with sentinels there are replicas, and an opt-out acknowledged by a
+    # master alone can vanish in a failover (replication is asynchronous).
+    wait_replicas = reader.get("wait_replicas", int, 1 if mode == "sentinel" else 0)
+    if not 0 <= wait_replicas <= MAX_WAIT_REPLICAS:
+        raise reader.fail(
+            "wait_replicas", f"must be 0-{MAX_WAIT_REPLICAS} replicas, got {wait_replicas}"
+        )
+    wait_timeout_s = reader.duration("wait_timeout", "1s")
+    if wait_timeout_s > 60:
+        raise reader.fail("wait_timeout", "must be at most 60s (a user waits for the answer)")
+    password = os.environ.get(REDIS_PASSWORD_ENV) or reader.get("password", str, None)
+    reader.seen.add("password")
     config = RedisConfig(
         url=url or None,
         data_dir=state_dir / str(reader.get("data_dir", str, "redis")),
         namespace=reader.ident("namespace", "callgate"),
         deadline_s=reader.duration("deadline", "50ms"),
+        mode=mode,
+        pool_size=pool_size,
+        pool_wait_s=reader.duration("pool_wait", "1s"),
+        embedded_wait_s=reader.duration("embedded_wait", "60s"),
+        username=reader.get("username", str, None),
+        password=password or None,
+        tls=bool(reader.get("tls", bool, False)),
+        tls_ca_file=_file(reader, base, "tls_ca_file"),
+        tls_cert_file=_file(reader, base, "tls_cert_file"),
+        tls_key_file=_file(reader, base, "tls_key_file"),
+        sentinel=sentinel,
+        wait_replicas=wait_replicas,
+        wait_timeout_s=wait_timeout_s,
     )
     reader.done()
     return config
+
+
+def _sentinel(redis: Reader) -> SentinelConfig:
+    """``[redis.sentinel]``: nodes = ["host:port", …], service, and the sentinels' own auth."""
+    if "sentinel" not in redis.data:
+        raise redis.fail("sentinel", 'mode = "sentinel" needs a [redis.sentinel] table')
+    reader = redis.table("sentinel")
+    nodes = reader.get("nodes", list, None)
+    if not nodes:
+        raise reader.fail("nodes", 'is required: the sentinels as ["host:26379", …]')
+    parsed = []
+    for index, node in enumerate(nodes):
+        host, sep, port = str(node).rpartition(":")
+        if not isinstance(node, str) or not sep or not host or not port.isdigit():
+            raise reader.fail(f"nodes[{index}]", f'expected "host:port", got {node!r}')
+        if not 0 < int(port) <= 65535:
+            raise reader.fail(f"nodes[{index}]", f"port must be 1-65535, got {port}")
+        parsed.append((host.strip("[]"), int(port)))
+    password = os.environ.get(SENTINEL_PASSWORD_ENV) or reader.get("password", str, None)
+    reader.seen.add("password")
+    config = SentinelConfig(
+        nodes=tuple(parsed),
+        service=reader.ident("service"),
+        username=reader.get("username", str, None),
+        password=password or None,
+        tls=bool(reader.get("tls", bool, bool(redis.data.get("tls", False)))),
+    )
+    reader.done()
+    return config
+
+
+def _file(reader: Reader, base: Path, key: str) -> Path | None:
+    """An optional path (relative to the config file) that must name a readable file."""
+    value = reader.get(key, str, None)
+    if value is None:
+        return None
+    path: Path = base / str(value)
+    if not path.is_file():
+        raise reader.fail(key, f"{path} is not a file")
+    return path
 
 
 def _agi(reader: Reader) -> AgiConfig:
@@ -544,7 +663,7 @@ def parse_config(
     start from; ``create_secret``: create a missing secret file)."""
     root = Reader(data, "", origin)
     gate = _gate(root.table("gate"), base)
-    redis = _redis(root.table("redis"), gate.state_dir)
+    redis = _redis(root.table("redis"), gate.state_dir, base)
     agi = _agi(root.table("agi"))
     fail_mode = _fail_mode(root.table("fail_mode"))
     ari = _ari(root.table("ari")) if "ari" in data else None

@@ -4,6 +4,10 @@ Guarantees:
 - Every entry is validated and normalised to E.164 before it reaches Redis, then stored
   in the keyspace's encoding (a keyed hash unless the config says plain).
 - An emergency or protected number is never put on a block list (``ProtectedNumberError``).
+- What must survive a Redis failover — an opt-out (an ``add`` to a block list), a
+  consent revocation, a refusal or abandoned call — is acknowledged only once the store
+  holds it durably (``Store.durable``: ``redis.wait_replicas`` replicas, else
+  ``NotReplicated`` and the caller reports a failure).
 - Block and allow lists live in compact buckets (gate/liststore.py); consent lists are a
   HASH token → ``granted_ms:expiry_ms`` (decide.lua reads both).
 - An import counts every line: imported, duplicate, rejected (each reported with its line
@@ -52,6 +56,10 @@ class ListAdmin:
         """List operations under the gate's configuration in force (it may be reloaded)."""
         active = gate.active
         return cls(active.config.policy, active.keyspace, gate.store)
+
+    def _on(self, store: Store) -> ListAdmin:
+        """The same operations on ``store`` (a durable view of this one's)."""
+        return ListAdmin(self.policy, self.keyspace, store)
 
     def rule(self, name: str) -> ListRule:
         rule = self.policy.list_rule(name)
@@ -113,11 +121,18 @@ class ListAdmin:
         now: datetime | None = None,
         expires: datetime | None = None,
     ) -> int:
-        """Add numbers (consent lists: granted ``now``, optional expiry); how many were new."""
+        """Add numbers (consent lists: granted ``now``, optional expiry); how many were new.
+
+        On a block list (an opt-out) the answer comes only once the store holds the
+        entries durably (``Store.durable``: enough replicas, or ``NotReplicated``)."""
         rule = self.rule(name)
         checked = self._numbers(rule, numbers)
         key = self.key(name, tenant, campaign)
-        return await self._write(rule, key, "add", checked, now or datetime.now(UTC), expires)
+        when = now or datetime.now(UTC)
+        if rule.kind != "block":
+            return await self._write(rule, key, "add", checked, when, expires)
+        async with self.store.durable(f"adding to block list {name!r}") as store:
+            return await self._on(store)._write(rule, key, "add", checked, when, expires)
 
     async def remove(self, name: str, numbers: Iterable[str], tenant: str, campaign: str) -> int:
         rule = self.rule(name)
@@ -269,6 +284,12 @@ class ListAdmin:
         if red.kind != "block":
             raise InputError(f"list {red_list!r} is not a block list")
         checked = self._numbers(red, numbers)
+        async with self.store.durable("the consent revocation") as store:
+            return await self._on(store)._revoke(checked, tenant, campaign, red_list)
+
+    async def _revoke(
+        self, checked: list[NumberKeys], tenant: str, campaign: str, red_list: str
+    ) -> int:
         consent_lists = {
             r.name: r
             for r in (*self.policy.lists, *(r for p in self.policy.packs for r in p.lists))
@@ -294,6 +315,12 @@ class ListAdmin:
         target = classify(number, self.policy.default_region)
         if not isinstance(target, Destination):
             raise NumberError(f"number {number!r}: not a callable number")
+        async with self.store.durable(f"the {event}") as store:
+            return await self._on(store)._record_event(event, target, tenant, at, now)
+
+    async def _record_event(
+        self, event: str, target: Destination, tenant: str, at: datetime, now: datetime | None
+    ) -> list[str]:
         day = local_day(target.time_zones, at)
         started: list[str] = []
         for pack in self.policy.packs:

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from itertools import chain, islice
 
-from gate.config.loader import Config
+from gate.config.loader import Config, RedisConfig
 from gate.core.engine import Plan, Planner, conclude
 from gate.core.keys import Keyspace
 from gate.core.model import Attempt, Decision, TrafficClass
@@ -169,7 +169,7 @@ async def _parallel(
         workers,
         mp_context=multiprocessing.get_context("spawn"),
         initializer=_start_worker,
-        initargs=(job, store.url, store.deadline_s),
+        initargs=(job, store.settings),
     )
     in_flight: deque[tuple[list[Sequence[str]], Future[list[Outcome]]]] = deque()
     try:
@@ -222,12 +222,17 @@ def _write(
 _worker: tuple[_Job, Store, Planner, asyncio.AbstractEventLoop] | None = None
 
 
-def _start_worker(job: _Job, url: str, deadline_s: float) -> None:
+def _start_worker(job: _Job, settings: RedisConfig) -> None:
     global _worker
     # Ctrl-C reaches the whole process group: the main process stops the pool (and says
     # so); a worker printing its own KeyboardInterrupt traceback would only add noise.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _worker = (job, Store(url, deadline_s), job.planner(), asyncio.new_event_loop())
+    _worker = (
+        job,
+        Store(settings.url, settings.deadline_s, settings),
+        job.planner(),
+        asyncio.new_event_loop(),
+    )
 
 
 def _work(numbers: list[str | None]) -> list[Outcome]:

@@ -8,7 +8,8 @@ Guarantees:
   address without an API token, whatever built the config.
 - ``/healthz`` answers 200 while the process runs and never touches Redis.
 - ``/readyz`` answers 200 only when Redis answers PING (within the store's admin bound)
-  and, when ``[ari]`` is configured, the Stasis application is connected; else 503.
+  and, when ``[ari]`` is configured, the Stasis application is connected; else 503. Its
+  Redis check names the mode and the node answering, and counts failovers and restarts.
   Both bodies are JSON and carry the config version in force.
 - Metrics and health are not authenticated (they hold no numbers); ``/v1/`` is.
 - ``stop()`` stops the list-metrics refresher, then the listener; in-flight requests get
@@ -17,6 +18,7 @@ Guarantees:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 
@@ -28,7 +30,7 @@ from gate.core.errors import ConfigError, StoreError
 from gate.ops._openapi import Operation
 from gate.ops.api import AdminApi, HostGuard, error_middleware, json_response
 from gate.ops.metrics import CONTENT_TYPE, ListRefresher, Metrics, StasisStats
-from gate.ops.models import Check, Health, Ready
+from gate.ops.models import Check, Health, Ready, RedisCheck
 from gate.ops.reload import Reloader
 from gate.service import Gate
 
@@ -123,12 +125,14 @@ class HttpServer:
         )
 
     async def _readyz(self, _request: web.Request) -> web.Response:
-        checks: dict[str, Check] = {}
+        checks: dict[str, Check | RedisCheck] = {}
+        # Which Redis answers: mode, node (the master in use), failovers and restarts seen.
+        status = dataclasses.asdict(self.gate.store.status)
         try:
             await self.gate.store.ping()
-            checks["redis"] = Check(ok=True, error=None, reconnects=None)
+            checks["redis"] = RedisCheck(ok=True, error=None, reconnects=None, **status)
         except StoreError as exc:
-            checks["redis"] = Check(ok=False, error=str(exc), reconnects=None)
+            checks["redis"] = RedisCheck(ok=False, error=str(exc), reconnects=None, **status)
         if self.stasis is not None:
             connected = self.stasis.connected.is_set()
             checks["ari"] = Check(

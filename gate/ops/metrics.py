@@ -13,6 +13,8 @@ What is measured (names as exposed):
   ``callgate_agi_connections_total``, ``callgate_agi_connections_refused_total`` (peer not
   in ``agi.allow``), ``callgate_agi_requests_failed_total`` (Asterisk refused or garbled
   the answer), ``callgate_agi_connections_active``: read from the doors at scrape time.
+- ``callgate_redis_node_info{mode,node}``, ``callgate_redis_failovers_total``,
+  ``callgate_redis_restarts_total``: the Redis in use, read from the store at scrape time.
 - ``callgate_list_entries{list,tenant}``, ``callgate_list_age_seconds{list,tenant}`` (since
   the list's last import), refreshed every ``http.list_refresh``.
 - ``callgate_config_info{version}`` (1 for the version in force),
@@ -52,6 +54,7 @@ from gate.core.numbers import NumberType
 from gate.core.policy import Policy
 from gate.lists.admin import ListAdmin
 from gate.service import Gate, Observed, cancelling, stop_task, wait_event
+from gate.store.connect import LinkStatus
 
 __all__ = [
     "CONTENT_TYPE",
@@ -222,6 +225,34 @@ class _Doors(Collector):
             )
 
 
+class _Redis(Collector):
+    """Which Redis answers and how often it changed, read from the store at scrape time."""
+
+    def __init__(self) -> None:
+        self.status: LinkStatus | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        if self.status is None:
+            return
+        info = GaugeMetricFamily(
+            "callgate_redis_node_info",
+            "The Redis node decisions go to (the master in use), by mode.",
+            labels=["mode", "node"],
+        )
+        info.add_metric([self.status.mode, self.status.node or "unknown"], 1.0)
+        yield info
+        yield CounterMetricFamily(
+            "callgate_redis_failovers",
+            "Changes of Redis master followed (mode sentinel).",
+            value=float(self.status.failovers),
+        )
+        yield CounterMetricFamily(
+            "callgate_redis_restarts",
+            "Restarts of the embedded Redis by callgate run.",
+            value=float(self.status.restarts),
+        )
+
+
 class Metrics:
     """The gate's metrics; a ``DecisionObserver`` for ``Gate.observer``."""
 
@@ -275,6 +306,8 @@ class Metrics:
         ).set(1)
         self.doors = _Doors()
         reg.register(self.doors)
+        self.redis = _Redis()
+        reg.register(self.redis)
         # Only values the configuration names get a series of their own: a tenant, trunk
         # or anything else a caller made up (a phone number typed into the tenant field)
         # is counted as "other" / "<family>:other", never as a label of its own.

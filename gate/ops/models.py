@@ -72,6 +72,7 @@ __all__ = [
     "ListQuery",
     "ListRemoveResponse",
     "Ready",
+    "RedisCheck",
     "ReloadFailed",
     "ReloadResponse",
     "RequestError",
@@ -475,6 +476,15 @@ class Check(_Response):
     reconnects: int | None = Field(description="ari: reconnections since start; else null")
 
 
+class RedisCheck(Check):
+    """The Redis readiness check, naming the Redis that answers (gate/store/connect.py)."""
+
+    mode: str = Field(description="single or sentinel")
+    node: str = Field(description="the node decisions go to (with sentinels, the master in use)")
+    failovers: int = Field(description="changes of master followed since start")
+    restarts: int = Field(description="restarts of the embedded Redis begun by callgate run")
+
+
 class Health(_Response):
     """The process is up."""
 
@@ -489,7 +499,7 @@ class Ready(_Response):
 
     ready: bool
     config_version: str
-    checks: dict[str, Check] = Field(description="redis, and ari when configured")
+    checks: dict[str, RedisCheck | Check] = Field(description="redis, and ari when configured")
 
 
 # --- conversions ---------------------------------------------------------------------------

@@ -18,6 +18,7 @@ Guarantees:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import logging
 import tomllib
@@ -77,6 +78,8 @@ def restart_only_changes(old: Config, new: Config) -> list[str]:
         "redis.url": (old.redis.url, new.redis.url),
         "redis.data_dir": (old.redis.data_dir, new.redis.data_dir),
         "redis.deadline": (old.redis.deadline_s, new.redis.deadline_s),
+        # The other connection settings (mode, sentinels, pool, auth, durability).
+        "redis": (_connection(old), _connection(new)),
         "agi": (old.agi, new.agi),
         "ari": (old.ari, new.ari),
         "http": (old.http, new.http),
@@ -84,6 +87,14 @@ def restart_only_changes(old: Config, new: Config) -> list[str]:
         "logging": (old.logging, new.logging),
     }
     return [name for name, (before, after) in pairs.items() if before != after]
+
+
+def _connection(config: Config) -> object:
+    """``[redis]`` without the keys named on their own above (and the namespace, which a
+    reload may change)."""
+    return dataclasses.replace(
+        config.redis, url=None, data_dir=Path(), deadline_s=0.0, namespace=""
+    )
 
 
 def _load(path: Path) -> tuple[Config, str]:

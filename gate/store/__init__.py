@@ -1,6 +1,7 @@
 """The store: Redis, the Lua scripts, the list storage, the embedded server.
 
-Owns: the connection to Redis (one atomic EVALSHA per decision, ``client.Store``), the
+Owns: the connection to Redis (the pools of a single server or of a Sentinel-managed
+master, ``connect.Link``; one atomic EVALSHA per decision, ``client.Store``), the
 bucketed list storage and its atomic replacement (``lists.ListStore``), the embedded
 ``redis-server`` (``embedded.EmbeddedRedis``) and the scripts in ``lua/``. Every redis-py
 error is translated into ``gate.core.errors`` here.

@@ -2,36 +2,57 @@
 
 Guarantees:
 - ``decide(check)`` is one EVALSHA of ``gate/lua/decide.lua`` (loaded from the package,
-  registered once, re-sent by redis-py on NOSCRIPT) under ``asyncio.timeout(deadline)``;
-  it returns a ``StoreResult`` or raises ``StoreUnavailable`` / ``StoreTimeout``.
+  registered once, loaded again on NOSCRIPT) and returns a ``StoreResult`` or raises
+  ``StoreUnavailable`` / ``StoreTimeout``.
+- Its time limits measure Redis, not a queue: a decision waits at most ``pool_wait`` for
+  one of the ``pool_size`` pooled connections (connect.py), then at most ``deadline`` for
+  Redis's reply. A reply that misses the deadline is still read in the background and
+  its connection goes back to the pool: a slow moment never turns into reconnections.
+- A recording decision is never sent twice: if its connection fails after the request
+  was sent, the script may have run, so the decision gets the fail mode and is counted
+  at most once. An evaluation that records nothing may be sent again once, on a fresh
+  connection.
+- ``durable()`` gives a view of the store whose writes are acknowledged only once
+  ``wait_replicas`` replicas hold them (``WAIT``), for the writes that must survive a
+  failover: opt-outs, consent revocations, refusals.
 - No redis-py exception leaves this module: each is translated into ``gate.errors``.
-- Admin commands (list add/remove/count/export) use the same connection settings but no
-  decision deadline; list entries are sent in batches of ``BATCH`` members per command.
+- Admin commands (list add/remove/count/export) use their own pool, with long timeouts
+  and no blind retry; list entries are sent in batches of ``BATCH`` members per command.
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
+import dataclasses
 import importlib.resources
+import logging
+import select
 from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
+from redis.asyncio.connection import AbstractConnection, ConnectionPool
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from gate.config.loader import RedisConfig
 from gate.core.engine import StoreCheck, StoreResult
-from gate.core.errors import StoreError, StoreTimeout, StoreUnavailable
+from gate.core.errors import NotReplicated, StoreError, StoreTimeout, StoreUnavailable
+from gate.store.connect import ADMIN_TIMEOUT_S, Link, LinkStatus
 
 __all__ = ["BATCH", "Store", "encode_checks", "load_script", "translate_error"]
+
+log = logging.getLogger("callgate")
 
 BATCH = 1000
 # Decisions per EVALSHA in a scrub: ~20-30 µs of Redis time each, so ~5 ms per call.
 SCRUB_BATCH = 200
-_ADMIN_TIMEOUT_S = 60.0
+_ADMIN_TIMEOUT_S = ADMIN_TIMEOUT_S
+# How long close() lets replies that missed their deadline arrive before dropping them.
+_CLOSE_GRACE_S = 1.0
 
 
 def load_script(name: str) -> str:
@@ -46,6 +67,8 @@ def load_script(name: str) -> str:
 
 def translate_error(exc: BaseException, where: str) -> StoreError:
     """Map a redis-py error to the gate's error tree (one line, says what to check)."""
+    if isinstance(exc, StoreError):
+        return exc
     if isinstance(exc, TimeoutError | RedisTimeoutError):
         return StoreTimeout(f"Redis at {where} did not answer in time")
     if isinstance(exc, RedisConnectionError | OSError):
@@ -55,50 +78,66 @@ def translate_error(exc: BaseException, where: str) -> StoreError:
 
 
 class Store:
-    """A connection pool to one Redis (or compatible) server, and the decision script."""
+    """Connection pools to one Redis deployment (connect.py), and the decision script.
 
-    def __init__(self, url: str, deadline_s: float) -> None:
+    ``Store(url, deadline_s)`` talks to the single server at ``url``; ``config`` (the
+    ``[redis]`` section) adds the mode, the pool, auth and durability settings."""
+
+    def __init__(
+        self, url: str | None, deadline_s: float, config: RedisConfig | None = None
+    ) -> None:
+        settings = config or RedisConfig()
+        url = url if url is not None else settings.url
+        self.settings = dataclasses.replace(settings, url=url, deadline_s=deadline_s)
         self.url = url
         self.deadline_s = deadline_s
-        # One quick reconnect on a stale pooled connection (Redis restarted); everything
-        # else is bounded by the decision deadline, never by redis-py's retry schedule.
-        self._client: aioredis.Redis = aioredis.Redis.from_url(
-            url,
-            socket_connect_timeout=max(deadline_s, 0.5),
-            socket_timeout=_ADMIN_TIMEOUT_S,
-            retry=Retry(NoBackoff(), 1),
-            decode_responses=False,
-        )
+        self.link = Link(self.settings)
+        self._pool: ConnectionPool = self.link.decision_pool()
+        self._client: aioredis.Redis = self.link.client(self._pool)
         self._decide = self._client.register_script(load_script("decide.lua"))
+        self._admin_pool: ConnectionPool | None = None
         self._admin_client: aioredis.Redis | None = None
+        # Reply readers in flight (a reply that missed its deadline is still read).
+        self._exchanges: set[asyncio.Task[Any]] = set()
 
     @property
     def admin_client(self) -> aioredis.Redis:
-        """A second pool for list administration: long timeout, never a blind retry.
-
-        redis-py's default (a 5 s socket timeout, then one retry) re-sent a slow RENAME of
-        a big list, which then failed "no such key" after the first one had succeeded
-        (measured on a 10 M-member list): admin commands are not idempotent."""
+        """A second pool for list administration: long timeout, never a blind retry."""
         if self._admin_client is None:
-            self._admin_client = aioredis.Redis.from_url(
-                self.url,
-                socket_timeout=_ADMIN_TIMEOUT_S * 2,
-                socket_connect_timeout=5.0,
-                retry=None,
-            )
+            self._admin_pool = self.link.admin_pool()
+            self._admin_client = self.link.client(self._admin_pool)
         return self._admin_client
 
     @property
     def where(self) -> str:
         """The server address without credentials, for messages."""
-        return self.url.split("@", 1)[-1]
+        return self.link.where
+
+    @property
+    def status(self) -> LinkStatus:
+        """Mode, the node answering, failovers and restarts seen (``/readyz``, metrics)."""
+        return self.link.status
 
     async def close(self) -> None:
+        """Let replies still awaited arrive (at most ``_CLOSE_GRACE_S``), cancel the rest
+        and wait (bounded) until they have let go of their connections; then close."""
+        if self._exchanges:
+            await asyncio.wait(set(self._exchanges), timeout=_CLOSE_GRACE_S)
+        if self._exchanges:
+            pending = set(self._exchanges)
+            log.warning("Redis at %s: %d replies still awaited at close", self.where, len(pending))
+            for task in pending:
+                task.cancel()
+            await asyncio.wait(pending, timeout=_CLOSE_GRACE_S)
         await self._client.aclose()
         if self._admin_client is not None:
             await self._admin_client.aclose()
+        pools = [self._pool] + ([self._admin_pool] if self._admin_pool is not None else [])
+        await self.link.close(*pools)
 
     async def ping(self) -> None:
+        """PING within ``max(deadline, 1 s)`` (an embedded server still loading its data
+        answers LOADING: not ready)."""
         try:
             async with asyncio.timeout(max(self.deadline_s, 1.0)):
                 await self._client.ping()
@@ -106,14 +145,108 @@ class Store:
             raise translate_error(exc, self.where) from exc
 
     async def decide(self, check: StoreCheck) -> StoreResult:
-        """Run one decision's checks atomically, within the deadline."""
+        """Run one decision's checks atomically: at most ``pool_wait`` for a connection,
+        then at most ``deadline`` from sending the request to Redis's reply (see the
+        module's guarantees)."""
         keys, args = encode_checks(check)
+        command = ("EVALSHA", self._decide.sha, len(keys), *keys, *args)
+        connection = await self._checkout()
         try:
-            async with asyncio.timeout(self.deadline_s):
-                reply = await self._decide(keys=keys, args=args)
-        except (RedisError, OSError, TimeoutError) as exc:
+            await connection.send_command(*command)
+        except BaseException as exc:
+            await connection.disconnect()
+            await self._pool.release(connection)
+            if isinstance(exc, RedisError | OSError):
+                raise translate_error(exc, self.where) from exc
+            raise
+        # The deadline starts now that the request is on its way: time spent waiting for
+        # a connection or for this task's turn in the event loop is not Redis's.
+        reply: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        exchange = asyncio.create_task(self._reply(connection, command, check.record, reply))
+        self._let_finish(exchange)
+        try:
+            done, _ = await asyncio.wait({reply}, timeout=self.deadline_s)
+            if not done and _reply_waiting(connection):
+                # Redis has answered; only this process's own backlog kept it unread.
+                done, _ = await asyncio.wait({reply}, timeout=self.deadline_s)
+        finally:
+            if not reply.done():
+                # Nobody waits for it any more; its connection goes back to the pool once
+                # the reply is read (or the connection fails).
+                reply.cancel()
+        if not done:
+            raise StoreTimeout(
+                f"Redis at {self.where} did not answer within {self.deadline_s * 1000:g} ms"
+            )
+        try:
+            result = reply.result()
+        except (RedisError, OSError) as exc:
             raise translate_error(exc, self.where) from exc
-        return _result(reply[0])
+        return _result(result[0])
+
+    def _let_finish(self, exchange: asyncio.Task[Any]) -> None:
+        """Let an exchange nobody waits for end by itself (``close()`` bounds it)."""
+        self._exchanges.add(exchange)
+        exchange.add_done_callback(_forget(self._exchanges))
+
+    async def _checkout(self) -> AbstractConnection:
+        """A pooled connection, connected (waits at most ``pool_wait`` for a free one)."""
+        try:
+            connection: AbstractConnection = await self._pool.get_connection()  # type: ignore[no-untyped-call]
+            return connection
+        except RedisConnectionError as exc:
+            if "No connection available" in str(exc):
+                raise StoreUnavailable(
+                    f"Redis at {self.where}: all {self.settings.pool_size} connections stayed "
+                    f"busy for {self.settings.pool_wait_s:g} s (raise redis.pool_size?)"
+                ) from exc
+            raise translate_error(exc, self.where) from exc
+        except (RedisError, OSError) as exc:
+            raise translate_error(exc, self.where) from exc
+
+    async def _reply(
+        self,
+        connection: AbstractConnection,
+        command: tuple[Any, ...],
+        record: bool,
+        reply: asyncio.Future[Any],
+    ) -> None:
+        """Read the reply to ``command`` (already sent on ``connection``) into ``reply``,
+        then release the connection, whatever happens (the decision does not wait for
+        the release: the pool's lock may be busy under a burst).
+
+        NOSCRIPT means the script did not run: load it and send again. A broken
+        connection is sent on again (once, reconnected) only when nothing is recorded:
+        a recording call may have run already, and must not be counted twice."""
+        try:
+            for attempt in range(3):
+                try:
+                    if attempt:
+                        await connection.send_command(*command)
+                    answer = await connection.read_response()
+                except NoScriptError as exc:
+                    if attempt == 2:
+                        _settle(reply, exc)
+                        return
+                    await connection.send_command("SCRIPT", "LOAD", self._decide.script)
+                    await connection.read_response()
+                except (RedisError, OSError) as exc:
+                    if (
+                        record
+                        or attempt == 2
+                        or not isinstance(exc, RedisConnectionError | OSError)
+                    ):
+                        _settle(reply, exc)
+                        return
+                    await connection.disconnect()
+                else:
+                    if not reply.done():
+                        reply.set_result(answer)
+                    return
+        except (RedisError, OSError) as exc:
+            _settle(reply, exc)
+        finally:
+            await self._pool.release(connection)
 
     async def decide_many(self, checks: Sequence[StoreCheck]) -> list[StoreResult]:
         """Evaluate many decisions: ``SCRUB_BATCH`` per EVALSHA (a few ms of Redis time
@@ -156,7 +289,9 @@ class Store:
         connection = await pool.get_connection()  # type: ignore[no-untyped-call]
         try:
             await connection.send_packed_command(request)
-            return [await connection.read_response() for _ in range(replies)]
+            return [
+                await connection.read_response(timeout=_ADMIN_TIMEOUT_S) for _ in range(replies)
+            ]
         except BaseException:
             await connection.disconnect()
             raise
@@ -166,9 +301,38 @@ class Store:
     async def _admin(self, command: str, *args: Any) -> Any:
         try:
             async with asyncio.timeout(_ADMIN_TIMEOUT_S):
-                return await self._client.execute_command(command, *args)  # type: ignore[no-untyped-call]
+                return await self.admin_client.execute_command(command, *args)  # type: ignore[no-untyped-call]
         except (RedisError, OSError, TimeoutError) as exc:
             raise translate_error(exc, self.where) from exc
+
+    @asynccontextmanager
+    async def durable(self, what: str) -> AsyncIterator[Store]:
+        """A view of this store for writes that must survive a failover (``what``: "the
+        opt-out", for messages). Its admin commands all go over one connection; on
+        leaving, ``WAIT`` until ``wait_replicas`` replicas hold them (bounded by
+        ``wait_timeout``), else ``NotReplicated``: the write is in force on the master but
+        not acknowledged, and may be sent again (these writes are idempotent)."""
+        replicas = self.settings.wait_replicas
+        if replicas == 0:
+            yield self
+            return
+        pinned = aioredis.Redis(
+            connection_pool=self.admin_client.connection_pool, single_connection_client=True
+        )
+        view = copy.copy(self)
+        view._admin_client = pinned
+        try:
+            yield view
+            timeout_ms = int(self.settings.wait_timeout_s * 1000)
+            held = int(await view._admin("WAIT", replicas, timeout_ms))
+        finally:
+            await pinned.aclose()
+        if held < replicas:
+            raise NotReplicated(
+                f"{what} is in force on the Redis master but only {held} of {replicas} "
+                f"replica(s) confirmed it within {self.settings.wait_timeout_s:g} s, so it "
+                "could be lost in a failover: not acknowledged, send it again"
+            )
 
     async def set_fields(self, key: str, fields: Iterable[tuple[str, str]]) -> int:
         """HSET in batches (consent lists: token → "granted_ms:expiry_ms"); returns new fields."""
@@ -253,6 +417,47 @@ def encode_checks(*decisions: StoreCheck) -> tuple[list[str], list[str | int]]:
                 fields.append(",".join(str(i) for i in item.exempt_by))
             args.append("|".join(fields))
     return keys, args
+
+
+def _settle(reply: asyncio.Future[Any], error: BaseException) -> None:
+    if not reply.done():
+        reply.set_exception(error)
+
+
+def _reply_waiting(connection: AbstractConnection) -> bool:
+    """Whether bytes of Redis's reply have reached this process but were not read yet
+    (in the stream's buffer, or waiting in the socket): then a missed deadline is the
+    event loop's backlog under a burst of calls, not Redis being slow.
+
+    Reads redis-py's ``_reader``/``_writer`` (as redis-py's own ``Connection`` does); if
+    they change shape this answers False, and the deadline is applied strictly."""
+    reader = getattr(connection, "_reader", None)
+    if reader is None:
+        return False
+    if getattr(reader, "_buffer", None):
+        return True
+    writer = getattr(connection, "_writer", None)
+    sock = writer.get_extra_info("socket") if writer is not None else None
+    if sock is None:
+        return False
+    poller = select.poll()  # not select.select: descriptors above 1023 are common here
+    try:
+        poller.register(sock.fileno(), select.POLLIN)
+        return bool(poller.poll(0))
+    except (OSError, ValueError):
+        return False
+
+
+def _forget(tasks: set[asyncio.Task[Any]]) -> Any:
+    """A done-callback: drop the task from ``tasks`` and consume its outcome (a reply that
+    came too late, or the error that ended its connection, is of no use any more)."""
+
+    def done(task: asyncio.Task[Any]) -> None:
+        tasks.discard(task)
+        if not task.cancelled():
+            task.exception()
+
+    return done
 
 
 def _resp(parts: Sequence[bytes]) -> bytes:

@@ -173,9 +173,18 @@ async def test_healthz_is_up_with_the_config_version(served: Served) -> None:
 
 
 async def test_readyz_is_ready_when_redis_answers(served: Served) -> None:
-    """/readyz answers 200, ready, with the Redis check passed."""
+    """/readyz answers 200, ready, with the Redis check passed, naming the mode and the
+    node that answers (no failover, no restart so far)."""
     status, body = await served.get("/readyz")
-    redis_ok = {"ok": True, "error": None, "reconnects": None}
+    redis_ok = {
+        "ok": True,
+        "error": None,
+        "reconnects": None,
+        "mode": "single",
+        "node": served.gate.store.where,
+        "failovers": 0,
+        "restarts": 0,
+    }
     assert (200, {"ready": True, "config_version": "v1", "checks": {"redis": redis_ok}}) == (
         status,
         body,
