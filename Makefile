@@ -3,19 +3,26 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+# The runtime install (callgate and its dependencies), then the test tools on top.
+RUNTIME := $(VENV)/.runtime
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint unit sandbox bench clean
+.PHONY: run test lint unit sandbox bench wheel clean
 
-$(STAMP): setup.cfg pyproject.toml
+$(RUNTIME): setup.cfg pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "callgate needs Python 3.11 or newer (set PYTHON=python3.11)")'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e .
+	touch $(RUNTIME)
+
+$(STAMP): $(RUNTIME)
 	$(BIN)/python -m pip install -q -e '.[test]'
 	touch $(STAMP)
 
-## run: install into .venv and serve FastAGI with the sample config and an embedded Redis
-run: $(STAMP)
+## run: install callgate (no test tools) into .venv and serve FastAGI with the sample
+## config and an embedded Redis
+run: $(RUNTIME)
 	$(BIN)/callgate --config config/callgate.toml run
 
 ## test: install, lint, type-check and run the whole suite (end-to-end included)
@@ -38,6 +45,10 @@ sandbox:
 
 bench: $(STAMP)
 	$(BIN)/python bench/decide.py
+
+## wheel: build dist/callgate-*.whl (the packs, sample config and dialplan include inside)
+wheel: $(STAMP)
+	$(BIN)/python -m pip wheel -q --no-deps --no-build-isolation -w dist .
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

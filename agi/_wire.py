@@ -1,63 +1,214 @@
-"""Typed wrapper around panoramisk's FastAGI reply parsing.
+"""The FastAGI dialogue after the request headers: one command, Asterisk's reply, checked.
 
-panoramisk 1.4 ships no types and its ``Application.handler`` spins on EOF (a bare TCP
-connect+close wedges it at 100 % CPU), so callgate reads the AGI headers itself (see
-``agi.server``) and uses panoramisk for what it does well: parsing Asterisk's replies
-(``parse_agi_result``: ``200 result=1``, ``HANGUP``, ``510``/``520`` errors).
+Asterisk's res_agi answers each command with one line (``res_agi.c``, ``agi_handle_command``
+and the ``ast_agi_send`` calls around it):
+
+- ``200 result=<n> [(<data>)]`` done (``result=-1 (hangup)`` if the channel hung up);
+- ``100 result=0 Trying...`` before some final replies;
+- ``510 Invalid or unknown command``;
+- ``511 Command Not Permitted on a dead channel or intercept routine``;
+- ``520 Invalid command syntax.  Proper usage not available.``, or a multi-line usage
+  reply: ``520-Invalid command syntax.  Proper usage follows:``, the usage text, then
+  ``520 End of proper usage.``;
+
+and it writes ``HANGUP`` on the socket when the channel hangs up. Every reply is read
+whole (a multi-line one up to its closing line), so the dialogue never falls out of step;
+a line longer than the stream's limit (``MAX_LINE_BYTES``), or one that is none of the
+above, is an ``AgiProtocolError``. Reply text kept for logs is made printable first.
 
 Commands go one at a time, each answered before the next is sent: Asterisk's res_agi does
 not answer pipelined commands (it reads them through a buffered stream after poll(); seen
 on Asterisk 22, every reply then waited for the socket to close).
+
+This replaces panoramisk 1.4 (untyped; its ``Application.handler`` spins on EOF, and its
+reply parser neither reads multi-line replies nor survives an unparseable one).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
-from typing import Any
+import re
+import socket
+from dataclasses import dataclass
+from typing import Protocol
 
-from panoramisk.utils import parse_agi_result
+from gate.core.params import printable
 
-__all__ = ["AgiChannel", "AgiHangup"]
+__all__ = [
+    "AgiChannel",
+    "AgiHangup",
+    "AgiProtocolError",
+    "AgiReply",
+    "HeaderOverflow",
+    "SocketStream",
+]
+
+MAX_REPLY_LINES = 64  # a usage text is a dozen lines; "100 Trying" lines are few
+_REPLY = re.compile(r"(\d{3})([ -])(.*)", re.ASCII | re.DOTALL)
+_RESULT = re.compile(r"result=(\S*)(?:\s+\((.*)\))?", re.ASCII | re.DOTALL)
 
 
 class AgiHangup(Exception):
     """Asterisk hung the channel up (or closed the socket) during the dialogue."""
 
 
-class AgiChannel:
-    """Sends AGI commands on one FastAGI connection, under a deadline."""
+class AgiProtocolError(Exception):
+    """Asterisk's reply could not be read: too long, or not an AGI reply."""
 
-    def __init__(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, timeout_s: float
-    ) -> None:
+
+@dataclass(frozen=True, slots=True)
+class AgiReply:
+    """Asterisk's final reply to one command."""
+
+    code: int  # 200 done; 510, 511, 520 refused
+    result: str  # the ``result=`` value of a 200 reply ("" otherwise)
+    text: str  # its first line, printable (for logs)
+
+    @property
+    def ok(self) -> bool:
+        return self.code == 200
+
+
+class HeaderOverflow(Exception):
+    """A request's header block broke a limit (a line too long, or too many lines)."""
+
+
+class _Reader(Protocol):
+    async def readuntil(self, separator: bytes = b"\n") -> bytes: ...
+
+
+class _Writer(Protocol):
+    def write(self, data: bytes) -> None: ...
+
+    async def drain(self) -> None: ...
+
+
+class SocketStream:
+    """One FastAGI connection read and written through the event loop's socket calls.
+
+    Lighter than asyncio's streams (no transport, protocol, reader and writer objects per
+    connection; the header block usually arrives in one ``recv``): the per-call path of
+    the server. ``readuntil`` and ``write``/``drain`` behave as ``StreamReader``'s and
+    ``StreamWriter``'s for ``AgiChannel`` (the same exceptions at EOF and past ``limit``).
+    """
+
+    __slots__ = ("_buffer", "_limit", "_loop", "_out", "_sock")
+
+    def __init__(self, sock: socket.socket, limit: int) -> None:
+        self._sock = sock
+        self._limit = limit
+        self._loop = asyncio.get_running_loop()
+        self._buffer = bytearray()
+        self._out = bytearray()
+
+    async def _fill(self) -> bool:
+        """Receive what the peer sent next; False at EOF."""
+        data = await self._loop.sock_recv(self._sock, 65536)
+        self._buffer += data
+        return bool(data)
+
+    async def read_headers(self, max_lines: int) -> list[bytes] | None:
+        """The lines of the header block up to its blank line (None: EOF before it).
+
+        Raises ``HeaderOverflow`` as soon as a line is longer than the limit or there are
+        more than ``max_lines`` lines; whatever follows the blank line stays buffered."""
+        lines: list[bytes] = []
+        start = 0
+        while True:
+            end = self._buffer.find(b"\n", start)
+            if end < 0:
+                if len(self._buffer) - start > self._limit:
+                    raise HeaderOverflow(f"a header line longer than {self._limit} bytes")
+                if not await self._fill():
+                    return None
+                continue
+            if end - start > self._limit:
+                raise HeaderOverflow(f"a header line longer than {self._limit} bytes")
+            line = bytes(self._buffer[start:end]).rstrip(b"\r")
+            start = end + 1
+            if not line:
+                del self._buffer[:start]
+                return lines
+            if len(lines) == max_lines:
+                raise HeaderOverflow(f"more than {max_lines} header lines")
+            lines.append(line)
+
+    async def readuntil(self, separator: bytes = b"\n") -> bytes:
+        while True:
+            end = self._buffer.find(separator)
+            if end >= 0:
+                end += len(separator)
+                if end > self._limit:
+                    raise asyncio.LimitOverrunError("separator found past the limit", end)
+                data = bytes(self._buffer[:end])
+                del self._buffer[:end]
+                return data
+            if len(self._buffer) > self._limit:
+                raise asyncio.LimitOverrunError("no separator within the limit", self._limit)
+            if not await self._fill():
+                partial = bytes(self._buffer)
+                self._buffer.clear()
+                raise asyncio.IncompleteReadError(partial, None)
+
+    def write(self, data: bytes) -> None:
+        self._out += data
+
+    async def drain(self) -> None:
+        if self._out:
+            data, self._out = bytes(self._out), bytearray()
+            await self._loop.sock_sendall(self._sock, data)
+
+
+class AgiChannel:
+    """Sends AGI commands on one FastAGI connection, each under a deadline."""
+
+    def __init__(self, reader: _Reader, writer: _Writer, timeout_s: float) -> None:
         self._reader = reader
         self._writer = writer
         self._timeout_s = timeout_s
 
-    async def _reply(self) -> dict[str, Any]:
-        for _ in range(8):  # "100 Trying" lines precede the final reply; bounded
-            raw = await self._reader.readline()
-            if not raw:
-                raise AgiHangup("connection closed")
-            try:
-                result: dict[str, Any] = parse_agi_result(
-                    raw.decode("utf-8", "replace").rstrip("\r\n")
-                )
-            except ValueError as exc:  # panoramisk: int() of an unparseable reply
-                raise AgiHangup(f"unreadable reply {raw[:80]!r}") from exc
-            if result.get("error") == "AGIResultHangup":
-                raise AgiHangup("channel hung up")
-            if result.get("status_code") != 100:
-                return result
-        raise AgiHangup("no final reply after 8 lines")
-
-    async def set_variables(self, pairs: Sequence[tuple[str, str]]) -> list[dict[str, Any]]:
-        """``SET VARIABLE name "value"`` for each pair, in turn; values must be safe."""
-        replies: list[dict[str, Any]] = []
+    async def set_variable(self, name: str, value: str) -> AgiReply:
+        """``SET VARIABLE name "value"`` and Asterisk's reply; ``value`` must be safe."""
         async with asyncio.timeout(self._timeout_s):
-            for name, value in pairs:
-                self._writer.write(f'SET VARIABLE {name} "{value}"\n'.encode())
-                await self._writer.drain()
-                replies.append(await self._reply())
-        return replies
+            self._writer.write(f'SET VARIABLE {name} "{value}"\n'.encode())
+            await self._writer.drain()
+            return await self._reply()
+
+    async def _line(self) -> str:
+        try:
+            raw = await self._reader.readuntil(b"\n")
+        except asyncio.IncompleteReadError as exc:
+            raise AgiHangup("connection closed") from exc
+        except asyncio.LimitOverrunError as exc:
+            raise AgiProtocolError(f"a reply line longer than {exc.consumed} bytes") from exc
+        return printable(raw.decode("utf-8", "replace").rstrip("\r\n"))
+
+    async def _reply(self) -> AgiReply:
+        for _ in range(MAX_REPLY_LINES):
+            line = await self._line()
+            if line == "HANGUP":
+                raise AgiHangup("channel hung up")
+            match = _REPLY.fullmatch(line)
+            if match is None:
+                raise AgiProtocolError(f"not an AGI reply: {line[:80]!r}")
+            code, continued, rest = int(match[1]), match[2] == "-", match[3]
+            if continued:
+                await self._skip_to_end_of(code)
+                return AgiReply(code, "", line[:200])
+            if code == 100:
+                continue
+            if code != 200:
+                return AgiReply(code, "", line[:200])
+            result = _RESULT.match(rest)
+            if result is not None and result[2] == "hangup":
+                raise AgiHangup("channel hung up")
+            return AgiReply(code, result[1] if result is not None else "", line[:200])
+        raise AgiProtocolError(f"no final reply within {MAX_REPLY_LINES} lines")
+
+    async def _skip_to_end_of(self, code: int) -> None:
+        """Read the rest of a multi-line reply, up to its ``<code> …`` closing line."""
+        closing = f"{code} "
+        for _ in range(MAX_REPLY_LINES):
+            if (await self._line()).startswith(closing):
+                return
+        raise AgiProtocolError(f"a {code} reply with no closing line in {MAX_REPLY_LINES}")

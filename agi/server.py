@@ -1,47 +1,69 @@
-"""The FastAGI server: Asterisk asks, the gate decides, channel variables answer.
+"""The FastAGI server: Asterisk asks, the gate decides, one channel variable answers.
 
 Dialplan: ``AGI(agi://127.0.0.1:4573/check?tenant=acme&campaign=spring&class=campaign)``
 (parameters may also be passed as AGI arguments: ``AGI(agi://…/check,number=${EXTEN})``).
+Every route answers with one ``SET VARIABLE CALLGATE_DECISION "RESULT|REASON|RULE|
+RETRY_AFTER|E164|CAUSE"`` (``gate.core.params.answer_value``), which the dialplan's
+``callgate-unpack`` splits into ``CALLGATE_RESULT``, ``CALLGATE_REASON`` and the rest.
 Routes:
 
-- ``check``  decide the call to ``number`` (default: the request's extension) and set
-  ``CALLGATE_RESULT`` (ALLOW/BLOCK/DEFER/ERROR), ``CALLGATE_REASON``, ``CALLGATE_RULE``,
-  ``CALLGATE_RETRY_AFTER`` (seconds, DEFER only), ``CALLGATE_E164`` and ``CALLGATE_CAUSE``
-  (suggested Q.850 hangup cause: 21 BLOCK, 34 DEFER, 0 ALLOW).
+- ``check``  decide the call to ``number`` (default: the request's extension): RESULT is
+  ALLOW, BLOCK or DEFER, with the reason, rule, retry delay (seconds, DEFER only), the
+  E.164 number and the suggested Q.850 hangup cause (21 BLOCK, 34 DEFER, 0 ALLOW).
 - ``optout`` put ``number`` on the tenant's red list (``list=`` to name another block
-  list); sets ``CALLGATE_RESULT`` to OK or ERROR. The very next attempt sees it.
+  list): RESULT ``OK`` (reason ``listed:<list>``) or ``ERROR``. The very next attempt
+  sees it.
 - ``refusal`` / ``abandoned`` the agent's disposition: start the packs' cool-off for
-  ``number`` (France: 60 days after a refusal; UK: 72 h after an abandoned call).
+  ``number`` (France: 60 days after a refusal; UK: 72 h after an abandoned call): RESULT
+  ``OK`` (reason ``refusal:<rule>``) or ``ERROR``.
+
+A request the server cannot serve (unknown route or parameter, malformed value) gets
+RESULT ``ERROR`` with reason ``bad_request:<what>``, so the dialplan applies its fail mode.
 
 Guarantees (model: aiosmtpd's ``_handle_client``): headers are read under a deadline with
-a line-length and line-count limit; a peer that closes early, sends garbage or stalls is
-dropped without affecting other connections; values written back are from a fixed safe
-alphabet, so a crafted number cannot inject AGI commands; ``CancelledError`` is never
-swallowed; ``stop()`` stops accepting, then waits for in-flight requests.
+a line-length and line-count limit, their control characters escaped (a crafted
+``agi_channel`` cannot forge a log line); a peer that closes early, sends garbage or stalls
+is dropped without affecting other connections; values written back are from a fixed safe
+alphabet, so a crafted number cannot inject AGI commands; Asterisk's reply is read whole
+and checked (anything but ``200``, or a garbled reply, is logged and counted in
+``failed``); ``CancelledError`` is never
+swallowed; every accepted connection is tracked from the moment it is accepted, and
+``stop()`` stops accepting, then drains them all (bounded, ``gate.service.InFlight``).
+
+Who may connect: with ``[agi] allow`` (addresses, CIDR networks) a peer outside the list
+is closed at once, before a byte is read (counted in ``refused``, logged once per
+address). The routes change state (``optout``, a recorded ``check``), so a non-loopback
+listener without an allow-list is refused at start, as at config load.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import functools
+import ipaddress
 import logging
-from collections.abc import Mapping
+import socket
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from agi._wire import AgiChannel, AgiHangup
-from gate.core.errors import GateError, InputError
+from agi._wire import AgiChannel, AgiHangup, AgiProtocolError, HeaderOverflow, SocketStream
+from gate.config.loader import Network, is_loopback
+from gate.core.errors import ConfigError, GateError, InputError
 from gate.core.model import Attempt
 from gate.core.params import (
+    DECISION_VARIABLE,
     BadRequest,
+    answer_value,
     attempt_from_params,
-    decision_fields,
+    decision_value,
+    error_value,
     ident_param,
     parse_pairs,
-    safe_value,
+    printable,
 )
 from gate.lists.admin import ListAdmin
-from gate.service import Gate
+from gate.service import Gate, InFlight
 
 __all__ = ["AgiRequest", "AgiServer", "parse_request"]
 
@@ -51,6 +73,10 @@ MAX_LINE_BYTES = 4096
 MAX_HEADER_LINES = 128
 COMMAND_TIMEOUT_S = 5.0
 STOP_GRACE_S = 10.0
+LISTEN_BACKLOG = 1024
+ACCEPT_BATCH = 64  # connections taken per wake-up, so accepting cannot starve the loop
+ACCEPT_RETRY_S = 1.0  # after EMFILE and the like (as asyncio's own servers do)
+MAX_REFUSED_LOGGED = 256  # distinct refused addresses logged (then only counted)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +91,11 @@ class AgiRequest:
 
 
 def parse_request(headers: Mapping[str, str]) -> AgiRequest:
-    """Build an ``AgiRequest`` from the ``agi_*`` headers, or raise ``BadRequest``."""
+    """Build an ``AgiRequest`` from the ``agi_*`` headers, or raise ``BadRequest``.
+
+    The caller ID is passed on as Asterisk gives it: the engine treats ``unknown`` (and
+    the other masked forms) as a masked caller ID.
+    """
     script = headers.get("agi_network_script", "")
     route, _, query = script.partition("?")
     pairs = [p for p in query.split("&") if p]
@@ -75,12 +105,11 @@ def parse_request(headers: Mapping[str, str]) -> AgiRequest:
             pairs.append(headers[f"agi_arg_{index}"])
         index += 1
     params = parse_pairs(pairs)
-    caller_id = headers.get("agi_callerid", "")
     return AgiRequest(
         route=route.strip("/"),
         params=params,
         extension=headers.get("agi_extension", ""),
-        caller_id="" if caller_id == "unknown" else caller_id,
+        caller_id=headers.get("agi_callerid", ""),
         channel=headers.get("agi_channel", ""),
     )
 
@@ -98,15 +127,32 @@ def build_attempt(request: AgiRequest, default_tenant: str, now: datetime) -> At
 
 
 class AgiServer:
-    """Serves the ``check`` and ``optout`` FastAGI routes for one ``Gate``."""
+    """Serves the ``check``, ``optout``, ``refusal`` and ``abandoned`` FastAGI routes for
+    one ``Gate``, until ``stop()``."""
 
-    def __init__(self, gate: Gate, host: str, port: int, header_timeout_s: float) -> None:
+    def __init__(
+        self,
+        gate: Gate,
+        host: str,
+        port: int,
+        header_timeout_s: float,
+        allow: Sequence[Network] = (),
+        reuse_port: bool = False,
+    ) -> None:
         self.gate = gate
         self.host, self.requested_port = host, port
+        # SO_REUSEPORT: worker processes each listen on the same port, and the kernel
+        # spreads the connections among them (``callgate run --workers N``).
+        self.reuse_port = reuse_port
         self.header_timeout_s = header_timeout_s
-        self._server: asyncio.Server | None = None
-        self._clients: set[asyncio.Task[None]] = set()
-        self.accepted = 0  # connections since start (metrics)
+        self.allow = tuple(allow)
+        self._listener: socket.socket | None = None
+        self._retry: asyncio.TimerHandle | None = None
+        self._requests = InFlight("FastAGI", STOP_GRACE_S)
+        self._refused_from: set[str] = set()
+        self.accepted = 0  # connections served since start (metrics)
+        self.refused = 0  # connections closed unserved: peer not in the allow-list
+        self.failed = 0  # requests whose answer Asterisk refused or garbled (metrics)
 
     @property
     def lists(self) -> ListAdmin:
@@ -116,94 +162,161 @@ class AgiServer:
     @property
     def active(self) -> int:
         """Connections being served now (metrics)."""
-        return len(self._clients)
+        return len(self._requests)
 
     @property
     def port(self) -> int:
         """The bound port (useful when started with port 0)."""
-        assert self._server is not None, "server not started"
-        return int(self._server.sockets[0].getsockname()[1])
+        assert self._listener is not None, "server not started"
+        return int(self._listener.getsockname()[1])
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(
-            self._accept, self.host, self.requested_port, limit=MAX_LINE_BYTES
+        """Listen on the first address ``host`` resolves to (``OSError`` if it cannot;
+        ``ConfigError`` for a non-loopback host without an allow-list)."""
+        if not self.allow and not is_loopback(self.host):
+            raise ConfigError(
+                f"agi: refusing to listen on {self.host!r} without agi.allow: list the "
+                "Asterisk servers that may connect, or listen on 127.0.0.1"
+            )
+        loop = asyncio.get_running_loop()
+        infos = await loop.getaddrinfo(
+            self.host, self.requested_port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
         )
+        family, kind, proto, _, address = infos[0]
+        listener = socket.socket(family, kind, proto)
+        try:
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if self.reuse_port:
+                listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            listener.bind(address)
+            listener.listen(LISTEN_BACKLOG)
+            listener.setblocking(False)
+        except BaseException:
+            listener.close()
+            raise
+        self._listener = listener
+        loop.add_reader(listener.fileno(), self._accept_ready)
 
     async def stop(self) -> None:
-        """Stop accepting; let in-flight requests finish (bounded), then cancel the rest."""
-        if self._server is None:
-            return
-        self._server.close()
-        if self._clients:
-            _, pending = await asyncio.wait(set(self._clients), timeout=STOP_GRACE_S)
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(STOP_GRACE_S):
-                await self._server.wait_closed()
-        self._server = None
+        """Stop accepting; let every accepted request finish (bounded), cancel the rest."""
+        listener, self._listener = self._listener, None
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
+        if listener is not None:
+            asyncio.get_running_loop().remove_reader(listener.fileno())
+            listener.close()
+        await self._requests.drain()
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._clients.add(task)
-        self.accepted += 1
+    def _accept_ready(self) -> None:
+        """The listening socket is readable: take the waiting connections, each tracked
+        at once (nothing accepted can slip past ``stop()``)."""
+        listener = self._listener
+        if listener is None:
+            return
+        for _ in range(ACCEPT_BATCH):
+            try:
+                connection, peer = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # EMFILE, ENOBUFS…: pause, as asyncio's servers do
+                log.warning("FastAGI: cannot accept connections (%s); retrying in 1 s", exc)
+                loop = asyncio.get_running_loop()
+                loop.remove_reader(listener.fileno())
+                self._retry = loop.call_later(ACCEPT_RETRY_S, self._resume_accepting)
+                return
+            if not self._allowed(peer):
+                connection.close()
+                self._refuse(peer)
+                continue
+            self.accepted += 1
+            connection.setblocking(False)
+            self._requests.spawn(functools.partial(self._connection, connection))
+
+    def _allowed(self, peer: object) -> bool:
+        """Whether ``peer`` (the address ``accept()`` gave) is in the allow-list."""
+        if not self.allow:
+            return True
         try:
-            await self._serve(reader, writer)
+            address = ipaddress.ip_address(peer[0] if isinstance(peer, tuple) else "")
+        except ValueError:
+            return False
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped  # a dual-stack listener's IPv4 peer
+        return any(address in network for network in self.allow)
+
+    def _refuse(self, peer: object) -> None:
+        self.refused += 1
+        who = str(peer[0]) if isinstance(peer, tuple) and peer else "?"
+        if who not in self._refused_from and len(self._refused_from) < MAX_REFUSED_LOGGED:
+            self._refused_from.add(who)
+            log.warning("FastAGI: refused a connection from %s: not in agi.allow", who)
+
+    def _resume_accepting(self) -> None:
+        self._retry = None
+        if self._listener is not None:
+            asyncio.get_running_loop().add_reader(self._listener.fileno(), self._accept_ready)
+
+    async def _connection(self, connection: socket.socket) -> None:
+        try:
+            await self._serve(SocketStream(connection, MAX_LINE_BYTES))
         except Exception:  # a bug in one request must not take the server down
             log.exception("FastAGI request failed")
         finally:
-            self._clients.discard(task)
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
+            connection.close()
 
-    async def _read_headers(self, reader: asyncio.StreamReader) -> dict[str, str] | None:
+    async def _read_headers(self, stream: SocketStream) -> dict[str, str] | None:
         """The request headers, or None if the peer closed, stalled or sent garbage."""
-        headers: dict[str, str] = {}
         try:
             async with asyncio.timeout(self.header_timeout_s):
-                for _ in range(MAX_HEADER_LINES):
-                    raw = await reader.readline()
-                    if not raw:
-                        return None  # EOF before the blank line: a probe or a dead peer
-                    line = raw.decode("utf-8", "replace").rstrip("\r\n")
-                    if not line:
-                        return headers
-                    name, sep, value = line.partition(": ")
-                    if sep:
-                        headers[name] = value
-        except (TimeoutError, ValueError, ConnectionError) as exc:
+                lines = await stream.read_headers(MAX_HEADER_LINES)
+        except HeaderOverflow as exc:
+            log.warning("FastAGI: dropped a request: %s", exc)
+            return None
+        except (TimeoutError, OSError) as exc:  # a stall, a reset
             log.warning(
                 "FastAGI: dropped a request whose headers were unreadable (%s)", type(exc).__name__
             )
             return None
-        log.warning("FastAGI: dropped a request with more than %d header lines", MAX_HEADER_LINES)
-        return None
+        if lines is None:
+            return None  # EOF before the blank line: a probe or a dead peer
+        headers: dict[str, str] = {}
+        for raw in lines:
+            name, sep, value = raw.decode("utf-8", "replace").partition(": ")
+            if sep:  # control characters escaped: a header cannot forge a log line
+                headers[name] = printable(value)
+        return headers
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        headers = await self._read_headers(reader)
+    async def _serve(self, stream: SocketStream) -> None:
+        headers = await self._read_headers(stream)
         if headers is None:
             return
-        channel = AgiChannel(reader, writer, COMMAND_TIMEOUT_S)
+        channel = AgiChannel(stream, stream, COMMAND_TIMEOUT_S)
+        name = headers.get("agi_channel", "?")
         try:
-            variables = await self._answer(headers)
-            await channel.set_variables([(name, safe_value(value)) for name, value in variables])
+            reply = await channel.set_variable(DECISION_VARIABLE, await self._answer(headers))
         except (AgiHangup, TimeoutError, ConnectionError) as exc:
             log.info(
-                "FastAGI: channel %s went away during the dialogue (%s)",
-                headers.get("agi_channel", "?"),
-                type(exc).__name__,
+                "FastAGI: channel %s went away during the dialogue (%s)", name, type(exc).__name__
+            )
+            return
+        except AgiProtocolError as exc:
+            self.failed += 1
+            log.warning("FastAGI: channel %s: unreadable reply from Asterisk: %s", name, exc)
+            return
+        if not reply.ok:
+            self.failed += 1
+            log.warning(
+                "FastAGI: channel %s: Asterisk refused %s: %s", name, DECISION_VARIABLE, reply.text
             )
 
-    async def _answer(self, headers: Mapping[str, str]) -> list[tuple[str, str]]:
-        """Decide (or opt out) and return the variables to set."""
+    async def _answer(self, headers: Mapping[str, str]) -> str:
+        """Decide (or opt out, or record a disposition): the ``CALLGATE_DECISION`` value."""
         try:
             request = parse_request(headers)
             if request.route == "check":
                 attempt = build_attempt(request, self.gate.config.default_tenant, datetime.now(UTC))
-                return decision_fields(await self.gate.decide(attempt, record=True, door="agi"))
+                return decision_value(await self.gate.decide(attempt, record=True, door="agi"))
             if request.route == "optout":
                 return await self._optout(request)
             if request.route in ("refusal", "abandoned"):
@@ -211,9 +324,9 @@ class AgiServer:
             raise BadRequest("bad_request:route", f"unknown route {request.route!r}")
         except BadRequest as exc:
             log.warning("FastAGI: %s", exc)
-            return [("CALLGATE_REASON", exc.code), ("CALLGATE_RESULT", "ERROR")]
+            return error_value(exc.code)
 
-    async def _event(self, request: AgiRequest) -> list[tuple[str, str]]:
+    async def _event(self, request: AgiRequest) -> str:
         """The agent's disposition: the callee refused, or the call was abandoned."""
         number = request.params.get("number") or request.extension
         tenant = ident_param(request.params, "tenant", self.gate.config.default_tenant)
@@ -221,15 +334,13 @@ class AgiServer:
             rules = await self.lists.record_event(request.route, number, tenant, datetime.now(UTC))
         except GateError as exc:
             log.warning("FastAGI %s refused: %s", request.route, exc)
-            return [
-                ("CALLGATE_REASON", f"{request.route}_failed:{type(exc).__name__}"),
-                ("CALLGATE_RESULT", "ERROR"),
-            ]
+            return error_value(f"{request.route}_failed:{type(exc).__name__}")
         if not rules:
-            return [("CALLGATE_REASON", f"{request.route}_no_rule"), ("CALLGATE_RESULT", "ERROR")]
-        return [("CALLGATE_REASON", f"{request.route}:{rules[0]}"), ("CALLGATE_RESULT", "OK")]
+            return error_value(f"{request.route}_no_rule")
+        return answer_value("OK", f"{request.route}:{rules[0]}")
 
-    async def _optout(self, request: AgiRequest) -> list[tuple[str, str]]:
+    async def _optout(self, request: AgiRequest) -> str:
+        """The callee asked never to be called again: on a block list at once."""
         number = request.params.get("number") or request.extension
         tenant = ident_param(request.params, "tenant", self.gate.config.default_tenant)
         list_name = ident_param(request.params, "list", "red")
@@ -242,9 +353,6 @@ class AgiServer:
             )
         except GateError as exc:
             log.warning("FastAGI optout refused: %s", exc)
-            return [
-                ("CALLGATE_REASON", f"optout_failed:{type(exc).__name__}"),
-                ("CALLGATE_RESULT", "ERROR"),
-            ]
+            return error_value(f"optout_failed:{type(exc).__name__}")
         log.info("FastAGI optout: a number was added to list %s for tenant %s", list_name, tenant)
-        return [("CALLGATE_REASON", f"listed:{list_name}"), ("CALLGATE_RESULT", "OK")]
+        return answer_value("OK", f"listed:{list_name}")

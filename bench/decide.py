@@ -6,9 +6,13 @@
 Starts its own redis-server on a free loopback TCP port unless --redis-url is given.
 Measures, in the same process and session, per scenario:
 - the floor: redis-py asyncio PING round trips;
+- the store's share: the scenario's EVALSHA alone (redis-py, arguments encoded once, not
+  recording), what the path costs beyond callgate's own work;
 - the path: ``Gate.decide`` = engine.plan + one EVALSHA of decide.lua + engine.conclude,
   recording (so each decision also writes its audit entry in the script), one at a time;
-  then ``n`` more with ``--concurrency`` in flight (loaded: Redis works back to back);
+  the difference of the p50s (``own µs``) is plan, conclude, the store client's encoding
+  and the recording writes; then ``n`` more with ``--concurrency`` in flight (loaded:
+  Redis works back to back);
 - Redis's own time per decision, ``usec_per_call`` of EVALSHA in ``INFO commandstats``,
   for each of the two (sequential: Redis idles between calls, its caches go cold on a
   shared machine; loaded: the regime in which it bounds the decisions per second of one
@@ -59,7 +63,7 @@ try:
 except ImportError:  # before the evidence moved into decide.lua
     with_evidence = None  # type: ignore[assignment]
 try:
-    from gate.store.client import DECIDE, _encode
+    from gate.store.client import DECIDE, _encode, _Use
 
     LAYOUT = 2
 except ImportError:  # key layout 1
@@ -98,6 +102,11 @@ START = datetime(2026, 11, 24, 9, 0, tzinfo=UTC)
 ROUNDS = 5
 # The pre-encoded vs redis-py comparison needs the store's internals of this version.
 PROTOCOL = True
+
+
+def sent(store: Store, commands: list[Any], records: bool, deadline_s: float | None) -> Any:
+    """The store's own send of pre-encoded commands (layout 2), as a decision sends them."""
+    return store._call(commands, _Use(records=records, deadline_s=deadline_s))
 
 
 def percentile(samples: list[float], q: float) -> float:
@@ -185,7 +194,7 @@ async def back_to_back(
         for start in range(chunk, min(chunk + 500, len(requests)), 50):
             part = requests[start : min(start + 50, chunk + 500)]
             if LAYOUT == 2:
-                await store._call([command for command, _ in part])
+                await sent(store, [command for command, _ in part], True, None)
             else:
                 await store._send(b"".join(request for request, _ in part), len(part))
         chunks.append(await redis_us(client))
@@ -210,6 +219,24 @@ async def scenario(
     async def ping(_: int) -> None:
         await client.ping()
 
+    # The scenario's EVALSHA alone: one plan, encoded once, sent by redis-py, not recording.
+    sample = plan(
+        Attempt(numbers[-1], START, trunk="carrier-a", caller_id=caller_id),
+        config.policy,
+        gate.active.keyspace,
+        False,
+    )
+    assert isinstance(sample, Plan)
+    if LAYOUT == 2:
+        encoded = _encode([sample.check], store._views)
+        sha, keys, argv = DECIDE.sha, encoded.keys, list(encoded.args)
+    else:
+        keys, argv = legacy.encode_checks(sample.check)
+        sha = store._decide.sha.encode()
+
+    async def evalsha(_: int) -> None:
+        await client.evalsha(sha.decode(), len(keys), *keys, *argv)  # type: ignore[misc]
+
     async def decide(i: int) -> None:
         # Attempt times 20 ms apart (50 calls/s on the trunk): the CPS log stays realistic.
         now = START + timedelta(milliseconds=20 * i)
@@ -218,17 +245,22 @@ async def scenario(
 
     # Alternate rounds so that drift in machine load hits both sides alike.
     floor: list[float] = []
+    bare: list[float] = []
     path: list[float] = []
+    redis_rounds: list[float] = []
     path_seconds = 0.0
-    await client.config_resetstat()
     for r in range(ROUNDS):
         lat, _secs = await timed(n // ROUNDS, 1, ping)
         floor += lat
+        lat, _secs = await timed(n // ROUNDS, 1, evalsha)
+        bare += lat
+        await client.config_resetstat()  # Redis time of the recorded decisions only
         offset = r * (n // ROUNDS)
         lat, secs = await timed(n // ROUNDS, 1, lambda i, o=offset: decide(o + i))
         path += lat
         path_seconds += secs
-    sequential_us = await redis_us(client)
+        redis_rounds.append(await redis_us(client))
+    sequential_us = statistics.fmean(redis_rounds)
     # Loaded: many decisions in flight from this process.
     await client.config_resetstat()
     _, loaded_s = await timed(n, concurrency, lambda i: decide(n + i))
@@ -239,6 +271,7 @@ async def scenario(
     return {
         "floor50": percentile(floor, 50),
         "floor99": percentile(floor, 99),
+        "bare50": percentile(bare, 50),
         "path50": percentile(path, 50),
         "path99": percentile(path, 99),
         "rate": len(path) / path_seconds,
@@ -277,7 +310,7 @@ async def protocol(url: str, n: int) -> tuple[float, float]:
         for k, i in enumerate(chunk):
             start = time.perf_counter()
             if k < half:
-                await store._call([encoded[i].command(DECIDE)])
+                await sent(store, [encoded[i].command(DECIDE)], True, 1.0)
                 pre.append((time.perf_counter() - start) * 1e6)
             else:
                 e = encoded[i]
@@ -295,7 +328,8 @@ async def run(url: str, n: int, concurrency: int, names: list[str], list_size: i
         f"customers {list_size // 100}"
     )
     header = (
-        f"{'scenario':9}{'PING p50':>9}{'p99':>6}{'decide p50':>11}{'p99':>6}"
+        f"{'scenario':9}{'PING p50':>9}{'p99':>6}{'EVALSHA p50':>12}{'decide p50':>11}{'p99':>6}"
+        f"{'own µs':>7}"
         f"{'ratio p50':>10}{'p99':>7}{'dec/s':>7}{'loaded dec/s':>13}"
         f"{'Redis µs seq':>13}{'loaded':>8}{'b2b':>6}{'dec/s/core':>11}"
     )
@@ -304,8 +338,9 @@ async def run(url: str, n: int, concurrency: int, names: list[str], list_size: i
         m = await scenario(url, name, n, concurrency, list_size)
         core = 1e6 / m["back_us"] if m["back_us"] else 0.0
         print(
-            f"{name:9}{m['floor50']:>9.0f}{m['floor99']:>6.0f}{m['path50']:>11.0f}"
-            f"{m['path99']:>6.0f}{m['path50'] / m['floor50']:>9.2f}x"
+            f"{name:9}{m['floor50']:>9.0f}{m['floor99']:>6.0f}{m['bare50']:>12.0f}"
+            f"{m['path50']:>11.0f}{m['path99']:>6.0f}{m['path50'] - m['bare50']:>7.0f}"
+            f"{m['path50'] / m['floor50']:>9.2f}x"
             f"{m['path99'] / m['floor99']:>6.2f}x{m['rate']:>7.0f}{m['loaded_rate']:>13.0f}"
             f"{m['redis_us']:>13.1f}{m['loaded_us']:>8.1f}{m['back_us']:>6.1f}{core:>11.0f}"
         )

@@ -1,6 +1,6 @@
 """Benchmark: post-dial delay through a real Asterisk, with the gate and without, in one run.
 
-    python bench/e2e.py [--calls 500] [--rates 50,100] [--deadline 50ms] [--keep]
+    python bench/e2e.py [--calls 500] [--rates 50,100] [--workers 1] [--deadline 50ms] [--keep]
 
 Needs root and the Asterisk chroot (``make sandbox``) and Debian's sipp. Starts, all on
 loopback: a redis-server (unix socket), ``callgate run`` with the sample config
@@ -10,16 +10,29 @@ one Asterisk whose SIP context sends ``0…`` numbers through ``GoSub(callgate-a
 dialplan/callgate.conf) and ``9…`` numbers through the same dialplan without a gate. For
 each rate, SIPp places ``--calls`` calls ungated, then as many through each door
 (distinct numbers, so the cap never bites), and reports the INVITE→200 time (post-dial
-delay) p50/p99 and the ratio door/ungated. Absolute numbers depend on the machine
-(Asterisk, SIPp, Redis and the gate share its cores); compare the ratios within one run.
+delay) p50/p99, the share of calls that failed (no 200), and the ratio door/ungated.
+``--workers N`` runs ``callgate run --workers N``. Then it checks the goals, each against
+the ungated row of the same rate in the same run: at 100 cps the added p50 is at most
+1.5 ms and the p99 at most 2 x ungated p99 + 2 ms; at 300 cps fewer than 1 % fail and the
+p50 is at most 2 x ungated; and it names each door's knee, the highest rate tried where
+fewer than 1 % fail and the p50 is at most 2 x ungated. Absolute numbers depend on the
+machine (Asterisk, SIPp, Redis and the gate share its cores); compare the ratios within
+one run.
 
 Then it counts the ARI REST requests per Stasis decision: with ``ari set debug all on``
 Asterisk logs every REST request it receives (``<--- ARI request received …`` followed by
 ``METHOD channels/ID/…``); SIPp places ``REST_CALLS`` calls through the Stasis door, 10 %
 of them to red-listed numbers, and the requests naming each channel are counted, per
-verdict. By design: 2 for an allowed channel (set variable, continue), 1 for a refused one
-(DELETE with reason_code). This phase runs after the timed rows, so the debug logging does
-not slow them down.
+verdict. By design: 1 for an allowed channel (continue to ``callgate-decided``, the
+decision in the extension), 1 for a refused one (DELETE with reason_code). This phase runs
+after the timed rows, so the debug logging does not slow them down.
+
+Likewise it counts the FastAGI round trips per AGI decision: with ``agi set debug on``
+Asterisk logs each request it sends (``<CHANNEL>AGI Tx >> agi_request: …``, the headers)
+and each command it receives (``<CHANNEL>AGI Rx << SET VARIABLE …``, each answered before
+the next is read). A request's round trips are its header block plus its commands; SIPp
+places ``AGI_CALLS`` calls through the FastAGI door, 10 % of them to red-listed numbers.
+By design: 2 per decision (the headers, then one ``SET VARIABLE CALLGATE_DECISION``).
 
 The delay comes from SIPp's ``-trace_msg`` timestamps (µs): its own ``rtd``/``-trace_rtt``
 counts in whole milliseconds on a ~4 ms tick, too coarse for a loopback PBX.
@@ -55,6 +68,7 @@ from gate.store.embedded import find_redis_server  # noqa: E402
 SECRET = "bench-secret-0123456789abcdef"
 WARMUP_CALLS = 20
 REST_CALLS = 40
+AGI_CALLS = 40
 #: modes in row order: the SIP number prefix and the context it reaches
 MODES = {"ungated": "9", "agi": "", "stasis": "8"}
 
@@ -200,11 +214,113 @@ def rest_calls_per_decision(
     return lines
 
 
+_AGI_LINE = re.compile(r"<(?P<channel>[^>\n]+)>AGI (?:Tx >> agi_request: |Rx << (?P<command>.*))")
+_AGI_VERDICT = re.compile(r'^SET VARIABLE CALLGATE_(?:DECISION "(\w+)\||RESULT "(\w+)")')
+
+
+def count_agi_round_trips(log: str) -> dict[str, tuple[int, str]]:
+    """From Asterisk's ``agi set debug on`` log: channel -> (round trips, verdict set).
+
+    A round trip is the request's header block (``agi_request:`` sent) or one command
+    received from the gate (each is answered before Asterisk reads the next)."""
+    trips: dict[str, int] = {}
+    verdicts: dict[str, str] = {}
+    for match in _AGI_LINE.finditer(log):
+        channel = match["channel"]
+        trips[channel] = trips.get(channel, 0) + 1
+        if match["command"] and (found := _AGI_VERDICT.match(match["command"])):
+            verdicts[channel] = found[1] or found[2]
+    return {channel: (count, verdicts.get(channel, "?")) for channel, count in trips.items()}
+
+
+def agi_round_trips_per_decision(
+    sandbox: AsteriskSandbox, gate: GateProcess, workdir: Path
+) -> list[str]:
+    """Place AGI_CALLS SIPp calls through the FastAGI door with AGI debug on; report lines."""
+    numbers = [f"0615{i:06d}" for i in range(AGI_CALLS)]
+    listed = set(numbers[::10])
+    red = workdir / "agi-red.txt"
+    red.write_text("".join(f"{n}\n" for n in sorted(listed)))
+    gate.cli("list", "import", "red", str(red))
+    since = len(sandbox.read_log())
+    sandbox.cli("agi set debug on")
+    try:
+        run = place(sandbox, numbers, 10, workdir / "agi-debug")
+        time.sleep(1.0)  # the last decisions' log lines
+    finally:
+        sandbox.cli("agi set debug off")
+    per_channel = count_agi_round_trips(sandbox.read_log()[since:])
+    by_verdict: dict[str, list[int]] = {}
+    for count, verdict in per_channel.values():
+        by_verdict.setdefault(verdict, []).append(count)
+    codes = list(run.results.values())
+    lines = [
+        f"FastAGI round trips per decision ({AGI_CALLS} SIPp calls, {len(listed)} red-listed; "
+        "from Asterisk's `agi set debug on` log: the headers + each command)",
+        f"  SIPp final responses: {codes.count(200)} x 200, {codes.count(403)} x 403",
+    ]
+    for verdict, counts in sorted(by_verdict.items()):
+        lines.append(
+            f"  {verdict:<8} {len(counts):>3} requests, {statistics.fmean(counts):.2f} round "
+            f"trips each (min {min(counts)} max {max(counts)})"
+        )
+    return lines
+
+
+def goal_lines(rows: list[tuple[int, str, int, int, float, float]], rates: list[int]) -> list[str]:
+    """Each door against the ungated row of the same rate: ratios, the goals, the knee."""
+    by_rate = {
+        (rate, mode): (calls, answered, p50, p99) for rate, mode, calls, answered, p50, p99 in rows
+    }
+    lines = [
+        f"{'cps':>5} {'door':<7} {'added p50':>10} {'p50/ungated':>12} {'p99/ungated':>12} "
+        f"{'p99 bound':>10} {'failed':>7}"
+    ]
+    knee: dict[str, int | None] = {"agi": None, "stasis": None}
+    serves: dict[str, int | None] = {"agi": None, "stasis": None}  # < 1 % failed only
+    verdicts: list[str] = []
+    for rate in rates:
+        _, _, u50, u99 = by_rate[rate, "ungated"]
+        for door in ("agi", "stasis"):
+            calls, answered, g50, g99 = by_rate[rate, door]
+            failed = (calls - answered) / calls
+            bound = 2 * u99 + 2
+            lines.append(
+                f"{rate:>5} {door:<7} {g50 - u50:>+9.2f}ms {g50 / u50:>11.2f}x {g99 / u99:>11.2f}x "
+                f"{bound:>8.2f}ms {100 * failed:>6.1f}%"
+            )
+            holds = failed < 0.01 and g50 <= 2 * u50
+            if failed < 0.01 and (serves[door] is None or rate > (serves[door] or 0)):
+                serves[door] = rate
+            if holds and (knee[door] is None or rate > (knee[door] or 0)):
+                knee[door] = rate
+            if rate == 100:
+                ok = g50 - u50 <= 1.5 and g99 <= bound
+                verdicts.append(
+                    f"goal 100 cps {door}: added p50 {g50 - u50:.2f} ms (<= 1.5), p99 {g99:.2f} ms "
+                    f"(<= {bound:.2f}): {'met' if ok else 'NOT met'}"
+                )
+            if rate == 300:
+                verdicts.append(
+                    f"goal 300 cps {door}: failed {100 * failed:.1f} % (< 1), p50 {g50 / u50:.2f}x "
+                    f"ungated (<= 2): {'met' if holds else 'NOT met'}"
+                )
+    lines += ["", *verdicts]
+    for door, rate in knee.items():
+        lines.append(
+            f"knee {door}: {f'holds up to {rate} cps' if rate else 'fails at every rate tried'} "
+            "(< 1 % failed, p50 <= 2x ungated); "
+            f"fewer than 1 % failed up to {serves[door] or 0} cps"
+        )
+    return lines
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=500)
     parser.add_argument("--rates", default="50,100", help="calls per second, comma-separated")
     parser.add_argument("--deadline", default="50ms", help="the gate's [redis] deadline")
+    parser.add_argument("--workers", type=int, default=1, help="callgate run --workers N")
     parser.add_argument("--keep", action="store_true", help="keep the SIPp traces and logs")
     args = parser.parse_args()
     rates = [int(r) for r in args.rates.split(",")]
@@ -229,9 +345,10 @@ def main() -> int:
         overrides={"redis": {"deadline": args.deadline}},
         extra_toml=ari,
     )
-    gate = GateProcess(config, workdir / "callgate.log", port)
+    gate = GateProcess(config, workdir / "callgate.log", port, ("--workers", str(args.workers)))
     rows: list[tuple[int, str, int, int, float, float]] = []
     rest_lines: list[str] = []
+    agi_lines: list[str] = []
     try:
         sandbox.start()
         gate.start()
@@ -256,6 +373,7 @@ def main() -> int:
                      percentile(samples, 99))
                 )  # fmt: skip
         rest_lines = rest_calls_per_decision(sandbox, gate, workdir)
+        agi_lines = agi_round_trips_per_decision(sandbox, gate, workdir)
     finally:
         sandbox.stop()
         gate.stop()
@@ -263,20 +381,25 @@ def main() -> int:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
 
-    print(f"post-dial delay (INVITE sent → 200 received), {args.calls} calls per row")
-    print(f"{'cps':>5} {'mode':<8} {'calls':>6} {'200':>5} {'p50 ms':>8} {'p99 ms':>8}")
+    print(
+        f"post-dial delay (INVITE sent → 200 received), {args.calls} calls per row, "
+        f"callgate run --workers {args.workers}"
+    )
+    print(
+        f"{'cps':>5} {'mode':<8} {'calls':>6} {'200':>5} {'failed':>7} {'p50 ms':>8} {'p99 ms':>8}"
+    )
     for rate, mode, calls, answered, p50, p99 in rows:
-        print(f"{rate:>5} {mode:<8} {calls:>6} {answered:>5} {p50:>8.2f} {p99:>8.2f}")
+        failed = 100 * (calls - answered) / calls
+        print(
+            f"{rate:>5} {mode:<8} {calls:>6} {answered:>5} {failed:>6.1f}% {p50:>8.2f} {p99:>8.2f}"
+        )
     print()
-    print(f"{'cps':>5} {'door':<8} {'p50 door/ungated':>17} {'p99 door/ungated':>17}")
-    by_rate = {(rate, mode): (p50, p99) for rate, mode, _, _, p50, p99 in rows}
-    for rate in rates:
-        u50, u99 = by_rate[rate, "ungated"]
-        for door in ("agi", "stasis"):
-            g50, g99 = by_rate[rate, door]
-            print(f"{rate:>5} {door:<8} {g50 / u50:>16.2f}x {g99 / u99:>16.2f}x")
+    for line in goal_lines(rows, rates):
+        print(line)
     print()
     print("\n".join(rest_lines))
+    print()
+    print("\n".join(agi_lines))
     if args.keep:
         print(f"(traces and logs kept in {workdir})")
     return 0

@@ -1,8 +1,15 @@
-"""The ``callgate`` command: run the gate, check numbers, manage lists and config.
+"""The callgate command: run the gate, check numbers, manage lists, consents and the audit trail.
 
-Contract: a user mistake (bad argument, bad number, bad config, unreachable Redis for an
-admin command) prints ONE line ``callgate: error: …`` on stderr and exits with status 2;
-never a traceback. A decision is printed on stdout and exits 0 whatever the verdict.
+Contract:
+- A user mistake (bad argument, bad number, bad config, unknown tenant or list, Redis
+  unreachable for an admin command) prints ONE line ``callgate: error: …`` on stderr
+  naming the option or the input, and exits 2; never a traceback.
+- ``check`` exits with its verdict so scripts can branch on it: 0 ALLOW, 3 BLOCK,
+  4 DEFER. Every other command exits 0 when it did what it was asked.
+- ``--json`` prints what the admin API answers (the same models, gate/ops/models.py): one
+  JSON object, or JSON Lines for a stream of records.
+- A closed pipe (``callgate audit export | head -1``) ends the command quietly with
+  status 0; Ctrl-C says how far a long command got and exits 130.
 """
 
 from __future__ import annotations
@@ -14,22 +21,26 @@ import csv
 import itertools
 import json
 import logging
+import os
+import shutil
 import signal
+import socket
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, NoReturn, TypeAlias
 
+from prometheus_client import disable_created_metrics
 from redis.exceptions import RedisError
 
 from gate import __version__
+from gate.config.files import DEFAULT_STATE_DIR, write_init
 from gate.config.loader import Config, LoggingConfig, default_config_path, load_config
 from gate.core.engine import record_time_error, window_text
 from gate.core.errors import GateError, InputError, StoreError
-from gate.core.model import IDENT_RE, Attempt, TrafficClass
-from gate.core.numbers import Destination, ShortCode, classify
-from gate.core.params import seconds_text
+from gate.core.model import IDENT_RE, Attempt, TrafficClass, Verdict
 from gate.lists.admin import ListAdmin
 from gate.lists.formats import (
     FORMATS,
@@ -43,21 +54,71 @@ from gate.lists.formats import (
 )
 from gate.lists.progress import importer, progress
 from gate.lists.scrub import scrub as scrub_leads
-from gate.ops.audit import FIELDS as AUDIT_FIELDS
+from gate.ops import search
 from gate.ops.audit import Follower, read_range
 from gate.ops.logs import configure_logging
+from gate.ops.models import (
+    AuditRecord,
+    ListCount,
+    ScrubSummaryOut,
+    VerdictCounts,
+    audit_record,
+    decision_out,
+    json_of,
+    list_info,
+    rule_outcomes,
+)
 from gate.ops.reload import request_reload
-from gate.runtime import open_gate
-from gate.service import Evaluation, Gate
+from gate.runtime import (
+    METRICS_EVERY_S,
+    StasisLeadership,
+    WorkerRole,
+    Workers,
+    WorkersStasis,
+    describe_redis,
+    open_gate,
+    worker_expositions,
+)
+from gate.service import Evaluation, Gate, wait_event
 from gate.store.client import translate_error
 from gate.store.migrate import legacy_keys_present, migrate
 
-__all__ = ["main"]
+__all__ = ["EXIT_BLOCK", "EXIT_DEFER", "EXIT_USAGE", "main"]
 
 log = logging.getLogger("callgate")
 EXIT_USAGE = 2
+EXIT_BLOCK = 3
+EXIT_DEFER = 4
+EXIT_INTERRUPTED = 130
+_VERDICT_EXIT = {Verdict.ALLOW: 0, Verdict.BLOCK: EXIT_BLOCK, Verdict.DEFER: EXIT_DEFER}
 # Admin commands are not on the call path: give Redis time, but not forever.
 ADMIN_DEADLINE_S = 5.0
+# The times a command may name (far from datetime's limits).
+EARLIEST_YEAR, LATEST_YEAR = 2000, 2199
+
+DESCRIPTION = """\
+callgate decides, before each outbound call leaves Asterisk, whether it may go:
+ALLOW, BLOCK or DEFER, with a stable reason (red lists, consent, calling hours,
+frequency caps, trunk CPS, caller ID).
+
+Times (--at, --since, --expires…) are ISO-8601 with a UTC offset, such as
+2026-12-01T10:30+01:00 or 2026-12-01T09:30Z; a date alone (2026-12-01) is midnight UTC.
+"""
+EPILOG = """\
+examples:
+  callgate init /etc/callgate                   write a config, the dialplan include…
+  callgate config check                         validate the config, say what it enables
+  callgate list add red +33612345678            an opt-out, enforced at the next call
+  callgate check "06 12 34 56 78" --explain     what the gate would decide, and why
+  callgate run                                  serve FastAGI (and ARI, HTTP) until stopped
+
+exit status: 0 done (check: ALLOW), 3 BLOCK, 4 DEFER (check only), 2 a mistake in
+the command, the config or the input, or Redis unreachable (one line on stderr),
+130 interrupted.
+
+The config is --config FILE, else $CALLGATE_CONFIG, else ./config/callgate.toml, else
+/etc/callgate/callgate.toml. `callgate COMMAND --help` shows a command's options.
+"""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -78,27 +139,63 @@ def _ident(value: str) -> str:
 
 
 def _when(value: str) -> datetime:
+    """An ISO-8601 time with an offset, or a date (midnight UTC); argparse names the option."""
+    example = "e.g. 2026-12-01 or 2026-12-01T10:30+01:00"
     try:
         parsed = datetime.fromisoformat(value)
-    except ValueError:
+    except ValueError as exc:
+        detail = f" ({exc})" if "range" in str(exc) else ""
         raise argparse.ArgumentTypeError(
-            f"--at {value!r} is not ISO-8601 (e.g. 2026-12-01T10:30+01:00)"
+            f"{value!r} is not a date or an ISO-8601 time{detail}; {example}"
         ) from None
-    return parsed if parsed.tzinfo else parsed.astimezone()
+    if not EARLIEST_YEAR <= parsed.year <= LATEST_YEAR:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not between {EARLIEST_YEAR} and {LATEST_YEAR}"
+        )
+    if parsed.tzinfo is None:
+        if "T" not in value.upper() and " " not in value:
+            return parsed.replace(tzinfo=UTC)  # a date alone: midnight UTC (said in --help)
+        raise argparse.ArgumentTypeError(
+            f"{value!r} has no UTC offset; say which time zone, e.g. {value}+01:00 or {value}Z"
+        )
+    return parsed
+
+
+def _add(commands: Commands, name: str, summary: str, examples: str = "", **kw: object) -> _Parser:
+    """A subcommand with its one-line summary, a description and examples."""
+    epilog = "examples:\n" + examples if examples else None
+    return commands.add_parser(
+        name,
+        help=summary,
+        description=summary[0].upper() + summary[1:] + ".",
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        **kw,  # type: ignore[arg-type]
+    )
 
 
 def _build_parser() -> _Parser:
-    parser = _Parser(prog="callgate", description=__doc__.splitlines()[0])
+    parser = _Parser(
+        prog="callgate",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument(
         "--config",
         type=Path,
-        help="config file (default: $CALLGATE_CONFIG, "
-        "./config/callgate.toml, /etc/callgate/callgate.toml)",
+        metavar="FILE",
+        help="config file (default: $CALLGATE_CONFIG, ./config/callgate.toml, "
+        "/etc/callgate/callgate.toml)",
     )
     parser.add_argument("--version", action="version", version=f"callgate {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug details")
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    commands = parser.add_subparsers(
+        dest="command", required=True, parser_class=_Parser, metavar="COMMAND"
+    )
     for add in (
+        _init_parser,
+        _config_parsers,
         _run_parsers,
         _check_parser,
         _list_parsers,
@@ -106,209 +203,409 @@ def _build_parser() -> _Parser:
         _event_parsers,
         _scrub_parser,
         _audit_parsers,
-        _config_parsers,
         _migrate_parser,
     ):
         add(commands)
     return parser
 
 
-def _run_parsers(commands: Commands) -> None:
-    commands.add_parser(
-        "run",
-        help="serve the doors (FastAGI; Stasis with [ari]) and HTTP until SIGTERM/SIGINT",
+def _json_flag(parser: argparse.ArgumentParser, what: str = "one JSON object") -> None:
+    parser.add_argument("--json", action="store_true", help=f"print {what} (as the API does)")
+
+
+def _scope_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--tenant",
+        type=_ident,
+        metavar="T",
+        help="tenant (default: gate.default_tenant; unknown tenants are refused)",
     )
-    commands.add_parser("reload", help="make the running gate re-read its config and packs")
+    parser.add_argument(
+        "--campaign",
+        type=_ident,
+        default=None,
+        metavar="C",
+        help="campaign (per-campaign lists and caps need it)",
+    )
+
+
+def _class_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--class",
+        dest="traffic_class",
+        default="campaign",
+        choices=[c.value for c in TrafficClass],
+        help="who dials: campaign (a dialer, the default) or manual (an agent by hand)",
+    )
+
+
+def _init_parser(commands: Commands) -> None:
+    init = _add(
+        commands,
+        "init",
+        "write a config, the dialplan include and the env file into a directory",
+        "  callgate init /etc/callgate\n"
+        "  callgate init ./gate --state-dir ./gate/state --copy-packs\n\n"
+        "Existing files are never overwritten (they are listed as kept).",
+    )
+    init.add_argument("directory", type=Path, metavar="DIR", help="where to write (created)")
+    init.add_argument(
+        "--state-dir",
+        type=Path,
+        default=DEFAULT_STATE_DIR,
+        metavar="DIR",
+        help=f"where the gate keeps its state (default {DEFAULT_STATE_DIR})",
+    )
+    init.add_argument(
+        "--copy-packs",
+        action="store_true",
+        help="copy the rule packs into DIR/packs to edit them (default: use the shipped ones)",
+    )
+
+
+def _config_parsers(commands: Commands) -> None:
+    config = _add(commands, "config", "validate the configuration")
+    actions = config.add_subparsers(
+        dest="action", required=True, parser_class=_Parser, metavar="ACTION"
+    )
+    check = _add(
+        actions,
+        "check",
+        "validate the config file and its packs and say what they enable; writes nothing",
+        "  callgate --config /etc/callgate/callgate.toml config check\n"
+        "  callgate config check --connect      also test the Redis connection",
+    )
+    check.add_argument(
+        "--connect",
+        action="store_true",
+        help="also connect to Redis (the embedded one is started if not running)",
+    )
+
+
+def _workers(value: str) -> int:
+    if not value.isdigit() or not 1 <= int(value) <= 64:
+        raise argparse.ArgumentTypeError(f"{value!r}: expected a number of 1 to 64")
+    return int(value)
+
+
+def _run_parsers(commands: Commands) -> None:
+    run = _add(
+        commands,
+        "run",
+        "serve the gate until SIGTERM or Ctrl-C: FastAGI, ARI with [ari], HTTP with [http]",
+        "  callgate --config /etc/callgate/callgate.toml run\n"
+        "  callgate run --workers 4             FastAGI in 4 processes on one port\n\n"
+        "SIGHUP (systemctl reload callgate) re-reads the config and packs.",
+    )
+    run.add_argument(
+        "--workers",
+        type=_workers,
+        default=1,
+        metavar="N",
+        help="worker processes serving the doors (default 1); e.g. the number of cores",
+    )
+    run.add_argument("--worker", help=argparse.SUPPRESS)  # set by the parent of --workers
+    _add(
+        commands,
+        "reload",
+        "make the running gate re-read its config and packs (through its admin API)",
+        "  callgate reload",
+    )
 
 
 def _check_parser(commands: Commands) -> None:
-    check = commands.add_parser("check", help="decide one call, as the gate would")
-    check.add_argument("number")
+    check = _add(
+        commands,
+        "check",
+        "decide one call as the gate would (nothing is counted unless --record)",
+        '  callgate check "06 12 34 56 78"\n'
+        "  callgate check 0698765432 --caller-id 0162000000 --at 2026-12-01T13:30+01:00 "
+        "--explain\n"
+        "  callgate check 17 --class manual\n"
+        '  if callgate check "$n" -q; then echo may call; fi\n\n'
+        "exit status: 0 ALLOW, 3 BLOCK, 4 DEFER, 2 an error.",
+    )
+    check.add_argument("number", metavar="NUMBER", help="as dialled: national, +E.164, tel:")
     _scope_args(check)
-    check.add_argument("--trunk", type=_ident, default=None)
+    check.add_argument(
+        "--trunk",
+        type=_ident,
+        default=None,
+        metavar="K",
+        help="the trunk the call would leave on (its calls-per-second cap)",
+    )
     check.add_argument(
         "--caller-id",
         default=None,
+        metavar="N",
         help="caller ID to present (omitted: caller-ID rules are not checked)",
     )
+    _class_arg(check)
     check.add_argument(
-        "--class", dest="traffic_class", default="campaign", choices=[c.value for c in TrafficClass]
+        "--at", type=_when, metavar="TIME", help="decide as of this time (default now)"
     )
-    check.add_argument("--at", type=_when, help="decide as of this ISO-8601 time (default now)")
     check.add_argument(
         "--record",
         action="store_true",
-        help="count the attempt if allowed (default: evaluate only)",
+        help="count the attempt if allowed and keep its evidence (default: evaluate only)",
     )
-    check.add_argument("--json", action="store_true", help="print one JSON object")
+    output = check.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help="print the decision as JSON")
+    output.add_argument("-q", "--quiet", action="store_true", help="print nothing (exit status)")
     check.add_argument("--explain", action="store_true", help="show each rule and its outcome")
 
 
 def _list_parsers(commands: Commands) -> None:
-    lists = commands.add_parser("list", help="manage block and allow lists")
-    actions = lists.add_subparsers(dest="action", required=True, parser_class=_Parser)
-    for name in ("add", "remove"):
-        sub = actions.add_parser(name, help=f"{name} numbers")
-        sub.add_argument("list")
+    lists = _add(commands, "list", "manage block, allow and consent lists")
+    actions = lists.add_subparsers(
+        dest="action", required=True, parser_class=_Parser, metavar="ACTION"
+    )
+    for name, summary, example in (
+        ("add", "add numbers to a list", "  callgate list add red +33612345678 0698765432"),
+        ("remove", "remove numbers from a list", "  callgate list remove red +33612345678"),
+    ):
+        sub = _add(actions, name, summary, example)
+        sub.add_argument("list", metavar="LIST")
         sub.add_argument("numbers", nargs="+", metavar="NUMBER")
         _scope_args(sub)
-    for name, text in (("count", "number of entries"), ("export", "print a plain list")):
-        sub = actions.add_parser(name, help=text)
-        sub.add_argument("list")
-        _scope_args(sub)
-    imp = actions.add_parser("import", help="add the numbers of a file (one a line, or CSV)")
-    imp.add_argument("list")
-    imp.add_argument("file", type=Path)
-    imp.add_argument("--column", help="CSV/TSV column: a header name or a 1-based index")
-    imp.add_argument("--rejects", type=Path, help="also write rejected lines to this file")
+    count = _add(actions, "count", "how many entries a list has", "  callgate list count red")
+    count.add_argument("list", metavar="LIST")
+    _scope_args(count)
+    _json_flag(count)
+    info = _add(
+        actions,
+        "info",
+        "a list's entries, kind, scope and last import",
+        "  callgate list info dnc\n  callgate list info red --tenant acme --json",
+    )
+    info.add_argument("list", metavar="LIST")
+    _scope_args(info)
+    _json_flag(info)
+    export = _add(
+        actions,
+        "export",
+        "print a list's numbers, one a line (only with privacy.hash_numbers = false)",
+        "  callgate list export red > red.txt\n\n"
+        "With hashing on (the default) a list holds keyed hashes, not numbers: keep the\n"
+        "files you import, and use `list info` and `check` to see what a list holds.",
+    )
+    export.add_argument("list", metavar="LIST")
+    _scope_args(export)
+    imp = _add(
+        actions,
+        "import",
+        "import a file of numbers: one a line, a CSV column, or a registry's format",
+        "  callgate list import red optouts.txt\n"
+        "  callgate list import customers crm.csv --column phone --replace\n"
+        "  callgate list import dnc 212.txt.gz --format us-dnc --refreshed-at 2026-11-01\n"
+        "  callgate list import bloctel_ok retour.csv --format fr-scrub --keep NON_INSCRIT",
+    )
+    imp.add_argument("list", metavar="LIST")
+    imp.add_argument("file", type=Path, metavar="FILE", help="plain, gzip or zip; UTF-8")
+    imp.add_argument(
+        "--column", metavar="NAME|N", help="CSV/TSV column: a header name or a 1-based index"
+    )
+    imp.add_argument(
+        "--rejects", type=Path, metavar="FILE", help="also write rejected lines to this file"
+    )
     imp.add_argument(
         "--refreshed-at",
         type=_when,
-        help="when the file was produced (a scrub's date; default now)",
+        metavar="TIME",
+        help="when the file was produced (a registry's or scrub's date; default now)",
     )
     imp.add_argument(
         "--format",
         choices=FORMATS,
         default="lines",
-        help="lines (default), csv, us-dnc (area-code files), fr-scrub "
-        "(Telephone;Identifiant;result)",
+        help="lines (default), csv, us-dnc (the US registry's area-code files), fr-scrub "
+        "(a French scrubbing service's Telephone;Identifiant;result file)",
     )
-    imp.add_argument("--keep", help="fr-scrub: comma-separated result values to keep")
+    imp.add_argument(
+        "--keep", metavar="RESULT", help="fr-scrub: comma-separated result values to keep"
+    )
     mode = imp.add_mutually_exclusive_group()
     mode.add_argument(
         "--replace",
         action="store_true",
-        help="the file is the whole list: build it beside the live one, switch",
+        help="the file is the whole list: build it beside the live one, then switch",
     )
     mode.add_argument(
-        "--remove", action="store_true", help="remove the file's numbers (a deletions change file)"
+        "--remove", action="store_true", help="remove the file's numbers (a deletions file)"
     )
     _scope_args(imp)
-    info = actions.add_parser("info", help="entries and metadata (refreshed_at, source)")
-    info.add_argument("list")
-    _scope_args(info)
+    _json_flag(imp, "the counts as one JSON object")
 
 
 def _consent_parsers(commands: Commands) -> None:
-    consent = commands.add_parser("consent", help="record or revoke consents")
-    consent_actions = consent.add_subparsers(dest="action", required=True, parser_class=_Parser)
-    grant = consent_actions.add_parser(
-        "add", help="record prior consent (granted now or --granted-at)"
+    consent = _add(commands, "consent", "record or revoke prior consents")
+    actions = consent.add_subparsers(
+        dest="action", required=True, parser_class=_Parser, metavar="ACTION"
+    )
+    grant = _add(
+        actions,
+        "add",
+        "record prior consent (granted now, or at --granted-at)",
+        "  callgate consent add 0698765432\n"
+        "  callgate consent add 0698765432 --granted-at 2026-11-02 --expires 2027-11-02",
     )
     grant.add_argument("numbers", nargs="+", metavar="NUMBER")
     grant.add_argument(
         "--list",
         default="consent",
-        help="consent list (default consent; consent_outside_hours for hours)",
+        metavar="LIST",
+        help="consent list (default consent; consent_outside_hours for calling hours)",
     )
-    grant.add_argument("--granted-at", type=_when)
-    grant.add_argument("--expires", type=_when)
+    grant.add_argument("--granted-at", type=_when, metavar="TIME", help="when (default now)")
+    grant.add_argument(
+        "--expires", type=_when, metavar="TIME", help="when it lapses (default never)"
+    )
     _scope_args(grant)
-    revoke = consent_actions.add_parser("revoke", help="consent withdrawn: remove it, red-list")
+    revoke = _add(
+        actions,
+        "revoke",
+        "consent withdrawn: remove it from every consent list and red-list the number",
+        "  callgate consent revoke 0698765432",
+    )
     revoke.add_argument("numbers", nargs="+", metavar="NUMBER")
-    revoke.add_argument("--red-list", default="red")
+    revoke.add_argument(
+        "--red-list", default="red", metavar="LIST", help="block list to add to (default red)"
+    )
     _scope_args(revoke)
 
 
 def _event_parsers(commands: Commands) -> None:
-    for event, text in (
+    for event, summary in (
         ("refusal", "the callee refused during a call: start the cool-off"),
-        ("abandoned", "an abandoned call: start its cool-off"),
+        ("abandoned", "an abandoned call (answered, no agent): start its cool-off"),
     ):
-        sub = commands.add_parser(event, help=text)
-        sub.add_argument("number")
-        sub.add_argument("--at", type=_when, help="when it happened (default now)")
-        _scope_args(sub)
+        sub = _add(commands, event, summary, f"  callgate {event} 0612345678")
+        sub.add_argument("number", metavar="NUMBER")
+        sub.add_argument("--at", type=_when, metavar="TIME", help="when it happened (default now)")
+        sub.add_argument(
+            "--tenant",
+            type=_ident,
+            metavar="T",
+            help="tenant (default: gate.default_tenant; cool-offs are per tenant)",
+        )
 
 
 def _scrub_parser(commands: Commands) -> None:
-    scrub = commands.add_parser("scrub", help="what the gate would do with each lead of a file")
-    scrub.add_argument("file", type=Path, help="leads: CSV/TSV/semicolon, plain, gzip or zip")
+    scrub = _add(
+        commands,
+        "scrub",
+        "what the gate would do with each lead of a file (nothing is counted)",
+        "  callgate scrub leads.csv --column phone -o scrubbed.csv\n"
+        "  callgate scrub leads.csv --column phone --caller-id 0162000000 "
+        "--at 2026-12-01T10:00+01:00 -o out.csv --json",
+    )
+    scrub.add_argument(
+        "file", type=Path, metavar="LEADS", help="CSV/TSV/semicolon, plain, gzip or zip"
+    )
     scrub.add_argument(
         "-o",
         "--output",
         type=Path,
         required=True,
-        help="the leads with verdict, reason, retry_after_s appended",
+        metavar="OUT",
+        help="the leads with verdict, reason and retry_after_s appended (written whole, "
+        "or not at all)",
     )
     scrub.add_argument(
         "--column",
         default="1",
+        metavar="NAME|N",
         help="the phone column: a header name, or a 1-based index (default 1)",
     )
     scrub.add_argument(
-        "--header", action="store_true", help="the first row is a header (implied by a column name)"
+        "--header", action="store_true", help="the first row is a header (implied by a name)"
+    )
+    _class_arg(scrub)
+    scrub.add_argument(
+        "--caller-id",
+        default=None,
+        metavar="N",
+        help="caller ID the campaign presents (omitted: caller-ID rules are not checked)",
     )
     scrub.add_argument(
-        "--class", dest="traffic_class", default="campaign", choices=[c.value for c in TrafficClass]
+        "--at", type=_when, metavar="TIME", help="decide as of this time (default now)"
     )
-    scrub.add_argument("--caller-id", default=None)
-    scrub.add_argument("--at", type=_when, help="decide as of this ISO-8601 time (default now)")
     _scope_args(scrub)
+    _json_flag(scrub, "the summary as one JSON object")
 
 
 def _audit_parsers(commands: Commands) -> None:
-    audit = commands.add_parser("audit", help="the audit trail of decisions")
-    audit_actions = audit.add_subparsers(dest="action", required=True, parser_class=_Parser)
-    tail = audit_actions.add_parser("tail", help="the latest decisions (newest last)")
-    tail.add_argument("-n", type=int, default=20, help="how many (default 20)")
+    audit = _add(commands, "audit", "the audit trail: the evidence of every recorded decision")
+    actions = audit.add_subparsers(
+        dest="action", required=True, parser_class=_Parser, metavar="ACTION"
+    )
+    tail = _add(
+        actions,
+        "tail",
+        "the latest decisions, newest last",
+        "  callgate audit tail -n 50\n  callgate audit tail -f",
+    )
+    tail.add_argument("-n", type=int, default=20, metavar="N", help="how many (default 20)")
     tail.add_argument("--follow", "-f", action="store_true", help="then wait for new ones")
-    export = audit_actions.add_parser("export", help="decisions in a time range, streamed")
-    export.add_argument("--since", type=_when)
-    export.add_argument("--until", type=_when)
-    export.add_argument("--tenant", type=_ident)
-    export.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
-    why = audit_actions.add_parser("why", help="every decision about one number")
-    why.add_argument("number")
-    why.add_argument("--since", type=_when)
-
-
-def _config_parsers(commands: Commands) -> None:
-    config = commands.add_parser("config", help="configuration")
-    config_actions = config.add_subparsers(dest="action", required=True, parser_class=_Parser)
-    config_actions.add_parser("check", help="validate the config file and say what it enables")
+    _json_flag(tail, "JSON Lines, one record a line")
+    export = _add(
+        actions,
+        "export",
+        "decisions in a time range, oldest first, streamed",
+        "  callgate audit export --since 2026-11-01 --until 2026-12-01 --format csv > nov.csv",
+    )
+    export.add_argument("--since", type=_when, metavar="TIME", help="from (default: the start)")
+    export.add_argument("--until", type=_when, metavar="TIME", help="to (default: now)")
+    export.add_argument("--tenant", type=_ident, metavar="T", help="only this tenant's decisions")
+    export.add_argument(
+        "--campaign", type=_ident, metavar="C", help="only this campaign's decisions"
+    )
+    export.add_argument(
+        "--format",
+        choices=("jsonl", "csv"),
+        default="jsonl",
+        help="jsonl: one JSON record a line (default); csv: with a header row",
+    )
+    why = _add(
+        actions,
+        "why",
+        "every decision about one number",
+        '  callgate audit why "06 12 34 56 78" --since 2026-11-01',
+    )
+    why.add_argument("number", metavar="NUMBER")
+    why.add_argument("--since", type=_when, metavar="TIME", help="from (default: the start)")
+    _json_flag(why, "JSON Lines, one record a line")
 
 
 def _migrate_parser(commands: Commands) -> None:
-    commands.add_parser(
+    _add(
+        commands,
         "migrate",
-        help="move the store from the key layout of callgate before slot groups (stop the "
-        "gates first)",
+        "move a store from the key layout of callgate before slot groups (lists, consents, "
+        "counters, cool-offs, audit); stop the gates first",
+        "  callgate migrate\n\nA store already in the current layout is left as it is.",
     )
 
 
-def _scope_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--tenant", type=_ident, help="tenant (default: gate.default_tenant)")
-    parser.add_argument("--campaign", type=_ident, default=None)
+# --- check -----------------------------------------------------------------------------------
 
 
-def _print_evaluation(evaluation: Evaluation, as_json: bool, explain: bool) -> None:
+def _print_evaluation(evaluation: Evaluation, version: str, args: argparse.Namespace) -> None:
     decision = evaluation.decision
-    if as_json:
-        body: dict[str, object] = {
-            "verdict": decision.verdict.value,
-            "reason": decision.reason,
-            "rule": decision.rule,
-            "retry_after_s": decision.retry_after_s,
-            "e164": decision.e164,
-        }
-        if decision.shadow:
-            body["shadow"] = list(decision.shadow)
-        if explain:
-            body["rules"] = [
-                {"rule": r.rule, "outcome": r.outcome, "detail": r.detail, "source": r.source}
-                for r in evaluation.rules
-            ]
-        print(json.dumps(body, ensure_ascii=False))
+    if args.quiet:
         return
-    retry = (
-        f" retry_after={seconds_text(decision.retry_after_s)}s" if decision.retry_after_s else ""
-    )
+    if args.json:
+        rules = rule_outcomes(evaluation.rules) if args.explain else None
+        print(json_of(decision_out(decision, version, rules)).decode())
+        return
+    out = decision_out(decision, version)
+    retry = f" retry_after={out.retry_after_s}s" if out.retry_after_s is not None else ""
     shadow = f" (shadow: {', '.join(decision.shadow)})" if decision.shadow else ""
     print(f"{decision.verdict.value} {decision.reason}{retry} {decision.e164}{shadow}".rstrip())
-    if explain:
-        width = max(len(r.rule) for r in evaluation.rules)
-        for row in evaluation.rules:
+    if args.explain:
+        rows = evaluation.rules
+        width = max(len(r.rule) for r in rows)
+        for row in rows:
             source = f"  [{row.source}]" if row.source else ""
             print(f"  {row.rule:<{width}}  {row.outcome:<18} {row.detail}{source}".rstrip())
 
@@ -326,43 +623,68 @@ async def _check(config: Config, args: argparse.Namespace) -> int:
         caller_id=args.caller_id,
         traffic_class=TrafficClass(args.traffic_class),
     )
-    async with open_gate(config) as gate:
+    async with open_gate(config, records=args.record) as gate:
         evaluation = await gate.evaluate(attempt, record=args.record, door="cli")
-    _print_evaluation(evaluation, args.json, args.explain)
-    return 0
+        version = gate.version
+    _print_evaluation(evaluation, version, args)
+    return _VERDICT_EXIT[evaluation.decision.verdict]
+
+
+# --- lists -----------------------------------------------------------------------------------
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+def _info_lines(info: dict[str, object]) -> Iterator[str]:
+    for name, value in info.items():
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            value = "yes" if value else "no"
+        yield f"{name}: {value}"
 
 
 async def _list(config: Config, args: argparse.Namespace) -> int:
     tenant = args.tenant or config.default_tenant
-    args.campaign = args.campaign or ""
+    campaign = args.campaign or ""
     async with open_gate(config, ADMIN_DEADLINE_S) as gate:
         admin = ListAdmin(config.policy, gate.keyspace, gate.store)
-        admin.rule(args.list)  # unknown list: fail before touching anything
+        admin.key(args.list, tenant, campaign)  # unknown list or tenant: fail first
         if args.action == "add":
-            added = await admin.add(args.list, args.numbers, tenant, args.campaign)
+            added = await admin.add(args.list, args.numbers, tenant, campaign)
             print(f"{added} added, {len(args.numbers) - added} already listed")
         elif args.action == "remove":
-            removed = await admin.remove(args.list, args.numbers, tenant, args.campaign)
+            removed = await admin.remove(args.list, args.numbers, tenant, campaign)
             print(f"{removed} removed, {len(args.numbers) - removed} were not listed")
         elif args.action == "count":
-            print(await admin.count(args.list, tenant, args.campaign))
+            entries = await admin.count(args.list, tenant, campaign)
+            if args.json:
+                info = list_info(await admin.info(args.list, tenant, campaign), tenant, campaign)
+                body = ListCount(
+                    name=args.list, tenant=info.tenant, campaign=info.campaign, entries=entries
+                )
+                print(json_of(body).decode())
+            else:
+                print(entries)
         elif args.action == "export":
-            async for number in admin.export(args.list, tenant, args.campaign):
+            async for number in admin.export(args.list, tenant, campaign):
                 print(number)
         elif args.action == "info":
-            for name, value in (await admin.info(args.list, tenant, args.campaign)).items():
-                if name == "refreshed_at" and value.isdigit():
-                    value = datetime.fromtimestamp(int(value) / 1000, UTC).isoformat()
-                print(f"{name}: {value}")
+            info = list_info(await admin.info(args.list, tenant, campaign), tenant, campaign)
+            if args.json:
+                print(json_of(info).decode())
+            else:
+                for line in _info_lines(info.model_dump(mode="json")):
+                    print(line)
         else:
-            return await _import(admin, args, tenant)
+            return await _import(admin, args, tenant, campaign)
     return 0
 
 
-async def _import(admin: ListAdmin, args: argparse.Namespace, tenant: str) -> int:
+async def _import(admin: ListAdmin, args: argparse.Namespace, tenant: str, campaign: str) -> int:
     rule = admin.rule(args.list)
-    if args.replace and args.remove:
-        raise InputError("--replace and --remove do not go together")
     rejects: IO[str] | None = None
     if args.rejects:
         try:
@@ -399,7 +721,7 @@ async def _import(admin: ListAdmin, args: argparse.Namespace, tenant: str) -> in
                 args.list,
                 counted(batches),
                 tenant,
-                args.campaign,
+                campaign,
                 report,
                 refreshed_at=args.refreshed_at,
                 meta={"source": args.file.name, "importer": importer()},
@@ -407,9 +729,28 @@ async def _import(admin: ListAdmin, args: argparse.Namespace, tenant: str) -> in
                 expected=total,
                 checksum=digest,
             )
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        left = {
+            "replace": f"list {args.list!r} is unchanged (the new version was not switched in)",
+            "add": "the numbers of the batches sent before the interruption are on the list",
+            "remove": "the numbers of the batches sent before the interruption are removed",
+        }[mode]
+        print(f"callgate: import interrupted: {left}", file=sys.stderr)
+        raise
     finally:
         if rejects is not None:
             rejects.close()
+    if args.json:
+        counts = {
+            "imported": summary.imported,
+            "duplicates": summary.duplicates,
+            "rejected": summary.rejected,
+            "skipped": summary.skipped,
+            "lines": total,
+            "mode": mode,
+        }
+        print(json.dumps(counts))
+        return 0
     verb = {"add": "imported", "remove": "removed", "replace": "in the new version"}[mode]
     skipped = f", {summary.skipped} skipped (result not kept)" if summary.skipped else ""
     print(
@@ -419,152 +760,227 @@ async def _import(admin: ListAdmin, args: argparse.Namespace, tenant: str) -> in
     return 0
 
 
-async def _scrub(config: Config, args: argparse.Namespace) -> int:
-    lines = open_lines(args.file)
-    first = next((line for line in lines if line.strip()), None)
-    if first is None:
-        raise InputError(f"{args.file}: no leads in the file")
-    dialect = csv_dialect(first)
-    header = [c.strip() for c in next(csv.reader([first], dialect))]
-    named = not args.column.isdigit()
-    if named:
-        lowered = [c.lower() for c in header]
-        if args.column.lower() not in lowered:
-            raise InputError(f"{args.file}: no column named {args.column!r} in header {header!r}")
-        column = lowered.index(args.column.lower())
-    elif int(args.column) < 1:
-        raise InputError(f"--column {args.column}: columns are numbered from 1")
-    else:
-        column = int(args.column) - 1
-    has_header = named or args.header
-    body = itertools.chain([] if has_header else [first], lines)
-    rows = (row for row in csv.reader(body, dialect) if any(cell.strip() for cell in row))
-    try:
-        out = args.output.open("w", encoding="utf-8", newline="")
-    except OSError as exc:
-        raise InputError(f"{args.output}: cannot write: {exc.strerror}") from exc
-    with out:
-        writer = csv.writer(out, dialect)
-        if has_header:
-            writer.writerow([*header, "verdict", "reason", "retry_after_s"])
-        async with open_gate(config, ADMIN_DEADLINE_S) as gate:
-            summary = await scrub_leads(
-                gate,
-                rows,
-                column,
-                writer.writerow,
-                now=args.at or datetime.now(UTC),
-                tenant=args.tenant or config.default_tenant,
-                campaign=args.campaign or "",
-                traffic_class=TrafficClass(args.traffic_class),
-                caller_id=args.caller_id,
-            )
-    print(summary.text())
-    return 0
+# --- consents and events ------------------------------------------------------------------------
 
 
-async def _audit(config: Config, args: argparse.Namespace) -> int:
-    namespace = config.redis.namespace
-    async with open_gate(config, ADMIN_DEADLINE_S) as gate:
-        client = gate.store.admin_client
-        try:
-            if args.action == "tail":
-                follower = Follower(client, namespace)
-                if args.follow:
-                    await follower.start()
-                latest = [
-                    r
-                    async for r in read_range(client, namespace, reverse=True, limit=max(args.n, 0))
-                ]
-                for record in reversed(latest):
-                    print(_audit_line(record), flush=True)
-                for _ in range(10**9 if args.follow else 0):  # until interrupted
-                    for record in await follower.poll():
-                        print(_audit_line(record), flush=True)
-            elif args.action == "export":
-                writer = csv.DictWriter(sys.stdout, ["id", *AUDIT_FIELDS], extrasaction="ignore")
-                if args.format == "csv":
-                    writer.writeheader()
-                async for record in read_range(client, namespace, args.since, args.until):
-                    if args.tenant and record.get("tenant") != args.tenant:
-                        continue
-                    if args.format == "csv":
-                        writer.writerow(record)
-                    else:
-                        print(json.dumps(record, ensure_ascii=False))
-            else:
-                wanted, group = _audit_number(args.number, config, gate)
-                found = 0
-                async for record in read_range(client, namespace, args.since, groups=[group]):
-                    if record.get("number") == wanted:
-                        print(_audit_line(record))
-                        found += 1
-                print(f"{found} decisions about {args.number}", file=sys.stderr)
-        except (RedisError, OSError) as exc:
-            raise translate_error(exc, gate.store.where) from exc
-    return 0
-
-
-def _audit_number(text: str, config: Config, gate: Gate) -> tuple[str, int]:
-    """How the audit trail names ``text`` (its token, or E.164, or short-code digits) and
-    the slot group whose stream holds its decisions."""
-    target = classify(text, config.policy.default_region)
-    if isinstance(target, Destination):
-        number = gate.keyspace.number(target.e164)
-        return number.token, number.group
-    if isinstance(target, ShortCode):
-        return target.digits, 0
-    raise InputError(f"number {text!r}: {target.why}")
-
-
-def _audit_line(record: Mapping[str, str]) -> str:
-    when = datetime.fromtimestamp(int(record.get("ts", "0")) / 1000, UTC).isoformat(
-        timespec="seconds"
-    )
-    retry = f" retry_after={record['retry_after_s']}s" if record.get("retry_after_s") else ""
-    return (
-        f"{when} {record.get('verdict', '?')} {record.get('reason', '')}{retry} "
-        f"door={record.get('door', '')} tenant={record.get('tenant', '')} "
-        f"campaign={record.get('campaign', '')} number={record.get('number', '')} "
-        f"channel={record.get('channel', '')}"
-    )
+def _an(event: str) -> str:
+    return "an abandoned call" if event == "abandoned" else f"a {event}"
 
 
 async def _consent_or_event(config: Config, args: argparse.Namespace) -> int:
     tenant = args.tenant or config.default_tenant
-    campaign = args.campaign or ""
+    campaign = getattr(args, "campaign", None) or ""
     async with open_gate(config, ADMIN_DEADLINE_S) as gate:
         admin = ListAdmin(config.policy, gate.keyspace, gate.store)
         if args.command == "consent" and args.action == "add":
             if admin.rule(args.list).kind != "consent":
-                raise InputError(f"list {args.list!r} is not a consent list")
+                raise InputError(f"--list {args.list!r} is not a consent list")
             added = await admin.add(
                 args.list, args.numbers, tenant, campaign, now=args.granted_at, expires=args.expires
             )
-            print(f"{added} consents recorded, {len(args.numbers) - added} updated")
+            print(f"{_plural(added, 'consent')} recorded, {len(args.numbers) - added} updated")
         elif args.command == "consent":
             added = await admin.revoke(args.numbers, tenant, campaign, args.red_list)
-            print(f"{len(args.numbers)} consents revoked; {added} added to {args.red_list}")
+            print(
+                f"{_plural(len(args.numbers), 'number')}: consents revoked; "
+                f"{added} added to {args.red_list}"
+            )
         else:
             rules = await admin.record_event(
                 args.command, args.number, tenant, args.at or datetime.now(UTC)
             )
             if not rules:
                 raise InputError(
-                    f"no enabled pack has a cool-off after a {args.command} for "
+                    f"no enabled pack has a cool-off after {_an(args.command)} for "
                     f"{args.number!r}; nothing recorded"
                 )
             print(f"{args.command} recorded: {', '.join(rules)}")
     return 0
 
 
-def _config_check(config: Config) -> int:
+# --- scrub ----------------------------------------------------------------------------------
+
+
+def _column(args: argparse.Namespace, header: list[str]) -> int:
+    if not args.column.isdigit():
+        lowered = [c.lower() for c in header]
+        if args.column.lower() not in lowered:
+            raise InputError(f"{args.file}: no column named {args.column!r} in header {header!r}")
+        return lowered.index(args.column.lower())
+    if int(args.column) < 1:
+        raise InputError(f"--column {args.column}: columns are numbered from 1")
+    return int(args.column) - 1
+
+
+async def _scrub(config: Config, args: argparse.Namespace) -> int:
+    total = count_lines(args.file)
+    lines = _Counted(open_lines(args.file))
+    first = next((line for line in lines if line.strip()), None)
+    if first is None:
+        raise InputError(f"{args.file}: no leads in the file")
+    dialect = csv_dialect(first)
+    reader = csv.reader(itertools.chain([first], lines), dialect)
+    header = [c.strip() for c in next(reader)]
+    column = _column(args, header)
+    has_header = not args.column.isdigit() or args.header
+    body = reader if has_header else itertools.chain([header], reader)
+    rows = (row for row in body if any(cell.strip() for cell in row))
+    output: Path = args.output
+    async with open_gate(config, ADMIN_DEADLINE_S) as gate:
+        await gate.store.ping()  # Redis down: fail before writing anything
+        # Written beside the target and renamed at the end: OUT is whole or untouched.
+        fd, partial = tempfile.mkstemp(prefix=f".{output.name}.", dir=output.parent or ".")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8", newline="") as out:
+                writer = csv.writer(out, dialect)
+                if has_header:
+                    writer.writerow([*header, "verdict", "reason", "retry_after_s"])
+                with progress(total, f"scrubbing {args.file.name}") as advance:
+                    done = 0
+
+                    def write(row: Sequence[str]) -> None:
+                        nonlocal done
+                        writer.writerow(row)
+                        advance(lines.lines - done)
+                        done = lines.lines
+
+                    summary = await scrub_leads(
+                        gate,
+                        rows,
+                        column,
+                        write,
+                        now=args.at or datetime.now(UTC),
+                        tenant=args.tenant or config.default_tenant,
+                        campaign=args.campaign or "",
+                        traffic_class=TrafficClass(args.traffic_class),
+                        caller_id=args.caller_id,
+                    )
+            os.replace(partial, output)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(partial)
+            raise
+    if args.json:
+        counts = VerdictCounts(**{v.value: summary.verdicts[v.value] for v in Verdict})
+        out_model = ScrubSummaryOut(
+            output=str(output),
+            rows=summary.rows,
+            counts=counts,
+            unreadable=summary.verdicts["ERROR"],
+            reasons=dict(summary.reasons.most_common()),
+        )
+        print(json_of(out_model).decode())
+    else:
+        print(f"{_plural(summary.rows, 'lead')} scrubbed into {output}")
+        print(summary.text())
+    return 0
+
+
+class _Counted:
+    """Lines, counted as they are read (a scrub's progress)."""
+
+    def __init__(self, lines: Iterator[str]) -> None:
+        self._lines = lines
+        self.lines = 0
+
+    def __iter__(self) -> Iterator[str]:
+        return self
+
+    def __next__(self) -> str:
+        line = next(self._lines)
+        self.lines += 1
+        return line
+
+
+# --- audit -----------------------------------------------------------------------------------
+
+
+def _audit_line(record: AuditRecord) -> str:
+    retry = f" retry_after={record.retry_after_s}s" if record.retry_after_s is not None else ""
+    return (
+        f"{record.time.isoformat(timespec='seconds')} {record.verdict} {record.reason}{retry} "
+        f"door={record.door} tenant={record.tenant} campaign={record.campaign} "
+        f"number={record.number} channel={record.channel}"
+    )
+
+
+async def _audit(config: Config, args: argparse.Namespace) -> int:
+    namespace = config.redis.namespace
+    async with open_gate(config, ADMIN_DEADLINE_S) as gate:
+        client = gate.store.admin_client
+        where = gate.store.where
+        as_json = getattr(args, "json", False)
+
+        def show(record: AuditRecord) -> None:
+            print(json_of(record).decode() if as_json else _audit_line(record), flush=True)
+
+        if args.action == "tail":
+            # The follower notes where each group stream ends before the latest are read:
+            # a decision made in between is shown once, after them.
+            follower = Follower(client, namespace)
+            try:
+                if args.follow:
+                    await follower.start()
+            except (RedisError, OSError) as exc:
+                raise translate_error(exc, where) from exc
+            newest = read_range(client, namespace, reverse=True, limit=max(args.n, 0))
+            latest = [audit_record(r) async for r in search.translated(newest, where)]
+            for record in reversed(latest):
+                show(record)
+            for _ in range(10**9 if args.follow else 0):  # until interrupted
+                try:
+                    found = await follower.poll()
+                except (RedisError, OSError) as exc:
+                    raise translate_error(exc, where) from exc
+                for stored in found:
+                    show(audit_record(stored))
+        elif args.action == "export":
+            records = search.search(
+                client,
+                namespace,
+                since=args.since,
+                until=args.until,
+                tenant=args.tenant,
+                campaign=args.campaign,
+            )
+            writer = csv.writer(sys.stdout)
+            if args.format == "csv":
+                writer.writerow(search.CSV_HEADER)
+            async for record in search.translated(records, where):
+                if args.format == "csv":
+                    writer.writerow(search.csv_row(record))
+                else:
+                    print(json_of(record).decode())
+        else:
+            wanted = search.number_key(args.number, gate)
+            records = search.search(client, namespace, since=args.since, number=wanted)
+            shown = 0
+            async for record in search.translated(records, where):
+                show(record)
+                shown += 1
+            print(f"{_plural(shown, 'decision')} about {args.number}", file=sys.stderr)
+    return 0
+
+
+# --- config ----------------------------------------------------------------------------------
+
+
+def _config_check(config: Config, args: argparse.Namespace) -> int:
     policy = config.policy
-    redis = config.redis.url or f"embedded, data in {config.redis.data_dir}"
-    if config.redis.mode == "cluster":
-        redis = "cluster, seed nodes " + ", ".join(n.split("@", 1)[-1] for n in config.redis.nodes)
+    redis = describe_redis(config)
     print(f"{config.path}: OK")
     print(f"  region {policy.default_region}, tenant {config.default_tenant}, redis {redis}")
+    print(f"  state in {config.state_dir}, packs from {config.packs_dir}")
+    if config.hash_numbers:
+        if config.secret_file is not None and config.secret is None:
+            secret = f"{config.secret_file} (does not exist yet: created on first use)"
+        elif config.secret_file is not None and not os.environ.get("CALLGATE_SECRET"):
+            secret = str(config.secret_file)
+        else:
+            secret = "set"
+        print(f"  numbers hashed, secret {secret}")
+    else:
+        print("  numbers stored plain (privacy.hash_numbers = false)")
     print(
         f"  lists: {', '.join(f'{r.name} ({r.kind}, {r.scope})' for r in policy.lists) or 'none'}"
     )
@@ -576,10 +992,36 @@ def _config_check(config: Config) -> int:
         f"  fail mode: campaign {config.fail_mode.campaign.value}, "
         f"manual {config.fail_mode.manual.value}"
     )
+    if args.connect:
+        asyncio.run(_ping(config))
     return 0
 
 
-async def _run(config: Config) -> int:
+async def _ping(config: Config) -> None:
+    async with open_gate(config, ADMIN_DEADLINE_S) as gate:
+        await gate.store.ping()
+        print(f"  redis: {gate.store.where} answers")
+
+
+def _init(args: argparse.Namespace) -> int:
+    for path, written in write_init(args.directory, args.state_dir, args.copy_packs):
+        print(f"{'wrote' if written else 'kept (exists)'} {path}")
+    config = args.directory / "callgate.toml"
+    print(
+        f"next: callgate --config {config} config check; copy "
+        f"{args.directory / 'callgate.conf'} to /etc/asterisk/ and #include it"
+    )
+    return 0
+
+
+# --- run, reload --------------------------------------------------------------------------------
+
+
+async def _run(config: Config, args: argparse.Namespace) -> int:
+    if args.worker:
+        return await _run_worker(config, WorkerRole.parse(args.worker))
+    if args.workers > 1:
+        return await _run_workers(config, args.workers, args.verbose)
     # The CLI's other commands need neither server.
     from agi.server import AgiServer
     from gate.ops.operations import Operations
@@ -589,18 +1031,11 @@ async def _run(config: Config) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    async with open_gate(config) as gate:
-        try:
-            await gate.store.ping()
-            if await legacy_keys_present(gate.store, gate.keyspace, quick=True):
-                log.error(
-                    "Redis holds keys of the old layout (namespace %r): lists, consents and "
-                    "counters there are not seen; stop and run `callgate migrate`",
-                    gate.keyspace.namespace,
-                )
-        except StoreError as exc:
-            log.warning("%s; decisions will get the fail mode until it answers", exc)
-        server = AgiServer(gate, config.agi.host, config.agi.port, config.agi.header_timeout_s)
+    async with open_gate(config, records=True, supervise=True) as gate:
+        await _check_store(gate)
+        server = AgiServer(
+            gate, config.agi.host, config.agi.port, config.agi.header_timeout_s, config.agi.allow
+        )
         try:
             await server.start()
         except OSError as exc:
@@ -609,7 +1044,8 @@ async def _run(config: Config) -> int:
                 f"{exc.strerror}; change [agi] port or stop the other server"
             ) from exc
         stasis = StasisGate(gate, config.ari) if config.ari is not None else None
-        stasis_task = asyncio.create_task(stasis.run()) if stasis is not None else None
+        if stasis is not None:
+            stasis.start()
         if config.ari is not None:
             log.info("Stasis application %r via ARI at %s", config.ari.app, config.ari.url)
         ops = await Operations.start(gate, config, server, stasis)
@@ -625,12 +1061,26 @@ async def _run(config: Config) -> int:
         await stop.wait()
         log.info("stopping: finishing in-flight requests")
         await ops.stop()
-        if stasis is not None and stasis_task is not None:
-            await stasis.stop()
-            await stasis_task
+        if stasis is not None:
+            await stasis.close()
         await server.stop()
     log.info("stopped")
     return 0
+
+
+async def _check_store(gate: Gate) -> None:
+    """At start: say (logged, never fatal) if Redis does not answer yet, or holds keys of
+    the layout before slot groups, which decisions do not see."""
+    try:
+        await gate.store.ping()
+        if await legacy_keys_present(gate.store, gate.keyspace, quick=True):
+            log.error(
+                "Redis holds keys of the old layout (namespace %r): lists, consents and "
+                "counters there are not seen; stop and run `callgate migrate`",
+                gate.keyspace.namespace,
+            )
+    except StoreError as exc:
+        log.warning("%s; decisions will get the fail mode until it answers", exc)
 
 
 async def _migrate(config: Config) -> int:
@@ -644,6 +1094,125 @@ async def _migrate(config: Config) -> int:
     return 0
 
 
+def _stop_on_signals() -> asyncio.Event:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    return stop
+
+
+async def _run_worker(config: Config, role: WorkerRole) -> int:
+    """One worker of ``run --workers N``: FastAGI on the shared port, Stasis if it leads,
+    its metrics written for the parent; reloads on SIGHUP (the parent forwards it)."""
+    from agi.server import AgiServer
+    from gate.ops.metrics import Metrics
+    from gate.ops.reload import Reloader
+    from gate.stasis.door import StasisGate
+
+    stop = _stop_on_signals()
+    loop = asyncio.get_running_loop()
+    disable_created_metrics()  # type: ignore[no-untyped-call]
+    async with open_gate(config, records=True) as gate:
+        agi = config.agi
+        server = AgiServer(
+            gate, agi.host, role.agi_port, agi.header_timeout_s, agi.allow, reuse_port=True
+        )
+        await server.start()
+        metrics = Metrics()
+        metrics.use_config(config, gate.version)
+        metrics.doors.agi = server
+        gate.observers.append(metrics)
+        leadership = None
+        if config.ari is not None:
+            door = StasisGate(gate, config.ari)
+            metrics.doors.stasis = door
+            leadership = StasisLeadership(door, role.directory / "stasis.lock", stop)
+            leadership.start()
+        reloader = None
+        if config.path is not None:
+            reloader = Reloader(
+                gate, config.path, on_swap=metrics.use_config, on_result=metrics.reload_result
+            )
+            loop.add_signal_handler(signal.SIGHUP, reloader.request)
+        log.info(
+            "callgate %s worker %d: FastAGI on agi://%s:%d/check", __version__, role.index,
+            agi.host, server.port,
+        )  # fmt: skip
+        while not await wait_event(stop, METRICS_EVERY_S):
+            partial = role.metrics_path.with_suffix(".tmp")
+            partial.write_bytes(metrics.exposition())
+            partial.replace(role.metrics_path)  # the parent never reads half a file
+        if leadership is not None:
+            await leadership.close()
+        await server.stop()
+        if reloader is not None:
+            loop.remove_signal_handler(signal.SIGHUP)
+            await reloader.close()
+        gate.observers.remove(metrics)
+    return 0
+
+
+async def _run_workers(config: Config, count: int, verbose: bool) -> int:
+    """The parent of ``run --workers N``: the workers, supervised; HTTP, metrics (theirs
+    summed with its own) and reload (forwarded to them) in this process."""
+    from gate.ops.operations import Operations
+
+    stop = _stop_on_signals()
+    async with open_gate(config, records=True, supervise=True) as gate:  # the embedded Redis, once
+        await _check_store(gate)
+        # The port, held (bound, not listening) while the workers run: taken by another
+        # server, it fails here, once; 0 becomes one free port, the same for every worker.
+        reserved = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        reserved.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        try:
+            reserved.bind((config.agi.host, config.agi.port))
+        except OSError as exc:
+            reserved.close()
+            raise InputError(
+                f"agi: cannot listen on {config.agi.host}:{config.agi.port}: "
+                f"{exc.strerror}; change [agi] port or stop the other server"
+            ) from exc
+        port = int(reserved.getsockname()[1])
+        directory = Path(tempfile.mkdtemp(prefix="callgate-workers-"))
+        command = [sys.executable, "-m", "gate.cli", "--config", str(config.path)]
+        workers = Workers([*command, *(["-v"] if verbose else []), "run"], count, directory, port)
+        stasis = WorkersStasis(directory) if config.ari is not None else None
+        try:
+            workers.start()
+            ops = await Operations.start(gate, config, None, stasis)
+            ops.metrics.doors.stasis = None  # the workers report their doors themselves
+            ops.metrics.workers = lambda: worker_expositions(directory)
+            if ops.reloader is not None:  # a reload here (SIGHUP, API) reloads the workers
+                swapped = ops.reloader.on_swap
+
+                def forward(new: Config, version: str) -> None:
+                    if swapped is not None:
+                        swapped(new, version)
+                    workers.signal(signal.SIGHUP)
+
+                ops.reloader.on_swap = forward
+            log.info(
+                "callgate %s: %d workers (pids %s) on agi://%s:%d/check, Redis %s, config %s, "
+                "shared state in %s",
+                __version__, count, " ".join(str(p.pid) for p in workers.processes.values()),
+                config.agi.host, port, gate.store.where, config.path, directory,
+            )  # fmt: skip
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(workers.supervise(stop))
+                if stasis is not None:
+                    tasks.create_task(stasis.follow(stop))
+                await stop.wait()
+            log.info("stopping: the workers finish their in-flight requests")
+            await ops.stop()
+        finally:
+            await workers.stop()
+            shutil.rmtree(directory, ignore_errors=True)
+            reserved.close()
+    log.info("stopped")
+    return 0
+
+
 async def _reload(config: Config) -> int:
     result = await request_reload(config)
     change = "unchanged" if not result.changed else f"was {result.previous}"
@@ -651,16 +1220,30 @@ async def _reload(config: Config) -> int:
     return 0
 
 
+def _quiet_broken_pipe() -> int:
+    """The reader went away (``| head``): stop quietly (Python's recommended recipe)."""
+    with contextlib.suppress(OSError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    return 0
+
+
+Command = Callable[[Config, argparse.Namespace], int]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     configure_logging(LoggingConfig(), args.verbose)
     try:
-        config = load_config(args.config or default_config_path())
-        configure_logging(config.logging, args.verbose)
+        if args.command == "init":
+            return _init(args)
+        config_check = args.command == "config"
+        config = load_config(args.config or default_config_path(), create_secret=not config_check)
+        configure_logging(config.logging, args.verbose, config.hash_numbers, config.secret)
+        if config_check:
+            return _config_check(config, args)
         if args.command == "reload":
             return asyncio.run(_reload(config))
-        if args.command == "config":
-            return _config_check(config)
         if args.command == "check":
             return asyncio.run(_check(config, args))
         if args.command == "list":
@@ -673,16 +1256,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_audit(config, args))
         if args.command == "migrate":
             return asyncio.run(_migrate(config))
-        return asyncio.run(_run(config))
+        return asyncio.run(_run(config, args))
     except GateError as exc:
         print(f"callgate: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        return 130
-    except BrokenPipeError:  # `callgate list export … | head`
-        with contextlib.suppress(OSError):
-            sys.stdout.close()
-        return 0
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        return _quiet_broken_pipe()
 
 
 if __name__ == "__main__":

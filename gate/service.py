@@ -1,17 +1,30 @@
 """The gate: the per-call path that every door (FastAGI, Stasis, CLI, API) calls.
 
-``Gate.decide(attempt, record=…, door=…)`` = ``engine.plan`` → one ``Store.decide`` →
+``Gate.decide(attempt, record=…, door=…)`` = ``engine.plan`` (through the configuration's
+``engine.Planner``, which reuses what does not depend on the number) → one ``Store.decide`` →
 ``engine.conclude``. Guarantees:
 - It never raises for a store problem: when Redis is down or slower than the deadline,
   the configured fail mode answers (reason ``store_unavailable``), the first failure of
   an incident is logged once at WARNING and the recovery once at INFO.
 - Emergency, short-code, invalid and number-type decisions never touch Redis.
+- A tenant the configuration does not name is refused (``UnknownTenant``, a
+  ``BadRequest`` with code ``bad_request:tenant``) before anything is decided or counted,
+  unless ``gate.open_tenants``: a mistyped tenant never gets a call past lists that are
+  empty only because they are another tenant's.
+- With ``privacy.hash_numbers`` the attempt's channel name reaches no observer and no
+  evidence with a number in it (``Local/0612345678@…`` becomes ``Local/#<tag>@…``).
 - One decision uses one configuration whole: ``evaluate`` reads the active
   configuration (config, keyspace, version) once, and ``swap`` replaces it in one
   assignment, so a reload takes effect between decisions, never inside one.
 - Observers (metrics, the audit trail) are told about every decision, with its door,
   its plan and store answer and its timings; they are told, never asked, so they cannot
   change a decision, and telling them adds no round trip.
+
+Also the lifecycle tools every door and background task uses: ``InFlight`` (requests
+tracked from the moment they are accepted, drained with a bound when a door stops),
+``stop_task`` (a bounded stop with a logged cancel fallback), ``wait_event`` (a sleep
+that a stop event ends early, without touching cancellation) and ``cancelling`` (tell a
+cancel dressed as a library error from a real fault).
 
 May import: ``gate.core``, ``gate.config``, ``gate.store`` and the standard library.
 """
@@ -28,20 +41,31 @@ from typing import Protocol
 from gate.config.loader import Config
 from gate.core.engine import (
     Plan,
+    Planner,
     RuleOutcome,
     StoreResult,
     conclude,
     explain,
     fail_mode_decision,
-    plan,
 )
-from gate.core.errors import StoreError
+from gate.core.errors import ConfigError, StoreError
 from gate.core.evidence import Timing, evidence_for, stream_len
 from gate.core.keys import Keyspace
 from gate.core.model import Attempt, Decision
+from gate.core.redact import redact
 from gate.store.client import Store
 
-__all__ = ["Active", "DecisionObserver", "Evaluation", "Gate", "InFlight", "Observed"]
+__all__ = [
+    "Active",
+    "DecisionObserver",
+    "Evaluation",
+    "Gate",
+    "InFlight",
+    "Observed",
+    "cancelling",
+    "stop_task",
+    "wait_event",
+]
 
 log = logging.getLogger("callgate")
 
@@ -67,6 +91,13 @@ class Active:
     config: Config
     keyspace: Keyspace
     version: str  # short hash of the config and pack files ("" when not from files)
+    # ``plan`` with what does not depend on the number or the instant reused (recording
+    # decisions, evaluations): built with the configuration, replaced with it.
+    recording: Planner
+    evaluating: Planner
+
+    def planner(self, record: bool) -> Planner:
+        return self.recording if record else self.evaluating
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,8 +128,14 @@ class Observed:
 
 
 def _activate(config: Config, version: str) -> Active:
+    if config.hash_numbers and config.secret is None:
+        raise ConfigError("privacy: numbers are hashed but the secret is not loaded")
     secret = config.secret if config.hash_numbers else None
-    return Active(config, Keyspace(config.redis.namespace, secret), version)
+    keyspace = Keyspace(config.redis.namespace, secret)
+    policy = config.policy
+    return Active(
+        config, keyspace, version, Planner(policy, keyspace, True), Planner(policy, keyspace, False)
+    )
 
 
 def _with_evidence(pending: Plan, active: Active, door: str, process_s: float) -> Plan:
@@ -162,9 +199,13 @@ class Gate:
         """Decide ``attempt``; ``record`` counts it (and keeps its evidence); ``door``
         (agi, stasis, cli, api, scrub) labels the metrics and the evidence."""
         active = self._active
+        active.config.policy.check_tenant(attempt.tenant)  # UnknownTenant: the door refuses
+        if attempt.channel and active.config.hash_numbers:
+            # A channel name may hold the number (Local/0612345678@…): evidence gets a tag.
+            attempt = replace(attempt, channel=redact(attempt.channel, active.config.secret))
         started = time.perf_counter()
         store_s = 0.0
-        pending = plan(attempt, active.config.policy, active.keyspace, record)
+        pending = active.planner(record).plan(attempt)
         result: StoreResult | None = None
         if isinstance(pending, Decision):
             decision = pending
@@ -202,8 +243,16 @@ class Gate:
         return result
 
 
+CANCEL_GRACE_S = 2.0
+
+
 class InFlight:
-    """The requests a door is serving now: counted, and drained (bounded) when it stops."""
+    """The requests a door is serving now: counted, and drained (bounded) when it stops.
+
+    A task is tracked from the moment it is created (``spawn``) or handed over (``track``),
+    so a request accepted just before ``drain()`` is drained too. A task that fails is
+    logged here (a bug in one request never goes unseen, nor takes the door down).
+    """
 
     def __init__(self, name: str, grace_s: float) -> None:
         self.name = name
@@ -226,20 +275,75 @@ class InFlight:
     def track(self, task: asyncio.Task[None]) -> None:
         """Track a task created elsewhere (e.g. the one asyncio runs a connection in)."""
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and (error := task.exception()) is not None:
+            log.error("%s: a request failed", self.name, exc_info=error)
 
     async def drain(self) -> None:
-        """Let in-flight requests finish within ``grace_s``; cancel the rest (logged)."""
+        """Let in-flight requests (and any they start) finish within ``grace_s``; cancel
+        the rest (logged), and give up on any that ignore the cancel within a bound."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.grace_s
+        while self._tasks and (left := deadline - loop.time()) > 0:
+            await asyncio.wait(set(self._tasks), timeout=left)
         if not self._tasks:
             return
-        _, pending = await asyncio.wait(set(self._tasks), timeout=self.grace_s)
-        if pending:
-            log.warning(
-                "%s: %d request(s) still running after %.0f s; cancelling them",
-                self.name,
-                len(pending),
-                self.grace_s,
-            )
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
+        pending = set(self._tasks)
+        log.warning(
+            "%s: %d request(s) still running after %.0f s; cancelling them",
+            self.name,
+            len(pending),
+            self.grace_s,
+        )
+        for task in pending:
+            task.cancel()
+        _, stuck = await asyncio.wait(pending, timeout=CANCEL_GRACE_S)
+        if stuck:
+            log.error("%s: %d request(s) ignored the cancel; leaving them", self.name, len(stuck))
+
+
+def cancelling() -> bool:
+    """Whether the current task is being cancelled. A library may turn a cancel into one
+    of its own errors (a timeout, a connection error): a loop that catches those checks
+    this and re-raises the cancel instead of taking it for a fault."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
+async def wait_event(event: asyncio.Event, timeout_s: float) -> bool:
+    """Wait up to ``timeout_s`` for ``event``; True if it is set.
+
+    For the sleeps of long-lived loops (a stop event that may end them early): unlike
+    ``asyncio.timeout`` around ``event.wait()`` (whose expiry is a cancel, which Python
+    3.11 can confuse with a cancel from outside), no cancellation is ever raised or
+    swallowed here except the caller's own.
+    """
+    if event.is_set():
+        return True
+    waiter = asyncio.ensure_future(event.wait())
+    try:
+        await asyncio.wait({waiter}, timeout=timeout_s)
+    finally:
+        waiter.cancel()
+    return event.is_set()
+
+
+async def stop_task(task: asyncio.Task[None], within_s: float, name: str) -> None:
+    """Wait (bounded) for a long-lived ``task`` already told to stop (its stop event is
+    set); past ``within_s`` cancel it, logged, and wait at most ``CANCEL_GRACE_S`` more.
+
+    Never raises for the task's own failure (logged); a cancel of the caller propagates.
+    """
+    done, _ = await asyncio.wait({task}, timeout=within_s)
+    if not done:
+        log.warning("%s did not stop within %.1f s; cancelling it", name, within_s)
+        task.cancel()
+        done, _ = await asyncio.wait({task}, timeout=CANCEL_GRACE_S)
+        if not done:
+            log.error("%s ignored the cancel; leaving it", name)
+            return
+    if not task.cancelled() and (error := task.exception()) is not None:
+        log.error("%s failed", name, exc_info=error)

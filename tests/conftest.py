@@ -101,7 +101,7 @@ def sync_redis(redis_url: str) -> Iterator[redis.Redis]:
 
 
 BASE_CONFIG: dict[str, Any] = {
-    "gate": {"default_region": "FR"},
+    "gate": {"default_region": "FR", "tenants": ["default", "acme", "globex"]},
     "privacy": {"secret": TEST_SECRET},
     "lists": [
         {"name": "red", "kind": "block", "scope": "tenant"},

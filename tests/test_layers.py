@@ -94,9 +94,9 @@ def _owner(module: str) -> tuple[int, str] | None:
     best: tuple[int, str] | None = None
     for index, layer in enumerate(LAYERS):
         for package in layer:
-            if module == package or module.startswith(package + "."):
-                if best is None or len(package) > len(best[1]):
-                    best = (index, package)
+            inside = module == package or module.startswith(package + ".")
+            if inside and (best is None or len(package) > len(best[1])):
+                best = (index, package)
     return best
 
 
@@ -173,4 +173,5 @@ def test_a_wrong_arrow_is_caught(tmp_path: Path, path: str, source: str, expecte
     bad.write_text(source + bad.read_text(encoding="utf-8"), encoding="utf-8")
     found = violations(tmp_path)
     assert 1 == len(found), found
-    assert f"{path}:1:" in found[0] and expected in found[0], found
+    assert f"{path}:1:" in found[0], found
+    assert expected in found[0], found

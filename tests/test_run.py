@@ -12,13 +12,15 @@ import tempfile
 import time
 from pathlib import Path
 
+from gate.core.params import DECISION_FIELDS
 from tests.conftest import SAMPLE_CONFIG
 
 STARTUP_DEADLINE_S = 20.0
 
 
 async def agi_check(port: int, extension: str) -> dict[str, str]:
-    """Play Asterisk for one FastAGI `check` request; return the variables set."""
+    """Play Asterisk for one FastAGI `check` request; return the ``CALLGATE_*`` variables
+    the dialplan gets (``CALLGATE_DECISION`` split as ``callgate-unpack`` does)."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     headers = (
         "agi_network_script: check?tenant=default\n"
@@ -39,7 +41,7 @@ async def agi_check(port: int, extension: str) -> dict[str, str]:
             await writer.drain()
     writer.close()
     await writer.wait_closed()
-    return variables
+    return dict(zip(DECISION_FIELDS, variables["CALLGATE_DECISION"].split("|"), strict=True))
 
 
 def test_run_serves_fastagi_with_embedded_redis_and_stops_on_sigterm() -> None:
@@ -47,9 +49,7 @@ def test_run_serves_fastagi_with_embedded_redis_and_stops_on_sigterm() -> None:
     data = Path(tempfile.mkdtemp(prefix="cg"))
     config = data / "callgate.toml"
     text = SAMPLE_CONFIG.read_text()
-    text = text.replace('data_dir = "../var/redis"', f'data_dir = "{data}/r"')
-    text = text.replace('secret_file = "../var/callgate.secret"', f'secret_file = "{data}/s"')
-    text = text.replace('packs_dir = "packs"', f'packs_dir = "{SAMPLE_CONFIG.parent / "packs"}"')
+    text = text.replace('state_dir = "../var"', f'state_dir = "{data}"')
     config.write_text(text.replace("port = 4573", "port = 0").replace("port = 9473", "port = 0"))
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("CALLGATE_SECRET", None)
@@ -84,5 +84,5 @@ def test_run_serves_fastagi_with_embedded_redis_and_stops_on_sigterm() -> None:
         variables["CALLGATE_REASON"],
         variables["CALLGATE_E164"],
     )
-    assert not (data / "r" / "redis.sock").exists()  # the embedded Redis was stopped too
-    assert (data / "r" / "appendonly.aof").exists()
+    assert not (data / "redis" / "redis.sock").exists()  # the embedded Redis was stopped too
+    assert (data / "redis" / "appendonly.aof").exists()

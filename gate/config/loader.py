@@ -2,8 +2,18 @@
 
 Guarantees: ``load_config(path)`` returns a ``Config`` or raises ``ConfigError`` whose
 message names the file, the key (``caps[0].limit``) and what is wrong. Nothing is read
-lazily later: a ``Config`` that exists is complete and consistent. Relative paths in the
-file are relative to the file's own directory.
+lazily later: a ``Config`` that exists is complete and consistent.
+
+Paths: ``gate.packs_dir`` and ``gate.state_dir``, when relative, are relative to the
+file's own directory; without ``packs_dir`` the packs shipped with callgate are used. The
+state paths (``redis.data_dir``, ``privacy.secret_file``), when relative, are relative to
+``gate.state_dir``, whose default is ``$STATE_DIRECTORY`` (set by systemd's
+``StateDirectory=``), else ``/var/lib/callgate``: state never lands beside a config file
+in ``/etc``.
+
+Loading has one side effect, and only when asked (``create_secret``, what ``run`` and the
+admin commands do): a missing ``privacy.secret_file`` is created with a random secret.
+``callgate config check`` loads without it.
 """
 
 from __future__ import annotations
@@ -11,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import re
 import secrets
 import tomllib
 from collections.abc import Mapping
@@ -20,7 +31,14 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from gate.config._reader import IDENT_RE, Reader, parse_duration_s
-from gate.config.packs import load_pack, parse_caps, parse_lists, validate_references
+from gate.config.files import DEFAULT_STATE_DIR, PACKS_DIR
+from gate.config.packs import (
+    load_pack,
+    optional_calendars,
+    parse_caps,
+    parse_lists,
+    validate_references,
+)
 from gate.core.errors import ConfigError, GateError
 from gate.core.model import TrafficClass, Verdict
 from gate.core.numbers import NumberType, parse_e164
@@ -35,7 +53,9 @@ __all__ = [
     "Config",
     "HttpConfig",
     "LoggingConfig",
+    "Network",
     "RedisConfig",
+    "SentinelConfig",
     "default_config_path",
     "is_loopback",
     "load_config",
@@ -43,26 +63,71 @@ __all__ = [
 ]
 
 SECRET_ENV = "CALLGATE_SECRET"
+# Set by systemd for a unit with StateDirectory= (the first directory if several).
+STATE_DIRECTORY_ENV = "STATE_DIRECTORY"
 CONFIG_ENV = "CALLGATE_CONFIG"
 ARI_PASSWORD_ENV = "CALLGATE_ARI_PASSWORD"
 API_TOKEN_ENV = "CALLGATE_API_TOKEN"
+REDIS_PASSWORD_ENV = "CALLGATE_REDIS_PASSWORD"
+SENTINEL_PASSWORD_ENV = "CALLGATE_SENTINEL_PASSWORD"
+
+
+@dataclass(frozen=True, slots=True)
+class SentinelConfig:
+    """The sentinels that watch a Redis master (``[redis.sentinel]``, mode "sentinel")."""
+
+    nodes: tuple[tuple[str, int], ...]
+    service: str
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    tls: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class RedisConfig:
+    """How callgate reaches Redis (gate/store/connect.py) and what it waits for.
+
+    ``mode``: "single" (``url``, or without one the embedded server in ``data_dir``),
+    "sentinel" (the master that ``sentinel`` names) or "cluster" (a Redis Cluster reached
+    through the seed ``nodes``). ``pool_size`` connections serve the decisions (per
+    master in a cluster); a decision waits at most ``pool_wait_s`` for one, then at most
+    ``deadline_s`` for Redis's answer. Opt-outs, consent revocations and refusals are
+    acknowledged only once ``wait_replicas`` replicas hold them (``WAIT``, at most
+    ``wait_timeout_s``)."""
+
     url: str | None = None
-    data_dir: Path = Path("var/redis")
+    data_dir: Path = DEFAULT_STATE_DIR / "redis"
     namespace: str = "callgate"
     deadline_s: float = 0.05
-    mode: str = "single"  # "single" (url, or the embedded server) | "cluster" (nodes)
+    mode: str = "single"
     nodes: tuple[str, ...] = ()  # cluster: seed nodes, redis:// or rediss:// URLs
+    pool_size: int = 50
+    pool_wait_s: float = 1.0
+    embedded_wait_s: float = 60.0
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    tls: bool = False
+    tls_ca_file: Path | None = None
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    sentinel: SentinelConfig | None = None
+    wait_replicas: int = 0
+    wait_timeout_s: float = 1.0
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 @dataclass(frozen=True, slots=True)
 class AgiConfig:
+    """The FastAGI door: where it listens and who may connect."""
+
     host: str = "127.0.0.1"
     port: int = 4573
     header_timeout_s: float = 2.0
+    # Peers (addresses or CIDR networks) allowed to connect; empty: anyone who can reach
+    # the address, which only a loopback host may have (a non-loopback one must list them).
+    allow: tuple[Network, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +143,10 @@ class AriConfig:
     on_refuse: str = "hangup"
     rest_timeout_s: float = 2.0
     reconnect_max_s: float = 30.0
+    # The dialplan context (dialplan/callgate.conf's ``callgate-decided``) a decided channel
+    # is continued to, its extension carrying CALLGATE_DECISION: one REST call per ALLOW.
+    # "": set the variable, then continue after Stasis() (two REST calls).
+    decided_context: str = "callgate-decided"
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +165,9 @@ class ApiConfig:
     """The admin API's bearer token (required unless the listener is loopback-only)."""
 
     token: str | None = field(default=None, repr=False)
+    # Host names (or addresses) of this server that clients use besides loopback and
+    # http.host: the API refuses any other Host or Origin (DNS rebinding).
+    allowed_hosts: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,12 +194,28 @@ class Config:
     fail_mode: FailMode
     default_tenant: str
     hash_numbers: bool
+    # None while hashing is on only when loaded without ``create_secret`` and the secret
+    # file does not exist yet (``config check``): such a Config cannot open a gate.
     secret: bytes | None
     ari: AriConfig | None = None
     http: HttpConfig = HttpConfig()
     api: ApiConfig = ApiConfig()
     logging: LoggingConfig = LoggingConfig()
     audit: AuditConfig = AuditConfig()
+    state_dir: Path = DEFAULT_STATE_DIR
+    packs_dir: Path = PACKS_DIR
+    secret_file: Path | None = None  # privacy.secret_file, resolved (None: not used)
+
+
+_HOST_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,252})$")
+
+
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def is_loopback(host: str) -> bool:
@@ -187,8 +275,13 @@ def _check_lists(lists: tuple[ListRule, ...], packs: tuple[Pack, ...], origin: s
         validate_references(pack, lists, f"{origin} (pack {pack.id})")
 
 
-def _tenants(reader: Reader, region: str) -> dict[str, frozenset[str]]:
-    out: dict[str, frozenset[str]] = {}
+def _tenants(
+    reader: Reader, region: str, optional: frozenset[str]
+) -> tuple[dict[str, frozenset[str]], dict[str, frozenset[str]]]:
+    """Per tenant: the caller IDs it may present, and the optional pack calendars it opted
+    in to (``calendars``: ids of ``optional`` ``[[calendars]]`` of the enabled packs)."""
+    caller_ids: dict[str, frozenset[str]] = {}
+    calendars: dict[str, frozenset[str]] = {}
     for tenant in list(reader.data):
         table = reader.table(tenant)
         if not IDENT_RE.match(tenant):
@@ -199,10 +292,20 @@ def _tenants(reader: Reader, region: str) -> dict[str, frozenset[str]]:
                 numbers.append(parse_e164(str(value), region))
             except GateError as exc:
                 raise table.fail("caller_ids", str(exc)) from None
+        opted = table.get("calendars", list, [])
+        for name in opted:
+            if name not in optional:
+                known = ", ".join(sorted(optional)) or "none"
+                raise table.fail(
+                    "calendars",
+                    f"{name!r} is not an optional calendar of the enabled packs ({known})",
+                )
         table.done()
-        out[tenant] = frozenset(numbers)
+        caller_ids[tenant] = frozenset(numbers)
+        if opted:
+            calendars[tenant] = frozenset(str(name) for name in opted)
     reader.done()
-    return out
+    return caller_ids, calendars
 
 
 def _trunks(reader: Reader) -> tuple[dict[str, int], int]:
@@ -248,9 +351,20 @@ def _ari(reader: Reader) -> AriConfig | None:
         on_refuse=reader.choice("on_refuse", ("hangup", "continue"), "hangup"),
         rest_timeout_s=reader.duration("rest_timeout", "2s"),
         reconnect_max_s=reader.duration("reconnect_max", "30s"),
+        decided_context=_context(reader, "decided_context", "callgate-decided"),
     )
     reader.done()
     return config
+
+
+def _context(reader: Reader, key: str, default: str) -> str:
+    """A dialplan context name, or "" (not used)."""
+    value = reader.get(key, str, default)
+    if value and not IDENT_RE.match(value):
+        raise reader.fail(
+            key, f"expected a dialplan context name (A-Z a-z 0-9 _ . -), got {value!r}"
+        )
+    return str(value)
 
 
 def _http(reader: Reader) -> HttpConfig:
@@ -270,6 +384,12 @@ def _http(reader: Reader) -> HttpConfig:
 def _api(reader: Reader, http: HttpConfig) -> ApiConfig:
     token = os.environ.get(API_TOKEN_ENV) or reader.get("token", str, None)
     reader.seen.add("token")
+    hosts = reader.get("allowed_hosts", list, [])
+    for host in hosts:
+        if not isinstance(host, str) or not (_HOST_RE.match(host) or _is_address(host)):
+            raise reader.fail(
+                "allowed_hosts", f"entries must be host names or addresses, got {host!r}"
+            )
     reader.done()
     if token is not None and len(token) < 16:
         raise reader.fail("token", "must be at least 16 characters (e.g. openssl rand -hex 32)")
@@ -279,7 +399,7 @@ def _api(reader: Reader, http: HttpConfig) -> ApiConfig:
             f"is required when http.host is {http.host!r} (not loopback): set api.token "
             f"or ${API_TOKEN_ENV}",
         )
-    return ApiConfig(token=token or None)
+    return ApiConfig(token=token or None, allowed_hosts=tuple(h.lower() for h in hosts))
 
 
 def _logging(reader: Reader) -> LoggingConfig:
@@ -291,19 +411,19 @@ def _logging(reader: Reader) -> LoggingConfig:
     return config
 
 
-def _secret(reader: Reader, base: Path, hash_numbers: bool) -> bytes | None:
+def _secret(reader: Reader, path: Path | None, hash_numbers: bool, create: bool) -> bytes | None:
     literal: str | None = reader.get("secret", str, None)
-    secret_file = reader.get("secret_file", str, None)
     reader.done()
     if env := os.environ.get(SECRET_ENV):
         return env.encode()
     if literal:
         return literal.encode()
-    if secret_file:
-        path = base / secret_file
+    if path is not None:
+        if not create and not path.exists():
+            return None  # config check: created by the first command that needs it
         try:
             if not path.exists():
-                path.parent.mkdir(parents=True, exist_ok=True)
+                path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
                 with os.fdopen(fd, "w") as handle:
                     handle.write(secrets.token_hex(32) + "\n")
@@ -351,11 +471,30 @@ def _cluster_nodes(reader: Reader) -> tuple[str, ...]:
     return tuple(str(node) for node in nodes)
 
 
-def _redis(reader: Reader, base: Path) -> RedisConfig:
-    mode = reader.choice("mode", ("single", "cluster"), "single")
+REDIS_MODES = ("single", "sentinel", "cluster")
+MAX_POOL_SIZE = 10_000
+MAX_WAIT_REPLICAS = 16
+
+
+def _redis(reader: Reader, state_dir: Path, base: Path) -> RedisConfig:
+    """``[redis]``: the embedded server's data under ``state_dir``; TLS files relative to
+    the config file (``base``)."""
+    mode = reader.choice("mode", REDIS_MODES, "single")
     url = reader.get("url", str, None)
     if url is not None and not url.startswith(("redis://", "rediss://", "unix://")):
         raise reader.fail("url", f"expected redis://, rediss:// or unix://, got {url!r}")
+    pool_size = reader.get("pool_size", int, 50)
+    if not 1 <= pool_size <= MAX_POOL_SIZE:
+        raise reader.fail("pool_size", f"must be 1-{MAX_POOL_SIZE} connections, got {pool_size}")
+    sentinel = _sentinel(reader) if mode == "sentinel" else None
+    if mode == "sentinel" and url:
+        raise reader.fail("url", 'mode = "sentinel" takes [redis.sentinel] nodes, not a url')
+    if mode != "sentinel" and "sentinel" in reader.data:
+        raise reader.fail("sentinel", 'is only read with mode = "sentinel"')
+    if mode != "sentinel" and "tls" in reader.data:
+        raise reader.fail(
+            "tls", 'is for mode = "sentinel"; a single server or a cluster uses rediss:// URLs'
+        )
     nodes: tuple[str, ...] = ()
     if mode == "cluster":
         if url is not None:
@@ -363,26 +502,108 @@ def _redis(reader: Reader, base: Path) -> RedisConfig:
         nodes = _cluster_nodes(reader)
     elif "nodes" in reader.data:
         raise reader.fail("nodes", 'seed nodes are for mode = "cluster"; set it, or use url')
+    # Safe by default: with sentinels or a cluster there are replicas, and an opt-out
+    # acknowledged by a master alone can vanish in a failover (replication is asynchronous).
+    wait_replicas = reader.get("wait_replicas", int, 0 if mode == "single" else 1)
+    if not 0 <= wait_replicas <= MAX_WAIT_REPLICAS:
+        raise reader.fail(
+            "wait_replicas", f"must be 0-{MAX_WAIT_REPLICAS} replicas, got {wait_replicas}"
+        )
+    wait_timeout_s = reader.duration("wait_timeout", "1s")
+    if wait_timeout_s > 60:
+        raise reader.fail("wait_timeout", "must be at most 60s (a user waits for the answer)")
+    password = os.environ.get(REDIS_PASSWORD_ENV) or reader.get("password", str, None)
+    reader.seen.add("password")
     config = RedisConfig(
         url=url or None,
-        data_dir=base / str(reader.get("data_dir", str, "var/redis")),
+        data_dir=state_dir / str(reader.get("data_dir", str, "redis")),
         namespace=reader.ident("namespace", "callgate"),
         deadline_s=reader.duration("deadline", "50ms"),
         mode=mode,
         nodes=nodes,
+        pool_size=pool_size,
+        pool_wait_s=reader.duration("pool_wait", "1s"),
+        embedded_wait_s=reader.duration("embedded_wait", "60s"),
+        username=reader.get("username", str, None),
+        password=password or None,
+        tls=bool(reader.get("tls", bool, False)),
+        tls_ca_file=_file(reader, base, "tls_ca_file"),
+        tls_cert_file=_file(reader, base, "tls_cert_file"),
+        tls_key_file=_file(reader, base, "tls_key_file"),
+        sentinel=sentinel,
+        wait_replicas=wait_replicas,
+        wait_timeout_s=wait_timeout_s,
     )
     reader.done()
     return config
+
+
+def _sentinel(redis: Reader) -> SentinelConfig:
+    """``[redis.sentinel]``: nodes = ["host:port", …], service, and the sentinels' own auth."""
+    if "sentinel" not in redis.data:
+        raise redis.fail("sentinel", 'mode = "sentinel" needs a [redis.sentinel] table')
+    reader = redis.table("sentinel")
+    nodes = reader.get("nodes", list, None)
+    if not nodes:
+        raise reader.fail("nodes", 'is required: the sentinels as ["host:26379", …]')
+    parsed = []
+    for index, node in enumerate(nodes):
+        host, sep, port = str(node).rpartition(":")
+        if not isinstance(node, str) or not sep or not host or not port.isdigit():
+            raise reader.fail(f"nodes[{index}]", f'expected "host:port", got {node!r}')
+        if not 0 < int(port) <= 65535:
+            raise reader.fail(f"nodes[{index}]", f"port must be 1-65535, got {port}")
+        parsed.append((host.strip("[]"), int(port)))
+    password = os.environ.get(SENTINEL_PASSWORD_ENV) or reader.get("password", str, None)
+    reader.seen.add("password")
+    config = SentinelConfig(
+        nodes=tuple(parsed),
+        service=reader.ident("service"),
+        username=reader.get("username", str, None),
+        password=password or None,
+        tls=bool(reader.get("tls", bool, bool(redis.data.get("tls", False)))),
+    )
+    reader.done()
+    return config
+
+
+def _file(reader: Reader, base: Path, key: str) -> Path | None:
+    """An optional path (relative to the config file) that must name a readable file."""
+    value = reader.get(key, str, None)
+    if value is None:
+        return None
+    path: Path = base / str(value)
+    if not path.is_file():
+        raise reader.fail(key, f"{path} is not a file")
+    return path
 
 
 def _agi(reader: Reader) -> AgiConfig:
     port = reader.get("port", int, 4573)
     if not 0 <= port <= 65535:
         raise reader.fail("port", f"must be 0-65535, got {port}")
+    host = str(reader.get("host", str, "127.0.0.1"))
+    allow: list[Network] = []
+    for index, entry in enumerate(reader.get("allow", list, [])):
+        try:
+            if not isinstance(entry, str):
+                raise TypeError(entry)
+            allow.append(ipaddress.ip_network(entry.strip(), strict=False))
+        except (TypeError, ValueError):
+            raise reader.fail(
+                f"allow[{index}]", f"expected an address or network like 10.0.0.0/8, got {entry!r}"
+            ) from None
+    if not allow and not is_loopback(host):
+        raise reader.fail(
+            "allow",
+            f"is required when agi.host is {host!r} (not loopback): list the Asterisk servers "
+            'that may connect, e.g. allow = ["10.0.0.5", "10.1.0.0/16"]',
+        )
     config = AgiConfig(
-        host=str(reader.get("host", str, "127.0.0.1")),
+        host=host,
         port=port,
         header_timeout_s=reader.duration("header_timeout", "2s"),
+        allow=tuple(allow),
     )
     reader.done()
     return config
@@ -417,6 +638,17 @@ class _GateSection:
     default_tenant: str
     pack_names: tuple[str, ...]
     packs_dir: Path
+    state_dir: Path
+    tenants: frozenset[str]
+    open_tenants: bool
+
+
+def _state_dir(reader: Reader, base: Path) -> Path:
+    given = str(reader.get("state_dir", str, ""))
+    if given:
+        return base / given
+    from_systemd = os.environ.get(STATE_DIRECTORY_ENV, "").split(":")[0]
+    return Path(from_systemd) if from_systemd else DEFAULT_STATE_DIR
 
 
 def _gate(reader: Reader, base: Path) -> _GateSection:
@@ -425,11 +657,19 @@ def _gate(reader: Reader, base: Path) -> _GateSection:
         raise reader.fail(
             "default_region", f"expected a two-letter region code like FR, got {region!r}"
         )
+    packs_dir = str(reader.get("packs_dir", str, ""))
+    tenants = reader.get("tenants", list, [])
+    for name in tenants:
+        if not isinstance(name, str) or not IDENT_RE.match(name):
+            raise reader.fail("tenants", f"entries must be 1-64 of A-Z a-z 0-9 _ . -, got {name!r}")
     section = _GateSection(
         region=region,
         default_tenant=reader.ident("default_tenant", "default"),
         pack_names=tuple(str(n) for n in reader.get("packs", list, [])),
-        packs_dir=base / str(reader.get("packs_dir", str, "packs")),
+        packs_dir=base / packs_dir if packs_dir else PACKS_DIR,
+        state_dir=_state_dir(reader, base),
+        tenants=frozenset(tenants),
+        open_tenants=bool(reader.get("open_tenants", bool, False)),
     )
     reader.done()
     return section
@@ -440,23 +680,30 @@ def _policy(root: Reader, gate: _GateSection, origin: str) -> Policy:
     lists = parse_lists(root)
     packs = tuple(load_pack(name, gate.packs_dir) for name in gate.pack_names)
     _check_lists(lists, packs, origin)
+    caller_ids, calendars = _tenants(root.table("tenants"), gate.region, optional_calendars(packs))
     return Policy(
         default_region=gate.region,
         lists=lists,
         caps=parse_caps(root),
         packs=packs,
-        caller_ids=_tenants(root.table("tenants"), gate.region),
+        caller_ids=caller_ids,
+        tenant_calendars=calendars,
+        tenants=frozenset({gate.default_tenant, *gate.tenants, *caller_ids, *calendars}),
+        open_tenants=gate.open_tenants,
         blocked_types=_number_types(root.table("number_types")),
         trunk_cps=trunk_cps,
         default_trunk_cps=default_cps,
     )
 
 
-def parse_config(data: Mapping[str, Any], origin: str, base: Path) -> Config:
-    """Validate an already-parsed TOML document (``base``: where relative paths start)."""
+def parse_config(
+    data: Mapping[str, Any], origin: str, base: Path, *, create_secret: bool = True
+) -> Config:
+    """Validate an already-parsed TOML document (``base``: the directory relative paths
+    start from; ``create_secret``: create a missing secret file)."""
     root = Reader(data, "", origin)
     gate = _gate(root.table("gate"), base)
-    redis = _redis(root.table("redis"), base)
+    redis = _redis(root.table("redis"), gate.state_dir, base)
     agi = _agi(root.table("agi"))
     fail_mode = _fail_mode(root.table("fail_mode"))
     ari = _ari(root.table("ari")) if "ari" in data else None
@@ -466,7 +713,9 @@ def parse_config(data: Mapping[str, Any], origin: str, base: Path) -> Config:
     audit = _audit(root.table("audit"))
     privacy = root.table("privacy")
     hash_numbers = bool(privacy.get("hash_numbers", bool, True))
-    secret = _secret(privacy, base, hash_numbers)
+    secret_name = privacy.get("secret_file", str, None)
+    secret_file = gate.state_dir / secret_name if secret_name else None
+    secret = _secret(privacy, secret_file, hash_numbers, create_secret)
     policy = _policy(root, gate, origin)
     root.done()
     return Config(
@@ -483,10 +732,13 @@ def parse_config(data: Mapping[str, Any], origin: str, base: Path) -> Config:
         api=api,
         logging=logging,
         audit=audit,
+        state_dir=gate.state_dir,
+        packs_dir=gate.packs_dir,
+        secret_file=secret_file,
     )
 
 
-def load_config(path: Path) -> Config:
+def load_config(path: Path, *, create_secret: bool = True) -> Config:
     """Read and validate ``path``; every problem is a one-line ``ConfigError``."""
     try:
         raw = path.read_bytes()
@@ -502,4 +754,5 @@ def load_config(path: Path) -> Config:
         raise ConfigError(f"{path}: not UTF-8 text") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    return dataclasses.replace(parse_config(data, str(path), path.resolve().parent), path=path)
+    config = parse_config(data, str(path), path.resolve().parent, create_secret=create_secret)
+    return dataclasses.replace(config, path=path)

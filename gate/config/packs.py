@@ -2,11 +2,18 @@
 
 A pack file (``config/packs/fr.toml``) has a ``[pack]`` table (id, version, description,
 regions: the destination regions it governs, optional pack-wide ``shadow``) and arrays of
-rules: ``[[lists]]``, ``[[hours]]``, ``[[caps]]``, ``[[consent]]``, ``[[freshness]]``,
-``[[cooloff]]``, ``[[caller_id]]``, ``[[destinations]]``. Every rule has an ``id`` and
-should carry its ``source``; see gate/rules.py for the common fields. Guarantees: a pack
-that loads is consistent (every list a rule names exists with the right kind); errors
-name the file and the key.
+rules: ``[[lists]]``, ``[[calendars]]``, ``[[hours]]``, ``[[caps]]``, ``[[consent]]``,
+``[[freshness]]``, ``[[cooloff]]``, ``[[caller_id]]``, ``[[destinations]]``,
+``[[abandon_ceiling]]``. Every rule has an ``id`` and should carry its ``source``; see
+gate/core/rules.py for the common fields. Guarantees: a pack that loads is consistent
+(every list a rule names exists with the right kind, every calendar an hours rule names
+exists, every holiday calendar and time zone is known); errors name the file and the key.
+
+Holiday calendars: ``holidays = ["FR", "US-UT"]`` on an hours rule or a calendar names the
+``holidays`` package's calendars (country, optional subdivision). A ``[[calendars]]``
+table adds ``dates`` ("05-27" every year, "2027-03-26" that day only), ``places`` (the
+callee's regions it applies to) and ``optional`` (only for tenants that opt in with
+``[tenants.<name>] calendars = [...]``); hours rules name them in ``calendars``.
 """
 
 from __future__ import annotations
@@ -14,14 +21,21 @@ from __future__ import annotations
 import dataclasses
 import re
 import tomllib
+import zoneinfo
 from collections.abc import Mapping, Sequence
+from datetime import date
 from pathlib import Path
 from typing import Any
+
+import holidays
 
 from gate.config._reader import IDENT_RE, Reader, common_fields
 from gate.core.errors import ConfigError
 from gate.core.numbers import NumberType
 from gate.core.rules import (
+    LIST_KINDS,
+    AbandonCeilingRule,
+    CalendarRule,
     CallerIdRule,
     CapRule,
     ConsentRule,
@@ -33,17 +47,27 @@ from gate.core.rules import (
     Pack,
 )
 
-__all__ = ["load_pack", "parse_caps", "parse_lists", "parse_pack", "validate_references"]
+__all__ = [
+    "load_pack",
+    "optional_calendars",
+    "parse_caps",
+    "parse_lists",
+    "parse_pack",
+    "validate_references",
+]
 
 _DAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 _WINDOW_RE = re.compile(r"^(\d{1,2}):(\d{2})-(\d{1,2}):(\d{2})$")
 _E164_PREFIX_RE = re.compile(r"^\+\d{1,15}$")
+_ANNUAL_RE = re.compile(r"^(\d{2})-(\d{2})$")
+_DAY_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_REGION_RE = re.compile(r"[A-Z]{2}")
 
 
 def parse_lists(root: Reader) -> tuple[ListRule, ...]:
     rules: list[ListRule] = []
     for reader in root.tables("lists"):
-        kind = reader.choice("kind", ("block", "allow", "consent"), "block")
+        kind = reader.choice("kind", LIST_KINDS, "block")
         exempts = reader.get("exempts", list, [])
         if kind != "allow" and exempts:
             raise reader.fail("exempts", "only an allow list can exempt from other lists")
@@ -110,22 +134,103 @@ def _windows(reader: Reader, key: str, default: list[str]) -> tuple[tuple[int, i
     return tuple(sorted(windows))
 
 
-def _hours(reader: Reader) -> HoursRule:
+def _holiday_calendars(reader: Reader) -> tuple[tuple[str, str | None], ...]:
+    """``holidays = ["FR", "US-UT", "FR-974"]``: calendars the holidays package knows."""
+    calendars = []
+    for item in reader.get("holidays", list, []):
+        country, _, subdivision = str(item).partition("-")
+        if not _REGION_RE.fullmatch(country):
+            raise reader.fail("holidays", f'entries look like "FR" or "US-FL", got {item!r}')
+        try:
+            holidays.country_holidays(country, subdiv=subdivision or None)
+        except NotImplementedError as exc:
+            raise reader.fail(
+                "holidays", f"{item!r} is not a calendar of the holidays package ({exc})"
+            ) from None
+        calendars.append((country, subdivision or None))
+    return tuple(calendars)
+
+
+def _calendar(reader: Reader, regions: frozenset[str]) -> CalendarRule:
+    annual: set[tuple[int, int]] = set()
+    days: set[date] = set()
+    for text in reader.get("dates", list, []):
+        value = str(text)
+        try:
+            if match := _ANNUAL_RE.fullmatch(value):
+                month, day = int(match.group(1)), int(match.group(2))
+                date(2024, month, day)  # a leap year: 02-29 is a valid annual date
+                annual.add((month, day))
+            elif _DAY_RE.fullmatch(value):
+                days.add(date.fromisoformat(value))
+            else:
+                raise ValueError
+        except ValueError:
+            raise reader.fail(
+                "dates", f'entries look like "05-27" (every year) or "2027-03-26", got {text!r}'
+            ) from None
+    places = reader.get("places", list, [])
+    for place in places:
+        if not isinstance(place, str) or place not in regions:
+            known = ", ".join(sorted(regions))
+            raise reader.fail("places", f"{place!r} is not one of the pack's regions ({known})")
+    calendar = CalendarRule(
+        places=frozenset(places),
+        holidays=_holiday_calendars(reader),
+        annual=frozenset(annual),
+        days=frozenset(days),
+        optional=bool(reader.get("optional", bool, False)),
+        **common_fields(reader),
+    )
+    if not (calendar.holidays or calendar.annual or calendar.days):
+        raise reader.fail("dates", "a calendar needs dates or holidays")
+    return calendar
+
+
+def _hours(reader: Reader, calendars: Mapping[str, CalendarRule]) -> HoursRule:
     weekdays = reader.get("weekdays", list, [])
     windows = tuple(
         _windows(reader, day, weekdays if index < 5 else []) for index, day in enumerate(_DAYS)
     )
-    calendars = []
-    for item in reader.get("holidays", list, []):
-        country, _, subdivision = str(item).partition("-")
-        if not re.fullmatch(r"[A-Z]{2}", country):
-            raise reader.fail("holidays", f'entries look like "FR" or "US-FL", got {item!r}')
-        calendars.append((country, subdivision or None))
+    named = []
+    for name in reader.get("calendars", list, []):
+        if name not in calendars:
+            known = ", ".join(sorted(calendars)) or "none"
+            raise reader.fail("calendars", f"no [[calendars]] {name!r} in this pack ({known})")
+        named.append(calendars[name])
+    fixed_zone = reader.get("zone", str, None)
+    if fixed_zone is not None:
+        try:
+            zoneinfo.ZoneInfo(fixed_zone)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise reader.fail(
+                "zone", f"{fixed_zone!r} is not a time zone name (e.g. Etc/GMT+6)"
+            ) from None
     consent_list = reader.get("consent_list", str, None)
     return HoursRule(
         windows=windows,
-        holidays=tuple(calendars),
+        holidays=_holiday_calendars(reader),
+        calendars=tuple(named),
+        zone=fixed_zone,
         consent_list=consent_list,
+        **common_fields(reader),
+    )
+
+
+def _abandon_ceiling(reader: Reader) -> AbandonCeilingRule:
+    percent = reader.get("ceiling_percent", (int, float), None)
+    if percent is None or not 0 < percent < 100:
+        raise reader.fail(
+            "ceiling_percent", f"must be a percentage above 0 and below 100, got {percent!r}"
+        )
+    min_live = reader.get("min_live_calls", int, 0)
+    if min_live < 0:
+        raise reader.fail("min_live_calls", f"must be >= 0, got {min_live}")
+    return AbandonCeilingRule(
+        ceiling=float(percent) / 100,
+        window_s=reader.duration("window", "24h"),
+        scope=reader.choice("scope", ("campaign", "tenant"), "campaign"),
+        min_live_calls=int(min_live),
         **common_fields(reader),
     )
 
@@ -160,6 +265,8 @@ def parse_pack(data: Mapping[str, Any], origin: str) -> Pack:
     pack_shadow = bool(head.get("shadow", bool, False))
     head.done()
     allowed_types = tuple(t.value for t in NumberType)
+    calendars = _rules(root, "calendars", lambda r: _calendar(r, frozenset(regions)))
+    by_id = {calendar.id: calendar for calendar in calendars}
 
     def destination(reader: Reader) -> DestinationRule:
         types = reader.get("blocked_types", list, [])
@@ -178,7 +285,7 @@ def parse_pack(data: Mapping[str, Any], origin: str) -> Pack:
         description=description,
         regions=frozenset(regions),
         lists=parse_lists(root),
-        hours=_rules(root, "hours", _hours),
+        hours=_rules(root, "hours", lambda r: _hours(r, by_id)),
         caps=parse_caps(root),
         consents=_rules(
             root,
@@ -186,6 +293,9 @@ def parse_pack(data: Mapping[str, Any], origin: str) -> Pack:
             lambda r: ConsentRule(
                 list=r.ident("list"),
                 exempt_lists=tuple(str(n) for n in r.get("exempt_lists", list, [])),
+                reassigned_list=(
+                    r.ident("reassigned_list") if "reassigned_list" in r.data else None
+                ),
                 **common_fields(r),
             ),
         ),
@@ -221,6 +331,8 @@ def parse_pack(data: Mapping[str, Any], origin: str) -> Pack:
             ),
         ),
         destinations=_rules(root, "destinations", destination),
+        calendars=calendars,
+        abandon_ceilings=_rules(root, "abandon_ceiling", _abandon_ceiling),
     )
     root.done()
     if pack_shadow:
@@ -243,6 +355,7 @@ def _all_shadow(pack: Pack) -> Pack:
         cooloffs=shadowed(pack.cooloffs),
         caller_ids=shadowed(pack.caller_ids),
         destinations=shadowed(pack.destinations),
+        abandon_ceilings=shadowed(pack.abandon_ceilings),
     )
 
 
@@ -267,6 +380,9 @@ def validate_references(pack: Pack, config_lists: Sequence[ListRule], origin: st
         need(consent.list, ("consent", "allow"), f"consent[{index}].list")
         for name in consent.exempt_lists:
             need(name, ("allow", "consent"), f"consent[{index}].exempt_lists")
+        if consent.reassigned_list:
+            need(consent.reassigned_list, ("reassigned",), f"consent[{index}].reassigned_list")
+            need(consent.list, ("consent",), f"consent[{index}].list (with reassigned_list)")
     for index, fresh in enumerate(pack.freshness):
         need(fresh.list, ("block", "allow", "consent"), f"freshness[{index}].list")
         for name in fresh.exempt_lists:
@@ -274,6 +390,11 @@ def validate_references(pack: Pack, config_lists: Sequence[ListRule], origin: st
     for index, hours in enumerate(pack.hours):
         if hours.consent_list:
             need(hours.consent_list, ("consent",), f"hours[{index}].consent_list")
+
+
+def optional_calendars(packs: Sequence[Pack]) -> frozenset[str]:
+    """The ids of the packs' calendars a tenant may opt in to."""
+    return frozenset(c.id for pack in packs for c in pack.calendars if c.optional)
 
 
 def load_pack(name: str, directory: Path) -> Pack:

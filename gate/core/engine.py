@@ -27,16 +27,17 @@ from __future__ import annotations
 import enum
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields
 from datetime import date, datetime
 from typing import TypeVar
 
-from gate.core.hours import local_day, next_open
+from gate.core.hours import callee_places, holiday_today, local_day, localised, next_open
 from gate.core.keys import Keyspace, NumberKeys
 from gate.core.model import Attempt, Decision, TrafficClass, Verdict
 from gate.core.numbers import BadNumber, Destination, NumberType, ShortCode, classify
 from gate.core.policy import FailMode, Policy
 from gate.core.rules import (
+    AbandonCeilingRule,
     CallerIdRule,
     CapRule,
     ConsentRule,
@@ -51,6 +52,7 @@ from gate.core.rules import (
 
 __all__ = [
     "CPS_WINDOW_MS",
+    "PENDING_KINDS",
     "RECORD_SKEW_S",
     "STALE_RETRY_S",
     "Check",
@@ -81,7 +83,15 @@ STALE_RETRY_S = 3600.0
 # No opening within the search horizon (e.g. a toll-free number spanning every US zone).
 NO_WINDOW_RETRY_S = 86400.0
 _R = TypeVar(
-    "_R", CapRule, HoursRule, ConsentRule, FreshnessRule, CooloffRule, CallerIdRule, DestinationRule
+    "_R",
+    CapRule,
+    HoursRule,
+    ConsentRule,
+    FreshnessRule,
+    CooloffRule,
+    CallerIdRule,
+    DestinationRule,
+    AbandonCeilingRule,
 )
 
 
@@ -97,6 +107,9 @@ class CheckKind(enum.StrEnum):
     FRESHNESS = "F"  # DEFER while a list is older than allowed
     WINDOW = "W"  # DEFER outside the calling hours (computed in-process)
     ATTEMPT_LOG = "L"  # DEFER when a rolling-window cap (or a trunk's CPS) is reached
+    # Designed, not yet run by decide.lua (see PENDING_KINDS and the contract below):
+    REASSIGNED = "D"  # BLOCK when the consent predates the number's last disconnection
+    ABANDON_RATE = "Q"  # DEFER while the campaign's abandoned-call rate is over its ceiling
 
     @property
     def blocks(self) -> bool:
@@ -110,8 +123,34 @@ class CheckKind(enum.StrEnum):
 
 
 _BLOCKING = frozenset(
-    {CheckKind.BLOCK_LIST, CheckKind.CONSENT_REQUIRED, CheckKind.PRESENCE_REQUIRED}
+    {
+        CheckKind.BLOCK_LIST,
+        CheckKind.CONSENT_REQUIRED,
+        CheckKind.PRESENCE_REQUIRED,
+        CheckKind.REASSIGNED,
+    }
 )
+
+# Kinds whose Redis side decide.lua does not run yet. ``plan()`` never emits them: the
+# rules that need them are parsed and validated, and reported by ``--explain`` as
+# "not enforced". Their contract, for decide.lua (fields separated by "|"):
+#   D|s|k|c             reassigned number: KEYS[k] is the reassigned list's HASH token ->
+#                       void_before_ms (the first instant after the UTC day of the number's
+#                       last permanent disconnection); c is the 1-based index of this
+#                       decision's C check, whose consent HASH holds "granted_ms:expiry_ms".
+#                       Sees 1 when both entries exist and granted_ms < void_before_ms;
+#                       BLOCK on 1 (no exemption: a reassigned number's new subscriber is
+#                       nobody's customer or consenter). Read-only.
+#   Q|s|k|ceiling_ppm|window_ms|min_live
+#                       abandoned-call ceiling: KEYS[k] holds the campaign's live (answered)
+#                       and abandoned call counts per minute over the trailing window (a
+#                       LIST of "minute:live:abandoned" plus running totals in KEYS[k]..":t";
+#                       entries older than window_ms are popped and subtracted). DEFER when
+#                       live >= min_live and abandoned * 1e6 > ceiling_ppm * live; sees and
+#                       waits the ms until, with no new calls, the oldest minutes leaving the
+#                       window bring the rate back under the ceiling (0 when under it).
+#                       Written by the answered/abandoned event script, never by a decision.
+PENDING_KINDS = frozenset({CheckKind.REASSIGNED, CheckKind.ABANDON_RATE})
 
 
 @dataclass(frozen=True, slots=True)
@@ -354,6 +393,14 @@ def plan(attempt: Attempt, policy: Policy, keyspace: Keyspace, record: bool) -> 
     target = _static_number(attempt, policy)
     if isinstance(target, Decision):
         return target
+    return _plan(attempt, target, policy, keyspace, record)[0]
+
+
+def _plan(
+    attempt: Attempt, target: Destination, policy: Policy, keyspace: Keyspace, record: bool
+) -> tuple[Plan | Decision, _Window | None]:
+    """``plan`` for a classified number, with its calling-hours check's inputs (None: no
+    hours rule in force), which a ``Planner`` re-evaluates at another instant."""
     packs = [p for p in policy.packs if target.region in p.regions]
     lists: dict[str, ListRule] = {rule.name: rule for rule in policy.lists}
     for pack in packs:
@@ -368,7 +415,7 @@ def plan(attempt: Attempt, policy: Policy, keyspace: Keyspace, record: bool) -> 
         if why and is_shadow:
             shadow.append(why)
         elif why:
-            return _decided(Verdict.BLOCK, why, rule_id, target.e164, tuple(shadow))
+            return _decided(Verdict.BLOCK, why, rule_id, target.e164, tuple(shadow)), None
 
     _list_checks(build, packs)
     _consent_checks(build, packs)
@@ -376,9 +423,9 @@ def plan(attempt: Attempt, policy: Policy, keyspace: Keyspace, record: bool) -> 
     _freshness_checks(build, packs)
     _cap_checks(build, policy, packs)
     hours = [rule for pack in packs for rule in build.live(pack.hours)]
-    if hours:
-        _hours_check(build, hours)
+    window = _hours_check(build, policy, hours) if hours else None
     _cps_check(build, policy)
+    _pending_rules(build, packs, static)
     check = StoreCheck(
         now_ms=int(attempt.now.timestamp() * 1000),
         record=record,
@@ -386,51 +433,118 @@ def plan(attempt: Attempt, policy: Policy, keyspace: Keyspace, record: bool) -> 
         prefix=keyspace.prefix(build.number.group),
         checks=tuple(build.checks),
     )
-    return Plan(attempt, target, tuple(p.id for p in packs), tuple(static), tuple(shadow), check)
+    packs_ids = tuple(p.id for p in packs)
+    return Plan(attempt, target, packs_ids, tuple(static), tuple(shadow), check), window
 
 
 class Planner:
-    """``plan`` for many attempts that differ only in the number dialled (a scrub).
+    """``plan`` for many attempts, reusing what does not depend on the number or the
+    instant: the live path of every door (``Gate``) and a scrub.
 
     Pure, and equal to ``plan`` for every attempt: a plan depends on the number through
-    its classification (region, type, time zones), the rule prefixes it matches and its
-    own encodings (``NumberKeys`` and its slot group; keys are named relative to them).
-    The rest is computed once per distinct (attempt without the number, classification,
-    prefixes matched) and reused with the number's encodings put in.
+    its classification (region, type, time zones), the rule prefixes it matches, the places
+    whose calendars govern it (``callee_places``) and its own encodings (``NumberKeys`` and
+    its slot group: keys are named relative to them, gate/core/keys.py); on the instant
+    through the callee-local day (rules' validity), the calling-hours check
+    (``_window_check``, rebuilt for each instant) and ``now_ms``. The rest is computed once
+    per distinct (attempt without its number, instant and channel; local day;
+    classification; prefixes matched; places) and reused with the number's encodings, the
+    instant's hours check and the attempt put in.
     """
 
     _MAX_MODELS = 4096
 
     def __init__(self, policy: Policy, keyspace: Keyspace, record: bool) -> None:
         self.policy, self.keyspace, self.record = policy, keyspace, record
-        self._models: dict[tuple[object, ...], Plan | Decision] = {}
+        self._models: dict[tuple[object, ...], _Model] = {}
         self._prefixes: dict[str, tuple[tuple[str, ...], ...]] = {}
+        self._places: dict[str, frozenset[str]] = {}
 
     def plan(self, attempt: Attempt) -> Plan | Decision:
         target = _static_number(attempt, self.policy)
         if isinstance(target, Decision):
             return target
-        prefixes = self._prefixes.get(target.region)
+        region = target.region
+        prefixes = self._prefixes.get(region)
         if prefixes is None:
-            prefixes = self._prefixes[target.region] = _region_prefixes(self.policy, target.region)
+            prefixes = self._prefixes[region] = _region_prefixes(self.policy, region)
+        wanted = self._places.get(region)
+        if wanted is None:
+            wanted = self._places[region] = _region_places(self.policy, region)
         signature = (
-            replace(attempt, dialled=""),
-            target.region,
+            *[getattr(attempt, name) for name in _SIGNATURE_FIELDS],
+            local_day(target.time_zones, attempt.now),
+            region,
             target.number_type,
             target.time_zones,
-            tuple(target.e164.startswith(p) for p in prefixes),
+            *[target.e164.startswith(p) for p in prefixes],
+            callee_places(target, wanted) if wanted else (),
         )
         model = self._models.get(signature)
         if model is None:
             if len(self._models) >= self._MAX_MODELS:
                 self._models.clear()
-            model = self._models[signature] = plan(attempt, self.policy, self.keyspace, self.record)
-            return model
+            pending, window = _plan(attempt, target, self.policy, self.keyspace, self.record)
+            self._models[signature] = _Model.of(pending, window)
+            return pending
+        return model.instance(attempt, target, self.keyspace)
+
+
+@dataclass(frozen=True, slots=True)
+class _Model:
+    """A plan made for one attempt, and how to make it for another of the same signature."""
+
+    pending: Plan | Decision
+    window: _Window | None
+
+    @classmethod
+    def of(cls, pending: Plan | Decision, window: _Window | None) -> _Model:
+        return cls(pending, window if isinstance(pending, Plan) else None)
+
+    def instance(
+        self, attempt: Attempt, target: Destination, keyspace: Keyspace
+    ) -> Plan | Decision:
+        model = self.pending
         if isinstance(model, Decision):
-            return replace(model, e164=target.e164)
-        number = self.keyspace.number(target.e164)
-        check = replace(model.check, number=number, prefix=self.keyspace.prefix(number.group))
-        return replace(model, attempt=attempt, destination=target, check=check)
+            return _evolve(model, e164=target.e164)
+        # Keys are relative to the number (gate/core/keys.py): only its encodings and its
+        # slot group's prefix change with it.
+        number = keyspace.number(target.e164)
+        checks = model.check.checks
+        now_ms = model.check.now_ms
+        if attempt.now != model.attempt.now:
+            now_ms = int(attempt.now.timestamp() * 1000)
+            if self.window is not None:
+                rebuilt = list(checks)
+                rebuilt[self.window.index] = _window_check(self.window, attempt.now)
+                checks = tuple(rebuilt)
+        check = _evolve(
+            model.check,
+            now_ms=now_ms,
+            number=number,
+            prefix=keyspace.prefix(number.group),
+            checks=checks,
+        )
+        return _evolve(model, attempt=attempt, destination=target, check=check)
+
+
+_T = TypeVar("_T")
+
+
+def _evolve(value: _T, **changes: object) -> _T:
+    """``dataclasses.replace`` for the engine's frozen, slotted values, without its
+    per-call introspection (4x faster; the values have no ``__post_init__``)."""
+    copy = object.__new__(type(value))
+    for name in type(value).__slots__:  # type: ignore[attr-defined]
+        object.__setattr__(copy, name, changes[name] if name in changes else getattr(value, name))
+    return copy
+
+
+# The attempt's fields a plan depends on other than through the number and the instant
+# (the channel is only carried along).
+_SIGNATURE_FIELDS = tuple(
+    f.name for f in fields(Attempt) if f.name not in ("dialled", "now", "channel")
+)
 
 
 def _region_prefixes(policy: Policy, region: str) -> tuple[tuple[str, ...], ...]:
@@ -447,6 +561,8 @@ def _region_prefixes(policy: Policy, region: str) -> tuple[tuple[str, ...], ...]
             pack.cooloffs,
             pack.caller_ids,
             pack.destinations,
+            pack.calendars,
+            pack.abandon_ceilings,
         ):
             for rule in rules:
                 if rule.prefixes:
@@ -455,6 +571,18 @@ def _region_prefixes(policy: Policy, region: str) -> tuple[tuple[str, ...], ...]
             if dest.blocked_prefixes:
                 found[dest.blocked_prefixes] = None
     return tuple(found)
+
+
+def _region_places(policy: Policy, region: str) -> frozenset[str]:
+    """Every place that a calendar of an hours rule for ``region`` is scoped to."""
+    return frozenset(
+        place
+        for pack in policy.packs
+        if region in pack.regions
+        for rule in pack.hours
+        for calendar in rule.calendars
+        for place in calendar.places
+    )
 
 
 def _list_checks(build: _Builder, packs: Sequence[Pack]) -> None:
@@ -620,15 +748,28 @@ def _cps_check(build: _Builder, policy: Policy) -> None:
         )
 
 
-def _hours_check(build: _Builder, rules: Sequence[HoursRule]) -> None:
-    """One W check for all calling-hour rules in force, in all the number's zones."""
-    zones = build.target.time_zones or ("UTC",)
-    enforced = [r for r in rules if not r.shadow]
-    opens_at, closed = next_open(enforced or rules, zones, build.attempt.now)
-    if opens_at is None:
-        retry_ms = int(NO_WINDOW_RETRY_S * 1000)
-    else:
-        retry_ms = max(0, math.ceil((opens_at - build.attempt.now).total_seconds() * 1000))
+@dataclass(frozen=True, slots=True)
+class _Window:
+    """A plan's calling-hours check less the instant: what ``_window_check`` needs to
+    build it for any ``now`` of the same callee-local day."""
+
+    index: int  # its place among the plan's checks (0-based)
+    rules: tuple[HoursRule, ...]  # the rules in force, with this callee's calendars
+    zones: tuple[str, ...]  # the number's zones ("UTC" if it has none)
+    exempt: tuple[int, ...]  # 1-based indexes of the consent lookups that exempt
+
+
+def _hours_check(build: _Builder, policy: Policy, in_force: Sequence[HoursRule]) -> _Window:
+    """One W check for all calling-hour rules in force, in all the number's zones, each
+    with the holiday calendars of the callee's places and the tenant's opted-in ones."""
+    target, attempt = build.target, build.attempt
+    zones = target.time_zones or ("UTC",)
+    wanted = {p for rule in in_force for c in rule.calendars for p in c.places}
+    places = callee_places(target, wanted) if wanted else (target.region,)
+    opted_in = policy.tenant_calendars.get(attempt.tenant, frozenset())
+    rules = [
+        localised(rule, places, opted_in, target.e164, attempt.traffic_class) for rule in in_force
+    ]
     exempt: list[int] = []
     for rule in rules:
         if rule.consent_list:
@@ -646,20 +787,67 @@ def _hours_check(build: _Builder, rules: Sequence[HoursRule]) -> None:
                         )
                     )
                 exempt.append(build.membership[rule.consent_list])
+    window = _Window(len(build.checks), tuple(rules), tuple(zones), tuple(exempt))
+    build.add(_window_check(window, attempt.now))
+    return window
+
+
+def _window_check(window: _Window, now: datetime) -> Check:
+    """The W check of ``window`` at ``now``: the wait until every rule is open (ms)."""
+    rules, zones = window.rules, window.zones
+    enforced = [r for r in rules if not r.shadow]
+    opens_at, closed = next_open(enforced or rules, zones, now)
+    if opens_at is None:
+        retry_ms = int(NO_WINDOW_RETRY_S * 1000)
+    else:
+        # Timestamps, not datetime subtraction: two datetimes of one zone subtract as wall
+        # clocks, an hour off across a DST change.
+        wait_s = opens_at.timestamp() - now.timestamp()
+        retry_ms = max(0, math.ceil(wait_s * 1000))
     decisive = closed or rules[0]
-    build.add(
-        Check(
-            CheckKind.WINDOW,
-            f"hours:{decisive.id}",
-            f"outside_hours:{decisive.id}",
-            "",
-            (retry_ms,),
-            exempt_by=tuple(exempt),
-            shadow=not enforced,
-            source=decisive.source,
-            detail=f"local time in {', '.join(zones)}",
-        )
+    detail = f"local time in {decisive.zone or ', '.join(zones)}"
+    holiday = holiday_today(decisive, zones, now) if closed else None
+    if holiday is not None:
+        detail += f"; {holiday.day} is a holiday: {holiday.calendar} ({holiday.source})"
+    return Check(
+        CheckKind.WINDOW,
+        f"hours:{decisive.id}",
+        f"outside_hours:{decisive.id}",
+        "",
+        (retry_ms,),
+        exempt_by=window.exempt,
+        shadow=not enforced,
+        source=decisive.source,
+        detail=detail,
     )
+
+
+def _pending_rules(build: _Builder, packs: Sequence[Pack], static: list[RuleOutcome]) -> None:
+    """Rules in force whose store check (PENDING_KINDS) decide.lua does not run yet: parsed
+    and validated, reported, never enforced."""
+    for pack in packs:
+        for consent in build.live(pack.consents):
+            if consent.reassigned_list:
+                static.append(
+                    RuleOutcome(
+                        f"reassigned:{consent.id}",
+                        "not enforced",
+                        f"consents predating the last disconnect on {consent.reassigned_list}"
+                        " are void; the store's reassigned-number check is not built yet",
+                        consent.source,
+                    )
+                )
+        for ceiling in build.live(pack.abandon_ceilings):
+            static.append(
+                RuleOutcome(
+                    f"abandon_rate:{ceiling.id}",
+                    "not enforced",
+                    f"at most {ceiling.ceiling:.1%} of live calls abandoned per "
+                    f"{ceiling.scope} over {window_text(ceiling.window_s)}; the store's "
+                    "campaign counters are not built yet",
+                    ceiling.source,
+                )
+            )
 
 
 def record_time_error(at: datetime, clock: datetime) -> str | None:
@@ -719,6 +907,10 @@ def _would_decide(check: Check, seen: int, results: Sequence[int], exemptions: b
         return seen > 0 and not exempted
     if kind is CheckKind.ATTEMPT_LOG:
         return seen >= check.params[0]
+    if kind is CheckKind.REASSIGNED:
+        return seen == 1
+    if kind is CheckKind.ABANDON_RATE:
+        return seen > 0
     return False
 
 
@@ -766,6 +958,10 @@ def _seen_text(check: Check, seen: int) -> str:
         return "never refreshed" if seen < 0 else f"refreshed {window_text(seen / 1000)} ago"
     if check.kind is CheckKind.WINDOW:
         return f"opens in {window_text(seen / 1000)}" if seen > 0 else "open now"
+    if check.kind is CheckKind.ABANDON_RATE:
+        return f"over the ceiling for {window_text(seen / 1000)}" if seen > 0 else "under"
+    if check.kind is CheckKind.REASSIGNED:
+        return "consent predates the disconnect" if seen else "no disconnect after consent"
     return ""
 
 

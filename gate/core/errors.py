@@ -1,7 +1,7 @@
 """callgate's one error tree.
 
 Every failure a user or an adapter can meet is one of these; adapters translate the
-errors of redis-py, aiohttp and panoramisk at the boundary with ``raise ... from``::
+errors of redis-py and aiohttp at the boundary with ``raise ... from``::
 
     GateError                      root: anything callgate reports on purpose
     ├── ConfigError                the TOML file or a value in it is wrong (names the key)
@@ -12,7 +12,9 @@ errors of redis-py, aiohttp and panoramisk at the boundary with ``raise ... from
     │                              carries a malformed value (gate.core.params; has ``code``)
     ├── StoreError                 Redis could not answer
     │   ├── StoreUnavailable       connection refused/reset, or no server
-    │   └── StoreTimeout           the answer did not come within the deadline
+    │   ├── StoreTimeout           the answer did not come within the deadline
+    │   └── NotReplicated          a write that must survive a failover reached the master
+    │                              but not enough replicas in time: not acknowledged
     └── AriError                   Asterisk's REST interface refused or failed a request
         ├── AriUnavailable         Asterisk could not be reached (gate.stasis.ari)
         └── AriNotFound            the channel is gone (the caller hung up)
@@ -26,6 +28,7 @@ __all__ = [
     "ConfigError",
     "GateError",
     "InputError",
+    "NotReplicated",
     "NumberError",
     "ProtectedNumberError",
     "StoreError",
@@ -64,3 +67,8 @@ class StoreUnavailable(StoreError):
 
 class StoreTimeout(StoreError):
     """Redis did not answer within the configured deadline."""
+
+
+class NotReplicated(StoreError):
+    """A durable write (opt-out, revocation, refusal) reached the master but not enough
+    replicas within ``redis.wait_timeout``: it is not acknowledged."""

@@ -2,24 +2,44 @@
 
 Pure functions of (rules, time zones, instant). Guarantees:
 - Windows are half-open for the call's start: 10:00-13:00 admits 12:59:59, not 13:00.
-- A day on any of the rule's holiday calendars (the ``holidays`` package) has no window.
+- A day on any of the rule's holiday calendars has no window: its national ``holidays``
+  (the ``holidays`` package) and the pack calendars ``localised`` kept for the callee's
+  places (``callee_places``) and tenant.
 - With several zones (a number spanning zones) or several rules (federal and state hours),
-  a call is open only when every (rule, zone) pair is open; ``next_open`` returns the
-  earliest instant at which all are, searching at most ``HORIZON_DAYS`` ahead.
+  a call is open only when every (rule, zone) pair is open; a rule with a fixed ``zone`` is
+  judged in that zone only. ``next_open`` returns the earliest instant at which all are
+  open, searching at most ``HORIZON_DAYS`` ahead.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 import holidays
+import phonenumbers
+from phonenumbers import COUNTRY_CODE_TO_REGION_CODE, timezone
 
-from gate.core.rules import HoursRule
+from gate.core.model import TrafficClass
+from gate.core.numbers import Destination
+from gate.core.rules import CalendarRule, HoursRule
 
-__all__ = ["HORIZON_DAYS", "is_holiday", "is_open", "local_day", "next_open", "zone"]
+__all__ = [
+    "HORIZON_DAYS",
+    "Holiday",
+    "callee_places",
+    "holiday_of",
+    "holiday_today",
+    "is_holiday",
+    "is_open",
+    "local_day",
+    "localised",
+    "next_open",
+    "zone",
+]
 
 HORIZON_DAYS = 21
 _MAX_ROUNDS = 64
@@ -43,8 +63,124 @@ def local_day(zones: Sequence[str], instant: datetime) -> date:
     return instant.astimezone(zone(zones[0])).date() if zones else instant.date()
 
 
+@functools.lru_cache(maxsize=64)
+def _sharing_regions(region: str) -> tuple[str, ...]:
+    """The regions that share ``region``'s country calling code (itself included)."""
+    return tuple(COUNTRY_CODE_TO_REGION_CODE.get(phonenumbers.country_code_for_region(region), ()))
+
+
+@functools.lru_cache(maxsize=64)
+def _region_zones(region: str) -> frozenset[str]:
+    """The time zones phonenumbers gives the region's example fixed line (its own zone)."""
+    example = phonenumbers.example_number_for_type(region, phonenumbers.PhoneNumberType.FIXED_LINE)
+    return frozenset(timezone.time_zones_for_number(example)) if example else frozenset()
+
+
+def callee_places(target: Destination, wanted: Collection[str]) -> tuple[str, ...]:
+    """The regions whose calendars govern a call to ``target``, among ``wanted``.
+
+    Its own region; the other regions of its calling code for which its number is valid (a
+    range shared by several places: Guadeloupe's +590 690 mobiles serve Guadeloupe,
+    Saint-Barthélemy and Saint-Martin); and, for a number with several time zones (the
+    Réunion/Mayotte mobiles), the regions whose own zone is one of them. Only regions in
+    ``wanted`` (those a calendar names) are looked up, so most numbers cost nothing.
+    """
+    places = {target.region}
+    others = [r for r in _sharing_regions(target.region) if r != target.region and r in wanted]
+    if others:
+        code = phonenumbers.country_code_for_region(target.region)
+        national = int(target.e164[len(str(code)) + 1 :])
+        number = phonenumbers.PhoneNumber(country_code=code, national_number=national)
+        zones = frozenset(target.time_zones)
+        for region in others:
+            if phonenumbers.is_valid_number_for_region(number, region) or (
+                len(zones) > 1 and zones & _region_zones(region)
+            ):
+                places.add(region)
+    return tuple(sorted(places))
+
+
+def localised(
+    rule: HoursRule,
+    places: Collection[str],
+    opted_in: Collection[str],
+    e164: str,
+    traffic_class: TrafficClass,
+) -> HoursRule:
+    """``rule`` keeping only the calendars that govern this callee and tenant: those of
+    one of ``places`` (or of every place), not optional or opted in, for this class and
+    number prefix. Calendar validity dates are judged per holiday (``holiday_of``)."""
+    keep = tuple(
+        (not calendar.places or not calendar.places.isdisjoint(places))
+        and (not calendar.optional or calendar.id in opted_in)
+        and traffic_class in calendar.classes
+        and (not calendar.prefixes or e164.startswith(calendar.prefixes))
+        for calendar in rule.calendars
+    )
+    if all(keep):
+        return rule
+    # One variant per (rule, calendars kept), built once: dataclasses.replace costs more
+    # than the rest of the hours check. The rule itself is kept to check identity.
+    key = (id(rule), keep)
+    cached = _LOCALISED.get(key)
+    if cached is not None and cached[0] is rule:
+        return cached[1]
+    if len(_LOCALISED) >= _MAX_LOCALISED:
+        _LOCALISED.clear()
+    kept = tuple(c for c, k in zip(rule.calendars, keep, strict=True) if k)
+    variant = dataclasses.replace(rule, calendars=kept)
+    _LOCALISED[key] = (rule, variant)
+    return variant
+
+
+_MAX_LOCALISED = 1024
+_LOCALISED: dict[tuple[int, tuple[bool, ...]], tuple[HoursRule, HoursRule]] = {}
+
+
+def _on_calendar(calendar: CalendarRule, day: date) -> bool:
+    if calendar.valid_from is not None and day < calendar.valid_from:
+        return False
+    if calendar.valid_to is not None and day > calendar.valid_to:
+        return False
+    return (
+        (day.month, day.day) in calendar.annual
+        or day in calendar.days
+        or any(day in _calendar(country, subdiv, day.year) for country, subdiv in calendar.holidays)
+    )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Holiday:
+    """Why a day has no window: the calendar that has it and that calendar's source."""
+
+    day: date
+    calendar: str  # "FR", "US-UT" (national calendars) or a pack calendar's id
+    source: str
+
+
+def holiday_of(rule: HoursRule, day: date) -> Holiday | None:
+    """The first of the rule's calendars that has ``day``, or None."""
+    for country, subdiv in rule.holidays:
+        if day in _calendar(country, subdiv, day.year):
+            name = f"{country}-{subdiv}" if subdiv else country
+            return Holiday(day, name, rule.source)
+    for calendar in rule.calendars:
+        if _on_calendar(calendar, day):
+            return Holiday(day, calendar.id, calendar.source)
+    return None
+
+
 def is_holiday(rule: HoursRule, day: date) -> bool:
-    return any(day in _calendar(country, subdiv, day.year) for country, subdiv in rule.holidays)
+    return holiday_of(rule, day) is not None
+
+
+def holiday_today(rule: HoursRule, zones: Sequence[str], instant: datetime) -> Holiday | None:
+    """The holiday that closes ``rule`` at ``instant`` in one of its zones, if any."""
+    for name in (rule.zone,) if rule.zone else zones:
+        found = holiday_of(rule, instant.astimezone(zone(name)).date())
+        if found is not None:
+            return found
+    return None
 
 
 def _windows(rule: HoursRule, day: date) -> tuple[tuple[int, int], ...]:
@@ -76,7 +212,9 @@ def next_open(
 ) -> tuple[datetime | None, HoursRule | None]:
     """When all ``rules`` are open in all ``zones`` (None: not within the horizon), and the
     first rule that is closed at ``instant`` (None: open now)."""
-    pairs = [(rule, zone(name)) for rule in rules for name in zones]
+    pairs = [
+        (rule, zone(name)) for rule in rules for name in ((rule.zone,) if rule.zone else zones)
+    ]
     first_closed = next((rule for rule, tz in pairs if not is_open(rule, tz, instant)), None)
     if first_closed is None:
         return instant, None

@@ -1,7 +1,7 @@
 """Dialled strings to canonical numbers: the first step of every decision.
 
 Guarantees:
-- ``classify(dialled, region)`` never raises for bad input; it returns a ``Destination``
+- ``classify(dialled, region)`` never raises, whatever the string; it returns a ``Destination``
   (a valid E.164 number with its type and time zones) or a ``ShortCode`` (an emergency,
   protected or other short number, recognised on the dialled string *before* any
   normalisation, since short codes are not E.164) or a ``BadNumber`` with a one-line why.
@@ -122,6 +122,7 @@ _EU_REGIONS = frozenset(
 # Dialled strings this short or shorter are never national numbers anywhere we serve.
 _MAX_SHORT_DIGITS = 6
 _SEPARATORS = frozenset(" .-()/\t")
+_ASCII_DIGITS = frozenset("0123456789")
 # Emergency and protected numbers are short (116xxx is the longest here).
 _MAX_PROTECTED_DIGITS = 8
 _PLAIN = re.compile(r"\+?[0-9][0-9 .\-]*")
@@ -234,7 +235,9 @@ def _clean(dialled: str) -> str | BadNumber:
     text = _ascii_digits(_strip_uri(dialled))
     out: list[str] = []
     for index, ch in enumerate(text):
-        if ch.isdigit() or (ch == "+" and not out and "+" not in text[:index]):
+        # ASCII digits only: str.isdigit() is also true of "²", "①" and other characters
+        # that are digits but not decimal ones (int() refuses them).
+        if ch in _ASCII_DIGITS or (ch == "+" and not out and "+" not in text[:index]):
             out.append(ch)
         elif ch in _SEPARATORS:
             continue

@@ -3,9 +3,15 @@
 Both doors take the same ``key=value`` parameters (FastAGI query/arguments, Stasis
 arguments): ``number``, ``tenant``, ``campaign``, ``trunk``, ``class``, ``caller_id``, ``list``.
 An empty value means "not given" (dialplan subroutines pass ``${ARGn}`` through as is).
+Both doors also answer the same way: one channel variable, ``CALLGATE_DECISION``, holding
+``RESULT|REASON|RULE|RETRY_AFTER|E164|CAUSE`` (``answer_value`` writes it; the dialplan's
+``callgate-unpack`` subroutine splits it into ``CALLGATE_RESULT``, ``CALLGATE_REASON``,
+``CALLGATE_RULE``, ``CALLGATE_RETRY_AFTER``, ``CALLGATE_E164`` and ``CALLGATE_CAUSE``).
+
 Guarantees: unknown names and malformed identifiers raise ``BadRequest`` with a stable
-code (``bad_request:<name>``); values written back to Asterisk pass through ``safe_value``,
-so a crafted number can never inject dialplan or AGI syntax.
+code (``bad_request:<name>``); every field written back to Asterisk passes through
+``safe_value``, so a crafted number can never inject dialplan or AGI syntax nor an extra
+``|`` field.
 """
 
 from __future__ import annotations
@@ -19,17 +25,35 @@ from gate.core.errors import InputError
 from gate.core.model import IDENT_RE, Attempt, Decision, TrafficClass
 
 __all__ = [
+    "DECISION_FIELDS",
+    "DECISION_VARIABLE",
     "BadRequest",
+    "answer_value",
     "attempt_from_params",
-    "decision_fields",
+    "decision_value",
+    "error_value",
     "ident_param",
     "parse_pairs",
+    "printable",
     "safe_value",
     "seconds_text",
 ]
 
+DECISION_VARIABLE = "CALLGATE_DECISION"
+#: The variables ``CALLGATE_DECISION`` carries, in its field order.
+DECISION_FIELDS = (
+    "CALLGATE_RESULT",
+    "CALLGATE_REASON",
+    "CALLGATE_RULE",
+    "CALLGATE_RETRY_AFTER",
+    "CALLGATE_E164",
+    "CALLGATE_CAUSE",
+)
 PARAMS = frozenset({"number", "tenant", "campaign", "trunk", "class", "caller_id", "list"})
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.:+\-]")
+# C0 and C1 controls, DEL, and the Unicode line and paragraph separators: what a terminal
+# or a log reader could take for a line break or an escape sequence.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _MAX_VALUE = 80
 
 
@@ -44,6 +68,12 @@ class BadRequest(InputError):
 def seconds_text(seconds: float) -> str:
     """``2592000``, ``0.04``: plain decimal seconds, never exponent form (dialplan math)."""
     return f"{seconds:.3f}".rstrip("0").rstrip(".")
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters written as escapes (``\\r``, ``\\x1b``): what a
+    peer sent may be logged or kept, never forge a log line or drive a terminal."""
+    return _CONTROL.sub(lambda m: m[0].encode("unicode_escape").decode("ascii"), text)
 
 
 def safe_value(value: str) -> str:
@@ -103,16 +133,38 @@ def attempt_from_params(
     )
 
 
-def decision_fields(decision: Decision) -> list[tuple[str, str]]:
-    """The ``CALLGATE_*`` variables of a decision, ``CALLGATE_RESULT`` last, values safe."""
-    retry = "" if decision.retry_after_s is None else seconds_text(decision.retry_after_s)
-    fields = [
-        ("CALLGATE_REASON", decision.reason),
-        ("CALLGATE_RULE", decision.rule),
-        ("CALLGATE_RETRY_AFTER", retry),
-        ("CALLGATE_E164", decision.e164),
-        ("CALLGATE_CAUSE", str(decision.hangup_cause)),
-        # Last, so a dialplan that sees a result also sees everything else.
-        ("CALLGATE_RESULT", decision.verdict.value),
-    ]
-    return [(name, safe_value(value)) for name, value in fields]
+def answer_value(
+    result: str,
+    reason: str,
+    *,
+    rule: str = "",
+    retry_after_s: float | None = None,
+    e164: str = "",
+    cause: int = 0,
+) -> str:
+    """The ``CALLGATE_DECISION`` value: ``RESULT|REASON|RULE|RETRY_AFTER|E164|CAUSE``.
+
+    The one writer of a door's answer (both doors, every route). Each field is reduced to
+    ``safe_value``'s alphabet, which has no ``|``; ``RETRY_AFTER`` is plain decimal seconds
+    (empty when there is none) and ``CAUSE`` the suggested Q.850 hangup cause.
+    """
+    retry = "" if retry_after_s is None else seconds_text(retry_after_s)
+    fields = (result, reason, rule, retry, e164, str(cause))
+    return "|".join(safe_value(field) for field in fields)
+
+
+def decision_value(decision: Decision) -> str:
+    """A decision as ``CALLGATE_DECISION``: ``DEFER|cap:x|cap:x|2592000|+33612345678|34``."""
+    return answer_value(
+        decision.verdict.value,
+        decision.reason,
+        rule=decision.rule,
+        retry_after_s=decision.retry_after_s,
+        e164=decision.e164,
+        cause=decision.hangup_cause,
+    )
+
+
+def error_value(code: str) -> str:
+    """A request the door could not serve: ``ERROR|bad_request:tenant||||0``."""
+    return answer_value("ERROR", code)

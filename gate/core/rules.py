@@ -6,6 +6,11 @@ checked), ``shadow`` (evaluated and reported, never enforced), ``valid_from``/``
 (inclusive dates, in the callee's local time), ``classes`` (traffic classes it governs)
 and ``prefixes`` (E.164 prefixes it is limited to, e.g. a US state's area codes).
 ``in_force`` says whether a rule applies to one attempt.
+
+Holidays: an hours rule closes on the days of its ``holidays`` calendars (the ``holidays``
+package's, e.g. national ``FR``) and of the pack's ``CalendarRule`` s it names: those are
+scoped to the callee's place (``places``: the regions of the number, e.g. ``GP`` for a
+Guadeloupe number) and may be ``optional`` (applied for the tenants that opt in).
 """
 
 from __future__ import annotations
@@ -18,6 +23,9 @@ from gate.core.numbers import NumberType
 
 __all__ = [
     "ALL_CLASSES",
+    "LIST_KINDS",
+    "AbandonCeilingRule",
+    "CalendarRule",
     "CallerIdRule",
     "CapRule",
     "ConsentRule",
@@ -31,6 +39,8 @@ __all__ = [
 ]
 
 ALL_CLASSES: frozenset[TrafficClass] = frozenset(TrafficClass)
+# "reassigned": per-number dates of the last permanent disconnection (47 CFR 64.1200(l)).
+LIST_KINDS = ("block", "allow", "consent", "reassigned")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -62,11 +72,12 @@ def in_force(rule: _Rule, e164: str, traffic_class: TrafficClass, day: date) -> 
 class ListRule:
     """A named list. ``block`` lists refuse; ``allow`` lists exempt from the block lists
     named in ``exempts``; ``consent`` lists hold consents with a grant time and an optional
-    expiry (required by consent rules). ``scope``: one ``global`` list, one per ``tenant``,
-    or one per tenant's ``campaign``."""
+    expiry (required by consent rules); ``reassigned`` lists hold, per number, the day of
+    its last permanent disconnection (a consent rule's ``reassigned_list``). ``scope``: one
+    ``global`` list, one per ``tenant``, or one per tenant's ``campaign``."""
 
     name: str
-    kind: str  # "block" | "allow" | "consent"
+    kind: str  # one of LIST_KINDS
     scope: str  # "global" | "tenant" | "campaign"
     exempts: tuple[str, ...] = ()
     description: str = ""
@@ -82,26 +93,53 @@ class CapRule(_Rule):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class CalendarRule(_Rule):
+    """Public holidays of some places: a day on it closes the hours rules that name it.
+
+    A day is on the calendar if one of ``holidays`` (the ``holidays`` package's calendars,
+    ``(country, subdivision)``) has it, or it is one of ``annual`` ``(month, day)`` or
+    ``days``. ``places``: the regions of the callee it applies to (empty: every callee of
+    the hours rule). ``optional``: applied only for tenants that opt in to it.
+    """
+
+    places: frozenset[str] = frozenset()
+    holidays: tuple[tuple[str, str | None], ...] = ()
+    annual: frozenset[tuple[int, int]] = frozenset()
+    days: frozenset[date] = frozenset()
+    optional: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class HoursRule(_Rule):
     """Calls may start only inside these local windows, never on the calendar's holidays.
 
     ``windows[0]`` is Monday: half-open ``(start, end)`` minute-of-day pairs. A number with
-    several time zones must be inside the window in all of them. A number on
-    ``consent_list`` (consent to be called outside hours) is exempt.
+    several time zones must be inside the window in all of them; a rule with a fixed
+    ``zone`` (a statute naming one, e.g. "Central Standard Time") is judged in that zone
+    only. A day on one of ``holidays`` (national calendars) or of ``calendars`` in force for
+    the callee's place and tenant has no window. A number on ``consent_list`` (consent to be
+    called outside hours) is exempt.
     """
 
     windows: tuple[tuple[tuple[int, int], ...], ...]
     holidays: tuple[tuple[str, str | None], ...] = ()
+    calendars: tuple[CalendarRule, ...] = ()
+    zone: str | None = None
     consent_list: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ConsentRule(_Rule):
     """The number must hold an unexpired entry on ``list`` (BLOCK ``no_consent:<id>``),
-    unless it is on one of ``exempt_lists`` (e.g. current customers)."""
+    unless it is on one of ``exempt_lists`` (e.g. current customers).
+
+    With ``reassigned_list``, a consent granted on or before the day the number was last
+    permanently disconnected (that list's entry) is void: BLOCK ``reassigned:<id>``.
+    """
 
     list: str
     exempt_lists: tuple[str, ...] = ()
+    reassigned_list: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -146,6 +184,19 @@ class DestinationRule(_Rule):
     blocked_prefixes: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AbandonCeilingRule(_Rule):
+    """A campaign's abandoned calls may not exceed ``ceiling`` (a fraction) of its live
+    (answered) calls over the trailing ``window_s``; above it, its next calls DEFER
+    ``abandon_rate:<id>`` until the rate falls back. ``scope``: per ``campaign`` or for the
+    whole ``tenant`` (a call centre). Counted from ``min_live_calls`` live calls on."""
+
+    ceiling: float
+    window_s: float
+    scope: str = "campaign"  # "campaign" | "tenant"
+    min_live_calls: int = 0
+
+
 @dataclass(frozen=True, slots=True)
 class Pack:
     """A versioned rule pack: the law of the destination ``regions``, as data."""
@@ -162,3 +213,5 @@ class Pack:
     cooloffs: tuple[CooloffRule, ...] = ()
     caller_ids: tuple[CallerIdRule, ...] = ()
     destinations: tuple[DestinationRule, ...] = ()
+    calendars: tuple[CalendarRule, ...] = ()
+    abandon_ceilings: tuple[AbandonCeilingRule, ...] = ()

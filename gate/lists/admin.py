@@ -4,6 +4,11 @@ Guarantees:
 - Every entry is validated and normalised to E.164 before it reaches Redis, then stored
   in the keyspace's encoding (a keyed hash unless the config says plain).
 - An emergency or protected number is never put on a block list (``ProtectedNumberError``).
+- What must survive a Redis failover — an opt-out (an ``add`` to a block list), a
+  consent revocation, a refusal or abandoned call — is acknowledged only once the store
+  holds it durably (``Store.durable``: ``redis.wait_replicas`` replicas, on every master
+  that took a part of it in a cluster; else ``NotReplicated`` and the caller reports a
+  failure).
 - Block and allow lists live in compact buckets, consent lists in HASHes token →
   ``granted_ms:expiry_ms``, both spread over the slot groups (gate/store/lists.py;
   decide.lua reads both).
@@ -54,13 +59,20 @@ class ListAdmin:
         active = gate.active
         return cls(active.config.policy, active.keyspace, gate.store)
 
+    def _on(self, store: Store) -> ListAdmin:
+        """The same operations on ``store`` (a durable view of this one's)."""
+        return ListAdmin(self.policy, self.keyspace, store)
+
     def rule(self, name: str) -> ListRule:
         rule = self.policy.list_rule(name)
         if rule is None:
-            known = [
-                r.name
-                for r in (*self.policy.lists, *(r for p in self.policy.packs for r in p.lists))
-            ]
+            # A list of the config may also be a pack's: name each once, in order.
+            known = list(
+                dict.fromkeys(
+                    r.name
+                    for r in (*self.policy.lists, *(r for p in self.policy.packs for r in p.lists))
+                )
+            )
             raise InputError(
                 f"list {name!r} is not in the config or its packs "
                 f"(lists: {', '.join(known) or 'none'})"
@@ -70,6 +82,13 @@ class ListAdmin:
     def key(self, name: str, tenant: str, campaign: str) -> str:
         """The list instance of ``name`` for this tenant/campaign (gate/core/keys.py)."""
         rule = self.rule(name)
+        self.policy.check_tenant(tenant)
+        if rule.kind == "reassigned":
+            raise InputError(
+                f"list {name!r} holds reassigned-number disconnect dates "
+                "(gate/lists/reassigned.py); they are not stored yet: the store's "
+                "reassigned-number check is still to be built"
+            )
         key = self.keyspace.list_id(rule, tenant, campaign)
         if key is None:
             raise InputError(f"list {name!r} is per campaign: pass --campaign")
@@ -105,11 +124,18 @@ class ListAdmin:
         now: datetime | None = None,
         expires: datetime | None = None,
     ) -> int:
-        """Add numbers (consent lists: granted ``now``, optional expiry); how many were new."""
+        """Add numbers (consent lists: granted ``now``, optional expiry); how many were new.
+
+        On a block list (an opt-out) the answer comes only once the store holds the
+        entries durably (``Store.durable``: enough replicas, or ``NotReplicated``)."""
         rule = self.rule(name)
         checked = self._numbers(rule, numbers)
         key = self.key(name, tenant, campaign)
-        return await self._write(rule, key, "add", checked, now or datetime.now(UTC), expires)
+        when = now or datetime.now(UTC)
+        if rule.kind != "block":
+            return await self._write(rule, key, "add", checked, when, expires)
+        async with self.store.durable(f"adding to block list {name!r}") as store:
+            return await self._on(store)._write(rule, key, "add", checked, when, expires)
 
     async def remove(self, name: str, numbers: Iterable[str], tenant: str, campaign: str) -> int:
         rule = self.rule(name)
@@ -143,8 +169,9 @@ class ListAdmin:
     async def export(self, name: str, tenant: str, campaign: str) -> AsyncIterator[str]:
         if self.keyspace.hashed:
             raise InputError(
-                f"list {name!r} holds keyed hashes, not numbers: it cannot be exported "
-                "(privacy.hash_numbers = true)"
+                f"list {name!r} holds keyed hashes, not numbers (privacy.hash_numbers = true), "
+                "so it cannot be exported; keep the files you import as its source, and use "
+                "`callgate list info` for its size and `callgate check` for a number"
             )
         key = self.key(name, tenant, campaign)
         if self.rule(name).kind == "consent":
@@ -254,6 +281,12 @@ class ListAdmin:
         if red.kind != "block":
             raise InputError(f"list {red_list!r} is not a block list")
         checked = self._numbers(red, numbers)
+        async with self.store.durable("the consent revocation") as store:
+            return await self._on(store)._revoke(checked, tenant, campaign, red_list)
+
+    async def _revoke(
+        self, checked: list[NumberKeys], tenant: str, campaign: str, red_list: str
+    ) -> int:
         consent_lists = {
             r.name: r
             for r in (*self.policy.lists, *(r for p in self.policy.packs for r in p.lists))
@@ -275,9 +308,16 @@ class ListAdmin:
         Returns the ids of the rules that now hold the number; an empty list means no
         enabled pack has a cool-off for this event and destination.
         """
+        self.policy.check_tenant(tenant)
         target = classify(number, self.policy.default_region)
         if not isinstance(target, Destination):
             raise NumberError(f"number {number!r}: not a callable number")
+        async with self.store.durable(f"the {event}") as store:
+            return await self._on(store)._record_event(event, target, tenant, at, now)
+
+    async def _record_event(
+        self, event: str, target: Destination, tenant: str, at: datetime, now: datetime | None
+    ) -> list[str]:
         day = local_day(target.time_zones, at)
         started: list[str] = []
         for pack in self.policy.packs:

@@ -24,10 +24,10 @@ import hashlib
 import io
 import re
 import zipfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
-from itertools import islice
+from itertools import chain, islice
 from pathlib import Path
 from typing import IO, cast
 
@@ -196,19 +196,13 @@ def read_entries(
             index = int(column) - 1
         else:
             header_pending = True
-    dialect: type[csv.Dialect] | None = None
-    for line_no, raw in enumerate(lines, start=1):
-        line = raw.lstrip("\ufeff").rstrip("\r\n")
-        if not line.strip() or line.lstrip().startswith(_COMMENT):
-            continue
-        if fmt in ("lines", "us-dnc"):
-            entry = _plain_entry(line_no, line, fmt, rule, region)
+    if fmt in ("lines", "us-dnc"):
+        for line_no, raw in enumerate(lines, start=1):
+            entry = _plain_entry(line_no, raw, fmt, rule, region)
             if entry is not None:
                 yield line_no, entry
-            continue
-        if dialect is None:
-            dialect = csv_dialect(line)
-        cells = next(csv.reader(io.StringIO(line), dialect))
+        return
+    for line_no, cells, text in _csv_rows(lines):
         if header_pending:
             names = [cell.strip().lower() for cell in cells]
             if column is not None and not column.isdigit():
@@ -224,17 +218,42 @@ def read_entries(
                 continue  # a scrub file's header row (Telephone;Identifiant;…)
         assert index is not None
         if index >= len(cells):
-            yield line_no, Rejected(line_no, line, f"no column {index + 1}")
+            yield line_no, Rejected(line_no, text, f"no column {index + 1}")
             continue
         if fmt == "fr-scrub":
             if len(cells) < 3:
-                yield line_no, Rejected(line_no, line, "expected Telephone;Identifiant;result")
+                yield line_no, Rejected(line_no, text, "expected Telephone;Identifiant;result")
                 continue
             result = cells[2].strip()
             if result not in keep:
                 yield line_no, Skipped(line_no, result)
                 continue
-        yield line_no, _entry(line_no, line, cells[index].strip(), rule, region)
+        yield line_no, _entry(line_no, text, cells[index].strip(), rule, region)
+
+
+def _csv_rows(lines: Iterable[str]) -> Iterator[tuple[int, list[str], str]]:
+    """(first line number, cells, the row as one line of text) of each CSV row that is not
+    blank or a ``#`` comment, read by the csv module as a stream: a quoted field may span
+    lines. The dialect (, ; tab or |) is that of the first such line."""
+    source = iter(lines)
+    skipped = 0
+    first = ""
+    for raw in source:
+        first = raw.lstrip("\ufeff")
+        if first.strip() and not first.lstrip().startswith(_COMMENT):
+            break
+        skipped += 1
+    else:
+        return
+    dialect = csv_dialect(first)
+    reader = csv.reader(chain([first], source), dialect)
+    read = 0
+    for cells in reader:
+        line_no, read = skipped + read + 1, reader.line_num
+        if not any(cell.strip() for cell in cells) or cells[0].lstrip().startswith(_COMMENT):
+            continue
+        text = dialect.delimiter.join(cells).replace("\r", " ").replace("\n", " ")
+        yield line_no, cells, text
 
 
 def read_batches(
@@ -375,7 +394,7 @@ def _streams(path: Path) -> Iterator[IO[bytes]]:
         yield cast(IO[bytes], gzip.GzipFile(fileobj=raw)) if magic[:2] == b"\x1f\x8b" else raw
 
 
-def open_lines(path: Path, digest: Digest | None = None) -> Iterator[str]:
+def open_lines(path: Path, digest: Digest | None = None) -> Generator[str, None, None]:
     """The text lines of ``path`` (plain, gzip or zip), feeding ``digest`` as it reads."""
     try:
         for stream in _streams(path):
@@ -395,16 +414,23 @@ def open_lines(path: Path, digest: Digest | None = None) -> Iterator[str]:
 
 
 def count_lines(path: Path) -> int:
-    """Lines in ``path`` (decompressed), to size a list before importing it."""
+    """Lines in ``path`` (decompressed; a last line without a line end counts, an empty
+    file has none; ``\\n``, ``\\r\\n`` and ``\\r`` all end a line), to size an import."""
     total = 0
     try:
         for stream in _streams(path):
+            last = b""
             for _ in range(10**9):  # bounded by the file: read() returns b"" at its end
                 chunk = stream.read(1 << 20)
                 if not chunk:
                     break
-                total += chunk.count(b"\n")
-            total += 1
+                # \r\n split across two chunks is one line end, not two.
+                pending_cr = last == b"\r" and chunk[:1] == b"\n"
+                total += chunk.count(b"\n") + chunk.count(b"\r") - chunk.count(b"\r\n")
+                total -= pending_cr
+                last = chunk[-1:]
+            if last not in (b"", b"\n", b"\r"):
+                total += 1
     except (OSError, zipfile.BadZipFile, EOFError) as exc:
         raise InputError(f"{path}: cannot read: {exc}") from exc
     return total

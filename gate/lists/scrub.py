@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import os
+import signal
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -26,13 +27,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from itertools import chain, islice
 
-from gate.config.loader import Config
+from gate.config.loader import Config, RedisConfig
 from gate.core.engine import Plan, Planner, conclude
 from gate.core.keys import Keyspace
 from gate.core.model import Attempt, Decision, TrafficClass
 from gate.core.params import seconds_text
 from gate.service import Gate
-from gate.store.client import Store, StoreSettings
+from gate.store.client import Store
 
 __all__ = ["BATCH", "PARALLEL_FROM", "WORKERS", "ScrubSummary", "scrub"]
 
@@ -139,6 +140,7 @@ async def scrub(
 ) -> ScrubSummary:
     """Decide every row's number at ``now`` (nothing recorded); write rows with the result."""
     active = gate.active
+    active.config.policy.check_tenant(tenant)
     job = _Job(active.config, active.keyspace, now, tenant, campaign, traffic_class, caller_id)
     summary = ScrubSummary()
     batches = _batches(rows, BATCH)
@@ -220,8 +222,11 @@ def _write(
 _worker: tuple[_Job, Store, Planner, asyncio.AbstractEventLoop] | None = None
 
 
-def _start_worker(job: _Job, settings: StoreSettings) -> None:
+def _start_worker(job: _Job, settings: RedisConfig) -> None:
     global _worker
+    # Ctrl-C reaches the whole process group: the main process stops the pool (and says
+    # so); a worker printing its own KeyboardInterrupt traceback would only add noise.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _worker = (job, Store.open(settings), job.planner(), asyncio.new_event_loop())
 
 

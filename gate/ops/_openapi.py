@@ -1,314 +1,191 @@
-"""The OpenAPI 3.1 description of the admin API, served at ``/openapi.json``.
+"""``/openapi.json``, generated from the routes the server registers and their models.
 
-Hand-written to match gate/api.py; tests check that every route the server has is here.
+Each ``Operation`` names its method, path, operationId, request model (JSON body or query),
+response models and the error statuses it can answer; the server registers its handlers
+from the same list (gate/ops/api.py, gate/ops/http.py), so a route cannot exist without
+being described, nor be described with a shape it does not have. Schemas come from the
+pydantic models (gate/ops/models.py): ``additionalProperties: false``, required fields,
+formats and patterns are the ones the server enforces.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import BaseModel
+from pydantic.json_schema import GenerateJsonSchema, JsonSchemaMode, models_json_schema
+
 from gate import __version__
+from gate.ops.models import ErrorOut
 
-__all__ = ["openapi"]
+__all__ = ["Operation", "openapi"]
 
-
-def _ref(name: str) -> dict[str, str]:
-    return {"$ref": f"#/components/schemas/{name}"}
-
-
-def _body(schema: dict[str, Any]) -> dict[str, Any]:
-    return {"required": True, "content": {"application/json": {"schema": schema}}}
-
-
-def _ok(description: str, schema: dict[str, Any]) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": schema}}}
-
-
+_REF = "#/components/schemas/{model}"
 _ERRORS = {
-    "400": {"$ref": "#/components/responses/BadRequest"},
-    "401": {"$ref": "#/components/responses/Unauthorized"},
-    "503": {"$ref": "#/components/responses/StoreUnavailable"},
+    400: "invalid input (the message names the field)",
+    401: "missing or wrong bearer token",
+    403: "a foreign Host or Origin (the API is not for web pages)",
+    404: "unknown list or event",
+    413: "too many numbers, or an upload too large",
+    415: "wrong Content-Type (JSON requests need application/json)",
+    422: "a number that cannot be used, or an emergency number for a block list",
+    503: "Redis is unreachable",
 }
-_IDENT = {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,64}$"}
-_WHEN = {"type": "string", "format": "date-time", "description": "ISO-8601 with a UTC offset"}
 
 
-def _numbers(max_batch: int) -> dict[str, Any]:
-    return {
-        "type": "array",
-        "items": {"type": "string", "maxLength": 32},
-        "minItems": 1,
-        "maxItems": max_batch,
+@dataclass(frozen=True, slots=True)
+class Operation:
+    """One route: what it takes, what it answers."""
+
+    method: str
+    path: str
+    operation_id: str
+    summary: str
+    body: type[BaseModel] | None = None
+    query: type[BaseModel] | None = None
+    path_params: Mapping[str, dict[str, Any]] = field(default_factory=dict)
+    # status → model of a JSON answer
+    responses: Mapping[int, type[BaseModel]] = field(default_factory=dict)
+    # a 200 that is not one JSON document: media type → model of each item (None: text)
+    streams: Mapping[str, type[BaseModel] | None] = field(default_factory=dict)
+    # media types of a raw request body (an upload), instead of a JSON ``body``
+    uploads: tuple[str, ...] = ()
+    errors: tuple[int, ...] = (400, 401, 403, 503)
+    auth: bool = True
+    description: str = ""
+
+
+class _NoTitles(GenerateJsonSchema):
+    """Schemas without the ``title`` pydantic derives from each field name."""
+
+    def field_title_should_be_set(self, schema: Any) -> bool:
+        return False
+
+
+def _schemas(operations: Sequence[Operation]) -> tuple[Mapping[Any, Any], dict[str, Any]]:
+    wanted: dict[tuple[type[BaseModel], JsonSchemaMode], None] = {(ErrorOut, "serialization"): None}
+    for op in operations:
+        for model in (op.body, op.query):
+            if model is not None:
+                wanted[(model, "validation")] = None
+        for model in (*op.responses.values(), *op.streams.values()):
+            if model is not None:
+                wanted[(model, "serialization")] = None
+    refs, top = models_json_schema(list(wanted), ref_template=_REF, schema_generator=_NoTitles)
+    return refs, top.get("$defs", {})
+
+
+def _query_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    """A query parameter's schema: never null (an absent parameter is the default)."""
+    schema = dict(schema)
+    if schema.get("default", ...) is None:
+        del schema["default"]
+    options = schema.get("anyOf")
+    if options and len(options) == 2 and {"type": "null"} in options:
+        del schema["anyOf"]
+        schema.update(next(o for o in options if o != {"type": "null"}))
+    return schema
+
+
+def _parameters(op: Operation, query: dict[str, Any] | None) -> list[dict[str, Any]]:
+    params = [
+        {"name": name, "in": "path", "required": True, "schema": schema}
+        for name, schema in op.path_params.items()
+    ]
+    if query is not None:
+        required = set(query.get("required", []))
+        for name, prop in query["properties"].items():
+            prop = _query_schema(prop)
+            description = prop.pop("description", None)
+            param: dict[str, Any] = {
+                "name": name,
+                "in": "query",
+                "required": name in required,
+                "schema": prop,
+            }
+            if description:
+                param["description"] = description
+            params.append(param)
+    return params
+
+
+def _content(schema: Any) -> dict[str, Any]:
+    return {"application/json": {"schema": schema}}
+
+
+def openapi(operations: Sequence[Operation]) -> dict[str, Any]:
+    """The OpenAPI 3.1 document for ``operations``."""
+    refs, components = _schemas(operations)
+    # Query models are parameters, not components.
+    queries = {
+        op.query: components.pop(op.query.__name__)
+        for op in operations
+        if op.query is not None and op.query.__name__ in components
     }
-
-
-def _scope() -> dict[str, Any]:
-    return {
-        "tenant": {**_IDENT, "description": "default: gate.default_tenant"},
-        "campaign": {**_IDENT, "description": "required for per-campaign lists"},
-    }
-
-
-def openapi(max_batch: int) -> dict[str, Any]:
-    """The description (``max_batch``: numbers per list/scrub request)."""
-    attempt = {
-        "tenant": _IDENT,
-        "campaign": _IDENT,
-        "trunk": _IDENT,
-        "caller_id": {
-            "type": "string",
-            "description": "presented caller ID; omitted: caller-ID rules are not checked",
-        },
-        "class": {"type": "string", "enum": ["campaign", "manual"], "default": "campaign"},
-        "at": {**_WHEN, "description": "decide as of this time (default: now)"},
-    }
-    list_param = {"name": "list", "in": "path", "required": True, "schema": _IDENT}
+    paths: dict[str, dict[str, Any]] = {}
+    for op in operations:
+        entry: dict[str, Any] = {"operationId": op.operation_id, "summary": op.summary}
+        if op.description:
+            entry["description"] = op.description
+        if not op.auth:
+            entry["security"] = []
+        if params := _parameters(op, queries.get(op.query) if op.query else None):
+            entry["parameters"] = params
+        if op.body is not None:
+            entry["requestBody"] = {
+                "required": True,
+                "content": _content(refs[(op.body, "validation")]),
+            }
+        elif op.uploads:
+            entry["requestBody"] = {
+                "required": True,
+                "content": {
+                    media: {"schema": {"type": "string", "contentMediaType": media}}
+                    for media in op.uploads
+                },
+            }
+        responses: dict[str, Any] = {}
+        for status, model in op.responses.items():
+            responses[str(status)] = {
+                "description": model.__doc__.strip().splitlines()[0]
+                if model.__doc__
+                else model.__name__,
+                "content": _content(refs[(model, "serialization")]),
+            }
+        if op.streams:
+            responses["200"] = {
+                "description": "streamed; in JSON Lines, one JSON document per line",
+                "content": {
+                    media: {
+                        "schema": refs[(model, "serialization")]
+                        if model is not None
+                        else {"type": "string"}
+                    }
+                    for media, model in op.streams.items()
+                },
+            }
+        for status in op.errors:
+            responses[str(status)] = {
+                "description": _ERRORS[status],
+                "content": _content(refs[(ErrorOut, "serialization")]),
+            }
+        entry["responses"] = responses
+        paths.setdefault(op.path, {})[op.method.lower()] = entry
     return {
         "openapi": "3.1.0",
         "info": {
             "title": "callgate admin API",
             "version": __version__,
-            "description": "Check and scrub numbers, manage lists, consents and cool-offs. "
-            'Send `Authorization: Bearer <api.token>`. Errors are `{"error": "..."}`.',
+            "description": "Check and scrub numbers, manage lists, consents and cool-offs, "
+            "search the audit trail. Send `Authorization: Bearer <api.token>` and, with a "
+            'body, `Content-Type: application/json`. Errors are `{"error": "..."}`.',
         },
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-            "schemas": {
-                "Error": {
-                    "type": "object",
-                    "properties": {"error": {"type": "string"}},
-                    "required": ["error"],
-                },
-                "Decision": {
-                    "type": "object",
-                    "properties": {
-                        "verdict": {"type": "string", "enum": ["ALLOW", "BLOCK", "DEFER"]},
-                        "reason": {"type": "string", "examples": ["listed:red"]},
-                        "rule": {"type": "string"},
-                        "retry_after_s": {"type": ["number", "null"]},
-                        "e164": {"type": "string"},
-                        "shadow": {"type": "array", "items": {"type": "string"}},
-                        "config_version": {"type": "string"},
-                        "rules": {"type": "array", "items": {"type": "object"}},
-                    },
-                    "required": ["verdict", "reason", "rule", "retry_after_s", "e164"],
-                },
-            },
-            "responses": {
-                "BadRequest": _ok("invalid input (names the field)", _ref("Error")),
-                "Unauthorized": _ok("missing or wrong bearer token", _ref("Error")),
-                "Unprocessable": _ok(
-                    "a number that cannot be used, or an emergency number for a block list",
-                    _ref("Error"),
-                ),
-                "NotFound": _ok("unknown list or event", _ref("Error")),
-                "StoreUnavailable": _ok("Redis is unreachable", _ref("Error")),
-            },
+            "schemas": components,
         },
         "security": [{"bearer": []}],
-        "paths": {
-            "/healthz": {
-                "get": {
-                    "summary": "The process is up (never touches Redis); no token needed",
-                    "security": [],
-                    "responses": {
-                        "200": _ok("status, version, config_version", {"type": "object"})
-                    },
-                }
-            },
-            "/readyz": {
-                "get": {
-                    "summary": "Redis answers PING and, with [ari], ARI is connected",
-                    "security": [],
-                    "responses": {
-                        "200": _ok("ready, config_version, checks", {"type": "object"}),
-                        "503": _ok("not ready: the failing check says why", {"type": "object"}),
-                    },
-                }
-            },
-            "/metrics": {
-                "get": {
-                    "summary": "Prometheus text format; no token needed",
-                    "security": [],
-                    "responses": {
-                        "200": {
-                            "description": "the metrics",
-                            "content": {"text/plain": {"schema": {"type": "string"}}},
-                        }
-                    },
-                }
-            },
-            "/v1/check": {
-                "post": {
-                    "summary": "Decide one call as the gate would",
-                    "requestBody": _body(
-                        {
-                            "type": "object",
-                            "properties": {
-                                "number": {"type": "string", "maxLength": 32},
-                                **attempt,
-                                "record": {
-                                    "type": "boolean",
-                                    "default": False,
-                                    "description": "count the attempt if allowed",
-                                },
-                                "explain": {"type": "boolean", "default": False},
-                            },
-                            "required": ["number"],
-                        }
-                    ),
-                    "responses": {"200": _ok("the decision", _ref("Decision")), **_ERRORS},
-                }
-            },
-            "/v1/scrub": {
-                "post": {
-                    "summary": f"Evaluate up to {max_batch} numbers (nothing is counted)",
-                    "requestBody": _body(
-                        {
-                            "type": "object",
-                            "properties": {"numbers": _numbers(max_batch), **attempt},
-                            "required": ["numbers"],
-                        }
-                    ),
-                    "responses": {
-                        "200": _ok(
-                            "one result per number, in order, and counts by verdict",
-                            {
-                                "type": "object",
-                                "properties": {
-                                    "results": {"type": "array", "items": _ref("Decision")},
-                                    "counts": {"type": "object"},
-                                    "config_version": {"type": "string"},
-                                },
-                            },
-                        ),
-                        "413": {"description": f"more than {max_batch} numbers"},
-                        **_ERRORS,
-                    },
-                }
-            },
-            "/v1/lists/{list}": {
-                "get": {
-                    "summary": "Entries and metadata of a list",
-                    "parameters": [
-                        list_param,
-                        {"name": "tenant", "in": "query", "schema": _IDENT},
-                        {"name": "campaign", "in": "query", "schema": _IDENT},
-                    ],
-                    "responses": {
-                        "200": _ok("name, kind, scope, entries, refreshed_at…", {"type": "object"}),
-                        "404": {"$ref": "#/components/responses/NotFound"},
-                        **_ERRORS,
-                    },
-                }
-            },
-            **{
-                f"/v1/lists/{{list}}/{action}": {
-                    "post": {
-                        "summary": f"{action.capitalize()} numbers ({text})",
-                        "parameters": [list_param],
-                        "requestBody": _body(
-                            {
-                                "type": "object",
-                                "properties": {"numbers": _numbers(max_batch), **_scope()},
-                                "required": ["numbers"],
-                            }
-                        ),
-                        "responses": {
-                            "200": _ok("how many changed", {"type": "object"}),
-                            "404": {"$ref": "#/components/responses/NotFound"},
-                            "422": {"$ref": "#/components/responses/Unprocessable"},
-                            **_ERRORS,
-                        },
-                    }
-                }
-                for action, text in (
-                    ("add", "an opt-out applies to the very next decision"),
-                    ("remove", "nothing is written if one number is invalid"),
-                )
-            },
-            "/v1/consents": {
-                "post": {
-                    "summary": "Record prior consents",
-                    "requestBody": _body(
-                        {
-                            "type": "object",
-                            "properties": {
-                                "numbers": _numbers(max_batch),
-                                "list": {**_IDENT, "default": "consent"},
-                                **_scope(),
-                                "granted_at": _WHEN,
-                                "expires": _WHEN,
-                            },
-                            "required": ["numbers"],
-                        }
-                    ),
-                    "responses": {
-                        "200": _ok("recorded and updated counts", {"type": "object"}),
-                        "422": {"$ref": "#/components/responses/Unprocessable"},
-                        **_ERRORS,
-                    },
-                }
-            },
-            "/v1/consents/revoke": {
-                "post": {
-                    "summary": "Consent withdrawn: remove it from every consent list, red-list",
-                    "requestBody": _body(
-                        {
-                            "type": "object",
-                            "properties": {
-                                "numbers": _numbers(max_batch),
-                                "red_list": {**_IDENT, "default": "red"},
-                                **_scope(),
-                            },
-                            "required": ["numbers"],
-                        }
-                    ),
-                    "responses": {
-                        "200": _ok("revoked and red-listed counts", {"type": "object"}),
-                        "422": {"$ref": "#/components/responses/Unprocessable"},
-                        **_ERRORS,
-                    },
-                }
-            },
-            "/v1/events/{event}": {
-                "post": {
-                    "summary": "The callee refused, or the call was abandoned: start the cool-off",
-                    "parameters": [
-                        {
-                            "name": "event",
-                            "in": "path",
-                            "required": True,
-                            "schema": {"type": "string", "enum": ["refusal", "abandoned"]},
-                        }
-                    ],
-                    "requestBody": _body(
-                        {
-                            "type": "object",
-                            "properties": {
-                                "number": {"type": "string"},
-                                "tenant": _IDENT,
-                                "at": _WHEN,
-                            },
-                            "required": ["number"],
-                        }
-                    ),
-                    "responses": {
-                        "200": _ok("the cool-off rules now holding the number", {"type": "object"}),
-                        "422": {"$ref": "#/components/responses/Unprocessable"},
-                        **_ERRORS,
-                    },
-                }
-            },
-            "/v1/reload": {
-                "post": {
-                    "summary": "Re-read the config file and packs; swap them in if valid",
-                    "responses": {
-                        "200": _ok("the version now in force", {"type": "object"}),
-                        "422": _ok("the file was refused; the running config stays", _ref("Error")),
-                        **_ERRORS,
-                    },
-                }
-            },
-        },
+        "paths": paths,
     }

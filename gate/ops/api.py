@@ -1,36 +1,57 @@
-"""The admin API (``/v1/…``): what dialers and CRMs automate, over JSON and a bearer token.
+"""The admin API (``/v1/…``): what dialers, CRMs and compliance officers automate.
 
-Routes (``GET /openapi.json`` describes them in full):
+Routes (``OPERATIONS`` below; ``GET /openapi.json`` describes them, generated from the
+same list and the models of gate/ops/models.py):
 
 - ``POST /v1/check``                 decide one call (``record``: count it if allowed)
 - ``POST /v1/scrub``                 evaluate up to ``MAX_BATCH`` numbers (never counted)
-- ``GET  /v1/lists/{list}``          entries and metadata of a list
+- ``GET  /v1/lists/{list}``          a list's entries and metadata, typed
 - ``POST /v1/lists/{list}/add``      add numbers (an opt-out reaches the next decision)
 - ``POST /v1/lists/{list}/remove``   remove numbers
+- ``POST /v1/lists/{list}/import``   upload a list file (the formats and modes of
+  ``callgate list import``); answers progress, rejected lines and the result as JSON Lines
 - ``POST /v1/consents``              record prior consents
 - ``POST /v1/consents/revoke``       consent withdrawn: remove it everywhere, red-list
 - ``POST /v1/events/{event}``        ``refusal`` or ``abandoned``: start the cool-off
 - ``POST /v1/reload``                re-read the config file (``callgate reload``)
+- ``GET  /v1/audit``                 search the audit trail (a number, a time range…),
+  streamed as JSON Lines or CSV
 
 Guarantees:
+- Not for web pages: a request whose ``Host`` or ``Origin`` is not the gate's own (a
+  loopback name, ``http.host``, or ``api.allowed_hosts``) or that a browser marks
+  cross-site is 403 (DNS rebinding, cross-site requests); a POST must say
+  ``Content-Type: application/json`` (an upload: its file type), 415 otherwise, so no
+  HTML form or "simple" cross-origin request can reach a handler; no CORS header is
+  ever sent.
 - With a token configured, every ``/v1/`` request without ``Authorization: Bearer
   <token>`` gets 401 (compared in constant time).
-- Input is validated before anything is written: unknown fields, wrong types, bad
-  identifiers or dates are 400; numbers that cannot be used are 422, and so is an
-  emergency or protected number offered to a block list (``ProtectedNumberError``); an
-  unknown list is 404; Redis unreachable is 503. Every error body is ``{"error": "…"}``.
-- Batches hold at most ``MAX_BATCH`` numbers (413 beyond).
+- Input is validated by the models before anything is written (400 naming the field;
+  413 past ``MAX_BATCH``); numbers that cannot be used are 422, and so is an emergency or
+  protected number offered to a block list; an unknown list is 404; Redis unreachable is
+  503. Every error body is ``{"error": "…"}``; a bug is a logged 500.
+- An upload is spooled to a private temporary file as it arrives (bounded memory, at
+  most ``MAX_UPLOAD_BYTES``) and imported in a worker thread with its own Redis
+  connection, so decisions are not held up by parsing; a client that goes away stops
+  the import (a ``replace`` then leaves the live list untouched).
 """
 
 from __future__ import annotations
 
 import asyncio
+import csv
 import hmac
-import json
+import io
+import ipaddress
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+import tempfile
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
@@ -43,31 +64,88 @@ from gate.core.errors import (
     ProtectedNumberError,
     StoreError,
 )
-from gate.core.model import IDENT_RE, Attempt, TrafficClass
-from gate.lists.admin import ListAdmin
-from gate.ops._openapi import openapi
+from gate.core.model import Attempt, Verdict
+from gate.core.rules import ListRule
+from gate.lists.admin import ImportSummary, ListAdmin
+from gate.lists.formats import Batch, Rejected, count_lines, open_lines, read_batches
+from gate.lists.progress import importer
+from gate.ops import search
+from gate.ops._openapi import Operation, openapi
+from gate.ops.models import (
+    MAX_BATCH,
+    AuditFormat,
+    AuditQuery,
+    AuditRecord,
+    CheckRequest,
+    ConsentRequest,
+    ConsentResponse,
+    DecisionOut,
+    EventRequest,
+    EventResponse,
+    ImportEvent,
+    ImportQuery,
+    ListAddResponse,
+    ListChange,
+    ListInfo,
+    ListQuery,
+    ListRemoveResponse,
+    ReloadFailed,
+    ReloadResponse,
+    RequestError,
+    RevokeRequest,
+    RevokeResponse,
+    ScrubRequest,
+    ScrubResponse,
+    ScrubResult,
+    VerdictCounts,
+    decision_out,
+    json_of,
+    list_info,
+    parse_body,
+    parse_query,
+    retry_seconds,
+    rule_outcomes,
+)
 from gate.ops.reload import Reloader
-from gate.service import Evaluation, Gate
+from gate.service import Gate
+from gate.store.client import Store
 
-__all__ = ["MAX_BATCH", "AdminApi", "RequestError", "decision_json", "error_middleware"]
+__all__ = [
+    "MAX_BATCH",
+    "MAX_UPLOAD_BYTES",
+    "AdminApi",
+    "RequestError",
+    "error_middleware",
+    "json_response",
+]
 
 log = logging.getLogger("callgate.http")
 
-MAX_BATCH = 10_000
-MAX_NUMBER_CHARS = 32
+# The largest list file an upload may carry (the US registry, uncompressed, is ~3 GB).
+MAX_UPLOAD_BYTES = 8 * 1024**3
 # Numbers scrubbed concurrently: enough to hide the Redis round trip, few enough to leave
 # the connection pool to live calls.
 SCRUB_CONCURRENCY = 32
+# Rejected lines an upload reports one by one (all are counted in the result).
+MAX_REJECTS_SHOWN = 1000
+PROGRESS_EVERY_S = 0.5
+JSON = "application/json"
+NDJSON = "application/x-ndjson"
+UPLOAD_TYPES = (
+    "text/csv",
+    "text/tab-separated-values",
+    "application/octet-stream",
+    "application/gzip",
+    "application/zip",
+)
+_IDENT_PATH = {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,64}$"}
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-class RequestError(InputError):
-    """A request the API refuses, with its HTTP status."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
+def json_response(model: Any, status: int = 200) -> web.Response:
+    """A model as the JSON body of a response."""
+    return web.Response(body=json_of(model), status=status, content_type=JSON)
 
 
 def _status(error: GateError) -> int:
@@ -100,136 +178,250 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return _error(500, "internal error (see the callgate log)")
 
 
-class Fields:
-    """Typed access to a JSON object (a body or a query), with 400s naming the field."""
+def _host_of(value: str) -> str:
+    """The host part of a ``Host`` header value (``[::1]:9473`` → ``::1``)."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        return value[1 : value.find("]")] if "]" in value else value
+    return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
 
-    def __init__(self, data: Mapping[str, Any]) -> None:
-        self.data = data
-        self.seen: set[str] = set()
 
-    @classmethod
-    async def of(cls, request: web.Request) -> Fields:
-        try:
-            data = await request.json(loads=json.loads)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise RequestError(400, "the body is not JSON") from None
-        if not isinstance(data, dict):
-            raise RequestError(400, "the body must be a JSON object")
-        return cls(data)
+def _is_loopback(host: str) -> bool:
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
-    def get(self, name: str, kind: type | tuple[type, ...], default: Any = None) -> Any:
-        self.seen.add(name)
-        value = self.data.get(name)
-        if value is None:
-            return default
-        if isinstance(value, bool) and kind is not bool:
-            raise RequestError(400, f"{name}: expected {_kind_name(kind)}, got {value!r}")
-        if not isinstance(value, kind):
-            raise RequestError(400, f"{name}: expected {_kind_name(kind)}, got {value!r}")
-        return value
 
-    def required(self, name: str) -> str:
-        value = self.get(name, str)
-        if not value:
-            raise RequestError(400, f"{name}: is required")
-        if len(value) > MAX_NUMBER_CHARS:
-            raise RequestError(400, f"{name}: longer than {MAX_NUMBER_CHARS} characters")
-        return str(value)
+class HostGuard:
+    """Which ``Host`` and ``Origin`` values are the gate's own."""
 
-    def ident(self, name: str, default: str) -> str:
-        value = self.get(name, str) or default
-        if value and not IDENT_RE.match(value):
-            raise RequestError(400, f"{name}: {value!r} must be 1-64 of A-Z a-z 0-9 _ . -")
-        return str(value)
+    def __init__(self, listen_host: str, allowed: Sequence[str] = ()) -> None:
+        names = {name.lower() for name in allowed}
+        if listen_host not in ("", "0.0.0.0", "::"):
+            names.add(listen_host.lower())
+        self.names = frozenset(names)
 
-    def flag(self, name: str) -> bool:
-        return bool(self.get(name, bool, False))
+    def allows(self, host: str) -> bool:
+        return _is_loopback(host) or host in self.names
 
-    def when(self, name: str) -> datetime | None:
-        value = self.get(name, str)
-        if value is None:
-            return None
-        try:
-            parsed = datetime.fromisoformat(value)
-        except ValueError:
-            raise RequestError(
-                400, f"{name}: {value!r} is not ISO-8601 (e.g. 2026-12-01T10:30+01:00)"
-            ) from None
-        if parsed.tzinfo is None:
-            raise RequestError(400, f"{name}: {value!r} has no UTC offset")
-        return parsed
-
-    def numbers(self, name: str = "numbers") -> list[str]:
-        values = self.get(name, list)
-        if not values:
-            raise RequestError(400, f"{name}: expected a non-empty list of numbers")
-        if len(values) > MAX_BATCH:
-            raise RequestError(
-                413, f"{name}: {len(values)} numbers; at most {MAX_BATCH} per request"
+    def refusal(self, request: web.Request) -> str | None:
+        """Why ``request`` may not reach the API (None: it may)."""
+        host = request.headers.get("Host")
+        if host is not None and not self.allows(_host_of(host)):
+            return (
+                f"Host {host!r} is not this gate's; add it to api.allowed_hosts if it "
+                "is a name of this server"
             )
-        for index, value in enumerate(values):
-            if not isinstance(value, str) or not value or len(value) > MAX_NUMBER_CHARS:
-                raise RequestError(
-                    400, f"{name}[{index}]: expected a number as a string, got {value!r}"
-                )
-        return [str(v) for v in values]
-
-    def done(self) -> None:
-        unknown = sorted(set(self.data) - self.seen)
-        if unknown:
-            raise RequestError(400, f"{unknown[0]}: unknown field")
-
-
-def _kind_name(kind: type | tuple[type, ...]) -> str:
-    names = {str: "a string", bool: "true or false", list: "a list", int: "an integer"}
-    kinds = kind if isinstance(kind, tuple) else (kind,)
-    return " or ".join(names.get(k, k.__name__) for k in kinds)
+        origin = request.headers.get("Origin")
+        if origin is not None:
+            parts = urlsplit(origin)
+            if parts.scheme not in ("http", "https") or not self.allows(
+                (parts.hostname or "").lower()
+            ):
+                return f"cross-origin request from {origin!r} refused"
+        if request.headers.get("Sec-Fetch-Site") in ("cross-site", "same-site"):
+            return "cross-site request refused"
+        return None
 
 
-def decision_json(evaluation: Evaluation, explain: bool, version: str) -> dict[str, Any]:
-    """A decision as the API returns it (the CLI's ``--json`` fields and the version)."""
-    decision = evaluation.decision
-    body: dict[str, Any] = {
-        "verdict": decision.verdict.value,
-        "reason": decision.reason,
-        "rule": decision.rule,
-        "retry_after_s": decision.retry_after_s,
-        "e164": decision.e164,
-        "shadow": list(decision.shadow),
-        "config_version": version,
-    }
-    if explain:
-        body["rules"] = [
-            {"rule": r.rule, "outcome": r.outcome, "detail": r.detail, "source": r.source}
-            for r in evaluation.rules
-        ]
-    return body
+def _media_type(request: web.Request) -> str:
+    return request.headers.get("Content-Type", "").split(";")[0].strip().lower()
 
 
 class AdminApi:
-    """The ``/v1/`` handlers for one gate."""
+    """The ``/v1/`` handlers for one gate, and their descriptions."""
 
-    def __init__(self, gate: Gate, token: str | None, reloader: Reloader | None) -> None:
+    def __init__(
+        self,
+        gate: Gate,
+        token: str | None,
+        reloader: Reloader | None,
+        guard: HostGuard | None = None,
+        described: Sequence[Operation] = (),
+    ) -> None:
         self.gate = gate
         self.token = token
         self.reloader = reloader
+        self.guard = guard or HostGuard("127.0.0.1")
+        self._routes: list[tuple[Operation, Handler]] = self._operations()
+        self._uploads = {(op.method, op.path): op.uploads for op, _ in self._routes if op.uploads}
+        spec_op = Operation(
+            "GET",
+            "/openapi.json",
+            "getOpenApi",
+            "This description (OpenAPI 3.1); no token needed",
+            errors=(403,),
+            auth=False,
+        )
+        self.spec = openapi([*described, spec_op, *(op for op, _ in self._routes)])
+
+    def _operations(self) -> list[tuple[Operation, Handler]]:
+        list_param = {"list": _IDENT_PATH}
+        return [
+            (
+                Operation(
+                    "POST",
+                    "/v1/check",
+                    "check",
+                    "Decide one call as the gate would",
+                    body=CheckRequest,
+                    responses={200: DecisionOut},
+                ),
+                self._check,
+            ),
+            (
+                Operation(
+                    "POST",
+                    "/v1/scrub",
+                    "scrub",
+                    f"Evaluate up to {MAX_BATCH} numbers (nothing is counted)",
+                    body=ScrubRequest,
+                    responses={200: ScrubResponse},
+                    errors=(400, 401, 403, 413, 415, 503),
+                ),
+                self._scrub,
+            ),
+            (
+                Operation(
+                    "GET",
+                    "/v1/lists/{list}",
+                    "getList",
+                    "A list's entries and metadata",
+                    query=ListQuery,
+                    path_params=list_param,
+                    responses={200: ListInfo},
+                    errors=(400, 401, 403, 404, 503),
+                ),
+                self._list_info,
+            ),
+            (
+                Operation(
+                    "POST",
+                    "/v1/lists/{list}/add",
+                    "addToList",
+                    "Add numbers to a list (an opt-out reaches the next decision)",
+                    body=ListChange,
+                    path_params=list_param,
+                    responses={200: ListAddResponse},
+                    errors=(400, 401, 403, 404, 413, 415, 422, 503),
+                ),
+                self._list_add,
+            ),
+            (
+                Operation(
+                    "POST",
+                    "/v1/lists/{list}/remove",
+                    "removeFromList",
+                    "Remove numbers from a list",
+                    body=ListChange,
+                    path_params=list_param,
+                    responses={200: ListRemoveResponse},
+                    errors=(400, 401, 403, 404, 413, 415, 422, 503),
+                ),
+                self._list_remove,
+            ),
+            (
+                Operation(
+                    "POST",
+                    "/v1/lists/{list}/import",
+                    "importList",
+                    "Import an uploaded list file, with progress",
+                    description="The body is the file (plain, gzip or zip; UTF-8). The "
+                    "answer is JSON Lines: `progress` events while it runs, a `rejected` "
+                    f"event for each of the first {MAX_REJECTS_SHOWN} rejected lines, then "
+                    "`done` with the counts, or `error` (a `replace` that fails leaves the "
+                    "live list untouched).",
+                    query=ImportQuery,
+                    path_params=list_param,
+                    streams={NDJSON: ImportEvent},
+                    uploads=UPLOAD_TYPES,
+                    errors=(400, 401, 403, 404, 413, 415, 503),
+                ),
+                self._list_import,
+            ),
+            (
+                Operation(
+                    "POST",
+                    "/v1/consents",
+                    "recordConsents",
+                    "Record prior consents",
+                    body=ConsentRequest,
+                    responses={200: ConsentResponse},
+                    errors=(400, 401, 403, 404, 413, 415, 422, 503),
+                ),
+                self._consent,
+            ),
+            (
+                Operation(
+                    "POST",
+                    "/v1/consents/revoke",
+                    "revokeConsents",
+                    "Consent withdrawn: remove it everywhere and red-list the numbers",
+                    body=RevokeRequest,
+                    responses={200: RevokeResponse},
+                    errors=(400, 401, 403, 404, 413, 415, 422, 503),
+                ),
+                self._revoke,
+            ),
+            (
+                Operation(
+                    "POST",
+                    "/v1/events/{event}",
+                    "recordEvent",
+                    "The callee refused, or the call was abandoned: start the cool-off",
+                    body=EventRequest,
+                    path_params={"event": {"type": "string", "enum": ["refusal", "abandoned"]}},
+                    responses={200: EventResponse},
+                    errors=(400, 401, 403, 404, 415, 422, 503),
+                ),
+                self._event,
+            ),
+            (
+                Operation(
+                    "POST",
+                    "/v1/reload",
+                    "reload",
+                    "Re-read the config file and its packs (callgate reload)",
+                    responses={200: ReloadResponse, 422: ReloadFailed},
+                    errors=(401, 403, 404, 415),
+                ),
+                self._reload,
+            ),
+            (
+                Operation(
+                    "GET",
+                    "/v1/audit",
+                    "searchAudit",
+                    "Search the audit trail, oldest first, streamed",
+                    description="All decisions about a number (`number`), in a time range "
+                    "(`since`, `until`), of a tenant, campaign or verdict; as JSON Lines "
+                    "(one AuditRecord per line) or CSV.",
+                    query=AuditQuery,
+                    streams={NDJSON: AuditRecord, "text/csv": None},
+                    errors=(400, 401, 403, 503),
+                ),
+                self._audit,
+            ),
+        ]
 
     def add_routes(self, app: web.Application) -> None:
-        app.middlewares.append(self._auth)
+        app.middlewares.append(self._guard)
         app.router.add_get("/openapi.json", self._openapi)
-        app.router.add_post("/v1/check", self._check)
-        app.router.add_post("/v1/scrub", self._scrub)
-        app.router.add_get("/v1/lists/{list}", self._list_info)
-        app.router.add_post("/v1/lists/{list}/add", self._list_add)
-        app.router.add_post("/v1/lists/{list}/remove", self._list_remove)
-        app.router.add_post("/v1/consents", self._consent)
-        app.router.add_post("/v1/consents/revoke", self._revoke)
-        app.router.add_post("/v1/events/{event}", self._event)
-        app.router.add_post("/v1/reload", self._reload)
+        for op, handler in self._routes:
+            app.router.add_route(op.method, op.path, handler)
 
     @web.middleware
-    async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if self.token is not None and request.path.startswith("/v1/"):
+    async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if not (request.path.startswith("/v1/") or request.path == "/openapi.json"):
+            return await handler(request)
+        if (why := self.guard.refusal(request)) is not None:
+            return _error(403, why)
+        if request.path == "/openapi.json":
+            return await handler(request)
+        if self.token is not None:
             scheme, _, given = request.headers.get("Authorization", "").partition(" ")
             if scheme.lower() != "bearer" or not hmac.compare_digest(
                 given.strip().encode(), self.token.encode()
@@ -237,51 +429,55 @@ class AdminApi:
                 response = _error(401, "missing or wrong bearer token (Authorization header)")
                 response.headers["WWW-Authenticate"] = 'Bearer realm="callgate"'
                 return response
+        if request.method == "POST":
+            route = request.match_info.route.resource
+            uploads = self._uploads.get(("POST", route.canonical if route is not None else ""), ())
+            accepted = uploads or (JSON,)
+            if _media_type(request) not in accepted:
+                return _error(
+                    415,
+                    f"Content-Type {_media_type(request) or 'none'!r}: send "
+                    f"{' or '.join(accepted)}",
+                )
         return await handler(request)
 
     async def _openapi(self, _request: web.Request) -> web.Response:
-        return web.json_response(openapi(MAX_BATCH))
+        return web.json_response(self.spec)
 
-    def _attempt(self, fields: Fields, number: str, now: datetime) -> Attempt:
-        config = self.gate.config
-        try:
-            traffic_class = TrafficClass(fields.get("class", str, TrafficClass.CAMPAIGN.value))
-        except ValueError:
-            raise RequestError(400, "class: must be campaign or manual") from None
-        caller_id = fields.get("caller_id", str)
-        if caller_id is not None and len(caller_id) > MAX_NUMBER_CHARS:
-            raise RequestError(400, f"caller_id: longer than {MAX_NUMBER_CHARS} characters")
+    async def _body(self, request: web.Request, model: type[Any]) -> Any:
+        return parse_body(model, await request.read())
+
+    def _attempt(
+        self, body: CheckRequest | ScrubRequest, number: str, clock: datetime | None = None
+    ) -> Attempt:
         return Attempt(
             dialled=number,
-            now=fields.when("at") or now,
-            tenant=fields.ident("tenant", config.default_tenant),
-            campaign=fields.ident("campaign", ""),
-            trunk=fields.ident("trunk", ""),
-            caller_id=caller_id,
-            traffic_class=traffic_class,
+            now=body.at or clock or datetime.now(UTC),
+            tenant=body.tenant or self.gate.config.default_tenant,
+            campaign=body.campaign or "",
+            trunk=body.trunk or "",
+            caller_id=body.caller_id,
+            traffic_class=body.traffic_class,
         )
 
     async def _check(self, request: web.Request) -> web.Response:
-        fields = await Fields.of(request)
+        body: CheckRequest = await self._body(request, CheckRequest)
         clock = datetime.now(UTC)
-        attempt = self._attempt(fields, fields.required("number"), clock)
-        record, explain = fields.flag("record"), fields.flag("explain")
-        if record and (why := record_time_error(attempt.now, clock)):
+        attempt = self._attempt(body, body.number, clock)
+        if body.record and (why := record_time_error(attempt.now, clock)):
             raise RequestError(400, f"at: {why}")
-        fields.done()
         version = self.gate.version
-        evaluation = await self.gate.evaluate(attempt, record=record, door="api")
-        return web.json_response(decision_json(evaluation, explain, version))
+        evaluation = await self.gate.evaluate(attempt, record=body.record, door="api")
+        rules = rule_outcomes(evaluation.rules) if body.explain else None
+        return json_response(decision_out(evaluation.decision, version, rules))
 
     async def _scrub(self, request: web.Request) -> web.Response:
-        fields = await Fields.of(request)
-        numbers = fields.numbers()
-        template = self._attempt(fields, "", datetime.now(UTC))
-        fields.done()
+        body: ScrubRequest = await self._body(request, ScrubRequest)
+        template = self._attempt(body, "")
         version = self.gate.version
         limit = asyncio.Semaphore(SCRUB_CONCURRENCY)
 
-        async def one(number: str) -> dict[str, Any]:
+        async def one(number: str) -> ScrubResult:
             attempt = Attempt(
                 dialled=number,
                 now=template.now,
@@ -293,20 +489,22 @@ class AdminApi:
             )
             async with limit:
                 decision = (await self.gate.evaluate(attempt, record=False, door="scrub")).decision
-            return {
-                "number": number,
-                "verdict": decision.verdict.value,
-                "reason": decision.reason,
-                "rule": decision.rule,
-                "retry_after_s": decision.retry_after_s,
-                "e164": decision.e164,
-            }
+            return ScrubResult(
+                number=number,
+                verdict=decision.verdict,
+                reason=decision.reason,
+                rule=decision.rule,
+                retry_after_s=retry_seconds(decision.retry_after_s),
+                destination=decision.e164 or None,
+            )
 
-        results = await asyncio.gather(*(one(n) for n in numbers))
-        counts = {"ALLOW": 0, "BLOCK": 0, "DEFER": 0}
+        results = await asyncio.gather(*(one(n) for n in body.numbers))
+        counts = {verdict.value: 0 for verdict in Verdict}
         for row in results:
-            counts[row["verdict"]] += 1
-        return web.json_response({"results": results, "counts": counts, "config_version": version})
+            counts[row.verdict.value] += 1
+        return json_response(
+            ScrubResponse(results=results, counts=VerdictCounts(**counts), config_version=version)
+        )
 
     def _list_name(self, request: web.Request) -> str:
         name = request.match_info["list"]
@@ -316,33 +514,29 @@ class AdminApi:
 
     async def _list_info(self, request: web.Request) -> web.Response:
         name = self._list_name(request)
-        query = Fields(dict(request.query))
-        tenant = query.ident("tenant", self.gate.config.default_tenant)
-        campaign = query.ident("campaign", "")
-        query.done()
-        info: dict[str, Any] = dict(await ListAdmin.of(self.gate).info(name, tenant, campaign))
-        refreshed = str(info.get("refreshed_at", ""))
-        if refreshed.isdigit():
-            info["refreshed_at"] = datetime.fromtimestamp(int(refreshed) / 1000, UTC).isoformat()
-        if str(info.get("entries", "")).isdigit():
-            info["entries"] = int(info["entries"])
-        return web.json_response(info)
+        query = parse_query(ListQuery, request.query)
+        admin = ListAdmin.of(self.gate)
+        tenant = query.tenant or self.gate.config.default_tenant
+        raw = await admin.info(name, tenant, query.campaign or "")
+        return json_response(list_info(raw, tenant, query.campaign))
 
     async def _list_change(self, request: web.Request, add: bool) -> web.Response:
         name = self._list_name(request)
-        fields = await Fields.of(request)
-        numbers = fields.numbers()
-        tenant = fields.ident("tenant", self.gate.config.default_tenant)
-        campaign = fields.ident("campaign", "")
-        fields.done()
+        body: ListChange = await self._body(request, ListChange)
+        tenant = body.tenant or self.gate.config.default_tenant
+        campaign = body.campaign or ""
         admin = ListAdmin.of(self.gate)
         if add:
-            added = await admin.add(name, numbers, tenant, campaign)
+            added = await admin.add(name, body.numbers, tenant, campaign)
             log.info("API: %d number(s) added to list %s for tenant %s", added, name, tenant)
-            return web.json_response({"added": added, "already_listed": len(numbers) - added})
-        removed = await admin.remove(name, numbers, tenant, campaign)
+            return json_response(
+                ListAddResponse(added=added, already_listed=len(body.numbers) - added)
+            )
+        removed = await admin.remove(name, body.numbers, tenant, campaign)
         log.info("API: %d number(s) removed from list %s for tenant %s", removed, name, tenant)
-        return web.json_response({"removed": removed, "not_listed": len(numbers) - removed})
+        return json_response(
+            ListRemoveResponse(removed=removed, not_listed=len(body.numbers) - removed)
+        )
 
     async def _list_add(self, request: web.Request) -> web.Response:
         return await self._list_change(request, add=True)
@@ -350,65 +544,275 @@ class AdminApi:
     async def _list_remove(self, request: web.Request) -> web.Response:
         return await self._list_change(request, add=False)
 
-    async def _consent(self, request: web.Request) -> web.Response:
-        fields = await Fields.of(request)
-        numbers = fields.numbers()
-        name = fields.ident("list", "consent")
-        tenant = fields.ident("tenant", self.gate.config.default_tenant)
-        campaign = fields.ident("campaign", "")
-        granted, expires = fields.when("granted_at"), fields.when("expires")
-        fields.done()
-        rule = self.gate.config.policy.list_rule(name)
-        if rule is None:
-            raise RequestError(404, f"list {name!r} is not in the config or its packs")
-        if rule.kind != "consent":
-            raise RequestError(400, f"list: {name!r} is not a consent list")
+    async def _list_import(self, request: web.Request) -> web.StreamResponse:
+        name = self._list_name(request)
+        query = parse_query(ImportQuery, request.query)
         admin = ListAdmin.of(self.gate)
-        added = await admin.add(name, numbers, tenant, campaign, now=granted, expires=expires)
-        return web.json_response({"recorded": added, "updated": len(numbers) - added})
+        tenant = query.tenant or self.gate.config.default_tenant
+        campaign = query.campaign or ""
+        rule = admin.rule(name)
+        admin.key(name, tenant, campaign)  # a per-campaign list without a campaign: 400
+        keep = frozenset(v.strip() for v in (query.keep or "").split(",") if v.strip())
+        with tempfile.TemporaryDirectory(prefix="callgate-upload-") as spool_dir:
+            path = Path(spool_dir) / "upload"
+            await _spool(request, path)
+            total = await asyncio.to_thread(count_lines, path)
+            # A bad format or option fails here, before the 200 is sent.
+            await asyncio.to_thread(_probe, path, rule, admin.policy.default_region, query, keep)
+            response = web.StreamResponse(headers={"Content-Type": NDJSON})
+            await response.prepare(request)
+            job = _UploadImport(self.gate, name, tenant, campaign, query, path, total, keep)
+            await job.run(response)
+            await response.write_eof()
+            return response
+
+    async def _consent(self, request: web.Request) -> web.Response:
+        body: ConsentRequest = await self._body(request, ConsentRequest)
+        rule = self.gate.config.policy.list_rule(body.list_name)
+        if rule is None:
+            raise RequestError(404, f"list {body.list_name!r} is not in the config or its packs")
+        if rule.kind != "consent":
+            raise RequestError(400, f"list: {body.list_name!r} is not a consent list")
+        admin = ListAdmin.of(self.gate)
+        added = await admin.add(
+            body.list_name,
+            body.numbers,
+            body.tenant or self.gate.config.default_tenant,
+            body.campaign or "",
+            now=body.granted_at,
+            expires=body.expires,
+        )
+        return json_response(ConsentResponse(recorded=added, updated=len(body.numbers) - added))
 
     async def _revoke(self, request: web.Request) -> web.Response:
-        fields = await Fields.of(request)
-        numbers = fields.numbers()
-        red_list = fields.ident("red_list", "red")
-        tenant = fields.ident("tenant", self.gate.config.default_tenant)
-        campaign = fields.ident("campaign", "")
-        fields.done()
-        if self.gate.config.policy.list_rule(red_list) is None:
-            raise RequestError(404, f"list {red_list!r} is not in the config or its packs")
-        added = await ListAdmin.of(self.gate).revoke(numbers, tenant, campaign, red_list)
-        return web.json_response({"revoked": len(numbers), "red_listed": added})
+        body: RevokeRequest = await self._body(request, RevokeRequest)
+        if self.gate.config.policy.list_rule(body.red_list) is None:
+            raise RequestError(404, f"list {body.red_list!r} is not in the config or its packs")
+        added = await ListAdmin.of(self.gate).revoke(
+            body.numbers,
+            body.tenant or self.gate.config.default_tenant,
+            body.campaign or "",
+            body.red_list,
+        )
+        return json_response(RevokeResponse(revoked=len(body.numbers), red_listed=added))
 
     async def _event(self, request: web.Request) -> web.Response:
         event = request.match_info["event"]
         if event not in ("refusal", "abandoned"):
             raise RequestError(404, f"unknown event {event!r}; use refusal or abandoned")
-        fields = await Fields.of(request)
-        number = fields.required("number")
-        tenant = fields.ident("tenant", self.gate.config.default_tenant)
-        at = fields.when("at") or datetime.now(UTC)
-        fields.done()
-        rules = await ListAdmin.of(self.gate).record_event(event, number, tenant, at)
+        body: EventRequest = await self._body(request, EventRequest)
+        tenant = body.tenant or self.gate.config.default_tenant
+        at = body.at or datetime.now(UTC)
+        rules = await ListAdmin.of(self.gate).record_event(event, body.number, tenant, at)
         if not rules:
             raise RequestError(
                 422,
-                f"no enabled pack has a cool-off after a {event} for {number!r}; nothing recorded",
+                f"no enabled pack has a cool-off after {_an(event)} for "
+                f"{body.number!r}; nothing recorded",
             )
-        return web.json_response({"event": event, "rules": rules})
+        return json_response(EventResponse(event=event, rules=rules))  # type: ignore[arg-type]
 
-    async def _reload(self, _request: web.Request) -> web.Response:
+    async def _reload(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        if body.strip() not in (b"", b"{}"):
+            raise RequestError(400, "reload takes no fields: send {} or nothing")
         if self.reloader is None:
             raise RequestError(404, "this server has no config file to reload")
         try:
             result = await self.reloader.reload()
         except ConfigError as exc:
-            return web.json_response(
-                {"error": str(exc), "config_version": self.gate.version}, status=422
+            return json_response(
+                ReloadFailed(error=str(exc), config_version=self.gate.version), status=422
             )
-        return web.json_response(
-            {
-                "config_version": result.version,
-                "previous": result.previous,
-                "changed": result.changed,
-            }
+        return json_response(
+            ReloadResponse(
+                config_version=result.version, previous=result.previous, changed=result.changed
+            )
         )
+
+    async def _audit(self, request: web.Request) -> web.StreamResponse:
+        query = parse_query(AuditQuery, request.query)
+        number = search.number_key(query.number, self.gate) if query.number else None
+        records = search.search(
+            self.gate.store.admin_client,
+            self.gate.config.redis.namespace,
+            since=query.since,
+            until=query.until,
+            number=number,
+            tenant=query.tenant,
+            campaign=query.campaign,
+            verdict=query.verdict.value if query.verdict else None,
+            limit=query.limit,
+        )
+        as_csv = query.format is AuditFormat.CSV
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/csv; charset=utf-8" if as_csv else NDJSON}
+        )
+        first = True
+        async for record in search.translated(records, self.gate.store.where):
+            if first:
+                await response.prepare(request)
+                if as_csv:
+                    await response.write(_csv_line(search.CSV_HEADER))
+                first = False
+            line = _csv_line(search.csv_row(record)) if as_csv else json_of(record) + b"\n"
+            await response.write(line)
+        if first:
+            await response.prepare(request)
+            if as_csv:
+                await response.write(_csv_line(search.CSV_HEADER))
+        await response.write_eof()
+        return response
+
+
+def _an(event: str) -> str:
+    return "an abandoned call" if event == "abandoned" else f"a {event}"
+
+
+def _csv_line(row: Sequence[str]) -> bytes:
+    out = io.StringIO()
+    csv.writer(out).writerow(row)
+    return out.getvalue().encode()
+
+
+def _probe(
+    path: Path, rule: ListRule, region: str, query: ImportQuery, keep: frozenset[str]
+) -> None:
+    """Read the first line as the import will (header, format options)."""
+    lines = open_lines(path)
+    try:
+        next(read_batches(lines, rule, region, query.format, query.column, keep, 1), None)
+    finally:
+        lines.close()
+
+
+async def _spool(request: web.Request, path: Path) -> None:
+    """The request body into ``path`` (0600), chunk by chunk; 413 past the bound."""
+    size = 0
+    with path.open("xb") as spool:  # in a private directory (0700)
+        async for chunk in request.content.iter_chunked(1 << 16):
+            size += len(chunk)
+            if size > MAX_UPLOAD_BYTES:
+                raise RequestError(413, f"the upload is larger than {MAX_UPLOAD_BYTES} bytes")
+            spool.write(chunk)
+    if size == 0:
+        raise RequestError(400, "the upload is empty: send the list file as the body")
+
+
+class _UploadImport:
+    """One uploaded file imported in a worker thread, its events sent as they happen."""
+
+    def __init__(
+        self,
+        gate: Gate,
+        name: str,
+        tenant: str,
+        campaign: str,
+        query: ImportQuery,
+        path: Path,
+        total: int,
+        keep: frozenset[str],
+    ) -> None:
+        self.gate, self.name, self.tenant, self.campaign = gate, name, tenant, campaign
+        self.query, self.path, self.total, self.keep = query, path, total, keep
+        self.loop = asyncio.get_running_loop()
+        self.events: asyncio.Queue[ImportEvent | None] = asyncio.Queue()
+        self.stop = threading.Event()
+        self.lines = 0
+        self.rejects_shown = 0
+
+    def _event(self, **fields: Any) -> ImportEvent:
+        values: dict[str, Any] = {
+            "line": None,
+            "why": None,
+            "imported": None,
+            "duplicates": None,
+            "rejected": None,
+            "skipped": None,
+            "lines": self.lines,
+            "total": self.total,
+        }
+        values.update(fields)
+        return ImportEvent(**values)
+
+    def _send(self, event: ImportEvent | None) -> None:
+        self.loop.call_soon_threadsafe(self.events.put_nowait, event)
+
+    async def run(self, response: web.StreamResponse) -> None:
+        worker = asyncio.create_task(asyncio.to_thread(self._work))
+        try:
+            for _ in range(10**12):  # bounded by the import: the worker sends None last
+                event = await self.events.get()
+                if event is None:
+                    break
+                await response.write(json_of(event) + b"\n")
+        except BaseException:
+            self.stop.set()  # the client went away (or the server stops): stop the import
+            raise
+        finally:
+            await asyncio.shield(worker)
+
+    def _work(self) -> None:
+        try:
+            summary = asyncio.run(self._import())
+            self._send(
+                self._event(
+                    event="done",
+                    imported=summary.imported,
+                    duplicates=summary.duplicates,
+                    rejected=summary.rejected,
+                    skipped=summary.skipped,
+                )
+            )
+        except GateError as exc:
+            self._send(self._event(event="error", why=str(exc)))
+        except Exception as exc:  # a bug must still end the answer
+            log.exception("API import of list %s failed", self.name)
+            self._send(self._event(event="error", why=f"internal error: {type(exc).__name__}"))
+        finally:
+            self._send(None)
+
+    async def _import(self) -> ImportSummary:
+        active = self.gate.active
+        store = Store.open(self.gate.store.settings)
+        try:
+            admin = ListAdmin(active.config.policy, active.keyspace, store)
+            rule = admin.rule(self.name)
+            batches = read_batches(
+                open_lines(self.path),
+                rule,
+                active.config.policy.default_region,
+                self.query.format,
+                self.query.column,
+                self.keep,
+            )
+            return await admin.import_batches(
+                self.name,
+                self._counted(batches),
+                self.tenant,
+                self.campaign,
+                self._rejected,
+                refreshed_at=self.query.refreshed_at,
+                meta={"source": "upload", "importer": f"api@{importer().split('@')[-1]}"},
+                mode=self.query.mode.value,
+                expected=self.total,
+            )
+        finally:
+            await store.close()
+
+    def _counted(self, batches: Iterator[Batch]) -> Iterator[Batch]:
+        shown = 0.0
+        for batch in batches:
+            if self.stop.is_set():
+                raise InputError("import stopped: the client went away")
+            self.lines += batch.lines
+            if time.monotonic() - shown >= PROGRESS_EVERY_S:
+                shown = time.monotonic()
+                self._send(self._event(event="progress"))
+            yield batch
+        self._send(self._event(event="progress"))
+
+    def _rejected(self, entry: Rejected) -> None:
+        if self.rejects_shown < MAX_REJECTS_SHOWN:
+            self.rejects_shown += 1
+            self._send(self._event(event="rejected", line=entry.line_no, why=entry.why))

@@ -16,20 +16,26 @@ Guarantees:
 - ``AuditLog`` keeps only the others (emergency, invalid number, number type, fail mode):
   appending never adds a round trip: ``AuditLog.append`` only queues the record; a
   background writer sends queued records in pipelined batches (every ``FLUSH_S`` or
-  ``BATCH`` records), trimming the stream by length (``MAXLEN ~``) and, once a minute,
-  by age and length (``XTRIM MINID ~``, ``XTRIM MAXLEN ~``).
+  ``BATCH`` records) to their group streams, trimming each by length (``MAXLEN ~``) and,
+  once a minute, by age (``XTRIM MINID ~``): every group stream the first time, then the
+  streams it wrote to.
 - Nothing is lost silently: while Redis is unreachable records wait in memory (at most
   ``QUEUE_MAX``); past that the oldest are dropped and the count is logged once per
   incident and kept in ``dropped``. ``close()`` flushes what is queued.
-- Reading (``read_range``: ``tail``, ``export``, ``why``; ``Follower``: ``tail -f``) merges
-  the group streams in time order (by entry id, then group), in batches: bounded memory.
-  ``why`` reads only its number's group.
+- Stopping never hangs: the writer stops on an explicit event; ``close()`` waits for it
+  at most ``within_s`` (then cancels it, logged), and flushes for at most
+  ``FINAL_FLUSH_S`` (then gives up, logged, counting what is left). A cancel is never
+  swallowed: a Redis error caught while the writer is being cancelled is re-raised as
+  the cancel. ``start()`` after ``close()`` starts a new writer. Only processes that
+  record decisions run a writer (gate/runtime.py ``open_gate(records=True)``).
+- Reading (``read_range``: ``tail``, ``export``, ``why``, the API's search; ``Follower``:
+  ``tail -f``) merges the group streams in time order (by entry id, then group), in
+  batches: bounded memory. ``why`` reads only its number's group.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import heapq
 import json
 import logging
@@ -47,7 +53,7 @@ from gate.core.engine import Plan
 from gate.core.errors import StoreError
 from gate.core.evidence import FIELDS, audit_record, stored_record, stream_len
 from gate.core.keys import SLOT_GROUPS, Keyspace
-from gate.service import Observed
+from gate.service import Observed, cancelling, stop_task, wait_event
 
 __all__ = ["FIELDS", "AuditLog", "Follower", "read_range"]
 
@@ -57,6 +63,8 @@ BATCH = 500
 FLUSH_S = 0.05
 QUEUE_MAX = 200_000
 TRIM_EVERY_S = 60.0
+STOP_WITHIN_S = 2.0  # the writer sees its stop event within FLUSH_S unless Redis hangs
+FINAL_FLUSH_S = 5.0
 
 
 # Entries read per stream and request when merging the group streams.
@@ -74,7 +82,9 @@ class AuditLog:
         self.settings = settings
         self._queue: deque[tuple[str, Mapping[str, str]]] = deque()
         self._written_to: set[str] = set()  # streams to trim
+        self._swept = False  # every group stream trimmed once
         self._wake = asyncio.Event()
+        self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._failing = False
         self._last_trim = 0.0
@@ -82,7 +92,9 @@ class AuditLog:
         self.written = 0
 
     def start(self) -> None:
+        """Start the background writer (once; again after ``close()``)."""
         if self._task is None:
+            self._stop.clear()
             self._task = asyncio.create_task(self._run(), name="callgate-audit")
 
     def decided(self, observed: Observed) -> None:
@@ -121,29 +133,36 @@ class AuditLog:
         if len(self._queue) >= BATCH:
             self._wake.set()
 
-    async def close(self) -> None:
-        """Stop the writer and flush what is queued (bounded by a few seconds)."""
+    async def close(
+        self, within_s: float = STOP_WITHIN_S, flush_within_s: float = FINAL_FLUSH_S
+    ) -> None:
+        """Stop the writer (bounded by ``within_s``, then cancelled, logged), then flush
+        what is queued (bounded by ``flush_within_s``, then given up, logged)."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            self._stop.set()
+            self._wake.set()
+            await stop_task(self._task, within_s, "the audit writer")
             self._task = None
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(5.0):
-                while self._queue and await self._flush():
-                    pass
+        if self._queue:
+            flush = asyncio.create_task(self._flush_all(), name="callgate-audit-flush")
+            await stop_task(flush, flush_within_s, "the audit flush")
         if self._queue:
             log.warning("audit: %d records could not be written before exit", len(self._queue))
 
+    async def _flush_all(self) -> None:
+        while self._queue and await self._flush():
+            pass
+
     async def _run(self) -> None:
-        while True:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(FLUSH_S):
-                    await self._wake.wait()
-            self._wake.clear()
-            if not await self._flush():
-                await asyncio.sleep(1.0)  # Redis unreachable: retry, records stay queued
+        """Trim (once a minute), write what is queued, sleep until a batch is full or
+        ``FLUSH_S`` passed; until the stop event."""
+        while not self._stop.is_set():
             await self._trim()
+            if not await self._flush():
+                await wait_event(self._stop, 1.0)  # Redis unreachable: records stay queued
+                continue
+            await wait_event(self._wake, FLUSH_S)
+            self._wake.clear()
 
     async def _flush(self) -> bool:
         """Write up to BATCH records; False if Redis failed (they stay queued)."""
@@ -160,6 +179,8 @@ class AuditLog:
                     self._written_to.add(key)
                 await pipe.execute()
         except (RedisError, OSError) as exc:
+            if cancelling():
+                raise asyncio.CancelledError from exc
             if not self._failing:
                 log.warning(
                     "audit: cannot write to Redis (%s); %d records queued", exc, len(self._queue)
@@ -175,17 +196,31 @@ class AuditLog:
         return True
 
     async def _trim(self) -> None:
-        """Once a minute, the streams written to by age (the decision script trims the
-        stream it appends to itself)."""
+        """Once a minute, by age: first every group stream (what earlier runs left in
+        streams nobody appends to any more), then the streams written to since (the
+        decision script trims the streams it appends to itself)."""
         now = time.time()
-        if now - self._last_trim < TRIM_EVERY_S or not self._written_to:
+        if now - self._last_trim < TRIM_EVERY_S or (self._swept and not self._written_to):
             return
         self._last_trim = now
         cutoff_ms = int((now - self.settings.max_age_s) * 1000)
-        keys, self._written_to = self._written_to, set()
-        with contextlib.suppress(RedisError, OSError):
-            for key in keys:
-                await self._client.xtrim(key, minid=f"{cutoff_ms}-0", approximate=True)
+        if self._swept:
+            keys, self._written_to = self._written_to, set()
+        else:
+            keys = {self._keyspace.audit_key(group) for group in range(SLOT_GROUPS)}
+        try:
+            async with self._client.pipeline(transaction=False) as pipe:
+                for key in sorted(keys):
+                    pipe.xtrim(key, minid=f"{cutoff_ms}-0", approximate=True)
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            if cancelling():
+                raise asyncio.CancelledError from exc
+            if self._swept:
+                self._written_to |= keys
+            log.info("audit: trimming by age failed (%s); retried in a minute", exc)
+            return
+        self._swept = True
 
 
 def _stream_id(when: datetime | None, default: str) -> str:

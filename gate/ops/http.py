@@ -8,7 +8,8 @@ Guarantees:
   address without an API token, whatever built the config.
 - ``/healthz`` answers 200 while the process runs and never touches Redis.
 - ``/readyz`` answers 200 only when Redis answers PING (within the store's admin bound)
-  and, when ``[ari]`` is configured, the Stasis application is connected; else 503.
+  and, when ``[ari]`` is configured, the Stasis application is connected; else 503. Its
+  Redis check names the mode and the node answering, and counts failovers and restarts.
   Both bodies are JSON and carry the config version in force.
 - Metrics and health are not authenticated (they hold no numbers); ``/v1/`` is.
 - ``stop()`` stops the list-metrics refresher, then the listener; in-flight requests get
@@ -17,18 +18,19 @@ Guarantees:
 
 from __future__ import annotations
 
-import asyncio
+import dataclasses
 import logging
 import time
-from typing import Any
 
 from aiohttp import web
 
 from gate import __version__
 from gate.config.loader import ApiConfig, HttpConfig, is_loopback
 from gate.core.errors import ConfigError, StoreError
-from gate.ops.api import AdminApi, error_middleware
-from gate.ops.metrics import CONTENT_TYPE, Metrics, StasisStats, refresh_lists_until
+from gate.ops._openapi import Operation
+from gate.ops.api import AdminApi, HostGuard, error_middleware, json_response
+from gate.ops.metrics import CONTENT_TYPE, ListRefresher, Metrics, StasisStats
+from gate.ops.models import Check, Health, Ready, RedisCheck
 from gate.ops.reload import Reloader
 from gate.service import Gate
 
@@ -62,13 +64,13 @@ class HttpServer:
         self.started = time.monotonic()
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
-        self._stop = asyncio.Event()
-        self._refresher: asyncio.Task[None] | None = None
+        self._refresher = ListRefresher(metrics, gate, http.list_refresh_s)
         self.app = web.Application(middlewares=[error_middleware], client_max_size=MAX_BODY_BYTES)
         self.app.router.add_get("/metrics", self._metrics)
         self.app.router.add_get("/healthz", self._healthz)
         self.app.router.add_get("/readyz", self._readyz)
-        AdminApi(gate, api.token, reloader).add_routes(self.app)
+        guard = HostGuard(http.host, api.allowed_hosts)
+        AdminApi(gate, api.token, reloader, guard, OPERATIONS).add_routes(self.app)
 
     @property
     def port(self) -> int:
@@ -100,15 +102,10 @@ class HttpServer:
         self._runner, self._site = runner, site
         if not self.api.token:
             log.warning("admin API without a token: any local user can change lists")
-        self._refresher = asyncio.create_task(
-            refresh_lists_until(self.metrics, self.gate, self.http.list_refresh_s, self._stop)
-        )
+        self._refresher.start()
 
     async def stop(self) -> None:
-        self._stop.set()
-        if self._refresher is not None:
-            await self._refresher
-            self._refresher = None
+        await self._refresher.close()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = self._site = None
@@ -119,33 +116,71 @@ class HttpServer:
         return response
 
     async def _healthz(self, _request: web.Request) -> web.Response:
-        return web.json_response(
-            {
-                "status": "up",
-                "version": __version__,
-                "config_version": self.gate.version,
-                "uptime_s": round(time.monotonic() - self.started, 3),
-            }
+        return json_response(
+            Health(
+                status="up",
+                version=__version__,
+                config_version=self.gate.version,
+                uptime_s=round(time.monotonic() - self.started, 3),
+            )
         )
 
     async def _readyz(self, _request: web.Request) -> web.Response:
-        checks: dict[str, dict[str, Any]] = {}
+        checks: dict[str, Check | RedisCheck] = {}
+        store = self.gate.store
+        error: str | None = None
         try:
-            store = self.gate.store
             await store.ping()
-            checks["redis"] = {
-                "ok": True,
-                "mode": "cluster" if store.cluster else "single",
-                "node": store.answered_by or store.where,
-                "redirects": dict(store.redirects),
-            }
         except StoreError as exc:
-            checks["redis"] = {"ok": False, "error": str(exc)}
+            error = str(exc)
+        # Which Redis answers: mode, node (the master in use), failovers, restarts and
+        # cluster redirections seen.
+        checks["redis"] = RedisCheck(
+            ok=error is None,
+            error=error,
+            reconnects=None,
+            redirects=dict(store.redirects),
+            **dataclasses.asdict(store.status),
+        )
         if self.stasis is not None:
             connected = self.stasis.connected.is_set()
-            checks["ari"] = {"ok": connected, "reconnects": self.stasis.reconnects}
-            if not connected:
-                checks["ari"]["error"] = "the Stasis application is not connected to ARI"
-        ready = all(check["ok"] for check in checks.values())
-        body = {"ready": ready, "config_version": self.gate.version, "checks": checks}
-        return web.json_response(body, status=200 if ready else 503)
+            checks["ari"] = Check(
+                ok=connected,
+                error=None if connected else "the Stasis application is not connected to ARI",
+                reconnects=self.stasis.reconnects,
+            )
+        ready = all(check.ok for check in checks.values())
+        body = Ready(ready=ready, config_version=self.gate.version, checks=checks)
+        return json_response(body, status=200 if ready else 503)
+
+
+# The routes above, for /openapi.json (no token needed: they hold no numbers).
+OPERATIONS = (
+    Operation(
+        "GET",
+        "/healthz",
+        "getHealth",
+        "The process is up (never touches Redis)",
+        responses={200: Health},
+        errors=(),
+        auth=False,
+    ),
+    Operation(
+        "GET",
+        "/readyz",
+        "getReadiness",
+        "Redis answers PING and, with [ari], ARI is connected",
+        responses={200: Ready, 503: Ready},
+        errors=(),
+        auth=False,
+    ),
+    Operation(
+        "GET",
+        "/metrics",
+        "getMetrics",
+        "Prometheus text format",
+        streams={"text/plain": None},
+        errors=(),
+        auth=False,
+    ),
+)

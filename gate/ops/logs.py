@@ -5,7 +5,9 @@ picks ``text`` (``2026-… INFO callgate: …``), ``logfmt`` (``ts=… level=inf
 logger=callgate msg="…"``) or ``json`` (``{"ts": …, "level": …, "logger": …, "msg": …}``),
 ``[logging] stream`` stderr or stdout. Guarantees: every record is exactly one line (a
 traceback goes into an ``exc`` field, newlines escaped); timestamps are UTC ISO-8601
-with milliseconds.
+with milliseconds. With ``redact_numbers`` (``privacy.hash_numbers``) every phone number in
+a message or a traceback (a number quoted by an error, a channel name) is replaced by a
+keyed tag (gate/core/redact.py) before the record is written anywhere.
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ import sys
 from datetime import UTC, datetime
 
 from gate.config.loader import LoggingConfig
+from gate.core.redact import redact
 
-__all__ = ["JsonFormatter", "LogfmtFormatter", "configure_logging"]
+__all__ = ["JsonFormatter", "LogfmtFormatter", "NumberRedactor", "configure_logging"]
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 _MARK = "_callgate_handler"
@@ -32,8 +35,27 @@ def _fields(record: logging.LogRecord, formatter: logging.Formatter) -> dict[str
         "msg": record.getMessage(),
     }
     if record.exc_info:
-        fields["exc"] = formatter.formatException(record.exc_info)
+        fields["exc"] = record.exc_text or formatter.formatException(record.exc_info)
     return fields
+
+
+class NumberRedactor(logging.Filter):
+    """Replaces the phone numbers of a record's message and traceback with keyed tags."""
+
+    def __init__(self, key: bytes | None) -> None:
+        super().__init__()
+        self.key = key
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        clean = redact(message, self.key)
+        if clean != message:
+            record.msg, record.args = clean, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text, self.key)
+        return True
 
 
 class LogfmtFormatter(logging.Formatter):
@@ -57,8 +79,14 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(_fields(record, self), ensure_ascii=False)
 
 
-def configure_logging(config: LoggingConfig, verbose: bool = False) -> None:
-    """Route the root logger to one stream handler in the configured format.
+def configure_logging(
+    config: LoggingConfig,
+    verbose: bool = False,
+    redact_numbers: bool = False,
+    key: bytes | None = None,
+) -> None:
+    """Route the root logger to one stream handler in the configured format (phone
+    numbers replaced by tags keyed with ``key`` when ``redact_numbers``).
 
     Like ``logging.basicConfig``, it leaves alone a root logger that someone else (a host
     application, pytest) has configured; it replaces only a handler it installed before.
@@ -76,6 +104,8 @@ def configure_logging(config: LoggingConfig, verbose: bool = False) -> None:
     else:
         formatter = logging.Formatter(TEXT_FORMAT)
     handler.setFormatter(formatter)
+    if redact_numbers:
+        handler.addFilter(NumberRedactor(key))
     setattr(handler, _MARK, True)
     for old in list(root.handlers):
         root.removeHandler(old)

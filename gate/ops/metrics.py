@@ -2,36 +2,40 @@
 
 What is measured (names as exposed):
 
-- ``callgate_decisions_total{verdict,reason,door,tenant}``: every decision. ``door`` is
-  ``agi``, ``stasis``, ``cli``, ``api`` or ``scrub`` (API batch scrubs, evaluate only).
+- ``callgate_decisions_total{verdict,reason,door,tenant}``: every decision of this
+  process. ``door`` is ``agi``, ``stasis``, ``api`` or ``scrub`` (API batch scrubs,
+  evaluate only); a ``callgate check`` runs in its own process and is not counted here.
 - ``callgate_decision_in_process_seconds`` / ``callgate_decision_redis_seconds``: latency
   histograms; the Redis part is the one store call, the rest is callgate's own time.
 - ``callgate_redis_errors_total{kind}`` (``timeout``, ``unavailable``, ``error``) and
   ``callgate_fail_mode_decisions_total{verdict}``: decisions answered by the fail mode.
-- ``callgate_redis_node_info{mode,node}`` (1 for the node that answered the last decision:
-  the server, or a cluster's master) and ``callgate_redis_redirects_total{kind}``
-  (``moved``, ``ask``, ``tryagain``: cluster redirections followed), read at scrape time.
 - ``callgate_ari_connected``, ``callgate_ari_reconnects_total``,
-  ``callgate_agi_connections_total``, ``callgate_agi_connections_active``: read from the
-  doors at scrape time.
+  ``callgate_agi_connections_total``, ``callgate_agi_connections_refused_total`` (peer not
+  in ``agi.allow``), ``callgate_agi_requests_failed_total`` (Asterisk refused or garbled
+  the answer), ``callgate_agi_connections_active``: read from the doors at scrape time.
+- ``callgate_redis_node_info{mode,node}`` (the server, the Sentinel-managed master in use,
+  or the cluster master that answered the last decision), ``callgate_redis_failovers_total``,
+  ``callgate_redis_restarts_total`` (the embedded server's, by ``callgate run``) and
+  ``callgate_redis_redirects_total{kind}`` (``moved``, ``ask``, ``tryagain``: cluster
+  redirections followed): the Redis in use, read from the store at scrape time.
 - ``callgate_list_entries{list,tenant}``, ``callgate_list_age_seconds{list,tenant}`` (since
   the list's last import), refreshed every ``http.list_refresh``.
 - ``callgate_config_info{version}`` (1 for the version in force),
   ``callgate_config_reloads_total{result}``, ``callgate_build_info{version}``.
 
-Guarantees: every label set is bounded. Reasons are stable codes built from config rule
-ids; tenants are the configured ones plus the first ``MAX_TENANTS`` seen. Past the bound a
-new reason is counted as ``<family>:other`` (``cps:other``) and a new tenant as ``other``.
-Recording a decision never raises and never awaits.
+Guarantees: every label set is bounded, and carries only what the configuration names.
+Reasons are stable codes built from config rule ids (any other, such as ``cps:`` of a
+trunk the config does not name, is counted as ``<family>:other``); tenants are the
+configured ones (with ``gate.open_tenants`` every other tenant is ``other``); no label
+holds a number or a campaign. Recording a decision never raises and never awaits.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Protocol
 
 from prometheus_client import (
@@ -43,6 +47,7 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 from gate import __version__
@@ -51,25 +56,26 @@ from gate.core.errors import GateError, StoreError, StoreTimeout, StoreUnavailab
 from gate.core.numbers import NumberType
 from gate.core.policy import Policy
 from gate.lists.admin import ListAdmin
-from gate.service import Gate, Observed
+from gate.service import Gate, Observed, cancelling, stop_task, wait_event
+from gate.store.connect import LinkStatus
 
 __all__ = [
     "CONTENT_TYPE",
     "AgiStats",
     "BoundedLabel",
+    "ListRefresher",
     "Metrics",
     "StasisStats",
     "known_reasons",
+    "merge_expositions",
     "refresh_lists",
-    "refresh_lists_until",
 ]
 
 log = logging.getLogger("callgate")
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
-MAX_TENANTS = 50
-MAX_REASONS = 200
 MAX_LIST_SERIES = 100
+STOP_WITHIN_S = 2.0
 OTHER = "other"
 # 100 µs … 2.5 s: a decision's own time is sub-millisecond, the Redis deadline is 50 ms.
 LATENCY_BUCKETS_S = (
@@ -146,7 +152,7 @@ def known_reasons(policy: Policy) -> set[str]:
 
 
 def _tenants(config: Config) -> set[str]:
-    return {config.default_tenant, *config.policy.caller_ids}
+    return {config.default_tenant, *config.policy.tenants}
 
 
 def _error_kind(error: StoreError) -> str:
@@ -164,6 +170,12 @@ class AgiStats(Protocol):
     def accepted(self) -> int: ...
 
     @property
+    def refused(self) -> int: ...
+
+    @property
+    def failed(self) -> int: ...
+
+    @property
     def active(self) -> int: ...
 
 
@@ -178,45 +190,10 @@ class StoreStats(Protocol):
     """What the store exposes (gate.store.client.Store)."""
 
     @property
-    def cluster(self) -> bool: ...
-
-    @property
-    def answered_by(self) -> str: ...
+    def status(self) -> LinkStatus: ...
 
     @property
     def redirects(self) -> Mapping[str, int]: ...
-
-    @property
-    def where(self) -> str: ...
-
-
-class _Redis(Collector):
-    """Which Redis node answers, and the cluster redirections followed (scrape time)."""
-
-    def __init__(self) -> None:
-        self.store: StoreStats | None = None
-
-    def collect(self) -> Iterator[Metric]:
-        store = self.store
-        if store is None:
-            return
-        node = GaugeMetricFamily(
-            "callgate_redis_node_info",
-            "1 for the Redis node that answered the last decision.",
-            labels=["mode", "node"],
-        )
-        node.add_metric(
-            ["cluster" if store.cluster else "single", store.answered_by or store.where], 1.0
-        )
-        yield node
-        redirects = CounterMetricFamily(
-            "callgate_redis_redirects",
-            "Redis Cluster redirections followed (MOVED, ASK, TRYAGAIN).",
-            labels=["kind"],
-        )
-        for kind in ("moved", "ask", "tryagain"):
-            redirects.add_metric([kind], float(store.redirects.get(kind, 0)))
-        yield redirects
 
 
 class _Doors(Collector):
@@ -232,6 +209,16 @@ class _Doors(Collector):
                 "callgate_agi_connections",
                 "FastAGI connections accepted.",
                 value=float(self.agi.accepted),
+            )
+            yield CounterMetricFamily(
+                "callgate_agi_connections_refused",
+                "FastAGI connections closed unserved: the peer is not in agi.allow.",
+                value=float(self.agi.refused),
+            )
+            yield CounterMetricFamily(
+                "callgate_agi_requests_failed",
+                "FastAGI requests whose answer Asterisk refused (not 200) or garbled.",
+                value=float(self.agi.failed),
             )
             yield GaugeMetricFamily(
                 "callgate_agi_connections_active",
@@ -249,6 +236,45 @@ class _Doors(Collector):
                 "ARI reconnections after a lost connection.",
                 value=float(self.stasis.reconnects),
             )
+
+
+class _Redis(Collector):
+    """Which Redis answers, how often it changed and the cluster redirections followed,
+    read from the store at scrape time."""
+
+    def __init__(self) -> None:
+        self.store: StoreStats | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        if self.store is None:
+            return
+        status = self.store.status
+        info = GaugeMetricFamily(
+            "callgate_redis_node_info",
+            "The Redis node decisions go to (the master in use; in a cluster, the master "
+            "that answered the last decision), by mode.",
+            labels=["mode", "node"],
+        )
+        info.add_metric([status.mode, status.node or "unknown"], 1.0)
+        yield info
+        yield CounterMetricFamily(
+            "callgate_redis_failovers",
+            "Changes of Redis master followed (modes sentinel and cluster).",
+            value=float(status.failovers),
+        )
+        yield CounterMetricFamily(
+            "callgate_redis_restarts",
+            "Restarts of the embedded Redis by callgate run.",
+            value=float(status.restarts),
+        )
+        redirects = CounterMetricFamily(
+            "callgate_redis_redirects",
+            "Redis Cluster redirections followed (MOVED, ASK, TRYAGAIN).",
+            labels=["kind"],
+        )
+        for kind in ("moved", "ask", "tryagain"):
+            redirects.add_metric([kind], float(self.store.redirects.get(kind, 0)))
+        yield redirects
 
 
 class Metrics:
@@ -306,8 +332,14 @@ class Metrics:
         reg.register(self.doors)
         self.redis = _Redis()
         reg.register(self.redis)
-        self.reasons = BoundedLabel(MAX_REASONS, _FIXED_REASONS)
-        self.tenants = BoundedLabel(MAX_TENANTS)
+        # Only values the configuration names get a series of their own: a tenant, trunk
+        # or anything else a caller made up (a phone number typed into the tenant field)
+        # is counted as "other" / "<family>:other", never as a label of its own.
+        self.reasons = BoundedLabel(0, _FIXED_REASONS)
+        self.tenants = BoundedLabel(0)
+        # With ``callgate run --workers N``: the expositions of the worker processes, added
+        # to this process's own at every scrape (None: a single process).
+        self.workers: Callable[[], list[str]] | None = None
 
     def use_config(self, config: Config, version: str) -> None:
         """Label sets and the version gauge for the configuration now in force."""
@@ -337,8 +369,55 @@ class Metrics:
         self.redis_errors.labels(_error_kind(error)).inc()
 
     def exposition(self) -> bytes:
-        """The text format for ``/metrics``."""
-        return generate_latest(self.registry)
+        """The text format for ``/metrics`` (with the workers' samples added in)."""
+        own = generate_latest(self.registry)
+        if self.workers is None:
+            return own
+        return merge_expositions([own.decode(), *self.workers()])
+
+
+# Gauges that every process reports alike: merged by taking the largest value, not the sum.
+_SAME_IN_EVERY_PROCESS = frozenset({"callgate_config_info", "callgate_build_info"})
+
+
+class _Families(Collector):
+    def __init__(self, families: list[Metric]) -> None:
+        self.families = families
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self.families)
+
+
+def merge_expositions(texts: Iterable[str]) -> bytes:
+    """One exposition for several processes' (``callgate run --workers N``): each sample
+    is the sum over the processes (counters, histograms, gauges such as active
+    connections or ``callgate_ari_connected``, which only the Stasis leader sets), except
+    the config and build info gauges, the same in every process, whose largest is kept."""
+    families: dict[str, Metric] = {}
+    values: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
+    for text in texts:
+        for family in text_string_to_metric_families(text):
+            merged = families.get(family.name)
+            if merged is None:
+                merged = families[family.name] = Metric(
+                    family.name, family.documentation, family.type
+                )
+                values[family.name] = {}
+            samples = values[family.name]
+            for sample in family.samples:
+                key = (sample.name, tuple(sorted(sample.labels.items())))
+                if key not in samples:
+                    samples[key] = sample.value
+                elif family.name in _SAME_IN_EVERY_PROCESS:
+                    samples[key] = max(samples[key], sample.value)
+                else:
+                    samples[key] += sample.value
+    for name, merged in families.items():
+        for (sample_name, labels), value in values[name].items():
+            merged.add_sample(sample_name, dict(labels), value)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Families(list(families.values())))
+    return generate_latest(registry)
 
 
 async def _list_values(gate: Gate) -> list[tuple[str, str, float, float | None]]:
@@ -374,19 +453,47 @@ async def refresh_lists(metrics: Metrics, gate: Gate) -> None:
             metrics.list_age_s.labels(name, tenant).set(age_s)
 
 
-async def refresh_lists_until(
-    metrics: Metrics, gate: Gate, every_s: float, stop: asyncio.Event
-) -> None:
-    """``refresh_lists`` every ``every_s`` until ``stop`` is set; failures are logged once."""
-    failing = False
-    while not stop.is_set():
-        try:
-            await refresh_lists(metrics, gate)
-            failing = False
-        except GateError as exc:
-            if not failing:
-                log.warning("list metrics not refreshed: %s", exc)
-            failing = True
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(every_s):
-                await stop.wait()
+class ListRefresher:
+    """Re-reads list sizes and ages every ``every_s`` until ``close()``.
+
+    A failed refresh (Redis down, or a bug) is logged once per incident and retried at the
+    next period. ``close()`` sets the stop event and waits at most ``within_s`` (a refresh
+    stuck on a hung Redis is then cancelled, logged); a cancel is never taken for a
+    failure.
+    """
+
+    def __init__(self, metrics: Metrics, gate: Gate, every_s: float) -> None:
+        self.metrics = metrics
+        self.gate = gate
+        self.every_s = every_s
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self._task is None:
+            self._stop.clear()
+            self._task = asyncio.create_task(self._run(), name="callgate-list-metrics")
+
+    async def close(self, within_s: float = STOP_WITHIN_S) -> None:
+        if self._task is not None:
+            self._stop.set()
+            await stop_task(self._task, within_s, "the list metrics refresher")
+            self._task = None
+
+    async def _run(self) -> None:
+        failing = False
+        while not self._stop.is_set():
+            try:
+                await refresh_lists(self.metrics, self.gate)
+                failing = False
+            except Exception as exc:  # Redis down, or a bug: the gauges keep their values
+                if cancelling():
+                    raise asyncio.CancelledError from exc
+                if not failing:
+                    log.warning(
+                        "list metrics not refreshed: %s",
+                        exc,
+                        exc_info=None if isinstance(exc, GateError) else exc,
+                    )
+                failing = True
+            await wait_event(self._stop, self.every_s)

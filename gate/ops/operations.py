@@ -47,6 +47,7 @@ class Operations:
         metrics = Metrics()
         metrics.use_config(config, gate.version)
         metrics.doors.agi, metrics.doors.stasis = agi, stasis
+        metrics.redis.store = gate.store
         gate.observers.append(metrics)
         reloader = None
         if config.path is not None:

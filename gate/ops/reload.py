@@ -18,6 +18,7 @@ Guarantees:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import logging
 import tomllib
@@ -25,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from gate.config.files import PACKS_DIR
 from gate.config.loader import Config, load_config
 from gate.core.errors import ConfigError, InputError
 from gate.service import Gate
@@ -60,7 +62,8 @@ def config_version(path: Path | None) -> str:
         raw = path.read_bytes()
         digest = hashlib.sha256(raw)
         gate = tomllib.loads(raw.decode("utf-8")).get("gate", {})
-        packs_dir = path.resolve().parent / str(gate.get("packs_dir", "packs"))
+        given = gate.get("packs_dir")
+        packs_dir = path.resolve().parent / str(given) if given else PACKS_DIR
         for name in gate.get("packs", []):
             digest.update(b"\0pack\0" + str(name).encode() + b"\0")
             digest.update((packs_dir / f"{name}.toml").read_bytes())
@@ -77,6 +80,8 @@ def restart_only_changes(old: Config, new: Config) -> list[str]:
         "redis.nodes": (old.redis.nodes, new.redis.nodes),
         "redis.data_dir": (old.redis.data_dir, new.redis.data_dir),
         "redis.deadline": (old.redis.deadline_s, new.redis.deadline_s),
+        # The other connection settings (sentinels, pool, auth, durability).
+        "redis": (_connection(old), _connection(new)),
         "agi": (old.agi, new.agi),
         "ari": (old.ari, new.ari),
         "http": (old.http, new.http),
@@ -84,6 +89,20 @@ def restart_only_changes(old: Config, new: Config) -> list[str]:
         "logging": (old.logging, new.logging),
     }
     return [name for name, (before, after) in pairs.items() if before != after]
+
+
+def _connection(config: Config) -> object:
+    """``[redis]`` without the keys named on their own above (and the namespace, which a
+    reload may change)."""
+    return dataclasses.replace(
+        config.redis,
+        url=None,
+        mode="",
+        nodes=(),
+        data_dir=Path(),
+        deadline_s=0.0,
+        namespace="",
+    )
 
 
 def _load(path: Path) -> tuple[Config, str]:
@@ -179,7 +198,7 @@ async def request_reload(config: Config, timeout_s: float = 30.0) -> ReloadResul
     try:
         async with (
             aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as session,
-            session.post(url, headers=headers) as response,
+            session.post(url, headers=headers, json={}) as response,
         ):
             body = await response.json(content_type=None)
     except (aiohttp.ClientError, TimeoutError, ValueError) as exc:

@@ -3,19 +3,20 @@
 Why in-house: the PyPI ``ari`` package is Python-2 only, and the other clients tried against
 Asterisk 22 do not reconnect reliably. This module does only what the Stasis gate uses:
 ``event_stream()`` (``GET /ari/events?app=…`` as a WebSocket with heartbeats), ``set_variable``
-(``POST /channels/{id}/variable``), ``continue_in_dialplan`` (``POST /channels/{id}/continue``),
+(``POST /channels/{id}/variable``), ``continue_in_dialplan`` (``POST /channels/{id}/continue``,
+optionally to a context and extension),
 ``hangup`` (``DELETE /channels/{id}?reason_code=…``), ``channels`` (``GET /channels``) and
-``originate`` (``POST /channels``).
+``channel`` (``GET /channels/{id}``).
 
-Guarantees: every REST call runs under a deadline; every aiohttp/socket failure becomes an
-``AriError`` (``AriUnavailable`` when Asterisk cannot be reached, ``AriNotFound`` for a
-channel that is gone); credentials travel in the Authorization header only, never in a
+Guarantees: every REST call runs under a deadline; every aiohttp/socket failure and every
+reply that is not what the endpoint documents becomes an ``AriError`` (``AriUnavailable``
+when Asterisk cannot be reached, ``AriNotFound`` for a channel that is gone or has left
+the application); credentials travel in the Authorization header only, never in a
 URL, and ``repr``/messages never contain the password.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 from collections.abc import AsyncIterator, Mapping
@@ -26,7 +27,7 @@ import aiohttp
 
 from gate.core.errors import GateError
 
-__all__ = ["AriClient", "AriError", "AriNotFound", "AriUnavailable", "wait_ready"]
+__all__ = ["AriClient", "AriError", "AriNotFound", "AriUnavailable"]
 
 
 class AriError(GateError):
@@ -38,7 +39,8 @@ class AriUnavailable(AriError):
 
 
 class AriNotFound(AriError):
-    """The channel (or other resource) no longer exists: usually the caller hung up."""
+    """The channel no longer exists (usually the caller hung up) or is no longer in the
+    Stasis application (HTTP 404 or 409)."""
 
 
 class AriClient:
@@ -95,14 +97,17 @@ class AriClient:
             async with self.session.request(
                 method, url, params=params, json=body, timeout=self._rest_timeout
             ) as response:
-                if response.status == 404:
-                    raise AriNotFound(f"ARI {method} {path}: not found")
+                if response.status in (404, 409):  # 409: not in the Stasis application
+                    raise AriNotFound(f"ARI {method} {path}: HTTP {response.status}")
                 if response.status >= 400:
                     text = (await response.text())[:200].replace("\n", " ")
-                    raise AriError(f"ARI {method} {path}: HTTP {response.status} {text}")
+                    raise AriError(f"ARI {method} {path}: HTTP {response.status} {text!r}")
                 if response.status == 204 or response.content_length == 0:
                     return None
-                return await response.json(content_type=None)
+                try:
+                    return await response.json(content_type=None)
+                except ValueError as exc:  # JSONDecodeError, or an undecodable body
+                    raise AriError(f"ARI {method} {path}: the reply is not JSON") from exc
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise AriUnavailable(
                 f"ARI at {self.base_url} unreachable ({type(exc).__name__}); is Asterisk up "
@@ -119,36 +124,31 @@ class AriClient:
             "POST", f"/channels/{channel_id}/variable", {"variable": name, "value": value}
         )
 
-    async def continue_in_dialplan(self, channel_id: str) -> None:
-        """Leave Stasis and carry on at the next priority after ``Stasis()``."""
-        await self._request("POST", f"/channels/{channel_id}/continue")
+    async def continue_in_dialplan(
+        self, channel_id: str, context: str = "", extension: str = ""
+    ) -> None:
+        """Leave Stasis and carry on at the next priority after ``Stasis()``, or at
+        priority 1 of ``extension`` in ``context`` when they are given."""
+        params = {"context": context, "extension": extension, "priority": "1"} if context else None
+        await self._request("POST", f"/channels/{channel_id}/continue", params)
 
     async def hangup(self, channel_id: str, reason_code: int) -> None:
         """Hang up with a Q.850 cause (21: call rejected → SIP 403)."""
         await self._request("DELETE", f"/channels/{channel_id}", {"reason_code": str(reason_code)})
 
-    async def channels(self) -> list[dict[str, Any]]:
-        result: list[dict[str, Any]] = await self._request("GET", "/channels")
+    async def channel(self, channel_id: str) -> dict[str, Any]:
+        """``GET /channels/{id}``: one channel (``AriNotFound`` if it is gone)."""
+        result = await self._request("GET", f"/channels/{channel_id}")
+        if not isinstance(result, dict):
+            raise AriError(f"ARI GET /channels/{channel_id}: not a channel: {type(result)}")
         return result
 
-    async def originate(
-        self,
-        endpoint: str,
-        context: str,
-        extension: str,
-        priority: int = 1,
-        variables: Mapping[str, str] | None = None,
-    ) -> str:
-        """``POST /channels``: start a call running ``context,extension,priority``; its id."""
-        params = {
-            "endpoint": endpoint,
-            "context": context,
-            "extension": extension,
-            "priority": str(priority),
-        }
-        body = {"variables": dict(variables)} if variables else None
-        result = await self._request("POST", "/channels", params, body)
-        return str(result["id"])
+    async def channels(self) -> list[dict[str, Any]]:
+        """``GET /channels``: every channel (``AriError`` if the reply is not a list of them)."""
+        result = await self._request("GET", "/channels")
+        if not isinstance(result, list) or not all(isinstance(c, dict) for c in result):
+            raise AriError(f"ARI GET /channels: expected a list of channels, got {type(result)}")
+        return result
 
     @asynccontextmanager
     async def event_stream(self) -> AsyncIterator[AsyncIterator[dict[str, Any]]]:
@@ -183,17 +183,3 @@ async def _events(ws: aiohttp.ClientWebSocketResponse) -> AsyncIterator[dict[str
                 yield event
         elif message.type in (aiohttp.WSMsgType.ERROR, aiohttp.WSMsgType.CLOSED):
             return
-
-
-async def wait_ready(client: AriClient, deadline_s: float) -> None:
-    """Poll ``/asterisk/info`` until it answers; ``AriUnavailable`` after ``deadline_s``."""
-    try:
-        async with asyncio.timeout(deadline_s):
-            while True:
-                try:
-                    await client.info()
-                    return
-                except AriUnavailable:
-                    await asyncio.sleep(0.2)
-    except TimeoutError:
-        raise AriUnavailable(f"ARI at {client.base_url} not ready within {deadline_s}s") from None

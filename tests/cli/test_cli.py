@@ -38,8 +38,11 @@ LISTED_RED = {
     "reason": "listed:red",
     "rule": "list:red",
     "retry_after_s": None,
-    "e164": NUMBER,
+    "destination": NUMBER,
+    "shadow": [],
+    "rules": None,
 }
+VERDICT_EXIT = {"ALLOW": 0, "BLOCK": 3, "DEFER": 4}
 
 Settings = dict[str, dict[str, Any]]
 
@@ -79,7 +82,7 @@ scope = "tenant"
 def sample_config(url: str | None, **settings: dict[str, Any]) -> str:
     """The sample config with a test Redis and a literal secret (no secret file)."""
     base: Settings = {
-        "gate": {"packs": []},
+        "gate": {"packs": [], "state_dir": "."},
         "redis": {"url": url, "data_dir": None},
         "privacy": {"secret": TEST_SECRET, "secret_file": None},
     }
@@ -122,9 +125,11 @@ def cli(capsys: pytest.CaptureFixture[str], config_file: Path) -> Run:
 
 
 def check_json(cli: Run, *args: str, **options: Path) -> dict[str, Any]:
+    """``check … --json``: the decision without its config_version (exit status checked)."""
     status, out, _ = cli("check", *args, "--json", **options)
-    assert 0 == status
     result: dict[str, Any] = json.loads(out)
+    assert VERDICT_EXIT[result["verdict"]] == status
+    assert isinstance(result.pop("config_version"), str)
     return result
 
 
@@ -155,15 +160,22 @@ def test_listed_number_is_blocked_however_it_is_written(cli: Run, spelling: str)
 
 
 def test_check_json_has_exactly_the_decision_keys(cli: Run) -> None:
-    """``check --json`` prints one object with verdict, reason, rule, retry_after_s, e164."""
+    """``check --json`` prints what the API answers: verdict, reason, rule, retry_after_s,
+    destination, shadow, config_version and (without --explain) rules null."""
+    status, out, _ = cli("check", "0612345678", "--json")
     expected = {
         "verdict": "ALLOW",
         "reason": "allowed",
         "rule": "",
         "retry_after_s": None,
-        "e164": NUMBER,
+        "destination": NUMBER,
+        "shadow": [],
+        "rules": None,
     }
-    assert expected == check_json(cli, "0612345678")
+    result = json.loads(out)
+    version = result.pop("config_version")
+    assert (0, expected) == (status, result)
+    assert re.fullmatch(r"[0-9a-f]{12}", version)
 
 
 def test_check_plain_text_is_one_line(cli: Run) -> None:
@@ -182,6 +194,7 @@ def test_fifth_recorded_check_is_deferred(cli: Run) -> None:
     results = [check_json(cli, NUMBER, "--record") for _ in range(5)]
     assert ["ALLOW"] * 4 + ["DEFER"] == [r["verdict"] for r in results]
     assert "cap:fr-4-per-30d" == results[-1]["reason"]
+    assert isinstance(results[-1]["retry_after_s"], int)
     assert results[-1]["retry_after_s"] > 0
 
 
@@ -236,7 +249,7 @@ def test_explain_lists_every_rule(cli: Run) -> None:
         "list:dnc",
         "cap:fr-4-per-30d",
     ]
-    assert (0, "BLOCK listed:red +33612345678") == (status, lines[0])
+    assert (3, "BLOCK listed:red +33612345678") == (status, lines[0])
     assert expected_rules == [line.split()[0] for line in lines[1:]]
     assert "BLOCK" == lines[4].split()[1]
 
@@ -250,7 +263,8 @@ def test_json_explain_includes_the_rules(cli: Run) -> None:
         "reason": "allowed",
         "rule": "",
         "retry_after_s": None,
-        "e164": NUMBER,
+        "destination": NUMBER,
+        "shadow": [],
     } == result
     assert [
         "numbers",
@@ -290,15 +304,17 @@ def test_store_down_still_allows_an_agent_to_dial_emergency(
     cli: Run, store_down_config: Path
 ) -> None:
     """With Redis unreachable, 17 dialled by hand is ALLOW emergency."""
-    status, out, _ = cli("check", "17", "--class", "manual", "--json", config=store_down_config)
+    result = check_json(cli, "17", "--class", "manual", config=store_down_config)
     expected = {
         "verdict": "ALLOW",
         "reason": "emergency",
         "rule": "emergency",
         "retry_after_s": None,
-        "e164": "17",
+        "destination": "17",
+        "shadow": [],
+        "rules": None,
     }
-    assert (0, expected) == (status, json.loads(out))
+    assert expected == result
 
 
 def test_store_down_defers_without_hanging(tmp_path: Path, store_down_config: Path) -> None:
@@ -312,10 +328,14 @@ def test_store_down_defers_without_hanging(tmp_path: Path, store_down_config: Pa
         "verdict": "DEFER",
         "reason": "store_unavailable",
         "rule": "fail_mode",
-        "retry_after_s": 60.0,
-        "e164": NUMBER,
+        "retry_after_s": 60,
+        "destination": NUMBER,
+        "shadow": [],
+        "rules": None,
     }
-    assert (0, expected) == (done.returncode, json.loads(done.stdout))
+    result = json.loads(done.stdout)
+    result.pop("config_version")
+    assert (4, expected) == (done.returncode, result)
     assert "Traceback" not in done.stderr
     assert elapsed < 5.0
 
@@ -339,7 +359,7 @@ def test_list_admin_with_store_down_is_one_error_line(
         (["list", "add", "nosuch", NUMBER], "'nosuch' is not in the config"),
         (["list", "add", "red", "not-a-number"], "'not-a-number'"),
         (["list", "add", "red"], "required: NUMBER"),
-        (["check", "0612345678", "--at", "garbage"], "--at 'garbage' is not ISO-8601"),
+        (["check", "0612345678", "--at", "garbage"], "argument --at: 'garbage' is not a date"),
         (["check", "0612345678", "--tenant", "a{b}"], "'a{b}'"),
         (["check", "0612345678", "--class", "robot"], "invalid choice: 'robot'"),
         (["frobnicate"], "invalid choice: 'frobnicate'"),
@@ -425,7 +445,7 @@ def test_config_check_accepts_the_sample_config(cli: Run, monkeypatch: pytest.Mo
     status, out, err = cli("config", "check", config=SAMPLE_CONFIG)
     assert (0, "") == (status, err)
     assert f"{SAMPLE_CONFIG}: OK" == out.splitlines()[0]
-    assert "  packs: fr 2026.11 (BL, FR, GF, GP, MF, MQ, PM, RE, YT)" in out.splitlines()
+    assert "  packs: fr 2026.12 (BL, FR, GF, GP, MF, MQ, PM, RE, YT)" in out.splitlines()
 
 
 # --- list import ------------------------------------------------------------------------
@@ -660,8 +680,12 @@ def test_scrub_of_100k_leads_gives_exact_counts(cli: Run, tmp_path: Path) -> Non
 
     with out.open(encoding="utf-8", newline="") as handle:
         rows = list(csv.reader(handle))
-    assert (0, "") == (status, err)
+    assert 0 == status
+    # Progress on stderr, the last line with the whole file's lines (the header too).
+    assert {True} == {line.startswith("scrubbing leads.csv: ") for line in err.splitlines()}
+    assert err.splitlines()[-1].startswith(f"scrubbing leads.csv: {SCRUB_ROWS + 1} lines in ")
     assert (
+        f"100000 leads scrubbed into {out}\n"
         "6000 of 100000 would be blocked: by reason listed:red 5000, invalid_number 1000\n"
         "1000 of 100000 would be unreadable: by reason missing_column 1000\n"
         "93000 of 100000 would be allowed\n"
@@ -686,10 +710,11 @@ def test_scrub_reads_gzip_and_zip_leads(cli: Run, tmp_path: Path, packing: str) 
 
     status, summary, _ = cli("scrub", str(path), "--column", "phone", "-o", str(out))
 
-    assert (0, "1 of 2 would be blocked: by reason listed:red 1\n1 of 2 would be allowed\n") == (
-        status,
-        summary,
-    )
+    assert (
+        0,
+        f"2 leads scrubbed into {out}\n"
+        "1 of 2 would be blocked: by reason listed:red 1\n1 of 2 would be allowed\n",
+    ) == (status, summary)
     assert [
         "name;phone;verdict;reason;retry_after_s",
         "Alice;06 12 34 56 78;BLOCK;listed:red;",

@@ -171,10 +171,13 @@ def _child_env() -> dict[str, str]:
 class GateProcess:
     """One ``callgate --config CFG run`` child process, stopped by PID."""
 
-    def __init__(self, config_path: Path, log_path: Path, agi_port: int) -> None:
+    def __init__(
+        self, config_path: Path, log_path: Path, agi_port: int, run_args: tuple[str, ...] = ()
+    ) -> None:
         self.config_path = config_path
         self.log_path = log_path
         self.agi_port = agi_port
+        self.run_args = run_args  # e.g. ("--workers", "2")
         self._proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
@@ -202,7 +205,15 @@ class GateProcess:
         offset = len(self.read_log())
         with open(self.log_path, "ab") as log:
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "gate.cli", "--config", str(self.config_path), "run"],
+                [
+                    sys.executable,
+                    "-m",
+                    "gate.cli",
+                    "--config",
+                    str(self.config_path),
+                    "run",
+                    *self.run_args,
+                ],
                 cwd=REPO,
                 env=_child_env(),
                 stdin=subprocess.DEVNULL,

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from gateproc import GateProcess, callgate_dialplan, write_config
+from gateproc import REPO, GateProcess, callgate_dialplan, write_config
 from sandbox import AsteriskSandbox, SandboxError, free_port
 from sippuac import rejects_exactly_the_listed
 
@@ -57,6 +57,11 @@ exten => s,1,Log(NOTICE,CALLGATE-E2E hangup id=${UNIQUEID} number=${ARG1} cause=
 [answerer]
 exten => s,1,Answer()
  same => n,Wait(10)
+ same => n,Hangup()
+
+[dispose]
+exten => _X.,1,GoSub(callgate-disposition,s,1(refusal,${EXTEN},default))
+ same => n,Log(NOTICE,CALLGATE-E2E disposition number=${EXTEN} result=${CALLGATE_RESULT} reason=${CALLGATE_REASON})
  same => n,Hangup()
 """  # noqa: E501 (dialplan lines cannot be wrapped)
 
@@ -201,3 +206,27 @@ async def test_sipp_500_calls_at_50_cps_reject_exactly_the_listed_numbers(
 ) -> None:
     """500 SIPp calls at 50/s, 10 % red-listed: exactly those get 403, all others 200."""
     await rejects_exactly_the_listed(callgate, asterisk, tmp_path, SIPP_CALLS, SIPP_RATE_CPS)
+
+
+async def test_a_disposition_gives_the_dialplan_its_result_and_reason(
+    asterisk_factory: SandboxFactory, redis_url: str, tmp_path: Path
+) -> None:
+    """GoSub(callgate-disposition) for a refusal: the dialplan sees CALLGATE_RESULT=OK and
+    the cool-off rule it started, unpacked from the one CALLGATE_DECISION."""
+    port = free_port()
+    packs = {"packs": ["fr"], "packs_dir": str(REPO / "config" / "packs")}
+    config = write_config(
+        tmp_path / "callgate.toml",
+        redis_url=redis_url,
+        agi_port=port,
+        secret=TEST_SECRET,
+        overrides={"redis": {"deadline": "1s"}, "gate": packs},
+    )
+    with GateProcess(config, tmp_path / "callgate.log", port):
+        include = callgate_dialplan(port, fail_mode="DEFER")
+        sandbox = asterisk_factory(DIALPLAN, extra_files={"callgate.conf": include})
+        await sandbox.originate_local(UNLISTED, "dispose")
+        found = await sandbox.wait_for_log(
+            r"CALLGATE-E2E disposition number=(\d+) result=(\w*) reason=([\w:.-]*)"
+        )
+    assert (UNLISTED, "OK", "refusal:fr-d223-9-refusal") == found.groups()

@@ -1,21 +1,30 @@
-"""The Stasis door in-process against a real Asterisk: decisions, reconnects, the sweep."""
+"""The Stasis door in-process against a real Asterisk: decisions, reconnects, the sweep.
+
+Faults of Asterisk's REST interface (a failed continue, a listing that is not a list, a
+dropped event stream) are injected by ``FaultyClient``, the door's own ARI client with
+one call made to fail; everything else goes to the real Asterisk.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
+from aiohttp import web
 from conftest import SandboxFactory
 from sandbox import AsteriskSandbox
 
 from gate.config.loader import AriConfig
+from gate.core.errors import StoreError
 from gate.lists.admin import ListAdmin
-from gate.service import Gate
-from gate.stasis.ari import AriClient, AriNotFound, AriUnavailable
+from gate.service import Gate, Observed
+from gate.stasis.ari import AriClient, AriError, AriNotFound, AriUnavailable
 from gate.stasis.door import StasisGate
 from gate.store.client import Store
 from tests.conftest import make_config
@@ -31,6 +40,13 @@ def dialplan() -> tuple[str, dict[str, str]]:
 [gated]
 exten => _X.,1,GoSub(callgate-stasis,s,1(${EXTEN},default,e2e,campaign))
  same => n,Set(REACHED=${CALLGATE_RESULT})
+ same => n,Goto(answerer,s,1)
+
+[gated-twice]
+exten => _X.,1,GoSub(callgate-stasis,s,1(${EXTEN},default,e2e,campaign,trunk-a))
+ same => n,Set(FIRST=${CALLGATE_RESULT})
+ same => n,GoSub(callgate-stasis,s,1(${EXTEN},default,e2e,campaign,trunk-b))
+ same => n,Set(REACHED=${FIRST}+${CALLGATE_RESULT})
  same => n,Goto(answerer,s,1)
 
 [answerer]
@@ -78,22 +94,125 @@ async def gate(redis_url: str) -> AsyncIterator[Gate]:
     await store.close()
 
 
-def ari_config(sandbox: AsteriskSandbox, on_refuse: str = "hangup") -> AriConfig:
+def ari_config(
+    sandbox: AsteriskSandbox, on_refuse: str = "hangup", decided_context: str = "callgate-decided"
+) -> AriConfig:
     return AriConfig(
         url=sandbox.ari_url,
         user=sandbox.ari_user,
         password=sandbox.ari_password,
         on_refuse=on_refuse,
         reconnect_max_s=1.0,
+        decided_context=decided_context,
     )
+
+
+class Recorded:
+    """A decision observer: the numbers of the recorded decisions, in order."""
+
+    def __init__(self) -> None:
+        self.numbers: list[str] = []
+
+    def decided(self, observed: Observed) -> None:
+        if observed.record:
+            self.numbers.append(observed.attempt.dialled)
+
+    def store_failed(self, error: StoreError) -> None:
+        pass
+
+
+class FaultyClient(AriClient):
+    """The door's ARI client with faults on demand; everything else reaches Asterisk."""
+
+    def __init__(self, sandbox: AsteriskSandbox) -> None:
+        super().__init__(sandbox.ari_url, sandbox.ari_user, sandbox.ari_password, "callgate")
+        self.failing_continues = 0  # this many continues fail (AriUnavailable)
+        self.continue_delay_s = 0.0  # a continue returns this late (after it took effect)
+        self.bad_listings = 0  # this many GET /channels answer null
+        self.buggy_sweeps = 0  # this many GET /channels raise a bug (TypeError)
+        self.continues = 0
+        self.requests: list[tuple[str, str]] = []  # (method, path) of every REST request
+        self.drop = asyncio.Event()  # set: the event stream ends (a lost connection)
+
+    async def continue_in_dialplan(
+        self, channel_id: str, context: str = "", extension: str = ""
+    ) -> None:
+        self.continues += 1
+        if self.failing_continues > 0:
+            self.failing_continues -= 1
+            raise AriUnavailable("injected: the continue request failed")
+        await super().continue_in_dialplan(channel_id, context, extension)
+        await asyncio.sleep(self.continue_delay_s)
+
+    async def _request(self, method: str, path: str, params: Any = None, body: Any = None) -> Any:
+        self.requests.append((method, path))
+        if (method, path) == ("GET", "/channels") and self.bad_listings > 0:
+            self.bad_listings -= 1
+            return None
+        return await super()._request(method, path, params, body)
+
+    def requests_for(self, channel_id: str) -> list[str]:
+        """The REST requests that named ``channel_id``: ``"POST continue"``…"""
+        prefix = f"/channels/{channel_id}"
+        return [
+            f"{method} {path[len(prefix) + 1 :] or 'channel'}"
+            for method, path in self.requests
+            if path.startswith(prefix)
+        ]
+
+    async def channels(self) -> list[dict[str, Any]]:
+        if self.buggy_sweeps > 0:
+            self.buggy_sweeps -= 1
+            raise TypeError("injected: a bug in the sweep")
+        return await super().channels()
+
+    @asynccontextmanager
+    async def event_stream(self) -> AsyncIterator[AsyncIterator[dict[str, Any]]]:
+        async with super().event_stream() as events:
+            yield self._until_dropped(events)
+
+    async def _until_dropped(
+        self, events: AsyncIterator[dict[str, Any]]
+    ) -> AsyncIterator[dict[str, Any]]:
+        iterator = events.__aiter__()
+        dropped = asyncio.ensure_future(self.drop.wait())
+        try:
+            while True:
+                following = asyncio.ensure_future(iterator.__anext__())
+                await asyncio.wait({following, dropped}, return_when=asyncio.FIRST_COMPLETED)
+                if not following.done():
+                    following.cancel()
+                    self.drop.clear()
+                    return
+                try:
+                    event = following.result()
+                except StopAsyncIteration:
+                    return
+                yield event
+        finally:
+            dropped.cancel()
+
+
+async def logged(caplog: pytest.LogCaptureFixture, text: str, within: float) -> bool:
+    """True once a log record containing ``text`` was emitted (bounded wait)."""
+    for _ in range(int(within / 0.05) + 1):
+        if any(text in r.getMessage() for r in caplog.records):
+            return True
+        await asyncio.sleep(0.05)
+    return False
 
 
 @asynccontextmanager
 async def serving(
-    gate: Gate, sandbox: AsteriskSandbox, on_refuse: str = "hangup", connected: bool = True
+    gate: Gate,
+    sandbox: AsteriskSandbox,
+    on_refuse: str = "hangup",
+    connected: bool = True,
+    client: AriClient | None = None,
+    decided_context: str = "callgate-decided",
 ) -> AsyncIterator[StasisGate]:
     """A StasisGate running for the block (connected first unless told not to wait)."""
-    stasis = StasisGate(gate, ari_config(sandbox, on_refuse))
+    stasis = StasisGate(gate, ari_config(sandbox, on_refuse, decided_context), client)
     task = asyncio.create_task(stasis.run())
     try:
         if connected:
@@ -116,6 +235,44 @@ async def test_listed_is_hung_up_and_unlisted_continues(
         blocked = await sandbox.originate_local(LISTED, "gated")
         assert "ALLOW" == await var_eventually(sandbox, allowed, "REACHED", 10)
         assert await gone_eventually(sandbox, blocked, 10)
+
+
+async def test_an_allowed_or_refused_channel_costs_one_ari_request(
+    asterisk_factory: SandboxFactory, gate: Gate
+) -> None:
+    """One REST request per decision: an ALLOW is continued to the decided context (its
+    extension carries CALLGATE_DECISION), a refusal in continue mode too, a refusal in
+    hangup mode is one DELETE; the dialplan sees the same variables as before."""
+    text, files = dialplan()
+    sandbox = asterisk_factory(text, extra_files=files)
+    client = FaultyClient(sandbox)
+    async with serving(gate, sandbox, "continue", client=client):
+        allowed = await sandbox.originate_local(UNLISTED, "gated")
+        refused = await sandbox.originate_local(LISTED, "gated")
+        assert "ALLOW" == await var_eventually(sandbox, allowed, "REACHED", 10)
+        assert await gone_eventually(sandbox, refused, 10)
+    async with serving(gate, sandbox, "hangup", client=client):
+        hung_up = await sandbox.originate_local(LISTED, "gated")
+        assert await gone_eventually(sandbox, hung_up, 10)
+    assert (["POST continue"], ["POST continue"], ["DELETE channel"]) == (
+        client.requests_for(allowed),
+        client.requests_for(refused),
+        client.requests_for(hung_up),
+    )
+
+
+async def test_without_a_decided_context_a_decision_is_set_then_continued(
+    asterisk_factory: SandboxFactory, gate: Gate
+) -> None:
+    """``decided_context = ""`` (a dialplan without [callgate-decided]): two REST requests,
+    set CALLGATE_DECISION then continue after Stasis(); the dialplan sees ALLOW."""
+    text, files = dialplan()
+    sandbox = asterisk_factory(text, extra_files=files)
+    client = FaultyClient(sandbox)
+    async with serving(gate, sandbox, client=client, decided_context=""):
+        allowed = await sandbox.originate_local(UNLISTED, "gated")
+        assert "ALLOW" == await var_eventually(sandbox, allowed, "REACHED", 10)
+    assert ["POST variable", "POST continue"] == client.requests_for(allowed)
 
 
 async def test_continue_mode_gives_the_dialplan_the_verdict(
@@ -177,3 +334,134 @@ async def test_ari_client_errors(asterisk_factory: SandboxFactory) -> None:
     async with AriClient("http://127.0.0.1:1/ari", "u", "p", "x") as closed:
         with pytest.raises(AriUnavailable):
             await closed.channels()
+
+
+async def test_a_second_stasis_on_the_same_channel_is_decided_again(
+    asterisk_factory: SandboxFactory, gate: Gate
+) -> None:
+    """Trunk failover runs the subroutine twice on one channel: both stays are decided
+    (and both attempts recorded), none is left parked."""
+    text, files = dialplan()
+    sandbox = asterisk_factory(text, extra_files=files)
+    recorded = Recorded()
+    gate.observers.append(recorded)
+    async with serving(gate, sandbox):
+        twice = await sandbox.originate_local(UNLISTED, "gated-twice")
+        assert "ALLOW+ALLOW" == await var_eventually(sandbox, twice, "REACHED", 10)
+    assert [UNLISTED, UNLISTED] == recorded.numbers
+
+
+async def test_a_new_stay_that_starts_while_the_continue_returns_is_decided(
+    asterisk_factory: SandboxFactory, gate: Gate
+) -> None:
+    """The channel is back in Stasis (failover) before the first continue has returned:
+    the new stay is decided once the first decision is done."""
+    text, files = dialplan()
+    sandbox = asterisk_factory(text, extra_files=files)
+    client = FaultyClient(sandbox)
+    client.continue_delay_s = 0.5
+    recorded = Recorded()
+    gate.observers.append(recorded)
+    async with serving(gate, sandbox, client=client):
+        twice = await sandbox.originate_local(UNLISTED, "gated-twice")
+        assert "ALLOW+ALLOW" == await var_eventually(sandbox, twice, "REACHED", 10)
+    assert [UNLISTED, UNLISTED] == recorded.numbers
+
+
+async def test_a_failed_continue_is_retried_with_the_same_decision(
+    asterisk_factory: SandboxFactory, gate: Gate
+) -> None:
+    """Two continues fail: the door retries the same decision; the call goes through and
+    its ALLOW is recorded once."""
+    text, files = dialplan()
+    sandbox = asterisk_factory(text, extra_files=files)
+    client = FaultyClient(sandbox)
+    client.failing_continues = 2
+    recorded = Recorded()
+    gate.observers.append(recorded)
+    async with serving(gate, sandbox, client=client):
+        allowed = await sandbox.originate_local(UNLISTED, "gated")
+        assert "ALLOW" == await var_eventually(sandbox, allowed, "REACHED", 10)
+    assert ([UNLISTED], 3) == (recorded.numbers, client.continues)
+
+
+async def test_the_sweep_reapplies_a_decision_it_could_not_apply_and_never_decides_again(
+    asterisk_factory: SandboxFactory, gate: Gate, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every continue fails until the connection drops; after the reconnect the sweep finds
+    the channel and re-applies its decision: one ALLOW recorded, the call goes through."""
+    caplog.set_level(logging.INFO, logger="callgate")
+    text, files = dialplan()
+    sandbox = asterisk_factory(text, extra_files=files)
+    client = FaultyClient(sandbox)
+    client.failing_continues = 2
+    recorded = Recorded()
+    gate.observers.append(recorded)
+    async with serving(gate, sandbox, client=client) as stasis:
+        stasis.apply_tries, stasis.apply_backoff_s = 2, 0.05
+        allowed = await sandbox.originate_local(UNLISTED, "gated")
+        assert await logged(caplog, "the next sweep applies it", 10)
+        client.drop.set()
+        assert "ALLOW" == await var_eventually(sandbox, allowed, "REACHED", 10)
+    assert [UNLISTED] == recorded.numbers
+
+
+@pytest.mark.parametrize("fault", ["bad_listings", "buggy_sweeps"])
+async def test_a_failure_in_the_door_is_logged_and_the_door_reconnects(
+    asterisk_factory: SandboxFactory, gate: Gate, caplog: pytest.LogCaptureFixture, fault: str
+) -> None:
+    """GET /channels answers null, or the sweep hits a bug: the door logs it, reconnects,
+    and goes on deciding calls."""
+    caplog.set_level(logging.INFO, logger="callgate")
+    text, files = dialplan()
+    sandbox = asterisk_factory(text, extra_files=files)
+    client = FaultyClient(sandbox)
+    setattr(client, fault, 1)
+    async with serving(gate, sandbox, client=client, connected=False) as stasis:
+        for _ in range(200):  # bounded: 10 s
+            if stasis.reconnects >= 1 and stasis.connected.is_set():
+                break
+            await asyncio.sleep(0.05)
+        allowed = await sandbox.originate_local(UNLISTED, "gated")
+        assert "ALLOW" == await var_eventually(sandbox, allowed, "REACHED", 10)
+    expected = {"bad_listings": "ARI failed", "buggy_sweeps": "Stasis door failed"}[fault]
+    assert 1 == stasis.reconnects
+    assert [expected] == [
+        expected for r in caplog.records if r.levelno >= logging.WARNING and expected in r.message
+    ]
+
+
+async def test_close_returns_within_its_bound(asterisk_factory: SandboxFactory, gate: Gate) -> None:
+    """close() of a connected door returns promptly and leaves it disconnected."""
+    text, files = dialplan()
+    sandbox = asterisk_factory(text, extra_files=files)
+    stasis = StasisGate(gate, ari_config(sandbox))
+    stasis.start()
+    async with asyncio.timeout(10):
+        await stasis.connected.wait()
+    started = time.monotonic()
+    await stasis.close()
+    assert time.monotonic() - started < 2.0
+    assert not stasis.connected.is_set()
+
+
+async def test_a_reply_that_is_not_json_is_an_ari_error() -> None:
+    """An ARI endpoint answering 200 with something that is not JSON (here a broken HTTP
+    peer standing where Asterisk should be) is an AriError, not a ValueError."""
+
+    async def not_json(_request: web.Request) -> web.Response:
+        return web.Response(text="<html>oops</html>")
+
+    app = web.Application()
+    app.router.add_get("/ari/channels", not_json)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        port = runner.addresses[0][1]
+        async with AriClient(f"http://127.0.0.1:{port}/ari", "u", "p", "x") as client:
+            with pytest.raises(AriError, match="not JSON"):
+                await client.channels()
+    finally:
+        await runner.cleanup()

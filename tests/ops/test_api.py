@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from openapi_spec_validator import validate
 
 from gate.config.loader import ApiConfig, HttpConfig
 from gate.core.errors import ConfigError
@@ -84,7 +85,7 @@ async def test_check_answers_the_decision_with_its_explanation(served: Served) -
         "reason": "allowed",
         "rule": "",
         "retry_after_s": None,
-        "e164": UNLISTED,
+        "destination": UNLISTED,
         "shadow": [],
         "config_version": "v1",
     } == body
@@ -204,11 +205,21 @@ async def test_a_scrub_beyond_the_bound_is_413(served: Served) -> None:
         ({"number": UNLISTED, "tenant": "a b"}, "tenant: 'a b' must be 1-64 of A-Z a-z 0-9 _ . -"),
         (
             {"number": UNLISTED, "at": "tomorrow"},
-            "at: 'tomorrow' is not ISO-8601 (e.g. 2026-12-01T10:30+01:00)",
+            "at: 'tomorrow' is not an RFC 3339 date-time with an offset "
+            "(e.g. 2026-12-01T10:30:00+01:00)",
         ),
-        ({"number": UNLISTED, "class": "robot"}, "class: must be campaign or manual"),
+        (
+            {"number": UNLISTED, "at": "2026-12-01T10:30:00"},
+            "at: '2026-12-01T10:30:00' is not an RFC 3339 date-time with an offset "
+            "(e.g. 2026-12-01T10:30:00+01:00)",
+        ),
+        (
+            {"number": UNLISTED, "class": "robot"},
+            "class: must be 'campaign' or 'manual', got 'robot'",
+        ),
         ({"number": UNLISTED, "record": "yes"}, "record: expected true or false, got 'yes'"),
-        ([UNLISTED], "the body must be a JSON object"),
+        ({"number": UNLISTED, "record": 1}, "record: expected true or false, got 1"),
+        ([UNLISTED], "the body must be a JSON object, got ['+33612345678']"),
     ],
 )
 async def test_bad_input_is_400_naming_the_field(served: Served, body: object, error: str) -> None:
@@ -216,16 +227,41 @@ async def test_bad_input_is_400_naming_the_field(served: Served, body: object, e
     assert (400, {"error": error}) == await served.post("/v1/check", body)
 
 
-async def test_openapi_describes_every_api_route(served: Served) -> None:
-    """/openapi.json is OpenAPI 3.1 and has a path for each route the server serves."""
+async def test_openapi_describes_every_route_the_server_serves(served: Served) -> None:
+    """/openapi.json is OpenAPI 3.1 and has an operation for each route and method served."""
     status, spec = await served.get("/openapi.json")
-    routes = {
-        r.resource.canonical
+    served_routes = {
+        (r.method.lower(), r.resource.canonical)
         for r in served.server.app.router.routes()
-        if r.resource is not None and r.resource.canonical != "/openapi.json"
+        if r.resource is not None and r.method != "HEAD"
     }
+    described = {(method, path) for path, item in spec["paths"].items() for method in item}
     assert (200, "3.1.0") == (status, spec["openapi"])
-    assert routes == set(spec["paths"])
+    assert served_routes == described
+
+
+async def test_openapi_passes_the_spec_validator(served: Served) -> None:
+    """The generated description is a valid OpenAPI 3.1 document (openapi-spec-validator)."""
+    _, spec = await served.get("/openapi.json")
+    validate(spec)
+
+
+async def test_every_operation_is_named_and_every_object_is_closed(served: Served) -> None:
+    """Each operation has a unique operationId; every object schema with properties says
+    additionalProperties: false; every JSON answer has a schema of its own (no bare object)."""
+    _, spec = await served.get("/openapi.json")
+    operations = [op for item in spec["paths"].values() for op in item.values()]
+    ids = [op["operationId"] for op in operations]
+    objects = [s for s in spec["components"]["schemas"].values() if "properties" in s]
+    open_objects = [s["title"] for s in objects if s.get("additionalProperties") is not False]
+    bare = [
+        (op["operationId"], status)
+        for op in operations
+        for status, answer in op["responses"].items()
+        for media in answer.get("content", {}).values()
+        if media["schema"] in ({}, {"type": "object"})
+    ]
+    assert (len(ids), [], []) == (len(set(ids)), open_objects, bare)
 
 
 async def test_the_api_refuses_to_start_on_all_interfaces_without_a_token(

@@ -14,7 +14,7 @@ import pytest
 from agi.server import AgiServer
 from gate.core.model import Attempt, TrafficClass
 from gate.lists.admin import ListAdmin
-from gate.ops.metrics import MAX_TENANTS, BoundedLabel, Metrics
+from gate.ops.metrics import BoundedLabel, Metrics
 from gate.service import Gate
 from gate.store.client import Store
 from tests.conftest import SAMPLE_CONFIG, make_config
@@ -139,11 +139,11 @@ async def test_config_version_is_exported(served: Served) -> None:
     assert 1.0 == (await served.scrape())[("callgate_config_info", labels(version="v1"))]
 
 
-def test_tenants_beyond_the_bound_are_counted_as_other() -> None:
-    """Configured tenants keep their label; past MAX_TENANTS new ones become "other"."""
-    bound = BoundedLabel(MAX_TENANTS, {"acme"})
-    seen = {bound(f"t{i}") for i in range(MAX_TENANTS * 2)}
-    assert (MAX_TENANTS, "acme", "other") == (len(seen), bound("acme"), bound("late"))
+def test_values_beyond_the_bound_are_counted_as_other() -> None:
+    """Known values keep their label; past the bound new ones become "other"."""
+    bound = BoundedLabel(3, {"acme"})
+    seen = {bound(f"t{i}") for i in range(6)}
+    assert (3, "acme", "other") == (len(seen), bound("acme"), bound("late"))
 
 
 def test_unknown_reasons_past_the_bound_keep_their_family() -> None:
@@ -173,10 +173,20 @@ async def test_healthz_is_up_with_the_config_version(served: Served) -> None:
 
 
 async def test_readyz_is_ready_when_redis_answers(served: Served) -> None:
-    """/readyz answers 200, ready, with the Redis check passed."""
+    """/readyz answers 200, ready, with the Redis check passed, naming the mode and the
+    node that answers (no failover, no restart so far)."""
     status, body = await served.get("/readyz")
-    redis_check = {"ok": True, "mode": "single", "node": served.gate.store.where, "redirects": {}}
-    assert (200, {"ready": True, "config_version": "v1", "checks": {"redis": redis_check}}) == (
+    redis_ok = {
+        "ok": True,
+        "error": None,
+        "reconnects": None,
+        "mode": "single",
+        "node": served.gate.store.where,
+        "failovers": 0,
+        "restarts": 0,
+        "redirects": {},
+    }
+    assert (200, {"ready": True, "config_version": "v1", "checks": {"redis": redis_ok}}) == (
         status,
         body,
     )
@@ -224,7 +234,8 @@ async def test_readyz_follows_the_ari_connection(
     state.connected.set()
     after, body = await running.get("/readyz")
     scraped = await running.scrape()
-    assert (503, 200, {"ok": True, "reconnects": 3}) == (before, after, body["checks"]["ari"])
+    ari = {"ok": True, "error": None, "reconnects": 3}
+    assert (503, 200, ari) == (before, after, body["checks"]["ari"])
     assert (1.0, 3.0) == (
         scraped[("callgate_ari_connected", labels())],
         scraped[("callgate_ari_reconnects_total", labels())],
@@ -242,3 +253,35 @@ def test_the_sample_dashboard_uses_only_exported_metrics() -> None:
         re.sub(r"_(bucket|count|sum)$", "", m) for m in re.findall(r"callgate_\w+", dashboard)
     }
     assert set() == queried - exported
+
+
+def test_workers_metrics_are_summed_into_one_exposition() -> None:
+    """``run --workers``: the parent's /metrics adds the workers' counters and histograms
+    to its own, sample by sample; the config info gauge is not multiplied."""
+    from gate.ops.metrics import merge_expositions
+
+    texts = []
+    for count in (1, 2, 3):
+        metrics = Metrics()
+        metrics.use_config(make_config(), "abc123")
+        for _ in range(count):
+            metrics.decisions.labels("ALLOW", "allowed", "agi", "default").inc()
+            metrics.in_process_s.observe(0.0002)
+        texts.append(metrics.exposition().decode())
+    merged = merge_expositions(texts).decode().splitlines()
+    assert [
+        'callgate_decisions_total{door="agi",reason="allowed",tenant="default",'
+        'verdict="ALLOW"} 6.0',
+        "callgate_decision_in_process_seconds_count 6.0",
+        'callgate_config_info{version="abc123"} 1.0',
+    ] == [
+        line
+        for line in merged
+        if line.startswith(
+            (
+                "callgate_decisions_total",
+                "callgate_decision_in_process_seconds_count",
+                "callgate_config_info{",
+            )
+        )
+    ]

@@ -17,6 +17,7 @@ import pytest
 from gate.config.loader import Config
 from gate.core.model import Decision
 from gate.core.rules import (
+    AbandonCeilingRule,
     CallerIdRule,
     CapRule,
     ConsentRule,
@@ -30,7 +31,7 @@ from gate.lists.admin import ListAdmin
 from gate.lists.formats import Rejected
 from gate.service import Gate
 from gate.store.client import Store
-from tests.conftest import make_config
+from tests.conftest import BASE_CONFIG, make_config
 
 PACKS_DIR = Path(__file__).resolve().parents[2] / "config" / "packs"
 TENANT = "default"
@@ -42,7 +43,12 @@ def pack_config(
     """A config enabling ``packs`` (read from an absolute ``packs_dir``) and nothing else."""
     return make_config(
         {
-            "gate": {"default_region": region, "packs": packs, "packs_dir": str(packs_dir)},
+            "gate": {
+                "default_region": region,
+                "packs": packs,
+                "packs_dir": str(packs_dir),
+                "tenants": BASE_CONFIG["gate"]["tenants"],
+            },
             "lists": [{"name": "red", "kind": "block", "scope": "tenant"}],
             "caps": [],
             **tables,
@@ -51,7 +57,14 @@ def pack_config(
 
 
 Rule = (
-    HoursRule | CapRule | ConsentRule | FreshnessRule | CooloffRule | CallerIdRule | DestinationRule
+    HoursRule
+    | CapRule
+    | ConsentRule
+    | FreshnessRule
+    | CooloffRule
+    | CallerIdRule
+    | DestinationRule
+    | AbandonCeilingRule
 )
 
 
@@ -65,6 +78,7 @@ def pack_rules(pack: Pack) -> list[Rule]:
         *pack.cooloffs,
         *pack.caller_ids,
         *pack.destinations,
+        *pack.abandon_ceilings,
     ]
 
 

@@ -60,7 +60,9 @@ def test_pack_loads_with_sources_and_verify_marks() -> None:
     rules = pack_rules(pack)
     assert ({"GB"}, {"tps", "ctps"}) == (set(pack.regions), {rule.name for rule in pack.lists})
     assert [] == [rule.id for rule in rules if not rule.source]
-    assert ["uk-abandoned-72h", "uk-cli"] == [rule.id for rule in rules if rule.verify]
+    assert ["uk-abandoned-72h", "uk-cli", "uk-ofcom-abandoned-3pct"] == [
+        rule.id for rule in rules if rule.verify
+    ]
 
 
 LISTS = [

@@ -50,7 +50,7 @@ def test_pack_loads_with_sources_and_verify_marks() -> None:
     """us.toml loads; every rule names its source; state rules are marked verify (area codes)."""
     (pack,) = pack_config(["us"], "US").policy.packs
     rules = pack_rules(pack)
-    assert ({"US"}, {"national_dnc", "company_dnc"}) == (
+    assert ({"US"}, {"national_dnc", "company_dnc", "tcpa_consent", "reassigned"}) == (
         set(pack.regions),
         {rule.name for rule in pack.lists},
     )

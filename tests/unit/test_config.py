@@ -36,7 +36,7 @@ def test_sample_config_loads_and_enables_the_french_pack(
 
 def test_secret_file_is_created_once_and_reused(tmp_path: Path) -> None:
     """A missing secret_file gets a random secret, private, and the same one next time."""
-    data = {"privacy": {"secret_file": "s/secret"}}
+    data = {"gate": {"state_dir": "."}, "privacy": {"secret_file": "s/secret"}}
     first = parse_config(data, "t.toml", tmp_path).secret
     second = parse_config(data, "t.toml", tmp_path).secret
     assert first == second
@@ -63,7 +63,34 @@ def test_secret_file_is_created_once_and_reused(tmp_path: Path) -> None:
         ({"gate": {"colour": "blue"}}, "gate.colour: unknown key"),
         ({"redis": {"url": "http://x"}}, "redis.url"),
         ({"redis": {"deadline": 0}}, "redis.deadline"),
-        ({"redis": {"mode": "ring"}}, "redis.mode"),
+        ({"redis": {"mode": "ring"}}, "redis.mode: must be one of single, sentinel, cluster"),
+        ({"redis": {"pool_size": 0}}, "redis.pool_size: must be 1-10000"),
+        ({"redis": {"pool_wait": "soon"}}, "redis.pool_wait"),
+        ({"redis": {"wait_replicas": -1}}, "redis.wait_replicas"),
+        ({"redis": {"wait_timeout": "5m"}}, "redis.wait_timeout: must be at most 60s"),
+        ({"redis": {"mode": "sentinel"}}, 'redis.sentinel: mode = "sentinel" needs'),
+        ({"redis": {"mode": "sentinel", "sentinel": {"service": "m"}}}, "redis.sentinel.nodes"),
+        (
+            {"redis": {"mode": "sentinel", "sentinel": {"nodes": ["h"], "service": "m"}}},
+            'redis.sentinel.nodes[0]: expected "host:port"',
+        ),
+        (
+            {"redis": {"mode": "sentinel", "sentinel": {"nodes": ["h:1"]}}},
+            "redis.sentinel.service: is required",
+        ),
+        (
+            {
+                "redis": {
+                    "mode": "sentinel",
+                    "url": "redis://x",
+                    "sentinel": {"nodes": ["h:1"], "service": "m"},
+                }
+            },
+            'redis.url: mode = "sentinel" takes',
+        ),
+        ({"redis": {"sentinel": {"nodes": ["h:1"]}}}, "redis.sentinel: is only read with"),
+        ({"redis": {"tls": True}}, 'redis.tls: is for mode = "sentinel"'),
+        ({"redis": {"tls_ca_file": "nope.pem"}}, "redis.tls_ca_file"),
         ({"redis": {"mode": "cluster"}}, 'redis.nodes: mode = "cluster" needs the seed nodes'),
         ({"redis": {"mode": "cluster", "nodes": ["unix:///r.sock"]}}, "redis.nodes[0]: expected"),
         ({"redis": {"mode": "cluster", "nodes": ["redis://h"]}}, "needs a host and a port"),
@@ -80,6 +107,17 @@ def test_secret_file_is_created_once_and_reused(tmp_path: Path) -> None:
         ({"trunks": {"cps": {"t1": -5}}}, "trunks.cps.t1"),
         ({"privacy": {"hash_numbers": True}}, "privacy.secret"),
         ({"typo": 1}, "typo: unknown key"),
+        (
+            {
+                "ari": {
+                    "url": "http://a/ari",
+                    "user": "u",
+                    "password": "p",
+                    "decided_context": "a b",
+                }
+            },
+            "ari.decided_context",
+        ),
     ],
 )
 def test_config_errors_name_the_key(data: dict[str, Any], message: str, tmp_path: Path) -> None:
@@ -139,3 +177,68 @@ def test_cluster_mode_keeps_its_seed_nodes(tmp_path: Path) -> None:
         config.redis.nodes,
         config.redis.url,
     )
+
+
+def test_the_stasis_door_continues_to_the_decided_context_unless_told_not_to(
+    tmp_path: Path,
+) -> None:
+    """[ari] decided_context defaults to the include file's callgate-decided; "" turns the
+    one-request continue off."""
+    ari = {"url": "http://127.0.0.1:8088/ari", "user": "u", "password": "p"}
+    secret = {"secret": "s" * 20}
+    default = parse_config({"ari": ari, "privacy": secret}, "cg.toml", tmp_path).ari
+    off = parse_config(
+        {"ari": {**ari, "decided_context": ""}, "privacy": secret}, "cg.toml", tmp_path
+    ).ari
+    assert ("callgate-decided", "") == (
+        default.decided_context if default else None,
+        off.decided_context if off else None,
+    )
+
+
+SENTINEL = {
+    "mode": "sentinel",
+    "sentinel": {"nodes": ["10.0.0.1:26379", "[::1]:26380"], "service": "callgate"},
+}
+
+
+def test_sentinel_mode_reads_nodes_and_is_durable_by_default(tmp_path: Path) -> None:
+    """mode = "sentinel": nodes as (host, port), the service, and opt-outs wait for one
+    replica by default (a single server waits for none)."""
+    sentinel = parse_config(
+        {"redis": SENTINEL, "privacy": {"secret": "s" * 20}}, "cg.toml", tmp_path
+    ).redis
+    single = parse_config({"privacy": {"secret": "s" * 20}}, "cg.toml", tmp_path).redis
+    assert sentinel.sentinel is not None
+    assert ((("10.0.0.1", 26379), ("::1", 26380)), "callgate") == (
+        sentinel.sentinel.nodes,
+        sentinel.sentinel.service,
+    )
+    assert (1, 0) == (sentinel.wait_replicas, single.wait_replicas)
+    assert (50, 1.0) == (single.pool_size, single.pool_wait_s)
+
+
+def test_redis_passwords_come_from_the_environment_and_are_not_shown(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """$CALLGATE_REDIS_PASSWORD and $CALLGATE_SENTINEL_PASSWORD win over the file, and a
+    printed config never shows them."""
+    monkeypatch.setenv("CALLGATE_REDIS_PASSWORD", "from-env-1")
+    monkeypatch.setenv("CALLGATE_SENTINEL_PASSWORD", "from-env-2")
+    data = {"redis": {**SENTINEL, "password": "in-file"}, "privacy": {"secret": "s" * 20}}
+    redis = parse_config(data, "cg.toml", tmp_path).redis
+    assert redis.sentinel is not None
+    assert ("from-env-1", "from-env-2") == (redis.password, redis.sentinel.password)
+    assert "from-env" not in repr(redis)
+
+
+def test_config_check_names_the_sentinels_and_the_durability(tmp_path: Path) -> None:
+    """``config check`` says a sentinel config uses the sentinels' master and that
+    opt-outs wait for a replica (not "embedded")."""
+    from gate.runtime import describe_redis
+
+    config = parse_config({"redis": SENTINEL, "privacy": {"secret": "s" * 20}}, "cg.toml", tmp_path)
+    assert (
+        "sentinel: master of service 'callgate' via 10.0.0.1:26379, ::1:26380; "
+        "opt-outs wait for 1 replica(s)"
+    ) == describe_redis(config)

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gate.core.engine import (
     Check,
@@ -262,6 +265,78 @@ MIXED_NUMBERS = [
     "+16045551234",
     "+3361234567",
 ]
+
+
+ALL_PACKS = make_config(
+    {
+        "gate": {
+            "default_region": "FR",
+            "packs": ["fr", "us", "uk", "ca"],
+            "packs_dir": str(PACKS_DIR),
+        },
+        "caps": [
+            {"id": "tenant-3-per-day", "limit": 3, "window": "1d", "scope": "tenant"},
+            {"id": "campaign-2-per-h", "limit": 2, "window": "1h", "scope": "campaign"},
+        ],
+        "trunks": {"cps": {"carrier-a": 10}},
+    }
+).policy
+# Instants within two days of dates that matter (both DST changes, the fr pack's
+# 2026-08-11 switch, French, US and overseas holidays, a weekend), to the millisecond:
+# many attempts share a callee-local day, at open and closed hours.
+INSTANTS = st.builds(
+    lambda day, ms: day + timedelta(milliseconds=ms),
+    st.sampled_from(
+        [
+            datetime(2026, 3, 7, tzinfo=UTC),
+            datetime(2026, 3, 28, tzinfo=UTC),
+            datetime(2026, 7, 3, tzinfo=UTC),
+            datetime(2026, 8, 10, tzinfo=UTC),
+            datetime(2026, 12, 5, tzinfo=UTC),
+            datetime(2026, 12, 24, tzinfo=UTC),
+            datetime(2027, 5, 26, tzinfo=UTC),
+        ]
+    ),
+    st.integers(0, 2 * 86_400_000),
+)
+CONTEXTS = st.fixed_dictionaries(
+    {
+        "tenant": st.sampled_from(["default", "acme"]),
+        "campaign": st.sampled_from(["", "spring"]),
+        "trunk": st.sampled_from(["", "carrier-a"]),
+        "caller_id": st.sampled_from([None, "", "unknown", "+33162000000", "0612345678"]),
+        "traffic_class": st.sampled_from(list(TrafficClass)),
+    }
+)
+CALLS = st.tuples(
+    st.integers(0, 2),  # which context
+    st.sampled_from(MIXED_NUMBERS),
+    st.integers(0, 6 * 3_600_000),  # ms after the first call: same local day or the next
+    st.sampled_from(["", "PJSIP/sipp-00000001", "Local/0612345678@gated-0000;1"]),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    contexts=st.lists(CONTEXTS, min_size=3, max_size=3),
+    start=INSTANTS,
+    calls=st.lists(CALLS, min_size=5, max_size=40),
+    record=st.booleans(),
+)
+def test_a_live_planner_plans_every_attempt_exactly_like_plan(
+    contexts: list[dict[str, Any]],
+    start: datetime,
+    calls: list[tuple[int, str, int, str]],
+    record: bool,
+) -> None:
+    """The doors' Planner, which reuses plans across numbers and instants, gives each
+    attempt (any number, instant, tenant, campaign, trunk, caller ID, class, channel) the
+    very plan ``plan`` gives it, in any order."""
+    planner = Planner(ALL_PACKS, KEYS, record)
+    for which, dialled, after_ms, channel in calls:
+        now = start + timedelta(milliseconds=after_ms)
+        a = Attempt(dialled, now, channel=channel, **contexts[which])
+        assert plan(a, ALL_PACKS, KEYS, record) == planner.plan(a)
 
 
 @pytest.mark.parametrize("when", [NOW, datetime(2026, 12, 6, 22, 0, tzinfo=UTC)])

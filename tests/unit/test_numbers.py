@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gate.core.errors import NumberError
 from gate.core.numbers import BadNumber, Destination, NumberType, ShortCode, classify, parse_e164
@@ -147,3 +149,30 @@ def test_fast_parse_agrees_with_phonenumbers(dialled: str) -> None:
     e164, raw_type, zones = reference
     assert (e164, zones) == (result.e164, result.time_zones)
     assert _TYPE_NAMES[int(raw_type)] == result.number_type
+
+
+# --- hostile input: classify never raises -------------------------------------------------
+
+REGIONS = ["FR", "US", "CA", "GB", "DE", "IT", "RE", "ZZ"]
+# Text that looks like numbers, with the digits Unicode has beside ASCII: decimal digits of
+# other scripts (mapped), and digits that are not decimal ("²", "①": refused).
+NUMBERISH = st.text(
+    alphabet=st.sampled_from("0123456789+ .-()/\t#*²³¹⁰₀①٣٤۵०０１:;@<>sip tel"),
+    max_size=40,
+)
+
+
+@settings(max_examples=2000, deadline=None, database=None)
+@given(dialled=st.one_of(st.text(max_size=80), NUMBERISH), region=st.sampled_from(REGIONS))
+def test_classify_never_raises_on_any_text(dialled: str, region: str) -> None:
+    """Any string, in any region: a Destination, a ShortCode or a BadNumber, never an error."""
+    assert isinstance(classify(dialled, region), Destination | ShortCode | BadNumber)
+
+
+@pytest.mark.parametrize("dialled", ["061234567²", "+3361234567²", "06123456①8", "0⁶12345678"])
+def test_digits_that_are_not_decimal_are_refused(dialled: str) -> None:
+    """Superscript and circled digits are digits to Python, but no number is written with
+    them: a BadNumber naming the character."""
+    result = classify(dialled, "FR")
+    assert isinstance(result, BadNumber)
+    assert result.why.startswith("unexpected character")

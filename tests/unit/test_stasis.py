@@ -1,11 +1,10 @@
-"""The Stasis door's pure parts: events and channel listings in, one decision variable out."""
+"""The Stasis door's pure parts: events and channel listings in, channels out."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from gate.core.model import Decision, Verdict
-from gate.stasis.door import StasisChannel, decision_value, parse_app_data, parse_stasis_start
+from gate.stasis.door import StasisChannel, parse_app_data, parse_stasis_start
 
 CHANNEL: dict[str, Any] = {
     "id": "1700000000.42",
@@ -57,13 +56,3 @@ def test_channels_of_other_apps_or_applications_are_not_ours() -> None:
         parse_app_data(other_app, "callgate"),
         parse_app_data(in_dial, "callgate"),
     ]
-
-
-def test_one_variable_carries_the_whole_decision() -> None:
-    """RESULT|REASON|RULE|RETRY|E164|CAUSE, split by the callgate-stasis subroutine."""
-    decision = Decision(
-        Verdict.DEFER, "cap:fr-4-per-30d", "cap:fr-4-per-30d", "+33612345678", 2592000.0
-    )
-    assert "DEFER|cap:fr-4-per-30d|cap:fr-4-per-30d|2592000|+33612345678|34" == decision_value(
-        decision
-    )

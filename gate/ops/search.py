@@ -1,0 +1,144 @@
+"""Searching the audit trail: one filter for ``callgate audit`` and ``GET /v1/audit``.
+
+``search`` streams the stored records (gate/ops/audit.py ``read_range``: the group
+streams merged in time order, bounded memory) that match a number, a time range, a
+tenant, a campaign or a verdict, up to ``limit``; a number's records are read from its
+own slot group's stream only. ``translated`` turns a Redis failure while streaming into
+the gate's ``StoreError``; ``number_key`` is how the trail names a number (its keyed hash
+with hashing on) and where its records are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, TypeVar
+
+from redis.exceptions import RedisError
+
+from gate.core.errors import InputError
+from gate.core.numbers import Destination, ShortCode, classify
+from gate.ops.audit import read_range
+from gate.ops.models import AuditRecord, audit_record
+from gate.service import Gate
+from gate.store.client import translate_error
+
+__all__ = ["CSV_HEADER", "NumberKey", "csv_row", "number_key", "search", "translated"]
+
+CSV_HEADER = (
+    "id",
+    "time",
+    "verdict",
+    "reason",
+    "rule",
+    "door",
+    "tenant",
+    "campaign",
+    "trunk",
+    "class",
+    "number",
+    "caller_id",
+    "channel",
+    "config_version",
+    "packs",
+    "lists",
+    "counters",
+    "shadow",
+    "retry_after_s",
+    "latency_us",
+    "redis_us",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class NumberKey:
+    """How the audit trail names a number, and the slot group whose stream holds it."""
+
+    name: str  # its token (or E.164 with hashing off), or a short code's digits
+    group: int
+
+
+def number_key(text: str, gate: Gate) -> NumberKey:
+    """How the audit trail names ``text`` and where its decisions are (a short code's, in
+    group 0)."""
+    target = classify(text, gate.config.policy.default_region)
+    if isinstance(target, Destination):
+        number = gate.keyspace.number(target.e164)
+        return NumberKey(number.token, number.group)
+    if isinstance(target, ShortCode):
+        return NumberKey(target.digits, 0)
+    raise InputError(f"number {text!r}: {target.why}")
+
+
+async def search(
+    client: Any,  # the store's admin client (a Redis or a RedisCluster)
+    namespace: str,
+    *,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    number: NumberKey | None = None,
+    tenant: str | None = None,
+    campaign: str | None = None,
+    verdict: str | None = None,
+    limit: int | None = None,
+) -> AsyncIterator[AuditRecord]:
+    """The matching records, oldest first."""
+    given = 0
+    groups = None if number is None else [number.group]
+    async for stored in read_range(client, namespace, since, until, groups=groups):
+        if limit is not None and given >= limit:
+            return
+        if (
+            (number is not None and stored.get("number") != number.name)
+            or (tenant is not None and stored.get("tenant") != tenant)
+            or (campaign is not None and stored.get("campaign") != campaign)
+            or (verdict is not None and stored.get("verdict") != verdict)
+        ):
+            continue
+        given += 1
+        yield audit_record(stored)
+
+
+T = TypeVar("T")
+
+
+async def translated(records: AsyncIterator[T], where: str) -> AsyncIterator[T]:
+    """``records``, a Redis failure raised as ``StoreError`` (a broken pipe to the reader
+    is not one: only the stream's own errors are translated)."""
+    iterator = aiter(records)
+    for _ in range(10**12):  # bounded by the stream
+        try:
+            record = await anext(iterator)
+        except StopAsyncIteration:
+            return
+        except (RedisError, OSError) as exc:
+            raise translate_error(exc, where) from exc
+        yield record
+
+
+def csv_row(record: AuditRecord) -> list[str]:
+    """A record in ``CSV_HEADER`` order."""
+    return [
+        record.id,
+        record.time.isoformat(),
+        record.verdict,
+        record.reason,
+        record.rule,
+        record.door,
+        record.tenant,
+        record.campaign,
+        record.trunk,
+        record.traffic_class,
+        record.number,
+        record.caller_id,
+        record.channel,
+        record.config_version,
+        ",".join(record.packs),
+        ",".join(f"{name}@{version}" for name, version in record.lists.items()),
+        ",".join(f"{rule}={seen}" for rule, seen in record.counters.items()),
+        ",".join(record.shadow),
+        "" if record.retry_after_s is None else str(record.retry_after_s),
+        str(record.latency_us),
+        str(record.redis_us),
+    ]

@@ -1,0 +1,402 @@
+"""The ``callgate`` command as a person reads it: help, errors, exit codes, --json,
+progress, pipes, and files written whole (gate/cli.py)."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from gate.cli import _build_parser
+from gate.core.keys import Keyspace
+from gate.lists.progress import progress
+from tests.cli.test_cli import (
+    CLOSED_PORT_URL,
+    NUMBER,
+    SUBPROCESS_TIMEOUT_S,
+    Run,
+    run_subprocess,
+    sample_config,
+)
+
+
+def leaf_commands() -> list[tuple[str, ...]]:
+    """Every runnable command path: ("check",), ("list", "add")…"""
+    found: list[tuple[str, ...]] = []
+
+    def walk(parser: argparse.ArgumentParser, path: tuple[str, ...]) -> None:
+        subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        if not subs:
+            found.append(path)
+            return
+        for name, sub in subs[0].choices.items():
+            walk(sub, (*path, name))
+
+    walk(_build_parser(), ())
+    return found
+
+
+def test_the_top_help_has_no_markup_and_lists_exit_statuses() -> None:
+    """``callgate --help``: plain text (no RST ``), the exit statuses and examples."""
+    text = _build_parser().format_help()
+    assert ("``" in text, "exit status:" in text, "examples:" in text) == (False, True, True)
+
+
+@pytest.mark.parametrize("path", leaf_commands(), ids=" ".join)
+def test_every_command_has_help_examples_and_help_for_every_option(path: tuple[str, ...]) -> None:
+    """Each command's --help has a description, examples, and a help text for every option."""
+    parser = _build_parser()
+    for name in path:
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        parser = sub.choices[name]
+    undocumented = [
+        a.dest for a in parser._actions if a.option_strings and not a.help and a.dest != "help"
+    ]
+    text = parser.format_help()
+    assert ([], True, False) == (undocumented, "examples:\n  callgate" in text, "``" in text)
+
+
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (
+            ["consent", "add", NUMBER, "--expires", "2026-02-30"],
+            "argument --expires: '2026-02-30' is not a date or an ISO-8601 time (day is out of "
+            "range for month); e.g. 2026-12-01 or 2026-12-01T10:30+01:00",
+        ),
+        (
+            ["audit", "export", "--since", "yesterday"],
+            "argument --since: 'yesterday' is not a date or an ISO-8601 time; "
+            "e.g. 2026-12-01 or 2026-12-01T10:30+01:00",
+        ),
+        (
+            ["check", NUMBER, "--at", "2026-12-01T10:00"],
+            "argument --at: '2026-12-01T10:00' has no UTC offset; say which time zone, "
+            "e.g. 2026-12-01T10:00+01:00 or 2026-12-01T10:00Z",
+        ),
+        (
+            ["check", NUMBER, "--at", "9999-12-31T23:59-01:00"],
+            "argument --at: '9999-12-31T23:59-01:00' is not between 2000 and 2199",
+        ),
+    ],
+)
+def test_a_bad_time_names_its_own_option(
+    cli: Run, args: list[str], error: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Each time option reports its own name and what is wrong; a time without an offset
+    is refused (never silently taken as UTC)."""
+    with pytest.raises(SystemExit) as exited:
+        cli(*args)
+    err = capsys.readouterr().err
+    assert (2, f"callgate: error: {error} (see callgate --help)\n") == (exited.value.code, err)
+
+
+def test_an_unknown_list_is_named_with_each_known_list_once(tmp_path: Path, redis_url: str) -> None:
+    """With the fr pack (which also defines customers), the error names each list once."""
+    path = tmp_path / "fr.toml"
+    path.write_text(sample_config(redis_url, gate={"packs": ["fr"]}), encoding="utf-8")
+    done = run_subprocess(tmp_path, "--config", str(path), "list", "add", "nosuch", NUMBER)
+    known = done.stderr.split("(lists: ")[1].rstrip(")\n").split(", ")
+    assert (2, len(known)) == (done.returncode, len(set(known)))
+    assert "customers" in known
+
+
+def test_consent_wording_counts_in_the_singular(cli: Run, tmp_path: Path, redis_url: str) -> None:
+    """One consent recorded reads "1 consent recorded", two "2 consents"."""
+    path = tmp_path / "consent.toml"
+    lists = '\n[[lists]]\nname = "consent"\nkind = "consent"\nscope = "tenant"\n'
+    path.write_text(sample_config(redis_url) + lists, encoding="utf-8")
+    one = cli("consent", "add", NUMBER, config=path)
+    two = cli("consent", "add", "0612345679", "0612345670", config=path)
+    assert (0, "1 consent recorded, 0 updated\n", "") == one
+    assert (0, "2 consents recorded, 0 updated\n", "") == two
+
+
+def test_an_abandoned_call_without_a_cool_off_reads_well(cli: Run) -> None:
+    """Without a pack that has one: "…after an abandoned call…", exit 2."""
+    status, _, err = cli("abandoned", NUMBER)
+    assert (
+        2,
+        "callgate: error: no enabled pack has a cool-off after an abandoned call for "
+        "'+33612345678'; nothing recorded\n",
+    ) == (status, err)
+
+
+@pytest.mark.parametrize(
+    ("listed", "args", "verdict", "status"),
+    [
+        (False, [], "ALLOW", 0),
+        (True, [], "BLOCK", 3),
+        (False, ["--trunk", "carrier-a", "--at", "2026-12-01T10:00+01:00"], "ALLOW", 0),
+    ],
+)
+def test_check_exits_with_its_verdict(
+    cli: Run, listed: bool, args: list[str], verdict: str, status: int
+) -> None:
+    """0 ALLOW, 3 BLOCK (and 4 DEFER, below): scripts branch on the exit status."""
+    if listed:
+        cli("list", "add", "red", NUMBER)
+    done, out, _ = cli("check", NUMBER, *args)
+    assert (status, verdict) == (done, out.split()[0])
+
+
+def test_a_deferred_check_exits_4_with_whole_retry_seconds(cli: Run) -> None:
+    """The fifth recorded attempt is DEFER: exit 4, retry_after in whole seconds."""
+    for _ in range(4):
+        cli("check", NUMBER, "--record")
+    status, out, _ = cli("check", NUMBER)
+    assert 4 == status
+    assert re.fullmatch(r"DEFER cap:fr-4-per-30d retry_after=\d+s \+33612345678\n", out)
+
+
+def test_quiet_check_prints_nothing(cli: Run) -> None:
+    """-q: no output, the verdict in the exit status."""
+    cli("list", "add", "red", NUMBER)
+    assert (3, "", "") == cli("check", NUMBER, "-q")
+
+
+def test_list_count_and_info_in_json(cli: Run) -> None:
+    """--json on list count and info: integer counts, typed fields, no storage internals."""
+    cli("list", "add", "red", NUMBER, "0612345679")
+    _, count, _ = cli("list", "count", "red", "--json")
+    _, info, _ = cli("list", "info", "red", "--json")
+    assert {"name": "red", "tenant": "default", "campaign": None, "entries": 2} == json.loads(count)
+    assert {
+        "name": "red",
+        "kind": "block",
+        "scope": "tenant",
+        "tenant": "default",
+        "campaign": None,
+        "entries": 2,
+        "hashed": True,
+        "refreshed_at": None,
+        "imported_at": None,
+        "source": None,
+        "importer": None,
+        "sha256": None,
+    } == json.loads(info)
+
+
+def test_list_info_shows_no_internals(cli: Run, tmp_path: Path) -> None:
+    """list info: entries and ISO times, never bits, version, count or epoch milliseconds."""
+    path = tmp_path / "red.txt"
+    path.write_text("0612345678\n0612345679\n", encoding="utf-8")
+    cli("list", "import", "red", str(path), "--refreshed-at", "2026-11-01")
+    status, out, _ = cli("list", "info", "red")
+    names = [line.split(":")[0] for line in out.splitlines()]
+    assert (
+        0,
+        [
+            "name",
+            "kind",
+            "scope",
+            "tenant",
+            "entries",
+            "hashed",
+            "refreshed_at",
+            "imported_at",
+            "source",
+            "importer",
+            "sha256",
+        ],
+    ) == (status, names)
+    assert "refreshed_at: 2026-11-01T00:00:00Z" in out.splitlines()
+
+
+def test_export_of_a_hashed_list_says_what_to_do_instead(cli: Run) -> None:
+    """Hashed lists cannot be exported; the error points to keeping the imported files,
+    list info and check."""
+    cli("list", "add", "red", NUMBER)
+    status, _, err = cli("list", "export", "red")
+    assert 2 == status
+    assert "keep the files you import" in err
+    assert "`callgate list info`" in err
+
+
+def test_csv_import_reads_quoted_multi_line_fields(cli: Run, tmp_path: Path) -> None:
+    """A CSV whose quoted cell spans two lines imports every row's phone."""
+    path = tmp_path / "crm.csv"
+    path.write_text(
+        'name,note,phone\nAlice,"call after 5\nnot Mondays",0612345678\nBob,,0612345679\n',
+        encoding="utf-8",
+    )
+    assert (0, "2 imported, 0 duplicates, 0 rejected\n", "") == cli(
+        "list", "import", "red", str(path), "--column", "phone"
+    )
+
+
+def test_import_progress_counts_every_line_exactly(cli: Run, tmp_path: Path) -> None:
+    """Off a terminal the last progress line counts the file's lines, not one more."""
+    path = tmp_path / "many.txt"
+    path.write_text("".join(f"06123{i:05d}\n" for i in range(1500)), encoding="utf-8")
+    status, out, err = cli("list", "import", "red", str(path), "--json")
+    assert (0, 1500) == (status, json.loads(out)["imported"])
+    assert err.startswith("importing many.txt: 1500 lines in ")
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_on_a_terminal_shows_count_rate_and_elapsed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The rich bar has the count done of the total, the rate and the elapsed time."""
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    with progress(3000, "importing x.txt") as advance:
+        advance(3000)
+    shown = terminal.getvalue()
+    assert ("3000/3000" in shown, "lines/s" in shown, "0:00:0" in shown) == (True, True, True)
+
+
+def test_an_interrupted_progress_says_how_far_it_got(capsys: pytest.CaptureFixture[str]) -> None:
+    """Ctrl-C during a long command: a line says how much was done before it stops."""
+
+    def interrupted_at(done: int) -> None:
+        with progress(5000, "importing x.txt") as advance:
+            advance(done)
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        interrupted_at(1200)
+    assert "importing x.txt: interrupted after 1200 of 5000 lines\n" == capsys.readouterr().err
+
+
+def test_scrub_summary_in_json_names_the_output(cli: Run, tmp_path: Path) -> None:
+    """scrub --json: the output file, the rows and counts by verdict and reason."""
+    cli("list", "add", "red", NUMBER)
+    leads, out = tmp_path / "leads.csv", tmp_path / "out.csv"
+    leads.write_text("id,phone\n1,0612345678\n2,0612345679\n3,\n", encoding="utf-8")
+    status, text, _ = cli("scrub", str(leads), "--column", "phone", "-o", str(out), "--json")
+    assert (
+        0,
+        {
+            "output": str(out),
+            "rows": 3,
+            "counts": {"ALLOW": 1, "BLOCK": 2, "DEFER": 0},
+            "unreadable": 0,
+            "reasons": {"BLOCK listed:red": 1, "BLOCK invalid_number": 1},
+        },
+    ) == (status, json.loads(text))
+
+
+def test_scrub_with_redis_down_writes_no_file(tmp_path: Path) -> None:
+    """Redis unreachable: exit 2 with one line, and no output file (not even a header)."""
+    config = tmp_path / "down.toml"
+    config.write_text(sample_config(CLOSED_PORT_URL), encoding="utf-8")
+    leads = tmp_path / "leads.csv"
+    leads.write_text("id,phone\n1,0612345678\n", encoding="utf-8")
+    done = run_subprocess(
+        tmp_path, "--config", str(config), "scrub", str(leads), "--column", "phone", "-o", "out.csv"
+    )
+    assert (2, 1, []) == (
+        done.returncode,
+        len(done.stderr.splitlines()),
+        sorted(p.name for p in tmp_path.iterdir() if p.name not in ("down.toml", "leads.csv")),
+    )
+
+
+@pytest.fixture
+def audit_rows(redis_url: str) -> int:
+    """5000 audit entries written straight into a group's stream (as the gate keeps them)."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        pipe = client.pipeline(transaction=False)
+        for i in range(5000):
+            pipe.xadd(
+                Keyspace("callgate", None).audit_key(0),
+                {
+                    "ts": str(1796_000_000_000 + i),
+                    "verdict": "ALLOW",
+                    "reason": "allowed",
+                    "door": "agi",
+                    "tenant": "default",
+                    "number": f"n{i}",
+                    "latency_us": "90",
+                },
+            )
+        pipe.execute()
+    finally:
+        client.close()
+    return 5000
+
+
+def test_audit_export_into_a_closed_pipe_exits_0_quietly(
+    tmp_path: Path, config_file: Path, audit_rows: int
+) -> None:
+    """``audit export | head -1``: the first record, then exit 0 with nothing on stderr
+    (a closed pipe is not a Redis fault)."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gate.cli", "--config", str(config_file), "audit", "export"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=tmp_path,
+    )
+    assert process.stdout is not None
+    assert process.stderr is not None
+    first = json.loads(process.stdout.readline())
+    process.stdout.close()
+    status = process.wait(SUBPROCESS_TIMEOUT_S)
+    err = process.stderr.read().decode()
+    process.stderr.close()
+    assert (0, "", "ALLOW") == (status, err, first["verdict"])
+
+
+def test_audit_why_and_tail_in_json(cli: Run, audit_rows: int) -> None:
+    """audit tail --json: JSON Lines of typed records (integer latency, RFC 3339 time)."""
+    status, out, _ = cli("audit", "tail", "-n", "2", "--json")
+    records: list[dict[str, Any]] = [json.loads(line) for line in out.splitlines()]
+    assert (0, ["n4998", "n4999"], [90, 90]) == (
+        status,
+        [r["number"] for r in records],
+        [r["latency_us"] for r in records],
+    )
+    assert records[0]["time"].endswith("Z")
+
+
+def test_sigint_during_an_import_says_what_was_kept(tmp_path: Path, config_file: Path) -> None:
+    """Ctrl-C during a --replace import: exit 130 and a line saying the list is unchanged."""
+    path = tmp_path / "big.txt"
+    # Big enough (several seconds of import) to be still running when the signal comes on
+    # a loaded machine.
+    path.write_text("".join(f"+3361{i:07d}\n" for i in range(3_000_000)), encoding="utf-8")
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gate.cli",
+            "--config",
+            str(config_file),
+            "list",
+            "import",
+            "red",
+            str(path),
+            "--replace",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert process.stderr is not None
+    try:
+        process.stderr.readline()  # the first progress line: the import is under way
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=SUBPROCESS_TIMEOUT_S)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+    assert 130 == process.returncode
+    assert "callgate: import interrupted: list 'red' is unchanged" in err

@@ -1,0 +1,87 @@
+"""``callgate init`` and ``callgate config check``: a working config, nothing overwritten,
+no side effects unless asked (gate/config/files.py, gate/cli.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gate.config.files import PACKS_DIR, sample_text
+from gate.config.loader import load_config
+from tests.cli.test_cli import CLOSED_PORT_URL, TEST_SECRET, Run
+
+
+def test_init_writes_a_config_the_dialplan_and_a_private_env_file(cli: Run, tmp_path: Path) -> None:
+    """init DIR: callgate.toml (state in /var/lib/callgate, the shipped packs), the dialplan
+    include as shipped, and callgate.env readable by its owner only."""
+    target = tmp_path / "etc"
+    status, out, _ = cli("init", str(target))
+    config = load_config(target / "callgate.toml", create_secret=False)
+    assert (0, ["wrote"] * 3) == (status, [line.split()[0] for line in out.splitlines()[:3]])
+    assert (Path("/var/lib/callgate"), PACKS_DIR, Path("/var/lib/callgate/redis")) == (
+        config.state_dir,
+        config.packs_dir,
+        config.redis.data_dir,
+    )
+    assert sample_text("callgate.conf") == (target / "callgate.conf").read_text()
+    assert 0o600 == (target / "callgate.env").stat().st_mode & 0o777
+
+
+def test_init_never_overwrites_a_file(cli: Run, tmp_path: Path) -> None:
+    """A second init keeps every file as it is, an edited one included."""
+    target = tmp_path / "etc"
+    cli("init", str(target))
+    edited = target / "callgate.toml"
+    edited.write_text("# mine\n", encoding="utf-8")
+    status, out, _ = cli("init", str(target))
+    assert (0, ["kept"] * 3) == (status, [line.split()[0] for line in out.splitlines()[:3]])
+    assert "# mine\n" == edited.read_text(encoding="utf-8")
+
+
+def test_init_can_copy_the_packs_to_edit_them(cli: Run, tmp_path: Path) -> None:
+    """--copy-packs: DIR/packs holds the shipped packs and the config reads them there."""
+    target = tmp_path / "etc"
+    cli("init", str(target), "--copy-packs", "--state-dir", str(tmp_path / "state"))
+    config = load_config(target / "callgate.toml", create_secret=False)
+    assert (target / "packs", tmp_path / "state") == (config.packs_dir, config.state_dir)
+    assert sorted(p.name for p in PACKS_DIR.glob("*.toml")) == sorted(
+        p.name for p in (target / "packs").iterdir()
+    )
+
+
+def test_config_check_writes_nothing(cli: Run, tmp_path: Path) -> None:
+    """config check on a fresh init: OK, says the secret file will be created, creates
+    nothing (no secret, no state directory)."""
+    state = tmp_path / "state"
+    cli("init", str(tmp_path / "etc"), "--state-dir", str(state))
+    status, out, err = cli("config", "check", config=tmp_path / "etc" / "callgate.toml")
+    assert (0, "") == (status, err)
+    assert (
+        f"  numbers hashed, secret {state}/callgate.secret (does not exist yet: created on "
+        "first use)" in out.splitlines()
+    )
+    assert not state.exists()
+
+
+def test_config_check_connect_reports_an_unreachable_redis(
+    cli: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--connect tests the connection: an unreachable Redis is exit 2 with one line."""
+    monkeypatch.setenv("CALLGATE_SECRET", TEST_SECRET)
+    path = tmp_path / "callgate.toml"
+    text = (Path(__file__).parents[2] / "config" / "callgate.toml").read_text()
+    path.write_text(
+        text.replace('# url = "redis://127.0.0.1:6379/0"', f'url = "{CLOSED_PORT_URL}"')
+    )
+    plain = cli("config", "check", config=path)
+    status, _, err = cli("config", "check", "--connect", config=path)
+    assert 0 == plain[0]
+    assert (2, 1) == (status, len(err.splitlines()))
+    assert err.startswith("callgate: error: Redis at redis://127.0.0.1:1 is unreachable")
+
+
+def test_config_check_connect_says_redis_answers(cli: Run, config_file: Path) -> None:
+    """--connect against the test's Redis: one more line saying it answers."""
+    status, out, _ = cli("config", "check", "--connect", config=config_file)
+    assert (0, True) == (status, out.splitlines()[-1].endswith(" answers"))

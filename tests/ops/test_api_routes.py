@@ -1,0 +1,208 @@
+"""The admin API's list info, list upload and audit search routes, on the real Redis."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from gate.config.loader import AuditConfig
+from gate.ops.audit import AuditLog
+from tests.ops.conftest import AUTH, Served
+
+LISTED = "+33699001122"
+UNLISTED = "+33612345678"
+
+
+async def upload(
+    served: Served, path: str, data: bytes, content_type: str = "text/csv"
+) -> tuple[int, list[dict[str, Any]] | dict[str, Any], str]:
+    """POST a file; the answer's JSON Lines (or its one error object) and its media type."""
+    headers = {**AUTH, "Content-Type": content_type}
+    async with served.session.post(served.url + path, data=data, headers=headers) as response:
+        text = await response.text()
+        kind = response.content_type
+    if kind == "application/x-ndjson":
+        return response.status, [json.loads(line) for line in text.splitlines()], kind
+    return response.status, json.loads(text), kind
+
+
+async def test_list_info_is_typed_without_internals(served: Served) -> None:
+    """GET a list after an upload: integers, RFC 3339 times, no bits/version/count."""
+    await upload(served, "/v1/lists/red/import?refreshed_at=2026-11-01T00:00:00Z", b"0612345678\n")
+    status, info = await served.get("/v1/lists/red")
+    imported_at = info.pop("imported_at")
+    assert 200 == status
+    assert {
+        "name": "red",
+        "kind": "block",
+        "scope": "tenant",
+        "tenant": "default",
+        "campaign": None,
+        "entries": 1,
+        "hashed": True,
+        "refreshed_at": "2026-11-01T00:00:00Z",
+        "source": "upload",
+        "importer": info["importer"],
+        "sha256": None,
+    } == info
+    assert (True, True) == (imported_at.endswith("Z"), info["importer"].startswith("api@"))
+
+
+async def test_an_upload_is_imported_with_progress_and_rejects(served: Served) -> None:
+    """A gzip list file: progress events, each rejected line, then the counts; the numbers
+    are on the list at once."""
+    body = gzip.compress(b"0612345678\n06 99 00 11 22\nnot a number\n0612345678\n")
+    status, events, kind = await upload(served, "/v1/lists/red/import", body, "application/gzip")
+    assert isinstance(events, list)
+    check = await served.post("/v1/check", {"number": LISTED})
+    assert (200, "application/x-ndjson") == (status, kind)
+    assert {"progress", "rejected", "done"} == {e["event"] for e in events}
+    rejected = [(e["line"], e["why"][:21]) for e in events if e["event"] == "rejected"]
+    done = events[-1]
+    assert [(3, "number 'not a number'")] == rejected
+    assert ("done", 2, 1, 1, 4, 4) == (
+        done["event"],
+        done["imported"],
+        done["duplicates"],
+        done["rejected"],
+        done["lines"],
+        done["total"],
+    )
+    assert "listed:red" == check[1]["reason"]
+
+
+async def test_an_upload_reads_quoted_multi_line_csv(served: Served) -> None:
+    """A CSV upload with a quoted field spanning lines imports its phone column."""
+    text = 'name,phone\n"Dupont\nJean",0699001122\nMartin,0612345678\n'
+    status, events, _ = await upload(served, "/v1/lists/red/import?column=phone", text.encode())
+    assert isinstance(events, list)
+    assert (200, 2, 0) == (status, events[-1]["imported"], events[-1]["rejected"])
+
+
+async def test_an_upload_replace_makes_the_file_the_whole_list(served: Served) -> None:
+    """mode=replace: after it, only the file's numbers are listed."""
+    await served.post("/v1/lists/red/add", {"numbers": [UNLISTED]})
+    status, events, _ = await upload(served, "/v1/lists/red/import?mode=replace", b"0699001122\n")
+    listed = await served.post("/v1/check", {"number": LISTED})
+    gone = await served.post("/v1/check", {"number": UNLISTED})
+    assert (200, "done") == (status, events[-1]["event"])  # type: ignore[index]
+    assert ("listed:red", "allowed") == (listed[1]["reason"], gone[1]["reason"])
+
+
+@pytest.mark.parametrize(
+    ("path", "content_type", "expected"),
+    [
+        (
+            "/v1/lists/red/import",
+            "text/plain",
+            (
+                415,
+                "Content-Type 'text/plain': send text/csv or text/tab-separated-values or "
+                "application/octet-stream or application/gzip or application/zip",
+            ),
+        ),
+        (
+            "/v1/lists/red/import?format=fr-scrub",
+            "text/csv",
+            (
+                400,
+                "--format fr-scrub needs --keep RESULT (the result value of numbers that "
+                "may be called, as written in the file)",
+            ),
+        ),
+        (
+            "/v1/lists/red/import?mode=merge",
+            "text/csv",
+            (400, "mode: must be 'add', 'remove' or 'replace', got 'merge'"),
+        ),
+        (
+            "/v1/lists/camp/import",
+            "text/csv",
+            (400, "list 'camp' is per campaign: pass --campaign"),
+        ),
+        (
+            "/v1/lists/nope/import",
+            "text/csv",
+            (404, "list 'nope' is not in the config or its packs"),
+        ),
+    ],
+)
+async def test_a_bad_upload_is_refused_before_anything_is_imported(
+    served: Served, path: str, content_type: str, expected: tuple[int, str]
+) -> None:
+    """Wrong media type, format options, mode, scope or list: one JSON error, list empty."""
+    status, body, _ = await upload(served, path, b"0699001122\n", content_type)
+    assert isinstance(body, dict)
+    assert expected == (status, body["error"])
+    assert 0 == (await served.get("/v1/lists/red"))[1]["entries"]
+
+
+@pytest.fixture
+async def audited(served: Served) -> AsyncIterator[Served]:
+    """``served`` keeping the evidence of recorded decisions in the audit stream."""
+    audit = AuditLog(served.gate.store.admin_client, "callgate", AuditConfig())
+    served.gate.observers.append(audit)
+    audit.start()
+    yield served
+    served.gate.observers.remove(audit)
+    await audit.close()
+
+
+async def record_three(audited: Served) -> None:
+    """Three recorded checks now: LISTED (BLOCK), UNLISTED (ALLOW), LISTED (BLOCK)."""
+    await audited.post("/v1/lists/red/add", {"numbers": [LISTED]})
+    for number in (LISTED, UNLISTED, LISTED):
+        await audited.post("/v1/check", {"number": number, "record": True})
+    audit = next(o for o in audited.gate.observers if isinstance(o, AuditLog))
+    await audit.close()  # flushed
+    audit.start()
+
+
+async def get_text(served: Served, path: str) -> tuple[int, str, str]:
+    async with served.session.get(served.url + path, headers=AUTH) as response:
+        return response.status, response.content_type, await response.text()
+
+
+async def test_audit_search_finds_every_decision_about_a_number(audited: Served) -> None:
+    """GET /v1/audit?number=…: that number's decisions, typed, as JSON Lines."""
+    await record_three(audited)
+    status, kind, text = await get_text(audited, "/v1/audit?number=06%2099%2000%2011%2022")
+    records = [json.loads(line) for line in text.splitlines()]
+    assert (200, "application/x-ndjson") == (status, kind)
+    assert [("BLOCK", "listed:red", "api")] * 2 == [
+        (r["verdict"], r["reason"], r["door"]) for r in records
+    ]
+    assert ({int}, {True}) == (
+        {type(r["latency_us"]) for r in records},
+        {r["time"].endswith("Z") for r in records},
+    )
+
+
+async def test_audit_search_by_time_range_as_csv(audited: Served) -> None:
+    """since/until select by time; format=csv has a header and one row per decision."""
+    await record_three(audited)
+    now = datetime.now(UTC)
+    hour = timedelta(hours=1)
+    around = f"since={(now - hour):%Y-%m-%dT%H:%M:%SZ}&until={(now + hour):%Y-%m-%dT%H:%M:%SZ}"
+    later = f"since={(now + hour):%Y-%m-%dT%H:%M:%SZ}"
+    status, kind, text = await get_text(audited, f"/v1/audit?{around}&format=csv")
+    _, _, none = await get_text(audited, f"/v1/audit?{later}&format=csv")
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert (200, "text/csv") == (status, kind)
+    assert ["listed:red", "allowed", "listed:red"] == [row["reason"] for row in rows]
+    assert [] == list(csv.DictReader(io.StringIO(none)))
+
+
+async def test_audit_search_refuses_a_bad_filter(audited: Served) -> None:
+    """An unknown parameter or a bad time: 400 naming it."""
+    assert (400, {"error": "colour: unknown field"}) == await audited.get("/v1/audit?colour=red")
+    assert (400, {"error": "verdict: must be 'ALLOW', 'BLOCK' or 'DEFER', got 'MAYBE'"}) == (
+        await audited.get("/v1/audit?verdict=MAYBE")
+    )

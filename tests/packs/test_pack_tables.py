@@ -1,0 +1,162 @@
+"""Validation of the pack tables for local law (gate/config/packs.py): ``[[calendars]]``,
+an hours rule's ``calendars`` and fixed ``zone``, the ``reassigned`` list kind and the
+consent rule's ``reassigned_list``, ``[[abandon_ceiling]]``. Pure: no Redis."""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Any
+
+import pytest
+
+from gate.config.packs import parse_pack, validate_references
+from gate.core.errors import ConfigError
+from gate.core.rules import AbandonCeilingRule, CalendarRule, Pack
+
+HEAD = {"id": "xx", "regions": ["FR", "GP"]}
+HOURS = {"id": "h", "weekdays": ["10:00-20:00"], "source": "test"}
+
+
+def pack(**tables: Any) -> Pack:
+    return parse_pack({"pack": HEAD, **tables}, "xx.toml")
+
+
+def error(**tables: Any) -> str:
+    with pytest.raises(ConfigError) as caught:
+        validate_references(pack(**tables), (), "xx.toml")
+    return str(caught.value)
+
+
+def test_calendar_reads_annual_and_one_off_dates_places_and_package_calendars() -> None:
+    """A calendar: "MM-DD" every year, "YYYY-MM-DD" once, places, package calendars."""
+    parsed = pack(
+        calendars=[
+            {
+                "id": "c",
+                "places": ["GP"],
+                "dates": ["05-27", "2027-03-26"],
+                "holidays": ["FR-971"],
+                "optional": True,
+            }
+        ]
+    )
+    assert (
+        CalendarRule(
+            id="c",
+            places=frozenset({"GP"}),
+            holidays=(("FR", "971"),),
+            annual=frozenset({(5, 27)}),
+            days=frozenset({date(2027, 3, 26)}),
+            optional=True,
+        ),
+    ) == parsed.calendars
+
+
+def test_hours_rule_carries_the_calendars_it_names_and_its_zone() -> None:
+    """``calendars`` resolves to the pack's tables; ``zone`` is kept as given."""
+    parsed = pack(
+        calendars=[{"id": "c", "dates": ["05-27"]}],
+        hours=[{**HOURS, "calendars": ["c"], "zone": "Etc/GMT+6"}],
+    )
+    (rule,) = parsed.hours
+    assert (("c",), "Etc/GMT+6") == (tuple(c.id for c in rule.calendars), rule.zone)
+
+
+ERRORS = [
+    pytest.param(
+        {"calendars": [{"id": "c", "dates": ["27-05"]}]},
+        'xx.toml: calendars[0].dates: entries look like "05-27" (every year) or '
+        "\"2027-03-26\", got '27-05'",
+        id="bad-date",
+    ),
+    pytest.param(
+        {"calendars": [{"id": "c", "dates": ["02-30"]}]},
+        'xx.toml: calendars[0].dates: entries look like "05-27" (every year) or '
+        "\"2027-03-26\", got '02-30'",
+        id="no-such-day",
+    ),
+    pytest.param(
+        {"calendars": [{"id": "c"}]},
+        "xx.toml: calendars[0].dates: a calendar needs dates or holidays",
+        id="empty-calendar",
+    ),
+    pytest.param(
+        {"calendars": [{"id": "c", "dates": ["05-27"], "places": ["RE"]}]},
+        "xx.toml: calendars[0].places: 'RE' is not one of the pack's regions (FR, GP)",
+        id="place-outside-the-pack",
+    ),
+    pytest.param(
+        {"calendars": [{"id": "c", "holidays": ["FR-GF"]}]},
+        "xx.toml: calendars[0].holidays: 'FR-GF' is not a calendar of the holidays package "
+        "(Entity `FR` does not have subdivision GF)",
+        id="unknown-package-subdivision",
+    ),
+    pytest.param(
+        {"hours": [{**HOURS, "holidays": ["XX"]}]},
+        "xx.toml: hours[0].holidays: 'XX' is not a calendar of the holidays package "
+        "(Country XX not available)",
+        id="unknown-package-country",
+    ),
+    pytest.param(
+        {"hours": [{**HOURS, "calendars": ["nope"]}]},
+        "xx.toml: hours[0].calendars: no [[calendars]] 'nope' in this pack (none)",
+        id="unknown-calendar",
+    ),
+    pytest.param(
+        {"hours": [{**HOURS, "zone": "Central Standard Time"}]},
+        "xx.toml: hours[0].zone: 'Central Standard Time' is not a time zone name (e.g. Etc/GMT+6)",
+        id="unknown-zone",
+    ),
+    pytest.param(
+        {
+            "lists": [{"name": "consent", "kind": "consent"}, {"name": "rnd", "kind": "block"}],
+            "consent": [{"id": "c", "list": "consent", "reassigned_list": "rnd"}],
+        },
+        "xx.toml: consent[0].reassigned_list: list 'rnd' must be a reassigned list (it is block)",
+        id="reassigned-list-of-the-wrong-kind",
+    ),
+    pytest.param(
+        {
+            "lists": [{"name": "file", "kind": "allow"}, {"name": "rnd", "kind": "reassigned"}],
+            "consent": [{"id": "c", "list": "file", "reassigned_list": "rnd"}],
+        },
+        "xx.toml: consent[0].list (with reassigned_list): list 'file' must be a consent "
+        "list (it is allow)",
+        id="reassigned-needs-grant-times",
+    ),
+    pytest.param(
+        {"abandon_ceiling": [{"id": "a", "ceiling_percent": 0}]},
+        "xx.toml: abandon_ceiling[0].ceiling_percent: must be a percentage above 0 and below "
+        "100, got 0",
+        id="ceiling-zero",
+    ),
+    pytest.param(
+        {"abandon_ceiling": [{"id": "a", "ceiling_percent": 3, "scope": "global"}]},
+        "xx.toml: abandon_ceiling[0].scope: must be one of campaign, tenant, got 'global'",
+        id="ceiling-scope",
+    ),
+]
+
+
+@pytest.mark.parametrize(("tables", "expected"), ERRORS)
+def test_bad_tables_are_one_line_errors(tables: dict[str, Any], expected: str) -> None:
+    """Every mistake names the file, the key and what is wrong."""
+    assert expected == error(**tables)
+
+
+def test_abandon_ceiling_defaults_to_24_hours_per_campaign() -> None:
+    """ceiling_percent = 3 → 0.03 of live calls, per campaign, over 24 h."""
+    parsed = pack(abandon_ceiling=[{"id": "a", "ceiling_percent": 3, "source": "s"}])
+    assert (
+        AbandonCeilingRule(id="a", source="s", ceiling=0.03, window_s=86400.0),
+    ) == parsed.abandon_ceilings
+
+
+def test_reassigned_list_kind_and_consent_option_load() -> None:
+    """A consent rule may name a reassigned list; the list kind exists."""
+    parsed = pack(
+        lists=[{"name": "consent", "kind": "consent"}, {"name": "rnd", "kind": "reassigned"}],
+        consent=[{"id": "c", "list": "consent", "reassigned_list": "rnd"}],
+    )
+    validate_references(parsed, (), "xx.toml")
+    assert ("rnd", "reassigned") == (parsed.consents[0].reassigned_list, parsed.lists[1].kind)

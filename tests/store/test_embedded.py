@@ -1,0 +1,216 @@
+"""The embedded Redis: one server per data directory, never a second one over a live one.
+
+A CLI command shares the server already running in its data directory (the one of a
+running ``callgate run``). These tests make that server slow to answer — busy
+(``DEBUG SLEEP``), or loading its append-only file after a restart — and check that the
+command waits for it instead of starting a second ``redis-server`` on the same socket and
+data (which, on exit, removed the live server's socket). Every server is a real
+``redis-server`` stopped by PID.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from gate.store.embedded import EmbeddedRedis, find_redis_server
+from tests.cli.test_cli import NUMBER, run_subprocess, sample_config
+
+START_TIMEOUT_S = 10.0
+# Loading 5 000 keys at 400 µs each keeps a restarted server in LOADING for ~2 s or more.
+LOADING_KEYS = 5000
+KEY_LOAD_DELAY_US = 400
+
+
+@pytest.fixture
+def data_dir() -> Iterator[Path]:
+    """A short data directory under /tmp (unix socket paths are limited to ~100 bytes)."""
+    path = Path(tempfile.mkdtemp(prefix="cg", dir="/tmp"))
+    yield path / "redis"
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def write_config(data_dir: Path, **redis_settings: object) -> Path:
+    """The sample config with the embedded Redis in ``data_dir``."""
+    path = data_dir.parent / "callgate.toml"
+    path.write_text(sample_config(None, redis={"data_dir": data_dir.name, **redis_settings}))
+    return path
+
+
+def unix_client(data_dir: Path) -> redis.Redis:
+    return redis.Redis(unix_socket_path=str(data_dir / "redis.sock"), socket_timeout=10)
+
+
+def server_pid(data_dir: Path) -> int | None:
+    """The PID of the server answering on the data directory's socket (None: nobody)."""
+    client = unix_client(data_dir)
+    try:
+        return int(client.info("server")["process_id"])
+    except redis.ConnectionError:
+        return None
+    finally:
+        client.close()
+
+
+def wait_until(what: str, check: object, timeout_s: float = START_TIMEOUT_S) -> None:
+    assert callable(check)
+    deadline = time.monotonic() + timeout_s
+    for _ in range(int(timeout_s / 0.02) + 1):
+        if check():
+            return
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.02)
+    raise AssertionError(f"not {what} within {timeout_s} s")
+
+
+def spawn_server(data_dir: Path, *extra: str) -> subprocess.Popen[bytes]:
+    """A redis-server on the data directory's socket, with its AOF there, started the way
+    the embedded one is (by the test itself, without the directory's lock)."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with (data_dir / "test-redis.log").open("ab") as log:
+        return subprocess.Popen(
+            [
+                find_redis_server(),
+                "--port",
+                "0",
+                "--unixsocket",
+                str(data_dir / "redis.sock"),
+                "--dir",
+                str(data_dir),
+                "--appendonly",
+                "yes",
+                "--save",
+                "",
+                *extra,
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def stop_by_pid(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(START_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(START_TIMEOUT_S)
+
+
+def test_a_command_waits_for_a_busy_embedded_redis_and_uses_it(data_dir: Path) -> None:
+    """The running server is busy (DEBUG SLEEP 2) when `list add` starts: the command says
+    it waits, then adds the number on that same server, whose socket stays in place."""
+    owner = EmbeddedRedis(data_dir)
+    owner.start()
+    owner_pid = server_pid(data_dir)
+    config = write_config(data_dir)
+    sleeper = unix_client(data_dir)
+    busy = threading.Thread(target=sleeper.execute_command, args=("DEBUG", "SLEEP", "2"))
+    try:
+        busy.start()
+        time.sleep(0.1)  # the server is asleep now
+        added = run_subprocess(
+            data_dir.parent, "--config", str(config), "list", "add", "red", NUMBER
+        )
+        busy.join(START_TIMEOUT_S)
+        answering = server_pid(data_dir)
+        checked = run_subprocess(
+            data_dir.parent, "--config", str(config), "check", NUMBER, "--json"
+        )
+    finally:
+        sleeper.close()
+        owner.stop()
+    assert (0, "1 added, 0 already listed\n") == (added.returncode, added.stdout)
+    assert (owner_pid, "listed:red") == (answering, json.loads(checked.stdout)["reason"])
+    assert "waiting up to 60 s for the embedded Redis" in added.stderr
+
+
+def test_a_command_waits_for_a_restarted_redis_loading_its_aof(data_dir: Path) -> None:
+    """The server was restarted and is loading its append-only file (LOADING for ~2 s):
+    `list add` waits for it and writes to it; no second server takes its socket."""
+    first = spawn_server(data_dir)
+    try:
+        wait_until("up", lambda: server_pid(data_dir) is not None)
+        client = unix_client(data_dir)
+        client.execute_command("DEBUG", "POPULATE", LOADING_KEYS)
+        client.bgrewriteaof()  # the AOF starts with an RDB preamble, loaded key by key
+        wait_until("rewritten", lambda: not client.info("persistence")["aof_rewrite_in_progress"])
+        client.close()
+    finally:
+        stop_by_pid(first)
+    config = write_config(data_dir)
+    restarted = spawn_server(data_dir, "--key-load-delay", str(KEY_LOAD_DELAY_US))
+    try:
+        wait_until("loading", lambda: (data_dir / "redis.sock").exists())
+        added = run_subprocess(
+            data_dir.parent, "--config", str(config), "list", "add", "red", NUMBER
+        )
+        answering = server_pid(data_dir)
+        client = unix_client(data_dir)
+        keys = int(client.dbsize())
+        client.close()
+    finally:
+        stop_by_pid(restarted)
+    assert (0, "1 added, 0 already listed\n") == (added.returncode, added.stdout)
+    assert restarted.pid == answering
+    assert "waiting up to 60 s for the embedded Redis" in added.stderr
+    assert LOADING_KEYS < keys  # the loaded data and the new entry, on the one server
+
+
+def test_a_command_never_starts_a_server_in_a_locked_data_directory(data_dir: Path) -> None:
+    """Another process holds the data directory's lock but nothing answers: the command
+    waits redis.embedded_wait, then fails with one line; no server is started."""
+    data_dir.mkdir(parents=True)
+    config = write_config(data_dir, embedded_wait="1s")
+    fd = os.open(data_dir / "redis.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.write(fd, b"server pid 4242, started by pid 4241\n")
+        added = run_subprocess(
+            data_dir.parent, "--config", str(config), "list", "add", "red", NUMBER
+        )
+    finally:
+        os.close(fd)
+    assert 2 == added.returncode
+    assert (
+        added.stderr.strip()
+        .splitlines()[-1]
+        .startswith(
+            f"callgate: error: embedded Redis in {data_dir.resolve()} (server pid 4242, "
+            "started by pid 4241) did not answer within 1 s (absent); no second server was started"
+        )
+    )
+    assert not (data_dir / "redis.sock").exists()
+
+
+def test_one_owner_per_data_directory(data_dir: Path) -> None:
+    """A second EmbeddedRedis on the same directory shares the first one's server and does
+    not own it; stopping the sharer leaves the server running."""
+    first, second = EmbeddedRedis(data_dir), EmbeddedRedis(data_dir)
+    try:
+        first.start()
+        started = server_pid(data_dir)
+        second.start()
+        owners = (first.owned, second.owned)
+        second.stop()
+        still = server_pid(data_dir)
+    finally:
+        first.stop()
+    assert (True, False) == owners
+    assert started is not None
+    assert started == still
+    assert server_pid(data_dir) is None

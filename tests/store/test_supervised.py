@@ -1,0 +1,93 @@
+"""``callgate run`` supervises its embedded Redis: a killed server is started again.
+
+A real ``callgate run`` process with the embedded Redis (no URL); its ``redis-server`` is
+SIGKILLed. ``/readyz`` must say 503 while the server is down, 200 once it is back, and an
+opt-out acknowledged before the kill must still be enforced after (the append-only file
+is loaded again). The process and its server are stopped by PID.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.agi.test_server import agi_call
+from tests.cli.test_cli import NUMBER, sample_config
+from tests.e2e.gateproc import GateProcess
+from tests.ops.test_run_ops import free_port
+from tests.store.test_embedded import data_dir, server_pid, wait_until
+
+__all__ = ["data_dir"]  # the fixture, used below
+
+READY_TIMEOUT_S = 20.0
+
+
+@pytest.fixture
+def running(data_dir: Path) -> Iterator[GateProcess]:
+    """``callgate run`` with the embedded Redis in ``data_dir``; stopped by PID (SIGTERM)."""
+    agi_port = free_port()
+    config = data_dir.parent / "callgate.toml"
+    config.write_text(
+        sample_config(
+            None,
+            redis={"data_dir": data_dir.name},
+            agi={"port": agi_port},
+            http={"port": 0},
+        )
+    )
+    process = GateProcess(config, data_dir.parent / "callgate.log", agi_port)
+    with process:
+        yield process
+    # SIGTERM stopped callgate, and callgate its server.
+    assert server_pid(data_dir) is None
+
+
+def readyz(port: int) -> tuple[int, dict[str, object]]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def test_run_restarts_its_embedded_redis_after_sigkill(
+    running: GateProcess, data_dir: Path
+) -> None:
+    """SIGKILL of the embedded redis-server: /readyz goes 503, then 200 once callgate run
+    has started it again, and the opt-out acknowledged before the kill still blocks."""
+    http_port = running.http_port()
+    running.cli("list", "add", "red", NUMBER)
+    before = readyz(http_port)
+    pid = server_pid(data_dir)
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    seen = [before[0]]
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    for _ in range(int(READY_TIMEOUT_S / 0.02)):
+        status, body = readyz(http_port)
+        if not seen or seen[-1] != status:
+            seen.append(status)
+        if (status == 200 and 503 in seen) or time.monotonic() > deadline:
+            break
+        time.sleep(0.02)
+    after = server_pid(data_dir)
+    checked = asyncio.run(agi_call(running.agi_port, "check?tenant=default", extension=NUMBER))
+    assert 200 == before[0]
+    assert [200, 503, 200] == seen
+    assert after is not None
+    assert after != pid
+    assert 1 == body["checks"]["redis"]["restarts"]  # type: ignore[index]
+    assert ("BLOCK", "listed:red") == (
+        checked.variables["CALLGATE_RESULT"],
+        checked.variables["CALLGATE_REASON"],
+    )
+    wait_until("logged", lambda: "is back" in running.read_log())

@@ -1,0 +1,57 @@
+"""What both doors write back to Asterisk: one ``CALLGATE_DECISION`` value, built in one place."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from gate.core.model import Decision, Verdict
+from gate.core.params import DECISION_FIELDS, answer_value, decision_value, error_value
+
+
+def test_one_variable_carries_the_whole_decision() -> None:
+    """RESULT|REASON|RULE|RETRY|E164|CAUSE, split by the callgate-unpack subroutine."""
+    decision = Decision(
+        Verdict.DEFER, "cap:fr-4-per-30d", "cap:fr-4-per-30d", "+33612345678", 2592000.0
+    )
+    assert "DEFER|cap:fr-4-per-30d|cap:fr-4-per-30d|2592000|+33612345678|34" == decision_value(
+        decision
+    )
+
+
+def test_an_allowed_decision_has_no_retry_and_cause_zero() -> None:
+    """ALLOW: empty rule and retry, hangup cause 0."""
+    decision = Decision(Verdict.ALLOW, "allowed", "", "+33612345678")
+    assert "ALLOW|allowed|||+33612345678|0" == decision_value(decision)
+
+
+def test_an_error_names_its_reason_and_nothing_else() -> None:
+    """A request the door could not serve: ERROR, the reason, cause 0."""
+    assert "ERROR|bad_request:tenant||||0" == error_value("bad_request:tenant")
+
+
+def test_no_field_can_add_a_field_or_break_the_value() -> None:
+    """A ``|``, quote or newline in any field becomes ``_``: always six safe fields."""
+    value = answer_value("OK", 'listed:a|b"\n', rule="x|y", e164="+33|6")
+    assert ("OK|listed:a_b__|x_y||+33_6|0", 6) == (value, len(value.split("|")))
+
+
+def test_the_fields_are_the_documented_variables_in_order() -> None:
+    """The unpacked names, in field order (dialplan/callgate.conf's callgate-unpack)."""
+    assert (
+        "CALLGATE_RESULT",
+        "CALLGATE_REASON",
+        "CALLGATE_RULE",
+        "CALLGATE_RETRY_AFTER",
+        "CALLGATE_E164",
+        "CALLGATE_CAUSE",
+    ) == DECISION_FIELDS
+
+
+def test_the_dialplan_unpacks_every_field_from_its_position() -> None:
+    """callgate-unpack sets each CALLGATE_* from its field of CALLGATE_DECISION, RESULT last."""
+    conf = (Path(__file__).resolve().parents[2] / "dialplan" / "callgate.conf").read_text()
+    section = conf.split("[callgate-unpack]", 1)[1].split("\n[", 1)[0]
+    found = re.findall(r"Set\((CALLGATE_\w+)=\$\{CUT\(CALLGATE_DECISION,\|,(\d)\)\}\)", section)
+    expected = [(name, str(index)) for index, name in enumerate(DECISION_FIELDS, start=1)]
+    assert expected[1:] + expected[:1] == found
