@@ -104,7 +104,6 @@ class AuditLog:
             return
         active = observed.active
         evaluation = observed.evaluation
-        pending = evaluation.pending
         self.append(
             audit_record(
                 observed.attempt,
@@ -117,7 +116,7 @@ class AuditLog:
                 door=observed.door,
                 timing=observed.timing,
             ),
-            pending.check.number.group if isinstance(pending, Plan) else 0,
+            _group(observed),
         )
 
     def store_failed(self, error: StoreError) -> None:
@@ -221,6 +220,16 @@ class AuditLog:
             log.info("audit: trimming by age failed (%s); retried in a minute", exc)
             return
         self._swept = True
+
+
+def _group(observed: Observed) -> int:
+    """The slot group whose stream keeps a decision: its number's (also for a number
+    refused before Redis, e.g. by its type: ``why`` reads only that group), else 0."""
+    pending = observed.evaluation.pending
+    if isinstance(pending, Plan):
+        return pending.check.number.group
+    e164 = observed.decision.e164
+    return observed.active.keyspace.number(e164).group if e164.startswith("+") else 0
 
 
 def _stream_id(when: datetime | None, default: str) -> str:

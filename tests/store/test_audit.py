@@ -233,3 +233,19 @@ async def test_a_dead_redis_loses_no_decision_and_raises_nothing() -> None:
     await audit.close()
     await client.aclose()
     assert (0, 0) == (audit.written, audit.dropped)
+
+
+async def test_a_number_refused_before_redis_is_kept_in_its_own_group(audited: Gate) -> None:
+    """A recorded decision about a callable number that never reaches Redis (a premium
+    number for a campaign) is kept in its number's slot group, the one ``why`` reads."""
+    e164 = "+33899123456"
+    number = audited.keyspace.number(e164)
+    decision = await audited.decide(Attempt("0899123456", NOW, "acme"), door="agi", record=True)
+    (audit,) = [o for o in audited.observers if isinstance(o, AuditLog)]
+    await audit.close()  # flush
+    found = [
+        (r["verdict"], r["reason"], r["number"])
+        async for r in read_range(audited.store.admin_client, "callgate", groups=[number.group])
+    ]
+    assert 0 != number.group
+    assert [("BLOCK", decision.reason, number.token)] == found
