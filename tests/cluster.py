@@ -191,6 +191,15 @@ class LocalCluster:
                 client.close()
         return out
 
+    def replica_of(self, master: Node) -> Node:
+        """The (first) replica of ``master``, as the master reports it."""
+        client = master.client()
+        try:
+            replica = client.info("replication")["slave0"]
+        finally:
+            client.close()
+        return self.node(int(replica["port"]))
+
     def flush(self) -> None:
         for node in self.masters_now():
             client = node.client()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+import signal
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
@@ -17,8 +18,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+import redis
 
 from gate.cli import main
+from gate.config.loader import RedisConfig
+from gate.core.errors import NotReplicated
 from gate.core.keys import SLOT_GROUPS, Keyspace
 from gate.core.model import Attempt, Decision, TrafficClass, Verdict
 from gate.lists.admin import ListAdmin
@@ -410,3 +414,102 @@ async def test_readyz_and_metrics_say_which_node_answers(gate: Gate, cluster: Lo
     )
     assert 1.0 == scraped[("callgate_redis_node_info", labels(mode="cluster", node=node))]
     assert ("callgate_redis_redirects_total", labels(kind="moved")) in scraped
+
+
+def connections_received(client: redis.Redis) -> int:
+    return int(client.info("stats")["total_connections_received"])
+
+
+async def test_time_waiting_for_a_master_connection_does_not_count_against_the_deadline(
+    seeds: list[str], cluster: LocalCluster
+) -> None:
+    """One decision connection per master (pool_size 1), 100 ms deadline: 150 concurrent
+    recorded decisions, 50 on each master, wait their turn for its connection far longer
+    than the deadline, and none gets the fail mode."""
+    config = RedisConfig(mode="cluster", nodes=tuple(seeds), pool_size=1, pool_wait_s=30.0)
+    store = Store(None, 0.1, config)
+    gate = Gate(make_config(), store)
+    numbers = [
+        n for groups in groups_by_master(cluster).values() for n in numbers_in(groups[3], 50)
+    ]
+    try:
+        decisions = await asyncio.gather(
+            *(gate.decide(attempt(n), record=True, door="cli") for n in numbers)
+        )
+    finally:
+        await store.close()
+    assert {"allowed": 150} == dict(Counter(d.reason for d in decisions))
+
+
+async def test_missed_deadlines_on_a_master_do_not_turn_into_reconnections(
+    seeds: list[str], cluster: LocalCluster
+) -> None:
+    """A master paused: its decisions miss their 50 ms deadline (fail mode); afterwards 5
+    bursts of decisions on it reuse the connections whose replies came late: that master
+    accepted no new connection."""
+    master = cluster.masters_now()[0]
+    group = groups_by_master(cluster)[master.port][5]
+    numbers = numbers_in(group, 10)
+    store = Store(None, 0.05, RedisConfig(mode="cluster", nodes=tuple(seeds)))
+    gate = Gate(make_config(), store)
+
+    async def burst() -> list[str]:
+        decisions = await asyncio.gather(
+            *(gate.decide(attempt(n), record=False, door="cli") for n in numbers)
+        )
+        return [d.reason for d in decisions]
+
+    watcher = master.client()  # one connection, opened before counting
+    try:
+        await burst()  # the list views are read
+        await burst()  # then every decision at once: a connection each
+        before = connections_received(watcher)
+        watcher.execute_command("CLIENT", "PAUSE", 300, "ALL")
+        paused = await burst()
+        await asyncio.sleep(0.5)
+        after = [reason for _ in range(5) for reason in await burst()]
+        reconnections = connections_received(watcher) - before
+    finally:
+        watcher.close()
+        await store.close()
+    assert {"store_unavailable"} == set(paused)
+    assert {"allowed"} == set(after)
+    assert 0 == reconnections
+
+
+async def test_an_opt_out_waits_for_a_replica_of_the_master_that_took_it(
+    seeds: list[str], cluster: LocalCluster
+) -> None:
+    """wait_replicas = 1: with the replica of one master stopped (SIGSTOP), an opt-out of
+    a number of another master is acknowledged, and one of a number of that master is not
+    (NotReplicated: WAIT runs on the master that took the write), though it is in force."""
+    config = make_config()
+    redis_config = RedisConfig(
+        mode="cluster", nodes=tuple(seeds), wait_replicas=1, wait_timeout_s=0.3
+    )
+    store = Store(None, 1.0, redis_config)
+    gate = Gate(config, store)
+    admin = ListAdmin.of(gate)
+    stalled_master, healthy_master = cluster.masters_now()[:2]
+    by_master = groups_by_master(cluster)
+    first, healthy = numbers_in(by_master[healthy_master.port][9], 2)
+    (stalled,) = numbers_in(by_master[stalled_master.port][9], 1)
+    replica = cluster.replica_of(stalled_master)
+    try:
+        created = await admin.add("red", [first], TENANT, "")  # the list, on every master
+        replica.process.send_signal(signal.SIGSTOP)
+        try:
+            acknowledged = await admin.add("red", [healthy], TENANT, "")
+            with pytest.raises(NotReplicated) as refused:
+                await admin.add("red", [stalled], TENANT, "")
+        finally:
+            replica.process.send_signal(signal.SIGCONT)
+        reasons = [
+            (await gate.decide(attempt(n), record=False, door="cli")).reason
+            for n in (healthy, stalled)
+        ]
+    finally:
+        await store.close()
+    assert (1, 1) == (created, acknowledged)
+    assert "only 0 of 1 replica(s) confirmed it" in str(refused.value)
+    assert ["listed:red", "listed:red"] == reasons
