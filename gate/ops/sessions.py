@@ -28,10 +28,11 @@ import logging
 import secrets
 import time
 from collections import OrderedDict, deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-__all__ = ["COOKIE", "CSRF_HEADER", "Session", "Sessions", "SignInRefused"]
+__all__ = ["COOKIE", "CSRF_HEADER", "Action", "Session", "Sessions", "SignInRefused"]
 
 log = logging.getLogger("callgate.http")
 
@@ -64,6 +65,23 @@ class Session:
     @property
     def expires_at(self) -> datetime:
         return datetime.fromtimestamp(self.expires, UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class Action:
+    """A change made through the console, for the audit trail (gate/ops/console.py).
+
+    ``name`` says what was done (``list_add``, ``list_import``, ``consent``…), ``target``
+    what it was done to (a list, cool-off rules, a config version), ``numbers`` the
+    numbers it was done to as they were given (each gets its own record, naming the
+    number as the trail does), ``counts`` what an import counted."""
+
+    name: str
+    target: str = ""
+    tenant: str = ""
+    campaign: str = ""
+    numbers: tuple[str, ...] = ()
+    counts: Mapping[str, int] = field(default_factory=dict)
 
 
 def _digest(value: str) -> bytes:
