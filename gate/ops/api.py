@@ -54,6 +54,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -156,13 +157,14 @@ _IDENT_PATH = {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,64}$"}
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # Told of each change a console session made: the session, the peer's address, the change.
 ActionRecorder = Callable[[Session, str, Action], None]
-_SESSION_KEY = "callgate.session"
+# The console session that authenticated the request being handled (set by the guard
+# middleware, read by its handler: the same task, whatever aiohttp's version).
+_SESSION: ContextVar[Session | None] = ContextVar("callgate_session", default=None)
 
 
-def session_of(request: web.Request) -> Session | None:
+def session_of(_request: web.Request) -> Session | None:
     """The console session that authenticated ``request`` (None: a token, or none)."""
-    session: Session | None = request.get(_SESSION_KEY)
-    return session
+    return _SESSION.get()
 
 
 def json_response(model: Any, status: int = 200) -> web.Response:
@@ -448,6 +450,13 @@ class AdminApi:
             return _error(403, why)
         if request.path == "/openapi.json":
             return await handler(request)
+        reset = _SESSION.set(None)
+        try:
+            return await self._authorised(request, handler)
+        finally:
+            _SESSION.reset(reset)
+
+    async def _authorised(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         signing_in = request.path == "/v1/session" and request.method in ("GET", "POST")
         if not signing_in and (refused := self._authenticate(request)) is not None:
             return refused
@@ -475,7 +484,7 @@ class AdminApi:
                 session, request.headers.get(CSRF_HEADER)
             ):
                 return _error(403, f"missing or wrong {CSRF_HEADER} header for this session")
-            request[_SESSION_KEY] = session
+            _SESSION.set(session)
             return None
         if self.token is None:
             return None

@@ -258,6 +258,18 @@ class AuditFeed:
             self._offer(queue, None)
         await self._halt()
 
+    @staticmethod
+    async def _next(
+        client: Any, namespace: str, after: str | None
+    ) -> tuple[str, list[dict[str, str]]]:
+        """The records after stream id ``after`` and the id to read after next; with no
+        ``after`` yet (the feed starts), none, and the last record's id."""
+        if after is None:
+            last = [r async for r in read_range(client, namespace, reverse=True, limit=1)]
+            return (last[0]["id"] if last else "0-0"), []
+        records = await follow(client, namespace, after)
+        return (records[-1]["id"] if records else after), records
+
     def _offer(self, queue: asyncio.Queue[AuditRecord | None], item: AuditRecord | None) -> None:
         if queue.full():
             queue.get_nowait()
@@ -267,10 +279,10 @@ class AuditFeed:
     async def _run(self) -> None:
         client = self.gate.store.admin_client
         namespace = self.gate.config.redis.namespace
-        after = "$"
+        after: str | None = None  # from the last record there is when the feed starts
         failing = False
         while not self._stop.is_set():
-            reading = asyncio.ensure_future(follow(client, namespace, after))
+            reading = asyncio.ensure_future(self._next(client, namespace, after))
             stopping = asyncio.ensure_future(self._stop.wait())
             try:
                 await asyncio.wait({reading, stopping}, return_when=asyncio.FIRST_COMPLETED)
@@ -282,7 +294,7 @@ class AuditFeed:
             if reading.cancelled():
                 continue
             try:
-                records = reading.result()
+                after, records = reading.result()
             except (RedisError, OSError) as exc:
                 if cancelling():
                     raise asyncio.CancelledError from exc
@@ -295,7 +307,6 @@ class AuditFeed:
                 log.info("audit feed: reading the audit trail again")
                 failing = False
             for stored in records:
-                after = stored["id"]
                 record = audit_record(stored)
                 for queue in list(self._queues):
                     self._offer(queue, record)
