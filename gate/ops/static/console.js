@@ -705,10 +705,9 @@
   // --- Audit -----------------------------------------------------------------------------
 
   pages.audit = async (root) => {
-    const hourAgo = new Date(Date.now() - 3600 * 1000);
     const form = h('form', { class: 'row', id: 'audit-form' },
       field('Number', h('input', { name: 'number', placeholder: 'as you would dial it', autocomplete: 'off' })),
-      field('Since', h('input', { name: 'since', type: 'datetime-local', value: localInput(hourAgo) })),
+      field('Since', h('input', { name: 'since', type: 'datetime-local' })),
       field('Until', h('input', { name: 'until', type: 'datetime-local' })),
       field('Verdict', h('select', { name: 'verdict' }, ['', 'ALLOW', 'BLOCK', 'DEFER'].map((v) => h('option', { value: v, text: v || 'any' })))),
       field('Tenant', h('input', { name: 'tenant', size: 10 })),
@@ -717,11 +716,16 @@
       h('button', { type: 'submit', class: 'primary', text: 'Search' }));
     const out = h('div', { id: 'audit-result' });
     root.append(h('h1', { text: 'Audit trail' }),
-      h('p', { class: 'hint', text: 'Every recorded decision and every console change. Type a number as you would dial it: it is looked up the way the trail names it (its keyed hash).' }),
+      h('p', { class: 'hint', text: 'Every recorded decision and every console change. Type a number as you would dial it: it is looked up the way the trail names it (its keyed hash). Without a number or a time, the last hour.' }),
       form, out);
     form.addEventListener('submit', (event) => { event.preventDefault(); search(false).catch(showError(out)); });
     async function search(reveal) {
       const v = formValues(form);
+      // Nothing to narrow it: the last hour (a number alone searches its whole history).
+      if (!v.number && !v.since && !v.until) {
+        v.since = localInput(new Date(Date.now() - 3600 * 1000));
+        form.querySelector('[name=since]').value = v.since;
+      }
       const params = { number: v.number, since: instant(v.since), until: instant(v.until), verdict: v.verdict, tenant: v.tenant, campaign: v.campaign, limit: v.limit };
       out.replaceChildren(h('p', { class: 'hint', text: 'Searching…' }));
       const response = await request('GET', `/v1/audit${query(params)}`);
