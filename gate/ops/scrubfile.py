@@ -249,7 +249,7 @@ class _ScrubJob:
 
     async def _scrub(self) -> ScrubSummary:
         active = self.gate.active
-        store = Store(self.gate.store.url, ADMIN_DEADLINE_S)
+        store = Store(self.gate.store.url, ADMIN_DEADLINE_S, self.gate.store.settings)
         try:
             gate = Gate(active.config, store, active.version)
             shown = 0.0
