@@ -865,7 +865,7 @@ class _UploadImport:
 
     async def _import(self) -> ImportSummary:
         active = self.gate.active
-        store = Store(self.gate.store.url, self.gate.store.deadline_s)
+        store = Store(self.gate.store.url, self.gate.store.deadline_s, self.gate.store.settings)
         try:
             admin = ListAdmin(active.config.policy, active.keyspace, store)
             rule = admin.rule(self.name)
