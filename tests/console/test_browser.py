@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import TEST_SECRET
 from tests.console.browser import Browser
-from tests.console.conftest import TOKEN, RunningGate, free_port
+from tests.console.conftest import TOKEN, GateProcess, RunningGate, free_port, write_config
 
 pytestmark = pytest.mark.browser
 
@@ -313,3 +314,28 @@ def test_a_cross_site_form_post_with_the_session_is_refused(
     )
     assert {"error": "cross-site request refused"} == json.loads(answer)
     assert before == red_entries()
+
+
+def test_without_a_token_the_console_opens_with_a_warning(
+    redis_server_url: str, browser: Browser, tmp_path: Path, artifacts: Path
+) -> None:
+    """A gate without an API token (loopback only) opens the console without sign-in and
+    says that any local user can use it."""
+    port = free_port()
+    config = write_config(
+        tmp_path / "callgate.toml",
+        redis_url=redis_server_url,
+        agi_port=port,
+        secret=TEST_SECRET,
+        overrides={"redis": {"deadline": "1s"}},
+    )
+    with GateProcess(config, tmp_path / "callgate.log", port) as process:
+        browser.get(f"http://127.0.0.1:{process.http_port()}/")
+        banner = browser.text("#banner")
+        shown = browser.wait("the Live page", lambda: browser.find_all("#live-table"))
+        shot(browser, artifacts, "no-token")
+    assert (
+        "This gate has no API token: any local user can use this console and the API. "
+        "Set [api] token to require one."
+    ) == banner
+    assert 1 == len(shown)

@@ -203,6 +203,12 @@
 
   function signedOut(message) {
     stopPage();
+    if (state.session && !state.session.token_required) {
+      // No token configured: a new session needs none (an expired one is simply renewed).
+      state.session = null;
+      signIn('').then(started).catch((e) => signedOut(e.message));
+      return;
+    }
     state.session = null;
     document.getElementById('nav').hidden = true;
     document.getElementById('who').replaceChildren();
@@ -326,23 +332,26 @@
     return 10 * p;
   }
 
-  // One line per series over the last hour (x: minutes ago).
+  // One line per series over the last hour, or since the gate started if that is more
+  // recent (at least the last 5 minutes); x: minutes ago.
   function lineChart(series, colors, startIso, stepS) {
     const W = 600; const H = 180; const L = 40; const B = 20; const T = 8;
     const svg = s('svg', { class: 'chart', viewBox: `0 0 ${W} ${H}`, preserveAspectRatio: 'none', role: 'img' });
     const names = Object.keys(series);
     const count = Math.max(0, ...names.map((n) => series[n].length));
     const max = niceMax(Math.max(0, ...names.flatMap((n) => series[n])));
-    const span = 3600;
+    const spanMin = Math.min(60, Math.max(5, Math.ceil((count * stepS) / 300) * 5));
+    const span = spanMin * 60;
     const x = (i) => L + ((W - L - 4) * (span - (count - 1 - i) * stepS)) / span;
     const y = (v) => T + (H - T - B) * (1 - v / max);
     for (const frac of [0, 0.5, 1]) {
       svg.append(s('line', { class: 'axis', x1: L, x2: W - 4, y1: y(max * frac), y2: y(max * frac) }));
       svg.append(s('text', { x: L - 4, y: y(max * frac) + 3, 'text-anchor': 'end' }, `${+(max * frac).toFixed(2)}/s`));
     }
-    for (const minutes of [60, 45, 30, 15, 0]) {
+    for (const part of [4, 3, 2, 1, 0]) {
+      const minutes = Math.round((spanMin * part) / 4);
       const px = L + ((W - L - 4) * (span - minutes * 60)) / span;
-      svg.append(s('text', { x: px, y: H - 5, 'text-anchor': minutes === 0 ? 'end' : 'middle' }, minutes ? `-${minutes} min` : 'now'));
+      svg.append(s('text', { x: px, y: H - 5, 'text-anchor': part === 0 ? 'end' : part === 4 ? 'start' : 'middle' }, minutes ? `-${minutes} min` : 'now'));
     }
     if (!count) {
       svg.append(s('text', { x: W / 2, y: H / 2, 'text-anchor': 'middle' }, 'collecting: the first values appear within a minute'));
@@ -387,8 +396,8 @@
       h('h1', { text: 'Live' }),
       cards,
       h('div', { class: 'grid' },
-        h('div', { class: 'panel' }, h('h2', { text: 'Decisions per second, by verdict' }), byVerdict),
-        h('div', { class: 'panel' }, h('h2', { text: 'Refusals per second, by reason' }), byReason)),
+        h('div', { class: 'panel' }, h('h2', { text: 'Decisions per second by verdict, last hour' }), byVerdict),
+        h('div', { class: 'panel' }, h('h2', { text: 'Refusals per second by reason, last hour' }), byReason)),
       h('h2', {}, 'Last decisions ', h('span', { class: 'hint', id: 'live-status', text: 'connecting…' })),
       h('div', { class: 'scroll' }, h('table', { id: 'live-table' },
         h('thead', {}, h('tr', {}, ['Time', 'Door', 'Verdict', 'Reason', 'Number', 'Tenant', 'Campaign'].map((t) => h('th', { text: t })))),
