@@ -67,6 +67,7 @@ def test_the_live_page_weighs_little_and_renders_fast(
 ) -> None:
     """Loaded afresh, the Live page's own files (HTML, script, style) weigh under 300 KB;
     its first paint and the moment its data is drawn are measured (artifact live.json)."""
+    browser.sign_in(running_gate.url, TOKEN)
     browser.get("about:blank")
     browser.get(running_gate.url + "/#/live")
     browser.wait(
