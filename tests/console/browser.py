@@ -152,9 +152,18 @@ class Browser:
         ]
 
     def sign_in(self, base: str, token: str) -> None:
-        """Open the console and sign in with ``token``; wait for the Live page."""
+        """Open the console and sign in with ``token`` (unless this browser's session is
+        still live); wait for the navigation."""
         self.get(base + "/")
-        self.wait("the sign-in form", lambda: self.find("#token").is_displayed())
+
+        def form_or_nav() -> str | None:
+            if self.find("#nav").is_displayed():
+                return "signed in"
+            found = self.find_all("#token")
+            return "form" if found and found[0].is_displayed() else None
+
+        if self.wait("the sign-in form or the pages", form_or_nav) == "signed in":
+            return
         self.fill("#token", token)
         self.find("#signin-form button").click()
         self.wait("the navigation", lambda: self.find("#nav").is_displayed())
