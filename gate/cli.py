@@ -18,7 +18,6 @@ import argparse
 import asyncio
 import contextlib
 import csv
-import itertools
 import json
 import logging
 import os
@@ -48,12 +47,11 @@ from gate.lists.formats import (
     Digest,
     Rejected,
     count_lines,
-    csv_dialect,
     open_lines,
     read_batches,
 )
 from gate.lists.progress import importer, progress
-from gate.lists.scrub import scrub as scrub_leads
+from gate.lists.scrub import scrub_file
 from gate.ops import search
 from gate.ops.audit import Follower, read_range
 from gate.ops.logs import configure_logging
@@ -801,65 +799,31 @@ async def _consent_or_event(config: Config, args: argparse.Namespace) -> int:
 # --- scrub ----------------------------------------------------------------------------------
 
 
-def _column(args: argparse.Namespace, header: list[str]) -> int:
-    if not args.column.isdigit():
-        lowered = [c.lower() for c in header]
-        if args.column.lower() not in lowered:
-            raise InputError(f"{args.file}: no column named {args.column!r} in header {header!r}")
-        return lowered.index(args.column.lower())
-    if int(args.column) < 1:
-        raise InputError(f"--column {args.column}: columns are numbered from 1")
-    return int(args.column) - 1
-
-
 async def _scrub(config: Config, args: argparse.Namespace) -> int:
     total = count_lines(args.file)
-    lines = _Counted(open_lines(args.file))
-    first = next((line for line in lines if line.strip()), None)
-    if first is None:
-        raise InputError(f"{args.file}: no leads in the file")
-    dialect = csv_dialect(first)
-    reader = csv.reader(itertools.chain([first], lines), dialect)
-    header = [c.strip() for c in next(reader)]
-    column = _column(args, header)
-    has_header = not args.column.isdigit() or args.header
-    body = reader if has_header else itertools.chain([header], reader)
-    rows = (row for row in body if any(cell.strip() for cell in row))
     output: Path = args.output
     async with open_gate(config, ADMIN_DEADLINE_S) as gate:
-        await gate.store.ping()  # Redis down: fail before writing anything
-        # Written beside the target and renamed at the end: OUT is whole or untouched.
-        fd, partial = tempfile.mkstemp(prefix=f".{output.name}.", dir=output.parent or ".")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8", newline="") as out:
-                writer = csv.writer(out, dialect)
-                if has_header:
-                    writer.writerow([*header, "verdict", "reason", "retry_after_s"])
-                with progress(total, f"scrubbing {args.file.name}") as advance:
-                    done = 0
+        with progress(total, f"scrubbing {args.file.name}") as advance:
+            done = 0
 
-                    def write(row: Sequence[str]) -> None:
-                        nonlocal done
-                        writer.writerow(row)
-                        advance(lines.lines - done)
-                        done = lines.lines
+            def lines_read(lines: int) -> None:
+                nonlocal done
+                advance(lines - done)
+                done = lines
 
-                    summary = await scrub_leads(
-                        gate,
-                        rows,
-                        column,
-                        write,
-                        now=args.at or datetime.now(UTC),
-                        tenant=args.tenant or config.default_tenant,
-                        campaign=args.campaign or "",
-                        traffic_class=TrafficClass(args.traffic_class),
-                        caller_id=args.caller_id,
-                    )
-            os.replace(partial, output)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(partial)
-            raise
+            summary = await scrub_file(
+                gate,
+                args.file,
+                output,
+                column=args.column,
+                header=args.header,
+                now=args.at or datetime.now(UTC),
+                tenant=args.tenant or config.default_tenant,
+                campaign=args.campaign or "",
+                traffic_class=TrafficClass(args.traffic_class),
+                caller_id=args.caller_id,
+                lines_read=lines_read,
+            )
     if args.json:
         counts = VerdictCounts(**{v.value: summary.verdicts[v.value] for v in Verdict})
         out_model = ScrubSummaryOut(
@@ -874,22 +838,6 @@ async def _scrub(config: Config, args: argparse.Namespace) -> int:
         print(f"{_plural(summary.rows, 'lead')} scrubbed into {output}")
         print(summary.text())
     return 0
-
-
-class _Counted:
-    """Lines, counted as they are read (a scrub's progress)."""
-
-    def __init__(self, lines: Iterator[str]) -> None:
-        self._lines = lines
-        self.lines = 0
-
-    def __iter__(self) -> Iterator[str]:
-        return self
-
-    def __next__(self) -> str:
-        line = next(self._lines)
-        self.lines += 1
-        return line
 
 
 # --- audit -----------------------------------------------------------------------------------

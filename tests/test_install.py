@@ -19,6 +19,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import urllib.request
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -73,15 +74,17 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return found
 
 
-def test_the_wheel_carries_the_packs_samples_and_lua(wheel: Path) -> None:
-    """Every pack of config/packs, the sample config, the dialplan include, the unit and
-    every Lua script are in the wheel, as the files of this tree."""
+def test_the_wheel_carries_the_packs_samples_lua_and_console(wheel: Path) -> None:
+    """Every pack of config/packs, the sample config, the dialplan include, the unit, every
+    Lua script and every file of the console's page are in the wheel, as the files of
+    this tree (the console needs nothing from elsewhere)."""
     expected = {
         **{f"gate/config/packs/{p.name}": p for p in (ROOT / "config" / "packs").glob("*.toml")},
         "gate/config/sample/callgate.toml": ROOT / "config" / "callgate.toml",
         "gate/config/sample/callgate.conf": ROOT / "dialplan" / "callgate.conf",
         "gate/config/sample/callgate.service": ROOT / "config" / "callgate.service",
         **{f"gate/store/lua/{p.name}": p for p in (ROOT / "gate" / "store" / "lua").glob("*.lua")},
+        **{f"gate/ops/static/{p.name}": p for p in (ROOT / "gate" / "ops" / "static").iterdir()},
     }
     with zipfile.ZipFile(wheel) as archive:
         shipped = {name: archive.read(name) for name in expected if name in archive.namelist()}
@@ -159,7 +162,8 @@ def test_wheel_to_a_running_gate(
     fresh_venv: Path, gate_dir: Path, admin_env: dict[str, str]
 ) -> None:
     """From the wheel: init, config check (writes nothing), list add, check, and `run`
-    answering one FastAGI request, with the embedded Redis; then SIGTERM stops it."""
+    answering one FastAGI request and serving the console's script from the package, with
+    the embedded Redis; then SIGTERM stops it."""
     callgate = fresh_venv / "bin" / "callgate"
     etc, state = gate_dir / "etc", gate_dir / "state"
     init = run(callgate, "init", etc, "--state-dir", state, cwd=gate_dir, env=admin_env)
@@ -197,16 +201,20 @@ def test_wheel_to_a_running_gate(
     )
     try:
         assert process.stderr is not None
-        port = 0
+        port = http_port = 0
         for _ in range(200):  # bounded: the start logs a handful of lines
             line = process.stderr.readline()
             if not line:
                 break
+            if found := re.search(r"HTTP on http://127\.0\.0\.1:(\d+)", line):
+                http_port = int(found[1])
             if found := re.search(r"FastAGI on agi://127\.0\.0\.1:(\d+)/check", line):
                 port = int(found[1])
                 break
         assert port, "callgate run did not log its FastAGI address"
         variables = asyncio.run(agi_check(port, "0612345678"))
+        with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/console/console.js") as page:
+            console_js = page.read()
         process.send_signal(signal.SIGTERM)
         stopped = process.wait(DEADLINE_S)
     finally:
@@ -220,6 +228,7 @@ def test_wheel_to_a_running_gate(
         variables["CALLGATE_RESULT"],
         variables["CALLGATE_REASON"],
     )
+    assert (ROOT / "gate" / "ops" / "static" / "console.js").read_bytes() == console_js
     assert 0o600 == (state / "callgate.secret").stat().st_mode & 0o777
 
 

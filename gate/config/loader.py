@@ -51,6 +51,7 @@ __all__ = [
     "AriConfig",
     "AuditConfig",
     "Config",
+    "ConsoleConfig",
     "HttpConfig",
     "LoggingConfig",
     "Network",
@@ -171,6 +172,16 @@ class ApiConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ConsoleConfig:
+    """The web console at ``/`` of the HTTP listener (gate/ops/console.py)."""
+
+    enabled: bool = True
+    # A session (the API token exchanged for a cookie) ends this long after sign-in, or
+    # after 30 minutes without a request (gate/ops/sessions.py), whichever comes first.
+    session_s: float = 8 * 3600.0
+
+
+@dataclass(frozen=True, slots=True)
 class AuditConfig:
     """The audit trail (gate/audit.py): a Redis Stream capped by age and by length."""
 
@@ -200,6 +211,7 @@ class Config:
     ari: AriConfig | None = None
     http: HttpConfig = HttpConfig()
     api: ApiConfig = ApiConfig()
+    console: ConsoleConfig = ConsoleConfig()
     logging: LoggingConfig = LoggingConfig()
     audit: AuditConfig = AuditConfig()
     state_dir: Path = DEFAULT_STATE_DIR
@@ -400,6 +412,15 @@ def _api(reader: Reader, http: HttpConfig) -> ApiConfig:
             f"or ${API_TOKEN_ENV}",
         )
     return ApiConfig(token=token or None, allowed_hosts=tuple(h.lower() for h in hosts))
+
+
+def _console(reader: Reader) -> ConsoleConfig:
+    session_s = reader.duration("session", "8h")
+    if not 60 <= session_s <= 30 * 86400:
+        raise reader.fail("session", "must be between 1m and 30d")
+    config = ConsoleConfig(enabled=bool(reader.get("enabled", bool, True)), session_s=session_s)
+    reader.done()
+    return config
 
 
 def _logging(reader: Reader) -> LoggingConfig:
@@ -709,6 +730,7 @@ def parse_config(
     ari = _ari(root.table("ari")) if "ari" in data else None
     http = _http(root.table("http"))
     api = _api(root.table("api"), http)
+    console = _console(root.table("console"))
     logging = _logging(root.table("logging"))
     audit = _audit(root.table("audit"))
     privacy = root.table("privacy")
@@ -730,6 +752,7 @@ def parse_config(
         ari=ari,
         http=http,
         api=api,
+        console=console,
         logging=logging,
         audit=audit,
         state_dir=gate.state_dir,

@@ -12,30 +12,51 @@ Redis checks of a whole batch in one pipelined round trip. Guarantees:
 - a large file (``PARALLEL_FROM`` rows or more) is decided by ``workers`` processes, each
   with its own Redis connection, over successive batches, while this process reads the
   rows and writes them in order; the processes are stopped when the scrub ends or fails.
+
+``scrub_file`` is the whole of ``callgate scrub`` and of a console upload
+(``POST /v1/scrub/file``): the leads file read as the CLI reads it (plain, gzip or zip;
+CSV/TSV/semicolon sniffed from the first line; the phone column by header name or 1-based
+index), the output written beside its target and renamed at the end (whole, or not at
+all), so both give the same file for the same input.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import csv
+import itertools
 import multiprocessing
 import os
 import signal
+import tempfile
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from itertools import chain, islice
+from pathlib import Path
 
 from gate.config.loader import Config, RedisConfig
 from gate.core.engine import Plan, Planner, conclude
+from gate.core.errors import InputError
 from gate.core.keys import Keyspace
 from gate.core.model import Attempt, Decision, TrafficClass
 from gate.core.params import seconds_text
+from gate.lists.formats import csv_dialect, open_lines
 from gate.service import Gate
 from gate.store.client import Store
 
-__all__ = ["BATCH", "PARALLEL_FROM", "WORKERS", "ScrubSummary", "scrub"]
+__all__ = [
+    "BATCH",
+    "PARALLEL_FROM",
+    "WORKERS",
+    "ScrubSummary",
+    "column_index",
+    "scrub",
+    "scrub_file",
+]
 
 BATCH = 2000
 # Below this many rows starting worker processes (~0.5 s each) is not worth it.
@@ -234,3 +255,100 @@ def _work(numbers: list[str | None]) -> list[Outcome]:
     assert _worker is not None, "not a scrub worker process"
     job, store, planner, loop = _worker
     return loop.run_until_complete(job.decide(store, planner, numbers))
+
+
+def column_index(spec: str, header: Sequence[str], source: Path) -> int:
+    """The 0-based index of the phone column: ``spec`` is a header name or a 1-based index."""
+    if not spec.isdigit():
+        lowered = [c.lower() for c in header]
+        if spec.lower() not in lowered:
+            raise InputError(f"{source}: no column named {spec!r} in header {list(header)!r}")
+        return lowered.index(spec.lower())
+    if int(spec) < 1:
+        raise InputError(f"--column {spec}: columns are numbered from 1")
+    return int(spec) - 1
+
+
+class _Counted:
+    """Lines, counted as they are read (a scrub's progress)."""
+
+    def __init__(self, lines: Iterator[str]) -> None:
+        self._lines = lines
+        self.lines = 0
+
+    def __iter__(self) -> Iterator[str]:
+        return self
+
+    def __next__(self) -> str:
+        line = next(self._lines)
+        self.lines += 1
+        return line
+
+
+async def scrub_file(
+    gate: Gate,
+    source: Path,
+    output: Path,
+    *,
+    column: str = "1",
+    header: bool = False,
+    now: datetime,
+    tenant: str,
+    campaign: str = "",
+    traffic_class: TrafficClass = TrafficClass.CAMPAIGN,
+    caller_id: str | None = None,
+    lines_read: Callable[[int], None] | None = None,
+    workers: int = WORKERS,
+) -> ScrubSummary:
+    """Scrub the leads of ``source`` into ``output`` (the rows with ``verdict``, ``reason``
+    and ``retry_after_s`` appended; a header row gets those names). ``lines_read`` is told
+    how many lines of ``source`` have been read, after each row written. ``output`` is
+    written whole or not at all. Redis unreachable: ``StoreError`` before anything is
+    written."""
+    opened = open_lines(source)
+    lines = _Counted(opened)
+    try:
+        first = next((line for line in lines if line.strip()), None)
+        if first is None:
+            raise InputError(f"{source}: no leads in the file")
+        dialect = csv_dialect(first)
+        reader = csv.reader(itertools.chain([first], lines), dialect)
+        head = [c.strip() for c in next(reader)]
+        index = column_index(column, head, source)
+        has_header = not column.isdigit() or header
+        body = reader if has_header else itertools.chain([head], reader)
+        rows = (row for row in body if any(cell.strip() for cell in row))
+        await gate.store.ping()  # Redis down: fail before writing anything
+        # Written beside the target and renamed at the end: OUT is whole or untouched.
+        fd, partial = tempfile.mkstemp(prefix=f".{output.name}.", dir=output.parent or ".")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8", newline="") as out:
+                writer = csv.writer(out, dialect)
+                if has_header:
+                    writer.writerow([*head, "verdict", "reason", "retry_after_s"])
+
+                def write(row: Sequence[str]) -> None:
+                    writer.writerow(row)
+                    if lines_read is not None:
+                        lines_read(lines.lines)
+
+                summary = await scrub(
+                    gate,
+                    rows,
+                    index,
+                    write,
+                    now=now,
+                    tenant=tenant,
+                    campaign=campaign,
+                    traffic_class=traffic_class,
+                    caller_id=caller_id,
+                    workers=workers,
+                )
+            os.replace(partial, output)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(partial)
+            raise
+    finally:
+        opened.close()
+    return summary

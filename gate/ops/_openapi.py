@@ -31,6 +31,7 @@ _ERRORS = {
     413: "too many numbers, or an upload too large",
     415: "wrong Content-Type (JSON requests need application/json)",
     422: "a number that cannot be used, or an emergency number for a block list",
+    429: "too many failed sign-ins: wait a minute",
     503: "Redis is unreachable",
 }
 
@@ -156,7 +157,8 @@ def openapi(operations: Sequence[Operation]) -> dict[str, Any]:
             }
         if op.streams:
             responses["200"] = {
-                "description": "streamed; in JSON Lines, one JSON document per line",
+                "description": "streamed (JSON Lines: one JSON document per line; "
+                "text/event-stream: one per event)",
                 "content": {
                     media: {
                         "schema": refs[(model, "serialization")]
@@ -179,13 +181,17 @@ def openapi(operations: Sequence[Operation]) -> dict[str, Any]:
             "title": "callgate admin API",
             "version": __version__,
             "description": "Check and scrub numbers, manage lists, consents and cool-offs, "
-            "search the audit trail. Send `Authorization: Bearer <api.token>` and, with a "
+            "search the audit trail. Send `Authorization: Bearer <api.token>` (or the "
+            "console's session cookie, with `X-CSRF-Token` on a change) and, with a "
             'body, `Content-Type: application/json`. Errors are `{"error": "..."}`.',
         },
         "components": {
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "session": {"type": "apiKey", "in": "cookie", "name": "callgate_session"},
+            },
             "schemas": components,
         },
-        "security": [{"bearer": []}],
+        "security": [{"bearer": []}, {"session": []}],
         "paths": paths,
     }

@@ -25,7 +25,13 @@ Guarantees:
   HTML form or "simple" cross-origin request can reach a handler; no CORS header is
   ever sent.
 - With a token configured, every ``/v1/`` request without ``Authorization: Bearer
-  <token>`` gets 401 (compared in constant time).
+  <token>`` (compared in constant time) or a console session's cookie gets 401; a
+  request authenticated by the cookie that changes anything must also carry the
+  session's ``X-CSRF-Token`` (403 otherwise; gate/ops/sessions.py). ``/v1/session``
+  (sign in, and whether this browser is signed in) needs neither.
+- A change made through the console (a request authenticated by a session) is told to
+  ``on_action`` once it succeeded, which records it in the audit trail with door
+  ``console``.
 - Input is validated by the models before anything is written (400 naming the field;
   413 past ``MAX_BATCH``); numbers that cannot be used are 422, and so is an emergency or
   protected number offered to a block list; an unknown list is 404; Redis unreachable is
@@ -48,6 +54,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -107,16 +114,24 @@ from gate.ops.models import (
     rule_outcomes,
 )
 from gate.ops.reload import Reloader
+from gate.ops.sessions import COOKIE, CSRF_HEADER, Action, Session, Sessions
 from gate.service import Gate
 from gate.store.client import Store
 
 __all__ = [
     "MAX_BATCH",
     "MAX_UPLOAD_BYTES",
+    "NDJSON",
+    "UPLOAD_TYPES",
+    "ActionRecorder",
     "AdminApi",
+    "Handler",
+    "HostGuard",
     "RequestError",
     "error_middleware",
     "json_response",
+    "session_of",
+    "spool",
 ]
 
 log = logging.getLogger("callgate.http")
@@ -141,6 +156,16 @@ UPLOAD_TYPES = (
 _IDENT_PATH = {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,64}$"}
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# Told of each change a console session made: the session, the peer's address, the change.
+ActionRecorder = Callable[[Session, str, Action], None]
+# The console session that authenticated the request being handled (set by the guard
+# middleware, read by its handler: the same task, whatever aiohttp's version).
+_SESSION: ContextVar[Session | None] = ContextVar("callgate_session", default=None)
+
+
+def session_of(_request: web.Request) -> Session | None:
+    """The console session that authenticated ``request`` (None: a token, or none)."""
+    return _SESSION.get()
 
 
 def json_response(model: Any, status: int = 200) -> web.Response:
@@ -241,12 +266,17 @@ class AdminApi:
         reloader: Reloader | None,
         guard: HostGuard | None = None,
         described: Sequence[Operation] = (),
+        sessions: Sessions | None = None,
+        extra: Sequence[tuple[Operation, Handler]] = (),
+        on_action: ActionRecorder | None = None,
     ) -> None:
         self.gate = gate
         self.token = token
         self.reloader = reloader
         self.guard = guard or HostGuard("127.0.0.1")
-        self._routes: list[tuple[Operation, Handler]] = self._operations()
+        self.sessions = sessions
+        self.on_action = on_action
+        self._routes: list[tuple[Operation, Handler]] = [*self._operations(), *extra]
         self._uploads = {(op.method, op.path): op.uploads for op, _ in self._routes if op.uploads}
         spec_op = Operation(
             "GET",
@@ -421,14 +451,16 @@ class AdminApi:
             return _error(403, why)
         if request.path == "/openapi.json":
             return await handler(request)
-        if self.token is not None:
-            scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(
-                given.strip().encode(), self.token.encode()
-            ):
-                response = _error(401, "missing or wrong bearer token (Authorization header)")
-                response.headers["WWW-Authenticate"] = 'Bearer realm="callgate"'
-                return response
+        reset = _SESSION.set(None)
+        try:
+            return await self._authorised(request, handler)
+        finally:
+            _SESSION.reset(reset)
+
+    async def _authorised(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        signing_in = request.path == "/v1/session" and request.method in ("GET", "POST")
+        if not signing_in and (refused := self._authenticate(request)) is not None:
+            return refused
         if request.method == "POST":
             route = request.match_info.route.resource
             uploads = self._uploads.get(("POST", route.canonical if route is not None else ""), ())
@@ -440,6 +472,37 @@ class AdminApi:
                     f"{' or '.join(accepted)}",
                 )
         return await handler(request)
+
+    def _authenticate(self, request: web.Request) -> web.Response | None:
+        """None if ``request`` may proceed: a right bearer token, a live session (with its
+        CSRF token for a change), or neither when no token is configured."""
+        cookie = request.cookies.get(COOKIE)
+        if "Authorization" not in request.headers and cookie and self.sessions is not None:
+            session = self.sessions.find(cookie)
+            if session is None:
+                return _error(401, "the console session has expired: sign in again")
+            if request.method not in ("GET", "HEAD") and not Sessions.csrf_ok(
+                session, request.headers.get(CSRF_HEADER)
+            ):
+                return _error(403, f"missing or wrong {CSRF_HEADER} header for this session")
+            _SESSION.set(session)
+            return None
+        if self.token is None:
+            return None
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            given.strip().encode(), self.token.encode()
+        ):
+            response = _error(401, "missing or wrong bearer token (Authorization header)")
+            response.headers["WWW-Authenticate"] = 'Bearer realm="callgate"'
+            return response
+        return None
+
+    def _acted(self, request: web.Request, action: Action) -> None:
+        """Tell ``on_action`` of a change a console session made."""
+        session = session_of(request)
+        if session is not None and self.on_action is not None:
+            self.on_action(session, request.remote or "", action)
 
     async def _openapi(self, _request: web.Request) -> web.Response:
         return web.json_response(self.spec)
@@ -526,14 +589,19 @@ class AdminApi:
         tenant = body.tenant or self.gate.config.default_tenant
         campaign = body.campaign or ""
         admin = ListAdmin.of(self.gate)
+        action = Action(
+            "list_add" if add else "list_remove", name, tenant, campaign, tuple(body.numbers)
+        )
         if add:
             added = await admin.add(name, body.numbers, tenant, campaign)
             log.info("API: %d number(s) added to list %s for tenant %s", added, name, tenant)
+            self._acted(request, action)
             return json_response(
                 ListAddResponse(added=added, already_listed=len(body.numbers) - added)
             )
         removed = await admin.remove(name, body.numbers, tenant, campaign)
         log.info("API: %d number(s) removed from list %s for tenant %s", removed, name, tenant)
+        self._acted(request, action)
         return json_response(
             ListRemoveResponse(removed=removed, not_listed=len(body.numbers) - removed)
         )
@@ -555,7 +623,7 @@ class AdminApi:
         keep = frozenset(v.strip() for v in (query.keep or "").split(",") if v.strip())
         with tempfile.TemporaryDirectory(prefix="callgate-upload-") as spool_dir:
             path = Path(spool_dir) / "upload"
-            await _spool(request, path)
+            await spool(request, path)
             total = await asyncio.to_thread(count_lines, path)
             # A bad format or option fails here, before the 200 is sent.
             await asyncio.to_thread(_probe, path, rule, admin.policy.default_region, query, keep)
@@ -563,6 +631,23 @@ class AdminApi:
             await response.prepare(request)
             job = _UploadImport(self.gate, name, tenant, campaign, query, path, total, keep)
             await job.run(response)
+            if job.summary is not None:
+                counts = job.summary
+                self._acted(
+                    request,
+                    Action(
+                        f"list_import:{query.mode.value}",
+                        name,
+                        tenant,
+                        campaign,
+                        counts={
+                            "imported": counts.imported,
+                            "duplicates": counts.duplicates,
+                            "rejected": counts.rejected,
+                            "skipped": counts.skipped,
+                        },
+                    ),
+                )
             await response.write_eof()
             return response
 
@@ -574,13 +659,18 @@ class AdminApi:
         if rule.kind != "consent":
             raise RequestError(400, f"list: {body.list_name!r} is not a consent list")
         admin = ListAdmin.of(self.gate)
+        tenant = body.tenant or self.gate.config.default_tenant
         added = await admin.add(
             body.list_name,
             body.numbers,
-            body.tenant or self.gate.config.default_tenant,
+            tenant,
             body.campaign or "",
             now=body.granted_at,
             expires=body.expires,
+        )
+        self._acted(
+            request,
+            Action("consent", body.list_name, tenant, body.campaign or "", tuple(body.numbers)),
         )
         return json_response(ConsentResponse(recorded=added, updated=len(body.numbers) - added))
 
@@ -588,11 +678,15 @@ class AdminApi:
         body: RevokeRequest = await self._body(request, RevokeRequest)
         if self.gate.config.policy.list_rule(body.red_list) is None:
             raise RequestError(404, f"list {body.red_list!r} is not in the config or its packs")
+        tenant = body.tenant or self.gate.config.default_tenant
         added = await ListAdmin.of(self.gate).revoke(
-            body.numbers,
-            body.tenant or self.gate.config.default_tenant,
-            body.campaign or "",
-            body.red_list,
+            body.numbers, tenant, body.campaign or "", body.red_list
+        )
+        self._acted(
+            request,
+            Action(
+                "consent_revoke", body.red_list, tenant, body.campaign or "", tuple(body.numbers)
+            ),
         )
         return json_response(RevokeResponse(revoked=len(body.numbers), red_listed=added))
 
@@ -610,6 +704,7 @@ class AdminApi:
                 f"no enabled pack has a cool-off after {_an(event)} for "
                 f"{body.number!r}; nothing recorded",
             )
+        self._acted(request, Action(event, ",".join(rules), tenant, numbers=(body.number,)))
         return json_response(EventResponse(event=event, rules=rules))  # type: ignore[arg-type]
 
     async def _reload(self, request: web.Request) -> web.Response:
@@ -624,6 +719,7 @@ class AdminApi:
             return json_response(
                 ReloadFailed(error=str(exc), config_version=self.gate.version), status=422
             )
+        self._acted(request, Action("reload", result.version))
         return json_response(
             ReloadResponse(
                 config_version=result.version, previous=result.previous, changed=result.changed
@@ -686,7 +782,7 @@ def _probe(
         lines.close()
 
 
-async def _spool(request: web.Request, path: Path) -> None:
+async def spool(request: web.Request, path: Path) -> None:
     """The request body into ``path`` (0600), chunk by chunk; 413 past the bound."""
     size = 0
     with path.open("xb") as spool:  # in a private directory (0700)
@@ -720,6 +816,7 @@ class _UploadImport:
         self.stop = threading.Event()
         self.lines = 0
         self.rejects_shown = 0
+        self.summary: ImportSummary | None = None
 
     def _event(self, **fields: Any) -> ImportEvent:
         values: dict[str, Any] = {
@@ -754,7 +851,7 @@ class _UploadImport:
 
     def _work(self) -> None:
         try:
-            summary = asyncio.run(self._import())
+            summary = self.summary = asyncio.run(self._import())
             self._send(
                 self._event(
                     event="done",

@@ -1,7 +1,10 @@
-"""The HTTP listener of ``callgate run``: metrics, health, and the admin API on one port.
+"""The HTTP listener of ``callgate run``: metrics, health, the admin API and the console
+on one port.
 
 Routes: ``GET /metrics`` (Prometheus text format), ``GET /healthz``, ``GET /readyz``,
-``GET /openapi.json``, and the admin API under ``/v1/`` (gate/api.py).
+``GET /openapi.json``, the admin API under ``/v1/`` (gate/ops/api.py, with the console's
+views: gate/ops/views.py, gate/ops/scrubfile.py), and the console at ``/`` unless
+``[console] enabled = false`` (gate/ops/console.py).
 
 Guarantees:
 - Loopback by default (``[http]``); ``start()`` refuses (``ConfigError``) a non-loopback
@@ -12,8 +15,9 @@ Guarantees:
   Redis check names the mode and the node answering, and counts failovers and restarts.
   Both bodies are JSON and carry the config version in force.
 - Metrics and health are not authenticated (they hold no numbers); ``/v1/`` is.
-- ``stop()`` stops the list-metrics refresher, then the listener; in-flight requests get
-  ``STOP_GRACE_S`` to finish.
+- ``stop()`` ends the console's event streams, stops the live sampler and the list-metrics
+  refresher, then the listener (in-flight requests get ``STOP_GRACE_S`` to finish), then
+  removes the scrubbed files it kept.
 """
 
 from __future__ import annotations
@@ -25,13 +29,19 @@ import time
 from aiohttp import web
 
 from gate import __version__
-from gate.config.loader import ApiConfig, HttpConfig, is_loopback
+from gate.config.loader import ApiConfig, ConsoleConfig, HttpConfig, is_loopback
 from gate.core.errors import ConfigError, StoreError
 from gate.ops._openapi import Operation
-from gate.ops.api import AdminApi, HostGuard, error_middleware, json_response
+from gate.ops.api import AdminApi, Handler, HostGuard, error_middleware, json_response
+from gate.ops.audit import AuditLog
+from gate.ops.console import Console, ConsoleAudit
+from gate.ops.live import AuditFeed, LiveSampler
 from gate.ops.metrics import CONTENT_TYPE, ListRefresher, Metrics, StasisStats
 from gate.ops.models import Check, Health, Ready, RedisCheck
 from gate.ops.reload import Reloader
+from gate.ops.scrubfile import ScrubFiles
+from gate.ops.sessions import Sessions
+from gate.ops.views import Views
 from gate.service import Gate
 
 __all__ = ["HttpServer"]
@@ -54,6 +64,9 @@ class HttpServer:
         api: ApiConfig,
         reloader: Reloader | None = None,
         stasis: StasisStats | None = None,
+        console: ConsoleConfig | None = None,
+        audit: AuditLog | None = None,
+        live_step_s: float | None = None,
     ) -> None:
         self.gate = gate
         self.metrics = metrics
@@ -65,12 +78,37 @@ class HttpServer:
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
         self._refresher = ListRefresher(metrics, gate, http.list_refresh_s)
+        self.live = LiveSampler(metrics, gate, *([live_step_s] if live_step_s else []))
+        self.feed = AuditFeed(gate)
+        self.scrubbed = ScrubFiles(gate)
         self.app = web.Application(middlewares=[error_middleware], client_max_size=MAX_BODY_BYTES)
         self.app.router.add_get("/metrics", self._metrics)
         self.app.router.add_get("/healthz", self._healthz)
         self.app.router.add_get("/readyz", self._readyz)
         guard = HostGuard(http.host, api.allowed_hosts)
-        AdminApi(gate, api.token, reloader, guard, OPERATIONS).add_routes(self.app)
+        console = console or ConsoleConfig()
+        extra: list[tuple[Operation, Handler]] = [
+            *Views(gate, self.live, self.feed).operations(),
+            *self.scrubbed.operations(),
+        ]
+        sessions = None
+        self.console: Console | None = None
+        actions = ConsoleAudit(gate, audit)
+        if console.enabled:
+            sessions = Sessions(api.token, console.session_s)
+            self.console = Console(gate, sessions, guard, actions)
+            self.console.add_routes(self.app)
+            extra.extend(self.console.operations())
+        AdminApi(
+            gate,
+            api.token,
+            reloader,
+            guard,
+            OPERATIONS,
+            sessions=sessions,
+            extra=extra,
+            on_action=actions.record,
+        ).add_routes(self.app)
 
     @property
     def port(self) -> int:
@@ -103,12 +141,16 @@ class HttpServer:
         if not self.api.token:
             log.warning("admin API without a token: any local user can change lists")
         self._refresher.start()
+        self.live.start()
 
     async def stop(self) -> None:
+        await self.feed.close()
+        await self.live.close()
         await self._refresher.close()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = self._site = None
+        self.scrubbed.close()
 
     async def _metrics(self, _request: web.Request) -> web.Response:
         response = web.Response(body=self.metrics.exposition())

@@ -59,9 +59,11 @@ __all__ = [
     "ConsentRequest",
     "ConsentResponse",
     "DecisionOut",
+    "DoorsOut",
     "ErrorOut",
     "EventRequest",
     "EventResponse",
+    "FreshnessOut",
     "Health",
     "ImportEvent",
     "ImportQuery",
@@ -71,6 +73,10 @@ __all__ = [
     "ListInfo",
     "ListQuery",
     "ListRemoveResponse",
+    "ListStatus",
+    "ListsOut",
+    "LiveOut",
+    "PackOut",
     "Ready",
     "RedisCheck",
     "ReloadFailed",
@@ -78,11 +84,18 @@ __all__ = [
     "RequestError",
     "RevokeRequest",
     "RevokeResponse",
+    "RuleOut",
     "RuleOutcomeOut",
+    "RulesOut",
+    "ScrubFileEvent",
+    "ScrubFileQuery",
     "ScrubRequest",
     "ScrubResponse",
     "ScrubResult",
     "ScrubSummaryOut",
+    "SeriesOut",
+    "SessionOut",
+    "SessionRequest",
     "VerdictCounts",
     "decision_out",
     "dump",
@@ -263,6 +276,29 @@ class AuditQuery(_Query):
     verdict: Verdict | None = None
     format: AuditFormat = AuditFormat.NDJSON
     limit: Annotated[int, Field(ge=1, le=10_000_000)] | None = None
+
+
+class SessionRequest(_Request):
+    """Sign in to the console: the API token (any, or none, when none is configured)."""
+
+    token: Annotated[str, StringConstraints(max_length=1024)] = ""
+
+
+class ScrubFileQuery(ListQuery):
+    """How to read an uploaded leads file (the options of ``callgate scrub``)."""
+
+    column: Annotated[str, StringConstraints(min_length=1, max_length=64)] = Field(
+        "1", description="the phone column: a header name, or a 1-based index"
+    )
+    header: bool = Field(False, description="the first row is a header (implied by a name)")
+    caller_id: Number | None = Field(
+        None, description="caller ID the campaign presents; omitted: not checked"
+    )
+    traffic_class: TrafficClass = Field(TrafficClass.CAMPAIGN, alias="class")
+    at: Instant | None = Field(None, description="decide as of this time (default: now)")
+    name: Annotated[str, StringConstraints(max_length=200)] | None = Field(
+        None, description="the file's name, for the download's name"
+    )
 
 
 # --- responses ----------------------------------------------------------------------------
@@ -456,6 +492,145 @@ class AuditRecord(_Response):
     retry_after_s: int | None
     latency_us: int
     redis_us: int
+
+
+class SessionOut(_Response):
+    """Whether this browser is signed in to the console, and what the console shows."""
+
+    signed_in: bool
+    token_required: bool = Field(description="false: no API token is configured (loopback)")
+    session: str | None = Field(description="the session's label (in the log and audit)")
+    csrf: str | None = Field(description="send it as X-CSRF-Token with every change")
+    expires_at: datetime | None
+    config_version: str
+    hashed: bool = Field(description="numbers are stored as keyed hashes (tags in the trail)")
+    default_region: str
+    default_tenant: str
+    tenants: list[str]
+
+
+class FreshnessOut(_Response):
+    """A rule that needs a list refreshed within ``max_age_s``, and whether it is."""
+
+    rule: str
+    pack: str
+    max_age_s: int
+    in_force: bool = Field(description="the rule applies today (valid_from/valid_to)")
+    shadow: bool
+    source: str
+    stale: bool = Field(description="in force, and never imported or older than max_age_s")
+
+
+class ListStatus(_Response):
+    """One list of the config or its packs, as the console's Lists page shows it."""
+
+    name: str
+    kind: str
+    scope: ListScope
+    description: str
+    info: ListInfo | None = Field(
+        description="null when it cannot be read here (a per-campaign list without a "
+        "campaign, a list not stored yet): see note"
+    )
+    note: str | None
+    age_s: int | None = Field(description="seconds since its source was produced")
+    freshness: list[FreshnessOut]
+    stale: bool
+
+
+class ListsOut(_Response):
+    """Every list for one tenant (and campaign)."""
+
+    tenant: str
+    campaign: str | None
+    lists: list[ListStatus]
+    config_version: str
+
+
+class PackOut(_Response):
+    """A rule pack in force."""
+
+    id: str
+    version: str
+    description: str
+    regions: list[str]
+
+
+class RuleOut(_Response):
+    """One rule, as the Rules page shows it."""
+
+    pack: str | None = Field(description="the pack it comes from; null: the config file")
+    kind: str
+    id: str
+    summary: str
+    source: str
+    shadow: bool = Field(description="evaluated and reported, never enforced")
+    verify: bool = Field(description="its value comes from a secondary source")
+    enforced: bool = Field(description="false: validated, but the store cannot run it yet")
+    valid_from: str | None
+    valid_to: str | None
+    classes: list[str]
+
+
+class RulesOut(_Response):
+    """The packs and every rule in force, and the config version."""
+
+    config_version: str
+    default_region: str
+    packs: list[PackOut]
+    rules: list[RuleOut]
+
+
+class SeriesOut(_Response):
+    """Decisions per second over the last hour, one value per ``step_s`` from ``start``."""
+
+    start: datetime | None = Field(description="the time of the first value (null: none yet)")
+    step_s: float
+    verdicts: dict[str, list[float]]
+    reasons: dict[str, list[float]] = Field(description="the busiest reasons, refusals first")
+
+
+class DoorsOut(_Response):
+    """The doors' and Redis's health, as the Live page shows it."""
+
+    agi: bool = Field(description="the FastAGI door is served")
+    agi_active: int = Field(description="FastAGI connections being served")
+    agi_connections: int
+    agi_failed: int = Field(description="answers Asterisk refused or garbled")
+    stasis: bool | None = Field(description="the Stasis application is connected (null: no [ari])")
+    stasis_reconnects: int | None
+    redis: bool
+    redis_ping_ms: float | None = Field(description="a PING's round trip just now")
+    redis_decision_ms: float | None = Field(
+        description="mean Redis time of a decision over the last minute"
+    )
+    redis_error: str | None
+    fail_mode_total: int = Field(description="decisions answered by the fail mode since start")
+    fail_mode_last_hour: int
+
+
+class LiveOut(_Response):
+    """What the Live page polls: the charts' series and the doors' health."""
+
+    now: datetime
+    config_version: str
+    uptime_s: float
+    series: SeriesOut
+    doors: DoorsOut
+
+
+class ScrubFileEvent(_Response):
+    """One line of a leads upload's NDJSON answer: progress, then the summary."""
+
+    event: Literal["progress", "done", "error"]
+    lines: int = Field(description="lines read so far")
+    total: int = Field(description="lines in the file")
+    rows: int = Field(description="leads decided so far")
+    id: str | None = Field(description="done: GET /v1/scrub/file/{id} downloads the CSV")
+    counts: VerdictCounts | None
+    unreadable: int | None
+    reasons: dict[str, int] | None = Field(description="done: 'VERDICT reason' → rows")
+    why: str | None = Field(description="error: what went wrong")
 
 
 class ScrubSummaryOut(_Response):

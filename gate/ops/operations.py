@@ -17,6 +17,7 @@ from prometheus_client import disable_created_metrics
 
 from gate.config.loader import Config
 from gate.core.errors import InputError
+from gate.ops.audit import AuditLog
 from gate.ops.http import HttpServer
 from gate.ops.metrics import AgiStats, Metrics, StasisStats
 from gate.ops.reload import Reloader
@@ -59,7 +60,12 @@ class Operations:
             asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reloader.request)
             ops._sighup = True
         if config.http.enabled:
-            http = HttpServer(gate, metrics, config.http, config.api, reloader, stasis)
+            # The audit writer of this process (open_gate's, when it records decisions)
+            # keeps the console's changes too.
+            audit = next((o for o in gate.observers if isinstance(o, AuditLog)), None)
+            http = HttpServer(
+                gate, metrics, config.http, config.api, reloader, stasis, config.console, audit
+            )
             try:
                 await http.start()
             except OSError as exc:
@@ -72,7 +78,8 @@ class Operations:
                 await ops.stop()
                 raise
             ops.http = http
-            log.info("HTTP on %s: /metrics /healthz /readyz /v1/ (admin API)", http.url)
+            console = " / (console)" if http.console is not None else ""
+            log.info("HTTP on %s:%s /metrics /healthz /readyz /v1/ (admin API)", http.url, console)
         return ops
 
     async def stop(self) -> None:

@@ -86,6 +86,7 @@ def restart_only_changes(old: Config, new: Config) -> list[str]:
         "ari": (old.ari, new.ari),
         "http": (old.http, new.http),
         "api": (old.api, new.api),
+        "console": (old.console, new.console),
         "logging": (old.logging, new.logging),
     }
     return [name for name, (before, after) in pairs.items() if before != after]
