@@ -206,10 +206,9 @@ def _rule_out(pack: str | None, rule: object) -> RuleOut:
     valid_from = getattr(rule, "valid_from", None)
     valid_to = getattr(rule, "valid_to", None)
     if isinstance(rule, ConsentRule) and rule.reassigned_list is not None:
-        # Validated, but the store cannot run it yet (gate/core/engine.py: "not enforced").
         summary += (
             f"; consents predating the number's last disconnection ({rule.reassigned_list}) "
-            "are void: not enforced yet"
+            f"are void{' (shadow)' if rule.reassigned_shadow else ''}"
         )
     return RuleOut(
         pack=pack,
@@ -219,7 +218,7 @@ def _rule_out(pack: str | None, rule: object) -> RuleOut:
         source=str(getattr(rule, "source", "")),
         shadow=bool(getattr(rule, "shadow", False)),
         verify=bool(getattr(rule, "verify", False)),
-        enforced=not isinstance(rule, AbandonCeilingRule),
+        enforced=True,
         valid_from=None if valid_from is None else valid_from.isoformat(),
         valid_to=None if valid_to is None else valid_to.isoformat(),
         classes=sorted(c.value for c in getattr(rule, "classes", ())),
@@ -276,7 +275,7 @@ def _list_rule_out(pack: str | None, rule: ListRule) -> RuleOut:
         "block": "refuses the numbers on it",
         "allow": f"exempts from {', '.join(rule.exempts)}" if rule.exempts else "an allow list",
         "consent": "holds consents",
-        "reassigned": "holds disconnection dates (not stored yet)",
+        "reassigned": "holds the day each number was last disconnected",
     }.get(rule.kind, rule.kind)
     return RuleOut(
         pack=pack,
@@ -287,7 +286,7 @@ def _list_rule_out(pack: str | None, rule: ListRule) -> RuleOut:
         source=rule.description,
         shadow=False,
         verify=False,
-        enforced=rule.kind != "reassigned",
+        enforced=True,
         valid_from=None,
         valid_to=None,
         classes=["campaign", "manual"],
