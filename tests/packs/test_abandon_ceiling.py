@@ -136,6 +136,22 @@ async def test_events_out_of_order_count_in_their_minute(gate: Gate) -> None:
     assert ("DEFER", RULE, (21 * 3600 + 60.0)) == await decide(gate, T0 + timedelta(hours=3))
 
 
+async def test_the_wait_reaches_past_the_first_minutes_read(gate: Gate) -> None:
+    """One abandoned call a minute for 40 minutes, then 200 answered: 40 of 240 (16.7 %).
+    Back under only once 34 of those minutes have left the window (6 of 206): the counts
+    are read a few dozen minutes at a time, and the wait spans more than one read."""
+    lists = admin(gate)
+    for minute in range(40):
+        at = T0 + minute * MINUTE
+        await lists.record_event("abandoned", lead(minute), TENANT, at, at, "spring")
+    await calls(gate, T0 + 40 * MINUTE, answered=200, first=100)
+    back = T0 + DAY + 34 * MINUTE
+    assert [("DEFER", RULE, 24 * 3600 - 7 * 60.0), ("ALLOW", "allowed", None)] == [
+        await decide(gate, T0 + 41 * MINUTE),
+        await decide(gate, back),
+    ]
+
+
 async def test_min_live_calls_holds_the_ceiling_off_until_enough_live_calls(
     open_gate: Callable[[Config], Gate], tmp_path: Path
 ) -> None:

@@ -106,16 +106,34 @@ local pack, unpack_struct, concat = struct.pack, struct.unpack, table.concat
 -- A minute of a campaign's call counts (calls.lua) counts until it has wholly left the window.
 local MINUTE_MS = 60000
 
--- The wait (ms) until a campaign's call counts `raw` (see Q) fall back under the ceiling
--- at `now`, with no new calls; 0 when under it.
-local function ceiling_wait(raw, now, ppm, window, min_live)
+-- Minutes of call counts read at a time: a campaign's whole day is some 35 KB, but a
+-- decision under the ceiling needs only the totals and the first minute still counting.
+local CHUNK = 32
+
+-- The wait (ms) until a campaign's call counts at `key` (see Q) fall back under the
+-- ceiling at `now`, with no new calls; 0 when under it (or no counts).
+local function ceiling_wait(key, now, ppm, window, min_live)
+  local want = 16 + 24 * CHUNK
+  local raw = call("GETRANGE", key, 0, want - 1)
+  if #raw < 16 then
+    return 0
+  end
   local live, abandoned = unpack_struct(">dd", raw)
-  local n, at = (#raw - 16) / 24, 17
   local function over()
     return live >= min_live and abandoned * 1000000 > ppm * live
   end
-  local wait = 0
-  for _ = 1, n do
+  local wait, at, read, more = 0, 17, #raw, #raw == want
+  while true do
+    if at > #raw then -- this chunk is done: the next one, unless it was the last
+      if not more then
+        break
+      end
+      raw = call("GETRANGE", key, read, read + 24 * CHUNK - 1)
+      read, at, more = read + #raw, 1, #raw == 24 * CHUNK
+      if #raw == 0 then
+        break
+      end
+    end
     local minute, l, a = unpack_struct(">ddd", raw, at)
     local leaves = minute + MINUTE_MS + window - now
     if leaves > 0 then -- inside the window: stop when under the ceiling
@@ -281,10 +299,7 @@ for d = 1, tonumber(ARGV[1]) do
       p = p + 3
     elseif kind == 81 then -- Q
       if not stale then
-        local raw = call("GET", KEYS[v[p + 1]])
-        if raw then
-          seen = ceiling_wait(raw, now, v[p + 2], v[p + 3], v[p + 4])
-        end
+        seen = ceiling_wait(KEYS[v[p + 1]], now, v[p + 2], v[p + 3], v[p + 4])
       end
       decides, wait = seen > 0, seen
       p = p + 5
