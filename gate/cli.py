@@ -396,7 +396,8 @@ def _list_parsers(commands: Commands) -> None:
         "  callgate list import red optouts.txt\n"
         "  callgate list import customers crm.csv --column phone --replace\n"
         "  callgate list import dnc 212.txt.gz --format us-dnc --refreshed-at 2026-11-01\n"
-        "  callgate list import bloctel_ok retour.csv --format fr-scrub --keep NON_INSCRIT",
+        "  callgate list import bloctel_ok retour.csv --format fr-scrub --keep NON_INSCRIT\n"
+        "  callgate list import reassigned rnd.csv   # lines number,disconnected_on",
     )
     imp.add_argument("list", metavar="LIST")
     imp.add_argument("file", type=Path, metavar="FILE", help="plain, gzip or zip; UTF-8")

@@ -5,7 +5,8 @@ tenant (and campaign) with its size, last refresh and, for each ``[[freshness]]`
 names it, whether it is stale (the rule is in force today and the list was never imported,
 or its source is older than the rule allows). ``rules_view`` answers ``GET /v1/rules``: the
 packs in force with their versions, and every rule with a one-line summary, its source,
-and whether it is shadowed, marked ``[verify]`` or not enforced yet.
+and whether it is shadowed or marked ``[verify]`` (``enforced`` is true for every rule
+callgate ships: the store runs them all).
 
 Both read only what the configuration in force says (one ``Active``, whole) and, for the
 lists, ``ListAdmin.info``.
@@ -91,7 +92,7 @@ async def lists_view(gate: Gate, tenant: str, campaign: str | None) -> ListsOut:
         try:
             raw = await admin.info(rule.name, tenant, campaign or "")
             info = list_info(raw, tenant, campaign)
-        except InputError as exc:  # per campaign without one, or a kind not stored yet
+        except InputError as exc:  # a per-campaign list without a campaign
             note = str(exc)
         refreshed = info.refreshed_at if info is not None else None
         age_s = None if refreshed is None else max(0, round(now_s - refreshed.timestamp()))

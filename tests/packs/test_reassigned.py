@@ -24,6 +24,7 @@ from gate.core.rules import ListRule
 from gate.lists.admin import ImportSummary
 from gate.lists.formats import Rejected
 from gate.lists.reassigned import Disconnect, latest, read_disconnects, void_before_ms
+from gate.ops.metrics import Metrics, refresh_lists
 from gate.service import Gate
 from tests.cli.test_cli import sample_config
 from tests.packs.conftest import PACKS_DIR, TENANT, admin, import_list, outcome, pack_config
@@ -284,6 +285,17 @@ async def test_the_list_counts_removes_and_refuses_entries_without_a_date(gate: 
     )
     assert str(caught.value).startswith(
         "list 'reassigned' holds the day each number was last disconnected: import them"
+    )
+
+
+async def test_list_metrics_count_a_reassigned_list(gate: Gate) -> None:
+    """The list gauges are refreshed with the us pack on, the reassigned list among them
+    (its info used to fail, and with it every list's gauge)."""
+    await disconnects(gate, [f"{NUMBER},2026-11-02", f"{OTHER},2026-11-03"])
+    metrics = Metrics()
+    await refresh_lists(metrics, gate)
+    assert 2.0 == metrics.registry.get_sample_value(
+        "callgate_list_entries", {"list": "reassigned", "tenant": ""}
     )
 
 

@@ -60,7 +60,8 @@
 --                        window > now. DEFER when live >= min_live and abandoned * 10^6 >
 --                        ceiling_ppm * live, until the oldest minutes leaving the window
 --                        (with no new calls) bring it back under: sees that wait (ms), 0
---                        when under.
+--                        when under. Read from the oldest minute, CHUNK at a time
+--                        (GETRANGE), only as far as the answer needs.
 --       X seen:d limit:d retry:d
 --                        shared state read (a CPS log: and reserved) by a call of its own
 --                        in its own slot: DEFER (retry ms) when seen >= limit.
