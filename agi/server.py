@@ -13,9 +13,12 @@ Routes:
 - ``optout`` put ``number`` on the tenant's red list (``list=`` to name another block
   list): RESULT ``OK`` (reason ``listed:<list>``) or ``ERROR``. The very next attempt
   sees it.
-- ``refusal`` / ``abandoned`` the agent's disposition: start the packs' cool-off for
-  ``number`` (France: 60 days after a refusal; UK: 72 h after an abandoned call): RESULT
-  ``OK`` (reason ``refusal:<rule>``) or ``ERROR``.
+- ``refusal`` / ``abandoned`` / ``answered`` the call's disposition: start the packs'
+  cool-off for ``number`` (France: 60 days after a refusal; UK: 72 h after an abandoned
+  call) and count an abandoned or answered call toward the abandoned-call ceiling of its
+  ``campaign`` (UK: 3 % of live calls per 24 h): RESULT ``OK`` (reason
+  ``<event>:<first rule>``) or ``ERROR`` (``<event>_no_rule`` when no pack has a rule for
+  it, ``<event>_needs_campaign`` when only per-campaign ceilings would count it).
 
 A request the server cannot serve (unknown route or parameter, malformed value) gets
 RESULT ``ERROR`` with reason ``bad_request:<what>``, so the dialplan applies its fail mode.
@@ -62,7 +65,7 @@ from gate.core.params import (
     parse_pairs,
     printable,
 )
-from gate.lists.admin import ListAdmin
+from gate.lists.admin import EVENTS, ListAdmin
 from gate.service import Gate, InFlight
 
 __all__ = ["AgiRequest", "AgiServer", "parse_request"]
@@ -127,8 +130,8 @@ def build_attempt(request: AgiRequest, default_tenant: str, now: datetime) -> At
 
 
 class AgiServer:
-    """Serves the ``check``, ``optout``, ``refusal`` and ``abandoned`` FastAGI routes for
-    one ``Gate``, until ``stop()``."""
+    """Serves the ``check``, ``optout`` and call-event (``refusal``, ``abandoned``,
+    ``answered``) FastAGI routes for one ``Gate``, until ``stop()``."""
 
     def __init__(
         self,
@@ -319,7 +322,7 @@ class AgiServer:
                 return decision_value(await self.gate.decide(attempt, record=True, door="agi"))
             if request.route == "optout":
                 return await self._optout(request)
-            if request.route in ("refusal", "abandoned"):
+            if request.route in EVENTS:
                 return await self._event(request)
             raise BadRequest("bad_request:route", f"unknown route {request.route!r}")
         except BadRequest as exc:
@@ -327,17 +330,30 @@ class AgiServer:
             return error_value(exc.code)
 
     async def _event(self, request: AgiRequest) -> str:
-        """The agent's disposition: the callee refused, or the call was abandoned."""
+        """The call's disposition: the callee refused, or the call was abandoned or
+        answered (by a person, put through to an agent)."""
+        event = request.route
         number = request.params.get("number") or request.extension
         tenant = ident_param(request.params, "tenant", self.gate.config.default_tenant)
+        campaign = ident_param(request.params, "campaign", "")
         try:
-            rules = await self.lists.record_event(request.route, number, tenant, datetime.now(UTC))
+            record = await self.lists.record_event(
+                event, number, tenant, datetime.now(UTC), None, campaign
+            )
         except GateError as exc:
-            log.warning("FastAGI %s refused: %s", request.route, exc)
-            return error_value(f"{request.route}_failed:{type(exc).__name__}")
-        if not rules:
-            return error_value(f"{request.route}_no_rule")
-        return answer_value("OK", f"{request.route}:{rules[0]}")
+            log.warning("FastAGI %s refused: %s", event, exc)
+            return error_value(f"{event}_failed:{type(exc).__name__}")
+        if record.uncounted:
+            log.warning(
+                "FastAGI %s without a campaign: not counted toward %s",
+                event,
+                ", ".join(record.uncounted),
+            )
+        if not record.rules:
+            return error_value(
+                f"{event}_needs_campaign" if record.uncounted else f"{event}_no_rule"
+            )
+        return answer_value("OK", f"{event}:{record.rules[0]}")
 
     async def _optout(self, request: AgiRequest) -> str:
         """The callee asked never to be called again: on a block list at once."""

@@ -2,6 +2,7 @@
 
     python bench/decide.py [--redis-url URL] [--n 5000] [--concurrency 16]
                            [--scenarios lean,sample,fr] [--list-size 1000000]
+    python bench/decide.py --scenarios us,us-reassigned,uk,uk-ceiling   # the law checks
 
 Starts its own redis-server on a free loopback TCP port unless --redis-url is given.
 Measures, in the same process and session, per scenario:
@@ -24,6 +25,18 @@ Scenarios:
   trunk's CPS cap, no law pack;
 - ``fr``: the same with the ``fr`` pack (hours, 4 attempts per 30 days, opt-in consent
   held by every number decided, refusal cool-off, caller-ID ranges).
+- ``us`` / ``us-reassigned``: New York numbers under the ``us`` pack (calling window, the
+  National DNC copy of ``--list-size`` numbers and its freshness, the TCPA consent held
+  by every number decided); ``us`` without its reassigned-number check (the pack's
+  consent rule without ``reassigned_list``), ``us-reassigned`` with it and a reassigned
+  list holding every number decided (disconnected a year before its consent: the check
+  reads both entries, and passes) and a tenth of ``--list-size`` others.
+- ``uk`` / ``uk-ceiling``: London numbers of campaign ``spring`` under the ``uk`` pack
+  (TPS of ``--list-size`` numbers, CTPS, their freshness, the abandoned-call cool-off,
+  caller ID); ``uk`` without the abandoned-call ceiling, ``uk-ceiling`` with it and the
+  campaign's counts of the last 22 hours (a minute each: 100 live calls, 1 abandoned:
+  under the ceiling), the counts the ceiling reads in the same call.
+The pairs differ only by the law check, so their ratio is its cost.
 Last, one recorded decision's EVALSHA sent pre-encoded (the store's path) against
 redis-py's ``evalsha`` with the same arguments (p50 of the call alone).
 Absolute numbers depend on the machine and its load; compare ratios within one run.
@@ -37,8 +50,9 @@ import statistics
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -53,9 +67,15 @@ from _server import redis_server
 from gate.config.loader import parse_config
 from gate.core.engine import Plan, plan
 from gate.core.model import Attempt
+from gate.core.numbers import Destination, classify
 from gate.lists.admin import ListAdmin
 from gate.service import Gate
 from gate.store.client import Store
+
+try:
+    from gate.store.client import CALL_COUNTS
+except ImportError:  # before the abandoned-call ceiling
+    CALL_COUNTS = None  # type: ignore[assignment]
 
 # This benchmark also runs against callgate before key layout 2 (to compare layouts).
 try:
@@ -94,11 +114,79 @@ SAMPLE = {
     "trunks": {"cps": {"carrier-a": 100}},
 }
 FR = {**SAMPLE, "gate": {**SAMPLE["gate"], "packs": ["fr"]}}
-SCENARIOS: dict[str, dict[str, Any]] = {"lean": LEAN, "sample": SAMPLE, "fr": FR}
 # A past Tuesday inside the fr pack's calling hours (10:00-13:00 Paris). In the past, so
 # that attempt logs expire by the attempts' own clock (entries dated after Redis's clock
 # are kept until its clock passes them).
 START = datetime(2026, 11, 24, 9, 0, tzinfo=UTC)
+# The same Tuesday inside New York's calling window (08:00-21:00 there).
+START_US = datetime(2026, 11, 24, 16, 0, tzinfo=UTC)
+# The packs without their law checks (the baselines of us-reassigned and uk-ceiling),
+# written by ``law_packs``.
+BASELINE_PACKS = Path(tempfile.gettempdir()) / "callgate-bench-packs"
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """A config, the numbers decided (and their attempts' campaign and caller ID), and how
+    to fill the store before."""
+
+    config: dict[str, Any]
+    start: datetime = START
+    numbers: str = "fr"  # fr | us | uk
+    caller_id: str | None = None
+    campaign: str = ""
+    # Back-to-back decisions this long after the first ones (caps and CPS logs apart).
+    later: timedelta = timedelta(days=1)
+    lists: dict[str, int] = field(default_factory=dict)  # list → size (fraction of --list-size)
+
+
+def law(packs: list[str], packs_dir: Path, region: str) -> dict[str, Any]:
+    """A config with ``packs`` from ``packs_dir`` and the sample's lists."""
+    gate = {"packs_dir": str(packs_dir), "packs": packs, "default_region": region}
+    return {**SAMPLE, "gate": gate}
+
+
+SCENARIOS: dict[str, Scenario] = {
+    "lean": Scenario(LEAN),
+    "sample": Scenario(SAMPLE),
+    "fr": Scenario(FR, caller_id="+33162000000"),
+    "us": Scenario(law(["us"], BASELINE_PACKS, "US"), START_US, "us", later=timedelta(hours=1)),
+    "us-reassigned": Scenario(
+        law(["us"], ROOT / "config" / "packs", "US"), START_US, "us", later=timedelta(hours=1)
+    ),
+    "uk": Scenario(
+        law(["uk"], BASELINE_PACKS, "GB"),
+        numbers="uk",
+        caller_id="+442071234567",
+        campaign="spring",
+        later=timedelta(hours=1),
+    ),
+    "uk-ceiling": Scenario(
+        law(["uk"], ROOT / "config" / "packs", "GB"),
+        numbers="uk",
+        caller_id="+442071234567",
+        campaign="spring",
+        later=timedelta(hours=1),
+    ),
+}
+
+
+def law_packs() -> None:
+    """``BASELINE_PACKS``: the us pack without its reassigned-number check, the uk pack
+    without its abandoned-call ceiling."""
+    BASELINE_PACKS.mkdir(exist_ok=True)
+    shipped = ROOT / "config" / "packs"
+    us = (shipped / "us.toml").read_text(encoding="utf-8")
+    for line in ('reassigned_list = "reassigned"\n', "reassigned_shadow = false\n"):
+        assert line in us, line
+        us = us.replace(line, "")
+    uk = (shipped / "uk.toml").read_text(encoding="utf-8")
+    assert "\n[[abandon_ceiling]]\n" in uk
+    uk = uk[: uk.index("\n[[abandon_ceiling]]\n")] + "\n"
+    (BASELINE_PACKS / "us.toml").write_text(us, encoding="utf-8")
+    (BASELINE_PACKS / "uk.toml").write_text(uk, encoding="utf-8")
+
+
 ROUNDS = 5
 # The pre-encoded vs redis-py comparison needs the store's internals of this version.
 PROTOCOL = True
@@ -136,6 +224,68 @@ def fr_lines(prefix: str, count: int) -> list[str]:
     return [f"{prefix}{i * 7919 % 10**7:07d}" for i in range(count)]
 
 
+def valid_lines(prefix: str, digits: int, count: int, region: str) -> list[str]:
+    """``count`` distinct valid numbers ``prefix`` + ``digits`` digits (spread out)."""
+    found: list[str] = []
+    for i in range(10 * count + 1000):
+        e164 = f"{prefix}{i * 7919 % 10**digits:0{digits}d}"
+        if isinstance(classify(e164, region), Destination):
+            found.append(e164)
+            if len(found) == count:
+                return found
+    raise AssertionError(f"not {count} valid numbers under {prefix}")
+
+
+def decided_numbers(kind: str, count: int) -> list[str]:
+    """The numbers a scenario decides: French mobiles, New York or London numbers."""
+    if kind == "us":
+        return valid_lines("+1212", 7, count, "US")
+    if kind == "uk":
+        return valid_lines("+44207", 7, count, "GB")
+    return fr_lines("+3361", count)
+
+
+async def populate_law(gate: Gate, name: str, list_size: int, numbers: list[str]) -> None:
+    """The lists and state of the us*/uk* scenarios (the same in both of a pair, but for
+    what only the law check reads)."""
+    admin = ListAdmin.of(gate)
+
+    def reject(_: object) -> None:
+        raise AssertionError("bench list entry rejected")
+
+    refreshed = START - timedelta(days=1)
+    if name.startswith("us"):
+        dnc = valid_lines("+1718", 7, list_size, "US")
+        await admin.import_entries(
+            "national_dnc", list(enumerate(dnc, start=1)), "default", "", reject,
+            refreshed_at=refreshed, mode="replace", expected=len(dnc),
+        )  # fmt: skip
+        await admin.add("tcpa_consent", numbers, "default", "", now=START - timedelta(days=30))
+        if name == "us-reassigned":
+            lines = [f"{n},{(START - timedelta(days=400)).date()}" for n in numbers]
+            others = valid_lines("+1917", 7, list_size // 10, "US")
+            lines += [f"{n},{(START - timedelta(days=10)).date()}" for n in others]
+            await admin.import_disconnects("reassigned", lines, "default", "", reject)
+        return
+    tps = valid_lines("+44161", 7, list_size, "GB")
+    await admin.import_entries(
+        "tps", list(enumerate(tps, start=1)), "default", "", reject,
+        refreshed_at=refreshed, mode="replace", expected=len(tps),
+    )  # fmt: skip
+    await admin.import_entries("ctps", [], "default", "", reject, refreshed_at=refreshed)
+    if name == "uk-ceiling":
+        (rule,) = gate.config.policy.packs[0].abandon_ceilings
+        key = gate.keyspace.ceiling_key(rule, "default", "spring")
+        window_ms = int(rule.window_s * 1000)
+        start_ms = int(START.timestamp() * 1000)
+        minutes = [start_ms - m * 60_000 for m in range(22 * 60, 0, -1)]
+        for at_ms in minutes:  # 100 live calls a minute, 1 of them abandoned
+            await gate.store.run_scripts(
+                CALL_COUNTS, [([key], [at_ms, start_ms, window_ms, 99, 0])]
+            )
+            await gate.store.run_scripts(CALL_COUNTS, [([key], [at_ms, start_ms, window_ms, 1, 1])])
+
+
 async def populate(gate: Gate, list_size: int, numbers: list[str], consent: bool) -> None:
     """Fill the sample lists (so lookups hit real buckets) and the consents of ``numbers``."""
     admin = ListAdmin.of(gate)
@@ -165,7 +315,7 @@ async def redis_us(client: aioredis.Redis) -> float:
 
 
 async def back_to_back(
-    client: aioredis.Redis, gate: Gate, numbers: list[str], caller_id: str | None, n: int
+    client: aioredis.Redis, gate: Gate, attempts: list[Attempt], n: int
 ) -> float:
     """Redis µs per decision when Redis works without pause: ``n`` more recorded decisions,
     planned and encoded beforehand, sent 50 per request, in chunks of 500 each measured
@@ -174,8 +324,7 @@ async def back_to_back(
     store, active = gate.store, gate.active
     requests: list[tuple[Any, int]] = []
     for i in range(n):
-        now = START + timedelta(days=1, milliseconds=20 * i)
-        attempt = Attempt(numbers[i], now, trunk="carrier-a", caller_id=caller_id)
+        attempt = replace(attempts[i], now=attempts[i].now + timedelta(milliseconds=20 * i))
         pending = plan(attempt, active.config.policy, active.keyspace, True)
         if not isinstance(pending, Plan):
             continue
@@ -201,31 +350,92 @@ async def back_to_back(
     return min(chunks)
 
 
+PAIRS = (("us-reassigned", "us"), ("uk-ceiling", "uk"))
+
+
+async def pair(url: str, law_name: str, base_name: str, n: int, list_size: int) -> list[float]:
+    """Redis µs per decision of a law scenario and its baseline in the same store (the
+    law scenario's data, which the baseline's plans do not read): chunks of 500 recorded
+    decisions sent back to back, the two alternating, ``ROUNDS`` * 2 chunks each.
+    Returns [law median, base median, law best, base best]."""
+    client = aioredis.Redis.from_url(url)
+    await client.flushdb()
+    law_setting, base_setting = SCENARIOS[law_name], SCENARIOS[base_name]
+    gates, stores = [], []
+    for setting in (law_setting, base_setting):
+        config = parse_config(setting.config, "bench", Path(tempfile.gettempdir()))
+        stores.append(Store(url, deadline_s=1.0))
+        gates.append(Gate(config, stores[-1]))
+    numbers = decided_numbers(law_setting.numbers, n + 1)
+    await populate_law(gates[0], law_name, list_size, numbers)
+    setting = law_setting
+    requests: list[list[Any]] = []
+    for k, gate in enumerate(gates):
+        # Apart in time (an hour), so that the two never share a CPS second.
+        start = setting.start + setting.later + timedelta(hours=k)
+        attempts = [
+            Attempt(number, start, trunk="carrier-a", caller_id=setting.caller_id,
+                    campaign=setting.campaign)
+            for number in numbers
+        ]  # fmt: skip
+        warm = await gate.decide(attempts[-1], record=False, door="cli")  # learn list views
+        assert warm.reason == "allowed", warm
+        active = gate.active
+        encoded = []
+        for i in range(n):
+            attempt = replace(attempts[i], now=start + timedelta(milliseconds=20 * i))
+            pending = plan(attempt, active.config.policy, active.keyspace, True)
+            assert isinstance(pending, Plan)
+            pending = with_evidence(pending, active, "cli", 0.0)
+            encoded.append(_encode([pending.check], gate.store._views).command(DECIDE))
+        requests.append(encoded)
+    times: list[list[float]] = [[], []]
+    chunks = list(range(0, n, 500))
+    for r, chunk in enumerate(chunks):
+        for k in (0, 1) if r % 2 == 0 else (1, 0):
+            await client.config_resetstat()
+            for start in range(chunk, min(chunk + 500, n), 50):
+                part = requests[k][start : min(start + 50, chunk + 500, n)]
+                await sent(gates[k].store, part, True, None)
+            times[k].append(await redis_us(client))
+    for store in stores:
+        await store.close()
+    await client.aclose()
+    return [
+        statistics.median(times[0]),
+        statistics.median(times[1]),
+        min(times[0]),
+        min(times[1]),
+    ]
+
+
 async def scenario(
     url: str, name: str, n: int, concurrency: int, list_size: int
 ) -> dict[str, float]:
     client = aioredis.Redis.from_url(url)
-    config = parse_config(SCENARIOS[name], "bench", Path(tempfile.gettempdir()))
+    setting = SCENARIOS[name]
+    config = parse_config(setting.config, "bench", Path(tempfile.gettempdir()))
     store = Store(url, deadline_s=1.0)
     gate = Gate(config, store)
     await client.flushdb()
-    numbers = fr_lines("+3361", 2 * n + 1)
-    if name != "lean":
+    numbers = decided_numbers(setting.numbers, 2 * n + 1)
+    if setting.numbers != "fr":
+        await populate_law(gate, name, list_size, numbers)
+    elif name != "lean":
         await populate(gate, list_size, numbers, consent=name == "fr")
-    caller_id = "+33162000000" if name == "fr" else None
-    await gate.decide(Attempt(numbers[-1], START), record=True, door="cli")  # load, warm up
+    caller_id, campaign, start = setting.caller_id, setting.campaign, setting.start
+
+    def attempt(number: str, now: datetime) -> Attempt:
+        return Attempt(number, now, trunk="carrier-a", caller_id=caller_id, campaign=campaign)
+
+    await gate.decide(attempt(numbers[-1], start), record=True, door="cli")  # load, warm up
     await client.ping()
 
     async def ping(_: int) -> None:
         await client.ping()
 
     # The scenario's EVALSHA alone: one plan, encoded once, sent by redis-py, not recording.
-    sample = plan(
-        Attempt(numbers[-1], START, trunk="carrier-a", caller_id=caller_id),
-        config.policy,
-        gate.active.keyspace,
-        False,
-    )
+    sample = plan(attempt(numbers[-1], start), config.policy, gate.active.keyspace, False)
     assert isinstance(sample, Plan)
     if LAYOUT == 2:
         encoded = _encode([sample.check], store._views)
@@ -239,10 +449,11 @@ async def scenario(
 
     async def decide(i: int) -> None:
         # Attempt times 20 ms apart (50 calls/s on the trunk): the CPS log stays realistic.
-        now = START + timedelta(milliseconds=20 * i)
-        attempt = Attempt(numbers[i], now, trunk="carrier-a", caller_id=caller_id)
-        await gate.decide(attempt, record=True, door="cli")
+        now = start + timedelta(milliseconds=20 * i)
+        decision = await gate.decide(attempt(numbers[i], now), record=True, door="cli")
+        verdicts[decision.reason] += 1
 
+    verdicts: Counter[str] = Counter()
     # Alternate rounds so that drift in machine load hits both sides alike.
     floor: list[float] = []
     bare: list[float] = []
@@ -265,7 +476,9 @@ async def scenario(
     await client.config_resetstat()
     _, loaded_s = await timed(n, concurrency, lambda i: decide(n + i))
     loaded_us = await redis_us(client)
-    back_to_back_us = await back_to_back(client, gate, numbers, caller_id, n)
+    back_to_back_us = await back_to_back(
+        client, gate, [attempt(number, start + setting.later) for number in numbers], n
+    )
     await store.close()
     await client.aclose()
     return {
@@ -279,6 +492,7 @@ async def scenario(
         "redis_us": sequential_us,
         "loaded_us": loaded_us,
         "back_us": back_to_back_us,
+        "verdicts": verdicts,  # type: ignore[dict-item]
     }
 
 
@@ -334,8 +548,10 @@ async def run(url: str, n: int, concurrency: int, names: list[str], list_size: i
         f"{'Redis µs seq':>13}{'loaded':>8}{'b2b':>6}{'dec/s/core':>11}"
     )
     print(header)
+    law_packs()
+    measured: dict[str, dict[str, Any]] = {}
     for name in names:
-        m = await scenario(url, name, n, concurrency, list_size)
+        m = measured[name] = await scenario(url, name, n, concurrency, list_size)
         core = 1e6 / m["back_us"] if m["back_us"] else 0.0
         print(
             f"{name:9}{m['floor50']:>9.0f}{m['floor99']:>6.0f}{m['bare50']:>12.0f}"
@@ -344,6 +560,29 @@ async def run(url: str, n: int, concurrency: int, names: list[str], list_size: i
             f"{m['path99'] / m['floor99']:>6.2f}x{m['rate']:>7.0f}{m['loaded_rate']:>13.0f}"
             f"{m['redis_us']:>13.1f}{m['loaded_us']:>8.1f}{m['back_us']:>6.1f}{core:>11.0f}"
         )
+    for name, m in measured.items():
+        print(f"{name}: {dict(m['verdicts'].most_common())}")
+    for law_name, base in PAIRS:
+        if law_name in measured and base in measured:
+            with_law, without = measured[law_name], measured[base]
+            print(
+                f"{law_name} / {base}: Redis µs per decision seq "
+                f"{with_law['redis_us'] / without['redis_us']:.2f}x, loaded "
+                f"{with_law['loaded_us'] / without['loaded_us']:.2f}x, b2b "
+                f"{with_law['back_us'] / without['back_us']:.2f}x; decide p50 "
+                f"{with_law['path50'] / without['path50']:.2f}x"
+            )
+    for law_name, base in PAIRS:
+        if law_name in names and base in names:
+            law_med, base_med, law_min, base_min = await pair(
+                url, law_name, base, max(n, 5000), list_size
+            )
+            print(
+                f"{law_name} vs {base}, one store, alternating chunks of 500 back to back: "
+                f"Redis µs per decision median {law_med:.1f} vs {base_med:.1f} "
+                f"({law_med / base_med:.2f}x), best {law_min:.1f} vs {base_min:.1f} "
+                f"({law_min / base_min:.2f}x)"
+            )
     if PROTOCOL and PROTOCOL_AVAILABLE:
         pre, plain = await protocol(url, min(n, 2000))
         print(

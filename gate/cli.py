@@ -40,7 +40,7 @@ from gate.config.loader import Config, LoggingConfig, default_config_path, load_
 from gate.core.engine import record_time_error, window_text
 from gate.core.errors import GateError, InputError, StoreError
 from gate.core.model import IDENT_RE, Attempt, TrafficClass, Verdict
-from gate.lists.admin import ListAdmin
+from gate.lists.admin import EVENTS, ImportSummary, ListAdmin, unrecorded
 from gate.lists.formats import (
     FORMATS,
     Batch,
@@ -396,7 +396,8 @@ def _list_parsers(commands: Commands) -> None:
         "  callgate list import red optouts.txt\n"
         "  callgate list import customers crm.csv --column phone --replace\n"
         "  callgate list import dnc 212.txt.gz --format us-dnc --refreshed-at 2026-11-01\n"
-        "  callgate list import bloctel_ok retour.csv --format fr-scrub --keep NON_INSCRIT",
+        "  callgate list import bloctel_ok retour.csv --format fr-scrub --keep NON_INSCRIT\n"
+        "  callgate list import reassigned rnd.csv   # lines number,disconnected_on",
     )
     imp.add_argument("list", metavar="LIST")
     imp.add_argument("file", type=Path, metavar="FILE", help="plain, gzip or zip; UTF-8")
@@ -473,11 +474,26 @@ def _consent_parsers(commands: Commands) -> None:
 
 
 def _event_parsers(commands: Commands) -> None:
-    for event, summary in (
-        ("refusal", "the callee refused during a call: start the cool-off"),
-        ("abandoned", "an abandoned call (answered, no agent): start its cool-off"),
+    for event, summary, example in (
+        (
+            "refusal",
+            "the callee refused during a call: start the cool-off",
+            "  callgate refusal 0612345678",
+        ),
+        (
+            "abandoned",
+            "an abandoned call (answered by a person, no agent): start its cool-off and "
+            "count it toward the campaign's abandoned-call ceiling",
+            "  callgate abandoned 02079460123 --campaign spring",
+        ),
+        (
+            "answered",
+            "a call answered by a person and put through to an agent: count it toward the "
+            "campaign's abandoned-call ceiling (its live calls)",
+            "  callgate answered 02079460123 --campaign spring",
+        ),
     ):
-        sub = _add(commands, event, summary, f"  callgate {event} 0612345678")
+        sub = _add(commands, event, summary, example)
         sub.add_argument("number", metavar="NUMBER")
         sub.add_argument("--at", type=_when, metavar="TIME", help="when it happened (default now)")
         sub.add_argument(
@@ -486,6 +502,13 @@ def _event_parsers(commands: Commands) -> None:
             metavar="T",
             help="tenant (default: gate.default_tenant; cool-offs are per tenant)",
         )
+        if event != "refusal":
+            sub.add_argument(
+                "--campaign",
+                type=_ident,
+                metavar="C",
+                help="the call's campaign (abandoned-call ceilings count per campaign)",
+            )
 
 
 def _scrub_parser(commands: Commands) -> None:
@@ -681,6 +704,47 @@ async def _list(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+async def _import_numbers(
+    admin: ListAdmin,
+    args: argparse.Namespace,
+    tenant: str,
+    campaign: str,
+    report: Callable[[Rejected], None],
+    advance: Callable[[int], None],
+    digest: Digest,
+    keep: frozenset[str],
+    mode: str,
+    total: int,
+) -> ImportSummary:
+    """``list import`` of a list of numbers (block, allow, consent) in ``args.format``."""
+    batches = read_batches(
+        open_lines(args.file, digest),
+        admin.rule(args.list),
+        admin.policy.default_region,
+        args.format,
+        args.column,
+        keep,
+    )
+
+    def counted(batches: Iterator[Batch]) -> Iterator[Batch]:
+        for batch in batches:
+            advance(batch.lines)
+            yield batch
+
+    return await admin.import_batches(
+        args.list,
+        counted(batches),
+        tenant,
+        campaign,
+        report,
+        refreshed_at=args.refreshed_at,
+        meta={"source": args.file.name, "importer": importer()},
+        mode=mode,
+        expected=total,
+        checksum=digest,
+    )
+
+
 async def _import(admin: ListAdmin, args: argparse.Namespace, tenant: str, campaign: str) -> int:
     rule = admin.rule(args.list)
     rejects: IO[str] | None = None
@@ -699,34 +763,32 @@ async def _import(admin: ListAdmin, args: argparse.Namespace, tenant: str, campa
     digest = Digest()
     keep = frozenset(v.strip() for v in (args.keep or "").split(",") if v.strip())
     mode = "replace" if args.replace else "remove" if args.remove else "add"
+    if rule.kind == "reassigned" and (
+        args.format != "lines" or args.column or keep or args.replace
+    ):
+        raise InputError(
+            f"list {args.list!r} is a reassigned list: its file has lines "
+            "number,disconnected_on (no --format, --column, --keep or --replace)"
+        )
     try:
         with progress(total, f"importing {args.file.name}") as advance:
-            batches = read_batches(
-                open_lines(args.file, digest),
-                rule,
-                admin.policy.default_region,
-                args.format,
-                args.column,
-                keep,
-            )
-
-            def counted(batches: Iterator[Batch]) -> Iterator[Batch]:
-                for batch in batches:
-                    advance(batch.lines)
-                    yield batch
-
-            summary = await admin.import_batches(
-                args.list,
-                counted(batches),
-                tenant,
-                campaign,
-                report,
-                refreshed_at=args.refreshed_at,
-                meta={"source": args.file.name, "importer": importer()},
-                mode=mode,
-                expected=total,
-                checksum=digest,
-            )
+            if rule.kind == "reassigned":
+                summary = await admin.import_disconnects(
+                    args.list,
+                    open_lines(args.file, digest),
+                    tenant,
+                    campaign,
+                    report,
+                    refreshed_at=args.refreshed_at,
+                    meta={"source": args.file.name, "importer": importer()},
+                    mode=mode,
+                    checksum=digest,
+                    on_lines=advance,
+                )
+            else:
+                summary = await _import_numbers(
+                    admin, args, tenant, campaign, report, advance, digest, keep, mode, total
+                )
     except (KeyboardInterrupt, asyncio.CancelledError):
         left = {
             "replace": f"list {args.list!r} is unchanged (the new version was not switched in)",
@@ -761,10 +823,6 @@ async def _import(admin: ListAdmin, args: argparse.Namespace, tenant: str, campa
 # --- consents and events ------------------------------------------------------------------------
 
 
-def _an(event: str) -> str:
-    return "an abandoned call" if event == "abandoned" else f"a {event}"
-
-
 async def _consent_or_event(config: Config, args: argparse.Namespace) -> int:
     tenant = args.tenant or config.default_tenant
     campaign = getattr(args, "campaign", None) or ""
@@ -784,15 +842,19 @@ async def _consent_or_event(config: Config, args: argparse.Namespace) -> int:
                 f"{added} added to {args.red_list}"
             )
         else:
-            rules = await admin.record_event(
-                args.command, args.number, tenant, args.at or datetime.now(UTC)
+            record = await admin.record_event(
+                args.command, args.number, tenant, args.at or datetime.now(UTC), None, campaign
             )
-            if not rules:
-                raise InputError(
-                    f"no enabled pack has a cool-off after {_an(args.command)} for "
-                    f"{args.number!r}; nothing recorded"
+            why = unrecorded(args.command, args.number, record)
+            if why is not None:
+                raise InputError(why.replace("the call's campaign", "--campaign"))
+            print(f"{args.command} recorded: {', '.join(record.rules)}")
+            if record.uncounted:
+                print(
+                    f"callgate: not counted toward {', '.join(record.uncounted)} "
+                    "(counted per campaign): give --campaign",
+                    file=sys.stderr,
                 )
-            print(f"{args.command} recorded: {', '.join(rules)}")
     return 0
 
 
@@ -1196,7 +1258,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_check(config, args))
         if args.command == "list":
             return asyncio.run(_list(config, args))
-        if args.command in ("consent", "refusal", "abandoned"):
+        if args.command in ("consent", *EVENTS):
             return asyncio.run(_consent_or_event(config, args))
         if args.command == "scrub":
             return asyncio.run(_scrub(config, args))

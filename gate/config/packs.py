@@ -217,6 +217,20 @@ def _hours(reader: Reader, calendars: Mapping[str, CalendarRule]) -> HoursRule:
     )
 
 
+def _consent(reader: Reader) -> ConsentRule:
+    common = common_fields(reader)
+    reassigned = reader.ident("reassigned_list") if "reassigned_list" in reader.data else None
+    if reassigned is None and "reassigned_shadow" in reader.data:
+        raise reader.fail("reassigned_shadow", "needs reassigned_list")
+    return ConsentRule(
+        list=reader.ident("list"),
+        exempt_lists=tuple(str(n) for n in reader.get("exempt_lists", list, [])),
+        reassigned_list=reassigned,
+        reassigned_shadow=bool(reader.get("reassigned_shadow", bool, common["shadow"])),
+        **common,
+    )
+
+
 def _abandon_ceiling(reader: Reader) -> AbandonCeilingRule:
     percent = reader.get("ceiling_percent", (int, float), None)
     if percent is None or not 0 < percent < 100:
@@ -290,14 +304,7 @@ def parse_pack(data: Mapping[str, Any], origin: str) -> Pack:
         consents=_rules(
             root,
             "consent",
-            lambda r: ConsentRule(
-                list=r.ident("list"),
-                exempt_lists=tuple(str(n) for n in r.get("exempt_lists", list, [])),
-                reassigned_list=(
-                    r.ident("reassigned_list") if "reassigned_list" in r.data else None
-                ),
-                **common_fields(r),
-            ),
+            _consent,
         ),
         freshness=_rules(
             root,
@@ -350,7 +357,9 @@ def _all_shadow(pack: Pack) -> Pack:
         pack,
         hours=shadowed(pack.hours),
         caps=shadowed(pack.caps),
-        consents=shadowed(pack.consents),
+        consents=tuple(
+            dataclasses.replace(rule, shadow=True, reassigned_shadow=True) for rule in pack.consents
+        ),
         freshness=shadowed(pack.freshness),
         cooloffs=shadowed(pack.cooloffs),
         caller_ids=shadowed(pack.caller_ids),

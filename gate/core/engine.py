@@ -16,7 +16,8 @@ A decision is made in three steps, and only the middle one does I/O:
    configured fail mode: DEFER or BLOCK, or ALLOW where an operator chose it).
 
 Order: emergency/short code → invalid number → number type/prefix → caller ID → (store)
-block lists → consent → [DEFERs: cool-off after refusal, stale list, frequency caps,
+block lists → consent (and a consent void since the number was reassigned) → [DEFERs:
+cool-off after refusal, stale list, frequency caps, a campaign's abandoned-call ceiling,
 calling hours, trunk CPS; the longest wait wins]. A BLOCK or DEFER never counts as an
 attempt; an ALLOW counts in every attempt log (caps, CPS). Shadow rules are evaluated
 and reported in ``Decision.shadow`` but never decide.
@@ -52,7 +53,6 @@ from gate.core.rules import (
 
 __all__ = [
     "CPS_WINDOW_MS",
-    "PENDING_KINDS",
     "RECORD_SKEW_S",
     "STALE_RETRY_S",
     "Check",
@@ -107,7 +107,6 @@ class CheckKind(enum.StrEnum):
     FRESHNESS = "F"  # DEFER while a list is older than allowed
     WINDOW = "W"  # DEFER outside the calling hours (computed in-process)
     ATTEMPT_LOG = "L"  # DEFER when a rolling-window cap (or a trunk's CPS) is reached
-    # Designed, not yet run by decide.lua (see PENDING_KINDS and the contract below):
     REASSIGNED = "D"  # BLOCK when the consent predates the number's last disconnection
     ABANDON_RATE = "Q"  # DEFER while the campaign's abandoned-call rate is over its ceiling
 
@@ -131,36 +130,16 @@ _BLOCKING = frozenset(
     }
 )
 
-# Kinds whose Redis side decide.lua does not run yet. ``plan()`` never emits them: the
-# rules that need them are parsed and validated, and reported by ``--explain`` as
-# "not enforced". Their contract, for decide.lua (fields separated by "|"):
-#   D|s|k|c             reassigned number: KEYS[k] is the reassigned list's HASH token ->
-#                       void_before_ms (the first instant after the UTC day of the number's
-#                       last permanent disconnection); c is the 1-based index of this
-#                       decision's C check, whose consent HASH holds "granted_ms:expiry_ms".
-#                       Sees 1 when both entries exist and granted_ms < void_before_ms;
-#                       BLOCK on 1 (no exemption: a reassigned number's new subscriber is
-#                       nobody's customer or consenter). Read-only.
-#   Q|s|k|ceiling_ppm|window_ms|min_live
-#                       abandoned-call ceiling: KEYS[k] holds the campaign's live (answered)
-#                       and abandoned call counts per minute over the trailing window (a
-#                       LIST of "minute:live:abandoned" plus running totals in KEYS[k]..":t";
-#                       entries older than window_ms are popped and subtracted). DEFER when
-#                       live >= min_live and abandoned * 1e6 > ceiling_ppm * live; sees and
-#                       waits the ms until, with no new calls, the oldest minutes leaving the
-#                       window bring the rate back under the ceiling (0 when under it).
-#                       Written by the answered/abandoned event script, never by a decision.
-PENDING_KINDS = frozenset({CheckKind.REASSIGNED, CheckKind.ABANDON_RATE})
-
 
 @dataclass(frozen=True, slots=True)
 class Check:
     """One Redis check of a decision (see the kinds in gate/store/lua/decide.lua).
 
     ``key`` names what the check reads, relative to the number: the list instance (A, B,
-    M, H, C, F: gate/core/keys.py ``list_id``), the key suffix of a cool-off or attempt log
-    (R, L: the store appends the number's token, in its slot group), or, when ``shared``,
-    a whole key in its own slot (a trunk's CPS log), not the number's.
+    M, H, C, F, D: gate/core/keys.py ``list_id``), the key suffix of a cool-off or attempt
+    log (R, L: the store appends the number's token, in its slot group), or, when
+    ``shared``, a whole key in its own slot, not the number's: a trunk's CPS log (L), a
+    campaign's call counts (Q).
     """
 
     kind: CheckKind
@@ -171,7 +150,7 @@ class Check:
     exempt_by: tuple[int, ...] = ()  # 1-based indexes of A/H checks that exempt it
     list_name: str = ""  # the list it looks up (evidence: which list versions were read)
     shadow: bool = False
-    shared: bool = False  # an attempt log of shared state (its own slot), not the number's
+    shared: bool = False  # shared state (its own slot: a CPS log, call counts), not the number's
     source: str = ""
     detail: str = ""
 
@@ -422,10 +401,10 @@ def _plan(
     _cooloff_checks(build, packs)
     _freshness_checks(build, packs)
     _cap_checks(build, policy, packs)
+    _ceiling_checks(build, packs, static)
     hours = [rule for pack in packs for rule in build.live(pack.hours)]
     window = _hours_check(build, policy, hours) if hours else None
     _cps_check(build, policy)
-    _pending_rules(build, packs, static)
     check = StoreCheck(
         now_ms=int(attempt.now.timestamp() * 1000),
         record=record,
@@ -651,7 +630,7 @@ def _consent_checks(build: _Builder, packs: Sequence[Pack]) -> None:
                 if build.lists[consent.list].kind == "allow"
                 else CheckKind.CONSENT_REQUIRED
             )
-            build.add(
+            index = build.add(
                 Check(
                     kind,
                     f"consent:{consent.id}",
@@ -664,6 +643,24 @@ def _consent_checks(build: _Builder, packs: Sequence[Pack]) -> None:
                     detail=f"needs {consent.list}{unless}",
                 )
             )
+            voids = consent.reassigned_list
+            reassigned = build.list_key(voids) if voids else None
+            if voids and reassigned and kind is CheckKind.CONSENT_REQUIRED:
+                # Right after its consent check, which reads the grant time it compares.
+                build.add(
+                    Check(
+                        CheckKind.REASSIGNED,
+                        f"reassigned:{consent.id}",
+                        f"reassigned:{consent.id}",
+                        reassigned,
+                        (index,),
+                        list_name=voids,
+                        shadow=consent.reassigned_shadow,
+                        source=consent.source,
+                        detail="a consent granted on or before the last disconnect day on "
+                        f"{voids} is void",
+                    )
+                )
 
 
 def _cooloff_checks(build: _Builder, packs: Sequence[Pack]) -> None:
@@ -728,6 +725,44 @@ def _cap_checks(build: _Builder, policy: Policy, packs: Sequence[Pack]) -> None:
                 detail=f"{cap.limit} in {window_text(cap.window_s)}",
             )
         )
+
+
+def _ceiling_checks(build: _Builder, packs: Sequence[Pack], static: list[RuleOutcome]) -> None:
+    """Abandoned-call ceilings in force: the campaign's (or tenant's) counts, read in
+    their own slot (gate/core/keys.py ``ceiling_key``)."""
+    attempt = build.attempt
+    for pack in packs:
+        for ceiling in build.live(pack.abandon_ceilings):
+            rule = f"abandon_rate:{ceiling.id}"
+            what = (
+                f"at most {ceiling.ceiling:.1%} of live calls abandoned per {ceiling.scope} "
+                f"over {window_text(ceiling.window_s)}"
+            )
+            if ceiling.min_live_calls:
+                what += f", from {ceiling.min_live_calls} live calls"
+            key = build.keyspace.ceiling_key(ceiling, attempt.tenant, attempt.campaign)
+            if key is None:
+                static.append(
+                    RuleOutcome(rule, "not checked", f"{what}; no campaign given", ceiling.source)
+                )
+                continue
+            build.add(
+                Check(
+                    CheckKind.ABANDON_RATE,
+                    rule,
+                    rule,
+                    key,
+                    (
+                        round(ceiling.ceiling * 1_000_000),
+                        int(ceiling.window_s * 1000),
+                        ceiling.min_live_calls,
+                    ),
+                    shadow=ceiling.shadow,
+                    shared=True,
+                    source=ceiling.source,
+                    detail=what,
+                )
+            )
 
 
 def _cps_check(build: _Builder, policy: Policy) -> None:
@@ -820,34 +855,6 @@ def _window_check(window: _Window, now: datetime) -> Check:
         source=decisive.source,
         detail=detail,
     )
-
-
-def _pending_rules(build: _Builder, packs: Sequence[Pack], static: list[RuleOutcome]) -> None:
-    """Rules in force whose store check (PENDING_KINDS) decide.lua does not run yet: parsed
-    and validated, reported, never enforced."""
-    for pack in packs:
-        for consent in build.live(pack.consents):
-            if consent.reassigned_list:
-                static.append(
-                    RuleOutcome(
-                        f"reassigned:{consent.id}",
-                        "not enforced",
-                        f"consents predating the last disconnect on {consent.reassigned_list}"
-                        " are void; the store's reassigned-number check is not built yet",
-                        consent.source,
-                    )
-                )
-        for ceiling in build.live(pack.abandon_ceilings):
-            static.append(
-                RuleOutcome(
-                    f"abandon_rate:{ceiling.id}",
-                    "not enforced",
-                    f"at most {ceiling.ceiling:.1%} of live calls abandoned per "
-                    f"{ceiling.scope} over {window_text(ceiling.window_s)}; the store's "
-                    "campaign counters are not built yet",
-                    ceiling.source,
-                )
-            )
 
 
 def record_time_error(at: datetime, clock: datetime) -> str | None:
@@ -959,9 +966,11 @@ def _seen_text(check: Check, seen: int) -> str:
     if check.kind is CheckKind.WINDOW:
         return f"opens in {window_text(seen / 1000)}" if seen > 0 else "open now"
     if check.kind is CheckKind.ABANDON_RATE:
-        return f"over the ceiling for {window_text(seen / 1000)}" if seen > 0 else "under"
+        if seen > 0:
+            return f"over the ceiling; back under in {window_text(seen / 1000)}"
+        return "under the ceiling"
     if check.kind is CheckKind.REASSIGNED:
-        return "consent predates the disconnect" if seen else "no disconnect after consent"
+        return "the consent predates the last disconnect" if seen else "no disconnect since"
     return ""
 
 

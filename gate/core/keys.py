@@ -18,17 +18,21 @@ carried the one hash tag ``{<namespace>}``):
                                         reads them in its own slot
   ``…:l:<L>:<version>:<bucket>``        SET of 64-bit integers: the list's entries
                                         whose bucket (top ``bits`` bits of bucket32) it is
-  ``…:c:<L>``                           HASH token → "granted_ms:expiry_ms" (consents)
+  ``…:c:<L>``                           HASH token → "granted_ms:expiry_ms" (consents),
+                                        or token → void_before_ms (reassigned lists:
+                                        gate/lists/reassigned.py)
   ``…:cap:<rule>[:t:…|:c:…]:<token>``   the attempt log of a cap (packed doubles)
   ``…:cool:<rule>[:t:…]:<token>``       the time (ms) of the last refusal/abandoned call
   ``…:audit``                           the audit stream of the group's decisions
   ====================================  ================================================
 
 - Shared state has its own slot: ``<namespace>:{cps:<trunk>}`` (a trunk's one-second
-  attempt log; a campaign-wide counter would be ``<namespace>:{campaign:<t>:<c>}`` the
-  same way) and ``<namespace>:{lists}:<L>``, the list's directory entry (version, bits,
-  next_version, building, refreshed_at, source, checksum, importer…), the authoritative
-  copy of what the groups' meta replicate.
+  attempt log), ``<namespace>:{abandon:<rule>:c:<tenant>:<campaign>}`` (or
+  ``…:t:<tenant>}`` for a tenant-wide rule: the live and abandoned calls counted for an
+  abandoned-call ceiling, per minute over the rule's window; one key per rule, as the
+  window is the rule's) and ``<namespace>:{lists}:<L>``, the list's directory entry
+  (version, bits, next_version, building, refreshed_at, source, checksum, importer…), the
+  authoritative copy of what the groups' meta replicate.
 - ``L`` (a list instance) is ``<name>``, ``<name>:t:<tenant>`` or
   ``<name>:c:<tenant>:<campaign>`` by the list's scope.
 
@@ -53,7 +57,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from gate.core._slots import SLOT_GROUPS, SLOT_TAGS
-from gate.core.rules import CapRule, CooloffRule, ListRule
+from gate.core.rules import AbandonCeilingRule, CapRule, CooloffRule, ListRule
 
 __all__ = [
     "GROUP_BITS",
@@ -249,6 +253,15 @@ class Keyspace:
     def cps_key(self, trunk: str) -> str:
         """The one-second attempt log of a trunk (its own slot)."""
         return f"{self.namespace}:{{cps:{trunk}}}"
+
+    def ceiling_key(self, rule: AbandonCeilingRule, tenant: str, campaign: str) -> str | None:
+        """The live and abandoned call counts of ``rule`` for this tenant (scope
+        ``tenant``) or campaign (its own slot; None: a per-campaign rule, no campaign)."""
+        if rule.scope == "tenant":
+            return f"{self.namespace}:{{abandon:{rule.id}:t:{tenant}}}"
+        if not campaign:
+            return None
+        return f"{self.namespace}:{{abandon:{rule.id}:c:{tenant}:{campaign}}}"
 
     def directory_key(self, list_id: str) -> str:
         """The list's directory entry: version, bits, building, metadata (one slot)."""

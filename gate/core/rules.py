@@ -134,12 +134,16 @@ class ConsentRule(_Rule):
     unless it is on one of ``exempt_lists`` (e.g. current customers).
 
     With ``reassigned_list``, a consent granted on or before the day the number was last
-    permanently disconnected (that list's entry) is void: BLOCK ``reassigned:<id>``.
+    permanently disconnected (that list's entry) is void: BLOCK ``reassigned:<id>``, with
+    no exemption. That check is in shadow mode when ``reassigned_shadow`` is (by default
+    when the rule is): a pack may enforce it while the consent requirement itself is in
+    shadow (it refuses only numbers whose consent the tenant holds, and which is void).
     """
 
     list: str
     exempt_lists: tuple[str, ...] = ()
     reassigned_list: str | None = None
+    reassigned_shadow: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

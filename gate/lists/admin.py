@@ -1,4 +1,4 @@
-"""List administration: add, remove, count, export, import; consents; refusals.
+"""List administration: add, remove, count, export, import; consents; call events.
 
 Guarantees:
 - Every entry is validated and normalised to E.164 before it reaches Redis, then stored
@@ -10,8 +10,12 @@ Guarantees:
   that took a part of it in a cluster; else ``NotReplicated`` and the caller reports a
   failure).
 - Block and allow lists live in compact buckets, consent lists in HASHes token →
-  ``granted_ms:expiry_ms``, both spread over the slot groups (gate/store/lists.py;
-  decide.lua reads both).
+  ``granted_ms:expiry_ms``, reassigned lists in HASHes token → ``void_before_ms`` (the
+  latest disconnection imported wins: an older date never replaces a newer one), all
+  spread over the slot groups (gate/store/lists.py; decide.lua reads them).
+- Call events (``record_event``): a refusal or an abandoned call starts the packs'
+  cool-offs for the number; an answered or abandoned call counts toward the packs'
+  abandoned-call ceilings of its campaign (``call_counts.lua``).
 - An import counts every line: imported, duplicate, rejected (each reported with its line
   number through ``on_reject``) or skipped (a scrub result not kept). It reads the file in
   batches (gate/importing.py ``read_batches``), so memory stays bounded.
@@ -20,7 +24,7 @@ Guarantees:
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from gate.core.errors import InputError, NumberError
@@ -29,13 +33,45 @@ from gate.core.keys import Keyspace, NumberKeys
 from gate.core.model import TrafficClass
 from gate.core.numbers import Destination, classify
 from gate.core.policy import Policy
-from gate.core.rules import ListRule, in_force
-from gate.lists.formats import Batch, Digest, Rejected, Skipped, batches_of, validate_entry
+from gate.core.rules import AbandonCeilingRule, CooloffRule, ListRule, in_force
+from gate.lists.formats import (
+    BATCH_LINES,
+    Batch,
+    Digest,
+    Rejected,
+    Skipped,
+    batches_of,
+    validate_entry,
+)
+from gate.lists.reassigned import Disconnect, latest, read_disconnects, void_before_ms
 from gate.service import Gate
-from gate.store.client import Store
+from gate.store.client import CALL_COUNTS, HASH_MAX, Store
 from gate.store.lists import ListStore
 
-__all__ = ["ImportSummary", "ListAdmin", "consent_value"]
+__all__ = [
+    "EVENTS",
+    "EventRecord",
+    "ImportSummary",
+    "ListAdmin",
+    "consent_value",
+    "unrecorded",
+]
+
+# The call events a door records: a refusal during the call, an abandoned call (answered
+# by a person, no agent), an answered call that reached an agent.
+EVENTS = ("refusal", "abandoned", "answered")
+# Fields per HASH_MAX call (a reassigned list's import).
+_FIELDS_BATCH = 500
+
+
+@dataclass(frozen=True, slots=True)
+class EventRecord:
+    """What a call event did: the rules that took it (cool-offs started, ceilings it counts
+    toward) and the per-campaign ceilings in force that it could not count toward, as no
+    campaign was given."""
+
+    rules: list[str] = field(default_factory=list)
+    uncounted: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,12 +119,6 @@ class ListAdmin:
         """The list instance of ``name`` for this tenant/campaign (gate/core/keys.py)."""
         rule = self.rule(name)
         self.policy.check_tenant(tenant)
-        if rule.kind == "reassigned":
-            raise InputError(
-                f"list {name!r} holds reassigned-number disconnect dates "
-                "(gate/lists/reassigned.py); they are not stored yet: the store's "
-                "reassigned-number check is still to be built"
-            )
         key = self.keyspace.list_id(rule, tenant, campaign)
         if key is None:
             raise InputError(f"list {name!r} is per campaign: pass --campaign")
@@ -108,7 +138,7 @@ class ListAdmin:
         now: datetime,
         expires: datetime | None = None,
     ) -> int:
-        if rule.kind != "consent":
+        if rule.kind not in ("consent", "reassigned"):
             return await self.lists.delta(key, op, [(n.member, n.bucket32) for n in numbers])
         if op == "remove":
             return await self.lists.consent_remove(key, numbers)
@@ -129,6 +159,11 @@ class ListAdmin:
         On a block list (an opt-out) the answer comes only once the store holds the
         entries durably (``Store.durable``: enough replicas, or ``NotReplicated``)."""
         rule = self.rule(name)
+        if rule.kind == "reassigned":
+            raise InputError(
+                f"list {name!r} holds the day each number was last disconnected: import "
+                f"them as lines number,disconnected_on (callgate list import {name} FILE)"
+            )
         checked = self._numbers(rule, numbers)
         key = self.key(name, tenant, campaign)
         when = now or datetime.now(UTC)
@@ -145,7 +180,7 @@ class ListAdmin:
 
     async def count(self, name: str, tenant: str, campaign: str) -> int:
         key = self.key(name, tenant, campaign)
-        if self.rule(name).kind == "consent":
+        if self.rule(name).kind in ("consent", "reassigned"):
             return await self.lists.consent_count(key)
         return await self.lists.count(key)
 
@@ -154,7 +189,7 @@ class ListAdmin:
         rule = self.rule(name)
         key = self.key(name, tenant, campaign)
         internal: tuple[str, ...] = ("next_version", "building", "building_bits")
-        if rule.kind == "consent":
+        if rule.kind in ("consent", "reassigned"):
             internal += ("version", "bits")
         meta = {k: v for k, v in (await self.lists.directory(key)).items() if k not in internal}
         return {
@@ -174,7 +209,12 @@ class ListAdmin:
                 "`callgate list info` for its size and `callgate check` for a number"
             )
         key = self.key(name, tenant, campaign)
-        if self.rule(name).kind == "consent":
+        kind = self.rule(name).kind
+        if kind == "reassigned":
+            async for line in self._disconnect_lines(key):
+                yield line
+            return
+        if kind == "consent":
             async for token in self.lists.consent_tokens(key):
                 yield token
             return
@@ -227,6 +267,11 @@ class ListAdmin:
         ``refreshed_at`` and ``meta`` on the list (and the file's ``sha256`` once read)."""
         rule = self.rule(name)
         key = self.key(name, tenant, campaign)
+        if rule.kind == "reassigned":
+            raise InputError(
+                f"list {name!r} is a reassigned list: its file has lines "
+                "number,disconnected_on, read without --format, --column or --keep"
+            )
         if mode == "replace" and rule.kind == "consent":
             raise InputError(
                 f"list {name!r} is a consent list: --replace is for block and allow lists"
@@ -273,6 +318,103 @@ class ListAdmin:
             skipped=tally["skipped"],
         )
 
+    async def import_disconnects(
+        self,
+        name: str,
+        lines: Iterable[str],
+        tenant: str,
+        campaign: str,
+        on_reject: Callable[[Rejected], None],
+        refreshed_at: datetime | None = None,
+        meta: Mapping[str, str] | None = None,
+        mode: str = "add",
+        checksum: Digest | None = None,
+        on_lines: Callable[[int], None] | None = None,
+    ) -> ImportSummary:
+        """Import a reassigned list's file (lines ``number,disconnected_on``,
+        gate/lists/reassigned.py): ``mode`` "add" keeps each number's latest disconnect
+        day (the file's or the one stored, whichever is later), "remove" removes the
+        file's numbers. ``on_lines`` is told how many lines were read, now and then."""
+        rule = self.rule(name)
+        if rule.kind != "reassigned":
+            raise InputError(f"list {name!r} is a {rule.kind} list, not a reassigned list")
+        if mode not in ("add", "remove"):
+            raise InputError(
+                f"list {name!r} is a reassigned list: --replace is for block and allow lists"
+            )
+        key = self.key(name, tenant, campaign)
+        when = refreshed_at or datetime.now(UTC)
+        fields = {
+            "refreshed_at": str(int(when.timestamp() * 1000)),
+            "imported_at": str(int(datetime.now(UTC).timestamp() * 1000)),
+            **(meta or {}),
+        }
+
+        def counted() -> Iterator[str]:
+            read = 0
+            for line in lines:
+                read += 1
+                if read == BATCH_LINES and on_lines is not None:
+                    on_lines(read)
+                    read = 0
+                yield line
+            if on_lines is not None:
+                on_lines(read)
+
+        accepted = rejected = changed = 0
+        chunk: list[Disconnect] = []
+        for entry in read_disconnects(counted(), rule, self.policy.default_region):
+            if isinstance(entry, Rejected):
+                on_reject(entry)
+                rejected += 1
+                continue
+            accepted += 1
+            chunk.append(entry)
+            if len(chunk) >= BATCH_LINES:
+                changed += await self._store_disconnects(key, chunk, mode)
+                chunk = []
+        if chunk:
+            changed += await self._store_disconnects(key, chunk, mode)
+        if checksum is not None:
+            fields["sha256"] = checksum.hexdigest()
+        await self.lists.set_meta(key, fields)
+        return ImportSummary(
+            imported=changed, duplicates=accepted - changed, rejected=rejected, skipped=0
+        )
+
+    async def _store_disconnects(self, key: str, chunk: list[Disconnect], mode: str) -> int:
+        """Store (or remove) a chunk's entries; how many changed the list."""
+        days = latest(chunk)
+        numbers = {e164: self.keyspace.number(e164) for e164 in days}
+        if mode == "remove":
+            return await self.lists.consent_remove(key, numbers.values())
+        by_group: dict[int, list[str]] = {}
+        for e164, day in days.items():
+            number = numbers[e164]
+            by_group.setdefault(number.group, []).extend((number.token, str(void_before_ms(day))))
+        calls: list[tuple[list[str], list[str]]] = []
+        for group, pairs in by_group.items():
+            hash_key = self.keyspace.consent_key(group, key)
+            for start in range(0, len(pairs), 2 * _FIELDS_BATCH):
+                calls.append(([hash_key], pairs[start : start + 2 * _FIELDS_BATCH]))
+        replies = await self.store.run_scripts(HASH_MAX, calls)
+        return sum(int(new) + int(raised) for new, raised in replies)
+
+    async def _disconnect_lines(self, key: str) -> AsyncIterator[str]:
+        """``number,disconnected_on`` per entry of a reassigned list (plain numbers only)."""
+        for group in range(len(self.keyspace.prefixes)):
+            hash_key = self.keyspace.consent_key(group, key)
+            (reply,) = await self.store.send([(hash_key, ["HGETALL", hash_key])])
+            # A map under RESP3, a flat array of field, value under RESP2.
+            pairs = (
+                reply.items()
+                if isinstance(reply, dict)
+                else zip(reply[::2], reply[1::2], strict=True)
+            )
+            for token, value in pairs:
+                day = datetime.fromtimestamp(int(value) / 1000 - 86400, UTC).date()
+                yield f"{token.decode()},{day.isoformat()}"
+
     async def revoke(
         self, numbers: Iterable[str], tenant: str, campaign: str, red_list: str = "red"
     ) -> int:
@@ -301,45 +443,96 @@ class ListAdmin:
         )
 
     async def record_event(
-        self, event: str, number: str, tenant: str, at: datetime, now: datetime | None = None
-    ) -> list[str]:
-        """Record a refusal/abandoned call: every cool-off rule for it starts at ``at``.
+        self,
+        event: str,
+        number: str,
+        tenant: str,
+        at: datetime,
+        now: datetime | None = None,
+        campaign: str = "",
+    ) -> EventRecord:
+        """Record a call event at ``at`` (``EVENTS``): a refusal or an abandoned call
+        starts every cool-off rule for it; an answered or abandoned call counts toward every
+        abandoned-call ceiling in force, of ``campaign`` (or of the tenant). Acknowledged
+        once the store holds it durably (``Store.durable``).
 
-        Returns the ids of the rules that now hold the number; an empty list means no
-        enabled pack has a cool-off for this event and destination.
-        """
+        Its ``rules`` empty means no enabled pack has a rule for this event and number;
+        ``now`` is the clock (callers placing events at fixed dates, such as tests, pass
+        their own)."""
+        if event not in EVENTS:
+            raise InputError(f"unknown event {event!r}; use {', '.join(EVENTS)}")
         self.policy.check_tenant(tenant)
         target = classify(number, self.policy.default_region)
         if not isinstance(target, Destination):
             raise NumberError(f"number {number!r}: not a callable number")
-        async with self.store.durable(f"the {event}") as store:
-            return await self._on(store)._record_event(event, target, tenant, at, now)
+        what = "answered call" if event == "answered" else event
+        async with self.store.durable(f"the {what}") as store:
+            return await self._on(store)._record_event(
+                event, target, tenant, campaign, at, now or datetime.now(UTC)
+            )
 
     async def _record_event(
-        self, event: str, target: Destination, tenant: str, at: datetime, now: datetime | None
-    ) -> list[str]:
+        self,
+        event: str,
+        target: Destination,
+        tenant: str,
+        campaign: str,
+        at: datetime,
+        now: datetime,
+    ) -> EventRecord:
         day = local_day(target.time_zones, at)
-        started: list[str] = []
-        for pack in self.policy.packs:
-            if target.region not in pack.regions:
+        keys = self.keyspace.number(target.e164)
+        at_ms = int(at.timestamp() * 1000)
+        clock_ms = int(now.timestamp() * 1000)
+        record = EventRecord()
+
+        def applies(rule: CooloffRule | AbandonCeilingRule) -> bool:
+            return any(in_force(rule, target.e164, cls, day) for cls in TrafficClass)
+
+        packs = [pack for pack in self.policy.packs if target.region in pack.regions]
+        for rule in (r for pack in packs for r in pack.cooloffs):
+            if rule.event != event or not applies(rule):
                 continue
-            for rule in pack.cooloffs:
-                if rule.event != event or not any(
-                    in_force(rule, target.e164, cls, day) for cls in TrafficClass
-                ):
-                    continue
-                keys = self.keyspace.number(target.e164)
-                suffix = self.keyspace.cooloff_suffix(rule, tenant)
-                key = self.keyspace.number_key(keys.group, suffix, keys.token)
-                at_ms = int(at.timestamp() * 1000)
-                # The marker expires when the cool-off ends by the real clock (``now``:
-                # callers placing events at fixed dates, such as tests, pass their own).
-                clock_ms = int((now or datetime.now(UTC)).timestamp() * 1000)
-                ttl_ms = at_ms + int(rule.period_s * 1000) - clock_ms
-                if ttl_ms > 0:
-                    await self.lists.mark(key, str(at_ms), ttl_ms)
-                started.append(rule.id)
-        return started
+            suffix = self.keyspace.cooloff_suffix(rule, tenant)
+            key = self.keyspace.number_key(keys.group, suffix, keys.token)
+            # The marker expires when the cool-off ends by the clock.
+            ttl_ms = at_ms + int(rule.period_s * 1000) - clock_ms
+            if ttl_ms > 0:
+                await self.lists.mark(key, str(at_ms), ttl_ms)
+            record.rules.append(rule.id)
+        if event == "refusal":
+            return record
+        abandoned = 1 if event == "abandoned" else 0
+        for ceiling in (r for pack in packs for r in pack.abandon_ceilings):
+            if not applies(ceiling):
+                continue
+            counts = self.keyspace.ceiling_key(ceiling, tenant, campaign)
+            if counts is None:
+                record.uncounted.append(ceiling.id)
+                continue
+            window_ms = int(ceiling.window_s * 1000)
+            # An abandoned call is a live call too (answered by a person): both counts.
+            args = [at_ms, clock_ms, window_ms, 1, abandoned]
+            await self.store.run_scripts(CALL_COUNTS, [([counts], args)])
+            record.rules.append(ceiling.id)
+        return record
+
+
+def unrecorded(event: str, number: str, record: EventRecord) -> str | None:
+    """Why ``record`` recorded nothing (one line, for every door), or None."""
+    if record.rules:
+        return None
+    if record.uncounted:
+        return (
+            f"{', '.join(record.uncounted)} counts the calls of each campaign: give the "
+            "call's campaign; nothing recorded"
+        )
+    rules = {
+        "refusal": "a cool-off after a refusal",
+        "abandoned": "a cool-off after an abandoned call or an abandoned-call ceiling",
+        "answered": "an abandoned-call ceiling",
+    }[event]
+    return f"no enabled pack has {rules} for {number!r}; nothing recorded"
 
 
 def consent_value(granted: datetime, expires: datetime | None) -> str:

@@ -15,9 +15,10 @@ the database's answers: list each number it answered "yes" for (permanently disc
 since the date asked) with that date. A number given twice keeps its latest day: the last
 disconnection is the one that voids consents (``latest``).
 
-Stored form (for decide.lua's ``D`` check, see gate/core/engine.py ``PENDING_KINDS``): the
-list's HASH maps the number's token to ``void_before_ms``, the first instant after the
-disconnect day (UTC); a consent whose grant time is earlier is void. Guarantees: every
+Stored form (read by decide.lua's ``D`` check; ``ListAdmin.import_disconnects`` writes
+it): the list's HASH in each slot group maps the number's token to ``void_before_ms``, the
+first instant after the disconnect day (UTC); a consent whose grant time is earlier is
+void. Guarantees: every
 line is either an entry or a ``Rejected`` with its line number and why; nothing is lost.
 """
 

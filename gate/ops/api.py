@@ -12,7 +12,8 @@ same list and the models of gate/ops/models.py):
   ``callgate list import``); answers progress, rejected lines and the result as JSON Lines
 - ``POST /v1/consents``              record prior consents
 - ``POST /v1/consents/revoke``       consent withdrawn: remove it everywhere, red-list
-- ``POST /v1/events/{event}``        ``refusal`` or ``abandoned``: start the cool-off
+- ``POST /v1/events/{event}``        ``refusal``, ``abandoned`` or ``answered``: start the
+                                     cool-off, count toward a campaign's abandoned-call ceiling
 - ``POST /v1/reload``                re-read the config file (``callgate reload``)
 - ``GET  /v1/audit``                 search the audit trail (a number, a time range…),
   streamed as JSON Lines or CSV
@@ -73,7 +74,7 @@ from gate.core.errors import (
 )
 from gate.core.model import Attempt, Verdict
 from gate.core.rules import ListRule
-from gate.lists.admin import ImportSummary, ListAdmin
+from gate.lists.admin import EVENTS, ImportSummary, ListAdmin, unrecorded
 from gate.lists.formats import Batch, Rejected, count_lines, open_lines, read_batches
 from gate.lists.progress import importer
 from gate.ops import search
@@ -401,9 +402,10 @@ class AdminApi:
                     "POST",
                     "/v1/events/{event}",
                     "recordEvent",
-                    "The callee refused, or the call was abandoned: start the cool-off",
+                    "The callee refused, or the call was abandoned or answered: start the "
+                    "cool-off, count the call toward its campaign's abandoned-call ceiling",
                     body=EventRequest,
-                    path_params={"event": {"type": "string", "enum": ["refusal", "abandoned"]}},
+                    path_params={"event": {"type": "string", "enum": list(EVENTS)}},
                     responses={200: EventResponse},
                     errors=(400, 401, 403, 404, 415, 422, 503),
                 ),
@@ -692,20 +694,25 @@ class AdminApi:
 
     async def _event(self, request: web.Request) -> web.Response:
         event = request.match_info["event"]
-        if event not in ("refusal", "abandoned"):
-            raise RequestError(404, f"unknown event {event!r}; use refusal or abandoned")
+        if event not in EVENTS:
+            raise RequestError(404, f"unknown event {event!r}; use {', '.join(EVENTS)}")
         body: EventRequest = await self._body(request, EventRequest)
         tenant = body.tenant or self.gate.config.default_tenant
+        campaign = body.campaign or ""
         at = body.at or datetime.now(UTC)
-        rules = await ListAdmin.of(self.gate).record_event(event, body.number, tenant, at)
-        if not rules:
-            raise RequestError(
-                422,
-                f"no enabled pack has a cool-off after {_an(event)} for "
-                f"{body.number!r}; nothing recorded",
-            )
-        self._acted(request, Action(event, ",".join(rules), tenant, numbers=(body.number,)))
-        return json_response(EventResponse(event=event, rules=rules))  # type: ignore[arg-type]
+        record = await ListAdmin.of(self.gate).record_event(
+            event, body.number, tenant, at, None, campaign
+        )
+        why = unrecorded(event, body.number, record)
+        if why is not None:
+            raise RequestError(422, why)
+        self._acted(
+            request,
+            Action(event, ",".join(record.rules), tenant, campaign, numbers=(body.number,)),
+        )
+        return json_response(
+            EventResponse(event=event, rules=record.rules, uncounted=record.uncounted)  # type: ignore[arg-type]
+        )
 
     async def _reload(self, request: web.Request) -> web.Response:
         body = await request.read()
@@ -761,10 +768,6 @@ class AdminApi:
         return response
 
 
-def _an(event: str) -> str:
-    return "an abandoned call" if event == "abandoned" else f"a {event}"
-
-
 def _csv_line(row: Sequence[str]) -> bytes:
     out = io.StringIO()
     csv.writer(out).writerow(row)
@@ -775,6 +778,13 @@ def _probe(
     path: Path, rule: ListRule, region: str, query: ImportQuery, keep: frozenset[str]
 ) -> None:
     """Read the first line as the import will (header, format options)."""
+    if rule.kind == "reassigned":
+        if query.format != "lines" or query.column or keep or query.mode.value == "replace":
+            raise InputError(
+                f"list {rule.name!r} is a reassigned list: its file has lines "
+                "number,disconnected_on (no format, column, keep or replace)"
+            )
+        return
     lines = open_lines(path)
     try:
         next(read_batches(lines, rule, region, query.format, query.column, keep, 1), None)
@@ -816,6 +826,7 @@ class _UploadImport:
         self.stop = threading.Event()
         self.lines = 0
         self.rejects_shown = 0
+        self._shown = 0.0  # when the last progress event was sent (monotonic)
         self.summary: ImportSummary | None = None
 
     def _event(self, **fields: Any) -> ImportEvent:
@@ -875,6 +886,19 @@ class _UploadImport:
         try:
             admin = ListAdmin(active.config.policy, active.keyspace, store)
             rule = admin.rule(self.name)
+            meta = {"source": "upload", "importer": f"api@{importer().split('@')[-1]}"}
+            if rule.kind == "reassigned":
+                return await admin.import_disconnects(
+                    self.name,
+                    self._lines(open_lines(self.path)),
+                    self.tenant,
+                    self.campaign,
+                    self._rejected,
+                    refreshed_at=self.query.refreshed_at,
+                    meta=meta,
+                    mode=self.query.mode.value,
+                    on_lines=self._read,
+                )
             batches = read_batches(
                 open_lines(self.path),
                 rule,
@@ -890,7 +914,7 @@ class _UploadImport:
                 self.campaign,
                 self._rejected,
                 refreshed_at=self.query.refreshed_at,
-                meta={"source": "upload", "importer": f"api@{importer().split('@')[-1]}"},
+                meta=meta,
                 mode=self.query.mode.value,
                 expected=self.total,
             )
@@ -898,16 +922,27 @@ class _UploadImport:
             await store.close()
 
     def _counted(self, batches: Iterator[Batch]) -> Iterator[Batch]:
-        shown = 0.0
         for batch in batches:
-            if self.stop.is_set():
-                raise InputError("import stopped: the client went away")
-            self.lines += batch.lines
-            if time.monotonic() - shown >= PROGRESS_EVERY_S:
-                shown = time.monotonic()
-                self._send(self._event(event="progress"))
+            self._read(batch.lines)
             yield batch
         self._send(self._event(event="progress"))
+
+    def _lines(self, lines: Iterator[str]) -> Iterator[str]:
+        """A reassigned list's lines, stopped when the client goes away."""
+        for line in lines:
+            if self.stop.is_set():
+                raise InputError("import stopped: the client went away")
+            yield line
+        self._send(self._event(event="progress"))
+
+    def _read(self, lines: int) -> None:
+        """``lines`` more were read: a progress event now and then."""
+        if self.stop.is_set():
+            raise InputError("import stopped: the client went away")
+        self.lines += lines
+        if time.monotonic() - self._shown >= PROGRESS_EVERY_S:
+            self._shown = time.monotonic()
+            self._send(self._event(event="progress"))
 
     def _rejected(self, entry: Rejected) -> None:
         if self.rejects_shown < MAX_REJECTS_SHOWN:

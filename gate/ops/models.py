@@ -226,10 +226,14 @@ class RevokeRequest(Scope):
 
 
 class EventRequest(_Request):
-    """A refusal or an abandoned call: its cool-off starts at ``at`` (default now)."""
+    """A refusal or an abandoned call: its cool-off starts at ``at`` (default now); an
+    answered or abandoned call counts toward the abandoned-call ceilings of ``campaign``."""
 
     number: Number
     tenant: Ident | None = None
+    campaign: Ident | None = Field(
+        None, description="the call's campaign (abandoned-call ceilings count per campaign)"
+    )
     at: Instant | None = None
 
 
@@ -433,10 +437,19 @@ class RevokeResponse(_Response):
 
 
 class EventResponse(_Response):
-    """The event recorded and the cool-off rules it started."""
+    """The event recorded: the cool-off rules it started and the abandoned-call ceilings it
+    counts toward; the per-campaign ceilings it could not count toward (no campaign)."""
 
-    event: Literal["refusal", "abandoned"]
-    rules: list[str] = Field(description="the cool-off rules that now hold the number")
+    event: Literal["refusal", "abandoned", "answered"]
+    rules: list[str] = Field(
+        description="the cool-off rules that now hold the number and the abandoned-call "
+        "ceilings the call counts toward"
+    )
+    uncounted: list[str] = Field(
+        default_factory=list,
+        description="abandoned-call ceilings in force that count per campaign: not counted, "
+        "as no campaign was given",
+    )
 
 
 class ReloadResponse(_Response):

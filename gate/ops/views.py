@@ -5,7 +5,8 @@ tenant (and campaign) with its size, last refresh and, for each ``[[freshness]]`
 names it, whether it is stale (the rule is in force today and the list was never imported,
 or its source is older than the rule allows). ``rules_view`` answers ``GET /v1/rules``: the
 packs in force with their versions, and every rule with a one-line summary, its source,
-and whether it is shadowed, marked ``[verify]`` or not enforced yet.
+and whether it is shadowed or marked ``[verify]`` (``enforced`` is true for every rule
+callgate ships: the store runs them all).
 
 Both read only what the configuration in force says (one ``Active``, whole) and, for the
 lists, ``ListAdmin.info``.
@@ -91,7 +92,7 @@ async def lists_view(gate: Gate, tenant: str, campaign: str | None) -> ListsOut:
         try:
             raw = await admin.info(rule.name, tenant, campaign or "")
             info = list_info(raw, tenant, campaign)
-        except InputError as exc:  # per campaign without one, or a kind not stored yet
+        except InputError as exc:  # a per-campaign list without a campaign
             note = str(exc)
         refreshed = info.refreshed_at if info is not None else None
         age_s = None if refreshed is None else max(0, round(now_s - refreshed.timestamp()))
@@ -206,10 +207,9 @@ def _rule_out(pack: str | None, rule: object) -> RuleOut:
     valid_from = getattr(rule, "valid_from", None)
     valid_to = getattr(rule, "valid_to", None)
     if isinstance(rule, ConsentRule) and rule.reassigned_list is not None:
-        # Validated, but the store cannot run it yet (gate/core/engine.py: "not enforced").
         summary += (
             f"; consents predating the number's last disconnection ({rule.reassigned_list}) "
-            "are void: not enforced yet"
+            f"are void{' (shadow)' if rule.reassigned_shadow else ''}"
         )
     return RuleOut(
         pack=pack,
@@ -219,7 +219,7 @@ def _rule_out(pack: str | None, rule: object) -> RuleOut:
         source=str(getattr(rule, "source", "")),
         shadow=bool(getattr(rule, "shadow", False)),
         verify=bool(getattr(rule, "verify", False)),
-        enforced=not isinstance(rule, AbandonCeilingRule),
+        enforced=True,
         valid_from=None if valid_from is None else valid_from.isoformat(),
         valid_to=None if valid_to is None else valid_to.isoformat(),
         classes=sorted(c.value for c in getattr(rule, "classes", ())),
@@ -276,7 +276,7 @@ def _list_rule_out(pack: str | None, rule: ListRule) -> RuleOut:
         "block": "refuses the numbers on it",
         "allow": f"exempts from {', '.join(rule.exempts)}" if rule.exempts else "an allow list",
         "consent": "holds consents",
-        "reassigned": "holds disconnection dates (not stored yet)",
+        "reassigned": "holds the day each number was last disconnected",
     }.get(rule.kind, rule.kind)
     return RuleOut(
         pack=pack,
@@ -287,7 +287,7 @@ def _list_rule_out(pack: str | None, rule: ListRule) -> RuleOut:
         source=rule.description,
         shadow=False,
         verify=False,
-        enforced=rule.kind != "reassigned",
+        enforced=True,
         valid_from=None,
         valid_to=None,
         classes=["campaign", "manual"],

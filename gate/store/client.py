@@ -22,13 +22,17 @@ Guarantees:
   again with what the meta holds: a decision never reads a list version other than the
   live one, and the first decision after a list swap sees the new version on every shard.
 - Modes (connect.py): one server (``url``, or the embedded one) or a Sentinel-managed
-  master: a decision, its CPS log included, is one call. Redis Cluster (seed ``nodes``):
-  each call is routed to the master of its slot, MOVED and ASK are followed and counted
-  (``redirects``); a shared attempt log (a trunk's CPS) lives in a slot of its own, so a
-  recorded decision that has one first reserves it (a call on that slot), then decides
-  in the number's slot, and gives the reservation back if the number's checks refused:
-  the CPS cap is never exceeded. After a lost connection the cluster's slot map is read
-  again before the next call.
+  master: a decision, its CPS log and a campaign's call counts included, is one call.
+  Redis Cluster (seed ``nodes``): each call is routed to the master of its slot, MOVED and
+  ASK are followed and counted (``redirects``); shared state lives in a slot of its own
+  (a trunk's CPS log, a campaign's call counts for its abandoned-call ceiling), so a
+  decision that has some first reads it there (one call per slot, sent together; a
+  recorded decision reserves its place in a CPS log), then decides in the number's slot
+  with what was read, and gives a CPS reservation back if the number's checks refused:
+  the CPS cap is never exceeded. Call counts are only read by decisions (written by the
+  answered/abandoned events), so reading them first is exact up to the events that land
+  between the two calls (as events landing just after one call). After a lost
+  connection the cluster's slot map is read again before the next call.
 - ``durable()`` gives a view of the store whose writes are acknowledged only once
   ``wait_replicas`` replicas hold them (``WAIT``, on every node the view wrote to), for
   the writes that must survive a failover: opt-outs, consent revocations, refusals.
@@ -79,7 +83,15 @@ from gate.core.evidence import check_summary
 from gate.core.keys import directory_key, namespace_of
 from gate.store.connect import ADMIN_TIMEOUT_S, Link, LinkStatus
 
-__all__ = ["BATCH", "Script", "Store", "load_script", "translate_error"]
+__all__ = [
+    "BATCH",
+    "CALL_COUNTS",
+    "HASH_MAX",
+    "Script",
+    "Store",
+    "load_script",
+    "translate_error",
+]
 
 log = logging.getLogger("callgate")
 
@@ -121,7 +133,9 @@ class Script:
         return cls(name, text, hashlib.sha1(text.encode()).hexdigest().encode())
 
 
+CALL_COUNTS = Script.load("call_counts.lua")
 DECIDE = Script.load("decide.lua")
+HASH_MAX = Script.load("hash_max.lua")
 LIST_DELTA = Script.load("list_delta.lua")
 RELEASE = Script.load("release.lua")
 
@@ -404,7 +418,8 @@ class Store:
     async def _reserve(
         self, check: StoreCheck, shared: list[Check], use: _Use
     ) -> tuple[dict[int, tuple[int, int, int]], list[Check]]:
-        """Cluster: read (and, recording, reserve) each shared attempt log in its own slot.
+        """Cluster: read each shared check in its own slot (and, recording, reserve a place
+        in each shared attempt log).
         Returns, per check index, what it saw (seen, limit, retry_ms: an X check of
         decide.lua) and the checks whose log holds a reservation."""
         probes = [StoreCheck(check.now_ms, check.record, check.number, "", (c,)) for c in shared]
@@ -413,8 +428,9 @@ class Store:
         reserved = []
         for c, reply in zip(shared, replies, strict=True):
             decided, retry_ms, seen = _probe(reply)
-            outside[check.checks.index(c)] = (seen, c.params[0], retry_ms)
-            if check.record and not decided:
+            outside[check.checks.index(c)] = _outside(c, seen, retry_ms)
+            # Only an attempt log counts (reserves) the attempt; call counts are read-only.
+            if check.record and not decided and c.kind is CheckKind.ATTEMPT_LOG:
                 reserved.append(c)
         return outside, reserved
 
@@ -472,7 +488,7 @@ class Store:
     async def _peek_shared(
         self, checks: Sequence[StoreCheck]
     ) -> list[dict[int, tuple[int, int, int]]]:
-        """Cluster: what each shared attempt log holds (each read once), per decision and
+        """Cluster: what each shared check sees (each key read once), per decision and
         check index as (seen, limit, retry_ms) for an X check."""
         probes: dict[str, StoreCheck] = {}
         for check in checks:
@@ -486,11 +502,7 @@ class Store:
             _, retry_ms, count = _probe(reply)
             seen[key] = (count, retry_ms)
         return [
-            {
-                i: (seen[c.key][0], c.params[0], seen[c.key][1])
-                for i, c in enumerate(check.checks)
-                if c.shared
-            }
+            {i: _outside(c, *seen[c.key]) for i, c in enumerate(check.checks) if c.shared}
             for check in checks
         ]
 
@@ -929,10 +941,17 @@ def _forget(tasks: set[asyncio.Task[Any]]) -> Any:
 
 
 def _probe(reply: _Reply) -> tuple[int, int, int]:
-    """(decided, retry_ms, seen) of a one-check decision (a shared attempt log)."""
+    """(decided, retry_ms, seen) of a one-check decision (a shared check)."""
     (item,) = _raise_error(reply)
     decided, retry_ms, seen = (int(n) for n in item.split(b","))
     return decided, retry_ms, seen
+
+
+def _outside(check: Check, seen: int, retry_ms: int) -> tuple[int, int, int]:
+    """A shared check read by its own call, as decide.lua's X check (seen, limit, retry_ms):
+    an attempt log (L) refuses at its limit, call counts (Q) when they see a wait."""
+    limit = 1 if check.kind is CheckKind.ABANDON_RATE else check.params[0]
+    return seen, limit, retry_ms
 
 
 def _raise_error(reply: _Reply) -> Any:
@@ -1025,7 +1044,7 @@ def _encode(
     outside: Sequence[dict[int, tuple[int, int, int]]] = (),
 ) -> _Encoded:
     """KEYS and ARGV of decide.lua (its header is the contract). ``outside[d][i]``: check
-    i of decision d is a shared attempt log already read in its own slot (an X check:
+    i of decision d is a shared check already read in its own slot (an X check:
     seen, limit, retry_ms)."""
     encoder = _Encoder(len(decisions))
     for d, check in enumerate(decisions):
@@ -1083,7 +1102,10 @@ class _Encoder:
             kind = c.kind
             code = _CODES[kind][c.shadow]
             mask = _mask(c.exempt_by)
-            if kind in _MEMBERSHIP:
+            if i in read:  # shared state read by its own call: (seen, limit, retry_ms)
+                fmt.append("Bddd")
+                values += (_X[c.shadow], *read[i])
+            elif kind in _MEMBERSHIP:
                 view = views.get(c.key, "")
                 fields[c.key] = view
                 at = 0
@@ -1114,9 +1136,12 @@ class _Encoder:
             elif kind is CheckKind.WINDOW:
                 fmt.append("Bdd")
                 values += (code, c.params[0], mask)
-            elif i in read:  # a shared log read by its own call: (seen, limit, retry_ms)
-                fmt.append("Bddd")
-                values += (_X[c.shadow], *read[i])
+            elif kind is CheckKind.REASSIGNED:
+                fmt.append("BHB")
+                values += (code, self.key(f"{prefix}c:{c.key}"), c.params[0])
+            elif kind is CheckKind.ABANDON_RATE:
+                fmt.append("BHddd")
+                values += (code, self.key(c.key), *c.params)
             else:
                 at = self.key(c.key if c.shared else f"{prefix}{c.key}:{number.token}")
                 fmt.append("BHdd")

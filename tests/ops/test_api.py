@@ -162,7 +162,10 @@ async def fr_served(redis_url: str) -> AsyncIterator[Served]:
 async def test_a_refusal_starts_the_packs_cool_off(fr_served: Served) -> None:
     """POST /v1/events/refusal answers the fr cool-off rule now holding the number."""
     status, body = await fr_served.post("/v1/events/refusal", {"number": UNLISTED})
-    assert (200, {"event": "refusal", "rules": ["fr-d223-9-refusal"]}) == (status, body)
+    assert (200, {"event": "refusal", "rules": ["fr-d223-9-refusal"], "uncounted": []}) == (
+        status,
+        body,
+    )
 
 
 async def test_a_refusal_without_a_cool_off_rule_is_422(served: Served) -> None:

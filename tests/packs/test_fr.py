@@ -177,7 +177,7 @@ async def test_refusal_defers_60_days(gate: Gate) -> None:
     await consent(gate, CONSUMER)
     started = await admin(gate).record_event("refusal", CONSUMER, TENANT, at)
     decision = await gate.decide(call(at + timedelta(minutes=5)), record=True, door="cli")
-    assert ["fr-d223-9-refusal"] == started
+    assert ["fr-d223-9-refusal"] == started.rules
     assert ("DEFER", "refusal:fr-d223-9-refusal", 60 * 86400.0 - 300) == outcome(decision)
 
 

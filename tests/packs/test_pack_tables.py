@@ -125,6 +125,14 @@ ERRORS = [
         id="reassigned-needs-grant-times",
     ),
     pytest.param(
+        {
+            "lists": [{"name": "consent", "kind": "consent"}],
+            "consent": [{"id": "c", "list": "consent", "reassigned_shadow": False}],
+        },
+        "xx.toml: consent[0].reassigned_shadow: needs reassigned_list",
+        id="reassigned-shadow-alone",
+    ),
+    pytest.param(
         {"abandon_ceiling": [{"id": "a", "ceiling_percent": 0}]},
         "xx.toml: abandon_ceiling[0].ceiling_percent: must be a percentage above 0 and below "
         "100, got 0",
@@ -160,3 +168,35 @@ def test_reassigned_list_kind_and_consent_option_load() -> None:
     )
     validate_references(parsed, (), "xx.toml")
     assert ("rnd", "reassigned") == (parsed.consents[0].reassigned_list, parsed.lists[1].kind)
+
+
+@pytest.mark.parametrize(
+    ("pack_shadow", "rule", "expected"),
+    [
+        pytest.param(False, {}, (False, False), id="enforced"),
+        pytest.param(False, {"shadow": True}, (True, True), id="follows-the-rule"),
+        pytest.param(
+            False, {"shadow": True, "reassigned_shadow": False}, (True, False), id="own-choice"
+        ),
+        pytest.param(
+            True, {"shadow": True, "reassigned_shadow": False}, (True, True), id="pack-shadow"
+        ),
+    ],
+)
+def test_the_reassigned_check_is_shadow_as_its_rule_unless_it_says(
+    pack_shadow: bool, rule: dict[str, Any], expected: tuple[bool, bool]
+) -> None:
+    """reassigned_shadow defaults to the rule's shadow; a shadow pack shadows both."""
+    parsed = parse_pack(
+        {
+            "pack": {**HEAD, "shadow": pack_shadow},
+            "lists": [
+                {"name": "consent", "kind": "consent"},
+                {"name": "rnd", "kind": "reassigned"},
+            ],
+            "consent": [{"id": "c", "list": "consent", "reassigned_list": "rnd", **rule}],
+        },
+        "xx.toml",
+    )
+    (consent,) = parsed.consents
+    assert expected == (consent.shadow, consent.reassigned_shadow)

@@ -102,12 +102,17 @@ async def test_tps_and_ctps_rescreened_every_28_days(
 
 
 async def test_abandoned_call_pauses_the_number_72_hours(gate: Gate) -> None:
-    """After an abandoned call, a dialer may not call again for 72 h; an agent by hand may."""
+    """After an abandoned call, a dialer may not call again for 72 h; an agent by hand may.
+    Without its campaign, the call is not counted toward the campaign's ceiling (and says
+    so)."""
     at = upcoming(1, 11, 0, LONDON)  # after the wall clock: see conftest.upcoming
     await screen(gate, at)
     started = await admin(gate).record_event("abandoned", CONSUMER, TENANT, at)
     later = at + timedelta(hours=1)
-    assert ["uk-abandoned-72h"] == started
+    assert (["uk-abandoned-72h"], ["uk-ofcom-abandoned-3pct"]) == (
+        started.rules,
+        started.uncounted,
+    )
     assert [
         ("DEFER", "abandoned:uk-abandoned-72h", 71 * 3600.0),
         ("ALLOW", "allowed", None),

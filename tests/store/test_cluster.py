@@ -14,11 +14,12 @@ import signal
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 import redis
+from redis.crc import key_slot
 
 from gate.cli import main
 from gate.config.loader import RedisConfig
@@ -32,7 +33,7 @@ from gate.ops.audit import read_range
 from gate.service import Gate
 from gate.store.client import Store
 from tests.cluster import LocalCluster, Node
-from tests.conftest import TEST_SECRET, make_config
+from tests.conftest import BASE_CONFIG, TEST_SECRET, make_config
 from tests.ops.conftest import labels, serve
 
 KEYS = Keyspace("callgate", TEST_SECRET.encode())
@@ -513,3 +514,102 @@ async def test_an_opt_out_waits_for_a_replica_of_the_master_that_took_it(
     assert (1, 1) == (created, acknowledged)
     assert "only 0 of 1 replica(s) confirmed it" in str(refused.value)
     assert ["listed:red", "listed:red"] == reasons
+
+
+# --- law checks reading shared state: the abandoned-call ceiling, reassigned numbers -----
+
+PACKS = Path(__file__).resolve().parents[2] / "config" / "packs"
+
+
+@pytest.fixture
+async def law_gate(seeds: list[str]) -> AsyncIterator[Gate]:
+    """The uk and us packs (GB numbers by default), trunk carrier-a capped at 20 per s."""
+    store = Store(seeds[0], deadline_s=1.0, nodes=seeds)
+    packs = {"default_region": "GB", "packs": ["uk", "us"], "packs_dir": str(PACKS)}
+    gate = Gate(make_config({"gate": {**BASE_CONFIG["gate"], **packs}}), store)
+    yesterday = datetime.now(UTC) - timedelta(days=1)
+    for name in ("tps", "ctps", "national_dnc"):
+        await ListAdmin.of(gate).import_entries(
+            name, [], TENANT, "", fail_on_reject, refreshed_at=yesterday
+        )
+    yield gate
+    await store.close()
+
+
+def uk_numbers_on(cluster: LocalCluster, port: int, count: int) -> list[str]:
+    """``count`` UK numbers whose keys a given master serves (by its port)."""
+    mine = set(groups_by_master(cluster)[port])
+    found = [
+        n for n in (f"+44121234{i:04d}" for i in range(10_000)) if KEYS.number(n).group in mine
+    ]
+    return found[:count]
+
+
+async def test_a_campaign_over_its_abandoned_call_ceiling_defers_on_every_shard(
+    law_gate: Gate, cluster: LocalCluster
+) -> None:
+    """The campaign's counts live on one master, its calls' numbers on the others: its
+    next calls DEFER abandon_rate (a CPS reservation made alongside is given back), another
+    campaign's go, a scrub of the campaign's leads DEFERs them all, and no decision wrote
+    the counts."""
+    now = datetime.now(UTC)
+    await ListAdmin.of(law_gate).record_event(
+        "abandoned", "+442079460001", TENANT, now, now, "spring"
+    )
+    (rule,) = law_gate.config.policy.packs[0].abandon_ceilings
+    counts = KEYS.ceiling_key(rule, TENANT, "spring")
+    assert counts is not None
+    home = cluster.master_of(key_slot(counts.encode())).port
+    away = [port for port in groups_by_master(cluster) if port != home]
+    called = [n for port in away for n in uk_numbers_on(cluster, port, 2)]
+    before = cluster.master_of(key_slot(counts.encode())).client().get(counts)
+
+    async def decide(number: str, campaign: str) -> Decision:
+        call = attempt(number, now, campaign=campaign, trunk="carrier-a",
+                       caller_id="+442071234567")  # fmt: skip
+        return await law_gate.decide(call, record=True, door="cli")
+
+    deferred = [await decide(n, "spring") for n in called]
+    cps = KEYS.cps_key("carrier-a")
+    cps_after_deferred = cluster.master_of(key_slot(cps.encode())).client().exists(cps)
+    allowed = [await decide(n, "autumn") for n in called]
+    rows: list[list[str]] = []
+    await scrub(
+        law_gate,
+        ([n] for n in called),
+        0,
+        rows.append,
+        now=now,
+        tenant=TENANT,
+        campaign="spring",
+        caller_id="+442071234567",
+        workers=1,
+    )
+    after = cluster.master_of(key_slot(counts.encode())).client().get(counts)
+    assert [f"abandon_rate:{rule.id}"] * len(called) == [d.reason for d in deferred]
+    assert all(24 * 3600 - 1 < (d.retry_after_s or 0) <= 24 * 3600 + 60 for d in deferred)
+    assert (0, ["allowed"] * len(called)) == (cps_after_deferred, [d.reason for d in allowed])
+    assert [f"abandon_rate:{rule.id}"] * len(called) == [row[2] for row in rows]
+    assert (True, before) == (before is not None, after)
+
+
+async def test_a_void_consent_blocks_on_the_cluster(law_gate: Gate, cluster: LocalCluster) -> None:
+    """Consent and disconnect day in the number's slot group, on each master: BLOCK
+    reassigned:us-tcpa-consent; a consent given after the disconnect goes."""
+    admin = ListAdmin.of(law_gate)
+    void = [f"+1212555{i:04d}" for i in range(0, 40)]
+    valid = [f"+1212555{i:04d}" for i in range(40, 80)]
+    masters = {cluster.master_of(16 * KEYS.number(n).group).port for n in void}
+    await admin.add("tcpa_consent", void, TENANT, "", now=datetime(2026, 10, 1, tzinfo=UTC))
+    await admin.add("tcpa_consent", valid, TENANT, "", now=datetime(2026, 12, 1, tzinfo=UTC))
+    lines = [f"{n},2026-11-02" for n in void + valid]
+    await admin.import_disconnects("reassigned", lines, TENANT, "", fail_on_reject)
+    # 16:00 UTC: inside 08:00-21:00 in New York.
+    when = datetime.now(UTC).replace(hour=16, minute=0)
+    reasons = [
+        (
+            await law_gate.decide(attempt(n, when, campaign="spring"), record=False, door="cli")
+        ).reason
+        for n in void + valid
+    ]
+    assert (3, ["reassigned:us-tcpa-consent"] * 40 + ["allowed"] * 40) == (len(masters), reasons)

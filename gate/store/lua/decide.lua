@@ -5,8 +5,9 @@
 -- and sends them here; this script runs them and returns what each saw and which one
 -- decided. The gate sends one decision per call; a scrub sends a batch of independent
 -- decisions (same logic, one call). Every key is declared in KEYS: on Redis Cluster the
--- keys of one call share one slot (a shared attempt log, e.g. a trunk's CPS, is then
--- reserved by a call of its own and given here as an X check).
+-- keys of one call share one slot (shared state in a slot of its own, a trunk's CPS log
+-- or a campaign's call counts, is then read, and a CPS log reserved, by a call of its
+-- own, and given here as an X check).
 --
 -- KEYS[1 .. #KEYS]   the keys the decisions name by index
 -- ARGV[1]            n, the number of decisions; then, for each decision:
@@ -43,9 +44,27 @@
 --                        packed big-endian doubles (attempt times, ms, in time order);
 --                        DEFER when `limit` attempts are inside the window, until the
 --                        oldest of them leaves it.
+--       D k:H c:B        reassigned number: KEYS[k] is the reassigned list's HASH token ->
+--                        void_before_ms (the first instant after the UTC day of the
+--                        number's last permanent disconnection); c is the index (in this
+--                        decision) of the C check whose consent it judges. Sees 1 when
+--                        that consent exists (expired or not) and was granted before
+--                        void_before_ms: BLOCK, with no exemption (the new subscriber is
+--                        nobody's customer or consenter).
+--       Q k:H ceiling_ppm:d window:d min_live:d
+--                        abandoned-call ceiling: KEYS[k] (a STRING, written only by
+--                        calls.lua, never here) holds a campaign's calls per minute:
+--                        packed big-endian doubles, the totals (live, abandoned) then one
+--                        (minute_ms, live, abandoned) per minute in time order. A minute
+--                        counts while any of it is inside the window: minute_ms + 60000 +
+--                        window > now. DEFER when live >= min_live and abandoned * 10^6 >
+--                        ceiling_ppm * live, until the oldest minutes leaving the window
+--                        (with no new calls) bring it back under: sees that wait (ms), 0
+--                        when under. Read from the oldest minute, CHUNK at a time
+--                        (GETRANGE), only as far as the answer needs.
 --       X seen:d limit:d retry:d
---                        an attempt log read (and reserved) by a call of its own: DEFER
---                        (retry ms) when seen >= limit.
+--                        shared state read (a CPS log: and reserved) by a call of its own
+--                        in its own slot: DEFER (retry ms) when seen >= limit.
 --                        x is a bit mask of the earlier A/H checks that exempt (bit i-1:
 --                        check i), 0 for none.
 --   member           the number as a list member (signed 64-bit integer, decimal)
@@ -65,7 +84,8 @@
 --   or, STALE, a nested array of the nf meta values (false: absent).
 -- r_i = what check i saw: 0/1 for A H B C M (1 = member / valid consent; -1 for an A or H
 -- that nothing needed), ms left or 0 for R, age ms or -1 (never refreshed) for F, retry ms
--- for W, entries inside the window for L and X.
+-- for W, entries inside the window for L and X, 0/1 for D (1: void consent), the wait (ms)
+-- or 0 for Q.
 -- When record is 1 and evidence is 1, the decision's audit entry is appended to the
 -- stream, whatever the verdict: field "h" the head, field "r" the reply's string; the
 -- evidence and the counters are one atomic fact (gate/core/evidence.py ``stored_record``
@@ -83,6 +103,50 @@
 
 local call, unpack, tonumber, floor = redis.call, unpack, tonumber, math.floor
 local pack, unpack_struct, concat = struct.pack, struct.unpack, table.concat
+
+-- A minute of a campaign's call counts (calls.lua) counts until it has wholly left the window.
+local MINUTE_MS = 60000
+
+-- Minutes of call counts read at a time: a campaign's whole day is some 35 KB, but a
+-- decision under the ceiling needs only the totals and the first minute still counting.
+local CHUNK = 32
+
+-- The wait (ms) until a campaign's call counts at `key` (see Q) fall back under the
+-- ceiling at `now`, with no new calls; 0 when under it (or no counts).
+local function ceiling_wait(key, now, ppm, window, min_live)
+  local want = 16 + 24 * CHUNK
+  local raw = call("GETRANGE", key, 0, want - 1)
+  if #raw < 16 then
+    return 0
+  end
+  local live, abandoned = unpack_struct(">dd", raw)
+  local function over()
+    return live >= min_live and abandoned * 1000000 > ppm * live
+  end
+  local wait, at, read, more = 0, 17, #raw, #raw == want
+  while true do
+    if at > #raw then -- this chunk is done: the next one, unless it was the last
+      if not more then
+        break
+      end
+      raw = call("GETRANGE", key, read, read + 24 * CHUNK - 1)
+      read, at, more = read + #raw, 1, #raw == 24 * CHUNK
+      if #raw == 0 then
+        break
+      end
+    end
+    local minute, l, a = unpack_struct(">ddd", raw, at)
+    local leaves = minute + MINUTE_MS + window - now
+    if leaves > 0 then -- inside the window: stop when under the ceiling
+      if not over() then
+        return wait
+      end
+      wait = leaves
+    end
+    live, abandoned, at = live - l, abandoned - a, at + 24
+  end
+  return wait -- every minute gone: nothing left to count
+end
 
 -- Index of the first entry of a packed log later than `bound` (n + 1 if none).
 local function first_after(raw, n, bound)
@@ -119,7 +183,7 @@ for d = 1, tonumber(ARGV[1]) do
     end
     pos = pos + 2 * nf
   end
-  local results, lookups = {}, {}
+  local results, lookups, granted_ms = {}, {}, {}
   local logs, block, defer, retry = nil, 0, 0, 0
 
   -- Does one of the A/H checks in the bit mask hold the number? (Looked up now.)
@@ -179,6 +243,9 @@ for d = 1, tonumber(ARGV[1]) do
     elseif kind == 67 then -- C
       if not stale then
         local value = call("HGET", KEYS[v[p + 1]], token)
+        if value then
+          granted_ms[i] = tonumber(string.match(value, "^(%d+)"))
+        end
         local expiry = value and tonumber(string.match(value, ":(%d+)$") or "0")
         if expiry and (expiry == 0 or expiry > now) then
           seen = 1
@@ -221,6 +288,22 @@ for d = 1, tonumber(ARGV[1]) do
         end
       end
       p = p + 4
+    elseif kind == 68 then -- D
+      local granted = granted_ms[v[p + 2]]
+      if granted and not stale then
+        local void = tonumber(call("HGET", KEYS[v[p + 1]], token) or "0")
+        if granted < void then
+          seen = 1
+        end
+      end
+      decides = seen == 1
+      p = p + 3
+    elseif kind == 81 then -- Q
+      if not stale then
+        seen = ceiling_wait(KEYS[v[p + 1]], now, v[p + 2], v[p + 3], v[p + 4])
+      end
+      decides, wait = seen > 0, seen
+      p = p + 5
     elseif kind == 88 then -- X
       seen = v[p + 1]
       decides, wait = seen >= v[p + 2], v[p + 3]
@@ -230,7 +313,7 @@ for d = 1, tonumber(ARGV[1]) do
     end
     results[i] = seen
     if decides and not shadow then
-      if kind == 66 or kind == 67 or kind == 77 then
+      if kind == 66 or kind == 67 or kind == 77 or kind == 68 then
         if block == 0 then
           block = i
         end

@@ -1,0 +1,285 @@
+"""The UK abandoned-call ceiling (config/packs/uk.toml, ``uk-ofcom-abandoned-3pct``) against
+a REAL Redis: a campaign whose abandoned calls exceed 3 % of its live calls over the
+trailing 24 h is DEFERred (decide.lua's Q check) until, as its oldest minutes leave the
+window, the rate falls back; ``min_live_calls``; other campaigns and agents unaffected;
+``--explain``; the counts written only by answered/abandoned events (call_counts.lua)."""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+import redis
+
+from gate.config.loader import Config
+from gate.core.model import Attempt, TrafficClass
+from gate.lists.admin import EventRecord
+from gate.service import Gate
+from gate.store.client import CALL_COUNTS
+from tests.packs.conftest import PACKS_DIR, TENANT, admin, import_list, outcome, pack_config
+
+LONDON = ZoneInfo("Europe/London")
+CALLED = "+441212345678"
+CALLER_ID = "+442071234567"
+RULE = "abandon_rate:uk-ofcom-abandoned-3pct"
+SOURCE = (
+    "Ofcom, Persistent misuse: statement of policy (20 Dec 2016, applies from 1 Mar 2017), "
+    "Annexes 2-3 [verify]"
+)
+# A Tuesday, on a minute: the counts' first minute starts here.
+T0 = datetime(2027, 5, 4, 10, 0, tzinfo=LONDON)
+MINUTE = timedelta(minutes=1)
+DAY = timedelta(hours=24)
+
+
+def lead(i: int) -> str:
+    """The i-th (0-999) number a campaign reached (not ``CALLED``)."""
+    return f"+44207946{i:04d}"
+
+
+def call(at: datetime, campaign: str = "spring", **kw: object) -> Attempt:
+    return Attempt(CALLED, now=at, caller_id=CALLER_ID, campaign=campaign, **kw)  # type: ignore[arg-type]
+
+
+async def calls(
+    gate: Gate,
+    at: datetime,
+    answered: int = 0,
+    abandoned: int = 0,
+    campaign: str = "spring",
+    first: int = 0,
+) -> list[EventRecord]:
+    """Record ``answered`` then ``abandoned`` calls of ``campaign`` at ``at`` (the clock)."""
+    lists = admin(gate)
+    events = ["answered"] * answered + ["abandoned"] * abandoned
+    return [
+        await lists.record_event(event, lead(first + i), TENANT, at, at, campaign)
+        for i, event in enumerate(events)
+    ]
+
+
+async def decide(gate: Gate, at: datetime, **kw: object) -> tuple[str, str, float | None]:
+    return outcome(await gate.decide(call(at, **kw), record=True, door="cli"))
+
+
+async def screened(gate: Gate) -> Gate:
+    """TPS and CTPS imported (empty) the day before ``T0``."""
+    for name in ("tps", "ctps"):
+        await import_list(gate, name, [], T0 - timedelta(days=1))
+    return gate
+
+
+@pytest.fixture
+async def gate(open_gate: Callable[[Config], Gate]) -> Gate:
+    """The shipped uk pack."""
+    return await screened(open_gate(pack_config(["uk"], "GB")))
+
+
+def uk_pack_with(tmp_path: Path, extra: str) -> Path:
+    """A copy of the uk pack whose ceiling rule gets ``extra`` lines."""
+    text = (PACKS_DIR / "uk.toml").read_text(encoding="utf-8")
+    anchor = 'id = "uk-ofcom-abandoned-3pct"\n'
+    assert anchor in text
+    (tmp_path / "uk.toml").write_text(text.replace(anchor, anchor + extra), encoding="utf-8")
+    return tmp_path
+
+
+async def test_over_the_ceiling_defers_until_the_old_minutes_leave_the_window(
+    gate: Gate,
+) -> None:
+    """5 abandoned of 50 live calls at 10:00, 100 more live at 12:00: 5 of 150 (3.3 %) is
+    over 3 %, so the campaign DEFERs until the 10:00 minute has wholly left the 24 h
+    window (10:01 the next day); then it is back under (0 of 100)."""
+    await calls(gate, T0, answered=45, abandoned=5)
+    early = await decide(gate, T0 + timedelta(hours=1))
+    await calls(gate, T0 + timedelta(hours=2), answered=100, first=100)
+    back = T0 + DAY + MINUTE
+    assert [
+        ("DEFER", RULE, (23 * 3600 + 60.0)),
+        ("DEFER", RULE, (21 * 3600 + 60.0)),
+        ("DEFER", RULE, 0.001),
+        ("ALLOW", "allowed", None),
+    ] == [
+        early,
+        await decide(gate, T0 + timedelta(hours=3)),
+        await decide(gate, back - timedelta(milliseconds=1)),
+        await decide(gate, back),
+    ]
+
+
+async def test_at_the_ceiling_is_allowed_over_it_is_not(gate: Gate) -> None:
+    """3 abandoned of 100 live calls is 3 %, not over: ALLOW; one more abandoned (4 of 101):
+    DEFER until its minute has left the window (the first one's leaving is not enough)."""
+    await calls(gate, T0, answered=97, abandoned=3)
+    at_ceiling = await decide(gate, T0 + MINUTE)
+    await calls(gate, T0 + MINUTE, abandoned=1, first=200)
+    assert [("ALLOW", "allowed", None), ("DEFER", RULE, 24 * 3600.0)] == [
+        at_ceiling,
+        await decide(gate, T0 + 2 * MINUTE),
+    ]
+
+
+async def test_events_out_of_order_count_in_their_minute(gate: Gate) -> None:
+    """The answered calls of 12:00 recorded before the abandoned ones of 10:00 decide the
+    same: the 10:00 minute still leaves the window first."""
+    await calls(gate, T0 + timedelta(hours=2), answered=100, first=100)
+    lists = admin(gate)
+    for i in range(5):
+        await lists.record_event(
+            "abandoned", lead(i), TENANT, T0, T0 + timedelta(hours=2), "spring"
+        )
+    await calls(gate, T0, answered=45, first=300)
+    assert ("DEFER", RULE, (21 * 3600 + 60.0)) == await decide(gate, T0 + timedelta(hours=3))
+
+
+async def test_the_wait_reaches_past_the_first_minutes_read(gate: Gate) -> None:
+    """One abandoned call a minute for 40 minutes, then 200 answered: 40 of 240 (16.7 %).
+    Back under only once 34 of those minutes have left the window (6 of 206): the counts
+    are read a few dozen minutes at a time, and the wait spans more than one read."""
+    lists = admin(gate)
+    for minute in range(40):
+        at = T0 + minute * MINUTE
+        await lists.record_event("abandoned", lead(minute), TENANT, at, at, "spring")
+    await calls(gate, T0 + 40 * MINUTE, answered=200, first=100)
+    back = T0 + DAY + 34 * MINUTE
+    assert [("DEFER", RULE, 24 * 3600 - 7 * 60.0), ("ALLOW", "allowed", None)] == [
+        await decide(gate, T0 + 41 * MINUTE),
+        await decide(gate, back),
+    ]
+
+
+async def test_min_live_calls_holds_the_ceiling_off_until_enough_live_calls(
+    open_gate: Callable[[Config], Gate], tmp_path: Path
+) -> None:
+    """With min_live_calls = 20: 1 abandoned of 10 live calls (10 %) is not judged yet;
+    at 20 live calls (5 %) the campaign DEFERs."""
+    packs = uk_pack_with(tmp_path, "min_live_calls = 20\n")
+    gate = await screened(open_gate(pack_config(["uk"], "GB", packs_dir=packs)))
+    await calls(gate, T0, answered=9, abandoned=1)
+    few = await decide(gate, T0 + MINUTE)
+    await calls(gate, T0 + MINUTE, answered=10, first=100)
+    assert [("ALLOW", "allowed", None), ("DEFER", RULE, (24 * 3600 - 60.0))] == [
+        few,
+        await decide(gate, T0 + 2 * MINUTE),
+    ]
+
+
+async def test_other_campaigns_agents_and_calls_without_a_campaign_go(gate: Gate) -> None:
+    """Over the ceiling, only that campaign's automated calls wait: another campaign's, an
+    agent's (class manual) and a campaign call without a campaign go."""
+    await calls(gate, T0, answered=9, abandoned=1)
+    later = T0 + timedelta(hours=1)
+    assert [
+        ("DEFER", RULE, (23 * 3600 + 60.0)),
+        ("ALLOW", "allowed", None),
+        ("ALLOW", "allowed", None),
+        ("ALLOW", "allowed", None),
+    ] == [
+        await decide(gate, later),
+        await decide(gate, later, campaign="autumn"),
+        await decide(gate, later, traffic_class=TrafficClass.MANUAL),
+        await decide(gate, later, campaign=""),
+    ]
+
+
+async def test_a_tenant_wide_ceiling_counts_every_campaign(
+    open_gate: Callable[[Config], Gate], tmp_path: Path
+) -> None:
+    """scope = "tenant": the abandoned calls of one campaign hold back the others."""
+    text = (PACKS_DIR / "uk.toml").read_text(encoding="utf-8")
+    assert 'scope = "campaign"\n' in text
+    (tmp_path / "uk.toml").write_text(text.replace('scope = "campaign"\n', 'scope = "tenant"\n'))
+    gate = await screened(open_gate(pack_config(["uk"], "GB", packs_dir=tmp_path)))
+    await calls(gate, T0, answered=9, abandoned=1, campaign="spring")
+    assert ("DEFER", RULE, (23 * 3600 + 60.0)) == await decide(
+        gate, T0 + timedelta(hours=1), campaign="autumn"
+    )
+
+
+async def test_explain_names_the_ceiling_its_source_and_the_wait(gate: Gate) -> None:
+    """--explain: the ceiling's row (DEFER, the rule's terms, when it is back under, its
+    source); without a campaign, "not checked"."""
+    await calls(gate, T0, answered=9, abandoned=1)
+    over = await gate.evaluate(call(T0 + timedelta(hours=1)), record=False, door="cli")
+    none = await gate.evaluate(call(T0, campaign=""), record=False, door="cli")
+    row = {r.rule: r for r in over.rules}[RULE]
+    (unchecked,) = [r for r in none.rules if r.rule == RULE]
+    assert (
+        "DEFER",
+        "at most 3.0% of live calls abandoned per campaign over 1d; over the ceiling; back "
+        "under in 23h1m",
+        SOURCE,
+    ) == (row.outcome, row.detail, row.source)
+    assert (
+        "not checked",
+        "at most 3.0% of live calls abandoned per campaign over 1d; no campaign given",
+    ) == (unchecked.outcome, unchecked.detail)
+
+
+async def test_decisions_never_write_the_counts(gate: Gate, redis_url: str) -> None:
+    """Only events write a campaign's counts: decisions, recorded or not, leave them."""
+    await calls(gate, T0, answered=9, abandoned=1)
+    client = redis.Redis.from_url(redis_url)
+    (key,) = client.keys("*abandon:*")
+    before = (client.get(key), client.pttl(key))
+    for minutes in range(1, 6):
+        await decide(gate, T0 + minutes * MINUTE)
+        await gate.decide(call(T0 + minutes * MINUTE), record=False, door="cli")
+    after = (client.get(key), client.pttl(key))
+    client.close()
+    assert (before[0], True) == (after[0], before[1] >= after[1] > before[1] - 60_000)
+
+
+def counts(raw: bytes) -> tuple[tuple[float, float], list[tuple[float, float, float]]]:
+    """A campaign's counts key: its totals and its (minute_ms, live, abandoned) entries."""
+    totals = struct.unpack(">dd", raw[:16])
+    body = raw[16:]
+    return totals, [struct.unpack(">ddd", body[i : i + 24]) for i in range(0, len(body), 24)]
+
+
+async def test_call_counts_keep_minutes_in_order_and_drop_those_gone(
+    gate: Gate, redis_url: str
+) -> None:
+    """call_counts.lua: an earlier minute is put in its place, a minute wholly out of the
+    window (by the caller's clock) is dropped from the entries and the totals, a call
+    already out of the window is not counted, and the key expires with its newest minute."""
+    key = "callgate:{abandon:test:c:default:spring}"
+    window_ms = 24 * 3600 * 1000
+    t0 = int(T0.timestamp() * 1000)
+    hour = 3600 * 1000
+
+    async def count(at_ms: int, now_ms: int, live: int, abandoned: int) -> list[int]:
+        (reply,) = await gate.store.run_scripts(
+            CALL_COUNTS, [([key], [at_ms, now_ms, window_ms, live, abandoned])]
+        )
+        return [int(n) for n in reply]
+
+    client = redis.Redis.from_url(redis_url)
+    replies = [
+        await count(t0 + 2 * hour + 5_000, t0 + 2 * hour, 1, 0),
+        await count(t0 + 30_000, t0 + 2 * hour, 1, 1),
+        await count(t0 + 2 * hour + 59_000, t0 + 2 * hour, 1, 0),
+    ]
+    ordered = counts(client.get(key) or b"")
+    late = t0 + 25 * hour
+    replies.append(await count(late - window_ms - 60_000, late, 1, 1))  # already gone
+    replies.append(await count(late, late, 1, 0))
+    pruned = counts(client.get(key) or b"")
+    ttl = client.pttl(key)
+    client.close()
+    assert [[1, 0], [2, 1], [3, 1], [2, 0], [3, 0]] == replies
+    assert (
+        (3.0, 1.0),
+        [(float(t0), 1.0, 1.0), (float(t0 + 2 * hour), 2.0, 0.0)],
+    ) == ordered
+    assert (
+        (3.0, 0.0),
+        [(float(t0 + 2 * hour), 2.0, 0.0), (float(late), 1.0, 0.0)],
+    ) == pruned
+    # The key lives until its newest minute has left the window (by the caller's clock);
+    # the caller's clock is in the future, so Redis counts the TTL from now.
+    assert window_ms + 60_000 - 1_000 < ttl <= window_ms + 60_000
