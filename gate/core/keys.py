@@ -176,6 +176,24 @@ class Keyspace:
             members.append(from_bytes(mac.digest(), "big", signed=True))
         return members, [(m % 2**64) >> 32 for m in members]
 
+    def list_digests(self, prefix: bytes, rests: Iterable[bytes]) -> bytes:
+        """The 8-byte keyed digests (big-endian) of the numbers ``prefix + rest``, one
+        after the other: each digest, read as a signed integer, is the number's list
+        ``member`` (bulk imports: ~0.4 µs a number, no object kept per number). Only with
+        hashing on."""
+        if self._mac is None:
+            raise ValueError("list_digests: numbers are stored plain (no keyed hash)")
+        keyed = self._mac.copy()
+        keyed.update(prefix)
+        fresh = keyed.copy
+        digests: list[bytes] = []
+        keep = digests.append
+        for rest in rests:
+            mac = fresh()
+            mac.update(rest)
+            keep(mac.digest())
+        return b"".join(digests)
+
     def token(self, e164: str) -> str:
         """The form in which ``e164`` names consent entries and counter keys."""
         return self.number(e164).token

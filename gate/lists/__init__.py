@@ -10,6 +10,18 @@ standard library (plus rich for progress). Never a door or ``gate.ops``.
 
 from __future__ import annotations
 
-from gate.lists.admin import ListAdmin
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from gate.lists.admin import ListAdmin
 
 __all__ = ["ListAdmin"]
+
+
+def __getattr__(name: str) -> Any:
+    # Loaded on first use: an import worker (gate/lists/workers.py) loads only the parser.
+    if name == "ListAdmin":
+        from gate.lists.admin import ListAdmin
+
+        return ListAdmin
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

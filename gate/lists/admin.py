@@ -23,7 +23,8 @@ Guarantees:
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -44,9 +45,10 @@ from gate.lists.formats import (
     validate_entry,
 )
 from gate.lists.reassigned import Disconnect, latest, read_disconnects, void_before_ms
+from gate.lists.workers import Parsed, entry_chunks
 from gate.service import Gate
 from gate.store.client import CALL_COUNTS, HASH_MAX, Store
-from gate.store.lists import ListStore
+from gate.store.lists import Chunk, ListStore
 
 __all__ = [
     "EVENTS",
@@ -284,33 +286,42 @@ class ListAdmin:
             **(meta or {}),
         }
 
-        def accepted() -> Iterator[list[str]]:
-            for batch in batches:
-                for rejected in batch.rejected:
-                    on_reject(rejected)
-                tally["rejected"] += len(batch.rejected)
-                tally["skipped"] += batch.skipped
-                tally["accepted"] += len(batch.numbers)
-                if batch.numbers:
-                    yield batch.numbers
+        def tally_of(batch: Batch | Parsed) -> None:
+            for rejected in batch.rejected:
+                on_reject(rejected)
+            tally["rejected"] += len(batch.rejected)
+            tally["skipped"] += batch.skipped
+            tally["accepted"] += batch.accepted
+
+        async def chunks() -> AsyncGenerator[Chunk, None]:
+            parsed = entry_chunks(batches, self.keyspace, self.lists.entries)
+            async with contextlib.aclosing(parsed) as outcomes:
+                async for outcome in outcomes:
+                    tally_of(outcome)
+                    if outcome.chunk is not None:
+                        yield outcome.chunk
             if checksum is not None:  # the file has been read whole: its digest is final
                 fields["sha256"] = checksum.hexdigest()
 
-        if mode == "replace":
-            chunks = (self.keyspace.list_entries(numbers) for numbers in accepted())
-            changed = (await self.lists.replace(key, chunks, expected, fields)).count
-        else:
+        if rule.kind == "consent":
             changed = 0
-            for numbers in accepted():
-                if rule.kind == "consent":
-                    checked = [self.keyspace.number(e164) for e164 in numbers]
+            for batch in batches:
+                tally_of(batch)
+                checked = [self.keyspace.number(e164) for e164 in batch.e164s()]
+                if checked:
                     changed += await self._write(rule, key, mode, checked, when)
-                else:
-                    members, buckets32 = self.keyspace.list_entries(numbers)
-                    changed += await self.lists.delta(
-                        key, mode, zip(members, buckets32, strict=True)
-                    )
+            if checksum is not None:
+                fields["sha256"] = checksum.hexdigest()
             await self.lists.set_meta(key, fields)
+        else:
+            async with contextlib.aclosing(chunks()) as source:
+                if mode == "replace":
+                    changed = (await self.lists.replace(key, source, expected, fields)).count
+                else:
+                    grow = expected if mode == "add" else 0
+                    changed = await self.lists.delta_chunks(key, mode, source, expected=grow)
+            if mode != "replace":
+                await self.lists.set_meta(key, fields)
         return ImportSummary(
             imported=changed,
             duplicates=tally["accepted"] - changed,

@@ -39,15 +39,20 @@ from gate.core.rules import ListRule
 
 __all__ = [
     "BATCH_LINES",
+    "BLOCK_BYTES",
     "FORMATS",
     "Batch",
+    "Block",
     "Digest",
+    "Lines",
     "Rejected",
     "Skipped",
     "batches_of",
+    "count_line_ends",
     "count_lines",
     "csv_dialect",
     "open_lines",
+    "parse_block",
     "read_batches",
     "read_entries",
     "validate_entry",
@@ -86,15 +91,104 @@ class Skipped:
     result: str
 
 
-@dataclass(slots=True)
 class Batch:
     """Consecutive lines of a list file, each one accounted for: an accepted number, a
-    rejected line, a skipped line, or a blank line or comment (counted in ``lines`` only)."""
+    rejected line, a skipped line, or a blank line or comment (counted in ``lines`` only).
 
-    lines: int  # lines read, blank lines and comments included
-    numbers: list[str] = field(default_factory=list)  # accepted, E.164, in file order
-    rejected: list[Rejected] = field(default_factory=list)  # in file order
-    skipped: int = 0
+    Accepted numbers are in ``numbers`` (E.164 text) or, read in bulk from a file, in
+    ``runs``: ``(prefix, rests)``, each number being ``prefix + rest`` in ASCII (``b"+33"``
+    and the national digits of a run of French national lines); both in file order.
+
+    A batch read in bulk (``read_batches`` of ``open_lines``) holds its ``block`` of lines
+    until one of these is first read (then it is parsed here), so that an importer can have
+    the block parsed elsewhere (``gate/lists/workers.py``); ``lines`` is known at once."""
+
+    __slots__ = ("_numbers", "_rejected", "_runs", "_skipped", "block", "lines")
+
+    def __init__(
+        self,
+        lines: int,
+        numbers: list[str] | None = None,
+        rejected: list[Rejected] | None = None,
+        skipped: int = 0,
+        runs: list[tuple[bytes, list[bytes]]] | None = None,
+        block: Block | None = None,
+    ) -> None:
+        self.lines = lines  # lines read, blank lines and comments included
+        self._numbers = [] if numbers is None else numbers
+        self._rejected = [] if rejected is None else rejected  # in file order
+        self._skipped = skipped
+        self._runs = [] if runs is None else runs
+        self.block = block
+
+    def _parse(self) -> None:
+        if self.block is not None:
+            block, self.block = self.block, None
+            parsed = block.parse()
+            self._numbers, self._rejected = parsed.numbers, parsed.rejected
+            self._runs, self._skipped = parsed.runs, parsed.skipped
+
+    @property
+    def numbers(self) -> list[str]:
+        self._parse()
+        return self._numbers
+
+    @property
+    def rejected(self) -> list[Rejected]:
+        self._parse()
+        return self._rejected
+
+    @property
+    def runs(self) -> list[tuple[bytes, list[bytes]]]:
+        self._parse()
+        return self._runs
+
+    @property
+    def skipped(self) -> int:
+        self._parse()
+        return self._skipped
+
+    @skipped.setter
+    def skipped(self, value: int) -> None:
+        self._parse()
+        self._skipped = value
+
+    @property
+    def accepted(self) -> int:
+        """How many numbers the batch accepted."""
+        return len(self.numbers) + sum(len(rests) for _, rests in self.runs)
+
+    def e164s(self) -> list[str]:
+        """Every accepted number as E.164 text, in file order."""
+        return self.numbers + [
+            (prefix + rest).decode() for prefix, rests in self.runs for rest in rests
+        ]
+
+
+@dataclass(frozen=True, slots=True)
+class Block:
+    """Whole lines of a plain list file, not parsed yet: ``data`` from ``offset`` in its
+    stream, after ``line_no`` lines of the file; read as ``rule``, ``region``, ``fmt``."""
+
+    path: Path
+    data: bytes
+    offset: int
+    line_no: int
+    rule: ListRule
+    region: str
+    fmt: str
+
+    def parse(self) -> Batch:
+        """The block's lines as ``_line_entry`` reads them (``parse_block``)."""
+        try:
+            return parse_block(self.data, self.line_no, self.rule, self.region, self.fmt)
+        except UnicodeDecodeError as exc:
+            raise self.not_utf8(str(exc.reason), exc.start) from exc
+
+    def not_utf8(self, reason: str, start: int) -> InputError:
+        """The error of a block that is not UTF-8 (``start``: where, in the block)."""
+        at = self.offset + start
+        return InputError(f"{self.path}: not UTF-8 text ({reason} at byte {at})")
 
 
 def validate_entry(rule: ListRule, text: str, region: str) -> str:
@@ -266,11 +360,17 @@ def read_batches(
     size: int = BATCH_LINES,
 ) -> Iterator[Batch]:
     """``read_entries`` by batches of ``size`` lines: the same numbers, rejects (with their
-    line numbers) and skips, in file order."""
+    line numbers) and skips, in file order. A file opened by ``open_lines`` in a plain
+    format (``lines`` without a column, ``us-dnc``) is read in bulk instead, by blocks of
+    about ``BLOCK_BYTES`` (``parse_block``)."""
     if fmt not in FORMATS:
         raise InputError(f"--format {fmt!r}: use one of {', '.join(FORMATS)}")
     if fmt == "us-dnc" or (fmt == "lines" and column is None):
-        yield from _plain_batches(lines, rule, "US" if fmt == "us-dnc" else region, fmt, size)
+        region = "US" if fmt == "us-dnc" else region
+        if isinstance(lines, Lines) and lines.unread:
+            yield from _bulk_batches(lines, rule, region, fmt)
+        else:
+            yield from _plain_batches(lines, rule, region, fmt, size)
         return
     counted = _Counted(lines)
     batch, start = Batch(0), 0
@@ -325,29 +425,171 @@ class _Counted:
 def _plain_batches(
     lines: Iterable[str], rule: ListRule, region: str, fmt: str, size: int
 ) -> Iterator[Batch]:
-    """The ``lines`` and ``us-dnc`` formats: a bare national number of ``region`` is
-    accepted by one regular expression; any other line goes through ``_plain_entry``."""
-    quick, prefix, kept = _QUICK.get(region, (None, "", 0))
-    area_codes = fmt == "us-dnc"
+    """The ``lines`` and ``us-dnc`` formats, line by line (``_line_entry``)."""
+    quick = _QUICK.get(region)
     line_no = 0
     for chunk in iter(partial(_take, iter(lines), size), []):
         batch = Batch(len(chunk))
         accept = batch.numbers.append
         for raw in chunk:
             line_no += 1
-            value = raw.strip()
-            if area_codes and "," in value:
-                parts = value.split(",")
-                value = parts[0] + parts[1] if len(parts) == 2 else ""
-            if quick is not None and quick(value):
-                accept(prefix + value[kept:])
-                continue
-            entry = _plain_entry(line_no, raw, fmt, rule, region)
+            entry = _line_entry(line_no, raw, rule, region, fmt, quick)
             if isinstance(entry, str):
                 accept(entry)
             elif entry is not None:
                 batch.rejected.append(entry)
         yield batch
+
+
+def _line_entry(
+    line_no: int,
+    raw: str,
+    rule: ListRule,
+    region: str,
+    fmt: str,
+    quick: tuple[Callable[[str], object], str, int] | None,
+) -> str | Rejected | None:
+    """One line of the ``lines`` or ``us-dnc`` format: a bare national number of
+    ``region`` is accepted by one regular expression, any other line by ``_plain_entry``
+    (None: a blank line or a comment)."""
+    value = raw.strip()
+    if fmt == "us-dnc" and "," in value:
+        parts = value.split(",")
+        value = parts[0] + parts[1] if len(parts) == 2 else ""
+    if quick is not None and quick[0](value):
+        return quick[1] + value[quick[2] :]
+    return _plain_entry(line_no, raw, fmt, rule, region)
+
+
+# --- files read in bulk ------------------------------------------------------------------
+#
+# A file opened by ``open_lines`` and read in a plain format is read as blocks of whole
+# lines (bytes). A run of consecutive lines of one common shape is matched by one regular
+# expression over the block and split at once; any other line goes through
+# ``_line_entry``, the line-by-line path, so that both accept and reject exactly the same
+# lines (tests/unit/test_formats.py compares them over generated files). The shapes, each
+# a subset of what ``_line_entry`` accepts, giving the same number:
+# - ``+<digits>`` (8-15 digits, the first not 0) starting with a known country code: the
+#   line itself (``fast_e164``);
+# - in region FR, ``0`` and 9 digits, the first not 0: +33 and the last 9;
+# - in regions US and CA (and ``us-dnc`` files), NANP's 10 digits, or ``us-dnc``'s
+#   ``area,number``: +1 and the 10 digits;
+# each line ending with \n or \r\n (no spaces, no separators).
+
+
+def _prefix_pattern(codes: frozenset[str], prefix: str = "") -> str:
+    """A regular expression matching the digits that start with one of ``codes``."""
+    ends = "".join(d for d in "0123456789" if prefix + d in codes)
+    parts = [f"[{ends}]"] if ends else []
+    for digit in "0123456789":
+        longer = prefix + digit
+        if longer not in codes and any(code.startswith(longer) for code in codes):
+            parts.append(f"{digit}(?:{_prefix_pattern(codes, longer)})")
+    return "|".join(parts)
+
+
+_COUNTRY_CODES = frozenset(str(code) for code in COUNTRY_CODE_TO_REGION_CODE)
+_E164_RUN = re.compile(
+    rb"(?:\+(?=%b)[1-9][0-9]{7,14}\r?\n)+" % _prefix_pattern(_COUNTRY_CODES).encode()
+)
+_FR_RUN = re.compile(rb"(?:0[1-9][0-9]{8}\r?\n)+")
+_NANP_RUN = re.compile(rb"(?:[2-9][0-9]{2}[2-9][0-9]{6}\r?\n)+")
+_AREA_RUN = re.compile(rb"(?:[2-9][0-9]{2},[2-9][0-9]{6}\r?\n)+")
+_BOM = b"\xef\xbb\xbf"
+BLOCK_BYTES = 1 << 20
+
+
+def _runs(region: str, fmt: str) -> list[tuple[re.Pattern[bytes], bytes, int]]:
+    """The shapes read in bulk for ``region`` and ``fmt``: (a run of them, prefix of the
+    number, 1 to drop each line's first byte, -1 its comma)."""
+    runs = [(_E164_RUN, b"", 0)]
+    if fmt == "us-dnc":
+        runs += [(_NANP_RUN, b"+1", 0), (_AREA_RUN, b"+1", -1)]
+    elif region == "FR":
+        runs.append((_FR_RUN, b"+33", 1))
+    elif region in ("US", "CA"):
+        runs.append((_NANP_RUN, b"+1", 0))
+    return runs
+
+
+def _split_run(run: bytes, drop: int) -> list[bytes]:
+    """The lines of a run (each ending with \n or \r\n) without their ends; ``drop`` 1:
+    without their first byte; -1: without the comma of ``area,number``."""
+    if b"\r" in run:
+        run = run.replace(b"\r\n", b"\n")
+    if drop == 1:
+        return run[1:-1].split(b"\n" + run[:1])  # every line starts with the same byte
+    if drop == -1:
+        run = run.replace(b",", b"")
+    return run[:-1].split(b"\n")
+
+
+def _line_end(block: bytes, start: int) -> int:
+    """Where the line starting at ``start`` ends (after its \n, \r or \r\n, as text
+    files are read with universal newlines), or the block's end."""
+    newline = block.find(b"\n", start)
+    ret = block.find(b"\r", start, None if newline < 0 else newline)
+    if ret >= 0:
+        return ret + 2 if block[ret + 1 : ret + 2] == b"\n" else ret + 1
+    return len(block) if newline < 0 else newline + 1
+
+
+def parse_block(block: bytes, line_no: int, rule: ListRule, region: str, fmt: str) -> Batch:
+    """The lines of ``block`` (bytes of whole lines, the first numbered ``line_no + 1``) as
+    ``_line_entry`` reads them, in bulk where they are of a common shape. A line that is
+    not UTF-8 raises ``UnicodeDecodeError`` (``start``: its offset in the block)."""
+    batch = Batch(0)
+    runs = _runs(region, fmt)
+    quick = _QUICK.get(region)
+    pos, size, first = 0, len(block), line_no
+    while pos < size:
+        for pattern, prefix, drop in runs:
+            found = pattern.match(block, pos)
+            if found is not None:
+                rests = _split_run(block[pos : found.end()], drop)
+                batch.runs.append((prefix, rests))
+                line_no += len(rests)
+                pos = found.end()
+                break
+        else:
+            end = _line_end(block, pos)
+            try:
+                raw = block[pos:end].decode("utf-8")
+            except UnicodeDecodeError as exc:
+                exc.start += pos
+                raise
+            line_no += 1
+            entry = _line_entry(line_no, raw, rule, region, fmt, quick)
+            if isinstance(entry, str):
+                if batch.runs and batch.runs[-1][0] == b"":
+                    batch.runs[-1][1].append(entry.encode())
+                else:
+                    batch.runs.append((b"", [entry.encode()]))
+            elif entry is not None:
+                batch.rejected.append(entry)
+            pos = end
+    batch.lines = line_no - first
+    return batch
+
+
+def _bulk_batches(source: Lines, rule: ListRule, region: str, fmt: str) -> Iterator[Batch]:
+    """``read_batches`` of a file in a plain format: a batch per block, parsed when first
+    read (``Batch``)."""
+    line_no = 0
+    for offset, data in source.blocks():
+        lines = count_line_ends(data)
+        if data[-1:] not in (b"\n", b"\r"):
+            lines += 1  # the last line of a stream, without a line end
+        block = Block(source.path, data, offset, line_no, rule, region, fmt)
+        line_no += lines
+        yield Batch(lines, block=block)
+
+
+def count_line_ends(data: bytes) -> int:
+    """Line ends in ``data``: \n, \r and \r\n (one each), as text files are read."""
+    if b"\r" not in data:
+        return data.count(b"\n")
+    return data.count(b"\n") + data.count(b"\r") - data.count(b"\r\n")
 
 
 def _take(lines: Iterator[str], size: int) -> list[str]:
@@ -394,8 +636,80 @@ def _streams(path: Path) -> Iterator[IO[bytes]]:
         yield cast(IO[bytes], gzip.GzipFile(fileobj=raw)) if magic[:2] == b"\x1f\x8b" else raw
 
 
-def open_lines(path: Path, digest: Digest | None = None) -> Generator[str, None, None]:
+class Lines:
+    """The text lines of a list file (iterate), or its blocks of whole lines (``blocks``,
+    to read it in bulk): one or the other. ``close()`` stops the reading."""
+
+    def __init__(self, path: Path, digest: Digest | None) -> None:
+        self.path, self._digest = path, digest
+        self._lines: Generator[str, None, None] | None = None
+        self._blocks: Generator[tuple[int, bytes], None, None] | None = None
+
+    @property
+    def unread(self) -> bool:
+        return self._lines is None and self._blocks is None
+
+    def __iter__(self) -> Iterator[str]:
+        return self
+
+    def __next__(self) -> str:
+        if self._lines is None:
+            if self._blocks is not None:
+                raise RuntimeError(f"{self.path} is being read in blocks")
+            self._lines = _text_lines(self.path, self._digest)
+        return next(self._lines)
+
+    def blocks(self) -> Iterator[tuple[int, bytes]]:
+        """(offset, block): blocks of about ``BLOCK_BYTES`` bytes of whole lines (a block
+        ends with a line end, or where its stream ends), each a file's (or a zip member's)
+        decompressed bytes, without the byte-order mark that starts a stream."""
+        if not self.unread:
+            raise RuntimeError(f"{self.path} is already being read")
+        self._blocks = _byte_blocks(self.path, self._digest)
+        return self._blocks
+
+    def close(self) -> None:
+        for reader in (self._lines, self._blocks):
+            if reader is not None:
+                reader.close()
+
+
+def open_lines(path: Path, digest: Digest | None = None) -> Lines:
     """The text lines of ``path`` (plain, gzip or zip), feeding ``digest`` as it reads."""
+    return Lines(path, digest)
+
+
+def _byte_blocks(path: Path, digest: Digest | None) -> Generator[tuple[int, bytes], None, None]:
+    try:
+        for stream in _streams(path):
+            carry, offset, first = b"", 0, True
+            for _ in range(1 << 62):  # bounded by the stream: read() returns b"" at its end
+                data = stream.read(BLOCK_BYTES)
+                if digest is not None:
+                    digest.sha256.update(data)
+                if first and data.startswith(_BOM):
+                    data, offset = data[len(_BOM) :], len(_BOM)
+                first = False
+                if not data:
+                    if carry:
+                        yield offset, carry
+                    break
+                buffer = carry + data
+                cut = buffer.rfind(b"\n") + 1
+                if not cut:  # no \n: a lone \r ends a line, unless \n may follow it
+                    cut = buffer.rfind(b"\r", 0, len(buffer) - 1) + 1
+                if not cut:
+                    carry = buffer  # a line longer than a block: read on
+                    continue
+                yield offset, buffer[:cut]
+                offset += cut
+                carry = buffer[cut:]
+    except (OSError, zipfile.BadZipFile, EOFError) as exc:
+        detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise InputError(f"{path}: cannot read: {detail}") from exc
+
+
+def _text_lines(path: Path, digest: Digest | None) -> Generator[str, None, None]:
     try:
         for stream in _streams(path):
             source: IO[bytes] = stream

@@ -137,6 +137,7 @@ CALL_COUNTS = Script.load("call_counts.lua")
 DECIDE = Script.load("decide.lua")
 HASH_MAX = Script.load("hash_max.lua")
 LIST_DELTA = Script.load("list_delta.lua")
+LIST_FILL = Script.load("list_fill.lua")
 RELEASE = Script.load("release.lua")
 
 
@@ -554,11 +555,14 @@ class Store:
         ]
         return await self._admin_call(packed)
 
-    async def send_packed(self, commands: Sequence[tuple[str, bytes]]) -> list[Any]:
+    async def send_packed(
+        self, commands: Sequence[tuple[str, bytes]], script: Script | None = None
+    ) -> list[Any]:
         """Admin: commands already in RESP, each with the key that routes it; pipelined
-        (one request per node); returns each reply (an error raises)."""
+        (one request per node); returns each reply (an error raises). With ``script``,
+        the commands are EVALSHAs of it (NOSCRIPT loads it and sends them again)."""
         return await self._admin_call(
-            [_Command(None, key_slot(key.encode()), packed) for key, packed in commands]
+            [_Command(script, key_slot(key.encode()), packed) for key, packed in commands]
         )
 
     async def _admin_call(self, commands: list[_Command]) -> list[Any]:

@@ -38,9 +38,9 @@ from __future__ import annotations
 import asyncio
 import math
 import secrets
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import RedisError
 
@@ -49,28 +49,37 @@ from gate.core.keys import (
     GROUP_BITS,
     MIN_BITS,
     SLOT_GROUPS,
-    EntryChunk,
     Keyspace,
     ListEntry,
     NumberKeys,
-    group_of,
     list_version,
 )
-from gate.store.client import LIST_DELTA, Store, translate_error
+from gate.store.client import LIST_DELTA, LIST_FILL, Script, Store, translate_error
 
-__all__ = ["ListStore", "Replaced", "bits_for"]
+if TYPE_CHECKING:
+    from gate.store._bulk import Sorted
+
+__all__ = ["Chunk", "ListStore", "Replaced", "bits_for"]
+
+# Entries column-wise: (members, buckets32), as lists (``EntryChunk``) or numpy arrays.
+Chunk = tuple[Any, Any]
+Chunks = Iterable[Chunk] | AsyncIterable[Chunk]
 
 # Aim for 128-256 entries per bucket: far below the 512 at which Redis (default
 # set-max-intset-entries) would convert a bucket to a hash table.
 TARGET_FILL = 256
 RESIZE_FILL = 384
-# Entries per delta round: grouped by slot group, one script call per group.
-_DELTA_BATCH = 20_000
-# Entries grouped before a send: at least ~16 per bucket (fewer, larger SADDs), bounded.
-_FLUSH_MIN = 200_000
-_FLUSH_MAX = 1_000_000
+# Entries per delta batch: grouped by slot group, one script call per group.
+_DELTA_BATCH = 200_000
+# Entries grouped before a send: at least ~16 per bucket (fewer, larger SADDs), bounded
+# (about 40 bytes an entry while it is sorted and encoded).
+_FLUSH_MIN = 1_000_000
+_FLUSH_MAX = 2_000_000
 _FLUSH_PER_BUCKET = 16
-_COMMANDS = 4096  # commands per admin request when reading or counting buckets
+# Entries per bucket in a flush from which one SADD per bucket beats a script per group.
+_SADD_FILL = 16
+_COMMANDS = 4096  # commands per admin request when reading buckets
+_GROUPS_PER_REQUEST = 128  # group scripts per admin request when counting
 _LOCK_LEASE_MS = 15 * 60 * 1000
 _UNLINK_BATCH = 500
 _FIELDS_BATCH = 1000
@@ -99,10 +108,41 @@ def _packed(words: Sequence[str | int]) -> bytes:
     return b"*%d\r\n" % len(words) + b"".join(_bulk(w) for w in words)
 
 
-def _sadd(key: str, members: list[int]) -> bytes:
-    """``SADD key member…`` in RESP (members as decimal integers)."""
-    head = b"*%d\r\n$4\r\nSADD\r\n" % (len(members) + 2) + _bulk(key)
-    return head + "".join([f"${len(m)}\r\n{m}\r\n" for m in map(str, members)]).encode()
+def _evalsha(sha: bytes, keys: int, args: int) -> bytes:
+    """The start of an EVALSHA with ``keys`` keys and ``args`` arguments, up to its keys."""
+    return b"*%d\r\n$7\r\nEVALSHA\r\n$40\r\n%b\r\n" % (3 + keys + args, sha) + _bulk(keys)
+
+
+def _joined(members: list[Any], buckets: list[Any]) -> tuple[Any, Any]:
+    """Chunks of entry arrays as one pair of arrays."""
+    import numpy as np
+
+    return np.concatenate(members), np.concatenate(buckets)
+
+
+async def _each(chunks: Chunks) -> AsyncIterator[Chunk]:
+    if isinstance(chunks, AsyncIterable):
+        async for chunk in chunks:
+            yield chunk
+    else:
+        for chunk in chunks:
+            yield chunk
+
+
+class _Versions:
+    """The (live, building) versions a delta sends to each group: the directory's, or
+    what a group's meta answered instead (a replacement started or switched)."""
+
+    def __init__(self, directory: Mapping[str, str]) -> None:
+        live = list_version(int(directory["version"]), int(directory["bits"]))
+        building = ""
+        if "building" in directory:
+            building = list_version(int(directory["building"]), int(directory["building_bits"]))
+        self.default = (live, building)
+        self.of: dict[int, tuple[str, str]] = {}
+
+    def get(self, group: int) -> tuple[str, str]:
+        return self.of.get(group, self.default)
 
 
 class ListStore:
@@ -177,86 +217,149 @@ class ListStore:
         replies = await self._groups([["HGET", "{meta}", f"{list_id}:n"]], atomic=False)
         return sum(int(r or 0) for r in replies)
 
+    def entries(self, runs: Iterable[tuple[bytes, Sequence[bytes]]]) -> Chunk:
+        """The entries of the numbers ``prefix + rest`` of ``runs`` (ASCII E.164), as
+        arrays (keyed hashes computed here, nothing kept per number)."""
+        from gate.store._bulk import entries_of
+
+        return entries_of(self.keyspace, runs)
+
     # --- deltas -----------------------------------------------------------------------
 
     async def delta(self, list_id: str, op: str, numbers: Iterable[ListEntry]) -> int:
-        """Add or remove entries (each group's share of a batch atomically); returns how
-        many changed."""
+        """Add or remove entries (each group's share atomically); returns how many
+        changed."""
+        pairs = list(numbers)
+        chunk = ([m for m, _ in pairs], [b for _, b in pairs])
+        return await self.delta_chunks(list_id, op, [chunk])
+
+    async def delta_chunks(
+        self,
+        list_id: str,
+        op: str,
+        chunks: Chunks,
+        expected: int = 0,
+    ) -> int:
+        """Add or remove chunks of entries; returns how many changed. Entries are sent by
+        batches of about ``_DELTA_BATCH``, each group's share of a batch atomically
+        (``lua/list_delta.lua``), one batch on its way to Redis while the next is read.
+        ``expected`` (entries to come, at most) lets an add grow the list's buckets
+        first, so that they never outgrow their compact encoding on the way."""
+        from gate.store._bulk import Sorted, arrays
+
         directory = await (self.ensure(list_id) if op == "add" else self.directory(list_id))
         if "version" not in directory:
             return 0
-        changed, fullest = 0, 0
-        batch: list[ListEntry] = []
-        for entry in numbers:
-            batch.append(entry)
-            if len(batch) >= _DELTA_BATCH:
-                done, entries = await self._delta_batch(list_id, op, batch, directory)
-                changed, fullest = changed + done, max(fullest, entries)
-                batch = []
-                directory = await self.directory(list_id)
-        if batch:
-            done, entries = await self._delta_batch(list_id, op, batch, directory)
-            changed, fullest = changed + done, max(fullest, entries)
+        if op == "add" and expected:
+            directory = await self._grow(list_id, directory, expected)
+        versions = _Versions(directory)
+        tally = [0, 0]  # changed, the most entries a group holds
+        members: list[Any] = []
+        buckets: list[Any] = []
+        pending = 0
+        in_flight: asyncio.Task[None] | None = None
+        hashed = self.keyspace.hashed
+        try:
+            async for chunk_members, chunk_buckets in _each(chunks):
+                part = arrays(chunk_members, chunk_buckets)
+                members.append(part[0])
+                buckets.append(part[1])
+                pending += len(part[0])
+                if pending >= _DELTA_BATCH:
+                    batch = Sorted(*_joined(members, buckets), hashed)
+                    if in_flight is not None:
+                        await in_flight
+                    in_flight = asyncio.create_task(
+                        self._delta_batch(list_id, op, batch, versions, tally)
+                    )
+                    members, buckets, pending = [], [], 0
+                await asyncio.sleep(0)  # let the batch in flight write and read replies
+            if in_flight is not None:
+                await in_flight
+            if pending:
+                batch = Sorted(*_joined(members, buckets), hashed)
+                await self._delta_batch(list_id, op, batch, versions, tally)
+        finally:
+            if in_flight is not None and not in_flight.done():
+                in_flight.cancel()
+                await asyncio.gather(in_flight, return_exceptions=True)
+        changed, fullest = tally
         # A group holds 2**(bits - GROUP_BITS) buckets; resize when one of them overfills.
-        if op == "add" and fullest > RESIZE_FILL << (int(directory["bits"]) - GROUP_BITS):
-            await self.resize(list_id)
+        if op == "add":
+            directory = await self.directory(list_id)
+            if fullest > RESIZE_FILL << (int(directory["bits"]) - GROUP_BITS):
+                await self.resize(list_id)
         return changed
 
+    async def _grow(self, list_id: str, directory: dict[str, str], expected: int) -> dict[str, str]:
+        """Resize the list first if ``expected`` more entries would overfill its buckets
+        and the list is smaller than that (an import into a small list: resizing it costs
+        less than the import); the directory as it is then."""
+        bits = int(directory["bits"])
+        count = await self.count(list_id)
+        if count >= expected or count + expected <= RESIZE_FILL << bits:
+            return directory  # growing would cost more than the import (or is not needed)
+        lock = self.keyspace.lock_key(list_id)
+        if await self._call(self._client.exists(lock)):
+            return directory  # a replacement is running: its switch decides the buckets
+        await self.resize(list_id, count + expected)
+        return await self.directory(list_id)
+
     async def _delta_batch(
-        self, list_id: str, op: str, batch: list[ListEntry], directory: Mapping[str, str]
-    ) -> tuple[int, int]:
-        """Apply ``batch``; returns (entries changed, the most entries a group now holds)."""
-        live = list_version(int(directory["version"]), int(directory["bits"]))
-        building = ""
-        if "building" in directory:
-            building = list_version(int(directory["building"]), int(directory["building_bits"]))
-        by_group: dict[int, list[ListEntry]] = {}
-        for member, bucket32 in batch:
-            by_group.setdefault(group_of(bucket32), []).append((member, bucket32))
-        versions = {group: (live, building) for group in by_group}
-        changed, fullest = 0, 0
+        self, list_id: str, op: str, batch: Sorted, versions: _Versions, tally: list[int]
+    ) -> None:
+        """Apply ``batch`` (each group's share in one script call); adds to ``tally`` the
+        entries changed and the most entries a group now holds."""
+        groups = batch.layout(GROUP_BITS, GROUP_BITS).groups()
         for _ in range(_STALE_TRIES):
-            groups = list(by_group)
-            calls = [
-                self._delta_call(list_id, op, group, by_group[group], *versions[group])
-                for group in groups
-            ]
-            replies = await self.store.run_scripts(LIST_DELTA, calls)
-            stale: dict[int, list[ListEntry]] = {}
+            requests = [self._delta_request(list_id, op, batch, g, versions) for g in groups]
+            replies = await self.store.send_packed(requests, LIST_DELTA)
+            stale: list[int] = []
             for group, reply in zip(groups, replies, strict=True):
                 if int(reply[0]) < 0:  # a replacement started or switched: its versions
-                    versions[group] = (reply[1].decode(), reply[2].decode())
-                    stale[group] = by_group[group]
+                    versions.of[group] = (reply[1].decode(), reply[2].decode())
+                    stale.append(group)
                 else:
-                    changed += int(reply[0])
-                    fullest = max(fullest, int(reply[1]))
+                    tally[0] += int(reply[0])
+                    tally[1] = max(tally[1], int(reply[1]))
             if not stale:
-                return changed, fullest
-            by_group = stale
+                return
+            groups = stale
             await asyncio.sleep(0.01)
         raise StoreError(f"list {list_id}: versions kept changing during the update; try again")
 
-    def _delta_call(
-        self, list_id: str, op: str, group: int, entries: list[ListEntry], live: str, building: str
-    ) -> tuple[list[str], list[str | int]]:
-        keys = [self.keyspace.meta_key(group)]
-        index: dict[str, int] = {}
-
-        def key_at(version: str, bucket32: int) -> int:
+    def _delta_request(
+        self, list_id: str, op: str, batch: Sorted, group: int, versions: _Versions
+    ) -> tuple[str, bytes]:
+        """The EVALSHA of list_delta.lua for ``group``'s share of ``batch``."""
+        live, building = versions.get(group)
+        meta = self.keyspace.meta_key(group)
+        keys = [_bulk(meta)]
+        counts: list[bytes] = []
+        sizes = []
+        for version in (live, building):
             if not version:
-                return 0
+                sizes.append(0)
+                continue
             number, bits = (int(v) for v in version.split("/"))
-            key = self.keyspace.bucket_key(list_id, number, bits, bucket32 >> (32 - bits))
-            found = index.get(key)
-            if found is None:
-                keys.append(key)
-                found = index[key] = len(keys)
-            return found
+            layout = batch.layout(bits, GROUP_BITS)
+            first, last = layout.bucket_at[group], layout.bucket_at[group + 1]
+            keys += self._bucket_keys(list_id, number, bits, layout.buckets[first:last])
+            counts.append(layout.counts[layout.count_offsets[first] : layout.count_offsets[last]])
+            sizes.append(last - first)
+        entry_at = batch.layout(GROUP_BITS, GROUP_BITS).entry_at
+        start, end = entry_at[group], entry_at[group + 1]
+        args = [_bulk(w) for w in (op, list_id, live, building, sizes[0], sizes[1])]
+        head = _evalsha(LIST_DELTA.sha, len(keys), len(args) + sum(sizes) + end - start)
+        body = b"".join([head, *keys, *args, *counts, batch.members_resp(start, end)])
+        return meta, body
 
-        args: list[str | int] = [op, list_id, live, building]
-        for member, bucket32 in entries:
-            args += [member, key_at(live, bucket32) if live else 1, key_at(building, bucket32)]
-        return keys, args
+    def _bucket_keys(
+        self, list_id: str, version: int, bits: int, buckets: Sequence[int]
+    ) -> list[bytes]:
+        """The RESP bulk strings of these buckets' keys."""
+        bucket_key = self.keyspace.bucket_key
+        return [_bulk(bucket_key(list_id, version, bits, b)) for b in buckets]
 
     # --- reading --------------------------------------------------------------------
 
@@ -277,15 +380,19 @@ class ListStore:
                     yield int(member)
 
     async def _count_groups(self, list_id: str, version: int, bits: int) -> list[int]:
-        """Entries of a version per slot group (SCARD of every bucket)."""
-        counts = [0] * SLOT_GROUPS
-        keys = self._buckets(list_id, version, bits)
-        shift = bits - GROUP_BITS
-        for start in range(0, len(keys), _COMMANDS):
-            chunk = keys[start : start + _COMMANDS]
-            replies = await self.store.send_packed([(k, _packed(["SCARD", k])) for k in chunk])
-            for offset, size in enumerate(replies):
-                counts[(start + offset) >> shift] += int(size)
+        """Entries of a version per slot group (list_fill.lua counting: one call a group)."""
+        per_group = 1 << (bits - GROUP_BITS)
+        zeros = _bulk(0) * per_group
+        requests = []
+        for group in range(SLOT_GROUPS):
+            buckets = range(group * per_group, (group + 1) * per_group)
+            keys = self._bucket_keys(list_id, version, bits, buckets)
+            body = b"".join([_evalsha(LIST_FILL.sha, per_group, per_group), *keys, zeros])
+            requests.append((self.keyspace.meta_key(group), body))
+        counts: list[int] = []
+        for start in range(0, SLOT_GROUPS, _GROUPS_PER_REQUEST):
+            part = requests[start : start + _GROUPS_PER_REQUEST]
+            counts += [int(held) for _, held in await self.store.send_packed(part, LIST_FILL)]
         return counts
 
     # --- replacement ------------------------------------------------------------------
@@ -293,7 +400,7 @@ class ListStore:
     async def replace(
         self,
         list_id: str,
-        chunks: Iterable[EntryChunk],
+        chunks: Chunks,
         expected: int,
         meta: Mapping[str, str],
     ) -> Replaced:
@@ -354,8 +461,9 @@ class ListStore:
             [(first, _packed(["MULTI"])), *packed, (first, _packed(["EXEC"]))]
         )
 
-    async def resize(self, list_id: str) -> Replaced:
-        """Rebuild the live version with buckets sized for its entry count."""
+    async def resize(self, list_id: str, entries: int = 0) -> Replaced:
+        """Rebuild the live version with buckets sized for its entry count (or for
+        ``entries``, if more: entries about to be added)."""
         directory = await self.directory(list_id)
         members = [m async for m in self.members(list_id)]
         meta = {
@@ -363,54 +471,83 @@ class ListStore:
             for k, v in directory.items()
             if k not in ("version", "bits", "next_version", "building", "building_bits")
         }
-        bucket32_of = self.keyspace.bucket32_of
-        chunks = (
-            (part, [bucket32_of(m) for m in part])
-            for part in (members[i : i + 100_000] for i in range(0, len(members), 100_000))
+        return await self.replace(
+            list_id, self._rebucketed(members), max(len(members), entries), meta
         )
-        return await self.replace(list_id, chunks, len(members), meta)
 
-    async def _write(
-        self, list_id: str, version: int, bits: int, chunks: Iterable[EntryChunk]
-    ) -> None:
-        """SADD every entry into its bucket: entries grouped per bucket over a flush, each
-        flush sent while the next is being read (Redis works while Python parses)."""
-        shift = 32 - bits
+    def _rebucketed(self, members: list[int]) -> Iterator[Chunk]:
+        """Stored members with their bucket32, by chunks."""
+        from gate.store._bulk import arrays
+
+        bucket32_of = self.keyspace.bucket32_of
+        for start in range(0, len(members), _FLUSH_MIN):
+            part = members[start : start + _FLUSH_MIN]
+            if self.keyspace.hashed:  # the bucket is in the member's top 32 bits
+                values, _ = arrays(part, [])
+                yield values, (values.view("uint64") >> 32).astype("uint32")
+            else:
+                yield part, [bucket32_of(m) for m in part]
+
+    async def _write(self, list_id: str, version: int, bits: int, chunks: Chunks) -> None:
+        """SADD every entry into its bucket: entries gathered over a flush (sorted by
+        bucket), sent as one ``lua/list_fill.lua`` call per slot group while the next flush
+        is being read (Redis works while Python parses)."""
+        from gate.store._bulk import Sorted, arrays
+
         flush_at = min(_FLUSH_MAX, max(_FLUSH_MIN, _FLUSH_PER_BUCKET << bits))
-        groups: list[list[int]] = [[] for _ in range(1 << bits)]
+        members: list[Any] = []
+        buckets: list[Any] = []
         pending = 0
         in_flight: asyncio.Task[Any] | None = None
+        hashed = self.keyspace.hashed
         try:
-            for members, buckets32 in chunks:
-                for member, bucket32 in zip(members, buckets32, strict=True):
-                    groups[bucket32 >> shift].append(member)
-                pending += len(members)
+            async for chunk_members, chunk_buckets in _each(chunks):
+                part = arrays(chunk_members, chunk_buckets)
+                members.append(part[0])
+                buckets.append(part[1])
+                pending += len(part[0])
                 if pending >= flush_at:
-                    request = self._sadds(list_id, version, bits, groups)
+                    batch = Sorted(*_joined(members, buckets), hashed)
+                    request, script = self._fills(list_id, version, bits, batch)
                     if in_flight is not None:
                         await in_flight
-                    in_flight = asyncio.create_task(self.store.send_packed(request))
-                    groups = [[] for _ in range(1 << bits)]
-                    pending = 0
+                    in_flight = asyncio.create_task(self.store.send_packed(request, script))
+                    members, buckets, pending = [], [], 0
                 await asyncio.sleep(0)  # let the send in flight write and read replies
             if in_flight is not None:
                 await in_flight
             if pending:
-                await self.store.send_packed(self._sadds(list_id, version, bits, groups))
+                batch = Sorted(*_joined(members, buckets), hashed)
+                await self.store.send_packed(*self._fills(list_id, version, bits, batch))
         finally:
             if in_flight is not None and not in_flight.done():
                 in_flight.cancel()
                 await asyncio.gather(in_flight, return_exceptions=True)
 
-    def _sadds(
-        self, list_id: str, version: int, bits: int, groups: Sequence[list[int]]
-    ) -> list[tuple[str, bytes]]:
+    def _fills(
+        self, list_id: str, version: int, bits: int, batch: Sorted
+    ) -> tuple[list[tuple[str, bytes]], Script | None]:
+        """The requests that add ``batch`` to its buckets: one SADD per bucket when the
+        batch fills them well (Redis's cheapest way), else one list_fill.lua call per slot
+        group (fewer commands and replies when buckets are many)."""
+        layout = batch.layout(bits, GROUP_BITS)
         out = []
-        for bucket, members in enumerate(groups):
-            if members:
+        if len(batch) >= _SADD_FILL << bits:
+            for at, bucket in enumerate(layout.buckets):
+                start, end = layout.starts[at], layout.starts[at + 1]
                 key = self.keyspace.bucket_key(list_id, version, bits, bucket)
-                out.append((key, _sadd(key, members)))
-        return out
+                head = b"*%d\r\n$4\r\nSADD\r\n" % (end - start + 2) + _bulk(key)
+                out.append((key, head + batch.members_resp(start, end)))
+            return out, None
+        for group in layout.groups():
+            first, last = layout.bucket_at[group], layout.bucket_at[group + 1]
+            start, end = layout.entry_at[group], layout.entry_at[group + 1]
+            keys = self._bucket_keys(list_id, version, bits, layout.buckets[first:last])
+            counts = layout.counts[layout.count_offsets[first] : layout.count_offsets[last]]
+            head = _evalsha(LIST_FILL.sha, len(keys), len(keys) + end - start)
+            body = b"".join([head, *keys, counts, batch.members_resp(start, end)])
+            out.append((self.keyspace.meta_key(group), body))
+        return out, LIST_FILL
 
     async def _drop(self, list_id: str, version: int, bits: int) -> None:
         """UNLINK every bucket of a version, by name, a few hundred of one slot at a time."""

@@ -16,9 +16,12 @@ from pathlib import Path
 import pytest
 import redis
 
+from gate.core.errors import InputError
 from gate.core.model import Attempt, Verdict
+from gate.lists import formats
 from gate.lists.admin import ListAdmin
-from gate.lists.formats import Rejected, open_lines, read_entries
+from gate.lists.formats import Rejected, open_lines, read_batches, read_entries
+from gate.lists.workers import Workers
 from gate.service import Gate
 from gate.store.client import Store
 from gate.store.lists import bits_for
@@ -275,3 +278,109 @@ async def test_list_info_has_the_metadata(gate: Gate, value: str) -> None:
     assert (
         Verdict.BLOCK == (await gate.decide(Attempt(value, NOW), record=False, door="cli")).verdict
     )
+
+
+def mixed_file(path: Path, count: int) -> list[str]:
+    """A list file of E.164 and national lines, with odd lines; its accepted numbers."""
+    accepted = []
+    with path.open("w", newline="") as out:
+        for i in range(count):
+            if i % 500 == 7:
+                out.write(f"bad line {i}\n")
+            elif i % 3:
+                out.write(f"+336{i:08d}\n")
+                accepted.append(f"+336{i:08d}")
+            else:
+                out.write(f"075{i:07d}\r\n")
+                accepted.append(f"+3375{i:07d}")
+    return accepted
+
+
+@pytest.mark.parametrize("mode", ["replace", "add"])
+async def test_a_file_imported_by_workers_is_the_file_read_line_by_line(
+    gate: Gate, tmp_path: Path, mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file of many blocks (parsed and hashed by worker processes) is imported as the
+    per-line path reads it: the same counts, the same rejects in file order, the same
+    numbers listed."""
+    monkeypatch.setattr(formats, "BLOCK_BYTES", 8192)  # ~650 lines a block
+    path = tmp_path / "list.txt"
+    accepted = mixed_file(path, 20_000)
+    started: list[list[int]] = []
+    start = Workers.start
+
+    async def recorded(self: Workers) -> None:
+        await start(self)
+        started.append(self.pids)
+
+    monkeypatch.setattr(Workers, "start", recorded)
+    rule = gate.config.policy.list_rule("red")
+    assert rule is not None
+    reference = [
+        (e.line_no, e.why)
+        for _, e in read_entries(iter(list(open_lines(path))), rule, "FR")
+        if isinstance(e, Rejected)
+    ]
+    rejected: list[Rejected] = []
+    summary = await admin(gate).import_batches(
+        "red",
+        read_batches(open_lines(path), rule, "FR"),
+        TENANT,
+        "",
+        rejected.append,
+        mode=mode,
+        expected=20_000,
+    )
+    assert (len(accepted), 0, len(reference)) == (
+        summary.imported,
+        summary.duplicates,
+        summary.rejected,
+    )
+    assert reference == [(r.line_no, r.why) for r in rejected]
+    assert len(accepted) == await admin(gate).lists.count(RED)
+    assert [True] * 4 == [await listed(gate, n) for n in accepted[::4999][:4]]
+    assert [2] == [len(pids) for pids in started]
+    assert [] == [pid for pid in started[0] if Path(f"/proc/{pid}").exists()]  # noqa: ASYNC240
+
+
+async def test_import_workers_stop_when_the_import_fails(
+    gate: Gate, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An import that fails half-way (a line that is not UTF-8) stops its workers."""
+    monkeypatch.setattr(formats, "BLOCK_BYTES", 4096)
+    path = tmp_path / "list.txt"
+    mixed_file(path, 5000)
+    with path.open("ab") as out:
+        out.write(b"06\xff\n" + b"+33612345678\n" * 5000)
+    started: list[list[int]] = []
+    start = Workers.start
+
+    async def recorded(self: Workers) -> None:
+        await start(self)
+        started.append(self.pids)
+
+    monkeypatch.setattr(Workers, "start", recorded)
+    rule = gate.config.policy.list_rule("red")
+    assert rule is not None
+    with pytest.raises(InputError, match="not UTF-8"):
+        await admin(gate).import_batches(
+            "red", read_batches(open_lines(path), rule, "FR"), TENANT, "", print
+        )
+    assert [2] == [len(pids) for pids in started]
+    assert [] == [pid for pid in started[0] if Path(f"/proc/{pid}").exists()]  # noqa: ASYNC240
+
+
+async def test_a_large_delta_into_a_small_list_grows_its_buckets_first(
+    gate: Gate, sync_redis: redis.Redis
+) -> None:
+    """Adding more entries than a small list's buckets hold resizes it first (the new
+    entries go to buckets of the right size, which stay intsets)."""
+    lists = admin(gate)
+    await lists.add("red", numbers(0, 10), TENANT, "")
+    values = numbers(100, 1000)
+    chunk = gate.keyspace.list_entries(values)
+    changed = await lists.lists.delta_chunks(RED, "add", [chunk], expected=500_000)
+    head = await lists.lists.directory(RED)
+    encodings = {sync_redis.object("encoding", key) for key in sync_redis.keys(BUCKETS)}
+    assert (1000, str(bits_for(500_010)), {b"intset"}) == (changed, head["bits"], encodings)
+    assert [True, True] == [await listed(gate, values[0]), await listed(gate, numbers(0, 1)[0])]

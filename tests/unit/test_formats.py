@@ -1,0 +1,199 @@
+"""List files read in bulk give exactly what reading them line by line gives (formats).
+
+The line-by-line path (``read_entries`` over the file's text lines) is the reference: the
+bulk path (``read_batches`` of ``open_lines``, blocks of bytes, regular expressions over
+runs of common lines) must accept the same numbers, in the same order, reject the same
+lines with the same line numbers, texts and reasons, and count the same lines.
+"""
+
+from __future__ import annotations
+
+import gzip
+import tempfile
+import zipfile
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gate.core.errors import InputError
+from gate.core.rules import ListRule
+from gate.lists import formats
+from gate.lists.formats import (
+    Batch,
+    Rejected,
+    open_lines,
+    read_batches,
+    read_entries,
+)
+
+BLOCK = ListRule(name="red", kind="block", scope="tenant")
+
+digit = st.sampled_from("0123456789")
+nonzero = st.sampled_from("123456789")
+
+
+def digits(size: int) -> st.SearchStrategy[str]:
+    return st.text(digit, min_size=size, max_size=size)
+
+
+# Lines of the common shapes, their near misses, and anything else.
+LINES = st.one_of(
+    st.builds("+33{}{}".format, nonzero, digits(8)),  # E.164, FR
+    st.builds("0{}{}".format, nonzero, digits(8)),  # FR national
+    st.builds("+1{}{}{}{}".format, st.sampled_from("2345"), digits(2), nonzero, digits(6)),
+    st.builds(
+        "{}{}{}{}".format, st.sampled_from("2389"), digits(2), st.sampled_from("29"), digits(6)
+    ),
+    st.builds(
+        "{}{},{}{}".format, st.sampled_from("29"), digits(2), st.sampled_from("29"), digits(6)
+    ),
+    st.builds("+{}{}".format, nonzero, st.text(digit, min_size=5, max_size=17)),
+    st.builds("+{}".format, st.text(digit, min_size=0, max_size=16)),
+    st.builds("0{}".format, st.text(digit, min_size=7, max_size=11)),
+    st.builds("1{}".format, digits(10)),
+    st.sampled_from(
+        [
+            "",
+            "   ",
+            "\t",
+            "# a comment",
+            "  # indented comment",
+            "112",
+            "15",
+            "911",
+            "3949",
+            "+33 6 12 34 56 78",
+            "06 12 34 56 78",
+            "06.12.34.56.78",
+            " +33612345678",
+            "+33612345678 ",
+            "\ufeff+33612345678",
+            "٠٦١٢٣٤٥٦٧٨",
+            "201,555,0123",
+            "201 ,5550123",
+            "2015550123,x",
+            "phone",
+            "+999123456789",
+            "+0612345678",
+            "+33",
+            "0012025550123",
+            "+44 20 7946 0958",
+            "+44207946095800000",
+            "abc\x85def",
+            "\u2028",
+            "06\x0c12345678",
+        ]
+    ),
+    st.text(st.characters(blacklist_characters="\r\n", blacklist_categories=["Cs"]), max_size=20),
+)
+ENDS = st.sampled_from(["\n", "\n", "\n", "\r\n", "\r"])
+
+
+@st.composite
+def files(draw: st.DrawFn) -> str:
+    """A list file's text: lines with line ends, the last one sometimes without."""
+    rows = draw(st.lists(st.tuples(LINES, ENDS), max_size=60))
+    text = "".join(line + end for line, end in rows)
+    if rows and draw(st.booleans()):
+        text = text[: -len(rows[-1][1])]  # no line end after the last line
+    if draw(st.booleans()):
+        text = "\ufeff" + text
+    return text
+
+
+def outcome(
+    batches: list[Batch],
+) -> tuple[int, list[str], list[tuple[int, str, str]]]:
+    lines = sum(b.lines for b in batches)
+    accepted = [n for b in batches for n in b.e164s()]
+    rejected = [(r.line_no, r.text, r.why) for b in batches for r in b.rejected]
+    return lines, accepted, rejected
+
+
+def reference(
+    path: Path, region: str, fmt: str
+) -> tuple[int, list[str], list[tuple[int, str, str]]]:
+    """What the line-by-line path reads from ``path``."""
+    lines = list(open_lines(path))
+    entries = list(read_entries(iter(lines), BLOCK, region, fmt))
+    accepted = [e for _, e in entries if isinstance(e, str)]
+    rejected = [(e.line_no, e.text, e.why) for _, e in entries if isinstance(e, Rejected)]
+    return len(lines), accepted, rejected
+
+
+def bulk(path: Path, region: str, fmt: str) -> tuple[int, list[str], list[tuple[int, str, str]]]:
+    source = open_lines(path)
+    assert source.unread
+    batches = list(read_batches(source, BLOCK, region, fmt))
+    assert all(b.block is not None for b in batches)  # read in bulk
+    return outcome(batches)
+
+
+@pytest.mark.parametrize(
+    ("region", "fmt"), [("FR", "lines"), ("US", "lines"), ("GB", "lines"), ("CA", "us-dnc")]
+)
+@pytest.mark.parametrize("block_bytes", [7, 64, 1 << 20])
+@settings(max_examples=150, deadline=None, database=None)
+@given(text=files())
+def test_bulk_reading_equals_line_by_line(
+    text: str, region: str, fmt: str, block_bytes: int
+) -> None:
+    """Numbers, rejects (line, text, why) and line counts are those of the per-line path,
+    whatever the block size (line ends split across blocks included)."""
+    with pytest.MonkeyPatch.context() as patch, tempfile.TemporaryDirectory() as tmp:
+        patch.setattr(formats, "BLOCK_BYTES", block_bytes)
+        path = Path(tmp) / "list.txt"
+        path.write_bytes(text.encode("utf-8"))
+        assert reference(path, region, fmt) == bulk(path, region, fmt)
+
+
+def test_common_lines_are_read_in_runs() -> None:
+    """A block of E.164 and French national lines is read as runs: prefix and the rest."""
+    batch = formats.parse_block(
+        b"+33612345678\r\n+33698765432\n0611111111\n0622222222\nbad\n+33633333333\n",
+        0,
+        BLOCK,
+        "FR",
+        "lines",
+    )
+    assert [
+        (b"", [b"+33612345678", b"+33698765432"]),
+        (b"+33", [b"611111111", b"622222222"]),
+        (b"", [b"+33633333333"]),
+    ] == batch.runs
+    assert (6, [5]) == (batch.lines, [r.line_no for r in batch.rejected])
+
+
+@pytest.mark.parametrize("packing", ["gzip", "zip"])
+def test_compressed_files_read_in_bulk_as_line_by_line(tmp_path: Path, packing: str) -> None:
+    """gzip and zip files (two members, the first without a last line end) give the same
+    as the per-line path, and the same SHA-256 of what was read."""
+    first = "".join(f"+3361234{i:04d}\n" for i in range(3000)) + "0612345678"
+    second = "\ufeff" + "".join(f"06{i:08d}\r\n" for i in range(1, 3000)) + "oops\n"
+    path = tmp_path / f"list.{packing}"
+    if packing == "gzip":
+        path.write_bytes(gzip.compress((first + "\n" + second).encode()))
+    else:
+        with zipfile.ZipFile(path, "w") as archive:
+            archive.writestr("a.txt", first)
+            archive.writestr("b.txt", second)
+    digests = [formats.Digest(), formats.Digest()]
+    text = list(open_lines(path, digests[0]))
+    batches = list(read_batches(open_lines(path, digests[1]), BLOCK, "FR"))
+    entries = list(read_entries(iter(text), BLOCK, "FR"))
+    assert [e for _, e in entries if isinstance(e, str)] == [n for b in batches for n in b.e164s()]
+    assert [e.line_no for _, e in entries if isinstance(e, Rejected)] == [
+        r.line_no for b in batches for r in b.rejected
+    ]
+    assert digests[0].hexdigest() == digests[1].hexdigest()
+
+
+def test_a_file_that_is_not_utf8_is_refused_in_bulk(tmp_path: Path) -> None:
+    """A line that is not UTF-8 is an InputError naming the file and the byte."""
+    path = tmp_path / "list.txt"
+    path.write_bytes(b"+33612345678\n06\xff12345678\n")
+    with pytest.raises(InputError) as caught:
+        [b.rejected for b in read_batches(open_lines(path), BLOCK, "FR")]  # parsed when read
+    assert f"{path}: not UTF-8 text (invalid start byte at byte 15)" == str(caught.value)
