@@ -46,7 +46,7 @@ from gate.core.model import Attempt, Decision, TrafficClass
 from gate.core.params import seconds_text
 from gate.lists.formats import csv_dialect, open_lines
 from gate.service import Gate
-from gate.store.client import Store
+from gate.store.client import Store, cancel_point
 
 __all__ = [
     "BATCH",
@@ -171,6 +171,7 @@ async def scrub(
         return summary
     planner = job.planner()
     for batch in chain(head, batches):
+        cancel_point()
         outcomes = await job.decide(gate.store, planner, _numbers(batch, column))
         _write(batch, outcomes, write, summary)
     return summary
@@ -195,6 +196,7 @@ async def _parallel(
     in_flight: deque[tuple[list[Sequence[str]], Future[list[Outcome]]]] = deque()
     try:
         for batch in batches:
+            cancel_point()
             in_flight.append((batch, pool.submit(_work, _numbers(batch, column))))
             # Two batches per worker in flight: none idles, memory stays bounded.
             if len(in_flight) > 2 * workers:

@@ -89,6 +89,7 @@ __all__ = [
     "HASH_MAX",
     "Script",
     "Store",
+    "cancel_point",
     "load_script",
     "translate_error",
 ]
@@ -139,6 +140,19 @@ HASH_MAX = Script.load("hash_max.lua")
 LIST_DELTA = Script.load("list_delta.lua")
 LIST_FILL = Script.load("list_fill.lua")
 RELEASE = Script.load("release.lua")
+
+
+def cancel_point() -> None:
+    """Raise the cancellation the current task was asked for but never received.
+
+    On Python 3.11 ``asyncio.wait_for`` returns its result and drops a cancellation that
+    arrives as the awaited call completes (fixed in 3.12); redis-py sends every command
+    through it when a socket timeout is set. A long job (an import, a scrub) calls this once
+    per batch, so that Ctrl-C stops it instead of being lost. Only for the body of a loop:
+    cleanup code that runs after a cancellation (a ``finally``) must not call it."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 def translate_error(exc: BaseException, where: str) -> StoreError:

@@ -54,7 +54,14 @@ from gate.core.keys import (
     NumberKeys,
     list_version,
 )
-from gate.store.client import LIST_DELTA, LIST_FILL, Script, Store, translate_error
+from gate.store.client import (
+    LIST_DELTA,
+    LIST_FILL,
+    Script,
+    Store,
+    cancel_point,
+    translate_error,
+)
 
 if TYPE_CHECKING:
     from gate.store._bulk import Sorted
@@ -121,11 +128,14 @@ def _joined(members: list[Any], buckets: list[Any]) -> tuple[Any, Any]:
 
 
 async def _each(chunks: Chunks) -> AsyncIterator[Chunk]:
+    """Each chunk; a cancellation a redis-py send dropped stops the job here."""
     if isinstance(chunks, AsyncIterable):
         async for chunk in chunks:
+            cancel_point()
             yield chunk
     else:
         for chunk in chunks:
+            cancel_point()
             yield chunk
 
 
@@ -408,10 +418,12 @@ class ListStore:
         switch to it."""
         lock = self.keyspace.lock_key(list_id)
         lease = secrets.token_hex(8)
-        if not await self._call(self._client.set(lock, lease, nx=True, px=_LOCK_LEASE_MS)):
-            raise InputError(f"list {list_id}: another import or resize is running; try later")
         key = self.keyspace.directory_key(list_id)
         try:
+            # Inside the try: a cancellation while the SET's reply is on its way (the lock
+            # taken, the reply never read) still releases it below.
+            if not await self._call(self._client.set(lock, lease, nx=True, px=_LOCK_LEASE_MS)):
+                raise InputError(f"list {list_id}: another import or resize is running; try later")
             directory = await self.directory(list_id)
             if "building" in directory:  # a killed import's partial version
                 await self._drop(
