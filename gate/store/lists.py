@@ -38,7 +38,16 @@ from __future__ import annotations
 import asyncio
 import math
 import secrets
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Callable,
+    Coroutine,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -255,7 +264,6 @@ class ListStore:
         (``lua/list_delta.lua``), one batch on its way to Redis while the next is read.
         ``expected`` (entries to come, at most) lets an add grow the list's buckets
         first, so that they never outgrow their compact encoding on the way."""
-        from gate.store._bulk import Sorted, arrays
 
         directory = await (self.ensure(list_id) if op == "add" else self.directory(list_id))
         if "version" not in directory:
@@ -264,35 +272,11 @@ class ListStore:
             directory = await self._grow(list_id, directory, expected)
         versions = _Versions(directory)
         tally = [0, 0]  # changed, the most entries a group holds
-        members: list[Any] = []
-        buckets: list[Any] = []
-        pending = 0
-        in_flight: asyncio.Task[None] | None = None
-        hashed = self.keyspace.hashed
-        try:
-            async for chunk_members, chunk_buckets in _each(chunks):
-                part = arrays(chunk_members, chunk_buckets)
-                members.append(part[0])
-                buckets.append(part[1])
-                pending += len(part[0])
-                if pending >= _DELTA_BATCH:
-                    batch = Sorted(*_joined(members, buckets), hashed)
-                    if in_flight is not None:
-                        await in_flight
-                    in_flight = asyncio.create_task(
-                        self._delta_batch(list_id, op, batch, versions, tally)
-                    )
-                    members, buckets, pending = [], [], 0
-                await asyncio.sleep(0)  # let the batch in flight write and read replies
-            if in_flight is not None:
-                await in_flight
-            if pending:
-                batch = Sorted(*_joined(members, buckets), hashed)
-                await self._delta_batch(list_id, op, batch, versions, tally)
-        finally:
-            if in_flight is not None and not in_flight.done():
-                in_flight.cancel()
-                await asyncio.gather(in_flight, return_exceptions=True)
+
+        async def send(batch: Sorted) -> None:
+            await self._delta_batch(list_id, op, batch, versions, tally)
+
+        await self._pipelined(chunks, _DELTA_BATCH, send)
         changed, fullest = tally
         # A group holds 2**(bits - GROUP_BITS) buckets; resize when one of them overfills.
         if op == "add":
@@ -504,13 +488,26 @@ class ListStore:
         """SADD every entry into its bucket: entries gathered over a flush (sorted by
         bucket), sent as one ``lua/list_fill.lua`` call per slot group while the next flush
         is being read (Redis works while Python parses)."""
-        from gate.store._bulk import Sorted, arrays
 
         flush_at = min(_FLUSH_MAX, max(_FLUSH_MIN, _FLUSH_PER_BUCKET << bits))
+
+        async def send(batch: Sorted) -> None:
+            await self.store.send_packed(*self._fills(list_id, version, bits, batch))
+
+        await self._pipelined(chunks, flush_at, send)
+
+    async def _pipelined(
+        self, chunks: Chunks, flush_at: int, send: Callable[[Sorted], Coroutine[Any, Any, None]]
+    ) -> None:
+        """The entries of ``chunks`` gathered into batches of about ``flush_at`` (sorted by
+        bucket), each given to ``send`` while the next is read: one batch on its way to
+        Redis at a time, so that Redis works while Python parses."""
+        from gate.store._bulk import Sorted, arrays
+
         members: list[Any] = []
         buckets: list[Any] = []
         pending = 0
-        in_flight: asyncio.Task[Any] | None = None
+        in_flight: asyncio.Task[None] | None = None
         hashed = self.keyspace.hashed
         try:
             async for chunk_members, chunk_buckets in _each(chunks):
@@ -520,17 +517,15 @@ class ListStore:
                 pending += len(part[0])
                 if pending >= flush_at:
                     batch = Sorted(*_joined(members, buckets), hashed)
-                    request, script = self._fills(list_id, version, bits, batch)
                     if in_flight is not None:
                         await in_flight
-                    in_flight = asyncio.create_task(self.store.send_packed(request, script))
+                    in_flight = asyncio.create_task(send(batch))
                     members, buckets, pending = [], [], 0
-                await asyncio.sleep(0)  # let the send in flight write and read replies
+                await asyncio.sleep(0)  # let the batch in flight write and read replies
             if in_flight is not None:
                 await in_flight
             if pending:
-                batch = Sorted(*_joined(members, buckets), hashed)
-                await self.store.send_packed(*self._fills(list_id, version, bits, batch))
+                await send(Sorted(*_joined(members, buckets), hashed))
         finally:
             if in_flight is not None and not in_flight.done():
                 in_flight.cancel()
