@@ -13,6 +13,14 @@ same code as ``callgate list import --replace`` and reports:
   gates configured alike (one global block list each, same probes mix), measured in
   interleaved rounds so that drift of the machine hits both alike.
 Goals (issue 5): <= 10 bytes per number, >= 300 k numbers/s, lookup ratio <= 1.2.
+
+Then the commands themselves (``--cli-size``, default 2 000 000; 0 skips them), each timed
+from its start to its exit as a user runs it (``python -m gate.cli`` with the sample
+config, the ``fr`` pack and hashing on, on the same Redis): ``list import dnc --replace``
+and ``list import red`` (a delta into the empty list), of an E.164 file and of a
+national-format file, and ``scrub`` of ``--cli-size / 10`` leads (CSV, national numbers).
+The baseline in the same session is ``list count dnc``: a command's fixed cost (start,
+config, connect). Goals (issue 12): imports >= 500 k numbers/s, scrub >= 50 k leads/s.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ import argparse
 import asyncio
 import random
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -41,6 +50,7 @@ from gate.lists.formats import Rejected, count_lines, open_lines, read_batches
 from gate.service import Gate
 from gate.store.client import Store
 
+ROOT = Path(__file__).resolve().parent.parent
 ROUNDS = 10
 
 
@@ -179,16 +189,117 @@ async def run(url: str, sizes: list[int], regions: list[str], decisions: int) ->
     await client.aclose()
 
 
+def cli_config(url: str, tmp: Path) -> Path:
+    """The sample config (fr pack, hashing on) on the bench's Redis, its state in ``tmp``."""
+    text = (ROOT / "config" / "callgate.toml").read_text()
+    text = text.replace('state_dir = "../var"', f'state_dir = "{tmp}"', 1)
+    text = text.replace("[redis]\n", f'[redis]\nurl = "{url}"\n', 1)
+    text = text.replace(
+        'packs = ["fr"]', f'packs = ["fr"]\npacks_dir = "{ROOT / "config" / "packs"}"', 1
+    )
+    path = tmp / "callgate.toml"
+    path.write_text(text)
+    return path
+
+
+def timed(config: Path, *args: str) -> float:
+    """Seconds from the command's start to its exit (which must be 0)."""
+    started = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-m", "gate.cli", "--config", str(config), *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
+    )
+    seconds = time.perf_counter() - started
+    if done.returncode != 0:
+        raise SystemExit(f"callgate {' '.join(args)}: exit {done.returncode}: {done.stderr}")
+    return seconds
+
+
+async def cli_rows(url: str, size: int) -> None:
+    """The commands, start to exit, each after a FLUSHALL (see the module docstring)."""
+    client = aioredis.Redis.from_url(url)
+    rng = random.Random(20261130)
+    with tempfile.TemporaryDirectory(prefix="cg-cli-") as name:
+        tmp = Path(name)
+        config = cli_config(url, tmp)
+        picks = rng.sample(range(2 * 10**8), size)
+        national = [f"0{6 + v // 10**8}{v % 10**8:08d}" for v in picks]
+        files = {"E.164": tmp / "e164.txt", "national": tmp / "national.txt"}
+        files["E.164"].write_text("".join(f"+33{n[1:]}\n" for n in national))
+        files["national"].write_text("".join(f"{n}\n" for n in national))
+        leads = tmp / "leads.csv"
+        leads.write_text(
+            "id,phone\n" + "".join(f"{i},{n}\n" for i, n in enumerate(national[: size // 10]))
+        )
+        await client.flushall()
+        floor = min(timed(config, "list", "count", "dnc") for _ in range(3))
+        print(
+            f"\ncommands, start to exit ({size:,} numbers; baseline `list count dnc` {floor:.2f} s)"
+        )
+        print(f"{'command':>44} {'wall s':>8} {'rate /s':>10} {'vs goal':>8}")
+        rows: list[tuple[str, list[str], int, int]] = []
+        for fmt, path in files.items():
+            rows.append(
+                (
+                    f"list import dnc --replace ({fmt})",
+                    ["list", "import", "dnc", str(path), "--replace"],
+                    size,
+                    500_000,
+                )
+            )
+            rows.append(
+                (
+                    f"list import red, delta ({fmt})",
+                    ["list", "import", "red", str(path)],
+                    size,
+                    500_000,
+                )
+            )
+        rows.append(
+            (
+                "scrub, fr pack (leads)",
+                [
+                    "scrub",
+                    str(leads),
+                    "--column",
+                    "phone",
+                    "--caller-id",
+                    "0162000000",
+                    "-o",
+                    str(tmp / "out.csv"),
+                ],
+                size // 10,
+                50_000,
+            )
+        )
+        for label, args, count, goal in rows:
+            await client.flushall()
+            seconds = timed(config, *args)
+            print(
+                f"{label:>44} {seconds:>8.2f} {count / seconds:>10,.0f} "
+                f"{count / seconds / goal:>7.2f}x",
+                flush=True,
+            )
+    await client.aclose()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="1000000,10000000")
     parser.add_argument("--regions", default="FR,US")
     parser.add_argument("--decisions", type=int, default=5000)
+    parser.add_argument("--cli-size", type=int, default=2_000_000)
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     regions = [r.strip().upper() for r in args.regions.split(",")]
     with redis_server() as url:
-        asyncio.run(run(url, sizes, regions, args.decisions))
+        if sizes != [0]:
+            asyncio.run(run(url, sizes, regions, args.decisions))
+        if args.cli_size:
+            asyncio.run(cli_rows(url, args.cli_size))
 
 
 if __name__ == "__main__":
