@@ -906,6 +906,12 @@ class Store:
             removed,
         )
 
+    def undo(self, receipt: object) -> None:
+        """Undo a recorded decision whose call never went out (its channel left before the
+        decision reached it): in the background, as a late decision's void (``voids``)."""
+        if isinstance(receipt, _Undo):
+            self._void_later(receipt)
+
     def _void_later(self, void: _Undo) -> None:
         """Send the void on a fresh connection, in the background (``close()`` bounds it)."""
         self._let_finish(asyncio.create_task(self._send_void(void), name="callgate-void"))
@@ -1160,7 +1166,7 @@ class _Encoded:
     def results(self, reply: list[Any], views: dict[str, str]) -> list[StoreResult | None]:
         """Each decision's result, or None when it was STALE (``views`` updated)."""
         out: list[StoreResult | None] = []
-        for (check, fields), item in zip(self.layout, reply, strict=True):
+        for d, ((check, fields), item) in enumerate(zip(self.layout, reply, strict=True)):
             if isinstance(item, list):  # STALE: what the meta holds
                 for name, value in zip(fields, item, strict=True):
                     if not name.endswith(":r"):
@@ -1173,7 +1179,8 @@ class _Encoded:
                 _version(c, views) if seen >= 0 else ""
                 for c, seen in zip(check.checks, results, strict=True)
             )
-            out.append(StoreResult(numbers[0], numbers[1], results, versions))
+            receipt = _Undo(functools.partial(self.void, d)) if check.record else None
+            out.append(StoreResult(numbers[0], numbers[1], results, versions, receipt))
         return out
 
 
