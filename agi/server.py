@@ -29,7 +29,8 @@ a line-length and line-count limit, their control characters escaped (a crafted
 is dropped without affecting other connections; values written back are from a fixed safe
 alphabet, so a crafted number cannot inject AGI commands; Asterisk's reply is read whole
 and checked (anything but ``200``, or a garbled reply, is logged and counted in
-``failed``); ``CancelledError`` is never
+``failed``); a channel that hangs up (``HANGUP``) before its ALLOW is set made no call,
+so its recorded decision is undone (``Gate.undo``); ``CancelledError`` is never
 swallowed; every accepted connection is tracked from the moment it is accepted, and
 ``stop()`` stops accepting, then drains them all (bounded, ``gate.service.InFlight``).
 
@@ -66,7 +67,7 @@ from gate.core.params import (
     printable,
 )
 from gate.lists.admin import EVENTS, ListAdmin
-from gate.service import Gate, InFlight
+from gate.service import Evaluation, Gate, InFlight
 
 __all__ = ["AgiRequest", "AgiServer", "parse_request"]
 
@@ -296,12 +297,16 @@ class AgiServer:
             return
         channel = AgiChannel(stream, stream, COMMAND_TIMEOUT_S)
         name = headers.get("agi_channel", "?")
+        value, evaluation = await self._answer(headers)
         try:
-            reply = await channel.set_variable(DECISION_VARIABLE, await self._answer(headers))
+            reply = await channel.set_variable(DECISION_VARIABLE, value)
         except (AgiHangup, TimeoutError, ConnectionError) as exc:
             log.info(
                 "FastAGI: channel %s went away during the dialogue (%s)", name, type(exc).__name__
             )
+            if isinstance(exc, AgiHangup) and evaluation is not None:
+                # It hung up: its dialplan goes no further, so an ALLOW let no call go.
+                self.gate.undo(evaluation)
             return
         except AgiProtocolError as exc:
             self.failed += 1
@@ -313,21 +318,23 @@ class AgiServer:
                 "FastAGI: channel %s: Asterisk refused %s: %s", name, DECISION_VARIABLE, reply.text
             )
 
-    async def _answer(self, headers: Mapping[str, str]) -> str:
-        """Decide (or opt out, or record a disposition): the ``CALLGATE_DECISION`` value."""
+    async def _answer(self, headers: Mapping[str, str]) -> tuple[str, Evaluation | None]:
+        """Decide (or opt out, or record a disposition): the ``CALLGATE_DECISION`` value,
+        and the recorded decision behind it (a ``check``)."""
         try:
             request = parse_request(headers)
             if request.route == "check":
                 attempt = build_attempt(request, self.gate.config.default_tenant, datetime.now(UTC))
-                return decision_value(await self.gate.decide(attempt, record=True, door="agi"))
+                evaluation = await self.gate.evaluate(attempt, record=True, door="agi")
+                return decision_value(evaluation.decision), evaluation
             if request.route == "optout":
-                return await self._optout(request)
+                return await self._optout(request), None
             if request.route in EVENTS:
-                return await self._event(request)
+                return await self._event(request), None
             raise BadRequest("bad_request:route", f"unknown route {request.route!r}")
         except BadRequest as exc:
             log.warning("FastAGI: %s", exc)
-            return error_value(exc.code)
+            return error_value(exc.code), None
 
     async def _event(self, request: AgiRequest) -> str:
         """The call's disposition: the callee refused, or the call was abandoned or

@@ -16,6 +16,9 @@
 - One decision uses one configuration whole: ``evaluate`` reads the active
   configuration (config, keyspace, version) once, and ``swap`` replaces it in one
   assignment, so a reload takes effect between decisions, never inside one.
+- ``undo(evaluation)``: a door that could not hand an ALLOW to its channel (it hung up
+  first) undoes the recorded decision, so the audit trail's ALLOWs and the caps count
+  only calls that went out (the store's void, as for a decision that missed its deadline).
 - Observers (metrics, the audit trail) are told about every decision, with its door,
   its plan and store answer and its timings; they are told, never asked, so they cannot
   change a decision, and telling them adds no round trip.
@@ -51,7 +54,7 @@ from gate.core.engine import (
 from gate.core.errors import ConfigError, StoreError
 from gate.core.evidence import Timing, evidence_for, stream_len
 from gate.core.keys import Keyspace
-from gate.core.model import Attempt, Decision
+from gate.core.model import Attempt, Decision, Verdict
 from gate.core.redact import redact
 from gate.store.client import Store
 
@@ -226,6 +229,14 @@ class Gate:
             for observer in self.observers:
                 observer.decided(observed)
         return evaluation
+
+    def undo(self, evaluation: Evaluation) -> None:
+        """The door could not hand an ALLOW to its channel (it hung up, or left the Stasis
+        application, before): no call went out, so the recorded decision is undone (its
+        audit entry deleted, its attempt uncounted; in the background). Refusals stand."""
+        receipt = None if evaluation.result is None else evaluation.result.receipt
+        if evaluation.decision.verdict is Verdict.ALLOW and receipt is not None:
+            self.store.undo(receipt)
 
     async def _run(self, pending: Plan) -> StoreResult | None:
         try:

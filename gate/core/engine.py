@@ -186,6 +186,9 @@ class StoreResult:
     retry_after_ms: int
     results: tuple[int, ...]
     versions: tuple[str, ...] = ()  # per check: the list version consulted ("" if none)
+    # A recorded decision: what the store needs to undo it (``Store.undo``) if its call
+    # never went out (opaque here; None for an evaluation).
+    receipt: object = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,6 +28,10 @@ Guarantees:
   re-applied (with backoff, then by the next connect's sweep), never decided again: an
   ALLOW is never counted twice, and a retry never carries an old decision into a new
   stay.
+- A channel that leaves before its ALLOW reaches it (the first REST call answers 404) made
+  no call: its recorded decision is undone (``Gate.undo``: the audit entry deleted, the
+  attempt uncounted). After a failed try a 404 proves nothing (the try may have been
+  carried out), so the decision then stands.
 - ``stop()`` stops taking channels (the last events read are still decided), lets
   in-flight decisions finish (bounded), then ``run()`` returns; ``close()`` is
   ``stop()`` with a bound on ``run()`` itself and a logged cancel after it.
@@ -46,7 +50,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from gate.config.loader import AriConfig
-from gate.core.model import Decision, Verdict
+from gate.core.model import Verdict
 from gate.core.params import (
     DECISION_VARIABLE,
     BadRequest,
@@ -56,7 +60,7 @@ from gate.core.params import (
     parse_pairs,
     printable,
 )
-from gate.service import Gate, InFlight, cancelling, stop_task, wait_event
+from gate.service import Evaluation, Gate, InFlight, cancelling, stop_task, wait_event
 from gate.stasis.ari import AriClient, AriError, AriNotFound
 
 __all__ = ["StasisChannel", "StasisGate", "parse_app_data", "parse_stasis_start"]
@@ -95,10 +99,12 @@ class _Stay:
 @dataclass(frozen=True, slots=True)
 class _Action:
     """What to do with a channel once decided: continue it with ``value`` set, or hang it
-    up with ``cause``."""
+    up with ``cause``; ``evaluation``: the recorded decision behind it (undone if the
+    channel leaves before an ALLOW reaches it)."""
 
     value: str = ""
     hangup_cause: int | None = None
+    evaluation: Evaluation | None = None
 
 
 def _channel(channel: Mapping[str, Any], args: tuple[str, ...]) -> StasisChannel:
@@ -266,7 +272,7 @@ class StasisGate:
             )
         present = {c.id for c in waiting}
         for channel_id in [c for c in self._unapplied if c not in present]:
-            del self._unapplied[channel_id]  # gone meanwhile
+            del self._unapplied[channel_id]  # gone, or continued by a try whose reply was lost
         for channel in waiting:
             self._spawn(channel)
 
@@ -320,16 +326,24 @@ class StasisGate:
                 default_tenant=self.gate.config.default_tenant,
                 now=datetime.now(UTC),
             )
-            decision = await self.gate.decide(attempt, record=True, door="stasis")
+            evaluation = await self.gate.evaluate(attempt, record=True, door="stasis")
         except BadRequest as exc:  # a malformed parameter, or an unknown tenant
             log.warning("Stasis channel %s: %s", channel.name, exc)
             return _Action(error_value(exc.code))
-        return self._action(decision)
+        return self._action(evaluation)
 
-    def _action(self, decision: Decision) -> _Action:
+    def _action(self, evaluation: Evaluation) -> _Action:
+        decision = evaluation.decision
         if decision.verdict is not Verdict.ALLOW and self.config.on_refuse == "hangup":
-            return _Action(hangup_cause=decision.hangup_cause)
-        return _Action(decision_value(decision))
+            return _Action(hangup_cause=decision.hangup_cause, evaluation=evaluation)
+        return _Action(decision_value(decision), evaluation=evaluation)
+
+    def _gone(self, channel: StasisChannel, action: _Action, undo: bool) -> None:
+        """``channel`` left before its decision reached it: an ALLOW let no call go, so
+        (``undo``) its recorded decision is undone."""
+        log.info("Stasis channel %s left before its decision was applied", channel.name)
+        if undo and action.evaluation is not None:
+            self.gate.undo(action.evaluation)
 
     async def _apply(self, channel: StasisChannel, stay: _Stay, action: _Action) -> None:
         """Carry the decision out, retrying with backoff; if Asterisk keeps failing, keep
@@ -352,7 +366,9 @@ class StasisGate:
                     await self.client.continue_in_dialplan(channel.id)
                 return
             except AriNotFound:
-                log.info("Stasis channel %s left before its decision was applied", channel.name)
+                # Gone. After a failed try its request may have been carried out (the
+                # reply lost): the call may have gone, so only a first try undoes.
+                self._gone(channel, action, undo=attempt == 1)
                 return
             except AriError as exc:
                 if cancelling():

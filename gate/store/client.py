@@ -13,6 +13,16 @@ Guarantees:
 - A recording call is never sent twice: if its connection fails after the request was
   sent, the script may have run, so the decision gets the fail mode and is counted at
   most once. A call that records nothing may be sent again once, on a fresh connection.
+- A recorded decision that got the fail mode leaves nothing behind: when its reply misses
+  the deadline (Redis stopped, busy or slow: the script may still run, or may have run),
+  or its caller stops waiting, ``void.lua`` is written right behind it on the same
+  connection. Redis runs one connection's commands in order, so if the decision ever runs
+  it runs first, and the void then deletes its audit entry (found by its head, byte for
+  byte) and, if it allowed the call, takes its attempt out of the attempt logs. When the
+  connection fails instead (the reply is lost), the void is sent on a fresh connection,
+  with backoff, for up to ``VOID_PATIENCE_S`` (the decision may still be waiting in a
+  stalled server's socket buffer then, so that case is best effort; ``voids`` counts
+  each outcome). The call's own record is the fail mode's (the audit writer keeps it).
   Replies that say the script did not run (NOSCRIPT, and in a cluster MOVED, ASK,
   TRYAGAIN, or STALE below) are followed by sending it again.
 - Every key a script touches is in its KEYS, named in the number's slot group
@@ -140,6 +150,15 @@ HASH_MAX = Script.load("hash_max.lua")
 LIST_DELTA = Script.load("list_delta.lua")
 LIST_FILL = Script.load("list_fill.lua")
 RELEASE = Script.load("release.lua")
+VOID = Script.load("void.lua")
+# A void looks for its decision's audit entry among this many of the stream's newest.
+VOID_SEARCH = 1000
+# A void sent on a fresh connection: how long each try waits for its reply, and how long
+# it is tried again (backoff from VOID_RETRY_S, doubling, up to VOID_RETRY_MAX_S).
+VOID_DEADLINE_S = 2.0
+VOID_PATIENCE_S = 120.0
+VOID_RETRY_S = 0.2
+VOID_RETRY_MAX_S = 5.0
 
 
 def cancel_point() -> None:
@@ -186,6 +205,29 @@ class _Use:
 
 _ADMIN = _Use(admin=True)
 _SCRUB = _Use()
+_VOID_USE = _Use(deadline_s=VOID_DEADLINE_S)  # a void may be sent again: it is idempotent
+
+
+@dataclass(frozen=True, slots=True)
+class _Undo:
+    """How to undo one recorded decision (a void.lua call, built only when needed)."""
+
+    command: Callable[[], _Command]
+    asking: bool = False  # its decision went behind ASKING (cluster): the void does too
+
+
+def _asking(undo: _Undo) -> _Undo:
+    return _Undo(undo.command, asking=True)
+
+
+@dataclass(slots=True)
+class _Behind:
+    """A void written behind a request on the request's connection, once nobody waits
+    for the request's reply: the connection's reader reads its ``replies`` too (the last
+    is the void's) before it gives the connection back, then calls ``settle``."""
+
+    replies: int = 0
+    settle: Callable[[_Reply | None], None] | None = None
 
 
 class _PoolLane:
@@ -315,8 +357,12 @@ class Store:
             self._lane = _PoolLane(self._pool, self.link.where, self.settings)
         self._admin_pool: ConnectionPool | None = None
         self._admin_client: aioredis.Redis | RedisCluster | None = None
-        # Reply readers in flight (a reply that missed its deadline is still read).
+        # Reply readers in flight (a reply that missed its deadline is still read), and
+        # voids sent on a fresh connection.
         self._exchanges: set[asyncio.Task[Any]] = set()
+        # Late recorded decisions undone: "undone" (it had run: its entry deleted, its
+        # attempt uncounted), "not_run", "failed" (no void could be sent in time).
+        self.voids: Counter[str] = Counter()
         # A durable view's connections (None: not a durable view).
         self._pinned: _Pinned | None = None
 
@@ -420,7 +466,8 @@ class Store:
             for _ in range(_STALE_TRIES):
                 await self._learn_views([check], use.deadline_s)
                 encoded = _encode([check], self._views, [outside])
-                (reply,) = await self._call([encoded.command(DECIDE)], use)
+                void = _Undo(functools.partial(encoded.void, 0)) if check.record else None
+                (reply,) = await self._call([encoded.command(DECIDE)], use, void)
                 results = encoded.results(_raise_error(reply), self._views)
                 if results[0] is not None:
                     result = results[0]
@@ -636,19 +683,22 @@ class Store:
 
     # --- transport --------------------------------------------------------------------
 
-    async def _call(self, commands: list[_Command], use: _Use) -> list[_Reply]:
+    async def _call(
+        self, commands: list[_Command], use: _Use, void: _Undo | None = None
+    ) -> list[_Reply]:
         """Send commands (one server: one request; cluster: one per node, at once) and
         return each reply; NOSCRIPT, MOVED, ASK and TRYAGAIN replies (the command did not
-        run) are followed by sending those commands again."""
+        run) are followed by sending those commands again. ``void`` (one recorded
+        decision): how to undo it if its reply is not waited for (see ``_live``)."""
         replies: list[_Reply] = [None] * len(commands)
         pending = list(range(len(commands)))
         asking: dict[int, ClusterNode] = {}
         for round_ in range(_REDIRECTS):
             if not self.cluster:
-                sent = await self._send_single([commands[i].packed for i in pending], use)
+                sent = await self._send_single([commands[i].packed for i in pending], use, void)
                 routed: list[tuple[Any, list[int], list[_Reply]]] = [(None, pending, sent)]
             else:
-                routed = await self._send_cluster(commands, pending, asking, use)
+                routed = await self._send_cluster(commands, pending, asking, use, void)
             retry: list[int] = []
             asking = {}
             loads: dict[Any, set[Script]] = {}
@@ -684,11 +734,13 @@ class Store:
         assert isinstance(cluster, RedisCluster)
         return cluster
 
-    async def _send_single(self, packed: list[bytes], use: _Use) -> list[_Reply]:
+    async def _send_single(
+        self, packed: list[bytes], use: _Use, void: _Undo | None = None
+    ) -> list[_Reply]:
         request = b"".join(packed)
         if use.admin:
             return await self._admin_exchange(None, request, len(packed))
-        return await self._live(self._lane, request, len(packed), use)
+        return await self._live(self._lane, request, len(packed), use, void)
 
     async def _send_cluster(
         self,
@@ -696,6 +748,7 @@ class Store:
         pending: list[int],
         asking: dict[int, ClusterNode],
         use: _Use,
+        void: _Undo | None = None,
     ) -> list[tuple[Any, list[int], list[_Reply]]]:
         cluster = self._cluster_for(use.admin)
         await self._refresh_topology(cluster, use.admin)
@@ -716,7 +769,8 @@ class Store:
             if use.admin:
                 replies = await self._admin_exchange(node, request, expected)
             else:
-                replies = await self._live(self._node_lane(node), request, expected, use)
+                undo = _asking(void) if ask and void is not None else void
+                replies = await self._live(self._node_lane(node), request, expected, use, undo)
                 self.link.answered(node.name)
             return replies[1::2] if ask else replies
 
@@ -734,13 +788,22 @@ class Store:
             slots = self._node_slots[node.name] = asyncio.Semaphore(self.settings.pool_size)
         return _NodeLane(node, slots, self)
 
-    async def _live(self, lane: _Lane, request: bytes, replies: int, use: _Use) -> list[_Reply]:
+    async def _live(
+        self,
+        lane: _Lane,
+        request: bytes,
+        replies: int,
+        use: _Use,
+        void: _Undo | None = None,
+    ) -> list[_Reply]:
         """Send ``request`` on a decision connection of ``lane`` and wait for its
         ``replies`` replies: at most ``use.deadline_s`` from the send (see the module's
         guarantees). The replies are read by a task of their own, which gives the
         connection back once they are read, whether anyone still waits for them or not.
         A broken connection is sent on again (once, on a fresh connection) only when the
-        call records nothing."""
+        call records nothing. ``void`` (a recorded decision): written behind the request
+        on its connection if its reply is not waited for (the deadline passed, or the
+        caller was cancelled), sent on a fresh connection if the connection failed."""
         for attempt in range(2):
             retry = not use.records and attempt == 0
             connection = await lane.checkout()
@@ -753,11 +816,14 @@ class Store:
                     lane.failed()
                     if retry:
                         continue
+                if void is not None:  # some of the request may have reached Redis
+                    self._void_later(void)
                 raise
             # The deadline starts now that the request is on its way: time spent waiting
             # for a connection or for this task's turn in the event loop is not Redis's.
             reply: asyncio.Future[list[_Reply]] = asyncio.get_running_loop().create_future()
-            reader = asyncio.create_task(self._read(lane, connection, replies, use, reply))
+            behind = _Behind()
+            reader = asyncio.create_task(self._read(lane, connection, replies, use, reply, behind))
             self._let_finish(reader)
             try:
                 done, _ = await asyncio.wait({reply}, timeout=use.deadline_s)
@@ -767,8 +833,11 @@ class Store:
             finally:
                 if not reply.done():
                     # Nobody waits for it any more; its connection goes back to the pool
-                    # once the reply is read (or the connection fails).
+                    # once the reply is read (or the connection fails). A recorded
+                    # decision is undone right behind it.
                     reply.cancel()
+                    if void is not None:
+                        self._void_behind(connection, behind, void)
             if not done:
                 deadline_ms = (use.deadline_s or 0) * 1000
                 raise StoreTimeout(f"Redis at {lane.name} did not answer within {deadline_ms:g} ms")
@@ -776,6 +845,8 @@ class Store:
                 return reply.result()
             except (RedisConnectionError, OSError):
                 lane.failed()
+                if void is not None:
+                    self._void_later(void)
                 if not retry:
                     raise
         raise AssertionError("unreachable: the second attempt returns or raises")
@@ -787,10 +858,11 @@ class Store:
         replies: int,
         use: _Use,
         reply: asyncio.Future[list[_Reply]],
+        behind: _Behind,
     ) -> None:
         """Read ``replies`` replies into ``reply`` (an error reply is a value: the
-        connection stays in step), then give the connection back, whatever happens (a
-        failed one disconnected first)."""
+        connection stays in step), then those of a void written ``behind`` them, then give
+        the connection back, whatever happens (a failed one disconnected first)."""
         # A decision's read is bounded by the pool's socket timeout (connect.py); a scrub's
         # by the admin timeout.
         timeout = None if use.deadline_s is not None else _ADMIN_TIMEOUT_S
@@ -803,6 +875,16 @@ class Store:
                     out.append(exc)
             if not reply.done():
                 reply.set_result(out)
+            # Set (if ever) while ``reply`` was still pending, so before this point.
+            extra: _Reply | None = None
+            for _ in range(behind.replies):
+                try:
+                    extra = await connection.read_response(timeout=timeout)
+                except ResponseError as exc:
+                    extra = exc
+            if behind.settle is not None:
+                settle, behind.settle = behind.settle, None
+                settle(extra)
         except BaseException as exc:
             await connection.disconnect()
             if not reply.done():
@@ -810,10 +892,86 @@ class Store:
                     reply.set_exception(exc)
                 else:
                     reply.cancel()
+            if behind.settle is not None:  # the void's fate is unknown: send it again
+                settle, behind.settle = behind.settle, None
+                settle(None)
             if not isinstance(exc, Exception):
                 raise
         finally:
             await lane.release(connection)
+
+    # --- undoing a recorded decision nobody waited for ------------------------------------
+
+    def _void_behind(self, connection: AbstractConnection, behind: _Behind, void: _Undo) -> None:
+        """Write the void right behind its decision on the decision's connection (its reader
+        reads the reply); on a fresh connection if this one cannot take it."""
+        writer = getattr(connection, "_writer", None)  # redis-py's, as _reply_waiting reads
+        if writer is None or writer.is_closing():
+            self._void_later(void)
+            return
+        command = void.command().packed
+        behind.replies = 2 if void.asking else 1
+        behind.settle = functools.partial(self._settle_void, void)
+        writer.write(_ASKING + command if void.asking else command)
+
+    def _settle_void(self, void: _Undo, reply: _Reply | None) -> None:
+        """The void's reply (None: its connection failed first): counted and logged; a void
+        that did not run is sent again on a fresh connection."""
+        if reply is None or isinstance(reply, Exception):
+            self._void_later(void)
+            return
+        self._voided(reply)
+
+    def _voided(self, reply: _Reply) -> None:
+        found, decided, removed = (int(n) for n in bytes(reply).split(b","))
+        if found == 0:
+            self.voids["not_run"] += 1
+            log.info("a recorded decision that got the fail mode had not run: nothing to undo")
+            return
+        self.voids["undone"] += 1
+        log.warning(
+            "a recorded decision that got the fail mode had run in Redis (%s); undone: "
+            "its audit entry removed, %d attempt(s) uncounted",
+            "allowed" if decided == 0 else "refused" if decided > 0 else "no audit entry",
+            removed,
+        )
+
+    def undo(self, receipt: object) -> None:
+        """Undo a recorded decision whose call never went out (its channel left before the
+        decision reached it): in the background, as a late decision's void (``voids``)."""
+        if isinstance(receipt, _Undo):
+            self._void_later(receipt)
+
+    def _void_later(self, void: _Undo) -> None:
+        """Send the void on a fresh connection, in the background (``close()`` bounds it)."""
+        self._let_finish(asyncio.create_task(self._send_void(void), name="callgate-void"))
+
+    async def _send_void(self, void: _Undo) -> None:
+        command = void.command()
+        delay = VOID_RETRY_S
+        give_up = time.monotonic() + VOID_PATIENCE_S
+        error: BaseException | None = None
+        for _ in range(int(VOID_PATIENCE_S / VOID_RETRY_S) + 1):
+            try:
+                (reply,) = await self._call([command], _VOID_USE)
+                self._voided(_raise_error(reply))
+                return
+            except (RedisError, OSError, StoreError, TimeoutError) as exc:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise
+                error = exc
+            if time.monotonic() + delay > give_up:
+                break
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, VOID_RETRY_MAX_S)
+        self.voids["failed"] += 1
+        log.error(
+            "a recorded decision that got the fail mode could not be undone within %g s "
+            "(%s): if it ran, its attempt stays counted and its audit entry stays",
+            VOID_PATIENCE_S,
+            error,
+        )
 
     def _let_finish(self, exchange: asyncio.Task[Any]) -> None:
         """Let an exchange nobody waits for end by itself (``close()`` bounds it)."""
@@ -1026,14 +1184,26 @@ class _Encoded:
     keys: list[str]
     args: list[bytes]
     layout: list[tuple[StoreCheck, list[str]]]  # per decision: its meta fields
+    # per decision: (its audit stream, its audit head or b"", the attempt logs it counts in)
+    undo: list[tuple[str, bytes, list[str]]]
 
     def command(self, script: Script) -> _Command:
         return _command(script, self.keys, self.args)
 
+    def void(self, index: int) -> _Command:
+        """The void.lua call that undoes decision ``index`` (EVAL: a void is rare, and
+        never gets NOSCRIPT on a server that restarted meanwhile)."""
+        check = self.layout[index][0]
+        stream, head, logs = self.undo[index]
+        parts = [b"EVAL", VOID.text.encode(), b"%d" % (1 + len(logs)), stream.encode()]
+        parts += [k.encode() for k in logs]
+        parts += [head, b"%d" % check.now_ms, b"%d" % VOID_SEARCH]
+        return _Command(None, key_slot(stream.encode()), _resp(parts))
+
     def results(self, reply: list[Any], views: dict[str, str]) -> list[StoreResult | None]:
         """Each decision's result, or None when it was STALE (``views`` updated)."""
         out: list[StoreResult | None] = []
-        for (check, fields), item in zip(self.layout, reply, strict=True):
+        for d, ((check, fields), item) in enumerate(zip(self.layout, reply, strict=True)):
             if isinstance(item, list):  # STALE: what the meta holds
                 for name, value in zip(fields, item, strict=True):
                     if not name.endswith(":r"):
@@ -1046,7 +1216,8 @@ class _Encoded:
                 _version(c, views) if seen >= 0 else ""
                 for c, seen in zip(check.checks, results, strict=True)
             )
-            out.append(StoreResult(numbers[0], numbers[1], results, versions))
+            receipt = _Undo(functools.partial(self.void, d)) if check.record else None
+            out.append(StoreResult(numbers[0], numbers[1], results, versions, receipt))
         return out
 
 
@@ -1067,7 +1238,7 @@ def _encode(
     encoder = _Encoder(len(decisions))
     for d, check in enumerate(decisions):
         encoder.add(check, views, outside[d] if outside else {})
-    return _Encoded(encoder.keys, encoder.args, encoder.layout)
+    return _Encoded(encoder.keys, encoder.args, encoder.layout, encoder.undo)
 
 
 @functools.lru_cache(maxsize=256)
@@ -1094,13 +1265,14 @@ _X = (ord("X"), ord("x"))
 class _Encoder:
     """Accumulates the KEYS (each once) and ARGV of decide.lua, decision by decision."""
 
-    __slots__ = ("args", "index", "keys", "layout")
+    __slots__ = ("args", "index", "keys", "layout", "undo")
 
     def __init__(self, decisions: int) -> None:
         self.keys: list[str] = []
         self.index: dict[str, int] = {}
         self.args: list[bytes] = [b"%d" % decisions]
         self.layout: list[tuple[StoreCheck, list[str]]] = []
+        self.undo: list[tuple[str, bytes, list[str]]] = []
 
     def key(self, key: str) -> int:
         found = self.index.get(key)
@@ -1116,6 +1288,7 @@ class _Encoder:
         fields: dict[str, str] = {}  # meta field → expected value, in order
         fmt: list[str] = []
         values: list[float] = []
+        logs: list[str] = []  # the attempt logs this decision counts in
         for i, c in enumerate(check.checks):
             kind = c.kind
             code = _CODES[kind][c.shadow]
@@ -1161,7 +1334,9 @@ class _Encoder:
                 fmt.append("BHddd")
                 values += (code, self.key(c.key), *c.params)
             else:
-                at = self.key(c.key if c.shared else f"{prefix}{c.key}:{number.token}")
+                log_key = c.key if c.shared else f"{prefix}{c.key}:{number.token}"
+                logs.append(log_key)
+                at = self.key(log_key)
                 fmt.append("BHdd")
                 values += (code, at, c.params[0], c.params[1])
         evidence = check.evidence if check.record else None
@@ -1195,3 +1370,7 @@ class _Encoder:
             joint = "," if present else ""
             self.args.append(f"{known[:-1]}{joint}{tail}".encode())
         self.layout.append((check, list(fields)))
+        if check.record:
+            self.undo.append((prefix + "audit", self.args[-1] if evidence else b"", logs))
+        else:
+            self.undo.append(("", b"", []))

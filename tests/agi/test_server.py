@@ -25,6 +25,7 @@ import pytest
 from agi.server import AgiServer
 from gate.core.errors import ConfigError, StoreError
 from gate.lists.admin import ListAdmin
+from gate.ops.audit import read_range
 from gate.service import Gate, Observed
 from gate.store.client import Store
 from tests.conftest import make_config
@@ -809,3 +810,25 @@ async def test_control_characters_in_headers_cannot_forge_log_lines(
 
 
 CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+async def test_an_allow_the_channel_hung_up_before_receiving_is_undone(
+    gate: Gate, server: AgiServer
+) -> None:
+    """Five channels hang up (HANGUP) before their ALLOW reaches them: no call went out, so
+    none is counted or kept as an ALLOW in the audit trail; with the cap of 4 attempts in
+    30 days, the next call is still allowed."""
+
+    async def hang_up(_index: int, _command: str) -> str | None:
+        return "HANGUP\n"
+
+    for _ in range(5):
+        await agi_call(server.port, "check", reply=hang_up)
+    for _ in range(100):  # bounded: the voids run in the background
+        if getattr(gate.store, "voids", collections.Counter())["undone"] >= 5:
+            break
+        await asyncio.sleep(0.02)
+    entries = [r async for r in read_range(gate.store.admin_client, "callgate")]
+    following = await agi_call(server.port, "check")
+    assert [] == [e["verdict"] for e in entries]
+    assert ALLOWED_0612345678 == following.variables

@@ -102,18 +102,24 @@ def dump_toml(data: Mapping[str, Any]) -> str:
 
 def config_text(
     *,
-    redis_url: str,
+    redis_url: str | None,
     agi_port: int,
     secret: str,
     overrides: Mapping[str, Any] | None = None,
     extra_toml: str = "",
+    state_dir: Path | None = None,
 ) -> str:
     """The sample config with the test's Redis, secret and port; ``overrides`` replace keys
-    inside top-level tables (or whole arrays such as ``caps``); ``extra_toml`` is appended."""
+    inside top-level tables (or whole arrays such as ``caps``); ``extra_toml`` is appended.
+    ``redis_url=None`` with a ``state_dir``: the embedded Redis, its data in
+    ``state_dir/redis`` (``callgate run`` starts and supervises it)."""
     data: dict[str, Any] = tomllib.loads(SAMPLE_CONFIG.read_text())
     redis = dict(data.get("redis", {}))
     redis.pop("data_dir", None)
-    redis["url"] = redis_url
+    if redis_url is not None:
+        redis["url"] = redis_url
+    elif state_dir is None:
+        raise GateProcessError("an embedded Redis needs a state_dir for its data")
     privacy = dict(data.get("privacy", {}))
     privacy.pop("secret_file", None)
     privacy["secret"] = secret
@@ -123,6 +129,8 @@ def config_text(
     # Real calls happen at the real time of day: without the fr pack's calling hours, with
     # the same 4-per-30-days cap as a plain config cap.
     gate = {**data.get("gate", {}), "packs": []}
+    if state_dir is not None:
+        gate["state_dir"] = str(state_dir)  # never the sample's ../var
     caps = [{"id": "fr-4-per-30d", "limit": 4, "window": "30d", "scope": "tenant"}]
     data.update(redis=redis, privacy=privacy, agi=agi, http=http, gate=gate, caps=caps)
     for name, value in (overrides or {}).items():

@@ -232,6 +232,7 @@ class AsteriskSandbox:
         extra_files: Mapping[str, str] | None = None,
         sip_context: str = "from-sipp",
         start_timeout: float = _START_TIMEOUT,
+        rtp_ports: int = 200,
     ) -> None:
         self.root = Path(root) if root is not None else default_root()
         self.dialplan = dialplan
@@ -240,8 +241,11 @@ class AsteriskSandbox:
         self.start_timeout = start_timeout
         self.http_port = free_port(socket.SOCK_STREAM)
         self.sip_port = free_port(socket.SOCK_DGRAM)
-        # An even RTP range well away from the usual defaults (10000-20000).
-        self.rtp_start = random.randrange(30000, 59000, 2)
+        # An even RTP range well away from the usual defaults (10000-20000); each call
+        # holds two ports (RTP, RTCP) until it ends, so ``rtp_ports`` bounds the calls
+        # in progress (beyond it Asterisk answers 488).
+        self.rtp_ports = rtp_ports
+        self.rtp_start = random.randrange(30000, 63000 - rtp_ports, 2)
         self.ari_user = "callgate-test"
         self.ari_password = secrets.token_hex(16)
         self.pid: int | None = None
@@ -343,7 +347,8 @@ password_format = plain
 """,
             "manager.conf": "[general]\nenabled = no\n",
             "rtp.conf": (
-                f"[general]\nrtpstart = {self.rtp_start}\nrtpend = {self.rtp_start + 200}\n"
+                f"[general]\nrtpstart = {self.rtp_start}\n"
+                f"rtpend = {self.rtp_start + self.rtp_ports}\n"
             ),
             "pjsip.conf": f"""\
 [transport-udp]

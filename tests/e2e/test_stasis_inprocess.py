@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -23,6 +24,7 @@ from sandbox import AsteriskSandbox
 from gate.config.loader import AriConfig
 from gate.core.errors import StoreError
 from gate.lists.admin import ListAdmin
+from gate.ops.audit import read_range
 from gate.service import Gate, Observed
 from gate.stasis.ari import AriClient, AriError, AriNotFound, AriUnavailable
 from gate.stasis.door import StasisGate
@@ -127,6 +129,7 @@ class FaultyClient(AriClient):
     def __init__(self, sandbox: AsteriskSandbox) -> None:
         super().__init__(sandbox.ari_url, sandbox.ari_user, sandbox.ari_password, "callgate")
         self.failing_continues = 0  # this many continues fail (AriUnavailable)
+        self.hangups_first = 0  # this many continues hang the channel up first (it leaves)
         self.continue_delay_s = 0.0  # a continue returns this late (after it took effect)
         self.bad_listings = 0  # this many GET /channels answer null
         self.buggy_sweeps = 0  # this many GET /channels raise a bug (TypeError)
@@ -138,6 +141,9 @@ class FaultyClient(AriClient):
         self, channel_id: str, context: str = "", extension: str = ""
     ) -> None:
         self.continues += 1
+        if self.hangups_first > 0:
+            self.hangups_first -= 1
+            await self.hangup(channel_id, 16)  # the real DELETE: the continue then answers 404
         if self.failing_continues > 0:
             self.failing_continues -= 1
             raise AriUnavailable("injected: the continue request failed")
@@ -383,6 +389,26 @@ async def test_a_failed_continue_is_retried_with_the_same_decision(
         allowed = await sandbox.originate_local(UNLISTED, "gated")
         assert "ALLOW" == await var_eventually(sandbox, allowed, "REACHED", 10)
     assert ([UNLISTED], 3) == (recorded.numbers, client.continues)
+
+
+async def test_an_allow_whose_channel_left_before_the_continue_is_undone(
+    asterisk_factory: SandboxFactory, gate: Gate
+) -> None:
+    """The channel hangs up between its decision and its continue (404): no call went out,
+    so its ALLOW is neither counted nor kept in the audit trail."""
+    text, files = dialplan()
+    sandbox = asterisk_factory(text, extra_files=files)
+    client = FaultyClient(sandbox)
+    client.hangups_first = 1
+    async with serving(gate, sandbox, client=client):
+        gone = await sandbox.originate_local(UNLISTED, "gated")
+        assert await gone_eventually(sandbox, gone, 10)
+        for _ in range(100):  # bounded: the void runs in the background
+            if getattr(gate.store, "voids", Counter())["undone"]:
+                break
+            await asyncio.sleep(0.05)
+    entries = [r async for r in read_range(gate.store.admin_client, "callgate")]
+    assert (1, []) == (client.continues, [e["verdict"] for e in entries])
 
 
 async def test_the_sweep_reapplies_a_decision_it_could_not_apply_and_never_decides_again(

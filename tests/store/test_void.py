@@ -1,0 +1,156 @@
+"""A recorded decision that got the fail mode leaves nothing behind (gate.store.client,
+void.lua), against the session's REAL Redis.
+
+Found by tests/e2e/test_faults.py: with Redis stopped (SIGSTOP) for 2 s under load, a
+Stasis call was refused with DEFER store_unavailable (its reply missed the deadline), yet
+when Redis resumed it ran the queued decision script, which counted the attempt and wrote
+an ALLOW audit entry: evidence of a call that never went out, and a cap that counted it.
+Here ``CLIENT PAUSE`` holds the script the same way.
+"""
+
+# House style for tests is `assert expected == actual`.
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from datetime import UTC, datetime
+
+import redis
+
+from gate.config.loader import Config
+from gate.core.model import Attempt, Verdict
+from gate.ops.audit import read_range
+from gate.service import Gate
+from gate.store.client import Store, load_script
+from tests.conftest import make_config
+from tests.store.test_pool import proxy_to
+
+NUMBER = "0612345678"
+# A cap of one: a phantom attempt would refuse the next call.
+ONCE = {"caps": [{"id": "once", "limit": 1, "window": "30d", "scope": "tenant"}]}
+PAUSE_MS = 600
+SETTLE_S = 5.0
+
+
+def attempt() -> Attempt:
+    return Attempt(dialled=NUMBER, now=datetime.now(UTC))
+
+
+async def verdicts(store: Store) -> Counter[str]:
+    """Verdicts of the audit entries the decision script wrote."""
+    return Counter([r["verdict"] async for r in read_range(store.admin_client, "callgate")])
+
+
+async def settled(store: Store, outcome: str) -> None:
+    """Wait (bounded) until the store has counted one void with ``outcome``."""
+    deadline = time.monotonic() + SETTLE_S
+    for _ in range(int(SETTLE_S / 0.02)):
+        if getattr(store, "voids", Counter())[outcome] or time.monotonic() > deadline:
+            return
+        await asyncio.sleep(0.02)
+
+
+async def late_decision(
+    config: Config, redis_url: str, sync_redis: redis.Redis
+) -> tuple[Verdict, dict[str, int]]:
+    """One recorded decision held by CLIENT PAUSE past its 100 ms deadline; Redis runs it
+    once the pause ends. Its verdict and the store's voids, once the void settled."""
+    store = Store(redis_url, 0.1)
+    gate = Gate(config, store)
+    try:
+        await gate.decide(Attempt("0699999999", datetime.now(UTC)), record=False, door="cli")
+        sync_redis.execute_command("CLIENT", "PAUSE", PAUSE_MS, "ALL")
+        late = await gate.decide(attempt(), record=True, door="agi")
+        await settled(store, "undone")
+    finally:
+        await store.close()
+    return late.verdict, dict(getattr(store, "voids", {}))
+
+
+async def next_call(config: Config, redis_url: str) -> tuple[Verdict, str]:
+    store = Store(redis_url, 1.0)
+    try:
+        decision = await Gate(config, store).decide(attempt(), record=True, door="agi")
+    finally:
+        await store.close()
+    return decision.verdict, decision.reason
+
+
+async def test_a_decision_run_after_its_deadline_is_undone(
+    redis_url: str, sync_redis: redis.Redis
+) -> None:
+    """Redis runs a recorded decision after the gate gave it the fail mode: its ALLOW
+    entry is deleted and its attempt uncounted (cap of one: the next call is allowed)."""
+    config = make_config(ONCE)
+    late, voids = await late_decision(config, redis_url, sync_redis)
+    store = Store(redis_url, 1.0)
+    try:
+        left = await verdicts(store)
+    finally:
+        await store.close()
+    assert Verdict.DEFER == late
+    assert Counter() == left
+    assert (Verdict.ALLOW, "allowed") == await next_call(config, redis_url)
+    assert {"undone": 1} == voids
+
+
+async def test_without_an_audit_trail_the_late_attempt_is_still_uncounted(
+    redis_url: str, sync_redis: redis.Redis
+) -> None:
+    """[audit] enabled = false: the void finds the attempt by its time and uncounts it."""
+    config = make_config({**ONCE, "audit": {"enabled": False}})
+    late, voids = await late_decision(config, redis_url, sync_redis)
+    assert Verdict.DEFER == late
+    assert (Verdict.ALLOW, "allowed") == await next_call(config, redis_url)
+    assert {"undone": 1} == voids
+
+
+async def test_a_decision_whose_reply_is_lost_is_undone_on_a_fresh_connection(
+    redis_url: str, sync_redis: redis.Redis
+) -> None:
+    """The connection drops after Redis ran the recorded decision: the decision gets the
+    fail mode, and a void sent on a fresh connection removes its entry and its attempt."""
+    sync_redis.script_load(load_script("decide.lua"))
+    config = make_config(ONCE)
+    async with proxy_to(redis_url, drops=10) as proxy:
+        proxied = Store(f"redis://127.0.0.1:{proxy.port}/0", 1.0)
+        try:
+            lost = await Gate(config, proxied).decide(attempt(), record=True, door="agi")
+            await settled(proxied, "undone")
+        finally:
+            await proxied.close()
+    voids = dict(getattr(proxied, "voids", {}))
+    store = Store(redis_url, 1.0)
+    try:
+        left = await verdicts(store)
+    finally:
+        await store.close()
+    assert (Verdict.DEFER, "store_unavailable") == (lost.verdict, lost.reason)
+    assert Counter() == left
+    assert (Verdict.ALLOW, "allowed") == await next_call(config, redis_url)
+    assert {"undone": 1} == voids
+
+
+async def test_a_late_refusal_loses_its_entry_and_uncounts_nothing(
+    redis_url: str, sync_redis: redis.Redis
+) -> None:
+    """A refused decision (the cap is full) held past its deadline: its DEFER entry is
+    deleted too (the call's record is the fail mode's), the counted attempt stays."""
+    config = make_config(ONCE)
+    store = Store(redis_url, 0.1)
+    gate = Gate(config, store)
+    try:
+        await gate.decide(Attempt("0699999999", datetime.now(UTC)), record=False, door="cli")
+        await gate.decide(attempt(), record=True, door="agi")  # counted: the cap is full
+        sync_redis.execute_command("CLIENT", "PAUSE", PAUSE_MS, "ALL")
+        late = await gate.decide(attempt(), record=True, door="agi")
+        await settled(store, "undone")
+        left = await verdicts(store)
+    finally:
+        await store.close()
+    assert (Verdict.DEFER, "store_unavailable") == (late.verdict, late.reason)
+    assert Counter({"ALLOW": 1}) == left
+    assert (Verdict.DEFER, "cap:once") == await next_call(config, redis_url)
+    assert {"undone": 1} == dict(getattr(store, "voids", {}))
