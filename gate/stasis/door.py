@@ -194,7 +194,13 @@ class StasisGate:
                         self._on_connected(was_connected)
                         was_connected, failures = True, 0
                         await self._session(events)
-                    if not self._stopping.is_set():
+                    if self._stopping.is_set():
+                        # The WebSocket is closed: Asterisk has unregistered the
+                        # application, so a Stasis() from now on fails at once (the
+                        # dialplan's fail mode). Channels that entered before, whose
+                        # StasisStart was not read, still wait: decide those too.
+                        await self._sweep()
+                    else:
                         log.warning("ARI connection to %s lost; reconnecting", self.config.url)
                         was_connected = False
                 except* AriError as group:
@@ -231,10 +237,6 @@ class StasisGate:
             await asyncio.wait({reading, stopping}, return_when=asyncio.FIRST_COMPLETED)
             reading.cancel()
             stopping.cancel()
-        if self._stopping.is_set():
-            # StasisStarts not yet read are lost with the socket while their channels
-            # still wait in the application: decide those too before leaving.
-            await self._sweep()
 
     async def _backoff(self, failures: int) -> None:
         delay = min(self.config.reconnect_max_s, _RECONNECT_BASE_S * 2 ** min(failures, 16))

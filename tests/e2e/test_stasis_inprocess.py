@@ -134,6 +134,7 @@ class FaultyClient(AriClient):
         self.bad_listings = 0  # this many GET /channels answer null
         self.buggy_sweeps = 0  # this many GET /channels raise a bug (TypeError)
         self.continues = 0
+        self.listings = 0  # GET /channels answered (the sweeps done)
         self.requests: list[tuple[str, str]] = []  # (method, path) of every REST request
         self.drop = asyncio.Event()  # set: the event stream ends (a lost connection)
 
@@ -155,7 +156,10 @@ class FaultyClient(AriClient):
         if (method, path) == ("GET", "/channels") and self.bad_listings > 0:
             self.bad_listings -= 1
             return None
-        return await super()._request(method, path, params, body)
+        reply = await super()._request(method, path, params, body)
+        if (method, path) == ("GET", "/channels"):
+            self.listings += 1
+        return reply
 
     def requests_for(self, channel_id: str) -> list[str]:
         """The REST requests that named ``channel_id``: ``"POST continue"``…"""
@@ -425,6 +429,10 @@ async def test_the_sweep_reapplies_a_decision_it_could_not_apply_and_never_decid
     gate.observers.append(recorded)
     async with serving(gate, sandbox, client=client) as stasis:
         stasis.apply_tries, stasis.apply_backoff_s = 2, 0.05
+        for _ in range(200):  # bounded: 10 s
+            if client.listings:  # the sweep on connecting is over: only the call's
+                break  # StasisStart brings it (not that sweep as well)
+            await asyncio.sleep(0.05)
         allowed = await sandbox.originate_local(UNLISTED, "gated")
         assert await logged(caplog, "the next sweep applies it", 10)
         client.drop.set()
