@@ -13,6 +13,7 @@ import collections
 import contextlib
 import dataclasses
 import logging
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
@@ -108,6 +109,28 @@ async def test_missed_deadlines_do_not_turn_into_reconnections(
     assert {"store_unavailable"} == {d.reason for d in paused}
     assert {"allowed"} == {d.reason for d in after}
     assert 0 == reconnections
+
+
+async def test_a_reply_held_up_by_the_event_loop_is_not_a_missed_deadline(redis_url: str) -> None:
+    """Redis answers at once but this process's event loop is blocked for 4 deadlines
+    (a burst of calls): the reply is in, unread, when the deadline fires; the decision gets
+    its answer, not the fail mode (and a paused Redis still gets the fail mode)."""
+    store = Store(redis_url, 0.05)
+    gate = Gate(make_config(), store)
+    try:
+        await gate.decide(attempt("0615000000"), record=False, door="cli")  # connected
+        loop = asyncio.get_running_loop()
+        pending = asyncio.create_task(gate.decide(attempt("0615000001"), record=False, door="cli"))
+        await asyncio.sleep(0)  # the decision is sent and waits for its reply
+        loop.call_soon(time.sleep, 0.2)  # then the loop is busy elsewhere for 200 ms
+        held_up = await pending
+        sync = redis.Redis.from_url(redis_url)
+        sync.execute_command("CLIENT", "PAUSE", 300, "ALL")
+        sync.close()
+        paused = await gate.decide(attempt("0615000002"), record=False, door="cli")
+    finally:
+        await store.close()
+    assert ("allowed", "store_unavailable") == (held_up.reason, paused.reason)
 
 
 # --- never re-send a recording decision -------------------------------------------------
