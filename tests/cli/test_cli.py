@@ -111,15 +111,20 @@ def config_file(tmp_path: Path, redis_url: str) -> Path:
 Run = Callable[..., tuple[int, str, str]]
 
 
+def run_cli(capsys: pytest.CaptureFixture[str], config: Path, *args: str) -> tuple[int, str, str]:
+    """``callgate --config CONFIG ARGS…`` in-process: (status, stdout, stderr)."""
+    capsys.readouterr()
+    status = main(["--config", str(config), *args])
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
 @pytest.fixture
 def cli(capsys: pytest.CaptureFixture[str], config_file: Path) -> Run:
-    """``callgate --config <config_file> ARGS…`` in-process: (status, stdout, stderr)."""
+    """``run_cli`` with ``config_file`` unless told another config."""
 
     def run(*args: str, config: Path = config_file) -> tuple[int, str, str]:
-        capsys.readouterr()
-        status = main(["--config", str(config), *args])
-        out, err = capsys.readouterr()
-        return status, out, err
+        return run_cli(capsys, config, *args)
 
     return run
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from gate.cli import main
+from tests.cli.test_cli import run_cli as run
 from tests.cli.test_cli import sample_config
 
 BAD = "061234567²"
@@ -25,13 +25,6 @@ def config(tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch) -> P
     path = tmp_path / "callgate.toml"
     path.write_text(sample_config(redis_url), encoding="utf-8")
     return path
-
-
-def run(capsys: pytest.CaptureFixture[str], config: Path, *args: str) -> tuple[int, str, str]:
-    capsys.readouterr()
-    status = main(["--config", str(config), *args])
-    out, err = capsys.readouterr()
-    return status, out, err
 
 
 def test_check_of_a_bad_number_is_blocked_as_invalid(

@@ -16,11 +16,11 @@ from typing import Any
 import pytest
 
 from agi.server import AgiServer
-from gate.cli import main
 from gate.config.loader import Config
 from gate.service import Gate
 from gate.store.client import Store
 from tests.agi.test_server import HEADER_TIMEOUT_S, HOST, agi_call, answer
+from tests.cli.test_cli import run_cli as run
 from tests.cli.test_cli import sample_config
 from tests.conftest import make_config
 from tests.ops.conftest import LISTS, Served, serve
@@ -56,13 +56,6 @@ def uk_config(tmp_path: Path, redis_url: str) -> Path:
         encoding="utf-8",
     )
     return path
-
-
-def run(capsys: pytest.CaptureFixture[str], config: Path, *args: str) -> tuple[int, str, str]:
-    capsys.readouterr()
-    status = main(["--config", str(config), *args])
-    out, err = capsys.readouterr()
-    return status, out, err
 
 
 def test_the_cli_records_answered_and_abandoned_calls_of_a_campaign(

@@ -14,7 +14,6 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from gate.cli import main
 from gate.config.loader import Config
 from gate.core.engine import CheckKind, Plan, plan
 from gate.core.errors import InputError
@@ -26,6 +25,7 @@ from gate.lists.formats import Rejected
 from gate.lists.reassigned import Disconnect, latest, read_disconnects, void_before_ms
 from gate.ops.metrics import Metrics, refresh_lists
 from gate.service import Gate
+from tests.cli.test_cli import run_cli as run
 from tests.cli.test_cli import sample_config
 from tests.packs.conftest import PACKS_DIR, TENANT, admin, import_list, outcome, pack_config
 
@@ -315,13 +315,6 @@ def us_config(tmp_path: Path, redis_url: str) -> Path:
         encoding="utf-8",
     )
     return path
-
-
-def run(capsys: pytest.CaptureFixture[str], config: Path, *args: str) -> tuple[int, str, str]:
-    capsys.readouterr()
-    status = main(["--config", str(config), *args])
-    out, err = capsys.readouterr()
-    return status, out, err
 
 
 def test_the_cli_imports_exports_and_enforces_a_reassigned_list(
