@@ -374,6 +374,7 @@ class Row:
     answered_to_listed: int = 0
     allow_entries: int = 0
     allow_without_call: int = 0
+    allowed_then_cut: int = 0  # ALLOW entries of calls the PBX tore down (see test_faults)
     answered_without_allow: int = 0
     left_in_stasis: int = 0
     optouts_acked: int = 0
@@ -389,9 +390,10 @@ class Row:
     )
 
     def line(self) -> str:
+        cut = self.allowed_then_cut
         audit = (
-            f"{self.allow_entries}={self.answered}"
-            if self.allow_entries == self.answered
+            f"{self.allow_entries}={self.answered}" + (f"+{cut} cut" if cut else "")
+            if self.allow_entries == self.answered + cut
             and not (self.allow_without_call or self.answered_without_allow)
             else f"{self.allow_entries}!={self.answered} "
             f"(+{self.allow_without_call}/-{self.answered_without_allow})"

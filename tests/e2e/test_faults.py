@@ -226,9 +226,21 @@ async def run_fault(rig: Rig, fault: Fault, series: int) -> Row:
     keyspace = rig.keyspace()
     answered = Counter(rig.token(n, keyspace) for n in numbers if run.results.get(n) == 200)
     answered += Counter(rig.token(n, keyspace) for n in acked if after.results.get(n) == 200)
+    # Calls the PBX itself tore down between the decision and the dialplan's reading of it
+    # (Asterisk stopping hangs up every channel): neither answered nor refused by the gate,
+    # and their hangup line shows no result at all. An ALLOW entry for one of those is a
+    # decision that reached its channel; the call it allowed died with the PBX.
+    cut = Counter(
+        rig.token(n, keyspace)
+        for n in numbers
+        if run.results.get(n) not in (200, 403, 503)
+        and lines.get(n)
+        and all(line.result == "" for line in lines[n])
+    )
     allowed = await asyncio.to_thread(rig.allow_entries)
     row.allow_entries = sum(allowed.values())
-    row.allow_without_call = sum((allowed - answered).values())
+    row.allowed_then_cut = sum(((allowed - answered) & cut).values())
+    row.allow_without_call = sum((allowed - answered).values()) - row.allowed_then_cut
     row.answered_without_allow = sum((answered - allowed).values())
     by_token = {rig.token(n, keyspace): n for n in numbers}
     for token in (allowed - answered) | (answered - allowed):
