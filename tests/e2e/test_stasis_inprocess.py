@@ -145,6 +145,14 @@ class FaultyClient(AriClient):
         if self.hangups_first > 0:
             self.hangups_first -= 1
             await self.hangup(channel_id, 16)  # the real DELETE: the continue then answers 404
+            # Asterisk answers the DELETE before the channel has gone: wait (bounded) until
+            # it has, so that the continue below meets a channel that left.
+            for _ in range(100):  # bounded: 2 s
+                try:
+                    await super().channel(channel_id)
+                except AriNotFound:
+                    break
+                await asyncio.sleep(0.02)
         if self.failing_continues > 0:
             self.failing_continues -= 1
             raise AriUnavailable("injected: the continue request failed")
@@ -210,6 +218,16 @@ async def logged(caplog: pytest.LogCaptureFixture, text: str, within: float) -> 
             return True
         await asyncio.sleep(0.05)
     return False
+
+
+async def swept(client: FaultyClient) -> None:
+    """Wait (bounded) until the door's sweep on connecting is over, so that a call placed
+    now is brought by its StasisStart alone, not by that sweep as well."""
+    for _ in range(200):  # bounded: 10 s
+        if client.listings:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("the door never listed the channels on connecting")
 
 
 @asynccontextmanager
@@ -405,6 +423,7 @@ async def test_an_allow_whose_channel_left_before_the_continue_is_undone(
     client = FaultyClient(sandbox)
     client.hangups_first = 1
     async with serving(gate, sandbox, client=client):
+        await swept(client)
         gone = await sandbox.originate_local(UNLISTED, "gated")
         assert await gone_eventually(sandbox, gone, 10)
         for _ in range(100):  # bounded: the void runs in the background
@@ -429,10 +448,7 @@ async def test_the_sweep_reapplies_a_decision_it_could_not_apply_and_never_decid
     gate.observers.append(recorded)
     async with serving(gate, sandbox, client=client) as stasis:
         stasis.apply_tries, stasis.apply_backoff_s = 2, 0.05
-        for _ in range(200):  # bounded: 10 s
-            if client.listings:  # the sweep on connecting is over: only the call's
-                break  # StasisStart brings it (not that sweep as well)
-            await asyncio.sleep(0.05)
+        await swept(client)
         allowed = await sandbox.originate_local(UNLISTED, "gated")
         assert await logged(caplog, "the next sweep applies it", 10)
         client.drop.set()
