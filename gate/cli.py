@@ -159,6 +159,13 @@ def _when(value: str) -> datetime:
     return parsed
 
 
+def _actions(commands: Commands, name: str, summary: str) -> Commands:
+    """A command whose ACTION subcommands the caller adds (``config check``, ``list add``…)."""
+    return _add(commands, name, summary).add_subparsers(
+        dest="action", required=True, parser_class=_Parser, metavar="ACTION"
+    )
+
+
 def _add(commands: Commands, name: str, summary: str, examples: str = "", **kw: object) -> _Parser:
     """A subcommand with its one-line summary, a description and examples."""
     epilog = "examples:\n" + examples if examples else None
@@ -262,10 +269,7 @@ def _init_parser(commands: Commands) -> None:
 
 
 def _config_parsers(commands: Commands) -> None:
-    config = _add(commands, "config", "validate the configuration")
-    actions = config.add_subparsers(
-        dest="action", required=True, parser_class=_Parser, metavar="ACTION"
-    )
+    actions = _actions(commands, "config", "validate the configuration")
     check = _add(
         actions,
         "check",
@@ -354,10 +358,7 @@ def _check_parser(commands: Commands) -> None:
 
 
 def _list_parsers(commands: Commands) -> None:
-    lists = _add(commands, "list", "manage block, allow and consent lists")
-    actions = lists.add_subparsers(
-        dest="action", required=True, parser_class=_Parser, metavar="ACTION"
-    )
+    actions = _actions(commands, "list", "manage block, allow and consent lists")
     for name, summary, example in (
         ("add", "add numbers to a list", "  callgate list add red +33612345678 0698765432"),
         ("remove", "remove numbers from a list", "  callgate list remove red +33612345678"),
@@ -437,10 +438,7 @@ def _list_parsers(commands: Commands) -> None:
 
 
 def _consent_parsers(commands: Commands) -> None:
-    consent = _add(commands, "consent", "record or revoke prior consents")
-    actions = consent.add_subparsers(
-        dest="action", required=True, parser_class=_Parser, metavar="ACTION"
-    )
+    actions = _actions(commands, "consent", "record or revoke prior consents")
     grant = _add(
         actions,
         "add",
@@ -556,9 +554,8 @@ def _scrub_parser(commands: Commands) -> None:
 
 
 def _audit_parsers(commands: Commands) -> None:
-    audit = _add(commands, "audit", "the audit trail: the evidence of every recorded decision")
-    actions = audit.add_subparsers(
-        dest="action", required=True, parser_class=_Parser, metavar="ACTION"
+    actions = _actions(
+        commands, "audit", "the audit trail: the evidence of every recorded decision"
     )
     tail = _add(
         actions,
