@@ -1,6 +1,7 @@
 """Benchmark: post-dial delay through a real Asterisk, with the gate and without, in one run.
 
     python bench/e2e.py [--calls 500] [--rates 50,100] [--workers 1] [--deadline 50ms] [--keep]
+                         [--profile RATE]
 
 Needs root and the Asterisk chroot (``make sandbox``) and Debian's sipp. Starts, all on
 loopback: a redis-server (unix socket), ``callgate run`` with the sample config
@@ -43,7 +44,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import re
+import select
 import shutil
 import signal
 import statistics
@@ -65,12 +68,17 @@ from sippuac import SippRun, run_sipp  # noqa: E402
 
 from gate.store.embedded import find_redis_server  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "bench"))
+from pyspy import recording, summary  # noqa: E402
+
 SECRET = "bench-secret-0123456789abcdef"
 WARMUP_CALLS = 20
 REST_CALLS = 40
 AGI_CALLS = 40
 #: modes in row order: the SIP number prefix and the context it reaches
 MODES = {"ungated": "9", "agi": "", "stasis": "8"}
+#: with --minimal, after the ungated row: bench/minimal_agi.py's FastAGI gate
+MINIMAL = {"ungated": "9", "minimal": "7", "agi": "", "stasis": "8"}
 
 DIALPLAN = """
 #include callgate.conf
@@ -79,6 +87,7 @@ DIALPLAN = """
 exten => _0X.,1,Goto(gated,${EXTEN},1)
 exten => _9X.,1,Goto(ungated,${EXTEN:1},1)
 exten => _8X.,1,Goto(stasis-gated,${EXTEN:1},1)
+exten => _7X.,1,Goto(minimal-gated,${EXTEN:1},1)
 
 [gated]
 exten => _X.,1,GoSub(callgate-agi,s,1(${EXTEN},default,bench,campaign))
@@ -90,6 +99,11 @@ exten => _X.,1,GoSub(callgate-stasis,s,1(${EXTEN},default,bench,campaign))
 
 [ungated]
 exten => _X.,1,Goto(reached,${EXTEN},1)
+
+[minimal-gated]
+exten => _X.,1,AGI(agi://127.0.0.1:MINIMAL_PORT/check,${EXTEN})
+ same => n,GotoIf($["${CALLGATE_RESULT}" = "ALLOW"]?reached,${EXTEN},1)
+ same => n,Hangup(21)
 
 [reached]
 exten => _X.,1,Answer()
@@ -120,6 +134,44 @@ def start_redis(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
         client.close()
     stop(process)
     raise RuntimeError("redis-server did not answer PING within 10 s")
+
+
+def start_minimal(port: int, redis_url: str) -> subprocess.Popen[bytes]:
+    """bench/minimal_agi.py on 127.0.0.1:``port``, once it says it listens (10 s at most)."""
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "bench" / "minimal_agi.py"), str(port), redis_url],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert process.stdout is not None
+    ready = select.select([process.stdout], [], [], 10)[0]
+    if not ready or process.stdout.readline() != b"ready\n":
+        stop(process)
+        raise RuntimeError("bench/minimal_agi.py did not start within 10 s")
+    return process
+
+
+def tree_cpu_s(root: int | None) -> float:
+    """CPU seconds (user + system) used so far by process ``root`` and its descendants
+    (from /proc; 0 when ``root`` is None)."""
+    if root is None:
+        return 0.0
+    table: dict[int, tuple[int, int]] = {}  # pid -> (parent, ticks)
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:  # gone meanwhile
+                continue
+            table[int(entry.name)] = (int(fields[1]), int(fields[11]) + int(fields[12]))
+    children: dict[int, list[int]] = {}
+    for pid, (parent, _) in table.items():
+        children.setdefault(parent, []).append(pid)
+    ticks, todo = 0, [root]
+    while todo:
+        pid = todo.pop()
+        ticks += table.get(pid, (0, 0))[1]
+        todo += children.get(pid, [])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:
@@ -268,25 +320,28 @@ def agi_round_trips_per_decision(
 
 
 def goal_lines(rows: list[tuple[int, str, int, int, float, float]], rates: list[int]) -> list[str]:
-    """Each door against the ungated row of the same rate: ratios, the goals, the knee."""
+    """Each door against the ungated row of the same rate: ratios, the goals, the knee;
+    with a minimal FastAGI gate's rows, each door's added delay against the minimal's."""
     by_rate = {
         (rate, mode): (calls, answered, p50, p99) for rate, mode, calls, answered, p50, p99 in rows
     }
+    doors = [d for d in ("minimal", "agi", "stasis") if (rates[0], d) in by_rate]
     lines = [
-        f"{'cps':>5} {'door':<7} {'added p50':>10} {'p50/ungated':>12} {'p99/ungated':>12} "
+        f"{'cps':>5} {'door':<8} {'added p50':>10} {'p50/ungated':>12} {'p99/ungated':>12} "
         f"{'p99 bound':>10} {'failed':>7}"
     ]
-    knee: dict[str, int | None] = {"agi": None, "stasis": None}
-    serves: dict[str, int | None] = {"agi": None, "stasis": None}  # < 1 % failed only
+    knee: dict[str, int | None] = dict.fromkeys(doors)
+    serves: dict[str, int | None] = dict.fromkeys(doors)  # < 1 % failed only
     verdicts: list[str] = []
+    floor: list[str] = []
     for rate in rates:
         _, _, u50, u99 = by_rate[rate, "ungated"]
-        for door in ("agi", "stasis"):
+        for door in doors:
             calls, answered, g50, g99 = by_rate[rate, door]
             failed = (calls - answered) / calls
             bound = 2 * u99 + 2
             lines.append(
-                f"{rate:>5} {door:<7} {g50 - u50:>+9.2f}ms {g50 / u50:>11.2f}x {g99 / u99:>11.2f}x "
+                f"{rate:>5} {door:<8} {g50 - u50:>+9.2f}ms {g50 / u50:>11.2f}x {g99 / u99:>11.2f}x "
                 f"{bound:>8.2f}ms {100 * failed:>6.1f}%"
             )
             holds = failed < 0.01 and g50 <= 2 * u50
@@ -294,6 +349,14 @@ def goal_lines(rows: list[tuple[int, str, int, int, float, float]], rates: list[
                 serves[door] = rate
             if holds and (knee[door] is None or rate > (knee[door] or 0)):
                 knee[door] = rate
+            if door == "minimal":
+                continue
+            if "minimal" in doors:
+                m50 = by_rate[rate, "minimal"][2]
+                floor.append(
+                    f"{rate} cps {door}: added p50 {g50 - u50:.2f} ms, the minimal FastAGI "
+                    f"gate's {m50 - u50:.2f} ms: {g50 - m50:+.2f} ms over it"
+                )
             if rate == 100:
                 ok = g50 - u50 <= 1.5 and g99 <= bound
                 verdicts.append(
@@ -312,6 +375,8 @@ def goal_lines(rows: list[tuple[int, str, int, int, float, float]], rates: list[
             "(< 1 % failed, p50 <= 2x ungated); "
             f"fewer than 1 % failed up to {serves[door] or 0} cps"
         )
+    if floor:
+        lines += ["", *floor]
     return lines
 
 
@@ -322,14 +387,29 @@ def main() -> int:
     parser.add_argument("--deadline", default="50ms", help="the gate's [redis] deadline")
     parser.add_argument("--workers", type=int, default=1, help="callgate run --workers N")
     parser.add_argument("--keep", action="store_true", help="keep the SIPp traces and logs")
+    parser.add_argument(
+        "--profile",
+        type=int,
+        metavar="RATE",
+        help="record the gate with py-spy during each door's row at RATE cps (one of --rates)"
+        " and print its top frames",
+    )
+    parser.add_argument(
+        "--minimal",
+        action="store_true",
+        help="add a row per rate through bench/minimal_agi.py, a minimal FastAGI gate",
+    )
     args = parser.parse_args()
     rates = [int(r) for r in args.rates.split(",")]
+    modes = MINIMAL if args.minimal else MODES
+    if args.profile is not None and args.profile not in rates:
+        parser.error(f"--profile {args.profile}: not one of --rates {args.rates}")
 
     workdir = Path(tempfile.mkdtemp(prefix="cg-bench-e2e-"))
     redis_process, redis_url = start_redis(workdir)
-    port = free_port()
+    port, minimal_port = free_port(), free_port()
     sandbox = AsteriskSandbox(
-        DIALPLAN,
+        DIALPLAN.replace("MINIMAL_PORT", str(minimal_port)),
         extra_files={"callgate.conf": callgate_dialplan(port, fail_mode="DEFER")},
         sip_context="from-sipp",
     )
@@ -349,22 +429,39 @@ def main() -> int:
     rows: list[tuple[int, str, int, int, float, float]] = []
     rest_lines: list[str] = []
     agi_lines: list[str] = []
+    profiles: list[Path] = []
+    profile_lines: list[str] = []
+    minimal: subprocess.Popen[bytes] | None = None
+    # (rate, mode) -> CPU ms per call of: the gate (or the minimal gate), Redis, Asterisk
+    cpu: dict[tuple[int, str], tuple[float, float, float]] = {}
     try:
         sandbox.start()
         gate.start()
+        if args.minimal:
+            minimal = start_minimal(minimal_port, redis_url)
         gate.wait_for_log("ARI connected", within_s=10)
         warm = [f"0613{i:06d}" for i in range(WARMUP_CALLS)]
         place(
             sandbox,
-            [prefix + n for prefix in MODES.values() for n in warm],
+            [prefix + n for prefix in modes.values() for n in warm],
             20,
             workdir / "warmup",
         )
         for index, rate in enumerate(rates):
-            for offset, (mode, prefix) in enumerate(MODES.items()):
-                base = (index * len(MODES) + offset + 1) * 100_000
+            for offset, (mode, prefix) in enumerate(modes.items()):
+                base = (index * len(modes) + offset + 1) * 100_000
                 dialled = [f"{prefix}06{base + i:08d}" for i in range(args.calls)]
-                run = place(sandbox, dialled, rate, workdir / f"{mode}-{rate}")
+                gate_pid = minimal.pid if mode == "minimal" and minimal else gate.pid
+                pids = (gate_pid, redis_process.pid, sandbox.pid)
+                with contextlib.ExitStack() as stack:
+                    if rate == args.profile and mode != "ungated" and gate_pid is not None:
+                        profiles.append(workdir / f"{mode}-{rate}.pyspy")
+                        stack.enter_context(recording(gate_pid, profiles[-1]))
+                    before = [tree_cpu_s(pid) for pid in pids]
+                    run = place(sandbox, dialled, rate, workdir / f"{mode}-{rate}")
+                    after = [tree_cpu_s(pid) for pid in pids]
+                used = [1000 * (b - a) / len(dialled) for a, b in zip(before, after, strict=True)]
+                cpu[rate, mode] = (0.0 if mode == "ungated" else used[0], used[1], used[2])
                 answered = sum(code == 200 for code in run.results.values())
                 samples = [ms for code, ms in run.final_ms.values() if code == 200]
                 samples = samples or [float("nan")]
@@ -374,9 +471,12 @@ def main() -> int:
                 )  # fmt: skip
         rest_lines = rest_calls_per_decision(sandbox, gate, workdir)
         agi_lines = agi_round_trips_per_decision(sandbox, gate, workdir)
+        profile_lines = [line for path in profiles for line in summary(path)]
     finally:
         sandbox.stop()
         gate.stop()
+        if minimal is not None:
+            stop(minimal)
         stop(redis_process)
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -394,12 +494,21 @@ def main() -> int:
             f"{rate:>5} {mode:<8} {calls:>6} {answered:>5} {failed:>6.1f}% {p50:>8.2f} {p99:>8.2f}"
         )
     print()
+    print("CPU per call (ms), from /proc, during each row")
+    print(f"{'cps':>5} {'mode':<8} {'gate':>6} {'Redis':>6} {'Asterisk':>9}")
+    for (rate, mode), (gate_ms, redis_ms, asterisk_ms) in cpu.items():
+        print(f"{rate:>5} {mode:<8} {gate_ms:>6.2f} {redis_ms:>6.2f} {asterisk_ms:>9.2f}")
+    print()
     for line in goal_lines(rows, rates):
         print(line)
     print()
     print("\n".join(rest_lines))
     print()
     print("\n".join(agi_lines))
+    if profile_lines:
+        print()
+        print(f"py-spy, the gate's processes during each door's row at {args.profile} cps:")
+        print("\n".join(profile_lines))
     if args.keep:
         print(f"(traces and logs kept in {workdir})")
     return 0

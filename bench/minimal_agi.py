@@ -1,0 +1,58 @@
+"""A minimal FastAGI gate: the floor ``bench/e2e.py --minimal`` sets callgate's doors against.
+
+    python bench/minimal_agi.py PORT REDIS_URL
+
+Per call, what any FastAGI gate must do and nothing more: read the AGI headers, one
+SISMEMBER of the dialled number (``agi_arg_1``) in the set ``minimal:red``, one
+``SET VARIABLE CALLGATE_RESULT ALLOW|BLOCK``, read Asterisk's answer, close. No rules, no
+hours, no caps, no audit. Prints ``ready`` once it listens on 127.0.0.1:PORT; stops on
+SIGTERM or SIGINT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+
+import redis.asyncio as aioredis
+
+_ARG = b"agi_arg_1: "
+
+
+async def serve(port: int, url: str) -> None:
+    client = aioredis.Redis.from_url(url)
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            number = b""
+            while (line := await reader.readline()) not in (b"", b"\n"):
+                if line.startswith(_ARG):
+                    number = line[len(_ARG) :].strip()
+            listed = await client.sismember("minimal:red", number)  # type: ignore[misc]
+            writer.write(b"SET VARIABLE CALLGATE_RESULT %s\n" % (b"BLOCK" if listed else b"ALLOW"))
+            await reader.readline()
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    print("ready", flush=True)
+    async with server:
+        await stop.wait()
+    await client.aclose()
+
+
+def main() -> int:
+    if len(sys.argv) != 3 or not sys.argv[1].isdigit():
+        print("usage: python bench/minimal_agi.py PORT REDIS_URL", file=sys.stderr)
+        return 2
+    asyncio.run(serve(int(sys.argv[1]), sys.argv[2]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
