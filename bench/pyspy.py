@@ -9,7 +9,7 @@ default, only threads that are running: a sample is CPU time, so ``busy`` (sampl
 duration x rate) is the share of one core the gate used.
 
 The summary lists the frames where the samples were (self time, by function and file, line
-numbers merged) and the share per area (the file's package: the doors, the store, redis-py,
+numbers merged), callgate's own frames with what they call (inclusive), and the share per area (the file's package: the doors, the store, redis-py,
 asyncio, the standard library...).
 """
 
@@ -100,6 +100,7 @@ def _area(path: str) -> str:
 def summary(raw: Path, top: int = 12) -> list[str]:
     """Lines: the samples and busy share, the top ``top`` self frames, the areas."""
     own: Counter[tuple[str, str]] = Counter()
+    under: Counter[tuple[str, str]] = Counter()  # callgate's own frames, inclusive
     areas: Counter[str] = Counter()
     total = 0
     for line in raw.read_text().splitlines():
@@ -110,7 +111,11 @@ def summary(raw: Path, top: int = 12) -> list[str]:
         frames = [f for f in stack.split(";") if not f.startswith(("process ", "thread "))]
         if not frames:
             continue
-        function, path = _frame(frames[-1])
+        parsed = [_frame(f) for f in frames]
+        for frame in set(parsed):
+            if "/gate/" in frame[1] or "/agi/" in frame[1]:
+                under[frame] += n
+        function, path = parsed[-1]
         own[(function, path)] += n
         areas[_area(path)] += n
         total += n
@@ -125,6 +130,10 @@ def summary(raw: Path, top: int = 12) -> list[str]:
     lines.append(f"  {'self %':>6}  frame")
     for (function, path), n in own.most_common(top):
         where = "/".join(Path(path).parts[-2:]) if path else "?"
+        lines.append(f"  {100 * n / total:>6.1f}  {function} ({where})")
+    lines.append(f"  {'incl %':>6}  callgate's frames, with what they call")
+    for (function, path), n in under.most_common(top):
+        where = "/".join(Path(path).parts[-2:])
         lines.append(f"  {100 * n / total:>6.1f}  {function} ({where})")
     shares = ", ".join(f"{name} {100 * n / total:.0f} %" for name, n in areas.most_common())
     lines.append(f"  by area: {shares}")

@@ -31,9 +31,10 @@ def test_an_error_names_its_reason_and_nothing_else() -> None:
 
 
 def test_no_field_can_add_a_field_or_break_the_value() -> None:
-    """A ``|``, quote or newline in any field becomes ``_``: always six safe fields."""
-    value = answer_value("OK", 'listed:a|b"\n', rule="x|y", e164="+33|6")
-    assert ("OK|listed:a_b__|x_y||+33_6|0", 6) == (value, len(value.split("|")))
+    """A ``|``, comma (the dialplan's ARRAY separator), quote or newline in any field
+    becomes ``_``: always six safe fields."""
+    value = answer_value("OK", 'listed:a|b"\n', rule="x|y,z", e164="+33|6")
+    assert ("OK|listed:a_b__|x_y_z||+33_6|0", 6) == (value, len(value.split("|")))
 
 
 def test_the_fields_are_the_documented_variables_in_order() -> None:
@@ -49,9 +50,11 @@ def test_the_fields_are_the_documented_variables_in_order() -> None:
 
 
 def test_the_dialplan_unpacks_every_field_from_its_position() -> None:
-    """callgate-unpack sets each CALLGATE_* from its field of CALLGATE_DECISION, RESULT last."""
+    """callgate-unpack sets each CALLGATE_* from its field of CALLGATE_DECISION, all six in
+    one Set: ARRAY over the value with its ``|`` written as commas."""
     conf = (Path(__file__).resolve().parents[2] / "dialplan" / "callgate.conf").read_text()
     section = conf.split("[callgate-unpack]", 1)[1].split("\n[", 1)[0]
-    found = re.findall(r"Set\((CALLGATE_\w+)=\$\{CUT\(CALLGATE_DECISION,\|,(\d)\)\}\)", section)
-    expected = [(name, str(index)) for index, name in enumerate(DECISION_FIELDS, start=1)]
-    assert expected[1:] + expected[:1] == found
+    found = re.findall(
+        r"Set\(ARRAY\(([A-Z0-9_,]+)\)=\$\{REPLACE\(CALLGATE_DECISION,\|,\\,\)\}\)", section
+    )
+    assert [",".join(DECISION_FIELDS)] == found
