@@ -9,8 +9,8 @@ default, only threads that are running: a sample is CPU time, so ``busy`` (sampl
 duration x rate) is the share of one core the gate used.
 
 The summary lists the frames where the samples were (self time, by function and file, line
-numbers merged), callgate's own frames with what they call (inclusive), and the share per area (the file's package: the doors, the store, redis-py,
-asyncio, the standard library...).
+numbers merged), callgate's own frames with what they call (inclusive), and the share per
+area (the file's package: the doors, the store, redis-py, asyncio, the standard library...).
 """
 
 from __future__ import annotations
