@@ -12,6 +12,14 @@ dialplan/callgate.conf) and ``9…`` numbers through the same dialplan without a
 each rate, SIPp places ``--calls`` calls ungated, then as many through each door
 (distinct numbers, so the cap never bites), and reports the INVITE→200 time (post-dial
 delay) p50/p99, the share of calls that failed (no 200), and the ratio door/ungated.
+``--rounds N`` places each row's calls in N parts, the modes taking turns (the machine is
+shared: drift in its load then hits every mode alike). ``--minimal`` adds a row per rate
+through ``bench/minimal_agi.py`` (``7…`` numbers): a FastAGI gate that does one SISMEMBER
+and one SET VARIABLE, the floor of any FastAGI gate on this machine, and each door's
+added delay is also set against it. Each row's CPU per call (ms, /proc) of the gate's
+processes (or the minimal gate's), Redis and Asterisk says where the time goes.
+``--profile RATE`` records the gate with py-spy during each door's row at RATE (the first
+part) and prints the top frames (``bench/pyspy.py``).
 ``--workers N`` runs ``callgate run --workers N``. Then it checks the goals, each against
 the ungated row of the same rate in the same run: at 100 cps the added p50 is at most
 1.5 ms and the p99 at most 2 x ungated p99 + 2 ms; at 300 cps fewer than 1 % fail and the
