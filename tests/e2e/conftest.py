@@ -7,20 +7,18 @@ from __future__ import annotations
 
 import os
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from faultrig import FAULT_REPORT
-from sandbox import AsteriskSandbox
+from sandbox import AsteriskSandbox, SandboxFactory
 
 E2E_DIR = Path(__file__).resolve().parent
 REPO = E2E_DIR.parents[1]
 PROVISION = REPO / "scripts" / "asterisk-sandbox"
 PROVISION_TIMEOUT = 900.0
-
-SandboxFactory = Callable[..., AsteriskSandbox]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

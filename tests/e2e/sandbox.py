@@ -28,7 +28,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -628,3 +628,7 @@ match = 127.0.0.1
     async def list_channels(self) -> list[dict[str, Any]]:
         data = await self.ari("GET", "/channels")
         return list(data) if isinstance(data, list) else []
+
+
+#: A fixture that starts a sandbox (tests/e2e/conftest.py ``asterisk_factory``).
+SandboxFactory = Callable[..., AsteriskSandbox]

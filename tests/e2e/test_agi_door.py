@@ -16,20 +16,19 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from gateproc import REPO, GateProcess, callgate_dialplan, write_config
-from sandbox import AsteriskSandbox, SandboxError, free_port
+from sandbox import AsteriskSandbox, SandboxError, SandboxFactory, free_port
 from sippuac import rejects_exactly_the_listed
 
 from tests.conftest import TEST_SECRET
 
 pytestmark = pytest.mark.e2e
 
-SandboxFactory = Callable[..., AsteriskSandbox]
 
 LISTED = "0699001122"
 LISTED_E164 = "+33699001122"

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from gateproc import GateProcess, callgate_dialplan, write_config
-from sandbox import AsteriskSandbox, free_port
+from sandbox import SandboxFactory, free_port
 
 from gate.core.keys import Keyspace
 from tests.conftest import TEST_SECRET
@@ -25,7 +25,6 @@ from tests.console.browser import Browser
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 
-SandboxFactory = Callable[..., AsteriskSandbox]
 TOKEN = "console-e2e-token-0123456789"
 LISTED = "0699001122"
 LISTED_E164 = "+33699001122"

@@ -9,13 +9,12 @@ cause 34) ``abandon_rate:uk-ofcom-abandoned-3pct``, another campaign's goes."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from gateproc import REPO, GateProcess, callgate_dialplan, write_config
-from sandbox import AsteriskSandbox, free_port
+from sandbox import SandboxFactory, free_port
 
 from gate.config.loader import load_config
 from gate.lists.admin import ListAdmin
@@ -25,7 +24,6 @@ from tests.conftest import TEST_SECRET
 
 pytestmark = pytest.mark.e2e
 
-SandboxFactory = Callable[..., AsteriskSandbox]
 RULE = "uk-ofcom-abandoned-3pct"
 
 DIALPLAN = """

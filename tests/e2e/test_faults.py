@@ -46,13 +46,12 @@ from faultrig import (
     stop_pid,
 )
 from gateproc import GateProcess, callgate_dialplan, write_config
-from sandbox import AsteriskSandbox, free_port
+from sandbox import SandboxFactory, free_port
 
 from tests.conftest import TEST_SECRET
 
 pytestmark = pytest.mark.e2e
 
-SandboxFactory = Callable[..., AsteriskSandbox]
 
 RATE_CPS = 100
 RUN_S = int(os.environ.get("CALLGATE_FAULTS_RUN_S", "30"))

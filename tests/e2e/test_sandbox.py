@@ -9,18 +9,16 @@ import json
 import os
 import subprocess
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-from sandbox import AsteriskSandbox, free_port
+from sandbox import AsteriskSandbox, SandboxFactory, free_port
 from sippuac import run_sipp
 
 pytestmark = pytest.mark.e2e
 
-SandboxFactory = Callable[..., AsteriskSandbox]
 
 NUMBER = "0612345678"
 

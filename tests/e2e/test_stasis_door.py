@@ -31,14 +31,13 @@ from pathlib import Path
 
 import pytest
 from gateproc import GateProcess, callgate_dialplan, write_config
-from sandbox import AsteriskSandbox, SandboxError, free_port
+from sandbox import AsteriskSandbox, SandboxError, SandboxFactory, free_port
 from sippuac import rejects_exactly_the_listed
 
 from tests.conftest import TEST_SECRET
 
 pytestmark = pytest.mark.e2e
 
-SandboxFactory = Callable[..., AsteriskSandbox]
 GateFactory = Callable[..., GateProcess]
 
 LISTED = "0699001122"

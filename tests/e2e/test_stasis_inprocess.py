@@ -18,8 +18,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from conftest import SandboxFactory
-from sandbox import AsteriskSandbox
+from sandbox import AsteriskSandbox, SandboxFactory
 
 from gate.config.loader import AriConfig
 from gate.core.errors import StoreError

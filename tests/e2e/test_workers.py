@@ -18,18 +18,16 @@ import re
 import signal
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from gateproc import GateProcess, callgate_dialplan, write_config
-from sandbox import AsteriskSandbox, free_port
+from sandbox import AsteriskSandbox, SandboxFactory, free_port
 
 from tests.conftest import TEST_SECRET
 from tests.test_run import agi_check
-
-SandboxFactory = Callable[..., AsteriskSandbox]
 
 WORKERS_RE = re.compile(r"(\d+) workers \(pids ([\d ]+)\).* shared state in (\S+)")
 LEADS_RE = r"worker (\d+) leads the Stasis application"

@@ -58,3 +58,18 @@ def test_the_dialplan_unpacks_every_field_from_its_position() -> None:
         r"Set\(ARRAY\(([A-Z0-9_,]+)\)=\$\{REPLACE\(CALLGATE_DECISION,\|,\\,\)\}\)", section
     )
     assert [",".join(DECISION_FIELDS)] == found
+
+
+def test_both_doors_unpack_the_decision_as_the_subroutine_does() -> None:
+    """callgate-agi and callgate-stasis unpack inline (two dialplan steps fewer per call
+    than a GoSub): the same Set as callgate-unpack's, right after their check."""
+    conf = (Path(__file__).resolve().parents[2] / "dialplan" / "callgate.conf").read_text()
+
+    def steps(context: str) -> list[str]:
+        """The applications of ``context``'s ``s`` extension, in priority order."""
+        section = conf.split(f"[{context}]", 1)[1].split("\n[", 1)[0]
+        return re.findall(r"^(?:exten => s,1| same => n(?:\(\w+\))?),(.*)$", section, re.M)
+
+    unpack = steps("callgate-unpack")[0]
+    for door in ("callgate-agi", "callgate-stasis"):
+        assert unpack == steps(door)[3], door
