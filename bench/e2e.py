@@ -29,8 +29,9 @@ machine (Asterisk, SIPp, Redis and the gate share its cores); compare the ratios
 one run.
 
 Then it counts the ARI REST requests per Stasis decision: with ``ari set debug all on``
-Asterisk logs every REST request it receives (``<--- ARI request received …`` followed by
-``METHOD channels/ID/…``); SIPp places ``REST_CALLS`` calls through the Stasis door, 10 %
+Asterisk logs every REST request it receives, over HTTP (``<--- ARI request received …``
+followed by ``METHOD channels/ID/…``) or over the event WebSocket (``<--- Received ARI
+message …`` followed by the ``RESTRequest`` JSON); SIPp places ``REST_CALLS`` calls through the Stasis door, 10 %
 of them to red-listed numbers, and the requests naming each channel are counted, per
 verdict. By design: 1 for an allowed channel (continue to ``callgate-decided``, the
 decision in the extension), 1 for a refused one (DELETE with reason_code). This phase runs
@@ -215,18 +216,30 @@ _ARI_REQUEST = re.compile(
 _ARI_EVENT = re.compile(r"<--- Sending ARI event to \S+ --->\n(\{\n.*?\n\})\n", re.S)
 
 
-def count_rest_calls(log: str) -> tuple[dict[str, int], int]:
+_ARI_MESSAGE = re.compile(r"<--- Received ARI message from \S+ --->\n(\{\n.*?\n\})\n", re.S)
+
+
+def count_rest_calls(log: str) -> tuple[dict[str, int], int, int]:
     """From Asterisk's ``ari set debug`` log: channel id -> REST requests naming it (the
-    originate ``POST channels`` names none), and the requests naming no channel."""
+    originate ``POST channels`` names none), the requests naming no channel, and how many
+    of all came over the event WebSocket (``RESTRequest`` messages) rather than HTTP."""
+    paths = [match["path"] for match in _ARI_REQUEST.finditer(log)]
+    over_websocket = 0
+    for block in _ARI_MESSAGE.findall(log):
+        with contextlib.suppress(ValueError):
+            message = json.loads(block)
+            if isinstance(message, dict) and message.get("type") == "RESTRequest":
+                paths.append(str(message.get("uri", "")))
+                over_websocket += 1
     per_channel: dict[str, int] = {}
     other = 0
-    for match in _ARI_REQUEST.finditer(log):
-        parts = match["path"].split("?")[0].strip("/").split("/")
+    for path in paths:
+        parts = path.split("?")[0].strip("/").split("/")
         if parts[0] == "channels" and len(parts) >= 2:
             per_channel[parts[1]] = per_channel.get(parts[1], 0) + 1
         else:
             other += 1
-    return per_channel, other
+    return per_channel, other, over_websocket
 
 
 def rest_calls_per_decision(
@@ -246,7 +259,7 @@ def rest_calls_per_decision(
     finally:
         sandbox.cli("ari set debug all off")
     log = sandbox.read_log()[since:]
-    per_channel, other = count_rest_calls(log)
+    per_channel, other, over_websocket = count_rest_calls(log)
     # Which number each channel dialled: from the StasisStart events in the same debug log.
     number_of: dict[str, str] = {}
     for block in _ARI_EVENT.findall(log):
@@ -271,7 +284,12 @@ def rest_calls_per_decision(
         lines.append(
             f"  {verdict:<8} {len(counts):>3} channels, {mean:.2f} requests each ({spread})"
         )
-    lines.append(f"  requests naming no channel (e.g. the sweep's GET /channels): {other}")
+    lines.append(
+        f"  requests naming no channel (e.g. the sweep's GET /channels, the connect's probe): "
+        f"{other}"
+    )
+    total = sum(per_channel.values()) + other
+    lines.append(f"  over the event WebSocket: {over_websocket} of {total} (the rest over HTTP)")
     return lines
 
 

@@ -148,6 +148,9 @@ class AriConfig:
     # is continued to, its extension carrying CALLGATE_DECISION: one REST call per ALLOW.
     # "": set the variable, then continue after Stasis() (two REST calls).
     decided_context: str = "callgate-decided"
+    # REST requests over the event WebSocket when Asterisk answers them there (20.14, 21.9,
+    # 22.4 and later; probed on each connect), else over HTTP. False: always HTTP.
+    rest_over_websocket: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -364,6 +367,7 @@ def _ari(reader: Reader) -> AriConfig | None:
         rest_timeout_s=reader.duration("rest_timeout", "2s"),
         reconnect_max_s=reader.duration("reconnect_max", "30s"),
         decided_context=_context(reader, "decided_context", "callgate-decided"),
+        rest_over_websocket=bool(reader.get("rest_over_websocket", bool, True)),
     )
     reader.done()
     return config

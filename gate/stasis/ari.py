@@ -8,6 +8,15 @@ optionally to a context and extension),
 ``hangup`` (``DELETE /channels/{id}?reason_code=…``), ``channels`` (``GET /channels``) and
 ``channel`` (``GET /channels/{id}``).
 
+REST over the event WebSocket: Asterisk 20.14, 21.9, 22.4 and later take REST requests
+on the event WebSocket itself (a ``RESTRequest`` JSON message, answered by a
+``RESTResponse`` with the same ``request_id``), which saves an HTTP request per call. On
+each connect the client sends one (``GET asterisk/ping``) and, if Asterisk answers it
+within ``WS_PROBE_S``, sends every REST call over the WebSocket while it stays open; else
+(an older Asterisk, or ``rest_over_websocket=False``) over HTTP. Events that arrive
+meanwhile are kept and yielded first. When the WebSocket closes, the requests waiting for
+their answer fail at once (``AriUnavailable``) and the next calls go over HTTP.
+
 Guarantees: every REST call runs under a deadline; every aiohttp/socket failure and every
 reply that is not what the endpoint documents becomes an ``AriError`` (``AriUnavailable``
 when Asterisk cannot be reached, ``AriNotFound`` for a channel that is gone or has left
@@ -17,7 +26,9 @@ URL, and ``repr``/messages never contain the password.
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import itertools
 import json
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -28,6 +39,9 @@ import aiohttp
 from gate.core.errors import GateError
 
 __all__ = ["AriClient", "AriError", "AriNotFound", "AriUnavailable"]
+
+#: How long a connect waits for Asterisk to answer a REST request over the event WebSocket.
+WS_PROBE_S = 1.0
 
 
 class AriError(GateError):
@@ -54,6 +68,7 @@ class AriClient:
         app: str,
         rest_timeout_s: float = 2.0,
         heartbeat_s: float = 10.0,
+        rest_over_websocket: bool = True,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.app = app
@@ -64,6 +79,11 @@ class AriClient:
         self._rest_timeout = aiohttp.ClientTimeout(total=rest_timeout_s)
         self._heartbeat_s = heartbeat_s
         self._session: aiohttp.ClientSession | None = None
+        self._try_websocket = rest_over_websocket
+        # The event WebSocket while REST requests go over it; their answers, by request id.
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._waiting: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._ids = itertools.count(1)
 
     def __repr__(self) -> str:
         return f"AriClient({self.base_url!r}, app={self.app!r})"
@@ -80,6 +100,11 @@ class AriClient:
             self._session = None
 
     @property
+    def rest_over_websocket(self) -> bool:
+        """Whether REST requests go over the event WebSocket now (else over HTTP)."""
+        return self._ws is not None and not self._ws.closed
+
+    @property
     def session(self) -> aiohttp.ClientSession:
         if self._session is None:
             self._session = aiohttp.ClientSession(headers=self._headers)
@@ -92,27 +117,55 @@ class AriClient:
         params: Mapping[str, str] | None = None,
         body: Any = None,
     ) -> Any:
+        ws = self._ws
+        if ws is not None and not ws.closed and body is None:
+            status, text = await self._over_websocket(ws, method, path, params)
+            return _answer(method, path, status, text)
         url = f"{self.base_url}{path}"
         try:
             async with self.session.request(
                 method, url, params=params, json=body, timeout=self._rest_timeout
             ) as response:
-                if response.status in (404, 409):  # 409: not in the Stasis application
-                    raise AriNotFound(f"ARI {method} {path}: HTTP {response.status}")
-                if response.status >= 400:
-                    text = (await response.text())[:200].replace("\n", " ")
-                    raise AriError(f"ARI {method} {path}: HTTP {response.status} {text!r}")
-                if response.status == 204 or response.content_length == 0:
-                    return None
-                try:
-                    return await response.json(content_type=None)
-                except ValueError as exc:  # JSONDecodeError, or an undecodable body
-                    raise AriError(f"ARI {method} {path}: the reply is not JSON") from exc
+                return _answer(method, path, response.status, await response.text())
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise AriUnavailable(
                 f"ARI at {self.base_url} unreachable ({type(exc).__name__}); is Asterisk up "
                 "with http.conf and ari.conf enabled?"
             ) from exc
+
+    async def _over_websocket(
+        self,
+        ws: aiohttp.ClientWebSocketResponse,
+        method: str,
+        path: str,
+        params: Mapping[str, str] | None,
+    ) -> tuple[int, str]:
+        """One REST request over the event WebSocket: its status and body."""
+        request_id = f"callgate-{next(self._ids)}"
+        message: dict[str, Any] = {
+            "type": "RESTRequest",
+            "request_id": request_id,
+            "method": method,
+            "uri": path.lstrip("/"),
+        }
+        if params:
+            message["query_strings"] = [{"name": k, "value": v} for k, v in params.items()]
+        answer: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._waiting[request_id] = answer
+        try:
+            async with asyncio.timeout(self._rest_timeout.total):
+                await ws.send_str(json.dumps(message))
+                response = await answer
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise AriUnavailable(
+                f"ARI at {self.base_url}: no answer over the event WebSocket ({type(exc).__name__})"
+            ) from exc
+        finally:
+            self._waiting.pop(request_id, None)
+        status, text = response.get("status_code"), response.get("message_body") or ""
+        if not isinstance(status, int) or not isinstance(text, str):
+            raise AriError(f"ARI {method} {path}: a RESTResponse without a status")
+        return status, text
 
     async def info(self) -> dict[str, Any]:
         """``GET /asterisk/info``: a cheap readiness probe."""
@@ -155,7 +208,10 @@ class AriClient:
         """Connect the application's event WebSocket; yield an iterator of its events.
 
         The iterator ends when the WebSocket closes (Asterisk stopped, network cut, missed
-        heartbeats). Raises ``AriUnavailable`` if the connection cannot be made.
+        heartbeats). Raises ``AriUnavailable`` if the connection cannot be made. REST
+        requests go over this WebSocket while it is open if Asterisk answers them on it
+        (see the module's docstring); their answers are taken out of the events, so the
+        iterator must be read for them to arrive.
         """
         try:
             ws = await self.session.ws_connect(
@@ -169,17 +225,96 @@ class AriClient:
                 f"ARI events at {self.base_url} unreachable ({type(exc).__name__})"
             ) from exc
         async with ws:
-            yield _events(ws)
-
-
-async def _events(ws: aiohttp.ClientWebSocketResponse) -> AsyncIterator[dict[str, Any]]:
-    async for message in ws:
-        if message.type is aiohttp.WSMsgType.TEXT:
             try:
-                event = json.loads(message.data)
-            except ValueError:
-                continue  # not JSON: Asterisk never sends that; nothing to act on
-            if isinstance(event, dict):
-                yield event
-        elif message.type in (aiohttp.WSMsgType.ERROR, aiohttp.WSMsgType.CLOSED):
-            return
+                early = await self._probe(ws) if self._try_websocket else []
+                yield self._events(ws, early)
+            finally:
+                self._closed(ws)
+
+    async def _probe(self, ws: aiohttp.ClientWebSocketResponse) -> list[dict[str, Any]]:
+        """Whether Asterisk answers REST over ``ws`` (then REST goes over it): one
+        ``GET asterisk/ping`` answered within ``WS_PROBE_S``. Returns the events read
+        meanwhile."""
+        request_id = f"callgate-probe-{next(self._ids)}"
+        probe = {"type": "RESTRequest", "request_id": request_id, "method": "GET"}
+        early: list[dict[str, Any]] = []
+        try:
+            async with asyncio.timeout(WS_PROBE_S):
+                await ws.send_str(json.dumps({**probe, "uri": "asterisk/ping"}))
+                while True:
+                    message = await ws.receive()
+                    if message.type is not aiohttp.WSMsgType.TEXT:
+                        if message.type in _ENDS:
+                            return early  # the events iterator sees the end too
+                        continue
+                    event = _json_object(message.data)
+                    if event is None:
+                        continue
+                    if event.get("type") == "RESTResponse":
+                        if (
+                            event.get("request_id") == request_id
+                            and event.get("status_code") == 200
+                        ):
+                            self._ws = ws
+                            return early
+                        continue
+                    early.append(event)
+        except (aiohttp.ClientError, OSError, TimeoutError):
+            return early  # no REST over this WebSocket: HTTP
+
+    async def _events(
+        self, ws: aiohttp.ClientWebSocketResponse, early: list[dict[str, Any]]
+    ) -> AsyncIterator[dict[str, Any]]:
+        for kept in early:
+            yield kept
+        try:
+            async for message in ws:
+                if message.type is aiohttp.WSMsgType.TEXT:
+                    event = _json_object(message.data)
+                    if event is None:
+                        continue  # not a JSON object: Asterisk never sends that
+                    if event.get("type") == "RESTResponse":
+                        answer = self._waiting.get(str(event.get("request_id")))
+                        if answer is not None and not answer.done():
+                            answer.set_result(event)
+                        continue
+                    yield event
+                elif message.type in _ENDS:
+                    return
+        finally:
+            self._closed(ws)
+
+    def _closed(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        """``ws`` is closing: REST goes over HTTP again, and the requests that wait for an
+        answer on it fail now (nothing will answer them)."""
+        if self._ws is ws:
+            self._ws = None
+            for answer in self._waiting.values():
+                if not answer.done():
+                    answer.set_exception(AriUnavailable("the ARI event WebSocket closed"))
+
+
+_ENDS = (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED,
+         aiohttp.WSMsgType.ERROR)  # fmt: skip
+
+
+def _json_object(data: str) -> dict[str, Any] | None:
+    try:
+        value = json.loads(data)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _answer(method: str, path: str, status: int, text: str) -> Any:
+    """A REST reply (HTTP or over the WebSocket): its decoded JSON, None when empty."""
+    if status in (404, 409):  # 409: not in the Stasis application
+        raise AriNotFound(f"ARI {method} {path}: HTTP {status}")
+    if status >= 400:
+        raise AriError(f"ARI {method} {path}: HTTP {status} {text[:200].replace(chr(10), ' ')!r}")
+    if status == 204 or not text:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError as exc:  # JSONDecodeError
+        raise AriError(f"ARI {method} {path}: the reply is not JSON") from exc

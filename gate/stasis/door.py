@@ -144,7 +144,12 @@ class StasisGate:
         self.gate = gate
         self.config = config
         self.client = client or AriClient(
-            config.url, config.user, config.password, config.app, config.rest_timeout_s
+            config.url,
+            config.user,
+            config.password,
+            config.app,
+            config.rest_timeout_s,
+            rest_over_websocket=config.rest_over_websocket,
         )
         self.connected = asyncio.Event()
         self.reconnects = 0
@@ -223,7 +228,12 @@ class StasisGate:
     def _on_connected(self, was_connected: bool | None) -> None:
         self.connected.set()
         if was_connected is not True:
-            log.info("ARI connected to %s, application %r", self.config.url, self.config.app)
+            log.info(
+                "ARI connected to %s, application %r (REST over %s)",
+                self.config.url,
+                self.config.app,
+                "the event WebSocket" if self.client.rest_over_websocket else "HTTP",
+            )
         if was_connected is not None:
             self.reconnects += 1
 

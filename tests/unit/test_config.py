@@ -118,6 +118,17 @@ def test_secret_file_is_created_once_and_reused(tmp_path: Path) -> None:
             },
             "ari.decided_context",
         ),
+        (
+            {
+                "ari": {
+                    "url": "http://a/ari",
+                    "user": "u",
+                    "password": "p",
+                    "rest_over_websocket": 1,
+                }
+            },
+            "ari.rest_over_websocket: expected a bool",
+        ),
     ],
 )
 def test_config_errors_name_the_key(data: dict[str, Any], message: str, tmp_path: Path) -> None:
@@ -193,6 +204,20 @@ def test_the_stasis_door_continues_to_the_decided_context_unless_told_not_to(
     assert ("callgate-decided", "") == (
         default.decided_context if default else None,
         off.decided_context if off else None,
+    )
+
+
+def test_rest_goes_over_the_event_websocket_unless_turned_off(tmp_path: Path) -> None:
+    """[ari] rest_over_websocket defaults to true (used when Asterisk answers it)."""
+    ari = {"url": "http://127.0.0.1:8088/ari", "user": "u", "password": "p"}
+    secret = {"secret": "s" * 20}
+    default = parse_config({"ari": ari, "privacy": secret}, "cg.toml", tmp_path).ari
+    off = parse_config(
+        {"ari": {**ari, "rest_over_websocket": False}, "privacy": secret}, "cg.toml", tmp_path
+    ).ari
+    assert (True, False) == (
+        default.rest_over_websocket if default else None,
+        off.rest_over_websocket if off else None,
     )
 
 

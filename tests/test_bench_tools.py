@@ -1,0 +1,86 @@
+"""The benchmarks' own arithmetic: what bench/e2e.py and bench/pyspy.py print is computed
+right (the figures in the README and the closing notes come from them)."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+def load(name: str) -> ModuleType:
+    """A bench script as a module (they are scripts, not a package)."""
+    if str(BENCH) not in sys.path:
+        sys.path.insert(0, str(BENCH))
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def e2e() -> ModuleType:
+    return load("e2e")
+
+
+@pytest.fixture(scope="module")
+def pyspy() -> ModuleType:
+    return load("pyspy")
+
+
+def test_a_profile_summary_counts_self_time_inclusive_frames_and_areas(
+    pyspy: ModuleType, tmp_path: Path
+) -> None:
+    """Self time goes to the leaf frame (line numbers merged), callgate's frames count
+    inclusively, areas by path, busy = samples / (seconds x rate)."""
+    raw = tmp_path / "agi-100.pyspy"
+    loop = "run (/x/python3.11/asyncio/events.py:80)"
+    serve = "_serve (/x/agi/server.py:300)"
+    raw.write_text(
+        f"process 1:main;{loop};{serve};add (/x/gate/store/client.py:1350) 3\n"
+        f"process 1:main;{loop};{serve};add (/x/gate/store/client.py:1360) 1\n"
+        f"process 1:main;{loop};select (/x/python3.11/selectors.py:468) 4\n"
+        "garbage line\n"
+    )
+    raw.with_suffix(".seconds").write_text(f"{8 / pyspy.RATE_HZ / 0.5}\n")  # busy 50 %
+    lines = pyspy.summary(raw)
+    assert "agi-100.pyspy: 8 samples, busy 50 % of one core" in lines[0]
+    assert lines[2].split() == ["50.0", "add", "(store/client.py)"]
+    assert lines[3].split() == ["50.0", "select", "(python3.11/selectors.py)"]
+    assert ["50.0", "_serve", "(agi/server.py)"] in [line.split() for line in lines]
+    assert lines[-1] == "  by area: gate.store 50 %, python stdlib 50 %"
+
+
+def test_goal_lines_set_each_door_against_ungated_and_the_minimal_gate(e2e: ModuleType) -> None:
+    """Added p50 and ratios per door, the 100 cps verdict, the knee, and each door's added
+    delay over the minimal FastAGI gate's."""
+    rows = [
+        (100, "ungated", 1000, 1000, 1.0, 2.0),
+        (100, "minimal", 1000, 1000, 2.0, 4.0),
+        (100, "agi", 1000, 1000, 3.0, 5.0),
+        (100, "stasis", 1000, 990, 2.2, 5.0),
+    ]
+    lines = e2e.goal_lines(rows, [100])
+    assert lines[1].split() == ["100", "minimal", "+1.00ms", "2.00x", "2.00x", "6.00ms", "0.0%"]
+    assert lines[2].split() == ["100", "agi", "+2.00ms", "3.00x", "2.50x", "6.00ms", "0.0%"]
+    assert "goal 100 cps agi: added p50 2.00 ms (<= 1.5), p99 5.00 ms (<= 6.00): NOT met" in lines
+    assert "goal 100 cps stasis: added p50 1.20 ms (<= 1.5), p99 5.00 ms (<= 6.00): met" in lines
+    assert any(line.startswith("knee minimal: holds up to 100 cps") for line in lines)
+    assert any(line.startswith("knee agi: fails at every rate tried") for line in lines)
+    assert (
+        "100 cps agi: added p50 2.00 ms, the minimal FastAGI gate's 1.00 ms: +1.00 ms over it"
+        in lines
+    )
+
+
+def test_cpu_time_is_read_for_a_process_and_its_children(e2e: ModuleType) -> None:
+    """This process has used some CPU; no process, none."""
+    assert e2e.tree_cpu_s(os.getpid()) > 0
+    assert e2e.tree_cpu_s(None) == 0.0

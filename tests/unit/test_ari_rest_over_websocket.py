@@ -1,0 +1,180 @@
+"""The ARI client's REST over the event WebSocket, against an in-process ARI stand-in.
+
+The stand-in serves ``/ari/events`` (a WebSocket) and the REST routes the client uses over
+HTTP, counting the HTTP requests; over the WebSocket it answers ``RESTRequest`` messages as
+Asterisk 22 does (``RESTResponse`` with the request's ``request_id``, ``status_code``,
+``message_body``), or, playing an older Asterisk, ignores them. The end-to-end tests run
+the same client against a real Asterisk 22, which answers REST over the WebSocket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from aiohttp import WSMsgType, web
+
+from gate.stasis import ari
+from gate.stasis.ari import AriClient, AriNotFound, AriUnavailable
+
+CHANNEL = {"id": "c1", "name": "Local/1@x-0;2", "state": "Ring"}
+
+
+@dataclass
+class StandIn:
+    """What the stand-in ARI saw, and how it behaves."""
+
+    answers_websocket: bool = True  # False: an Asterisk before REST over the WebSocket
+    silent_for: set[str] = field(default_factory=set)  # URIs it never answers over the WS
+    events_first: list[dict[str, Any]] = field(default_factory=list)  # sent on connect
+    http: list[str] = field(default_factory=list)  # "METHOD /path" of each HTTP request
+    over_websocket: list[dict[str, Any]] = field(default_factory=list)  # RESTRequests seen
+    sockets: list[web.WebSocketResponse] = field(default_factory=list)
+
+    def reply(self, method: str, uri: str) -> tuple[int, str]:
+        """Status and body for a request (the same over HTTP and the WebSocket)."""
+        if uri == "asterisk/ping":
+            return 200, json.dumps({"ping": "pong"})
+        if uri == "channels" and method == "GET":
+            return 200, json.dumps([CHANNEL])
+        if uri == "channels/c1" and method == "DELETE":
+            return 204, ""
+        return 404, json.dumps({"message": "Channel not found"})
+
+
+@pytest.fixture
+async def stand_in() -> AsyncIterator[tuple[StandIn, str]]:
+    state = StandIn()
+
+    async def events(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        state.sockets.append(ws)
+        for event in state.events_first:
+            await ws.send_str(json.dumps(event))
+        async for message in ws:
+            if message.type is not WSMsgType.TEXT:
+                continue
+            sent = json.loads(message.data)
+            state.over_websocket.append(sent)
+            if not state.answers_websocket or sent["uri"] in state.silent_for:
+                continue
+            status, body = state.reply(sent["method"], sent["uri"])
+            answer = {"type": "RESTResponse", "request_id": sent.get("request_id", ""),
+                      "status_code": status, "uri": sent["uri"]}  # fmt: skip
+            if body:
+                answer["message_body"] = body
+            await ws.send_str(json.dumps(answer))
+        return ws
+
+    async def rest(request: web.Request) -> web.Response:
+        state.http.append(f"{request.method} {request.path}")
+        status, body = state.reply(request.method, request.path.removeprefix("/ari/"))
+        return web.Response(status=status, text=body, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_get("/ari/events", events)
+    app.router.add_route("*", "/ari/{tail:.*}", rest)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield state, f"http://127.0.0.1:{runner.addresses[0][1]}/ari"
+    finally:
+        await runner.cleanup()
+
+
+async def read_events(events: AsyncIterator[dict[str, Any]], into: list[dict[str, Any]]) -> None:
+    async for event in events:
+        into.append(event)
+
+
+async def test_rest_goes_over_the_websocket_when_asterisk_answers_it(
+    stand_in: tuple[StandIn, str],
+) -> None:
+    """After the probe, every REST call is a RESTRequest on the WebSocket (no HTTP), with
+    the same answers and errors as over HTTP; once the WebSocket is closed, HTTP again."""
+    state, url = stand_in
+    async with AriClient(url, "u", "p", "callgate", rest_timeout_s=2.0) as client:
+        async with client.event_stream() as events:
+            reading = asyncio.create_task(read_events(events, []))
+            assert client.rest_over_websocket
+            assert [CHANNEL] == await client.channels()
+            assert await client.hangup("c1", 21) is None
+            with pytest.raises(AriNotFound):
+                await client.continue_in_dialplan("gone", "callgate-decided", "ALLOW|allowed")
+            reading.cancel()
+        assert [] == state.http
+        continued = state.over_websocket[-1]
+        assert ("POST", "channels/gone/continue") == (continued["method"], continued["uri"])
+        assert {"context": "callgate-decided", "extension": "ALLOW|allowed", "priority": "1"} == {
+            q["name"]: q["value"] for q in continued["query_strings"]
+        }
+        assert not client.rest_over_websocket
+        await client.channels()
+        assert ["GET /ari/channels"] == state.http
+
+
+async def test_an_asterisk_that_ignores_rest_over_the_websocket_gets_http(
+    stand_in: tuple[StandIn, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No answer to the probe within WS_PROBE_S: REST over HTTP; the events that came
+    while the probe waited are not lost."""
+    state, url = stand_in
+    state.answers_websocket = False
+    start = {"type": "StasisStart", "channel": CHANNEL}
+    state.events_first = [start]
+    monkeypatch.setattr(ari, "WS_PROBE_S", 0.2)
+    async with AriClient(url, "u", "p", "callgate") as client, client.event_stream() as events:
+        seen: list[dict[str, Any]] = []
+        reading = asyncio.create_task(read_events(events, seen))
+        assert not client.rest_over_websocket
+        assert [CHANNEL] == await client.channels()
+        assert ["GET /ari/channels"] == state.http
+        await asyncio.sleep(0.05)
+        reading.cancel()
+        assert [start] == seen
+
+
+async def test_a_request_waiting_on_a_websocket_that_closes_fails_at_once(
+    stand_in: tuple[StandIn, str],
+) -> None:
+    """Asterisk goes away with a request unanswered: AriUnavailable as soon as the
+    WebSocket closes, not after the REST deadline."""
+    state, url = stand_in
+    state.silent_for = {"channels/c1/continue"}
+    async with (
+        AriClient(url, "u", "p", "callgate", rest_timeout_s=10.0) as client,
+        client.event_stream() as events,
+    ):
+        reading = asyncio.create_task(read_events(events, []))
+        waiting = asyncio.create_task(client.continue_in_dialplan("c1"))
+        for _ in range(100):  # bounded: 1 s
+            if state.over_websocket[-1]["uri"] == "channels/c1/continue":
+                break
+            await asyncio.sleep(0.01)
+        started = time.monotonic()
+        await state.sockets[0].close()
+        with pytest.raises(AriUnavailable):
+            await asyncio.wait_for(waiting, 5)
+        assert time.monotonic() - started < 2
+        await reading
+
+
+async def test_rest_over_the_websocket_can_be_turned_off(stand_in: tuple[StandIn, str]) -> None:
+    """rest_over_websocket=False: no probe, REST over HTTP."""
+    state, url = stand_in
+    async with (
+        AriClient(url, "u", "p", "callgate", rest_over_websocket=False) as client,
+        client.event_stream() as events,
+    ):
+        reading = asyncio.create_task(read_events(events, []))
+        await client.channels()
+        reading.cancel()
+    assert ([], ["GET /ari/channels"]) == (state.over_websocket, state.http)
