@@ -19,7 +19,8 @@ def load(name: str) -> ModuleType:
     if str(BENCH) not in sys.path:
         sys.path.insert(0, str(BENCH))
     spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
-    assert spec is not None and spec.loader is not None
+    assert spec is not None
+    assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -84,3 +85,19 @@ def test_cpu_time_is_read_for_a_process_and_its_children(e2e: ModuleType) -> Non
     """This process has used some CPU; no process, none."""
     assert e2e.tree_cpu_s(os.getpid()) > 0
     assert e2e.tree_cpu_s(None) == 0.0
+
+
+def test_rest_calls_are_counted_over_http_and_over_the_websocket(e2e: ModuleType) -> None:
+    """Asterisk's ARI debug log: a REST request over HTTP and one over the event WebSocket
+    both count for the channel they name; the probe names none."""
+    log = (
+        "[t] VERBOSE[1] res_ari.c: <--- ARI request received from: 127.0.0.1:1 --->\n"
+        "DELETE channels/c1?reason_code=21\nHost: x\n\n"
+        "[t] VERBOSE[2] ari/ari_websocket_requests.c: <--- Received ARI message from "
+        "127.0.0.1:2 --->\n"
+        '{\n  "type": "RESTRequest",\n  "method": "POST",\n  "uri": "channels/c2/continue"\n}\n'
+        "[t] VERBOSE[2] ari/ari_websocket_requests.c: <--- Received ARI message from "
+        "127.0.0.1:2 --->\n"
+        '{\n  "type": "RESTRequest",\n  "method": "GET",\n  "uri": "asterisk/ping"\n}\n'
+    )
+    assert ({"c1": 1, "c2": 1}, 1, 2) == e2e.count_rest_calls(log)
