@@ -31,11 +31,12 @@ one run.
 Then it counts the ARI REST requests per Stasis decision: with ``ari set debug all on``
 Asterisk logs every REST request it receives, over HTTP (``<--- ARI request received …``
 followed by ``METHOD channels/ID/…``) or over the event WebSocket (``<--- Received ARI
-message …`` followed by the ``RESTRequest`` JSON); SIPp places ``REST_CALLS`` calls through the Stasis door, 10 %
-of them to red-listed numbers, and the requests naming each channel are counted, per
-verdict. By design: 1 for an allowed channel (continue to ``callgate-decided``, the
-decision in the extension), 1 for a refused one (DELETE with reason_code). This phase runs
-after the timed rows, so the debug logging does not slow them down.
+message …`` followed by the ``RESTRequest`` JSON); SIPp places ``REST_CALLS`` calls
+through the Stasis door, 10 % of them to red-listed numbers, and the requests naming each
+channel are counted, per verdict. By design: 1 for an allowed channel (continue to
+``callgate-decided``, the decision in the extension), 1 for a refused one (DELETE with
+reason_code). This phase runs after the timed rows, so the debug logging does not slow
+them down.
 
 Likewise it counts the FastAGI round trips per AGI decision: with ``agi set debug on``
 Asterisk logs each request it sends (``<CHANNEL>AGI Tx >> agi_request: …``, the headers)

@@ -148,8 +148,8 @@ class AriConfig:
     # is continued to, its extension carrying CALLGATE_DECISION: one REST call per ALLOW.
     # "": set the variable, then continue after Stasis() (two REST calls).
     decided_context: str = "callgate-decided"
-    # REST requests over the event WebSocket when Asterisk answers them there (20.14, 21.9,
-    # 22.4 and later; probed on each connect), else over HTTP. False: always HTTP.
+    # REST requests over the event WebSocket when Asterisk answers them there (recent
+    # releases, e.g. 22.10; probed on each connect), else over HTTP. False: always HTTP.
     rest_over_websocket: bool = True
 
 

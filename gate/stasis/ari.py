@@ -8,7 +8,7 @@ optionally to a context and extension),
 ``hangup`` (``DELETE /channels/{id}?reason_code=…``), ``channels`` (``GET /channels``) and
 ``channel`` (``GET /channels/{id}``).
 
-REST over the event WebSocket: Asterisk 20.14, 21.9, 22.4 and later take REST requests
+REST over the event WebSocket: recent Asterisk releases (22.10 does) take REST requests
 on the event WebSocket itself (a ``RESTRequest`` JSON message, answered by a
 ``RESTResponse`` with the same ``request_id``), which saves an HTTP request per call. On
 each connect the client sends one (``GET asterisk/ping``) and, if Asterisk answers it
