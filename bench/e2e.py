@@ -18,7 +18,7 @@ through ``bench/minimal_agi.py`` (``7…`` numbers): a FastAGI gate that does on
 and one SET VARIABLE, the floor of any FastAGI gate on this machine, and each door's
 added delay is also set against it. Each row's CPU per call (ms, /proc) of the gate's
 processes (or the minimal gate's), Redis and Asterisk says where the time goes.
-``--profile RATE`` records the gate with py-spy during each door's row at RATE (the first
+``--profile RATE`` records the gate with py-spy during each door's row at RATE (every
 part) and prints the top frames (``bench/pyspy.py``).
 ``--workers N`` runs ``callgate run --workers N``. Then it checks the goals, each against
 the ungated row of the same rate in the same run: at 100 cps the added p50 is at most
@@ -496,8 +496,8 @@ def main() -> int:
                     gate_pid = minimal.pid if mode == "minimal" and minimal else gate.pid
                     pids = (gate_pid, redis_process.pid, sandbox.pid)
                     with contextlib.ExitStack() as stack:
-                        if rate == args.profile and mode != "ungated" and part == 0 and gate_pid:
-                            profiles.append(workdir / f"{mode}-{rate}.pyspy")
+                        if rate == args.profile and mode != "ungated" and gate_pid:
+                            profiles.append(workdir / f"{mode}-{rate}-{part}.pyspy")
                             stack.enter_context(recording(gate_pid, profiles[-1]))
                         before = [tree_cpu_s(pid) for pid in pids]
                         run = place(sandbox, dialled, rate, workdir / f"{mode}-{rate}-{part}")
@@ -517,7 +517,12 @@ def main() -> int:
                 )  # fmt: skip
         rest_lines = rest_calls_per_decision(sandbox, gate, workdir)
         agi_lines = agi_round_trips_per_decision(sandbox, gate, workdir)
-        profile_lines = [line for path in profiles for line in summary(path)]
+        by_row: dict[str, list[Path]] = {}
+        for path in profiles:
+            by_row.setdefault(path.name.rsplit("-", 1)[0], []).append(path)
+        profile_lines = [
+            line for first, *rest in by_row.values() for line in summary(first, more=rest)
+        ]
     finally:
         sandbox.stop()
         gate.stop()

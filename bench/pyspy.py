@@ -23,7 +23,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 RATE_HZ = 200
@@ -97,13 +97,16 @@ def _area(path: str) -> str:
     return "other"
 
 
-def summary(raw: Path, top: int = 12) -> list[str]:
-    """Lines: the samples and busy share, the top ``top`` self frames, the areas."""
+def summary(raw: Path, top: int = 12, more: Sequence[Path] = ()) -> list[str]:
+    """Lines: the samples and busy share, the top ``top`` self frames, the areas (of
+    ``raw`` and the ``more`` profiles recorded alike, taken as one)."""
     own: Counter[tuple[str, str]] = Counter()
     under: Counter[tuple[str, str]] = Counter()  # callgate's own frames, inclusive
     areas: Counter[str] = Counter()
     total = 0
-    for line in raw.read_text().splitlines():
+    recorded = (raw, *more)
+    lines_of = (line for path in recorded for line in path.read_text().splitlines())
+    for line in lines_of:
         stack, _, count = line.rpartition(" ")
         if not stack or not count.isdigit():
             continue
@@ -119,12 +122,13 @@ def summary(raw: Path, top: int = 12) -> list[str]:
         own[(function, path)] += n
         areas[_area(path)] += n
         total += n
-    seconds_file = raw.with_suffix(".seconds")
+    timed = [path.with_suffix(".seconds") for path in recorded]
     busy = ""
-    if seconds_file.exists() and total:
-        seconds = float(seconds_file.read_text())
+    if all(path.exists() for path in timed) and total:
+        seconds = sum(float(path.read_text()) for path in timed)
         busy = f", busy {100 * total / (seconds * RATE_HZ):.0f} % of one core over {seconds:.1f} s"
-    lines = [f"{raw.name}: {total} samples{busy}"]
+    parts = f" (+{len(more)} more)" if more else ""
+    lines = [f"{raw.name}{parts}: {total} samples{busy}"]
     if not total:
         return lines
     lines.append(f"  {'self %':>6}  frame")

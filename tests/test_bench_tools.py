@@ -101,3 +101,17 @@ def test_rest_calls_are_counted_over_http_and_over_the_websocket(e2e: ModuleType
         '{\n  "type": "RESTRequest",\n  "method": "GET",\n  "uri": "asterisk/ping"\n}\n'
     )
     assert ({"c1": 1, "c2": 1}, 1, 2) == e2e.count_rest_calls(log)
+
+
+def test_a_row_recorded_in_parts_is_summed_into_one_summary(
+    pyspy: ModuleType, tmp_path: Path
+) -> None:
+    """The parts of a row (bench/e2e.py --rounds) count as one profile: samples and
+    seconds added."""
+    parts = [tmp_path / "agi-100-0.pyspy", tmp_path / "agi-100-1.pyspy"]
+    for n, part in enumerate(parts, start=1):
+        part.write_text(f"process 1:main;select (/x/python3.11/selectors.py:468) {n}\n")
+        part.with_suffix(".seconds").write_text(f"{3 / pyspy.RATE_HZ}\n")
+    assert pyspy.summary(parts[0], more=parts[1:])[0] == (
+        "agi-100-0.pyspy (+1 more): 3 samples, busy 50 % of one core over 0.0 s"
+    )
