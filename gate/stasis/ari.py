@@ -250,15 +250,12 @@ class AriClient:
                     event = _json_object(message.data)
                     if event is None:
                         continue
-                    if event.get("type") == "RESTResponse":
-                        if (
-                            event.get("request_id") == request_id
-                            and event.get("status_code") == 200
-                        ):
+                    if event.get("type") != "RESTResponse":
+                        early.append(event)
+                    elif event.get("request_id") == request_id:
+                        if event.get("status_code") == 200:
                             self._ws = ws
-                            return early
-                        continue
-                    early.append(event)
+                        return early
         except (aiohttp.ClientError, OSError, TimeoutError):
             return early  # no REST over this WebSocket: HTTP
 

@@ -30,6 +30,7 @@ class StandIn:
     """What the stand-in ARI saw, and how it behaves."""
 
     answers_websocket: bool = True  # False: an Asterisk before REST over the WebSocket
+    ping_status: int = 200  # the answer to GET asterisk/ping
     silent_for: set[str] = field(default_factory=set)  # URIs it never answers over the WS
     events_first: list[dict[str, Any]] = field(default_factory=list)  # sent on connect
     http: list[str] = field(default_factory=list)  # "METHOD /path" of each HTTP request
@@ -39,7 +40,7 @@ class StandIn:
     def reply(self, method: str, uri: str) -> tuple[int, str]:
         """Status and body for a request (the same over HTTP and the WebSocket)."""
         if uri == "asterisk/ping":
-            return 200, json.dumps({"ping": "pong"})
+            return self.ping_status, json.dumps({"ping": "pong"})
         if uri == "channels" and method == "GET":
             return 200, json.dumps([CHANNEL])
         if uri == "channels/c1" and method == "DELETE":
@@ -140,6 +141,18 @@ async def test_an_asterisk_that_ignores_rest_over_the_websocket_gets_http(
         await asyncio.sleep(0.05)
         reading.cancel()
         assert [start] == seen
+
+
+async def test_a_probe_answered_with_an_error_gives_http_at_once(
+    stand_in: tuple[StandIn, str],
+) -> None:
+    """Asterisk answers the probe, but not with 200: HTTP, without waiting WS_PROBE_S."""
+    state, url = stand_in
+    state.ping_status = 403
+    started = time.monotonic()
+    async with AriClient(url, "u", "p", "callgate") as client, client.event_stream():
+        assert time.monotonic() - started < ari.WS_PROBE_S / 2
+        assert not client.rest_over_websocket
 
 
 async def test_a_request_waiting_on_a_websocket_that_closes_fails_at_once(
