@@ -251,13 +251,24 @@ async def serving(
         await task
 
 
+@pytest.mark.parametrize("over_websocket", [True, False], ids=["rest-over-websocket", "http"])
 async def test_listed_is_hung_up_and_unlisted_continues(
-    asterisk_factory: SandboxFactory, gate: Gate
+    asterisk_factory: SandboxFactory, gate: Gate, over_websocket: bool
 ) -> None:
-    """Through Stasis: the listed number is hung up; the unlisted one reaches the answerer."""
+    """Through Stasis: the listed number is hung up; the unlisted one reaches the answerer.
+    REST goes over the event WebSocket (Asterisk 22.10 takes it there), or over HTTP
+    with rest_over_websocket=False."""
     text, files = dialplan()
     sandbox = asterisk_factory(text, extra_files=files)
-    async with serving(gate, sandbox):
+    client = AriClient(
+        sandbox.ari_url,
+        sandbox.ari_user,
+        sandbox.ari_password,
+        "callgate",
+        rest_over_websocket=over_websocket,
+    )
+    async with serving(gate, sandbox, client=client):
+        assert over_websocket == client.rest_over_websocket
         allowed = await sandbox.originate_local(UNLISTED, "gated")
         blocked = await sandbox.originate_local(LISTED, "gated")
         assert "ALLOW" == await var_eventually(sandbox, allowed, "REACHED", 10)
