@@ -73,6 +73,8 @@ def seconds_text(seconds: float) -> str:
 def printable(text: str) -> str:
     """``text`` with control characters written as escapes (``\\r``, ``\\x1b``): what a
     peer sent may be logged or kept, never forge a log line or drive a terminal."""
+    if text.isprintable():  # the common case: every character _CONTROL matches is not
+        return text
     return _CONTROL.sub(lambda m: m[0].encode("unicode_escape").decode("ascii"), text)
 
 

@@ -5,8 +5,17 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from gate.core.model import Decision, Verdict
-from gate.core.params import DECISION_FIELDS, answer_value, decision_value, error_value
+from gate.core.params import (
+    DECISION_FIELDS,
+    answer_value,
+    decision_value,
+    error_value,
+    printable,
+)
 
 
 def test_one_variable_carries_the_whole_decision() -> None:
@@ -73,3 +82,17 @@ def test_both_doors_unpack_the_decision_as_the_subroutine_does() -> None:
     unpack = steps("callgate-unpack")[0]
     for door in ("callgate-agi", "callgate-stasis"):
         assert unpack == steps(door)[3], door
+
+
+@given(st.text())
+def test_printable_escapes_exactly_the_control_characters(text: str) -> None:
+    """Whatever the text, the result is the text with each C0/C1 control, DEL, U+2028 and
+    U+2029 written as its escape, and nothing else changed (the fast path for text with
+    none of them included)."""
+    expected = "".join(
+        ch.encode("unicode_escape").decode("ascii")
+        if ord(ch) < 0x20 or 0x7F <= ord(ch) <= 0x9F or ch in "\u2028\u2029"
+        else ch
+        for ch in text
+    )
+    assert expected == printable(text)
