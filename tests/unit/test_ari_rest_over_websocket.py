@@ -20,7 +20,7 @@ import pytest
 from aiohttp import WSMsgType, web
 
 from gate.stasis import ari
-from gate.stasis.ari import AriClient, AriNotFound, AriUnavailable
+from gate.stasis.ari import AriClient, AriError, AriNotFound, AriUnavailable
 
 CHANNEL = {"id": "c1", "name": "Local/1@x-0;2", "state": "Ring"}
 
@@ -32,6 +32,7 @@ class StandIn:
     answers_websocket: bool = True  # False: an Asterisk before REST over the WebSocket
     ping_status: int = 200  # the answer to GET asterisk/ping
     silent_for: set[str] = field(default_factory=set)  # URIs it never answers over the WS
+    garbled_for: set[str] = field(default_factory=set)  # URIs answered without a status
     events_first: list[dict[str, Any]] = field(default_factory=list)  # sent on connect
     http: list[str] = field(default_factory=list)  # "METHOD /path" of each HTTP request
     over_websocket: list[dict[str, Any]] = field(default_factory=list)  # RESTRequests seen
@@ -68,6 +69,8 @@ async def stand_in() -> AsyncIterator[tuple[StandIn, str]]:
             status, body = state.reply(sent["method"], sent["uri"])
             answer = {"type": "RESTResponse", "request_id": sent.get("request_id", ""),
                       "status_code": status, "uri": sent["uri"]}  # fmt: skip
+            if sent["uri"] in state.garbled_for:
+                answer["status_code"] = "OK"
             if body:
                 answer["message_body"] = body
             await ws.send_str(json.dumps(answer))
@@ -178,6 +181,21 @@ async def test_a_request_waiting_on_a_websocket_that_closes_fails_at_once(
             await asyncio.wait_for(waiting, 5)
         assert time.monotonic() - started < 2
         await reading
+
+
+async def test_an_answer_without_a_status_is_an_ari_error(
+    stand_in: tuple[StandIn, str],
+) -> None:
+    """A RESTResponse whose status is not a number: AriError naming the request, not a
+    crash of the caller nor of the event stream (the next request is answered)."""
+    state, url = stand_in
+    state.garbled_for = {"channels"}
+    async with AriClient(url, "u", "p", "callgate") as client, client.event_stream() as events:
+        reading = asyncio.create_task(read_events(events, []))
+        with pytest.raises(AriError, match="GET /channels: a RESTResponse without a status"):
+            await client.channels()
+        assert await client.hangup("c1", 21) is None
+        reading.cancel()
 
 
 async def test_rest_over_the_websocket_can_be_turned_off(stand_in: tuple[StandIn, str]) -> None:
