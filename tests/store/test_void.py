@@ -43,6 +43,15 @@ async def verdicts(store: Store) -> Counter[str]:
     return Counter([r["verdict"] async for r in read_range(store.admin_client, "callgate")])
 
 
+async def verdicts_at(redis_url: str) -> Counter[str]:
+    """``verdicts`` read through a store of its own (closed after)."""
+    store = Store(redis_url, 1.0)
+    try:
+        return await verdicts(store)
+    finally:
+        await store.close()
+
+
 async def settled(store: Store, outcome: str) -> None:
     """Wait (bounded) until the store has counted one void with ``outcome``."""
     deadline = time.monotonic() + SETTLE_S
@@ -85,11 +94,7 @@ async def test_a_decision_run_after_its_deadline_is_undone(
     entry is deleted and its attempt uncounted (cap of one: the next call is allowed)."""
     config = make_config(ONCE)
     late, voids = await late_decision(config, redis_url, sync_redis)
-    store = Store(redis_url, 1.0)
-    try:
-        left = await verdicts(store)
-    finally:
-        await store.close()
+    left = await verdicts_at(redis_url)
     assert Verdict.DEFER == late
     assert Counter() == left
     assert (Verdict.ALLOW, "allowed") == await next_call(config, redis_url)
@@ -122,11 +127,7 @@ async def test_a_decision_whose_reply_is_lost_is_undone_on_a_fresh_connection(
         finally:
             await proxied.close()
     voids = dict(getattr(proxied, "voids", {}))
-    store = Store(redis_url, 1.0)
-    try:
-        left = await verdicts(store)
-    finally:
-        await store.close()
+    left = await verdicts_at(redis_url)
     assert (Verdict.DEFER, "store_unavailable") == (lost.verdict, lost.reason)
     assert Counter() == left
     assert (Verdict.ALLOW, "allowed") == await next_call(config, redis_url)
