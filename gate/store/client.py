@@ -10,6 +10,10 @@ Guarantees:
   master of its slot), then at most ``deadline`` from sending the request to Redis's
   reply. A reply that misses the deadline is still read in the background and its
   connection goes back to the pool: a slow moment never turns into reconnections.
+- One server or a Sentinel-managed master: the decision connections are channels
+  (channel.py), opened by redis-py and then read by protocol callbacks, so a decision
+  costs no pool checkout, no reader task and no stream read of its own. In a cluster,
+  the nodes' redis-py connections, each reply read by a task.
 - A recording call is never sent twice: if its connection fails after the request was
   sent, the script may have run, so the decision gets the fail mode and is counted at
   most once. A call that records nothing may be sent again once, on a fresh connection.
@@ -91,7 +95,9 @@ from gate.core.engine import Check, CheckKind, StoreCheck, StoreResult
 from gate.core.errors import NotReplicated, StoreError, StoreTimeout, StoreUnavailable
 from gate.core.evidence import check_summary
 from gate.core.keys import directory_key, namespace_of
-from gate.store.connect import ADMIN_TIMEOUT_S, Link, LinkStatus
+from gate.store.channel import Behind as _Behind
+from gate.store.channel import Busy, Channel, ChannelLane
+from gate.store.connect import ADMIN_TIMEOUT_S, REPLY_TIMEOUT_S, Link, LinkStatus
 
 __all__ = [
     "BATCH",
@@ -220,16 +226,6 @@ def _asking(undo: _Undo) -> _Undo:
     return _Undo(undo.command, asking=True)
 
 
-@dataclass(slots=True)
-class _Behind:
-    """A void written behind a request on the request's connection, once nobody waits
-    for the request's reply: the connection's reader reads its ``replies`` too (the last
-    is the void's) before it gives the connection back, then calls ``settle``."""
-
-    replies: int = 0
-    settle: Callable[[_Reply | None], None] | None = None
-
-
 class _Expired(Exception):
     """A decision's deadline passed before its reply (set on the reply's future)."""
 
@@ -239,23 +235,23 @@ class _Deadline:
     once, when the reply has reached this process unread (the event loop's own backlog,
     not Redis being slow: see ``_reply_waiting``), it waits ``seconds`` more."""
 
-    __slots__ = ("_connection", "_extended", "_handle", "_reply", "_seconds")
+    __slots__ = ("_extended", "_handle", "_reply", "_seconds", "_waiting")
 
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
         reply: asyncio.Future[Any],
-        connection: AbstractConnection,
+        waiting: Callable[[], bool],
         seconds: float | None,
     ) -> None:
-        self._reply, self._connection, self._seconds = reply, connection, seconds
+        self._reply, self._waiting, self._seconds = reply, waiting, seconds
         self._extended = False
         self._handle = None if seconds is None else loop.call_later(seconds, self._fire)
 
     def _fire(self) -> None:
         if self._reply.done():
             return
-        if not self._extended and self._seconds is not None and _reply_waiting(self._connection):
+        if not self._extended and self._seconds is not None and self._waiting():
             self._extended = True
             self._handle = self._reply.get_loop().call_later(self._seconds, self._fire)
             return
@@ -269,32 +265,6 @@ class _Deadline:
 def _delivered(reply: asyncio.Future[Any]) -> bool:
     """Whether the reader gave ``reply`` its replies or its connection's failure."""
     return reply.done() and not reply.cancelled() and not isinstance(reply.exception(), _Expired)
-
-
-class _PoolLane:
-    """The decision connections of one server (or Sentinel-managed master): a bounded,
-    blocking pool (connect.py)."""
-
-    def __init__(self, pool: ConnectionPool, where: str, settings: RedisConfig) -> None:
-        self.pool, self.name, self.settings = pool, where, settings
-
-    async def checkout(self) -> AbstractConnection:
-        """A pooled connection (waits at most ``pool_wait`` for a free one)."""
-        try:
-            connection: AbstractConnection = await self.pool.get_connection()  # type: ignore[no-untyped-call]
-            return connection
-        except RedisConnectionError as exc:
-            if "No connection available" in str(exc):
-                raise _busy(self.name, self.settings) from exc
-            raise translate_error(exc, self.name) from exc
-        except (RedisError, OSError) as exc:
-            raise translate_error(exc, self.name) from exc
-
-    async def release(self, connection: AbstractConnection) -> None:
-        await self.pool.release(connection)
-
-    def failed(self) -> None:
-        """A connection of this lane broke (nothing to learn for one server)."""
 
 
 class _NodeLane:
@@ -332,7 +302,7 @@ def _busy(where: str, settings: RedisConfig) -> StoreUnavailable:
     )
 
 
-_Lane = _PoolLane | _NodeLane
+_Lane = ChannelLane | _NodeLane
 _Release = Callable[[Any], Awaitable[None]]
 
 
@@ -395,7 +365,7 @@ class Store:
         else:
             self._pool = self.link.decision_pool()
             self._client = self.link.client(self._pool)
-            self._lane = _PoolLane(self._pool, self.link.where, self.settings)
+            self._lane = ChannelLane(self._pool, self.settings.pool_size, self.settings.pool_wait_s)
         self._admin_pool: ConnectionPool | None = None
         self._admin_client: aioredis.Redis | RedisCluster | None = None
         # Reply readers in flight (a reply that missed its deadline is still read), and
@@ -455,6 +425,8 @@ class Store:
             for task in pending:
                 task.cancel()
             await asyncio.wait(pending, timeout=_CLOSE_GRACE_S)
+        if not self.cluster:
+            await self._lane.close(_CLOSE_GRACE_S)
         if self._client is not None:
             await self._client.aclose()
         if self._cluster is not None:
@@ -845,6 +817,8 @@ class Store:
         call records nothing. ``void`` (a recorded decision): written behind the request
         on its connection if its reply is not waited for (the deadline passed, or the
         caller was cancelled), sent on a fresh connection if the connection failed."""
+        if isinstance(lane, ChannelLane):
+            return await self._live_channel(lane, request, replies, use, void)
         for attempt in range(2):
             retry = not use.records and attempt == 0
             connection = await lane.checkout()
@@ -869,7 +843,8 @@ class Store:
             self._let_finish(reader)
             # The caller awaits the reader's future itself; the deadline fails that future
             # (one timer, no asyncio.wait: fewer turns of the event loop per decision).
-            clock = _Deadline(loop, reply, connection, use.deadline_s)
+            waiting = functools.partial(_reply_waiting, connection)
+            clock = _Deadline(loop, reply, waiting, use.deadline_s)
             try:
                 return await reply
             except _Expired:
@@ -896,9 +871,71 @@ class Store:
                         self._void_behind(connection, behind, void)
         raise AssertionError("unreachable: the second attempt returns or raises")
 
+    async def _live_channel(
+        self,
+        lane: ChannelLane,
+        request: bytes,
+        replies: int,
+        use: _Use,
+        void: _Undo | None = None,
+    ) -> list[_Reply]:
+        """``_live`` on a channel of one server or Sentinel master (channel.py): the same
+        guarantees; the channel reads the replies itself, by protocol callbacks."""
+        # A decision's read is bounded as the pool's socket timeout (connect.py); a
+        # scrub's by the admin timeout.
+        if use.deadline_s is None:
+            read_timeout_s = _ADMIN_TIMEOUT_S
+        else:
+            read_timeout_s = max(self.settings.deadline_s, REPLY_TIMEOUT_S)
+        loop = asyncio.get_running_loop()
+        for attempt in range(2):
+            retry = not use.records and attempt == 0
+            channel = await self._checkout(lane)
+            reply: asyncio.Future[list[_Reply]] = loop.create_future()
+            behind = _Behind()
+            try:
+                channel.exchange(request, replies, reply, behind, read_timeout_s)
+            except RedisConnectionError:  # closed before the write: nothing was sent
+                channel.close()
+                if retry:
+                    continue
+                raise
+            clock = _Deadline(loop, reply, channel.reply_waiting, use.deadline_s)
+            try:
+                return await reply
+            except _Expired:
+                deadline_ms = (use.deadline_s or 0) * 1000
+                raise StoreTimeout(
+                    f"Redis at {self.where} did not answer within {deadline_ms:g} ms"
+                ) from None
+            except RedisConnectionError:
+                if void is not None:
+                    self._void_later(void)
+                if not retry:
+                    raise
+            finally:
+                clock.stop()
+                if not _delivered(reply):
+                    # Nobody waits for it any more (see _live): the channel reads it and
+                    # then the void written right behind it.
+                    if not reply.done():
+                        reply.cancel()
+                    if void is not None:
+                        self._void_behind_channel(channel, behind, void)
+        raise AssertionError("unreachable: the second attempt returns or raises")
+
+    async def _checkout(self, lane: ChannelLane) -> Channel:
+        """A channel of ``lane`` (waits at most ``pool_wait`` for one)."""
+        try:
+            return await lane.checkout()
+        except Busy:
+            raise _busy(self.where, self.settings) from None
+        except (RedisError, OSError) as exc:
+            raise translate_error(exc, self.where) from exc
+
     async def _read(
         self,
-        lane: _Lane,
+        lane: _NodeLane,
         connection: AbstractConnection,
         replies: int,
         use: _Use,
@@ -958,6 +995,14 @@ class Store:
         behind.replies = 2 if void.asking else 1
         behind.settle = functools.partial(self._settle_void, void)
         writer.write(_ASKING + command if void.asking else command)
+
+    def _void_behind_channel(self, channel: Channel, behind: _Behind, void: _Undo) -> None:
+        """``_void_behind`` on a channel (no ASKING: channels are not cluster nodes')."""
+        behind.replies = 1
+        behind.settle = functools.partial(self._settle_void, void)
+        if not channel.write_behind(void.command().packed):
+            behind.replies, behind.settle = 0, None
+            self._void_later(void)
 
     def _settle_void(self, void: _Undo, reply: _Reply | None) -> None:
         """The void's reply (None: its connection failed first): counted and logged; a void

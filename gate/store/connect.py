@@ -5,10 +5,11 @@ the clients of a Redis Cluster.
 in a cluster, the two ``RedisCluster`` clients, whose per-node connections ``client.py``
 routes decisions over) a ``Store`` uses, and reports which node answers. Guarantees:
 
-- Decisions use a *blocking* pool of ``pool_size`` connections: when all are busy a
-  decision waits for one, at most ``pool_wait`` (redis-py's default pool raises
-  ``MaxConnectionsError`` past its limit instead, which turned a burst of calls into
-  fail-mode answers against a healthy Redis).
+- Decisions use ``pool_size`` connections: when all are busy a decision waits for one, at
+  most ``pool_wait`` (redis-py's default pool raises ``MaxConnectionsError`` past its
+  limit instead, which turned a burst of calls into fail-mode answers against a healthy
+  Redis). On one server or a Sentinel master, the decision pool's connection class opens
+  them and client.py's channels (channel.py) hold them; the pool itself serves PING.
 - No connection re-sends a command by itself (``Retry(NoBackoff(), 0)``): whether a
   command may be sent again is its caller's decision (``client.py``), because a command
   whose reply was lost may already have run.
