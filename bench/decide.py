@@ -6,7 +6,9 @@
 
 Starts its own redis-server on a free loopback TCP port unless --redis-url is given.
 Measures, in the same process and session, per scenario:
-- the floor: redis-py asyncio PING round trips;
+- the floor: redis-py asyncio PING round trips; and PING sent the store's own way (a
+  decision connection of its own: callgate's channels, see gate/store/channel.py), the
+  floor of what callgate's own path could reach (``PING st``, ``ratio st``);
 - the store's share: the scenario's EVALSHA alone (redis-py, arguments encoded once, not
   recording), what the path costs beyond callgate's own work;
 - the path: ``Gate.decide`` = engine.plan + one EVALSHA of decide.lua + engine.conclude,
@@ -83,7 +85,7 @@ try:
 except ImportError:  # before the evidence moved into decide.lua
     with_evidence = None  # type: ignore[assignment]
 try:
-    from gate.store.client import DECIDE, _encode, _Use
+    from gate.store.client import DECIDE, _Command, _encode, _Use
 
     LAYOUT = 2
 except ImportError:  # key layout 1
@@ -444,6 +446,11 @@ async def scenario(
         keys, argv = legacy.encode_checks(sample.check)
         sha = store._decide.sha.encode()
 
+    store_ping = _Command(None, 0, b"*1\r\n$4\r\nPING\r\n") if LAYOUT == 2 else None
+
+    async def ping_store(_: int) -> None:
+        await sent(store, [store_ping], False, 1.0)
+
     async def evalsha(_: int) -> None:
         await client.evalsha(sha.decode(), len(keys), *keys, *argv)  # type: ignore[misc]
 
@@ -456,6 +463,7 @@ async def scenario(
     verdicts: Counter[str] = Counter()
     # Alternate rounds so that drift in machine load hits both sides alike.
     floor: list[float] = []
+    floor_store: list[float] = []
     bare: list[float] = []
     path: list[float] = []
     redis_rounds: list[float] = []
@@ -463,6 +471,9 @@ async def scenario(
     for r in range(ROUNDS):
         lat, _secs = await timed(n // ROUNDS, 1, ping)
         floor += lat
+        if store_ping is not None:
+            lat, _secs = await timed(n // ROUNDS, 1, ping_store)
+            floor_store += lat
         lat, _secs = await timed(n // ROUNDS, 1, evalsha)
         bare += lat
         await client.config_resetstat()  # Redis time of the recorded decisions only
@@ -484,6 +495,7 @@ async def scenario(
     return {
         "floor50": percentile(floor, 50),
         "floor99": percentile(floor, 99),
+        "store50": percentile(floor_store, 50) if floor_store else float("nan"),
         "bare50": percentile(bare, 50),
         "path50": percentile(path, 50),
         "path99": percentile(path, 99),
@@ -542,9 +554,9 @@ async def run(url: str, n: int, concurrency: int, names: list[str], list_size: i
         f"customers {list_size // 100}"
     )
     header = (
-        f"{'scenario':9}{'PING p50':>9}{'p99':>6}{'EVALSHA p50':>12}{'decide p50':>11}{'p99':>6}"
-        f"{'own µs':>7}"
-        f"{'ratio p50':>10}{'p99':>7}{'dec/s':>7}{'loaded dec/s':>13}"
+        f"{'scenario':9}{'PING p50':>9}{'p99':>6}{'PING st':>8}{'EVALSHA p50':>12}"
+        f"{'decide p50':>11}{'p99':>6}{'own µs':>7}"
+        f"{'ratio p50':>10}{'p99':>7}{'ratio st':>9}{'dec/s':>7}{'loaded dec/s':>13}"
         f"{'Redis µs seq':>13}{'loaded':>8}{'b2b':>6}{'dec/s/core':>11}"
     )
     print(header)
@@ -554,10 +566,11 @@ async def run(url: str, n: int, concurrency: int, names: list[str], list_size: i
         m = measured[name] = await scenario(url, name, n, concurrency, list_size)
         core = 1e6 / m["back_us"] if m["back_us"] else 0.0
         print(
-            f"{name:9}{m['floor50']:>9.0f}{m['floor99']:>6.0f}{m['bare50']:>12.0f}"
-            f"{m['path50']:>11.0f}{m['path99']:>6.0f}{m['path50'] - m['bare50']:>7.0f}"
-            f"{m['path50'] / m['floor50']:>9.2f}x"
-            f"{m['path99'] / m['floor99']:>6.2f}x{m['rate']:>7.0f}{m['loaded_rate']:>13.0f}"
+            f"{name:9}{m['floor50']:>9.0f}{m['floor99']:>6.0f}{m['store50']:>8.0f}"
+            f"{m['bare50']:>12.0f}{m['path50']:>11.0f}{m['path99']:>6.0f}"
+            f"{m['path50'] - m['bare50']:>7.0f}{m['path50'] / m['floor50']:>9.2f}x"
+            f"{m['path99'] / m['floor99']:>6.2f}x{m['path50'] / m['store50']:>8.2f}x"
+            f"{m['rate']:>7.0f}{m['loaded_rate']:>13.0f}"
             f"{m['redis_us']:>13.1f}{m['loaded_us']:>8.1f}{m['back_us']:>6.1f}{core:>11.0f}"
         )
     for name, m in measured.items():
