@@ -38,7 +38,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Protocol
 
 from gate.config.loader import Config
@@ -48,6 +48,7 @@ from gate.core.engine import (
     RuleOutcome,
     StoreResult,
     conclude,
+    evolve,
     explain,
     fail_mode_decision,
 )
@@ -154,7 +155,7 @@ def _with_evidence(pending: Plan, active: Active, door: str, process_s: float) -
         max_age_s=config.audit.max_age_s,
         max_len=stream_len(config.audit.max_len),
     )
-    return replace(pending, check=replace(pending.check, evidence=evidence))
+    return evolve(pending, check=evolve(pending.check, evidence=evidence))
 
 
 class DecisionObserver(Protocol):
@@ -205,7 +206,7 @@ class Gate:
         active.config.policy.check_tenant(attempt.tenant)  # UnknownTenant: the door refuses
         if attempt.channel and active.config.hash_numbers:
             # A channel name may hold the number (Local/0612345678@…): evidence gets a tag.
-            attempt = replace(attempt, channel=redact(attempt.channel, active.config.secret))
+            attempt = evolve(attempt, channel=redact(attempt.channel, active.config.secret))
         started = time.perf_counter()
         store_s = 0.0
         pending = active.planner(record).plan(attempt)

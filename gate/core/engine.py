@@ -64,6 +64,7 @@ __all__ = [
     "StoreCheck",
     "StoreResult",
     "conclude",
+    "evolve",
     "explain",
     "fail_mode_decision",
     "outcome",
@@ -488,7 +489,7 @@ class _Model:
     ) -> Plan | Decision:
         model = self.pending
         if isinstance(model, Decision):
-            return _evolve(model, e164=target.e164)
+            return evolve(model, e164=target.e164)
         # Keys are relative to the number (gate/core/keys.py): only its encodings and its
         # slot group's prefix change with it.
         number = keyspace.number(target.e164)
@@ -500,20 +501,20 @@ class _Model:
                 rebuilt = list(checks)
                 rebuilt[self.window.index] = _window_check(self.window, attempt.now)
                 checks = tuple(rebuilt)
-        check = _evolve(
+        check = evolve(
             model.check,
             now_ms=now_ms,
             number=number,
             prefix=keyspace.prefix(number.group),
             checks=checks,
         )
-        return _evolve(model, attempt=attempt, destination=target, check=check)
+        return evolve(model, attempt=attempt, destination=target, check=check)
 
 
 _T = TypeVar("_T")
 
 
-def _evolve(value: _T, **changes: object) -> _T:
+def evolve(value: _T, **changes: object) -> _T:
     """``dataclasses.replace`` for the engine's frozen, slotted values, without its
     per-call introspection (4x faster; the values have no ``__post_init__``)."""
     copy = object.__new__(type(value))

@@ -18,6 +18,7 @@ from gate.core.engine import (
     Planner,
     StoreResult,
     conclude,
+    evolve,
     explain,
     fail_mode_decision,
     plan,
@@ -337,6 +338,22 @@ def test_a_live_planner_plans_every_attempt_exactly_like_plan(
         now = start + timedelta(milliseconds=after_ms)
         a = Attempt(dialled, now, channel=channel, **contexts[which])
         assert plan(a, ALL_PACKS, KEYS, record) == planner.plan(a)
+
+
+def test_evolve_gives_what_dataclasses_replace_gives() -> None:
+    """``evolve`` (the gate's fast ``replace`` of an attempt, a plan, its store check) gives
+    values equal to ``dataclasses.replace``'s, and leaves the original as it was."""
+    a = attempt("0612345678", channel="Local/0612345678@out-0001")
+    pending = planned(a)
+    cases = [
+        (a, {"channel": "Local/<redacted>@out-0001"}),
+        (pending, {"attempt": evolve(a, tenant="acme")}),
+        (pending.check, {"now_ms": 1, "evidence": None, "prefix": "{x}"}),
+    ]
+    for value, changes in cases:
+        before = replace(value)
+        assert replace(value, **changes) == evolve(value, **changes)
+        assert before == value
 
 
 @pytest.mark.parametrize("when", [NOW, datetime(2026, 12, 6, 22, 0, tzinfo=UTC)])
