@@ -5,7 +5,8 @@ redis-py opens and authenticates each connection (the decision pool's connection
 TCP, unix socket or TLS, a Sentinel-managed master found through the sentinels, AUTH,
 SELECT); a ``Channel`` then takes its transport over and parses Redis's replies with
 hiredis as they arrive (``data_received``), completing the waiting future at once. A
-``ChannelLane`` holds up to ``pool_size`` channels to one server (or Sentinel master).
+``ChannelLane`` holds up to ``pool_size`` channels to one server (a Sentinel master, a
+Redis Cluster master).
 
 Guarantees (those of the pooled redis-py connections they replace, see client.py):
 
@@ -32,11 +33,11 @@ import select
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import hiredis
 from redis._parsers.base import BaseParser
-from redis.asyncio.connection import AbstractConnection, ConnectionPool
+from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.sentinel import SentinelConnectionPool
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import InvalidResponse, ReadOnlyError
@@ -53,6 +54,12 @@ class Behind:
 
     replies: int = 0
     settle: Callable[[Any], None] | None = None
+
+
+class Opener(Protocol):
+    """Makes the connections of one node (a redis-py pool, or a cluster node's class)."""
+
+    def make_connection(self) -> AbstractConnection: ...
 
 
 class Busy(Exception):
@@ -206,12 +213,20 @@ class Channel(asyncio.Protocol):
 
 
 class ChannelLane:
-    """Up to ``size`` channels to the server (or Sentinel master) of ``pool``: the pool's
-    connection class opens and authenticates each (see the module)."""
+    """Up to ``size`` channels to the node ``name`` whose connections ``pool`` makes (it
+    opens and authenticates each, see the module); ``on_failure`` is told when one fails."""
 
-    def __init__(self, pool: ConnectionPool, size: int, wait_s: float) -> None:
-        self.pool, self.size, self.wait_s = pool, size, wait_s
+    def __init__(
+        self,
+        pool: Opener,
+        size: int,
+        wait_s: float,
+        name: str = "",
+        on_failure: Callable[[], None] | None = None,
+    ) -> None:
+        self.pool, self.size, self.wait_s, self.name = pool, size, wait_s, name
         self.sentinel = isinstance(pool, SentinelConnectionPool) and pool.is_master
+        self._on_failure = on_failure
         self._channels: set[Channel] = set()
         self._idle: list[Channel] = []
         self._opening = 0  # places taken by channels being opened
@@ -256,6 +271,11 @@ class ChannelLane:
         self._channels.discard(channel)
         self._give_place()
         self._wake_if_quiet()
+
+    def failed(self) -> None:
+        """A channel's connection failed (a cluster re-reads its slot map)."""
+        if self._on_failure is not None:
+            self._on_failure()
 
     async def close(self, grace_s: float) -> None:
         """Let exchanges in flight finish (at most ``grace_s``), then close every channel;
@@ -327,7 +347,7 @@ class ChannelLane:
 
     async def _open_one(self) -> Channel:
         try:
-            connection: AbstractConnection = self.pool.make_connection()  # type: ignore[no-untyped-call]
+            connection = self.pool.make_connection()
             await connection.connect()  # type: ignore[no-untyped-call]
         except BaseException:
             self._opening -= 1

@@ -10,10 +10,9 @@ Guarantees:
   master of its slot), then at most ``deadline`` from sending the request to Redis's
   reply. A reply that misses the deadline is still read in the background and its
   connection goes back to the pool: a slow moment never turns into reconnections.
-- One server or a Sentinel-managed master: the decision connections are channels
-  (channel.py), opened by redis-py and then read by protocol callbacks, so a decision
-  costs no pool checkout, no reader task and no stream read of its own. In a cluster,
-  the nodes' redis-py connections, each reply read by a task.
+- Decision connections are channels (channel.py): opened by redis-py (the pool's, or a
+  cluster node's, connection class) and then read by protocol callbacks, so a decision
+  costs no pool checkout, no reader task and no stream read of its own.
 - A recording call is never sent twice: if its connection fails after the request was
   sent, the script may have run, so the decision gets the fail mode and is counted at
   most once. A call that records nothing may be sent again once, on a fresh connection.
@@ -66,7 +65,6 @@ import hashlib
 import importlib.resources
 import json
 import logging
-import select
 import struct
 import time
 from collections import Counter
@@ -97,7 +95,7 @@ from gate.core.evidence import check_summary
 from gate.core.keys import directory_key, namespace_of
 from gate.store.channel import Behind as _Behind
 from gate.store.channel import Busy, Channel, ChannelLane
-from gate.store.connect import ADMIN_TIMEOUT_S, REPLY_TIMEOUT_S, Link, LinkStatus
+from gate.store.connect import ADMIN_TIMEOUT_S, REPLY_TIMEOUT_S, Link, LinkStatus, no_retry
 
 __all__ = [
     "BATCH",
@@ -233,7 +231,7 @@ class _Expired(Exception):
 class _Deadline:
     """Fails ``reply`` with ``_Expired`` ``seconds`` after the send, unless it is done;
     once, when the reply has reached this process unread (the event loop's own backlog,
-    not Redis being slow: see ``_reply_waiting``), it waits ``seconds`` more."""
+    not Redis being slow: ``waiting()`` says so), it waits ``seconds`` more."""
 
     __slots__ = ("_extended", "_handle", "_reply", "_seconds", "_waiting")
 
@@ -267,32 +265,17 @@ def _delivered(reply: asyncio.Future[Any]) -> bool:
     return reply.done() and not reply.cancelled() and not isinstance(reply.exception(), _Expired)
 
 
-class _NodeLane:
-    """The decision connections of one cluster master: at most ``pool_size`` in use, a
-    caller waits at most ``pool_wait`` for one (redis-py's node pool raises when full)."""
+class _NodeOpener:
+    """Makes the decision connections of a cluster node: its own connection class and
+    settings, never re-sending by itself (``client.py`` decides what may be re-sent)."""
 
-    def __init__(self, node: ClusterNode, slots: asyncio.Semaphore, store: Store) -> None:
-        self.node, self.slots, self.store = node, slots, store
-        self.name = node.name
+    def __init__(self, node: ClusterNode) -> None:
+        self.node = node
 
-    async def checkout(self) -> AbstractConnection:
-        try:
-            async with asyncio.timeout(self.store.settings.pool_wait_s):
-                await self.slots.acquire()
-        except TimeoutError:
-            raise _busy(self.name, self.store.settings) from None
-        try:
-            return self.node.acquire_connection()
-        except BaseException:
-            self.slots.release()
-            raise
-
-    async def release(self, connection: AbstractConnection) -> None:
-        self.node.release(connection)  # type: ignore[arg-type]
-        self.slots.release()
-
-    def failed(self) -> None:
-        self.store._stale_topology[False] = True
+    def make_connection(self) -> AbstractConnection:
+        options = {**self.node.connection_kwargs, "retry": no_retry()}
+        connection: AbstractConnection = self.node.connection_class(**options)
+        return connection
 
 
 def _busy(where: str, settings: RedisConfig) -> StoreUnavailable:
@@ -302,7 +285,6 @@ def _busy(where: str, settings: RedisConfig) -> StoreUnavailable:
     )
 
 
-_Lane = ChannelLane | _NodeLane
 _Release = Callable[[Any], Awaitable[None]]
 
 
@@ -356,7 +338,7 @@ class Store:
         self._reinit_at = {False: 0.0, True: 0.0}
         self._stale_topology = {False: False, True: False}  # by admin: re-read the slot map
         self._ask_nodes: dict[str, ClusterNode] = {}
-        self._node_slots: dict[str, asyncio.Semaphore] = {}
+        self._node_lanes: dict[str, ChannelLane] = {}
         self._pool: ConnectionPool | None = None
         self._client: aioredis.Redis | None = None
         self._cluster: RedisCluster | None = None
@@ -425,8 +407,9 @@ class Store:
             for task in pending:
                 task.cancel()
             await asyncio.wait(pending, timeout=_CLOSE_GRACE_S)
-        if not self.cluster:
-            await self._lane.close(_CLOSE_GRACE_S)
+        lanes = [*self._node_lanes.values(), *([] if self.cluster else [self._lane])]
+        self._node_lanes = {}
+        await asyncio.gather(*(lane.close(_CLOSE_GRACE_S) for lane in lanes))
         if self._client is not None:
             await self._client.aclose()
         if self._cluster is not None:
@@ -795,83 +778,26 @@ class Store:
             for (node, indexes, _), replies in zip(by_node.values(), results, strict=True)
         ]
 
-    def _node_lane(self, node: ClusterNode) -> _NodeLane:
-        slots = self._node_slots.get(node.name)
-        if slots is None:
-            slots = self._node_slots[node.name] = asyncio.Semaphore(self.settings.pool_size)
-        return _NodeLane(node, slots, self)
+    def _node_lane(self, node: ClusterNode) -> ChannelLane:
+        """The decision channels of a cluster master (a lost one re-reads the slot map)."""
+        lane = self._node_lanes.get(node.name)
+        if lane is None:
+            lane = self._node_lanes[node.name] = ChannelLane(
+                _NodeOpener(node),
+                self.settings.pool_size,
+                self.settings.pool_wait_s,
+                node.name,
+                functools.partial(self._stale_topology.__setitem__, False, True),
+            )
+        return lane
+
+    def _drop_lanes(self, masters: set[str]) -> None:
+        """Close, in the background, the channels of nodes that are no longer masters."""
+        for name in [n for n in self._node_lanes if n not in masters]:
+            lane = self._node_lanes.pop(name)
+            self._let_finish(asyncio.create_task(lane.close(_CLOSE_GRACE_S)))
 
     async def _live(
-        self,
-        lane: _Lane,
-        request: bytes,
-        replies: int,
-        use: _Use,
-        void: _Undo | None = None,
-    ) -> list[_Reply]:
-        """Send ``request`` on a decision connection of ``lane`` and wait for its
-        ``replies`` replies: at most ``use.deadline_s`` from the send (see the module's
-        guarantees). The replies are read by a task of their own, which gives the
-        connection back once they are read, whether anyone still waits for them or not.
-        A broken connection is sent on again (once, on a fresh connection) only when the
-        call records nothing. ``void`` (a recorded decision): written behind the request
-        on its connection if its reply is not waited for (the deadline passed, or the
-        caller was cancelled), sent on a fresh connection if the connection failed."""
-        if isinstance(lane, ChannelLane):
-            return await self._live_channel(lane, request, replies, use, void)
-        for attempt in range(2):
-            retry = not use.records and attempt == 0
-            connection = await lane.checkout()
-            try:
-                await _send(connection, request)
-            except BaseException as exc:
-                await connection.disconnect()
-                await lane.release(connection)
-                if isinstance(exc, RedisConnectionError | OSError):
-                    lane.failed()
-                    if retry:
-                        continue
-                if void is not None:  # some of the request may have reached Redis
-                    self._void_later(void)
-                raise
-            # The deadline starts now that the request is on its way: time spent waiting
-            # for a connection or for this task's turn in the event loop is not Redis's.
-            loop = asyncio.get_running_loop()
-            reply: asyncio.Future[list[_Reply]] = loop.create_future()
-            behind = _Behind()
-            reader = asyncio.create_task(self._read(lane, connection, replies, use, reply, behind))
-            self._let_finish(reader)
-            # The caller awaits the reader's future itself; the deadline fails that future
-            # (one timer, no asyncio.wait: fewer turns of the event loop per decision).
-            waiting = functools.partial(_reply_waiting, connection)
-            clock = _Deadline(loop, reply, waiting, use.deadline_s)
-            try:
-                return await reply
-            except _Expired:
-                deadline_ms = (use.deadline_s or 0) * 1000
-                raise StoreTimeout(
-                    f"Redis at {lane.name} did not answer within {deadline_ms:g} ms"
-                ) from None
-            except (RedisConnectionError, OSError):
-                lane.failed()
-                if void is not None:
-                    self._void_later(void)
-                if not retry:
-                    raise
-            finally:
-                clock.stop()
-                if not _delivered(reply):
-                    # Nobody waits for it any more (the deadline passed, or the caller was
-                    # cancelled); its connection goes back to the pool once the reply is
-                    # read (or the connection fails). A recorded decision is undone right
-                    # behind it.
-                    if not reply.done():
-                        reply.cancel()
-                    if void is not None:
-                        self._void_behind(connection, behind, void)
-        raise AssertionError("unreachable: the second attempt returns or raises")
-
-    async def _live_channel(
         self,
         lane: ChannelLane,
         request: bytes,
@@ -879,8 +805,14 @@ class Store:
         use: _Use,
         void: _Undo | None = None,
     ) -> list[_Reply]:
-        """``_live`` on a channel of one server or Sentinel master (channel.py): the same
-        guarantees; the channel reads the replies itself, by protocol callbacks."""
+        """Send ``request`` on a decision channel of ``lane`` and wait for its ``replies``
+        replies: at most ``use.deadline_s`` from the send (see the module's guarantees).
+        The channel reads the replies itself (channel.py) and goes back to its lane once
+        they are read, whether anyone still waits for them or not. A broken connection is
+        sent on again (once, on a fresh connection) only when the call records nothing.
+        ``void`` (a recorded decision): written behind the request on its connection if
+        its reply is not waited for (the deadline passed, or the caller was cancelled),
+        sent on a fresh connection if the connection failed."""
         # A decision's read is bounded as the pool's socket timeout (connect.py); a
         # scrub's by the admin timeout.
         if use.deadline_s is None:
@@ -897,6 +829,7 @@ class Store:
                 channel.exchange(request, replies, reply, behind, read_timeout_s)
             except RedisConnectionError:  # closed before the write: nothing was sent
                 channel.close()
+                lane.failed()
                 if retry:
                     continue
                 raise
@@ -906,9 +839,10 @@ class Store:
             except _Expired:
                 deadline_ms = (use.deadline_s or 0) * 1000
                 raise StoreTimeout(
-                    f"Redis at {self.where} did not answer within {deadline_ms:g} ms"
+                    f"Redis at {lane.name or self.where} did not answer within {deadline_ms:g} ms"
                 ) from None
             except RedisConnectionError:
+                lane.failed()
                 if void is not None:
                     self._void_later(void)
                 if not retry:
@@ -916,91 +850,34 @@ class Store:
             finally:
                 clock.stop()
                 if not _delivered(reply):
-                    # Nobody waits for it any more (see _live): the channel reads it and
-                    # then the void written right behind it.
+                    # Nobody waits for it any more (the deadline passed, or the caller
+                    # was cancelled): the channel reads it, then the void right behind it.
                     if not reply.done():
                         reply.cancel()
                     if void is not None:
-                        self._void_behind_channel(channel, behind, void)
+                        self._void_behind(channel, behind, void)
         raise AssertionError("unreachable: the second attempt returns or raises")
 
     async def _checkout(self, lane: ChannelLane) -> Channel:
         """A channel of ``lane`` (waits at most ``pool_wait`` for one)."""
+        where = lane.name or self.where
         try:
             return await lane.checkout()
         except Busy:
-            raise _busy(self.where, self.settings) from None
+            raise _busy(where, self.settings) from None
         except (RedisError, OSError) as exc:
-            raise translate_error(exc, self.where) from exc
-
-    async def _read(
-        self,
-        lane: _NodeLane,
-        connection: AbstractConnection,
-        replies: int,
-        use: _Use,
-        reply: asyncio.Future[list[_Reply]],
-        behind: _Behind,
-    ) -> None:
-        """Read ``replies`` replies into ``reply`` (an error reply is a value: the
-        connection stays in step), then those of a void written ``behind`` them, then give
-        the connection back, whatever happens (a failed one disconnected first)."""
-        # A decision's read is bounded by the pool's socket timeout (connect.py); a scrub's
-        # by the admin timeout.
-        timeout = None if use.deadline_s is not None else _ADMIN_TIMEOUT_S
-        try:
-            out: list[_Reply] = []
-            for _ in range(replies):
-                try:
-                    out.append(await connection.read_response(timeout=timeout))
-                except ResponseError as exc:
-                    out.append(exc)
-            if not reply.done():
-                reply.set_result(out)
-            # Set (if ever) while ``reply`` was still pending, so before this point.
-            extra: _Reply | None = None
-            for _ in range(behind.replies):
-                try:
-                    extra = await connection.read_response(timeout=timeout)
-                except ResponseError as exc:
-                    extra = exc
-            if behind.settle is not None:
-                settle, behind.settle = behind.settle, None
-                settle(extra)
-        except BaseException as exc:
-            await connection.disconnect()
-            if not reply.done():
-                if isinstance(exc, Exception):
-                    reply.set_exception(exc)
-                else:
-                    reply.cancel()
-            if behind.settle is not None:  # the void's fate is unknown: send it again
-                settle, behind.settle = behind.settle, None
-                settle(None)
-            if not isinstance(exc, Exception):
-                raise
-        finally:
-            await lane.release(connection)
+            lane.failed()
+            raise translate_error(exc, where) from exc
 
     # --- undoing a recorded decision nobody waited for ------------------------------------
 
-    def _void_behind(self, connection: AbstractConnection, behind: _Behind, void: _Undo) -> None:
-        """Write the void right behind its decision on the decision's connection (its reader
-        reads the reply); on a fresh connection if this one cannot take it."""
-        writer = getattr(connection, "_writer", None)  # redis-py's, as _reply_waiting reads
-        if writer is None or writer.is_closing():
-            self._void_later(void)
-            return
+    def _void_behind(self, channel: Channel, behind: _Behind, void: _Undo) -> None:
+        """Write the void right behind its decision on the decision's channel (which reads
+        its reply); on a fresh connection if this one cannot take it."""
         command = void.command().packed
         behind.replies = 2 if void.asking else 1
         behind.settle = functools.partial(self._settle_void, void)
-        writer.write(_ASKING + command if void.asking else command)
-
-    def _void_behind_channel(self, channel: Channel, behind: _Behind, void: _Undo) -> None:
-        """``_void_behind`` on a channel (no ASKING: channels are not cluster nodes')."""
-        behind.replies = 1
-        behind.settle = functools.partial(self._settle_void, void)
-        if not channel.write_behind(void.command().packed):
+        if not channel.write_behind(_ASKING + command if void.asking else command):
             behind.replies, behind.settle = 0, None
             self._void_later(void)
 
@@ -1134,6 +1011,7 @@ class Store:
             if not admin:
                 after = {node.name for node in cluster.get_primaries()}
                 self.link.masters_replaced(before - after, after)
+                self._drop_lanes(after)
         else:
             await cluster.initialize()
 
@@ -1168,47 +1046,6 @@ async def _exchange(connection: Any, request: bytes, replies: int) -> list[_Repl
         except ResponseError as exc:
             out.append(exc)
     return out
-
-
-async def _send(connection: AbstractConnection, request: bytes) -> None:
-    """Write ``request`` on a connected connection straight into its transport (redis-py's
-    ``send_packed_command`` runs each send as a task of its own under ``wait_for`` when a
-    socket timeout is set); the reply's deadline bounds a send that never leaves. A
-    connection not connected yet, or whose transport holds a backlog, goes redis-py's way.
-    Reads redis-py's ``_writer`` (as ``_reply_waiting`` does)."""
-    writer = getattr(connection, "_writer", None)
-    if (
-        writer is not None
-        and not writer.is_closing()
-        and writer.transport.get_write_buffer_size() == 0
-    ):
-        writer.write(request)
-        return
-    await connection.send_packed_command(request)
-
-
-def _reply_waiting(connection: AbstractConnection) -> bool:
-    """Whether bytes of Redis's reply have reached this process but were not read yet
-    (in the stream's buffer, or waiting in the socket): then a missed deadline is the
-    event loop's backlog under a burst of calls, not Redis being slow.
-
-    Reads redis-py's ``_reader``/``_writer`` (as redis-py's own ``Connection`` does); if
-    they change shape this answers False, and the deadline is applied strictly."""
-    reader = getattr(connection, "_reader", None)
-    if reader is None:
-        return False
-    if getattr(reader, "_buffer", None):
-        return True
-    writer = getattr(connection, "_writer", None)
-    sock = writer.get_extra_info("socket") if writer is not None else None
-    if sock is None:
-        return False
-    poller = select.poll()  # not select.select: descriptors above 1023 are common here
-    try:
-        poller.register(sock.fileno(), select.POLLIN)
-        return bool(poller.poll(0))
-    except (OSError, ValueError):
-        return False
 
 
 def _forget(tasks: set[asyncio.Task[Any]]) -> Any:

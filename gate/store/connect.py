@@ -8,8 +8,8 @@ routes decisions over) a ``Store`` uses, and reports which node answers. Guarant
 - Decisions use ``pool_size`` connections: when all are busy a decision waits for one, at
   most ``pool_wait`` (redis-py's default pool raises ``MaxConnectionsError`` past its
   limit instead, which turned a burst of calls into fail-mode answers against a healthy
-  Redis). On one server or a Sentinel master, the decision pool's connection class opens
-  them and client.py's channels (channel.py) hold them; the pool itself serves PING.
+  Redis). The decision pool's connection class opens them and client.py's channels
+  (channel.py) hold them; the pool itself serves PING.
 - No connection re-sends a command by itself (``Retry(NoBackoff(), 0)``): whether a
   command may be sent again is its caller's decision (``client.py``), because a command
   whose reply was lost may already have run.
@@ -18,11 +18,12 @@ routes decisions over) a ``Store`` uses, and reports which node answers. Guarant
   sentinels for the master, so after a failover the pools reach the new master by
   themselves; ``status`` names the node in use and counts the master changes seen
   (``failovers``).
-- Mode "cluster" uses redis-py's ``RedisCluster`` for the slot map and the per-node
-  connections, at most ``pool_size`` per master for decisions (``client.py`` bounds the
-  wait for one by ``pool_wait``, as above); ``status`` names the master that answered the
-  last decision and counts the masters replaced (``failovers``, from the slot map read
-  again after a lost connection). Node URLs carry the scheme (``rediss://``: TLS) and may
+- Mode "cluster" uses redis-py's ``RedisCluster`` for the slot map and for each node's
+  connection class and settings; ``client.py``'s channels hold at most ``pool_size``
+  decision connections per master (the wait for one bounded by ``pool_wait``, as
+  above); ``status`` names the master that answered the last decision and counts the
+  masters replaced (``failovers``, from the slot map read again after a lost
+  connection). Node URLs carry the scheme (``rediss://``: TLS) and may
   carry credentials; ``username``/``password`` of ``[redis]`` win over them.
 - Admin commands get their own pool (or cluster client) with long timeouts (list imports,
   exports, audit).

@@ -331,10 +331,11 @@ async def test_a_slot_moved_under_continuous_decisions_loses_nothing(
 def test_a_killed_master_is_replaced_by_its_replica_and_decisions_resume(tmp_path: Path) -> None:
     """SIGKILL the master of a number's slot while decisions run every 20 ms: meanwhile the
     answers are the fail mode (never an ALLOW for the red-listed number), then its replica
-    is promoted and the decisions are right again (within 15 s)."""
+    is promoted and the decisions are right again (within 15 s); the store keeps no
+    decision connections for the node that is no longer a master."""
     local = LocalCluster(tmp_path).start()
     try:
-        elapsed, outcomes = asyncio.run(_failover(local))
+        elapsed, outcomes, killed, lanes = asyncio.run(_failover(local))
     finally:
         local.stop()
     red_allowed = [d for n, d in outcomes if n == "red" and d.verdict is Verdict.ALLOW]
@@ -344,9 +345,10 @@ def test_a_killed_master_is_replaced_by_its_replica_and_decisions_resume(tmp_pat
     assert ["listed:red", "allowed"] * 2 == tail
     assert {d.reason for _, d in outcomes} <= {"listed:red", "allowed", "store_unavailable"}
     assert elapsed < 15
+    assert killed not in lanes
 
 
-async def _failover(local: LocalCluster) -> tuple[float, list[tuple[str, Decision]]]:
+async def _failover(local: LocalCluster) -> tuple[float, list[tuple[str, Decision]], str, set[str]]:
     group = 300
     red, free = numbers_in(group, 2)
     store = Store(local.seeds[0], deadline_s=0.2, nodes=local.seeds)
@@ -358,6 +360,9 @@ async def _failover(local: LocalCluster) -> tuple[float, list[tuple[str, Decisio
         client = master.client()
         assert 1 <= client.execute_command("WAIT", 1, 5000)  # the replica holds the list
         client.close()
+        # Decided once before: the store holds a decision connection to that master.
+        await gate.decide(attempt(free), record=False, door="cli")
+        assert f"127.0.0.1:{master.port}" in store._node_lanes
         local.kill(master)
         killed = time.monotonic()
         right_since: float | None = None
@@ -379,7 +384,8 @@ async def _failover(local: LocalCluster) -> tuple[float, list[tuple[str, Decisio
                 right_since = None
             await asyncio.sleep(0.02)
         assert right_since is not None, "decisions never came back"
-        return right_since - killed, outcomes
+        lanes = set(store._node_lanes)  # the masters the store holds decision channels to
+        return right_since - killed, outcomes, f"127.0.0.1:{master.port}", lanes
     finally:
         await store.close()
 
