@@ -356,9 +356,11 @@ class ChannelLane:
         # No await from here on: the channel is counted before any callback can run.
         self._opening -= 1
         writer, reader = connection._writer, connection._reader
-        if writer is None or reader is None or getattr(reader, "_buffer", None):
+        if self._closed or writer is None or reader is None or getattr(reader, "_buffer", None):
             await connection.disconnect()
             self._give_place()
+            if self._closed:  # closed while this one was opening
+                raise RedisConnectionError("Connection pool closed.")
             raise RedisConnectionError("Redis sent data before any request")
         channel = Channel(self)
         # The transport is the channel's from now on: redis-py must neither read it nor

@@ -228,3 +228,25 @@ async def test_a_readonly_reply_is_a_value_on_one_server_and_a_lost_master_under
         assert (True, False) == (isinstance(outcome, ReadOnlyError), closed)
     else:
         assert (True, True) == (isinstance(outcome, RedisConnectionError), closed)
+
+
+async def test_a_channel_opening_while_its_lane_closes_is_closed_too(
+    redis_url: str, sync_redis: redis.Redis
+) -> None:
+    """The lane closes while a connection is being opened (Redis paused: its handshake
+    waits): once open, that connection is closed at once and its caller told so; Redis is
+    left with the clients it had."""
+    before = int(sync_redis.info("clients")["connected_clients"])
+    pool = ConnectionPool.from_url(redis_url)
+    lane = ChannelLane(pool, 1, 1.0)
+    sync_redis.execute_command("CLIENT", "PAUSE", 300, "ALL")
+    opening = asyncio.ensure_future(lane.checkout())
+    await asyncio.sleep(0.05)  # connected; the handshake waits for the pause to end
+    await lane.close(0.1)
+    with pytest.raises(RedisConnectionError, match="closed"):
+        async with asyncio.timeout(5.0):
+            await opening
+    await pool.aclose()
+    await asyncio.sleep(0.1)  # Redis sees the connection go
+    after = int(sync_redis.info("clients")["connected_clients"])
+    assert before == after
