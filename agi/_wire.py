@@ -112,6 +112,21 @@ class SocketStream:
 
         Raises ``HeaderOverflow`` as soon as a line is longer than the limit or there are
         more than ``max_lines`` lines; whatever follows the blank line stays buffered."""
+        buffer = self._buffer
+        if not buffer and not await self._fill():
+            return None
+        # The usual case, whole in the first receive: "\n"-ended lines, no blank one before
+        # the end, none too long, not too many: split at once. Anything else line by line.
+        end = buffer.find(b"\n\n")
+        if end > 0 and buffer[0] != 0x0A and buffer.find(b"\r", 0, end) < 0:
+            lines = bytes(buffer[:end]).split(b"\n")
+            if len(lines) <= max_lines and max(map(len, lines)) <= self._limit:
+                del buffer[: end + 2]
+                return lines
+        return await self._read_header_lines(max_lines)
+
+    async def _read_header_lines(self, max_lines: int) -> list[bytes] | None:
+        """``read_headers``, line by line."""
         lines: list[bytes] = []
         start = 0
         while True:

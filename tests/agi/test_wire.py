@@ -8,8 +8,17 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from agi._wire import AgiChannel, AgiHangup, AgiProtocolError, AgiReply, SocketStream
+from agi._wire import (
+    AgiChannel,
+    AgiHangup,
+    AgiProtocolError,
+    AgiReply,
+    HeaderOverflow,
+    SocketStream,
+)
 
 LIMIT = 4096
 
@@ -90,3 +99,49 @@ async def test_reply_text_is_printable(pair: Pair) -> None:
     pair.asterisk.write(b"510 Invalid\r\x1b[2J command\n")
     reply = await pair.channel.set_variable("A", "1")
     assert "510 Invalid\\r\\x1b[2J command" == reply.text
+
+
+async def _headers_of(data: bytes, max_lines: int, whole: bool) -> tuple[object, bytes]:
+    """What ``read_headers`` (``whole``) or the line-by-line reading gives for ``data``
+    sent at once then closed: the lines, None or the overflow's message; then what stays
+    buffered."""
+    ours, theirs = socket.socketpair()
+    try:
+        ours.setblocking(False)
+        theirs.sendall(data)
+        theirs.shutdown(socket.SHUT_WR)
+        stream = SocketStream(ours, 64)
+        read = stream.read_headers if whole else stream._read_header_lines
+        try:
+            outcome: object = await read(max_lines)
+        except HeaderOverflow as exc:
+            outcome = str(exc)
+        return outcome, bytes(stream._buffer)
+    finally:
+        ours.close()
+        theirs.close()
+
+
+_LINE = st.binary(max_size=70).map(lambda b: b.replace(b"\n", b"x"))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    lines=st.lists(_LINE, max_size=8),
+    crlf=st.booleans(),
+    blank=st.booleans(),
+    rest=st.binary(max_size=20),
+    max_lines=st.integers(1, 8),
+)
+def test_headers_read_at_once_are_read_as_line_by_line(
+    lines: list[bytes], crlf: bool, blank: bool, rest: bytes, max_lines: int
+) -> None:
+    """Any header block (lines of any bytes, "\\n" or "\\r\\n" ends, with or without its
+    blank line, too many or too long lines, more data after it): reading it whole gives the
+    lines, the end of input or the overflow that reading it line by line gives, and leaves
+    the same bytes buffered."""
+    end = b"\r\n" if crlf else b"\n"
+    data = b"".join(line + end for line in lines) + (end if blank else b"") + rest
+    whole = asyncio.run(_headers_of(data, max_lines, whole=True))
+    by_line = asyncio.run(_headers_of(data, max_lines, whole=False))
+    assert by_line == whole
