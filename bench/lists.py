@@ -21,13 +21,19 @@ and ``list import red`` (a delta into the empty list), of an E.164 file and of a
 national-format file, and ``scrub`` of ``--cli-size / 10`` leads (CSV, national numbers).
 The baseline in the same session is ``list count dnc``: a command's fixed cost (start,
 config, connect). Goals (issue 12): imports >= 500 k numbers/s, scrub >= 50 k leads/s.
+Each row also gives the CPU it cost: the command's (its worker processes included) and
+Redis's (``INFO cpu``), per item, and the rate that CPU allows at most with every core of
+this machine busy with nothing else (the command's fixed cost included): a goal above
+that bound needs less work per item, not more parallelism.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import random
+import resource
 import statistics
 import subprocess
 import sys
@@ -202,6 +208,19 @@ def cli_config(url: str, tmp: Path) -> Path:
     return path
 
 
+def children_cpu_s() -> float:
+    """CPU seconds (user + system) of this process's children waited for so far, their own
+    children waited for included (a command's worker processes)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+async def redis_cpu_s(client: aioredis.Redis) -> float:
+    """Redis's own CPU seconds (user + system) since it started (``INFO cpu``)."""
+    info = await client.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
 def timed(config: Path, *args: str) -> float:
     """Seconds from the command's start to its exit (which must be 0)."""
     started = time.perf_counter()
@@ -239,7 +258,11 @@ async def cli_rows(url: str, size: int) -> None:
         print(
             f"\ncommands, start to exit ({size:,} numbers; baseline `list count dnc` {floor:.2f} s)"
         )
-        print(f"{'command':>44} {'wall s':>8} {'rate /s':>10} {'vs goal':>8}")
+        cores = os.cpu_count() or 1
+        print(
+            f"{'command':>44} {'wall s':>8} {'rate /s':>10} {'vs goal':>8}"
+            f" {'CPU s: cmd':>11} {'Redis':>6} {'µs/item':>8} {f'bound on {cores} cores':>18}"
+        )
         rows: list[tuple[str, list[str], int, int]] = []
         for fmt, path in files.items():
             rows.append(
@@ -277,10 +300,18 @@ async def cli_rows(url: str, size: int) -> None:
         )
         for label, args, count, goal in rows:
             await client.flushall()
+            command_before, redis_before = children_cpu_s(), await redis_cpu_s(client)
             seconds = timed(config, *args)
+            command_s = children_cpu_s() - command_before
+            redis_s = await redis_cpu_s(client) - redis_before
+            per_item_us = (command_s + redis_s) / count * 1e6
+            # Were every core busy with this command and its Redis only (the command's
+            # fixed cost included), at most this many items per second.
+            bound = cores * 1e6 / per_item_us
             print(
                 f"{label:>44} {seconds:>8.2f} {count / seconds:>10,.0f} "
-                f"{count / seconds / goal:>7.2f}x",
+                f"{count / seconds / goal:>7.2f}x {command_s:>11.2f} {redis_s:>6.2f}"
+                f" {per_item_us:>8.1f} {bound:>18,.0f}",
                 flush=True,
             )
     await client.aclose()
