@@ -3,7 +3,9 @@ connection, then a channel reads it by protocol callbacks.
 
 Against real redis-servers: the session's, and servers of this module's own (one that
 takes a single client, one that is a read-only replica), each killed by PID. The one
-stand-in is for a sentinel's answer (which address is the master), not for Redis.
+stand-in is for a sentinel's answer (which address is the master), not for Redis; TLS is
+a loopback TLS endpoint (a self-signed certificate made by ``openssl``) forwarding to the
+session's Redis, as a TLS-terminating proxy would.
 """
 
 from __future__ import annotations
@@ -13,11 +15,13 @@ import contextlib
 import gc
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -29,6 +33,7 @@ from redis.exceptions import ReadOnlyError
 
 from gate.config.loader import RedisConfig
 from gate.core.model import Attempt
+from gate.lists.admin import ListAdmin
 from gate.service import Gate
 from gate.store.channel import Behind, Channel, ChannelLane
 from gate.store.client import Store
@@ -250,3 +255,80 @@ async def test_a_channel_opening_while_its_lane_closes_is_closed_too(
     await asyncio.sleep(0.1)  # Redis sees the connection go
     after = int(sync_redis.info("clients")["connected_clients"])
     assert before == after
+
+
+def self_signed(directory: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key, made by ``openssl`` (valid one day)."""
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
+            *("-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1"),
+            *("-addext", "subjectAltName=IP:127.0.0.1"),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    return cert, key
+
+
+@contextlib.asynccontextmanager
+async def tls_in_front_of(redis_url: str, cert: Path, key: Path) -> AsyncIterator[int]:
+    """A TLS endpoint on a loopback port (yielded) whose connections are forwarded,
+    decrypted, to the Redis at ``redis_url`` (its unix socket)."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    path = redis_url.removeprefix("unix://")
+    handlers: set[asyncio.Task[Any]] = set()
+
+    async def pump(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+        for _ in range(1_000_000):  # bounded by the connection: read returns b"" at its end
+            data = await source.read(65536)
+            if not data:
+                break
+            sink.write(data)
+            await sink.drain()
+        sink.close()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        handlers.add(task)
+        task.add_done_callback(handlers.discard)
+        up_reader, up_writer = await asyncio.open_unix_connection(path)
+        await asyncio.gather(
+            pump(reader, up_writer), pump(up_reader, writer), return_exceptions=True
+        )
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=context)
+    try:
+        yield int(server.sockets[0].getsockname()[1])
+    finally:
+        server.close()
+        for task in list(handlers):
+            task.cancel()
+        async with asyncio.timeout(5.0):
+            await asyncio.gather(*handlers, return_exceptions=True)
+            await server.wait_closed()
+
+
+async def test_decisions_go_over_tls(redis_url: str, tmp_path: Path) -> None:
+    """Redis reached over TLS (``rediss://``, the CA file given): the channel takes over
+    redis-py's TLS connection as it does a plain one: a listed number is refused and 20
+    recorded decisions are allowed, over TLS."""
+    cert, key = self_signed(tmp_path)
+    async with tls_in_front_of(redis_url, cert, key) as port:
+        url = f"rediss://127.0.0.1:{port}/0"
+        store = Store(url, 1.0, RedisConfig(url=url, pool_size=1, tls_ca_file=cert))
+        gate = Gate(make_config(), store)
+        try:
+            await ListAdmin.of(gate).add("red", ["0612345678"], "default", "")
+            listed = await gate.decide(attempt("0612345678"), record=True, door="cli")
+            reasons = set()
+            for i in range(20):
+                decision = await gate.decide(attempt(f"0613{i:06d}"), record=True, door="cli")
+                reasons.add(decision.reason)
+        finally:
+            await store.close()
+    assert ("listed:red", {"allowed"}) == (listed.reason, reasons)
