@@ -350,8 +350,8 @@ class Store:
             self._lane = ChannelLane(self._pool, self.settings.pool_size, self.settings.pool_wait_s)
         self._admin_pool: ConnectionPool | None = None
         self._admin_client: aioredis.Redis | RedisCluster | None = None
-        # Reply readers in flight (a reply that missed its deadline is still read), and
-        # voids sent on a fresh connection.
+        # Background work: voids sent on a fresh connection, and the closing of the
+        # channels of a cluster node that is no longer a master.
         self._exchanges: set[asyncio.Task[Any]] = set()
         # Late recorded decisions undone: "undone" (it had run: its entry deleted, its
         # attempt uncounted), "not_run", "failed" (no void could be sent in time).
@@ -397,13 +397,14 @@ class Store:
         return self.link.status.node
 
     async def close(self) -> None:
-        """Let replies still awaited arrive (at most ``_CLOSE_GRACE_S``), cancel the rest
-        and wait (bounded) until they have let go of their connections; then close."""
+        """Let background work finish (at most ``_CLOSE_GRACE_S``), cancel the rest and
+        wait (bounded) for it; then let the channels' replies still awaited arrive (at most
+        ``_CLOSE_GRACE_S`` again) and close everything."""
         if self._exchanges:
             await asyncio.wait(set(self._exchanges), timeout=_CLOSE_GRACE_S)
         if self._exchanges:
             pending = set(self._exchanges)
-            log.warning("Redis at %s: %d replies still awaited at close", self.where, len(pending))
+            log.warning("Redis at %s: %d tasks still running at close", self.where, len(pending))
             for task in pending:
                 task.cancel()
             await asyncio.wait(pending, timeout=_CLOSE_GRACE_S)
@@ -940,10 +941,10 @@ class Store:
             error,
         )
 
-    def _let_finish(self, exchange: asyncio.Task[Any]) -> None:
-        """Let an exchange nobody waits for end by itself (``close()`` bounds it)."""
-        self._exchanges.add(exchange)
-        exchange.add_done_callback(_forget(self._exchanges))
+    def _let_finish(self, work: asyncio.Task[Any]) -> None:
+        """Let background work nobody waits for end by itself (``close()`` bounds it)."""
+        self._exchanges.add(work)
+        work.add_done_callback(_forget(self._exchanges))
 
     async def _admin_exchange(
         self, node: ClusterNode | None, request: bytes, replies: int
@@ -1049,8 +1050,8 @@ async def _exchange(connection: Any, request: bytes, replies: int) -> list[_Repl
 
 
 def _forget(tasks: set[asyncio.Task[Any]]) -> Any:
-    """A done-callback: drop the task from ``tasks`` and consume its outcome (a reply that
-    came too late, or the error that ended its connection, is of no use any more)."""
+    """A done-callback: drop the task from ``tasks`` and consume its outcome (a void's
+    failure is counted and logged where it happens; nobody reads it here)."""
 
     def done(task: asyncio.Task[Any]) -> None:
         tasks.discard(task)
