@@ -142,14 +142,7 @@ class AriClient:
     ) -> tuple[int, str]:
         """One REST request over the event WebSocket: its status and body."""
         request_id = f"callgate-{next(self._ids)}"
-        message: dict[str, Any] = {
-            "type": "RESTRequest",
-            "request_id": request_id,
-            "method": method,
-            "uri": path.lstrip("/"),
-        }
-        if params:
-            message["query_strings"] = [{"name": k, "value": v} for k, v in params.items()]
+        message = _rest_request(request_id, method, path, params)
         answer: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._waiting[request_id] = answer
         try:
@@ -236,11 +229,11 @@ class AriClient:
         ``GET asterisk/ping`` answered within ``WS_PROBE_S``. Returns the events read
         meanwhile."""
         request_id = f"callgate-probe-{next(self._ids)}"
-        probe = {"type": "RESTRequest", "request_id": request_id, "method": "GET"}
+        probe = _rest_request(request_id, "GET", "asterisk/ping", None)
         early: list[dict[str, Any]] = []
         try:
             async with asyncio.timeout(WS_PROBE_S):
-                await ws.send_str(json.dumps({**probe, "uri": "asterisk/ping"}))
+                await ws.send_str(json.dumps(probe))
                 while True:
                     message = await ws.receive()
                     if message.type is not aiohttp.WSMsgType.TEXT:
@@ -293,6 +286,21 @@ class AriClient:
 
 _ENDS = (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED,
          aiohttp.WSMsgType.ERROR)  # fmt: skip
+
+
+def _rest_request(
+    request_id: str, method: str, path: str, params: Mapping[str, str] | None
+) -> dict[str, Any]:
+    """A ``RESTRequest`` message of the event WebSocket."""
+    message: dict[str, Any] = {
+        "type": "RESTRequest",
+        "request_id": request_id,
+        "method": method,
+        "uri": path.lstrip("/"),
+    }
+    if params:
+        message["query_strings"] = [{"name": k, "value": v} for k, v in params.items()]
+    return message
 
 
 def _json_object(data: str) -> dict[str, Any] | None:

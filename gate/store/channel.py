@@ -230,7 +230,6 @@ class ChannelLane:
         self._channels: set[Channel] = set()
         self._idle: list[Channel] = []
         self._opening = 0  # places taken by channels being opened
-        self._in_use = 0
         self._waiters: deque[asyncio.Future[Channel | None]] = deque()
         self._quiet: asyncio.Event | None = None
         self._closed = False
@@ -243,7 +242,6 @@ class ChannelLane:
         if self._idle:
             channel = self._idle.pop()
             channel.checked_out = True
-            self._in_use += 1
             return channel
         if self._waiters or len(self._channels) + self._opening >= self.size:
             given = await self._wait()
@@ -256,7 +254,6 @@ class ChannelLane:
     def release(self, channel: Channel) -> None:
         """``channel`` finished its exchange: to the first waiter, else idle."""
         channel.checked_out = False
-        self._in_use -= 1
         if not channel.closed:
             self._free(channel)
         self._wake_if_quiet()
@@ -265,7 +262,6 @@ class ChannelLane:
         """``channel`` closed: its place goes to the first waiter (to open another)."""
         if channel.checked_out:
             channel.checked_out = False
-            self._in_use -= 1
         elif channel in self._idle:
             self._idle.remove(channel)
         self._channels.discard(channel)
@@ -281,7 +277,7 @@ class ChannelLane:
         """Let exchanges in flight finish (at most ``grace_s``), then close every channel;
         a caller still waiting for one gets ``ConnectionError``."""
         self._closed = True
-        if self._in_use:
+        if self._busy():
             self._quiet = asyncio.Event()
             try:
                 async with asyncio.timeout(grace_s):
@@ -327,7 +323,6 @@ class ChannelLane:
             waiter = self._waiters.popleft()
             if not waiter.done():
                 channel.checked_out = True
-                self._in_use += 1
                 waiter.set_result(channel)
                 return
         self._idle.append(channel)
@@ -341,8 +336,12 @@ class ChannelLane:
                 waiter.set_result(None)
                 return
 
+    def _busy(self) -> bool:
+        """Whether a channel is checked out (an exchange in flight, or about to be)."""
+        return any(channel.checked_out for channel in self._channels)
+
     def _wake_if_quiet(self) -> None:
-        if self._quiet is not None and self._in_use == 0:
+        if self._quiet is not None and not self._busy():
             self._quiet.set()
 
     async def _open_one(self) -> Channel:
@@ -373,5 +372,4 @@ class ChannelLane:
         channel.connection_made(transport)
         self._channels.add(channel)
         channel.checked_out = True
-        self._in_use += 1
         return channel
