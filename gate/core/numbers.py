@@ -8,9 +8,10 @@ Guarantees:
 - ``parse_e164(text, region)`` is the strict form for admin input (list entries, CLI):
   it raises ``NumberError`` with the same message instead.
 
-phonenumbers decides validity, number type and time zones; this module only cleans the
-dialled string (URIs, separators, non-ASCII digits) and holds the table of protected
-numbers that phonenumbers' short-number data does not mark as emergency.
+phonenumbers' metadata decides validity, number type and time zones (its type rules are
+compiled once here: ``number_type_and_region``, tested equal to phonenumbers' own); this
+module cleans the dialled string (URIs, separators, non-ASCII digits) and holds the table of
+protected numbers that phonenumbers' short-number data does not mark as emergency.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ __all__ = [
     "ShortCode",
     "classify",
     "is_protected",
+    "number_type_and_region",
     "parse_e164",
 ]
 
@@ -265,10 +267,10 @@ def classify(dialled: str, region: str) -> Destination | ShortCode | BadNumber:
             parsed = phonenumbers.parse(cleaned, region)
         except phonenumbers.NumberParseException as exc:
             return BadNumber(dialled, f"not a phone number ({exc._msg})")
-    # One number-type computation serves validity, type and zones: phonenumbers'
-    # is_valid_number and time_zones_for_number would each compute it again (3x the cost
-    # of a decision's whole parse, measured by bench/decide.py and the scrub).
-    raw_type = phonenumbers.number_type(parsed)
+    # One number-type computation serves validity, type, region and zones: phonenumbers'
+    # is_valid_number, region_code_for_number and time_zones_for_number would each compute
+    # it again (3x the cost of a decision's whole parse, measured by bench/decide.py).
+    raw_type, home = number_type_and_region(parsed)
     if raw_type == phonenumbers.PhoneNumberType.UNKNOWN:
         return BadNumber(dialled, f"not a valid number for region {region} or its own country")
     number_type = _TYPE_NAMES.get(raw_type, NumberType.UNKNOWN)
@@ -278,12 +280,122 @@ def classify(dialled: str, region: str) -> Destination | ShortCode | BadNumber:
     else:
         found = _country_zones(country_code, raw_type, parsed)
     zones = tuple(z for z in found if z != "Etc/Unknown")
+    national = phonenumbers.national_significant_number(parsed)
     return Destination(
-        e164=phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164),
-        region=phonenumbers.region_code_for_number(parsed) or region,
+        e164=f"+{country_code}{national}",
+        region=home or region,
         number_type=number_type,
         time_zones=zones,
     )
+
+
+class _Types:
+    """phonenumbers' number-type rules of one region's metadata, compiled once.
+
+    ``of(national)`` is ``phonenumbers.number_type`` for a number of this metadata: the
+    same descriptions tested in the same order (a type matches when the national number
+    has one of its possible lengths, if it lists any, and matches its whole pattern), with
+    the patterns compiled here instead of looked up in a cache on every test.
+    """
+
+    __slots__ = ("fixed", "general", "leading", "mobile", "ordered", "same_fixed_mobile")
+
+    _ORDER = (
+        ("premium_rate", phonenumbers.PhoneNumberType.PREMIUM_RATE),
+        ("toll_free", phonenumbers.PhoneNumberType.TOLL_FREE),
+        ("shared_cost", phonenumbers.PhoneNumberType.SHARED_COST),
+        ("voip", phonenumbers.PhoneNumberType.VOIP),
+        ("personal_number", phonenumbers.PhoneNumberType.PERSONAL_NUMBER),
+        ("pager", phonenumbers.PhoneNumberType.PAGER),
+        ("uan", phonenumbers.PhoneNumberType.UAN),
+        ("voicemail", phonenumbers.PhoneNumberType.VOICEMAIL),
+    )
+
+    def __init__(self, metadata: phonenumbers.PhoneMetadata) -> None:
+        self.general = _desc(metadata.general_desc)
+        self.ordered = tuple(
+            (desc, kind)
+            for name, kind in self._ORDER
+            if (desc := _desc(getattr(metadata, name))) is not None
+        )
+        self.fixed = _desc(metadata.fixed_line)
+        self.mobile = _desc(metadata.mobile)
+        self.same_fixed_mobile = bool(metadata.same_mobile_and_fixed_line_pattern)
+        leading = metadata.leading_digits
+        self.leading = re.compile(leading) if leading is not None else None
+
+    def of(self, national: str) -> int:
+        unknown = phonenumbers.PhoneNumberType.UNKNOWN
+        if not _matches(self.general, national):
+            return unknown
+        for desc, kind in self.ordered:
+            if _matches(desc, national):
+                return kind
+        if _matches(self.fixed, national):
+            if self.same_fixed_mobile or _matches(self.mobile, national):
+                return phonenumbers.PhoneNumberType.FIXED_LINE_OR_MOBILE
+            return phonenumbers.PhoneNumberType.FIXED_LINE
+        if not self.same_fixed_mobile and _matches(self.mobile, national):
+            return phonenumbers.PhoneNumberType.MOBILE
+        return unknown
+
+
+_Desc = tuple[frozenset[int], "re.Pattern[str]"]
+
+
+def _desc(desc: phonenumbers.PhoneNumberDesc | None) -> _Desc | None:
+    """A description's possible lengths and compiled pattern (None: it never matches)."""
+    if desc is None or not desc.national_number_pattern:
+        return None
+    return frozenset(desc.possible_length or ()), re.compile(desc.national_number_pattern)
+
+
+def _matches(desc: _Desc | None, national: str) -> bool:
+    if desc is None:
+        return False
+    lengths, pattern = desc
+    if lengths and len(national) not in lengths:
+        return False
+    return pattern.fullmatch(national) is not None
+
+
+_TYPES: dict[str, _Types | None] = {}
+
+
+def _types(region: str, country_code: int) -> _Types | None:
+    """The compiled rules of ``region`` (``"001"``: the non-geographical ``country_code``)."""
+    key = region if region != "001" else f"001/{country_code}"
+    if key not in _TYPES:
+        metadata = phonenumbers.PhoneMetadata.metadata_for_region_or_calling_code(
+            country_code, region
+        )
+        _TYPES[key] = None if metadata is None else _Types(metadata)
+    return _TYPES[key]
+
+
+def number_type_and_region(parsed: phonenumbers.PhoneNumber) -> tuple[int, str | None]:
+    """``(phonenumbers.number_type(parsed), phonenumbers.region_code_for_number(parsed))``
+    in one pass: the region of a calling code shared by several (NANP's +1) is found with
+    the same type tests, not computed a second time."""
+    country_code = parsed.country_code or 0
+    regions = COUNTRY_CODE_TO_REGION_CODE.get(country_code)
+    unknown = phonenumbers.PhoneNumberType.UNKNOWN
+    if regions is None:
+        return unknown, None
+    national = phonenumbers.national_significant_number(parsed)
+    if len(regions) == 1:
+        types = _types(regions[0], country_code)
+        return (unknown if types is None else types.of(national)), regions[0]
+    for region in regions:  # phonenumbers' _region_code_for_number_from_list
+        types = _types(region, country_code)
+        if types is None:
+            continue
+        if types.leading is not None:
+            if types.leading.match(national):
+                return types.of(national), region
+        elif (kind := types.of(national)) != unknown:
+            return kind, region
+    return unknown, None
 
 
 _COUNTRY_ZONES: dict[tuple[int, int], tuple[str, ...]] = {}

@@ -151,6 +151,73 @@ def test_fast_parse_agrees_with_phonenumbers(dialled: str) -> None:
     assert _TYPE_NAMES[int(raw_type)] == result.number_type
 
 
+def _examples() -> list[tuple[int, str]]:
+    """(calling code, national number) of phonenumbers' example number of every type of
+    every region and non-geographical code, and each one a digit shorter and longer."""
+    import phonenumbers
+    from phonenumbers import COUNTRY_CODE_TO_REGION_CODE
+
+    kinds = [v for k, v in vars(phonenumbers.PhoneNumberType).items() if k.isupper()]
+    found: set[tuple[int, str]] = set()
+    for code, regions in COUNTRY_CODE_TO_REGION_CODE.items():
+        for region in regions:
+            for kind in kinds:
+                example = (
+                    phonenumbers.example_number_for_non_geo_entity(code)
+                    if region == "001"
+                    else phonenumbers.example_number_for_type(region, kind)
+                )
+                if example is not None:
+                    national = str(example.national_number)
+                    found |= {(code, national), (code, national[:-1]), (code, national + "7")}
+    return sorted(found)
+
+
+def _phonenumbers_type(code: int, national: str) -> tuple[int, str | None]:
+    import phonenumbers
+
+    parsed = phonenumbers.PhoneNumber(country_code=code, national_number=int(national))
+    return phonenumbers.number_type(parsed), phonenumbers.region_code_for_number(parsed)
+
+
+def test_number_type_and_region_agree_with_phonenumbers_on_every_example() -> None:
+    """The compiled type rules give phonenumbers' number_type and region_code_for_number
+    for the example number of every type of every region (and one digit off each way)."""
+    import phonenumbers
+
+    from gate.core.numbers import number_type_and_region
+
+    examples = _examples()
+    assert len(examples) > 1500
+    differ = [
+        (code, national)
+        for code, national in examples
+        if number_type_and_region(
+            phonenumbers.PhoneNumber(country_code=code, national_number=int(national))
+        )
+        != _phonenumbers_type(code, national)
+    ]
+    assert differ == []
+
+
+@settings(max_examples=1500, deadline=None, database=None)
+@given(
+    code=st.sampled_from([1, 1, 1, 33, 44, 7, 39, 262, 590, 599, 61, 800, 882, 86, 47, 358]),
+    national=st.from_regex(r"[1-9][0-9]{3,13}", fullmatch=True),
+)
+def test_number_type_and_region_agree_with_phonenumbers_on_any_digits(
+    code: int, national: str
+) -> None:
+    """Any national digits under calling codes shared by several regions (+1, +7, +44,
+    +262, +590, +599, +61, +47, +358), single ones and non-geographical ones."""
+    import phonenumbers
+
+    from gate.core.numbers import number_type_and_region
+
+    parsed = phonenumbers.PhoneNumber(country_code=code, national_number=int(national))
+    assert number_type_and_region(parsed) == _phonenumbers_type(code, national)
+
+
 # --- hostile input: classify never raises -------------------------------------------------
 
 REGIONS = ["FR", "US", "CA", "GB", "DE", "IT", "RE", "ZZ"]
