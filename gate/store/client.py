@@ -1128,7 +1128,7 @@ class _Encoded:
 
     keys: list[str]
     args: list[bytes]
-    layout: list[tuple[StoreCheck, list[str]]]  # per decision: its meta fields
+    layout: list[tuple[StoreCheck, _Shape]]  # per decision: its check and its shape
     # per decision: (its audit stream, its audit head or b"", the attempt logs it counts in)
     undo: list[tuple[str, bytes, list[str]]]
 
@@ -1148,28 +1148,25 @@ class _Encoded:
     def results(self, reply: list[Any], views: dict[str, str]) -> list[StoreResult | None]:
         """Each decision's result, or None when it was STALE (``views`` updated)."""
         out: list[StoreResult | None] = []
-        for d, ((check, fields), item) in enumerate(zip(self.layout, reply, strict=True)):
+        for d, ((check, shape), item) in enumerate(zip(self.layout, reply, strict=True)):
             if isinstance(item, list):  # STALE: what the meta holds
-                for name, value in zip(fields, item, strict=True):
+                for name, value in zip(shape.fields, item, strict=True):
                     if not name.endswith(":r"):
                         views[name] = "" if value is None else value.decode()
                 out.append(None)
                 continue
             numbers = [int(n) for n in item.split(b",")]
             results = tuple(numbers[2:])
-            versions = tuple(
-                _version(c, views) if seen >= 0 else ""
-                for c, seen in zip(check.checks, results, strict=True)
-            )
+            # The versions the script confirmed (its meta matched what was sent), for the
+            # checks that read them (-1: a lookup nothing needed).
+            versions = shape.versions
+            if results and min(results) < 0:
+                versions = tuple(
+                    v if seen >= 0 else "" for v, seen in zip(versions, results, strict=True)
+                )
             receipt = _Undo(functools.partial(self.void, d)) if check.record else None
             out.append(StoreResult(numbers[0], numbers[1], results, versions, receipt))
         return out
-
-
-def _version(check: Check, views: dict[str, str]) -> str:
-    if check.kind not in _MEMBERSHIP:
-        return ""
-    return views.get(check.key, "").split("/", 1)[0]
 
 
 def _encode(
@@ -1186,12 +1183,6 @@ def _encode(
     return _Encoded(encoder.keys, encoder.args, encoder.layout, encoder.undo)
 
 
-@functools.lru_cache(maxsize=256)
-def _mask(exempt_by: tuple[int, ...]) -> int:
-    """The bit mask of the checks that exempt (bit i-1: check i)."""
-    return sum(1 << (index - 1) for index in exempt_by)
-
-
 @functools.lru_cache(maxsize=1024)
 def _summary_json(
     checks: tuple[Check, ...], versions: tuple[str, ...], shadow: tuple[str, ...]
@@ -1199,12 +1190,128 @@ def _summary_json(
     """``"shadow":[…],"checks":[…]}``: the end of an audit entry's head (the same for every
     decision of one plan shape, so made once)."""
     body = {"shadow": shadow, "checks": check_summary(checks, versions)}
-    return json.dumps(body, ensure_ascii=False, separators=(",", ":"))[1:]
+    return _compact_json(body)[1:]
+
+
+# json.dumps with these options builds a new encoder on every call (2 µs of a decision).
+_compact_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
 # Each check's kind as decide.lua reads it (a character code; lowercase: shadow).
 _CODES = {kind: (ord(kind.value), ord(kind.value.lower())) for kind in CheckKind}
 _X = (ord("X"), ord("x"))
+
+# How a decision's key is named (``_Shape.keys``): the text as is (a shared key in a slot
+# of its own), after the number's slot-group prefix, with the number's token after it, or
+# with the number's bucket of the list version after it.
+_WHOLE, _GROUP, _TOKEN, _BUCKET = range(4)
+
+
+@dataclass(frozen=True, slots=True)
+class _Shape:
+    """How every decision of one plan shape is encoded (its checks, the list versions it
+    reads, its X checks, whether it carries evidence): all of decide.lua's arguments for
+    it but the number's keys and encodings, the instant, the X checks' readings and the
+    audit entry's own fields, which ``_Encoder.add`` puts in. Made once per shape
+    (``_shape``): a gate's decisions and a scrub's leads share a few."""
+
+    packing: bytes  # the struct format of the decision's numbers (the head's, then the checks')
+    packer: struct.Struct  # that format, compiled
+    values: tuple[float, ...]  # the checks' numbers (key indexes and X readings: 0)
+    # (index in ``values``, how the key is named, its text, list bits, an attempt log?)
+    keys: tuple[tuple[int, int, str, int, bool], ...]
+    reads: tuple[tuple[int, int], ...]  # (check index, index in ``values``) of X checks
+    fields: tuple[str, ...]  # the meta fields read (their expected values follow)
+    field_args: tuple[bytes, ...]  # the fields' names, then their expected values
+    versions: tuple[str, ...]  # per check: the list version it reads ("" if none)
+    tail: str  # the end of the audit head (``_summary_json``; "" without evidence)
+
+
+@functools.lru_cache(maxsize=1024)
+def _shape(
+    checks: tuple[Check, ...],
+    seen_views: tuple[str, ...],
+    reads: tuple[int, ...],
+    shadow: tuple[str, ...] | None,
+) -> _Shape:
+    """The shape of decisions with ``checks``; ``seen_views``: the list view (version/bits,
+    "" for none) of each membership check in order; ``reads``: the indexes of the checks
+    read by a call of their own (X checks); ``shadow``: the evidence's shadow reasons
+    (None: no evidence)."""
+    fields: dict[str, str] = {}  # meta field → expected value, in order
+    fmt: list[str] = []
+    values: list[float] = []
+    keys: list[tuple[int, int, str, int, bool]] = []
+    found: list[tuple[int, int]] = []
+    versions: list[str] = []
+    views = iter(seen_views)
+
+    def key(how: int, text: str, bits: int = 0, log: bool = False) -> int:
+        keys.append((len(values) + 1, how, text, bits, log))
+        return 0
+
+    for i, c in enumerate(checks):
+        kind = c.kind
+        code = _CODES[kind][c.shadow]
+        mask = sum(1 << (index - 1) for index in c.exempt_by)
+        version = ""
+        if i in reads:  # shared state read by its own call: (seen, limit, retry_ms)
+            found.append((i, len(values) + 1))
+            fmt.append("Bddd")
+            values += (_X[c.shadow], 0, 0, 0)
+            if kind in _MEMBERSHIP:
+                next(views)
+        elif kind in _MEMBERSHIP:
+            view = next(views)
+            fields[c.key] = view
+            at = 0
+            if view:
+                version, bits = view.split("/")
+                at = key(_BUCKET, f"l:{c.key}:{version}:", int(bits))
+            fmt.append("BH" if kind is CheckKind.ALLOW_LIST else "BHd")
+            values += (code, at) if kind is CheckKind.ALLOW_LIST else (code, at, mask)
+        elif kind is CheckKind.CONSENT_HELD:
+            fmt.append("BH")
+            values += (code, key(_GROUP, f"c:{c.key}"))
+        elif kind is CheckKind.CONSENT_REQUIRED:
+            fmt.append("BHd")
+            values += (code, key(_GROUP, f"c:{c.key}"), mask)
+        elif kind is CheckKind.COOLOFF:
+            fmt.append("BHd")
+            values += (code, key(_TOKEN, c.key), c.params[0])
+        elif kind is CheckKind.FRESHNESS:
+            fields.setdefault(f"{c.key}:r", "*")
+            j = list(fields).index(f"{c.key}:r") + 1
+            fmt.append("BBddd")
+            values += (code, j, c.params[0], c.params[1], mask)
+        elif kind is CheckKind.WINDOW:
+            fmt.append("Bdd")
+            values += (code, c.params[0], mask)
+        elif kind is CheckKind.REASSIGNED:
+            fmt.append("BHB")
+            values += (code, key(_GROUP, f"c:{c.key}"), c.params[0])
+        elif kind is CheckKind.ABANDON_RATE:
+            fmt.append("BHddd")
+            values += (code, key(_WHOLE, c.key), *c.params)
+        else:  # an attempt log
+            at = key(_WHOLE, c.key, log=True) if c.shared else key(_TOKEN, c.key, log=True)
+            fmt.append("BHdd")
+            values += (code, at, c.params[0], c.params[1])
+        versions.append(version)
+    field_args = (*(f.encode() for f in fields), *(e.encode() for e in fields.values()))
+    tail = "" if shadow is None else _summary_json(checks, tuple(versions), shadow)
+    packing = (">dBHBBB" if shadow is None else ">dBHBBBHdd") + "".join(fmt)
+    return _Shape(
+        packing.encode(),
+        struct.Struct(packing),
+        tuple(values),
+        tuple(keys),
+        tuple(found),
+        tuple(fields),
+        field_args,
+        tuple(versions),
+        tail,
+    )
 
 
 class _Encoder:
@@ -1216,7 +1323,7 @@ class _Encoder:
         self.keys: list[str] = []
         self.index: dict[str, int] = {}
         self.args: list[bytes] = [b"%d" % decisions]
-        self.layout: list[tuple[StoreCheck, list[str]]] = []
+        self.layout: list[tuple[StoreCheck, _Shape]] = []
         self.undo: list[tuple[str, bytes, list[str]]] = []
 
     def key(self, key: str) -> int:
@@ -1229,92 +1336,56 @@ class _Encoder:
     def add(
         self, check: StoreCheck, views: dict[str, str], read: dict[int, tuple[int, int, int]]
     ) -> None:
-        number, prefix = check.number, check.prefix
-        fields: dict[str, str] = {}  # meta field → expected value, in order
-        fmt: list[str] = []
-        values: list[float] = []
-        logs: list[str] = []  # the attempt logs this decision counts in
-        for i, c in enumerate(check.checks):
-            kind = c.kind
-            code = _CODES[kind][c.shadow]
-            mask = _mask(c.exempt_by)
-            if i in read:  # shared state read by its own call: (seen, limit, retry_ms)
-                fmt.append("Bddd")
-                values += (_X[c.shadow], *read[i])
-            elif kind in _MEMBERSHIP:
-                view = views.get(c.key, "")
-                fields[c.key] = view
-                at = 0
-                if view:
-                    version, bits = view.split("/")
-                    bucket = number.bucket32 >> (32 - int(bits))
-                    at = self.key(f"{prefix}l:{c.key}:{version}:{bucket}")
-                if kind is CheckKind.ALLOW_LIST:
-                    fmt.append("BH")
-                    values += (code, at)
-                else:
-                    fmt.append("BHd")
-                    values += (code, at, mask)
-            elif kind is CheckKind.CONSENT_HELD:
-                fmt.append("BH")
-                values += (code, self.key(f"{prefix}c:{c.key}"))
-            elif kind is CheckKind.CONSENT_REQUIRED:
-                fmt.append("BHd")
-                values += (code, self.key(f"{prefix}c:{c.key}"), mask)
-            elif kind is CheckKind.COOLOFF:
-                fmt.append("BHd")
-                values += (code, self.key(f"{prefix}{c.key}:{number.token}"), c.params[0])
-            elif kind is CheckKind.FRESHNESS:
-                fields.setdefault(f"{c.key}:r", "*")
-                j = list(fields).index(f"{c.key}:r") + 1
-                fmt.append("BBddd")
-                values += (code, j, c.params[0], c.params[1], mask)
-            elif kind is CheckKind.WINDOW:
-                fmt.append("Bdd")
-                values += (code, c.params[0], mask)
-            elif kind is CheckKind.REASSIGNED:
-                fmt.append("BHB")
-                values += (code, self.key(f"{prefix}c:{c.key}"), c.params[0])
-            elif kind is CheckKind.ABANDON_RATE:
-                fmt.append("BHddd")
-                values += (code, self.key(c.key), *c.params)
-            else:
-                log_key = c.key if c.shared else f"{prefix}{c.key}:{number.token}"
-                logs.append(log_key)
-                at = self.key(log_key)
-                fmt.append("BHdd")
-                values += (code, at, c.params[0], c.params[1])
+        checks = check.checks
         evidence = check.evidence if check.record else None
+        shape = _shape(
+            checks,
+            tuple(views.get(c.key, "") for c in checks if c.kind in _MEMBERSHIP),
+            tuple(read),
+            None if evidence is None else evidence.shadow,
+        )
+        number, prefix = check.number, check.prefix
+        values = list(shape.values)
+        logs: list[str] = []  # the attempt logs this decision counts in
+        for at, how, text, bits, log in shape.keys:
+            if how == _BUCKET:
+                name = f"{prefix}{text}{number.bucket32 >> (32 - bits)}"
+            elif how == _TOKEN:
+                name = f"{prefix}{text}:{number.token}"
+            elif how == _GROUP:
+                name = prefix + text
+            else:
+                name = text
+            values[at] = self.key(name)
+            if log:
+                logs.append(name)
+        for i, at in shape.reads:
+            values[at : at + 3] = read[i]
+        nf = len(shape.fields)
         head: list[float] = [
             check.now_ms,
             1 if check.record else 0,
-            self.key(prefix + "meta") if fields else 0,
-            len(fields),
-            len(check.checks),
+            self.key(prefix + "meta") if nf else 0,
+            nf,
+            len(checks),
         ]
         if evidence is None:
-            layout = ">dBHBBB"
             head.append(0)
         else:
-            layout = ">dBHBBBHdd"
             head += (1, self.key(prefix + "audit"), evidence.min_id_ms, evidence.max_len)
-        packing = layout + "".join(fmt)
         self.args += (
-            packing.encode(),
-            struct.pack(packing, *head, *values),
+            shape.packing,
+            shape.packer.pack(*head, *values),
             b"%d" % number.member,
             number.token.encode(),
-            *(f.encode() for f in fields),
-            *(e.encode() for e in fields.values()),
+            *shape.field_args,
         )
         if evidence is not None:
-            versions = tuple(_version(c, views) for c in check.checks)
             present = {name: value for name, value in evidence.known if value}  # "" is implied
-            known = json.dumps(present, ensure_ascii=False, separators=(",", ":"))
-            tail = _summary_json(check.checks, versions, evidence.shadow)
+            known = _compact_json(present)
             joint = "," if present else ""
-            self.args.append(f"{known[:-1]}{joint}{tail}".encode())
-        self.layout.append((check, list(fields)))
+            self.args.append(f"{known[:-1]}{joint}{shape.tail}".encode())
+        self.layout.append((check, shape))
         if check.record:
             self.undo.append((prefix + "audit", self.args[-1] if evidence else b"", logs))
         else:
