@@ -29,10 +29,17 @@ import enum
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from typing import TypeVar
 
-from gate.core.hours import callee_places, holiday_today, local_day, localised, next_open
+from gate.core.hours import (
+    callee_places,
+    holiday_today,
+    local_day,
+    localised,
+    next_open,
+    zone,
+)
 from gate.core.keys import Keyspace, NumberKeys
 from gate.core.model import Attempt, Decision, TrafficClass, Verdict
 from gate.core.numbers import BadNumber, Destination, NumberType, ShortCode, classify
@@ -479,10 +486,32 @@ class _Model:
 
     pending: Plan | Decision
     window: _Window | None
+    # [UTC minute, checks]: the plan's checks in the last minute (since the epoch) in which
+    # the calling hours were found open; the hours check is the same all that minute.
+    open_minute: list[object] = field(default_factory=lambda: [None, ()])
 
     @classmethod
     def of(cls, pending: Plan | Decision, window: _Window | None) -> _Model:
         return cls(pending, window if isinstance(pending, Plan) else None)
+
+    def _checks_at(self, window: _Window, now: datetime, now_ms: int) -> tuple[Check, ...]:
+        """The plan's checks with its calling-hours check at ``now``.
+
+        While the hours are open the check is the same for a whole UTC minute (no wait,
+        the first rule's zone as detail): rule bounds are whole local minutes, and in a
+        zone whose offset is whole minutes (checked) a UTC minute is one local minute of
+        one local day, so no rule opens or closes inside it. Made once per such minute.
+        """
+        minute = now_ms // 60_000
+        if self.open_minute[0] == minute:
+            return self.open_minute[1]  # type: ignore[return-value]
+        assert isinstance(self.pending, Plan)
+        rebuilt = list(self.pending.check.checks)
+        hours = rebuilt[window.index] = _window_check(window, now)
+        checks = tuple(rebuilt)
+        if hours.params[0] == 0 and _whole_minute_offsets(window, now):
+            self.open_minute[:] = [minute, checks]
+        return checks
 
     def instance(
         self, attempt: Attempt, target: Destination, keyspace: Keyspace
@@ -498,9 +527,7 @@ class _Model:
         if attempt.now != model.attempt.now:
             now_ms = int(attempt.now.timestamp() * 1000)
             if self.window is not None:
-                rebuilt = list(checks)
-                rebuilt[self.window.index] = _window_check(self.window, attempt.now)
-                checks = tuple(rebuilt)
+                checks = self._checks_at(self.window, attempt.now, now_ms)
         check = evolve(
             model.check,
             now_ms=now_ms,
@@ -829,6 +856,19 @@ def _hours_check(build: _Builder, policy: Policy, in_force: Sequence[HoursRule])
     window = _Window(len(build.checks), tuple(rules), tuple(zones), tuple(exempt))
     build.add(_window_check(window, attempt.now))
     return window
+
+
+def _whole_minute_offsets(window: _Window, now: datetime) -> bool:
+    """True if every zone the hours check reads is a whole number of minutes off UTC at
+    ``now`` (all of today's zones; not some historical local mean times)."""
+    names = {
+        name for rule in window.rules for name in ((rule.zone,) if rule.zone else window.zones)
+    }
+    offsets = [zone(name).utcoffset(now) for name in names]
+    return all(offset is not None and offset % _MINUTE == _NO_TIME for offset in offsets)
+
+
+_MINUTE, _NO_TIME = timedelta(minutes=1), timedelta(0)
 
 
 def _window_check(window: _Window, now: datetime) -> Check:

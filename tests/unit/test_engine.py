@@ -340,6 +340,49 @@ def test_a_live_planner_plans_every_attempt_exactly_like_plan(
         assert plan(a, ALL_PACKS, KEYS, record) == planner.plan(a)
 
 
+@pytest.mark.parametrize(
+    ("dialled", "around"),
+    [
+        # Paris (UTC+1 in December): the fr hours close at 13:00 and 20:00, open at 14:00.
+        ("0612345678", datetime(2026, 12, 7, 11, 58, 0, tzinfo=UTC)),
+        ("0612345678", datetime(2026, 12, 7, 18, 58, 0, tzinfo=UTC)),
+        ("0612345678", datetime(2026, 12, 7, 12, 58, 0, tzinfo=UTC)),
+        # Réunion (UTC+4): its own hours, the same rule in another zone.
+        ("+262262123456", datetime(2026, 12, 7, 15, 58, 0, tzinfo=UTC)),
+        # New York (UTC-5): the us pack's window closes at 21:00.
+        ("+12125550123", datetime(2026, 12, 8, 1, 58, 0, tzinfo=UTC)),
+    ],
+)
+def test_a_live_planner_follows_the_hours_across_their_bounds(
+    dialled: str, around: datetime
+) -> None:
+    """The Planner makes the hours check once per minute while the hours are open: at
+    every step of 1.5 s over four minutes around a bound (and back and forth inside a
+    minute), its plan is the one ``plan`` makes at that instant."""
+    planner = Planner(ALL_PACKS, KEYS, True)
+    steps = [around + timedelta(milliseconds=1500 * i) for i in range(160)]
+    steps += [around + timedelta(seconds=s) for s in (119.9, 60.0, 119.999, 59.999, 120.0)]
+    waits = set()
+    for now in steps:
+        a = Attempt(dialled, now, trunk="carrier-a", caller_id="+33162000000")
+        expected = plan(a, ALL_PACKS, KEYS, True)
+        assert planner.plan(a) == expected
+        assert isinstance(expected, Plan)
+        waits |= {c.params[0] == 0 for c in expected.check.checks if c.kind is CheckKind.WINDOW}
+    assert waits == {True, False}  # the steps crossed a bound
+
+
+def test_the_hours_check_is_kept_a_minute_only_in_whole_minute_zones() -> None:
+    """A zone whose offset is not whole minutes (Monrovia kept -0:44:30 until 1972) gets its
+    hours check made at every instant; today's zones are whole minutes."""
+    from gate.core.engine import _whole_minute_offsets, _Window
+
+    rule = next(r for pack in ALL_PACKS.packs for r in pack.hours if not r.zone)
+    window = _Window(0, (rule,), ("Africa/Monrovia",), ())
+    assert not _whole_minute_offsets(window, datetime(1971, 6, 1, tzinfo=UTC))
+    assert _whole_minute_offsets(window, datetime(2026, 6, 1, tzinfo=UTC))
+
+
 def test_evolve_gives_what_dataclasses_replace_gives() -> None:
     """``evolve`` (the gate's fast ``replace`` of an attempt, a plan, its store check) gives
     values equal to ``dataclasses.replace``'s, and leaves the original as it was."""
