@@ -294,11 +294,12 @@ class _Types:
 
     ``of(national)`` is ``phonenumbers.number_type`` for a number of this metadata: the
     same descriptions tested in the same order (a type matches when the national number
-    has one of its possible lengths, if it lists any, and matches its whole pattern), with
-    the patterns compiled here instead of looked up in a cache on every test.
+    has one of its possible lengths, if it lists any, and matches its whole pattern). For
+    each length met, the patterns of the types that length allows are joined into one
+    (the first alternative that matches the whole number wins, as the first type does).
     """
 
-    __slots__ = ("fixed", "general", "leading", "mobile", "ordered", "same_fixed_mobile")
+    __slots__ = ("by_length", "fixed", "general", "leading", "mobile", "ordered", "same")
 
     _ORDER = (
         ("premium_rate", phonenumbers.PhoneNumberType.PREMIUM_RATE),
@@ -313,31 +314,55 @@ class _Types:
 
     def __init__(self, metadata: phonenumbers.PhoneMetadata) -> None:
         self.general = _desc(metadata.general_desc)
-        self.ordered = tuple(
+        self.fixed = _desc(metadata.fixed_line)
+        self.mobile = _desc(metadata.mobile)
+        self.same = bool(metadata.same_mobile_and_fixed_line_pattern)
+        ordered: list[tuple[_Desc | None, int]] = [
             (desc, kind)
             for name, kind in self._ORDER
             if (desc := _desc(getattr(metadata, name))) is not None
-        )
-        self.fixed = _desc(metadata.fixed_line)
-        self.mobile = _desc(metadata.mobile)
-        self.same_fixed_mobile = bool(metadata.same_mobile_and_fixed_line_pattern)
+        ]
+        ordered.append((self.fixed, phonenumbers.PhoneNumberType.FIXED_LINE))
+        if not self.same:  # else a fixed line is always also a mobile
+            ordered.append((self.mobile, phonenumbers.PhoneNumberType.MOBILE))
+        self.ordered = tuple((desc, kind) for desc, kind in ordered if desc is not None)
         leading = metadata.leading_digits
         self.leading = re.compile(leading) if leading is not None else None
+        self.by_length: dict[int, tuple[re.Pattern[str] | None, tuple[int, ...]]] = {}
 
     def of(self, national: str) -> int:
-        unknown = phonenumbers.PhoneNumberType.UNKNOWN
         if not _matches(self.general, national):
-            return unknown
-        for desc, kind in self.ordered:
-            if _matches(desc, national):
-                return kind
-        if _matches(self.fixed, national):
-            if self.same_fixed_mobile or _matches(self.mobile, national):
-                return phonenumbers.PhoneNumberType.FIXED_LINE_OR_MOBILE
-            return phonenumbers.PhoneNumberType.FIXED_LINE
-        if not self.same_fixed_mobile and _matches(self.mobile, national):
-            return phonenumbers.PhoneNumberType.MOBILE
-        return unknown
+            return phonenumbers.PhoneNumberType.UNKNOWN
+        size = len(national)
+        joined = self.by_length.get(size)
+        if joined is None:
+            joined = self.by_length[size] = self._join(size)
+        pattern, kinds = joined
+        if pattern is None:  # nothing this long, or patterns that cannot be joined
+            kind = next(
+                (k for desc, k in self.ordered if _matches(desc, national)),
+                phonenumbers.PhoneNumberType.UNKNOWN,
+            )
+        else:
+            found = pattern.fullmatch(national)
+            if found is None or found.lastgroup is None:
+                return phonenumbers.PhoneNumberType.UNKNOWN
+            kind = kinds[int(found.lastgroup[1:])]
+        if kind == phonenumbers.PhoneNumberType.FIXED_LINE and (
+            self.same or _matches(self.mobile, national)
+        ):
+            return phonenumbers.PhoneNumberType.FIXED_LINE_OR_MOBILE
+        return kind
+
+    def _join(self, size: int) -> tuple[re.Pattern[str] | None, tuple[int, ...]]:
+        """One pattern of the types whose lengths allow ``size``, each a group ``tN``."""
+        allowed = [(d, k) for d, k in self.ordered if not d[0] or size in d[0]]
+        if not allowed or any(d[1].groups for d, _ in allowed):
+            # Groups of their own (none in phonenumbers' data today) would shift in a
+            # joined pattern: then each type is tested on its own.
+            return None, ()
+        joined = "|".join(f"(?P<t{i}>{d[1].pattern})" for i, (d, _) in enumerate(allowed))
+        return re.compile(joined), tuple(k for _, k in allowed)
 
 
 _Desc = tuple[frozenset[int], "re.Pattern[str]"]

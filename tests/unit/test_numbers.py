@@ -218,6 +218,36 @@ def test_number_type_and_region_agree_with_phonenumbers_on_any_digits(
     assert number_type_and_region(parsed) == _phonenumbers_type(code, national)
 
 
+def test_number_types_whose_patterns_have_groups_are_tested_one_by_one() -> None:
+    """A type pattern with a group of its own (a back reference: none in phonenumbers'
+    data today) is not joined with the others, where its group number would shift: the
+    types are then tested one at a time, as phonenumbers does."""
+    from types import SimpleNamespace
+
+    import phonenumbers
+    from phonenumbers import PhoneNumberDesc
+    from phonenumbers import phonenumberutil as util
+
+    from gate.core.numbers import _Types
+
+    def desc(pattern: str) -> PhoneNumberDesc:
+        return PhoneNumberDesc(national_number_pattern=pattern, possible_length=(9,))
+
+    metadata = SimpleNamespace(
+        general_desc=desc(r"\d{9}"),
+        fixed_line=desc(r"(\d)\1\d{7}"),  # the first two digits alike
+        mobile=desc(r"[67]\d{8}"),
+        same_mobile_and_fixed_line_pattern=False,
+        leading_digits=None,
+        **{name: None for name, _ in _Types._ORDER},
+    )
+    metadata.toll_free = desc(r"80\d{7}")
+    types = _Types(metadata)  # type: ignore[arg-type]
+    for national in ("112345678", "123456789", "612345678", "661234567", "801234567"):
+        assert types.of(national) == util._number_type_helper(national, metadata), national
+    assert types.of("661234567") == phonenumbers.PhoneNumberType.FIXED_LINE_OR_MOBILE
+
+
 # --- hostile input: classify never raises -------------------------------------------------
 
 REGIONS = ["FR", "US", "CA", "GB", "DE", "IT", "RE", "ZZ"]
