@@ -1314,6 +1314,36 @@ def _shape(
     )
 
 
+# The last shape made for each checks tuple still in use, by identity: the decisions of
+# one plan model share their checks tuple (a scrub's leads, a door's calls in one minute),
+# so most find their shape without hashing every check (``_shape``'s cache key).
+_RECENT: dict[int, tuple[tuple[Check, ...], tuple[str, ...], tuple[int, ...], object, _Shape]] = {}
+_RECENT_MAX = 256
+
+
+def _shape_of(
+    checks: tuple[Check, ...],
+    seen_views: tuple[str, ...],
+    reads: tuple[int, ...],
+    shadow: tuple[str, ...] | None,
+) -> _Shape:
+    """``_shape``, looked up first by the identity of ``checks`` (held, so never reused)."""
+    hit = _RECENT.get(id(checks))
+    if (
+        hit is not None
+        and hit[0] is checks
+        and hit[1] == seen_views
+        and hit[2] == reads
+        and hit[3] == shadow
+    ):
+        return hit[4]
+    shape = _shape(checks, seen_views, reads, shadow)
+    if len(_RECENT) >= _RECENT_MAX:
+        _RECENT.clear()
+    _RECENT[id(checks)] = (checks, seen_views, reads, shadow, shape)
+    return shape
+
+
 class _Encoder:
     """Accumulates the KEYS (each once) and ARGV of decide.lua, decision by decision."""
 
@@ -1338,7 +1368,7 @@ class _Encoder:
     ) -> None:
         checks = check.checks
         evidence = check.evidence if check.record else None
-        shape = _shape(
+        shape = _shape_of(
             checks,
             tuple(views.get(c.key, "") for c in checks if c.kind in _MEMBERSHIP),
             tuple(read),
