@@ -1107,7 +1107,12 @@ def _command(script: Script, keys: Sequence[str], args: Sequence[Any]) -> _Comma
 
 def _resp(parts: Sequence[bytes]) -> bytes:
     """One command in the Redis protocol."""
-    return b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%b\r\n" % (len(p), p) for p in parts)
+    return b"*%d\r\n" % len(parts) + b"".join([b"$%d\r\n%b\r\n" % (len(p), p) for p in parts])
+
+
+def _bulk(part: bytes) -> bytes:
+    """One bulk string in the Redis protocol."""
+    return b"$%d\r\n%b\r\n" % (len(part), part)
 
 
 def _batches(indexes: list[int], checks: Sequence[StoreCheck], cluster: bool) -> list[list[int]]:
@@ -1131,9 +1136,20 @@ class _Encoded:
     layout: list[tuple[StoreCheck, _Shape]]  # per decision: its check and its shape
     # per decision: (its audit stream, its audit head or b"", the attempt logs it counts in)
     undo: list[tuple[str, bytes, list[str]]]
+    framed: list[bytes]  # the keys, then the args, as RESP bulk strings (``_resp``'s)
 
     def command(self, script: Script) -> _Command:
-        return _command(script, self.keys, self.args)
+        """``_command(script, keys, args)``, from the parts framed as they were added."""
+        count = b"%d" % len(self.keys)
+        head = b"*%d\r\n$7\r\nEVALSHA\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n" % (
+            3 + len(self.keys) + len(self.args),
+            len(script.sha),
+            script.sha,
+            len(count),
+            count,
+        )
+        slot = key_slot(self.keys[0].encode()) if self.keys else 0
+        return _Command(script, slot, head + b"".join(self.framed))
 
     def void(self, index: int) -> _Command:
         """The void.lua call that undoes decision ``index`` (EVAL: a void is rare, and
@@ -1180,7 +1196,8 @@ def _encode(
     encoder = _Encoder(len(decisions))
     for d, check in enumerate(decisions):
         encoder.add(check, views, outside[d] if outside else {})
-    return _Encoded(encoder.keys, encoder.args, encoder.layout, encoder.undo)
+    framed = [*encoder.framed_keys, *encoder.framed]
+    return _Encoded(encoder.keys, encoder.args, encoder.layout, encoder.undo, framed)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -1217,12 +1234,14 @@ class _Shape:
 
     packing: bytes  # the struct format of the decision's numbers (the head's, then the checks')
     packer: struct.Struct  # that format, compiled
+    framed_packing: bytes  # ``packing`` as a RESP bulk string
     values: tuple[float, ...]  # the checks' numbers (key indexes and X readings: 0)
     # (index in ``values``, how the key is named, its text, list bits, an attempt log?)
     keys: tuple[tuple[int, int, str, int, bool], ...]
     reads: tuple[tuple[int, int], ...]  # (check index, index in ``values``) of X checks
     fields: tuple[str, ...]  # the meta fields read (their expected values follow)
     field_args: tuple[bytes, ...]  # the fields' names, then their expected values
+    framed_fields: bytes  # ``field_args`` as RESP bulk strings
     versions: tuple[str, ...]  # per check: the list version it reads ("" if none)
     tail: str  # the end of the audit head (``_summary_json``; "" without evidence)
 
@@ -1304,11 +1323,13 @@ def _shape(
     return _Shape(
         packing.encode(),
         struct.Struct(packing),
+        _bulk(packing.encode()),
         tuple(values),
         tuple(keys),
         tuple(found),
         tuple(fields),
         field_args,
+        b"".join(_bulk(arg) for arg in field_args),
         tuple(versions),
         tail,
     )
@@ -1347,7 +1368,7 @@ def _shape_of(
 class _Encoder:
     """Accumulates the KEYS (each once) and ARGV of decide.lua, decision by decision."""
 
-    __slots__ = ("args", "index", "keys", "layout", "undo")
+    __slots__ = ("args", "framed", "framed_keys", "index", "keys", "layout", "undo")
 
     def __init__(self, decisions: int) -> None:
         self.keys: list[str] = []
@@ -1355,11 +1376,16 @@ class _Encoder:
         self.args: list[bytes] = [b"%d" % decisions]
         self.layout: list[tuple[StoreCheck, _Shape]] = []
         self.undo: list[tuple[str, bytes, list[str]]] = []
+        # The keys and the args as RESP bulk strings, framed as they come (a shape's
+        # constant args framed once with it).
+        self.framed_keys: list[bytes] = []
+        self.framed: list[bytes] = [_bulk(self.args[0])]
 
     def key(self, key: str) -> int:
         found = self.index.get(key)
         if found is None:
             self.keys.append(key)
+            self.framed_keys.append(_bulk(key.encode()))
             found = self.index[key] = len(self.keys)
         return found
 
@@ -1403,18 +1429,21 @@ class _Encoder:
             head.append(0)
         else:
             head += (1, self.key(prefix + "audit"), evidence.min_id_ms, evidence.max_len)
-        self.args += (
-            shape.packing,
-            shape.packer.pack(*head, *values),
-            b"%d" % number.member,
-            number.token.encode(),
-            *shape.field_args,
+        packed = shape.packer.pack(*head, *values)
+        member, token = b"%d" % number.member, number.token.encode()
+        self.args += (shape.packing, packed, member, token, *shape.field_args)
+        self.framed += (
+            shape.framed_packing,
+            b"$%d\r\n%b\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n"
+            % (len(packed), packed, len(member), member, len(token), token),
+            shape.framed_fields,
         )
         if evidence is not None:
             present = {name: value for name, value in evidence.known if value}  # "" is implied
             known = _compact_json(present)
             joint = "," if present else ""
             self.args.append(f"{known[:-1]}{joint}{shape.tail}".encode())
+            self.framed.append(_bulk(self.args[-1]))
         self.layout.append((check, shape))
         if check.record:
             self.undo.append((prefix + "audit", self.args[-1] if evidence else b"", logs))

@@ -1,0 +1,54 @@
+"""decide.lua's request as the store frames it: the same bytes as the plain encoding."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from gate.core.engine import Evidence, Plan, Planner, StoreCheck, evolve
+from gate.core.model import Attempt
+from gate.store.client import DECIDE, _command, _encode
+from tests.unit.test_engine import ALL_PACKS, KEYS, MIXED_NUMBERS
+
+T0 = datetime(2026, 12, 7, 10, 30, tzinfo=UTC)
+EVIDENCE = Evidence(
+    known=(("ts", "1"), ("door", "agi"), ("tenant", "default"), ("channel", ""), ("x", 'q"é')),
+    shadow=("number_type:premium",),
+    min_id_ms=0,
+    max_len=1000,
+)
+
+
+def checks(record: bool) -> list[StoreCheck]:
+    planner = Planner(ALL_PACKS, KEYS, record)
+    found = []
+    for i, dialled in enumerate(MIXED_NUMBERS):
+        a = Attempt(dialled, T0 + timedelta(seconds=i), trunk="carrier-a", campaign="spring")
+        pending = planner.plan(a)
+        if isinstance(pending, Plan):
+            check = pending.check
+            found.append(evolve(check, evidence=EVIDENCE) if record else check)
+    return found
+
+
+@pytest.mark.parametrize("record", [True, False])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_the_framed_request_is_the_plain_encoding(record: bool, batch: int) -> None:
+    """Each request (one decision or a scrub's batch, with and without evidence, with list
+    views and without, with a shared check read by a call of its own) is byte for byte
+    the command built from its KEYS and ARGV."""
+    found = checks(record)
+    assert len(found) > 6
+    views = {c.key: "7/12" for check in found for c in check.checks if c.list_name}
+    for start in range(0, len(found), batch):
+        group = found[start : start + batch]
+        for seen in ({}, views):
+            outside = [
+                {i: (2, 5, 1000) for i, c in enumerate(check.checks) if c.shared} for check in group
+            ]
+            for reads in ((), outside):
+                encoded = _encode(group, seen, reads)
+                plain = _command(DECIDE, encoded.keys, encoded.args)
+                framed = encoded.command(DECIDE)
+                assert (framed.packed, framed.slot) == (plain.packed, plain.slot)
