@@ -144,15 +144,14 @@ class Keyspace:
 
     def number(self, e164: str) -> NumberKeys:
         """The encodings of ``e164`` (keyed hash unless numbers are stored plain)."""
-        if self._secret is None:
+        if self._mac is None:
             spread = hashlib.blake2b(e164.encode(), digest_size=4).digest()
             return NumberKeys(e164, int(e164[1:]), int.from_bytes(spread, "big"))
-        digest = hashlib.blake2b(e164.encode(), key=self._secret, digest_size=_TOKEN_BYTES).digest()
-        return NumberKeys(
-            digest.hex(),
-            int.from_bytes(digest, "big", signed=True),
-            int.from_bytes(digest[:4], "big"),
-        )
+        mac = self._mac.copy()
+        mac.update(e164.encode())
+        digest = mac.digest()
+        member = int.from_bytes(digest, "big", signed=True)
+        return NumberKeys(digest.hex(), member, (member % 2**64) >> 32)
 
     def list_entry(self, e164: str) -> ListEntry:
         """``(member, bucket32)`` of ``e164``: ``number()`` without the rest (bulk imports)."""

@@ -72,3 +72,25 @@ def test_shared_state_has_its_own_slots() -> None:
     """A trunk's CPS log and the list directory are not in a number's slot group."""
     assert "callgate:{cps:carrier-a}" == KEYS.cps_key("carrier-a")
     assert "callgate:{lists}:red:t:acme" == KEYS.directory_key("red:t:acme")
+
+
+def test_a_numbers_encodings_are_its_keyed_blake2b_digest() -> None:
+    """Stored data depends on them: the token is the hex of the 8-byte BLAKE2b of the
+    E.164 number keyed with the secret, the list member that digest as a signed 64-bit
+    integer, the bucket its first 32 bits; bulk imports encode alike; unhashed, the number
+    itself and its digits."""
+    import hashlib
+
+    for e164 in ("+33612345678", "+12125550123", "+447911123456"):
+        digest = hashlib.blake2b(
+            e164.encode(), key=b"test-secret-0123456789abcdef", digest_size=8
+        ).digest()
+        number = KEYS.number(e164)
+        assert (number.token, number.member, number.bucket32) == (
+            digest.hex(),
+            int.from_bytes(digest, "big", signed=True),
+            int.from_bytes(digest[:4], "big"),
+        )
+        assert KEYS.list_entry(e164) == (number.member, number.bucket32)
+        plain = Keyspace("callgate", None).number(e164)
+        assert (plain.token, plain.member) == (e164, int(e164[1:]))
