@@ -119,6 +119,40 @@ async def test_a_channel_outlives_the_collection_of_the_objects_that_opened_it(
     assert ({"allowed"}, 0) == (reasons, reconnections)
 
 
+def test_decisions_run_on_uvloop_whose_transports_are_no_asyncio_transports(
+    redis_url: str, sync_redis: redis.Redis
+) -> None:
+    """``callgate run`` serves on uvloop (its default ``--loop``): there a channel takes
+    over a transport that is not an ``asyncio.Transport`` subclass; decisions go out over
+    the one connection and a listed number is blocked."""
+    import uvloop
+
+    async def decide_all() -> tuple[list[str], int, str]:
+        store = Store(redis_url, 1.0, RedisConfig(url=redis_url, pool_size=1))
+        gate = Gate(make_config(), store)
+        try:
+            loop = asyncio.get_running_loop()
+            await ListAdmin(gate.config.policy, gate.keyspace, store).add(
+                "red", ["0613000003"], "default", ""
+            )
+            reasons = [
+                (await gate.decide(attempt(f"061300000{i}"), record=True, door="cli")).reason
+                for i in range(5)
+            ]
+            channel = next(iter(store._lane._channels))
+            assert not isinstance(channel.transport, asyncio.Transport)
+            return reasons, connections_received(sync_redis), type(loop).__module__
+        finally:
+            await store.close()
+
+    before = connections_received(sync_redis)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        reasons, after, module = runner.run(decide_all())
+    assert module == "uvloop"
+    assert reasons == ["allowed", "allowed", "allowed", "listed:red", "allowed"]
+    assert after - before <= 3  # the admin connection, the channel (and redis-py's probe)
+
+
 async def test_a_channel_the_server_closed_while_idle_is_replaced(
     redis_url: str, sync_redis: redis.Redis
 ) -> None:
