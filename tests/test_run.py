@@ -12,6 +12,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import pytest
+
 from gate.core.params import DECISION_FIELDS
 from tests.conftest import SAMPLE_CONFIG
 
@@ -44,8 +46,13 @@ async def agi_check(port: int, extension: str) -> dict[str, str]:
     return dict(zip(DECISION_FIELDS, variables["CALLGATE_DECISION"].split("|"), strict=True))
 
 
-def test_run_serves_fastagi_with_embedded_redis_and_stops_on_sigterm() -> None:
-    """The sample config with an embedded Redis serves a check, then stops cleanly."""
+@pytest.mark.parametrize(("options", "loop"), [((), "uvloop"), (("--loop", "asyncio"), "asyncio")])
+def test_run_serves_fastagi_with_embedded_redis_and_stops_on_sigterm(
+    options: tuple[str, ...], loop: str
+) -> None:
+    """The sample config with an embedded Redis serves a check, then stops cleanly; on
+    uvloop by default, on asyncio's own loop with ``--loop asyncio`` (its startup line
+    says which)."""
     data = Path(tempfile.mkdtemp(prefix="cg"))
     config = data / "callgate.toml"
     text = SAMPLE_CONFIG.read_text()
@@ -54,7 +61,7 @@ def test_run_serves_fastagi_with_embedded_redis_and_stops_on_sigterm() -> None:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("CALLGATE_SECRET", None)
     process = subprocess.Popen(
-        [sys.executable, "-m", "gate.cli", "--config", str(config), "run"],
+        [sys.executable, "-m", "gate.cli", "--config", str(config), "run", *options],
         stderr=subprocess.PIPE,
         text=True,
         env=env,
@@ -68,6 +75,7 @@ def test_run_serves_fastagi_with_embedded_redis_and_stops_on_sigterm() -> None:
             if found := re.search(r"FastAGI on agi://127\.0\.0\.1:(\d+)/check", line):
                 port = int(found[1])
         assert port, "callgate run did not log its FastAGI address"
+        assert line.rstrip().endswith(f", event loop {loop}"), line
         variables = asyncio.run(agi_check(port, "0612345678"))
         process.send_signal(signal.SIGTERM)
         assert 0 == process.wait(STARTUP_DEADLINE_S)
@@ -86,3 +94,15 @@ def test_run_serves_fastagi_with_embedded_redis_and_stops_on_sigterm() -> None:
     )
     assert not (data / "redis" / "redis.sock").exists()  # the embedded Redis was stopped too
     assert (data / "redis" / "appendonly.aof").exists()
+
+
+def test_run_refuses_an_unknown_event_loop_in_one_line() -> None:
+    """``--loop`` takes uvloop or asyncio; anything else is a usage error naming both."""
+    done = subprocess.run(
+        [sys.executable, "-m", "gate.cli", "run", "--loop", "trio"],
+        capture_output=True,
+        text=True,
+        timeout=STARTUP_DEADLINE_S,
+    )
+    assert done.returncode == 2
+    assert "invalid choice: 'trio' (choose from 'uvloop', 'asyncio')" in done.stderr
