@@ -15,7 +15,8 @@ delay) p50/p99, the share of calls that failed (no 200), and the ratio door/unga
 ``--rounds N`` places each row's calls in N parts, the modes taking turns (the machine is
 shared: drift in its load then hits every mode alike). ``--minimal`` adds a row per rate
 through ``bench/minimal_agi.py`` (``7…`` numbers): a FastAGI gate that does one SISMEMBER
-and one SET VARIABLE, the floor of any FastAGI gate on this machine, and each door's
+and one SET VARIABLE (on uvloop, as the gate), the floor of any FastAGI gate on this
+machine, and each door's
 added delay is also set against it. Each row's CPU per call (ms, /proc) of the gate's
 processes (or the minimal gate's), Redis and Asterisk says where the time goes.
 ``--profile RATE`` records the gate with py-spy during each door's row at RATE (every

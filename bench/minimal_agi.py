@@ -5,8 +5,8 @@
 Per call, what any FastAGI gate must do and nothing more: read the AGI headers, one
 SISMEMBER of the dialled number (``agi_arg_1``) in the set ``minimal:red``, one
 ``SET VARIABLE CALLGATE_RESULT ALLOW|BLOCK``, read Asterisk's answer, close. No rules, no
-hours, no caps, no audit. Prints ``ready`` once it listens on 127.0.0.1:PORT; stops on
-SIGTERM or SIGINT.
+hours, no caps, no audit. On uvloop, as ``callgate run`` serves by default. Prints
+``ready`` once it listens on 127.0.0.1:PORT; stops on SIGTERM or SIGINT.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import signal
 import sys
 
 import redis.asyncio as aioredis
+import uvloop
 
 _ARG = b"agi_arg_1: "
 
@@ -50,7 +51,8 @@ def main() -> int:
     if len(sys.argv) != 3 or not sys.argv[1].isdigit():
         print("usage: python bench/minimal_agi.py PORT REDIS_URL", file=sys.stderr)
         return 2
-    asyncio.run(serve(int(sys.argv[1]), sys.argv[2]))
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(serve(int(sys.argv[1]), sys.argv[2]))
     return 0
 
 
