@@ -369,8 +369,8 @@ def test_sigint_during_an_import_says_what_was_kept(tmp_path: Path, config_file:
     """Ctrl-C during a --replace import: exit 130 and a line saying the list is unchanged."""
     path = tmp_path / "big.txt"
     # Big enough (several seconds of import) to be still running when the signal comes on
-    # a loaded machine.
-    path.write_text("".join(f"+3361{i:07d}\n" for i in range(3_000_000)), encoding="utf-8")
+    # a loaded machine: 3 M lines took 3 s here, once too few for CI (the import finished).
+    path.write_text("".join(f"+336{i:08d}\n" for i in range(8_000_000)), encoding="utf-8")
     process = subprocess.Popen(
         [
             sys.executable,
