@@ -46,7 +46,7 @@ def start(tmp_path: Path, redis_url: str, workers: int, extra_toml: str = "") ->
     )
     process = GateProcess(config, tmp_path / "callgate.log", port, ("--workers", str(workers)))
     process.start()
-    process.wait_for_log(r"worker \d+: FastAGI on", count=workers)
+    process.wait_for_log(r"worker \d+: FastAGI on .*, event loop uvloop", count=workers)
     return process
 
 
@@ -113,6 +113,24 @@ def test_a_killed_worker_is_started_again_and_the_port_keeps_answering(
     four.wait_for_log(r"worker 0: FastAGI on", since=since)
     results = asyncio.run(checks(four.agi_port, 20))
     assert 20 == len(results)
+
+
+def test_the_workers_serve_on_the_loop_run_was_given(tmp_path: Path, redis_url: str) -> None:
+    """Workers serve on uvloop as ``run`` does by default; ``run --workers 2 --loop asyncio``
+    passes the loop on to every worker (each startup line names it), and they answer."""
+    port = free_port()
+    config = write_config(
+        tmp_path / "callgate.toml", redis_url=redis_url, agi_port=port, secret=TEST_SECRET
+    )
+    run_args = ("--workers", "2", "--loop", "asyncio")
+    process = GateProcess(config, tmp_path / "callgate.log", port, run_args)
+    process.start()
+    try:
+        process.wait_for_log(r"worker \d+: FastAGI on .*, event loop asyncio", count=2)
+        assert 20 == len(asyncio.run(checks(port, 20)))
+        assert "event loop uvloop" not in process.read_log()
+    finally:
+        process.stop()
 
 
 def test_stopping_with_workers_is_bounded_and_leaves_no_worker(four: GateProcess) -> None:
