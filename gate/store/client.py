@@ -1212,6 +1212,8 @@ def _summary_json(
 
 # json.dumps with these options builds a new encoder on every call (2 µs of a decision).
 _compact_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+# A JSON string, as ``_compact_json`` writes one (C's encoder when there is one).
+_json_text: Callable[[str], str] = json.encoder.encode_basestring
 
 
 # Each check's kind as decide.lua reads it (a character code; lowercase: shadow).
@@ -1222,6 +1224,8 @@ _X = (ord("X"), ord("x"))
 # of its own), after the number's slot-group prefix, with the number's token after it, or
 # with the number's bucket of the list version after it.
 _WHOLE, _GROUP, _TOKEN, _BUCKET = range(4)
+# Where the decision's own numbers go in its head (``_Shape.values``).
+_HEAD_NOW, _HEAD_RECORD, _HEAD_META, _HEAD_AUDIT, _HEAD_MIN_ID, _HEAD_MAX_LEN = 0, 1, 2, 6, 7, 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -1235,8 +1239,11 @@ class _Shape:
     packing: bytes  # the struct format of the decision's numbers (the head's, then the checks')
     packer: struct.Struct  # that format, compiled
     framed_packing: bytes  # ``packing`` as a RESP bulk string
-    values: tuple[float, ...]  # the checks' numbers (key indexes and X readings: 0)
-    # (index in ``values``, how the key is named, its text, list bits, an attempt log?)
+    # The decision's numbers: the head's (the instant, record, evidence bounds and key
+    # indexes: 0), then the checks' (key indexes and X readings: 0).
+    values: tuple[float, ...]
+    # (index in ``values``, how the key is named, its text, list bits, an attempt log?):
+    # the checks' keys in order, then the meta's and the audit stream's (if read, written)
     keys: tuple[tuple[int, int, str, int, bool], ...]
     reads: tuple[tuple[int, int], ...]  # (check index, index in ``values``) of X checks
     fields: tuple[str, ...]  # the meta fields read (their expected values follow)
@@ -1319,14 +1326,26 @@ def _shape(
         versions.append(version)
     field_args = (*(f.encode() for f in fields), *(e.encode() for e in fields.values()))
     tail = "" if shadow is None else _summary_json(checks, tuple(versions), shadow)
+    # The head (decide.lua's header): now_ms, record and the evidence bounds are the
+    # decision's own (``_Encoder.add``), the meta's and the audit stream's key indexes
+    # follow the checks' keys.
+    head: list[float] = [0, 0, 0, len(fields), len(checks), 0 if shadow is None else 1]
+    if shadow is not None:
+        head += (0, 0, 0)
+    shift = len(head)
+    keys = [(at + shift, how, text, bits, log) for at, how, text, bits, log in keys]
+    if fields:
+        keys.append((_HEAD_META, _GROUP, "meta", 0, False))
+    if shadow is not None:
+        keys.append((_HEAD_AUDIT, _GROUP, "audit", 0, False))
     packing = (">dBHBBB" if shadow is None else ">dBHBBBHdd") + "".join(fmt)
     return _Shape(
         packing.encode(),
         struct.Struct(packing),
         _bulk(packing.encode()),
-        tuple(values),
+        (*head, *values),
         tuple(keys),
-        tuple(found),
+        tuple((i, at + shift) for i, at in found),
         tuple(fields),
         field_args,
         b"".join(_bulk(arg) for arg in field_args),
@@ -1335,33 +1354,36 @@ def _shape(
     )
 
 
-# The last shape made for each checks tuple still in use, by identity: the decisions of
-# one plan model share their checks tuple (a scrub's leads, a door's calls in one minute),
-# so most find their shape without hashing every check (``_shape``'s cache key).
-_RECENT: dict[int, tuple[tuple[Check, ...], tuple[str, ...], tuple[int, ...], object, _Shape]] = {}
+# The shapes made for each checks tuple still in use, by identity: the decisions of one
+# plan model share their checks tuple (a scrub's leads, a door's calls in one minute), so
+# most find their shape without hashing every check (``_shape``'s cache key).
+# id → (the checks, their membership checks' list names, shapes by (views, reads, shadow))
+_RECENT: dict[int, tuple[tuple[Check, ...], tuple[str, ...], dict[tuple[object, ...], _Shape]]] = {}
 _RECENT_MAX = 256
+_RECENT_SHAPES = 16  # per checks tuple (list views, X checks, shadow reasons)
 
 
 def _shape_of(
     checks: tuple[Check, ...],
-    seen_views: tuple[str, ...],
+    views: dict[str, str],
     reads: tuple[int, ...],
     shadow: tuple[str, ...] | None,
 ) -> _Shape:
-    """``_shape``, looked up first by the identity of ``checks`` (held, so never reused)."""
+    """``_shape`` of ``checks`` under the list ``views`` (name → "version/bits"), looked up
+    first by the identity of ``checks`` (held, so never reused)."""
     hit = _RECENT.get(id(checks))
-    if (
-        hit is not None
-        and hit[0] is checks
-        and hit[1] == seen_views
-        and hit[2] == reads
-        and hit[3] == shadow
-    ):
-        return hit[4]
-    shape = _shape(checks, seen_views, reads, shadow)
-    if len(_RECENT) >= _RECENT_MAX:
-        _RECENT.clear()
-    _RECENT[id(checks)] = (checks, seen_views, reads, shadow, shape)
+    if hit is None or hit[0] is not checks:
+        if len(_RECENT) >= _RECENT_MAX:
+            _RECENT.clear()
+        lists = tuple(c.key for c in checks if c.kind in _MEMBERSHIP)
+        hit = _RECENT[id(checks)] = (checks, lists, {})
+    seen_views = tuple([views.get(name, "") for name in hit[1]])
+    shapes = hit[2]
+    shape = shapes.get((seen_views, reads, shadow))
+    if shape is None:
+        if len(shapes) >= _RECENT_SHAPES:
+            shapes.clear()
+        shape = shapes[seen_views, reads, shadow] = _shape(checks, seen_views, reads, shadow)
     return shape
 
 
@@ -1381,27 +1403,22 @@ class _Encoder:
         self.framed_keys: list[bytes] = []
         self.framed: list[bytes] = [_bulk(self.args[0])]
 
-    def key(self, key: str) -> int:
-        found = self.index.get(key)
-        if found is None:
-            self.keys.append(key)
-            self.framed_keys.append(_bulk(key.encode()))
-            found = self.index[key] = len(self.keys)
-        return found
-
     def add(
         self, check: StoreCheck, views: dict[str, str], read: dict[int, tuple[int, int, int]]
     ) -> None:
-        checks = check.checks
         evidence = check.evidence if check.record else None
         shape = _shape_of(
-            checks,
-            tuple(views.get(c.key, "") for c in checks if c.kind in _MEMBERSHIP),
-            tuple(read),
-            None if evidence is None else evidence.shadow,
+            check.checks, views, tuple(read), None if evidence is None else evidence.shadow
         )
         number, prefix = check.number, check.prefix
         values = list(shape.values)
+        values[_HEAD_NOW] = check.now_ms
+        if check.record:
+            values[_HEAD_RECORD] = 1
+        if evidence is not None:
+            values[_HEAD_MIN_ID] = evidence.min_id_ms
+            values[_HEAD_MAX_LEN] = evidence.max_len
+        index, keys, framed_keys = self.index, self.keys, self.framed_keys
         logs: list[str] = []  # the attempt logs this decision counts in
         for at, how, text, bits, log in shape.keys:
             if how == _BUCKET:
@@ -1412,24 +1429,17 @@ class _Encoder:
                 name = prefix + text
             else:
                 name = text
-            values[at] = self.key(name)
+            found = index.get(name)
+            if found is None:  # each key once in KEYS (``key``, inlined)
+                keys.append(name)
+                framed_keys.append(_bulk(name.encode()))
+                found = index[name] = len(keys)
+            values[at] = found
             if log:
                 logs.append(name)
         for i, at in shape.reads:
             values[at : at + 3] = read[i]
-        nf = len(shape.fields)
-        head: list[float] = [
-            check.now_ms,
-            1 if check.record else 0,
-            self.key(prefix + "meta") if nf else 0,
-            nf,
-            len(checks),
-        ]
-        if evidence is None:
-            head.append(0)
-        else:
-            head += (1, self.key(prefix + "audit"), evidence.min_id_ms, evidence.max_len)
-        packed = shape.packer.pack(*head, *values)
+        packed = shape.packer.pack(*values)
         member, token = b"%d" % number.member, number.token.encode()
         self.args += (shape.packing, packed, member, token, *shape.field_args)
         self.framed += (
@@ -1439,10 +1449,11 @@ class _Encoder:
             shape.framed_fields,
         )
         if evidence is not None:
-            present = {name: value for name, value in evidence.known if value}  # "" is implied
-            known = _compact_json(present)
-            joint = "," if present else ""
-            self.args.append(f"{known[:-1]}{joint}{shape.tail}".encode())
+            # The entry's fields as a JSON object ("" is implied), then the shape's end:
+            # ``_compact_json`` of the fields, without its per-call encoder set-up.
+            quote = _json_text
+            head = ",".join([f"{quote(k)}:{quote(v)}" for k, v in evidence.known if v])
+            self.args.append(f"{{{head}{',' if head else ''}{shape.tail}".encode())
             self.framed.append(_bulk(self.args[-1]))
         self.layout.append((check, shape))
         if check.record:

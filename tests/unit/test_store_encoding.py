@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -52,3 +53,27 @@ def test_the_framed_request_is_the_plain_encoding(record: bool, batch: int) -> N
                 plain = _command(DECIDE, encoded.keys, encoded.args)
                 framed = encoded.command(DECIDE)
                 assert (framed.packed, framed.slot) == (plain.packed, plain.slot)
+
+
+def test_the_audit_head_is_the_fields_as_compact_json() -> None:
+    """The audit entry's head starts with the known fields (the empty ones left out) as
+    ``json.dumps`` writes them compactly, whatever their text (quotes, backslashes,
+    control characters, non-ASCII), then the plan shape's summary."""
+    odd = 'q"\\ \n\t\x00\x1f é ☎ \U0001f4de \u2028'
+    evidence = evolve(
+        EVIDENCE,
+        known=(("ts", "1"), ("door", "agi"), ("channel", ""), ("caller_id", odd), ("x", "")),
+    )
+    check = evolve(checks(True)[0], evidence=evidence)
+    head = _encode([check], {}).args[-1].decode()
+    present = {"ts": "1", "door": "agi", "caller_id": odd}
+    fields = json.dumps(present, ensure_ascii=False, separators=(",", ":"))
+    assert head.startswith(fields[:-1] + ',"shadow":')
+    entry = json.loads(head)
+    assert {k: entry[k] for k in present} == present
+    assert "channel" not in entry
+    assert "x" not in entry
+    assert entry["shadow"] == ["number_type:premium"]
+
+    nothing = evolve(check, evidence=evolve(EVIDENCE, known=(("channel", ""),)))
+    assert _encode([nothing], {}).args[-1].decode().startswith('{"shadow":')
