@@ -40,7 +40,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -49,9 +49,11 @@ from gate.core.errors import StoreError
 from gate.ops.audit import AuditLog
 from gate.ops.reload import config_version
 from gate.service import Gate, stop_task, wait_event
-from gate.stasis.door import StasisGate
 from gate.store.client import Store
 from gate.store.embedded import EmbeddedRedis
+
+if TYPE_CHECKING:  # the ARI door (aiohttp) is imported only by ``run``, which starts it
+    from gate.stasis.door import StasisGate
 
 __all__ = [
     "StasisLeadership",

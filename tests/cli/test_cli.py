@@ -725,3 +725,16 @@ def test_scrub_reads_gzip_and_zip_leads(cli: Run, tmp_path: Path, packing: str) 
         "Alice;06 12 34 56 78;BLOCK;listed:red;",
         "Bob;+33612345679;ALLOW;allowed;",
     ] == out.read_text(encoding="utf-8").splitlines()
+
+
+def test_a_one_shot_command_does_not_load_the_http_stack() -> None:
+    """``callgate check``, ``list import``, ``scrub``… start without importing aiohttp and
+    the ARI door, which only ``run`` uses."""
+    code = (
+        "import sys, gate.cli\n"
+        "print(sorted(m for m in sys.modules if m.startswith(('aiohttp', 'gate.stasis.door'))))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.strip() == "[]"
