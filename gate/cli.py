@@ -29,7 +29,7 @@ import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, NoReturn, TypeAlias
+from typing import IO, TYPE_CHECKING, NoReturn, TypeAlias
 
 import uvloop
 from prometheus_client import disable_created_metrics
@@ -53,20 +53,8 @@ from gate.lists.formats import (
 )
 from gate.lists.progress import importer, progress
 from gate.lists.scrub import scrub_file
-from gate.ops import search
 from gate.ops.audit import Follower, read_range
 from gate.ops.logs import configure_logging
-from gate.ops.models import (
-    AuditRecord,
-    ListCount,
-    ScrubSummaryOut,
-    VerdictCounts,
-    audit_record,
-    decision_out,
-    json_of,
-    list_info,
-    rule_outcomes,
-)
 from gate.ops.reload import request_reload
 from gate.runtime import (
     METRICS_EVERY_S,
@@ -81,6 +69,11 @@ from gate.runtime import (
 from gate.service import Evaluation, Gate, wait_event
 from gate.store.client import translate_error
 from gate.store.migrate import legacy_keys_present, migrate
+
+# The API's models (pydantic) and the audit search are imported by the commands that print
+# them (check, list count/info, scrub --json, audit): the others start without them.
+if TYPE_CHECKING:
+    from gate.ops.models import AuditRecord
 
 __all__ = ["EXIT_BLOCK", "EXIT_DEFER", "EXIT_USAGE", "main"]
 
@@ -629,6 +622,8 @@ def _migrate_parser(commands: Commands) -> None:
 
 
 def _print_evaluation(evaluation: Evaluation, version: str, args: argparse.Namespace) -> None:
+    from gate.ops.models import decision_out, json_of, rule_outcomes
+
     decision = evaluation.decision
     if args.quiet:
         return
@@ -685,6 +680,8 @@ def _info_lines(info: dict[str, object]) -> Iterator[str]:
 
 
 async def _list(config: Config, args: argparse.Namespace) -> int:
+    from gate.ops.models import ListCount, json_of, list_info
+
     tenant = args.tenant or config.default_tenant
     campaign = args.campaign or ""
     async with open_gate(config, ADMIN_DEADLINE_S) as gate:
@@ -904,6 +901,8 @@ async def _scrub(config: Config, args: argparse.Namespace) -> int:
                 lines_read=lines_read,
             )
     if args.json:
+        from gate.ops.models import ScrubSummaryOut, VerdictCounts, json_of
+
         counts = VerdictCounts(**{v.value: summary.verdicts[v.value] for v in Verdict})
         out_model = ScrubSummaryOut(
             output=str(output),
@@ -932,6 +931,9 @@ def _audit_line(record: AuditRecord) -> str:
 
 
 async def _audit(config: Config, args: argparse.Namespace) -> int:
+    from gate.ops import search
+    from gate.ops.models import audit_record, json_of
+
     namespace = config.redis.namespace
     async with open_gate(config, ADMIN_DEADLINE_S) as gate:
         client = gate.store.admin_client

@@ -728,11 +728,13 @@ def test_scrub_reads_gzip_and_zip_leads(cli: Run, tmp_path: Path, packing: str) 
 
 
 def test_a_one_shot_command_does_not_load_the_http_stack() -> None:
-    """``callgate check``, ``list import``, ``scrub``… start without importing aiohttp and
-    the ARI door, which only ``run`` uses."""
+    """``callgate list import``, ``scrub``… start without importing aiohttp and the ARI door
+    (only ``run`` uses them), nor the API's models (pydantic: only the commands that print
+    them)."""
     code = (
         "import sys, gate.cli\n"
-        "print(sorted(m for m in sys.modules if m.startswith(('aiohttp', 'gate.stasis.door'))))"
+        "heavy = ('aiohttp', 'gate.stasis.door', 'pydantic', 'gate.ops.models')\n"
+        "print(sorted(m for m in sys.modules if m.startswith(heavy)))"
     )
     done = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
