@@ -1430,7 +1430,7 @@ class _Encoder:
             else:
                 name = text
             found = index.get(name)
-            if found is None:  # each key once in KEYS (``key``, inlined)
+            if found is None:  # each key once in KEYS
                 keys.append(name)
                 framed_keys.append(_bulk(name.encode()))
                 found = index[name] = len(keys)
