@@ -882,7 +882,7 @@ async def _scrub(config: Config, args: argparse.Namespace) -> int:
         with progress(total, f"scrubbing {args.file.name}") as advance:
             done = 0
 
-            def lines_read(lines: int) -> None:
+            def written(lines: int, rows: int) -> None:
                 nonlocal done
                 advance(lines - done)
                 done = lines
@@ -898,7 +898,7 @@ async def _scrub(config: Config, args: argparse.Namespace) -> int:
                 campaign=args.campaign or "",
                 traffic_class=TrafficClass(args.traffic_class),
                 caller_id=args.caller_id,
-                lines_read=lines_read,
+                written=written,
             )
     if args.json:
         from gate.ops.models import ScrubSummaryOut, VerdictCounts, json_of

@@ -90,12 +90,11 @@ class ScrubSummary:
         lines.append(f"{self.verdicts['ALLOW']} of {self.rows} would be allowed")
         return "\n".join(lines)
 
-    def add(self, outcome: Outcome) -> None:
-        verdict = outcome[0]
-        self.rows += 1
-        self.verdicts[verdict] += 1
-        if verdict != "ALLOW":
-            self.reasons[f"{verdict} {outcome[1]}"] += 1
+    def add(self, outcomes: Sequence[Outcome]) -> None:
+        """Count the outcomes of a batch of rows."""
+        self.rows += len(outcomes)
+        self.verdicts.update([verdict for verdict, _, _ in outcomes])
+        self.reasons.update([f"{v} {why}" for v, why, _ in outcomes if v != "ALLOW"])
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,7 +149,7 @@ async def scrub(
     gate: Gate,
     rows: Iterable[Sequence[str]],
     column: int,
-    write: Callable[[Sequence[str]], None],
+    write: Callable[[list[list[str]]], None],
     *,
     now: datetime,
     tenant: str,
@@ -159,7 +158,8 @@ async def scrub(
     caller_id: str | None = None,
     workers: int = WORKERS,
 ) -> ScrubSummary:
-    """Decide every row's number at ``now`` (nothing recorded); write rows with the result."""
+    """Decide every row's number at ``now`` (nothing recorded); ``write`` gets the rows a
+    batch at a time, in order, each with its verdict, reason and retry time appended."""
     active = gate.active
     active.config.policy.check_tenant(tenant)
     job = _Job(active.config, active.keyspace, now, tenant, campaign, traffic_class, caller_id)
@@ -182,7 +182,7 @@ async def _parallel(
     store: Store,
     batches: Iterator[list[Sequence[str]]],
     column: int,
-    write: Callable[[Sequence[str]], None],
+    write: Callable[[list[list[str]]], None],
     summary: ScrubSummary,
     workers: int,
 ) -> None:
@@ -209,7 +209,7 @@ async def _parallel(
 
 async def _write_oldest(
     in_flight: deque[tuple[list[Sequence[str]], Future[list[Outcome]]]],
-    write: Callable[[Sequence[str]], None],
+    write: Callable[[list[list[str]]], None],
     summary: ScrubSummary,
 ) -> None:
     batch, future = in_flight.popleft()
@@ -233,12 +233,11 @@ def _numbers(batch: Sequence[Sequence[str]], column: int) -> list[str | None]:
 def _write(
     batch: Sequence[Sequence[str]],
     outcomes: Sequence[Outcome],
-    write: Callable[[Sequence[str]], None],
+    write: Callable[[list[list[str]]], None],
     summary: ScrubSummary,
 ) -> None:
-    for row, outcome in zip(batch, outcomes, strict=True):
-        summary.add(outcome)
-        write([*row, *outcome])
+    write([[*row, *outcome] for row, outcome in zip(batch, outcomes, strict=True)])
+    summary.add(outcomes)
 
 
 # One per worker process: the job, its own Redis connection, planner and event loop.
@@ -271,22 +270,6 @@ def column_index(spec: str, header: Sequence[str], source: Path) -> int:
     return int(spec) - 1
 
 
-class _Counted:
-    """Lines, counted as they are read (a scrub's progress)."""
-
-    def __init__(self, lines: Iterator[str]) -> None:
-        self._lines = lines
-        self.lines = 0
-
-    def __iter__(self) -> Iterator[str]:
-        return self
-
-    def __next__(self) -> str:
-        line = next(self._lines)
-        self.lines += 1
-        return line
-
-
 async def scrub_file(
     gate: Gate,
     source: Path,
@@ -299,27 +282,32 @@ async def scrub_file(
     campaign: str = "",
     traffic_class: TrafficClass = TrafficClass.CAMPAIGN,
     caller_id: str | None = None,
-    lines_read: Callable[[int], None] | None = None,
+    written: Callable[[int, int], None] | None = None,
     workers: int = WORKERS,
 ) -> ScrubSummary:
     """Scrub the leads of ``source`` into ``output`` (the rows with ``verdict``, ``reason``
-    and ``retry_after_s`` appended; a header row gets those names). ``lines_read`` is told
-    how many lines of ``source`` have been read, after each row written. ``output`` is
-    written whole or not at all. Redis unreachable: ``StoreError`` before anything is
-    written."""
+    and ``retry_after_s`` appended; a header row gets those names). ``written`` is told,
+    after each batch of rows written, how many lines of ``source`` have been read so far
+    and how many rows the batch had. ``output`` is written whole or not at all. Redis
+    unreachable: ``StoreError`` before anything is written."""
     opened = open_lines(source)
-    lines = _Counted(opened)
     try:
-        first = next((line for line in lines if line.strip()), None)
+        blank = 0  # blank lines before the first row (read, but not by the CSV reader)
+        first = None
+        for line in opened:  # bounded by the file
+            if line.strip():
+                first = line
+                break
+            blank += 1
         if first is None:
             raise InputError(f"{source}: no leads in the file")
         dialect = csv_dialect(first)
-        reader = csv.reader(itertools.chain([first], lines), dialect)
+        reader = csv.reader(itertools.chain([first], opened), dialect)
         head = [c.strip() for c in next(reader)]
         index = column_index(column, head, source)
         has_header = not column.isdigit() or header
         body = reader if has_header else itertools.chain([head], reader)
-        rows = (row for row in body if any(cell.strip() for cell in row))
+        rows = (row for row in body if "".join(row).strip())  # blank rows are skipped
         await gate.store.ping()  # Redis down: fail before writing anything
         # Written beside the target and renamed at the end: OUT is whole or untouched.
         fd, partial = tempfile.mkstemp(prefix=f".{output.name}.", dir=output.parent or ".")
@@ -329,10 +317,10 @@ async def scrub_file(
                 if has_header:
                     writer.writerow([*head, "verdict", "reason", "retry_after_s"])
 
-                def write(row: Sequence[str]) -> None:
-                    writer.writerow(row)
-                    if lines_read is not None:
-                        lines_read(lines.lines)
+                def write(batch: list[list[str]]) -> None:
+                    writer.writerows(batch)
+                    if written is not None:
+                        written(blank + reader.line_num, len(batch))
 
                 summary = await scrub(
                     gate,

@@ -254,12 +254,12 @@ class _ScrubJob:
             gate = Gate(active.config, store, active.version)
             shown = 0.0
 
-            def lines_read(lines: int) -> None:
+            def written(lines: int, rows: int) -> None:
                 nonlocal shown
                 if self.stop.is_set():
                     raise InputError("scrub stopped: the client went away")
                 self.lines = lines
-                self.rows += 1
+                self.rows += rows
                 if time.monotonic() - shown >= PROGRESS_EVERY_S:
                     shown = time.monotonic()
                     self._send(self._event(event="progress"))
@@ -275,7 +275,7 @@ class _ScrubJob:
                 campaign=self.query.campaign or "",
                 traffic_class=self.query.traffic_class,
                 caller_id=self.query.caller_id,
-                lines_read=lines_read,
+                written=written,
             )
             self.lines = self.total
             self._send(self._event(event="progress"))

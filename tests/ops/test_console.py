@@ -496,6 +496,30 @@ async def test_the_audit_feed_streams_new_records_as_server_sent_events(
     assert [("agi", "ALLOW", "spring")] == [(r["door"], r["verdict"], r["campaign"]) for r in got]
 
 
+async def test_a_scrub_tells_the_lines_read_and_the_rows_written(
+    console: Console, tmp_path: Path
+) -> None:
+    """``scrub_file`` tells its caller (the CLI's progress, an upload's progress events)
+    after each batch: every line read counts (blank ones before the header, a quoted
+    field's second line), every row written counts once, blank rows are not rows."""
+    source = tmp_path / "leads.csv"
+    source.write_text(
+        '\n\nname,phone\n\nann,0699001122\n"bob\nsmith",0612345678\n   \ncid,not a number\n'
+    )
+    told: list[tuple[int, int]] = []
+    summary = await scrub_file(
+        console.gate,
+        source,
+        tmp_path / "out.csv",
+        column="phone",
+        now=datetime.fromisoformat(AT),
+        tenant="default",
+        written=lambda lines, rows: told.append((lines, rows)),
+    )
+    assert [(9, 3)] == told
+    assert (3, 1) == (summary.rows, summary.reasons["BLOCK invalid_number"])
+
+
 async def test_a_scrubbed_upload_is_the_file_callgate_scrub_writes(
     console: Console, tmp_path: Path
 ) -> None:
