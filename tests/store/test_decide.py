@@ -266,6 +266,37 @@ async def test_every_counter_expires_in_its_slot(gate: Gate, sync_redis: redis.R
     assert all(sync_redis.pttl(k) > 0 for k in keys)
 
 
+async def test_the_audit_stream_is_trimmed_by_the_decisions_appending(
+    redis_url: str, sync_redis: redis.Redis
+) -> None:
+    """A slot group's audit stream, written by the decisions themselves, stays bounded: one
+    append in 16 drops what is older than ``max_age`` (whole stream nodes), another keeps
+    the group's share of ``max_len`` (at least 100 here: 1 000 over 1 024 groups)."""
+    store = Store(redis_url, deadline_s=1.0)
+    gate = Gate(make_config({"audit": {"max_len": 1000, "max_age": "1d"}}), store)
+    number = gate.keyspace.number("+33612345678")
+    stream = f"{gate.keyspace.prefix(number.group)}audit"
+    old_ms = int((T0 - timedelta(days=2)).timestamp() * 1000)
+    for i in range(300):  # three whole nodes (100 entries each) older than a day
+        sync_redis.xadd(stream, {"h": "{}", "r": "0,0"}, id=f"{old_ms + i}-0")
+    # Attempts 1 ms apart: their times cover every turn of the 16, once each.
+    for i in range(16):
+        await gate.decide(attempt(at=T0 + timedelta(milliseconds=i)), record=True, door="cli")
+    by_age = [entry_id for entry_id, _ in sync_redis.xrange(stream)]
+    for i in range(16, 400):
+        await gate.decide(attempt(at=T0 + timedelta(milliseconds=i)), record=True, door="cli")
+    ids = [entry_id for entry_id, _ in sync_redis.xrange(stream)]
+    last = sync_redis.xinfo_stream(stream)["last-generated-id"]
+    await store.close()
+    assert 16 == len(by_age)  # the three old nodes went, not the decisions' entries
+    assert int(by_age[0].split(b"-")[0]) > old_ms + 300
+    # By length: whole nodes, so at least 100 and under 100 + a node (and the appends
+    # since the last trim), the newest kept.
+    assert 100 <= len(ids) < 100 + 100 + 16
+    assert last == ids[-1]
+    assert by_age[-1] < ids[0]
+
+
 async def test_numbers_are_hashed_at_rest(gate: Gate, sync_redis: redis.Redis) -> None:
     """Neither key names nor list members contain the number."""
     await admin(gate).add("red", ["+33699999999"], "default", "")

@@ -89,8 +89,8 @@
 -- When record is 1 and evidence is 1, the decision's audit entry is appended to the
 -- stream, whatever the verdict: field "h" the head, field "r" the reply's string; the
 -- evidence and the counters are one atomic fact (gate/core/evidence.py ``stored_record``
--- reads it back into the record). The stream is trimmed on one append in 16 by age
--- (MINID ~ min_id_ms) and on another by length (MAXLEN ~ max_len).
+-- reads it back into the record). One append in 16 also trims the stream by age (MINID ~
+-- min_id_ms), another by length (MAXLEN ~ max_len).
 -- Writes only when nothing decided and record is 1: inserts now_ms, in time order, into
 -- every attempt log that holds fewer than `limit` live entries (a shadow cap at its limit
 -- stops growing), and sets each log to expire when its newest entry leaves the window.
@@ -330,13 +330,14 @@ for d = 1, tonumber(ARGV[1]) do
     local reply = decided .. "," .. floor(retry) .. (nc > 0 and "," .. concat(results, ",") or "")
     replies[d] = reply
     if record and evidence then
-      local stream = KEYS[v[7]]
-      call("XADD", stream, "*", "h", ARGV[pos], "r", reply)
-      local turn = now % 16
+      -- Trimmed by the append itself (XADD's own trim: whole nodes, bounded work).
+      local stream, head, turn = KEYS[v[7]], ARGV[pos], now % 16
       if turn == 0 then
-        call("XTRIM", stream, "MINID", "~", string.format("%d", v[8]))
+        call("XADD", stream, "MINID", "~", string.format("%d", v[8]), "*", "h", head, "r", reply)
       elseif turn == 8 then
-        call("XTRIM", stream, "MAXLEN", "~", string.format("%d", v[9]))
+        call("XADD", stream, "MAXLEN", "~", string.format("%d", v[9]), "*", "h", head, "r", reply)
+      else
+        call("XADD", stream, "*", "h", head, "r", reply)
       end
     end
     if record and decided == 0 and logs then
