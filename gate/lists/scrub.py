@@ -68,6 +68,11 @@ Outcome = tuple[str, str, str]
 _MISSING: Outcome = ("ERROR", "missing_column", "")
 
 
+def _outcome(decision: Decision) -> Outcome:
+    retry = "" if decision.retry_after_s is None else seconds_text(decision.retry_after_s)
+    return (decision.verdict.value, decision.reason, retry)
+
+
 @dataclass
 class ScrubSummary:
     rows: int = 0
@@ -130,15 +135,26 @@ class _Job:
             for number in numbers
         ]
         pending = [p for p in planned if isinstance(p, Plan)]
-        results = iter(await store.decide_many([p.check for p in pending]))
+        found = await store.decide_many([p.check for p in pending])
+        results = iter(found)
+        # A plan's outcome depends only on its checks, its static shadow reasons and the
+        # store's result, immutable values that plans and results of a batch share (a
+        # plan model's, the store's reading of a reply): concluded once per distinct
+        # triple, by identity (all alive until the end of this call).
+        concluded: dict[tuple[int, int, int], Outcome] = {}
         outcomes: list[Outcome] = []
         for item in planned:
             if item is None:
                 outcomes.append(_MISSING)
-                continue
-            decision = conclude(item, next(results)) if isinstance(item, Plan) else item
-            retry = "" if decision.retry_after_s is None else seconds_text(decision.retry_after_s)
-            outcomes.append((decision.verdict.value, decision.reason, retry))
+            elif isinstance(item, Plan):
+                result = next(results)
+                key = (id(item.check.checks), id(item.shadow), id(result))
+                outcome = concluded.get(key)
+                if outcome is None:
+                    outcome = concluded[key] = _outcome(conclude(item, result))
+                outcomes.append(outcome)
+            else:
+                outcomes.append(_outcome(item))
         return outcomes
 
     def planner(self) -> Planner:
