@@ -85,18 +85,19 @@ def callee_places(target: Destination, wanted: Collection[str]) -> tuple[str, ..
     Réunion/Mayotte mobiles), the regions whose own zone is one of them. Only regions in
     ``wanted`` (those a calendar names) are looked up, so most numbers cost nothing.
     """
-    places = {target.region}
     others = [r for r in _sharing_regions(target.region) if r != target.region and r in wanted]
-    if others:
-        code = phonenumbers.country_code_for_region(target.region)
-        national = int(target.e164[len(str(code)) + 1 :])
-        number = phonenumbers.PhoneNumber(country_code=code, national_number=national)
-        zones = frozenset(target.time_zones)
-        for region in others:
-            if phonenumbers.is_valid_number_for_region(number, region) or (
-                len(zones) > 1 and zones & _region_zones(region)
-            ):
-                places.add(region)
+    if not others:  # most numbers: a calling code of one region, or no calendar for another
+        return (target.region,)
+    places = {target.region}
+    code = phonenumbers.country_code_for_region(target.region)
+    national = int(target.e164[len(str(code)) + 1 :])
+    number = phonenumbers.PhoneNumber(country_code=code, national_number=national)
+    zones = frozenset(target.time_zones)
+    for region in others:
+        if phonenumbers.is_valid_number_for_region(number, region) or (
+            len(zones) > 1 and zones & _region_zones(region)
+        ):
+            places.add(region)
     return tuple(sorted(places))
 
 
