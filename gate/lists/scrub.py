@@ -39,10 +39,10 @@ from itertools import chain, islice
 from pathlib import Path
 
 from gate.config.loader import Config, RedisConfig
-from gate.core.engine import Plan, Planner, conclude
+from gate.core.engine import Plan, Planner, outcome
 from gate.core.errors import InputError
 from gate.core.keys import Keyspace
-from gate.core.model import Attempt, Decision, TrafficClass
+from gate.core.model import Attempt, Decision, TrafficClass, Verdict
 from gate.core.params import seconds_text
 from gate.lists.formats import csv_dialect, open_lines
 from gate.service import Gate
@@ -68,9 +68,9 @@ Outcome = tuple[str, str, str]
 _MISSING: Outcome = ("ERROR", "missing_column", "")
 
 
-def _outcome(decision: Decision) -> Outcome:
-    retry = "" if decision.retry_after_s is None else seconds_text(decision.retry_after_s)
-    return (decision.verdict.value, decision.reason, retry)
+def _row(verdict: Verdict, reason: str, retry_after_s: float | None) -> Outcome:
+    retry = "" if retry_after_s is None else seconds_text(retry_after_s)
+    return (verdict.value, reason, retry)
 
 
 @dataclass
@@ -137,24 +137,25 @@ class _Job:
         pending = [p for p in planned if isinstance(p, Plan)]
         found = await store.decide_many([p.check for p in pending])
         results = iter(found)
-        # A plan's outcome depends only on its checks, its static shadow reasons and the
-        # store's result, immutable values that plans and results of a batch share (a
-        # plan model's, the store's reading of a reply): concluded once per distinct
-        # triple, by identity (all alive until the end of this call).
-        concluded: dict[tuple[int, int, int], Outcome] = {}
+        # A plan's outcome is its checks' reading of the store's result (the verdict: the
+        # results stop at the first BLOCK, see decide_many), immutable values that plans
+        # and results of a batch share (a plan model's, the store's reading of a reply):
+        # read once per distinct pair, by identity (both alive until the end of this call).
+        read: dict[tuple[int, int], Outcome] = {}
         outcomes: list[Outcome] = []
         for item in planned:
             if item is None:
                 outcomes.append(_MISSING)
             elif isinstance(item, Plan):
                 result = next(results)
-                key = (id(item.check.checks), id(item.shadow), id(result))
-                outcome = concluded.get(key)
-                if outcome is None:
-                    outcome = concluded[key] = _outcome(conclude(item, result))
-                outcomes.append(outcome)
+                key = (id(item.check.checks), id(result))
+                known = read.get(key)
+                if known is None:
+                    verdict, reason, _rule, retry_s = outcome(item.check.checks, result)
+                    known = read[key] = _row(verdict, reason, retry_s)
+                outcomes.append(known)
             else:
-                outcomes.append(_outcome(item))
+                outcomes.append(_row(item.verdict, item.reason, item.retry_after_s))
         return outcomes
 
     def planner(self) -> Planner:

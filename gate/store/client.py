@@ -511,10 +511,13 @@ class Store:
             _raise_error(reply)
 
     async def decide_many(self, checks: Sequence[StoreCheck]) -> list[StoreResult]:
-        """Evaluate many decisions (never recorded): ``SCRUB_BATCH`` per EVALSHA (a few ms
-        of Redis time each, so live decisions are never held up long), grouped by slot in
-        cluster mode, all sent in one round trip per node. No decision deadline: a scrub
-        is not a call waiting to leave."""
+        """Evaluate many decisions (never recorded) for their verdicts: ``SCRUB_BATCH`` per
+        EVALSHA (a few ms of Redis time each, so live decisions are never held up long),
+        grouped by slot in cluster mode, all sent in one round trip per node. No decision
+        deadline: a scrub is not a call waiting to leave.
+        Each decision stops at its first check that BLOCKs: the later ones are not run and
+        their results are -1, so a result gives the verdict (``engine.outcome``), not the
+        shadow rules' or an explanation (``Store.decide`` runs every check)."""
         if not checks:
             return []
         try:
@@ -525,7 +528,12 @@ class Store:
                 await self._learn_views([checks[i] for i in todo], None)
                 batches = _batches(todo, checks, self.cluster)
                 encoded = [
-                    _encode([checks[i] for i in batch], self._views, [outside[i] for i in batch])
+                    _encode(
+                        [checks[i] for i in batch],
+                        self._views,
+                        [outside[i] for i in batch],
+                        verdicts=True,
+                    )
                     for batch in batches
                 ]
                 replies = await self._call([e.command(DECIDE) for e in encoded], _SCRUB)
@@ -1203,11 +1211,13 @@ def _encode(
     decisions: Sequence[StoreCheck],
     views: dict[str, str],
     outside: Sequence[dict[int, tuple[int, int, int]]] = (),
+    verdicts: bool = False,
 ) -> _Encoded:
     """KEYS and ARGV of decide.lua (its header is the contract). ``outside[d][i]``: check
     i of decision d is a shared check already read in its own slot (an X check:
-    seen, limit, retry_ms)."""
-    encoder = _Encoder(len(decisions))
+    seen, limit, retry_ms). ``verdicts``: the decisions not recorded are run only as far
+    as their verdict needs (record 2: no check after the first that BLOCKs)."""
+    encoder = _Encoder(len(decisions), verdicts)
     for d, check in enumerate(decisions):
         encoder.add(check, views, outside[d] if outside else {})
     framed = [*encoder.framed_keys, *encoder.framed]
@@ -1404,9 +1414,10 @@ def _shape_of(
 class _Encoder:
     """Accumulates the KEYS (each once) and ARGV of decide.lua, decision by decision."""
 
-    __slots__ = ("args", "framed", "framed_keys", "index", "keys", "layout", "undo")
+    __slots__ = ("args", "framed", "framed_keys", "index", "keys", "layout", "undo", "verdicts")
 
-    def __init__(self, decisions: int) -> None:
+    def __init__(self, decisions: int, verdicts: bool = False) -> None:
+        self.verdicts = verdicts  # evaluations run only as far as their verdict needs
         self.keys: list[str] = []
         self.index: dict[str, int] = {}
         self.args: list[bytes] = [b"%d" % decisions]
@@ -1429,6 +1440,8 @@ class _Encoder:
         values[_HEAD_NOW] = check.now_ms
         if check.record:
             values[_HEAD_RECORD] = 1
+        elif self.verdicts:
+            values[_HEAD_RECORD] = 2
         if evidence is not None:
             values[_HEAD_MIN_ID] = evidence.min_id_ms
             values[_HEAD_MAX_LEN] = evidence.max_len

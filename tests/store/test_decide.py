@@ -382,3 +382,53 @@ async def test_batched_decisions_reload_a_flushed_script(
     checks = [p.check for p in plans if isinstance(p, Plan)]
     results = await gate.store.decide_many(checks)
     assert [0, 0, 0] == [r.decided for r in results]
+
+
+def _commands(sync_redis: redis.Redis) -> dict[str, int]:
+    """The commands Redis ran since the last CONFIG RESETSTAT (scripts' own included),
+    scripts and this test's own INFO and CONFIG aside."""
+    stats = sync_redis.info("commandstats")
+    skip = ("cmdstat_evalsha", "cmdstat_info", "cmdstat_config", "cmdstat_script")
+    return {k[8:]: v["calls"] for k, v in stats.items() if k not in skip}
+
+
+async def test_batched_decisions_run_only_as_far_as_their_verdict(
+    gate: Gate, sync_redis: redis.Redis
+) -> None:
+    """decide_many (scrubs) stops a decision at its first check that BLOCKs: the later
+    checks are not run (-1, no Redis command sent for them); each verdict and wait, and
+    what the checks up to it saw, are those of the full decision (``Store.decide``)."""
+    from gate.core.engine import Plan, outcome, plan
+
+    lists = admin(gate)
+    await lists.add("red", ["0611111111"], "default", "")
+    await lists.add("dnc", ["0622222222", "0633333333"], "default", "")
+    await lists.add("customers", ["0633333333"], "default", "")
+    for day in range(4):  # 0644444444 reaches its cap: DEFER
+        earlier = attempt("0644444444", at=T0 - timedelta(days=day + 1))
+        await gate.decide(earlier, record=True, door="cli")
+    checks = []
+    for number in ("0611111111", "0622222222", "0633333333", "0644444444", "0655555555"):
+        pending = plan(attempt(number, trunk="carrier-a"), gate.config.policy, gate.keyspace, False)
+        assert isinstance(pending, Plan)
+        checks.append(pending.check)
+    full = [await gate.store.decide(check) for check in checks]
+    batched = await gate.store.decide_many(checks)
+    assert ["listed:red", "listed:dnc", "allowed", "cap:fr-4-per-30d", "allowed"] == [
+        outcome(c.checks, r)[1] for c, r in zip(checks, full, strict=True)
+    ]
+    for check, whole, part in zip(checks, full, batched, strict=True):
+        assert (whole.decided, whole.retry_after_ms) == (part.decided, part.retry_after_ms)
+        blocked = whole.decided > 0 and check.checks[whole.decided - 1].kind.blocks
+        cut = whole.decided if blocked else len(whole.results)
+        assert whole.results[:cut] == part.results[:cut]
+        assert (-1,) * (len(whole.results) - cut) == part.results[cut:]
+    # The lead on the red list: its later checks (the dnc list, its cap and its trunk's
+    # CPS log) cost no command at all.
+    sync_redis.config_resetstat()
+    await gate.store.decide(checks[0])
+    whole_commands = _commands(sync_redis)
+    sync_redis.config_resetstat()
+    await gate.store.decide_many(checks[:1])
+    assert {"hmget": 1, "sismember": 2, "get": 2} == whole_commands
+    assert {"hmget": 1, "sismember": 1} == _commands(sync_redis)

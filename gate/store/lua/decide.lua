@@ -15,7 +15,9 @@
 --                    d double; ms values are doubles, exact up to 2^53)
 --   numbers          packed (struct.pack): the decision's numbers, in this order:
 --     now_ms d       the attempt's time, milliseconds since the Unix epoch
---     record B       1: count the attempt in every attempt log if allowed; 0: evaluate only
+--     record B       1: count the attempt in every attempt log if allowed; 0: evaluate only;
+--                    2: evaluate only as far as the verdict needs (a scrub): checks after the
+--                    first one that BLOCKs (not a shadow) are not run, and see -1
 --     meta H         index in KEYS of the slot group's meta HASH (0 when nf is 0)
 --     nf B, nc B     the meta fields read, the checks
 --     evidence B     1: write the audit entry (then stream H, min_id_ms d, max_len d)
@@ -85,7 +87,8 @@
 -- r_i = what check i saw: 0/1 for A H B C M (1 = member / valid consent; -1 for an A or H
 -- that nothing needed), ms left or 0 for R, age ms or -1 (never refreshed) for F, retry ms
 -- for W, entries inside the window for L and X, 0/1 for D (1: void consent), the wait (ms)
--- or 0 for Q.
+-- or 0 for Q; with record 2, -1 for the checks after the deciding BLOCK (not run: only
+-- the verdict, decided and retry_ms, is meant to be read from such a reply).
 -- When record is 1 and evidence is 1, the decision's audit entry is appended to the
 -- stream, whatever the verdict: field "h" the head, field "r" the reply's string; the
 -- evidence and the counters are one atomic fact (gate/core/evidence.py ``stored_record``
@@ -170,6 +173,7 @@ for d = 1, tonumber(ARGV[1]) do
   local v = {unpack_struct(ARGV[pos], ARGV[pos + 1])}
   local member, token = ARGV[pos + 2], ARGV[pos + 3]
   local now, record, meta, nf, nc, evidence = v[1], v[2] == 1, v[3], v[4], v[5], v[6] == 1
+  local verdict_only = v[2] == 2
   local p = evidence and 10 or 7
   pos = pos + 4
   local seen_meta, stale = nil, false
@@ -320,6 +324,12 @@ for d = 1, tonumber(ARGV[1]) do
       elseif defer == 0 or wait > retry then
         defer, retry = i, wait
       end
+    end
+    if verdict_only and block > 0 then -- nothing later can change the verdict
+      for j = i + 1, nc do
+        results[j] = -1
+      end
+      break
     end
   end
 
