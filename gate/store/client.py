@@ -1196,14 +1196,11 @@ class _Encoded:
                 versions = tuple(
                     v if seen >= 0 else "" for v, seen in zip(versions, results, strict=True)
                 )
-            if check.record:
-                receipt = _Undo(functools.partial(self.void, d))
-                out.append(StoreResult(numbers[0], numbers[1], results, versions, receipt))
-            else:
-                result = read[id(shape), item] = StoreResult(
-                    numbers[0], numbers[1], results, versions
-                )
-                out.append(result)
+            receipt = _Undo(functools.partial(self.void, d)) if check.record else None
+            result = StoreResult(numbers[0], numbers[1], results, versions, receipt)
+            if not check.record:  # no receipt: the same for every (shape, reply)
+                read[id(shape), item] = result
+            out.append(result)
         return out
 
 
