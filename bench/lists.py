@@ -16,7 +16,8 @@ Goals (issue 5): <= 10 bytes per number, >= 300 k numbers/s, lookup ratio <= 1.2
 
 Then the commands themselves (``--cli-size``, default 2 000 000; 0 skips them), each timed
 from its start to its exit as a user runs it (``python -m gate.cli`` with the sample
-config, the ``fr`` pack and hashing on, on the same Redis): ``list import dnc --replace``
+config, the ``fr`` pack and hashing on, on the same Redis; callgate's modules compiled
+first, as an install does): ``list import dnc --replace``
 and ``list import red`` (a delta into the empty list), of an E.164 file and of a
 national-format file, and ``scrub`` of ``--cli-size / 10`` leads (CSV, national numbers).
 The baseline in the same session is ``list count dnc``: a command's fixed cost (start,
@@ -47,7 +48,7 @@ import redis.asyncio as aioredis
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _server import redis_server
+from _server import compile_bytecode, redis_server
 
 from gate.config.loader import Config, parse_config
 from gate.core.model import Attempt
@@ -330,6 +331,7 @@ def main() -> None:
         if sizes != [0]:
             asyncio.run(run(url, sizes, regions, args.decisions))
         if args.cli_size:
+            compile_bytecode()
             asyncio.run(cli_rows(url, args.cli_size))
 
 

@@ -11,6 +11,7 @@ and ``pip check`` proves the wheel declares them all.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import os
 import re
 import shutil
@@ -264,6 +265,33 @@ def test_make_run_installs_no_test_tools() -> None:
     dry_test = run("make", "-n", "test", "VENV=/nonexistent/venv", cwd=ROOT)
     installs = re.findall(r"pip install -q -e (\S+)", dry_run.stdout)
     assert (["."], True) == (installs, "-e '.[test]'" in dry_test.stdout)
+
+
+def _compiled(source: Path) -> bool:
+    """Whether ``source`` has bytecode Python loads instead of compiling it: a timestamp
+    pyc whose header holds the source's mtime and size."""
+    cached = Path(importlib.util.cache_from_source(str(source)))
+    if not cached.is_file():
+        return False
+    header, stat = cached.read_bytes()[4:16], source.stat()
+    flags, mtime, size = (int.from_bytes(header[i : i + 4], "little") for i in (0, 4, 8))
+    return (0, int(stat.st_mtime) & 0xFFFFFFFF, stat.st_size & 0xFFFFFFFF) == (flags, mtime, size)
+
+
+def test_make_run_and_test_compile_callgate_first(tmp_path: Path) -> None:
+    """`make run` and `make test` compile callgate's modules first (as pip does for a
+    wheel): then every module of gate and agi has current bytecode, and no process
+    compiles it at its start (as every one would under PYTHONDONTWRITEBYTECODE)."""
+    command = "/nonexistent/venv/bin/python -m compileall -q gate agi"
+    dry_run = run("make", "-n", "run", "VENV=/nonexistent/venv", cwd=ROOT)
+    dry_test = run("make", "-n", "test", "VENV=/nonexistent/venv", cwd=ROOT)
+    assert (True, True) == (command in dry_run.stdout, command in dry_test.stdout)
+    for package in ("gate", "agi"):
+        shutil.copytree(ROOT / package, tmp_path / package, ignore=IGNORED)
+    before = [p for p in sorted(tmp_path.rglob("*.py")) if _compiled(p)]
+    compiled = run(sys.executable, *command.split()[1:], cwd=tmp_path)
+    stale = [p.relative_to(tmp_path) for p in sorted(tmp_path.rglob("*.py")) if not _compiled(p)]
+    assert (0, [], []) == (compiled.returncode, before, stale), compiled.stdout + compiled.stderr
 
 
 def test_the_containerfile_edits_apply_to_the_config_init_writes(
