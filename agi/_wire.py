@@ -18,7 +18,11 @@ above, is an ``AgiProtocolError``. Reply text kept for logs is made printable fi
 
 Commands go one at a time, each answered before the next is sent: Asterisk's res_agi does
 not answer pipelined commands (it reads them through a buffered stream after poll(); seen
-on Asterisk 22, every reply then waited for the socket to close).
+on Asterisk 22, every reply then waited for the socket to close). The last command can be
+sent with the end of the stream (``last``: the socket is shut for writing once it is out):
+res_agi runs it, replies, then reads the end and ends the AGI (``AGISTATUS`` SUCCESS), its
+channel going on with the dialplan at once instead of waiting for this side to read the
+reply and close; the reply is still read and checked as any other.
 
 This replaces panoramisk 1.4 (untyped; its ``Application.handler`` spins on EOF, and its
 reply parser neither reads multi-line replies nor survives an unparseable one).
@@ -27,6 +31,7 @@ reply parser neither reads multi-line replies nor survives an unparseable one).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import socket
 from dataclasses import dataclass
@@ -81,6 +86,8 @@ class _Writer(Protocol):
     def write(self, data: bytes) -> None: ...
 
     async def drain(self) -> None: ...
+
+    def write_eof(self) -> None: ...
 
 
 class SocketStream:
@@ -173,6 +180,12 @@ class SocketStream:
             data, self._out = bytes(self._out), bytearray()
             await self._loop.sock_sendall(self._sock, data)
 
+    def write_eof(self) -> None:
+        """Shut the socket for writing (what is sent stays sent; reading goes on). A peer
+        already gone is left to the next read to tell (EOF or reset)."""
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_WR)
+
 
 class AgiChannel:
     """Sends AGI commands on one FastAGI connection, each under a deadline."""
@@ -182,11 +195,14 @@ class AgiChannel:
         self._writer = writer
         self._timeout_s = timeout_s
 
-    async def set_variable(self, name: str, value: str) -> AgiReply:
-        """``SET VARIABLE name "value"`` and Asterisk's reply; ``value`` must be safe."""
+    async def set_variable(self, name: str, value: str, *, last: bool = False) -> AgiReply:
+        """``SET VARIABLE name "value"`` and Asterisk's reply; ``value`` must be safe.
+        ``last``: the dialogue's last command, sent with the end of the stream."""
         async with asyncio.timeout(self._timeout_s):
             self._writer.write(f'SET VARIABLE {name} "{value}"\n'.encode())
             await self._writer.drain()
+            if last:
+                self._writer.write_eof()
             return await self._reply()
 
     async def _line(self) -> str:

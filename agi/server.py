@@ -27,12 +27,15 @@ Guarantees (model: aiosmtpd's ``_handle_client``): headers are read under a dead
 a line-length and line-count limit, their control characters escaped (a crafted
 ``agi_channel`` cannot forge a log line); a peer that closes early, sends garbage or stalls
 is dropped without affecting other connections; values written back are from a fixed safe
-alphabet, so a crafted number cannot inject AGI commands; Asterisk's reply is read whole
-and checked (anything but ``200``, or a garbled reply, is logged and counted in
-``failed``); a channel that hangs up (``HANGUP``) before its ALLOW is set made no call,
-so its recorded decision is undone (``Gate.undo``); ``CancelledError`` is never
-swallowed; every accepted connection is tracked from the moment it is accepted, and
-``stop()`` stops accepting, then drains them all (bounded, ``gate.service.InFlight``).
+alphabet, so a crafted number cannot inject AGI commands; the one command is sent with the
+end of the stream (the socket shut for writing), so Asterisk ends the AGI and its channel
+goes on as soon as it has set the variable, without waiting for the gate to close;
+Asterisk's reply is still read whole and checked (anything but ``200``, or a garbled
+reply, is logged and counted in ``failed``); a channel that hangs up (``HANGUP``) before
+its ALLOW is set made no call, so its recorded decision is undone (``Gate.undo``);
+``CancelledError`` is never swallowed; every accepted connection is tracked from the
+moment it is accepted, and ``stop()`` stops accepting, then drains them all (bounded,
+``gate.service.InFlight``).
 
 Who may connect: with ``[agi] allow`` (addresses, CIDR networks) a peer outside the list
 is closed at once, before a byte is read (counted in ``refused``, logged once per
@@ -299,7 +302,7 @@ class AgiServer:
         name = headers.get("agi_channel", "?")
         value, evaluation = await self._answer(headers)
         try:
-            reply = await channel.set_variable(DECISION_VARIABLE, value)
+            reply = await channel.set_variable(DECISION_VARIABLE, value, last=True)
         except (AgiHangup, TimeoutError, ConnectionError) as exc:
             log.info(
                 "FastAGI: channel %s went away during the dialogue (%s)", name, type(exc).__name__

@@ -215,6 +215,43 @@ async def test_the_decision_is_one_variable_set_in_one_command(server: AgiServer
     assert ["CALLGATE_DECISION"] == dialogue.names
 
 
+@pytest.mark.parametrize("reply", ["200 result=1\n", "HANGUP\n"])
+async def test_the_decision_comes_with_the_end_of_the_stream(
+    gate: Gate, server: AgiServer, reply: str
+) -> None:
+    """The gate shuts its side after its one command, before Asterisk replies: Asterisk
+    ends the AGI (its channel goes on) without waiting for the gate to close. The reply
+    is still read: a 200 is no failure; a HANGUP undoes the ALLOW, as before."""
+    async with asyncio.timeout(PEER_TIMEOUT_S):
+        reader, writer = await asyncio.open_connection(HOST, server.port)
+        try:
+            writer.write(request_headers("check?tenant=default"))
+            await writer.drain()
+            command = await reader.readline()
+            after_command = await reader.read()  # the end of the stream, with no reply yet
+            writer.write(reply.encode())
+            await writer.drain()
+            for _ in range(100):  # bounded: the server reads the reply, then closes
+                if not server.active:
+                    break
+                await asyncio.sleep(0.01)
+        finally:
+            await close_quietly(writer)
+    undone = getattr(gate.store, "voids", collections.Counter())["undone"]
+    for _ in range(100):  # bounded: a void runs in the background
+        if reply == "200 result=1\n" or undone:
+            break
+        await asyncio.sleep(0.02)
+        undone = getattr(gate.store, "voids", collections.Counter())["undone"]
+    assert (True, b"", 0, 0) == (
+        command.startswith(b"SET VARIABLE CALLGATE_DECISION "),
+        after_command,
+        server.active,
+        server.failed,
+    )
+    assert (reply == "HANGUP\n") == (undone == 1)
+
+
 async def test_number_defaults_to_the_extension(server: AgiServer) -> None:
     """Without ``number=`` the dialled extension is checked."""
     dialogue = await agi_call(server.port, "check", extension="06 12 34 56 79")
