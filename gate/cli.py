@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, NoReturn, TypeAlias
 
 import uvloop
-from prometheus_client import disable_created_metrics
 from redis.exceptions import RedisError
 
 from gate import __version__
@@ -1135,6 +1134,8 @@ def _stop_on_signals() -> asyncio.Event:
 async def _run_worker(config: Config, role: WorkerRole) -> int:
     """One worker of ``run --workers N``: FastAGI on the shared port, Stasis if it leads,
     its metrics written for the parent; reloads on SIGHUP (the parent forwards it)."""
+    from prometheus_client import disable_created_metrics
+
     from agi.server import AgiServer
     from gate.ops.metrics import Metrics
     from gate.ops.reload import Reloader

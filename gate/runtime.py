@@ -42,8 +42,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
-from prometheus_client.parser import text_string_to_metric_families
-
 from gate.config.loader import Config
 from gate.core.errors import StoreError
 from gate.ops.audit import AuditLog
@@ -311,6 +309,8 @@ class WorkersStasis:
         self.reconnects = 0
 
     def refresh(self) -> None:
+        from prometheus_client.parser import text_string_to_metric_families
+
         connected = reconnects = 0.0
         for text in worker_expositions(self.directory):
             with contextlib.suppress(ValueError):  # a file caught half-written: next time

@@ -728,12 +728,12 @@ def test_scrub_reads_gzip_and_zip_leads(cli: Run, tmp_path: Path, packing: str) 
 
 
 def test_a_one_shot_command_does_not_load_the_http_stack() -> None:
-    """``callgate list import``, ``scrub``… start without importing aiohttp and the ARI door
-    (only ``run`` uses them), nor the API's models (pydantic: only the commands that print
-    them)."""
+    """``callgate list import``, ``scrub``… start without importing aiohttp, the ARI door
+    and prometheus-client (only ``run`` uses them), nor the API's models (pydantic: only
+    the commands that print them)."""
     code = (
         "import sys, gate.cli\n"
-        "heavy = ('aiohttp', 'gate.stasis.door', 'pydantic', 'gate.ops.models')\n"
+        "heavy = ('aiohttp', 'gate.stasis.door', 'pydantic', 'gate.ops.models', 'prometheus')\n"
         "print(sorted(m for m in sys.modules if m.startswith(heavy)))"
     )
     done = subprocess.run(
