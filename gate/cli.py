@@ -898,6 +898,7 @@ async def _scrub(config: Config, args: argparse.Namespace) -> int:
                 traffic_class=TrafficClass(args.traffic_class),
                 caller_id=args.caller_id,
                 written=written,
+                fork=True,  # a one-shot command: its workers may be forked from it
             )
     if args.json:
         from gate.ops.models import ScrubSummaryOut, VerdictCounts, json_of

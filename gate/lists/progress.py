@@ -22,6 +22,7 @@ from typing import Protocol
 __all__ = ["Advance", "importer", "progress"]
 
 INTERVAL_S = 5.0
+REDRAW_S = 0.1  # the bar's redraws, at most (rich's own refresh rate)
 _BATCH = 1000
 _ANNOUNCE = 100_000
 
@@ -128,15 +129,23 @@ def _bar(total: int, what: str, unit: str) -> Iterator[_Update]:
         TimeElapsedColumn(),
         TimeRemainingColumn(),
     )
-    with Progress(*columns, console=Console(stderr=True), transient=False) as bar:
+    # Redrawn as the work advances, by the caller's thread: no refresh thread of its own
+    # (a scrub may fork its workers only from a process with no other thread).
+    with Progress(
+        *columns, console=Console(stderr=True), transient=False, auto_refresh=False
+    ) as bar:
         task = bar.add_task(what, total=total)
-        shown = 0
+        shown, drawn = 0, 0.0
 
         def update(done: int, final: bool = False) -> None:
-            nonlocal shown
+            nonlocal shown, drawn
             if final or done - shown >= _BATCH:
                 shown = done
-                bar.update(task, completed=done)
+                now = time.monotonic()
+                redraw = final or now - drawn >= REDRAW_S
+                if redraw:
+                    drawn = now
+                bar.update(task, completed=done, refresh=redraw)
 
         yield update
 

@@ -12,6 +12,10 @@ Redis checks of a whole batch in one pipelined round trip. Guarantees:
 - a large file (``PARALLEL_FROM`` rows or more) is decided by ``workers`` processes, each
   with its own Redis connection, over successive batches, while this process reads the
   rows and writes them in order; the processes are stopped when the scrub ends or fails.
+  They are spawned (a fresh interpreter each, importing callgate: ~0.3 s), or, when the
+  caller allows it (``fork``: a one-shot command) and this process runs no other thread,
+  forked from it (at once, with everything it has loaded; a fork copies no thread, so it
+  must not happen while another thread may hold a lock, as in a server).
 
 ``scrub_file`` is the whole of ``callgate scrub`` and of a console upload
 (``POST /v1/scrub/file``): the leads file read as the CLI reads it (plain, gzip or zip;
@@ -29,7 +33,9 @@ import itertools
 import multiprocessing
 import os
 import signal
+import sys
 import tempfile
+import threading
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -174,9 +180,11 @@ async def scrub(
     traffic_class: TrafficClass = TrafficClass.CAMPAIGN,
     caller_id: str | None = None,
     workers: int = WORKERS,
+    fork: bool = False,
 ) -> ScrubSummary:
     """Decide every row's number at ``now`` (nothing recorded); ``write`` gets the rows a
-    batch at a time, in order, each with its verdict, reason and retry time appended."""
+    batch at a time, in order, each with its verdict, reason and retry time appended.
+    ``fork``: the worker processes may be forked from this one (see the module's text)."""
     active = gate.active
     active.config.policy.check_tenant(tenant)
     job = _Job(active.config, active.keyspace, now, tenant, campaign, traffic_class, caller_id)
@@ -184,7 +192,10 @@ async def scrub(
     batches = _batches(rows, BATCH)
     head = list(islice(batches, PARALLEL_FROM // BATCH))
     if workers > 1 and len(head) * BATCH >= PARALLEL_FROM:
-        await _parallel(job, gate.store, chain(head, batches), column, write, summary, workers)
+        context = _worker_context(fork)
+        await _parallel(
+            job, gate.store, chain(head, batches), column, write, summary, workers, context
+        )
         return summary
     planner = job.planner()
     for batch in chain(head, batches):
@@ -202,11 +213,14 @@ async def _parallel(
     write: Callable[[list[list[str]]], None],
     summary: ScrubSummary,
     workers: int,
+    context: multiprocessing.context.BaseContext,
 ) -> None:
     """Batches decided by ``workers`` processes; rows written here, in input order."""
+    sys.stdout.flush()  # a forked worker must not write out a copy of what is buffered
+    sys.stderr.flush()
     pool = ProcessPoolExecutor(
         workers,
-        mp_context=multiprocessing.get_context("spawn"),
+        mp_context=context,
         initializer=_start_worker,
         initargs=(job, store.settings),
     )
@@ -232,6 +246,13 @@ async def _write_oldest(
     batch, future = in_flight.popleft()
     outcomes: list[Outcome] = await asyncio.wrap_future(future)
     _write(batch, outcomes, write, summary)
+
+
+def _worker_context(fork: bool) -> multiprocessing.context.BaseContext:
+    """Forked workers when allowed and safe (no other thread here), else spawned ones."""
+    if fork and threading.active_count() == 1 and "fork" in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("fork")
+    return multiprocessing.get_context("spawn")
 
 
 def _batches(rows: Iterable[Sequence[str]], size: int) -> Iterator[list[Sequence[str]]]:
@@ -261,11 +282,19 @@ def _write(
 _worker: tuple[_Job, Store, Planner, asyncio.AbstractEventLoop] | None = None
 
 
+def _worker_signals() -> None:
+    """A worker's signals: Ctrl-C reaches the whole process group, and the main process
+    stops the pool (and says so; a worker printing its own KeyboardInterrupt traceback
+    would only add noise); SIGTERM ends it; and none wakes an event loop of its parent's
+    (a forked worker starts with its parent's handlers and wake-up descriptor)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.set_wakeup_fd(-1)
+
+
 def _start_worker(job: _Job, settings: RedisConfig) -> None:
     global _worker
-    # Ctrl-C reaches the whole process group: the main process stops the pool (and says
-    # so); a worker printing its own KeyboardInterrupt traceback would only add noise.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _worker_signals()
     _worker = (job, Store.open(settings), job.planner(), asyncio.new_event_loop())
 
 
@@ -301,12 +330,13 @@ async def scrub_file(
     caller_id: str | None = None,
     written: Callable[[int, int], None] | None = None,
     workers: int = WORKERS,
+    fork: bool = False,
 ) -> ScrubSummary:
     """Scrub the leads of ``source`` into ``output`` (the rows with ``verdict``, ``reason``
     and ``retry_after_s`` appended; a header row gets those names). ``written`` is told,
     after each batch of rows written, how many lines of ``source`` have been read so far
     and how many rows the batch had. ``output`` is written whole or not at all. Redis
-    unreachable: ``StoreError`` before anything is written."""
+    unreachable: ``StoreError`` before anything is written. ``fork``: see ``scrub``."""
     opened = open_lines(source)
     try:
         blank = 0  # blank lines before the first row (read, but not by the CSV reader)
@@ -350,6 +380,7 @@ async def scrub_file(
                     traffic_class=traffic_class,
                     caller_id=caller_id,
                     workers=workers,
+                    fork=fork,
                 )
             os.replace(partial, output)
         except BaseException:

@@ -7,16 +7,20 @@ Most tests call ``gate.cli.main(argv)`` in-process with the sample config
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import gzip
 import json
+import multiprocessing
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import zipfile
 from collections.abc import Callable, Iterator
@@ -28,6 +32,7 @@ import pytest
 import redis
 
 from gate.cli import main
+from gate.lists.scrub import _worker_signals
 from tests.conftest import SAMPLE_CONFIG, TEST_SECRET
 
 NUMBER = "+33612345678"
@@ -673,15 +678,47 @@ def scrub_leads(path: Path) -> tuple[list[str], list[tuple[str, str, str]]]:
     return listed, expected
 
 
-def test_scrub_of_100k_leads_gives_exact_counts(cli: Run, tmp_path: Path) -> None:
+class StartMethods:
+    """Records the start methods asked of ``multiprocessing.get_context``."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.asked: list[str | None] = []
+        real = multiprocessing.get_context
+
+        def get_context(method: str | None = None) -> Any:
+            self.asked.append(method)
+            return real(method)
+
+        monkeypatch.setattr(multiprocessing, "get_context", get_context)
+
+
+@contextlib.contextmanager
+def another_thread() -> Iterator[None]:
+    """A second thread in this process while the block runs (stopped after it)."""
+    stop = threading.Event()
+    thread = threading.Thread(target=stop.wait, args=(SUBPROCESS_TIMEOUT_S,), daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(SUBPROCESS_TIMEOUT_S)
+
+
+def test_scrub_of_100k_leads_gives_exact_counts(
+    cli: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """100 000 leads, 5 % listed, 2 % malformed: the summary counts each kind exactly and
-    the output has every row, in input order, with its verdict, reason and retry."""
+    the output has every row, in input order, with its verdict, reason and retry. With
+    another thread in the process, its workers are spawned, not forked."""
     leads, out, red = tmp_path / "leads.csv", tmp_path / "out.csv", tmp_path / "red.txt"
     listed, expected = scrub_leads(leads)
     red.write_text("\n".join(listed) + "\n", encoding="utf-8")
     assert 0 == cli("list", "import", "red", str(red), "--replace")[0]
+    methods = StartMethods(monkeypatch)
 
-    status, summary, err = cli("scrub", str(leads), "--column", "phone", "-o", str(out))
+    with another_thread():
+        status, summary, err = cli("scrub", str(leads), "--column", "phone", "-o", str(out))
 
     with out.open(encoding="utf-8", newline="") as handle:
         rows = list(csv.reader(handle))
@@ -698,6 +735,104 @@ def test_scrub_of_100k_leads_gives_exact_counts(cli: Run, tmp_path: Path) -> Non
     assert ["id", "phone", "verdict", "reason", "retry_after_s"] == rows[0]
     assert [str(i) for i in range(SCRUB_ROWS)] == [row[0] for row in rows[1:]]
     assert expected == [tuple(row[-3:]) for row in rows[1:]]
+    assert ["spawn"] == methods.asked
+
+
+# ``callgate scrub`` as a user runs it, telling (on stderr, at its exit) the start methods
+# its scrub asked of multiprocessing.
+SCRUB_TOLD = """
+import multiprocessing, sys
+asked = []
+real = multiprocessing.get_context
+def get_context(method=None):
+    asked.append(method)
+    return real(method)
+multiprocessing.get_context = get_context
+from gate.cli import main
+from gate.lists.scrub import _worker_signals
+try:
+    status = main(sys.argv[1:])
+finally:
+    print("start methods", asked, file=sys.stderr)
+sys.exit(status)
+"""
+
+
+def test_the_scrub_command_forks_its_workers(cli: Run, config_file: Path, tmp_path: Path) -> None:
+    """``callgate scrub`` runs no other thread: its workers are forked (they start at once)
+    and the output is the same, row for row, as the spawned workers' (the test above)."""
+    leads, out, red = tmp_path / "leads.csv", tmp_path / "out.csv", tmp_path / "red.txt"
+    listed, expected = scrub_leads(leads)
+    red.write_text("\n".join(listed) + "\n", encoding="utf-8")
+    assert 0 == cli("list", "import", "red", str(red), "--replace")[0]
+    args = ("--config", str(config_file), "scrub", str(leads), "--column", "phone", "-o", str(out))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CALLGATE_")}
+    done = subprocess.run(
+        [sys.executable, "-c", SCRUB_TOLD, *args],
+        capture_output=True,
+        text=True,
+        timeout=SUBPROCESS_TIMEOUT_S * 4,
+        check=False,
+        cwd=tmp_path,
+        env=env,
+    )
+    with out.open(encoding="utf-8", newline="") as handle:
+        rows = list(csv.reader(handle))
+    assert (0, "start methods ['fork']") == (done.returncode, done.stderr.splitlines()[-1])
+    assert [str(i) for i in range(SCRUB_ROWS)] == [row[0] for row in rows[1:]]
+    assert expected == [tuple(row[-3:]) for row in rows[1:]]
+
+
+def children(pid: int) -> list[int]:
+    """The PIDs of the processes ``pid`` started that are still alive (Linux's /proc)."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        with contextlib.suppress(OSError):
+            found += [int(child) for child in task.read_text().split()]
+    return found
+
+
+def test_ctrl_c_during_a_forked_scrub_stops_its_workers(
+    cli: Run, config_file: Path, tmp_path: Path
+) -> None:
+    """Ctrl-C (SIGINT to the whole process group, as a terminal sends it) while forked
+    workers decide: exit 130, every worker gone, no output file."""
+    leads, out = tmp_path / "leads.csv", tmp_path / "out.csv"
+    leads.write_text(
+        "id,phone\n" + "".join(f"{i},0613{i:06d}\n" for i in range(1_000_000)), encoding="utf-8"
+    )
+    interactive = (  # Python's own SIGINT handler, even if the suite runs in the background
+        "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler);"
+        "sys.argv[0] = 'callgate'; runpy.run_module('gate.cli', run_name='__main__')"
+    )
+    process = subprocess.Popen(
+        [
+            *(sys.executable, "-c", interactive),
+            *("--config", str(config_file), "scrub", str(leads), "--column", "phone"),
+            *("-o", str(out)),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+        start_new_session=True,  # its own process group, as a terminal's foreground job
+    )
+    workers: list[int] = []
+    try:
+        deadline = time.monotonic() + SUBPROCESS_TIMEOUT_S
+        while len(workers) < 2 and time.monotonic() < deadline and process.poll() is None:
+            workers = children(process.pid)
+            time.sleep(0.02)
+        time.sleep(0.3)  # deciding by now
+        os.killpg(process.pid, signal.SIGINT)
+        _, err = process.communicate(timeout=SUBPROCESS_TIMEOUT_S)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+    alive = [pid for pid in workers if Path(f"/proc/{pid}").exists()]
+    assert (130, 2, [], False) == (process.returncode, len(workers), alive, out.exists()), err
+    assert "interrupted after" in err
 
 
 @pytest.mark.parametrize("packing", ["gzip", "zip"])
@@ -740,3 +875,45 @@ def test_a_one_shot_command_does_not_load_the_http_stack() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     assert done.stdout.strip() == "[]"
+
+
+def _forked_worker(signals: bool) -> None:
+    if signals:
+        _worker_signals()
+    time.sleep(SUBPROCESS_TIMEOUT_S)
+
+
+@pytest.mark.parametrize("signals", [True, False])
+def test_a_forked_worker_ends_on_sigterm_and_never_wakes_its_parents_loop(
+    signals: bool,
+) -> None:
+    """A process whose event loop handles SIGTERM (its handler, its wake-up descriptor)
+    forks a worker: after ``_worker_signals`` SIGTERM ends the worker at once, and the
+    parent's wake-up descriptor hears nothing; without it, the worker would live on."""
+    written, read = socket.socketpair()  # the loop's self-pipe: signals write to one end
+    written.setblocking(False)
+    read.setblocking(False)
+    previous = signal.signal(signal.SIGTERM, lambda *_: None)
+    previous_fd = signal.set_wakeup_fd(written.fileno(), warn_on_full_buffer=False)
+    try:
+        worker = multiprocessing.get_context("fork").Process(target=_forked_worker, args=(signals,))
+        worker.start()
+        time.sleep(0.2)  # bounded: the worker is set up by now
+        worker.terminate()  # SIGTERM
+        worker.join(2.0)
+        ended = worker.exitcode
+        if ended is None:
+            worker.kill()
+            worker.join(SUBPROCESS_TIMEOUT_S)
+        heard = b""
+        with contextlib.suppress(BlockingIOError):
+            heard = read.recv(64)
+    finally:
+        signal.set_wakeup_fd(previous_fd)
+        signal.signal(signal.SIGTERM, previous)
+        written.close()
+        read.close()
+    if signals:
+        assert (-signal.SIGTERM, b"") == (ended, heard)
+    else:
+        assert (None, True) == (ended, bool(heard))

@@ -10,6 +10,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -258,6 +259,17 @@ def test_progress_on_a_terminal_shows_count_rate_and_elapsed(
         advance(3000)
     shown = terminal.getvalue()
     assert ("3000/3000" in shown, "lines/s" in shown, "0:00:0" in shown) == (True, True, True)
+
+
+def test_the_progress_bar_runs_no_thread_of_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bar is redrawn by the caller's own advances: no refresh thread (a scrub forks
+    its workers only from a process running no other thread)."""
+    monkeypatch.setattr(sys, "stderr", _Terminal())
+    before = threading.active_count()
+    with progress(3000, "scrubbing x.csv") as advance:
+        during = threading.active_count()
+        advance(3000)
+    assert before == during
 
 
 def test_an_interrupted_progress_says_how_far_it_got(capsys: pytest.CaptureFixture[str]) -> None:
