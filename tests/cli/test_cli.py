@@ -157,6 +157,28 @@ def run_subprocess(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+# Ctrl-C as a terminal delivers it: with Python's own SIGINT handler, even when the suite
+# itself was started in the background (where the shell ignores SIGINT, and so would every
+# process started from it).
+INTERACTIVE = (
+    "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler);"
+    "sys.argv[0] = 'callgate'; runpy.run_module('gate.cli', run_name='__main__')"
+)
+
+
+def interactive_cli(cwd: Path, *args: str, session: bool = False) -> subprocess.Popen[str]:
+    """``callgate ARGS…`` started as from a terminal (see ``INTERACTIVE``), its output piped;
+    ``session``: in a process group of its own, as a terminal's foreground job."""
+    return subprocess.Popen(
+        [sys.executable, "-c", INTERACTIVE, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=cwd,
+        start_new_session=session,
+    )
+
+
 # --- check ------------------------------------------------------------------------------
 
 
@@ -801,21 +823,10 @@ def test_ctrl_c_during_a_forked_scrub_stops_its_workers(
     leads.write_text(
         "id,phone\n" + "".join(f"{i},0613{i:06d}\n" for i in range(1_000_000)), encoding="utf-8"
     )
-    interactive = (  # Python's own SIGINT handler, even if the suite runs in the background
-        "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler);"
-        "sys.argv[0] = 'callgate'; runpy.run_module('gate.cli', run_name='__main__')"
-    )
-    process = subprocess.Popen(
-        [
-            *(sys.executable, "-c", interactive),
-            *("--config", str(config_file), "scrub", str(leads), "--column", "phone"),
-            *("-o", str(out)),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=tmp_path,
-        start_new_session=True,  # its own process group, as a terminal's foreground job
+    process = interactive_cli(
+        tmp_path,
+        *("--config", str(config_file), "scrub", str(leads), "--column", "phone", "-o", str(out)),
+        session=True,
     )
     workers: list[int] = []
     try:

@@ -25,6 +25,7 @@ from tests.cli.test_cli import (
     NUMBER,
     SUBPROCESS_TIMEOUT_S,
     Run,
+    interactive_cli,
     run_subprocess,
     sample_config,
 )
@@ -383,22 +384,8 @@ def test_sigint_during_an_import_says_what_was_kept(tmp_path: Path, config_file:
     # Big enough (several seconds of import) to be still running when the signal comes on
     # a loaded machine.
     path.write_text("".join(f"+3361{i:07d}\n" for i in range(3_000_000)), encoding="utf-8")
-    # Ctrl-C as a terminal delivers it: with Python's own SIGINT handler, even when the
-    # suite itself was started in the background (where the shell ignores SIGINT, and so
-    # would every process started from it).
-    interactive = (
-        "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler);"
-        "sys.argv[0] = 'callgate'; runpy.run_module('gate.cli', run_name='__main__')"
-    )
-    process = subprocess.Popen(
-        [
-            *(sys.executable, "-c", interactive),
-            *("--config", str(config_file), "list", "import", "red", str(path), "--replace"),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=tmp_path,
+    process = interactive_cli(
+        tmp_path, "--config", str(config_file), "list", "import", "red", str(path), "--replace"
     )
     assert process.stderr is not None
     try:
