@@ -196,6 +196,11 @@ def errors_logged(caplog: pytest.LogCaptureFixture) -> Callable[[], list[str]]:
     return lambda: [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
 
 
+def undone(gate: Gate) -> int:
+    """Recorded decisions the store has undone so far (voids run in the background)."""
+    return int(getattr(gate.store, "voids", collections.Counter())["undone"])
+
+
 async def red_list(gate: Gate, *numbers: str, tenant: str = "default") -> None:
     await ListAdmin(gate.config.policy, gate.keyspace, gate.store).add("red", numbers, tenant, "")
 
@@ -237,19 +242,17 @@ async def test_the_decision_comes_with_the_end_of_the_stream(
                 await asyncio.sleep(0.01)
         finally:
             await close_quietly(writer)
-    undone = getattr(gate.store, "voids", collections.Counter())["undone"]
     for _ in range(100):  # bounded: a void runs in the background
-        if reply == "200 result=1\n" or undone:
+        if reply == "200 result=1\n" or undone(gate):
             break
         await asyncio.sleep(0.02)
-        undone = getattr(gate.store, "voids", collections.Counter())["undone"]
     assert (True, b"", 0, 0) == (
         command.startswith(b"SET VARIABLE CALLGATE_DECISION "),
         after_command,
         server.active,
         server.failed,
     )
-    assert (reply == "HANGUP\n") == (undone == 1)
+    assert (reply == "HANGUP\n") == (undone(gate) == 1)
 
 
 async def test_number_defaults_to_the_extension(server: AgiServer) -> None:
@@ -862,7 +865,7 @@ async def test_an_allow_the_channel_hung_up_before_receiving_is_undone(
     for _ in range(5):
         await agi_call(server.port, "check", reply=hang_up)
     for _ in range(100):  # bounded: the voids run in the background
-        if getattr(gate.store, "voids", collections.Counter())["undone"] >= 5:
+        if undone(gate) >= 5:
             break
         await asyncio.sleep(0.02)
     entries = [r async for r in read_range(gate.store.admin_client, "callgate")]
