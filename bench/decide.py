@@ -2,9 +2,16 @@
 
     python bench/decide.py [--redis-url URL] [--n 5000] [--concurrency 16]
                            [--scenarios lean,sample,fr] [--list-size 1000000]
+                           [--loop uvloop|asyncio] [--cpus 0]
     python bench/decide.py --scenarios us,us-reassigned,uk,uk-ceiling   # the law checks
 
-Starts its own redis-server on a free loopback TCP port unless --redis-url is given.
+Starts its own redis-server on a free loopback TCP port unless --redis-url is given. Runs
+on uvloop, the event loop ``callgate run`` serves its doors on (``--loop asyncio``: the
+standard one, as before). ``--cpus 0`` runs the benchmark and the redis-server it starts on
+those CPUs only (Linux affinity, inherited by the server): on one, every round trip is a
+switch between two processes on that CPU instead of a wake-up of the other CPU, which on a
+virtual machine whose idle CPUs halt at once costs tens of µs per round trip (the
+sequential rates are then bound by it, not by callgate or Redis; compare the PING rows).
 Measures, in the same process and session, per scenario:
 - the floor: redis-py asyncio PING round trips; and PING sent the store's own way (a
   decision connection of its own: callgate's channels, see gate/store/channel.py), the
@@ -48,6 +55,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import os
 import statistics
 import sys
 import tempfile
@@ -60,6 +69,7 @@ from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aioredis
+import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -195,6 +205,8 @@ def law_packs() -> None:
 
 
 ROUNDS = 5
+# The event loops ``--loop`` offers (``callgate run --loop``'s).
+LOOPS = {"uvloop": uvloop.new_event_loop, "asyncio": asyncio.new_event_loop}
 # The pre-encoded vs redis-py comparison needs the store's internals of this version.
 PROTOCOL = True
 
@@ -608,6 +620,19 @@ async def run(url: str, n: int, concurrency: int, names: list[str], list_size: i
         )
 
 
+def cpu_list(text: str) -> set[int]:
+    """``--cpus``: "0", "0,1" (CPU numbers this machine has)."""
+    try:
+        cpus = {int(part) for part in text.split(",")}
+    except ValueError:
+        message = f"{text!r}: expected CPU numbers such as 0 or 0,1"
+        raise argparse.ArgumentTypeError(message) from None
+    unknown = cpus - os.sched_getaffinity(0)
+    if unknown:
+        raise argparse.ArgumentTypeError(f"{text!r}: no CPU {min(unknown)} here")
+    return cpus
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--redis-url")
@@ -615,16 +640,30 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16, help="in flight when loaded")
     parser.add_argument("--scenarios", default="lean,sample,fr")
     parser.add_argument("--list-size", type=int, default=1_000_000)
+    parser.add_argument(
+        "--cpus",
+        type=cpu_list,
+        help="run on these CPUs only, with the redis-server started (e.g. 0, or 0,1)",
+    )
+    parser.add_argument(
+        "--loop",
+        choices=sorted(LOOPS),
+        default="uvloop",
+        help="the event loop (default uvloop, as callgate run serves its doors)",
+    )
     args = parser.parse_args()
     names = [s for s in args.scenarios.split(",") if s]
     unknown = [s for s in names if s not in SCENARIOS]
     if unknown:
         parser.error(f"unknown scenario {unknown[0]!r}; use {', '.join(SCENARIOS)}")
-    if args.redis_url:
-        asyncio.run(run(args.redis_url, args.n, args.concurrency, names, args.list_size))
-        return
-    with redis_server() as url:
-        asyncio.run(run(url, args.n, args.concurrency, names, args.list_size))
+    if args.cpus:
+        os.sched_setaffinity(0, args.cpus)  # before the server starts: it inherits them
+    cpus = ",".join(map(str, sorted(os.sched_getaffinity(0))))
+    print(f"event loop {args.loop}; CPUs {cpus}" + (" (this process)" if args.redis_url else ""))
+    with contextlib.ExitStack() as stack:
+        url = args.redis_url or stack.enter_context(redis_server())
+        with asyncio.Runner(loop_factory=LOOPS[args.loop]) as runner:
+            runner.run(run(url, args.n, args.concurrency, names, args.list_size))
 
 
 if __name__ == "__main__":

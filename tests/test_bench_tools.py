@@ -3,6 +3,7 @@ right (the figures in the README and the closing notes come from them)."""
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import os
 import sys
@@ -22,6 +23,7 @@ def load(name: str) -> ModuleType:
     assert spec is not None
     assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -115,3 +117,14 @@ def test_a_row_recorded_in_parts_is_summed_into_one_summary(
     assert pyspy.summary(parts[0], more=parts[1:])[0] == (
         "agi-100-0.pyspy (+1 more): 3 samples, busy 50 % of one core over 0.0 s"
     )
+
+
+def test_decide_runs_on_the_cpus_asked_for_and_names_a_wrong_one() -> None:
+    decide = load("decide")
+    here = sorted(os.sched_getaffinity(0))
+    assert decide.cpu_list(str(here[0])) == {here[0]}
+    assert decide.cpu_list(",".join(map(str, here))) == set(here)
+    with pytest.raises(argparse.ArgumentTypeError, match="expected CPU numbers"):
+        decide.cpu_list("0-1")
+    with pytest.raises(argparse.ArgumentTypeError, match=f"no CPU {max(here) + 1} here"):
+        decide.cpu_list(str(max(here) + 1))
