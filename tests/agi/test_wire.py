@@ -145,3 +145,32 @@ def test_headers_read_at_once_are_read_as_line_by_line(
     whole = asyncio.run(_headers_of(data, max_lines, whole=True))
     by_line = asyncio.run(_headers_of(data, max_lines, whole=False))
     assert by_line == whole
+
+
+async def test_what_the_socket_holds_is_read_without_waiting_for_the_loop() -> None:
+    """Data already in the socket is received at once, without the loop's readiness wait
+    (``sock_recv``); an empty socket is waited for, and what arrives then is read."""
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    loop = asyncio.get_running_loop()
+    waited: list[int] = []
+    sock_recv = loop.sock_recv
+
+    async def counted(sock: socket.socket, size: int) -> bytes:
+        waited.append(size)
+        return await sock_recv(sock, size)
+
+    try:
+        stream = SocketStream(ours, LIMIT)
+        theirs.sendall(b"agi_network: yes\n\n200 result=1\n")
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(loop, "sock_recv", counted)
+            assert await stream.read_headers(8) == [b"agi_network: yes"]
+            assert await stream.readuntil(b"\n") == b"200 result=1\n"
+            assert waited == []
+            loop.call_later(0.05, theirs.sendall, b"HANGUP\n")
+            assert await asyncio.wait_for(stream.readuntil(b"\n"), 2) == b"HANGUP\n"
+            assert waited == [65536]
+    finally:
+        ours.close()
+        theirs.close()
