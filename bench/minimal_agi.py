@@ -7,6 +7,11 @@ SISMEMBER of the dialled number (``agi_arg_1``) in the set ``minimal:red``, one
 ``SET VARIABLE CALLGATE_RESULT ALLOW|BLOCK``, read Asterisk's answer, close. No rules, no
 hours, no caps, no audit. On uvloop, as ``callgate run`` serves by default. Prints
 ``ready`` once it listens on 127.0.0.1:PORT; stops on SIGTERM or SIGINT.
+
+Asked the way callgate's own ``callgate-agi`` subroutine asks (``agi_arg_1: number=…``),
+it answers as callgate does instead, one ``SET VARIABLE CALLGATE_DECISION
+"ALLOW|allowed||||…|0"`` (or BLOCK) for the subroutine to unpack: the same gate work
+behind callgate's dialplan, whose own cost that row then shows.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import redis.asyncio as aioredis
 import uvloop
 
 _ARG = b"agi_arg_1: "
+_NUMBER = b"number="  # callgate-agi's first argument
 
 
 async def serve(port: int, url: str) -> None:
@@ -30,8 +36,21 @@ async def serve(port: int, url: str) -> None:
             while (line := await reader.readline()) not in (b"", b"\n"):
                 if line.startswith(_ARG):
                     number = line[len(_ARG) :].strip()
+            subroutine = number.startswith(_NUMBER)
+            if subroutine:
+                number = number[len(_NUMBER) :]
             listed = await client.sismember("minimal:red", number)  # type: ignore[misc]
-            writer.write(b"SET VARIABLE CALLGATE_RESULT %s\n" % (b"BLOCK" if listed else b"ALLOW"))
+            verdict = b"BLOCK" if listed else b"ALLOW"
+            if subroutine:
+                value = b"%s|%s||||%s|%s" % (
+                    verdict,
+                    b"listed" if listed else b"allowed",
+                    number,
+                    b"21" if listed else b"0",
+                )
+                writer.write(b'SET VARIABLE CALLGATE_DECISION "%s"\n' % value)
+            else:
+                writer.write(b"SET VARIABLE CALLGATE_RESULT %s\n" % verdict)
             await reader.readline()
         finally:
             writer.close()

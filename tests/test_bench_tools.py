@@ -63,22 +63,31 @@ def test_a_profile_summary_counts_self_time_inclusive_frames_and_areas(
 
 def test_goal_lines_set_each_door_against_ungated_and_the_minimal_gate(e2e: ModuleType) -> None:
     """Added p50 and ratios per door, the 100 cps verdict, the knee, and each door's added
-    delay over the minimal FastAGI gate's."""
+    delay over the minimal FastAGI gate's (the FastAGI door's split at the minimal gate
+    reached through callgate's subroutine)."""
     rows = [
         (100, "ungated", 1000, 1000, 1.0, 2.0),
         (100, "minimal", 1000, 1000, 2.0, 4.0),
+        (100, "minsub", 1000, 1000, 2.25, 4.0),
         (100, "agi", 1000, 1000, 3.0, 5.0),
         (100, "stasis", 1000, 990, 2.2, 5.0),
     ]
     lines = e2e.goal_lines(rows, [100])
     assert lines[1].split() == ["100", "minimal", "+1.00ms", "2.00x", "2.00x", "6.00ms", "0.0%"]
-    assert lines[2].split() == ["100", "agi", "+2.00ms", "3.00x", "2.50x", "6.00ms", "0.0%"]
+    assert lines[2].split() == ["100", "minsub", "+1.25ms", "2.25x", "2.00x", "6.00ms", "0.0%"]
+    assert lines[3].split() == ["100", "agi", "+2.00ms", "3.00x", "2.50x", "6.00ms", "0.0%"]
+    assert not any(line.startswith("goal 100 cps minsub") for line in lines)
     assert "goal 100 cps agi: added p50 2.00 ms (<= 1.5), p99 5.00 ms (<= 6.00): NOT met" in lines
     assert "goal 100 cps stasis: added p50 1.20 ms (<= 1.5), p99 5.00 ms (<= 6.00): met" in lines
     assert any(line.startswith("knee minimal: holds up to 100 cps") for line in lines)
     assert any(line.startswith("knee agi: fails at every rate tried") for line in lines)
     assert (
         "100 cps agi: added p50 2.00 ms, the minimal FastAGI gate's 1.00 ms: +1.00 ms over it"
+        " (the minimal gate through callgate-agi 1.25 ms: the subroutine +0.25 ms, the gate's"
+        " own +0.75 ms)" in lines
+    )
+    assert (
+        "100 cps stasis: added p50 1.20 ms, the minimal FastAGI gate's 1.00 ms: +0.20 ms over it"
         in lines
     )
 
