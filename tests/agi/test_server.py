@@ -15,6 +15,8 @@ import contextlib
 import ipaddress
 import logging
 import re
+import socket
+import struct
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -479,6 +481,40 @@ async def test_stalled_peer_does_not_hold_up_others(gate: Gate) -> None:
         await agi.stop()
     assert ALLOWED_0612345678 == dialogue.variables
     assert elapsed < PEER_TIMEOUT_S / 2
+
+
+def reset(sock: socket.socket) -> None:
+    """Close ``sock`` with a reset (RST), as the kernel of a killed peer does."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+@pytest.mark.parametrize("when", ["in its headers", "after the command"])
+async def test_a_peer_that_resets_is_dropped_and_the_server_goes_on(
+    server: AgiServer, errors_logged: Callable[[], list[str]], when: str
+) -> None:
+    """A connection reset part-way through the headers (waited for, or already waiting in
+    the socket), or once the command is out, ends that request only: nothing blows up,
+    nothing is counted as refused by Asterisk, and the next request is served."""
+    loop = asyncio.get_running_loop()
+    for pause_s in (0.0, 0.05):
+        sock = socket.socket()
+        sock.setblocking(False)
+        await loop.sock_connect(sock, (HOST, server.port))
+        if when == "in its headers":
+            await loop.sock_sendall(sock, request_headers("check")[:60])
+        else:
+            await loop.sock_sendall(sock, request_headers("check"))
+            command = b""
+            while not command.endswith(b"\n"):  # bounded by the test's timeout
+                command += await loop.sock_recv(sock, 4096)
+            assert command.startswith(b"SET VARIABLE CALLGATE_DECISION")
+        await asyncio.sleep(pause_s)
+        reset(sock)
+    following = await agi_call(server.port, "check")
+    assert [] == errors_logged()
+    assert 0 == server.failed
+    assert ALLOWED_0612345678 == following.variables
 
 
 async def test_hangup_after_first_command_ends_the_request_quietly(
