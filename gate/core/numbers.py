@@ -19,10 +19,12 @@ from __future__ import annotations
 import enum
 import re
 import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import phonenumbers
 from phonenumbers import COUNTRY_CODE_TO_REGION_CODE, shortnumberinfo, timezone
+from phonenumbers.tzdata import TIMEZONE_DATA, TIMEZONE_LONGEST_PREFIX
 
 from gate.core.errors import NumberError
 
@@ -131,6 +133,7 @@ _PLAIN = re.compile(r"\+?[0-9][0-9 .\-]*")
 _DROP_SEPARATORS = str.maketrans("", "", " .-")
 _NANP_REGIONS = frozenset({"US", "CA"})
 _MAX_DIALLED_CHARS = 64
+_NO_ZONE: tuple[str, ...] = (timezone.UNKNOWN_TIMEZONE,)
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,23 +174,25 @@ def is_protected(digits: str, region: str) -> bool:
         return False
 
 
-def _fast_parse(cleaned: str, region: str) -> phonenumbers.PhoneNumber | None:
-    """The PhoneNumber of a plainly written number, without phonenumbers.parse (25 µs).
+def _fast_parse(cleaned: str, region: str) -> tuple[int, str] | None:
+    """``(country code, national significant number)`` of a plainly written number,
+    without phonenumbers.parse (25 µs) or a PhoneNumber object.
 
     Handles ``+CC…`` and ``00CC…`` (international) and, for FR and NANP regions, the
     national form; None for anything else (phonenumbers.parse then decides). Numbers whose
-    national part starts with 0 (Italian style) are left to phonenumbers.
+    national part starts with 0 (Italian style) are left to phonenumbers, so the national
+    digits given back are those phonenumbers' ``national_significant_number`` would give.
     """
     if cleaned.startswith("+"):
         digits = cleaned[1:]
     elif cleaned.startswith("00") and region not in _NANP_REGIONS:
         digits = cleaned[2:]
     elif region == "FR" and len(cleaned) == 10 and cleaned[0] == "0" and cleaned[1] != "0":
-        return phonenumbers.PhoneNumber(country_code=33, national_number=int(cleaned[1:]))
+        return 33, cleaned[1:]
     elif region in _NANP_REGIONS and len(cleaned) in (10, 11):
         national = cleaned[1:] if len(cleaned) == 11 and cleaned[0] == "1" else cleaned
         if len(national) == 10 and national[0] not in "01":
-            return phonenumbers.PhoneNumber(country_code=1, national_number=int(national))
+            return 1, national
         return None
     else:
         return None
@@ -197,7 +202,7 @@ def _fast_parse(cleaned: str, region: str) -> phonenumbers.PhoneNumber | None:
             national = digits[size:]
             if not national or national[0] == "0":
                 return None
-            return phonenumbers.PhoneNumber(country_code=code, national_number=int(national))
+            return code, national
     return None
 
 
@@ -261,30 +266,31 @@ def classify(dialled: str, region: str) -> Destination | ShortCode | BadNumber:
             return ShortCode(cleaned, emergency=True)
         if len(cleaned) <= _MAX_SHORT_DIGITS and _is_short_code(cleaned, region):
             return ShortCode(cleaned, emergency=False)
-    parsed = _fast_parse(cleaned, region)
-    if parsed is None:
+    fast = _fast_parse(cleaned, region)
+    if fast is None:
         try:
             parsed = phonenumbers.parse(cleaned, region)
         except phonenumbers.NumberParseException as exc:
             return BadNumber(dialled, f"not a phone number ({exc._msg})")
+        country_code = parsed.country_code or 0
+        national = phonenumbers.national_significant_number(parsed)
+    else:
+        country_code, national = fast
     # One number-type computation serves validity, type, region and zones: phonenumbers'
     # is_valid_number, region_code_for_number and time_zones_for_number would each compute
     # it again (3x the cost of a decision's whole parse, measured by bench/decide.py).
-    raw_type, home = number_type_and_region(parsed)
+    raw_type, home = _type_and_region(country_code, national)
     if raw_type == phonenumbers.PhoneNumberType.UNKNOWN:
         return BadNumber(dialled, f"not a valid number for region {region} or its own country")
-    number_type = _TYPE_NAMES.get(raw_type, NumberType.UNKNOWN)
-    country_code = parsed.country_code or 0
+    e164 = f"+{country_code}{national}"
     if phonenumbers.is_number_type_geographical(raw_type, country_code):
-        found = timezone.time_zones_for_geographical_number(parsed)
+        zones = _geographical_zones(e164)
     else:
-        found = _country_zones(country_code, raw_type, parsed)
-    zones = tuple(z for z in found if z != "Etc/Unknown")
-    national = phonenumbers.national_significant_number(parsed)
+        zones = _country_zones(country_code, raw_type, national)
     return Destination(
-        e164=f"+{country_code}{national}",
+        e164=e164,
         region=home or region,
-        number_type=number_type,
+        number_type=_TYPE_NAMES.get(raw_type, NumberType.UNKNOWN),
         time_zones=zones,
     )
 
@@ -402,12 +408,18 @@ def number_type_and_region(parsed: phonenumbers.PhoneNumber) -> tuple[int, str |
     """``(phonenumbers.number_type(parsed), phonenumbers.region_code_for_number(parsed))``
     in one pass: the region of a calling code shared by several (NANP's +1) is found with
     the same type tests, not computed a second time."""
-    country_code = parsed.country_code or 0
+    return _type_and_region(
+        parsed.country_code or 0, phonenumbers.national_significant_number(parsed)
+    )
+
+
+def _type_and_region(country_code: int, national: str) -> tuple[int, str | None]:
+    """``number_type_and_region`` of the number ``country_code`` and ``national`` (its
+    national significant number)."""
     regions = COUNTRY_CODE_TO_REGION_CODE.get(country_code)
     unknown = phonenumbers.PhoneNumberType.UNKNOWN
     if regions is None:
         return unknown, None
-    national = phonenumbers.national_significant_number(parsed)
     if len(regions) == 1:
         types = _types(regions[0], country_code)
         return (unknown if types is None else types.of(national)), regions[0]
@@ -424,17 +436,37 @@ def number_type_and_region(parsed: phonenumbers.PhoneNumber) -> tuple[int, str |
 
 
 _COUNTRY_ZONES: dict[tuple[int, int], tuple[str, ...]] = {}
+_GEO_ZONES: dict[tuple[str, ...], tuple[str, ...]] = {}
 
 
-def _country_zones(
-    country_code: int, raw_type: int, parsed: phonenumbers.PhoneNumber
-) -> tuple[str, ...]:
+def _known(zones: Sequence[str]) -> tuple[str, ...]:
+    """The zones without phonenumbers' "unknown" zone."""
+    return tuple(z for z in zones if z != timezone.UNKNOWN_TIMEZONE)
+
+
+def _country_zones(country_code: int, raw_type: int, national: str) -> tuple[str, ...]:
     """Zones of a non-geographical number: its country's (the same for every such number
     of a country and type, so computed once)."""
     key = (country_code, raw_type)
     if key not in _COUNTRY_ZONES:
-        _COUNTRY_ZONES[key] = tuple(timezone.time_zones_for_number(parsed))
+        parsed = phonenumbers.PhoneNumber(country_code=country_code, national_number=int(national))
+        _COUNTRY_ZONES[key] = _known(timezone.time_zones_for_number(parsed))
     return _COUNTRY_ZONES[key]
+
+
+def _geographical_zones(e164: str) -> tuple[str, ...]:
+    """``time_zones_for_geographical_number`` of the number ``e164``: the zones of the
+    longest prefix phonenumbers' zone data has for it, from the E.164 string already made
+    (phonenumbers formats it again for each lookup)."""
+    found = _NO_ZONE
+    for size in range(min(TIMEZONE_LONGEST_PREFIX, len(e164) - 1), 0, -1):
+        found = TIMEZONE_DATA.get(e164[1 : 1 + size], _NO_ZONE)
+        if found is not _NO_ZONE:
+            break
+    known = _GEO_ZONES.get(found)
+    if known is None:
+        known = _GEO_ZONES[found] = _known(found)
+    return known
 
 
 def parse_e164(text: str, region: str) -> str:

@@ -151,6 +151,31 @@ def test_fast_parse_agrees_with_phonenumbers(dialled: str) -> None:
     assert _TYPE_NAMES[int(raw_type)] == result.number_type
 
 
+@settings(max_examples=1500, deadline=None, database=None)
+@given(
+    code=st.sampled_from([1, 1, 1, 33, 33, 44, 49, 7, 39, 262, 590, 61, 55, 86, 52, 54, 91]),
+    national=st.from_regex(r"[1-9][0-9]{5,11}", fullmatch=True),
+)
+def test_classify_agrees_with_phonenumbers_on_any_international_number(
+    code: int, national: str
+) -> None:
+    """E.164 number, type and time zones as phonenumbers gives them, for any digits under
+    calling codes with zones by area (+1, +33, +44, +49, +7, +61, +55, +86, +52, +54, +91:
+    the longest-prefix zone lookup) and shared codes (+262, +590)."""
+    from gate.core.numbers import _TYPE_NAMES
+
+    dialled = f"+{code}{national}"
+    result = classify(dialled, "FR")
+    reference = _reference(dialled, "FR")
+    if reference is None:
+        assert isinstance(result, BadNumber)
+        return
+    assert isinstance(result, Destination)
+    e164, raw_type, zones = reference
+    assert (result.e164, result.time_zones) == (e164, zones)
+    assert result.number_type == _TYPE_NAMES[int(raw_type)]
+
+
 def _examples() -> list[tuple[int, str]]:
     """(calling code, national number) of phonenumbers' example number of every type of
     every region and non-geographical code, and each one a digit shorter and longer."""
