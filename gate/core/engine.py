@@ -269,15 +269,17 @@ def _decided(
     return Decision(verdict=verdict, reason=reason, rule=rule, e164=e164, shadow=shadow)
 
 
-def _static_number(attempt: Attempt, policy: Policy) -> Decision | Destination:
+def _static_number(
+    dialled: str, traffic_class: TrafficClass, policy: Policy
+) -> Decision | Destination:
     """What the number is, and whether this class may dial such a number at all."""
-    target = classify(attempt.dialled, policy.default_region)
-    blocked = policy.blocked_types.get(attempt.traffic_class, frozenset())
+    target = classify(dialled, policy.default_region)
+    blocked = policy.blocked_types.get(traffic_class, frozenset())
     if isinstance(target, ShortCode):
         if target.emergency:
             # An agent's emergency call is never delayed by the gate; a dialer's is refused
             # (47 CFR 64.1200(a)(1): no autodialed call to an emergency line).
-            manual = attempt.traffic_class is TrafficClass.MANUAL
+            manual = traffic_class is TrafficClass.MANUAL
             verdict = Verdict.ALLOW if manual else Verdict.BLOCK
             return _decided(verdict, "emergency", "emergency", target.digits)
         if NumberType.SHORT in blocked:
@@ -380,7 +382,7 @@ def _static_rules(
 
 def plan(attempt: Attempt, policy: Policy, keyspace: Keyspace, record: bool) -> Plan | Decision:
     """Apply the static rules; return the decision, or the store checks still needed."""
-    target = _static_number(attempt, policy)
+    target = _static_number(attempt.dialled, attempt.traffic_class, policy)
     if isinstance(target, Decision):
         return target
     return _plan(attempt, target, policy, keyspace, record)[0]
@@ -451,9 +453,41 @@ class Planner:
         self._places: dict[str, frozenset[str]] = {}
 
     def plan(self, attempt: Attempt) -> Plan | Decision:
-        target = _static_number(attempt, self.policy)
+        target = _static_number(attempt.dialled, attempt.traffic_class, self.policy)
         if isinstance(target, Decision):
             return target
+        fixed = tuple([getattr(attempt, name) for name in _SIGNATURE_FIELDS])
+        model = self._models.get(self._signature(fixed, attempt.now, target))
+        if model is None:
+            return self._learn(fixed, attempt, target)
+        return model.instance(attempt, target, self.keyspace)
+
+    def checks(self, template: Attempt, numbers: Sequence[str]) -> list[StoreCheck | Decision]:
+        """For each of ``numbers``: the store check of ``plan(template)`` with that number
+        dialled instead (``.check`` of the plan), or its decision (a scrub: one attempt
+        and many numbers, with no attempt or plan made per number)."""
+        fixed = tuple([getattr(template, name) for name in _SIGNATURE_FIELDS])
+        now, traffic_class = template.now, template.traffic_class
+        policy, keyspace = self.policy, self.keyspace
+        found: list[StoreCheck | Decision] = []
+        for dialled in numbers:
+            target = _static_number(dialled, traffic_class, policy)
+            if isinstance(target, Decision):
+                found.append(target)
+                continue
+            model = self._models.get(self._signature(fixed, now, target))
+            if model is not None:
+                found.append(model.made(now, target, keyspace))
+                continue
+            pending = self._learn(fixed, evolve(template, dialled=dialled), target)
+            found.append(pending.check if isinstance(pending, Plan) else pending)
+        return found
+
+    def _signature(
+        self, fixed: tuple[object, ...], now: datetime, target: Destination
+    ) -> tuple[object, ...]:
+        """What a plan depends on besides the number's encodings and the instant (the
+        attempt's ``fixed`` fields, ``_SIGNATURE_FIELDS``)."""
         region = target.region
         prefixes = self._prefixes.get(region)
         if prefixes is None:
@@ -461,23 +495,25 @@ class Planner:
         wanted = self._places.get(region)
         if wanted is None:
             wanted = self._places[region] = _region_places(self.policy, region)
-        signature = (
-            *[getattr(attempt, name) for name in _SIGNATURE_FIELDS],
-            local_day(target.time_zones, attempt.now),
+        return (
+            fixed,
+            local_day(target.time_zones, now),
             region,
             target.number_type,
             target.time_zones,
             *[target.e164.startswith(p) for p in prefixes],
             callee_places(target, wanted) if wanted else (),
         )
-        model = self._models.get(signature)
-        if model is None:
-            if len(self._models) >= self._MAX_MODELS:
-                self._models.clear()
-            pending, window = _plan(attempt, target, self.policy, self.keyspace, self.record)
-            self._models[signature] = _Model.of(pending, window)
-            return pending
-        return model.instance(attempt, target, self.keyspace)
+
+    def _learn(
+        self, fixed: tuple[object, ...], attempt: Attempt, target: Destination
+    ) -> Plan | Decision:
+        """``plan(attempt)`` made in full, kept as the model of its signature."""
+        if len(self._models) >= self._MAX_MODELS:
+            self._models.clear()
+        pending, window = _plan(attempt, target, self.policy, self.keyspace, self.record)
+        self._models[self._signature(fixed, attempt.now, target)] = _Model.of(pending, window)
+        return pending
 
 
 @dataclass(frozen=True, slots=True)
@@ -516,6 +552,14 @@ class _Model:
     def instance(
         self, attempt: Attempt, target: Destination, keyspace: Keyspace
     ) -> Plan | Decision:
+        """The plan of ``attempt`` (to ``target``), of this model's signature."""
+        made = self.made(attempt.now, target, keyspace)
+        if isinstance(made, Decision):
+            return made
+        return evolve(self.pending, attempt=attempt, destination=target, check=made)
+
+    def made(self, now: datetime, target: Destination, keyspace: Keyspace) -> StoreCheck | Decision:
+        """The store check of ``instance`` (or its decision), without making the plan."""
         model = self.pending
         if isinstance(model, Decision):
             return evolve(model, e164=target.e164)
@@ -524,18 +568,17 @@ class _Model:
         number = keyspace.number(target.e164)
         checks = model.check.checks
         now_ms = model.check.now_ms
-        if attempt.now != model.attempt.now:
-            now_ms = int(attempt.now.timestamp() * 1000)
+        if now != model.attempt.now:
+            now_ms = int(now.timestamp() * 1000)
             if self.window is not None:
-                checks = self._checks_at(self.window, attempt.now, now_ms)
-        check = evolve(
+                checks = self._checks_at(self.window, now, now_ms)
+        return evolve(
             model.check,
             now_ms=now_ms,
             number=number,
             prefix=keyspace.prefix(number.group),
             checks=checks,
         )
-        return evolve(model, attempt=attempt, destination=target, check=check)
 
 
 _T = TypeVar("_T")

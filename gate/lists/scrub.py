@@ -45,10 +45,10 @@ from itertools import chain, islice
 from pathlib import Path
 
 from gate.config.loader import Config, RedisConfig
-from gate.core.engine import Plan, Planner, outcome
+from gate.core.engine import Planner, StoreCheck, outcome
 from gate.core.errors import InputError
 from gate.core.keys import Keyspace
-from gate.core.model import Attempt, Decision, TrafficClass, Verdict
+from gate.core.model import Attempt, TrafficClass, Verdict
 from gate.core.params import seconds_text
 from gate.lists.formats import csv_dialect, open_lines
 from gate.service import Gate
@@ -124,40 +124,30 @@ class _Job:
         self, store: Store, planner: Planner, numbers: Sequence[str | None]
     ) -> list[Outcome]:
         """The outcome of each number (None: the row has no phone column), in order."""
-        planned: list[Decision | Plan | None] = [
-            None
-            if number is None
-            else planner.plan(
-                Attempt(
-                    number,
-                    self.now,
-                    self.tenant,
-                    self.campaign,
-                    "",
-                    self.caller_id,
-                    self.traffic_class,
-                )
-            )
-            for number in numbers
-        ]
-        pending = [p for p in planned if isinstance(p, Plan)]
-        found = await store.decide_many([p.check for p in pending])
-        results = iter(found)
-        # A plan's outcome is its checks' reading of the store's result (the verdict: the
-        # results stop at the first BLOCK, see decide_many), immutable values that plans
-        # and results of a batch share (a plan model's, the store's reading of a reply):
-        # read once per distinct pair, by identity (both alive until the end of this call).
+        template = Attempt(
+            "", self.now, self.tenant, self.campaign, "", self.caller_id, self.traffic_class
+        )
+        given = planner.checks(template, [number for number in numbers if number is not None])
+        pending = [c for c in given if isinstance(c, StoreCheck)]
+        found = iter(await store.decide_many(pending))
+        # A check's outcome is its reading of the store's result (the verdict: the results
+        # stop at the first BLOCK, see decide_many), immutable values that checks and
+        # results of a batch share (a plan model's, the store's reading of a reply): read
+        # once per distinct pair, by identity (both alive until the end of this call).
         read: dict[tuple[int, int], Outcome] = {}
+        planned = iter(given)
         outcomes: list[Outcome] = []
-        for item in planned:
-            if item is None:
+        for number in numbers:
+            if number is None:
                 outcomes.append(_MISSING)
-            elif isinstance(item, Plan):
-                result = next(results)
-                key = (id(item.check.checks), id(result))
+                continue
+            item = next(planned)
+            if isinstance(item, StoreCheck):
+                result = next(found)
+                key = (id(item.checks), id(result))
                 known = read.get(key)
                 if known is None:
-                    verdict, reason, _rule, retry_s = outcome(item.check.checks, result)
+                    verdict, reason, _rule, retry_s = outcome(item.checks, result)
                     known = read[key] = _row(verdict, reason, retry_s)
                 outcomes.append(known)
             else:

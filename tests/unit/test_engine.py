@@ -16,6 +16,7 @@ from gate.core.engine import (
     CheckKind,
     Plan,
     Planner,
+    StoreCheck,
     StoreResult,
     conclude,
     evolve,
@@ -417,3 +418,24 @@ def test_planner_plans_exactly_like_plan(when: datetime, caller_id: str | None) 
         for traffic_class in TrafficClass:
             a = Attempt(dialled, when, caller_id=caller_id, traffic_class=traffic_class)
             assert plan(a, config.policy, KEYS, False) == planner.plan(a)
+
+
+@pytest.mark.parametrize("when", [NOW, datetime(2026, 12, 6, 22, 0, tzinfo=UTC)])
+@pytest.mark.parametrize("caller_id", [None, "+33162000000", "+33612345678"])
+def test_planner_checks_are_the_checks_of_plan(when: datetime, caller_id: str | None) -> None:
+    """A scrub's ``Planner.checks`` (one attempt, many numbers) gives, number after
+    number, the store check of the plan ``plan`` makes (or its decision)."""
+    config = make_config(
+        {"gate": {"default_region": "FR", "packs": ["fr", "us"], "packs_dir": str(PACKS_DIR)}}
+    )
+    planner = Planner(config.policy, KEYS, False)
+    # Numbers alike but for their digits: their checks are made from one plan's model.
+    numbers = [*MIXED_NUMBERS, "0612345679", "0698765432", "0145678902", "+12125559876"] * 2
+    for traffic_class in TrafficClass:
+        template = Attempt("", when, caller_id=caller_id, traffic_class=traffic_class)
+        expected = []
+        for dialled in numbers:
+            made = plan(evolve(template, dialled=dialled), config.policy, KEYS, False)
+            expected.append(made.check if isinstance(made, Plan) else made)
+        assert planner.checks(template, numbers) == expected
+        assert {type(c) for c in expected} == {StoreCheck, Decision}
