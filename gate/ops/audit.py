@@ -84,6 +84,7 @@ class AuditLog:
         self._written_to: set[str] = set()  # streams to trim
         self._swept = False  # every group stream trimmed once
         self._wake = asyncio.Event()
+        self._idle = False  # the writer sleeps until a record comes (``append`` wakes it)
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._failing = False
@@ -129,7 +130,7 @@ class AuditLog:
             self._queue.popleft()
             self.dropped += 1
         self._queue.append((self._keyspace.audit_key(group), record))
-        if len(self._queue) >= BATCH:
+        if self._idle or len(self._queue) >= BATCH:
             self._wake.set()
 
     async def close(
@@ -154,12 +155,21 @@ class AuditLog:
 
     async def _run(self) -> None:
         """Trim (once a minute), write what is queued, sleep until a batch is full or
-        ``FLUSH_S`` passed; until the stop event."""
+        ``FLUSH_S`` passed; with nothing queued, until a record comes or the next trim is
+        due (an idle gate does not wake every ``FLUSH_S``); until the stop event."""
         while not self._stop.is_set():
             await self._trim()
             if not await self._flush():
                 await wait_event(self._stop, 1.0)  # Redis unreachable: records stay queued
                 continue
+            if not self._queue:
+                self._idle = True
+                until_trim = self._last_trim + TRIM_EVERY_S - time.time()
+                await wait_event(self._wake, max(until_trim, FLUSH_S))
+                self._idle = False
+                self._wake.clear()  # a record came: more are written with it FLUSH_S on
+                if self._stop.is_set():
+                    continue
             await wait_event(self._wake, FLUSH_S)
             self._wake.clear()
 

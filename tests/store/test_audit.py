@@ -249,3 +249,40 @@ async def test_a_number_refused_before_redis_is_kept_in_its_own_group(audited: G
     ]
     assert 0 != number.group
     assert [("BLOCK", decision.reason, number.token)] == found
+
+
+async def test_an_idle_writer_sleeps_until_a_record_comes(redis_url: str) -> None:
+    """With nothing queued the writer does not wake every FLUSH_S (an idle gate costs no
+    CPU); a record that comes wakes it, and is written FLUSH_S later with those that came
+    meanwhile, in one batch."""
+    import asyncio
+
+    from gate.ops.audit import FLUSH_S
+
+    client = aioredis.Redis.from_url(redis_url)
+    audit = AuditLog(client, "callgate", AuditConfig())
+    flushes = 0
+    flush = audit._flush
+
+    async def counted() -> bool:
+        nonlocal flushes
+        flushes += 1
+        return await flush()
+
+    audit._flush = counted  # type: ignore[method-assign]
+    audit.start()
+    try:
+        await asyncio.sleep(20 * FLUSH_S)
+        idle_flushes = flushes
+        audit.append({"verdict": "ALLOW"})
+        audit.append({"verdict": "BLOCK"})
+        for _ in range(100):  # bounded: 100 x FLUSH_S / 10
+            if audit.written:
+                break
+            await asyncio.sleep(FLUSH_S / 10)
+        waited_flushes = flushes - idle_flushes
+    finally:
+        await audit.close()
+        await client.aclose()
+    assert idle_flushes <= 2
+    assert (2, 1) == (audit.written, waited_flushes)
