@@ -342,7 +342,12 @@ async def supervise_embedded(embedded: EmbeddedRedis, store: Store, stop: asynci
     next_adopt = 0.0
     try:
         while not stop.is_set():
-            if await wait_event(stop, SUPERVISE_EVERY_S):
+            pid = embedded.pid if embedded.owned else None
+            if await (
+                _until_exit(pid, stop, ADOPT_EVERY_S)
+                if pid is not None
+                else wait_event(stop, SUPERVISE_EVERY_S)
+            ):
                 return
             if not embedded.owned:
                 if time.monotonic() >= next_adopt:
@@ -381,6 +386,28 @@ async def supervise_embedded(embedded: EmbeddedRedis, store: Store, stop: asynci
                 )
     finally:
         cancel.set()
+
+
+async def _until_exit(pid: int, stop: asyncio.Event, timeout_s: float) -> bool:
+    """Wait until process ``pid`` (a child) exits, ``stop`` is set or ``timeout_s`` passed,
+    woken by the process's pidfd (no polling); True if ``stop`` is set. Without pidfd
+    (Linux < 5.3), a wait of ``SUPERVISE_EVERY_S``."""
+    try:
+        fd = os.pidfd_open(pid)
+    except OSError:
+        return await wait_event(stop, SUPERVISE_EVERY_S)
+    loop = asyncio.get_running_loop()
+    exited = asyncio.Event()
+    loop.add_reader(fd, exited.set)
+    waiters = {asyncio.ensure_future(stop.wait()), asyncio.ensure_future(exited.wait())}
+    try:
+        await asyncio.wait(waiters, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+        loop.remove_reader(fd)
+        os.close(fd)
+    return stop.is_set()
 
 
 async def _in_thread(action: Callable[[threading.Event], _T], cancel: threading.Event) -> _T:

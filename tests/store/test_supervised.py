@@ -9,6 +9,7 @@ is loaded again). The process and its server are stopped by PID.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -91,3 +92,32 @@ def test_run_restarts_its_embedded_redis_after_sigkill(
         checked.variables["CALLGATE_REASON"],
     )
     wait_until("logged", lambda: "is back" in running.read_log())
+
+
+async def test_the_supervisor_is_woken_by_its_servers_exit_not_by_polling() -> None:
+    """The supervisor of an embedded server sleeps on the server process's pidfd: it wakes
+    when the process exits (long before its timeout), or when stopped; never to poll."""
+    from gate.runtime import _until_exit
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    child = await asyncio.create_subprocess_exec("sleep", "30")
+    try:
+        started = time.monotonic()
+        loop.call_later(0.2, child.kill)
+        stopped = await _until_exit(child.pid, stop, 20.0)
+        woke_after = time.monotonic() - started
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            child.kill()
+        await asyncio.wait_for(child.wait(), 5)
+    other = await asyncio.create_subprocess_exec("sleep", "30")
+    try:
+        loop.call_later(0.2, stop.set)
+        stopped_by_stop = await _until_exit(other.pid, stop, 20.0)
+        still_running = other.returncode is None
+    finally:
+        other.kill()
+        await asyncio.wait_for(other.wait(), 5)
+    assert (False, True, True) == (stopped, stopped_by_stop, still_running)
+    assert 0.2 <= woke_after < 10.0
