@@ -70,6 +70,8 @@ _T = TypeVar("_T")
 SUPERVISE_EVERY_S = 0.1
 # A share of another process's server is checked less often (a lock and a connect).
 ADOPT_EVERY_S = 1.0
+# An owned server's exit wakes its supervisor at once (its pidfd); it also looks this often.
+OWNED_CHECK_EVERY_S = 1.0
 RESTART_DELAY_MIN_S = 0.2
 RESTART_DELAY_MAX_S = 5.0
 # A server that ran this long since its last start is healthy: the next delay is the minimum.
@@ -344,7 +346,7 @@ async def supervise_embedded(embedded: EmbeddedRedis, store: Store, stop: asynci
         while not stop.is_set():
             pid = embedded.pid if embedded.owned else None
             if await (
-                _until_exit(pid, stop, ADOPT_EVERY_S)
+                _until_exit(pid, stop, OWNED_CHECK_EVERY_S)
                 if pid is not None
                 else wait_event(stop, SUPERVISE_EVERY_S)
             ):
