@@ -431,7 +431,8 @@ def _plan(
 
 class Planner:
     """``plan`` for many attempts, reusing what does not depend on the number or the
-    instant: the live path of every door (``Gate``) and a scrub.
+    instant: the live path of every door (``Gate``); ``checks``, for a scrub, gives only
+    the store checks of one attempt with many numbers.
 
     Pure, and equal to ``plan`` for every attempt: a plan depends on the number through
     its classification (region, type, time zones), the rule prefixes it matches, the places
