@@ -2,7 +2,7 @@
 
     python bench/decide.py [--redis-url URL] [--n 5000] [--concurrency 16]
                            [--scenarios lean,sample,fr] [--list-size 1000000]
-                           [--loop uvloop|asyncio] [--cpus 0]
+                           [--loop uvloop|asyncio] [--cpus 0] [--processes N]
     python bench/decide.py --scenarios us,us-reassigned,uk,uk-ceiling   # the law checks
 
 Starts its own redis-server on a free loopback TCP port unless --redis-url is given. Runs
@@ -23,6 +23,10 @@ Measures, in the same process and session, per scenario:
   the difference of the p50s (``own µs``) is plan, conclude, the store client's encoding
   and the recording writes; then ``n`` more with ``--concurrency`` in flight (loaded:
   Redis works back to back);
+- then ``--processes`` processes (default: one per CPU) deciding at once, each loaded as
+  above with its own share of the numbers and its own trunk: their decisions per second
+  together, from their common start to the last one's end (as ``callgate run --workers
+  N`` decides, one process per core);
 - Redis's own time per decision, ``usec_per_call`` of EVALSHA in ``INFO commandstats``,
   for each of the two (sequential: Redis idles between calls, its caches go cold on a
   shared machine; loaded: the regime in which it bounds the decisions per second of one
@@ -56,6 +60,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import multiprocessing
 import os
 import statistics
 import sys
@@ -209,6 +214,9 @@ ROUNDS = 5
 LOOPS = {"uvloop": uvloop.new_event_loop, "asyncio": asyncio.new_event_loop}
 # The pre-encoded vs redis-py comparison needs the store's internals of this version.
 PROTOCOL = True
+# ``--processes``: bounds on their start (a fresh interpreter each) and on their run.
+PROCESS_START_S = 60.0
+PROCESS_RUN_S = 300.0
 
 
 def sent(store: Store, commands: list[Any], records: bool, deadline_s: float | None) -> Any:
@@ -429,7 +437,13 @@ async def pair(url: str, law_name: str, base_name: str, n: int, list_size: int) 
 
 
 async def scenario(
-    url: str, name: str, n: int, concurrency: int, list_size: int
+    url: str,
+    name: str,
+    n: int,
+    concurrency: int,
+    list_size: int,
+    processes: int = 0,
+    loop: str = "uvloop",
 ) -> dict[str, float]:
     client = aioredis.Redis.from_url(url)
     setting = SCENARIOS[name]
@@ -506,9 +520,17 @@ async def scenario(
     back_to_back_us = await back_to_back(
         client, gate, [attempt(number, start + setting.later) for number in numbers], n
     )
+    together = (
+        await all_processes(url, name, numbers[: 2 * n], concurrency, processes, loop, client)
+        if processes
+        else (float("nan"), float("nan"), Counter[str]())
+    )
     await store.close()
     await client.aclose()
     return {
+        "processes_rate": together[0],
+        "processes_us": together[1],
+        "processes_verdicts": together[2],  # type: ignore[dict-item]
         "floor50": percentile(floor, 50),
         "floor99": percentile(floor, 99),
         "store50": percentile(floor_store, 50) if floor_store else float("nan"),
@@ -522,6 +544,118 @@ async def scenario(
         "back_us": back_to_back_us,
         "verdicts": verdicts,  # type: ignore[dict-item]
     }
+
+
+def with_trunks(config: dict[str, Any], processes: int) -> dict[str, Any]:
+    """``config`` with one more trunk per process (``carrier-p0``…), each with the CPS cap
+    of ``carrier-a``: processes deciding at once each keep their own realistic CPS log."""
+    cps = dict(config.get("trunks", {}).get("cps", {}))
+    cps.update({f"carrier-p{k}": cps.get("carrier-a", 100) for k in range(processes)})
+    return {**config, "trunks": {**config.get("trunks", {}), "cps": cps}}
+
+
+def process_worker(
+    url: str,
+    name: str,
+    k: int,
+    processes: int,
+    numbers: list[str],
+    concurrency: int,
+    loop: str,
+    ready: Any,
+    results: Any,
+) -> None:
+    """One of ``--processes``: its own Gate and Redis connections, ``len(numbers)``
+    recorded decisions with ``concurrency`` in flight on trunk ``carrier-p<k>``, started
+    with the others (``ready``, a barrier); puts (seconds, verdicts) on ``results``."""
+
+    async def go() -> None:
+        setting = SCENARIOS[name]
+        config = parse_config(
+            with_trunks(setting.config, processes), "bench", Path(tempfile.gettempdir())
+        )
+        store = Store(url, deadline_s=1.0)
+        gate = Gate(config, store)
+        # Two days on: the sequential, loaded and back-to-back decisions' caps are apart.
+        base = setting.start + 2 * setting.later
+
+        def attempt(i: int) -> Attempt:
+            return Attempt(
+                numbers[i],
+                base + STEP * i,
+                trunk=f"carrier-p{k}",
+                caller_id=setting.caller_id,
+                campaign=setting.campaign,
+            )
+
+        await gate.decide(attempt(0), record=False, door="cli")  # connect, load the script
+        verdicts: Counter[str] = Counter()
+
+        async def decide(i: int) -> None:
+            decision = await gate.decide(attempt(i), record=True, door="cli")
+            verdicts[decision.reason] += 1
+
+        await asyncio.to_thread(ready.wait, PROCESS_START_S)
+        _, seconds = await timed(len(numbers), concurrency, decide)
+        await store.close()
+        results.put((seconds, dict(verdicts)))
+
+    with asyncio.Runner(loop_factory=LOOPS[loop]) as runner:
+        runner.run(go())
+
+
+async def all_processes(
+    url: str,
+    name: str,
+    numbers: list[str],
+    concurrency: int,
+    processes: int,
+    loop: str,
+    client: aioredis.Redis,
+) -> tuple[float, float, Counter[str]]:
+    """Decisions/s of ``processes`` processes deciding at once (``numbers`` shared out,
+    ``concurrency`` in flight each), from their common start to the last one's end, and
+    Redis's µs per decision meanwhile."""
+    context = multiprocessing.get_context("spawn")
+    ready = context.Barrier(processes + 1)
+    results = context.Queue()
+    share = len(numbers) // processes
+    workers = [
+        context.Process(
+            target=process_worker,
+            args=(
+                url,
+                name,
+                k,
+                processes,
+                numbers[k * share : (k + 1) * share],
+                concurrency,
+                loop,
+                ready,
+                results,
+            ),
+        )
+        for k in range(processes)
+    ]
+    for worker in workers:
+        worker.start()
+    verdicts: Counter[str] = Counter()
+    try:
+        await client.config_resetstat()
+        await asyncio.to_thread(ready.wait, PROCESS_START_S)
+        started = time.perf_counter()
+        for _ in workers:
+            _, counted = await asyncio.to_thread(results.get, True, PROCESS_RUN_S)
+            verdicts.update(counted)
+        wall = time.perf_counter() - started
+        redis_per_decision = await redis_us(client)
+    finally:
+        for worker in workers:
+            worker.join(timeout=10)
+            if worker.is_alive():
+                worker.kill()
+                worker.join(timeout=10)
+    return share * processes / wall, redis_per_decision, verdicts
 
 
 async def protocol(url: str, n: int) -> tuple[float, float]:
@@ -563,7 +697,15 @@ async def protocol(url: str, n: int) -> tuple[float, float]:
     return percentile(pre, 50), percentile(plain, 50)
 
 
-async def run(url: str, n: int, concurrency: int, names: list[str], list_size: int) -> None:
+async def run(
+    url: str,
+    n: int,
+    concurrency: int,
+    names: list[str],
+    list_size: int,
+    processes: int = 0,
+    loop: str = "uvloop",
+) -> None:
     print(
         f"redis {url.split('@')[-1]}, {n} decisions per scenario (sequential), then {n} "
         f"with {concurrency} in flight (loaded); lists: dnc {list_size}, red {list_size // 10}, "
@@ -579,7 +721,7 @@ async def run(url: str, n: int, concurrency: int, names: list[str], list_size: i
     law_packs()
     measured: dict[str, dict[str, Any]] = {}
     for name in names:
-        m = measured[name] = await scenario(url, name, n, concurrency, list_size)
+        m = measured[name] = await scenario(url, name, n, concurrency, list_size, processes, loop)
         core = 1e6 / m["back_us"] if m["back_us"] else 0.0
         print(
             f"{name:9}{m['floor50']:>9.0f}{m['floor99']:>6.0f}{m['store50']:>8.0f}"
@@ -591,6 +733,15 @@ async def run(url: str, n: int, concurrency: int, names: list[str], list_size: i
         )
     for name, m in measured.items():
         print(f"{name}: {dict(m['verdicts'].most_common())}")
+    if processes:
+        for name, m in measured.items():
+            rate = m["processes_rate"]
+            print(
+                f"{name}, {processes} processes at once, {concurrency} in flight each: "
+                f"{rate:.0f} decisions/s ({rate / processes:.0f} each, "
+                f"{rate / m['loaded_rate']:.2f}x one loaded process), Redis µs per decision "
+                f"{m['processes_us']:.1f}; {dict(m['processes_verdicts'].most_common())}"
+            )
     for law_name, base in PAIRS:
         if law_name in measured and base in measured:
             with_law, without = measured[law_name], measured[base]
@@ -646,6 +797,13 @@ def main() -> None:
         help="run on these CPUs only, with the redis-server started (e.g. 0, or 0,1)",
     )
     parser.add_argument(
+        "--processes",
+        type=int,
+        default=len(os.sched_getaffinity(0)),
+        help="then this many processes deciding at once, each loaded as above (default: "
+        "one per CPU; 0: skip)",
+    )
+    parser.add_argument(
         "--loop",
         choices=sorted(LOOPS),
         default="uvloop",
@@ -663,7 +821,17 @@ def main() -> None:
     with contextlib.ExitStack() as stack:
         url = args.redis_url or stack.enter_context(redis_server())
         with asyncio.Runner(loop_factory=LOOPS[args.loop]) as runner:
-            runner.run(run(url, args.n, args.concurrency, names, args.list_size))
+            runner.run(
+                run(
+                    url,
+                    args.n,
+                    args.concurrency,
+                    names,
+                    args.list_size,
+                    args.processes,
+                    args.loop,
+                )
+            )
 
 
 if __name__ == "__main__":

@@ -137,3 +137,28 @@ def test_decide_runs_on_the_cpus_asked_for_and_names_a_wrong_one() -> None:
         decide.cpu_list("0-1")
     with pytest.raises(argparse.ArgumentTypeError, match=f"no CPU {max(here) + 1} here"):
         decide.cpu_list(str(max(here) + 1))
+
+
+async def test_decide_runs_processes_at_once_and_adds_up_their_decisions(redis_url: str) -> None:
+    """``bench/decide.py --processes 2``: two processes started together, each with its own
+    share of the numbers and its own trunk, every decision counted once."""
+    import importlib
+
+    import redis.asyncio as aioredis
+
+    if str(BENCH) not in sys.path:
+        sys.path.insert(0, str(BENCH))
+    decide = importlib.import_module("decide")  # by its name: the processes import it
+    numbers = decide.decided_numbers("fr", 40)
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        rate, redis_us, verdicts = await decide.all_processes(
+            redis_url, "lean", numbers, 4, 2, "asyncio", client
+        )
+        attempts = await client.keys("*")
+    finally:
+        await client.aclose()
+    assert {"allowed": 40} == dict(verdicts)
+    assert rate > 0
+    assert redis_us > 0
+    assert attempts  # the decisions were recorded in this Redis
