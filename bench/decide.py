@@ -62,6 +62,7 @@ import asyncio
 import contextlib
 import multiprocessing
 import os
+import queue
 import statistics
 import sys
 import tempfile
@@ -563,13 +564,15 @@ def process_worker(
     concurrency: int,
     loop: str,
     ready: Any,
+    go: Any,
     results: Any,
 ) -> None:
     """One of ``--processes``: its own Gate and Redis connections, ``len(numbers)``
-    recorded decisions with ``concurrency`` in flight on trunk ``carrier-p<k>``, started
-    with the others (``ready``, a barrier); puts (seconds, verdicts) on ``results``."""
+    recorded decisions with ``concurrency`` in flight on trunk ``carrier-p<k>``; says it
+    is ``ready`` (a queue), starts on ``go`` (an event) with the others, puts (seconds,
+    verdicts) on ``results``."""
 
-    async def go() -> None:
+    async def work() -> None:
         setting = SCENARIOS[name]
         config = parse_config(
             with_trunks(setting.config, processes), "bench", Path(tempfile.gettempdir())
@@ -595,13 +598,15 @@ def process_worker(
             decision = await gate.decide(attempt(i), record=True, door="cli")
             verdicts[decision.reason] += 1
 
-        await asyncio.to_thread(ready.wait, PROCESS_START_S)
+        ready.put((k, {}))
+        if not await asyncio.to_thread(go.wait, PROCESS_START_S):
+            raise SystemExit(f"process {k}: not started within {PROCESS_START_S:g} s")
         _, seconds = await timed(len(numbers), concurrency, decide)
         await store.close()
         results.put((seconds, dict(verdicts)))
 
     with asyncio.Runner(loop_factory=LOOPS[loop]) as runner:
-        runner.run(go())
+        runner.run(work())
 
 
 async def all_processes(
@@ -617,8 +622,7 @@ async def all_processes(
     ``concurrency`` in flight each), from their common start to the last one's end, and
     Redis's µs per decision meanwhile."""
     context = multiprocessing.get_context("spawn")
-    ready = context.Barrier(processes + 1)
-    results = context.Queue()
+    ready, go, results = context.Queue(), context.Event(), context.Queue()
     share = len(numbers) // processes
     workers = [
         context.Process(
@@ -632,6 +636,7 @@ async def all_processes(
                 concurrency,
                 loop,
                 ready,
+                go,
                 results,
             ),
         )
@@ -641,12 +646,14 @@ async def all_processes(
         worker.start()
     verdicts: Counter[str] = Counter()
     try:
+        starting = time.perf_counter()
+        for _ in workers:
+            await _next(ready, workers, starting + PROCESS_START_S)
         await client.config_resetstat()
-        await asyncio.to_thread(ready.wait, PROCESS_START_S)
+        go.set()
         started = time.perf_counter()
         for _ in workers:
-            _, counted = await asyncio.to_thread(results.get, True, PROCESS_RUN_S)
-            verdicts.update(counted)
+            verdicts.update(await _next(results, workers, started + PROCESS_RUN_S))
         wall = time.perf_counter() - started
         redis_per_decision = await redis_us(client)
     finally:
@@ -656,6 +663,25 @@ async def all_processes(
                 worker.kill()
                 worker.join(timeout=10)
     return share * processes / wall, redis_per_decision, verdicts
+
+
+async def _next(answers: Any, workers: list[Any], deadline: float) -> dict[str, int]:
+    """The next (anything, verdicts) one of ``workers`` puts on ``answers``, its verdicts;
+    SystemExit, saying so, if one of them failed or none answered by ``deadline``
+    (``time.perf_counter``)."""
+    for _ in range(int(PROCESS_RUN_S / 0.5) + 1):  # bounded by the deadline
+        try:
+            _, counted = await asyncio.to_thread(answers.get, True, 0.5)
+        except queue.Empty:
+            counted = None
+        if counted is not None:
+            return counted  # type: ignore[no-any-return]
+        failed = [w.exitcode for w in workers if w.exitcode not in (None, 0)]
+        if failed:
+            raise SystemExit(f"--processes: a process failed (exit code {failed[0]})")
+        if time.perf_counter() > deadline:
+            break
+    raise SystemExit("--processes: a process did not answer in time")
 
 
 async def protocol(url: str, n: int) -> tuple[float, float]:

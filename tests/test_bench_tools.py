@@ -162,3 +162,26 @@ async def test_decide_runs_processes_at_once_and_adds_up_their_decisions(redis_u
     assert rate > 0
     assert redis_us > 0
     assert attempts  # the decisions were recorded in this Redis
+
+
+async def test_decide_says_when_one_of_its_processes_fails(redis_url: str) -> None:
+    """A process of ``--processes`` that fails (here: a scenario it does not know) ends the
+    benchmark at once with one line, instead of leaving it waiting for its result."""
+    import importlib
+    import time
+
+    import redis.asyncio as aioredis
+
+    if str(BENCH) not in sys.path:
+        sys.path.insert(0, str(BENCH))
+    decide = importlib.import_module("decide")
+    client = aioredis.Redis.from_url(redis_url)
+    started = time.monotonic()
+    try:
+        with pytest.raises(SystemExit, match=r"a process failed \(exit code 1\)"):
+            await decide.all_processes(
+                redis_url, "no-such-scenario", ["+33612345678"] * 4, 1, 2, "asyncio", client
+            )
+    finally:
+        await client.aclose()
+    assert time.monotonic() - started < decide.PROCESS_START_S / 2
