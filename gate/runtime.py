@@ -401,15 +401,11 @@ async def _until_exit(pid: int, stop: asyncio.Event, timeout_s: float) -> bool:
     loop = asyncio.get_running_loop()
     exited = asyncio.Event()
     loop.add_reader(fd, exited.set)
-    waiters = {asyncio.ensure_future(stop.wait()), asyncio.ensure_future(exited.wait())}
     try:
-        await asyncio.wait(waiters, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+        return await wait_event(stop, timeout_s, exited)
     finally:
-        for waiter in waiters:
-            waiter.cancel()
         loop.remove_reader(fd)
         os.close(fd)
-    return stop.is_set()
 
 
 async def _in_thread(action: Callable[[threading.Event], _T], cancel: threading.Event) -> _T:

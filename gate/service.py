@@ -325,21 +325,24 @@ def cancelling() -> bool:
     return task is not None and task.cancelling() > 0
 
 
-async def wait_event(event: asyncio.Event, timeout_s: float) -> bool:
-    """Wait up to ``timeout_s`` for ``event``; True if it is set.
+async def wait_event(event: asyncio.Event, timeout_s: float, *also: asyncio.Event) -> bool:
+    """Wait up to ``timeout_s`` for ``event`` (or one of ``also``); True if ``event`` is
+    set.
 
     For the sleeps of long-lived loops (a stop event that may end them early): unlike
     ``asyncio.timeout`` around ``event.wait()`` (whose expiry is a cancel, which Python
     3.11 can confuse with a cancel from outside), no cancellation is ever raised or
     swallowed here except the caller's own.
     """
-    if event.is_set():
-        return True
-    waiter = asyncio.ensure_future(event.wait())
+    events = (event, *also)
+    if any(e.is_set() for e in events):
+        return event.is_set()
+    waiters = {asyncio.ensure_future(e.wait()) for e in events}
     try:
-        await asyncio.wait({waiter}, timeout=timeout_s)
+        await asyncio.wait(waiters, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        waiter.cancel()
+        for waiter in waiters:
+            waiter.cancel()
     return event.is_set()
 
 
