@@ -598,7 +598,7 @@ def process_worker(
             decision = await gate.decide(attempt(i), record=True, door="cli")
             verdicts[decision.reason] += 1
 
-        ready.put((k, {}))
+        ready.put(k)
         if not await asyncio.to_thread(go.wait, PROCESS_START_S):
             raise SystemExit(f"process {k}: not started within {PROCESS_START_S:g} s")
         _, seconds = await timed(len(numbers), concurrency, decide)
@@ -653,7 +653,8 @@ async def all_processes(
         go.set()
         started = time.perf_counter()
         for _ in workers:
-            verdicts.update(await _next(results, workers, started + PROCESS_RUN_S))
+            _, counted = await _next(results, workers, started + PROCESS_RUN_S)
+            verdicts.update(counted)
         wall = time.perf_counter() - started
         redis_per_decision = await redis_us(client)
     finally:
@@ -665,17 +666,14 @@ async def all_processes(
     return share * processes / wall, redis_per_decision, verdicts
 
 
-async def _next(answers: Any, workers: list[Any], deadline: float) -> dict[str, int]:
-    """The next (anything, verdicts) one of ``workers`` puts on ``answers``, its verdicts;
-    SystemExit, saying so, if one of them failed or none answered by ``deadline``
-    (``time.perf_counter``)."""
+async def _next(answers: Any, workers: list[Any], deadline: float) -> Any:
+    """The next thing one of ``workers`` puts on ``answers``; SystemExit, saying so, if one
+    of them failed or none answered by ``deadline`` (``time.perf_counter``)."""
     for _ in range(int(PROCESS_RUN_S / 0.5) + 1):  # bounded by the deadline
         try:
-            _, counted = await asyncio.to_thread(answers.get, True, 0.5)
+            return await asyncio.to_thread(answers.get, True, 0.5)
         except queue.Empty:
-            counted = None
-        if counted is not None:
-            return counted  # type: ignore[no-any-return]
+            pass
         failed = [w.exitcode for w in workers if w.exitcode not in (None, 0)]
         if failed:
             raise SystemExit(f"--processes: a process failed (exit code {failed[0]})")
@@ -840,6 +838,8 @@ def main() -> None:
     unknown = [s for s in names if s not in SCENARIOS]
     if unknown:
         parser.error(f"unknown scenario {unknown[0]!r}; use {', '.join(SCENARIOS)}")
+    if args.processes < 0:
+        parser.error(f"--processes {args.processes}: give 0 (none) or more")
     if args.cpus:
         os.sched_setaffinity(0, args.cpus)  # before the server starts: it inherits them
     cpus = ",".join(map(str, sorted(os.sched_getaffinity(0))))

@@ -185,3 +185,19 @@ async def test_decide_says_when_one_of_its_processes_fails(redis_url: str) -> No
     finally:
         await client.aclose()
     assert time.monotonic() - started < decide.PROCESS_START_S / 2
+
+
+def test_decide_refuses_a_negative_process_count() -> None:
+    """``--processes -1``: one line naming the option, before any server starts."""
+    import subprocess
+
+    done = subprocess.run(
+        [sys.executable, str(BENCH / "decide.py"), "--processes", "-1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1].endswith("--processes -1: give 0 (none) or more")
+    assert "event loop" not in done.stdout
