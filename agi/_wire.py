@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from gate.core.params import printable
+from gate.service import Poller
 
 __all__ = [
     "AgiChannel",
@@ -99,27 +100,37 @@ class SocketStream:
     ``StreamWriter``'s for ``AgiChannel`` (the same exceptions at EOF and past ``limit``).
     """
 
-    __slots__ = ("_buffer", "_limit", "_loop", "_out", "_sock")
+    __slots__ = ("_buffer", "_limit", "_loop", "_out", "_poller", "_sock")
 
-    def __init__(self, sock: socket.socket, limit: int) -> None:
+    def __init__(self, sock: socket.socket, limit: int, poller: Poller | None = None) -> None:
         self._sock = sock
         self._limit = limit
         self._loop = asyncio.get_running_loop()
         self._buffer = bytearray()
         self._out = bytearray()
+        self._poller = poller  # polls for the header block's lines (gate/store/poll.py)
 
-    async def _fill(self) -> bool:
+    async def _fill(self, soon: bool = False) -> bool:
         """Receive what the peer sent next; False at EOF.
 
         What is already in the socket is taken at once: uvloop's ``sock_recv`` always
         waits for the loop to report the socket readable first (a watch added and removed,
         one more loop turn: ~10 µs), and Asterisk writes its header block a line at a time,
         so the next lines are often there already (about half the receives of a call
-        through Asterisk 22). Only an empty socket is waited for."""
+        through Asterisk 22). Only an empty socket is waited for; ``soon`` (the header
+        block, whose lines follow each other at once): with the loop polling for it."""
         try:
             data = self._sock.recv(65536)
         except (BlockingIOError, InterruptedError):
-            data = await self._loop.sock_recv(self._sock, 65536)
+            poller = self._poller if soon else None
+            if poller is None:
+                data = await self._loop.sock_recv(self._sock, 65536)
+            else:
+                started = poller.hold()
+                try:
+                    data = await self._loop.sock_recv(self._sock, 65536)
+                finally:
+                    poller.release(started)
         self._buffer += data
         return bool(data)
 
@@ -129,7 +140,7 @@ class SocketStream:
         Raises ``HeaderOverflow`` as soon as a line is longer than the limit or there are
         more than ``max_lines`` lines; whatever follows the blank line stays buffered."""
         buffer = self._buffer
-        if not buffer and not await self._fill():
+        if not buffer and not await self._fill(soon=True):
             return None
         # The usual case, whole in the first receive: "\n"-ended lines, no blank one before
         # the end, none too long, not too many: split at once. Anything else line by line.
@@ -150,7 +161,7 @@ class SocketStream:
             if end < 0:
                 if len(self._buffer) - start > self._limit:
                     raise HeaderOverflow(f"a header line longer than {self._limit} bytes")
-                if not await self._fill():
+                if not await self._fill(soon=True):
                     return None
                 continue
             if end - start > self._limit:

@@ -70,7 +70,7 @@ from gate.core.params import (
     printable,
 )
 from gate.lists.admin import EVENTS, ListAdmin
-from gate.service import Evaluation, Gate, InFlight
+from gate.service import Evaluation, Gate, InFlight, Poller
 
 __all__ = ["AgiRequest", "AgiServer", "parse_request"]
 
@@ -145,6 +145,7 @@ class AgiServer:
         header_timeout_s: float,
         allow: Sequence[Network] = (),
         reuse_port: bool = False,
+        busy_poll_s: float = 0.0,
     ) -> None:
         self.gate = gate
         self.host, self.requested_port = host, port
@@ -153,6 +154,9 @@ class AgiServer:
         self.reuse_port = reuse_port
         self.header_timeout_s = header_timeout_s
         self.allow = tuple(allow)
+        # The loop polls for a header block's lines for this long at most (0: sleeps).
+        self.busy_poll_s = busy_poll_s
+        self._poller: Poller | None = None
         self._listener: socket.socket | None = None
         self._retry: asyncio.TimerHandle | None = None
         self._requests = InFlight("FastAGI", STOP_GRACE_S)
@@ -202,6 +206,8 @@ class AgiServer:
             listener.close()
             raise
         self._listener = listener
+        if self.busy_poll_s > 0:
+            self._poller = Poller(loop, self.busy_poll_s)
         loop.add_reader(listener.fileno(), self._accept_ready)
 
     async def stop(self) -> None:
@@ -266,7 +272,7 @@ class AgiServer:
 
     async def _connection(self, connection: socket.socket) -> None:
         try:
-            await self._serve(SocketStream(connection, MAX_LINE_BYTES))
+            await self._serve(SocketStream(connection, MAX_LINE_BYTES, self._poller))
         except Exception:  # a bug in one request must not take the server down
             log.exception("FastAGI request failed")
         finally:

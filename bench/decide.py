@@ -51,7 +51,10 @@ Scenarios:
   under the ceiling), the counts the ceiling reads in the same call.
 The pairs differ only by the law check, so their ratio is its cost.
 Last, one recorded decision's EVALSHA sent pre-encoded (the store's path) against
-redis-py's ``evalsha`` with the same arguments (p50 of the call alone).
+redis-py's ``evalsha`` with the same arguments (p50 of the call alone); and sequential
+decisions (sample) with the store's busy polling off and on (``redis.busy_poll``, on by
+default: the scenarios above run with it), in alternating rounds: decisions/s, p50 and this
+process's CPU per decision (the polling's cost).
 Absolute numbers depend on the machine and its load; compare ratios within one run.
 """
 
@@ -109,6 +112,10 @@ except ImportError:  # key layout 1
 
     LAYOUT = 1
 PROTOCOL_AVAILABLE = LAYOUT == 2
+try:
+    from gate.config.loader import DEFAULT_BUSY_POLL_S
+except ImportError:  # before busy polling
+    DEFAULT_BUSY_POLL_S = 0.0
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "bench-secret-0123456789"
@@ -721,6 +728,48 @@ async def protocol(url: str, n: int) -> tuple[float, float]:
     return percentile(pre, 50), percentile(plain, 50)
 
 
+async def polling(url: str, n: int) -> dict[bool, tuple[float, float, float]]:
+    """Sequential recorded decisions (sample) with the store's busy polling off and on
+    (``DEFAULT_BUSY_POLL_S``), ``ROUNDS`` rounds each, alternating, one store: for each,
+    (decisions/s, p50 µs, this process's CPU µs per decision), medians of the rounds."""
+    config = parse_config(SAMPLE, "bench", Path(tempfile.gettempdir()))
+    store = Store(url, deadline_s=1.0)
+    gate = Gate(config, store)
+    per_round = max(1, n // ROUNDS)
+    numbers = fr_lines("+3367", 2 * ROUNDS * per_round + 1)
+    await gate.decide(Attempt(numbers[-1], START), record=True, door="cli")
+    rounds: dict[bool, list[tuple[float, float, float]]] = {False: [], True: []}
+    turn = 0
+    for r in range(ROUNDS):
+        for on in (False, True) if r % 2 == 0 else (True, False):
+            store._lane.poll_s = DEFAULT_BUSY_POLL_S if on else 0.0
+            start = START + timedelta(hours=turn + 1)  # CPS seconds apart
+            times: list[float] = []
+            cpu, began = time.process_time(), time.perf_counter()
+            for i in range(per_round):
+                attempt = Attempt(
+                    numbers[turn * per_round + i], start + STEP * i, trunk="carrier-a"
+                )
+                t0 = time.perf_counter()
+                await gate.decide(attempt, record=True, door="cli")
+                times.append((time.perf_counter() - t0) * 1e6)
+            wall, cpu = time.perf_counter() - began, time.process_time() - cpu
+            rounds[on].append((per_round / wall, percentile(times, 50), cpu * 1e6 / per_round))
+            turn += 1
+    turns = store._lane._poller.turns if store._lane._poller is not None else 0
+    store._lane.poll_s = DEFAULT_BUSY_POLL_S
+    await store.close()
+    assert turns > 0, "the store never polled"
+    return {
+        on: (
+            statistics.median(x[0] for x in rows),
+            statistics.median(x[1] for x in rows),
+            statistics.median(x[2] for x in rows),
+        )
+        for on, rows in rounds.items()
+    }
+
+
 async def run(
     url: str,
     n: int,
@@ -792,6 +841,16 @@ async def run(
         print(
             f"one EVALSHA (sample, recorded), p50: pre-encoded {pre:.0f} µs, redis-py evalsha "
             f"{plain:.0f} µs: {plain / pre:.2f}x"
+        )
+    if DEFAULT_BUSY_POLL_S:
+        m = await polling(url, min(n, 3000))
+        (off_rate, off50, off_cpu), (on_rate, on50, on_cpu) = m[False], m[True]
+        print(
+            f"busy polling {DEFAULT_BUSY_POLL_S * 1e6:.0f} µs (sample, sequential, "
+            f"alternating rounds): off {off_rate:.0f} decisions/s, p50 {off50:.0f} µs, CPU "
+            f"{off_cpu:.0f} µs per decision; on {on_rate:.0f}, {on50:.0f} µs, {on_cpu:.0f} µs: "
+            f"{on_rate / off_rate:.2f}x decisions/s, p50 {on50 / off50:.2f}x, "
+            f"CPU {on_cpu / off_cpu:.2f}x"
         )
 
 

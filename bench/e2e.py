@@ -1,7 +1,7 @@
 """Benchmark: post-dial delay through a real Asterisk, with the gate and without, in one run.
 
     python bench/e2e.py [--calls 500] [--rates 50,100] [--workers 1] [--deadline 50ms] [--keep]
-                         [--rounds 1] [--minimal] [--profile RATE]
+                        [--rounds 1] [--minimal] [--profile RATE] [--busy-poll 200us|0]
 
 Needs root and the Asterisk chroot (``make sandbox``) and Debian's sipp. Starts, all on
 loopback: a redis-server (unix socket), ``callgate run`` with the sample config
@@ -434,6 +434,10 @@ def main() -> int:
     parser.add_argument("--rates", default="50,100", help="calls per second, comma-separated")
     parser.add_argument("--deadline", default="50ms", help="the gate's [redis] deadline")
     parser.add_argument("--workers", type=int, default=1, help="callgate run --workers N")
+    parser.add_argument(
+        "--busy-poll",
+        help="the gate's redis.busy_poll and agi.busy_poll (default: the config's; 0: off)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the SIPp traces and logs")
     parser.add_argument(
         "--profile",
@@ -459,6 +463,7 @@ def main() -> int:
     if args.profile is not None and args.profile not in rates:
         parser.error(f"--profile {args.profile}: not one of --rates {args.rates}")
 
+    polling = {} if args.busy_poll is None else {"busy_poll": args.busy_poll}
     workdir = Path(tempfile.mkdtemp(prefix="cg-bench-e2e-"))
     redis_process, redis_url = start_redis(workdir)
     port, minimal_port = free_port(), free_port()
@@ -476,7 +481,10 @@ def main() -> int:
         redis_url=redis_url,
         agi_port=port,
         secret=SECRET,
-        overrides={"redis": {"deadline": args.deadline}},
+        overrides={
+            "redis": {"deadline": args.deadline, **polling},
+            **({"agi": polling} if polling else {}),
+        },
         extra_toml=ari,
     )
     gate = GateProcess(config, workdir / "callgate.log", port, ("--workers", str(args.workers)))

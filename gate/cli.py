@@ -1063,7 +1063,12 @@ async def _run(config: Config, args: argparse.Namespace) -> int:
     async with open_gate(config, records=True, supervise=True) as gate:
         await _check_store(gate)
         server = AgiServer(
-            gate, config.agi.host, config.agi.port, config.agi.header_timeout_s, config.agi.allow
+            gate,
+            config.agi.host,
+            config.agi.port,
+            config.agi.header_timeout_s,
+            config.agi.allow,
+            busy_poll_s=config.agi.busy_poll_s,
         )
         try:
             await server.start()
@@ -1148,7 +1153,13 @@ async def _run_worker(config: Config, role: WorkerRole) -> int:
     async with open_gate(config, records=True) as gate:
         agi = config.agi
         server = AgiServer(
-            gate, agi.host, role.agi_port, agi.header_timeout_s, agi.allow, reuse_port=True
+            gate,
+            agi.host,
+            role.agi_port,
+            agi.header_timeout_s,
+            agi.allow,
+            reuse_port=True,
+            busy_poll_s=agi.busy_poll_s,
         )
         await server.start()
         metrics = Metrics()

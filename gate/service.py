@@ -58,6 +58,7 @@ from gate.core.keys import Keyspace
 from gate.core.model import Attempt, Decision, Verdict
 from gate.core.redact import redact
 from gate.store.client import Store
+from gate.store.poll import Poller
 
 __all__ = [
     "Active",
@@ -66,6 +67,7 @@ __all__ = [
     "Gate",
     "InFlight",
     "Observed",
+    "Poller",
     "cancelling",
     "stop_task",
     "wait_event",

@@ -187,6 +187,22 @@ async def test_decide_says_when_one_of_its_processes_fails(redis_url: str) -> No
     assert time.monotonic() - started < decide.PROCESS_START_S / 2
 
 
+async def test_decide_times_decisions_with_busy_polling_off_and_on(redis_url: str) -> None:
+    """``bench/decide.py``'s busy-polling line: sequential decisions timed in rounds with the
+    store's polling off and on (the bench asserts that the store polled when on)."""
+    import importlib
+
+    if str(BENCH) not in sys.path:
+        sys.path.insert(0, str(BENCH))
+    decide = importlib.import_module("decide")
+    measured = await decide.polling(redis_url, 50)
+    assert set(measured) == {False, True}
+    for rate, p50, cpu in measured.values():
+        assert rate > 0
+        assert p50 > 0
+        assert cpu >= 0
+
+
 def test_decide_refuses_a_negative_process_count() -> None:
     """``--processes -1``: one line naming the option, before any server starts."""
     import subprocess

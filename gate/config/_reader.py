@@ -16,12 +16,22 @@ from gate.core.model import IDENT_RE, TrafficClass
 
 __all__ = ["IDENT_RE", "Reader", "parse_duration_s"]
 
-_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
-_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0, None: 1.0}
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(us|ms|s|m|h|d|w)?\s*$")
+_UNIT_S = {
+    "us": 1e-6,
+    "ms": 0.001,
+    "s": 1.0,
+    "m": 60.0,
+    "h": 3600.0,
+    "d": 86400.0,
+    "w": 604800.0,
+    None: 1.0,
+}
 
 
 def parse_duration_s(value: object, where: str) -> float:
-    """``30`` (seconds), ``"30d"``, ``"24h"``, ``"1s"``, ``"500ms"`` → seconds (> 0)."""
+    """``30`` (seconds), ``"30d"``, ``"24h"``, ``"1s"``, ``"500ms"``, ``"200us"`` → seconds
+    (> 0)."""
     if isinstance(value, bool):
         raise ConfigError(f"{where}: expected a duration like 30d, 24h or 1s, got {value!r}")
     if isinstance(value, int | float):

@@ -71,6 +71,10 @@ ARI_PASSWORD_ENV = "CALLGATE_ARI_PASSWORD"
 API_TOKEN_ENV = "CALLGATE_API_TOKEN"
 REDIS_PASSWORD_ENV = "CALLGATE_REDIS_PASSWORD"
 SENTINEL_PASSWORD_ENV = "CALLGATE_SENTINEL_PASSWORD"
+# How long the event loop polls for a reply due soon (Redis's, the rest of a FastAGI header
+# block) instead of sleeping: the guest kernel's own default halt polling, longer than a
+# decision's round trip to a Redis nearby (gate/store/poll.py).
+DEFAULT_BUSY_POLL_S = 200e-6
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +98,8 @@ class RedisConfig:
     master in a cluster); a decision waits at most ``pool_wait_s`` for one, then at most
     ``deadline_s`` for Redis's answer. Opt-outs, consent revocations and refusals are
     acknowledged only once ``wait_replicas`` replicas hold them (``WAIT``, at most
-    ``wait_timeout_s``)."""
+    ``wait_timeout_s``). While Redis's answer is due, the event loop polls for it instead of
+    sleeping, for ``busy_poll_s`` at most (0: never; gate/store/poll.py)."""
 
     url: str | None = None
     data_dir: Path = DEFAULT_STATE_DIR / "redis"
@@ -114,6 +119,7 @@ class RedisConfig:
     sentinel: SentinelConfig | None = None
     wait_replicas: int = 0
     wait_timeout_s: float = 1.0
+    busy_poll_s: float = DEFAULT_BUSY_POLL_S
 
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -126,6 +132,9 @@ class AgiConfig:
     host: str = "127.0.0.1"
     port: int = 4573
     header_timeout_s: float = 2.0
+    # How long the event loop polls for the rest of a header block instead of sleeping, at
+    # most (0: never; gate/store/poll.py).
+    busy_poll_s: float = DEFAULT_BUSY_POLL_S
     # Peers (addresses or CIDR networks) allowed to connect; empty: anyone who can reach
     # the address, which only a loopback host may have (a non-loopback one must list them).
     allow: tuple[Network, ...] = ()
@@ -497,6 +506,30 @@ def _cluster_nodes(reader: Reader) -> tuple[str, ...]:
 
 
 REDIS_MODES = ("single", "sentinel", "cluster")
+MAX_BUSY_POLL_S = 0.01
+
+
+def _busy_poll(reader: Reader) -> float:
+    """``busy_poll``: how long the event loop polls for a reply due soon instead of
+    sleeping, at most (``DEFAULT_BUSY_POLL_S`` when absent; 0 or false: never)."""
+    value = reader.get("busy_poll", (int, float, str), None)
+    if value is None:
+        return DEFAULT_BUSY_POLL_S
+    if value in (0, "0", False) and value is not True:
+        return 0.0
+    try:
+        seconds = parse_duration_s(value, "busy_poll")
+    except ConfigError:
+        seconds = -1.0
+    if not 0 < seconds <= MAX_BUSY_POLL_S:
+        raise reader.fail(
+            "busy_poll",
+            f"expected a duration up to {MAX_BUSY_POLL_S * 1000:g}ms like 200us (a longer "
+            f"poll only spins the CPU), or 0 to turn it off, got {value!r}",
+        )
+    return seconds
+
+
 MAX_POOL_SIZE = 10_000
 MAX_WAIT_REPLICAS = 16
 
@@ -558,6 +591,7 @@ def _redis(reader: Reader, state_dir: Path, base: Path) -> RedisConfig:
         sentinel=sentinel,
         wait_replicas=wait_replicas,
         wait_timeout_s=wait_timeout_s,
+        busy_poll_s=_busy_poll(reader),
     )
     reader.done()
     return config
@@ -629,6 +663,7 @@ def _agi(reader: Reader) -> AgiConfig:
         port=port,
         header_timeout_s=reader.duration("header_timeout", "2s"),
         allow=tuple(allow),
+        busy_poll_s=_busy_poll(reader),
     )
     reader.done()
     return config

@@ -24,6 +24,9 @@ Guarantees (those of the pooled redis-py connections they replace, see client.py
   master again (redis-py's rule for its Sentinel-managed connections).
 - ``close(grace)`` lets requests in flight finish (at most ``grace`` seconds), then closes
   every channel.
+- While a request's replies are due, the event loop polls for them instead of sleeping
+  (the lane's ``poll_s`` at most, ``redis.busy_poll``; gate/store/poll.py); the hold is let
+  go when they have come or the channel fails.
 """
 
 from __future__ import annotations
@@ -42,6 +45,8 @@ from redis.asyncio.sentinel import SentinelConnectionPool
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import InvalidResponse, ReadOnlyError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from gate.store.poll import Poller
 
 __all__ = ["Behind", "Busy", "Channel", "ChannelLane"]
 
@@ -84,6 +89,8 @@ class Channel(asyncio.Protocol):
         self._behind: Behind | None = None
         self._extra = 0
         self._timer: asyncio.TimerHandle | None = None
+        self._poller: Poller | None = None
+        self._held = 0.0
 
     # --- use ------------------------------------------------------------------------------
 
@@ -107,8 +114,12 @@ class Channel(asyncio.Protocol):
             behind,
             0,
         )
-        self._timer = reply.get_loop().call_later(timeout_s, self._timed_out)
+        loop = reply.get_loop()
+        self._timer = loop.call_later(timeout_s, self._timed_out)
         transport.write(request)
+        self._poller = self.lane.poller(loop)
+        if self._poller is not None:  # the reply is due soon: the loop polls for it
+            self._held = self._poller.hold()
 
     def write_behind(self, request: bytes) -> bool:
         """Write ``request`` behind the one in flight (False: the channel cannot take it)."""
@@ -173,6 +184,7 @@ class Channel(asyncio.Protocol):
             self._got.append(item)
             if len(self._got) < self._want:
                 return
+            self._unhold()
             if not reply.done():
                 reply.set_result(self._got)
         else:
@@ -192,6 +204,11 @@ class Channel(asyncio.Protocol):
         self._got = []
         self.lane.release(self)
 
+    def _unhold(self) -> None:
+        if self._poller is not None:
+            self._poller.release(self._held)
+            self._poller = None
+
     def _timed_out(self) -> None:
         self._fail(RedisTimeoutError("Timeout reading from Redis"))
 
@@ -199,6 +216,7 @@ class Channel(asyncio.Protocol):
         if self.closed:
             return
         self.closed = True
+        self._unhold()
         if self._timer is not None:
             self._timer.cancel()
         if self.transport is not None:
@@ -224,9 +242,13 @@ class ChannelLane:
         wait_s: float,
         name: str = "",
         on_failure: Callable[[], None] | None = None,
+        poll_s: float = 0.0,
     ) -> None:
         self.pool, self.size, self.wait_s, self.name = pool, size, wait_s, name
         self.sentinel = isinstance(pool, SentinelConnectionPool) and pool.is_master
+        # How long the loop polls for a reply, at most, instead of sleeping (poll.py).
+        self.poll_s = poll_s
+        self._poller: Poller | None = None
         self._on_failure = on_failure
         self._channels: set[Channel] = set()
         self._idle: list[Channel] = []
@@ -251,6 +273,17 @@ class ChannelLane:
         else:
             self._opening += 1
         return await self._open_one()  # the place is counted in _opening
+
+    def poller(self, loop: asyncio.AbstractEventLoop) -> Poller | None:
+        """The lane's poller on ``loop`` (None: no polling, ``poll_s`` is 0)."""
+        if self.poll_s <= 0.0:
+            return None
+        poller = self._poller
+        if poller is None or poller.loop is not loop:
+            poller = self._poller = Poller(loop, self.poll_s)
+        elif poller.max_s != self.poll_s:
+            poller.max_s = self.poll_s
+        return poller
 
     def release(self, channel: Channel) -> None:
         """``channel`` finished its exchange: to the first waiter, else idle."""

@@ -347,7 +347,12 @@ class Store:
         else:
             self._pool = self.link.decision_pool()
             self._client = self.link.client(self._pool)
-            self._lane = ChannelLane(self._pool, self.settings.pool_size, self.settings.pool_wait_s)
+            self._lane = ChannelLane(
+                self._pool,
+                self.settings.pool_size,
+                self.settings.pool_wait_s,
+                poll_s=self.settings.busy_poll_s,
+            )
         self._admin_pool: ConnectionPool | None = None
         self._admin_client: aioredis.Redis | RedisCluster | None = None
         # Background work: voids sent on a fresh connection, and the closing of the
@@ -797,6 +802,7 @@ class Store:
                 self.settings.pool_wait_s,
                 node.name,
                 functools.partial(self._stale_topology.__setitem__, False, True),
+                self.settings.busy_poll_s,
             )
         return lane
 

@@ -19,6 +19,7 @@ from agi._wire import (
     HeaderOverflow,
     SocketStream,
 )
+from gate.service import Poller
 
 LIMIT = 4096
 
@@ -174,3 +175,45 @@ async def test_what_the_socket_holds_is_read_without_waiting_for_the_loop() -> N
     finally:
         ours.close()
         theirs.close()
+
+
+async def test_the_loop_polls_for_a_header_block_and_not_for_a_reply() -> None:
+    """A header block whose second half comes 20 ms after the first (a poller of 100 ms):
+    the loop polled for it, and let go once it came; Asterisk's reply to a command is
+    waited for asleep (not in the call's path: the channel goes on without it)."""
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    loop = asyncio.get_running_loop()
+    poller = Poller(loop, 0.1)
+    try:
+        stream = SocketStream(ours, LIMIT, poller)
+        theirs.sendall(b"agi_network: yes\n")
+        loop.call_later(0.02, theirs.sendall, b"agi_request: agi://x/check\n\n")
+        lines = await asyncio.wait_for(stream.read_headers(8), 2)
+        polled = poller.turns
+        loop.call_later(0.02, theirs.sendall, b"200 result=1\n")
+        reply = await asyncio.wait_for(stream.readuntil(b"\n"), 2)
+    finally:
+        ours.close()
+        theirs.close()
+    assert lines == [b"agi_network: yes", b"agi_request: agi://x/check"]
+    assert reply == b"200 result=1\n"
+    assert polled >= 50
+    assert (poller.turns, poller.holds) == (polled, 0)
+
+
+async def test_a_header_wait_cut_short_lets_go_of_the_poller() -> None:
+    """Headers that never end (the door's header timeout cuts the read): the hold is let
+    go with the cancelled wait."""
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    poller = Poller(asyncio.get_running_loop(), 0.001)
+    try:
+        stream = SocketStream(ours, LIMIT, poller)
+        theirs.sendall(b"agi_network: yes\n")
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(stream.read_headers(8), 0.05)
+    finally:
+        ours.close()
+        theirs.close()
+    assert poller.holds == 0

@@ -68,6 +68,10 @@ def test_secret_file_is_created_once_and_reused(tmp_path: Path) -> None:
         ({"redis": {"pool_wait": "soon"}}, "redis.pool_wait"),
         ({"redis": {"wait_replicas": -1}}, "redis.wait_replicas"),
         ({"redis": {"wait_timeout": "5m"}}, "redis.wait_timeout: must be at most 60s"),
+        ({"redis": {"busy_poll": "20ms"}}, "redis.busy_poll: expected a duration up to 10ms"),
+        ({"redis": {"busy_poll": -1}}, "redis.busy_poll: expected a duration up to 10ms"),
+        ({"agi": {"busy_poll": "soon"}}, "or 0 to turn it off, got 'soon'"),
+        ({"agi": {"busy_poll": True}}, "agi.busy_poll: expected a duration up to 10ms"),
         ({"redis": {"mode": "sentinel"}}, 'redis.sentinel: mode = "sentinel" needs'),
         ({"redis": {"mode": "sentinel", "sentinel": {"service": "m"}}}, "redis.sentinel.nodes"),
         (
@@ -166,10 +170,11 @@ def test_missing_file_says_how_to_point_at_one(tmp_path: Path) -> None:
         ("1s", 1.0),
         ("500ms", 0.5),
         ("2w", 1209600.0),
+        ("250us", 0.00025),
     ],
 )
 def test_durations(text: object, seconds: float) -> None:
-    """Durations accept seconds or a number with ms/s/m/h/d/w."""
+    """Durations accept seconds or a number with us/ms/s/m/h/d/w."""
     assert seconds == parse_duration_s(text, "x")
 
 
@@ -225,6 +230,30 @@ SENTINEL = {
     "mode": "sentinel",
     "sentinel": {"nodes": ["10.0.0.1:26379", "[::1]:26380"], "service": "callgate"},
 }
+
+
+@pytest.mark.parametrize(
+    ("given", "seconds"),
+    [
+        (None, 200e-6),
+        ("50us", 50e-6),
+        ("1ms", 0.001),
+        (0.002, 0.002),
+        (0, 0.0),
+        ("0", 0.0),
+        (False, 0.0),
+    ],
+)
+def test_busy_poll_defaults_to_200us_and_0_or_false_turns_it_off(
+    given: object, seconds: float, tmp_path: Path
+) -> None:
+    """``busy_poll`` in [redis] (Redis's replies) and [agi] (a header block's lines): 200 µs
+    when absent, a duration up to 10 ms, or 0 / false for none."""
+    data: dict[str, Any] = {"privacy": {"secret": "s" * 20}}
+    if given is not None:
+        data |= {"redis": {"busy_poll": given}, "agi": {"busy_poll": given}}
+    config = parse_config(data, "cg.toml", tmp_path)
+    assert (config.redis.busy_poll_s, config.agi.busy_poll_s) == pytest.approx((seconds, seconds))
 
 
 def test_sentinel_mode_reads_nodes_and_is_durable_by_default(tmp_path: Path) -> None:
