@@ -515,7 +515,7 @@ def _busy_poll(reader: Reader) -> float:
     value = reader.get("busy_poll", (int, float, str), None)
     if value is None:
         return DEFAULT_BUSY_POLL_S
-    if value in (0, "0", False) and value is not True:
+    if value in (0, "0"):  # false too (False == 0)
         return 0.0
     try:
         seconds = parse_duration_s(value, "busy_poll")
