@@ -279,10 +279,8 @@ class ChannelLane:
         if self.poll_s <= 0.0:
             return None
         poller = self._poller
-        if poller is None or poller.loop is not loop:
+        if poller is None or poller.loop is not loop or poller.max_s != self.poll_s:
             poller = self._poller = Poller(loop, self.poll_s)
-        elif poller.max_s != self.poll_s:
-            poller.max_s = self.poll_s
         return poller
 
     def release(self, channel: Channel) -> None:

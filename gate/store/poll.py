@@ -53,11 +53,6 @@ class Poller:
     def max_s(self) -> float:
         return self._max
 
-    @max_s.setter
-    def max_s(self, value: float) -> None:
-        self._max = value
-        self._budget = min(self._budget, value)
-
     @property
     def budget_s(self) -> float:
         """How long the next hold keeps the loop polling, at most."""
