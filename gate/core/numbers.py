@@ -180,8 +180,10 @@ def _fast_parse(cleaned: str, region: str) -> tuple[int, str] | None:
 
     Handles ``+CC…`` and ``00CC…`` (international) and, for FR and NANP regions, the
     national form; None for anything else (phonenumbers.parse then decides). Numbers whose
-    national part starts with 0 (Italian style) are left to phonenumbers, so the national
-    digits given back are those phonenumbers' ``national_significant_number`` would give.
+    national part starts with 0 (Italian style), or with what phonenumbers would strip as
+    a national prefix or carrier code even after a country code (``+1 1…``, ``+55 90…``:
+    ``_stripped_prefix``), are left to phonenumbers, so the national digits given back are
+    those phonenumbers' ``national_significant_number`` would give.
     """
     if cleaned.startswith("+"):
         digits = cleaned[1:]
@@ -202,8 +204,26 @@ def _fast_parse(cleaned: str, region: str) -> tuple[int, str] | None:
             national = digits[size:]
             if not national or national[0] == "0":
                 return None
+            prefix = _stripped_prefix(code)
+            if prefix is not None and (found := prefix.match(national)) and found.end():
+                return None
             return code, national
     return None
+
+
+_STRIPPED: dict[int, re.Pattern[str] | None] = {}
+
+
+def _stripped_prefix(code: int) -> re.Pattern[str] | None:
+    """The national prefix (and carrier code) pattern phonenumbers.parse strips from the
+    start of a number of calling code ``code``, in international format too, when what
+    is left has a possible length: its main region's ``national_prefix_for_parsing``."""
+    if code not in _STRIPPED:
+        region = phonenumbers.region_code_for_country_code(code)
+        metadata = phonenumbers.PhoneMetadata.metadata_for_region_or_calling_code(code, region)
+        pattern = metadata.national_prefix_for_parsing if metadata is not None else None
+        _STRIPPED[code] = re.compile(pattern) if pattern else None
+    return _STRIPPED[code]
 
 
 def _is_short_code(digits: str, region: str) -> bool:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from gate.core.errors import NumberError
@@ -156,6 +156,11 @@ def test_fast_parse_agrees_with_phonenumbers(dialled: str) -> None:
     code=st.sampled_from([1, 1, 1, 33, 33, 44, 49, 7, 39, 262, 590, 61, 55, 86, 52, 54, 91]),
     national=st.from_regex(r"[1-9][0-9]{5,11}", fullmatch=True),
 )
+# A national prefix or carrier code after the country code, which phonenumbers strips
+# when what is left has a possible length: +1 1 201…, +55 90 30…
+@example(code=1, national="12012000000")
+@example(code=55, national="9030000000")
+@example(code=7, national="84951234567")
 def test_classify_agrees_with_phonenumbers_on_any_international_number(
     code: int, national: str
 ) -> None:
