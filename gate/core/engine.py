@@ -38,6 +38,7 @@ from gate.core.hours import (
     local_day,
     localised,
     next_open,
+    sharing_regions,
     zone,
 )
 from gate.core.keys import Keyspace, NumberKeys
@@ -451,7 +452,9 @@ class Planner:
         self.policy, self.keyspace, self.record = policy, keyspace, record
         self._models: dict[tuple[object, ...], _Model] = {}
         self._prefixes: dict[str, tuple[tuple[str, ...], ...]] = {}
-        self._places: dict[str, frozenset[str]] = {}
+        # region -> the places its calendars are scoped to, and the signature's places
+        # when they are the same for every number of the region (None: per number).
+        self._places: dict[str, tuple[frozenset[str], tuple[str, ...] | None]] = {}
 
     def plan(self, attempt: Attempt) -> Plan | Decision:
         target = _static_number(attempt.dialled, attempt.traffic_class, self.policy)
@@ -471,12 +474,16 @@ class Planner:
         now, traffic_class = template.now, template.traffic_class
         policy, keyspace = self.policy, self.keyspace
         found: list[StoreCheck | Decision] = []
+        days: dict[tuple[str, ...], date] = {}  # one instant: the local day by zones
         for dialled in numbers:
             target = _static_number(dialled, traffic_class, policy)
             if isinstance(target, Decision):
                 found.append(target)
                 continue
-            model = self._models.get(self._signature(fixed, now, target))
+            day = days.get(target.time_zones)
+            if day is None:
+                day = days[target.time_zones] = local_day(target.time_zones, now)
+            model = self._models.get(self._signature(fixed, now, target, day))
             if model is not None:
                 found.append(model.made(now, target, keyspace))
                 continue
@@ -485,25 +492,31 @@ class Planner:
         return found
 
     def _signature(
-        self, fixed: tuple[object, ...], now: datetime, target: Destination
+        self,
+        fixed: tuple[object, ...],
+        now: datetime,
+        target: Destination,
+        day: date | None = None,
     ) -> tuple[object, ...]:
         """What a plan depends on besides the number's encodings and the instant (the
-        attempt's ``fixed`` fields, ``_SIGNATURE_FIELDS``)."""
+        attempt's ``fixed`` fields, ``_SIGNATURE_FIELDS``). ``day``: the callee-local day
+        at ``now``, when known."""
         region = target.region
         prefixes = self._prefixes.get(region)
         if prefixes is None:
             prefixes = self._prefixes[region] = _region_prefixes(self.policy, region)
-        wanted = self._places.get(region)
-        if wanted is None:
-            wanted = self._places[region] = _region_places(self.policy, region)
+        places = self._places.get(region)
+        if places is None:
+            places = self._places[region] = _region_places(self.policy, region)
+        wanted, same = places
         return (
             fixed,
-            local_day(target.time_zones, now),
+            day if day is not None else local_day(target.time_zones, now),
             region,
             target.number_type,
             target.time_zones,
             *[target.e164.startswith(p) for p in prefixes],
-            callee_places(target, wanted) if wanted else (),
+            same if same is not None else callee_places(target, wanted),
         )
 
     def _learn(
@@ -627,9 +640,12 @@ def _region_prefixes(policy: Policy, region: str) -> tuple[tuple[str, ...], ...]
     return tuple(found)
 
 
-def _region_places(policy: Policy, region: str) -> frozenset[str]:
-    """Every place that a calendar of an hours rule for ``region`` is scoped to."""
-    return frozenset(
+def _region_places(policy: Policy, region: str) -> tuple[frozenset[str], tuple[str, ...] | None]:
+    """Every place that a calendar of an hours rule for ``region`` is scoped to, and
+    the places a signature holds for a number of ``region`` when they are the same for
+    all: none when no calendar is scoped to a place, ``(region,)`` when none is scoped to
+    another region of its calling code (``callee_places``), else None (per number)."""
+    wanted = frozenset(
         place
         for pack in policy.packs
         if region in pack.regions
@@ -637,6 +653,11 @@ def _region_places(policy: Policy, region: str) -> frozenset[str]:
         for calendar in rule.calendars
         for place in calendar.places
     )
+    if not wanted:
+        return wanted, ()
+    if wanted.isdisjoint(set(sharing_regions(region)) - {region}):
+        return wanted, (region,)
+    return wanted, None
 
 
 def _list_checks(build: _Builder, packs: Sequence[Pack]) -> None:

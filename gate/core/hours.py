@@ -38,6 +38,7 @@ __all__ = [
     "local_day",
     "localised",
     "next_open",
+    "sharing_regions",
     "zone",
 ]
 
@@ -64,7 +65,7 @@ def local_day(zones: Sequence[str], instant: datetime) -> date:
 
 
 @functools.lru_cache(maxsize=64)
-def _sharing_regions(region: str) -> tuple[str, ...]:
+def sharing_regions(region: str) -> tuple[str, ...]:
     """The regions that share ``region``'s country calling code (itself included)."""
     return tuple(COUNTRY_CODE_TO_REGION_CODE.get(phonenumbers.country_code_for_region(region), ()))
 
@@ -85,7 +86,7 @@ def callee_places(target: Destination, wanted: Collection[str]) -> tuple[str, ..
     Réunion/Mayotte mobiles), the regions whose own zone is one of them. Only regions in
     ``wanted`` (those a calendar names) are looked up, so most numbers cost nothing.
     """
-    others = [r for r in _sharing_regions(target.region) if r != target.region and r in wanted]
+    others = [r for r in sharing_regions(target.region) if r != target.region and r in wanted]
     if not others:  # most numbers: a calling code of one region, or no calendar for another
         return (target.region,)
     places = {target.region}

@@ -266,6 +266,12 @@ MIXED_NUMBERS = [
     "+14165551234",
     "+16045551234",
     "+3361234567",
+    # Overseas: a calling code shared by regions whose calendars the fr pack names apart
+    # (Guadeloupe's mobiles also serve Saint-Barthélemy and Saint-Martin; Réunion/Mayotte).
+    "+590690123456",
+    "+590590271234",
+    "+262262123456",
+    "+262639123456",
 ]
 
 
