@@ -1417,7 +1417,17 @@ def _shape_of(
 class _Encoder:
     """Accumulates the KEYS (each once) and ARGV of decide.lua, decision by decision."""
 
-    __slots__ = ("args", "framed", "framed_keys", "index", "keys", "layout", "undo", "verdicts")
+    __slots__ = (
+        "args",
+        "framed",
+        "framed_keys",
+        "index",
+        "keys",
+        "last",
+        "layout",
+        "undo",
+        "verdicts",
+    )
 
     def __init__(self, decisions: int, verdicts: bool = False) -> None:
         self.verdicts = verdicts  # evaluations run only as far as their verdict needs
@@ -1430,14 +1440,22 @@ class _Encoder:
         # constant args framed once with it).
         self.framed_keys: list[bytes] = []
         self.framed: list[bytes] = [_bulk(self.args[0])]
+        # The last decision's (checks, list views, X checks, shadow) and shape: the next
+        # decision of the same plan model (a scrub's batch, mostly) takes it as it is.
+        self.last: tuple[object, ...] = ()
 
     def add(
         self, check: StoreCheck, views: dict[str, str], read: dict[int, tuple[int, int, int]]
     ) -> None:
         evidence = check.evidence if check.record else None
-        shape = _shape_of(
-            check.checks, views, tuple(read), None if evidence is None else evidence.shadow
-        )
+        reads = tuple(read)
+        shadow = None if evidence is None else evidence.shadow
+        last = self.last
+        if last and last[0] is check.checks and last[1] is views and last[2:4] == (reads, shadow):
+            shape: _Shape = last[4]  # type: ignore[assignment]
+        else:
+            shape = _shape_of(check.checks, views, reads, shadow)
+            self.last = (check.checks, views, reads, shadow, shape)
         number, prefix = check.number, check.prefix
         values = list(shape.values)
         values[_HEAD_NOW] = check.now_ms
@@ -1449,20 +1467,22 @@ class _Encoder:
             values[_HEAD_MIN_ID] = evidence.min_id_ms
             values[_HEAD_MAX_LEN] = evidence.max_len
         index, keys, framed_keys = self.index, self.keys, self.framed_keys
+        bucket32, token = number.bucket32, number.token
         logs: list[str] = []  # the attempt logs this decision counts in
         for at, how, text, bits, log in shape.keys:
             if how == _BUCKET:
-                name = f"{prefix}{text}{number.bucket32 >> (32 - bits)}"
+                name = f"{prefix}{text}{bucket32 >> (32 - bits)}"
             elif how == _TOKEN:
-                name = f"{prefix}{text}:{number.token}"
+                name = f"{prefix}{text}:{token}"
             elif how == _GROUP:
                 name = prefix + text
             else:
                 name = text
             found = index.get(name)
-            if found is None:  # each key once in KEYS
+            if found is None:  # each key once in KEYS, framed as ``_bulk`` does
                 keys.append(name)
-                framed_keys.append(_bulk(name.encode()))
+                raw = name.encode()
+                framed_keys.append(b"$%d\r\n%b\r\n" % (len(raw), raw))
                 found = index[name] = len(keys)
             values[at] = found
             if log:
@@ -1470,12 +1490,12 @@ class _Encoder:
         for i, at in shape.reads:
             values[at : at + 3] = read[i]
         packed = shape.packer.pack(*values)
-        member, token = b"%d" % number.member, number.token.encode()
-        self.args += (shape.packing, packed, member, token, *shape.field_args)
+        member, encoded = b"%d" % number.member, token.encode()
+        self.args += (shape.packing, packed, member, encoded, *shape.field_args)
         self.framed += (
             shape.framed_packing,
             b"$%d\r\n%b\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n"
-            % (len(packed), packed, len(member), member, len(token), token),
+            % (len(packed), packed, len(member), member, len(encoded), encoded),
             shape.framed_fields,
         )
         if evidence is not None:
