@@ -257,6 +257,8 @@ def _clean(dialled: str) -> str | BadNumber:
     """Reduce a dialled string to ``+`` and digits, or say why it cannot be."""
     if len(dialled) > _MAX_DIALLED_CHARS:
         return BadNumber(dialled[:_MAX_DIALLED_CHARS] + "…", "longer than 64 characters")
+    if dialled.isascii() and dialled.isdigit():  # the commonest case, nothing to drop
+        return dialled
     if _PLAIN.fullmatch(dialled):  # the common case, without the character loop
         return dialled.translate(_DROP_SEPARATORS)
     text = _ascii_digits(_strip_uri(dialled))
@@ -354,7 +356,7 @@ class _Types:
         self.ordered = tuple((desc, kind) for desc, kind in ordered if desc is not None)
         leading = metadata.leading_digits
         self.leading = re.compile(leading) if leading is not None else None
-        self.by_length: dict[int, tuple[re.Pattern[str] | None, tuple[int, ...]]] = {}
+        self.by_length: dict[int, tuple[re.Pattern[str] | None, dict[str, int]]] = {}
 
     def of(self, national: str) -> int:
         if not _matches(self.general, national):
@@ -373,22 +375,23 @@ class _Types:
             found = pattern.fullmatch(national)
             if found is None or found.lastgroup is None:
                 return phonenumbers.PhoneNumberType.UNKNOWN
-            kind = kinds[int(found.lastgroup[1:])]
+            kind = kinds[found.lastgroup]
         if kind == phonenumbers.PhoneNumberType.FIXED_LINE and (
             self.same or _matches(self.mobile, national)
         ):
             return phonenumbers.PhoneNumberType.FIXED_LINE_OR_MOBILE
         return kind
 
-    def _join(self, size: int) -> tuple[re.Pattern[str] | None, tuple[int, ...]]:
-        """One pattern of the types whose lengths allow ``size``, each a group ``tN``."""
+    def _join(self, size: int) -> tuple[re.Pattern[str] | None, dict[str, int]]:
+        """One pattern of the types whose lengths allow ``size``, each a group ``tN``,
+        and the type of each group by its name."""
         allowed = [(d, k) for d, k in self.ordered if not d[0] or size in d[0]]
         if not allowed or any(d[1].groups for d, _ in allowed):
             # Groups of their own (none in phonenumbers' data today) would shift in a
             # joined pattern: then each type is tested on its own.
-            return None, ()
+            return None, {}
         joined = "|".join(f"(?P<t{i}>{d[1].pattern})" for i, (d, _) in enumerate(allowed))
-        return re.compile(joined), tuple(k for _, k in allowed)
+        return re.compile(joined), {f"t{i}": k for i, (_, k) in enumerate(allowed)}
 
 
 _Desc = tuple[frozenset[int], "re.Pattern[str]"]
