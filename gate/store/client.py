@@ -1414,6 +1414,10 @@ def _shape_of(
     return shape
 
 
+# An encoder's last decision: its checks, list views, X checks read, shadow reasons; shape.
+_Last = tuple[tuple[Check, ...], dict[str, str], tuple[int, ...], tuple[str, ...] | None, _Shape]
+
+
 class _Encoder:
     """Accumulates the KEYS (each once) and ARGV of decide.lua, decision by decision."""
 
@@ -1442,7 +1446,7 @@ class _Encoder:
         self.framed: list[bytes] = [_bulk(self.args[0])]
         # The last decision's (checks, list views, X checks, shadow) and shape: the next
         # decision of the same plan model (a scrub's batch, mostly) takes it as it is.
-        self.last: tuple[object, ...] = ()
+        self.last: _Last | None = None
 
     def add(
         self, check: StoreCheck, views: dict[str, str], read: dict[int, tuple[int, int, int]]
@@ -1451,8 +1455,14 @@ class _Encoder:
         reads = tuple(read)
         shadow = None if evidence is None else evidence.shadow
         last = self.last
-        if last and last[0] is check.checks and last[1] is views and last[2:4] == (reads, shadow):
-            shape: _Shape = last[4]  # type: ignore[assignment]
+        if (
+            last is not None
+            and last[0] is check.checks
+            and last[1] is views
+            and last[2] == reads
+            and last[3] == shadow
+        ):
+            shape = last[4]
         else:
             shape = _shape_of(check.checks, views, reads, shadow)
             self.last = (check.checks, views, reads, shadow, shape)
