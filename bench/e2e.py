@@ -373,7 +373,6 @@ def goal_lines(rows: list[tuple[int, str, int, int, float, float]], rates: list[
         f"{'p99 bound':>10} {'failed':>7}"
     ]
     knee: dict[str, int | None] = dict.fromkeys(doors)
-    serves: dict[str, int | None] = dict.fromkeys(doors)  # < 1 % failed only
     verdicts: list[str] = []
     floor: list[str] = []
     for rate in rates:
@@ -387,8 +386,6 @@ def goal_lines(rows: list[tuple[int, str, int, int, float, float]], rates: list[
                 f"{bound:>8.2f}ms {100 * failed:>6.1f}%"
             )
             holds = failed < 0.01 and g50 <= 2 * u50
-            if failed < 0.01 and (serves[door] is None or rate > (serves[door] or 0)):
-                serves[door] = rate
             if holds and (knee[door] is None or rate > (knee[door] or 0)):
                 knee[door] = rate
             if door in MINIMAL_ROWS:
@@ -417,11 +414,32 @@ def goal_lines(rows: list[tuple[int, str, int, int, float, float]], rates: list[
                     f"ungated (<= 2): {'met' if holds else 'NOT met'}"
                 )
     lines += ["", *verdicts]
+
+    def failed_at(rate: int, mode: str) -> float:
+        calls, answered = by_rate[rate, mode][:2]
+        return (calls - answered) / calls
+
+    def served(mode: str) -> str:
+        """Up to which rate fewer than 1 % failed, and the first rate where more did,
+        beside the ungated calls' own failures there (the box's limit, not the gate's)."""
+        up_to = max((r for r in rates if failed_at(r, mode) < 0.01), default=None)
+        said = (
+            f"fewer than 1 % failed up to {up_to} cps"
+            if up_to
+            else "1 % or more failed at every rate tried"
+        )
+        first = next((r for r in rates if failed_at(r, mode) >= 0.01), None)
+        if first is not None:
+            said += f"; at {first} cps {100 * failed_at(first, mode):.1f} % failed"
+            if mode != "ungated":
+                said += f", ungated {100 * failed_at(first, 'ungated'):.1f} %"
+        return said
+
+    lines.append(f"ungated: {served('ungated')}")
     for door, rate in knee.items():
         lines.append(
             f"knee {door}: {f'holds up to {rate} cps' if rate else 'fails at every rate tried'} "
-            "(< 1 % failed, p50 <= 2x ungated); "
-            f"fewer than 1 % failed up to {serves[door] or 0} cps"
+            f"(< 1 % failed, p50 <= 2x ungated); {served(door)}"
         )
     if floor:
         lines += ["", *floor]

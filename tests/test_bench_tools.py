@@ -92,6 +92,30 @@ def test_goal_lines_set_each_door_against_ungated_and_the_minimal_gate(e2e: Modu
     )
 
 
+def test_the_knee_names_where_calls_fail_and_how_many_failed_ungated(e2e: ModuleType) -> None:
+    """A rate where 1 % or more fail is named with the ungated calls' failures at that rate
+    (the box's limit, not the gate's); a door that fails at every rate says so, never
+    "up to 0 cps"."""
+    rows = [
+        (300, "ungated", 1000, 1000, 1.0, 2.0),
+        (300, "agi", 1000, 1000, 1.8, 3.0),
+        (300, "stasis", 1000, 980, 1.5, 3.0),
+        (500, "ungated", 1000, 965, 1.0, 2.0),
+        (500, "agi", 1000, 955, 2.5, 4.0),
+        (500, "stasis", 1000, 950, 2.5, 4.0),
+    ]
+    lines = e2e.goal_lines(rows, [300, 500])
+    assert "ungated: fewer than 1 % failed up to 300 cps; at 500 cps 3.5 % failed" in lines
+    assert (
+        "knee agi: holds up to 300 cps (< 1 % failed, p50 <= 2x ungated); fewer than 1 % failed"
+        " up to 300 cps; at 500 cps 4.5 % failed, ungated 3.5 %" in lines
+    )
+    assert (
+        "knee stasis: fails at every rate tried (< 1 % failed, p50 <= 2x ungated); 1 % or more"
+        " failed at every rate tried; at 300 cps 2.0 % failed, ungated 0.0 %" in lines
+    )
+
+
 def test_cpu_time_is_read_for_a_process_and_its_children(e2e: ModuleType) -> None:
     """This process has used some CPU; no process, none."""
     assert e2e.tree_cpu_s(os.getpid()) > 0
