@@ -372,14 +372,19 @@ def goal_lines(rows: list[tuple[int, str, int, int, float, float]], rates: list[
         f"{'cps':>5} {'door':<8} {'added p50':>10} {'p50/ungated':>12} {'p99/ungated':>12} "
         f"{'p99 bound':>10} {'failed':>7}"
     ]
+
+    def failed_at(rate: int, mode: str) -> float:
+        calls, answered = by_rate[rate, mode][:2]
+        return (calls - answered) / calls
+
     knee: dict[str, int | None] = dict.fromkeys(doors)
     verdicts: list[str] = []
     floor: list[str] = []
     for rate in rates:
         _, _, u50, u99 = by_rate[rate, "ungated"]
         for door in doors:
-            calls, answered, g50, g99 = by_rate[rate, door]
-            failed = (calls - answered) / calls
+            g50, g99 = by_rate[rate, door][2:]
+            failed = failed_at(rate, door)
             bound = 2 * u99 + 2
             lines.append(
                 f"{rate:>5} {door:<8} {g50 - u50:>+9.2f}ms {g50 / u50:>11.2f}x {g99 / u99:>11.2f}x "
@@ -414,10 +419,6 @@ def goal_lines(rows: list[tuple[int, str, int, int, float, float]], rates: list[
                     f"ungated (<= 2): {'met' if holds else 'NOT met'}"
                 )
     lines += ["", *verdicts]
-
-    def failed_at(rate: int, mode: str) -> float:
-        calls, answered = by_rate[rate, mode][:2]
-        return (calls - answered) / calls
 
     def served(mode: str) -> str:
         """Up to which rate fewer than 1 % failed, and the first rate where more did,
