@@ -277,16 +277,22 @@ def rest_calls_per_decision(
     per_channel, other, over_websocket = count_rest_calls(log)
     # Which number each channel dialled: from the StasisStart events in the same debug log.
     number_of: dict[str, str] = {}
+    name_of: dict[str, str] = {}
     for block in _ARI_EVENT.findall(log):
         with contextlib.suppress(ValueError):
             event = json.loads(block)
             if event.get("type") == "StasisStart" and event.get("args"):
                 number_of[str(event["channel"]["id"])] = str(event["args"][0])
+                name_of[str(event["channel"]["id"])] = str(event["channel"]["name"])
+    priorities = count_priorities(log, STASIS_CONTEXTS)
     by_verdict: dict[str, list[int]] = {"allowed": [], "refused": []}
+    steps: dict[str, list[int]] = {"allowed": [], "refused": []}
     for channel, count in per_channel.items():
         number = number_of.get(channel)
         if number is not None:
-            by_verdict["refused" if number in listed else "allowed"].append(count)
+            verdict = "refused" if number in listed else "allowed"
+            by_verdict[verdict].append(count)
+            steps[verdict].append(priorities.get(name_of[channel], 0))
     codes = list(run.results.values())
     lines = [
         f"ARI REST requests per Stasis decision ({REST_CALLS} SIPp calls, "
@@ -296,8 +302,10 @@ def rest_calls_per_decision(
     for verdict, counts in by_verdict.items():
         spread = f"min {min(counts)} max {max(counts)}" if counts else "no sample"
         mean = statistics.fmean(counts) if counts else float("nan")
+        ran = statistics.fmean(steps[verdict]) if counts else float("nan")
         lines.append(
-            f"  {verdict:<8} {len(counts):>3} channels, {mean:.2f} requests each ({spread})"
+            f"  {verdict:<8} {len(counts):>3} channels, {mean:.2f} requests each ({spread}), "
+            f"{ran:.2f} dialplan priorities in callgate-stasis and callgate-decided"
         )
     lines.append(
         f"  requests naming no channel (e.g. the sweep's GET /channels, the connect's probe): "
@@ -327,6 +335,25 @@ def count_agi_round_trips(log: str) -> dict[str, tuple[int, str]]:
     return {channel: (count, verdicts.get(channel, "?")) for channel, count in trips.items()}
 
 
+#: a dialplan priority run, from Asterisk's verbose log (``-- Executing [s@ctx:3] App("chan", …``)
+_EXECUTING = re.compile(
+    r'Executing \[[^@\]\n]*@(?P<context>[^:\]\n]+):\d+\] \w+\("(?P<channel>[^"\n]+)"'
+)
+#: the contexts of dialplan/callgate.conf a gated call runs through, per door
+AGI_CONTEXTS = ("callgate-agi",)
+STASIS_CONTEXTS = ("callgate-stasis", "callgate-decided")
+
+
+def count_priorities(log: str, contexts: tuple[str, ...]) -> dict[str, int]:
+    """From Asterisk's verbose log: channel name -> the dialplan priorities it ran in
+    ``contexts`` (callgate's subroutine: the dialplan's share of a decision's cost)."""
+    counts: dict[str, int] = {}
+    for match in _EXECUTING.finditer(log):
+        if match["context"] in contexts:
+            counts[match["channel"]] = counts.get(match["channel"], 0) + 1
+    return counts
+
+
 def agi_round_trips_per_decision(
     sandbox: AsteriskSandbox, gate: GateProcess, workdir: Path
 ) -> list[str]:
@@ -343,10 +370,14 @@ def agi_round_trips_per_decision(
         time.sleep(1.0)  # the last decisions' log lines
     finally:
         sandbox.cli("agi set debug off")
-    per_channel = count_agi_round_trips(sandbox.read_log()[since:])
+    log = sandbox.read_log()[since:]
+    per_channel = count_agi_round_trips(log)
+    priorities = count_priorities(log, AGI_CONTEXTS)
     by_verdict: dict[str, list[int]] = {}
-    for count, verdict in per_channel.values():
+    steps: dict[str, list[int]] = {}
+    for channel, (count, verdict) in per_channel.items():
         by_verdict.setdefault(verdict, []).append(count)
+        steps.setdefault(verdict, []).append(priorities.get(channel, 0))
     codes = list(run.results.values())
     lines = [
         f"FastAGI round trips per decision ({AGI_CALLS} SIPp calls, {len(listed)} red-listed; "
@@ -356,7 +387,8 @@ def agi_round_trips_per_decision(
     for verdict, counts in sorted(by_verdict.items()):
         lines.append(
             f"  {verdict:<8} {len(counts):>3} requests, {statistics.fmean(counts):.2f} round "
-            f"trips each (min {min(counts)} max {max(counts)})"
+            f"trips each (min {min(counts)} max {max(counts)}), "
+            f"{statistics.fmean(steps[verdict]):.2f} dialplan priorities in callgate-agi"
         )
     return lines
 

@@ -116,6 +116,28 @@ def test_the_knee_names_where_calls_fail_and_how_many_failed_ungated(e2e: Module
     )
 
 
+def test_dialplan_priorities_are_counted_per_channel_in_the_named_contexts(
+    e2e: ModuleType,
+) -> None:
+    """Each ``Executing [exten@context:n]`` line of a named context counts for its channel;
+    other contexts and other lines do not."""
+    log = "\n".join(
+        [
+            '[Dec  1] VERBOSE[9][C-1] pbx.c: -- Executing [s@callgate-agi:1] Set("PJSIP/a-1", '
+            '"ARRAY(CALLGATE_DECISION,CALLGATE_RESULT)=") in new stack',
+            '[Dec  1] VERBOSE[9][C-1] pbx.c: -- Executing [s@callgate-agi:2] AGI("PJSIP/a-1", '
+            '"agi://127.0.0.1:4573/check") in new stack',
+            '[Dec  1] VERBOSE[9][C-2] pbx.c: -- Executing [s@callgate-agi:1] Set("PJSIP/b-2", '
+            '"x=") in new stack',
+            '[Dec  1] VERBOSE[9][C-1] pbx.c: -- Executing [0612@reached:1] Answer("PJSIP/a-1", '
+            '"") in new stack',
+            "[Dec  1] NOTICE[9][C-1] Executing [s@callgate-agi:3] is not a verbose line",
+        ]
+    )
+    assert {"PJSIP/a-1": 2, "PJSIP/b-2": 1} == e2e.count_priorities(log, ("callgate-agi",))
+    assert {"PJSIP/a-1": 1} == e2e.count_priorities(log, ("reached",))
+
+
 def test_cpu_time_is_read_for_a_process_and_its_children(e2e: ModuleType) -> None:
     """This process has used some CPU; no process, none."""
     assert e2e.tree_cpu_s(os.getpid()) > 0
