@@ -40,8 +40,10 @@ message …`` followed by the ``RESTRequest`` JSON); SIPp places ``REST_CALLS`` 
 through the Stasis door, 10 % of them to red-listed numbers, and the requests naming each
 channel are counted, per verdict. By design: 1 for an allowed channel (continue to
 ``callgate-decided``, the decision in the extension), 1 for a refused one (DELETE with
-reason_code). This phase runs after the timed rows, so the debug logging does not slow
-them down.
+reason_code). The same log shows the events Asterisk sent the application (``<--- Sending
+ARI event …``): by design a StasisStart per channel and a RESTResponse per request (the
+door's event filter keeps StasisEnd and ChannelHangupRequest away). This phase runs after
+the timed rows, so the debug logging does not slow them down.
 
 Likewise it counts the FastAGI round trips per AGI decision: with ``agi set debug on``
 Asterisk logs each request it sends (``<CHANNEL>AGI Tx >> agi_request: …``, the headers)
@@ -278,9 +280,12 @@ def rest_calls_per_decision(
     # Which number each channel dialled: from the StasisStart events in the same debug log.
     number_of: dict[str, str] = {}
     name_of: dict[str, str] = {}
+    event_types: dict[str, int] = {}
     for block in _ARI_EVENT.findall(log):
         with contextlib.suppress(ValueError):
             event = json.loads(block)
+            kind = str(event.get("type"))
+            event_types[kind] = event_types.get(kind, 0) + 1
             if event.get("type") == "StasisStart" and event.get("args"):
                 number_of[str(event["channel"]["id"])] = str(event["args"][0])
                 name_of[str(event["channel"]["id"])] = str(event["channel"]["name"])
@@ -311,6 +316,8 @@ def rest_calls_per_decision(
         f"  requests naming no channel (e.g. the sweep's GET /channels, the connect's probe): "
         f"{other}"
     )
+    sent = ", ".join(f"{count} {kind}" for kind, count in sorted(event_types.items()))
+    lines.append(f"  events Asterisk sent the application: {sent or 'none'}")
     total = sum(per_channel.values()) + other
     lines.append(f"  over the event WebSocket: {over_websocket} of {total} (the rest over HTTP)")
     return lines

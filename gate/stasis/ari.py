@@ -17,6 +17,12 @@ within ``WS_PROBE_S``, sends every REST call over the WebSocket while it stays o
 meanwhile are kept and yielded first. When the WebSocket closes, the requests waiting for
 their answer fail at once (``AriUnavailable``) and the next calls go over HTTP.
 
+Only the events it reads: on each connect the client asks Asterisk (``PUT
+/applications/{app}/eventFilter``) to send the application ``StasisStart`` and the
+``RESTResponse`` answers only, not the ``StasisEnd`` (and, for a refused channel,
+``ChannelHangupRequest``) it would build and send for every call; an Asterisk that refuses
+the filter sends them all, and they are skipped as before.
+
 Guarantees: every REST call runs under a deadline; every aiohttp/socket failure and every
 reply that is not what the endpoint documents becomes an ``AriError`` (``AriUnavailable``
 when Asterisk cannot be reached, ``AriNotFound`` for a channel that is gone or has left
@@ -30,6 +36,7 @@ import asyncio
 import base64
 import itertools
 import json
+import logging
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
@@ -40,8 +47,13 @@ from gate.core.errors import GateError
 
 __all__ = ["AriClient", "AriError", "AriNotFound", "AriUnavailable"]
 
+log = logging.getLogger("callgate.ari")
+
 #: How long a connect waits for Asterisk to answer a REST request over the event WebSocket.
 WS_PROBE_S = 1.0
+#: The only events the application asks for: the rest (``StasisEnd``, ``ChannelVarset``,
+#: ``ChannelHangupRequest``…) Asterisk would build and send for every call, unread.
+EVENTS_USED = ("StasisStart", "RESTResponse")
 
 
 class AriError(GateError):
@@ -84,6 +96,7 @@ class AriClient:
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._waiting: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._ids = itertools.count(1)
+        self._unfiltered_said = False
 
     def __repr__(self) -> str:
         return f"AriClient({self.base_url!r}, app={self.app!r})"
@@ -118,8 +131,8 @@ class AriClient:
         body: Any = None,
     ) -> Any:
         ws = self._ws
-        if ws is not None and not ws.closed and body is None:
-            status, text = await self._over_websocket(ws, method, path, params)
+        if ws is not None and not ws.closed:
+            status, text = await self._over_websocket(ws, method, path, params, body)
             return _answer(method, path, status, text)
         url = f"{self.base_url}{path}"
         try:
@@ -139,10 +152,11 @@ class AriClient:
         method: str,
         path: str,
         params: Mapping[str, str] | None,
+        body: Any = None,
     ) -> tuple[int, str]:
         """One REST request over the event WebSocket: its status and body."""
         request_id = f"callgate-{next(self._ids)}"
-        message = _rest_request(request_id, method, path, params)
+        message = _rest_request(request_id, method, path, params, body)
         answer: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._waiting[request_id] = answer
         try:
@@ -155,10 +169,7 @@ class AriClient:
             ) from exc
         finally:
             self._waiting.pop(request_id, None)
-        status, text = response.get("status_code"), response.get("message_body") or ""
-        if not isinstance(status, int) or not isinstance(text, str):
-            raise AriError(f"ARI {method} {path}: a RESTResponse without a status")
-        return status, text
+        return _status(method, path, response)
 
     async def info(self) -> dict[str, Any]:
         """``GET /asterisk/info``: a cheap readiness probe."""
@@ -219,38 +230,85 @@ class AriClient:
             ) from exc
         async with ws:
             try:
-                early = await self._probe(ws) if self._try_websocket else []
+                early: list[dict[str, Any]] = []
+                if self._try_websocket:
+                    await self._probe(ws, early)
+                await self._filter_events(ws, early)
                 yield self._events(ws, early)
             finally:
                 self._closed(ws)
 
-    async def _probe(self, ws: aiohttp.ClientWebSocketResponse) -> list[dict[str, Any]]:
+    async def _unread_request(
+        self,
+        ws: aiohttp.ClientWebSocketResponse,
+        method: str,
+        path: str,
+        early: list[dict[str, Any]],
+        body: Any = None,
+    ) -> dict[str, Any] | None:
+        """A REST request on ``ws`` before its events are read (``_events`` takes the
+        answers from then on): its ``RESTResponse``, or None if ``ws`` ends first. The
+        events read meanwhile go to ``early``. The caller bounds it in time."""
+        request_id = f"callgate-{next(self._ids)}"
+        await ws.send_str(json.dumps(_rest_request(request_id, method, path, None, body)))
+        while True:
+            message = await ws.receive()
+            if message.type is not aiohttp.WSMsgType.TEXT:
+                if message.type in _ENDS:
+                    return None  # the events iterator sees the end too
+                continue
+            event = _json_object(message.data)
+            if event is None:
+                continue
+            if event.get("type") != "RESTResponse":
+                early.append(event)
+            elif event.get("request_id") == request_id:
+                return event
+
+    async def _probe(
+        self, ws: aiohttp.ClientWebSocketResponse, early: list[dict[str, Any]]
+    ) -> None:
         """Whether Asterisk answers REST over ``ws`` (then REST goes over it): one
-        ``GET asterisk/ping`` answered within ``WS_PROBE_S``. Returns the events read
-        meanwhile."""
-        request_id = f"callgate-probe-{next(self._ids)}"
-        probe = _rest_request(request_id, "GET", "asterisk/ping", None)
-        early: list[dict[str, Any]] = []
+        ``GET asterisk/ping`` answered within ``WS_PROBE_S``."""
         try:
             async with asyncio.timeout(WS_PROBE_S):
-                await ws.send_str(json.dumps(probe))
-                while True:
-                    message = await ws.receive()
-                    if message.type is not aiohttp.WSMsgType.TEXT:
-                        if message.type in _ENDS:
-                            return early  # the events iterator sees the end too
-                        continue
-                    event = _json_object(message.data)
-                    if event is None:
-                        continue
-                    if event.get("type") != "RESTResponse":
-                        early.append(event)
-                    elif event.get("request_id") == request_id:
-                        if event.get("status_code") == 200:
-                            self._ws = ws
-                        return early
+                answer = await self._unread_request(ws, "GET", "asterisk/ping", early)
         except (aiohttp.ClientError, OSError, TimeoutError):
-            return early  # no REST over this WebSocket: HTTP
+            return  # no REST over this WebSocket: HTTP
+        if answer is not None and answer.get("status_code") == 200:
+            self._ws = ws
+
+    async def _filter_events(
+        self, ws: aiohttp.ClientWebSocketResponse, early: list[dict[str, Any]]
+    ) -> None:
+        """Ask Asterisk to send the application only ``EVENTS_USED`` (``PUT
+        /applications/{app}/eventFilter``); an Asterisk that refuses it sends them all,
+        which works too (said once in the log)."""
+        method, path = "PUT", f"/applications/{self.app}/eventFilter"
+        body = {"allowed": [{"type": kind} for kind in EVENTS_USED]}
+        try:
+            if self._ws is not ws:
+                await self._request(method, path, body=body)
+                return
+            try:
+                async with asyncio.timeout(self._rest_timeout.total):
+                    answer = await self._unread_request(ws, method, path.lstrip("/"), early, body)
+            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                raise AriUnavailable(
+                    f"ARI at {self.base_url}: no answer over the event WebSocket "
+                    f"({type(exc).__name__})"
+                ) from exc
+            if answer is not None:
+                _answer(method, path, *_status(method, path, answer))
+        except AriUnavailable:
+            raise
+        except AriError as exc:
+            if not self._unfiltered_said:
+                self._unfiltered_said = True
+                log.info(
+                    "ARI: Asterisk does not filter the application's events (%s); reading them all",
+                    exc,
+                )
 
     async def _events(
         self, ws: aiohttp.ClientWebSocketResponse, early: list[dict[str, Any]]
@@ -289,7 +347,7 @@ _ENDS = (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.C
 
 
 def _rest_request(
-    request_id: str, method: str, path: str, params: Mapping[str, str] | None
+    request_id: str, method: str, path: str, params: Mapping[str, str] | None, body: Any = None
 ) -> dict[str, Any]:
     """A ``RESTRequest`` message of the event WebSocket."""
     message: dict[str, Any] = {
@@ -300,7 +358,18 @@ def _rest_request(
     }
     if params:
         message["query_strings"] = [{"name": k, "value": v} for k, v in params.items()]
+    if body is not None:
+        message["content_type"] = "application/json"
+        message["message_body"] = json.dumps(body)
     return message
+
+
+def _status(method: str, path: str, response: Mapping[str, Any]) -> tuple[int, str]:
+    """The status and body of a ``RESTResponse``."""
+    status, text = response.get("status_code"), response.get("message_body") or ""
+    if not isinstance(status, int) or not isinstance(text, str):
+        raise AriError(f"ARI {method} {path}: a RESTResponse without a status")
+    return status, text
 
 
 def _json_object(data: str) -> dict[str, Any] | None:

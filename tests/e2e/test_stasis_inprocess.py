@@ -136,6 +136,7 @@ class FaultyClient(AriClient):
         self.listings = 0  # GET /channels answered (the sweeps done)
         self.requests: list[tuple[str, str]] = []  # (method, path) of every REST request
         self.drop = asyncio.Event()  # set: the event stream ends (a lost connection)
+        self.events: list[str] = []  # the type of every event the door was given
 
     async def continue_in_dialplan(
         self, channel_id: str, context: str = "", extension: str = ""
@@ -205,6 +206,7 @@ class FaultyClient(AriClient):
                     event = following.result()
                 except StopAsyncIteration:
                     return
+                self.events.append(str(event.get("type")))
                 yield event
         finally:
             dropped.cancel()
@@ -296,6 +298,32 @@ async def test_an_allowed_or_refused_channel_costs_one_ari_request(
         client.requests_for(allowed),
         client.requests_for(refused),
         client.requests_for(hung_up),
+    )
+
+
+async def test_asterisk_sends_the_door_only_the_events_it_reads(
+    asterisk_factory: SandboxFactory, gate: Gate
+) -> None:
+    """On connect the door sets the application's event filter, so the real Asterisk sends
+    an allowed or a hung-up channel's StasisStart (and the REST answers) only: without it,
+    the door is also sent each channel's StasisEnd and a hung-up one's
+    ChannelHangupRequest, which it never reads."""
+    text, files = dialplan()
+    sandbox = asterisk_factory(text, extra_files=files)
+    client = FaultyClient(sandbox)
+    async with serving(gate, sandbox, "hangup", client=client):
+        application = await sandbox.ari("GET", "/applications/callgate")
+        await swept(client)
+        allowed = await sandbox.originate_local(UNLISTED, "gated")
+        refused = await sandbox.originate_local(LISTED, "gated")
+        assert "ALLOW" == await var_eventually(sandbox, allowed, "REACHED", 10)
+        assert await gone_eventually(sandbox, refused, 10)
+        await asyncio.sleep(0.5)  # time for the events a channel's end would bring
+    assert [{"type": "StasisStart"}, {"type": "RESTResponse"}] == application["events_allowed"]
+    assert ["StasisStart", "StasisStart"] == client.events
+    assert (["POST continue"], ["DELETE channel"]) == (
+        client.requests_for(allowed),
+        client.requests_for(refused),
     )
 
 

@@ -23,6 +23,8 @@ from gate.stasis import ari
 from gate.stasis.ari import AriClient, AriError, AriNotFound, AriUnavailable
 
 CHANNEL = {"id": "c1", "name": "Local/1@x-0;2", "state": "Ring"}
+FILTER_URI = "applications/callgate/eventFilter"
+ONLY_USED = {"allowed": [{"type": "StasisStart"}, {"type": "RESTResponse"}]}
 
 
 @dataclass
@@ -34,12 +36,17 @@ class StandIn:
     silent_for: set[str] = field(default_factory=set)  # URIs it never answers over the WS
     garbled_for: set[str] = field(default_factory=set)  # URIs answered without a status
     events_first: list[dict[str, Any]] = field(default_factory=list)  # sent on connect
+    filters: bool = True  # False: an Asterisk without PUT applications/{app}/eventFilter
+    filtered: list[Any] = field(default_factory=list)  # the event filters it was sent
     http: list[str] = field(default_factory=list)  # "METHOD /path" of each HTTP request
     over_websocket: list[dict[str, Any]] = field(default_factory=list)  # RESTRequests seen
     sockets: list[web.WebSocketResponse] = field(default_factory=list)
 
-    def reply(self, method: str, uri: str) -> tuple[int, str]:
+    def reply(self, method: str, uri: str, body: str = "") -> tuple[int, str]:
         """Status and body for a request (the same over HTTP and the WebSocket)."""
+        if uri == FILTER_URI and method == "PUT" and self.filters:
+            self.filtered.append(json.loads(body))
+            return 200, json.dumps({"name": "callgate"})
         if uri == "asterisk/ping":
             return self.ping_status, json.dumps({"ping": "pong"})
         if uri == "channels" and method == "GET":
@@ -66,7 +73,7 @@ async def stand_in() -> AsyncIterator[tuple[StandIn, str]]:
             state.over_websocket.append(sent)
             if not state.answers_websocket or sent["uri"] in state.silent_for:
                 continue
-            status, body = state.reply(sent["method"], sent["uri"])
+            status, body = state.reply(sent["method"], sent["uri"], sent.get("message_body", ""))
             answer = {"type": "RESTResponse", "request_id": sent.get("request_id", ""),
                       "status_code": status, "uri": sent["uri"]}  # fmt: skip
             if sent["uri"] in state.garbled_for:
@@ -78,7 +85,8 @@ async def stand_in() -> AsyncIterator[tuple[StandIn, str]]:
 
     async def rest(request: web.Request) -> web.Response:
         state.http.append(f"{request.method} {request.path}")
-        status, body = state.reply(request.method, request.path.removeprefix("/ari/"))
+        uri = request.path.removeprefix("/ari/")
+        status, body = state.reply(request.method, uri, await request.text())
         return web.Response(status=status, text=body, content_type="application/json")
 
     app = web.Application()
@@ -140,7 +148,7 @@ async def test_an_asterisk_that_ignores_rest_over_the_websocket_gets_http(
         reading = asyncio.create_task(read_events(events, seen))
         assert not client.rest_over_websocket
         assert [CHANNEL] == await client.channels()
-        assert ["GET /ari/channels"] == state.http
+        assert [f"PUT /ari/{FILTER_URI}", "GET /ari/channels"] == state.http
         await asyncio.sleep(0.05)
         reading.cancel()
         assert [start] == seen
@@ -208,4 +216,71 @@ async def test_rest_over_the_websocket_can_be_turned_off(stand_in: tuple[StandIn
         reading = asyncio.create_task(read_events(events, []))
         await client.channels()
         reading.cancel()
-    assert ([], ["GET /ari/channels"]) == (state.over_websocket, state.http)
+    assert ([], [f"PUT /ari/{FILTER_URI}", "GET /ari/channels"]) == (
+        state.over_websocket,
+        state.http,
+    )
+
+
+@pytest.mark.parametrize("over_websocket", [True, False], ids=["websocket", "http"])
+async def test_each_connect_asks_asterisk_for_only_the_events_the_door_reads(
+    stand_in: tuple[StandIn, str], over_websocket: bool
+) -> None:
+    """Before the events are read, the application's event filter: StasisStart and the
+    REST answers only (Asterisk then sends no StasisEnd and no ChannelHangupRequest per
+    call). Over the WebSocket as a RESTRequest with a JSON body, else over HTTP; again on
+    every connect (Asterisk forgets nothing, but another client may have changed it)."""
+    state, url = stand_in
+    async with AriClient(url, "u", "p", "callgate", rest_over_websocket=over_websocket) as client:
+        for _ in range(2):
+            async with client.event_stream() as events:
+                reading = asyncio.create_task(read_events(events, []))
+                assert [CHANNEL] == await client.channels()
+                reading.cancel()
+    assert [ONLY_USED, ONLY_USED] == state.filtered
+    sent = [m for m in state.over_websocket if m["uri"] == FILTER_URI]
+    if over_websocket:
+        assert ["application/json"] * 2 == [m["content_type"] for m in sent]
+        assert [] == [r for r in state.http if FILTER_URI in r]
+    else:
+        assert ([], 2) == (sent, state.http.count(f"PUT /ari/{FILTER_URI}"))
+
+
+async def test_an_asterisk_without_the_event_filter_still_serves_and_it_is_said_once(
+    stand_in: tuple[StandIn, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """An Asterisk that answers the filter with an error (404: an older release): the
+    connection goes on, its events are read as before, and the log says it once, not on
+    every reconnect."""
+    state, url = stand_in
+    state.filters = False
+    start = {"type": "StasisStart", "channel": CHANNEL}
+    state.events_first = [start]
+    caplog.set_level("INFO", logger="callgate.ari")
+    async with AriClient(url, "u", "p", "callgate") as client:
+        for _ in range(2):
+            seen: list[dict[str, Any]] = []
+            async with client.event_stream() as events:
+                assert client.rest_over_websocket
+                reading = asyncio.create_task(read_events(events, seen))
+                assert [CHANNEL] == await client.channels()
+                reading.cancel()
+            assert [start] == seen
+    said = [r.getMessage() for r in caplog.records if "does not filter" in r.getMessage()]
+    assert 1 == len(said), said
+    assert "PUT /applications/callgate/eventFilter: HTTP 404" in said[0]
+
+
+async def test_a_filter_request_left_unanswered_fails_the_connect_within_the_deadline(
+    stand_in: tuple[StandIn, str],
+) -> None:
+    """Asterisk takes the WebSocket but never answers the filter: the connect fails with
+    AriUnavailable after the REST deadline (the door then reconnects), it does not hang."""
+    state, url = stand_in
+    state.silent_for = {FILTER_URI}
+    started = time.monotonic()
+    async with AriClient(url, "u", "p", "callgate", rest_timeout_s=0.3) as client:
+        with pytest.raises(AriUnavailable, match="no answer over the event WebSocket"):
+            async with client.event_stream():
+                pass
+    assert time.monotonic() - started < 2
