@@ -5,7 +5,8 @@ Asterisk 22 do not reconnect reliably. This module does only what the Stasis gat
 ``event_stream()`` (``GET /ari/events?app=…`` as a WebSocket with heartbeats), ``set_variable``
 (``POST /channels/{id}/variable``), ``continue_in_dialplan`` (``POST /channels/{id}/continue``,
 optionally to a context and extension),
-``hangup`` (``DELETE /channels/{id}?reason_code=…``), ``channels`` (``GET /channels``) and
+``hangup`` (``DELETE /channels/{id}?reason_code=…``), ``filter_events`` (``PUT
+/applications/{app}/eventFilter``), ``channels`` (``GET /channels``) and
 ``channel`` (``GET /channels/{id}``).
 
 REST over the event WebSocket: recent Asterisk releases (22.10 does) take REST requests
@@ -17,11 +18,11 @@ within ``WS_PROBE_S``, sends every REST call over the WebSocket while it stays o
 meanwhile are kept and yielded first. When the WebSocket closes, the requests waiting for
 their answer fail at once (``AriUnavailable``) and the next calls go over HTTP.
 
-Only the events it reads: on each connect the client asks Asterisk (``PUT
-/applications/{app}/eventFilter``) to send the application ``StasisStart`` and the
-``RESTResponse`` answers only, not the ``StasisEnd`` (and, for a refused channel,
-``ChannelHangupRequest``) it would build and send for every call; an Asterisk that refuses
-the filter sends them all, and they are skipped as before.
+Only the events it reads: ``filter_events`` asks Asterisk (``PUT
+/applications/{app}/eventFilter``) to send the application the event types its caller
+reads and the ``RESTResponse`` answers, not the ``StasisEnd`` (and, for a hung-up
+channel, ``ChannelHangupRequest``) it would otherwise build and send for every call; an
+Asterisk that refuses the filter sends them all, which works too (said once in the log).
 
 Guarantees: every REST call runs under a deadline; every aiohttp/socket failure and every
 reply that is not what the endpoint documents becomes an ``AriError`` (``AriUnavailable``
@@ -51,9 +52,6 @@ log = logging.getLogger("callgate.ari")
 
 #: How long a connect waits for Asterisk to answer a REST request over the event WebSocket.
 WS_PROBE_S = 1.0
-#: The only events the application asks for: the rest (``StasisEnd``, ``ChannelVarset``,
-#: ``ChannelHangupRequest``…) Asterisk would build and send for every call, unread.
-EVENTS_USED = ("StasisStart", "RESTResponse")
 
 
 class AriError(GateError):
@@ -152,7 +150,7 @@ class AriClient:
         method: str,
         path: str,
         params: Mapping[str, str] | None,
-        body: Any = None,
+        body: Any,
     ) -> tuple[int, str]:
         """One REST request over the event WebSocket: its status and body."""
         request_id = f"callgate-{next(self._ids)}"
@@ -169,12 +167,34 @@ class AriClient:
             ) from exc
         finally:
             self._waiting.pop(request_id, None)
-        return _status(method, path, response)
+        status, text = response.get("status_code"), response.get("message_body") or ""
+        if not isinstance(status, int) or not isinstance(text, str):
+            raise AriError(f"ARI {method} {path}: a RESTResponse without a status")
+        return status, text
 
     async def info(self) -> dict[str, Any]:
         """``GET /asterisk/info``: a cheap readiness probe."""
         result: dict[str, Any] = await self._request("GET", "/asterisk/info")
         return result
+
+    async def filter_events(self, types: tuple[str, ...]) -> None:
+        """Have Asterisk send the application only events of ``types`` (and the answers to
+        REST over the event WebSocket); an Asterisk that refuses (an older release) keeps
+        sending them all, said once in the log. ``AriUnavailable`` if it cannot be asked."""
+        allowed = [{"type": kind} for kind in (*types, "RESTResponse")]
+        try:
+            await self._request(
+                "PUT", f"/applications/{self.app}/eventFilter", body={"allowed": allowed}
+            )
+        except AriUnavailable:
+            raise
+        except AriError as exc:
+            if not self._unfiltered_said:
+                self._unfiltered_said = True
+                log.info(
+                    "ARI: Asterisk does not filter the application's events (%s); reading them all",
+                    exc,
+                )
 
     async def set_variable(self, channel_id: str, name: str, value: str) -> None:
         await self._request(
@@ -230,85 +250,38 @@ class AriClient:
             ) from exc
         async with ws:
             try:
-                early: list[dict[str, Any]] = []
-                if self._try_websocket:
-                    await self._probe(ws, early)
-                await self._filter_events(ws, early)
+                early = await self._probe(ws) if self._try_websocket else []
                 yield self._events(ws, early)
             finally:
                 self._closed(ws)
 
-    async def _unread_request(
-        self,
-        ws: aiohttp.ClientWebSocketResponse,
-        method: str,
-        path: str,
-        early: list[dict[str, Any]],
-        body: Any = None,
-    ) -> dict[str, Any] | None:
-        """A REST request on ``ws`` before its events are read (``_events`` takes the
-        answers from then on): its ``RESTResponse``, or None if ``ws`` ends first. The
-        events read meanwhile go to ``early``. The caller bounds it in time."""
-        request_id = f"callgate-{next(self._ids)}"
-        await ws.send_str(json.dumps(_rest_request(request_id, method, path, None, body)))
-        while True:
-            message = await ws.receive()
-            if message.type is not aiohttp.WSMsgType.TEXT:
-                if message.type in _ENDS:
-                    return None  # the events iterator sees the end too
-                continue
-            event = _json_object(message.data)
-            if event is None:
-                continue
-            if event.get("type") != "RESTResponse":
-                early.append(event)
-            elif event.get("request_id") == request_id:
-                return event
-
-    async def _probe(
-        self, ws: aiohttp.ClientWebSocketResponse, early: list[dict[str, Any]]
-    ) -> None:
+    async def _probe(self, ws: aiohttp.ClientWebSocketResponse) -> list[dict[str, Any]]:
         """Whether Asterisk answers REST over ``ws`` (then REST goes over it): one
-        ``GET asterisk/ping`` answered within ``WS_PROBE_S``."""
+        ``GET asterisk/ping`` answered within ``WS_PROBE_S``. Returns the events read
+        meanwhile."""
+        request_id = f"callgate-probe-{next(self._ids)}"
+        probe = _rest_request(request_id, "GET", "asterisk/ping", None)
+        early: list[dict[str, Any]] = []
         try:
             async with asyncio.timeout(WS_PROBE_S):
-                answer = await self._unread_request(ws, "GET", "asterisk/ping", early)
+                await ws.send_str(json.dumps(probe))
+                while True:
+                    message = await ws.receive()
+                    if message.type is not aiohttp.WSMsgType.TEXT:
+                        if message.type in _ENDS:
+                            return early  # the events iterator sees the end too
+                        continue
+                    event = _json_object(message.data)
+                    if event is None:
+                        continue
+                    if event.get("type") != "RESTResponse":
+                        early.append(event)
+                    elif event.get("request_id") == request_id:
+                        if event.get("status_code") == 200:
+                            self._ws = ws
+                        return early
         except (aiohttp.ClientError, OSError, TimeoutError):
-            return  # no REST over this WebSocket: HTTP
-        if answer is not None and answer.get("status_code") == 200:
-            self._ws = ws
-
-    async def _filter_events(
-        self, ws: aiohttp.ClientWebSocketResponse, early: list[dict[str, Any]]
-    ) -> None:
-        """Ask Asterisk to send the application only ``EVENTS_USED`` (``PUT
-        /applications/{app}/eventFilter``); an Asterisk that refuses it sends them all,
-        which works too (said once in the log)."""
-        method, path = "PUT", f"/applications/{self.app}/eventFilter"
-        body = {"allowed": [{"type": kind} for kind in EVENTS_USED]}
-        try:
-            if self._ws is not ws:
-                await self._request(method, path, body=body)
-                return
-            try:
-                async with asyncio.timeout(self._rest_timeout.total):
-                    answer = await self._unread_request(ws, method, path.lstrip("/"), early, body)
-            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-                raise AriUnavailable(
-                    f"ARI at {self.base_url}: no answer over the event WebSocket "
-                    f"({type(exc).__name__})"
-                ) from exc
-            if answer is not None:
-                _answer(method, path, *_status(method, path, answer))
-        except AriUnavailable:
-            raise
-        except AriError as exc:
-            if not self._unfiltered_said:
-                self._unfiltered_said = True
-                log.info(
-                    "ARI: Asterisk does not filter the application's events (%s); reading them all",
-                    exc,
-                )
+            return early  # no REST over this WebSocket: HTTP
 
     async def _events(
         self, ws: aiohttp.ClientWebSocketResponse, early: list[dict[str, Any]]
@@ -362,14 +335,6 @@ def _rest_request(
         message["content_type"] = "application/json"
         message["message_body"] = json.dumps(body)
     return message
-
-
-def _status(method: str, path: str, response: Mapping[str, Any]) -> tuple[int, str]:
-    """The status and body of a ``RESTResponse``."""
-    status, text = response.get("status_code"), response.get("message_body") or ""
-    if not isinstance(status, int) or not isinstance(text, str):
-        raise AriError(f"ARI {method} {path}: a RESTResponse without a status")
-    return status, text
 
 
 def _json_object(data: str) -> dict[str, Any] | None:

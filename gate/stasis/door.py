@@ -73,6 +73,7 @@ _RECONNECT_BASE_S = 0.2
 _APPLY_TRIES = 5  # REST attempts per decision before leaving it to the next sweep
 _APPLY_BACKOFF_S = 0.2  # doubled after each failed attempt: 0.2, 0.4, 0.8, 1.6 s
 _UNAPPLIED_MAX = 4096  # decisions remembered for re-application (oldest dropped, logged)
+EVENTS_READ = ("StasisStart",)  # all the door reads: Asterisk is asked for no other
 AST_MAX_EXTENSION = 80  # Asterisk's extension buffer (include/asterisk/channel.h), NUL included
 
 
@@ -238,10 +239,12 @@ class StasisGate:
             self.reconnects += 1
 
     async def _session(self, events: AsyncIterator[dict[str, Any]]) -> None:
-        """One connection: read events while sweeping the waiting channels, until the
-        stream ends or ``stop()``; a failure of either ends both (and the session)."""
+        """One connection: read events while sweeping the waiting channels and asking
+        Asterisk for the ``EVENTS_READ`` only, until the stream ends or ``stop()``; a
+        failure of any ends all (and the session)."""
         async with asyncio.TaskGroup() as group:
             reading = group.create_task(self._read(events), name="callgate-ari-events")
+            group.create_task(self.client.filter_events(EVENTS_READ), name="callgate-ari-filter")
             group.create_task(self._sweep(), name="callgate-ari-sweep")
             stopping = group.create_task(self._stopping.wait(), name="callgate-ari-stop")
             await asyncio.wait({reading, stopping}, return_when=asyncio.FIRST_COMPLETED)

@@ -304,7 +304,7 @@ async def test_an_allowed_or_refused_channel_costs_one_ari_request(
 async def test_asterisk_sends_the_door_only_the_events_it_reads(
     asterisk_factory: SandboxFactory, gate: Gate
 ) -> None:
-    """On connect the door sets the application's event filter, so the real Asterisk sends
+    """On connecting the door sets the application's event filter, so the real Asterisk sends
     an allowed or a hung-up channel's StasisStart (and the REST answers) only: without it,
     the door is also sent each channel's StasisEnd and a hung-up one's
     ChannelHangupRequest, which it never reads."""
@@ -312,7 +312,11 @@ async def test_asterisk_sends_the_door_only_the_events_it_reads(
     sandbox = asterisk_factory(text, extra_files=files)
     client = FaultyClient(sandbox)
     async with serving(gate, sandbox, "hangup", client=client):
-        application = await sandbox.ari("GET", "/applications/callgate")
+        for _ in range(100):  # bounded: 5 s (the door asks right after connecting)
+            application = await sandbox.ari("GET", "/applications/callgate")
+            if application["events_allowed"]:
+                break
+            await asyncio.sleep(0.05)
         await swept(client)
         allowed = await sandbox.originate_local(UNLISTED, "gated")
         refused = await sandbox.originate_local(LISTED, "gated")

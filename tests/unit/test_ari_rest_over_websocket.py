@@ -24,7 +24,6 @@ from gate.stasis.ari import AriClient, AriError, AriNotFound, AriUnavailable
 
 CHANNEL = {"id": "c1", "name": "Local/1@x-0;2", "state": "Ring"}
 FILTER_URI = "applications/callgate/eventFilter"
-ONLY_USED = {"allowed": [{"type": "StasisStart"}, {"type": "RESTResponse"}]}
 
 
 @dataclass
@@ -148,7 +147,7 @@ async def test_an_asterisk_that_ignores_rest_over_the_websocket_gets_http(
         reading = asyncio.create_task(read_events(events, seen))
         assert not client.rest_over_websocket
         assert [CHANNEL] == await client.channels()
-        assert [f"PUT /ari/{FILTER_URI}", "GET /ari/channels"] == state.http
+        assert ["GET /ari/channels"] == state.http
         await asyncio.sleep(0.05)
         reading.cancel()
         assert [start] == seen
@@ -216,42 +215,38 @@ async def test_rest_over_the_websocket_can_be_turned_off(stand_in: tuple[StandIn
         reading = asyncio.create_task(read_events(events, []))
         await client.channels()
         reading.cancel()
-    assert ([], [f"PUT /ari/{FILTER_URI}", "GET /ari/channels"]) == (
-        state.over_websocket,
-        state.http,
-    )
+    assert ([], ["GET /ari/channels"]) == (state.over_websocket, state.http)
 
 
 @pytest.mark.parametrize("over_websocket", [True, False], ids=["websocket", "http"])
-async def test_each_connect_asks_asterisk_for_only_the_events_the_door_reads(
+async def test_the_event_filter_asks_for_the_types_read_and_the_rest_answers(
     stand_in: tuple[StandIn, str], over_websocket: bool
 ) -> None:
-    """Before the events are read, the application's event filter: StasisStart and the
-    REST answers only (Asterisk then sends no StasisEnd and no ChannelHangupRequest per
-    call). Over the WebSocket as a RESTRequest with a JSON body, else over HTTP; again on
-    every connect (Asterisk forgets nothing, but another client may have changed it)."""
+    """``filter_events``: the application's event filter allows the types asked for and
+    RESTResponse (else the answers over the WebSocket would stop too); over the WebSocket
+    it is a RESTRequest with a JSON body, else an HTTP PUT."""
     state, url = stand_in
-    async with AriClient(url, "u", "p", "callgate", rest_over_websocket=over_websocket) as client:
-        for _ in range(2):
-            async with client.event_stream() as events:
-                reading = asyncio.create_task(read_events(events, []))
-                assert [CHANNEL] == await client.channels()
-                reading.cancel()
-    assert [ONLY_USED, ONLY_USED] == state.filtered
-    sent = [m for m in state.over_websocket if m["uri"] == FILTER_URI]
+    async with (
+        AriClient(url, "u", "p", "callgate", rest_over_websocket=over_websocket) as client,
+        client.event_stream() as events,
+    ):
+        reading = asyncio.create_task(read_events(events, []))
+        await client.filter_events(("StasisStart",))
+        reading.cancel()
+    assert [{"allowed": [{"type": "StasisStart"}, {"type": "RESTResponse"}]}] == state.filtered
+    sent = [(m["method"], m.get("content_type")) for m in state.over_websocket[1:]]
     if over_websocket:
-        assert ["application/json"] * 2 == [m["content_type"] for m in sent]
-        assert [] == [r for r in state.http if FILTER_URI in r]
+        assert ([("PUT", "application/json")], []) == (sent, state.http)
     else:
-        assert ([], 2) == (sent, state.http.count(f"PUT /ari/{FILTER_URI}"))
+        assert ([], [f"PUT /ari/{FILTER_URI}"]) == (sent, state.http)
 
 
 async def test_an_asterisk_without_the_event_filter_still_serves_and_it_is_said_once(
     stand_in: tuple[StandIn, str], caplog: pytest.LogCaptureFixture
 ) -> None:
-    """An Asterisk that answers the filter with an error (404: an older release): the
-    connection goes on, its events are read as before, and the log says it once, not on
-    every reconnect."""
+    """An Asterisk that answers the filter with an error (404: an older release): no
+    error for the caller, the events still come, and the log says it once, not on every
+    reconnect."""
     state, url = stand_in
     state.filters = False
     start = {"type": "StasisStart", "channel": CHANNEL}
@@ -261,26 +256,11 @@ async def test_an_asterisk_without_the_event_filter_still_serves_and_it_is_said_
         for _ in range(2):
             seen: list[dict[str, Any]] = []
             async with client.event_stream() as events:
-                assert client.rest_over_websocket
                 reading = asyncio.create_task(read_events(events, seen))
-                assert [CHANNEL] == await client.channels()
+                assert await client.filter_events(("StasisStart",)) is None
+                await asyncio.sleep(0.05)
                 reading.cancel()
             assert [start] == seen
     said = [r.getMessage() for r in caplog.records if "does not filter" in r.getMessage()]
     assert 1 == len(said), said
     assert "PUT /applications/callgate/eventFilter: HTTP 404" in said[0]
-
-
-async def test_a_filter_request_left_unanswered_fails_the_connect_within_the_deadline(
-    stand_in: tuple[StandIn, str],
-) -> None:
-    """Asterisk takes the WebSocket but never answers the filter: the connect fails with
-    AriUnavailable after the REST deadline (the door then reconnects), it does not hang."""
-    state, url = stand_in
-    state.silent_for = {FILTER_URI}
-    started = time.monotonic()
-    async with AriClient(url, "u", "p", "callgate", rest_timeout_s=0.3) as client:
-        with pytest.raises(AriUnavailable, match="no answer over the event WebSocket"):
-            async with client.event_stream():
-                pass
-    assert time.monotonic() - started < 2
