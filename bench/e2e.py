@@ -280,12 +280,11 @@ def rest_calls_per_decision(
     # Which number each channel dialled: from the StasisStart events in the same debug log.
     number_of: dict[str, str] = {}
     name_of: dict[str, str] = {}
-    event_types: dict[str, int] = {}
+    event_types: Counter[str] = Counter()
     for block in _ARI_EVENT.findall(log):
         with contextlib.suppress(ValueError):
             event = json.loads(block)
-            kind = str(event.get("type"))
-            event_types[kind] = event_types.get(kind, 0) + 1
+            event_types[str(event.get("type"))] += 1
             if event.get("type") == "StasisStart" and event.get("args"):
                 number_of[str(event["channel"]["id"])] = str(event["args"][0])
                 name_of[str(event["channel"]["id"])] = str(event["channel"]["name"])
@@ -354,11 +353,7 @@ STASIS_CONTEXTS = ("callgate-stasis", "callgate-decided")
 def count_priorities(log: str, contexts: tuple[str, ...]) -> dict[str, int]:
     """From Asterisk's verbose log: channel name -> the dialplan priorities it ran in
     ``contexts`` (callgate's subroutine: the dialplan's share of a decision's cost)."""
-    counts: dict[str, int] = {}
-    for match in _EXECUTING.finditer(log):
-        if match["context"] in contexts:
-            counts[match["channel"]] = counts.get(match["channel"], 0) + 1
-    return counts
+    return dict(Counter(m["channel"] for m in _EXECUTING.finditer(log) if m["context"] in contexts))
 
 
 def agi_round_trips_per_decision(
