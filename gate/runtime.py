@@ -425,4 +425,7 @@ async def _run(action: Callable[[threading.Event], object], cancel: threading.Ev
     except StoreError as exc:
         log.error("%s", exc)
         return False
+    except OSError as exc:  # EMFILE, ENOMEM, a data directory gone: the next turn retries
+        log.error("the embedded Redis could not be started: %s; trying again", exc)
+        return False
     return result is not False

@@ -25,7 +25,7 @@ from tests.agi.test_server import agi_call
 from tests.cli.test_cli import NUMBER, sample_config
 from tests.e2e.gateproc import GateProcess
 from tests.ops.test_run_ops import free_port
-from tests.store.test_embedded import data_dir, server_pid, wait_until
+from tests.store.test_embedded import START_TIMEOUT_S, data_dir, server_pid, wait_until
 
 __all__ = ["data_dir"]  # the fixture, used below
 
@@ -121,3 +121,48 @@ async def test_the_supervisor_is_woken_by_its_servers_exit_not_by_polling() -> N
         await asyncio.wait_for(other.wait(), 5)
     assert (False, True, True) == (stopped, stopped_by_stop, still_running)
     assert 0.2 <= woke_after < 10.0
+
+
+async def test_a_restart_that_fails_with_an_os_error_is_tried_again(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The embedded server dies and its restart fails with an ``OSError`` (here its log
+    file is a directory, EISDIR; in life EMFILE, ENOMEM): the supervisor logs it and tries
+    again with its backoff, and once the cause is gone the server is back. It does not end
+    on the first failure (which left every later call to the fail mode)."""
+    from gate import runtime
+    from gate.store.client import Store
+    from gate.store.embedded import EmbeddedRedis
+
+    monkeypatch.setattr(runtime, "RESTART_DELAY_MIN_S", 0.05)
+    monkeypatch.setattr(runtime, "RESTART_DELAY_MAX_S", 0.2)
+    embedded = EmbeddedRedis(data_dir, wait_s=START_TIMEOUT_S)
+    url = await asyncio.to_thread(embedded.start)
+    store = Store(url, 1.0)
+    stop = asyncio.Event()
+    supervisor = asyncio.create_task(runtime.supervise_embedded(embedded, store, stop))
+    log_file = data_dir / "redis.log"
+    try:
+        first = embedded.pid
+        assert first is not None
+        log_file.unlink()
+        log_file.mkdir()  # opening it for the next server's output fails: EISDIR
+        os.kill(first, signal.SIGKILL)
+        for _ in range(int(START_TIMEOUT_S / 0.05)):
+            if "could not be started" in caplog.text or supervisor.done():
+                break
+            await asyncio.sleep(0.05)
+        failed_once = "could not be started" in caplog.text
+        log_file.rmdir()
+        for _ in range(int(START_TIMEOUT_S / 0.05)):
+            if embedded.running() or supervisor.done():
+                break
+            await asyncio.sleep(0.05)
+        alive = not supervisor.done()
+        back = embedded.running() and embedded.pid != first
+    finally:
+        stop.set()
+        await runtime.stop_task(supervisor, 5.0, "the embedded Redis supervisor")
+        await store.close()
+        await asyncio.to_thread(embedded.stop)
+    assert (True, True, True) == (failed_once, alive, back)
