@@ -121,10 +121,15 @@ class Channel(asyncio.Protocol):
         if self._poller is not None:  # the reply is due soon: the loop polls for it
             self._held = self._poller.hold()
 
-    def write_behind(self, request: bytes) -> bool:
-        """Write ``request`` behind the one in flight (False: the channel cannot take it)."""
+    def write_behind(self, behind: Behind, request: bytes) -> bool:
+        """Write ``request`` behind the exchange given ``behind``, still in flight (False:
+        the channel cannot take it, or that exchange's replies were all read already, as
+        when its caller went away in the turn they arrived: the channel may be serving
+        another request by now, whose reply this one's would be taken for)."""
         transport = self.transport
         if self.closed or transport is None or transport.is_closing():
+            return False
+        if self._behind is not behind:
             return False
         transport.write(request)
         return True

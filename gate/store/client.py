@@ -888,11 +888,12 @@ class Store:
 
     def _void_behind(self, channel: Channel, behind: _Behind, void: _Undo) -> None:
         """Write the void right behind its decision on the decision's channel (which reads
-        its reply); on a fresh connection if this one cannot take it."""
+        its reply); on a fresh connection if this one cannot take it or has read the
+        decision's reply already."""
         command = void.command().packed
         behind.replies = 2 if void.asking else 1
         behind.settle = functools.partial(self._settle_void, void)
-        if not channel.write_behind(_ASKING + command if void.asking else command):
+        if not channel.write_behind(behind, _ASKING + command if void.asking else command):
             behind.replies, behind.settle = 0, None
             self._void_later(void)
 

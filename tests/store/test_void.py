@@ -13,16 +13,20 @@ Here ``CLIENT PAUSE`` holds the script the same way.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections import Counter
 from datetime import UTC, datetime
+from typing import Any
 
+import pytest
 import redis
 
-from gate.config.loader import Config
+from gate.config.loader import Config, RedisConfig
 from gate.core.model import Attempt, Verdict
 from gate.ops.audit import read_range
-from gate.service import Gate
+from gate.service import Evaluation, Gate
+from gate.store.channel import Channel
 from gate.store.client import Store, load_script
 from tests.conftest import make_config
 from tests.store.test_pool import proxy_to
@@ -155,3 +159,44 @@ async def test_a_late_refusal_loses_its_entry_and_uncounts_nothing(
     assert Counter({"ALLOW": 1}) == left
     assert (Verdict.DEFER, "cap:once") == await next_call(config, redis_url)
     assert {"undone": 1} == dict(getattr(store, "voids", {}))
+
+
+async def test_a_decision_cancelled_as_its_reply_arrives_is_undone_off_the_next_ones_channel(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A recorded decision's caller is cancelled (a door stopping) in the very turn its
+    reply arrives: the channel reads the reply and goes on to the next decision waiting
+    for it; the void goes on a fresh connection, not behind on that channel, where the next
+    decision would read the void's reply as its own (it failed with an AttributeError,
+    its attempt counted and no answer given). One channel (``pool_size = 1``); a cap of
+    two: the undone attempt leaves room for a third call."""
+    config = make_config({"caps": [{"id": "two", "limit": 2, "window": "30d", "scope": "tenant"}]})
+    settings = dataclasses.replace(RedisConfig(), pool_size=1, pool_wait_s=2.0)
+    store = Store(redis_url, 1.0, settings)
+    gate = Gate(config, store)
+    first: list[asyncio.Task[Evaluation]] = []
+    received = Channel.data_received
+
+    def cancel_first_then_read(channel: Channel, data: bytes) -> None:
+        if first and not first[0].done():  # its reply is here: its caller goes away now
+            first[0].cancel()
+        received(channel, data)
+
+    try:
+        await gate.decide(Attempt("0699999999", datetime.now(UTC)), record=False, door="cli")
+        monkeypatch.setattr(Channel, "data_received", cancel_first_then_read)
+        first.append(asyncio.create_task(gate.evaluate(attempt(), record=True, door="agi")))
+        await asyncio.sleep(0)  # it sends its request and waits for the reply
+        second = asyncio.create_task(gate.evaluate(attempt(), record=True, door="agi"))
+        outcomes: list[Any] = await asyncio.gather(first[0], second, return_exceptions=True)
+        monkeypatch.undo()
+        await settled(store, "undone")
+        left = await verdicts(store)
+    finally:
+        await store.close()
+    cancelled, served = outcomes
+    assert isinstance(cancelled, asyncio.CancelledError)
+    assert (Verdict.ALLOW, "allowed") == (served.decision.verdict, served.decision.reason)
+    assert Counter({"ALLOW": 1}) == left
+    assert {"undone": 1} == dict(getattr(store, "voids", {}))
+    assert (Verdict.ALLOW, "allowed") == await next_call(config, redis_url)
