@@ -158,6 +158,9 @@ class StasisGate:
         self._decisions = InFlight("Stasis", STOP_GRACE_S)
         self._deciding: dict[str, _Stay] = {}  # channel id -> its decision in flight
         self._unapplied: OrderedDict[str, _Action] = OrderedDict()
+        # Per listing of a sweep in flight: the channels whose stay ended meanwhile (the
+        # listing may show them still waiting: they are not decided again).
+        self._listings: list[set[str]] = []
         self._task: asyncio.Task[None] | None = None
         # How hard a decision's REST calls are retried before the next sweep takes over.
         self.apply_tries = _APPLY_TRIES
@@ -274,10 +277,22 @@ class StasisGate:
     async def _sweep(self) -> None:
         """Decide every channel already waiting in the application (after a restart), or
         re-apply the decision it already got."""
+        ended: set[str] = set()
+        self._listings.append(ended)
+        try:
+            listed = await self.client.channels()
+        finally:
+            self._listings = [e for e in self._listings if e is not ended]
+        # A channel whose stay ended while the listing came (decided on its StasisStart,
+        # its continue answered first: a reply over HTTP may come before an earlier one)
+        # is listed as waiting, but it has gone on with its decision: not decided again
+        # (a second decision would count it twice, or hang up an allowed call), unless
+        # its decision is still to be applied.
         waiting = [
             c
-            for raw in await self.client.channels()
+            for raw in listed
             if (c := parse_app_data(raw, self.config.app)) is not None
+            and (c.id not in ended or c.id in self._unapplied)
         ]
         if waiting:
             log.info(
@@ -303,6 +318,8 @@ class StasisGate:
     def _done(self, channel_id: str, stay: _Stay) -> None:
         if self._deciding.get(channel_id) is stay:
             del self._deciding[channel_id]
+        for ended in self._listings:
+            ended.add(channel_id)
         if stay.next is not None and not self._stopping.is_set():
             self._spawn(stay.next, recheck=True)
 

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -137,6 +137,12 @@ class FaultyClient(AriClient):
         self.requests: list[tuple[str, str]] = []  # (method, path) of every REST request
         self.drop = asyncio.Event()  # set: the event stream ends (a lost connection)
         self.events: list[str] = []  # the type of every event the door was given
+        # A listing taken while a channel waits, answered only after its continue has
+        # (as a reply over HTTP may be): set to hold the next GET /channels so.
+        self.late_listing = False
+        self._started = asyncio.Event()  # a StasisStart was given to the door
+        self._listed = asyncio.Event()  # the held listing was taken
+        self._continued = asyncio.Event()  # a continue was answered after it
 
     async def continue_in_dialplan(
         self, channel_id: str, context: str = "", extension: str = ""
@@ -156,7 +162,10 @@ class FaultyClient(AriClient):
         if self.failing_continues > 0:
             self.failing_continues -= 1
             raise AriUnavailable("injected: the continue request failed")
+        if self.late_listing:
+            await bounded(self._listed.wait())  # the listing shows the channel waiting
         await super().continue_in_dialplan(channel_id, context, extension)
+        self._continued.set()
         await asyncio.sleep(self.continue_delay_s)
 
     async def _request(self, method: str, path: str, params: Any = None, body: Any = None) -> Any:
@@ -182,7 +191,15 @@ class FaultyClient(AriClient):
         if self.buggy_sweeps > 0:
             self.buggy_sweeps -= 1
             raise TypeError("injected: a bug in the sweep")
-        return await super().channels()
+        if not self.late_listing:
+            return await super().channels()
+        self.late_listing = False
+        await bounded(self._started.wait())  # a channel is in the application
+        listing = await super().channels()
+        self._listed.set()
+        await bounded(self._continued.wait())
+        await asyncio.sleep(0.2)  # its answer comes well after the continue's
+        return listing
 
     @asynccontextmanager
     async def event_stream(self) -> AsyncIterator[AsyncIterator[dict[str, Any]]]:
@@ -207,9 +224,17 @@ class FaultyClient(AriClient):
                 except StopAsyncIteration:
                     return
                 self.events.append(str(event.get("type")))
+                if event.get("type") == "StasisStart":
+                    self._started.set()
                 yield event
         finally:
             dropped.cancel()
+
+
+async def bounded(waiting: Awaitable[object], within: float = 10.0) -> None:
+    """Wait for ``waiting`` at most ``within`` seconds (a stand-in's hold never hangs)."""
+    async with asyncio.timeout(within):
+        await waiting
 
 
 async def logged(caplog: pytest.LogCaptureFixture, text: str, within: float) -> bool:
@@ -474,6 +499,27 @@ async def test_an_allow_whose_channel_left_before_the_continue_is_undone(
             await asyncio.sleep(0.05)
     entries = [r async for r in read_range(gate.store.admin_client, "callgate")]
     assert (1, []) == (client.continues, [e["verdict"] for e in entries])
+
+
+async def test_a_channel_decided_while_the_sweep_lists_it_is_not_decided_again(
+    asterisk_factory: SandboxFactory, gate: Gate
+) -> None:
+    """The listing of the sweep on connecting is taken while a channel waits in the
+    application, and answered after the channel, decided on its StasisStart, was
+    continued: the sweep does not decide it a second time (a second attempt recorded, and
+    a DELETE or continue sent to a call already on its way)."""
+    text, files = dialplan()
+    sandbox = asterisk_factory(text, extra_files=files)
+    client = FaultyClient(sandbox)
+    client.late_listing = True
+    recorded = Recorded()
+    gate.observers.append(recorded)
+    async with serving(gate, sandbox, client=client):
+        allowed = await sandbox.originate_local(UNLISTED, "gated")
+        assert "ALLOW" == await var_eventually(sandbox, allowed, "REACHED", 10)
+        await swept(client)
+        await asyncio.sleep(0.6)  # the listing's answer (0.2 s late) and what follows it
+    assert ([UNLISTED], ["POST continue"]) == (recorded.numbers, client.requests_for(allowed))
 
 
 async def test_the_sweep_reapplies_a_decision_it_could_not_apply_and_never_decides_again(
