@@ -362,6 +362,14 @@ class StasisGate:
         except BadRequest as exc:  # a malformed parameter, or an unknown tenant
             log.warning("Stasis channel %s: %s", channel.name, exc)
             return _Action(error_value(exc.code))
+        except Exception as exc:  # a bug: the channel gets the fail mode, not a wait forever
+            if cancelling():
+                raise asyncio.CancelledError from exc
+            log.exception(
+                "Stasis channel %s: decision failed; the dialplan's fail mode applies",
+                channel.name,
+            )
+            return _Action(error_value("internal_error"))
         return self._action(evaluation)
 
     def _action(self, evaluation: Evaluation) -> _Action:

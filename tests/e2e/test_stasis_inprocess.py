@@ -522,6 +522,34 @@ async def test_a_channel_decided_while_the_sweep_lists_it_is_not_decided_again(
     assert ([UNLISTED], ["POST continue"]) == (recorded.numbers, client.requests_for(allowed))
 
 
+class Broken:
+    """A decision observer with a bug: it raises on every decision."""
+
+    def decided(self, observed: Observed) -> None:
+        raise RuntimeError("injected: a bug after the decision")
+
+    def store_failed(self, error: StoreError) -> None:
+        pass
+
+
+async def test_a_channel_whose_decision_fails_on_a_bug_gets_the_fail_mode(
+    asterisk_factory: SandboxFactory, gate: Gate, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A bug while deciding (here an observer that raises) is logged, and the channel is
+    continued with an ERROR for the dialplan's fail mode (DEFER: hung up), not left
+    waiting in the application with nobody to decide it."""
+    text, files = dialplan()
+    sandbox = asterisk_factory(text, extra_files=files)
+    client = FaultyClient(sandbox)
+    gate.observers.append(Broken())
+    async with serving(gate, sandbox, client=client):
+        await swept(client)
+        failed = await sandbox.originate_local(UNLISTED, "gated")
+        assert await gone_eventually(sandbox, failed, 10)
+    assert ["POST continue"] == client.requests_for(failed)
+    assert await logged(caplog, "the dialplan's fail mode applies", 1)
+
+
 async def test_the_sweep_reapplies_a_decision_it_could_not_apply_and_never_decides_again(
     asterisk_factory: SandboxFactory, gate: Gate, caplog: pytest.LogCaptureFixture
 ) -> None:
