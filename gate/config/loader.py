@@ -28,7 +28,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from gate.config._reader import IDENT_RE, Reader, parse_duration_s
 from gate.config.files import DEFAULT_STATE_DIR, PACKS_DIR
@@ -505,6 +505,75 @@ def _cluster_nodes(reader: Reader) -> tuple[str, ...]:
     return tuple(str(node) for node in nodes)
 
 
+# The query arguments redis-py casts to numbers (redis/connection.py,
+# URL_QUERY_ARGUMENT_PARSERS): one that is not a number fails every command's connection.
+_URL_NUMBER_ARGUMENTS: dict[str, type[int] | type[float]] = {
+    "db": int,
+    "socket_timeout": float,
+    "socket_connect_timeout": float,
+    "socket_read_size": int,
+    "max_connections": int,
+    "health_check_interval": int,
+    "ssl_min_version": int,
+    "timeout": float,
+    "protocol": int,
+}
+_URL_DB_PATH_RE = re.compile(r"/?[0-9]*")
+
+
+def _check_redis_url(reader: Reader, url: str) -> None:
+    """``[redis] url`` as redis-py's ``from_url`` reads it, checked now rather than by every
+    command: redis://host[:port][/db], rediss://… or unix:///path[?db=N]; a port 1-65535
+    (redis-py would take 0 for 6379), a database that is a whole number (redis-py would
+    take /abc for 0), numbers in the query arguments it casts. Messages leave out the
+    credentials."""
+    shown = _without_credentials(url)
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        raise reader.fail("url", f"expected redis://, rediss:// or unix://, got {shown!r}")
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # an unclosed [ of an IPv6 address, a bracketed non-address
+        raise reader.fail("url", f"{shown!r} is not a URL: {exc}") from None
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    if parts.scheme == "unix":
+        if parts.hostname or port is not None or not parts.path.startswith("/"):
+            raise reader.fail(
+                "url", f"{shown!r}: expected unix:///path/to/redis.sock (an absolute path)"
+            )
+    else:
+        if port is not None and not 1 <= port <= 65535:
+            raise reader.fail("url", f"{shown!r}: the port must be a number 1-65535")
+        if not parts.hostname:
+            raise reader.fail(
+                "url", f"{shown!r} needs a host (redis://host:port/db, IPv6 in [brackets])"
+            )
+        path = unquote(parts.path)
+        if not _URL_DB_PATH_RE.fullmatch(path):
+            raise reader.fail(
+                "url", f"{shown!r}: the database must be a whole number like /0, got {path!r}"
+            )
+    for name, values in parse_qs(parts.query).items():
+        cast = _URL_NUMBER_ARGUMENTS.get(name)
+        if cast is None:
+            continue
+        try:
+            number = cast(values[0])
+        except ValueError:
+            number = -1
+        if not number >= 0:  # NaN too
+            raise reader.fail("url", f"{shown!r}: {name} must be a number >= 0, got {values[0]!r}")
+
+
+def _without_credentials(url: str) -> str:
+    """``url`` without the user name and password it may carry, for a message."""
+    scheme, sep, rest = url.partition("://")
+    netloc, slash, path = rest.partition("/")
+    return scheme + sep + netloc.rpartition("@")[2] + slash + path
+
+
 REDIS_MODES = ("single", "sentinel", "cluster")
 MAX_BUSY_POLL_S = 0.01
 
@@ -539,8 +608,8 @@ def _redis(reader: Reader, state_dir: Path, base: Path) -> RedisConfig:
     the config file (``base``)."""
     mode = reader.choice("mode", REDIS_MODES, "single")
     url = reader.get("url", str, None)
-    if url is not None and not url.startswith(("redis://", "rediss://", "unix://")):
-        raise reader.fail("url", f"expected redis://, rediss:// or unix://, got {url!r}")
+    if url is not None:
+        _check_redis_url(reader, url)
     pool_size = reader.get("pool_size", int, 50)
     if not 1 <= pool_size <= MAX_POOL_SIZE:
         raise reader.fail("pool_size", f"must be 1-{MAX_POOL_SIZE} connections, got {pool_size}")

@@ -440,6 +440,22 @@ def test_invalid_config_value_is_exit_2_naming_the_key(tmp_path: Path, redis_url
     assert done.stderr.startswith(f"callgate: error: {path}: caps[0].limit: ")
 
 
+@pytest.mark.parametrize(
+    "url", ["redis://127.0.0.1:notaport/0", "redis://127.0.0.1:99999/0", "redis://[::1/0"]
+)
+def test_a_malformed_redis_url_is_exit_2_naming_it_in_every_command(
+    url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A redis.url redis-py cannot read exits 2 with one line naming redis.url, from
+    ``config check`` and from a command that connects (not a traceback)."""
+    path = tmp_path / "callgate.toml"
+    path.write_text(sample_config(url), encoding="utf-8")
+    for args in (("config", "check"), ("list", "count", "red")):
+        status, out, err = run_cli(capsys, path, *args)
+        assert (2, "", 1) == (status, out, len(err.splitlines()))
+        assert err.startswith(f"callgate: error: {path}: redis.url: ")
+
+
 def test_a_cap_window_under_a_second_is_refused_by_config_check(
     tmp_path: Path, redis_url: str
 ) -> None:

@@ -178,6 +178,63 @@ def test_durations(text: object, seconds: float) -> None:
     assert seconds == parse_duration_s(text, "x")
 
 
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("redis://127.0.0.1:notaport/0", "the port must be a number 1-65535"),
+        ("redis://127.0.0.1:99999/0", "the port must be a number 1-65535"),
+        ("redis://127.0.0.1:0/0", "the port must be a number 1-65535"),
+        ("redis://[::1/0", "is not a URL: Invalid IPv6 URL"),
+        ("redis://[db1]:6379/0", "is not a URL"),
+        ("redis:///0", "needs a host"),
+        ("redis://127.0.0.1:6379/abc", "the database must be a whole number like /0"),
+        ("redis://127.0.0.1:6379/1/2", "the database must be a whole number like /0"),
+        ("redis://127.0.0.1:6379?db=-1", "db must be a number >= 0, got '-1'"),
+        ("unix:///run/redis.sock?db=abc", "db must be a number >= 0, got 'abc'"),
+        ("redis://h:6379/0?socket_timeout=soon", "socket_timeout must be a number >= 0"),
+        ("unix://run/redis.sock", "expected unix:///path/to/redis.sock"),
+        ("unix://", "expected unix:///path/to/redis.sock"),
+    ],
+)
+def test_a_redis_url_redis_py_cannot_read_is_refused_at_load(
+    url: str, message: str, tmp_path: Path
+) -> None:
+    """A malformed ``redis.url`` (every command failed on it, past ``config check``) is a
+    one-line error naming redis.url."""
+    data = {"redis": {"url": url}, "privacy": {"secret": "s" * 20}}
+    with pytest.raises(ConfigError) as caught:
+        parse_config(data, "cg.toml", tmp_path)
+    assert str(caught.value).startswith(f"cg.toml: redis.url: '{url}'")
+    assert message in str(caught.value)
+
+
+def test_a_malformed_redis_url_is_shown_without_its_credentials(tmp_path: Path) -> None:
+    """The error about a URL with a user and password names the URL without them."""
+    data = {"redis": {"url": "redis://u:hunter2@h:1/x"}, "privacy": {"secret": "s" * 20}}
+    with pytest.raises(ConfigError) as caught:
+        parse_config(data, "cg.toml", tmp_path)
+    assert str(caught.value).startswith("cg.toml: redis.url: 'redis://h:1/x': the database")
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://127.0.0.1:6379/0",
+        "redis://[::1]:6379/1",
+        "redis://redis.example",
+        "rediss://u:p%40ss@redis.example:6380/",
+        "rediss://redis.example:6380/0?ssl_cert_reqs=none",
+        "unix:///run/redis/redis.sock",
+        "unix://:pass@/run/redis/redis.sock?db=2",
+    ],
+)
+def test_a_redis_url_redis_py_reads_is_kept_as_given(url: str, tmp_path: Path) -> None:
+    """redis://, rediss:// (IPv6 in brackets, default port, credentials, query arguments)
+    and unix:// URLs load unchanged."""
+    data = {"redis": {"url": url}, "privacy": {"secret": "s" * 20}}
+    assert url == parse_config(data, "cg.toml", tmp_path).redis.url
+
+
 def test_cluster_mode_keeps_its_seed_nodes(tmp_path: Path) -> None:
     """``[redis] mode = "cluster"`` with seed nodes: the config carries them, no url."""
     config = parse_config(
