@@ -666,6 +666,11 @@ def _redis(reader: Reader, state_dir: Path, base: Path) -> RedisConfig:
     return config
 
 
+# "host:port": a host name or address, an IPv6 address in brackets; the port in ASCII digits
+# (str.isdigit also takes "²", which int() refuses).
+_SENTINEL_NODE_RE = re.compile(r"(\[[^\[\]]+\]|[^\[\]]+):([0-9]{1,5})")
+
+
 def _sentinel(redis: Reader) -> SentinelConfig:
     """``[redis.sentinel]``: nodes = ["host:port", …], service, and the sentinels' own auth."""
     if "sentinel" not in redis.data:
@@ -676,12 +681,15 @@ def _sentinel(redis: Reader) -> SentinelConfig:
         raise reader.fail("nodes", 'is required: the sentinels as ["host:26379", …]')
     parsed = []
     for index, node in enumerate(nodes):
-        host, sep, port = str(node).rpartition(":")
-        if not isinstance(node, str) or not sep or not host or not port.isdigit():
+        match = _SENTINEL_NODE_RE.fullmatch(node) if isinstance(node, str) else None
+        if not match:
             raise reader.fail(f"nodes[{index}]", f'expected "host:port", got {node!r}')
-        if not 0 < int(port) <= 65535:
+        host, port = match.group(1), int(match.group(2))
+        if host.startswith("[") and not _is_address(host := host[1:-1]):
+            raise reader.fail(f"nodes[{index}]", f"{host!r} in [brackets] is not an IP address")
+        if not 0 < port <= 65535:
             raise reader.fail(f"nodes[{index}]", f"port must be 1-65535, got {port}")
-        parsed.append((host.strip("[]"), int(port)))
+        parsed.append((host, port))
     password = os.environ.get(SENTINEL_PASSWORD_ENV) or reader.get("password", str, None)
     reader.seen.add("password")
     config = SentinelConfig(

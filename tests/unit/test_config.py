@@ -79,6 +79,18 @@ def test_secret_file_is_created_once_and_reused(tmp_path: Path) -> None:
             'redis.sentinel.nodes[0]: expected "host:port"',
         ),
         (
+            {"redis": {"mode": "sentinel", "sentinel": {"nodes": ["h:2637²"], "service": "m"}}},
+            'redis.sentinel.nodes[0]: expected "host:port"',
+        ),
+        (
+            {"redis": {"mode": "sentinel", "sentinel": {"nodes": ["[::1:26379"], "service": "m"}}},
+            'redis.sentinel.nodes[0]: expected "host:port"',
+        ),
+        (
+            {"redis": {"mode": "sentinel", "sentinel": {"nodes": ["[db1]:26379"], "service": "m"}}},
+            "redis.sentinel.nodes[0]: 'db1' in [brackets] is not an IP address",
+        ),
+        (
             {"redis": {"mode": "sentinel", "sentinel": {"nodes": ["h:1"]}}},
             "redis.sentinel.service: is required",
         ),
