@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from datetime import date
+from datetime import date, datetime
 from typing import Any
 
 from gate.core.errors import ConfigError
@@ -65,6 +65,11 @@ class Reader:
         value = self.data[key]
         if isinstance(value, bool) and kind in (int, float, (int, float)):
             raise self.fail(key, f"expected a number, got {value!r}")
+        # A TOML date-time is a datetime, a subclass of date that cannot be compared with one.
+        if kind is date and isinstance(value, datetime):
+            raise self.fail(
+                key, f"expected a date like 2026-08-11 (no time of day), got {value.isoformat()}"
+            )
         if not isinstance(value, kind):
             names = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
             raise self.fail(key, f"expected {_article(names)}, got {value!r}")

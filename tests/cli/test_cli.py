@@ -32,6 +32,7 @@ import pytest
 import redis
 
 from gate.cli import main
+from gate.config.files import PACKS_DIR
 from gate.lists.scrub import _worker_signals
 from tests.conftest import SAMPLE_CONFIG, TEST_SECRET
 
@@ -454,6 +455,32 @@ def test_a_malformed_redis_url_is_exit_2_naming_it_in_every_command(
         status, out, err = run_cli(capsys, path, *args)
         assert (2, "", 1) == (status, out, len(err.splitlines()))
         assert err.startswith(f"callgate: error: {path}: redis.url: ")
+
+
+def test_a_date_time_where_a_local_pack_wants_a_date_is_exit_2_naming_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``valid_from = 2026-08-11T00:00:00Z`` in a local copy of the fr pack exits 2 with one
+    line naming the pack file and the key, from ``config check`` and from ``check`` (every
+    decision failed comparing it with a day)."""
+    packs = tmp_path / "packs"
+    packs.mkdir()
+    text = (PACKS_DIR / "fr.toml").read_text(encoding="utf-8")
+    assert 1 == text.count("valid_from = 2026-08-11\n")
+    text = text.replace("valid_from = 2026-08-11\n", "valid_from = 2026-08-11T00:00:00Z\n")
+    (packs / "fr.toml").write_text(text, encoding="utf-8")
+    path = tmp_path / "callgate.toml"
+    path.write_text(
+        sample_config("redis://127.0.0.1:1", gate={"packs": ["fr"], "packs_dir": "packs"}),
+        encoding="utf-8",
+    )
+    for args in (("config", "check"), ("check", "0698765432")):
+        status, out, err = run_cli(capsys, path, *args)
+        assert (2, "", 1) == (status, out, len(err.splitlines()))
+        assert err.startswith(
+            f"callgate: error: {packs / 'fr.toml'}: consent[0].valid_from: expected a date "
+            "like 2026-08-11 (no time of day), got 2026-08-11T00:00:00+00:00"
+        )
 
 
 def test_a_cap_window_under_a_second_is_refused_by_config_check(

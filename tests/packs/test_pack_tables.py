@@ -4,7 +4,7 @@ consent rule's ``reassigned_list``, ``[[abandon_ceiling]]``. Pure: no Redis."""
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import UTC, date, datetime
 from typing import Any
 
 import pytest
@@ -101,6 +101,18 @@ ERRORS = [
         {"hours": [{**HOURS, "calendars": ["nope"]}]},
         "xx.toml: hours[0].calendars: no [[calendars]] 'nope' in this pack (none)",
         id="unknown-calendar",
+    ),
+    pytest.param(
+        {"hours": [{**HOURS, "valid_from": datetime(2026, 8, 11, tzinfo=UTC)}]},
+        "xx.toml: hours[0].valid_from: expected a date like 2026-08-11 (no time of day), "
+        "got 2026-08-11T00:00:00+00:00",
+        id="date-time-for-a-date",
+    ),
+    pytest.param(
+        {"caps": [{"id": "c", "limit": 4, "window": "30d", "valid_to": datetime(2027, 1, 1)}]},
+        "xx.toml: caps[0].valid_to: expected a date like 2026-08-11 (no time of day), "
+        "got 2027-01-01T00:00:00",
+        id="local-date-time-for-a-date",
     ),
     pytest.param(
         {"hours": [{**HOURS, "zone": "Central Standard Time"}]},
