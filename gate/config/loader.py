@@ -639,6 +639,9 @@ def _redis(reader: Reader, state_dir: Path, base: Path) -> RedisConfig:
     wait_timeout_s = reader.duration("wait_timeout", "1s")
     if wait_timeout_s > 60:
         raise reader.fail("wait_timeout", "must be at most 60s (a user waits for the answer)")
+    if wait_timeout_s < 0.001:
+        # WAIT takes whole milliseconds, and WAIT with 0 waits for the replicas for ever.
+        raise reader.fail("wait_timeout", f"must be at least 1ms, got {wait_timeout_s:g}s")
     password = os.environ.get(REDIS_PASSWORD_ENV) or reader.get("password", str, None)
     reader.seen.add("password")
     config = RedisConfig(

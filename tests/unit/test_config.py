@@ -68,6 +68,7 @@ def test_secret_file_is_created_once_and_reused(tmp_path: Path) -> None:
         ({"redis": {"pool_wait": "soon"}}, "redis.pool_wait"),
         ({"redis": {"wait_replicas": -1}}, "redis.wait_replicas"),
         ({"redis": {"wait_timeout": "5m"}}, "redis.wait_timeout: must be at most 60s"),
+        ({"redis": {"wait_timeout": "500us"}}, "redis.wait_timeout: must be at least 1ms"),
         ({"redis": {"busy_poll": "20ms"}}, "redis.busy_poll: expected a duration up to 10ms"),
         ({"redis": {"busy_poll": -1}}, "redis.busy_poll: expected a duration up to 10ms"),
         ({"agi": {"busy_poll": "soon"}}, "or 0 to turn it off, got 'soon'"),
