@@ -318,7 +318,7 @@ def _tenants(
                 raise table.fail("caller_ids", str(exc)) from None
         opted = table.get("calendars", list, [])
         for name in opted:
-            if name not in optional:
+            if not isinstance(name, str) or name not in optional:
                 known = ", ".join(sorted(optional)) or "none"
                 raise table.fail(
                     "calendars",

@@ -194,7 +194,7 @@ def _hours(reader: Reader, calendars: Mapping[str, CalendarRule]) -> HoursRule:
     )
     named = []
     for name in reader.get("calendars", list, []):
-        if name not in calendars:
+        if not isinstance(name, str) or name not in calendars:
             known = ", ".join(sorted(calendars)) or "none"
             raise reader.fail("calendars", f"no [[calendars]] {name!r} in this pack ({known})")
         named.append(calendars[name])

@@ -115,6 +115,14 @@ ERRORS = [
         id="local-date-time-for-a-date",
     ),
     pytest.param(
+        {
+            "calendars": [{"id": "c", "dates": ["05-27"]}],
+            "hours": [{**HOURS, "calendars": [["c"]]}],
+        },
+        "xx.toml: hours[0].calendars: no [[calendars]] ['c'] in this pack (c)",
+        id="calendar-name-not-a-string",
+    ),
+    pytest.param(
         {"hours": [{**HOURS, "zone": "Central Standard Time"}]},
         "xx.toml: hours[0].zone: 'Central Standard Time' is not a time zone name (e.g. Etc/GMT+6)",
         id="unknown-zone",

@@ -122,6 +122,10 @@ def test_secret_file_is_created_once_and_reused(tmp_path: Path) -> None:
         ({"fail_mode": {"campaign": "MAYBE"}}, "fail_mode.campaign"),
         ({"number_types": {"campaign_blocked": ["lava"]}}, "number_types.campaign_blocked"),
         ({"trunks": {"cps": {"t1": -5}}}, "trunks.cps.t1"),
+        (
+            {"tenants": {"acme": {"calendars": [["fr-alsace-moselle"]]}}},
+            "tenants.acme.calendars: ['fr-alsace-moselle'] is not an optional calendar",
+        ),
         ({"privacy": {"hash_numbers": True}}, "privacy.secret"),
         ({"typo": 1}, "typo: unknown key"),
         (
