@@ -868,6 +868,11 @@ async def _consent_or_event(config: Config, args: argparse.Namespace) -> int:
                     "(counted per campaign): give --campaign",
                     file=sys.stderr,
                 )
+            if record.expired:
+                print(
+                    f"callgate: too old for {', '.join(record.expired)}: not recorded there",
+                    file=sys.stderr,
+                )
     return 0
 
 

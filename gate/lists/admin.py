@@ -15,7 +15,10 @@ Guarantees:
   spread over the slot groups (gate/store/lists.py; decide.lua reads them).
 - Call events (``record_event``): a refusal or an abandoned call starts the packs'
   cool-offs for the number; an answered or abandoned call counts toward the packs'
-  abandoned-call ceilings of its campaign (``call_counts.lua``).
+  abandoned-call ceilings of its campaign (``call_counts.lua``). An event has happened:
+  one dated later than the clock (beyond ``RECORD_SKEW_S``) is refused, and one too old
+  for a rule (its cool-off over, its minute out of the ceiling's window) is not recorded
+  under that rule but named in ``EventRecord.expired``.
 - An import counts every line: imported, duplicate, rejected (each reported with its line
   number through ``on_reject``) or skipped (a scrub result not kept). It reads the file in
   batches (gate/importing.py ``read_batches``), so memory stays bounded.
@@ -28,6 +31,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, I
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from gate.core.engine import RECORD_SKEW_S
 from gate.core.errors import InputError, NumberError
 from gate.core.hours import local_day
 from gate.core.keys import Keyspace, NumberKeys
@@ -64,16 +68,20 @@ __all__ = [
 EVENTS = ("refusal", "abandoned", "answered")
 # Fields per HASH_MAX call (a reassigned list's import).
 _FIELDS_BATCH = 500
+# An abandoned-call ceiling counts calls by the minute (call_counts.lua).
+_MINUTE_MS = 60_000
 
 
 @dataclass(frozen=True, slots=True)
 class EventRecord:
     """What a call event did: the rules that took it (cool-offs started, ceilings it counts
-    toward) and the per-campaign ceilings in force that it could not count toward, as no
-    campaign was given."""
+    toward), the per-campaign ceilings in force that it could not count toward, as no
+    campaign was given, and the rules it came too late for (``expired``: the cool-off it
+    would start is already over, or its minute has left the ceiling's window)."""
 
     rules: list[str] = field(default_factory=list)
     uncounted: list[str] = field(default_factory=list)
+    expired: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -467,20 +475,26 @@ class ListAdmin:
         abandoned-call ceiling in force, of ``campaign`` (or of the tenant). Acknowledged
         once the store holds it durably (``Store.durable``).
 
-        Its ``rules`` empty means no enabled pack has a rule for this event and number;
-        ``now`` is the clock (callers placing events at fixed dates, such as tests, pass
-        their own)."""
+        Its ``rules`` empty means no enabled pack has a rule for this event and number, or
+        that ``at`` is too long ago for each of them (``expired``); ``at`` later than the
+        clock by more than ``RECORD_SKEW_S`` is refused (an ``InputError``: it would hold
+        the number's calls back until that date). ``now`` is the clock (callers placing
+        events at fixed dates, such as tests, pass their own)."""
         if event not in EVENTS:
             raise InputError(f"unknown event {event!r}; use {', '.join(EVENTS)}")
+        clock = now or datetime.now(UTC)
+        if (at - clock).total_seconds() > RECORD_SKEW_S:
+            raise InputError(
+                f"a call event has happened (at most {RECORD_SKEW_S:g} s after the gate's "
+                f"clock), not at {at.isoformat()}: give the time the call ended, or none for now"
+            )
         self.policy.check_tenant(tenant)
         target = classify(number, self.policy.default_region)
         if not isinstance(target, Destination):
             raise NumberError(f"number {number!r}: not a callable number")
         what = "answered call" if event == "answered" else event
         async with self.store.durable(f"the {what}") as store:
-            return await self._on(store)._record_event(
-                event, target, tenant, campaign, at, now or datetime.now(UTC)
-            )
+            return await self._on(store)._record_event(event, target, tenant, campaign, at, clock)
 
     async def _record_event(
         self,
@@ -508,8 +522,10 @@ class ListAdmin:
             key = self.keyspace.number_key(keys.group, suffix, keys.token)
             # The marker expires when the cool-off ends by the clock.
             ttl_ms = at_ms + int(rule.period_s * 1000) - clock_ms
-            if ttl_ms > 0:
-                await self.lists.mark(key, str(at_ms), ttl_ms)
+            if ttl_ms <= 0:
+                record.expired.append(rule.id)
+                continue
+            await self.lists.mark(key, str(at_ms), ttl_ms)
             record.rules.append(rule.id)
         if event == "refusal":
             return record
@@ -522,6 +538,10 @@ class ListAdmin:
                 record.uncounted.append(ceiling.id)
                 continue
             window_ms = int(ceiling.window_s * 1000)
+            # Its minute has left the window: call_counts.lua would not count it.
+            if at_ms - at_ms % _MINUTE_MS + _MINUTE_MS + window_ms <= clock_ms:
+                record.expired.append(ceiling.id)
+                continue
             # An abandoned call is a live call too (answered by a person): both counts.
             args = [at_ms, clock_ms, window_ms, 1, abandoned]
             await self.store.run_scripts(CALL_COUNTS, [([counts], args)])
@@ -537,6 +557,12 @@ def unrecorded(event: str, number: str, record: EventRecord) -> str | None:
         return (
             f"{', '.join(record.uncounted)} counts the calls of each campaign: give the "
             "call's campaign; nothing recorded"
+        )
+    if record.expired:
+        call = "refusal" if event == "refusal" else f"{event} call"
+        return (
+            f"the {call} is too old for {', '.join(record.expired)} (its cool-off is over, "
+            "or it is out of the ceiling's window); nothing recorded"
         )
     rules = {
         "refusal": "a cool-off after a refusal",

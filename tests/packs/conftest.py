@@ -124,8 +124,9 @@ def upcoming(weekday: int, hour: int, minute: int, tz: Any) -> datetime:
     """The first ``weekday`` (0 = Monday) at ``hour:minute`` in ``tz`` at least two days after
     the wall clock.
 
-    ``ListAdmin.record_event`` gives the cool-off marker a TTL counted from the wall clock,
-    so a cool-off scenario must lie in the future or its marker is never written.
+    ``ListAdmin.record_event`` gives the cool-off marker a TTL counted from the clock, so a
+    cool-off scenario must lie in the future or its marker expires before it is read (and
+    an event dated after the clock is refused: such a test passes its own, ``now=at``).
     """
     day = (datetime.now(UTC) + timedelta(days=2)).astimezone(tz).date()
     day += timedelta(days=(weekday - day.weekday()) % 7)

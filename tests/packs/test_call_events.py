@@ -123,6 +123,54 @@ def test_an_answered_call_without_a_ceiling_in_force_is_refused(
     ) == run(capsys, uk_config, "answered", "+33612345678", "--campaign", "spring")
 
 
+def test_a_call_event_dated_in_the_future_is_refused_and_holds_nothing_back(
+    capsys: pytest.CaptureFixture[str], uk_config: Path, tmp_path: Path
+) -> None:
+    """``abandoned --at`` a century ahead: exit 2, one line, nothing recorded; the number's
+    next call of that campaign is ALLOWed, not DEFERred until then."""
+    empty = tmp_path / "empty.txt"
+    empty.write_text("", encoding="utf-8")
+    yesterday = (datetime.now(UTC) - timedelta(days=1)).isoformat()
+    for name in ("tps", "ctps"):
+        assert 0 == run(capsys, uk_config, "list", "import", name, str(empty),
+                        "--refreshed-at", yesterday)[0]  # fmt: skip
+    status, out, err = run(capsys, uk_config, "abandoned", CALLED, "--campaign", "spring",
+                           "--at", "2126-12-01T11:00Z")  # fmt: skip
+    checked = run(capsys, uk_config, "check", CALLED, "--campaign", "spring",
+                  "--caller-id", CALLER_ID, "--json")  # fmt: skip
+    assert (2, "", 1) == (status, out, len(err.splitlines()))
+    assert "not at 2126-12-01T11:00:00+00:00" in err
+    assert "ALLOW" == json.loads(checked[1])["verdict"]
+
+
+def test_a_call_event_too_old_for_every_rule_says_nothing_was_recorded(
+    capsys: pytest.CaptureFixture[str], uk_config: Path
+) -> None:
+    """``abandoned --at`` years ago: its cool-off is over and its minute out of the window,
+    so exit 2 with one line saying so, never "recorded"."""
+    assert (
+        2,
+        "",
+        "callgate: error: the abandoned call is too old for uk-abandoned-72h, "
+        f"{RULE} (its cool-off is over, or it is out of the ceiling's window); "
+        "nothing recorded\n",
+    ) == run(capsys, uk_config, "abandoned", CALLED, "--campaign", "spring",
+             "--at", "2020-12-01T11:00Z")  # fmt: skip
+
+
+def test_a_call_event_too_old_for_one_rule_names_it(
+    capsys: pytest.CaptureFixture[str], uk_config: Path
+) -> None:
+    """An abandoned call 30 hours ago: its 72 h cool-off is recorded, the 24 h ceiling is
+    named as too old for it on stderr."""
+    at = (datetime.now(UTC) - timedelta(hours=30)).isoformat()
+    assert (
+        0,
+        "abandoned recorded: uk-abandoned-72h\n",
+        f"callgate: too old for {RULE}: not recorded there\n",
+    ) == run(capsys, uk_config, "abandoned", CALLED, "--campaign", "spring", "--at", at)
+
+
 # --- the admin API --------------------------------------------------------------------------
 
 
@@ -187,6 +235,27 @@ async def test_the_api_names_the_ceilings_a_call_without_campaign_missed(
     )
     assert (422, f"{RULE} counts the calls of each campaign: give the call's campaign; "
             "nothing recorded") == (status, body["error"])  # fmt: skip
+
+
+async def test_the_api_refuses_a_future_event_and_says_an_old_one_counts_nowhere(
+    uk_served: Served,
+) -> None:
+    """POST /v1/events/abandoned ``at`` a century ahead: 400 with one line; years ago:
+    422, nothing recorded."""
+    future = await uk_served.post(
+        "/v1/events/abandoned",
+        {"number": "02079460002", "campaign": "spring", "at": "2126-12-01T11:00:00Z"},
+    )
+    past = await uk_served.post(
+        "/v1/events/abandoned",
+        {"number": "02079460002", "campaign": "spring", "at": "2020-12-01T11:00:00Z"},
+    )
+    assert (400, True, 1) == (
+        future[0],
+        "not at 2126-12-01T11:00:00+00:00" in future[1]["error"],
+        len(future[1]["error"].splitlines()),
+    )
+    assert (422, True) == (past[0], past[1]["error"].endswith("; nothing recorded"))
 
 
 # --- the FastAGI door ------------------------------------------------------------------------

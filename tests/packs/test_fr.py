@@ -175,7 +175,7 @@ async def test_refusal_defers_60_days(gate: Gate) -> None:
     """After a refusal during a call, no call or attempt for 60 calendar days."""
     at = upcoming(1, 10, 30, PARIS)  # a Tuesday 10:30 after the wall clock (see `upcoming`)
     await consent(gate, CONSUMER)
-    started = await admin(gate).record_event("refusal", CONSUMER, TENANT, at)
+    started = await admin(gate).record_event("refusal", CONSUMER, TENANT, at, at)
     decision = await gate.decide(call(at + timedelta(minutes=5)), record=True, door="cli")
     assert ["fr-d223-9-refusal"] == started.rules
     assert ("DEFER", "refusal:fr-d223-9-refusal", 60 * 86400.0 - 300) == outcome(decision)

@@ -107,7 +107,7 @@ async def test_abandoned_call_pauses_the_number_72_hours(gate: Gate) -> None:
     so)."""
     at = upcoming(1, 11, 0, LONDON)  # after the wall clock: see conftest.upcoming
     await screen(gate, at)
-    started = await admin(gate).record_event("abandoned", CONSUMER, TENANT, at)
+    started = await admin(gate).record_event("abandoned", CONSUMER, TENANT, at, at)
     later = at + timedelta(hours=1)
     assert (["uk-abandoned-72h"], ["uk-ofcom-abandoned-3pct"]) == (
         started.rules,
