@@ -445,6 +445,12 @@ def _list_parsers(commands: Commands) -> None:
     mode.add_argument(
         "--remove", action="store_true", help="remove the file's numbers (a deletions file)"
     )
+    imp.add_argument(
+        "--allow-empty",
+        action="store_true",
+        help="with --replace: empty the list if the file gives no entry (else refused when "
+        "lines are rejected or the list has entries)",
+    )
     _scope_args(imp)
     _json_flag(imp, "the counts as one JSON object")
 
@@ -755,6 +761,7 @@ async def _import_numbers(
         mode=mode,
         expected=total,
         checksum=digest,
+        allow_empty=args.allow_empty,
     )
 
 
@@ -783,6 +790,8 @@ async def _import(admin: ListAdmin, args: argparse.Namespace, tenant: str, campa
             f"list {args.list!r} is a reassigned list: its file has lines "
             "number,disconnected_on (no --format, --column, --keep or --replace)"
         )
+    if args.allow_empty and not args.replace:
+        raise InputError("--allow-empty goes with --replace")
     try:
         with progress(total, f"importing {args.file.name}") as advance:
             if rule.kind == "reassigned":

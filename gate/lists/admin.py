@@ -19,6 +19,10 @@ Guarantees:
   one dated later than the clock (beyond ``RECORD_SKEW_S``) is refused, and one too old
   for a rule (its cool-off over, its minute out of the ceiling's window) is not recorded
   under that rule but named in ``EventRecord.expired``.
+- A ``replace`` never empties a list by mistake: a new version with no entries is refused
+  (the list in force kept) when lines of the file were rejected or the list in force has
+  entries, unless the caller allows it (``allow_empty``): a wrong file, a wrong
+  ``--column``, an empty pipe would otherwise wipe a do-not-call list.
 - An import counts every line: imported, duplicate, rejected (each reported with its line
   number through ``on_reject``) or skipped (a scrub result not kept). It reads the file in
   batches (gate/importing.py ``read_batches``), so memory stays bounded.
@@ -243,6 +247,7 @@ class ListAdmin:
         mode: str = "add",
         expected: int = 0,
         checksum: Digest | None = None,
+        allow_empty: bool = False,
     ) -> ImportSummary:
         """``import_batches`` of ``read_entries``-style entries (one per line)."""
         return await self.import_batches(
@@ -256,6 +261,7 @@ class ListAdmin:
             mode=mode,
             expected=expected,
             checksum=checksum,
+            allow_empty=allow_empty,
         )
 
     async def import_batches(
@@ -270,11 +276,17 @@ class ListAdmin:
         mode: str = "add",
         expected: int = 0,
         checksum: Digest | None = None,
+        allow_empty: bool = False,
+        allow_empty_option: str = "--allow-empty",
     ) -> ImportSummary:
         """Import a file's batches (``read_batches``): ``mode`` "add" (delta), "remove"
         (delta) or "replace" (a new version built beside the live one, switched in one
         step). Each rejected line goes to ``on_reject``, in file order. Records
-        ``refreshed_at`` and ``meta`` on the list (and the file's ``sha256`` once read)."""
+        ``refreshed_at`` and ``meta`` on the list (and the file's ``sha256`` once read).
+
+        A replace whose new version has no entries, while lines were rejected or the list
+        in force has entries, is refused (``InputError``, naming ``allow_empty_option``,
+        the door's spelling of ``allow_empty``) and changes nothing."""
         rule = self.rule(name)
         key = self.key(name, tenant, campaign)
         if rule.kind == "reassigned":
@@ -322,9 +334,26 @@ class ListAdmin:
                 fields["sha256"] = checksum.hexdigest()
             await self.lists.set_meta(key, fields)
         else:
+
+            def accept(entries: int, in_force: int) -> None:
+                rejected = tally["rejected"]
+                if entries or allow_empty or not (rejected or in_force):
+                    return
+                given = (
+                    f"none of its lines was accepted ({rejected} rejected)"
+                    if rejected
+                    else "it has no number"
+                )
+                raise InputError(
+                    f"list {name!r} is unchanged ({in_force} entries): the file would replace "
+                    f"it with an empty list, as {given}; check the file and its format or "
+                    f"column, or pass {allow_empty_option} to empty the list"
+                )
+
             async with contextlib.aclosing(chunks()) as source:
                 if mode == "replace":
-                    changed = (await self.lists.replace(key, source, expected, fields)).count
+                    replaced = await self.lists.replace(key, source, expected, fields, accept)
+                    changed = replaced.count
                 else:
                     grow = expected if mode == "add" else 0
                     changed = await self.lists.delta_chunks(key, mode, source, expected=grow)

@@ -917,6 +917,8 @@ class _UploadImport:
                 meta=meta,
                 mode=self.query.mode.value,
                 expected=self.total,
+                allow_empty=self.query.allow_empty,
+                allow_empty_option="allow_empty=true",
             )
         finally:
             await store.close()

@@ -262,6 +262,11 @@ class ImportQuery(ListQuery):
         "built beside the live one and switched in one step)",
     )
     refreshed_at: Instant | None = Field(None, description="when the file was produced")
+    allow_empty: bool = Field(
+        False,
+        description="replace: empty the list if the file gives no entry (else refused, the "
+        "list kept, when lines are rejected or the list has entries)",
+    )
 
 
 class AuditFormat(enum.StrEnum):

@@ -20,7 +20,9 @@ Guarantees:
   (a number sees the old version, then the new one) and, once ``replace`` returns, every
   group on every shard holds the new version. A replacement that fails or is killed leaves
   the live list untouched; the directory remembers the version it was building, which the
-  next replacement removes. Replacements hold a per-list lock (a lease, so a killed
+  next replacement removes. A replacement its caller refuses once built (``accept``,
+  told both versions' entry counts) is removed at once, the live list untouched.
+  Replacements hold a per-list lock (a lease, so a killed
   importer does not block the next one forever).
 - Old versions are removed by name, UNLINK in small batches per slot (no long Redis stall;
   measured here: a RENAME over a live 10 M-member SET froze Redis 11 s, as the old value
@@ -53,7 +55,7 @@ from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import RedisError
 
-from gate.core.errors import InputError, StoreError
+from gate.core.errors import GateError, InputError, StoreError
 from gate.core.keys import (
     GROUP_BITS,
     MIN_BITS,
@@ -397,9 +399,12 @@ class ListStore:
         chunks: Chunks,
         expected: int,
         meta: Mapping[str, str],
+        accept: Callable[[int, int], None] | None = None,
     ) -> Replaced:
         """Build a new version from ``chunks`` of entries (about ``expected`` in all), then
-        switch to it."""
+        switch to it, unless ``accept`` (told the new version's entries, then the live
+        one's) raises: then the new version is removed, the live one kept, and the error
+        goes to the caller."""
         lock = self.keyspace.lock_key(list_id)
         lease = secrets.token_hex(8)
         key = self.keyspace.directory_key(list_id)
@@ -422,6 +427,12 @@ class ListStore:
             await self._groups([["HSET", "{meta}", f"{list_id}:b", building]], atomic=False)
             await self._write(list_id, version, bits, chunks)
             counts = await self._count_groups(list_id, version, bits)
+            if accept is not None:
+                try:
+                    accept(sum(counts), await self.count(list_id))
+                except GateError:
+                    await self._abandon(list_id, version, bits)
+                    raise
             refreshed = meta.get("refreshed_at")
             await self._switch(list_id, building, counts, refreshed)
             fields: dict[str, Any] = {"version": version, "bits": bits, **meta}
@@ -436,6 +447,13 @@ class ListStore:
             # Release only our own lease (a slow import may have lost it).
             if (await self._call(self._client.get(lock))) == lease.encode():
                 await self._call(self._client.delete(lock))
+
+    async def _abandon(self, list_id: str, version: int, bits: int) -> None:
+        """Stop building ``version`` (deltas no longer write to it), then remove it."""
+        await self._groups([["HDEL", "{meta}", f"{list_id}:b"]], atomic=False)
+        directory = self.keyspace.directory_key(list_id)
+        await self._call(self._client.hdel(directory, "building", "building_bits"))
+        await self._drop(list_id, version, bits)
 
     async def _switch(
         self, list_id: str, live: str, counts: list[int], refreshed: str | None

@@ -626,6 +626,28 @@ def test_import_gzip_file(cli: Run, tmp_path: Path) -> None:
     assert (0, "5\n", "") == cli("list", "count", "red")
 
 
+def test_a_replace_from_the_wrong_file_is_refused_and_keeps_the_list(
+    cli: Run, import_file: Path, tmp_path: Path
+) -> None:
+    """A CSV given without --column to --replace: every line rejected, so exit 2 with one
+    error line saying what to do after the rejected lines; the list keeps its 5 entries.
+    With --allow-empty the list is emptied."""
+    cli("list", "import", "red", str(import_file))
+    crm = tmp_path / "crm.csv"
+    crm.write_text("name,phone\nAlice,0612345640\nBob,0612345641\n", encoding="utf-8")
+    status, out, err = cli("list", "import", "red", str(crm), "--replace")
+    kept = cli("list", "count", "red")
+    emptied = cli("list", "import", "red", str(crm), "--replace", "--allow-empty")
+    assert (2, "", 4) == (status, out, len(err.splitlines()))
+    assert err.splitlines()[-1] == (
+        "callgate: error: list 'red' is unchanged (5 entries): the file would replace it with "
+        "an empty list, as none of its lines was accepted (3 rejected); check the file and its "
+        "format or column, or pass --allow-empty to empty the list"
+    )
+    assert (0, "5\n", "") == kept
+    assert (0, "0 in the new version, 0 duplicates, 3 rejected\n") == emptied[:2]
+
+
 def test_import_of_a_missing_file_is_one_error_line(cli: Run, tmp_path: Path) -> None:
     """A missing import file exits 2 with one line naming it."""
     path = tmp_path / "nope.txt"

@@ -96,6 +96,26 @@ async def test_an_upload_replace_makes_the_file_the_whole_list(served: Served) -
     assert ("listed:red", "allowed") == (listed[1]["reason"], gone[1]["reason"])
 
 
+async def test_an_upload_replace_that_would_empty_the_list_is_refused(served: Served) -> None:
+    """mode=replace of a file whose every line is rejected: an ``error`` event saying what
+    to do, the list kept; with allow_empty=true the list is emptied."""
+    await served.post("/v1/lists/red/add", {"numbers": [LISTED]})
+    wrong = b"name,phone\nAlice,0612345640\n"
+    refused = await upload(served, "/v1/lists/red/import?mode=replace", wrong)
+    kept = await served.post("/v1/check", {"number": LISTED})
+    allowed = await upload(served, "/v1/lists/red/import?mode=replace&allow_empty=true", wrong)
+    gone = await served.post("/v1/check", {"number": LISTED})
+    assert isinstance(refused[1], list)
+    assert isinstance(allowed[1], list)
+    assert (200, "error") == (refused[0], refused[1][-1]["event"])
+    assert refused[1][-1]["why"].endswith("or pass allow_empty=true to empty the list")
+    assert ("listed:red", "done", "allowed") == (
+        kept[1]["reason"],
+        allowed[1][-1]["event"],
+        gone[1]["reason"],
+    )
+
+
 @pytest.mark.parametrize(
     ("path", "content_type", "expected"),
     [

@@ -108,6 +108,45 @@ async def test_replace_switches_in_one_step_and_drops_the_old_version(
     ]
 
 
+async def test_a_replace_whose_every_line_is_rejected_is_refused_and_changes_nothing(
+    gate: Gate, sync_redis: redis.Redis
+) -> None:
+    """A wrong file (every line rejected) would replace the list with an empty one: refused,
+    the live version and its metadata kept, the version built for it removed, and a later
+    delta reaches the live list alone."""
+    lists = admin(gate)
+    await lists.add("red", numbers(0, 500), TENANT, "")
+    before = {k: v for k, v in (await lists.lists.directory(RED)).items() if k != "next_version"}
+    wrong = [(n, Rejected(n, "not a number", "Alice,0612345640")) for n in (1, 2, 3)]
+    with pytest.raises(InputError, match="pass --allow-empty to empty the list"):
+        await lists.import_entries(
+            "red", wrong, TENANT, "", lambda _: None, mode="replace", expected=3
+        )
+    await lists.add("red", numbers(600, 1), TENANT, "")
+    after = {k: v for k, v in (await lists.lists.directory(RED)).items() if k != "next_version"}
+    assert (before, 501) == (after, await lists.lists.count(RED))
+    assert {before["version"].encode()} == versions_of(sync_redis)
+    assert [True, True] == [
+        await listed(gate, numbers(0, 1)[0]),
+        await listed(gate, numbers(600, 1)[0]),
+    ]
+
+
+async def test_an_empty_replace_of_a_list_with_entries_needs_allow_empty(gate: Gate) -> None:
+    """A file with no number replaces a list with entries only with ``allow_empty``; an
+    empty list may be replaced by an empty file (a registry with no entries yet)."""
+    lists = admin(gate)
+    await lists.add("red", numbers(0, 5), TENANT, "")
+    with pytest.raises(InputError, match=r"list 'red' is unchanged \(5 entries\)"):
+        await lists.import_entries("red", [], TENANT, "", fail_on_reject, mode="replace")
+    kept = await lists.lists.count(RED)
+    emptied = await lists.import_entries(
+        "red", [], TENANT, "", fail_on_reject, mode="replace", allow_empty=True
+    )
+    again = await lists.import_entries("red", [], TENANT, "", fail_on_reject, mode="replace")
+    assert (5, 0, 0, 0) == (kept, emptied.imported, again.imported, await lists.lists.count(RED))
+
+
 async def test_decisions_during_a_replace_see_the_old_list_or_the_new_one_whole(
     redis_url: str,
 ) -> None:
