@@ -49,6 +49,7 @@ from gate.lists.formats import (
     count_lines,
     open_lines,
     read_batches,
+    rereadable,
 )
 from gate.lists.progress import importer, progress
 from gate.lists.scrub import scrub_file
@@ -413,7 +414,9 @@ def _list_parsers(commands: Commands) -> None:
         "  callgate list import reassigned rnd.csv   # lines number,disconnected_on",
     )
     imp.add_argument("list", metavar="LIST")
-    imp.add_argument("file", type=Path, metavar="FILE", help="plain, gzip or zip; UTF-8")
+    imp.add_argument(
+        "file", type=Path, metavar="FILE", help="plain, gzip or zip; UTF-8 (a pipe too)"
+    )
     imp.add_argument(
         "--column", metavar="NAME|N", help="CSV/TSV column: a header name or a 1-based index"
     )
@@ -734,10 +737,12 @@ async def _import_numbers(
     keep: frozenset[str],
     mode: str,
     total: int,
+    source: Path,
 ) -> ImportSummary:
-    """``list import`` of a list of numbers (block, allow, consent) in ``args.format``."""
+    """``list import`` of a list of numbers (block, allow, consent) in ``args.format``, read
+    from ``source`` (``args.file``, or its copy)."""
     batches = read_batches(
-        open_lines(args.file, digest),
+        open_lines(source, digest),
         admin.rule(args.list),
         admin.policy.default_region,
         args.format,
@@ -779,7 +784,6 @@ async def _import(admin: ListAdmin, args: argparse.Namespace, tenant: str, campa
         if rejects is not None:
             rejects.write(f"{entry.line_no}\t{entry.why}\t{entry.text}\n")
 
-    total = count_lines(args.file)
     digest = Digest()
     keep = frozenset(v.strip() for v in (args.keep or "").split(",") if v.strip())
     mode = "replace" if args.replace else "remove" if args.remove else "add"
@@ -793,11 +797,15 @@ async def _import(admin: ListAdmin, args: argparse.Namespace, tenant: str, campa
     if args.allow_empty and not args.replace:
         raise InputError("--allow-empty goes with --replace")
     try:
-        with progress(total, f"importing {args.file.name}") as advance:
+        with contextlib.ExitStack() as files:
+            # A pipe is read once: counted, then read, from a copy (rereadable).
+            source = files.enter_context(rereadable(args.file))
+            total = count_lines(source)
+            advance = files.enter_context(progress(total, f"importing {args.file.name}"))
             if rule.kind == "reassigned":
                 summary = await admin.import_disconnects(
                     args.list,
-                    open_lines(args.file, digest),
+                    open_lines(source, digest),
                     tenant,
                     campaign,
                     report,
@@ -809,7 +817,17 @@ async def _import(admin: ListAdmin, args: argparse.Namespace, tenant: str, campa
                 )
             else:
                 summary = await _import_numbers(
-                    admin, args, tenant, campaign, report, advance, digest, keep, mode, total
+                    admin,
+                    args,
+                    tenant,
+                    campaign,
+                    report,
+                    advance,
+                    digest,
+                    keep,
+                    mode,
+                    total,
+                    source,
                 )
     except (KeyboardInterrupt, asyncio.CancelledError):
         left = {
@@ -889,31 +907,33 @@ async def _consent_or_event(config: Config, args: argparse.Namespace) -> int:
 
 
 async def _scrub(config: Config, args: argparse.Namespace) -> int:
-    total = count_lines(args.file)
     output: Path = args.output
-    async with open_gate(config, ADMIN_DEADLINE_S) as gate:
-        with progress(total, f"scrubbing {args.file.name}") as advance:
-            done = 0
+    # A pipe is read once: counted, then read, from a copy (rereadable).
+    with rereadable(args.file) as source:
+        total = count_lines(source)
+        async with open_gate(config, ADMIN_DEADLINE_S) as gate:
+            with progress(total, f"scrubbing {args.file.name}") as advance:
+                done = 0
 
-            def written(lines: int, rows: int) -> None:
-                nonlocal done
-                advance(lines - done)
-                done = lines
+                def written(lines: int, rows: int) -> None:
+                    nonlocal done
+                    advance(lines - done)
+                    done = lines
 
-            summary = await scrub_file(
-                gate,
-                args.file,
-                output,
-                column=args.column,
-                header=args.header,
-                now=args.at or datetime.now(UTC),
-                tenant=args.tenant or config.default_tenant,
-                campaign=args.campaign or "",
-                traffic_class=TrafficClass(args.traffic_class),
-                caller_id=args.caller_id,
-                written=written,
-                fork=True,  # a one-shot command: its workers may be forked from it
-            )
+                summary = await scrub_file(
+                    gate,
+                    source,
+                    output,
+                    column=args.column,
+                    header=args.header,
+                    now=args.at or datetime.now(UTC),
+                    tenant=args.tenant or config.default_tenant,
+                    campaign=args.campaign or "",
+                    traffic_class=TrafficClass(args.traffic_class),
+                    caller_id=args.caller_id,
+                    written=written,
+                    fork=True,  # a one-shot command: its workers may be forked from it
+                )
     if args.json:
         from gate.ops.models import ScrubSummaryOut, VerdictCounts, json_of
 

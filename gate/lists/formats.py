@@ -14,15 +14,22 @@ Guarantees:
   list that can only ever block a number nobody can own.
 - ``open_lines`` reads plain, gzip and zip files (a zip's members in order), UTF-8 with or
   without BOM, any line ending, and computes the SHA-256 of the bytes it read.
+- A file that can be read only once (a pipe, a FIFO, ``/dev/stdin``, a shell's ``<(…)``)
+  is copied whole into a private temporary file first (``rereadable``), so counting its
+  lines, probing its format and reading it all see the same bytes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import gzip
 import hashlib
 import io
 import re
+import shutil
+import stat
+import tempfile
 import zipfile
 from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -55,6 +62,7 @@ __all__ = [
     "parse_block",
     "read_batches",
     "read_entries",
+    "rereadable",
     "validate_entry",
 ]
 
@@ -725,6 +733,28 @@ def _text_lines(path: Path, digest: Digest | None) -> Generator[str, None, None]
     except (OSError, zipfile.BadZipFile, EOFError) as exc:
         detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise InputError(f"{path}: cannot read: {detail}") from exc
+
+
+@contextlib.contextmanager
+def rereadable(path: Path) -> Iterator[Path]:
+    """``path`` itself if it is a regular file, else (a pipe, a FIFO, ``/dev/stdin``, a
+    shell's ``<(…)``: bytes that can be read once) a private copy of all it gives, in a
+    temporary directory removed on exit. Either can be opened as often as needed."""
+    try:
+        regular = stat.S_ISREG(path.stat().st_mode)
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    if regular:
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="callgate-input-") as spool_dir:
+        copy = Path(spool_dir) / path.name
+        try:
+            with path.open("rb") as source, copy.open("xb") as spool:  # directory 0700
+                shutil.copyfileobj(source, spool, 1 << 20)
+        except OSError as exc:
+            raise InputError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+        yield copy
 
 
 def count_lines(path: Path) -> int:

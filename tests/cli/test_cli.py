@@ -144,8 +144,11 @@ def check_json(cli: Run, *args: str, **options: Path) -> dict[str, Any]:
     return result
 
 
-def run_subprocess(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """``python -m gate.cli ARGS…`` with a clean CALLGATE_* environment, in ``cwd``."""
+def run_subprocess(
+    cwd: Path, *args: str, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``python -m gate.cli ARGS…`` with a clean CALLGATE_* environment, in ``cwd``;
+    ``stdin`` written to it through a pipe."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CALLGATE_")}
     return subprocess.run(
         [sys.executable, "-m", "gate.cli", *args],
@@ -155,6 +158,7 @@ def run_subprocess(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
         check=False,
         cwd=cwd,
         env=env,
+        input=stdin,
     )
 
 
@@ -646,6 +650,37 @@ def test_a_replace_from_the_wrong_file_is_refused_and_keeps_the_list(
     )
     assert (0, "5\n", "") == kept
     assert (0, "0 in the new version, 0 duplicates, 3 rejected\n") == emptied[:2]
+
+
+def test_a_replace_from_a_pipe_imports_what_it_gives(config_file: Path, tmp_path: Path) -> None:
+    """``list import red /dev/stdin --replace`` fed through a pipe (as ``<(…)`` is) reads it
+    once, whole: its numbers are the list."""
+    config = str(config_file)
+    run_subprocess(tmp_path, "--config", config, "list", "add", "red", NUMBER)
+    piped = run_subprocess(
+        tmp_path, "--config", config, "list", "import", "red", "/dev/stdin", "--replace",
+        stdin="0612345640\n0612345641\n",
+    )  # fmt: skip
+    count = run_subprocess(tmp_path, "--config", config, "list", "count", "red")
+    assert (0, "2 in the new version, 0 duplicates, 0 rejected\n", "2\n") == (
+        piped.returncode,
+        piped.stdout,
+        count.stdout,
+    )
+
+
+def test_a_scrub_reads_its_leads_from_a_pipe(config_file: Path, tmp_path: Path) -> None:
+    """``scrub /dev/stdin`` fed through a pipe scrubs every lead it gives."""
+    config, out = str(config_file), tmp_path / "out.csv"
+    run_subprocess(tmp_path, "--config", config, "list", "add", "red", NUMBER)
+    scrubbed = run_subprocess(
+        tmp_path, "--config", config, "scrub", "/dev/stdin", "--column", "phone", "-o", str(out),
+        stdin="name;phone\nAlice;06 12 34 56 78\nBob;+33612345679\n",
+    )  # fmt: skip
+    assert (0, f"2 leads scrubbed into {out}\n") == (
+        scrubbed.returncode,
+        scrubbed.stdout.splitlines(keepends=True)[0],
+    )
 
 
 def test_import_of_a_missing_file_is_one_error_line(cli: Run, tmp_path: Path) -> None:
