@@ -124,6 +124,11 @@ class _Parser(argparse.ArgumentParser):
 Commands: TypeAlias = "argparse._SubParsersAction[_Parser]"
 
 
+def _input_path(text: str) -> Path:
+    """An input FILE argument: ``-`` is standard input (read once, then from a copy)."""
+    return Path("/dev/stdin") if text == "-" else Path(text)
+
+
 def _ident(value: str) -> str:
     if not IDENT_RE.match(value):
         raise argparse.ArgumentTypeError(f"{value!r} must be 1-64 of A-Z a-z 0-9 _ . -")
@@ -415,7 +420,10 @@ def _list_parsers(commands: Commands) -> None:
     )
     imp.add_argument("list", metavar="LIST")
     imp.add_argument(
-        "file", type=Path, metavar="FILE", help="plain, gzip or zip; UTF-8 (a pipe too)"
+        "file",
+        type=_input_path,
+        metavar="FILE",
+        help="plain, gzip or zip; UTF-8 (a pipe too; - for standard input)",
     )
     imp.add_argument(
         "--column", metavar="NAME|N", help="CSV/TSV column: a header name or a 1-based index"
@@ -540,7 +548,10 @@ def _scrub_parser(commands: Commands) -> None:
         "--at 2026-12-01T10:00+01:00 -o out.csv --json",
     )
     scrub.add_argument(
-        "file", type=Path, metavar="LEADS", help="CSV/TSV/semicolon, plain, gzip or zip"
+        "file",
+        type=_input_path,
+        metavar="LEADS",
+        help="CSV/TSV/semicolon, plain, gzip or zip (- for standard input)",
     )
     scrub.add_argument(
         "-o",

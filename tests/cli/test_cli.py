@@ -652,13 +652,16 @@ def test_a_replace_from_the_wrong_file_is_refused_and_keeps_the_list(
     assert (0, "0 in the new version, 0 duplicates, 3 rejected\n") == emptied[:2]
 
 
-def test_a_replace_from_a_pipe_imports_what_it_gives(config_file: Path, tmp_path: Path) -> None:
-    """``list import red /dev/stdin --replace`` fed through a pipe (as ``<(…)`` is) reads it
-    once, whole: its numbers are the list."""
+@pytest.mark.parametrize("given", ["/dev/stdin", "-"])
+def test_a_replace_from_a_pipe_imports_what_it_gives(
+    config_file: Path, tmp_path: Path, given: str
+) -> None:
+    """``list import red /dev/stdin --replace`` (or ``-``) fed through a pipe (as ``<(…)``
+    is) reads it once, whole: its numbers are the list."""
     config = str(config_file)
     run_subprocess(tmp_path, "--config", config, "list", "add", "red", NUMBER)
     piped = run_subprocess(
-        tmp_path, "--config", config, "list", "import", "red", "/dev/stdin", "--replace",
+        tmp_path, "--config", config, "list", "import", "red", given, "--replace",
         stdin="0612345640\n0612345641\n",
     )  # fmt: skip
     count = run_subprocess(tmp_path, "--config", config, "list", "count", "red")
@@ -670,11 +673,11 @@ def test_a_replace_from_a_pipe_imports_what_it_gives(config_file: Path, tmp_path
 
 
 def test_a_scrub_reads_its_leads_from_a_pipe(config_file: Path, tmp_path: Path) -> None:
-    """``scrub /dev/stdin`` fed through a pipe scrubs every lead it gives."""
+    """``scrub -`` (standard input) fed through a pipe scrubs every lead it gives."""
     config, out = str(config_file), tmp_path / "out.csv"
     run_subprocess(tmp_path, "--config", config, "list", "add", "red", NUMBER)
     scrubbed = run_subprocess(
-        tmp_path, "--config", config, "scrub", "/dev/stdin", "--column", "phone", "-o", str(out),
+        tmp_path, "--config", config, "scrub", "-", "--column", "phone", "-o", str(out),
         stdin="name;phone\nAlice;06 12 34 56 78\nBob;+33612345679\n",
     )  # fmt: skip
     assert (0, f"2 leads scrubbed into {out}\n") == (
