@@ -37,6 +37,8 @@ __all__ = [
     "is_protected",
     "number_type_and_region",
     "parse_e164",
+    "split_international",
+    "stripped_prefix",
 ]
 
 
@@ -178,33 +180,42 @@ def _fast_parse(cleaned: str, region: str) -> tuple[int, str] | None:
     """``(country code, national significant number)`` of a plainly written number,
     without phonenumbers.parse (25 µs) or a PhoneNumber object.
 
-    Handles ``+CC…`` and ``00CC…`` (international) and, for FR and NANP regions, the
-    national form; None for anything else (phonenumbers.parse then decides). Numbers whose
-    national part starts with 0 (Italian style), or with what phonenumbers would strip as
-    a national prefix or carrier code even after a country code (``+1 1…``, ``+55 90…``:
-    ``_stripped_prefix``), are left to phonenumbers, so the national digits given back are
-    those phonenumbers' ``national_significant_number`` would give.
+    Handles ``+CC…`` and ``00CC…`` (international: ``split_international``) and, for FR
+    and NANP regions, the national form; None for anything else (phonenumbers.parse then
+    decides), so the national digits given back are those phonenumbers'
+    ``national_significant_number`` would give.
     """
     if cleaned.startswith("+"):
-        digits = cleaned[1:]
-    elif cleaned.startswith("00") and region not in _NANP_REGIONS:
-        digits = cleaned[2:]
-    elif region == "FR" and len(cleaned) == 10 and cleaned[0] == "0" and cleaned[1] != "0":
+        return split_international(cleaned[1:])
+    if cleaned.startswith("00") and region not in _NANP_REGIONS:
+        return split_international(cleaned[2:])
+    if region == "FR" and len(cleaned) == 10 and cleaned[0] == "0" and cleaned[1] != "0":
         return 33, cleaned[1:]
-    elif region in _NANP_REGIONS and len(cleaned) in (10, 11):
+    if region in _NANP_REGIONS and len(cleaned) in (10, 11):
         national = cleaned[1:] if len(cleaned) == 11 and cleaned[0] == "1" else cleaned
         if len(national) == 10 and national[0] not in "01":
             return 1, national
-        return None
-    else:
-        return None
+    return None
+
+
+def split_international(digits: str) -> tuple[int, str] | None:
+    """``(country code, national significant number)`` of the ASCII digits written after
+    ``+`` (or ``00``) when phonenumbers.parse surely reads them as written: the calling
+    code it would find (the first known of their first 1, 2 or 3 digits), then national
+    digits that start neither with 0 nor with what phonenumbers would strip as a national
+    prefix or carrier code even after a country code (``stripped_prefix``).
+
+    None otherwise, for phonenumbers to decide: the trunk prefix written in international
+    form (``+33 (0)6…``, ``+44 (0)20…``, ``+1 1 212…``, ``+55 90…``), which it drops when
+    what is left has a possible length, or Italy's leading 0 (``+39 06…``), which it keeps.
+    """
     for size in (1, 2, 3):
         code = int(digits[:size]) if len(digits) > size else 0
         if code in COUNTRY_CODE_TO_REGION_CODE:
             national = digits[size:]
             if not national or national[0] == "0":
                 return None
-            prefix = _stripped_prefix(code)
+            prefix = stripped_prefix(code)
             if prefix is not None and (found := prefix.match(national)) and found.end():
                 return None
             return code, national
@@ -214,7 +225,7 @@ def _fast_parse(cleaned: str, region: str) -> tuple[int, str] | None:
 _STRIPPED: dict[int, re.Pattern[str] | None] = {}
 
 
-def _stripped_prefix(code: int) -> re.Pattern[str] | None:
+def stripped_prefix(code: int) -> re.Pattern[str] | None:
     """The national prefix (and carrier code) pattern phonenumbers.parse strips from the
     start of a number of calling code ``code``, in international format too, when what
     is left has a possible length: its main region's ``national_prefix_for_parsing``."""

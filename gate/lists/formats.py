@@ -41,7 +41,13 @@ from typing import IO, cast
 from phonenumbers import COUNTRY_CODE_TO_REGION_CODE
 
 from gate.core.errors import InputError, NumberError, ProtectedNumberError
-from gate.core.numbers import BadNumber, ShortCode, classify
+from gate.core.numbers import (
+    BadNumber,
+    ShortCode,
+    classify,
+    split_international,
+    stripped_prefix,
+)
 from gate.core.rules import ListRule
 
 __all__ = [
@@ -214,15 +220,16 @@ def validate_entry(rule: ListRule, text: str, region: str) -> str:
     return target.e164
 
 
-def _known_country(digits: str) -> bool:
-    return any(int(digits[:n]) in COUNTRY_CODE_TO_REGION_CODE for n in (1, 2, 3))
-
-
 def fast_e164(text: str, region: str) -> str | None:
-    """The E.164 form of a well-formed line, or None (then phonenumbers decides)."""
+    """The E.164 form of a well-formed line, or None (then phonenumbers decides): never
+    another number than phonenumbers would give. An international number is taken as
+    written only when phonenumbers would keep its digits (``split_international``): a
+    trunk prefix after the country code (``+33 (0)6…``, ``+1 1 212…``), which
+    phonenumbers drops, or Italy's leading 0 (``+39 06…``), which it keeps, is its to
+    read."""
     compact = text.translate(_SEPARATORS)
     if match := _E164.fullmatch(compact):
-        return compact if _known_country(match.group(1)) else None
+        return compact if split_international(match.group(1)) is not None else None
     if region == "FR" and _FR_NATIONAL.fullmatch(compact):
         return "+33" + compact[1:]
     if region in ("US", "CA") and (match := _NANP.fullmatch(compact)):
@@ -477,29 +484,56 @@ def _line_entry(
 # ``_line_entry``, the line-by-line path, so that both accept and reject exactly the same
 # lines (tests/unit/test_formats.py compares them over generated files). The shapes, each
 # a subset of what ``_line_entry`` accepts, giving the same number:
-# - ``+<digits>`` (8-15 digits, the first not 0) starting with a known country code: the
-#   line itself (``fast_e164``);
+# - ``+<digits>`` (8-15 digits, the first not 0) starting with a known country code and
+#   going on with what phonenumbers keeps as written (``_national_guard``): the line
+#   itself (``fast_e164``);
 # - in region FR, ``0`` and 9 digits, the first not 0: +33 and the last 9;
 # - in regions US and CA (and ``us-dnc`` files), NANP's 10 digits, or ``us-dnc``'s
 #   ``area,number``: +1 and the 10 digits;
 # each line ending with \n or \r\n (no spaces, no separators).
 
+# What makes a national prefix pattern's match depend on what follows or precedes it.
+_ANCHORS = ("$", "^", "\\A", "\\Z", "\\b", "\\B", "(?=", "(?!", "(?<")
 
-def _prefix_pattern(codes: frozenset[str], prefix: str = "") -> str:
-    """A regular expression matching the digits that start with one of ``codes``."""
-    ends = "".join(d for d in "0123456789" if prefix + d in codes)
-    parts = [f"[{ends}]"] if ends else []
+
+def _national_guard(code: int) -> str | None:
+    """A negative lookahead, put after calling code ``code`` in ``_E164_RUN``, that
+    refuses every national number ``split_international`` refuses (maybe more): one
+    starting with 0 or matched by the code's ``stripped_prefix`` (a match of a pattern
+    without anchors or lookarounds on the number's digits is one on the line too; a
+    pattern that can match nothing refuses them all). None for a pattern with anchors:
+    that code's lines are then read line by line, by ``fast_e164``."""
+    prefix = stripped_prefix(code)
+    if prefix is None:
+        return "(?!0)"
+    if not prefix.pattern.isascii() or any(a in prefix.pattern for a in _ANCHORS):
+        return None
+    return f"(?!0|(?:{prefix.pattern}))"
+
+
+def _prefix_pattern(guards: dict[str, str], prefix: str = "") -> str:
+    """A regular expression matching the digits that start with one of the calling codes
+    of ``guards`` (and a calling code is never the start of another), each followed by
+    what its guard allows."""
+    ends: dict[str, str] = {}  # the last digits of the codes ending here, by guard
+    for digit in "0123456789":
+        if prefix + digit in guards:
+            guard = guards[prefix + digit]
+            ends[guard] = ends.get(guard, "") + digit
+    parts = [f"[{digits}]{guard}" for guard, digits in ends.items()]
     for digit in "0123456789":
         longer = prefix + digit
-        if longer not in codes and any(code.startswith(longer) for code in codes):
-            parts.append(f"{digit}(?:{_prefix_pattern(codes, longer)})")
+        if longer not in guards and any(code.startswith(longer) for code in guards):
+            parts.append(f"{digit}(?:{_prefix_pattern(guards, longer)})")
     return "|".join(parts)
 
 
-_COUNTRY_CODES = frozenset(str(code) for code in COUNTRY_CODE_TO_REGION_CODE)
-_E164_RUN = re.compile(
-    rb"(?:\+(?=%b)[1-9][0-9]{7,14}\r?\n)+" % _prefix_pattern(_COUNTRY_CODES).encode()
-)
+_GUARDS = {
+    str(code): guard
+    for code in COUNTRY_CODE_TO_REGION_CODE
+    if (guard := _national_guard(code)) is not None
+}
+_E164_RUN = re.compile(rb"(?:\+(?=%b)[1-9][0-9]{7,14}\r?\n)+" % _prefix_pattern(_GUARDS).encode())
 _FR_RUN = re.compile(rb"(?:0[1-9][0-9]{8}\r?\n)+")
 _NANP_RUN = re.compile(rb"(?:[2-9][0-9]{2}[2-9][0-9]{6}\r?\n)+")
 _AREA_RUN = re.compile(rb"(?:[2-9][0-9]{2},[2-9][0-9]{6}\r?\n)+")

@@ -571,6 +571,38 @@ def test_imported_numbers_are_counted_and_blocked(cli: Run, import_file: Path) -
     assert "listed:red" == check_json(cli, "06 12 34 56 80")["reason"]
 
 
+# International numbers written with the trunk prefix, as Europe writes them, each with
+# a way the gate sees it dialled. Italy keeps its leading 0 (+39 02… is +3902…).
+TRUNK_WRITTEN = [
+    ("+33 (0)6 98 76 54 41", "0698765441"),
+    ("+330698765442", "06 98 76 54 42"),
+    ("+44 (0)20 7946 0999", "+442079460999"),
+    ("+4402079460998", "0044 20 7946 0998"),
+    ("+49 (0)30 12345678", "+49 30 12345678"),
+    ("+49030 12345679", "+493012345679"),
+    ("+39 02 1234 5678", "+390212345678"),
+    ("+39 (0)2 1234 5679", "+39 02 1234 5679"),
+]
+
+
+def test_numbers_written_with_a_trunk_prefix_are_imported_as_the_gate_reads_them(
+    cli: Run, tmp_path: Path
+) -> None:
+    """``+33 (0)6…``, ``+44 (0)20…``, ``+49 (0)30…`` (with or without separators) are
+    imported as the numbers the gate reads dialled, and as ``list add`` stores them: each
+    is BLOCK listed:red."""
+    path = tmp_path / "optouts.txt"
+    path.write_text("".join(f"{written}\n" for written, _ in TRUNK_WRITTEN), encoding="utf-8")
+    assert (0, "8 imported, 0 duplicates, 0 rejected\n", "") == cli(
+        "list", "import", "red", str(path)
+    )
+    assert [(dialled, "listed:red") for _, dialled in TRUNK_WRITTEN] == [
+        (dialled, check_json(cli, dialled)["reason"]) for _, dialled in TRUNK_WRITTEN
+    ]
+    added = cli("list", "add", "red", *(written for written, _ in TRUNK_WRITTEN))
+    assert (0, "0 added, 8 already listed\n", "") == added
+
+
 def test_remove_then_count(cli: Run, import_file: Path) -> None:
     """Removing two listed numbers and one unlisted leaves 3 entries and unblocks them."""
     cli("list", "import", "red", str(import_file))

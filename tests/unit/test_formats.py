@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from phonenumbers import COUNTRY_CODE_TO_REGION_CODE
 
 from gate.core.errors import InputError
 from gate.core.rules import ListRule
@@ -197,3 +198,72 @@ def test_a_file_that_is_not_utf8_is_refused_in_bulk(tmp_path: Path) -> None:
     with pytest.raises(InputError) as caught:
         [b.rejected for b in read_batches(open_lines(path), BLOCK, "FR")]  # parsed when read
     assert f"{path}: not UTF-8 text (invalid start byte at byte 15)" == str(caught.value)
+
+
+def phonenumbers_e164(text: str, region: str) -> str:
+    """phonenumbers' own E.164 form of ``text`` (what ``callgate list add`` stores)."""
+    import phonenumbers
+
+    parsed = phonenumbers.parse(text, region)
+    return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+
+
+# International numbers written with the national trunk prefix, as Europe writes them,
+# and other digits phonenumbers reads differently after the country code than as written.
+TRUNK_SPELLINGS = [
+    "+33 (0)6 98 76 54 41",  # FR: the 0 dropped
+    "+33 06 98 76 54 41",
+    "+44 (0)20 7946 0999",  # GB
+    "+44 (0) 7911 123456",
+    "+49 (0)30 12345678",  # DE
+    "+49 (0)151 12345678",
+    "+39 06 6988 1234",  # IT: the 0 is part of the number, kept
+    "+39 (0)2 1234 5678",
+    "+39 02 1234 5678",
+    "+43 (0)1 234567890",  # AT
+    "+41 (0)44 668 18 00",  # CH
+    "+31 (0)20 123 4567",  # NL
+    "+353 (0)1 234 5678",  # IE
+    "+61 (0)2 9876 5432",  # AU
+    "+1 1 212 555 0123",  # NANP: the 1 dropped
+    "+7 8 495 123 4567",  # RU: the 8 dropped
+    "+55 90 11 91234 5678",  # BR: the carrier code dropped
+]
+
+
+@pytest.mark.parametrize("spelling", TRUNK_SPELLINGS)
+@pytest.mark.parametrize("compact", [False, True])
+def test_a_trunk_prefix_after_the_country_code_is_read_as_phonenumbers_reads_it(
+    spelling: str, compact: bool
+) -> None:
+    """Read line by line or in bulk, as written or without separators, such a number is
+    the E.164 number phonenumbers (and so ``list add`` and the gate) makes of it."""
+    text = spelling.translate(str.maketrans("", "", " ()")) if compact else spelling
+    expected = phonenumbers_e164(text, "FR")
+    entries = [entry for _, entry in read_entries([text + "\n"], BLOCK, "FR")]
+    batch = formats.parse_block(text.encode() + b"\n", 0, BLOCK, "FR", "lines")
+    assert ([expected], [expected]) == (entries, batch.e164s())
+
+
+CALLING_CODES = sorted(COUNTRY_CODE_TO_REGION_CODE)
+
+
+@settings(max_examples=1500, deadline=None, database=None)
+@given(
+    code=st.sampled_from([1, 7, 33, 39, 44, 49, 55, 61, 54, 52, 57, 82, 86, 370, 375])
+    | st.sampled_from(CALLING_CODES),
+    national=st.text(digit, min_size=5, max_size=13),
+    spelling=st.sampled_from(["+{}{}", "+{} {}", "+{} (0){}", "+{} (0) {}", "+{} 0{}"]),
+)
+def test_a_number_read_without_phonenumbers_is_the_one_phonenumbers_gives(
+    code: int, national: str, spelling: str
+) -> None:
+    """Whatever digits follow a calling code, and however a trunk prefix is written, the
+    fast paths (``fast_e164``, runs read in bulk) give phonenumbers' E.164 number or leave
+    the line to phonenumbers: never another number."""
+    text = spelling.format(code, national)
+    fast = formats.fast_e164(text, "FR")
+    bulk = formats.parse_block(text.encode() + b"\n", 0, BLOCK, "FR", "lines").e164s()
+    expected = phonenumbers_e164(text, "FR")
+    assert fast in (None, expected)
+    assert bulk in ([], [expected])
