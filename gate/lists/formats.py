@@ -64,6 +64,7 @@ __all__ = [
     "count_line_ends",
     "count_lines",
     "csv_dialect",
+    "csv_error",
     "open_lines",
     "parse_block",
     "read_batches",
@@ -269,6 +270,19 @@ def csv_dialect(line: str) -> type[csv.Dialect]:
     return Dialect
 
 
+def csv_error(source: object, line_no: int, exc: csv.Error) -> InputError:
+    """The one-line error of a CSV row the csv module refused, the row starting on line
+    ``line_no`` of file ``source``. A field over the module's limit (128 KiB) is nearly
+    always a quote never closed, which makes the rest of the file one field."""
+    if "field limit" in str(exc):
+        return InputError(
+            f"{source}:{line_no}: a field of the row starting on this line is longer than "
+            f"{csv.field_size_limit()} characters (a quote never closed?): close the "
+            "quote, or remove it"
+        )
+    return InputError(f"{source}:{line_no}: not readable as CSV: {exc}")
+
+
 def read_entries(
     lines: Iterable[str],
     rule: ListRule,
@@ -311,7 +325,7 @@ def read_entries(
             if entry is not None:
                 yield line_no, entry
         return
-    for line_no, cells, text in _csv_rows(lines):
+    for line_no, cells, text in _csv_rows(lines, _source(lines)):
         if header_pending:
             names = [cell.strip().lower() for cell in cells]
             if column is not None and not column.isdigit():
@@ -340,14 +354,23 @@ def read_entries(
         yield line_no, _entry(line_no, text, cells[index].strip(), rule, region)
 
 
-def _csv_rows(lines: Iterable[str]) -> Iterator[tuple[int, list[str], str]]:
+def _source(lines: Iterable[str]) -> object:
+    """How an error names the file of ``lines``: its path (``open_lines``), else "input"."""
+    if isinstance(lines, _Counted):
+        lines = lines.source
+    return lines.path if isinstance(lines, Lines) else "input"
+
+
+def _csv_rows(lines: Iterable[str], source: object) -> Iterator[tuple[int, list[str], str]]:
     """(first line number, cells, the row as one line of text) of each CSV row that is not
     blank or a ``#`` comment, read by the csv module as a stream: a quoted field may span
-    lines. The dialect (, ; tab or |) is that of the first such line."""
-    source = iter(lines)
+    lines. The dialect (, ; tab or |) is that of the first such line. A row the csv module
+    refuses (a field over its limit) is an ``InputError`` naming ``source`` and the line
+    the row starts on (``csv_error``)."""
+    source_lines = iter(lines)
     skipped = 0
     first = ""
-    for raw in source:
+    for raw in source_lines:
         first = raw.lstrip("\ufeff")
         if first.strip() and not first.lstrip().startswith(_COMMENT):
             break
@@ -355,9 +378,15 @@ def _csv_rows(lines: Iterable[str]) -> Iterator[tuple[int, list[str], str]]:
     else:
         return
     dialect = csv_dialect(first)
-    reader = csv.reader(chain([first], source), dialect)
+    reader = csv.reader(chain([first], source_lines), dialect)
     read = 0
-    for cells in reader:
+    for _ in range(1 << 62):  # bounded by the file: the reader stops at its end
+        try:
+            cells = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            raise csv_error(source, skipped + read + 1, exc) from exc
         line_no, read = skipped + read + 1, reader.line_num
         if not any(cell.strip() for cell in cells) or cells[0].lstrip().startswith(_COMMENT):
             continue
@@ -425,6 +454,7 @@ class _Counted:
     """Iterates over lines, counting them."""
 
     def __init__(self, lines: Iterable[str]) -> None:
+        self.source = lines
         self._lines = iter(lines)
         self.lines = 0
 

@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from itertools import chain, islice
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gate.config.loader import Config, RedisConfig
 from gate.core.engine import Planner, StoreCheck, outcome
@@ -50,9 +51,12 @@ from gate.core.errors import InputError
 from gate.core.keys import Keyspace
 from gate.core.model import Attempt, TrafficClass, Verdict
 from gate.core.params import seconds_text
-from gate.lists.formats import csv_dialect, open_lines
+from gate.lists.formats import csv_dialect, csv_error, open_lines
 from gate.service import Gate
 from gate.store.client import Store, cancel_point
+
+if TYPE_CHECKING:
+    import _csv
 
 __all__ = [
     "BATCH",
@@ -306,6 +310,22 @@ def column_index(spec: str, header: Sequence[str], source: Path) -> int:
     return int(spec) - 1
 
 
+def _read_rows(reader: _csv.Reader, source: Path, before: int) -> Iterator[list[str]]:
+    """The rows of ``reader`` (``csv.reader`` of the lines of ``source`` after the first
+    ``before``); a row the csv module refuses is an ``InputError`` naming the line it
+    starts on (``csv_error``)."""
+    read = 0  # lines read by the rows given so far
+    for _ in range(1 << 62):  # bounded by the file: the reader stops at its end
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            raise csv_error(source, before + read + 1, exc) from exc
+        read = reader.line_num
+        yield row
+
+
 async def scrub_file(
     gate: Gate,
     source: Path,
@@ -340,10 +360,11 @@ async def scrub_file(
             raise InputError(f"{source}: no leads in the file")
         dialect = csv_dialect(first)
         reader = csv.reader(itertools.chain([first], opened), dialect)
-        head = [c.strip() for c in next(reader)]
+        read = _read_rows(reader, source, blank)
+        head = [c.strip() for c in next(read)]
         index = column_index(column, head, source)
         has_header = not column.isdigit() or header
-        body = reader if has_header else itertools.chain([head], reader)
+        body = read if has_header else itertools.chain([head], read)
         rows = (row for row in body if "".join(row).strip())  # blank rows are skipped
         await gate.store.ping()  # Redis down: fail before writing anything
         # Written beside the target and renamed at the end: OUT is whole or untouched.

@@ -33,7 +33,7 @@ from aiohttp import web
 
 from gate.core.errors import GateError, InputError
 from gate.core.model import Verdict
-from gate.lists.formats import count_lines, csv_dialect, open_lines
+from gate.lists.formats import count_lines, csv_dialect, csv_error, open_lines
 from gate.lists.scrub import ScrubSummary, column_index, scrub_file
 from gate.ops._openapi import Operation
 from gate.ops.api import NDJSON, UPLOAD_TYPES, Handler, RequestError, spool
@@ -160,10 +160,14 @@ def _probe(path: Path, column: str) -> None:
     """Read the first row as the scrub will (the file's text, its phone column)."""
     lines = open_lines(path)
     try:
-        first = next((line for line in lines if line.strip()), None)
-        if first is None:
+        found = next(((n, line) for n, line in enumerate(lines, 1) if line.strip()), None)
+        if found is None:
             raise InputError("the upload has no leads")
-        head = next(csv.reader([first], csv_dialect(first)), [])
+        line_no, first = found
+        try:
+            head = next(csv.reader([first], csv_dialect(first)), [])
+        except csv.Error as exc:  # a first line longer than the csv module's limit
+            raise csv_error("upload", line_no, exc) from exc
         column_index(column, [c.strip() for c in head], Path("upload"))
     finally:
         lines.close()

@@ -320,6 +320,35 @@ def test_scrub_with_redis_down_writes_no_file(tmp_path: Path) -> None:
     )
 
 
+def unclosed_quote_leads(path: Path) -> Path:
+    """20 000 leads (``id,phone``) whose fourth line opens a quote it never closes: the
+    rest of the file is one field, over the csv module's limit (128 KiB)."""
+    lines = ["id,phone", *(f"{i},0613{i:06d}" for i in range(20_000))]
+    lines[3] = '2,"0613000002'
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize(
+    "command", [("scrub",), ("list", "import", "red")], ids=["scrub", "import"]
+)
+def test_a_field_over_the_csv_limit_is_one_error_line_naming_its_row(
+    cli: Run, tmp_path: Path, command: tuple[str, ...]
+) -> None:
+    """A quote never closed makes a field of the rest of the file: ``scrub`` and ``list
+    import --column`` exit 2 with one line naming the file and the line its row starts on,
+    and saying what to do; the scrub writes no file."""
+    leads, out = unclosed_quote_leads(tmp_path / "leads.csv"), tmp_path / "out.csv"
+    output = ("-o", str(out)) if command == ("scrub",) else ()
+    status, _, err = cli(*command, str(leads), "--column", "phone", *output)
+    assert (
+        2,
+        f"callgate: error: {leads}:4: a field of the row starting on this line is longer "
+        "than 131072 characters (a quote never closed?): close the quote, or remove it\n",
+        False,
+    ) == (status, err, out.exists())
+
+
 @pytest.fixture
 def audit_rows(redis_url: str) -> int:
     """5000 audit entries written straight into a group's stream (as the gate keeps them)."""

@@ -572,3 +572,19 @@ async def test_an_upload_without_its_column_is_400_before_anything_runs(console:
         status,
         body["error"],
     )
+
+
+async def test_an_upload_whose_first_line_is_over_the_csv_limit_is_400(console: Console) -> None:
+    """A first line longer than the csv module's limit (128 KiB) is refused with 400 and
+    the one-line error of ``callgate scrub``."""
+    status, body = await console.call(
+        "POST",
+        "/v1/scrub/file?column=phone",
+        {**AUTH, "Content-Type": "text/csv"},
+        data='\nname,"phone' + "0" * 140_000 + "\n",
+    )
+    assert (
+        400,
+        "upload:2: a field of the row starting on this line is longer than 131072 "
+        "characters (a quote never closed?): close the quote, or remove it",
+    ) == (status, body["error"])
