@@ -917,8 +917,22 @@ async def _consent_or_event(config: Config, args: argparse.Namespace) -> int:
 # --- scrub ----------------------------------------------------------------------------------
 
 
+def _scrub_output(output: Path) -> None:
+    """Refuse, before any lead is read, an ``-o`` the scrub could not write at its end."""
+    if output.is_dir():
+        raise InputError(
+            f"-o {output}: is a directory; name the file to write "
+            f"(e.g. -o {output / 'scrubbed.csv'})"
+        )
+    if not output.parent.is_dir():
+        raise InputError(
+            f"-o {output}: no directory {output.parent}; create it, or write elsewhere"
+        )
+
+
 async def _scrub(config: Config, args: argparse.Namespace) -> int:
     output: Path = args.output
+    _scrub_output(output)
     # A pipe is read once: counted, then read, from a copy (rereadable).
     with rereadable(args.file) as source:
         total = count_lines(source)

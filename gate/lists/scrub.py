@@ -345,7 +345,8 @@ async def scrub_file(
     """Scrub the leads of ``source`` into ``output`` (the rows with ``verdict``, ``reason``
     and ``retry_after_s`` appended; a header row gets those names). ``written`` is told,
     after each batch of rows written, how many lines of ``source`` have been read so far
-    and how many rows the batch had. ``output`` is written whole or not at all. Redis
+    and how many rows the batch had. ``output`` is written whole or not at all; where it
+    cannot be (no such directory, a directory itself): ``InputError`` naming it. Redis
     unreachable: ``StoreError`` before anything is written. ``fork``: see ``scrub``."""
     opened = open_lines(source)
     try:
@@ -368,7 +369,10 @@ async def scrub_file(
         rows = (row for row in body if "".join(row).strip())  # blank rows are skipped
         await gate.store.ping()  # Redis down: fail before writing anything
         # Written beside the target and renamed at the end: OUT is whole or untouched.
-        fd, partial = tempfile.mkstemp(prefix=f".{output.name}.", dir=output.parent or ".")
+        try:
+            fd, partial = tempfile.mkstemp(prefix=f".{output.name}.", dir=output.parent)
+        except OSError as exc:
+            raise InputError(f"{output}: cannot write there: {exc.strerror}") from exc
         try:
             with os.fdopen(fd, "w", encoding="utf-8", newline="") as out:
                 writer = csv.writer(out, dialect)
@@ -393,7 +397,10 @@ async def scrub_file(
                     workers=workers,
                     fork=fork,
                 )
-            os.replace(partial, output)
+            try:
+                os.replace(partial, output)
+            except OSError as exc:
+                raise InputError(f"{output}: cannot write there: {exc.strerror}") from exc
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(partial)

@@ -320,6 +320,37 @@ def test_scrub_with_redis_down_writes_no_file(tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("output", "why"),
+    [
+        ("missing/out.csv", "no directory {tmp}/missing; create it, or write elsewhere"),
+        ("leads.csv/out.csv", "no directory {tmp}/leads.csv; create it, or write elsewhere"),
+        ("", "is a directory; name the file to write (e.g. -o {tmp}/scrubbed.csv)"),
+    ],
+    ids=["missing-directory", "file-as-directory", "directory"],
+)
+def test_a_scrub_output_that_cannot_be_written_is_one_error_line_naming_o(
+    cli: Run, tmp_path: Path, output: str, why: str
+) -> None:
+    """``-o`` in a directory that does not exist, or naming a directory: exit 2 with one
+    line naming ``-o`` and the path, before any lead is read; nothing is written."""
+    leads = tmp_path / "leads.csv"
+    leads.write_text("id,phone\n1,0612345678\n", encoding="utf-8")
+    target = tmp_path / output
+    status, out, err = cli("scrub", str(leads), "--column", "phone", "-o", str(target))
+    assert (
+        2,
+        "",
+        f"callgate: error: -o {target}: {why.format(tmp=tmp_path)}\n",
+        ["leads.csv"],
+    ) == (
+        status,
+        out,
+        err,
+        sorted(p.name for p in tmp_path.iterdir() if p.name != "callgate.toml"),
+    )
+
+
 def unclosed_quote_leads(path: Path) -> Path:
     """20 000 leads (``id,phone``) whose fourth line opens a quote it never closes: the
     rest of the file is one field, over the csv module's limit (128 KiB)."""

@@ -11,6 +11,7 @@ import asyncio
 import csv
 import io
 import json
+import os
 import re
 import time
 from collections.abc import AsyncIterator
@@ -25,6 +26,7 @@ import pytest
 from phonenumbers import COUNTRY_CODE_TO_REGION_CODE
 
 from gate.config.loader import ApiConfig, AuditConfig, ConsoleConfig, HttpConfig
+from gate.core.errors import InputError
 from gate.core.model import Attempt, TrafficClass
 from gate.lists.admin import ListAdmin
 from gate.lists.scrub import scrub_file
@@ -518,6 +520,36 @@ async def test_a_scrub_tells_the_lines_read_and_the_rows_written(
     )
     assert [(9, 3)] == told
     assert (3, 1) == (summary.rows, summary.reasons["BLOCK invalid_number"])
+
+
+@pytest.mark.parametrize(
+    ("output", "why"),
+    [("missing/out.csv", "No such file or directory"), ("out", "Is a directory")],
+    ids=["missing-directory", "directory"],
+)
+async def test_a_scrub_output_that_cannot_be_written_is_an_input_error_naming_it(
+    console: Console, tmp_path: Path, output: str, why: str
+) -> None:
+    """``scrub_file`` into a directory that does not exist, or onto a directory: an
+    InputError naming the output, and nothing left beside it."""
+    source = tmp_path / "leads.csv"
+    source.write_text("name,phone\nann,0699001122\n")
+    (tmp_path / "out").mkdir()
+    target = tmp_path / output
+    with pytest.raises(InputError) as caught:
+        await scrub_file(
+            console.gate,
+            source,
+            target,
+            column="phone",
+            now=datetime.fromisoformat(AT),
+            tenant="default",
+        )
+    left = sorted(await asyncio.to_thread(os.listdir, tmp_path))
+    assert (f"{target}: cannot write there: {why}", ["leads.csv", "out"]) == (
+        str(caught.value),
+        left,
+    )
 
 
 async def test_a_scrubbed_upload_is_the_file_callgate_scrub_writes(
