@@ -61,6 +61,7 @@ __all__ = [
     "Rejected",
     "Skipped",
     "batches_of",
+    "column_number",
     "count_line_ends",
     "count_lines",
     "csv_dialect",
@@ -270,6 +271,18 @@ def csv_dialect(line: str) -> type[csv.Dialect]:
     return Dialect
 
 
+def column_number(spec: str) -> int | None:
+    """The 0-based index of the column ``--column spec`` names by its 1-based number
+    (ASCII digits), or None when ``spec`` is a header name: "²" or "٢" are names, not
+    numbers (``str.isdigit`` is true of both; ``int`` refuses the first and reads the
+    second as 2). ``InputError`` for 0."""
+    if not (spec.isascii() and spec.isdecimal()):
+        return None
+    if int(spec) < 1:
+        raise InputError(f"--column {spec}: columns are numbered from 1")
+    return int(spec) - 1
+
+
 def csv_error(source: object, line_no: int, exc: csv.Error) -> InputError:
     """The one-line error of a CSV row the csv module refused, the row starting on line
     ``line_no`` of file ``source``. A field over the module's limit (128 KiB) is nearly
@@ -312,13 +325,8 @@ def read_entries(
         column = column or "1"
     if fmt == "us-dnc":
         region = "US"
-    index: int | None = None
-    header_pending = fmt == "fr-scrub"
-    if column is not None:
-        if column.isdigit() and int(column) >= 1:
-            index = int(column) - 1
-        else:
-            header_pending = True
+    index = None if column is None else column_number(column)
+    header_pending = fmt == "fr-scrub" or (column is not None and index is None)
     if fmt in ("lines", "us-dnc"):
         for line_no, raw in enumerate(lines, start=1):
             entry = _plain_entry(line_no, raw, fmt, rule, region)
@@ -328,7 +336,7 @@ def read_entries(
     for line_no, cells, text in _csv_rows(lines, _source(lines)):
         if header_pending:
             names = [cell.strip().lower() for cell in cells]
-            if column is not None and not column.isdigit():
+            if column is not None and index is None:
                 if column.lower() not in names:
                     raise InputError(
                         f"line {line_no}: no column named {column!r} in header {cells!r}"

@@ -51,7 +51,7 @@ from gate.core.errors import InputError
 from gate.core.keys import Keyspace
 from gate.core.model import Attempt, TrafficClass, Verdict
 from gate.core.params import seconds_text
-from gate.lists.formats import csv_dialect, csv_error, open_lines
+from gate.lists.formats import column_number, csv_dialect, csv_error, open_lines
 from gate.service import Gate
 from gate.store.client import Store, cancel_point
 
@@ -299,15 +299,15 @@ def _work(numbers: list[str | None]) -> list[Outcome]:
 
 
 def column_index(spec: str, header: Sequence[str], source: Path) -> int:
-    """The 0-based index of the phone column: ``spec`` is a header name or a 1-based index."""
-    if not spec.isdigit():
-        lowered = [c.lower() for c in header]
-        if spec.lower() not in lowered:
-            raise InputError(f"{source}: no column named {spec!r} in header {list(header)!r}")
-        return lowered.index(spec.lower())
-    if int(spec) < 1:
-        raise InputError(f"--column {spec}: columns are numbered from 1")
-    return int(spec) - 1
+    """The 0-based index of the phone column: ``spec`` is a header name or a 1-based index
+    (``column_number``)."""
+    index = column_number(spec)
+    if index is not None:
+        return index
+    lowered = [c.lower() for c in header]
+    if spec.lower() not in lowered:
+        raise InputError(f"{source}: no column named {spec!r} in header {list(header)!r}")
+    return lowered.index(spec.lower())
 
 
 def _read_rows(reader: _csv.Reader, source: Path, before: int) -> Iterator[list[str]]:
@@ -364,7 +364,7 @@ async def scrub_file(
         read = _read_rows(reader, source, blank)
         head = [c.strip() for c in next(read)]
         index = column_index(column, head, source)
-        has_header = not column.isdigit() or header
+        has_header = column_number(column) is None or header
         body = read if has_header else itertools.chain([head], read)
         rows = (row for row in body if "".join(row).strip())  # blank rows are skipped
         await gate.store.ping()  # Redis down: fail before writing anything

@@ -351,6 +351,36 @@ def test_a_scrub_output_that_cannot_be_written_is_one_error_line_naming_o(
     )
 
 
+@pytest.mark.parametrize(
+    "command", [("scrub",), ("list", "import", "red")], ids=["scrub", "import"]
+)
+@pytest.mark.parametrize(
+    ("column", "why"),
+    [
+        ("²", "no column named '²' in header ['id', 'phone']"),  # isdigit(), not a number
+        ("٢", "no column named '٢' in header ['id', 'phone']"),  # int() reads it as 2
+        ("0", "--column 0: columns are numbered from 1"),
+    ],
+    ids=["superscript", "arabic-indic", "zero"],
+)
+def test_a_column_that_is_no_ascii_number_nor_a_header_is_one_error_line(
+    cli: Run, tmp_path: Path, command: tuple[str, ...], column: str, why: str
+) -> None:
+    """``--column`` takes a 1-based number in ASCII digits or a header name: a superscript
+    or another script's digit is a name (none such here), column 0 does not exist; each is
+    exit 2 with one line, and the scrub writes nothing."""
+    leads, out = tmp_path / "leads.csv", tmp_path / "out.csv"
+    leads.write_text("id,phone\n1,0612345678\n", encoding="utf-8")
+    output = ("-o", str(out)) if command == ("scrub",) else ()
+    status, _, err = cli(*command, str(leads), "--column", column, *output)
+    assert (2, 1, True, False) == (
+        status,
+        len(err.splitlines()),
+        err.endswith(why + "\n"),
+        out.exists(),
+    )
+
+
 def unclosed_quote_leads(path: Path) -> Path:
     """20 000 leads (``id,phone``) whose fourth line opens a quote it never closes: the
     rest of the file is one field, over the csv module's limit (128 KiB)."""
