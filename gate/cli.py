@@ -559,8 +559,9 @@ def _scrub_parser(commands: Commands) -> None:
         type=Path,
         required=True,
         metavar="OUT",
-        help="the leads with verdict, reason and retry_after_s appended (written whole, "
-        "or not at all)",
+        help="the leads with verdict, reason and retry_after_s as the three columns after "
+        "the first row's (a shorter row padded with empty cells, a longer row's extra cells "
+        "after them: no cell dropped); written whole, or not at all",
     )
     scrub.add_argument(
         "--column",

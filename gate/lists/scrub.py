@@ -7,6 +7,9 @@ Redis checks of a whole batch in one pipelined round trip. Guarantees:
 - every input row is written out with ``verdict``, ``reason`` and ``retry_after_s``
   appended (an unreadable number is ``BLOCK invalid_number``; a row without the phone
   column is ``ERROR missing_column``), in input order; the summary counts every row;
+- in a scrubbed file, those three are always the columns after the first row's (under
+  their header names): a shorter row is padded with empty cells, a longer row keeps its
+  extra cells after them; no cell is dropped (``scrub_file``);
 - the whole scrub uses ONE configuration: the gate's active one when it starts (a reload
   during the scrub does not mix two);
 - a large file (``PARALLEL_FROM`` rows or more) is decided by ``workers`` processes, each
@@ -310,6 +313,19 @@ def column_index(spec: str, header: Sequence[str], source: Path) -> int:
     return lowered.index(spec.lower())
 
 
+def _aligned(row: list[str], width: int) -> list[str]:
+    """A decided row (its cells, then its verdict, reason and retry_after_s) with those
+    three as columns ``width`` to ``width + 2``, under their header names: a shorter row
+    padded with empty cells, a longer row's cells past ``width`` (no header names them)
+    kept after the three."""
+    cells = len(row) - 3
+    if cells == width:
+        return row
+    if cells < width:
+        return [*row[:cells], *[""] * (width - cells), *row[cells:]]
+    return [*row[:width], *row[cells:], *row[width:cells]]
+
+
 def _read_rows(reader: _csv.Reader, source: Path, before: int) -> Iterator[list[str]]:
     """The rows of ``reader`` (``csv.reader`` of the lines of ``source`` after the first
     ``before``); a row the csv module refuses is an ``InputError`` naming the line it
@@ -343,7 +359,8 @@ async def scrub_file(
     fork: bool = False,
 ) -> ScrubSummary:
     """Scrub the leads of ``source`` into ``output`` (the rows with ``verdict``, ``reason``
-    and ``retry_after_s`` appended; a header row gets those names). ``written`` is told,
+    and ``retry_after_s`` appended as the columns after the first row's, ``_aligned``; a
+    header row gets those names). ``written`` is told,
     after each batch of rows written, how many lines of ``source`` have been read so far
     and how many rows the batch had. ``output`` is written whole or not at all; where it
     cannot be (no such directory, a directory itself): ``InputError`` naming it. Redis
@@ -380,7 +397,7 @@ async def scrub_file(
                     writer.writerow([*head, "verdict", "reason", "retry_after_s"])
 
                 def write(batch: list[list[str]]) -> None:
-                    writer.writerows(batch)
+                    writer.writerows([_aligned(row, len(head)) for row in batch])
                     if written is not None:
                         written(blank + reader.line_num, len(batch))
 

@@ -304,6 +304,32 @@ def test_scrub_summary_in_json_names_the_output(cli: Run, tmp_path: Path) -> Non
     ) == (status, json.loads(text))
 
 
+@pytest.mark.parametrize("header", [True, False], ids=["header", "no-header"])
+def test_scrub_verdicts_stay_under_their_headers_in_short_and_long_rows(
+    cli: Run, tmp_path: Path, header: bool
+) -> None:
+    """A row with fewer cells than the first row is padded with empty cells and one with
+    more keeps its extra cells after the verdict columns: verdict, reason and retry_after_s
+    are always the columns after the first row's, and no cell is lost."""
+    cli("list", "add", "red", NUMBER)
+    leads, out = tmp_path / "leads.csv", tmp_path / "out.csv"
+    rows = ["1,0612345678,Paris", "2,0612345679", "3", "4,0612345678,Lyon,VIP,note"]
+    leads.write_text("\n".join(["id,phone,city"] * header + rows) + "\n", encoding="utf-8")
+    column = "phone" if header else "2"
+    status, _, _ = cli("scrub", str(leads), "--column", column, "-o", str(out))
+    expected = [
+        "1,0612345678,Paris,BLOCK,listed:red,",
+        "2,0612345679,,ALLOW,allowed,",
+        "3,,,ERROR,missing_column,",
+        "4,0612345678,Lyon,BLOCK,listed:red,,VIP,note",
+    ]
+    written = out.read_text(encoding="utf-8").splitlines()
+    assert (0, ["id,phone,city,verdict,reason,retry_after_s"] * header + expected) == (
+        status,
+        written,
+    )
+
+
 def test_scrub_with_redis_down_writes_no_file(tmp_path: Path) -> None:
     """Redis unreachable: exit 2 with one line, and no output file (not even a header)."""
     config = tmp_path / "down.toml"
