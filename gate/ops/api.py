@@ -26,7 +26,8 @@ Guarantees:
   HTML form or "simple" cross-origin request can reach a handler; no CORS header is
   ever sent.
 - With a token configured, every ``/v1/`` request without ``Authorization: Bearer
-  <token>`` (compared in constant time) or a console session's cookie gets 401; a
+  <token>`` (compared in constant time; bytes that are not UTF-8 are a wrong token, as
+  are such a cookie or CSRF token) or a console session's cookie gets 401; a
   request authenticated by the cookie that changes anything must also carry the
   session's ``X-CSRF-Token`` (403 otherwise; gate/ops/sessions.py). ``/v1/session``
   (sign in, and whether this browser is signed in) needs neither.
@@ -115,7 +116,7 @@ from gate.ops.models import (
     rule_outcomes,
 )
 from gate.ops.reload import Reloader
-from gate.ops.sessions import COOKIE, CSRF_HEADER, Action, Session, Sessions
+from gate.ops.sessions import COOKIE, CSRF_HEADER, Action, Session, Sessions, secret_bytes
 from gate.service import Gate
 from gate.store.client import Store
 
@@ -493,7 +494,7 @@ class AdminApi:
             return None
         scheme, _, given = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(
-            given.strip().encode(), self.token.encode()
+            secret_bytes(given.strip()), secret_bytes(self.token)
         ):
             response = _error(401, "missing or wrong bearer token (Authorization header)")
             response.headers["WWW-Authenticate"] = 'Bearer realm="callgate"'

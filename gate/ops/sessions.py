@@ -32,7 +32,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-__all__ = ["COOKIE", "CSRF_HEADER", "Action", "Session", "Sessions", "SignInRefused"]
+__all__ = [
+    "COOKIE",
+    "CSRF_HEADER",
+    "Action",
+    "Session",
+    "Sessions",
+    "SignInRefused",
+    "secret_bytes",
+]
 
 log = logging.getLogger("callgate.http")
 
@@ -84,8 +92,16 @@ class Action:
     counts: Mapping[str, int] = field(default_factory=dict)
 
 
+def secret_bytes(value: str) -> bytes:
+    """``value`` as bytes to compare in constant time or to hash. Never raises: a header
+    whose bytes are not UTF-8 reaches us with lone surrogates (aiohttp decodes them with
+    ``surrogateescape``); they are kept as bytes no UTF-8 token equals, so such a value is
+    just a wrong credential."""
+    return value.encode("utf-8", "surrogatepass")
+
+
 def _digest(value: str) -> bytes:
-    return hashlib.sha256(value.encode()).digest()
+    return hashlib.sha256(secret_bytes(value)).digest()
 
 
 class Sessions:
@@ -112,7 +128,7 @@ class Sessions:
             log.warning("console: sign-in from %s refused: too many failed sign-ins", peer)
             raise SignInRefused(429, "too many failed sign-ins; wait a minute before trying again")
         if self._token is not None and not hmac.compare_digest(
-            given.encode(), self._token.encode()
+            secret_bytes(given), secret_bytes(self._token)
         ):
             self._failures.append(now)
             log.warning("console: failed sign-in from %s (wrong token)", peer)
@@ -160,4 +176,6 @@ class Sessions:
 
     @staticmethod
     def csrf_ok(session: Session, given: str | None) -> bool:
-        return given is not None and hmac.compare_digest(given.encode(), session.csrf.encode())
+        return given is not None and hmac.compare_digest(
+            secret_bytes(given), secret_bytes(session.csrf)
+        )

@@ -1,0 +1,90 @@
+"""The HTTP listener against raw sockets: bytes no client library sends (gate/ops/api.py,
+gate/ops/sessions.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+
+import pytest
+
+from gate.ops.sessions import COOKIE, CSRF_HEADER
+from tests.ops.conftest import API_TOKEN, Served
+
+WAIT_S = 10.0
+
+
+async def raw(served: Served, head: bytes, body: bytes = b"") -> tuple[int, Any]:
+    """Send ``head`` (request line and headers, without the blank line) and ``body`` as
+    they are, on a connection of its own; the answer's status and JSON body."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", served.server.port)
+    try:
+        length = f"Content-Length: {len(body)}\r\n".encode() if body else b""
+        writer.write(head + b"Host: 127.0.0.1\r\nConnection: close\r\n" + length + b"\r\n" + body)
+        answer = await asyncio.wait_for(reader.read(), WAIT_S)
+    finally:
+        writer.close()
+        await writer.wait_closed()
+    status_line, _, rest = answer.partition(b"\r\n")
+    return int(status_line.split()[1]), json.loads(rest.partition(b"\r\n\r\n")[2])
+
+
+async def session_of(served: Served) -> tuple[str, str]:
+    """(cookie value, CSRF token) of a new console session."""
+    async with served.session.post(served.url + "/v1/session", json={"token": API_TOKEN}) as r:
+        assert 200 == r.status
+        return r.cookies[COOKIE].value, (await r.json())["csrf"]
+
+
+@pytest.mark.parametrize(
+    ("head", "expected"),
+    [
+        (
+            b"GET /v1/lists/red HTTP/1.1\r\nAuthorization: Bearer \xff\xfe\r\n",
+            (401, "missing or wrong bearer token (Authorization header)"),
+        ),
+        (
+            b"GET /v1/lists/red HTTP/1.1\r\nCookie: " + COOKIE.encode() + b"=\xff\r\n",
+            (401, "the console session has expired: sign in again"),
+        ),
+    ],
+    ids=["bearer", "cookie"],
+)
+async def test_a_credential_that_is_not_utf8_is_a_wrong_credential(
+    served: Served, head: bytes, expected: tuple[int, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A bearer token or session cookie whose bytes are not UTF-8 is refused like any
+    wrong one: 401, nothing logged as a bug."""
+    with caplog.at_level(logging.ERROR):
+        status, body = await raw(served, head)
+    assert (expected, []) == ((status, body["error"]), caplog.records)
+
+
+async def test_asking_for_the_session_with_a_cookie_that_is_not_utf8_says_signed_out(
+    served: Served, caplog: pytest.LogCaptureFixture
+) -> None:
+    """GET /v1/session with such a cookie: 200, not signed in (no 500)."""
+    head = b"GET /v1/session HTTP/1.1\r\nCookie: " + COOKIE.encode() + b"=\xff\r\n"
+    with caplog.at_level(logging.ERROR):
+        status, body = await raw(served, head)
+    assert (200, False, []) == (status, body["signed_in"], caplog.records)
+
+
+async def test_a_csrf_token_that_is_not_utf8_is_a_wrong_one(
+    served: Served, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A change with the session's cookie and an X-CSRF-Token of bytes that are not UTF-8:
+    403 as for any wrong token, and the list is unchanged."""
+    cookie, _ = await session_of(served)
+    head = (
+        b"POST /v1/lists/red/add HTTP/1.1\r\nContent-Type: application/json\r\n"
+        + f"Cookie: {COOKIE}={cookie}\r\n{CSRF_HEADER}: ".encode()
+        + b"\xff\r\n"
+    )
+    with caplog.at_level(logging.ERROR):
+        status, body = await raw(served, head, b'{"numbers": ["+33699001122"]}')
+    refusal = f"missing or wrong {CSRF_HEADER} header for this session"
+    assert (403, refusal, []) == (status, body["error"], caplog.records)
+    assert 0 == (await served.get("/v1/lists/red"))[1]["entries"]
