@@ -184,9 +184,10 @@ class Batch:
 @dataclass(frozen=True, slots=True)
 class Block:
     """Whole lines of a plain list file, not parsed yet: ``data`` from ``offset`` in its
-    stream, after ``line_no`` lines of the file; read as ``rule``, ``region``, ``fmt``."""
+    stream, after ``line_no`` lines of the file; read as ``rule``, ``region``, ``fmt``.
+    ``source`` names the file in errors."""
 
-    path: Path
+    source: str
     data: bytes
     offset: int
     line_no: int
@@ -204,7 +205,7 @@ class Block:
     def not_utf8(self, reason: str, start: int) -> InputError:
         """The error of a block that is not UTF-8 (``start``: where, in the block)."""
         at = self.offset + start
-        return InputError(f"{self.path}: not UTF-8 text ({reason} at byte {at})")
+        return InputError(f"{self.source}: not UTF-8 text ({reason} at byte {at})")
 
 
 def validate_entry(rule: ListRule, text: str, region: str) -> str:
@@ -363,10 +364,11 @@ def read_entries(
 
 
 def _source(lines: Iterable[str]) -> object:
-    """How an error names the file of ``lines``: its path (``open_lines``), else "input"."""
+    """How an error names the file of ``lines``: its name (``open_lines``: its path, or
+    the name given, "the upload"), else "input"."""
     if isinstance(lines, _Counted):
         lines = lines.source
-    return lines.path if isinstance(lines, Lines) else "input"
+    return lines.name if isinstance(lines, Lines) else "input"
 
 
 def _csv_rows(lines: Iterable[str], source: object) -> Iterator[tuple[int, list[str], str]]:
@@ -660,7 +662,7 @@ def _bulk_batches(source: Lines, rule: ListRule, region: str, fmt: str) -> Itera
         lines = count_line_ends(data)
         if data[-1:] not in (b"\n", b"\r"):
             lines += 1  # the last line of a stream, without a line end
-        block = Block(source.path, data, offset, line_no, rule, region, fmt)
+        block = Block(source.name, data, offset, line_no, rule, region, fmt)
         line_no += lines
         yield Batch(lines, block=block)
 
@@ -718,10 +720,12 @@ def _streams(path: Path) -> Iterator[IO[bytes]]:
 
 class Lines:
     """The text lines of a list file (iterate), or its blocks of whole lines (``blocks``,
-    to read it in bulk): one or the other. ``close()`` stops the reading."""
+    to read it in bulk): one or the other. ``close()`` stops the reading. Errors name the
+    file ``name`` (by default its path)."""
 
-    def __init__(self, path: Path, digest: Digest | None) -> None:
+    def __init__(self, path: Path, digest: Digest | None, name: str | None = None) -> None:
         self.path, self._digest = path, digest
+        self.name = str(path) if name is None else name
         self._lines: Generator[str, None, None] | None = None
         self._blocks: Generator[tuple[int, bytes], None, None] | None = None
 
@@ -736,7 +740,7 @@ class Lines:
         if self._lines is None:
             if self._blocks is not None:
                 raise RuntimeError(f"{self.path} is being read in blocks")
-            self._lines = _text_lines(self.path, self._digest)
+            self._lines = _text_lines(self.path, self._digest, self.name)
         return next(self._lines)
 
     def blocks(self) -> Iterator[tuple[int, bytes]]:
@@ -745,7 +749,7 @@ class Lines:
         decompressed bytes, without the byte-order mark that starts a stream."""
         if not self.unread:
             raise RuntimeError(f"{self.path} is already being read")
-        self._blocks = _byte_blocks(self.path, self._digest)
+        self._blocks = _byte_blocks(self.path, self._digest, self.name)
         return self._blocks
 
     def close(self) -> None:
@@ -754,12 +758,16 @@ class Lines:
                 reader.close()
 
 
-def open_lines(path: Path, digest: Digest | None = None) -> Lines:
-    """The text lines of ``path`` (plain, gzip or zip), feeding ``digest`` as it reads."""
-    return Lines(path, digest)
+def open_lines(path: Path, digest: Digest | None = None, name: str | None = None) -> Lines:
+    """The text lines of ``path`` (plain, gzip or zip), feeding ``digest`` as it reads.
+    Errors name the file ``name`` (by default its path: a server names an upload so, not
+    by the temporary file it was spooled to)."""
+    return Lines(path, digest, name)
 
 
-def _byte_blocks(path: Path, digest: Digest | None) -> Generator[tuple[int, bytes], None, None]:
+def _byte_blocks(
+    path: Path, digest: Digest | None, name: str
+) -> Generator[tuple[int, bytes], None, None]:
     try:
         for stream in _streams(path):
             carry, offset, first = b"", 0, True
@@ -786,10 +794,10 @@ def _byte_blocks(path: Path, digest: Digest | None) -> Generator[tuple[int, byte
                 carry = buffer[cut:]
     except (OSError, zipfile.BadZipFile, EOFError) as exc:
         detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise InputError(f"{path}: cannot read: {detail}") from exc
+        raise InputError(f"{name}: cannot read: {detail}") from exc
 
 
-def _text_lines(path: Path, digest: Digest | None) -> Generator[str, None, None]:
+def _text_lines(path: Path, digest: Digest | None, name: str) -> Generator[str, None, None]:
     try:
         for stream in _streams(path):
             source: IO[bytes] = stream
@@ -800,11 +808,11 @@ def _text_lines(path: Path, digest: Digest | None) -> Generator[str, None, None]
                 yield from text
             except UnicodeDecodeError as exc:
                 raise InputError(
-                    f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})"
+                    f"{name}: not UTF-8 text ({exc.reason} at byte {exc.start})"
                 ) from exc
     except (OSError, zipfile.BadZipFile, EOFError) as exc:
         detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise InputError(f"{path}: cannot read: {detail}") from exc
+        raise InputError(f"{name}: cannot read: {detail}") from exc
 
 
 @contextlib.contextmanager
@@ -829,9 +837,10 @@ def rereadable(path: Path) -> Iterator[Path]:
         yield copy
 
 
-def count_lines(path: Path) -> int:
+def count_lines(path: Path, name: str | None = None) -> int:
     """Lines in ``path`` (decompressed; a last line without a line end counts, an empty
-    file has none; ``\\n``, ``\\r\\n`` and ``\\r`` all end a line), to size an import."""
+    file has none; ``\\n``, ``\\r\\n`` and ``\\r`` all end a line), to size an import.
+    Errors name the file ``name`` (by default its path)."""
     total = 0
     try:
         for stream in _streams(path):
@@ -848,5 +857,5 @@ def count_lines(path: Path) -> int:
             if last not in (b"", b"\n", b"\r"):
                 total += 1
     except (OSError, zipfile.BadZipFile, EOFError) as exc:
-        raise InputError(f"{path}: cannot read: {exc}") from exc
+        raise InputError(f"{path if name is None else name}: cannot read: {exc}") from exc
     return total

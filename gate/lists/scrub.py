@@ -301,9 +301,9 @@ def _work(numbers: list[str | None]) -> list[Outcome]:
     return loop.run_until_complete(job.decide(store, planner, numbers))
 
 
-def column_index(spec: str, header: Sequence[str], source: Path) -> int:
+def column_index(spec: str, header: Sequence[str], source: Path | str) -> int:
     """The 0-based index of the phone column: ``spec`` is a header name or a 1-based index
-    (``column_number``)."""
+    (``column_number``); ``source`` names the file in errors."""
     index = column_number(spec)
     if index is not None:
         return index
@@ -326,7 +326,7 @@ def _aligned(row: list[str], width: int) -> list[str]:
     return [*row[:width], *row[cells:], *row[width:cells]]
 
 
-def _read_rows(reader: _csv.Reader, source: Path, before: int) -> Iterator[list[str]]:
+def _read_rows(reader: _csv.Reader, source: Path | str, before: int) -> Iterator[list[str]]:
     """The rows of ``reader`` (``csv.reader`` of the lines of ``source`` after the first
     ``before``); a row the csv module refuses is an ``InputError`` naming the line it
     starts on (``csv_error``)."""
@@ -357,6 +357,7 @@ async def scrub_file(
     written: Callable[[int, int], None] | None = None,
     workers: int = WORKERS,
     fork: bool = False,
+    name: str | None = None,
 ) -> ScrubSummary:
     """Scrub the leads of ``source`` into ``output`` (the rows with ``verdict``, ``reason``
     and ``retry_after_s`` appended as the columns after the first row's, ``_aligned``; a
@@ -364,8 +365,10 @@ async def scrub_file(
     after each batch of rows written, how many lines of ``source`` have been read so far
     and how many rows the batch had. ``output`` is written whole or not at all; where it
     cannot be (no such directory, a directory itself): ``InputError`` naming it. Redis
-    unreachable: ``StoreError`` before anything is written. ``fork``: see ``scrub``."""
-    opened = open_lines(source)
+    unreachable: ``StoreError`` before anything is written. ``fork``: see ``scrub``. Errors
+    name the file ``name`` (by default its path)."""
+    name = str(source) if name is None else name
+    opened = open_lines(source, name=name)
     try:
         blank = 0  # blank lines before the first row (read, but not by the CSV reader)
         first = None
@@ -375,12 +378,12 @@ async def scrub_file(
                 break
             blank += 1
         if first is None:
-            raise InputError(f"{source}: no leads in the file")
+            raise InputError(f"{name}: no leads in the file")
         dialect = csv_dialect(first)
         reader = csv.reader(itertools.chain([first], opened), dialect)
-        read = _read_rows(reader, source, blank)
+        read = _read_rows(reader, name, blank)
         head = [c.strip() for c in next(read)]
-        index = column_index(column, head, source)
+        index = column_index(column, head, name)
         has_header = column_number(column) is None or header
         body = read if has_header else itertools.chain([head], read)
         rows = (row for row in body if "".join(row).strip())  # blank rows are skipped

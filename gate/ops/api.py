@@ -41,7 +41,8 @@ Guarantees:
 - An upload is spooled to a private temporary file as it arrives (bounded memory, at
   most ``MAX_UPLOAD_BYTES``) and imported in a worker thread with its own Redis
   connection, so decisions are not held up by parsing; a client that goes away stops
-  the import (a ``replace`` then leaves the live list untouched).
+  the import (a ``replace`` then leaves the live list untouched). Errors about the file
+  name it "the upload", never by the temporary file it was spooled to.
 """
 
 from __future__ import annotations
@@ -124,6 +125,7 @@ __all__ = [
     "MAX_BATCH",
     "MAX_UPLOAD_BYTES",
     "NDJSON",
+    "UPLOAD",
     "UPLOAD_TYPES",
     "ActionRecorder",
     "AdminApi",
@@ -156,6 +158,8 @@ UPLOAD_TYPES = (
     "application/zip",
 )
 _IDENT_PATH = {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,64}$"}
+# How errors about an uploaded file name it (never by the temporary file it is spooled to).
+UPLOAD = "the upload"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # Told of each change a console session made: the session, the peer's address, the change.
@@ -627,7 +631,7 @@ class AdminApi:
         with tempfile.TemporaryDirectory(prefix="callgate-upload-") as spool_dir:
             path = Path(spool_dir) / "upload"
             await spool(request, path)
-            total = await asyncio.to_thread(count_lines, path)
+            total = await asyncio.to_thread(count_lines, path, UPLOAD)
             # A bad format or option fails here, before the 200 is sent.
             await asyncio.to_thread(_probe, path, rule, admin.policy.default_region, query, keep)
             response = web.StreamResponse(headers={"Content-Type": NDJSON})
@@ -786,7 +790,7 @@ def _probe(
                 "number,disconnected_on (no format, column, keep or replace)"
             )
         return
-    lines = open_lines(path)
+    lines = open_lines(path, name=UPLOAD)
     try:
         next(read_batches(lines, rule, region, query.format, query.column, keep, 1), None)
     finally:
@@ -891,7 +895,7 @@ class _UploadImport:
             if rule.kind == "reassigned":
                 return await admin.import_disconnects(
                     self.name,
-                    self._lines(open_lines(self.path)),
+                    self._lines(open_lines(self.path, name=UPLOAD)),
                     self.tenant,
                     self.campaign,
                     self._rejected,
@@ -901,7 +905,7 @@ class _UploadImport:
                     on_lines=self._read,
                 )
             batches = read_batches(
-                open_lines(self.path),
+                open_lines(self.path, name=UPLOAD),
                 rule,
                 active.config.policy.default_region,
                 self.query.format,

@@ -36,7 +36,7 @@ from gate.core.model import Verdict
 from gate.lists.formats import count_lines, csv_dialect, csv_error, open_lines
 from gate.lists.scrub import ScrubSummary, column_index, scrub_file
 from gate.ops._openapi import Operation
-from gate.ops.api import NDJSON, UPLOAD_TYPES, Handler, RequestError, spool
+from gate.ops.api import NDJSON, UPLOAD, UPLOAD_TYPES, Handler, RequestError, spool
 from gate.ops.models import ScrubFileEvent, ScrubFileQuery, VerdictCounts, json_of, parse_query
 from gate.service import Gate
 from gate.store.client import Store
@@ -124,7 +124,7 @@ class ScrubFiles:
         with tempfile.TemporaryDirectory(prefix="callgate-upload-") as spool_dir:
             path = Path(spool_dir) / "upload"
             await spool(request, path)
-            total = await asyncio.to_thread(count_lines, path)
+            total = await asyncio.to_thread(count_lines, path, UPLOAD)
             # A missing column or an unreadable file fails here, before the 200 is sent.
             await asyncio.to_thread(_probe, path, query.column)
             response = web.StreamResponse(headers={"Content-Type": NDJSON})
@@ -158,7 +158,7 @@ class ScrubFiles:
 
 def _probe(path: Path, column: str) -> None:
     """Read the first row as the scrub will (the file's text, its phone column)."""
-    lines = open_lines(path)
+    lines = open_lines(path, name=UPLOAD)
     try:
         found = next(((n, line) for n, line in enumerate(lines, 1) if line.strip()), None)
         if found is None:
@@ -167,8 +167,8 @@ def _probe(path: Path, column: str) -> None:
         try:
             head = next(csv.reader([first], csv_dialect(first)), [])
         except csv.Error as exc:  # a first line longer than the csv module's limit
-            raise csv_error("upload", line_no, exc) from exc
-        column_index(column, [c.strip() for c in head], Path("upload"))
+            raise csv_error(UPLOAD, line_no, exc) from exc
+        column_index(column, [c.strip() for c in head], UPLOAD)
     finally:
         lines.close()
 
@@ -280,6 +280,7 @@ class _ScrubJob:
                 traffic_class=self.query.traffic_class,
                 caller_id=self.query.caller_id,
                 written=written,
+                name=UPLOAD,
             )
             self.lines = self.total
             self._send(self._event(event="progress"))

@@ -164,6 +164,35 @@ async def test_a_bad_upload_is_refused_before_anything_is_imported(
     assert 0 == (await served.get("/v1/lists/red"))[1]["entries"]
 
 
+TRUNCATED_GZIP = gzip.compress(b"0699001122\n" * 100)[:20]
+
+
+@pytest.mark.parametrize("path", ["/v1/lists/red/import", "/v1/scrub/file"])
+@pytest.mark.parametrize(
+    ("data", "content_type", "error"),
+    [
+        (
+            TRUNCATED_GZIP,
+            "application/gzip",
+            "the upload: cannot read: Compressed file ended before the end-of-stream "
+            "marker was reached",
+        ),
+        (b"PK\x03\x04garbage", "application/zip", "the upload: cannot read: "),
+        (b"\xff\xfe\x00+336\n", "text/csv", "the upload: not UTF-8 text ("),
+    ],
+    ids=["gzip", "zip", "not-utf8"],
+)
+async def test_an_unreadable_upload_is_named_the_upload_not_by_a_server_path(
+    served: Served, path: str, data: bytes, content_type: str, error: str
+) -> None:
+    """A truncated gzip, a broken zip or a file that is not UTF-8: the error (a 400, or the
+    stream's ``error`` event when found past the first lines) names "the upload", never
+    the temporary file the server spooled it to."""
+    _, body, _ = await upload(served, path, data, content_type)
+    message = body["error"] if isinstance(body, dict) else body[-1]["why"]
+    assert (True, False) == (message.startswith(error), "callgate-upload-" in message), message
+
+
 @pytest.fixture
 async def audited(served: Served) -> AsyncIterator[Served]:
     """``served`` keeping the evidence of recorded decisions in the audit stream."""

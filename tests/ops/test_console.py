@@ -600,7 +600,7 @@ async def test_an_upload_without_its_column_is_400_before_anything_runs(console:
         {**AUTH, "Content-Type": "text/csv"},
         data="name,tel\nann,0612345678\n",
     )
-    assert (400, "upload: no column named 'phone' in header ['name', 'tel']") == (
+    assert (400, "the upload: no column named 'phone' in header ['name', 'tel']") == (
         status,
         body["error"],
     )
