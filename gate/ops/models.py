@@ -812,7 +812,13 @@ def parse_body(model: type[M], body: bytes) -> M:
 
 
 def parse_query(model: type[M], query: Mapping[str, str]) -> M:
-    """Query parameters as ``model`` (a parameter given twice is refused)."""
+    """Query parameters as ``model``; a parameter given more than once is refused (400
+    naming it: which one was meant is not ours to guess)."""
+    seen: set[str] = set()
+    for key, _ in query.items():  # a MultiDict (aiohttp's request.query) lists each repeat
+        if key in seen:
+            raise RequestError(400, f"{key}: given more than once; give it once")
+        seen.add(key)
     try:
         return model.model_validate(dict(query))
     except ValidationError as exc:

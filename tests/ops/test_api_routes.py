@@ -255,3 +255,25 @@ async def test_audit_search_refuses_a_bad_filter(audited: Served) -> None:
     assert (400, {"error": "verdict: must be 'ALLOW', 'BLOCK' or 'DEFER', got 'MAYBE'"}) == (
         await audited.get("/v1/audit?verdict=MAYBE")
     )
+
+
+@pytest.mark.parametrize(
+    ("path", "name"),
+    [
+        ("/v1/lists/red?tenant=default&tenant=bogus", "tenant"),
+        ("/v1/lists/red/import?mode=add&mode=replace", "mode"),
+        ("/v1/audit?verdict=ALLOW&verdict=BLOCK", "verdict"),
+        ("/v1/scrub/file?column=1&column=2", "column"),
+    ],
+)
+async def test_a_query_parameter_given_twice_is_400_naming_it(
+    served: Served, path: str, name: str
+) -> None:
+    """Which of two values was meant is not guessed: 400 naming the parameter, and an
+    import so refused imports nothing."""
+    if "/import" in path or "/scrub/" in path:
+        status, body, _ = await upload(served, path, b"0699001122\n")
+    else:
+        status, body = await served.get(path)
+    assert (400, {"error": f"{name}: given more than once; give it once"}) == (status, body)
+    assert 0 == (await served.get("/v1/lists/red"))[1]["entries"]
