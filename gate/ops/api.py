@@ -193,9 +193,17 @@ def _error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
 
 
+def _client_gone(request: web.Request) -> bool:
+    """The client hung up: its connection is closed or closing."""
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every error as ``{"error": "…"}`` with its status; a bug is a logged 500."""
+    """Every error as ``{"error": "…"}`` with its status; a bug is a logged 500. A client
+    that hung up mid-request (its upload cut, or its answer no longer wanted) is one INFO
+    line, and no answer is written to it. Cancellation always goes through."""
     try:
         return await handler(request)
     except GateError as exc:
@@ -204,7 +212,13 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if exc.status < 400:
             raise
         return _error(exc.status, exc.reason)
-    except Exception:
+    except Exception as exc:
+        # aiohttp raises ConnectionResetError (ClientConnectionResetError from 3.10) on a
+        # read or write after the peer closed; elsewhere it would be a bug.
+        if isinstance(exc, ConnectionResetError) and _client_gone(request):
+            log.info("HTTP %s %s: the client went away (%s)", request.method, request.path, exc)
+            # Never sent: aiohttp finds the transport closed and ends the request quietly.
+            return web.Response(status=499, reason="Client Closed Request")
         log.exception("HTTP %s %s failed", request.method, request.path)
         return _error(500, "internal error (see the callgate log)")
 

@@ -1,5 +1,5 @@
-"""The HTTP listener against raw sockets: bytes no client library sends (gate/ops/api.py,
-gate/ops/sessions.py)."""
+"""The HTTP listener against raw sockets: bytes no client library sends, clients that hang
+up (gate/ops/api.py, gate/ops/sessions.py)."""
 
 from __future__ import annotations
 
@@ -9,11 +9,14 @@ import logging
 from typing import Any
 
 import pytest
+from aiohttp import web
 
+from gate.ops.api import error_middleware
 from gate.ops.sessions import COOKIE, CSRF_HEADER
 from tests.ops.conftest import API_TOKEN, Served
 
 WAIT_S = 10.0
+POLL_S = 0.01
 
 
 async def raw(served: Served, head: bytes, body: bytes = b"") -> tuple[int, Any]:
@@ -88,3 +91,86 @@ async def test_a_csrf_token_that_is_not_utf8_is_a_wrong_one(
     refusal = f"missing or wrong {CSRF_HEADER} header for this session"
     assert (403, refusal, []) == (status, body["error"], caplog.records)
     assert 0 == (await served.get("/v1/lists/red"))[1]["entries"]
+
+
+async def wait_for_record(caplog: pytest.LogCaptureFixture, text: str) -> None:
+    """Until a log record holds ``text`` (``WAIT_S`` at most)."""
+    for _ in range(int(WAIT_S / POLL_S)):  # bounded: WAIT_S
+        if any(text in record.getMessage() for record in caplog.records):
+            return
+        await asyncio.sleep(POLL_S)
+
+
+async def test_a_client_that_hangs_up_mid_upload_is_one_info_line(
+    served: Served, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An upload cut off half-way (the client closed its socket): one INFO line saying the
+    client went away, nothing logged as a bug, nothing imported."""
+    _, writer = await asyncio.open_connection("127.0.0.1", served.server.port)
+    writer.write(
+        b"POST /v1/lists/red/import HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        + f"Authorization: Bearer {API_TOKEN}\r\n".encode()
+        + b"Content-Type: text/csv\r\nContent-Length: 100000\r\n\r\n0699001122\n"
+    )
+    await writer.drain()
+    with caplog.at_level(logging.INFO, logger="callgate.http"):
+        await asyncio.sleep(0.2)  # the handler is spooling the body
+        writer.close()
+        await writer.wait_closed()
+        await wait_for_record(caplog, "the client went away")
+    went = [r for r in caplog.records if "the client went away" in r.getMessage()]
+    bugs = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert ([logging.INFO], [None], []) == (
+        [r.levelno for r in went],
+        [r.exc_info for r in went],
+        bugs,
+    )
+    assert 0 == (await served.get("/v1/lists/red"))[1]["entries"]
+
+
+async def test_a_client_that_hangs_up_mid_answer_is_one_info_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A streamed answer whose client closed its socket after the first line: the next
+    write fails, which is one INFO line (no traceback, no 500 written after the start)."""
+    wrote_again = asyncio.Event()
+
+    async def stream(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        await response.prepare(request)
+        await response.write(b"first\n")
+        for _ in range(int(WAIT_S / POLL_S)):  # bounded: WAIT_S
+            if request.transport is None or request.transport.is_closing():
+                break
+            await asyncio.sleep(POLL_S)
+        wrote_again.set()
+        await response.write(b"second\n")
+        return response
+
+    app = web.Application(middlewares=[error_middleware])
+    app.router.add_get("/stream", stream)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        port = runner.addresses[0][1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /stream HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        with caplog.at_level(logging.INFO):
+            async with asyncio.timeout(WAIT_S):
+                assert b"first" in await reader.readuntil(b"first\n")
+            writer.close()
+            await writer.wait_closed()
+            await wait_for_record(caplog, "the client went away")
+    finally:
+        await runner.cleanup()
+    messages = [(r.levelno, r.getMessage(), r.exc_info) for r in caplog.records]
+    assert [
+        (
+            logging.INFO,
+            "HTTP GET /stream: the client went away (Cannot write to closing transport)",
+            None,
+        )
+    ] == messages
+    assert wrote_again.is_set()
