@@ -56,7 +56,7 @@ import logging
 import tempfile
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from pathlib import Path
@@ -122,7 +122,9 @@ from gate.service import Gate
 from gate.store.client import Store
 
 __all__ = [
+    "BODY_IDLE_S",
     "MAX_BATCH",
+    "MAX_BODY_BYTES",
     "MAX_UPLOAD_BYTES",
     "NDJSON",
     "UPLOAD",
@@ -134,6 +136,7 @@ __all__ = [
     "RequestError",
     "error_middleware",
     "json_response",
+    "read_body",
     "session_of",
     "spool",
 ]
@@ -142,6 +145,12 @@ log = logging.getLogger("callgate.http")
 
 # The largest list file an upload may carry (the US registry, uncompressed, is ~3 GB).
 MAX_UPLOAD_BYTES = 8 * 1024**3
+# The largest other body: 10 000 numbers of up to 32 characters in JSON, with room to spare.
+MAX_BODY_BYTES = 2 * 1024 * 1024
+# A request body during which nothing arrives for this long is refused (408): a slow link
+# that keeps sending (a large list over a poor line) is never cut, a stalled client does
+# not hold its connection and the handler forever.
+BODY_IDLE_S = 60.0
 # Numbers scrubbed concurrently: enough to hide the Redis round trip, few enough to leave
 # the connection pool to live calls.
 SCRUB_CONCURRENCY = 32
@@ -529,7 +538,7 @@ class AdminApi:
         return web.json_response(self.spec)
 
     async def _body(self, request: web.Request, model: type[Any]) -> Any:
-        return parse_body(model, await request.read())
+        return parse_body(model, await read_body(request))
 
     def _attempt(
         self, body: CheckRequest | ScrubRequest, number: str, clock: datetime | None = None
@@ -734,7 +743,7 @@ class AdminApi:
         )
 
     async def _reload(self, request: web.Request) -> web.Response:
-        body = await request.read()
+        body = await read_body(request)
         if body.strip() not in (b"", b"{}"):
             raise RequestError(400, "reload takes no fields: send {} or nothing")
         if self.reloader is None:
@@ -811,11 +820,38 @@ def _probe(
         lines.close()
 
 
+async def _body_chunks(request: web.Request) -> AsyncIterator[bytes]:
+    """The request body as it arrives; 408 once nothing has come for ``BODY_IDLE_S``."""
+    for _ in range(1 << 62):  # bounded by the body: readany() returns b"" at its end
+        try:
+            async with asyncio.timeout(BODY_IDLE_S):
+                chunk = await request.content.readany()
+        except TimeoutError:
+            raise RequestError(
+                408, f"the request body stalled: nothing came for {BODY_IDLE_S:g} s"
+            ) from None
+        if not chunk:
+            return
+        yield chunk
+
+
+async def read_body(request: web.Request) -> bytes:
+    """The whole request body (at most ``MAX_BODY_BYTES``: 413 past it; 408 if it stalls
+    for ``BODY_IDLE_S``)."""
+    body = bytearray()
+    async for chunk in _body_chunks(request):
+        body += chunk
+        if len(body) > MAX_BODY_BYTES:
+            raise RequestError(413, f"the body is larger than {MAX_BODY_BYTES} bytes")
+    return bytes(body)
+
+
 async def spool(request: web.Request, path: Path) -> None:
-    """The request body into ``path`` (0600), chunk by chunk; 413 past the bound."""
+    """The request body into ``path`` (0600), chunk by chunk; 413 past the bound, 408 if it
+    stalls for ``BODY_IDLE_S``."""
     size = 0
     with path.open("xb") as spool:  # in a private directory (0700)
-        async for chunk in request.content.iter_chunked(1 << 16):
+        async for chunk in _body_chunks(request):
             size += len(chunk)
             if size > MAX_UPLOAD_BYTES:
                 raise RequestError(413, f"the upload is larger than {MAX_UPLOAD_BYTES} bytes")

@@ -40,7 +40,7 @@ from gate.core.errors import InputError
 from gate.core.evidence import FIELDS
 from gate.ops import search
 from gate.ops._openapi import Operation
-from gate.ops.api import Handler, HostGuard, json_response
+from gate.ops.api import Handler, HostGuard, json_response, read_body
 from gate.ops.audit import AuditLog
 from gate.ops.models import SessionOut, SessionRequest, parse_body
 from gate.ops.sessions import COOKIE, Action, Session, Sessions, SignInRefused
@@ -213,7 +213,7 @@ class Console:
         )
 
     async def _sign_in(self, request: web.Request) -> web.Response:
-        body: SessionRequest = parse_body(SessionRequest, await request.read())
+        body: SessionRequest = parse_body(SessionRequest, await read_body(request))
         peer = request.remote or ""
         try:
             value, session = self.sessions.sign_in(body.token, peer)

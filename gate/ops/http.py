@@ -15,6 +15,9 @@ Guarantees:
   Redis check names the mode and the node answering, and counts failovers and restarts.
   Both bodies are JSON and carry the config version in force.
 - Metrics and health are not authenticated (they hold no numbers); ``/v1/`` is.
+- No connection is held by a quiet client: one idle (or whose request headers are not
+  all in) for ``IDLE_S`` is closed, and a request body that stalls for ``BODY_IDLE_S``
+  is refused (408); a slow upload that keeps sending is never cut.
 - ``stop()`` ends the console's event streams, stops the live sampler and the list-metrics
   refresher, then the listener (in-flight requests get ``STOP_GRACE_S`` to finish), then
   removes the scrubbed files it kept.
@@ -32,7 +35,14 @@ from gate import __version__
 from gate.config.loader import ApiConfig, ConsoleConfig, HttpConfig, is_loopback
 from gate.core.errors import ConfigError, StoreError
 from gate.ops._openapi import Operation
-from gate.ops.api import AdminApi, Handler, HostGuard, error_middleware, json_response
+from gate.ops.api import (
+    MAX_BODY_BYTES,
+    AdminApi,
+    Handler,
+    HostGuard,
+    error_middleware,
+    json_response,
+)
 from gate.ops.audit import AuditLog
 from gate.ops.console import Console, ConsoleAudit
 from gate.ops.live import AuditFeed, LiveSampler
@@ -49,8 +59,12 @@ __all__ = ["HttpServer"]
 log = logging.getLogger("callgate.http")
 
 STOP_GRACE_S = 5.0
-# 10 000 numbers of up to 32 characters in JSON, with room to spare.
-MAX_BODY_BYTES = 2 * 1024 * 1024
+# A connection is closed once it has been idle this long: kept alive after an answer, or
+# opened (or answered) without sending a whole request line and headers since. This is
+# aiohttp's keepalive_timeout, which from aiohttp 3.14.5 (setup.cfg's floor) also runs
+# from the connection's start; 3.14.3 left a connection that never sent a request open.
+# A body that stalls is refused after BODY_IDLE_S (gate/ops/api.py).
+IDLE_S = 60.0
 
 
 class HttpServer:
@@ -129,7 +143,9 @@ class HttpServer:
                 f"http: refusing to serve the admin API on {self.http.host!r} without a token; "
                 "set api.token or $CALLGATE_API_TOKEN, or listen on 127.0.0.1"
             )
-        runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=STOP_GRACE_S)
+        runner = web.AppRunner(
+            self.app, access_log=None, shutdown_timeout=STOP_GRACE_S, keepalive_timeout=IDLE_S
+        )
         await runner.setup()
         site = web.TCPSite(runner, self.http.host, self.http.port)
         try:

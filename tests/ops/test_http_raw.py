@@ -1,19 +1,23 @@
 """The HTTP listener against raw sockets: bytes no client library sends, clients that hang
-up (gate/ops/api.py, gate/ops/sessions.py)."""
+up, clients that go quiet (gate/ops/api.py, gate/ops/sessions.py, gate/ops/http.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
+import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from aiohttp import web
 
+from gate.ops import api, http
 from gate.ops.api import error_middleware
 from gate.ops.sessions import COOKIE, CSRF_HEADER
-from tests.ops.conftest import API_TOKEN, Served
+from gate.service import Gate
+from tests.ops.conftest import API_TOKEN, Served, serve
 
 WAIT_S = 10.0
 POLL_S = 0.01
@@ -174,3 +178,131 @@ async def test_a_client_that_hangs_up_mid_answer_is_one_info_line(
         )
     ] == messages
     assert wrote_again.is_set()
+
+
+# --- deadlines: no quiet client holds a connection --------------------------------------------
+
+SHORT_S = 0.5  # IDLE_S and BODY_IDLE_S in these tests
+CLOSED_WITHIN_S = 5.0  # the deadline, with room for a busy machine
+
+
+@pytest.fixture
+async def impatient(http_gate: Gate, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Served]:
+    """The real HTTP listener with ``IDLE_S`` and ``BODY_IDLE_S`` of ``SHORT_S``."""
+    monkeypatch.setattr(http, "IDLE_S", SHORT_S)
+    monkeypatch.setattr(api, "BODY_IDLE_S", SHORT_S)
+    running = await serve(http_gate)
+    yield running
+    await running.session.close()
+    await running.server.stop()
+
+
+async def closed_after(reader: asyncio.StreamReader) -> tuple[bytes, float]:
+    """What the server sent until it closed the connection, and how long that took."""
+    start = time.monotonic()
+    sent = await asyncio.wait_for(reader.read(), WAIT_S)
+    return sent, time.monotonic() - start
+
+
+async def answer(reader: asyncio.StreamReader) -> tuple[int, Any]:
+    """One answer with a Content-Length: its status and JSON body."""
+    async with asyncio.timeout(WAIT_S):
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = next(
+            int(line.split(b":")[1])
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length:")
+        )
+        body = await reader.readexactly(length)
+    return int(head.split()[1]), json.loads(body)
+
+
+@pytest.mark.parametrize(
+    "sent",
+    [b"", b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n"],
+    ids=["nothing", "half-sent-headers"],
+)
+async def test_a_connection_without_a_whole_request_is_closed_at_the_deadline(
+    impatient: Served, sent: bytes
+) -> None:
+    """A client that connects and sends nothing, or only part of its headers, is
+    disconnected IDLE_S after connecting, without an answer."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", impatient.server.port)
+    writer.write(sent)
+    answered, waited_s = await closed_after(reader)
+    writer.close()
+    assert (b"", True) == (answered, waited_s < CLOSED_WITHIN_S)
+
+
+async def test_headers_sent_a_byte_at_a_time_do_not_extend_the_deadline(
+    impatient: Served,
+) -> None:
+    """Dripping a header (a byte every tenth of IDLE_S) still ends at the deadline, with
+    no answer."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", impatient.server.port)
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+    start = time.monotonic()
+    answered = b""
+    for _ in range(int(WAIT_S / (SHORT_S / 10))):  # bounded: WAIT_S
+        try:
+            writer.write(b"a")
+            await writer.drain()
+            answered = await asyncio.wait_for(reader.read(1), SHORT_S / 10)
+        except TimeoutError:
+            continue
+        except ConnectionError:
+            break
+        if not answered:  # the server closed the connection
+            break
+    waited_s = time.monotonic() - start
+    writer.close()
+    assert (b"", True) == (answered, 0.9 * SHORT_S <= waited_s < CLOSED_WITHIN_S), waited_s
+
+
+async def test_a_kept_alive_connection_is_closed_once_idle(impatient: Served) -> None:
+    """After its answer, a keep-alive connection that sends nothing more is closed IDLE_S
+    later."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", impatient.server.port)
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    status, body = await answer(reader)
+    rest, waited_s = await closed_after(reader)
+    writer.close()
+    assert (200, "up", b"", True) == (status, body["status"], rest, waited_s < CLOSED_WITHIN_S)
+
+
+async def test_a_stalled_body_is_408(impatient: Served) -> None:
+    """A request whose body stops coming (1 byte of 100 sent) is answered 408 after
+    BODY_IDLE_S, naming the wait."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", impatient.server.port)
+    writer.write(
+        b"POST /v1/check HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        + f"Authorization: Bearer {API_TOKEN}\r\nContent-Length: 100\r\n\r\n{{".encode()
+    )
+    status, body = await answer(reader)
+    writer.close()
+    assert (408, {"error": f"the request body stalled: nothing came for {SHORT_S:g} s"}) == (
+        status,
+        body,
+    )
+
+
+async def test_a_slow_upload_that_keeps_sending_is_imported(impatient: Served) -> None:
+    """A list sent in pieces over three times BODY_IDLE_S, never pausing for as long, is
+    imported whole: the deadline is on silence, not on the upload's length."""
+    numbers = [f"06990011{n:02d}\n".encode() for n in range(12)]
+    reader, writer = await asyncio.open_connection("127.0.0.1", impatient.server.port)
+    writer.write(
+        b"POST /v1/lists/red/import HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/csv\r\n"
+        + f"Authorization: Bearer {API_TOKEN}\r\nConnection: close\r\n".encode()
+        + f"Content-Length: {sum(map(len, numbers))}\r\n\r\n".encode()
+    )
+    start = time.monotonic()
+    for number in numbers:
+        writer.write(number)
+        await writer.drain()
+        await asyncio.sleep(SHORT_S / 4)
+    sent_s = time.monotonic() - start
+    answered, _ = await closed_after(reader)
+    writer.close()
+    assert (True, True) == (sent_s > 2 * SHORT_S, b'"event":"done"' in answered), answered
+    assert 12 == (await impatient.get("/v1/lists/red"))[1]["entries"]
