@@ -617,6 +617,6 @@ async def test_an_upload_whose_first_line_is_over_the_csv_limit_is_400(console: 
     )
     assert (
         400,
-        "upload:2: a field of the row starting on this line is longer than 131072 "
+        "the upload:2: a field of the row starting on this line is longer than 131072 "
         "characters (a quote never closed?): close the quote, or remove it",
     ) == (status, body["error"])
