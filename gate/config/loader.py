@@ -519,14 +519,33 @@ _URL_NUMBER_ARGUMENTS: dict[str, type[int] | type[float]] = {
     "protocol": int,
 }
 _URL_DB_PATH_RE = re.compile(r"/?[0-9]*")
+# The query arguments that would replace what callgate gives redis-py's pool for the same
+# setting (from_url lets the query win): each with where to set it instead. gate/store/
+# connect.py passes pool_size as max_connections, pool_wait as timeout, timeouts derived
+# from deadline (the admin pool's own long ones too), the [redis] credentials and TLS
+# files, and a retry policy that never re-sends.
+_URL_SETTINGS_OF_CALLGATE: dict[str, str] = {
+    "max_connections": "set redis.pool_size instead",
+    "timeout": "set redis.pool_wait instead",
+    "socket_timeout": "set redis.deadline instead",
+    "socket_connect_timeout": "set redis.deadline instead",
+    "username": "set redis.username (or user@ in the URL) instead",
+    "password": "set redis.password (or $CALLGATE_REDIS_PASSWORD) instead",
+    "ssl_ca_certs": "set redis.tls_ca_file instead",
+    "ssl_certfile": "set redis.tls_cert_file instead",
+    "ssl_keyfile": "set redis.tls_key_file instead",
+    "retry": "remove it (callgate decides whether a command may be sent again)",
+    "decode_responses": "remove it (callgate reads Redis's replies as bytes)",
+}
 
 
 def _check_redis_url(reader: Reader, url: str) -> None:
     """``[redis] url`` as redis-py's ``from_url`` reads it, checked now rather than by every
     command: redis://host[:port][/db], rediss://… or unix:///path[?db=N]; a port 1-65535
     (redis-py would take 0 for 6379), a database that is a whole number (redis-py would
-    take /abc for 0), numbers in the query arguments it casts. Messages leave out the
-    credentials."""
+    take /abc for 0), numbers in the query arguments it casts, and no query argument
+    that would replace one of callgate's settings (``?max_connections=`` for pool_size…).
+    Messages leave out the credentials."""
     shown = _without_credentials(url)
     if not url.startswith(("redis://", "rediss://", "unix://")):
         raise reader.fail("url", f"expected redis://, rediss:// or unix://, got {shown!r}")
@@ -556,6 +575,13 @@ def _check_redis_url(reader: Reader, url: str) -> None:
                 "url", f"{shown!r}: the database must be a whole number like /0, got {path!r}"
             )
     for name, values in parse_qs(parts.query).items():
+        if name in _URL_SETTINGS_OF_CALLGATE:
+            raise reader.fail(
+                "url",
+                # Not the URL: the value of ?password= is in it.
+                f"the query argument {name}= would override callgate's own setting: "
+                f"{_URL_SETTINGS_OF_CALLGATE[name]}",
+            )
         cast = _URL_NUMBER_ARGUMENTS.get(name)
         if cast is None:
             continue

@@ -208,7 +208,10 @@ def test_durations(text: object, seconds: float) -> None:
         ("redis://127.0.0.1:6379/1/2", "the database must be a whole number like /0"),
         ("redis://127.0.0.1:6379?db=-1", "db must be a number >= 0, got '-1'"),
         ("unix:///run/redis.sock?db=abc", "db must be a number >= 0, got 'abc'"),
-        ("redis://h:6379/0?socket_timeout=soon", "socket_timeout must be a number >= 0"),
+        (
+            "redis://h:6379/0?health_check_interval=soon",
+            "health_check_interval must be a number >= 0",
+        ),
         ("unix://run/redis.sock", "expected unix:///path/to/redis.sock"),
         ("unix://", "expected unix:///path/to/redis.sock"),
     ],
@@ -234,6 +237,38 @@ def test_a_malformed_redis_url_is_shown_without_its_credentials(tmp_path: Path) 
 
 
 @pytest.mark.parametrize(
+    ("query", "instead"),
+    [
+        ("max_connections=2", "set redis.pool_size instead"),
+        ("timeout=0.001", "set redis.pool_wait instead"),
+        ("socket_timeout=0.001", "set redis.deadline instead"),
+        ("socket_connect_timeout=9", "set redis.deadline instead"),
+        ("username=u", "set redis.username (or user@ in the URL) instead"),
+        ("password=hunter2", "set redis.password (or $CALLGATE_REDIS_PASSWORD) instead"),
+        ("ssl_ca_certs=/ca.pem", "set redis.tls_ca_file instead"),
+        ("ssl_certfile=/c.pem", "set redis.tls_cert_file instead"),
+        ("ssl_keyfile=/k.pem", "set redis.tls_key_file instead"),
+        ("retry=0", "remove it (callgate decides whether a command may be sent again)"),
+        ("decode_responses=false", "remove it (callgate reads Redis's replies as bytes)"),
+    ],
+)
+def test_a_redis_url_query_argument_that_overrides_a_setting_is_refused_naming_the_key(
+    query: str, instead: str, tmp_path: Path
+) -> None:
+    """redis-py lets a URL's query win over the pool's settings: ``?max_connections=2``
+    silently replaced pool_size. Such an argument is a one-line error naming the key to
+    set instead (and never showing the URL, whose query may hold a password)."""
+    name = query.split("=")[0]
+    data = {"redis": {"url": f"rediss://h:6380/0?db=1&{query}"}, "privacy": {"secret": "s" * 20}}
+    with pytest.raises(ConfigError) as caught:
+        parse_config(data, "cg.toml", tmp_path)
+    assert (
+        f"cg.toml: redis.url: the query argument {name}= would override callgate's own "
+        f"setting: {instead}"
+    ) == str(caught.value)
+
+
+@pytest.mark.parametrize(
     "url",
     [
         "redis://127.0.0.1:6379/0",
@@ -241,6 +276,7 @@ def test_a_malformed_redis_url_is_shown_without_its_credentials(tmp_path: Path) 
         "redis://redis.example",
         "rediss://u:p%40ss@redis.example:6380/",
         "rediss://redis.example:6380/0?ssl_cert_reqs=none",
+        "redis://redis.example/0?health_check_interval=30&client_name=gate",
         "unix:///run/redis/redis.sock",
         "unix://:pass@/run/redis/redis.sock?db=2",
     ],
