@@ -479,7 +479,8 @@ def _secret(reader: Reader, path: Path | None, hash_numbers: bool, create: bool)
 
 
 def _cluster_nodes(reader: Reader) -> tuple[str, ...]:
-    """``[redis] nodes``: seed nodes of a Redis Cluster, ``redis://host:port`` each."""
+    """``[redis] nodes``: seed nodes of a Redis Cluster, ``redis://host:port`` each (a port
+    1-65535)."""
     nodes = reader.get("nodes", list, [])
     if not nodes:
         raise reader.fail(
@@ -500,6 +501,8 @@ def _cluster_nodes(reader: Reader) -> tuple[str, ...]:
             raise reader.fail(key, f"{node!r} is not a URL: {exc}") from None
         if not parts.hostname or port is None:
             raise reader.fail(key, f"{node!r} needs a host and a port (redis://host:port)")
+        if port == 0:  # gate/store/connect.py (as redis-py) would take it for 6379
+            raise reader.fail(key, f"{_without_credentials(node)!r}: the port must be 1-65535")
         if parts.path.strip("/") not in ("", "0"):
             raise reader.fail(key, f"{node!r}: a Redis Cluster has only database 0")
     return tuple(str(node) for node in nodes)

@@ -113,6 +113,10 @@ def test_secret_file_is_created_once_and_reused(tmp_path: Path) -> None:
         ({"redis": {"mode": "cluster", "nodes": ["redis://h"]}}, "needs a host and a port"),
         ({"redis": {"mode": "cluster", "nodes": ["redis://h:1/2"]}}, "only database 0"),
         (
+            {"redis": {"mode": "cluster", "nodes": ["redis://u:pw@h:0"]}},
+            "redis.nodes[0]: 'redis://h:0': the port must be 1-65535",
+        ),
+        (
             {"redis": {"mode": "cluster", "nodes": ["redis://h:1"], "url": "redis://h:1"}},
             "redis.url: with mode",
         ),
