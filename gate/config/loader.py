@@ -41,7 +41,7 @@ from gate.config.packs import (
 )
 from gate.core.errors import ConfigError, GateError
 from gate.core.model import TrafficClass, Verdict
-from gate.core.numbers import NumberType, parse_e164
+from gate.core.numbers import NumberType, is_known_region, parse_e164
 from gate.core.policy import FailMode, Policy
 from gate.core.rules import ListRule, Pack
 
@@ -825,6 +825,13 @@ def _gate(reader: Reader, base: Path) -> _GateSection:
     if len(region) != 2 or not region.isalpha():
         raise reader.fail(
             "default_region", f"expected a two-letter region code like FR, got {region!r}"
+        )
+    if not is_known_region(region):
+        # Every national number would be BLOCK invalid_number.
+        raise reader.fail(
+            "default_region",
+            f"{region!r} is not a region whose numbers callgate can read; use an ISO 3166 "
+            "code like FR, GB or US",
         )
     packs_dir = str(reader.get("packs_dir", str, ""))
     tenants = reader.get("tenants", list, [])

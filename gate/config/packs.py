@@ -31,7 +31,7 @@ import holidays
 
 from gate.config._reader import IDENT_RE, Reader, common_fields
 from gate.core.errors import ConfigError
-from gate.core.numbers import NumberType
+from gate.core.numbers import NumberType, is_known_region
 from gate.core.rules import (
     LIST_KINDS,
     AbandonCeilingRule,
@@ -273,6 +273,13 @@ def parse_pack(data: Mapping[str, Any], origin: str) -> Pack:
     regions = head.get("regions", list, None)
     if not regions or not all(isinstance(r, str) and re.fullmatch(r"[A-Z]{2}", r) for r in regions):
         raise head.fail("regions", 'list the destination regions, e.g. ["FR", "RE"]')
+    for region in regions:
+        if not is_known_region(region):  # no destination is ever placed there
+            raise head.fail(
+                "regions",
+                f"{region!r} is not a region whose numbers callgate can read; use ISO 3166 "
+                'codes, e.g. ["FR", "RE"]',
+            )
     pack_id = head.ident("id")
     version = str(head.get("version", str, ""))
     description = str(head.get("description", str, ""))

@@ -34,6 +34,7 @@ __all__ = [
     "NumberType",
     "ShortCode",
     "classify",
+    "is_known_region",
     "is_protected",
     "number_type_and_region",
     "parse_e164",
@@ -501,6 +502,12 @@ def _geographical_zones(e164: str) -> tuple[str, ...]:
     if known is None:
         known = _GEO_ZONES[found] = _known(found)
     return known
+
+
+def is_known_region(region: str) -> bool:
+    """Whether phonenumbers has the numbering plan of ``region`` (an ISO 3166 code like
+    "FR"): a number is read, and a destination placed, only in such a region."""
+    return region in phonenumbers.SUPPORTED_REGIONS
 
 
 def parse_e164(text: str, region: str) -> str:

@@ -172,6 +172,17 @@ def test_bad_tables_are_one_line_errors(tables: dict[str, Any], expected: str) -
     assert expected == error(**tables)
 
 
+def test_a_pack_region_phonenumbers_does_not_know_is_refused() -> None:
+    """A pack for "ZZ" loaded and never applied (no destination is placed in it): it is a
+    one-line error naming pack.regions."""
+    with pytest.raises(ConfigError) as caught:
+        parse_pack({"pack": {**HEAD, "regions": ["FR", "ZZ"]}}, "xx.toml")
+    assert (
+        "xx.toml: pack.regions: 'ZZ' is not a region whose numbers callgate can read; use "
+        'ISO 3166 codes, e.g. ["FR", "RE"]'
+    ) == str(caught.value)
+
+
 def test_abandon_ceiling_defaults_to_24_hours_per_campaign() -> None:
     """ceiling_percent = 3 → 0.03 of live calls, per campaign, over 24 h."""
     parsed = pack(abandon_ceiling=[{"id": "a", "ceiling_percent": 3, "source": "s"}])

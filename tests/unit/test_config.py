@@ -60,6 +60,11 @@ def test_secret_file_is_created_once_and_reused(tmp_path: Path) -> None:
         ({"lists": [{"name": "a", "kind": "allow", "exempts": ["nope"]}]}, "lists[0].exempts"),
         ({"lists": [{"name": "a"}, {"name": "a"}]}, "defined twice"),
         ({"gate": {"default_region": "France"}}, "gate.default_region"),
+        (
+            {"gate": {"default_region": "ZZ"}},
+            "gate.default_region: 'ZZ' is not a region whose numbers callgate can read; "
+            "use an ISO 3166 code like FR, GB or US",
+        ),
         ({"gate": {"colour": "blue"}}, "gate.colour: unknown key"),
         ({"redis": {"url": "http://x"}}, "redis.url"),
         ({"redis": {"deadline": 0}}, "redis.deadline"),
