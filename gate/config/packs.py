@@ -207,6 +207,13 @@ def _hours(reader: Reader, calendars: Mapping[str, CalendarRule]) -> HoursRule:
                 "zone", f"{fixed_zone!r} is not a time zone name (e.g. Etc/GMT+6)"
             ) from None
     consent_list = reader.get("consent_list", str, None)
+    if consent_list is not None and not IDENT_RE.match(consent_list):
+        # "" was taken for no list: the rule silently had no consent exemption.
+        raise reader.fail(
+            "consent_list",
+            f"expected the name of a consent list, got {consent_list!r} (leave the key out "
+            "for none)",
+        )
     return HoursRule(
         windows=windows,
         holidays=_holiday_calendars(reader),
@@ -404,7 +411,7 @@ def validate_references(pack: Pack, config_lists: Sequence[ListRule], origin: st
         for name in fresh.exempt_lists:
             need(name, ("allow", "consent"), f"freshness[{index}].exempt_lists")
     for index, hours in enumerate(pack.hours):
-        if hours.consent_list:
+        if hours.consent_list is not None:
             need(hours.consent_list, ("consent",), f"hours[{index}].consent_list")
 
 

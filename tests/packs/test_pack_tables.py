@@ -123,6 +123,17 @@ ERRORS = [
         id="calendar-name-not-a-string",
     ),
     pytest.param(
+        {"hours": [{**HOURS, "consent_list": ""}]},
+        "xx.toml: hours[0].consent_list: expected the name of a consent list, got '' "
+        "(leave the key out for none)",
+        id="empty-consent-list",
+    ),
+    pytest.param(
+        {"hours": [{**HOURS, "consent_list": "nope"}]},
+        "xx.toml: hours[0].consent_list: list 'nope' must be a consent list (it is undefined)",
+        id="unknown-consent-list",
+    ),
+    pytest.param(
         {"hours": [{**HOURS, "zone": "Central Standard Time"}]},
         "xx.toml: hours[0].zone: 'Central Standard Time' is not a time zone name (e.g. Etc/GMT+6)",
         id="unknown-zone",
