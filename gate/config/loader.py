@@ -374,7 +374,9 @@ def _ari(reader: Reader) -> AriConfig | None:
         app=reader.ident("app", "callgate"),
         on_refuse=reader.choice("on_refuse", ("hangup", "continue"), "hangup"),
         rest_timeout_s=reader.duration("rest_timeout", "2s"),
-        reconnect_max_s=reader.duration("reconnect_max", "30s"),
+        reconnect_max_s=_loop_interval(
+            reader, "reconnect_max", "30s", "a shorter one reconnects to Asterisk in a tight loop"
+        ),
         decided_context=_context(reader, "decided_context", "callgate-decided"),
         rest_over_websocket=bool(reader.get("rest_over_websocket", bool, True)),
     )
@@ -392,6 +394,22 @@ def _context(reader: Reader, key: str, default: str) -> str:
     return str(value)
 
 
+# The shortest pause of a loop that runs for ever (ari.reconnect_max, http.list_refresh):
+# at 1us the list refresher took a whole CPU and sent Redis 150 000 commands a second,
+# and the Stasis door retried a down Asterisk 7000 times a second.
+MIN_LOOP_INTERVAL_S = 1.0
+
+
+def _loop_interval(reader: Reader, key: str, default: str, why: str) -> float:
+    """A duration that paces a long-lived loop: at least ``MIN_LOOP_INTERVAL_S``."""
+    seconds = reader.duration(key, default)
+    if seconds < MIN_LOOP_INTERVAL_S:
+        raise reader.fail(
+            key, f"must be at least {MIN_LOOP_INTERVAL_S:g}s ({why}), got {seconds:g}s"
+        )
+    return seconds
+
+
 def _http(reader: Reader) -> HttpConfig:
     port = reader.get("port", int, 9473)
     if not 0 <= port <= 65535:
@@ -400,7 +418,9 @@ def _http(reader: Reader) -> HttpConfig:
         enabled=bool(reader.get("enabled", bool, True)),
         host=str(reader.get("host", str, "127.0.0.1")),
         port=port,
-        list_refresh_s=reader.duration("list_refresh", "60s"),
+        list_refresh_s=_loop_interval(
+            reader, "list_refresh", "60s", "each refresh reads every list's size from Redis"
+        ),
     )
     reader.done()
     return config

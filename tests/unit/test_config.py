@@ -126,6 +126,16 @@ def test_secret_file_is_created_once_and_reused(tmp_path: Path) -> None:
             "redis.url: with mode",
         ),
         ({"redis": {"nodes": ["redis://h:1"]}}, 'redis.nodes: seed nodes are for mode = "cluster"'),
+        (
+            {"http": {"list_refresh": "1us"}},
+            "http.list_refresh: must be at least 1s (each refresh reads every list's size "
+            "from Redis), got 1e-06s",
+        ),
+        (
+            {"ari": {"url": "http://a/ari", "user": "u", "password": "p", "reconnect_max": 0.5}},
+            "ari.reconnect_max: must be at least 1s (a shorter one reconnects to Asterisk in "
+            "a tight loop), got 0.5s",
+        ),
         ({"agi": {"port": 70000}}, "agi.port"),
         ({"agi": {"port": "4573"}}, "agi.port: expected an int"),
         ({"fail_mode": {"campaign": "MAYBE"}}, "fail_mode.campaign"),
