@@ -416,7 +416,7 @@ def _http(reader: Reader) -> HttpConfig:
         raise reader.fail("port", f"must be 0-65535 (0: any free port), got {port}")
     config = HttpConfig(
         enabled=bool(reader.get("enabled", bool, True)),
-        host=str(reader.get("host", str, "127.0.0.1")),
+        host=_listen_host(reader),
         port=port,
         list_refresh_s=_loop_interval(
             reader, "list_refresh", "60s", "each refresh reads every list's size from Redis"
@@ -695,7 +695,7 @@ def _redis(reader: Reader, state_dir: Path, base: Path) -> RedisConfig:
     reader.seen.add("password")
     config = RedisConfig(
         url=url or None,
-        data_dir=state_dir / str(reader.get("data_dir", str, "redis")),
+        data_dir=_data_dir(reader, state_dir),
         namespace=reader.ident("namespace", "callgate"),
         deadline_s=reader.duration("deadline", "50ms"),
         mode=mode,
@@ -716,6 +716,21 @@ def _redis(reader: Reader, state_dir: Path, base: Path) -> RedisConfig:
     )
     reader.done()
     return config
+
+
+def _data_dir(reader: Reader, state_dir: Path) -> Path:
+    """``data_dir``: the embedded Redis's directory, relative to ``state_dir``, and never
+    the state directory itself or one above it: the server makes its directory and every
+    file in it private, and writes its data there, beside the secret file."""
+    given = str(reader.get("data_dir", str, "redis"))
+    data_dir = state_dir / given
+    if Path(os.path.normpath(state_dir)).is_relative_to(os.path.normpath(data_dir)):
+        raise reader.fail(
+            "data_dir",
+            f"{given!r} is the state directory {state_dir} or one above it; give the embedded "
+            'Redis a directory of its own, e.g. data_dir = "redis"',
+        )
+    return data_dir
 
 
 # "host:port": a host name or address, an IPv6 address in brackets; the port in ASCII digits
@@ -766,11 +781,24 @@ def _file(reader: Reader, base: Path, key: str) -> Path | None:
     return path
 
 
+def _listen_host(reader: Reader) -> str:
+    """``host`` of a listener: an address or a name, never "" (which asyncio and aiohttp
+    take for every interface, IPv4 and IPv6)."""
+    host = str(reader.get("host", str, "127.0.0.1"))
+    if not host:
+        raise reader.fail(
+            "host",
+            "expected the address to listen on, e.g. 127.0.0.1 (or 0.0.0.0 for every "
+            "interface), got ''",
+        )
+    return host
+
+
 def _agi(reader: Reader) -> AgiConfig:
     port = reader.get("port", int, 4573)
     if not 0 <= port <= 65535:
         raise reader.fail("port", f"must be 0-65535, got {port}")
-    host = str(reader.get("host", str, "127.0.0.1"))
+    host = _listen_host(reader)
     allow: list[Network] = []
     for index, entry in enumerate(reader.get("allow", list, [])):
         try:

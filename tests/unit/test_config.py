@@ -136,6 +136,22 @@ def test_secret_file_is_created_once_and_reused(tmp_path: Path) -> None:
             "ari.reconnect_max: must be at least 1s (a shorter one reconnects to Asterisk in "
             "a tight loop), got 0.5s",
         ),
+        (
+            {"agi": {"host": "", "allow": ["10.0.0.5"]}},
+            "agi.host: expected the address to listen on, e.g. 127.0.0.1 (or 0.0.0.0 for "
+            "every interface), got ''",
+        ),
+        (
+            {"http": {"host": ""}, "api": {"token": "t" * 16}},
+            "http.host: expected the address to listen on",
+        ),
+        (
+            {"gate": {"state_dir": "state"}, "redis": {"data_dir": ""}},
+            "redis.data_dir: '' is the state directory ",
+        ),
+        ({"gate": {"state_dir": "state"}, "redis": {"data_dir": "."}}, "redis.data_dir: '.' is"),
+        ({"gate": {"state_dir": "s"}, "redis": {"data_dir": "r/../.."}}, "redis.data_dir: 'r/"),
+        ({"redis": {"data_dir": "/"}}, "redis.data_dir: '/' is the state directory "),
         ({"agi": {"port": 70000}}, "agi.port"),
         ({"agi": {"port": "4573"}}, "agi.port: expected an int"),
         ({"fail_mode": {"campaign": "MAYBE"}}, "fail_mode.campaign"),
@@ -305,6 +321,17 @@ def test_a_redis_url_redis_py_reads_is_kept_as_given(url: str, tmp_path: Path) -
     and unix:// URLs load unchanged."""
     data = {"redis": {"url": url}, "privacy": {"secret": "s" * 20}}
     assert url == parse_config(data, "cg.toml", tmp_path).redis.url
+
+
+def test_the_embedded_redis_data_dir_is_below_the_state_dir(tmp_path: Path) -> None:
+    """redis.data_dir, relative to gate.state_dir, may be any directory of its own there
+    or elsewhere (only the state directory itself, or above it, is refused)."""
+    data = {"gate": {"state_dir": "state"}, "privacy": {"secret": "s" * 20}}
+    default = parse_config(data, "cg.toml", tmp_path).redis.data_dir
+    elsewhere = parse_config(
+        {**data, "redis": {"data_dir": str(tmp_path / "srv")}}, "cg.toml", tmp_path
+    ).redis.data_dir
+    assert (tmp_path / "state" / "redis", tmp_path / "srv") == (default, elsewhere)
 
 
 def test_cluster_mode_keeps_its_seed_nodes(tmp_path: Path) -> None:
