@@ -500,9 +500,10 @@ class ListAdmin:
         campaign: str = "",
     ) -> EventRecord:
         """Record a call event at ``at`` (``EVENTS``): a refusal or an abandoned call
-        starts every cool-off rule for it; an answered or abandoned call counts toward every
-        abandoned-call ceiling in force, of ``campaign`` (or of the tenant). Acknowledged
-        once the store holds it durably (``Store.durable``).
+        starts every cool-off rule for it (which runs from the latest such event: one older
+        than an event already recorded changes nothing); an answered or abandoned call
+        counts toward every abandoned-call ceiling in force, of ``campaign`` (or of the
+        tenant). Acknowledged once the store holds it durably (``Store.durable``).
 
         Its ``rules`` empty means no enabled pack has a rule for this event and number, or
         that ``at`` is too long ago for each of them (``expired``); ``at`` later than the
@@ -549,12 +550,13 @@ class ListAdmin:
                 continue
             suffix = self.keyspace.cooloff_suffix(rule, tenant)
             key = self.keyspace.number_key(keys.group, suffix, keys.token)
-            # The marker expires when the cool-off ends by the clock.
+            # The marker expires when the cool-off ends by the clock; an older event
+            # reported after a newer one leaves the newer one's marker (and end) in place.
             ttl_ms = at_ms + int(rule.period_s * 1000) - clock_ms
             if ttl_ms <= 0:
                 record.expired.append(rule.id)
                 continue
-            await self.lists.mark(key, str(at_ms), ttl_ms)
+            await self.lists.mark(key, at_ms, ttl_ms)
             record.rules.append(rule.id)
         if event == "refusal":
             return record

@@ -101,6 +101,7 @@ __all__ = [
     "BATCH",
     "CALL_COUNTS",
     "HASH_MAX",
+    "MARK_MAX",
     "Script",
     "Store",
     "cancel_point",
@@ -153,6 +154,7 @@ DECIDE = Script.load("decide.lua")
 HASH_MAX = Script.load("hash_max.lua")
 LIST_DELTA = Script.load("list_delta.lua")
 LIST_FILL = Script.load("list_fill.lua")
+MARK_MAX = Script.load("mark_max.lua")
 RELEASE = Script.load("release.lua")
 VOID = Script.load("void.lua")
 # A void looks for its decision's audit entry among this many of the stream's newest.

@@ -68,6 +68,7 @@ from gate.core.keys import (
 from gate.store.client import (
     LIST_DELTA,
     LIST_FILL,
+    MARK_MAX,
     Script,
     Store,
     cancel_point,
@@ -633,6 +634,9 @@ class ListStore:
             for token in tokens:
                 yield token.decode()
 
-    async def mark(self, key: str, value: str, ttl_ms: int) -> None:
-        """SET key value PX ttl_ms (cool-off markers)."""
-        await self.store.send_packed([(key, _packed(["SET", key, value, "PX", max(ttl_ms, 1)]))])
+    async def mark(self, key: str, at_ms: int, ttl_ms: int) -> bool:
+        """Set a cool-off marker to ``at_ms``, living ``ttl_ms``, unless it holds a later
+        time (``lua/mark_max.lua``, one key): events reported out of order leave the
+        latest in force. Whether it was set."""
+        (reply,) = await self.store.run_scripts(MARK_MAX, [([key], [at_ms, max(ttl_ms, 1)])])
+        return bool(reply)

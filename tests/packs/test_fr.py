@@ -181,6 +181,20 @@ async def test_refusal_defers_60_days(gate: Gate) -> None:
     assert ("DEFER", "refusal:fr-d223-9-refusal", 60 * 86400.0 - 300) == outcome(decision)
 
 
+@pytest.mark.parametrize("newest_first", [False, True], ids=["in-order", "newest-first"])
+async def test_a_late_report_of_an_older_refusal_leaves_the_cool_off_of_the_newer(
+    gate: Gate, newest_first: bool
+) -> None:
+    """Two refusals 10 days apart, in either order: 60 days from the later one."""
+    later = upcoming(1, 10, 30, PARIS)
+    refusals = [later - timedelta(days=10), later]
+    await consent(gate, CONSUMER)
+    for at in reversed(refusals) if newest_first else refusals:
+        await admin(gate).record_event("refusal", CONSUMER, TENANT, at, later)
+    decision = await gate.decide(call(later + timedelta(minutes=5)), record=True, door="cli")
+    assert ("DEFER", "refusal:fr-d223-9-refusal", 60 * 86400.0 - 300) == outcome(decision)
+
+
 CONSENT = [
     # (lists the number is on, expected outcome on Tuesday 2026-12-01 10:30)
     pytest.param((), ("BLOCK", "no_consent:fr-l223-1-optin", None), id="no-consent"),

@@ -124,6 +124,20 @@ async def test_abandoned_call_pauses_the_number_72_hours(gate: Gate) -> None:
     ]
 
 
+@pytest.mark.parametrize("newest_first", [False, True], ids=["in-order", "newest-first"])
+async def test_a_late_report_of_an_older_abandoned_call_leaves_the_pause_of_the_newer(
+    gate: Gate, newest_first: bool
+) -> None:
+    """Two abandoned calls a day apart, in either order: 72 h from the later one."""
+    later = upcoming(1, 11, 0, LONDON)
+    abandoned = [later - timedelta(days=1), later]
+    await screen(gate, later)
+    for at in reversed(abandoned) if newest_first else abandoned:
+        await admin(gate).record_event("abandoned", CONSUMER, TENANT, at, later)
+    decision = await gate.decide(call(later + timedelta(hours=1)), record=True, door="cli")
+    assert ("DEFER", "abandoned:uk-abandoned-72h", 71 * 3600.0) == outcome(decision)
+
+
 CALLER_IDS = [
     # (caller ID presented, traffic class, expected outcome)
     pytest.param(CALLER_ID, CAMPAIGN, ("ALLOW", "allowed", None), id="geographic"),
