@@ -25,6 +25,15 @@ FL_NUMBER = "+13055550123"  # Miami
 OK_NUMBER = "+14055550123"  # Oklahoma City (Central time)
 MD_NUMBER = "+14105550123"  # Baltimore
 IDAHO_NUMBER = "+12085550123"  # 208: Mountain (Boise) and Pacific time
+# The territories phonenumbers gives a region of their own, each number in its zone.
+TERRITORIES = [
+    pytest.param("+17875550123", ZoneInfo("America/Puerto_Rico"), id="PR-787"),
+    pytest.param("+19395550123", ZoneInfo("America/Puerto_Rico"), id="PR-939"),
+    pytest.param("+13405550123", ZoneInfo("America/St_Thomas"), id="VI-340"),
+    pytest.param("+16712345678", ZoneInfo("Pacific/Guam"), id="GU-671"),
+    pytest.param("+16702345678", ZoneInfo("Pacific/Saipan"), id="MP-670"),
+    pytest.param("+16846331234", ZoneInfo("Pacific/Pago_Pago"), id="AS-684"),
+]
 CALLER_ID = "+12125550100"
 TUESDAY = datetime(2026, 12, 1, 8, 30, tzinfo=NEW_YORK)
 NATIONAL_HOURS = "outside_hours:us-tcpa-hours"
@@ -50,7 +59,10 @@ def test_pack_loads_with_sources_and_verify_marks() -> None:
     """us.toml loads; every rule names its source; state rules are marked verify (area codes)."""
     (pack,) = pack_config(["us"], "US").policy.packs
     rules = pack_rules(pack)
-    assert ({"US"}, {"national_dnc", "company_dnc", "tcpa_consent", "reassigned"}) == (
+    assert (
+        {"US", "PR", "VI", "GU", "MP", "AS"},
+        {"national_dnc", "company_dnc", "tcpa_consent", "reassigned"},
+    ) == (
         set(pack.regions),
         {rule.name for rule in pack.lists},
     )
@@ -114,6 +126,48 @@ async def test_calling_window(
 ) -> None:
     """08:00-21:00 in every zone of the number (64.1200(c)(1)); FL/OK/MD stop at 20:00."""
     assert expected == outcome(await gate.decide(call(at, dialled), record=True, door="cli"))
+
+
+@pytest.mark.parametrize(("dialled", "tz"), TERRITORIES)
+async def test_a_territory_number_is_called_08_00_to_21_00_in_its_own_zone(
+    gate: Gate, dialled: str, tz: ZoneInfo
+) -> None:
+    """The federal window holds in the territories (47 U.S.C. 153: the TCPA's "United
+    States"), in the territory's zone; no state's narrower window reaches them."""
+    day = datetime(2026, 12, 1, tzinfo=tz)
+    assert [
+        ("DEFER", NATIONAL_HOURS, 60.0),
+        ("ALLOW", "allowed", None),
+        ("ALLOW", "allowed", None),
+        ("DEFER", NATIONAL_HOURS, 11 * 3600.0),
+    ] == [
+        outcome(await gate.decide(call(day.replace(hour=h, minute=m), dialled), record=True,
+                                  door="cli"))
+        for h, m in ((7, 59), (8, 0), (20, 59), (21, 0))
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(("dialled", "tz"), TERRITORIES)
+async def test_a_territory_number_on_the_national_dnc_is_blocked(
+    gate: Gate, dialled: str, tz: ZoneInfo
+) -> None:
+    """A Puerto Rico, Virgin Islands, Guam, Northern Mariana Islands or American Samoa
+    number added to the National DNC copy is BLOCK listed:national_dnc."""
+    await admin(gate).add("national_dnc", [dialled], TENANT, "")
+    noon = datetime(2026, 12, 1, 12, 0, tzinfo=tz)
+    expected = ("BLOCK", "listed:national_dnc", None)
+    assert expected == outcome(await gate.decide(call(noon, dialled), record=True, door="cli"))
+
+
+@pytest.mark.parametrize(("dialled", "tz"), TERRITORIES)
+async def test_a_territory_number_waits_for_a_fresh_national_dnc_copy(
+    open_gate: Callable[[Config], Gate], dialled: str, tz: ZoneInfo
+) -> None:
+    """Without a National DNC import, no call to a territory goes out either."""
+    gate = open_gate(pack_config(["us"], "US"))
+    noon = datetime(2026, 12, 1, 12, 0, tzinfo=tz)
+    expected = ("DEFER", "stale_list:national_dnc", 3600.0)
+    assert expected == outcome(await gate.decide(call(noon, dialled), record=True, door="cli"))
 
 
 async def test_national_dnc_listed_number_is_blocked(gate: Gate) -> None:

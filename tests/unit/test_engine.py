@@ -265,6 +265,9 @@ MIXED_NUMBERS = [
     "+442071234567",
     "+14165551234",
     "+16045551234",
+    # US territories: regions of their own under the us pack (Puerto Rico, Guam).
+    "+17875551234",
+    "+16712345678",
     "+3361234567",
     # Overseas: a calling code shared by regions whose calendars the fr pack names apart
     # (Guadeloupe's mobiles also serve Saint-Barthélemy and Saint-Martin; Réunion/Mayotte).
