@@ -40,6 +40,7 @@ from gate.config.loader import Config, LoggingConfig, default_config_path, load_
 from gate.core.engine import record_time_error, window_text
 from gate.core.errors import GateError, InputError, StoreError
 from gate.core.model import IDENT_RE, Attempt, TrafficClass, Verdict
+from gate.core.policy import Policy
 from gate.lists.admin import EVENTS, ImportSummary, ListAdmin, unrecorded
 from gate.lists.formats import (
     FORMATS,
@@ -699,6 +700,15 @@ def _info_lines(info: dict[str, object]) -> Iterator[str]:
         yield f"{name}: {value}"
 
 
+def _unchecked_warning(policy: Policy, name: str, numbers: list[str]) -> str:
+    """The warning of a ``list add`` of numbers no decision checks against the list."""
+    regions = ", ".join(sorted(policy.list_regions(name) or ()))
+    return (
+        f"callgate: warning: list {name!r} is checked only for numbers of its packs' regions "
+        f"({regions}): {', '.join(numbers)} added, but never checked against it"
+    )
+
+
 async def _list(config: Config, args: argparse.Namespace) -> int:
     from gate.ops.models import ListCount, json_of, list_info
 
@@ -710,6 +720,8 @@ async def _list(config: Config, args: argparse.Namespace) -> int:
         if args.action == "add":
             added = await admin.add(args.list, args.numbers, tenant, campaign)
             print(f"{added} added, {len(args.numbers) - added} already listed")
+            if unchecked := admin.unchecked(args.list, args.numbers):
+                print(_unchecked_warning(config.policy, args.list, unchecked), file=sys.stderr)
         elif args.action == "remove":
             removed = await admin.remove(args.list, args.numbers, tenant, campaign)
             print(f"{removed} removed, {len(args.numbers) - removed} were not listed")

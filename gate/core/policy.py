@@ -76,5 +76,18 @@ class Policy:
                 return rule
         return None
 
+    def list_regions(self, name: str) -> frozenset[str] | None:
+        """The regions whose numbers the list called ``name`` is checked for: None (every
+        region) for a list of the config; else the regions of the packs that name it, as a
+        pack's lists are read only for the numbers its rules govern."""
+        if any(rule.name == name for rule in self.lists):
+            return None
+        return frozenset(
+            region
+            for pack in self.packs
+            if any(rule.name == name for rule in pack.lists)
+            for region in pack.regions
+        )
+
     def cps_for(self, trunk: str) -> int:
         return self.trunk_cps.get(trunk, self.default_trunk_cps) if trunk else 0

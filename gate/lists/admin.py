@@ -186,6 +186,17 @@ class ListAdmin:
         async with self.store.durable(f"adding to block list {name!r}") as store:
             return await self._on(store)._write(rule, key, "add", checked, when, expires)
 
+    def unchecked(self, name: str, numbers: Iterable[str]) -> list[str]:
+        """The numbers (E.164, in order) among ``numbers`` that no decision checks against
+        list ``name``: those of a region outside every pack that names it
+        (``Policy.list_regions``); none for a list of the config. Invalid numbers are left
+        out (``add`` refuses them)."""
+        regions = self.policy.list_regions(name)
+        if regions is None:
+            return []
+        found = (classify(n, self.policy.default_region) for n in numbers)
+        return [t.e164 for t in found if isinstance(t, Destination) and t.region not in regions]
+
     async def remove(self, name: str, numbers: Iterable[str], tenant: str, campaign: str) -> int:
         rule = self.rule(name)
         checked = self._numbers(rule, numbers)

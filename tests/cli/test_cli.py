@@ -226,6 +226,26 @@ def test_adding_a_listed_number_again_says_so(cli: Run) -> None:
     assert (0, "0 added, 1 already listed\n", "") == cli("list", "add", "red", "06 12 34 56 78")
 
 
+def test_adding_a_number_a_pack_list_never_checks_warns(
+    cli: Run, tmp_path: Path, redis_url: str
+) -> None:
+    """A pack's list is read only for its regions' numbers (us: the US and its
+    territories): ``list add`` of another country's number adds it, and warns on stderr."""
+    us = tmp_path / "us.toml"
+    us.write_text(
+        sample_config(redis_url, gate={"packs": ["us"], "default_region": "US"}),
+        encoding="utf-8",
+    )
+    added = cli("list", "add", "national_dnc", "+447911123456", "2125550123", "+17875550124",
+                config=us)  # fmt: skip
+    assert (
+        0,
+        "3 added, 0 already listed\n",
+        "callgate: warning: list 'national_dnc' is checked only for numbers of its packs' "
+        "regions (AS, GU, MP, PR, US, VI): +447911123456 added, but never checked against it\n",
+    ) == added
+
+
 def test_fifth_recorded_check_is_deferred(cli: Run) -> None:
     """Four recorded checks of one number pass; the fifth is DEFER with a retry delay."""
     results = [check_json(cli, NUMBER, "--record") for _ in range(5)]
