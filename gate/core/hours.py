@@ -9,6 +9,10 @@ Pure functions of (rules, time zones, instant). Guarantees:
   a call is open only when every (rule, zone) pair is open; a rule with a fixed ``zone`` is
   judged in that zone only. ``next_open`` returns the earliest instant at which all are
   open, searching at most ``HORIZON_DAYS`` ahead.
+- Instants are compared and read through UTC, so daylight saving changes hold no surprise:
+  a window opening at a wall time the spring-forward gap skips opens at the first instant
+  after the gap (if that is still inside the window); in the repeated autumn hour a wall
+  time occurs twice, and a window opens at each occurrence.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Collection, Sequence
-from datetime import date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 import holidays
@@ -179,7 +183,7 @@ def is_holiday(rule: HoursRule, day: date) -> bool:
 def holiday_today(rule: HoursRule, zones: Sequence[str], instant: datetime) -> Holiday | None:
     """The holiday that closes ``rule`` at ``instant`` in one of its zones, if any."""
     for name in (rule.zone,) if rule.zone else zones:
-        found = holiday_of(rule, instant.astimezone(zone(name)).date())
+        found = holiday_of(rule, _wall(instant, zone(name)).date())
         if found is not None:
             return found
     return None
@@ -189,23 +193,64 @@ def _windows(rule: HoursRule, day: date) -> tuple[tuple[int, int], ...]:
     return () if is_holiday(rule, day) else rule.windows[day.weekday()]
 
 
+def _wall(instant: datetime, tz: ZoneInfo) -> datetime:
+    """``instant`` in ``tz``, read through UTC: an aware datetime already in ``tz`` may hold
+    a wall time the zone skips (a spring-forward gap), which ``astimezone(tz)`` keeps as is
+    (it returns its argument unchanged when the zone is the same)."""
+    if instant.tzinfo is tz:
+        return instant.astimezone(UTC).astimezone(tz)
+    return instant.astimezone(tz)
+
+
 def is_open(rule: HoursRule, tz: ZoneInfo, instant: datetime) -> bool:
-    local = instant.astimezone(tz)
+    local = _wall(instant, tz)
     minute = local.hour * 60 + local.minute + local.second / 60
     return any(start <= minute < end for start, end in _windows(rule, local.date()))
 
 
+def _gap_end(wall: datetime, tz: ZoneInfo) -> datetime:
+    """The first instant (UTC) after the gap of ``tz`` that the naive ``wall`` falls in.
+
+    Read with the offset before the change (fold 0) ``wall`` is an instant at or after
+    the change; read with the offset after it (fold 1), one before it: the change lies
+    between, found to the second."""
+    before = int(wall.replace(tzinfo=tz, fold=1).timestamp())
+    after = int(wall.replace(tzinfo=tz, fold=0).timestamp())
+    offset = datetime.fromtimestamp(after, tz).utcoffset()
+    while after - before > 1:
+        middle = (before + after) // 2
+        if datetime.fromtimestamp(middle, tz).utcoffset() == offset:
+            after = middle
+        else:
+            before = middle
+    return datetime.fromtimestamp(after, UTC)
+
+
+def _instants(day: date, minute: int, tz: ZoneInfo) -> tuple[datetime, ...]:
+    """The instants (UTC) at which ``tz``'s wall clock first shows ``minute`` of ``day`` or
+    later: one, or two in the repeated autumn hour; in a spring-forward gap, the instant
+    the gap ends."""
+    wall = datetime.combine(day, time(minute // 60, minute % 60))
+    first = wall.replace(tzinfo=tz).astimezone(UTC)
+    if first.astimezone(tz).replace(tzinfo=None) != wall:  # skipped: in the gap
+        return (_gap_end(wall, tz),)
+    second = wall.replace(tzinfo=tz, fold=1).astimezone(UTC)
+    return (first,) if second == first else (first, second)
+
+
 def _next_open_one(rule: HoursRule, tz: ZoneInfo, instant: datetime) -> datetime | None:
-    """The first instant >= ``instant`` at which ``rule`` is open in ``tz``."""
+    """The first instant >= ``instant`` at which ``rule`` is open in ``tz`` (UTC, but
+    ``instant`` itself if open)."""
     if is_open(rule, tz, instant):
         return instant
-    local = instant.astimezone(tz)
+    local = _wall(instant, tz)
     for offset in range(HORIZON_DAYS + 1):
         day = local.date() + timedelta(days=offset)
         for start, _end in _windows(rule, day):
-            opening = datetime.combine(day, time(start // 60, start % 60), tzinfo=tz)
-            if opening > instant:
-                return opening
+            for opening in _instants(day, start, tz):
+                # Open there unless the gap swallowed the window's whole start.
+                if opening > instant and is_open(rule, tz, opening):
+                    return opening
     return None
 
 
@@ -213,14 +258,15 @@ def next_open(
     rules: Sequence[HoursRule], zones: Sequence[str], instant: datetime
 ) -> tuple[datetime | None, HoursRule | None]:
     """When all ``rules`` are open in all ``zones`` (None: not within the horizon), and the
-    first rule that is closed at ``instant`` (None: open now)."""
+    first rule that is closed at ``instant`` (None: open now). The instant is ``instant``
+    itself when open now, else in UTC."""
     pairs = [
         (rule, zone(name)) for rule in rules for name in ((rule.zone,) if rule.zone else zones)
     ]
     first_closed = next((rule for rule, tz in pairs if not is_open(rule, tz, instant)), None)
     if first_closed is None:
         return instant, None
-    candidate = instant
+    candidate = instant.astimezone(UTC)  # compared as instants, never as wall times
     for _ in range(_MAX_ROUNDS):
         moved = False
         for rule, tz in pairs:
