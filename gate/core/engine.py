@@ -18,9 +18,10 @@ A decision is made in three steps, and only the middle one does I/O:
 Order: emergency/short code → invalid number → number type/prefix → caller ID → (store)
 block lists → consent (and a consent void since the number was reassigned) → [DEFERs:
 cool-off after refusal, stale list, frequency caps, a campaign's abandoned-call ceiling,
-calling hours, trunk CPS; the longest wait wins]. A BLOCK or DEFER never counts as an
-attempt; an ALLOW counts in every attempt log (caps, CPS). Shadow rules are evaluated
-and reported in ``Decision.shadow`` but never decide.
+calling hours, trunk CPS; the longest wait wins, and a wait that is not the hours' own is
+moved to the next opening of the calling hours in force: a retry is a legal calling time].
+A BLOCK or DEFER never counts as an attempt; an ALLOW counts in every attempt log (caps,
+CPS). Shadow rules are evaluated and reported in ``Decision.shadow`` but never decide.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import enum
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import TypeVar
 
 from gate.core.hours import (
@@ -162,6 +163,9 @@ class Check:
     shared: bool = False  # shared state (its own slot: a CPS log, call counts), not the number's
     source: str = ""
     detail: str = ""
+    # A W check's calling hours, to move another check's retry to their next opening
+    # (``outcome``); None for the other kinds and for checks read back from an audit entry.
+    hours: _Window | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -963,6 +967,7 @@ def _window_check(window: _Window, now: datetime) -> Check:
         shadow=not enforced,
         source=decisive.source,
         detail=detail,
+        hours=window,
     )
 
 
@@ -997,14 +1002,51 @@ def shadowed(
     return tuple(reasons)
 
 
-def outcome(checks: Sequence[Check], result: StoreResult) -> tuple[Verdict, str, str, float | None]:
-    """(verdict, reason, rule, retry_after_s) of the store's answer to ``checks``."""
+def outcome(
+    checks: Sequence[Check], result: StoreResult, now_ms: int | None = None
+) -> tuple[Verdict, str, str, float | None]:
+    """(verdict, reason, rule, retry_after_s) of the store's answer to ``checks``.
+
+    With ``now_ms`` (the decision's instant), a DEFER decided by a check other than the
+    calling hours (a cap, a cool-off, a stale list...) retries at the first instant at or
+    after that check's wait at which the calling hours are open (``_legal_retry_ms``).
+    Without it (an audit entry read back: its checks carry no hours), the store's wait.
+    """
     if result.decided == 0:
         return Verdict.ALLOW, "allowed", "", None
     check = checks[result.decided - 1]
     if check.kind.blocks:
         return Verdict.BLOCK, check.reason, check.rule, None
-    return Verdict.DEFER, check.reason, check.rule, _retry_s(result.retry_after_ms)
+    retry_ms = result.retry_after_ms
+    if now_ms is not None and check.kind is not CheckKind.WINDOW:
+        retry_ms = _legal_retry_ms(checks, result, now_ms, retry_ms)
+    return Verdict.DEFER, check.reason, check.rule, _retry_s(retry_ms)
+
+
+def _legal_retry_ms(
+    checks: Sequence[Check], result: StoreResult, now_ms: int, retry_ms: int
+) -> int:
+    """``retry_ms`` (from ``now_ms``), moved to the next opening of the calling hours in
+    force: in every zone of the number, on its holiday calendars (``next_open``). A cap's or
+    cool-off's end knows nothing of the hours; retried there, the call would be refused
+    outside_hours (a Saturday, the night). Unchanged with no enforced hours, or when a
+    consent to calls outside hours exempted them (looked up by the store only when the
+    hours were closed: else the retry is moved, later but legal either way).
+    """
+    check = next((c for c in checks if c.hours is not None and not c.shadow), None)
+    if check is None or check.hours is None:
+        return retry_ms
+    if any(result.results[i - 1] == 1 for i in check.exempt_by):
+        return retry_ms
+    window = check.hours
+    enforced = [rule for rule in window.rules if not rule.shadow]
+    retry_at = datetime.fromtimestamp((now_ms + retry_ms) / 1000, UTC)
+    opens_at, _closed = next_open(enforced, window.zones, retry_at)
+    if opens_at is None:
+        return retry_ms + int(NO_WINDOW_RETRY_S * 1000)
+    if opens_at is retry_at:  # open then
+        return retry_ms
+    return max(retry_ms, math.ceil(opens_at.timestamp() * 1000) - now_ms)
 
 
 def _would_decide(check: Check, seen: int, results: Sequence[int], exemptions: bool = True) -> bool:
@@ -1033,7 +1075,7 @@ def _would_decide(check: Check, seen: int, results: Sequence[int], exemptions: b
 def conclude(pending: Plan, result: StoreResult) -> Decision:
     """Turn the store's answer into the decision."""
     checks = pending.check.checks
-    verdict, reason, rule, retry_s = outcome(checks, result)
+    verdict, reason, rule, retry_s = outcome(checks, result, pending.check.now_ms)
     shadow = shadowed(checks, pending.shadow, result)
     return Decision(verdict, reason, rule, pending.destination.e164, retry_s, shadow)
 

@@ -154,7 +154,7 @@ class _Job:
                 key = (id(item.checks), id(result))
                 known = read.get(key)
                 if known is None:
-                    verdict, reason, _rule, retry_s = outcome(item.checks, result)
+                    verdict, reason, _rule, retry_s = outcome(item.checks, result, item.now_ms)
                     known = read[key] = _row(verdict, reason, retry_s)
                 outcomes.append(known)
             else:

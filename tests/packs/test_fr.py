@@ -5,14 +5,17 @@ regime before 2026-08-11), ARCEP caller-ID ranges and special numbers, shadow mo
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+import holidays
 import pytest
 
 from gate.config.loader import Config
 from gate.core.model import Attempt, TrafficClass, Verdict
+from gate.core.params import seconds_text
+from gate.lists.scrub import scrub
 from gate.service import Gate
 from tests.packs.conftest import (
     PACKS_DIR,
@@ -47,6 +50,14 @@ def call(
 
 def wait_s(at: datetime, until: datetime) -> float:
     return (until - at).total_seconds()
+
+
+def first_morning(day: date) -> datetime:
+    """10:00 Paris on the first weekday from ``day`` on that is no French public holiday:
+    the first D223-9 opening of that day or later."""
+    while day.weekday() >= 5 or day in holidays.country_holidays("FR", years=day.year):
+        day += timedelta(days=1)
+    return datetime(day.year, day.month, day.day, 10, 0, tzinfo=PARIS)
 
 
 @pytest.fixture
@@ -172,13 +183,120 @@ async def test_fifth_attempt_in_30_days_is_deferred(gate: Gate) -> None:
 
 
 async def test_refusal_defers_60_days(gate: Gate) -> None:
-    """After a refusal during a call, no call or attempt for 60 calendar days."""
+    """After a refusal during a call, no call or attempt for 60 calendar days; the retry is
+    the first D223-9 opening at or after their end."""
     at = upcoming(1, 10, 30, PARIS)  # a Tuesday 10:30 after the wall clock (see `upcoming`)
+    asked = at + timedelta(minutes=5)
     await consent(gate, CONSUMER)
     started = await admin(gate).record_event("refusal", CONSUMER, TENANT, at, at)
-    decision = await gate.decide(call(at + timedelta(minutes=5)), record=True, door="cli")
+    decision = await gate.decide(call(asked), record=True, door="cli")
+    # The 60 days end on a Saturday, when D223-9 allows no call: the dialer is told to
+    # retry on the next weekday that is not a holiday, at 10:00 (a retry at the end itself
+    # would be refused outside_hours).
+    ends = at + timedelta(days=60)
+    assert 5 == ends.weekday()
+    retry_at = first_morning(ends.date())
     assert ["fr-d223-9-refusal"] == started.rules
-    assert ("DEFER", "refusal:fr-d223-9-refusal", 60 * 86400.0 - 300) == outcome(decision)
+    assert (
+        "DEFER",
+        "refusal:fr-d223-9-refusal",
+        retry_at.timestamp() - asked.timestamp(),
+    ) == outcome(decision)
+    at_retry = await gate.decide(call(retry_at), record=False, door="cli")
+    assert ("ALLOW", "allowed", None) == outcome(at_retry)
+
+
+CAP_ENDS = [
+    # (the days of the four attempts, at 10:30; the fifth's day; the retry: 10:00 Paris)
+    pytest.param(
+        [date(2026, 12, 3), date(2026, 12, 4), date(2026, 12, 7), date(2026, 12, 8)],
+        date(2026, 12, 9),
+        date(2027, 1, 4),  # the first leaves the 30 days on Saturday 2 January: Monday
+        id="ends-on-a-saturday-retries-monday-10:00",
+    ),
+    pytest.param(
+        [date(2026, 11, 25), date(2026, 11, 26), date(2026, 11, 27), date(2026, 11, 30)],
+        date(2026, 12, 1),
+        date(2026, 12, 28),  # ... on Friday 25 December, Christmas: Monday
+        id="ends-on-christmas-retries-the-next-open-day",
+    ),
+]
+
+
+@pytest.mark.parametrize(("attempts", "fifth", "retry"), CAP_ENDS)
+async def test_a_cap_retry_is_the_next_d223_9_opening(
+    gate: Gate, attempts: list[date], fifth: date, retry: date
+) -> None:
+    """The 5th attempt in 30 days retries when the 1st leaves the window, moved to the next
+    weekday that is no public holiday, at 10:00, when that is not a calling time."""
+    await consent(gate, CONSUMER)
+    for day in attempts:
+        at = TUESDAY.replace(month=day.month, day=day.day)
+        allowed = await gate.decide(call(at), record=True, door="cli")
+        assert ("ALLOW", "allowed", None) == outcome(allowed)
+    fifth_at = TUESDAY.replace(month=fifth.month, day=fifth.day)
+    retry_at = datetime(retry.year, retry.month, retry.day, 10, 0, tzinfo=PARIS)
+    decision = await gate.decide(call(fifth_at), record=True, door="cli")
+    assert (
+        "DEFER",
+        "cap:fr-d223-9-attempts",
+        retry_at.timestamp() - fifth_at.timestamp(),
+    ) == outcome(decision)
+
+
+NIGHT_CAP = {"id": "one-per-14h", "limit": 1, "window": "14h", "scope": "tenant"}
+
+
+async def test_a_cap_ending_at_night_retries_at_the_morning_opening(
+    open_gate: Callable[[Config], Gate],
+) -> None:
+    """A config cap (1 per 14 h) reached at 19:30 ends at 09:00, before D223-9 opens:
+    the retry is 10:00 the next morning."""
+    gate = open_gate(pack_config(["fr"], "FR", caps=[NIGHT_CAP]))
+    await consent(gate, CONSUMER)
+    first, second = TUESDAY.replace(hour=19, minute=0), TUESDAY.replace(hour=19, minute=30)
+    allowed = await gate.decide(call(first), record=True, door="cli")
+    decision = await gate.decide(call(second), record=True, door="cli")
+    wednesday_10 = datetime(2026, 12, 2, 10, 0, tzinfo=PARIS)
+    assert [
+        ("ALLOW", "allowed", None),
+        ("DEFER", "cap:one-per-14h", wednesday_10.timestamp() - second.timestamp()),
+    ] == [outcome(allowed), outcome(decision)]
+
+
+async def test_a_scrub_gives_the_cap_retry_the_gate_gives(
+    open_gate: Callable[[Config], Gate],
+) -> None:
+    """A scrub at 19:30 of a number whose cap ends at 09:00 says retry at 10:00, as the gate."""
+    gate = open_gate(pack_config(["fr"], "FR", caps=[NIGHT_CAP]))
+    await consent(gate, CONSUMER)
+    first, second = TUESDAY.replace(hour=19, minute=0), TUESDAY.replace(hour=19, minute=30)
+    await gate.decide(call(first), record=True, door="cli")
+    rows: list[list[str]] = []
+    await scrub(
+        gate, [[CONSUMER]], 0, rows.extend, now=second, tenant=TENANT, caller_id=VERIFIED_CLI
+    )
+    decision = await gate.decide(call(second), record=False, door="cli")
+    wait = datetime(2026, 12, 2, 10, 0, tzinfo=PARIS).timestamp() - second.timestamp()
+    assert [[CONSUMER, "DEFER", "cap:one-per-14h", seconds_text(wait)]] == rows
+    assert wait == decision.retry_after_s
+
+
+async def test_a_cap_retry_stays_with_consent_to_calls_outside_hours(
+    open_gate: Callable[[Config], Gate],
+) -> None:
+    """With the outside-hours consent, hours do not apply: a cap (1 per 2 h) reached at
+    21:30 retries at its end, 23:00."""
+    cap = {"id": "one-per-2h", "limit": 1, "window": "2h", "scope": "tenant"}
+    gate = open_gate(pack_config(["fr"], "FR", caps=[cap]))
+    await consent(gate, CONSUMER, lists=("consent", "consent_outside_hours"))
+    first, second = TUESDAY.replace(hour=21, minute=0), TUESDAY.replace(hour=21, minute=30)
+    allowed = await gate.decide(call(first), record=True, door="cli")
+    decision = await gate.decide(call(second), record=True, door="cli")
+    assert [("ALLOW", "allowed", None), ("DEFER", "cap:one-per-2h", 5400.0)] == [
+        outcome(allowed),
+        outcome(decision),
+    ]
 
 
 @pytest.mark.parametrize("newest_first", [False, True], ids=["in-order", "newest-first"])

@@ -448,3 +448,23 @@ def test_planner_checks_are_the_checks_of_plan(when: datetime, caller_id: str | 
             expected.append(made.check if isinstance(made, Plan) else made)
         assert planner.checks(template, numbers) == expected
         assert {type(c) for c in expected} == {StoreCheck, Decision}
+
+
+def test_a_cap_retry_moves_to_an_opening_in_every_zone_of_the_number() -> None:
+    """A cap's wait that ends outside the calling hours retries when they are open in every
+    zone of the number: a Réunion/Mayotte mobile (fr pack; UTC+4, UTC+3) whose cap ends at
+    13:30 in Réunion retries at 15:00 there, when Mayotte's lunch break (13:00-14:00) ends."""
+    now = datetime(2026, 12, 1, 7, 30, tzinfo=UTC)  # 11:30 Réunion, 10:30 Mayotte: open
+    a = Attempt("+262692123456", now, caller_id="+33162000000")
+    pending = plan(a, ALL_PACKS, KEYS, True)
+    assert isinstance(pending, Plan)
+    checks = pending.check.checks
+    cap = 1 + [c.rule for c in checks].index("cap:tenant-3-per-day")
+    seen = tuple(0 for _ in checks)
+    decision = conclude(pending, StoreResult(cap, 2 * 3_600_000, seen))  # ends at 09:30 UTC
+    opens = datetime(2026, 12, 1, 11, 0, tzinfo=UTC)  # 15:00 Réunion, 14:00 Mayotte
+    assert (Verdict.DEFER, "cap:tenant-3-per-day", (opens - now).total_seconds()) == (
+        decision.verdict,
+        decision.reason,
+        decision.retry_after_s,
+    )

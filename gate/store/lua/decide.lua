@@ -80,7 +80,9 @@
 --   head             (evidence 1 only) the audit entry's fields known in-process and the
 --                    checks (JSON, gate/core/evidence.py)
 --
--- BLOCK checks decide in order (the first wins). Among DEFER checks the longest wait wins.
+-- BLOCK checks decide in order (the first wins). Among DEFER checks the longest wait wins
+-- (the engine then moves a wait other than W's to the calling hours' next opening:
+-- gate/core/engine.py ``outcome``; retry_ms here is the store's wait).
 -- Replies with one array, a string per decision:
 --   "decided,retry_ms,r1,r2…"  (decided: 1-based index of the deciding check, 0: allowed)
 --   or, STALE, a nested array of the nf meta values (false: absent).
