@@ -33,6 +33,9 @@ carried the one hash tag ``{<namespace>}``):
   window is the rule's) and ``<namespace>:{lists}:<L>``, the list's directory entry
   (version, bits, next_version, building, refreshed_at, source, checksum, importer…), the
   authoritative copy of what the groups' meta replicate.
+  ``<namespace>:{stasis:<channel id>}`` (a STRING, with a TTL) is a decision of the
+  Stasis door that a REST call failed to carry out, kept for any process's next sweep to
+  re-apply (gate/stasis/door.py).
 - ``L`` (a list instance) is ``<name>``, ``<name>:t:<tenant>`` or
   ``<name>:c:<tenant>:<campaign>`` by the list's scope.
 
@@ -279,6 +282,10 @@ class Keyspace:
         if not campaign:
             return None
         return f"{self.namespace}:{{abandon:{rule.id}:c:{tenant}:{campaign}}}"
+
+    def stasis_key(self, channel_id: str) -> str:
+        """A Stasis channel's decision not yet applied (its own slot; any tenant)."""
+        return f"{self.namespace}:{{stasis:{channel_id}}}"
 
     def directory_key(self, list_id: str) -> str:
         """The list's directory entry: version, bits, building, metadata (one slot)."""
