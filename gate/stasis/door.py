@@ -28,6 +28,18 @@ Guarantees:
   re-applied (with backoff, then by the next connect's sweep), never decided again: an
   ALLOW is never counted twice, and a retry never carries an old decision into a new
   stay.
+- From its first failed try such a decision is also saved in Redis (``Keyspace.stasis_key``:
+  the channel's id, for ``SAVED_TTL_S``), and a sweep looks a listed channel up there
+  before deciding it: the next leader of ``callgate run --workers`` (its leader killed),
+  or the door after a restart, re-applies it too, never decides it again. A decision
+  whose first try succeeds costs no Redis command. A saved decision is its stay's only:
+  it names the channel's creation time (a reused id never takes it), and it is deleted
+  once applied, once its channel is gone (else Redis drops it after ``SAVED_TTL_S``), and
+  when a new stay of the channel begins (read by the door holding it). One re-applied by
+  another door is not undone if its channel has left (the recorded decision stayed with
+  the door that made it): it stays counted. Redis failing for these (logged once, each
+  command bounded by ``SAVED_WITHIN_S``) never holds the door up: the decision is kept in
+  this process only, as before.
 - A channel that leaves before its ALLOW reaches it (the first REST call answers 404) made
   no call: its recorded decision is undone (``Gate.undo``: the audit entry deleted, the
   attempt uncounted). After a failed try a 404 proves nothing (the try may have been
@@ -41,6 +53,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import random
 from collections import OrderedDict
@@ -50,6 +63,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from gate.config.loader import AriConfig
+from gate.core.errors import StoreError
 from gate.core.model import Verdict
 from gate.core.params import (
     DECISION_VARIABLE,
@@ -73,6 +87,8 @@ _RECONNECT_BASE_S = 0.2
 _APPLY_TRIES = 5  # REST attempts per decision before leaving it to the next sweep
 _APPLY_BACKOFF_S = 0.2  # doubled after each failed attempt: 0.2, 0.4, 0.8, 1.6 s
 _UNAPPLIED_MAX = 4096  # decisions remembered for re-application (oldest dropped, logged)
+SAVED_TTL_S = 3600  # a decision saved in Redis outlives any wait in the application
+SAVED_WITHIN_S = 2.0  # how long a save, look-up or delete of one waits for Redis
 EVENTS_READ = ("StasisStart",)  # all the door reads: Asterisk is asked for no other
 AST_MAX_EXTENSION = 80  # Asterisk's extension buffer (include/asterisk/channel.h), NUL included
 
@@ -86,6 +102,7 @@ class StasisChannel:
     args: tuple[str, ...]
     caller_id: str
     extension: str
+    created: str = ""  # ARI's creationtime: with the id, names the channel (ids may recur)
 
 
 @dataclass(slots=True)
@@ -95,6 +112,7 @@ class _Stay:
     continue_sent: bool = False  # from then on a StasisStart is a new stay
     superseded: bool = False  # a new stay began: stop applying this one's decision
     next: StasisChannel | None = None  # the new stay, decided once this one is done
+    saved: bool = False  # its decision may be saved in Redis: deleted once done
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,7 +135,27 @@ def _channel(channel: Mapping[str, Any], args: tuple[str, ...]) -> StasisChannel
         args=args,
         caller_id=str(caller.get("number", "")),
         extension=str(dialplan.get("exten", "")),
+        created=str(channel.get("creationtime", "")),
     )
+
+
+def _saved_text(channel: StasisChannel, action: _Action) -> str:
+    """``action`` as saved in Redis for ``channel``'s stay (no evaluation: not undoable)."""
+    saved = {"created": channel.created, "value": action.value, "cause": action.hangup_cause}
+    return json.dumps(saved, separators=(",", ":"))
+
+
+def _saved_action(channel: StasisChannel, saved: bytes) -> _Action | None:
+    """The action ``_saved_text`` saved for ``channel`` (None: for an earlier channel of
+    the same id, or unreadable)."""
+    try:
+        fields = json.loads(saved)
+        if fields["created"] != channel.created:
+            return None
+        cause = fields["cause"]
+        return _Action(str(fields["value"]), None if cause is None else int(cause))
+    except (ValueError, TypeError, KeyError):
+        return None
 
 
 def parse_stasis_start(event: Mapping[str, Any]) -> StasisChannel | None:
@@ -162,6 +200,7 @@ class StasisGate:
         # listing may show them still waiting: they are not decided again).
         self._listings: list[set[str]] = []
         self._task: asyncio.Task[None] | None = None
+        self._redis_failing = False  # saved decisions: Redis failed (logged once)
         # How hard a decision's REST calls are retried before the next sweep takes over.
         self.apply_tries = _APPLY_TRIES
         self.apply_backoff_s = _APPLY_BACKOFF_S
@@ -267,9 +306,9 @@ class StasisGate:
             stay = self._deciding.get(channel.id)
             if stay is None:
                 # A new stay: decide it, even if an earlier stay of this channel awaits
-                # a re-application (that stay is over).
-                self._unapplied.pop(channel.id, None)
-                self._spawn(channel)
+                # a re-application (that stay is over: its saved decision is deleted).
+                earlier = self._unapplied.pop(channel.id, None)
+                self._spawn(channel, forget=earlier is not None)
             elif stay.continue_sent:
                 stay.superseded, stay.next = True, channel
             # else: the stay being decided, seen by the sweep first
@@ -301,18 +340,29 @@ class StasisGate:
                 self.config.app,
             )
         present = {c.id for c in waiting}
-        for channel_id in [c for c in self._unapplied if c not in present]:
+        gone = [c for c in self._unapplied if c not in present]
+        for channel_id in gone:
             del self._unapplied[channel_id]  # gone, or continued by a try whose reply was lost
+        if gone:
+            self._decisions.spawn(lambda: self._forget(gone))
         for channel in waiting:
-            self._spawn(channel)
+            self._spawn(channel, lookup=True)
 
-    def _spawn(self, channel: StasisChannel, recheck: bool = False) -> None:
+    def _spawn(
+        self,
+        channel: StasisChannel,
+        recheck: bool = False,
+        lookup: bool = False,
+        forget: bool = False,
+    ) -> None:
         """Decide ``channel`` (or re-apply its decision) unless one is in flight for it;
-        ``recheck``: first make sure it still waits in the application."""
+        ``recheck``: first make sure it still waits in the application; ``lookup``: first
+        look for a decision saved in Redis (a sweep); ``forget``: first delete the one
+        saved for an earlier stay."""
         if channel.id in self._deciding:
             return  # the same stay, seen both as an event and by the sweep
         stay = self._deciding[channel.id] = _Stay()
-        task = self._decisions.spawn(lambda: self._handle(channel, stay, recheck))
+        task = self._decisions.spawn(lambda: self._handle(channel, stay, recheck, lookup, forget))
         task.add_done_callback(lambda _: self._done(channel.id, stay))
 
     def _done(self, channel_id: str, stay: _Stay) -> None:
@@ -325,13 +375,21 @@ class StasisGate:
 
     # -- one channel ----------------------------------------------------------------------
 
-    async def _handle(self, channel: StasisChannel, stay: _Stay, recheck: bool) -> None:
+    async def _handle(
+        self, channel: StasisChannel, stay: _Stay, recheck: bool, lookup: bool, forget: bool
+    ) -> None:
         try:
+            if forget:  # before this stay's own decision may be saved
+                await self._forget([channel.id])
             if recheck and not await self._waiting(channel):
                 return
             action = self._unapplied.pop(channel.id, None)
+            if action is None and lookup:
+                action = await self._lookup(channel)
             if action is None:
                 action = await self._decide(channel)
+            else:
+                stay.saved = True
             await self._apply(channel, stay, action)
         except Exception as exc:  # a bug for one channel must not stop the application
             if cancelling():
@@ -387,11 +445,12 @@ class StasisGate:
 
     async def _apply(self, channel: StasisChannel, stay: _Stay, action: _Action) -> None:
         """Carry the decision out, retrying with backoff; if Asterisk keeps failing, keep
-        it for the next sweep (re-applied, not decided again)."""
+        it for the next sweep (re-applied, not decided again), in Redis too from the first
+        failed try (any door's next sweep); delete it from there once it is done with."""
         delay = self.apply_backoff_s
         for attempt in range(1, self.apply_tries + 1):
             if stay.superseded:
-                return  # the stay this decision was for is over: a new one is decided
+                break  # the stay this decision was for is over: a new one is decided
             try:
                 if action.hangup_cause is not None:
                     await self.client.hangup(channel.id, action.hangup_cause)
@@ -404,11 +463,13 @@ class StasisGate:
                     await self.client.set_variable(channel.id, DECISION_VARIABLE, action.value)
                     stay.continue_sent = True
                     await self.client.continue_in_dialplan(channel.id)
+                await self._unsave(channel, stay)
                 return
             except AriNotFound:
                 # Gone. After a failed try its request may have been carried out (the
                 # reply lost): the call may have gone, so only a first try undoes.
                 self._gone(channel, action, undo=attempt == 1)
+                await self._unsave(channel, stay)
                 return
             except AriError as exc:
                 if cancelling():
@@ -420,10 +481,15 @@ class StasisGate:
                     self.apply_tries,
                     exc,
                 )
+            if not stay.saved:  # this process may die before a try succeeds
+                stay.saved = True
+                await self._save(channel, action)
             if attempt < self.apply_tries and await wait_event(self._stopping, delay):
                 break
             delay *= 2
-        if not stay.superseded:
+        if stay.superseded:
+            await self._unsave(channel, stay)
+        else:
             self._remember(channel, action)
 
     def _in_one_request(self, value: str) -> bool:
@@ -436,3 +502,58 @@ class StasisGate:
             dropped, _ = self._unapplied.popitem(last=False)
             log.error("Stasis: too many unapplied decisions; forgot channel %s", dropped)
         log.warning("Stasis channel %s: decision kept; the next sweep applies it", channel.name)
+
+    # -- decisions saved in Redis ----------------------------------------------------------
+
+    async def _save(self, channel: StasisChannel, action: _Action) -> None:
+        """Save ``action`` for ``channel``'s stay, for any door's next sweep."""
+        key = self.gate.keyspace.stasis_key(channel.id)
+        text = _saved_text(channel, action)
+        await self._redis("save", [(key, ["SET", key, text, "EX", SAVED_TTL_S])])
+
+    async def _lookup(self, channel: StasisChannel) -> _Action | None:
+        """The decision a door saved for ``channel``'s stay (None: none, or Redis failed)."""
+        key = self.gate.keyspace.stasis_key(channel.id)
+        replies = await self._redis("look up", [(key, ["GET", key])])
+        if not replies or replies[0] is None:
+            return None
+        action = _saved_action(channel, replies[0])
+        if action is None:
+            await self._forget([channel.id])  # an earlier channel's of the same id
+            return None
+        log.info("Stasis channel %s: re-applying the decision a door saved", channel.name)
+        return action
+
+    async def _unsave(self, channel: StasisChannel, stay: _Stay) -> None:
+        """The stay's decision is done with: delete it from Redis if it may be there."""
+        if stay.saved:
+            stay.saved = False
+            await self._forget([channel.id])
+
+    async def _forget(self, channel_ids: list[str]) -> None:
+        keys = [self.gate.keyspace.stasis_key(channel_id) for channel_id in channel_ids]
+        await self._redis("delete", [(key, ["DEL", key]) for key in keys])
+
+    async def _redis(self, what: str, commands: list[tuple[str, list[Any]]]) -> list[Any] | None:
+        """``commands`` (one key each) on the store's admin path, within ``SAVED_WITHIN_S``;
+        None when Redis failed (the first failure of an incident is logged, and the
+        recovery)."""
+        try:
+            async with asyncio.timeout(SAVED_WITHIN_S):
+                replies = await self.gate.store.send(commands)
+        except (StoreError, TimeoutError) as exc:
+            if cancelling():
+                raise asyncio.CancelledError from exc
+            if not self._redis_failing:
+                self._redis_failing = True
+                log.warning(
+                    "Stasis: could not %s an unapplied decision in Redis (%s); such "
+                    "decisions are kept in this process only",
+                    what,
+                    exc or f"no answer within {SAVED_WITHIN_S:g} s",
+                )
+            return None
+        if self._redis_failing:
+            self._redis_failing = False
+            log.info("Stasis: Redis keeps unapplied decisions again")
+        return replies

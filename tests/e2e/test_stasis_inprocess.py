@@ -128,6 +128,7 @@ class FaultyClient(AriClient):
     def __init__(self, sandbox: AsteriskSandbox) -> None:
         super().__init__(sandbox.ari_url, sandbox.ari_user, sandbox.ari_password, "callgate")
         self.failing_continues = 0  # this many continues fail (AriUnavailable)
+        self.lost_replies = 0  # this many continues are carried out, then fail (reply lost)
         self.hangups_first = 0  # this many continues hang the channel up first (it leaves)
         self.continue_delay_s = 0.0  # a continue returns this late (after it took effect)
         self.bad_listings = 0  # this many GET /channels answer null
@@ -165,6 +166,9 @@ class FaultyClient(AriClient):
         if self.late_listing:
             await bounded(self._listed.wait())  # the listing shows the channel waiting
         await super().continue_in_dialplan(channel_id, context, extension)
+        if self.lost_replies > 0:
+            self.lost_replies -= 1
+            raise AriUnavailable("injected: the continue's reply was lost")
         self._continued.set()
         await asyncio.sleep(self.continue_delay_s)
 
@@ -570,6 +574,90 @@ async def test_the_sweep_reapplies_a_decision_it_could_not_apply_and_never_decid
         client.drop.set()
         assert "ALLOW" == await var_eventually(sandbox, allowed, "REACHED", 10)
     assert [UNLISTED] == recorded.numbers
+
+
+async def test_a_decision_a_closed_door_could_not_apply_is_applied_by_the_next_door(
+    asterisk_factory: SandboxFactory, gate: Gate, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every continue of a door fails until it is closed (as a killed leader of ``--workers``,
+    or a restart): the next door, a new one on the same Redis, continues the waiting
+    channel with the first decision, never decides it again: one ALLOW recorded, the call
+    goes through, and the decision saved in Redis is deleted."""
+    text, files = dialplan()
+    sandbox = asterisk_factory(text, extra_files=files)
+    failing = FaultyClient(sandbox)
+    failing.failing_continues = 1000
+    recorded = Recorded()
+    gate.observers.append(recorded)
+    async with serving(gate, sandbox, client=failing) as stasis:
+        stasis.apply_tries, stasis.apply_backoff_s = 1000, 0.05  # still trying when closed
+        await swept(failing)
+        allowed = await sandbox.originate_local(UNLISTED, "gated")
+        assert await logged(caplog, "could not apply the decision (try 3", 10)
+    saved = gate.keyspace.stasis_key(allowed)
+    assert 1 == await gate.store.admin_client.exists(saved)
+    next_gate = Gate(make_config(), gate.store)  # a new process's: only Redis is shared
+    next_gate.observers.append(recorded)
+    client = FaultyClient(sandbox)
+    async with serving(next_gate, sandbox, client=client):
+        assert "ALLOW" == await var_eventually(sandbox, allowed, "REACHED", 10)
+    assert ([UNLISTED], ["POST continue"], 0) == (
+        recorded.numbers,
+        client.requests_for(allowed),
+        await gate.store.admin_client.exists(saved),
+    )
+
+
+async def test_a_saved_decision_is_deleted_when_a_new_stay_begins(
+    asterisk_factory: SandboxFactory, gate: Gate
+) -> None:
+    """The first continue is carried out but its reply is lost (the decision is saved), and
+    the channel enters the application again (failover): the new stay is decided, and
+    the first stay's saved decision is deleted, never left for a sweep to apply to it."""
+    text, files = dialplan()
+    sandbox = asterisk_factory(text, extra_files=files)
+    client = FaultyClient(sandbox)
+    client.lost_replies = 1
+    recorded = Recorded()
+    gate.observers.append(recorded)
+    async with serving(gate, sandbox, client=client):
+        await swept(client)
+        twice = await sandbox.originate_local(UNLISTED, "gated-twice")
+        assert "ALLOW+ALLOW" == await var_eventually(sandbox, twice, "REACHED", 10)
+    assert ([UNLISTED, UNLISTED], 0) == (
+        recorded.numbers,
+        await gate.store.admin_client.exists(gate.keyspace.stasis_key(twice)),
+    )
+
+
+async def test_a_decision_redis_cannot_save_is_still_retried_and_applied(
+    asterisk_factory: SandboxFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Redis is down (the decision is the fail mode's) and two continues fail: saving the
+    decision fails, logged once, and the door goes on retrying it as before: the third
+    continue carries it out."""
+    text, files = dialplan()
+    sandbox = asterisk_factory(text, extra_files=files)
+    store = Store("redis://127.0.0.1:1", deadline_s=0.2)  # nothing listens there
+    client = FaultyClient(sandbox)
+    client.failing_continues = 2
+    try:
+        async with serving(Gate(make_config(), store), sandbox, "continue", client=client) as s:
+            s.apply_tries, s.apply_backoff_s = 3, 0.05
+            await swept(client)
+            channel = await sandbox.originate_local(UNLISTED, "gated")
+            for _ in range(200):  # bounded: 10 s
+                if client.requests_for(channel):  # the continue that reached Asterisk
+                    break
+                await asyncio.sleep(0.05)
+    finally:
+        await store.close()
+    saving = [r for r in caplog.records if "could not save an unapplied decision" in r.message]
+    assert (3, ["POST continue"], 1) == (
+        client.continues,
+        client.requests_for(channel),
+        len(saving),
+    )
 
 
 @pytest.mark.parametrize("fault", ["bad_listings", "buggy_sweeps"])
