@@ -616,7 +616,9 @@ def _audit_parsers(commands: Commands) -> None:
         "--format",
         choices=("jsonl", "csv"),
         default="jsonl",
-        help="jsonl: one JSON record a line (default); csv: with a header row",
+        help="jsonl: one JSON record a line (default); csv: with a header row, a tenant,"
+        " campaign, trunk, caller ID or channel starting with = + - @ (or tab, CR)"
+        " prefixed with ' so that a spreadsheet does not run it as a formula",
     )
     why = _add(
         actions,

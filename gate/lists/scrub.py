@@ -9,7 +9,10 @@ Redis checks of a whole batch in one pipelined round trip. Guarantees:
   column is ``ERROR missing_column``), in input order; the summary counts every row;
 - in a scrubbed file, those three are always the columns after the first row's (under
   their header names): a shorter row is padded with empty cells, a longer row keeps its
-  extra cells after them; no cell is dropped (``scrub_file``);
+  extra cells after them; no cell is dropped (``scrub_file``); the leads' own cells are
+  written back as read (the user's data, not escaped for spreadsheets: a formula there
+  was in the file given), and the three the gate adds are codes and a number, never text
+  a spreadsheet would run;
 - the whole scrub uses ONE configuration: the gate's active one when it starts (a reload
   during the scrub does not mix two);
 - a large file (``PARALLEL_FROM`` rows or more) is decided by ``workers`` processes, each

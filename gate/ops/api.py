@@ -458,7 +458,9 @@ class AdminApi:
                     "Search the audit trail, oldest first, streamed",
                     description="All decisions about a number (`number`), in a time range "
                     "(`since`, `until`), of a tenant, campaign or verdict; as JSON Lines "
-                    "(one AuditRecord per line) or CSV.",
+                    "(one AuditRecord per line) or CSV (a tenant, campaign, trunk, caller ID "
+                    "or channel starting with =, +, -, @, tab or CR is prefixed with ' : a "
+                    "spreadsheet shows it as text instead of running it as a formula).",
                     query=AuditQuery,
                     streams={NDJSON: AuditRecord, "text/csv": None},
                     errors=(400, 401, 403, 503),

@@ -5,7 +5,8 @@ streams merged in time order, bounded memory) that match a number, a time range,
 tenant, a campaign or a verdict, up to ``limit``; a number's records are read from its
 own slot group's stream only. ``translated`` turns a Redis failure while streaming into
 the gate's ``StoreError``; ``number_key`` is how the trail names a number (its keyed hash
-with hashing on) and where its records are.
+with hashing on) and where its records are. ``csv_row`` is a record as a CSV row that a
+spreadsheet opens without running anything (``as_text``).
 """
 
 from __future__ import annotations
@@ -117,8 +118,23 @@ async def translated(records: AsyncIterator[T], where: str) -> AsyncIterator[T]:
         yield record
 
 
+# A cell starting with one of these is taken for a formula by spreadsheets (OWASP, "CSV
+# Injection": =HYPERLINK(…), +cmd|…, -2+3, @SUM(…); a tab or CR before any of them).
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def as_text(cell: str) -> str:
+    """``cell`` prefixed with ``'`` if it starts like a formula (``=``, ``+``, ``-``, ``@``,
+    tab, CR), so that a spreadsheet shows it as text instead of evaluating it."""
+    return "'" + cell if cell.startswith(_FORMULA_STARTS) else cell
+
+
 def csv_row(record: AuditRecord) -> list[str]:
-    """A record in ``CSV_HEADER`` order."""
+    """A record in ``CSV_HEADER`` order. The fields a door was given (tenant, campaign,
+    trunk, caller ID, channel) are ``as_text``: a caller ID ``+33612345678`` is written
+    ``'+33612345678``, a campaign ``=HYPERLINK(…)`` is not a formula. The fields the gate
+    writes itself (times, codes, the number's token or E.164, versions, counts) are as
+    stored."""
     return [
         record.id,
         record.time.isoformat(),
@@ -126,13 +142,13 @@ def csv_row(record: AuditRecord) -> list[str]:
         record.reason,
         record.rule,
         record.door,
-        record.tenant,
-        record.campaign,
-        record.trunk,
+        as_text(record.tenant),
+        as_text(record.campaign),
+        as_text(record.trunk),
         record.traffic_class,
         record.number,
-        record.caller_id,
-        record.channel,
+        as_text(record.caller_id),
+        as_text(record.channel),
         record.config_version,
         ",".join(record.packs),
         ",".join(f"{name}@{version}" for name, version in record.lists.items()),

@@ -249,6 +249,27 @@ async def test_audit_search_by_time_range_as_csv(audited: Served) -> None:
     assert [] == list(csv.DictReader(io.StringIO(none)))
 
 
+async def test_audit_csv_writes_a_caller_id_that_starts_like_a_formula_as_text(
+    audited: Served,
+) -> None:
+    """format=csv: a caller ID starting with =, +, -, @, tab or CR gets a leading ' (OWASP
+    CSV injection); the JSON Lines keep it as given."""
+    given = ['=HYPERLINK("http://x","y")', "+33612345678", "-2+3", "@SUM(A1)", "\t=1", "\r=1"]
+    for caller_id in given:
+        await audited.post(
+            "/v1/check", {"number": UNLISTED, "record": True, "caller_id": caller_id}
+        )
+    audit = next(o for o in audited.gate.observers if isinstance(o, AuditLog))
+    await audit.close()
+    audit.start()
+    _, _, text = await get_text(audited, "/v1/audit?format=csv")
+    _, _, lines = await get_text(audited, "/v1/audit")
+    assert (["'" + c for c in given], given) == (
+        [row["caller_id"] for row in csv.DictReader(io.StringIO(text, newline=""))],
+        [json.loads(line)["caller_id"] for line in lines.splitlines()],
+    )
+
+
 async def test_audit_search_refuses_a_bad_filter(audited: Served) -> None:
     """An unknown parameter or a bad time: 400 naming it."""
     assert (400, {"error": "colour: unknown field"}) == await audited.get("/v1/audit?colour=red")
