@@ -161,9 +161,12 @@ def _with_evidence(pending: Plan, active: Active, door: str, process_s: float) -
 
 
 class DecisionObserver(Protocol):
-    """Told about every decision and store failure (metrics, the audit trail)."""
+    """Told about every decision and store failure (metrics, the audit trail), and about
+    an ALLOW undone (``Gate.undo``)."""
 
     def decided(self, observed: Observed) -> None: ...
+
+    def undone(self, evaluation: Evaluation) -> None: ...
 
     def store_failed(self, error: StoreError) -> None: ...
 
@@ -236,10 +239,17 @@ class Gate:
     def undo(self, evaluation: Evaluation) -> None:
         """The door could not hand an ALLOW to its channel (it hung up, or left the Stasis
         application, before): no call went out, so the recorded decision is undone (its
-        audit entry deleted, its attempt uncounted; in the background). Refusals stand."""
+        audit entry deleted, its attempt uncounted; in the background). One decided in
+        Redis is undone by the store; one decided without it (emergency, short number,
+        fail mode) by the observers that keep its evidence (``undone``). Refusals stand."""
+        if evaluation.decision.verdict is not Verdict.ALLOW:
+            return
         receipt = None if evaluation.result is None else evaluation.result.receipt
-        if evaluation.decision.verdict is Verdict.ALLOW and receipt is not None:
+        if receipt is not None:
             self.store.undo(receipt)
+            return
+        for observer in self.observers:
+            observer.undone(evaluation)
 
     async def _run(self, pending: Plan) -> StoreResult | None:
         try:

@@ -19,6 +19,10 @@ Guarantees:
   ``BATCH`` records) to their group streams, trimming each by length (``MAXLEN ~``) and,
   once a minute, by age (``XTRIM MINID ~``): every group stream the first time, then the
   streams it wrote to.
+- An ALLOW the door could not hand to its channel (``Gate.undo``: it hung up first; no
+  call went out) leaves no entry here either: ``undone`` drops its queued record, or
+  deletes the entry once written (``XDEL``, sent by the writer). The last ``UNDOABLE``
+  ALLOWs queued are remembered for that (bounded memory).
 - Nothing is lost silently: while Redis is unreachable records wait in memory (at most
   ``QUEUE_MAX``); past that the oldest are dropped and the count is logged once per
   incident and kept in ``dropped``. ``close()`` flushes what is queued.
@@ -40,7 +44,7 @@ import heapq
 import json
 import logging
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -53,7 +57,8 @@ from gate.core.engine import Plan
 from gate.core.errors import StoreError
 from gate.core.evidence import FIELDS, audit_record, stored_record, stream_len
 from gate.core.keys import SLOT_GROUPS, Keyspace
-from gate.service import Observed, cancelling, stop_task, wait_event
+from gate.core.model import Verdict
+from gate.service import Evaluation, Observed, cancelling, stop_task, wait_event
 
 __all__ = ["FIELDS", "AuditLog", "Follower", "read_range"]
 
@@ -65,12 +70,26 @@ QUEUE_MAX = 200_000
 TRIM_EVERY_S = 60.0
 STOP_WITHIN_S = 2.0  # the writer sees its stop event within FLUSH_S unless Redis hangs
 FINAL_FLUSH_S = 5.0
+UNDOABLE = 10_000  # ALLOW records kept undoable (a door undoes within seconds)
 
 
 # Entries read per stream and request when merging the group streams.
 _FIRST_READ = 16
 _NEXT_READ = 200
 _POLL_S = 0.5
+
+
+class _Queued:
+    """A record waiting for the writer; ``entry_id`` once written, ``undone`` if its
+    decision was undone (not written; deleted if it was being written)."""
+
+    __slots__ = ("entry_id", "key", "record", "undone")
+
+    def __init__(self, key: str, record: Mapping[str, str]) -> None:
+        self.key = key
+        self.record = record
+        self.entry_id: str | None = None
+        self.undone = False
 
 
 class AuditLog:
@@ -80,7 +99,10 @@ class AuditLog:
         self._client = client
         self._keyspace = Keyspace(namespace, None)
         self.settings = settings
-        self._queue: deque[tuple[str, Mapping[str, str]]] = deque()
+        self._queue: deque[_Queued] = deque()
+        # ALLOWs that may still be undone: id(evaluation) -> (evaluation, its record).
+        self._undoable: OrderedDict[int, tuple[Evaluation, _Queued]] = OrderedDict()
+        self._deletes: list[tuple[str, str]] = []  # (stream, entry id) of undone entries
         self._written_to: set[str] = set()  # streams to trim
         self._swept = False  # every group stream trimmed once
         self._wake = asyncio.Event()
@@ -105,7 +127,7 @@ class AuditLog:
             return
         active = observed.active
         evaluation = observed.evaluation
-        self.append(
+        queued = self.append(
             audit_record(
                 observed.attempt,
                 evaluation.decision,
@@ -119,19 +141,40 @@ class AuditLog:
             ),
             _group(observed),
         )
+        if evaluation.decision.verdict is Verdict.ALLOW:
+            self._undoable[id(evaluation)] = (evaluation, queued)
+            if len(self._undoable) > UNDOABLE:
+                self._undoable.popitem(last=False)
+
+    def undone(self, evaluation: Evaluation) -> None:
+        """A decision observer: ``evaluation``'s ALLOW let no call go (``Gate.undo``): its
+        queued record is dropped, or its entry deleted by the writer once written. Nothing
+        for a decision this writer does not keep (the decision script's own entries are
+        undone by the store)."""
+        found = self._undoable.pop(id(evaluation), None)
+        if found is None or found[0] is not evaluation:
+            return
+        queued = found[1]
+        queued.undone = True
+        if queued.entry_id is not None:
+            self._deletes.append((queued.key, queued.entry_id))
+            if self._idle:
+                self._wake.set()
 
     def store_failed(self, error: StoreError) -> None:
         """Nothing to keep: the decision itself (fail mode) is kept by ``decided``."""
 
-    def append(self, record: Mapping[str, str], group: int = 0) -> None:
+    def append(self, record: Mapping[str, str], group: int = 0) -> _Queued:
         """Queue one record for the stream of slot group ``group`` (never blocks, never
         raises)."""
         if len(self._queue) >= QUEUE_MAX:
             self._queue.popleft()
             self.dropped += 1
-        self._queue.append((self._keyspace.audit_key(group), record))
+        queued = _Queued(self._keyspace.audit_key(group), record)
+        self._queue.append(queued)
         if self._idle or len(self._queue) >= BATCH:
             self._wake.set()
+        return queued
 
     async def close(
         self, within_s: float = STOP_WITHIN_S, flush_within_s: float = FINAL_FLUSH_S
@@ -143,14 +186,14 @@ class AuditLog:
             self._wake.set()
             await stop_task(self._task, within_s, "the audit writer")
             self._task = None
-        if self._queue:
+        if self._queue or self._deletes:
             flush = asyncio.create_task(self._flush_all(), name="callgate-audit-flush")
             await stop_task(flush, flush_within_s, "the audit flush")
         if self._queue:
             log.warning("audit: %d records could not be written before exit", len(self._queue))
 
     async def _flush_all(self) -> None:
-        while self._queue and await self._flush():
+        while (self._queue or self._deletes) and await self._flush():
             pass
 
     async def _run(self) -> None:
@@ -174,19 +217,27 @@ class AuditLog:
             self._wake.clear()
 
     async def _flush(self) -> bool:
-        """Write up to BATCH records; False if Redis failed (they stay queued)."""
-        if not self._queue:
+        """Write up to BATCH records (not those undone) and delete the entries undone after
+        they were written; False if Redis failed (they stay queued)."""
+        if not self._queue and not self._deletes:
             return True
         batch = [self._queue[i] for i in range(min(BATCH, len(self._queue)))]
+        sent = [queued for queued in batch if not queued.undone]
+        deletes = self._deletes[:BATCH]
         try:
             async with self._client.pipeline(transaction=False) as pipe:
-                for key, record in batch:
-                    fields: dict[Any, Any] = dict(record)
+                for queued in sent:
+                    fields: dict[Any, Any] = dict(queued.record)
                     pipe.xadd(
-                        key, fields, maxlen=stream_len(self.settings.max_len), approximate=True
+                        queued.key,
+                        fields,
+                        maxlen=stream_len(self.settings.max_len),
+                        approximate=True,
                     )
-                    self._written_to.add(key)
-                await pipe.execute()
+                    self._written_to.add(queued.key)
+                for key, entry_id in deletes:
+                    pipe.xdel(key, entry_id)
+                replies = await pipe.execute()
         except (RedisError, OSError) as exc:
             if cancelling():
                 raise asyncio.CancelledError from exc
@@ -198,7 +249,12 @@ class AuditLog:
             return False
         for _ in batch:
             self._queue.popleft()
-        self.written += len(batch)
+        del self._deletes[: len(deletes)]
+        for queued, entry_id in zip(sent, replies[: len(sent)], strict=True):
+            queued.entry_id = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+            if queued.undone:  # undone while it was being written
+                self._deletes.append((queued.key, queued.entry_id))
+        self.written += len(sent)
         if self._failing:
             log.info("audit: writing again (%d records were dropped meanwhile)", self.dropped)
             self._failing = False

@@ -56,7 +56,7 @@ from gate.core.errors import GateError, StoreError, StoreTimeout, StoreUnavailab
 from gate.core.numbers import NumberType
 from gate.core.policy import Policy
 from gate.lists.admin import ListAdmin
-from gate.service import Gate, Observed, cancelling, stop_task, wait_event
+from gate.service import Evaluation, Gate, Observed, cancelling, stop_task, wait_event
 from gate.store.connect import LinkStatus
 
 __all__ = [
@@ -364,6 +364,9 @@ class Metrics:
             self.redis_s.observe(observed.timing.store_s)
         if decision.reason == "store_unavailable":
             self.fail_mode.labels(decision.verdict.value).inc()
+
+    def undone(self, evaluation: Evaluation) -> None:
+        """Nothing to take back: the decision was made (``callgate_decisions_total``)."""
 
     def store_failed(self, error: StoreError) -> None:
         self.redis_errors.labels(_error_kind(error)).inc()

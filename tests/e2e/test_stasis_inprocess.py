@@ -24,7 +24,7 @@ from gate.config.loader import AriConfig
 from gate.core.errors import StoreError
 from gate.lists.admin import ListAdmin
 from gate.ops.audit import read_range
-from gate.service import Gate, Observed
+from gate.service import Evaluation, Gate, Observed
 from gate.stasis.ari import AriClient, AriError, AriNotFound, AriUnavailable
 from gate.stasis.door import StasisGate
 from gate.store.client import Store
@@ -117,6 +117,9 @@ class Recorded:
     def decided(self, observed: Observed) -> None:
         if observed.record:
             self.numbers.append(observed.attempt.dialled)
+
+    def undone(self, evaluation: Evaluation) -> None:
+        pass
 
     def store_failed(self, error: StoreError) -> None:
         pass
@@ -531,6 +534,9 @@ class Broken:
 
     def decided(self, observed: Observed) -> None:
         raise RuntimeError("injected: a bug after the decision")
+
+    def undone(self, evaluation: Evaluation) -> None:
+        pass
 
     def store_failed(self, error: StoreError) -> None:
         pass

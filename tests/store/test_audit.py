@@ -10,7 +10,7 @@ import redis.asyncio as aioredis
 
 from gate.config.loader import AuditConfig
 from gate.core.evidence import Timing, audit_record
-from gate.core.model import Attempt, TrafficClass
+from gate.core.model import Attempt, TrafficClass, Verdict
 from gate.lists.admin import ListAdmin
 from gate.ops.audit import AuditLog, read_range
 from gate.service import Gate
@@ -184,6 +184,47 @@ async def test_a_fail_mode_decision_is_kept_by_the_audit_writer() -> None:
         await store.close()
         await client.aclose()
     assert ("store_unavailable", 1) == (decision.reason, len(audit._queue))
+
+
+async def test_an_undone_allow_decided_without_redis_leaves_no_entry(audited: Gate) -> None:
+    """Emergency ALLOWs (manual traffic) whose channel hung up before them (``Gate.undo``):
+    no entry, whether undone while queued or once written; the others stay."""
+    manual = TrafficClass.MANUAL
+    queued = await audited.evaluate(
+        Attempt("112", NOW, traffic_class=manual), record=True, door="agi"
+    )
+    audited.undo(queued)
+    written = await audited.evaluate(
+        Attempt("17", NOW, traffic_class=manual), record=True, door="agi"
+    )
+    await records(audited)  # written
+    audited.undo(written)
+    await audited.decide(Attempt("15", NOW, traffic_class=manual), record=True, door="agi")
+    assert [("ALLOW", "15")] == [(r["verdict"], r["number"]) for r in await records(audited)]
+
+
+async def test_an_undone_fail_open_allow_is_never_written(redis_url: str) -> None:
+    """Redis unreachable, manual traffic fails open: the ALLOW is queued; its channel hangs
+    up before it (``Gate.undo``): the writer never writes it."""
+    store = Store("redis://127.0.0.1:1/0", deadline_s=0.2)
+    gate = Gate(make_config({"fail_mode": {"manual": "ALLOW"}}), store)
+    client = aioredis.Redis.from_url(redis_url)
+    audit = AuditLog(client, "callgate", AuditConfig())
+    gate.observers.append(audit)
+    try:
+        attempt = Attempt("0612345678", NOW, traffic_class=TrafficClass.MANUAL)
+        evaluation = await gate.evaluate(attempt, record=True, door="agi")
+        gate.undo(evaluation)
+        await audit.close()
+        stored = [r async for r in read_range(client, "callgate")]
+    finally:
+        await store.close()
+        await client.aclose()
+    assert ("store_unavailable", Verdict.ALLOW, []) == (
+        evaluation.decision.reason,
+        evaluation.decision.verdict,
+        stored,
+    )
 
 
 async def test_only_recorded_decisions_are_audited(audited: Gate) -> None:
