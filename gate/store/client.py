@@ -220,10 +220,11 @@ class _Undo:
 
     command: Callable[[], _Command]
     asking: bool = False  # its decision went behind ASKING (cluster): the void does too
+    why: str = "it got the fail mode"  # for the log: a late decision, or a call never made
 
 
 def _asking(undo: _Undo) -> _Undo:
-    return _Undo(undo.command, asking=True)
+    return _Undo(undo.command, asking=True, why=undo.why)
 
 
 class _Expired(Exception):
@@ -905,18 +906,19 @@ class Store:
         if reply is None or isinstance(reply, Exception):
             self._void_later(void)
             return
-        self._voided(reply)
+        self._voided(void, reply)
 
-    def _voided(self, reply: _Reply) -> None:
+    def _voided(self, void: _Undo, reply: _Reply) -> None:
         found, decided, removed = (int(n) for n in bytes(reply).split(b","))
         if found == 0:
             self.voids["not_run"] += 1
-            log.info("a recorded decision that got the fail mode had not run: nothing to undo")
+            log.info("a recorded decision to undo (%s) had not run: nothing to undo", void.why)
             return
         self.voids["undone"] += 1
         log.warning(
-            "a recorded decision that got the fail mode had run in Redis (%s); undone: "
+            "a recorded decision to undo (%s) had run in Redis (%s); undone: "
             "its audit entry removed, %d attempt(s) uncounted",
+            void.why,
             "allowed" if decided == 0 else "refused" if decided > 0 else "no audit entry",
             removed,
         )
@@ -925,7 +927,7 @@ class Store:
         """Undo a recorded decision whose call never went out (its channel left before the
         decision reached it): in the background, as a late decision's void (``voids``)."""
         if isinstance(receipt, _Undo):
-            self._void_later(receipt)
+            self._void_later(dataclasses.replace(receipt, why="its call never went out"))
 
     def _void_later(self, void: _Undo) -> None:
         """Send the void on a fresh connection, in the background (``close()`` bounds it)."""
@@ -939,7 +941,7 @@ class Store:
         for _ in range(int(VOID_PATIENCE_S / VOID_RETRY_S) + 1):
             try:
                 (reply,) = await self._call([command], _VOID_USE)
-                self._voided(_raise_error(reply))
+                self._voided(void, _raise_error(reply))
                 return
             except (RedisError, OSError, StoreError, TimeoutError) as exc:
                 task = asyncio.current_task()
@@ -952,8 +954,9 @@ class Store:
             delay = min(delay * 2, VOID_RETRY_MAX_S)
         self.voids["failed"] += 1
         log.error(
-            "a recorded decision that got the fail mode could not be undone within %g s "
+            "a recorded decision to undo (%s) could not be undone within %g s "
             "(%s): if it ran, its attempt stays counted and its audit entry stays",
+            void.why,
             VOID_PATIENCE_S,
             error,
         )

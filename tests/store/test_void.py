@@ -200,3 +200,21 @@ async def test_a_decision_cancelled_as_its_reply_arrives_is_undone_off_the_next_
     assert Counter({"ALLOW": 1}) == left
     assert {"undone": 1} == dict(getattr(store, "voids", {}))
     assert (Verdict.ALLOW, "allowed") == await next_call(config, redis_url)
+
+
+async def test_an_allow_undone_after_a_hang_up_is_logged_as_such(
+    redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``Gate.undo`` of an ALLOW whose channel hung up: the log says its call never went
+    out (not that it got the fail mode: it did not)."""
+    store = Store(redis_url, 1.0)
+    gate = Gate(make_config(), store)
+    try:
+        gate.undo(await gate.evaluate(attempt(), record=True, door="agi"))
+        await settled(store, "undone")
+    finally:
+        await store.close()
+    assert [
+        "a recorded decision to undo (its call never went out) had run in Redis (allowed); "
+        "undone: its audit entry removed, 1 attempt(s) uncounted"
+    ] == [r.getMessage() for r in caplog.records if "undo" in r.getMessage()]
