@@ -35,6 +35,12 @@ Guarantees:
 - Reading (``read_range``: ``tail``, ``export``, ``why``, the API's search; ``Follower``:
   ``tail -f``) merges the group streams in time order (by entry id, then group), in
   batches: bounded memory. ``why`` reads only its number's group.
+- A time range selects by the decision's own time (``ts``), not by when its entry was
+  written (the entry id): the ids read go from ``SKEW_S`` before the range (Redis's clock
+  behind the gate's) to ``LATE_S`` after it (a record that waited in the queue, Redis
+  being down), and only records whose ``ts`` is in the range are returned. A record
+  written later than ``LATE_S`` after its decision (Redis down longer) is logged when
+  written: a range ending before its writing misses it.
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ import asyncio
 import heapq
 import json
 import logging
+import math
 import time
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -70,6 +77,8 @@ QUEUE_MAX = 200_000
 TRIM_EVERY_S = 60.0
 STOP_WITHIN_S = 2.0  # the writer sees its stop event within FLUSH_S unless Redis hangs
 FINAL_FLUSH_S = 5.0
+LATE_S = 600.0  # a time range also reads the entries written this long after it ends
+SKEW_S = 5.0  # ... and this long before it starts
 UNDOABLE = 10_000  # ALLOW records kept undoable (a door undoes within seconds)
 
 
@@ -255,6 +264,14 @@ class AuditLog:
             if queued.undone:  # undone while it was being written
                 self._deletes.append((queued.key, queued.entry_id))
         self.written += len(sent)
+        late_ms = (time.time() - LATE_S) * 1000
+        if late := sum(1 for queued in sent if _ts_ms(queued.record, late_ms) < late_ms):
+            log.warning(
+                "audit: %d records written more than %.0f s after their decision: a search"
+                " by time range ending before now misses them",
+                late,
+                LATE_S,
+            )
         if self._failing:
             log.info("audit: writing again (%d records were dropped meanwhile)", self.dropped)
             self._failing = False
@@ -298,8 +315,16 @@ def _group(observed: Observed) -> int:
     return observed.active.keyspace.number(e164).group if e164.startswith("+") else 0
 
 
-def _stream_id(when: datetime | None, default: str) -> str:
-    return default if when is None else f"{int(when.timestamp() * 1000)}"
+def _stream_id(when: datetime | None, default: str, shift_s: float = 0.0) -> str:
+    return default if when is None else f"{max(int((when.timestamp() + shift_s) * 1000), 0)}"
+
+
+def _ts_ms(record: Mapping[str, str], default: float) -> float:
+    """The decision time of ``record`` (ms), or ``default`` if it has none."""
+    try:
+        return int(record["ts"])
+    except (KeyError, ValueError):
+        return default
 
 
 def _id_order(entry_id: bytes) -> tuple[int, int]:
@@ -316,12 +341,16 @@ async def read_range(
     limit: int | None = None,
     groups: Sequence[int] | None = None,
 ) -> AsyncIterator[dict[str, str]]:
-    """Records between ``since`` and ``until`` (stream time) of every group stream (or of
-    ``groups``), merged in time order, oldest first unless ``reverse``. Each record has its
-    stream ``id``. Memory is bounded: a few entries per stream are read ahead."""
+    """Records of decisions made between ``since`` and ``until`` (their ``ts``; the
+    entries written up to ``LATE_S`` after ``until`` are read for them) of every group
+    stream (or of ``groups``), merged in the order they were written, oldest first unless
+    ``reverse``. Each record has its stream ``id``. Memory is bounded: a few entries per
+    stream are read ahead."""
     keyspace = Keyspace(namespace, None)
     keys = [keyspace.audit_key(g) for g in (range(SLOT_GROUPS) if groups is None else groups)]
-    low, high = _stream_id(since, "-"), _stream_id(until, "+")
+    low, high = _stream_id(since, "-", -SKEW_S), _stream_id(until, "+", LATE_S)
+    since_ms = -math.inf if since is None else since.timestamp() * 1000
+    until_ms = math.inf if until is None else until.timestamp() * 1000
     bounds = [(low, high) for _ in keys]
     buffers: list[deque[tuple[bytes, Any]]] = [deque() for _ in keys]
     done = [False] * len(keys)
@@ -350,12 +379,16 @@ async def read_range(
         if buffer:
             ms, seq = _id_order(buffer[0][0])
             heapq.heappush(heap, (sign * ms, sign * seq, sign * i, i))
-    for given in range(10**12):  # bounded by the streams: each turn takes one entry off
+    given = 0
+    for _ in range(10**12):  # bounded by the streams: each turn takes one entry off
         if not heap or (limit is not None and given >= limit):
             return
         *_, i = heapq.heappop(heap)
         entry_id, fields = buffers[i].popleft()
-        yield _record(entry_id, fields)
+        record = _record(entry_id, fields)
+        if since_ms <= _ts_ms(record, _id_order(entry_id)[0]) <= until_ms:
+            given += 1
+            yield record
         if not buffers[i] and not done[i]:
             await read([i], _NEXT_READ)
         if buffers[i]:

@@ -243,10 +243,10 @@ async def test_only_recorded_decisions_are_audited(audited: Gate) -> None:
 
 
 async def test_export_range_is_by_time(audited: Gate) -> None:
-    """read_range(since, until) returns the entries appended in that window, in order."""
+    """read_range(since, until) returns the entries decided in that window, in order."""
     before = datetime.now(UTC) - timedelta(seconds=1)
     for number in ("0611111111", "0622222222", "0633333333"):
-        await audited.decide(Attempt(number, NOW), record=True, door="cli")
+        await audited.decide(Attempt(number, datetime.now(UTC)), record=True, door="cli")
     entries = await records(audited)
     later = [
         r
@@ -263,6 +263,22 @@ async def test_export_range_is_by_time(audited: Gate) -> None:
     assert 3 == len(entries)
     assert [] == later
     assert [r["id"] for r in entries] == [r["id"] for r in window]
+
+
+async def test_a_record_written_late_is_found_by_its_decision_time(redis_url: str) -> None:
+    """A decision queued while Redis was down is written minutes later: a range around
+    its decision time finds it (up to LATE_S late); one around its writing does not."""
+    client = aioredis.Redis.from_url(redis_url)
+    audit = AuditLog(client, "callgate", AuditConfig())
+    decided = datetime.now(UTC) - timedelta(minutes=3)
+    audit.append({"ts": str(int(decided.timestamp() * 1000)), "verdict": "ALLOW"})
+    audit.append({"ts": str(int(datetime.now(UTC).timestamp() * 1000)), "verdict": "BLOCK"})
+    await audit.close()  # written now
+    second = timedelta(seconds=1)
+    then = [r async for r in read_range(client, "callgate", decided - second, decided + second)]
+    now = [r async for r in read_range(client, "callgate", datetime.now(UTC) - 5 * second)]
+    await client.aclose()
+    assert (["ALLOW"], ["BLOCK"]) == ([r["verdict"] for r in then], [r["verdict"] for r in now])
 
 
 async def test_a_dead_redis_loses_no_decision_and_raises_nothing() -> None:
