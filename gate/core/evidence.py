@@ -12,7 +12,9 @@ Two ways, one record (``FIELDS``):
   (the decision's Redis time is only known after the entry is written; it is in
   ``callgate_decision_redis_seconds``).
 - ``audit_record`` (a decision that never reached Redis: emergency, invalid number,
-  number type, fail mode): the whole record, written by the in-memory writer.
+  number type, fail mode): the whole record, written by the in-memory writer. Its
+  ``packs`` are those in force when it got as far as the store checks (fail mode), else
+  the one whose static rule (destination, caller ID) decided it.
 
 All are pure. The number is its keyed token (``NumberKeys.token``: the plan's own, never
 hashed again), or the short code's digits, or "" for an unreadable string.
@@ -27,6 +29,7 @@ from typing import Any
 from gate.core.engine import Check, CheckKind, Evidence, Plan, StoreResult, outcome, shadowed
 from gate.core.keys import SLOT_GROUPS, Keyspace
 from gate.core.model import Attempt, Decision
+from gate.core.numbers import Destination, classify
 from gate.core.rules import Pack
 
 __all__ = [
@@ -108,6 +111,8 @@ def audit_record(
         number = keyspace.token(decision.e164)
     else:
         number = decision.e164  # a short code (emergency, directory…) or "" if unreadable
+    if not isinstance(pending, Plan):
+        consulted = _deciding_pack(decision, packs)
     retry = "" if decision.retry_after_s is None else f"{decision.retry_after_s:.3f}"
     return {
         "ts": str(int(attempt.now.timestamp() * 1000)),
@@ -131,6 +136,29 @@ def audit_record(
         "latency_us": str(round((timing.process_s + timing.store_s) * 1e6)),
         "redis_us": str(round(timing.store_s * 1e6)),
     }
+
+
+# The static rules of a pack (decided before Redis): the prefix of their Decision.rule.
+_STATIC_RULES = {
+    "number_types": lambda pack: pack.destinations,
+    "caller_id": lambda pack: pack.caller_ids,
+}
+
+
+def _deciding_pack(decision: Decision, packs: tuple[Pack, ...]) -> str:
+    """The pack (``id@version``) whose static rule made ``decision`` before Redis (a
+    destination or caller-ID rule: ``number_types:<rule>``, ``caller_id:<rule>``), or ""
+    for a decision no pack's rule made (emergency, invalid number, the config's number
+    types or a tenant's caller IDs). A rule id in several packs: the one of the number's
+    region."""
+    kind, _, rule_id = decision.rule.partition(":")
+    rules_of = _STATIC_RULES.get(kind)
+    if rules_of is None:
+        return ""
+    found = [pack for pack in packs if any(rule.id == rule_id for rule in rules_of(pack))]
+    if len(found) > 1 and isinstance(target := classify(decision.e164, "ZZ"), Destination):
+        found = [pack for pack in found if target.region in pack.regions] or found
+    return f"{found[0].id}@{found[0].version}" if found else ""
 
 
 def _packs_consulted(pending: Plan, packs: tuple[Pack, ...]) -> str:

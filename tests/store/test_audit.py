@@ -16,6 +16,7 @@ from gate.ops.audit import AuditLog, read_range
 from gate.service import Gate
 from gate.store.client import Store
 from tests.conftest import make_config
+from tests.packs.conftest import pack_config
 
 NOW = datetime(2026, 12, 1, 9, 30, tzinfo=UTC)
 
@@ -225,6 +226,29 @@ async def test_an_undone_fail_open_allow_is_never_written(redis_url: str) -> Non
         evaluation.decision.verdict,
         stored,
     )
+
+
+async def test_a_block_by_a_packs_static_rule_names_that_pack(redis_url: str) -> None:
+    """Refused before Redis by a pack's destination or caller-ID rule: the entry's packs
+    name the pack (and its version) that decided."""
+    store = Store(redis_url, deadline_s=1.0)
+    config = pack_config(["fr"], "FR", number_types={"campaign_blocked": []})  # the pack refuses
+    gate = Gate(config, store, "v1")
+    audit = AuditLog(store.admin_client, "callgate", AuditConfig())
+    gate.observers.append(audit)
+    (fr,) = gate.config.policy.packs
+    shown = Attempt("0612345678", NOW, "acme", caller_id="+33612345678")
+    try:
+        await gate.decide(Attempt("0899123456", NOW, "acme"), record=True, door="agi")
+        await gate.decide(shown, record=True, door="agi")
+        found = await records(gate)
+    finally:
+        await audit.close()
+        await store.close()
+    assert [
+        ("number_types:fr-special-numbers", f"fr@{fr.version}"),
+        ("caller_id:fr-arcep-automated", f"fr@{fr.version}"),
+    ] == sorted(((r["rule"], r["packs"]) for r in found), reverse=True)
 
 
 async def test_only_recorded_decisions_are_audited(audited: Gate) -> None:
