@@ -40,6 +40,8 @@ from gate.config.packs import (
     validate_references,
 )
 from gate.core.errors import ConfigError, GateError
+from gate.core.evidence import MIN_MAX_LEN
+from gate.core.keys import SLOT_GROUPS
 from gate.core.model import TrafficClass, Verdict
 from gate.core.numbers import NumberType, is_known_region, parse_e164
 from gate.core.policy import FailMode, Policy
@@ -838,8 +840,12 @@ def _fail_mode(reader: Reader) -> FailMode:
 
 def _audit(reader: Reader) -> AuditConfig:
     max_len = reader.get("max_len", int, 5_000_000)
-    if max_len < 1000:
-        raise reader.fail("max_len", f"keep at least 1000 records, got {max_len}")
+    if max_len < MIN_MAX_LEN:
+        raise reader.fail(
+            "max_len",
+            f"keep at least {MIN_MAX_LEN} records ({MIN_MAX_LEN // SLOT_GROUPS} in each of"
+            f" the {SLOT_GROUPS} slot groups' streams), got {max_len}",
+        )
     config = AuditConfig(
         enabled=bool(reader.get("enabled", bool, True)),
         max_age_s=reader.duration("max_age", "90d"),

@@ -34,6 +34,7 @@ from gate.core.rules import Pack
 
 __all__ = [
     "FIELDS",
+    "MIN_MAX_LEN",
     "Timing",
     "audit_record",
     "check_summary",
@@ -66,10 +67,17 @@ FIELDS = (
 )
 
 
+# Entries each slot group's audit stream keeps at least (one Redis stream node), and so
+# the least ``[audit] max_len`` the config accepts: 102 400.
+MIN_STREAM_LEN = 100
+MIN_MAX_LEN = SLOT_GROUPS * MIN_STREAM_LEN
+
+
 def stream_len(max_len: int) -> int:
     """Entries kept per slot group's audit stream: ``[audit] max_len`` shared by the
-    groups (at least 100 each)."""
-    return max(max_len // SLOT_GROUPS, 100)
+    groups (at least ``MIN_STREAM_LEN`` each). Trimmed approximately (whole stream nodes
+    of 100 entries): a stream may hold up to a node more."""
+    return max(max_len // SLOT_GROUPS, MIN_STREAM_LEN)
 
 
 @dataclass(frozen=True, slots=True)

@@ -271,9 +271,9 @@ async def test_the_audit_stream_is_trimmed_by_the_decisions_appending(
 ) -> None:
     """A slot group's audit stream, written by the decisions themselves, stays bounded: one
     append in 16 drops what is older than ``max_age`` (whole stream nodes), another keeps
-    the group's share of ``max_len`` (at least 100 here: 1 000 over 1 024 groups)."""
+    the group's share of ``max_len`` (100 here: 102 400 over 1 024 groups)."""
     store = Store(redis_url, deadline_s=1.0)
-    gate = Gate(make_config({"audit": {"max_len": 1000, "max_age": "1d"}}), store)
+    gate = Gate(make_config({"audit": {"max_len": 102_400, "max_age": "1d"}}), store)
     number = gate.keyspace.number("+33612345678")
     stream = f"{gate.keyspace.prefix(number.group)}audit"
     old_ms = int((T0 - timedelta(days=2)).timestamp() * 1000)

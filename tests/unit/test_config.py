@@ -155,6 +155,11 @@ def test_secret_file_is_created_once_and_reused(tmp_path: Path) -> None:
         ({"agi": {"port": 70000}}, "agi.port"),
         ({"agi": {"port": "4573"}}, "agi.port: expected an int"),
         ({"fail_mode": {"campaign": "MAYBE"}}, "fail_mode.campaign"),
+        (
+            {"audit": {"max_len": 1000}},
+            "audit.max_len: keep at least 102400 records (100 in each of the 1024 slot groups'"
+            " streams), got 1000",
+        ),
         ({"number_types": {"campaign_blocked": ["lava"]}}, "number_types.campaign_blocked"),
         ({"trunks": {"cps": {"t1": -5}}}, "trunks.cps.t1"),
         (
