@@ -1038,6 +1038,7 @@ async def _audit(config: Config, args: argparse.Namespace) -> int:
                 for stored in found:
                     show(audit_record(stored))
         elif args.action == "export":
+            search.check_filter(gate, args.since, args.until, args.tenant)
             records = search.search(
                 client,
                 namespace,

@@ -765,6 +765,7 @@ class AdminApi:
 
     async def _audit(self, request: web.Request) -> web.StreamResponse:
         query = parse_query(AuditQuery, request.query)
+        search.check_filter(self.gate, query.since, query.until, query.tenant)
         number = search.number_key(query.number, self.gate) if query.number else None
         records = search.search(
             self.gate.store.admin_client,

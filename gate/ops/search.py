@@ -25,7 +25,16 @@ from gate.ops.models import AuditRecord, audit_record
 from gate.service import Gate
 from gate.store.client import translate_error
 
-__all__ = ["CSV_HEADER", "NumberKey", "csv_row", "number_key", "search", "translated"]
+__all__ = [
+    "CSV_HEADER",
+    "NumberKey",
+    "as_text",
+    "check_filter",
+    "csv_row",
+    "number_key",
+    "search",
+    "translated",
+]
 
 CSV_HEADER = (
     "id",
@@ -70,6 +79,20 @@ def number_key(text: str, gate: Gate) -> NumberKey:
     if isinstance(target, ShortCode):
         return NumberKey(target.digits, 0)
     raise InputError(f"number {text!r}: {target.why}")
+
+
+def check_filter(
+    gate: Gate, since: datetime | None, until: datetime | None, tenant: str | None
+) -> None:
+    """Refuse a filter that matches nothing by mistake: a range that ends before it starts
+    (``InputError``), a tenant the configuration does not name (``UnknownTenant``)."""
+    if since is not None and until is not None and until < since:
+        raise InputError(
+            f"the time range ends before it starts: until {until.isoformat()} is before"
+            f" since {since.isoformat()}"
+        )
+    if tenant is not None:
+        gate.config.policy.check_tenant(tenant)
 
 
 async def search(

@@ -27,3 +27,15 @@ def test_configured_tenants_are_accepted(tmp_path: Path, redis_url: str, cli: Ru
         cli("check", NUMBER, "--tenant", "default", config=path)[0],
         cli("list", "add", "red", NUMBER, "--tenant", "globex", config=path)[0],
     )
+
+
+def test_audit_export_of_an_unknown_tenant_or_an_inverted_range_exits_2(cli: Run) -> None:
+    """audit export --tenant nosuch, or --until before --since: exit 2, one line (not an
+    empty export that looks like no decisions)."""
+    tenant = cli("audit", "export", "--tenant", "nosuch")
+    inverted = cli("audit", "export", "--since", "2026-12-02", "--until", "2026-11-01")
+    assert [(2, "", 1), (2, "", 1)] == [
+        (code, out, len(err.splitlines())) for code, out, err in (tenant, inverted)
+    ]
+    assert tenant[2].startswith("callgate: error: tenant 'nosuch' is not configured")
+    assert inverted[2].startswith("callgate: error: the time range ends before it starts")

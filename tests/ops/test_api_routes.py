@@ -278,6 +278,20 @@ async def test_audit_search_refuses_a_bad_filter(audited: Served) -> None:
     )
 
 
+async def test_audit_search_refuses_an_unknown_tenant_and_an_inverted_range(
+    audited: Served,
+) -> None:
+    """tenant=nosuch, or until before since: 400 saying so, not an empty 200."""
+    tenant = await audited.get("/v1/audit?tenant=nosuch")
+    inverted = await audited.get("/v1/audit?since=2026-12-02T00:00:00Z&until=2026-11-01T00:00:00Z")
+    assert (400, 400) == (tenant[0], inverted[0])
+    assert tenant[1]["error"].startswith("tenant 'nosuch' is not configured")
+    assert inverted[1]["error"] == (
+        "the time range ends before it starts: until 2026-11-01T00:00:00+00:00 is before"
+        " since 2026-12-02T00:00:00+00:00"
+    )
+
+
 @pytest.mark.parametrize(
     ("path", "name"),
     [
