@@ -618,7 +618,8 @@ def _audit_parsers(commands: Commands) -> None:
         default="jsonl",
         help="jsonl: one JSON record a line (default); csv: with a header row, a tenant,"
         " campaign, trunk, caller ID or channel starting with = + - @ (or tab, CR)"
-        " prefixed with ' so that a spreadsheet does not run it as a formula",
+        " prefixed with ' so that a spreadsheet does not run it as a formula (a plain"
+        " +number is kept)",
     )
     why = _add(
         actions,
@@ -1038,7 +1039,7 @@ async def _audit(config: Config, args: argparse.Namespace) -> int:
                 for stored in found:
                     show(audit_record(stored))
         elif args.action == "export":
-            search.check_filter(gate, args.since, args.until, args.tenant)
+            search.check_filter(args.since, args.until)
             records = search.search(
                 client,
                 namespace,

@@ -11,6 +11,7 @@ spreadsheet opens without running anything (``as_text``).
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -81,18 +82,15 @@ def number_key(text: str, gate: Gate) -> NumberKey:
     raise InputError(f"number {text!r}: {target.why}")
 
 
-def check_filter(
-    gate: Gate, since: datetime | None, until: datetime | None, tenant: str | None
-) -> None:
+def check_filter(since: datetime | None, until: datetime | None) -> None:
     """Refuse a filter that matches nothing by mistake: a range that ends before it starts
-    (``InputError``), a tenant the configuration does not name (``UnknownTenant``)."""
+    (``InputError``). A tenant the configuration no longer names is searched all the same:
+    its entries are evidence kept for their retention time."""
     if since is not None and until is not None and until < since:
         raise InputError(
             f"the time range ends before it starts: until {until.isoformat()} is before"
             f" since {since.isoformat()}"
         )
-    if tenant is not None:
-        gate.config.policy.check_tenant(tenant)
 
 
 async def search(
@@ -144,18 +142,22 @@ async def translated(records: AsyncIterator[T], where: str) -> AsyncIterator[T]:
 # A cell starting with one of these is taken for a formula by spreadsheets (OWASP, "CSV
 # Injection": =HYPERLINK(…), +cmd|…, -2+3, @SUM(…); a tab or CR before any of them).
 _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+_PLAIN_NUMBER = re.compile(r"\+[0-9]{1,20}", re.ASCII)  # a caller ID as E.164
 
 
 def as_text(cell: str) -> str:
     """``cell`` prefixed with ``'`` if it starts like a formula (``=``, ``+``, ``-``, ``@``,
-    tab, CR), so that a spreadsheet shows it as text instead of evaluating it."""
-    return "'" + cell if cell.startswith(_FORMULA_STARTS) else cell
+    tab, CR), so that a spreadsheet shows it as text instead of evaluating it; a plain
+    international number (``+33612345678``: a ``+`` and digits, no formula) is kept."""
+    if cell.startswith(_FORMULA_STARTS) and not _PLAIN_NUMBER.fullmatch(cell):
+        return "'" + cell
+    return cell
 
 
 def csv_row(record: AuditRecord) -> list[str]:
     """A record in ``CSV_HEADER`` order. The fields a door was given (tenant, campaign,
-    trunk, caller ID, channel) are ``as_text``: a caller ID ``+33612345678`` is written
-    ``'+33612345678``, a campaign ``=HYPERLINK(…)`` is not a formula. The fields the gate
+    trunk, caller ID, channel) are ``as_text``: a campaign ``=HYPERLINK(…)`` is written
+    ``'=HYPERLINK(…)``, not a formula (a caller ID ``+33612345678`` is kept). The fields the gate
     writes itself (times, codes, the number's token or E.164, versions, counts) are as
     stored."""
     return [
