@@ -28,7 +28,7 @@ from agi.server import AgiServer
 from gate.core.errors import ConfigError, StoreError
 from gate.lists.admin import ListAdmin
 from gate.ops.audit import read_range
-from gate.service import Gate, Observed
+from gate.service import Evaluation, Gate, Observed
 from gate.store.client import Store
 from tests.conftest import make_config
 
@@ -852,6 +852,9 @@ class Channels:
 
     def decided(self, observed: Observed) -> None:
         self.names.append(observed.attempt.channel)
+
+    def undone(self, evaluation: Evaluation) -> None:
+        pass
 
     def store_failed(self, error: StoreError) -> None:
         pass
