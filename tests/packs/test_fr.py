@@ -303,14 +303,21 @@ async def test_a_cap_retry_stays_with_consent_to_calls_outside_hours(
 async def test_a_late_report_of_an_older_refusal_leaves_the_cool_off_of_the_newer(
     gate: Gate, newest_first: bool
 ) -> None:
-    """Two refusals 10 days apart, in either order: 60 days from the later one."""
+    """Two refusals 10 days apart, in either order: 60 days from the later one (the retry:
+    the first D223-9 opening at or after their end, a Saturday)."""
     later = upcoming(1, 10, 30, PARIS)
+    asked = later + timedelta(minutes=5)
     refusals = [later - timedelta(days=10), later]
     await consent(gate, CONSUMER)
     for at in reversed(refusals) if newest_first else refusals:
         await admin(gate).record_event("refusal", CONSUMER, TENANT, at, later)
-    decision = await gate.decide(call(later + timedelta(minutes=5)), record=True, door="cli")
-    assert ("DEFER", "refusal:fr-d223-9-refusal", 60 * 86400.0 - 300) == outcome(decision)
+    decision = await gate.decide(call(asked), record=True, door="cli")
+    retry_at = first_morning((later + timedelta(days=60)).date())
+    assert (
+        "DEFER",
+        "refusal:fr-d223-9-refusal",
+        retry_at.timestamp() - asked.timestamp(),
+    ) == outcome(decision)
 
 
 CONSENT = [
