@@ -66,6 +66,8 @@ __all__ = [
     "ListRefresher",
     "Metrics",
     "StasisStats",
+    "WorkersStats",
+    "counters_only",
     "known_reasons",
     "merge_expositions",
     "refresh_lists",
@@ -184,6 +186,14 @@ class StasisStats(Protocol):
 
     connected: asyncio.Event
     reconnects: int
+
+
+class WorkersStats(Protocol):
+    """What the parent of ``callgate run --workers N`` exposes (gate.runtime.Workers)."""
+
+    restarts: int
+
+    def problems(self) -> list[str]: ...
 
 
 class StoreStats(Protocol):
@@ -421,6 +431,21 @@ def merge_expositions(texts: Iterable[str]) -> bytes:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Families(list(families.values())))
     return generate_latest(registry)
+
+
+# Families that only ever grow while a process runs (a counter, a histogram's buckets,
+# count and sum): what a dead worker counted stays in the parent's sum (``counters_only``).
+_CUMULATIVE = frozenset({"counter", "histogram", "summary"})
+
+
+def counters_only(text: str) -> str:
+    """The counters, histograms and summaries of the exposition ``text``, without its
+    gauges (``callgate run --workers N``: the last counts of a worker that died, which the
+    parent keeps adding to the sum so that no counter goes backwards)."""
+    kept = [family for family in text_string_to_metric_families(text) if family.type in _CUMULATIVE]
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Families(kept))
+    return generate_latest(registry).decode()
 
 
 async def _list_values(gate: Gate) -> list[tuple[str, str, float, float | None]]:

@@ -285,3 +285,21 @@ def test_workers_metrics_are_summed_into_one_exposition() -> None:
             )
         )
     ]
+
+
+def test_a_dead_workers_counters_are_kept_without_its_gauges() -> None:
+    """``counters_only``: the counters and histograms of an exposition (a dead worker's
+    last counts, kept in the parent's sum), never its gauges."""
+    from gate.ops.metrics import counters_only
+
+    metrics = Metrics()
+    metrics.use_config(make_config(), "abc123")
+    metrics.decisions.labels("ALLOW", "allowed", "agi", "default").inc()
+    metrics.in_process_s.observe(0.0002)
+    kept = counters_only(metrics.exposition().decode())
+    assert (True, True, False) == (
+        'callgate_decisions_total{door="agi",reason="allowed",tenant="default",'
+        'verdict="ALLOW"} 1.0' in kept,
+        "callgate_decision_in_process_seconds_count 1.0" in kept,
+        "callgate_config_info" in kept,
+    )
