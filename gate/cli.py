@@ -56,16 +56,19 @@ from gate.lists.progress import importer, progress
 from gate.lists.scrub import scrub_file
 from gate.ops.audit import Follower, read_range
 from gate.ops.logs import configure_logging
-from gate.ops.reload import request_reload
+from gate.ops.reload import config_version, request_reload
 from gate.runtime import (
     METRICS_EVERY_S,
+    InstanceLock,
     StasisLeadership,
     WorkerRole,
     Workers,
     WorkersStasis,
+    check_version,
     describe_redis,
+    make_state_dir,
     open_gate,
-    worker_expositions,
+    stasis_lock_path,
 )
 from gate.service import Evaluation, Gate, wait_event
 from gate.store.client import translate_error
@@ -1159,6 +1162,8 @@ async def _run(config: Config, args: argparse.Namespace) -> int:
         if config.ari is not None:
             log.info("Stasis application %r via ARI at %s", config.ari.app, config.ari.url)
         ops = await Operations.start(gate, config, server, stasis)
+        if ops.reloader is not None and _SIGHUP.taken():  # sent while starting: reload now
+            ops.reloader.request()
         log.info(
             "callgate %s: FastAGI on agi://%s:%d/check, Redis %s, config %s (version %s), %s",
             __version__,
@@ -1226,6 +1231,7 @@ async def _run_worker(config: Config, role: WorkerRole) -> int:
     stop = _stop_on_signals()
     loop = asyncio.get_running_loop()
     disable_created_metrics()  # type: ignore[no-untyped-call]
+    check_version(role, config_version(config.path), config.path)
     async with open_gate(config, records=True) as gate:
         agi = config.agi
         server = AgiServer(
@@ -1246,7 +1252,7 @@ async def _run_worker(config: Config, role: WorkerRole) -> int:
         if config.ari is not None:
             door = StasisGate(gate, config.ari)
             metrics.doors.stasis = door
-            leadership = StasisLeadership(door, role.directory / "stasis.lock", stop)
+            leadership = StasisLeadership(door, stasis_lock_path(config), stop)
             leadership.start()
         reloader = None
         if config.path is not None:
@@ -1254,6 +1260,8 @@ async def _run_worker(config: Config, role: WorkerRole) -> int:
                 gate, config.path, on_swap=metrics.use_config, on_result=metrics.reload_result
             )
             loop.add_signal_handler(signal.SIGHUP, reloader.request)
+            if _SIGHUP.taken():  # sent while this worker was starting: reload now
+                reloader.request()
         log.info(
             "callgate %s worker %d: FastAGI on agi://%s:%d/check, %s", __version__, role.index,
             agi.host, server.port, _loop_name(),
@@ -1274,10 +1282,25 @@ async def _run_worker(config: Config, role: WorkerRole) -> int:
 
 async def _run_workers(config: Config, count: int, verbose: bool, loop: str) -> int:
     """The parent of ``run --workers N``: the workers, supervised; HTTP, metrics (theirs
-    summed with its own) and reload (forwarded to them) in this process."""
+    summed with its own) and reload (forwarded to them) in this process; one instance per
+    FastAGI port and state directory (``InstanceLock``)."""
+    stop = _stop_on_signals()
+    make_state_dir(config.state_dir)  # the Stasis lock's, even with agi.port = 0
+    instance = InstanceLock(config.state_dir, config.agi.port) if config.agi.port else None
+    if instance is not None:
+        instance.acquire()
+    try:
+        return await _serve_workers(config, count, verbose, loop, stop)
+    finally:
+        if instance is not None:
+            instance.release()
+
+
+async def _serve_workers(
+    config: Config, count: int, verbose: bool, loop: str, stop: asyncio.Event
+) -> int:
     from gate.ops.operations import Operations
 
-    stop = _stop_on_signals()
     async with open_gate(config, records=True, supervise=True) as gate:  # the embedded Redis, once
         await _check_store(gate)
         # The port, held (bound, not listening) while the workers run: taken by another
@@ -1296,22 +1319,25 @@ async def _run_workers(config: Config, count: int, verbose: bool, loop: str) -> 
         directory = Path(tempfile.mkdtemp(prefix="callgate-workers-"))
         command = [sys.executable, "-m", "gate.cli", "--config", str(config.path)]
         run = [*command, *(["-v"] if verbose else []), "run", "--loop", loop]
-        workers = Workers(run, count, directory, port)
-        stasis = WorkersStasis(directory) if config.ari is not None else None
+        workers = Workers(run, count, directory, port, gate.version)
+        stasis = WorkersStasis(workers.expositions) if config.ari is not None else None
         try:
             workers.start()
-            ops = await Operations.start(gate, config, None, stasis)
+            ops = await Operations.start(gate, config, None, stasis, workers)
             ops.metrics.doors.stasis = None  # the workers report their doors themselves
-            ops.metrics.workers = lambda: worker_expositions(directory)
+            ops.metrics.workers = workers.expositions
             if ops.reloader is not None:  # a reload here (SIGHUP, API) reloads the workers
                 swapped = ops.reloader.on_swap
 
                 def forward(new: Config, version: str) -> None:
                     if swapped is not None:
                         swapped(new, version)
+                    workers.version = version  # the one a worker started from now serves
                     workers.signal(signal.SIGHUP)
 
                 ops.reloader.on_swap = forward
+                if _SIGHUP.taken():  # sent while this process was starting: reload now
+                    ops.reloader.request()
             log.info(
                 "callgate %s: %d workers (pids %s) on agi://%s:%d/check, Redis %s, config %s, "
                 "shared state in %s",
@@ -1351,8 +1377,34 @@ def _quiet_broken_pipe() -> int:
 Command = Callable[[Config, argparse.Namespace], int]
 
 
+class _EarlySighup:
+    """SIGHUP asks ``run`` to reload, and may come while it starts (``systemctl reload``
+    right after ``start``: the unit is ``Type=exec``). Its default action would end the
+    process, so ``run`` catches it first thing; the reload it asked for runs as soon as
+    the reloader exists (``taken``), which then installs its own handler."""
+
+    def __init__(self) -> None:
+        self.wanted = False
+
+    def install(self) -> None:
+        signal.signal(signal.SIGHUP, self._set)
+
+    def _set(self, _signum: int, _frame: object) -> None:
+        self.wanted = True
+
+    def taken(self) -> bool:
+        """Whether a SIGHUP came before the reloader's handler; it is taken (reset)."""
+        wanted, self.wanted = self.wanted, False
+        return wanted
+
+
+_SIGHUP = _EarlySighup()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
+    if args.command == "run":
+        _SIGHUP.install()
     configure_logging(LoggingConfig(), args.verbose)
     try:
         if args.command == "init":

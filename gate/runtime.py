@@ -18,11 +18,24 @@ supervisor stops on an explicit event, within a bound.
 ``callgate run --workers N`` (``Workers``): the parent starts N worker processes and keeps
 the HTTP listener (metrics, health, admin API, reload). Each worker serves FastAGI on the
 same port (``SO_REUSEPORT``: the kernel spreads connections); one of them, the holder of an
-exclusive lock (``StasisLeadership``), runs the Stasis application, so each channel is
-decided once, and another takes over when it dies. Every worker writes its metrics to the
-shared directory each second; the parent's ``/metrics`` is their sum with its own. Caps and
-CPS limits need nothing more: they are counted inside the one atomic Redis call. A worker
-that dies is started again; stopping sends SIGTERM to every worker and waits, bounded.
+exclusive lock in the state directory (``StasisLeadership``), runs the Stasis application,
+so each channel is decided once, and another takes over when it dies. A second instance on
+the same port and state directory fails at start, naming the first (``InstanceLock``).
+Every worker writes its metrics to the shared directory each second; the parent's
+``/metrics`` is their sum with its own, plus the last counters of every worker that died
+(so no counter goes backwards). Caps and CPS limits need nothing more: they are counted
+inside the one atomic Redis call. A worker that dies is started again, after a delay that
+grows while it keeps dying (logged once as an error, not at every exit); ``/readyz`` is
+503 until every worker runs, reports and serves the config in force. Stopping sends
+SIGTERM to every worker and waits, bounded.
+
+Every worker serves the config version the parent has in force: the parent writes it to
+the shared directory (at start and at each reload it accepts, before forwarding SIGHUP),
+and a worker whose file on disk is another version (edited and not reloaded, or a reload
+the parent refused) refuses to start (``check_version``: one line, exit 2); the parent
+starts it again with the growing delay, so it serves once the file and the version in force
+agree again (``callgate reload``, or the file restored). A worker never loads a snapshot:
+the file is the one source, the version the handshake.
 """
 
 from __future__ import annotations
@@ -43,7 +56,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from gate.config.loader import Config
-from gate.core.errors import StoreError
+from gate.core.errors import ConfigError, InputError, StoreError
 from gate.ops.audit import AuditLog
 from gate.ops.reload import config_version
 from gate.service import Gate, stop_task, wait_event
@@ -54,12 +67,16 @@ if TYPE_CHECKING:  # the ARI door (aiohttp) is imported only by ``run``, which s
     from gate.stasis.door import StasisGate
 
 __all__ = [
+    "InstanceLock",
     "StasisLeadership",
     "WorkerRole",
     "Workers",
     "WorkersStasis",
+    "check_version",
     "describe_redis",
+    "make_state_dir",
     "open_gate",
+    "stasis_lock_path",
     "supervise_embedded",
     "worker_expositions",
 ]
@@ -149,16 +166,22 @@ async def open_gate(
 
 # -- callgate run --workers N ---------------------------------------------------------------
 
-WORKER_RESTART_S = 1.0  # a worker that dies is started again after this (bounded churn)
+WORKER_RESTART_S = 1.0  # a worker that dies is started again after this at first…
+WORKER_RESTART_MAX_S = 30.0  # …doubling while it keeps dying, up to this
+WORKER_HEALTHY_S = 30.0  # a worker that ran this long is healthy again: the next delay is 1 s
 WORKER_STOP_S = 20.0  # a worker's own bounded stop (doors drained, Stasis closed), plus room
 LEADER_POLL_S = 0.5  # how often a follower tries to take the Stasis lead
 METRICS_EVERY_S = 1.0  # how often a worker writes its metrics for the parent's /metrics
+# A worker whose metrics file is older than this is not serving (hung, or not started yet).
+WORKER_STALE_S = 3 * METRICS_EVERY_S
+EXPECTED_VERSION = "config-version"  # the shared file naming the config version in force
 
 
 @dataclass(frozen=True, slots=True)
 class WorkerRole:
     """What the parent tells a worker process: its index, the shared directory (the
-    Stasis lock, the metrics files) and the FastAGI port every worker listens on."""
+    metrics files, the config version in force) and the FastAGI port every worker
+    listens on."""
 
     index: int
     directory: Path
@@ -176,6 +199,13 @@ class WorkerRole:
     def metrics_path(self) -> Path:
         return self.directory / f"worker-{self.index}.prom"
 
+    def expected_version(self) -> str | None:
+        """The config version the parent has in force (None: not written, an older parent)."""
+        try:
+            return (self.directory / EXPECTED_VERSION).read_text().strip()
+        except OSError:
+            return None
+
 
 def worker_expositions(directory: Path) -> list[str]:
     """The metrics the workers last wrote (a worker that just started may have none)."""
@@ -186,11 +216,71 @@ def worker_expositions(directory: Path) -> list[str]:
     return texts
 
 
+def stasis_lock_path(config: Config) -> Path:
+    """The lock whose holder runs ``config``'s Stasis application: in the state directory,
+    so every ``run --workers`` instance on this machine sharing it elects one leader."""
+    assert config.ari is not None
+    return config.state_dir / f"stasis-{config.ari.app}.lock"
+
+
+def make_state_dir(path: Path) -> None:
+    """Create the state directory (the locks of ``run --workers`` live there) unless it
+    exists; ``InputError`` saying so if it cannot be."""
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(
+            f"run: cannot create the state directory {path}: {exc.strerror}; "
+            "set [gate] state_dir to a writable directory"
+        ) from exc
+
+
+class InstanceLock:
+    """One ``callgate run --workers`` per FastAGI port and state directory: an exclusive
+    ``flock`` on ``<state_dir>/run-agi-<port>.lock`` holding the holder's PID. The workers
+    share their port (``SO_REUSEPORT``), which would let a second instance's workers join
+    the first's silently; this lock makes the second one fail at start, naming the first.
+    The kernel releases it when the holder exits, however it exits."""
+
+    def __init__(self, state_dir: Path, agi_port: int) -> None:
+        self.path = state_dir / f"run-agi-{agi_port}.lock"
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        """Take the lock; ``InputError`` naming the holder if another instance has it."""
+        make_state_dir(self.path.parent)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise InputError(
+                f"run: cannot create the instance lock {self.path}: {exc.strerror}; "
+                "set [gate] state_dir to a writable directory"
+            ) from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise InputError(
+                f"run: another callgate (pid {holder}) already serves FastAGI port "
+                f"{self.path.name.removeprefix('run-agi-').removesuffix('.lock')} "
+                f"(lock {self.path}); stop it or change [agi] port"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # releases the lock
+            self._fd = None
+
+
 class StasisLeadership:
     """Exactly one worker runs the Stasis application: the one holding an exclusive
-    ``flock`` on the shared lock file. The others try again every ``LEADER_POLL_S``; the
-    kernel releases the lock when its holder dies, however it dies, so another worker
-    takes the lead (its connect sweep decides the channels left waiting)."""
+    ``flock`` on the lock file (``stasis_lock_path``). The others try again every
+    ``LEADER_POLL_S``; the kernel releases the lock when its holder dies, however it dies,
+    so another worker takes the lead (its connect sweep decides the channels left waiting)."""
 
     def __init__(self, door: StasisGate, lock_path: Path, stop: asyncio.Event) -> None:
         self.door = door
@@ -233,52 +323,176 @@ class StasisLeadership:
             self._fd = None
 
 
+@dataclass(slots=True)
+class _Slot:
+    """One worker's place: its process, when it started, how it has been dying."""
+
+    process: subprocess.Popen[bytes]
+    started: float
+    exits: int = 0  # exits in a row, each before WORKER_HEALTHY_S of running
+    delay_s: float = WORKER_RESTART_S
+    crashing: bool = False  # said once, loudly, while it keeps dying
+
+
 class Workers:
     """The parent of ``callgate run --workers N``: starts the worker processes, starts
-    again any that dies, and stops them all (bounded: SIGTERM, then SIGKILL, logged)."""
+    again any that dies (after ``WORKER_RESTART_S``, doubling up to ``WORKER_RESTART_MAX_S``
+    while it keeps dying; a worker that keeps dying is logged once as an error, and once
+    again when it runs), and stops them all (bounded: SIGTERM, then SIGKILL, logged).
 
-    def __init__(self, command: list[str], count: int, directory: Path, agi_port: int) -> None:
+    The config version in force (``version``) is written to the shared directory; a worker
+    serves only that version (``check_version``). The counters of a worker that died are
+    kept (``expositions``), so the sum over the workers never goes backwards."""
+
+    def __init__(
+        self, command: list[str], count: int, directory: Path, agi_port: int, version: str = ""
+    ) -> None:
         self.command = command
         self.directory = directory
         self.roles = [WorkerRole(i, directory, agi_port) for i in range(count)]
-        self.processes: dict[int, subprocess.Popen[bytes]] = {}
+        self.slots: dict[int, _Slot] = {}
         self.restarts = 0
-        self._stopping = False
+        self._baselines: dict[int, str] = {}
+        self.version = version
+
+    @property
+    def processes(self) -> dict[int, subprocess.Popen[bytes]]:
+        return {index: slot.process for index, slot in self.slots.items()}
+
+    @property
+    def version(self) -> str:
+        """The config version in force, which every worker must serve."""
+        return self._version
+
+    @version.setter
+    def version(self, version: str) -> None:
+        self._version = version
+        partial = self.directory / f"{EXPECTED_VERSION}.tmp"
+        partial.write_text(f"{version}\n")
+        partial.replace(self.directory / EXPECTED_VERSION)
 
     def start(self) -> None:
         for role in self.roles:
             self._spawn(role)
 
     def _spawn(self, role: WorkerRole) -> None:
-        role.metrics_path.unlink(missing_ok=True)  # a dead worker's counts are gone
-        self.processes[role.index] = subprocess.Popen(
+        self._keep_counts(role)
+        process = subprocess.Popen(
             [*self.command, "--worker", role.argument()], stdin=subprocess.DEVNULL
         )
+        slot = self.slots.get(role.index)
+        if slot is None:
+            self.slots[role.index] = _Slot(process, time.monotonic(), delay_s=WORKER_RESTART_S)
+        else:
+            slot.process, slot.started = process, time.monotonic()
+
+    def _keep_counts(self, role: WorkerRole) -> None:
+        """Add a dead worker's last counters to its baseline; remove its file."""
+        from gate.ops.metrics import counters_only, merge_expositions
+
+        try:
+            text = role.metrics_path.read_text()
+        except OSError:
+            return
+        role.metrics_path.unlink(missing_ok=True)
+        try:
+            counts = counters_only(text)
+        except ValueError:  # never half-written (renamed into place); a bug: log it
+            log.exception("worker %d: its last metrics could not be read", role.index)
+            return
+        before = self._baselines.get(role.index)
+        self._baselines[role.index] = (
+            counts if before is None else merge_expositions([before, counts]).decode()
+        )
+
+    def expositions(self) -> list[str]:
+        """What the workers counted: the live ones' last metrics, plus the counters of
+        every worker that died (a counter never goes backwards: Prometheus would take it
+        for a reset). Gauges are the live workers' only."""
+        return [*self._baselines.values(), *worker_expositions(self.directory)]
+
+    def problems(self) -> list[str]:
+        """Why the workers are not all serving, in words (``/readyz``); [] when they are:
+        each worker's process runs, wrote its metrics within ``WORKER_STALE_S`` and serves
+        the config version in force."""
+        problems = []
+        now = time.time()
+        for role in self.roles:
+            slot = self.slots.get(role.index)
+            if slot is None or slot.process.poll() is not None:
+                problems.append(f"worker {role.index} is not running")
+                continue
+            try:
+                written = role.metrics_path.stat().st_mtime
+                text = role.metrics_path.read_text()
+            except OSError:
+                problems.append(f"worker {role.index} is starting")
+                continue
+            if now - written > WORKER_STALE_S:
+                problems.append(f"worker {role.index} has not reported for {now - written:.0f} s")
+                continue
+            served = _config_version_in(text)
+            if served is not None and served != (self.version or "none"):
+                problems.append(
+                    f"worker {role.index} serves config version {served}, not {self.version}"
+                )
+        return problems
 
     def signal(self, signum: int) -> None:
         """Send ``signum`` to every live worker (SIGHUP: reload)."""
-        for process in self.processes.values():
-            if process.poll() is None:
+        for slot in self.slots.values():
+            if slot.process.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
-                    process.send_signal(signum)
+                    slot.process.send_signal(signum)
 
     async def supervise(self, stop: asyncio.Event) -> None:
-        """Until ``stop``: start again every worker that exits."""
+        """Until ``stop``: start again every worker that exits, each after its own delay."""
+        due: dict[int, float] = {}  # worker index → when to start it again (monotonic)
         while not await wait_event(stop, 0.2):
+            now = time.monotonic()
             for role in self.roles:
-                code = self.processes[role.index].poll()
-                if code is None:
+                slot = self.slots[role.index]
+                if role.index in due:
+                    if now >= due[role.index]:
+                        del due[role.index]
+                        self.restarts += 1
+                        self._spawn(role)
                     continue
-                log.warning(
-                    "worker %d (pid %d) exited with %s; starting it again",
-                    role.index,
-                    self.processes[role.index].pid,
-                    code,
-                )
-                if await wait_event(stop, WORKER_RESTART_S):
-                    return
-                self.restarts += 1
-                self._spawn(role)
+                code = slot.process.poll()
+                if code is None:
+                    if slot.crashing and now - slot.started >= WORKER_HEALTHY_S:
+                        log.warning(
+                            "worker %d is running again (pid %d) after %d exits in a row",
+                            role.index, slot.process.pid, slot.exits,
+                        )  # fmt: skip
+                        slot.crashing = False
+                    if now - slot.started >= WORKER_HEALTHY_S:
+                        slot.exits, slot.delay_s = 0, WORKER_RESTART_S
+                    continue
+                due[role.index] = now + self._exited(role, slot, code)
+
+    def _exited(self, role: WorkerRole, slot: _Slot, code: int) -> float:
+        """Log a worker's exit (the first of a series, then once when it keeps exiting);
+        the delay before it is started again."""
+        slot.exits += 1
+        delay = slot.delay_s
+        slot.delay_s = min(slot.delay_s * 2, WORKER_RESTART_MAX_S)
+        if slot.exits == 1:
+            log.warning(
+                "worker %d (pid %d) exited with %s; starting it again",
+                role.index, slot.process.pid, code,
+            )  # fmt: skip
+        elif not slot.crashing:
+            slot.crashing = True
+            log.error(
+                "worker %d keeps exiting (%d times in a row, last with %s): it is down "
+                "between restarts and /readyz is 503; starting it again in %g s, waiting "
+                "up to %g s between tries",
+                role.index, slot.exits, code, delay, WORKER_RESTART_MAX_S,
+            )  # fmt: skip
+        else:
+            log.debug("worker %d exited again with %s", role.index, code)
+        return delay
 
     async def stop(self) -> None:
         """SIGTERM every worker; SIGKILL those still running after ``WORKER_STOP_S``."""
@@ -293,6 +507,28 @@ class Workers:
                 await asyncio.to_thread(process.wait)
 
 
+def check_version(role: WorkerRole, version: str, path: Path | None) -> None:
+    """In a worker at start: ``ConfigError`` unless the config it loaded (``version``) is
+    the one the parent has in force (the file was edited and not reloaded, or the parent
+    refused its reload): a worker started again never serves other rules than its
+    siblings."""
+    expected = role.expected_version()
+    if expected is not None and expected != version:
+        raise ConfigError(
+            f"worker {role.index}: {path} is now config version {version}, but the gate "
+            f"serves version {expected} (edited and not reloaded, or its reload was "
+            "refused): not serving it; run callgate reload, or restore the file"
+        )
+
+
+def _config_version_in(text: str) -> str | None:
+    """The version label of ``callgate_config_info`` in an exposition (None: absent)."""
+    for line in text.splitlines():
+        if line.startswith('callgate_config_info{version="'):
+            return line.split('"', 2)[1]
+    return None
+
+
 def _exited_within(process: subprocess.Popen[bytes], seconds: float) -> bool:
     try:
         process.wait(seconds)
@@ -303,10 +539,11 @@ def _exited_within(process: subprocess.Popen[bytes], seconds: float) -> bool:
 
 class WorkersStasis:
     """The Stasis door's state as the parent of the workers sees it (``/readyz``): connected
-    while the leading worker's application is, from the metrics the workers write."""
+    while the leading worker's application is, from the metrics the workers write (its
+    reconnects counted over the workers that died too)."""
 
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
+    def __init__(self, expositions: Callable[[], list[str]]) -> None:
+        self.expositions = expositions
         self.connected = asyncio.Event()
         self.reconnects = 0
 
@@ -314,7 +551,7 @@ class WorkersStasis:
         from prometheus_client.parser import text_string_to_metric_families
 
         connected = reconnects = 0.0
-        for text in worker_expositions(self.directory):
+        for text in self.expositions():
             with contextlib.suppress(ValueError):  # a file caught half-written: next time
                 for family in text_string_to_metric_families(text):
                     for sample in family.samples:

@@ -13,6 +13,9 @@ Guarantees:
 - ``/readyz`` answers 200 only when Redis answers PING (within the store's admin bound)
   and, when ``[ari]`` is configured, the Stasis application is connected; else 503. Its
   Redis check names the mode and the node answering, and counts failovers and restarts.
+  With ``run --workers N`` (the parent), every worker must be running, reporting its
+  metrics and serving the config version in force (the ``workers`` check, whose
+  ``reconnects`` counts the workers started again).
   Both bodies are JSON and carry the config version in force.
 - Metrics and health are not authenticated (they hold no numbers); ``/v1/`` is.
 - No connection is held by a quiet client: one idle (or whose request headers are not
@@ -46,7 +49,7 @@ from gate.ops.api import (
 from gate.ops.audit import AuditLog
 from gate.ops.console import Console, ConsoleAudit
 from gate.ops.live import AuditFeed, LiveSampler
-from gate.ops.metrics import CONTENT_TYPE, ListRefresher, Metrics, StasisStats
+from gate.ops.metrics import CONTENT_TYPE, ListRefresher, Metrics, StasisStats, WorkersStats
 from gate.ops.models import Check, Health, Ready, RedisCheck
 from gate.ops.reload import Reloader
 from gate.ops.scrubfile import ScrubFiles
@@ -81,6 +84,7 @@ class HttpServer:
         console: ConsoleConfig | None = None,
         audit: AuditLog | None = None,
         live_step_s: float | None = None,
+        workers: WorkersStats | None = None,
     ) -> None:
         self.gate = gate
         self.metrics = metrics
@@ -88,6 +92,7 @@ class HttpServer:
         self.http = http
         self.api = api
         self.stasis = stasis
+        self.workers = workers
         self.started = time.monotonic()
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
@@ -207,6 +212,13 @@ class HttpServer:
                 error=None if connected else "the Stasis application is not connected to ARI",
                 reconnects=self.stasis.reconnects,
             )
+        if self.workers is not None:
+            problems = self.workers.problems()
+            checks["workers"] = Check(
+                ok=not problems,
+                error="; ".join(problems) or None,
+                reconnects=self.workers.restarts,
+            )
         ready = all(check.ok for check in checks.values())
         body = Ready(ready=ready, config_version=self.gate.version, checks=checks)
         return json_response(body, status=200 if ready else 503)
@@ -227,7 +239,7 @@ OPERATIONS = (
         "GET",
         "/readyz",
         "getReadiness",
-        "Redis answers PING and, with [ari], ARI is connected",
+        "Redis answers PING, with [ari] ARI is connected, with --workers every worker serves",
         responses={200: Ready, 503: Ready},
         errors=(),
         auth=False,

@@ -666,7 +666,9 @@ class Check(_Response):
 
     ok: bool
     error: str | None
-    reconnects: int | None = Field(description="ari: reconnections since start; else null")
+    reconnects: int | None = Field(
+        description="ari: reconnections since start; workers: workers started again; else null"
+    )
 
 
 class RedisCheck(Check):
@@ -699,7 +701,9 @@ class Ready(_Response):
 
     ready: bool
     config_version: str
-    checks: dict[str, RedisCheck | Check] = Field(description="redis, and ari when configured")
+    checks: dict[str, RedisCheck | Check] = Field(
+        description="redis; ari when configured; workers with run --workers"
+    )
 
 
 # --- conversions ---------------------------------------------------------------------------

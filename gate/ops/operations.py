@@ -19,7 +19,7 @@ from gate.config.loader import Config
 from gate.core.errors import InputError
 from gate.ops.audit import AuditLog
 from gate.ops.http import HttpServer
-from gate.ops.metrics import AgiStats, Metrics, StasisStats
+from gate.ops.metrics import AgiStats, Metrics, StasisStats, WorkersStats
 from gate.ops.reload import Reloader
 from gate.service import Gate
 
@@ -40,7 +40,12 @@ class Operations:
 
     @classmethod
     async def start(
-        cls, gate: Gate, config: Config, agi: AgiStats | None, stasis: StasisStats | None
+        cls,
+        gate: Gate,
+        config: Config,
+        agi: AgiStats | None,
+        stasis: StasisStats | None,
+        workers: WorkersStats | None = None,
     ) -> Operations:
         # One series per counter, not two: Prometheus has no use for the *_created ones.
         # (prometheus-client leaves this function unannotated.)
@@ -64,7 +69,15 @@ class Operations:
             # keeps the console's changes too.
             audit = next((o for o in gate.observers if isinstance(o, AuditLog)), None)
             http = HttpServer(
-                gate, metrics, config.http, config.api, reloader, stasis, config.console, audit
+                gate,
+                metrics,
+                config.http,
+                config.api,
+                reloader,
+                stasis,
+                config.console,
+                audit,
+                workers=workers,
             )
             try:
                 await http.start()

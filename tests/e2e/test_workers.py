@@ -13,19 +13,25 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import re
 import signal
+import socket
+import sys
+import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from gateproc import GateProcess, callgate_dialplan, write_config
+from gateproc import GateProcess, GateProcessError, callgate_dialplan, write_config
 from sandbox import AsteriskSandbox, SandboxFactory, free_port
 
+from gate import runtime
 from tests.conftest import TEST_SECRET
 from tests.test_run import agi_check
 
@@ -43,6 +49,7 @@ def start(tmp_path: Path, redis_url: str, workers: int, extra_toml: str = "") ->
         secret=TEST_SECRET,
         overrides={"redis": {"deadline": "2s"}},
         extra_toml=extra_toml,
+        state_dir=tmp_path / "state",
     )
     process = GateProcess(config, tmp_path / "callgate.log", port, ("--workers", str(workers)))
     process.start()
@@ -66,10 +73,26 @@ def metric(process: GateProcess, name: str) -> float:
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
 
 
-def readyz(process: GateProcess) -> dict[str, Any]:
+def readyz(process: GateProcess) -> tuple[int, dict[str, Any]]:
+    """The parent's ``/readyz``: its status and body."""
     url = f"http://127.0.0.1:{process.http_port()}/readyz"
-    with urllib.request.urlopen(url, timeout=5) as response:
-        body: dict[str, Any] = json.loads(response.read())
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            status, raw = response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        status, raw = exc.code, exc.read()
+    body: dict[str, Any] = json.loads(raw)
+    return status, body
+
+
+def wait_ready(process: GateProcess, within_s: float = 10.0) -> dict[str, Any]:
+    """The body of the parent's ``/readyz`` once it answers 200 (bounded)."""
+    deadline = time.monotonic() + within_s
+    status, body = readyz(process)
+    while status != 200 and time.monotonic() < deadline:
+        time.sleep(0.1)
+        status, body = readyz(process)
+    assert (200, True) == (status, body["ready"]), body
     return body
 
 
@@ -120,7 +143,11 @@ def test_the_workers_serve_on_the_loop_run_was_given(tmp_path: Path, redis_url: 
     passes the loop on to every worker (each startup line names it), and they answer."""
     port = free_port()
     config = write_config(
-        tmp_path / "callgate.toml", redis_url=redis_url, agi_port=port, secret=TEST_SECRET
+        tmp_path / "callgate.toml",
+        redis_url=redis_url,
+        agi_port=port,
+        secret=TEST_SECRET,
+        state_dir=tmp_path / "state",
     )
     run_args = ("--workers", "2", "--loop", "asyncio")
     process = GateProcess(config, tmp_path / "callgate.log", port, run_args)
@@ -187,18 +214,169 @@ async def test_one_worker_leads_stasis_and_another_takes_over_when_it_dies(
         process.wait_for_log("ARI connected")
         before = [await sandbox.originate_local(f"06123400{i:02d}", "gated") for i in range(5)]
         assert 5 == await reached(sandbox, before, 10)
+        await asyncio.sleep(1.5)  # the leader has written its counts
         since = process.log_size()
         os.kill(first, signal.SIGKILL)
         second = int(process.wait_for_log(LEADS_RE, since=since)[1])
         process.wait_for_log("ARI connected", since=since)
         after = [await sandbox.originate_local(f"06123401{i:02d}", "gated") for i in range(5)]
         assert 5 == await reached(sandbox, after, 10)
+        ready = await asyncio.to_thread(wait_ready, process)  # the killed one started again
         await asyncio.sleep(1.5)  # the workers write their metrics every second
         decided = await asyncio.to_thread(metric, process, 'callgate_decisions_total{door="stasis"')
-        ready = await asyncio.to_thread(readyz, process)
         connected = ready["checks"]["ari"]["ok"]
     finally:
         process.stop()
     assert first != second
-    # The killed leader's counts went with it: only the 5 calls after the takeover remain.
-    assert (5.0, True) == (decided, connected)
+    # The killed leader's counts stay in the sum: a counter never goes backwards.
+    assert (10.0, True) == (decided, connected)
+
+
+def test_counters_keep_the_counts_of_workers_killed_and_started_again(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """Every worker SIGKILLed after 20 checks: /readyz is 503 naming them until they are
+    started again, and /metrics still counts the 20 (a counter never goes backwards)."""
+    process = start(tmp_path, redis_url, 2)
+    try:
+        assert 20 == len(asyncio.run(checks(process.agi_port, 20)))
+        time.sleep(1.5)  # the workers write their metrics every second
+        before = metric(process, 'callgate_decisions_total{door="agi"')
+        since = process.log_size()
+        for pid in WORKERS_RE.search(process.read_log())[2].split():  # type: ignore[index]
+            os.kill(int(pid), signal.SIGKILL)
+        process.wait_for_log(r"worker \d \(pid \d+\) exited with -9", since=since, count=2)
+        down = readyz(process)
+        wait_ready(process)
+        time.sleep(1.5)  # the new workers have written their (zero) counts
+        after = metric(process, 'callgate_decisions_total{door="agi"')
+    finally:
+        process.stop()
+    assert (20.0, 20.0) == (before, after)
+    assert (503, False) == (down[0], down[1]["checks"]["workers"]["ok"])
+    assert "is not running" in down[1]["checks"]["workers"]["error"]
+
+
+def test_a_worker_started_again_refuses_a_config_file_edited_and_not_reloaded(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """The config file edited, not reloaded, then a worker killed: the worker started again
+    refuses to serve the file (one line naming both versions), /readyz is 503; after a
+    reload (SIGHUP) it serves the new version and /readyz is 200 again."""
+    process = start(tmp_path, redis_url, 2)
+    try:
+        old_version = wait_ready(process)["config_version"]
+        config = process.config_path
+        config.write_text(config.read_text().replace("limit = 4", "limit = 5"))
+        pids = WORKERS_RE.search(process.read_log())[2].split()  # type: ignore[index]
+        since = process.log_size()
+        os.kill(int(pids[0]), signal.SIGKILL)
+        refused = process.wait_for_log(
+            r"callgate: error: worker 0: \S+ is now config version (\w+), but the gate serves "
+            r"version (\w+) .*not serving it",
+            since=since,
+        )
+        down = readyz(process)
+        assert process.pid is not None
+        os.kill(process.pid, signal.SIGHUP)  # systemctl reload
+        ready = wait_ready(process, within_s=15)
+    finally:
+        process.stop()
+    assert (refused[2], refused[1]) == (old_version, ready["config_version"])
+    assert old_version != ready["config_version"]
+    assert (503, False) == (down[0], down[1]["checks"]["workers"]["ok"])
+
+
+def test_a_second_instance_on_the_same_port_fails_at_start_naming_the_first(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """A second ``run --workers 2`` with the same config exits 2 with one line naming the
+    first instance's PID (its workers would have shared the port through SO_REUSEPORT)."""
+    first = start(tmp_path, redis_url, 2)
+    holder = first.pid
+    second = GateProcess(
+        first.config_path, tmp_path / "second.log", first.agi_port, ("--workers", "2")
+    )
+    try:
+        with pytest.raises(GateProcessError, match="exited with 2"):
+            second.start()
+    finally:
+        second.stop()
+        first.stop()
+    expected = (
+        f"callgate: error: run: another callgate (pid {holder}) already serves FastAGI "
+        f"port {first.agi_port}"
+    )
+    assert expected in second.read_log()
+
+
+def test_a_sighup_while_run_starts_is_a_reload_once_it_is_up(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """SIGHUP while ``run --workers 2`` is still starting (its first Redis PING unanswered):
+    the process does not die; it starts and reloads once its reloader exists."""
+    silent = socket.socket()  # a "Redis" that accepts and never answers
+    silent.bind(("127.0.0.1", 0))
+    silent.listen()
+    silent.settimeout(20)
+    port = free_port()
+    config = write_config(
+        tmp_path / "callgate.toml",
+        redis_url=f"redis://127.0.0.1:{silent.getsockname()[1]}/0",
+        agi_port=port,
+        secret=TEST_SECRET,
+        overrides={"redis": {"deadline": "2s"}},
+        state_dir=tmp_path / "state",
+    )
+    process = GateProcess(config, tmp_path / "callgate.log", port, ("--workers", "2"))
+    failed: list[GateProcessError] = []
+
+    def start_it() -> None:
+        try:
+            process.start()
+        except GateProcessError as exc:  # killed by the SIGHUP
+            failed.append(exc)
+
+    starting = threading.Thread(target=start_it)
+    held = []
+    try:
+        starting.start()
+        held.append(silent.accept()[0])  # the parent's PING: it is starting
+        assert process.pid is not None
+        os.kill(process.pid, signal.SIGHUP)
+        starting.join(30)
+        assert [] == failed
+        process.wait_for_log(r"reloaded \S+: config version \w+ \(unchanged\)")
+        alive = process.running
+    finally:
+        process.stop()
+        starting.join(30)
+        for connection in [*held, silent]:
+            connection.close()
+    assert alive
+
+
+async def test_a_worker_that_keeps_exiting_is_retried_ever_later_and_logged_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker that exits at once, every time: started again after 0.1 s, then 0.2, 0.4,
+    0.8 (at most 4 times in 2 s, where a fixed delay restarts it 6 times); one warning at
+    its first exit, one error when it keeps exiting, never one line per exit."""
+    monkeypatch.setattr(runtime, "WORKER_RESTART_S", 0.1)
+    monkeypatch.setattr(runtime, "WORKER_RESTART_MAX_S", 1.0)
+    caplog.set_level(logging.INFO, logger="callgate")
+    workers = runtime.Workers([sys.executable, "-c", "raise SystemExit(3)"], 1, tmp_path, 0)
+    stop = asyncio.Event()
+    workers.start()
+    try:
+        supervising = asyncio.create_task(workers.supervise(stop))
+        await asyncio.sleep(2.0)
+        stop.set()
+        await asyncio.wait_for(supervising, 5)
+        problems = workers.problems()
+    finally:
+        await workers.stop()
+    logged = [r.levelname for r in caplog.records if r.getMessage().startswith("worker 0")]
+    assert 2 <= workers.restarts <= 4
+    assert ["WARNING", "ERROR"] == logged
+    assert re.fullmatch(r"worker 0 is (not running|starting)", " / ".join(problems))
