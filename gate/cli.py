@@ -1341,7 +1341,7 @@ async def _serve_workers(
             log.info(
                 "callgate %s: %d workers (pids %s) on agi://%s:%d/check, Redis %s, config %s, "
                 "shared state in %s",
-                __version__, count, " ".join(str(p.pid) for p in workers.processes.values()),
+                __version__, count, ", ".join(str(p.pid) for p in workers.processes.values()),
                 config.agi.host, port, gate.store.where, config.path, directory,
             )  # fmt: skip
             async with asyncio.TaskGroup() as tasks:

@@ -35,7 +35,7 @@ from gate import runtime
 from tests.conftest import TEST_SECRET
 from tests.test_run import agi_check
 
-WORKERS_RE = re.compile(r"(\d+) workers \(pids ([\d ]+)\).* shared state in (\S+)")
+WORKERS_RE = re.compile(r"(\d+) workers \(pids ([\d, ]+)\).* shared state in (\S+)")
 LEADS_RE = r"worker (\d+) leads the Stasis application"
 NUMBER = "0612345678"
 
@@ -129,7 +129,7 @@ def test_a_killed_worker_is_started_again_and_the_port_keeps_answering(
     four: GateProcess,
 ) -> None:
     """SIGKILL to one worker: the parent starts it again; checks keep being answered."""
-    pids = WORKERS_RE.search(four.read_log())[2].split()  # type: ignore[index]
+    pids = WORKERS_RE.search(four.read_log())[2].split(", ")  # type: ignore[index]
     since = four.log_size()
     os.kill(int(pids[0]), signal.SIGKILL)
     four.wait_for_log(r"worker 0 \(pid \d+\) exited with -9; starting it again", since=since)
@@ -162,7 +162,7 @@ def test_the_workers_serve_on_the_loop_run_was_given(tmp_path: Path, redis_url: 
 
 def test_stopping_with_workers_is_bounded_and_leaves_no_worker(four: GateProcess) -> None:
     """SIGTERM: the parent stops every worker and exits 0 within its bound."""
-    pids = [int(p) for p in WORKERS_RE.search(four.read_log())[2].split()]  # type: ignore[index]
+    pids = [int(p) for p in WORKERS_RE.search(four.read_log())[2].split(", ")]  # type: ignore[index]
     started = time.monotonic()
     code = four.terminate()
     elapsed = time.monotonic() - started
@@ -243,7 +243,7 @@ def test_counters_keep_the_counts_of_workers_killed_and_started_again(
         time.sleep(1.5)  # the workers write their metrics every second
         before = metric(process, 'callgate_decisions_total{door="agi"')
         since = process.log_size()
-        for pid in WORKERS_RE.search(process.read_log())[2].split():  # type: ignore[index]
+        for pid in WORKERS_RE.search(process.read_log())[2].split(", "):  # type: ignore[index]
             os.kill(int(pid), signal.SIGKILL)
         process.wait_for_log(r"worker \d \(pid \d+\) exited with -9", since=since, count=2)
         down = readyz(process)
@@ -268,7 +268,7 @@ def test_a_worker_started_again_refuses_a_config_file_edited_and_not_reloaded(
         old_version = wait_ready(process)["config_version"]
         config = process.config_path
         config.write_text(config.read_text().replace("limit = 4", "limit = 5"))
-        pids = WORKERS_RE.search(process.read_log())[2].split()  # type: ignore[index]
+        pids = WORKERS_RE.search(process.read_log())[2].split(", ")  # type: ignore[index]
         since = process.log_size()
         os.kill(int(pids[0]), signal.SIGKILL)
         refused = process.wait_for_log(
