@@ -8,10 +8,11 @@ Both doors also answer the same way: one channel variable, ``CALLGATE_DECISION``
 ``callgate-unpack`` subroutine splits it into ``CALLGATE_RESULT``, ``CALLGATE_REASON``,
 ``CALLGATE_RULE``, ``CALLGATE_RETRY_AFTER``, ``CALLGATE_E164`` and ``CALLGATE_CAUSE``).
 
-Guarantees: unknown names and malformed identifiers raise ``BadRequest`` with a stable
-code (``bad_request:<name>``); every field written back to Asterisk passes through
-``safe_value``, so a crafted number can never inject dialplan or AGI syntax nor an extra
-``|`` field.
+Guarantees: unknown names, malformed identifiers and a parameter given twice with
+different values raise ``BadRequest`` with a stable code (``bad_request:<name>``); values
+are URI-decoded (the dialplan passes ``${URIENCODE(...)}``, so a crafted number can add no
+argument of its own); every field written back to Asterisk passes through ``safe_value``,
+so a crafted number can never inject dialplan or AGI syntax nor an extra ``|`` field.
 """
 
 from __future__ import annotations
@@ -84,7 +85,11 @@ def safe_value(value: str) -> str:
 
 
 def parse_pairs(pairs: Iterable[str]) -> dict[str, str]:
-    """``["tenant=acme", "number=%2B33…"]`` → ``{"tenant": "acme", "number": "+33…"}``."""
+    """``["tenant=acme", "number=%2B33…"]`` → ``{"tenant": "acme", "number": "+33…"}``.
+
+    A parameter given twice with different values is refused (``bad_request:<name>``):
+    neither copy can be trusted (a crafted number that adds a ``number=`` of its own).
+    """
     params: dict[str, str] = {}
     for pair in pairs:
         if not pair:
@@ -97,6 +102,8 @@ def parse_pairs(pairs: Iterable[str]) -> dict[str, str]:
                 f"bad_request:{safe_value(name) or 'parameter'}",
                 f"unknown or malformed parameter {pair!r}",
             )
+        if params.get(name, value) != value:
+            raise BadRequest(f"bad_request:{name}", f"parameter {name!r} given twice")
         params[name] = value
     return params
 

@@ -5,15 +5,18 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from gate.core.model import Decision, Verdict
 from gate.core.params import (
     DECISION_FIELDS,
+    BadRequest,
     answer_value,
     decision_value,
     error_value,
+    parse_pairs,
     printable,
 )
 
@@ -96,3 +99,25 @@ def test_printable_escapes_exactly_the_control_characters(text: str) -> None:
         for ch in text
     )
     assert expected == printable(text)
+
+
+def test_a_parameter_given_twice_with_different_values_is_refused() -> None:
+    """A crafted number that adds a ``number=`` of its own: neither copy is trusted."""
+    with pytest.raises(BadRequest) as refused:
+        parse_pairs(["number=0699001122", "tenant=acme", "number=0612345678"])
+    assert "bad_request:number" == refused.value.code
+
+
+def test_a_parameter_given_twice_with_the_same_value_is_accepted() -> None:
+    """The same value twice (query string and argument) changes nothing."""
+    assert {"tenant": "acme"} == parse_pairs(["tenant=acme", "tenant=%61cme"])
+
+
+def test_a_uri_encoded_number_decodes_to_the_number() -> None:
+    """What ``${URIENCODE(...)}`` makes of a number, a plus sign and a crafted newline."""
+    assert {"number": "+33612345678", "tenant": "acme"} == parse_pairs(
+        ["number=%2B33612345678", "tenant=acme"]
+    )
+    assert {"number": "0699001122\nagi_arg_1: number=1"} == parse_pairs(
+        ["number=0699001122%0Aagi_arg_1%3A%20number%3D1"]
+    )
