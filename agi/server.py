@@ -20,8 +20,9 @@ Routes:
   ``<event>:<first rule>``) or ``ERROR`` (``<event>_no_rule`` when no pack has a rule for
   it, ``<event>_needs_campaign`` when only per-campaign ceilings would count it).
 
-A request the server cannot serve (unknown route or parameter, malformed value) gets
-RESULT ``ERROR`` with reason ``bad_request:<what>``, so the dialplan applies its fail mode.
+A request the server cannot serve (unknown route or parameter, malformed value, a header
+or a parameter given twice) gets RESULT ``ERROR`` with reason ``bad_request:<what>``, so
+the dialplan applies its fail mode.
 
 Guarantees (model: aiosmtpd's ``_handle_client``): headers are read under a deadline with
 a line-length and line-count limit, their control characters escaped (a crafted
@@ -50,7 +51,7 @@ import functools
 import ipaddress
 import logging
 import socket
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -97,12 +98,28 @@ class AgiRequest:
     channel: str = ""
 
 
-def parse_request(headers: Mapping[str, str]) -> AgiRequest:
-    """Build an ``AgiRequest`` from the ``agi_*`` headers, or raise ``BadRequest``.
+def header_map(lines: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """The header lines (name, value) as a mapping, or ``BadRequest`` if a name repeats.
+
+    Asterisk writes each ``agi_arg_N`` verbatim: a newline in a dialplan value adds
+    header lines of its own (another ``agi_arg_1``), so a repeated name means the block
+    is forged and no copy can be trusted (``bad_request:<name>``, the dialplan's fail mode).
+    """
+    headers: dict[str, str] = {}
+    for name, value in lines:
+        if name in headers:
+            raise BadRequest(f"bad_request:{name}", f"header {name!r} given twice")
+        headers[name] = value
+    return headers
+
+
+def parse_request(lines: Iterable[tuple[str, str]]) -> AgiRequest:
+    """Build an ``AgiRequest`` from the ``agi_*`` header lines, or raise ``BadRequest``.
 
     The caller ID is passed on as Asterisk gives it: the engine treats ``unknown`` (and
     the other masked forms) as a masked caller ID.
     """
+    headers = header_map(lines)
     script = headers.get("agi_network_script", "")
     route, _, query = script.partition("?")
     pairs = [p for p in query.split("&") if p]
@@ -278,8 +295,9 @@ class AgiServer:
         finally:
             connection.close()
 
-    async def _read_headers(self, stream: SocketStream) -> dict[str, str] | None:
-        """The request headers, or None if the peer closed, stalled or sent garbage."""
+    async def _read_headers(self, stream: SocketStream) -> list[tuple[str, str]] | None:
+        """The request's header lines (name, value) in order, or None if the peer closed,
+        stalled or sent garbage."""
         try:
             async with asyncio.timeout(self.header_timeout_s):
                 lines = await stream.read_headers(MAX_HEADER_LINES)
@@ -293,11 +311,11 @@ class AgiServer:
             return None
         if lines is None:
             return None  # EOF before the blank line: a probe or a dead peer
-        headers: dict[str, str] = {}
+        headers: list[tuple[str, str]] = []
         for raw in lines:
             name, sep, value = raw.decode("utf-8", "replace").partition(": ")
             if sep:  # control characters escaped: a header cannot forge a log line
-                headers[name] = printable(value)
+                headers.append((printable(name), printable(value)))
         return headers
 
     async def _serve(self, stream: SocketStream) -> None:
@@ -305,7 +323,7 @@ class AgiServer:
         if headers is None:
             return
         channel = AgiChannel(stream, stream, COMMAND_TIMEOUT_S)
-        name = headers.get("agi_channel", "?")
+        name = dict(headers).get("agi_channel", "?")
         value, evaluation = await self._answer(headers)
         try:
             reply = await channel.set_variable(DECISION_VARIABLE, value, last=True)
@@ -327,7 +345,7 @@ class AgiServer:
                 "FastAGI: channel %s: Asterisk refused %s: %s", name, DECISION_VARIABLE, reply.text
             )
 
-    async def _answer(self, headers: Mapping[str, str]) -> tuple[str, Evaluation | None]:
+    async def _answer(self, headers: Iterable[tuple[str, str]]) -> tuple[str, Evaluation | None]:
         """Decide (or opt out, or record a disposition): the ``CALLGATE_DECISION`` value,
         and the recorded decision behind it (a ``check``)."""
         try:

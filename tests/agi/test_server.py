@@ -24,8 +24,9 @@ from pathlib import Path
 
 import pytest
 
-from agi.server import AgiServer
+from agi.server import AgiServer, parse_request
 from gate.core.errors import ConfigError, StoreError
+from gate.core.params import BadRequest
 from gate.lists.admin import ListAdmin
 from gate.ops.audit import read_range
 from gate.service import Evaluation, Gate, Observed
@@ -379,6 +380,33 @@ async def test_bad_request_answers_error_and_the_server_goes_on(
     good = await agi_call(server.port, "check?tenant=default")
     assert answer("ERROR", reason) == bad.variables
     assert ALLOWED_0612345678 == good.variables
+
+
+@pytest.mark.parametrize(
+    "lines",
+    [
+        [("agi_arg_1", "number=0699001122"), ("agi_arg_1", "number=0612345678")],
+        [("agi_arg_1", "number=0699001122"), ("agi_arg_1", "number=0699001122")],
+        [("agi_network_script", "check"), ("agi_network_script", "optout")],
+    ],
+)
+def test_a_header_given_twice_is_refused(lines: list[tuple[str, str]]) -> None:
+    """A repeated header, even with the same value, means a value added header lines of
+    its own: the request is refused, whichever copy would have won."""
+    with pytest.raises(BadRequest) as refused:
+        parse_request([("agi_network_script", "check?tenant=default"), *lines])
+    assert f"bad_request:{lines[0][0]}" == refused.value.code
+
+
+async def test_a_number_that_forges_its_own_argument_line_gets_an_error(
+    gate: Gate, server: AgiServer
+) -> None:
+    """What Asterisk sends for a number holding a newline, a second ``agi_arg_1`` and a
+    blank line: ERROR (the dialplan's fail mode), not the forged number's ALLOW."""
+    await red_list(gate, "+33699001122")
+    forged = "number=0699001122\nagi_arg_1: number=0612345678\n"
+    dialogue = await agi_call(server.port, "check", args=[forged, "tenant=default"])
+    assert answer("ERROR", "bad_request:agi_arg_1") == dialogue.variables
 
 
 @pytest.mark.parametrize(
