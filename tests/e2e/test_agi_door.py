@@ -62,6 +62,22 @@ exten => s,1,Answer()
 exten => _X.,1,GoSub(callgate-disposition,s,1(refusal,${EXTEN},default))
  same => n,Log(NOTICE,CALLGATE-E2E disposition number=${EXTEN} result=${CALLGATE_RESULT} reason=${CALLGATE_REASON})
  same => n,Hangup()
+
+[crafted]
+exten => _X.,1,Set(CHANNEL(hangup_handler_push)=e2e-hangup,s,1(${EXTEN}))
+ same => n,GoSub(callgate-agi,s,1(${CRAFTED},default,e2e,campaign))
+ same => n,Goto(reached,${EXTEN},1)
+
+[crafted-raw]
+exten => _X.,1,AGI(${CALLGATE_AGI_URL}/check,number=${CRAFTED},tenant=default)
+ same => n,GoSub(callgate-unpack,s,1)
+ same => n,Log(NOTICE,CALLGATE-E2E raw number=${EXTEN} result=${CALLGATE_RESULT} reason=${CALLGATE_REASON})
+ same => n,Hangup()
+
+[crafted-dispose]
+exten => _X.,1,GoSub(callgate-disposition,s,1(refusal,${FILTER(0-9+,${CRAFTED})},default))
+ same => n,Log(NOTICE,CALLGATE-E2E disposition number=${EXTEN} result=${CALLGATE_RESULT} reason=${CALLGATE_REASON})
+ same => n,Hangup()
 """  # noqa: E501 (dialplan lines cannot be wrapped)
 
 _LINE = re.compile(
@@ -229,3 +245,52 @@ async def test_a_disposition_gives_the_dialplan_its_result_and_reason(
             r"CALLGATE-E2E disposition number=(\d+) result=(\w*) reason=([\w:.-]*)"
         )
     assert (UNLISTED, "OK", "refusal:fr-d223-9-refusal") == found.groups()
+
+
+FORGED = f"{LISTED}\nagi_arg_1: number={UNLISTED}\n\n"
+
+
+async def test_a_number_that_forges_agi_argument_lines_is_never_allowed(
+    callgate: GateProcess, asterisk: AsteriskSandbox
+) -> None:
+    """A listed number followed by a newline, its own ``agi_arg_1`` (an unlisted number)
+    and a blank line: through callgate-agi it arrives URI-encoded, whole, and is refused
+    as the number it is; passed raw, Asterisk sends a repeated ``agi_arg_1`` and the gate
+    answers ERROR, so the subroutine would apply its fail mode. Never the forged ALLOW."""
+    await asyncio.to_thread(callgate.cli, "list", "add", "red", LISTED_E164)
+    channel_id = await asterisk.originate_local(LISTED, "crafted", variables={"CRAFTED": FORGED})
+    found = await asterisk.wait_for_log(
+        rf"CALLGATE-E2E (reached|hangup) id={channel_id} .*cause=(\d*) result=(\w*)"
+    )
+    await asterisk.originate_local(LISTED, "crafted-raw", variables={"CRAFTED": FORGED})
+    raw = await asterisk.wait_for_log(r"CALLGATE-E2E raw number=\d+ result=(\w*) reason=([\w:.-]*)")
+    assert ("hangup", "21", "BLOCK") == found.groups()
+    assert ("ERROR", "bad_request:agi_arg_1") == raw.groups()
+
+
+async def test_a_comma_in_a_disposition_number_does_not_change_the_tenant(
+    asterisk_factory: SandboxFactory, redis_url: str, tmp_path: Path
+) -> None:
+    """``0611111111,acme`` given to callgate-disposition as documented (``FILTER``ed): the
+    refusal is recorded for 0611111111 under the tenant named, not for tenant acme, so the
+    next call to it from tenant default is refused by the cool-off."""
+    port = free_port()
+    packs = {"packs": ["fr"], "packs_dir": str(REPO / "config" / "packs")}
+    config = write_config(
+        tmp_path / "callgate.toml",
+        redis_url=redis_url,
+        agi_port=port,
+        secret=TEST_SECRET,
+        overrides={"redis": {"deadline": "1s"}, "gate": packs},
+    )
+    with GateProcess(config, tmp_path / "callgate.log", port):
+        include = callgate_dialplan(port, fail_mode="DEFER")
+        sandbox = asterisk_factory(DIALPLAN, extra_files={"callgate.conf": include})
+        variables = {"CRAFTED": f"{UNLISTED},acme"}
+        await sandbox.originate_local(UNLISTED, "crafted-dispose", variables=variables)
+        found = await sandbox.wait_for_log(
+            r"CALLGATE-E2E disposition number=\d+ result=(\w*) reason=([\w:.-]*)"
+        )
+        after = await call(sandbox, UNLISTED)
+    assert ("OK", "refusal:fr-d223-9-refusal") == found.groups()
+    assert ("hangup", "BLOCK") == (after.where, after.result)
