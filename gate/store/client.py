@@ -79,6 +79,7 @@ from redis.asyncio.connection import AbstractConnection, ConnectionPool
 from redis.crc import key_slot
 from redis.exceptions import (
     AskError,
+    BusyLoadingError,
     MovedError,
     NoScriptError,
     RedisError,
@@ -186,6 +187,8 @@ def translate_error(exc: BaseException, where: str) -> StoreError:
         return exc
     if isinstance(exc, TimeoutError | RedisTimeoutError):
         return StoreTimeout(f"Redis at {where} did not answer in time")
+    if isinstance(exc, BusyLoadingError):  # a ConnectionError to redis-py, yet Redis is up
+        return StoreUnavailable(f"Redis at {where} is loading its data; it answers once loaded")
     if isinstance(exc, RedisConnectionError | OSError):
         detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         return StoreUnavailable(f"Redis at {where} is unreachable ({detail}); is it running?")
@@ -1096,7 +1099,9 @@ def _outside(check: Check, seen: int, retry_ms: int) -> tuple[int, int, int]:
 
 
 def _raise_error(reply: _Reply) -> Any:
-    if isinstance(reply, ResponseError):
+    """The reply, or raise it if it is an error reply (redis-py parses most as a
+    ``ResponseError``, but LOADING as a ``BusyLoadingError``, a ``ConnectionError``)."""
+    if isinstance(reply, Exception):
         raise reply
     return reply
 

@@ -7,6 +7,7 @@ import logging
 import time
 from datetime import UTC, datetime, timedelta
 
+import hiredis
 import pytest
 import redis
 
@@ -336,6 +337,42 @@ async def test_closed_port_applies_the_fail_mode_within_the_deadline(
     ]
     assert elapsed < 3.0  # no hang; not a performance claim
     assert 1 == sum("store unavailable" in r.getMessage() for r in caplog.records)
+
+
+async def loading_redis(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """A stand-in for a Redis loading its data: ``+OK`` to CLIENT/HELLO, ``-LOADING`` to
+    everything else."""
+    parser = hiredis.Reader()
+    while data := await reader.read(65536):
+        parser.feed(data)
+        while (command := parser.gets()) is not False:
+            if command[0].upper() in (b"CLIENT", b"HELLO"):
+                writer.write(b"+OK\r\n")
+            else:
+                writer.write(b"-LOADING Redis is loading the dataset in memory\r\n")
+    writer.close()
+
+
+@pytest.mark.parametrize("record", [False, True])
+async def test_a_redis_loading_its_data_applies_the_fail_mode(
+    record: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A Redis answering LOADING (restarted, reading its data): campaign → DEFER
+    store_unavailable, logged as loading, not as unreachable. The LOADING replies come from
+    a small asyncio stand-in (``loading_redis``): redis-server 6.2 answers no client at all
+    while it loads, so a real one cannot be caught answering LOADING."""
+    server = await asyncio.start_server(loading_redis, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    store = Store(f"redis://127.0.0.1:{port}", deadline_s=1.0)
+    try:
+        with caplog.at_level(logging.WARNING, logger="callgate"):
+            decision = await Gate(make_config(), store).decide(attempt(), record=record, door="cli")
+    finally:
+        await store.close()
+        server.close()
+        await server.wait_closed()
+    assert (Verdict.DEFER, "store_unavailable") == (decision.verdict, decision.reason)
+    assert 1 == sum("is loading its data" in r.getMessage() for r in caplog.records)
 
 
 async def test_emergency_call_needs_no_store() -> None:
