@@ -18,10 +18,12 @@ Guarantees:
   to it. On one server the switch is ONE transaction over all groups: decisions see the
   old version whole, then the new one whole. On a cluster each group switches atomically
   (a number sees the old version, then the new one) and, once ``replace`` returns, every
-  group on every shard holds the new version. A replacement that fails or is killed leaves
-  the live list untouched; the directory remembers the version it was building, which the
-  next replacement removes. A replacement its caller refuses once built (``accept``,
-  told both versions' entry counts) is removed at once, the live list untouched.
+  group on every shard holds the new version. A replacement that fails (Redis refusing a
+  write, out of memory) or that its caller refuses once built (``accept``, told both
+  versions' entry counts) is removed at once (best effort, bounded), the live list
+  untouched. One that is killed, or whose removal fails, leaves the live list untouched
+  too; the directory remembers the version it was building, which the next replacement
+  removes (until then deltas also write into it).
   Replacements hold a per-list lock (a lease, so a killed
   importer does not block the next one forever).
 - Old versions are removed by name, UNLINK in small batches per slot (no long Redis stall;
@@ -38,6 +40,7 @@ Guarantees:
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import secrets
 from collections.abc import (
@@ -100,6 +103,7 @@ _SADD_FILL = 16
 _COMMANDS = 4096  # commands per admin request when reading buckets
 _GROUPS_PER_REQUEST = 128  # group scripts per admin request when counting
 _LOCK_LEASE_MS = 15 * 60 * 1000
+_ABANDON_S = 60.0  # removing a failed replacement's version, well within the lock's lease
 _UNLINK_BATCH = 500
 _FIELDS_BATCH = 1000
 _STALE_TRIES = 20
@@ -111,11 +115,21 @@ def bits_for(entries: int) -> int:
     return max(MIN_BITS, math.ceil(math.log2(max(entries, 1) / TARGET_FILL)))
 
 
+log = logging.getLogger("callgate")
+
+
 @dataclass(frozen=True, slots=True)
 class Replaced:
     version: int
     bits: int
     count: int
+
+
+@dataclass(slots=True)
+class _Progress:
+    """How many entries a replacement has written so far (for its error message)."""
+
+    entries: int = 0
 
 
 def _bulk(word: str | int) -> bytes:
@@ -404,8 +418,9 @@ class ListStore:
     ) -> Replaced:
         """Build a new version from ``chunks`` of entries (about ``expected`` in all), then
         switch to it, unless ``accept`` (told the new version's entries, then the live
-        one's) raises: then the new version is removed, the live one kept, and the error
-        goes to the caller."""
+        one's) raises or building fails: then the new version is removed, the live one
+        kept, and the error goes to the caller (a Redis failure saying how many entries
+        were written)."""
         lock = self.keyspace.lock_key(list_id)
         lease = secrets.token_hex(8)
         key = self.keyspace.directory_key(list_id)
@@ -422,18 +437,28 @@ class ListStore:
             version = int(await self._call(self._client.hincrby(key, "next_version", 1)))
             bits = bits_for(expected)
             building = list_version(version, bits)
-            await self._call(
-                self._client.hset(key, mapping={"building": version, "building_bits": bits})
-            )
-            await self._groups([["HSET", "{meta}", f"{list_id}:b", building]], atomic=False)
-            await self._write(list_id, version, bits, chunks)
-            counts = await self._count_groups(list_id, version, bits)
-            if accept is not None:
-                try:
+            progress = _Progress()
+            built = False
+            try:
+                await self._call(
+                    self._client.hset(key, mapping={"building": version, "building_bits": bits})
+                )
+                await self._groups([["HSET", "{meta}", f"{list_id}:b", building]], atomic=False)
+                await self._write(list_id, version, bits, chunks, progress)
+                counts = await self._count_groups(list_id, version, bits)
+                built = True
+                if accept is not None:
                     accept(sum(counts), await self.count(list_id))
-                except GateError:
-                    await self._abandon(list_id, version, bits)
+            except Exception as exc:
+                # Left in place, a partial version would hold its memory and take every
+                # delta (an opt-out) too, until the next replacement.
+                await self._give_up(list_id, version, bits)
+                if built or not isinstance(exc, StoreError):
                     raise
+                raise type(exc)(
+                    f"list {list_id}: the import stopped with {progress.entries} of about "
+                    f"{expected} entries confirmed written, the list unchanged: {exc}"
+                ) from exc
             refreshed = meta.get("refreshed_at")
             await self._switch(list_id, building, counts, refreshed)
             fields: dict[str, Any] = {"version": version, "bits": bits, **meta}
@@ -448,6 +473,21 @@ class ListStore:
             # Release only our own lease (a slow import may have lost it).
             if (await self._call(self._client.get(lock))) == lease.encode():
                 await self._call(self._client.delete(lock))
+
+    async def _give_up(self, list_id: str, version: int, bits: int) -> None:
+        """``_abandon``, bounded by ``_ABANDON_S``; a failure leaves the version to the
+        next replacement (the directory still names it) and is logged."""
+        try:
+            async with asyncio.timeout(_ABANDON_S):
+                await self._abandon(list_id, version, bits)
+        except (GateError, RedisError, OSError, TimeoutError) as exc:
+            log.warning(
+                "list %s: the partial version %d was not removed (%s); the next replacement "
+                "removes it",
+                list_id,
+                version,
+                exc,
+            )
 
     async def _abandon(self, list_id: str, version: int, bits: int) -> None:
         """Stop building ``version`` (deltas no longer write to it), then remove it."""
@@ -503,15 +543,19 @@ class ListStore:
             else:
                 yield part, [bucket32_of(m) for m in part]
 
-    async def _write(self, list_id: str, version: int, bits: int, chunks: Chunks) -> None:
+    async def _write(
+        self, list_id: str, version: int, bits: int, chunks: Chunks, progress: _Progress
+    ) -> None:
         """SADD every entry into its bucket: entries gathered over a flush (sorted by
         bucket), sent as one ``lua/list_fill.lua`` call per slot group while the next flush
-        is being read (Redis works while Python parses)."""
+        is being read (Redis works while Python parses); ``progress`` counts the entries
+        of the flushes Redis took."""
 
         flush_at = min(_FLUSH_MAX, max(_FLUSH_MIN, _FLUSH_PER_BUCKET << bits))
 
         async def send(batch: Sorted) -> None:
             await self.store.send_packed(*self._fills(list_id, version, bits, batch))
+            progress.entries += len(batch)
 
         await self._pipelined(chunks, flush_at, send)
 

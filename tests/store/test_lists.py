@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 import zipfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import redis
 
-from gate.core.errors import InputError
+from gate.core.errors import InputError, StoreError
 from gate.core.model import Attempt, Verdict
 from gate.lists import formats
 from gate.lists.admin import ListAdmin
@@ -26,8 +26,9 @@ from gate.lists.formats import Rejected, open_lines, read_batches, read_entries
 from gate.lists.workers import Workers
 from gate.service import Gate
 from gate.store.client import Store
+from gate.store.embedded import find_redis_server
 from gate.store.lists import bits_for
-from tests.conftest import TEST_SECRET, make_config
+from tests.conftest import TEST_SECRET, _wait_for_ping, make_config
 
 NOW = datetime(2026, 12, 1, 9, 30, tzinfo=UTC)
 TENANT = "default"
@@ -259,6 +260,68 @@ def test_a_killed_import_leaves_the_live_list_intact_and_the_next_cleans_up(
     head = sync_redis.hgetall(DIRECTORY)
     assert {head[b"version"]} == versions_of(sync_redis)
     assert b"building" not in head
+
+
+@pytest.fixture
+def own_redis_url(tmp_path: Path) -> Iterator[str]:
+    """A redis-server of this test's own (its memory limit is changed), killed after it."""
+    sock = tmp_path / "redis.sock"
+    process = subprocess.Popen(
+        [
+            find_redis_server(),
+            *("--port", "0", "--unixsocket", str(sock), "--dir", str(tmp_path)),
+            *("--save", "", "--appendonly", "no"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        url = f"unix://{sock}"
+        _wait_for_ping(url, process, 10.0)
+        yield url
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait(10)
+
+
+async def test_a_replace_that_runs_out_of_memory_is_removed_and_opt_outs_still_go_in(
+    own_redis_url: str,
+) -> None:
+    """--replace on a Redis whose memory fills up half-way (maxmemory, noeviction): the
+    error says how many entries were written, the live list is intact, the partial version
+    is gone (its memory freed, no delta writes into it) and an opt-out is recorded."""
+    store = Store(own_redis_url, deadline_s=1.0)
+    gate = Gate(make_config(), store)
+    client = redis.Redis.from_url(own_redis_url)
+    try:
+        lists = admin(gate)
+        await lists.add("red", numbers(0, 100), TENANT, "")
+        live = await lists.lists.directory(RED)
+        used = int(client.info("memory")["used_memory"])
+        client.config_set("maxmemory-policy", "noeviction")
+        client.config_set("maxmemory", used + 3_000_000)
+        with pytest.raises(StoreError, match="with 0 of about 400000 entries confirmed written"):
+            await lists.import_entries(
+                "red",
+                entries(numbers(1000, 400_000)),
+                TENANT,
+                "",
+                fail_on_reject,
+                mode="replace",
+                expected=400_000,
+            )
+        after = await lists.lists.directory(RED)
+        opted_out = await lists.add("red", numbers(999_000, 1), TENANT, "")
+        assert (live["version"], "building" not in after) == (after["version"], True)
+        assert {live["version"].encode()} == versions_of(client)
+        assert (1, 101) == (opted_out, await lists.lists.count(RED))
+        assert [True, True] == [
+            await listed(gate, numbers(0, 1)[0]),
+            await listed(gate, numbers(999_000, 1)[0]),
+        ]
+    finally:
+        client.close()
+        await store.close()
 
 
 def test_formats_us_dnc_fr_scrub_zip_and_gzip(tmp_path: Path) -> None:
