@@ -361,21 +361,40 @@ class ListAdmin:
                     f"column, or pass {allow_empty_option} to empty the list"
                 )
 
-            async with contextlib.aclosing(chunks()) as source:
-                if mode == "replace":
+            if mode == "replace":
+                async with contextlib.aclosing(chunks()) as source:
                     replaced = await self.lists.replace(key, source, expected, fields, accept)
-                    changed = replaced.count
-                else:
-                    grow = expected if mode == "add" else 0
-                    changed = await self.lists.delta_chunks(key, mode, source, expected=grow)
-            if mode != "replace":
-                await self.lists.set_meta(key, fields)
+                changed = replaced.count
+            else:
+                changed = await self._delta_import(rule, key, mode, chunks(), expected, fields)
         return ImportSummary(
             imported=changed,
             duplicates=tally["accepted"] - changed,
             rejected=tally["rejected"],
             skipped=tally["skipped"],
         )
+
+    async def _delta_import(
+        self,
+        rule: ListRule,
+        key: str,
+        mode: str,
+        chunks: AsyncGenerator[Chunk, None],
+        expected: int,
+        fields: Mapping[str, str],
+    ) -> int:
+        """Add (``mode`` "add") or remove the entries of ``chunks``, then record ``fields``;
+        into a block list (opt-outs), acknowledged only once durable, as ``add`` is."""
+        async with contextlib.AsyncExitStack() as stack:
+            lists = self.lists
+            if rule.kind == "block":
+                what = f"importing into block list {rule.name!r}"
+                lists = self._on(await stack.enter_async_context(self.store.durable(what))).lists
+            source = await stack.enter_async_context(contextlib.aclosing(chunks))
+            grow = expected if mode == "add" else 0
+            changed = await lists.delta_chunks(key, mode, source, expected=grow)
+            await lists.set_meta(key, fields)
+        return changed
 
     async def import_disconnects(
         self,

@@ -1,10 +1,10 @@
 """Durable writes on a Sentinel-managed group: acknowledged only once a replica holds them.
 
-An opt-out (``list add`` to a block list, the AGI ``optout`` route), a consent revocation
-and a refusal must survive a failover. Replication is asynchronous, so callgate answers
-them only after ``WAIT 1`` (``redis.wait_replicas``, default 1 with sentinels) says the
-replica has them, within ``redis.wait_timeout``; otherwise the user gets an error and
-may send it again.
+An opt-out (``list add`` or ``list import`` to a block list, the AGI ``optout`` route), a
+consent revocation and a refusal must survive a failover. Replication is asynchronous, so
+callgate answers them only after ``WAIT 1`` (``redis.wait_replicas``, default 1 with
+sentinels) says the replica has them, within ``redis.wait_timeout``; otherwise the user
+gets an error and may send it again.
 """
 
 from __future__ import annotations
@@ -69,6 +69,9 @@ WRITES: dict[str, Callable[[Gate], Awaitable[object]]] = {
     "opt-out (list add to a block list)": lambda gate: ListAdmin.of(gate).add(
         "red", [NUMBER], "default", ""
     ),
+    "opt-out (list import to a block list)": lambda gate: ListAdmin.of(gate).import_entries(
+        "red", [(1, NUMBER)], "default", "", print, mode="add"
+    ),
     "consent revocation": lambda gate: ListAdmin.of(gate).revoke([NUMBER], "default", ""),
     "refusal": lambda gate: ListAdmin.of(gate).record_event(
         "refusal", NUMBER, "default", datetime.now(UTC)
@@ -77,6 +80,7 @@ WRITES: dict[str, Callable[[Gate], Awaitable[object]]] = {
 # What a gate on the replica then says about NUMBER (the fr pack asks for consent first).
 ON_REPLICA = {
     "opt-out (list add to a block list)": "listed:red",
+    "opt-out (list import to a block list)": "listed:red",
     "consent revocation": "listed:red",
     "refusal": "refusal:fr-d223-9-refusal",
 }
