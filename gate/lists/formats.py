@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from itertools import chain, islice
 from pathlib import Path
-from typing import IO, cast
+from typing import IO, TYPE_CHECKING, cast
 
 from phonenumbers import COUNTRY_CODE_TO_REGION_CODE
 
@@ -49,6 +49,9 @@ from gate.core.numbers import (
     stripped_prefix,
 )
 from gate.core.rules import ListRule
+
+if TYPE_CHECKING:
+    import _csv
 
 __all__ = [
     "BATCH_LINES",
@@ -66,6 +69,7 @@ __all__ = [
     "count_lines",
     "csv_dialect",
     "csv_error",
+    "csv_rows",
     "open_lines",
     "parse_block",
     "read_batches",
@@ -371,6 +375,22 @@ def _source(lines: Iterable[str]) -> object:
     return lines.name if isinstance(lines, Lines) else "input"
 
 
+def csv_rows(reader: _csv.Reader, source: object, before: int) -> Iterator[tuple[int, list[str]]]:
+    """(first line number, cells) of each row of ``reader``, a ``csv.reader`` of the lines
+    of file ``source`` after its first ``before``; a row the csv module refuses is an
+    ``InputError`` naming the line it starts on (``csv_error``)."""
+    read = 0  # lines read by the rows given so far
+    for _ in range(1 << 62):  # bounded by the file: the reader stops at its end
+        try:
+            cells = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            raise csv_error(source, before + read + 1, exc) from exc
+        line_no, read = before + read + 1, reader.line_num
+        yield line_no, cells
+
+
 def _csv_rows(lines: Iterable[str], source: object) -> Iterator[tuple[int, list[str], str]]:
     """(first line number, cells, the row as one line of text) of each CSV row that is not
     blank or a ``#`` comment, read by the csv module as a stream: a quoted field may span
@@ -389,15 +409,7 @@ def _csv_rows(lines: Iterable[str], source: object) -> Iterator[tuple[int, list[
         return
     dialect = csv_dialect(first)
     reader = csv.reader(chain([first], source_lines), dialect)
-    read = 0
-    for _ in range(1 << 62):  # bounded by the file: the reader stops at its end
-        try:
-            cells = next(reader)
-        except StopIteration:
-            return
-        except csv.Error as exc:
-            raise csv_error(source, skipped + read + 1, exc) from exc
-        line_no, read = skipped + read + 1, reader.line_num
+    for line_no, cells in csv_rows(reader, source, skipped):
         if not any(cell.strip() for cell in cells) or cells[0].lstrip().startswith(_COMMENT):
             continue
         text = dialect.delimiter.join(cells).replace("\r", " ").replace("\n", " ")

@@ -49,7 +49,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from itertools import chain, islice
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from gate.config.loader import Config, RedisConfig
 from gate.core.engine import Planner, StoreCheck, outcome
@@ -57,12 +56,9 @@ from gate.core.errors import InputError
 from gate.core.keys import Keyspace
 from gate.core.model import Attempt, TrafficClass, Verdict
 from gate.core.params import seconds_text
-from gate.lists.formats import column_number, csv_dialect, csv_error, open_lines
+from gate.lists.formats import column_number, csv_dialect, csv_rows, open_lines
 from gate.service import Gate
 from gate.store.client import Store, cancel_point
-
-if TYPE_CHECKING:
-    import _csv
 
 __all__ = [
     "BATCH",
@@ -329,22 +325,6 @@ def _aligned(row: list[str], width: int) -> list[str]:
     return [*row[:width], *row[cells:], *row[width:cells]]
 
 
-def _read_rows(reader: _csv.Reader, source: Path | str, before: int) -> Iterator[list[str]]:
-    """The rows of ``reader`` (``csv.reader`` of the lines of ``source`` after the first
-    ``before``); a row the csv module refuses is an ``InputError`` naming the line it
-    starts on (``csv_error``)."""
-    read = 0  # lines read by the rows given so far
-    for _ in range(1 << 62):  # bounded by the file: the reader stops at its end
-        try:
-            row = next(reader)
-        except StopIteration:
-            return
-        except csv.Error as exc:
-            raise csv_error(source, before + read + 1, exc) from exc
-        read = reader.line_num
-        yield row
-
-
 async def scrub_file(
     gate: Gate,
     source: Path,
@@ -384,7 +364,7 @@ async def scrub_file(
             raise InputError(f"{name}: no leads in the file")
         dialect = csv_dialect(first)
         reader = csv.reader(itertools.chain([first], opened), dialect)
-        read = _read_rows(reader, name, blank)
+        read = (row for _, row in csv_rows(reader, name, blank))
         head = [c.strip() for c in next(read)]
         index = column_index(column, head, name)
         has_header = column_number(column) is None or header
