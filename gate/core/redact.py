@@ -70,9 +70,9 @@ def redact(text: str, key: bytes | None) -> str:
         if match.lastgroup is not None:  # an id, an address, a date
             return run
         if (tail := _ID_TAIL.search(run)) is not None:
-            head = run[: tail.start()]
-            if len(_digits(head)) >= _MIN_DIGITS:
-                return _tag(_digits(head), key) + tail.group()
+            head = _digits(run[: tail.start()])
+            if len(head) >= _MIN_DIGITS:
+                return _tag(head, key) + tail.group()
             if match.start() > 0 and text[match.start() - 1] == "/":
                 return run  # an endpoint and its channel id: PJSIP/200-00000001
         digits = _digits(run)

@@ -550,7 +550,7 @@ class StasisGate:
                     "Stasis: could not %s an unapplied decision in Redis (%s); such "
                     "decisions are kept in this process only",
                     what,
-                    exc or f"no answer within {SAVED_WITHIN_S:g} s",
+                    str(exc) or f"no answer within {SAVED_WITHIN_S:g} s",
                 )
             return None
         if self._redis_failing:
