@@ -2,6 +2,7 @@
 
     python bench/e2e.py [--calls 500] [--rates 50,100] [--workers 1] [--deadline 50ms] [--keep]
                         [--rounds 1] [--minimal] [--profile RATE] [--busy-poll 200us|0]
+                        [--agi-busy-poll 200us|0]
 
 Needs root and the Asterisk chroot (``make sandbox``) and Debian's sipp. Starts, all on
 loopback: a redis-server (unix socket), ``callgate run`` with the sample config
@@ -491,6 +492,10 @@ def main() -> int:
         "--busy-poll",
         help="the gate's redis.busy_poll and agi.busy_poll (default: the config's; 0: off)",
     )
+    parser.add_argument(
+        "--agi-busy-poll",
+        help="the gate's agi.busy_poll alone (after --busy-poll; 0: off)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the SIPp traces and logs")
     parser.add_argument(
         "--profile",
@@ -517,6 +522,7 @@ def main() -> int:
         parser.error(f"--profile {args.profile}: not one of --rates {args.rates}")
 
     polling = {} if args.busy_poll is None else {"busy_poll": args.busy_poll}
+    agi_polling = polling if args.agi_busy_poll is None else {"busy_poll": args.agi_busy_poll}
     workdir = Path(tempfile.mkdtemp(prefix="cg-bench-e2e-"))
     redis_process, redis_url = start_redis(workdir)
     port, minimal_port = free_port(), free_port()
@@ -536,7 +542,7 @@ def main() -> int:
         secret=SECRET,
         overrides={
             "redis": {"deadline": args.deadline, **polling},
-            **({"agi": polling} if polling else {}),
+            **({"agi": agi_polling} if agi_polling else {}),
         },
         extra_toml=ari,
     )

@@ -8,7 +8,8 @@ SISMEMBER of the dialled number (``agi_arg_1``) in the set ``minimal:red``, one
 hours, no caps, no audit. On uvloop, as ``callgate run`` serves by default. Prints
 ``ready`` once it listens on 127.0.0.1:PORT; stops on SIGTERM or SIGINT.
 
-Asked the way callgate's own ``callgate-agi`` subroutine asks (``agi_arg_1: number=…``),
+Asked the way callgate's own ``callgate-agi`` subroutine asks (``check?number=…&…`` in
+``agi_network_script``; or ``agi_arg_1: number=…``),
 it answers as callgate does instead, one ``SET VARIABLE CALLGATE_DECISION
 "ALLOW|allowed||||…|0"`` (or BLOCK) for the subroutine to unpack: the same gate work
 behind callgate's dialplan, whose own cost that row then shows.
@@ -24,7 +25,8 @@ import redis.asyncio as aioredis
 import uvloop
 
 _ARG = b"agi_arg_1: "
-_NUMBER = b"number="  # callgate-agi's first argument
+_SCRIPT = b"agi_network_script: "
+_NUMBER = b"number="  # callgate-agi's first parameter
 
 
 async def serve(port: int, url: str) -> None:
@@ -36,6 +38,8 @@ async def serve(port: int, url: str) -> None:
             while (line := await reader.readline()) not in (b"", b"\n"):
                 if line.startswith(_ARG):
                     number = line[len(_ARG) :].strip()
+                elif line.startswith(_SCRIPT) and b"?" in line:  # check?number=…&tenant=…
+                    number = line.split(b"?", 1)[1].split(b"&", 1)[0].strip()
             subroutine = number.startswith(_NUMBER)
             if subroutine:
                 number = number[len(_NUMBER) :]

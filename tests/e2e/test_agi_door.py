@@ -25,6 +25,7 @@ from gateproc import REPO, GateProcess, callgate_dialplan, write_config
 from sandbox import AsteriskSandbox, SandboxError, SandboxFactory, free_port
 from sippuac import rejects_exactly_the_listed
 
+from agi.server import parse_request
 from tests.conftest import TEST_SECRET
 
 pytestmark = pytest.mark.e2e
@@ -294,3 +295,49 @@ async def test_a_comma_in_a_disposition_number_does_not_change_the_tenant(
         after = await call(sandbox, UNLISTED)
     assert ("OK", "refusal:fr-d223-9-refusal") == found.groups()
     assert ("hangup", "BLOCK") == (after.where, after.result)
+
+
+async def test_the_subroutine_asks_in_one_request_line_whatever_the_number_holds(
+    asterisk_factory: SandboxFactory,
+) -> None:
+    """callgate-agi puts its parameters in the URL's query, each URI-encoded: one
+    ``agi_network_script`` line and no ``agi_arg_N`` (Asterisk writes each request line
+    with a system call of its own). A number holding ``&``, ``=`` and ``%`` arrives whole,
+    the tenant and the rest as given."""
+    crafted = f"{LISTED}&number={UNLISTED}&tenant=evil%0A"
+    requests: list[list[tuple[str, str]]] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        lines: list[tuple[str, str]] = []
+        try:
+            for _ in range(200):
+                line = await asyncio.wait_for(reader.readline(), 5.0)
+                if not line.strip():
+                    break
+                name, _, value = line.decode().rstrip("\n").partition(": ")
+                lines.append((name, value))
+            requests.append(lines)
+            writer.write(b'SET VARIABLE CALLGATE_DECISION "BLOCK|listed:red|list:red|||21"\n')
+            await writer.drain()
+            await asyncio.wait_for(reader.readline(), 5.0)
+        finally:
+            writer.close()
+            await writer.wait_closed()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = int(server.sockets[0].getsockname()[1])
+    try:
+        include = callgate_dialplan(port, fail_mode="DEFER")
+        sandbox = asterisk_factory(DIALPLAN, extra_files={"callgate.conf": include})
+        await sandbox.originate_local(UNLISTED, "crafted", variables={"CRAFTED": crafted})
+        found = await sandbox.wait_for_log(r"CALLGATE-E2E hangup id=\S+ .*cause=(\d*) result=(\w*)")
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert 1 == len(requests)
+    request = parse_request(requests[0])
+    assert ([], "check") == ([n for n, _ in requests[0] if n.startswith("agi_arg_")], request.route)
+    assert {"number": crafted, "tenant": "default", "campaign": "e2e", "class": "campaign"} == {
+        k: v for k, v in request.params.items() if v
+    }
+    assert ("21", "BLOCK") == found.groups()
