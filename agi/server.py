@@ -323,7 +323,7 @@ class AgiServer:
         if headers is None:
             return
         channel = AgiChannel(stream, stream, COMMAND_TIMEOUT_S)
-        name = dict(headers).get("agi_channel", "?")
+        name = next((value for key, value in headers if key == "agi_channel"), "?")
         value, evaluation = await self._answer(headers)
         try:
             reply = await channel.set_variable(DECISION_VARIABLE, value, last=True)

@@ -460,20 +460,22 @@ class Workers:
                     continue
                 code = slot.process.poll()
                 if code is None:
-                    if slot.crashing and now - slot.started >= WORKER_HEALTHY_S:
-                        log.warning(
-                            "worker %d is running again (pid %d) after %d exits in a row",
-                            role.index, slot.process.pid, slot.exits,
-                        )  # fmt: skip
-                        slot.crashing = False
                     if now - slot.started >= WORKER_HEALTHY_S:
+                        if slot.crashing:
+                            log.warning(
+                                "worker %d is running again (pid %d) after %d exits in a row",
+                                role.index, slot.process.pid, slot.exits,
+                            )  # fmt: skip
+                            slot.crashing = False
                         slot.exits, slot.delay_s = 0, WORKER_RESTART_S
                     continue
                 due[role.index] = now + self._exited(role, slot, code)
 
     def _exited(self, role: WorkerRole, slot: _Slot, code: int) -> float:
         """Log a worker's exit (the first of a series, then once when it keeps exiting);
-        the delay before it is started again."""
+        the delay before it is started again. Its counters go to its baseline at once, its
+        gauges (``callgate_ari_connected``…) out of the sum: a dead worker connects nothing."""
+        self._keep_counts(role)
         slot.exits += 1
         delay = slot.delay_s
         slot.delay_s = min(slot.delay_s * 2, WORKER_RESTART_MAX_S)

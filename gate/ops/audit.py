@@ -161,7 +161,7 @@ class AuditLog:
         for a decision this writer does not keep (the decision script's own entries are
         undone by the store)."""
         found = self._undoable.pop(id(evaluation), None)
-        if found is None or found[0] is not evaluation:
+        if found is None:
             return
         queued = found[1]
         queued.undone = True

@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import re
 import socket
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
@@ -302,4 +304,38 @@ def test_a_dead_workers_counters_are_kept_without_its_gauges() -> None:
         'verdict="ALLOW"} 1.0' in kept,
         "callgate_decision_in_process_seconds_count 1.0" in kept,
         "callgate_config_info" in kept,
+    )
+
+
+async def test_a_worker_that_exits_leaves_its_gauges_at_once_and_keeps_its_counters(
+    tmp_path: Path,
+) -> None:
+    """A worker process exits (its last metrics say the Stasis application was connected):
+    as soon as the parent sees it gone, before it is started again, the sum drops its
+    gauges (a dead worker connects nothing) and keeps its counters."""
+    from gate.runtime import WORKER_RESTART_S, Workers
+    from gate.service import wait_event
+
+    workers = Workers([sys.executable, "-c", "pass"], 1, tmp_path, agi_port=4573)
+    workers.start()
+    workers.slots[0].process.wait(timeout=10)
+    workers.roles[0].metrics_path.write_text(
+        "# TYPE callgate_ari_connected gauge\ncallgate_ari_connected 1.0\n"
+        "# TYPE callgate_decisions_total counter\n"
+        'callgate_decisions_total{door="agi",reason="allowed",tenant="default",'
+        'verdict="ALLOW"} 3.0\n'
+    )
+    stop = asyncio.Event()
+    supervising = asyncio.create_task(workers.supervise(stop))
+    try:
+        await wait_event(stop, WORKER_RESTART_S / 2)  # seen exited, not started again
+        summed = "".join(workers.expositions())
+    finally:
+        stop.set()
+        await supervising
+        await workers.stop()
+    assert (0, False, True) == (
+        workers.restarts,
+        "callgate_ari_connected" in summed,
+        'verdict="ALLOW"} 3.0' in summed,
     )
