@@ -1380,14 +1380,24 @@ Command = Callable[[Config, argparse.Namespace], int]
 class _EarlySighup:
     """SIGHUP asks ``run`` to reload, and may come while it starts (``systemctl reload``
     right after ``start``: the unit is ``Type=exec``). Its default action would end the
-    process, so ``run`` catches it first thing; the reload it asked for runs as soon as
-    the reloader exists (``taken``), which then installs its own handler."""
+    process, so ``run`` catches it first thing (the ``callgate`` command even before its
+    imports, gate.launch); the reload it asked for runs as soon as the reloader exists
+    (``taken``), which then installs its own handler."""
 
     def __init__(self) -> None:
         self.wanted = False
 
     def install(self) -> None:
         signal.signal(signal.SIGHUP, self._set)
+
+    def release(self) -> None:
+        """Not ``run``: SIGHUP's default action again (it ends the process), and one that
+        came early (through the ``callgate`` command, gate.launch) delivered."""
+        if signal.getsignal(signal.SIGHUP) != self._set:
+            return
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+        if self.taken():
+            os.kill(os.getpid(), signal.SIGHUP)
 
     def _set(self, _signum: int, _frame: object) -> None:
         self.wanted = True
@@ -1398,13 +1408,15 @@ class _EarlySighup:
         return wanted
 
 
-_SIGHUP = _EarlySighup()
+EARLY_SIGHUP = _SIGHUP = _EarlySighup()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     if args.command == "run":
-        _SIGHUP.install()
+        _SIGHUP.install()  # already, through the ``callgate`` command (gate.launch)
+    else:
+        _SIGHUP.release()
     configure_logging(LoggingConfig(), args.verbose)
     try:
         if args.command == "init":

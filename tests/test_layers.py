@@ -3,6 +3,7 @@
 From the top (each layer may import only the layers below it, never one above; the three
 siblings in the middle never import each other):
 
+    gate.launch               the ``callgate`` command's entry point (SIGHUP caught first)
     gate.cli                  the command line
     gate.runtime              wiring: config → Redis → store → gate, the doors, operations
     agi | gate.stasis | gate.ops
@@ -36,6 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # Highest first; a layer is a tuple of sibling packages that may not import each other.
 LAYERS: tuple[tuple[str, ...], ...] = (
+    ("gate.launch",),
     ("gate.cli",),
     ("gate.runtime",),
     ("agi", "gate.stasis", "gate.ops"),

@@ -1,0 +1,27 @@
+"""The ``callgate`` command's entry point: SIGHUP is caught before anything is imported.
+
+``systemctl reload callgate`` right after ``start`` (the unit is ``Type=exec``) sends
+SIGHUP while ``run`` is still importing its modules (a few hundred milliseconds), and
+SIGHUP's default action ends the process. So the command catches it first thing, before
+the imports of ``gate.cli``, and hands one that came to the command line's own early
+handler (``gate.cli``: ``run`` reloads as soon as its reloader exists; any other command
+gets SIGHUP's default action back, and one that came early is then delivered).
+"""
+
+from __future__ import annotations
+
+import signal
+
+__all__ = ["main"]
+
+
+def main() -> int:
+    """``callgate``: SIGHUP caught, then the command line (``gate.cli.main``)."""
+    came: list[int] = []
+    signal.signal(signal.SIGHUP, lambda signum, _frame: came.append(signum))
+    from gate import cli
+
+    cli.EARLY_SIGHUP.install()  # from here on, the command line's handler records it
+    if came:
+        cli.EARLY_SIGHUP.wanted = True
+    return cli.main()
