@@ -940,18 +940,27 @@ def _whole_minute_offsets(window: _Window, now: datetime) -> bool:
 _MINUTE, _NO_TIME = timedelta(minutes=1), timedelta(0)
 
 
+def _ms_until_open(
+    rules: Sequence[HoursRule], zones: Sequence[str], at: datetime
+) -> tuple[int, HoursRule | None]:
+    """How long after ``at`` all ``rules`` are open in all ``zones`` (ms; 0: open then;
+    ``NO_WINDOW_RETRY_S`` when not within the horizon), and the first rule closed at
+    ``at`` (``next_open``)."""
+    opens_at, closed = next_open(rules, zones, at)
+    if opens_at is None:
+        return int(NO_WINDOW_RETRY_S * 1000), closed
+    if opens_at is at:
+        return 0, closed
+    # Timestamps, not datetime subtraction: two datetimes of one zone subtract as wall
+    # clocks, an hour off across a DST change.
+    return max(0, math.ceil((opens_at.timestamp() - at.timestamp()) * 1000)), closed
+
+
 def _window_check(window: _Window, now: datetime) -> Check:
     """The W check of ``window`` at ``now``: the wait until every rule is open (ms)."""
     rules, zones = window.rules, window.zones
     enforced = [r for r in rules if not r.shadow]
-    opens_at, closed = next_open(enforced or rules, zones, now)
-    if opens_at is None:
-        retry_ms = int(NO_WINDOW_RETRY_S * 1000)
-    else:
-        # Timestamps, not datetime subtraction: two datetimes of one zone subtract as wall
-        # clocks, an hour off across a DST change.
-        wait_s = opens_at.timestamp() - now.timestamp()
-        retry_ms = max(0, math.ceil(wait_s * 1000))
+    retry_ms, closed = _ms_until_open(enforced or rules, zones, now)
     decisive = closed or rules[0]
     detail = f"local time in {decisive.zone or ', '.join(zones)}"
     holiday = holiday_today(decisive, zones, now) if closed else None
@@ -1041,12 +1050,7 @@ def _legal_retry_ms(
     window = check.hours
     enforced = [rule for rule in window.rules if not rule.shadow]
     retry_at = datetime.fromtimestamp((now_ms + retry_ms) / 1000, UTC)
-    opens_at, _closed = next_open(enforced, window.zones, retry_at)
-    if opens_at is None:
-        return retry_ms + int(NO_WINDOW_RETRY_S * 1000)
-    if opens_at is retry_at:  # open then
-        return retry_ms
-    return max(retry_ms, math.ceil(opens_at.timestamp() * 1000) - now_ms)
+    return retry_ms + _ms_until_open(enforced, window.zones, retry_at)[0]
 
 
 def _would_decide(check: Check, seen: int, results: Sequence[int], exemptions: bool = True) -> bool:
