@@ -23,7 +23,10 @@ Guarantees:
   versions' entry counts) is removed at once (best effort, bounded), the live list
   untouched. One that is killed, or whose removal fails, leaves the live list untouched
   too; the directory remembers the version it was building, which the next replacement
-  removes (until then deltas also write into it).
+  removes (until then deltas also write into it). One cut off while switching (a
+  failover: some groups already decide with the new version, whole) fails saying so, and
+  the next replacement or resize completes that switch first: a version a group's meta
+  names as live is never removed.
   Replacements hold a per-list lock (a lease, so a killed
   importer does not block the next one forever).
 - Old versions are removed by name, UNLINK in small batches per slot (no long Redis stall;
@@ -53,6 +56,7 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -421,58 +425,125 @@ class ListStore:
         one's) raises or building fails: then the new version is removed, the live one
         kept, and the error goes to the caller (a Redis failure saying how many entries
         were written)."""
+        async with self._locked(list_id):
+            directory = await self._settle(list_id)
+            return await self._replace(list_id, directory, chunks, expected, meta, accept)
+
+    @asynccontextmanager
+    async def _locked(self, list_id: str) -> AsyncIterator[None]:
+        """Hold the list's replacement lock (a lease) for the block, or ``InputError``."""
         lock = self.keyspace.lock_key(list_id)
         lease = secrets.token_hex(8)
-        key = self.keyspace.directory_key(list_id)
         try:
             # Inside the try: a cancellation while the SET's reply is on its way (the lock
             # taken, the reply never read) still releases it below.
             if not await self._call(self._client.set(lock, lease, nx=True, px=_LOCK_LEASE_MS)):
                 raise InputError(f"list {list_id}: another import or resize is running; try later")
-            directory = await self.directory(list_id)
-            if "building" in directory:  # a killed import's partial version
-                await self._drop(
-                    list_id, int(directory["building"]), int(directory["building_bits"])
-                )
-            version = int(await self._call(self._client.hincrby(key, "next_version", 1)))
-            bits = bits_for(expected)
-            building = list_version(version, bits)
-            progress = _Progress()
-            built = False
-            try:
-                await self._call(
-                    self._client.hset(key, mapping={"building": version, "building_bits": bits})
-                )
-                await self._groups([["HSET", "{meta}", f"{list_id}:b", building]], atomic=False)
-                await self._write(list_id, version, bits, chunks, progress)
-                counts = await self._count_groups(list_id, version, bits)
-                built = True
-                if accept is not None:
-                    accept(sum(counts), await self.count(list_id))
-            except Exception as exc:
-                # Left in place, a partial version would hold its memory and take every
-                # delta (an opt-out) too, until the next replacement.
-                await self._give_up(list_id, version, bits)
-                if built or not isinstance(exc, StoreError):
-                    raise
-                raise type(exc)(
-                    f"list {list_id}: the import stopped with {progress.entries} of about "
-                    f"{expected} entries confirmed written, the list unchanged: {exc}"
-                ) from exc
-            refreshed = meta.get("refreshed_at")
-            await self._switch(list_id, building, counts, refreshed)
-            fields: dict[str, Any] = {"version": version, "bits": bits, **meta}
-            async with self._client.pipeline(transaction=not self.store.cluster) as pipe:
-                pipe.hset(key, mapping=fields)
-                pipe.hdel(key, "building", "building_bits")
-                await self._call(pipe.execute())
-            if "version" in directory:
-                await self._drop(list_id, int(directory["version"]), int(directory["bits"]))
-            return Replaced(version, bits, sum(counts))
+            yield
         finally:
-            # Release only our own lease (a slow import may have lost it).
+            await self._unlock(list_id, lock, lease)
+
+    async def _unlock(self, list_id: str, lock: str, lease: str) -> None:
+        """Release only our own lease (a slow import may have lost it). A failure (Redis
+        unreachable) is logged, not raised: the operation's own outcome or error stands."""
+        try:
             if (await self._call(self._client.get(lock))) == lease.encode():
                 await self._call(self._client.delete(lock))
+        except StoreError as exc:
+            log.warning(
+                "list %s: its import lock was not released (%s); it expires within %d min",
+                list_id,
+                exc,
+                _LOCK_LEASE_MS // 60_000,
+            )
+
+    async def _replace(
+        self,
+        list_id: str,
+        directory: Mapping[str, str],
+        chunks: Chunks,
+        expected: int,
+        meta: Mapping[str, str],
+        accept: Callable[[int, int], None] | None,
+    ) -> Replaced:
+        """``replace`` under the lock, ``directory`` the list's entry as ``_settle`` left it."""
+        key = self.keyspace.directory_key(list_id)
+        version = int(await self._call(self._client.hincrby(key, "next_version", 1)))
+        bits = bits_for(expected)
+        building = list_version(version, bits)
+        progress = _Progress()
+        built = False
+        try:
+            await self._call(
+                self._client.hset(key, mapping={"building": version, "building_bits": bits})
+            )
+            await self._groups([["HSET", "{meta}", f"{list_id}:b", building]], atomic=False)
+            await self._write(list_id, version, bits, chunks, progress)
+            counts = await self._count_groups(list_id, version, bits)
+            built = True
+            if accept is not None:
+                accept(sum(counts), await self.count(list_id))
+        except Exception as exc:
+            # Left in place, a partial version would hold its memory and take every
+            # delta (an opt-out) too, until the next replacement.
+            await self._give_up(list_id, version, bits)
+            if built or not isinstance(exc, StoreError):
+                raise
+            raise type(exc)(
+                f"list {list_id}: the import stopped with {progress.entries} of about "
+                f"{expected} entries confirmed written, the list unchanged: {exc}"
+            ) from exc
+        try:
+            await self._switch(list_id, building, counts, meta.get("refreshed_at"))
+            await self._switched(list_id, version, bits, meta)
+        except StoreError as exc:
+            raise type(exc)(
+                f"list {list_id}: the import was cut off while switching to its new "
+                f"version ({sum(counts)} entries), which part of the list may already "
+                f"use; the next import or resize of the list completes the switch: {exc}"
+            ) from exc
+        if "version" in directory:
+            await self._drop(list_id, int(directory["version"]), int(directory["bits"]))
+        return Replaced(version, bits, sum(counts))
+
+    async def _switched(
+        self, list_id: str, version: int, bits: int, meta: Mapping[str, str]
+    ) -> None:
+        """Record in the directory that every group has switched to ``version``."""
+        fields: dict[str, Any] = {"version": version, "bits": bits, **meta}
+        key = self.keyspace.directory_key(list_id)
+        async with self._client.pipeline(transaction=not self.store.cluster) as pipe:
+            pipe.hset(key, mapping=fields)
+            pipe.hdel(key, "building", "building_bits")
+            await self._call(pipe.execute())
+
+    async def _settle(self, list_id: str) -> dict[str, str]:
+        """The directory entry once an earlier replacement that did not end is dealt with
+        (the caller holds the list's lock). Its version was only partly written (a killed
+        import): removed. Or it was whole and its switch was cut off (a failover, a lost
+        connection: some groups' meta already name it, and decisions and opt-outs there
+        use it alone): the switch is completed and the version before it removed, never
+        the version in force."""
+        directory = await self.directory(list_id)
+        if "building" not in directory:
+            return directory
+        version, bits = int(directory["building"]), int(directory["building_bits"])
+        building = list_version(version, bits)
+        live = await self._groups([["HGET", "{meta}", list_id]], atomic=False)
+        if building.encode() not in live:
+            await self._drop(list_id, version, bits)
+            return directory
+        log.warning(
+            "list %s: completing the switch to version %d that an earlier import began",
+            list_id,
+            version,
+        )
+        counts = await self._count_groups(list_id, version, bits)
+        await self._switch(list_id, building, counts, None)
+        await self._switched(list_id, version, bits, {})
+        if "version" in directory and int(directory["version"]) != version:
+            await self._drop(list_id, int(directory["version"]), int(directory["bits"]))
+        return await self.directory(list_id)
 
     async def _give_up(self, list_id: str, version: int, bits: int) -> None:
         """``_abandon``, bounded by ``_ABANDON_S``; a failure leaves the version to the
@@ -519,16 +590,18 @@ class ListStore:
     async def resize(self, list_id: str, entries: int = 0) -> Replaced:
         """Rebuild the live version with buckets sized for its entry count (or for
         ``entries``, if more: entries about to be added)."""
-        directory = await self.directory(list_id)
-        members = [m async for m in self.members(list_id)]
-        meta = {
-            k: v
-            for k, v in directory.items()
-            if k not in ("version", "bits", "next_version", "building", "building_bits")
-        }
-        return await self.replace(
-            list_id, self._rebucketed(members), max(len(members), entries), meta
-        )
+        async with self._locked(list_id):
+            # Settled first: the members are those of the version in force.
+            directory = await self._settle(list_id)
+            members = [m async for m in self.members(list_id)]
+            meta = {
+                k: v
+                for k, v in directory.items()
+                if k not in ("version", "bits", "next_version", "building", "building_bits")
+            }
+            expected = max(len(members), entries)
+            chunks = self._rebucketed(members)
+            return await self._replace(list_id, directory, chunks, expected, meta, None)
 
     def _rebucketed(self, members: list[int]) -> Iterator[Chunk]:
         """Stored members with their bucket32, by chunks."""

@@ -16,6 +16,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -23,7 +24,7 @@ from redis.crc import key_slot
 
 from gate.cli import main
 from gate.config.loader import RedisConfig
-from gate.core.errors import NotReplicated
+from gate.core.errors import NotReplicated, StoreError
 from gate.core.keys import SLOT_GROUPS, Keyspace
 from gate.core.model import Attempt, Decision, TrafficClass, Verdict
 from gate.lists.admin import ListAdmin
@@ -32,6 +33,7 @@ from gate.lists.scrub import scrub
 from gate.ops.audit import read_range
 from gate.service import Gate
 from gate.store.client import Store
+from gate.store.lists import ListStore
 from tests.cluster import LocalCluster, Node
 from tests.conftest import BASE_CONFIG, TEST_SECRET, make_config
 from tests.ops.conftest import labels, serve
@@ -388,6 +390,74 @@ async def _failover(local: LocalCluster) -> tuple[float, list[tuple[str, Decisio
         return right_since - killed, outcomes, f"127.0.0.1:{master.port}", lanes
     finally:
         await store.close()
+
+
+def test_an_import_cut_off_while_switching_is_completed_not_dropped_by_the_next(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--replace whose directory master is SIGKILLed once every group has switched: the
+    import fails saying so; while the next one builds (after the failover) every number
+    of the list is still listed, and it ends with only its own version's buckets."""
+    local = LocalCluster(tmp_path).start()
+    try:
+        error, during, after, versions = asyncio.run(_cut_off_switch(local, monkeypatch))
+    finally:
+        local.stop()
+    assert "cut off while switching to its new version (300 entries)" in error
+    assert (["listed:red"] * 30, ["listed:red"] * 30) == (during, after)
+    assert {b"3"} == versions
+
+
+async def _cut_off_switch(
+    local: LocalCluster, monkeypatch: pytest.MonkeyPatch
+) -> tuple[str, list[str], list[str], set[bytes]]:
+    store = Store(None, 1.0, nodes=local.seeds)
+    gate = Gate(make_config(), store)
+    admin = ListAdmin.of(gate)
+    red = [f"+3361{i:07d}" for i in range(300)]
+    directory_master = local.master_of(key_slot(b"{lists}"))
+
+    async def decisions() -> list[str]:
+        return [(await gate.decide(attempt(n), record=False, door="cli")).reason for n in red[::10]]
+
+    switch = ListStore._switch
+
+    async def switch_then_kill(self: ListStore, *args: Any) -> None:
+        await switch(self, *args)
+        client = directory_master.client()
+        client.execute_command("WAIT", 1, 5000)  # its replica has every group switched
+        client.close()
+        local.kill(directory_master)
+
+    async def rebuilt() -> AsyncIterator[tuple[list[int], list[int]]]:
+        numbers = [KEYS.number(n) for n in red]
+        yield [n.member for n in numbers], [n.bucket32 for n in numbers]
+        during.extend(await decisions())  # the new version is being built
+
+    during: list[str] = []
+    try:
+        await admin.import_entries(
+            "red", entries(red), TENANT, "", fail_on_reject, mode="replace", expected=300
+        )
+        monkeypatch.setattr(ListStore, "_switch", switch_then_kill)
+        with pytest.raises(StoreError) as cut:
+            await admin.import_entries(
+                "red", entries(red), TENANT, "", fail_on_reject, mode="replace", expected=300
+            )
+        monkeypatch.setattr(ListStore, "_switch", switch)
+        await asyncio.to_thread(local.wait_ok)
+        await store.admin_client.delete(KEYS.lock_key("red:t:default"))  # 15 min lease
+        await admin.lists.replace("red:t:default", rebuilt(), 300, {})
+        after = await decisions()
+    finally:
+        await store.close()
+    versions = set()
+    for node in local.masters_now():
+        client = node.client()
+        versions |= {k.split(b":l:red:t:default:")[1].split(b":")[0]
+                     for k in client.keys("callgate:{*}:l:red:t:default:*")}  # fmt: skip
+        client.close()
+    return str(cut.value), during, after, versions
 
 
 def test_cluster_config_needs_seed_nodes(tmp_path: Path) -> None:
