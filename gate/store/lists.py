@@ -46,6 +46,7 @@ import asyncio
 import logging
 import math
 import secrets
+import time
 from collections.abc import (
     AsyncIterable,
     AsyncIterator,
@@ -108,6 +109,11 @@ _COMMANDS = 4096  # commands per admin request when reading buckets
 _GROUPS_PER_REQUEST = 128  # group scripts per admin request when counting
 _LOCK_LEASE_MS = 15 * 60 * 1000
 _ABANDON_S = 60.0  # removing a failed replacement's version, well within the lock's lease
+# Releasing the lock is tried this long (a failover: a promoted replica holds it), backoff
+# from _UNLOCK_RETRY_S, doubling, up to _UNLOCK_RETRY_MAX_S.
+_UNLOCK_S = 30.0
+_UNLOCK_RETRY_S = 0.2
+_UNLOCK_RETRY_MAX_S = 2.0
 _UNLINK_BATCH = 500
 _FIELDS_BATCH = 1000
 _STALE_TRIES = 20
@@ -444,18 +450,31 @@ class ListStore:
             await self._unlock(list_id, lock, lease)
 
     async def _unlock(self, list_id: str, lock: str, lease: str) -> None:
-        """Release only our own lease (a slow import may have lost it). A failure (Redis
-        unreachable) is logged, not raised: the operation's own outcome or error stands."""
-        try:
-            if (await self._call(self._client.get(lock))) == lease.encode():
-                await self._call(self._client.delete(lock))
-        except StoreError as exc:
-            log.warning(
-                "list %s: its import lock was not released (%s); it expires within %d min",
-                list_id,
-                exc,
-                _LOCK_LEASE_MS // 60_000,
-            )
+        """Release only our own lease (a slow import may have lost it). Redis unreachable
+        (a failover under way: the lock is on the promoted replica too) is tried again,
+        with backoff, for up to ``_UNLOCK_S``: else every import of the list would be
+        refused until the lease ends. A failure is logged, not raised: the operation's
+        own outcome or error stands."""
+        delay = _UNLOCK_RETRY_S
+        give_up = time.monotonic() + _UNLOCK_S
+        error: StoreError | None = None
+        for _ in range(int(_UNLOCK_S / _UNLOCK_RETRY_S) + 1):
+            try:
+                if (await self._call(self._client.get(lock))) == lease.encode():
+                    await self._call(self._client.delete(lock))
+                return
+            except StoreError as exc:
+                error = exc
+            if time.monotonic() + delay > give_up:
+                break
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, _UNLOCK_RETRY_MAX_S)
+        log.warning(
+            "list %s: its import lock was not released (%s); it expires within %d min",
+            list_id,
+            error,
+            _LOCK_LEASE_MS // 60_000,
+        )
 
     async def _replace(
         self,

@@ -446,7 +446,6 @@ async def _cut_off_switch(
             )
         monkeypatch.setattr(ListStore, "_switch", switch)
         await asyncio.to_thread(local.wait_ok)
-        await store.admin_client.delete(KEYS.lock_key("red:t:default"))  # 15 min lease
         await admin.lists.replace("red:t:default", rebuilt(), 300, {})
         after = await decisions()
     finally:
@@ -458,6 +457,50 @@ async def _cut_off_switch(
                      for k in client.keys("callgate:{*}:l:red:t:default:*")}  # fmt: skip
         client.close()
     return str(cut.value), during, after, versions
+
+
+def test_an_import_cut_off_by_a_failover_does_not_lock_out_the_next(tmp_path: Path) -> None:
+    """--replace whose directory master is SIGKILLed while it builds: it fails saying the
+    list is unchanged, releasing its lock on the promoted replica, so the next import,
+    right after, runs (it was refused for the lock's 15 min lease) and the list holds it."""
+    local = LocalCluster(tmp_path).start()
+    try:
+        error, count, reasons = asyncio.run(_failover_during_build(local))
+    finally:
+        local.stop()
+    assert "the list unchanged" in error
+    assert (300, ["listed:red"] * 30) == (count, reasons)
+
+
+async def _failover_during_build(local: LocalCluster) -> tuple[str, int, list[str]]:
+    store = Store(None, 1.0, nodes=local.seeds)
+    gate = Gate(make_config(), store)
+    admin = ListAdmin.of(gate)
+    red = [f"+3361{i:07d}" for i in range(300)]
+    directory_master = local.master_of(key_slot(b"{lists}"))
+
+    async def killed_midway() -> AsyncIterator[tuple[list[int], list[int]]]:
+        client = directory_master.client()
+        client.execute_command("WAIT", 1, 5000)  # its replica holds the lock
+        client.close()
+        local.kill(directory_master)
+        numbers = [KEYS.number(n) for n in red]
+        yield [n.member for n in numbers], [n.bucket32 for n in numbers]
+
+    try:
+        with pytest.raises(StoreError) as cut:
+            await admin.lists.replace("red:t:default", killed_midway(), 300, {})
+        await asyncio.to_thread(local.wait_ok)
+        await admin.import_entries(
+            "red", entries(red), TENANT, "", fail_on_reject, mode="replace", expected=300
+        )
+        count = await admin.count("red", TENANT, "")
+        reasons = [
+            (await gate.decide(attempt(n), record=False, door="cli")).reason for n in red[::10]
+        ]
+    finally:
+        await store.close()
+    return str(cut.value), count, reasons
 
 
 def test_cluster_config_needs_seed_nodes(tmp_path: Path) -> None:
