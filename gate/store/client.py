@@ -80,6 +80,8 @@ from redis.crc import key_slot
 from redis.exceptions import (
     AskError,
     BusyLoadingError,
+    ClusterDownError,
+    MasterDownError,
     MovedError,
     NoScriptError,
     RedisError,
@@ -181,6 +183,15 @@ def cancel_point() -> None:
         raise asyncio.CancelledError
 
 
+# Error replies saying Redis cannot answer now (a cluster failover, a slot moving), as
+# redis-py raises them (most specific first), and their codes.
+_UNAVAILABLE: tuple[tuple[type[Exception], str], ...] = (
+    (MasterDownError, "MASTERDOWN"),
+    (ClusterDownError, "CLUSTERDOWN"),
+    (TryAgainError, "TRYAGAIN"),
+)
+
+
 def translate_error(exc: BaseException, where: str) -> StoreError:
     """Map a redis-py error to the gate's error tree (one line, says what to check)."""
     if isinstance(exc, StoreError):
@@ -193,6 +204,11 @@ def translate_error(exc: BaseException, where: str) -> StoreError:
         detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         return StoreUnavailable(f"Redis at {where} is unreachable ({detail}); is it running?")
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    # redis-py parses these replies into their own classes, their code cut off the text.
+    for kind, code in _UNAVAILABLE:
+        if isinstance(exc, kind):
+            text = f"{code} {text}"
+            break
     if text.startswith(("CLUSTERDOWN", "TRYAGAIN", "MASTERDOWN", "LOADING")):
         return StoreUnavailable(f"Redis at {where} cannot answer now ({text})")
     return StoreError(f"Redis at {where} answered with an error: {text}")

@@ -24,7 +24,7 @@ from redis.crc import key_slot
 
 from gate.cli import main
 from gate.config.loader import RedisConfig
-from gate.core.errors import NotReplicated, StoreError
+from gate.core.errors import NotReplicated, StoreError, StoreUnavailable
 from gate.core.keys import SLOT_GROUPS, Keyspace
 from gate.core.model import Attempt, Decision, TrafficClass, Verdict
 from gate.lists.admin import ListAdmin
@@ -501,6 +501,37 @@ async def _failover_during_build(local: LocalCluster) -> tuple[str, int, list[st
     finally:
         await store.close()
     return str(cut.value), count, reasons
+
+
+async def test_an_opt_out_into_a_slot_being_migrated_says_redis_cannot_answer_now(
+    gate: Gate, cluster: LocalCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A slot group's slot left MIGRATING (TRYAGAIN: some of its keys there, some not): an
+    opt-out there fails as Redis unavailable for now, naming the reply's code, not as an
+    error Redis answered; a decision gets the fail mode, logged the same way."""
+    group = 401
+    (listed,) = numbers_in(group + 1, 1)  # the list's meta in every group, no bucket in this one
+    (opt_out,) = numbers_in(group, 1)
+    slot = 16 * group
+    admin = ListAdmin.of(gate)
+    await admin.add("red", [listed], TENANT, "")
+    source = cluster.master_of(slot)
+    target = next(n for n in cluster.masters_now() if n.port != source.port)
+    src, dst = source.client(), target.client()
+    src_id, dst_id = (c.execute_command("CLUSTER MYID") for c in (src, dst))
+    try:
+        dst.execute_command("CLUSTER SETSLOT", slot, "IMPORTING", src_id)
+        src.execute_command("CLUSTER SETSLOT", slot, "MIGRATING", dst_id)
+        with pytest.raises(StoreUnavailable) as moving:
+            await admin.add("red", [opt_out], TENANT, "")
+        decision = await gate.decide(attempt(opt_out), record=True, door="cli")
+    finally:
+        for client in (src, dst):
+            client.execute_command("CLUSTER SETSLOT", slot, "STABLE")
+            client.close()
+    assert "cannot answer now (TRYAGAIN " in str(moving.value)
+    assert "store_unavailable" == decision.reason
+    assert "cannot answer now (TRYAGAIN " in caplog.text
 
 
 def test_cluster_config_needs_seed_nodes(tmp_path: Path) -> None:
