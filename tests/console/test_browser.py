@@ -341,3 +341,38 @@ def test_without_a_token_the_console_opens_with_a_warning(
         "Set [api] token to require one."
     ) == banner
     assert 1 == len(shown)
+
+
+def test_an_abandoned_call_recorded_on_the_lists_page_counts_toward_its_campaign(
+    redis_server_url: str, browser: Browser, tmp_path: Path
+) -> None:
+    """With the uk pack, "Record an abandoned call" with the campaign given above the lists
+    starts the 72 h cool-off and counts the call toward the campaign's abandoned-call
+    ceiling; without a campaign the page says which ceiling it was not counted toward."""
+    port = free_port()
+    config = write_config(
+        tmp_path / "callgate.toml",
+        redis_url=redis_server_url,
+        agi_port=port,
+        secret=TEST_SECRET,
+        overrides={"redis": {"deadline": "1s"}, "gate": {"packs": ["uk"]}},
+    )
+    with GateProcess(config, tmp_path / "callgate.log", port) as process:
+        open_page(
+            browser,
+            RunningGate(process, f"http://127.0.0.1:{process.http_port()}", config),
+            "lists",
+            "#lists-table tr[data-list=red]",
+        )
+        browser.fill("#consent-form [name=number]", "+442079460123")
+        browser.find("#consent-form button[value=abandoned]").click()
+        uncounted = browser.text("#consent-result")
+        browser.fill("#lists-scope [name=campaign]", "spring")
+        browser.run("document.getElementById('consent-result').textContent = '';")
+        browser.find("#consent-form button[value=abandoned]").click()
+        counted = browser.text("#consent-result")
+    assert (
+        "abandoned recorded: uk-abandoned-72h; not counted toward uk-ofcom-abandoned-3pct "
+        "(give its campaign above)",
+        "abandoned recorded: uk-abandoned-72h, uk-ofcom-abandoned-3pct",
+    ) == (uncounted, counted)

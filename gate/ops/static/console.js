@@ -616,10 +616,12 @@
           const r = await postJson('/v1/consents/revoke', { ...scopeBody, numbers: [v.number] });
           text = `consent revoked; ${r.red_listed} added to the red list`;
         } else {
-          const body = { number: v.number, tenant: v.tenant };
+          // An abandoned call counts toward its campaign's abandoned-call ceilings.
+          const body = op === 'abandoned' ? { ...scopeBody, number: v.number } : { number: v.number, tenant: v.tenant };
           if (v.granted_at) body.at = instant(v.granted_at);
           const r = await postJson(`/v1/events/${op}`, body);
           text = `${op} recorded: ${r.rules.join(', ')}`;
+          if (r.uncounted.length) text += `; not counted toward ${r.uncounted.join(', ')} (give its campaign above)`;
         }
         consentMsg.className = 'ok'; consentMsg.textContent = text;
         await load();
@@ -641,7 +643,7 @@
       h('div', { class: 'panel' }, h('h2', { text: 'Add or remove one number' }), one, oneMsg),
       h('div', { class: 'panel' }, h('h2', { text: 'Import a file' }), upload, bar, barText, rejects),
       h('div', { class: 'panel' }, h('h2', { text: 'Consent and refusal' }),
-        h('p', { class: 'hint', text: 'A refusal or an abandoned call starts the cool-off of the packs in force ("Granted at" is then its time, default now).' }),
+        h('p', { class: 'hint', text: 'A refusal or an abandoned call starts the cool-off of the packs in force ("Granted at" is then its time, default now); an abandoned call counts toward the abandoned-call ceiling of the campaign given above.' }),
         consent, consentMsg));
     await load();
   };
