@@ -376,3 +376,31 @@ def test_an_abandoned_call_recorded_on_the_lists_page_counts_toward_its_campaign
         "(give its campaign above)",
         "abandoned recorded: uk-abandoned-72h, uk-ofcom-abandoned-3pct",
     ) == (uncounted, counted)
+
+
+def test_the_live_page_without_refusals_says_so_instead_of_collecting(
+    redis_server_url: str, browser: Browser, tmp_path: Path
+) -> None:
+    """Once the first rates are drawn, a gate that refused no call shows an empty reasons
+    chart with "no refusals in the last hour", not "collecting" (it said so for ever)."""
+    port = free_port()
+    config = write_config(
+        tmp_path / "callgate.toml",
+        redis_url=redis_server_url,
+        agi_port=port,
+        secret=TEST_SECRET,
+        overrides={"redis": {"deadline": "1s"}},
+    )
+    with GateProcess(config, tmp_path / "callgate.log", port) as process:
+        url = f"http://127.0.0.1:{process.http_port()}/#/live"
+
+        def drawn() -> bool:
+            # The page polls every 5 s; a fresh load shows the samples taken (every 10 s).
+            browser.get(url)
+            browser.wait("the Live charts", lambda: browser.find_all("#chart-verdicts svg"))
+            return "collecting" not in browser.find("#chart-verdicts").text
+
+        browser.wait("the first rates", drawn, within_s=40)
+        reasons = browser.find("#chart-reasons").text
+    assert "collecting" not in reasons
+    assert "no refusals in the last hour" in reasons

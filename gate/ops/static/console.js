@@ -333,12 +333,12 @@
   }
 
   // One line per series over the last hour, or since the gate started if that is more
-  // recent (at least the last 5 minutes); x: minutes ago.
-  function lineChart(series, colors, startIso, stepS) {
+  // recent (at least the last 5 minutes); x: minutes ago. count: the values sampled so
+  // far (a chart may have no series at all: no refusals).
+  function lineChart(series, colors, startIso, stepS, count) {
     const W = 600; const H = 180; const L = 40; const B = 20; const T = 8;
     const svg = s('svg', { class: 'chart', viewBox: `0 0 ${W} ${H}`, preserveAspectRatio: 'none', role: 'img' });
     const names = Object.keys(series);
-    const count = Math.max(0, ...names.map((n) => series[n].length));
     const max = niceMax(Math.max(0, ...names.flatMap((n) => series[n])));
     const spanMin = Math.min(60, Math.max(5, Math.ceil((count * stepS) / 300) * 5));
     const span = spanMin * 60;
@@ -408,9 +408,10 @@
       const live = await getJson('/v1/live');
       cards.replaceChildren(...doorCards(live.doors));
       const sr = live.series;
-      byVerdict.replaceChildren(lineChart(sr.verdicts, VERDICT_COLORS, sr.start, sr.step_s), legend(Object.keys(sr.verdicts), VERDICT_COLORS));
+      const count = Math.max(0, ...Object.values(sr.verdicts).map((values) => values.length));
+      byVerdict.replaceChildren(lineChart(sr.verdicts, VERDICT_COLORS, sr.start, sr.step_s, count), legend(Object.keys(sr.verdicts), VERDICT_COLORS));
       const reasons = Object.keys(sr.reasons);
-      byReason.replaceChildren(lineChart(sr.reasons, {}, sr.start, sr.step_s),
+      byReason.replaceChildren(lineChart(sr.reasons, {}, sr.start, sr.step_s, count),
         reasons.length ? legend(reasons, {}) : h('p', { class: 'hint', text: 'no refusals in the last hour' }));
       if (firstData) { firstData = false; performance.mark('callgate-live-data'); }
     };
