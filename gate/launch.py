@@ -14,12 +14,18 @@ import signal
 
 __all__ = ["main"]
 
+EXIT_INTERRUPTED = 130  # as gate.cli's (not imported yet)
+
 
 def main() -> int:
-    """``callgate``: SIGHUP caught, then the command line (``gate.cli.main``)."""
+    """``callgate``: SIGHUP caught, then the command line (``gate.cli.main``). Ctrl-C
+    while it imports ends it as Ctrl-C does later (exit 130), without a traceback."""
     came: list[int] = []
     signal.signal(signal.SIGHUP, lambda signum, _frame: came.append(signum))
-    from gate import cli
+    try:
+        from gate import cli
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
 
     cli.EARLY_SIGHUP.install()  # from here on, the command line's handler records it
     if came:

@@ -154,6 +154,32 @@ def test_the_callgate_command_survives_a_sighup_while_it_imports_and_reloads(
     assert "(unchanged)" in lines[-1]
 
 
+def test_ctrl_c_while_the_callgate_command_imports_exits_130_without_a_traceback(
+    tmp_path: Path,
+) -> None:
+    """Ctrl-C right after ``make run`` (SIGINT 0.1 s in, while Python still imports
+    callgate's modules) ends the command as Ctrl-C does later: exit 130, no traceback."""
+    command = Path(sys.executable).parent / "callgate"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("CALLGATE_SECRET", None)
+    process = subprocess.Popen(
+        [str(command), "--config", str(_sample_config_in(tmp_path)), "run"],
+        stdin=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        time.sleep(0.1)
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=STARTUP_DEADLINE_S)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+    assert (130, "") == (process.returncode, stderr)
+
+
 def test_another_command_still_ends_on_a_sighup_that_came_while_it_imported() -> None:
     """Any command but ``run`` keeps SIGHUP's default action: one that came while the
     ``callgate`` command imported is delivered once it knows the command (it ends)."""
