@@ -393,6 +393,7 @@ class ListKind(enum.StrEnum):
     BLOCK = "block"
     ALLOW = "allow"
     CONSENT = "consent"
+    REASSIGNED = "reassigned"  # a number's last disconnect day (the us pack's)
 
 
 class ListScope(enum.StrEnum):

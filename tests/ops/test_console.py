@@ -414,6 +414,29 @@ async def test_a_list_a_freshness_rule_needs_is_stale_until_imported_recently(
     ] == [never, today, old]
 
 
+async def test_the_us_packs_reassigned_list_is_listed_and_read_like_the_others(
+    redis_url: str,
+) -> None:
+    """With the us pack, GET /v1/lists (the Lists page) and GET /v1/lists/reassigned
+    answer 200 with the list of kind ``reassigned``: both were a 500 (a kind the answer's
+    model did not know)."""
+    config = make_config({"gate": {**BASE_CONFIG["gate"], "packs": ["us"]}})
+    store = Store(redis_url, deadline_s=1.0)
+    running = await start(Gate(config, store, "v1"))
+    try:
+        await ListAdmin.of(running.gate).import_disconnects(
+            "reassigned", ["+12125550123,2026-11-02"], "default", "", lambda _: None
+        )
+        lists_status, lists = await running.call("GET", "/v1/lists", AUTH)
+        info_status, info = await running.call("GET", "/v1/lists/reassigned", AUTH)
+    finally:
+        await stop(running)
+        await store.close()
+    (row,) = [row for row in lists["lists"] if row["name"] == "reassigned"]
+    assert (200, "reassigned", 1) == (lists_status, row["kind"], row["info"]["entries"])
+    assert (200, "reassigned", 1) == (info_status, info["kind"], info["entries"])
+
+
 async def test_rules_lists_the_packs_and_every_rule_with_its_source(redis_url: str) -> None:
     """GET /v1/rules names the packs in force with their versions and each rule with its
     source and shadow flag, and the config version."""

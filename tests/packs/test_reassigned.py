@@ -362,6 +362,19 @@ def test_the_cli_imports_exports_and_enforces_a_reassigned_list(
     )
 
 
+def test_the_cli_tells_a_reassigned_lists_info_as_json(
+    capsys: pytest.CaptureFixture[str], us_config: Path, tmp_path: Path
+) -> None:
+    """``list info reassigned --json`` answers the typed info (kind ``reassigned``); it
+    ended in a traceback (a kind the answer's model did not know)."""
+    rnd = tmp_path / "rnd.csv"
+    rnd.write_text(f"{NUMBER},2026-11-02\n", encoding="utf-8")
+    run(capsys, us_config, "list", "import", "reassigned", str(rnd))
+    status, out, _ = run(capsys, us_config, "list", "info", "reassigned", "--json")
+    info = json.loads(out)
+    assert (0, "reassigned", 1) == (status, info["kind"], info["entries"])
+
+
 @pytest.mark.parametrize(
     "options",
     [["--format", "csv"], ["--column", "1"], ["--replace"]],
