@@ -404,3 +404,40 @@ def test_the_live_page_without_refusals_says_so_instead_of_collecting(
         reasons = browser.find("#chart-reasons").text
     assert "collecting" not in reasons
     assert "no refusals in the last hour" in reasons
+
+
+def test_a_reassigned_list_can_be_imported_on_the_lists_page(
+    redis_server_url: str, browser: Browser, tmp_path: Path
+) -> None:
+    """With the us pack, its reassigned list (lines number,disconnected_on) is offered for
+    upload, as ``POST /v1/lists/reassigned/import`` takes it."""
+    answers = tmp_path / "rnd-answers.csv"
+    answers.write_text("+12125550123,2026-11-02\n+12125550124,2026-11-03\n")
+    port = free_port()
+    config = write_config(
+        tmp_path / "callgate.toml",
+        redis_url=redis_server_url,
+        agi_port=port,
+        secret=TEST_SECRET,
+        overrides={"redis": {"deadline": "1s"}, "gate": {"packs": ["us"]}},
+    )
+    with GateProcess(config, tmp_path / "callgate.log", port) as process:
+        open_page(
+            browser,
+            RunningGate(process, f"http://127.0.0.1:{process.http_port()}", config),
+            "lists",
+            "#lists-table tr[data-list=reassigned]",
+        )
+        offered = [
+            option.get_attribute("value")
+            for option in browser.find_all("#import-form [name=list] option")
+        ]
+        browser.set_value("#import-form [name=list]", "reassigned")
+        browser.find("#import-form input[type=file]").send_keys(str(answers))
+        browser.find("#import-form button[type=submit]").click()
+        done = browser.wait(
+            "the import's final counts",
+            lambda: (text := browser.find("#import-status").text).startswith("done") and text,
+        )
+    assert "reassigned" in offered
+    assert done.startswith("done: 2 imported,"), done

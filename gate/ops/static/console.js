@@ -636,7 +636,7 @@
         if (current) select.value = current;
       };
       pick(oneList, ['block', 'allow']);
-      pick(importList, ['block', 'allow', 'consent']);
+      pick(importList, ['block', 'allow', 'consent', 'reassigned']);
       pick(consentList, ['consent']);
     }
 
