@@ -12,6 +12,7 @@ Depends only on the standard library and Debian's ``sip-tester`` (/usr/bin/sipp 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import shutil
 import socket
@@ -130,18 +131,80 @@ class SippRun:
     output: str
 
 
-def _free_udp_port() -> int:
+def _free_udp_port(span: int = 1) -> int:
+    """A port ``p`` with ``p`` … ``p + span - 1`` free on 127.0.0.1 (UDP and TCP) now.
+
+    SIPp's media port (``-mp``) takes four in a row (RTP and RTCP, audio and video)."""
     for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        with (
+            contextlib.ExitStack() as held,
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp,
+        ):
             udp.bind(("127.0.0.1", 0))
             port = int(udp.getsockname()[1])
             try:
-                with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-                    tcp.bind(("127.0.0.1", port))
+                for offset in range(span):
+                    for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+                        if (offset, kind) == (0, socket.SOCK_DGRAM):
+                            continue
+                        probe = held.enter_context(socket.socket(socket.AF_INET, kind))
+                        probe.bind(("127.0.0.1", port + offset))
             except OSError:
                 continue
             return port
-    raise RuntimeError("no free UDP port on 127.0.0.1 after 50 tries")
+    raise RuntimeError(f"no {span} free UDP ports in a row on 127.0.0.1 after 50 tries")
+
+
+# SIPp's exit status -2 (254): "fatal error binding a socket" (its -p, -mp or -cp port was
+# taken between our probe and its bind); nothing was sent, so it is run again, new ports.
+_SIPP_BIND_FAILED = 254
+_BIND_TRIES = 3
+
+
+def _sipp(
+    sipp: str,
+    sip_port: int,
+    scenario: Path,
+    injection: Path,
+    workdir: Path,
+    calls: int,
+    limit: int,
+    rate_cps: float,
+    timeout_s: float,
+    trace_msg: bool,
+) -> int:
+    """Run SIPp once (bounded: killed ``timeout_s`` + 15 s later at most); its exit status."""
+    command = [
+        sipp,
+        f"127.0.0.1:{sip_port}",
+        "-sf", str(scenario),
+        "-inf", str(injection),
+        "-i", "127.0.0.1",
+        "-p", str(_free_udp_port()),
+        "-mp", str(_free_udp_port(span=4)),
+        "-cp", str(_free_udp_port()),
+        "-m", str(calls),
+        "-l", str(limit),
+        "-r", f"{rate_cps:g}",
+        "-recv_timeout", "10000",
+        "-timeout", f"{timeout_s:g}s",
+        "-timeout_error",
+        "-nostdin",
+        "-trace_logs",
+        "-trace_err",
+        "-trace_rtt",
+        "-rtt_freq", "1",
+        *(["-trace_msg"] if trace_msg else []),
+    ]  # fmt: skip
+    with open(workdir / "sipp.out", "ab") as out:
+        try:
+            done = subprocess.run(
+                command, cwd=workdir, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                timeout=timeout_s + 15.0, check=False,
+            )  # fmt: skip
+        except subprocess.TimeoutExpired:  # subprocess.run killed it
+            return -1
+    return done.returncode
 
 
 def run_sipp(
@@ -167,37 +230,15 @@ def run_sipp(
     scenario.write_text(scenario_xml(hold_ms))
     injection = workdir / "numbers.csv"
     injection.write_text("SEQUENTIAL\n" + "".join(f"{n};\n" for n in listed))
-    command = [
-        sipp,
-        f"127.0.0.1:{sip_port}",
-        "-sf", str(scenario),
-        "-inf", str(injection),
-        "-i", "127.0.0.1",
-        "-p", str(_free_udp_port()),
-        "-mp", str(_free_udp_port()),
-        "-cp", str(_free_udp_port()),
-        "-m", str(len(listed)),
-        "-l", str(limit),
-        "-r", f"{rate_cps:g}",
-        "-recv_timeout", "10000",
-        "-timeout", f"{timeout_s:g}s",
-        "-timeout_error",
-        "-nostdin",
-        "-trace_logs",
-        "-trace_err",
-        "-trace_rtt",
-        "-rtt_freq", "1",
-        *(["-trace_msg"] if trace_msg else []),
-    ]  # fmt: skip
-    with open(workdir / "sipp.out", "wb") as out:
-        try:
-            done = subprocess.run(
-                command, cwd=workdir, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                timeout=timeout_s + 15.0, check=False,
-            )  # fmt: skip
-            code = done.returncode
-        except subprocess.TimeoutExpired:  # subprocess.run killed it
-            code = -1
+    (workdir / "sipp.out").write_bytes(b"")  # each try's output appended
+    for _ in range(_BIND_TRIES):
+        code = _sipp(sipp, sip_port, scenario, injection, workdir, len(listed), limit, rate_cps,
+                     timeout_s, trace_msg)  # fmt: skip
+        if code != _SIPP_BIND_FAILED:
+            break
+        for trace in workdir.glob("*_*.*"):  # the failed try's (empty) traces
+            if trace.suffix in (".log", ".csv"):
+                trace.unlink()
     logs = "".join(path.read_text() for path in workdir.glob("*_logs.log"))
     errors = "".join(path.read_text() for path in workdir.glob("*_errors.log"))
     results = {number: int(status) for number, status in re.findall(r"RESULT (\d+) (\d+)", logs)}

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -282,3 +283,38 @@ exten => _X.,1,GotoIf($["${EXTEN}" = "0699999999"]?reject)
     )
     expected = {n: (403 if what == "hangup21" else 200) for n, what in SIPP_CALLS.items()}
     assert expected == run.results
+
+
+async def test_sipp_is_run_again_when_a_port_it_was_given_is_taken_before_it_binds(
+    asterisk_factory: SandboxFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIPp's own port taken between the probe and SIPp's bind (it exits -2, nothing
+    sent): ``run_sipp`` runs it again on new ports, and every call is placed once."""
+    import sippuac
+
+    dialplan = """
+[from-sipp]
+exten => _X.,1,Answer()
+ same => n,Wait(1)
+ same => n,Hangup()
+"""
+    sandbox = asterisk_factory(dialplan, sip_context="from-sipp")
+    taken = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    taken.bind(("127.0.0.1", 0))
+    probe = sippuac._free_udp_port
+    given: list[int] = []
+
+    def first_taken(span: int = 1) -> int:
+        given.append(taken.getsockname()[1] if not given else probe(span))
+        return given[-1]
+
+    monkeypatch.setattr(sippuac, "_free_udp_port", first_taken)
+    numbers = ["0611111111", "0622222222"]
+    try:
+        run = await asyncio.to_thread(
+            run_sipp, sandbox.sip_port, numbers, tmp_path, rate_cps=5, limit=2, timeout_s=30
+        )
+    finally:
+        taken.close()
+    assert (0, {n: 200 for n in numbers}) == (run.exit_code, run.results)
+    assert "binding" in run.output.lower() or "bind" in run.output.lower(), run.output[-2000:]
