@@ -15,6 +15,22 @@ and counters survive restarts. Guarantees:
   the bound it fails with one line. Only a free lock and a socket that nobody listens on
   mean "no server": then it starts one and waits for it (loading included).
 - ``stop()`` stops only a server this object started, by PID, and reaps it.
+- A server never outlives the process that started it (Linux). Were that process killed
+  without a chance to stop it (SIGKILL, the OOM killer), the server would live on as an
+  orphan holding the directory: the next ``callgate run`` would share it, and so never stop
+  it. So the server is started with a parent-death signal (``PR_SET_PDEATHSIG``, SIGTERM):
+  the kernel sends it SIGTERM when its starter dies, however it dies, and Redis shuts down
+  as on any stop (the append-only file flushed, nothing lost); the lock is then free and
+  the next start starts a server of its own. A CLI command sharing the server is unchanged
+  (it starts nothing); a server it started itself goes when it exits, as ``stop()`` would.
+  The signal is set by a tiny wrapper (``python -c``, ~10 ms) that then execs
+  ``redis-server`` (same PID), not by ``preexec_fn`` (unsafe in a process with threads);
+  the wrapper does not exec if its starter died before the signal was set. The kernel sends
+  it when the *thread* that forked the server exits, so every server is forked by one
+  thread that lives as long as the process (``_Spawner``), never by a worker thread of
+  ``asyncio.to_thread``. Rejected: the next ``run`` taking over an orphan it proves
+  orphaned — the orphan would live until that next run (maybe never), and the proof (a
+  dead starter, a reparented server, no PID reused) is racy where this is the kernel's.
 - ``restart()`` (``callgate run``'s supervisor) starts the owned server again after it
   died, in the same directory, under the lock it still holds.
 - The data directory is 0700 and what it holds (the AOF, Redis's log) 0600: the server
@@ -28,13 +44,17 @@ import fcntl
 import importlib.util
 import logging
 import os
+import queue
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
+from concurrent.futures import Future
 from pathlib import Path
+from typing import Any
 
 from gate.core.errors import StoreUnavailable
 
@@ -50,6 +70,16 @@ _PROBE_TIMEOUT_S = 0.5
 _POLL_S = 0.05
 # Say that we are waiting once this long has passed (a healthy start takes ~50 ms).
 _QUIET_WAIT_S = 0.5
+# Run as ``python -c _PDEATHSIG_EXEC STARTER_PID REDIS ARGS…``: SIGTERM when the starter
+# (the thread that forked us) dies, then exec redis-server. 1 is PR_SET_PDEATHSIG.
+_PDEATHSIG_EXEC = """\
+import ctypes, os, signal, sys
+if ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM) != 0:
+    sys.exit(f"callgate: cannot set the parent-death signal: {os.strerror(ctypes.get_errno())}")
+if os.getppid() != int(sys.argv[1]):
+    sys.exit("callgate: the process that started redis-server is gone; not starting it")
+os.execv(sys.argv[2], sys.argv[2:])
+"""
 
 
 def find_redis_server() -> str:
@@ -103,6 +133,51 @@ def _make_private(directory: Path) -> None:
             for inner in path.iterdir():
                 if inner.is_file() and not inner.is_symlink():
                     inner.chmod(0o600)
+
+
+class _Spawner:
+    """Forks every embedded server from one daemon thread that lives as long as the process:
+    the kernel sends the parent-death signal when the thread that forked the child exits,
+    and a worker thread of ``asyncio.to_thread`` (which runs ``start``, ``restart`` and
+    ``adopt``) may exit while the process runs on."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._requests: queue.SimpleQueue[
+            tuple[Future[subprocess.Popen[bytes]], list[str], dict[str, Any]]
+        ] = queue.SimpleQueue()
+
+    def popen(self, argv: list[str], **options: Any) -> subprocess.Popen[bytes]:
+        """``subprocess.Popen(argv, **options)``, forked by the spawner thread."""
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(
+                    target=self._serve, name="callgate-redis-spawner", daemon=True
+                )
+                self._thread.start()
+        done: Future[subprocess.Popen[bytes]] = Future()
+        self._requests.put((done, argv, options))
+        return done.result()
+
+    def _serve(self) -> None:
+        while True:
+            done, argv, options = self._requests.get()
+            try:
+                done.set_result(subprocess.Popen(argv, **options))
+            except BaseException as exc:  # handed to the caller, raised there
+                done.set_exception(exc)
+
+
+_SPAWNER = _Spawner()
+
+
+def _server_command(arguments: list[str]) -> list[str]:
+    """The command that runs ``redis-server ARGUMENTS``: on Linux through the wrapper that
+    sets its parent-death signal (see the module's guarantees); elsewhere as is."""
+    if not sys.platform.startswith("linux"):
+        return arguments
+    return [sys.executable, "-I", "-S", "-c", _PDEATHSIG_EXEC, str(os.getpid()), *arguments]
 
 
 class EmbeddedRedis:
@@ -244,7 +319,8 @@ class EmbeddedRedis:
         return text or "no lock holder"
 
     def _spawn(self, lock_fd: int) -> None:
-        """Start redis-server holding ``lock_fd`` (inherited: the lock lives as long as it)."""
+        """Start redis-server holding ``lock_fd`` (inherited: the lock lives as long as it),
+        with the parent-death signal (it stops when this process dies)."""
         self._lock_fd = lock_fd
         with contextlib.suppress(FileNotFoundError):
             self.socket_path.unlink()  # stale: nobody listens on it (checked under the lock)
@@ -253,28 +329,30 @@ class EmbeddedRedis:
             "ab",
         )
         try:
-            self._process = subprocess.Popen(
-                [
-                    find_redis_server(),
-                    "--port",
-                    "0",
-                    "--unixsocket",
-                    str(self.socket_path),
-                    "--unixsocketperm",
-                    "700",
-                    "--dir",
-                    str(self.data_dir),
-                    "--appendonly",
-                    "yes",
-                    "--appendfsync",
-                    "everysec",
-                    "--save",
-                    "",
-                    "--daemonize",
-                    "no",
-                    "--lazyfree-lazy-server-del",
-                    "yes",
-                ],
+            self._process = _SPAWNER.popen(
+                _server_command(
+                    [
+                        find_redis_server(),
+                        "--port",
+                        "0",
+                        "--unixsocket",
+                        str(self.socket_path),
+                        "--unixsocketperm",
+                        "700",
+                        "--dir",
+                        str(self.data_dir),
+                        "--appendonly",
+                        "yes",
+                        "--appendfsync",
+                        "everysec",
+                        "--save",
+                        "",
+                        "--daemonize",
+                        "no",
+                        "--lazyfree-lazy-server-del",
+                        "yes",
+                    ]
+                ),
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,

@@ -3,7 +3,9 @@
 A real ``callgate run`` process with the embedded Redis (no URL); its ``redis-server`` is
 SIGKILLed. ``/readyz`` must say 503 while the server is down, 200 once it is back, and an
 opt-out acknowledged before the kill must still be enforced after (the append-only file
-is loaded again). The process and its server are stopped by PID.
+is loaded again). When ``callgate run`` itself is SIGKILLed, its server must stop too
+(saving its data), not live on as an orphan. The process and its server are stopped by
+PID.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import signal
 import time
 import urllib.error
@@ -92,6 +95,53 @@ def test_run_restarts_its_embedded_redis_after_sigkill(
         checked.variables["CALLGATE_REASON"],
     )
     wait_until("logged", lambda: "is back" in running.read_log())
+
+
+def lock_holder_pid(data_dir: Path) -> int:
+    """The server PID that ``data_dir/redis.lock`` names ("server pid X, started by pid Y")."""
+    found = re.match(r"server pid (\d+), ", (data_dir / "redis.lock").read_text())
+    assert found is not None
+    return int(found[1])
+
+
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie, exited and not yet reaped, does not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_run_killed_by_sigkill_takes_its_embedded_redis_with_it(
+    running: GateProcess, data_dir: Path
+) -> None:
+    """SIGKILL of callgate run (kill -9, the OOM killer): its redis-server gets SIGTERM from
+    the kernel (its parent-death signal), flushes its append-only file and exits, within a
+    bound; it does not live on as an orphan that the next run would share and never stop.
+    The next run starts its own server on the same data: the entry added before the kill
+    is still enforced, and its clean stop leaves no server (the fixture checks)."""
+    running.cli("list", "add", "red", NUMBER)
+    orphan = lock_holder_pid(data_dir)
+    assert orphan == server_pid(data_dir)
+    try:
+        running.kill()
+        wait_until("the killed run's redis-server gone", lambda: not alive(orphan), 5.0)
+    finally:
+        if alive(orphan):  # without the fix: stop the orphan by PID (SIGTERM saves it)
+            os.kill(orphan, signal.SIGTERM)
+            with contextlib.suppress(AssertionError):
+                wait_until("the orphan stopped", lambda: not alive(orphan))
+            if alive(orphan):
+                os.kill(orphan, signal.SIGKILL)
+    running.start()
+    checked = asyncio.run(agi_call(running.agi_port, "check?tenant=default", extension=NUMBER))
+    assert orphan != lock_holder_pid(data_dir)
+    assert lock_holder_pid(data_dir) == server_pid(data_dir)
+    assert ("BLOCK", "listed:red") == (
+        checked.variables["CALLGATE_RESULT"],
+        checked.variables["CALLGATE_REASON"],
+    )
 
 
 async def test_the_supervisor_is_woken_by_its_servers_exit_not_by_polling() -> None:
