@@ -38,6 +38,11 @@ Guarantees:
   413 past ``MAX_BATCH``); numbers that cannot be used are 422, and so is an emergency or
   protected number offered to a block list; an unknown list is 404; Redis unreachable is
   503. Every error body is ``{"error": "…"}``; a bug is a logged 500.
+- A read the client waits on never hangs on a stopped or frozen Redis: a list's info, and
+  each read of an audit search (one batch of the streams, so a long export is never cut
+  as a whole), wait at most ``READ_WAIT_S`` (gate/store/client.py), then 503 (or, once a
+  search has begun streaming, its answer ends there). Imports keep the admin
+  connections' long timeout.
 - An upload is spooled to a private temporary file as it arrives (bounded memory, at
   most ``MAX_UPLOAD_BYTES``) and imported in a worker thread with its own Redis
   connection, so decisions are not held up by parsing; a client that goes away stops
@@ -613,7 +618,8 @@ class AdminApi:
         query = parse_query(ListQuery, request.query)
         admin = ListAdmin.of(self.gate)
         tenant = query.tenant or self.gate.config.default_tenant
-        raw = await admin.info(name, tenant, query.campaign or "")
+        async with self.gate.store.answer_within():
+            raw = await admin.info(name, tenant, query.campaign or "")
         return json_response(list_info(raw, tenant, query.campaign))
 
     async def _list_change(self, request: web.Request, add: bool) -> web.Response:
@@ -778,6 +784,7 @@ class AdminApi:
             campaign=query.campaign,
             verdict=query.verdict.value if query.verdict else None,
             limit=query.limit,
+            read_wait=self.gate.store.answer_within,
         )
         as_csv = query.format is AuditFormat.CSV
         response = web.StreamResponse(

@@ -34,7 +34,10 @@ Guarantees:
   record decisions run a writer (gate/runtime.py ``open_gate(records=True)``).
 - Reading (``read_range``: ``tail``, ``export``, ``why``, the API's search; ``Follower``:
   ``tail -f``) merges the group streams in time order (by entry id, then group), in
-  batches: bounded memory. ``why`` reads only its number's group.
+  batches: bounded memory. ``why`` reads only its number's group. Given ``read_wait``
+  (the API and the console: ``Store.answer_within``), each read (one pipelined round
+  trip) is bounded by it, never the whole range: a frozen Redis is reported within the
+  bound (``StoreTimeout``) while a long export goes on as long as Redis answers.
 - A time range selects by the decision's own time (``ts``), not by when its entry was
   written (the entry id): the ids read go from ``SKEW_S`` before the range (Redis's clock
   behind the gate's) to ``LATE_S`` after it (a record that waited in the queue, Redis
@@ -46,13 +49,15 @@ Guarantees:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import json
 import logging
 import math
 import time
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import Any
 
@@ -67,7 +72,7 @@ from gate.core.keys import SLOT_GROUPS, Keyspace
 from gate.core.model import Verdict
 from gate.service import Evaluation, Observed, cancelling, stop_task, wait_event
 
-__all__ = ["FIELDS", "AuditLog", "Follower", "read_range"]
+__all__ = ["FIELDS", "AuditLog", "Follower", "ReadWait", "read_range"]
 
 log = logging.getLogger("callgate.audit")
 
@@ -81,6 +86,10 @@ LATE_S = 600.0  # a time range also reads the entries written this long after it
 SKEW_S = 5.0  # ... and this long before it starts
 UNDOABLE = 10_000  # ALLOW records kept undoable (a door undoes within seconds)
 
+
+# What bounds one read of the streams: a context manager to run it in
+# (``Store.answer_within``; by default nothing but the client's own timeout).
+ReadWait = Callable[[], AbstractAsyncContextManager[Any]]
 
 # Entries read per stream and request when merging the group streams.
 _FIRST_READ = 16
@@ -340,12 +349,13 @@ async def read_range(
     reverse: bool = False,
     limit: int | None = None,
     groups: Sequence[int] | None = None,
+    read_wait: ReadWait = contextlib.nullcontext,
 ) -> AsyncIterator[dict[str, str]]:
     """Records of decisions made between ``since`` and ``until`` (their ``ts``; the
     entries written up to ``LATE_S`` after ``until`` are read for them) of every group
     stream (or of ``groups``), merged in the order they were written, oldest first unless
     ``reverse``. Each record has its stream ``id``. Memory is bounded: a few entries per
-    stream are read ahead."""
+    stream are read ahead. Each read runs inside ``read_wait()`` (its bound)."""
     keyspace = Keyspace(namespace, None)
     keys = [keyspace.audit_key(g) for g in (range(SLOT_GROUPS) if groups is None else groups)]
     low, high = _stream_id(since, "-", -SKEW_S), _stream_id(until, "+", LATE_S)
@@ -356,7 +366,7 @@ async def read_range(
     done = [False] * len(keys)
 
     async def read(indexes: Sequence[int], count: int) -> None:
-        async with client.pipeline(transaction=False) as pipe:
+        async with read_wait(), client.pipeline(transaction=False) as pipe:
             for i in indexes:
                 lo, hi = bounds[i]
                 if reverse:
@@ -397,17 +407,21 @@ async def read_range(
 
 
 class Follower:
-    """New records of every group stream as they are appended (``audit tail -f``)."""
+    """New records of every group stream as they are appended (``audit tail -f``); each
+    read (one pipelined round trip) runs inside ``read_wait()`` (its bound)."""
 
-    def __init__(self, client: Any, namespace: str) -> None:
+    def __init__(
+        self, client: Any, namespace: str, read_wait: ReadWait = contextlib.nullcontext
+    ) -> None:
         self._client = client
+        self._read_wait = read_wait
         keyspace = Keyspace(namespace, None)
         self._keys = [keyspace.audit_key(g) for g in range(SLOT_GROUPS)]
         self._after: list[str] = []
 
     async def start(self) -> None:
         """From now on: remember the last entry of each stream."""
-        async with self._client.pipeline(transaction=False) as pipe:
+        async with self._read_wait(), self._client.pipeline(transaction=False) as pipe:
             for key in self._keys:
                 pipe.xrevrange(key, count=1)
             replies = await pipe.execute()
@@ -416,7 +430,7 @@ class Follower:
     async def poll(self, wait_s: float = 5.0) -> list[dict[str, str]]:
         """Records appended since the last poll, in time order, waiting up to ``wait_s``."""
         for _ in range(max(1, int(wait_s / _POLL_S))):
-            async with self._client.pipeline(transaction=False) as pipe:
+            async with self._read_wait(), self._client.pipeline(transaction=False) as pipe:
                 for key, after in zip(self._keys, self._after, strict=True):
                     pipe.xrange(key, min="(" + after, max="+", count=BATCH)
                 replies = await pipe.execute()

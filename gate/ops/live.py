@@ -15,6 +15,15 @@ watch, started with the first and stopped with the last; each browser gets the l
 ``RECENT`` records, then every new one (a browser too slow to keep up loses the oldest
 of its backlog, never the stream).
 
+A stopped, frozen or unreachable Redis never hangs a follower silently: the last records
+are read within ``READ_WAIT_S`` (gate/store/client.py) or the request is 503; once
+streaming, each read of the feed is bounded the same way, and when one fails (no answer
+within the bound, or an error) every follower gets an ``unavailable`` event (its data
+``{"error": "…"}``) once per incident. The stream stays open (a follow is a long poll:
+no new decision is not a failure): the feed keeps trying every ``RETRY_S`` and the
+decisions flow again once Redis answers; a comment line every ``KEEPALIVE_S`` still
+finds a client gone.
+
 Guarantees: both background tasks stop on an explicit event with a bounded ``close()``
 (a Redis read stuck past the bound is cancelled, logged); a Redis failure is logged once
 per incident and retried; a cancel is never taken for a failure.
@@ -25,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import logging
 import time
 from collections import Counter, deque
@@ -42,6 +52,7 @@ from gate.ops.audit import Follower, read_range
 from gate.ops.metrics import Metrics
 from gate.ops.models import AuditRecord, DoorsOut, LiveOut, SeriesOut, audit_record, json_of
 from gate.service import Gate, cancelling, stop_task, wait_event
+from gate.store.client import translate_error
 
 __all__ = ["AuditFeed", "LiveSampler", "follow_events"]
 
@@ -56,6 +67,8 @@ QUEUE_MAX = 500
 KEEPALIVE_S = 15.0
 RETRY_S = 1.0
 _NOT_CALLS = frozenset({"scrub"})
+# What a follower's queue carries: a record, the feed's failure to read Redis, or the end.
+_Item = AuditRecord | StoreError | None
 
 
 @dataclass(slots=True)
@@ -219,22 +232,29 @@ class AuditFeed:
 
     def __init__(self, gate: Gate) -> None:
         self.gate = gate
-        self._queues: set[asyncio.Queue[AuditRecord | None]] = set()
+        self._queues: set[asyncio.Queue[_Item]] = set()
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.dropped = 0
 
     async def recent(self, count: int = RECENT) -> list[AuditRecord]:
-        """The last ``count`` records, oldest first."""
-        client = self.gate.store.admin_client
+        """The last ``count`` records, oldest first (``StoreError`` if Redis fails or does
+        not answer within ``READ_WAIT_S``)."""
+        store = self.gate.store
         namespace = self.gate.config.redis.namespace
-        found = [r async for r in read_range(client, namespace, reverse=True, limit=count)]
+        try:
+            async with store.answer_within():
+                records = read_range(store.admin_client, namespace, reverse=True, limit=count)
+                found = [r async for r in records]
+        except (RedisError, OSError) as exc:
+            raise translate_error(exc, store.where) from exc
         return [audit_record(r) for r in reversed(found)]
 
     @contextlib.asynccontextmanager
-    async def subscribe(self) -> AsyncIterator[asyncio.Queue[AuditRecord | None]]:
-        """A queue of new records (None: the server stops) while the context is open."""
-        queue: asyncio.Queue[AuditRecord | None] = asyncio.Queue(QUEUE_MAX)
+    async def subscribe(self) -> AsyncIterator[asyncio.Queue[_Item]]:
+        """A queue of new records (a ``StoreError``: the feed cannot read Redis; None: the
+        server stops) while the context is open."""
+        queue: asyncio.Queue[_Item] = asyncio.Queue(QUEUE_MAX)
         self._queues.add(queue)
         if self._task is None:
             self._stop.clear()
@@ -267,14 +287,17 @@ class AuditFeed:
             return []
         return await follower.poll()
 
-    def _offer(self, queue: asyncio.Queue[AuditRecord | None], item: AuditRecord | None) -> None:
+    def _offer(self, queue: asyncio.Queue[_Item], item: _Item) -> None:
         if queue.full():
             queue.get_nowait()
             self.dropped += 1
         queue.put_nowait(item)
 
     async def _run(self) -> None:
-        follower = Follower(self.gate.store.admin_client, self.gate.config.redis.namespace)
+        store = self.gate.store
+        follower = Follower(
+            store.admin_client, self.gate.config.redis.namespace, store.answer_within
+        )
         started = False  # the first read marks where the feed starts
         failing = False
         while not self._stop.is_set():
@@ -292,11 +315,14 @@ class AuditFeed:
             try:
                 records = reading.result()
                 started = True
-            except (RedisError, OSError) as exc:
+            except (RedisError, OSError, StoreError) as exc:
                 if cancelling():
                     raise asyncio.CancelledError from exc
                 if not failing:
                     log.warning("audit feed: cannot read the audit trail (%s); retrying", exc)
+                    error = translate_error(exc, store.where)
+                    for queue in list(self._queues):
+                        self._offer(queue, error)
                 failing = True
                 await wait_event(self._stop, RETRY_S)
                 continue
@@ -313,11 +339,17 @@ def _event(record: AuditRecord) -> bytes:
     return b"id: " + record.id.encode() + b"\nevent: decision\ndata: " + json_of(record) + b"\n\n"
 
 
+def _unavailable(error: StoreError) -> bytes:
+    return b"event: unavailable\ndata: " + json.dumps({"error": str(error)}).encode() + b"\n\n"
+
+
 async def follow_events(
     request: web.Request, feed: AuditFeed, records: Iterable[AuditRecord] = ()
 ) -> web.StreamResponse:
     """Server-Sent Events: the last records, then each new one, until the client leaves or
-    the server stops (a comment line every ``KEEPALIVE_S`` finds a client gone)."""
+    the server stops (a comment line every ``KEEPALIVE_S`` finds a client gone); an
+    ``unavailable`` event when the feed cannot read Redis. The last records not read
+    within ``READ_WAIT_S``: ``StoreError`` (503) before anything is sent."""
     response = web.StreamResponse(
         headers={
             "Content-Type": "text/event-stream",
@@ -343,6 +375,9 @@ async def follow_events(
                 record = getter.result()
                 if record is None:
                     break
+                if isinstance(record, StoreError):
+                    await response.write(_unavailable(record))
+                    continue
                 if _order(record.id) <= last:
                     continue  # already sent with the recent ones
                 await response.write(_event(record))

@@ -11,6 +11,7 @@ spreadsheet opens without running anything (``as_text``).
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from redis.exceptions import RedisError
 
 from gate.core.errors import InputError
 from gate.core.numbers import Destination, ShortCode, classify
-from gate.ops.audit import read_range
+from gate.ops.audit import ReadWait, read_range
 from gate.ops.models import AuditRecord, audit_record
 from gate.service import Gate
 from gate.store.client import translate_error
@@ -104,11 +105,14 @@ async def search(
     campaign: str | None = None,
     verdict: str | None = None,
     limit: int | None = None,
+    read_wait: ReadWait = contextlib.nullcontext,
 ) -> AsyncIterator[AuditRecord]:
-    """The matching records, oldest first."""
+    """The matching records, oldest first (each read of the streams bounded by
+    ``read_wait``: ``read_range``)."""
     given = 0
     groups = None if number is None else [number.group]
-    async for stored in read_range(client, namespace, since, until, groups=groups):
+    records = read_range(client, namespace, since, until, groups=groups, read_wait=read_wait)
+    async for stored in records:
         if limit is not None and given >= limit:
             return
         if (

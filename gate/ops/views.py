@@ -9,7 +9,9 @@ and whether it is shadowed or marked ``[verify]`` (``enforced`` is true for ever
 callgate ships: the store runs them all).
 
 Both read only what the configuration in force says (one ``Active``, whole) and, for the
-lists, ``ListAdmin.info``.
+lists, ``ListAdmin.info``; ``GET /v1/lists`` waits at most ``READ_WAIT_S`` for all of them
+(gate/store/client.py ``answer_within``), then 503: a stopped or frozen Redis never hangs
+the console's Lists page.
 """
 
 from __future__ import annotations
@@ -356,7 +358,9 @@ class Views:
     async def _lists(self, request: web.Request) -> web.Response:
         query = parse_query(ListQuery, request.query)
         tenant = query.tenant or self.gate.config.default_tenant
-        return json_response(await lists_view(self.gate, tenant, query.campaign))
+        async with self.gate.store.answer_within():  # every list's size, all in one bound
+            view = await lists_view(self.gate, tenant, query.campaign)
+        return json_response(view)
 
     async def _rules(self, _request: web.Request) -> web.Response:
         return json_response(rules_view(self.gate))

@@ -52,7 +52,13 @@ Guarantees:
 - No redis-py exception leaves this module: each is translated into ``gate.core.errors``.
 - Admin commands (lists, consents, audit) use ``admin_client`` (its own pool: long
   timeouts, never a blind retry; in a cluster, routed by key) and ``run_scripts`` /
-  ``send`` / ``send_packed``; never the decision deadline.
+  ``send`` / ``send_packed``; never the decision deadline. The long timeouts are for the
+  long jobs (imports, ``--replace``, exports); a read someone waits on (the console, an
+  API client: a list's size, a page of the audit trail) goes through ``answer_within``:
+  after ``READ_WAIT_S`` without an answer (Redis stopped, frozen or swamped) it is
+  cancelled and raises ``StoreTimeout`` saying so. A cancelled command never leaves its
+  connection behind half read: redis-py and ``_admin_exchange`` disconnect it, and the
+  next command opens a fresh one.
 """
 
 from __future__ import annotations
@@ -69,7 +75,7 @@ import struct
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -105,8 +111,10 @@ __all__ = [
     "CALL_COUNTS",
     "HASH_MAX",
     "MARK_MAX",
+    "READ_WAIT_S",
     "Script",
     "Store",
+    "answer_within",
     "cancel_point",
     "load_script",
     "translate_error",
@@ -118,6 +126,11 @@ BATCH = 1000
 # Decisions per EVALSHA in a scrub: ~10-20 µs of Redis time each, so a few ms per call.
 SCRUB_BATCH = 200
 _ADMIN_TIMEOUT_S = ADMIN_TIMEOUT_S
+# How long a read someone waits on (the console's pages, an API client: lists and their
+# sizes, a list's info, a page of the audit trail) waits for Redis before answering that
+# it did not answer (``answer_within``). Far below the admin connections' own timeout
+# (``ADMIN_TIMEOUT_S`` * 2, for imports and exports), far above any healthy read.
+READ_WAIT_S = 10.0
 # How long close() lets replies that missed their deadline arrive before dropping them.
 _CLOSE_GRACE_S = 1.0
 # A decision whose list view is out of date is sent again with the meta's; a view that
@@ -181,6 +194,26 @@ def cancel_point() -> None:
     task = asyncio.current_task()
     if task is not None and task.cancelling():
         raise asyncio.CancelledError
+
+
+@asynccontextmanager
+async def answer_within(where: str, seconds: float = READ_WAIT_S) -> AsyncIterator[None]:
+    """Bound what the block waits for Redis to ``seconds``: past it the block is cancelled
+    (its command's connection is closed, never reused) and ``StoreTimeout`` says that the
+    Redis at ``where`` did not answer and what to do. Only for reads someone waits on:
+    never around an import, a ``--replace`` or a whole export (bound each of an export's
+    reads instead)."""
+    bound = asyncio.timeout(seconds)
+    try:
+        async with bound:
+            yield
+    except TimeoutError as exc:
+        if not bound.expired():
+            raise
+        raise StoreTimeout(
+            f"Redis at {where} did not answer within {seconds:g} s (stopped, frozen or "
+            "overloaded?); check it (/readyz, redis-cli ping) and try again"
+        ) from exc
 
 
 # Error replies saying Redis cannot answer now (a cluster failover, a slot moving), as
@@ -412,6 +445,11 @@ class Store:
     def where(self) -> str:
         """The server (or cluster, or sentinels) without credentials, for messages."""
         return self.link.where
+
+    def answer_within(self, seconds: float = READ_WAIT_S) -> AbstractAsyncContextManager[None]:
+        """``answer_within`` for this store's Redis: a read someone waits on gives up after
+        ``seconds`` with ``StoreTimeout`` instead of the admin connections' long timeout."""
+        return answer_within(self.where, seconds)
 
     @property
     def status(self) -> LinkStatus:

@@ -422,7 +422,10 @@
     const status = document.getElementById('live-status');
     source.addEventListener('open', () => { status.textContent = 'streaming'; });
     source.addEventListener('error', () => { status.textContent = 'reconnecting…'; });
+    // The feed cannot read Redis: the stream stays open and resumes once Redis answers.
+    source.addEventListener('unavailable', (event) => { status.textContent = JSON.parse(event.data).error; });
     source.addEventListener('decision', (event) => {
+      status.textContent = 'streaming';
       if (seen.has(event.lastEventId)) return;
       seen.add(event.lastEventId);
       const r = JSON.parse(event.data);
