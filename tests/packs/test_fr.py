@@ -414,6 +414,34 @@ CALLER_IDS = [
     ),
     pytest.param("", MANUAL, ("BLOCK", "caller_id:masked", None), id="manual-masked"),
     pytest.param("0145000000", MANUAL, ("ALLOW", "allowed", None), id="manual-01"),
+    # Overseas numbers are in the same plan under their own country codes: 0262 (+262 2),
+    # 0690 (+590 6), 09 (+262 9) are refused for automated calls, except the overseas
+    # verified ranges 09475 (+590 9475) and 09478 (+262 9478); +33 9475 is a metropolitan
+    # 09 number outside 0948/0949.
+    pytest.param(
+        "+262262161234", CAMPAIGN, ("BLOCK", "caller_id:forbidden_range", None), id="0262"
+    ),
+    pytest.param(
+        "+590690001234", CAMPAIGN, ("BLOCK", "caller_id:forbidden_range", None), id="0690"
+    ),
+    pytest.param(
+        "+262939901234", CAMPAIGN, ("BLOCK", "caller_id:forbidden_range", None), id="0939"
+    ),
+    pytest.param(
+        "+596596301234", CAMPAIGN, ("BLOCK", "caller_id:forbidden_range", None), id="0596"
+    ),
+    pytest.param("+590947512345", CAMPAIGN, ("ALLOW", "allowed", None), id="09475-verified"),
+    pytest.param("+262947812345", CAMPAIGN, ("ALLOW", "allowed", None), id="09478-verified"),
+    pytest.param(
+        "+33947512345", CAMPAIGN, ("BLOCK", "caller_id:forbidden_range", None), id="+33-9475"
+    ),
+    pytest.param(
+        "+262692123456", MANUAL, ("BLOCK", "caller_id:forbidden_range", None), id="manual-0692"
+    ),
+    pytest.param(
+        "+596696201234", MANUAL, ("BLOCK", "caller_id:forbidden_range", None), id="manual-0696"
+    ),
+    pytest.param("+262262161234", MANUAL, ("ALLOW", "allowed", None), id="manual-0262"),
 ]
 
 
