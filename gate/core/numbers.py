@@ -135,6 +135,13 @@ _MAX_PROTECTED_DIGITS = 8
 _PLAIN = re.compile(r"\+?[0-9][0-9 .\-]*")
 _DROP_SEPARATORS = str.maketrans("", "", " .-")
 _NANP_REGIONS = frozenset({"US", "CA"})
+# In the North American plan (+1) every area code of a territory or country is its own:
+# phonenumbers' zone data has the zone of each geographic area code, and none for the
+# non-geographic ones (toll-free 8xx, 5xx, 600, 900...), which fall back to all of +1.
+# phonenumbers reads a number of a type it calls non-geographic (American Samoa's
+# mobiles, +1 684 7xx) at the country level: every NANP zone from Guam to Newfoundland,
+# so the calling hours of the territory's own zone were never met. Read by area code.
+_NANP_CODE = 1
 _MAX_DIALLED_CHARS = 64
 _NO_ZONE: tuple[str, ...] = (timezone.UNKNOWN_TIMEZONE,)
 
@@ -317,7 +324,10 @@ def classify(dialled: str, region: str) -> Destination | ShortCode | BadNumber:
     if raw_type == phonenumbers.PhoneNumberType.UNKNOWN:
         return BadNumber(dialled, f"not a valid number for region {region} or its own country")
     e164 = f"+{country_code}{national}"
-    if phonenumbers.is_number_type_geographical(raw_type, country_code):
+    if country_code == _NANP_CODE or phonenumbers.is_number_type_geographical(
+        raw_type, country_code
+    ):
+        # NANP: the area code is the place, whatever the type (``_NANP_CODE``).
         zones = _geographical_zones(e164)
     else:
         zones = _country_zones(country_code, raw_type, national)

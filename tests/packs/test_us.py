@@ -33,6 +33,9 @@ TERRITORIES = [
     pytest.param("+16712345678", ZoneInfo("Pacific/Guam"), id="GU-671"),
     pytest.param("+16702345678", ZoneInfo("Pacific/Saipan"), id="MP-670"),
     pytest.param("+16846331234", ZoneInfo("Pacific/Pago_Pago"), id="AS-684"),
+    # A mobile of American Samoa: phonenumbers calls the type non-geographic there (its
+    # country-level zones are every NANP zone); its area code is in Pago Pago all the same.
+    pytest.param("+16847331234", ZoneInfo("Pacific/Pago_Pago"), id="AS-684-mobile"),
 ]
 CALLER_ID = "+12125550100"
 TUESDAY = datetime(2026, 12, 1, 8, 30, tzinfo=NEW_YORK)
