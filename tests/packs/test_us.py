@@ -260,3 +260,29 @@ async def test_emergency_number_is_refused_to_campaigns(gate: Gate) -> None:
         outcome(campaign),
         outcome(manual),
     ]
+
+
+async def test_a_campaign_abandoning_over_3_percent_in_30_days_is_held_back(gate: Gate) -> None:
+    """47 CFR 64.1200(a)(7): at most 3 % of the live-answered calls of a campaign abandoned
+    over 30 days. 4 abandoned of 100 live calls: the campaign DEFERs (still 29 days later),
+    until the minute of those calls has left the 30 days; an agent's call goes on."""
+    lists = admin(gate)
+    t0 = TUESDAY.replace(hour=10)
+    for i in range(100):
+        event = "abandoned" if i < 4 else "answered"
+        await lists.record_event(event, f"+1212555{i:04d}", TENANT, t0, t0, "spring")
+    rule = "abandon_rate:us-tcpa-abandoned-3pct"
+
+    async def decide(at: datetime, traffic_class: TrafficClass = TrafficClass.CAMPAIGN) -> str:
+        attempt = Attempt(
+            NY_NUMBER, now=at, caller_id=CALLER_ID, campaign="spring", traffic_class=traffic_class
+        )
+        return outcome(await gate.decide(attempt, record=False, door="cli"))[1]
+
+    await import_list(gate, "national_dnc", [], t0 + timedelta(days=29))
+    assert [rule, rule, "allowed", "allowed"] == [
+        await decide(t0 + timedelta(hours=1)),
+        await decide(t0 + timedelta(days=29)),
+        await decide(t0 + timedelta(hours=1), TrafficClass.MANUAL),
+        await decide(t0 + timedelta(days=30, minutes=1)),
+    ]
