@@ -31,7 +31,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from datetime import UTC, date, datetime, timedelta
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from gate.core.hours import (
     callee_places,
@@ -48,6 +48,7 @@ from gate.core.numbers import BadNumber, Destination, NumberType, ShortCode, cla
 from gate.core.policy import FailMode, Policy
 from gate.core.rules import (
     AbandonCeilingRule,
+    CalendarRule,
     CallerIdRule,
     CapRule,
     ConsentRule,
@@ -67,6 +68,7 @@ __all__ = [
     "Check",
     "CheckKind",
     "Evidence",
+    "HoursSpec",
     "Plan",
     "Planner",
     "RuleOutcome",
@@ -76,6 +78,8 @@ __all__ = [
     "evolve",
     "explain",
     "fail_mode_decision",
+    "hours_of",
+    "hours_spec",
     "outcome",
     "plan",
     "record_time_error",
@@ -956,6 +960,79 @@ def _ms_until_open(
     return max(0, math.ceil((opens_at.timestamp() - at.timestamp()) * 1000)), closed
 
 
+# A calling-hours window as JSON values (``hours_spec``): [zones, rules], each rule
+# [fixed zone or None, windows by weekday, national calendars, calendars kept], each
+# calendar [national calendars, annual (month, day) dates, days, valid_from, valid_to].
+HoursSpec = list[Any]
+
+
+def hours_spec(window: _Window) -> HoursSpec | None:
+    """What moving a retry to the next opening reads of ``window`` (``_legal_retry_ms``:
+    its zones and enforced rules, as ``next_open`` reads them), as JSON values: ids,
+    sources and scopes left out. None when no rule is enforced (no retry is moved).
+    ``hours_of`` gives it back: ``next_open`` answers the same for both at every instant
+    (the national calendars are the installed ``holidays`` package's)."""
+    enforced = [rule for rule in window.rules if not rule.shadow]
+    if not enforced:
+        return None
+    return [
+        list(window.zones),
+        [
+            [
+                rule.zone,
+                [[list(span) for span in day] for day in rule.windows],
+                [list(national) for national in rule.holidays],
+                [
+                    [
+                        [list(national) for national in calendar.holidays],
+                        sorted([list(md) for md in calendar.annual]),
+                        sorted(day.isoformat() for day in calendar.days),
+                        calendar.valid_from and calendar.valid_from.isoformat(),
+                        calendar.valid_to and calendar.valid_to.isoformat(),
+                    ]
+                    for calendar in rule.calendars
+                ],
+            ]
+            for rule in enforced
+        ],
+    ]
+
+
+def hours_of(spec: HoursSpec, index: int = 0) -> _Window:
+    """The window ``hours_spec`` described (its rules enforced, without ids or sources),
+    as the ``hours`` of the W check at ``index`` of an audit entry read back (``outcome``
+    then moves its retry as the decision did). ``ValueError`` for a malformed spec."""
+    try:
+        zones, rules = spec
+        return _Window(
+            index,
+            tuple(
+                HoursRule(
+                    id="",
+                    zone=fixed,
+                    windows=tuple(tuple((int(a), int(b)) for a, b in day) for day in windows),
+                    holidays=tuple((str(c), s) for c, s in national),
+                    calendars=tuple(
+                        CalendarRule(
+                            id="",
+                            holidays=tuple((str(c), s) for c, s in c_national),
+                            annual=frozenset((int(m), int(d)) for m, d in annual),
+                            days=frozenset(date.fromisoformat(day) for day in days),
+                            valid_from=date.fromisoformat(start) if start else None,
+                            valid_to=date.fromisoformat(end) if end else None,
+                        )
+                        for c_national, annual, days, start, end in calendars
+                    ),
+                )
+                for fixed, windows, national, calendars in rules
+            ),
+            tuple(str(name) for name in zones),
+            (),
+        )
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"not a calling-hours spec: {spec!r}") from exc
+
+
 def _window_check(window: _Window, now: datetime) -> Check:
     """The W check of ``window`` at ``now``: the wait until every rule is open (ms)."""
     rules, zones = window.rules, window.zones
@@ -1019,7 +1096,9 @@ def outcome(
     With ``now_ms`` (the decision's instant), a DEFER decided by a check other than the
     calling hours (a cap, a cool-off, a stale list...) retries at the first instant at or
     after that check's wait at which the calling hours are open (``_legal_retry_ms``).
-    Without it (an audit entry read back: its checks carry no hours), the store's wait.
+    Without it, or with no W check carrying its ``hours``, the store's wait. An audit
+    entry read back (gate/core/evidence.py ``stored_record``) passes its ``ts`` and the W
+    check's hours rebuilt from its head (``hours_of``): it gets the decision's retry.
     """
     if result.decided == 0:
         return Verdict.ALLOW, "allowed", "", None

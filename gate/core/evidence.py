@@ -8,6 +8,11 @@ Two ways, one record (``FIELDS``):
   that counts the attempt: the evidence and the counters are one fact, and Redis does no
   more than one append for it. ``stored_record`` turns such an entry into the record,
   with the engine's own ``outcome`` and ``shadowed`` (the same conclusion as the decision).
+  A DEFER's retry is the decision's own (the one the channel was told): its head also
+  keeps the calling hours that moved it (``hours_summary``: the W check's enforced rules
+  and zones, in the end of the head made once per plan shape, so no work per call), and
+  ``stored_record`` moves the store's wait again from the head's ``ts`` with them, as the
+  decision did. An entry written before the head kept them reads with the store's wait.
   ``latency_us`` is then the in-process time before the call and ``redis_us`` is empty
   (the decision's Redis time is only known after the entry is written; it is in
   ``callgate_decision_redis_seconds``).
@@ -26,7 +31,18 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from gate.core.engine import Check, CheckKind, Evidence, Plan, StoreResult, outcome, shadowed
+from gate.core.engine import (
+    Check,
+    CheckKind,
+    Evidence,
+    HoursSpec,
+    Plan,
+    StoreResult,
+    hours_of,
+    hours_spec,
+    outcome,
+    shadowed,
+)
 from gate.core.keys import SLOT_GROUPS, Keyspace
 from gate.core.model import Attempt, Decision
 from gate.core.numbers import Destination, classify
@@ -39,6 +55,7 @@ __all__ = [
     "audit_record",
     "check_summary",
     "evidence_for",
+    "hours_summary",
     "stored_record",
     "stream_len",
 ]
@@ -223,10 +240,29 @@ def check_summary(checks: Sequence[Check], versions: Sequence[str]) -> list[Chec
     ]
 
 
+def hours_summary(checks: Sequence[Check]) -> HoursSpec | None:
+    """The calling hours that move a DEFER's retry (the first enforced W check's:
+    ``engine.hours_spec``), as JSON values for the audit head's ``hours``; None when none
+    is enforced. The store encodes it once per window (gate/store/client.py
+    ``_hours_json``: kept by the window's identity, a plan model's), never per call."""
+    check = next((c for c in checks if c.hours is not None and not c.shadow), None)
+    if check is None or check.hours is None:
+        return None
+    return hours_spec(check.hours)
+
+
 def stored_record(head: Mapping[str, Any], seen: str) -> dict[str, str]:
     """The record of an entry decide.lua wrote: ``head`` (the fields known in-process,
-    ``checks`` and ``shadow``) and ``seen`` ("decided,retry_ms,r1,r2…")."""
+    ``checks``, ``shadow`` and the ``hours`` of ``hours_summary``) and ``seen``
+    ("decided,retry_ms,r1,r2…"). Its verdict, reason, rule and retry are the decision's
+    (``outcome`` at the head's ``ts``, with those hours): a DEFER's retry is the one the
+    channel was told, moved to the next opening of the calling hours."""
     summaries = head.get("checks", [])
+    spec = head.get("hours")
+    hours_at = next(
+        (i for i, s in enumerate(summaries) if s[0] == CheckKind.WINDOW.value and not s[3]),
+        None,
+    )
     checks = [
         Check(
             CheckKind(kind),
@@ -236,12 +272,15 @@ def stored_record(head: Mapping[str, Any], seen: str) -> dict[str, str]:
             exempt_by=tuple(exempt),
             shadow=bool(shadow),
             list_name=name,
+            hours=hours_of(spec, i) if spec and i == hours_at else None,
         )
-        for kind, rule, reason, shadow, exempt, params, name, _ in summaries
+        for i, (kind, rule, reason, shadow, exempt, params, name, _) in enumerate(summaries)
     ]
     numbers = [int(float(v)) for v in seen.split(",")] if seen else [0, 0]
     result = StoreResult(numbers[0], numbers[1], tuple(numbers[2:]))
-    verdict, reason, rule, retry_s = outcome(checks, result)
+    ts = str(head.get("ts", ""))
+    now_ms = int(ts) if ts.isdigit() else None
+    verdict, reason, rule, retry_s = outcome(checks, result, now_ms)
     counters = [
         f"{c.rule}={n}"
         for c, n in zip(checks, result.results, strict=False)

@@ -12,7 +12,9 @@ Guarantees:
   same atomic call that counts it (gate/core/evidence.py, decide.lua): no evidence waits in
   memory, and an entry exists exactly when the counters moved. Such an entry holds the
   checks and what they saw (fields ``h`` and ``r``); the readers here conclude it into the
-  same record as the others (``evidence.stored_record``) and return both kinds alike.
+  same record as the others (``evidence.stored_record``) and return both kinds alike. A
+  DEFER's ``retry_after_s`` is the one its channel was told (a cap's or cool-off's wait
+  moved to the next opening of the calling hours, from the hours its head keeps).
 - ``AuditLog`` keeps only the others (emergency, invalid number, number type, fail mode):
   appending never adds a round trip: ``AuditLog.append`` only queues the record; a
   background writer sends queued records in pipelined batches (every ``FLUSH_S`` or

@@ -100,7 +100,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from gate.config.loader import RedisConfig
 from gate.core.engine import Check, CheckKind, StoreCheck, StoreResult
 from gate.core.errors import NotReplicated, StoreError, StoreTimeout, StoreUnavailable
-from gate.core.evidence import check_summary
+from gate.core.evidence import check_summary, hours_summary
 from gate.core.keys import directory_key, namespace_of
 from gate.store.channel import Behind as _Behind
 from gate.store.channel import Busy, Channel, ChannelLane
@@ -1294,12 +1294,14 @@ def _encode(
 
 @functools.lru_cache(maxsize=1024)
 def _summary_json(
-    checks: tuple[Check, ...], versions: tuple[str, ...], shadow: tuple[str, ...]
+    checks: tuple[Check, ...], versions: tuple[str, ...], shadow: tuple[str, ...], hours: str
 ) -> str:
-    """``"shadow":[…],"checks":[…]}``: the end of an audit entry's head (the same for every
-    decision of one plan shape, so made once)."""
+    """``"shadow":[…],"checks":[…],"hours":[…]}``: the end of an audit entry's head (the
+    same for every decision of one plan shape, so made once); ``hours``: the calling
+    hours' JSON (``evidence.hours_summary``; "": none)."""
     body = {"shadow": shadow, "checks": check_summary(checks, versions)}
-    return _compact_json(body)[1:]
+    text = _compact_json(body)[1:]
+    return f'{text[:-1]},"hours":{hours}}}' if hours else text
 
 
 # json.dumps with these options builds a new encoder on every call (2 µs of a decision).
@@ -1351,11 +1353,13 @@ def _shape(
     seen_views: tuple[str, ...],
     reads: tuple[int, ...],
     shadow: tuple[str, ...] | None,
+    hours: str = "",
 ) -> _Shape:
     """The shape of decisions with ``checks``; ``seen_views``: the list view (version/bits,
     "" for none) of each membership check in order; ``reads``: the indexes of the checks
     read by a call of their own (X checks); ``shadow``: the evidence's shadow reasons
-    (None: no evidence)."""
+    (None: no evidence); ``hours``: the evidence's calling hours (``hours_summary`` of
+    ``checks``: a check's hours are not part of its equality, so of this cache's key)."""
     fields: dict[str, str] = {}  # meta field → expected value, in order
     fmt: list[str] = []
     values: list[float] = []
@@ -1417,7 +1421,7 @@ def _shape(
             values += (code, at, c.params[0], c.params[1])
         versions.append(version)
     field_args = (*(f.encode() for f in fields), *(e.encode() for e in fields.values()))
-    tail = "" if shadow is None else _summary_json(checks, tuple(versions), shadow)
+    tail = "" if shadow is None else _summary_json(checks, tuple(versions), shadow, hours)
     # The head (decide.lua's header): now_ms, record and the evidence bounds are the
     # decision's own (``_Encoder.add``), the meta's and the audit stream's key indexes
     # follow the checks' keys.
@@ -1449,10 +1453,35 @@ def _shape(
 # The shapes made for each checks tuple still in use, by identity: the decisions of one
 # plan model share their checks tuple (a scrub's leads, a door's calls in one minute), so
 # most find their shape without hashing every check (``_shape``'s cache key).
-# id → (the checks, their membership checks' list names, shapes by (views, reads, shadow))
-_RECENT: dict[int, tuple[tuple[Check, ...], tuple[str, ...], dict[tuple[object, ...], _Shape]]] = {}
+# id → (the checks, their membership checks' list names, shapes by (views, reads, shadow),
+# their calling hours for the evidence: ``hours_summary``)
+_RECENT: dict[
+    int, tuple[tuple[Check, ...], tuple[str, ...], dict[tuple[object, ...], _Shape], str]
+] = {}
 _RECENT_MAX = 256
 _RECENT_SHAPES = 16  # per checks tuple (list views, X checks, shadow reasons)
+
+
+def _hours_json(checks: tuple[Check, ...]) -> str:
+    """The audit head's calling hours of ``checks`` (``hours_summary``) as compact JSON,
+    "" for none: encoded once per window (a plan model's, kept by identity)."""
+    window = next((c.hours for c in checks if c.hours is not None), None)
+    if window is None:
+        return ""
+    found = _HOURS.get(id(window))
+    if found is not None and found[0] is window:
+        return found[1]
+    if len(_HOURS) >= _HOURS_MAX:
+        _HOURS.clear()
+    spec = hours_summary(checks)
+    text = "" if spec is None else _compact_json(spec)
+    _HOURS[id(window)] = (window, text)
+    return text
+
+
+# id of a plan model's calling-hours window → (the window, its ``_hours_json``)
+_HOURS: dict[int, tuple[object, str]] = {}
+_HOURS_MAX = 1024
 
 
 def _shape_of(
@@ -1468,14 +1497,15 @@ def _shape_of(
         if len(_RECENT) >= _RECENT_MAX:
             _RECENT.clear()
         lists = tuple(c.key for c in checks if c.kind in _MEMBERSHIP)
-        hit = _RECENT[id(checks)] = (checks, lists, {})
+        hit = _RECENT[id(checks)] = (checks, lists, {}, _hours_json(checks))
     seen_views = tuple([views.get(name, "") for name in hit[1]])
     shapes = hit[2]
     shape = shapes.get((seen_views, reads, shadow))
     if shape is None:
         if len(shapes) >= _RECENT_SHAPES:
             shapes.clear()
-        shape = shapes[seen_views, reads, shadow] = _shape(checks, seen_views, reads, shadow)
+        hours = "" if shadow is None else hit[3]
+        shape = shapes[seen_views, reads, shadow] = _shape(checks, seen_views, reads, shadow, hours)
     return shape
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import pytest
 import redis.asyncio as aioredis
@@ -169,6 +170,40 @@ async def test_the_scripts_entry_equals_the_in_process_record(redis_url: str) ->
     assert ["", "", "cap:one", "cap:one"] == [r["shadow"] for r in expected]
     assert expected == [
         {k: v for k, v in r.items() if k != "id" and not k.endswith("_us")} for r in stored
+    ]
+
+
+PARIS = ZoneInfo("Europe/Paris")
+
+
+async def test_a_moved_cap_retry_reads_back_as_the_decision_gave_it(redis_url: str) -> None:
+    """fr pack, 4 attempts per 30 days: a fifth on Friday 11 December 2026 at 19:30 (Paris),
+    whose cap frees on Saturday 12 December at 19:45 (30 days after the first), is told to
+    retry on Monday 14 December at 10:00, D223-9's next opening; its audit entry, read back,
+    says the same retry (not the store's wait, a Saturday evening)."""
+    store = Store(redis_url, deadline_s=1.0)
+    gate = Gate(pack_config(["fr"], "FR"), store, "v1")
+    first = datetime(2026, 11, 12, 19, 45, tzinfo=PARIS)  # a Thursday
+    attempts = [first, *(datetime(2026, 11, d, 10, 30, tzinfo=PARIS) for d in (13, 16, 17))]
+    fifth = datetime(2026, 12, 11, 19, 30, tzinfo=PARIS)
+
+    def attempt(at: datetime) -> Attempt:
+        return Attempt("0612345678", at, "default", caller_id="+33162000000")
+
+    try:
+        await ListAdmin.of(gate).add("consent", ["+33612345678"], "default", "", now=first)
+        allowed = [await gate.decide(attempt(at), record=True, door="agi") for at in attempts]
+        decision = await gate.decide(attempt(fifth), record=True, door="agi")
+        stored = [r async for r in read_range(store.admin_client, "callgate")]
+    finally:
+        await store.close()
+    monday_10 = datetime(2026, 12, 14, 10, 0, tzinfo=PARIS)
+    wait_s = monday_10.timestamp() - fifth.timestamp()
+    assert [Verdict.ALLOW] * 4 == [d.verdict for d in allowed]
+    assert 5 == (first + timedelta(days=30)).weekday()  # the cap frees on a Saturday
+    assert [("DEFER", "cap:fr-d223-9-attempts", wait_s)] * 2 == [
+        (decision.verdict.value, decision.reason, decision.retry_after_s),
+        (stored[-1]["verdict"], stored[-1]["reason"], float(stored[-1]["retry_after_s"])),
     ]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -24,6 +25,7 @@ from gate.core.engine import (
     fail_mode_decision,
     plan,
 )
+from gate.core.evidence import check_summary, hours_summary, stored_record
 from gate.core.keys import Keyspace
 from gate.core.model import Attempt, Decision, TrafficClass, Verdict
 from tests.conftest import TEST_SECRET, make_config
@@ -468,3 +470,42 @@ def test_a_cap_retry_moves_to_an_opening_in_every_zone_of_the_number() -> None:
         decision.reason,
         decision.retry_after_s,
     )
+
+
+# Numbers whose calling hours have place calendars (Guadeloupe's mobiles), two zones
+# (Réunion/Mayotte mobiles), state rules with their own calendars and fixed zones (US).
+HOURS_NUMBERS = ["+590690123456", "+262692123456", "+12125550123", "+18015550123", "+33612345678"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    dialled=st.sampled_from(HOURS_NUMBERS),
+    when=st.datetimes(datetime(2026, 1, 1), datetime(2027, 12, 31), timezones=st.just(UTC)),
+    wait_ms=st.integers(1, 70 * 86_400_000),
+)
+def test_an_audit_entry_reads_back_the_retry_the_decision_gave(
+    dialled: str, when: datetime, wait_ms: int
+) -> None:
+    """A cap's DEFER read back from its audit head (JSON, as decide.lua stores it: the
+    checks' summary and the calling hours) has the decision's retry, moved or not."""
+    pending = plan(Attempt(dialled, when, caller_id="+33162000000"), ALL_PACKS, KEYS, True)
+    assert isinstance(pending, Plan)
+    checks = pending.check.checks
+    cap = next(i for i, c in enumerate(checks, 1) if c.kind is CheckKind.ATTEMPT_LOG)
+    seen = tuple(0 for _ in checks)
+    decision = conclude(pending, StoreResult(cap, wait_ms, seen))
+    hours = hours_summary(checks)
+    head = json.loads(
+        json.dumps(
+            {
+                "ts": str(pending.check.now_ms),
+                "shadow": [],
+                "checks": check_summary(checks, [""] * len(checks)),
+                **({"hours": hours} if hours is not None else {}),
+            }
+        )
+    )
+    reply = ",".join(str(n) for n in (cap, wait_ms, *seen))
+    assert decision.retry_after_s is not None
+    expected = f"{decision.retry_after_s:.3f}".rstrip("0").rstrip(".")
+    assert expected == stored_record(head, reply)["retry_after_s"]
