@@ -213,7 +213,7 @@ class ListAdmin:
         """The list's entry count and metadata (version, refreshed_at, source, checksum…)."""
         rule = self.rule(name)
         key = self.key(name, tenant, campaign)
-        internal: tuple[str, ...] = ("next_version", "building", "building_bits")
+        internal: tuple[str, ...] = ("next_version", "building", "building_bits", "building_meta")
         if rule.kind in ("consent", "reassigned"):
             internal += ("version", "bits")
         meta = {k: v for k, v in (await self.lists.directory(key)).items() if k not in internal}

@@ -43,6 +43,7 @@ Guarantees:
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 import secrets
@@ -114,6 +115,8 @@ _ABANDON_S = 60.0  # removing a failed replacement's version, well within the lo
 _UNLOCK_S = 30.0
 _UNLOCK_RETRY_S = 0.2
 _UNLOCK_RETRY_MAX_S = 2.0
+# The directory's fields of a replacement under way (the version built, its metadata).
+_BUILDING = ("building", "building_bits", "building_meta")
 _UNLINK_BATCH = 500
 _FIELDS_BATCH = 1000
 _STALE_TRIES = 20
@@ -494,7 +497,15 @@ class ListStore:
         built = False
         try:
             await self._call(
-                self._client.hset(key, mapping={"building": version, "building_bits": bits})
+                self._client.hset(
+                    key,
+                    mapping={
+                        "building": version,
+                        "building_bits": bits,
+                        # What ``_switched`` records: a switch cut off is completed with it.
+                        "building_meta": json.dumps(dict(meta)),
+                    },
+                )
             )
             await self._groups([["HSET", "{meta}", f"{list_id}:b", building]], atomic=False)
             await self._write(list_id, version, bits, chunks, progress)
@@ -533,7 +544,7 @@ class ListStore:
         key = self.keyspace.directory_key(list_id)
         async with self._client.pipeline(transaction=not self.store.cluster) as pipe:
             pipe.hset(key, mapping=fields)
-            pipe.hdel(key, "building", "building_bits")
+            pipe.hdel(key, *_BUILDING)
             await self._call(pipe.execute())
 
     async def _settle(self, list_id: str) -> dict[str, str]:
@@ -557,9 +568,12 @@ class ListStore:
             list_id,
             version,
         )
+        # The cut-off import's metadata (its refreshed_at, source, checksum): the version
+        # in force is its file, whatever the directory said before.
+        meta: dict[str, str] = json.loads(directory.get("building_meta") or "{}")
         counts = await self._count_groups(list_id, version, bits)
-        await self._switch(list_id, building, counts, None)
-        await self._switched(list_id, version, bits, {})
+        await self._switch(list_id, building, counts, meta.get("refreshed_at"))
+        await self._switched(list_id, version, bits, meta)
         if "version" in directory and int(directory["version"]) != version:
             await self._drop(list_id, int(directory["version"]), int(directory["bits"]))
         return await self.directory(list_id)
@@ -583,7 +597,7 @@ class ListStore:
         """Stop building ``version`` (deltas no longer write to it), then remove it."""
         await self._groups([["HDEL", "{meta}", f"{list_id}:b"]], atomic=False)
         directory = self.keyspace.directory_key(list_id)
-        await self._call(self._client.hdel(directory, "building", "building_bits"))
+        await self._call(self._client.hdel(directory, *_BUILDING))
         await self._drop(list_id, version, bits)
 
     async def _switch(
@@ -616,7 +630,7 @@ class ListStore:
             meta = {
                 k: v
                 for k, v in directory.items()
-                if k not in ("version", "bits", "next_version", "building", "building_bits")
+                if k not in ("version", "bits", "next_version", *_BUILDING)
             }
             expected = max(len(members), entries)
             chunks = self._rebucketed(members)

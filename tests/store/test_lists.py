@@ -11,14 +11,14 @@ import sys
 import time
 import zipfile
 from collections.abc import AsyncIterator, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 
-from gate.core.errors import InputError, StoreError
+from gate.core.errors import InputError, StoreError, StoreUnavailable
 from gate.core.model import Attempt, Verdict
 from gate.lists import formats
 from gate.lists.admin import ListAdmin
@@ -27,7 +27,7 @@ from gate.lists.workers import Workers
 from gate.service import Gate
 from gate.store.client import Store
 from gate.store.embedded import find_redis_server
-from gate.store.lists import bits_for
+from gate.store.lists import ListStore, bits_for
 from tests.conftest import TEST_SECRET, _wait_for_ping, make_config
 
 NOW = datetime(2026, 12, 1, 9, 30, tzinfo=UTC)
@@ -520,3 +520,37 @@ async def test_a_replace_whose_cancellation_was_dropped_stops_at_its_next_chunk(
         await lists.lists.count(RED),
     )
     assert [] == sync_redis.keys("callgate:*:lock")
+
+
+async def test_a_switch_completed_by_the_next_resize_keeps_the_cut_off_imports_metadata(
+    gate: Gate, sync_redis: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--replace cut off once its groups switched (the directory not yet updated): the
+    resize that completes the switch records the metadata of the file now in force (its
+    source, its refreshed_at, in the directory and every group's meta), not the previous
+    file's (a list 40 days old by its metadata: stale, while its entries are today's)."""
+    lists = admin(gate)
+    old = NOW - timedelta(days=40)
+    await lists.import_entries(
+        "red", entries(numbers(0, 50)), TENANT, "", fail_on_reject,
+        refreshed_at=old, meta={"source": "old.txt"}, mode="replace", expected=50,
+    )  # fmt: skip
+    switched = ListStore._switched
+
+    async def cut_off(self: ListStore, *args: Any) -> None:
+        raise StoreUnavailable("Redis at test is unreachable (cut off)")
+
+    monkeypatch.setattr(ListStore, "_switched", cut_off)
+    with pytest.raises(StoreUnavailable, match="cut off while switching"):
+        await lists.import_entries(
+            "red", entries(numbers(0, 60)), TENANT, "", fail_on_reject,
+            refreshed_at=NOW, meta={"source": "new.txt"}, mode="replace", expected=60,
+        )  # fmt: skip
+    monkeypatch.setattr(ListStore, "_switched", switched)
+    await lists.lists.resize(RED)
+    info = await lists.info("red", TENANT, "")
+    refreshed = str(int(NOW.timestamp() * 1000))
+    in_groups = {sync_redis.hget(gate.keyspace.meta_key(g), f"{RED}:r") for g in (0, 1, 700)}
+    assert ("60", "new.txt", refreshed) == (info["entries"], info["source"], info["refreshed_at"])
+    assert {refreshed.encode()} == in_groups
+    assert "building_meta" not in info
