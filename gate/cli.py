@@ -1389,6 +1389,9 @@ class _EarlySighup:
 
     def install(self) -> None:
         signal.signal(signal.SIGHUP, self._set)
+        # A worker of ``run --workers N`` starts with SIGHUP blocked (gate.runtime
+        # ``Workers``): one its parent forwarded meanwhile is taken here.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
 
     def release(self) -> None:
         """Not ``run``: SIGHUP's default action again (it ends the process), and one that

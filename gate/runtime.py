@@ -377,9 +377,17 @@ class Workers:
 
     def _spawn(self, role: WorkerRole) -> None:
         self._keep_counts(role)
-        process = subprocess.Popen(
-            [*self.command, "--worker", role.argument()], stdin=subprocess.DEVNULL
-        )
+        # The worker starts with SIGHUP blocked (a signal mask is inherited), until its
+        # command line's handler is in place (gate.cli ``_EarlySighup.install``): the
+        # reload this process forwards may come while it imports its modules, and SIGHUP's
+        # default action would end it. Blocked, it waits, and the worker reloads once up.
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+        try:
+            process = subprocess.Popen(
+                [*self.command, "--worker", role.argument()], stdin=subprocess.DEVNULL
+            )
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         slot = self.slots.get(role.index)
         if slot is None:
             self.slots[role.index] = _Slot(process, time.monotonic(), delay_s=WORKER_RESTART_S)

@@ -199,3 +199,40 @@ def test_another_command_still_ends_on_a_sighup_that_came_while_it_imported() ->
             process.kill()
             process.wait(10)
     assert -signal.SIGHUP == code
+
+
+def test_workers_survive_a_reload_forwarded_while_they_import(tmp_path: Path) -> None:
+    """``run --workers 2`` and ``systemctl reload`` right after ``start``: the parent
+    reloads once it is up and forwards SIGHUP to its workers, which are still importing
+    their modules then. It waits (blocked) until their handler is in place, and they reload
+    once up; it killed them (exit -1), started again a second later."""
+    command = Path(sys.executable).parent / "callgate"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("CALLGATE_SECRET", None)
+    process = subprocess.Popen(
+        [str(command), "--config", str(_sample_config_in(tmp_path)), "run", "--workers", "2"],
+        stdin=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    lines: list[str] = []
+    try:
+        time.sleep(0.1)
+        process.send_signal(signal.SIGHUP)
+        assert process.stderr is not None
+        deadline = time.monotonic() + STARTUP_DEADLINE_S
+        serving = 0
+        while time.monotonic() < deadline and process.poll() is None and serving < 2:
+            lines.append(process.stderr.readline())
+            serving += bool(re.search(r"worker \d: FastAGI", lines[-1]))
+        time.sleep(1.0)  # the supervisor sees an exited worker within 0.2 s
+        process.send_signal(signal.SIGTERM)
+        _, rest = process.communicate(timeout=STARTUP_DEADLINE_S)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+    log = "".join(lines) + rest
+    assert (2, []) == (serving, re.findall(r"worker \d \(pid \d+\) exited with .*", log)), log
+    assert 3 == log.count("(unchanged)"), log  # the parent, then each worker
