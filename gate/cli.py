@@ -29,7 +29,7 @@ import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, NoReturn, TypeAlias
+from typing import IO, TYPE_CHECKING, Any, NoReturn, TypeAlias
 
 import uvloop
 from redis.exceptions import RedisError
@@ -1386,20 +1386,29 @@ class _EarlySighup:
 
     def __init__(self) -> None:
         self.wanted = False
+        # SIGHUP's action before ``install``: SIG_IGN under ``nohup``, which every command
+        # but ``run`` keeps (``release``).
+        self.inherited: Any = signal.SIG_DFL
 
-    def install(self) -> None:
-        signal.signal(signal.SIGHUP, self._set)
+    def install(self, inherited: Any = None) -> None:
+        """Catch SIGHUP; ``inherited``: its action before (gate.launch, whose own handler
+        this replaces), else the one this replaces."""
+        previous = signal.signal(signal.SIGHUP, self._set)
+        if previous != self._set:
+            self.inherited = previous if inherited is None else inherited
         # A worker of ``run --workers N`` starts with SIGHUP blocked (gate.runtime
         # ``Workers``): one its parent forwarded meanwhile is taken here.
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
 
     def release(self) -> None:
-        """Not ``run``: SIGHUP's default action again (it ends the process), and one that
-        came early (through the ``callgate`` command, gate.launch) delivered."""
+        """Not ``run``: SIGHUP's inherited action again (by default it ends the process;
+        ignored under ``nohup``), and one that came early (through the ``callgate``
+        command, gate.launch) delivered."""
         if signal.getsignal(signal.SIGHUP) != self._set:
             return
-        signal.signal(signal.SIGHUP, signal.SIG_DFL)
-        if self.taken():
+        ignored = self.inherited == signal.SIG_IGN
+        signal.signal(signal.SIGHUP, signal.SIG_IGN if ignored else signal.SIG_DFL)
+        if self.taken() and not ignored:
             os.kill(os.getpid(), signal.SIGHUP)
 
     def _set(self, _signum: int, _frame: object) -> None:

@@ -5,7 +5,8 @@ SIGHUP while ``run`` is still importing its modules (a few hundred milliseconds)
 SIGHUP's default action ends the process. So the command catches it first thing, before
 the imports of ``gate.cli``, and hands one that came to the command line's own early
 handler (``gate.cli``: ``run`` reloads as soon as its reloader exists; any other command
-gets SIGHUP's default action back, and one that came early is then delivered).
+gets SIGHUP's action before it back, by default its default action, and one that came
+early is then delivered; ignored under nohup, it stays ignored).
 """
 
 from __future__ import annotations
@@ -21,13 +22,15 @@ def main() -> int:
     """``callgate``: SIGHUP caught, then the command line (``gate.cli.main``). Ctrl-C
     while it imports ends it as Ctrl-C does later (exit 130), without a traceback."""
     came: list[int] = []
-    signal.signal(signal.SIGHUP, lambda signum, _frame: came.append(signum))
+    inherited = signal.signal(signal.SIGHUP, lambda signum, _frame: came.append(signum))
     try:
         from gate import cli
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
 
-    cli.EARLY_SIGHUP.install()  # from here on, the command line's handler records it
+    # From here on, the command line's handler records it; SIGHUP's action before this
+    # command (SIG_IGN under nohup) is what any command but ``run`` gets back.
+    cli.EARLY_SIGHUP.install(inherited)
     if came:
         cli.EARLY_SIGHUP.wanted = True
     return cli.main()

@@ -236,3 +236,31 @@ def test_workers_survive_a_reload_forwarded_while_they_import(tmp_path: Path) ->
     log = "".join(lines) + rest
     assert (2, []) == (serving, re.findall(r"worker \d \(pid \d+\) exited with .*", log)), log
     assert 3 == log.count("(unchanged)"), log  # the parent, then each worker
+
+
+def test_another_command_under_nohup_lives_on_after_sighups(tmp_path: Path) -> None:
+    """``nohup callgate audit tail -f`` (or a long ``list import``): SIGHUP is ignored, as
+    nohup asks, whether it comes while the command imports or later; the command caught
+    it while importing, then gave it SIG_DFL back, and the hangup ended it."""
+    command = Path(sys.executable).parent / "callgate"
+    env = {**os.environ}
+    env.pop("CALLGATE_SECRET", None)
+    config = _sample_config_in(tmp_path)
+    process = subprocess.Popen(
+        ["nohup", str(command), "--config", str(config), "audit", "tail", "-f"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
+    try:
+        time.sleep(0.1)
+        process.send_signal(signal.SIGHUP)  # while it imports
+        time.sleep(3.0)
+        process.send_signal(signal.SIGHUP)  # following the audit trail
+        time.sleep(1.0)
+        alive = process.poll() is None
+    finally:
+        process.terminate()
+        code = process.wait(STARTUP_DEADLINE_S)
+    assert (True, -signal.SIGTERM) == (alive, code)
