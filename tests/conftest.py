@@ -8,6 +8,7 @@ from an empty database. No fakes: the counting semantics live in Lua and are tes
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -53,32 +54,38 @@ def redis_server_url() -> Iterator[str]:
         _wait_for_ping(url, None, 5.0)
         yield url
         return
-    with tempfile.TemporaryDirectory(prefix="cg-redis-") as tmp:
-        sock = Path(tmp) / "redis.sock"
-        process = subprocess.Popen(
-            [
-                find_redis_server(),
-                "--port",
-                "0",
-                "--unixsocket",
-                str(sock),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                tmp,
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            url = f"unix://{sock}"
-            _wait_for_ping(url, process, 10.0)
-            yield url
-        finally:
-            process.send_signal(signal.SIGKILL)
-            process.wait(10)
+    with (
+        tempfile.TemporaryDirectory(prefix="cg-redis-") as tmp,
+        spawned_redis(Path(tmp)) as (
+            url,
+            _,
+        ),
+    ):
+        yield url
+
+
+@contextlib.contextmanager
+def spawned_redis(directory: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A redis-server on a unix socket in ``directory`` (no persistence), answering PING:
+    its URL and process; killed by PID (resumed first, were it stopped) and reaped after."""
+    sock = directory / "redis.sock"
+    process = subprocess.Popen(
+        [
+            find_redis_server(),
+            *("--port", "0", "--unixsocket", str(sock), "--dir", str(directory)),
+            *("--save", "", "--appendonly", "no"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        url = f"unix://{sock}"
+        _wait_for_ping(url, process, 10.0)
+        yield url, process
+    finally:
+        process.send_signal(signal.SIGCONT)
+        process.send_signal(signal.SIGKILL)
+        process.wait(10)
 
 
 @pytest.fixture

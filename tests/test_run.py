@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import signal
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -108,6 +110,36 @@ def test_run_refuses_an_unknown_event_loop_in_one_line() -> None:
     assert "invalid choice: 'trio' (choose from 'uvloop', 'asyncio')" in done.stderr
 
 
+CALLGATE = Path(sys.executable).parent / "callgate"  # the console script users run
+
+
+@contextlib.contextmanager
+def _callgate(
+    *args: str, prefix: tuple[str, ...] = (), pipe: bool = True
+) -> Iterator[subprocess.Popen[str]]:
+    """The ``callgate`` command with ``args`` (after ``prefix``, e.g. ``nohup``), stderr
+    piped (else discarded), no ``CALLGATE_SECRET``; killed and reaped on the way out if
+    it still runs."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("CALLGATE_SECRET", None)
+    process = subprocess.Popen(
+        [*prefix, str(CALLGATE), *args],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE if pipe else subprocess.DEVNULL,
+        text=True,
+        env=env,
+    )
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait(10)
+        if process.stderr is not None:
+            process.stderr.close()
+
+
 def _sample_config_in(data: Path) -> Path:
     config = data / "callgate.toml"
     text = SAMPLE_CONFIG.read_text().replace('state_dir = "../var"', f'state_dir = "{data}"')
@@ -122,17 +154,8 @@ def test_the_callgate_command_survives_a_sighup_while_it_imports_and_reloads(
     began, while Python still imports its modules (about 0.4 s here; before the first
     ~30 ms, Python's own start, no program can catch it). The process lives, serves, and reloads
     once it is up (``reloaded … (unchanged)``)."""
-    command = Path(sys.executable).parent / "callgate"  # the console script users run
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env.pop("CALLGATE_SECRET", None)
-    process = subprocess.Popen(
-        [str(command), "--config", str(_sample_config_in(tmp_path)), "run"],
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
     lines: list[str] = []
-    try:
+    with _callgate("--config", str(_sample_config_in(tmp_path)), "run") as process:
         time.sleep(0.1)
         process.send_signal(signal.SIGHUP)
         assert process.stderr is not None
@@ -144,12 +167,6 @@ def test_the_callgate_command_survives_a_sighup_while_it_imports_and_reloads(
         alive = process.poll() is None
         process.send_signal(signal.SIGTERM)
         code = process.wait(STARTUP_DEADLINE_S)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(10)
-        if process.stderr is not None:
-            process.stderr.close()
     assert (True, 0) == (alive, code), "".join(lines)
     assert "(unchanged)" in lines[-1]
 
@@ -159,45 +176,20 @@ def test_ctrl_c_while_the_callgate_command_imports_exits_130_without_a_traceback
 ) -> None:
     """Ctrl-C right after ``make run`` (SIGINT 0.1 s in, while Python still imports
     callgate's modules) ends the command as Ctrl-C does later: exit 130, no traceback."""
-    command = Path(sys.executable).parent / "callgate"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env.pop("CALLGATE_SECRET", None)
-    process = subprocess.Popen(
-        [str(command), "--config", str(_sample_config_in(tmp_path)), "run"],
-        stdin=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    try:
+    with _callgate("--config", str(_sample_config_in(tmp_path)), "run") as process:
         time.sleep(0.1)
         process.send_signal(signal.SIGINT)
         _, stderr = process.communicate(timeout=STARTUP_DEADLINE_S)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(10)
     assert (130, "") == (process.returncode, stderr)
 
 
 def test_another_command_still_ends_on_a_sighup_that_came_while_it_imported() -> None:
     """Any command but ``run`` keeps SIGHUP's default action: one that came while the
     ``callgate`` command imported is delivered once it knows the command (it ends)."""
-    command = Path(sys.executable).parent / "callgate"
-    process = subprocess.Popen(
-        [str(command), "check", "0612345678"],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
+    with _callgate("check", "0612345678", pipe=False) as process:
         time.sleep(0.1)
         process.send_signal(signal.SIGHUP)
         code = process.wait(STARTUP_DEADLINE_S)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(10)
     assert -signal.SIGHUP == code
 
 
@@ -206,18 +198,9 @@ def test_workers_survive_a_reload_forwarded_while_they_import(tmp_path: Path) ->
     reloads once it is up and forwards SIGHUP to its workers, which are still importing
     their modules then. It waits (blocked) until their handler is in place, and they reload
     once up; it killed them (exit -1), started again a second later."""
-    command = Path(sys.executable).parent / "callgate"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env.pop("CALLGATE_SECRET", None)
-    process = subprocess.Popen(
-        [str(command), "--config", str(_sample_config_in(tmp_path)), "run", "--workers", "2"],
-        stdin=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
     lines: list[str] = []
-    try:
+    config = str(_sample_config_in(tmp_path))
+    with _callgate("--config", config, "run", "--workers", "2") as process:
         time.sleep(0.1)
         process.send_signal(signal.SIGHUP)
         assert process.stderr is not None
@@ -229,10 +212,6 @@ def test_workers_survive_a_reload_forwarded_while_they_import(tmp_path: Path) ->
         time.sleep(1.0)  # the supervisor sees an exited worker within 0.2 s
         process.send_signal(signal.SIGTERM)
         _, rest = process.communicate(timeout=STARTUP_DEADLINE_S)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(10)
     log = "".join(lines) + rest
     assert (2, []) == (serving, re.findall(r"worker \d \(pid \d+\) exited with .*", log)), log
     assert 3 == log.count("(unchanged)"), log  # the parent, then each worker
@@ -242,25 +221,16 @@ def test_another_command_under_nohup_lives_on_after_sighups(tmp_path: Path) -> N
     """``nohup callgate audit tail -f`` (or a long ``list import``): SIGHUP is ignored, as
     nohup asks, whether it comes while the command imports or later; the command caught
     it while importing, then gave it SIG_DFL back, and the hangup ended it."""
-    command = Path(sys.executable).parent / "callgate"
-    env = {**os.environ}
-    env.pop("CALLGATE_SECRET", None)
-    config = _sample_config_in(tmp_path)
-    process = subprocess.Popen(
-        ["nohup", str(command), "--config", str(config), "audit", "tail", "-f"],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=env,
-    )
-    try:
+    config = str(_sample_config_in(tmp_path))
+    with _callgate(
+        "--config", config, "audit", "tail", "-f", prefix=("nohup",), pipe=False
+    ) as process:
         time.sleep(0.1)
         process.send_signal(signal.SIGHUP)  # while it imports
         time.sleep(3.0)
         process.send_signal(signal.SIGHUP)  # following the audit trail
         time.sleep(1.0)
         alive = process.poll() is None
-    finally:
         process.terminate()
         code = process.wait(STARTUP_DEADLINE_S)
     assert (True, -signal.SIGTERM) == (alive, code)

@@ -30,8 +30,7 @@ import pytest
 from gate.core.model import Attempt
 from gate.service import Gate
 from gate.store.client import READ_WAIT_S, Store
-from gate.store.embedded import find_redis_server
-from tests.conftest import _wait_for_ping, make_config
+from tests.conftest import make_config, spawned_redis
 from tests.ops.conftest import AUTH, LISTS, Served, serve
 
 pytestmark = pytest.mark.timeout(60)
@@ -45,24 +44,8 @@ READS = ("/v1/lists", "/v1/lists/red", "/v1/audit?limit=5", "/v1/audit/follow")
 @pytest.fixture
 def own_redis(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """A redis-server of this test only (SIGSTOP would freeze the session's for all)."""
-    sock = tmp_path / "redis.sock"
-    process = subprocess.Popen(
-        [
-            find_redis_server(),
-            *("--port", "0", "--unixsocket", str(sock), "--save", ""),
-            *("--appendonly", "no", "--dir", str(tmp_path)),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        url = f"unix://{sock}"
-        _wait_for_ping(url, process, 10.0)
-        yield url, process
-    finally:
-        process.send_signal(signal.SIGCONT)
-        process.kill()
-        process.wait(10)
+    with spawned_redis(tmp_path) as served:
+        yield served
 
 
 async def status_of(served: Served, path: str) -> tuple[int, Any, float]:

@@ -26,9 +26,8 @@ from gate.lists.formats import Rejected, open_lines, read_batches, read_entries
 from gate.lists.workers import Workers
 from gate.service import Gate
 from gate.store.client import Store
-from gate.store.embedded import find_redis_server
 from gate.store.lists import ListStore, bits_for
-from tests.conftest import TEST_SECRET, _wait_for_ping, make_config
+from tests.conftest import TEST_SECRET, make_config, spawned_redis
 
 NOW = datetime(2026, 12, 1, 9, 30, tzinfo=UTC)
 TENANT = "default"
@@ -265,23 +264,8 @@ def test_a_killed_import_leaves_the_live_list_intact_and_the_next_cleans_up(
 @pytest.fixture
 def own_redis_url(tmp_path: Path) -> Iterator[str]:
     """A redis-server of this test's own (its memory limit is changed), killed after it."""
-    sock = tmp_path / "redis.sock"
-    process = subprocess.Popen(
-        [
-            find_redis_server(),
-            *("--port", "0", "--unixsocket", str(sock), "--dir", str(tmp_path)),
-            *("--save", "", "--appendonly", "no"),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        url = f"unix://{sock}"
-        _wait_for_ping(url, process, 10.0)
+    with spawned_redis(tmp_path) as (url, _):
         yield url
-    finally:
-        process.send_signal(signal.SIGKILL)
-        process.wait(10)
 
 
 async def test_a_replace_that_runs_out_of_memory_is_removed_and_opt_outs_still_go_in(
