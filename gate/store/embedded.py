@@ -44,6 +44,7 @@ import fcntl
 import importlib.util
 import logging
 import os
+import pwd
 import queue
 import shutil
 import signal
@@ -135,6 +136,38 @@ def _make_private(directory: Path) -> None:
                     inner.chmod(0o600)
 
 
+def _user(uid: int) -> str:
+    """``uid``'s name (its number if it has none)."""
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
+
+
+def _not_private(data_dir: Path, exc: OSError) -> str:
+    """Why ``data_dir`` (or a file in it) could not be made private (``_make_private``
+    failed with ``exc``), and what to do."""
+    path = Path(exc.filename) if exc.filename else data_dir
+    what = (
+        f"data directory {data_dir}"
+        if path == data_dir
+        else f"{path.name} in the data directory {data_dir}"
+    )
+    try:
+        owner = path.stat().st_uid
+    except OSError:
+        owner = os.geteuid()
+    if owner != os.geteuid():
+        me = _user(os.geteuid())
+        return (
+            f"embedded Redis: {what} is owned by another user ({_user(owner)}), so this "
+            f"user ({me}) cannot make it private (chmod): run callgate as {_user(owner)}, "
+            f"or give it to {me} (chown -R {me} {data_dir}), or set gate.state_dir (or "
+            "redis.data_dir) in the config to a directory of this user's"
+        )
+    return f"embedded Redis: cannot make {what} private (chmod): {exc.strerror}"
+
+
 class _Spawner:
     """Forks every embedded server from one daemon thread that lives as long as the process:
     the kernel sends the parent-death signal when the thread that forked the child exits,
@@ -219,11 +252,16 @@ class EmbeddedRedis:
             )
         try:
             self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-            _make_private(self.data_dir)
         except OSError as exc:
             raise StoreUnavailable(
-                f"embedded Redis: cannot create data directory {self.data_dir}: {exc.strerror}"
+                f"embedded Redis: cannot create data directory {self.data_dir}: "
+                f"{exc.strerror}; set gate.state_dir (or redis.data_dir) in the config to a "
+                "directory this user may write"
             ) from exc
+        try:
+            _make_private(self.data_dir)
+        except OSError as exc:
+            raise StoreUnavailable(_not_private(self.data_dir, exc)) from exc
         started = time.monotonic()
         said = False
         state = "absent"

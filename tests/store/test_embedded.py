@@ -13,9 +13,11 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import pwd
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -214,3 +216,52 @@ def test_one_owner_per_data_directory(data_dir: Path) -> None:
     assert started is not None
     assert started == still
     assert server_pid(data_dir) is None
+
+
+START_SCRIPT = """
+import sys
+from pathlib import Path
+from gate.core.errors import StoreUnavailable
+from gate.store.embedded import EmbeddedRedis
+try:
+    EmbeddedRedis(Path(sys.argv[1]), wait_s=1.0).start()
+except StoreUnavailable as exc:
+    print(exc)
+"""
+
+
+def test_a_data_directory_of_another_user_says_so_and_what_to_do(data_dir: Path) -> None:
+    """The data directory exists but belongs to another user (as root: chowned to nobody,
+    the server started by root without the power to change others' files, CAP_FOWNER, as
+    any other user is; otherwise: a directory of root's, through a symlink): the error
+    names it, says whose it is and what to do; not "cannot create"."""
+    command = [sys.executable, "-c", START_SCRIPT, str(data_dir)]
+    if os.geteuid() == 0:
+        data_dir.mkdir()
+        nobody = pwd.getpwnam("nobody")
+        os.chown(data_dir, nobody.pw_uid, nobody.pw_gid)
+        command = ["setpriv", "--bounding-set=-fowner", "--", *command]
+    else:
+        theirs = next(p for p in (Path("/usr/share"), Path("/usr"), Path("/")) if p.is_dir()
+                      and p.stat().st_uid != os.geteuid())  # fmt: skip
+        data_dir.symlink_to(theirs)
+    target = data_dir.resolve()
+    owner = pwd.getpwuid(target.stat().st_uid).pw_name
+    repo = Path(__file__).resolve().parents[2]
+    done = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        timeout=START_TIMEOUT_S * 3,
+        env={**os.environ, "PYTHONPATH": str(repo)},
+    )
+    message = done.stdout.strip()
+    assert ("", True, True, True, False) == (
+        done.stderr,
+        message.startswith(
+            f"embedded Redis: data directory {target} is owned by another user ({owner}), so "
+        ),
+        f"run callgate as {owner}, or give it to" in message,
+        "set gate.state_dir (or redis.data_dir) in the config" in message,
+        "cannot create" in message,
+    ), message
