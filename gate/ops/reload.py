@@ -108,6 +108,12 @@ def _connection(config: Config) -> object:
 
 def _load(path: Path) -> tuple[Config, str]:
     """Load ``path`` with its version; the file must not change while it is read."""
+    if not path.exists():
+        # Not load_config's "pass --config": this gate reads this path until it restarts.
+        raise ConfigError(
+            f"{path}: no such config file (moved or deleted?); put it back and reload, or "
+            "restart callgate with the new path"
+        )
     before = config_version(path)
     config = load_config(path)
     if config_version(path) != before:

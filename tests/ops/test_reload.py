@@ -208,3 +208,15 @@ async def test_a_sighup_style_request_reloads_in_the_background(running: Running
     await running.reloader.close()
     assert time.monotonic() < deadline
     assert 1 == running.gate.config.policy.caps[0].limit
+
+
+async def test_a_deleted_file_is_named_with_what_to_do_here(running: Running) -> None:
+    """The config file deleted under a running gate: the reload (API, console, SIGHUP) says
+    to put it back, not to pass --config (a flag of the command line that started it)."""
+    running.path.unlink()
+    with pytest.raises(ConfigError) as refused:
+        await running.reloader.reload()
+    assert (
+        f"{running.path}: no such config file (moved or deleted?); put it back and reload, or "
+        "restart callgate with the new path"
+    ) == str(refused.value)
