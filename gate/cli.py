@@ -38,7 +38,7 @@ from gate import __version__
 from gate.config.files import DEFAULT_STATE_DIR, write_init
 from gate.config.loader import Config, LoggingConfig, default_config_path, load_config
 from gate.core.engine import record_time_error, window_text
-from gate.core.errors import GateError, InputError, StoreError
+from gate.core.errors import GateError, InputError, StoreError, Term, Wording
 from gate.core.model import IDENT_RE, Attempt, TrafficClass, Verdict
 from gate.core.policy import Policy
 from gate.lists.admin import EVENTS, ImportSummary, ListAdmin, unrecorded
@@ -91,6 +91,18 @@ _VERDICT_EXIT = {Verdict.ALLOW: 0, Verdict.BLOCK: EXIT_BLOCK, Verdict.DEFER: EXI
 ADMIN_DEADLINE_S = 5.0
 # The times a command may name (far from datetime's limits).
 EARLIEST_YEAR, LATEST_YEAR = 2000, 2199
+# How an error of shared code names an option here: by its flag (gate/ops/wording.py has
+# the API's and the console's words).
+CLI_WORDING: Wording = {
+    "allow_empty": Term("--allow-empty", "pass --allow-empty"),
+    "campaign": Term("--campaign", "pass --campaign"),
+    "column": Term("--column", "pass --column"),
+    "format": Term("--format", "pass --format"),
+    "keep": Term("--keep", "pass --keep RESULT"),
+    "list_import": Term("callgate list import", "callgate list import {list} FILE"),
+    "phone_column": Term("--column", "pass --column"),
+    "replace": Term("--replace", "leave out --replace"),
+}
 
 DESCRIPTION = """\
 callgate decides, before each outbound call leaves Asterisk, whether it may go:
@@ -917,7 +929,7 @@ async def _consent_or_event(config: Config, args: argparse.Namespace) -> int:
             )
             why = unrecorded(args.command, args.number, record)
             if why is not None:
-                raise InputError(why.replace("the call's campaign", "--campaign"))
+                raise why
             print(f"{args.command} recorded: {', '.join(record.rules)}")
             if record.uncounted:
                 print(
@@ -1455,7 +1467,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with asyncio.Runner(loop_factory=LOOPS[args.loop]) as runner:
             return runner.run(_run(config, args))
     except GateError as exc:
-        print(f"callgate: error: {exc}", file=sys.stderr)
+        print(f"callgate: error: {exc.worded(CLI_WORDING)}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED

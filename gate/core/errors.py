@@ -6,6 +6,8 @@ errors of redis-py and aiohttp at the boundary with ``raise ... from``::
     GateError                      root: anything callgate reports on purpose
     ├── ConfigError                the TOML file or a value in it is wrong (names the key)
     ├── InputError                 a user-supplied value is wrong (CLI argument, import line)
+    │   ├── OptionError            an option of the interface is missing or wrong, named as
+    │   │                          that interface names it (``worded``: CLI, API, console)
     │   ├── NumberError            a dialled string is not a usable number
     │   ├── ProtectedNumberError   an emergency/protected number may not go on a block list
     │   └── BadRequest             a door's request names an unknown route or parameter, or
@@ -20,9 +22,16 @@ errors of redis-py and aiohttp at the boundary with ``raise ... from``::
         └── AriNotFound            the channel is gone (the caller hung up)
 
 ``str(error)`` is always one line meant for a human: what input, what is wrong, what to do.
+An error raised by code every interface shares names an option through ``OptionError``:
+each interface says it with ``error.worded(its_wording)`` (the CLI "pass --campaign", the
+API "give the campaign parameter", the console "fill in Campaign"); ``worded`` of any other
+error is ``str(error)``.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 __all__ = [
     "ConfigError",
@@ -30,15 +39,37 @@ __all__ = [
     "InputError",
     "NotReplicated",
     "NumberError",
+    "OptionError",
     "ProtectedNumberError",
     "StoreError",
     "StoreTimeout",
     "StoreUnavailable",
+    "Term",
+    "Wording",
 ]
+
+
+@dataclass(frozen=True, slots=True)
+class Term:
+    """How one interface names an option (``name``: "--campaign", "campaign", "Campaign")
+    and asks for it (``ask``: "pass --campaign"). Either may use the error's values
+    (``{list}``)."""
+
+    name: str
+    ask: str
+
+
+# An interface's terms, by option key ("campaign", "keep", "allow_empty"…).
+Wording = Mapping[str, Term]
 
 
 class GateError(Exception):
     """Root of every error callgate raises on purpose."""
+
+    def worded(self, wording: Wording) -> str:
+        """The message as the interface of ``wording`` says it (``str(self)``: it names no
+        option of an interface)."""
+        return str(self)
 
 
 class ConfigError(GateError):
@@ -47,6 +78,59 @@ class ConfigError(GateError):
 
 class InputError(GateError):
     """A value given by a user (argument, file line) is invalid."""
+
+
+class _Said:
+    """An option in a message: ``{key}`` is its name, ``{key:ask}`` the request for it."""
+
+    __slots__ = ("term", "values")
+
+    def __init__(self, term: Term, values: Mapping[str, object]) -> None:
+        self.term, self.values = term, values
+
+    def __format__(self, spec: str) -> str:
+        if spec not in ("", "ask"):
+            raise ValueError(f"an option is formatted as {{key}} or {{key:ask}}, not {spec!r}")
+        return (self.term.ask if spec == "ask" else self.term.name).format_map(self.values)
+
+
+class _Fields(dict[str, object]):
+    """The fields of an ``OptionError`` template: its values, and its options as
+    ``wording`` names them (an option it lacks is named by its key, and recorded)."""
+
+    def __init__(self, values: Mapping[str, object], wording: Wording) -> None:
+        super().__init__(values)
+        self.wording = wording
+        self.options: list[str] = []
+
+    def __missing__(self, key: str) -> _Said:
+        self.options.append(key)
+        term = self.wording.get(key) or Term(key.replace("_", " "), f"give {key}")
+        return _Said(term, self)
+
+
+class OptionError(InputError):
+    """A bad input whose message names options of the interface it is read in.
+
+    ``template`` is a ``str.format`` string: a field named in ``values`` is data (a list's
+    name, a value given); any other is an option (``{campaign}`` its name, ``{campaign:ask}``
+    the request to give it), said in each interface's words by ``worded``. ``str()`` names
+    the options by their keys (a log line)."""
+
+    def __init__(self, template: str, **values: object) -> None:
+        self.template = template
+        self.values = values
+        super().__init__(self.worded({}))
+
+    @property
+    def options(self) -> tuple[str, ...]:
+        """The keys of the options the message names, in order."""
+        fields = _Fields(self.values, {})
+        self.template.format_map(fields)
+        return tuple(fields.options)
+
+    def worded(self, wording: Wording) -> str:
+        return self.template.format_map(_Fields(self.values, wording))
 
 
 class NumberError(InputError):

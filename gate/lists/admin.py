@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from gate.core.engine import RECORD_SKEW_S
-from gate.core.errors import InputError, NumberError
+from gate.core.errors import InputError, NumberError, OptionError
 from gate.core.hours import local_day
 from gate.core.keys import Keyspace, NumberKeys
 from gate.core.model import TrafficClass
@@ -135,7 +135,7 @@ class ListAdmin:
         self.policy.check_tenant(tenant)
         key = self.keyspace.list_id(rule, tenant, campaign)
         if key is None:
-            raise InputError(f"list {name!r} is per campaign: pass --campaign")
+            raise OptionError("list {list!r} is per campaign: {campaign:ask}", list=name)
         return key
 
     def _numbers(self, rule: ListRule, numbers: Iterable[str]) -> list[NumberKeys]:
@@ -174,9 +174,10 @@ class ListAdmin:
         entries durably (``Store.durable``: enough replicas, or ``NotReplicated``)."""
         rule = self.rule(name)
         if rule.kind == "reassigned":
-            raise InputError(
-                f"list {name!r} holds the day each number was last disconnected: import "
-                f"them as lines number,disconnected_on (callgate list import {name} FILE)"
+            raise OptionError(
+                "list {list!r} holds the day each number was last disconnected: import "
+                "them as lines number,disconnected_on ({list_import:ask})",
+                list=name,
             )
         checked = self._numbers(rule, numbers)
         key = self.key(name, tenant, campaign)
@@ -288,7 +289,6 @@ class ListAdmin:
         expected: int = 0,
         checksum: Digest | None = None,
         allow_empty: bool = False,
-        allow_empty_option: str = "--allow-empty",
     ) -> ImportSummary:
         """Import a file's batches (``read_batches``): ``mode`` "add" (delta), "remove"
         (delta) or "replace" (a new version built beside the live one, switched in one
@@ -296,18 +296,20 @@ class ListAdmin:
         ``refreshed_at`` and ``meta`` on the list (and the file's ``sha256`` once read).
 
         A replace whose new version has no entries, while lines were rejected or the list
-        in force has entries, is refused (``InputError``, naming ``allow_empty_option``,
-        the door's spelling of ``allow_empty``) and changes nothing."""
+        in force has entries, is refused (``OptionError`` naming option ``allow_empty``)
+        and changes nothing."""
         rule = self.rule(name)
         key = self.key(name, tenant, campaign)
         if rule.kind == "reassigned":
-            raise InputError(
-                f"list {name!r} is a reassigned list: its file has lines "
-                "number,disconnected_on, read without --format, --column or --keep"
+            raise OptionError(
+                "list {list!r} is a reassigned list: its file has lines "
+                "number,disconnected_on, read without {format}, {column} or {keep}",
+                list=name,
             )
         if mode == "replace" and rule.kind == "consent":
-            raise InputError(
-                f"list {name!r} is a consent list: --replace is for block and allow lists"
+            raise OptionError(
+                "list {list!r} is a consent list: {replace} is for block and allow lists",
+                list=name,
             )
         when = refreshed_at or datetime.now(UTC)
         tally = {"accepted": 0, "rejected": 0, "skipped": 0}
@@ -355,10 +357,13 @@ class ListAdmin:
                     if rejected
                     else "it has no number"
                 )
-                raise InputError(
-                    f"list {name!r} is unchanged ({in_force} entries): the file would replace "
-                    f"it with an empty list, as {given}; check the file and its format or "
-                    f"column, or pass {allow_empty_option} to empty the list"
+                raise OptionError(
+                    "list {list!r} is unchanged ({in_force} entries): the file would replace "
+                    "it with an empty list, as {given}; check the file and its format or "
+                    "column, or {allow_empty:ask} to empty the list",
+                    list=name,
+                    in_force=in_force,
+                    given=given,
                 )
 
             if mode == "replace":
@@ -417,8 +422,9 @@ class ListAdmin:
         if rule.kind != "reassigned":
             raise InputError(f"list {name!r} is a {rule.kind} list, not a reassigned list")
         if mode not in ("add", "remove"):
-            raise InputError(
-                f"list {name!r} is a reassigned list: --replace is for block and allow lists"
+            raise OptionError(
+                "list {list!r} is a reassigned list: {replace} is for block and allow lists",
+                list=name,
             )
         key = self.key(name, tenant, campaign)
         when = refreshed_at or datetime.now(UTC)
@@ -610,18 +616,18 @@ class ListAdmin:
         return record
 
 
-def unrecorded(event: str, number: str, record: EventRecord) -> str | None:
-    """Why ``record`` recorded nothing (one line, for every door), or None."""
+def unrecorded(event: str, number: str, record: EventRecord) -> InputError | None:
+    """Why ``record`` recorded nothing (one line, each door wording it), or None."""
     if record.rules:
         return None
     if record.uncounted:
-        return (
-            f"{', '.join(record.uncounted)} counts the calls of each campaign: give the "
-            "call's campaign; nothing recorded"
+        return OptionError(
+            "{rules} counts the calls of each campaign: {campaign:ask}; nothing recorded",
+            rules=", ".join(record.uncounted),
         )
     if record.expired:
         call = "refusal" if event == "refusal" else f"{event} call"
-        return (
+        return InputError(
             f"the {call} is too old for {', '.join(record.expired)} (its cool-off is over, "
             "or it is out of the ceiling's window); nothing recorded"
         )
@@ -630,7 +636,7 @@ def unrecorded(event: str, number: str, record: EventRecord) -> str | None:
         "abandoned": "a cool-off after an abandoned call or an abandoned-call ceiling",
         "answered": "an abandoned-call ceiling",
     }[event]
-    return f"no enabled pack has {rules} for {number!r}; nothing recorded"
+    return InputError(f"no enabled pack has {rules} for {number!r}; nothing recorded")
 
 
 def consent_value(granted: datetime, expires: datetime | None) -> str:

@@ -40,7 +40,7 @@ from typing import IO, TYPE_CHECKING, cast
 
 from phonenumbers import COUNTRY_CODE_TO_REGION_CODE
 
-from gate.core.errors import InputError, NumberError, ProtectedNumberError
+from gate.core.errors import InputError, NumberError, OptionError, ProtectedNumberError
 from gate.core.numbers import (
     BadNumber,
     ShortCode,
@@ -276,15 +276,15 @@ def csv_dialect(line: str) -> type[csv.Dialect]:
     return Dialect
 
 
-def column_number(spec: str) -> int | None:
-    """The 0-based index of the column ``--column spec`` names by its 1-based number
-    (ASCII digits), or None when ``spec`` is a header name: "²" or "٢" are names, not
-    numbers (``str.isdigit`` is true of both; ``int`` refuses the first and reads the
-    second as 2). ``InputError`` for 0."""
+def column_number(spec: str, option: str = "column") -> int | None:
+    """The 0-based index of the column ``spec`` names by its 1-based number (ASCII
+    digits), or None when ``spec`` is a header name: "²" or "٢" are names, not numbers
+    (``str.isdigit`` is true of both; ``int`` refuses the first and reads the second as 2).
+    ``OptionError`` for 0, naming ``spec`` as given to option ``option``."""
     if not (spec.isascii() and spec.isdecimal()):
         return None
     if int(spec) < 1:
-        raise InputError(f"--column {spec}: columns are numbered from 1")
+        raise OptionError(f"{{{option}}} {{spec}}: columns are numbered from 1", spec=spec)
     return int(spec) - 1
 
 
@@ -318,14 +318,16 @@ def read_entries(
       <result>``; only rows whose result is in ``keep`` are entries (others: Skipped).
     """
     if fmt not in FORMATS:
-        raise InputError(f"--format {fmt!r}: use one of {', '.join(FORMATS)}")
+        raise OptionError(
+            "{format} {fmt!r}: use one of {formats}", fmt=fmt, formats=", ".join(FORMATS)
+        )
     if fmt == "lines" and column is not None:
         fmt = "csv"
     if fmt == "fr-scrub":
         if not keep:
-            raise InputError(
-                "--format fr-scrub needs --keep RESULT (the result value of "
-                "numbers that may be called, as written in the file)"
+            raise OptionError(
+                "{format} fr-scrub needs the results to keep: {keep:ask} (the result value "
+                "of numbers that may be called, as written in the file)"
             )
         column = column or "1"
     if fmt == "us-dnc":
@@ -430,7 +432,9 @@ def read_batches(
     format (``lines`` without a column, ``us-dnc``) is read in bulk instead, by blocks of
     about ``BLOCK_BYTES`` (``parse_block``)."""
     if fmt not in FORMATS:
-        raise InputError(f"--format {fmt!r}: use one of {', '.join(FORMATS)}")
+        raise OptionError(
+            "{format} {fmt!r}: use one of {formats}", fmt=fmt, formats=", ".join(FORMATS)
+        )
     if fmt == "us-dnc" or (fmt == "lines" and column is None):
         region = "US" if fmt == "us-dnc" else region
         if isinstance(lines, Lines) and lines.unread:

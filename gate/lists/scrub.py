@@ -302,8 +302,8 @@ def _work(numbers: list[str | None]) -> list[Outcome]:
 
 def column_index(spec: str, header: Sequence[str], source: Path | str) -> int:
     """The 0-based index of the phone column: ``spec`` is a header name or a 1-based index
-    (``column_number``); ``source`` names the file in errors."""
-    index = column_number(spec)
+    (``column_number``, option ``phone_column``); ``source`` names the file in errors."""
+    index = column_number(spec, "phone_column")
     if index is not None:
         return index
     lowered = [c.lower() for c in header]
@@ -367,7 +367,7 @@ async def scrub_file(
         read = (row for _, row in csv_rows(reader, name, blank))
         head = [c.strip() for c in next(read)]
         index = column_index(column, head, name)
-        has_header = column_number(column) is None or header
+        has_header = column_number(column, "phone_column") is None or header
         body = read if has_header else itertools.chain([head], read)
         rows = (row for row in body if "".join(row).strip())  # blank rows are skipped
         await gate.store.ping()  # Redis down: fail before writing anything

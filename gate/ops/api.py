@@ -78,6 +78,7 @@ from gate.core.errors import (
     NumberError,
     ProtectedNumberError,
     StoreError,
+    Wording,
 )
 from gate.core.model import Attempt, Verdict
 from gate.core.rules import ListRule
@@ -123,6 +124,7 @@ from gate.ops.models import (
 )
 from gate.ops.reload import Reloader
 from gate.ops.sessions import COOKIE, CSRF_HEADER, Action, Session, Sessions, secret_bytes
+from gate.ops.wording import API_WORDING, CONSOLE_WORDING
 from gate.service import Gate
 from gate.store.client import Store
 
@@ -144,6 +146,7 @@ __all__ = [
     "read_body",
     "session_of",
     "spool",
+    "wording_of",
 ]
 
 log = logging.getLogger("callgate.http")
@@ -183,9 +186,21 @@ ActionRecorder = Callable[[Session, str, Action], None]
 _SESSION: ContextVar[Session | None] = ContextVar("callgate_session", default=None)
 
 
+# The words a request's errors are said in: the console's for a request its session
+# authenticated (set by the guard middleware), else the API's (gate/ops/wording.py).
+_WORDING: web.RequestKey[Wording] = web.RequestKey("callgate_wording")
+
+
 def session_of(_request: web.Request) -> Session | None:
     """The console session that authenticated ``request`` (None: a token, or none)."""
     return _SESSION.get()
+
+
+def wording_of(request: web.Request) -> Wording:
+    """How ``request``'s errors name options: the console's labels for a request of a
+    console session, the API's parameters for any other."""
+    wording: Wording = request.get(_WORDING, API_WORDING)
+    return wording
 
 
 def json_response(model: Any, status: int = 200) -> web.Response:
@@ -221,7 +236,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         return await handler(request)
     except GateError as exc:
-        return _error(_status(exc), str(exc))
+        return _error(_status(exc), exc.worded(wording_of(request)))
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -524,6 +539,7 @@ class AdminApi:
             ):
                 return _error(403, f"missing or wrong {CSRF_HEADER} header for this session")
             _SESSION.set(session)
+            request[_WORDING] = CONSOLE_WORDING
             return None
         if self.token is None:
             return None
@@ -668,7 +684,9 @@ class AdminApi:
             await asyncio.to_thread(_probe, path, rule, admin.policy.default_region, query, keep)
             response = web.StreamResponse(headers={"Content-Type": NDJSON})
             await response.prepare(request)
-            job = _UploadImport(self.gate, name, tenant, campaign, query, path, total, keep)
+            job = _UploadImport(
+                self.gate, name, tenant, campaign, query, path, total, keep, wording_of(request)
+            )
             await job.run(response)
             if job.summary is not None:
                 counts = job.summary
@@ -742,7 +760,7 @@ class AdminApi:
         )
         why = unrecorded(event, body.number, record)
         if why is not None:
-            raise RequestError(422, why)
+            raise RequestError(422, why.worded(wording_of(request)))
         self._acted(
             request,
             Action(event, ",".join(record.rules), tenant, campaign, numbers=(body.number,)),
@@ -884,9 +902,11 @@ class _UploadImport:
         path: Path,
         total: int,
         keep: frozenset[str],
+        wording: Wording,
     ) -> None:
         self.gate, self.name, self.tenant, self.campaign = gate, name, tenant, campaign
         self.query, self.path, self.total, self.keep = query, path, total, keep
+        self.wording = wording
         self.loop = asyncio.get_running_loop()
         self.events: asyncio.Queue[ImportEvent | None] = asyncio.Queue()
         self.stop = threading.Event()
@@ -939,7 +959,7 @@ class _UploadImport:
                 )
             )
         except GateError as exc:
-            self._send(self._event(event="error", why=str(exc)))
+            self._send(self._event(event="error", why=exc.worded(self.wording)))
         except Exception as exc:  # a bug must still end the answer
             log.exception("API import of list %s failed", self.name)
             self._send(self._event(event="error", why=f"internal error: {type(exc).__name__}"))
@@ -984,7 +1004,6 @@ class _UploadImport:
                 mode=self.query.mode.value,
                 expected=self.total,
                 allow_empty=self.query.allow_empty,
-                allow_empty_option="allow_empty=true",
             )
         finally:
             await store.close()

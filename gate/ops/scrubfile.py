@@ -31,12 +31,12 @@ from typing import Any
 
 from aiohttp import web
 
-from gate.core.errors import GateError, InputError
+from gate.core.errors import GateError, InputError, Wording
 from gate.core.model import Verdict
 from gate.lists.formats import count_lines, csv_dialect, csv_error, open_lines
 from gate.lists.scrub import ScrubSummary, column_index, scrub_file
 from gate.ops._openapi import Operation
-from gate.ops.api import NDJSON, UPLOAD, UPLOAD_TYPES, Handler, RequestError, spool
+from gate.ops.api import NDJSON, UPLOAD, UPLOAD_TYPES, Handler, RequestError, spool, wording_of
 from gate.ops.models import ScrubFileEvent, ScrubFileQuery, VerdictCounts, json_of, parse_query
 from gate.service import Gate
 from gate.store.client import Store
@@ -129,7 +129,7 @@ class ScrubFiles:
             await asyncio.to_thread(_probe, path, query.column)
             response = web.StreamResponse(headers={"Content-Type": NDJSON})
             await response.prepare(request)
-            job = _ScrubJob(self.gate, query, tenant, path, output, total)
+            job = _ScrubJob(self.gate, query, tenant, path, output, total, wording_of(request))
             summary = await job.run(response)
             if summary is not None:
                 stem = Path(query.name or "leads").stem
@@ -184,9 +184,11 @@ class _ScrubJob:
         path: Path,
         output: Path,
         total: int,
+        wording: Wording,
     ) -> None:
         self.gate, self.query, self.tenant = gate, query, tenant
         self.path, self.output, self.total = path, output, total
+        self.wording = wording
         self.loop = asyncio.get_running_loop()
         self.events: asyncio.Queue[ScrubFileEvent | ScrubSummary | None] = asyncio.Queue()
         self.stop = threading.Event()
@@ -244,7 +246,7 @@ class _ScrubJob:
         try:
             self._send(asyncio.run(self._scrub()))
         except GateError as exc:
-            self._send(self._event(event="error", why=str(exc)))
+            self._send(self._event(event="error", why=exc.worded(self.wording)))
         except Exception as exc:  # a bug must still end the answer
             log.exception("API scrub of an upload failed")
             self._send(self._event(event="error", why=f"internal error: {type(exc).__name__}"))

@@ -23,7 +23,7 @@ from datetime import UTC, date, datetime
 from aiohttp import web
 
 from gate.core.engine import window_text
-from gate.core.errors import InputError
+from gate.core.errors import InputError, Wording
 from gate.core.rules import (
     AbandonCeilingRule,
     CalendarRule,
@@ -39,7 +39,7 @@ from gate.core.rules import (
 )
 from gate.lists.admin import ListAdmin
 from gate.ops._openapi import Operation
-from gate.ops.api import Handler, json_response
+from gate.ops.api import Handler, json_response, wording_of
 from gate.ops.live import RECENT, AuditFeed, LiveSampler, follow_events
 from gate.ops.models import (
     AuditRecord,
@@ -55,6 +55,7 @@ from gate.ops.models import (
     list_info,
     parse_query,
 )
+from gate.ops.wording import API_WORDING
 from gate.service import Gate
 
 __all__ = ["Views", "lists_view", "rules_view"]
@@ -76,8 +77,11 @@ def _in_force_today(rule: FreshnessRule, today: date) -> bool:
     )
 
 
-async def lists_view(gate: Gate, tenant: str, campaign: str | None) -> ListsOut:
-    """Every list for ``tenant`` (and ``campaign``), with its freshness."""
+async def lists_view(
+    gate: Gate, tenant: str, campaign: str | None, wording: Wording = API_WORDING
+) -> ListsOut:
+    """Every list for ``tenant`` (and ``campaign``), with its freshness; a list it cannot
+    show has a ``note`` saying why, options named as ``wording`` names them."""
     active = gate.active
     gate.config.policy.check_tenant(tenant)
     admin = ListAdmin(active.config.policy, active.keyspace, gate.store)
@@ -95,7 +99,7 @@ async def lists_view(gate: Gate, tenant: str, campaign: str | None) -> ListsOut:
             raw = await admin.info(rule.name, tenant, campaign or "")
             info = list_info(raw, tenant, campaign)
         except InputError as exc:  # a per-campaign list without a campaign
-            note = str(exc)
+            note = exc.worded(wording)
         refreshed = info.refreshed_at if info is not None else None
         age_s = None if refreshed is None else max(0, round(now_s - refreshed.timestamp()))
         checks = []
@@ -359,7 +363,7 @@ class Views:
         query = parse_query(ListQuery, request.query)
         tenant = query.tenant or self.gate.config.default_tenant
         async with self.gate.store.answer_within():  # every list's size, all in one bound
-            view = await lists_view(self.gate, tenant, query.campaign)
+            view = await lists_view(self.gate, tenant, query.campaign, wording_of(request))
         return json_response(view)
 
     async def _rules(self, _request: web.Request) -> web.Response:

@@ -133,8 +133,8 @@ async def test_an_upload_replace_that_would_empty_the_list_is_refused(served: Se
             "text/csv",
             (
                 400,
-                "--format fr-scrub needs --keep RESULT (the result value of numbers that "
-                "may be called, as written in the file)",
+                "format fr-scrub needs the results to keep: set keep=RESULT (the result "
+                "value of numbers that may be called, as written in the file)",
             ),
         ),
         (
@@ -145,7 +145,7 @@ async def test_an_upload_replace_that_would_empty_the_list_is_refused(served: Se
         (
             "/v1/lists/camp/import",
             "text/csv",
-            (400, "list 'camp' is per campaign: pass --campaign"),
+            (400, "list 'camp' is per campaign: set campaign"),
         ),
         (
             "/v1/lists/nope/import",

@@ -643,3 +643,42 @@ async def test_an_upload_whose_first_line_is_over_the_csv_limit_is_400(console: 
         "the upload:2: a field of the row starting on this line is longer than 131072 "
         "characters (a quote never closed?): close the quote, or remove it",
     ) == (status, body["error"])
+
+
+# --- errors in the console's words -------------------------------------------------------------
+
+
+async def test_an_error_of_a_console_request_names_the_console_field(console: Console) -> None:
+    """A per-campaign list without a campaign: the console is told to fill in its Campaign
+    field (and its Lists page says so), an API client to set its campaign parameter; neither
+    is told of a CLI flag."""
+    cookie, csrf = await console.signed_in()
+    by_console = {**cookie_header(cookie), CSRF_HEADER: csrf}
+    body = {"numbers": [UNLISTED]}
+    in_console = await console.call("POST", "/v1/lists/camp/add", by_console, json=body)
+    in_api = await console.call("POST", "/v1/lists/camp/add", AUTH, json=body)
+    status, lists = await console.call("GET", "/v1/lists", cookie_header(cookie))
+    note = next(item["note"] for item in lists["lists"] if item["name"] == "camp")
+    assert (
+        (400, {"error": "list 'camp' is per campaign: fill in Campaign"}),
+        (400, {"error": "list 'camp' is per campaign: set campaign"}),
+        (200, "list 'camp' is per campaign: fill in Campaign"),
+    ) == (in_console, in_api, (status, note))
+
+
+async def test_an_upload_error_of_a_console_request_names_the_console_field(
+    console: Console,
+) -> None:
+    """A consent list given mode replace, from the console's Import form: the stream's error
+    names its Mode field, not --replace."""
+    cookie, csrf = await console.signed_in()
+    headers = {**cookie_header(cookie), CSRF_HEADER: csrf, "Content-Type": "text/csv"}
+    status, text = await console.call(
+        "POST", "/v1/lists/consent/import?mode=replace", headers, data=b"0612345678\n"
+    )
+    lines = text.splitlines() if isinstance(text, str) else [json.dumps(text)]
+    events = [json.loads(line) for line in lines]
+    assert (200, "list 'consent' is a consent list: Mode replace is for block and allow lists") == (
+        status,
+        events[-1]["why"],
+    )

@@ -100,7 +100,7 @@ def test_the_cli_says_when_a_campaign_is_missing(
         (
             2,
             "",
-            f"callgate: error: {RULE} counts the calls of each campaign: give --campaign; "
+            f"callgate: error: {RULE} counts the calls of each campaign: pass --campaign; "
             "nothing recorded\n",
         ),
         (
@@ -233,7 +233,7 @@ async def test_the_api_names_the_ceilings_a_call_without_campaign_missed(
     assert (200, {"event": "abandoned", "rules": ["uk-abandoned-72h"], "uncounted": [RULE]}) == (
         abandoned
     )
-    assert (422, f"{RULE} counts the calls of each campaign: give the call's campaign; "
+    assert (422, f"{RULE} counts the calls of each campaign: set campaign; "
             "nothing recorded") == (status, body["error"])  # fmt: skip
 
 

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import redis
 
-from gate.core.errors import InputError, StoreError, StoreUnavailable
+from gate.core.errors import InputError, OptionError, StoreError, StoreUnavailable
 from gate.core.model import Attempt, Verdict
 from gate.lists import formats
 from gate.lists.admin import ListAdmin
@@ -118,10 +118,11 @@ async def test_a_replace_whose_every_line_is_rejected_is_refused_and_changes_not
     await lists.add("red", numbers(0, 500), TENANT, "")
     before = {k: v for k, v in (await lists.lists.directory(RED)).items() if k != "next_version"}
     wrong = [(n, Rejected(n, "not a number", "Alice,0612345640")) for n in (1, 2, 3)]
-    with pytest.raises(InputError, match="pass --allow-empty to empty the list"):
+    with pytest.raises(OptionError) as refused:
         await lists.import_entries(
             "red", wrong, TENANT, "", lambda _: None, mode="replace", expected=3
         )
+    assert ("allow_empty",) == refused.value.options
     await lists.add("red", numbers(600, 1), TENANT, "")
     after = {k: v for k, v in (await lists.lists.directory(RED)).items() if k != "next_version"}
     assert (before, 501) == (after, await lists.lists.count(RED))
