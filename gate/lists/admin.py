@@ -19,6 +19,10 @@ Guarantees:
   one dated later than the clock (beyond ``RECORD_SKEW_S``) is refused, and one too old
   for a rule (its cool-off over, its minute out of the ceiling's window) is not recorded
   under that rule but named in ``EventRecord.expired``.
+- While a replacement's switch is unfinished (under way, or cut off by a failover: some slot
+  groups decide with the new version, the directory still names the one before) ``info``
+  says so (``switch_note``) and ``export`` refuses: the version it would read is not the
+  one in force. The next ``replace`` completes the switch first.
 - A ``replace`` never empties a list by mistake: a new version with no entries is refused
   (the list in force kept) when lines of the file were rejected or the list in force has
   entries, unless the caller allows it (``allow_empty``): a wrong file, a wrong
@@ -38,7 +42,7 @@ from datetime import UTC, datetime
 from gate.core.engine import RECORD_SKEW_S
 from gate.core.errors import InputError, NumberError, OptionError
 from gate.core.hours import local_day
-from gate.core.keys import Keyspace, NumberKeys
+from gate.core.keys import SLOT_GROUPS, Keyspace, NumberKeys
 from gate.core.model import TrafficClass
 from gate.core.numbers import Destination, classify
 from gate.core.policy import Policy
@@ -64,6 +68,7 @@ __all__ = [
     "ImportSummary",
     "ListAdmin",
     "consent_value",
+    "switch_note",
     "unrecorded",
 ]
 
@@ -211,13 +216,26 @@ class ListAdmin:
         return await self.lists.count(key)
 
     async def info(self, name: str, tenant: str, campaign: str) -> dict[str, str]:
-        """The list's entry count and metadata (version, refreshed_at, source, checksum…)."""
+        """The list's entry count and metadata (version, refreshed_at, source, checksum…).
+
+        While a replacement's switch is unfinished (under way, or cut off by a failover:
+        ``ListStore.unfinished_switch``) the metadata is still the version before it's,
+        and ``switch_version``, ``switch_groups`` (of ``SLOT_GROUPS``) and, if known,
+        ``switch_source`` say which version decides where."""
         rule = self.rule(name)
         key = self.key(name, tenant, campaign)
         internal: tuple[str, ...] = ("next_version", "building", "building_bits", "building_meta")
         if rule.kind in ("consent", "reassigned"):
             internal += ("version", "bits")
-        meta = {k: v for k, v in (await self.lists.directory(key)).items() if k not in internal}
+        directory = await self.lists.directory(key)
+        meta = {k: v for k, v in directory.items() if k not in internal}
+        if rule.kind not in ("consent", "reassigned"):
+            switch = await self.lists.unfinished_switch(key, directory)
+            if switch is not None:
+                meta["switch_version"] = str(switch.version)
+                meta["switch_groups"] = str(switch.groups)
+                if switch.meta.get("source"):
+                    meta["switch_source"] = switch.meta["source"]
         return {
             "name": name,
             "kind": rule.kind,
@@ -244,8 +262,27 @@ class ListAdmin:
             async for token in self.lists.consent_tokens(key):
                 yield token
             return
+        # The directory's version is not the one deciding while a switch is unfinished:
+        # exporting it would hand over a list that is not the one in force.
+        if (switch := await self.lists.unfinished_switch(key)) is not None:
+            again = f"with `{self.reimport_command(name, tenant, campaign)}`"
+            raise InputError(
+                f"list {name!r} is not exported: {_switch_what(switch.version, switch.groups)}"
+                f", so the version stored as the list's is not the one in force; "
+                f"{_switch_do(again, switch.meta.get('source'))}, then export it"
+            )
         async for member in self.lists.members(key):
             yield f"+{member}"
+
+    def reimport_command(self, name: str, tenant: str, campaign: str) -> str:
+        """The CLI command that imports list ``name`` again, whole (``--replace``)."""
+        scope = self.rule(name).scope
+        words = ["callgate list import", name, "FILE --replace"]
+        if scope != "global":
+            words.append(f"--tenant {tenant}")
+        if scope == "campaign":
+            words.append(f"--campaign {campaign}")
+        return " ".join(words)
 
     async def import_entries(
         self,
@@ -637,6 +674,32 @@ def unrecorded(event: str, number: str, record: EventRecord) -> InputError | Non
         "answered": "an abandoned-call ceiling",
     }[event]
     return InputError(f"no enabled pack has {rules} for {number!r}; nothing recorded")
+
+
+def _switch_what(version: int, groups: int) -> str:
+    return (
+        f"an import's switch to version {version} is unfinished (under way, or cut off by a "
+        f"failover): {groups} of {SLOT_GROUPS} slot groups decide with it"
+    )
+
+
+def _switch_do(again: str, source: str | None) -> str:
+    example = f"that import's file (source {source!r})" if source else "that import's file"
+    return (
+        f"when no import is running, import the list again {again}, e.g. {example}, which "
+        "completes the switch first"
+    )
+
+
+def switch_note(version: int, groups: int, source: str | None, again: str) -> str:
+    """``ListAdmin.info``'s unfinished switch explained in one line: what, what the figures
+    shown are, what to do (``again``: how the reader's interface imports the list again,
+    whole: "in replace mode", "with `callgate list import …`")."""
+    return (
+        f"{_switch_what(version, groups)}; entries counts what decides, but refreshed_at, "
+        "imported_at, source, importer and sha256 are still the previous import's, and the "
+        f"list cannot be exported; {_switch_do(again, source)}"
+    )
 
 
 def consent_value(granted: datetime, expires: datetime | None) -> str:

@@ -26,7 +26,9 @@ Guarantees:
   removes (until then deltas also write into it). One cut off while switching (a
   failover: some groups already decide with the new version, whole) fails saying so, and
   the next replacement or resize completes that switch first: a version a group's meta
-  names as live is never removed.
+  names as live is never removed. Until then the directory still names the version before
+  it (its metadata, its members): ``unfinished_switch`` tells, so that no reader takes
+  that version for the one deciding.
   Replacements hold a per-list lock (a lease, so a killed
   importer does not block the next one forever).
 - Old versions are removed by name, UNLINK in small batches per slot (no long Redis stall;
@@ -87,7 +89,7 @@ from gate.store.client import (
 if TYPE_CHECKING:
     from gate.store._bulk import Sorted
 
-__all__ = ["Chunk", "ListStore", "Replaced", "bits_for"]
+__all__ = ["Chunk", "ListStore", "Replaced", "Switch", "bits_for"]
 
 # Entries column-wise: (members, buckets32), as lists (``EntryChunk``) or numpy arrays.
 Chunk = tuple[Any, Any]
@@ -136,6 +138,18 @@ class Replaced:
     version: int
     bits: int
     count: int
+
+
+@dataclass(frozen=True, slots=True)
+class Switch:
+    """A replacement's switch not finished: ``version`` is live in ``groups`` of the
+    SLOT_GROUPS slot groups (decisions there use it), while the directory still names the
+    version before it. ``meta`` is what that replacement records once switched (its
+    refreshed_at, source, checksum…)."""
+
+    version: int
+    groups: int
+    meta: Mapping[str, str]
 
 
 @dataclass(slots=True)
@@ -208,6 +222,27 @@ class ListStore:
         """The list's directory entry (empty: the list was never written)."""
         raw = await self._call(self._client.hgetall(self.keyspace.directory_key(list_id)))
         return {k.decode(): v.decode() for k, v in raw.items()}
+
+    async def unfinished_switch(
+        self, list_id: str, directory: Mapping[str, str] | None = None
+    ) -> Switch | None:
+        """The switch to the version being built, if some groups' meta already name it
+        live while the directory does not: an import in its switch phase, or one cut off
+        there (a failover) that the next replacement completes (``_settle``). None, at the
+        cost of the directory read alone (``directory``, if given, is that read), when no
+        replacement is under way."""
+        if directory is None:
+            directory = await self.directory(list_id)
+        if "building" not in directory:
+            return None
+        version, bits = int(directory["building"]), int(directory["building_bits"])
+        building = list_version(version, bits).encode()
+        live = await self._groups([["HGET", "{meta}", list_id]], atomic=False)
+        groups = sum(1 for named in live if named == building)
+        if not groups:
+            return None
+        meta: dict[str, str] = json.loads(directory.get("building_meta") or "{}")
+        return Switch(version, groups, meta)
 
     async def _call(self, coro: Any) -> Any:
         try:
@@ -558,9 +593,8 @@ class ListStore:
         if "building" not in directory:
             return directory
         version, bits = int(directory["building"]), int(directory["building_bits"])
-        building = list_version(version, bits)
-        live = await self._groups([["HGET", "{meta}", list_id]], atomic=False)
-        if building.encode() not in live:
+        switch = await self.unfinished_switch(list_id, directory)
+        if switch is None:
             await self._drop(list_id, version, bits)
             return directory
         log.warning(
@@ -570,9 +604,9 @@ class ListStore:
         )
         # The cut-off import's metadata (its refreshed_at, source, checksum): the version
         # in force is its file, whatever the directory said before.
-        meta: dict[str, str] = json.loads(directory.get("building_meta") or "{}")
+        meta = dict(switch.meta)
         counts = await self._count_groups(list_id, version, bits)
-        await self._switch(list_id, building, counts, meta.get("refreshed_at"))
+        await self._switch(list_id, list_version(version, bits), counts, meta.get("refreshed_at"))
         await self._switched(list_id, version, bits, meta)
         if "version" in directory and int(directory["version"]) != version:
             await self._drop(list_id, int(directory["version"]), int(directory["bits"]))

@@ -539,3 +539,124 @@ async def test_a_switch_completed_by_the_next_resize_keeps_the_cut_off_imports_m
     assert ("60", "new.txt", refreshed) == (info["entries"], info["source"], info["refreshed_at"])
     assert {refreshed.encode()} == in_groups
     assert "building_meta" not in info
+
+
+async def cut_off_replace(
+    lists: ListAdmin, monkeypatch: pytest.MonkeyPatch, values: list[str], source: str
+) -> None:
+    """``--replace`` of ``values`` cut off once every group switched, before the directory
+    was updated (a failover): ``ListStore._switched`` fails."""
+
+    async def cut_off(self: ListStore, *args: Any) -> None:
+        raise StoreUnavailable("Redis at test is unreachable (cut off)")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(ListStore, "_switched", cut_off)
+        with pytest.raises(StoreUnavailable, match="cut off while switching"):
+            await lists.import_entries(
+                "red", entries(values), TENANT, "", fail_on_reject,
+                refreshed_at=NOW, meta={"source": source}, mode="replace", expected=len(values),
+            )  # fmt: skip
+
+
+@pytest.mark.timeout(60)
+async def test_an_unfinished_switch_is_told_by_info_and_refuses_export_until_the_next_import(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A --replace cut off while switching: info names the version deciding and in how
+    many slot groups (its metadata still the previous import's), export refuses (the
+    stored version is not the one deciding); the next import completes the switch and
+    both are as usual again."""
+    store = Store(redis_url, deadline_s=1.0)
+    lists = admin(Gate(make_config({"privacy": {"hash_numbers": False}}), store))
+    try:
+        await lists.import_entries(
+            "red", entries(numbers(0, 50)), TENANT, "", fail_on_reject,
+            meta={"source": "old.txt"}, mode="replace", expected=50,
+        )  # fmt: skip
+        await cut_off_replace(lists, monkeypatch, numbers(100, 60), "new.txt")
+        switch = await lists.lists.unfinished_switch(RED)
+        info = await lists.info("red", TENANT, "")
+        with pytest.raises(InputError) as refused:
+            _ = [n async for n in lists.export("red", TENANT, "")]
+        await lists.import_entries(
+            "red", entries(numbers(100, 60)), TENANT, "", fail_on_reject,
+            meta={"source": "new.txt"}, mode="replace", expected=60,
+        )  # fmt: skip
+        settled = await lists.info("red", TENANT, "")
+        exported = sorted([n async for n in lists.export("red", TENANT, "")])
+        after = await lists.lists.unfinished_switch(RED)
+    finally:
+        await store.close()
+    assert switch is not None
+    assert (2, 1024, "new.txt") == (switch.version, switch.groups, switch.meta["source"])
+    assert ("60", "old.txt", "2", "1024", "new.txt") == (
+        info["entries"], info["source"], info["switch_version"], info["switch_groups"],
+        info["switch_source"],
+    )  # fmt: skip
+    assert (
+        "list 'red' is not exported: an import's switch to version 2 is unfinished (under "
+        "way, or cut off by a failover): 1024 of 1024 slot groups decide with it, so the "
+        "version stored as the list's is not the one in force; when no import is running, "
+        "import the list again with `callgate list import red FILE --replace --tenant "
+        "default`, e.g. that import's file (source 'new.txt'), which completes the switch "
+        "first, then export it"
+    ) == str(refused.value)
+    assert (None, "new.txt", []) == (
+        after,
+        settled["source"],
+        [k for k in settled if k.startswith("switch")],
+    )
+    assert numbers(100, 60) == exported
+
+
+@pytest.mark.timeout(60)
+async def test_an_unfinished_switch_counts_the_groups_that_switched(
+    gate: Gate, sync_redis: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cut off part way (a cluster: each group switches on its own), the switch names how
+    many slot groups decide with the new version."""
+    lists = admin(gate)
+    await lists.import_entries(
+        "red", entries(numbers(0, 50)), TENANT, "", fail_on_reject, mode="replace", expected=50
+    )
+    await cut_off_replace(lists, monkeypatch, numbers(100, 60), "new.txt")
+    old = (
+        sync_redis.hget(DIRECTORY, "version").decode()
+        + "/"
+        + sync_redis.hget(DIRECTORY, "bits").decode()
+    )
+    for group in range(24):  # as if these groups' shards had not switched yet
+        sync_redis.hset(gate.keyspace.meta_key(group), RED, old)
+    switch = await lists.lists.unfinished_switch(RED)
+    info = await lists.info("red", TENANT, "")
+    assert (1000, "1000") == (switch.groups if switch else None, info.get("switch_groups"))
+
+
+@pytest.mark.timeout(60)
+async def test_a_replace_not_yet_switching_is_no_unfinished_switch(
+    gate: Gate, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A replacement stopped before any group switched (built, then cut off before its
+    switch) leaves the previous version deciding everywhere: no switch is reported."""
+    lists = admin(gate)
+    await lists.import_entries(
+        "red", entries(numbers(0, 50)), TENANT, "", fail_on_reject, mode="replace", expected=50
+    )
+
+    async def cut_off(self: ListStore, *args: Any) -> None:
+        raise StoreUnavailable("Redis at test is unreachable (cut off)")
+
+    monkeypatch.setattr(ListStore, "_switch", cut_off)
+    with pytest.raises(StoreUnavailable):
+        await lists.import_entries(
+            "red", entries(numbers(100, 60)), TENANT, "", fail_on_reject,
+            mode="replace", expected=60,
+        )  # fmt: skip
+    building = "building" in await lists.lists.directory(RED)
+    info = await lists.info("red", TENANT, "")
+    assert (True, None, None) == (
+        building,
+        await lists.lists.unfinished_switch(RED),
+        info.get("switch_version"),
+    )
