@@ -715,6 +715,8 @@ def _info_lines(info: dict[str, object]) -> Iterator[str]:
             continue
         if isinstance(value, bool):
             value = "yes" if value else "no"
+        if isinstance(value, dict):  # an unfinished switch: its one-line note says it all
+            value = value["note"]
         yield f"{name}: {value}"
 
 
@@ -757,7 +759,9 @@ async def _list(config: Config, args: argparse.Namespace) -> int:
             async for number in admin.export(args.list, tenant, campaign):
                 print(number)
         elif args.action == "info":
-            info = list_info(await admin.info(args.list, tenant, campaign), tenant, campaign)
+            again = f"with `{admin.reimport_command(args.list, tenant, campaign)}`"
+            raw = await admin.info(args.list, tenant, campaign)
+            info = list_info(raw, tenant, campaign, again)
             if args.json:
                 print(json_of(info).decode())
             else:

@@ -46,7 +46,9 @@ from pydantic_core import PydanticCustomError
 
 from gate.core.engine import RuleOutcome
 from gate.core.errors import InputError
+from gate.core.keys import SLOT_GROUPS
 from gate.core.model import IDENT_RE, Decision, TrafficClass, Verdict
+from gate.lists.admin import switch_note
 
 __all__ = [
     "EARLIEST",
@@ -74,6 +76,7 @@ __all__ = [
     "ListQuery",
     "ListRemoveResponse",
     "ListStatus",
+    "ListSwitch",
     "ListsOut",
     "LiveOut",
     "PackOut",
@@ -417,6 +420,22 @@ class ListInfo(_Response):
     source: str | None = Field(description="the file it was last imported from")
     importer: str | None = Field(description="user@host of that import")
     sha256: str | None = Field(description="SHA-256 of that file")
+    unfinished_switch: ListSwitch | None = Field(
+        description="null unless an import's switch to a new version is unfinished (under "
+        "way, or cut off by a failover): then refreshed_at, imported_at, source, importer "
+        "and sha256 are still the previous import's, and the list cannot be exported"
+    )
+
+
+class ListSwitch(_Response):
+    """An import's switch to a new version of a list, unfinished: under way, or cut off by
+    a failover (the next import in replace mode completes it first)."""
+
+    version: int = Field(description="the version switched to")
+    deciding_groups: int = Field(description="slot groups whose decisions already use it")
+    slot_groups: int = Field(description="slot groups in all")
+    source: str | None = Field(description="the file of that import")
+    note: str = Field(description="one line: what this means, and what to do")
 
 
 class ListCount(_Response):
@@ -741,9 +760,23 @@ def _time_ms(value: str | None) -> datetime | None:
     return datetime.fromtimestamp(int(value) / 1000, UTC) if value and value.isdigit() else None
 
 
-def list_info(raw: Mapping[str, str], tenant: str, campaign: str | None) -> ListInfo:
-    """``ListAdmin.info`` as an admin reads it: typed, without the storage internals."""
+def list_info(
+    raw: Mapping[str, str], tenant: str, campaign: str | None, again: str = "in replace mode"
+) -> ListInfo:
+    """``ListAdmin.info`` as an admin reads it: typed, without the storage internals.
+    ``again`` is how the reader imports the list again, whole (a note names it)."""
     scope = ListScope(raw["scope"])
+    switch = None
+    if raw.get("switch_version"):
+        version, groups = _int(raw["switch_version"]), _int(raw.get("switch_groups"))
+        source = raw.get("switch_source") or None
+        switch = ListSwitch(
+            version=version,
+            deciding_groups=groups,
+            slot_groups=SLOT_GROUPS,
+            source=source,
+            note=switch_note(version, groups, source, again),
+        )
     return ListInfo(
         name=raw["name"],
         kind=ListKind(raw["kind"]),
@@ -757,6 +790,7 @@ def list_info(raw: Mapping[str, str], tenant: str, campaign: str | None) -> List
         source=raw.get("source") or None,
         importer=raw.get("importer") or None,
         sha256=raw.get("sha256") or None,
+        unfinished_switch=switch,
     )
 
 

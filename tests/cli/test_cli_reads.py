@@ -18,8 +18,10 @@ import pytest
 import redis
 
 from gate.cli import _build_parser
+from gate.core.errors import StoreUnavailable
 from gate.core.keys import Keyspace
 from gate.lists.progress import progress
+from gate.store.lists import ListStore
 from tests.cli.test_cli import (
     CLOSED_PORT_URL,
     NUMBER,
@@ -185,6 +187,7 @@ def test_list_count_and_info_in_json(cli: Run) -> None:
         "source": None,
         "importer": None,
         "sha256": None,
+        "unfinished_switch": None,
     } == json.loads(info)
 
 
@@ -222,6 +225,64 @@ def test_export_of_a_hashed_list_says_what_to_do_instead(cli: Run) -> None:
     assert 2 == status
     assert "keep the files you import" in err
     assert "`callgate list info`" in err
+
+
+@pytest.mark.timeout(60)
+def test_a_cut_off_switch_is_told_by_list_info_and_refuses_export_until_imported_again(
+    cli: Run, tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An import --replace cut off while switching (a failover): list info (text and
+    --json) says which version decides, in how many slot groups, and which command
+    completes the switch; list export refuses in one line (exit 2); once the list is
+    imported again both are as usual."""
+    config = tmp_path / "plain.toml"
+    config.write_text(sample_config(redis_url, privacy={"hash_numbers": False}), "utf-8")
+    old, new = tmp_path / "old.txt", tmp_path / "new.txt"
+    old.write_text("0612345678\n", encoding="utf-8")
+    new.write_text("0612345679\n0612345680\n", encoding="utf-8")
+    cli("list", "import", "red", str(old), "--replace", config=config)
+
+    async def cut_off(self: ListStore, *args: Any) -> None:
+        raise StoreUnavailable("Redis at test is unreachable (cut off)")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(ListStore, "_switched", cut_off)
+        failed, _, _ = cli("list", "import", "red", str(new), "--replace", config=config)
+    _, text, _ = cli("list", "info", "red", config=config)
+    _, as_json, _ = cli("list", "info", "red", "--json", config=config)
+    refused = cli("list", "export", "red", config=config)
+    again = cli("list", "import", "red", str(new), "--replace", config=config)[0]
+    _, settled, _ = cli("list", "info", "red", "--json", config=config)
+    exported = cli("list", "export", "red", config=config)
+    note = (
+        "an import's switch to version 2 is unfinished (under way, or cut off by a failover): "
+        "1024 of 1024 slot groups decide with it; entries counts what decides, but "
+        "refreshed_at, imported_at, source, importer and sha256 are still the previous "
+        "import's, and the list cannot be exported; when no import is running, import the "
+        "list again with `callgate list import red FILE --replace --tenant default`, e.g. "
+        "that import's file (source 'new.txt'), which completes the switch first"
+    )
+    switch = {"version": 2, "deciding_groups": 1024, "slot_groups": 1024, "source": "new.txt"}
+    assert (2, 0) == (failed, again)
+    assert ("entries: 2", "source: old.txt", f"unfinished_switch: {note}") == (
+        text.splitlines()[4],
+        text.splitlines()[8],
+        text.splitlines()[-1],
+    )
+    assert {**switch, "note": note} == json.loads(as_json)["unfinished_switch"]
+    assert (2, "") == refused[:2]
+    assert [
+        "callgate: error: list 'red' is not exported: an import's switch to version 2 is "
+        "unfinished (under way, or cut off by a failover): 1024 of 1024 slot groups decide "
+        "with it, so the version stored as the list's is not the one in force; when no "
+        "import is running, import the list again with `callgate list import red FILE "
+        "--replace --tenant default`, e.g. that import's file (source 'new.txt'), which "
+        "completes the switch first, then export it"
+    ] == refused[2].splitlines()
+    assert (None, "new.txt") == (
+        json.loads(settled)["unfinished_switch"], json.loads(settled)["source"]
+    )  # fmt: skip
+    assert (0, "+33612345679\n+33612345680\n", "") == exported
 
 
 def test_csv_import_reads_quoted_multi_line_fields(cli: Run, tmp_path: Path) -> None:

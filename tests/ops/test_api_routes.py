@@ -13,7 +13,9 @@ from typing import Any
 import pytest
 
 from gate.config.loader import AuditConfig
+from gate.core.errors import StoreUnavailable
 from gate.ops.audit import AuditLog
+from gate.store.lists import ListStore
 from tests.ops.conftest import AUTH, Served
 
 LISTED = "+33699001122"
@@ -51,8 +53,51 @@ async def test_list_info_is_typed_without_internals(served: Served) -> None:
         "source": "upload",
         "importer": info["importer"],
         "sha256": None,
+        "unfinished_switch": None,
     } == info
     assert (True, True) == (imported_at.endswith("Z"), info["importer"].startswith("api@"))
+
+
+@pytest.mark.timeout(60)
+async def test_a_cut_off_switch_is_told_by_the_list_and_the_lists_page(
+    served: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An upload in replace mode cut off while switching (a failover): GET /v1/lists/red
+    and GET /v1/lists (the console's Lists page) carry unfinished_switch, whose note says
+    what the figures are and to import again in replace mode; an upload in replace mode
+    completes the switch, and it is null again."""
+    replace = "/v1/lists/red/import?mode=replace"
+    await upload(served, replace, b"0612345678\n")
+
+    async def cut_off(self: ListStore, *args: Any) -> None:
+        raise StoreUnavailable("Redis at test is unreachable (cut off)")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(ListStore, "_switched", cut_off)
+        await upload(served, replace, b"0612345679\n0612345680\n")
+    _, info = await served.get("/v1/lists/red")
+    _, page = await served.get("/v1/lists")
+    await upload(served, replace, b"0612345679\n0612345680\n")
+    _, settled = await served.get("/v1/lists/red")
+    _, settled_page = await served.get("/v1/lists")
+    (row,) = [row for row in page["lists"] if row["name"] == "red"]
+    (settled_row,) = [row for row in settled_page["lists"] if row["name"] == "red"]
+    assert {
+        "version": 2,
+        "deciding_groups": 1024,
+        "slot_groups": 1024,
+        "source": "upload",
+        "note": "an import's switch to version 2 is unfinished (under way, or cut off by a "
+        "failover): 1024 of 1024 slot groups decide with it; entries counts what decides, "
+        "but refreshed_at, imported_at, source, importer and sha256 are still the previous "
+        "import's, and the list cannot be exported; when no import is running, import the "
+        "list again in replace mode, e.g. that import's file (source 'upload'), which "
+        "completes the switch first",
+    } == info["unfinished_switch"]
+    assert (2, info["unfinished_switch"]) == (info["entries"], row["info"]["unfinished_switch"])
+    assert (None, None) == (
+        settled["unfinished_switch"], settled_row["info"]["unfinished_switch"]
+    )  # fmt: skip
 
 
 async def test_an_upload_is_imported_with_progress_and_rejects(served: Served) -> None:

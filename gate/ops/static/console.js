@@ -512,7 +512,7 @@
       lists = data.lists;
       table.replaceChildren(h('table', {},
         h('thead', {}, h('tr', {}, ['List', 'Kind', 'Scope', 'Entries', 'Last refresh', 'Imported', 'Freshness'].map((t) => h('th', { text: t })))),
-        h('tbody', {}, lists.map((l) => h('tr', { class: l.stale ? 'stale' : '', 'data-list': l.name },
+        h('tbody', {}, lists.flatMap((l) => [h('tr', { class: l.stale ? 'stale' : '', 'data-list': l.name },
           h('td', { class: 'mono', text: l.name }),
           h('td', { text: l.kind }),
           h('td', { text: l.scope }),
@@ -525,7 +525,11 @@
               !f.in_force ? h('span', { class: 'badge', text: 'not in force' })
                 : f.stale ? h('span', { class: 'badge red', text: 'STALE' }) : h('span', { class: 'badge', text: 'fresh' }),
               f.shadow ? h('span', { class: 'badge warn', text: 'shadow' }) : null))
-              : h('span', { class: 'hint', text: 'no freshness rule' })))))));
+              : h('span', { class: 'hint', text: 'no freshness rule' }))),
+          // An import's switch unfinished: the figures above are partly the previous import's.
+          l.info && l.info.unfinished_switch ? h('tr', { class: 'switch', 'data-switch': l.name },
+            h('td', { colspan: 7 }, h('span', { class: 'badge warn', text: 'switch unfinished' }),
+              h('span', { class: 'note', text: l.info.unfinished_switch.note }))) : null]))));
       fillListSelects();
     };
     scope.addEventListener('submit', (e) => { e.preventDefault(); load().catch(showError(table)); });
