@@ -17,6 +17,9 @@ from pathlib import Path
 
 import pytest
 
+from gate.cli import main
+from gate.core.errors import StoreUnavailable
+from gate.store.lists import ListStore
 from tests.conftest import TEST_SECRET
 from tests.console.browser import Browser
 from tests.console.conftest import TOKEN, GateProcess, RunningGate, free_port, write_config
@@ -441,3 +444,40 @@ def test_a_reassigned_list_can_be_imported_on_the_lists_page(
         )
     assert "reassigned" in offered
     assert done.startswith("done: 2 imported,"), done
+
+
+@pytest.mark.timeout(120)
+def test_an_unfinished_switch_is_shown_under_its_list_on_the_lists_page(
+    running_gate: RunningGate,
+    browser: Browser,
+    artifacts: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An import of customers in replace mode cut off while switching (a failover): the
+    Lists page shows, under its row, that the switch is unfinished and what to do; once
+    the list is imported again the note is gone."""
+    customers = tmp_path / "crm.txt"
+    customers.write_text("+33612000001\n+33612000002\n")
+    command = ["--config", str(running_gate.config), "list", "import", "customers"]
+    replace = [*command, str(customers), "--replace"]  # the default tenant, the page's
+
+    async def cut_off(self: ListStore, *args: object) -> None:
+        raise StoreUnavailable("Redis at test is unreachable (cut off)")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(ListStore, "_switched", cut_off)
+        failed = main(replace)
+    browser.sign_in(running_gate.url, TOKEN)
+    open_page(browser, running_gate, "lists", "#lists-table tr[data-switch=customers]")
+    note = browser.text("tr[data-switch=customers] td")
+    shot(browser, artifacts, "lists-switch")
+    again = main(replace)
+    browser.find("#lists-scope button[type=submit]").click()
+    browser.wait(
+        "the note gone", lambda: not browser.find_all("#lists-table tr[data-switch=customers]")
+    )
+    assert (2, 0) == (failed, again)
+    assert note.startswith("switch unfinished"), note
+    assert "1024 of 1024 slot groups decide with it" in note
+    assert "import the list again in replace mode" in note
