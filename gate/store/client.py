@@ -109,6 +109,7 @@ from gate.store.connect import ADMIN_TIMEOUT_S, REPLY_TIMEOUT_S, Link, LinkStatu
 __all__ = [
     "BATCH",
     "CALL_COUNTS",
+    "DURABLE_TRYAGAIN_S",
     "HASH_MAX",
     "MARK_MAX",
     "READ_WAIT_S",
@@ -136,8 +137,29 @@ _CLOSE_GRACE_S = 1.0
 # A decision whose list view is out of date is sent again with the meta's; a view that
 # changes under it again and again (a swap in progress on every try) gives up.
 _STALE_TRIES = 4
-# Redirections followed for one call (a slot moving, then a failover).
+# Redirections (MOVED, ASK) and script loads followed in a row for one call (a slot
+# moving, then a failover) before it gives up.
 _REDIRECTS = 8
+# TRYAGAIN (cluster: a multi-key command on a slot being resharded, its keys split between
+# the slot's two nodes until the last of them is moved) is sent again after a backoff from
+# TRYAGAIN_RETRY_S, doubling, up to TRYAGAIN_RETRY_MAX_S, for as long as the call may wait:
+# a decision until its deadline (from its start: a call must not wait for a resharding, it
+# gets the fail mode); an admin command about as long as eight quick rounds take
+# (TRYAGAIN_S: its caller sends it again); a durable write (``Store.durable``: an opt-out,
+# a consent revocation, a refusal) for DURABLE_TRYAGAIN_S.
+TRYAGAIN_RETRY_S = 0.01
+TRYAGAIN_RETRY_MAX_S = 0.5
+TRYAGAIN_S = 0.3
+# A durable write outlasts the migration of its slot. redis-cli --cluster reshard (as
+# CLUSTER SETSLOT + MIGRATE, 10 keys per MIGRATE by default) moves a slot group's slot in
+# one pass: its list buckets (2**(bits - 10) per list: 64 for a 10 M-entry list), consent
+# HASHes, and one attempt log and cool-off marker per number called (10 M numbers: about
+# 10 k keys per slot), so about a thousand MIGRATE round trips, each serialising and
+# restoring its keys: a few seconds on a LAN, tens of seconds for a slot of big keys or a
+# throttled reshard. 30 s covers that and stays an answer someone waits for (the CLI, an
+# API client, a callee's opt-out in the IVR); past it the write fails, saying so, and is
+# sent again (it is idempotent).
+DURABLE_TRYAGAIN_S = 30.0
 _REINIT_EVERY_S = 0.2
 
 
@@ -259,9 +281,15 @@ class _Use:
     admin: bool = False
     records: bool = False
     deadline_s: float | None = None
+    # How long TRYAGAIN replies are followed by sending again (seconds from ``since``, a
+    # ``time.monotonic()``; None: from the call's start).
+    tryagain_s: float = TRYAGAIN_S
+    since: float | None = None
+    # A durable view's write (never cleanup code): its long TRYAGAIN wait ends at once when
+    # its task is cancelled, even if a redis-py call dropped the cancellation (cancel_point).
+    durable: bool = False
 
 
-_ADMIN = _Use(admin=True)
 _SCRUB = _Use()
 _VOID_USE = _Use(deadline_s=VOID_DEADLINE_S)  # a void may be sent again: it is idempotent
 
@@ -416,8 +444,11 @@ class Store:
         # Late recorded decisions undone: "undone" (it had run: its entry deleted, its
         # attempt uncounted), "not_run", "failed" (no void could be sent in time).
         self.voids: Counter[str] = Counter()
-        # A durable view's connections (None: not a durable view).
+        # A durable view's connections (None: not a durable view, or no WAIT).
         self._pinned: _Pinned | None = None
+        # A durable view (``durable()``): its admin commands follow TRYAGAIN for
+        # DURABLE_TRYAGAIN_S, not TRYAGAIN_S.
+        self._durable = False
 
     @classmethod
     def open(cls, settings: RedisConfig) -> Store:
@@ -517,7 +548,14 @@ class Store:
             raise translate_error(exc, self.where) from exc
 
     async def _decide(self, check: StoreCheck) -> StoreResult:
-        use = _Use(records=check.record, deadline_s=self.deadline_s)
+        # TRYAGAIN (a slot being resharded) is followed within the decision's deadline, from
+        # its start: past it the decision gets the fail mode, it never waits for the move.
+        use = _Use(
+            records=check.record,
+            deadline_s=self.deadline_s,
+            tryagain_s=self.deadline_s,
+            since=time.monotonic(),
+        )
         shared = [c for c in check.checks if c.shared] if self.cluster else []
         reserved: list[Check] = []
         outside: dict[int, tuple[int, int, int]] = {}
@@ -526,7 +564,7 @@ class Store:
         result: StoreResult | None = None
         try:
             for _ in range(_STALE_TRIES):
-                await self._learn_views([check], use.deadline_s)
+                await self._learn_views([check], use)
                 encoded = _encode([check], self._views, [outside])
                 void = _Undo(functools.partial(encoded.void, 0)) if check.record else None
                 (reply,) = await self._call([encoded.command(DECIDE)], use, void)
@@ -570,7 +608,7 @@ class Store:
     async def _release(self, reserved: list[Check], now_ms: int) -> None:
         """Give back reservations of a decision that did not let the call go (never sent
         twice: a second release could give back another decision's reservation)."""
-        use = _Use(records=True, deadline_s=self.deadline_s)
+        use = _Use(records=True, deadline_s=self.deadline_s, tryagain_s=self.deadline_s)
         replies = await self._call([_command(RELEASE, [c.key], [now_ms]) for c in reserved], use)
         for reply in replies:
             _raise_error(reply)
@@ -590,7 +628,7 @@ class Store:
             results: list[StoreResult | None] = [None] * len(checks)
             todo = list(range(len(checks)))
             for _ in range(_STALE_TRIES):
-                await self._learn_views([checks[i] for i in todo], None)
+                await self._learn_views([checks[i] for i in todo], _SCRUB)
                 batches = _batches(todo, checks, self.cluster)
                 encoded = [
                     _encode(
@@ -640,10 +678,10 @@ class Store:
 
     # --- list views -----------------------------------------------------------------
 
-    async def _learn_views(self, checks: Iterable[StoreCheck], deadline_s: float | None) -> None:
+    async def _learn_views(self, checks: Iterable[StoreCheck], use: _Use) -> None:
         """Read the live version of every list these checks look up and the store has no
         view of yet (from the lists' directory entries), over the decision connections
-        (``deadline_s`` as the decision's)."""
+        (``use``'s deadline, as the decision's)."""
         wanted = self._missing(checks)
         if not wanted:
             return
@@ -653,7 +691,7 @@ class Store:
             commands.append(
                 _Command(None, key_slot(key), _resp([b"HMGET", key, b"version", b"bits"]))
             )
-        replies = await self._call(commands, _Use(deadline_s=deadline_s))
+        replies = await self._call(commands, dataclasses.replace(use, records=False))
         for list_id, reply in zip(wanted, replies, strict=True):
             version, bits = _raise_error(reply)
             self._views[list_id] = "" if version is None else f"{int(version)}/{int(bits)}"
@@ -697,8 +735,18 @@ class Store:
         )
 
     async def _admin_call(self, commands: list[_Command]) -> list[Any]:
+        if self._durable:
+            use = _Use(admin=True, tryagain_s=DURABLE_TRYAGAIN_S, durable=True)
+        else:
+            use = _Use(admin=True)
         try:
-            replies = await self._call(commands, _ADMIN)
+            replies = await self._call(commands, use)
+            refused = next((r for r in replies if isinstance(r, TryAgainError)), None)
+            if use.durable and refused is not None:
+                raise StoreUnavailable(
+                    f"{translate_error(refused, self.where)} for {DURABLE_TRYAGAIN_S:g} s "
+                    "(a slot being resharded?): not all written, send it again"
+                ) from refused
             return [_raise_error(reply) for reply in replies]
         except (RedisError, OSError, TimeoutError) as exc:
             raise translate_error(exc, self.where) from exc
@@ -715,12 +763,18 @@ class Store:
         ``WAIT`` covers every write a node replicated up to the view's last write there
         (Redis counts a connection's last replicated write), so writes the view made
         through ``admin_client`` (list directory entries) are covered as long as a request
-        of the view reaches that node after them, as the list operations do."""
+        of the view reaches that node after them, as the list operations do.
+
+        In a cluster, a command of the view that meets a slot being resharded (TRYAGAIN) is
+        sent again for up to ``DURABLE_TRYAGAIN_S`` (MOVED and ASK followed meanwhile),
+        then fails as Redis unavailable; cancelling the caller stops it at once."""
         replicas = self.settings.wait_replicas
-        if replicas == 0:
-            yield self
-            return
+        _ = self.admin_client  # made before the copy: the view shares it, close() closes it
         view = copy.copy(self)
+        view._durable = True
+        if replicas == 0:
+            yield view
+            return
         pinned = view._pinned = _Pinned()
         try:
             yield view
@@ -758,12 +812,17 @@ class Store:
     ) -> list[_Reply]:
         """Send commands (one server: one request; cluster: one per node, at once) and
         return each reply; NOSCRIPT, MOVED, ASK and TRYAGAIN replies (the command did not
-        run) are followed by sending those commands again. ``void`` (one recorded
-        decision): how to undo it if its reply is not waited for (see ``_live``)."""
+        run) are followed by sending those commands again: up to ``_REDIRECTS`` rounds in
+        a row of redirections, and TRYAGAIN with backoff for ``use.tryagain_s``; past
+        that, those replies are returned as they are. ``void`` (one recorded decision):
+        how to undo it if its reply is not waited for (see ``_live``)."""
         replies: list[_Reply] = [None] * len(commands)
         pending = list(range(len(commands)))
         asking: dict[int, ClusterNode] = {}
-        for round_ in range(_REDIRECTS):
+        give_up = (time.monotonic() if use.since is None else use.since) + use.tryagain_s
+        backoff_s = TRYAGAIN_RETRY_S
+        hops = 0
+        while True:
             if not self.cluster:
                 sent = await self._send_single([commands[i].packed for i in pending], use, void)
                 routed: list[tuple[Any, list[int], list[_Reply]]] = [(None, pending, sent)]
@@ -792,12 +851,21 @@ class Store:
                         retry.append(index)
             if not retry:
                 return replies
+            if any(isinstance(replies[i], TryAgainError) for i in retry):
+                if time.monotonic() + backoff_s > give_up:
+                    return replies
+                if use.durable:
+                    cancel_point()
+                await asyncio.sleep(backoff_s)
+                backoff_s = min(backoff_s * 2, TRYAGAIN_RETRY_MAX_S)
+                hops = 0
+            else:
+                hops += 1
+                if hops >= _REDIRECTS:
+                    return replies
             for node, scripts in loads.items():
                 await self._load_scripts(node, scripts, use)
-            if any(isinstance(replies[i], TryAgainError) for i in retry):
-                await asyncio.sleep(0.01 * (round_ + 1))
             pending = retry
-        return replies
 
     def _cluster_for(self, admin: bool) -> RedisCluster:
         cluster = self.admin_client if admin else self._cluster

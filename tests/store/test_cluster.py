@@ -32,6 +32,7 @@ from gate.lists.formats import Rejected
 from gate.lists.scrub import scrub
 from gate.ops.audit import read_range
 from gate.service import Gate
+from gate.store import client as store_client
 from gate.store.client import Store
 from gate.store.lists import ListStore
 from tests.cluster import LocalCluster, Node
@@ -503,12 +504,17 @@ async def _failover_during_build(local: LocalCluster) -> tuple[str, int, list[st
     return str(cut.value), count, reasons
 
 
-async def test_an_opt_out_into_a_slot_being_migrated_says_redis_cannot_answer_now(
-    gate: Gate, cluster: LocalCluster, caplog: pytest.LogCaptureFixture
+async def test_an_opt_out_into_a_slot_left_migrating_says_redis_cannot_answer_now(
+    gate: Gate,
+    cluster: LocalCluster,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A slot group's slot left MIGRATING (TRYAGAIN: some of its keys there, some not): an
-    opt-out there fails as Redis unavailable for now, naming the reply's code, not as an
+    opt-out there, once it has tried for DURABLE_TRYAGAIN_S (shortened here), fails as
+    Redis unavailable for now, naming the reply's code and how long it tried, not as an
     error Redis answered; a decision gets the fail mode, logged the same way."""
+    monkeypatch.setattr(store_client, "DURABLE_TRYAGAIN_S", 0.5)
     group = 401
     (listed,) = numbers_in(group + 1, 1)  # the list's meta in every group, no bucket in this one
     (opt_out,) = numbers_in(group, 1)
@@ -530,8 +536,137 @@ async def test_an_opt_out_into_a_slot_being_migrated_says_redis_cannot_answer_no
             client.execute_command("CLUSTER SETSLOT", slot, "STABLE")
             client.close()
     assert "cannot answer now (TRYAGAIN " in str(moving.value)
+    assert "for 0.5 s (a slot being resharded?)" in str(moving.value)
     assert "store_unavailable" == decision.reason
     assert "cannot answer now (TRYAGAIN " in caplog.text
+
+
+class _Resharding:
+    """A slot group's slot caught mid-reshard, as ``redis-cli --cluster reshard`` leaves it
+    between two MIGRATEs: IMPORTING on a target master, MIGRATING on its own, the group's
+    meta (its lists' live versions) already moved, its list buckets not yet; so a script
+    on the meta and a bucket gets TRYAGAIN from either node. ``finish()`` moves the rest
+    and gives the slot to the target on every master; ``undo()`` (if never finished) makes
+    the slot stable on its own master again."""
+
+    def __init__(self, cluster: LocalCluster, group: int) -> None:
+        self.cluster = cluster
+        self.slot = 16 * group
+        self.meta = KEYS.meta_key(group)
+        self.source = cluster.master_of(self.slot)
+        self.target = next(n for n in cluster.masters_now() if n.port != self.source.port)
+        self.finished = False
+
+    def start(self) -> None:
+        src, dst = self.source.client(), self.target.client()
+        try:
+            src_id, dst_id = (c.execute_command("CLUSTER MYID") for c in (src, dst))
+            dst.execute_command("CLUSTER SETSLOT", self.slot, "IMPORTING", src_id)
+            src.execute_command("CLUSTER SETSLOT", self.slot, "MIGRATING", dst_id)
+            keys = src.execute_command("CLUSTER GETKEYSINSLOT", self.slot, 1000)
+            assert self.meta in {k.decode() if isinstance(k, bytes) else k for k in keys}, keys
+            assert len(keys) > 1, keys
+            src.execute_command(
+                "MIGRATE", "127.0.0.1", self.target.port, "", 0, 5000, "KEYS", self.meta
+            )
+        finally:
+            src.close()
+            dst.close()
+
+    def finish(self) -> None:
+        self.cluster.move_slot(self.slot, self.target)
+        self.finished = True
+
+    def undo(self) -> None:
+        if self.finished:
+            return
+        src, dst = self.source.client(), self.target.client()
+        try:  # the meta left on the target goes with the next test's flush
+            for client in (src, dst):
+                client.execute_command("CLUSTER SETSLOT", self.slot, "STABLE")
+        finally:
+            src.close()
+            dst.close()
+
+
+@pytest.mark.timeout(60)
+async def test_an_opt_out_into_a_slot_being_resharded_waits_for_the_move(
+    gate: Gate, cluster: LocalCluster
+) -> None:
+    """An opt-out into a slot caught mid-reshard (TRYAGAIN from both of its nodes) is not
+    refused: it is sent again until the migration completes a second later, then
+    acknowledged, and the next decision for the number blocks it."""
+    group = 405
+    *listed, opt_out = numbers_in(group, 40)
+    admin = ListAdmin.of(gate)
+    await admin.add("red", listed, TENANT, "")  # the group's meta and buckets, in its slot
+    moving = _Resharding(cluster, group)
+    try:
+        moving.start()
+        adding = asyncio.create_task(admin.add("red", [opt_out], TENANT, ""))
+        await asyncio.sleep(1.0)
+        waited = not adding.done()
+        await asyncio.to_thread(moving.finish)
+        added = await asyncio.wait_for(adding, 20)
+    finally:
+        moving.undo()
+    decision = await gate.decide(attempt(opt_out), record=False, door="cli")
+    assert (True, 1) == (waited, added)
+    assert gate.store.redirects["tryagain"] > 0
+    assert "listed:red" == decision.reason
+
+
+@pytest.mark.timeout(60)
+async def test_a_decision_in_a_slot_being_resharded_answers_within_its_deadline(
+    seeds: list[str], cluster: LocalCluster
+) -> None:
+    """In the same state a decision does not wait for the move: TRYAGAIN is followed only
+    within its deadline (50 ms), then it gets the fail mode (DEFER store_unavailable)."""
+    group = 406
+    *listed, number = numbers_in(group, 40)
+    store = Store(None, 0.05, RedisConfig(mode="cluster", nodes=tuple(seeds)))
+    gate = Gate(make_config(), store)
+    moving = _Resharding(cluster, group)
+    try:
+        await ListAdmin.of(gate).add("red", listed, TENANT, "")
+        warm = await gate.decide(attempt(number), record=False, door="cli")  # views learned
+        moving.start()
+        started = time.monotonic()
+        decision = await gate.decide(attempt(number), record=True, door="agi")
+        took_s = time.monotonic() - started
+        tryagain = store.redirects["tryagain"]
+    finally:
+        moving.undo()
+        await store.close()
+    assert ("allowed", "store_unavailable") == (warm.reason, decision.reason)
+    assert tryagain > 0
+    assert took_s < 0.15, took_s  # the deadline, plus room for a busy test machine
+
+
+@pytest.mark.timeout(60)
+async def test_an_opt_out_waiting_for_a_reshard_stops_when_cancelled(
+    gate: Gate, cluster: LocalCluster
+) -> None:
+    """A caller that gives up (Ctrl-C, a cancelled task) while its opt-out waits for a
+    slot being resharded stops it at once: the cancellation goes through, never turned
+    into an error nor waited out."""
+    group = 407
+    *listed, opt_out = numbers_in(group, 40)
+    admin = ListAdmin.of(gate)
+    await admin.add("red", listed, TENANT, "")
+    moving = _Resharding(cluster, group)
+    try:
+        moving.start()
+        adding = asyncio.create_task(admin.add("red", [opt_out], TENANT, ""))
+        await asyncio.sleep(0.6)
+        adding.cancel()
+        started = time.monotonic()
+        done, _ = await asyncio.wait({adding}, timeout=5)
+        took_s = time.monotonic() - started
+    finally:
+        moving.undo()
+    assert ({adding}, True) == (done, adding.cancelled())
+    assert took_s < 0.5, took_s
 
 
 def test_cluster_config_needs_seed_nodes(tmp_path: Path) -> None:
