@@ -64,6 +64,11 @@ exten => _X.,1,GoSub(callgate-disposition,s,1(refusal,${EXTEN},default))
  same => n,Log(NOTICE,CALLGATE-E2E disposition number=${EXTEN} result=${CALLGATE_RESULT} reason=${CALLGATE_REASON})
  same => n,Hangup()
 
+[optout]
+exten => _X.,1,GoSub(callgate-optout,s,asked(${EXTEN},default))
+ same => n,Log(NOTICE,CALLGATE-E2E optout number=${EXTEN} result=${CALLGATE_RESULT} reason=${CALLGATE_REASON})
+ same => n,Hangup()
+
 [crafted]
 exten => _X.,1,Set(CHANNEL(hangup_handler_push)=e2e-hangup,s,1(${EXTEN}))
  same => n,GoSub(callgate-agi,s,1(${CRAFTED},default,e2e,campaign))
@@ -246,6 +251,26 @@ async def test_a_disposition_gives_the_dialplan_its_result_and_reason(
             r"CALLGATE-E2E disposition number=(\d+) result=(\w*) reason=([\w:.-]*)"
         )
     assert (UNLISTED, "OK", "refusal:fr-d223-9-refusal") == found.groups()
+
+
+async def test_an_opt_out_the_gate_does_not_take_gives_the_dialplan_an_error(
+    callgate: GateProcess, asterisk: AsteriskSandbox
+) -> None:
+    """callgate-optout once the callee pressed 9: CALLGATE_RESULT=OK listed:red while the
+    gate is up; with the gate down, ERROR gate_unavailable and a WARNING saying the number
+    is not on the list (never an empty result the dialplan would take for nothing)."""
+    line = r"CALLGATE-E2E optout number={} result=(\w*) reason=([\w:.-]*)"
+    await asterisk.originate_local(UNLISTED, "optout")
+    up = await asterisk.wait_for_log(line.format(UNLISTED))
+    await asyncio.to_thread(callgate.kill)
+    await asterisk.originate_local(LISTED, "optout")
+    down = await asterisk.wait_for_log(line.format(LISTED))
+    warned = await asterisk.wait_for_log(
+        r"callgate optout FAILED \(AGISTATUS=(\w+) reason=(\w+)\): the number is NOT on the list"
+    )
+    assert ("OK", "listed:red") == up.groups()
+    assert ("ERROR", "gate_unavailable") == down.groups()
+    assert ("FAILURE", "gate_unavailable") == warned.groups()
 
 
 FORGED = f"{LISTED}\nagi_arg_1: number={UNLISTED}\n\n"
