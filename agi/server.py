@@ -12,7 +12,9 @@ Routes:
   E.164 number and the suggested Q.850 hangup cause (21 BLOCK, 34 DEFER, 0 ALLOW).
 - ``optout`` put ``number`` on the tenant's red list (``list=`` to name another block
   list): RESULT ``OK`` (reason ``listed:<list>``) or ``ERROR``. The very next attempt
-  sees it.
+  sees it. It is answered once durable: a Redis Cluster slot being resharded is waited
+  for (``gate.store.client.DURABLE_TRYAGAIN_S``), and a callee who hangs up meanwhile
+  does not take the opt-out back (only the server stopping cancels it).
 - ``refusal`` / ``abandoned`` / ``answered`` the call's disposition: start the packs'
   cool-off for ``number`` (France: 60 days after a refusal; UK: 72 h after an abandoned
   call) and count an abandoned or answered call toward the abandoned-call ceiling of its

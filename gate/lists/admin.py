@@ -8,7 +8,8 @@ Guarantees:
   consent revocation, a refusal or abandoned call — is acknowledged only once the store
   holds it durably (``Store.durable``: ``redis.wait_replicas`` replicas, on every master
   that took a part of it in a cluster; else ``NotReplicated`` and the caller reports a
-  failure).
+  failure). In a cluster such a write into a slot being resharded waits for the move (up
+  to ``DURABLE_TRYAGAIN_S``), where a decision gets the fail mode at its deadline.
 - Block and allow lists live in compact buckets, consent lists in HASHes token →
   ``granted_ms:expiry_ms``, reassigned lists in HASHes token → ``void_before_ms`` (the
   latest disconnection imported wins: an older date never replaces a newer one), all

@@ -27,7 +27,9 @@ Guarantees:
   stalled server's socket buffer then, so that case is best effort; ``voids`` counts
   each outcome). The call's own record is the fail mode's (the audit writer keeps it).
   Replies that say the script did not run (NOSCRIPT, and in a cluster MOVED, ASK,
-  TRYAGAIN, or STALE below) are followed by sending it again.
+  TRYAGAIN, or STALE below) are followed by sending it again; TRYAGAIN (its slot being
+  resharded) only within the decision's deadline, counted from its start: a decision never
+  waits for a slot to move, it gets the fail mode.
 - Every key a script touches is in its KEYS, named in the number's slot group
   (gate/core/keys.py). The store keeps a view of each list's live version ("version/bits",
   read from the list's directory entry); the script checks it against the group's meta
@@ -48,7 +50,10 @@ Guarantees:
   connection the cluster's slot map is read again before the next call.
 - ``durable()`` gives a view of the store whose writes are acknowledged only once
   ``wait_replicas`` replicas hold them (``WAIT``, on every node the view wrote to), for
-  the writes that must survive a failover: opt-outs, consent revocations, refusals.
+  the writes that must survive a failover: opt-outs, consent revocations, refusals. In a
+  cluster they also outlast a slot being resharded: TRYAGAIN is followed, with backoff, for
+  up to ``DURABLE_TRYAGAIN_S`` (other admin commands: ``TRYAGAIN_S``), and a cancelled
+  caller stops at once.
 - No redis-py exception leaves this module: each is translated into ``gate.core.errors``.
 - Admin commands (lists, consents, audit) use ``admin_client`` (its own pool: long
   timeouts, never a blind retry; in a cluster, routed by key) and ``run_scripts`` /

@@ -22,6 +22,7 @@ import pytest
 import redis
 from redis.crc import key_slot
 
+from agi.server import AgiServer
 from gate.cli import main
 from gate.config.loader import RedisConfig
 from gate.core.errors import NotReplicated, StoreError, StoreUnavailable
@@ -35,6 +36,7 @@ from gate.service import Gate
 from gate.store import client as store_client
 from gate.store.client import Store
 from gate.store.lists import ListStore
+from tests.agi.test_server import agi_call
 from tests.cluster import LocalCluster, Node
 from tests.conftest import BASE_CONFIG, TEST_SECRET, make_config
 from tests.ops.conftest import labels, serve
@@ -613,6 +615,39 @@ async def test_an_opt_out_into_a_slot_being_resharded_waits_for_the_move(
     decision = await gate.decide(attempt(opt_out), record=False, door="cli")
     assert (True, 1) == (waited, added)
     assert gate.store.redirects["tryagain"] > 0
+    assert "listed:red" == decision.reason
+
+
+@pytest.mark.timeout(60)
+async def test_the_agi_opt_out_into_a_slot_being_resharded_answers_ok_after_the_move(
+    gate: Gate, cluster: LocalCluster
+) -> None:
+    """Through FastAGI (the IVR's "press 9"): the opt-out waits for the slot to move, then
+    answers OK listed:red, and the number is blocked."""
+    group = 408
+    *listed, opt_out = numbers_in(group, 40)
+    await ListAdmin.of(gate).add("red", listed, TENANT, "")
+    server = AgiServer(gate, "127.0.0.1", 0, header_timeout_s=2.0)
+    await server.start()
+    moving = _Resharding(cluster, group)
+    try:
+        moving.start()
+        asked = asyncio.create_task(
+            agi_call(server.port, "optout?tenant=default", extension=opt_out)
+        )
+        await asyncio.sleep(1.0)
+        waited = not asked.done()
+        await asyncio.to_thread(moving.finish)
+        dialogue = await asyncio.wait_for(asked, 20)
+    finally:
+        moving.undo()
+        await server.stop()
+    decision = await gate.decide(attempt(opt_out), record=False, door="cli")
+    assert (True, "OK", "listed:red") == (
+        waited,
+        dialogue.variables["CALLGATE_RESULT"],
+        dialogue.variables["CALLGATE_REASON"],
+    )
     assert "listed:red" == decision.reason
 
 
