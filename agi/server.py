@@ -59,7 +59,7 @@ from datetime import UTC, datetime
 
 from agi._wire import AgiChannel, AgiHangup, AgiProtocolError, HeaderOverflow, SocketStream
 from gate.config.loader import Network, is_loopback
-from gate.core.errors import ConfigError, GateError, InputError
+from gate.core.errors import ConfigError, GateError, InputError, OptionError
 from gate.core.model import Attempt
 from gate.core.params import (
     DECISION_VARIABLE,
@@ -98,6 +98,13 @@ class AgiRequest:
     extension: str = ""
     caller_id: str = ""
     channel: str = ""
+
+
+def _failure(exc: GateError) -> str:
+    """What a failed request's reason names (``optout_failed:InputError``): the error's
+    class, a stable word for the dialplan; an ``OptionError`` (an input error worded per
+    interface) is an ``InputError``."""
+    return InputError.__name__ if isinstance(exc, OptionError) else type(exc).__name__
 
 
 def header_map(lines: Iterable[tuple[str, str]]) -> dict[str, str]:
@@ -378,7 +385,7 @@ class AgiServer:
             )
         except GateError as exc:
             log.warning("FastAGI %s refused: %s", event, exc)
-            return error_value(f"{event}_failed:{type(exc).__name__}")
+            return error_value(f"{event}_failed:{_failure(exc)}")
         if record.uncounted:
             log.warning(
                 "FastAGI %s without a campaign: not counted toward %s",
@@ -405,6 +412,6 @@ class AgiServer:
             )
         except GateError as exc:
             log.warning("FastAGI optout refused: %s", exc)
-            return error_value(f"optout_failed:{type(exc).__name__}")
+            return error_value(f"optout_failed:{_failure(exc)}")
         log.info("FastAGI optout: a number was added to list %s for tenant %s", list_name, tenant)
         return answer_value("OK", f"listed:{list_name}")
