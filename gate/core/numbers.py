@@ -330,7 +330,7 @@ def classify(dialled: str, region: str) -> Destination | ShortCode | BadNumber:
         # NANP: the area code is the place, whatever the type (``_NANP_CODE``).
         zones = _geographical_zones(e164)
     else:
-        zones = _country_zones(country_code, raw_type, national)
+        zones = _country_zones(country_code)
     return Destination(
         e164=e164,
         region=home or region,
@@ -480,7 +480,7 @@ def _type_and_region(country_code: int, national: str) -> tuple[int, str | None]
     return unknown, None
 
 
-_COUNTRY_ZONES: dict[tuple[int, int], tuple[str, ...]] = {}
+_COUNTRY_ZONES: dict[int, tuple[str, ...]] = {}
 _GEO_ZONES: dict[tuple[str, ...], tuple[str, ...]] = {}
 
 
@@ -489,14 +489,23 @@ def _known(zones: Sequence[str]) -> tuple[str, ...]:
     return tuple(z for z in zones if z != timezone.UNKNOWN_TIMEZONE)
 
 
-def _country_zones(country_code: int, raw_type: int, national: str) -> tuple[str, ...]:
-    """Zones of a non-geographical number: its country's (the same for every such number
-    of a country and type, so computed once)."""
-    key = (country_code, raw_type)
-    if key not in _COUNTRY_ZONES:
-        parsed = phonenumbers.PhoneNumber(country_code=country_code, national_number=int(national))
-        _COUNTRY_ZONES[key] = _known(timezone.time_zones_for_number(parsed))
-    return _COUNTRY_ZONES[key]
+def _country_zones(country_code: int) -> tuple[str, ...]:
+    """Zones of a valid non-geographical number: its calling code's, as phonenumbers'
+    ``time_zones_for_number`` gives them (its country-level lookup: the code's longest
+    prefix in the zone data), computed once per code. Not by asking phonenumbers about
+    the number again: rebuilt from an integer, a national number with a leading zero
+    (every Ivorian number, +225 07…; Norway's +47 02…) loses it, is then invalid and has
+    no zone."""
+    zones = _COUNTRY_ZONES.get(country_code)
+    if zones is None:
+        code = str(country_code)
+        found = _NO_ZONE
+        for size in range(TIMEZONE_LONGEST_PREFIX, 0, -1):
+            found = TIMEZONE_DATA.get(code[: 1 + size], _NO_ZONE)
+            if found is not _NO_ZONE:
+                break
+        zones = _COUNTRY_ZONES[country_code] = _known(found)
+    return zones
 
 
 def _geographical_zones(e164: str) -> tuple[str, ...]:

@@ -104,7 +104,10 @@ def test_parse_e164_refuses_an_emergency_number() -> None:
 
 
 def _reference(dialled: str, region: str) -> tuple[str, str, tuple[str, ...]] | None:
-    """phonenumbers' own answer: E.164, number type and zones, or None if not valid."""
+    """phonenumbers' own answer: E.164, number type and zones, or None if not valid. The
+    zones of a North American (+1) number are its area code's whatever its type, as the
+    gate places it (phonenumbers gives a non-geographical one, a +1 310 UAN, every zone of
+    the plan)."""
     import phonenumbers
     from phonenumbers import timezone
 
@@ -114,7 +117,11 @@ def _reference(dialled: str, region: str) -> tuple[str, str, tuple[str, ...]] | 
         return None
     if not phonenumbers.is_valid_number(parsed):
         return None
-    zones = tuple(z for z in timezone.time_zones_for_number(parsed) if z != "Etc/Unknown")
+    if parsed.country_code == 1:
+        found = timezone.time_zones_for_geographical_number(parsed)
+    else:
+        found = timezone.time_zones_for_number(parsed)
+    zones = tuple(z for z in found if z != "Etc/Unknown")
     e164 = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
     return e164, str(phonenumbers.number_type(parsed)), zones
 
@@ -150,6 +157,34 @@ def test_fast_parse_agrees_with_phonenumbers(dialled: str) -> None:
     e164, raw_type, zones = reference
     assert (e164, zones) == (result.e164, result.time_zones)
     assert _TYPE_NAMES[int(raw_type)] == result.number_type
+
+
+@pytest.mark.parametrize(
+    ("dialled", "zones"),
+    [
+        ("+2250123456789", ("Africa/Abidjan",)),  # every Ivorian number begins with 0
+        ("+4702000", ("Arctic/Longyearbyen", "Europe/Oslo")),  # a Norwegian UAN
+        ("+22708123456", ("Africa/Niamey",)),  # a toll-free number of Niger
+    ],
+)
+def test_a_national_number_with_a_leading_zero_has_its_countrys_zones(
+    dialled: str, zones: tuple[str, ...]
+) -> None:
+    """A non-geographical number whose national number begins with 0 has its calling
+    code's zones, as phonenumbers gives them, and so has every later number of that
+    country and type (they had none: the number, asked about again rebuilt from an
+    integer, lost its zero, and that empty answer was kept for the whole country)."""
+    import phonenumbers
+
+    first = classify(dialled, "FR")
+    national = str(phonenumbers.parse(dialled).national_number)  # the same, without the 0
+    code = dialled[1 : len(dialled) - len(national) - 1]
+    later = classify(f"+{code}0{national[:-1]}{(int(national[-1]) + 1) % 10}", "FR")
+    reference = _reference(dialled, "FR")
+    assert isinstance(first, Destination)
+    assert isinstance(later, Destination)
+    assert reference is not None
+    assert (first.time_zones, later.time_zones, reference[2]) == (zones, zones, zones)
 
 
 @settings(max_examples=1500, deadline=None, database=None)
