@@ -40,9 +40,15 @@ Guarantees:
   503. Every error body is ``{"error": "…"}``; a bug is a logged 500.
 - A read the client waits on never hangs on a stopped or frozen Redis: a list's info, and
   each read of an audit search (one batch of the streams, so a long export is never cut
-  as a whole), wait at most ``READ_WAIT_S`` (gate/store/client.py), then 503 (or, once a
-  search has begun streaming, its answer ends there). Imports keep the admin
-  connections' long timeout.
+  as a whole), wait at most ``READ_WAIT_S`` (gate/store/client.py), then 503. Imports
+  keep the admin connections' long timeout.
+- An answer never passes for whole when it is not: a search that fails once its 200 is
+  out (Redis stopped, frozen or gone mid-export) ends with a line saying so
+  (``{"error": "incomplete: …"}`` in JSON Lines, the row ``error,incomplete: …`` in CSV;
+  gate/ops/search.py ``incomplete``), then the connection is closed without the body's
+  end (HTTP/1.1: no last chunk, so curl and aiohttp report an error; HTTP/1.0: reset).
+  Any other error after an answer began is cut the same way (logged), never followed
+  by a second answer on the wire.
 - An upload is spooled to a private temporary file as it arrives (bounded memory, at
   most ``MAX_UPLOAD_BYTES``) and imported in a worker thread with its own Redis
   connection, so decisions are not held up by parsing; a client that goes away stops
@@ -58,6 +64,8 @@ import hmac
 import io
 import ipaddress
 import logging
+import socket
+import struct
 import tempfile
 import threading
 import time
@@ -68,7 +76,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 
 from gate.core.engine import record_time_error
 from gate.core.errors import (
@@ -228,18 +236,61 @@ def _client_gone(request: web.Request) -> bool:
     return transport is None or transport.is_closing()
 
 
+def _answer_begun(request: web.Request) -> bool:
+    """Bytes of an answer already went out: no other answer (no error status) can follow."""
+    return request.writer.output_size > 0
+
+
+def _abort_answer(request: web.Request) -> None:
+    """End an answer already under way so that no client takes it for whole: the
+    connection is closed without the body's end. Over HTTP/1.1 the chunked body's last
+    (empty) chunk is never sent, and what was written is delivered first (curl exits 18,
+    aiohttp raises ``ClientPayloadError``). An HTTP/1.0 body ends where the connection
+    closes, so a close would pass for its end: the connection is reset instead (RST)."""
+    transport = request.transport
+    if transport is None or transport.is_closing():
+        return
+    if request.version < HttpVersion11:
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            # SO_LINGER on, 0 s: close() resets the connection (RFC 9293 3.6: abort).
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.close()
+
+
+def _cut_short(request: web.Request, why: str) -> web.Response:
+    """An error after an answer began: logged, the connection closed without the answer's
+    end (``_abort_answer``); the response returned is never sent."""
+    log.warning(
+        "HTTP %s %s: failed after its answer began (%s); connection closed without the "
+        "answer's end",
+        request.method,
+        request.path,
+        why,
+    )
+    _abort_answer(request)
+    return web.Response(status=500, reason="Answer Cut Short")
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every error as ``{"error": "…"}`` with its status; a bug is a logged 500. A client
     that hung up mid-request (its upload cut, or its answer no longer wanted) is one INFO
-    line, and no answer is written to it. Cancellation always goes through."""
+    line, and no answer is written to it. An error once an answer began (a stream's 200
+    is out) never sends a second answer into it: the connection is closed without the
+    answer's end (``_abort_answer``), so that it cannot pass for whole. Cancellation
+    always goes through."""
     try:
         return await handler(request)
     except GateError as exc:
+        if _answer_begun(request):
+            return _cut_short(request, exc.worded(wording_of(request)))
         return _error(_status(exc), exc.worded(wording_of(request)))
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
+        if _answer_begun(request):
+            return _cut_short(request, f"{exc.status} {exc.reason}")
         return _error(exc.status, exc.reason)
     except Exception as exc:
         # aiohttp raises ConnectionResetError (ClientConnectionResetError from 3.10) on a
@@ -249,6 +300,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             # Never sent: aiohttp finds the transport closed and ends the request quietly.
             return web.Response(status=499, reason="Client Closed Request")
         log.exception("HTTP %s %s failed", request.method, request.path)
+        if _answer_begun(request):
+            return _cut_short(request, "internal error")
         return _error(500, "internal error (see the callgate log)")
 
 
@@ -808,16 +861,27 @@ class AdminApi:
         response = web.StreamResponse(
             headers={"Content-Type": "text/csv; charset=utf-8" if as_csv else NDJSON}
         )
-        first = True
-        async for record in search.translated(records, self.gate.store.where):
-            if first:
-                await response.prepare(request)
-                if as_csv:
-                    await response.write(_csv_line(search.CSV_HEADER))
-                first = False
-            line = _csv_line(search.csv_row(record)) if as_csv else json_of(record) + b"\n"
-            await response.write(line)
-        if first:
+        given = 0
+        try:
+            async for record in search.translated(records, self.gate.store.where):
+                if not response.prepared:
+                    await response.prepare(request)
+                    if as_csv:
+                        await response.write(_csv_line(search.CSV_HEADER))
+                line = _csv_line(search.csv_row(record)) if as_csv else json_of(record) + b"\n"
+                await response.write(line)
+                given += 1
+        except GateError as exc:
+            if not response.prepared:
+                raise  # nothing sent yet: its status (503) and {"error": …}
+            # The 200 is out: the answer says it is incomplete, then ends without its end.
+            why = search.incomplete(given, exc)
+            log.warning("API audit search cut short: %s", why)
+            end = _csv_line(search.error_row(why)) if as_csv else search.error_line(why)
+            await response.write(end)
+            _abort_answer(request)
+            return response
+        if not response.prepared:
             await response.prepare(request)
             if as_csv:
                 await response.write(_csv_line(search.CSV_HEADER))

@@ -7,11 +7,19 @@ own slot group's stream only. ``translated`` turns a Redis failure while streami
 the gate's ``StoreError``; ``number_key`` is how the trail names a number (its keyed hash
 with hashing on) and where its records are. ``csv_row`` is a record as a CSV row that a
 spreadsheet opens without running anything (``as_text``).
+
+A search that fails once records were given (Redis stopped or frozen mid-export) must
+never pass for a whole answer: ``incomplete`` is the one line saying so, which the API and
+the command end their output with, ``{"error": "…"}`` in JSON Lines (``error_line``) or
+the row ``error,…`` in CSV (``error_row``: a row that is no record, so a strict CSV
+loader fails on it and a person opening the file sees it as its last row), before they
+fail (the API: the connection is closed without the body's end; the command: exit 2).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -33,6 +41,9 @@ __all__ = [
     "as_text",
     "check_filter",
     "csv_row",
+    "error_line",
+    "error_row",
+    "incomplete",
     "number_key",
     "search",
     "translated",
@@ -187,3 +198,23 @@ def csv_row(record: AuditRecord) -> list[str]:
         str(record.latency_us),
         str(record.redis_us),
     ]
+
+
+def incomplete(given: int, error: Exception) -> str:
+    """Why a search that already gave ``given`` records ends there: one line naming the
+    cause and saying that what was given is not the whole answer."""
+    return (
+        f"incomplete: the search stopped after {given} record(s), which are not the whole"
+        f" answer (run it again once Redis answers): {error}"
+    )
+
+
+def error_line(message: str) -> bytes:
+    """``message`` as the last line of a JSON Lines answer: ``{"error": "…"}``."""
+    return json.dumps({"error": message}).encode() + b"\n"
+
+
+def error_row(message: str) -> list[str]:
+    """``message`` as the last row of a CSV answer: ``error`` and the message (two cells,
+    not a record's: no id, no time)."""
+    return ["error", as_text(message)]

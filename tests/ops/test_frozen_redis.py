@@ -8,6 +8,12 @@ someone waits on now answers 503 within ``READ_WAIT_S`` naming the cause; a foll
 already open is told (an ``unavailable`` event) and stays open; once the server resumes
 (SIGCONT) every route answers again, on fresh connections (a cancelled command's
 connection is closed, never reused half read).
+
+Found by review too: an audit search whose 200 was already streaming when Redis froze or
+died had a second answer (``HTTP/1.1 503 …``) written into its chunked body, then the
+body's end: curl failed on a malformed chunk, an aiohttp client iterating the lines hung
+until its own timeout, and the error never reached either. Such an answer now ends with
+the line saying it is incomplete, then the connection closes without the body's end.
 """
 
 # House style for tests is `assert expected == actual`.
@@ -15,6 +21,8 @@ connection is closed, never reused half read).
 from __future__ import annotations
 
 import asyncio
+import csv
+import io
 import json
 import signal
 import subprocess
@@ -26,7 +34,9 @@ from typing import Any
 
 import aiohttp
 import pytest
+import redis
 
+from gate.core.keys import Keyspace
 from gate.core.model import Attempt
 from gate.service import Gate
 from gate.store.client import READ_WAIT_S, Store
@@ -121,3 +131,150 @@ async def test_reads_answer_503_within_the_bound_while_redis_is_frozen_and_200_a
     assert (True, True) == (said in told["error"], noticed_s < READ_WAIT_S + 2 * SLACK_S)
     assert [200, 200, 200] == [status for status, _ in after]
     assert ("red", "agi") == (after[1][1]["name"], resumed["door"])
+
+
+# --- a search cut short mid-stream ------------------------------------------------------------
+
+# Records of about 1.2 kB in JSON and CSV: 20 000 of them are more than the socket buffers
+# and the client's hold, so the answer is still streaming (the server waiting for the
+# client to read) when Redis is stopped.
+BIG_TRAIL = 20_000
+PADDING = "x" * 1000
+
+
+def fill_trail(url: str, count: int = BIG_TRAIL) -> None:
+    """``count`` audit entries written straight into group 0's stream (as the gate keeps
+    them), each with a long channel name."""
+    client = redis.Redis.from_url(url)
+    try:
+        pipe = client.pipeline(transaction=False)
+        for i in range(count):
+            pipe.xadd(
+                Keyspace("callgate", None).audit_key(0),
+                {
+                    "ts": str(1796_000_000_000 + i),
+                    "verdict": "ALLOW",
+                    "reason": "allowed",
+                    "door": "agi",
+                    "tenant": "default",
+                    "number": f"n{i}",
+                    "channel": f"Local/{PADDING}",
+                    "latency_us": "90",
+                },
+            )
+        pipe.execute()
+    finally:
+        client.close()
+
+
+async def read_until_cut(
+    served: Served, path: str, stop: signal.Signals, process: subprocess.Popen[bytes]
+) -> tuple[int, list[bytes], str]:
+    """``GET path``: its status, every line the client got, and how the body ended
+    (``complete``, or the client error's class). ``stop`` is sent to the Redis once the
+    first line is read."""
+    lines: list[bytes] = []
+    ended = "complete"
+    async with served.session.get(served.url + path, headers=AUTH) as response:
+        lines.append(await response.content.readline())
+        process.send_signal(stop)
+        try:
+            async for line in response.content:
+                lines.append(line)
+        except aiohttp.ClientPayloadError as exc:
+            ended = type(exc).__name__
+        return response.status, lines, ended
+
+
+@pytest.mark.parametrize("stop", [signal.SIGSTOP, signal.SIGKILL], ids=["frozen", "dead"])
+async def test_a_json_lines_search_cut_mid_stream_ends_with_an_error_line_and_no_end(
+    own_redis: tuple[str, subprocess.Popen[bytes]], stop: signal.Signals
+) -> None:
+    """Redis stopped (SIGSTOP) or gone (SIGKILL) while GET /v1/audit streams JSON Lines:
+    every line but the last is a record, the last is ``{"error": "incomplete: …"}`` naming
+    the cause, and the body ends without its last chunk (aiohttp: ClientPayloadError),
+    within READ_WAIT_S: never a shorter answer that looks whole."""
+    url, process = own_redis
+    fill_trail(url)
+    store = Store(url, deadline_s=1.0)
+    served = await serve(Gate(make_config({"lists": LISTS}), store, version="v1"))
+    try:
+        async with asyncio.timeout(READ_WAIT_S + 2 * SLACK_S):
+            status, lines, ended = await read_until_cut(served, "/v1/audit", stop, process)
+    finally:
+        process.send_signal(signal.SIGCONT)
+        await served.session.close()
+        await served.server.stop()
+        await store.close()
+    *records, last = [json.loads(line) for line in lines]
+    cause = "did not answer within" if stop == signal.SIGSTOP else "is unreachable"
+    error = last["error"]
+    assert (200, "ClientPayloadError") == (status, ended)
+    assert (True, 0 < len(records) < BIG_TRAIL) == (all("id" in r for r in records), True)
+    assert (["error"], True, True) == (
+        list(last),
+        error.startswith(f"incomplete: the search stopped after {len(records)} record(s)"),
+        cause in error,
+    )
+
+
+async def test_a_csv_search_cut_mid_stream_ends_with_an_error_row_and_no_end(
+    own_redis: tuple[str, subprocess.Popen[bytes]],
+) -> None:
+    """Redis gone while GET /v1/audit?format=csv streams: the header, records, then the
+    row ``error,incomplete: …`` (no record's: a strict loader fails on it, a person sees
+    it), and the body ends without its last chunk (aiohttp: ClientPayloadError)."""
+    url, process = own_redis
+    fill_trail(url)
+    store = Store(url, deadline_s=1.0)
+    served = await serve(Gate(make_config({"lists": LISTS}), store, version="v1"))
+    try:
+        async with asyncio.timeout(READ_WAIT_S + 2 * SLACK_S):
+            status, lines, ended = await read_until_cut(
+                served, "/v1/audit?format=csv", signal.SIGKILL, process
+            )
+    finally:
+        await served.session.close()
+        await served.server.stop()
+        await store.close()
+    header, *records, last = list(csv.reader(io.StringIO(b"".join(lines).decode())))
+    assert (200, "ClientPayloadError", "id") == (status, ended, header[0])
+    assert (True, True) == (all(len(r) == len(header) for r in records), len(records) > 0)
+    assert ("error", True) == (
+        last[0],
+        last[1].startswith(f"incomplete: the search stopped after {len(records)} record(s)"),
+    )
+    assert 2 == len(last)
+
+
+async def test_an_http_1_0_search_cut_mid_stream_is_reset_not_closed(
+    own_redis: tuple[str, subprocess.Popen[bytes]],
+) -> None:
+    """An HTTP/1.0 answer has no chunks: its body ends where the connection closes, so a
+    search cut mid-stream resets the connection (the client's read fails) instead of
+    closing it (which would read as the end of a whole answer)."""
+    url, process = own_redis
+    fill_trail(url)
+    store = Store(url, deadline_s=1.0)
+    served = await serve(Gate(make_config({"lists": LISTS}), store, version="v1"))
+    ended = "closed"
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", served.server.port)
+        writer.write(
+            b"GET /v1/audit HTTP/1.0\r\nHost: 127.0.0.1\r\n"
+            + f"Authorization: {AUTH['Authorization']}\r\n\r\n".encode()
+        )
+        async with asyncio.timeout(READ_WAIT_S + 2 * SLACK_S):
+            head = await reader.readuntil(b"\r\n\r\n")
+            process.send_signal(signal.SIGKILL)
+            try:
+                while await reader.read(1 << 16):
+                    pass
+            except ConnectionResetError:
+                ended = "reset"
+        writer.close()
+    finally:
+        await served.session.close()
+        await served.server.stop()
+        await store.close()
+    assert (b"HTTP/1.0 200 OK", "reset") == (head.split(b"\r\n")[0], ended)

@@ -4,6 +4,7 @@ up, clients that go quiet (gate/ops/api.py, gate/ops/sessions.py, gate/ops/http.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -13,6 +14,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from gate.core.errors import StoreUnavailable
 from gate.ops import api, http
 from gate.ops.api import error_middleware
 from gate.ops.sessions import COOKIE, CSRF_HEADER
@@ -20,6 +22,8 @@ from gate.service import Gate
 from tests.ops.conftest import API_TOKEN, Served, serve
 
 WAIT_S = 10.0
+# How long a connection left open after its answer is waited on (it should close at once).
+SHORT_WAIT_S = 2.0
 POLL_S = 0.01
 
 
@@ -178,6 +182,48 @@ async def test_a_client_that_hangs_up_mid_answer_is_one_info_line(
         )
     ] == messages
     assert wrote_again.is_set()
+
+
+@pytest.mark.parametrize(
+    "error",
+    [RuntimeError("a bug"), StoreUnavailable("Redis at here is unreachable")],
+    ids=["bug", "store"],
+)
+async def test_an_error_after_an_answer_began_cuts_it_without_a_second_answer(
+    error: Exception,
+) -> None:
+    """A streamed answer that fails after its first line: no second answer (``HTTP/1.1
+    500``/``503``) is written into its body, and the connection is closed without the
+    chunked body's last chunk, so no client takes what came for a whole answer."""
+
+    async def stream(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        await response.prepare(request)
+        await response.write(b"first\n")
+        raise error
+
+    app = web.Application(middlewares=[error_middleware])
+    app.router.add_get("/stream", stream)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    sent = b""
+    closed = False
+    try:
+        port = runner.addresses[0][1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /stream HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(SHORT_WAIT_S):
+                while chunk := await reader.read(1 << 16):
+                    sent += chunk
+                closed = True
+        writer.close()
+    finally:
+        await runner.cleanup()
+    assert (True, 1, False) == (closed, sent.count(b"HTTP/1.1"), sent.endswith(b"0\r\n\r\n"))
+    assert sent.endswith(b"first\n\r\n")
 
 
 # --- deadlines: no quiet client holds a connection --------------------------------------------
