@@ -8,6 +8,11 @@ Contract:
   4 DEFER. Every other command exits 0 when it did what it was asked.
 - ``--json`` prints what the admin API answers (the same models, gate/ops/models.py): one
   JSON object, or JSON Lines for a stream of records.
+- An audit listing that Redis fails once records were written (stopped, frozen: each
+  read waits at most ``READ_WAIT_S``; or gone) never passes for whole: its output ends
+  with the line saying it is incomplete (JSON Lines ``{"error": …}``, CSV the row
+  ``error,…``; gate/ops/search.py ``incomplete``), and the error line says so (exit 2).
+  A CSV export's header is written once Redis answered.
 - A closed pipe (``callgate audit export | head -1``) ends the command quietly with
   status 0; Ctrl-C says how far a long command got and exits 130.
 """
@@ -1032,58 +1037,94 @@ async def _audit(config: Config, args: argparse.Namespace) -> int:
     async with open_gate(config, ADMIN_DEADLINE_S) as gate:
         client = gate.store.admin_client
         where = gate.store.where
+        # Each read someone waits on is bounded (READ_WAIT_S), never the whole export: a
+        # frozen Redis is reported within it, not after the admin connections' timeout.
+        read_wait = gate.store.answer_within
         as_json = getattr(args, "json", False)
+        given = 0  # records written to stdout
 
         def show(record: AuditRecord) -> None:
+            nonlocal given
             print(json_of(record).decode() if as_json else _audit_line(record), flush=True)
+            given += 1
 
-        if args.action == "tail":
-            # The follower notes where each group stream ends before the latest are read:
-            # a decision made in between is shown once, after them.
-            follower = Follower(client, namespace)
-            try:
-                if args.follow:
-                    await follower.start()
-            except (RedisError, OSError) as exc:
-                raise translate_error(exc, where) from exc
-            newest = read_range(client, namespace, reverse=True, limit=max(args.n, 0))
-            latest = [audit_record(r) async for r in search.translated(newest, where)]
-            for record in reversed(latest):
-                show(record)
-            for _ in range(10**9 if args.follow else 0):  # until interrupted
+        try:
+            if args.action == "tail":
+                # The follower notes where each group stream ends before the latest are
+                # read: a decision made in between is shown once, after them.
+                follower = Follower(client, namespace, read_wait)
                 try:
-                    found = await follower.poll()
+                    if args.follow:
+                        await follower.start()
                 except (RedisError, OSError) as exc:
                     raise translate_error(exc, where) from exc
-                for stored in found:
-                    show(audit_record(stored))
-        elif args.action == "export":
-            search.check_filter(args.since, args.until)
-            records = search.search(
-                client,
-                namespace,
-                since=args.since,
-                until=args.until,
-                tenant=args.tenant,
-                campaign=args.campaign,
-            )
-            writer = csv.writer(sys.stdout)
-            if args.format == "csv":
-                writer.writerow(search.CSV_HEADER)
-            async for record in search.translated(records, where):
-                if args.format == "csv":
-                    writer.writerow(search.csv_row(record))
-                else:
-                    print(json_of(record).decode())
-        else:
-            wanted = search.number_key(args.number, gate)
-            records = search.search(client, namespace, since=args.since, number=wanted)
-            shown = 0
-            async for record in search.translated(records, where):
-                show(record)
-                shown += 1
-            print(f"{_plural(shown, 'decision')} about {args.number}", file=sys.stderr)
+                newest = read_range(
+                    client, namespace, reverse=True, limit=max(args.n, 0), read_wait=read_wait
+                )
+                latest = [audit_record(r) async for r in search.translated(newest, where)]
+                for record in reversed(latest):
+                    show(record)
+                for _ in range(10**9 if args.follow else 0):  # until interrupted
+                    try:
+                        found = await follower.poll()
+                    except (RedisError, OSError) as exc:
+                        raise translate_error(exc, where) from exc
+                    for stored in found:
+                        show(audit_record(stored))
+            elif args.action == "export":
+                search.check_filter(args.since, args.until)
+                records = search.search(
+                    client,
+                    namespace,
+                    since=args.since,
+                    until=args.until,
+                    tenant=args.tenant,
+                    campaign=args.campaign,
+                    read_wait=read_wait,
+                )
+                as_json = args.format != "csv"
+                writer = csv.writer(sys.stdout)
+                async for record in search.translated(records, where):
+                    if not as_json and given == 0:  # once Redis answered (as the API)
+                        writer.writerow(search.CSV_HEADER)
+                    if as_json:
+                        print(json_of(record).decode())
+                    else:
+                        writer.writerow(search.csv_row(record))
+                    given += 1
+                if not as_json and given == 0:
+                    writer.writerow(search.CSV_HEADER)
+            else:
+                wanted = search.number_key(args.number, gate)
+                records = search.search(
+                    client, namespace, since=args.since, number=wanted, read_wait=read_wait
+                )
+                async for record in search.translated(records, where):
+                    show(record)
+                print(f"{_plural(given, 'decision')} about {args.number}", file=sys.stderr)
+        except StoreError as exc:
+            if given == 0:
+                raise  # nothing written: the error alone
+            raise _cut_short(exc, given, f"audit {args.action}", as_json, args) from exc
     return 0
+
+
+def _cut_short(
+    error: StoreError, given: int, command: str, as_json: bool, args: argparse.Namespace
+) -> StoreError:
+    """A Redis failure once ``given`` records were written: what was written is ended
+    with the line saying it is incomplete (JSON Lines: ``{"error": …}``; CSV: the row
+    ``error,…``; a text listing has only the error on stderr), and the error to report
+    says so too (exit 2)."""
+    from gate.ops import search
+
+    why = search.incomplete(given, error)
+    if getattr(args, "format", "") == "csv":
+        csv.writer(sys.stdout).writerow(search.error_row(why))
+    elif as_json:
+        sys.stdout.write(search.error_line(why).decode())
+    sys.stdout.flush()
+    return StoreError(f"{command} {why}")
 
 
 # --- config ----------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ progress, pipes, and files written whole (gate/cli.py)."""
 from __future__ import annotations
 
 import argparse
+import csv
 import io
 import json
 import re
@@ -21,6 +22,7 @@ from gate.cli import _build_parser
 from gate.core.errors import StoreUnavailable
 from gate.core.keys import Keyspace
 from gate.lists.progress import progress
+from gate.store.client import READ_WAIT_S
 from gate.store.lists import ListStore
 from tests.cli.test_cli import (
     CLOSED_PORT_URL,
@@ -31,6 +33,8 @@ from tests.cli.test_cli import (
     run_subprocess,
     sample_config,
 )
+from tests.conftest import spawned_redis
+from tests.ops.test_frozen_redis import fill_trail
 
 
 def leaf_commands() -> list[tuple[str, ...]]:
@@ -541,6 +545,73 @@ def test_audit_export_into_a_closed_pipe_exits_0_quietly(
     err = process.stderr.read().decode()
     process.stderr.close()
     assert (0, "", "ALLOW") == (status, err, first["verdict"])
+
+
+@pytest.mark.parametrize(
+    ("stop", "fmt"),
+    [(signal.SIGSTOP, "jsonl"), (signal.SIGKILL, "csv")],
+    ids=["frozen-jsonl", "dead-csv"],
+)
+def test_audit_export_cut_mid_stream_says_so_on_stdout_and_stderr_and_exits_2(
+    tmp_path: Path, stop: signal.Signals, fmt: str
+) -> None:
+    """Redis stopped (SIGSTOP) or gone (SIGKILL) mid ``audit export``: within READ_WAIT_S
+    (not the admin connections' minutes) the output ends with the line saying it is
+    incomplete (``{"error": …}``; CSV: the row ``error,…``), stderr is one line
+    ``callgate: error: audit export incomplete: …`` (no traceback), and the status is 2."""
+    with spawned_redis(tmp_path) as (url, redis_process):
+        fill_trail(url)
+        config = tmp_path / "callgate.toml"
+        config.write_text(sample_config(url), encoding="utf-8")
+        command = ["--config", str(config), "audit", "export", "--format", fmt]
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gate.cli", *command],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=tmp_path,
+            bufsize=0,
+        )
+        try:
+            assert process.stdout is not None
+            first = b""
+            while not first.endswith(b"\n") and (byte := process.stdout.read(1)):
+                first += byte  # unbuffered: the rest is still in the pipe
+            redis_process.send_signal(stop)
+            out, err = process.communicate(timeout=READ_WAIT_S + SUBPROCESS_TIMEOUT_S / 3)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait(10)
+    text = (first + out).decode()
+    errors = err.decode().splitlines()
+    if fmt == "csv":
+        header, *records, last = list(csv.reader(io.StringIO(text)))
+        error = last[1] if last[0] == "error" else ""
+        assert "id" == header[0]
+    else:
+        *records, last = [json.loads(line) for line in text.splitlines()]
+        error = last.get("error", "")
+    said = f"incomplete: the search stopped after {len(records)} record(s)"
+    assert (2, 1, True) == (process.returncode, len(errors), error.startswith(said))
+    assert f"callgate: error: audit export {error}" == errors[0]
+
+
+def test_audit_export_with_redis_gone_from_the_start_writes_no_header(
+    tmp_path: Path,
+) -> None:
+    """``audit export --format csv`` with Redis gone: nothing on stdout (not a header
+    that passes for an empty export), one error line, status 2."""
+    with spawned_redis(tmp_path) as (url, redis_process):
+        config = tmp_path / "callgate.toml"
+        config.write_text(sample_config(url), encoding="utf-8")
+        redis_process.send_signal(signal.SIGKILL)
+        redis_process.wait(10)
+        done = run_subprocess(
+            tmp_path, "--config", str(config), "audit", "export", "--format", "csv"
+        )
+    errors = done.stderr.splitlines()
+    assert (2, "", 1) == (done.returncode, done.stdout, len(errors))
+    assert errors[0].startswith("callgate: error: Redis at ")
 
 
 def test_audit_why_and_tail_in_json(cli: Run, audit_rows: int) -> None:
