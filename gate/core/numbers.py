@@ -5,6 +5,10 @@ Guarantees:
   (a valid E.164 number with its type and time zones) or a ``ShortCode`` (an emergency,
   protected or other short number, recognised on the dialled string *before* any
   normalisation, since short codes are not E.164) or a ``BadNumber`` with a one-line why.
+- In a region of the French plan (FR and its overseas départements and collectivités),
+  a national number is the number of the plan's code that owns it (0692… is +262 692…,
+  ``FR_OVERSEAS``); one the plan's data gives to two codes, or +33 and an overseas
+  number's digits, is a ``BadNumber``: never keyed as another subscriber.
 - ``parse_e164(text, region)`` is the strict form for admin input (list entries, CLI):
   it raises ``NumberError`` with the same message instead.
 
@@ -29,6 +33,7 @@ from phonenumbers.tzdata import TIMEZONE_DATA, TIMEZONE_LONGEST_PREFIX
 from gate.core.errors import NumberError
 
 __all__ = [
+    "FR_OVERSEAS",
     "BadNumber",
     "Destination",
     "NumberType",
@@ -144,6 +149,61 @@ _NANP_REGIONS = frozenset({"US", "CA"})
 _NANP_CODE = 1
 _MAX_DIALLED_CHARS = 64
 _NO_ZONE: tuple[str, ...] = (timezone.UNKNOWN_TIMEZONE,)
+# The French national numbering plan (ARCEP) also covers the overseas départements and
+# collectivités, under their own country codes: anywhere in it, a number is dialled 0 and
+# its nine national digits (0692 12 34 56 is +262 692 12 34 56, 0596 30 12 34 is
+# +596 596 30 12 34), Saint-Pierre-et-Miquelon's six-digit ones 0508 and six digits (+508).
+# phonenumbers reads such a national number in region FR as +33 (0692…: invalid; 0596…,
+# 0269…: a valid-looking +33 number that is not the subscriber's), and a metropolitan one
+# in region RE as +262. Their 08 numbers are the plan's own, one set for all of it.
+_FRENCH_PLAN = frozenset({"FR", "RE", "YT", "GP", "BL", "MF", "GF", "MQ", "PM"})
+_OVERSEAS_REGIONS = ("RE", "YT", "GP", "BL", "MF", "GF", "MQ", "PM")
+_NATIONAL_PLAN_DIGITS = 9
+
+
+def _overseas_patterns() -> tuple[tuple[int, int, re.Pattern[str]], ...]:
+    """(country code, leading digits to drop, pattern of the nine national digits) of
+    the overseas numbers of the French plan: each region's fixed, mobile and VoIP numbers
+    (phonenumbers' patterns), none beginning with 8."""
+    found: dict[tuple[int, int], list[str]] = {}
+    for region in _OVERSEAS_REGIONS:
+        metadata = phonenumbers.PhoneMetadata.metadata_for_region(region)
+        assert metadata is not None, region
+        code = metadata.country_code
+        assert code is not None, region
+        for desc in (metadata.fixed_line, metadata.mobile, metadata.voip):
+            if desc is None or not desc.national_number_pattern:
+                continue
+            lengths = desc.possible_length or ()
+            if not lengths or _NATIONAL_PLAN_DIGITS in lengths:
+                found.setdefault((code, 0), []).append(desc.national_number_pattern)
+            if str(code) == "508" and 6 in lengths:  # 0508 + six digits
+                found.setdefault((code, 3), []).append(desc.national_number_pattern)
+    return tuple(
+        (code, drop, re.compile("(?!8)" + "508" * bool(drop) + f"(?:{'|'.join(pats)})"))
+        for (code, drop), pats in found.items()
+    )
+
+
+_OVERSEAS = _overseas_patterns()
+# The plan's blocks given whole to an overseas code (ARCEP), by the first three of the nine
+# national digits: a number of such a block outside the ranges above is no +33 number.
+_OVERSEAS_BLOCKS = {
+    **dict.fromkeys(("262", "263", "269", "639", "692", "693"), 262),  # Réunion, Mayotte
+    **dict.fromkeys(("590", "690", "691"), 590),  # Guadeloupe, St-Barthélemy, St-Martin
+    **dict.fromkeys(("594", "694"), 594),  # Guyane
+    **dict.fromkeys(("596", "696", "697"), 596),  # Martinique
+    "508": 508,  # Saint-Pierre-et-Miquelon
+}
+#: A regular expression matching the nine national digits (after the trunk 0) of every
+#: number of the French plan that is not a +33 number (an overseas one, or in an overseas
+#: block): such a national number is read by ``classify`` only, never by a fast path.
+FR_OVERSEAS = "|".join(
+    [
+        *(f"(?:{pattern.pattern})" for _, _, pattern in _OVERSEAS),
+        f"(?:{'|'.join(sorted(_OVERSEAS_BLOCKS))})\\d{{6}}",
+    ]
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,17 +248,15 @@ def _fast_parse(cleaned: str, region: str) -> tuple[int, str] | None:
     """``(country code, national significant number)`` of a plainly written number,
     without phonenumbers.parse (25 µs) or a PhoneNumber object.
 
-    Handles ``+CC…`` and ``00CC…`` (international: ``split_international``) and, for FR
-    and NANP regions, the national form; None for anything else (phonenumbers.parse then
-    decides), so the national digits given back are those phonenumbers'
-    ``national_significant_number`` would give.
+    Handles ``+CC…`` and ``00CC…`` (international: ``split_international``) and, for
+    NANP regions, the national form (the French plan's: ``_french_national``); None for
+    anything else (phonenumbers.parse then decides), so the national digits given back
+    are those phonenumbers' ``national_significant_number`` would give.
     """
     if cleaned.startswith("+"):
         return split_international(cleaned[1:])
     if cleaned.startswith("00") and region not in _NANP_REGIONS:
         return split_international(cleaned[2:])
-    if region == "FR" and len(cleaned) == 10 and cleaned[0] == "0" and cleaned[1] != "0":
-        return 33, cleaned[1:]
     if region in _NANP_REGIONS and len(cleaned) in (10, 11):
         national = cleaned[1:] if len(cleaned) == 11 and cleaned[0] == "1" else cleaned
         if len(national) == 10 and national[0] not in "01":
@@ -215,7 +273,8 @@ def split_international(digits: str) -> tuple[int, str] | None:
 
     None otherwise, for phonenumbers to decide: the trunk prefix written in international
     form (``+33 (0)6…``, ``+44 (0)20…``, ``+1 1 212…``, ``+55 90…``), which it drops when
-    what is left has a possible length, or Italy's leading 0 (``+39 06…``), which it keeps.
+    what is left has a possible length, or Italy's leading 0 (``+39 06…``), which it keeps;
+    and an overseas number of the French plan written after +33 (``FR_OVERSEAS``).
     """
     for size in (1, 2, 3):
         code = int(digits[:size]) if len(digits) > size else 0
@@ -226,8 +285,50 @@ def split_international(digits: str) -> tuple[int, str] | None:
             prefix = stripped_prefix(code)
             if prefix is not None and (found := prefix.match(national)) and found.end():
                 return None
+            if code == _FRANCE and _is_overseas(national):
+                return None  # not a +33 number: classify says so
             return code, national
     return None
+
+
+_FRANCE = 33
+
+
+def _overseas_owners(national: str) -> list[tuple[int, str]]:
+    """The overseas numbers (country code, national number) that the nine digits
+    ``national`` of the French plan (after its trunk 0) are, one per country code."""
+    if len(national) != _NATIONAL_PLAN_DIGITS:
+        return []
+    owners: list[tuple[int, str]] = []
+    for code, drop, pattern in _OVERSEAS:
+        if pattern.fullmatch(national) and all(code != c for c, _ in owners):
+            owners.append((code, national[drop:]))
+    return owners
+
+
+def _is_overseas(national: str) -> bool:
+    """Whether the nine digits ``national`` of the French plan are no +33 number."""
+    return len(national) == _NATIONAL_PLAN_DIGITS and (
+        national[:3] in _OVERSEAS_BLOCKS or bool(_overseas_owners(national))
+    )
+
+
+def _french_national(nine: str, region: str) -> tuple[int, str] | str | None:
+    """``(country code, national number)`` of a national number of the French plan
+    (``0`` and the nine digits ``nine``) dialled in ``region``, one of the plan's; a
+    one-line why when the plan's data gives it to several country codes; None for an 08
+    number dialled outside metropolitan France (phonenumbers then reads it)."""
+    owners = _overseas_owners(nine)
+    if len(owners) > 1:
+        codes = " or ".join(f"+{code} {national}" for code, national in owners)
+        return f"ambiguous: 0{nine} may be {codes}"
+    if owners:
+        return owners[0]
+    if (code := _OVERSEAS_BLOCKS.get(nine[:3])) is not None:
+        return f"0{nine} is in a range of +{code} but no number of it"
+    if nine[0] == "8" and region != "FR":
+        return None
+    return _FRANCE, nine
 
 
 _STRIPPED: dict[int, re.Pattern[str] | None] = {}
@@ -307,7 +408,12 @@ def classify(dialled: str, region: str) -> Destination | ShortCode | BadNumber:
             return ShortCode(cleaned, emergency=True)
         if len(cleaned) <= _MAX_SHORT_DIGITS and _is_short_code(cleaned, region):
             return ShortCode(cleaned, emergency=False)
-    fast = _fast_parse(cleaned, region)
+    if region in _FRENCH_PLAN and len(cleaned) == 10 and cleaned[0] == "0" != cleaned[1]:
+        fast = _french_national(cleaned[1:], region)
+        if isinstance(fast, str):
+            return BadNumber(dialled, fast)
+    else:
+        fast = _fast_parse(cleaned, region)
     if fast is None:
         try:
             parsed = phonenumbers.parse(cleaned, region)
@@ -317,6 +423,14 @@ def classify(dialled: str, region: str) -> Destination | ShortCode | BadNumber:
         national = phonenumbers.national_significant_number(parsed)
     else:
         country_code, national = fast
+    if country_code == _FRANCE and _is_overseas(national):
+        # +33 and an overseas number's digits: a national number converted by prefixing
+        # +33, reaching no one (the subscriber is under its own code).
+        found = _french_national(national, "FR")
+        why = f"+33 {national} is no number: " + (
+            f"0{national} is +{found[0]}{found[1]}" if isinstance(found, tuple) else str(found)
+        )
+        return BadNumber(dialled, why)
     # One number-type computation serves validity, type, region and zones: phonenumbers'
     # is_valid_number, region_code_for_number and time_zones_for_number would each compute
     # it again (3x the cost of a decision's whole parse, measured by bench/decide.py).

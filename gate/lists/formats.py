@@ -42,6 +42,7 @@ from phonenumbers import COUNTRY_CODE_TO_REGION_CODE
 
 from gate.core.errors import InputError, NumberError, OptionError, ProtectedNumberError
 from gate.core.numbers import (
+    FR_OVERSEAS,
     BadNumber,
     ShortCode,
     classify,
@@ -83,7 +84,9 @@ BATCH_LINES = 10_000
 _COMMENT = "#"
 # ASCII digits only: other Unicode digits go to phonenumbers, which normalises them.
 _E164 = re.compile(r"\+([1-9]\d{7,14})", re.ASCII)
-_FR_NATIONAL = re.compile(r"0[1-9]\d{8}", re.ASCII)
+# A French national number of a +33 number: not one of an overseas code of the French plan
+# (0692… is +262 692…), which ``classify`` reads.
+_FR_NATIONAL = re.compile(rf"0(?!(?:{FR_OVERSEAS})\Z)[1-9]\d{{8}}", re.ASCII)
 _NANP = re.compile(r"1?([2-9]\d{2}[2-9]\d{6})", re.ASCII)
 # The quicker path of bare national numbers: (full match, country prefix, digits kept).
 _QUICK: dict[str, tuple[Callable[[str], object], str, int]] = {
@@ -543,28 +546,34 @@ def _line_entry(
 # - ``+<digits>`` (8-15 digits, the first not 0) starting with a known country code and
 #   going on with what phonenumbers keeps as written (``_national_guard``): the line
 #   itself (``fast_e164``);
-# - in region FR, ``0`` and 9 digits, the first not 0: +33 and the last 9;
+# - in region FR, ``0`` and 9 digits, the first not 0, of a +33 number (not
+#   ``FR_OVERSEAS``): +33 and the last 9;
 # - in regions US and CA (and ``us-dnc`` files), NANP's 10 digits, or ``us-dnc``'s
 #   ``area,number``: +1 and the 10 digits;
 # each line ending with \n or \r\n (no spaces, no separators).
 
 # What makes a national prefix pattern's match depend on what follows or precedes it.
+_FRANCE = 33
 _ANCHORS = ("$", "^", "\\A", "\\Z", "\\b", "\\B", "(?=", "(?!", "(?<")
 
 
 def _national_guard(code: int) -> str | None:
     """A negative lookahead, put after calling code ``code`` in ``_E164_RUN``, that
     refuses every national number ``split_international`` refuses (maybe more): one
-    starting with 0 or matched by the code's ``stripped_prefix`` (a match of a pattern
+    starting with 0 or matched by the code's ``stripped_prefix``, or after +33 the digits
+    of an overseas number of the French plan (a match of a pattern
     without anchors or lookarounds on the number's digits is one on the line too; a
     pattern that can match nothing refuses them all). None for a pattern with anchors:
     that code's lines are then read line by line, by ``fast_e164``."""
+    refused = ["0"]
     prefix = stripped_prefix(code)
-    if prefix is None:
-        return "(?!0)"
-    if not prefix.pattern.isascii() or any(a in prefix.pattern for a in _ANCHORS):
-        return None
-    return f"(?!0|(?:{prefix.pattern}))"
+    if prefix is not None:
+        if not prefix.pattern.isascii() or any(a in prefix.pattern for a in _ANCHORS):
+            return None
+        refused.append(f"(?:{prefix.pattern})")
+    if code == _FRANCE:  # +33 and an overseas number's digits (``split_international``)
+        refused.append(f"(?:{FR_OVERSEAS})\\r?\\n")
+    return f"(?!{'|'.join(refused)})"
 
 
 def _prefix_pattern(guards: dict[str, str], prefix: str = "") -> str:
@@ -590,7 +599,7 @@ _GUARDS = {
     if (guard := _national_guard(code)) is not None
 }
 _E164_RUN = re.compile(rb"(?:\+(?=%b)[1-9][0-9]{7,14}\r?\n)+" % _prefix_pattern(_GUARDS).encode())
-_FR_RUN = re.compile(rb"(?:0[1-9][0-9]{8}\r?\n)+")
+_FR_RUN = re.compile(rb"(?:0(?!(?:%b)\r?\n)[1-9][0-9]{8}\r?\n)+" % FR_OVERSEAS.encode())
 _NANP_RUN = re.compile(rb"(?:[2-9][0-9]{2}[2-9][0-9]{6}\r?\n)+")
 _AREA_RUN = re.compile(rb"(?:[2-9][0-9]{2},[2-9][0-9]{6}\r?\n)+")
 _BOM = b"\xef\xbb\xbf"

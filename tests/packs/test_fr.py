@@ -416,8 +416,8 @@ CALLER_IDS = [
     pytest.param("0145000000", MANUAL, ("ALLOW", "allowed", None), id="manual-01"),
     # Overseas numbers are in the same plan under their own country codes: 0262 (+262 2),
     # 0690 (+590 6), 09 (+262 9) are refused for automated calls, except the overseas
-    # verified ranges 09475 (+590 9475) and 09478 (+262 9478); +33 9475 is a metropolitan
-    # 09 number outside 0948/0949.
+    # verified ranges 09475 (+590 9475) and 09478 (+262 9478); +33 9475 is no number
+    # (0947 5x is Guadeloupe's), an invalid caller ID.
     pytest.param(
         "+262262161234", CAMPAIGN, ("BLOCK", "caller_id:forbidden_range", None), id="0262"
     ),
@@ -432,9 +432,7 @@ CALLER_IDS = [
     ),
     pytest.param("+590947512345", CAMPAIGN, ("ALLOW", "allowed", None), id="09475-verified"),
     pytest.param("+262947812345", CAMPAIGN, ("ALLOW", "allowed", None), id="09478-verified"),
-    pytest.param(
-        "+33947512345", CAMPAIGN, ("BLOCK", "caller_id:forbidden_range", None), id="+33-9475"
-    ),
+    pytest.param("+33947512345", CAMPAIGN, ("BLOCK", "caller_id:invalid", None), id="+33-9475"),
     pytest.param(
         "+262692123456", MANUAL, ("BLOCK", "caller_id:forbidden_range", None), id="manual-0692"
     ),

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from phonenumbers import COUNTRY_CODE_TO_REGION_CODE
 
 from gate.core.errors import InputError
+from gate.core.numbers import Destination, classify
 from gate.core.rules import ListRule
 from gate.lists import formats
 from gate.lists.formats import (
@@ -267,3 +268,22 @@ def test_a_number_read_without_phonenumbers_is_the_one_phonenumbers_gives(
     expected = phonenumbers_e164(text, "FR")
     assert fast in (None, expected)
     assert bulk in ([], [expected])
+
+
+OVERSEAS_LINES = ["0692123456", "0596301234", "0269612345", "+33596301234", "0976012345"]
+
+
+@pytest.mark.parametrize("line", OVERSEAS_LINES)
+def test_an_overseas_line_of_the_french_plan_is_read_as_classify_reads_it(line: str) -> None:
+    """In bulk, by the quick path and line by line, such a line is classify's number (0692…
+    is +262 692…) or rejected as classify refuses it: never +33 and its digits."""
+
+    found = classify(line, "FR")
+    expected = [found.e164] if isinstance(found, Destination) else []
+    entries = [e for _, e in read_entries([line + "\n"], BLOCK, "FR") if isinstance(e, str)]
+    batch = formats.parse_block(line.encode() + b"\r\n", 0, BLOCK, "FR", "lines")
+    assert (expected, expected, expected) == (
+        entries,
+        batch.e164s(),
+        [n for b in formats.read_batches([line + "\n"], BLOCK, "FR") for n in b.e164s()],
+    )

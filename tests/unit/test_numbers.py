@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from phonenumbers import COUNTRY_CODE_TO_REGION_CODE
 
 from gate.core.errors import NumberError
-from gate.core.numbers import BadNumber, Destination, NumberType, ShortCode, classify, parse_e164
+from gate.core.numbers import (
+    FR_OVERSEAS,
+    BadNumber,
+    Destination,
+    NumberType,
+    ShortCode,
+    classify,
+    parse_e164,
+)
 
 SAME_FRENCH_MOBILE = [
     "0612345678",
@@ -117,6 +127,9 @@ def _reference(dialled: str, region: str) -> tuple[str, str, tuple[str, ...]] | 
         return None
     if not phonenumbers.is_valid_number(parsed):
         return None
+    national = phonenumbers.national_significant_number(parsed)
+    if parsed.country_code == 33 and re.fullmatch(FR_OVERSEAS, national):
+        return None  # an overseas number of the French plan under +33: no one's number
     if parsed.country_code == 1:
         found = timezone.time_zones_for_geographical_number(parsed)
     else:
@@ -198,6 +211,7 @@ def test_a_national_number_with_a_leading_zero_has_its_countrys_zones(
 @example(code=1, national="12012000000")
 @example(code=55, national="9030000000")
 @example(code=7, national="84951234567")
+@example(code=33, national="596301234")  # phonenumbers' FR data: valid; it is +596 596…
 def test_classify_agrees_with_phonenumbers_on_any_international_number(
     code: int, national: str
 ) -> None:
@@ -340,3 +354,36 @@ def test_digits_that_are_not_decimal_are_refused(dialled: str) -> None:
     result = classify(dialled, "FR")
     assert isinstance(result, BadNumber)
     assert result.why.startswith("unexpected character")
+
+
+@pytest.mark.parametrize(
+    ("dialled", "region", "e164", "home"),
+    [
+        ("0692123456", "FR", "+262692123456", "RE"),
+        ("06 92 12 34 56", "FR", "+262692123456", "RE"),
+        ("0269612345", "FR", "+262269612345", "YT"),
+        ("0596301234", "FR", "+596596301234", "MQ"),
+        ("0690123456", "FR", "+590690123456", "GP"),
+        ("0508412345", "FR", "+508412345", "PM"),
+        ("0612345678", "RE", "+33612345678", "FR"),
+        ("0262161234", "RE", "+262262161234", "RE"),
+        ("0800123456", "FR", "+33800123456", "FR"),
+        ("0612345678", "FR", "+33612345678", "FR"),
+    ],
+)
+def test_a_national_number_of_the_french_plan_is_its_own_codes(
+    dialled: str, region: str, e164: str, home: str
+) -> None:
+    """In any region of the French plan, 0 and nine digits is the number of the plan's
+    code that owns them (0692… is +262 692…, 0612… from Réunion +33 612…)."""
+    result = classify(dialled, region)
+    assert isinstance(result, Destination)
+    assert (e164, home) == (result.e164, result.region)
+
+
+@pytest.mark.parametrize(
+    "dialled", ["+33596301234", "0033 6 92 12 34 56", "+33 (0)2 69 61 23 45", "0976012345"]
+)
+def test_a_french_plan_spelling_of_no_one_subscriber_is_refused(dialled: str) -> None:
+    """+33 and an overseas number's digits, or digits of two overseas codes: BadNumber."""
+    assert isinstance(classify(dialled, "FR"), BadNumber)
