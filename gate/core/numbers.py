@@ -149,8 +149,11 @@ _NANP_REGIONS = frozenset({"US", "CA"})
 _NANP_CODE = 1
 _MAX_DIALLED_CHARS = 64
 _NO_ZONE: tuple[str, ...] = (timezone.UNKNOWN_TIMEZONE,)
-# The French national numbering plan (ARCEP) also covers the overseas départements and
-# collectivités, under their own country codes: anywhere in it, a number is dialled 0 and
+# The French national numbering plan (today ARCEP décision n° 2018-0881 of 24 July 2018,
+# annex 1; its country codes 33, 262, 508, 590, 594 and 596 are listed in ARCEP décision
+# n° 2006-0509; ten digits in the overseas départements since ARCEP décisions n° 2000-382
+# and n° 2000-534) also covers the overseas départements and collectivités, under their
+# own country codes: anywhere in it, a number is dialled 0 and
 # its nine national digits (0692 12 34 56 is +262 692 12 34 56, 0596 30 12 34 is
 # +596 596 30 12 34), Saint-Pierre-et-Miquelon's six-digit ones 0508 and six digits (+508).
 # phonenumbers reads such a national number in region FR as +33 (0692…: invalid; 0596…,
@@ -306,11 +309,13 @@ def _overseas_owners(national: str) -> list[tuple[int, str]]:
     return owners
 
 
+_ANY_OVERSEAS = re.compile(FR_OVERSEAS)
+
+
 def _is_overseas(national: str) -> bool:
-    """Whether the nine digits ``national`` of the French plan are no +33 number."""
-    return len(national) == _NATIONAL_PLAN_DIGITS and (
-        national[:3] in _OVERSEAS_BLOCKS or bool(_overseas_owners(national))
-    )
+    """Whether the nine digits ``national`` of the French plan are no +33 number (one
+    match of ``FR_OVERSEAS``: every national and +33 number is asked)."""
+    return len(national) == _NATIONAL_PLAN_DIGITS and bool(_ANY_OVERSEAS.fullmatch(national))
 
 
 def _french_national(nine: str, region: str) -> tuple[int, str] | str | None:
@@ -318,17 +323,15 @@ def _french_national(nine: str, region: str) -> tuple[int, str] | str | None:
     (``0`` and the nine digits ``nine``) dialled in ``region``, one of the plan's; a
     one-line why when the plan's data gives it to several country codes; None for an 08
     number dialled outside metropolitan France (phonenumbers then reads it)."""
+    if not _is_overseas(nine):
+        return None if nine[0] == "8" and region != "FR" else (_FRANCE, nine)
     owners = _overseas_owners(nine)
     if len(owners) > 1:
         codes = " or ".join(f"+{code} {national}" for code, national in owners)
         return f"ambiguous: 0{nine} may be {codes}"
     if owners:
         return owners[0]
-    if (code := _OVERSEAS_BLOCKS.get(nine[:3])) is not None:
-        return f"0{nine} is in a range of +{code} but no number of it"
-    if nine[0] == "8" and region != "FR":
-        return None
-    return _FRANCE, nine
+    return f"0{nine} is in a range of +{_OVERSEAS_BLOCKS[nine[:3]]} but no number of it"
 
 
 _STRIPPED: dict[int, re.Pattern[str] | None] = {}
