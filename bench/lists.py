@@ -4,7 +4,7 @@
 
 Starts its own redis-server (default configuration: nothing tuned for callgate) on a free
 loopback port. For each region and size it writes a synthetic list file (FR: national
-0[67]xxxxxxxx numbers; US: the registry's "area code,number" lines), imports it with the
+metropolitan 06/07 numbers; US: the registry's "area code,number" lines), imports it with the
 same code as ``callgate list import --replace`` and reports:
 - bytes per number: Redis ``used_memory`` after the import minus before, over the count;
 - import rate: numbers per second from the file (parse, hash, bucket, send, switch);
@@ -61,6 +61,24 @@ ROOT = Path(__file__).resolve().parent.parent
 ROUNDS = 10
 
 
+# The blocks of metropolitan mobile numbers (the first three of their nine national
+# digits): 06 but for 0639 and 0690-0697, Mayotte's, Guadeloupe's, Guyane's, Martinique's
+# and Réunion's (numbers of the French plan under their own codes), and 073-079.
+FR_MOBILE_BLOCKS = [
+    *(f"6{i:02d}" for i in range(100) if i != 39 and not 90 <= i <= 97),
+    *(f"7{i:02d}" for i in range(30, 100)),
+]
+
+
+def fr_national(value: int) -> str:
+    """The national metropolitan mobile number ``value`` (0 <= value < FR_MOBILES)."""
+    block, rest = divmod(value, 10**6)
+    return f"0{FR_MOBILE_BLOCKS[block]}{rest:06d}"
+
+
+FR_MOBILES = len(FR_MOBILE_BLOCKS) * 10**6
+
+
 def write_file(path: Path, region: str, count: int, rng: random.Random) -> list[str]:
     """A list file of ``count`` distinct numbers; returns a sample of them in E.164."""
     sample: list[str] = []
@@ -68,7 +86,7 @@ def write_file(path: Path, region: str, count: int, rng: random.Random) -> list[
     with path.open("w") as out:
         for i, value in enumerate(picks):
             if region == "FR":
-                line, e164 = f"0{6 + value // 5 * 10**8 % 2}{value:08d}", ""
+                line = fr_national(value)
                 e164 = "+33" + line[1:]
             else:
                 area, rest = 201 + value // 10**7 % 700, 2_000_000 + value % 8_000_000
@@ -245,8 +263,8 @@ async def cli_rows(url: str, size: int) -> None:
     with tempfile.TemporaryDirectory(prefix="cg-cli-") as name:
         tmp = Path(name)
         config = cli_config(url, tmp)
-        picks = rng.sample(range(2 * 10**8), size)
-        national = [f"0{6 + v // 10**8}{v % 10**8:08d}" for v in picks]
+        picks = rng.sample(range(FR_MOBILES), size)
+        national = [fr_national(v) for v in picks]
         files = {"E.164": tmp / "e164.txt", "national": tmp / "national.txt"}
         files["E.164"].write_text("".join(f"+33{n[1:]}\n" for n in national))
         files["national"].write_text("".join(f"{n}\n" for n in national))
