@@ -16,11 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 
 from gate.cli import _build_parser
 from gate.core.errors import StoreUnavailable
-from gate.core.keys import Keyspace
 from gate.lists.progress import progress
 from gate.store.client import READ_WAIT_S
 from gate.store.lists import ListStore
@@ -504,25 +502,7 @@ def test_a_field_over_the_csv_limit_is_one_error_line_naming_its_row(
 @pytest.fixture
 def audit_rows(redis_url: str) -> int:
     """5000 audit entries written straight into a group's stream (as the gate keeps them)."""
-    client = redis.Redis.from_url(redis_url)
-    try:
-        pipe = client.pipeline(transaction=False)
-        for i in range(5000):
-            pipe.xadd(
-                Keyspace("callgate", None).audit_key(0),
-                {
-                    "ts": str(1796_000_000_000 + i),
-                    "verdict": "ALLOW",
-                    "reason": "allowed",
-                    "door": "agi",
-                    "tenant": "default",
-                    "number": f"n{i}",
-                    "latency_us": "90",
-                },
-            )
-        pipe.execute()
-    finally:
-        client.close()
+    fill_trail(redis_url, 5000, channel=None)
     return 5000
 
 

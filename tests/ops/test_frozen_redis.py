@@ -35,6 +35,7 @@ from typing import Any
 import aiohttp
 import pytest
 import redis
+from redis.typing import EncodableT, FieldT
 
 from gate.core.keys import Keyspace
 from gate.core.model import Attempt
@@ -142,12 +143,13 @@ BIG_TRAIL = 20_000
 PADDING = "x" * 1000
 
 
-def fill_trail(url: str, count: int = BIG_TRAIL) -> None:
+def fill_trail(url: str, count: int = BIG_TRAIL, channel: str | None = f"Local/{PADDING}") -> None:
     """``count`` audit entries written straight into group 0's stream (as the gate keeps
-    them), each with a long channel name."""
+    them), each with ``channel`` (by default a long name; None: none)."""
     client = redis.Redis.from_url(url)
     try:
         pipe = client.pipeline(transaction=False)
+        extra: dict[FieldT, EncodableT] = {} if channel is None else {"channel": channel}
         for i in range(count):
             pipe.xadd(
                 Keyspace("callgate", None).audit_key(0),
@@ -158,8 +160,8 @@ def fill_trail(url: str, count: int = BIG_TRAIL) -> None:
                     "door": "agi",
                     "tenant": "default",
                     "number": f"n{i}",
-                    "channel": f"Local/{PADDING}",
                     "latency_us": "90",
+                    **extra,
                 },
             )
         pipe.execute()
