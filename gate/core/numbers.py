@@ -5,6 +5,11 @@ Guarantees:
   (a valid E.164 number with its type and time zones) or a ``ShortCode`` (an emergency,
   protected or other short number, recognised on the dialled string *before* any
   normalisation, since short codes are not E.164) or a ``BadNumber`` with a one-line why.
+- A local number of a ``tel:`` URI (or of a SIP URI's user part) with a ``phone-context``
+  (RFC 3966 section 5.1.5: ``tel:0612345678;phone-context=+44``) is never read in the
+  default region, nor made a global number by prefixing its context: it is an emergency
+  or protected number of the context's country, or a ``BadNumber`` (``_classify_local``
+  says why). A global number (``+…``) is read as written, whatever context is beside it.
 - In a region of the French plan (FR and its overseas départements and collectivités),
   a national number is the number of the plan's code that owns it (0692… is +262 692…,
   ``FR_OVERSEAS``); one the plan's data gives to two codes, or +33 and an overseas
@@ -358,17 +363,60 @@ def _is_short_code(digits: str, region: str) -> bool:
         return False
 
 
-def _strip_uri(text: str) -> str:
-    """Return the user part of a ``tel:``/``sip:``/``sips:`` URI, or ``text`` unchanged."""
+def _strip_uri(text: str) -> tuple[str, str | None]:
+    """The telephone-subscriber of a ``tel:`` URI, or the user part of a ``sip:``/``sips:``
+    one (RFC 3261 section 19.1.6: a tel URI's number and parameters), without its
+    parameters, and the value of its ``phone-context`` parameter (None: none given);
+    ``text`` unchanged, without a context, when it is no such URI."""
     text = text.strip().strip("<>").strip()
     lowered = text.lower()
     if lowered.startswith("tel:"):
-        return text[4:].split(";", 1)[0]
-    for scheme in ("sip:", "sips:"):
-        if lowered.startswith(scheme):
-            user = text[len(scheme) :].split("@", 1)[0]
-            return user.split(";", 1)[0]
-    return text
+        subscriber = text[4:]
+    elif lowered.startswith(("sip:", "sips:")):
+        subscriber = text[text.index(":") + 1 :].split("@", 1)[0]
+    else:
+        return text, None
+    number, *params = subscriber.split(";")
+    context = None
+    for param in params:
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "phone-context":  # parameter names ignore case (RFC 3966)
+            context = value.strip()
+    return number, context
+
+
+# RFC 3966 section 3: global-number-digits = "+" *phonedigit DIGIT *phonedigit, where a
+# phonedigit is a digit or a visual separator.
+_GLOBAL_CONTEXT = re.compile(r"\+[0-9.()\-]*[0-9][0-9.()\-]*", re.ASCII)
+
+
+@dataclass(frozen=True, slots=True)
+class _Local:
+    """A local number (RFC 3966 section 5.1.5: digits without ``+``, with a
+    ``phone-context``) whose context is a global number prefix, and the regions of that
+    prefix's country code."""
+
+    digits: str
+    context: str
+    regions: tuple[str, ...]
+
+
+def _local_number(digits: str, context: str, dialled: str) -> _Local | BadNumber:
+    """The local number ``digits`` of context ``context``, or why it is refused: a
+    context that is no global number prefix of a known country code (a domain name names
+    no numbering plan callgate could read the number in)."""
+    if not _GLOBAL_CONTEXT.fullmatch(context):
+        return BadNumber(
+            dialled,
+            f"a local number in phone-context {context!r}, which is no global number "
+            "prefix: no numbering plan to read it in",
+        )
+    prefix = "".join(ch for ch in context if ch in _ASCII_DIGITS)
+    for size in range(1, min(3, len(prefix)) + 1):
+        regions = COUNTRY_CODE_TO_REGION_CODE.get(int(prefix[:size]))
+        if regions is not None:
+            return _Local(digits, context, tuple(regions))
+    return BadNumber(dialled, f"phone-context {context} begins with no country code")
 
 
 def _ascii_digits(text: str) -> str:
@@ -376,15 +424,17 @@ def _ascii_digits(text: str) -> str:
     return "".join(str(unicodedata.decimal(ch)) if ch.isdecimal() else ch for ch in text)
 
 
-def _clean(dialled: str) -> str | BadNumber:
-    """Reduce a dialled string to ``+`` and digits, or say why it cannot be."""
+def _clean(dialled: str) -> str | BadNumber | _Local:
+    """Reduce a dialled string to ``+`` and digits, or say why it cannot be; a local
+    number of a URI with a global number ``phone-context`` is a ``_Local``."""
     if len(dialled) > _MAX_DIALLED_CHARS:
         return BadNumber(dialled[:_MAX_DIALLED_CHARS] + "…", "longer than 64 characters")
     if dialled.isascii() and dialled.isdigit():  # the commonest case, nothing to drop
         return dialled
     if _PLAIN.fullmatch(dialled):  # the common case, without the character loop
         return dialled.translate(_DROP_SEPARATORS)
-    text = _ascii_digits(_strip_uri(dialled))
+    number, context = _strip_uri(dialled)
+    text = _ascii_digits(number)
     out: list[str] = []
     for index, ch in enumerate(text):
         # ASCII digits only: str.isdigit() is also true of "²", "①" and other characters
@@ -398,6 +448,10 @@ def _clean(dialled: str) -> str | BadNumber:
     cleaned = "".join(out)
     if not cleaned.lstrip("+"):
         return BadNumber(dialled, "no digits")
+    if context is not None and not cleaned.startswith("+"):
+        # A global number (+…) is the same everywhere (RFC 3966 section 5.1.4): a
+        # context beside it changes nothing. A local number is read only in its context.
+        return _local_number(cleaned, context, dialled)
     return cleaned
 
 
@@ -406,6 +460,8 @@ def classify(dialled: str, region: str) -> Destination | ShortCode | BadNumber:
     cleaned = _clean(dialled)
     if isinstance(cleaned, BadNumber):
         return cleaned
+    if isinstance(cleaned, _Local):
+        return _classify_local(cleaned, dialled)
     if not cleaned.startswith("+") and len(cleaned) <= _MAX_PROTECTED_DIGITS:
         if is_protected(cleaned, region):
             return ShortCode(cleaned, emergency=True)
@@ -453,6 +509,28 @@ def classify(dialled: str, region: str) -> Destination | ShortCode | BadNumber:
         region=home or region,
         number_type=_TYPE_NAMES.get(raw_type, NumberType.UNKNOWN),
         time_zones=zones,
+    )
+
+
+def _classify_local(local: _Local, dialled: str) -> ShortCode | BadNumber:
+    """An emergency or protected number of the context's country (the numbers RFC 3966
+    section 5.1 names as needing a context: they have no global form); any other local
+    number is refused. Its context is the place where it is dialled, not a prefix that
+    makes it a global number (section 5.1.5): 5550123 in +1-212 may be +1 212 555 0123,
+    +1 646 555 0123 (the same place) or a PBX's extension; 0612345678 in +44 is no British
+    number, and read in the default region it is a French subscriber's. The local dialling
+    rules of the context's owner are not callgate's to guess: a wrong guess keys another
+    subscriber than the one on the list, and an opted-out number could be called. So such a
+    number is blocked as invalid, with what to send instead (its global form)."""
+    digits = local.digits
+    if len(digits) <= _MAX_PROTECTED_DIGITS and any(
+        is_protected(digits, region) for region in local.regions
+    ):
+        return ShortCode(digits, emergency=True)
+    return BadNumber(
+        dialled,
+        f"a local number in phone-context {local.context}, which tells where it is "
+        "dialled, not which number it is (RFC 3966 section 5.1.5)",
     )
 
 

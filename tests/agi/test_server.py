@@ -625,6 +625,23 @@ async def test_optout_of_an_emergency_number_is_refused(server: AgiServer) -> No
     assert "ALLOW" == manual.variables["CALLGATE_RESULT"]
 
 
+async def test_a_local_number_with_a_phone_context_is_never_read_as_another(
+    server: AgiServer,
+) -> None:
+    """Through the door, tel:0612345678;phone-context=+44 is refused: optout answers ERROR,
+    a check is BLOCK invalid_number, and the French +33612345678 is put on no list."""
+    number = "number=tel%3A0612345678%3Bphone-context%3D%2B44"
+    optout = await agi_call(server.port, f"optout?tenant=default&{number}")
+    check = await agi_call(server.port, f"check?tenant=default&{number}")
+    french = await agi_call(server.port, "check?tenant=default", extension="+33612345678")
+    assert answer("ERROR", "optout_failed:NumberError") == optout.variables
+    assert ("BLOCK", "invalid_number") == (
+        check.variables["CALLGATE_RESULT"],
+        check.variables["CALLGATE_REASON"],
+    )
+    assert ALLOWED_0612345678 == french.variables
+
+
 @pytest.mark.parametrize(
     ("script", "reason"),
     [

@@ -86,6 +86,8 @@ LINES = st.one_of(
             "abc\x85def",
             "\u2028",
             "06\x0c12345678",
+            "tel:0612345678;phone-context=+44",
+            "tel:+33612345678;phone-context=+33",
         ]
     ),
     st.text(st.characters(blacklist_characters="\r\n", blacklist_categories=["Cs"]), max_size=20),
@@ -287,3 +289,17 @@ def test_an_overseas_line_of_the_french_plan_is_read_as_classify_reads_it(line: 
         batch.e164s(),
         [n for b in formats.read_batches([line + "\n"], BLOCK, "FR") for n in b.e164s()],
     )
+
+
+@pytest.mark.parametrize(
+    "line", ["tel:0612345678;phone-context=+44", "tel:0612345678;phone-context=example.com"]
+)
+def test_a_local_number_with_a_phone_context_is_rejected(line: str) -> None:
+    """Read line by line or in bulk, a local number of a tel URI with a context is
+    rejected with why, never put on the list as the default region's +33612345678."""
+    entries = [e for _, e in read_entries([line + "\n"], BLOCK, "FR")]
+    batch = formats.parse_block(line.encode() + b"\n", 0, BLOCK, "FR", "lines")
+    assert 1 == len(entries)
+    assert isinstance(entries[0], Rejected)
+    assert "phone-context" in entries[0].why
+    assert ([], [entries[0].why]) == (batch.e164s(), [r.why for r in batch.rejected])

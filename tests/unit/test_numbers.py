@@ -99,6 +99,67 @@ def test_bad_input_is_refused_without_an_exception(dialled: str) -> None:
     assert result.why
 
 
+LOCAL_NUMBERS_WITH_A_CONTEXT = [
+    "tel:0612345678;phone-context=+44",
+    "tel:0612345678;phone-context=+33",
+    "tel:612345678;phone-context=+33",
+    "tel:5550123;phone-context=+1-212",
+    "tel:2125550123;phone-context=+1",
+    "tel:0612345678;Phone-Context=+44;ext=12",
+    "tel:0612345678;phone-context=example.com",
+    "tel:06-12-34-56-78;phone-context=pbx.example.com",
+    "tel:0612345678;phone-context=+999",
+    "tel:0612345678;phone-context=",
+    "sip:0612345678;phone-context=+44@pbx.example;user=phone",
+]
+
+
+@pytest.mark.parametrize("dialled", LOCAL_NUMBERS_WITH_A_CONTEXT)
+def test_a_local_number_with_a_phone_context_is_refused(dialled: str) -> None:
+    """A local number's context says where it is dialled, not which number it is (RFC
+    3966 section 5.1.5): it is refused, never read in the default region (0612345678 in
+    +44 is no French subscriber) nor made a number by prefixing its context."""
+    for region in ("FR", "US", "GB"):
+        result = classify(dialled, region)
+        assert isinstance(result, BadNumber), (region, result)
+        assert "phone-context" in result.why
+
+
+@pytest.mark.parametrize(
+    ("dialled", "digits"),
+    [
+        ("tel:112;phone-context=+44", "112"),
+        ("tel:999;phone-context=+44-20", "999"),
+        ("tel:911;phone-context=+1-212", "911"),
+        ("tel:17;phone-context=+33", "17"),
+    ],
+)
+def test_an_emergency_number_in_a_global_context_is_that_countrys(
+    dialled: str, digits: str
+) -> None:
+    """An emergency number, which has no global form (RFC 3966 section 5.1), is one in the
+    country of its context's prefix, whatever the default region."""
+    assert ShortCode(digits, emergency=True) == classify(dialled, "FR")
+    assert ShortCode(digits, emergency=True) == classify(dialled, "US")
+
+
+def test_a_short_number_in_a_context_of_another_country_is_refused() -> None:
+    """17 is an emergency number in France, not in the US: in context +1 it is refused."""
+    assert isinstance(classify("tel:17;phone-context=+1", "FR"), BadNumber)
+    assert isinstance(classify("tel:112;phone-context=example.com", "FR"), BadNumber)
+
+
+def test_parse_e164_refuses_a_local_number_in_one_line() -> None:
+    """The admin form names the input, what is wrong with it and what to give instead."""
+    with pytest.raises(NumberError) as caught:
+        parse_e164("tel:0612345678;phone-context=+44", "FR")
+    message = str(caught.value)
+    assert "'tel:0612345678;phone-context=+44'" in message
+    assert "phone-context +44" in message
+    assert "give it as +<country><number>" in message
+    assert "\n" not in message
+
+
 def test_parse_e164_raises_a_one_line_number_error() -> None:
     """The strict admin form says which input and what to do."""
     with pytest.raises(NumberError) as caught:
@@ -340,8 +401,19 @@ NUMBERISH = st.text(
 )
 
 
+WITH_A_CONTEXT = st.builds(
+    "{}:{};phone-context={}".format,
+    st.sampled_from(["tel", "sip", "TEL"]),
+    NUMBERISH,
+    st.text(alphabet=st.sampled_from("+0123456789-.()ex;="), max_size=10),
+)
+
+
 @settings(max_examples=2000, deadline=None, database=None)
-@given(dialled=st.one_of(st.text(max_size=80), NUMBERISH), region=st.sampled_from(REGIONS))
+@given(
+    dialled=st.one_of(st.text(max_size=80), NUMBERISH, WITH_A_CONTEXT),
+    region=st.sampled_from(REGIONS),
+)
 def test_classify_never_raises_on_any_text(dialled: str, region: str) -> None:
     """Any string, in any region: a Destination, a ShortCode or a BadNumber, never an error."""
     assert isinstance(classify(dialled, region), Destination | ShortCode | BadNumber)
