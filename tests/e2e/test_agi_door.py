@@ -69,6 +69,23 @@ exten => _X.,1,GoSub(callgate-optout,s,asked(${EXTEN},default))
  same => n,Log(NOTICE,CALLGATE-E2E optout number=${EXTEN} result=${CALLGATE_RESULT} reason=${CALLGATE_REASON})
  same => n,Hangup()
 
+[decided-then-optout]
+exten => _X.,1,GoSub(callgate-agi,s,1(${EXTEN},default,e2e,manual))
+ same => n,Log(NOTICE,CALLGATE-E2E before number=${EXTEN} result=${CALLGATE_RESULT} e164=${CALLGATE_E164})
+ same => n,GoSub(callgate-optout,s,1(${EXTEN},default))
+ same => n,Log(NOTICE,CALLGATE-E2E after number=${EXTEN} result=${CALLGATE_RESULT} reason=${CALLGATE_REASON} rule=${CALLGATE_RULE} retry=${CALLGATE_RETRY_AFTER} e164=${CALLGATE_E164} cause=${CALLGATE_CAUSE})
+ same => n,Hangup()
+
+[stale-then-down]
+exten => _X.,1,Set(ARRAY(CALLGATE_RESULT,CALLGATE_REASON,CALLGATE_RULE,CALLGATE_RETRY_AFTER,CALLGATE_E164,CALLGATE_CAUSE)=ALLOW,allowed,stale-rule,60,+33600000000,0)
+ same => n,Set(CHANNEL(hangup_handler_push)=e2e-six,s,1(${EXTEN}))
+ same => n,GoSub(callgate-agi,s,1(${EXTEN},default,e2e,campaign))
+ same => n,Goto(reached,${EXTEN},1)
+
+[e2e-six]
+exten => s,1,Log(NOTICE,CALLGATE-E2E down number=${ARG1} result=${CALLGATE_RESULT} reason=${CALLGATE_REASON} rule=${CALLGATE_RULE} retry=${CALLGATE_RETRY_AFTER} e164=${CALLGATE_E164} cause=${CALLGATE_CAUSE})
+ same => n,Return()
+
 [crafted]
 exten => _X.,1,Set(CHANNEL(hangup_handler_push)=e2e-hangup,s,1(${EXTEN}))
  same => n,GoSub(callgate-agi,s,1(${CRAFTED},default,e2e,campaign))
@@ -85,6 +102,12 @@ exten => _X.,1,GoSub(callgate-disposition,s,1(refusal,${FILTER(0-9+,${CRAFTED})}
  same => n,Log(NOTICE,CALLGATE-E2E disposition number=${EXTEN} result=${CALLGATE_RESULT} reason=${CALLGATE_REASON})
  same => n,Hangup()
 """  # noqa: E501 (dialplan lines cannot be wrapped)
+
+# The six result variables as the ``after`` and ``down`` lines above log them.
+_SIX = (
+    r"result=(?P<result>\w*) reason=(?P<reason>[\w:.-]*) rule=(?P<rule>[\w:.-]*)"
+    r" retry=(?P<retry>\d*) e164=(?P<e164>\+?\d*) cause=(?P<cause>\d*)"
+)
 
 _LINE = re.compile(
     r"CALLGATE-E2E (?P<where>reached|hangup) id=(?P<id>\S+) number=(?P<number>\d*)"
@@ -271,6 +294,27 @@ async def test_an_opt_out_the_gate_does_not_take_gives_the_dialplan_an_error(
     assert ("OK", "listed:red") == up.groups()
     assert ("ERROR", "gate_unavailable") == down.groups()
     assert ("FAILURE", "gate_unavailable") == warned.groups()
+
+
+async def test_each_subroutine_leaves_only_its_own_outcome_in_the_result_variables(
+    callgate: GateProcess, asterisk: AsteriskSandbox
+) -> None:
+    """An opt-out the callee does not take leaves the six result variables empty, not the
+    ALLOW of the decision before it; with the gate down, callgate-agi's fail mode leaves
+    no rule, retry, E.164 or cause of an earlier outcome beside its DEFER."""
+    nothing = dict.fromkeys(("result", "reason", "rule", "retry", "e164", "cause"), "")
+    await asterisk.originate_local(UNLISTED, "decided-then-optout")
+    before = await asterisk.wait_for_log(
+        rf"CALLGATE-E2E before number={UNLISTED} result=(\w*) e164=(\+?\d*)"
+    )
+    # callgate-optout's Read waits 5 s for the key that never comes.
+    after = await asterisk.wait_for_log(rf"CALLGATE-E2E after number={UNLISTED} {_SIX}", 15.0)
+    await asyncio.to_thread(callgate.kill)
+    await asterisk.originate_local(LISTED, "stale-then-down")
+    down = await asterisk.wait_for_log(rf"CALLGATE-E2E down number={LISTED} {_SIX}")
+    assert ("ALLOW", "+33612345678") == before.groups()
+    assert nothing == after.groupdict()
+    assert {**nothing, "result": "DEFER", "reason": "gate_unavailable"} == down.groupdict()
 
 
 FORGED = f"{LISTED}\nagi_arg_1: number={UNLISTED}\n\n"
