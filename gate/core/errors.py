@@ -132,6 +132,20 @@ class OptionError(InputError):
     def worded(self, wording: Wording) -> str:
         return self.template.format_map(_Fields(self.values, wording))
 
+    def __reduce__(self) -> tuple[object, ...]:
+        """Rebuilt from its template and values (copy, deepcopy, pickle: a worker process's
+        error), not from its message as an exception is: read as a template, a message
+        whose values hold braces (a list named ``{x}``) would name an option ``x``, or
+        fail. The instance's other attributes (``__notes__``…) follow as its state."""
+        return (_option_error, (type(self), self.template, self.values), self.__dict__)
+
+
+def _option_error(
+    cls: type[OptionError], template: str, values: Mapping[str, object]
+) -> OptionError:
+    """``cls(template, **values)``: how ``OptionError.__reduce__`` rebuilds one."""
+    return cls(template, **values)
+
 
 class NumberError(InputError):
     """A dialled string cannot be turned into a usable E.164 number."""

@@ -3,6 +3,9 @@ the console's fields (gate/core/errors.py ``OptionError``, gate/ops/wording.py).
 
 from __future__ import annotations
 
+import copy
+import pickle
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -73,3 +76,42 @@ def test_values_are_data_never_templates() -> None:
     """A value with braces (a list name, a value given) is printed as given."""
     error = OptionError("{column} {spec}: columns are numbered from 1", spec="{campaign}")
     assert "--column {campaign}: columns are numbered from 1" == error.worded(CLI_WORDING)
+
+
+@pytest.mark.parametrize(
+    "duplicate",
+    [
+        copy.copy,
+        copy.deepcopy,
+        lambda error: pickle.loads(pickle.dumps(error)),
+    ],
+    ids=["copy", "deepcopy", "pickle"],
+)
+def test_an_option_error_survives_copy_and_pickle_with_braces_in_its_values(
+    duplicate: Callable[[OptionError], OptionError],
+) -> None:
+    """A copy or a pickled error (a worker process's) keeps its template, values, message
+    and wording, even when a value holds braces (a list named ``{x}``, ``{x:y}``)."""
+    error = OptionError(
+        "list {name!r} is a campaign list: {campaign:ask} ({spec})", name="{x}", spec="{x:y}"
+    )
+    error.add_note("while importing")
+    copied = duplicate(error)
+    assert (
+        OptionError,
+        error.template,
+        error.values,
+        str(error),
+        error.args,
+        error.worded(CLI_WORDING),
+        ["while importing"],
+    ) == (
+        type(copied),
+        copied.template,
+        copied.values,
+        str(copied),
+        copied.args,
+        copied.worded(CLI_WORDING),
+        copied.__notes__,
+    )
+    assert "list '{x}' is a campaign list: give campaign ({x:y})" == str(copied)
