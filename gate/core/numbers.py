@@ -480,16 +480,18 @@ def classify(dialled: str, region: str) -> Destination | ShortCode | BadNumber:
             return BadNumber(dialled, f"not a phone number ({exc._msg})")
         country_code = parsed.country_code or 0
         national = phonenumbers.national_significant_number(parsed)
+        if country_code == _FRANCE and _is_overseas(national):
+            # +33 and an overseas number's digits: a national number converted by
+            # prefixing +33, reaching no one (the subscriber is under its own code). The
+            # fast paths never give such a +33 number (``_french_national``,
+            # ``split_international``): asked here only.
+            found = _french_national(national, "FR")
+            why = f"+33 {national} is no number: " + (
+                f"0{national} is +{found[0]}{found[1]}" if isinstance(found, tuple) else str(found)
+            )
+            return BadNumber(dialled, why)
     else:
         country_code, national = fast
-    if country_code == _FRANCE and _is_overseas(national):
-        # +33 and an overseas number's digits: a national number converted by prefixing
-        # +33, reaching no one (the subscriber is under its own code).
-        found = _french_national(national, "FR")
-        why = f"+33 {national} is no number: " + (
-            f"0{national} is +{found[0]}{found[1]}" if isinstance(found, tuple) else str(found)
-        )
-        return BadNumber(dialled, why)
     # One number-type computation serves validity, type, region and zones: phonenumbers'
     # is_valid_number, region_code_for_number and time_zones_for_number would each compute
     # it again (3x the cost of a decision's whole parse, measured by bench/decide.py).
