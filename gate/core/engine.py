@@ -463,6 +463,7 @@ class Planner:
         # region -> the places its calendars are scoped to, and the signature's places
         # when they are the same for every number of the region (None: per number).
         self._places: dict[str, tuple[frozenset[str], tuple[str, ...] | None]] = {}
+        self._widths: dict[str, int | None] = {}  # region -> ``_shared``
 
     def plan(self, attempt: Attempt) -> Plan | Decision:
         target = _static_number(attempt.dialled, attempt.traffic_class, self.policy)
@@ -483,16 +484,31 @@ class Planner:
         policy, keyspace = self.policy, self.keyspace
         found: list[StoreCheck | Decision] = []
         days: dict[tuple[str, ...], date] = {}  # one instant: the local day by zones
+        # One attempt and one instant: the signature of a number whose region gives every
+        # number the same places is a function of its region, type, zones and first
+        # characters (as many as the longest rule prefix of its region: ``_shared``), so
+        # its model is looked up once per such key (a number of another region: None).
+        models: dict[tuple[object, ...], _Model] = {}
         for dialled in numbers:
             target = _static_number(dialled, traffic_class, policy)
             if isinstance(target, Decision):
                 found.append(target)
                 continue
+            width = self._shared(target.region)
+            key = None
+            if width is not None:
+                key = (target.region, target.number_type, target.time_zones, target.e164[:width])
+                model = models.get(key)
+                if model is not None:
+                    found.append(model.made(now, target, keyspace))
+                    continue
             day = days.get(target.time_zones)
             if day is None:
                 day = days[target.time_zones] = local_day(target.time_zones, now)
             model = self._models.get(self._signature(fixed, now, target, day))
             if model is not None:
+                if key is not None:
+                    models[key] = model
                 found.append(model.made(now, target, keyspace))
                 continue
             pending = self._learn(fixed, evolve(template, dialled=dialled), target)
@@ -510,13 +526,7 @@ class Planner:
         attempt's ``fixed`` fields, ``_SIGNATURE_FIELDS``). ``day``: the callee-local day
         at ``now``, when known."""
         region = target.region
-        prefixes = self._prefixes.get(region)
-        if prefixes is None:
-            prefixes = self._prefixes[region] = _region_prefixes(self.policy, region)
-        places = self._places.get(region)
-        if places is None:
-            places = self._places[region] = _region_places(self.policy, region)
-        wanted, same = places
+        prefixes, (wanted, same) = self._signature_parts(region)
         return (
             fixed,
             day if day is not None else local_day(target.time_zones, now),
@@ -526,6 +536,29 @@ class Planner:
             *[target.e164.startswith(p) for p in prefixes],
             same if same is not None else callee_places(target, wanted),
         )
+
+    def _shared(self, region: str) -> int | None:
+        """How many first characters of a number of ``region`` its rule prefixes read (the
+        longest prefix's length), when the signature's places are the same for every number
+        of ``region``; None when they are per number (``callee_places``)."""
+        if region not in self._widths:
+            prefixes, (_, same) = self._signature_parts(region)
+            longest = max((len(p) for group in prefixes for p in group), default=0)
+            self._widths[region] = None if same is None else longest
+        return self._widths[region]
+
+    def _signature_parts(
+        self, region: str
+    ) -> tuple[tuple[tuple[str, ...], ...], tuple[frozenset[str], tuple[str, ...] | None]]:
+        """The rule prefixes and the places of ``region`` (``_region_prefixes``,
+        ``_region_places``), computed once."""
+        prefixes = self._prefixes.get(region)
+        if prefixes is None:
+            prefixes = self._prefixes[region] = _region_prefixes(self.policy, region)
+        places = self._places.get(region)
+        if places is None:
+            places = self._places[region] = _region_places(self.policy, region)
+        return prefixes, places
 
     def _learn(
         self, fixed: tuple[object, ...], attempt: Attempt, target: Destination

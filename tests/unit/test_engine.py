@@ -452,6 +452,37 @@ def test_planner_checks_are_the_checks_of_plan(when: datetime, caller_id: str | 
         assert {type(c) for c in expected} == {StoreCheck, Decision}
 
 
+@pytest.mark.parametrize("reverse", [False, True])
+def test_planner_checks_tell_apart_numbers_a_rule_prefix_tells_apart(
+    tmp_path: Path, reverse: bool
+) -> None:
+    """``Planner.checks`` reuses a plan model for the numbers of one region, type and zones
+    that begin alike: mobiles of one zone that a rule's prefix tells apart by their 7th
+    character (+336123 refused, +336124 not) or their 5th (+3373 refused, +3377 not) each
+    get the decision or check of the plan ``plan`` makes, in either order."""
+    fr = (PACKS_DIR / "fr.toml").read_text()
+    (tmp_path / "fr.toml").write_text(
+        fr + '\n[[destinations]]\nid = "test-prefix"\nclasses = ["campaign"]\n'
+        'blocked_prefixes = ["+336123", "+3373"]\nsource = "a test"\n'
+    )
+    config = make_config(
+        {"gate": {"default_region": "FR", "packs": ["fr"], "packs_dir": str(tmp_path)}}
+    )
+    numbers = ["0612445678", "0612345678", "0612455678", "0612355678", "0773123456"]
+    numbers += ["0732345678", "0612345679", "0612445679"]
+    numbers = numbers[::-1] if reverse else numbers
+    template = Attempt("", NOW, caller_id="+33162000000")
+    expected = []
+    for dialled in numbers:
+        made = plan(evolve(template, dialled=dialled), config.policy, KEYS, False)
+        expected.append(made.check if isinstance(made, Plan) else made)
+    got = Planner(config.policy, KEYS, False).checks(template, numbers)
+    assert expected == got
+    refused = {n for n, c in zip(numbers, got, strict=True) if isinstance(c, Decision)}
+    assert {"0612345678", "0612355678", "0732345678", "0612345679"} == refused
+    assert {c.reason for c in got if isinstance(c, Decision)} == {"number_type:test-prefix"}
+
+
 def test_a_cap_retry_moves_to_an_opening_in_every_zone_of_the_number() -> None:
     """A cap's wait that ends outside the calling hours retries when they are open in every
     zone of the number: a Réunion/Mayotte mobile (fr pack; UTC+4, UTC+3) whose cap ends at
