@@ -33,16 +33,6 @@ OVERSEAS = [
 ]
 
 
-@pytest.fixture
-def config(tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """The sample config (region FR, numbers hashed) on the test's Redis."""
-    for name in ("CALLGATE_SECRET", "CALLGATE_CONFIG"):
-        monkeypatch.delenv(name, raising=False)
-    path = tmp_path / "callgate.toml"
-    path.write_text(sample_config(redis_url), encoding="utf-8")
-    return path
-
-
 def decision(capsys: pytest.CaptureFixture[str], config: Path, number: str) -> tuple[str, str]:
     """(verdict, destination) of ``check NUMBER --json``, nothing recorded."""
     _, out, _ = run_cli(capsys, config, "check", number, "--json")
@@ -79,24 +69,26 @@ def test_an_overseas_number_imported_nationally_is_blocked_as_dialled_in_e164(
 
 @pytest.mark.parametrize(("national", "e164"), OVERSEAS)
 def test_an_overseas_number_listed_in_e164_is_blocked_as_dialled_nationally(
-    capsys: pytest.CaptureFixture[str], config: Path, national: str, e164: str
+    capsys: pytest.CaptureFixture[str], config_file: Path, national: str, e164: str
 ) -> None:
     """Listed as +596 596…, the number the dialplan passes as 0596… is BLOCK listed:red."""
-    assert 0 == run_cli(capsys, config, "list", "add", "red", e164)[0]
-    _, out, _ = run_cli(capsys, config, "check", national, "--json")
+    assert 0 == run_cli(capsys, config_file, "list", "add", "red", e164)[0]
+    _, out, _ = run_cli(capsys, config_file, "check", national, "--json")
     assert ("BLOCK", "listed:red", e164) == tuple(
         json.loads(out)[k] for k in ("verdict", "reason", "destination")
     )
 
 
 def test_a_scrub_of_national_overseas_leads_finds_them_listed(
-    capsys: pytest.CaptureFixture[str], config: Path, tmp_path: Path
+    capsys: pytest.CaptureFixture[str], config_file: Path, tmp_path: Path
 ) -> None:
     """``scrub``: leads written nationally are the numbers listed in E.164."""
-    assert 0 == run_cli(capsys, config, "list", "add", "red", "+262692123456")[0]
+    assert 0 == run_cli(capsys, config_file, "list", "add", "red", "+262692123456")[0]
     leads, out = tmp_path / "leads.csv", tmp_path / "out.csv"
     leads.write_text("phone\n0692123456\n06 92 12 34 56\n", encoding="utf-8")
-    status, _, _ = run_cli(capsys, config, "scrub", str(leads), "--column", "phone", "-o", str(out))
+    status, _, _ = run_cli(
+        capsys, config_file, "scrub", str(leads), "--column", "phone", "-o", str(out)
+    )
     with out.open(encoding="utf-8", newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert 0 == status
@@ -116,18 +108,18 @@ def test_a_scrub_of_national_overseas_leads_finds_them_listed(
     ],
 )
 def test_a_spelling_of_no_one_subscriber_is_rejected_with_its_reason(
-    capsys: pytest.CaptureFixture[str], config: Path, tmp_path: Path, line: str, why: str
+    capsys: pytest.CaptureFixture[str], config_file: Path, tmp_path: Path, line: str, why: str
 ) -> None:
     """Such a line is rejected (file, line, what is wrong, what to do), the rest imported;
     ``list add`` refuses it in one line; ``check`` BLOCKs it as invalid."""
     path = tmp_path / "optouts.txt"
     path.write_text(f"0612345678\n{line}\n", encoding="utf-8")
-    status, out, err = run_cli(capsys, config, "list", "import", "red", str(path))
+    status, out, err = run_cli(capsys, config_file, "list", "import", "red", str(path))
     assert (0, "1 imported, 0 duplicates, 1 rejected\n") == (status, out)
     assert [f"{path}:2: rejected: number {line!r}: {why}; give it as +<country><number>"] == [
         line_ for line_ in err.splitlines() if line_.startswith(str(path))
     ]
-    status, out, err = run_cli(capsys, config, "list", "add", "red", line)
+    status, out, err = run_cli(capsys, config_file, "list", "add", "red", line)
     assert (2, "", 1) == (status, out, len(err.splitlines()))
     assert why in err
-    assert ("BLOCK", None) == decision(capsys, config, line)
+    assert ("BLOCK", None) == decision(capsys, config_file, line)
