@@ -45,6 +45,7 @@ from gate.config.loader import Config, LoggingConfig, default_config_path, load_
 from gate.core.engine import record_time_error, window_text
 from gate.core.errors import GateError, InputError, StoreError, Term, Wording
 from gate.core.model import IDENT_RE, Attempt, TrafficClass, Verdict
+from gate.core.numbers import BadNumber, classify
 from gate.core.policy import Policy
 from gate.lists.admin import EVENTS, ImportSummary, ListAdmin, unrecorded
 from gate.lists.formats import (
@@ -704,6 +705,12 @@ async def _check(config: Config, args: argparse.Namespace) -> int:
         evaluation = await gate.evaluate(attempt, record=args.record, door="cli")
         version = gate.version
     _print_evaluation(evaluation, version, args)
+    if evaluation.decision.reason == "invalid_number" and not args.quiet:
+        # Why it is no number (the decision's reason only says that it is not), as
+        # ``list add`` says it: on stderr, stdout keeps the decision alone.
+        found = classify(args.number, config.policy.default_region)
+        if isinstance(found, BadNumber):
+            print(f"callgate: number {args.number!r}: {found.why}", file=sys.stderr)
     return _VERDICT_EXIT[evaluation.decision.verdict]
 
 

@@ -30,9 +30,11 @@ def config(tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch) -> P
 def test_check_of_a_bad_number_is_blocked_as_invalid(
     capsys: pytest.CaptureFixture[str], config: Path
 ) -> None:
-    """``check`` prints the BLOCK invalid_number decision and exits 3 (a BLOCK)."""
+    """``check`` prints the BLOCK invalid_number decision and exits 3 (a BLOCK); stderr
+    says why it is no number, in one line naming the character."""
     status, out, err = run(capsys, config, "check", BAD)
-    assert (3, "BLOCK invalid_number", "") == (status, out.strip(), err)
+    assert (3, "BLOCK invalid_number") == (status, out.strip())
+    assert [f"callgate: number {BAD!r}: unexpected character '²'"] == err.splitlines()
 
 
 def test_adding_a_bad_number_is_one_error_line(
