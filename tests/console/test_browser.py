@@ -9,11 +9,13 @@ uses numbers of its own. A screenshot of each page is saved (see conftest.py).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -34,6 +36,22 @@ AT_LOCAL = "2026-12-01T10:30:00"  # a Tuesday, inside the fr pack's calling hour
 
 def shot(browser: Browser, artifacts: Path, name: str) -> None:
     browser.screenshot(artifacts / f"{name}.png")
+
+
+@contextlib.contextmanager
+def own_gate(redis_url: str, tmp_path: Path, **overrides: Any) -> Iterator[RunningGate]:
+    """A ``callgate run`` of the test's own (no token; ``overrides`` of the sample config
+    besides a 1 s Redis deadline), stopped at the block's end."""
+    port = free_port()
+    config = write_config(
+        tmp_path / "callgate.toml",
+        redis_url=redis_url,
+        agi_port=port,
+        secret=TEST_SECRET,
+        overrides={"redis": {"deadline": "1s"}, **overrides},
+    )
+    with GateProcess(config, tmp_path / "callgate.log", port) as process:
+        yield RunningGate(process, f"http://127.0.0.1:{process.http_port()}", config)
 
 
 def open_page(browser: Browser, gate: RunningGate, page: str, ready_css: str) -> None:
@@ -326,16 +344,8 @@ def test_without_a_token_the_console_opens_with_a_warning(
 ) -> None:
     """A gate without an API token (loopback only) opens the console without sign-in and
     says that any local user can use it."""
-    port = free_port()
-    config = write_config(
-        tmp_path / "callgate.toml",
-        redis_url=redis_server_url,
-        agi_port=port,
-        secret=TEST_SECRET,
-        overrides={"redis": {"deadline": "1s"}},
-    )
-    with GateProcess(config, tmp_path / "callgate.log", port) as process:
-        browser.get(f"http://127.0.0.1:{process.http_port()}/")
+    with own_gate(redis_server_url, tmp_path) as gate:
+        browser.get(f"{gate.url}/")
         banner = browser.text("#banner")
         shown = browser.wait("the Live page", lambda: browser.find_all("#live-table"))
         shot(browser, artifacts, "no-token")
@@ -352,18 +362,10 @@ def test_an_abandoned_call_recorded_on_the_lists_page_counts_toward_its_campaign
     """With the uk pack, "Record an abandoned call" with the campaign given above the lists
     starts the 72 h cool-off and counts the call toward the campaign's abandoned-call
     ceiling; without a campaign the page says which ceiling it was not counted toward."""
-    port = free_port()
-    config = write_config(
-        tmp_path / "callgate.toml",
-        redis_url=redis_server_url,
-        agi_port=port,
-        secret=TEST_SECRET,
-        overrides={"redis": {"deadline": "1s"}, "gate": {"packs": ["uk"]}},
-    )
-    with GateProcess(config, tmp_path / "callgate.log", port) as process:
+    with own_gate(redis_server_url, tmp_path, gate={"packs": ["uk"]}) as gate:
         open_page(
             browser,
-            RunningGate(process, f"http://127.0.0.1:{process.http_port()}", config),
+            gate,
             "lists",
             "#lists-table tr[data-list=red]",
         )
@@ -386,16 +388,8 @@ def test_the_live_page_without_refusals_says_so_instead_of_collecting(
 ) -> None:
     """Once the first rates are drawn, a gate that refused no call shows an empty reasons
     chart with "no refusals in the last hour", not "collecting" (it said so for ever)."""
-    port = free_port()
-    config = write_config(
-        tmp_path / "callgate.toml",
-        redis_url=redis_server_url,
-        agi_port=port,
-        secret=TEST_SECRET,
-        overrides={"redis": {"deadline": "1s"}},
-    )
-    with GateProcess(config, tmp_path / "callgate.log", port) as process:
-        url = f"http://127.0.0.1:{process.http_port()}/#/live"
+    with own_gate(redis_server_url, tmp_path) as gate:
+        url = f"{gate.url}/#/live"
 
         def drawn() -> bool:
             # The page polls every 5 s; a fresh load shows the samples taken (every 10 s).
@@ -416,18 +410,10 @@ def test_a_reassigned_list_can_be_imported_on_the_lists_page(
     upload, as ``POST /v1/lists/reassigned/import`` takes it."""
     answers = tmp_path / "rnd-answers.csv"
     answers.write_text("+12125550123,2026-11-02\n+12125550124,2026-11-03\n")
-    port = free_port()
-    config = write_config(
-        tmp_path / "callgate.toml",
-        redis_url=redis_server_url,
-        agi_port=port,
-        secret=TEST_SECRET,
-        overrides={"redis": {"deadline": "1s"}, "gate": {"packs": ["us"]}},
-    )
-    with GateProcess(config, tmp_path / "callgate.log", port) as process:
+    with own_gate(redis_server_url, tmp_path, gate={"packs": ["us"]}) as gate:
         open_page(
             browser,
-            RunningGate(process, f"http://127.0.0.1:{process.http_port()}", config),
+            gate,
             "lists",
             "#lists-table tr[data-list=reassigned]",
         )
