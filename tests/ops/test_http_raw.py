@@ -136,6 +136,22 @@ async def test_a_client_that_hangs_up_mid_upload_is_one_info_line(
     assert 0 == (await served.get("/v1/lists/red"))[1]["entries"]
 
 
+@contextlib.asynccontextmanager
+async def streaming(stream: api.Handler) -> AsyncIterator[int]:
+    """An HTTP server with the gate's error middleware serving ``stream`` at ``/stream``
+    on a free loopback port (yielded), stopped at the block's end."""
+    app = web.Application(middlewares=[error_middleware])
+    app.router.add_get("/stream", stream)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        yield runner.addresses[0][1]
+    finally:
+        await runner.cleanup()
+
+
 async def test_a_client_that_hangs_up_mid_answer_is_one_info_line(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -155,14 +171,7 @@ async def test_a_client_that_hangs_up_mid_answer_is_one_info_line(
         await response.write(b"second\n")
         return response
 
-    app = web.Application(middlewares=[error_middleware])
-    app.router.add_get("/stream", stream)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        port = runner.addresses[0][1]
+    async with streaming(stream) as port:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(b"GET /stream HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         with caplog.at_level(logging.INFO):
@@ -171,8 +180,6 @@ async def test_a_client_that_hangs_up_mid_answer_is_one_info_line(
             writer.close()
             await writer.wait_closed()
             await wait_for_record(caplog, "the client went away")
-    finally:
-        await runner.cleanup()
     messages = [(r.levelno, r.getMessage(), r.exc_info) for r in caplog.records]
     assert [
         (
@@ -202,16 +209,9 @@ async def test_an_error_after_an_answer_began_cuts_it_without_a_second_answer(
         await response.write(b"first\n")
         raise error
 
-    app = web.Application(middlewares=[error_middleware])
-    app.router.add_get("/stream", stream)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
     sent = b""
     closed = False
-    try:
-        port = runner.addresses[0][1]
+    async with streaming(stream) as port:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(b"GET /stream HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         with contextlib.suppress(TimeoutError):
@@ -220,8 +220,6 @@ async def test_an_error_after_an_answer_began_cuts_it_without_a_second_answer(
                     sent += chunk
                 closed = True
         writer.close()
-    finally:
-        await runner.cleanup()
     assert (True, 1, False) == (closed, sent.count(b"HTTP/1.1"), sent.endswith(b"0\r\n\r\n"))
     assert sent.endswith(b"first\n\r\n")
 
