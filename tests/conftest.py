@@ -9,7 +9,9 @@ from an empty database. No fakes: the counting semantics live in Lua and are tes
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
+import re
 import signal
 import subprocess
 import tempfile
@@ -45,6 +47,19 @@ def _wait_for_ping(url: str, process: subprocess.Popen[bytes] | None, deadline_s
         raise RuntimeError(f"no PING answer from {url} within {deadline_s}s")
     finally:
         client.close()
+
+
+@functools.cache
+def redis_server_version() -> tuple[int, ...]:
+    """The version of the ``redis-server`` the suite spawns, e.g. (7, 0, 15): some options
+    and commands differ between versions (Valkey, forked from 7.2, reports its own: 8 on)."""
+    out = subprocess.run(
+        [find_redis_server(), "--version"], capture_output=True, text=True, timeout=10, check=True
+    ).stdout
+    found = re.search(r"\bv=(\d+(?:\.\d+)*)", out)
+    if found is None:
+        raise RuntimeError(f"cannot read the version of {find_redis_server()}: {out!r}")
+    return tuple(int(part) for part in found.group(1).split("."))
 
 
 @pytest.fixture(scope="session")
