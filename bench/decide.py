@@ -77,6 +77,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import redis
 import redis.asyncio as aioredis
 import uvloop
 
@@ -867,6 +868,18 @@ def cpu_list(text: str) -> set[int]:
     return cpus
 
 
+def server_name(url: str) -> str:
+    """What answers at ``url``, e.g. "Redis 6.2.6" or "Valkey 9.1.2" (its INFO server)."""
+    client = redis.Redis.from_url(url)
+    try:
+        info = client.info("server")
+    finally:
+        client.close()
+    name = str(info.get("server_name", "redis"))
+    version = info.get(f"{name}_version", info["redis_version"])
+    return f"{name.capitalize()} {version}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--redis-url")
@@ -905,6 +918,7 @@ def main() -> None:
     print(f"event loop {args.loop}; CPUs {cpus}" + (" (this process)" if args.redis_url else ""))
     with contextlib.ExitStack() as stack:
         url = args.redis_url or stack.enter_context(redis_server())
+        print(f"server: {server_name(url)}")
         with asyncio.Runner(loop_factory=LOOPS[args.loop]) as runner:
             runner.run(
                 run(
