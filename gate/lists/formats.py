@@ -76,6 +76,7 @@ __all__ = [
     "read_batches",
     "read_entries",
     "rereadable",
+    "uri_cells",
     "validate_entry",
 ]
 
@@ -95,6 +96,19 @@ _QUICK: dict[str, tuple[Callable[[str], object], str, int]] = {
     "CA": (_NANP.fullmatch, "+1", -10),
 }
 _SEPARATORS = str.maketrans("", "", " .-()\t")
+# A CSV cell that is a tel:, sip: or sips: URI (RFC 3966, RFC 3261), and a parameter of
+# one with its value (RFC 3966 section 3: pname "=" pvalue; a SIP URI's also "@"), the
+# last one of a URI in <…> with its ">".
+_URI_START = re.compile(r"\s*<?\s*(?:tel|sips?):", re.ASCII | re.IGNORECASE)
+_PARAMETER = r"[A-Za-z0-9-]+=[A-Za-z0-9\-_.!~*'()\[\]/:&+$%@]*"
+_URI_PARAMETER = re.compile(rf"\s*{_PARAMETER}\s*>?\s*", re.ASCII)
+# The parameters of such a URI in a line, and a quoted CSV field (its quote opens the
+# field; "" is a quote inside it; it may be closed on a later line).
+_URI_PARAMETERS = re.compile(
+    rf"(?<![A-Za-z0-9+.-])((?:tel|sips?):[^;,\t|\"]*)(?:;{_PARAMETER})+",
+    re.ASCII | re.IGNORECASE,
+)
+_QUOTED = re.compile(r'(?:^|(?<=[,;\t|]))"(?:[^"]|"")*(?:"|\Z)')
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,12 +285,35 @@ def _plain_entry(
 
 
 def csv_dialect(line: str) -> type[csv.Dialect]:
-    """The CSV dialect of a file whose first line is ``line`` (, ; tab or |)."""
+    """The CSV dialect of a file whose first line is ``line``: the delimiter (, ; tab or
+    |) it has most of, not counting those of a quoted field or the ``;`` before a
+    parameter of a ``tel:``/``sip:`` URI (``tel:+33612345678;ext=12``): a file of ``,``
+    whose URIs have parameters is no file of ``;``."""
+    counted = _URI_PARAMETERS.sub(r"\1", _QUOTED.sub("", line))
 
     class Dialect(csv.excel):
-        delimiter = max(",;\t|", key=line.count)
+        delimiter = max(",;\t|", key=counted.count)
 
     return Dialect
+
+
+def uri_cells(cells: list[str], delimiter: str) -> list[str]:
+    """The cells of a CSV row of ``delimiter`` with each ``tel:``/``sip:`` URI whole: in a
+    file of ``;``, the cells after a URI's that are its parameters (``name=value``, RFC
+    3966: ``tel:0612345678;phone-context=+44``) joined back to it, so that its
+    phone-context is read with its number and no cell after it moves to another column."""
+    if delimiter != ";" or not any(_URI_START.match(cell) for cell in cells):
+        return cells
+    joined: list[str] = []
+    in_uri = False
+    for cell in cells:
+        if in_uri and _URI_PARAMETER.fullmatch(cell):
+            joined[-1] += ";" + cell
+        else:
+            in_uri = _URI_START.match(cell) is not None
+            joined.append(cell)
+        in_uri = in_uri and not cell.rstrip().endswith(">")  # a URI in <…> ends at ">"
+    return joined
 
 
 def column_number(spec: str, option: str = "column") -> int | None:
@@ -382,8 +419,10 @@ def _source(lines: Iterable[str]) -> object:
 
 def csv_rows(reader: _csv.Reader, source: object, before: int) -> Iterator[tuple[int, list[str]]]:
     """(first line number, cells) of each row of ``reader``, a ``csv.reader`` of the lines
-    of file ``source`` after its first ``before``; a row the csv module refuses is an
-    ``InputError`` naming the line it starts on (``csv_error``)."""
+    of file ``source`` after its first ``before``, each URI a cell (``uri_cells``); a row
+    the csv module refuses is an ``InputError`` naming the line it starts on
+    (``csv_error``)."""
+    delimiter = reader.dialect.delimiter
     read = 0  # lines read by the rows given so far
     for _ in range(1 << 62):  # bounded by the file: the reader stops at its end
         try:
@@ -393,7 +432,7 @@ def csv_rows(reader: _csv.Reader, source: object, before: int) -> Iterator[tuple
         except csv.Error as exc:
             raise csv_error(source, before + read + 1, exc) from exc
         line_no, read = before + read + 1, reader.line_num
-        yield line_no, cells
+        yield line_no, uri_cells(cells, delimiter)
 
 
 def _csv_rows(lines: Iterable[str], source: object) -> Iterator[tuple[int, list[str], str]]:

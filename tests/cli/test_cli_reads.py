@@ -27,6 +27,7 @@ from tests.cli.test_cli import (
     NUMBER,
     SUBPROCESS_TIMEOUT_S,
     Run,
+    check_json,
     interactive_cli,
     run_subprocess,
     sample_config,
@@ -297,6 +298,67 @@ def test_csv_import_reads_quoted_multi_line_fields(cli: Run, tmp_path: Path) -> 
     assert (0, "2 imported, 0 duplicates, 0 rejected\n", "") == cli(
         "list", "import", "red", str(path), "--column", "phone"
     )
+
+
+# Each file's number column holds tel: URIs whose parameters are written after ";" (RFC
+# 3966), unquoted: line 3's is a local number of the UK (phone-context=+44), never the
+# default region's +33612345679.
+TEL_URI_FILES = {
+    "semicolons": (
+        "name;phone;city\n"
+        "Alice;tel:+33612345678;ext=12;Paris\n"
+        "Bob;tel:0612345679;phone-context=+44;Lyon\n"
+        'Eve;"tel:+33612345680;ext=3";Nice\n',
+        "phone",
+    ),
+    "commas": (
+        "tel:+33612345678;phone-context=+33;ext=12,Alice\n"
+        "tel:+33612345681;isub=1;ext=1,Carol\n"
+        "tel:0612345679;phone-context=+44,Bob\n",
+        "1",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(TEL_URI_FILES))
+def test_csv_import_reads_tel_uris_whose_parameters_follow_a_semicolon(
+    cli: Run, tmp_path: Path, name: str
+) -> None:
+    """The ";" of a tel URI's parameters is no delimiter, in a file of ";" or of ",":
+    the URI is read whole, so its phone-context is never dropped and its local number
+    never taken as one of the default region."""
+    text, column = TEL_URI_FILES[name]
+    path = tmp_path / "crm.csv"
+    path.write_text(text, encoding="utf-8")
+    status, out, err = cli("list", "import", "red", str(path), "--column", column)
+    assert (0, "2 imported, 0 duplicates, 1 rejected\n", 1) == (
+        status,
+        out,
+        len(err.splitlines()),
+    )
+    assert err.startswith(
+        f"{path}:3: rejected: number 'tel:0612345679;phone-context=+44': a local number"
+    )
+    assert "ALLOW" == check_json(cli, "+33612345679")["verdict"]
+
+
+def test_scrub_keeps_a_tel_uri_with_its_parameters_in_its_column(cli: Run, tmp_path: Path) -> None:
+    """A ";" file's tel URIs with parameters are scrubbed whole (the local number of
+    phone-context=+44 is no French number) and written back as one quoted cell, the
+    verdicts under their headers."""
+    cli("list", "add", "red", NUMBER)
+    leads, out = tmp_path / "leads.csv", tmp_path / "out.csv"
+    leads.write_text(TEL_URI_FILES["semicolons"][0], encoding="utf-8")
+    status, _, _ = cli("scrub", str(leads), "--column", "phone", "-o", str(out))
+    assert (
+        0,
+        [
+            "name;phone;city;verdict;reason;retry_after_s",
+            'Alice;"tel:+33612345678;ext=12";Paris;BLOCK;listed:red;',
+            'Bob;"tel:0612345679;phone-context=+44";Lyon;BLOCK;invalid_number;',
+            'Eve;"tel:+33612345680;ext=3";Nice;ALLOW;allowed;',
+        ],
+    ) == (status, out.read_text(encoding="utf-8").splitlines())
 
 
 def test_import_progress_counts_every_line_exactly(cli: Run, tmp_path: Path) -> None:

@@ -303,3 +303,74 @@ def test_a_local_number_with_a_phone_context_is_rejected(line: str) -> None:
     assert isinstance(entries[0], Rejected)
     assert "phone-context" in entries[0].why
     assert ([], [entries[0].why]) == (batch.e164s(), [r.why for r in batch.rejected])
+
+
+@pytest.mark.parametrize(
+    ("line", "delimiter"),
+    [
+        ("name;phone;city", ";"),
+        ("Alice;tel:+33612345678;ext=12;Paris", ";"),
+        ("Alice;tel:0612345678;phone-context=+44", ";"),
+        ("tel:+33612345678;phone-context=+33;ext=12,Alice", ","),
+        ('Alice,"tel:+33612345678;isub=1;ext=12"', ","),
+        ('"Bob; Jr","a ""b; c""";0612345678,Lyon', ","),
+        ("sip:+33612345678;phone-context=+33@example.com;user=phone|Alice", "|"),
+    ],
+)
+def test_the_delimiter_is_guessed_without_quoted_fields_or_uri_parameters(
+    line: str, delimiter: str
+) -> None:
+    """The ``;`` of a quoted field or before a URI's ``name=value`` parameter is not
+    counted: a file of ``,`` whose URIs have parameters is read as a file of ``,``."""
+    assert delimiter == formats.csv_dialect(line + "\n").delimiter
+
+
+@pytest.mark.parametrize(
+    ("cells", "joined"),
+    [
+        (
+            ["Alice", "tel:+33612345678", "ext=12", "Paris"],
+            ["Alice", "tel:+33612345678;ext=12", "Paris"],
+        ),
+        (
+            ["<TEL:0612345678", "Phone-Context=+44", "ext=1>", "x"],
+            ["<TEL:0612345678;Phone-Context=+44;ext=1>", "x"],
+        ),
+        (["<tel:+33612345678", "ext=3>", "id=4"], ["<tel:+33612345678;ext=3>", "id=4"]),
+        (["tel:+33612345678;ext=3", "Nice"], None),
+        (["id=1", "tel:+33612345678", "Paris", "ext=12"], None),
+        (["0612345678", "ext=12"], None),
+    ],
+)
+def test_a_uri_split_at_its_parameters_is_one_cell_again(
+    cells: list[str], joined: list[str] | None
+) -> None:
+    """In a file of ``;``, the cells after a URI's that are ``name=value`` parameters are
+    joined back to it (None: the cells are kept as they are); in a file of ``,`` every
+    cell is kept."""
+    assert ((cells if joined is None else joined), cells) == (
+        formats.uri_cells(cells, ";"),
+        formats.uri_cells(cells, ","),
+    )
+
+
+def test_a_csv_of_semicolons_reads_its_tel_uris_whole_and_its_quoted_fields() -> None:
+    """A local number with a phone-context is rejected, not read in the default region;
+    a quoted URI and the cells after a URI are read as written."""
+    lines = [
+        "name;phone;city\n",
+        "Alice;tel:0612345678;phone-context=+44;Paris\n",
+        'Bob;"tel:+33612345679;ext=2";Lyon\n',
+        "Carol;tel:+33612345680;isub=7;ext=3;Nice\n",
+    ]
+    entries = dict(read_entries(lines, BLOCK, "FR", "csv", "phone"))
+    cities = dict(read_entries(lines, BLOCK, "FR", "csv", "city"))
+    assert isinstance(entries[2], Rejected)
+    assert (
+        "Alice;tel:0612345678;phone-context=+44;Paris",
+        "+33612345679",
+        "+33612345680",
+    ) == (entries[2].text, entries[3], entries[4])
+    assert ["Paris", "Lyon", "Nice"] == [
+        e.text.split(";")[-1] if isinstance(e, Rejected) else e for e in cities.values()
+    ]
