@@ -33,7 +33,7 @@ from aiohttp import web
 
 from gate.core.errors import GateError, InputError, Wording
 from gate.core.model import Verdict
-from gate.lists.formats import count_lines, csv_dialect, csv_error, open_lines
+from gate.lists.formats import count_lines, csv_dialect, csv_error, open_lines, uri_cells
 from gate.lists.scrub import ScrubSummary, column_index, scrub_file
 from gate.ops._openapi import Operation
 from gate.ops.api import NDJSON, UPLOAD, UPLOAD_TYPES, Handler, RequestError, spool, wording_of
@@ -164,11 +164,13 @@ def _probe(path: Path, column: str) -> None:
         if found is None:
             raise InputError("the upload has no leads")
         line_no, first = found
+        dialect = csv_dialect(first)
         try:
-            head = next(csv.reader([first], csv_dialect(first)), [])
+            head = next(csv.reader([first], dialect), [])
         except csv.Error as exc:  # a first line longer than the csv module's limit
             raise csv_error(UPLOAD, line_no, exc) from exc
-        column_index(column, [c.strip() for c in head], UPLOAD)
+        cells = uri_cells(head, dialect.delimiter)  # as ``csv_rows`` gives the scrub
+        column_index(column, [c.strip() for c in cells], UPLOAD)
     finally:
         lines.close()
 
