@@ -15,8 +15,8 @@ is Redis's, not parsing's. It is also what a web console built on this API (Type
 types from the spec) most likely expects.
 
 Guarantees:
-- Requests: unknown fields, wrong JSON types, bad identifiers, numbers longer than
-  ``MAX_NUMBER_CHARS``, times that are not RFC 3339 with an offset or outside
+- Requests: unknown fields, keys given twice, wrong JSON types, bad identifiers, numbers
+  longer than ``MAX_NUMBER_CHARS``, times that are not RFC 3339 with an offset or outside
   ``EARLIEST``-``LATEST``, batches over ``MAX_BATCH`` (413) are refused with a
   ``RequestError`` whose one-line message names the field (``numbers[3]: …``).
 - Responses: counts and list versions are integers, times RFC 3339 strings, retry times
@@ -26,6 +26,7 @@ Guarantees:
 from __future__ import annotations
 
 import enum
+import json
 import math
 import re
 from collections.abc import Iterable, Mapping
@@ -843,11 +844,27 @@ M = TypeVar("M", bound=BaseModel)
 
 
 def parse_body(model: type[M], body: bytes) -> M:
-    """``body`` (JSON bytes) as ``model``, or a ``RequestError`` naming the field."""
+    """``body`` (JSON bytes) as ``model``, or a ``RequestError`` naming the field; a key
+    given twice in an object is refused (400 naming it), as a repeated query parameter is."""
     try:
-        return model.model_validate_json(body)
+        parsed = model.model_validate_json(body)
     except ValidationError as exc:
         raise request_error(exc) from None
+    # jiter keeps the last of a repeated key without a word; read once more to find one
+    # (the body is valid JSON within jiter's nesting limit by now: no RecursionError).
+    json.loads(body, object_pairs_hook=_members_once)
+    return parsed
+
+
+def _members_once(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object's members; ``RequestError`` for a key given twice (which value was
+    meant is not ours to guess)."""
+    members: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in members:
+            raise RequestError(400, f"{key}: given more than once; give it once")
+        members[key] = value
+    return members
 
 
 def parse_query(model: type[M], query: Mapping[str, str]) -> M:

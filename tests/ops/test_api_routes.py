@@ -365,3 +365,20 @@ async def test_a_query_parameter_given_twice_is_400_naming_it(
         status, body = await served.get(path)
     assert (400, {"error": f"{name}: given more than once; give it once"}) == (status, body)
     assert 0 == (await served.get("/v1/lists/red"))[1]["entries"]
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "name"),
+    [
+        ("/v1/lists/red/add", b'{"numbers": ["0699001122"], "numbers": ["0611111111"]}', "numbers"),
+        ("/v1/check", b'{"number": "0699001122", "tenant": "acme", "tenant": "globex"}', "tenant"),
+    ],
+)
+async def test_a_json_member_given_twice_is_400_naming_it(
+    served: Served, path: str, body: bytes, name: str
+) -> None:
+    """A body's key given twice is refused as a repeated query parameter is (which value
+    was meant is not guessed, whatever a proxy before the gate read), and changes nothing."""
+    status, answer, _ = await upload(served, path, body, content_type="application/json")
+    assert (400, {"error": f"{name}: given more than once; give it once"}) == (status, answer)
+    assert 0 == (await served.get("/v1/lists/red"))[1]["entries"]
