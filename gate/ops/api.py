@@ -336,6 +336,14 @@ class HostGuard:
 
     def refusal(self, request: web.Request) -> str | None:
         """Why ``request`` may not reach the API (None: it may)."""
+        if (why := self.foreign(request)) is not None:
+            return why
+        if request.headers.get("Sec-Fetch-Site") in ("cross-site", "same-site"):
+            return "cross-site request refused"
+        return None
+
+    def foreign(self, request: web.Request) -> str | None:
+        """Why ``request``'s ``Host`` or ``Origin`` is not the gate's own (None: they are)."""
         host = request.headers.get("Host")
         if host is not None and not self.allows(_host_of(host)):
             return (
@@ -349,8 +357,6 @@ class HostGuard:
                 (parts.hostname or "").lower()
             ):
                 return f"cross-origin request from {origin!r} refused"
-        if request.headers.get("Sec-Fetch-Site") in ("cross-site", "same-site"):
-            return "cross-site request refused"
         return None
 
 

@@ -14,7 +14,8 @@ Routes: ``GET /`` (the page), ``GET /console/{file}`` (its script and style), an
 signed in, ``DELETE`` sign out; gate/ops/sessions.py).
 
 Guarantees:
-- The page and its files are refused (403) for a foreign ``Host``, like the API; they are
+- The page and its files are refused (403) for a foreign ``Host``, like the API, and so
+  is a request a browser marks cross-site, but for a link followed to the page; they are
   sent with a Content-Security-Policy that allows only this origin's script, style and
   connections (no inline script, no other site, no framing) and ``nosniff``.
 - Every change made through the console is kept in the audit trail (gate/ops/audit.py
@@ -188,7 +189,16 @@ class Console:
         ]
 
     async def _asset(self, request: web.Request) -> web.Response:
-        if (why := self.guard.refusal(request)) is not None:
+        # A link from another site opens the page (a top-level navigation: the page changes
+        # nothing, and frame-ancestors 'none' keeps it out of frames); its files, like the
+        # API, are for this origin's own requests.
+        navigation = (
+            request.path == "/"
+            and request.headers.get("Sec-Fetch-Mode") == "navigate"
+            and request.headers.get("Sec-Fetch-Dest") == "document"
+        )
+        why = self.guard.foreign(request) if navigation else self.guard.refusal(request)
+        if why is not None:
             return web.Response(status=403, text=why + "\n", headers=HEADERS)
         body, content_type, etag = self.assets[request.path]
         headers = {**HEADERS, "ETag": etag}

@@ -301,6 +301,27 @@ async def test_the_page_is_served_with_a_policy_that_allows_only_this_origin(
     )
 
 
+@pytest.mark.parametrize("site", ["same-site", "cross-site"])
+async def test_a_link_from_another_site_opens_the_page(console: Console, site: str) -> None:
+    """Following a link to the console from another site (a wiki, or Grafana on another
+    port of the same machine: same-site) opens the page, which changes nothing and cannot
+    be framed; its script is still only for this origin, and a foreign Host still 403."""
+    navigation = {
+        "Sec-Fetch-Site": site,
+        "Sec-Fetch-Mode": "navigate",
+        "Sec-Fetch-Dest": "document",
+    }
+    page, html = await console.call("GET", "/", navigation)
+    script, _ = await console.call(
+        "GET",
+        "/console/console.js",
+        {"Sec-Fetch-Site": site, "Sec-Fetch-Mode": "no-cors", "Sec-Fetch-Dest": "script"},
+    )
+    framed, _ = await console.call("GET", "/", {**navigation, "Sec-Fetch-Dest": "iframe"})
+    foreign, _ = await console.call("GET", "/", {**navigation, "Host": "evil.example"})
+    assert (200, True, 403, 403, 403) == (page, "<script" in html, script, framed, foreign)
+
+
 def test_the_page_loads_nothing_from_another_origin() -> None:
     """No file of the page names another origin (no CDN): the only absolute URL is the SVG
     namespace, an identifier the browser never fetches."""
