@@ -291,6 +291,11 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             raise
         if _answer_begun(request):
             return _cut_short(request, f"{exc.status} {exc.reason}")
+        if isinstance(exc, web.HTTPMethodNotAllowed):
+            allowed = ", ".join(sorted(exc.allowed_methods))
+            response = _error(405, f"{request.method} {request.path}: not allowed; use {allowed}")
+            response.headers["Allow"] = allowed  # RFC 9110 15.5.6: a 405 must name them
+            return response
         return _error(exc.status, exc.reason)
     except Exception as exc:
         # aiohttp raises ConnectionResetError (ClientConnectionResetError from 3.10) on a

@@ -127,6 +127,14 @@ async def test_no_cors_header_is_ever_sent(served: Served) -> None:
     assert (True, []) == (status >= 400, cors)
 
 
+async def test_a_wrong_method_is_405_saying_which_to_use(served: Served) -> None:
+    """A route called with a method it does not take answers 405 with the ``Allow`` header
+    (RFC 9110 15.5.6) and says which methods to use."""
+    async with served.session.get(served.url + "/v1/check", headers=AUTH) as response:
+        answer = (response.status, response.headers.get("Allow"), await response.json())
+    assert (405, "POST", {"error": "GET /v1/check: not allowed; use POST"}) == answer
+
+
 async def test_deeply_nested_json_is_400_not_500(served: Served) -> None:
     """A body of 100 000 '[' is refused as not JSON (no RecursionError, no 500)."""
     status, body = await raw_post(
