@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
+import urllib.request
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -467,3 +468,28 @@ def test_an_unfinished_switch_is_shown_under_its_list_on_the_lists_page(
     assert note.startswith("switch unfinished"), note
     assert "1024 of 1024 slot groups decide with it" in note
     assert "import the list again in replace mode" in note
+
+
+def test_a_number_in_the_trail_stays_masked_in_its_tooltip(
+    redis_server_url: str, browser: Browser, tmp_path: Path
+) -> None:
+    """With ``privacy.hash_numbers`` off the trail holds numbers: the Audit table shows one
+    masked, and the cell's tooltip does not give it away (it held the whole number)."""
+    with own_gate(redis_server_url, tmp_path, privacy={"hash_numbers": False}) as gate:
+        request = urllib.request.Request(
+            f"{gate.url}/v1/check",
+            data=json.dumps({"number": ADDED, "record": True}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as answer:  # a decision recorded
+            added = answer.status
+        open_page(browser, gate, "audit", "#audit-form")
+        browser.fill("#audit-form [name=number]", ADDED)
+        browser.find("#audit-form button[type=submit]").click()
+        browser.text("#audit-count")
+        cells = [
+            row.find_elements("css selector", "td")[5]
+            for row in browser.find_all("#audit-table tbody tr")
+        ]
+        shown = [(cell.text, cell.get_attribute("title")) for cell in cells]
+    assert (200, [("+33 6 11 •• •• 44", "")]) == (added, shown)  # "": no title

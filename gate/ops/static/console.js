@@ -93,6 +93,12 @@
     return value.startsWith('+') ? mask(value, false) : value;
   }
 
+  // The tooltip of a trail's number cell: a keyed hash in full (the cell shows its first
+  // 8 digits), never a number (the cell masks it).
+  function tagTitle(value) {
+    return value && /^[0-9a-f]{16}$/.test(value) ? value : null;
+  }
+
   function maskText(text, reveal) {
     return reveal ? text : text.replace(/\+\d{6,15}/g, (m) => mask(m, false));
   }
@@ -434,7 +440,7 @@
         h('td', { text: r.door }),
         h('td', {}, verdictSpan(r.verdict)),
         h('td', { class: 'mono', text: r.reason }),
-        h('td', { class: 'num', title: r.number, text: trailNumber(r.number) }),
+        h('td', { class: 'num', title: tagTitle(r.number), text: trailNumber(r.number) }),
         h('td', { text: r.tenant }),
         h('td', { text: r.campaign }));
       rows.prepend(tr);
@@ -765,7 +771,7 @@
             h('td', {}, verdictSpan(r.verdict)),
             h('td', { class: 'mono', text: r.reason }),
             h('td', { class: 'mono', text: r.rule }),
-            h('td', { class: 'num', title: r.number, text: shownNumber(r) }),
+            h('td', { class: 'num', title: tagTitle(r.number), text: shownNumber(r) }),
             h('td', { text: r.tenant }),
             h('td', { text: r.campaign }),
             h('td', { class: 'mono', text: Object.entries(r.lists).map(([n, ver]) => `${n}@${ver}`).join(' ') }),
