@@ -1159,7 +1159,12 @@ def _legal_retry_ms(
         return retry_ms
     if any(result.results[i - 1] == 1 for i in check.exempt_by):
         return retry_ms
-    window = check.hours
+    return _opening_ms(check.hours, now_ms, retry_ms)
+
+
+def _opening_ms(window: _Window, now_ms: int, retry_ms: int) -> int:
+    """``retry_ms`` (from ``now_ms``), moved to the next opening of ``window``'s enforced
+    rules in all its zones."""
     enforced = [rule for rule in window.rules if not rule.shadow]
     retry_at = datetime.fromtimestamp((now_ms + retry_ms) / 1000, UTC)
     return retry_ms + _ms_until_open(enforced, window.zones, retry_at)[0]
@@ -1199,12 +1204,23 @@ def conclude(pending: Plan, result: StoreResult) -> Decision:
 def fail_mode_decision(attempt: Attempt, pending: Plan, fail_mode: FailMode) -> Decision:
     """The configured answer when the store could not decide ``pending`` in time."""
     verdict = fail_mode.verdict_for(attempt.traffic_class)
+    retry_s = None
+    if verdict is Verdict.DEFER:
+        # A retry is a legal calling time, as a store's DEFER (``_legal_retry_ms``): moved
+        # to the next opening of the hours in force. Whether a consent to calls outside
+        # hours exempts them is the store's to say: later, but legal either way.
+        retry_ms = math.ceil(fail_mode.retry_after_s * 1000)
+        checks = pending.check.checks
+        check = next((c for c in checks if c.hours is not None and not c.shadow), None)
+        if check is not None and check.hours is not None:
+            retry_ms = _opening_ms(check.hours, pending.check.now_ms, retry_ms)
+        retry_s = _retry_s(retry_ms)
     return Decision(
         verdict=verdict,
         reason="store_unavailable",
         rule="fail_mode",
         e164=pending.destination.e164,
-        retry_after_s=fail_mode.retry_after_s if verdict is Verdict.DEFER else None,
+        retry_after_s=retry_s,
     )
 
 

@@ -205,6 +205,38 @@ def test_fail_mode_is_per_traffic_class(
     )
 
 
+@pytest.mark.parametrize(
+    ("at", "retry_after", "expected"),
+    [
+        # Tuesday 19:59:30 Paris: 60 s later the D223-9 hours are closed until Wednesday
+        # 10:00 (14 h 0 min 30 s).
+        (datetime(2026, 12, 1, 18, 59, 30, tzinfo=UTC), "60s", 50430.0),
+        (datetime(2026, 12, 1, 10, 0, tzinfo=UTC), "60s", 60.0),  # 11:00: open then
+        (datetime(2026, 12, 1, 10, 0, tzinfo=UTC), "200us", 0.001),  # never 0 (rounded)
+    ],
+)
+def test_a_fail_mode_retry_is_a_legal_calling_time(
+    at: datetime, retry_after: str, expected: float
+) -> None:
+    """store_unavailable DEFERs to the first opening of the hours in force at or after
+    ``retry_after``, to the millisecond at least, as a store's DEFER does."""
+    config = make_config(
+        {
+            "gate": {"default_region": "FR", "packs": ["fr"], "packs_dir": str(PACKS_DIR)},
+            "fail_mode": {"retry_after": retry_after},
+        }
+    )
+    a = Attempt(dialled="0612345678", now=at)
+    pending = plan(a, config.policy, KEYS, True)
+    assert isinstance(pending, Plan)
+    decision = fail_mode_decision(a, pending, config.fail_mode)
+    assert (Verdict.DEFER, "store_unavailable", expected) == (
+        decision.verdict,
+        decision.reason,
+        decision.retry_after_s,
+    )
+
+
 def test_explain_names_each_rule_in_force() -> None:
     """--explain lists the number, packs, each list and each cap with its outcome."""
     p = planned(attempt("0612345678"))
