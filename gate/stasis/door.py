@@ -17,7 +17,10 @@ Guarantees:
 - It reconnects forever with exponential backoff and jitter, logging each state change
   once (connected / lost), and uses WebSocket heartbeats to notice a dead peer. Any
   failure of a connection (an ARI error, a reply that is not what ARI documents, a bug)
-  is logged and followed by a reconnect: the door never dies silently.
+  is logged and followed by a reconnect: the door never dies silently. A channel's field
+  that ARI documents as an object but that is not one is read as absent, never fails the
+  connection; a ``StasisStart`` whose ``args`` are not a list gets ERROR
+  (``bad_request:args``, the dialplan's fail mode).
 - No channel is left waiting: on every (re)connect it lists the channels sitting in the
   application (``GET /channels``, ``dialplan.app_name == "Stasis"``) and decides them too.
 - Each stay in the application is decided once. A channel seen again while its decision
@@ -103,6 +106,7 @@ class StasisChannel:
     caller_id: str
     extension: str
     created: str = ""  # ARI's creationtime: with the id, names the channel (ids may recur)
+    malformed: str = ""  # what of its StasisStart could not be read: decided as ERROR
 
 
 @dataclass(slots=True)
@@ -126,9 +130,17 @@ class _Action:
     evaluation: Evaluation | None = None
 
 
-def _channel(channel: Mapping[str, Any], args: tuple[str, ...]) -> StasisChannel:
-    caller = channel.get("caller") or {}
-    dialplan = channel.get("dialplan") or {}
+def _object(value: Any) -> Mapping[str, Any]:
+    """``value`` if it is a JSON object, else an empty one (a field ARI documents as an
+    object but sent as something else is read as absent, never fails the door)."""
+    return value if isinstance(value, dict) else {}
+
+
+def _channel(
+    channel: Mapping[str, Any], args: tuple[str, ...], malformed: str = ""
+) -> StasisChannel:
+    caller = _object(channel.get("caller"))
+    dialplan = _object(channel.get("dialplan"))
     return StasisChannel(
         id=str(channel.get("id", "")),
         name=printable(str(channel.get("name", ""))),  # logged: no forged lines
@@ -136,6 +148,7 @@ def _channel(channel: Mapping[str, Any], args: tuple[str, ...]) -> StasisChannel
         caller_id=str(caller.get("number", "")),
         extension=str(dialplan.get("exten", "")),
         created=str(channel.get("creationtime", "")),
+        malformed=malformed,
     )
 
 
@@ -162,12 +175,15 @@ def parse_stasis_start(event: Mapping[str, Any]) -> StasisChannel | None:
     """The channel of a ``StasisStart`` event (None for any other event)."""
     if event.get("type") != "StasisStart" or not isinstance(event.get("channel"), dict):
         return None
-    return _channel(event["channel"], tuple(str(a) for a in event.get("args", ())))
+    args = event.get("args", [])
+    if not isinstance(args, list):  # ARI sends a list: neither number nor tenant is known
+        return _channel(event["channel"], (), malformed="args")
+    return _channel(event["channel"], tuple(str(a) for a in args))
 
 
 def parse_app_data(channel: Mapping[str, Any], app: str) -> StasisChannel | None:
     """A channel from ``GET /channels`` if it sits in ``Stasis(app,…)``, else None."""
-    dialplan = channel.get("dialplan") or {}
+    dialplan = _object(channel.get("dialplan"))
     if str(dialplan.get("app_name", "")).lower() != "stasis":
         return None
     name, *args = str(dialplan.get("app_data", "")).split(",")
@@ -407,6 +423,11 @@ class StasisGate:
 
     async def _decide(self, channel: StasisChannel) -> _Action:
         try:
+            if channel.malformed:
+                raise BadRequest(
+                    f"bad_request:{channel.malformed}",
+                    f"its StasisStart's {channel.malformed} could not be read",
+                )
             number, *rest = channel.args or (channel.extension,)
             attempt = attempt_from_params(
                 parse_pairs(rest),
