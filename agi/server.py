@@ -33,8 +33,8 @@ is dropped without affecting other connections; values written back are from a f
 alphabet, so a crafted number cannot inject AGI commands; the one command is sent with the
 end of the stream (the socket shut for writing), so Asterisk ends the AGI and its channel
 goes on as soon as it has set the variable, without waiting for the gate to close;
-Asterisk's reply is still read whole and checked (anything but ``200``, or a garbled
-reply, is logged and counted in ``failed``); a channel that hangs up (``HANGUP``) before
+Asterisk's reply is still read whole and checked (anything but ``200 result=1``, or a
+garbled reply, is logged and counted in ``failed``); a channel that hangs up (``HANGUP``) before
 its ALLOW is set made no call, so its recorded decision is undone (``Gate.undo``);
 ``CancelledError`` is never swallowed; every accepted connection is tracked from the
 moment it is accepted, and ``stop()`` stops accepting, then drains them all (bounded,
@@ -348,7 +348,7 @@ class AgiServer:
             self.failed += 1
             log.warning("FastAGI: channel %s: unreadable reply from Asterisk: %s", name, exc)
             return
-        if not reply.ok:
+        if not reply.ok or reply.result != "1":  # res_agi's SET VARIABLE: "200 result=1"
             self.failed += 1
             log.warning(
                 "FastAGI: channel %s: Asterisk refused %s: %s", name, DECISION_VARIABLE, reply.text

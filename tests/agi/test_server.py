@@ -860,6 +860,8 @@ USAGE_REPLY = (
     [
         (USAGE_REPLY, "520-Invalid command syntax"),
         ("510 Invalid or unknown command\n", "510 Invalid or unknown command"),
+        ("200 result=-1\n", "refused CALLGATE_DECISION: 200 result=-1"),
+        ("200 result=0\n", "refused CALLGATE_DECISION: 200 result=0"),
         ("511 Command Not Permitted on a dead channel or intercept routine\n", "511 Command"),
         ("200 result=1 " + "x" * 5000 + "\n", "unreadable reply"),
         ("NOT AN AGI REPLY\n", "unreadable reply"),
@@ -872,8 +874,9 @@ async def test_an_answer_asterisk_refuses_or_garbles_is_logged_and_counted(
     answer: str,
     logged: str,
 ) -> None:
-    """A refused SET VARIABLE (510, 511, a multi-line 520 read to its end), a reply line over
-    4 KiB or a garbled one: one warning, one failed request, no error, the server goes on."""
+    """A refused SET VARIABLE (510, 511, a multi-line 520 read to its end, a 200 whose
+    result is not 1), a reply line over 4 KiB or a garbled one: one warning, one failed
+    request, no error, the server goes on."""
 
     async def refuse(_index: int, _command: str) -> str | None:
         return answer
