@@ -98,14 +98,17 @@ _QUICK: dict[str, tuple[Callable[[str], object], str, int]] = {
 _SEPARATORS = str.maketrans("", "", " .-()\t")
 # A CSV cell that is a tel:, sip: or sips: URI (RFC 3966, RFC 3261), and a parameter of
 # one with its value (RFC 3966 section 3: pname "=" pvalue; a SIP URI's also "@"), the
-# last one of a URI in <…> with its ">".
-_URI_START = re.compile(r"\s*<?\s*(?:tel|sips?):", re.ASCII | re.IGNORECASE)
+# last one of a URI in <…> with its ">". No two runs of spaces meet: a cell of spaces is
+# not tried once for each way of splitting them (quadratic, the GIL held throughout).
+_URI_START = re.compile(r"\s*(?:<\s*)?(?:tel|sips?):", re.ASCII | re.IGNORECASE)
 _PARAMETER = r"[A-Za-z0-9-]+=[A-Za-z0-9\-_.!~*'()\[\]/:&+$%@]*"
-_URI_PARAMETER = re.compile(rf"\s*{_PARAMETER}\s*>?\s*", re.ASCII)
-# The parameters of such a URI in a line, and a quoted CSV field (its quote opens the
-# field; "" is a quote inside it; it may be closed on a later line).
+_URI_PARAMETER = re.compile(rf"\s*{_PARAMETER}\s*(?:>\s*)?", re.ASCII)
+# A URI of a line and its parameters, if any, and a quoted CSV field (its quote opens the
+# field; "" is a quote inside it; it may be closed on a later line). Every URI matches,
+# up to the delimiter it runs to: a search never starts again inside one (``tel:tel:…``
+# scanned to the end of the line from each ``tel:`` was quadratic).
 _URI_PARAMETERS = re.compile(
-    rf"(?<![A-Za-z0-9+.-])((?:tel|sips?):[^;,\t|\"]*)(?:;{_PARAMETER})+",
+    rf"(?<![A-Za-z0-9+.-])((?:tel|sips?):[^;,\t|\"]*)(?:;{_PARAMETER})*",
     re.ASCII | re.IGNORECASE,
 )
 _QUOTED = re.compile(r'(?:^|(?<=[,;\t|]))"(?:[^"]|"")*(?:"|\Z)')

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import gzip
 import tempfile
+import time
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -374,3 +376,21 @@ def test_a_csv_of_semicolons_reads_its_tel_uris_whole_and_its_quoted_fields() ->
     assert ["Paris", "Lyon", "Nice"] == [
         e.text.split(";")[-1] if isinstance(e, Rejected) else e for e in cities.values()
     ]
+
+
+@pytest.mark.parametrize(
+    "read",
+    [
+        lambda: formats.uri_cells(["tel:+33612345678", " " * 40_000], ";"),
+        lambda: formats.uri_cells(["tel:+33612345678", "ext=" + " " * 40_000 + "x"], ";"),
+        lambda: formats.csv_dialect("tel:" * 10_000 + "\n"),
+    ],
+    ids=["spaces", "parameter", "first line"],
+)
+def test_a_long_cell_or_first_line_is_read_in_linear_time(read: Callable[[], object]) -> None:
+    """A cell of spaces, a parameter followed by spaces, a first line of ``tel:tel:…``
+    take milliseconds, not a pass per split of the spaces or per ``tel:`` (quadratic:
+    seconds, and the GIL held, so the console's event loop stalled as long)."""
+    started = time.monotonic()
+    read()
+    assert time.monotonic() - started < 1
