@@ -305,7 +305,9 @@ def uri_cells(cells: list[str], delimiter: str) -> list[str]:
     file of ``;``, the cells after a URI's that are its parameters (``name=value``, RFC
     3966: ``tel:0612345678;phone-context=+44``) joined back to it, so that its
     phone-context is read with its number and no cell after it moves to another column."""
-    if delimiter != ";" or not any(_URI_START.match(cell) for cell in cells):
+    if delimiter != ";" or ":" not in "".join(cells):  # most rows: no URI, at 0.1 µs
+        return cells
+    if not any(_URI_START.match(cell) for cell in cells):
         return cells
     joined: list[str] = []
     in_uri = False
