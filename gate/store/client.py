@@ -90,6 +90,7 @@ from redis.asyncio.connection import AbstractConnection, ConnectionPool
 from redis.crc import key_slot
 from redis.exceptions import (
     AskError,
+    AuthenticationError,
     BusyLoadingError,
     ClusterDownError,
     MasterDownError,
@@ -102,7 +103,7 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from gate.config.loader import RedisConfig
+from gate.config.loader import REDIS_PASSWORD_ENV, RedisConfig
 from gate.core.engine import Check, CheckKind, StoreCheck, StoreResult
 from gate.core.errors import NotReplicated, StoreError, StoreTimeout, StoreUnavailable
 from gate.core.evidence import check_summary, hours_summary
@@ -252,6 +253,16 @@ _UNAVAILABLE: tuple[tuple[type[Exception], str], ...] = (
 )
 
 
+def _refused_credentials(exc: BaseException | None) -> bool:
+    """Whether Redis refused the connection's credentials (NOAUTH, WRONGPASS): redis-py
+    raises that as a ConnectionError, its AuthenticationError only the cause, yet Redis is up."""
+    while exc is not None:
+        if isinstance(exc, AuthenticationError):
+            return True
+        exc = exc.__cause__
+    return False
+
+
 def translate_error(exc: BaseException, where: str) -> StoreError:
     """Map a redis-py error to the gate's error tree (one line, says what to check)."""
     if isinstance(exc, StoreError):
@@ -260,6 +271,12 @@ def translate_error(exc: BaseException, where: str) -> StoreError:
         return StoreTimeout(f"Redis at {where} did not answer in time")
     if isinstance(exc, BusyLoadingError):  # a ConnectionError to redis-py, yet Redis is up
         return StoreUnavailable(f"Redis at {where} is loading its data; it answers once loaded")
+    if _refused_credentials(exc):
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return StoreUnavailable(
+            f"Redis at {where} refused callgate's credentials ({detail}); set the user and "
+            f"password in the Redis URL or redis.username/password (or ${REDIS_PASSWORD_ENV})"
+        )
     if isinstance(exc, RedisConnectionError | OSError):
         detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         return StoreUnavailable(f"Redis at {where} is unreachable ({detail}); is it running?")

@@ -487,6 +487,29 @@ def test_a_malformed_redis_url_is_exit_2_naming_it_in_every_command(
         assert err.startswith(f"callgate: error: {path}: redis.url: ")
 
 
+def test_refused_credentials_are_exit_2_saying_so_not_unreachable(
+    tmp_path: Path, redis_url: str, sync_redis: redis.Redis, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A Redis that refuses the URL's password (WRONGPASS) exits 2 with one line saying the
+    credentials were refused and where to set them, not "unreachable; is it running?"."""
+    sync_redis.acl_setuser("gate-test", enabled=True, passwords=["+right"], commands=["+@all"])
+    try:
+        path = tmp_path / "callgate.toml"
+        scheme, rest = redis_url.split("://", 1)
+        url = f"{scheme}://gate-test:wrong@{rest}"
+        path.write_text(sample_config(url), encoding="utf-8")
+        status, out, err = run_cli(capsys, path, "list", "count", "red")
+    finally:
+        sync_redis.acl_deluser("gate-test")
+    assert (2, "", 1) == (status, out, len(err.splitlines()))
+    assert "refused callgate's credentials (" in err
+    assert "unreachable" not in err
+    assert err.rstrip().endswith(
+        "set the user and password in the Redis URL or redis.username/password "
+        "(or $CALLGATE_REDIS_PASSWORD)"
+    )
+
+
 def test_a_date_time_where_a_local_pack_wants_a_date_is_exit_2_naming_it(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
