@@ -18,6 +18,7 @@ admin commands do): a missing ``privacy.secret_file`` is created with a random s
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import ipaddress
 import os
@@ -980,6 +981,15 @@ def load_config(path: Path, *, create_secret: bool = True) -> Config:
         ) from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config file: {exc.strerror}") from exc
+    # An editor's byte-order mark: tomllib would say "Invalid statement (at line 1, column 1)"
+    # of a line that looks right, or "not UTF-8" of a file saved as "Unicode".
+    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        raise ConfigError(f"{path}: UTF-16 text; save it as UTF-8 (without BOM)")
+    if raw.startswith(codecs.BOM_UTF8):
+        raise ConfigError(
+            f"{path}: starts with a byte-order mark (BOM), which TOML does not allow; "
+            "save it as UTF-8 without BOM"
+        )
     try:
         data = tomllib.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:

@@ -212,6 +212,29 @@ def test_broken_toml_names_the_file(tmp_path: Path) -> None:
         load_config(path)
 
 
+@pytest.mark.parametrize(
+    ("encoding", "message"),
+    [
+        (
+            "utf-8-sig",
+            "starts with a byte-order mark (BOM), which TOML does not allow; "
+            "save it as UTF-8 without BOM",
+        ),
+        ("utf-16", "UTF-16 text; save it as UTF-8 (without BOM)"),
+    ],
+)
+def test_a_config_saved_with_a_byte_order_mark_says_how_to_save_it(
+    tmp_path: Path, encoding: str, message: str
+) -> None:
+    """The sample saved by an editor with a BOM (UTF-8 or UTF-16) is refused naming the
+    encoding, not "Invalid statement (at line 1, column 1)" or "not UTF-8"."""
+    path = tmp_path / "bom.toml"
+    path.write_text(SAMPLE.read_text(encoding="utf-8"), encoding=encoding)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert f"{path}: {message}" == str(caught.value)
+
+
 def test_missing_file_says_how_to_point_at_one(tmp_path: Path) -> None:
     """A missing config file tells the user about --config."""
     with pytest.raises(ConfigError, match="--config"):
