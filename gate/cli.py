@@ -14,7 +14,8 @@ Contract:
   ``error,…``; gate/ops/search.py ``incomplete``), and the error line says so (exit 2).
   A CSV export's header is written once Redis answered.
 - A closed pipe (``callgate audit export | head -1``) ends the command quietly with
-  status 0; Ctrl-C says how far a long command got and exits 130.
+  status 0; Ctrl-C says how far a long command got and exits 130, and so does SIGTERM
+  (``kill``, ``timeout``, a stopping unit) but for ``run``, which stops serving.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from types import FrameType
 from typing import IO, TYPE_CHECKING, Any, NoReturn, TypeAlias
 
 import uvloop
@@ -1487,12 +1489,26 @@ class _EarlySighup:
 EARLY_SIGHUP = _SIGHUP = _EarlySighup()
 
 
+def _terminated(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM ends a command as Ctrl-C does: it says how far it got and cleans up (an
+    import releases its list's lock), where SIGTERM's default action ended it silently,
+    the lock held for its lease (15 min: "another import is running")."""
+    interrupt = signal.getsignal(signal.SIGINT)
+    if callable(interrupt):
+        interrupt(signum, frame)  # asyncio.Runner's: cancels the main task first
+    else:  # Ctrl-C ignored (a script's background job): SIGTERM's own action, as before
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.raise_signal(signal.SIGTERM)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     if args.command == "run":
         _SIGHUP.install()  # already, through the ``callgate`` command (gate.launch)
+        terminate = signal.getsignal(signal.SIGTERM)
     else:
         _SIGHUP.release()
+        terminate = signal.signal(signal.SIGTERM, _terminated)
     configure_logging(LoggingConfig(), args.verbose)
     try:
         if args.command == "init":
@@ -1525,6 +1541,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         return _quiet_broken_pipe()
+    finally:
+        signal.signal(signal.SIGTERM, terminate)
 
 
 if __name__ == "__main__":
