@@ -482,7 +482,13 @@ class ListStore:
             # Inside the try: a cancellation while the SET's reply is on its way (the lock
             # taken, the reply never read) still releases it below.
             if not await self._call(self._client.set(lock, lease, nx=True, px=_LOCK_LEASE_MS)):
-                raise InputError(f"list {list_id}: another import or resize is running; try later")
+                # Its holder may be gone (SIGKILL, a lost host): say when the lease ends.
+                left_ms = await self._call(self._client.pttl(lock))
+                raise InputError(
+                    f"list {list_id}: another import or resize is running, or one was killed "
+                    f"(its lock expires within {max(1, math.ceil(left_ms / 60_000))} min); "
+                    "try later"
+                )
             yield
         finally:
             await self._unlock(list_id, lock, lease)

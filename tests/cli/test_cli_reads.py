@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
 from gate.cli import _build_parser
 from gate.core.errors import StoreUnavailable
@@ -717,3 +718,20 @@ def test_sigterm_during_an_import_says_what_was_kept_and_frees_the_list(
     status, out, err = cli("list", "import", "red", str(small), "--replace")
     assert (0, "") == (status, err)
     assert out.startswith("1 in the new version")
+
+
+def test_a_lock_left_by_a_killed_import_says_when_it_expires(
+    tmp_path: Path, config_file: Path, cli: Run, sync_redis: redis.Redis
+) -> None:
+    """A --replace refused by the lock of an import killed with SIGKILL (its lease of
+    15 min still running) says that one may have been killed and when the lock expires,
+    not only "another import is running; try later"."""
+    sync_redis.set("callgate:{lists}:red:t:default:lock", "f1e6a8ae1b19dca0", px=15 * 60_000)
+    small = tmp_path / "small.txt"
+    small.write_text("+33612345678\n", encoding="utf-8")
+    status, out, err = cli("list", "import", "red", str(small), "--replace")
+    assert (2, "") == (status, out)
+    assert (
+        "callgate: error: list red:t:default: another import or resize is running, or one "
+        "was killed (its lock expires within 15 min); try later\n"
+    ) == err
