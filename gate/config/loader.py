@@ -984,7 +984,7 @@ def load_config(path: Path, *, create_secret: bool = True) -> Config:
     # An editor's byte-order mark: tomllib would say "Invalid statement (at line 1, column 1)"
     # of a line that looks right, or "not UTF-8" of a file saved as "Unicode".
     if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-        raise ConfigError(f"{path}: UTF-16 text; save it as UTF-8 (without BOM)")
+        raise ConfigError(f"{path}: not UTF-8 text but UTF-16; save it as UTF-8 (without BOM)")
     if raw.startswith(codecs.BOM_UTF8):
         raise ConfigError(
             f"{path}: starts with a byte-order mark (BOM), which TOML does not allow; "

@@ -220,7 +220,7 @@ def test_broken_toml_names_the_file(tmp_path: Path) -> None:
             "starts with a byte-order mark (BOM), which TOML does not allow; "
             "save it as UTF-8 without BOM",
         ),
-        ("utf-16", "UTF-16 text; save it as UTF-8 (without BOM)"),
+        ("utf-16", "not UTF-8 text but UTF-16; save it as UTF-8 (without BOM)"),
     ],
 )
 def test_a_config_saved_with_a_byte_order_mark_says_how_to_save_it(
