@@ -1175,6 +1175,20 @@ async def _ping(config: Config) -> None:
     async with open_gate(config, ADMIN_DEADLINE_S) as gate:
         await gate.store.ping()
         print(f"  redis: {gate.store.where} answers")
+        if warning := await _eviction_warning(gate):
+            print(f"  warning: {warning}")
+
+
+async def _eviction_warning(gate: Gate) -> str | None:
+    """What to say of a Redis whose ``maxmemory-policy`` evicts keys: an evicted opt-out
+    (a list entry, a refusal's cool-off) is a number called that must not be."""
+    policy = await gate.store.eviction_policy()
+    if policy is None or policy == "noeviction":
+        return None
+    return (
+        f"Redis at {gate.store.where} has maxmemory-policy {policy}: at maxmemory it deletes "
+        "keys, so opted-out numbers could be called; set maxmemory-policy noeviction"
+    )
 
 
 def _init(args: argparse.Namespace) -> int:
@@ -1255,6 +1269,8 @@ async def _check_store(gate: Gate) -> None:
     the layout before slot groups, which decisions do not see."""
     try:
         await gate.store.ping()
+        if warning := await _eviction_warning(gate):
+            log.warning("%s", warning)
         if await legacy_keys_present(gate.store, gate.keyspace, quick=True):
             log.error(
                 "Redis holds keys of the old layout (namespace %r): lists, consents and "

@@ -554,6 +554,20 @@ class Store:
         except (RedisError, OSError, TimeoutError) as exc:
             raise translate_error(exc, self.where) from exc
 
+    async def eviction_policy(self) -> str | None:
+        """Redis's ``maxmemory-policy`` (from INFO: CONFIG may be renamed away on a managed
+        Redis); None in a cluster (not read there) or when INFO does not say."""
+        if self._cluster is not None:
+            return None
+        assert self._client is not None
+        try:
+            async with asyncio.timeout(max(self.deadline_s, 1.0)):
+                info = await self._client.info("memory")
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise translate_error(exc, self.where) from exc
+        policy = info.get("maxmemory_policy")
+        return None if policy is None else str(policy)
+
     def forget_views(self) -> None:
         """Read every list's version again before its next decision (tests, migrate)."""
         self._views.clear()

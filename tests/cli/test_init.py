@@ -6,10 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import redis
 
 from gate.config.files import PACKS_DIR, sample_text
 from gate.config.loader import load_config
-from tests.cli.test_cli import CLOSED_PORT_URL, TEST_SECRET, Run
+from tests.cli.test_cli import CLOSED_PORT_URL, TEST_SECRET, Run, sample_config
+from tests.conftest import spawned_redis
 
 
 def test_init_writes_a_config_the_dialplan_and_a_private_env_file(cli: Run, tmp_path: Path) -> None:
@@ -85,3 +87,19 @@ def test_config_check_connect_says_redis_answers(cli: Run, config_file: Path) ->
     """--connect against the test's Redis: one more line saying it answers."""
     status, out, _ = cli("config", "check", "--connect", config=config_file)
     assert (0, True) == (status, out.splitlines()[-1].endswith(" answers"))
+
+
+def test_config_check_connect_warns_of_a_redis_that_evicts_keys(cli: Run, tmp_path: Path) -> None:
+    """--connect against a Redis with maxmemory-policy allkeys-lru (it would delete list
+    entries at maxmemory: opted-out numbers called) warns, naming the fix."""
+    with spawned_redis(tmp_path) as (url, _):
+        with redis.Redis.from_url(url) as client:
+            client.config_set("maxmemory-policy", "allkeys-lru")
+        path = tmp_path / "callgate.toml"
+        path.write_text(sample_config(url), encoding="utf-8")
+        status, out, _ = cli("config", "check", "--connect", config=path)
+    assert 0 == status
+    assert (
+        f"  warning: Redis at {url} has maxmemory-policy allkeys-lru: at maxmemory it "
+        "deletes keys, so opted-out numbers could be called; set maxmemory-policy noeviction"
+    ) == out.splitlines()[-1]
