@@ -14,8 +14,9 @@ Contract:
   ``error,…``; gate/ops/search.py ``incomplete``), and the error line says so (exit 2).
   A CSV export's header is written once Redis answered.
 - A closed pipe (``callgate audit export | head -1``) ends the command quietly with
-  status 0; Ctrl-C says how far a long command got and exits 130, and so does SIGTERM
-  (``kill``, ``timeout``, a stopping unit) but for ``run``, which stops serving.
+  status 0; Ctrl-C says how far a long command got and exits 130; SIGTERM (``kill``,
+  ``timeout``, a stopping unit) says it too, then ends the process by SIGTERM (``run``
+  stops serving).
 """
 
 from __future__ import annotations
@@ -1505,10 +1506,15 @@ class _EarlySighup:
 EARLY_SIGHUP = _SIGHUP = _EarlySighup()
 
 
+_TERMINATED: list[int] = []  # SIGTERM came (main then ends the process by it)
+
+
 def _terminated(signum: int, frame: FrameType | None) -> None:
     """SIGTERM ends a command as Ctrl-C does: it says how far it got and cleans up (an
     import releases its list's lock), where SIGTERM's default action ended it silently,
-    the lock held for its lease (15 min: "another import is running")."""
+    the lock held for its lease (15 min: "another import is running"); then the process
+    ends by SIGTERM all the same (its status, 143 to a shell)."""
+    _TERMINATED.append(signum)
     interrupt = signal.getsignal(signal.SIGINT)
     if callable(interrupt):
         interrupt(signum, frame)  # asyncio.Runner's: cancels the main task first
@@ -1554,6 +1560,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"callgate: error: {exc.worded(CLI_WORDING)}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
+        if _TERMINATED:
+            with contextlib.suppress(OSError):
+                sys.stdout.flush()
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.raise_signal(signal.SIGTERM)
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         return _quiet_broken_pipe()
