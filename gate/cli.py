@@ -33,6 +33,7 @@ import signal
 import socket
 import sys
 import tempfile
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -1525,12 +1526,16 @@ def _terminated(signum: int, frame: FrameType | None) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
+    # Signal handlers are the main thread's (a test may run a command in another).
+    main_thread = threading.current_thread() is threading.main_thread()
+    terminate = signal.getsignal(signal.SIGTERM)
+    _TERMINATED.clear()
     if args.command == "run":
         _SIGHUP.install()  # already, through the ``callgate`` command (gate.launch)
-        terminate = signal.getsignal(signal.SIGTERM)
     else:
         _SIGHUP.release()
-        terminate = signal.signal(signal.SIGTERM, _terminated)
+        if main_thread:
+            signal.signal(signal.SIGTERM, _terminated)
     configure_logging(LoggingConfig(), args.verbose)
     try:
         if args.command == "init":
@@ -1569,7 +1574,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         return _quiet_broken_pipe()
     finally:
-        signal.signal(signal.SIGTERM, terminate)
+        if main_thread and terminate is not None:
+            signal.signal(signal.SIGTERM, terminate)
 
 
 if __name__ == "__main__":
