@@ -1217,10 +1217,7 @@ async def _run(config: Config, args: argparse.Namespace) -> int:
     from gate.ops.operations import Operations
     from gate.stasis.door import StasisGate
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+    stop = _stop_on_signals()
     async with open_gate(config, records=True, supervise=True) as gate:
         await _check_store(gate)
         server = AgiServer(
@@ -1295,10 +1292,17 @@ async def _migrate(config: Config) -> int:
 
 
 def _stop_on_signals() -> asyncio.Event:
+    """An event SIGTERM and SIGINT set, from now on. Both are held back while the loop's
+    handlers replace the ones before: one that came in between was handled by the new,
+    no-op Python handler without reaching the loop, and ``run`` served on, deaf to it."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+    try:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)  # a held one is delivered now
     return stop
 
 
@@ -1525,7 +1529,10 @@ def _terminated(signum: int, frame: FrameType | None) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _build_parser().parse_args(argv)
+    try:
+        args = _build_parser().parse_args(argv)
+    except KeyboardInterrupt:  # Ctrl-C as it starts: as later, no traceback
+        return EXIT_INTERRUPTED
     # Signal handlers are the main thread's (a test may run a command in another).
     main_thread = threading.current_thread() is threading.main_thread()
     terminate = signal.getsignal(signal.SIGTERM)
@@ -1536,8 +1543,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         _SIGHUP.release()
         if main_thread:
             signal.signal(signal.SIGTERM, _terminated)
-    configure_logging(LoggingConfig(), args.verbose)
     try:
+        configure_logging(LoggingConfig(), args.verbose)
         if args.command == "init":
             return _init(args)
         config_check = args.command == "config"

@@ -23,9 +23,21 @@ def main() -> int:
     while it imports ends it as Ctrl-C does later (exit 130), without a traceback."""
     came: list[int] = []
     inherited = signal.signal(signal.SIGHUP, lambda signum, _frame: came.append(signum))
+    # Ctrl-C too is only noted while importing: raised as KeyboardInterrupt, it could land
+    # in a weakref callback of the import machinery, where Python prints and ignores it,
+    # and the command ran on (``run`` then served, deaf to that Ctrl-C).
+    interrupted: list[int] = []
+    noted = signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    if noted:
+        signal.signal(signal.SIGINT, lambda signum, _frame: interrupted.append(signum))
     try:
         from gate import cli
     except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    finally:
+        if noted:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+    if interrupted:
         return EXIT_INTERRUPTED
 
     # From here on, the command line's handler records it; SIGHUP's action before this
