@@ -669,11 +669,10 @@ def test_audit_why_and_tail_in_json(cli: Run, audit_rows: int) -> None:
     assert records[0]["time"].endswith("Z")
 
 
-def test_sigint_during_an_import_says_what_was_kept(tmp_path: Path, config_file: Path) -> None:
-    """Ctrl-C during a --replace import: exit 130 and a line saying the list is unchanged."""
+def _signalled_import(tmp_path: Path, config_file: Path, signum: int) -> tuple[int, str]:
+    """A --replace import of 3 M numbers (several seconds: still running when the signal
+    comes, even on a loaded machine) sent ``signum`` once under way: its status, stderr."""
     path = tmp_path / "big.txt"
-    # Big enough (several seconds of import) to be still running when the signal comes on
-    # a loaded machine.
     path.write_text("".join(f"+3361{i:07d}\n" for i in range(3_000_000)), encoding="utf-8")
     process = interactive_cli(
         tmp_path, "--config", str(config_file), "list", "import", "red", str(path), "--replace"
@@ -681,13 +680,19 @@ def test_sigint_during_an_import_says_what_was_kept(tmp_path: Path, config_file:
     assert process.stderr is not None
     try:
         process.stderr.readline()  # the first progress line: the import is under way
-        process.send_signal(signal.SIGINT)
+        process.send_signal(signum)
         _, err = process.communicate(timeout=SUBPROCESS_TIMEOUT_S)
     finally:
         if process.poll() is None:
             process.kill()
             process.wait(10)
-    assert 130 == process.returncode
+    return process.returncode, err
+
+
+def test_sigint_during_an_import_says_what_was_kept(tmp_path: Path, config_file: Path) -> None:
+    """Ctrl-C during a --replace import: exit 130 and a line saying the list is unchanged."""
+    status, err = _signalled_import(tmp_path, config_file, signal.SIGINT)
+    assert 130 == status
     assert "callgate: import interrupted: list 'red' is unchanged" in err
 
 
@@ -698,21 +703,8 @@ def test_sigterm_during_an_import_says_what_was_kept_and_frees_the_list(
     Ctrl-C does: a line saying the list is unchanged, and its lock released, so the next
     --replace runs at once (not "another import is running" for 15 min); the process
     still ends by SIGTERM."""
-    path = tmp_path / "big.txt"
-    path.write_text("".join(f"+3361{i:07d}\n" for i in range(3_000_000)), encoding="utf-8")
-    process = interactive_cli(
-        tmp_path, "--config", str(config_file), "list", "import", "red", str(path), "--replace"
-    )
-    assert process.stderr is not None
-    try:
-        process.stderr.readline()  # the first progress line: the import is under way
-        process.send_signal(signal.SIGTERM)
-        _, err = process.communicate(timeout=SUBPROCESS_TIMEOUT_S)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(10)
-    assert -signal.SIGTERM == process.returncode
+    status, err = _signalled_import(tmp_path, config_file, signal.SIGTERM)
+    assert -signal.SIGTERM == status
     assert "callgate: import interrupted: list 'red' is unchanged" in err
     small = tmp_path / "small.txt"
     small.write_text("+33612345678\n", encoding="utf-8")
