@@ -24,6 +24,14 @@ reads and the ``RESTResponse`` answers, not the ``StasisEnd`` (and, for a hung-u
 channel, ``ChannelHangupRequest``) it would otherwise build and send for every call; an
 Asterisk that refuses the filter sends them all, which works too (said once in the log).
 
+Channel ids are one path segment: a dialer may originate with its own ``channelId`` (ARI
+takes any text), so an id reaches Asterisk percent-encoded (``_segment``): ``a/../b``,
+``x?reason_code=16``, ``#``, ``%``, spaces, non-ASCII, ``.`` or ``..`` name that channel
+and never another resource or parameter. Asterisk splits the path on ``/`` and only then
+decodes each segment (res_ari.c ``ast_ari_invoke``), over HTTP and over the WebSocket
+alike. The URL is handed to aiohttp as already encoded, so that yarl does not resolve a
+dot segment away; an id of Asterisk's own alphabet (``1700000000.123``) is used as is.
+
 Guarantees: every REST call runs under a deadline; every aiohttp/socket failure and every
 reply that is not what the endpoint documents becomes an ``AriError`` (``AriUnavailable``
 when Asterisk cannot be reached, ``AriNotFound`` for a channel that is gone or has left
@@ -38,11 +46,14 @@ import base64
 import itertools
 import json
 import logging
+import re
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
+from yarl import URL
 
 from gate.core.errors import GateError
 
@@ -81,6 +92,7 @@ class AriClient:
         rest_over_websocket: bool = True,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self._base_encoded = str(URL(self.base_url))  # the request paths are encoded already
         self.app = app
         # An Authorization header, not aiohttp.BasicAuth (deprecated in aiohttp 3.14) and
         # never user:password@ in a URL that could be logged.
@@ -132,7 +144,7 @@ class AriClient:
         if ws is not None and not ws.closed:
             status, text = await self._over_websocket(ws, method, path, params, body)
             return _answer(method, path, status, text)
-        url = f"{self.base_url}{path}"
+        url = URL(f"{self._base_encoded}{path}", encoded=True)
         try:
             async with self.session.request(
                 method, url, params=params, json=body, timeout=self._rest_timeout
@@ -184,7 +196,7 @@ class AriClient:
         allowed = [{"type": kind} for kind in (*types, "RESTResponse")]
         try:
             await self._request(
-                "PUT", f"/applications/{self.app}/eventFilter", body={"allowed": allowed}
+                "PUT", f"/applications/{_segment(self.app)}/eventFilter", body={"allowed": allowed}
             )
         except AriUnavailable:
             raise
@@ -198,7 +210,7 @@ class AriClient:
 
     async def set_variable(self, channel_id: str, name: str, value: str) -> None:
         await self._request(
-            "POST", f"/channels/{channel_id}/variable", {"variable": name, "value": value}
+            "POST", f"/channels/{_segment(channel_id)}/variable", {"variable": name, "value": value}
         )
 
     async def continue_in_dialplan(
@@ -207,17 +219,20 @@ class AriClient:
         """Leave Stasis and carry on at the next priority after ``Stasis()``, or at
         priority 1 of ``extension`` in ``context`` when they are given."""
         params = {"context": context, "extension": extension, "priority": "1"} if context else None
-        await self._request("POST", f"/channels/{channel_id}/continue", params)
+        await self._request("POST", f"/channels/{_segment(channel_id)}/continue", params)
 
     async def hangup(self, channel_id: str, reason_code: int) -> None:
         """Hang up with a Q.850 cause (21: call rejected → SIP 403)."""
-        await self._request("DELETE", f"/channels/{channel_id}", {"reason_code": str(reason_code)})
+        await self._request(
+            "DELETE", f"/channels/{_segment(channel_id)}", {"reason_code": str(reason_code)}
+        )
 
     async def channel(self, channel_id: str) -> dict[str, Any]:
         """``GET /channels/{id}``: one channel (``AriNotFound`` if it is gone)."""
-        result = await self._request("GET", f"/channels/{channel_id}")
+        path = f"/channels/{_segment(channel_id)}"
+        result = await self._request("GET", path)
         if not isinstance(result, dict):
-            raise AriError(f"ARI GET /channels/{channel_id}: not a channel: {type(result)}")
+            raise AriError(f"ARI GET {path}: not a channel: {type(result)}")
         return result
 
     async def channels(self) -> list[dict[str, Any]]:
@@ -317,6 +332,26 @@ class AriClient:
 
 _ENDS = (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED,
          aiohttp.WSMsgType.ERROR)  # fmt: skip
+
+
+# A path segment that needs no encoding: RFC 3986 unreserved characters but "~" (what
+# Asterisk's own channel ids are made of), and not a dot segment ("." or "..").
+_PLAIN_SEGMENT = re.compile(r"(?!\.\.?\Z)[A-Za-z0-9._-]+", re.ASCII)
+
+
+def _segment(name: str) -> str:
+    """``name`` (a channel id, the application) as one path segment of an ARI URI:
+    percent-encoded (``/``, ``?``, ``#``, ``%``, spaces, UTF-8 bytes), the dots of ``.``
+    and ``..`` too; an id of Asterisk's own alphabet is returned as is (a regex match,
+    no encoding on the per-call path). An empty id would let the path address the
+    collection (``POST /channels//variable`` is read as ``POST /channels``, an
+    originate): ``AriNotFound``, as for a channel that is gone."""
+    if _PLAIN_SEGMENT.fullmatch(name):
+        return name
+    if not name:
+        raise AriNotFound("ARI: a channel without an id cannot be addressed")
+    quoted = quote(name, safe="")
+    return quoted.replace(".", "%2E") if quoted in (".", "..") else quoted
 
 
 def _rest_request(
