@@ -641,10 +641,10 @@ def _audit_parsers(commands: Commands) -> None:
         "--format",
         choices=("jsonl", "csv"),
         default="jsonl",
-        help="jsonl: one JSON record a line (default); csv: with a header row, a tenant,"
-        " campaign, trunk, caller ID or channel starting with = + - @ (or tab, CR)"
-        " prefixed with ' so that a spreadsheet does not run it as a formula (a plain"
-        " +number is kept)",
+        help="jsonl: one JSON record a line (default); csv: with a header row, any text"
+        " cell (tenant, campaign, reason, caller ID…) starting with = + - @ (or tab, CR)"
+        " prefixed with ' so that a spreadsheet shows it instead of running it as a"
+        " formula (a plain +number such as +33612345678 is kept)",
     )
     why = _add(
         actions,

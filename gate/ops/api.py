@@ -542,10 +542,10 @@ class AdminApi:
                     "Search the audit trail, oldest first, streamed",
                     description="All decisions about a number (`number`), in a time range "
                     "(`since`, `until`), of a tenant, campaign or verdict; as JSON Lines "
-                    "(one AuditRecord per line) or CSV (a tenant, campaign, trunk, caller ID "
-                    "or channel starting with =, +, -, @, tab or CR is prefixed with ' : a "
-                    "spreadsheet shows it as text instead of running it as a formula; a plain "
-                    "+number is kept).",
+                    "(one AuditRecord per line) or CSV (any text cell, such as a tenant, "
+                    "campaign, reason or caller ID, starting with =, +, -, @, tab or CR is "
+                    "prefixed with ' : a spreadsheet shows it as text instead of running it "
+                    "as a formula; a plain +number such as +33612345678 is kept).",
                     query=AuditQuery,
                     streams={NDJSON: AuditRecord, "text/csv": None},
                     errors=(400, 401, 403, 503),

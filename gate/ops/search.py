@@ -170,30 +170,44 @@ def as_text(cell: str) -> str:
 
 
 def csv_row(record: AuditRecord) -> list[str]:
-    """A record in ``CSV_HEADER`` order. The fields a door was given (tenant, campaign,
-    trunk, caller ID, channel) are ``as_text``: a campaign ``=HYPERLINK(…)`` is written
-    ``'=HYPERLINK(…)``, not a formula (a caller ID ``+33612345678`` is kept). The fields the gate
-    writes itself (times, codes, the number's token or E.164, versions, counts) are as
-    stored."""
+    """A record in ``CSV_HEADER`` order, every text cell ``as_text``: a cell that starts
+    like a formula is written with a leading ``'`` (a campaign ``=HYPERLINK(…)`` as
+    ``'=HYPERLINK(…)``), so that a spreadsheet shows it instead of running it.
+
+    Which cells, and why:
+    - tenant, campaign, trunk, caller ID and channel come from outside the gate (the
+      dialer, the dialplan's arguments, the channel's caller ID and name);
+    - reason and rule name rules, ``packs``, ``lists``, ``counters`` and ``shadow`` name
+      packs, lists and rules: ids from rule packs and the config, files a third party may
+      write; verdict, door, class and the config version are the gate's own codes. None
+      of them legitimately starts with ``= + - @``, so escaping them changes no real value
+      and holds for an entry written by another version, or by anyone who can write to
+      Redis;
+    - number and caller ID keep a plain ``+`` and digits (E.164: ``+33612345678`` is no
+      formula); the number is otherwise a hex token or a short code's digits.
+    Not escaped: the entry id and time (made by Redis and the gate: digits first) and the
+    integers (``retry_after_s``, ``latency_us``, ``redis_us``: never negative, and a
+    number is no formula anyway).
+    """
     return [
         record.id,
         record.time.isoformat(),
-        record.verdict,
-        record.reason,
-        record.rule,
-        record.door,
+        as_text(record.verdict),
+        as_text(record.reason),
+        as_text(record.rule),
+        as_text(record.door),
         as_text(record.tenant),
         as_text(record.campaign),
         as_text(record.trunk),
-        record.traffic_class,
-        record.number,
+        as_text(record.traffic_class),
+        as_text(record.number),
         as_text(record.caller_id),
         as_text(record.channel),
-        record.config_version,
-        ",".join(record.packs),
-        ",".join(f"{name}@{version}" for name, version in record.lists.items()),
-        ",".join(f"{rule}={seen}" for rule, seen in record.counters.items()),
-        ",".join(record.shadow),
+        as_text(record.config_version),
+        as_text(",".join(record.packs)),
+        as_text(",".join(f"{name}@{version}" for name, version in record.lists.items())),
+        as_text(",".join(f"{rule}={seen}" for rule, seen in record.counters.items())),
+        as_text(",".join(record.shadow)),
         "" if record.retry_after_s is None else str(record.retry_after_s),
         str(record.latency_us),
         str(record.redis_us),

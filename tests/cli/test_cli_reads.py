@@ -20,6 +20,7 @@ import redis
 
 from gate.cli import _build_parser
 from gate.core.errors import StoreUnavailable
+from gate.core.keys import Keyspace
 from gate.lists.progress import progress
 from gate.store.client import READ_WAIT_S
 from gate.store.lists import ListStore
@@ -34,6 +35,7 @@ from tests.cli.test_cli import (
     sample_config,
 )
 from tests.conftest import spawned_redis
+from tests.ops.test_api_routes import HOSTILE_CSV, csv_cells, write_hostile_entry
 from tests.ops.test_frozen_redis import fill_trail
 
 
@@ -655,6 +657,17 @@ def test_audit_export_with_redis_gone_from_the_start_writes_no_header(
     errors = done.stderr.splitlines()
     assert (2, "", 1) == (done.returncode, done.stdout, len(errors))
     assert errors[0].startswith("callgate: error: Redis at ")
+
+
+def test_audit_export_csv_writes_a_cell_that_starts_like_a_formula_as_text(
+    cli: Run, redis_url: str
+) -> None:
+    """``audit export --format csv``: every text cell starting with =, +, -, @, tab or CR
+    gets a leading ' (a number and caller ID in E.164 are kept), as in the API's CSV, and
+    the csv module reads the row back whole."""
+    write_hostile_entry(redis_url, Keyspace("callgate", None).audit_key(0))
+    status, out, err = cli("audit", "export", "--format", "csv")
+    assert (0, "", [HOSTILE_CSV]) == (status, err, csv_cells(out))
 
 
 def test_audit_why_and_tail_in_json(cli: Run, audit_rows: int) -> None:

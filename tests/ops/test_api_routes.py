@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+import redis
 
 from gate.config.loader import AuditConfig
 from gate.core.errors import StoreUnavailable
@@ -320,6 +321,86 @@ async def test_audit_csv_writes_a_caller_id_that_starts_like_a_formula_as_text(
     assert (["'" + c for c in given] + ["+33612345678"], [*given, "+33612345678"]) == (
         [row["caller_id"] for row in csv.DictReader(io.StringIO(text, newline=""))],
         [json.loads(line)["caller_id"] for line in lines.splitlines()],
+    )
+
+
+# One audit entry with a value that starts like a formula in every text field, written
+# straight into the stream (the doors refuse most of these; the export must not rely on
+# it), with E.164 numbers that must stay as they are; and its row in a CSV export.
+HOSTILE_ENTRY = {
+    "ts": "1796000000000",
+    "verdict": "ALLOW",
+    "reason": "-2+3",
+    "rule": "+cmd|' /C calc'!A0",
+    "door": "=1+1",
+    "tenant": "@SUM(1)",
+    "campaign": '=HYPERLINK("http://x","y")',
+    "trunk": "\r=1",
+    "class": "\t=1",
+    "number": "+33612345678",
+    "caller_id": "+33699001122",
+    "channel": "-1",
+    "config": "@v1",
+    "packs": "=fr@1",
+    "lists": "@red@3",
+    "counters": "+cap=2",
+    "shadow": "-x",
+    "latency_us": "90",
+}
+HOSTILE_CSV = {
+    "verdict": "ALLOW",
+    "reason": "'-2+3",
+    "rule": "'+cmd|' /C calc'!A0",
+    "door": "'=1+1",
+    "tenant": "'@SUM(1)",
+    "campaign": '\'=HYPERLINK("http://x","y")',
+    "trunk": "'\r=1",
+    "class": "'\t=1",
+    "number": "+33612345678",
+    "caller_id": "+33699001122",
+    "channel": "'-1",
+    "config_version": "'@v1",
+    "packs": "'=fr@1",
+    "lists": "'@red@3",
+    "counters": "'+cap=2",
+    "shadow": "'-x",
+    "retry_after_s": "",
+    "latency_us": "90",
+    "redis_us": "0",
+}
+
+
+def write_hostile_entry(url: str, stream: str) -> None:
+    """``HOSTILE_ENTRY`` appended to ``stream`` (an audit stream) of the Redis at ``url``."""
+    client = redis.Redis.from_url(url)
+    try:
+        client.xadd(stream, dict(HOSTILE_ENTRY))
+    finally:
+        client.close()
+
+
+def csv_cells(text: str) -> list[dict[str, str]]:
+    """The rows of a CSV export, read back with the csv module, without id and time."""
+    rows = list(csv.DictReader(io.StringIO(text, newline="")))
+    return [{k: v for k, v in row.items() if k not in ("id", "time")} for row in rows]
+
+
+async def test_audit_csv_writes_every_text_cell_that_starts_like_a_formula_as_text(
+    audited: Served, redis_url: str
+) -> None:
+    """format=csv: any text cell (tenant, campaign, reason, rule, packs…) starting with =,
+    +, -, @, tab or CR gets a leading ' (OWASP CSV injection); a number and caller ID in
+    E.164 are kept, and the csv module reads the row back whole; the JSON Lines keep the
+    values as stored."""
+    write_hostile_entry(redis_url, audited.gate.keyspace.audit_key(0))
+    _, _, text = await get_text(audited, "/v1/audit?format=csv")
+    _, _, lines = await get_text(audited, "/v1/audit")
+    record = json.loads(lines)
+    assert [HOSTILE_CSV] == csv_cells(text)
+    assert (HOSTILE_ENTRY["campaign"], HOSTILE_ENTRY["tenant"], {"@red": 3}) == (
+        record["campaign"],
+        record["tenant"],
+        record["lists"],
     )
 
 
