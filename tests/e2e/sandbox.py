@@ -32,6 +32,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 
@@ -576,14 +577,16 @@ match = 127.0.0.1
         gated_context: str,
         answer_context: str = "answerer",
         variables: Mapping[str, str] | None = None,
+        channel_id: str | None = None,
     ) -> str:
-        """Originate ``Local/NUMBER@GATED_CONTEXT``; return the id of the half running it.
+        """Originate ``Local/NUMBER@GATED_CONTEXT``; return the id of the half running it
+        (``channel_id`` when given: ARI takes any text as an id).
 
         The Local channel's ``;2`` half runs ``NUMBER@GATED_CONTEXT`` (that is the one
         whose variables and Stasis events the test sees); once it answers, the ``;1``
         half runs ``s@ANSWER_CONTEXT``.
         """
-        base = f"gated-{uuid.uuid4().hex}"
+        base = channel_id or f"gated-{uuid.uuid4().hex}"
         caller = f"caller-{uuid.uuid4().hex}"
         params = {
             "endpoint": f"Local/{number}@{gated_context}",
@@ -602,7 +605,7 @@ match = 127.0.0.1
         """A channel variable's value, or None when the variable is not set."""
         try:
             data = await self.ari(
-                "GET", f"/channels/{channel_id}/variable", params={"variable": name}
+                "GET", f"/channels/{quote(channel_id, safe='')}/variable", params={"variable": name}
             )
         except AriError as error:
             if error.status == 404 and "variable" in error.body.lower():

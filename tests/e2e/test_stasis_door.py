@@ -25,6 +25,7 @@ import os
 import re
 import signal
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -244,6 +245,21 @@ async def test_listed_number_is_hung_up_by_the_gate_and_unlisted_reaches_the_ans
     assert "+33612345678" == await asterisk.get_channel_var(channel_id, "CALLGATE_E164")
     reached = {s.number for s in seen(asterisk.read_log()).values() if s.outcome.where == "reached"}
     assert {UNLISTED} == reached
+
+
+async def test_a_channel_id_that_is_no_plain_path_segment_is_decided_as_itself(
+    callgate: GateProcess, asterisk: AsteriskSandbox
+) -> None:
+    """A dialer's own channel id (ARI takes any text) with ``/``, ``..``, ``?``, ``#``,
+    ``%`` and non-ASCII reaches Asterisk as one segment over the event WebSocket's REST
+    requests: the listed number is hung up (DELETE), the unlisted one continues with its
+    variables set (POST …/variable, …/continue), each on its own channel."""
+    await add_red(callgate, LISTED_E164)
+    hostile = f"gated-{uuid.uuid4().hex}/../x?reason_code=16#%41~é"
+    blocked = await asterisk.originate_local(LISTED, "gated", channel_id=hostile + "-b")
+    allowed = await asterisk.originate_local(UNLISTED, "gated", channel_id=hostile + "-a")
+    assert [HUNG_UP_BLOCK, REACHED_ALLOW] == await outcomes_of(asterisk, [blocked, allowed])
+    assert "ALLOW" == await asterisk.get_channel_var(allowed, "CALLGATE_RESULT")
 
 
 async def test_fifth_attempt_within_the_cap_window_is_hung_up_with_cause_34(
