@@ -156,7 +156,7 @@ def _input_path(text: str) -> Path:
 
 
 def _ident(value: str) -> str:
-    if not IDENT_RE.match(value):
+    if not IDENT_RE.fullmatch(value):
         raise argparse.ArgumentTypeError(f"{value!r} must be 1-64 of A-Z a-z 0-9 _ . -")
     return value
 

@@ -6,6 +6,7 @@ name the file and the key path (``caps[0].limit: …``); ``done()`` rejects unkn
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from datetime import date, datetime
@@ -53,7 +54,11 @@ class Reader:
         self.seen: set[str] = set()
 
     def _key(self, key: str) -> str:
-        return f"{self.where}.{key}" if self.where else key
+        # A key with a space or control character is shown quoted, as TOML writes it (a
+        # newline in a key must not split the one-line error).
+        plain = key.isprintable() and not any(c.isspace() for c in key)
+        shown = key if plain else json.dumps(key)
+        return f"{self.where}.{shown}" if self.where else shown
 
     def fail(self, key: str, what: str) -> ConfigError:
         return ConfigError(f"{self.origin}: {self._key(key)}: {what}")
@@ -79,7 +84,7 @@ class Reader:
         value = self.get(key, str, default)
         if value is None:
             raise self.fail(key, "is required")
-        if not IDENT_RE.match(value):
+        if not IDENT_RE.fullmatch(value):
             raise self.fail(key, f"{value!r} must be 1-64 of A-Z a-z 0-9 _ . -")
         return str(value)
 

@@ -311,7 +311,7 @@ def _tenants(
     calendars: dict[str, frozenset[str]] = {}
     for tenant in list(reader.data):
         table = reader.table(tenant)
-        if not IDENT_RE.match(tenant):
+        if not IDENT_RE.fullmatch(tenant):
             raise reader.fail(tenant, "tenant names must be 1-64 of A-Z a-z 0-9 _ . -")
         numbers = []
         for value in table.get("caller_ids", list, []):
@@ -340,7 +340,7 @@ def _trunks(reader: Reader) -> tuple[dict[str, int], int]:
     caps: dict[str, int] = {}
     cps = reader.table("cps")
     for name in list(cps.data):
-        if not IDENT_RE.match(name):
+        if not IDENT_RE.fullmatch(name):
             raise cps.fail(name, "trunk names must be 1-64 of A-Z a-z 0-9 _ . -")
         value = cps.get(name, int, 0)
         if value < 0:
@@ -390,7 +390,7 @@ def _ari(reader: Reader) -> AriConfig | None:
 def _context(reader: Reader, key: str, default: str) -> str:
     """A dialplan context name, or "" (not used)."""
     value = reader.get(key, str, default)
-    if value and not IDENT_RE.match(value):
+    if value and not IDENT_RE.fullmatch(value):
         raise reader.fail(
             key, f"expected a dialplan context name (A-Z a-z 0-9 _ . -), got {value!r}"
         )
@@ -434,7 +434,7 @@ def _api(reader: Reader, http: HttpConfig) -> ApiConfig:
     reader.seen.add("token")
     hosts = reader.get("allowed_hosts", list, [])
     for host in hosts:
-        if not isinstance(host, str) or not (_HOST_RE.match(host) or _is_address(host)):
+        if not isinstance(host, str) or not (_HOST_RE.fullmatch(host) or _is_address(host)):
             raise reader.fail(
                 "allowed_hosts", f"entries must be host names or addresses, got {host!r}"
             )
@@ -891,7 +891,7 @@ def _gate(reader: Reader, base: Path) -> _GateSection:
     packs_dir = str(reader.get("packs_dir", str, ""))
     tenants = reader.get("tenants", list, [])
     for name in tenants:
-        if not isinstance(name, str) or not IDENT_RE.match(name):
+        if not isinstance(name, str) or not IDENT_RE.fullmatch(name):
             raise reader.fail("tenants", f"entries must be 1-64 of A-Z a-z 0-9 _ . -, got {name!r}")
     section = _GateSection(
         region=region,

@@ -123,7 +123,7 @@ def _unique(root: Reader, key: str, ids: Sequence[str]) -> None:
 def _windows(reader: Reader, key: str, default: list[str]) -> tuple[tuple[int, int], ...]:
     windows = []
     for text in reader.get(key, list, default):
-        match = _WINDOW_RE.match(str(text))
+        match = _WINDOW_RE.fullmatch(str(text))
         if not match:
             raise reader.fail(key, f'windows look like "10:00-13:00", got {text!r}')
         h1, m1, h2, m2 = (int(g) for g in match.groups())
@@ -207,7 +207,7 @@ def _hours(reader: Reader, calendars: Mapping[str, CalendarRule]) -> HoursRule:
                 "zone", f"{fixed_zone!r} is not a time zone name (e.g. Etc/GMT+6)"
             ) from None
     consent_list = reader.get("consent_list", str, None)
-    if consent_list is not None and not IDENT_RE.match(consent_list):
+    if consent_list is not None and not IDENT_RE.fullmatch(consent_list):
         # "" was taken for no list: the rule silently had no consent exemption.
         raise reader.fail(
             "consent_list",
@@ -259,7 +259,7 @@ def _abandon_ceiling(reader: Reader) -> AbandonCeilingRule:
 def _prefixes(reader: Reader, key: str) -> tuple[str, ...]:
     values = reader.get(key, list, [])
     for value in values:
-        if not isinstance(value, str) or not _E164_PREFIX_RE.match(value):
+        if not isinstance(value, str) or not _E164_PREFIX_RE.fullmatch(value):
             raise reader.fail(key, f"entries must be E.164 prefixes like +3389, got {value!r}")
     return tuple(values)
 
@@ -422,7 +422,7 @@ def optional_calendars(packs: Sequence[Pack]) -> frozenset[str]:
 
 def load_pack(name: str, directory: Path) -> Pack:
     """Read ``directory/<name>.toml``."""
-    if not IDENT_RE.match(name):
+    if not IDENT_RE.fullmatch(name):
         raise ConfigError(f"gate.packs: {name!r} is not a pack name")
     path = directory / f"{name}.toml"
     try:

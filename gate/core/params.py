@@ -111,7 +111,7 @@ def parse_pairs(pairs: Iterable[str]) -> dict[str, str]:
 def ident_param(params: Mapping[str, str], name: str, default: str) -> str:
     """An identifier parameter (tenant, campaign, trunk, list), or ``default`` if empty."""
     value = params.get(name) or default
-    if value and not IDENT_RE.match(value):
+    if value and not IDENT_RE.fullmatch(value):
         raise BadRequest(f"bad_request:{name}", f"{name}={value!r} is not a valid identifier")
     return value
 

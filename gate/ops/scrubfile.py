@@ -143,7 +143,7 @@ class ScrubFiles:
     async def _download(self, request: web.Request) -> web.StreamResponse:
         self._expire()
         file_id = request.match_info["id"]
-        kept = self._kept.get(file_id) if _ID_RE.match(file_id) else None
+        kept = self._kept.get(file_id) if _ID_RE.fullmatch(file_id) else None
         if kept is None:
             raise RequestError(404, "no such scrubbed file (they are kept for an hour)")
         path, name, _ = kept

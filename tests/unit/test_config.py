@@ -162,6 +162,9 @@ def test_secret_file_is_created_once_and_reused(tmp_path: Path) -> None:
         ),
         ({"number_types": {"campaign_blocked": ["lava"]}}, "number_types.campaign_blocked"),
         ({"trunks": {"cps": {"t1": -5}}}, "trunks.cps.t1"),
+        # ``$`` matches before a final newline: such a name is refused, not a tenant of its own
+        ({"gate": {"tenants": ["acme\n"]}}, "gate.tenants"),
+        ({"trunks": {"cps": {"t1\n": 5}}}, "trunks.cps"),
         (
             {"tenants": {"acme": {"calendars": [["fr-alsace-moselle"]]}}},
             "tenants.acme.calendars: ['fr-alsace-moselle'] is not an optional calendar",

@@ -16,6 +16,7 @@ from gate.core.params import (
     answer_value,
     decision_value,
     error_value,
+    ident_param,
     parse_pairs,
     printable,
 )
@@ -121,3 +122,11 @@ def test_a_uri_encoded_number_decodes_to_the_number() -> None:
     assert {"number": "0699001122\nagi_arg_1: number=1"} == parse_pairs(
         ["number=0699001122%0Aagi_arg_1%3A%20number%3D1"]
     )
+
+
+def test_an_identifier_with_a_trailing_newline_is_refused() -> None:
+    """``$`` also matches before a final newline: ``acme\\n`` is no identifier (it would
+    name a tenant or campaign of its own, with lists and caps of its own)."""
+    with pytest.raises(BadRequest, match="campaign"):
+        ident_param({"campaign": "spring\n"}, "campaign", "")
+    assert "spring" == ident_param({"campaign": "spring"}, "campaign", "")
