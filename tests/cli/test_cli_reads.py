@@ -97,9 +97,14 @@ def test_every_command_has_help_examples_and_help_for_every_option(path: tuple[s
             ["check", NUMBER, "--at", "9999-12-31T23:59-01:00"],
             "argument --at: '9999-12-31T23:59-01:00' is not between 2000 and 2199",
         ),
+        # A name with a final newline (``$`` matches before it).
+        (
+            ["check", NUMBER, "--tenant", "acme\n"],
+            "argument --tenant: 'acme\\n' must be 1-64 of A-Z a-z 0-9 _ . -",
+        ),
     ],
 )
-def test_a_bad_time_names_its_own_option(
+def test_a_bad_time_or_name_names_its_own_option(
     cli: Run, args: list[str], error: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Each time option reports its own name and what is wrong; a time without an offset
