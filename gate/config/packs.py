@@ -3,11 +3,13 @@
 A pack file (``config/packs/fr.toml``) has a ``[pack]`` table (id, version, description,
 regions: the destination regions it governs, optional pack-wide ``shadow``) and arrays of
 rules: ``[[lists]]``, ``[[calendars]]``, ``[[hours]]``, ``[[caps]]``, ``[[consent]]``,
-``[[freshness]]``, ``[[cooloff]]``, ``[[caller_id]]``, ``[[destinations]]``,
-``[[abandon_ceiling]]``. Every rule has an ``id`` and should carry its ``source``; see
-gate/core/rules.py for the common fields. Guarantees: a pack that loads is consistent
-(every list a rule names exists with the right kind, every calendar an hours rule names
-exists, every holiday calendar and time zone is known); errors name the file and the key.
+``[[freshness]]``, ``[[cooloff]]`` (``calendar_days = true``: a whole-day period counted
+in calendar days of the callee's zone: gate/core/rules.py ``CooloffRule``),
+``[[caller_id]]``, ``[[destinations]]``, ``[[abandon_ceiling]]``. Every rule has an
+``id`` and should carry its ``source``; see gate/core/rules.py for the common fields.
+Guarantees: a pack that loads is consistent (every list a rule names exists with the
+right kind, every calendar an hours rule names exists, every holiday calendar and time
+zone is known); errors name the file and the key.
 
 Holiday calendars: ``holidays = ["FR", "US-UT"]`` on an hours rule or a calendar names the
 ``holidays`` package's calendars (country, optional subdivision). A ``[[calendars]]``
@@ -238,6 +240,22 @@ def _consent(reader: Reader) -> ConsentRule:
     )
 
 
+def _cooloff(reader: Reader) -> CooloffRule:
+    period_s = reader.duration("period", None)
+    calendar_days = bool(reader.get("calendar_days", bool, False))
+    if calendar_days and period_s % 86400:
+        raise reader.fail(
+            "calendar_days", f"needs a period of whole days (e.g. 60d), got {period_s:g}s"
+        )
+    return CooloffRule(
+        event=reader.choice("event", ("refusal", "abandoned"), "refusal"),
+        period_s=period_s,
+        scope=reader.choice("scope", ("global", "tenant"), "tenant"),
+        calendar_days=calendar_days,
+        **common_fields(reader),
+    )
+
+
 def _abandon_ceiling(reader: Reader) -> AbandonCeilingRule:
     percent = reader.get("ceiling_percent", (int, float), None)
     if percent is None or not 0 < percent < 100:
@@ -330,16 +348,7 @@ def parse_pack(data: Mapping[str, Any], origin: str) -> Pack:
                 **common_fields(r),
             ),
         ),
-        cooloffs=_rules(
-            root,
-            "cooloff",
-            lambda r: CooloffRule(
-                event=r.choice("event", ("refusal", "abandoned"), "refusal"),
-                period_s=r.duration("period", None),
-                scope=r.choice("scope", ("global", "tenant"), "tenant"),
-                **common_fields(r),
-            ),
-        ),
+        cooloffs=_rules(root, "cooloff", _cooloff),
         caller_ids=_rules(
             root,
             "caller_id",

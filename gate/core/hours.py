@@ -9,6 +9,8 @@ Pure functions of (rules, time zones, instant). Guarantees:
   a call is open only when every (rule, zone) pair is open; a rule with a fixed ``zone`` is
   judged in that zone only. ``next_open`` returns the earliest instant at which all are
   open, searching at most ``HORIZON_DAYS`` ahead.
+- ``end_of_calendar_days``: a period of N calendar days after an event (days D+1 .. D+N of
+  the callee's local day D) ends at 00:00 local of day D+N+1, the latest over the zones.
 - Instants are compared and read through UTC, so daylight saving changes hold no surprise:
   a window opening at a wall time the spring-forward gap skips opens at the first instant
   after the gap (if that is still inside the window); in the repeated autumn hour a wall
@@ -35,6 +37,7 @@ __all__ = [
     "HORIZON_DAYS",
     "Holiday",
     "callee_places",
+    "end_of_calendar_days",
     "holiday_of",
     "holiday_today",
     "is_holiday",
@@ -66,6 +69,24 @@ def local_day(zones: Sequence[str], instant: datetime) -> date:
 
     Rules' ``valid_from``/``valid_to`` are judged on this day."""
     return instant.astimezone(zone(zones[0])).date() if zones else instant.date()
+
+
+def end_of_calendar_days(zones: Sequence[str], instant: datetime, days: int) -> datetime:
+    """When ``days`` calendar days after ``instant`` are over in the callee's zones (UTC):
+    the first instant of local day D + ``days`` + 1, D the local day of ``instant``; for a
+    number with several zones, the latest such instant. A midnight that a daylight saving
+    change skips gives the first instant after the gap; a repeated one, its first
+    occurrence (the day begins there). With no zone known, ``instant`` + ``days`` + 1 days
+    and an hour: no zone's end is later (the local day began less than a day before
+    ``instant``; a daylight saving change in the period adds at most an hour)."""
+    if not zones:
+        return instant.astimezone(UTC) + timedelta(days=days + 1, hours=1)
+    ends = []
+    for name in zones:
+        tz = zone(name)
+        day = _wall(instant, tz).date() + timedelta(days=days + 1)
+        ends.append(_instants(day, 0, tz)[0])
+    return max(ends)
 
 
 @functools.lru_cache(maxsize=64)

@@ -158,11 +158,17 @@ class FreshnessRule(_Rule):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CooloffRule(_Rule):
-    """No attempt for ``period_s`` after an ``event`` (refusal, abandoned call) on the number."""
+    """No attempt for ``period_s`` after an ``event`` (refusal, abandoned call) on the number.
+
+    With ``calendar_days`` the period (whole days) counts calendar days in the callee's
+    time zones: an event on local day D holds the number until 00:00 local of day
+    D + days + 1 (gate/core/hours.py ``end_of_calendar_days``), not ``period_s`` after the
+    event's instant."""
 
     event: str  # "refusal" | "abandoned"
     period_s: float
     scope: str = "tenant"
+    calendar_days: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
