@@ -42,7 +42,7 @@ from datetime import UTC, datetime
 
 from gate.core.engine import RECORD_SKEW_S
 from gate.core.errors import InputError, NumberError, OptionError
-from gate.core.hours import local_day
+from gate.core.hours import end_of_calendar_days, local_day
 from gate.core.keys import SLOT_GROUPS, Keyspace, NumberKeys
 from gate.core.model import TrafficClass
 from gate.core.numbers import Destination, classify
@@ -624,13 +624,19 @@ class ListAdmin:
                 continue
             suffix = self.keyspace.cooloff_suffix(rule, tenant)
             key = self.keyspace.number_key(keys.group, suffix, keys.token)
+            period_ms = int(rule.period_s * 1000)
+            end_ms = at_ms + period_ms
+            if rule.calendar_days:
+                # Calendar days of the callee's zones: to 00:00 local after the last one.
+                days = round(rule.period_s / 86400)
+                end = end_of_calendar_days(target.time_zones, at, days)
+                end_ms = int(end.timestamp() * 1000)
             # The marker expires when the cool-off ends by the clock; an older event
             # reported after a newer one leaves the newer one's marker (and end) in place.
-            ttl_ms = at_ms + int(rule.period_s * 1000) - clock_ms
-            if ttl_ms <= 0:
+            if end_ms <= clock_ms:
                 record.expired.append(rule.id)
                 continue
-            await self.lists.mark(key, at_ms, ttl_ms)
+            await self.lists.mark(key, at_ms, end_ms, period_ms, clock_ms)
             record.rules.append(rule.id)
         if event == "refusal":
             return record
