@@ -81,6 +81,7 @@ __all__ = [
     "hours_of",
     "hours_spec",
     "outcome",
+    "period_text",
     "plan",
     "record_time_error",
     "shadowed",
@@ -813,7 +814,7 @@ def _cooloff_checks(build: _Builder, packs: Sequence[Pack]) -> None:
                     (int(cool.period_s * 1000),),
                     shadow=cool.shadow,
                     source=cool.source,
-                    detail=f"{window_text(cool.period_s)} after a {cool.event}",
+                    detail=f"{period_text(cool)} after a {cool.event}",
                 )
             )
 
@@ -1239,11 +1240,14 @@ def _outcome(check: Check, seen: int, decided: bool, results: Sequence[int]) -> 
     return "pass"
 
 
-def _seen_text(check: Check, seen: int) -> str:
+def _seen_text(check: Check, seen: int, now_ms: int) -> str:
     if check.kind is CheckKind.ATTEMPT_LOG:
         return f"{seen} of {check.params[0]} in window"
     if check.kind is CheckKind.COOLOFF:
-        return f"{window_text(seen / 1000)} left" if seen > 0 else "none"
+        if seen <= 0:
+            return "none"
+        until = datetime.fromtimestamp((now_ms + seen) / 1000, UTC)
+        return f"{window_text(seen / 1000)} left, until {until:%Y-%m-%d %H:%M:%S} UTC"
     if check.kind is CheckKind.FRESHNESS:
         return "never refreshed" if seen < 0 else f"refreshed {window_text(seen / 1000)} ago"
     if check.kind is CheckKind.WINDOW:
@@ -1278,9 +1282,19 @@ def explain(pending: Plan | Decision, result: StoreResult | None) -> list[RuleOu
         zip(pending.check.checks, result.results, strict=False), start=1
     ):
         outcome = _outcome(check, seen, index == result.decided, result.results)
-        detail = "; ".join(d for d in (check.detail, _seen_text(check, seen)) if d)
+        detail = "; ".join(
+            d for d in (check.detail, _seen_text(check, seen, pending.check.now_ms)) if d
+        )
         rows.append(RuleOutcome(check.rule, outcome, detail, check.source))
     return rows
+
+
+def period_text(rule: CooloffRule) -> str:
+    """A cool-off's period as a reader counts it: ``60 calendar days (to 00:00 local after
+    the last)`` for a rule counted in calendar days, else ``window_text``'s ``72h``."""
+    if rule.calendar_days:
+        return f"{round(rule.period_s / 86400)} calendar days (to 00:00 local after the last)"
+    return window_text(rule.period_s)
 
 
 def window_text(window_s: float) -> str:

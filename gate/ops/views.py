@@ -22,7 +22,7 @@ from datetime import UTC, date, datetime
 
 from aiohttp import web
 
-from gate.core.engine import window_text
+from gate.core.engine import period_text, window_text
 from gate.core.errors import InputError, Wording
 from gate.core.rules import (
     AbandonCeilingRule,
@@ -167,7 +167,7 @@ def _summary(rule: object) -> tuple[str, str]:
     if isinstance(rule, FreshnessRule):
         return "freshness", f"{rule.list} refreshed within {window_text(rule.max_age_s)}"
     if isinstance(rule, CooloffRule):
-        return "cooloff", f"{window_text(rule.period_s)} after {_an(rule.event)}"
+        return "cooloff", f"{period_text(rule)} after {_an(rule.event)}"
     if isinstance(rule, CallerIdRule):
         parts = []
         if rule.forbid_masked:
