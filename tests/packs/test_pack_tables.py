@@ -1,6 +1,7 @@
 """Validation of the pack tables for local law (gate/config/packs.py): ``[[calendars]]``,
 an hours rule's ``calendars`` and fixed ``zone``, the ``reassigned`` list kind and the
-consent rule's ``reassigned_list``, ``[[abandon_ceiling]]``. Pure: no Redis."""
+consent rule's ``reassigned_list``, ``[[abandon_ceiling]]``, a cool-off's ``calendar_days``.
+Pure: no Redis."""
 
 from __future__ import annotations
 
@@ -164,6 +165,16 @@ ERRORS = [
         id="reassigned-shadow-alone",
     ),
     pytest.param(
+        {"cooloff": [{"id": "r", "period": "36h", "calendar_days": True}]},
+        "xx.toml: cooloff[0].calendar_days: needs a period of whole days (e.g. 60d), got 129600s",
+        id="calendar-days-of-a-part-day-period",
+    ),
+    pytest.param(
+        {"cooloff": [{"id": "r", "period": "60d", "calendar_days": "yes"}]},
+        "xx.toml: cooloff[0].calendar_days: expected a bool, got 'yes'",
+        id="calendar-days-not-a-bool",
+    ),
+    pytest.param(
         {"abandon_ceiling": [{"id": "a", "ceiling_percent": 0}]},
         "xx.toml: abandon_ceiling[0].ceiling_percent: must be a percentage above 0 and below "
         "100, got 0",
@@ -192,6 +203,20 @@ def test_a_pack_region_phonenumbers_does_not_know_is_refused() -> None:
         "xx.toml: pack.regions: 'ZZ' is not a region whose numbers callgate can read; use "
         'ISO 3166 codes, e.g. ["FR", "RE"]'
     ) == str(caught.value)
+
+
+def test_a_cool_off_counts_calendar_days_only_when_it_says() -> None:
+    """``calendar_days = true`` on a whole-day period is kept; by default a cool-off counts
+    its period from the event's instant."""
+    rules = pack(
+        cooloff=[
+            {"id": "cal", "period": "60d", "calendar_days": True},
+            {"id": "plain", "period": "72h"},
+        ]
+    ).cooloffs
+    assert [("cal", 5184000.0, True), ("plain", 259200.0, False)] == [
+        (rule.id, rule.period_s, rule.calendar_days) for rule in rules
+    ]
 
 
 def test_abandon_ceiling_defaults_to_24_hours_per_campaign() -> None:

@@ -1,13 +1,15 @@
 """Calling windows across daylight saving changes (gate/core/hours.py): a skipped wall time
-is never an opening, a repeated one opens twice; instants are judged where they are."""
+is never an opening, a repeated one opens twice; instants are judged where they are. The
+end of a period of calendar days: 00:00 local after its last day, in the callee's zones."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from gate.core.hours import is_open, next_open, zone
+from gate.core.hours import end_of_calendar_days, is_open, next_open, zone
 from gate.core.rules import HoursRule
 
 NEW_YORK, PARIS = "America/New_York", "Europe/Paris"
@@ -110,3 +112,57 @@ def test_a_skipped_wall_time_is_judged_at_the_instant_it_names(
         is_open(rule, zone(name), skipped),
         is_open(rule, zone(name), skipped.astimezone(UTC)),
     )
+
+
+CALENDAR_ENDS = [
+    # (the callee's zones, the event (local), the expected end of 60 calendar days (UTC))
+    pytest.param(
+        [PARIS],
+        local(PARIS, 2027, 1, 14, 15, 0),  # Thursday 14 January, 15:00 CET
+        datetime(2027, 3, 15, 23, 0, tzinfo=UTC),  # 00:00 CET on 16 March, day 61
+        id="paris-midnight-after-day-60-not-1440-hours",
+    ),
+    pytest.param(
+        [PARIS],
+        local(PARIS, 2027, 2, 4, 15, 0),  # CET; summer time from 28 March
+        datetime(2027, 4, 5, 22, 0, tzinfo=UTC),  # 00:00 CEST on 6 April
+        id="paris-across-spring-forward-midnight-summer-time",
+    ),
+    pytest.param(
+        ["Indian/Reunion"],
+        local(PARIS, 2027, 1, 14, 22, 30),  # already Friday 15 January, 01:30, in Réunion
+        datetime(2027, 3, 16, 20, 0, tzinfo=UTC),  # 00:00 Réunion (UTC+4) on 17 March
+        id="reunion-counts-its-own-days",
+    ),
+    pytest.param(
+        ["Indian/Mayotte", "Indian/Reunion"],
+        local(PARIS, 2027, 1, 14, 22, 30),
+        datetime(2027, 3, 16, 21, 0, tzinfo=UTC),  # 00:00 Mayotte (UTC+3): the later
+        id="several-zones-the-latest-midnight",
+    ),
+    pytest.param(
+        ["America/Santiago"],
+        local("America/Santiago", 2026, 7, 7, 15, 0),  # day 61 is 6 September: 00:00 skipped
+        datetime(2026, 9, 6, 4, 0, tzinfo=UTC),  # 01:00 summer time (UTC-3), the day's start
+        id="a-skipped-midnight-the-first-instant-of-the-day",
+    ),
+]
+
+
+@pytest.mark.parametrize(("zones", "event", "expected"), CALENDAR_ENDS)
+def test_calendar_days_end_at_local_midnight_after_the_last(
+    zones: Sequence[str], event: datetime, expected: datetime
+) -> None:
+    """60 calendar days after an event on local day D end at the start of local day D+61,
+    daylight saving changes included; with several zones, the latest."""
+    assert expected == end_of_calendar_days(zones, event, 60)
+
+
+def test_calendar_days_with_no_zone_end_no_earlier_than_in_any_zone() -> None:
+    """A number with no known zone: the event's instant + 61 days and an hour, later than
+    the end in any zone (checked in the zones furthest apart, and in Paris across DST)."""
+    event = datetime(2027, 2, 4, 23, 59, tzinfo=UTC)
+    end = end_of_calendar_days((), event, 60)
+    zones = ("Etc/GMT+12", "Etc/GMT-14", PARIS, "Pacific/Kiritimati", "America/New_York")
+    assert event + timedelta(days=61, hours=1) == end
+    assert all(end >= end_of_calendar_days((name,), event, 60) for name in zones)
