@@ -11,6 +11,7 @@ from zoneinfo import ZoneInfo
 
 import holidays
 import pytest
+import redis
 
 from gate.config.loader import Config
 from gate.core.model import Attempt, TrafficClass, Verdict
@@ -204,6 +205,128 @@ async def test_refusal_defers_60_days(gate: Gate) -> None:
     ) == outcome(decision)
     at_retry = await gate.decide(call(retry_at), record=False, door="cli")
     assert ("ALLOW", "allowed", None) == outcome(at_retry)
+
+
+# A Thursday refusal at 15:00 Paris: day 60 (15 March 2027) is a Monday, day 61 a Tuesday,
+# neither a holiday, both before summer time (28 March).
+REFUSED_AT = datetime(2027, 1, 14, 15, 0, tzinfo=PARIS)
+DAY_61 = datetime(2027, 3, 16, 0, 0, tzinfo=PARIS)
+
+
+def cooloff_marker(gate: Gate, number: str) -> str:
+    """The Redis key of the fr refusal cool-off marker of ``number`` (tenant default)."""
+    (pack,) = gate.config.policy.packs
+    (rule,) = pack.cooloffs
+    keys = gate.keyspace.number(number)
+    return gate.keyspace.number_key(
+        keys.group, gate.keyspace.cooloff_suffix(rule, TENANT), keys.token
+    )
+
+
+async def test_a_refusal_holds_the_number_to_midnight_after_day_60(gate: Gate) -> None:
+    """D223-9 counts 60 calendar days: a refusal on Thursday 14 January at 15:00 Paris holds
+    the number all of day 60 (Monday 15 March at 16:00, 1441 hours on, DEFERs) until 00:00
+    on day 61, moved to the first D223-9 opening: Tuesday 16 March, 10:00, then allowed."""
+    await consent(gate, CONSUMER)
+    started = await admin(gate).record_event("refusal", CONSUMER, TENANT, REFUSED_AT, REFUSED_AT)
+    day_60 = datetime(2027, 3, 15, 16, 0, tzinfo=PARIS)
+    held = await gate.decide(call(day_60), record=False, door="cli")
+    opening = DAY_61.replace(hour=10)
+    after = await gate.decide(call(opening + timedelta(minutes=5)), record=False, door="cli")
+    assert (["fr-d223-9-refusal"], opening) == (started.rules, first_morning(DAY_61.date()))
+    assert [
+        ("DEFER", "refusal:fr-d223-9-refusal", wait_s(day_60, opening)),
+        ("ALLOW", "allowed", None),
+    ] == [outcome(held), outcome(after)]
+
+
+async def test_the_calendar_end_is_exact_across_a_dst_change(gate: Gate) -> None:
+    """A refusal on 4 February (CET) ends at 00:00 summer time on 6 April (22:00 UTC on the
+    5th), not 1440 hours on (16:00 CEST on the 5th): with consent to calls outside hours (no
+    hours to move the retry), a call at 23:30 on the 5th waits 30 minutes, one at 00:00
+    on the 6th is allowed."""
+    await consent(gate, CONSUMER, lists=("consent", "consent_outside_hours"))
+    refused = datetime(2027, 2, 4, 15, 0, tzinfo=PARIS)
+    await admin(gate).record_event("refusal", CONSUMER, TENANT, refused, refused)
+    late = datetime(2027, 4, 5, 23, 30, tzinfo=PARIS)
+    held = await gate.decide(call(late), record=False, door="cli")
+    at_end = await gate.decide(
+        call(datetime(2027, 4, 6, 0, 0, tzinfo=PARIS)), record=False, door="cli"
+    )
+    assert [("DEFER", "refusal:fr-d223-9-refusal", 1800.0), ("ALLOW", "allowed", None)] == [
+        outcome(held),
+        outcome(at_end),
+    ]
+
+
+async def test_an_overseas_refusal_counts_the_days_of_the_callee(gate: Gate) -> None:
+    """A Réunion number refused at 22:30 Paris on Thursday 14 January: already Friday the
+    15th, 01:30, in Réunion, so its 60 days end at 00:00 Réunion on 17 March. A call on
+    Tuesday 16 March at 10:30 Réunion (allowed by 1440 hours, or by Paris's days) DEFERs
+    to Wednesday 17 March, 10:00 Réunion."""
+    await consent(gate, REUNION_CONSUMER)
+    refused = datetime(2027, 1, 14, 22, 30, tzinfo=PARIS)
+    await admin(gate).record_event("refusal", REUNION_CONSUMER, TENANT, refused, refused)
+    asked = datetime(2027, 3, 16, 10, 30, tzinfo=REUNION)
+    held = await gate.decide(call(asked, REUNION_CONSUMER), record=False, door="cli")
+    opening = datetime(2027, 3, 17, 10, 0, tzinfo=REUNION)
+    after = await gate.decide(call(opening, REUNION_CONSUMER), record=False, door="cli")
+    assert [
+        ("DEFER", "refusal:fr-d223-9-refusal", wait_s(asked, opening)),
+        ("ALLOW", "allowed", None),
+    ] == [outcome(held), outcome(after)]
+
+
+async def test_a_marker_written_before_calendar_days_keeps_its_meaning(
+    gate: Gate, sync_redis: redis.Redis
+) -> None:
+    """A plain marker (the refusal's ms, as gates wrote it before) still ends 1440 hours
+    on: 15:00 on day 60, then allowed at 15:30; the marker is left as it was."""
+    await consent(gate, CONSUMER)
+    key = cooloff_marker(gate, CONSUMER)
+    refused_ms = int(REFUSED_AT.timestamp() * 1000)
+    sync_redis.set(key, refused_ms, px=86_400_000)
+    day_60 = datetime(2027, 3, 15, 14, 0, tzinfo=PARIS)
+    held = await gate.decide(call(day_60), record=False, door="cli")
+    after = await gate.decide(call(day_60.replace(hour=15, minute=30)), record=False, door="cli")
+    assert [
+        ("DEFER", "refusal:fr-d223-9-refusal", 3600.0),
+        ("ALLOW", "allowed", None),
+    ] == [outcome(held), outcome(after)]
+    assert str(refused_ms).encode() == sync_redis.get(key)
+
+
+async def test_a_refusal_never_moves_the_end_earlier(gate: Gate, sync_redis: redis.Redis) -> None:
+    """An older refusal (10:00) reported after a plain marker of a later one (20:00, ending
+    20:00 on day 60) keeps the later event and takes its own, later end (00:00 on day 61);
+    a refusal older still changes nothing."""
+    await consent(gate, CONSUMER)
+    key = cooloff_marker(gate, CONSUMER)
+    later_ms = int(REFUSED_AT.replace(hour=20).timestamp() * 1000)
+    sync_redis.set(key, later_ms, px=86_400_000)
+    for hour in (10, 9):
+        at = REFUSED_AT.replace(hour=hour)
+        await admin(gate).record_event("refusal", CONSUMER, TENANT, at, REFUSED_AT)
+    end_ms = int(DAY_61.timestamp() * 1000)
+    asked = datetime(2027, 3, 15, 19, 55, tzinfo=PARIS)
+    held = await gate.decide(call(asked), record=False, door="cli")
+    opening = DAY_61.replace(hour=10)
+    assert f"{later_ms}:{end_ms}".encode() == sync_redis.get(key)
+    assert ("DEFER", "refusal:fr-d223-9-refusal", wait_s(asked, opening)) == outcome(held)
+
+
+async def test_the_explanation_shows_when_the_refusal_cool_off_ends(gate: Gate) -> None:
+    """``--explain`` names the calendar days and the instant the cool-off ends (UTC)."""
+    await consent(gate, CONSUMER)
+    await admin(gate).record_event("refusal", CONSUMER, TENANT, REFUSED_AT, REFUSED_AT)
+    asked = datetime(2027, 3, 15, 16, 0, tzinfo=PARIS)
+    evaluation = await gate.evaluate(call(asked), record=False, door="cli")
+    (row,) = (r for r in evaluation.rules if r.rule == "cooloff:fr-d223-9-refusal")
+    assert (
+        "DEFER",
+        "60 calendar days (to 00:00 local after the last) after a refusal; 8h left, until "
+        "2027-03-15 23:00:00 UTC",
+    ) == (row.outcome, row.detail)
 
 
 CAP_ENDS = [
