@@ -16,8 +16,8 @@ Routes:
   for (``gate.store.client.DURABLE_TRYAGAIN_S``), and a callee who hangs up meanwhile
   does not take the opt-out back (only the server stopping cancels it).
 - ``refusal`` / ``abandoned`` / ``answered`` the call's disposition: start the packs'
-  cool-off for ``number`` (France: 60 days after a refusal; UK: 72 h after an abandoned
-  call) and count an abandoned or answered call toward the abandoned-call ceiling of its
+  cool-off for ``number`` (France: 60 calendar days after a refusal; UK: 72 h after an
+  abandoned call) and count an abandoned or answered call toward the abandoned-call ceiling of its
   ``campaign`` (UK: 3 % of live calls per 24 h): RESULT ``OK`` (reason
   ``<event>:<first rule>``) or ``ERROR`` (``<event>_no_rule`` when no pack has a rule for
   it, ``<event>_needs_campaign`` when only per-campaign ceilings would count it).

@@ -574,8 +574,10 @@ class ListAdmin:
         campaign: str = "",
     ) -> EventRecord:
         """Record a call event at ``at`` (``EVENTS``): a refusal or an abandoned call
-        starts every cool-off rule for it (which runs from the latest such event: one older
-        than an event already recorded changes nothing); an answered or abandoned call
+        starts every cool-off rule for it (which runs from the latest such event, to the
+        latest end: one older than an event already recorded changes nothing, unless its
+        end is later; a rule counted in calendar days ends at 00:00 local, in the callee's
+        zones, after its last day); an answered or abandoned call
         counts toward every abandoned-call ceiling in force, of ``campaign`` (or of the
         tenant). Acknowledged once the store holds it durably (``Store.durable``).
 
