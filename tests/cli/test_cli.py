@@ -573,7 +573,7 @@ def test_config_check_accepts_the_sample_config(cli: Run, monkeypatch: pytest.Mo
     status, out, err = cli("config", "check", config=SAMPLE_CONFIG)
     assert (0, "") == (status, err)
     assert f"{SAMPLE_CONFIG}: OK" == out.splitlines()[0]
-    assert "  packs: fr 2026.12.1 (BL, FR, GF, GP, MF, MQ, PM, RE, YT)" in out.splitlines()
+    assert "  packs: fr 2026.12.2 (BL, FR, GF, GP, MF, MQ, PM, RE, YT)" in out.splitlines()
 
 
 # --- list import ------------------------------------------------------------------------
