@@ -1371,7 +1371,7 @@ async def _run_worker(config: Config, role: WorkerRole) -> int:
 async def _run_workers(config: Config, count: int, verbose: bool, loop: str) -> int:
     """The parent of ``run --workers N``: the workers, supervised; HTTP, metrics (theirs
     summed with its own) and reload (forwarded to them) in this process; one instance per
-    FastAGI port and state directory (``InstanceLock``)."""
+    FastAGI port on this machine (``InstanceLock``)."""
     stop = _stop_on_signals()
     make_state_dir(config.state_dir)  # the Stasis lock's, even with agi.port = 0
     instance = InstanceLock(config.state_dir, config.agi.port) if config.agi.port else None

@@ -20,7 +20,7 @@ the HTTP listener (metrics, health, admin API, reload). Each worker serves FastA
 same port (``SO_REUSEPORT``: the kernel spreads connections); one of them, the holder of an
 exclusive lock in the state directory (``StasisLeadership``), runs the Stasis application,
 so each channel is decided once, and another takes over when it dies. A second instance on
-the same port and state directory fails at start, naming the first (``InstanceLock``).
+the same port fails at start, whatever its state directory (``InstanceLock``).
 Every worker writes its metrics to the shared directory each second; the parent's
 ``/metrics`` is their sum with its own, plus the last counters of every worker that died
 (so no counter goes backwards). Caps and CPS limits need nothing more: they are counted
@@ -42,11 +42,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import fcntl
 import logging
 import os
 import signal
+import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -236,18 +239,29 @@ def make_state_dir(path: Path) -> None:
 
 
 class InstanceLock:
-    """One ``callgate run --workers`` per FastAGI port and state directory: an exclusive
-    ``flock`` on ``<state_dir>/run-agi-<port>.lock`` holding the holder's PID. The workers
-    share their port (``SO_REUSEPORT``), which would let a second instance's workers join
-    the first's silently; this lock makes the second one fail at start, naming the first.
-    The kernel releases it when the holder exits, however it exits."""
+    """One ``callgate run --workers`` per FastAGI port on this machine. The workers share
+    their port (``SO_REUSEPORT``), which would let a second instance's workers join the
+    first's silently and split the calls between two gates (two configs, maybe two Redis:
+    a number opted out through one is called through the other). Two locks make the second
+    one fail at start:
+
+    - an exclusive ``flock`` on ``<state_dir>/run-agi-<port>.lock`` holding the holder's
+      PID (the same config twice: the message names the first's PID);
+    - on Linux, a unix socket bound at the abstract name ``callgate/agi-port/<port>``: the
+      same network namespace as the port itself, whatever the state directory (another
+      config, another state directory). It is keyed on the port alone, so two instances on
+      the same port of two addresses of one machine are refused too (use two ports).
+
+    The kernel releases both when the holder exits, however it exits."""
 
     def __init__(self, state_dir: Path, agi_port: int) -> None:
+        self.port = agi_port
         self.path = state_dir / f"run-agi-{agi_port}.lock"
         self._fd: int | None = None
+        self._claim: socket.socket | None = None
 
     def acquire(self) -> None:
-        """Take the lock; ``InputError`` naming the holder if another instance has it."""
+        """Take the locks; ``InputError`` naming the holder if another instance has one."""
         make_state_dir(self.path.parent)
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
@@ -263,14 +277,42 @@ class InstanceLock:
             os.close(fd)
             raise InputError(
                 f"run: another callgate (pid {holder}) already serves FastAGI port "
-                f"{self.path.name.removeprefix('run-agi-').removesuffix('.lock')} "
-                f"(lock {self.path}); stop it or change [agi] port"
+                f"{self.port} (lock {self.path}); stop it or change [agi] port"
             ) from None
+        try:
+            self._claim = self._claim_port()
+        except BaseException:
+            os.close(fd)
+            raise
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self._fd = fd
 
+    def _claim_port(self) -> socket.socket | None:
+        """The machine-wide claim on the port (Linux; None elsewhere)."""
+        if not sys.platform.startswith("linux"):
+            return None
+        claim = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            claim.bind(f"\0callgate/agi-port/{self.port}")
+        except OSError as exc:
+            claim.close()
+            if exc.errno != errno.EADDRINUSE:
+                raise InputError(
+                    f"run: cannot claim FastAGI port {self.port}: {exc.strerror}"
+                ) from exc
+            raise InputError(
+                f"run: another callgate run --workers, with another state directory, "
+                f"already serves FastAGI port {self.port} on this machine (its workers "
+                f"would share the port and split the calls); stop it or change [agi] port "
+                f"(ss -xlp | grep callgate/agi-port/{self.port} shows its pid)"
+            ) from None
+        return claim
+
     def release(self) -> None:
+        if self._claim is not None:
+            self._claim.close()
+            self._claim = None
         if self._fd is not None:
             os.close(self._fd)  # releases the lock
             self._fd = None

@@ -7,6 +7,7 @@ import contextlib
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -16,7 +17,9 @@ from pathlib import Path
 
 import pytest
 
+from gate.core.errors import InputError
 from gate.core.params import DECISION_FIELDS
+from gate.runtime import InstanceLock
 from tests.conftest import SAMPLE_CONFIG
 
 STARTUP_DEADLINE_S = 20.0
@@ -236,3 +239,66 @@ def test_another_command_under_nohup_lives_on_after_sighups(tmp_path: Path) -> N
         process.terminate()
         code = process.wait(STARTUP_DEADLINE_S)
     assert (True, -signal.SIGTERM) == (alive, code)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_a_second_instance_lock_on_the_port_fails_whatever_its_state_directory(
+    tmp_path: Path,
+) -> None:
+    """Two ``run --workers`` instance locks on one FastAGI port, in two state directories:
+    the second fails in one line naming the port (their workers would share it through
+    SO_REUSEPORT and split the calls between two gates)."""
+    first = InstanceLock(tmp_path / "one", 4573)
+    first.acquire()
+    try:
+        with pytest.raises(InputError) as refused:
+            InstanceLock(tmp_path / "two", 4573).acquire()
+    finally:
+        first.release()
+    assert "already serves FastAGI port 4573 on this machine" in str(refused.value)
+    assert "\n" not in str(refused.value)
+    again = InstanceLock(tmp_path / "two", 4573)
+    again.acquire()  # free once the first is released
+    again.release()
+
+
+def test_a_second_run_with_workers_on_the_same_port_and_another_state_dir_fails(
+    tmp_path: Path,
+) -> None:
+    """``run --workers 2`` twice on one FastAGI port, each with its own state directory (so
+    its own embedded Redis): the second exits 2 in one line saying what is in the way,
+    and the first still serves every call (no worker of the second joined its port)."""
+    port = _free_port()
+    configs = []
+    for name in ("first", "second"):
+        data = tmp_path / name
+        data.mkdir()
+        text = _sample_config_in(data).read_text().replace("port = 0", f"port = {port}", 1)
+        (data / "callgate.toml").write_text(text)
+        configs.append(str(data / "callgate.toml"))
+    assert f"port = {port}\n" in Path(configs[0]).read_text()
+    with _callgate("--config", configs[0], "run", "--workers", "2") as first:
+        assert first.stderr is not None
+        deadline = time.monotonic() + STARTUP_DEADLINE_S
+        serving = 0
+        while time.monotonic() < deadline and first.poll() is None and serving < 2:
+            serving += bool(re.search(r"worker \d: FastAGI", first.stderr.readline()))
+        assert 2 == serving
+        with _callgate("--config", configs[1], "run", "--workers", "2") as second:
+            _, refused = second.communicate(timeout=STARTUP_DEADLINE_S)
+        answers = [asyncio.run(agi_check(port, "0612345678")) for _ in range(8)]
+        alive = first.poll() is None
+        first.send_signal(signal.SIGTERM)
+        first.communicate(timeout=STARTUP_DEADLINE_S)
+    assert (2, 1) == (second.returncode, len(refused.splitlines())), refused
+    assert refused.startswith(
+        "callgate: error: run: another callgate run --workers, with another state directory, "
+        f"already serves FastAGI port {port} on this machine"
+    ), refused
+    assert alive
+    assert {"no_consent:fr-l223-1-optin"} == {answer["CALLGATE_REASON"] for answer in answers}
