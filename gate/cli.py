@@ -1317,6 +1317,7 @@ async def _run_worker(config: Config, role: WorkerRole) -> int:
     from gate.stasis.door import StasisGate
 
     stop = _stop_on_signals()
+    role.follow_parent()  # its SIGTERM sets ``stop``: in-flight requests finish
     loop = asyncio.get_running_loop()
     disable_created_metrics()  # type: ignore[no-untyped-call]
     check_version(role, config_version(config.path), config.path)

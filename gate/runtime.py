@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import errno
 import fcntl
 import logging
@@ -174,6 +175,7 @@ WORKER_RESTART_MAX_S = 30.0  # …doubling while it keeps dying, up to this
 WORKER_HEALTHY_S = 30.0  # a worker that ran this long is healthy again: the next delay is 1 s
 WORKER_STOP_S = 20.0  # a worker's own bounded stop (doors drained, Stasis closed), plus room
 LEADER_POLL_S = 0.5  # how often a follower tries to take the Stasis lead
+_PR_SET_PDEATHSIG = 1  # prctl(2)
 METRICS_EVERY_S = 1.0  # how often a worker writes its metrics for the parent's /metrics
 # A worker whose metrics file is older than this is not serving (hung, or not started yet).
 WORKER_STALE_S = 3 * METRICS_EVERY_S
@@ -183,20 +185,39 @@ EXPECTED_VERSION = "config-version"  # the shared file naming the config version
 @dataclass(frozen=True, slots=True)
 class WorkerRole:
     """What the parent tells a worker process: its index, the shared directory (the
-    metrics files, the config version in force) and the FastAGI port every worker
-    listens on."""
+    metrics files, the config version in force), the FastAGI port every worker
+    listens on and the parent's PID (the worker ends with it: ``follow_parent``)."""
 
     index: int
     directory: Path
     agi_port: int
+    parent_pid: int
 
     def argument(self) -> str:
-        return f"{self.index}:{self.agi_port}:{self.directory}"
+        return f"{self.index}:{self.agi_port}:{self.parent_pid}:{self.directory}"
 
     @classmethod
     def parse(cls, text: str) -> WorkerRole:
-        index, port, directory = text.split(":", 2)
-        return cls(int(index), Path(directory), int(port))
+        index, port, parent, directory = text.split(":", 3)
+        return cls(int(index), Path(directory), int(port), int(parent))
+
+    def follow_parent(self) -> None:
+        """End this worker when its parent dies, however it dies (Linux: the parent-death
+        signal, SIGTERM, so the worker stops as on ``systemctl stop``); ``InputError`` if
+        the parent is already gone. A worker outliving a SIGKILLed parent would go on
+        serving the port, which a new ``run --workers`` would share with it
+        (``SO_REUSEPORT``), its calls split with a gate nobody supervises or reloads."""
+        if sys.platform.startswith("linux"):
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM) != 0:
+                raise InputError(
+                    f"worker {self.index}: cannot set the parent-death signal: "
+                    f"{os.strerror(ctypes.get_errno())}"
+                )
+        if os.getppid() != self.parent_pid:
+            raise InputError(
+                f"worker {self.index}: its parent (pid {self.parent_pid}) is gone; not serving"
+            )
 
     @property
     def metrics_path(self) -> Path:
@@ -391,7 +412,7 @@ class Workers:
     ) -> None:
         self.command = command
         self.directory = directory
-        self.roles = [WorkerRole(i, directory, agi_port) for i in range(count)]
+        self.roles = [WorkerRole(i, directory, agi_port, os.getpid()) for i in range(count)]
         self.slots: dict[int, _Slot] = {}
         self.restarts = 0
         self._baselines: dict[int, str] = {}
@@ -418,6 +439,8 @@ class Workers:
             self._spawn(role)
 
     def _spawn(self, role: WorkerRole) -> None:
+        # Forked from the event loop's thread, which lives as long as this process: the
+        # worker's parent-death signal (``WorkerRole.follow_parent``) follows that thread.
         self._keep_counts(role)
         # The worker starts with SIGHUP blocked (a signal mask is inherited), until its
         # command line's handler is in place (gate.cli ``_EarlySighup.install``): the

@@ -302,3 +302,35 @@ def test_a_second_run_with_workers_on_the_same_port_and_another_state_dir_fails(
     ), refused
     assert alive
     assert {"no_consent:fr-l223-1-optin"} == {answer["CALLGATE_REASON"] for answer in answers}
+
+
+def _gone(pid: int) -> bool:
+    """Whether ``pid`` has exited (a zombie not yet reaped by its new parent counts)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return True
+    return "\nState:\tZ" in status
+
+
+def test_the_workers_end_with_a_parent_killed_without_warning(tmp_path: Path) -> None:
+    """``run --workers 2`` whose parent is SIGKILLed (the OOM killer): its workers stop too,
+    so none goes on serving the port unsupervised, for a new instance to share with it."""
+    config = str(_sample_config_in(tmp_path))
+    with _callgate("--config", config, "run", "--workers", "2") as process:
+        assert process.stderr is not None
+        deadline = time.monotonic() + STARTUP_DEADLINE_S
+        pids: list[int] = []
+        while time.monotonic() < deadline and process.poll() is None and not pids:
+            if found := re.search(r"2 workers \(pids (\d+), (\d+)\)", process.stderr.readline()):
+                pids = [int(found[1]), int(found[2])]
+        assert pids, "run --workers 2 did not log its workers"
+        process.kill()
+        process.wait(10)
+        deadline = time.monotonic() + STARTUP_DEADLINE_S
+        while time.monotonic() < deadline and not all(_gone(pid) for pid in pids):
+            time.sleep(0.1)
+        left = [pid for pid in pids if not _gone(pid)]
+        for pid in left:  # cleanup: this test started them
+            os.kill(pid, signal.SIGKILL)
+    assert [] == left
