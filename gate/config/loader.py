@@ -486,9 +486,18 @@ def _secret(reader: Reader, path: Path | None, hash_numbers: bool, create: bool)
                     handle.write(secrets.token_hex(32) + "\n")
             value: str = path.read_text().strip()
         except OSError as exc:
-            raise reader.fail(
-                "secret_file", f"cannot read or create {path}: {exc.strerror}"
-            ) from exc
+            if path.exists():  # the secret of the lists already stored: never replaced
+                what = (
+                    f"cannot read {path}: {exc.strerror}; run callgate as the user that "
+                    f"owns it, or give that secret in ${SECRET_ENV}"
+                )
+            else:
+                what = (
+                    f"cannot create {path}: {exc.strerror}; make its directory writable "
+                    f"for this user, or set gate.state_dir (or privacy.secret_file) to a "
+                    f"writable directory, or give the secret in ${SECRET_ENV}"
+                )
+            raise reader.fail("secret_file", what) from exc
         if len(value) < 16:
             raise reader.fail("secret_file", f"{path} holds fewer than 16 characters")
         return value.encode()

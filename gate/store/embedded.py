@@ -175,7 +175,10 @@ def _not_private(data_dir: Path, exc: OSError) -> str:
             f"or give it to {me} (chown -R {me} {data_dir}), or set gate.state_dir (or "
             "redis.data_dir) in the config to a directory of this user's"
         )
-    return f"embedded Redis: cannot make {what} private (chmod): {exc.strerror}"
+    return (
+        f"embedded Redis: cannot make {what} private (chmod): {exc.strerror}; set "
+        "gate.state_dir (or redis.data_dir) in the config to a writable directory"
+    )
 
 
 class _Spawner:
