@@ -80,15 +80,19 @@ def redis_server_url() -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def spawned_redis(directory: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """A redis-server on a unix socket in ``directory`` (no persistence), answering PING:
-    its URL and process; killed by PID (resumed first, were it stopped) and reaped after."""
+def spawned_redis(
+    directory: Path, options: tuple[str, ...] = ()
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A redis-server on a unix socket in ``directory`` (no persistence; ``options`` added
+    last, so they override), answering PING: its URL and process; killed by PID (resumed
+    first, were it stopped) and reaped after."""
     sock = directory / "redis.sock"
     process = subprocess.Popen(
         [
             find_redis_server(),
             *("--port", "0", "--unixsocket", str(sock), "--dir", str(directory)),
             *("--save", "", "--appendonly", "no"),
+            *options,
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -73,6 +73,7 @@ from gate.core.evidence import FIELDS, audit_record, stored_record, stream_len
 from gate.core.keys import SLOT_GROUPS, Keyspace
 from gate.core.model import Verdict
 from gate.service import Evaluation, Observed, cancelling, stop_task, wait_event
+from gate.store.client import redis_error_text
 
 __all__ = ["FIELDS", "AuditLog", "Follower", "ReadWait", "read_range"]
 
@@ -263,7 +264,9 @@ class AuditLog:
                 raise asyncio.CancelledError from exc
             if not self._failing:
                 log.warning(
-                    "audit: cannot write to Redis (%s); %d records queued", exc, len(self._queue)
+                    "audit: cannot write to Redis (%s); %d records queued",
+                    redis_error_text(exc),
+                    len(self._queue),
                 )
             self._failing = True
             return False
@@ -311,7 +314,9 @@ class AuditLog:
                 raise asyncio.CancelledError from exc
             if self._swept:
                 self._written_to |= keys
-            log.info("audit: trimming by age failed (%s); retried in a minute", exc)
+            log.info(
+                "audit: trimming by age failed (%s); retried in a minute", redis_error_text(exc)
+            )
             return
         self._swept = True
 

@@ -68,7 +68,9 @@ Guarantees:
 
 from __future__ import annotations
 
+import ast
 import asyncio
+import contextlib
 import copy
 import dataclasses
 import functools
@@ -76,6 +78,7 @@ import hashlib
 import importlib.resources
 import json
 import logging
+import re
 import struct
 import time
 from collections import Counter
@@ -124,6 +127,7 @@ __all__ = [
     "answer_within",
     "cancel_point",
     "load_script",
+    "redis_error_text",
     "translate_error",
 ]
 
@@ -263,6 +267,34 @@ def _refused_credentials(exc: BaseException | None) -> bool:
     return False
 
 
+# redis-py's wrappings of an error reply, cut off by ``redis_error_text``: a pipeline's
+# (the command, up to 100 characters: a list's numbers, an audit record) and a script's
+# (Redis 6: its function name and line; Redis 7: its SHA and line at the end, Valkey:
+# its line).
+_PIPELINE_WRAP = re.compile(r"^Command # \d+ \(.*\) of pipeline caused error: ", re.DOTALL)
+_SCRIPT_WRAP = re.compile(r"^Error running script \(call to \w+\): (?:@user_script: ?\d+: ?)*-?")
+_SCRIPT_TAIL = re.compile(r",? *script: (?:\w+, )?on @\w+:\d+\.?$")
+_MAX_ERROR_TEXT = 300  # characters of the server's text kept in a message
+
+
+def redis_error_text(exc: BaseException) -> str:
+    """The server's own words in a redis-py error, as one clean line: without the
+    pipeline's command or the script's name and line that redis-py or Redis wrap it in
+    (they may carry a number, a record or Lua source), at most ``_MAX_ERROR_TEXT``
+    characters."""
+    text = str(exc)
+    if wrapped := _PIPELINE_WRAP.match(text):
+        text = text[wrapped.end() :]
+        if text.startswith("(") and text.endswith(",)"):  # redis.asyncio: the args' repr
+            with contextlib.suppress(ValueError, SyntaxError):
+                text = str(ast.literal_eval(text)[0])
+    text = _SCRIPT_TAIL.sub("", _SCRIPT_WRAP.sub("", text.strip()))
+    text = " ".join(text.split()) or type(exc).__name__
+    if len(text) > _MAX_ERROR_TEXT:
+        text = text[: _MAX_ERROR_TEXT - 1] + "…"
+    return text
+
+
 def translate_error(exc: BaseException, where: str) -> StoreError:
     """Map a redis-py error to the gate's error tree (one line, says what to check)."""
     if isinstance(exc, StoreError):
@@ -280,7 +312,7 @@ def translate_error(exc: BaseException, where: str) -> StoreError:
     if isinstance(exc, RedisConnectionError | OSError):
         detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         return StoreUnavailable(f"Redis at {where} is unreachable ({detail}); is it running?")
-    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    text = redis_error_text(exc)
     # redis-py parses these replies into their own classes, their code cut off the text.
     for kind, code in _UNAVAILABLE:
         if isinstance(exc, kind):
@@ -288,6 +320,12 @@ def translate_error(exc: BaseException, where: str) -> StoreError:
             break
     if text.startswith(("CLUSTERDOWN", "TRYAGAIN", "MASTERDOWN", "LOADING")):
         return StoreUnavailable(f"Redis at {where} cannot answer now ({text})")
+    if text.startswith("MISCONF"):  # stop-writes-on-bgsave-error after a failed snapshot
+        return StoreError(
+            f"Redis at {where} refuses every write (MISCONF): it could not save its data to "
+            "disk, and stop-writes-on-bgsave-error is on; see Redis's log, fix its disk or "
+            "its dir, then try again"
+        )
     return StoreError(f"Redis at {where} answered with an error: {text}")
 
 
