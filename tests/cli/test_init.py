@@ -3,6 +3,11 @@ no side effects unless asked (gate/config/files.py, gate/cli.py)."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -12,6 +17,8 @@ from gate.config.files import PACKS_DIR, sample_text
 from gate.config.loader import load_config
 from tests.cli.test_cli import CLOSED_PORT_URL, TEST_SECRET, Run, sample_config
 from tests.conftest import spawned_redis
+
+RUN_START_S = 20.0
 
 
 def test_init_writes_a_config_the_dialplan_and_a_private_env_file(cli: Run, tmp_path: Path) -> None:
@@ -103,3 +110,45 @@ def test_config_check_connect_warns_of_a_redis_that_evicts_keys(cli: Run, tmp_pa
         f"  warning: Redis at {url} has maxmemory-policy allkeys-lru: at maxmemory it "
         "deletes keys, so opted-out numbers could be called; set maxmemory-policy noeviction"
     ) == out.splitlines()[-1]
+
+
+def test_run_warns_at_start_of_a_redis_that_evicts_keys(tmp_path: Path) -> None:
+    """``callgate run`` on a Redis with maxmemory-policy allkeys-lru logs the same warning
+    at start, before it says it serves (and serves on: a warning, not a refusal)."""
+    with spawned_redis(tmp_path) as (url, _):
+        with redis.Redis.from_url(url) as client:
+            client.config_set("maxmemory-policy", "allkeys-lru")
+        path = tmp_path / "callgate.toml"
+        path.write_text(sample_config(url, agi={"port": 0}, http={"port": 0}), encoding="utf-8")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CALLGATE_")}
+        env["PYTHONUNBUFFERED"] = "1"
+        command = [sys.executable, "-m", "gate.cli", "--config", str(path), "run"]
+        process = subprocess.Popen(
+            command, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True
+        )
+        lines: list[str] = []
+        try:
+            assert process.stderr is not None
+            deadline = time.monotonic() + RUN_START_S
+            while time.monotonic() < deadline and process.poll() is None:
+                lines.append(process.stderr.readline())
+                if "FastAGI on agi://" in lines[-1]:
+                    break
+            process.send_signal(signal.SIGTERM)
+            code = process.wait(RUN_START_S)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait(10)
+            if process.stderr is not None:
+                process.stderr.close()
+    warnings = [line.split(" WARNING callgate: ", 1)[-1].rstrip() for line in lines]
+    expected = (
+        f"Redis at {url} has maxmemory-policy allkeys-lru: at maxmemory it deletes keys, "
+        "so opted-out numbers could be called; set maxmemory-policy noeviction"
+    )
+    assert (0, True, True) == (
+        code,
+        expected in warnings,
+        "FastAGI on agi://" in lines[-1],
+    ), "".join(lines)
