@@ -34,7 +34,7 @@ import socket
 import sys
 import tempfile
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
@@ -1513,20 +1513,44 @@ EARLY_SIGHUP = _SIGHUP = _EarlySighup()
 
 
 _TERMINATED: list[int] = []  # SIGTERM came (main then ends the process by it)
+_MAIN_TASK: list[asyncio.Task[int]] = []  # the command's, while it runs (``_command``)
 
 
 def _terminated(signum: int, frame: FrameType | None) -> None:
     """SIGTERM ends a command as Ctrl-C does: it says how far it got and cleans up (an
     import releases its list's lock), where SIGTERM's default action ended it silently,
     the lock held for its lease (15 min: "another import is running"); then the process
-    ends by SIGTERM all the same (its status, 143 to a shell)."""
+    ends by SIGTERM all the same (its status, 143 to a shell). With Ctrl-C ignored (a
+    script's background job: asyncio then installs no handler of its own) the command's
+    task is cancelled here, as asyncio's Ctrl-C would; a second SIGTERM, or one before
+    or after the command's task, is SIGTERM's own action."""
+    first = not _TERMINATED
     _TERMINATED.append(signum)
     interrupt = signal.getsignal(signal.SIGINT)
     if callable(interrupt):
         interrupt(signum, frame)  # asyncio.Runner's: cancels the main task first
-    else:  # Ctrl-C ignored (a script's background job): SIGTERM's own action, as before
+    elif first and _MAIN_TASK and not _MAIN_TASK[0].done():
+        task = _MAIN_TASK[0]
+        task.cancel()
+        task.get_loop().call_soon_threadsafe(lambda: None)  # wakes the loop to run it
+    else:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.raise_signal(signal.SIGTERM)
+
+
+def _command(main: Coroutine[Any, Any, int]) -> int:
+    """``asyncio.run(main)``, its task known to ``_terminated`` while it runs."""
+
+    async def tracked() -> int:
+        task = asyncio.current_task()
+        assert task is not None
+        _MAIN_TASK[:] = [task]
+        try:
+            return await main
+        finally:
+            _MAIN_TASK.clear()
+
+    return asyncio.run(tracked())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1554,25 +1578,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         if config_check:
             return _config_check(config, args)
         if args.command == "reload":
-            return asyncio.run(_reload(config))
+            return _command(_reload(config))
         if args.command == "check":
-            return asyncio.run(_check(config, args))
+            return _command(_check(config, args))
         if args.command == "list":
-            return asyncio.run(_list(config, args))
+            return _command(_list(config, args))
         if args.command in ("consent", *EVENTS):
-            return asyncio.run(_consent_or_event(config, args))
+            return _command(_consent_or_event(config, args))
         if args.command == "scrub":
-            return asyncio.run(_scrub(config, args))
+            return _command(_scrub(config, args))
         if args.command == "audit":
-            return asyncio.run(_audit(config, args))
+            return _command(_audit(config, args))
         if args.command == "migrate":
-            return asyncio.run(_migrate(config))
+            return _command(_migrate(config))
         with asyncio.Runner(loop_factory=LOOPS[args.loop]) as runner:
             return runner.run(_run(config, args))
     except GateError as exc:
         print(f"callgate: error: {exc.worded(CLI_WORDING)}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        # CancelledError: the command's task cancelled by SIGTERM with Ctrl-C ignored
+        # (``_terminated``); any other is not ours to end the process with.
+        if not _TERMINATED and not isinstance(sys.exc_info()[1], KeyboardInterrupt):
+            raise
         if _TERMINATED:
             with contextlib.suppress(OSError):
                 sys.stdout.flush()

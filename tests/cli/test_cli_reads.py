@@ -26,6 +26,7 @@ from gate.store.client import READ_WAIT_S
 from gate.store.lists import ListStore
 from tests.cli.test_cli import (
     CLOSED_PORT_URL,
+    INTERACTIVE,
     NUMBER,
     SUBPROCESS_TIMEOUT_S,
     Run,
@@ -687,14 +688,27 @@ def test_audit_why_and_tail_in_json(cli: Run, audit_rows: int) -> None:
     assert records[0]["time"].endswith("Z")
 
 
-def _signalled_import(tmp_path: Path, config_file: Path, signum: int) -> tuple[int, str]:
+def _signalled_import(
+    tmp_path: Path, config_file: Path, signum: int, background: bool = False
+) -> tuple[int, str]:
     """A --replace import of 3 M numbers (several seconds: still running when the signal
-    comes, even on a loaded machine) sent ``signum`` once under way: its status, stderr."""
+    comes, even on a loaded machine) sent ``signum`` once under way: its status, stderr.
+    ``background``: started with Ctrl-C ignored, as a shell script's background job is."""
     path = tmp_path / "big.txt"
     path.write_text("".join(f"+3361{i:07d}\n" for i in range(3_000_000)), encoding="utf-8")
-    process = interactive_cli(
-        tmp_path, "--config", str(config_file), "list", "import", "red", str(path), "--replace"
-    )
+    args = ("--config", str(config_file), "list", "import", "red", str(path), "--replace")
+    if background:
+        program = INTERACTIVE.replace("signal.default_int_handler", "signal.SIG_IGN")
+        assert program != INTERACTIVE
+        process = subprocess.Popen(
+            [sys.executable, "-c", program, *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=tmp_path,
+        )
+    else:
+        process = interactive_cli(tmp_path, *args)
     assert process.stderr is not None
     try:
         process.stderr.readline()  # the first progress line: the import is under way
@@ -714,14 +728,16 @@ def test_sigint_during_an_import_says_what_was_kept(tmp_path: Path, config_file:
     assert "callgate: import interrupted: list 'red' is unchanged" in err
 
 
+@pytest.mark.parametrize("background", [False, True], ids=["foreground", "ctrl-c-ignored"])
 def test_sigterm_during_an_import_says_what_was_kept_and_frees_the_list(
-    tmp_path: Path, config_file: Path, cli: Run
+    tmp_path: Path, config_file: Path, cli: Run, background: bool
 ) -> None:
     """SIGTERM (``kill``, ``timeout``, a stopping unit) during a --replace import ends it as
     Ctrl-C does: a line saying the list is unchanged, and its lock released, so the next
     --replace runs at once (not "another import is running" for 15 min); the process
-    still ends by SIGTERM."""
-    status, err = _signalled_import(tmp_path, config_file, signal.SIGTERM)
+    still ends by SIGTERM. The same for a shell script's background job, whose Ctrl-C is
+    ignored."""
+    status, err = _signalled_import(tmp_path, config_file, signal.SIGTERM, background)
     assert -signal.SIGTERM == status
     assert "callgate: import interrupted: list 'red' is unchanged" in err
     small = tmp_path / "small.txt"
