@@ -468,6 +468,18 @@ def _logging(reader: Reader) -> LoggingConfig:
     return config
 
 
+def _exists(path: Path) -> bool | None:
+    """Whether ``path`` exists; None when that cannot be known (a directory on the way
+    that this user may not enter: ``Path.exists`` raises then)."""
+    try:
+        path.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError:
+        return None
+    return True
+
+
 def _secret(reader: Reader, path: Path | None, hash_numbers: bool, create: bool) -> bytes | None:
     literal: str | None = reader.get("secret", str, None)
     reader.done()
@@ -476,17 +488,23 @@ def _secret(reader: Reader, path: Path | None, hash_numbers: bool, create: bool)
     if literal:
         return literal.encode()
     if path is not None:
-        if not create and not path.exists():
+        if not create and _exists(path) is False:
             return None  # config check: created by the first command that needs it
         try:
-            if not path.exists():
+            if _exists(path) is False:
                 path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
                 with os.fdopen(fd, "w") as handle:
                     handle.write(secrets.token_hex(32) + "\n")
             value: str = path.read_text().strip()
         except OSError as exc:
-            if path.exists():  # the secret of the lists already stored: never replaced
+            exists = _exists(path)
+            if exists is None:  # its directory cannot be entered: another user's
+                what = (
+                    f"cannot reach {path}: {exc.strerror}; run callgate as the user that "
+                    f"owns its directory, or give the secret in ${SECRET_ENV}"
+                )
+            elif exists:  # the secret of the lists already stored: never replaced
                 what = (
                     f"cannot read {path}: {exc.strerror}; run callgate as the user that "
                     f"owns it, or give that secret in ${SECRET_ENV}"

@@ -144,3 +144,34 @@ def test_a_secret_file_that_cannot_be_read_is_never_replaced(tmp_path: Path) -> 
         "denied; run callgate as the user that owns it, or give that secret in $CALLGATE_SECRET"
     ] == done.stderr.splitlines()
     assert "0123456789abcdef0123456789abcdef\n" == secret.read_text()
+
+
+def test_a_secret_file_in_a_directory_it_cannot_enter_is_one_line(tmp_path: Path) -> None:
+    """The state directory is another user's (0700; here mode 0000 and, as root, without
+    the power to pass it): whether the secret file exists cannot be known, and the command
+    says so in one line, run as the owner of the directory or give the secret; exit 2."""
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "callgate.secret").write_text("0123456789abcdef0123456789abcdef\n")
+    state.chmod(0)
+    config = tmp_path / "callgate.toml"
+    text = SAMPLE_CONFIG.read_text().replace('state_dir = "../var"', f'state_dir = "{state}"')
+    config.write_text(text)
+    prefix = []
+    if os.geteuid() == 0:
+        prefix = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CALLGATE_")}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
+    command = [sys.executable, "-m", "gate.cli", "--config", str(config), "list", "count", "red"]
+    done = subprocess.run(
+        [*prefix, *command], capture_output=True, text=True, timeout=TIMEOUT_S, env=env
+    )
+    state.chmod(0o700)
+    secret = state / "callgate.secret"
+    assert (2, "") == (done.returncode, done.stdout), done.stderr
+    assert [
+        f"callgate: error: {config}: privacy.secret_file: cannot reach {secret}: Permission "
+        "denied; run callgate as the user that owns its directory, or give the secret in "
+        "$CALLGATE_SECRET"
+    ] == done.stderr.splitlines()
+    assert "0123456789abcdef0123456789abcdef\n" == secret.read_text()
