@@ -132,7 +132,7 @@ class RequestError(InputError):
 
 
 def _instant(value: object) -> datetime:
-    if not isinstance(value, str) or not _RFC3339_RE.match(value):
+    if not isinstance(value, str) or not _RFC3339_RE.fullmatch(value):
         raise PydanticCustomError(
             "rfc3339",
             "{value} is not an RFC 3339 date-time with an offset (e.g. 2026-12-01T10:30:00+01:00)",

@@ -218,6 +218,11 @@ async def test_a_scrub_beyond_the_bound_is_413(served: Served) -> None:
             "(e.g. 2026-12-01T10:30:00+01:00)",
         ),
         (
+            {"number": UNLISTED, "at": "2026-12-01T10:30:00Z\n"},
+            "at: '2026-12-01T10:30:00Z\\n' is not an RFC 3339 date-time with an offset "
+            "(e.g. 2026-12-01T10:30:00+01:00)",
+        ),
+        (
             {"number": UNLISTED, "class": "robot"},
             "class: must be 'campaign' or 'manual', got 'robot'",
         ),
