@@ -96,9 +96,13 @@ from redis.exceptions import (
     AuthenticationError,
     BusyLoadingError,
     ClusterDownError,
+    ExecAbortError,
     MasterDownError,
     MovedError,
+    NoPermissionError,
     NoScriptError,
+    OutOfMemoryError,
+    ReadOnlyError,
     RedisError,
     ResponseError,
     TryAgainError,
@@ -248,12 +252,19 @@ async def answer_within(where: str, seconds: float = READ_WAIT_S) -> AsyncIterat
         ) from exc
 
 
-# Error replies saying Redis cannot answer now (a cluster failover, a slot moving), as
-# redis-py raises them (most specific first), and their codes.
-_UNAVAILABLE: tuple[tuple[type[Exception], str], ...] = (
+# Error replies that redis-py raises as classes of their own, their code cut off the text
+# (most specific first), and their codes, put back by ``redis_error_text``: those saying
+# Redis cannot answer now (a cluster failover, a slot moving), then the others (a replica
+# after a failover, a full Redis, a missing script, an ACL, an aborted transaction).
+_ERROR_CODES: tuple[tuple[type[Exception], str], ...] = (
     (MasterDownError, "MASTERDOWN"),
     (ClusterDownError, "CLUSTERDOWN"),
     (TryAgainError, "TRYAGAIN"),
+    (ReadOnlyError, "READONLY"),
+    (OutOfMemoryError, "OOM"),
+    (NoScriptError, "NOSCRIPT"),
+    (NoPermissionError, "NOPERM"),
+    (ExecAbortError, "EXECABORT"),
 )
 
 
@@ -280,8 +291,9 @@ _MAX_ERROR_TEXT = 300  # characters of the server's text kept in a message
 def redis_error_text(exc: BaseException) -> str:
     """The server's own words in a redis-py error, as one clean line: without the
     pipeline's command or the script's name and line that redis-py or Redis wrap it in
-    (they may carry a number, a record or Lua source), at most ``_MAX_ERROR_TEXT``
-    characters."""
+    (they may carry a number, a record or Lua source), with the code that redis-py cuts
+    off the errors it has classes for (``READONLY``, ``OOM``…: ``_ERROR_CODES``), at most
+    ``_MAX_ERROR_TEXT`` characters."""
     text = str(exc)
     if wrapped := _PIPELINE_WRAP.match(text):
         text = text[wrapped.end() :]
@@ -289,7 +301,13 @@ def redis_error_text(exc: BaseException) -> str:
             with contextlib.suppress(ValueError, SyntaxError):
                 text = str(ast.literal_eval(text)[0])
     text = _SCRIPT_TAIL.sub("", _SCRIPT_WRAP.sub("", text.strip()))
-    text = " ".join(text.split()) or type(exc).__name__
+    text = " ".join(text.split())
+    for kind, code in _ERROR_CODES:  # redis-py cut it off: the line says it as Redis did
+        if isinstance(exc, kind):
+            if not text.startswith(code):
+                text = f"{code} {text}".rstrip()
+            break
+    text = text or type(exc).__name__
     if len(text) > _MAX_ERROR_TEXT:
         text = text[: _MAX_ERROR_TEXT - 1] + "…"
     return text
@@ -312,12 +330,7 @@ def translate_error(exc: BaseException, where: str) -> StoreError:
     if isinstance(exc, RedisConnectionError | OSError):
         detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         return StoreUnavailable(f"Redis at {where} is unreachable ({detail}); is it running?")
-    text = redis_error_text(exc)
-    # redis-py parses these replies into their own classes, their code cut off the text.
-    for kind, code in _UNAVAILABLE:
-        if isinstance(exc, kind):
-            text = f"{code} {text}"
-            break
+    text = redis_error_text(exc)  # with the code redis-py cut off (``_ERROR_CODES``)
     if text.startswith(("CLUSTERDOWN", "TRYAGAIN", "MASTERDOWN", "LOADING")):
         return StoreUnavailable(f"Redis at {where} cannot answer now ({text})")
     if text.startswith("MISCONF"):  # stop-writes-on-bgsave-error after a failed snapshot

@@ -142,3 +142,52 @@ async def test_a_script_error_is_one_line_without_the_script(redis_url: str) -> 
     assert [] == [
         part for part in (sha, "user_script", "lua-source-here", "f_", "\n") if part in message
     ], message
+
+
+def _read_only(client: redis.Redis) -> None:
+    """A replica (of a master that is not there): it refuses writes with READONLY."""
+    client.replicaof("127.0.0.1", 1)
+
+
+def _out_of_memory(client: redis.Redis) -> None:
+    """Full (maxmemory 1 byte, nothing evicted): it refuses writes with OOM."""
+    client.config_set("maxmemory-policy", "noeviction")
+    client.config_set("maxmemory", 1)
+
+
+@pytest.mark.parametrize(
+    ("refuse", "said"),
+    [
+        (_read_only, "READONLY You can't write against a read only replica."),
+        (_out_of_memory, "OOM command not allowed when used memory > 'maxmemory'."),
+    ],
+)
+async def test_an_error_redis_py_parses_keeps_its_code(
+    tmp_path: Path, refuse: object, said: str
+) -> None:
+    """READONLY (a replica after a failover) and OOM (a full Redis): redis-py raises them
+    as classes of their own and cuts their code off the text; the line puts it back, alone
+    and inside a pipeline, as Redis said it."""
+    with spawned_redis(tmp_path) as (url, _):
+        admin = redis.Redis.from_url(url)
+        try:
+            assert callable(refuse)
+            refuse(admin)
+        finally:
+            admin.close()
+        client = aioredis.Redis.from_url(url)
+        try:
+            with pytest.raises(redis.ResponseError) as alone:
+                await client.set("k", NUMBER)
+            async with client.pipeline(transaction=False) as pipe:
+                pipe.get("k")
+                pipe.sadd("k", NUMBER)
+                with pytest.raises(redis.ResponseError) as piped:
+                    await pipe.execute()
+        finally:
+            await client.aclose()
+    expected = f"Redis at {WHERE} answered with an error: {said}"
+    assert [expected, expected] == [
+        str(translate_error(alone.value, WHERE)),
+        str(translate_error(piped.value, WHERE)),
+    ]
