@@ -22,9 +22,9 @@ carried the one hash tag ``{<namespace>}``):
                                         or token → void_before_ms (reassigned lists:
                                         gate/lists/reassigned.py)
   ``…:cap:<rule>[:t:…|:c:…]:<token>``   the attempt log of a cap (packed doubles)
-  ``…:cool:<rule>[:t:…]:<token>``       the time (ms) of the last refusal/abandoned call,
-                                        or "at_ms:end_ms" when the cool-off ends at
-                                        end_ms (calendar days: lua/mark_max.lua)
+  ``…:cool:<rule>[:t:…]:<token>``       the time (ms) the cool-off runs from: the last
+                                        refusal/abandoned call's (calendar days: its
+                                        end less the period, gate/lists/admin.py)
   ``…:audit``                           the audit stream of the group's decisions
   ====================================  ================================================
 

@@ -627,18 +627,22 @@ class ListAdmin:
             suffix = self.keyspace.cooloff_suffix(rule, tenant)
             key = self.keyspace.number_key(keys.group, suffix, keys.token)
             period_ms = int(rule.period_s * 1000)
-            end_ms = at_ms + period_ms
+            # The marker holds the instant the cool-off runs from (decide.lua's R check
+            # waits until it + the period): the event's time, or, for a rule counted in
+            # calendar days (to 00:00 local after the last one, in the callee's zones),
+            # that end less the period: a plain time every gate reads alike.
+            start_ms = at_ms
             if rule.calendar_days:
-                # Calendar days of the callee's zones: to 00:00 local after the last one.
                 days = round(rule.period_s / 86400)
                 end = end_of_calendar_days(target.time_zones, at, days)
-                end_ms = int(end.timestamp() * 1000)
-            # The marker expires when the cool-off ends by the clock; an older event
-            # reported after a newer one leaves the newer one's marker (and end) in place.
-            if end_ms <= clock_ms:
+                start_ms = int(end.timestamp() * 1000) - period_ms
+            # The marker expires when the cool-off ends by the clock; an event whose
+            # cool-off ends sooner than the one held (reported late) leaves it in place.
+            ttl_ms = start_ms + period_ms - clock_ms
+            if ttl_ms <= 0:
                 record.expired.append(rule.id)
                 continue
-            await self.lists.mark(key, at_ms, end_ms, period_ms, clock_ms)
+            await self.lists.mark(key, start_ms, ttl_ms)
             record.rules.append(rule.id)
         if event == "refusal":
             return record

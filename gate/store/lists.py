@@ -824,11 +824,9 @@ class ListStore:
             for token in tokens:
                 yield token.decode()
 
-    async def mark(self, key: str, at_ms: int, end_ms: int, period_ms: int, now_ms: int) -> bool:
-        """Record an event at ``at_ms`` whose cool-off (of ``period_ms``) ends at ``end_ms``
-        in a cool-off marker, living until its end by ``now_ms`` (``lua/mark_max.lua``, one
-        key): the marker keeps the latest event and the latest end, so events reported out
-        of order leave the latest in force. Whether it changed."""
-        args = [at_ms, end_ms, period_ms, now_ms]
-        (reply,) = await self.store.run_scripts(MARK_MAX, [([key], args)])
+    async def mark(self, key: str, at_ms: int, ttl_ms: int) -> bool:
+        """Set a cool-off marker to ``at_ms``, living ``ttl_ms``, unless it holds a later
+        time (``lua/mark_max.lua``, one key): events reported out of order leave the
+        latest in force. Whether it was set."""
+        (reply,) = await self.store.run_scripts(MARK_MAX, [([key], [at_ms, max(ttl_ms, 1)])])
         return bool(reply)

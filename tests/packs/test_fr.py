@@ -297,9 +297,10 @@ async def test_a_marker_written_before_calendar_days_keeps_its_meaning(
 
 
 async def test_a_refusal_never_moves_the_end_earlier(gate: Gate, sync_redis: redis.Redis) -> None:
-    """An older refusal (10:00) reported after a plain marker of a later one (20:00, ending
-    20:00 on day 60) keeps the later event and takes its own, later end (00:00 on day 61);
-    a refusal older still changes nothing."""
+    """An older refusal (10:00) reported after a marker of a later one written before
+    calendar days (20:00, ending 20:00 on day 60) takes its own, later end (00:00 on day
+    61): the marker holds that end less 60 days, a plain time that gates of any version
+    read alike; a refusal older still changes nothing."""
     await consent(gate, CONSUMER)
     key = cooloff_marker(gate, CONSUMER)
     later_ms = int(REFUSED_AT.replace(hour=20).timestamp() * 1000)
@@ -311,7 +312,7 @@ async def test_a_refusal_never_moves_the_end_earlier(gate: Gate, sync_redis: red
     asked = datetime(2027, 3, 15, 19, 55, tzinfo=PARIS)
     held = await gate.decide(call(asked), record=False, door="cli")
     opening = DAY_61.replace(hour=10)
-    assert f"{later_ms}:{end_ms}".encode() == sync_redis.get(key)
+    assert str(end_ms - 60 * 86_400_000).encode() == sync_redis.get(key)
     assert ("DEFER", "refusal:fr-d223-9-refusal", wait_s(asked, opening)) == outcome(held)
 
 

@@ -34,10 +34,8 @@
 --                        consent, or exempted.
 --       M k:H x:d        presence required (an allow list, e.g. a scrubbed file): BLOCK
 --                        unless the member is in SET KEYS[k], or exempted.
---       R k:H period:d   cool-off: KEYS[k] (mark_max.lua) holds "at_ms", the time of the
---                        last event (refusal, abandoned call): DEFER until at_ms + period
---                        ms; or "at_ms:end_ms" (a rule counted in calendar days): DEFER
---                        until end_ms.
+--       R k:H period:d   cool-off: KEYS[k] holds the time (ms) of the last event (refusal,
+--                        abandoned call); DEFER until that time + period ms.
 --       F j:B max_age:d retry:d x:d
 --                        freshness: DEFER (retry ms) unless meta field j (refreshed_at, ms)
 --                        is within max_age ms of now, or exempted.
@@ -263,16 +261,8 @@ for d = 1, tonumber(ARGV[1]) do
       p = p + 3
     elseif kind == 82 then -- R
       if not stale then
-        local marker = call("GET", KEYS[v[p + 1]])
-        local left = 0
-        if marker then
-          local colon = string.find(marker, ":", 1, true)
-          if colon then
-            left = tonumber(string.sub(marker, colon + 1)) - now
-          else
-            left = tonumber(marker) + v[p + 2] - now
-          end
-        end
+        local event = tonumber(call("GET", KEYS[v[p + 1]]) or "0")
+        local left = event > 0 and event + v[p + 2] - now or 0
         seen = left > 0 and left or 0
       end
       decides, wait = seen > 0, seen
