@@ -14,6 +14,11 @@ Guarantees:
   list that can only ever block a number nobody can own.
 - ``open_lines`` reads plain, gzip and zip files (a zip's members in order), UTF-8 with or
   without BOM, any line ending, and computes the SHA-256 of the bytes it read.
+- No line is longer than ``MAX_LINE_CHARS`` characters (``MAX_LINE_BYTES`` bytes, read in
+  bulk): a longer one (binary data, a file without line ends, a bomb of one line) is an
+  ``InputError`` naming the file and the line, found before more than about two blocks of
+  it are held in memory, so that a reader's memory, and the time it holds the GIL on one
+  line (the event loop of ``callgate run`` waits as long), stay bounded.
 - A file that can be read only once (a pipe, a FIFO, ``/dev/stdin``, a shell's ``<(…)``)
   is copied whole into a private temporary file first (``rereadable``), so counting its
   lines, probing its format and reading it all see the same bytes.
@@ -58,6 +63,8 @@ __all__ = [
     "BATCH_LINES",
     "BLOCK_BYTES",
     "FORMATS",
+    "MAX_LINE_BYTES",
+    "MAX_LINE_CHARS",
     "Batch",
     "Block",
     "Digest",
@@ -648,6 +655,22 @@ _NANP_RUN = re.compile(rb"(?:[2-9][0-9]{2}[2-9][0-9]{6}\r?\n)+")
 _AREA_RUN = re.compile(rb"(?:[2-9][0-9]{2},[2-9][0-9]{6}\r?\n)+")
 _BOM = b"\xef\xbb\xbf"
 BLOCK_BYTES = 1 << 20
+# The longest line of a list or leads file: a row of a wide CSV export is a few KiB; the
+# csv module already refuses a field over 128 KiB.
+MAX_LINE_CHARS = 1 << 20
+MAX_LINE_BYTES = MAX_LINE_CHARS
+
+
+def _line_too_long(name: str, line_no: int, limit: int, unit: str) -> InputError:
+    return InputError(
+        f"{name}:{line_no}: a line longer than {limit} {unit} (binary data, or a file "
+        "without line ends?): give a text file of one row per line"
+    )
+
+
+class _LongLine(Exception):
+    """A line longer than ``MAX_LINE_BYTES`` in a stream read in blocks (the reader of the
+    blocks, which counts their lines, names it)."""
 
 
 def _runs(region: str, fmt: str) -> list[tuple[re.Pattern[bytes], bytes, int]]:
@@ -727,7 +750,14 @@ def _bulk_batches(source: Lines, rule: ListRule, region: str, fmt: str) -> Itera
     """``read_batches`` of a file in a plain format: a batch per block, parsed when first
     read (``Batch``)."""
     line_no = 0
-    for offset, data in source.blocks():
+    blocks = source.blocks()
+    for _ in range(1 << 62):  # bounded by the file: the blocks end with it
+        try:
+            offset, data = next(blocks)
+        except StopIteration:
+            return
+        except _LongLine as exc:  # it starts right after the blocks given so far
+            raise _line_too_long(source.name, line_no + 1, MAX_LINE_BYTES, "bytes") from exc
         lines = count_line_ends(data)
         if data[-1:] not in (b"\n", b"\r"):
             lines += 1  # the last line of a stream, without a line end
@@ -856,6 +886,8 @@ def _byte_blocks(
                 if not cut:  # no \n: a lone \r ends a line, unless \n may follow it
                     cut = buffer.rfind(b"\r", 0, len(buffer) - 1) + 1
                 if not cut:
+                    if len(buffer) > MAX_LINE_BYTES:
+                        raise _LongLine
                     carry = buffer  # a line longer than a block: read on
                     continue
                 yield offset, buffer[:cut]
@@ -867,6 +899,11 @@ def _byte_blocks(
 
 
 def _text_lines(path: Path, digest: Digest | None, name: str) -> Generator[str, None, None]:
+    # A line of at most MAX_LINE_CHARS characters and its line end ("\r\n" never split):
+    # readline(limit) returns a shorter line whole, a line of ``limit`` whole if it ends
+    # with "\n"; anything else of that length is the start of a longer line.
+    limit = MAX_LINE_CHARS + 2
+    line_no = 0
     try:
         for stream in _streams(path):
             source: IO[bytes] = stream
@@ -874,7 +911,11 @@ def _text_lines(path: Path, digest: Digest | None, name: str) -> Generator[str, 
                 source = io.BufferedReader(_Hashing(stream, digest), 1 << 16)
             text = io.TextIOWrapper(source, encoding="utf-8-sig", newline="")
             try:
-                yield from text
+                for line in iter(partial(text.readline, limit), ""):
+                    line_no += 1
+                    if len(line) == limit and line[-1] != "\n":
+                        raise _line_too_long(name, line_no, MAX_LINE_CHARS, "characters")
+                    yield line
             except UnicodeDecodeError as exc:
                 raise InputError(
                     f"{name}: not UTF-8 text ({exc.reason} at byte {exc.start})"

@@ -394,3 +394,35 @@ def test_a_long_cell_or_first_line_is_read_in_linear_time(read: Callable[[], obj
     started = time.monotonic()
     read()
     assert time.monotonic() - started < 1
+
+
+@pytest.mark.parametrize("column", [None, "1"], ids=["bulk", "csv"])
+def test_a_line_over_the_limit_is_refused_naming_it_before_it_is_read_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, column: str | None
+) -> None:
+    """A line longer than ``MAX_LINE_CHARS`` (a gzip of zeros without a line end) is an
+    InputError naming the file and the line, read no further than a few blocks: read
+    whole, 1 GB of zeros took 2 GB of memory and held the GIL for half a minute."""
+    monkeypatch.setattr(formats, "MAX_LINE_CHARS", 100)
+    monkeypatch.setattr(formats, "MAX_LINE_BYTES", 100)
+    monkeypatch.setattr(formats, "BLOCK_BYTES", 64)
+    path = tmp_path / "bomb.gz"
+    path.write_bytes(gzip.compress(b"0612345678\n" * 2 + b"\0" * 100_000))
+    with pytest.raises(InputError) as caught:
+        [b.rejected for b in read_batches(open_lines(path), BLOCK, "FR", column=column)]
+    unit = "bytes" if column is None else "characters"
+    assert (
+        f"{path}:3: a line longer than 100 {unit} (binary data, or a file without line "
+        "ends?): give a text file of one row per line"
+    ) == str(caught.value)
+
+
+@pytest.mark.parametrize("end", ["\n", "\r\n", "\r"])
+def test_a_line_at_the_limit_is_read_whole_with_its_line_end(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, end: str
+) -> None:
+    """A line of ``MAX_LINE_CHARS`` characters is one line, whatever its line end."""
+    monkeypatch.setattr(formats, "MAX_LINE_CHARS", 20)
+    path = tmp_path / "list.txt"
+    path.write_bytes(f"{'0' * 20}{end}{'1' * 20}{end}".encode())
+    assert [f"{'0' * 20}{end}", f"{'1' * 20}{end}"] == list(open_lines(path))
