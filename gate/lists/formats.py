@@ -947,11 +947,14 @@ def rereadable(path: Path) -> Iterator[Path]:
         yield copy
 
 
-def count_lines(path: Path, name: str | None = None) -> int:
+def count_lines(path: Path, name: str | None = None, max_bytes: int | None = None) -> int:
     """Lines in ``path`` (decompressed; a last line without a line end counts, an empty
     file has none; ``\\n``, ``\\r\\n`` and ``\\r`` all end a line), to size an import.
-    Errors name the file ``name`` (by default its path)."""
+    Errors name the file ``name`` (by default its path). ``max_bytes``: an ``InputError``
+    as soon as more than that many bytes were read decompressed (a gzip or zip bomb: 1 GB
+    of zeros is 1 MB of gzip), so that no later pass reads more."""
     total = 0
+    size = 0
     try:
         for stream in _streams(path):
             last = b""
@@ -959,6 +962,13 @@ def count_lines(path: Path, name: str | None = None) -> int:
                 chunk = stream.read(1 << 20)
                 if not chunk:
                     break
+                size += len(chunk)
+                if max_bytes is not None and size > max_bytes:
+                    raise InputError(
+                        f"{path if name is None else name}: more than {max_bytes} bytes "
+                        "decompressed (a compression bomb?): split the file into smaller "
+                        "ones, or read it with the callgate command"
+                    )
                 # \r\n split across two chunks is one line end, not two.
                 pending_cr = last == b"\r" and chunk[:1] == b"\n"
                 total += chunk.count(b"\n") + chunk.count(b"\r") - chunk.count(b"\r\n")

@@ -50,7 +50,8 @@ Guarantees:
   Any other error after an answer began is cut the same way (logged), never followed
   by a second answer on the wire.
 - An upload is spooled to a private temporary file as it arrives (bounded memory, at
-  most ``MAX_UPLOAD_BYTES``) and imported in a worker thread with its own Redis
+  most ``MAX_UPLOAD_BYTES``, and as many once decompressed: a gzip or zip bomb is a 400
+  after one pass over that many bytes) and imported in a worker thread with its own Redis
   connection, so decisions are not held up by parsing; a client that goes away stops
   the import (a ``replace`` then leaves the live list untouched). Errors about the file
   name it "the upload", never by the temporary file it was spooled to.
@@ -743,7 +744,7 @@ class AdminApi:
         with tempfile.TemporaryDirectory(prefix="callgate-upload-") as spool_dir:
             path = Path(spool_dir) / "upload"
             await spool(request, path)
-            total = await asyncio.to_thread(count_lines, path, UPLOAD)
+            total = await asyncio.to_thread(count_lines, path, UPLOAD, MAX_UPLOAD_BYTES)
             # A bad format or option fails here, before the 200 is sent.
             await asyncio.to_thread(_probe, path, rule, admin.policy.default_region, query, keep)
             response = web.StreamResponse(headers={"Content-Type": NDJSON})

@@ -36,7 +36,16 @@ from gate.core.model import Verdict
 from gate.lists.formats import count_lines, csv_dialect, csv_error, open_lines, uri_cells
 from gate.lists.scrub import ScrubSummary, column_index, scrub_file
 from gate.ops._openapi import Operation
-from gate.ops.api import NDJSON, UPLOAD, UPLOAD_TYPES, Handler, RequestError, spool, wording_of
+from gate.ops.api import (
+    MAX_UPLOAD_BYTES,
+    NDJSON,
+    UPLOAD,
+    UPLOAD_TYPES,
+    Handler,
+    RequestError,
+    spool,
+    wording_of,
+)
 from gate.ops.models import ScrubFileEvent, ScrubFileQuery, VerdictCounts, json_of, parse_query
 from gate.service import Gate
 from gate.store.client import Store
@@ -124,7 +133,7 @@ class ScrubFiles:
         with tempfile.TemporaryDirectory(prefix="callgate-upload-") as spool_dir:
             path = Path(spool_dir) / "upload"
             await spool(request, path)
-            total = await asyncio.to_thread(count_lines, path, UPLOAD)
+            total = await asyncio.to_thread(count_lines, path, UPLOAD, MAX_UPLOAD_BYTES)
             # A missing column or an unreadable file fails here, before the 200 is sent.
             await asyncio.to_thread(_probe, path, query.column)
             response = web.StreamResponse(headers={"Content-Type": NDJSON})

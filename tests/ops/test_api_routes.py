@@ -15,6 +15,7 @@ import redis
 
 from gate.config.loader import AuditConfig
 from gate.core.errors import StoreUnavailable
+from gate.ops import api, scrubfile
 from gate.ops.audit import AuditLog
 from gate.store.lists import ListStore
 from tests.ops.conftest import AUTH, Served
@@ -237,6 +238,23 @@ async def test_an_unreadable_upload_is_named_the_upload_not_by_a_server_path(
     _, body, _ = await upload(served, path, data, content_type)
     message = body["error"] if isinstance(body, dict) else body[-1]["why"]
     assert (True, False) == (message.startswith(error), "callgate-upload-" in message), message
+
+
+@pytest.mark.parametrize("path", ["/v1/lists/red/import", "/v1/scrub/file"])
+async def test_a_compression_bomb_is_refused_past_the_upload_bound_decompressed(
+    served: Served, path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An upload that decompresses to more than ``MAX_UPLOAD_BYTES`` (here 100 000: a
+    gzip of 1 GB of list lines is 10 MB) is a 400 saying so, before anything is imported
+    or scrubbed: it was read whole, as often as the import or scrub reads it."""
+    monkeypatch.setattr(api, "MAX_UPLOAD_BYTES", 100_000)
+    monkeypatch.setattr(scrubfile, "MAX_UPLOAD_BYTES", 100_000)
+    bomb = gzip.compress(b"0699001122\n" * 10_000)  # 110 000 bytes decompressed
+    status, body, _ = await upload(served, path, bomb, "application/gzip")
+    assert (400, {"error": "the upload: more than 100000 bytes decompressed (a compression "
+        "bomb?): split the file into smaller ones, or read it with the callgate command"},
+    ) == (status, body)  # fmt: skip
+    assert 0 == (await served.get("/v1/lists/red"))[1]["entries"]
 
 
 @pytest.fixture
