@@ -1009,6 +1009,7 @@ async def _scrub(config: Config, args: argparse.Namespace) -> int:
                     caller_id=args.caller_id,
                     written=written,
                     fork=True,  # a one-shot command: its workers may be forked from it
+                    output_name=f"-o {output}",
                 )
     if args.json:
         from gate.ops.models import ScrubSummaryOut, VerdictCounts, json_of

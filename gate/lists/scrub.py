@@ -325,6 +325,14 @@ def _aligned(row: list[str], width: int) -> list[str]:
     return [*row[:width], *row[cells:], *row[width:cells]]
 
 
+def _cannot_write(shown: str, exc: OSError) -> InputError:
+    """The error of a write of the output that failed (a full disk, a file size limit)."""
+    return InputError(
+        f"{shown}: cannot write: {exc.strerror or exc}: free some disk space there, or "
+        "write the output elsewhere; nothing was written"
+    )
+
+
 async def scrub_file(
     gate: Gate,
     source: Path,
@@ -341,6 +349,7 @@ async def scrub_file(
     workers: int = WORKERS,
     fork: bool = False,
     name: str | None = None,
+    output_name: str | None = None,
 ) -> ScrubSummary:
     """Scrub the leads of ``source`` into ``output`` (the rows with ``verdict``, ``reason``
     and ``retry_after_s`` appended as the columns after the first row's, ``_aligned``; a
@@ -348,9 +357,11 @@ async def scrub_file(
     after each batch of rows written, how many lines of ``source`` have been read so far
     and how many rows the batch had. ``output`` is written whole or not at all; where it
     cannot be (no such directory, a directory itself): ``InputError`` naming it. Redis
-    unreachable: ``StoreError`` before anything is written. ``fork``: see ``scrub``. Errors
-    name the file ``name`` (by default its path)."""
+    unreachable: ``StoreError`` before anything is written; a write that fails (a full
+    disk): ``InputError`` naming it, the partial file removed. ``fork``: see ``scrub``.
+    Errors name the file ``name`` and the output ``output_name`` (by default their paths)."""
     name = str(source) if name is None else name
+    shown = str(output) if output_name is None else output_name
     opened = open_lines(source, name=name)
     try:
         blank = 0  # blank lines before the first row (read, but not by the CSV reader)
@@ -375,15 +386,19 @@ async def scrub_file(
         try:
             fd, partial = tempfile.mkstemp(prefix=f".{output.name}.", dir=output.parent)
         except OSError as exc:
-            raise InputError(f"{output}: cannot write there: {exc.strerror}") from exc
+            raise InputError(f"{shown}: cannot write there: {exc.strerror}") from exc
         try:
-            with os.fdopen(fd, "w", encoding="utf-8", newline="") as out:
+            out = os.fdopen(fd, "w", encoding="utf-8", newline="")
+            try:
                 writer = csv.writer(out, dialect)
                 if has_header:
                     writer.writerow([*head, "verdict", "reason", "retry_after_s"])
 
                 def write(batch: list[list[str]]) -> None:
-                    writer.writerows([_aligned(row, len(head)) for row in batch])
+                    try:
+                        writer.writerows([_aligned(row, len(head)) for row in batch])
+                    except OSError as exc:
+                        raise _cannot_write(shown, exc) from exc
                     if written is not None:
                         written(blank + reader.line_num, len(batch))
 
@@ -400,10 +415,15 @@ async def scrub_file(
                     workers=workers,
                     fork=fork,
                 )
+            finally:
+                try:
+                    out.close()  # the last buffered rows
+                except OSError as exc:
+                    raise _cannot_write(shown, exc) from exc
             try:
                 os.replace(partial, output)
             except OSError as exc:
-                raise InputError(f"{output}: cannot write there: {exc.strerror}") from exc
+                raise InputError(f"{shown}: cannot write there: {exc.strerror}") from exc
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(partial)

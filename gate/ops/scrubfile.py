@@ -294,6 +294,7 @@ class _ScrubJob:
                 caller_id=self.query.caller_id,
                 written=written,
                 name=UPLOAD,
+                output_name="the scrubbed file",
             )
             self.lines = self.total
             self._send(self._event(event="progress"))

@@ -21,6 +21,7 @@ import redis
 from gate.cli import _build_parser
 from gate.core.errors import StoreUnavailable
 from gate.core.keys import Keyspace
+from gate.lists import scrub as scrub_module
 from gate.lists.progress import progress
 from gate.store.client import READ_WAIT_S
 from gate.store.lists import ListStore
@@ -762,3 +763,26 @@ def test_a_lock_left_by_a_killed_import_says_when_it_expires(
         "callgate: error: list red:t:default: another import or resize is running, or one "
         "was killed (its lock expires within 15 min); try later\n"
     ) == err
+
+
+def test_a_scrub_whose_output_fills_the_disk_is_one_error_line_and_no_file(
+    cli: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write of the output that fails (a full disk: /dev/full) is exit 2 with one line
+    naming ``-o`` and what to do, not an OSError traceback; no file is left."""
+    leads, out = tmp_path / "leads.csv", tmp_path / "out.csv"
+    leads.write_text("id,phone\n" + "1,0612345678\n" * 5000, encoding="utf-8")
+    opened = scrub_module.os.fdopen
+
+    def full_disk(fd: int, *args: Any, **kwargs: Any) -> Any:
+        scrub_module.os.close(fd)
+        return opened(scrub_module.os.open("/dev/full", scrub_module.os.O_WRONLY), *args, **kwargs)
+
+    monkeypatch.setattr(scrub_module.os, "fdopen", full_disk)
+    status, _, err = cli("scrub", str(leads), "--column", "phone", "-o", str(out))
+    assert (
+        2,
+        f"callgate: error: -o {out}: cannot write: No space left on device: free some disk "
+        "space there, or write the output elsewhere; nothing was written\n",
+        ["callgate.toml", "leads.csv"],
+    ) == (status, err, sorted(p.name for p in tmp_path.iterdir()))
