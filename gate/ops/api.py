@@ -953,14 +953,24 @@ async def read_body(request: web.Request) -> bytes:
 
 async def spool(request: web.Request, path: Path) -> None:
     """The request body into ``path`` (0600), chunk by chunk; 413 past the bound, 408 if it
-    stalls for ``BODY_IDLE_S``."""
+    stalls for ``BODY_IDLE_S``, 503 if the server's disk cannot hold it (full, or a file
+    size limit)."""
     size = 0
-    with path.open("xb") as spool:  # in a private directory (0700)
-        async for chunk in _body_chunks(request):
-            size += len(chunk)
-            if size > MAX_UPLOAD_BYTES:
-                raise RequestError(413, f"the upload is larger than {MAX_UPLOAD_BYTES} bytes")
-            spool.write(chunk)
+    try:
+        with path.open("xb") as spool:  # in a private directory (0700)
+            async for chunk in _body_chunks(request):
+                size += len(chunk)
+                if size > MAX_UPLOAD_BYTES:
+                    raise RequestError(413, f"the upload is larger than {MAX_UPLOAD_BYTES} bytes")
+                spool.write(chunk)
+    except OSError as exc:
+        if isinstance(exc, ConnectionError):  # the client went away: error_middleware's
+            raise
+        raise RequestError(
+            503,
+            f"the upload cannot be kept on the server's disk ({exc.strerror or exc}): free "
+            "space where callgate keeps temporary files (TMPDIR), then send it again",
+        ) from exc
     if size == 0:
         raise RequestError(400, "the upload is empty: send the list file as the body")
 

@@ -6,6 +6,7 @@ import csv
 import gzip
 import io
 import json
+import resource
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -255,6 +256,23 @@ async def test_a_compression_bomb_is_refused_past_the_upload_bound_decompressed(
         "bomb?): split the file into smaller ones, or read it with the callgate command"},
     ) == (status, body)  # fmt: skip
     assert 0 == (await served.get("/v1/lists/red"))[1]["entries"]
+
+
+@pytest.mark.parametrize("path", ["/v1/lists/red/import", "/v1/scrub/file"])
+async def test_an_upload_the_server_disk_cannot_hold_is_503_saying_so(
+    served: Served, path: str
+) -> None:
+    """An upload whose spooling fails (here a file size limit of 64 KiB: EFBIG, as a full
+    disk gives ENOSPC) is a 503 saying what to do, not a 500 and a logged traceback."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, hard))  # Python ignores SIGXFSZ
+    try:
+        status, body, _ = await upload(served, path, b"0699001122\n" * 20_000)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert (503, {"error": "the upload cannot be kept on the server's disk (File too large): "
+        "free space where callgate keeps temporary files (TMPDIR), then send it again"},
+    ) == (status, body)  # fmt: skip
 
 
 @pytest.fixture
