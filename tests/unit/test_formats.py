@@ -426,3 +426,37 @@ def test_a_line_at_the_limit_is_read_whole_with_its_line_end(
     path = tmp_path / "list.txt"
     path.write_bytes(f"{'0' * 20}{end}{'1' * 20}{end}".encode())
     assert [f"{'0' * 20}{end}", f"{'1' * 20}{end}"] == list(open_lines(path))
+
+
+def zip_of(path: Path, members: int, zip64: bool = False) -> Path:
+    """A zip of ``members`` one-line members; ``zip64``: with Zip64 end records, the
+    classic one saturated (0xFFFF members, a directory of 0xFFFFFFFF bytes)."""
+    with pytest.MonkeyPatch.context() as patch:
+        if zip64:
+            patch.setattr(zipfile, "ZIP_FILECOUNT_LIMIT", 1)  # zipfile writes Zip64 records
+        with zipfile.ZipFile(path, "w") as archive:
+            for member in range(members):
+                archive.writestr(f"{member:05d}.txt", "0612345678\n")
+    if zip64:
+        data = bytearray(path.read_bytes())
+        data[-12:-4] = b"\xff\xff\xff\xff\xff\xff\xff\xff"  # members (twice), directory size
+        path.write_bytes(data)
+    return path
+
+
+@pytest.mark.parametrize("zip64", [False, True], ids=["zip", "zip64"])
+def test_a_zip_of_too_many_members_is_refused_before_its_directory_is_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, zip64: bool
+) -> None:
+    """A zip whose central directory is over ``MAX_ZIP_DIRECTORY_BYTES`` (here 1 000: 20
+    members of 55 bytes each) is one InputError, by its end record (Zip64's too), before
+    zipfile builds an object per member (300 000 members: 450 MB); one of 10 is read."""
+    monkeypatch.setattr(formats, "MAX_ZIP_DIRECTORY_BYTES", 1000)
+    many, few = zip_of(tmp_path / "many.zip", 20, zip64), zip_of(tmp_path / "few.zip", 10, zip64)
+    with pytest.raises(InputError) as caught:
+        formats.count_lines(many, "the upload")
+    assert (
+        "the upload: a zip of too many members (a directory of 1100 bytes, more than 1000: "
+        "about 10 members): put the lines in fewer files, or unzip it and read its files",
+        10,
+    ) == (str(caught.value), formats.count_lines(few))
