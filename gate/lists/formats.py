@@ -28,6 +28,7 @@ Guarantees:
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import csv
 import gzip
@@ -239,8 +240,9 @@ class Block:
 
     def not_utf8(self, reason: str, start: int) -> InputError:
         """The error of a block that is not UTF-8 (``start``: where, in the block)."""
-        at = self.offset + start
-        return InputError(f"{self.source}: not UTF-8 text ({reason} at byte {at})")
+        head = self.data[:2] if self.offset == 0 else b""
+        line_no = self.line_no + count_line_ends(self.data[:start]) + 1
+        return _not_utf8(self.source, head, line_no, reason, self.offset + start)
 
 
 def validate_entry(rule: ListRule, text: str, region: str) -> str:
@@ -844,7 +846,7 @@ def _zip_directory_bytes(archive: IO[bytes]) -> int | None:
     return int(_ZIP64_EOCD.unpack(data)[8])
 
 
-def _streams(path: Path, name: str) -> Iterator[IO[bytes]]:
+def _streams(path: Path, name: str) -> Generator[IO[bytes], None, None]:
     with path.open("rb") as probe:
         magic = probe.read(4)
         directory = _zip_directory_bytes(probe) if magic.startswith(b"PK\x03\x04") else None
@@ -956,7 +958,8 @@ def _text_lines(path: Path, digest: Digest | None, name: str) -> Generator[str, 
     limit = MAX_LINE_CHARS + 2
     line_no = 0
     try:
-        for stream in _streams(path, name):
+        for member, stream in enumerate(_streams(path, name)):
+            first = line_no  # lines of the members before this one
             source: IO[bytes] = stream
             if digest is not None:
                 source = io.BufferedReader(_Hashing(stream, digest), 1 << 16)
@@ -967,13 +970,44 @@ def _text_lines(path: Path, digest: Digest | None, name: str) -> Generator[str, 
                     if len(line) == limit and line[-1] != "\n":
                         raise _line_too_long(name, line_no, MAX_LINE_CHARS, "characters")
                     yield line
-            except UnicodeDecodeError as exc:
-                raise InputError(
-                    f"{name}: not UTF-8 text ({exc.reason} at byte {exc.start})"
-                ) from exc
+            except UnicodeDecodeError as exc:  # its start is in a chunk read ahead
+                raise _first_not_utf8(path, name, member, first) from exc
     except (OSError, zipfile.BadZipFile, EOFError) as exc:
         detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise InputError(f"{name}: cannot read: {detail}") from exc
+
+
+def _not_utf8(name: str, head: bytes, line_no: int, reason: str, at: int) -> InputError:
+    """The error of a file (or zip member) that is not UTF-8: its first bytes ``head``,
+    its first such byte at ``at`` (from the start of the member), on line ``line_no``."""
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):  # a UTF-16 byte-order mark
+        return InputError(f"{name}: not UTF-8 text but UTF-16; save it as UTF-8")
+    return InputError(f"{name}:{line_no}: not UTF-8 text ({reason} at byte {at}); save it as UTF-8")
+
+
+def _first_not_utf8(path: Path, name: str, member: int, first: int) -> InputError:
+    """The error of stream ``member`` of ``path`` (after ``first`` lines of the members
+    before it), found not UTF-8 by a text reader: read again to say where."""
+    with contextlib.closing(_streams(path, name)) as streams:
+        stream = next(islice(streams, member, None))
+        decoder = codecs.getincrementaldecoder("utf-8")()
+        offset, line_no, head, last = 0, first, b"", b""
+        for _ in range(1 << 62):  # bounded by the stream: read() returns b"" at its end
+            chunk = stream.read(BLOCK_BYTES)
+            head = head or chunk[:2]
+            buffered = len(decoder.getstate()[0])  # bytes of a character begun before
+            try:
+                decoder.decode(chunk, final=not chunk)
+            except UnicodeDecodeError as exc:
+                at = offset - buffered + exc.start
+                before = (last + chunk)[: len(last) + max(0, exc.start - buffered)]
+                line_no += count_line_ends(before) - count_line_ends(last)
+                return _not_utf8(name, head, line_no + 1, str(exc.reason), at)
+            if not chunk:
+                break
+            line_no += count_line_ends(last + chunk) - count_line_ends(last)
+            offset, last = offset + len(chunk), chunk[-1:]
+    return InputError(f"{name}: not UTF-8 text; save it as UTF-8")
 
 
 @contextlib.contextmanager

@@ -226,7 +226,7 @@ TRUNCATED_GZIP = gzip.compress(b"0699001122\n" * 100)[:20]
             "marker was reached",
         ),
         (b"PK\x03\x04garbage", "application/zip", "the upload: cannot read: "),
-        (b"\xff\xfe\x00+336\n", "text/csv", "the upload: not UTF-8 text ("),
+        (b"\xff\xfe\x00+336\n", "text/csv", "the upload: not UTF-8 text but UTF-16; save"),
     ],
     ids=["gzip", "zip", "not-utf8"],
 )

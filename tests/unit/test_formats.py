@@ -202,7 +202,34 @@ def test_a_file_that_is_not_utf8_is_refused_in_bulk(tmp_path: Path) -> None:
     path.write_bytes(b"+33612345678\n06\xff12345678\n")
     with pytest.raises(InputError) as caught:
         [b.rejected for b in read_batches(open_lines(path), BLOCK, "FR")]  # parsed when read
-    assert f"{path}: not UTF-8 text (invalid start byte at byte 15)" == str(caught.value)
+    assert f"{path}:2: not UTF-8 text (invalid start byte at byte 15); save it as UTF-8" == str(
+        caught.value
+    )
+
+
+@pytest.mark.parametrize("column", [None, "1"], ids=["bulk", "csv"])
+@pytest.mark.parametrize(
+    ("data", "why"),
+    [
+        (
+            b"0612345678\r\n" * 10_000 + "0612345678\n06é\n".encode() + b"06\xff1234567\n",
+            ":10003: not UTF-8 text (invalid start byte at byte 120018); save it as UTF-8",
+        ),
+        ("phone\n0612345678\n".encode("utf-16"), ": not UTF-8 text but UTF-16; save it as UTF-8"),
+    ],
+    ids=["far", "utf-16"],
+)
+def test_a_file_that_is_not_utf8_is_named_by_its_line_and_byte_or_as_utf16(
+    tmp_path: Path, column: str | None, data: bytes, why: str
+) -> None:
+    """Read as text (CSV) or in bulk: the line and the byte of the file (not of a chunk
+    the text reader read ahead: it said byte 3506 for byte 110 002), or UTF-16 by its
+    byte-order mark; and what to do."""
+    path = tmp_path / "list.gz"
+    path.write_bytes(gzip.compress(data))
+    with pytest.raises(InputError) as caught:
+        [b.rejected for b in read_batches(open_lines(path), BLOCK, "FR", column=column)]
+    assert f"{path}{why}" == str(caught.value)
 
 
 def phonenumbers_e164(text: str, region: str) -> str:
