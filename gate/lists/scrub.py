@@ -415,11 +415,14 @@ async def scrub_file(
                     workers=workers,
                     fork=fork,
                 )
-            finally:
-                try:
-                    out.close()  # the last buffered rows
-                except OSError as exc:
-                    raise _cannot_write(shown, exc) from exc
+            except BaseException:  # the error (a cancellation too) goes on, not close()'s
+                with contextlib.suppress(OSError):
+                    out.close()
+                raise
+            try:
+                out.close()  # the last buffered rows
+            except OSError as exc:
+                raise _cannot_write(shown, exc) from exc
             try:
                 os.replace(partial, output)
             except OSError as exc:
