@@ -105,6 +105,20 @@ def test_a_secret_file_that_cannot_be_created_says_what_to_do(
     ] == done.stderr.splitlines()
 
 
+def _without_root_powers(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``callgate --config CONFIG ARGS`` unable to read or pass others' files and
+    directories (as root, without the powers that let it: ``setpriv``)."""
+    prefix = []
+    if os.geteuid() == 0:
+        prefix = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CALLGATE_")}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
+    command = [sys.executable, "-m", "gate.cli", "--config", str(config), *args]
+    return subprocess.run(
+        [*prefix, *command], capture_output=True, text=True, timeout=TIMEOUT_S, env=env
+    )
+
+
 def test_a_secret_file_that_cannot_be_read_is_never_replaced(tmp_path: Path) -> None:
     """The secret file exists but this user may not read it (mode 0000; as root, without
     the power to read others' files): one line saying to run as its owner or to give that
@@ -115,28 +129,7 @@ def test_a_secret_file_that_cannot_be_read_is_never_replaced(tmp_path: Path) -> 
     config = tmp_path / "callgate.toml"
     text = SAMPLE_CONFIG.read_text().replace('state_dir = "../var"', f'state_dir = "{tmp_path}"')
     config.write_text(text)
-    prefix = []
-    if os.geteuid() == 0:
-        prefix = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--"]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CALLGATE_")}
-    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
-    done = subprocess.run(
-        [
-            *prefix,
-            sys.executable,
-            "-m",
-            "gate.cli",
-            "--config",
-            str(config),
-            "list",
-            "count",
-            "red",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT_S,
-        env=env,
-    )
+    done = _without_root_powers(config, "list", "count", "red")
     secret.chmod(0o600)
     assert (2, "") == (done.returncode, done.stdout), done.stderr
     assert [
@@ -157,15 +150,7 @@ def test_a_secret_file_in_a_directory_it_cannot_enter_is_one_line(tmp_path: Path
     config = tmp_path / "callgate.toml"
     text = SAMPLE_CONFIG.read_text().replace('state_dir = "../var"', f'state_dir = "{state}"')
     config.write_text(text)
-    prefix = []
-    if os.geteuid() == 0:
-        prefix = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--"]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CALLGATE_")}
-    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
-    command = [sys.executable, "-m", "gate.cli", "--config", str(config), "list", "count", "red"]
-    done = subprocess.run(
-        [*prefix, *command], capture_output=True, text=True, timeout=TIMEOUT_S, env=env
-    )
+    done = _without_root_powers(config, "list", "count", "red")
     state.chmod(0o700)
     secret = state / "callgate.secret"
     assert (2, "") == (done.returncode, done.stdout), done.stderr
