@@ -32,11 +32,7 @@ def _misconf(url: str, data_dir: Path) -> None:
         client.config_set("save", "900 1")
         client.config_set("stop-writes-on-bgsave-error", "yes")
         data_dir.rmdir()
-        client.bgsave()
-        deadline = time.monotonic() + 10
-        while client.info("persistence")["rdb_last_bgsave_status"] != "err":
-            assert time.monotonic() < deadline, "BGSAVE did not fail"
-            time.sleep(0.05)
+        _bgsave(client, "err")
     finally:
         client.close()
 
@@ -48,13 +44,18 @@ def _heal(url: str, data_dir: Path) -> None:
     client = redis.Redis.from_url(url)
     try:
         client.config_set("dir", str(data_dir))
-        client.bgsave()
-        deadline = time.monotonic() + 10
-        while client.info("persistence")["rdb_last_bgsave_status"] != "ok":
-            assert time.monotonic() < deadline, "BGSAVE did not succeed"
-            time.sleep(0.05)
+        _bgsave(client, "ok")
     finally:
         client.close()
+
+
+def _bgsave(client: redis.Redis, status: str) -> None:
+    """A BGSAVE, then wait (bounded) until Redis reports it ended with ``status``."""
+    client.bgsave()
+    deadline = time.monotonic() + 10
+    while client.info("persistence")["rdb_last_bgsave_status"] != status:
+        assert time.monotonic() < deadline, f"BGSAVE did not end with {status!r}"
+        time.sleep(0.05)
 
 
 @pytest.fixture
