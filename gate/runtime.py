@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import errno
 import fcntl
 import logging
@@ -66,6 +65,7 @@ from gate.ops.reload import config_version
 from gate.service import Gate, stop_task, wait_event
 from gate.store.client import Store
 from gate.store.embedded import EmbeddedRedis
+from gate.store.lifetime import end_with_parent
 
 if TYPE_CHECKING:  # the ARI door (aiohttp) is imported only by ``run``, which starts it
     from gate.stasis.door import StasisGate
@@ -175,7 +175,6 @@ WORKER_RESTART_MAX_S = 30.0  # …doubling while it keeps dying, up to this
 WORKER_HEALTHY_S = 30.0  # a worker that ran this long is healthy again: the next delay is 1 s
 WORKER_STOP_S = 20.0  # a worker's own bounded stop (doors drained, Stasis closed), plus room
 LEADER_POLL_S = 0.5  # how often a follower tries to take the Stasis lead
-_PR_SET_PDEATHSIG = 1  # prctl(2)
 METRICS_EVERY_S = 1.0  # how often a worker writes its metrics for the parent's /metrics
 # A worker whose metrics file is older than this is not serving (hung, or not started yet).
 WORKER_STALE_S = 3 * METRICS_EVERY_S
@@ -207,14 +206,13 @@ class WorkerRole:
         the parent is already gone. A worker outliving a SIGKILLed parent would go on
         serving the port, which a new ``run --workers`` would share with it
         (``SO_REUSEPORT``), its calls split with a gate nobody supervises or reloads."""
-        if sys.platform.startswith("linux"):
-            libc = ctypes.CDLL(None, use_errno=True)
-            if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM) != 0:
-                raise InputError(
-                    f"worker {self.index}: cannot set the parent-death signal: "
-                    f"{os.strerror(ctypes.get_errno())}"
-                )
-        if os.getppid() != self.parent_pid:
+        try:
+            alive = end_with_parent(self.parent_pid)
+        except OSError as exc:
+            raise InputError(
+                f"worker {self.index}: cannot set the parent-death signal: {exc.strerror}"
+            ) from exc
+        if not alive:
             raise InputError(
                 f"worker {self.index}: its parent (pid {self.parent_pid}) is gone; not serving"
             )

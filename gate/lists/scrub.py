@@ -59,6 +59,7 @@ from gate.core.params import seconds_text
 from gate.lists.formats import column_number, csv_dialect, csv_rows, open_lines
 from gate.service import Gate
 from gate.store.client import Store, cancel_point
+from gate.store.lifetime import end_with_parent
 
 __all__ = [
     "BATCH",
@@ -218,7 +219,7 @@ async def _parallel(
         workers,
         mp_context=context,
         initializer=_start_worker,
-        initargs=(job, store.settings),
+        initargs=(job, store.settings, os.getpid()),
     )
     in_flight: deque[tuple[list[Sequence[str]], Future[list[Outcome]]]] = deque()
     try:
@@ -288,9 +289,12 @@ def _worker_signals() -> None:
     signal.set_wakeup_fd(-1)
 
 
-def _start_worker(job: _Job, settings: RedisConfig) -> None:
+def _start_worker(job: _Job, settings: RedisConfig, parent_pid: int) -> None:
     global _worker
     _worker_signals()
+    # Killed, the parent would leave its workers blocked for ever on its queue.
+    if not end_with_parent(parent_pid):
+        raise SystemExit(1)
     _worker = (job, Store.open(settings), job.planner(), asyncio.new_event_loop())
 
 

@@ -3,36 +3,49 @@
 The upload is the leads file itself (plain, gzip or zip; the options of ``callgate scrub``
 as query parameters). It is spooled to a private temporary file, then scrubbed by
 ``gate.lists.scrub.scrub_file`` (the CLI's own code: the same output for the same file) in
-a worker thread with its own Redis connection, so the doors' decisions are not held up by
-planning thousands of leads. The answer streams ``progress`` events as JSON Lines, then
-``done`` with the counts by verdict and reason and the id of the annotated CSV, which
-``GET /v1/scrub/file/{id}`` returns.
+a process of its own (with its own workers and Redis connections, at a lower CPU priority,
+``NICENESS``), so the doors' decisions are not held up by reading, deciding and writing a
+million leads: in a thread of the server, the reading and writing held the interpreter's
+lock for long stretches, and FastAGI checks waited up to a few hundred milliseconds.
+
+The answer streams ``progress`` events as JSON Lines, then ``done`` with the counts by
+verdict and reason and the id of the annotated CSV, which ``GET /v1/scrub/file/{id}``
+returns.
 
 Guarantees: results are kept in one private directory (0700) for ``KEEP_S``, at most
-``MAX_KEPT`` at a time (the oldest goes first), and removed when the server stops; a
-client that goes away stops the scrub (nothing is kept); nothing is counted or recorded.
+``MAX_KEPT`` at a time and ``MAX_KEPT_BYTES`` together (the oldest goes first; the newest
+is kept whatever its size), and removed when the server stops; a client that goes away
+stops the scrub (nothing is kept); nothing is counted or recorded.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
+import json
 import logging
+import os
+import pickle
 import re
 import secrets
 import shutil
+import signal
+import sys
 import tempfile
-import threading
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
+from gate.config.loader import Config, RedisConfig
 from gate.core.errors import GateError, InputError, Wording
-from gate.core.model import Verdict
+from gate.core.model import TrafficClass, Verdict
 from gate.lists.formats import count_lines, csv_dialect, csv_error, open_lines, uri_cells
 from gate.lists.scrub import ScrubSummary, column_index, scrub_file
 from gate.ops._openapi import Operation
@@ -49,6 +62,7 @@ from gate.ops.api import (
 from gate.ops.models import ScrubFileEvent, ScrubFileQuery, VerdictCounts, json_of, parse_query
 from gate.service import Gate
 from gate.store.client import Store
+from gate.store.lifetime import end_with_parent
 
 __all__ = ["ScrubFiles"]
 
@@ -56,8 +70,11 @@ log = logging.getLogger("callgate.http")
 
 KEEP_S = 3600.0
 MAX_KEPT = 8
+MAX_KEPT_BYTES = 8 * 1024**3  # and at most this many bytes (the newest is always kept)
 PROGRESS_EVERY_S = 0.5
 ADMIN_DEADLINE_S = 5.0  # as ``callgate scrub``: batches of 200 decisions per Redis call
+STOP_S = 10.0  # a stopped scrub's process ends within this (its workers' batches done)
+NICENESS = 10  # the scrub's processes yield the CPU to the server's (nice(2))
 _ID_RE = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 _NAME_RE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -68,7 +85,8 @@ class ScrubFiles:
     def __init__(self, gate: Gate) -> None:
         self.gate = gate
         self._dir: Path | None = None
-        self._kept: OrderedDict[str, tuple[Path, str, float]] = OrderedDict()
+        # id: (the file, its download name, when it was made, its size)
+        self._kept: OrderedDict[str, tuple[Path, str, float, int]] = OrderedDict()
 
     def operations(self) -> list[tuple[Operation, Handler]]:
         return [
@@ -111,11 +129,15 @@ class ScrubFiles:
 
     def _expire(self) -> None:
         now = time.monotonic()
+        size = sum(kept[3] for kept in self._kept.values())
         while self._kept and (
-            len(self._kept) > MAX_KEPT or now - next(iter(self._kept.values()))[2] > KEEP_S
+            len(self._kept) > MAX_KEPT
+            or now - next(iter(self._kept.values()))[2] > KEEP_S
+            or (size > MAX_KEPT_BYTES and len(self._kept) > 1)
         ):
-            _, (path, _, _) = self._kept.popitem(last=False)
+            _, (path, _, _, bytes_) = self._kept.popitem(last=False)
             path.unlink(missing_ok=True)
+            size -= bytes_
 
     def close(self) -> None:
         """Remove every kept file."""
@@ -143,7 +165,8 @@ class ScrubFiles:
             if summary is not None:
                 stem = Path(query.name or "leads").stem
                 name = _NAME_RE.sub("_", stem)[:80] or "leads"
-                self._kept[file_id] = (output, f"{name}-scrubbed.csv", time.monotonic())
+                made = time.monotonic()
+                self._kept[file_id] = (output, f"{name}-scrubbed.csv", made, output.stat().st_size)
                 self._expire()
                 await response.write(json_of(job.done(file_id, summary)) + b"\n")
             await response.write_eof()
@@ -155,7 +178,7 @@ class ScrubFiles:
         kept = self._kept.get(file_id) if _ID_RE.fullmatch(file_id) else None
         if kept is None:
             raise RequestError(404, "no such scrubbed file (they are kept for an hour)")
-        path, name, _ = kept
+        path, name, _, _ = kept
         return web.FileResponse(
             path,
             headers={
@@ -185,7 +208,8 @@ def _probe(path: Path, column: str) -> None:
 
 
 class _ScrubJob:
-    """One uploaded file scrubbed in a worker thread, its progress sent as it goes."""
+    """One uploaded file scrubbed in a process of its own (``_scrub_process``), its
+    progress sent on as it comes."""
 
     def __init__(
         self,
@@ -197,12 +221,24 @@ class _ScrubJob:
         total: int,
         wording: Wording,
     ) -> None:
-        self.gate, self.query, self.tenant = gate, query, tenant
-        self.path, self.output, self.total = path, output, total
-        self.wording = wording
-        self.loop = asyncio.get_running_loop()
-        self.events: asyncio.Queue[ScrubFileEvent | ScrubSummary | None] = asyncio.Queue()
-        self.stop = threading.Event()
+        active = gate.active
+        self.task = _Task(
+            active.config,
+            active.version,
+            gate.store.settings,
+            path,
+            output,
+            query.column,
+            query.header,
+            query.at or datetime.now(UTC),
+            tenant,
+            query.campaign or "",
+            query.traffic_class,
+            query.caller_id,
+            wording,
+            os.getpid(),
+        )
+        self.total = total
         self.lines = 0
         self.rows = 0
 
@@ -230,74 +266,170 @@ class _ScrubJob:
             reasons=dict(summary.reasons.most_common()),
         )
 
-    def _send(self, item: ScrubFileEvent | ScrubSummary | None) -> None:
-        self.loop.call_soon_threadsafe(self.events.put_nowait, item)
-
     async def run(self, response: web.StreamResponse) -> ScrubSummary | None:
-        """Stream the progress; the summary once the output is whole (None: it failed)."""
-        worker = asyncio.create_task(asyncio.to_thread(self._work))
-        summary: ScrubSummary | None = None
+        """Stream the progress; the summary once the output is whole (None: it failed).
+        The client going away, or the server stopping, stops the scrub's process."""
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            _BOOT,
+            json.dumps(sys.path),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            start_new_session=True,  # the server's Ctrl-C is not its: the server stops it
+        )
         try:
-            for _ in range(10**12):  # bounded by the scrub: the worker sends None last
-                item = await self.events.get()
-                if item is None:
-                    break
-                if isinstance(item, ScrubSummary):
-                    summary = item
-                    continue
-                await response.write(json_of(item) + b"\n")
-        except BaseException:
-            self.stop.set()  # the client went away (or the server stops): stop the scrub
-            raise
+            return await self._follow(process, response)
         finally:
-            await asyncio.shield(worker)
-        return summary
+            await asyncio.shield(asyncio.ensure_future(_stop(process)))
+            # What a killed process left: its output, being written beside the target.
+            for partial in self.task.output.parent.glob(f".{self.task.output.name}.*"):
+                partial.unlink(missing_ok=True)
 
-    def _work(self) -> None:
+    async def _follow(
+        self, process: asyncio.subprocess.Process, response: web.StreamResponse
+    ) -> ScrubSummary | None:
+        assert process.stdin is not None
+        assert process.stdout is not None
+        process.stdin.write(pickle.dumps(self.task))
+        with contextlib.suppress(ConnectionError):  # it ended at once: told below
+            await process.stdin.drain()
+        process.stdin.close()
+        for _ in range(10**12):  # bounded by the scrub: its process ends
+            line = await process.stdout.readline()
+            if not line:
+                break
+            kind, value = json.loads(line)
+            if kind == "progress":
+                self.lines, self.rows = value
+                await response.write(json_of(self._event(event="progress")) + b"\n")
+            elif kind == "done":
+                summary = ScrubSummary(value["rows"], Counter(value["verdicts"]))
+                summary.reasons.update(value["reasons"])
+                self.lines, self.rows = self.total, summary.rows
+                await response.write(json_of(self._event(event="progress")) + b"\n")
+                return summary
+            else:
+                await response.write(json_of(self._event(event="error", why=value)) + b"\n")
+                return None
+        code = await process.wait()
+        ended = (
+            f"was killed by signal {-code} (out of memory?)"
+            if code < 0
+            else f"ended with exit status {code}"
+        )
+        log.error("API scrub of an upload: its process %s", ended)
+        why = f"the scrub stopped: its process {ended}; nothing was kept"
+        await response.write(json_of(self._event(event="error", why=why)) + b"\n")
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class _Task:
+    """What the scrub's process is given (pickled on its standard input)."""
+
+    config: Config
+    version: str
+    settings: RedisConfig
+    path: Path
+    output: Path
+    column: str
+    header: bool
+    now: datetime
+    tenant: str
+    campaign: str
+    traffic_class: TrafficClass
+    caller_id: str | None
+    wording: Wording
+    server_pid: int
+
+
+# The scrub's process: the server's import path (as multiprocessing's spawn gives its
+# children), then ``_scrub_process``.
+_BOOT = (
+    "import json, sys; sys.path[:] = json.loads(sys.argv[1]); "
+    "from gate.ops.scrubfile import _scrub_process; sys.exit(_scrub_process())"
+)
+
+
+async def _stop(process: asyncio.subprocess.Process) -> None:
+    """Stop the scrub's process (if it still runs) and wait for it: SIGTERM (it removes
+    its partial output and stops its workers), then, after ``STOP_S``, SIGKILL to its
+    whole process group (its workers too)."""
+    if process.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            process.terminate()
         try:
-            self._send(asyncio.run(self._scrub()))
-        except GateError as exc:
-            self._send(self._event(event="error", why=exc.worded(self.wording)))
-        except Exception as exc:  # a bug must still end the answer
-            log.exception("API scrub of an upload failed")
-            self._send(self._event(event="error", why=f"internal error: {type(exc).__name__}"))
-        finally:
-            self._send(None)
+            async with asyncio.timeout(STOP_S):
+                await process.wait()
+        except TimeoutError:
+            log.warning("API scrub of an upload: its process did not stop; killed")
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)  # its workers, if any outlived it
+    await process.wait()
 
-    async def _scrub(self) -> ScrubSummary:
-        active = self.gate.active
-        store = Store(self.gate.store.url, ADMIN_DEADLINE_S, self.gate.store.settings)
-        try:
-            gate = Gate(active.config, store, active.version)
-            shown = 0.0
 
-            def written(lines: int, rows: int) -> None:
-                nonlocal shown
-                if self.stop.is_set():
-                    raise InputError("scrub stopped: the client went away")
-                self.lines = lines
-                self.rows += rows
-                if time.monotonic() - shown >= PROGRESS_EVERY_S:
-                    shown = time.monotonic()
-                    self._send(self._event(event="progress"))
+def _scrub_process() -> int:
+    """The scrub's process: the task from standard input, ``[kind, value]`` JSON lines to
+    standard output (``progress``: the lines read, the rows written since; then ``done``:
+    the summary, or ``error``: the one-line error). Anything else written to standard
+    output goes to standard error (the server's log). SIGTERM stops the scrub; the
+    server's death sends SIGTERM."""
+    task: _Task = pickle.load(sys.stdin.buffer)
+    events = os.fdopen(os.dup(1), "w", encoding="utf-8", buffering=1)
+    os.dup2(2, 1)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not end_with_parent(task.server_pid):
+        return 1  # the server is already gone
+    os.nice(NICENESS)  # the doors' calls first (its workers inherit it)
+    try:
+        asyncio.run(_scrub(task, lambda kind, value: print(json.dumps([kind, value]), file=events)))
+    except asyncio.CancelledError:  # SIGTERM: stopped; the output was removed
+        return 1
+    return 0
 
-            summary = await scrub_file(
-                gate,
-                self.path,
-                self.output,
-                column=self.query.column,
-                header=self.query.header,
-                now=self.query.at or datetime.now(UTC),
-                tenant=self.tenant,
-                campaign=self.query.campaign or "",
-                traffic_class=self.query.traffic_class,
-                caller_id=self.query.caller_id,
-                written=written,
-                name=UPLOAD,
-                output_name="the scrubbed file",
-            )
-            self.lines = self.total
-            self._send(self._event(event="progress"))
-            return summary
-        finally:
-            await store.close()
+
+async def _scrub(task: _Task, send: Callable[[str, Any], None]) -> None:
+    current = asyncio.current_task()
+    assert current is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, current.cancel)
+    store = Store(task.settings.url, ADMIN_DEADLINE_S, task.settings)
+    try:
+        gate = Gate(task.config, store, task.version)
+        shown = 0.0
+        rows = 0
+
+        def written(lines: int, batch: int) -> None:
+            nonlocal shown, rows
+            rows += batch
+            if time.monotonic() - shown >= PROGRESS_EVERY_S:
+                shown = time.monotonic()
+                send("progress", [lines, rows])
+
+        summary = await scrub_file(
+            gate,
+            task.path,
+            task.output,
+            column=task.column,
+            header=task.header,
+            now=task.now,
+            tenant=task.tenant,
+            campaign=task.campaign,
+            traffic_class=task.traffic_class,
+            caller_id=task.caller_id,
+            written=written,
+            fork=True,  # this process runs no other thread
+            name=UPLOAD,
+            output_name="the scrubbed file",
+        )
+        send(
+            "done",
+            {"rows": summary.rows, "verdicts": summary.verdicts, "reasons": summary.reasons},
+        )
+    except GateError as exc:
+        send("error", exc.worded(task.wording))
+    except Exception as exc:  # a bug must still end the answer
+        log.exception("API scrub of an upload failed")
+        send("error", f"internal error: {type(exc).__name__}")
+    finally:
+        await store.close()
