@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, TypeVar
@@ -628,13 +628,9 @@ class _Model:
             now_ms = int(now.timestamp() * 1000)
             if self.window is not None:
                 checks = self._checks_at(self.window, now, now_ms)
-        return evolve(
-            model.check,
-            now_ms=now_ms,
-            number=number,
-            prefix=keyspace.prefix(number.group),
-            checks=checks,
-        )
+        check = model.check
+        prefix = keyspace.prefix(number.group)
+        return _store_check(now_ms, check.record, number, prefix, checks, check.evidence)
 
 
 _T = TypeVar("_T")
@@ -642,11 +638,53 @@ _T = TypeVar("_T")
 
 def evolve(value: _T, **changes: object) -> _T:
     """``dataclasses.replace`` for the engine's frozen, slotted values, without its
-    per-call introspection (4x faster; the values have no ``__post_init__``)."""
-    copy = object.__new__(type(value))
-    for name in type(value).__slots__:  # type: ignore[attr-defined]
-        object.__setattr__(copy, name, changes[name] if name in changes else getattr(value, name))
+    per-call introspection (4x faster; the values have no ``__post_init__``). Each field
+    is set by its slot's descriptor (``_setters``), as ``object.__setattr__`` would but
+    without looking it up by name (0.8 µs instead of 1.2 for a ``StoreCheck``)."""
+    kind = type(value)
+    copy = object.__new__(kind)
+    for name, put in _SETTERS.get(kind) or _setters(kind):
+        put(copy, changes[name] if name in changes else getattr(value, name))
     return copy
+
+
+# A slotted class's fields → (name, its slot's setter), by class (``evolve``).
+_SETTERS: dict[type, tuple[tuple[str, Callable[[object, object], None]], ...]] = {}
+
+
+def _setters(kind: type) -> tuple[tuple[str, Callable[[object, object], None]], ...]:
+    found = _SETTERS[kind] = tuple(
+        (name, kind.__dict__[name].__set__)
+        for name in kind.__slots__  # type: ignore[attr-defined]
+    )
+    return found
+
+
+def _store_check(
+    now_ms: int,
+    record: bool,
+    number: NumberKeys,
+    prefix: str,
+    checks: tuple[Check, ...],
+    evidence: Evidence | None,
+) -> StoreCheck:
+    """``StoreCheck(...)`` by its slots' setters (0.4 µs; its frozen ``__init__``, 0.7, and
+    ``evolve``, 0.8): a scrub makes one per lead (``_Model.made``)."""
+    made = object.__new__(StoreCheck)
+    _SET_NOW_MS(made, now_ms)
+    _SET_RECORD(made, record)
+    _SET_NUMBER(made, number)
+    _SET_PREFIX(made, prefix)
+    _SET_CHECKS(made, checks)
+    _SET_EVIDENCE(made, evidence)
+    return made
+
+
+_CHECK_SETTERS = dict(_setters(StoreCheck))
+assert list(_CHECK_SETTERS) == ["now_ms", "record", "number", "prefix", "checks", "evidence"]
+_SET_NOW_MS, _SET_RECORD, _SET_NUMBER, _SET_PREFIX, _SET_CHECKS, _SET_EVIDENCE = (
+    _CHECK_SETTERS.values()
+)
 
 
 # The attempt's fields a plan depends on other than through the number and the instant
