@@ -786,10 +786,19 @@ class Store:
     def _missing(self, checks: Iterable[StoreCheck]) -> dict[str, str]:
         """The lists these checks look up that have no view yet → their namespace."""
         wanted: dict[str, str] = {}
+        # The checks tuples (by identity: held by the checks) whose lists all have a view:
+        # a scrub's batch of thousands shares a handful, each looked at once.
+        seen: set[int] = set()
         for check in checks:
+            if id(check.checks) in seen:
+                continue
+            complete = True
             for c in check.checks:
                 if c.kind in _MEMBERSHIP and c.key not in self._views:
                     wanted[c.key] = namespace_of(check.prefix)
+                    complete = False
+            if complete:
+                seen.add(id(check.checks))
         return wanted
 
     # --- admin ------------------------------------------------------------------------
@@ -1473,7 +1482,8 @@ _X = (ord("X"), ord("x"))
 # of its own), after the number's slot-group prefix, with the number's token after it, or
 # with the number's bucket of the list version after it.
 _WHOLE, _GROUP, _TOKEN, _BUCKET = range(4)
-# Where the decision's own numbers go in its head (``_Shape.values``).
+# Where the decision's own numbers are in its head (before ``_packed``: in
+# ``_Shape.values``, the instant and record stay first).
 _HEAD_NOW, _HEAD_RECORD, _HEAD_META, _HEAD_AUDIT, _HEAD_MIN_ID, _HEAD_MAX_LEN = 0, 1, 2, 6, 7, 8
 
 
@@ -1486,15 +1496,20 @@ class _Shape:
     (``_shape``): a gate's decisions and a scrub's leads share a few."""
 
     packing: bytes  # the struct format of the decision's numbers (the head's, then the checks')
-    packer: struct.Struct  # that format, compiled
+    # ``packing`` with each run of the numbers that are the same in every decision of the
+    # shape as its bytes (``_packed``): ``packer.pack(*values)`` with the decision's own
+    # numbers put in ``values`` is ``struct.pack(packing, ...)`` of all of them.
+    packer: struct.Struct
     framed_packing: bytes  # ``packing`` as a RESP bulk string
-    # The decision's numbers: the head's (the instant, record, evidence bounds and key
-    # indexes: 0), then the checks' (key indexes and X readings: 0).
-    values: tuple[float, ...]
+    # The decision's numbers as ``packer`` takes them: its own (the instant, record, key
+    # indexes, X readings, evidence bounds: 0 here) each in its place, the runs of the
+    # others between them packed already.
+    values: tuple[float | bytes, ...]
     # (index in ``values``, how the key is named, its text, list bits, an attempt log?):
     # the checks' keys in order, then the meta's and the audit stream's (if read, written)
     keys: tuple[tuple[int, int, str, int, bool], ...]
     reads: tuple[tuple[int, int], ...]  # (check index, index in ``values``) of X checks
+    bounds: int  # with evidence: the index in ``values`` of its min_id_ms (max_len next)
     fields: tuple[str, ...]  # the meta fields read (their expected values follow)
     field_args: tuple[bytes, ...]  # the fields' names, then their expected values
     framed_fields: bytes  # ``field_args`` as RESP bulk strings
@@ -1590,19 +1605,58 @@ def _shape(
     if shadow is not None:
         keys.append((_HEAD_AUDIT, _GROUP, "audit", 0, False))
     packing = (">dBHBBB" if shadow is None else ">dBHBBBHdd") + "".join(fmt)
+    reads_at = [(i, at + shift) for i, at in found]
+    own = {_HEAD_NOW, _HEAD_RECORD, *(at for at, *_ in keys)}
+    own.update(at + j for _, at in reads_at for j in range(3))
+    if shadow is not None:
+        own.update((_HEAD_MIN_ID, _HEAD_MAX_LEN))
+    packer, packed, where = _packed(packing, [*head, *values], own)
     return _Shape(
         packing.encode(),
-        struct.Struct(packing),
+        packer,
         _bulk(packing.encode()),
-        (*head, *values),
-        tuple(keys),
-        tuple((i, at + shift) for i, at in found),
+        packed,
+        tuple((where[at], how, text, bits, log) for at, how, text, bits, log in keys),
+        tuple((i, where[at]) for i, at in reads_at),
+        where.get(_HEAD_MIN_ID, -1),
         tuple(fields),
         field_args,
         b"".join(_bulk(arg) for arg in field_args),
         tuple(versions),
         tail,
     )
+
+
+def _packed(
+    packing: str, values: list[float], own: set[int]
+) -> tuple[struct.Struct, tuple[float | bytes, ...], dict[int, int]]:
+    """``packing`` (big-endian, one character per number: no padding, so the bytes of a
+    run of numbers are the same wherever it is) with each run of ``values`` not in ``own``
+    (the indexes a decision sets) as one string of its packed bytes: (that format
+    compiled, the values it takes, the index there of each of ``own``). One struct call
+    of a few values and strings instead of 30 numbers: 0.25 µs instead of 0.5."""
+    codes = packing[1:]
+    assert packing[0] == ">", packing
+    assert len(codes) == len(values), packing
+    fmt: list[str] = [">"]
+    out: list[float | bytes] = []
+    where: dict[int, int] = {}
+    run: list[int] = []
+    for i, code in enumerate([*codes, ""]):
+        if run and (i in own or not code):
+            data = struct.pack(">" + "".join(codes[j] for j in run), *[values[j] for j in run])
+            fmt.append(f"{len(data)}s")
+            out.append(data)
+            run = []
+        if not code:
+            break
+        if i in own:
+            where[i] = len(out)
+            fmt.append(code)
+            out.append(values[i])
+        else:
+            run.append(i)
+    return struct.Struct("".join(fmt)), tuple(out), where
 
 
 # The shapes made for each checks tuple still in use, by identity: the decisions of one
@@ -1724,8 +1778,8 @@ class _Encoder:
         elif self.verdicts:
             values[_HEAD_RECORD] = 2
         if evidence is not None:
-            values[_HEAD_MIN_ID] = evidence.min_id_ms
-            values[_HEAD_MAX_LEN] = evidence.max_len
+            values[shape.bounds] = evidence.min_id_ms
+            values[shape.bounds + 1] = evidence.max_len
         index, keys, framed_keys = self.index, self.keys, self.framed_keys
         bucket32, token = number.bucket32, number.token
         logs: list[str] = []  # the attempt logs this decision counts in

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import random
+import struct
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from gate.core.engine import Evidence, Plan, Planner, StoreCheck, evolve
 from gate.core.model import Attempt
-from gate.store.client import DECIDE, _command, _encode
+from gate.store.client import DECIDE, _command, _encode, _packed
 from tests.unit.test_engine import ALL_PACKS, KEYS, MIXED_NUMBERS
 
 T0 = datetime(2026, 12, 7, 10, 30, tzinfo=UTC)
@@ -53,6 +55,26 @@ def test_the_framed_request_is_the_plain_encoding(record: bool, batch: int) -> N
                 plain = _command(DECIDE, encoded.keys, encoded.args)
                 framed = encoded.command(DECIDE)
                 assert (framed.packed, framed.slot) == (plain.packed, plain.slot)
+
+
+def test_a_shape_packs_its_constant_runs_once() -> None:
+    """``_packed``: whichever numbers a decision sets (none, all, any few, runs of them),
+    packing them with the shape's constant runs packed already is the same bytes as
+    packing all its numbers with its format."""
+    rng = random.Random(7)
+    packing = ">dBHBBBHdd" + "".join(rng.choice(["BH", "BHd", "Bddd", "BBddd"]) for _ in range(9))
+    limits = {"B": 255, "H": 65535, "d": 2**53}
+    values = [rng.randrange(limits[code]) for code in packing[1:]]
+    for own in (set(), set(range(len(values))), {0, 1}, {0, 1, 2, 3, 4, len(values) - 1}):
+        for _ in range(1 + 20 * bool(own)):
+            mine = set(own) | {rng.randrange(len(values)) for _ in range(rng.randrange(4))}
+            packer, packed, where = _packed(packing, values, mine if own else set())
+            assert set(where) == (mine if own else set())
+            given = list(packed)
+            changed = list(values)
+            for at, to in where.items():
+                changed[at] = given[to] = rng.randrange(limits[packing[1 + at]])
+            assert packer.pack(*given) == struct.pack(packing, *changed)
 
 
 def test_the_audit_head_is_the_fields_as_compact_json() -> None:
