@@ -23,7 +23,8 @@ Guarantees:
   members) is an ``InputError`` before ``zipfile`` reads it (whole, an object per member).
 - A file that can be read only once (a pipe, a FIFO, ``/dev/stdin``, a shell's ``<(…)``)
   is copied whole into a private temporary file first (``rereadable``), so counting its
-  lines, probing its format and reading it all see the same bytes.
+  lines, probing its format and reading it all see the same bytes; at most
+  ``MAX_PIPED_BYTES`` of it (an endless stream is an ``InputError``, not a full disk).
 """
 
 from __future__ import annotations
@@ -35,7 +36,6 @@ import gzip
 import hashlib
 import io
 import re
-import shutil
 import stat
 import struct
 import tempfile
@@ -664,6 +664,9 @@ BLOCK_BYTES = 1 << 20
 # The largest central directory of a zip file: a member's entry is 46 bytes and its name
 # (APPNOTE.TXT 4.3.12), so about 10 000 members of names of 50 characters.
 MAX_ZIP_DIRECTORY_BYTES = 1 << 20
+# What a pipe may give (copied whole to a temporary file first: ``rereadable``), at most: a
+# stream that never ends would fill the disk (the one Redis may save to, too).
+MAX_PIPED_BYTES = 8 * 1024**3
 _EOCD = struct.Struct("<4s4H2LH")  # APPNOTE.TXT 4.3.16: end of central directory record
 _EOCD_SIGNATURE = b"PK\x05\x06"
 _ZIP64_LOCATOR = struct.Struct("<4sLQL")  # 4.3.15: zip64 end of central directory locator
@@ -1025,10 +1028,32 @@ def rereadable(path: Path) -> Iterator[Path]:
     with tempfile.TemporaryDirectory(prefix="callgate-input-") as spool_dir:
         copy = Path(spool_dir) / path.name
         try:
-            with path.open("rb") as source, copy.open("xb") as spool:  # directory 0700
-                shutil.copyfileobj(source, spool, 1 << 20)
+            source = path.open("rb")
         except OSError as exc:
             raise InputError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+        with source, copy.open("xb") as spool:  # in a directory of mode 0700
+            size = 0
+            for _ in range(MAX_PIPED_BYTES // BLOCK_BYTES + 2):  # bounded by the check below
+                try:
+                    data = source.read(BLOCK_BYTES)
+                except OSError as exc:
+                    raise InputError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+                if not data:
+                    break
+                size += len(data)
+                if size > MAX_PIPED_BYTES:
+                    raise InputError(
+                        f"{path}: more than {MAX_PIPED_BYTES} bytes from a pipe (a stream that "
+                        "never ends?): save it to a file first, and give that file"
+                    )
+                try:
+                    spool.write(data)
+                except OSError as exc:
+                    raise InputError(
+                        f"{path}: cannot keep a copy of it in {Path(spool_dir).parent}: "
+                        f"{exc.strerror or exc}: free some space there, or set TMPDIR to a "
+                        "directory with room"
+                    ) from exc
         yield copy
 
 

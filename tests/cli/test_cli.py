@@ -14,6 +14,7 @@ import json
 import multiprocessing
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -765,6 +766,40 @@ def test_a_scrub_reads_its_leads_from_a_pipe(config_file: Path, tmp_path: Path) 
         scrubbed.returncode,
         scrubbed.stdout.splitlines(keepends=True)[0],
     )
+
+
+IMPORT_STDIN = ("list", "import", "red", "-")
+
+
+def _small_files() -> None:
+    """In a child before exec: files of 100 kB at most, a larger write fails (EFBIG)."""
+    resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+
+
+def test_a_pipe_whose_copy_cannot_be_written_is_one_error_line(
+    config_file: Path, tmp_path: Path
+) -> None:
+    """A pipe is copied to a temporary file first: a copy the disk cannot hold (full, or
+    here a file-size limit) is exit 2 with one line naming where and what to do, not
+    "cannot read"."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CALLGATE_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "gate.cli", "--config", str(config_file), *IMPORT_STDIN],
+        input="0612345678\n" * 20_000,
+        capture_output=True,
+        text=True,
+        timeout=SUBPROCESS_TIMEOUT_S,
+        cwd=tmp_path,
+        env={**env, "TMPDIR": str(tmp_path)},
+        preexec_fn=_small_files,
+    )
+    assert (
+        2,
+        "callgate: error: /dev/stdin: cannot keep a copy of it in "
+        f"{tmp_path}: File too large: free some space there, or set TMPDIR to a directory "
+        "with room\n",
+    ) == (done.returncode, done.stderr)
 
 
 def test_import_of_a_missing_file_is_one_error_line(cli: Run, tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ lines with the same line numbers, texts and reasons, and count the same lines.
 from __future__ import annotations
 
 import gzip
+import subprocess
 import tempfile
 import time
 import zipfile
@@ -487,3 +488,27 @@ def test_a_zip_of_too_many_members_is_refused_before_its_directory_is_read(
         "about 10 members): put the lines in fewer files, or unzip it and read its files",
         10,
     ) == (str(caught.value), formats.count_lines(few))
+
+
+def test_a_pipe_that_never_ends_is_refused_past_the_bound_and_its_copy_removed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``rereadable`` of a stream that never ends (``yes``) stops at ``MAX_PIPED_BYTES``
+    (here 3 blocks) with one InputError saying what to do, and its partial copy is
+    removed: it was copied whole, until the disk (maybe Redis's) was full."""
+    monkeypatch.setattr(formats, "MAX_PIPED_BYTES", 3 * formats.BLOCK_BYTES)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    endless = subprocess.Popen(["yes", "0612345678"], stdout=subprocess.PIPE)
+    try:
+        assert endless.stdout is not None
+        piped = Path(f"/dev/fd/{endless.stdout.fileno()}")
+        with pytest.raises(InputError) as caught, formats.rereadable(piped):
+            pass
+    finally:
+        endless.kill()
+        endless.communicate(timeout=10)
+    assert (
+        f"{piped}: more than {3 * formats.BLOCK_BYTES} bytes from a pipe (a stream that never "
+        "ends?): save it to a file first, and give that file",
+        [],
+    ) == (str(caught.value), list(tmp_path.iterdir()))
