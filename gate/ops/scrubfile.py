@@ -75,6 +75,10 @@ PROGRESS_EVERY_S = 0.5
 ADMIN_DEADLINE_S = 5.0  # as ``callgate scrub``: batches of 200 decisions per Redis call
 STOP_S = 10.0  # a stopped scrub's process ends within this (its workers' batches done)
 NICENESS = 10  # the scrub's processes yield the CPU to the server's (nice(2))
+# An error event's reason is cut to this many characters (a file's error may quote a huge
+# header), so that each line of the scrub's process fits the server's reading of it.
+MAX_WHY_CHARS = 2000
+EVENT_LINE_BYTES = 1024 * 1024  # the longest line the server reads from that process
 _ID_RE = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 _NAME_RE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -276,6 +280,7 @@ class _ScrubJob:
             json.dumps(sys.path),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
+            limit=EVENT_LINE_BYTES,
             start_new_session=True,  # the server's Ctrl-C is not its: the server stops it
         )
         try:
@@ -389,6 +394,11 @@ def _scrub_process() -> int:
     return 0
 
 
+def _cut(why: str) -> str:
+    """``why``, at most ``MAX_WHY_CHARS`` long (its end replaced by "…")."""
+    return why if len(why) <= MAX_WHY_CHARS else why[: MAX_WHY_CHARS - 1] + "…"
+
+
 async def _scrub(task: _Task, send: Callable[[str, Any], None]) -> None:
     current = asyncio.current_task()
     assert current is not None
@@ -427,7 +437,7 @@ async def _scrub(task: _Task, send: Callable[[str, Any], None]) -> None:
             {"rows": summary.rows, "verdicts": summary.verdicts, "reasons": summary.reasons},
         )
     except GateError as exc:
-        send("error", exc.worded(task.wording))
+        send("error", _cut(exc.worded(task.wording)))
     except Exception as exc:  # a bug must still end the answer
         log.exception("API scrub of an upload failed")
         send("error", f"internal error: {type(exc).__name__}")

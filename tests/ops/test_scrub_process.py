@@ -208,3 +208,18 @@ async def test_the_workers_of_a_killed_scrub_command_end_too(
         process.communicate(timeout=GONE_S)
     left = await wait_gone(workers)
     assert (2, []) == (len(workers), left)
+
+
+async def test_an_error_too_long_for_a_line_still_ends_the_answer(
+    console: Console,  # noqa: F811 (the fixture)
+) -> None:
+    """An error raised in the scrub's process may quote a huge header (here the header the
+    scrub reads, a quoted newline in its first cell, is not the one the probe read): the
+    answer still ends with that error, cut to ``MAX_WHY_CHARS``, not with a cut stream."""
+    columns = ",".join(f"column_{i:05d}_with_a_long_name" for i in range(3000))
+    leads = f'"phone\nx",{columns}\n0612345678\n'
+    status, text = await console.call("POST", UPLOAD, CSV, data=leads)
+    last = json.loads(text.strip().splitlines()[-1]) if isinstance(text, str) else text
+    why = last.get("why") or ""
+    assert (200, "error", scrubfile.MAX_WHY_CHARS) == (status, last.get("event"), len(why))
+    assert why.startswith("the upload: no column named 'phone' in header ['phone\\nx', ")
