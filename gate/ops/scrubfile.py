@@ -15,7 +15,9 @@ returns.
 Guarantees: results are kept in one private directory (0700) for ``KEEP_S``, at most
 ``MAX_KEPT`` at a time and ``MAX_KEPT_BYTES`` together (the oldest goes first; the newest
 is kept whatever its size), and removed when the server stops; a client that goes away
-stops the scrub (nothing is kept); nothing is counted or recorded.
+stops the scrub (nothing is kept); at most ``MAX_SCRUBS`` uploads are spooled or scrubbed
+at a time (one more is refused, 503, before its body is read); nothing is counted or
+recorded.
 """
 
 from __future__ import annotations
@@ -78,6 +80,11 @@ NICENESS = 10  # the scrub's processes yield the CPU to the server's (nice(2))
 # An error event's reason is cut to this many characters (a file's error may quote a huge
 # header), so that each line of the scrub's process fits the server's reading of it.
 MAX_WHY_CHARS = 2000
+# Uploads being spooled or scrubbed at a time; one more is refused (503). Each scrub is
+# three processes (its own, two workers: some 125 MB together), so an unbounded number of
+# them (any local user's, on loopback without a token) could exhaust the memory and have
+# the OOM killer end the server or its Redis.
+MAX_SCRUBS = 4
 EVENT_LINE_BYTES = 1024 * 1024  # the longest line the server reads from that process
 _ID_RE = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 _NAME_RE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -91,6 +98,7 @@ class ScrubFiles:
         self._dir: Path | None = None
         # id: (the file, its download name, when it was made, its size)
         self._kept: OrderedDict[str, tuple[Path, str, float, int]] = OrderedDict()
+        self._running = 0  # uploads being spooled or scrubbed (``MAX_SCRUBS``)
 
     def operations(self) -> list[tuple[Operation, Handler]]:
         return [
@@ -154,6 +162,21 @@ class ScrubFiles:
         query = parse_query(ScrubFileQuery, request.query)
         tenant = query.tenant or self.gate.config.default_tenant
         self.gate.config.policy.check_tenant(tenant)
+        if self._running >= MAX_SCRUBS:
+            raise RequestError(
+                503,
+                f"too many uploads being scrubbed (at most {MAX_SCRUBS} at a time); "
+                "try again once one is done",
+            )
+        self._running += 1
+        try:
+            return await self._scrub_upload(request, query, tenant)
+        finally:
+            self._running -= 1
+
+    async def _scrub_upload(
+        self, request: web.Request, query: ScrubFileQuery, tenant: str
+    ) -> web.StreamResponse:
         file_id = secrets.token_urlsafe(18)
         output = self._directory() / file_id
         with tempfile.TemporaryDirectory(prefix="callgate-upload-") as spool_dir:

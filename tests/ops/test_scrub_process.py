@@ -223,3 +223,27 @@ async def test_an_error_too_long_for_a_line_still_ends_the_answer(
     why = last.get("why") or ""
     assert (200, "error", scrubfile.MAX_WHY_CHARS) == (status, last.get("event"), len(why))
     assert why.startswith("the upload: no column named 'phone' in header ['phone\\nx', ")
+
+
+async def test_an_upload_past_max_scrubs_is_refused_with_503(
+    console: Console,  # noqa: F811 (the fixture)
+    session: aiohttp.ClientSession,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each scrub is three processes: past ``MAX_SCRUBS`` at a time, an upload is refused
+    with 503 and one line (an unbounded number of them exhausted the memory); once the
+    running one ends, an upload is taken again."""
+    monkeypatch.setattr(scrubfile, "MAX_SCRUBS", 1)
+    async with session.post(console.url + UPLOAD, data=io.BytesIO(_leads()), headers=CSV) as first:
+        await first.content.readline()
+        refused = await console.call("POST", UPLOAD, CSV, data="phone\n0612345678\n")
+        await first.read()
+    status, events = await console.call("POST", UPLOAD, CSV, data="phone\n0612345678\n")
+    assert (
+        503,
+        {
+            "error": "too many uploads being scrubbed (at most 1 at a time); "
+            "try again once one is done"
+        },
+    ) == refused
+    assert (200, "done") == (status, json.loads(events.strip().splitlines()[-1])["event"])
