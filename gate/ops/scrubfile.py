@@ -296,16 +296,22 @@ class _ScrubJob:
     async def run(self, response: web.StreamResponse) -> ScrubSummary | None:
         """Stream the progress; the summary once the output is whole (None: it failed).
         The client going away, or the server stopping, stops the scrub's process."""
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-c",
-            _BOOT,
-            json.dumps(sys.path),
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            limit=EVENT_LINE_BYTES,
-            start_new_session=True,  # the server's Ctrl-C is not its: the server stops it
-        )
+        try:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-c",
+                _BOOT,
+                json.dumps(sys.path),
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                limit=EVENT_LINE_BYTES,
+                start_new_session=True,  # the server's Ctrl-C is not its: the server stops it
+            )
+        except OSError as exc:  # no process left (EAGAIN), no memory, no interpreter
+            log.error("API scrub of an upload: cannot start its process: %s", exc)
+            why = f"the scrub could not start its process: {exc.strerror or exc}; try again later"
+            await response.write(json_of(self._event(event="error", why=why)) + b"\n")
+            return None
         try:
             return await self._follow(process, response)
         finally:

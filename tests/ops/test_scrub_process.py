@@ -247,3 +247,19 @@ async def test_an_upload_past_max_scrubs_is_refused_with_503(
         },
     ) == refused
     assert (200, "done") == (status, json.loads(events.strip().splitlines()[-1])["event"])
+
+
+async def test_a_scrub_process_that_cannot_start_ends_the_answer_with_its_error(
+    console: Console,  # noqa: F811 (the fixture)
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The scrub's process cannot be started (no process left, no memory, the interpreter
+    gone): the answer, already begun, ends with an error event that says so."""
+    monkeypatch.setattr(scrubfile.sys, "executable", "/nonexistent/python")
+    status, text = await console.call("POST", UPLOAD, CSV, data="phone\n0612345678\n")
+    last = json.loads(text.strip().splitlines()[-1]) if isinstance(text, str) else text
+    assert (
+        200,
+        "error",
+        "the scrub could not start its process: No such file or directory; try again later",
+    ) == (status, last.get("event"), last.get("why"))
