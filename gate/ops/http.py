@@ -165,6 +165,7 @@ class HttpServer:
         self.live.start()
 
     async def stop(self) -> None:
+        self.scrubbed.stop_scrubs()  # not after the requests' grace: they end at once
         await self.feed.close()
         await self.live.close()
         await self._refresher.close()

@@ -99,6 +99,8 @@ class ScrubFiles:
         # id: (the file, its download name, when it was made, its size)
         self._kept: OrderedDict[str, tuple[Path, str, float, int]] = OrderedDict()
         self._running = 0  # uploads being spooled or scrubbed (``MAX_SCRUBS``)
+        self.processes: set[asyncio.subprocess.Process] = set()  # the scrubs' own
+        self.stopping = False
 
     def operations(self) -> list[tuple[Operation, Handler]]:
         return [
@@ -151,6 +153,16 @@ class ScrubFiles:
             path.unlink(missing_ok=True)
             size -= bytes_
 
+    def stop_scrubs(self) -> None:
+        """The server stops: every running scrub is stopped now (each answer ends with an
+        error event saying so), not after the server's grace for requests; no more
+        starts."""
+        self.stopping = True
+        for process in self.processes:
+            if process.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    process.terminate()
+
     def close(self) -> None:
         """Remove every kept file."""
         self._kept.clear()
@@ -162,6 +174,8 @@ class ScrubFiles:
         query = parse_query(ScrubFileQuery, request.query)
         tenant = query.tenant or self.gate.config.default_tenant
         self.gate.config.policy.check_tenant(tenant)
+        if self.stopping:
+            raise RequestError(503, "the server is stopping; scrub the file once it is back")
         if self._running >= MAX_SCRUBS:
             raise RequestError(
                 503,
@@ -187,7 +201,7 @@ class ScrubFiles:
             await asyncio.to_thread(_probe, path, query.column)
             response = web.StreamResponse(headers={"Content-Type": NDJSON})
             await response.prepare(request)
-            job = _ScrubJob(self.gate, query, tenant, path, output, total, wording_of(request))
+            job = _ScrubJob(self, query, tenant, path, output, total, wording_of(request))
             summary = await job.run(response)
             if summary is not None:
                 stem = Path(query.name or "leads").stem
@@ -240,7 +254,7 @@ class _ScrubJob:
 
     def __init__(
         self,
-        gate: Gate,
+        files: ScrubFiles,
         query: ScrubFileQuery,
         tenant: str,
         path: Path,
@@ -248,11 +262,12 @@ class _ScrubJob:
         total: int,
         wording: Wording,
     ) -> None:
-        active = gate.active
+        self.files = files
+        active = files.gate.active
         self.task = _Task(
             active.config,
             active.version,
-            gate.store.settings,
+            files.gate.store.settings,
             path,
             output,
             query.column,
@@ -312,10 +327,14 @@ class _ScrubJob:
             why = f"the scrub could not start its process: {exc.strerror or exc}; try again later"
             await response.write(json_of(self._event(event="error", why=why)) + b"\n")
             return None
+        self.files.processes.add(process)
         try:
+            if self.files.stopping:  # it started as the server began to stop
+                process.terminate()
             return await self._follow(process, response)
         finally:
             await asyncio.shield(asyncio.ensure_future(_stop(process)))
+            self.files.processes.discard(process)
             # What a killed process left: its output, being written beside the target.
             for partial in self.task.output.parent.glob(f".{self.task.output.name}.*"):
                 partial.unlink(missing_ok=True)
@@ -333,7 +352,11 @@ class _ScrubJob:
             line = await process.stdout.readline()
             if not line:
                 break
-            kind, value = json.loads(line)
+            event = _event_of(line)
+            if event is None:  # not an event: printed by an import of its (a .pth file)
+                log.warning("API scrub of an upload: its process printed %r", line[:200])
+                continue
+            kind, value = event
             if kind == "progress":
                 self.lines, self.rows = value
                 await response.write(json_of(self._event(event="progress")) + b"\n")
@@ -347,6 +370,10 @@ class _ScrubJob:
                 await response.write(json_of(self._event(event="error", why=value)) + b"\n")
                 return None
         code = await process.wait()
+        if self.files.stopping:
+            why = "the scrub stopped: the server is stopping; nothing was kept"
+            await response.write(json_of(self._event(event="error", why=why)) + b"\n")
+            return None
         ended = (
             f"was killed by signal {-code} (out of memory?)"
             if code < 0
@@ -381,8 +408,9 @@ class _Task:
 # The scrub's process: the server's import path (as multiprocessing's spawn gives its
 # children), then ``_scrub_process``.
 _BOOT = (
-    "import json, sys; sys.path[:] = json.loads(sys.argv[1]); "
-    "from gate.ops.scrubfile import _scrub_process; sys.exit(_scrub_process())"
+    "import json, os, sys; events = os.dup(1); os.dup2(2, 1); "
+    "sys.path[:] = json.loads(sys.argv[1]); "
+    "from gate.ops.scrubfile import _scrub_process; sys.exit(_scrub_process(events))"
 )
 
 
@@ -403,15 +431,15 @@ async def _stop(process: asyncio.subprocess.Process) -> None:
     await process.wait()
 
 
-def _scrub_process() -> int:
+def _scrub_process(events_fd: int) -> int:
     """The scrub's process: the task from standard input, ``[kind, value]`` JSON lines to
-    standard output (``progress``: the lines read, the rows written since; then ``done``:
-    the summary, or ``error``: the one-line error). Anything else written to standard
-    output goes to standard error (the server's log). SIGTERM stops the scrub; the
-    server's death sends SIGTERM."""
+    ``events_fd``, its standard output as it started (``progress``: the lines read and
+    the rows written so far; then ``done``: the summary, or ``error``: the one-line
+    error). Anything else written to standard output, from the start (``_BOOT``), goes to
+    standard error (the server's log). SIGTERM stops the scrub; the server's death sends
+    SIGTERM."""
     task: _Task = pickle.load(sys.stdin.buffer)
-    events = os.fdopen(os.dup(1), "w", encoding="utf-8", buffering=1)
-    os.dup2(2, 1)
+    events = os.fdopen(events_fd, "w", encoding="utf-8", buffering=1)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not end_with_parent(task.server_pid):
         return 1  # the server is already gone
@@ -421,6 +449,20 @@ def _scrub_process() -> int:
     except asyncio.CancelledError:  # SIGTERM: stopped; the output was removed
         return 1
     return 0
+
+
+def _event_of(line: bytes) -> tuple[str, Any] | None:
+    """A line of the scrub's process read as ``[kind, value]`` (None: not an event)."""
+    try:
+        event = json.loads(line)
+    except ValueError:
+        return None
+    if not (isinstance(event, list) and len(event) == 2 and event[0] in _KINDS):
+        return None
+    return event[0], event[1]
+
+
+_KINDS = ("progress", "done", "error")
 
 
 def _cut(why: str) -> str:

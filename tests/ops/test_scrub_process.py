@@ -14,6 +14,7 @@ import io
 import json
 import os
 import signal
+import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -23,11 +24,13 @@ import aiohttp
 import pytest
 
 from gate.ops import scrubfile
+from gate.service import Gate
+from gate.store.client import Store
 from tests.cli.test_cli import config_file, interactive_cli  # noqa: F401 (a fixture)
-from tests.conftest import TEST_SECRET
+from tests.conftest import TEST_SECRET, make_config
 from tests.e2e.gateproc import GateProcess, write_config
-from tests.ops.conftest import AUTH
-from tests.ops.test_console import Console, console  # noqa: F401 (a fixture)
+from tests.ops.conftest import AUTH, LISTS
+from tests.ops.test_console import Console, console, start  # noqa: F401 (a fixture)
 from tests.ops.test_run_ops import free_port
 
 ROWS = 60_000  # over the scrub's PARALLEL_FROM: its process starts workers of its own
@@ -145,10 +148,14 @@ async def test_a_killed_scrub_process_ends_the_answer_with_its_error(
 
 
 async def test_the_scrub_of_a_killed_server_ends_too(
-    redis_url: str, tmp_path: Path, session: aiohttp.ClientSession
+    redis_url: str,
+    tmp_path: Path,
+    session: aiohttp.ClientSession,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """``callgate run`` SIGKILLed during an upload's scrub: the scrub's process gets the
     parent-death signal and ends, with its workers (no orphan goes on using Redis)."""
+    monkeypatch.setenv("TMPDIR", str(tmp_path))  # what the killed server leaves, removed
     port = free_port()
     config = write_config(
         tmp_path / "callgate.toml", redis_url=redis_url, agi_port=port, secret=TEST_SECRET
@@ -263,3 +270,56 @@ async def test_a_scrub_process_that_cannot_start_ends_the_answer_with_its_error(
         "error",
         "the scrub could not start its process: No such file or directory; try again later",
     ) == (status, last.get("event"), last.get("why"))
+
+
+async def test_a_server_that_stops_ends_its_scrubs_at_once(
+    redis_url: str, session: aiohttp.ClientSession
+) -> None:
+    """The server stopping (SIGTERM, ``systemctl stop``) stops a running scrub first, so
+    its answer ends with an error saying why, and the server does not wait for it (the
+    scrub ran on through the requests' grace, then was cut off)."""
+    store = Store(redis_url, deadline_s=1.0)
+    running = await start(Gate(make_config({"lists": LISTS}), store, "v1"))
+    try:
+        async with session.post(running.url + UPLOAD, data=io.BytesIO(_leads()), headers=CSV) as r:
+            await r.content.readline()
+            scrubs = scrub_processes(os.getpid())
+            stopping = asyncio.create_task(running.server.stop())
+            events = [json.loads(line) for line in (await r.text()).splitlines()]
+            await stopping
+    finally:
+        await running.session.close()
+        await running.audit.close()
+        await store.close()
+    assert (
+        "error",
+        "the scrub stopped: the server is stopping; nothing was kept",
+        3,
+        [],
+    ) == (events[-1]["event"], events[-1]["why"], len(scrubs), await wait_gone(scrubs))
+
+
+async def test_an_upload_while_the_server_stops_is_refused_with_503(
+    console: Console,  # noqa: F811 (the fixture)
+) -> None:
+    """Once the server has begun to stop, an upload starts no scrub: 503 and one line."""
+    console.server.scrubbed.stop_scrubs()
+    refused = await console.call("POST", UPLOAD, CSV, data="phone\n0612345678\n")
+    assert (503, {"error": "the server is stopping; scrub the file once it is back"}) == refused
+
+
+async def test_a_line_the_scrub_process_prints_that_is_no_event_is_logged_and_skipped(
+    console: Console,  # noqa: F811 (the fixture)
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Something the scrub's process prints before it can send its own output aside (a
+    ``sitecustomize`` or ``.pth`` file of the installation) is logged and skipped; the
+    answer goes on to its summary."""
+    (tmp_path / "sitecustomize.py").write_text("print('hello from sitecustomize')\n")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), *sys.path]))
+    status, text = await console.call("POST", UPLOAD, CSV, data="phone\n0612345678\n")
+    printed = [r.getMessage() for r in caplog.records if "printed" in r.getMessage()]
+    assert (200, "done") == (status, json.loads(text.strip().splitlines()[-1])["event"])
+    assert ["API scrub of an upload: its process printed b'hello from sitecustomize\\n'"] == printed
