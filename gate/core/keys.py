@@ -123,6 +123,24 @@ class NumberKeys:
         return self.bucket32 >> _GROUP_SHIFT
 
 
+# ``NumberKeys``' slots, set as its frozen ``__init__`` sets them (``object.__setattr__``)
+# but without looking each up by name: ``_number_keys``.
+_SET_TOKEN, _SET_MEMBER, _SET_BUCKET32 = (
+    NumberKeys.__dict__[name].__set__ for name in ("token", "member", "bucket32")
+)
+assert NumberKeys.__slots__ == ("token", "member", "bucket32")
+
+
+def _number_keys(token: str, member: int, bucket32: int) -> NumberKeys:
+    """``NumberKeys(token, member, bucket32)`` by its slots' setters (0.25 µs instead of
+    its frozen ``__init__``'s 0.6: one per number decided or scrubbed)."""
+    made = object.__new__(NumberKeys)
+    _SET_TOKEN(made, token)
+    _SET_MEMBER(made, member)
+    _SET_BUCKET32(made, bucket32)
+    return made
+
+
 class Keyspace:
     """Names keys and encodes numbers for one namespace and one hashing choice."""
 
@@ -151,12 +169,12 @@ class Keyspace:
         """The encodings of ``e164`` (keyed hash unless numbers are stored plain)."""
         if self._mac is None:
             spread = hashlib.blake2b(e164.encode(), digest_size=4).digest()
-            return NumberKeys(e164, int(e164[1:]), int.from_bytes(spread, "big"))
+            return _number_keys(e164, int(e164[1:]), int.from_bytes(spread, "big"))
         mac = self._mac.copy()
         mac.update(e164.encode())
         digest = mac.digest()
         member = int.from_bytes(digest, "big", signed=True)
-        return NumberKeys(digest.hex(), member, (member % 2**64) >> 32)
+        return _number_keys(digest.hex(), member, (member % 2**64) >> 32)
 
     def list_entry(self, e164: str) -> ListEntry:
         """``(member, bucket32)`` of ``e164``: ``number()`` without the rest (bulk imports)."""

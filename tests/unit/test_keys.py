@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import binascii
 import collections
+import dataclasses
+
+import pytest
 
 from gate.core._slots import SLOT_TAGS
-from gate.core.keys import GROUP_BITS, SLOT_GROUPS, Keyspace, group_of
+from gate.core.keys import GROUP_BITS, SLOT_GROUPS, Keyspace, NumberKeys, group_of
 
 KEYS = Keyspace("callgate", b"test-secret-0123456789abcdef")
 
@@ -94,3 +97,18 @@ def test_a_numbers_encodings_are_its_keyed_blake2b_digest() -> None:
         assert KEYS.list_entry(e164) == (number.member, number.bucket32)
         plain = Keyspace("callgate", None).number(e164)
         assert (plain.token, plain.member) == (e164, int(e164[1:]))
+
+
+def test_number_keys_made_by_their_slots_are_the_dataclass_made_by_init() -> None:
+    """``Keyspace.number`` sets a ``NumberKeys``' slots itself: the same value as its
+    ``__init__`` makes (equality, hash, repr), frozen all the same, hashed or plain."""
+    for keys in (KEYS, Keyspace("callgate", None)):
+        found = keys.number("+33612345678")
+        made = NumberKeys(found.token, found.member, found.bucket32)
+        assert (found, hash(found), repr(found)) == (made, hash(made), repr(made))
+        assert dataclasses.astuple(found) == (found.token, found.member, found.bucket32)
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            found.token = ""  # type: ignore[misc]
+    assert Keyspace("callgate", None).number("+33612345678") == NumberKeys(
+        "+33612345678", 33612345678, Keyspace("callgate", None).bucket32_of(33612345678)
+    )
