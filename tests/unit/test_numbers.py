@@ -54,6 +54,21 @@ def test_destination_carries_region_and_time_zone() -> None:
     assert Destination("+262262123456", "RE", NumberType.FIXED_LINE, ("Indian/Reunion",)) == result
 
 
+def test_a_destination_made_by_its_slots_is_the_dataclass_made_by_init() -> None:
+    """``classify`` sets a ``Destination``'s slots itself: the same value as its
+    ``__init__`` makes (fields, equality, hash, repr), frozen all the same."""
+    result = classify("0612345678", "FR")
+    assert isinstance(result, Destination)
+    made = Destination(result.e164, result.region, result.number_type, result.time_zones)
+    assert (result, hash(result), repr(result)) == (made, hash(made), repr(made))
+    assert repr(result) == (
+        "Destination(e164='+33612345678', region='FR', number_type=<NumberType.MOBILE: "
+        "'mobile'>, time_zones=('Europe/Paris',))"
+    )
+    with pytest.raises(AttributeError):
+        result.e164 = "+33700000000"  # type: ignore[misc]
+
+
 @pytest.mark.parametrize(
     ("dialled", "expected"),
     [
