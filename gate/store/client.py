@@ -1474,6 +1474,9 @@ _compact_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).enco
 _json_text: Callable[[str], str] = json.encoder.encode_basestring
 
 
+# The undo entry of every decision not recorded (a scrub's): nothing to void.
+_NOT_RECORDED: tuple[str, bytes, list[str]] = ("", b"", [])
+
 # RESP bulk string heads by length (``_Encoder.add``'s framing in parts: a bulk string is
 # its head, its bytes, then _CRLF), and a bulk string's end with the next one's head.
 _HEADS_MAX = 256
@@ -1791,7 +1794,8 @@ class _Encoder:
             values[shape.bounds + 1] = evidence.max_len
         index, keys, framed_keys = self.index, self.keys, self.framed_keys
         bucket32, token = number.bucket32, number.token
-        logs: list[str] = []  # the attempt logs this decision counts in
+        # the attempt logs this decision counts in (None: not recorded, none voided)
+        logs: list[str] | None = [] if check.record else None
         heads = _HEADS
         for at, how, text, bits, log in shape.keys:
             if how == _GROUP:  # the most common first (the tests are exclusive)
@@ -1810,7 +1814,7 @@ class _Encoder:
                 framed_keys += (heads[size] if size < _HEADS_MAX else b"$%d\r\n" % size, raw, _CRLF)
                 found = index[name] = len(keys)
             values[at] = found
-            if log:
+            if log and logs is not None:
                 logs.append(name)
         for i, at in shape.reads:
             values[at : at + 3] = read[i]
@@ -1837,7 +1841,7 @@ class _Encoder:
             self.args.append(f"{{{head}{',' if head else ''}{shape.tail}".encode())
             self.framed.append(_bulk(self.args[-1]))
         self.layout.append((check, shape))
-        if check.record:
+        if logs is not None:
             self.undo.append((prefix + "audit", self.args[-1] if evidence else b"", logs))
-        else:
-            self.undo.append(("", b"", []))
+        else:  # one shared entry (never read: ``void`` is for recorded decisions only)
+            self.undo.append(_NOT_RECORDED)

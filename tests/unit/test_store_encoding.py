@@ -99,3 +99,19 @@ def test_the_audit_head_is_the_fields_as_compact_json() -> None:
 
     nothing = evolve(check, evidence=evolve(EVIDENCE, known=(("channel", ""),)))
     assert _encode([nothing], {}).args[-1].decode().startswith('{"shadow":')
+
+
+def test_only_a_recorded_decision_has_something_to_undo() -> None:
+    """A decision not recorded (a scrub's) has an empty undo entry, one shared by all;
+    a recorded one its audit stream, its audit head and the attempt logs it counts in."""
+    unrecorded = _encode(checks(False), {})
+    assert unrecorded.undo
+    assert all(u == ("", b"", []) for u in unrecorded.undo)
+    recorded = _encode(checks(True), {})
+    for stream, head, logs in recorded.undo:
+        assert stream.endswith(":audit")
+        assert stream in recorded.keys
+        assert head.startswith(b'{"')
+        assert head in recorded.args
+        assert all(key in recorded.keys for key in logs)
+    assert any(logs for _, _, logs in recorded.undo)
