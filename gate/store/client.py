@@ -1524,7 +1524,7 @@ class _Shape:
     bounds: int  # with evidence: the index in ``values`` of its min_id_ms (max_len next)
     fields: tuple[str, ...]  # the meta fields read (their expected values follow)
     field_args: tuple[bytes, ...]  # the fields' names, then their expected values
-    framed_tail: bytes  # the end of the token's bulk string, then ``field_args``' framed
+    framed_tail: bytes  # the CRLF ending the token's bulk string, then ``field_args`` framed
     versions: tuple[str, ...]  # per check: the list version it reads ("" if none)
     tail: str  # the end of the audit head (``_summary_json``; "" without evidence)
 

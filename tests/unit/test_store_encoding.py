@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from gate.core.engine import Evidence, Plan, Planner, StoreCheck, evolve
+from gate.core.keys import Keyspace
 from gate.core.model import Attempt
 from gate.store.client import DECIDE, _command, _encode, _packed
 from tests.unit.test_engine import ALL_PACKS, KEYS, MIXED_NUMBERS
@@ -55,6 +56,22 @@ def test_the_framed_request_is_the_plain_encoding(record: bool, batch: int) -> N
                 plain = _command(DECIDE, encoded.keys, encoded.args)
                 framed = encoded.command(DECIDE)
                 assert (framed.packed, framed.slot) == (plain.packed, plain.slot)
+
+
+def test_long_keys_are_framed_as_the_plain_encoding() -> None:
+    """Keys of 256 bytes or more (a long namespace: past the table of bulk string heads)
+    are framed the same way, byte for byte."""
+    keys = Keyspace("n" * 300, b"test-secret-0123456789abcdef")
+    planner = Planner(ALL_PACKS, keys, False)
+    found = []
+    for i, dialled in enumerate(MIXED_NUMBERS):
+        pending = planner.plan(Attempt(dialled, T0 + timedelta(seconds=i), campaign="spring"))
+        if isinstance(pending, Plan):
+            found.append(pending.check)
+    encoded = _encode(found, {})
+    assert min(len(k) for k in encoded.keys) >= 256
+    plain = _command(DECIDE, encoded.keys, encoded.args)
+    assert encoded.command(DECIDE).packed == plain.packed
 
 
 def test_a_shape_packs_its_constant_runs_once() -> None:
