@@ -1031,29 +1031,44 @@ def rereadable(path: Path) -> Iterator[Path]:
             source = path.open("rb")
         except OSError as exc:
             raise InputError(f"{path}: cannot read: {exc.strerror or exc}") from exc
-        with source, copy.open("xb") as spool:  # in a directory of mode 0700
-            size = 0
-            for _ in range(MAX_PIPED_BYTES // BLOCK_BYTES + 2):  # bounded by the check below
-                try:
-                    data = source.read(BLOCK_BYTES)
-                except OSError as exc:
-                    raise InputError(f"{path}: cannot read: {exc.strerror or exc}") from exc
-                if not data:
-                    break
-                size += len(data)
-                if size > MAX_PIPED_BYTES:
-                    raise InputError(
-                        f"{path}: more than {MAX_PIPED_BYTES} bytes from a pipe (a stream that "
-                        "never ends?): save it to a file first, and give that file"
-                    )
-                try:
-                    spool.write(data)
-                except OSError as exc:
-                    raise InputError(
-                        f"{path}: cannot keep a copy of it in {Path(spool_dir).parent}: "
-                        f"{exc.strerror or exc}: free some space there, or set TMPDIR to a "
-                        "directory with room"
-                    ) from exc
+        with source:
+
+            def cannot_keep(exc: OSError) -> InputError:
+                return InputError(
+                    f"{path}: cannot keep a copy of it in {Path(spool_dir).parent}: "
+                    f"{exc.strerror or exc}: free some space there, or set TMPDIR to a "
+                    "directory with room"
+                )
+
+            try:
+                # Unbuffered: nothing is left to write on closing it (a disk full then
+                # would be an OSError that replaces the error below).
+                spool = copy.open("xb", buffering=0)  # in a directory of mode 0700
+            except OSError as exc:
+                raise cannot_keep(exc) from exc
+            with spool:
+                size = 0
+                for _ in range(MAX_PIPED_BYTES // BLOCK_BYTES + 2):  # bounded by the check below
+                    try:
+                        data = source.read(BLOCK_BYTES)
+                    except OSError as exc:
+                        raise InputError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+                    if not data:
+                        break
+                    size += len(data)
+                    if size > MAX_PIPED_BYTES:
+                        raise InputError(
+                            f"{path}: more than {MAX_PIPED_BYTES} bytes from a pipe (a stream "
+                            "that never ends?): save it to a file first, and give that file"
+                        )
+                    left = memoryview(data)
+                    for _ in range(len(data)):  # a write can be short (a disk nearly full)
+                        try:
+                            left = left[spool.write(left) :]
+                        except OSError as exc:
+                            raise cannot_keep(exc) from exc
+                        if not left:
+                            break
         yield copy
 
 

@@ -9,7 +9,9 @@ lines with the same line numbers, texts and reasons, and count the same lines.
 from __future__ import annotations
 
 import gzip
+import os
 import subprocess
+import sys
 import tempfile
 import time
 import zipfile
@@ -512,3 +514,54 @@ def test_a_pipe_that_never_ends_is_refused_past_the_bound_and_its_copy_removed(
         "ends?): save it to a file first, and give that file",
         [],
     ) == (str(caught.value), list(tmp_path.iterdir()))
+
+
+_FULL_DISK = """
+import resource, signal, subprocess, sys
+from pathlib import Path
+from gate.lists import formats
+size, limit = int(sys.argv[1]), int(sys.argv[2])
+feed = subprocess.Popen(["head", "-c", str(size), "/dev/zero"], stdout=subprocess.PIPE)
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead: a disk full, as it writes
+resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
+piped = f"/dev/fd/{feed.stdout.fileno()}"
+try:
+    with formats.rereadable(Path(piped)) as copy:
+        print("copied", copy.stat().st_size)
+except formats.InputError as exc:
+    print(str(exc).replace(piped, "PIPE"))
+finally:
+    feed.wait()
+"""
+
+
+@pytest.mark.parametrize(
+    ("size", "limit"),
+    [
+        (formats.BLOCK_BYTES + 100, formats.BLOCK_BYTES),  # the last bytes, less than a buffer
+        (2 * formats.BLOCK_BYTES, formats.BLOCK_BYTES + 10),  # a block written in part
+        (100, 10),  # only bytes less than a buffer
+    ],
+)
+def test_a_pipe_whose_copy_the_disk_cannot_hold_is_one_error(
+    tmp_path: Path, size: int, limit: int
+) -> None:
+    """``rereadable`` of a pipe whose copy the disk cannot hold (here: a file size limit,
+    EFBIG, as ENOSPC would be) is one InputError saying where and what to do, whichever
+    write fails: the last bytes, kept in a buffer, were written by the close and their
+    OSError escaped (a traceback), replacing the InputError."""
+    env = {**os.environ, "TMPDIR": str(tmp_path), "PYTHONPATH": os.pathsep.join(sys.path)}
+    ran = subprocess.run(
+        [sys.executable, "-c", _FULL_DISK, str(size), str(limit)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert (
+        f"PIPE: cannot keep a copy of it in {tmp_path}: File too large: free some space "
+        "there, or set TMPDIR to a directory with room\n",
+        "",
+        [],
+    ) == (ran.stdout, ran.stderr, list(tmp_path.iterdir()))
