@@ -653,6 +653,8 @@ _SETTERS: dict[type, tuple[tuple[str, Callable[[object, object], None]], ...]] =
 
 
 def _setters(kind: type) -> tuple[tuple[str, Callable[[object, object], None]], ...]:
+    if hasattr(kind, "__post_init__"):  # its checks and derived fields would be skipped
+        raise TypeError(f"evolve: {kind.__name__} has a __post_init__; use dataclasses.replace")
     found = _SETTERS[kind] = tuple(
         (name, kind.__dict__[name].__set__)
         for name in kind.__slots__  # type: ignore[attr-defined]

@@ -129,6 +129,7 @@ _SET_TOKEN, _SET_MEMBER, _SET_BUCKET32 = (
     NumberKeys.__dict__[name].__set__ for name in ("token", "member", "bucket32")
 )
 assert NumberKeys.__slots__ == ("token", "member", "bucket32")
+assert not hasattr(NumberKeys, "__post_init__")  # it would be skipped
 
 
 def _number_keys(token: str, member: int, bucket32: int) -> NumberKeys:

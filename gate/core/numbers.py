@@ -230,6 +230,7 @@ _SET_E164, _SET_REGION, _SET_TYPE, _SET_ZONES = (
     Destination.__dict__[name].__set__ for name in ("e164", "region", "number_type", "time_zones")
 )
 assert Destination.__slots__ == ("e164", "region", "number_type", "time_zones")
+assert not hasattr(Destination, "__post_init__")  # it would be skipped
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -441,6 +441,23 @@ def test_evolve_gives_what_dataclasses_replace_gives() -> None:
         before = replace(value)
         assert replace(value, **changes) == evolve(value, **changes)
         assert before == value
+
+
+@dataclass(frozen=True, slots=True)
+class _Checked:
+    count: int
+
+    def __post_init__(self) -> None:
+        if self.count < 0:
+            raise ValueError("count < 0")
+
+
+def test_evolve_refuses_a_value_whose_post_init_it_would_skip() -> None:
+    """``evolve`` sets the fields by their slots, so a ``__post_init__`` (a check, a
+    derived field) would never run: such a value is a TypeError, never a copy that
+    ``dataclasses.replace`` would refuse (here: a negative count)."""
+    with pytest.raises(TypeError, match="has a __post_init__"):
+        evolve(_Checked(1), count=-1)
 
 
 @pytest.mark.parametrize("when", [NOW, datetime(2026, 12, 6, 22, 0, tzinfo=UTC)])
