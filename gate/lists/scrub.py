@@ -36,6 +36,7 @@ import asyncio
 import contextlib
 import csv
 import itertools
+import logging
 import multiprocessing
 import os
 import signal
@@ -67,9 +68,12 @@ __all__ = [
     "WORKERS",
     "ScrubSummary",
     "column_index",
+    "ends_with_parent",
     "scrub",
     "scrub_file",
 ]
+
+log = logging.getLogger("callgate.scrub")
 
 BATCH = 2000
 # Below this many rows starting worker processes (~0.5 s each) is not worth it.
@@ -292,10 +296,21 @@ def _worker_signals() -> None:
 def _start_worker(job: _Job, settings: RedisConfig, parent_pid: int) -> None:
     global _worker
     _worker_signals()
-    # Killed, the parent would leave its workers blocked for ever on its queue.
-    if not end_with_parent(parent_pid):
+    if not ends_with_parent(parent_pid):
         raise SystemExit(1)
     _worker = (job, Store.open(settings), job.planner(), asyncio.new_event_loop())
+
+
+def ends_with_parent(parent_pid: int) -> bool:
+    """A scrub's process (a worker, the console's scrub) ends when its parent dies
+    (``end_with_parent``: killed, the parent would leave its workers blocked for ever on
+    its queue); whether that parent is still alive. Where the signal is refused (a strict
+    seccomp profile), the scrub runs without it, as before it had one."""
+    try:
+        return end_with_parent(parent_pid)
+    except OSError as exc:
+        log.warning("scrub: no parent-death signal (%s): a killed parent leaves it running", exc)
+        return os.getppid() == parent_pid
 
 
 def _work(numbers: list[str | None]) -> list[Outcome]:

@@ -49,7 +49,7 @@ from gate.config.loader import Config, RedisConfig
 from gate.core.errors import GateError, InputError, Wording
 from gate.core.model import TrafficClass, Verdict
 from gate.lists.formats import count_lines, csv_dialect, csv_error, open_lines, uri_cells
-from gate.lists.scrub import ScrubSummary, column_index, scrub_file
+from gate.lists.scrub import ScrubSummary, column_index, ends_with_parent, scrub_file
 from gate.ops._openapi import Operation
 from gate.ops.api import (
     MAX_UPLOAD_BYTES,
@@ -64,7 +64,6 @@ from gate.ops.api import (
 from gate.ops.models import ScrubFileEvent, ScrubFileQuery, VerdictCounts, json_of, parse_query
 from gate.service import Gate
 from gate.store.client import Store
-from gate.store.lifetime import end_with_parent
 
 __all__ = ["ScrubFiles"]
 
@@ -333,11 +332,16 @@ class _ScrubJob:
                 process.terminate()
             return await self._follow(process, response)
         finally:
-            await asyncio.shield(asyncio.ensure_future(_stop(process)))
-            self.files.processes.discard(process)
-            # What a killed process left: its output, being written beside the target.
-            for partial in self.task.output.parent.glob(f".{self.task.output.name}.*"):
-                partial.unlink(missing_ok=True)
+            # Shielded whole: cancelled again while it waits, the handler still leaves no
+            # process running and nothing behind.
+            await asyncio.shield(asyncio.ensure_future(self._end(process)))
+
+    async def _end(self, process: asyncio.subprocess.Process) -> None:
+        await _stop(process)
+        self.files.processes.discard(process)
+        # What a killed process left: its output, being written beside the target.
+        for partial in self.task.output.parent.glob(f".{self.task.output.name}.*"):
+            partial.unlink(missing_ok=True)
 
     async def _follow(
         self, process: asyncio.subprocess.Process, response: web.StreamResponse
@@ -441,7 +445,7 @@ def _scrub_process(events_fd: int) -> int:
     task: _Task = pickle.load(sys.stdin.buffer)
     events = os.fdopen(events_fd, "w", encoding="utf-8", buffering=1)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if not end_with_parent(task.server_pid):
+    if not ends_with_parent(task.server_pid):
         return 1  # the server is already gone
     os.nice(NICENESS)  # the doors' calls first (its workers inherit it)
     try:

@@ -23,6 +23,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from gate.lists import scrub
 from gate.ops import scrubfile
 from gate.service import Gate
 from gate.store.client import Store
@@ -323,3 +324,22 @@ async def test_a_line_the_scrub_process_prints_that_is_no_event_is_logged_and_sk
     printed = [r.getMessage() for r in caplog.records if "printed" in r.getMessage()]
     assert (200, "done") == (status, json.loads(text.strip().splitlines()[-1])["event"])
     assert ["API scrub of an upload: its process printed b'hello from sitecustomize\\n'"] == printed
+
+
+def test_a_scrub_process_refused_the_parent_death_signal_runs_without_it(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Where prctl is refused (a strict seccomp profile), a scrub's worker or process
+    runs on without the signal, saying so, instead of breaking every parallel scrub."""
+
+    def refused(_parent: int) -> bool:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(scrub, "end_with_parent", refused)
+    alive = scrub.ends_with_parent(os.getppid())
+    gone = scrub.ends_with_parent(os.getpid())  # not this process's parent: "gone"
+    assert (True, False) == (alive, gone)
+    assert (
+        "scrub: no parent-death signal ([Errno 1] Operation not permitted): a killed parent "
+        "leaves it running"
+    ) == caplog.records[0].getMessage()
