@@ -42,7 +42,7 @@ import tempfile
 import zipfile
 from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass, field
-from functools import partial
+from functools import cache, partial
 from itertools import chain, islice
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, cast
@@ -615,7 +615,7 @@ _ANCHORS = ("$", "^", "\\A", "\\Z", "\\b", "\\B", "(?=", "(?!", "(?<")
 
 
 def _national_guard(code: int) -> str | None:
-    """A negative lookahead, put after calling code ``code`` in ``_E164_RUN``, that
+    """A negative lookahead, put after calling code ``code`` in ``_e164_run``, that
     refuses every national number ``split_international`` refuses (maybe more): one
     starting with 0 or matched by the code's ``stripped_prefix``, or after +33 the digits
     of an overseas number of the French plan (a match of a pattern
@@ -650,12 +650,19 @@ def _prefix_pattern(guards: dict[str, str], prefix: str = "") -> str:
     return "|".join(parts)
 
 
-_GUARDS = {
-    str(code): guard
-    for code in COUNTRY_CODE_TO_REGION_CODE
-    if (guard := _national_guard(code)) is not None
-}
-_E164_RUN = re.compile(rb"(?:\+(?=%b)[1-9][0-9]{7,14}\r?\n)+" % _prefix_pattern(_GUARDS).encode())
+@cache
+def _e164_run() -> re.Pattern[bytes]:
+    """A run of ``+<digits>`` lines read in bulk (the first shape above), built on first use:
+    the guards read the metadata of every calling code's main region (about 215 of them),
+    which only a file read in bulk needs, so a command that reads none starts without it."""
+    guards = {
+        str(code): guard
+        for code in COUNTRY_CODE_TO_REGION_CODE
+        if (guard := _national_guard(code)) is not None
+    }
+    return re.compile(rb"(?:\+(?=%b)[1-9][0-9]{7,14}\r?\n)+" % _prefix_pattern(guards).encode())
+
+
 _FR_RUN = re.compile(rb"(?:0(?!(?:%b)\r?\n)[1-9][0-9]{8}\r?\n)+" % FR_OVERSEAS.encode())
 _NANP_RUN = re.compile(rb"(?:[2-9][0-9]{2}[2-9][0-9]{6}\r?\n)+")
 _AREA_RUN = re.compile(rb"(?:[2-9][0-9]{2},[2-9][0-9]{6}\r?\n)+")
@@ -694,7 +701,7 @@ class _LongLine(Exception):
 def _runs(region: str, fmt: str) -> list[tuple[re.Pattern[bytes], bytes, int]]:
     """The shapes read in bulk for ``region`` and ``fmt``: (a run of them, prefix of the
     number, 1 to drop each line's first byte, -1 its comma)."""
-    runs = [(_E164_RUN, b"", 0)]
+    runs = [(_e164_run(), b"", 0)]
     if fmt == "us-dnc":
         runs += [(_NANP_RUN, b"+1", 0), (_AREA_RUN, b"+1", -1)]
     elif region == "FR":

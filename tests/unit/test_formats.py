@@ -175,6 +175,43 @@ def test_common_lines_are_read_in_runs() -> None:
     assert (6, [5]) == (batch.lines, [r.line_no for r in batch.rejected])
 
 
+def test_the_e164_run_is_built_once() -> None:
+    """The run of E.164 lines is compiled on first use, then the same pattern each time."""
+    assert formats._e164_run() is formats._e164_run()
+    assert formats._e164_run() is formats._runs("FR", "lines")[0][0]
+
+
+# A fresh interpreter: the test's own may have built the run already.
+_FIRST_USE = """
+import sys
+from gate.core.rules import ListRule
+from gate.lists import formats
+assert formats._e164_run.cache_info().currsize == 0, "built at import"
+assert "phonenumbers.data.region_NL" not in sys.modules, "all regions loaded at import"
+batch = formats.parse_block(
+    b"+31201234567\\n+33612345678\\n", 0, ListRule("red", "block", "tenant"), "FR", "lines"
+)
+assert batch.runs == [(b"", [b"+31201234567", b"+33612345678"])], batch.runs
+assert formats._e164_run.cache_info().currsize == 1
+"""
+
+
+def test_the_e164_run_is_built_on_first_use_not_at_import() -> None:
+    """Importing the formats builds no run of E.164 lines (nor reads every region's
+    metadata): the first file read in bulk builds it, and reads its lines in runs."""
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), *sys.path])}
+    done = subprocess.run(
+        [sys.executable, "-c", _FIRST_USE],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (done.returncode, done.stderr) == (0, "")
+
+
 @pytest.mark.parametrize("packing", ["gzip", "zip"])
 def test_compressed_files_read_in_bulk_as_line_by_line(tmp_path: Path, packing: str) -> None:
     """gzip and zip files (two members, the first without a last line end) give the same
