@@ -85,7 +85,8 @@ from gate.store.client import translate_error
 from gate.store.migrate import legacy_keys_present, migrate
 
 # The API's models (pydantic) and the audit search are imported by the commands that print
-# them (check, list count/info, scrub --json, audit): the others start without them.
+# them (check, list count --json, list info, scrub --json, audit): the others start
+# without them.
 if TYPE_CHECKING:
     from gate.ops.models import AuditRecord
 
@@ -746,8 +747,6 @@ def _unchecked_warning(policy: Policy, name: str, numbers: list[str]) -> str:
 
 
 async def _list(config: Config, args: argparse.Namespace) -> int:
-    from gate.ops.models import ListCount, json_of, list_info
-
     tenant = args.tenant or config.default_tenant
     campaign = args.campaign or ""
     async with open_gate(config, ADMIN_DEADLINE_S) as gate:
@@ -764,6 +763,8 @@ async def _list(config: Config, args: argparse.Namespace) -> int:
         elif args.action == "count":
             entries = await admin.count(args.list, tenant, campaign)
             if args.json:
+                from gate.ops.models import ListCount, json_of, list_info
+
                 info = list_info(await admin.info(args.list, tenant, campaign), tenant, campaign)
                 body = ListCount(
                     name=args.list, tenant=info.tenant, campaign=info.campaign, entries=entries
@@ -775,6 +776,8 @@ async def _list(config: Config, args: argparse.Namespace) -> int:
             async for number in admin.export(args.list, tenant, campaign):
                 print(number)
         elif args.action == "info":
+            from gate.ops.models import json_of, list_info
+
             again = f"with `{admin.reimport_command(args.list, tenant, campaign)}`"
             raw = await admin.info(args.list, tenant, campaign)
             info = list_info(raw, tenant, campaign, again)

@@ -1108,6 +1108,34 @@ def test_a_one_shot_command_does_not_load_the_http_stack() -> None:
     assert done.stdout.strip() == "[]"
 
 
+@pytest.mark.parametrize("action", ["import", "count"])
+def test_a_list_import_or_count_loads_no_api_models(
+    cli: Run, config_file: Path, tmp_path: Path, action: str
+) -> None:
+    """``list import`` and ``list count`` (without --json) print no model of the API: they
+    run without importing pydantic (``list count --json`` and ``list info`` import it)."""
+    numbers = tmp_path / "red.txt"
+    numbers.write_text("+33612345678\n", encoding="utf-8")
+    if action == "count":
+        assert cli("list", "import", "red", str(numbers))[0] == 0
+    argv = ["--config", str(config_file), "list", action, "red"]
+    argv += [str(numbers)] if action == "import" else []
+    code = (
+        "import sys\n"
+        "from gate.cli import main\n"
+        f"status = main({argv!r})\n"
+        "heavy = ('pydantic', 'gate.ops.models')\n"
+        "print(status, sorted(m for m in sys.modules if m.startswith(heavy)))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    printed = done.stdout.splitlines()
+    assert printed[-1] == "0 []"
+    assert printed[0] == ("1" if action == "count" else printed[0])
+    assert action == "count" or "1 imported" in printed[0]
+
+
 def _forked_worker(signals: bool) -> None:
     if signals:
         _worker_signals()
