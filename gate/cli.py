@@ -50,6 +50,7 @@ from gate.core.engine import record_time_error, window_text
 from gate.core.errors import GateError, InputError, StoreError, Term, Wording
 from gate.core.model import IDENT_RE, Attempt, TrafficClass, Verdict
 from gate.core.numbers import BadNumber, classify
+from gate.core.params import retry_seconds
 from gate.core.policy import Policy
 from gate.lists.admin import EVENTS, ImportSummary, ListAdmin, unrecorded
 from gate.lists.formats import (
@@ -85,8 +86,8 @@ from gate.store.client import translate_error
 from gate.store.migrate import legacy_keys_present, migrate
 
 # The API's models (pydantic) and the audit search are imported by the commands that print
-# them (check, list count --json, list info, scrub --json, audit): the others start
-# without them.
+# them (check --json, list count --json, list info, scrub --json, audit): the others
+# start without them.
 if TYPE_CHECKING:
     from gate.ops.models import AuditRecord
 
@@ -672,17 +673,17 @@ def _migrate_parser(commands: Commands) -> None:
 
 
 def _print_evaluation(evaluation: Evaluation, version: str, args: argparse.Namespace) -> None:
-    from gate.ops.models import decision_out, json_of, rule_outcomes
-
     decision = evaluation.decision
     if args.quiet:
         return
     if args.json:
+        from gate.ops.models import decision_out, json_of, rule_outcomes
+
         rules = rule_outcomes(evaluation.rules) if args.explain else None
         print(json_of(decision_out(decision, version, rules)).decode())
         return
-    out = decision_out(decision, version)
-    retry = f" retry_after={out.retry_after_s}s" if out.retry_after_s is not None else ""
+    seconds = retry_seconds(decision.retry_after_s)  # as decision_out gives it
+    retry = f" retry_after={seconds}s" if seconds is not None else ""
     shadow = f" (shadow: {', '.join(decision.shadow)})" if decision.shadow else ""
     print(f"{decision.verdict.value} {decision.reason}{retry} {decision.e164}{shadow}".rstrip())
     if args.explain:

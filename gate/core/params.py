@@ -17,6 +17,7 @@ so a crafted number can never inject dialplan or AGI syntax nor an extra ``|`` f
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable, Mapping
 from datetime import datetime
@@ -36,6 +37,7 @@ __all__ = [
     "ident_param",
     "parse_pairs",
     "printable",
+    "retry_seconds",
     "safe_value",
     "seconds_text",
 ]
@@ -64,6 +66,11 @@ class BadRequest(InputError):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code
+
+
+def retry_seconds(retry_after_s: float | None) -> int | None:
+    """Whole seconds, rounded up (a retry a fraction early would be refused again)."""
+    return None if retry_after_s is None else math.ceil(retry_after_s)
 
 
 def seconds_text(seconds: float) -> str:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import enum
 import json
-import math
 import re
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
@@ -49,6 +48,7 @@ from gate.core.engine import RuleOutcome
 from gate.core.errors import InputError
 from gate.core.keys import SLOT_GROUPS
 from gate.core.model import IDENT_RE, Decision, TrafficClass, Verdict
+from gate.core.params import retry_seconds
 from gate.lists.admin import switch_note
 
 __all__ = [
@@ -728,11 +728,6 @@ class Ready(_Response):
 
 
 # --- conversions ---------------------------------------------------------------------------
-
-
-def retry_seconds(retry_after_s: float | None) -> int | None:
-    """Whole seconds, rounded up (a retry a fraction early would be refused again)."""
-    return None if retry_after_s is None else math.ceil(retry_after_s)
 
 
 def decision_out(

@@ -32,7 +32,7 @@ from typing import Any
 import pytest
 import redis
 
-from gate.cli import main
+from gate.cli import EXIT_BLOCK, main
 from gate.config.files import PACKS_DIR
 from gate.lists.scrub import _worker_signals
 from gate.store.embedded import SERVER_ENV
@@ -1108,18 +1108,24 @@ def test_a_one_shot_command_does_not_load_the_http_stack() -> None:
     assert done.stdout.strip() == "[]"
 
 
-@pytest.mark.parametrize("action", ["import", "count"])
-def test_a_list_import_or_count_loads_no_api_models(
-    cli: Run, config_file: Path, tmp_path: Path, action: str
+@pytest.mark.parametrize(
+    ("args", "status", "first"),
+    [
+        (("list", "import", "red", "FILE"), 0, "1 imported, 0 duplicates, 0 rejected"),
+        (("list", "count", "red"), 0, "1"),
+        (("check", "+33612345678"), EXIT_BLOCK, "BLOCK listed:red +33612345678"),
+    ],
+)
+def test_a_command_that_prints_no_model_loads_no_api_models(
+    cli: Run, config_file: Path, tmp_path: Path, args: tuple[str, ...], status: int, first: str
 ) -> None:
-    """``list import`` and ``list count`` (without --json) print no model of the API: they
-    run without importing pydantic (``list count --json`` and ``list info`` import it)."""
+    """``list import``, ``list count`` and ``check`` (without --json) print no model of the
+    API: they run without importing pydantic (their --json forms, ``list info``… do)."""
     numbers = tmp_path / "red.txt"
     numbers.write_text("+33612345678\n", encoding="utf-8")
-    if action == "count":
+    if args[1] != "import":
         assert cli("list", "import", "red", str(numbers))[0] == 0
-    argv = ["--config", str(config_file), "list", action, "red"]
-    argv += [str(numbers)] if action == "import" else []
+    argv = ["--config", str(config_file), *(str(numbers) if a == "FILE" else a for a in args)]
     code = (
         "import sys\n"
         "from gate.cli import main\n"
@@ -1130,10 +1136,7 @@ def test_a_list_import_or_count_loads_no_api_models(
     done = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
-    printed = done.stdout.splitlines()
-    assert printed[-1] == "0 []"
-    assert printed[0] == ("1" if action == "count" else printed[0])
-    assert action == "count" or "1 imported" in printed[0]
+    assert done.stdout.splitlines() == [first, f"{status} []"]
 
 
 def _forked_worker(signals: bool) -> None:
