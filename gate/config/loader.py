@@ -933,10 +933,12 @@ def _gate(reader: Reader, base: Path) -> _GateSection:
     return section
 
 
-def _policy(root: Reader, gate: _GateSection, origin: str) -> Policy:
+def _policy(root: Reader, gate: _GateSection, origin: str, check_holidays: bool) -> Policy:
     trunk_cps, default_cps = _trunks(root.table("trunks"))
     lists = parse_lists(root)
-    packs = tuple(load_pack(name, gate.packs_dir) for name in gate.pack_names)
+    packs = tuple(
+        load_pack(name, gate.packs_dir, check_holidays=check_holidays) for name in gate.pack_names
+    )
     _check_lists(lists, packs, origin)
     caller_ids, calendars = _tenants(root.table("tenants"), gate.region, optional_calendars(packs))
     return Policy(
@@ -955,10 +957,17 @@ def _policy(root: Reader, gate: _GateSection, origin: str) -> Policy:
 
 
 def parse_config(
-    data: Mapping[str, Any], origin: str, base: Path, *, create_secret: bool = True
+    data: Mapping[str, Any],
+    origin: str,
+    base: Path,
+    *,
+    create_secret: bool = True,
+    check_holidays: bool = True,
 ) -> Config:
     """Validate an already-parsed TOML document (``base``: the directory relative paths
-    start from; ``create_secret``: create a missing secret file)."""
+    start from; ``create_secret``: create a missing secret file; ``check_holidays`` False:
+    the packs' holiday calendars are checked for their form only, not looked up in the
+    holidays package, for a command that never decides)."""
     root = Reader(data, "", origin)
     gate = _gate(root.table("gate"), base)
     redis = _redis(root.table("redis"), gate.state_dir, base)
@@ -975,7 +984,7 @@ def parse_config(
     secret_name = privacy.get("secret_file", str, None)
     secret_file = gate.state_dir / secret_name if secret_name else None
     secret = _secret(privacy, secret_file, hash_numbers, create_secret)
-    policy = _policy(root, gate, origin)
+    policy = _policy(root, gate, origin, check_holidays)
     root.done()
     return Config(
         path=None,
@@ -998,7 +1007,7 @@ def parse_config(
     )
 
 
-def load_config(path: Path, *, create_secret: bool = True) -> Config:
+def load_config(path: Path, *, create_secret: bool = True, check_holidays: bool = True) -> Config:
     """Read and validate ``path``; every problem is a one-line ``ConfigError``."""
     try:
         raw = path.read_bytes()
@@ -1023,5 +1032,11 @@ def load_config(path: Path, *, create_secret: bool = True) -> Config:
         raise ConfigError(f"{path}: not UTF-8 text") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    config = parse_config(data, str(path), path.resolve().parent, create_secret=create_secret)
+    config = parse_config(
+        data,
+        str(path),
+        path.resolve().parent,
+        create_secret=create_secret,
+        check_holidays=check_holidays,
+    )
     return dataclasses.replace(config, path=path)

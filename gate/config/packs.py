@@ -29,8 +29,6 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-import holidays
-
 from gate.config._reader import IDENT_RE, Reader, common_fields
 from gate.core.errors import ConfigError
 from gate.core.numbers import NumberType, is_known_region
@@ -136,24 +134,34 @@ def _windows(reader: Reader, key: str, default: list[str]) -> tuple[tuple[int, i
     return tuple(sorted(windows))
 
 
-def _holiday_calendars(reader: Reader) -> tuple[tuple[str, str | None], ...]:
-    """``holidays = ["FR", "US-UT", "FR-974"]``: calendars the holidays package knows."""
+def _holiday_calendars(reader: Reader, check: bool) -> tuple[tuple[str, str | None], ...]:
+    """``holidays = ["FR", "US-UT", "FR-974"]``: calendars the holidays package knows
+    (``check`` False: their form only, for a command that never reads them)."""
     calendars = []
     for item in reader.get("holidays", list, []):
         country, _, subdivision = str(item).partition("-")
         if not _REGION_RE.fullmatch(country):
             raise reader.fail("holidays", f'entries look like "FR" or "US-FL", got {item!r}')
-        try:
-            holidays.country_holidays(country, subdiv=subdivision or None)
-        except NotImplementedError as exc:
-            raise reader.fail(
-                "holidays", f"{item!r} is not a calendar of the holidays package ({exc})"
-            ) from None
+        if check:
+            _known_calendar(reader, item, country, subdivision or None)
         calendars.append((country, subdivision or None))
     return tuple(calendars)
 
 
-def _calendar(reader: Reader, regions: frozenset[str]) -> CalendarRule:
+def _known_calendar(reader: Reader, item: object, country: str, subdivision: str | None) -> None:
+    # Imported here: the holidays package loads every country's calendar on first use
+    # (about 130 ms, a fifth of a list command's start).
+    import holidays
+
+    try:
+        holidays.country_holidays(country, subdiv=subdivision)
+    except NotImplementedError as exc:
+        raise reader.fail(
+            "holidays", f"{item!r} is not a calendar of the holidays package ({exc})"
+        ) from None
+
+
+def _calendar(reader: Reader, regions: frozenset[str], check: bool) -> CalendarRule:
     annual: set[tuple[int, int]] = set()
     days: set[date] = set()
     for text in reader.get("dates", list, []):
@@ -178,7 +186,7 @@ def _calendar(reader: Reader, regions: frozenset[str]) -> CalendarRule:
             raise reader.fail("places", f"{place!r} is not one of the pack's regions ({known})")
     calendar = CalendarRule(
         places=frozenset(places),
-        holidays=_holiday_calendars(reader),
+        holidays=_holiday_calendars(reader, check),
         annual=frozenset(annual),
         days=frozenset(days),
         optional=bool(reader.get("optional", bool, False)),
@@ -189,7 +197,7 @@ def _calendar(reader: Reader, regions: frozenset[str]) -> CalendarRule:
     return calendar
 
 
-def _hours(reader: Reader, calendars: Mapping[str, CalendarRule]) -> HoursRule:
+def _hours(reader: Reader, calendars: Mapping[str, CalendarRule], check: bool) -> HoursRule:
     weekdays = reader.get("weekdays", list, [])
     windows = tuple(
         _windows(reader, day, weekdays if index < 5 else []) for index, day in enumerate(_DAYS)
@@ -218,7 +226,7 @@ def _hours(reader: Reader, calendars: Mapping[str, CalendarRule]) -> HoursRule:
         )
     return HoursRule(
         windows=windows,
-        holidays=_holiday_calendars(reader),
+        holidays=_holiday_calendars(reader, check),
         calendars=tuple(named),
         zone=fixed_zone,
         consent_list=consent_list,
@@ -291,8 +299,9 @@ def _rules(root: Reader, key: str, build: Any) -> tuple[Any, ...]:
     return tuple(rules)
 
 
-def parse_pack(data: Mapping[str, Any], origin: str) -> Pack:
-    """Validate one pack document."""
+def parse_pack(data: Mapping[str, Any], origin: str, *, check_holidays: bool = True) -> Pack:
+    """Validate one pack document (``check_holidays`` False: its holiday calendars' form
+    only, not that the holidays package knows them; for a command that never decides)."""
     root = Reader(data, "", origin)
     head = root.table("pack")
     regions = head.get("regions", list, None)
@@ -311,7 +320,9 @@ def parse_pack(data: Mapping[str, Any], origin: str) -> Pack:
     pack_shadow = bool(head.get("shadow", bool, False))
     head.done()
     allowed_types = tuple(t.value for t in NumberType)
-    calendars = _rules(root, "calendars", lambda r: _calendar(r, frozenset(regions)))
+    calendars = _rules(
+        root, "calendars", lambda r: _calendar(r, frozenset(regions), check_holidays)
+    )
     by_id = {calendar.id: calendar for calendar in calendars}
 
     def destination(reader: Reader) -> DestinationRule:
@@ -331,7 +342,7 @@ def parse_pack(data: Mapping[str, Any], origin: str) -> Pack:
         description=description,
         regions=frozenset(regions),
         lists=parse_lists(root),
-        hours=_rules(root, "hours", lambda r: _hours(r, by_id)),
+        hours=_rules(root, "hours", lambda r: _hours(r, by_id, check_holidays)),
         caps=parse_caps(root),
         consents=_rules(
             root,
@@ -429,8 +440,8 @@ def optional_calendars(packs: Sequence[Pack]) -> frozenset[str]:
     return frozenset(c.id for pack in packs for c in pack.calendars if c.optional)
 
 
-def load_pack(name: str, directory: Path) -> Pack:
-    """Read ``directory/<name>.toml``."""
+def load_pack(name: str, directory: Path, *, check_holidays: bool = True) -> Pack:
+    """Read ``directory/<name>.toml`` (``check_holidays``: see ``parse_pack``)."""
     if not IDENT_RE.fullmatch(name):
         raise ConfigError(f"gate.packs: {name!r} is not a pack name")
     path = directory / f"{name}.toml"
@@ -444,7 +455,7 @@ def load_pack(name: str, directory: Path) -> Pack:
         raise ConfigError(f"{path}: cannot read pack: {exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    pack = parse_pack(data, str(path))
+    pack = parse_pack(data, str(path), check_holidays=check_holidays)
     if pack.id != name:
         raise ConfigError(f"{path}: pack.id is {pack.id!r}, expected {name!r} (the file name)")
     return pack

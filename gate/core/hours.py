@@ -25,7 +25,6 @@ from collections.abc import Collection, Sequence
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
-import holidays
 import phonenumbers
 from phonenumbers import COUNTRY_CODE_TO_REGION_CODE, timezone
 
@@ -60,6 +59,10 @@ def zone(name: str) -> ZoneInfo:
 
 @functools.lru_cache(maxsize=1024)
 def _calendar(country: str, subdivision: str | None, year: int) -> frozenset[date]:
+    # Imported here: the holidays package loads every country's calendar on first use
+    # (about 130 ms), a cost only commands that decide should pay.
+    import holidays
+
     days = holidays.country_holidays(country, subdiv=subdivision, years=year)
     return frozenset(days.keys())
 

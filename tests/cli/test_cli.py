@@ -537,6 +537,51 @@ def test_a_date_time_where_a_local_pack_wants_a_date_is_exit_2_naming_it(
         )
 
 
+def test_an_unknown_holiday_calendar_stops_the_deciding_commands_not_the_list_ones(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], redis_url: str
+) -> None:
+    """``holidays = ["FR", "ZZ"]`` in a local copy of the fr pack: ``config check``,
+    ``check`` and ``scrub`` exit 2 naming the pack file and the key; ``list import`` never
+    reads a calendar and runs, without importing the holidays package (its start's
+    largest cost)."""
+    packs = tmp_path / "packs"
+    packs.mkdir()
+    text = (PACKS_DIR / "fr.toml").read_text(encoding="utf-8")
+    assert 1 == text.count('holidays = ["FR"]\n')
+    (packs / "fr.toml").write_text(text.replace('holidays = ["FR"]\n', 'holidays = ["FR", "ZZ"]\n'))
+    path = tmp_path / "callgate.toml"
+    path.write_text(
+        sample_config(redis_url, gate={"packs": ["fr"], "packs_dir": "packs"}), encoding="utf-8"
+    )
+    leads = tmp_path / "leads.csv"
+    leads.write_text("phone\n0612345678\n", encoding="utf-8")
+    for args in (
+        ("config", "check"),
+        ("check", "0698765432"),
+        ("scrub", str(leads), "-o", str(tmp_path / "out.csv")),
+    ):
+        status, out, err = run_cli(capsys, path, *args)
+        assert (2, "", 1) == (status, out, len(err.splitlines())), args
+        assert re.match(
+            rf"callgate: error: {re.escape(str(packs / 'fr.toml'))}: hours\[\d+\]\.holidays: "
+            "'ZZ' is not a calendar of the holidays package",
+            err,
+        ), err
+    numbers = tmp_path / "red.txt"
+    numbers.write_text("+33612345678\n", encoding="utf-8")
+    argv = ["--config", str(path), "list", "import", "red", str(numbers)]
+    code = (
+        "import sys\n"
+        "from gate.cli import main\n"
+        f"status = main({argv!r})\n"
+        "print(status, sorted(m for m in sys.modules if m.startswith('holidays')))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert ["1 imported, 0 duplicates, 0 rejected", "0 []"] == done.stdout.splitlines()
+
+
 def test_a_cap_window_under_a_second_is_refused_by_config_check(
     tmp_path: Path, redis_url: str
 ) -> None:
