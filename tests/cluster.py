@@ -168,17 +168,28 @@ class LocalCluster:
 
     def master_of(self, slot: int) -> Node:
         """The node serving ``slot`` now (asked of any live node)."""
+        return self.masters_of([slot])[slot]
+
+    def masters_of(self, slots: list[int]) -> dict[int, Node]:
+        """The node serving each of ``slots`` now, from one ``CLUSTER SLOTS`` reply (asked
+        of any live node)."""
         for node in self.live():
             client = node.client()
             try:
-                for start, end, master, *_ in client.execute_command("CLUSTER SLOTS"):
-                    if start <= slot <= end:
-                        return self.node(int(master[1]))
+                ranges = client.execute_command("CLUSTER SLOTS")
             except redis.RedisError:
                 continue
             finally:
                 client.close()
-        raise RuntimeError(f"no node serves slot {slot}")
+            found = {
+                slot: self.node(int(master[1]))
+                for slot in slots
+                for start, end, master, *_ in ranges
+                if start <= slot <= end
+            }
+            if len(found) == len(set(slots)):
+                return found
+        raise RuntimeError(f"no node serves slot(s) {slots[:5]}")
 
     def masters_now(self) -> list[Node]:
         out = []

@@ -82,10 +82,11 @@ def numbers_in(group: int, count: int, start: int = 0) -> list[str]:
 
 
 def groups_by_master(cluster: LocalCluster) -> dict[int, list[int]]:
-    """The slot groups each master serves (by port)."""
+    """The slot groups each master serves (by port), from one look at the slot map."""
+    masters = cluster.masters_of([16 * group for group in range(SLOT_GROUPS)])
     out: dict[int, list[int]] = {}
     for group in range(SLOT_GROUPS):
-        out.setdefault(cluster.master_of(16 * group).port, []).append(group)
+        out.setdefault(masters[16 * group].port, []).append(group)
     return out
 
 
