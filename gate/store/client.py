@@ -233,12 +233,14 @@ def cancel_point() -> None:
 
 
 @asynccontextmanager
-async def answer_within(where: str, seconds: float = READ_WAIT_S) -> AsyncIterator[None]:
-    """Bound what the block waits for Redis to ``seconds``: past it the block is cancelled
-    (its command's connection is closed, never reused) and ``StoreTimeout`` says that the
-    Redis at ``where`` did not answer and what to do. Only for reads someone waits on:
-    never around an import, a ``--replace`` or a whole export (bound each of an export's
-    reads instead)."""
+async def answer_within(where: str, seconds: float | None = None) -> AsyncIterator[None]:
+    """Bound what the block waits for Redis to ``seconds`` (by default ``READ_WAIT_S``,
+    read at each call): past it the block is cancelled (its command's connection is
+    closed, never reused) and ``StoreTimeout`` says that the Redis at ``where`` did not
+    answer and what to do. Only for reads someone waits on: never around an import, a
+    ``--replace`` or a whole export (bound each of an export's reads instead)."""
+    if seconds is None:
+        seconds = READ_WAIT_S
     bound = asyncio.timeout(seconds)
     try:
         async with bound:
@@ -550,9 +552,10 @@ class Store:
         """The server (or cluster, or sentinels) without credentials, for messages."""
         return self.link.where
 
-    def answer_within(self, seconds: float = READ_WAIT_S) -> AbstractAsyncContextManager[None]:
+    def answer_within(self, seconds: float | None = None) -> AbstractAsyncContextManager[None]:
         """``answer_within`` for this store's Redis: a read someone waits on gives up after
-        ``seconds`` with ``StoreTimeout`` instead of the admin connections' long timeout."""
+        ``seconds`` (by default ``READ_WAIT_S``) with ``StoreTimeout`` instead of the admin
+        connections' long timeout."""
         return answer_within(self.where, seconds)
 
     @property
