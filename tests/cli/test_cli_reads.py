@@ -23,7 +23,6 @@ from gate.core.errors import StoreUnavailable
 from gate.core.keys import Keyspace
 from gate.lists import scrub as scrub_module
 from gate.lists.progress import progress
-from gate.store.client import READ_WAIT_S
 from gate.store.lists import ListStore
 from tests.cli.test_cli import (
     CLOSED_PORT_URL,
@@ -599,6 +598,17 @@ def test_audit_export_into_a_closed_pipe_exits_0_quietly(
     assert (0, "", "ALLOW") == (status, err, first["verdict"])
 
 
+# The read bound in the command's process, shortened from its 10 s default
+# (gate/store/client.py READ_WAIT_S, read at each call): the export must end within it and
+# say so, whatever its value. The command runs as ``python -m gate.cli`` runs it.
+CLI_READ_WAIT_S = 2.0
+SHORT_READ_WAIT = (
+    "import runpy, gate.store.client as c; "
+    f"c.READ_WAIT_S = {CLI_READ_WAIT_S!r}; "
+    "runpy.run_module('gate.cli', run_name='__main__', alter_sys=True)"
+)
+
+
 @pytest.mark.parametrize(
     ("stop", "fmt"),
     [(signal.SIGSTOP, "jsonl"), (signal.SIGKILL, "csv")],
@@ -617,7 +627,7 @@ def test_audit_export_cut_mid_stream_says_so_on_stdout_and_stderr_and_exits_2(
         config.write_text(sample_config(url), encoding="utf-8")
         command = ["--config", str(config), "audit", "export", "--format", fmt]
         process = subprocess.Popen(
-            [sys.executable, "-m", "gate.cli", *command],
+            [sys.executable, "-c", SHORT_READ_WAIT, *command],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             cwd=tmp_path,
@@ -629,7 +639,7 @@ def test_audit_export_cut_mid_stream_says_so_on_stdout_and_stderr_and_exits_2(
             while not first.endswith(b"\n") and (byte := process.stdout.read(1)):
                 first += byte  # unbuffered: the rest is still in the pipe
             redis_process.send_signal(stop)
-            out, err = process.communicate(timeout=READ_WAIT_S + SUBPROCESS_TIMEOUT_S / 3)
+            out, err = process.communicate(timeout=CLI_READ_WAIT_S + SUBPROCESS_TIMEOUT_S / 3)
         finally:
             if process.poll() is None:
                 process.kill()
@@ -646,6 +656,8 @@ def test_audit_export_cut_mid_stream_says_so_on_stdout_and_stderr_and_exits_2(
     said = f"incomplete: the search stopped after {len(records)} record(s)"
     assert (2, 1, True) == (process.returncode, len(errors), error.startswith(said))
     assert f"callgate: error: audit export {error}" == errors[0]
+    if stop == signal.SIGSTOP:  # the bound in force, not the admin connections' timeout
+        assert f"did not answer within {CLI_READ_WAIT_S:g} s" in error
 
 
 def test_audit_export_with_redis_gone_from_the_start_writes_no_header(
