@@ -10,9 +10,11 @@ gets an error and may send it again.
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import signal
+import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -27,7 +29,7 @@ from gate.runtime import open_gate
 from gate.service import Gate
 from tests.agi.test_server import agi_call
 from tests.conftest import make_config
-from tests.sentinel.group import SentinelGroup
+from tests.sentinel.group import SentinelGroup, _sentinel_ready, run_group, start_group, wait_until
 
 NUMBER = "+33612345678"
 PACKS_DIR = Path(__file__).resolve().parents[2] / "config" / "packs"
@@ -42,6 +44,41 @@ def config_on(group: SentinelGroup, **redis: object) -> Config:
             "audit": {"enabled": False},
         }
     )
+
+
+@pytest.fixture(scope="module")
+def durable_group() -> Iterator[SentinelGroup]:
+    """One group for the module: these tests pause the replica but never fail over, so
+    the group is the same after each; every process stopped by PID afterwards."""
+    root = Path(tempfile.mkdtemp(prefix="cg-sentinel-"))
+    group = start_group(root)
+    try:
+        run_group(group)
+        yield group
+    finally:
+        group.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _emptied(group: SentinelGroup) -> bool:
+    """The master (still the one the sentinels name) emptied, and the replica holds that."""
+    client = group.master.client()
+    try:
+        client.flushall()
+        return group.master_port() == group.master.port and client.wait(1, 5000) >= 1
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def sentinel_group(durable_group: SentinelGroup) -> SentinelGroup:
+    """The module's group as a fresh one starts: the replica running, the master empty
+    and its replica in sync with it, every sentinel watching the replica (up) and the two
+    others (overrides the conftest's fresh group per test)."""
+    durable_group.replica.signal(signal.SIGCONT)
+    wait_until("emptied and in sync", lambda: _emptied(durable_group), timeout_s=10.0)
+    wait_until("watching", lambda: all(_sentinel_ready(s) for s in durable_group.sentinels))
+    return durable_group
 
 
 @pytest.fixture
