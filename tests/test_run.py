@@ -227,9 +227,7 @@ def test_another_command_under_nohup_lives_on_after_sighups(tmp_path: Path) -> N
     nohup asks, whether it comes while the command imports or later; the command caught
     it while importing, then gave it SIG_DFL back, and the hangup ended it."""
     config = str(_sample_config_in(tmp_path))
-    with _callgate(
-        "--config", config, "audit", "tail", "-f", prefix=("nohup",), pipe=False
-    ) as process:
+    with _callgate("--config", config, "audit", "tail", "-f", prefix=("nohup",)) as process:
         time.sleep(0.1)
         process.send_signal(signal.SIGHUP)  # while it imports
         time.sleep(3.0)
@@ -238,7 +236,9 @@ def test_another_command_under_nohup_lives_on_after_sighups(tmp_path: Path) -> N
         alive = process.poll() is None
         process.terminate()
         code = process.wait(STARTUP_DEADLINE_S)
-    assert (True, -signal.SIGTERM) == (alive, code)
+        assert process.stderr is not None
+        said = process.stderr.read()  # what it said, should it have ended early
+    assert (True, -signal.SIGTERM) == (alive, code), said
 
 
 def _free_port() -> int:
