@@ -6,29 +6,20 @@
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.sentinel.group import FAILOVER_REPORT, SentinelGroup, run_group, start_group
+from tests.sentinel.group import FAILOVER_REPORT, SentinelGroup, running_group
 
 
 @pytest.fixture
 def sentinel_group() -> Iterator[SentinelGroup]:
     """A fresh group (a failover test leaves it changed): master, replica, 3 sentinels;
     every process stopped by PID afterwards."""
-    root = Path(tempfile.mkdtemp(prefix="cg-sentinel-"))
-    group = start_group(root)
-    try:
-        run_group(group)
+    with running_group() as group:
         yield group
-    finally:
-        group.stop()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:

@@ -14,10 +14,14 @@ them after the test results, so that ``make test`` shows them.
 
 from __future__ import annotations
 
+import contextlib
+import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -160,7 +164,7 @@ def wait_until(what: str, check: Any, timeout_s: float = START_TIMEOUT_S) -> Non
     raise AssertionError(f"sentinel group: not {what} within {timeout_s} s")
 
 
-def _sentinel_ready(sentinel: Node) -> bool:
+def sentinel_ready(sentinel: Node) -> bool:
     """The sentinel knows the master, one replica up, and the two other sentinels."""
     client = sentinel.client()
     try:
@@ -197,6 +201,20 @@ def start_group(root: Path) -> SentinelGroup:
     return SentinelGroup(master, replica, sentinels)
 
 
+@contextlib.contextmanager
+def running_group() -> Iterator[SentinelGroup]:
+    """A group of its own, started and running (``start_group``, ``run_group``) in a
+    temporary directory; every process stopped by PID and the directory removed after."""
+    root = Path(tempfile.mkdtemp(prefix="cg-sentinel-"))
+    group = start_group(root)
+    try:
+        run_group(group)
+        yield group
+    finally:
+        group.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def run_group(group: SentinelGroup) -> None:
     master, replica = group.master, group.replica
     master.start("--port", str(master.port), *DATA_NODE)
@@ -219,4 +237,4 @@ def run_group(group: SentinelGroup) -> None:
             f"sentinel parallel-syncs {SERVICE} 1\n"
         )
         sentinel.start(str(conf), "--sentinel")
-    wait_until("watching", lambda: all(_sentinel_ready(s) for s in group.sentinels))
+    wait_until("watching", lambda: all(sentinel_ready(s) for s in group.sentinels))

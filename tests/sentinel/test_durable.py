@@ -10,9 +10,7 @@ gets an error and may send it again.
 from __future__ import annotations
 
 import dataclasses
-import shutil
 import signal
-import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import UTC, datetime
@@ -29,7 +27,7 @@ from gate.runtime import open_gate
 from gate.service import Gate
 from tests.agi.test_server import agi_call
 from tests.conftest import make_config
-from tests.sentinel.group import SentinelGroup, _sentinel_ready, run_group, start_group, wait_until
+from tests.sentinel.group import SentinelGroup, running_group, sentinel_ready, wait_until
 
 NUMBER = "+33612345678"
 PACKS_DIR = Path(__file__).resolve().parents[2] / "config" / "packs"
@@ -50,14 +48,8 @@ def config_on(group: SentinelGroup, **redis: object) -> Config:
 def durable_group() -> Iterator[SentinelGroup]:
     """One group for the module: these tests pause the replica but never fail over, so
     the group is the same after each; every process stopped by PID afterwards."""
-    root = Path(tempfile.mkdtemp(prefix="cg-sentinel-"))
-    group = start_group(root)
-    try:
-        run_group(group)
+    with running_group() as group:
         yield group
-    finally:
-        group.stop()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def _emptied(group: SentinelGroup) -> bool:
@@ -77,7 +69,7 @@ def sentinel_group(durable_group: SentinelGroup) -> SentinelGroup:
     others (overrides the conftest's fresh group per test)."""
     durable_group.replica.signal(signal.SIGCONT)
     wait_until("emptied and in sync", lambda: _emptied(durable_group), timeout_s=10.0)
-    wait_until("watching", lambda: all(_sentinel_ready(s) for s in durable_group.sentinels))
+    wait_until("watching", lambda: all(sentinel_ready(s) for s in durable_group.sentinels))
     return durable_group
 
 
