@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from gate.core.engine import RECORD_SKEW_S
-from gate.core.errors import InputError, NumberError, OptionError
+from gate.core.errors import InputError, NumberError, OptionError, StoreError
 from gate.core.hours import end_of_calendar_days, local_day
 from gate.core.keys import SLOT_GROUPS, Keyspace, NumberKeys
 from gate.core.model import TrafficClass
@@ -534,6 +534,13 @@ class ListAdmin:
                 else zip(reply[::2], reply[1::2], strict=True)
             )
             for token, value in pairs:
+                if not value.isdigit() or len(value) > 13:  # as decide.lua reads it
+                    shown = value[:40].decode(errors="replace")
+                    raise StoreError(
+                        f"{hash_key} holds {shown!r} for {token.decode()}, not the time "
+                        "callgate writes (it counts as a void consent): import that number's "
+                        "disconnection again, which replaces it, then export again"
+                    )
                 day = datetime.fromtimestamp(int(value) / 1000 - 86400, UTC).date()
                 yield f"{token.decode()},{day.isoformat()}"
 

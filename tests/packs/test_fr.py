@@ -316,6 +316,56 @@ async def test_a_refusal_never_moves_the_end_earlier(gate: Gate, sync_redis: red
     assert ("DEFER", "refusal:fr-d223-9-refusal", wait_s(asked, opening)) == outcome(held)
 
 
+def consent_entry(gate: Gate, number: str, name: str = "consent") -> tuple[str, str]:
+    """The Redis HASH and field of ``number``'s entry in consent list ``name``."""
+    keys = gate.keyspace.number(number)
+    return gate.keyspace.consent_key(keys.group, admin(gate).key(name, TENANT, "")), keys.token
+
+
+@pytest.mark.parametrize("garbage", ["garbage", "", "-5", "1e400", "99999999999999999", "12.5"])
+async def test_an_unreadable_cool_off_marker_holds_the_number_until_a_refusal_replaces_it(
+    gate: Gate, sync_redis: redis.Redis, garbage: str
+) -> None:
+    """A marker callgate did not write (by hand, another tool) is read as a refusal now: the
+    whole 60 days from the call (not an error, whatever the fail mode, and not a call); a
+    refusal recorded then replaces it with its own time."""
+    await consent(gate, CONSUMER)
+    key = cooloff_marker(gate, CONSUMER)
+    sync_redis.set(key, garbage, px=86_400_000)
+    held = await gate.decide(call(REFUSED_AT), record=True, door="cli")
+    await admin(gate).record_event("refusal", CONSUMER, TENANT, REFUSED_AT, REFUSED_AT)
+    day_60 = datetime(2027, 3, 15, 14, 0, tzinfo=PARIS)
+    after = await gate.decide(call(day_60), record=False, door="cli")
+    assert [
+        ("DEFER", "refusal:fr-d223-9-refusal", 60 * 86400.0),
+        ("DEFER", "refusal:fr-d223-9-refusal", wait_s(day_60, DAY_61.replace(hour=10))),
+    ] == [outcome(held), outcome(after)]
+    assert str(int(DAY_61.timestamp() * 1000) - 60 * 86_400_000).encode() == sync_redis.get(key)
+
+
+@pytest.mark.parametrize("garbage", ["garbage", "", "1700000000000", ":0", "1700000000000:x"])
+async def test_an_unreadable_consent_entry_is_no_consent(
+    gate: Gate, sync_redis: redis.Redis, garbage: str
+) -> None:
+    """A consent entry not in callgate's form (``granted_ms:expiry_ms``) is no consent: the
+    opt-in check BLOCKs and the outside-hours one exempts nothing (it used to count as a
+    consent without expiry); recording the consent again replaces it."""
+    late = TUESDAY.replace(hour=21, minute=0)
+    await consent(gate, CONSUMER, lists=("consent", "consent_outside_hours"))
+    for name in ("consent", "consent_outside_hours"):
+        sync_redis.hset(*consent_entry(gate, CONSUMER, name), garbage)  # type: ignore[arg-type]
+    refused = await gate.decide(call(TUESDAY), record=True, door="cli")
+    await consent(gate, CONSUMER)
+    outside = await gate.decide(call(late), record=True, door="cli")
+    await consent(gate, CONSUMER, lists=("consent_outside_hours",))
+    again = await gate.decide(call(late), record=True, door="cli")
+    assert [
+        ("BLOCK", "no_consent:fr-l223-1-optin", None),
+        ("DEFER", "outside_hours:fr-d223-9-hours", 13 * 3600.0),
+        ("ALLOW", "allowed", None),
+    ] == [outcome(refused), outcome(outside), outcome(again)]
+
+
 async def test_the_explanation_shows_when_the_refusal_cool_off_ends(gate: Gate) -> None:
     """``--explain`` names the calendar days and the instant the cool-off ends (UTC)."""
     await consent(gate, CONSUMER)

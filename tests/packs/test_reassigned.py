@@ -13,6 +13,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
+import redis
 
 from gate.config.loader import Config
 from gate.core.engine import CheckKind, Plan, plan
@@ -288,6 +289,27 @@ async def test_the_list_counts_removes_and_refuses_entries_without_a_date(gate: 
     )
 
 
+@pytest.mark.parametrize("garbage", ["garbage", "", "1.7e12", "99999999999999999"])
+async def test_an_unreadable_disconnect_entry_voids_the_consent_until_imported_again(
+    gate: Gate, sync_redis: redis.Redis, garbage: str
+) -> None:
+    """An entry callgate did not write (by hand, another tool) says nothing of when the
+    number was disconnected: its consent counts as void (BLOCK, not an error nor a call);
+    importing the number's disconnection again replaces it (counted as imported)."""
+    await consent(gate, datetime(2026, 12, 1, tzinfo=UTC))
+    await disconnects(gate, [f"{NUMBER},2026-11-02"])
+    keys = gate.keyspace.number(NUMBER)
+    entry = gate.keyspace.consent_key(keys.group, admin(gate).key("reassigned", TENANT, ""))
+    sync_redis.hset(entry, keys.token, garbage)
+    held = outcome(await gate.decide(call(), record=True, door="cli"))
+    again = await disconnects(gate, [f"{NUMBER},2026-11-02"])
+    assert [("BLOCK", RULE, None), ImportSummary(1, 0, 0), ("ALLOW", "allowed", None)] == [
+        held,
+        again,
+        outcome(await gate.decide(call(), record=True, door="cli")),
+    ]
+
+
 async def test_list_metrics_count_a_reassigned_list(gate: Gate) -> None:
     """The list gauges are refreshed with the us pack on, the reassigned list among them
     (its info used to fail, and with it every list's gauge)."""
@@ -360,6 +382,33 @@ def test_the_cli_imports_exports_and_enforces_a_reassigned_list(
         result["reason"],
         rows[RULE]["outcome"],
     )
+
+
+def test_the_cli_export_names_an_unreadable_disconnect_entry(
+    capsys: pytest.CaptureFixture[str], us_config: Path, tmp_path: Path, sync_redis: redis.Redis
+) -> None:
+    """``list export`` of a reassigned list holding an entry callgate did not write: one
+    line naming the HASH, the number and what to do; after the import that replaces it, the
+    export works."""
+    rnd = tmp_path / "rnd.csv"
+    rnd.write_text(f"{NUMBER},2026-11-02\n", encoding="utf-8")
+    run(capsys, us_config, "list", "import", "reassigned", str(rnd))
+    (entry,) = (k for k in sync_redis.scan_iter(count=1000) if sync_redis.type(k) == b"hash"
+                and sync_redis.hlen(k) == 1 and b":c:" in k)  # fmt: skip
+    (token,) = sync_redis.hkeys(entry)
+    sync_redis.hset(entry, token, "yesterday")
+    refused = run(capsys, us_config, "list", "export", "reassigned")
+    run(capsys, us_config, "list", "import", "reassigned", str(rnd))
+    assert [
+        (
+            2,
+            "",
+            f"callgate: error: {entry.decode()} holds 'yesterday' for {token.decode()}, not the "
+            "time callgate writes (it counts as a void consent): import that number's "
+            "disconnection again, which replaces it, then export again\n",
+        ),
+        (0, f"{NUMBER},2026-11-02\n", ""),
+    ] == [refused, run(capsys, us_config, "list", "export", "reassigned")]
 
 
 def test_the_cli_tells_a_reassigned_lists_info_as_json(

@@ -99,6 +99,11 @@
 -- Writes only when nothing decided and record is 1: inserts now_ms, in time order, into
 -- every attempt log that holds fewer than `limit` live entries (a shadow cap at its limit
 -- stops growing), and sets each log to expire when its newest entry leaves the window.
+-- A value callgate did not write (by hand, by another tool) fails closed, never errors: an
+-- unreadable cool-off marker counts as an event now (the whole cool-off: R sees the
+-- period), an unreadable consent as none (C and H see 0), an unreadable reassigned
+-- entry as a consent void (D sees 1 when there is a consent to judge). The writers
+-- (mark_max.lua, hash_max.lua, a consent import) replace such a value.
 -- A real attempt is never dropped whatever now_ms is sent: entries of a log whose window
 -- is a minute or more are removed only once they left the window by the clock of the
 -- attempt AND by Redis's own clock (TIME), so an attempt dated in the future erases
@@ -153,6 +158,26 @@ local function ceiling_wait(key, now, ppm, window, min_live)
   return wait -- every minute gone: nothing left to count
 end
 
+-- A time (ms since the Unix epoch) as callgate stores it: decimal digits, before the year
+-- 2286 (so that the waits computed from it print as integers); nil for anything else.
+local function stored_ms(value)
+  if value and #value <= 13 and string.find(value, "^%d+$") then
+    return tonumber(value)
+  end
+  return nil
+end
+
+-- A consent entry, "granted_ms:expiry_ms" (expiry 0: none): granted_ms, and whether it is
+-- in force at `now`; nil, false for none (absent, or not in that form).
+local function consent_at(value, now)
+  local granted, expiry = string.match(value or "", "^(%-?%d+):(%d+)$")
+  if not granted then
+    return nil, false
+  end
+  expiry = tonumber(expiry)
+  return tonumber(granted), expiry == 0 or expiry > now
+end
+
 -- Index of the first entry of a packed log later than `bound` (n + 1 if none).
 local function first_after(raw, n, bound)
   local lo, hi = 1, n + 1
@@ -205,11 +230,8 @@ for d = 1, tonumber(ARGV[1]) do
           elseif lookups[-j] then
             held = call("SISMEMBER", key, member)
           else
-            local value = call("HGET", key, token)
-            local expiry = value and tonumber(string.match(value, ":(%d+)$") or "0")
-            if expiry and (expiry == 0 or expiry > now) then
-              held = 1
-            end
+            local _, valid = consent_at(call("HGET", key, token), now)
+            held = valid and 1 or 0
           end
           results[j] = held
         end
@@ -248,20 +270,16 @@ for d = 1, tonumber(ARGV[1]) do
       p = p + 3
     elseif kind == 67 then -- C
       if not stale then
-        local value = call("HGET", KEYS[v[p + 1]], token)
-        if value then
-          granted_ms[i] = tonumber(string.match(value, "^(%d+)"))
-        end
-        local expiry = value and tonumber(string.match(value, ":(%d+)$") or "0")
-        if expiry and (expiry == 0 or expiry > now) then
-          seen = 1
-        end
+        local granted, valid = consent_at(call("HGET", KEYS[v[p + 1]], token), now)
+        granted_ms[i] = granted
+        seen = valid and 1 or 0
       end
       decides = seen == 0 and not exempted(v[p + 2])
       p = p + 3
     elseif kind == 82 then -- R
       if not stale then
-        local event = tonumber(call("GET", KEYS[v[p + 1]]) or "0")
+        local marker = call("GET", KEYS[v[p + 1]])
+        local event = marker and (stored_ms(marker) or now) or 0 -- unreadable: an event now
         local left = event > 0 and event + v[p + 2] - now or 0
         seen = left > 0 and left or 0
       end
@@ -297,8 +315,9 @@ for d = 1, tonumber(ARGV[1]) do
     elseif kind == 68 then -- D
       local granted = granted_ms[v[p + 2]]
       if granted and not stale then
-        local void = tonumber(call("HGET", KEYS[v[p + 1]], token) or "0")
-        if granted < void then
+        local entry = call("HGET", KEYS[v[p + 1]], token)
+        local void = entry and stored_ms(entry)
+        if entry and (not void or granted < void) then -- unreadable: void
           seen = 1
         end
       end

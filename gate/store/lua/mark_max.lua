@@ -7,13 +7,15 @@
 -- ARGV[2]   ttl_ms  how long the marker lives when set (ms; the cool-off's end by the
 --                   caller's clock), at least 1
 --
--- Sets the value and its TTL together only when the key is absent or holds an earlier time;
--- else leaves both. Replies 1 when set, 0 when the key already held a time as late.
+-- Sets the value and its TTL together only when the key is absent, holds an earlier time, or
+-- holds no time as callgate writes it (up to 13 decimal digits, as decide.lua reads it: a
+-- value written by hand or by another tool); else leaves both. Replies 1 when set, 0 when
+-- the key already held a time as late.
 
 local key = KEYS[1]
 local at = tonumber(ARGV[1])
 local old = redis.call("GET", key)
-if old and tonumber(old) >= at then
+if old and #old <= 13 and string.find(old, "^%d+$") and tonumber(old) >= at then
   return 0
 end
 redis.call("SET", key, ARGV[1], "PX", ARGV[2])
