@@ -456,11 +456,22 @@ class Follower:
 
 def _record(entry_id: bytes, fields: Mapping[bytes, bytes]) -> dict[str, str]:
     """One stream entry as a record: its ``id``, then its fields (concluded again from the
-    checks and what they saw when the decision script wrote it)."""
+    checks and what they saw when the decision script wrote it). An entry callgate did not
+    write (by hand, another tool) is never dropped nor an error: its fields as they are,
+    and, when it has no time as callgate writes one, ``reason`` ``unreadable_entry`` and the
+    time of its id."""
     record = {"id": entry_id.decode()}
     head, seen = fields.get(b"h"), fields.get(b"r")
     if head is not None and seen is not None and len(fields) == 2:
-        record.update(stored_record(json.loads(head), seen.decode()))
-    else:
-        record.update({k.decode(): v.decode() for k, v in fields.items()})
+        try:
+            record.update(stored_record(json.loads(head), seen.decode()))
+            return record
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+            pass  # not as decide.lua writes it (JSON and UTF-8 errors are ValueErrors)
+    record.update(
+        {k.decode(errors="replace"): v.decode(errors="replace") for k, v in fields.items()}
+    )
+    ts = record.get("ts", "")
+    if not ts.isdigit() or len(ts) > 13:  # callgate's own (operations too) have a time
+        record.update(ts=str(_id_order(entry_id)[0]), reason="unreadable_entry")
     return record

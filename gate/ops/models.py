@@ -797,6 +797,16 @@ def _int(value: str | None) -> int:
         return 0
 
 
+def _retry(text: str) -> int | None:
+    """``retry_after_s`` as stored (a decimal, or "" for none); None also for a value
+    callgate did not write (an entry set by hand)."""
+    try:
+        seconds = float(text) if text else None
+    except ValueError:
+        return None
+    return retry_seconds(seconds) if seconds is not None and 0 <= seconds < 1e12 else None
+
+
 def _pairs(text: str) -> dict[str, int]:
     out: dict[str, int] = {}
     for item in filter(None, text.split(",")):
@@ -827,7 +837,7 @@ def audit_record(record: Mapping[str, str]) -> AuditRecord:
         lists=_pairs(record.get("lists", "")),
         counters=_pairs(record.get("counters", "")),
         shadow=[s for s in record.get("shadow", "").split(",") if s],
-        retry_after_s=retry_seconds(float(retry)) if retry else None,
+        retry_after_s=_retry(retry),
         latency_us=_int(record.get("latency_us")),
         redis_us=_int(record.get("redis_us")),
     )

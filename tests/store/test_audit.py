@@ -402,3 +402,35 @@ async def test_an_idle_writer_sleeps_until_a_record_comes(redis_url: str) -> Non
         await client.aclose()
     assert idle_flushes <= 2
     assert (2, 1) == (audit.written, waited_flushes)
+
+
+async def test_an_entry_callgate_did_not_write_is_shown_as_it_is_never_dropped(
+    audited: Gate,
+) -> None:
+    """Entries added to an audit stream by hand or by another tool (not JSON, not
+    UTF-8, another shape) read back as records of their own fields, with reason
+    ``unreadable_entry`` and the time of their id, between the decisions around them:
+    ``audit tail``/``export``/``why`` and the console neither fail on them nor drop them."""
+    from gate.ops.models import audit_record as api_record
+
+    await audited.decide(Attempt("0611111111", NOW), record=True, door="cli")
+    client = audited.store.admin_client
+    (key,) = [k async for k in client.scan_iter(match="*audit", count=1000)]
+    garbage: list[dict[bytes, bytes]] = [
+        {b"h": b"not json", b"r": b"1,2,3"},
+        {b"h": b'{"ts": "1", "checks": [["Z"]]}', b"r": b"x"},
+        {b"h": b"[1]", b"r": b"0,0"},
+        {b"foo": b"bar"},
+        {b"h": b"\xff", b"r": b"\xfe"},
+        {b"verdict": b"ALLOW", b"ts": b"99999999999999999", b"retry_after_s": b"inf"},
+    ]
+    ids = [await client.xadd(key, fields) for fields in garbage]  # type: ignore[arg-type]
+    await audited.decide(Attempt("0622222222", NOW), record=True, door="cli")
+    entries = await records(audited)
+    unreadable = [e for e in entries if e["id"].encode() in ids]
+    assert ["ALLOW"] + ["unreadable_entry"] * 6 + ["ALLOW"] == [
+        e["verdict"] if e["id"].encode() not in ids else e["reason"] for e in entries
+    ]
+    assert [i.decode().split("-")[0] for i in ids] == [e["ts"] for e in unreadable]
+    assert {"foo": "bar"}.items() <= unreadable[3].items()
+    assert [None] * 6 == [api_record(e).retry_after_s for e in unreadable]
