@@ -319,6 +319,26 @@ def _work(numbers: list[str | None]) -> list[Outcome]:
     return loop.run_until_complete(job.decide(store, planner, numbers))
 
 
+def _output_mode(path: Path) -> int:
+    """The permission bits of a scrubbed file written to ``path``: those of the file it
+    replaces, else those a new file gets here (0666 less the umask)."""
+    try:
+        return path.stat().st_mode & 0o7777
+    except OSError:
+        return 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    """This process's umask: read where Linux shows it, else set and put back at once."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
+
+
 def column_index(spec: str, header: Sequence[str], source: Path | str) -> int:
     """The 0-based index of the phone column: ``spec`` is a header name or a 1-based index
     (``column_number``, option ``phone_column``); ``source`` names the file in errors."""
@@ -401,12 +421,17 @@ async def scrub_file(
         body = read if has_header else itertools.chain([head], read)
         rows = (row for row in body if "".join(row).strip())  # blank rows are skipped
         await gate.store.ping()  # Redis down: fail before writing anything
-        # Written beside the target and renamed at the end: OUT is whole or untouched.
+        # Written beside the target and renamed at the end: OUT is whole or untouched. A
+        # symlink's target is written (the link stays), with the mode of the file it
+        # replaces, or a new file's (not mkstemp's 0600: a dialer's user may read it).
+        target = Path(os.path.realpath(output))
+        mode = _output_mode(target)
         try:
-            fd, partial = tempfile.mkstemp(prefix=f".{output.name}.", dir=output.parent)
+            fd, partial = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
         except OSError as exc:
             raise InputError(f"{shown}: cannot write there: {exc.strerror}") from exc
         try:
+            os.fchmod(fd, mode)
             out = os.fdopen(fd, "w", encoding="utf-8", newline="")
             try:
                 writer = csv.writer(out, dialect)
@@ -443,7 +468,7 @@ async def scrub_file(
             except OSError as exc:
                 raise _cannot_write(shown, exc) from exc
             try:
-                os.replace(partial, output)
+                os.replace(partial, target)
             except OSError as exc:
                 raise InputError(f"{shown}: cannot write there: {exc.strerror}") from exc
         except BaseException:

@@ -438,6 +438,39 @@ def test_scrub_summary_in_json_names_the_output(cli: Run, tmp_path: Path) -> Non
     ) == (status, json.loads(text))
 
 
+def test_a_scrubbed_file_is_readable_as_a_new_file_is_and_a_symlink_stays(
+    cli: Run, tmp_path: Path
+) -> None:
+    """A new output gets the mode a new file gets (0666 less the umask; it was mkstemp's
+    0600, unreadable by a dialer's own user); one that replaces a file keeps that file's
+    mode; ``-o LINK`` writes the link's target and leaves the link."""
+    import os
+    import stat
+
+    leads = tmp_path / "leads.csv"
+    leads.write_text("id,phone\n1,0612345678\n", encoding="utf-8")
+    new, kept, target, link = (tmp_path / n for n in ("new.csv", "kept.csv", "t.csv", "l.csv"))
+    kept.write_text("old\n", encoding="utf-8")
+    kept.chmod(0o660)
+    target.write_text("old\n", encoding="utf-8")
+    link.symlink_to(target)
+    old_mask = os.umask(0o027)
+    try:
+        for out in (new, kept, link):
+            status, _, err = cli("scrub", str(leads), "--column", "phone", "-o", str(out))
+            assert (0, "") == (status, err)
+    finally:
+        os.umask(old_mask)
+    assert [0o640, 0o660, True, "l.csv"] == [
+        stat.S_IMODE(new.stat().st_mode),
+        stat.S_IMODE(kept.stat().st_mode),
+        link.is_symlink(),
+        link.name,
+    ]
+    assert target.read_text(encoding="utf-8").startswith("id,phone,verdict,reason,retry_after_s")
+    assert [] == [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no partial
+
+
 @pytest.mark.parametrize("header", [True, False], ids=["header", "no-header"])
 def test_scrub_verdicts_stay_under_their_headers_in_short_and_long_rows(
     cli: Run, tmp_path: Path, header: bool
