@@ -319,13 +319,15 @@ def _work(numbers: list[str | None]) -> list[Outcome]:
     return loop.run_until_complete(job.decide(store, planner, numbers))
 
 
-def _output_mode(path: Path) -> int:
-    """The permission bits of a scrubbed file written to ``path``: those of the file it
-    replaces, else those a new file gets here (0666 less the umask)."""
+def _output_target(output: Path) -> tuple[Path, int]:
+    """Where a scrubbed file given as ``output`` is written (a symlink's target) and its
+    permission bits: those of the file it replaces, else a new file's (0666 less the
+    umask)."""
+    target = Path(os.path.realpath(output))
     try:
-        return path.stat().st_mode & 0o7777
+        return target, target.stat().st_mode & 0o7777
     except OSError:
-        return 0o666 & ~_umask()
+        return target, 0o666 & ~_umask()
 
 
 def _umask() -> int:
@@ -424,8 +426,7 @@ async def scrub_file(
         # Written beside the target and renamed at the end: OUT is whole or untouched. A
         # symlink's target is written (the link stays), with the mode of the file it
         # replaces, or a new file's (not mkstemp's 0600: a dialer's user may read it).
-        target = Path(os.path.realpath(output))
-        mode = _output_mode(target)
+        target, mode = _output_target(output)
         try:
             fd, partial = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
         except OSError as exc:
