@@ -1218,7 +1218,11 @@ def _init(args: argparse.Namespace) -> int:
 
 async def _run(config: Config, args: argparse.Namespace) -> int:
     if args.worker:
-        return await _run_worker(config, WorkerRole.parse(args.worker))
+        role = WorkerRole.parse(args.worker)
+        try:
+            return await _run_worker(config, role)
+        finally:
+            role.leave()
     if args.workers > 1:
         return await _run_workers(config, args.workers, args.verbose, args.loop)
     # The CLI's other commands need neither server.
@@ -1365,9 +1369,7 @@ async def _run_worker(config: Config, role: WorkerRole) -> int:
             agi.host, server.port, _loop_name(),
         )  # fmt: skip
         while not await wait_event(stop, METRICS_EVERY_S):
-            partial = role.metrics_path.with_suffix(".tmp")
-            partial.write_bytes(metrics.exposition())
-            partial.replace(role.metrics_path)  # the parent never reads half a file
+            role.publish(metrics.exposition())
         if leadership is not None:
             await leadership.close()
         await server.stop()

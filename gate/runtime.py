@@ -46,6 +46,7 @@ import errno
 import fcntl
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -220,6 +221,26 @@ class WorkerRole:
     @property
     def metrics_path(self) -> Path:
         return self.directory / f"worker-{self.index}.prom"
+
+    def publish(self, exposition: bytes) -> None:
+        """Write this worker's metrics for the parent, whole (written aside, then renamed).
+        Nothing when the shared directory is gone: the parent died and a sibling worker,
+        ending, removed it (``leave``)."""
+        partial = self.metrics_path.with_suffix(".tmp")
+        try:
+            partial.write_bytes(exposition)
+            partial.replace(self.metrics_path)
+        except FileNotFoundError:
+            if os.getppid() == self.parent_pid:
+                raise
+
+    def leave(self) -> None:
+        """At this worker's end: remove the shared directory if the parent is gone. A parent
+        killed without warning (the OOM killer, ``kill -9``) could not remove it, and
+        each such end would leave one in the temporary directory. The first worker to
+        end removes it; its siblings find it gone."""
+        if os.getppid() != self.parent_pid:
+            shutil.rmtree(self.directory, ignore_errors=True)
 
     def expected_version(self) -> str | None:
         """The config version the parent has in force (None: not written, an older parent)."""

@@ -315,16 +315,19 @@ def _gone(pid: int) -> bool:
 
 def test_the_workers_end_with_a_parent_killed_without_warning(tmp_path: Path) -> None:
     """``run --workers 2`` whose parent is SIGKILLed (the OOM killer): its workers stop too,
-    so none goes on serving the port unsupervised, for a new instance to share with it."""
+    so none goes on serving the port unsupervised, for a new instance to share with it; and
+    they remove the directory they shared with it, which it could not remove."""
     config = str(_sample_config_in(tmp_path))
     with _callgate("--config", config, "run", "--workers", "2") as process:
         assert process.stderr is not None
         deadline = time.monotonic() + STARTUP_DEADLINE_S
         pids: list[int] = []
         while time.monotonic() < deadline and process.poll() is None and not pids:
-            if found := re.search(r"2 workers \(pids (\d+), (\d+)\)", process.stderr.readline()):
-                pids = [int(found[1]), int(found[2])]
+            line = process.stderr.readline()
+            if found := re.search(r"2 workers \(pids (\d+), (\d+)\).* shared state in (\S+)", line):
+                pids, shared = [int(found[1]), int(found[2])], Path(found[3])
         assert pids, "run --workers 2 did not log its workers"
+        assert shared.is_dir()
         process.kill()
         process.wait(10)
         deadline = time.monotonic() + STARTUP_DEADLINE_S
@@ -333,4 +336,4 @@ def test_the_workers_end_with_a_parent_killed_without_warning(tmp_path: Path) ->
         left = [pid for pid in pids if not _gone(pid)]
         for pid in left:  # cleanup: this test started them
             os.kill(pid, signal.SIGKILL)
-    assert [] == left
+    assert ([], False) == (left, shared.exists())
