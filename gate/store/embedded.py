@@ -46,6 +46,7 @@ import logging
 import os
 import pwd
 import queue
+import re
 import shutil
 import signal
 import socket
@@ -71,6 +72,17 @@ _LOCK_NAME = "redis.lock"
 _MAX_SOCKET_PATH = 100  # sun_path is 108 bytes on Linux
 _PROBE_TIMEOUT_S = 0.5
 _POLL_S = 0.05
+# What a server that exited at start said (``_last_warning``): the last lines of its log.
+_LOG_TAIL_BYTES = 64 * 1024
+_SAID_CHARS = 300
+_LOG_LINE = re.compile(r"\d+:[A-Z] \d{2} \w{3} \d{4} [\d:.]+ [.*#-] ")
+_START_BANNERS = (
+    "oO0OoO0OoO0Oo",
+    "Redis version=",
+    "Configuration loaded",
+    "Server initialized",
+    "WARNING",
+)
 # Say that we are waiting once this long has passed (a healthy start takes ~50 ms).
 _QUIET_WAIT_S = 0.5
 # Run as ``python -c _PDEATHSIG_EXEC STARTER_PID REDIS ARGS…``: SIGTERM when the starter
@@ -218,6 +230,29 @@ class _Spawner:
 _SPAWNER = _Spawner()
 
 
+def _last_warning(log_path: Path, offset: int) -> str:
+    """Why a server that exited at start did, from what it wrote to ``log_path`` after
+    ``offset``: its last line, a warning (Redis marks them ``#``: a damaged append-only
+    file, a directory it cannot write) or a line of its own on stderr (a bad option); ""
+    when that line says nothing of it (the start's own banners and advice)."""
+    try:
+        with open(log_path, "rb") as log_file:
+            log_file.seek(offset)
+            text = log_file.read(_LOG_TAIL_BYTES).decode("utf-8", "replace")
+    except OSError:
+        return ""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        return ""
+    last = lines[-1]
+    if _LOG_LINE.match(last) is None:
+        return last[:_SAID_CHARS]
+    _, warning, message = last.partition(" # ")
+    if not warning or message.startswith(_START_BANNERS):
+        return ""
+    return message[:_SAID_CHARS]
+
+
 def _server_command(arguments: list[str]) -> list[str]:
     """The command that runs ``redis-server ARGUMENTS``: on Linux through the wrapper that
     sets its parent-death signal (see the module's guarantees); elsewhere as is."""
@@ -235,6 +270,7 @@ class EmbeddedRedis:
         self.lock_path = self.data_dir / _LOCK_NAME
         self.wait_s = wait_s
         self._process: subprocess.Popen[bytes] | None = None
+        self._log_from = 0  # where the lines of the last start begin in redis.log
         self._lock_fd: int | None = None
 
     @property
@@ -379,6 +415,7 @@ class EmbeddedRedis:
             os.open(self.data_dir / "redis.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600),
             "ab",
         )
+        self._log_from = os.fstat(log_file.fileno()).st_size  # this start's lines follow
         try:
             self._process = _SPAWNER.popen(
                 _server_command(
@@ -439,10 +476,27 @@ class EmbeddedRedis:
                 log.warning("the embedded Redis in %s is loading its data", self.data_dir)
                 said = True
             time.sleep(_POLL_S)
+        code = self._process.poll()
         if keep_lock:
             self._kill()
         else:
             self.stop()
+        log_path = self.data_dir / "redis.log"
+        if code is None:
+            raise StoreUnavailable(
+                f"embedded Redis did not start within {self.wait_s:g} s ({state}); see {log_path}"
+            )
+        said = _last_warning(log_path, self._log_from)
+        if "append only file" in said:  # Redis's own advice names a tool the wheel lacks
+            aof = self.data_dir / "appendonly.aof"
+            todo = (
+                f"keep a copy of {aof}, then repair it with redis-check-aof --fix "
+                '(README, "A damaged append-only file")'
+            )
+        else:
+            todo = f"see {log_path}"
         raise StoreUnavailable(
-            f"embedded Redis did not start ({state}); see {self.data_dir / 'redis.log'}"
+            f"embedded Redis exited at start (status {code})"
+            + (f": {said!r}" if said else "")
+            + f"; {todo}"
         )

