@@ -484,10 +484,11 @@ class EmbeddedRedis:
         log_path = self.data_dir / "redis.log"
         if code is None:
             raise StoreUnavailable(
-                f"embedded Redis did not start within {self.wait_s:g} s ({state}); see {log_path}"
+                f"embedded Redis did not start ({state} after {time.monotonic() - started:.1f} s "
+                f"of at most {self.wait_s:g}); see {log_path}"
             )
-        said = _last_warning(log_path, self._log_from)
-        if "append only file" in said:  # Redis's own advice names a tool the wheel lacks
+        reason = _last_warning(log_path, self._log_from)
+        if "append only file" in reason:  # Redis's own advice names a tool the wheel lacks
             aof = self.data_dir / "appendonly.aof"
             todo = (
                 f"keep a copy of {aof}, then repair it with redis-check-aof --fix "
@@ -497,6 +498,6 @@ class EmbeddedRedis:
             todo = f"see {log_path}"
         raise StoreUnavailable(
             f"embedded Redis exited at start (status {code})"
-            + (f": {said!r}" if said else "")
+            + (f": {reason!r}" if reason else "")
             + f"; {todo}"
         )
