@@ -77,6 +77,7 @@ from gate.runtime import (
     WorkersStasis,
     check_version,
     describe_redis,
+    freeze_heap,
     make_state_dir,
     open_gate,
     stasis_lock_path,
@@ -1254,6 +1255,7 @@ async def _run(config: Config, args: argparse.Namespace) -> int:
         if config.ari is not None:
             log.info("Stasis application %r via ARI at %s", config.ari.app, config.ari.url)
         ops = await Operations.start(gate, config, server, stasis)
+        freeze_heap()
         if ops.reloader is not None and _SIGHUP.taken():  # sent while starting: reload now
             ops.reloader.request()
         log.info(
@@ -1364,6 +1366,7 @@ async def _run_worker(config: Config, role: WorkerRole) -> int:
             loop.add_signal_handler(signal.SIGHUP, reloader.request)
             if _SIGHUP.taken():  # sent while this worker was starting: reload now
                 reloader.request()
+        freeze_heap()
         log.info(
             "callgate %s worker %d: FastAGI on agi://%s:%d/check, %s", __version__, role.index,
             agi.host, server.port, _loop_name(),
@@ -1426,6 +1429,7 @@ async def _serve_workers(
             ops = await Operations.start(gate, config, None, stasis, workers)
             ops.metrics.doors.stasis = None  # the workers report their doors themselves
             ops.metrics.workers = workers.expositions
+            freeze_heap()
             if ops.reloader is not None:  # a reload here (SIGHUP, API) reloads the workers
                 swapped = ops.reloader.on_swap
 
