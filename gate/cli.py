@@ -755,7 +755,8 @@ def _unchecked_warning(policy: Policy, name: str, numbers: list[str]) -> str:
 async def _list(config: Config, args: argparse.Namespace) -> int:
     tenant = args.tenant or config.default_tenant
     campaign = args.campaign or ""
-    async with open_gate(config, ADMIN_DEADLINE_S) as gate:
+    writes = args.action not in ("count", "export", "info")
+    async with open_gate(config, ADMIN_DEADLINE_S, writes=writes) as gate:
         admin = ListAdmin(config.policy, gate.keyspace, gate.store)
         admin.key(args.list, tenant, campaign)  # unknown list or tenant: fail first
         if args.action == "add":
@@ -937,7 +938,7 @@ async def _import(admin: ListAdmin, args: argparse.Namespace, tenant: str, campa
 async def _consent_or_event(config: Config, args: argparse.Namespace) -> int:
     tenant = args.tenant or config.default_tenant
     campaign = getattr(args, "campaign", None) or ""
-    async with open_gate(config, ADMIN_DEADLINE_S) as gate:
+    async with open_gate(config, ADMIN_DEADLINE_S, writes=True) as gate:
         admin = ListAdmin(config.policy, gate.keyspace, gate.store)
         if args.command == "consent" and args.action == "add":
             if admin.rule(args.list).kind != "consent":
@@ -1296,7 +1297,7 @@ async def _check_store(gate: Gate) -> None:
 
 
 async def _migrate(config: Config) -> int:
-    async with open_gate(config, ADMIN_DEADLINE_S) as gate:
+    async with open_gate(config, ADMIN_DEADLINE_S, writes=True) as gate:
         if not await legacy_keys_present(gate.store, gate.keyspace):
             namespace = gate.keyspace.namespace
             print(f"nothing to migrate: no keys of the old layout in namespace {namespace!r}")

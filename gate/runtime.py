@@ -133,11 +133,14 @@ async def open_gate(
     *,
     records: bool = False,
     supervise: bool = False,
+    writes: bool = False,
 ) -> AsyncIterator[Gate]:
     """A ready ``Gate`` for ``config``; the store is closed (and embedded Redis stopped) after.
 
     ``records``: this process records decisions, so it keeps their evidence (the audit
-    writer, with ``[audit]`` enabled). ``supervise``: keep the embedded Redis running."""
+    writer, with ``[audit]`` enabled). ``supervise``: keep the embedded Redis running.
+    ``writes`` (or ``records``): it writes data (lists, consents, events). Its keying must
+    be the data's (``check_keying``): ``InputError`` if not."""
     embedded: EmbeddedRedis | None = None
     url = config.redis.url
     if config.redis.mode == "single" and url is None:
@@ -157,6 +160,7 @@ async def open_gate(
         gate.observers.append(audit)
         audit.start()
     try:
+        await check_keying(gate, config, stamp=writes or records)
         yield gate
     finally:
         if audit is not None:
@@ -168,6 +172,36 @@ async def open_gate(
         await store.close()
         if embedded is not None:
             await asyncio.to_thread(embedded.stop)
+
+
+async def check_keying(gate: Gate, config: Config, *, stamp: bool) -> None:
+    """Refuse (``InputError``) a process whose number-hashing secret is not the one the data
+    in Redis was written with: it would read and write other keys, silently (an opt-out
+    it added never seen by the gate; the lists it checks empty to it). The first process
+    that writes data stamps the fingerprint of its keying (``stamp``); every process
+    compares. Redis not answering: nothing to compare yet (the process's own requests
+    say so)."""
+    keyspace = gate.keyspace
+    try:
+        held = await gate.store.keying(keyspace.keying_key, keyspace.fingerprint, stamp)
+    except StoreError:
+        return
+    if held is None or held == keyspace.fingerprint:
+        return
+    key, own = keyspace.keying_key, keyspace.fingerprint
+    if "plain" in (held, own):
+        what = (
+            "numbers are stored plain" if held == "plain" else "numbers are stored hashed",
+            "privacy.hash_numbers differs",
+        )
+    else:
+        what = ("numbers are hashed with another secret", f"this one is from {config.secret_from}")
+    raise InputError(
+        f"privacy: the data in Redis was written with another keying ({what[0]}: {key} holds "
+        f"{held}, this process has {own}; {what[1]}); run with the gate's secret and "
+        f"privacy settings (as the service's user, with its environment), or, if the data "
+        f"is new and this keying is the right one, delete {key}"
+    )
 
 
 # -- callgate run --workers N ---------------------------------------------------------------

@@ -232,6 +232,7 @@ class Config:
     state_dir: Path = DEFAULT_STATE_DIR
     packs_dir: Path = PACKS_DIR
     secret_file: Path | None = None  # privacy.secret_file, resolved (None: not used)
+    secret_from: str = ""  # where the secret came from: $CALLGATE_SECRET, a file… (messages)
 
 
 _HOST_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,252})$")
@@ -480,16 +481,19 @@ def _exists(path: Path) -> bool | None:
     return True
 
 
-def _secret(reader: Reader, path: Path | None, hash_numbers: bool, create: bool) -> bytes | None:
+def _secret(
+    reader: Reader, path: Path | None, hash_numbers: bool, create: bool
+) -> tuple[bytes | None, str]:
+    """The number-hashing secret and where it came from (for messages)."""
     literal: str | None = reader.get("secret", str, None)
     reader.done()
     if env := os.environ.get(SECRET_ENV):
-        return env.encode()
+        return env.encode(), f"${SECRET_ENV}"
     if literal:
-        return literal.encode()
+        return literal.encode(), "privacy.secret"
     if path is not None:
         if not create and _exists(path) is False:
-            return None  # config check: created by the first command that needs it
+            return None, str(path)  # config check: created by the first command that needs it
         try:
             if _exists(path) is False:
                 path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -518,14 +522,14 @@ def _secret(reader: Reader, path: Path | None, hash_numbers: bool, create: bool)
             raise reader.fail("secret_file", what) from exc
         if len(value) < 16:
             raise reader.fail("secret_file", f"{path} holds fewer than 16 characters")
-        return value.encode()
+        return value.encode(), str(path)
     if hash_numbers:
         raise reader.fail(
             "secret",
             f"numbers are hashed but no secret is set; set ${SECRET_ENV}, privacy.secret_file "
             "or privacy.secret (or privacy.hash_numbers = false)",
         )
-    return None
+    return None, "none"
 
 
 def _cluster_nodes(reader: Reader) -> tuple[str, ...]:
@@ -983,7 +987,7 @@ def parse_config(
     hash_numbers = bool(privacy.get("hash_numbers", bool, True))
     secret_name = privacy.get("secret_file", str, None)
     secret_file = gate.state_dir / secret_name if secret_name else None
-    secret = _secret(privacy, secret_file, hash_numbers, create_secret)
+    secret, secret_from = _secret(privacy, secret_file, hash_numbers, create_secret)
     policy = _policy(root, gate, origin, check_holidays)
     root.done()
     return Config(
@@ -1004,6 +1008,7 @@ def parse_config(
         state_dir=gate.state_dir,
         packs_dir=gate.packs_dir,
         secret_file=secret_file,
+        secret_from=secret_from,
     )
 
 

@@ -90,6 +90,10 @@ _TOKEN_BYTES = 8
 _GROUP_SHIFT = 32 - GROUP_BITS
 
 
+# What ``Keyspace.fingerprint`` MACs: not a number, so the fingerprint keys no entry.
+_FINGERPRINT_TEXT = b"callgate keying fingerprint"
+
+
 def group_of(bucket32: int) -> int:
     """The slot group of a number (or list entry) by its ``bucket32``."""
     return bucket32 >> _GROUP_SHIFT
@@ -314,6 +318,23 @@ class Keyspace:
 
     def lock_key(self, list_id: str) -> str:
         return f"{self.namespace}:{{lists}}:{list_id}:lock"
+
+    @property
+    def keying_key(self) -> str:
+        """The fingerprint of the keying the namespace's data was written with (its own
+        slot; ``fingerprint``)."""
+        return f"{self.namespace}:{{keying}}"
+
+    @property
+    def fingerprint(self) -> str:
+        """Names this keyspace's encoding of numbers without revealing its secret: "plain"
+        (numbers stored as they are), else 16 hex digits of a BLAKE2b MAC, keyed with the
+        secret, of a fixed text (no number). A process with another secret reads and
+        writes other keys than the data's: its opt-outs would go unseen by the gate, and
+        the gate's lists by it; the store compares fingerprints to refuse such a process."""
+        if self._secret is None:
+            return "plain"
+        return hashlib.blake2b(_FINGERPRINT_TEXT, key=self._secret, digest_size=8).hexdigest()
 
     @property
     def pattern(self) -> str:

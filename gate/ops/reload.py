@@ -29,6 +29,7 @@ from pathlib import Path
 from gate.config.files import PACKS_DIR
 from gate.config.loader import Config, load_config
 from gate.core.errors import ConfigError, InputError
+from gate.core.keys import Keyspace
 from gate.service import Gate
 
 __all__ = [
@@ -88,8 +89,16 @@ def restart_only_changes(old: Config, new: Config) -> list[str]:
         "api": (old.api, new.api),
         "console": (old.console, new.console),
         "logging": (old.logging, new.logging),
+        # The number-hashing keying (privacy.secret, its file, hash_numbers): another one
+        # reads and writes other keys than the data's (gate/runtime.py ``check_keying``).
+        "privacy": (_keying(old), _keying(new)),
     }
     return [name for name, (before, after) in pairs.items() if before != after]
+
+
+def _keying(config: Config) -> str:
+    secret = config.secret if config.hash_numbers else None
+    return Keyspace(config.redis.namespace, secret).fingerprint
 
 
 def _connection(config: Config) -> object:

@@ -622,6 +622,17 @@ class Store:
         policy = info.get("maxmemory_policy")
         return None if policy is None else str(policy)
 
+    async def keying(self, key: str, fingerprint: str, stamp: bool) -> str | None:
+        """The keying fingerprint the data was written with (``Keyspace.fingerprint``),
+        held at ``key``; with ``stamp``, ``fingerprint`` is written there first if none is
+        (by the first process that writes data). None: none held, none written."""
+        try:
+            async with asyncio.timeout(max(self.deadline_s, 1.0)):
+                held = await self.admin_client.eval(_KEYING, 1, key, fingerprint, int(stamp))
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise translate_error(exc, self.where) from exc
+        return None if held is None else held.decode("utf-8", "replace")
+
     def forget_views(self) -> None:
         """Read every list's version again before its next decision (tests, migrate)."""
         self._views.clear()
@@ -1334,6 +1345,17 @@ class _Command:
     script: Script | None
     slot: int
     packed: bytes
+
+
+# Store.keying: the fingerprint held, after writing ARGV[1] if none is and ARGV[2] is 1.
+_KEYING = """
+local held = redis.call("GET", KEYS[1])
+if not held and ARGV[2] == "1" then
+  redis.call("SET", KEYS[1], ARGV[1])
+  return ARGV[1]
+end
+return held
+"""
 
 
 def _word(word: Any) -> bytes:

@@ -475,7 +475,9 @@ def test_a_number_in_the_trail_stays_masked_in_its_tooltip(
 ) -> None:
     """With ``privacy.hash_numbers`` off the trail holds numbers: the Audit table shows one
     masked, and the cell's tooltip does not give it away (it held the whole number)."""
-    with own_gate(redis_server_url, tmp_path, privacy={"hash_numbers": False}) as gate:
+    # A namespace of its own: the session's Redis holds hashed data (another keying).
+    plain = {"privacy": {"hash_numbers": False}, "redis": {"deadline": "1s", "namespace": "plain"}}
+    with own_gate(redis_server_url, tmp_path, **plain) as gate:
         request = urllib.request.Request(
             f"{gate.url}/v1/check",
             data=json.dumps({"number": ADDED, "record": True}).encode(),

@@ -220,3 +220,15 @@ async def test_a_deleted_file_is_named_with_what_to_do_here(running: Running) ->
         f"{running.path}: no such config file (moved or deleted?); put it back and reload, or "
         "restart callgate with the new path"
     ) == str(refused.value)
+
+
+async def test_a_reload_that_changes_the_number_keying_is_refused(running: Running) -> None:
+    """Another secret, by reload, would read and write other keys than the lists': every
+    opt-out unseen. Refused, naming privacy; the gate serves on with its own."""
+    version = running.gate.version
+    running.path.write_text(
+        running.path.read_text().replace(TEST_SECRET, "another-secret-0123456789")
+    )
+    with pytest.raises(ConfigError, match="privacy changed; these apply only at start"):
+        await running.reloader.reload()
+    assert version == running.gate.version
