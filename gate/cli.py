@@ -114,10 +114,13 @@ CLI_WORDING: Wording = {
     "allow_empty": Term("--allow-empty", "pass --allow-empty"),
     "campaign": Term("--campaign", "pass --campaign"),
     "column": Term("--column", "pass --column"),
+    "expires": Term("--expires", "pass --expires"),
     "format": Term("--format", "pass --format"),
+    "granted_at": Term("--granted-at", "pass --granted-at"),
     "keep": Term("--keep", "pass --keep RESULT"),
     "list_import": Term("callgate list import", "callgate list import {list} FILE"),
     "phone_column": Term("--column", "pass --column"),
+    "refreshed_at": Term("--refreshed-at", "pass --refreshed-at"),
     "replace": Term("--replace", "leave out --replace"),
 }
 
@@ -515,9 +518,14 @@ def _consent_parsers(commands: Commands) -> None:
         metavar="LIST",
         help="consent list (default consent; consent_outside_hours for calling hours)",
     )
-    grant.add_argument("--granted-at", type=_when, metavar="TIME", help="when (default now)")
     grant.add_argument(
-        "--expires", type=_when, metavar="TIME", help="when it lapses (default never)"
+        "--granted-at", type=_when, metavar="TIME", help="when, not later than now (default now)"
+    )
+    grant.add_argument(
+        "--expires",
+        type=_when,
+        metavar="TIME",
+        help="when it lapses, after the grant (default never)",
     )
     _scope_args(grant)
     revoke = _add(

@@ -14,6 +14,10 @@ Guarantees:
   ``granted_ms:expiry_ms``, reassigned lists in HASHes token → ``void_before_ms`` (the
   latest disconnection imported wins: an older date never replaces a newer one), all
   spread over the slot groups (gate/store/lists.py; decide.lua reads them).
+- A consent has been given: ``add`` refuses a grant time later than the clock (beyond
+  ``GRANT_SKEW_S``; decide.lua would count it at once, as it reads the expiry only), and
+  an expiry at or before the grant (a consent void from the start); a consent list's
+  ``import`` refuses a ``refreshed_at`` (the grant time of its consents) later than the clock.
 - Call events (``record_event``): a refusal or an abandoned call starts the packs'
   cool-offs for the number; an answered or abandoned call counts toward the packs'
   abandoned-call ceilings of its campaign (``call_counts.lua``). An event has happened:
@@ -65,6 +69,7 @@ from gate.store.lists import Chunk, ListStore
 
 __all__ = [
     "EVENTS",
+    "GRANT_SKEW_S",
     "EventRecord",
     "ImportSummary",
     "ListAdmin",
@@ -80,6 +85,10 @@ EVENTS = ("refusal", "abandoned", "answered")
 _FIELDS_BATCH = 500
 # An abandoned-call ceiling counts calls by the minute (call_counts.lua).
 _MINUTE_MS = 60_000
+# A consent's grant time may be this much later than the gate's clock: it comes from
+# another host's clock (a CRM's) or is written by hand to the minute. Later, it has not
+# happened yet (a call event, told as it happens, gets RECORD_SKEW_S).
+GRANT_SKEW_S = 300.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,8 +182,14 @@ class ListAdmin:
         campaign: str,
         now: datetime | None = None,
         expires: datetime | None = None,
+        clock: datetime | None = None,
     ) -> int:
         """Add numbers (consent lists: granted ``now``, optional expiry); how many were new.
+
+        A consent granted later than ``clock`` (default: the time now; callers placing
+        consents at fixed dates, such as tests, pass their own) by more than
+        ``GRANT_SKEW_S``, or expiring at or before its grant, is refused (an
+        ``OptionError`` naming ``granted_at`` or ``expires``), nothing written.
 
         On a block list (an opt-out) the answer comes only once the store holds the
         entries durably (``Store.durable``: enough replicas, or ``NotReplicated``)."""
@@ -187,7 +202,10 @@ class ListAdmin:
             )
         checked = self._numbers(rule, numbers)
         key = self.key(name, tenant, campaign)
-        when = now or datetime.now(UTC)
+        clock = clock or datetime.now(UTC)
+        when = now or clock
+        if rule.kind == "consent":
+            _check_grant(now, expires, clock)
         if rule.kind != "block":
             return await self._write(rule, key, "add", checked, when, expires)
         async with self.store.durable(f"adding to block list {name!r}") as store:
@@ -314,6 +332,25 @@ class ListAdmin:
             allow_empty=allow_empty,
         )
 
+    def check_refreshed_at(
+        self, name: str, refreshed_at: datetime | None, clock: datetime | None = None
+    ) -> None:
+        """Refuse an import into consent list ``name`` dated later than ``clock`` (default:
+        the time now) by more than ``GRANT_SKEW_S``: its consents are recorded as given at
+        ``refreshed_at``, and decide.lua, reading only the expiry, would count them at once.
+        Any date goes for another list. A door may call it before it reads the file."""
+        clock = clock or datetime.now(UTC)
+        if refreshed_at is None or self.rule(name).kind != "consent":
+            return
+        if _not_yet(refreshed_at, clock):
+            raise OptionError(
+                "{refreshed_at} {when}: later than the gate's clock ({clock}); the consents "
+                "of a file are recorded as given then: give the time they were given, or "
+                "none for now",
+                when=_shown(refreshed_at),
+                clock=_shown(clock),
+            )
+
     async def import_batches(
         self,
         name: str,
@@ -349,11 +386,13 @@ class ListAdmin:
                 "list {list!r} is a consent list: {replace} is for block and allow lists",
                 list=name,
             )
-        when = refreshed_at or datetime.now(UTC)
+        clock = datetime.now(UTC)
+        self.check_refreshed_at(name, refreshed_at, clock)
+        when = refreshed_at or clock
         tally = {"accepted": 0, "rejected": 0, "skipped": 0}
         fields = {
             "refreshed_at": str(int(when.timestamp() * 1000)),
-            "imported_at": str(int(datetime.now(UTC).timestamp() * 1000)),
+            "imported_at": str(int(clock.timestamp() * 1000)),
             **(meta or {}),
         }
 
@@ -720,6 +759,37 @@ def switch_note(version: int, groups: int, source: str | None, again: str) -> st
         "imported_at, source, importer and sha256 are still the previous import's, and the "
         f"list cannot be exported; {_switch_do(again, source)}"
     )
+
+
+def _shown(when: datetime) -> str:
+    """A time in an error, to the second, in the zone it was given in."""
+    return when.isoformat(timespec="seconds")
+
+
+def _not_yet(when: datetime, clock: datetime) -> bool:
+    """``when`` (a grant time) has not come yet by ``clock``, beyond ``GRANT_SKEW_S``."""
+    return (when - clock).total_seconds() > GRANT_SKEW_S
+
+
+def _check_grant(granted: datetime | None, expires: datetime | None, clock: datetime) -> None:
+    """Refuse a consent not given yet (``granted`` later than ``clock``: decide.lua reads
+    only the expiry, so it would count at once) or void from the start (``expires`` at or
+    before the grant: ``granted``, else ``clock``)."""
+    if granted is not None and _not_yet(granted, clock):
+        raise OptionError(
+            "{granted_at} {grant}: later than the gate's clock ({clock}); a consent counts "
+            "once given: give the time it was given, or none for now",
+            grant=_shown(granted),
+            clock=_shown(clock),
+        )
+    if expires is not None and expires <= (granted or clock):
+        grant = "the grant (now, {grant})" if granted is None else "{granted_at} {grant}"
+        raise OptionError(
+            "{expires} {expiry}: not after " + grant + "; a consent lapses after it is "
+            "given: give a later {expires}, or none for a consent that does not lapse",
+            expiry=_shown(expires),
+            grant=_shown(granted or clock),
+        )
 
 
 def consent_value(granted: datetime, expires: datetime | None) -> str:

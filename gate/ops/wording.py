@@ -21,10 +21,13 @@ OPTIONS = frozenset(
         "allow_empty",
         "campaign",
         "column",
+        "expires",
         "format",
+        "granted_at",
         "keep",
         "list_import",
         "phone_column",
+        "refreshed_at",
         "replace",
     }
 )
@@ -33,12 +36,15 @@ API_WORDING: Wording = {
     "allow_empty": Term("allow_empty", "pass allow_empty=true"),
     "campaign": Term("campaign", "set campaign"),
     "column": Term("column", "set column"),
+    "expires": Term("expires", "set expires"),
     "format": Term("format", "set format"),
+    "granted_at": Term("granted_at", "set granted_at"),
     "keep": Term("keep", "set keep=RESULT"),
     "list_import": Term(
         "POST /v1/lists/{list}/import", "upload the file to POST /v1/lists/{list}/import"
     ),
     "phone_column": Term("column", "set column"),
+    "refreshed_at": Term("refreshed_at", "set refreshed_at"),
     "replace": Term("mode=replace", "set mode=replace"),
 }
 
@@ -50,9 +56,12 @@ CONSOLE_WORDING: Wording = {
     ),
     "campaign": Term("Campaign", "fill in Campaign"),
     "column": Term("CSV column", "fill in CSV column"),
+    "expires": Term("Expires", "fill in Expires"),
     "format": Term("Format", "choose a Format"),
+    "granted_at": Term("Granted at", "fill in Granted at"),
     "keep": Term("Keep", "fill in Keep"),
     "list_import": Term("Import a file", "with Import a file, below"),
     "phone_column": Term("Phone column", "fill in Phone column"),
+    "refreshed_at": Term("Produced at", "fill in Produced at"),
     "replace": Term("Mode replace", "choose another Mode"),
 }

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import threading
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -126,15 +127,104 @@ def test_an_unknown_list_is_named_with_each_known_list_once(tmp_path: Path, redi
     assert "customers" in known
 
 
-def test_consent_wording_counts_in_the_singular(cli: Run, tmp_path: Path, redis_url: str) -> None:
-    """One consent recorded reads "1 consent recorded", two "2 consents"."""
+def consent_config(tmp_path: Path, redis_url: str) -> Path:
+    """The sample config with a consent list (``consent``, per tenant)."""
     path = tmp_path / "consent.toml"
     lists = '\n[[lists]]\nname = "consent"\nkind = "consent"\nscope = "tenant"\n'
     path.write_text(sample_config(redis_url) + lists, encoding="utf-8")
+    return path
+
+
+def test_consent_wording_counts_in_the_singular(cli: Run, tmp_path: Path, redis_url: str) -> None:
+    """One consent recorded reads "1 consent recorded", two "2 consents"."""
+    path = consent_config(tmp_path, redis_url)
     one = cli("consent", "add", NUMBER, config=path)
     two = cli("consent", "add", "0612345679", "0612345670", config=path)
     assert (0, "1 consent recorded, 0 updated\n", "") == one
     assert (0, "2 consents recorded, 0 updated\n", "") == two
+
+
+def test_a_consent_granted_in_the_future_is_one_error_line_and_not_recorded(
+    cli: Run, tmp_path: Path, redis_url: str
+) -> None:
+    """A grant a day ahead of the clock has not happened (decide.lua reads only the expiry:
+    it would count at once): exit 2, one line naming --granted-at, nothing recorded. A
+    grant a minute ahead (another host's clock, a time written to the minute) is taken."""
+    path = consent_config(tmp_path, redis_url)
+    tomorrow = (datetime.now(UTC) + timedelta(days=1)).replace(microsecond=0)
+    refused = cli("consent", "add", NUMBER, "--granted-at", tomorrow.isoformat(), config=path)
+    count = cli("list", "count", "consent", config=path)
+    soon = (datetime.now(UTC) + timedelta(minutes=1)).isoformat()
+    taken = cli("consent", "add", NUMBER, "--granted-at", soon, config=path)
+    status, out, err = refused
+    assert (2, "", 1) == (status, out, len(err.splitlines()))
+    assert err.startswith(
+        f"callgate: error: --granted-at {tomorrow.isoformat()}: later than the gate's clock ("
+    )
+    assert err.endswith(
+        "); a consent counts once given: give the time it was given, or none for now\n"
+    )
+    assert (0, "0\n", "") == count
+    assert (0, "1 consent recorded, 0 updated\n", "") == taken
+
+
+@pytest.mark.parametrize(
+    ("times", "why"),
+    [
+        (
+            ["--granted-at", "2026-06-01", "--expires", "2026-01-01"],
+            "--expires 2026-01-01T00:00:00+00:00: not after --granted-at 2026-06-01T00:00:00+00:00",
+        ),
+        (
+            ["--granted-at", "2026-06-01T02:00+02:00", "--expires", "2026-06-01T00:00Z"],
+            "--expires 2026-06-01T00:00:00+00:00: not after --granted-at 2026-06-01T02:00:00+02:00",
+        ),
+        (["--expires", "2026-01-01"], "--expires 2026-01-01T00:00:00+00:00: not after the grant"),
+    ],
+    ids=["before", "same-instant", "before-now"],
+)
+def test_a_consent_expiring_at_or_before_its_grant_is_one_error_line_and_not_recorded(
+    cli: Run, tmp_path: Path, redis_url: str, times: list[str], why: str
+) -> None:
+    """An expiry at or before the grant (--granted-at, else now) makes a consent void from
+    the start: exit 2, one line naming --expires and the grant, nothing recorded."""
+    path = consent_config(tmp_path, redis_url)
+    status, out, err = cli("consent", "add", NUMBER, *times, config=path)
+    assert (2, "", 1, True) == (
+        status,
+        out,
+        len(err.splitlines()),
+        err.startswith(f"callgate: error: {why}"),
+    )
+    assert err.endswith(
+        "; a consent lapses after it is given: give a later --expires, or none for a consent "
+        "that does not lapse\n"
+    )
+    assert (0, "0\n", "") == cli("list", "count", "consent", config=path)
+
+
+def test_a_consent_file_dated_in_the_future_is_one_error_line_and_nothing_imported(
+    cli: Run, tmp_path: Path, redis_url: str
+) -> None:
+    """A consent list's import records its consents as given at --refreshed-at: one a day
+    ahead of the clock is refused (exit 2, one line naming --refreshed-at), none imported."""
+    path = consent_config(tmp_path, redis_url)
+    consents = tmp_path / "consents.txt"
+    consents.write_text("0612345678\n0612345679\n", encoding="utf-8")
+    tomorrow = (datetime.now(UTC) + timedelta(days=1)).replace(microsecond=0)
+    status, out, err = cli(
+        "list", "import", "consent", str(consents), "--refreshed-at", tomorrow.isoformat(),
+        config=path,
+    )  # fmt: skip
+    assert (2, "", 1, True) == (
+        status,
+        out,
+        len(err.splitlines()),
+        err.startswith(
+            f"callgate: error: --refreshed-at {tomorrow.isoformat()}: later than the gate's clock"
+        ),
+    )
+    assert (0, "0\n", "") == cli("list", "count", "consent", config=path)
 
 
 def test_an_abandoned_call_without_a_cool_off_reads_well(cli: Run) -> None:

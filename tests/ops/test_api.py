@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 from openapi_spec_validator import validate
@@ -19,6 +20,7 @@ from gate.service import Gate
 from gate.store.client import Store
 from tests.conftest import SAMPLE_CONFIG, make_config
 from tests.ops.conftest import LISTS, Served, serve
+from tests.ops.test_api_routes import upload
 
 LISTED = "+33699001122"
 UNLISTED = "+33612345678"
@@ -140,6 +142,57 @@ async def test_a_consent_for_a_block_list_is_400(served: Served) -> None:
     """Consents go to consent lists only."""
     status, body = await served.post("/v1/consents", {"numbers": [UNLISTED], "list": "red"})
     assert (400, "list: 'red' is not a consent list") == (status, body["error"])
+
+
+async def test_a_consent_granted_in_the_future_is_400_and_not_recorded(served: Served) -> None:
+    """granted_at a day ahead of the clock has not happened (decide.lua reads only the
+    expiry: it would count at once): 400 naming granted_at, nothing recorded."""
+    tomorrow = (datetime.now(UTC) + timedelta(days=1)).replace(microsecond=0)
+    granted = {"numbers": [UNLISTED], "granted_at": tomorrow.isoformat()}
+    status, body = await served.post("/v1/consents", granted)
+    _, info = await served.get("/v1/lists/consent")
+    assert (400, True, True, 0) == (
+        status,
+        body["error"].startswith(f"granted_at {tomorrow.isoformat()}: later than the gate's clock"),
+        body["error"].endswith("give the time it was given, or none for now"),
+        info["entries"],
+    )
+
+
+async def test_a_consent_expiring_at_or_before_its_grant_is_400_and_not_recorded(
+    served: Served,
+) -> None:
+    """An expiry at or before the grant (a consent void from the start): 400 naming
+    expires and granted_at, nothing recorded."""
+    consent = {"numbers": [UNLISTED], "granted_at": WHEN, "expires": "2026-12-01T09:30:00Z"}
+    status, body = await served.post("/v1/consents", consent)
+    _, info = await served.get("/v1/lists/consent")
+    assert (
+        400,
+        "expires 2026-12-01T09:30:00+00:00: not after granted_at 2026-12-01T10:30:00+01:00; "
+        "a consent lapses after it is given: give a later expires, or none for a consent "
+        "that does not lapse",
+        0,
+    ) == (status, body["error"], info["entries"])
+
+
+async def test_a_consent_file_dated_in_the_future_is_400_before_it_is_read(
+    served: Served,
+) -> None:
+    """An upload into a consent list records its consents as given at refreshed_at: one a
+    day ahead of the clock is 400 naming refreshed_at (no 200, no stream), none imported."""
+    tomorrow = (datetime.now(UTC) + timedelta(days=1)).replace(microsecond=0)
+    path = f"/v1/lists/consent/import?refreshed_at={quote(tomorrow.isoformat())}"
+    status, body, _ = await upload(served, path, b"0612345678\n")
+    assert isinstance(body, dict)
+    _, info = await served.get("/v1/lists/consent")
+    assert (400, True, 0) == (
+        status,
+        body["error"].startswith(
+            f"refreshed_at {tomorrow.isoformat()}: later than the gate's clock"
+        ),
+        info["entries"],
+    )
 
 
 @pytest.fixture

@@ -60,8 +60,10 @@ def gate(open_gate: Callable[[Config], Gate]) -> Gate:
 async def decide(
     gate: Gate, when: datetime, where: tuple[str, str], tenant: str = TENANT
 ) -> tuple[str, str, float | None]:
-    """The outcome of a call to ``where``'s number at ``when``, the number holding consent."""
-    await admin(gate).add("consent", [where[0]], tenant, "", now=when - timedelta(days=365))
+    """The outcome of a call to ``where``'s number at ``when``, the number holding consent
+    (given a year before, by a clock at ``when``: it may be a future date)."""
+    granted = when - timedelta(days=365)
+    await admin(gate).add("consent", [where[0]], tenant, "", now=granted, clock=when)
     return outcome(await gate.decide(call(when, where[0], tenant), record=False, door="cli"))
 
 
@@ -180,7 +182,9 @@ async def test_a_shared_range_is_closed_on_every_places_holiday(
 async def test_explain_names_the_local_holiday_and_its_source(gate: Gate) -> None:
     """--explain: the hours row names D223-9, the place's calendar and the décret."""
     when = at(date(2027, 5, 27), GUADELOUPE)
-    await admin(gate).add("consent", [GUADELOUPE[0]], TENANT, "", now=when - timedelta(days=9))
+    await admin(gate).add(
+        "consent", [GUADELOUPE[0]], TENANT, "", now=when - timedelta(days=9), clock=when
+    )
     evaluation = await gate.evaluate(call(when, GUADELOUPE[0]), record=False, door="cli")
     (row,) = [row for row in evaluation.rules if row.rule == "hours:fr-d223-9-hours"]
     (calendar,) = [
