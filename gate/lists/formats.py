@@ -77,6 +77,7 @@ __all__ = [
     "Rejected",
     "Skipped",
     "batches_of",
+    "column_beyond",
     "column_number",
     "count_line_ends",
     "count_lines",
@@ -346,6 +347,28 @@ def column_number(spec: str, option: str = "column") -> int | None:
     return int(spec) - 1
 
 
+def column_beyond(
+    source: object, line_no: int, index: int, count: int, spec: str, option: str = "column"
+) -> OptionError:
+    """The one-line error of column ``spec`` (0-based ``index``, as given to option
+    ``option``) past the ``count`` cells of the first row of file ``source``, on line
+    ``line_no``: read on, every row would be rejected for it (a wrong number, or a
+    delimiter the file does not use), so nothing is read."""
+    cells, numbers = (
+        ("1 column", "1") if count == 1 else (f"{count} columns", f"a number from 1 to {count}")
+    )
+    return OptionError(
+        "{source}:{line_no}: no column {number} ({" + option + "} {spec}): the file's first "
+        "row has {cells}; give {" + option + "} {numbers}, or a header name",
+        source=source,
+        line_no=line_no,
+        number=index + 1,
+        spec=spec,
+        cells=cells,
+        numbers=numbers,
+    )
+
+
 def csv_error(source: object, line_no: int, exc: csv.Error) -> InputError:
     """The one-line error of a CSV row the csv module refused, the row starting on line
     ``line_no`` of file ``source``. A field over the module's limit (128 KiB) is nearly
@@ -374,6 +397,10 @@ def read_entries(
     - ``us-dnc``: the US registry's area-code files: ten digits, or "area code,number".
     - ``fr-scrub``: a French scrubbing service's return file ``Telephone;Identifiant;
       <result>``; only rows whose result is in ``keep`` are entries (others: Skipped).
+
+    A row without column ``column`` is rejected, but the first row of numbers without it
+    is an ``OptionError`` (``column_beyond``), before any entry: the number given is past
+    the file's columns, and every row would be rejected.
     """
     if fmt not in FORMATS:
         raise OptionError(
@@ -398,7 +425,9 @@ def read_entries(
             if entry is not None:
                 yield line_no, entry
         return
-    for line_no, cells, text in _csv_rows(lines, _source(lines)):
+    source = _source(lines)
+    first = True  # the first row of numbers: has it the column?
+    for line_no, cells, text in _csv_rows(lines, source):
         if header_pending:
             names = [cell.strip().lower() for cell in cells]
             if column is not None and index is None:
@@ -414,8 +443,11 @@ def read_entries(
                 continue  # a scrub file's header row (Telephone;Identifiant;…)
         assert index is not None
         if index >= len(cells):
+            if first:  # a column number past the file's columns: every line would be
+                raise column_beyond(source, line_no, index, len(cells), column or "1")
             yield line_no, Rejected(line_no, text, f"no column {index + 1}")
             continue
+        first = False
         if fmt == "fr-scrub":
             if len(cells) < 3:
                 yield line_no, Rejected(line_no, text, "expected Telephone;Identifiant;result")

@@ -6,7 +6,8 @@ in-process (``engine.Planner``: what does not depend on the number is planned on
 Redis checks of a whole batch in one pipelined round trip. Guarantees:
 - every input row is written out with ``verdict``, ``reason`` and ``retry_after_s``
   appended (an unreadable number is ``BLOCK invalid_number``; a row without the phone
-  column is ``ERROR missing_column``), in input order; the summary counts every row;
+  column is ``ERROR missing_column``, but a column number past the first row's cells is
+  an ``InputError``, nothing written), in input order; the summary counts every row;
 - in a scrubbed file, those three are always the columns after the first row's (under
   their header names): a shorter row is padded with empty cells, a longer row keeps its
   extra cells after them; no cell is dropped (``scrub_file``); the leads' own cells are
@@ -57,7 +58,7 @@ from gate.core.errors import InputError
 from gate.core.keys import Keyspace
 from gate.core.model import Attempt, TrafficClass, Verdict
 from gate.core.params import seconds_text
-from gate.lists.formats import column_number, csv_dialect, csv_rows, open_lines
+from gate.lists.formats import column_beyond, column_number, csv_dialect, csv_rows, open_lines
 from gate.service import Gate
 from gate.store.client import Store, cancel_point
 from gate.store.lifetime import end_with_parent
@@ -419,6 +420,8 @@ async def scrub_file(
         read = (row for _, row in csv_rows(reader, name, blank))
         head = [c.strip() for c in next(read)]
         index = column_index(column, head, name)
+        if index >= len(head):  # every row would be ERROR missing_column
+            raise column_beyond(name, blank + 1, index, len(head), column, "phone_column")
         has_header = column_number(column, "phone_column") is None or header
         body = read if has_header else itertools.chain([head], read)
         rows = (row for row in body if "".join(row).strip())  # blank rows are skipped

@@ -664,6 +664,54 @@ def test_a_column_that_is_no_ascii_number_nor_a_header_is_one_error_line(
     )
 
 
+@pytest.mark.parametrize(
+    "command",
+    [("scrub",), ("list", "import", "red"), ("list", "import", "red", "--replace")],
+    ids=["scrub", "import", "replace"],
+)
+def test_a_column_number_past_the_first_rows_cells_is_one_error_line_and_changes_nothing(
+    cli: Run, tmp_path: Path, command: tuple[str, ...]
+) -> None:
+    """``--column 5`` of a file of four columns would reject every line (the import) or
+    make every row ERROR missing_column (the scrub), and exit 0: exit 2 instead, one line
+    naming the file, the column and the first row's columns; nothing imported (the list
+    in force kept by --replace), no scrubbed file."""
+    cli("list", "add", "red", NUMBER)
+    leads, out = tmp_path / "leads.csv", tmp_path / "out.csv"
+    rows = [f"{i},061234567{i},Paris,VIP" for i in range(4)]
+    leads.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    output = ("-o", str(out)) if command == ("scrub",) else ()
+    status, stdout, err = cli(*command, str(leads), "--column", "5", *output)
+    assert (
+        2,
+        "",
+        f"callgate: error: {leads}:1: no column 5 (--column 5): the file's first row has 4 "
+        "columns; give --column a number from 1 to 4, or a header name\n",
+        False,
+    ) == (status, stdout, err, out.exists())
+    assert (0, "1\n", "") == cli("list", "count", "red")
+
+
+def test_a_column_number_past_the_first_row_of_numbers_skips_a_scrub_files_header(
+    cli: Run, tmp_path: Path
+) -> None:
+    """An fr-scrub file's header row (no digit) is not its first row of numbers: the
+    error names the row after it, and the cells it has."""
+    scrubbed = tmp_path / "retour.csv"
+    scrubbed.write_text(
+        "Telephone;Identifiant;Resultat\n0612345678;1;NON_INSCRIT\n", encoding="utf-8"
+    )
+    status, _, err = cli(
+        "list", "import", "red", str(scrubbed), "--format", "fr-scrub", "--keep", "NON_INSCRIT",
+        "--column", "4",
+    )  # fmt: skip
+    assert (
+        2,
+        f"callgate: error: {scrubbed}:2: no column 4 (--column 4): the file's first row has 3 "
+        "columns; give --column a number from 1 to 3, or a header name\n",
+    ) == (status, err)
+
+
 def unclosed_quote_leads(path: Path) -> Path:
     """20 000 leads (``id,phone``) whose fourth line opens a quote it never closes: the
     rest of the file is one field, over the csv module's limit (128 KiB)."""

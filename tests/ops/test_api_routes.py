@@ -200,12 +200,22 @@ async def test_an_upload_replace_that_would_empty_the_list_is_refused(served: Se
             "text/csv",
             (404, "list 'nope' is not in the config or its packs"),
         ),
+        (
+            "/v1/lists/red/import?column=3",
+            "text/csv",
+            (
+                400,
+                "the upload:1: no column 3 (column 3): the file's first row has 1 column; "
+                "give column 1, or a header name",
+            ),
+        ),
     ],
 )
 async def test_a_bad_upload_is_refused_before_anything_is_imported(
     served: Served, path: str, content_type: str, expected: tuple[int, str]
 ) -> None:
-    """Wrong media type, format options, mode, scope or list: one JSON error, list empty."""
+    """Wrong media type, format options, mode, scope or list, a column past the file's:
+    one JSON error, list empty."""
     status, body, _ = await upload(served, path, b"0699001122\n", content_type)
     assert isinstance(body, dict)
     assert expected == (status, body["error"])
