@@ -433,7 +433,7 @@ def read_entries(
             if column is not None and index is None:
                 if column.lower() not in names:
                     raise InputError(
-                        f"line {line_no}: no column named {column!r} in header {cells!r}"
+                        f"{source}:{line_no}: no column named {column!r} in header {cells!r}"
                     )
                 index = names.index(column.lower())
                 header_pending = False
