@@ -774,7 +774,8 @@ async def _list(config: Config, args: argparse.Namespace) -> int:
                 print(_unchecked_warning(config.policy, args.list, unchecked), file=sys.stderr)
         elif args.action == "remove":
             removed = await admin.remove(args.list, args.numbers, tenant, campaign)
-            print(f"{removed} removed, {len(args.numbers) - removed} were not listed")
+            absent = len(args.numbers) - removed
+            print(f"{removed} removed, {absent} {'was' if absent == 1 else 'were'} not listed")
         elif args.action == "count":
             entries = await admin.count(args.list, tenant, campaign)
             if args.json:
@@ -934,7 +935,7 @@ async def _import(admin: ListAdmin, args: argparse.Namespace, tenant: str, campa
     verb = {"add": "imported", "remove": "removed", "replace": "in the new version"}[mode]
     skipped = f", {summary.skipped} skipped (result not kept)" if summary.skipped else ""
     print(
-        f"{summary.imported} {verb}, {summary.duplicates} duplicates, "
+        f"{summary.imported} {verb}, {_plural(summary.duplicates, 'duplicate')}, "
         f"{summary.rejected} rejected{skipped}"
     )
     return 0

@@ -652,7 +652,7 @@ def import_file(tmp_path: Path) -> Path:
 def test_import_reports_imported_duplicates_and_rejected(cli: Run, import_file: Path) -> None:
     """Import summarises counts on stdout and reports each rejected line as FILE:LINE."""
     status, out, err = cli("list", "import", "red", str(import_file))
-    assert (0, "5 imported, 1 duplicates, 2 rejected\n") == (status, out)
+    assert (0, "5 imported, 1 duplicate, 2 rejected\n") == (status, out)
     assert [f"{import_file}:6:", f"{import_file}:11:"] == [
         line.split(" ")[0] for line in err.splitlines()
     ]
@@ -701,7 +701,7 @@ def test_numbers_written_with_a_trunk_prefix_are_imported_as_the_gate_reads_them
 def test_remove_then_count(cli: Run, import_file: Path) -> None:
     """Removing two listed numbers and one unlisted leaves 3 entries and unblocks them."""
     cli("list", "import", "red", str(import_file))
-    assert (0, "2 removed, 1 were not listed\n", "") == cli(
+    assert (0, "2 removed, 1 was not listed\n", "") == cli(
         "list", "remove", "red", "0612345678", "+33612345679", "+33699999999"
     )
     assert (0, "3\n", "") == cli("list", "count", "red")

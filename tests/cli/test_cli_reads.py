@@ -144,6 +144,27 @@ def test_consent_wording_counts_in_the_singular(cli: Run, tmp_path: Path, redis_
     assert (0, "2 consents recorded, 0 updated\n", "") == two
 
 
+def test_list_summaries_count_in_the_singular(cli: Run, tmp_path: Path) -> None:
+    """One duplicate reads "1 duplicate", two "2 duplicates"; one number not listed reads
+    "1 was not listed", two "2 were not listed"."""
+    path = tmp_path / "optouts.txt"
+    path.write_text("0612345678\n0612345678\n0612345679\n0612345679\n", encoding="utf-8")
+    imported = cli("list", "import", "red", str(path))
+    again = cli("list", "import", "red", str(path))
+    one = cli("list", "remove", "red", "0612345678", "0612345670")
+    two = cli("list", "remove", "red", "0612345671", "0612345670")
+    assert [
+        (0, "2 imported, 2 duplicates, 0 rejected\n", ""),
+        (0, "0 imported, 4 duplicates, 0 rejected\n", ""),
+        (0, "1 removed, 1 was not listed\n", ""),
+        (0, "0 removed, 2 were not listed\n", ""),
+    ] == [imported, again, one, two]
+    path.write_text("0612345680\n0612345680\n", encoding="utf-8")
+    assert (0, "1 imported, 1 duplicate, 0 rejected\n", "") == cli(
+        "list", "import", "red", str(path)
+    )
+
+
 def test_a_consent_granted_in_the_future_is_one_error_line_and_not_recorded(
     cli: Run, tmp_path: Path, redis_url: str
 ) -> None:

@@ -368,7 +368,7 @@ def test_the_cli_imports_exports_and_enforces_a_reassigned_list(
     result = json.loads(out)
     rows = {row["rule"]: row for row in result["rules"]}
     assert [
-        (0, "2 imported, 1 duplicates, 1 rejected\n"),
+        (0, "2 imported, 1 duplicate, 1 rejected\n"),
         (0, "2\n"),
     ] == [(s, o) for s, o, _ in cli]
     assert "rnd.csv:5: rejected: 'yesterday' is not a date" in cli[0][2]
