@@ -153,7 +153,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse with one-line errors (the contract above)."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USAGE, f"callgate: error: {message} (see callgate --help)\n")
+        self.exit(EXIT_USAGE, f"callgate: error: {message} (see {self.prog} --help)\n")
 
 
 # The subcommands of one parser (argparse has no public name for this type).

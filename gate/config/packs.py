@@ -448,8 +448,13 @@ def load_pack(name: str, directory: Path, *, check_holidays: bool = True) -> Pac
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
+        shipped = (
+            sorted(found.stem for found in directory.glob("*.toml")) if directory.is_dir() else []
+        )
+        there = f"packs there: {', '.join(shipped)}" if shipped else "no pack there"
         raise ConfigError(
-            f"gate.packs: no pack {name!r} ({path} does not exist); check gate.packs_dir"
+            f"gate.packs: no pack {name!r} ({path} does not exist; {there}); "
+            "check gate.packs and gate.packs_dir"
         ) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read pack: {exc}") from None

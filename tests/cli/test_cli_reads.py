@@ -114,7 +114,11 @@ def test_a_bad_time_or_name_names_its_own_option(
     with pytest.raises(SystemExit) as exited:
         cli(*args)
     err = capsys.readouterr().err
-    assert (2, f"callgate: error: {error} (see callgate --help)\n") == (exited.value.code, err)
+    command = " ".join(args[:2] if args[0] in ("consent", "audit") else args[:1])
+    assert (2, f"callgate: error: {error} (see callgate {command} --help)\n") == (
+        exited.value.code,
+        err,
+    )
 
 
 def test_an_unknown_list_is_named_with_each_known_list_once(tmp_path: Path, redis_url: str) -> None:
@@ -990,3 +994,13 @@ def test_a_scrub_whose_output_fills_the_disk_is_one_error_line_and_no_file(
         "space there, or write the output elsewhere; nothing was written\n",
         ["callgate.toml", "leads.csv"],
     ) == (status, err, sorted(p.name for p in tmp_path.iterdir()))
+
+
+def test_a_command_without_its_action_points_at_its_own_help(
+    cli: Run, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``callgate list`` alone: the help that lists the actions is ``callgate list --help``."""
+    with pytest.raises(SystemExit) as exited:
+        cli("list")
+    err = capsys.readouterr().err
+    assert (2, "(see callgate list --help)\n") == (exited.value.code, err[err.index("(see") :])

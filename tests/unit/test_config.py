@@ -483,3 +483,21 @@ def test_config_check_names_the_sentinels_and_the_durability(tmp_path: Path) -> 
         "sentinel: master of service 'callgate' via 10.0.0.1:26379, ::1:26380; "
         "opt-outs wait for 1 replica(s)"
     ) == describe_redis(config)
+
+
+def test_an_unknown_pack_names_the_packs_there(tmp_path: Path) -> None:
+    """A typo in gate.packs: one line naming the file it looked for and the packs that
+    exist (a pack directory of one's own lists its own)."""
+    packs = SAMPLE.parent / "packs"
+    data = {
+        "gate": {"packs": ["fr", "de"], "packs_dir": str(packs)},
+        "privacy": {"secret": "x" * 32},
+    }
+    with pytest.raises(ConfigError) as raised:
+        parse_config(data, "t.toml", tmp_path)
+    shipped = ", ".join(sorted(path.stem for path in packs.glob("*.toml")))
+    assert str(raised.value) == (
+        f"gate.packs: no pack 'de' ({packs / 'de.toml'} does not exist; packs there: "
+        f"{shipped}); check gate.packs and gate.packs_dir"
+    )
+    assert "fr, " in shipped

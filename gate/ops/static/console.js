@@ -593,7 +593,7 @@
           else if (e.event === 'done') {
             bar.value = bar.max;
             barText.className = 'ok';
-            barText.textContent = `done: ${fmt(e.imported)} imported, ${fmt(e.duplicates)} duplicates, ${fmt(e.rejected)} rejected, ${fmt(e.skipped)} skipped (${fmt(e.total)} lines)`;
+            barText.textContent = `done: ${fmt(e.imported)} imported, ${fmt(e.duplicates)} duplicate${e.duplicates === 1 ? '' : 's'}, ${fmt(e.rejected)} rejected, ${fmt(e.skipped)} skipped (${fmt(e.total)} lines)`;
           } else if (e.event === 'error') { barText.className = 'error'; barText.textContent = e.why; }
         });
         await load();
