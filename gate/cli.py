@@ -1357,6 +1357,9 @@ async def _run_worker(config: Config, role: WorkerRole) -> int:
             reuse_port=True,
             busy_poll_s=agi.busy_poll_s,
         )
+        # Before it listens: the kernel gives a listening worker its share of the calls
+        # at once (SO_REUSEPORT), which would wait out the collection.
+        freeze_heap()
         await server.start()
         metrics = Metrics()
         metrics.use_config(config, gate.version)
@@ -1376,7 +1379,6 @@ async def _run_worker(config: Config, role: WorkerRole) -> int:
             loop.add_signal_handler(signal.SIGHUP, reloader.request)
             if _SIGHUP.taken():  # sent while this worker was starting: reload now
                 reloader.request()
-        freeze_heap()
         log.info(
             "callgate %s worker %d: FastAGI on agi://%s:%d/check, %s", __version__, role.index,
             agi.host, server.port, _loop_name(),
