@@ -16,8 +16,9 @@ Guarantees:
   spread over the slot groups (gate/store/lists.py; decide.lua reads them).
 - A consent has been given: ``add`` refuses a grant time later than the clock (beyond
   ``GRANT_SKEW_S``; decide.lua would count it at once, as it reads the expiry only), and
-  an expiry at or before the grant (a consent void from the start); a consent list's
-  ``import`` refuses a ``refreshed_at`` (the grant time of its consents) later than the clock.
+  an expiry at or before the grant (a consent void from the start). An ``import`` refuses a
+  ``refreshed_at`` later than the clock: a consent list's grant time, any other list's
+  freshness.
 - Call events (``record_event``): a refusal or an abandoned call starts the packs'
   cool-offs for the number; an answered or abandoned call counts toward the packs'
   abandoned-call ceilings of its campaign (``call_counts.lua``). An event has happened:
@@ -316,6 +317,7 @@ class ListAdmin:
         expected: int = 0,
         checksum: Digest | None = None,
         allow_empty: bool = False,
+        clock: datetime | None = None,
     ) -> ImportSummary:
         """``import_batches`` of ``read_entries``-style entries (one per line)."""
         return await self.import_batches(
@@ -330,26 +332,31 @@ class ListAdmin:
             expected=expected,
             checksum=checksum,
             allow_empty=allow_empty,
+            clock=clock,
         )
 
     def check_refreshed_at(
         self, name: str, refreshed_at: datetime | None, clock: datetime | None = None
     ) -> None:
-        """Refuse an import into consent list ``name`` dated later than ``clock`` (default:
-        the time now) by more than ``GRANT_SKEW_S``: its consents are recorded as given at
-        ``refreshed_at``, and decide.lua, reading only the expiry, would count them at once.
-        Any date goes for another list. A door may call it before it reads the file."""
+        """Refuse an import into list ``name`` dated later than ``clock`` (default: the time
+        now) by more than ``GRANT_SKEW_S``. A consent list's consents are recorded as given
+        at ``refreshed_at`` (decide.lua, reading only the expiry, would count them at
+        once); any other list's freshness checks count from it (a list dated a year ahead
+        by a typo would pass them for a year more). A door may call it before it reads
+        the file."""
         clock = clock or datetime.now(UTC)
-        if refreshed_at is None or self.rule(name).kind != "consent":
+        if refreshed_at is None or not _not_yet(refreshed_at, clock):
             return
-        if _not_yet(refreshed_at, clock):
-            raise OptionError(
-                "{refreshed_at} {when}: later than the gate's clock ({clock}); the consents "
-                "of a file are recorded as given then: give the time they were given, or "
-                "none for now",
-                when=_shown(refreshed_at),
-                clock=_shown(clock),
-            )
+        if self.rule(name).kind == "consent":
+            why = "the consents of a file are recorded as given then"
+        else:
+            why = "the list's freshness counts from then"
+        raise OptionError(
+            "{refreshed_at} {when}: later than the gate's clock ({clock}); " + why + ": give "
+            "the time the file was drawn, or none for now",
+            when=_shown(refreshed_at),
+            clock=_shown(clock),
+        )
 
     async def import_batches(
         self,
@@ -364,11 +371,14 @@ class ListAdmin:
         expected: int = 0,
         checksum: Digest | None = None,
         allow_empty: bool = False,
+        clock: datetime | None = None,
     ) -> ImportSummary:
         """Import a file's batches (``read_batches``): ``mode`` "add" (delta), "remove"
         (delta) or "replace" (a new version built beside the live one, switched in one
         step). Each rejected line goes to ``on_reject``, in file order. Records
         ``refreshed_at`` and ``meta`` on the list (and the file's ``sha256`` once read).
+        ``refreshed_at`` may not be later than ``clock`` (default: the time now; tests
+        placing lists at fixed dates pass their own): ``check_refreshed_at``.
 
         A replace whose new version has no entries, while lines were rejected or the list
         in force has entries, is refused (``OptionError`` naming option ``allow_empty``)
@@ -386,7 +396,7 @@ class ListAdmin:
                 "list {list!r} is a consent list: {replace} is for block and allow lists",
                 list=name,
             )
-        clock = datetime.now(UTC)
+        clock = clock or datetime.now(UTC)
         self.check_refreshed_at(name, refreshed_at, clock)
         when = refreshed_at or clock
         tally = {"accepted": 0, "rejected": 0, "skipped": 0}
@@ -490,6 +500,7 @@ class ListAdmin:
         mode: str = "add",
         checksum: Digest | None = None,
         on_lines: Callable[[int], None] | None = None,
+        clock: datetime | None = None,
     ) -> ImportSummary:
         """Import a reassigned list's file (lines ``number,disconnected_on``,
         gate/lists/reassigned.py): ``mode`` "add" keeps each number's latest disconnect
@@ -504,10 +515,12 @@ class ListAdmin:
                 list=name,
             )
         key = self.key(name, tenant, campaign)
-        when = refreshed_at or datetime.now(UTC)
+        clock = clock or datetime.now(UTC)
+        self.check_refreshed_at(name, refreshed_at, clock)
+        when = refreshed_at or clock
         fields = {
             "refreshed_at": str(int(when.timestamp() * 1000)),
-            "imported_at": str(int(datetime.now(UTC).timestamp() * 1000)),
+            "imported_at": str(int(clock.timestamp() * 1000)),
             **(meta or {}),
         }
 

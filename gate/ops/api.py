@@ -740,7 +740,7 @@ class AdminApi:
         campaign = query.campaign or ""
         rule = admin.rule(name)
         admin.key(name, tenant, campaign)  # a per-campaign list without a campaign: 400
-        admin.check_refreshed_at(name, query.refreshed_at)  # consents given later: 400
+        admin.check_refreshed_at(name, query.refreshed_at)  # dated later than the clock: 400
         keep = frozenset(v.strip() for v in (query.keep or "").split(",") if v.strip())
         with tempfile.TemporaryDirectory(prefix="callgate-upload-") as spool_dir:
             path = Path(spool_dir) / "upload"

@@ -1004,3 +1004,24 @@ def test_a_command_without_its_action_points_at_its_own_help(
         cli("list")
     err = capsys.readouterr().err
     assert (2, "(see callgate list --help)\n") == (exited.value.code, err[err.index("(see") :])
+
+
+@pytest.mark.parametrize("mode", [[], ["--replace"]])
+def test_a_block_list_dated_in_the_future_is_one_error_line_and_nothing_imported(
+    cli: Run, tmp_path: Path, mode: list[str]
+) -> None:
+    """A block list's freshness checks count from its --refreshed-at: one a year ahead (a
+    typo) would pass them for a year more. Refused (exit 2, one line saying why), nothing
+    imported, the list's date unchanged."""
+    listed = tmp_path / "red.txt"
+    listed.write_text("0612345678\n0612345679\n", encoding="utf-8")
+    ahead = (datetime.now(UTC) + timedelta(days=365)).replace(microsecond=0)
+    status, out, err = cli(
+        "list", "import", "red", str(listed), *mode, "--refreshed-at", ahead.isoformat()
+    )
+    assert (2, "", 1) == (status, out, len(err.splitlines())), err
+    assert err.startswith(
+        f"callgate: error: --refreshed-at {ahead.isoformat()}: later than the gate's clock"
+    )
+    assert "the list's freshness counts from then: give the time the file was drawn" in err
+    assert (0, "0\n", "") == cli("list", "count", "red")

@@ -111,7 +111,14 @@ async def import_list(
     """Import ``numbers`` (may be empty) into ``name`` as a scrub refreshed at ``refreshed_at``."""
     entries = list(enumerate(numbers, start=1))
     await admin(gate).import_entries(
-        name, entries, tenant, "", _refuse, refreshed_at=refreshed_at, meta={"source": "test"}
+        name,
+        entries,
+        tenant,
+        "",
+        _refuse,
+        refreshed_at=refreshed_at,
+        meta={"source": "test"},
+        clock=refreshed_at,
     )
 
 

@@ -358,7 +358,7 @@ def test_the_cli_imports_exports_and_enforces_a_reassigned_list(
     ]
     exported = run(capsys, us_config, "list", "export", "reassigned")
     run(capsys, us_config, "list", "import", "national_dnc", str(empty), "--refreshed-at",
-        "2027-05-02T00:00Z")  # fmt: skip
+        "2026-11-30T00:00Z")  # fmt: skip
     run(capsys, us_config, "consent", "add", NUMBER, "--list", "tcpa_consent", "--granted-at",
         "2026-10-01T09:00-04:00")  # fmt: skip
     status, out, _ = run(
