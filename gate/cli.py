@@ -471,7 +471,10 @@ def _list_parsers(commands: Commands) -> None:
         "--refreshed-at",
         type=_when,
         metavar="TIME",
-        help="when the file was produced (a registry's or scrub's date; default now)",
+        help=(
+            "when the file was produced (a registry's or scrub's date, not later than now; "
+            "default now)"
+        ),
     )
     imp.add_argument(
         "--format",
