@@ -28,7 +28,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -130,6 +130,22 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
                 continue
             return port
     raise SandboxError("no free port found on 127.0.0.1 after 50 tries")
+
+
+@contextlib.contextmanager
+def dead_port() -> Iterator[int]:
+    """A port on 127.0.0.1 that refuses every TCP connection while the block runs.
+
+    The port stays bound (never listening) until the block ends: a port only probed free
+    can be taken meanwhile by a server the test starts, or be picked as the source port of
+    the very connection that tries it (a TCP self-connect), and then it answers.
+    """
+    holder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        holder.bind(("127.0.0.1", 0))
+        yield int(holder.getsockname()[1])
+    finally:
+        holder.close()
 
 
 def default_root() -> Path:

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import socket
@@ -15,7 +16,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from sandbox import AsteriskSandbox, SandboxFactory, free_port
+from sandbox import AsteriskSandbox, SandboxFactory, dead_port
 from sippuac import run_sipp
 
 pytestmark = pytest.mark.e2e
@@ -101,7 +102,8 @@ async def test_fastagi_sets_a_variable_the_dialplan_reads(
 
     server = await asyncio.start_server(handle, "127.0.0.1", 0)
     agi_port = int(server.sockets[0].getsockname()[1])
-    dead_port = free_port()
+    refusing = contextlib.ExitStack()
+    dead = refusing.enter_context(dead_port())
     dialplan = (
         """
 [gated]
@@ -114,7 +116,7 @@ exten => _X.,1,AGI(agi://127.0.0.1:@AGI_PORT@/check?campaign=x&tenant=y,extra)
 exten => _X.,1,AGI(agi://127.0.0.1:@DEAD_PORT@/check)
  same => n,Set(SEEN_STATUS=${AGISTATUS})
  same => n,Goto(answerer,s,1)
-""".replace("@AGI_PORT@", str(agi_port)).replace("@DEAD_PORT@", str(dead_port))
+""".replace("@AGI_PORT@", str(agi_port)).replace("@DEAD_PORT@", str(dead))
         + ANSWERER
     )
     try:
@@ -128,6 +130,7 @@ exten => _X.,1,AGI(agi://127.0.0.1:@DEAD_PORT@/check)
         finally:
             await hang_up_all(sandbox)
     finally:
+        refusing.close()
         server.close()
         await server.wait_closed()
 

@@ -7,10 +7,10 @@ ask at the same moment; the list of sentinels must stay the configured one.
 from __future__ import annotations
 
 import asyncio
+import socket
 
 from gate.store.client import Store
 from tests.conftest import make_config
-from tests.ops.test_run_ops import free_port
 from tests.sentinel.group import SERVICE, SentinelGroup
 
 
@@ -18,7 +18,9 @@ async def test_concurrent_discoveries_keep_every_sentinel(sentinel_group: Sentin
     """With the first configured sentinel down, 50 concurrent discoveries of the master all
     find it, and the list still holds each configured sentinel once (redis-py's own
     discover_master, swapping by a stale index, duplicated one and dropped another)."""
-    dead = free_port()
+    holder = socket.socket()  # bound, never listening: the port refuses for the whole test
+    holder.bind(("127.0.0.1", 0))
+    dead = int(holder.getsockname()[1])
     redis = dict(sentinel_group.redis_config)
     redis["sentinel"] = {
         **redis["sentinel"],
@@ -32,5 +34,6 @@ async def test_concurrent_discoveries_keep_every_sentinel(sentinel_group: Sentin
         ports = sorted(s.connection_pool.connection_kwargs["port"] for s in sentinels.sentinels)
     finally:
         await store.close()
+        holder.close()
     assert {("127.0.0.1", sentinel_group.master.port)} == set(found)
     assert sorted([dead, *(s.port for s in sentinel_group.sentinels)]) == ports
