@@ -1245,7 +1245,7 @@ async def _run(config: Config, args: argparse.Namespace) -> int:
     from gate.stasis.door import StasisGate
 
     stop = _stop_on_signals()
-    async with open_gate(config, records=True, supervise=True) as gate:
+    async with open_gate(config, records=True, serving=stop, supervise=True) as gate:
         await _check_store(gate)
         server = AgiServer(
             gate,
@@ -1349,7 +1349,7 @@ async def _run_worker(config: Config, role: WorkerRole) -> int:
     loop = asyncio.get_running_loop()
     disable_created_metrics()  # type: ignore[no-untyped-call]
     check_version(role, config_version(config.path), config.path)
-    async with open_gate(config, records=True) as gate:
+    async with open_gate(config, records=True, serving=stop) as gate:
         agi = config.agi
         server = AgiServer(
             gate,
@@ -1419,7 +1419,8 @@ async def _serve_workers(
 ) -> int:
     from gate.ops.operations import Operations
 
-    async with open_gate(config, records=True, supervise=True) as gate:  # the embedded Redis, once
+    # The embedded Redis, once.
+    async with open_gate(config, records=True, serving=stop, supervise=True) as gate:
         await _check_store(gate)
         # The port, held (bound, not listening) while the workers run: taken by another
         # server, it fails here, once; 0 becomes one free port, the same for every worker.

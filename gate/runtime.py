@@ -61,10 +61,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from gate.config.loader import Config
-from gate.core.errors import ConfigError, InputError, StoreError
+from gate.core.errors import ConfigError, InputError, StoreError, StoreUnavailable
 from gate.ops.audit import AuditLog
 from gate.ops.reload import config_version
-from gate.service import Gate, stop_task, wait_event
+from gate.service import Gate, cancelling, stop_task, wait_event
 from gate.store.client import Store
 from gate.store.embedded import EmbeddedRedis
 from gate.store.lifetime import end_with_parent
@@ -132,6 +132,7 @@ async def open_gate(
     deadline_s: float | None = None,
     *,
     records: bool = False,
+    serving: asyncio.Event | None = None,
     supervise: bool = False,
     writes: bool = False,
 ) -> AsyncIterator[Gate]:
@@ -140,7 +141,12 @@ async def open_gate(
     ``records``: this process records decisions, so it keeps their evidence (the audit
     writer, with ``[audit]`` enabled). ``supervise``: keep the embedded Redis running.
     ``writes`` (or ``records``): it writes data (lists, consents, events). Its keying must
-    be the data's (``check_keying``): ``InputError`` if not."""
+    be the data's (``check_keying``): ``InputError`` if not.
+
+    Redis not answering at start, the keying is compared later (``KeyingWatch``): before
+    the next decision of a process that ``records``; in the background, until it can be
+    and every ``KEYING_RECHECK_S`` after, in a ``serving`` process (its stop event). A
+    mismatch found then stops it (``serving`` is set) and is raised on the way out."""
     embedded: EmbeddedRedis | None = None
     url = config.redis.url
     if config.redis.mode == "single" and url is None:
@@ -159,10 +165,22 @@ async def open_gate(
         audit = AuditLog(store.admin_client, config.redis.namespace, config.audit)
         gate.observers.append(audit)
         audit.start()
+    watch = KeyingWatch(gate, config, stamp=writes or records, decides=records)
+    watching: asyncio.Task[None] | None = None
+    done = asyncio.Event()
     try:
-        await check_keying(gate, config, stamp=writes or records)
+        compared = await check_keying(gate, config, stamp=watch.stamp)
+        if not compared:
+            watch.pending()
+        if serving is not None:
+            watching = asyncio.create_task(
+                watch.follow(compared, done, serving), name="callgate-keying-watch"
+            )
         yield gate
     finally:
+        done.set()
+        if watching is not None:
+            await stop_task(watching, KEYING_STOP_S, "the keying watch")
         if audit is not None:
             gate.observers.remove(audit)
             await audit.close()
@@ -172,20 +190,96 @@ async def open_gate(
         await store.close()
         if embedded is not None:
             await asyncio.to_thread(embedded.stop)
+    if watch.fault is not None:
+        raise watch.fault
 
 
-async def check_keying(gate: Gate, config: Config, *, stamp: bool) -> None:
+KEYING_RETRY_S = 1.0  # a keying not compared yet (Redis not answering) is tried this often…
+KEYING_RECHECK_S = 30.0  # …and, compared, again this often (a Redis flushed or replaced)
+KEYING_STOP_S = 2.0
+
+
+class KeyingWatch:
+    """The keying comparison of a process that could not make it at start (Redis not
+    answering), or that serves long enough for its Redis to be flushed, replaced, or
+    stamped by another keying. ``decides``: its decisions wait for the comparison."""
+
+    def __init__(self, gate: Gate, config: Config, *, stamp: bool, decides: bool) -> None:
+        self.gate = gate
+        self.config = config
+        self.stamp = stamp
+        self.decides = decides
+        self.fault: InputError | None = None
+        self._lock = asyncio.Lock()
+
+    def pending(self) -> None:
+        """Not compared (Redis not answering): the next decision compares first."""
+        if self.decides:
+            self.gate.precondition = self.precondition
+
+    async def precondition(self) -> None:
+        """Before a decision (``Gate.precondition``): compare, once for all the decisions
+        waiting. ``StoreError`` while Redis does not answer; ``InputError``: a mismatch."""
+        if self.fault is not None:
+            raise self.fault
+        if self._lock.locked():  # another decision compares: this one does not queue
+            raise StoreUnavailable("the keying of the data in Redis is not compared yet")
+        async with self._lock:
+            if self.gate.precondition is not None:  # no decision compared it meanwhile
+                await self.compare(self.gate.store.deadline_s)
+
+    async def compare(self, within_s: float | None = None) -> None:
+        """Compare (and stamp); passed, decisions no longer wait for it. A mismatch is
+        kept as the fault: every decision from now on takes the fail mode."""
+        try:
+            await compare_keying(self.gate, self.config, stamp=self.stamp, within_s=within_s)
+        except InputError as exc:
+            self.fault = exc
+            self.pending()
+            raise
+        except StoreError:
+            self.pending()
+            raise
+        self.gate.precondition = None
+
+    async def follow(self, compared: bool, stop: asyncio.Event, serving: asyncio.Event) -> None:
+        """Until ``stop``: compare every ``KEYING_RETRY_S`` until Redis answers, then every
+        ``KEYING_RECHECK_S``; a mismatch is logged and stops the process (``serving``)."""
+        while not await wait_event(stop, KEYING_RECHECK_S if compared else KEYING_RETRY_S):
+            try:
+                await self.compare()
+            except StoreError:
+                if cancelling():  # a cancel the client library turned into an error
+                    raise
+                compared = False
+                continue
+            except InputError as exc:
+                log.error("%s; stopping", exc)
+                serving.set()
+                return
+            compared = True
+
+
+async def check_keying(gate: Gate, config: Config, *, stamp: bool) -> bool:
+    """``compare_keying``; False if Redis did not answer (nothing compared: the process's
+    own requests say so, ``KeyingWatch`` compares later)."""
+    try:
+        await compare_keying(gate, config, stamp=stamp)
+    except StoreError:
+        return False
+    return True
+
+
+async def compare_keying(
+    gate: Gate, config: Config, *, stamp: bool, within_s: float | None = None
+) -> None:
     """Refuse (``InputError``) a process whose number-hashing secret is not the one the data
     in Redis was written with: it would read and write other keys, silently (an opt-out
     it added never seen by the gate; the lists it checks empty to it). The first process
     that writes data stamps the fingerprint of its keying (``stamp``); every process
-    compares. Redis not answering: nothing to compare yet (the process's own requests
-    say so)."""
+    compares. ``StoreError``: Redis did not answer (within ``within_s``, if given)."""
     keyspace = gate.keyspace
-    try:
-        held = await gate.store.keying(keyspace.keying_key, keyspace.fingerprint, stamp)
-    except StoreError:
-        return
+    held = await gate.store.keying(keyspace.keying_key, keyspace.fingerprint, stamp, within_s)
     if held is None or held == keyspace.fingerprint:
         return
     key, own = keyspace.keying_key, keyspace.fingerprint

@@ -52,7 +52,7 @@ from gate.core.engine import (
     explain,
     fail_mode_decision,
 )
-from gate.core.errors import ConfigError, StoreError
+from gate.core.errors import ConfigError, InputError, StoreError
 from gate.core.evidence import Timing, evidence_for, stream_len
 from gate.core.keys import Keyspace
 from gate.core.model import Attempt, Decision, Verdict
@@ -177,6 +177,11 @@ class Gate:
     def __init__(self, config: Config, store: Store, version: str = "") -> None:
         self.store = store
         self.observers: list[DecisionObserver] = []
+        # A check the store must pass before a decision uses it, set when it could not be
+        # made at start (Redis not answering): raises ``StoreError`` while Redis does not
+        # answer, ``InputError`` when the store fails it; the decision takes the fail mode
+        # either way. Passed, the check clears it.
+        self.precondition: Callable[[], Awaitable[None]] | None = None
         self._active = _activate(config, version)
         self._failures = 0
 
@@ -253,7 +258,14 @@ class Gate:
 
     async def _run(self, pending: Plan) -> StoreResult | None:
         try:
+            if self.precondition is not None:
+                await self.precondition()
             result = await self.store.decide(pending.check)
+        except InputError as exc:  # the store is not this gate's to decide on
+            if self._failures == 0:
+                log.error("not deciding on this store, applying the fail mode: %s", exc)
+            self._failures += 1
+            return None
         except StoreError as exc:
             for observer in self.observers:
                 observer.store_failed(exc)

@@ -589,6 +589,13 @@ class AdminApi:
                     f"Content-Type {_media_type(request) or 'none'!r}: send "
                     f"{' or '.join(accepted)}",
                 )
+        if self.gate.precondition is not None and not signing_in:
+            # The store not yet known to be this gate's (gate/runtime.py ``KeyingWatch``):
+            # nothing is read or written there before it is (StoreError: a 503).
+            try:
+                await self.gate.precondition()
+            except InputError as exc:
+                return _error(503, exc.worded(wording_of(request)))
         return await handler(request)
 
     def _authenticate(self, request: web.Request) -> web.Response | None:

@@ -622,12 +622,16 @@ class Store:
         policy = info.get("maxmemory_policy")
         return None if policy is None else str(policy)
 
-    async def keying(self, key: str, fingerprint: str, stamp: bool) -> str | None:
+    async def keying(
+        self, key: str, fingerprint: str, stamp: bool, within_s: float | None = None
+    ) -> str | None:
         """The keying fingerprint the data was written with (``Keyspace.fingerprint``),
         held at ``key``; with ``stamp``, ``fingerprint`` is written there first if none is
-        (by the first process that writes data). None: none held, none written."""
+        (by the first process that writes data). None: none held, none written. Bounded
+        by ``within_s`` (a decision's deadline) or an admin command's bound."""
+        bound = max(self.deadline_s, 1.0) if within_s is None else within_s
         try:
-            async with asyncio.timeout(max(self.deadline_s, 1.0)):
+            async with asyncio.timeout(bound):
                 held = await self.admin_client.eval(_KEYING, 1, key, fingerprint, int(stamp))
         except (RedisError, OSError, TimeoutError) as exc:
             raise translate_error(exc, self.where) from exc

@@ -8,12 +8,17 @@ compare. Real ``python -m gate.cli`` processes on a real Redis.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import pytest
 import redis
 
 from tests.cli.test_cli import NUMBER, run_subprocess, sample_config
-from tests.conftest import TEST_SECRET
+from tests.conftest import TEST_SECRET, spawned_redis
 
 OTHER_SECRET = "another-secret-0123456789abcdef"
 KEYING_KEY = "callgate:{keying}"
@@ -91,3 +96,54 @@ def test_read_only_commands_compare_but_do_not_stamp(tmp_path: Path, redis_url: 
         assert stamped != client.get(KEYING_KEY)
     finally:
         client.close()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_gate_started_before_its_redis_stops_when_redis_answers_with_another_keying(
+    tmp_path: Path, workers: int
+) -> None:
+    """``run`` started while its Redis is down serves (the fail mode); when Redis answers,
+    holding data the service's secret wrote, the gate with another secret compares, stops
+    by itself and exits 2 with the one-line error; it wrote nothing. (Redis is reached
+    through a symlink made once it is ready, so the gate cannot reach it earlier.)"""
+    (tmp_path / "redis").mkdir()
+    link = tmp_path / "gate.sock"
+    other = tmp_path / "other.toml"
+    other.write_text(
+        sample_config(
+            f"unix://{link}", privacy={"secret": OTHER_SECRET}, agi={"port": 0}, http={"port": 0}
+        ),
+        encoding="utf-8",
+    )
+    log = tmp_path / "run.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CALLGATE_")}
+    with spawned_redis(tmp_path / "redis") as (url, _), log.open("wb") as sink:
+        service = tmp_path / "service.toml"
+        service.write_text(sample_config(url), encoding="utf-8")
+        assert 0 == callgate(tmp_path, service, "list", "add", "red", NUMBER)[0]
+        client = redis.Redis.from_url(url)
+        keys = sorted(client.keys("*"))
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gate.cli", "--config", str(other), "run", "--workers",
+             str(workers)],
+            cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=sink,
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 30.0
+            started = "FastAGI on" if workers == 1 else f"{workers} workers (pids"
+            while started not in log.read_text(errors="replace"):
+                assert process.poll() is None, log.read_text(errors="replace")
+                assert time.monotonic() < deadline, log.read_text(errors="replace")
+                time.sleep(0.1)
+            link.symlink_to(url.removeprefix("unix://"))
+            status = process.wait(30.0)
+            lines = log.read_text(errors="replace").strip().splitlines()
+            assert (2, True) == (status, lines[-1].startswith(
+                "callgate: error: privacy: the data in Redis was written with another keying"
+            )), lines  # fmt: skip
+            assert keys == sorted(client.keys("*"))
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait(10.0)
+            client.close()
