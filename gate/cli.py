@@ -465,6 +465,11 @@ def _list_parsers(commands: Commands) -> None:
         "--column", metavar="NAME|N", help="CSV/TSV column: a header name or a 1-based index"
     )
     imp.add_argument(
+        "--header",
+        action="store_true",
+        help="the first row is a header, not a number: skipped (implied by a column name)",
+    )
+    imp.add_argument(
         "--rejects", type=Path, metavar="FILE", help="also write rejected lines to this file"
     )
     imp.add_argument(
@@ -822,9 +827,11 @@ async def _import_numbers(
     mode: str,
     total: int,
     source: Path,
+    on_header: Callable[[int], None],
 ) -> ImportSummary:
     """``list import`` of a list of numbers (block, allow, consent) in ``args.format``, read
-    from ``source`` (``args.file``, or its copy)."""
+    from ``source`` (``args.file``, or its copy); ``on_header`` is told the line of a
+    header row skipped."""
     batches = read_batches(
         open_lines(source, digest),
         admin.rule(args.list),
@@ -832,6 +839,8 @@ async def _import_numbers(
         args.format,
         args.column,
         keep,
+        header=args.header,
+        on_header=on_header,
     )
 
     def counted(batches: Iterator[Batch]) -> Iterator[Batch]:
@@ -872,12 +881,17 @@ async def _import(admin: ListAdmin, args: argparse.Namespace, tenant: str, campa
     keep = frozenset(v.strip() for v in (args.keep or "").split(",") if v.strip())
     mode = "replace" if args.replace else "remove" if args.remove else "add"
     if rule.kind == "reassigned" and (
-        args.format != "lines" or args.column or keep or args.replace
+        args.format != "lines" or args.column or args.header or keep or args.replace
     ):
         raise InputError(
             f"list {args.list!r} is a reassigned list: its file has lines "
-            "number,disconnected_on (no --format, --column, --keep or --replace)"
+            "number,disconnected_on (no --format, --column, --header, --keep or --replace)"
         )
+    if args.header and args.format == "us-dnc":
+        raise InputError(
+            "--header: a us-dnc file has no header row; leave --header out, or give --format csv"
+        )
+    headers: list[int] = []  # the line of the header row skipped, if any
     if args.allow_empty and not args.replace:
         raise InputError("--allow-empty goes with --replace")
     try:
@@ -912,6 +926,7 @@ async def _import(admin: ListAdmin, args: argparse.Namespace, tenant: str, campa
                     mode,
                     total,
                     source,
+                    headers.append,
                 )
     except (KeyboardInterrupt, asyncio.CancelledError):
         left = {
@@ -937,9 +952,10 @@ async def _import(admin: ListAdmin, args: argparse.Namespace, tenant: str, campa
         return 0
     verb = {"add": "imported", "remove": "removed", "replace": "in the new version"}[mode]
     skipped = f", {summary.skipped} skipped (result not kept)" if summary.skipped else ""
+    header = f", header row (line {headers[0]}) skipped" if headers else ""
     print(
         f"{summary.imported} {verb}, {_plural(summary.duplicates, 'duplicate')}, "
-        f"{summary.rejected} rejected{skipped}"
+        f"{summary.rejected} rejected{skipped}{header}"
     )
     return 0
 

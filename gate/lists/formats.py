@@ -389,14 +389,21 @@ def read_entries(
     fmt: str = "lines",
     column: str | None = None,
     keep: frozenset[str] = frozenset(),
+    header: bool = False,
+    on_header: Callable[[int], None] | None = None,
 ) -> Iterator[tuple[int, str | Rejected | Skipped]]:
     """Parse a list file line by line.
 
-    - ``lines``: one number per line (``column`` given: as ``csv``).
-    - ``csv``: CSV/TSV/semicolon (sniffed), ``column`` a header name or a 1-based index.
+    - ``lines``: one number per line (``column`` or ``header`` given: as ``csv``).
+    - ``csv``: CSV/TSV/semicolon (sniffed), ``column`` a header name or a 1-based index
+      (default 1 with ``header``).
     - ``us-dnc``: the US registry's area-code files: ten digits, or "area code,number".
     - ``fr-scrub``: a French scrubbing service's return file ``Telephone;Identifiant;
       <result>``; only rows whose result is in ``keep`` are entries (others: Skipped).
+
+    A header row is no entry: the first row when ``header`` is true or ``column`` is a
+    header name, or a ``fr-scrub`` file's first row if it has no digit. ``on_header`` is
+    told its line number; only the first row is ever taken for a header.
 
     A row without column ``column`` is rejected, but the first row of numbers without it
     is an ``OptionError`` (``column_beyond``), before any entry: the number given is past
@@ -406,8 +413,10 @@ def read_entries(
         raise OptionError(
             "{format} {fmt!r}: use one of {formats}", fmt=fmt, formats=", ".join(FORMATS)
         )
-    if fmt == "lines" and column is not None:
+    if fmt == "lines" and (column is not None or header):
         fmt = "csv"
+    if fmt == "csv" and header:
+        column = column or "1"
     if fmt == "fr-scrub":
         if not keep:
             raise OptionError(
@@ -418,7 +427,7 @@ def read_entries(
     if fmt == "us-dnc":
         region = "US"
     index = None if column is None else column_number(column)
-    header_pending = fmt == "fr-scrub" or (column is not None and index is None)
+    header_pending = fmt == "fr-scrub" or (column is not None and index is None) or header
     if fmt in ("lines", "us-dnc"):
         for line_no, raw in enumerate(lines, start=1):
             entry = _plain_entry(line_no, raw, fmt, rule, region)
@@ -437,10 +446,15 @@ def read_entries(
                     )
                 index = names.index(column.lower())
                 header_pending = False
+                if on_header is not None:
+                    on_header(line_no)
                 continue  # the header row
             header_pending = False
-            if not any(c.isdigit() for c in "".join(cells)):
-                continue  # a scrub file's header row (Telephone;Identifiant;…)
+            # --header's row, or a scrub file's header row (Telephone;Identifiant;…)
+            if header or not any(c.isdigit() for c in "".join(cells)):
+                if on_header is not None:
+                    on_header(line_no)
+                continue
         assert index is not None
         if index >= len(cells):
             if first:  # a column number past the file's columns: every line would be
@@ -518,16 +532,19 @@ def read_batches(
     column: str | None = None,
     keep: frozenset[str] = frozenset(),
     size: int = BATCH_LINES,
+    header: bool = False,
+    on_header: Callable[[int], None] | None = None,
 ) -> Iterator[Batch]:
     """``read_entries`` by batches of ``size`` lines: the same numbers, rejects (with their
-    line numbers) and skips, in file order. A file opened by ``open_lines`` in a plain
-    format (``lines`` without a column, ``us-dnc``) is read in bulk instead, by blocks of
-    about ``BLOCK_BYTES`` (``parse_block``)."""
+    line numbers) and skips, in file order (a header row skipped as it does, ``on_header``
+    told). A file opened by ``open_lines`` in a plain format (``lines`` without a column
+    or header, ``us-dnc``) is read in bulk instead, by blocks of about ``BLOCK_BYTES``
+    (``parse_block``)."""
     if fmt not in FORMATS:
         raise OptionError(
             "{format} {fmt!r}: use one of {formats}", fmt=fmt, formats=", ".join(FORMATS)
         )
-    if fmt == "us-dnc" or (fmt == "lines" and column is None):
+    if fmt == "us-dnc" or (fmt == "lines" and column is None and not header):
         region = "US" if fmt == "us-dnc" else region
         if isinstance(lines, Lines) and lines.unread:
             yield from _bulk_batches(lines, rule, region, fmt)
@@ -536,7 +553,8 @@ def read_batches(
         return
     counted = _Counted(lines)
     batch, start = Batch(0), 0
-    for _line_no, entry in read_entries(counted, rule, region, fmt, column, keep):
+    entries = read_entries(counted, rule, region, fmt, column, keep, header, on_header)
+    for _line_no, entry in entries:
         if isinstance(entry, str):
             batch.numbers.append(entry)
         elif isinstance(entry, Rejected):

@@ -725,8 +725,54 @@ def test_import_csv_column_by_header_name(cli: Run, tmp_path: Path) -> None:
         encoding="utf-8",
     )
     status, out, _ = cli("list", "import", "red", str(path), "--column", "phone")
-    assert (0, "2 imported, 0 duplicates, 0 rejected\n") == (status, out)
+    assert (0, "2 imported, 0 duplicates, 0 rejected, header row (line 1) skipped\n") == (
+        status,
+        out,
+    )
     assert "listed:red" == check_json(cli, "+33612345679")["reason"]
+
+
+@pytest.mark.parametrize("column", [["--column", "2"], []], ids=["column", "no-column"])
+def test_import_csv_header_flag_skips_the_header_row(
+    cli: Run, tmp_path: Path, column: list[str]
+) -> None:
+    """``--header`` with a column number (or none: column 1) skips the first row, and the
+    summary says so; it is not counted as rejected."""
+    path = tmp_path / "contacts.csv"
+    text = "name,phone\nA,0612345678\n" if column else "phone\n0612345678\n"
+    path.write_text(text, encoding="utf-8")
+    status, out, err = cli("list", "import", "red", str(path), *column, "--header")
+    assert (0, "1 imported, 0 duplicates, 0 rejected, header row (line 1) skipped\n", "") == (
+        status,
+        out,
+        err,
+    )
+    assert "listed:red" == check_json(cli, "+33612345678")["reason"]
+
+
+def test_import_csv_header_flag_skips_only_the_first_row(cli: Run, tmp_path: Path) -> None:
+    """With ``--header`` a later row without a number is rejected, with its line: only the
+    first row (after comments and blank lines) is the header."""
+    path = tmp_path / "contacts.csv"
+    path.write_text("# export\nname,phone\nA,0612345678\nname,phone\n", encoding="utf-8")
+    status, out, err = cli("list", "import", "red", str(path), "--column", "2", "--header")
+    assert (0, "1 imported, 0 duplicates, 1 rejected, header row (line 2) skipped\n") == (
+        status,
+        out,
+    )
+    assert err.startswith(f"{path}:4: rejected: number 'phone'")
+
+
+def test_import_header_flag_refused_for_a_us_dnc_file(cli: Run, tmp_path: Path) -> None:
+    """A us-dnc file has no header: ``--header`` with it is a one-line error."""
+    path = tmp_path / "212.txt"
+    path.write_text("2125550143\n", encoding="utf-8")
+    status, _, err = cli("list", "import", "red", str(path), "--format", "us-dnc", "--header")
+    assert (
+        2,
+        "callgate: error: --header: a us-dnc file has no header row; leave --header out, or "
+        "give --format csv\n",
+    ) == (status, err)
 
 
 def test_import_csv_column_by_index_with_semicolons(cli: Run, tmp_path: Path) -> None:

@@ -426,8 +426,8 @@ def test_the_cli_tells_a_reassigned_lists_info_as_json(
 
 @pytest.mark.parametrize(
     "options",
-    [["--format", "csv"], ["--column", "1"], ["--replace"]],
-    ids=["format", "column", "replace"],
+    [["--format", "csv"], ["--column", "1"], ["--header"], ["--replace"]],
+    ids=["format", "column", "header", "replace"],
 )
 def test_the_cli_refuses_options_a_reassigned_file_does_not_take(
     capsys: pytest.CaptureFixture[str], us_config: Path, tmp_path: Path, options: list[str]
@@ -439,5 +439,5 @@ def test_the_cli_refuses_options_a_reassigned_file_does_not_take(
     assert (
         2,
         "callgate: error: list 'reassigned' is a reassigned list: its file has lines "
-        "number,disconnected_on (no --format, --column, --keep or --replace)\n",
+        "number,disconnected_on (no --format, --column, --header, --keep or --replace)\n",
     ) == (status, err)
