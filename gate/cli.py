@@ -1183,7 +1183,8 @@ def _cut_short(
 def _config_check(config: Config, args: argparse.Namespace) -> int:
     policy = config.policy
     redis = describe_redis(config)
-    print(f"{config.path}: OK")
+    # Resolved, as the paths under it are: the file checked, whatever ``..`` led to it.
+    print(f"{config.path.resolve() if config.path is not None else 'config'}: OK")
     print(f"  region {policy.default_region}, tenant {config.default_tenant}, redis {redis}")
     print(f"  state in {config.state_dir}, packs from {config.packs_dir}")
     if config.hash_numbers:

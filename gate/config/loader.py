@@ -9,7 +9,8 @@ file's own directory; without ``packs_dir`` the packs shipped with callgate are 
 state paths (``redis.data_dir``, ``privacy.secret_file``), when relative, are relative to
 ``gate.state_dir``, whose default is ``$STATE_DIRECTORY`` (set by systemd's
 ``StateDirectory=``), else ``/var/lib/callgate``: state never lands beside a config file
-in ``/etc``.
+in ``/etc``. A path the file gives is resolved (no ``..`` left in it), as commands use it
+and messages show it.
 
 Loading has one side effect, and only when asked (``create_secret``, what ``run`` and the
 admin commands do): a missing ``privacy.secret_file`` is created with a random secret.
@@ -757,8 +758,8 @@ def _data_dir(reader: Reader, state_dir: Path) -> Path:
     the state directory itself or one above it: the server makes its directory and every
     file in it private, and writes its data there, beside the secret file."""
     given = str(reader.get("data_dir", str, "redis"))
-    data_dir = state_dir / given
-    if Path(os.path.normpath(state_dir)).is_relative_to(os.path.normpath(data_dir)):
+    data_dir = _under(state_dir, given)
+    if state_dir.resolve().is_relative_to(data_dir):  # both resolved: through any symlink
         raise reader.fail(
             "data_dir",
             f"{given!r} is the state directory {state_dir} or one above it; give the embedded "
@@ -809,7 +810,7 @@ def _file(reader: Reader, base: Path, key: str) -> Path | None:
     value = reader.get(key, str, None)
     if value is None:
         return None
-    path: Path = base / str(value)
+    path = _under(base, str(value))
     if not path.is_file():
         raise reader.fail(key, f"{path} is not a file")
     return path
@@ -898,10 +899,17 @@ class _GateSection:
     open_tenants: bool
 
 
+def _under(base: Path, given: str) -> Path:
+    """Path ``given`` of the config, relative to ``base`` (as is if absolute), resolved as
+    the file's own directory is: what commands use and messages show, without the ``..``
+    of ``state_dir = "../var"`` (``config check`` showed ``/etc/callgate/../var``)."""
+    return (base / given).resolve()
+
+
 def _state_dir(reader: Reader, base: Path) -> Path:
     given = str(reader.get("state_dir", str, ""))
     if given:
-        return base / given
+        return _under(base, given)
     from_systemd = os.environ.get(STATE_DIRECTORY_ENV, "").split(":")[0]
     return Path(from_systemd) if from_systemd else DEFAULT_STATE_DIR
 
@@ -928,7 +936,7 @@ def _gate(reader: Reader, base: Path) -> _GateSection:
         region=region,
         default_tenant=reader.ident("default_tenant", "default"),
         pack_names=tuple(str(n) for n in reader.get("packs", list, [])),
-        packs_dir=base / packs_dir if packs_dir else PACKS_DIR,
+        packs_dir=_under(base, packs_dir) if packs_dir else PACKS_DIR,
         state_dir=_state_dir(reader, base),
         tenants=frozenset(tenants),
         open_tenants=bool(reader.get("open_tenants", bool, False)),
@@ -986,7 +994,7 @@ def parse_config(
     privacy = root.table("privacy")
     hash_numbers = bool(privacy.get("hash_numbers", bool, True))
     secret_name = privacy.get("secret_file", str, None)
-    secret_file = gate.state_dir / secret_name if secret_name else None
+    secret_file = _under(gate.state_dir, secret_name) if secret_name else None
     secret, secret_from = _secret(privacy, secret_file, hash_numbers, create_secret)
     policy = _policy(root, gate, origin, check_holidays)
     root.done()

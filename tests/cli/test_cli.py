@@ -622,6 +622,27 @@ def test_config_check_accepts_the_sample_config(cli: Run, monkeypatch: pytest.Mo
     assert "  packs: fr 2026.12.2 (BL, FR, GF, GP, MF, MQ, PM, RE, YT)" in out.splitlines()
 
 
+def test_config_check_shows_paths_resolved(
+    cli: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A config reached through ``..``, whose state_dir is ``../var`` (the sample's), is
+    shown with every path resolved: no ``..`` left."""
+    monkeypatch.setenv("CALLGATE_SECRET", TEST_SECRET)
+    (tmp_path / "etc").mkdir()
+    text = sample_config(None, gate={"state_dir": "../var", "packs_dir": "./packs/.."})
+    (tmp_path / "etc" / "callgate.toml").write_text(text, encoding="utf-8")
+    given = tmp_path / "etc" / ".." / "etc" / "callgate.toml"
+    status, out, err = cli("config", "check", config=given)
+    assert (0, "") == (status, err)
+    var = tmp_path.resolve() / "var"
+    assert [
+        f"{tmp_path.resolve() / 'etc' / 'callgate.toml'}: OK",
+        f"  state in {var}, packs from {tmp_path.resolve() / 'etc'}",
+    ] == [out.splitlines()[0], out.splitlines()[2]]
+    assert f"data in {var / 'redis'}" in out.splitlines()[1]
+    assert ".." not in out
+
+
 # --- list import ------------------------------------------------------------------------
 
 IMPORT_LINES = [

@@ -365,6 +365,36 @@ def test_the_embedded_redis_data_dir_is_below_the_state_dir(tmp_path: Path) -> N
     assert (tmp_path / "state" / "redis", tmp_path / "srv") == (default, elsewhere)
 
 
+def test_config_paths_are_resolved(tmp_path: Path) -> None:
+    """A relative state_dir, packs_dir or secret_file is resolved: no ``..`` in what
+    commands use and messages show."""
+    data = {
+        "gate": {"state_dir": "../var", "packs_dir": "packs/../packs"},
+        "privacy": {"secret_file": "keys/../callgate.secret"},
+    }
+    config = parse_config(data, "cg.toml", tmp_path / "etc")
+    var = tmp_path.resolve() / "var"
+    assert (var, tmp_path.resolve() / "etc" / "packs", var / "callgate.secret", var / "redis") == (
+        config.state_dir,
+        config.packs_dir,
+        config.secret_file,
+        config.redis.data_dir,
+    )
+
+
+def test_a_data_dir_through_a_symlinked_state_dir_is_still_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``data_dir = "."`` under a state directory reached through a symlink (systemd's
+    $STATE_DIRECTORY) is still the state directory: refused."""
+    (tmp_path / "real").mkdir()
+    (tmp_path / "state").symlink_to(tmp_path / "real")
+    monkeypatch.setenv("STATE_DIRECTORY", str(tmp_path / "state"))
+    data = {"redis": {"data_dir": "."}, "privacy": {"secret": "s" * 20}}
+    with pytest.raises(ConfigError, match=r"redis\.data_dir: '\.' is the state directory"):
+        parse_config(data, "cg.toml", tmp_path)
+
+
 def test_cluster_mode_keeps_its_seed_nodes(tmp_path: Path) -> None:
     """``[redis] mode = "cluster"`` with seed nodes: the config carries them, no url."""
     config = parse_config(
