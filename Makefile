@@ -3,22 +3,33 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# The runtime install (callgate and its dependencies), then the test tools on top.
+# The runtime install (callgate and its dependencies), then the test tools on top; or the
+# build tools alone (a wheel).
 RUNTIME := $(VENV)/.runtime
 STAMP := $(VENV)/.installed
+BUILD := $(VENV)/.build-tools
+# pyproject.toml's [build-system] requires: what `make wheel` builds with (no build
+# isolation: nothing fetched while building).
+BUILD_REQUIRES := 'setuptools>=68' wheel
 
 .PHONY: run test lint unit sandbox bench wheel clean bytecode
 
-$(RUNTIME): setup.cfg pyproject.toml
+$(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "callgate needs Python 3.11 or newer (set PYTHON=python3.11)")'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
+
+$(RUNTIME): $(BIN)/python setup.cfg pyproject.toml
 	$(BIN)/python -m pip install -q -e .
 	touch $(RUNTIME)
 
 $(STAMP): $(RUNTIME)
 	$(BIN)/python -m pip install -q -e '.[test]'
 	touch $(STAMP)
+
+$(BUILD): $(BIN)/python pyproject.toml
+	$(BIN)/python -m pip install -q $(BUILD_REQUIRES)
+	touch $(BUILD)
 
 ## bytecode: compile callgate's modules (as pip does for a wheel), so that no process
 ## compiles them at its start (a Python run with PYTHONDONTWRITEBYTECODE never caches
@@ -52,8 +63,9 @@ sandbox:
 bench: $(STAMP)
 	$(BIN)/python bench/decide.py
 
-## wheel: build dist/callgate-*.whl (the packs, sample config and dialplan include inside)
-wheel: $(STAMP)
+## wheel: build dist/callgate-*.whl (the packs, sample config and dialplan include inside);
+## installs the build tools only
+wheel: $(BUILD)
 	$(BIN)/python -m pip wheel -q --no-deps --no-build-isolation -w dist .
 
 clean:

@@ -14,12 +14,14 @@ import asyncio
 import importlib.util
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
 import sys
 import sysconfig
 import tempfile
+import tomllib
 import urllib.request
 import zipfile
 from collections.abc import Iterator
@@ -265,6 +267,19 @@ def test_make_run_installs_no_test_tools() -> None:
     dry_test = run("make", "-n", "test", "VENV=/nonexistent/venv", cwd=ROOT)
     installs = re.findall(r"pip install -q -e (\S+)", dry_run.stdout)
     assert (["."], True) == (installs, "-e '.[test]'" in dry_test.stdout)
+
+
+def test_make_wheel_installs_the_build_tools_only() -> None:
+    """`make wheel` installs pyproject.toml's build requirements, and neither callgate's
+    dependencies nor the test tools."""
+    dry_wheel = run("make", "-n", "wheel", "VENV=/nonexistent/venv", cwd=ROOT).stdout
+    build = tomllib.loads((ROOT / "pyproject.toml").read_text())["build-system"]["requires"]
+    installs = [
+        shlex.split(line.split("pip install -q ", 1)[1])
+        for line in dry_wheel.splitlines()
+        if "pip install -q " in line and "--upgrade pip" not in line
+    ]
+    assert ([build], False) == (installs, "-e" in dry_wheel)
 
 
 def _compiled(source: Path) -> bool:
