@@ -11,6 +11,10 @@ BUILD := $(VENV)/.build-tools
 # pyproject.toml's [build-system] requires: what `make wheel` builds with (no build
 # isolation: nothing fetched while building).
 BUILD_REQUIRES := 'setuptools>=68' wheel
+# setuptools warns of "folders in your working directory with the same name as your
+# package" on every editable install, and pip -q passes a build backend's warnings on:
+# not callgate's output. Errors and other warnings still show.
+EDITABLE := PYTHONWARNINGS='ignore:Editable installation' $(BIN)/python -m pip install -q -e
 
 .PHONY: run test lint unit sandbox bench wheel clean bytecode
 
@@ -20,11 +24,11 @@ $(BIN)/python:
 	$(BIN)/python -m pip install -q --upgrade pip
 
 $(RUNTIME): $(BIN)/python setup.cfg pyproject.toml
-	$(BIN)/python -m pip install -q -e .
+	$(EDITABLE) .
 	touch $(RUNTIME)
 
 $(STAMP): $(RUNTIME)
-	$(BIN)/python -m pip install -q -e '.[test]'
+	$(EDITABLE) '.[test]'
 	touch $(STAMP)
 
 $(BUILD): $(BIN)/python pyproject.toml

@@ -271,8 +271,10 @@ def test_make_run_installs_no_test_tools() -> None:
 
 def test_make_wheel_installs_the_build_tools_only() -> None:
     """`make wheel` installs pyproject.toml's build requirements, and neither callgate's
-    dependencies nor the test tools."""
+    dependencies nor the test tools; `make run` keeps setuptools' editable-install
+    warning out of its output."""
     dry_wheel = run("make", "-n", "wheel", "VENV=/nonexistent/venv", cwd=ROOT).stdout
+    dry_run = run("make", "-n", "run", "VENV=/nonexistent/venv", cwd=ROOT).stdout
     build = tomllib.loads((ROOT / "pyproject.toml").read_text())["build-system"]["requires"]
     installs = [
         shlex.split(line.split("pip install -q ", 1)[1])
@@ -280,6 +282,7 @@ def test_make_wheel_installs_the_build_tools_only() -> None:
         if "pip install -q " in line and "--upgrade pip" not in line
     ]
     assert ([build], False) == (installs, "-e" in dry_wheel)
+    assert "PYTHONWARNINGS='ignore:Editable installation' " in dry_run
 
 
 def _compiled(source: Path) -> bool:
