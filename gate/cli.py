@@ -1575,7 +1575,10 @@ def _terminated(signum: int, frame: FrameType | None) -> None:
     first = not _TERMINATED
     _TERMINATED.append(signum)
     interrupt = signal.getsignal(signal.SIGINT)
-    if callable(interrupt):
+    # Not Python's own (before the command's loop): its KeyboardInterrupt, raised in
+    # whatever runs (a weakref callback of the import machinery, where Python prints and
+    # ignores it), could be lost, and the command ran on.
+    if callable(interrupt) and interrupt is not signal.default_int_handler:
         interrupt(signum, frame)  # asyncio.Runner's: cancels the main task first
     elif first and _MAIN_TASK and not _MAIN_TASK[0].done():
         task = _MAIN_TASK[0]

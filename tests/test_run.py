@@ -23,6 +23,8 @@ from gate.runtime import InstanceLock
 from tests.conftest import SAMPLE_CONFIG
 
 STARTUP_DEADLINE_S = 20.0
+# A command's stop: its embedded Redis gets 10 s to stop, then is killed (10 s more).
+STOP_DEADLINE_S = 30.0
 
 
 async def agi_check(port: int, extension: str) -> dict[str, str]:
@@ -235,10 +237,52 @@ def test_another_command_under_nohup_lives_on_after_sighups(tmp_path: Path) -> N
         time.sleep(1.0)
         alive = process.poll() is None
         process.terminate()
-        code = process.wait(STARTUP_DEADLINE_S)
+        code = _ended_within(process, STOP_DEADLINE_S, tmp_path)
         assert process.stderr is not None
         said = process.stderr.read()  # what it said, should it have ended early
     assert (True, -signal.SIGTERM) == (alive, code), said
+
+
+def test_a_sigterm_before_the_command_runs_is_never_lost() -> None:
+    """SIGTERM to a command still starting (reading its config, importing: Python's own
+    Ctrl-C handler in place) is SIGTERM's own action. It was a KeyboardInterrupt raised
+    wherever the process was, and in a weakref callback of the import machinery Python
+    prints and ignores it: the command ran on (``audit tail -f``, for ever)."""
+    script = (
+        "import os, signal, time, weakref\n"
+        "from gate import cli\n"
+        "signal.signal(signal.SIGTERM, cli._terminated)  # as cli.main does\n"
+        "class Module: pass\n"
+        "held = Module()\n"
+        "def callback(_):  # where the import machinery's module locks go\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)  # its handler runs in this callback\n"
+        "ref = weakref.ref(held, callback)\n"
+        "del held\n"
+        "time.sleep(3)\n"
+        "print('ran on')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert (-signal.SIGTERM, "") == (done.returncode, done.stdout), done.stderr
+
+
+def _ended_within(process: subprocess.Popen[str], seconds: float, state: Path) -> int:
+    """``process``'s status once it ends, within ``seconds``; else fail with what it was
+    doing (its Python stacks, by py-spy) and the end of its embedded Redis's log."""
+    try:
+        return process.wait(seconds)
+    except subprocess.TimeoutExpired:
+        spy = Path(sys.executable).with_name("py-spy")
+        dump = subprocess.run(
+            [str(spy), "dump", "--pid", str(process.pid)],
+            capture_output=True, text=True, timeout=30, check=False,
+        )  # fmt: skip
+        logs = "".join(p.read_text(errors="replace")[-2000:] for p in state.rglob("redis.log"))
+        pytest.fail(
+            f"still running {seconds:g} s after SIGTERM:\n{dump.stdout}{dump.stderr}\n"
+            f"embedded Redis log:\n{logs}"
+        )
 
 
 def _free_port() -> int:

@@ -27,17 +27,22 @@ routes decisions over) a ``Store`` uses, and reports which node answers. Guarant
   carry credentials; ``username``/``password`` of ``[redis]`` win over them.
 - Admin commands get their own pool (or cluster client) with long timeouts (list imports,
   exports, audit).
+- A cancel is never lost in a command's send (``cancel_safe_sends``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Iterable
+import sys
+import types
+from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import redis.asyncio as aioredis
+import redis.asyncio.connection as redis_connection
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import BlockingConnectionPool, ConnectionPool
 from redis.asyncio.retry import Retry
@@ -68,6 +73,36 @@ SENTINEL_READ_TIMEOUT_S = 2.0
 CLUSTER_ADMIN_RETRIES = 3
 # Connections per cluster node beyond the decisions' pool_size (PING of /readyz).
 PING_CONNECTIONS = 2
+
+
+class _Asyncio(types.ModuleType):
+    """``asyncio`` as redis-py's connection module sees it, but for ``wait_for``."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(asyncio, name)
+
+    @staticmethod
+    async def wait_for(awaitable: Awaitable[Any], within_s: float | None) -> Any:
+        """Python 3.12's ``wait_for`` (called with the timeout as its second argument):
+        ``awaitable`` under ``asyncio.timeout``."""
+        async with asyncio.timeout(within_s):
+            return await awaitable
+
+
+def cancel_safe_sends() -> None:
+    """Python 3.11's ``asyncio.wait_for`` returns the result of an operation that is done
+    when a cancel reaches it, and the cancel is lost (python/cpython#86296; 3.12 builds
+    it on ``asyncio.timeout`` and has not the flaw). redis-py sends every command under it
+    when a socket timeout is set, as callgate's connections have: a cancel requested while
+    a command was being prepared (a signal handler runs inside the task: SIGTERM to
+    ``callgate audit tail -f``) was taken at the send and lost, and the command ran on,
+    deaf to it. On 3.11 redis-py's connection module gets the ``wait_for`` of 3.12."""
+    namespace = vars(redis_connection)
+    if sys.version_info < (3, 12) and not isinstance(namespace["asyncio"], _Asyncio):
+        namespace["asyncio"] = _Asyncio("asyncio")
+
+
+cancel_safe_sends()
 
 
 def no_retry() -> Retry:
