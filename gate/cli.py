@@ -947,6 +947,7 @@ async def _import(admin: ListAdmin, args: argparse.Namespace, tenant: str, campa
             "skipped": summary.skipped,
             "lines": total,
             "mode": mode,
+            "header_line": headers[0] if headers else None,  # the header row skipped
         }
         print(json.dumps(counts))
         return 0

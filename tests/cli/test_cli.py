@@ -769,6 +769,11 @@ def test_import_csv_header_flag_skips_the_header_row(
         err,
     )
     assert "listed:red" == check_json(cli, "+33612345678")["reason"]
+    status, out, _ = cli("list", "import", "red", str(path), *column, "--header", "--json")
+    summary = json.loads(out)
+    assert (0, 1, 0, 2) == (status, summary["header_line"], summary["rejected"], summary["lines"])
+    status, out, _ = cli("list", "import", "red", str(path), *column, "--json")
+    assert None is json.loads(out)["header_line"]  # no --header: no row was a header
 
 
 def test_import_csv_header_flag_skips_only_the_first_row(cli: Run, tmp_path: Path) -> None:
