@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import struct
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -11,6 +12,7 @@ import hiredis
 import pytest
 import redis
 
+from gate.core.engine import CheckKind, Plan
 from gate.core.model import Attempt, TrafficClass, Verdict
 from gate.lists.admin import ListAdmin
 from gate.service import Gate
@@ -469,3 +471,119 @@ async def test_batched_decisions_run_only_as_far_as_their_verdict(
     await gate.store.decide_many(checks[:1])
     assert {"hmget": 1, "sismember": 2, "get": 2} == whole_commands
     assert {"hmget": 1, "sismember": 1} == _commands(sync_redis)
+
+
+def cap_log(gate: Gate, cap: str = "fr-4-per-30d") -> str:
+    """The attempt log of NUMBER (+33612345678) for tenant-scoped cap ``cap``, tenant
+    default."""
+    number = gate.keyspace.number("+33612345678")
+    return f"{gate.keyspace.prefix(number.group)}cap:{cap}:t:default:{number.token}"
+
+
+def spoil(sync_redis: redis.Redis, key: str, how: str) -> object:
+    """Replace the attempt log at ``key`` with a value callgate did not write; returns
+    what ``snapshot`` reads of it."""
+    sync_redis.delete(key)
+    if how == "hash":  # a key of another type: GET answers WRONGTYPE
+        sync_redis.hset(key, "field", "value")
+    elif how == "garbage":  # 7 bytes: not a whole number of doubles
+        sync_redis.set(key, b"garbage")
+    else:  # 15 bytes ending with a double, now's
+        sync_redis.set(key, b"garbage" + struct.pack(">d", int(T0.timestamp() * 1000)))
+    return snapshot(sync_redis, key)
+
+
+def snapshot(sync_redis: redis.Redis, key: str) -> object:
+    if sync_redis.type(key) == b"hash":
+        return sync_redis.hgetall(key)
+    return sync_redis.get(key)
+
+
+UNREADABLE = ["garbage", "garbage+now", "hash"]
+
+
+@pytest.mark.parametrize("how", UNREADABLE)
+@pytest.mark.parametrize("traffic_class", [TrafficClass.CAMPAIGN, TrafficClass.MANUAL])
+async def test_an_unreadable_attempt_log_is_a_log_at_its_limit(
+    redis_url: str,
+    sync_redis: redis.Redis,
+    caplog: pytest.LogCaptureFixture,
+    how: str,
+    traffic_class: TrafficClass,
+) -> None:
+    """An attempt log callgate did not write (not a whole number of doubles, or a key of
+    another type) is a log at its limit made now: the cap DEFERs for a whole window, the
+    log is left as it is, nothing is counted. Not a script error: not the fail mode (an
+    ALLOW for manual calls here: the cap would be skipped), no "store unavailable"."""
+    config = make_config({"fail_mode": {"campaign": "DEFER", "manual": "ALLOW"}})
+    store = Store(redis_url, 1.0)
+    gate = Gate(config, store)
+    try:
+        for minutes in (0, 1):
+            at = T0 - timedelta(days=1, minutes=minutes)
+            earlier = await gate.decide(attempt(at=at), record=True, door="cli")
+            assert Verdict.ALLOW == earlier.verdict
+        key = cap_log(gate)
+        before = spoil(sync_redis, key, how)
+        with caplog.at_level(logging.INFO, logger="callgate"):
+            evaluation = await gate.evaluate(
+                attempt(traffic_class=traffic_class), record=True, door="cli"
+            )
+    finally:
+        await store.close()
+    decision = evaluation.decision
+    assert (Verdict.DEFER, "cap:fr-4-per-30d", 30 * 86400.0) == (
+        decision.verdict,
+        decision.reason,
+        decision.retry_after_s,
+    )
+    assert isinstance(evaluation.pending, Plan)
+    assert evaluation.result is not None
+    seen = zip(evaluation.pending.check.checks, evaluation.result.results, strict=True)
+    assert [4] == [n for c, n in seen if c.kind is CheckKind.ATTEMPT_LOG]  # 4 of 4
+    assert before == snapshot(sync_redis, key)
+    assert [] == [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+@pytest.mark.parametrize("how", UNREADABLE)
+async def test_other_checks_still_decide_beside_an_unreadable_attempt_log(
+    gate: Gate, sync_redis: redis.Redis, how: str
+) -> None:
+    """A block list still BLOCKs (a BLOCK wins over the cap's DEFER); delisted, the
+    number is DEFERred by its unreadable log."""
+    await gate.decide(attempt(at=T0 - timedelta(days=1)), record=True, door="cli")
+    spoil(sync_redis, cap_log(gate), how)
+    await admin(gate).add("red", [NUMBER], "default", "")
+    listed = await gate.decide(attempt(), record=True, door="cli")
+    await admin(gate).remove("red", [NUMBER], "default", "")
+    delisted = await gate.decide(attempt(), record=True, door="cli")
+    assert [(Verdict.BLOCK, "listed:red"), (Verdict.DEFER, "cap:fr-4-per-30d")] == [
+        (d.verdict, d.reason) for d in (listed, delisted)
+    ]
+
+
+@pytest.mark.parametrize("how", UNREADABLE)
+async def test_an_unreadable_shadow_attempt_log_is_reported_never_written(
+    redis_url: str, sync_redis: redis.Redis, how: str
+) -> None:
+    """A shadow cap's unreadable log: the shadow cap is reported reached, the call ALLOWed
+    and counted in the other caps' logs, the unreadable one left as it is."""
+    config = make_config(
+        {
+            "caps": [
+                {"id": "fr-4-per-30d", "limit": 4, "window": "30d", "scope": "tenant"},
+                {"id": "s", "limit": 2, "window": "1d", "scope": "tenant", "shadow": True},
+            ]
+        }
+    )
+    store = Store(redis_url, 1.0)
+    gate = Gate(config, store)
+    try:
+        await gate.decide(attempt(at=T0 - timedelta(hours=1)), record=True, door="cli")
+        before = spoil(sync_redis, cap_log(gate, "s"), how)
+        decision = await gate.decide(attempt(), record=True, door="cli")
+    finally:
+        await store.close()
+    assert (Verdict.ALLOW, ("cap:s",)) == (decision.verdict, decision.shadow)
+    assert before == snapshot(sync_redis, cap_log(gate, "s"))
+    assert 2 * 8 == sync_redis.strlen(cap_log(gate))

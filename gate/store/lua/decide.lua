@@ -103,7 +103,11 @@
 -- unreadable cool-off marker counts as an event now (the whole cool-off: R sees the
 -- period), an unreadable consent as none (C and H see 0), an unreadable reassigned
 -- entry as a consent void (D sees 1 when there is a consent to judge). The writers
--- (mark_max.lua, hash_max.lua, a consent import) replace such a value.
+-- (mark_max.lua, hash_max.lua, a consent import) replace such a value. An unreadable
+-- attempt log (a STRING whose length is not a multiple of 8, or a key of another type)
+-- counts as a log at its limit made now: L sees `limit` and DEFERs a whole window; it
+-- is never written (nothing here replaces it: it holds the number until it expires or
+-- is deleted).
 -- A real attempt is never dropped whatever now_ms is sent: entries of a log whose window
 -- is a minute or more are removed only once they left the window by the clock of the
 -- attempt AND by Redis's own clock (TIME), so an attempt dated in the future erases
@@ -111,7 +115,8 @@
 -- to a few seconds); entries "from the future" (a gate whose clock runs ahead, within
 -- that skew) are kept and counted.
 
-local call, unpack, tonumber, floor = redis.call, unpack, tonumber, math.floor
+local call, try_call = redis.call, redis.pcall
+local unpack, tonumber, floor = unpack, tonumber, math.floor
 local pack, unpack_struct, concat = struct.pack, struct.unpack, table.concat
 
 -- A minute of a campaign's call counts (calls.lua) counts until it has wholly left the window.
@@ -308,15 +313,22 @@ for d = 1, tonumber(ARGV[1]) do
       local limit, window = v[p + 2], v[p + 3]
       if not stale then
         local key = KEYS[v[p + 1]]
-        local raw = call("GET", key) or ""
-        local n = #raw / 8
-        local first = first_after(raw, n, now - window)
-        seen = n - first + 1
-        logs = logs or {}
-        logs[i] = {key, raw, n, limit, window, first}
-        if seen >= limit then
-          decides = true
-          wait = unpack_struct(">d", raw, (first + seen - limit) * 8 - 7) + window - now
+        -- An error reply (a key of another type: WRONGTYPE) is a table: unreadable.
+        local raw = try_call("GET", key) or ""
+        if type(raw) ~= "string" or #raw % 8 ~= 0 then
+          -- Unreadable: a log at its limit, as if all of it were now (a whole window);
+          -- not in `logs`: never written here.
+          seen, decides, wait = limit, true, window
+        else
+          local n = #raw / 8
+          local first = first_after(raw, n, now - window)
+          seen = n - first + 1
+          logs = logs or {}
+          logs[i] = {key, raw, n, limit, window, first}
+          if seen >= limit then
+            decides = true
+            wait = unpack_struct(">d", raw, (first + seen - limit) * 8 - 7) + window - now
+          end
         end
       end
       p = p + 4
