@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import struct
 import time
 from collections import Counter
 from datetime import UTC, datetime
@@ -23,6 +24,7 @@ import pytest
 import redis
 
 from gate.config.loader import Config, RedisConfig
+from gate.core.engine import Plan
 from gate.core.model import Attempt, Verdict
 from gate.ops.audit import read_range
 from gate.service import Evaluation, Gate
@@ -218,3 +220,69 @@ async def test_an_allow_undone_after_a_hang_up_is_logged_as_such(
         "a recorded decision to undo (its call never went out) had run in Redis (allowed); "
         "undone: its audit entry removed, 1 attempt(s) uncounted"
     ] == [r.getMessage() for r in caplog.records if "undo" in r.getMessage()]
+
+
+def spoiled(sync_redis: redis.Redis, key: bytes | str, how: str, now_ms: int) -> object:
+    """Replace the attempt log at ``key`` with a value callgate did not write (``how``:
+    a HASH, 7 bytes, or 15 bytes ending with now_ms packed as a log entry); returns it."""
+    sync_redis.delete(key)
+    if how == "hash":
+        sync_redis.hset(key, "field", "value")
+        return sync_redis.hgetall(key)
+    value = b"garbage" + (struct.pack(">d", now_ms) if how == "garbage+now" else b"")
+    sync_redis.set(key, value)
+    return value
+
+
+def value_of(sync_redis: redis.Redis, key: bytes | str) -> object:
+    return sync_redis.hgetall(key) if sync_redis.type(key) == b"hash" else sync_redis.get(key)
+
+
+UNREADABLE = ["garbage", "garbage+now", "hash"]
+
+
+@pytest.mark.parametrize("how", UNREADABLE)
+async def test_an_undo_leaves_an_unreadable_attempt_log_alone(
+    redis_url: str, sync_redis: redis.Redis, how: str
+) -> None:
+    """An ALLOW undone while one of its attempt logs was replaced by a value callgate did
+    not write: the void leaves that value as it is (no script error), and still deletes
+    the audit entry and uncounts the attempt from the other log."""
+    config = make_config(
+        {
+            "caps": [
+                {"id": "a", "limit": 4, "window": "30d", "scope": "tenant"},
+                {"id": "b", "limit": 4, "window": "30d", "scope": "tenant"},
+            ]
+        }
+    )
+    store = Store(redis_url, 1.0)
+    gate = Gate(config, store)
+    try:
+        evaluation = await gate.evaluate(attempt(), record=True, door="agi")
+        assert isinstance(evaluation.pending, Plan)
+        now_ms = evaluation.pending.check.now_ms
+        logs = sorted(k for k in sync_redis.keys("*") if b":cap:" in k)
+        assert 2 == len(logs)
+        spoilt = [spoiled(sync_redis, key, how, now_ms) for key in logs[:1]]
+        gate.undo(evaluation)
+        await settled(store, "undone")
+        left = await verdicts(store)
+    finally:
+        await store.close()
+    assert {"undone": 1} == dict(getattr(store, "voids", {}))
+    assert Counter() == left
+    assert [spoilt[0], None] == [value_of(sync_redis, key) for key in logs]
+
+
+@pytest.mark.parametrize("how", UNREADABLE)
+def test_a_release_leaves_an_unreadable_attempt_log_alone(
+    sync_redis: redis.Redis, how: str
+) -> None:
+    """release.lua (a CPS reservation given back) on a log callgate did not write: 0,
+    nothing changed, no script error."""
+    now_ms = int(datetime.now(UTC).timestamp() * 1000)
+    key = "callgate:{cps:carrier-a}"
+    value = spoiled(sync_redis, key, how, now_ms)
+    released = sync_redis.eval(load_script("release.lua"), 1, key, now_ms)
+    assert (0, value) == (released, value_of(sync_redis, key))

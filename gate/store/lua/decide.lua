@@ -107,7 +107,7 @@
 -- attempt log (a STRING whose length is not a multiple of 8, or a key of another type)
 -- counts as a log at its limit made now: L sees `limit` and DEFERs a whole window; it
 -- is never written (nothing here replaces it: it holds the number until it expires or
--- is deleted).
+-- is deleted), and void.lua and release.lua leave it alone.
 -- A real attempt is never dropped whatever now_ms is sent: entries of a log whose window
 -- is a minute or more are removed only once they left the window by the clock of the
 -- attempt AND by Redis's own clock (TIME), so an attempt dated in the future erases

@@ -5,10 +5,12 @@
 -- ARGV[1]   now_ms, the time the reservation was made with
 --
 -- Removes one entry equal to now_ms, keeping the log's expiry. Returns 1 if one was
--- removed, 0 if none was there (the log expired meanwhile).
+-- removed, 0 if none was there (the log expired meanwhile). A log callgate did not write
+-- (a STRING whose length is not a multiple of 8, a key of another type) is left as it
+-- is: 0 (decide.lua reserves nothing in such a log).
 
-local raw = redis.call("GET", KEYS[1])
-if not raw then
+local raw = redis.pcall("GET", KEYS[1])
+if type(raw) ~= "string" or #raw % 8 ~= 0 then
   return 0
 end
 local now = tonumber(ARGV[1])

@@ -25,10 +25,11 @@ local call = redis.call
 local head, now = ARGV[1], tonumber(ARGV[2])
 
 -- Remove one entry equal to now from the log at `key` (the newest such, searched from the
--- end); 1 if one was removed.
+-- end); 1 if one was removed. A log callgate did not write (a STRING whose length is not
+-- a multiple of 8, a key of another type) is left as it is: 0.
 local function uncount(key)
-  local raw = call("GET", key)
-  if not raw then
+  local raw = redis.pcall("GET", key)
+  if type(raw) ~= "string" or #raw % 8 ~= 0 then
     return 0
   end
   for j = #raw / 8, 1, -1 do
