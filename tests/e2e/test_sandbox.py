@@ -124,8 +124,8 @@ exten => _X.,1,AGI(agi://127.0.0.1:@DEAD_PORT@/check)
         channel_id = await sandbox.originate_local(NUMBER, "gated")
         dead_id = await sandbox.originate_local(NUMBER, "gated-dead")
         try:
-            # Both at once: each channel lives 10 s after its AGI (the answerer), and ARI says
-            # the same 404 for a channel gone as for a variable unset.
+            # Both at once: each channel lives 10 s after its AGI (the answerer); neither
+            # read waits on the other.
             statuses = await asyncio.gather(
                 poll_var(sandbox, channel_id, "SEEN_STATUS", "SUCCESS"),
                 poll_var(sandbox, dead_id, "SEEN_STATUS", "FAILURE"),
