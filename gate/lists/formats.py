@@ -21,6 +21,9 @@ Guarantees:
   line (the event loop of ``callgate run`` waits as long), stay bounded.
 - A zip file whose central directory is over ``MAX_ZIP_DIRECTORY_BYTES`` (about 10 000
   members) is an ``InputError`` before ``zipfile`` reads it (whole, an object per member).
+- A file that cannot be decompressed (corrupt gzip or zip data, a zip member encrypted or
+  compressed by a method Python cannot read) is an ``InputError`` naming it, never another
+  exception (``_UNREADABLE``).
 - A file that can be read only once (a pipe, a FIFO, ``/dev/stdin``, a shell's ``<(…)``)
   is copied whole into a private temporary file first (``rereadable``), so counting its
   lines, probing its format and reading it all see the same bytes; at most
@@ -35,11 +38,13 @@ import csv
 import gzip
 import hashlib
 import io
+import lzma
 import re
 import stat
 import struct
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import cache, partial
@@ -906,6 +911,46 @@ def _zip_directory_bytes(archive: IO[bytes]) -> int | None:
     return int(_ZIP64_EOCD.unpack(data)[8])
 
 
+# What reading a file may raise when its bytes cannot be read or decompressed: corrupt
+# deflate data in a gzip or zip file is zlib.error, corrupt LZMA data in a zip member
+# lzma.LZMAError (a corrupt bzip2 member is an OSError), neither an OSError.
+_UNREADABLE = (OSError, zipfile.BadZipFile, EOFError, zlib.error, lzma.LZMAError)
+# The zip compression methods zipfile reads (any other: NotImplementedError on open).
+_ZIP_METHODS = {
+    zipfile.ZIP_STORED: "stored",
+    zipfile.ZIP_DEFLATED: "deflate",
+    zipfile.ZIP_BZIP2: "bzip2",
+    zipfile.ZIP_LZMA: "lzma",
+}
+
+
+def _zip_member_error(name: str, info: zipfile.ZipInfo) -> InputError | None:
+    """Why zip member ``info`` of file ``name`` cannot be read (None: it can): encrypted
+    (zipfile raises RuntimeError), or compressed by another method (NotImplementedError)."""
+    if info.flag_bits & 0x1:
+        return InputError(
+            f"{name}: zip member {info.filename!r} is encrypted: zip it again without a password"
+        )
+    if info.compress_type not in _ZIP_METHODS:
+        return InputError(
+            f"{name}: zip member {info.filename!r} is compressed by method "
+            f"{info.compress_type}, which callgate cannot read: zip it again with "
+            f"{', '.join(_ZIP_METHODS.values())} (or send it as plain text or gzip)"
+        )
+    return None
+
+
+def _cannot_read(name: str, exc: Exception) -> InputError:
+    """The error of file ``name`` whose reading raised ``exc`` (one of ``_UNREADABLE``)."""
+    if isinstance(exc, zlib.error | lzma.LZMAError):
+        return InputError(
+            f"{name}: cannot read: its compressed data is corrupt ({exc}): compress the "
+            "file again, or send it uncompressed"
+        )
+    detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    return InputError(f"{name}: cannot read: {detail}")
+
+
 def _streams(path: Path, name: str) -> Generator[IO[bytes], None, None]:
     with path.open("rb") as probe:
         magic = probe.read(4)
@@ -923,6 +968,8 @@ def _streams(path: Path, name: str) -> Generator[IO[bytes], None, None]:
         with zipfile.ZipFile(path) as archive:
             for info in archive.infolist():
                 if not info.is_dir():
+                    if (error := _zip_member_error(name, info)) is not None:
+                        raise error
                     with archive.open(info) as member:
                         yield member
         return
@@ -1006,9 +1053,8 @@ def _byte_blocks(
                 yield offset, buffer[:cut]
                 offset += cut
                 carry = buffer[cut:]
-    except (OSError, zipfile.BadZipFile, EOFError) as exc:
-        detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise InputError(f"{name}: cannot read: {detail}") from exc
+    except _UNREADABLE as exc:
+        raise _cannot_read(name, exc) from exc
 
 
 def _text_lines(path: Path, digest: Digest | None, name: str) -> Generator[str, None, None]:
@@ -1032,9 +1078,8 @@ def _text_lines(path: Path, digest: Digest | None, name: str) -> Generator[str, 
                     yield line
             except UnicodeDecodeError as exc:  # its start is in a chunk read ahead
                 raise _first_not_utf8(path, name, member, first) from exc
-    except (OSError, zipfile.BadZipFile, EOFError) as exc:
-        detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise InputError(f"{name}: cannot read: {detail}") from exc
+    except _UNREADABLE as exc:
+        raise _cannot_read(name, exc) from exc
 
 
 def _not_utf8(name: str, head: bytes, line_no: int, reason: str, at: int) -> InputError:
@@ -1158,6 +1203,6 @@ def count_lines(path: Path, name: str | None = None, max_bytes: int | None = Non
                 last = chunk[-1:]
             if last not in (b"", b"\n", b"\r"):
                 total += 1
-    except (OSError, zipfile.BadZipFile, EOFError) as exc:
-        raise InputError(f"{path if name is None else name}: cannot read: {exc}") from exc
+    except _UNREADABLE as exc:
+        raise _cannot_read(str(path) if name is None else name, exc) from exc
     return total

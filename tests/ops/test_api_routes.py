@@ -7,6 +7,7 @@ import gzip
 import io
 import json
 import resource
+import zipfile
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -249,6 +250,79 @@ async def test_an_unreadable_upload_is_named_the_upload_not_by_a_server_path(
     _, body, _ = await upload(served, path, data, content_type)
     message = body["error"] if isinstance(body, dict) else body[-1]["why"]
     assert (True, False) == (message.startswith(error), "callgate-upload-" in message), message
+
+
+def _zip_of(lines: bytes, method: int = zipfile.ZIP_DEFLATED, flags: int = 0) -> bytes:
+    """A zip of one member ``a.txt`` holding ``lines``; ``method`` and ``flags`` written
+    into its headers afterwards (as another zip tool would: deflate64, encryption)."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as archive:
+        archive.writestr("a.txt", lines)
+    data = bytearray(out.getvalue())
+    central = data.rfind(b"PK\x01\x02")
+    for flag_at, method_at in ((6, 8), (central + 8, central + 10)):
+        data[flag_at] |= flags
+        data[method_at : method_at + 2] = method.to_bytes(2, "little")
+    return bytes(data)
+
+
+def _corrupt(data: bytes, start: int) -> bytes:
+    """``data`` with 20 bytes from ``start`` inverted (compressed data no longer valid)."""
+    return data[:start] + bytes(b ^ 0xFF for b in data[start : start + 20]) + data[start + 20 :]
+
+
+def _deflated_zip(lines: bytes) -> bytes:
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("a.txt", lines)
+    return out.getvalue()
+
+
+LINES = b"0699001122\n0699001123\n" * 100
+
+
+@pytest.mark.parametrize("path", ["/v1/lists/red/import", "/v1/scrub/file"])
+@pytest.mark.parametrize(
+    ("data", "content_type", "error"),
+    [
+        (
+            _corrupt(gzip.compress(LINES), 20),
+            "application/gzip",
+            "the upload: cannot read: its compressed data is corrupt (Error -3 while "
+            "decompressing data: invalid distance too far back): compress the file again, "
+            "or send it uncompressed",
+        ),
+        (
+            _corrupt(_deflated_zip(LINES), 40),
+            "application/zip",
+            "the upload: cannot read: its compressed data is corrupt (Error -3 while "
+            "decompressing data: invalid distance too far back): compress the file again, "
+            "or send it uncompressed",
+        ),
+        (
+            _zip_of(LINES, flags=0x1),
+            "application/zip",
+            "the upload: zip member 'a.txt' is encrypted: zip it again without a password",
+        ),
+        (
+            _zip_of(LINES, method=9),
+            "application/zip",
+            "the upload: zip member 'a.txt' is compressed by method 9, which callgate "
+            "cannot read: zip it again with stored, deflate, bzip2, lzma (or send it as "
+            "plain text or gzip)",
+        ),
+    ],
+    ids=["gzip-corrupt", "zip-corrupt", "zip-encrypted", "zip-deflate64"],
+)
+async def test_an_upload_that_cannot_be_decompressed_is_400_saying_why(
+    served: Served, path: str, data: bytes, content_type: str, error: str
+) -> None:
+    """Corrupt deflate data (zlib.error), an encrypted zip member (RuntimeError) or one
+    compressed by a method zipfile cannot read (NotImplementedError, e.g. Windows'
+    deflate64): a 400 naming the upload and what to do, not a 500; nothing imported."""
+    status, body, _ = await upload(served, path, data, content_type)
+    assert (400, {"error": error}) == (status, body)
+    assert 0 == (await served.get("/v1/lists/red"))[1]["entries"]
 
 
 @pytest.mark.parametrize("path", ["/v1/lists/red/import", "/v1/scrub/file"])
