@@ -933,8 +933,20 @@ def _probe(
         lines.close()
 
 
+def _unreadable_body(exc: web.RequestPayloadError) -> str:
+    """The one line of a request body aiohttp could not decode (its cause's message, e.g.
+    "Can not decode content-encoding: gzip")."""
+    cause = exc.__cause__
+    detail = " ".join(str(getattr(cause, "message", None) or exc).split())
+    return (
+        f"the request body cannot be read ({detail}): send it again without a "
+        "Content-Encoding, or with the one its bytes are in"
+    )
+
+
 async def _body_chunks(request: web.Request) -> AsyncIterator[bytes]:
-    """The request body as it arrives; 408 once nothing has come for ``BODY_IDLE_S``."""
+    """The request body as it arrives; 408 once nothing has come for ``BODY_IDLE_S``; 400
+    if it cannot be decoded (corrupt data under its ``Content-Encoding``)."""
     for _ in range(1 << 62):  # bounded by the body: readany() returns b"" at its end
         try:
             async with asyncio.timeout(BODY_IDLE_S):
@@ -943,6 +955,10 @@ async def _body_chunks(request: web.Request) -> AsyncIterator[bytes]:
             raise RequestError(
                 408, f"the request body stalled: nothing came for {BODY_IDLE_S:g} s"
             ) from None
+        except web.RequestPayloadError as exc:
+            # Bytes that are not what the request's Content-Encoding says (corrupt gzip
+            # or deflate data): aiohttp's payload parser refused them.
+            raise RequestError(400, _unreadable_body(exc)) from None
         if not chunk:
             return
         yield chunk

@@ -145,6 +145,31 @@ async def test_deeply_nested_json_is_400_not_500(served: Served) -> None:
 
 
 @pytest.mark.parametrize(
+    ("path", "content_type", "encoding"),
+    [
+        ("/v1/lists/red/remove", "application/json", "gzip"),
+        ("/v1/lists/red/import", "text/csv", "gzip"),
+        ("/v1/scrub/file", "text/csv", "deflate"),
+    ],
+)
+async def test_a_body_that_is_not_in_its_content_encoding_is_400_not_500(
+    served: Served, path: str, content_type: str, encoding: str
+) -> None:
+    """A body sent with ``Content-Encoding: gzip`` (or deflate) whose bytes are not
+    (aiohttp's parser refuses them while the handler reads): a 400 naming the encoding
+    and what to do, not a 500; the opt-out it tried to remove stays."""
+    await served.post("/v1/lists/red/add", {"numbers": [LISTED]})
+    headers = {**AUTH, "Content-Type": content_type, "Content-Encoding": encoding}
+    status, body = await raw_post(served, path, b"\x1f\x8bnot gzip at all", headers)
+    assert (
+        400,
+        f"the request body cannot be read (Can not decode content-encoding: {encoding}): "
+        "send it again without a Content-Encoding, or with the one its bytes are in",
+    ) == (status, body["error"])
+    assert 1 == await red_entries(served)
+
+
+@pytest.mark.parametrize(
     "when", ["9999-12-31T23:59:59-01:00", "0001-01-01T00:00:00+01:00", "2300-01-01T00:00:00Z"]
 )
 async def test_a_time_out_of_range_is_400_not_500(served: Served, when: str) -> None:
