@@ -6,6 +6,7 @@ window, the rate falls back; ``min_live_calls``; other campaigns and agents unaf
 
 from __future__ import annotations
 
+import logging
 import struct
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -16,6 +17,7 @@ import pytest
 import redis
 
 from gate.config.loader import Config
+from gate.core.engine import CheckKind, Plan
 from gate.core.model import Attempt, TrafficClass
 from gate.lists.admin import EventRecord
 from gate.service import Gate
@@ -283,3 +285,122 @@ async def test_call_counts_keep_minutes_in_order_and_drop_those_gone(
     # The key lives until its newest minute has left the window (by the caller's clock);
     # the caller's clock is in the future, so Redis counts the TTL from now.
     assert window_ms + 60_000 - 1_000 < ttl <= window_ms + 60_000
+
+
+# --- counts callgate did not write --------------------------------------------------------
+
+
+def counts_key(gate: Gate, campaign: str = "spring") -> str:
+    (rule,) = gate.config.policy.packs[0].abandon_ceilings
+    key = gate.keyspace.ceiling_key(rule, TENANT, campaign)
+    assert key is not None
+    return key
+
+
+def entry(at: datetime, live: float = 1.0, abandoned: float = 1.0) -> bytes:
+    return struct.pack(">ddd", int(at.timestamp() * 1000), live, abandoned)
+
+
+# Values at a campaign's counts key that callgate did not write: a key of another type
+# (GETRANGE and GET answer WRONGTYPE), and STRINGs whose length is not 16 + 24k: under the
+# totals' 16 bytes (7, 15), a whole entry and 7 bytes more (47: read at once), and 40
+# minutes over the ceiling then 5 bytes (the value ends inside an entry of the second
+# chunk read).
+UNREADABLE = ["7 bytes", "15 bytes", "47 bytes", "past the first read", "hash"]
+
+
+def spoil(client: redis.Redis, key: str, how: str) -> object:
+    """Put a value callgate did not write at ``key``; returns what ``snapshot`` reads."""
+    client.delete(key)
+    if how == "hash":
+        client.hset(key, "live", "10")
+    elif how == "7 bytes":
+        client.set(key, b"garbage")
+    elif how == "15 bytes":
+        client.set(key, struct.pack(">dd", 10, 5)[:15])
+    elif how == "47 bytes":
+        client.set(key, struct.pack(">dd", 10, 5) + entry(T0, 10, 5) + b"garbage")
+    else:
+        minutes = b"".join(entry(T0 + i * MINUTE) for i in range(40))
+        client.set(key, struct.pack(">dd", 40, 40) + minutes + b"extra")
+    return snapshot(client, key)
+
+
+def snapshot(client: redis.Redis, key: str) -> object:
+    if client.type(key) == b"hash":
+        return client.hgetall(key)
+    return client.get(key), client.pttl(key)
+
+
+@pytest.mark.parametrize("how", UNREADABLE)
+@pytest.mark.parametrize("fail_mode", ["DEFER", "ALLOW"])
+async def test_unreadable_counts_are_over_the_ceiling_for_a_whole_window(
+    open_gate: Callable[[Config], Gate],
+    redis_url: str,
+    caplog: pytest.LogCaptureFixture,
+    how: str,
+    fail_mode: str,
+) -> None:
+    """Counts callgate did not write: the campaign is over its ceiling for a whole window
+    (the check sees the window), the value is left as it is. Not a script error: not the
+    fail mode (with an ALLOW fail mode the ceiling would be skipped), no warning."""
+    config = pack_config(["uk"], "GB", fail_mode={"campaign": fail_mode})
+    gate = await screened(open_gate(config))
+    client = redis.Redis.from_url(redis_url)
+    try:
+        key = counts_key(gate)
+        before = spoil(client, key, how)
+        with caplog.at_level(logging.INFO, logger="callgate"):
+            evaluation = await gate.evaluate(call(T0 + timedelta(hours=1)), record=True, door="cli")
+        after = snapshot(client, key)
+    finally:
+        client.close()
+    assert ("DEFER", RULE, 24 * 3600.0) == outcome(evaluation.decision)
+    assert isinstance(evaluation.pending, Plan)
+    assert evaluation.result is not None
+    seen = zip(evaluation.pending.check.checks, evaluation.result.results, strict=True)
+    assert [24 * 3600 * 1000] == [n for c, n in seen if c.kind is CheckKind.ABANDON_RATE]
+    assert before == after
+    assert [] == [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+@pytest.mark.parametrize("how", UNREADABLE)
+async def test_a_red_list_still_blocks_beside_unreadable_counts(
+    gate: Gate, redis_url: str, how: str
+) -> None:
+    """The other checks of the decision still run: a red-listed number is BLOCKed (a BLOCK
+    wins over the ceiling's DEFER); delisted, the unreadable counts DEFER it."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        spoil(client, counts_key(gate), how)
+    finally:
+        client.close()
+    lists = admin(gate)
+    await lists.add("red", [CALLED], TENANT, "")
+    listed = await decide(gate, T0 + MINUTE)
+    await lists.remove("red", [CALLED], TENANT, "")
+    assert [("BLOCK", "listed:red", None), ("DEFER", RULE, 24 * 3600.0)] == [
+        listed,
+        await decide(gate, T0 + MINUTE),
+    ]
+
+
+@pytest.mark.parametrize("how", UNREADABLE)
+async def test_a_shadow_ceiling_reports_unreadable_counts_as_over_it(
+    open_gate: Callable[[Config], Gate], tmp_path: Path, redis_url: str, how: str
+) -> None:
+    """A shadow ceiling whose counts callgate did not write: the call is ALLOWed, the
+    ceiling reported in ``shadow`` (it would DEFER), the value left as it is."""
+    packs = uk_pack_with(tmp_path, "shadow = true\n")
+    gate = await screened(open_gate(pack_config(["uk"], "GB", packs_dir=packs)))
+    client = redis.Redis.from_url(redis_url)
+    try:
+        key = counts_key(gate)
+        before = spoil(client, key, how)
+        decision = await gate.decide(call(T0 + MINUTE), record=True, door="cli")
+        after = snapshot(client, key)
+    finally:
+        client.close()
+    assert (("ALLOW", "allowed", None), (RULE,)) == (outcome(decision), decision.shadow)
+    assert before == after
+

@@ -55,7 +55,7 @@
 --                        nobody's customer or consenter).
 --       Q k:H ceiling_ppm:d window:d min_live:d
 --                        abandoned-call ceiling: KEYS[k] (a STRING, written only by
---                        calls.lua, never here) holds a campaign's calls per minute:
+--                        call_counts.lua, never here) holds a campaign's calls per minute:
 --                        packed big-endian doubles, the totals (live, abandoned) then one
 --                        (minute_ms, live, abandoned) per minute in time order. A minute
 --                        counts while any of it is inside the window: minute_ms + 60000 +
@@ -63,7 +63,8 @@
 --                        ceiling_ppm * live, until the oldest minutes leaving the window
 --                        (with no new calls) bring it back under: sees that wait (ms), 0
 --                        when under. Read from the oldest minute, CHUNK at a time
---                        (GETRANGE), only as far as the answer needs.
+--                        (GETRANGE), only as far as the answer needs. Unreadable counts
+--                        (see below) see the window: over the ceiling.
 --       X seen:d limit:d retry:d
 --                        shared state read (a CPS log: and reserved) by a call of its own
 --                        in its own slot: DEFER (retry ms) when seen >= limit.
@@ -107,7 +108,9 @@
 -- attempt log (a STRING whose length is not a multiple of 8, or a key of another type)
 -- counts as a log at its limit made now: L sees `limit` and DEFERs a whole window; it
 -- is never written (nothing here replaces it: it holds the number until it expires or
--- is deleted), and void.lua and release.lua leave it alone.
+-- is deleted), and void.lua and release.lua leave it alone. Unreadable call counts (a
+-- key of another type, or a STRING whose length is not 16 + 24k) count as over the
+-- ceiling: Q sees the window and DEFERs a whole window; nothing here writes them.
 -- A real attempt is never dropped whatever now_ms is sent: entries of a log whose window
 -- is a minute or more are removed only once they left the window by the clock of the
 -- attempt AND by Redis's own clock (TIME), so an attempt dated in the future erases
@@ -119,7 +122,8 @@ local call, try_call = redis.call, redis.pcall
 local unpack, tonumber, floor = unpack, tonumber, math.floor
 local pack, unpack_struct, concat = struct.pack, struct.unpack, table.concat
 
--- A minute of a campaign's call counts (calls.lua) counts until it has wholly left the window.
+-- A minute of a campaign's call counts (call_counts.lua) counts until it has wholly left
+-- the window.
 local MINUTE_MS = 60000
 
 -- Minutes of call counts read at a time: a campaign's whole day is some 35 KB, but a
@@ -127,12 +131,25 @@ local MINUTE_MS = 60000
 local CHUNK = 32
 
 -- The wait (ms) until a campaign's call counts at `key` (see Q) fall back under the
--- ceiling at `now`, with no new calls; 0 when under it (or no counts).
+-- ceiling at `now`, with no new calls; 0 when under it (or no counts); nil when the value
+-- there is not callgate's: a key of another type (WRONGTYPE), or a STRING whose length is
+-- not 16 + 24k. The length is judged by what GETRANGE returns (no STRLEN, a command more
+-- per decision): a read shorter than asked ends the value, so the totals and every chunk
+-- read must be whole; bytes past where the answer stops reading are not looked at.
 local function ceiling_wait(key, now, ppm, window, min_live)
   local want = 16 + 24 * CHUNK
-  local raw = call("GETRANGE", key, 0, want - 1)
-  if #raw < 16 then
-    return 0
+  -- An error reply (a key of another type: WRONGTYPE) is a table: unreadable.
+  local raw = try_call("GETRANGE", key, 0, want - 1)
+  if type(raw) ~= "string" then
+    return nil
+  end
+  if #raw < want then
+    if #raw == 0 then -- no counts (an empty STRING reads alike: it holds none)
+      return 0
+    end
+    if (#raw - 16) % 24 ~= 0 then -- also any length under 16 (Lua's % is never negative)
+      return nil
+    end
   end
   local live, abandoned = unpack_struct(">dd", raw)
   local function over()
@@ -148,6 +165,9 @@ local function ceiling_wait(key, now, ppm, window, min_live)
       read, at, more = read + #raw, 1, #raw == 24 * CHUNK
       if #raw == 0 then
         break
+      end
+      if #raw % 24 ~= 0 then -- the value ends inside an entry
+        return nil
       end
     end
     local minute, l, a = unpack_struct(">ddd", raw, at)
@@ -345,7 +365,8 @@ for d = 1, tonumber(ARGV[1]) do
       p = p + 3
     elseif kind == 81 then -- Q
       if not stale then
-        seen = ceiling_wait(KEYS[v[p + 1]], now, v[p + 2], v[p + 3], v[p + 4])
+        -- Unreadable: over the ceiling, as if all of it were now (a whole window).
+        seen = ceiling_wait(KEYS[v[p + 1]], now, v[p + 2], v[p + 3], v[p + 4]) or v[p + 3]
       end
       decides, wait = seen > 0, seen
       p = p + 5
