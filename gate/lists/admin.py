@@ -24,7 +24,9 @@ Guarantees:
   abandoned-call ceilings of its campaign (``call_counts.lua``). An event has happened:
   one dated later than the clock (beyond ``RECORD_SKEW_S``) is refused, and one too old
   for a rule (its cool-off over, its minute out of the ceiling's window) is not recorded
-  under that rule but named in ``EventRecord.expired``.
+  under that rule but named in ``EventRecord.expired``. Counts callgate did not write (a
+  key of another type, a value of another length: decide.lua DEFERs the calls they
+  govern) are left as they are: an ``InputError`` names the key, to delete.
 - While a replacement's switch is unfinished (under way, or cut off by a failover: some slot
   groups decide with the new version, the directory still names the one before) ``info``
   says so (``switch_note``) and ``export`` refuses: the version it would read is not the
@@ -643,8 +645,10 @@ class ListAdmin:
         Its ``rules`` empty means no enabled pack has a rule for this event and number, or
         that ``at`` is too long ago for each of them (``expired``); ``at`` later than the
         clock by more than ``RECORD_SKEW_S`` is refused (an ``InputError``: it would hold
-        the number's calls back until that date). ``now`` is the clock (callers placing
-        events at fixed dates, such as tests, pass their own)."""
+        the number's calls back until that date), and so is a ceiling's counts key holding
+        a value callgate did not write (it is left as it is; the error names it, to delete).
+        ``now`` is the clock (callers placing events at fixed dates, such as tests, pass
+        their own)."""
         if event not in EVENTS:
             raise InputError(f"unknown event {event!r}; use {', '.join(EVENTS)}")
         clock = now or datetime.now(UTC)
@@ -706,6 +710,7 @@ class ListAdmin:
         if event == "refusal":
             return record
         abandoned = 1 if event == "abandoned" else 0
+        counted: list[str] = []
         for ceiling in (r for pack in packs for r in pack.abandon_ceilings):
             if not applies(ceiling):
                 continue
@@ -720,9 +725,38 @@ class ListAdmin:
                 continue
             # An abandoned call is a live call too (answered by a person): both counts.
             args = [at_ms, clock_ms, window_ms, 1, abandoned]
-            await self.store.run_scripts(CALL_COUNTS, [([counts], args)])
+            (totals,) = await self.store.run_scripts(CALL_COUNTS, [([counts], args)])
+            if totals is None:  # a value callgate did not write: left as it is
+                raise _unreadable_counts(event, ceiling, counts, tenant, campaign, counted)
             record.rules.append(ceiling.id)
+            counted.append(ceiling.id)
         return record
+
+
+def _unreadable_counts(
+    event: str,
+    ceiling: AbandonCeilingRule,
+    key: str,
+    tenant: str,
+    campaign: str,
+    counted: list[str],
+) -> InputError:
+    """call_counts.lua found a value callgate did not write at ``key``, the counts of
+    ``ceiling`` (decide.lua DEFERs the calls it governs while it is there): one line, what
+    and what to do. ``counted``: the ceilings the call was counted toward before it."""
+    whose = f"tenant {tenant!r}" if ceiling.scope == "tenant" else f"campaign {campaign!r}"
+    if counted:
+        what = (
+            f"delete that key (the call was counted toward {', '.join(counted)}: recording "
+            "it again would count it twice there)"
+        )
+    else:
+        what = f"delete that key, then record the {event} call again"
+    return InputError(
+        f"{ceiling.id}: the value at Redis key {key} (the abandoned-call counts of {whose}) "
+        f"was not written by callgate: the {event} call was not counted toward it, and the "
+        f"calls it governs are deferred while it is there; {what}"
+    )
 
 
 def unrecorded(event: str, number: str, record: EventRecord) -> InputError | None:

@@ -18,6 +18,7 @@ import redis
 
 from gate.config.loader import Config
 from gate.core.engine import CheckKind, Plan
+from gate.core.errors import InputError
 from gate.core.model import Attempt, TrafficClass
 from gate.lists.admin import EventRecord
 from gate.service import Gate
@@ -404,3 +405,32 @@ async def test_a_shadow_ceiling_reports_unreadable_counts_as_over_it(
     assert (("ALLOW", "allowed", None), (RULE,)) == (outcome(decision), decision.shadow)
     assert before == after
 
+
+@pytest.mark.parametrize("how", ["7 bytes", "15 bytes", "47 bytes", "hash"])
+async def test_a_call_is_not_counted_in_unreadable_counts(
+    gate: Gate, redis_url: str, how: str
+) -> None:
+    """``record_event`` (every door's): the value is left as it is and the caller gets one
+    line naming the rule, the key, the campaign and what to do; once the key is deleted,
+    the same event is counted."""
+    client = redis.Redis.from_url(redis_url)
+    key = counts_key(gate)
+    try:
+        before = spoil(client, key, how)
+        with pytest.raises(InputError) as refused:
+            await admin(gate).record_event("answered", lead(1), TENANT, T0, T0, "spring")
+        after = snapshot(client, key)
+        client.delete(key)
+        again = await admin(gate).record_event("answered", lead(1), TENANT, T0, T0, "spring")
+        counted = counts(client.get(key) or b"")
+    finally:
+        client.close()
+    assert (
+        f"uk-ofcom-abandoned-3pct: the value at Redis key {key} (the abandoned-call counts "
+        "of campaign 'spring') was not written by callgate: the answered call was not "
+        "counted toward it, and the calls it governs are deferred while it is there; delete "
+        "that key, then record the answered call again"
+    ) == str(refused.value)
+    assert before == after
+    assert ["uk-ofcom-abandoned-3pct"] == again.rules
+    assert ((1.0, 0.0), [(float(T0.timestamp() * 1000), 1.0, 0.0)]) == counted

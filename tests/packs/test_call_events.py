@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
 from agi.server import AgiServer
 from gate.config.loader import Config
@@ -298,3 +299,96 @@ async def test_the_agi_routes_record_answered_and_abandoned_calls_of_a_campaign(
         variables["CALLGATE_E164"],
         over_the_ceiling(float(variables["CALLGATE_RETRY_AFTER"])),
     )
+
+
+# --- counts callgate did not write, through every door -------------------------------------
+
+COUNTS_KEY = f"callgate:{{abandon:{RULE}:c:default:spring}}"
+# A value callgate did not write at the campaign's counts key: 7 bytes, 15 bytes (under
+# the totals' 16; any length not 16 + 24k), a key of another type.
+UNREADABLE = ["7 bytes", "15 bytes", "hash"]
+
+
+def spoil(redis_url: str, how: str) -> object:
+    """Put a value callgate did not write at ``COUNTS_KEY``; what ``snapshot`` reads."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        client.delete(COUNTS_KEY)
+        if how == "hash":
+            client.hset(COUNTS_KEY, "live", "10")
+        else:
+            client.set(COUNTS_KEY, b"garbage" if how == "7 bytes" else b"garbage-garbage")
+    finally:
+        client.close()
+    return snapshot(redis_url)
+
+
+def snapshot(redis_url: str) -> object:
+    client = redis.Redis.from_url(redis_url)
+    try:
+        if client.type(COUNTS_KEY) == b"hash":
+            return client.hgetall(COUNTS_KEY)
+        return client.get(COUNTS_KEY)
+    finally:
+        client.close()
+
+
+def refused(event: str) -> str:
+    """What every door says of an ``event`` call not counted in unreadable counts."""
+    return (
+        f"{RULE}: the value at Redis key {COUNTS_KEY} (the abandoned-call counts of campaign "
+        f"'spring') was not written by callgate: the {event} call was not counted toward it, "
+        f"and the calls it governs are deferred while it is there; delete that key, then "
+        f"record the {event} call again"
+    )
+
+
+@pytest.mark.parametrize("how", UNREADABLE)
+def test_the_cli_refuses_to_count_a_call_in_counts_it_did_not_write(
+    capsys: pytest.CaptureFixture[str], uk_config: Path, redis_url: str, how: str
+) -> None:
+    """``answered`` and ``abandoned`` with unreadable counts: exit 2, one line naming the
+    rule, the key and the campaign and saying to delete the key (no traceback, no Redis
+    error); the value is left as it is."""
+    before = spoil(redis_url, how)
+    answered = run(capsys, uk_config, "answered", "02079460001", "--campaign", "spring")
+    abandoned = run(capsys, uk_config, "abandoned", "02079460002", "--campaign", "spring")
+    assert [
+        (2, "", f"callgate: error: {refused('answered')}\n"),
+        (2, "", f"callgate: error: {refused('abandoned')}\n"),
+    ] == [answered, abandoned]
+    assert before == snapshot(redis_url)
+
+
+@pytest.mark.parametrize("how", UNREADABLE)
+async def test_the_api_refuses_to_count_a_call_in_counts_it_did_not_write(
+    uk_served: Served, redis_url: str, how: str
+) -> None:
+    """POST /v1/events/answered with unreadable counts: 400, the line as the CLI says it
+    (not a 503 "Redis answered with an error", not a 500); the value left as it is; the
+    campaign's next call DEFERs abandon_rate for the whole window."""
+    before = spoil(redis_url, how)
+    answered = await uk_served.post(
+        "/v1/events/answered", {"number": "02079460001", "campaign": "spring"}
+    )
+    _, checked = await uk_served.post(
+        "/v1/check", {"number": CALLED, "campaign": "spring", "caller_id": CALLER_ID}
+    )
+    assert (400, {"error": refused("answered")}) == answered
+    assert before == snapshot(redis_url)
+    assert ("DEFER", f"abandon_rate:{RULE}", DAY_S) == (
+        checked["verdict"],
+        checked["reason"],
+        checked["retry_after_s"],
+    )
+
+
+async def test_the_agi_route_refuses_to_count_a_call_in_counts_it_did_not_write(
+    uk_agi: AgiServer, redis_url: str
+) -> None:
+    """The FastAGI ``answered`` route with unreadable counts: an ERROR the dialplan sees
+    (``answered_failed:InputError``), the value left as it is."""
+    before = spoil(redis_url, "hash")
+    answered = await agi_call(uk_agi.port, "answered?tenant=default&campaign=spring", "02079460001")
+    assert answer("ERROR", "answered_failed:InputError") == answered.variables
+    assert before == snapshot(redis_url)

@@ -14,7 +14,10 @@
 --
 -- A minute counts while any of it is inside the window (minute_ms + 60000 + window >
 -- now), as decide.lua reads it. A call whose minute has already left the window is not
--- counted. Replies {live, abandoned}: the totals now in the window.
+-- counted. Replies {live, abandoned}: the totals now in the window; or nil, nothing
+-- written, when KEYS[1] holds a value callgate did not write (a key of another type, or
+-- a STRING whose length is not 16 + 24k: decide.lua counts it as over the ceiling): the
+-- caller says so (gate/lists/admin.py). An empty STRING holds no counts: replaced.
 
 local MINUTE_MS = 60000
 local unpack_struct, pack = struct.unpack, struct.pack
@@ -22,9 +25,14 @@ local key = KEYS[1]
 local at, now, window = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local add_live, add_abandoned = tonumber(ARGV[4]), tonumber(ARGV[5])
 
-local raw = redis.call("GET", key)
+-- An error reply (a key of another type: WRONGTYPE) is a table: unreadable.
+local raw = redis.pcall("GET", key)
+-- (Lua's % is never negative: a length under 16 but 0 is not 16 + 24k either.)
+if raw and (type(raw) ~= "string" or (#raw > 0 and (#raw - 16) % 24 ~= 0)) then
+  return false
+end
 local live, abandoned, body = 0, 0, ""
-if raw then
+if raw and #raw > 0 then
   live, abandoned = unpack_struct(">dd", raw)
   body = string.sub(raw, 17)
 end

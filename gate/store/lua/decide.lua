@@ -110,7 +110,8 @@
 -- is never written (nothing here replaces it: it holds the number until it expires or
 -- is deleted), and void.lua and release.lua leave it alone. Unreadable call counts (a
 -- key of another type, or a STRING whose length is not 16 + 24k) count as over the
--- ceiling: Q sees the window and DEFERs a whole window; nothing here writes them.
+-- ceiling: Q sees the window and DEFERs a whole window; nothing here writes them, and
+-- call_counts.lua refuses to count a call in them (the caller says to delete the key).
 -- A real attempt is never dropped whatever now_ms is sent: entries of a log whose window
 -- is a minute or more are removed only once they left the window by the clock of the
 -- attempt AND by Redis's own clock (TIME), so an attempt dated in the future erases
