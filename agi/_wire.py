@@ -76,7 +76,8 @@ class AgiReply:
 
 
 class HeaderOverflow(Exception):
-    """A request's header block broke a limit (a line too long, or too many lines)."""
+    """A request's header block broke a limit (a line too long, too many lines, or too many
+    bytes in all)."""
 
 
 class _Reader(Protocol):
@@ -134,25 +135,27 @@ class SocketStream:
         self._buffer += data
         return bool(data)
 
-    async def read_headers(self, max_lines: int) -> list[bytes] | None:
+    async def read_headers(self, max_lines: int, max_bytes: int) -> list[bytes] | None:
         """The lines of the header block up to its blank line (None: EOF before it).
 
-        Raises ``HeaderOverflow`` as soon as a line is longer than the limit or there are
-        more than ``max_lines`` lines; whatever follows the blank line stays buffered."""
+        Raises ``HeaderOverflow`` as soon as a line is longer than the limit, there are
+        more than ``max_lines`` lines, or the block (its blank line included) is longer than
+        ``max_bytes``: what a connection holds while its block comes is bounded, whatever
+        the peer sends. Whatever follows the blank line stays buffered."""
         buffer = self._buffer
         if not buffer and not await self._fill(soon=True):
             return None
         # The usual case, whole in the first receive: "\n"-ended lines, no blank one before
         # the end, none too long, not too many: split at once. Anything else line by line.
         end = buffer.find(b"\n\n")
-        if end > 0 and buffer[0] != 0x0A and buffer.find(b"\r", 0, end) < 0:
+        if 0 < end <= max_bytes - 2 and buffer[0] != 0x0A and buffer.find(b"\r", 0, end) < 0:
             lines = bytes(buffer[:end]).split(b"\n")
             if len(lines) <= max_lines and max(map(len, lines)) <= self._limit:
                 del buffer[: end + 2]
                 return lines
-        return await self._read_header_lines(max_lines)
+        return await self._read_header_lines(max_lines, max_bytes)
 
-    async def _read_header_lines(self, max_lines: int) -> list[bytes] | None:
+    async def _read_header_lines(self, max_lines: int, max_bytes: int) -> list[bytes] | None:
         """``read_headers``, line by line."""
         lines: list[bytes] = []
         start = 0
@@ -161,11 +164,15 @@ class SocketStream:
             if end < 0:
                 if len(self._buffer) - start > self._limit:
                     raise HeaderOverflow(f"a header line longer than {self._limit} bytes")
+                if len(self._buffer) > max_bytes:
+                    raise HeaderOverflow(f"a header block longer than {max_bytes} bytes")
                 if not await self._fill(soon=True):
                     return None
                 continue
             if end - start > self._limit:
                 raise HeaderOverflow(f"a header line longer than {self._limit} bytes")
+            if end >= max_bytes:  # the block up to this line: end + 1 bytes
+                raise HeaderOverflow(f"a header block longer than {max_bytes} bytes")
             line = bytes(self._buffer[start:end]).rstrip(b"\r")
             start = end + 1
             if not line:

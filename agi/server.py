@@ -27,7 +27,7 @@ or a parameter given twice) gets RESULT ``ERROR`` with reason ``bad_request:<wha
 the dialplan applies its fail mode.
 
 Guarantees (model: aiosmtpd's ``_handle_client``): headers are read under a deadline with
-a line-length and line-count limit, their control characters escaped (a crafted
+a line-length, line-count and block-size limit, their control characters escaped (a crafted
 ``agi_channel`` cannot forge a log line); a peer that closes early, sends garbage or stalls
 is dropped without affecting other connections; values written back are from a fixed safe
 alphabet, so a crafted number cannot inject AGI commands; the one command is sent with the
@@ -81,6 +81,10 @@ log = logging.getLogger("callgate.agi")
 
 MAX_LINE_BYTES = 4096
 MAX_HEADER_LINES = 128
+# A header block in all: Asterisk's is about 1 KiB, its arguments at most the dialplan
+# application's data (8 KiB) and the script twice (agi_network_script, agi_request). The
+# line limits alone let one stalled peer hold half a megabyte until the header deadline.
+MAX_HEADER_BYTES = 32768
 COMMAND_TIMEOUT_S = 5.0
 STOP_GRACE_S = 10.0
 LISTEN_BACKLOG = 1024
@@ -309,7 +313,7 @@ class AgiServer:
         stalled or sent garbage."""
         try:
             async with asyncio.timeout(self.header_timeout_s):
-                lines = await stream.read_headers(MAX_HEADER_LINES)
+                lines = await stream.read_headers(MAX_HEADER_LINES, MAX_HEADER_BYTES)
         except HeaderOverflow as exc:
             log.warning("FastAGI: dropped a request: %s", exc)
             return None

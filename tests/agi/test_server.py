@@ -481,6 +481,26 @@ async def test_endless_header_lines_are_dropped(server: AgiServer) -> None:
     assert ALLOWED_0612345678 == (await agi_call(server.port, "check")).variables
 
 
+@pytest.mark.parametrize("blank", [b"", b"\n"], ids=["stalled", "complete"])
+async def test_a_header_block_over_32_kib_is_dropped_at_once(gate: Gate, blank: bytes) -> None:
+    """100 header lines of 400 bytes (each line within the limits, 40 KB in all) close the
+    connection unanswered as soon as they are read, blank line or not: a peer cannot make
+    one connection hold half a megabyte until the header deadline (1000 such peers held
+    1 GB), nor get a block that size served."""
+    agi = AgiServer(gate, HOST, 0, header_timeout_s=PEER_TIMEOUT_S * 2)
+    await agi.start()
+    try:
+        reader, writer = await asyncio.open_connection(HOST, agi.port)
+        writer.write(b"".join(b"agi_x%d: " % i + b"y" * 400 + b"\n" for i in range(100)) + blank)
+        sent = await read_until_closed(reader)  # PEER_TIMEOUT_S: before the header deadline
+        await close_quietly(writer)
+        following = await agi_call(agi.port, "check")
+    finally:
+        await agi.stop()
+    assert b"" == sent
+    assert ALLOWED_0612345678 == following.variables
+
+
 async def test_stalled_peer_is_dropped_after_the_header_timeout(server: AgiServer) -> None:
     """A peer that never finishes its headers is closed after header_timeout_s."""
     reader, writer = await asyncio.open_connection(HOST, server.port)

@@ -102,7 +102,9 @@ async def test_reply_text_is_printable(pair: Pair) -> None:
     assert "510 Invalid\\r\\x1b[2J command" == reply.text
 
 
-async def _headers_of(data: bytes, max_lines: int, whole: bool) -> tuple[object, bytes]:
+async def _headers_of(
+    data: bytes, max_lines: int, max_bytes: int, whole: bool
+) -> tuple[object, bytes]:
     """What ``read_headers`` (``whole``) or the line-by-line reading gives for ``data``
     sent at once then closed: the lines, None or the overflow's message; then what stays
     buffered."""
@@ -114,7 +116,7 @@ async def _headers_of(data: bytes, max_lines: int, whole: bool) -> tuple[object,
         stream = SocketStream(ours, 64)
         read = stream.read_headers if whole else stream._read_header_lines
         try:
-            outcome: object = await read(max_lines)
+            outcome: object = await read(max_lines, max_bytes)
         except HeaderOverflow as exc:
             outcome = str(exc)
         return outcome, bytes(stream._buffer)
@@ -133,18 +135,19 @@ _LINE = st.binary(max_size=70).map(lambda b: b.replace(b"\n", b"x"))
     blank=st.booleans(),
     rest=st.binary(max_size=20),
     max_lines=st.integers(1, 8),
+    max_bytes=st.integers(1, 700),
 )
 def test_headers_read_at_once_are_read_as_line_by_line(
-    lines: list[bytes], crlf: bool, blank: bool, rest: bytes, max_lines: int
+    lines: list[bytes], crlf: bool, blank: bool, rest: bytes, max_lines: int, max_bytes: int
 ) -> None:
     """Any header block (lines of any bytes, "\\n" or "\\r\\n" ends, with or without its
-    blank line, too many or too long lines, more data after it): reading it whole gives the
-    lines, the end of input or the overflow that reading it line by line gives, and leaves
-    the same bytes buffered."""
+    blank line, too many or too long lines, too many bytes, more data after it): reading it
+    whole gives the lines, the end of input or the overflow that reading it line by line
+    gives, and leaves the same bytes buffered."""
     end = b"\r\n" if crlf else b"\n"
     data = b"".join(line + end for line in lines) + (end if blank else b"") + rest
-    whole = asyncio.run(_headers_of(data, max_lines, whole=True))
-    by_line = asyncio.run(_headers_of(data, max_lines, whole=False))
+    whole = asyncio.run(_headers_of(data, max_lines, max_bytes, whole=True))
+    by_line = asyncio.run(_headers_of(data, max_lines, max_bytes, whole=False))
     assert by_line == whole
 
 
@@ -166,7 +169,7 @@ async def test_what_the_socket_holds_is_read_without_waiting_for_the_loop() -> N
         theirs.sendall(b"agi_network: yes\n\n200 result=1\n")
         with pytest.MonkeyPatch.context() as patch:
             patch.setattr(loop, "sock_recv", counted)
-            assert await stream.read_headers(8) == [b"agi_network: yes"]
+            assert await stream.read_headers(8, 4096) == [b"agi_network: yes"]
             assert await stream.readuntil(b"\n") == b"200 result=1\n"
             assert waited == []
             loop.call_later(0.05, theirs.sendall, b"HANGUP\n")
@@ -189,7 +192,7 @@ async def test_the_loop_polls_for_a_header_block_and_not_for_a_reply() -> None:
         stream = SocketStream(ours, LIMIT, poller)
         theirs.sendall(b"agi_network: yes\n")
         loop.call_later(0.02, theirs.sendall, b"agi_request: agi://x/check\n\n")
-        lines = await asyncio.wait_for(stream.read_headers(8), 2)
+        lines = await asyncio.wait_for(stream.read_headers(8, 4096), 2)
         polled = poller.turns
         loop.call_later(0.02, theirs.sendall, b"200 result=1\n")
         reply = await asyncio.wait_for(stream.readuntil(b"\n"), 2)
@@ -212,7 +215,7 @@ async def test_a_header_wait_cut_short_lets_go_of_the_poller() -> None:
         stream = SocketStream(ours, LIMIT, poller)
         theirs.sendall(b"agi_network: yes\n")
         with pytest.raises(TimeoutError):
-            await asyncio.wait_for(stream.read_headers(8), 0.05)
+            await asyncio.wait_for(stream.read_headers(8, 4096), 0.05)
     finally:
         ours.close()
         theirs.close()
