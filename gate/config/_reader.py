@@ -7,6 +7,7 @@ name the file and the key path (``caps[0].limit: …``); ``done()`` rejects unkn
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Mapping
 from datetime import date, datetime
@@ -41,6 +42,8 @@ def parse_duration_s(value: object, where: str) -> float:
         seconds = float(m.group(1)) * _UNIT_S[m.group(2)]
     else:
         raise ConfigError(f"{where}: expected a duration like 30d, 24h or 1s, got {value!r}")
+    if not math.isfinite(seconds):  # TOML's inf and nan, or more digits than a float holds
+        raise ConfigError(f"{where}: expected a finite duration like 30d, 24h or 1s, got {value!r}")
     if seconds <= 0:
         raise ConfigError(f"{where}: must be longer than zero, got {value!r}")
     return seconds

@@ -1,4 +1,5 @@
-"""``[agi]``: who may connect to the FastAGI port (``allow``), checked when the config loads."""
+"""``[agi]``: who may connect to the FastAGI port (``allow``), and for how long a request's
+headers are waited for (``header_timeout``), checked when the config loads."""
 
 from __future__ import annotations
 
@@ -39,3 +40,12 @@ def test_an_allow_entry_that_is_no_address_names_its_index(entry: object) -> Non
     """A bad entry is one error naming ``agi.allow[1]``."""
     with pytest.raises(ConfigError, match=r"agi\.allow\[1\]: expected an address or network"):
         make_config({"agi": {"host": "0.0.0.0", "allow": ["10.0.0.5", entry]}})
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("nan"), "1" * 400 + "s"])
+def test_a_header_timeout_that_is_no_finite_duration_is_refused(value: object) -> None:
+    """TOML's ``inf`` (or more digits than a float holds) would let a peer that never ends
+    its headers hold its connection for ever; ``nan`` made every request time out at once
+    (uvloop: fail with a ValueError), so that every call got the dialplan's fail mode."""
+    with pytest.raises(ConfigError, match=r"agi\.header_timeout: expected a finite duration"):
+        make_config({"agi": {"header_timeout": value}})
