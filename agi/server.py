@@ -42,8 +42,12 @@ moment it is accepted, and ``stop()`` stops accepting, then drains them all (bou
 
 Who may connect: with ``[agi] allow`` (addresses, CIDR networks) a peer outside the list
 is closed at once, before a byte is read (counted in ``refused``, logged once per
-address). The routes change state (``optout``, a recorded ``check``), so a non-loopback
-listener without an allow-list is refused at start, as at config load.
+address). A request dropped before its headers are read whole (too long, stalled, reset)
+is counted in ``dropped`` and logged at most once per ``DROP_LOG_INTERVAL_S``, with the
+number dropped since: a flood of bad connections cannot flood the log (and push out the
+warnings that matter, as journald's rate limit would). The routes change state
+(``optout``, a recorded ``check``), so a non-loopback listener without an allow-list is
+refused at start, as at config load.
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ import functools
 import ipaddress
 import logging
 import socket
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -91,6 +96,7 @@ LISTEN_BACKLOG = 1024
 ACCEPT_BATCH = 64  # connections taken per wake-up, so accepting cannot starve the loop
 ACCEPT_RETRY_S = 1.0  # after EMFILE and the like (as asyncio's own servers do)
 MAX_REFUSED_LOGGED = 256  # distinct refused addresses logged (then only counted)
+DROP_LOG_INTERVAL_S = 60.0  # requests dropped unread: one warning per interval at most
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,6 +200,9 @@ class AgiServer:
         self.accepted = 0  # connections served since start (metrics)
         self.refused = 0  # connections closed unserved: peer not in the allow-list
         self.failed = 0  # requests whose answer Asterisk refused or garbled (metrics)
+        self.dropped = 0  # requests dropped before their headers were read whole
+        self._drops_logged = 0  # ``dropped`` when a drop was last logged
+        self._drop_logged_at = float("-inf")
 
     @property
     def lists(self) -> ListAdmin:
@@ -315,12 +324,10 @@ class AgiServer:
             async with asyncio.timeout(self.header_timeout_s):
                 lines = await stream.read_headers(MAX_HEADER_LINES, MAX_HEADER_BYTES)
         except HeaderOverflow as exc:
-            log.warning("FastAGI: dropped a request: %s", exc)
+            self._drop(str(exc))
             return None
         except (TimeoutError, OSError) as exc:  # a stall, a reset
-            log.warning(
-                "FastAGI: dropped a request whose headers were unreadable (%s)", type(exc).__name__
-            )
+            self._drop(f"its headers were unreadable ({type(exc).__name__})")
             return None
         if lines is None:
             return None  # EOF before the blank line: a probe or a dead peer
@@ -330,6 +337,17 @@ class AgiServer:
             if sep:  # control characters escaped: a header cannot forge a log line
                 headers.append((printable(name), printable(value)))
         return headers
+
+    def _drop(self, why: str) -> None:
+        """Count a request dropped unread; log it unless one was logged within the interval."""
+        self.dropped += 1
+        now = time.monotonic()
+        if now - self._drop_logged_at < DROP_LOG_INTERVAL_S:
+            return
+        unlogged = self.dropped - self._drops_logged - 1
+        self._drop_logged_at, self._drops_logged = now, self.dropped
+        since = f" ({unlogged} more dropped since the last such warning)" if unlogged else ""
+        log.warning("FastAGI: dropped a request: %s%s", why, since)
 
     async def _serve(self, stream: SocketStream) -> None:
         headers = await self._read_headers(stream)

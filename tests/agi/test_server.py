@@ -531,6 +531,36 @@ async def test_stalled_peer_does_not_hold_up_others(gate: Gate) -> None:
     assert elapsed < PEER_TIMEOUT_S / 2
 
 
+async def test_a_flood_of_stalled_peers_is_counted_and_logged_once(
+    gate: Gate, caplog: pytest.LogCaptureFixture
+) -> None:
+    """100 peers that stall in their headers are each dropped and counted, with one warning
+    in all (then one per interval, with the count since): a flood of bad connections cannot
+    flood the log, and the server goes on."""
+    caplog.set_level(logging.INFO, logger="callgate")
+    agi = AgiServer(gate, HOST, 0, header_timeout_s=HEADER_TIMEOUT_S)
+    await agi.start()
+    try:
+        async with asyncio.timeout(PEER_TIMEOUT_S):
+            writers = []
+            for _ in range(100):
+                _, writer = await asyncio.open_connection(HOST, agi.port)
+                writer.write(b"agi_network: yes\n")
+                writers.append(writer)
+            for _ in range(200):  # the header deadline drops them all
+                if not agi.active:
+                    break
+                await asyncio.sleep(0.02)
+            for writer in writers:
+                await close_quietly(writer)
+        following = await agi_call(agi.port, "check")
+    finally:
+        await agi.stop()
+    drops = [r.getMessage() for r in caplog.records if "dropped a request" in r.getMessage()]
+    assert (1, 100) == (len(drops), getattr(agi, "dropped", None))
+    assert ALLOWED_0612345678 == following.variables
+
+
 def reset(sock: socket.socket) -> None:
     """Close ``sock`` with a reset (RST), as the kernel of a killed peer does."""
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
