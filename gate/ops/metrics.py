@@ -12,7 +12,9 @@ What is measured (names as exposed):
 - ``callgate_ari_connected``, ``callgate_ari_reconnects_total``,
   ``callgate_agi_connections_total``, ``callgate_agi_connections_refused_total`` (peer not
   in ``agi.allow``), ``callgate_agi_requests_failed_total`` (Asterisk refused or garbled
-  the answer), ``callgate_agi_connections_active``: read from the doors at scrape time.
+  the answer), ``callgate_agi_requests_dropped_total`` (dropped before their headers were
+  read whole: too long, stalled, reset), ``callgate_agi_connections_active``: read from the
+  doors at scrape time.
 - ``callgate_redis_node_info{mode,node}`` (the server, the Sentinel-managed master in use,
   or the cluster master that answered the last decision), ``callgate_redis_failovers_total``,
   ``callgate_redis_restarts_total`` (the embedded server's, by ``callgate run``) and
@@ -178,6 +180,9 @@ class AgiStats(Protocol):
     def failed(self) -> int: ...
 
     @property
+    def dropped(self) -> int: ...
+
+    @property
     def active(self) -> int: ...
 
 
@@ -229,6 +234,12 @@ class _Doors(Collector):
                 "callgate_agi_requests_failed",
                 "FastAGI requests whose answer Asterisk refused (not 200) or garbled.",
                 value=float(self.agi.failed),
+            )
+            yield CounterMetricFamily(
+                "callgate_agi_requests_dropped",
+                "FastAGI requests dropped before their headers were read whole (too long, "
+                "stalled, reset).",
+                value=float(self.agi.dropped),
             )
             yield GaugeMetricFamily(
                 "callgate_agi_connections_active",

@@ -105,19 +105,26 @@ async def test_redis_errors_and_fail_mode_decisions_are_counted(redis_url: str) 
 
 
 async def test_agi_connections_are_counted(served: Served) -> None:
-    """Two FastAGI requests: two connections accepted, none active afterwards."""
+    """Two FastAGI requests and one whose header block is over the limit: three
+    connections accepted, one request dropped unread, none active afterwards."""
     server = AgiServer(served.gate, "127.0.0.1", 0, 2.0)
     served.metrics.doors.agi = server
     await server.start()
     try:
         first = await agi_check(server.port, "0612345678")
         await agi_check(server.port, "0612345679")
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"".join(b"agi_x%d: %s\n" % (i, b"y" * 1000) for i in range(40)))
+        async with asyncio.timeout(5):
+            await reader.read()  # closed by the server, unanswered
+        writer.close()
         scraped = await served.scrape()
     finally:
         await server.stop()
-    assert ("ALLOW", 2.0, 0.0, 2.0) == (
+    assert ("ALLOW", 3.0, 1.0, 0.0, 2.0) == (
         first["CALLGATE_RESULT"],
         scraped[("callgate_agi_connections_total", labels())],
+        scraped[("callgate_agi_requests_dropped_total", labels())],
         scraped[("callgate_agi_connections_active", labels())],
         decisions(scraped)[("ALLOW", "allowed", "agi", "default")],
     )
