@@ -306,8 +306,9 @@ def entry(at: datetime, live: float = 1.0, abandoned: float = 1.0) -> bytes:
 # (GETRANGE and GET answer WRONGTYPE), and STRINGs whose length is not 16 + 24k: under the
 # totals' 16 bytes (7, 15), a whole entry and 7 bytes more (47: read at once), and 40
 # minutes over the ceiling then 5 bytes (the value ends inside an entry of the second
-# chunk read).
-UNREADABLE = ["7 bytes", "15 bytes", "47 bytes", "past the first read", "hash"]
+# chunk read); and one of the right length, its one minute 8 bytes of text (a time some
+# 10^187 years from now).
+UNREADABLE = ["7 bytes", "15 bytes", "47 bytes", "past the first read", "text", "hash"]
 
 
 def spoil(client: redis.Redis, key: str, how: str) -> object:
@@ -319,6 +320,8 @@ def spoil(client: redis.Redis, key: str, how: str) -> object:
         client.set(key, b"garbage")
     elif how == "15 bytes":
         client.set(key, struct.pack(">dd", 10, 5)[:15])
+    elif how == "text":
+        client.set(key, struct.pack(">dd", 10, 5) + b"hello123" + struct.pack(">dd", 10, 5))
     elif how == "47 bytes":
         client.set(key, struct.pack(">dd", 10, 5) + entry(T0, 10, 5) + b"garbage")
     else:
@@ -406,7 +409,7 @@ async def test_a_shadow_ceiling_reports_unreadable_counts_as_over_it(
     assert before == after
 
 
-@pytest.mark.parametrize("how", ["7 bytes", "15 bytes", "47 bytes", "hash"])
+@pytest.mark.parametrize("how", ["7 bytes", "15 bytes", "47 bytes", "text", "hash"])
 async def test_a_call_is_not_counted_in_unreadable_counts(
     gate: Gate, redis_url: str, how: str
 ) -> None:

@@ -488,6 +488,8 @@ def spoil(sync_redis: redis.Redis, key: str, how: str) -> object:
         sync_redis.hset(key, "field", "value")
     elif how == "garbage":  # 7 bytes: not a whole number of doubles
         sync_redis.set(key, b"garbage")
+    elif how == "text":  # 4 doubles of text: 4 attempts 10^187 years from now
+        sync_redis.set(key, b"hello123" * 4)
     else:  # 15 bytes ending with a double, now's
         sync_redis.set(key, b"garbage" + struct.pack(">d", int(T0.timestamp() * 1000)))
     return snapshot(sync_redis, key)
@@ -499,7 +501,7 @@ def snapshot(sync_redis: redis.Redis, key: str) -> object:
     return sync_redis.get(key)
 
 
-UNREADABLE = ["garbage", "garbage+now", "hash"]
+UNREADABLE = ["garbage", "garbage+now", "text", "hash"]
 
 
 @pytest.mark.parametrize("how", UNREADABLE)

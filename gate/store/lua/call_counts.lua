@@ -15,9 +15,11 @@
 -- A minute counts while any of it is inside the window (minute_ms + 60000 + window >
 -- now), as decide.lua reads it. A call whose minute has already left the window is not
 -- counted. Replies {live, abandoned}: the totals now in the window; or nil, nothing
--- written, when KEYS[1] holds a value callgate did not write (a key of another type, or
--- a STRING whose length is not 16 + 24k: decide.lua counts it as over the ceiling): the
--- caller says so (gate/lists/admin.py). An empty STRING holds no counts: replaced.
+-- written, when KEYS[1] holds a value callgate did not write (a key of another type, a
+-- STRING whose length is not 16 + 24k, or one whose doubles are no counts callgate
+-- writes: a count not in [0, 1e13), a minute not a whole minute in it, NaN; decide.lua
+-- counts it as over the ceiling): the caller says so (gate/lists/admin.py). An empty
+-- STRING holds no counts: replaced.
 
 local MINUTE_MS = 60000
 local unpack_struct, pack = struct.unpack, struct.pack
@@ -35,6 +37,21 @@ local live, abandoned, body = 0, 0, ""
 if raw and #raw > 0 then
   live, abandoned = unpack_struct(">dd", raw)
   body = string.sub(raw, 17)
+  -- Each double as callgate writes them (a comparison with NaN is false). Read whole:
+  -- counting a call is rare, and a day of minutes is some 1 440 entries.
+  local LIMIT = 1e13
+  local function count(x)
+    return x >= 0 and x < LIMIT
+  end
+  if not (count(live) and count(abandoned)) then
+    return false
+  end
+  for at_entry = 1, #body, 24 do
+    local minute, l, a = unpack_struct(">ddd", body, at_entry)
+    if not (count(minute) and minute % MINUTE_MS == 0 and count(l) and count(a)) then
+      return false
+    end
+  end
 end
 
 -- Drop the minutes that have wholly left the window.

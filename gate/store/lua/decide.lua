@@ -108,9 +108,10 @@
 -- attempt log (a STRING whose length is not a multiple of 8, or a key of another type)
 -- counts as a log at its limit made now: L sees `limit` and DEFERs a whole window; it
 -- is never written (nothing here replaces it: it holds the number until it expires or
--- is deleted), and void.lua and release.lua leave it alone. Unreadable call counts (a
--- key of another type, or a STRING whose length is not 16 + 24k) count as over the
--- ceiling: Q sees the window and DEFERs a whole window; nothing here writes them, and
+-- is deleted), and void.lua and release.lua leave it alone; so does a log at its limit
+-- whose wait would be NaN or over MAX_WAIT_MS (doubles of any bytes). Unreadable call
+-- counts (a key of another type, a STRING whose length is not 16 + 24k, or whose wait
+-- would be NaN or over MAX_WAIT_MS) count as over the ceiling: Q sees the window and DEFERs a whole window; nothing here writes them, and
 -- call_counts.lua refuses to count a call in them (the caller says to delete the key).
 -- A real attempt is never dropped whatever now_ms is sent: entries of a log whose window
 -- is a minute or more are removed only once they left the window by the clock of the
@@ -130,6 +131,11 @@ local MINUTE_MS = 60000
 -- Minutes of call counts read at a time: a campaign's whole day is some 35 KB, but a
 -- decision under the ceiling needs only the totals and the first minute still counting.
 local CHUNK = 32
+
+-- A wait (ms) longer than any a value callgate wrote can give (about 317 years; a reply
+-- prints a number of 14 digits or more as 1e+14): the value it was read from is not
+-- callgate's (a STRING of the right length, its doubles any bytes: NaN, 1e+194).
+local MAX_WAIT_MS = 1e13
 
 -- The wait (ms) until a campaign's call counts at `key` (see Q) fall back under the
 -- ceiling at `now`, with no new calls; 0 when under it (or no counts); nil when the value
@@ -349,6 +355,9 @@ for d = 1, tonumber(ARGV[1]) do
           if seen >= limit then
             decides = true
             wait = unpack_struct(">d", raw, (first + seen - limit) * 8 - 7) + window - now
+            if not (wait > 0 and wait < MAX_WAIT_MS) then -- NaN too: unreadable, as above
+              seen, wait, logs[i] = limit, window, nil
+            end
           end
         end
       end
@@ -367,7 +376,10 @@ for d = 1, tonumber(ARGV[1]) do
     elseif kind == 81 then -- Q
       if not stale then
         -- Unreadable: over the ceiling, as if all of it were now (a whole window).
-        seen = ceiling_wait(KEYS[v[p + 1]], now, v[p + 2], v[p + 3], v[p + 4]) or v[p + 3]
+        seen = ceiling_wait(KEYS[v[p + 1]], now, v[p + 2], v[p + 3], v[p + 4])
+        if not (seen and seen >= 0 and seen < MAX_WAIT_MS) then -- nil, NaN, 1e+194
+          seen = v[p + 3]
+        end
       end
       decides, wait = seen > 0, seen
       p = p + 5
