@@ -258,6 +258,10 @@ class AriClient:
                 params={"app": self.app, "subscribeAll": "false"},
                 heartbeat=self._heartbeat_s,
                 timeout=aiohttp.ClientWSTimeout(ws_close=self._rest_timeout.total),
+                # No size limit, as over HTTP: the answer to GET /channels lists every
+                # channel of the Asterisk (about 1 kB each); past aiohttp's default 4 MB
+                # it would close the WebSocket, and every reconnect's sweep again.
+                max_msg_size=0,
             )
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise AriUnavailable(

@@ -40,6 +40,7 @@ class StandIn:
     http: list[str] = field(default_factory=list)  # "METHOD /path" of each HTTP request
     over_websocket: list[dict[str, Any]] = field(default_factory=list)  # RESTRequests seen
     sockets: list[web.WebSocketResponse] = field(default_factory=list)
+    listing: list[dict[str, Any]] = field(default_factory=lambda: [CHANNEL])  # GET channels
 
     def reply(self, method: str, uri: str, body: str = "") -> tuple[int, str]:
         """Status and body for a request (the same over HTTP and the WebSocket)."""
@@ -49,7 +50,7 @@ class StandIn:
         if uri == "asterisk/ping":
             return self.ping_status, json.dumps({"ping": "pong"})
         if uri == "channels" and method == "GET":
-            return 200, json.dumps([CHANNEL])
+            return 200, json.dumps(self.listing)
         if uri == "channels/c1" and method == "DELETE":
             return 204, ""
         return 404, json.dumps({"message": "Channel not found"})
@@ -264,3 +265,24 @@ async def test_an_asterisk_without_the_event_filter_still_serves_and_it_is_said_
     said = [r.getMessage() for r in caplog.records if "does not filter" in r.getMessage()]
     assert 1 == len(said), said
     assert "PUT /applications/callgate/eventFilter: HTTP 404" in said[0]
+
+
+async def test_a_listing_larger_than_4_mb_comes_over_the_websocket(
+    stand_in: tuple[StandIn, str],
+) -> None:
+    """A busy Asterisk's GET /channels (5000 channels of about 1 kB: over aiohttp's default
+    4 MB message limit) is answered over the WebSocket like any reply: it neither closes
+    the WebSocket (every reconnect's sweep would close it again) nor fails."""
+    state, url = stand_in
+    state.listing = [
+        {**CHANNEL, "id": f"1700000000.{i}", "name": f"PJSIP/trunk-{i:08x}", "pad": "x" * 900}
+        for i in range(5000)
+    ]
+    async with AriClient(url, "u", "p", "callgate") as client, client.event_stream() as events:
+        reading = asyncio.create_task(read_events(events, []))
+        assert client.rest_over_websocket
+        assert 5000 == len(await client.channels())
+        assert client.rest_over_websocket
+        assert not reading.done()
+        reading.cancel()
+    assert [] == state.http
