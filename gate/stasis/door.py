@@ -48,7 +48,9 @@ Guarantees:
   attempt uncounted). After a failed try a 404 proves nothing (the try may have been
   carried out), so the decision then stands.
 - ``stop()`` stops taking channels (the last events read are still decided), lets
-  in-flight decisions finish (bounded), then ``run()`` returns; ``close()`` is
+  in-flight decisions finish (bounded: a REST call that fails meanwhile, as those waiting
+  on the event WebSocket do when it closes, is tried again at once, over HTTP), then
+  ``run()`` returns; ``close()`` is
   ``stop()`` with a bound on ``run()`` itself and a logged cancel after it.
 """
 
@@ -505,8 +507,11 @@ class StasisGate:
             if not stay.saved:  # this process may die before a try succeeds
                 stay.saved = True
                 await self._save(channel, action)
-            if attempt < self.apply_tries and await wait_event(self._stopping, delay):
-                break
+            if attempt < self.apply_tries:
+                # Once stopping, the tries left are made at once (no backoff), bounded by
+                # the drain: a stop closes the event WebSocket, failing the requests that
+                # waited on it, and the channel must not be left parked for that.
+                await wait_event(self._stopping, delay)
             delay *= 2
         if stay.superseded:
             await self._unsave(channel, stay)
