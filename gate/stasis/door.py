@@ -31,6 +31,7 @@ Guarantees:
   re-applied (with backoff, then by the next connect's sweep), never decided again: an
   ALLOW is never counted twice, and a retry never carries an old decision into a new
   stay.
+- A ``StasisStart`` of another application is ignored.
 - From its first failed try such a decision is also saved in Redis (``Keyspace.stasis_key``:
   the channel's id, for ``SAVED_TTL_S``), and a sweep looks a listed channel up there
   before deciding it: the next leader of ``callgate run --workers`` (its leader killed),
@@ -317,7 +318,10 @@ class StasisGate:
 
     async def _read(self, events: AsyncIterator[dict[str, Any]]) -> None:
         """Take each ``StasisStart`` until the stream ends."""
+        app = self.config.app
         async for event in events:
+            if event.get("application", app) != app:
+                continue  # another application's channel (a broken peer): not ours
             channel = parse_stasis_start(event)
             if channel is None:
                 continue

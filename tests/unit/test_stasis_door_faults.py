@@ -153,6 +153,24 @@ async def until(condition: Any, within: float = 3.0) -> bool:
     return bool(condition())
 
 
+async def test_a_stasis_start_for_another_application_is_left_alone(
+    asterisk: tuple[Asterisk, str], gate: Gate
+) -> None:
+    """A StasisStart of another application (a broken Asterisk or proxy mixing streams):
+    that channel is not callgate's to decide (ARI would continue it all the same)."""
+    state, url = asterisk
+    async with serving(gate, url):
+        other = channel("d1")
+        other["dialplan"]["app_data"] = f"dialer,{NUMBER}"
+        state.waiting["d1"] = other
+        await state.send(stasis_start(other, application="dialer"))
+        state.waiting["c1"] = chan = channel("c1")
+        await state.send(stasis_start(chan))
+        assert await until(lambda: state.done)
+        await asyncio.sleep(0.3)
+    assert [("continue", "c1")] == state.done
+
+
 async def test_a_stop_while_a_continue_is_unanswered_still_continues_the_channel(
     asterisk: tuple[Asterisk, str], gate: Gate
 ) -> None:
