@@ -57,12 +57,15 @@ from yarl import URL
 
 from gate.core.errors import GateError
 
-__all__ = ["AriClient", "AriError", "AriNotFound", "AriUnavailable"]
+__all__ = ["UNREADABLE", "AriClient", "AriError", "AriNotFound", "AriUnavailable"]
 
 log = logging.getLogger("callgate.ari")
 
 #: How long a connect waits for Asterisk to answer a REST request over the event WebSocket.
 WS_PROBE_S = 1.0
+#: The type of the event yielded for a text frame that is not a JSON object (cut short, a
+#: broken peer): what it brought is unknown, the reader may look for it another way.
+UNREADABLE = "callgate.UnreadableFrame"
 
 
 class AriError(GateError):
@@ -247,7 +250,8 @@ class AriClient:
         """Connect the application's event WebSocket; yield an iterator of its events.
 
         The iterator ends when the WebSocket closes (Asterisk stopped, network cut, missed
-        heartbeats). Raises ``AriUnavailable`` if the connection cannot be made. REST
+        heartbeats); a text frame that is not a JSON object is yielded as an event of type
+        ``UNREADABLE``. Raises ``AriUnavailable`` if the connection cannot be made. REST
         requests go over this WebSocket while it is open if Asterisk answers them on it
         (see the module's docstring); their answers are taken out of the events, so the
         iterator must be read for them to arrive.
@@ -292,6 +296,7 @@ class AriClient:
                         continue
                     event = _json_object(message.data)
                     if event is None:
+                        early.append({"type": UNREADABLE})
                         continue
                     if event.get("type") != "RESTResponse":
                         early.append(event)
@@ -311,8 +316,9 @@ class AriClient:
             async for message in ws:
                 if message.type is aiohttp.WSMsgType.TEXT:
                     event = _json_object(message.data)
-                    if event is None:
-                        continue  # not a JSON object: Asterisk never sends that
+                    if event is None:  # not a JSON object: Asterisk never sends that
+                        yield {"type": UNREADABLE}
+                        continue
                     if event.get("type") == "RESTResponse":
                         answer = self._waiting.get(str(event.get("request_id")))
                         if answer is not None and not answer.done():

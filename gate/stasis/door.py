@@ -31,7 +31,9 @@ Guarantees:
   re-applied (with backoff, then by the next connect's sweep), never decided again: an
   ALLOW is never counted twice, and a retry never carries an old decision into a new
   stay.
-- A ``StasisStart`` of another application is ignored.
+- A ``StasisStart`` of another application is ignored. One the door cannot read (a frame
+  that is not JSON, a channel that is not an object or has no id) starts a sweep (one at
+  a time), so that the channel it brought is not left waiting until the next connect.
 - From its first failed try such a decision is also saved in Redis (``Keyspace.stasis_key``:
   the channel's id, for ``SAVED_TTL_S``), and a sweep looks a listed channel up there
   before deciding it: the next leader of ``callgate run --workers`` (its leader killed),
@@ -81,7 +83,7 @@ from gate.core.params import (
     printable,
 )
 from gate.service import Evaluation, Gate, InFlight, cancelling, stop_task, wait_event
-from gate.stasis.ari import AriClient, AriError, AriNotFound
+from gate.stasis.ari import UNREADABLE, AriClient, AriError, AriNotFound
 
 __all__ = ["StasisChannel", "StasisGate", "parse_app_data", "parse_stasis_start"]
 
@@ -218,6 +220,9 @@ class StasisGate:
         # Per listing of a sweep in flight: the channels whose stay ended meanwhile (the
         # listing may show them still waiting: they are not decided again).
         self._listings: list[set[str]] = []
+        # The sweep run because an event could not be read; asked again while it runs.
+        self._resweeping: asyncio.Task[None] | None = None
+        self._resweep_again = False
         self._task: asyncio.Task[None] | None = None
         self._redis_failing = False  # saved decisions: Redis failed (logged once)
         # How hard a decision's REST calls are retried before the next sweep takes over.
@@ -323,7 +328,9 @@ class StasisGate:
             if event.get("application", app) != app:
                 continue  # another application's channel (a broken peer): not ours
             channel = parse_stasis_start(event)
-            if channel is None:
+            if channel is None or not channel.id:
+                if event.get("type") in ("StasisStart", UNREADABLE):
+                    self._resweep()  # it may have brought a channel: find it by a listing
                 continue
             stay = self._deciding.get(channel.id)
             if stay is None:
@@ -334,6 +341,26 @@ class StasisGate:
             elif stay.continue_sent:
                 stay.superseded, stay.next = True, channel
             # else: the stay being decided, seen by the sweep first
+
+    def _resweep(self) -> None:
+        """An event that may have brought a channel could not be read: list the waiting
+        channels and decide them (one such sweep at a time, run once more if asked while
+        it runs), rather than leave that channel parked until the next connect."""
+        if self._resweeping is not None and not self._resweeping.done():
+            self._resweep_again = True
+            return
+        log.warning("ARI: an event could not be read; looking for the channels waiting")
+        self._resweeping = self._decisions.spawn(self._resweeps)
+
+    async def _resweeps(self) -> None:
+        self._resweep_again = True
+        while self._resweep_again:
+            self._resweep_again = False
+            try:
+                await self._sweep()
+            except AriError as exc:
+                log.warning("ARI: could not list the waiting channels (%s)", exc)
+                return  # the next connect's sweep finds them
 
     async def _sweep(self) -> None:
         """Decide every channel already waiting in the application (after a restart), or

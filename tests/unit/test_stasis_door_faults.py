@@ -153,6 +153,27 @@ async def until(condition: Any, within: float = 3.0) -> bool:
     return bool(condition())
 
 
+@pytest.mark.parametrize("frame", ["truncated", "channel-null", "no-id"])
+async def test_a_stasis_start_the_door_cannot_read_still_gets_its_channel_decided(
+    asterisk: tuple[Asterisk, str], gate: Gate, frame: str
+) -> None:
+    """A StasisStart cut short (not JSON) or whose channel is not an object: the door cannot
+    tell which channel it brought, so it lists the waiting ones (a sweep) and decides it,
+    rather than leaving it parked until the next reconnect, which may never come."""
+    state, url = asterisk
+    async with serving(gate, url):
+        state.waiting["c1"] = chan = channel("c1")
+        text = json.dumps(stasis_start(chan))
+        if frame == "truncated":
+            await state.send(text[: len(text) // 2])
+        elif frame == "channel-null":
+            await state.send({**stasis_start(chan), "channel": None})
+        else:
+            await state.send(stasis_start({k: v for k, v in chan.items() if k != "id"}))
+        assert await until(lambda: state.done)
+    assert [("continue", "c1")] == state.done
+
+
 async def test_a_stasis_start_for_another_application_is_left_alone(
     asterisk: tuple[Asterisk, str], gate: Gate
 ) -> None:
