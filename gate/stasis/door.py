@@ -31,6 +31,11 @@ Guarantees:
   re-applied (with backoff, then by the next connect's sweep), never decided again: an
   ALLOW is never counted twice, and a retry never carries an old decision into a new
   stay.
+- A ``StasisStart`` for a channel whose decision is done, one of the last ``_RECENT_MAX``,
+  is decided only if the channel still waits in the application (one ``GET
+  /channels/{id}``; Asterisk failing to say counts as waiting): a ``StasisStart`` replayed
+  after its continue (after a reconnect, by a proxy) never decides again, nor hangs up, a
+  call on its way.
 - A ``StasisStart`` of another application is ignored. One the door cannot read (a frame
   that is not JSON, a channel that is not an object or has no id) starts a sweep (one at
   a time), so that the channel it brought is not left waiting until the next connect.
@@ -95,6 +100,7 @@ _RECONNECT_BASE_S = 0.2
 _APPLY_TRIES = 5  # REST attempts per decision before leaving it to the next sweep
 _APPLY_BACKOFF_S = 0.2  # doubled after each failed attempt: 0.2, 0.4, 0.8, 1.6 s
 _UNAPPLIED_MAX = 4096  # decisions remembered for re-application (oldest dropped, logged)
+_RECENT_MAX = 4096  # channels whose decision is done, remembered (a StasisStart again: rechecked)
 SAVED_TTL_S = 3600  # a decision saved in Redis outlives any wait in the application
 SAVED_WITHIN_S = 2.0  # how long a save, look-up or delete of one waits for Redis
 EVENTS_READ = ("StasisStart",)  # all the door reads: Asterisk is asked for no other
@@ -220,6 +226,9 @@ class StasisGate:
         # Per listing of a sweep in flight: the channels whose stay ended meanwhile (the
         # listing may show them still waiting: they are not decided again).
         self._listings: list[set[str]] = []
+        # The channels whose stay was decided lately: a StasisStart for one of them again
+        # (failover, or one replayed) is decided only if the channel still waits.
+        self._recent: OrderedDict[str, None] = OrderedDict()
         # The sweep run because an event could not be read; asked again while it runs.
         self._resweeping: asyncio.Task[None] | None = None
         self._resweep_again = False
@@ -336,8 +345,12 @@ class StasisGate:
             if stay is None:
                 # A new stay: decide it, even if an earlier stay of this channel awaits
                 # a re-application (that stay is over: its saved decision is deleted).
+                # A channel decided lately is decided again only if it still waits (a
+                # StasisStart replayed after its continue must not decide, or hang up,
+                # a call on its way).
                 earlier = self._unapplied.pop(channel.id, None)
-                self._spawn(channel, forget=earlier is not None)
+                recheck = channel.id in self._recent
+                self._spawn(channel, recheck=recheck, forget=earlier is not None)
             elif stay.continue_sent:
                 stay.superseded, stay.next = True, channel
             # else: the stay being decided, seen by the sweep first
@@ -417,6 +430,10 @@ class StasisGate:
     def _done(self, channel_id: str, stay: _Stay) -> None:
         if self._deciding.get(channel_id) is stay:
             del self._deciding[channel_id]
+        self._recent[channel_id] = None
+        self._recent.move_to_end(channel_id)
+        if len(self._recent) > _RECENT_MAX:
+            self._recent.popitem(last=False)
         for ended in self._listings:
             ended.add(channel_id)
         if stay.next is not None and not self._stopping.is_set():
@@ -447,11 +464,17 @@ class StasisGate:
 
     async def _waiting(self, channel: StasisChannel) -> bool:
         """Whether ``channel`` still sits in the application (a StasisStart that came
-        while its previous stay was being continued)."""
+        while its previous stay was being continued, or again after it). Asterisk failing
+        to say: taken as waiting (decided: never left parked)."""
         try:
             raw = await self.client.channel(channel.id)
         except AriNotFound:
             return False
+        except AriError as exc:
+            if cancelling():
+                raise asyncio.CancelledError from exc
+            log.warning("Stasis channel %s: could not check it waits (%s)", channel.name, exc)
+            return True
         return parse_app_data(raw, self.config.app) is not None
 
     async def _decide(self, channel: StasisChannel) -> _Action:

@@ -21,6 +21,7 @@ import pytest
 from aiohttp import WSMsgType, web
 
 from gate.config.loader import AriConfig
+from gate.lists.admin import ListAdmin
 from gate.service import Gate
 from gate.stasis.door import StasisGate
 
@@ -171,6 +172,27 @@ async def test_a_stasis_start_the_door_cannot_read_still_gets_its_channel_decide
         else:
             await state.send(stasis_start({k: v for k, v in chan.items() if k != "id"}))
         assert await until(lambda: state.done)
+    assert [("continue", "c1")] == state.done
+
+
+async def test_a_replayed_stasis_start_never_decides_a_continued_channel_again(
+    asterisk: tuple[Asterisk, str], gate: Gate
+) -> None:
+    """The StasisStart of a channel already continued comes again (replayed after a
+    reconnect, by a proxy): the channel has left the application, so it is not decided
+    again: its call, on its way, is never hung up by a second decision (here a BLOCK,
+    the number having been opted out meanwhile)."""
+    state, url = asterisk
+    async with serving(gate, url):
+        state.waiting["c1"] = chan = channel("c1")
+        event = stasis_start(chan)
+        await state.send(event)
+        assert await until(lambda: state.done)
+        await ListAdmin(gate.config.policy, gate.keyspace, gate.store).add(
+            "red", [NUMBER], "default", ""
+        )
+        await state.send(event)
+        await asyncio.sleep(0.5)
     assert [("continue", "c1")] == state.done
 
 
