@@ -143,7 +143,8 @@ def attempt_from_params(
         tenant=ident_param(params, "tenant", default_tenant),
         campaign=ident_param(params, "campaign", ""),
         trunk=ident_param(params, "trunk", ""),
-        caller_id=params.get("caller_id") or caller_id,
+        # As the door's headers are: a parameter is decoded after they were escaped.
+        caller_id=printable(params.get("caller_id") or caller_id),
         traffic_class=traffic_class,
         channel=channel,
     )

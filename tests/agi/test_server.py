@@ -989,6 +989,16 @@ async def test_control_characters_in_headers_cannot_forge_log_lines(
 CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
+async def test_control_characters_in_a_caller_id_parameter_are_escaped_before_kept(
+    gate: Gate, server: AgiServer
+) -> None:
+    """A percent-encoded ``caller_id`` (decoded after the headers were escaped) reaches the
+    audit trail escaped, as the ``agi_callerid`` header does."""
+    await agi_call(server.port, "check?tenant=default&caller_id=0102%1B%5B2J%0D%E2%80%A8x")
+    entries = [r async for r in read_range(gate.store.admin_client, "callgate")]
+    assert ["0102\\x1b[2J\\r\\u2028x"] == [e["caller_id"] for e in entries]
+
+
 async def test_an_allow_the_channel_hung_up_before_receiving_is_undone(
     gate: Gate, server: AgiServer
 ) -> None:
