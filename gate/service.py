@@ -349,9 +349,9 @@ def cancelling() -> bool:
     return task is not None and task.cancelling() > 0
 
 
-async def wait_event(event: asyncio.Event, timeout_s: float, *also: asyncio.Event) -> bool:
-    """Wait up to ``timeout_s`` for ``event`` (or one of ``also``); True if ``event`` is
-    set.
+async def wait_event(event: asyncio.Event, timeout_s: float | None, *also: asyncio.Event) -> bool:
+    """Wait up to ``timeout_s`` (None: no bound) for ``event`` (or one of ``also``); True
+    if ``event`` is set.
 
     For the sleeps of long-lived loops (a stop event that may end them early): unlike
     ``asyncio.timeout`` around ``event.wait()`` (whose expiry is a cancel, which Python
