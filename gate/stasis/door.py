@@ -23,14 +23,22 @@ Guarantees:
   (``bad_request:args``, the dialplan's fail mode).
 - No channel is left waiting: on every (re)connect it lists the channels sitting in the
   application (``GET /channels``, ``dialplan.app_name == "Stasis"``) and decides them too.
+  A decision whose REST calls all failed (Asterisk answering errors, or not at all, while
+  the event WebSocket stays up) is re-applied while connected, with no reconnect needed:
+  a listing of the channels waiting, ``reapply_s`` (1 s) after it is kept, then with the
+  wait doubled up to ``reapply_max_s`` (8 s) while such decisions keep failing; the
+  channels of those still waiting get their decision again (``_APPLY_TRIES`` tries), the
+  others are dropped (deleted from Redis). One task per connection does it, idle (no
+  timer) while no decision is kept, ended with the connection or ``stop()`` (bounded by
+  a REST timeout); nothing is added to a decision whose first try succeeds.
 - Each stay in the application is decided once. A channel seen again while its decision
   is in flight (the same stay, as an event and by the sweep) is skipped; a
   ``StasisStart`` for it after its continue was sent is a new stay (trunk failover runs
   the subroutine again): it is decided again once the first decision is done, if the
   channel is still waiting in the application. A decision whose REST calls fail is
-  re-applied (with backoff, then by the next connect's sweep), never decided again: an
-  ALLOW is never counted twice, and a retry never carries an old decision into a new
-  stay.
+  re-applied (with backoff, then by the re-applying while connected and by the next
+  connect's sweep), never decided again: an ALLOW is never counted twice, and a retry
+  never carries an old decision into a new stay.
 - A ``StasisStart`` for a channel whose decision is done, one of the last ``_RECENT_MAX``,
   is decided only if the channel still waits in the application (one ``GET
   /channels/{id}``; Asterisk failing to say counts as waiting): a ``StasisStart`` replayed
@@ -99,6 +107,13 @@ CLOSE_WITHIN_S = STOP_GRACE_S + 5.0  # the drain, plus a final sweep and the soc
 _RECONNECT_BASE_S = 0.2
 _APPLY_TRIES = 5  # REST attempts per decision before leaving it to the next sweep
 _APPLY_BACKOFF_S = 0.2  # doubled after each failed attempt: 0.2, 0.4, 0.8, 1.6 s
+# While connected, decisions whose tries all failed are re-applied by a sweep of their own
+# channels, _REAPPLY_S after one is kept, then with the wait doubled up to _REAPPLY_MAX_S
+# while any is left. Each re-application makes its _APPLY_TRIES again (about 3 s): a
+# caller waits at most about 11 s past Asterisk's recovery, and a failing Asterisk gets at
+# most one listing, and _APPLY_TRIES requests per channel kept, every 11 s or so.
+_REAPPLY_S = 1.0
+_REAPPLY_MAX_S = 8.0
 _UNAPPLIED_MAX = 4096  # decisions remembered for re-application (oldest dropped, logged)
 _RECENT_MAX = 4096  # channels whose decision is done, remembered (a StasisStart again: rechecked)
 SAVED_TTL_S = 3600  # a decision saved in Redis outlives any wait in the application
@@ -237,6 +252,11 @@ class StasisGate:
         # How hard a decision's REST calls are retried before the next sweep takes over.
         self.apply_tries = _APPLY_TRIES
         self.apply_backoff_s = _APPLY_BACKOFF_S
+        # How soon, and how often at most, the decisions kept are re-applied while connected.
+        self.reapply_s = _REAPPLY_S
+        self.reapply_max_s = _REAPPLY_MAX_S
+        self._kept = asyncio.Event()  # a decision was kept for re-application
+        self._reapply_after = 0.0  # the wait before the next re-application (0: reapply_s)
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -314,17 +334,50 @@ class StasisGate:
             self.reconnects += 1
 
     async def _session(self, events: AsyncIterator[dict[str, Any]]) -> None:
-        """One connection: read events while sweeping the waiting channels and asking
-        Asterisk for the ``EVENTS_READ`` only, until the stream ends or ``stop()``; a
-        failure of any ends all (and the session)."""
+        """One connection: read events while sweeping the waiting channels, re-applying
+        the decisions kept (``_reapplying``) and asking Asterisk for the ``EVENTS_READ``
+        only, until the stream ends or ``stop()``; a failure of any ends all (and the
+        session)."""
+        over = asyncio.Event()  # the session ends: the re-applying returns (bounded)
         async with asyncio.TaskGroup() as group:
             reading = group.create_task(self._read(events), name="callgate-ari-events")
             group.create_task(self.client.filter_events(EVENTS_READ), name="callgate-ari-filter")
             group.create_task(self._sweep(), name="callgate-ari-sweep")
+            group.create_task(self._reapplying(over), name="callgate-ari-reapply")
             stopping = group.create_task(self._stopping.wait(), name="callgate-ari-stop")
             await asyncio.wait({reading, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            over.set()
             reading.cancel()
             stopping.cancel()
+
+    async def _reapplying(self, over: asyncio.Event) -> None:
+        """Re-apply the decisions kept after their tries all failed (``_unapplied``) while
+        connected: a sweep of their channels only, ``reapply_s`` after one is kept, then
+        with the wait doubled up to ``reapply_max_s`` for as long as they fail again (the
+        wait is reset by a re-application that ends, and on each connect). Idle while
+        none is kept: no timer. Returns once ``over`` (the session ends) or ``stop()`` is
+        set, within a REST timeout (a listing in flight); the sweeps of the next connect,
+        or of the stop, take over."""
+        self._reapply_after = 0.0
+        while not (over.is_set() or self._stopping.is_set()):
+            if not self._unapplied:
+                self._kept.clear()
+                await wait_event(self._kept, None, over, self._stopping)
+                continue
+            delay = self._reapply_after or self.reapply_s
+            if await wait_event(over, delay, self._stopping) or self._stopping.is_set():
+                return
+            self._reapply_after = min(delay * 2, self.reapply_max_s)
+            try:
+                await self._sweep(reapply=True)
+            except AriError as exc:
+                if cancelling():
+                    raise asyncio.CancelledError from exc
+                log.warning(
+                    "ARI: could not list the waiting channels to re-apply %d decision(s) (%s)",
+                    len(self._unapplied),
+                    exc,
+                )
 
     async def _backoff(self, failures: int) -> None:
         delay = min(self.config.reconnect_max_s, _RECONNECT_BASE_S * 2 ** min(failures, 16))
@@ -375,9 +428,12 @@ class StasisGate:
                 log.warning("ARI: could not list the waiting channels (%s)", exc)
                 return  # the next connect's sweep finds them
 
-    async def _sweep(self) -> None:
+    async def _sweep(self, reapply: bool = False) -> None:
         """Decide every channel already waiting in the application (after a restart), or
-        re-apply the decision it already got."""
+        re-apply the decision it already got; ``reapply``: only re-apply the decisions
+        kept in this process (``_unapplied``), deciding no channel. Either way a kept
+        decision whose channel is no longer listed as waiting is dropped (and deleted
+        from Redis)."""
         ended: set[str] = set()
         self._listings.append(ended)
         try:
@@ -394,8 +450,11 @@ class StasisGate:
             for raw in listed
             if (c := parse_app_data(raw, self.config.app)) is not None
             and (c.id not in ended or c.id in self._unapplied)
+            and (c.id in self._unapplied or not reapply)
         ]
-        if waiting:
+        if reapply and waiting:
+            log.info("ARI: re-applying the kept decisions of %d channel(s)", len(waiting))
+        elif waiting:
             log.info(
                 "ARI: %d channel(s) were waiting in %r; deciding them",
                 len(waiting),
@@ -408,7 +467,7 @@ class StasisGate:
         if gone:
             self._decisions.spawn(lambda: self._forget(gone))
         for channel in waiting:
-            self._spawn(channel, lookup=True)
+            self._spawn(channel, lookup=not reapply, reapply=reapply)
 
     def _spawn(
         self,
@@ -416,15 +475,19 @@ class StasisGate:
         recheck: bool = False,
         lookup: bool = False,
         forget: bool = False,
+        reapply: bool = False,
     ) -> None:
         """Decide ``channel`` (or re-apply its decision) unless one is in flight for it;
         ``recheck``: first make sure it still waits in the application; ``lookup``: first
         look for a decision saved in Redis (a sweep); ``forget``: first delete the one
-        saved for an earlier stay."""
+        saved for an earlier stay; ``reapply``: only re-apply the decision kept for it,
+        never decide it (none kept any more: nothing done)."""
         if channel.id in self._deciding:
             return  # the same stay, seen both as an event and by the sweep
         stay = self._deciding[channel.id] = _Stay()
-        task = self._decisions.spawn(lambda: self._handle(channel, stay, recheck, lookup, forget))
+        task = self._decisions.spawn(
+            lambda: self._handle(channel, stay, recheck, lookup, forget, reapply)
+        )
         task.add_done_callback(lambda _: self._done(channel.id, stay))
 
     def _done(self, channel_id: str, stay: _Stay) -> None:
@@ -442,7 +505,13 @@ class StasisGate:
     # -- one channel ----------------------------------------------------------------------
 
     async def _handle(
-        self, channel: StasisChannel, stay: _Stay, recheck: bool, lookup: bool, forget: bool
+        self,
+        channel: StasisChannel,
+        stay: _Stay,
+        recheck: bool,
+        lookup: bool,
+        forget: bool,
+        reapply: bool = False,
     ) -> None:
         try:
             if forget:  # before this stay's own decision may be saved
@@ -450,6 +519,8 @@ class StasisGate:
             if recheck and not await self._waiting(channel):
                 return
             action = self._unapplied.pop(channel.id, None)
+            if action is None and reapply:
+                return  # dropped meanwhile (gone, or taken by a new stay): never decided
             if action is None and lookup:
                 action = await self._lookup(channel)
             if action is None:
@@ -457,6 +528,8 @@ class StasisGate:
             else:
                 stay.saved = True
             await self._apply(channel, stay, action)
+            if reapply and channel.id not in self._unapplied:
+                self._reapply_after = 0.0  # Asterisk answered it: no longer backing off
         except Exception as exc:  # a bug for one channel must not stop the application
             if cancelling():
                 raise asyncio.CancelledError from exc
@@ -578,10 +651,16 @@ class StasisGate:
 
     def _remember(self, channel: StasisChannel, action: _Action) -> None:
         self._unapplied[channel.id] = action
+        self._kept.set()  # the re-applying (while connected) takes it up
         if len(self._unapplied) > _UNAPPLIED_MAX:
             dropped, _ = self._unapplied.popitem(last=False)
             log.error("Stasis: too many unapplied decisions; forgot channel %s", dropped)
-        log.warning("Stasis channel %s: decision kept; the next sweep applies it", channel.name)
+        log.warning(
+            "Stasis channel %s: decision kept; the next sweep applies it (within %g s while "
+            "connected, else on connecting)",
+            channel.name,
+            self.reapply_max_s,
+        )
 
     # -- decisions saved in Redis ----------------------------------------------------------
 
