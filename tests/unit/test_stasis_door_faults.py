@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -21,8 +22,10 @@ import pytest
 from aiohttp import WSMsgType, web
 
 from gate.config.loader import AriConfig
+from gate.core.errors import StoreError
 from gate.lists.admin import ListAdmin
-from gate.service import Gate
+from gate.ops.audit import read_range
+from gate.service import Evaluation, Gate, Observed
 from gate.stasis.door import StasisGate
 
 NUMBER = "0612345678"
@@ -54,6 +57,7 @@ class Asterisk:
     dialling: dict[str, dict[str, Any]] = field(default_factory=dict)  # continued, alive
     done: list[tuple[str, str]] = field(default_factory=list)  # ("continue"|"hangup", id)
     held: set[str] = field(default_factory=set)  # "METHOD uri" never answered over the WS
+    failing: dict[str, int] = field(default_factory=dict)  # id -> its continues answered 500
     asked: list[str] = field(default_factory=list)  # "METHOD uri" of each RESTRequest
     sockets: list[web.WebSocketResponse] = field(default_factory=list)
     connected: asyncio.Event = field(default_factory=asyncio.Event)
@@ -79,6 +83,9 @@ class Asterisk:
             return 204, ""
         if cid not in self.waiting:
             return 409, json.dumps({"message": "Channel not in Stasis application"})
+        if parts[2:] == ["continue"] and self.failing.get(cid, 0) > 0:
+            self.failing[cid] -= 1
+            return 500, json.dumps({"message": "Internal Server Error"})
         if parts[2:] == ["continue"]:
             chan = self.waiting.pop(cid)
             self.dialling[cid] = {**chan, "dialplan": {**chan["dialplan"], "app_name": "Dial"}}
@@ -227,3 +234,124 @@ async def test_a_stop_while_a_continue_is_unanswered_still_continues_the_channel
         await state.send(stasis_start(chan))
         assert await until(lambda: "POST channels/c1/continue" in state.asked)
     assert ([("continue", "c1")], {}) == (state.done, state.waiting)
+
+
+class Decided:
+    """A decision observer: the numbers of the decisions made, in order."""
+
+    def __init__(self) -> None:
+        self.numbers: list[str] = []
+
+    def decided(self, observed: Observed) -> None:
+        self.numbers.append(observed.attempt.dialled)
+
+    def undone(self, evaluation: Evaluation) -> None:
+        pass
+
+    def store_failed(self, error: StoreError) -> None:
+        pass
+
+
+def quick_retries(door: StasisGate) -> None:
+    """The door's tries (5) and re-applications made quick, as a test can wait for them."""
+    door.apply_backoff_s, door.reapply_s, door.reapply_max_s = 0.02, 0.1, 0.4
+
+
+async def audited(gate: Gate) -> Counter[tuple[str, str]]:
+    """(channel id, verdict) of each entry of the audit trail (the number in the channel's
+    name is kept hashed: its id, after ``@gated-``, is not)."""
+    entries = [r async for r in read_range(gate.store.admin_client, "callgate")]
+    return Counter((e["channel"].split("@gated-")[-1].split(";")[0], e["verdict"]) for e in entries)
+
+
+def continues(state: Asterisk, cid: str) -> int:
+    return state.asked.count(f"POST channels/{cid}/continue")
+
+
+async def test_a_decision_asterisk_failed_to_apply_is_reapplied_without_a_reconnect(
+    asterisk: tuple[Asterisk, str], gate: Gate
+) -> None:
+    """Asterisk answers the continue with 500 more times than the door tries it, while the
+    event WebSocket stays up (no reconnect, so no connect's sweep): the door re-applies the
+    decision it kept, with backoff, until a continue goes through: the channel is continued
+    once, its ALLOW decided and counted once, its saved copy deleted from Redis."""
+    state, url = asterisk
+    decided = Decided()
+    gate.observers.append(decided)
+    async with serving(gate, url) as door:
+        quick_retries(door)
+        failures = 2 * door.apply_tries + 2  # two re-applications fail too
+        state.failing["c1"] = failures
+        state.waiting["c1"] = chan = channel("c1")
+        await state.send(stasis_start(chan))
+        assert await until(lambda: state.done, within=6.0)
+        await asyncio.sleep(0.3)  # a second continue, or decision, would come meanwhile
+        assert 0 == door.reconnects
+        saved = await gate.store.admin_client.exists(gate.keyspace.stasis_key("c1"))
+        assert (failures + 1, {}, 0) == (continues(state, "c1"), dict(door._unapplied), saved)
+    assert [("continue", "c1")] == state.done
+    assert [NUMBER] == decided.numbers
+    assert Counter({("c1", "ALLOW"): 1}) == await audited(gate)
+
+
+async def test_a_channel_gone_while_its_decision_is_kept_is_dropped_not_decided_again(
+    asterisk: tuple[Asterisk, str], gate: Gate
+) -> None:
+    """Two channels' continues keep failing (500) with the WebSocket up; one hangs up while
+    its decision is kept for re-application: it is dropped (its saved copy deleted), never
+    decided again nor continued, while the other is re-applied once Asterisk recovers:
+    one decision each, one continue in all."""
+    state, url = asterisk
+    other = "0698765432"
+    decided = Decided()
+    gate.observers.append(decided)
+    async with serving(gate, url) as door:
+        quick_retries(door)
+        state.failing = {"c1": 1000, "c2": 1000}
+        state.waiting["c1"] = first = channel("c1")
+        state.waiting["c2"] = second = channel("c2", other)
+        await state.send(stasis_start(first))
+        await state.send(stasis_start(second))
+        assert await until(lambda: {"c1", "c2"} <= set(door._unapplied), within=3.0)
+        del state.waiting["c2"]  # the caller hangs up: a listing, or a continue (404), says
+        assert await until(lambda: "c2" not in door._unapplied and "c2" not in door._deciding)
+        state.failing["c1"] = 0  # Asterisk recovers
+        assert await until(lambda: state.done, within=3.0)
+        await asyncio.sleep(0.3)  # a second continue, or decision, would come meanwhile
+        saved = await gate.store.admin_client.exists(
+            gate.keyspace.stasis_key("c1"), gate.keyspace.stasis_key("c2")
+        )
+        assert (0, {}, 0) == (door.reconnects, dict(door._unapplied), saved)
+    assert [("continue", "c1")] == state.done
+    assert sorted([NUMBER, other]) == sorted(decided.numbers)
+    # c1's ALLOW counted once; c2's stands (its failed tries may have been carried out),
+    # or is undone (gone at the first try of a re-application its listing showed waiting)
+    entries = await audited(gate)
+    assert {("c1", "ALLOW"): 1} == {k: n for k, n in entries.items() if k[0] != "c2"}
+    assert entries[("c2", "ALLOW")] <= 1
+
+
+async def test_a_door_reapplying_kept_decisions_stops_promptly(
+    asterisk: tuple[Asterisk, str], gate: Gate
+) -> None:
+    """Asterisk never carries out the continue: the door goes on re-applying the decision
+    while connected, and its stop still ends ``run()`` promptly (the re-applying ends with
+    the connection; the stop's last sweep tries the decision once more, at once)."""
+    state, url = asterisk
+    door = StasisGate(gate, AriConfig(url, "u", "p", reconnect_max_s=0.5))
+    task = asyncio.create_task(door.run())
+    try:
+        async with asyncio.timeout(5):
+            await door.connected.wait()
+        quick_retries(door)
+        state.failing["c1"] = 1_000_000
+        state.waiting["c1"] = chan = channel("c1")
+        await state.send(stasis_start(chan))
+        assert await until(lambda: continues(state, "c1") > 2 * door.apply_tries, within=5.0)
+    finally:
+        await door.stop()
+        started = asyncio.get_running_loop().time()
+        async with asyncio.timeout(15):
+            await task
+    assert asyncio.get_running_loop().time() - started < 2.0
+    assert ([], 0) == (state.done, door.reconnects)
