@@ -592,11 +592,13 @@ async def test_a_decision_a_closed_door_could_not_apply_is_applied_by_the_next_d
     text, files = dialplan()
     sandbox = asterisk_factory(text, extra_files=files)
     failing = FaultyClient(sandbox)
-    failing.failing_continues = 1000
+    failing.failing_continues = 10**9  # every continue of this door fails
     recorded = Recorded()
     gate.observers.append(recorded)
     async with serving(gate, sandbox, client=failing) as stasis:
-        stasis.apply_tries, stasis.apply_backoff_s = 1000, 0.05  # still trying when closed
+        # Still trying when closed (0.05 s doubled: 20 tries take some 14 hours); a stop
+        # makes the tries left at once, and they fail too.
+        stasis.apply_tries, stasis.apply_backoff_s = 20, 0.05
         await swept(failing)
         allowed = await sandbox.originate_local(UNLISTED, "gated")
         assert await logged(caplog, "could not apply the decision (try 3", 10)
