@@ -31,6 +31,7 @@ import os
 import shutil
 import signal
 import socket
+import stat
 import sys
 import tempfile
 import threading
@@ -38,7 +39,7 @@ from collections.abc import Callable, Coroutine, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
-from typing import IO, TYPE_CHECKING, Any, NoReturn, TypeAlias
+from typing import TYPE_CHECKING, Any, NoReturn, TypeAlias
 
 import uvloop
 from redis.exceptions import RedisError
@@ -64,7 +65,7 @@ from gate.lists.formats import (
     rereadable,
 )
 from gate.lists.progress import importer, progress
-from gate.lists.scrub import scrub_file
+from gate.lists.scrub import output_target, scrub_file
 from gate.ops.audit import Follower, read_range
 from gate.ops.logs import configure_logging
 from gate.ops.reload import config_version, request_reload
@@ -470,7 +471,11 @@ def _list_parsers(commands: Commands) -> None:
         help="the first row is a header, not a number: skipped (implied by a column name)",
     )
     imp.add_argument(
-        "--rejects", type=Path, metavar="FILE", help="also write rejected lines to this file"
+        "--rejects",
+        type=Path,
+        metavar="FILE",
+        help="also write rejected lines to this file (whole once the import is done; "
+        "never the file imported)",
     )
     imp.add_argument(
         "--refreshed-at",
@@ -610,7 +615,8 @@ def _scrub_parser(commands: Commands) -> None:
         metavar="OUT",
         help="the leads with verdict, reason and retry_after_s as the three columns after "
         "the first row's (a shorter row padded with empty cells, a longer row's extra cells "
-        "after them: no cell dropped); written whole, or not at all",
+        "after them: no cell dropped); written whole, or not at all (a file: not standard "
+        "output, a device or the leads file)",
     )
     scrub.add_argument(
         "--column",
@@ -863,23 +869,90 @@ async def _import_numbers(
     )
 
 
+class _Rejects:
+    """The ``--rejects`` file of an import: written beside its place and renamed there once
+    the import is done (whole, or not at all: an import interrupted or refused leaves
+    none, and an existing one as it was); a stream (/dev/stderr, a named pipe) is written
+    straight. A write that fails is an ``InputError`` naming the option, saying ``left``
+    (what became of the list)."""
+
+    def __init__(self, path: Path, source: Path, left: str) -> None:
+        self.path, self.left = path, left
+        self.partial: str | None = None
+        if _same_file(path, source):
+            raise InputError(
+                f"--rejects {path}: is the file imported, which it would overwrite; "
+                "name another file"
+            )
+        try:
+            if _not_a_file(path) is not None:
+                self.file = path.open("w", encoding="utf-8")
+                return
+            target, mode = output_target(path)
+            fd, self.partial = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+            self.target = target
+            os.fchmod(fd, mode)
+            self.file = os.fdopen(fd, "w", encoding="utf-8")
+        except OSError as exc:
+            self.discard()
+            raise InputError(
+                f"--rejects {path}: cannot write the rejects file there: {exc.strerror}"
+            ) from exc
+
+    def write(self, text: str) -> None:
+        try:
+            self.file.write(text)
+        except OSError as exc:
+            raise self._failed(exc) from exc
+
+    def _failed(self, exc: OSError) -> InputError:
+        return InputError(
+            f"--rejects {self.path}: cannot write: {exc.strerror or exc}; free some space "
+            f"there, or write it elsewhere; import stopped: {self.left}"
+        )
+
+    def keep(self) -> None:
+        """The import is done: the rejects file in its place."""
+        try:
+            self.file.close()
+            if self.partial is not None:
+                os.replace(self.partial, self.target)
+                self.partial = None
+        except OSError as exc:
+            self.discard()
+            raise InputError(
+                f"--rejects {self.path}: cannot write: {exc.strerror or exc}; the import is "
+                "done, its rejected lines are above"
+            ) from exc
+
+    def discard(self) -> None:
+        """No rejects file (the partial one removed), unless ``keep`` put it in place."""
+        if hasattr(self, "file"):
+            with contextlib.suppress(OSError):
+                self.file.close()
+        if self.partial is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self.partial)
+            self.partial = None
+
+
 async def _import(admin: ListAdmin, args: argparse.Namespace, tenant: str, campaign: str) -> int:
     rule = admin.rule(args.list)
-    rejects: IO[str] | None = None
-    if args.rejects:
-        try:
-            rejects = args.rejects.open("w", encoding="utf-8")
-        except OSError as exc:
-            raise InputError(f"{args.rejects}: cannot write rejects file: {exc.strerror}") from exc
+    digest = Digest()
+    keep = frozenset(v.strip() for v in (args.keep or "").split(",") if v.strip())
+    mode = "replace" if args.replace else "remove" if args.remove else "add"
+    left = {
+        "replace": f"list {args.list!r} is unchanged (the new version was not switched in)",
+        "add": "the numbers of the batches sent before the {stop} are on the list",
+        "remove": "the numbers of the batches sent before the {stop} are removed",
+    }[mode]
+    rejects: _Rejects | None = None
 
     def report(entry: Rejected) -> None:
         print(f"{args.file}:{entry.line_no}: rejected: {entry.why}", file=sys.stderr)
         if rejects is not None:
             rejects.write(f"{entry.line_no}\t{entry.why}\t{entry.text}\n")
 
-    digest = Digest()
-    keep = frozenset(v.strip() for v in (args.keep or "").split(",") if v.strip())
-    mode = "replace" if args.replace else "remove" if args.remove else "add"
     if rule.kind == "reassigned" and (
         args.format != "lines" or args.column or args.header or keep or args.replace
     ):
@@ -894,6 +967,9 @@ async def _import(admin: ListAdmin, args: argparse.Namespace, tenant: str, campa
     headers: list[int] = []  # the line of the header row skipped, if any
     if args.allow_empty and not args.replace:
         raise InputError("--allow-empty goes with --replace")
+    if args.rejects:
+        rejects = _Rejects(args.rejects, args.file, left.format(stop="error"))
+    done = False
     try:
         with contextlib.ExitStack() as files:
             # A pipe is read once: counted, then read, from a copy (rereadable).
@@ -928,17 +1004,15 @@ async def _import(admin: ListAdmin, args: argparse.Namespace, tenant: str, campa
                     source,
                     headers.append,
                 )
+        done = True
     except (KeyboardInterrupt, asyncio.CancelledError):
-        left = {
-            "replace": f"list {args.list!r} is unchanged (the new version was not switched in)",
-            "add": "the numbers of the batches sent before the interruption are on the list",
-            "remove": "the numbers of the batches sent before the interruption are removed",
-        }[mode]
-        print(f"callgate: import interrupted: {left}", file=sys.stderr)
+        print(f"callgate: import interrupted: {left.format(stop='interruption')}", file=sys.stderr)
         raise
     finally:
-        if rejects is not None:
-            rejects.close()
+        if rejects is not None and not done:
+            rejects.discard()  # never a rejects file half written
+    if rejects is not None:
+        rejects.keep()
     if args.json:
         counts = {
             "imported": summary.imported,
@@ -1007,8 +1081,51 @@ async def _consent_or_event(config: Config, args: argparse.Namespace) -> int:
 # --- scrub ----------------------------------------------------------------------------------
 
 
-def _scrub_output(output: Path) -> None:
-    """Refuse, before any lead is read, an ``-o`` the scrub could not write at its end."""
+def _not_a_file(path: Path) -> str | None:
+    """What ``path`` is when it exists and is no regular file (a named pipe, a device such
+    as /dev/null, a socket), else None: a file written beside it and renamed over it at
+    the end would replace it (``/dev/null`` would become a regular file)."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return None  # a new file (or one stat cannot see: the write says why)
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return None
+    return (
+        "a named pipe"
+        if stat.S_ISFIFO(mode)
+        else "a socket"
+        if stat.S_ISSOCK(mode)
+        else ("a device")
+    )
+
+
+def _same_file(path: Path, other: Path) -> bool:
+    with contextlib.suppress(OSError):
+        return os.path.samefile(path, other)
+    return False
+
+
+def _scrub_output(output: Path, leads: Path) -> None:
+    """Refuse, before any lead is read, an ``-o`` the scrub could not write at its end, or
+    whose writing would destroy what is there: standard output (``-``: the scrub writes a
+    file whole or not at all), a named pipe or a device (replaced by a regular file),
+    the leads file itself."""
+    if str(output) == "-":
+        raise InputError(
+            "-o -: a scrub writes a file (whole, or not at all), not standard output; name "
+            "the file to write (e.g. -o scrubbed.csv)"
+        )
+    if (kind := _not_a_file(output)) is not None:
+        raise InputError(
+            f"-o {output}: is {kind}, not a file: the scrubbed file would replace it; name "
+            "a file to write"
+        )
+    if _same_file(output, leads):
+        raise InputError(
+            f"-o {output}: is the leads file itself, which the scrubbed file would replace; "
+            "write to another file"
+        )
     if output.is_dir():
         raise InputError(
             f"-o {output}: is a directory; name the file to write "
@@ -1022,7 +1139,7 @@ def _scrub_output(output: Path) -> None:
 
 async def _scrub(config: Config, args: argparse.Namespace) -> int:
     output: Path = args.output
-    _scrub_output(output)
+    _scrub_output(output, args.file)
     # A pipe is read once: counted, then read, from a copy (rereadable).
     with rereadable(args.file) as source:
         total = count_lines(source)

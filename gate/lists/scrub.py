@@ -320,7 +320,7 @@ def _work(numbers: list[str | None]) -> list[Outcome]:
     return loop.run_until_complete(job.decide(store, planner, numbers))
 
 
-def _output_target(output: Path) -> tuple[Path, int]:
+def output_target(output: Path) -> tuple[Path, int]:
     """Where a scrubbed file given as ``output`` is written (a symlink's target) and its
     permission bits: those of the file it replaces, else a new file's (0666 less the
     umask)."""
@@ -429,7 +429,7 @@ async def scrub_file(
         # Written beside the target and renamed at the end: OUT is whole or untouched. A
         # symlink's target is written (the link stays), with the mode of the file it
         # replaces, or a new file's (not mkstemp's 0600: a dialer's user may read it).
-        target, mode = _output_target(output)
+        target, mode = output_target(output)
         try:
             fd, partial = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
         except OSError as exc:

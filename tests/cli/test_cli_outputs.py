@@ -1,0 +1,160 @@
+"""The files the commands write (``scrub -o``, ``list import --rejects``): never one the
+operator did not mean to replace (the input itself, a device, a named pipe), and written
+whole or not at all; a write that fails is one error line, not a traceback."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import redis
+
+from tests.cli.test_cli import SUBPROCESS_TIMEOUT_S, Run
+
+LEADS = "+33612345678\n0698765432\n"
+
+
+def _device(tmp_path: Path) -> Path:
+    """A character device as /dev/null is (1, 3), made in ``tmp_path`` (never the real
+    /dev/null, which a failing test would replace)."""
+    path = tmp_path / "null"
+    try:
+        os.mknod(path, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    except PermissionError:
+        pytest.skip("making a device node needs root")
+    return path
+
+
+@pytest.mark.parametrize("kind", ["device", "named pipe"])
+def test_a_scrub_output_that_is_a_device_or_a_named_pipe_is_refused_and_left_as_it_is(
+    cli: Run, tmp_path: Path, kind: str
+) -> None:
+    """``-o /dev/null`` (or a FIFO a reader waits on) was replaced by a regular file (the
+    scrub writes beside its output and renames over it): as root, /dev/null itself. Now
+    one line, exit 2, the node untouched."""
+    leads = tmp_path / "leads.txt"
+    leads.write_text(LEADS, encoding="utf-8")
+    if kind == "device":
+        out, is_kind = _device(tmp_path), stat.S_ISCHR
+    else:
+        out, is_kind = tmp_path / "fifo", stat.S_ISFIFO
+        os.mkfifo(out)
+    status, stdout, err = cli("scrub", str(leads), "-o", str(out))
+    assert (2, "") == (status, stdout)
+    assert (
+        f"callgate: error: -o {out}: is a {kind}, not a file: the scrubbed file would "
+        "replace it; name a file to write\n"
+    ) == err
+    assert is_kind(out.lstat().st_mode)
+    left = sorted(p.name for p in tmp_path.iterdir() if p.name != "callgate.toml")
+    assert sorted(["leads.txt", out.name]) == left
+
+
+def test_a_scrub_into_its_own_leads_file_is_refused_and_the_leads_kept(
+    cli: Run, tmp_path: Path
+) -> None:
+    """``scrub leads.csv -o leads.csv`` (or a link to it) replaced the leads file with the
+    scrubbed one (a gzip's with plain CSV): refused, the leads as they were."""
+    leads = tmp_path / "leads.txt"
+    leads.write_text(LEADS, encoding="utf-8")
+    link = tmp_path / "link.csv"  # the same file under another name
+    link.symlink_to(leads)
+    status, out, err = cli("scrub", str(leads), "-o", str(link))
+    assert (2, "") == (status, out)
+    assert (
+        f"callgate: error: -o {link}: is the leads file itself, which the scrubbed file "
+        "would replace; write to another file\n"
+    ) == err
+    assert LEADS == leads.read_text(encoding="utf-8")
+
+
+def test_a_scrub_to_dash_is_refused_not_written_to_a_file_named_dash(
+    cli: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """LEADS ``-`` is standard input, so ``-o -`` reads as standard output; it wrote a file
+    named ``-`` and said "scrubbed into -". Refused in one line saying what to give."""
+    monkeypatch.chdir(tmp_path)
+    Path("leads.txt").write_text(LEADS, encoding="utf-8")
+    status, out, err = cli("scrub", "leads.txt", "-o", "-")
+    assert (2, "") == (status, out)
+    assert (
+        "callgate: error: -o -: a scrub writes a file (whole, or not at all), not standard "
+        "output; name the file to write (e.g. -o scrubbed.csv)\n"
+    ) == err
+    assert not Path("-").exists()
+
+
+@pytest.mark.parametrize("spelling", ["named", "stdin"])
+def test_rejects_into_the_file_imported_is_refused_and_the_file_kept(
+    cli: Run, config_file: Path, tmp_path: Path, spelling: str
+) -> None:
+    """``list import red optouts.txt --rejects optouts.txt`` (or ``- < optouts.txt``)
+    emptied the opt-outs file before reading it: "0 imported", exit 0, the opt-outs gone.
+    Refused, the file kept."""
+    optouts = tmp_path / "optouts.txt"
+    optouts.write_text("+33612345678\nbad\n", encoding="utf-8")
+    source = "-" if spelling == "stdin" else str(optouts)
+    args = ("--config", str(config_file), "list", "import", "red", source)
+    with optouts.open("rb") as stdin:
+        done = subprocess.run(
+            [sys.executable, "-m", "gate.cli", *args, "--rejects", str(optouts)],
+            stdin=stdin,
+            capture_output=True,
+            text=True,
+            timeout=SUBPROCESS_TIMEOUT_S,
+            cwd=tmp_path,
+        )
+    assert (2, "") == (done.returncode, done.stdout)
+    assert (
+        f"callgate: error: --rejects {optouts}: is the file imported, which it would "
+        "overwrite; name another file\n"
+    ) == done.stderr
+    assert "+33612345678\nbad\n" == optouts.read_text(encoding="utf-8")
+    assert (0, "0\n") == cli("list", "count", "red")[:2]
+
+
+def test_rejects_that_cannot_be_written_are_one_error_line(cli: Run, tmp_path: Path) -> None:
+    """A rejects file on a full disk (/dev/full: every write fails with ENOSPC) was an
+    OSError traceback, exit 1: now one line naming --rejects and saying what became of
+    the list."""
+    bad = tmp_path / "bad.txt"
+    bad.write_text("".join(f"bad{i}\n" for i in range(20_000)), encoding="utf-8")
+    status, out, err = cli("list", "import", "red", str(bad), "--replace", "--rejects", "/dev/full")
+    assert (2, "") == (status, out)
+    last = err.splitlines()[-1]
+    assert (
+        "callgate: error: --rejects /dev/full: cannot write: No space left on device; free "
+        "some space there, or write it elsewhere; import stopped: list 'red' is unchanged "
+        "(the new version was not switched in)"
+    ) == last
+    assert "Traceback" not in err
+
+
+def test_a_refused_import_leaves_an_existing_rejects_file_as_it_was(
+    cli: Run, tmp_path: Path, sync_redis: redis.Redis
+) -> None:
+    """The rejects file was opened (emptied) first thing: an import then refused (here by
+    another import's lock) left the last run's rejects empty. Now written whole at the
+    end, or not at all."""
+    sync_redis.set("callgate:{lists}:red:t:default:lock", "f1e6a8ae1b19dca0", px=60_000)
+    optouts, rejects = tmp_path / "optouts.txt", tmp_path / "rejects.txt"
+    optouts.write_text("+33612345678\nbad\n", encoding="utf-8")
+    rejects.write_text("2\tlast run's reject\tbad\n", encoding="utf-8")
+    status, _, err = cli(
+        "list", "import", "red", str(optouts), "--replace", "--rejects", str(rejects)
+    )
+    assert 2 == status
+    assert "another import or resize is running" in err
+    assert "2\tlast run's reject\tbad\n" == rejects.read_text(encoding="utf-8")
+    assert ["optouts.txt", "rejects.txt"] == sorted(
+        p.name for p in tmp_path.iterdir() if p.name != "callgate.toml"
+    )
+    sync_redis.delete("callgate:{lists}:red:t:default:lock")
+    assert (0, "1 in the new version, 0 duplicates, 1 rejected\n") == cli(
+        "list", "import", "red", str(optouts), "--replace", "--rejects", str(rejects)
+    )[:2]
+    assert rejects.read_text(encoding="utf-8").startswith("2\tnumber 'bad'")
