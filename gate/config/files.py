@@ -15,7 +15,10 @@ In the source tree these are symlinks to the canonical files at the top (``confi
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -92,12 +95,43 @@ def write_init(
     for path, text, mode in files:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-        except FileExistsError:
-            yield path, False
-            continue
-        except OSError as exc:
-            raise InputError(f"{path}: cannot write: {exc.strerror}") from exc
+        except OSError as exc:  # FileExistsError too: a file where the directory goes
+            why = "not a directory" if path.parent.exists() else exc.strerror
+            raise InputError(f"{path.parent}: cannot create the directory: {why}") from exc
+        yield path, _write_new(path, text, mode)
+
+
+def _umask() -> int:
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
+
+
+def _write_new(path: Path, text: str, mode: int) -> bool:
+    """Write ``path`` whole (beside it, then linked in: a full disk or a kill leaves no
+    half-written config that a later init would keep), unless it exists; whether written."""
+    if os.path.lexists(path):
+        return False
+    partial = None
+    try:
+        fd, partial = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            os.fchmod(fd, mode & ~_umask())  # as a file created with ``mode``
             handle.write(text)
-        yield path, True
+        try:
+            os.link(partial, path)  # never replaces a file that came meanwhile
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP) or os.path.lexists(path):
+                raise
+            os.rename(partial, path)  # a file system without hard links (FAT)
+    except FileExistsError:
+        return False
+    except OSError as exc:
+        raise InputError(
+            f"{path}: cannot write: {exc.strerror or exc}; nothing was written there"
+        ) from exc
+    finally:
+        if partial is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(partial)
+    return True

@@ -4,6 +4,7 @@ no side effects unless asked (gate/config/files.py, gate/cli.py)."""
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -152,3 +153,49 @@ def test_run_warns_at_start_of_a_redis_that_evicts_keys(tmp_path: Path) -> None:
         expected in warnings,
         "FastAGI on agi://" in lines[-1],
     ), "".join(lines)
+
+
+def test_init_into_a_file_is_one_error_line_not_files_kept(cli: Run, tmp_path: Path) -> None:
+    """``init DIR`` where DIR is a file said "kept (exists) DIR/callgate.toml" three times
+    and exit 0 (mkdir's "file exists" taken for the config's), with nothing written: now
+    one line saying DIR is no directory, exit 2."""
+    target = tmp_path / "callgate.toml"
+    target.write_text("# mine\n", encoding="utf-8")
+    status, out, err = cli("init", str(target))
+    assert (2, "") == (status, out)
+    assert f"callgate: error: {target}: cannot create the directory: not a directory\n" == err
+    assert "# mine\n" == target.read_text(encoding="utf-8")
+
+
+def _files_of_4k() -> None:
+    """In a child before exec: files of 4 kB at most, a larger write fails (EFBIG), as on
+    a full disk."""
+    resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+
+
+def test_init_on_a_full_disk_writes_no_half_config_that_a_later_init_would_keep(
+    cli: Run, tmp_path: Path
+) -> None:
+    """A config the disk could not hold was an OSError traceback, leaving the first 4 kB
+    of callgate.toml, which the next init then "kept (exists)": now one line, exit 2, no
+    file; the next init writes it whole."""
+    target = tmp_path / "etc"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CALLGATE_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "gate.cli", "init", str(target)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=env,
+        preexec_fn=_files_of_4k,
+    )
+    assert (2, "") == (done.returncode, done.stdout)
+    assert (
+        f"callgate: error: {target}/callgate.toml: cannot write: File too large; nothing was "
+        "written there\n"
+    ) == done.stderr
+    assert [] == sorted(p.name for p in target.iterdir())
+    status, out, _ = cli("init", str(target))
+    assert (0, ["wrote"] * 3) == (status, [line.split()[0] for line in out.splitlines()[:3]])
+    load_config(target / "callgate.toml", create_secret=False)
