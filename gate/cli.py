@@ -338,6 +338,13 @@ def _workers(value: str) -> int:
     return int(value)
 
 
+def _how_many(value: str) -> int:
+    """A count of records (``audit tail -n``): 0 or more (``-n -5`` showed nothing)."""
+    if not value.isascii() or not value.isdigit():
+        raise argparse.ArgumentTypeError(f"{value!r}: expected a number, 0 or more")
+    return int(value)
+
+
 def _run_parsers(commands: Commands) -> None:
     run = _add(
         commands,
@@ -651,7 +658,7 @@ def _audit_parsers(commands: Commands) -> None:
         "the latest decisions, newest last",
         "  callgate audit tail -n 50\n  callgate audit tail -f",
     )
-    tail.add_argument("-n", type=int, default=20, metavar="N", help="how many (default 20)")
+    tail.add_argument("-n", type=_how_many, default=20, metavar="N", help="how many (default 20)")
     tail.add_argument("--follow", "-f", action="store_true", help="then wait for new ones")
     _json_flag(tail, "JSON Lines, one record a line")
     export = _add(
@@ -1227,7 +1234,7 @@ async def _audit(config: Config, args: argparse.Namespace) -> int:
                 except (RedisError, OSError) as exc:
                     raise translate_error(exc, where) from exc
                 newest = read_range(
-                    client, namespace, reverse=True, limit=max(args.n, 0), read_wait=read_wait
+                    client, namespace, reverse=True, limit=args.n, read_wait=read_wait
                 )
                 latest = [audit_record(r) async for r in search.translated(newest, where)]
                 for record in reversed(latest):

@@ -104,6 +104,8 @@ def test_every_command_has_help_examples_and_help_for_every_option(path: tuple[s
             ["check", NUMBER, "--tenant", "acme\n"],
             "argument --tenant: 'acme\\n' must be 1-64 of A-Z a-z 0-9 _ . -",
         ),
+        # A negative count showed nothing, exit 0, as if the trail were empty.
+        (["audit", "tail", "-n", "-5"], "argument -n: '-5': expected a number, 0 or more"),
     ],
 )
 def test_a_bad_time_or_name_names_its_own_option(
