@@ -25,6 +25,7 @@ import argparse
 import asyncio
 import contextlib
 import csv
+import errno
 import json
 import logging
 import os
@@ -1628,6 +1629,11 @@ async def _reload(config: Config) -> int:
     return 0
 
 
+# A write refused for want of room: a full disk (ENOSPC), a quota (EDQUOT), a file size
+# limit (EFBIG).
+_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
 def _quiet_broken_pipe() -> int:
     """The reader went away (``| head``): stop quietly (Python's recommended recipe)."""
     with contextlib.suppress(OSError):
@@ -1729,6 +1735,38 @@ def _command(main: Coroutine[Any, Any, int]) -> int:
     return asyncio.run(tracked())
 
 
+def _dispatch(args: argparse.Namespace) -> int:
+    """Run the command ``args`` names; its exit status."""
+    configure_logging(LoggingConfig(), args.verbose)
+    if args.command == "init":
+        return _init(args)
+    config_check = args.command == "config"
+    config = load_config(
+        args.config or default_config_path(),
+        create_secret=not config_check,
+        check_holidays=args.command in DECIDING,
+    )
+    configure_logging(config.logging, args.verbose, config.hash_numbers, config.secret)
+    if config_check:
+        return _config_check(config, args)
+    if args.command == "reload":
+        return _command(_reload(config))
+    if args.command == "check":
+        return _command(_check(config, args))
+    if args.command == "list":
+        return _command(_list(config, args))
+    if args.command in ("consent", *EVENTS):
+        return _command(_consent_or_event(config, args))
+    if args.command == "scrub":
+        return _command(_scrub(config, args))
+    if args.command == "audit":
+        return _command(_audit(config, args))
+    if args.command == "migrate":
+        return _command(_migrate(config))
+    with asyncio.Runner(loop_factory=LOOPS[args.loop]) as runner:
+        return runner.run(_run(config, args))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = _build_parser().parse_args(argv)
@@ -1745,34 +1783,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if main_thread:
             signal.signal(signal.SIGTERM, _terminated)
     try:
-        configure_logging(LoggingConfig(), args.verbose)
-        if args.command == "init":
-            return _init(args)
-        config_check = args.command == "config"
-        config = load_config(
-            args.config or default_config_path(),
-            create_secret=not config_check,
-            check_holidays=args.command in DECIDING,
-        )
-        configure_logging(config.logging, args.verbose, config.hash_numbers, config.secret)
-        if config_check:
-            return _config_check(config, args)
-        if args.command == "reload":
-            return _command(_reload(config))
-        if args.command == "check":
-            return _command(_check(config, args))
-        if args.command == "list":
-            return _command(_list(config, args))
-        if args.command in ("consent", *EVENTS):
-            return _command(_consent_or_event(config, args))
-        if args.command == "scrub":
-            return _command(_scrub(config, args))
-        if args.command == "audit":
-            return _command(_audit(config, args))
-        if args.command == "migrate":
-            return _command(_migrate(config))
-        with asyncio.Runner(loop_factory=LOOPS[args.loop]) as runner:
-            return runner.run(_run(config, args))
+        status = _dispatch(args)
+        sys.stdout.flush()  # here, not at exit: a write that fails is reported below
+        return status
     except GateError as exc:
         print(f"callgate: error: {exc.worded(CLI_WORDING)}", file=sys.stderr)
         return EXIT_USAGE
@@ -1789,6 +1802,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         return _quiet_broken_pipe()
+    except OSError as exc:
+        if exc.errno not in _FULL:
+            raise
+        # Every file a command writes says so itself (InputError): this is its output,
+        # redirected to a file on a full disk (``list export red > red.txt``).
+        with contextlib.suppress(OSError):
+            print(
+                f"callgate: error: cannot write the output: {exc.strerror}; free some space "
+                "there, or write it elsewhere: the output is incomplete",
+                file=sys.stderr,
+            )
+        _quiet_broken_pipe()  # no second failure as the process ends
+        return EXIT_USAGE
     finally:
         if main_thread and terminate is not None:
             signal.signal(signal.SIGTERM, terminate)

@@ -158,3 +158,32 @@ def test_a_refused_import_leaves_an_existing_rejects_file_as_it_was(
         "list", "import", "red", str(optouts), "--replace", "--rejects", str(rejects)
     )[:2]
     assert rejects.read_text(encoding="utf-8").startswith("2\tnumber 'bad'")
+
+
+@pytest.mark.parametrize(
+    "command",
+    [("config", "check"), ("list", "count", "red"), ("check", "+33612345678")],
+    ids=["config-check", "list-count", "check"],
+)
+def test_output_to_a_full_disk_is_one_error_line_not_a_traceback(
+    config_file: Path, tmp_path: Path, command: tuple[str, ...]
+) -> None:
+    """``callgate list count red > n.txt`` (any command's output) on a full disk
+    (/dev/full) was an OSError traceback, exit 1: one line saying the output is
+    incomplete, exit 2 (for check too: its verdict was not written)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CALLGATE_")}
+    with open("/dev/full", "w") as full:
+        done = subprocess.run(
+            [sys.executable, "-m", "gate.cli", "--config", str(config_file), *command],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=SUBPROCESS_TIMEOUT_S,
+            env=env,
+            cwd=tmp_path,
+        )
+    assert (
+        2,
+        "callgate: error: cannot write the output: No space left on device; free some space "
+        "there, or write it elsewhere: the output is incomplete\n",
+    ) == (done.returncode, done.stderr)
