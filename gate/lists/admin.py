@@ -463,7 +463,10 @@ class ListAdmin:
                 changed = await self._delta_import(rule, key, mode, chunks(), expected, fields)
         return ImportSummary(
             imported=changed,
-            duplicates=tally["accepted"] - changed,
+            # A replace's new version also holds the numbers added while it was built (an
+            # opt-out is never lost): more entries than the file gave, never fewer than 0
+            # duplicates.
+            duplicates=max(0, tally["accepted"] - changed),
             rejected=tally["rejected"],
             skipped=tally["skipped"],
         )

@@ -8,11 +8,15 @@ import os
 import stat
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
 
+from gate import cli as cli_module
+from gate.cli import EXIT_BLOCK
 from tests.cli.test_cli import SUBPROCESS_TIMEOUT_S, Run
 
 LEADS = "+33612345678\n0698765432\n"
@@ -187,3 +191,32 @@ def test_output_to_a_full_disk_is_one_error_line_not_a_traceback(
         "callgate: error: cannot write the output: No space left on device; free some space "
         "there, or write it elsewhere: the output is incomplete\n",
     ) == (done.returncode, done.stderr)
+
+
+def test_an_opt_out_added_during_a_replace_is_kept_and_counted_without_negative_duplicates(
+    cli: Run, config_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ``list add`` (another shell, a real process) while a --replace is being built
+    lands in the new version too, so the new version has one entry more than the file:
+    the summary said "-1 duplicates". Now 0, the count true, the opt-out kept."""
+    path = tmp_path / "optouts.txt"
+    path.write_text("".join(f"+3361{i:07d}\n" for i in range(50_000)), encoding="utf-8")
+    read = cli_module.read_batches
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CALLGATE_")}
+
+    def with_an_add_meanwhile(*args: Any, **kwargs: Any) -> Iterator[Any]:
+        for at, batch in enumerate(read(*args, **kwargs)):
+            yield batch
+            if at == 0:  # the new version is being built: an opt-out comes in
+                added = subprocess.run(
+                    [sys.executable, "-m", "gate.cli", "--config", str(config_file), "list",
+                     "add", "red", "0799999999"],
+                    capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT_S, env=env,
+                )  # fmt: skip
+                assert (0, "1 added, 0 already listed\n") == (added.returncode, added.stdout)
+
+    monkeypatch.setattr(cli_module, "read_batches", with_an_add_meanwhile)
+    status, out, err = cli("list", "import", "red", str(path), "--replace")
+    assert (0, "50001 in the new version, 0 duplicates, 0 rejected\n") == (status, out), err
+    assert EXIT_BLOCK == cli("check", "0799999999")[0]
+    assert (0, "50001\n") == cli("list", "count", "red")[:2]
