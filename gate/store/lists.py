@@ -426,17 +426,27 @@ class ListStore:
         return [self.keyspace.bucket_key(list_id, version, bits, b) for b in range(1 << bits)]
 
     async def members(self, list_id: str) -> AsyncIterator[int]:
-        """Every entry of the live version (bounded memory: a few thousand buckets at once)."""
+        """Every entry of the live version (bounded memory: a few thousand buckets at once).
+        A version replaced meanwhile (another import's switch, which then removes its
+        buckets: those not read yet were gone, the listing silently short) is an
+        ``InputError`` once the entries read are given."""
         directory = await self.directory(list_id)
         if "version" not in directory:
             return
-        keys = self._buckets(list_id, int(directory["version"]), int(directory["bits"]))
+        version, bits = int(directory["version"]), int(directory["bits"])
+        keys = self._buckets(list_id, version, bits)
         for start in range(0, len(keys), _COMMANDS):
             chunk = keys[start : start + _COMMANDS]
             replies = await self.store.send_packed([(k, _packed(["SMEMBERS", k])) for k in chunk])
             for members in replies:
                 for member in members:
                     yield int(member)
+        after = await self.directory(list_id)
+        if (after.get("version"), after.get("bits")) != (str(version), str(bits)):
+            raise InputError(
+                f"list {list_id}: replaced by another import while its entries were read "
+                "(those not read yet were removed): the listing is incomplete; run it again"
+            )
 
     async def _count_groups(self, list_id: str, version: int, bits: int) -> list[int]:
         """Entries of a version per slot group (list_fill.lua counting: one call a group)."""

@@ -17,7 +17,8 @@ import redis
 
 from gate import cli as cli_module
 from gate.cli import EXIT_BLOCK
-from tests.cli.test_cli import SUBPROCESS_TIMEOUT_S, Run
+from gate.store import lists as lists_module
+from tests.cli.test_cli import SUBPROCESS_TIMEOUT_S, Run, sample_config
 
 LEADS = "+33612345678\n0698765432\n"
 
@@ -220,3 +221,44 @@ def test_an_opt_out_added_during_a_replace_is_kept_and_counted_without_negative_
     assert (0, "50001 in the new version, 0 duplicates, 0 rejected\n") == (status, out), err
     assert EXIT_BLOCK == cli("check", "0799999999")[0]
     assert (0, "50001\n") == cli("list", "count", "red")[:2]
+
+
+def test_an_export_during_which_the_list_is_replaced_fails_instead_of_ending_short(
+    cli: Run, tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``list export red > red.txt`` while another shell's ``list import red --replace``
+    switched the list: the replace removed the old version's buckets not read yet, and the
+    export ended short (about half of 2 M numbers in a run by hand), exit 0. Now exit 2
+    with one line saying the listing is incomplete. (The export reads 64 buckets a request
+    here, so that a small list takes many; the replace is a real process, run once the
+    export has given its first number.)"""
+    plain = tmp_path / "plain.toml"
+    plain.write_text(sample_config(redis_url, privacy={"hash_numbers": False}), encoding="utf-8")
+    old, new = tmp_path / "old.txt", tmp_path / "new.txt"
+    old.write_text("".join(f"+3361{i:07d}\n" for i in range(20_000)), encoding="utf-8")
+    new.write_text("+33799999999\n", encoding="utf-8")
+    assert 0 == cli("list", "import", "red", str(old), "--replace", config=plain)[0]
+    monkeypatch.setattr(lists_module, "_COMMANDS", 64)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CALLGATE_")}
+    replaced: list[int] = []
+
+    def replaced_after_the_first(*args: Any, **kwargs: Any) -> None:
+        if not replaced:
+            done = subprocess.run(
+                [sys.executable, "-m", "gate.cli", "--config", str(plain), "list", "import",
+                 "red", str(new), "--replace"],
+                capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT_S, env=env,
+            )  # fmt: skip
+            replaced.append(done.returncode)
+        print(*args, **kwargs)
+
+    monkeypatch.setattr(cli_module, "print", replaced_after_the_first, raising=False)
+    status, out, err = cli("list", "export", "red", config=plain)
+    assert [0] == replaced
+    assert 20_000 > len(out.splitlines())
+    assert (
+        2,
+        "callgate: error: list red:t:default: replaced by another import while its entries "
+        "were read (those not read yet were removed): the listing is incomplete; run it "
+        "again\n",
+    ) == (status, err)
