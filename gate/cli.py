@@ -894,7 +894,7 @@ class _Rejects:
             )
         try:
             if _not_a_file(path) is not None:
-                self.file = path.open("w", encoding="utf-8")
+                self.file = path.open("a", encoding="utf-8")  # a shared file: its end
                 return
             target, mode = output_target(path)
             fd, self.partial = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
@@ -1090,22 +1090,26 @@ async def _consent_or_event(config: Config, args: argparse.Namespace) -> int:
 
 
 def _not_a_file(path: Path) -> str | None:
-    """What ``path`` is when it exists and is no regular file (a named pipe, a device such
-    as /dev/null, a socket), else None: a file written beside it and renamed over it at
-    the end would replace it (``/dev/null`` would become a regular file)."""
+    """What ``path`` is when it exists and is no regular file of its own (a named pipe, a
+    device such as /dev/null, a socket, or a process's stream such as /dev/stderr, which
+    may be a shell's redirection to a file), else None: a file written beside it and
+    renamed over it at the end would replace it (``/dev/null`` would become a regular
+    file, ``2> errors.log`` be replaced and the messages after it lost)."""
     try:
         mode = path.stat().st_mode
     except OSError:
         return None  # a new file (or one stat cannot see: the write says why)
-    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+    if stat.S_ISDIR(mode):
         return None
-    return (
-        "a named pipe"
-        if stat.S_ISFIFO(mode)
-        else "a socket"
-        if stat.S_ISSOCK(mode)
-        else ("a device")
-    )
+    if os.path.realpath(path).startswith("/proc/") or (
+        stat.S_ISREG(mode) and os.path.realpath(path.parent) == "/dev"
+    ):
+        return "a process's stream"
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISFIFO(mode):
+        return "a named pipe"
+    return "a socket" if stat.S_ISSOCK(mode) else "a device"
 
 
 def _same_file(path: Path, other: Path) -> bool:

@@ -262,3 +262,48 @@ def test_an_export_during_which_the_list_is_replaced_fails_instead_of_ending_sho
         "were read (those not read yet were removed): the listing is incomplete; run it "
         "again\n",
     ) == (status, err)
+
+
+def test_rejects_to_dev_stderr_redirected_to_a_file_keep_the_messages(
+    config_file: Path, tmp_path: Path
+) -> None:
+    """``--rejects /dev/stderr 2> errors.log``: the rejects file is written straight into
+    the stream, after what is there (it was opened for writing from the start: the
+    "rejected" message before it overwritten)."""
+    optouts, log = tmp_path / "optouts.txt", tmp_path / "errors.log"
+    optouts.write_text("+33612345678\nbad\n", encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CALLGATE_")}
+    with log.open("w") as stderr:
+        done = subprocess.run(
+            [sys.executable, "-m", "gate.cli", "--config", str(config_file), "list", "import",
+             "red", str(optouts), "--rejects", "/dev/stderr"],
+            stdout=subprocess.PIPE, stderr=stderr, text=True, timeout=SUBPROCESS_TIMEOUT_S,
+            env=env, cwd=tmp_path,
+        )  # fmt: skip
+    assert (0, "1 imported, 0 duplicates, 1 rejected\n") == (done.returncode, done.stdout)
+    why = "number 'bad': unexpected character 'b'; give it as +<country><number>"
+    assert [f"{optouts}:2: rejected: {why}", f"2\t{why}\tbad"] == log.read_text().splitlines()
+
+
+def test_a_scrub_to_dev_stdout_redirected_to_a_file_is_refused(
+    config_file: Path, tmp_path: Path
+) -> None:
+    """``scrub leads -o /dev/stdout > out.csv``: /dev/stdout led to out.csv, which the
+    scrubbed file replaced by a rename (its summary then written to the file unlinked),
+    exit 0. Refused in one line; out.csv left as the shell made it."""
+    leads, out = tmp_path / "leads.txt", tmp_path / "out.csv"
+    leads.write_text(LEADS, encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CALLGATE_")}
+    with out.open("w") as stdout:
+        done = subprocess.run(
+            [sys.executable, "-m", "gate.cli", "--config", str(config_file), "scrub",
+             str(leads), "-o", "/dev/stdout"],
+            stdout=stdout, stderr=subprocess.PIPE, text=True, timeout=SUBPROCESS_TIMEOUT_S,
+            env=env, cwd=tmp_path,
+        )  # fmt: skip
+    assert (
+        2,
+        "callgate: error: -o /dev/stdout: is a process's stream, not a file: the scrubbed "
+        "file would replace it; name a file to write\n",
+        "",
+    ) == (done.returncode, done.stderr, out.read_text())
