@@ -31,9 +31,14 @@ _UNIT_S = {
 }
 
 
+# The longest duration a setting may name: longer ones (inf, "99999999999999d") overflowed
+# where they are used (a retry time in ms, a stream ID, a date).
+MAX_DURATION_S = 36500 * 86400.0
+
+
 def parse_duration_s(value: object, where: str) -> float:
     """``30`` (seconds), ``"30d"``, ``"24h"``, ``"1s"``, ``"500ms"``, ``"200us"`` → seconds
-    (> 0)."""
+    (> 0, at most ``MAX_DURATION_S``)."""
     if isinstance(value, bool):
         raise ConfigError(f"{where}: expected a duration like 30d, 24h or 1s, got {value!r}")
     if isinstance(value, int | float):
@@ -46,6 +51,8 @@ def parse_duration_s(value: object, where: str) -> float:
         raise ConfigError(f"{where}: expected a finite duration like 30d, 24h or 1s, got {value!r}")
     if seconds <= 0:
         raise ConfigError(f"{where}: must be longer than zero, got {value!r}")
+    if seconds > MAX_DURATION_S:  # a fail mode's retry_after of 1e300 raised
+        raise ConfigError(f"{where}: must be at most 100 years (36500d), got {value!r}")
     return seconds
 
 

@@ -155,6 +155,24 @@ def test_secret_file_is_created_once_and_reused(tmp_path: Path) -> None:
         ({"agi": {"port": 70000}}, "agi.port"),
         ({"agi": {"port": "4573"}}, "agi.port: expected an int"),
         ({"fail_mode": {"campaign": "MAYBE"}}, "fail_mode.campaign"),
+        # Accepted, then the fail mode (Redis down) raised OverflowError on each decision.
+        (
+            {"fail_mode": {"retry_after": float("inf")}},
+            "fail_mode.retry_after: expected a finite duration like 30d, 24h or 1s, got inf",
+        ),
+        (
+            {"fail_mode": {"retry_after": float("nan")}},
+            "fail_mode.retry_after: expected a finite duration like 30d, 24h or 1s, got nan",
+        ),
+        (
+            {"fail_mode": {"retry_after": 1e300}},
+            "fail_mode.retry_after: must be at most 100 years (36500d), got 1e+300",
+        ),
+        # Accepted, then age trimming failed every minute (a stream ID out of range).
+        (
+            {"audit": {"max_age": "100000000000d"}},
+            "audit.max_age: must be at most 100 years (36500d), got '100000000000d'",
+        ),
         (
             {"audit": {"max_len": 1000}},
             "audit.max_len: keep at least 102400 records (100 in each of the 1024 slot groups'"
