@@ -354,14 +354,13 @@ class WorkerRole:
     def publish(self, exposition: bytes) -> None:
         """Write this worker's metrics for the parent, whole (written aside, then renamed).
         Nothing when the shared directory is gone: the parent died and a sibling worker,
-        ending, removed it (``leave``)."""
+        ending, removed it (``leave``), or it was removed under a live parent, which makes
+        it again (``Workers.supervise``): the next turn writes them. It raised, and every
+        worker exited, started again to exit again, for as long as the parent ran."""
         partial = self.metrics_path.with_suffix(".tmp")
-        try:
+        with contextlib.suppress(FileNotFoundError):
             partial.write_bytes(exposition)
             partial.replace(self.metrics_path)
-        except FileNotFoundError:
-            if os.getppid() == self.parent_pid:
-                raise
 
     def leave(self) -> None:
         """At this worker's end: remove the shared directory if the parent is gone. A parent
@@ -590,6 +589,7 @@ class Workers:
     @version.setter
     def version(self, version: str) -> None:
         self._version = version
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)  # removed under us
         partial = self.directory / f"{EXPECTED_VERSION}.tmp"
         partial.write_text(f"{version}\n")
         partial.replace(self.directory / EXPECTED_VERSION)
@@ -682,6 +682,7 @@ class Workers:
         """Until ``stop``: start again every worker that exits, each after its own delay."""
         due: dict[int, float] = {}  # worker index → when to start it again (monotonic)
         while not await wait_event(stop, 0.2):
+            self._keep_directory()
             now = time.monotonic()
             for role in self.roles:
                 slot = self.slots[role.index]
@@ -703,6 +704,19 @@ class Workers:
                         slot.exits, slot.delay_s = 0, WORKER_RESTART_S
                     continue
                 due[role.index] = now + self._exited(role, slot, code)
+
+    def _keep_directory(self) -> None:
+        """Make the shared directory again, with the version in force, if it was removed
+        while the workers run (``rm -rf /tmp/callgate-*``, a temporary-files cleaner): the
+        workers write their metrics there and a worker started again reads the version it
+        must serve there. Its metrics files come back at the workers' next turn."""
+        if self.directory.is_dir():
+            return
+        log.warning("the workers' shared directory %s was removed; making it again", self.directory)
+        try:
+            self.version = self._version
+        except OSError as exc:
+            log.error("cannot make %s again: %s; trying again", self.directory, exc.strerror)
 
     def _exited(self, role: WorkerRole, slot: _Slot, code: int) -> float:
         """Log a worker's exit (the first of a series, then once when it keeps exiting);

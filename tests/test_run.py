@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -415,3 +416,36 @@ def test_a_serving_gate_keeps_its_startup_heap_out_of_full_collections(
         assert 0 == process.wait(STARTUP_DEADLINE_S)
     counts = sorted(int(path.read_text()) for path in tmp_path.glob("frozen-*"))
     assert (len(counts), True) == (1 if workers == 1 else 3, counts[0] > 20_000), counts
+
+
+def test_the_workers_serve_on_when_their_shared_directory_is_removed(tmp_path: Path) -> None:
+    """``rm -rf /tmp/callgate-*`` (or a temporary-files cleaner) under a running ``run
+    --workers 2``: the parent makes the shared directory again, with the config version in
+    force, and the workers write their metrics there again. Every worker exited on its
+    next metrics write, and again each time it was started, for as long as the parent ran:
+    no worker served FastAGI."""
+    config = str(_sample_config_in(tmp_path))
+    with _callgate("--config", config, "run", "--workers", "2") as process:
+        assert process.stderr is not None
+        deadline = time.monotonic() + STARTUP_DEADLINE_S
+        lines: list[str] = []
+        shared, port, serving = None, 0, 0
+        while time.monotonic() < deadline and process.poll() is None and serving < 2:
+            lines.append(process.stderr.readline())
+            if found := re.search(r"workers \(pids .* on agi://[^:]+:(\d+)/.* in (\S+)", lines[-1]):
+                port, shared = int(found[1]), Path(found[2])
+            serving += bool(re.search(r"worker \d: FastAGI", lines[-1]))
+        assert (2, True) == (serving, shared is not None), "".join(lines)
+        assert shared is not None
+        time.sleep(1.5)  # each worker has written its metrics
+        shutil.rmtree(shared)
+        time.sleep(3.0)  # each worker's next write, and a start again were it to exit
+        files = sorted(path.name for path in shared.iterdir()) if shared.is_dir() else []
+        answer = asyncio.run(agi_check(port, "0612345678"))
+        process.send_signal(signal.SIGTERM)
+        _, rest = process.communicate(timeout=STOP_DEADLINE_S)
+    log = "".join(lines) + rest
+    assert [] == re.findall(r"worker \d \(pid \d+\) exited with .*", log), log
+    assert ["config-version", "worker-0.prom", "worker-1.prom"] == files, log
+    assert "no_consent:fr-l223-1-optin" == answer["CALLGATE_REASON"]
+    assert 0 == process.returncode
