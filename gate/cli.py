@@ -1523,8 +1523,17 @@ async def _run_worker(config: Config, role: WorkerRole) -> int:
             leadership.start()
         reloader = None
         if config.path is not None:
+            # Only the version the parent has in force: a SIGHUP sent to this worker
+            # itself (``kill -HUP``, ``systemctl kill -s HUP``) after an edit made it serve
+            # a file its parent never accepted (maybe one it refused), its siblings the
+            # old one. The parent's own reload writes its version, then forwards SIGHUP.
+            path = config.path
             reloader = Reloader(
-                gate, config.path, on_swap=metrics.use_config, on_result=metrics.reload_result
+                gate,
+                path,
+                on_swap=metrics.use_config,
+                on_result=metrics.reload_result,
+                accept=lambda version: check_version(role, version, path),
             )
             loop.add_signal_handler(signal.SIGHUP, reloader.request)
             if _SIGHUP.taken():  # sent while this worker was starting: reload now

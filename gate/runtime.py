@@ -34,8 +34,10 @@ the shared directory (at start and at each reload it accepts, before forwarding 
 and a worker whose file on disk is another version (edited and not reloaded, or a reload
 the parent refused) refuses to start (``check_version``: one line, exit 2); the parent
 starts it again with the growing delay, so it serves once the file and the version in force
-agree again (``callgate reload``, or the file restored). A worker never loads a snapshot:
-the file is the one source, the version the handshake.
+agree again (``callgate reload``, or the file restored). A worker's reload (the parent's
+SIGHUP, or one sent to the worker itself) likewise swaps in only that version, else is
+refused (``still serving``) and the worker serves on with its siblings. A worker never
+loads a snapshot: the file is the one source, the version the handshake.
 """
 
 from __future__ import annotations

@@ -449,3 +449,52 @@ def test_the_workers_serve_on_when_their_shared_directory_is_removed(tmp_path: P
     assert ["config-version", "worker-0.prom", "worker-1.prom"] == files, log
     assert "no_consent:fr-l223-1-optin" == answer["CALLGATE_REASON"]
     assert 0 == process.returncode
+
+
+def _served_versions(shared: Path) -> list[str]:
+    """The config version each worker of ``run --workers`` last said it serves."""
+    return [
+        re.findall(r'callgate_config_info\{version="(\w+)"', path.read_text())[0]
+        for path in sorted(shared.glob("worker-*.prom"))
+    ]
+
+
+def test_a_sighup_to_one_worker_serves_only_the_version_its_parent_has_in_force(
+    tmp_path: Path,
+) -> None:
+    """The config edited, then SIGHUP to one worker of ``run --workers 2`` (``kill -HUP``
+    on the wrong PID, ``systemctl kill -s HUP``): the worker refuses the file its parent
+    has not accepted, on one line, and serves on with its siblings' version; the parent's
+    own reload then moves both. The worker served the edited file alone: two sets of
+    rules on one port, until someone reloaded the parent."""
+    config = _sample_config_in(tmp_path)
+    with _callgate("--config", str(config), "run", "--workers", "2") as process:
+        assert process.stderr is not None
+        deadline = time.monotonic() + STARTUP_DEADLINE_S
+        lines: list[str] = []
+        pids: list[int] = []
+        serving = 0
+        while time.monotonic() < deadline and process.poll() is None and serving < 2:
+            lines.append(process.stderr.readline())
+            if found := re.search(r"workers \(pids (\d+), (\d+)\).* in (\S+)", lines[-1]):
+                pids, shared = [int(found[1]), int(found[2])], Path(found[3])
+            serving += bool(re.search(r"worker \d: FastAGI", lines[-1]))
+        assert (2, 2) == (serving, len(pids)), "".join(lines)
+        time.sleep(1.5)  # each worker has written its metrics
+        before = _served_versions(shared)
+        config.write_text(config.read_text() + "\n# edited, not reloaded\n")
+        os.kill(pids[0], signal.SIGHUP)
+        time.sleep(2.5)  # the worker's reload, then its next metrics
+        after_worker = _served_versions(shared)
+        process.send_signal(signal.SIGHUP)
+        time.sleep(2.5)
+        after_parent = _served_versions(shared)
+        process.send_signal(signal.SIGTERM)
+        _, rest = process.communicate(timeout=STOP_DEADLINE_S)
+    log = "".join(lines) + rest
+    assert 1 == len(set(before)), before
+    assert before == after_worker, log
+    assert (1, False) == (len(set(after_parent)), after_parent == before), log
+    refused = [line for line in log.splitlines() if "reload refused" in line]
+    assert 1 == len(refused), log
+    assert (True, True) == ("config version" in refused[0], "callgate reload" in refused[0])

@@ -139,11 +139,15 @@ class Reloader:
         path: Path,
         on_swap: Callable[[Config, str], None] | None = None,
         on_result: Callable[[bool], None] | None = None,
+        accept: Callable[[str], None] | None = None,
     ) -> None:
         self.gate = gate
         self.path = path
         self.on_swap = on_swap
         self.on_result = on_result
+        # A last say on the version loaded (a worker of ``run --workers``: only the one its
+        # parent has in force): ``ConfigError`` refuses it as a bad file would be.
+        self.accept = accept
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -153,6 +157,8 @@ class Reloader:
             previous = self.gate.version
             try:
                 config, version = await asyncio.to_thread(_load, self.path)
+                if self.accept is not None:
+                    self.accept(version)
                 bound = restart_only_changes(self.gate.config, config)
                 if bound:
                     raise ConfigError(
