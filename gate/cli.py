@@ -74,6 +74,7 @@ from gate.runtime import (
     METRICS_EVERY_S,
     InstanceLock,
     StasisLeadership,
+    StoppedStarting,
     WorkerRole,
     Workers,
     WorkersStasis,
@@ -1777,7 +1778,11 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "migrate":
         return _command(_migrate(config))
     with asyncio.Runner(loop_factory=LOOPS[args.loop]) as runner:
-        return runner.run(_run(config, args))
+        try:
+            return runner.run(_run(config, args))
+        except StoppedStarting:  # SIGTERM while its embedded Redis started: a stop
+            log.info("stopped before the embedded Redis was ready: nothing was served")
+            return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -77,6 +77,7 @@ if TYPE_CHECKING:  # the ARI door (aiohttp) is imported only by ``run``, which s
 __all__ = [
     "InstanceLock",
     "StasisLeadership",
+    "StoppedStarting",
     "WorkerRole",
     "Workers",
     "WorkersStasis",
@@ -148,12 +149,15 @@ async def open_gate(
     Redis not answering at start, the keying is compared later (``KeyingWatch``): before
     the next decision of a process that ``records``; in the background, until it can be
     and every ``KEYING_RECHECK_S`` after, in a ``serving`` process (its stop event). A
-    mismatch found then stops it (``serving`` is set) and is raised on the way out."""
+    mismatch found then stops it (``serving`` is set) and is raised on the way out.
+
+    ``serving`` set (SIGTERM) while the embedded Redis starts or is waited for (loading a
+    large append-only file, another process's server busy): ``StoppedStarting`` at once."""
     embedded: EmbeddedRedis | None = None
     url = config.redis.url
     if config.redis.mode == "single" and url is None:
         embedded = EmbeddedRedis(config.redis.data_dir, config.redis.embedded_wait_s)
-        url = await _in_thread(embedded.start, threading.Event())
+        url = await _start_embedded(embedded, serving)
     store = Store(url, config.redis.deadline_s if deadline_s is None else deadline_s, config.redis)
     gate = Gate(config, store, config_version(config.path))
     audit: AuditLog | None = None
@@ -194,6 +198,29 @@ async def open_gate(
             await asyncio.to_thread(embedded.stop)
     if watch.fault is not None:
         raise watch.fault
+
+
+class StoppedStarting(Exception):
+    """Stopped (SIGTERM) before the embedded Redis was ready: nothing was served."""
+
+
+async def _start_embedded(embedded: EmbeddedRedis, serving: asyncio.Event | None) -> str:
+    """``embedded.start``; ``serving`` set meanwhile ends its wait (``StoppedStarting``). A
+    SIGTERM then waited for the server, up to ``redis.embedded_wait`` (60 s), and the
+    process ended with an error line, or started serving only to stop."""
+    cancel = threading.Event()
+    if serving is None:
+        return await _in_thread(embedded.start, cancel)
+    watcher = asyncio.create_task(serving.wait(), name="callgate-stop-while-starting")
+    watcher.add_done_callback(lambda _: cancel.set())
+    try:
+        return await _in_thread(embedded.start, cancel)
+    except StoreError:
+        if serving.is_set():
+            raise StoppedStarting from None
+        raise
+    finally:
+        watcher.cancel()
 
 
 KEYING_RETRY_S = 1.0  # a keying not compared yet (Redis not answering) is tried this often…

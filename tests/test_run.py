@@ -498,3 +498,38 @@ def test_a_sighup_to_one_worker_serves_only_the_version_its_parent_has_in_force(
     refused = [line for line in log.splitlines() if "reload refused" in line]
     assert 1 == len(refused), log
     assert (True, True) == ("config version" in refused[0], "callgate reload" in refused[0])
+
+
+def test_a_sigterm_while_run_waits_for_its_embedded_redis_stops_it_at_once(
+    tmp_path: Path,
+) -> None:
+    """``systemctl stop`` while ``run`` waits for its embedded Redis (busy, loading a large
+    append-only file: here a socket that accepts and never answers): it stops at once,
+    status 0, nothing served. It waited out ``redis.embedded_wait`` (60 s), then ended
+    with an error line."""
+    config = _sample_config_in(tmp_path)
+    data = tmp_path / "redis"
+    data.mkdir(mode=0o700)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as busy:
+        busy.bind(str(data / "redis.sock"))
+        busy.listen(8)
+        with _callgate("--config", str(config), "run") as process:
+            assert process.stderr is not None
+            deadline = time.monotonic() + STARTUP_DEADLINE_S
+            lines: list[str] = []
+            while time.monotonic() < deadline and process.poll() is None:
+                lines.append(process.stderr.readline())
+                if "waiting up to" in lines[-1]:
+                    break
+            assert "waiting up to 60 s" in lines[-1], "".join(lines)
+            process.send_signal(signal.SIGTERM)
+            begun = time.monotonic()
+            try:
+                code = process.wait(10)
+            except subprocess.TimeoutExpired:
+                code = None
+            took = time.monotonic() - begun
+            rest = process.stderr.read() if code is not None else ""
+    assert (0, True) == (code, took < 5.0), "".join(lines) + rest
+    assert "error" not in rest, rest
+    assert "FastAGI on" not in rest, rest
