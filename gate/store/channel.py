@@ -11,7 +11,9 @@ Redis Cluster master).
 Guarantees (those of the pooled redis-py connections they replace, see client.py):
 
 - A caller waits at most ``pool_wait`` for a free channel (``Busy``); a channel that could
-  not be opened gives its place to the next caller.
+  not be opened gives its place to the next caller. Opening one (its handshake included)
+  takes at most its connection's connect timeout, even from a server that accepts but
+  never answers.
 - One request at a time per channel, its replies read in order (an error reply is a
   value: the channel stays in step), then the replies of what was written behind it
   (``Behind``: a void, client.py), and only then is the channel free again.
@@ -384,6 +386,11 @@ class ChannelLane:
     async def _open_one(self) -> Channel:
         try:
             connection = self.pool.make_connection()
+            # Its handshake (HELLO/AUTH, CLIENT SETINFO, SELECT) is bounded as its connect:
+            # a server that accepts connections but never answers (stopped, frozen) held a
+            # decision for the reply timeout (5 s) here, against a 50 ms deadline. The
+            # channel reads its replies under timers of its own, never this timeout.
+            connection.socket_timeout = connection.socket_connect_timeout
             await connection.connect()  # type: ignore[no-untyped-call]
         except BaseException:
             self._opening -= 1

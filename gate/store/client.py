@@ -270,11 +270,14 @@ _ERROR_CODES: tuple[tuple[type[Exception], str], ...] = (
 )
 
 
-def _refused_credentials(exc: BaseException | None) -> bool:
-    """Whether Redis refused the connection's credentials (NOAUTH, WRONGPASS): redis-py
-    raises that as a ConnectionError, its AuthenticationError only the cause, yet Redis is up."""
+def _caused_by(
+    exc: BaseException | None, kind: type[BaseException] | tuple[type[BaseException], ...]
+) -> bool:
+    """Whether ``exc`` or one of its causes is a ``kind``: redis-py raises a failed
+    connection's handshake as a ConnectionError, the reason only its cause (Redis refused
+    the credentials, NOAUTH or WRONGPASS, yet is up; or it did not answer in time)."""
     while exc is not None:
-        if isinstance(exc, AuthenticationError):
+        if isinstance(exc, kind):
             return True
         exc = exc.__cause__
     return False
@@ -319,11 +322,11 @@ def translate_error(exc: BaseException, where: str) -> StoreError:
     """Map a redis-py error to the gate's error tree (one line, says what to check)."""
     if isinstance(exc, StoreError):
         return exc
-    if isinstance(exc, TimeoutError | RedisTimeoutError):
+    if _caused_by(exc, (TimeoutError, RedisTimeoutError)):  # a handshake's: a ConnectionError
         return StoreTimeout(f"Redis at {where} did not answer in time")
     if isinstance(exc, BusyLoadingError):  # a ConnectionError to redis-py, yet Redis is up
         return StoreUnavailable(f"Redis at {where} is loading its data; it answers once loaded")
-    if _refused_credentials(exc):
+    if _caused_by(exc, AuthenticationError):
         detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         return StoreUnavailable(
             f"Redis at {where} refused callgate's credentials ({detail}); set the user and "

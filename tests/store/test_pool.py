@@ -13,9 +13,12 @@ import collections
 import contextlib
 import dataclasses
 import logging
+import os
+import signal
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 import redis
@@ -24,7 +27,7 @@ from gate.config.loader import RedisConfig
 from gate.core.model import Attempt, Verdict
 from gate.service import Gate
 from gate.store.client import Store, load_script
-from tests.conftest import make_config
+from tests.conftest import make_config, spawned_redis
 
 NUMBER = "0612345678"
 # A cap of 2: one counted attempt leaves the next one allowed, two do not.
@@ -109,6 +112,39 @@ async def test_missed_deadlines_do_not_turn_into_reconnections(
     assert {"store_unavailable"} == {d.reason for d in paused}
     assert {"allowed"} == {d.reason for d in after}
     assert 0 == reconnections
+
+
+async def test_a_frozen_redis_gives_the_fail_mode_without_waiting_for_new_connections(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Redis stopped (SIGSTOP: the kernel still accepts connections, nothing answers) while
+    one decision connection is open: of three decisions at once, one waits on it for the
+    50 ms deadline, the two others open connections whose handshake never gets an answer.
+    All three get the fail mode within the connect bound (0.5 s), logged as Redis not
+    answering; the handshakes used to wait for the reply timeout (5 s) each, and then to
+    say that Redis was unreachable ("is it running?")."""
+    with spawned_redis(tmp_path) as (url, process):
+        store = Store(url, deadline_s=0.05)
+        gate = Gate(make_config(), store)
+        try:
+            await gate.decide(attempt(), record=False, door="cli")  # one connection, warm
+            os.kill(process.pid, signal.SIGSTOP)
+            started = time.monotonic()
+            with caplog.at_level(logging.WARNING, logger="callgate"):
+                frozen = await asyncio.gather(
+                    *(gate.decide(attempt(), record=True, door="cli") for _ in range(3))
+                )
+                alone = await gate.decide(attempt(), record=True, door="cli")
+            elapsed = time.monotonic() - started
+        finally:
+            os.kill(process.pid, signal.SIGCONT)
+            await store.close()
+    assert [(Verdict.DEFER, "store_unavailable")] * 4 == [
+        (d.verdict, d.reason) for d in [*frozen, alone]
+    ]
+    assert elapsed < 2.5  # two connect bounds, not two reply timeouts (10 s)
+    messages = [r.getMessage() for r in caplog.records]
+    assert not any("unreachable" in m for m in messages), messages
 
 
 async def test_a_reply_held_up_by_the_event_loop_is_not_a_missed_deadline(redis_url: str) -> None:
