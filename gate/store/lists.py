@@ -337,11 +337,25 @@ class ListStore:
             directory = await self._grow(list_id, directory, expected)
         versions = _Versions(directory)
         tally = [0, 0]  # changed, the most entries a group holds
+        progress = _Progress()
 
         async def send(batch: Sorted) -> None:
             await self._delta_batch(list_id, op, batch, versions, tally)
+            progress.entries += len(batch)
 
-        await self._pipelined(chunks, _DELTA_BATCH, send)
+        try:
+            await self._pipelined(chunks, _DELTA_BATCH, send)
+        except StoreError as exc:
+            if not progress.entries:
+                raise
+            # Batches went in before the failure: they are in force (an import cut off
+            # is not undone), which the error alone did not say.
+            done = "added" if op == "add" else "removed"
+            raise type(exc)(
+                f"list {list_id}: the update stopped with {progress.entries} entries "
+                f"confirmed {done} ({tally[0]} of them changed the list), the others maybe "
+                f"not; run it again to apply the rest (it is idempotent): {exc}"
+            ) from exc
         changed, fullest = tally
         # A group holds 2**(bits - GROUP_BITS) buckets; resize when one of them overfills.
         if op == "add":

@@ -309,6 +309,42 @@ async def test_a_replace_that_runs_out_of_memory_is_removed_and_opt_outs_still_g
         await store.close()
 
 
+async def test_an_update_cut_off_after_some_batches_says_how_many_went_in(
+    own_redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An add of three batches whose last Redis refuses (maxmemory reached): the first two
+    are in force, and the error says so and that running it again applies the rest; it
+    used to be Redis's error alone, as if nothing had been added."""
+    monkeypatch.setattr("gate.store.lists._DELTA_BATCH", 1000)
+    store = Store(own_redis_url, deadline_s=1.0)
+    gate = Gate(make_config(), store)
+    client = redis.Redis.from_url(own_redis_url)
+    wanted = numbers(0, 3000)
+
+    async def chunks() -> AsyncIterator[Any]:
+        for start in range(0, 3000, 1000):
+            if start == 2000:  # the first two batches are confirmed by now
+                client.config_set("maxmemory-policy", "noeviction")
+                client.config_set("maxmemory", 1)
+            yield gate.keyspace.list_entries(wanted[start : start + 1000])
+            await asyncio.sleep(0.5)
+
+    try:
+        lists = admin(gate)
+        with pytest.raises(StoreError) as raised:
+            await lists.lists.delta_chunks(RED, "add", chunks())
+        client.config_set("maxmemory", 0)
+        count = await lists.lists.count(RED)
+    finally:
+        client.close()
+        await store.close()
+    message = str(raised.value)
+    assert "OOM" in message
+    assert "stopped with 2000 entries confirmed added (2000 of them changed" in message
+    assert "run it again" in message
+    assert 2000 == count
+
+
 def test_formats_us_dnc_fr_scrub_zip_and_gzip(tmp_path: Path) -> None:
     """Area-code files, a scrub return file (kept results only), zip and gzip inputs."""
     rule = make_config().policy.list_rule("red")
