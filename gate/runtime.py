@@ -857,6 +857,7 @@ async def supervise_embedded(embedded: EmbeddedRedis, store: Store, stop: asynci
     delay = RESTART_DELAY_MIN_S
     started = time.monotonic()
     next_adopt = 0.0
+    failed: list[str] = []  # the failures of a relocation, each said once
     try:
         while not stop.is_set():
             pid = embedded.pid if embedded.owned else None
@@ -879,6 +880,11 @@ async def supervise_embedded(embedded: EmbeddedRedis, store: Store, stop: asynci
                         )
                 continue
             if embedded.running():
+                if not embedded.intact():
+                    if await _relocate(embedded, store, cancel, failed):
+                        started = time.monotonic()
+                        failed.clear()
+                    continue
                 if time.monotonic() - started >= HEALTHY_AFTER_S:
                     delay = RESTART_DELAY_MIN_S
                 continue
@@ -895,6 +901,7 @@ async def supervise_embedded(embedded: EmbeddedRedis, store: Store, stop: asynci
             store.status.restarts += 1
             if await _run(embedded.restart, cancel):
                 started = time.monotonic()
+                failed.clear()
                 log.warning(
                     "the embedded Redis in %s is back (pid %s) after %.2f s",
                     embedded.data_dir,
@@ -903,6 +910,74 @@ async def supervise_embedded(embedded: EmbeddedRedis, store: Store, stop: asynci
                 )
     finally:
         cancel.set()
+
+
+async def _relocate(
+    embedded: EmbeddedRedis, store: Store, cancel: threading.Event, failed: list[str]
+) -> bool:
+    """The owned server's data directory is gone (``EmbeddedRedis.intact``): move its data
+    into a new one and start it there (``EmbeddedRedis.relocate``), saying what happened
+    once; True once done. A failure is said once (as long as it is the same) and tried
+    again on the next turn: the server, which then holds the only copy of the data, runs on
+    and serves the decisions meanwhile; stopping it, or this process, would lose that copy.
+    """
+    pid = embedded.pid
+    if not failed:
+        log.error(
+            "the embedded Redis's data directory %s is gone (deleted while callgate ran? its "
+            "socket, lock or append-only file is missing): its server (pid %s) lives on with "
+            "the data in memory, but no CLI command can reach it and one would start a "
+            "second, empty server there; making the directory again, locked, and moving the "
+            "data into it, then restarting the server there: decisions get the fail mode "
+            "meanwhile",
+            embedded.data_dir,
+            pid,
+        )
+    begun = time.monotonic()
+    store.status.restarts += 1
+    try:
+        aside = await _in_thread(embedded.relocate, cancel)
+    except (StoreError, OSError) as exc:
+        said = str(exc)
+        if said not in failed:
+            failed.append(said)
+            if embedded.running():
+                risk = (
+                    f"every list entry, consent and counter is only in the memory of "
+                    f"redis-server pid {pid} (its files were deleted): it is lost if that "
+                    "server or callgate stops, so stop neither; CLI commands cannot reach it "
+                    "meanwhile (they fail, or wait for it if the directory is locked again)"
+                )
+            else:
+                risk = (
+                    f"redis-server pid {pid} has stopped: it is started again from what it "
+                    f"wrote in {embedded.data_dir}"
+                )
+            log.error(
+                "the embedded Redis's data could not be moved into %s: %s; %s; trying again",
+                embedded.data_dir,
+                said,
+                risk,
+            )
+        return False
+    log.warning(
+        "the embedded Redis in %s is back (pid %s) after %.2f s with its data rewritten there "
+        "from the memory of pid %s; decisions got the fail mode meanwhile; check what deleted "
+        "the directory (a cleanup of the state directory?) and that nothing else was in it",
+        embedded.data_dir,
+        embedded.pid,
+        time.monotonic() - begun,
+        pid,
+    )
+    if aside:
+        log.error(
+            "a second redis-server wrote in %s while it was missing: what it held is set aside "
+            "in %s and is NOT in force here; run again the CLI commands (list add, consent, "
+            "...) run at that moment",
+            embedded.data_dir,
+            ", ".join(str(path) for path in aside),
+        )
+    return True
 
 
 async def _until_exit(pid: int, stop: asyncio.Event, timeout_s: float) -> bool:

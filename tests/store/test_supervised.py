@@ -15,7 +15,9 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
+import stat
 import time
 import urllib.error
 import urllib.request
@@ -26,7 +28,7 @@ import pytest
 
 from tests.agi.test_server import agi_call
 from tests.cli.test_cli import NUMBER, sample_config
-from tests.e2e.gateproc import GateProcess
+from tests.e2e.gateproc import GateProcess, GateProcessError
 from tests.ops.test_run_ops import free_port
 from tests.store.test_embedded import START_TIMEOUT_S, data_dir, server_pid, wait_until
 
@@ -216,3 +218,64 @@ async def test_a_restart_that_fails_with_an_os_error_is_tried_again(
         await store.close()
         await asyncio.to_thread(embedded.stop)
     assert (True, True, True) == (failed_once, alive, back)
+
+
+OTHER = "+33698765432"
+
+
+def servers_in(data_dir: Path) -> list[int]:
+    """The PIDs of the redis-server processes working in ``data_dir`` (their working
+    directory: Redis moves into its data directory, even one deleted since)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            exe = os.readlink(proc / "exe")
+            cwd = os.readlink(proc / "cwd")
+        except OSError:  # gone meanwhile, or not ours
+            continue
+        if Path(exe).name == "redis-server" and cwd.removesuffix(" (deleted)") == str(data_dir):
+            pids.append(int(proc.name))
+    return sorted(pids)
+
+
+def test_run_recovers_its_embedded_redis_after_its_data_directory_is_deleted(
+    running: GateProcess, data_dir: Path
+) -> None:
+    """``rm -rf`` of the data directory under a running ``callgate run``: its server lived
+    on with deleted files and no socket, and the next CLI command started a second, empty
+    server in a new directory: ``list add`` said "1 added" into data the gate never read.
+    Now the supervisor notices it within a turn, makes the directory again (locked, so no
+    second server can start), has the live server write its data there and starts it from
+    it: an entry added before the deletion and one added after both block, through the
+    same gate and one server, and after a restart of the gate."""
+    running.cli("list", "add", "red", NUMBER)
+    first = servers_in(data_dir)
+    since = running.log_size()
+    shutil.rmtree(data_dir)
+    with contextlib.suppress(GateProcessError):  # asserted below, with what the CLI did
+        running.wait_for_log("is back .* with its data", within_s=READY_TIMEOUT_S, since=since)
+    log = running.read_log()[since:]
+    added = running.cli("list", "add", "red", OTHER)
+    servers, answering = servers_in(data_dir), server_pid(data_dir)
+    checked = [
+        asyncio.run(agi_call(running.agi_port, "check?tenant=default", extension=number))
+        for number in (NUMBER, OTHER)
+    ]
+    running.stop()
+    running.start()
+    again = [
+        asyncio.run(agi_call(running.agi_port, "check?tenant=default", extension=number))
+        for number in (NUMBER, OTHER)
+    ]
+    blocked = [("BLOCK", "listed:red")] * 2
+    assert 1 == len(first), first
+    assert [answering] == servers, log
+    assert "1 added" in added.stdout, added
+    for dialogue in (checked, again):
+        assert blocked == [
+            (d.variables["CALLGATE_RESULT"], d.variables["CALLGATE_REASON"]) for d in dialogue
+        ], log
+    assert stat.S_IMODE(data_dir.stat().st_mode) == 0o700
+    assert 1 == len(re.findall(r"ERROR .*data directory .* is gone", log)), log
