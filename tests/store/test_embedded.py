@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from gate.core.errors import StoreUnavailable
 from gate.store.embedded import EmbeddedRedis, find_redis_server
 from tests.cli.test_cli import NUMBER, run_subprocess, sample_config
 from tests.conftest import redis_server_version
@@ -325,3 +326,44 @@ def test_a_damaged_append_only_file_says_so_and_what_to_do(data_dir: Path) -> No
     )
     assert f"keep a copy of {aof}, then repair it with redis-check-aof --fix" in lines[0]
     assert server_pid(data_dir) is None
+
+
+def test_a_second_server_that_got_the_deleted_directory_first_is_never_merged_over(
+    data_dir: Path,
+) -> None:
+    """The data directory deleted, and a CLI command quicker than the owner's check: it
+    started a second server there. While that server holds the directory, ``relocate``
+    says so and changes nothing (the owner's server runs on, with the data); once it has
+    stopped, ``relocate`` sets aside what it wrote (never loaded over the owner's data,
+    nor overwritten) and moves the owner's data in."""
+    owner = EmbeddedRedis(data_dir, wait_s=START_TIMEOUT_S)
+    second = EmbeddedRedis(data_dir, wait_s=START_TIMEOUT_S)
+    try:
+        owner.start()
+        client = unix_client(data_dir)
+        client.set("kept", "1")
+        first = owner.pid
+        shutil.rmtree(data_dir)
+        gone = not owner.intact()
+        second.start()  # its own server: the directory was free
+        other = unix_client(data_dir)
+        other.set("second", "1")
+        other.close()
+        with pytest.raises(StoreUnavailable, match="another process holds"):
+            owner.relocate()
+        held = (owner.running(), owner.pid == first)
+        second.stop()
+        aside = owner.relocate()
+        after = unix_client(data_dir)
+        values = (after.get("kept"), after.get("second"))
+        after.close()
+        client.close()
+        moved = (owner.intact(), owner.pid != first, owner.pid == server_pid(data_dir))
+    finally:
+        second.stop()
+        owner.stop()
+    assert (True, (True, True)) == (gone, held)
+    assert (b"1", None) == values
+    assert (True, True, True) == moved
+    assert [path.name.split(".second-server-")[0] for path in aside] == ["appendonly.aof"]
+    assert aside[0].stat().st_size > 0
