@@ -479,6 +479,14 @@ class EmbeddedRedis:
         Return what a second server had left there, set aside. A failure raises
         ``StoreUnavailable`` (or ``OSError``) saying why; the live server, if not stopped
         yet, then runs on as it was (with the directory locked if that step was done)."""
+        aside = self._move_data_in(cancel)
+        self._kill()  # SIGTERM: what it took since the rewrite, flushed to the new file
+        self.restart(cancel)
+        return aside
+
+    def _move_data_in(self, cancel: threading.Event | None) -> list[Path]:
+        """``relocate`` up to the restart: the directory made again and locked, what a
+        second server left there set aside, the live server's data written there."""
         assert self._lock_fd is not None, "only the owner relocates the server"
         if not self.running():
             raise StoreUnavailable("embedded Redis: the server exited")
@@ -500,8 +508,6 @@ class EmbeddedRedis:
             os.pwrite(lock_fd, f"server pid {pid}, started by pid {os.getpid()}\n".encode(), 0)
             aside = self._set_aside()
         self._rewrite_here(cancel)
-        self._kill()  # SIGTERM: what it took since the rewrite, flushed to the new file
-        self.restart(cancel)
         return aside
 
     def _holds_lock_file(self, lock_fd: int) -> bool:
@@ -589,7 +595,25 @@ class EmbeddedRedis:
 
     def stop(self) -> None:
         """Stop the server if this object started it (SIGTERM flushes the AOF); then
-        release the directory."""
+        release the directory. A directory deleted under it, not moved yet (stopped at
+        once, or its move failed): its data is moved into a new one first, else lost."""
+        if self.running() and not self.intact():
+            try:
+                aside = self._move_data_in(None)
+            except (StoreUnavailable, OSError) as exc:
+                log.error(
+                    "the embedded Redis's data directory %s is gone and its data could not be "
+                    "written into a new one before it stops: %s; its data is lost",
+                    self.data_dir,
+                    exc,
+                )
+            else:
+                log.warning(
+                    "the embedded Redis's data directory %s was gone: its data was written "
+                    "into a new one before it stopped%s",
+                    self.data_dir,
+                    f"; what a second server wrote there is set aside in {aside}" if aside else "",
+                )
         self._kill()
         lock_fd, self._lock_fd = self._lock_fd, None
         if lock_fd is not None:

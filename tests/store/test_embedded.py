@@ -367,3 +367,29 @@ def test_a_second_server_that_got_the_deleted_directory_first_is_never_merged_ov
     assert (True, True, True) == moved
     assert [path.name.split(".second-server-")[0] for path in aside] == ["appendonly.aof"]
     assert aside[0].stat().st_size > 0
+
+
+def test_a_server_stopped_after_its_directory_was_deleted_keeps_its_data(
+    data_dir: Path,
+) -> None:
+    """``callgate`` stopped right after ``rm -rf`` of its data directory (before its
+    supervisor moved the data, or after that move failed): ``stop`` writes the data into a
+    new directory first. The server flushed its append-only file into the deleted one, and
+    the next start found nothing."""
+    owner = EmbeddedRedis(data_dir, wait_s=START_TIMEOUT_S)
+    later = EmbeddedRedis(data_dir, wait_s=START_TIMEOUT_S)
+    try:
+        owner.start()
+        client = unix_client(data_dir)
+        client.set("kept", "1")
+        shutil.rmtree(data_dir)
+        owner.stop()
+        client.close()
+        later.start()
+        reopened = unix_client(data_dir)
+        value = reopened.get("kept")
+        reopened.close()
+    finally:
+        owner.stop()
+        later.stop()
+    assert b"1" == value
