@@ -17,6 +17,8 @@ errors of redis-py and aiohttp at the boundary with ``raise ... from``::
     │   ├── StoreTimeout           the answer did not come within the deadline
     │   └── NotReplicated          a write that must survive a failover reached the master
     │                              but not enough replicas in time: not acknowledged
+    ├── WorkerError                a helper process (an import's worker) ended before it
+    │                              answered: killed (out of memory, a signal)
     └── AriError                   Asterisk's REST interface refused or failed a request
         ├── AriUnavailable         Asterisk could not be reached (gate.stasis.ari)
         └── AriNotFound            the channel is gone (the caller hung up)
@@ -46,6 +48,7 @@ __all__ = [
     "StoreUnavailable",
     "Term",
     "Wording",
+    "WorkerError",
 ]
 
 
@@ -165,6 +168,11 @@ class StoreUnavailable(StoreError):
 
 class StoreTimeout(StoreError):
     """Redis did not answer within the configured deadline."""
+
+
+class WorkerError(GateError):
+    """A helper process (an import's worker) ended before it answered: killed by the
+    kernel's out-of-memory killer or a signal, not a bug of the input."""
 
 
 class NotReplicated(StoreError):

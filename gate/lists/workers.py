@@ -15,7 +15,10 @@ Guarantees:
 - at most ``_IN_FLIGHT`` blocks wait per worker (memory stays bounded);
 - ``Workers.close()`` ends every worker it started, by PID: stdin closed (the worker exits
   at its end), a bounded wait, then SIGKILL; it runs whatever ends the import (the end,
-  an error, a cancellation). A worker that fails (a bug) fails the import with its error.
+  an error, a cancellation). A worker that fails (a bug) fails the import with its error;
+  one that ended (killed: the out-of-memory killer, a signal) fails it with a
+  ``WorkerError``, at once, whether or not it had blocks to answer (a block sent to it
+  after its end was never answered: the import waited forever).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from gate.core.errors import WorkerError
 from gate.core.keys import Keyspace
 from gate.lists.formats import Batch, Block, Rejected
 
@@ -69,6 +73,9 @@ class _Worker:
     def __init__(self, process: asyncio.subprocess.Process) -> None:
         self.process = process
         self.waiting: deque[asyncio.Future[tuple[Any, ...]]] = deque()
+        # Set once its stdout has ended (the worker exited or was killed): a block sent
+        # then is answered at once with this error, never by the worker.
+        self.ended: tuple[str, str] | None = None
         self.reader = asyncio.create_task(self._read())
 
     async def _read(self) -> None:
@@ -87,11 +94,11 @@ class _Worker:
                     future = self.waiting.popleft()
                     if not future.done():
                         future.set_result(pickle.loads(payload))
-            ended = ("error", f"the import worker (pid {self.process.pid}) ended")
+            self.ended = ("ended", f"the import worker (pid {self.process.pid}) ended")
             while self.waiting:
                 future = self.waiting.popleft()
                 if not future.done():
-                    future.set_result(ended)
+                    future.set_result(self.ended)
         finally:
             for future in self.waiting:
                 future.cancel()
@@ -100,6 +107,10 @@ class _Worker:
         stdin = self.process.stdin
         assert stdin is not None
         future: asyncio.Future[tuple[Any, ...]] = asyncio.get_running_loop().create_future()
+        if self.ended is not None:
+            # Its reader is done: nothing would ever answer (the import waited forever).
+            future.set_result(self.ended)
+            return future
         self.waiting.append(future)
         stdin.write(_frame(block))  # bounded by _IN_FLIGHT: no need to wait for a drain
         return future
@@ -212,6 +223,8 @@ async def _outcome(
     assert block is not None
     if reply[0] == "utf8":
         raise block.not_utf8(reply[1], reply[2])
+    if reply[0] == "ended":
+        raise WorkerError(f"{reply[1]} (killed: out of memory, a signal?): the import stopped")
     if reply[0] == "error":
         raise RuntimeError(f"import worker failed: {reply[1]}")
     _, lines, accepted, skipped, rejected, digests, runs = reply

@@ -88,6 +88,7 @@ from gate.core.errors import (
     ProtectedNumberError,
     StoreError,
     Wording,
+    WorkerError,
 )
 from gate.core.model import Attempt, Verdict
 from gate.core.rules import ListRule
@@ -222,7 +223,7 @@ def _status(error: GateError) -> int:
         return error.status
     if isinstance(error, ProtectedNumberError | NumberError | ConfigError):
         return 422
-    if isinstance(error, StoreError):
+    if isinstance(error, StoreError | WorkerError):
         return 503
     return 400
 

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import redis
 
-from gate.core.errors import InputError, OptionError, StoreError, StoreUnavailable
+from gate.core.errors import InputError, OptionError, StoreError, StoreUnavailable, WorkerError
 from gate.core.model import Attempt, Verdict
 from gate.lists import formats
 from gate.lists.admin import ListAdmin
@@ -493,6 +493,76 @@ async def test_import_workers_stop_when_the_import_fails(
         )
     assert [2] == [len(pids) for pids in started]
     assert [] == [pid for pid in started[0] if Path(f"/proc/{pid}").exists()]  # noqa: ASYNC240
+
+
+async def test_a_block_sent_to_an_import_worker_killed_while_idle_fails_at_once(
+    gate: Gate, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An import worker killed (the OOM killer, a signal) after it had answered every block
+    it was sent: the next block sent to it fails the import at once with a WorkerError
+    naming it. It was never answered: the import (its list lock held) waited forever."""
+    monkeypatch.setattr(formats, "BLOCK_BYTES", 4096)
+    path = tmp_path / "list.txt"
+    mixed_file(path, 2000)
+    rule = gate.config.policy.list_rule("red")
+    assert rule is not None
+    blocks = [b.block for b in read_batches(open_lines(path), rule, "FR") if b.block is not None]
+    workers = Workers(gate.keyspace, 1)
+    await workers.start()
+    try:
+        assert "ok" == (await asyncio.wait_for(workers.submit(blocks[0]), 20))[0]
+        (pid,) = workers.pids
+        os.kill(pid, signal.SIGKILL)
+        worker = workers._workers[0]
+        await asyncio.wait_for(worker.process.wait(), 10)
+        await asyncio.wait_for(asyncio.shield(worker.reader), 10)  # its end was read
+        reply = await asyncio.wait_for(workers.submit(blocks[1]), 5)
+    finally:
+        await workers.close()
+    assert ("ended", f"the import worker (pid {pid}) ended") == reply
+
+
+async def test_an_import_whose_workers_are_killed_fails_naming_them_the_list_unchanged(
+    gate: Gate, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A --replace whose worker processes are killed half-way fails with a WorkerError
+    (one line, not a RuntimeError: no bug), within a bounded time; the list in force is
+    whole, its lock released."""
+    monkeypatch.setattr(formats, "BLOCK_BYTES", 4096)
+    lists = admin(gate)
+    await lists.add("red", numbers(0, 50), TENANT, "")
+    path = tmp_path / "list.txt"
+    mixed_file(path, 20_000)
+    rule = gate.config.policy.list_rule("red")
+    assert rule is not None
+    started: list[list[int]] = []
+    start = Workers.start
+
+    async def recorded(self: Workers) -> None:
+        await start(self)
+        started.append(self.pids)
+
+    monkeypatch.setattr(Workers, "start", recorded)
+
+    def killing() -> Iterator[formats.Batch]:
+        for at, batch in enumerate(read_batches(open_lines(path), rule, "FR")):
+            if at == 10:
+                for pid in started[0]:
+                    os.kill(pid, signal.SIGKILL)
+            yield batch
+
+    with pytest.raises(WorkerError, match=r"the import worker \(pid \d+\) ended"):
+        await asyncio.wait_for(
+            lists.import_batches(
+                "red", killing(), TENANT, "", print, mode="replace", expected=20_000
+            ),
+            30,
+        )
+    assert (50, True) == (
+        await lists.count("red", TENANT, ""),
+        await listed(gate, numbers(0, 1)[0]),
+    )
+    assert not await lists.lists._client.exists(gate.keyspace.lock_key(RED))
 
 
 async def test_a_large_delta_into_a_small_list_grows_its_buckets_first(
