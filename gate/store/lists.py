@@ -13,7 +13,9 @@ Guarantees:
 - ``delta`` (add/remove) is atomic per group and batch (``lua/list_delta.lua``) and
   reaches decisions at once; while a replacement is being built it also applies to that
   version (each group's meta says so, checked in the same script), so nothing added
-  during a replacement is lost. An overfull list is resized (rebuilt with more buckets).
+  during a replacement is lost. An overfull list is resized (rebuilt with more buckets,
+  from the live version's members read once the new version takes deltas: an opt-out
+  recorded during a resize is in it too).
 - ``replace`` builds a new version beside the live one, then switches every group's meta
   to it. On one server the switch is ONE transaction over all groups: decisions see the
   old version whole, then the new one whole. On a cluster each group switches atomically
@@ -56,7 +58,6 @@ from collections.abc import (
     Callable,
     Coroutine,
     Iterable,
-    Iterator,
     Mapping,
     Sequence,
 )
@@ -690,28 +691,39 @@ class ListStore:
         async with self._locked(list_id):
             # Settled first: the members are those of the version in force.
             directory = await self._settle(list_id)
-            members = [m async for m in self.members(list_id)]
             meta = {
                 k: v
                 for k, v in directory.items()
                 if k not in ("version", "bits", "next_version", *_BUILDING)
             }
-            expected = max(len(members), entries)
-            chunks = self._rebucketed(members)
+            expected = max(await self.count(list_id), entries)
+            # Read as ``_replace`` writes them, once the new version takes deltas: an entry
+            # added meanwhile is in what is read or is added to it. Read before (as it was),
+            # an opt-out recorded while millions of members were read went to the live
+            # version alone, and was lost at the switch.
+            chunks = self._rebucketed(list_id)
             return await self._replace(list_id, directory, chunks, expected, meta, None)
 
-    def _rebucketed(self, members: list[int]) -> Iterator[Chunk]:
-        """Stored members with their bucket32, by chunks."""
+    async def _rebucketed(self, list_id: str) -> AsyncIterator[Chunk]:
+        """The live version's members with their bucket32, by chunks of ``_FLUSH_MIN``."""
+        part: list[int] = []
+        async for member in self.members(list_id):
+            part.append(member)
+            if len(part) >= _FLUSH_MIN:
+                yield self._rebucketed_chunk(part)
+                part = []
+        if part:
+            yield self._rebucketed_chunk(part)
+
+    def _rebucketed_chunk(self, part: list[int]) -> Chunk:
+        """Stored members with their bucket32."""
         from gate.store._bulk import arrays
 
+        if self.keyspace.hashed:  # the bucket is in the member's top 32 bits
+            values, _ = arrays(part, [])
+            return values, (values.view("uint64") >> 32).astype("uint32")
         bucket32_of = self.keyspace.bucket32_of
-        for start in range(0, len(members), _FLUSH_MIN):
-            part = members[start : start + _FLUSH_MIN]
-            if self.keyspace.hashed:  # the bucket is in the member's top 32 bits
-                values, _ = arrays(part, [])
-                yield values, (values.view("uint64") >> 32).astype("uint32")
-            else:
-                yield part, [bucket32_of(m) for m in part]
+        return part, [bucket32_of(m) for m in part]
 
     async def _write(
         self, list_id: str, version: int, bits: int, chunks: Chunks, progress: _Progress

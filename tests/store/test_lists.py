@@ -213,6 +213,31 @@ async def test_an_opt_out_during_a_replace_survives_the_switch(
     assert await listed(gate, opt_out)
 
 
+async def test_an_opt_out_recorded_while_a_resize_reads_the_list_survives_it(
+    gate: Gate, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A resize (the one an import into a small list starts first, or an overfull list's)
+    rebuilds the list from its members: an opt-out recorded while they are read is in the
+    resized list. They were read before the new version took deltas: the opt-out went to
+    the old version alone, removed at the switch (the number callable again)."""
+    lists = admin(gate)
+    await lists.add("red", numbers(0, 5000), TENANT, "")
+    opt_out = "+33699999999"
+    members = ListStore.members
+    added: list[int] = []
+
+    async def reading(self: ListStore, list_id: str) -> AsyncIterator[int]:
+        async for member in members(self, list_id):
+            if not added:  # once reading has begun
+                added.append(await lists.add("red", [opt_out], TENANT, ""))
+            yield member
+
+    monkeypatch.setattr(ListStore, "members", reading)
+    resized = await asyncio.wait_for(lists.lists.resize(RED, 1_000_000), 60)
+    assert ([1], bits_for(1_000_000)) == (added, resized.bits)
+    assert (True, 5001) == (await listed(gate, opt_out), await lists.lists.count(RED))
+
+
 def test_a_killed_import_leaves_the_live_list_intact_and_the_next_cleans_up(
     redis_url: str, tmp_path: Path, sync_redis: redis.Redis
 ) -> None:
