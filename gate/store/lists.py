@@ -134,6 +134,10 @@ def bits_for(entries: int) -> int:
 log = logging.getLogger("callgate")
 
 
+class _Busy(InputError):
+    """A list's replacement lock is held: another import or resize is running."""
+
+
 @dataclass(frozen=True, slots=True)
 class Replaced:
     version: int
@@ -362,8 +366,21 @@ class ListStore:
         if op == "add":
             directory = await self.directory(list_id)
             if fullest > RESIZE_FILL << (int(directory["bits"]) - GROUP_BITS):
-                await self.resize(list_id)
+                await self._resize_unless_busy(list_id)
         return changed
+
+    async def _resize_unless_busy(self, list_id: str) -> None:
+        """``resize`` an overfull list, unless a replacement or resize of it is running:
+        the entries are in (in the version it builds too), which its switch sizes; the next
+        add resizes the list if it is still overfull. Refused (``_Busy``), an add that was
+        done said "another import or resize is running" (an opt-out of the API a 400,
+        though recorded; an import the same, once done)."""
+        if await self._call(self._client.exists(self.keyspace.lock_key(list_id))):
+            return
+        try:
+            await self.resize(list_id)
+        except _Busy:  # taken meanwhile
+            log.info("list %s: not resized now (another import or resize is running)", list_id)
 
     async def _grow(self, list_id: str, directory: dict[str, str], expected: int) -> dict[str, str]:
         """Resize the list first if ``expected`` more entries would overfill its buckets
@@ -376,7 +393,10 @@ class ListStore:
         lock = self.keyspace.lock_key(list_id)
         if await self._call(self._client.exists(lock)):
             return directory  # a replacement is running: its switch decides the buckets
-        await self.resize(list_id, count + expected)
+        try:
+            await self.resize(list_id, count + expected)
+        except _Busy:  # one started meanwhile
+            return directory
         return await self.directory(list_id)
 
     async def _delta_batch(
@@ -509,7 +529,7 @@ class ListStore:
             if not await self._call(self._client.set(lock, lease, nx=True, px=_LOCK_LEASE_MS)):
                 # Its holder may be gone (SIGKILL, a lost host): say when the lease ends.
                 left_ms = await self._call(self._client.pttl(lock))
-                raise InputError(
+                raise _Busy(
                     f"list {list_id}: another import or resize is running, or one was killed "
                     f"(its lock expires within {max(1, math.ceil(left_ms / 60_000))} min); "
                     "try later"

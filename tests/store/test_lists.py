@@ -238,6 +238,40 @@ async def test_an_opt_out_recorded_while_a_resize_reads_the_list_survives_it(
     assert (True, 5001) == (await listed(gate, opt_out), await lists.lists.count(RED))
 
 
+async def test_an_opt_out_into_an_overfull_list_during_a_replace_is_acknowledged(
+    gate: Gate, sync_redis: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An add that overfills the list while a replacement runs (its lock held) is done and
+    says so: the list is resized by that replacement's switch, or by a later add. The
+    add's resize was refused, so an opt-out recorded (in both versions) failed with
+    "another import or resize is running" (the API's 400: not to be sent again)."""
+    lists = admin(gate)
+    await lists.add("red", numbers(0, 5000), TENANT, "")
+    opt_out = "+33699999999"
+    importer = asyncio.create_task(
+        lists.import_entries(
+            "red",
+            entries(numbers(100_000, 200_000)),
+            TENANT,
+            "",
+            fail_on_reject,
+            mode="replace",
+            expected=200_000,
+        )
+    )
+    try:
+        for _ in range(2000):  # bounded: until the build has started
+            if sync_redis.hget(DIRECTORY, "building"):
+                break
+            await asyncio.sleep(0.005)
+        assert sync_redis.hget(DIRECTORY, "building")
+        monkeypatch.setattr("gate.store.lists.RESIZE_FILL", 1)  # every group overfull
+        assert 1 == await lists.add("red", [opt_out], TENANT, "")
+    finally:
+        await asyncio.wait_for(importer, 60)
+    assert (True, 200_001) == (await listed(gate, opt_out), await lists.lists.count(RED))
+
+
 def test_a_killed_import_leaves_the_live_list_intact_and_the_next_cleans_up(
     redis_url: str, tmp_path: Path, sync_redis: redis.Redis
 ) -> None:
