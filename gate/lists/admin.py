@@ -31,10 +31,11 @@ Guarantees:
   groups decide with the new version, the directory still names the one before) ``info``
   says so (``switch_note``) and ``export`` refuses: the version it would read is not the
   one in force. The next ``replace`` completes the switch first.
-- A ``replace`` never empties a list by mistake: a new version with no entries is refused
-  (the list in force kept) when lines of the file were rejected or the list in force has
+- A ``replace`` never empties a list by mistake: a file that gives no number is refused
+  (the list in force kept) when lines of it were rejected or the list in force has
   entries, unless the caller allows it (``allow_empty``): a wrong file, a wrong
-  ``--column``, an empty pipe would otherwise wipe a do-not-call list.
+  ``--column``, an empty pipe would otherwise wipe a do-not-call list (down to the
+  opt-outs recorded while it was read, which its new version holds too).
 - An import counts every line: imported, duplicate, rejected (each reported with its line
   number through ``on_reject``) or skipped (a scrub result not kept). It reads the file in
   batches (gate/importing.py ``read_batches``), so memory stays bounded.
@@ -382,8 +383,9 @@ class ListAdmin:
         ``refreshed_at`` may not be later than ``clock`` (default: the time now; tests
         placing lists at fixed dates pass their own): ``check_refreshed_at``.
 
-        A replace whose new version has no entries, while lines were rejected or the list
-        in force has entries, is refused (``OptionError`` naming option ``allow_empty``)
+        A replace whose file gives no number (its new version may still hold opt-outs
+        recorded meanwhile), while lines were rejected or the list in force has entries,
+        is refused (``OptionError`` naming option ``allow_empty``)
         and changes nothing."""
         rule = self.rule(name)
         key = self.key(name, tenant, campaign)
@@ -438,8 +440,10 @@ class ListAdmin:
         else:
 
             def accept(entries: int, in_force: int) -> None:
+                # What the file gave, not the new version's entries: an opt-out recorded
+                # while it was built is among them (a wrong file left only that one).
                 rejected = tally["rejected"]
-                if entries or allow_empty or not (rejected or in_force):
+                if tally["accepted"] or allow_empty or not (rejected or in_force):
                     return
                 given = (
                     f"none of its lines was accepted ({rejected} rejected)"

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import zipfile
 from collections.abc import AsyncIterator, Iterator
@@ -131,6 +132,43 @@ async def test_a_replace_whose_every_line_is_rejected_is_refused_and_changes_not
         await listed(gate, numbers(0, 1)[0]),
         await listed(gate, numbers(600, 1)[0]),
     ]
+
+
+async def test_a_wrong_file_replacing_a_list_during_an_opt_out_is_still_refused(
+    gate: Gate, redis_url: str
+) -> None:
+    """A file none of whose lines is a number (a wrong --column), imported with --replace
+    while an opt-out is recorded (it goes into the version being built too): refused, the
+    list kept. The guard counted the new version's entries, the opt-out among them: the
+    list of 500 numbers was replaced by that one opt-out."""
+    lists = admin(gate)
+    await lists.add("red", numbers(0, 500), TENANT, "")
+    opt_out = "+33699999999"
+    recorded: list[int] = []
+
+    async def add_elsewhere() -> None:
+        store = Store(redis_url, deadline_s=5.0)
+        try:
+            recorded.append(
+                await admin(Gate(make_config(), store)).add("red", [opt_out], TENANT, "")
+            )
+        finally:
+            await store.close()
+
+    def opt_out_once(rejected: Rejected) -> None:
+        # Another client's opt-out while the new version is built (this loop is busy).
+        if not recorded:
+            thread = threading.Thread(target=asyncio.run, args=(add_elsewhere(),))
+            thread.start()
+            thread.join(30)
+
+    wrong = [(n, Rejected(n, "not a number", "Alice,0612345640")) for n in range(1, 1001)]
+    with pytest.raises(OptionError, match=r"list 'red' is unchanged \(501 entries\)"):
+        await lists.import_entries(
+            "red", wrong, TENANT, "", opt_out_once, mode="replace", expected=1000
+        )
+    assert [1] == recorded
+    assert (501, True) == (await lists.lists.count(RED), await listed(gate, numbers(0, 1)[0]))
 
 
 async def test_an_empty_replace_of_a_list_with_entries_needs_allow_empty(gate: Gate) -> None:
