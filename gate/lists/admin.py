@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from gate.core.engine import RECORD_SKEW_S
-from gate.core.errors import InputError, NumberError, OptionError, StoreError
+from gate.core.errors import InputError, NumberError, OptionError, StoreError, WorkerError
 from gate.core.hours import end_of_calendar_days, local_day
 from gate.core.keys import SLOT_GROUPS, Keyspace, NumberKeys
 from gate.core.model import TrafficClass
@@ -89,6 +89,14 @@ EVENTS = ("refusal", "abandoned", "answered")
 _FIELDS_BATCH = 500
 # An abandoned-call ceiling counts calls by the minute (call_counts.lua).
 _MINUTE_MS = 60_000
+# What a delta import stopped by an error (Redis lost, a line not UTF-8, a worker killed)
+# did to the list: its batches are applied in file order, each group's share atomically.
+_STOPPED = {
+    "add": "the import stopped part-way: the numbers sent before the error are on the list, "
+    "the rest not; import the file again to add them all (those on the list stay as they are)",
+    "remove": "the import stopped part-way: the numbers sent before the error are removed, "
+    "the rest still listed; import the file again to remove them all",
+}
 # A consent's grant time may be this much later than the gate's clock: it comes from
 # another host's clock (a CRM's) or is written by hand to the minute. Later, it has not
 # happened yet (a call event, told as it happens, gets RECORD_SKEW_S).
@@ -493,7 +501,22 @@ class ListAdmin:
                 lists = self._on(await stack.enter_async_context(self.store.durable(what))).lists
             source = await stack.enter_async_context(contextlib.aclosing(chunks))
             grow = expected if mode == "add" else 0
-            changed = await lists.delta_chunks(key, mode, source, expected=grow)
+            given = [0]  # entries handed to the store
+
+            async def counted() -> AsyncGenerator[Chunk, None]:
+                async for chunk in source:
+                    given[0] += len(chunk[0])
+                    yield chunk
+
+            try:
+                changed = await lists.delta_chunks(key, mode, counted(), expected=grow)
+            except OptionError:
+                raise
+            except (InputError, StoreError, WorkerError) as exc:
+                if not given[0]:
+                    raise  # nothing sent: the list as it was
+                # Part of the file may be in force: say so, and how to complete it.
+                raise type(exc)(f"list {rule.name!r}: {_STOPPED[mode]}: {exc}") from exc
             await lists.set_meta(key, fields)
         return changed
 

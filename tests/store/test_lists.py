@@ -662,6 +662,43 @@ async def test_an_import_whose_workers_are_killed_fails_naming_them_the_list_unc
     assert not await lists.lists._client.exists(gate.keyspace.lock_key(RED))
 
 
+@pytest.mark.parametrize("mode", ["add", "remove"])
+async def test_a_delta_import_cut_off_by_redis_says_part_is_done_and_to_import_again(
+    tmp_path: Path, mode: str
+) -> None:
+    """Redis lost half-way through an import without --replace: the error says that the
+    numbers sent before it are on the list (or removed), the rest not, and to import the
+    file again; it said only that Redis was unreachable (the list's state unknown)."""
+    with spawned_redis(tmp_path) as (url, server):
+        store = Store(url, deadline_s=2.0)
+        lists = admin(Gate(make_config(), store))
+        try:
+            values = numbers(0, 3 * formats.BATCH_LINES)
+            if mode == "remove":
+                await lists.add("red", values, TENANT, "")
+
+            def cut_off() -> Iterator[tuple[int, str | Rejected]]:
+                for line_no, value in entries(values):
+                    if line_no == 2 * formats.BATCH_LINES:  # the first batch is sent
+                        server.kill()
+                        server.wait(10)
+                    yield line_no, value
+
+            with pytest.raises(StoreError) as stopped:
+                await asyncio.wait_for(
+                    lists.import_entries("red", cut_off(), TENANT, "", fail_on_reject, mode=mode),
+                    60,
+                )
+        finally:
+            await store.close()
+    done = "are on the list" if mode == "add" else "are removed"
+    assert (
+        f"list 'red': the import stopped part-way: the numbers sent before the error {done}"
+        in str(stopped.value)
+    )
+    assert "import the file again" in str(stopped.value)
+
+
 async def test_a_large_delta_into_a_small_list_grows_its_buckets_first(
     gate: Gate, sync_redis: redis.Redis
 ) -> None:
