@@ -224,7 +224,7 @@ async def _outcome(
     if reply[0] == "utf8":
         raise block.not_utf8(reply[1], reply[2])
     if reply[0] == "ended":
-        raise WorkerError(f"{reply[1]} (killed: out of memory, a signal?): the import stopped")
+        raise WorkerError(f"{reply[1]} (killed: out of memory, a signal?)")
     if reply[0] == "error":
         raise RuntimeError(f"import worker failed: {reply[1]}")
     _, lines, accepted, skipped, rejected, digests, runs = reply

@@ -623,8 +623,8 @@ async def test_an_import_whose_workers_are_killed_fails_naming_them_the_list_unc
     gate: Gate, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A --replace whose worker processes are killed half-way fails with a WorkerError
-    (one line, not a RuntimeError: no bug), within a bounded time; the list in force is
-    whole, its lock released."""
+    (one line, not a RuntimeError: no bug) saying the list is unchanged, within a bounded
+    time; the list in force is whole, its lock released."""
     monkeypatch.setattr(formats, "BLOCK_BYTES", 4096)
     lists = admin(gate)
     await lists.add("red", numbers(0, 50), TENANT, "")
@@ -648,7 +648,8 @@ async def test_an_import_whose_workers_are_killed_fails_naming_them_the_list_unc
                     os.kill(pid, signal.SIGKILL)
             yield batch
 
-    with pytest.raises(WorkerError, match=r"the import worker \(pid \d+\) ended"):
+    unchanged = r"list red:t:default: the import stopped, the list unchanged: "
+    with pytest.raises(WorkerError, match=unchanged + r"the import worker \(pid \d+\) ended"):
         await asyncio.wait_for(
             lists.import_batches(
                 "red", killing(), TENANT, "", print, mode="replace", expected=20_000
