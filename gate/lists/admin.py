@@ -255,7 +255,13 @@ class ListAdmin:
         ``switch_source`` say which version decides where."""
         rule = self.rule(name)
         key = self.key(name, tenant, campaign)
-        internal: tuple[str, ...] = ("next_version", "building", "building_bits", "building_meta")
+        internal: tuple[str, ...] = (
+            "next_version",
+            "building",
+            "building_bits",
+            "building_meta",
+            "dropping",
+        )
         if rule.kind in ("consent", "reassigned"):
             internal += ("version", "bits")
         directory = await self.lists.directory(key)

@@ -33,7 +33,10 @@ Guarantees:
   that version for the one deciding.
   Replacements hold a per-list lock (a lease, so a killed
   importer does not block the next one forever).
-- Old versions are removed by name, UNLINK in small batches per slot (no long Redis stall;
+- Old versions are removed by name, once switched from (the directory names the one being
+  removed, ``dropping``: a removal cut off by an error or a kill is finished by the next
+  replacement or resize; an error there no longer fails an import that replaced the list),
+  UNLINK in small batches per slot (no long Redis stall;
   measured here: a RENAME over a live 10 M-member SET froze Redis 11 s, as the old value
   is freed synchronously, unless ``lazyfree-lazy-server-del yes``).
 - Writes go through the store's admin connections: a long timeout, never a blind retry
@@ -120,6 +123,9 @@ _UNLOCK_RETRY_S = 0.2
 _UNLOCK_RETRY_MAX_S = 2.0
 # The directory's fields of a replacement under way (the version built, its metadata).
 _BUILDING = ("building", "building_bits", "building_meta")
+# The directory's field naming the version a switch replaced ("version/bits") until it is
+# removed: one whose removal was cut off (an error, a kill) is removed by the next.
+_DROPPING = "dropping"
 _UNLINK_BATCH = 500
 _FIELDS_BATCH = 1000
 _STALE_TRIES = 20
@@ -614,27 +620,55 @@ class ListStore:
             ) from exc
         try:
             await self._switch(list_id, building, counts, meta.get("refreshed_at"))
-            await self._switched(list_id, version, bits, meta)
+            await self._switched(list_id, version, bits, meta, directory)
         except StoreError as exc:
             raise type(exc)(
                 f"list {list_id}: the import was cut off while switching to its new "
                 f"version ({sum(counts)} entries), which part of the list may already "
                 f"use; the next import or resize of the list completes the switch: {exc}"
             ) from exc
-        if "version" in directory:
-            await self._drop(list_id, int(directory["version"]), int(directory["bits"]))
+        await self._drop_replaced(list_id)
         return Replaced(version, bits, sum(counts))
 
     async def _switched(
-        self, list_id: str, version: int, bits: int, meta: Mapping[str, str]
+        self,
+        list_id: str,
+        version: int,
+        bits: int,
+        meta: Mapping[str, str],
+        directory: Mapping[str, str],
     ) -> None:
-        """Record in the directory that every group has switched to ``version``."""
+        """Record in the directory that every group has switched to ``version``, and that
+        the version ``directory`` named, if another, is to be removed (``_DROPPING``: the
+        next replacement removes what its removal left, were it cut off)."""
         fields: dict[str, Any] = {"version": version, "bits": bits, **meta}
+        if "version" in directory and int(directory["version"]) != version:
+            fields[_DROPPING] = list_version(int(directory["version"]), int(directory["bits"]))
         key = self.keyspace.directory_key(list_id)
         async with self._client.pipeline(transaction=not self.store.cluster) as pipe:
             pipe.hset(key, mapping=fields)
             pipe.hdel(key, *_BUILDING)
             await self._call(pipe.execute())
+
+    async def _drop_replaced(self, list_id: str) -> None:
+        """Remove the version a switch replaced (``_DROPPING``), if any. Its failure is
+        logged, not raised: the list is replaced (an error said the import had failed),
+        and the next replacement removes it."""
+        key = self.keyspace.directory_key(list_id)
+        try:
+            dropping = await self._call(self._client.hget(key, _DROPPING))
+            if dropping is None:
+                return
+            version, bits = (int(v) for v in dropping.decode().split("/"))
+            await self._drop(list_id, version, bits)
+            await self._call(self._client.hdel(key, _DROPPING))
+        except (StoreError, RedisError, OSError) as exc:
+            log.warning(
+                "list %s: the version it replaced was not all removed (%s); the next "
+                "replacement removes it",
+                list_id,
+                exc,
+            )
 
     async def _settle(self, list_id: str) -> dict[str, str]:
         """The directory entry once an earlier replacement that did not end is dealt with
@@ -644,6 +678,8 @@ class ListStore:
         use it alone): the switch is completed and the version before it removed, never
         the version in force."""
         directory = await self.directory(list_id)
+        if _DROPPING in directory:  # a version replaced, not all removed
+            await self._drop_replaced(list_id)
         if "building" not in directory:
             return directory
         version, bits = int(directory["building"]), int(directory["building_bits"])
@@ -661,9 +697,8 @@ class ListStore:
         meta = dict(switch.meta)
         counts = await self._count_groups(list_id, version, bits)
         await self._switch(list_id, list_version(version, bits), counts, meta.get("refreshed_at"))
-        await self._switched(list_id, version, bits, meta)
-        if "version" in directory and int(directory["version"]) != version:
-            await self._drop(list_id, int(directory["version"]), int(directory["bits"]))
+        await self._switched(list_id, version, bits, meta, directory)
+        await self._drop_replaced(list_id)
         return await self.directory(list_id)
 
     async def _give_up(self, list_id: str, version: int, bits: int) -> None:
@@ -717,7 +752,7 @@ class ListStore:
             meta = {
                 k: v
                 for k, v in directory.items()
-                if k not in ("version", "bits", "next_version", *_BUILDING)
+                if k not in ("version", "bits", "next_version", _DROPPING, *_BUILDING)
             }
             expected = max(await self.count(list_id), entries)
             # Read as ``_replace`` writes them, once the new version takes deltas: an entry

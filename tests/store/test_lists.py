@@ -109,6 +109,51 @@ async def test_replace_switches_in_one_step_and_drops_the_old_version(
     ]
 
 
+@pytest.mark.parametrize("cut", ["redis-error", "cancelled"])
+async def test_a_replaced_version_whose_removal_is_cut_off_is_removed_by_the_next_replace(
+    gate: Gate, sync_redis: redis.Redis, monkeypatch: pytest.MonkeyPatch, cut: str
+) -> None:
+    """The switch done, removing the version replaced fails (Redis) or is cut off (Ctrl-C,
+    SIGTERM): the next replacement removes what is left of it. Nothing named it any more:
+    its buckets stayed in Redis for good; and a Redis error there failed the import,
+    though the list was replaced (the import now succeeds, the failure logged)."""
+    lists = admin(gate)
+    await lists.import_entries(
+        "red", entries(numbers(0, 5000)), TENANT, "", fail_on_reject, mode="replace"
+    )
+    old = int((await lists.lists.directory(RED))["version"])
+    drop = ListStore._drop
+
+    async def cut_off(self: ListStore, list_id: str, version: int, bits: int) -> None:
+        if version != old:
+            await drop(self, list_id, version, bits)
+        elif cut == "cancelled":
+            raise asyncio.CancelledError
+        else:
+            raise StoreUnavailable("Redis at test is unreachable (cut off)")
+
+    monkeypatch.setattr(ListStore, "_drop", cut_off)
+    second = entries(numbers(10_000, 5000))
+    if cut == "cancelled":
+        with pytest.raises(asyncio.CancelledError):
+            await lists.import_entries("red", second, TENANT, "", fail_on_reject, mode="replace")
+    else:
+        summary = await lists.import_entries(
+            "red", second, TENANT, "", fail_on_reject, mode="replace"
+        )
+        assert 5000 == summary.imported
+    switched = int((await lists.lists.directory(RED))["version"])
+    assert {str(old).encode(), str(switched).encode()} == versions_of(sync_redis)
+    assert "dropping" not in await lists.info("red", TENANT, "")
+    monkeypatch.setattr(ListStore, "_drop", drop)
+    await lists.import_entries(
+        "red", entries(numbers(20_000, 10)), TENANT, "", fail_on_reject, mode="replace"
+    )
+    head = await lists.lists.directory(RED)
+    assert ({head["version"].encode()}, False) == (versions_of(sync_redis), "dropping" in head)
+    assert (10, True) == (await lists.lists.count(RED), await listed(gate, numbers(20_000, 1)[0]))
+
+
 async def test_a_replace_whose_every_line_is_rejected_is_refused_and_changes_nothing(
     gate: Gate, sync_redis: redis.Redis
 ) -> None:
