@@ -1015,7 +1015,17 @@ async def _import(admin: ListAdmin, args: argparse.Namespace, tenant: str, campa
                 )
         done = True
     except (KeyboardInterrupt, asyncio.CancelledError):
-        print(f"callgate: import interrupted: {left.format(stop='interruption')}", file=sys.stderr)
+        said = left.format(stop="interruption")
+        phase = admin.lists.phase.get(admin.key(args.list, tenant, campaign))
+        if mode == "replace" and phase == "switched":
+            said = f"list {args.list!r} is replaced (its new version was switched in)"
+        elif mode == "replace" and phase == "switching":
+            said = (
+                f"list {args.list!r} may already use its new version (interrupted as it was "
+                f"switched in): `callgate list info {args.list}` tells; the next import of "
+                "the list completes the switch"
+            )
+        print(f"callgate: import interrupted: {said}", file=sys.stderr)
         raise
     finally:
         if rejects is not None and not done:

@@ -226,6 +226,10 @@ class ListStore:
         self.store = store
         self.keyspace = keyspace
         self._client = store.admin_client
+        # How far this process's replacement of a list got: "switching" (the switch sent,
+        # its outcome not known yet), then "switched" (the directory names the new
+        # version). What an interrupted import says of the list.
+        self.phase: dict[str, str] = {}
 
     # --- directory and group meta -----------------------------------------------------
 
@@ -619,8 +623,10 @@ class ListStore:
                 f"{expected} entries confirmed written, the list unchanged: {exc}"
             ) from exc
         try:
+            self.phase[list_id] = "switching"
             await self._switch(list_id, building, counts, meta.get("refreshed_at"))
             await self._switched(list_id, version, bits, meta, directory)
+            self.phase[list_id] = "switched"
         except StoreError as exc:
             raise type(exc)(
                 f"list {list_id}: the import was cut off while switching to its new "

@@ -959,6 +959,35 @@ def test_sigterm_during_an_import_says_what_was_kept_and_frees_the_list(
     assert out.startswith("1 in the new version")
 
 
+def test_ctrl_c_after_a_replace_switched_says_the_list_is_replaced(
+    tmp_path: Path, cli: Run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C once the new version is switched in (while the one it replaced is removed):
+    the line says the list is replaced, not unchanged (it was); the next import removes
+    what is left of the old version."""
+    first, second = tmp_path / "first.txt", tmp_path / "second.txt"
+    first.write_text("+33612345678\n", encoding="utf-8")
+    second.write_text("+33612345679\n", encoding="utf-8")
+    assert 0 == cli("list", "import", "red", str(first), "--replace")[0]
+    drop = ListStore._drop
+
+    async def interrupted(self: ListStore, list_id: str, version: int, bits: int) -> None:
+        raise KeyboardInterrupt  # Ctrl-C as the old version is removed
+
+    monkeypatch.setattr(ListStore, "_drop", interrupted)
+    status, _, err = cli("list", "import", "red", str(second), "--replace")
+    monkeypatch.setattr(ListStore, "_drop", drop)
+    assert (130, "callgate: import interrupted: list 'red' is replaced") == (
+        status,
+        err.strip().splitlines()[-1].split(" (")[0],
+    )
+    assert (0, "1\n", "") == cli("list", "count", "red")
+    assert (0, 3) == (
+        cli("check", "+33612345678")[0],
+        cli("check", "+33612345679")[0],
+    )  # allow, block
+
+
 def test_a_lock_left_by_a_killed_import_says_when_it_expires(
     tmp_path: Path, config_file: Path, cli: Run, sync_redis: redis.Redis
 ) -> None:
