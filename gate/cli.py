@@ -1047,10 +1047,14 @@ async def _import(admin: ListAdmin, args: argparse.Namespace, tenant: str, campa
     verb = {"add": "imported", "remove": "removed", "replace": "in the new version"}[mode]
     skipped = f", {summary.skipped} skipped (result not kept)" if summary.skipped else ""
     header = f", header row (line {headers[0]}) skipped" if headers else ""
-    print(
-        f"{summary.imported} {verb}, {_plural(summary.duplicates, 'duplicate')}, "
-        f"{summary.rejected} rejected{skipped}{header}"
+    # A remove's "duplicates" are the numbers not listed (or given again), as list remove
+    # says; "0 removed, 4 duplicates" read as if they were removed before.
+    others = (
+        f"{summary.duplicates} {'was' if summary.duplicates == 1 else 'were'} not listed"
+        if mode == "remove"
+        else _plural(summary.duplicates, "duplicate")
     )
+    print(f"{summary.imported} {verb}, {others}, {summary.rejected} rejected{skipped}{header}")
     return 0
 
 

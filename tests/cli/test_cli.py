@@ -729,6 +729,20 @@ def test_remove_then_count(cli: Run, import_file: Path) -> None:
     assert "ALLOW" == check_json(cli, NUMBER)["verdict"]
 
 
+def test_an_import_with_remove_says_how_many_were_not_listed(cli: Run, tmp_path: Path) -> None:
+    """``list import --remove``: the lines whose number was not listed (or came again, in
+    another format) are "not listed", as ``list remove`` says, not "duplicates"."""
+    path = tmp_path / "out.txt"
+    path.write_text("+33612345678\n06 12 34 56 78\n+33612345679\n", encoding="utf-8")
+    cli("list", "add", "red", "+33612345678")
+    assert (0, "1 removed, 2 were not listed, 0 rejected\n", "") == cli(
+        "list", "import", "red", str(path), "--remove"
+    )
+    assert (0, "0 removed, 3 were not listed, 0 rejected\n", "") == cli(
+        "list", "import", "red", str(path), "--remove"
+    )
+
+
 def test_import_writes_a_rejects_file(cli: Run, import_file: Path, tmp_path: Path) -> None:
     """``--rejects`` writes one tab-separated line per rejected line: number, why, text."""
     rejects = tmp_path / "out.tsv"
