@@ -22,8 +22,9 @@ Guarantees:
   (a number sees the old version, then the new one) and, once ``replace`` returns, every
   group on every shard holds the new version. A replacement that fails (Redis refusing a
   write, out of memory) or that its caller refuses once built (``accept``, told both
-  versions' entry counts) is removed at once (best effort, bounded), the live list
-  untouched. One that is killed, or whose removal fails, leaves the live list untouched
+  versions' entry counts) or that is interrupted (a cancellation: Ctrl-C, SIGTERM) is
+  removed at once (best effort, bounded), the live list untouched. One that is killed
+  (SIGKILL), or whose removal fails, leaves the live list untouched
   too; the directory remembers the version it was building, which the next replacement
   removes (until then deltas also write into it). One cut off while switching (a
   failover: some groups already decide with the new version, whole) fails saying so, and
@@ -609,6 +610,12 @@ class ListStore:
             built = True
             if accept is not None:
                 accept(sum(counts), await self.count(list_id))
+        except (asyncio.CancelledError, KeyboardInterrupt):
+            # Interrupted (Ctrl-C, SIGTERM, a client gone): removed too (bounded), as the
+            # lock is released; left, it held its memory for good (registry-size: GBs,
+            # toward maxmemory) and took every opt-out a second time, until the next one.
+            await self._give_up(list_id, version, bits)
+            raise
         except Exception as exc:
             # Left in place, a partial version would hold its memory and take every
             # delta (an opt-out) too, until the next replacement.

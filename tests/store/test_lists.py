@@ -793,6 +793,42 @@ async def test_a_replace_whose_cancellation_was_dropped_stops_at_its_next_chunk(
     assert [] == sync_redis.keys("callgate:*:lock")
 
 
+async def test_an_interrupted_replace_removes_the_version_it_was_building(
+    gate: Gate, sync_redis: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A --replace cancelled while it builds (Ctrl-C, SIGTERM, an API client gone) removes
+    its partial version: it stayed in Redis, holding its memory and taking every opt-out
+    a second time, until the next replacement; the live list is as before."""
+    monkeypatch.setattr("gate.store.lists._FLUSH_MAX", 5000)  # written as it is read
+    lists = admin(gate)
+    await lists.add("red", numbers(0, 100), TENANT, "")
+    before = await lists.lists.directory(RED)
+    written = asyncio.Event()
+
+    async def source() -> AsyncIterator[tuple[Any, Any]]:
+        for start in range(1000, 1000 + 50 * 2000, 2000):
+            if start == 1000 + 10 * 2000:
+                written.set()
+                await asyncio.sleep(30)  # cancelled here
+            yield lists.lists.entries([(b"", [n.encode() for n in numbers(start, 2000)])])
+
+    importer = asyncio.create_task(lists.lists.replace(RED, source(), 100_000, {}))
+    await asyncio.wait_for(written.wait(), 30)
+    assert 1 < len(versions_of(sync_redis))  # the partial version is there
+    importer.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(importer, 70)
+    after = await lists.lists.directory(RED)
+    assert ({before["version"].encode()}, before["version"], False) == (
+        versions_of(sync_redis),
+        after["version"],
+        "building" in after,
+    )
+    assert (100, []) == (await lists.lists.count(RED), sync_redis.keys("callgate:*:lock"))
+    await lists.add("red", numbers(5000, 1), TENANT, "")  # deltas reach the live list alone
+    assert {before["version"].encode()} == versions_of(sync_redis)
+
+
 async def test_a_switch_completed_by_the_next_resize_keeps_the_cut_off_imports_metadata(
     gate: Gate, sync_redis: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
