@@ -611,7 +611,7 @@ class ListStore:
             if accept is not None:
                 accept(sum(counts), await self.count(list_id))
         except (asyncio.CancelledError, KeyboardInterrupt):
-            # Interrupted (Ctrl-C, SIGTERM, a client gone): removed too (bounded), as the
+            # Interrupted (Ctrl-C, SIGTERM): removed too (bounded), as the
             # lock is released; left, it held its memory for good (registry-size: GBs,
             # toward maxmemory) and took every opt-out a second time, until the next one.
             await self._give_up(list_id, version, bits)

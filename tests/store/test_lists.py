@@ -796,7 +796,7 @@ async def test_a_replace_whose_cancellation_was_dropped_stops_at_its_next_chunk(
 async def test_an_interrupted_replace_removes_the_version_it_was_building(
     gate: Gate, sync_redis: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A --replace cancelled while it builds (Ctrl-C, SIGTERM, an API client gone) removes
+    """A --replace cancelled while it builds (Ctrl-C, SIGTERM) removes
     its partial version: it stayed in Redis, holding its memory and taking every opt-out
     a second time, until the next replacement; the live list is as before."""
     monkeypatch.setattr("gate.store.lists._FLUSH_MAX", 5000)  # written as it is read
