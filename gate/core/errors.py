@@ -161,6 +161,10 @@ class ProtectedNumberError(InputError):
 class StoreError(GateError):
     """The Redis store could not answer."""
 
+    # Set on the error of a list update cut off after some of its batches went in: how
+    # many entries were confirmed (the cause: the store's own error).
+    confirmed: int | None = None
+
 
 class StoreUnavailable(StoreError):
     """Redis refused, reset or never accepted the connection."""

@@ -521,8 +521,16 @@ class ListAdmin:
             except (InputError, StoreError, WorkerError) as exc:
                 if not given[0]:
                     raise  # nothing sent: the list as it was
-                # Part of the file may be in force: say so, and how to complete it.
-                raise type(exc)(f"list {rule.name!r}: {_STOPPED[mode]}: {exc}") from exc
+                # Part of the file may be in force: say so, and how to complete it (once:
+                # an update cut off after batches went in says how many, not again).
+                cause = exc
+                if isinstance(exc, StoreError) and exc.confirmed is not None:
+                    cause = exc.__cause__ if isinstance(exc.__cause__, StoreError) else exc
+                    confirmed = f" ({exc.confirmed} confirmed)"
+                else:
+                    confirmed = ""
+                stopped = _STOPPED[mode].replace(" the error ", f" the error{confirmed} ", 1)
+                raise type(exc)(f"list {rule.name!r}: {stopped}: {cause}") from exc
             await lists.set_meta(key, fields)
         return changed
 

@@ -367,11 +367,13 @@ class ListStore:
             # Batches went in before the failure: they are in force (an import cut off
             # is not undone), which the error alone did not say.
             done = "added" if op == "add" else "removed"
-            raise type(exc)(
+            error = type(exc)(
                 f"list {list_id}: the update stopped with {progress.entries} entries "
                 f"confirmed {done} ({tally[0]} of them changed the list), the others maybe "
                 f"not; run it again to apply the rest (it is idempotent): {exc}"
-            ) from exc
+            )
+            error.confirmed = progress.entries
+            raise error from exc
         changed, fullest = tally
         # A group holds 2**(bits - GROUP_BITS) buckets; resize when one of them overfills.
         if op == "add":

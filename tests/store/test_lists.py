@@ -487,6 +487,44 @@ async def test_an_update_cut_off_after_some_batches_says_how_many_went_in(
     assert 2000 == count
 
 
+async def test_an_import_cut_off_after_some_batches_says_once_how_many_went_in(
+    own_redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same through an import: one sentence of what became of the list (with the
+    count confirmed) and what to do, then Redis's error; not the store's sentence too."""
+    monkeypatch.setattr("gate.store.lists._DELTA_BATCH", 1000)
+    monkeypatch.setattr(formats, "BATCH_LINES", 1000)
+    store = Store(own_redis_url, deadline_s=1.0)
+    lists = admin(Gate(make_config(), store))
+    client = redis.Redis.from_url(own_redis_url)
+    wanted = numbers(0, 3000)
+
+    def lines() -> Iterator[tuple[int, str | Rejected]]:
+        for line_no, value in entries(wanted):
+            if line_no == 2001:  # the first two batches were sent
+                time.sleep(0.5)  # and confirmed
+                client.config_set("maxmemory-policy", "noeviction")
+                client.config_set("maxmemory", 1)
+            yield line_no, value
+
+    try:
+        with pytest.raises(StoreError) as raised:
+            await asyncio.wait_for(
+                lists.import_entries("red", lines(), TENANT, "", fail_on_reject), 60
+            )
+        client.config_set("maxmemory", 0)
+    finally:
+        client.close()
+        await store.close()
+    message = str(raised.value)
+    assert message.startswith(
+        "list 'red': the import stopped part-way: the numbers sent before the error "
+        "(2000 confirmed) are on the list, the rest not; import the file again"
+    ), message
+    assert "OOM" in message
+    assert "run it again" not in message  # the store's own sentence, not said twice
+
+
 def test_formats_us_dnc_fr_scrub_zip_and_gzip(tmp_path: Path) -> None:
     """Area-code files, a scrub return file (kept results only), zip and gzip inputs."""
     rule = make_config().policy.list_rule("red")
