@@ -49,7 +49,7 @@ from gate import __version__
 from gate.config.files import DEFAULT_STATE_DIR, write_init
 from gate.config.loader import Config, LoggingConfig, default_config_path, load_config
 from gate.core.engine import record_time_error, window_text
-from gate.core.errors import GateError, InputError, StoreError, Term, Wording
+from gate.core.errors import GateError, InputError, OutputError, StoreError, Term, Wording
 from gate.core.model import IDENT_RE, Attempt, TrafficClass, Verdict
 from gate.core.numbers import BadNumber, classify
 from gate.core.params import retry_seconds
@@ -882,7 +882,7 @@ class _Rejects:
     """The ``--rejects`` file of an import: written beside its place and renamed there once
     the import is done (whole, or not at all: an import interrupted or refused leaves
     none, and an existing one as it was); a stream (/dev/stderr, a named pipe) is written
-    straight. A write that fails is an ``InputError`` naming the option, saying ``left``
+    straight. A write that fails is an ``OutputError`` naming the option, saying ``left``
     (what became of the list)."""
 
     def __init__(self, path: Path, source: Path, left: str) -> None:
@@ -914,8 +914,8 @@ class _Rejects:
         except OSError as exc:
             raise self._failed(exc) from exc
 
-    def _failed(self, exc: OSError) -> InputError:
-        return InputError(
+    def _failed(self, exc: OSError) -> OutputError:
+        return OutputError(
             f"--rejects {self.path}: cannot write: {exc.strerror or exc}; free some space "
             f"there, or write it elsewhere; import stopped: {self.left}"
         )

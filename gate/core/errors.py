@@ -42,6 +42,7 @@ __all__ = [
     "NotReplicated",
     "NumberError",
     "OptionError",
+    "OutputError",
     "ProtectedNumberError",
     "StoreError",
     "StoreTimeout",
@@ -110,6 +111,12 @@ class _Fields(dict[str, object]):
         self.options.append(key)
         term = self.wording.get(key) or Term(key.replace("_", " "), f"give {key}")
         return _Said(term, self)
+
+
+class OutputError(InputError):
+    """A file a command writes beside its work (an import's ``--rejects``) could not be
+    written: its message already says what became of the work, so the layers it passes
+    through (an import stopped: "the list unchanged") do not say it again."""
 
 
 class OptionError(InputError):

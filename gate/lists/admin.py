@@ -49,7 +49,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from gate.core.engine import RECORD_SKEW_S
-from gate.core.errors import InputError, NumberError, OptionError, StoreError, WorkerError
+from gate.core.errors import (
+    InputError,
+    NumberError,
+    OptionError,
+    OutputError,
+    StoreError,
+    WorkerError,
+)
 from gate.core.hours import end_of_calendar_days, local_day
 from gate.core.keys import SLOT_GROUPS, Keyspace, NumberKeys
 from gate.core.model import TrafficClass
@@ -516,7 +523,7 @@ class ListAdmin:
 
             try:
                 changed = await lists.delta_chunks(key, mode, counted(), expected=grow)
-            except OptionError:
+            except (OptionError, OutputError):
                 raise
             except (InputError, StoreError, WorkerError) as exc:
                 if not given[0]:

@@ -71,7 +71,7 @@ from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import RedisError
 
-from gate.core.errors import GateError, InputError, OptionError, StoreError
+from gate.core.errors import GateError, InputError, OptionError, OutputError, StoreError
 from gate.core.keys import (
     GROUP_BITS,
     MIN_BITS,
@@ -622,7 +622,8 @@ class ListStore:
             # Left in place, a partial version would hold its memory and take every
             # delta (an opt-out) too, until the next replacement.
             await self._give_up(list_id, version, bits)
-            if built or isinstance(exc, OptionError) or not isinstance(exc, GateError):
+            told = isinstance(exc, OptionError | OutputError)  # what became of the list said
+            if built or told or not isinstance(exc, GateError):
                 raise
             if not isinstance(exc, StoreError):  # the file (not UTF-8…), a worker killed
                 what = f"list {list_id}: the import stopped, the list unchanged: {exc}"

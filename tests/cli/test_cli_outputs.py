@@ -122,19 +122,28 @@ def test_rejects_into_the_file_imported_is_refused_and_the_file_kept(
     assert (0, "0\n") == cli("list", "count", "red")[:2]
 
 
-def test_rejects_that_cannot_be_written_are_one_error_line(cli: Run, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("mode", "left"),
+    [
+        ("--replace", "list 'red' is unchanged (the new version was not switched in)"),
+        ("--add", "the numbers of the batches sent before the error are on the list"),
+    ],
+)
+def test_rejects_that_cannot_be_written_are_one_error_line(
+    cli: Run, tmp_path: Path, mode: str, left: str
+) -> None:
     """A rejects file on a full disk (/dev/full: every write fails with ENOSPC) was an
     OSError traceback, exit 1: now one line naming --rejects and saying what became of
-    the list."""
+    the list, once (the import's own "stopped" sentence is not said again)."""
     bad = tmp_path / "bad.txt"
     bad.write_text("".join(f"bad{i}\n" for i in range(20_000)), encoding="utf-8")
-    status, out, err = cli("list", "import", "red", str(bad), "--replace", "--rejects", "/dev/full")
+    given = [mode] if mode != "--add" else []
+    status, out, err = cli("list", "import", "red", str(bad), *given, "--rejects", "/dev/full")
     assert (2, "") == (status, out)
     last = err.splitlines()[-1]
     assert (
         "callgate: error: --rejects /dev/full: cannot write: No space left on device; free "
-        "some space there, or write it elsewhere; import stopped: list 'red' is unchanged "
-        "(the new version was not switched in)"
+        f"some space there, or write it elsewhere; import stopped: {left}"
     ) == last
     assert "Traceback" not in err
 
