@@ -10,6 +10,8 @@ errors of redis-py and aiohttp at the boundary with ``raise ... from``::
     │   │                          that interface names it (``worded``: CLI, API, console)
     │   ├── NumberError            a dialled string is not a usable number
     │   ├── ProtectedNumberError   an emergency/protected number may not go on a block list
+    │   ├── OutputError            a file written beside the work (``--rejects``) could not
+    │   │                          be: its message says what became of the work
     │   └── BadRequest             a door's request names an unknown route or parameter, or
     │                              carries a malformed value (gate.core.params; has ``code``)
     ├── StoreError                 Redis could not answer

@@ -98,11 +98,13 @@ _FIELDS_BATCH = 500
 _MINUTE_MS = 60_000
 # What a delta import stopped by an error (Redis lost, a line not UTF-8, a worker killed)
 # did to the list: its batches are applied in file order, each group's share atomically.
+# ``confirmed``: how many the store confirmed, when it says (" (2000 confirmed)"), or "".
 _STOPPED = {
-    "add": "the import stopped part-way: the numbers sent before the error are on the list, "
-    "the rest not; import the file again to add them all (those on the list stay as they are)",
-    "remove": "the import stopped part-way: the numbers sent before the error are removed, "
-    "the rest still listed; import the file again to remove them all",
+    "add": "the import stopped part-way: the numbers sent before the error{confirmed} are on "
+    "the list, the rest not; import the file again to add them all (those on the list stay "
+    "as they are)",
+    "remove": "the import stopped part-way: the numbers sent before the error{confirmed} are "
+    "removed, the rest still listed; import the file again to remove them all",
 }
 # A consent's grant time may be this much later than the gate's clock: it comes from
 # another host's clock (a CRM's) or is written by hand to the minute. Later, it has not
@@ -536,7 +538,7 @@ class ListAdmin:
                     confirmed = f" ({exc.confirmed} confirmed)"
                 else:
                     confirmed = ""
-                stopped = _STOPPED[mode].replace(" the error ", f" the error{confirmed} ", 1)
+                stopped = _STOPPED[mode].format(confirmed=confirmed)
                 raise type(exc)(f"list {rule.name!r}: {stopped}: {cause}") from exc
             await lists.set_meta(key, fields)
         return changed
