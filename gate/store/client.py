@@ -338,6 +338,13 @@ def translate_error(exc: BaseException, where: str) -> StoreError:
     text = redis_error_text(exc)  # with the code redis-py cut off (``_ERROR_CODES``)
     if text.startswith(("CLUSTERDOWN", "TRYAGAIN", "MASTERDOWN", "LOADING")):
         return StoreUnavailable(f"Redis at {where} cannot answer now ({text})")
+    if text == "BUSY" or text.startswith("BUSY "):  # not BUSYKEY (RESTORE's: a key exists)
+        # A script (or function) running past busy-reply-threshold (lua-time-limit): Redis
+        # answers every other command BUSY until it ends or is killed. Down for the gate.
+        return StoreUnavailable(
+            f"Redis at {where} is busy running a script and answers nothing else ({text}); "
+            "it answers once the script ends: see SLOWLOG / CLIENT LIST, or SCRIPT KILL it"
+        )
     if text.startswith("MISCONF"):  # stop-writes-on-bgsave-error after a failed snapshot
         return StoreError(
             f"Redis at {where} refuses every write (MISCONF): it could not save its data to "
