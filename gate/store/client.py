@@ -82,7 +82,7 @@ import re
 import struct
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -683,7 +683,13 @@ class Store:
                 encoded = _encode([check], self._views, [outside])
                 void = _Undo(functools.partial(encoded.void, 0)) if check.record else None
                 (reply,) = await self._call([encoded.command(DECIDE)], use, void)
-                results = encoded.results(_raise_error(reply), self._views)
+                try:
+                    with _readable(self.where, DECIDE):
+                        results = encoded.results(_raise_error(reply), self._views)
+                except StoreError:
+                    if void is not None:  # whatever ran may have recorded: undo it
+                        self._void_later(void)
+                    raise
                 if results[0] is not None:
                     result = results[0]
                     return result
@@ -704,7 +710,7 @@ class Store:
         outside: dict[int, tuple[int, int, int]] = {}
         reserved = []
         for c, reply in zip(shared, replies, strict=True):
-            decided, retry_ms, seen = _probe(reply)
+            decided, retry_ms, seen = _probe(reply, self.where)
             outside[check.checks.index(c)] = _outside(c, seen, retry_ms)
             # Only an attempt log counts (reserves) the attempt; call counts are read-only.
             if check.record and not decided and c.kind is CheckKind.ATTEMPT_LOG:
@@ -757,9 +763,9 @@ class Store:
                 replies = await self._call([e.command(DECIDE) for e in encoded], _SCRUB)
                 stale: list[int] = []
                 for batch, enc, reply in zip(batches, encoded, replies, strict=True):
-                    for index, result in zip(
-                        batch, enc.results(_raise_error(reply), self._views), strict=True
-                    ):
+                    with _readable(self.where, DECIDE):
+                        read = enc.results(_raise_error(reply), self._views)
+                    for index, result in zip(batch, read, strict=True):
                         if result is None:
                             stale.append(index)
                         results[index] = result
@@ -784,7 +790,7 @@ class Store:
         replies = await self._call(commands, _SCRUB)
         seen: dict[str, tuple[int, int]] = {}
         for key, reply in zip(probes, replies, strict=True):
-            _, retry_ms, count = _probe(reply)
+            _, retry_ms, count = _probe(reply, self.where)
             seen[key] = (count, retry_ms)
         return [
             {i: _outside(c, *seen[c.key]) for i, c in enumerate(check.checks) if c.shared}
@@ -1330,11 +1336,41 @@ def _forget(tasks: set[asyncio.Task[Any]]) -> Any:
     return done
 
 
-def _probe(reply: _Reply) -> tuple[int, int, int]:
+def _probe(reply: _Reply, where: str) -> tuple[int, int, int]:
     """(decided, retry_ms, seen) of a one-check decision (a shared check)."""
-    (item,) = _raise_error(reply)
-    decided, retry_ms, seen = (int(n) for n in item.split(b","))
+    replied = _raise_error(reply)
+    with _readable(where, DECIDE):
+        (item,) = replied
+        decided, retry_ms, seen = _numbers(item, 1)
     return decided, retry_ms, seen
+
+
+@contextlib.contextmanager
+def _readable(where: str, script: Script) -> Iterator[None]:
+    """Reading ``script``'s reply: one that is not of the shape the script returns (a
+    script of another callgate version under its name, a proxy or a module in between) is
+    a fault of the store, ``StoreError`` (the decision gets the fail mode, never an answer
+    read out of it), not a bug of its caller."""
+    try:
+        yield
+    except (ValueError, TypeError, AttributeError, IndexError) as exc:
+        detail = " ".join(str(exc).split())[:_MAX_ERROR_TEXT] or type(exc).__name__
+        raise StoreError(
+            f"Redis at {where} answered {script.name} with a reply callgate cannot read "
+            f"({detail}): is a script of another callgate version loaded there?"
+        ) from exc
+
+
+def _numbers(item: Any, checks: int) -> list[int]:
+    """A decision's reply string, "decided,retry_ms,r1,…", as its numbers: ``ValueError``
+    unless it holds one number per check of the decision (``checks``) and ``decided`` names
+    one of them or none (0)."""
+    if not isinstance(item, bytes):
+        raise ValueError(f"{type(item).__name__} for a decision, not a string")
+    numbers = [int(n) for n in item.split(b",")]
+    if len(numbers) != 2 + checks or not 0 <= numbers[0] <= checks:
+        raise ValueError(f"{item[:60]!r} for a decision of {checks} check(s)")
+    return numbers
 
 
 def _outside(check: Check, seen: int, retry_ms: int) -> tuple[int, int, int]:
@@ -1461,7 +1497,7 @@ class _Encoded:
                 if known is not None:
                     out.append(known)
                     continue
-            numbers = [int(n) for n in item.split(b",")]
+            numbers = _numbers(item, len(check.checks))
             results = tuple(numbers[2:])
             # The versions the script confirmed (its meta matched what was sent), for the
             # checks that read them (-1: a lookup nothing needed).

@@ -5,6 +5,7 @@ the writes that would free memory. Each on a real redis-server."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import threading
 import time
@@ -15,12 +16,14 @@ from pathlib import Path
 import pytest
 import redis
 
+from gate.core.engine import Plan
 from gate.core.errors import StoreError, StoreUnavailable
 from gate.core.model import Attempt, Verdict
 from gate.service import Evaluation, Gate, Observed
 from gate.store import client
-from gate.store.client import Store
+from gate.store.client import Script, Store
 from tests.conftest import make_config, spawned_redis
+from tests.store.test_void import settled
 
 NUMBER = "0612345678"
 BUSY_WAIT_S = 5.0
@@ -114,3 +117,68 @@ def test_busykey_is_not_busy() -> None:
     busykey = redis.ResponseError("BUSYKEY Target key name already exists.")
     error = client.translate_error(busykey, "x")
     assert not isinstance(error, StoreUnavailable)
+
+
+# --- a decision script's reply of an unexpected shape -------------------------------------
+
+# Replies that are not decide.lua's "decided,retry_ms,r1,…" per decision; "{checks}": one
+# ",0" per check of the decision.
+MALFORMED = {
+    "an integer": "return 7",
+    "no decision": "return {}",
+    "two decisions": 'return {"0,0{checks}", "0,0{checks}"}',
+    "no check results": 'return {"0,0"}',
+    "a word": 'return {"allowed,0{checks}"}',
+    "a deciding check out of range": 'return {"-1,0{checks}"}',
+    "a number": "return {0}",
+}
+
+
+def wrong_script(body: str, checks: int) -> Script:
+    text = body.replace("{checks}", ",0" * checks)
+    return Script("decide.lua", text, hashlib.sha1(text.encode()).hexdigest().encode())
+
+
+@pytest.mark.parametrize("body", MALFORMED.values(), ids=MALFORMED.keys())
+async def test_a_decision_reply_of_an_unexpected_shape_gets_the_fail_mode(
+    redis_url: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch, body: str
+) -> None:
+    """Redis runs another script in decide.lua's place (another callgate version's): its
+    reply is not read as a decision (it used to raise past the fail mode, or read as an
+    ALLOW, or as another check's refusal), the decision gets the fail mode, logged as a
+    reply callgate cannot read, and the recorded decision is voided."""
+    store = Store(redis_url, 1.0)
+    gate = Gate(make_config(), store)
+    failures = Failures()
+    gate.observers.append(failures)
+    try:
+        evaluation = await gate.evaluate(attempt(), record=False, door="cli")
+        assert isinstance(evaluation.pending, Plan)
+        checks = len(evaluation.pending.check.checks)
+        monkeypatch.setattr(client, "DECIDE", wrong_script(body, checks))
+        with caplog.at_level(logging.WARNING, logger="callgate"):
+            decision = await gate.decide(attempt(), record=True, door="agi")
+        await settled(store, "not_run")
+    finally:
+        await store.close()
+    assert (Verdict.DEFER, "store_unavailable") == (decision.verdict, decision.reason)
+    assert 1 == len(failures.errors)
+    assert "with a reply callgate cannot read" in str(failures.errors[0])
+    assert any("cannot read" in r.getMessage() for r in caplog.records)
+    assert {"not_run": 1} == dict(store.voids)
+
+
+async def test_a_scrub_reply_of_an_unexpected_shape_is_a_store_error(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """decide_many (a scrub) given a reply it cannot read: ``StoreError`` saying so."""
+    store = Store(redis_url, 1.0)
+    gate = Gate(make_config(), store)
+    try:
+        evaluation = await gate.evaluate(attempt(), record=False, door="cli")
+        assert isinstance(evaluation.pending, Plan)
+        monkeypatch.setattr(client, "DECIDE", wrong_script('return {"0,0"}', 0))
+        with pytest.raises(StoreError, match="with a reply callgate cannot read"):
+            await store.decide_many([evaluation.pending.check])
+    finally:
+        await store.close()
