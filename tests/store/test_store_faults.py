@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import struct
 import threading
 import time
 from collections.abc import Iterator
@@ -21,7 +22,7 @@ from gate.core.errors import StoreError, StoreUnavailable
 from gate.core.model import Attempt, Verdict
 from gate.service import Evaluation, Gate, Observed
 from gate.store import client
-from gate.store.client import Script, Store
+from gate.store.client import Script, Store, load_script
 from tests.conftest import make_config, spawned_redis
 from tests.store.test_void import settled
 
@@ -182,3 +183,50 @@ async def test_a_scrub_reply_of_an_unexpected_shape_is_a_store_error(
             await store.decide_many([evaluation.pending.check])
     finally:
         await store.close()
+
+
+# --- undoing an attempt over maxmemory ----------------------------------------------------
+
+LOG = "callgate:{cps:carrier-a}"
+LOG_TTL_MS = 100_000
+
+
+def over_maxmemory(sync: redis.Redis) -> None:
+    """Redis over its maxmemory (noeviction): a SET is refused (OOM)."""
+    sync.config_set("maxmemory-policy", "noeviction")
+    sync.set("callgate:ballast", b"x" * 2_000_000)
+    sync.config_set("maxmemory", int(sync.info("memory")["used_memory"]) - 100_000)
+    with pytest.raises(redis.exceptions.OutOfMemoryError):
+        sync.set("callgate:more", b"x")
+
+
+# (script, its KEYS before the log, its ARGV before the attempt's time, its reply)
+UNDOS = {
+    "release": ("release.lua", [], [], 1),
+    "void without an audit entry": ("void.lua", ["callgate:{0612345678}:audit"], [""], b"-1,-1,1"),
+}
+
+
+@pytest.mark.parametrize(("script", "keys", "head", "replied"), UNDOS.values(), ids=UNDOS.keys())
+def test_an_attempt_is_uncounted_over_maxmemory(
+    tmp_path: Path, script: str, keys: list[str], head: list[str], replied: object
+) -> None:
+    """Redis over maxmemory (noeviction): giving back an attempt (a CPS reservation, an
+    undone ALLOW) frees memory, so it goes through, the log keeping its expiry. It used to
+    fail with OOM (its first write a SET), its attempt staying counted."""
+    now_ms = int(datetime.now(UTC).timestamp() * 1000)
+    with spawned_redis(tmp_path) as (url, _):
+        sync = redis.Redis.from_url(url)
+        try:
+            sync.set(LOG, struct.pack(">dd", now_ms - 1000, now_ms), px=LOG_TTL_MS)
+            over_maxmemory(sync)
+            if script == "release.lua":
+                reply = sync.eval(load_script(script), 1, LOG, now_ms)
+            else:  # void.lua: KEYS the stream then the logs; ARGV head, now_ms, search
+                reply = sync.eval(load_script(script), 2, *keys, LOG, *head, now_ms, 10)
+            left, ttl_ms = sync.get(LOG), sync.pttl(LOG)
+        finally:
+            sync.close()
+    assert replied == reply
+    assert struct.pack(">d", now_ms - 1000) == left
+    assert 0 < ttl_ms <= LOG_TTL_MS

@@ -36,10 +36,18 @@ local function uncount(key)
     local t = struct.unpack(">d", raw, j * 8 - 7)
     if t == now then
       local rest = string.sub(raw, 1, (j - 1) * 8) .. string.sub(raw, j * 8 + 1)
-      if rest == "" then
-        call("DEL", key)
-      else
-        call("SET", key, rest, "KEEPTTL")
+      -- Shrunk keeping the log's expiry: DEL, then SET what is left (not SET KEEPTTL
+      -- alone: over maxmemory, noeviction, Redis refuses a script's first write if it may
+      -- grow memory, SET, with OOM; once the script wrote, DEL being never refused, it
+      -- does not, and an undo must go through then: it frees memory).
+      local ttl = call("PTTL", key)
+      call("DEL", key)
+      if rest ~= "" then
+        if ttl >= 0 then
+          call("SET", key, rest, "PX", math.max(ttl, 1))
+        else
+          call("SET", key, rest)
+        end
       end
       return 1
     end
