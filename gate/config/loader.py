@@ -164,6 +164,9 @@ class AriConfig:
     # REST requests over the event WebSocket when Asterisk answers them there (recent
     # releases, e.g. 22.10; probed on each connect), else over HTTP. False: always HTTP.
     rest_over_websocket: bool = True
+    # Channels decided at once (each a Redis decision and its REST calls); the others (a
+    # flood of StasisStart, an Asterisk replaying) wait their turn, none dropped.
+    max_deciding: int = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -384,9 +387,19 @@ def _ari(reader: Reader) -> AriConfig | None:
         ),
         decided_context=_context(reader, "decided_context", "callgate-decided"),
         rest_over_websocket=bool(reader.get("rest_over_websocket", bool, True)),
+        max_deciding=_max_deciding(reader),
     )
     reader.done()
     return config
+
+
+def _max_deciding(reader: Reader) -> int:
+    value = int(reader.get("max_deciding", int, 256))
+    if not 1 <= value <= MAX_DECIDING:
+        raise reader.fail(
+            "max_deciding", f"must be 1-{MAX_DECIDING} channels decided at once, got {value}"
+        )
+    return value
 
 
 def _context(reader: Reader, key: str, default: str) -> str:
@@ -684,6 +697,7 @@ def _busy_poll(reader: Reader) -> float:
 
 
 MAX_POOL_SIZE = 10_000
+MAX_DECIDING = 10_000  # [ari] max_deciding: past it the cap bounds nothing a flood strains
 MAX_WAIT_REPLICAS = 16
 
 

@@ -38,7 +38,13 @@ Guarantees:
   channel is still waiting in the application. A decision whose REST calls fail is
   re-applied (with backoff, then by the re-applying while connected and by the next
   connect's sweep), never decided again: an ALLOW is never counted twice, and a retry
-  never carries an old decision into a new stay.
+  never carries an old decision into a new stay. A stay is named by its ``StasisStart``'s
+  timestamp: one with the timestamp of the stay being decided, or of the stay whose
+  decision is kept, is that stay's replayed (the channel still waits, its continue having
+  failed), not a new stay: it is skipped, or the kept decision is re-applied at once.
+- At most ``[ari] max_deciding`` (256) decisions are in flight at once; the
+  channels past it (a flood of ``StasisStart``, an Asterisk replaying) wait their turn, in
+  order, each still decided once, none dropped.
 - A ``StasisStart`` for a channel whose decision is done, one of the last ``_RECENT_MAX``,
   is decided only if the channel still waits in the application (one ``GET
   /channels/{id}``; Asterisk failing to say counts as waiting): a ``StasisStart`` replayed
@@ -74,12 +80,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import random
-from collections import OrderedDict
-from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
+from collections import OrderedDict, deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -133,6 +140,9 @@ class StasisChannel:
     extension: str
     created: str = ""  # ARI's creationtime: with the id, names the channel (ids may recur)
     malformed: str = ""  # what of its StasisStart could not be read: decided as ERROR
+    # Its StasisStart's timestamp ("" from a listing): with the id, names the stay (a
+    # StasisStart again with the same one is that stay's, replayed, not a new stay).
+    started: str = ""
 
 
 @dataclass(slots=True)
@@ -143,6 +153,7 @@ class _Stay:
     superseded: bool = False  # a new stay began: stop applying this one's decision
     next: StasisChannel | None = None  # the new stay, decided once this one is done
     saved: bool = False  # its decision may be saved in Redis: deleted once done
+    started: str = ""  # its StasisStart's timestamp ("" unknown: begun by a sweep)
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +165,7 @@ class _Action:
     value: str = ""
     hangup_cause: int | None = None
     evaluation: Evaluation | None = None
+    started: str = ""  # the stay it is for, kept for re-application (``_Stay.started``)
 
 
 def _object(value: Any) -> Mapping[str, Any]:
@@ -163,7 +175,7 @@ def _object(value: Any) -> Mapping[str, Any]:
 
 
 def _channel(
-    channel: Mapping[str, Any], args: tuple[str, ...], malformed: str = ""
+    channel: Mapping[str, Any], args: tuple[str, ...], malformed: str = "", started: str = ""
 ) -> StasisChannel:
     caller = _object(channel.get("caller"))
     dialplan = _object(channel.get("dialplan"))
@@ -175,12 +187,18 @@ def _channel(
         extension=str(dialplan.get("exten", "")),
         created=str(channel.get("creationtime", "")),
         malformed=malformed,
+        started=started,
     )
 
 
 def _saved_text(channel: StasisChannel, action: _Action) -> str:
     """``action`` as saved in Redis for ``channel``'s stay (no evaluation: not undoable)."""
-    saved = {"created": channel.created, "value": action.value, "cause": action.hangup_cause}
+    saved = {
+        "created": channel.created,
+        "value": action.value,
+        "cause": action.hangup_cause,
+        "started": action.started,
+    }
     return json.dumps(saved, separators=(",", ":"))
 
 
@@ -192,7 +210,9 @@ def _saved_action(channel: StasisChannel, saved: bytes) -> _Action | None:
         if fields["created"] != channel.created:
             return None
         cause = fields["cause"]
-        return _Action(str(fields["value"]), None if cause is None else int(cause))
+        started = str(fields.get("started", ""))  # saved before it was: unknown
+        value, hangup_cause = str(fields["value"]), None if cause is None else int(cause)
+        return _Action(value, hangup_cause, started=started)
     except (ValueError, TypeError, KeyError):
         return None
 
@@ -202,9 +222,10 @@ def parse_stasis_start(event: Mapping[str, Any]) -> StasisChannel | None:
     if event.get("type") != "StasisStart" or not isinstance(event.get("channel"), dict):
         return None
     args = event.get("args", [])
+    started = str(event.get("timestamp", ""))
     if not isinstance(args, list):  # ARI sends a list: neither number nor tenant is known
-        return _channel(event["channel"], (), malformed="args")
-    return _channel(event["channel"], tuple(str(a) for a in args))
+        return _channel(event["channel"], (), malformed="args", started=started)
+    return _channel(event["channel"], tuple(str(a) for a in args), started=started)
 
 
 def parse_app_data(channel: Mapping[str, Any], app: str) -> StasisChannel | None:
@@ -237,6 +258,12 @@ class StasisGate:
         self._stopping = asyncio.Event()
         self._decisions = InFlight("Stasis", STOP_GRACE_S)
         self._deciding: dict[str, _Stay] = {}  # channel id -> its decision in flight
+        # At most ``deciding_max`` decisions run at once (``[ari] max_deciding``); the
+        # channels past it (a flood of StasisStart, an Asterisk replaying) wait here, their
+        # stays already in ``_deciding``, started in order as decisions end.
+        self.deciding_max = config.max_deciding
+        self._running = 0
+        self._queued: deque[tuple[str, _Stay, Callable[[], Awaitable[None]]]] = deque()
         self._unapplied: OrderedDict[str, _Action] = OrderedDict()
         # Per listing of a sweep in flight: the channels whose stay ended meanwhile (the
         # listing may show them still waiting: they are not decided again).
@@ -395,6 +422,14 @@ class StasisGate:
                     self._resweep()  # it may have brought a channel: find it by a listing
                 continue
             stay = self._deciding.get(channel.id)
+            kept = self._unapplied.get(channel.id)
+            if channel.started and stay is not None and stay.started == channel.started:
+                continue  # the StasisStart of the stay being decided, again (replayed)
+            if channel.started and stay is None and kept and kept.started == channel.started:
+                # Replayed while the decision of that stay is kept (its tries all
+                # failed; the channel still waits): re-apply it now, never decide again.
+                self._spawn(channel, reapply=True)
+                continue
             if stay is None:
                 # A new stay: decide it, even if an earlier stay of this channel awaits
                 # a re-application (that stay is over: its saved decision is deleted).
@@ -484,13 +519,28 @@ class StasisGate:
         never decide it (none kept any more: nothing done)."""
         if channel.id in self._deciding:
             return  # the same stay, seen both as an event and by the sweep
-        stay = self._deciding[channel.id] = _Stay()
-        task = self._decisions.spawn(
-            lambda: self._handle(channel, stay, recheck, lookup, forget, reapply)
-        )
-        task.add_done_callback(lambda _: self._done(channel.id, stay))
+        stay = self._deciding[channel.id] = _Stay(started=channel.started)
+        work = functools.partial(self._handle, channel, stay, recheck, lookup, forget, reapply)
+        self._queued.append((channel.id, stay, work))
+        self._start_queued()
 
-    def _done(self, channel_id: str, stay: _Stay) -> None:
+    def _start_queued(self) -> None:
+        """Start the decisions waiting their turn, up to ``deciding_max`` in flight."""
+        while self._queued and self._running < self.deciding_max:
+            channel_id, stay, work = self._queued.popleft()
+            self._running += 1
+            task = self._decisions.spawn(work)
+            task.add_done_callback(functools.partial(self._done, channel_id, stay))
+
+    def _done(self, channel_id: str, stay: _Stay, task: asyncio.Task[None]) -> None:
+        self._running -= 1
+        if task.cancelled() and self._queued:
+            # Cancelled (the drain past its grace, or run() itself): so is the door; the
+            # decisions waiting their turn are not started (said, not silently lost).
+            log.error("Stasis: %d channel(s) left undecided (cancelled)", len(self._queued))
+            for queued_id, _, _ in self._queued:
+                self._deciding.pop(queued_id, None)
+            self._queued.clear()
         if self._deciding.get(channel_id) is stay:
             del self._deciding[channel_id]
         self._recent[channel_id] = None
@@ -501,6 +551,7 @@ class StasisGate:
             ended.add(channel_id)
         if stay.next is not None and not self._stopping.is_set():
             self._spawn(stay.next, recheck=True)
+        self._start_queued()  # a decision ended: the next channel waiting its turn
 
     # -- one channel ----------------------------------------------------------------------
 
@@ -519,6 +570,8 @@ class StasisGate:
             if recheck and not await self._waiting(channel):
                 return
             action = self._unapplied.pop(channel.id, None)
+            if action is not None:
+                stay.started = stay.started or action.started  # a sweep's: the kept stay's
             if action is None and reapply:
                 return  # dropped meanwhile (gone, or taken by a new stay): never decided
             if action is None and lookup:
@@ -643,7 +696,7 @@ class StasisGate:
         if stay.superseded:
             await self._unsave(channel, stay)
         else:
-            self._remember(channel, action)
+            self._remember(channel, replace(action, started=stay.started))
 
     def _in_one_request(self, value: str) -> bool:
         """Whether ``value`` can travel as the extension of the decided context."""

@@ -70,6 +70,10 @@ def test_secret_file_is_created_once_and_reused(tmp_path: Path) -> None:
         ({"redis": {"deadline": 0}}, "redis.deadline"),
         ({"redis": {"mode": "ring"}}, "redis.mode: must be one of single, sentinel, cluster"),
         ({"redis": {"pool_size": 0}}, "redis.pool_size: must be 1-10000"),
+        (
+            {"ari": {"url": "http://a/ari", "user": "u", "password": "p", "max_deciding": 0}},
+            "ari.max_deciding: must be 1-10000 channels decided at once, got 0",
+        ),
         ({"redis": {"pool_wait": "soon"}}, "redis.pool_wait"),
         ({"redis": {"wait_replicas": -1}}, "redis.wait_replicas"),
         ({"redis": {"wait_timeout": "5m"}}, "redis.wait_timeout: must be at most 60s"),
@@ -549,3 +553,17 @@ def test_an_unknown_pack_names_the_packs_there(tmp_path: Path) -> None:
         f"{shipped}); check gate.packs and gate.packs_dir"
     )
     assert "fr, " in shipped
+
+
+def test_the_stasis_door_decides_a_bounded_number_of_channels_at_once(tmp_path: Path) -> None:
+    """[ari] max_deciding defaults to 256 channels decided at once."""
+    ari = {"url": "http://127.0.0.1:8088/ari", "user": "u", "password": "p"}
+    secret = {"secret": "s" * 20}
+    default = parse_config({"ari": ari, "privacy": secret}, "cg.toml", tmp_path).ari
+    few = parse_config(
+        {"ari": {**ari, "max_deciding": 8}, "privacy": secret}, "cg.toml", tmp_path
+    ).ari
+    assert (256, 8) == (
+        default.max_deciding if default else None,
+        few.max_deciding if few else None,
+    )

@@ -59,6 +59,11 @@ class Asterisk:
     held: set[str] = field(default_factory=set)  # "METHOD uri" never answered over the WS
     failing: dict[str, int] = field(default_factory=dict)  # id -> its continues answered 500
     asked: list[str] = field(default_factory=list)  # "METHOD uri" of each RESTRequest
+    # Not None: a continue over the WS is answered only once this is set (Asterisk busy),
+    # the others meanwhile; ``outstanding`` counts those asked and not yet answered.
+    released: asyncio.Event | None = None
+    outstanding: int = 0
+    most_outstanding: int = 0
     sockets: list[web.WebSocketResponse] = field(default_factory=list)
     connected: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -100,6 +105,17 @@ class Asterisk:
 @pytest.fixture
 async def asterisk() -> AsyncIterator[tuple[Asterisk, str]]:
     state = Asterisk()
+    answering: set[asyncio.Task[None]] = set()
+
+    async def answer_later(ws: web.WebSocketResponse, sent: dict[str, Any]) -> None:
+        assert state.released is not None
+        await state.released.wait()
+        state.outstanding -= 1
+        status, body = state.reply(sent["method"], sent["uri"])
+        answer = {"type": "RESTResponse", "request_id": sent["request_id"],
+                  "status_code": status, "message_body": body}  # fmt: skip
+        if not ws.closed:
+            await ws.send_str(json.dumps(answer))
 
     async def events(request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse()
@@ -112,6 +128,13 @@ async def asterisk() -> AsyncIterator[tuple[Asterisk, str]]:
             sent = json.loads(message.data)
             state.asked.append(f"{sent['method']} {sent['uri']}")
             if f"{sent['method']} {sent['uri']}" in state.held:
+                continue
+            if state.released is not None and sent["uri"].endswith("/continue"):
+                state.outstanding += 1
+                state.most_outstanding = max(state.most_outstanding, state.outstanding)
+                task = asyncio.create_task(answer_later(ws, sent))
+                answering.add(task)
+                task.add_done_callback(answering.discard)
                 continue
             status, body = state.reply(sent["method"], sent["uri"])
             answer = {"type": "RESTResponse", "request_id": sent["request_id"],
@@ -133,13 +156,21 @@ async def asterisk() -> AsyncIterator[tuple[Asterisk, str]]:
     try:
         yield state, f"http://127.0.0.1:{runner.addresses[0][1]}/ari"
     finally:
+        for task in list(answering):
+            task.cancel()
+        await asyncio.gather(*answering, return_exceptions=True)
         await runner.cleanup()
 
 
 @asynccontextmanager
-async def serving(gate: Gate, url: str, on_refuse: str = "hangup") -> AsyncIterator[StasisGate]:
+async def serving(
+    gate: Gate, url: str, on_refuse: str = "hangup", max_deciding: int = 256
+) -> AsyncIterator[StasisGate]:
     """A door running for the block, connected and past its first sweep."""
-    door = StasisGate(gate, AriConfig(url, "u", "p", on_refuse=on_refuse, reconnect_max_s=0.5))
+    config = AriConfig(
+        url, "u", "p", on_refuse=on_refuse, reconnect_max_s=0.5, max_deciding=max_deciding
+    )
+    door = StasisGate(gate, config)
     task = asyncio.create_task(door.run())
     try:
         async with asyncio.timeout(5):
@@ -355,3 +386,108 @@ async def test_a_door_reapplying_kept_decisions_stops_promptly(
             await task
     assert asyncio.get_running_loop().time() - started < 2.0
     assert ([], 0) == (state.done, door.reconnects)
+
+
+async def test_a_flood_of_stasis_starts_is_decided_a_bounded_number_at_a_time(
+    asterisk: tuple[Asterisk, str], gate: Gate
+) -> None:
+    """Many channels enter the application at once (a flood, or an Asterisk replaying):
+    the door decides at most ``deciding_max`` of them at a time, the others waiting their
+    turn: never more continues outstanding than that, and every channel is still decided
+    and continued, once."""
+    state, url = asterisk
+    decided = Decided()
+    gate.observers.append(decided)
+    count = 30
+    state.released = asyncio.Event()  # Asterisk holds the continues: decisions pile up
+    async with serving(gate, url, max_deciding=4) as door:
+        for n in range(count):  # numbers of their own: no attempt cap refuses one
+            state.waiting[f"c{n}"] = chan = channel(f"c{n}", f"06{n:08d}")
+            await state.send(stasis_start(chan))
+        # every StasisStart read, and as many continues outstanding as may be
+        assert await until(lambda: len(door._deciding) == count and state.outstanding >= 4)
+        state.released.set()
+        assert 4 == state.most_outstanding
+        assert await until(lambda: len(state.done) == count)
+    assert sorted(("continue", f"c{n}") for n in range(count)) == sorted(state.done)
+    assert sorted(f"06{n:08d}" for n in range(count)) == sorted(decided.numbers)
+
+
+async def test_a_stasis_start_replayed_while_a_continue_fails_is_not_decided_again(
+    asterisk: tuple[Asterisk, str], gate: Gate
+) -> None:
+    """The channel's StasisStart comes again (replayed) while the continue of its decision
+    is under way, and that continue then fails (500): the channel is still waiting, but
+    the replay is of the stay being decided: the decision's next try continues it, and it
+    is never decided again (one decision, one ALLOW counted)."""
+    state, url = asterisk
+    decided = Decided()
+    gate.observers.append(decided)
+    state.released = asyncio.Event()
+    state.failing["c1"] = 1
+    async with serving(gate, url) as door:
+        quick_retries(door)
+        state.waiting["c1"] = chan = channel("c1")
+        event = stasis_start(chan)
+        await state.send(event)
+        assert await until(lambda: continues(state, "c1") == 1)
+        await state.send(event)  # the replay, read while the continue waits
+        # the door reads frames in order: c2's continue asked, the replay was read
+        state.waiting["c2"] = marker = channel("c2")
+        await state.send(stasis_start(marker))
+        assert await until(lambda: continues(state, "c2") == 1)
+        state.released.set()  # c1's continue: 500; the next try goes through
+        assert await until(lambda: len(state.done) == 2)
+    assert [("continue", "c1"), ("continue", "c2")] == sorted(state.done)
+    assert [NUMBER, NUMBER] == decided.numbers
+    assert Counter({("c1", "ALLOW"): 1, ("c2", "ALLOW"): 1}) == await audited(gate)
+
+
+async def test_a_stasis_start_replayed_while_its_decision_is_kept_reapplies_it(
+    asterisk: tuple[Asterisk, str], gate: Gate
+) -> None:
+    """Every try of the channel's continue failed (500): its decision is kept for
+    re-application; then its StasisStart comes again (replayed). The channel still waits,
+    but in the same stay: the kept decision is re-applied, the channel never decided
+    again (one decision, one ALLOW counted, one continue carried out)."""
+    state, url = asterisk
+    decided = Decided()
+    gate.observers.append(decided)
+    async with serving(gate, url) as door:
+        quick_retries(door)
+        door.reapply_s = door.reapply_max_s = 60.0  # only the replay may re-apply it
+        state.failing["c1"] = door.apply_tries
+        state.waiting["c1"] = chan = channel("c1")
+        event = stasis_start(chan)
+        await state.send(event)
+        assert await until(lambda: "c1" in door._unapplied and "c1" not in door._deciding)
+        await state.send(event)  # the replay
+        assert await until(lambda: state.done)
+    assert [("continue", "c1")] == state.done
+    assert [NUMBER] == decided.numbers
+    assert Counter({("c1", "ALLOW"): 1}) == await audited(gate)
+    assert door.apply_tries + 1 == continues(state, "c1")
+
+
+async def test_a_new_stay_of_a_channel_whose_decision_is_kept_is_decided(
+    asterisk: tuple[Asterisk, str], gate: Gate
+) -> None:
+    """The decision of the channel's first stay is kept (its tries all failed), and a
+    StasisStart of a later stay comes (another timestamp: the continue was carried out,
+    its replies lost, and trunk failover brought the channel back): that stay is decided,
+    never given the first stay's decision."""
+    state, url = asterisk
+    decided = Decided()
+    gate.observers.append(decided)
+    async with serving(gate, url, on_refuse="continue") as door:
+        quick_retries(door)
+        door.reapply_s = door.reapply_max_s = 60.0  # only the new stay may continue it
+        state.failing["c1"] = door.apply_tries
+        state.waiting["c1"] = chan = channel("c1")
+        await state.send(stasis_start(chan))
+        assert await until(lambda: "c1" in door._unapplied and "c1" not in door._deciding)
+        await state.send({**stasis_start(chan), "timestamp": "2026-01-01T00:00:09.000+0000"})
+        assert await until(lambda: state.done)
+    assert [("continue", "c1")] == state.done
+    assert [NUMBER, NUMBER] == decided.numbers
+    assert door.apply_tries + 1 == continues(state, "c1")
