@@ -36,8 +36,10 @@ Guarantees:
   ``console``.
 - Input is validated by the models before anything is written (400 naming the field;
   413 past ``MAX_BATCH``); numbers that cannot be used are 422, and so is an emergency or
-  protected number offered to a block list; an unknown list is 404; Redis unreachable is
-  503. Every error body is ``{"error": "…"}``; a bug is a logged 500.
+  protected number offered to a block list; a query parameter the route does not read
+  is a 400 naming it and those it reads (``?tenent=acme`` never passes for a filter);
+  an unknown list is 404; Redis unreachable is 503. Every error body is
+  ``{"error": "…"}``; a bug is a logged 500.
 - A read the client waits on never hangs on a stopped or frozen Redis: a list's info, and
   each read of an audit search (one batch of the streams, so a long export is never cut
   as a whole), wait at most ``READ_WAIT_S`` (gate/store/client.py), then 503. Imports
@@ -124,6 +126,7 @@ from gate.ops.models import (
     ScrubResponse,
     ScrubResult,
     VerdictCounts,
+    check_query,
     decision_out,
     json_of,
     list_info,
@@ -367,6 +370,18 @@ class HostGuard:
         return None
 
 
+def _query_checked(op: Operation, handler: Handler) -> Handler:
+    """``handler``, first refusing (400) a query parameter ``op`` does not read: once the
+    guard let the request through (a caller without the token learns nothing), before
+    anything is read or written."""
+
+    async def checked(request: web.Request) -> web.StreamResponse:
+        check_query(op.query, request.query)
+        return await handler(request)
+
+    return checked
+
+
 def _media_type(request: web.Request) -> str:
     return request.headers.get("Content-Type", "").split(";")[0].strip().lower()
 
@@ -560,7 +575,7 @@ class AdminApi:
         app.middlewares.append(self._guard)
         app.router.add_get("/openapi.json", self._openapi)
         for op, handler in self._routes:
-            app.router.add_route(op.method, op.path, handler)
+            app.router.add_route(op.method, op.path, _query_checked(op, handler))
 
     @web.middleware
     async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:

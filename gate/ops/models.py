@@ -101,12 +101,14 @@ __all__ = [
     "SessionOut",
     "SessionRequest",
     "VerdictCounts",
+    "check_query",
     "decision_out",
     "dump",
     "json_of",
     "list_info",
     "parse_body",
     "parse_query",
+    "query_names",
     "retry_seconds",
     "rule_outcomes",
 ]
@@ -872,9 +874,30 @@ def _members_once(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return members
 
 
+def query_names(model: type[BaseModel] | None) -> tuple[str, ...]:
+    """The query parameters ``model`` reads, as a client spells them (``class``, not
+    ``traffic_class``); none without a model."""
+    if model is None:
+        return ()
+    return tuple(field.alias or name for name, field in model.model_fields.items())
+
+
+def check_query(model: type[BaseModel] | None, query: Mapping[str, str]) -> None:
+    """400 naming the first parameter of ``query`` that ``model`` does not read, and the
+    ones it does: a typo (``?tenent=acme``) must not pass for an unfiltered answer."""
+    accepted = query_names(model)
+    for key in query:
+        if key not in accepted:
+            name = key if key.isidentifier() else repr(key)  # one line, whatever was sent
+            use = f"use {', '.join(accepted)}" if accepted else "this route takes none"
+            raise RequestError(400, f"{name}: unknown query parameter; {use}")
+
+
 def parse_query(model: type[M], query: Mapping[str, str]) -> M:
     """Query parameters as ``model``; a parameter given more than once is refused (400
-    naming it: which one was meant is not ours to guess)."""
+    naming it: which one was meant is not ours to guess), and so is one it does not read
+    (``check_query``)."""
+    check_query(model, query)
     seen: set[str] = set()
     for key, _ in query.items():  # a MultiDict (aiohttp's request.query) lists each repeat
         if key in seen:

@@ -526,7 +526,10 @@ async def test_audit_csv_writes_every_text_cell_that_starts_like_a_formula_as_te
 
 async def test_audit_search_refuses_a_bad_filter(audited: Served) -> None:
     """An unknown parameter or a bad time: 400 naming it."""
-    assert (400, {"error": "colour: unknown field"}) == await audited.get("/v1/audit?colour=red")
+    unknown = "colour: unknown query parameter; use number, since, until, tenant, campaign, "
+    assert (400, {"error": unknown + "verdict, format, limit"}) == (
+        await audited.get("/v1/audit?colour=red")
+    )
     assert (400, {"error": "verdict: must be 'ALLOW', 'BLOCK' or 'DEFER', got 'MAYBE'"}) == (
         await audited.get("/v1/audit?verdict=MAYBE")
     )
