@@ -31,6 +31,8 @@ Guarantees:
   request authenticated by the cookie that changes anything must also carry the
   session's ``X-CSRF-Token`` (403 otherwise; gate/ops/sessions.py). ``/v1/session``
   (sign in, and whether this browser is signed in) needs neither.
+- Every ``GET`` route answers ``HEAD`` too, through the same guard and checks: the
+  status and headers of the ``GET``, no body (a stream ends once its headers are out).
 - A change made through the console (a request authenticated by a session) is told to
   ``on_action`` once it succeeded, which records it in the audit trail with door
   ``console``.
@@ -575,7 +577,12 @@ class AdminApi:
         app.middlewares.append(self._guard)
         app.router.add_get("/openapi.json", self._openapi)
         for op, handler in self._routes:
-            app.router.add_route(op.method, op.path, _query_checked(op, handler))
+            checked = _query_checked(op, handler)
+            app.router.add_route(op.method, op.path, checked)
+            if op.method == "GET":
+                # RFC 9110 9.3.2: what serves GET serves HEAD (monitors and load
+                # balancers probe with it): the same handler, guard and status, no body.
+                app.router.add_route("HEAD", op.path, checked)
 
     @web.middleware
     async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -592,7 +599,7 @@ class AdminApi:
             _SESSION.reset(reset)
 
     async def _authorised(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        signing_in = request.path == "/v1/session" and request.method in ("GET", "POST")
+        signing_in = request.path == "/v1/session" and request.method in ("GET", "HEAD", "POST")
         if not signing_in and (refused := self._authenticate(request)) is not None:
             return refused
         if request.method == "POST":
@@ -902,6 +909,8 @@ class AdminApi:
             async for record in search.translated(records, self.gate.store.where):
                 if not response.prepared:
                     await response.prepare(request)
+                    if request.method == "HEAD":
+                        return response  # GET's status and headers; nothing more is read
                     if as_csv:
                         await response.write(_csv_line(search.CSV_HEADER))
                 line = _csv_line(search.csv_row(record)) if as_csv else json_of(record) + b"\n"
@@ -919,6 +928,8 @@ class AdminApi:
             return response
         if not response.prepared:
             await response.prepare(request)
+            if request.method == "HEAD":
+                return response
             if as_csv:
                 await response.write(_csv_line(search.CSV_HEADER))
         await response.write_eof()

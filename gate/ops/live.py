@@ -360,6 +360,8 @@ async def follow_events(
     async with feed.subscribe() as queue:
         recent = [*records, *await feed.recent()]
         await response.prepare(request)
+        if request.method == "HEAD":
+            return response  # GET's status and headers; a stream without end has no body
         last = (0, 0)
         for record in recent:
             await response.write(_event(record))
