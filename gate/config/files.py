@@ -52,7 +52,7 @@ SAMPLE_STATE_NOTE = "# This sample (`make run` in the source tree) keeps its sta
 ENV_TEMPLATE = """\
 # Secrets of the callgate service (EnvironmentFile= of callgate.service); keep it 0600.
 # The number-hashing key (else privacy.secret_file is used): back it up with the data,
-# hashed lists are useless without it. e.g. openssl rand -hex 32
+# hashed lists are useless without it. 16+ characters, e.g. openssl rand -hex 32
 #CALLGATE_SECRET=
 # The admin API's bearer token (16+ characters; required off loopback).
 #CALLGATE_API_TOKEN=

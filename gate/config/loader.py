@@ -68,6 +68,11 @@ __all__ = [
 ]
 
 SECRET_ENV = "CALLGATE_SECRET"
+# The shortest number-hashing secret accepted, wherever it comes from: under a short one
+# the stored hashes of phone numbers (a small space) are recovered by trying every
+# secret. The secret file callgate creates holds 64 hex characters.
+MIN_SECRET_CHARS = 16
+_MAKE_SECRET = "python3 -c 'import secrets; print(secrets.token_hex(32))'"
 # Set by systemd for a unit with StateDirectory= (the first directory if several).
 STATE_DIRECTORY_ENV = "STATE_DIRECTORY"
 CONFIG_ENV = "CALLGATE_CONFIG"
@@ -495,15 +500,32 @@ def _exists(path: Path) -> bool | None:
     return True
 
 
+def _short_secret(value: str) -> str | None:
+    """Why ``value`` is too short to be the number-hashing secret (None: it is not)."""
+    if len(value) >= MIN_SECRET_CHARS:
+        return None
+    chars = f"{len(value)} character{'' if len(value) == 1 else 's'}"
+    return (
+        f"the secret has {chars}, fewer than {MIN_SECRET_CHARS}: numbers "
+        f"hashed with it would be easy to recover; use a random one, e.g. {_MAKE_SECRET}"
+    )
+
+
 def _secret(
     reader: Reader, path: Path | None, hash_numbers: bool, create: bool
 ) -> tuple[bytes | None, str]:
-    """The number-hashing secret and where it came from (for messages)."""
+    """The number-hashing secret and where it came from (for messages); one shorter than
+    ``MIN_SECRET_CHARS`` is refused wherever it comes from (an empty ``$CALLGATE_SECRET``
+    is unset, as an empty ``$CALLGATE_API_TOKEN`` is)."""
     literal: str | None = reader.get("secret", str, None)
     reader.done()
     if env := os.environ.get(SECRET_ENV):
+        if (why := _short_secret(env)) is not None:
+            raise ConfigError(f"${SECRET_ENV}: {why}")
         return env.encode(), f"${SECRET_ENV}"
-    if literal:
+    if literal is not None:
+        if (why := _short_secret(literal)) is not None:
+            raise reader.fail("secret", why)
         return literal.encode(), "privacy.secret"
     if path is not None:
         if not create and _exists(path) is False:
@@ -534,8 +556,8 @@ def _secret(
                     f"writable directory, or give the secret in ${SECRET_ENV}"
                 )
             raise reader.fail("secret_file", what) from exc
-        if len(value) < 16:
-            raise reader.fail("secret_file", f"{path} holds fewer than 16 characters")
+        if (why := _short_secret(value)) is not None:
+            raise reader.fail("secret_file", f"{path}: {why}")
         return value.encode(), str(path)
     if hash_numbers:
         raise reader.fail(

@@ -603,6 +603,28 @@ def test_missing_secret_is_exit_2_naming_the_key(tmp_path: Path, redis_url: str)
     assert done.stderr.startswith(f"callgate: error: {path}: privacy.secret: ")
 
 
+@pytest.mark.parametrize("where", ["file", "environment"])
+def test_a_short_secret_is_exit_2_saying_where_and_how_to_make_one(
+    tmp_path: Path, redis_url: str, where: str
+) -> None:
+    """A 1-character secret, in privacy.secret or $CALLGATE_SECRET: ``config check`` exits
+    2 with one line naming where it came from and how to make a random one."""
+    path = tmp_path / "callgate.toml"
+    in_file = where == "file"
+    path.write_text(
+        sample_config(redis_url, privacy={"secret": "k" if in_file else TEST_SECRET}),
+        encoding="utf-8",
+    )
+    env = None if in_file else {"CALLGATE_SECRET": "k"}
+    done = run_subprocess(tmp_path, "--config", str(path), "config", "check", env=env)
+    origin = f"{path}: privacy.secret" if in_file else "$CALLGATE_SECRET"
+    assert (2, "", 1) == (done.returncode, done.stdout, len(done.stderr.splitlines()))
+    assert done.stderr.startswith(
+        f"callgate: error: {origin}: the secret has 1 character, fewer than 16: "
+    )
+    assert "secrets.token_hex(32)" in done.stderr
+
+
 def test_in_process_error_returns_2_with_one_line(cli: Run) -> None:
     """``main()`` returns 2 (no exception) and prints one line for a protected number."""
     status, out, err = cli("list", "add", "red", "17")

@@ -45,6 +45,55 @@ def test_secret_file_is_created_once_and_reused(tmp_path: Path) -> None:
     assert 0o600 == (tmp_path / "s" / "secret").stat().st_mode & 0o777
 
 
+SHORT_SECRET = (
+    "the secret has {n}, fewer than 16: numbers hashed with it would be easy "
+    "to recover; use a random one, e.g. python3 -c 'import secrets; print(secrets.token_hex(32))'"
+)
+
+
+@pytest.mark.parametrize(
+    ("secret", "has"), [("", "0 characters"), ("k", "1 character"), ("x" * 15, "15 characters")]
+)
+def test_a_short_secret_in_the_config_is_refused(tmp_path: Path, secret: str, has: str) -> None:
+    """privacy.secret under 16 characters (empty included: not a fallback to the secret
+    file): a ConfigError naming the key and how to make one; 16 is accepted."""
+    data = {"gate": {"state_dir": "."}, "privacy": {"secret": secret, "secret_file": "s"}}
+    with pytest.raises(ConfigError) as raised:
+        parse_config(data, "t.toml", tmp_path)
+    ok = {"privacy": {"secret": "x" * 16}}
+    assert f"t.toml: privacy.secret: {SHORT_SECRET.format(n=has)}" == str(raised.value)
+    assert b"x" * 16 == parse_config(ok, "t.toml", tmp_path).secret
+
+
+def test_a_short_secret_in_the_environment_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """$CALLGATE_SECRET under 16 characters: a ConfigError naming the variable (a long
+    privacy.secret in the file does not hide it); an empty one is unset."""
+    data = {"privacy": {"secret": "s" * 20}}
+    monkeypatch.setenv("CALLGATE_SECRET", "abc")
+    with pytest.raises(ConfigError) as raised:
+        parse_config(data, "t.toml", tmp_path)
+    monkeypatch.setenv("CALLGATE_SECRET", "")
+    unset = parse_config(data, "t.toml", tmp_path)
+    assert f"$CALLGATE_SECRET: {SHORT_SECRET.format(n='3 characters')}" == str(raised.value)
+    assert (b"s" * 20, "privacy.secret") == (unset.secret, unset.secret_from)
+
+
+def test_a_short_secret_file_is_refused(tmp_path: Path) -> None:
+    """A secret file holding under 16 characters: a ConfigError naming it, never
+    replaced."""
+    (tmp_path / "secret").write_text("short\n")
+    data = {"gate": {"state_dir": "."}, "privacy": {"secret_file": "secret"}}
+    with pytest.raises(ConfigError) as raised:
+        parse_config(data, "t.toml", tmp_path)
+    where = f"t.toml: privacy.secret_file: {tmp_path / 'secret'}"
+    assert (f"{where}: {SHORT_SECRET.format(n='5 characters')}", "short\n") == (
+        str(raised.value),
+        (tmp_path / "secret").read_text(),
+    )
+
+
 @pytest.mark.parametrize(
     ("data", "message"),
     [
