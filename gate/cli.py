@@ -1347,6 +1347,7 @@ def _config_check(config: Config, args: argparse.Namespace) -> int:
     )
     caps = ", ".join(f"{c.id} ({c.limit} per {window_text(c.window_s)})" for c in policy.caps)
     print(f"  caps: {caps or 'none'}")
+    print(f"  trunk caps: {_trunk_caps(policy)}")
     for pack in policy.packs:
         print(f"  packs: {pack.id} {pack.version} ({', '.join(sorted(pack.regions))})")
     print(
@@ -1356,6 +1357,18 @@ def _config_check(config: Config, args: argparse.Namespace) -> int:
     if args.connect:
         asyncio.run(_ping(config))
     return 0
+
+
+def _trunk_caps(policy: Policy) -> str:
+    """The calls-per-second caps per trunk, and what a trunk [trunks.cps] does not name
+    gets (trunks.default_cps): a call on an unnamed trunk is capped by it, not by none."""
+
+    def cap(cps: int) -> str:
+        return f"{cps} per second" if cps else "no cap"
+
+    named = [f"{trunk} {cap(cps)}" for trunk, cps in sorted(policy.trunk_cps.items())]
+    other = f"any other trunk {cap(policy.default_trunk_cps)} (trunks.default_cps)"
+    return ", ".join([*named, other])
 
 
 async def _ping(config: Config) -> None:

@@ -944,10 +944,13 @@ def _ceiling_checks(build: _Builder, packs: Sequence[Pack], static: list[RuleOut
 
 
 def _cps_check(build: _Builder, policy: Policy) -> None:
-    """The trunk's calls-per-second cap (a one-second attempt log)."""
+    """The trunk's calls-per-second cap (a one-second attempt log). A trunk that
+    ``[trunks.cps]`` does not name gets ``trunks.default_cps``, and its check says so (an
+    unknown trunk's name, a typo, must not pass for a trunk of its own)."""
     trunk = build.attempt.trunk
     cps = policy.cps_for(trunk)
     if cps:
+        defaulted = trunk not in policy.trunk_cps
         build.add(
             Check(
                 CheckKind.ATTEMPT_LOG,
@@ -955,8 +958,10 @@ def _cps_check(build: _Builder, policy: Policy) -> None:
                 f"cps:{trunk}",
                 build.keyspace.cps_key(trunk),
                 (cps, CPS_WINDOW_MS),
-                detail=f"{cps} per second",
+                detail=f"{cps} per second"
+                + (f", the default cap: {trunk} is not in [trunks.cps]" if defaulted else ""),
                 shared=True,
+                source="trunks.default_cps" if defaulted else "",
             )
         )
 

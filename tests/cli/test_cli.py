@@ -642,6 +642,23 @@ def test_config_check_accepts_the_sample_config(cli: Run, monkeypatch: pytest.Mo
     assert (0, "") == (status, err)
     assert f"{SAMPLE_CONFIG}: OK" == out.splitlines()[0]
     assert "  packs: fr 2026.12.2 (BL, FR, GF, GP, MF, MQ, PM, RE, YT)" in out.splitlines()
+    trunks = "  trunk caps: carrier-a 20 per second, any other trunk no cap (trunks.default_cps)"
+    assert trunks in out.splitlines()
+
+
+def test_config_check_says_what_cap_a_trunk_it_does_not_name_gets(
+    cli: Run, tmp_path: Path, redis_url: str
+) -> None:
+    """trunks.default_cps = 5: ``config check`` says any other trunk is capped at 5."""
+    path = tmp_path / "callgate.toml"
+    path.write_text(sample_config(redis_url, trunks={"default_cps": 5}), encoding="utf-8")
+    status, out, err = cli("config", "check", config=path)
+    trunks = "  trunk caps: carrier-a 20 per second, any other trunk 5 per second "
+    assert (0, "", [trunks + "(trunks.default_cps)"]) == (
+        status,
+        err,
+        [line for line in out.splitlines() if line.startswith("  trunk caps:")],
+    )
 
 
 def test_config_check_shows_paths_resolved(

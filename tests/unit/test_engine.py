@@ -151,6 +151,25 @@ def test_trunk_cps_only_for_capped_trunks() -> None:
     )
 
 
+def test_a_trunk_not_in_trunks_cps_gets_the_default_cap_and_says_so() -> None:
+    """With trunks.default_cps, a trunk [trunks.cps] does not name is capped by it; its
+    explain row says the default cap applied (detail, source), a named trunk's does not."""
+    policy = make_config({"trunks": {"default_cps": 5, "cps": {"carrier-a": 20}}}).policy
+    rows = {}
+    for trunk in ("carrier-a", "carier-a"):
+        pending = plan(attempt("0612345678", trunk=trunk), policy, KEYS, True)
+        assert isinstance(pending, Plan)
+        seen = tuple(0 for _ in pending.check.checks)
+        rows.update(
+            {r.rule: (r.detail, r.source) for r in explain(pending, StoreResult(0, 0, seen))}
+        )
+    default = "5 per second, the default cap: carier-a is not in [trunks.cps]; 0 of 5 in window"
+    assert (("20 per second; 0 of 20 in window", ""), (default, "trunks.default_cps")) == (
+        rows["cps:carrier-a"],
+        rows["cps:carier-a"],
+    )
+
+
 PLAN = planned(attempt("0612345678", trunk="carrier-a"))
 INDEX = {c.rule: i for i, c in enumerate(PLAN.check.checks, start=1)}
 NOTHING = tuple(0 for _ in PLAN.check.checks)
