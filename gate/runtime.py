@@ -334,6 +334,8 @@ WORKER_RESTART_MAX_S = 30.0  # …doubling while it keeps dying, up to this
 WORKER_HEALTHY_S = 30.0  # a worker that ran this long is healthy again: the next delay is 1 s
 WORKER_STOP_S = 20.0  # a worker's own bounded stop (doors drained, Stasis closed), plus room
 LEADER_POLL_S = 0.5  # how often a follower tries to take the Stasis lead
+# A Stasis lock file seen, then gone: the leader makes it again; a follower, after this.
+LEADER_TAKEOVER_S = 3 * LEADER_POLL_S
 METRICS_EVERY_S = 1.0  # how often a worker writes its metrics for the parent's /metrics
 # A worker whose metrics file is older than this is not serving (hung, or not started yet).
 WORKER_STALE_S = 3 * METRICS_EVERY_S
@@ -531,7 +533,17 @@ class StasisLeadership:
     """Exactly one worker runs the Stasis application: the one holding an exclusive
     ``flock`` on the lock file (``stasis_lock_path``). The others try again every
     ``LEADER_POLL_S``; the kernel releases the lock when its holder dies, however it dies,
-    so another worker takes the lead (its connect sweep decides the channels left waiting)."""
+    so another worker takes the lead (its connect sweep decides the channels left waiting).
+
+    The lock file (or the whole state directory) deleted under the workers (a cleanup of
+    the state directory): the leader lives on holding the deleted file, and a follower
+    making a new one would lead too (two applications, each channel decided twice). So
+    the leader, which checks every ``LEADER_POLL_S``, makes it again (locked before it
+    appears: made aside, then linked in); a follower that had seen it waits
+    ``LEADER_TAKEOVER_S`` before making it itself (the leader may be gone too). It raised
+    ``FileNotFoundError``, which ended the followers' tries: once the leader died, no
+    worker ran the application again. Were another worker to lead through a file made
+    meanwhile, the old leader stops (the parent starts it again, as a follower)."""
 
     def __init__(self, door: StasisGate, lock_path: Path, stop: asyncio.Event) -> None:
         self.door = door
@@ -539,6 +551,9 @@ class StasisLeadership:
         self._stop = stop
         self._fd: int | None = None
         self._task: asyncio.Task[None] | None = None
+        self._seen = False  # the lock file was there: gone, its leader may live on
+        self._gone_since: float | None = None
+        self._failed = ""  # the failure said last (each said once)
 
     @property
     def leading(self) -> bool:
@@ -548,7 +563,28 @@ class StasisLeadership:
         self._task = asyncio.create_task(self._run(), name="callgate-stasis-leadership")
 
     def _try_lock(self) -> bool:
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        """Take the lead if the lock is free (``OSError``: the lock file cannot be made)."""
+        try:
+            fd = os.open(self.lock_path, os.O_RDWR)
+        except FileNotFoundError:
+            if self._seen:
+                now = time.monotonic()
+                if self._gone_since is None:
+                    self._gone_since = now
+                    log.warning(
+                        "the Stasis lock %s is gone (the state directory deleted?); the "
+                        "leading worker makes it again, else this one in %g s",
+                        self.lock_path, LEADER_TAKEOVER_S,
+                    )  # fmt: skip
+                if now - self._gone_since < LEADER_TAKEOVER_S:
+                    return False
+            made = self._make_locked()
+            if made is None:
+                return False  # another worker made it meanwhile: tried again next turn
+            self._fd = made
+            self._seen, self._gone_since = True, None
+            return True
+        self._seen, self._gone_since = True, None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -557,13 +593,96 @@ class StasisLeadership:
         self._fd = fd
         return True
 
+    def _make_locked(self) -> int | None:
+        """A new lock file at ``lock_path`` (its directory made again if gone), locked
+        before it appears there: None if another appeared there first."""
+        self.lock_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        aside = self.lock_path.with_name(f".{self.lock_path.name}.{os.getpid()}")
+        fd = os.open(aside, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # nobody else has it open
+            os.link(aside, self.lock_path)
+        except FileExistsError:
+            os.close(fd)
+            return None
+        except BaseException:
+            os.close(fd)
+            raise
+        finally:
+            aside.unlink(missing_ok=True)
+        return fd
+
+    def _holds_path(self) -> bool:
+        """Whether the file at ``lock_path`` is the one this worker holds locked."""
+        assert self._fd is not None
+        held = os.fstat(self._fd)
+        try:
+            there = os.stat(self.lock_path)
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        return (held.st_dev, held.st_ino) == (there.st_dev, there.st_ino)
+
+    def _keep_lock(self) -> bool:
+        """The leader's turn: the lock file made again if it was deleted; False if another
+        worker leads through a file made meanwhile (this one must stop leading)."""
+        if self._holds_path():
+            return True
+        log.warning(
+            "the Stasis lock %s was deleted while this worker leads (the state directory "
+            "deleted?); making it again",
+            self.lock_path,
+        )
+        fd = self._make_locked()
+        if fd is None:  # another worker made it first: lead through it if free
+            fd = os.open(self.lock_path, os.O_RDWR)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                return False
+        old, self._fd = self._fd, fd
+        if old is not None:
+            os.close(old)
+        return True
+
+    def _failing(self, exc: OSError) -> None:
+        """Say a failure to make or take the lock once (while the same), at error level:
+        no worker may run the Stasis application meanwhile."""
+        said = f"{exc.strerror or exc}"
+        if said != self._failed:
+            self._failed = said
+            log.error(
+                "the Stasis lock %s: %s; the Stasis application may run in no worker until "
+                "it can be made; trying again every %g s",
+                self.lock_path, said, LEADER_POLL_S,
+            )  # fmt: skip
+
     async def _run(self) -> None:
         while not self._stop.is_set():
-            if self._try_lock():
+            try:
+                led = self._try_lock()
+            except OSError as exc:
+                self._failing(exc)
+                led = False
+            if led:
+                self._failed = ""
                 log.info("worker %d leads the Stasis application", os.getpid())
                 self.door.start()
-                return
+                break
             await wait_event(self._stop, LEADER_POLL_S)
+        while not await wait_event(self._stop, LEADER_POLL_S):
+            try:
+                if not self._keep_lock():
+                    log.error(
+                        "another worker leads the Stasis application through %s, made "
+                        "again: this worker stops (started again as a follower)",
+                        self.lock_path,
+                    )
+                    self._stop.set()
+                    return
+                self._failed = ""
+            except OSError as exc:
+                self._failing(exc)
 
     async def close(self) -> None:
         if self._task is not None:
