@@ -81,6 +81,7 @@ from gate.runtime import (
     check_version,
     describe_redis,
     freeze_heap,
+    keeping_state,
     make_state_dir,
     open_gate,
     stasis_lock_path,
@@ -1420,7 +1421,10 @@ async def _run(config: Config, args: argparse.Namespace) -> int:
     from gate.stasis.door import StasisGate
 
     stop = _stop_on_signals()
-    async with open_gate(config, records=True, serving=stop, supervise=True) as gate:
+    async with (
+        open_gate(config, records=True, serving=stop, supervise=True) as gate,
+        keeping_state(config),
+    ):
         await _check_store(gate)
         server = AgiServer(
             gate,
@@ -1592,7 +1596,8 @@ async def _run_workers(config: Config, count: int, verbose: bool, loop: str) -> 
     if instance is not None:
         instance.acquire()
     try:
-        return await _serve_workers(config, count, verbose, loop, stop)
+        async with keeping_state(config, instance):
+            return await _serve_workers(config, count, verbose, loop, stop)
     finally:
         if instance is not None:
             instance.release()

@@ -77,12 +77,14 @@ if TYPE_CHECKING:  # the ARI door (aiohttp) is imported only by ``run``, which s
 __all__ = [
     "InstanceLock",
     "StasisLeadership",
+    "StateKeeper",
     "StoppedStarting",
     "WorkerRole",
     "Workers",
     "WorkersStasis",
     "check_version",
     "describe_redis",
+    "keeping_state",
     "make_state_dir",
     "open_gate",
     "stasis_lock_path",
@@ -103,6 +105,8 @@ RESTART_DELAY_MAX_S = 5.0
 # A server that ran this long since its last start is healthy: the next delay is the minimum.
 HEALTHY_AFTER_S = 30.0
 SUPERVISOR_STOP_S = 5.0
+STATE_CHECK_EVERY_S = 1.0  # how often ``run`` checks the files it keeps in the state dir
+STATE_STOP_S = 2.0
 
 
 def describe_redis(config: Config) -> str:
@@ -449,6 +453,127 @@ def make_state_dir(path: Path) -> None:
         ) from exc
 
 
+def _same_file(fd: int, path: Path) -> bool:
+    """Whether the file at ``path`` is the one ``fd`` has open (False: gone, or another)."""
+    held = os.fstat(fd)
+    try:
+        there = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    return (held.st_dev, held.st_ino) == (there.st_dev, there.st_ino)
+
+
+class StateKeeper:
+    """What ``callgate run`` (with ``--workers``, the parent) keeps in the state directory,
+    made again every ``STATE_CHECK_EVERY_S`` if deleted under it (a cleanup of the state
+    directory, ``rm -rf``; the embedded Redis's data directory is its supervisor's):
+
+    - the secret file the number-hashing secret came from, written again from the secret
+      in force. Gone, the next command (a CLI one, a worker started again, a reload)
+      made a new random one: refused against the data's keying, and the data keyed with
+      the lost secret was useless after a restart. A file holding another secret (made
+      while it was missing) is never overwritten: said, with what to do;
+    - the instance lock (``InstanceLock.keep``).
+
+    Each failure is said once, until that file is right again."""
+
+    def __init__(self, config: Config, instance: InstanceLock | None = None) -> None:
+        self.config = config
+        self.instance = instance
+        self._said: set[str] = set()
+
+    async def follow(self, done: asyncio.Event) -> None:
+        while not await wait_event(done, STATE_CHECK_EVERY_S):
+            self.check()
+
+    def check(self) -> None:
+        self._keep("secret", self._keep_secret)
+        if self.instance is not None:
+            self._keep("instance lock", self._keep_instance)
+
+    def _keep(self, what: str, keep: Callable[[], str | None]) -> None:
+        """Run ``keep``; the problem it returns or raises (``OSError``), said once."""
+        try:
+            problem = keep()
+        except OSError as exc:
+            problem = f"cannot make the {what} again: {exc}; trying again"
+        if problem is None:
+            self._said.discard(what)
+        elif what not in self._said:
+            self._said.add(what)
+            log.error("%s", problem)
+
+    def _keep_secret(self) -> str | None:
+        config = self.config
+        path, secret = config.secret_file, config.secret
+        if path is None or secret is None or config.secret_from != str(path):
+            return None  # the secret came from elsewhere ($CALLGATE_SECRET, privacy.secret)
+        try:
+            held: bytes | None = path.read_bytes().strip()
+        except FileNotFoundError:
+            held = None
+        if held == secret:
+            return None
+        if held is not None:
+            return (
+                f"the secret file {path} holds another secret than the one this gate runs "
+                "with (made while it was missing? by a command or a worker started then): "
+                "the data is keyed with this gate's, and a gate started again would refuse "
+                f"it; delete {path}: this gate writes its own back"
+            )
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        aside = path.with_name(f".{path.name}.{os.getpid()}")
+        fd = os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(secret + b"\n")
+            os.link(aside, path)  # whole, and never over a file made meanwhile
+        except FileExistsError:
+            return None  # made meanwhile: compared on the next turn
+        finally:
+            aside.unlink(missing_ok=True)
+        log.warning(
+            "the secret file %s was deleted under the running gate (the state directory "
+            "deleted?); written again with the secret in force (without it, the hashed "
+            "lists would be useless once the gate restarts)",
+            path,
+        )
+        return None
+
+    def _keep_instance(self) -> str | None:
+        instance = self.instance
+        assert instance is not None
+        if instance.in_place:
+            return None
+        if not instance.keep():
+            return (
+                f"the instance lock {instance.path} was deleted and another process locked "
+                "the one made since (a second callgate run with this state directory?); "
+                "stop it; trying again"
+            )
+        log.warning(
+            "the instance lock %s was deleted under the running gate (the state directory "
+            "deleted?); made and locked again",
+            instance.path,
+        )
+        return None
+
+
+@asynccontextmanager
+async def keeping_state(
+    config: Config, instance: InstanceLock | None = None
+) -> AsyncIterator[StateKeeper]:
+    """A ``StateKeeper`` following ``config``'s state directory while in the block."""
+    keeper = StateKeeper(config, instance)
+    done = asyncio.Event()
+    task = asyncio.create_task(keeper.follow(done), name="callgate-state-keeper")
+    try:
+        yield keeper
+    finally:
+        done.set()
+        await stop_task(task, STATE_STOP_S, "the state directory keeper")
+
+
 class InstanceLock:
     """One ``callgate run --workers`` per FastAGI port on this machine. The workers share
     their port (``SO_REUSEPORT``), which would let a second instance's workers join the
@@ -519,6 +644,35 @@ class InstanceLock:
                 f"(ss -xlp | grep callgate/agi-port/{self.port} shows its pid)"
             ) from None
         return claim
+
+    @property
+    def in_place(self) -> bool:
+        """Whether the lock file at its path is the one held (True while none is held)."""
+        return self._fd is None or _same_file(self._fd, self.path)
+
+    def keep(self) -> bool:
+        """The lock file deleted under this instance (its state directory deleted): made
+        again, locked and holding this PID. Else a second instance with this state
+        directory found the file lock free and went on (refused on Linux by the port's
+        claim alone, with a message naming another state directory). True once in place;
+        False if another process holds the file made meanwhile; ``OSError`` if it cannot
+        be made."""
+        if self.in_place:
+            return True
+        held = self._fd
+        assert held is not None
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+        os.close(held)
+        return True
 
     def release(self) -> None:
         if self._claim is not None:
@@ -612,20 +766,11 @@ class StasisLeadership:
             aside.unlink(missing_ok=True)
         return fd
 
-    def _holds_path(self) -> bool:
-        """Whether the file at ``lock_path`` is the one this worker holds locked."""
-        assert self._fd is not None
-        held = os.fstat(self._fd)
-        try:
-            there = os.stat(self.lock_path)
-        except (FileNotFoundError, NotADirectoryError):
-            return False
-        return (held.st_dev, held.st_ino) == (there.st_dev, there.st_ino)
-
     def _keep_lock(self) -> bool:
         """The leader's turn: the lock file made again if it was deleted; False if another
         worker leads through a file made meanwhile (this one must stop leading)."""
-        if self._holds_path():
+        assert self._fd is not None
+        if _same_file(self._fd, self.lock_path):
             return True
         log.warning(
             "the Stasis lock %s was deleted while this worker leads (the state directory "

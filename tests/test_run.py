@@ -533,3 +533,50 @@ def test_a_sigterm_while_run_waits_for_its_embedded_redis_stops_it_at_once(
     assert (0, True) == (code, took < 5.0), "".join(lines) + rest
     assert "error" not in rest, rest
     assert "FastAGI on" not in rest, rest
+
+
+def test_a_deleted_state_directory_keeps_its_instance_lock_and_secret(tmp_path: Path) -> None:
+    """The state directory of a running ``run --workers 2`` deleted (``rm -rf``): the
+    parent makes its instance lock again, locked, and writes the secret file again with
+    the secret in force. A second ``run`` with the same config is then refused by the
+    instance lock naming the first's PID, and made no secret of its own. The lock stayed
+    deleted (the second was refused only by the port's claim, as if another state
+    directory) and the second command made a new random secret: the data keyed with the
+    first's was useless once the gate restarted."""
+    state = tmp_path / "state"
+    state.mkdir()
+    port = _free_port()
+    config = tmp_path / "callgate.toml"
+    text = _sample_config_in(state).read_text().replace("port = 0", f"port = {port}", 1)
+    config.write_text(text)
+    secret_file, lock = state / "callgate.secret", state / f"run-agi-{port}.lock"
+    with _callgate("--config", str(config), "run", "--workers", "2") as first:
+        assert first.stderr is not None
+        deadline = time.monotonic() + STARTUP_DEADLINE_S
+        lines: list[str] = []
+        serving = 0
+        while time.monotonic() < deadline and first.poll() is None and serving < 2:
+            lines.append(first.stderr.readline())
+            serving += bool(re.search(r"worker \d: FastAGI", lines[-1]))
+        assert 2 == serving, "".join(lines)
+        secret = secret_file.read_text()
+        shutil.rmtree(state)
+        deadline = time.monotonic() + STARTUP_DEADLINE_S
+        while time.monotonic() < deadline and not (secret_file.exists() and lock.exists()):
+            time.sleep(0.1)
+        kept = (secret_file.exists() and secret_file.read_text(), lock.exists())
+        with _callgate("--config", str(config), "run", "--workers", "2") as second:
+            _, refused = second.communicate(timeout=STARTUP_DEADLINE_S)
+        answer = asyncio.run(agi_check(port, "0612345678"))
+        first.send_signal(signal.SIGTERM)
+        _, rest = first.communicate(timeout=STOP_DEADLINE_S)
+    log = "".join(lines) + rest
+    assert (secret, True) == kept, log
+    assert secret == secret_file.read_text()
+    assert (2, 1) == (second.returncode, len(refused.splitlines())), refused
+    assert refused.startswith(
+        f"callgate: error: run: another callgate (pid {first.pid}) already serves FastAGI "
+        f"port {port}"
+    ), refused
+    assert "no_consent:fr-l223-1-optin" == answer["CALLGATE_REASON"], log
+    assert 0 == first.returncode, log
