@@ -204,6 +204,7 @@ class Script:
 CALL_COUNTS = Script.load("call_counts.lua")
 DECIDE = Script.load("decide.lua")
 HASH_MAX = Script.load("hash_max.lua")
+LIST_COPY = Script.load("list_copy.lua")
 LIST_DELTA = Script.load("list_delta.lua")
 LIST_FILL = Script.load("list_fill.lua")
 MARK_MAX = Script.load("mark_max.lua")

@@ -15,7 +15,9 @@ Guarantees:
   version (each group's meta says so, checked in the same script), so nothing added
   during a replacement is lost. An overfull list is resized (rebuilt with more buckets,
   from the live version's members read once the new version takes deltas: an opt-out
-  recorded during a resize is in it too).
+  recorded during a resize is in it too; each copied only if still in the live version,
+  atomically with the deltas (``lua/list_copy.lua``): a remove during a resize stays
+  removed).
 - ``replace`` builds a new version beside the live one, then switches every group's meta
   to it. On one server the switch is ONE transaction over all groups: decisions see the
   old version whole, then the new one whole. On a cluster each group switches atomically
@@ -82,6 +84,7 @@ from gate.core.keys import (
     list_version,
 )
 from gate.store.client import (
+    LIST_COPY,
     LIST_DELTA,
     LIST_FILL,
     MARK_MAX,
@@ -586,8 +589,11 @@ class ListStore:
         expected: int,
         meta: Mapping[str, str],
         accept: Callable[[int, int], None] | None,
+        copy_of: tuple[int, int] | None = None,
     ) -> Replaced:
-        """``replace`` under the lock, ``directory`` the list's entry as ``_settle`` left it."""
+        """``replace`` under the lock, ``directory`` the list's entry as ``_settle`` left it.
+        ``copy_of`` (a resize: the live version and bits ``chunks`` are read from): only
+        entries still in that version when written are, ``_write``."""
         key = self.keyspace.directory_key(list_id)
         version = int(await self._call(self._client.hincrby(key, "next_version", 1)))
         bits = bits_for(expected)
@@ -607,7 +613,7 @@ class ListStore:
                 )
             )
             await self._groups([["HSET", "{meta}", f"{list_id}:b", building]], atomic=False)
-            await self._write(list_id, version, bits, chunks, progress)
+            await self._write(list_id, version, bits, chunks, progress, copy_of)
             counts = await self._count_groups(list_id, version, bits)
             built = True
             if accept is not None:
@@ -776,7 +782,13 @@ class ListStore:
             # an opt-out recorded while millions of members were read went to the live
             # version alone, and was lost at the switch.
             chunks = self._rebucketed(list_id)
-            return await self._replace(list_id, directory, chunks, expected, meta, None)
+            # Copied only if still live when written: an entry removed after it was read
+            # (from both versions, before the copy) was put back into the new version, an
+            # allow list's exemption taken off kept in force.
+            live = None
+            if "version" in directory:
+                live = (int(directory["version"]), int(directory["bits"]))
+            return await self._replace(list_id, directory, chunks, expected, meta, None, live)
 
     async def _rebucketed(self, list_id: str) -> AsyncIterator[Chunk]:
         """The live version's members with their bucket32, by chunks of ``_FLUSH_MIN``."""
@@ -800,17 +812,30 @@ class ListStore:
         return part, [bucket32_of(m) for m in part]
 
     async def _write(
-        self, list_id: str, version: int, bits: int, chunks: Chunks, progress: _Progress
+        self,
+        list_id: str,
+        version: int,
+        bits: int,
+        chunks: Chunks,
+        progress: _Progress,
+        copy_of: tuple[int, int] | None = None,
     ) -> None:
         """SADD every entry into its bucket: entries gathered over a flush (sorted by
         bucket), sent as one ``lua/list_fill.lua`` call per slot group while the next flush
         is being read (Redis works while Python parses); ``progress`` counts the entries
-        of the flushes Redis took."""
+        of the flushes Redis took. With ``copy_of`` (the live version and bits, a resize),
+        each group's share goes through ``lua/list_copy.lua`` instead: only the entries
+        still in that version are written (one removed since it was read stays out)."""
 
         flush_at = min(_FLUSH_MAX, max(_FLUSH_MIN, _FLUSH_PER_BUCKET << bits))
 
         async def send(batch: Sorted) -> None:
-            await self.store.send_packed(*self._fills(list_id, version, bits, batch))
+            if copy_of is None:
+                await self.store.send_packed(*self._fills(list_id, version, bits, batch))
+            else:
+                await self.store.send_packed(
+                    self._copies(list_id, copy_of, (version, bits), batch), LIST_COPY
+                )
             progress.entries += len(batch)
 
         await self._pipelined(chunks, flush_at, send)
@@ -874,6 +899,32 @@ class ListStore:
             body = b"".join([head, *keys, counts, batch.members_resp(start, end)])
             out.append((self.keyspace.meta_key(group), body))
         return out, LIST_FILL
+
+    def _copies(
+        self, list_id: str, source: tuple[int, int], target: tuple[int, int], batch: Sorted
+    ) -> list[tuple[str, bytes]]:
+        """The ``lua/list_copy.lua`` calls (one per slot group) that copy ``batch`` from
+        version ``source`` into version ``target`` (each a (version, bits)), those entries
+        still in ``source`` only."""
+        layouts = [batch.layout(bits, GROUP_BITS) for _, bits in (source, target)]
+        entry_at = batch.layout(GROUP_BITS, GROUP_BITS).entry_at
+        out = []
+        for group in batch.layout(GROUP_BITS, GROUP_BITS).groups():
+            keys: list[bytes] = []
+            counts: list[bytes] = []
+            sizes: list[int] = []
+            for (version, bits), layout in zip((source, target), layouts, strict=True):
+                first, last = layout.bucket_at[group], layout.bucket_at[group + 1]
+                keys += self._bucket_keys(list_id, version, bits, layout.buckets[first:last])
+                offsets = layout.count_offsets
+                counts.append(layout.counts[offsets[first] : offsets[last]])
+                sizes.append(last - first)
+            start, end = entry_at[group], entry_at[group + 1]
+            args = [_bulk(sizes[0]), _bulk(sizes[1])]
+            head = _evalsha(LIST_COPY.sha, len(keys), len(args) + sum(sizes) + end - start)
+            body = b"".join([head, *keys, *args, *counts, batch.members_resp(start, end)])
+            out.append((self.keyspace.meta_key(group), body))
+        return out
 
     async def _drop(self, list_id: str, version: int, bits: int) -> None:
         """UNLINK every bucket of a version, by name, a few hundred of one slot at a time."""

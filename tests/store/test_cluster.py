@@ -193,6 +193,22 @@ async def test_list_import_and_count_spread_over_the_shards(
     assert max(per_master) <= 1.1 * min(per_master)
 
 
+async def test_a_resize_copies_the_list_on_every_shard(gate: Gate) -> None:
+    """A resize copies each slot group's members (lua/list_copy.lua: the live and the new
+    version's buckets of a group in one call, so in one slot): all of them, on every
+    master (a number removed before it stays off)."""
+    numbers = [f"+3364{i * 37:07d}" for i in range(3000)]
+    admin = ListAdmin.of(gate)
+    await admin.add("red", numbers, TENANT, "")
+    await admin.remove("red", numbers[:1], TENANT, "")
+    resized = await admin.lists.resize("red:t:default", 1_000_000)
+    probes = [
+        (await gate.decide(attempt(n), record=False, door="cli")).reason for n in numbers[:1000:100]
+    ]
+    assert (2999, 2999) == (resized.count, await admin.count("red", TENANT, ""))
+    assert ["allowed"] + ["listed:red"] * 9 == probes
+
+
 async def test_scrub_decides_every_lead_on_the_cluster(gate: Gate) -> None:
     """A scrub of 500 leads: the red-listed ones BLOCK, the others ALLOW, in input order."""
     leads = [f"+3363{i * 101:07d}" for i in range(500)]

@@ -321,6 +321,32 @@ async def test_an_opt_out_recorded_while_a_resize_reads_the_list_survives_it(
     assert (True, 5001) == (await listed(gate, opt_out), await lists.lists.count(RED))
 
 
+async def test_a_number_removed_while_a_resize_reads_the_list_stays_removed(
+    gate: Gate, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A remove (a number off the red list, an exemption off an allow list) recorded once
+    the resize has read the list, before it writes the members read, sticks: the resize
+    copies only the members still listed. It wrote every member read, so the number,
+    removed from both versions first, came back in the resized list."""
+    lists = admin(gate)
+    await lists.add("red", numbers(0, 5000), TENANT, "")
+    taken_off = numbers(0, 1)[0]
+    members = ListStore.members
+    removed: list[int] = []
+
+    async def reading(self: ListStore, list_id: str) -> AsyncIterator[int]:
+        async for member in members(self, list_id):
+            yield member
+        # Every member read (the number among them), none written yet.
+        removed.append(await lists.remove("red", [taken_off], TENANT, ""))
+
+    monkeypatch.setattr(ListStore, "members", reading)
+    resized = await asyncio.wait_for(lists.lists.resize(RED, 1_000_000), 60)
+    assert ([1], bits_for(1_000_000)) == (removed, resized.bits)
+    assert (False, 4999) == (await listed(gate, taken_off), await lists.lists.count(RED))
+    assert await listed(gate, numbers(1, 1)[0])
+
+
 async def test_an_opt_out_into_an_overfull_list_during_a_replace_is_acknowledged(
     gate: Gate, sync_redis: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:

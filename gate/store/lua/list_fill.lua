@@ -1,6 +1,7 @@
 -- list_fill.lua: add entries to the buckets of one slot group of a list version that is
--- being built (a --replace import or a resize; gate/store/lists.py), one call per group
--- and batch of entries instead of one command per bucket; or count them.
+-- being built (a --replace import; gate/store/lists.py; a resize copies with
+-- list_copy.lua), one call per group and batch of entries instead of one command per
+-- bucket; or count them.
 --
 -- KEYS[1 .. n]      buckets (SETs) of one slot group of that version
 -- ARGV[1 .. n]      how many of the members below go to each bucket (KEYS in order;
