@@ -50,6 +50,7 @@ from datetime import UTC, datetime
 
 from gate.core.engine import RECORD_SKEW_S
 from gate.core.errors import (
+    GateError,
     InputError,
     NumberError,
     OptionError,
@@ -97,7 +98,8 @@ _FIELDS_BATCH = 500
 # An abandoned-call ceiling counts calls by the minute (call_counts.lua).
 _MINUTE_MS = 60_000
 # What a delta import stopped by an error (Redis lost, a line not UTF-8, a worker killed)
-# did to the list: its batches are applied in file order, each group's share atomically.
+# did to the list: its batches are applied in file order, each group's share atomically
+# (a block or allow list's; a consent or reassigned list's by commands of up to 1000).
 # ``confirmed``: how many the store confirmed, when it says (" (2000 confirmed)"), or "".
 _STOPPED = {
     "add": "the import stopped part-way: the numbers sent before the error{confirmed} are on "
@@ -105,6 +107,10 @@ _STOPPED = {
     "as they are)",
     "remove": "the import stopped part-way: the numbers sent before the error{confirmed} are "
     "removed, the rest still listed; import the file again to remove them all",
+    # A consent imported again is granted again, at the import's refreshed_at (or now).
+    "consent": "the import stopped part-way: the consents sent before the error{confirmed} "
+    "are recorded, the rest not; import the file again to record them all (those recorded "
+    "are recorded again, as given at its refreshed_at, or now)",
 }
 # A consent's grant time may be this much later than the gate's clock: it comes from
 # another host's clock (a CRM's) or is written by hand to the minute. Later, it has not
@@ -451,12 +457,21 @@ class ListAdmin:
                 fields["sha256"] = checksum.hexdigest()
 
         if rule.kind == "consent":
-            changed = 0
-            for batch in batches:
-                tally_of(batch)
-                checked = [self.keyspace.number(e164) for e164 in batch.e164s()]
-                if checked:
-                    changed += await self._write(rule, key, mode, checked, when)
+            changed = given = confirmed = 0
+            try:
+                for batch in batches:
+                    tally_of(batch)
+                    checked = [self.keyspace.number(e164) for e164 in batch.e164s()]
+                    if checked:
+                        given += len(checked)
+                        changed += await self._write(rule, key, mode, checked, when)
+                        confirmed += len(checked)
+            except (OptionError, OutputError):
+                raise
+            except (InputError, StoreError, WorkerError) as exc:
+                if not given:
+                    raise  # nothing sent: the list as it was
+                raise _stopped(name, "consent" if mode == "add" else mode, exc, confirmed) from exc
             if checksum is not None:
                 fields["sha256"] = checksum.hexdigest()
             await self.lists.set_meta(key, fields)
@@ -532,14 +547,11 @@ class ListAdmin:
                     raise  # nothing sent: the list as it was
                 # Part of the file may be in force: say so, and how to complete it (once:
                 # an update cut off after batches went in says how many, not again).
-                cause = exc
+                cause: GateError = exc
                 if isinstance(exc, StoreError) and exc.confirmed is not None:
                     cause = exc.__cause__ if isinstance(exc.__cause__, StoreError) else exc
-                    confirmed = f" ({exc.confirmed} confirmed)"
-                else:
-                    confirmed = ""
-                stopped = _STOPPED[mode].format(confirmed=confirmed)
-                raise type(exc)(f"list {rule.name!r}: {stopped}: {cause}") from exc
+                    raise _stopped(rule.name, mode, exc, exc.confirmed, cause) from exc
+                raise _stopped(rule.name, mode, exc, 0) from exc
             await lists.set_meta(key, fields)
         return changed
 
@@ -590,20 +602,35 @@ class ListAdmin:
             if on_lines is not None:
                 on_lines(read)
 
-        accepted = rejected = changed = 0
+        accepted = rejected = changed = given = confirmed = 0
         chunk: list[Disconnect] = []
-        for entry in read_disconnects(counted(), rule, self.policy.default_region):
-            if isinstance(entry, Rejected):
-                on_reject(entry)
-                rejected += 1
-                continue
-            accepted += 1
-            chunk.append(entry)
-            if len(chunk) >= BATCH_LINES:
-                changed += await self._store_disconnects(key, chunk, mode)
-                chunk = []
-        if chunk:
-            changed += await self._store_disconnects(key, chunk, mode)
+
+        async def store(chunk: list[Disconnect]) -> int:
+            nonlocal given, confirmed
+            given += len(chunk)
+            done = await self._store_disconnects(key, chunk, mode)
+            confirmed += len(chunk)
+            return done
+
+        try:
+            for entry in read_disconnects(counted(), rule, self.policy.default_region):
+                if isinstance(entry, Rejected):
+                    on_reject(entry)
+                    rejected += 1
+                    continue
+                accepted += 1
+                chunk.append(entry)
+                if len(chunk) >= BATCH_LINES:
+                    changed += await store(chunk)
+                    chunk = []
+            if chunk:
+                changed += await store(chunk)
+        except (OptionError, OutputError):
+            raise
+        except (InputError, StoreError, WorkerError) as exc:
+            if not given:
+                raise  # nothing sent: the list as it was
+            raise _stopped(name, mode, exc, confirmed) from exc
         if checksum is not None:
             fields["sha256"] = checksum.hexdigest()
         await self.lists.set_meta(key, fields)
@@ -784,6 +811,17 @@ class ListAdmin:
             record.rules.append(ceiling.id)
             counted.append(ceiling.id)
         return record
+
+
+def _stopped(
+    name: str, mode: str, exc: GateError, confirmed: int, cause: GateError | None = None
+) -> GateError:
+    """``exc`` (of its type) saying what a delta import of list ``name`` stopped by it did
+    to the list (``_STOPPED``), after some entries were sent: ``confirmed`` of them the
+    store took (0: not known), then ``cause`` (default: ``exc``)."""
+    counted = f" ({confirmed} confirmed)" if confirmed else ""
+    stopped = _STOPPED[mode].format(confirmed=counted)
+    return type(exc)(f"list {name!r}: {stopped}: {cause or exc}")
 
 
 def _unreadable_counts(

@@ -809,6 +809,64 @@ async def test_a_delta_import_cut_off_by_redis_says_part_is_done_and_to_import_a
     assert "import the file again" in str(stopped.value)
 
 
+@pytest.mark.parametrize(
+    ("kind", "mode", "done"),
+    [
+        ("consent", "add", "the consents sent before the error ({n} confirmed) are recorded"),
+        ("consent", "remove", "the numbers sent before the error ({n} confirmed) are removed"),
+        ("reassigned", "add", "the numbers sent before the error ({n} confirmed) are on the"),
+        ("reassigned", "remove", "the numbers sent before the error ({n} confirmed) are remo"),
+    ],
+)
+async def test_a_consent_or_reassigned_import_cut_off_by_redis_says_part_is_done(
+    tmp_path: Path, kind: str, mode: str, done: str
+) -> None:
+    """The same for a consent or a reassigned list's import: the error says how many
+    numbers the store confirmed, that the rest are not in, and to import the file again;
+    it said only that Redis was unreachable (the list's state unknown)."""
+    lists_table = [{"name": "optin", "kind": kind, "scope": "tenant"}]
+    config = make_config({"lists": lists_table})
+    values = numbers(0, 3 * formats.BATCH_LINES)
+    day = "2026-11-02"
+    with spawned_redis(tmp_path) as (url, server):
+        store = Store(url, deadline_s=2.0)
+        lists = admin(Gate(config, store))
+        try:
+            if mode == "remove" and kind == "consent":
+                await lists.add("optin", values, TENANT, "", now=NOW, clock=NOW)
+            elif mode == "remove":
+                await lists.import_disconnects(
+                    "optin", [f"{v},{day}" for v in values], TENANT, "", fail_on_reject
+                )
+
+            def cut_off() -> Iterator[int]:
+                for line_no in range(1, len(values) + 1):
+                    if line_no == 2 * formats.BATCH_LINES:  # the first batch is sent
+                        server.kill()
+                        server.wait(10)
+                    yield line_no
+
+            if kind == "consent":
+                lines = ((n, values[n - 1]) for n in cut_off())
+                importing = lists.import_entries(
+                    "optin", lines, TENANT, "", fail_on_reject, mode=mode, clock=NOW
+                )
+            else:
+                disconnects = (f"{values[n - 1]},{day}" for n in cut_off())
+                importing = lists.import_disconnects(
+                    "optin", disconnects, TENANT, "", fail_on_reject, mode=mode
+                )
+            with pytest.raises(StoreError) as stopped:
+                await asyncio.wait_for(importing, 60)
+        finally:
+            await store.close()
+    message = str(stopped.value)
+    assert message.startswith(
+        "list 'optin': the import stopped part-way: " + done.format(n=formats.BATCH_LINES)
+    ), message
+    assert "import the file again" in message
+
+
 async def test_a_large_delta_into_a_small_list_grows_its_buckets_first(
     gate: Gate, sync_redis: redis.Redis
 ) -> None:
