@@ -81,6 +81,12 @@ LINES = st.one_of(
             "201,555,0123",
             "201 ,5550123",
             "2015550123,x",
+            '"2015550123"',
+            '"201","5550123"',
+            '"201", "5550123",""',
+            '"201,5550123"',
+            '"201"5550123',
+            '"2015550123',
             "phone",
             "+999123456789",
             "+0612345678",
@@ -173,6 +179,25 @@ def test_common_lines_are_read_in_runs() -> None:
         (b"", [b"+33633333333"]),
     ] == batch.runs
     assert (6, [5]) == (batch.lines, [r.line_no for r in batch.rejected])
+
+
+@pytest.mark.parametrize("whole", [False, True])
+def test_a_us_dnc_file_takes_quoted_fields_and_rejects_broken_quotes(
+    tmp_path: Path, whole: bool
+) -> None:
+    """A US registry file exported as CSV, its fields in double quotes, is read as the
+    registry's own (they were rejected: 'unexpected character \'"\''); a line whose quotes
+    are malformed is rejected, by its line number, saying so."""
+    path = tmp_path / "212.csv"
+    path.write_text(
+        '"2125550101"\n"212","5550102"\n212, "5550103"\n"212","5550104","2024-01-02"\n'
+        '"212"5550105\n"2125550106\n2125550107\n'
+    )
+    read = reference(path, "US", "us-dnc") if whole else bulk(path, "US", "us-dnc")
+    lines, accepted, rejected = read
+    assert (7, [f"+121255501{n:02d}" for n in (1, 2, 3, 4, 7)]) == (lines, accepted)
+    assert [5, 6] == [line_no for line_no, _, _ in rejected]
+    assert all(why.startswith("malformed double quotes (") for _, _, why in rejected)
 
 
 def test_the_e164_run_is_built_once() -> None:
