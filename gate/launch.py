@@ -21,15 +21,16 @@ EXIT_INTERRUPTED = 130  # as gate.cli's (not imported yet)
 def main() -> int:
     """``callgate``: SIGHUP caught, then the command line (``gate.cli.main``). Ctrl-C
     while it imports ends it as Ctrl-C does later (exit 130), without a traceback."""
-    came: list[int] = []
-    inherited = signal.signal(signal.SIGHUP, lambda signum, _frame: came.append(signum))
     # Ctrl-C too is only noted while importing: raised as KeyboardInterrupt, it could land
     # in a weakref callback of the import machinery, where Python prints and ignores it,
-    # and the command ran on (``run`` then served, deaf to that Ctrl-C).
+    # and the command ran on (``run`` then served, deaf to that Ctrl-C). Noted first, so
+    # that a command seen catching SIGHUP notes Ctrl-C too.
     interrupted: list[int] = []
     noted = signal.getsignal(signal.SIGINT) is signal.default_int_handler
     if noted:
         signal.signal(signal.SIGINT, lambda signum, _frame: interrupted.append(signum))
+    came: list[int] = []
+    inherited = signal.signal(signal.SIGHUP, lambda signum, _frame: came.append(signum))
     try:
         from gate import cli
     except KeyboardInterrupt:

@@ -28,6 +28,21 @@ STARTUP_DEADLINE_S = 20.0
 STOP_DEADLINE_S = 30.0
 
 
+def _catching_sighup(process: subprocess.Popen[str]) -> None:
+    """Wait until ``process`` catches SIGHUP (its ``SigCgt`` in ``/proc``): the
+    ``callgate`` command's first act, before its imports. Before that, Python's own start
+    (about 30 ms, longer on a busy machine) takes the signal's default action, which no
+    program can prevent; a fixed sleep raced it."""
+    deadline = time.monotonic() + STARTUP_DEADLINE_S
+    while time.monotonic() < deadline and process.poll() is None:
+        status = Path(f"/proc/{process.pid}/status").read_text()
+        caught = re.search(r"^SigCgt:\s*([0-9a-f]+)", status, re.M)
+        if caught and int(caught[1], 16) >> (signal.SIGHUP - 1) & 1:
+            return
+        time.sleep(0.002)
+    raise AssertionError(f"callgate (PID {process.pid}) never caught SIGHUP")
+
+
 async def agi_check(port: int, extension: str) -> dict[str, str]:
     """Play Asterisk for one FastAGI `check` request; return the ``CALLGATE_*`` variables
     the dialplan gets (``CALLGATE_DECISION`` split as ``callgate-unpack`` does)."""
@@ -158,13 +173,13 @@ def _sample_config_in(data: Path) -> Path:
 def test_the_callgate_command_survives_a_sighup_while_it_imports_and_reloads(
     tmp_path: Path,
 ) -> None:
-    """``systemctl reload`` right after ``start``: SIGHUP 0.1 s after ``callgate run``
-    began, while Python still imports its modules (about 0.4 s here; before the first
+    """``systemctl reload`` right after ``start``: SIGHUP as soon as ``callgate run``
+    catches it, while Python still imports its modules (about 0.4 s here; before the first
     ~30 ms, Python's own start, no program can catch it). The process lives, serves, and reloads
     once it is up (``reloaded … (unchanged)``)."""
     lines: list[str] = []
     with _callgate("--config", str(_sample_config_in(tmp_path)), "run") as process:
-        time.sleep(0.1)
+        _catching_sighup(process)
         process.send_signal(signal.SIGHUP)
         assert process.stderr is not None
         deadline = time.monotonic() + STARTUP_DEADLINE_S
@@ -182,10 +197,10 @@ def test_the_callgate_command_survives_a_sighup_while_it_imports_and_reloads(
 def test_ctrl_c_while_the_callgate_command_imports_exits_130_without_a_traceback(
     tmp_path: Path,
 ) -> None:
-    """Ctrl-C right after ``make run`` (SIGINT 0.1 s in, while Python still imports
-    callgate's modules) ends the command as Ctrl-C does later: exit 130, no traceback."""
+    """Ctrl-C right after ``make run`` (SIGINT as soon as it catches signals, while Python
+    still imports callgate's modules) ends the command as Ctrl-C does later: exit 130, no traceback."""
     with _callgate("--config", str(_sample_config_in(tmp_path)), "run") as process:
-        time.sleep(0.1)
+        _catching_sighup(process)
         process.send_signal(signal.SIGINT)
         _, stderr = process.communicate(timeout=STARTUP_DEADLINE_S)
     assert (130, "") == (process.returncode, stderr)
@@ -195,7 +210,7 @@ def test_another_command_still_ends_on_a_sighup_that_came_while_it_imported() ->
     """Any command but ``run`` keeps SIGHUP's default action: one that came while the
     ``callgate`` command imported is delivered once it knows the command (it ends)."""
     with _callgate("check", "0612345678", pipe=False) as process:
-        time.sleep(0.1)
+        _catching_sighup(process)
         process.send_signal(signal.SIGHUP)
         code = process.wait(STARTUP_DEADLINE_S)
     assert -signal.SIGHUP == code
@@ -209,7 +224,7 @@ def test_workers_survive_a_reload_forwarded_while_they_import(tmp_path: Path) ->
     lines: list[str] = []
     config = str(_sample_config_in(tmp_path))
     with _callgate("--config", config, "run", "--workers", "2") as process:
-        time.sleep(0.1)
+        _catching_sighup(process)
         process.send_signal(signal.SIGHUP)
         assert process.stderr is not None
         deadline = time.monotonic() + STARTUP_DEADLINE_S
