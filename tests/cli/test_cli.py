@@ -152,11 +152,6 @@ def run_subprocess(
     """``python -m gate.cli ARGS…`` with a clean CALLGATE_* environment (but the suite's
     choice of server binary) and ``env`` added, in ``cwd``; ``stdin`` written to it
     through a pipe."""
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("CALLGATE_")},
-        **{k: v for k, v in os.environ.items() if k == SERVER_ENV},
-        **(env or {}),
-    }
     return subprocess.run(
         [sys.executable, "-m", "gate.cli", *args],
         capture_output=True,
@@ -164,9 +159,19 @@ def run_subprocess(
         timeout=SUBPROCESS_TIMEOUT_S,
         check=False,
         cwd=cwd,
-        env=env,
+        env=cli_env(env),
         input=stdin,
     )
+
+
+def cli_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a ``gate.cli`` subprocess: a clean CALLGATE_* environment (but
+    the suite's choice of server binary), ``env`` added."""
+    return {
+        **{k: v for k, v in os.environ.items() if not k.startswith("CALLGATE_")},
+        **{k: v for k, v in os.environ.items() if k == SERVER_ENV},
+        **(env or {}),
+    }
 
 
 # Ctrl-C as a terminal delivers it: with Python's own SIGINT handler, even when the suite

@@ -28,7 +28,13 @@ import redis
 
 from gate.core.errors import StoreUnavailable
 from gate.store.embedded import EmbeddedRedis, find_redis_server
-from tests.cli.test_cli import NUMBER, run_subprocess, sample_config
+from tests.cli.test_cli import (
+    NUMBER,
+    SUBPROCESS_TIMEOUT_S,
+    cli_env,
+    run_subprocess,
+    sample_config,
+)
 from tests.conftest import redis_server_version
 
 START_TIMEOUT_S = 10.0
@@ -119,26 +125,47 @@ def stop_by_pid(process: subprocess.Popen[bytes]) -> None:
             process.wait(START_TIMEOUT_S)
 
 
+ADD_RED = ("list", "add", "red", NUMBER)
+
+
 def test_a_command_waits_for_a_busy_embedded_redis_and_uses_it(data_dir: Path) -> None:
-    """The running server is busy (CLIENT PAUSE for 2 s: it accepts connections and
-    answers none) when `list add` starts: the command says it waits, then adds the
-    number on that same server, whose socket stays in place."""
+    """The running server is busy (stopped: it accepts connections and answers none)
+    when `list add` starts: the command says it waits, then (the server continued once
+    it said so) adds the number on that same server, whose socket stays in place."""
     owner = EmbeddedRedis(data_dir)
     owner.start()
     owner_pid = server_pid(data_dir)
     config = write_config(data_dir)
-    pauser = unix_client(data_dir)
+    said: list[str] = []
+    assert owner_pid is not None
     try:
-        pauser.execute_command("CLIENT", "PAUSE", "2000", "ALL")
-        added = run_subprocess(
-            data_dir.parent, "--config", str(config), "list", "add", "red", NUMBER
-        )
+        os.kill(owner_pid, signal.SIGSTOP)
+        with subprocess.Popen(
+            [sys.executable, "-m", "gate.cli", "--config", str(config), *ADD_RED],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=data_dir.parent,
+            env=cli_env(),
+        ) as adding:
+            try:
+                assert adding.stderr is not None
+                for _ in range(20):  # what it says before it waits: a line or two
+                    said.append(adding.stderr.readline())
+                    if not said[-1] or "waiting up to 60 s" in said[-1]:
+                        break
+                os.kill(owner_pid, signal.SIGCONT)
+                stdout, stderr = adding.communicate(timeout=SUBPROCESS_TIMEOUT_S)
+            finally:
+                adding.kill()
+        added = subprocess.CompletedProcess(adding.args, adding.returncode, stdout, stderr)
+        added.stderr = "".join(said) + stderr
         answering = server_pid(data_dir)
         checked = run_subprocess(
             data_dir.parent, "--config", str(config), "check", NUMBER, "--json"
         )
     finally:
-        pauser.close()
+        os.kill(owner_pid, signal.SIGCONT)  # stopped still, should a step above have failed
         owner.stop()
     assert (0, "1 added, 0 already listed\n") == (added.returncode, added.stdout)
     assert (owner_pid, "listed:red") == (answering, json.loads(checked.stdout)["reason"])
