@@ -198,7 +198,8 @@ def test_ctrl_c_while_the_callgate_command_imports_exits_130_without_a_traceback
     tmp_path: Path,
 ) -> None:
     """Ctrl-C right after ``make run`` (SIGINT as soon as it catches signals, while Python
-    still imports callgate's modules) ends the command as Ctrl-C does later: exit 130, no traceback."""
+    still imports callgate's modules) ends the command as Ctrl-C does later: exit 130, no
+    traceback."""
     with _callgate("--config", str(_sample_config_in(tmp_path)), "run") as process:
         _catching_sighup(process)
         process.send_signal(signal.SIGINT)
