@@ -249,11 +249,26 @@ class BadNumber:
     why: str
 
 
+# Regions dialling the emergency and protected numbers of another region's table. The
+# French national numbering plan (ARCEP décision n° 2018-0881, which lists the numéros
+# d'urgence) covers the overseas départements and collectivités: 15, 17, 18, 112, 115,
+# 119... are theirs too, and phonenumbers' short-number data flags only some of them per
+# place (17 and 18 not in Mayotte, 112 not in Guadeloupe): read in RE, GP or YT they were
+# invalid numbers, and an agent's call to them was blocked. The US territories, under the
+# Communications Act like the states (47 U.S.C. 153), have 911 and the 988 crisis line
+# (47 CFR 64.1200(a)(1); 988 designated by 47 CFR 52.200), which phonenumbers does not flag.
+_PROTECTED_AS = {
+    **dict.fromkeys(("RE", "YT", "GP", "BL", "MF", "GF", "MQ", "PM"), "FR"),
+    **dict.fromkeys(("PR", "VI", "GU", "MP", "AS"), "US"),
+}
+
+
 def is_protected(digits: str, region: str) -> bool:
     """True if ``digits`` is an emergency or protected number when dialled in ``region``."""
-    if digits in _PROTECTED.get(region, frozenset()):
+    plan = _PROTECTED_AS.get(region, region)
+    if digits in _PROTECTED.get(plan, frozenset()):
         return True
-    if region in _EU_REGIONS and digits.startswith(_EU_116) and len(digits) == 6:
+    if plan in _EU_REGIONS and digits.startswith(_EU_116) and len(digits) == 6:
         return True
     try:
         return bool(shortnumberinfo.is_emergency_number(digits, region))

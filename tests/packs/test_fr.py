@@ -643,6 +643,26 @@ async def test_premium_number_is_never_dialled_by_a_campaign(
     )
 
 
+@pytest.mark.parametrize(
+    ("region", "dialled"),
+    [("YT", "17"), ("YT", "18"), ("GP", "112"), ("RE", "115"), ("MQ", "119"), ("GF", "116000")],
+)
+async def test_an_overseas_emergency_call_is_never_held_and_never_autodialled(
+    open_gate: Callable[[Config], Gate], region: str, dialled: str
+) -> None:
+    """A PBX dialling in an overseas département: the national emergency numbers (ARCEP,
+    the same plan) are emergencies there too. Once read as invalid numbers (phonenumbers
+    flags only some per place), an agent's call to 17 in Mayotte was blocked."""
+    gate = open_gate(pack_config(["fr"], region))
+    night = datetime(2026, 12, 5, 23, 0, tzinfo=REUNION)  # a Saturday night: no window
+    manual = await gate.decide(call(night, dialled, traffic_class=MANUAL), record=True, door="cli")
+    campaign = await gate.decide(call(TUESDAY, dialled), record=True, door="cli")
+    assert [("ALLOW", "emergency", None), ("BLOCK", "emergency", None)] == [
+        outcome(manual),
+        outcome(campaign),
+    ]
+
+
 async def test_shadow_pack_reports_but_allows(
     open_gate: Callable[[Config], Gate], tmp_path: Path
 ) -> None:

@@ -262,6 +262,24 @@ async def test_emergency_number_is_refused_to_campaigns(gate: Gate) -> None:
     ]
 
 
+@pytest.mark.parametrize("region", ["PR", "VI", "GU", "MP", "AS"])
+async def test_a_territorys_988_is_an_emergency_line(
+    open_gate: Callable[[Config], Gate], region: str
+) -> None:
+    """988 (the crisis line, 47 CFR 52.200) in the territories the pack governs: an agent's
+    call is never held, a campaign's refused as an emergency line (64.1200(a)(1)). Once a
+    plain short code there (phonenumbers does not flag it)."""
+    gate = open_gate(pack_config(["us"], region))
+    manual = Attempt("988", now=at_ny(23), traffic_class=TrafficClass.MANUAL)
+    decisions = [
+        await gate.decide(Attempt("988", now=at_ny(10)), record=True, door="cli"),
+        await gate.decide(manual, record=True, door="cli"),
+    ]
+    assert [("BLOCK", "emergency", None), ("ALLOW", "emergency", None)] == [
+        outcome(d) for d in decisions
+    ]
+
+
 async def test_a_campaign_abandoning_over_3_percent_in_30_days_is_held_back(gate: Gate) -> None:
     """47 CFR 64.1200(a)(7): at most 3 % of the live-answered calls of a campaign abandoned
     over 30 days. 4 abandoned of 100 live calls: the campaign DEFERs (still 29 days later),
