@@ -12,7 +12,7 @@ import pytest
 from gate.config.loader import Config
 from gate.core.model import Attempt
 from gate.service import Gate
-from tests.packs.conftest import import_list, outcome, pack_config, pack_rules
+from tests.packs.conftest import TENANT, admin, import_list, outcome, pack_config, pack_rules
 
 TORONTO = ZoneInfo("America/Toronto")
 VANCOUVER = ZoneInfo("America/Vancouver")
@@ -40,7 +40,10 @@ def test_pack_loads_with_sources() -> None:
     """ca.toml loads; every rule names its source."""
     (pack,) = pack_config(["ca"], "CA").policy.packs
     rules = pack_rules(pack)
-    assert ({"CA"}, {"dncl"}) == (set(pack.regions), {rule.name for rule in pack.lists})
+    assert ({"CA"}, {"dncl", "internal_dncl"}) == (
+        set(pack.regions),
+        {rule.name for rule in pack.lists},
+    )
     assert [] == [rule.id for rule in rules if not rule.source]
 
 
@@ -108,6 +111,19 @@ async def test_dncl_listed_number_is_blocked(gate: Gate) -> None:
     assert [("BLOCK", "listed:dncl", None), ("ALLOW", "allowed", None)] == [
         outcome(await gate.decide(call(TUESDAY), record=True, door="cli")),
         outcome(await gate.decide(call(TUESDAY, "+14165550199"), record=True, door="cli")),
+    ]
+
+
+async def test_internal_do_not_call_list_is_per_tenant(gate: Gate) -> None:
+    """CRTC Telemarketing Rules: a telemarketer's own do not call list. A number on tenant
+    default's internal list is BLOCK listed:internal_dncl for it, not for another tenant.
+    (The pack had no such list: a Canadian do-not-call request had nowhere to go but the
+    config's own lists.)"""
+    await admin(gate).add("internal_dncl", [TORONTO_NUMBER], TENANT, "")
+    other = Attempt(TORONTO_NUMBER, now=TUESDAY, caller_id=CALLER_ID, tenant="globex")
+    assert [("BLOCK", "listed:internal_dncl", None), ("ALLOW", "allowed", None)] == [
+        outcome(await gate.decide(call(TUESDAY), record=True, door="cli")),
+        outcome(await gate.decide(other, record=True, door="cli")),
     ]
 
 
