@@ -238,6 +238,15 @@ class AriClient:
             raise AriError(f"ARI GET {path}: not a channel: {type(result)}")
         return result
 
+    async def variable(self, channel_id: str, name: str) -> str:
+        """``GET /channels/{id}/variable``: a channel variable's value (``AriNotFound`` if
+        the variable was never set, or the channel is gone)."""
+        path = f"/channels/{_segment(channel_id)}/variable"
+        result = await self._request("GET", path, {"variable": name})
+        if not isinstance(result, dict):
+            raise AriError(f"ARI GET {path}: not a variable: {type(result)}")
+        return str(result.get("value", ""))
+
     async def channels(self) -> list[dict[str, Any]]:
         """``GET /channels``: every channel (``AriError`` if the reply is not a list of them)."""
         result = await self._request("GET", "/channels")

@@ -65,6 +65,17 @@ Guarantees:
   the door that made it): it stays counted. Redis failing for these (logged once, each
   command bounded by ``SAVED_WITHIN_S``) never holds the door up: the decision is kept in
   this process only, as before.
+- A door killed after its decision was recorded (decide.lua: audit entry and attempt
+  counted) but before Asterisk carried out its continue saved nothing: the next sweep
+  finds the channel waiting, and before deciding a listed channel with no decision
+  kept or saved it looks in its number's audit stream for the newest entry of the
+  Stasis door for the channel's name and number, decided at or after the channel's
+  creation. It re-applies that decision (never decided nor counted again) only if
+  the channel is surely on its first stay: ``GOSUB_RETVAL`` never set (one ``GET``),
+  as the ``callgate-stasis`` subroutine leaves by ``Return()`` on every path but a
+  hangup: a channel back for another stay (trunk failover) is decided anew, a
+  previous stay's ALLOW never re-applied to it. Redis or Asterisk failing for these:
+  decided anew (logged). Only sweeps do it: nothing on the path of a decision.
 - A channel that leaves before its ALLOW reaches it (the first REST call answers 404) made
   no call: its recorded decision is undone (``Gate.undo``: the audit entry deleted, the
   attempt uncounted). After a failed try a 404 proves nothing (the try may have been
@@ -91,8 +102,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from gate.config.loader import AriConfig
+from gate.core.engine import Plan
 from gate.core.errors import StoreError
-from gate.core.model import Verdict
+from gate.core.evidence import stored_record, stream_len
+from gate.core.model import Attempt, Decision, Verdict
 from gate.core.params import (
     DECISION_VARIABLE,
     BadRequest,
@@ -102,6 +115,7 @@ from gate.core.params import (
     parse_pairs,
     printable,
 )
+from gate.core.redact import redact
 from gate.service import Evaluation, Gate, InFlight, cancelling, stop_task, wait_event
 from gate.stasis.ari import UNREADABLE, AriClient, AriError, AriNotFound
 
@@ -126,6 +140,11 @@ _RECENT_MAX = 4096  # channels whose decision is done, remembered (a StasisStart
 SAVED_TTL_S = 3600  # a decision saved in Redis outlives any wait in the application
 SAVED_WITHIN_S = 2.0  # how long a save, look-up or delete of one waits for Redis
 EVENTS_READ = ("StasisStart",)  # all the door reads: Asterisk is asked for no other
+# A sweep looks for a decision recorded but not applied (the door died in between) in the
+# audit stream, a page at a time, from this long before the channel's creation (Redis's
+# clock, which names the entries, behind Asterisk's).
+_AUDIT_PAGE = 200
+_SKEW_MS = 5000
 AST_MAX_EXTENSION = 80  # Asterisk's extension buffer (include/asterisk/channel.h), NUL included
 
 
@@ -215,6 +234,32 @@ def _saved_action(channel: StasisChannel, saved: bytes) -> _Action | None:
         return _Action(value, hangup_cause, started=started)
     except (ValueError, TypeError, KeyError):
         return None
+
+
+def _epoch_ms(created: str) -> int | None:
+    """ARI's ``creationtime`` (``2026-01-01T00:00:00.000+0000``) in ms, None if unreadable."""
+    try:
+        return int(datetime.strptime(created, "%Y-%m-%dT%H:%M:%S.%f%z").timestamp() * 1000)
+    except ValueError:
+        return None
+
+
+def _text(value: Any) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+
+
+def _audit_record(fields: Any) -> dict[str, str]:
+    """An audit stream entry's fields (a flat list, as Redis sends them) as its record:
+    one decide.lua wrote (``h`` and ``r``) concluded again, as gate/ops/audit.py reads it;
+    {} for one that cannot be read."""
+    try:
+        pairs = dict(zip(fields[::2], fields[1::2], strict=True))
+        head, seen = pairs.get(b"h"), pairs.get(b"r")
+        if head is not None and seen is not None and len(pairs) == 2:
+            return stored_record(json.loads(head), _text(seen))
+        return {_text(k): _text(v) for k, v in pairs.items()}
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+        return {}
 
 
 def parse_stasis_start(event: Mapping[str, Any]) -> StasisChannel | None:
@@ -575,7 +620,7 @@ class StasisGate:
             if action is None and reapply:
                 return  # dropped meanwhile (gone, or taken by a new stay): never decided
             if action is None and lookup:
-                action = await self._lookup(channel)
+                action = await self._lookup(channel) or await self._recorded(channel)
             if action is None:
                 action = await self._decide(channel)
             else:
@@ -603,22 +648,26 @@ class StasisGate:
             return True
         return parse_app_data(raw, self.config.app) is not None
 
+    def _attempt(self, channel: StasisChannel) -> Attempt:
+        """The attempt of ``channel``'s stay (``BadRequest``: its arguments are wrong)."""
+        if channel.malformed:
+            raise BadRequest(
+                f"bad_request:{channel.malformed}",
+                f"its StasisStart's {channel.malformed} could not be read",
+            )
+        number, *rest = channel.args or (channel.extension,)
+        return attempt_from_params(
+            parse_pairs(rest),
+            number=number or channel.extension,
+            caller_id=channel.caller_id,
+            channel=channel.name,
+            default_tenant=self.gate.config.default_tenant,
+            now=datetime.now(UTC),
+        )
+
     async def _decide(self, channel: StasisChannel) -> _Action:
         try:
-            if channel.malformed:
-                raise BadRequest(
-                    f"bad_request:{channel.malformed}",
-                    f"its StasisStart's {channel.malformed} could not be read",
-                )
-            number, *rest = channel.args or (channel.extension,)
-            attempt = attempt_from_params(
-                parse_pairs(rest),
-                number=number or channel.extension,
-                caller_id=channel.caller_id,
-                channel=channel.name,
-                default_tenant=self.gate.config.default_tenant,
-                now=datetime.now(UTC),
-            )
+            attempt = self._attempt(channel)
             evaluation = await self.gate.evaluate(attempt, record=True, door="stasis")
         except BadRequest as exc:  # a malformed parameter, or an unknown tenant
             log.warning("Stasis channel %s: %s", channel.name, exc)
@@ -634,7 +683,9 @@ class StasisGate:
         return self._action(evaluation)
 
     def _action(self, evaluation: Evaluation) -> _Action:
-        decision = evaluation.decision
+        return self._action_for(evaluation.decision, evaluation)
+
+    def _action_for(self, decision: Decision, evaluation: Evaluation | None = None) -> _Action:
         if decision.verdict is not Verdict.ALLOW and self.config.on_refuse == "hangup":
             return _Action(hangup_cause=decision.hangup_cause, evaluation=evaluation)
         return _Action(decision_value(decision), evaluation=evaluation)
@@ -745,6 +796,116 @@ class StasisGate:
     async def _forget(self, channel_ids: list[str]) -> None:
         keys = [self.gate.keyspace.stasis_key(channel_id) for channel_id in channel_ids]
         await self._redis("delete", [(key, ["DEL", key]) for key in keys])
+
+    # -- decisions recorded, not applied (the door died in between) -------------------------
+
+    async def _recorded(self, channel: StasisChannel) -> _Action | None:
+        """The decision recorded for ``channel``'s stay by a door that died before applying
+        it (killed between decide.lua and the continue; nothing saved, as its first try
+        had not failed), from the audit trail: re-applied, it is not decided (and counted)
+        again. None: none, or not surely this stay's (decided anew, as before), or a
+        failure (Redis, Asterisk: logged). Only a sweep asks, for a channel with no
+        decision in flight, kept or saved: no command on the path of a decision."""
+        try:
+            found = await self._recorded_for(channel)
+        except Exception as exc:  # a bug: the channel is decided, never left waiting
+            if cancelling():
+                raise asyncio.CancelledError from exc
+            log.exception(
+                "Stasis channel %s: looking for its recorded decision failed", channel.name
+            )
+            return None
+        if found is not None:
+            log.info("Stasis channel %s: re-applying its recorded decision", channel.name)
+        return found
+
+    async def _recorded_for(self, channel: StasisChannel) -> _Action | None:
+        created_ms = _epoch_ms(channel.created)
+        if created_ms is None or channel.malformed:
+            return None
+        active = self.gate.active
+        try:
+            attempt = self._attempt(channel)
+            active.config.policy.check_tenant(attempt.tenant)
+        except BadRequest:
+            return None  # decided as ERROR: nothing recorded
+        pending = active.planner(False).plan(attempt)
+        if not isinstance(pending, Plan):
+            return None  # decided before Redis (nothing counted): the same decision again
+        name = attempt.channel
+        if active.config.hash_numbers:  # as Gate.evaluate records it
+            name = redact(name, active.config.secret)
+        record = await self._audit_entry(
+            active.keyspace.audit_key(pending.check.number.group),
+            stream_len(active.config.audit.max_len),
+            created_ms,
+            lambda r: (
+                (r.get("door"), r.get("channel"), r.get("number"))
+                == ("stasis", name, pending.check.number.token)
+            ),
+        )
+        if record is None or not await self._first_stay(channel):
+            return None
+        retry = record.get("retry_after_s", "")
+        try:
+            verdict = Verdict(record.get("verdict", ""))
+            retry_s = float(retry) if retry else None
+        except ValueError:
+            return None  # not as callgate writes it: decided anew
+        decision = Decision(
+            verdict,
+            record.get("reason", ""),
+            record.get("rule", ""),
+            pending.destination.e164,
+            retry_s,
+        )
+        return self._action_for(decision)
+
+    async def _audit_entry(
+        self,
+        key: str,
+        kept: int,
+        created_ms: int,
+        matches: Callable[[Mapping[str, str]], bool],
+    ) -> dict[str, str] | None:
+        """The newest record of the audit stream ``key`` that ``matches``, decided at or
+        after ``created_ms`` (the channel's creation: an earlier channel of the same name,
+        Asterisk restarted, is not it). Read newest first, a page at a time, from
+        ``_SKEW_MS`` before ``created_ms`` (the entry ids are Redis's clock): bounded by
+        the stream's length (``kept``, plus a node)."""
+        high, low = "+", str(max(created_ms - _SKEW_MS, 0))
+        for _ in range(kept // _AUDIT_PAGE + 2):
+            command = ["XREVRANGE", key, high, low, "COUNT", _AUDIT_PAGE]
+            replies = await self._redis("look for the audit entry of", [(key, command)])
+            if replies is None:
+                return None
+            for _, fields in replies[0]:
+                record = _audit_record(fields)
+                ts = record.get("ts", "")
+                if ts.isdigit() and int(ts) >= created_ms and matches(record):
+                    return record
+            if len(replies[0]) < _AUDIT_PAGE:
+                return None
+            high = "(" + _text(replies[0][-1][0])
+        return None
+
+    async def _first_stay(self, channel: StasisChannel) -> bool:
+        """Whether ``channel`` is on its first stay in the application, so that a decision
+        recorded for it since its creation is this stay's: no subroutine has returned on
+        it (``GOSUB_RETVAL`` never set). dialplan/callgate.conf's ``callgate-stasis``
+        leaves on every path but a hangup by ``Return()``, which sets it: a channel back
+        for a new stay (trunk failover) has it, and is decided anew (a previous stay's
+        ALLOW re-applied to it would let a call out uncounted). Not sure (Asterisk
+        failing, a subroutine returned before): False."""
+        try:
+            await self.client.variable(channel.id, "GOSUB_RETVAL")
+        except AriNotFound:
+            return True  # never set (or the channel is gone: its continue will say)
+        except AriError as exc:
+            if cancelling():
+                raise asyncio.CancelledError from exc
+            log.warning("Stasis channel %s: could not read its variables (%s)", channel.name, exc)
+        return False
 
     async def _redis(self, what: str, commands: list[tuple[str, list[Any]]]) -> list[Any] | None:
         """``commands`` (one key each) on the store's admin path, within ``SAVED_WITHIN_S``;

@@ -15,6 +15,7 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import unquote
 
@@ -26,7 +27,7 @@ from gate.core.errors import StoreError
 from gate.lists.admin import ListAdmin
 from gate.ops.audit import read_range
 from gate.service import Evaluation, Gate, Observed
-from gate.stasis.door import StasisGate
+from gate.stasis.door import StasisGate, parse_stasis_start
 
 NUMBER = "0612345678"
 
@@ -66,8 +67,11 @@ class Asterisk:
     most_outstanding: int = 0
     sockets: list[web.WebSocketResponse] = field(default_factory=list)
     connected: asyncio.Event = field(default_factory=asyncio.Event)
+    variables: dict[str, dict[str, str]] = field(default_factory=dict)  # id -> name -> value
+    extensions: list[tuple[str, str]] = field(default_factory=list)  # (id, continued to)
 
-    def reply(self, method: str, uri: str) -> tuple[int, str]:
+    def reply(self, method: str, uri: str, query: dict[str, str] | None = None) -> tuple[int, str]:
+        query = query or {}
         parts = [unquote(p) for p in uri.split("/")]
         if parts[0] in ("asterisk", "applications"):
             return 200, json.dumps({})
@@ -79,6 +83,11 @@ class Asterisk:
         alive = {**self.dialling, **self.waiting}
         if cid not in alive:
             return 404, json.dumps({"message": "Channel not found"})
+        if method == "GET" and parts[2:] == ["variable"]:
+            value = self.variables.get(cid, {}).get(query.get("variable", ""))
+            if value is None:  # as Asterisk 22 answers for a variable never set
+                return 404, json.dumps({"message": "Provided variable was not found"})
+            return 200, json.dumps({"value": value})
         if method == "GET":
             return 200, json.dumps(alive[cid])
         if method == "DELETE":
@@ -95,6 +104,7 @@ class Asterisk:
             chan = self.waiting.pop(cid)
             self.dialling[cid] = {**chan, "dialplan": {**chan["dialplan"], "app_name": "Dial"}}
             self.done.append(("continue", cid))
+            self.extensions.append((cid, query.get("extension", "")))
         return 204, ""
 
     async def send(self, frame: str | dict[str, Any]) -> None:
@@ -111,7 +121,8 @@ async def asterisk() -> AsyncIterator[tuple[Asterisk, str]]:
         assert state.released is not None
         await state.released.wait()
         state.outstanding -= 1
-        status, body = state.reply(sent["method"], sent["uri"])
+        query = {q["name"]: q["value"] for q in sent.get("query_strings", [])}
+        status, body = state.reply(sent["method"], sent["uri"], query)
         answer = {"type": "RESTResponse", "request_id": sent["request_id"],
                   "status_code": status, "message_body": body}  # fmt: skip
         if not ws.closed:
@@ -136,14 +147,16 @@ async def asterisk() -> AsyncIterator[tuple[Asterisk, str]]:
                 answering.add(task)
                 task.add_done_callback(answering.discard)
                 continue
-            status, body = state.reply(sent["method"], sent["uri"])
+            query = {q["name"]: q["value"] for q in sent.get("query_strings", [])}
+            status, body = state.reply(sent["method"], sent["uri"], query)
             answer = {"type": "RESTResponse", "request_id": sent["request_id"],
                       "status_code": status, "message_body": body}  # fmt: skip
             await ws.send_str(json.dumps(answer))
         return ws
 
     async def rest(request: web.Request) -> web.Response:
-        status, body = state.reply(request.method, request.raw_path.split("?")[0][5:])
+        uri = request.raw_path.split("?")[0][5:]
+        status, body = state.reply(request.method, uri, dict(request.query))
         return web.Response(status=status, text=body, content_type="application/json")
 
     app = web.Application()
@@ -491,3 +504,97 @@ async def test_a_new_stay_of_a_channel_whose_decision_is_kept_is_decided(
     assert [("continue", "c1")] == state.done
     assert [NUMBER, NUMBER] == decided.numbers
     assert door.apply_tries + 1 == continues(state, "c1")
+
+
+def created(shift_s: float) -> str:
+    """A ``creationtime`` ``shift_s`` from now, as ARI writes it."""
+    when = datetime.now(UTC) + timedelta(seconds=shift_s)
+    return when.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "+0000"
+
+
+async def killed_after_deciding(gate: Gate, url: str, chan: dict[str, Any]) -> str:
+    """What a door SIGKILLed between its decision and its continue leaves: the decision
+    recorded (audit entry, attempt counted), nothing saved, the channel still waiting.
+    Returns the value it was about to continue the channel with."""
+    door = StasisGate(gate, AriConfig(url, "u", "p"))
+    stay = parse_stasis_start(stasis_start(chan))
+    assert stay is not None
+    action = await door._decide(stay)
+    await door.client.close()
+    assert action.value.startswith("ALLOW|")
+    return action.value
+
+
+async def test_a_decision_recorded_by_a_door_killed_before_its_continue_is_reapplied(
+    asterisk: tuple[Asterisk, str], gate: Gate
+) -> None:
+    """The gate is killed after its decision was recorded (audit entry, attempt counted)
+    but before Asterisk carried out the continue: the restarted door's sweep finds the
+    channel waiting, on its first stay, with that decision in the audit trail: it is
+    re-applied (the same value), never decided and counted again."""
+    state, url = asterisk
+    decided = Decided()
+    gate.observers.append(decided)
+    state.waiting["c1"] = chan = {**channel("c1"), "creationtime": created(-1.0)}
+    value = await killed_after_deciding(gate, url, chan)
+    async with serving(gate, url):
+        assert await until(lambda: state.done)
+        await asyncio.sleep(0.3)  # a second decision would come meanwhile
+    assert ([("continue", "c1")], [("c1", value)]) == (state.done, state.extensions)
+    assert [NUMBER] == decided.numbers
+    assert Counter({("c1", "ALLOW"): 1}) == await audited(gate)
+
+
+async def test_a_channel_waiting_with_no_recorded_decision_is_decided_on_a_sweep(
+    asterisk: tuple[Asterisk, str], gate: Gate
+) -> None:
+    """A channel that entered the application while no door ran, with no decision in the
+    audit trail (another channel's is there): the sweep decides it, once."""
+    state, url = asterisk
+    decided = Decided()
+    gate.observers.append(decided)
+    state.waiting["c2"] = other = {**channel("c2"), "creationtime": created(-1.0)}
+    await killed_after_deciding(gate, url, other)  # the same number, another channel
+    state.waiting.pop("c2")  # hung up meanwhile
+    state.waiting["c1"] = {**channel("c1"), "creationtime": created(-1.0)}
+    async with serving(gate, url):
+        assert await until(lambda: state.done)
+        await asyncio.sleep(0.3)
+    assert [("continue", "c1")] == state.done
+    assert [NUMBER, NUMBER] == decided.numbers
+    assert Counter({("c1", "ALLOW"): 1, ("c2", "ALLOW"): 1}) == await audited(gate)
+
+
+@pytest.mark.parametrize("why", ["second-stay", "earlier-channel"])
+async def test_a_recorded_decision_of_another_stay_is_never_reapplied(
+    asterisk: tuple[Asterisk, str], gate: Gate, why: str
+) -> None:
+    """The audit trail holds an ALLOW for the channel's name, but not for the stay now
+    waiting: the channel is back for a second stay (trunk failover: its first stay's
+    ALLOW went out and the subroutine returned, setting GOSUB_RETVAL), or it is a new
+    channel of the same name (Asterisk restarted), created after that decision. The
+    sweep decides it anew: an old ALLOW re-applied would let a call out uncounted."""
+    state, url = asterisk
+    decided = Decided()
+    gate.observers.append(decided)
+    chan = {**channel("c1"), "creationtime": created(-1.0)}
+    if why == "second-stay":
+        async with serving(gate, url):
+            state.waiting["c1"] = chan
+            await state.send(stasis_start(chan))
+            assert await until(lambda: state.done)
+        state.dialling.pop("c1")  # Return() from callgate-stasis, Dial fails, GoSub again
+        state.variables["c1"] = {"GOSUB_RETVAL": ""}
+    else:
+        state.waiting["c1"] = chan
+        await killed_after_deciding(gate, url, chan)
+        state.done.append(("hangup", "c1"))  # gone; Asterisk restarts, the name recurs
+        chan = {**chan, "creationtime": created(1.0)}
+        await asyncio.sleep(1.1)  # the new channel's decision is after its creation
+    state.waiting["c1"] = chan
+    async with serving(gate, url):
+        assert await until(lambda: len(state.done) == 2)
+        await asyncio.sleep(0.3)
+    assert "continue" == state.done[-1][0]
+    assert [NUMBER, NUMBER] == decided.numbers
+    assert Counter({("c1", "ALLOW"): 2}) == await audited(gate)
