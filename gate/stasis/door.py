@@ -892,20 +892,29 @@ class StasisGate:
     async def _first_stay(self, channel: StasisChannel) -> bool:
         """Whether ``channel`` is on its first stay in the application, so that a decision
         recorded for it since its creation is this stay's: no subroutine has returned on
-        it (``GOSUB_RETVAL`` never set). dialplan/callgate.conf's ``callgate-stasis``
-        leaves on every path but a hangup by ``Return()``, which sets it: a channel back
-        for a new stay (trunk failover) has it, and is decided anew (a previous stay's
-        ALLOW re-applied to it would let a call out uncounted). Not sure (Asterisk
-        failing, a subroutine returned before): False."""
-        try:
-            await self.client.variable(channel.id, "GOSUB_RETVAL")
-        except AriNotFound:
-            return True  # never set (or the channel is gone: its continue will say)
-        except AriError as exc:
-            if cancelling():
-                raise asyncio.CancelledError from exc
-            log.warning("Stasis channel %s: could not read its variables (%s)", channel.name, exc)
-        return False
+        it (``GOSUB_RETVAL`` never set), and no decision reached it (``CALLGATE_DECISION``
+        never set, or emptied). dialplan/callgate.conf's ``callgate-stasis`` leaves on
+        every path but a hangup by ``Return()``, which sets the first: a channel back for
+        a new stay (trunk failover) has it; a dialplan of its own that runs ``Stasis()``
+        again without a subroutine still has the decision the first stay was given. Such
+        a channel is decided anew (a previous stay's ALLOW re-applied to it would let a
+        call out uncounted). Not sure (Asterisk failing, a subroutine returned before):
+        False."""
+        for name in ("GOSUB_RETVAL", DECISION_VARIABLE):
+            try:
+                value = await self.client.variable(channel.id, name)
+            except AriNotFound:
+                continue  # never set (or the channel is gone: its continue will say)
+            except AriError as exc:
+                if cancelling():
+                    raise asyncio.CancelledError from exc
+                log.warning(
+                    "Stasis channel %s: could not read its variables (%s)", channel.name, exc
+                )
+                return False
+            if name == "GOSUB_RETVAL" or value:
+                return False
+        return True
 
     async def _redis(self, what: str, commands: list[tuple[str, list[Any]]]) -> list[Any] | None:
         """``commands`` (one key each) on the store's admin path, within ``SAVED_WITHIN_S``;

@@ -565,26 +565,31 @@ async def test_a_channel_waiting_with_no_recorded_decision_is_decided_on_a_sweep
     assert Counter({("c1", "ALLOW"): 1, ("c2", "ALLOW"): 1}) == await audited(gate)
 
 
-@pytest.mark.parametrize("why", ["second-stay", "earlier-channel"])
+@pytest.mark.parametrize("why", ["second-stay", "second-stay-no-gosub", "earlier-channel"])
 async def test_a_recorded_decision_of_another_stay_is_never_reapplied(
     asterisk: tuple[Asterisk, str], gate: Gate, why: str
 ) -> None:
     """The audit trail holds an ALLOW for the channel's name, but not for the stay now
     waiting: the channel is back for a second stay (trunk failover: its first stay's
-    ALLOW went out and the subroutine returned, setting GOSUB_RETVAL), or it is a new
-    channel of the same name (Asterisk restarted), created after that decision. The
+    ALLOW went out and the subroutine returned, setting GOSUB_RETVAL; or, in a dialplan
+    of its own that runs Stasis() again without a subroutine, CALLGATE_DECISION still
+    holds the first stay's decision), or it is a new channel of the same name (Asterisk
+    restarted), created after that decision. The
     sweep decides it anew: an old ALLOW re-applied would let a call out uncounted."""
     state, url = asterisk
     decided = Decided()
     gate.observers.append(decided)
     chan = {**channel("c1"), "creationtime": created(-1.0)}
-    if why == "second-stay":
+    if why.startswith("second-stay"):
         async with serving(gate, url):
             state.waiting["c1"] = chan
             await state.send(stasis_start(chan))
             assert await until(lambda: state.done)
         state.dialling.pop("c1")  # Return() from callgate-stasis, Dial fails, GoSub again
-        state.variables["c1"] = {"GOSUB_RETVAL": ""}
+        if why == "second-stay":
+            state.variables["c1"] = {"GOSUB_RETVAL": ""}
+        else:  # Dial fails, Stasis() again: the decision the first stay was given is there
+            state.variables["c1"] = {"CALLGATE_DECISION": state.extensions[0][1]}
     else:
         state.waiting["c1"] = chan
         await killed_after_deciding(gate, url, chan)
