@@ -387,10 +387,11 @@ class _Undo:
     command: Callable[[], _Command]
     asking: bool = False  # its decision went behind ASKING (cluster): the void does too
     why: str = "it got the fail mode"  # for the log: a late decision, or a call never made
+    key: str = ""  # the number's audit stream the void looks in (for the log)
 
 
 def _asking(undo: _Undo) -> _Undo:
-    return _Undo(undo.command, asking=True, why=undo.why)
+    return dataclasses.replace(undo, asking=True)
 
 
 class _Expired(Exception):
@@ -682,7 +683,7 @@ class Store:
             for _ in range(_STALE_TRIES):
                 await self._learn_views([check], use)
                 encoded = _encode([check], self._views, [outside])
-                void = _Undo(functools.partial(encoded.void, 0)) if check.record else None
+                void = encoded.receipt(0) if check.record else None
                 (reply,) = await self._call([encoded.command(DECIDE)], use, void)
                 try:
                     with _readable(self.where, DECIDE):
@@ -1165,7 +1166,25 @@ class Store:
         self._voided(void, reply)
 
     def _voided(self, void: _Undo, reply: _Reply) -> None:
-        found, decided, removed = (int(n) for n in bytes(reply).split(b","))
+        """Count and log the void's reply ("found,decided,removed"). One callgate cannot
+        read (a proxy or a module in between, a Redis that is not one) is a fault of the
+        store, counted and logged as a void that failed: whether it undid anything is not
+        known. Never raised: this runs in the background (a channel's reply callback, a
+        task nobody waits for), where it would end as a traceback and an unknown outcome."""
+        try:
+            found, decided, removed = _void_numbers(reply)
+        except ValueError:
+            self.voids["failed"] += 1
+            log.error(
+                "a recorded decision to undo (%s) got a reply callgate cannot read from "
+                "Redis at %s (%s for %s): if it ran, its attempt may stay counted and its "
+                "audit entry may stay",
+                void.why,
+                self.where,
+                repr(reply)[:_MAX_ERROR_TEXT],
+                void.key or "its audit stream",
+            )
+            return
         if found == 0:
             self.voids["not_run"] += 1
             log.info("a recorded decision to undo (%s) had not run: nothing to undo", void.why)
@@ -1374,6 +1393,18 @@ def _numbers(item: Any, checks: int) -> list[int]:
     return numbers
 
 
+def _void_numbers(reply: _Reply) -> tuple[int, int, int]:
+    """void.lua's reply, "found,decided,removed", as its numbers: ``ValueError`` unless it
+    is that (found -1, 0 or 1; removed at least 0)."""
+    if not isinstance(reply, bytes):
+        raise ValueError(f"{type(reply).__name__} for a void, not a string")
+    numbers = [int(n) for n in reply.split(b",")]
+    if len(numbers) != 3 or not -1 <= numbers[0] <= 1 or numbers[2] < 0:
+        raise ValueError(f"{reply[:60]!r} for a void")
+    found, decided, removed = numbers
+    return found, decided, removed
+
+
 def _outside(check: Check, seen: int, retry_ms: int) -> tuple[int, int, int]:
     """A shared check read by its own call, as decide.lua's X check (seen, limit, retry_ms):
     an attempt log (L) refuses at its limit, call counts (Q) when they see a wait."""
@@ -1480,6 +1511,10 @@ class _Encoded:
         parts += [head, b"%d" % check.now_ms, b"%d" % VOID_SEARCH]
         return _Command(None, key_slot(stream.encode()), _resp(parts))
 
+    def receipt(self, index: int) -> _Undo:
+        """How to undo decision ``index`` (recorded)."""
+        return _Undo(functools.partial(self.void, index), key=self.undo[index][0])
+
     def results(self, reply: list[Any], views: dict[str, str]) -> list[StoreResult | None]:
         """Each decision's result, or None when it was STALE (``views`` updated)."""
         out: list[StoreResult | None] = []
@@ -1507,7 +1542,7 @@ class _Encoded:
                 versions = tuple(
                     v if seen >= 0 else "" for v, seen in zip(versions, results, strict=True)
                 )
-            receipt = _Undo(functools.partial(self.void, d)) if check.record else None
+            receipt = self.receipt(d) if check.record else None
             result = StoreResult(numbers[0], numbers[1], results, versions, receipt)
             if not check.record:  # no receipt: the same for every (shape, reply)
                 read[id(shape), item] = result

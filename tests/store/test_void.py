@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
+import logging
 import struct
 import time
 from collections import Counter
@@ -28,6 +30,7 @@ from gate.core.engine import Plan
 from gate.core.model import Attempt, Verdict
 from gate.ops.audit import read_range
 from gate.service import Evaluation, Gate
+from gate.store import client
 from gate.store.channel import Channel
 from gate.store.client import Store, load_script
 from tests.conftest import make_config
@@ -286,3 +289,78 @@ def test_a_release_leaves_an_unreadable_attempt_log_alone(
     value = spoiled(sync_redis, key, how, now_ms)
     released = sync_redis.eval(load_script("release.lua"), 1, key, now_ms)
     assert (0, value) == (released, value_of(sync_redis, key))
+
+
+# Replies that are not void.lua's "found,decided,removed" (a proxy or a module in between).
+ODD_VOIDS = {
+    "a word": 'return "undone"',
+    "two numbers": 'return "1,0"',
+    "an integer": "return 7",
+    "found out of range": 'return "5,0,1"',
+}
+
+
+def odd_void(body: str) -> client.Script:
+    return client.Script("void.lua", body, hashlib.sha1(body.encode()).hexdigest().encode())
+
+
+def void_lines(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if "to undo" in r.getMessage()]
+
+
+@pytest.mark.parametrize("body", ODD_VOIDS.values(), ids=ODD_VOIDS.keys())
+async def test_an_undo_answered_with_a_reply_callgate_cannot_read_is_a_failed_void(
+    redis_url: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch, body: str
+) -> None:
+    """The void (on a fresh connection) gets a reply that is not "found,decided,removed":
+    counted as a void that failed, one error line naming the reply and the audit stream it
+    looked in, no traceback. It used to raise inside the background task: nothing logged,
+    nothing counted, the outcome unknown."""
+    monkeypatch.setattr(client, "VOID", odd_void(body))
+    store = Store(redis_url, 1.0)
+    gate = Gate(make_config(), store)
+    try:
+        with caplog.at_level(logging.INFO):
+            gate.undo(await gate.evaluate(attempt(), record=True, door="agi"))
+            await settled(store, "failed")
+    finally:
+        await store.close()
+    (line,) = void_lines(caplog)
+    assert {"failed": 1} == dict(store.voids)
+    assert "cannot read" in line.getMessage()
+    assert ":audit" in line.getMessage()
+    assert (logging.ERROR, None) == (line.levelno, line.exc_info)
+    assert [] == [r for r in caplog.records if r.exc_info]
+
+
+async def test_a_void_behind_a_late_decision_answered_oddly_frees_its_channel(
+    redis_url: str,
+    sync_redis: redis.Redis,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The void written behind a late decision on its channel gets a reply callgate cannot
+    read: a failed void, logged once, and the channel (the only one) serves the next
+    decision. It used to raise inside the channel's reply callback, which then never gave
+    the channel back."""
+    monkeypatch.setattr(client, "VOID", odd_void('return "undone"'))
+    settings = dataclasses.replace(RedisConfig(), pool_size=1, pool_wait_s=2.0)
+    store = Store(redis_url, 0.1, settings)
+    gate = Gate(make_config(), store)
+    try:
+        await gate.decide(Attempt("0699999999", datetime.now(UTC)), record=False, door="cli")
+        sync_redis.execute_command("CLIENT", "PAUSE", PAUSE_MS, "ALL")
+        with caplog.at_level(logging.INFO):
+            late = await gate.decide(attempt(), record=True, door="agi")
+            await settled(store, "failed")
+        store.deadline_s = 2.0
+        after = await gate.decide(
+            Attempt("0699999999", datetime.now(UTC)), record=False, door="cli"
+        )
+    finally:
+        await store.close()
+    (line,) = void_lines(caplog)
+    assert Verdict.DEFER == late.verdict
+    assert {"failed": 1} == dict(store.voids)
+    assert "cannot read" in line.getMessage()
+    assert (Verdict.ALLOW, "allowed") == (after.verdict, after.reason)
