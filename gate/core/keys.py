@@ -66,6 +66,7 @@ from gate.core.rules import AbandonCeilingRule, CapRule, CooloffRule, ListRule
 
 __all__ = [
     "GROUP_BITS",
+    "MAX_BITS",
     "MIN_BITS",
     "SLOT_GROUPS",
     "EntryChunk",
@@ -76,6 +77,8 @@ __all__ = [
     "group_of",
     "list_version",
     "namespace_of",
+    "read_list_version",
+    "stored_number",
 ]
 
 # A list entry: (member, bucket32). See the module doc.
@@ -86,6 +89,8 @@ EntryChunk = tuple[list[int], list[int]]
 GROUP_BITS = 10
 # A list's bucket bits are never fewer than the group bits: a bucket lies in one group.
 MIN_BITS = GROUP_BITS
+# ... and never more than a number's bucket32 has (its bucket: bucket32 >> (32 - bits)).
+MAX_BITS = 32
 _TOKEN_BYTES = 8
 _GROUP_SHIFT = 32 - GROUP_BITS
 
@@ -112,6 +117,36 @@ def namespace_of(prefix: str) -> str:
 def list_version(version: int, bits: int) -> str:
     """How a group's meta names a list version: "version/bits"."""
     return f"{version}/{bits}"
+
+
+def stored_number(field: str, value: str | bytes | None, low: int, high: int) -> int:
+    """``value``, read from Redis as ``field``, as the whole number from ``low`` to
+    ``high`` callgate writes there; ``ValueError`` saying what the field holds instead
+    (a value written by hand, by another tool, a bad migration), never a number read out
+    of it."""
+    text = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+    if text is None:
+        raise ValueError(f"no {field}")
+    if not (text.isascii() and text.isdigit() and len(text) <= 18):
+        raise ValueError(f"{field} {text[:40]!r}, not a whole number")
+    number = int(text)
+    if not low <= number <= high:
+        raise ValueError(f"{field} {number}, not within {low}..{high}")
+    return number
+
+
+def read_list_version(text: str | bytes) -> tuple[int, int]:
+    """A list version as a group's meta (or the directory's ``dropping``) names it,
+    "version/bits" (``list_version``): (version, bits), or ``ValueError`` (see
+    ``stored_number``)."""
+    raw = text.decode("utf-8", "replace") if isinstance(text, bytes) else text
+    version, slash, bits = raw.partition("/")
+    if not slash:
+        raise ValueError(f"list version {raw[:40]!r}, not version/bits")
+    return (
+        stored_number("version", version, 0, 10**18),
+        stored_number("bits", bits, MIN_BITS, MAX_BITS),
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -114,7 +114,15 @@ from gate.config.loader import REDIS_PASSWORD_ENV, RedisConfig
 from gate.core.engine import Check, CheckKind, StoreCheck, StoreResult
 from gate.core.errors import NotReplicated, StoreError, StoreTimeout, StoreUnavailable
 from gate.core.evidence import check_summary, hours_summary
-from gate.core.keys import directory_key, namespace_of
+from gate.core.keys import (
+    MAX_BITS,
+    MIN_BITS,
+    directory_key,
+    list_version,
+    namespace_of,
+    read_list_version,
+    stored_number,
+)
 from gate.store.channel import Behind as _Behind
 from gate.store.channel import Busy, Channel, ChannelLane
 from gate.store.connect import ADMIN_TIMEOUT_S, REPLY_TIMEOUT_S, Link, LinkStatus, no_retry
@@ -687,7 +695,7 @@ class Store:
                 (reply,) = await self._call([encoded.command(DECIDE)], use, void)
                 try:
                     with _readable(self.where, DECIDE):
-                        results = encoded.results(_raise_error(reply), self._views)
+                        results = encoded.results(_raise_error(reply), self._views, self.where)
                 except StoreError:
                     if void is not None:  # whatever ran may have recorded: undo it
                         self._void_later(void)
@@ -766,7 +774,7 @@ class Store:
                 stale: list[int] = []
                 for batch, enc, reply in zip(batches, encoded, replies, strict=True):
                     with _readable(self.where, DECIDE):
-                        read = enc.results(_raise_error(reply), self._views)
+                        read = enc.results(_raise_error(reply), self._views, self.where)
                     for index, result in zip(batch, read, strict=True):
                         if result is None:
                             stale.append(index)
@@ -815,9 +823,22 @@ class Store:
                 _Command(None, key_slot(key), _resp([b"HMGET", key, b"version", b"bits"]))
             )
         replies = await self._call(commands, dataclasses.replace(use, records=False))
-        for list_id, reply in zip(wanted, replies, strict=True):
+        for (list_id, namespace), reply in zip(wanted.items(), replies, strict=True):
             version, bits = _raise_error(reply)
-            self._views[list_id] = "" if version is None else f"{int(version)}/{int(bits)}"
+            if version is None:
+                self._views[list_id] = ""
+                continue
+            # A value callgate did not write there (by hand, a bad migration) is a fault
+            # of the store, whose decisions get the fail mode: read as a number, it raised
+            # past it on every decision that looks the list up.
+            try:
+                view = list_version(
+                    stored_number("version", version, 0, 10**18),
+                    stored_number("bits", bits, MIN_BITS, MAX_BITS),
+                )
+            except ValueError as exc:
+                raise _unreadable_list(self.where, directory_key(namespace, list_id), exc) from None
+            self._views[list_id] = view
 
     def _missing(self, checks: Iterable[StoreCheck]) -> dict[str, str]:
         """The lists these checks look up that have no view yet → their namespace."""
@@ -1393,6 +1414,18 @@ def _numbers(item: Any, checks: int) -> list[int]:
     return numbers
 
 
+def _unreadable_list(where: str, key: str, error: ValueError, field: str = "") -> StoreError:
+    """A list's version, as the directory entry or a group's meta at ``key`` holds it
+    (``field``: the meta's field), is not what callgate writes there (``error`` says
+    what): the list cannot be read until it is written again."""
+    held = f"{key} field {field!r}" if field else key
+    return StoreError(
+        f"Redis at {where}: the list version at {held} is unreadable ({error}; not "
+        "written by callgate: by hand, another tool, a bad migration?): import the list "
+        "again whole (`callgate list import NAME FILE --replace`) to write it anew"
+    )
+
+
 def _void_numbers(reply: _Reply) -> tuple[int, int, int]:
     """void.lua's reply, "found,decided,removed", as its numbers: ``ValueError`` unless it
     is that (found -1, 0 or 1; removed at least 0)."""
@@ -1515,8 +1548,11 @@ class _Encoded:
         """How to undo decision ``index`` (recorded)."""
         return _Undo(functools.partial(self.void, index), key=self.undo[index][0])
 
-    def results(self, reply: list[Any], views: dict[str, str]) -> list[StoreResult | None]:
-        """Each decision's result, or None when it was STALE (``views`` updated)."""
+    def results(
+        self, reply: list[Any], views: dict[str, str], where: str
+    ) -> list[StoreResult | None]:
+        """Each decision's result, or None when it was STALE (``views`` updated; a meta's
+        list version callgate cannot read is a ``StoreError`` of Redis at ``where``)."""
         out: list[StoreResult | None] = []
         # An evaluation's result is its shape's reading of its reply: read once per
         # distinct pair (a scrub's batch of thousands has a handful).
@@ -1524,8 +1560,14 @@ class _Encoded:
         for d, ((check, shape), item) in enumerate(zip(self.layout, reply, strict=True)):
             if isinstance(item, list):  # STALE: what the meta holds
                 for name, value in zip(shape.fields, item, strict=True):
-                    if not name.endswith(":r"):
-                        views[name] = "" if value is None else value.decode()
+                    if name.endswith(":r"):
+                        continue
+                    try:
+                        views[name] = (
+                            "" if value is None else list_version(*read_list_version(value))
+                        )
+                    except ValueError as exc:  # see ``_learn_views``
+                        raise _unreadable_list(where, f"{check.prefix}meta", exc, name) from None
                 out.append(None)
                 continue
             if not check.record:

@@ -20,6 +20,7 @@ import redis
 from gate.core.engine import Plan
 from gate.core.errors import StoreError, StoreUnavailable
 from gate.core.model import Attempt, Verdict
+from gate.lists.admin import ListAdmin
 from gate.service import Evaluation, Gate, Observed
 from gate.store import client
 from gate.store.client import Script, Store, load_script
@@ -230,3 +231,83 @@ def test_an_attempt_is_uncounted_over_maxmemory(
     assert replied == reply
     assert struct.pack(">d", now_ms - 1000) == left
     assert 0 < ttl_ms <= LOG_TTL_MS
+
+
+# --- a list version callgate did not write --------------------------------------------
+
+# Values of a list's version fields that callgate never writes (by hand, a bad migration).
+ODD_VERSIONS = {
+    "text": ("version", "abc"),
+    "a fraction": ("version", "2.5"),
+    "bits past 32": ("bits", "40"),
+    "bits missing": ("bits", None),
+}
+
+
+async def listed(gate: Gate, sync_redis: redis.Redis) -> str:
+    """Put NUMBER on the red list (tenant default); the list's directory entry key."""
+    await ListAdmin(gate.config.policy, gate.keyspace, gate.store).add(
+        "red", [NUMBER], "default", ""
+    )
+    (key,) = [k.decode() for k in sync_redis.keys("*{lists}*") if b":lock" not in k]
+    return key
+
+
+@pytest.mark.parametrize(("field", "value"), ODD_VERSIONS.values(), ids=ODD_VERSIONS.keys())
+async def test_a_list_directory_entry_callgate_did_not_write_gets_the_fail_mode(
+    redis_url: str, sync_redis: redis.Redis, field: str, value: str | None
+) -> None:
+    """The list's directory entry holds a version or bits callgate did not write: a
+    decision looking the list up gets the fail mode, its store error naming the key, the
+    field and what to do. It used to raise ValueError (TypeError) past the fail mode, on
+    every decision looking up the list."""
+    gate = Gate(make_config(), Store(redis_url, 1.0))
+    try:
+        key = await listed(gate, sync_redis)
+    finally:
+        await gate.store.close()
+    if value is None:
+        sync_redis.hdel(key, field)
+    else:
+        sync_redis.hset(key, field, value)
+    store = Store(redis_url, 1.0)  # a fresh process: it reads the list's version
+    gate = Gate(make_config(), store)
+    failures = Failures()
+    gate.observers.append(failures)
+    try:
+        decision = await gate.decide(attempt(), record=True, door="agi")
+    finally:
+        await store.close()
+    assert (Verdict.DEFER, "store_unavailable") == (decision.verdict, decision.reason)
+    (error,) = failures.errors
+    assert key in str(error)
+    assert field in str(error)
+    assert "callgate list import NAME FILE --replace" in str(error)
+
+
+async def test_a_group_meta_list_version_callgate_did_not_write_gets_the_fail_mode(
+    redis_url: str, sync_redis: redis.Redis
+) -> None:
+    """The number's group meta names the list's version as something callgate did not
+    write: the decision (STALE, read with what the meta holds) gets the fail mode, its
+    store error naming the meta key and the list's field. It used to keep that value as
+    the list's version and raise ValueError past the fail mode on every decision after."""
+    store = Store(redis_url, 1.0)
+    gate = Gate(make_config(), store)
+    failures = Failures()
+    gate.observers.append(failures)
+    try:
+        await listed(gate, sync_redis)
+        assert Verdict.BLOCK == (await gate.decide(attempt(), record=True, door="agi")).verdict
+        evaluation = await gate.evaluate(attempt(), record=False, door="cli")
+        assert isinstance(evaluation.pending, Plan)
+        meta = evaluation.pending.check.prefix + "meta"
+        (list_id,) = [f for f, v in sync_redis.hgetall(meta).items() if b"/" in v]
+        sync_redis.hset(meta, list_id, "garbage")
+        decisions = [await gate.decide(attempt(), record=True, door="agi") for _ in range(2)]
+    finally:
+        await store.close()
+    assert [(Verdict.DEFER, "store_unavailable")] * 2 == [(d.verdict, d.reason) for d in decisions]
+    assert 2 == len(failures.errors)
+    assert meta in str(failures.errors[0])
+    assert list_id.decode() in str(failures.errors[0])
