@@ -602,7 +602,10 @@ class RuleOut(_Response):
 
     pack: str | None = Field(description="the pack it comes from; null: the config file")
     kind: str
-    id: str
+    id: str = Field(
+        description='a cps cap\'s trunk, or "*": the cap of every trunk [trunks.cps] does not '
+        "name (trunks.default_cps)"
+    )
     summary: str
     source: str
     shadow: bool = Field(description="evaluated and reported, never enforced")

@@ -242,19 +242,16 @@ def rules_view(gate: Gate) -> RulesOut:
     for cap in policy.caps:
         rules.append(_rule_out(None, cap))
     for trunk, cps in sorted(policy.trunk_cps.items()):
+        rules.append(_cps_out(trunk, f"at most {cps} calls per second on trunk {trunk}", ""))
+    # A call on a trunk [trunks.cps] does not name is capped by the default (engine.py
+    # ``_cps_check``): shown too, else the Rules page hid a cap every such call gets.
+    if policy.default_trunk_cps:
         rules.append(
-            RuleOut(
-                pack=None,
-                kind="cps",
-                id=trunk,
-                summary=f"at most {cps} calls per second on trunk {trunk}",
-                source="",
-                shadow=False,
-                verify=False,
-                enforced=True,
-                valid_from=None,
-                valid_to=None,
-                classes=["campaign", "manual"],
+            _cps_out(
+                "*",
+                f"at most {policy.default_trunk_cps} calls per second on each trunk "
+                "[trunks.cps] does not name",
+                "trunks.default_cps",
             )
         )
     packs = []
@@ -274,6 +271,23 @@ def rules_view(gate: Gate) -> RulesOut:
         default_region=policy.default_region,
         packs=packs,
         rules=rules,
+    )
+
+
+def _cps_out(trunk: str, summary: str, source: str) -> RuleOut:
+    """A calls-per-second cap of the config (``trunk`` "*": the default cap)."""
+    return RuleOut(
+        pack=None,
+        kind="cps",
+        id=trunk,
+        summary=summary,
+        source=source,
+        shadow=False,
+        verify=False,
+        enforced=True,
+        valid_from=None,
+        valid_to=None,
+        classes=["campaign", "manual"],
     )
 
 

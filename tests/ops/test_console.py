@@ -482,6 +482,35 @@ async def test_rules_lists_the_packs_and_every_rule_with_its_source(redis_url: s
     assert "at most 4 in 30d per tenant" == rules[(None, "fr-4-per-30d")]["summary"]
 
 
+async def test_rules_shows_the_default_cps_cap_of_unnamed_trunks(redis_url: str) -> None:
+    """With ``[trunks] default_cps``, GET /v1/rules (the Rules page's rows) has a cps rule
+    for every trunk [trunks.cps] does not name, its source the setting, beside the named
+    trunks' caps; without it, none. The default cap used to be missing: a cap applied to
+    every unnamed trunk's call did not show."""
+    bodies = []
+    for trunks in ({"cps": {"carrier-a": 20}, "default_cps": 5}, {"cps": {"carrier-a": 20}}):
+        store = Store(redis_url, deadline_s=1.0)
+        running = await start(Gate(make_config({"trunks": trunks}), store, "v1"))
+        try:
+            status, body = await running.call("GET", "/v1/rules", AUTH)
+        finally:
+            await stop(running)
+            await store.close()
+        assert 200 == status
+        bodies.append(body)
+    with_default, without = (
+        [(r["id"], r["summary"], r["source"]) for r in b["rules"] if r["kind"] == "cps"]
+        for b in bodies
+    )
+    named = ("carrier-a", "at most 20 calls per second on trunk carrier-a", "")
+    default = (
+        "*",
+        "at most 5 calls per second on each trunk [trunks.cps] does not name",
+        "trunks.default_cps",
+    )
+    assert ([named, default], [named]) == (with_default, without)
+
+
 async def test_live_counts_decisions_per_second_by_verdict_and_reason(console: Console) -> None:
     """Between two samples, 3 refusals of a red-listed number and 2 allowed calls are
     3 BLOCK, 2 ALLOW and 3 listed:red over the samples' interval; scrub evaluations are
