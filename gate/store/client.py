@@ -141,6 +141,7 @@ __all__ = [
     "load_script",
     "redis_error_text",
     "translate_error",
+    "unreadable_list",
 ]
 
 log = logging.getLogger("callgate")
@@ -837,7 +838,7 @@ class Store:
                     stored_number("bits", bits, MIN_BITS, MAX_BITS),
                 )
             except ValueError as exc:
-                raise _unreadable_list(self.where, directory_key(namespace, list_id), exc) from None
+                raise unreadable_list(self.where, directory_key(namespace, list_id), exc) from None
             self._views[list_id] = view
 
     def _missing(self, checks: Iterable[StoreCheck]) -> dict[str, str]:
@@ -1414,7 +1415,7 @@ def _numbers(item: Any, checks: int) -> list[int]:
     return numbers
 
 
-def _unreadable_list(where: str, key: str, error: ValueError, field: str = "") -> StoreError:
+def unreadable_list(where: str, key: str, error: ValueError, field: str = "") -> StoreError:
     """A list's version, as the directory entry or a group's meta at ``key`` holds it
     (``field``: the meta's field), is not what callgate writes there (``error`` says
     what): the list cannot be read until it is written again."""
@@ -1567,7 +1568,7 @@ class _Encoded:
                             "" if value is None else list_version(*read_list_version(value))
                         )
                     except ValueError as exc:  # see ``_learn_views``
-                        raise _unreadable_list(where, f"{check.prefix}meta", exc, name) from None
+                        raise unreadable_list(where, f"{check.prefix}meta", exc, name) from None
                 out.append(None)
                 continue
             if not check.record:

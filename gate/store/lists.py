@@ -76,12 +76,15 @@ from redis.exceptions import RedisError
 from gate.core.errors import GateError, InputError, OptionError, OutputError, StoreError
 from gate.core.keys import (
     GROUP_BITS,
+    MAX_BITS,
     MIN_BITS,
     SLOT_GROUPS,
     Keyspace,
     ListEntry,
     NumberKeys,
     list_version,
+    read_list_version,
+    stored_number,
 )
 from gate.store.client import (
     LIST_COPY,
@@ -92,6 +95,7 @@ from gate.store.client import (
     Store,
     cancel_point,
     translate_error,
+    unreadable_list,
 )
 
 if TYPE_CHECKING:
@@ -207,15 +211,30 @@ async def _each(chunks: Chunks) -> AsyncIterator[Chunk]:
             yield chunk
 
 
+def _read_version(
+    directory: Mapping[str, str], fields: tuple[str, str] = ("version", "bits")
+) -> tuple[int, int]:
+    """The (version, bits) the directory entry holds in ``fields``; ``ValueError`` if it
+    is not what callgate writes there (see ``keys.stored_number``)."""
+    version, bits = fields
+    return (
+        stored_number(version, directory.get(version), 0, 10**18),
+        stored_number(bits, directory.get(bits), MIN_BITS, MAX_BITS),
+    )
+
+
 class _Versions:
     """The (live, building) versions a delta sends to each group: the directory's, or
     what a group's meta answered instead (a replacement started or switched)."""
 
-    def __init__(self, directory: Mapping[str, str]) -> None:
-        live = list_version(int(directory["version"]), int(directory["bits"]))
-        building = ""
-        if "building" in directory:
-            building = list_version(int(directory["building"]), int(directory["building_bits"]))
+    def __init__(self, directory: Mapping[str, str], where: str, key: str) -> None:
+        try:
+            live = list_version(*_read_version(directory))
+            building = ""
+            if "building" in directory:
+                building = list_version(*_read_version(directory, _BUILDING[:2]))
+        except ValueError as exc:
+            raise unreadable_list(where, key, exc) from None
         self.default = (live, building)
         self.of: dict[int, tuple[str, str]] = {}
 
@@ -242,6 +261,17 @@ class ListStore:
         raw = await self._call(self._client.hgetall(self.keyspace.directory_key(list_id)))
         return {k.decode(): v.decode() for k, v in raw.items()}
 
+    def live(self, list_id: str, directory: Mapping[str, str]) -> tuple[int, int]:
+        """The (version, bits) of the directory entry's live version, or ``StoreError``
+        naming the key and the field callgate did not write (by hand, a bad migration):
+        read as numbers, they raised past the CLI's one-line errors (text), or sized a
+        read of 2**bits buckets (bits past 32). An import ``--replace`` writes them anew."""
+        try:
+            return _read_version(directory)
+        except ValueError as exc:
+            key = self.keyspace.directory_key(list_id)
+            raise unreadable_list(self.store.where, key, exc) from None
+
     async def unfinished_switch(
         self, list_id: str, directory: Mapping[str, str] | None = None
     ) -> Switch | None:
@@ -254,7 +284,11 @@ class ListStore:
             directory = await self.directory(list_id)
         if "building" not in directory:
             return None
-        version, bits = int(directory["building"]), int(directory["building_bits"])
+        try:
+            version, bits = _read_version(directory, _BUILDING[:2])
+        except ValueError as exc:
+            key = self.keyspace.directory_key(list_id)
+            raise unreadable_list(self.store.where, key, exc) from None
         building = list_version(version, bits).encode()
         live = await self._groups([["HGET", "{meta}", list_id]], atomic=False)
         groups = sum(1 for named in live if named == building)
@@ -298,7 +332,7 @@ class ListStore:
             pipe.hsetnx(key, "next_version", 1)
             await self._call(pipe.execute())
         directory = await self.directory(list_id)
-        live = list_version(int(directory["version"]), int(directory["bits"]))
+        live = list_version(*self.live(list_id, directory))
         await self._groups([["HSETNX", "{meta}", list_id, live]], atomic=False)
         return directory
 
@@ -354,7 +388,7 @@ class ListStore:
             return 0
         if op == "add" and expected:
             directory = await self._grow(list_id, directory, expected)
-        versions = _Versions(directory)
+        versions = _Versions(directory, self.store.where, self.keyspace.directory_key(list_id))
         tally = [0, 0]  # changed, the most entries a group holds
         progress = _Progress()
 
@@ -381,7 +415,7 @@ class ListStore:
         # A group holds 2**(bits - GROUP_BITS) buckets; resize when one of them overfills.
         if op == "add":
             directory = await self.directory(list_id)
-            if fullest > RESIZE_FILL << (int(directory["bits"]) - GROUP_BITS):
+            if fullest > RESIZE_FILL << (self.live(list_id, directory)[1] - GROUP_BITS):
                 await self._resize_unless_busy(list_id)
         return changed
 
@@ -402,7 +436,7 @@ class ListStore:
         """Resize the list first if ``expected`` more entries would overfill its buckets
         and the list is smaller than that (an import into a small list: resizing it costs
         less than the import); the directory as it is then."""
-        bits = int(directory["bits"])
+        bits = self.live(list_id, directory)[1]
         count = await self.count(list_id)
         if count >= expected or count + expected <= RESIZE_FILL << bits:
             return directory  # growing would cost more than the import (or is not needed)
@@ -484,7 +518,7 @@ class ListStore:
         directory = await self.directory(list_id)
         if "version" not in directory:
             return
-        version, bits = int(directory["version"]), int(directory["bits"])
+        version, bits = self.live(list_id, directory)
         keys = self._buckets(list_id, version, bits)
         for start in range(0, len(keys), _COMMANDS):
             chunk = keys[start : start + _COMMANDS]
@@ -664,8 +698,19 @@ class ListStore:
         the version ``directory`` named, if another, is to be removed (``_DROPPING``: the
         next replacement removes what its removal left, were it cut off)."""
         fields: dict[str, Any] = {"version": version, "bits": bits, **meta}
-        if "version" in directory and int(directory["version"]) != version:
-            fields[_DROPPING] = list_version(int(directory["version"]), int(directory["bits"]))
+        if "version" in directory:
+            try:
+                before = _read_version(directory)
+            except ValueError as exc:  # written anew here: the import is the way to fix it
+                log.warning(
+                    "list %s: the version it replaced is unreadable (%s), so its buckets "
+                    "are left in Redis",
+                    list_id,
+                    exc,
+                )
+            else:
+                if before[0] != version:
+                    fields[_DROPPING] = list_version(*before)
         key = self.keyspace.directory_key(list_id)
         async with self._client.pipeline(transaction=not self.store.cluster) as pipe:
             pipe.hset(key, mapping=fields)
@@ -681,8 +726,12 @@ class ListStore:
             dropping = await self._call(self._client.hget(key, _DROPPING))
             if dropping is None:
                 return
-            version, bits = (int(v) for v in dropping.decode().split("/"))
-            await self._drop(list_id, version, bits)
+            try:
+                version, bits = read_list_version(dropping)
+            except ValueError as exc:  # not callgate's: nothing to remove by that name
+                log.warning("list %s: %s is unreadable (%s); forgotten", list_id, _DROPPING, exc)
+            else:
+                await self._drop(list_id, version, bits)
             await self._call(self._client.hdel(key, _DROPPING))
         except (StoreError, RedisError, OSError) as exc:
             log.warning(
@@ -704,7 +753,15 @@ class ListStore:
             await self._drop_replaced(list_id)
         if "building" not in directory:
             return directory
-        version, bits = int(directory["building"]), int(directory["building_bits"])
+        try:
+            version, bits = _read_version(directory, _BUILDING[:2])
+        except ValueError as exc:  # not callgate's: stop building it, nothing to remove
+            log.warning(
+                "list %s: the version being built is unreadable (%s); forgotten", list_id, exc
+            )
+            await self._groups([["HDEL", "{meta}", f"{list_id}:b"]], atomic=False)
+            await self._call(self._client.hdel(self.keyspace.directory_key(list_id), *_BUILDING))
+            return await self.directory(list_id)
         switch = await self.unfinished_switch(list_id, directory)
         if switch is None:
             await self._drop(list_id, version, bits)
@@ -787,7 +844,7 @@ class ListStore:
             # allow list's exemption taken off kept in force.
             live = None
             if "version" in directory:
-                live = (int(directory["version"]), int(directory["bits"]))
+                live = self.live(list_id, directory)
             return await self._replace(list_id, directory, chunks, expected, meta, None, live)
 
     async def _rebucketed(self, list_id: str) -> AsyncIterator[Chunk]:

@@ -1104,3 +1104,29 @@ async def test_a_replace_not_yet_switching_is_no_unfinished_switch(
         await lists.lists.unfinished_switch(RED),
         info.get("switch_version"),
     )
+
+
+@pytest.mark.parametrize(
+    ("field", "value"), [("version", "abc"), ("bits", "40"), ("building", "abc")]
+)
+async def test_a_directory_entry_callgate_did_not_write_is_one_error_and_a_reimport_fixes_it(
+    gate: Gate, sync_redis: redis.Redis, field: str, value: str
+) -> None:
+    """The list's directory entry holds a version field callgate did not write (by hand,
+    a bad migration): an add is a StoreError naming the key, the field and the import that
+    writes it anew; that import (--replace) does, and decisions read the list again. The
+    add raised ValueError or OverflowError (a traceback), and so did the import."""
+    lists = admin(gate)
+    await lists.add("red", numbers(0, 5), TENANT, "")
+    sync_redis.hset(DIRECTORY, field, value)
+    with pytest.raises(StoreError) as raised:
+        await lists.add("red", numbers(100, 1), TENANT, "")
+    summary = await lists.import_entries(
+        "red", entries(numbers(1000, 8)), TENANT, "", fail_on_reject, mode="replace", expected=8
+    )
+    gate.store.forget_views()
+    assert DIRECTORY in str(raised.value)
+    assert f"({field} " in str(raised.value)
+    assert "--replace" in str(raised.value)
+    assert 8 == summary.imported
+    assert await listed(gate, numbers(1000, 1)[0])
