@@ -466,8 +466,9 @@ def _record(entry_id: bytes, fields: Mapping[bytes, bytes]) -> dict[str, str]:
         try:
             record.update(stored_record(json.loads(head), seen.decode()))
             return record
-        except (ValueError, TypeError, KeyError, IndexError, AttributeError):
-            pass  # not as decide.lua writes it (JSON and UTF-8 errors are ValueErrors)
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError):
+            pass  # not as decide.lua writes it (JSON and UTF-8 errors are ValueErrors; "inf"
+            # where a number is: OverflowError)
     record.update(
         {k.decode(errors="replace"): v.decode(errors="replace") for k, v in fields.items()}
     )

@@ -423,6 +423,7 @@ async def test_an_entry_callgate_did_not_write_is_shown_as_it_is_never_dropped(
         {b"foo": b"bar"},
         {b"h": b"\xff", b"r": b"\xfe"},
         {b"verdict": b"ALLOW", b"ts": b"99999999999999999", b"retry_after_s": b"inf"},
+        {b"h": b'{"ts": "1", "checks": []}', b"r": b"inf,0"},  # was an OverflowError
     ]
     ids = [await client.xadd(key, fields) for fields in garbage]  # type: ignore[arg-type]
     # The same number again: its entry goes to the same stream, after the others (streams
@@ -430,11 +431,11 @@ async def test_an_entry_callgate_did_not_write_is_shown_as_it_is_never_dropped(
     await audited.decide(Attempt("0611111111", NOW), record=True, door="cli")
     entries = await records(audited)
     unreadable = [e for e in entries if e["reason"] == "unreadable_entry"]
-    assert ["ALLOW"] + ["unreadable_entry"] * 6 + ["ALLOW"] == [
+    assert ["ALLOW"] + ["unreadable_entry"] * 7 + ["ALLOW"] == [
         "unreadable_entry" if e in unreadable else e["verdict"] for e in entries
     ]
     assert [(i.decode(), i.decode().split("-")[0]) for i in ids] == [
         (e["id"], e["ts"]) for e in unreadable
     ]
     assert {"foo": "bar"}.items() <= unreadable[3].items()
-    assert [None] * 6 == [api_record(e).retry_after_s for e in unreadable]
+    assert [None] * 7 == [api_record(e).retry_after_s for e in unreadable]
