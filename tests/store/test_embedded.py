@@ -392,8 +392,10 @@ def test_a_second_server_that_got_the_deleted_directory_first_is_never_merged_ov
     assert (True, (True, True)) == (gone, held)
     assert (b"1", None) == values
     assert (True, True, True) == moved
-    assert [path.name.split(".second-server-")[0] for path in aside] == ["appendonly.aof"]
-    assert aside[0].stat().st_size > 0
+    names = [path.name.split(".second-server-")[0] for path in aside]
+    assert names in (["appendonly.aof"], ["appendonlydir"])  # Redis 6.2; 7's multi-part AOF
+    written = [aside[0]] if aside[0].is_file() else list(aside[0].iterdir())
+    assert sum(path.stat().st_size for path in written) > 0
 
 
 def test_a_server_stopped_after_its_directory_was_deleted_keeps_its_data(

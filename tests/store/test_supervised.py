@@ -223,6 +223,9 @@ async def test_a_restart_that_fails_with_an_os_error_is_tried_again(
 OTHER = "+33698765432"
 
 
+_SERVER_TITLES = ("redis-server", "valkey-server")
+
+
 def servers_in(data_dir: Path) -> list[int]:
     """The PIDs of the redis-server processes working in ``data_dir`` (their working
     directory: Redis moves into its data directory, even one deleted since)."""
@@ -231,11 +234,15 @@ def servers_in(data_dir: Path) -> list[int]:
         if not proc.name.isdigit():
             continue
         try:
-            exe = os.readlink(proc / "exe")
             cwd = os.readlink(proc / "cwd")
+            words = [arg.split() for arg in (proc / "cmdline").read_bytes().split(b"\0")]
         except OSError:  # gone meanwhile, or not ours
             continue
-        if Path(exe).name == "redis-server" and cwd.removesuffix(" (deleted)") == str(data_dir):
+        # Its process title, "redis-server unixsocket:…" (Valkey's "valkey-server …"),
+        # whatever the binary is called (Debian's links to redis-check-rdb) or run by (a
+        # build run by its loader: the title follows the loader's arguments).
+        server = any(w and Path(w[0].decode()).name in _SERVER_TITLES for w in words)
+        if server and cwd.removesuffix(" (deleted)") == str(data_dir):
             pids.append(int(proc.name))
     return sorted(pids)
 
