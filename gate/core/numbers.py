@@ -523,10 +523,11 @@ def classify(dialled: str, region: str) -> Destination | ShortCode | BadNumber:
     if raw_type == phonenumbers.PhoneNumberType.UNKNOWN:
         return BadNumber(dialled, f"not a valid number for region {region} or its own country")
     e164 = f"+{country_code}{national}"
-    if country_code == _NANP_CODE or phonenumbers.is_number_type_geographical(
-        raw_type, country_code
-    ):
-        # NANP: the area code is the place, whatever the type (``_NANP_CODE``).
+    if country_code == _NANP_CODE:
+        # NANP: the area code is the place, whatever the type (``_NANP_CODE``), and all of
+        # it: every zone of the area code (``_nanp_zones``).
+        zones = _nanp_zones(e164)
+    elif phonenumbers.is_number_type_geographical(raw_type, country_code):
         zones = _geographical_zones(e164)
     else:
         zones = _country_zones(country_code)
@@ -730,19 +731,68 @@ def _country_zones(country_code: int) -> tuple[str, ...]:
     return zones
 
 
-def _geographical_zones(e164: str) -> tuple[str, ...]:
-    """``time_zones_for_geographical_number`` of the number ``e164``: the zones of the
-    longest prefix phonenumbers' zone data has for it, from the E.164 string already made
-    (phonenumbers formats it again for each lookup)."""
+def _longest_prefix_zones(e164: str) -> tuple[str, ...]:
+    """phonenumbers' zone data for the longest prefix of ``e164`` it has (``_NO_ZONE``
+    if none), unfiltered."""
     found = _NO_ZONE
     for size in range(min(TIMEZONE_LONGEST_PREFIX, len(e164) - 1), 0, -1):
         found = TIMEZONE_DATA.get(e164[1 : 1 + size], _NO_ZONE)
         if found is not _NO_ZONE:
             break
+    return found
+
+
+def _geographical_zones(e164: str) -> tuple[str, ...]:
+    """``time_zones_for_geographical_number`` of the number ``e164``: the zones of the
+    longest prefix phonenumbers' zone data has for it, from the E.164 string already made
+    (phonenumbers formats it again for each lookup)."""
+    found = _longest_prefix_zones(e164)
     known = _GEO_ZONES.get(found)
     if known is None:
         known = _GEO_ZONES[found] = _known(found)
     return known
+
+
+# The NANP area code ("1" and its three digits) of each prefix of phonenumbers' zone data,
+# its digits' key length.
+_NANP_AREA = 1 + 3
+
+
+def _nanp_area_zones() -> dict[str, frozenset[str]]:
+    """Every zone phonenumbers' data gives any prefix of each NANP area code, by area code
+    ("1850": Chicago and New York). Built once at import (a few ms over its 3,200 prefixes)."""
+    found: dict[str, set[str]] = {}
+    for prefix, zones in TIMEZONE_DATA.items():
+        if prefix[0] == "1" and len(prefix) >= _NANP_AREA:
+            found.setdefault(prefix[:_NANP_AREA], set()).update(_known(zones))
+    return {area: frozenset(zones) for area, zones in found.items() if zones}
+
+
+# The zones of each NANP area code (``_nanp_zones``).
+_NANP_AREA_ZONES = _nanp_area_zones()
+_NANP_ZONES: dict[tuple[str, tuple[str, ...]], tuple[str, ...]] = {}
+
+
+def _nanp_zones(e164: str) -> tuple[str, ...]:
+    """The zones of a NANP number: every zone of its area code, those phonenumbers gives its
+    exchange first (the local day is read in the first: ``hours.local_day``), the others in
+    name order.
+
+    phonenumbers places a number by its exchange (+1 850 234: Chicago only, though 850 also
+    covers Eastern time), but a number's place is not certain (a mobile or ported number
+    keeps its area code wherever it is), and the calling hours are the called party's
+    (47 CFR 64.1200(c)(1); the CRTC's in the recipient's time): a call must be inside the
+    window in every zone of the area code. An area code without zone data (toll-free 8xx,
+    5xx...) keeps phonenumbers' answer (every zone of +1). One dict lookup per call, once
+    the (area code, exchange zones) pair was seen."""
+    found = _longest_prefix_zones(e164)
+    key = (e164[1 : 1 + _NANP_AREA], found)
+    zones = _NANP_ZONES.get(key)
+    if zones is None:
+        own = _known(found)
+        others = sorted(_NANP_AREA_ZONES.get(key[0], frozenset()).difference(own))
+        zones = _NANP_ZONES[key] = (*own, *others)
+    return zones
 
 
 def is_known_region(region: str) -> bool:

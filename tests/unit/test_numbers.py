@@ -193,9 +193,13 @@ def _reference(dialled: str, region: str) -> tuple[str, str, tuple[str, ...]] | 
     """phonenumbers' own answer: E.164, number type and zones, or None if not valid. The
     zones of a North American (+1) number are its area code's whatever its type, as the
     gate places it (phonenumbers gives a non-geographical one, a +1 310 UAN, every zone of
-    the plan)."""
+    the plan), and all of them: those of its exchange first, then every other zone
+    phonenumbers' data gives a prefix of the area code (the calling hours must hold
+    wherever in the area code the callee is; +1 907 555 is Adak and Anchorage by its
+    exchange, Juneau and Honolulu by others of 907)."""
     import phonenumbers
     from phonenumbers import timezone
+    from phonenumbers.tzdata import TIMEZONE_DATA
 
     try:
         parsed = phonenumbers.parse(dialled, region)
@@ -212,6 +216,9 @@ def _reference(dialled: str, region: str) -> tuple[str, str, tuple[str, ...]] | 
         found = timezone.time_zones_for_number(parsed)
     zones = tuple(z for z in found if z != "Etc/Unknown")
     e164 = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+    if parsed.country_code == 1:
+        area = {z for p, zs in TIMEZONE_DATA.items() if p.startswith(e164[1:5]) for z in zs}
+        zones += tuple(sorted(area - set(zones) - {"Etc/Unknown"}))
     return e164, str(phonenumbers.number_type(parsed)), zones
 
 
@@ -274,6 +281,43 @@ def test_a_national_number_with_a_leading_zero_has_its_countrys_zones(
     assert isinstance(later, Destination)
     assert reference is not None
     assert (first.time_zones, later.time_zones, reference[2]) == (zones, zones, zones)
+
+
+@pytest.mark.parametrize(
+    ("dialled", "zones"),
+    [
+        # Exchanges phonenumbers places in one zone of an area code spanning two.
+        ("+18502341234", ("America/Chicago", "America/New_York")),  # 850 (Florida)
+        ("+18505551234", ("America/New_York", "America/Chicago")),
+        ("+18072231234", ("America/Winnipeg", "America/Toronto")),  # 807 (Ontario)
+        ("+14189371234", ("America/Halifax", "America/Toronto")),  # 418 (Québec)
+        # Area codes of one zone: unchanged.
+        ("+12125550123", ("America/New_York",)),
+        ("+14165550123", ("America/Toronto",)),
+        ("+33612345678", ("Europe/Paris",)),  # not NANP: unchanged
+    ],
+)
+def test_a_nanp_number_has_every_zone_of_its_area_code(
+    dialled: str, zones: tuple[str, ...]
+) -> None:
+    """A NANP number's zones are all those of its area code, its exchange's first: the
+    calling hours hold in each (47 CFR 64.1200(c)(1); a mobile or ported number keeps its
+    area code anywhere in it). phonenumbers gives +1 850 234 Chicago only, so a call at
+    20:30 Central (21:30 Eastern) was allowed."""
+    result = classify(dialled, "US")
+    assert isinstance(result, Destination)
+    assert zones == result.time_zones
+
+
+def test_the_area_codes_spanning_zones() -> None:
+    """The area codes known to span zones are in the table with several."""
+    from gate.core.numbers import _NANP_AREA_ZONES
+
+    spanning = {area[1:] for area, zones in _NANP_AREA_ZONES.items() if len(zones) > 1}
+    wanted = {"850", "423", "270", "906", "812", "541", "308", "785", "928"}
+    wanted |= {"807", "867", "250", "418"}  # Canada
+    assert wanted <= spanning
+    assert "212" not in spanning
 
 
 @settings(max_examples=1500, deadline=None, database=None)
