@@ -18,6 +18,10 @@ TORONTO = ZoneInfo("America/Toronto")
 VANCOUVER = ZoneInfo("America/Vancouver")
 TORONTO_NUMBER = "+14165550123"
 VANCOUVER_NUMBER = "+16045550123"
+# 807 (northwestern Ontario) spans Eastern and Central time; phonenumbers places the
+# exchange 223 (Dryden) in Central time only.
+NW_ONTARIO_CENTRAL_NUMBER = "+18072231234"
+WINNIPEG = ZoneInfo("America/Winnipeg")
 CALLER_ID = "+14165550100"
 TUESDAY = datetime(2026, 12, 1, 12, 0, tzinfo=TORONTO)
 SATURDAY = datetime(2026, 12, 5, 9, 30, tzinfo=TORONTO)
@@ -94,6 +98,18 @@ HOURS = [
         ("DEFER", HOURS_REASON, 3600.0),
         id="vancouver-judged-in-pacific-time",
     ),
+    pytest.param(
+        NW_ONTARIO_CENTRAL_NUMBER,
+        datetime(2026, 12, 1, 21, 0, tzinfo=WINNIPEG),  # 22:00 in 807's Eastern part
+        ("DEFER", HOURS_REASON, 12 * 3600.0),
+        id="807-central-exchange-21:00-central",
+    ),
+    pytest.param(
+        NW_ONTARIO_CENTRAL_NUMBER,
+        datetime(2026, 12, 1, 20, 15, tzinfo=WINNIPEG),  # 21:15 in the Eastern part
+        ("ALLOW", "allowed", None),
+        id="807-central-exchange-20:15-central",
+    ),
 ]
 
 
@@ -101,7 +117,8 @@ HOURS = [
 async def test_calling_hours(
     gate: Gate, dialled: str, at: datetime, expected: tuple[str, str, float | None]
 ) -> None:
-    """CRTC: 09:00-21:30 weekdays, 10:00-18:00 Saturday and Sunday, recipient's time."""
+    """CRTC: 09:00-21:30 weekdays, 10:00-18:00 Saturday and Sunday, recipient's time: in
+    every zone of the number's area code (807 spans Eastern and Central time)."""
     assert expected == outcome(await gate.decide(call(at, dialled), record=True, door="cli"))
 
 

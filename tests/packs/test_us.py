@@ -25,6 +25,10 @@ FL_NUMBER = "+13055550123"  # Miami
 OK_NUMBER = "+14055550123"  # Oklahoma City (Central time)
 MD_NUMBER = "+14105550123"  # Baltimore
 IDAHO_NUMBER = "+12085550123"  # 208: Mountain (Boise) and Pacific time
+# Area codes spanning Central and Eastern time, numbers of an exchange phonenumbers places
+# in Central time only: the window must hold in the area code's Eastern part as well.
+TN_CENTRAL_NUMBER = "+14235550123"  # 423 (Tennessee, no state rule)
+FL_PANHANDLE_NUMBER = "+18502341234"  # 850 (Florida's 08:00-20:00 rule)
 # The territories phonenumbers gives a region of their own, each number in its zone.
 TERRITORIES = [
     pytest.param("+17875550123", ZoneInfo("America/Puerto_Rico"), id="PR-787"),
@@ -107,6 +111,30 @@ HOURS = [
         id="208-open-in-both",
     ),
     pytest.param(
+        TN_CENTRAL_NUMBER,
+        datetime(2026, 12, 1, 20, 30, tzinfo=CHICAGO),  # 21:30 in the Eastern part
+        ("DEFER", NATIONAL_HOURS, 11.5 * 3600),
+        id="423-central-exchange-20:30-central",
+    ),
+    pytest.param(
+        TN_CENTRAL_NUMBER,
+        datetime(2026, 12, 1, 19, 30, tzinfo=CHICAGO),
+        ("ALLOW", "allowed", None),
+        id="423-central-exchange-19:30-central",
+    ),
+    pytest.param(
+        FL_PANHANDLE_NUMBER,
+        datetime(2026, 12, 1, 19, 30, tzinfo=CHICAGO),  # 20:30 in the Eastern part
+        ("DEFER", "outside_hours:us-fl-hours", 12.5 * 3600),
+        id="850-central-exchange-19:30-central",
+    ),
+    pytest.param(
+        FL_PANHANDLE_NUMBER,
+        datetime(2026, 12, 1, 18, 30, tzinfo=CHICAGO),
+        ("ALLOW", "allowed", None),
+        id="850-central-exchange-18:30-central",
+    ),
+    pytest.param(
         FL_NUMBER, at_ny(20, 30), ("DEFER", "outside_hours:us-fl-hours", 11.5 * 3600), id="FL-20:30"
     ),
     pytest.param(FL_NUMBER, at_ny(19, 59), ("ALLOW", "allowed", None), id="FL-19:59"),
@@ -127,7 +155,9 @@ HOURS = [
 async def test_calling_window(
     gate: Gate, dialled: str, at: datetime, expected: tuple[str, str, float | None]
 ) -> None:
-    """08:00-21:00 in every zone of the number (64.1200(c)(1)); FL/OK/MD stop at 20:00."""
+    """08:00-21:00 in every zone of the number's area code (64.1200(c)(1)), not only its
+    exchange's (a Central exchange of 423 was called at 21:30 Eastern time); FL/OK/MD stop
+    at 20:00."""
     assert expected == outcome(await gate.decide(call(at, dialled), record=True, door="cli"))
 
 
