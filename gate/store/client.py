@@ -1415,13 +1415,16 @@ def _numbers(item: Any, checks: int) -> list[int]:
     return numbers
 
 
-def unreadable_list(where: str, key: str, error: ValueError, field: str = "") -> StoreError:
-    """A list's version, as the directory entry or a group's meta at ``key`` holds it
-    (``field``: the meta's field), is not what callgate writes there (``error`` says
-    what): the list cannot be read until it is written again."""
+def unreadable_list(
+    where: str, key: str, error: ValueError, field: str = "", what: str = "version"
+) -> StoreError:
+    """A list's version (or ``what`` else of the list), as the directory entry or a
+    group's meta at ``key`` holds it (``field``: the meta's field), is not what callgate
+    writes there (``error`` says what): the list cannot be read until it is written
+    again."""
     held = f"{key} field {field!r}" if field else key
     return StoreError(
-        f"Redis at {where}: the list version at {held} is unreadable ({error}; not "
+        f"Redis at {where}: the list {what} at {held} is unreadable ({error}; not "
         "written by callgate: by hand, another tool, a bad migration?): import the list "
         "again whole (`callgate list import NAME FILE --replace`) to write it anew"
     )

@@ -349,10 +349,33 @@ class ListStore:
                 [["HSET", "{meta}", f"{list_id}:r", fields["refreshed_at"]]], atomic=True
             )
 
-    async def count(self, list_id: str) -> int:
-        """Entries of the live version: the sum of every group's ``L:n``."""
-        replies = await self._groups([["HGET", "{meta}", f"{list_id}:n"]], atomic=False)
-        return sum(int(r or 0) for r in replies)
+    async def count(self, list_id: str, recount: Mapping[str, str] | None = None) -> int:
+        """Entries of the live version: the sum of every group's ``L:n``. A group's that is
+        not what callgate writes there (text, by hand or a bad migration) is a
+        ``StoreError`` naming the key and the field: read as a number, it raised past the
+        CLI's one-line errors (``callgate list info``, ``list count``, the API's list
+        routes). An import ``--replace`` writes every group's anew: it passes its
+        ``recount`` (the directory entry), and the live version's buckets are counted
+        instead (0 if the directory names no readable version either)."""
+        field = f"{list_id}:n"
+        replies = await self._groups([["HGET", "{meta}", field]], atomic=False)
+        total = 0
+        for group, reply in enumerate(replies):
+            if reply is None:  # no entry of the list ever reached this group
+                continue
+            try:
+                total += stored_number(field, reply, 0, 10**18)
+            except ValueError as exc:
+                if recount is None:
+                    key = self.keyspace.meta_key(group)
+                    where = self.store.where
+                    raise unreadable_list(where, key, exc, field, "entry count") from None
+                try:
+                    version, bits = _read_version(recount)
+                except ValueError:
+                    return 0
+                return sum(await self._count_groups(list_id, version, bits))
+        return total
 
     def entries(self, runs: Iterable[tuple[bytes, Sequence[bytes]]]) -> Chunk:
         """The entries of the numbers ``prefix + rest`` of ``runs`` (ASCII E.164), as
@@ -651,7 +674,7 @@ class ListStore:
             counts = await self._count_groups(list_id, version, bits)
             built = True
             if accept is not None:
-                accept(sum(counts), await self.count(list_id))
+                accept(sum(counts), await self.count(list_id, directory))
         except (asyncio.CancelledError, KeyboardInterrupt):
             # Interrupted (Ctrl-C, SIGTERM): removed too (bounded), as the
             # lock is released; left, it held its memory for good (registry-size: GBs,

@@ -1130,3 +1130,32 @@ async def test_a_directory_entry_callgate_did_not_write_is_one_error_and_a_reimp
     assert "--replace" in str(raised.value)
     assert 8 == summary.imported
     assert await listed(gate, numbers(1000, 1)[0])
+
+
+async def test_a_group_entry_count_callgate_did_not_write_is_one_error_and_a_reimport_fixes_it(
+    gate: Gate, sync_redis: redis.Redis
+) -> None:
+    """A group's meta holds the list's entry count (``L:n``) as text (by hand, a bad
+    migration): ``list count`` and ``list info`` are a StoreError naming the key, the field
+    and the import that writes it anew; that import (--replace) counts the version in force
+    from its buckets (an empty file is still refused) and writes every count anew. The
+    count raised ValueError (a traceback), and so did the import."""
+    lists = admin(gate)
+    await lists.add("red", numbers(0, 5), TENANT, "")
+    meta = next(k for k in sync_redis.keys("callgate:{*}:meta") if sync_redis.hget(k, f"{RED}:n"))
+    sync_redis.hset(meta, f"{RED}:n", "lots")
+    with pytest.raises(StoreError) as counted:
+        await lists.count("red", TENANT, "")
+    with pytest.raises(StoreError) as shown:
+        await lists.info("red", TENANT, "")
+    with pytest.raises(OptionError, match=r"\(5 entries\)"):
+        await lists.import_entries("red", [], TENANT, "", fail_on_reject, mode="replace")
+    summary = await lists.import_entries(
+        "red", entries(numbers(1000, 8)), TENANT, "", fail_on_reject, mode="replace", expected=8
+    )
+    for raised in (counted, shown):
+        assert meta.decode() in str(raised.value)
+        assert f"'{RED}:n'" in str(raised.value)
+        assert "--replace" in str(raised.value)
+    assert 8 == summary.imported
+    assert 8 == await lists.count("red", TENANT, "")
