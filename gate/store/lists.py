@@ -483,8 +483,19 @@ class ListStore:
             replies = await self.store.send_packed(requests, LIST_DELTA)
             stale: list[int] = []
             for group, reply in zip(groups, replies, strict=True):
+                if reply[0] == -2:  # the group's entry count is not callgate's
+                    field = f"{list_id}:n"
+                    shown = reply[1][:40].decode("utf-8", "replace")
+                    exc = ValueError(f"{field} {shown!r}, not a whole number")
+                    key = self.keyspace.meta_key(group)
+                    raise unreadable_list(self.store.where, key, exc, field, "entry count")
                 if int(reply[0]) < 0:  # a replacement started or switched: its versions
-                    versions.of[group] = (reply[1].decode(), reply[2].decode())
+                    # Read as the directory's are: a meta's version callgate did not write
+                    # raised ValueError (a traceback) when the next request was built.
+                    versions.of[group] = (
+                        self._meta_version(list_id, group, reply[1]),
+                        self._meta_version(list_id, group, reply[2], ":b"),
+                    )
                     stale.append(group)
                 else:
                     tally[0] += int(reply[0])
@@ -494,6 +505,20 @@ class ListStore:
             groups = stale
             await asyncio.sleep(0.01)
         raise StoreError(f"list {list_id}: versions kept changing during the update; try again")
+
+    def _meta_version(self, list_id: str, group: int, held: bytes, suffix: str = "") -> str:
+        """A version (field ``list_id + suffix``) as ``group``'s meta holds it, checked
+        ("version/bits", or "" for none); else ``StoreError`` naming the key and field."""
+        if not held:
+            return ""
+        try:
+            version = list_version(*read_list_version(held))
+            if version.encode() != held:  # "01/10": sent back as is, it never matched
+                raise ValueError(f"list version {held[:40].decode()!r}, not version/bits")
+            return version
+        except ValueError as exc:
+            key = self.keyspace.meta_key(group)
+            raise unreadable_list(self.store.where, key, exc, list_id + suffix) from None
 
     def _delta_request(
         self, list_id: str, op: str, batch: Sorted, group: int, versions: _Versions

@@ -1159,3 +1159,37 @@ async def test_a_group_entry_count_callgate_did_not_write_is_one_error_and_a_rei
         assert "--replace" in str(raised.value)
     assert 8 == summary.imported
     assert 8 == await lists.count("red", TENANT, "")
+
+
+@pytest.mark.parametrize(
+    ("suffix", "value"), [("", "garbage"), (":b", "7/99"), (":n", "lots")], ids=["live", "b", "n"]
+)
+async def test_a_group_meta_field_callgate_did_not_write_fails_an_add_naming_it(
+    gate: Gate, sync_redis: redis.Redis, suffix: str, value: str
+) -> None:
+    """A group's meta holds the list's live version, the version being built or its entry
+    count as something callgate did not write: an add reaching that group is a StoreError
+    naming the meta key, the field and the import that writes it anew, and changes nothing
+    there; that import (--replace) does, and adds work again. A version raised ValueError
+    (a traceback) when the add was sent again; a count failed HINCRBY after the buckets had
+    changed, the error naming neither key nor field."""
+    lists = admin(gate)
+    await lists.add("red", numbers(0, 1), TENANT, "")
+    metas = sync_redis.keys("callgate:{*}:meta")
+    with sync_redis.pipeline() as pipe:
+        for meta in metas:  # every group: the add's number reaches one
+            pipe.hset(meta, RED + suffix, value)
+        pipe.execute()
+    buckets = {k: sync_redis.smembers(k) for k in sync_redis.keys(BUCKETS)}
+    with pytest.raises(StoreError) as raised:
+        await lists.add("red", numbers(0, 2), TENANT, "")
+    unchanged = {k: sync_redis.smembers(k) for k in sync_redis.keys(BUCKETS)}
+    await lists.import_entries(
+        "red", entries(numbers(0, 1)), TENANT, "", fail_on_reject, mode="replace", expected=1
+    )
+    assert 1 == await lists.add("red", numbers(0, 2), TENANT, "")
+    assert any(meta.decode() in str(raised.value) for meta in metas)
+    assert f"'{RED}{suffix}'" in str(raised.value)
+    assert "--replace" in str(raised.value)
+    assert buckets == unchanged
+    assert 2 == await lists.count("red", TENANT, "")

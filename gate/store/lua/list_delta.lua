@@ -21,13 +21,19 @@
 -- entry is applied to the live version and, while a replacement is being built, to that
 -- version too, so an opt-out recorded during a --replace import survives the switch.
 -- Returns {changed, entries}: entries added/removed in the live version and the entries it
--- holds in this group afterwards (L:n follows it).
+-- holds in this group afterwards (L:n follows it). An L:n that is not a whole number
+-- (callgate did not write it: by hand, a bad migration) writes nothing and replies
+-- {-2, L:n}: HINCRBY refused it only after the buckets had changed, an error saying
+-- neither the key nor the field.
 
 local meta, list = KEYS[1], ARGV[2]
-local held = redis.call("HMGET", meta, list, list .. ":b")
+local held = redis.call("HMGET", meta, list, list .. ":b", list .. ":n")
 local live, building = held[1] or "", held[2] or ""
 if live ~= ARGV[3] or building ~= ARGV[4] then
   return {-1, live, building}
+end
+if held[3] and not string.match(held[3], "^%d+$") then
+  return {-2, held[3]}
 end
 if live == "" then
   return {0, 0}
