@@ -29,7 +29,8 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from gate.core.keys import Keyspace, NumberKeys, group_of
+from gate.core.errors import StoreError
+from gate.core.keys import MAX_BITS, Keyspace, NumberKeys, group_of, stored_number
 from gate.store.client import Store, translate_error
 from gate.store.lists import ListStore
 
@@ -147,6 +148,29 @@ async def _migrate(store: Store, keyspace: Keyspace, progress: Callable[[str], N
     return done
 
 
+def _unreadable(where: str, key: str, error: ValueError) -> StoreError:
+    """A key of a layout-1 list holds what callgate never wrote there (``error`` says
+    what): the migration stops before removing anything, and can be run again."""
+    return StoreError(
+        f"Redis at {where}: the layout-1 list key {key} is unreadable ({error}; not written "
+        "by callgate: by hand, another tool?): correct it, or delete that list's layout-1 "
+        "keys and import the list again once migrated, then run `callgate migrate` again"
+    )
+
+
+def stored_member(value: bytes) -> int:
+    """A list bucket's member as callgate writes it (a signed 64-bit integer), or
+    ``ValueError``."""
+    text = value.decode("utf-8", "replace")
+    digits = text[1:] if text.startswith("-") else text
+    if not (digits.isascii() and digits.isdigit() and len(digits) <= 19):
+        raise ValueError(f"member {text[:40]!r}, not a 64-bit integer")
+    number = int(text)
+    if not -(1 << 63) <= number < 1 << 63:
+        raise ValueError(f"member {number}, not a 64-bit integer")
+    return number
+
+
 def _list_parts(name: str) -> tuple[str, str]:
     """``red:t:acme:v3:17`` → (``red:t:acme``, ``v3:17``): the list instance and the rest."""
     parts = name.split(":")
@@ -188,10 +212,21 @@ async def _list(
         done.consents[list_id] = len(items)
         progress(f"consents {list_id}: {len(items)}")
         return
-    version, bits = int(head["version"]), int(head.get("bits", "0"))
+    # Checked, not int()ed: text there (by hand, another tool) raised ValueError past the
+    # command's one-line errors, and bits past 32 sized a read of 2**bits buckets.
+    try:
+        version = stored_number("version", head["version"], 0, 10**18)
+        bits = stored_number("bits", head.get("bits", "0"), 0, MAX_BITS)
+    except ValueError as exc:
+        raise _unreadable(lists.store.where, key, exc) from None
     members: list[int] = []
     for bucket in range(1 << bits):
-        members += [int(m) for m in await client.smembers(f"{key}:v{version}:{bucket}")]
+        bucket_key = f"{key}:v{version}:{bucket}"
+        for member in await client.smembers(bucket_key):
+            try:
+                members.append(stored_member(member))
+            except ValueError as exc:
+                raise _unreadable(lists.store.where, bucket_key, exc) from None
     bucket32_of = lists.keyspace.bucket32_of
     chunks = (
         (part, [bucket32_of(m) for m in part])

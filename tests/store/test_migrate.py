@@ -183,3 +183,47 @@ async def test_a_migrated_store_decides_like_the_old_one_recorded(
         await store.close()
     wait = timedelta(days=7) - timedelta(seconds=60)
     assert (Verdict.DEFER, wait.total_seconds()) == (decision.verdict, decision.retry_after_s)
+
+
+@pytest.mark.parametrize(
+    ("key", "field", "value"),
+    [
+        ("list:dnc", "version", "three"),
+        ("list:dnc", "bits", "-1"),
+        ("list:dnc:v3:0", None, "not-a-number"),
+    ],
+    ids=["version", "bits", "member"],
+)
+def test_a_legacy_list_callgate_did_not_write_stops_the_migrate_command_in_one_line(
+    redis_url: str,
+    sync_redis: redis.Redis,
+    keyspace: Keyspace,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    key: str,
+    field: str | None,
+    value: str,
+) -> None:
+    """A layout-1 list head's version or bits, or a bucket's member, is not what callgate
+    wrote (by hand, another tool): ``callgate migrate`` fails in one line naming the key
+    and what to do, and removes nothing of layout 1 (it can be run again). It raised
+    ValueError (a traceback)."""
+    legacy_store(sync_redis, keyspace, int(time.time() * 1000))
+    if field is None:
+        sync_redis.sadd(OLD + key, value)
+    else:
+        sync_redis.hset(OLD + key, field, value)
+    before = sorted(sync_redis.keys(OLD + "*"))
+    config = tmp_path / "cg.toml"
+    config.write_text(
+        f'[redis]\nurl = "{redis_url}"\n[privacy]\nsecret = "{TEST_SECRET}"\n'
+        '[[lists]]\nname = "red"\nkind = "block"\nscope = "tenant"\n'
+        '[[lists]]\nname = "dnc"\nkind = "block"\nscope = "global"\n'
+    )
+    code = main(["--config", str(config), "migrate"])
+    err = capsys.readouterr().err
+    assert 0 != code
+    assert 1 == len(err.strip().splitlines())
+    assert f"{OLD}{key} is unreadable" in err
+    assert "callgate migrate" in err
+    assert before == sorted(sync_redis.keys(OLD + "*"))
