@@ -149,6 +149,9 @@ def known_reasons(policy: Policy) -> set[str]:
     for pack in policy.packs:
         reasons.update(f"outside_hours:{rule.id}" for rule in pack.hours)
         reasons.update(f"no_consent:{rule.id}" for rule in pack.consents)
+        # A consent's reassigned-number check refuses under the consent's id too.
+        reasons.update(f"reassigned:{rule.id}" for rule in pack.consents)
+        reasons.update(f"abandon_rate:{rule.id}" for rule in pack.abandon_ceilings)
         reasons.update(f"stale_list:{rule.list}" for rule in pack.freshness)
         reasons.update(f"{rule.event}:{rule.id}" for rule in pack.cooloffs)
         reasons.update(f"number_type:{rule.id}" for rule in pack.destinations)

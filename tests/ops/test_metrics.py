@@ -19,8 +19,9 @@ from gate.lists.admin import ListAdmin
 from gate.ops.metrics import BoundedLabel, Metrics
 from gate.service import Gate
 from gate.store.client import Store
-from tests.conftest import SAMPLE_CONFIG, make_config
+from tests.conftest import BASE_CONFIG, SAMPLE_CONFIG, make_config
 from tests.ops.conftest import Served, labels, serve
+from tests.packs.conftest import pack_config
 from tests.test_run import agi_check
 
 LISTED = "+33699001122"
@@ -345,4 +346,102 @@ async def test_a_worker_that_exits_leaves_its_gauges_at_once_and_keeps_its_count
         workers.restarts,
         "callgate_ari_connected" in summed,
         'verdict="ALLOW"} 3.0' in summed,
+    )
+
+
+async def agi_request(port: int, script: str, extension: str, caller_id: str) -> str:
+    """One FastAGI request for ``script`` (its query string is the caller's to choose);
+    the verdict the dialplan gets (first field of CALLGATE_DECISION)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(
+        f"agi_network_script: {script}\nagi_extension: {extension}\n"
+        f"agi_channel: Local/{extension}\nagi_callerid: {caller_id}\n\n".encode()
+    )
+    result = ""
+    async with asyncio.timeout(10):
+        for _ in range(20):
+            line = (await reader.readline()).decode().strip()
+            if not line:
+                break
+            if line.startswith('SET VARIABLE CALLGATE_DECISION "'):
+                result = line.split('"')[1].split("|")[0]
+            writer.write(b"200 result=1\n")
+            await writer.drain()
+    writer.close()
+    await writer.wait_closed()
+    return result
+
+
+async def test_made_up_tenants_campaigns_trunks_and_caller_ids_add_no_series(
+    redis_url: str,
+) -> None:
+    """A dialer sending a fresh tenant, campaign, trunk and caller ID with every call
+    (1,000 through Gate.decide, 50 through the FastAGI door) leaves the decision series
+    bounded: the configured tenants and reasons, everything else "other" / "cps:other"."""
+    store = Store(redis_url, deadline_s=1.0)
+    config = make_config(
+        {
+            "gate": {**BASE_CONFIG["gate"], "open_tenants": True},
+            "trunks": {"cps": {"carrier-a": 20}, "default_cps": 1},
+        }
+    )
+    gate = Gate(config, store, version="v1")
+    running = await serve(gate)
+    server = AgiServer(gate, "127.0.0.1", 0, 2.0)
+    await server.start()
+    try:
+        before = len(await running.scrape())
+        for i in range(1000):
+            for _ in range(2):  # the second call of a trunk is over its 1 cps
+                await gate.decide(
+                    attempt(
+                        UNLISTED,
+                        tenant=f"t{i}",
+                        campaign=f"camp-{i}",
+                        trunk=f"trunk-{i}",
+                        caller_id=f"01620{i:05d}",
+                        channel=f"PJSIP/x-{i}",
+                    ),
+                    record=True,
+                    door="agi",
+                )
+        results = {
+            await agi_request(
+                server.port,
+                f"check?tenant=agi{i}&campaign=c{i}&trunk=k{i}&class=campaign",
+                "0612345678",
+                f"0162{i:06d}",
+            )
+            for i in range(50)
+        }
+        scraped = await running.scrape()
+    finally:
+        await server.stop()
+        await running.session.close()
+        await running.server.stop()
+        await store.close()
+    found = {
+        (dict(k)["reason"], dict(k)["tenant"])
+        for (n, k) in scraped
+        if n.endswith("decisions_total")
+    }
+    values = " ".join(f"{n}{sorted(k)}" for (n, k) in scraped)
+    assert (set(), {"other"}, {"ALLOW"}) == (
+        {reason for reason, _ in found} - {"allowed", "cps:other"},
+        {tenant for _, tenant in found},
+        results,
+    )
+    assert not re.search(r"t\d+'|camp-|trunk-|agi\d|01620|PJSIP", values)
+    # A few new series (the two decision kinds, their _created, the list gauges), not 1,000s.
+    assert len(scraped) - before < 20
+
+
+def test_reassigned_and_abandon_rate_reasons_of_the_packs_keep_their_rule_id() -> None:
+    """The US pack's reassigned-number check and the UK pack's abandoned-call ceiling
+    refuse with reasons named by their rule ids: counted as such, not as "<family>:other"."""
+    metrics = Metrics()
+    metrics.use_config(pack_config(["us", "uk"], "US"), "v")
+    assert ("reassigned:us-tcpa-consent", "abandon_rate:uk-ofcom-abandoned-3pct") == (
+        metrics.reasons("reassigned:us-tcpa-consent"),
+        metrics.reasons("abandon_rate:uk-ofcom-abandoned-3pct"),
     )
