@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import socket
 import threading
 import urllib.request
 from collections.abc import Iterator
@@ -495,3 +496,44 @@ def test_a_number_in_the_trail_stays_masked_in_its_tooltip(
         ]
         shown = [(cell.text, cell.get_attribute("title")) for cell in cells]
     assert (200, [("+33 6 11 •• •• 44", "")]) == (added, shown)  # "": no title
+
+
+MARKUP_CHANNEL = 'PJSIP/<img src=x onerror="window.callgatePwned=1">-00000001'
+
+
+def agi_decision(port: int, extension: str, channel: str) -> str:
+    """Play Asterisk for one FastAGI ``check`` recorded with ``channel`` (what Asterisk
+    names the channel: a peer's endpoint name is in it); the CALLGATE_DECISION line."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        conn.sendall(
+            f"agi_network_script: check\nagi_extension: {extension}\n"
+            f"agi_channel: {channel}\nagi_callerid: 0162000000\n\n".encode()
+        )
+        answer = conn.makefile("rb")
+        line = answer.readline().decode()
+        conn.sendall(b"200 result=1\n")
+    return line
+
+
+def test_markup_in_a_recorded_channel_name_is_shown_as_text_on_the_audit_page(
+    redis_server_url: str, browser: Browser, tmp_path: Path
+) -> None:
+    """A channel name holding HTML (recorded from a FastAGI request) is shown on the
+    Audit page as the characters it holds: no element is made of it, no script runs."""
+    with own_gate(redis_server_url, tmp_path) as gate:
+        decided = agi_decision(gate.process.agi_port, "0612345678", MARKUP_CHANNEL)
+        open_page(browser, gate, "audit", "#audit-form")
+        browser.find("#audit-form button[type=submit]").click()
+        browser.text("#audit-count")
+        channels = [
+            row.find_elements("css selector", "td")[11].text
+            for row in browser.find_all("#audit-table tbody tr")
+        ]
+        images = browser.run("return document.querySelectorAll('#audit-table img').length;")
+        pwned = browser.run("return window.callgatePwned === undefined;")
+    assert (True, [MARKUP_CHANNEL], 0, True) == (
+        decided.startswith("SET VARIABLE CALLGATE_DECISION "),
+        [channel for channel in channels if channel.startswith("PJSIP/")],
+        images,
+        pwned,
+    )

@@ -335,6 +335,22 @@ def test_the_page_loads_nothing_from_another_origin() -> None:
     assert {"http://www.w3.org/2000/svg"} == urls
 
 
+def test_the_script_never_turns_data_into_markup_and_the_policy_allows_no_inline_code() -> None:
+    """Caller-controlled values (a channel name, a campaign) reach the page as text only:
+    the script uses no HTML sink, and the policy (a second line) runs no inline script,
+    handler or eval."""
+    from gate.ops.console import HEADERS
+
+    script = (STATIC / "console.js").read_text()
+    sinks = re.findall(
+        r"innerHTML|outerHTML|insertAdjacentHTML|document\.write|\beval\(|new Function|srcdoc"
+        r"|createContextualFragment|DOMParser",
+        script.split("\n", 3)[3],  # past the header comment, which names innerHTML
+    )
+    policy = HEADERS["Content-Security-Policy"]
+    assert ([], False) == (sinks, "unsafe-" in policy)
+
+
 def test_the_scripts_calling_codes_are_phonenumbers() -> None:
     """The calling codes the page masks numbers with are phonenumbers' own."""
     text = (STATIC / "console.js").read_text()
