@@ -299,9 +299,25 @@ def _number_types(reader: Reader) -> dict[TrafficClass, frozenset[NumberType]]:
 def _check_lists(lists: tuple[ListRule, ...], packs: tuple[Pack, ...], origin: str) -> None:
     """Exemptions name block lists; packs' rules name lists that exist with the right kind."""
     kinds = {rule.name: rule.kind for rule in lists}
+    # A list two packs define (and the config does not) must be the same list in both:
+    # list commands resolve a name in the first pack naming it, a decision in the first
+    # pack of the number's region, so with another scope an opt-out added for one pack's
+    # numbers would land in a key (global, or per tenant) the other pack's decisions never
+    # read, and its numbers be called.
+    first: dict[str, tuple[str, ListRule]] = {}
     for pack in packs:
         for rule in pack.lists:
             kinds.setdefault(rule.name, rule.kind)
+            if any(own.name == rule.name for own in lists):
+                continue
+            seen = first.setdefault(rule.name, (pack.id, rule))
+            if (seen[1].kind, seen[1].scope) != (rule.kind, rule.scope):
+                raise ConfigError(
+                    f"{origin}: pack {pack.id} defines list {rule.name!r} as a {rule.scope} "
+                    f"{rule.kind} list, pack {seen[0]} as a {seen[1].scope} {seen[1].kind} "
+                    f"list; define [[lists]] {rule.name!r} in the config (it takes "
+                    "precedence) or rename it in one pack"
+                )
     for index, rule in enumerate(lists):
         for target in rule.exempts:
             if kinds.get(target) != "block":

@@ -616,3 +616,33 @@ def test_the_stasis_door_decides_a_bounded_number_of_channels_at_once(tmp_path: 
         default.max_deciding if default else None,
         few.max_deciding if few else None,
     )
+
+
+def _pack_defining(directory: Path, pack_id: str, region: str, scope: str) -> None:
+    """A pack of ``region`` whose one list, "natdnc", is a block list of ``scope``."""
+    (directory / f"{pack_id}.toml").write_text(
+        f'[pack]\nid = "{pack_id}"\nversion = "1"\ndescription = "x"\nregions = ["{region}"]\n'
+        f'\n[[lists]]\nname = "natdnc"\nkind = "block"\nscope = "{scope}"\n'
+    )
+
+
+def test_two_packs_defining_one_list_with_other_scopes_are_refused(tmp_path: Path) -> None:
+    """A list named by two packs, one global, one per tenant: list commands wrote the
+    first pack's key (global) while the second pack's decisions read the tenant's, so a
+    number added for its region was never refused. Refused at load, naming both packs;
+    the config's own definition of the list settles it."""
+    _pack_defining(tmp_path, "pa", "FR", "global")
+    _pack_defining(tmp_path, "pb", "GB", "tenant")
+    data: dict[str, Any] = {
+        "gate": {"packs": ["pa", "pb"], "packs_dir": str(tmp_path)},
+        "privacy": {"secret": "x" * 32},
+    }
+    with pytest.raises(ConfigError) as raised:
+        parse_config(data, "t.toml", tmp_path)
+    assert str(raised.value).startswith(
+        "t.toml: pack pb defines list 'natdnc' as a tenant block list, pack pa as a global "
+        "block list; define [[lists]] 'natdnc' in the config"
+    )
+    own = {"name": "natdnc", "kind": "block", "scope": "tenant"}
+    config = parse_config({**data, "lists": [own]}, "t.toml", tmp_path)
+    assert config.policy.list_rule("natdnc") == config.policy.lists[0]
