@@ -686,11 +686,14 @@ class ListAdmin:
         if red.kind != "block":
             raise InputError(f"list {red_list!r} is not a block list")
         checked = self._numbers(red, numbers)
+        # Before any consent is removed: an unknown tenant or a per-campaign red list
+        # without a campaign, refused after, left the number with neither.
+        red_key = self.key(red_list, tenant, campaign)
         async with self.store.durable("the consent revocation") as store:
-            return await self._on(store)._revoke(checked, tenant, campaign, red_list)
+            return await self._on(store)._revoke(checked, tenant, campaign, red_key)
 
     async def _revoke(
-        self, checked: list[NumberKeys], tenant: str, campaign: str, red_list: str
+        self, checked: list[NumberKeys], tenant: str, campaign: str, red_key: str
     ) -> int:
         consent_lists = {
             r.name: r
@@ -701,9 +704,7 @@ class ListAdmin:
             key = self.keyspace.list_id(rule, tenant, campaign)
             if key is not None:
                 await self.lists.consent_remove(key, checked)
-        return await self.lists.delta(
-            self.key(red_list, tenant, campaign), "add", [(n.member, n.bucket32) for n in checked]
-        )
+        return await self.lists.delta(red_key, "add", [(n.member, n.bucket32) for n in checked])
 
     async def record_event(
         self,

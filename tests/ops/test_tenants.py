@@ -10,6 +10,7 @@ import pytest
 
 from agi.server import AgiServer
 from gate.config.loader import load_config
+from gate.core.errors import OptionError
 from gate.core.model import Attempt
 from gate.core.policy import UnknownTenant
 from gate.lists.admin import ListAdmin
@@ -89,3 +90,30 @@ def test_the_sample_config_names_the_readme_tenant(monkeypatch: pytest.MonkeyPat
         config.policy.tenants,
         config.policy.open_tenants,
     )
+
+
+@pytest.fixture
+async def consent_gate(redis_url: str) -> AsyncIterator[Gate]:
+    """A gate with a per-tenant consent list, beside BASE_CONFIG's lists."""
+    store = Store(redis_url, deadline_s=1.0)
+    consent = {"name": "consent", "kind": "consent", "scope": "tenant"}
+    yield Gate(make_config({"lists": [*BASE_CONFIG["lists"], consent]}), store)
+    await store.close()
+
+
+async def test_a_refused_revocation_leaves_the_consent_in_place(consent_gate: Gate) -> None:
+    """A revocation refused (an unknown tenant, a per-campaign red list without a
+    campaign) writes nothing: the consent was removed first and the error came after,
+    leaving the number with neither its consent nor a red-list entry."""
+    admin = ListAdmin.of(consent_gate)
+    await admin.add("consent", [NUMBER], "acme", "")
+    gone = ListAdmin(
+        make_config({"gate": {**BASE_CONFIG["gate"], "tenants": ["default"]}}).policy,
+        admin.keyspace,
+        admin.store,
+    )
+    with pytest.raises(UnknownTenant):
+        await gone.revoke([NUMBER], "acme", "")
+    with pytest.raises(OptionError, match="per campaign"):
+        await admin.revoke([NUMBER], "acme", "", red_list="camp")
+    assert 1 == await admin.count("consent", "acme", "")
