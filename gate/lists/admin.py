@@ -695,12 +695,16 @@ class ListAdmin:
     async def _revoke(
         self, checked: list[NumberKeys], tenant: str, campaign: str, red_key: str
     ) -> int:
-        consent_lists = {
-            r.name: r
-            for r in (*self.policy.lists, *(r for p in self.policy.packs for r in p.lists))
-            if r.kind == "consent"
-        }
-        for rule in consent_lists.values():
+        # Each name as decisions and list commands resolve it (``Policy.list_rule``: the
+        # config's, else the first pack's), not the last definition: another scope is
+        # another key, and the consent in force would be left in place.
+        names = dict.fromkeys(
+            r.name for r in (*self.policy.lists, *(r for p in self.policy.packs for r in p.lists))
+        )
+        for name in names:
+            rule = self.rule(name)
+            if rule.kind != "consent":
+                continue
             key = self.keyspace.list_id(rule, tenant, campaign)
             if key is not None:
                 await self.lists.consent_remove(key, checked)

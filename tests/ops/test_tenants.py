@@ -117,3 +117,28 @@ async def test_a_refused_revocation_leaves_the_consent_in_place(consent_gate: Ga
     with pytest.raises(OptionError, match="per campaign"):
         await admin.revoke([NUMBER], "acme", "", red_list="camp")
     assert 1 == await admin.count("consent", "acme", "")
+
+
+async def test_a_revocation_removes_the_consent_of_the_list_in_force(redis_url: str) -> None:
+    """The config's "consent" list (global) takes precedence over the fr pack's (per
+    tenant) for decisions and list commands; revoke resolved the name the other way
+    (the last definition), removed the consent from the pack's per-tenant key, and
+    left the one in force."""
+    store = Store(redis_url, deadline_s=1.0)
+    consent = {"name": "consent", "kind": "consent", "scope": "global"}
+    config = make_config(
+        {
+            "gate": {**BASE_CONFIG["gate"], "packs": ["fr"]},
+            "lists": [*BASE_CONFIG["lists"], consent],
+        }
+    )
+    admin = ListAdmin.of(Gate(config, store))
+    try:
+        await admin.add("consent", [NUMBER], "acme", "")
+        await admin.revoke([NUMBER], "acme", "")
+        assert (0, 1) == (
+            await admin.count("consent", "acme", ""),
+            await admin.count("red", "acme", ""),
+        )
+    finally:
+        await store.close()
