@@ -57,6 +57,7 @@ from gate.config.loader import Config
 from gate.core.errors import GateError, StoreError, StoreTimeout, StoreUnavailable
 from gate.core.numbers import NumberType
 from gate.core.policy import Policy
+from gate.core.rules import ListRule
 from gate.lists.admin import ListAdmin
 from gate.service import Evaluation, Gate, Observed, cancelling, stop_task, wait_event
 from gate.store.connect import LinkStatus
@@ -468,7 +469,12 @@ async def _list_values(gate: Gate) -> list[tuple[str, str, float, float | None]]
     admin = ListAdmin.of(gate)
     policy = config.policy
     tenants = sorted(_tenants(config))
-    rules = {r.name: r for r in (*policy.lists, *(r for p in policy.packs for r in p.lists))}
+    # Each name as the list commands read it (``Policy.list_rule``: the config's, else the
+    # first pack's): the last definition's scope would label a global list's count with
+    # every tenant, or one tenant's as the global list's.
+    rules: dict[str, ListRule] = {}
+    for rule in (*policy.lists, *(r for p in policy.packs for r in p.lists)):
+        rules.setdefault(rule.name, rule)
     now_ms = time.time() * 1000
     values: list[tuple[str, str, float, float | None]] = []
     for rule in rules.values():

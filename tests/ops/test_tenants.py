@@ -142,3 +142,34 @@ async def test_a_revocation_removes_the_consent_of_the_list_in_force(redis_url: 
         )
     finally:
         await store.close()
+
+
+async def test_a_global_list_a_pack_defines_per_tenant_is_one_global_series(
+    redis_url: str,
+) -> None:
+    """The config's "consent" list (global) over the fr pack's (per tenant): its size is
+    one series without a tenant, not the global count repeated under every tenant."""
+    from gate.ops.metrics import refresh_lists
+
+    store = Store(redis_url, deadline_s=1.0)
+    consent = {"name": "consent", "kind": "consent", "scope": "global"}
+    config = make_config(
+        {
+            "gate": {**BASE_CONFIG["gate"], "packs": ["fr"]},
+            "lists": [*BASE_CONFIG["lists"], consent],
+        }
+    )
+    gate = Gate(config, store)
+    metrics = Metrics()
+    metrics.use_config(config, "v1")
+    try:
+        await ListAdmin.of(gate).add("consent", [NUMBER], "acme", "")
+        await refresh_lists(metrics, gate)
+    finally:
+        await store.close()
+    series = [
+        line
+        for line in metrics.exposition().decode().splitlines()
+        if line.startswith('callgate_list_entries{list="consent"')
+    ]
+    assert ['callgate_list_entries{list="consent",tenant=""} 1.0'] == series
