@@ -47,7 +47,7 @@ from gate.core.keys import SLOT_GROUPS
 from gate.core.model import TrafficClass, Verdict
 from gate.core.numbers import NumberType, is_known_region, parse_e164
 from gate.core.policy import FailMode, Policy
-from gate.core.rules import ListRule, Pack
+from gate.core.rules import CapRule, CooloffRule, ListRule, Pack
 
 __all__ = [
     "AgiConfig",
@@ -326,6 +326,33 @@ def _check_lists(lists: tuple[ListRule, ...], packs: tuple[Pack, ...], origin: s
                 )
     for pack in packs:
         validate_references(pack, lists, f"{origin} (pack {pack.id})")
+
+
+def _check_rule_ids(caps: tuple[CapRule, ...], packs: tuple[Pack, ...], origin: str) -> None:
+    """No two caps (the config's and the packs') nor two packs' cool-offs share an id and
+    a scope: their state is keyed by id and scope (gate/core/keys.py ``cap_suffix``,
+    ``cooloff_suffix``), so they would share one attempt log or marker, each counting the
+    other's attempts (or events) for its own classes, prefixes and regions. Ids are
+    unique within one table already (gate/config/packs.py ``_unique``); the config's caps
+    add to the packs' (they do not override them)."""
+    seen: dict[tuple[str, str, str], str] = {}
+
+    def claim(kind: str, rule: CapRule | CooloffRule, where: str) -> None:
+        key = (kind, rule.id, rule.scope)
+        if key in seen:
+            raise ConfigError(
+                f"{origin}: {where} has the id {rule.id!r} and the scope {rule.scope} of "
+                f"{seen[key]}: both would use one {kind}; rename one of them"
+            )
+        seen[key] = where
+
+    for index, cap in enumerate(caps):
+        claim("attempt log", cap, f"caps[{index}]")
+    for pack in packs:
+        for index, cap in enumerate(pack.caps):
+            claim("attempt log", cap, f"pack {pack.id} caps[{index}]")
+        for index, cool in enumerate(pack.cooloffs):
+            claim("cool-off marker", cool, f"pack {pack.id} cooloff[{index}]")
 
 
 def _tenants(
@@ -1004,11 +1031,13 @@ def _policy(root: Reader, gate: _GateSection, origin: str, check_holidays: bool)
         load_pack(name, gate.packs_dir, check_holidays=check_holidays) for name in gate.pack_names
     )
     _check_lists(lists, packs, origin)
+    caps = parse_caps(root)
+    _check_rule_ids(caps, packs, origin)
     caller_ids, calendars = _tenants(root.table("tenants"), gate.region, optional_calendars(packs))
     return Policy(
         default_region=gate.region,
         lists=lists,
-        caps=parse_caps(root),
+        caps=caps,
         packs=packs,
         caller_ids=caller_ids,
         tenant_calendars=calendars,

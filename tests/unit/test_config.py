@@ -646,3 +646,57 @@ def test_two_packs_defining_one_list_with_other_scopes_are_refused(tmp_path: Pat
     own = {"name": "natdnc", "kind": "block", "scope": "tenant"}
     config = parse_config({**data, "lists": [own]}, "t.toml", tmp_path)
     assert config.policy.list_rule("natdnc") == config.policy.lists[0]
+
+
+def _pack_with(directory: Path, pack_id: str, region: str, body: str) -> None:
+    """A pack of ``region`` holding ``body`` (TOML tables)."""
+    (directory / f"{pack_id}.toml").write_text(
+        f'[pack]\nid = "{pack_id}"\nversion = "1"\ndescription = "x"\nregions = ["{region}"]\n'
+        f"\n{body}"
+    )
+
+
+_CAP = '[[caps]]\nid = "daily"\nlimit = {limit}\nwindow = "24h"\nscope = "{scope}"\n'
+
+
+def test_a_cap_sharing_its_id_and_scope_with_another_tables_is_refused(tmp_path: Path) -> None:
+    """A config cap and a pack cap (or two packs' caps) with one id and scope were keyed
+    to one attempt log (cap:<id>:t:<tenant>), each counting the other's attempts: refused
+    at load, naming both; another scope (another log) is accepted."""
+    _pack_with(tmp_path, "pa", "FR", _CAP.format(limit=2, scope="tenant"))
+    _pack_with(tmp_path, "pb", "GB", _CAP.format(limit=3, scope="tenant"))
+    base: dict[str, Any] = {"privacy": {"secret": "x" * 32}}
+    own = {"id": "daily", "limit": 5, "window": "24h", "scope": "tenant"}
+    one = {**base, "gate": {"packs": ["pa"], "packs_dir": str(tmp_path)}}
+    with pytest.raises(ConfigError) as raised:
+        parse_config({**one, "caps": [own]}, "t.toml", tmp_path)
+    assert str(raised.value) == (
+        "t.toml: pack pa caps[0] has the id 'daily' and the scope tenant of caps[0]: both "
+        "would use one attempt log; rename one of them"
+    )
+    two = {**base, "gate": {"packs": ["pa", "pb"], "packs_dir": str(tmp_path)}}
+    with pytest.raises(
+        ConfigError, match=r"pack pb caps\[0\] has the id 'daily' .* of pack pa caps\[0\]"
+    ):
+        parse_config(two, "t.toml", tmp_path)
+    config = parse_config({**one, "caps": [{**own, "scope": "global"}]}, "t.toml", tmp_path)
+    assert [("daily", "global")] == [(cap.id, cap.scope) for cap in config.policy.caps]
+
+
+def test_two_packs_cooloffs_sharing_an_id_and_scope_are_refused(tmp_path: Path) -> None:
+    """Two packs' cool-offs with one id and scope read one marker (cool:<id>:t:<tenant>):
+    a refusal recorded for one would hold the number under the other's abandoned-call
+    cool-off. Refused at load, naming both packs."""
+    cool = '[[cooloff]]\nid = "hold"\nevent = "{event}"\nperiod = "72h"\nscope = "tenant"\n'
+    _pack_with(tmp_path, "pa", "FR", cool.format(event="refusal"))
+    _pack_with(tmp_path, "pb", "GB", cool.format(event="abandoned"))
+    data = {
+        "gate": {"packs": ["pa", "pb"], "packs_dir": str(tmp_path)},
+        "privacy": {"secret": "x" * 32},
+    }
+    with pytest.raises(ConfigError) as raised:
+        parse_config(data, "t.toml", tmp_path)
+    assert str(raised.value) == (
+        "t.toml: pack pb cooloff[0] has the id 'hold' and the scope tenant of pack pa "
+        "cooloff[0]: both would use one cool-off marker; rename one of them"
+    )
