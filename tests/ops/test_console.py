@@ -351,6 +351,19 @@ def test_the_script_never_turns_data_into_markup_and_the_policy_allows_no_inline
     assert ([], False) == (sinks, "unsafe-" in policy)
 
 
+def test_the_router_opens_only_a_page_of_its_own() -> None:
+    """A link like ``#/constructor`` or ``#/__proto__`` picked an inherited property of the
+    pages object (``pages[name] || pages.live``): calling it threw a TypeError and no page
+    showed. The router reads a page by a name only once ``Object.hasOwn`` vouched for it."""
+    script = (STATIC / "console.js").read_text()
+    route = re.search(r"\n  function route\(\) \{\n(.*?)\n  \}\n", script, re.S)
+    assert route is not None
+    body = route[1]
+    lookups = [(m.start(), m[1]) for m in re.finditer(r"\bpages\[([^\]'\"]+)\]", body)]
+    unguarded = [name for at, name in lookups if f"Object.hasOwn(pages, {name})" not in body[:at]]
+    assert (True, []) == (bool(lookups), unguarded)
+
+
 def test_the_scripts_calling_codes_are_phonenumbers() -> None:
     """The calling codes the page masks numbers with are phonenumbers' own."""
     text = (STATIC / "console.js").read_text()

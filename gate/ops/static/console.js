@@ -295,8 +295,11 @@
   function route() {
     if (!state.session) return;
     stopPage();
-    const name = (location.hash.replace(/^#\//, '') || 'live').split('?')[0];
-    const page = pages[name] || pages.live;
+    // Only a page of our own: `#/constructor` or `#/__proto__` would otherwise pick an
+    // inherited property of the object (not a page: a TypeError, no page shown).
+    let name = (location.hash.replace(/^#\//, '') || 'live').split('?')[0];
+    if (!Object.hasOwn(pages, name)) name = 'live';
+    const page = pages[name];
     for (const a of document.querySelectorAll('#nav a')) a.classList.toggle('on', a.dataset.page === name);
     const root = main();
     root.replaceChildren();
