@@ -237,6 +237,27 @@ def _error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
 
 
+# Sent with every answer of the API (/v1/ and /openapi.json): JSON, the audit exports
+# (CSV, JSON Lines), event streams and errors. A browser opening one (a link to an export,
+# an error page) must not sniff it into HTML nor run or frame anything from it; the
+# console's own pages have their policy (gate/ops/console.py ``HEADERS``).
+API_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
+}
+
+
+async def _api_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """Add ``API_HEADERS`` to an API answer as its headers go out (on_response_prepare:
+    every answer, a stream's and an error's included), leaving a header a handler set."""
+    if not (request.path.startswith("/v1/") or request.path == "/openapi.json"):
+        return
+    for name, value in API_HEADERS.items():
+        if name == "Content-Security-Policy" and response.content_type == "text/html":
+            continue
+        response.headers.setdefault(name, value)
+
+
 def _client_gone(request: web.Request) -> bool:
     """The client hung up: its connection is closed or closing."""
     transport = request.transport
@@ -575,6 +596,7 @@ class AdminApi:
 
     def add_routes(self, app: web.Application) -> None:
         app.middlewares.append(self._guard)
+        app.on_response_prepare.append(_api_headers)
         app.router.add_get("/openapi.json", self._openapi)
         for op, handler in self._routes:
             checked = _query_checked(op, handler)

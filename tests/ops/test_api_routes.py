@@ -586,3 +586,34 @@ async def test_a_json_member_given_twice_is_400_naming_it(
     status, answer, _ = await upload(served, path, body, content_type="application/json")
     assert (400, {"error": f"{name}: given more than once; give it once"}) == (status, answer)
     assert 0 == (await served.get("/v1/lists/red"))[1]["entries"]
+
+
+async def test_every_api_answer_is_sent_nosniff_with_a_policy_of_none(audited: Served) -> None:
+    """A JSON answer, the CSV and JSON Lines audit exports and an error (opened in a
+    browser by a link) carry nosniff and a policy that runs, loads and frames nothing: they
+    had neither, unlike the console's pages."""
+    await record_three(audited)
+    wanted = ("nosniff", "default-src 'none'; frame-ancestors 'none'")
+    found = {}
+    for path, auth in [
+        ("/v1/lists/red", AUTH),
+        ("/v1/audit?format=csv", AUTH),
+        ("/v1/audit", AUTH),
+        ("/v1/lists/nope", AUTH),
+        ("/v1/lists/red?", {}),  # no token: 401
+    ]:
+        async with audited.session.get(audited.url + path, headers=auth) as response:
+            headers = response.headers
+            found[path] = (
+                response.status,
+                response.content_type,
+                headers.get("X-Content-Type-Options"),
+                headers.get("Content-Security-Policy"),
+            )
+    assert {
+        "/v1/lists/red": (200, "application/json", *wanted),
+        "/v1/audit?format=csv": (200, "text/csv", *wanted),
+        "/v1/audit": (200, "application/x-ndjson", *wanted),
+        "/v1/lists/nope": (404, "application/json", *wanted),
+        "/v1/lists/red?": (401, "application/json", *wanted),
+    } == found
