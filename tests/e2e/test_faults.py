@@ -168,12 +168,14 @@ async def optouts_only(rig: Rig) -> None:
 class Fault:
     name: str
     inject: Callable[[Rig], Awaitable[None]]
+    #: the fault stops the PBX, which hangs up every channel it holds (see run_fault)
+    stops_pbx: bool = False
 
 
 FAULTS = (
     Fault("redis SIGKILL", redis_sigkill),
     Fault("redis SIGSTOP 2s", redis_sigstop),
-    Fault("asterisk restart", asterisk_restart),
+    Fault("asterisk restart", asterisk_restart, stops_pbx=True),
     Fault("gate SIGKILL", gate_sigkill),
     Fault("opt-outs only", optouts_only),
 )
@@ -231,16 +233,20 @@ async def run_fault(rig: Rig, fault: Fault, series: int) -> Row:
     keyspace = rig.keyspace()
     answered = Counter(rig.token(n, keyspace) for n in numbers if run.results.get(n) == 200)
     answered += Counter(rig.token(n, keyspace) for n in acked if after.results.get(n) == 200)
-    # Calls the PBX itself tore down between the decision and the dialplan's reading of it
-    # (Asterisk stopping hangs up every channel): neither answered nor refused by the gate,
-    # and their hangup line shows no result at all. An ALLOW entry for one of those is a
-    # decision that reached its channel; the call it allowed died with the PBX.
+    # Calls the PBX itself tore down between the decision and the answering context
+    # (Asterisk stopping hangs up every channel it holds, with no cause: SIPp gets 603):
+    # neither answered nor refused by the gate, and no hangup line of theirs reached the
+    # answering context. The dialplan had read the decision (the line shows its result) or
+    # not yet (no result). An ALLOW entry for one of those is a decision that reached its
+    # channel; the call it allowed died with the PBX. Only a fault that stops the PBX cuts
+    # calls: under the others, every ALLOW entry must be an answered call.
     cut = Counter(
         rig.token(n, keyspace)
         for n in numbers
-        if run.results.get(n) not in (200, 403, 503)
+        if fault.stops_pbx
+        and run.results.get(n) not in (200, 403, 503)
         and lines.get(n)
-        and all(line.result == "" for line in lines[n])
+        and not any(line.reached for line in lines[n])
     )
     allowed = await asyncio.to_thread(rig.allow_entries)
     row.allow_entries = sum(allowed.values())
