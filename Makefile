@@ -46,11 +46,13 @@ bytecode: $(RUNTIME)
 run: $(RUNTIME) bytecode
 	$(BIN)/callgate --config config/callgate.toml run
 
-## test: install, lint, type-check and run the whole suite (end-to-end included)
+## test: install, lint, type-check and run the whole suite (end-to-end included), on every
+## core (pytest-xdist): the tests that start Asterisk run one after the other on one worker
+## (their xdist_group), the rest on the others meanwhile
 test: $(STAMP) bytecode sandbox
 	$(BIN)/ruff check .
 	$(BIN)/mypy
-	$(BIN)/pytest
+	$(BIN)/pytest -n auto --dist loadgroup
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

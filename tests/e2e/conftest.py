@@ -1,7 +1,4 @@
-"""Fixtures for the end-to-end tests against a real Asterisk (see sandbox.py).
-
-``pytest_terminal_summary`` prints the fault table test_faults.py recorded
-(``faultrig.FAULT_REPORT``), so that ``make test`` shows it."""
+"""Fixtures for the end-to-end tests against a real Asterisk (see sandbox.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from faultrig import FAULT_REPORT
 from sandbox import AsteriskSandbox, SandboxFactory
 
 E2E_DIR = Path(__file__).resolve().parent
@@ -71,11 +67,3 @@ def asterisk_factory(asterisk_root: Path) -> Iterator[SandboxFactory]:
             errors.append(repr(error))
     if errors:
         pytest.fail("stopping Asterisk failed: " + "; ".join(errors))
-
-
-def pytest_terminal_summary(terminalreporter: Any) -> None:
-    """The fault table of this run (test_faults.py), after the test results."""
-    if FAULT_REPORT:
-        terminalreporter.section("Faults end to end, under load")
-        for line in FAULT_REPORT:
-            terminalreporter.write_line(line)

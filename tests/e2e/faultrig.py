@@ -54,9 +54,6 @@ from gate.config.loader import load_config
 from gate.core.keys import Keyspace
 from gate.core.numbers import Destination, classify
 
-#: printed by tests/e2e/conftest.py's ``pytest_terminal_summary``
-FAULT_REPORT: list[str] = []
-
 DIALPLAN = """
 #include callgate.conf
 
@@ -375,6 +372,7 @@ class Row:
     allow_entries: int = 0
     allow_without_call: int = 0
     allowed_then_cut: int = 0  # ALLOW entries of calls the PBX tore down (see test_faults)
+    allowed_then_lost: int = 0  # ALLOW entries whose answer died with the gate (test_faults)
     answered_without_allow: int = 0
     left_in_stasis: int = 0
     optouts_acked: int = 0
@@ -390,10 +388,12 @@ class Row:
     )
 
     def line(self) -> str:
-        cut = self.allowed_then_cut
+        cut, lost = self.allowed_then_cut, self.allowed_then_lost
         audit = (
-            f"{self.allow_entries}={self.answered}" + (f"+{cut} cut" if cut else "")
-            if self.allow_entries == self.answered + cut
+            f"{self.allow_entries}={self.answered}"
+            + (f"+{cut} cut" if cut else "")
+            + (f"+{lost} lost" if lost else "")
+            if self.allow_entries == self.answered + cut + lost
             and not (self.allow_without_call or self.answered_without_allow)
             else f"{self.allow_entries}!={self.answered} "
             f"(+{self.allow_without_call}/-{self.answered_without_allow})"

@@ -34,7 +34,6 @@ import pytest
 from faultrig import (
     DIALPLAN,
     FAIL_MODE_REASONS,
-    FAULT_REPORT,
     OptOuts,
     Rig,
     Row,
@@ -48,7 +47,7 @@ from faultrig import (
 from gateproc import GateProcess, callgate_dialplan, write_config
 from sandbox import SandboxFactory, free_port
 
-from tests.conftest import TEST_SECRET
+from tests.conftest import TEST_SECRET, summarize
 
 pytestmark = pytest.mark.e2e
 
@@ -64,6 +63,9 @@ RUN_S = int(os.environ.get("CALLGATE_FAULTS_RUN_S", "14"))
 FAULT_AT_S = 5.0
 AFTER_FAULT_S = 1.0  # opt-outs go on this long after the fault is over
 AFTER_RATE_CPS = 50
+# Calls in flight when the gate is killed: each decision takes milliseconds, 100 start a
+# second; more ALLOW entries lost with the gate than this is a defect, not that window.
+LOST_AT_MOST = 5
 CONNECTED = r"ARI connected to "
 RECOVER_S = 20.0
 
@@ -170,13 +172,15 @@ class Fault:
     inject: Callable[[Rig], Awaitable[None]]
     #: the fault stops the PBX, which hangs up every channel it holds (see run_fault)
     stops_pbx: bool = False
+    #: the fault kills the gate, whose answers in flight die with it (see run_fault)
+    kills_gate: bool = False
 
 
 FAULTS = (
     Fault("redis SIGKILL", redis_sigkill),
     Fault("redis SIGSTOP 2s", redis_sigstop),
     Fault("asterisk restart", asterisk_restart, stops_pbx=True),
-    Fault("gate SIGKILL", gate_sigkill),
+    Fault("gate SIGKILL", gate_sigkill, kills_gate=True),
     Fault("opt-outs only", optouts_only),
 )
 
@@ -248,10 +252,29 @@ async def run_fault(rig: Rig, fault: Fault, series: int) -> Row:
         and lines.get(n)
         and not any(line.reached for line in lines[n])
     )
+    # FastAGI calls whose decision Redis ran but whose answer died with a SIGKILLed gate
+    # (the window the README names: from Redis's reply to the SET VARIABLE): the dialplan
+    # got no answer and took its fail mode; the call was not placed. Its ALLOW entry and
+    # its counted attempt stay (the conservative side). Only the calls in flight at the
+    # kill can be among them: at most LOST_AT_MOST.
+    lost = Counter(
+        rig.token(n, keyspace)
+        for n in numbers
+        if fault.kills_gate
+        and run.results.get(n) != 200
+        and lines.get(n)
+        and all(
+            line.door == "agi" and not line.reached and line.reason == "gate_unavailable"
+            for line in lines[n]
+        )
+    )
     allowed = await asyncio.to_thread(rig.allow_entries)
     row.allow_entries = sum(allowed.values())
     row.allowed_then_cut = sum(((allowed - answered) & cut).values())
-    row.allow_without_call = sum((allowed - answered).values()) - row.allowed_then_cut
+    row.allowed_then_lost = sum(((allowed - answered) & lost).values())
+    row.allow_without_call = (
+        sum((allowed - answered).values()) - row.allowed_then_cut - row.allowed_then_lost
+    )
     row.answered_without_allow = sum((answered - allowed).values())
     by_token = {rig.token(n, keyspace): n for n in numbers}
     for token in (allowed - answered) | (answered - allowed):
@@ -274,15 +297,19 @@ async def run_fault(rig: Rig, fault: Fault, series: int) -> Row:
 
 
 @pytest.mark.parametrize("fault", FAULTS, ids=[f.name.replace(" ", "-") for f in FAULTS])
-async def test_fault_under_load_keeps_the_promise(fault: Fault, rig: Rig) -> None:
+async def test_fault_under_load_keeps_the_promise(
+    fault: Fault, rig: Rig, record_property: Callable[[str, object], None]
+) -> None:
     """100 calls/s through both doors for RUN_S, 10 % red-listed, one fault and opt-outs
     meanwhile: nothing answered to a listed number, the audit's ALLOWs are the answered
     calls, no channel left in Stasis, every acknowledged opt-out enforced after."""
     row = await run_fault(rig, fault, FAULTS.index(fault) + 1)
-    if not FAULT_REPORT:
-        FAULT_REPORT.append(f"{RATE_CPS} calls/s for {RUN_S} s per run, both doors")
-        FAULT_REPORT.append(Row.HEADER)
-    FAULT_REPORT.append(f"{row.line()}   ({row.seconds:.0f} s)")
+    summarize(
+        record_property,
+        "Faults end to end, under load",
+        [f"{RATE_CPS} calls/s for {RUN_S} s per run, both doors", Row.HEADER],
+        f"{row.line()}   ({row.seconds:.0f} s)",
+    )
     violations = (
         row.answered_to_listed,
         row.allow_without_call,
@@ -291,5 +318,6 @@ async def test_fault_under_load_keeps_the_promise(fault: Fault, rig: Rig) -> Non
         row.optouts_not_enforced,
     )
     assert (0, 0, 0, 0, 0) == violations, "\n".join([row.line(), *row.details[:40]])
+    assert row.allowed_then_lost <= LOST_AT_MOST, "\n".join([row.line(), *row.details[:40]])
     assert row.optouts_acked > 0, row.line()
     assert row.answered > 0, row.line()

@@ -7,9 +7,6 @@ with ``--sentinel``), on loopback ports chosen here, with passwords on the data 
 on the sentinels, each in its own directory. ``down-after-milliseconds`` is 1000 and the
 quorum 2. The fixture waits (bounded) until every sentinel knows the replica and the two
 other sentinels, so a failover can happen; every process is stopped by PID at teardown.
-
-``FAILOVER_REPORT`` collects the failover figures the tests record; the conftest prints
-them after the test results, so that ``make test`` shows them.
 """
 
 from __future__ import annotations
@@ -36,7 +33,6 @@ SENTINEL_PASSWORD = "sentinel-password-0123"
 DOWN_AFTER_MS = 1000
 START_TIMEOUT_S = 20.0
 STOP_TIMEOUT_S = 10.0
-FAILOVER_REPORT: list[str] = []
 # A data node: no persistence (a restarted node comes back empty), passwords everywhere.
 DATA_NODE = (
     "--bind",

@@ -24,6 +24,7 @@ import asyncio
 import itertools
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -37,8 +38,8 @@ from gate.lists.admin import ListAdmin
 from gate.ops.operations import Operations
 from gate.runtime import open_gate
 from gate.service import Gate
-from tests.conftest import make_config
-from tests.sentinel.group import DATA_NODE, FAILOVER_REPORT, SentinelGroup, wait_until
+from tests.conftest import make_config, summarize
+from tests.sentinel.group import DATA_NODE, SentinelGroup, wait_until
 
 RATE_PER_S = 200
 OPTOUT_EVERY_S = 0.05
@@ -142,7 +143,9 @@ async def get(session: aiohttp.ClientSession, url: str) -> tuple[int, str]:
         return response.status, await response.text()
 
 
-async def test_sigkill_of_the_master_under_load(sentinel_group: SentinelGroup) -> None:
+async def test_sigkill_of_the_master_under_load(
+    sentinel_group: SentinelGroup, record_property: Callable[[str, object], None]
+) -> None:
     """SIGKILL of the master at ~200 decisions/s: the gate follows the new master by
     itself; meanwhile only fail-mode answers (no campaign ALLOW unchecked, none to a
     listed number); no acknowledged opt-out is lost; /readyz and /metrics name the new
@@ -196,18 +199,20 @@ async def test_sigkill_of_the_master_under_load(sentinel_group: SentinelGroup) -
     listed_allows = [a for a in answers if a.verdict is Verdict.ALLOW and a.kind != "fresh"]
     recovered_s = last_fail - killed_at
     new_node = f"127.0.0.1:{group.replica.port}"
-    FAILOVER_REPORT.extend(
+    summarize(
+        record_property,
+        "Redis Sentinel failover",
         [
             "| decisions | rate | time until correct again | fail-mode answers | "
             "acknowledged opt-outs lost | campaign ALLOWs unchecked | ALLOWs to listed "
             "numbers | counted attempts lost (last, before the kill) | opt-outs refused "
             "(no replica) |",
             "|---|---|---|---|---|---|---|---|---|",
-            f"| {len(answers)} | {len(answers) / (answers[-1].started - answers[0].started):.0f}/s "
-            f"| {recovered_s:.2f} s | {len(fail_mode)} ({len(after_kill)} decided after the "
-            f"kill) | {lost_optouts} of {len(load.acknowledged)} | {len(unchecked_allows)} | "
-            f"{len(listed_allows)} | {lost_counts} ({lost_window}) | {refused_before} |",
-        ]
+        ],
+        f"| {len(answers)} | {len(answers) / (answers[-1].started - answers[0].started):.0f}/s "
+        f"| {recovered_s:.2f} s | {len(fail_mode)} ({len(after_kill)} decided after the "
+        f"kill) | {lost_optouts} of {len(load.acknowledged)} | {len(unchecked_allows)} | "
+        f"{len(listed_allows)} | {lost_counts} ({lost_window}) | {refused_before} |",
     )
     assert 0 == lost_optouts
     assert [] == unchecked_allows
