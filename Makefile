@@ -60,7 +60,7 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 unit: $(STAMP)
-	$(BIN)/pytest -m 'not e2e and not browser'
+	$(BIN)/pytest -n auto --dist loadgroup -m 'not e2e and not browser'
 
 ## sandbox: build or reuse the Debian-sid chroot with a real Asterisk (needs root)
 sandbox:
