@@ -16,22 +16,26 @@ Guarantees:
 - The old keys are removed only after everything was copied; a migration interrupted
   before that can be run again (lists are rebuilt, counters overwritten, audit entries
   already copied skipped), and a store with nothing of layout 1 is left as it is.
+- A key of layout 1 callgate did not write (by hand, another tool: a name that is not
+  UTF-8, a token that is not a number's, another Redis type, a field that is not UTF-8)
+  stops it in one line naming the key and what to do, before any old key is removed.
 - Run it with the gates stopped: a gate of the old version would keep writing layout 1,
   one of the new version would not see it until migrated.
 """
 
 from __future__ import annotations
 
+import re
 import struct
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from gate.core.errors import StoreError
 from gate.core.keys import MAX_BITS, Keyspace, NumberKeys, group_of, stored_number
-from gate.store.client import Store, translate_error
+from gate.store.client import Store, redis_error_text, translate_error
 from gate.store.lists import ListStore
 
 __all__ = ["Migration", "legacy_keys_present", "migrate"]
@@ -41,6 +45,16 @@ _QUICK_SCANS = 20
 _CHUNK = 100_000
 _AUDIT_BATCH = 1000
 _INTERNAL = frozenset({"version", "bits", "count", "next_version", "building", "building_bits"})
+# A number's token as callgate writes it: a keyed hash's hex digest (Keyspace.number), or
+# the E.164 number itself when numbers are stored plain.
+_HEX_TOKEN = re.compile(r"[0-9a-f]{16}")
+_PLAIN_TOKEN = re.compile(r"\+[0-9]+")
+_FIX_LIST = (
+    "correct it, or delete that list's layout-1 keys and import the list again once migrated"
+)
+_FIX_KEY = "correct, rename or delete that key"
+
+_T = TypeVar("_T")
 
 
 @dataclass
@@ -108,6 +122,16 @@ def _group_of_token(keyspace: Keyspace, token: str) -> int:
     return group_of(keyspace.bucket32_of_token(token))
 
 
+def _token_group(keyspace: Keyspace, plain: bool, token: str) -> int:
+    """The slot group of a layout-1 key's or field's ``token``, or ``ValueError`` if it
+    is not a token callgate writes: not hex, ``int(token[:8], 16)`` raised past the
+    command's one-line errors, and a sign or too few digits put the key in a group the
+    gate never reads."""
+    if not (_PLAIN_TOKEN if plain else _HEX_TOKEN).fullmatch(token):
+        raise ValueError(f"token {token[:40]!r}, not a number's token")
+    return _group_of_token(keyspace, token)
+
+
 async def migrate(
     store: Store, keyspace: Keyspace, progress: Callable[[str], None] = lambda _: None
 ) -> Migration:
@@ -120,9 +144,29 @@ async def migrate(
 
 async def _migrate(store: Store, keyspace: Keyspace, progress: Callable[[str], None]) -> Migration:
     client = store.admin_client
+    where = store.where
     old = "{" + keyspace.namespace + "}:"
     done = Migration()
-    keys = sorted({k.decode() async for k in _legacy_keys(store, keyspace)})
+    keys: list[str] = []
+    for raw in sorted({k async for k in _legacy_keys(store, keyspace)}):
+        try:
+            keys.append(raw.decode())
+        except UnicodeDecodeError:
+            shown = raw.decode("utf-8", "backslashreplace")
+            raise _unreadable(where, shown, "its name is not UTF-8", _FIX_KEY) from None
+    # Every attempt log's and cool-off's place in layout 2 before anything is written: a
+    # key that is not callgate's stops the migration with nothing written.
+    plain = keyspace.fingerprint == "plain"
+    targets: dict[str, str] = {}
+    for key in keys:
+        rest = key[len(old) :]
+        if rest.partition(":")[0] in ("cap", "cool"):
+            suffix, _, token = rest.rpartition(":")
+            try:
+                group = _token_group(keyspace, plain, token)
+            except ValueError as exc:
+                raise _unreadable(where, key, exc, _FIX_KEY) from None
+            targets[key] = keyspace.number_key(group, suffix, token)
     lists = ListStore(store, keyspace)
     for key in keys:
         rest = key[len(old) :]
@@ -130,32 +174,57 @@ async def _migrate(store: Store, keyspace: Keyspace, progress: Callable[[str], N
         if kind == "list":
             await _list(client, lists, key, name, done, progress)
         elif kind in ("cap", "cool"):
-            suffix, _, token = rest.rpartition(":")
-            target = keyspace.number_key(_group_of_token(keyspace, token), suffix, token)
-            if await _copy_value(client, key, target, sort_log=kind == "cap"):
+            if await _copy_value(client, where, key, targets[key], sort_log=kind == "cap"):
                 if kind == "cap":
                     done.caps += 1
                 else:
                     done.cooloffs += 1
         elif kind == "cps":
-            if await _copy_value(client, key, keyspace.cps_key(name), sort_log=True):
+            if await _copy_value(client, where, key, keyspace.cps_key(name), sort_log=True):
                 done.cps += 1
         elif kind == "audit" and not name:
-            done.audit += await _audit(client, keyspace, key)
+            done.audit += await _audit(client, where, keyspace, key)
             progress(f"audit: {done.audit} entries")
     for start in range(0, len(keys), _SCAN):
         done.removed += int(await client.unlink(*keys[start : start + _SCAN]))
     return done
 
 
-def _unreadable(where: str, key: str, error: ValueError) -> StoreError:
-    """A key of a layout-1 list holds what callgate never wrote there (``error`` says
-    what): the migration stops before removing anything, and can be run again."""
+def _unreadable(where: str, key: str, error: object, fix: str = _FIX_LIST) -> StoreError:
+    """A key of layout 1 holds what callgate never wrote there (``error`` says what; ``fix``
+    what to do): the migration stops before removing anything, and can be run again."""
     return StoreError(
-        f"Redis at {where}: the layout-1 list key {key} is unreadable ({error}; not written "
-        "by callgate: by hand, another tool?): correct it, or delete that list's layout-1 "
-        "keys and import the list again once migrated, then run `callgate migrate` again"
+        f"Redis at {where}: the layout-1 key {key} is unreadable ({error}; not written by "
+        f"callgate: by hand, another tool?): {fix}, then run `callgate migrate` again"
     )
+
+
+async def _read(
+    client: Any, where: str, key: str, expected: str, reply: Awaitable[_T], fix: str = _FIX_LIST
+) -> _T:
+    """``reply``, a read of ``key``. A key of another Redis type than the ``expected`` one
+    callgate writes there is unreadable: Redis's bare WRONGTYPE named neither the key nor
+    what to do."""
+    try:
+        return await reply
+    except ResponseError as exc:
+        if not redis_error_text(exc).startswith("WRONGTYPE"):
+            raise
+    kind = (await client.type(key)).decode().upper()
+    raise _unreadable(where, key, f"a {kind}, not the {expected} callgate writes there", fix)
+
+
+def _text_fields(where: str, key: str, fields: dict[bytes, bytes]) -> dict[str, str]:
+    """A list head's or metadata's fields as text; one that is not UTF-8 is unreadable
+    (``decode()`` raised UnicodeDecodeError past the command's one-line errors)."""
+    text: dict[str, str] = {}
+    for name, value in fields.items():
+        try:
+            text[name.decode()] = value.decode()
+        except UnicodeDecodeError:
+            shown = name.decode("utf-8", "backslashreplace")[:40]
+            raise _unreadable(where, key, f"field {shown!r}, not UTF-8") from None
+    return text
 
 
 def stored_member(value: bytes) -> int:
@@ -192,22 +261,28 @@ async def _list(
 ) -> None:
     """A list head (the rest of the list, its buckets, follow from it) or a consent
     list's metadata; buckets, locks and others are skipped (removed at the end)."""
+    where = lists.store.where
     list_id, rest = _list_parts(name)
     if rest == "meta":
-        meta = await client.hgetall(key)
-        await lists.set_meta(list_id, {k.decode(): v.decode() for k, v in meta.items()})
+        meta = await _read(client, where, key, "HASH", client.hgetall(key))
+        await lists.set_meta(list_id, _text_fields(where, key, meta))
         return
     if rest:
         return
-    if (await client.type(key)) != b"hash":
+    # A head of another type is not callgate's: it was skipped, then removed unsaid.
+    head = _text_fields(where, key, await _read(client, where, key, "HASH", client.hgetall(key)))
+    if not head:  # deleted since the scan (Redis keeps no empty HASH): not an empty list
         return
-    head = {k.decode(): v.decode() for k, v in (await client.hgetall(key)).items()}
     if "version" not in head:  # a consent list: token → "granted_ms:expiry_ms"
         keyspace = lists.keyspace
-        items = [
-            (NumberKeys(token, 0, keyspace.bucket32_of_token(token)), value)
-            for token, value in head.items()
-        ]
+        plain = keyspace.fingerprint == "plain"
+        items = []
+        for token, value in head.items():
+            try:
+                _token_group(keyspace, plain, token)
+            except ValueError as exc:
+                raise _unreadable(where, key, exc) from None
+            items.append((NumberKeys(token, 0, keyspace.bucket32_of_token(token)), value))
         await lists.consent_set(list_id, items)
         done.consents[list_id] = len(items)
         progress(f"consents {list_id}: {len(items)}")
@@ -218,15 +293,15 @@ async def _list(
         version = stored_number("version", head["version"], 0, 10**18)
         bits = stored_number("bits", head.get("bits", "0"), 0, MAX_BITS)
     except ValueError as exc:
-        raise _unreadable(lists.store.where, key, exc) from None
+        raise _unreadable(where, key, exc) from None
     members: list[int] = []
     for bucket in range(1 << bits):
         bucket_key = f"{key}:v{version}:{bucket}"
-        for member in await client.smembers(bucket_key):
+        for member in await _read(client, where, bucket_key, "SET", client.smembers(bucket_key)):
             try:
                 members.append(stored_member(member))
             except ValueError as exc:
-                raise _unreadable(lists.store.where, bucket_key, exc) from None
+                raise _unreadable(where, bucket_key, exc) from None
     bucket32_of = lists.keyspace.bucket32_of
     chunks = (
         (part, [bucket32_of(m) for m in part])
@@ -238,9 +313,10 @@ async def _list(
     progress(f"list {list_id}: {replaced.count}")
 
 
-async def _copy_value(client: Any, key: str, target: str, sort_log: bool) -> bool:
-    """Copy a STRING with its time to live (an attempt log is put in time order)."""
-    value = await client.get(key)
+async def _copy_value(client: Any, where: str, key: str, target: str, sort_log: bool) -> bool:
+    """Copy a STRING with its time to live (an attempt log is put in time order); False if
+    it is gone (expired, deleted since the scan)."""
+    value = await _read(client, where, key, "STRING", client.get(key), _FIX_KEY)
     ttl_ms = int(await client.pttl(key))
     if value is None or ttl_ms == -2:
         return False
@@ -254,19 +330,27 @@ async def _copy_value(client: Any, key: str, target: str, sort_log: bool) -> boo
     return True
 
 
-async def _audit(client: Any, keyspace: Keyspace, key: str) -> int:
+async def _audit(client: Any, where: str, keyspace: Keyspace, key: str) -> int:
     """Every entry, with its id, into its number's group stream (entries already there,
     from an interrupted run, are skipped)."""
     last: dict[str, tuple[int, int]] = {}
     copied = 0
     low = "-"
     for _ in range(10**12):  # bounded by the stream: each batch moves the cursor on
-        batch = await client.xrange(key, min=low, max="+", count=_AUDIT_BATCH)
+        batch = await _read(
+            client,
+            where,
+            key,
+            "STREAM",
+            client.xrange(key, min=low, max="+", count=_AUDIT_BATCH),
+            _FIX_KEY,
+        )
         if not batch:
             return copied
         async with client.pipeline(transaction=False) as pipe:
             for entry_id, fields in batch:
-                number = fields.get(b"number", b"").decode()
+                # Not UTF-8 (not callgate's): copied as it is, into group 0's stream.
+                number = fields.get(b"number", b"").decode("utf-8", "replace")
                 group = 0
                 if number and (len(number) == 16 or number.startswith("+")):
                     try:

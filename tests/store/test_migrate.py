@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from gate.cli import main
+from gate.cli import EXIT_USAGE, main
+from gate.core.errors import StoreError
 from gate.core.keys import Keyspace
 from gate.core.model import Attempt, Verdict
 from gate.lists.admin import ListAdmin
@@ -227,3 +228,145 @@ def test_a_legacy_list_callgate_did_not_write_stops_the_migrate_command_in_one_l
     assert f"{OLD}{key} is unreadable" in err
     assert "callgate migrate" in err
     assert before == sorted(sync_redis.keys(OLD + "*"))
+
+
+FOREIGN = {  # a key or value of layout 1 callgate never wrote, and what migrate says of it
+    "cap-token": ("cap:house:t:default:not-hex", "token 'not-hex'"),
+    "cool-token": ("cool:fr-d223-9-refusal:t:default:+3361", "token '+3361'"),
+    "key-not-utf8": (b"cap:house:t:default:\xff\xfe", "not UTF-8"),
+    "cap-type": ("cap:house:t:default:" + "ab" * 8, "a HASH, not the STRING"),
+    "cps-type": ("cps:carrier-b", "a LIST, not the STRING"),
+    "audit-type": ("audit", "a STRING, not the STREAM"),
+    "meta-type": ("list:consent:t:default:meta", "a SET, not the HASH"),
+    "head-type": ("list:blue:t:default", "a STRING, not the HASH"),
+    "bucket-type": ("list:dnc:v3:1", "a STRING, not the SET"),
+    "head-value": ("list:dnc", "field 'source'"),
+    "meta-value": ("list:consent:t:default:meta", "field 'refreshed_at'"),
+    "consent-token": ("list:consent:t:default", "token 'nothex'"),
+}
+
+
+def _write_foreign(client: redis.Redis, case: str, key: bytes) -> None:
+    """Replace or add ``key`` (under the layout-1 prefix) as ``case`` describes."""
+    if case in (
+        "cap-token",
+        "cool-token",
+        "key-not-utf8",
+        "head-type",
+        "audit-type",
+        "bucket-type",
+    ):
+        client.delete(key)
+        client.set(key, b"1")
+    elif case == "cap-type":
+        client.hset(key, "a", "b")
+    elif case == "cps-type":
+        client.rpush(key, "a")
+    elif case == "meta-type":
+        client.delete(key)
+        client.sadd(key, "a")
+    elif case == "head-value":
+        client.hset(key, "source", b"\xff\xfe")
+    elif case == "meta-value":
+        client.hset(key, "refreshed_at", b"\xff\xfe")
+    else:
+        client.hset(key, "nothex", "1:0")
+
+
+@pytest.mark.parametrize("case", list(FOREIGN))
+def test_a_legacy_key_callgate_did_not_write_stops_the_migrate_command_in_one_line(
+    redis_url: str,
+    sync_redis: redis.Redis,
+    keyspace: Keyspace,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    case: str,
+) -> None:
+    """A layout-1 attempt log or cool-off whose token is not a token (not hex), a key name
+    that is not UTF-8, a key of another Redis type than callgate wrote there, a list's
+    metadata that is not UTF-8 or a consent's token that is not hex (by hand, another
+    tool): ``callgate migrate`` fails in one line naming the key, what is wrong and what
+    to do, and removes nothing of layout 1 (it can be run again once corrected). These
+    raised ValueError, UnicodeDecodeError (tracebacks), gave a bare WRONGTYPE, or (a list
+    head of another type) deleted the key unsaid."""
+    legacy_store(sync_redis, keyspace, int(time.time() * 1000))
+    name, why = FOREIGN[case]
+    key = OLD.encode() + (name if isinstance(name, bytes) else name.encode())
+    _write_foreign(sync_redis, case, key)
+    before = sorted(sync_redis.keys(OLD + "*"))
+    config = tmp_path / "cg.toml"
+    config.write_text(
+        f'[redis]\nurl = "{redis_url}"\n[privacy]\nsecret = "{TEST_SECRET}"\n'
+        '[[lists]]\nname = "red"\nkind = "block"\nscope = "tenant"\n'
+        '[[lists]]\nname = "dnc"\nkind = "block"\nscope = "global"\n'
+    )
+    code = main(["--config", str(config), "migrate"])
+    err = capsys.readouterr().err
+    assert (EXIT_USAGE, 1) == (code, len(err.strip().splitlines())), err
+    shown = key.decode("utf-8", "backslashreplace")
+    assert f"{shown} is unreadable" in err
+    assert why in err
+    assert "then run `callgate migrate` again" in err
+    assert before == sorted(sync_redis.keys(OLD + "*"))
+
+
+async def test_a_legacy_key_deleted_while_migrating_is_skipped(
+    redis_url: str, sync_redis: redis.Redis, keyspace: Keyspace
+) -> None:
+    """A key of layout 1 gone between the scan and its copy (expired, deleted by another
+    client) is skipped, not a list made empty: the rest is migrated."""
+    legacy_store(sync_redis, keyspace, int(time.time() * 1000))
+    sync_redis.hset(OLD + "list:blue:t:default", "ab" * 8, "1:0")
+    gone = [OLD + "list:blue:t:default", OLD + "list:red:t:default", OLD + "cps:carrier-a"]
+    store = Store(redis_url, deadline_s=1.0)
+    try:
+        # The audit stream is the first key in order: the others go right after it.
+        done = await migrate(store, keyspace, lambda _: sync_redis.delete(*gone))
+    finally:
+        await store.close()
+    assert ({"dnc": 3000}, {"consent:t:default": 1}, 0) == (
+        done.lists,
+        done.consents,
+        done.cps,
+    )
+    assert [] == sync_redis.keys(OLD + "*")
+
+
+async def test_an_audit_entry_whose_number_is_not_utf8_is_migrated_as_it_is(
+    redis_url: str, sync_redis: redis.Redis, keyspace: Keyspace
+) -> None:
+    """An old audit entry's number that is not UTF-8 (not callgate's) goes, as it is and
+    with its id, to group 0's stream, like any number that is not a token: decoding it
+    raised UnicodeDecodeError (a traceback)."""
+    legacy_store(sync_redis, keyspace, int(time.time() * 1000))
+    entry_id = sync_redis.xadd(OLD + "audit", {"verdict": "ALLOW", "number": b"\xff\xfe"})
+    store = Store(redis_url, deadline_s=1.0)
+    try:
+        done = await migrate(store, keyspace)
+    finally:
+        await store.close()
+    moved = sync_redis.xrange(keyspace.audit_key(0), min=entry_id, max=entry_id)
+    assert (5, [(entry_id, {b"verdict": b"ALLOW", b"number": b"\xff\xfe"})]) == (done.audit, moved)
+
+
+async def test_plain_numbers_migrate_by_their_e164_token_and_stop_on_another(
+    redis_url: str, sync_redis: redis.Redis
+) -> None:
+    """Numbers stored plain: an attempt log keyed by its E.164 number moves to its group;
+    one keyed by what is no number stops the migration naming it, nothing removed."""
+    plain = Keyspace("callgate", None)
+    number = plain.number(CAPPED)
+    sync_redis.set(f"{OLD}cap:house:{CAPPED}", struct.pack(">d", 1.0))
+    store = Store(redis_url, deadline_s=1.0)
+    try:
+        done = await migrate(store, plain)
+        sync_redis.set(OLD + "cap:house:somebody", struct.pack(">d", 1.0))
+        with pytest.raises(StoreError, match=r"cap:house:somebody is unreadable \(token"):
+            await migrate(store, plain)
+    finally:
+        await store.close()
+    assert (1, struct.pack(">d", 1.0)) == (
+        done.caps,
+        sync_redis.get(plain.number_key(number.group, "cap:house", CAPPED)),
+    )
+    assert [OLD.encode() + b"cap:house:somebody"] == sync_redis.keys(OLD + "*")
