@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping, Sequence
 from datetime import date, datetime
 from typing import Any
 
@@ -124,6 +124,17 @@ class Reader:
                 raise self.fail(f"{key}[{index}]", "expected a table ([[" + key + "]])")
             readers.append(Reader(item, f"{self._key(key)}[{index}]", self.origin))
         return readers
+
+    def once_each(self, key: str, values: Sequence[Hashable], entry: str, why: str = "") -> None:
+        """Refuse the list ``key`` if it names one ``entry`` (pack, tenant…) twice: each
+        entry names a distinct thing, so a repeat is a slip (another one was meant), or
+        worse (``why``: what the repeat would do)."""
+        seen: set[Hashable] = set()
+        for value in values:
+            if value in seen:
+                because = f" ({why})" if why else ""
+                raise self.fail(key, f"{value!r} is listed twice; list each {entry} once{because}")
+            seen.add(value)
 
     def done(self) -> None:
         unknown = sorted(set(self.data) - self.seen)

@@ -366,12 +366,23 @@ def _tenants(
         table = reader.table(tenant)
         if not IDENT_RE.fullmatch(tenant):
             raise reader.fail(tenant, "tenant names must be 1-64 of A-Z a-z 0-9 _ . -")
-        numbers = []
+        # Each caller ID as written, by its E.164 number: "01 23 45 67 89" and
+        # "+33123456789" are one number, the second spelling not another caller ID.
+        numbers: dict[str, str] = {}
         for value in table.get("caller_ids", list, []):
             try:
-                numbers.append(parse_e164(str(value), region))
+                number = parse_e164(str(value), region)
             except GateError as exc:
                 raise table.fail("caller_ids", str(exc)) from None
+            if number in numbers:
+                first = numbers[number]
+                what = (
+                    f"{first!r} is listed twice"
+                    if first == str(value)
+                    else f"{str(value)!r} is {number}, listed already as {first!r}"
+                )
+                raise table.fail("caller_ids", f"{what}; list each caller ID once")
+            numbers[number] = str(value)
         opted = table.get("calendars", list, [])
         for name in opted:
             if not isinstance(name, str) or name not in optional:
@@ -380,6 +391,7 @@ def _tenants(
                     "calendars",
                     f"{name!r} is not an optional calendar of the enabled packs ({known})",
                 )
+        table.once_each("calendars", opted, "calendar")
         table.done()
         caller_ids[tenant] = frozenset(numbers)
         if opted:
@@ -621,6 +633,7 @@ def _cluster_nodes(reader: Reader) -> tuple[str, ...]:
             'mode = "cluster" needs the seed nodes, e.g. nodes = ["redis://10.0.0.1:6379", '
             '"redis://10.0.0.2:6379"]',
         )
+    seen: dict[tuple[str, int], int] = {}
     for index, node in enumerate(nodes):
         key = f"nodes[{index}]"
         if not isinstance(node, str) or not node.startswith(("redis://", "rediss://")):
@@ -638,6 +651,14 @@ def _cluster_nodes(reader: Reader) -> tuple[str, ...]:
             raise reader.fail(key, f"{_without_credentials(node)!r}: the port must be 1-65535")
         if parts.path.strip("/") not in ("", "0"):
             raise reader.fail(key, f"{node!r}: a Redis Cluster has only database 0")
+        # A seed node listed twice is one seed fewer than the list shows (urlsplit gives
+        # the host name in lower case).
+        if (where := seen.setdefault((parts.hostname, port), index)) != index:
+            raise reader.fail(
+                key,
+                f"{_without_credentials(node)!r} is the node of nodes[{where}] again; list "
+                "each seed node once",
+            )
     return tuple(str(node) for node in nodes)
 
 
@@ -860,7 +881,7 @@ def _sentinel(redis: Reader) -> SentinelConfig:
     nodes = reader.get("nodes", list, None)
     if not nodes:
         raise reader.fail("nodes", 'is required: the sentinels as ["host:26379", …]')
-    parsed = []
+    parsed: list[tuple[str, int]] = []
     for index, node in enumerate(nodes):
         match = _SENTINEL_NODE_RE.fullmatch(node) if isinstance(node, str) else None
         if not match:
@@ -870,6 +891,14 @@ def _sentinel(redis: Reader) -> SentinelConfig:
             raise reader.fail(f"nodes[{index}]", f"{host!r} in [brackets] is not an IP address")
         if not 0 < port <= 65535:
             raise reader.fail(f"nodes[{index}]", f"port must be 1-65535, got {port}")
+        # A sentinel listed twice is one sentinel fewer than the list shows (host names
+        # are not case-sensitive).
+        same = [i for i, (h, p) in enumerate(parsed) if (h.lower(), p) == (host.lower(), port)]
+        if same:
+            raise reader.fail(
+                f"nodes[{index}]",
+                f"{node!r} is the sentinel of nodes[{same[0]}] again; list each sentinel once",
+            )
         parsed.append((host, port))
     password = os.environ.get(SENTINEL_PASSWORD_ENV) or reader.get("password", str, None)
     reader.seen.add("password")
@@ -1011,10 +1040,15 @@ def _gate(reader: Reader, base: Path) -> _GateSection:
     for name in tenants:
         if not isinstance(name, str) or not IDENT_RE.fullmatch(name):
             raise reader.fail("tenants", f"entries must be 1-64 of A-Z a-z 0-9 _ . -, got {name!r}")
+    reader.once_each("tenants", tenants, "tenant")
+    pack_names = tuple(str(n) for n in reader.get("packs", list, []))
+    # A pack named twice was loaded twice: its rules checked twice on each call, and its
+    # caps and cool-offs refused as another table's ("rename one of them").
+    reader.once_each("packs", pack_names, "pack", "its rules would apply twice")
     section = _GateSection(
         region=region,
         default_tenant=reader.ident("default_tenant", "default"),
-        pack_names=tuple(str(n) for n in reader.get("packs", list, [])),
+        pack_names=pack_names,
         packs_dir=_under(base, packs_dir) if packs_dir else PACKS_DIR,
         state_dir=_state_dir(reader, base),
         tenants=frozenset(tenants),

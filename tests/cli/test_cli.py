@@ -477,6 +477,24 @@ def test_invalid_config_value_is_exit_2_naming_the_key(tmp_path: Path, redis_url
     assert done.stderr.startswith(f"callgate: error: {path}: caps[0].limit: ")
 
 
+def test_config_check_refuses_a_pack_named_twice_in_one_line(
+    tmp_path: Path, redis_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``packs = ["fr", "fr"]``: ``config check`` exits 2 with one line naming gate.packs
+    and the pack (it said the pack's cap shared its id with the same cap: "rename one")."""
+    path = tmp_path / "callgate.toml"
+    path.write_text(sample_config(redis_url, gate={"packs": ["fr", "fr"]}), encoding="utf-8")
+    status, out, err = run_cli(capsys, path, "config", "check")
+    assert (
+        2,
+        "",
+        [
+            f"callgate: error: {path}: gate.packs: 'fr' is listed twice; list each "
+            "pack once (its rules would apply twice)"
+        ],
+    ) == (status, out, err.splitlines())
+
+
 @pytest.mark.parametrize(
     "url", ["redis://127.0.0.1:notaport/0", "redis://127.0.0.1:99999/0", "redis://[::1/0"]
 )

@@ -700,3 +700,67 @@ def test_two_packs_cooloffs_sharing_an_id_and_scope_are_refused(tmp_path: Path) 
         "t.toml: pack pb cooloff[0] has the id 'hold' and the scope tenant of pack pa "
         "cooloff[0]: both would use one cool-off marker; rename one of them"
     )
+
+
+@pytest.mark.parametrize("pack", ["fr", "ca"])
+def test_a_pack_named_twice_is_refused_naming_it(pack: str, tmp_path: Path) -> None:
+    """``packs = ["ca", "ca"]`` loaded the pack twice (each of its rules checked twice on
+    every call); ``["fr", "fr"]`` was refused as a cap sharing its id with another table's
+    ("rename one of them", of the same pack). Either is refused naming the pack."""
+    data = {"gate": {"packs": [pack, pack]}, "privacy": {"secret": "x" * 32}}
+    with pytest.raises(ConfigError) as raised:
+        parse_config(data, "t.toml", tmp_path)
+    assert str(raised.value) == (
+        f"t.toml: gate.packs: {pack!r} is listed twice; list each pack once (its rules would "
+        "apply twice)"
+    )
+
+
+_SENTINELS = {"mode": "sentinel", "sentinel": {"service": "m", "nodes": ["h1:26379", "H1:26379"]}}
+_SEEDS = ["redis://u:pw@h1:6379", "redis://h2:6379", "redis://H1:6379"]
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (
+            {"gate": {"tenants": ["acme", "beta", "acme"]}},
+            "gate.tenants: 'acme' is listed twice; list each tenant once",
+        ),
+        (
+            {"tenants": {"acme": {"caller_ids": ["+33123456789", "+33123456789"]}}},
+            "tenants.acme.caller_ids: '+33123456789' is listed twice; list each caller ID once",
+        ),
+        (
+            {"tenants": {"acme": {"caller_ids": ["+33123456789", "01 23 45 67 89"]}}},
+            "tenants.acme.caller_ids: '01 23 45 67 89' is +33123456789, listed already as "
+            "'+33123456789'; list each caller ID once",
+        ),
+        (
+            {
+                "gate": {"packs": ["fr"]},
+                "tenants": {"acme": {"calendars": ["fr-alsace-moselle", "fr-alsace-moselle"]}},
+            },
+            "tenants.acme.calendars: 'fr-alsace-moselle' is listed twice; list each calendar once",
+        ),
+        (
+            {"redis": _SENTINELS},
+            "redis.sentinel.nodes[1]: 'H1:26379' is the sentinel of nodes[0] again; list each "
+            "sentinel once",
+        ),
+        (
+            {"redis": {"mode": "cluster", "nodes": _SEEDS}},
+            "redis.nodes[2]: 'redis://H1:6379' is the node of nodes[0] again; list each seed "
+            "node once",
+        ),
+    ],
+)
+def test_an_entry_listed_twice_is_refused_naming_it(
+    data: dict[str, Any], message: str, tmp_path: Path
+) -> None:
+    """A tenant, caller ID (however written), opted-in calendar, sentinel or
+    seed node named twice was silently taken once: another one was surely meant (the
+    sentinels or seeds fewer than the list shows). Each is one line naming the key."""
+    with pytest.raises(ConfigError) as raised:
+        parse_config({**data, "privacy": {"secret": "x" * 32}}, "t.toml", tmp_path)
+    assert f"t.toml: {message}" == str(raised.value)
