@@ -71,6 +71,7 @@ def parse_lists(root: Reader) -> tuple[ListRule, ...]:
         exempts = reader.get("exempts", list, [])
         if kind != "allow" and exempts:
             raise reader.fail("exempts", "only an allow list can exempt from other lists")
+        reader.once_each("exempts", [str(name) for name in exempts], "list name")
         rules.append(
             ListRule(
                 name=reader.ident("name"),
@@ -81,10 +82,7 @@ def parse_lists(root: Reader) -> tuple[ListRule, ...]:
             )
         )
         reader.done()
-    names = [rule.name for rule in rules]
-    for index, rule in enumerate(rules):
-        if names.count(rule.name) > 1:
-            raise root.fail(f"lists[{index}].name", f"{rule.name!r} is defined twice")
+    _unique(root, "lists", "name", [rule.name for rule in rules])
     return tuple(rules)
 
 
@@ -110,14 +108,20 @@ def parse_caps(root: Reader) -> tuple[CapRule, ...]:
             )
         )
         reader.done()
-    _unique(root, "caps", [rule.id for rule in rules])
+    _unique(root, "caps", "id", [rule.id for rule in rules])
     return tuple(rules)
 
 
-def _unique(root: Reader, key: str, ids: Sequence[str]) -> None:
-    for index, rule_id in enumerate(ids):
-        if ids.count(rule_id) > 1:
-            raise root.fail(f"{key}[{index}].id", f"{rule_id!r} is defined twice")
+def _unique(root: Reader, key: str, field: str, names: Sequence[str]) -> None:
+    """No two tables of ``[[key]]`` share their ``field`` (a rule's id, a list's name):
+    named at the second, with the first."""
+    first: dict[str, int] = {}
+    for index, name in enumerate(names):
+        if (where := first.setdefault(name, index)) != index:
+            raise root.fail(
+                f"{key}[{index}].{field}",
+                f"{name!r} is defined twice (also {key}[{where}]); rename or remove one of them",
+            )
 
 
 def _windows(reader: Reader, key: str, default: list[str]) -> tuple[tuple[int, int], ...]:
@@ -208,6 +212,7 @@ def _hours(reader: Reader, calendars: Mapping[str, CalendarRule], check: bool) -
             known = ", ".join(sorted(calendars)) or "none"
             raise reader.fail("calendars", f"no [[calendars]] {name!r} in this pack ({known})")
         named.append(calendars[name])
+    reader.once_each("calendars", [calendar.id for calendar in named], "calendar")
     fixed_zone = reader.get("zone", str, None)
     if fixed_zone is not None:
         try:
@@ -241,11 +246,18 @@ def _consent(reader: Reader) -> ConsentRule:
         raise reader.fail("reassigned_shadow", "needs reassigned_list")
     return ConsentRule(
         list=reader.ident("list"),
-        exempt_lists=tuple(str(n) for n in reader.get("exempt_lists", list, [])),
+        exempt_lists=_exempt_lists(reader),
         reassigned_list=reassigned,
         reassigned_shadow=bool(reader.get("reassigned_shadow", bool, common["shadow"])),
         **common,
     )
+
+
+def _exempt_lists(reader: Reader) -> tuple[str, ...]:
+    """``exempt_lists``: the lists whose numbers a rule lets through, each named once."""
+    names = tuple(str(name) for name in reader.get("exempt_lists", list, []))
+    reader.once_each("exempt_lists", names, "list name")
+    return names
 
 
 def _cooloff(reader: Reader) -> CooloffRule:
@@ -295,7 +307,7 @@ def _rules(root: Reader, key: str, build: Any) -> tuple[Any, ...]:
     for reader in root.tables(key):
         rules.append(build(reader))
         reader.done()
-    _unique(root, key, [rule.id for rule in rules])
+    _unique(root, key, "id", [rule.id for rule in rules])
     return tuple(rules)
 
 
@@ -355,7 +367,7 @@ def parse_pack(data: Mapping[str, Any], origin: str, *, check_holidays: bool = T
             lambda r: FreshnessRule(
                 list=r.ident("list"),
                 max_age_s=r.duration("max_age", None),
-                exempt_lists=tuple(str(n) for n in r.get("exempt_lists", list, [])),
+                exempt_lists=_exempt_lists(r),
                 **common_fields(r),
             ),
         ),

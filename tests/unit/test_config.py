@@ -716,6 +716,10 @@ def test_a_pack_named_twice_is_refused_naming_it(pack: str, tmp_path: Path) -> N
     )
 
 
+_BLOCK_AND_ALLOW: list[dict[str, Any]] = [
+    {"name": "red", "kind": "block"},
+    {"name": "vip", "kind": "allow", "exempts": ["red", "red"]},
+]
 _SENTINELS = {"mode": "sentinel", "sentinel": {"service": "m", "nodes": ["h1:26379", "H1:26379"]}}
 _SEEDS = ["redis://u:pw@h1:6379", "redis://h2:6379", "redis://H1:6379"]
 
@@ -744,6 +748,10 @@ _SEEDS = ["redis://u:pw@h1:6379", "redis://h2:6379", "redis://H1:6379"]
             "tenants.acme.calendars: 'fr-alsace-moselle' is listed twice; list each calendar once",
         ),
         (
+            {"lists": _BLOCK_AND_ALLOW},
+            "lists[1].exempts: 'red' is listed twice; list each list name once",
+        ),
+        (
             {"redis": _SENTINELS},
             "redis.sentinel.nodes[1]: 'H1:26379' is the sentinel of nodes[0] again; list each "
             "sentinel once",
@@ -753,14 +761,64 @@ _SEEDS = ["redis://u:pw@h1:6379", "redis://h2:6379", "redis://H1:6379"]
             "redis.nodes[2]: 'redis://H1:6379' is the node of nodes[0] again; list each seed "
             "node once",
         ),
+        (
+            {"lists": [{"name": "red"}, {"name": "vip"}, {"name": "red"}]},
+            "lists[2].name: 'red' is defined twice (also lists[0]); rename or remove one of them",
+        ),
+        (
+            {"caps": [{"id": "c", "limit": 4, "window": "1d"}] * 2},
+            "caps[1].id: 'c' is defined twice (also caps[0]); rename or remove one of them",
+        ),
     ],
 )
 def test_an_entry_listed_twice_is_refused_naming_it(
     data: dict[str, Any], message: str, tmp_path: Path
 ) -> None:
-    """A tenant, caller ID (however written), opted-in calendar, sentinel or
+    """A tenant, caller ID (however written), opted-in calendar, exempted list, sentinel or
     seed node named twice was silently taken once: another one was surely meant (the
-    sentinels or seeds fewer than the list shows). Each is one line naming the key."""
+    sentinels or seeds fewer than the list shows). A list or cap defined twice said so
+    without saying which other one, nor what to do. Each is one line naming the key."""
     with pytest.raises(ConfigError) as raised:
         parse_config({**data, "privacy": {"secret": "x" * 32}}, "t.toml", tmp_path)
     assert f"t.toml: {message}" == str(raised.value)
+
+
+_LISTS = (
+    '[[lists]]\nname = "dnc"\nkind = "block"\n\n'
+    '[[lists]]\nname = "optin"\nkind = "consent"\n\n'
+    '[[lists]]\nname = "vip"\nkind = "allow"\n\n'
+)
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (
+            '[[consent]]\nid = "c"\nlist = "optin"\nexempt_lists = ["vip", "vip"]\n',
+            "consent[0].exempt_lists: 'vip' is listed twice; list each list name once",
+        ),
+        (
+            '[[freshness]]\nid = "f"\nlist = "dnc"\nmax_age = "30d"\n'
+            'exempt_lists = ["optin", "vip", "optin"]\n',
+            "freshness[0].exempt_lists: 'optin' is listed twice; list each list name once",
+        ),
+        (
+            '[[calendars]]\nid = "bank"\ndates = ["05-27"]\n\n'
+            '[[hours]]\nid = "h"\nweekdays = ["09:00-18:00"]\ncalendars = ["bank", "bank"]\n',
+            "hours[0].calendars: 'bank' is listed twice; list each calendar once",
+        ),
+    ],
+)
+def test_a_pack_rule_naming_a_list_or_calendar_twice_is_refused(
+    body: str, message: str, tmp_path: Path
+) -> None:
+    """A pack's rule that names one exempting list or one calendar twice (another one
+    surely meant) is refused naming the pack file and the key."""
+    _pack_with(tmp_path, "pa", "FR", _LISTS + body)
+    data = {
+        "gate": {"packs": ["pa"], "packs_dir": str(tmp_path)},
+        "privacy": {"secret": "x" * 32},
+    }
+    with pytest.raises(ConfigError) as raised:
+        parse_config(data, "t.toml", tmp_path)
+    assert f"{tmp_path / 'pa.toml'}: {message}" == str(raised.value)
