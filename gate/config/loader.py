@@ -37,6 +37,7 @@ from gate.config.files import DEFAULT_STATE_DIR, PACKS_DIR
 from gate.config.packs import (
     load_pack,
     optional_calendars,
+    pack_origin,
     parse_caps,
     parse_lists,
     validate_references,
@@ -296,8 +297,11 @@ def _number_types(reader: Reader) -> dict[TrafficClass, frozenset[NumberType]]:
     return out
 
 
-def _check_lists(lists: tuple[ListRule, ...], packs: tuple[Pack, ...], origin: str) -> None:
-    """Exemptions name block lists; packs' rules name lists that exist with the right kind."""
+def _check_lists(
+    lists: tuple[ListRule, ...], packs: tuple[Pack, ...], origin: str, packs_dir: Path
+) -> None:
+    """Exemptions name block lists; packs' rules name lists that exist with the right kind
+    (an error in a pack's rule names the config file, then the pack file: ``load_pack``)."""
     kinds = {rule.name: rule.kind for rule in lists}
     # A list two packs define (and the config does not) must be the same list in both:
     # list commands resolve a name in the first pack naming it, a decision in the first
@@ -325,7 +329,7 @@ def _check_lists(lists: tuple[ListRule, ...], packs: tuple[Pack, ...], origin: s
                     f"{origin}: lists[{index}].exempts: {target!r} is not a block list"
                 )
     for pack in packs:
-        validate_references(pack, lists, f"{origin} (pack {pack.id})")
+        validate_references(pack, lists, pack_origin(origin, packs_dir / f"{pack.id}.toml"))
 
 
 def _check_rule_ids(caps: tuple[CapRule, ...], packs: tuple[Pack, ...], origin: str) -> None:
@@ -1062,9 +1066,10 @@ def _policy(root: Reader, gate: _GateSection, origin: str, check_holidays: bool)
     trunk_cps, default_cps = _trunks(root.table("trunks"))
     lists = parse_lists(root)
     packs = tuple(
-        load_pack(name, gate.packs_dir, check_holidays=check_holidays) for name in gate.pack_names
+        load_pack(name, gate.packs_dir, origin=origin, check_holidays=check_holidays)
+        for name in gate.pack_names
     )
-    _check_lists(lists, packs, origin)
+    _check_lists(lists, packs, origin, gate.packs_dir)
     caps = parse_caps(root)
     _check_rule_ids(caps, packs, origin)
     caller_ids, calendars = _tenants(root.table("tenants"), gate.region, optional_calendars(packs))

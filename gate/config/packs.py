@@ -9,7 +9,8 @@ in calendar days of the callee's zone: gate/core/rules.py ``CooloffRule``),
 ``id`` and should carry its ``source``; see gate/core/rules.py for the common fields.
 Guarantees: a pack that loads is consistent (every list a rule names exists with the
 right kind, every calendar an hours rule names exists, every holiday calendar and time
-zone is known); errors name the file and the key.
+zone is known); errors name the file and the key (loaded for a config: the config
+file first, then the pack file: ``load_pack``).
 
 Holiday calendars: ``holidays = ["FR", "US-UT"]`` on an hours rule or a calendar names the
 ``holidays`` package's calendars (country, optional subdivision). A ``[[calendars]]``
@@ -50,6 +51,7 @@ from gate.core.rules import (
 __all__ = [
     "load_pack",
     "optional_calendars",
+    "pack_origin",
     "parse_caps",
     "parse_lists",
     "parse_pack",
@@ -452,11 +454,22 @@ def optional_calendars(packs: Sequence[Pack]) -> frozenset[str]:
     return frozenset(c.id for pack in packs for c in pack.calendars if c.optional)
 
 
-def load_pack(name: str, directory: Path, *, check_holidays: bool = True) -> Pack:
-    """Read ``directory/<name>.toml`` (``check_holidays``: see ``parse_pack``)."""
+def pack_origin(origin: str, path: Path) -> str:
+    """What an error in the pack file ``path`` starts with: the config file (``origin``)
+    that enables it, its key, then the pack file."""
+    return f"{origin}: gate.packs: {path}"
+
+
+def load_pack(name: str, directory: Path, *, origin: str, check_holidays: bool = True) -> Pack:
+    """Read ``directory/<name>.toml`` for the config file ``origin``, which every error
+    names first (``check_holidays``: see ``parse_pack``)."""
     if not IDENT_RE.fullmatch(name):
-        raise ConfigError(f"gate.packs: {name!r} is not a pack name")
+        raise ConfigError(
+            f"{origin}: gate.packs: {name!r} is not a pack name; name packs by their file "
+            'in gate.packs_dir without .toml, e.g. "fr"'
+        )
     path = directory / f"{name}.toml"
+    where = pack_origin(origin, path)
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -465,14 +478,14 @@ def load_pack(name: str, directory: Path, *, check_holidays: bool = True) -> Pac
         )
         there = f"packs there: {', '.join(shipped)}" if shipped else "no pack there"
         raise ConfigError(
-            f"gate.packs: no pack {name!r} ({path} does not exist; {there}); "
+            f"{origin}: gate.packs: no pack {name!r} ({path} does not exist; {there}); "
             "check gate.packs and gate.packs_dir"
         ) from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read pack: {exc}") from None
+        raise ConfigError(f"{where}: cannot read pack: {exc}") from None
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    pack = parse_pack(data, str(path), check_holidays=check_holidays)
+        raise ConfigError(f"{where}: not valid TOML: {exc}") from None
+    pack = parse_pack(data, where, check_holidays=check_holidays)
     if pack.id != name:
-        raise ConfigError(f"{path}: pack.id is {pack.id!r}, expected {name!r} (the file name)")
+        raise ConfigError(f"{where}: pack.id is {pack.id!r}, expected {name!r} (the file name)")
     return pack

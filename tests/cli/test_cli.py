@@ -495,6 +495,19 @@ def test_config_check_refuses_a_pack_named_twice_in_one_line(
     ) == (status, out, err.splitlines())
 
 
+def test_config_check_refuses_an_unknown_pack_in_one_line_naming_the_config(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """``packs = ["fr", "de"]``: ``config check`` exits 2 with one line that starts, as every
+    other config error does, with the config file (it started with "gate.packs")."""
+    path = tmp_path / "callgate.toml"
+    path.write_text(sample_config(redis_url, gate={"packs": ["fr", "de"]}), encoding="utf-8")
+    done = run_subprocess(tmp_path, "--config", str(path), "config", "check")
+    assert (2, "", 1) == (done.returncode, done.stdout, len(done.stderr.splitlines()))
+    assert done.stderr.startswith(f"callgate: error: {path}: gate.packs: no pack 'de' (")
+    assert done.stderr.rstrip().endswith("; check gate.packs and gate.packs_dir")
+
+
 @pytest.mark.parametrize(
     "url", ["redis://127.0.0.1:notaport/0", "redis://127.0.0.1:99999/0", "redis://[::1/0"]
 )
@@ -538,8 +551,8 @@ def test_a_date_time_where_a_local_pack_wants_a_date_is_exit_2_naming_it(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """``valid_from = 2026-08-11T00:00:00Z`` in a local copy of the fr pack exits 2 with one
-    line naming the pack file and the key, from ``config check`` and from ``check`` (every
-    decision failed comparing it with a day)."""
+    line naming the config file, the pack file and the key, from ``config check`` and from
+    ``check`` (every decision failed comparing it with a day)."""
     packs = tmp_path / "packs"
     packs.mkdir()
     text = (PACKS_DIR / "fr.toml").read_text(encoding="utf-8")
@@ -555,8 +568,8 @@ def test_a_date_time_where_a_local_pack_wants_a_date_is_exit_2_naming_it(
         status, out, err = run_cli(capsys, path, *args)
         assert (2, "", 1) == (status, out, len(err.splitlines()))
         assert err.startswith(
-            f"callgate: error: {packs / 'fr.toml'}: consent[0].valid_from: expected a date "
-            "like 2026-08-11 (no time of day), got 2026-08-11T00:00:00+00:00"
+            f"callgate: error: {path}: gate.packs: {packs / 'fr.toml'}: consent[0].valid_from: "
+            "expected a date like 2026-08-11 (no time of day), got 2026-08-11T00:00:00+00:00"
         )
 
 
@@ -564,9 +577,9 @@ def test_an_unknown_holiday_calendar_stops_the_deciding_commands_not_the_list_on
     tmp_path: Path, capsys: pytest.CaptureFixture[str], redis_url: str
 ) -> None:
     """``holidays = ["FR", "ZZ"]`` in a local copy of the fr pack: ``config check``,
-    ``check`` and ``scrub`` exit 2 naming the pack file and the key; ``list import`` never
-    reads a calendar and runs, without importing the holidays package (its start's
-    largest cost)."""
+    ``check`` and ``scrub`` exit 2 naming the config and pack files and the key; ``list
+    import`` never reads a calendar and runs, without importing the holidays package (its
+    start's largest cost)."""
     packs = tmp_path / "packs"
     packs.mkdir()
     text = (PACKS_DIR / "fr.toml").read_text(encoding="utf-8")
@@ -586,7 +599,8 @@ def test_an_unknown_holiday_calendar_stops_the_deciding_commands_not_the_list_on
         status, out, err = run_cli(capsys, path, *args)
         assert (2, "", 1) == (status, out, len(err.splitlines())), args
         assert re.match(
-            rf"callgate: error: {re.escape(str(packs / 'fr.toml'))}: hours\[\d+\]\.holidays: "
+            rf"callgate: error: {re.escape(str(path))}: gate\.packs: "
+            rf"{re.escape(str(packs / 'fr.toml'))}: hours\[\d+\]\.holidays: "
             "'ZZ' is not a calendar of the holidays package",
             err,
         ), err

@@ -598,7 +598,7 @@ def test_an_unknown_pack_names_the_packs_there(tmp_path: Path) -> None:
         parse_config(data, "t.toml", tmp_path)
     shipped = ", ".join(sorted(path.stem for path in packs.glob("*.toml")))
     assert str(raised.value) == (
-        f"gate.packs: no pack 'de' ({packs / 'de.toml'} does not exist; packs there: "
+        f"t.toml: gate.packs: no pack 'de' ({packs / 'de.toml'} does not exist; packs there: "
         f"{shipped}); check gate.packs and gate.packs_dir"
     )
     assert "fr, " in shipped
@@ -813,7 +813,7 @@ def test_a_pack_rule_naming_a_list_or_calendar_twice_is_refused(
     body: str, message: str, tmp_path: Path
 ) -> None:
     """A pack's rule that names one exempting list or one calendar twice (another one
-    surely meant) is refused naming the pack file and the key."""
+    surely meant) is refused naming the config file, the pack file and the key."""
     _pack_with(tmp_path, "pa", "FR", _LISTS + body)
     data = {
         "gate": {"packs": ["pa"], "packs_dir": str(tmp_path)},
@@ -821,4 +821,48 @@ def test_a_pack_rule_naming_a_list_or_calendar_twice_is_refused(
     }
     with pytest.raises(ConfigError) as raised:
         parse_config(data, "t.toml", tmp_path)
-    assert f"{tmp_path / 'pa.toml'}: {message}" == str(raised.value)
+    assert f"t.toml: gate.packs: {tmp_path / 'pa.toml'}: {message}" == str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("packs", "files", "message"),
+    [
+        (["../pa"], {}, "gate.packs: '../pa' is not a pack name; name packs by their file"),
+        (["pa"], {"pa": "[pack\n"}, "gate.packs: {dir}/pa.toml: not valid TOML: "),
+        (["pa"], {"pa": b"\xff"}, "gate.packs: {dir}/pa.toml: cannot read pack: "),
+        (
+            ["pa"],
+            {"pa": '[pack]\nid = "pb"\nregions = ["FR"]\n'},
+            "gate.packs: {dir}/pa.toml: pack.id is 'pb', expected 'pa' (the file name)",
+        ),
+        (
+            ["pa"],
+            {"pa": '[pack]\nid = "pa"\nregions = ["FR"]\n\n[[caps]]\nid = "c"\nlimit = 0\n'},
+            "gate.packs: {dir}/pa.toml: caps[0].limit: must be a whole number of attempts",
+        ),
+        (
+            ["pa"],
+            {"pa": '[pack]\nid = "pa"\nregions = ["FR"]\n\n[[consent]]\nid = "c"\nlist = "x"\n'},
+            "gate.packs: {dir}/pa.toml: consent[0].list: list 'x' must be a consent or allow "
+            "list (it is undefined)",
+        ),
+    ],
+)
+def test_an_error_loading_a_pack_names_the_config_file_first(
+    packs: list[str], files: dict[str, str | bytes], message: str, tmp_path: Path
+) -> None:
+    """Every other config error starts with the config file; those of gate.packs (a pack
+    name, its file, a rule in it) started with the pack file or with "gate.packs", which
+    named no file. Each is one line: the config file, gate.packs, the pack file if any."""
+    for name, text in files.items():
+        path = tmp_path / f"{name}.toml"
+        if isinstance(text, bytes):
+            path.write_bytes(text)
+        else:
+            path.write_text(text, encoding="utf-8")
+    data = {"gate": {"packs": packs, "packs_dir": str(tmp_path)}, "privacy": {"secret": "x" * 32}}
+    with pytest.raises(ConfigError) as raised:
+        parse_config(data, "t.toml", tmp_path)
+    text = str(raised.value)
+    assert text.startswith("t.toml: " + message.format(dir=tmp_path)), text
+    assert "\n" not in text
