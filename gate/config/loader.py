@@ -1072,7 +1072,9 @@ def _policy(root: Reader, gate: _GateSection, origin: str, check_holidays: bool)
     _check_lists(lists, packs, origin, gate.packs_dir)
     caps = parse_caps(root)
     _check_rule_ids(caps, packs, origin)
-    caller_ids, calendars = _tenants(root.table("tenants"), gate.region, optional_calendars(packs))
+    caller_ids, calendars = _tenants(
+        root.table("tenants"), gate.region, optional_calendars(packs, origin)
+    )
     return Policy(
         default_region=gate.region,
         lists=lists,

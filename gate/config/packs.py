@@ -449,9 +449,26 @@ def validate_references(pack: Pack, config_lists: Sequence[ListRule], origin: st
             need(hours.consent_list, ("consent",), f"hours[{index}].consent_list")
 
 
-def optional_calendars(packs: Sequence[Pack]) -> frozenset[str]:
-    """The ids of the packs' calendars a tenant may opt in to."""
-    return frozenset(c.id for pack in packs for c in pack.calendars if c.optional)
+def optional_calendars(packs: Sequence[Pack], origin: str) -> frozenset[str]:
+    """The ids of the packs' calendars a tenant may opt in to (``origin``: the config file).
+
+    Two packs' optional calendars with one id must be one definition: a tenant opts in by
+    id (``[tenants.<name>] calendars``), so it would turn on both, the one it meant and
+    another it never saw."""
+    first: dict[str, tuple[str, int, CalendarRule]] = {}
+    for pack in packs:
+        for index, calendar in enumerate(pack.calendars):
+            if not calendar.optional:
+                continue
+            seen = first.setdefault(calendar.id, (pack.id, index, calendar))
+            if seen[2] != calendar:
+                raise ConfigError(
+                    f"{origin}: gate.packs: pack {pack.id} calendars[{index}] and pack "
+                    f"{seen[0]} calendars[{seen[1]}] are both the optional calendar "
+                    f"{calendar.id!r}, defined differently (a tenant opting in to it would "
+                    "turn on both); rename one of them, or define them alike"
+                )
+    return frozenset(first)
 
 
 def pack_origin(origin: str, path: Path) -> str:

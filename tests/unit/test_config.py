@@ -866,3 +866,36 @@ def test_an_error_loading_a_pack_names_the_config_file_first(
     text = str(raised.value)
     assert text.startswith("t.toml: " + message.format(dir=tmp_path)), text
     assert "\n" not in text
+
+
+_OPTIONAL = '[[calendars]]\nid = "local"\ndates = ["{date}"]\noptional = true\n'
+
+
+def test_two_packs_optional_calendars_sharing_an_id_are_refused_unless_alike(
+    tmp_path: Path,
+) -> None:
+    """A tenant opts in to an optional calendar by id: with two packs each defining one
+    under that id, ``calendars = ["local"]`` silently turned on both. Refused at load,
+    naming both packs and the id; two alike definitions (one calendar) are accepted."""
+    _pack_with(tmp_path, "pa", "FR", _OPTIONAL.format(date="05-27"))
+    _pack_with(tmp_path, "pb", "GB", _OPTIONAL.format(date="06-10"))
+    _pack_with(tmp_path, "pc", "DE", _OPTIONAL.format(date="05-27"))
+    base: dict[str, Any] = {
+        "privacy": {"secret": "x" * 32},
+        "tenants": {"acme": {"calendars": ["local"]}},
+    }
+    with pytest.raises(ConfigError) as raised:
+        parse_config(
+            {**base, "gate": {"packs": ["pa", "pb"], "packs_dir": str(tmp_path)}},
+            "t.toml",
+            tmp_path,
+        )
+    assert str(raised.value) == (
+        "t.toml: gate.packs: pack pb calendars[0] and pack pa calendars[0] are both the "
+        "optional calendar 'local', defined differently (a tenant opting in to it would turn "
+        "on both); rename one of them, or define them alike"
+    )
+    config = parse_config(
+        {**base, "gate": {"packs": ["pa", "pc"], "packs_dir": str(tmp_path)}}, "t.toml", tmp_path
+    )
+    assert {"acme": frozenset({"local"})} == dict(config.policy.tenant_calendars)
