@@ -1,6 +1,7 @@
 """The United States pack (config/packs/us.toml) against a REAL Redis: the TCPA/TSR calling
 window in every zone of the number, the National DNC (and its 31-day freshness), the
-company DNC, and the Florida/Oklahoma/Maryland hours and 3-per-24 h caps."""
+company DNC, the Florida/Oklahoma/Maryland hours and 3-per-24 h caps, and the caller ID a
+telemarketing call must transmit."""
 
 from __future__ import annotations
 
@@ -44,6 +45,7 @@ TERRITORIES = [
 CALLER_ID = "+12125550100"
 TUESDAY = datetime(2026, 12, 1, 8, 30, tzinfo=NEW_YORK)
 NATIONAL_HOURS = "outside_hours:us-tcpa-hours"
+CAMPAIGN, MANUAL = TrafficClass.CAMPAIGN, TrafficClass.MANUAL
 
 
 def call(at: datetime, dialled: str = NY_NUMBER) -> Attempt:
@@ -75,6 +77,7 @@ def test_pack_loads_with_sources_and_verify_marks() -> None:
     )
     assert [] == [rule.id for rule in rules if not rule.source]
     assert [] == [rule.id for rule in rules if rule.prefixes and not rule.verify]
+    assert ["us-telemarketing-cli"] == [rule.id for rule in pack.caller_ids]
 
 
 HOURS = [
@@ -334,3 +337,36 @@ async def test_a_campaign_abandoning_over_3_percent_in_30_days_is_held_back(gate
         await decide(t0 + timedelta(hours=1), TrafficClass.MANUAL),
         await decide(t0 + timedelta(days=30, minutes=1)),
     ]
+
+
+RULE = "caller_id:us-telemarketing-cli"
+ALLOWED = ("ALLOW", "allowed", None, "")
+CALLER_IDS = [
+    # (caller ID presented, traffic class, expected (verdict, reason, retry, deciding rule))
+    pytest.param(CALLER_ID, CAMPAIGN, ALLOWED, id="valid"),
+    pytest.param("212-555-0100", MANUAL, ALLOWED, id="valid-national"),
+    pytest.param("", CAMPAIGN, ("BLOCK", "caller_id:masked", None, RULE), id="masked"),
+    pytest.param(
+        "anonymous", MANUAL, ("BLOCK", "caller_id:masked", None, RULE), id="manual-anonymous"
+    ),
+    pytest.param("+1212555", CAMPAIGN, ("BLOCK", "caller_id:invalid", None, RULE), id="short"),
+    # Exchange 123 does not exist (an exchange never starts with 1): not dialable.
+    pytest.param(
+        "+12121234567", CAMPAIGN, ("BLOCK", "caller_id:invalid", None, RULE), id="invalid"
+    ),
+    pytest.param(
+        "+12121234567", MANUAL, ("BLOCK", "caller_id:invalid", None, RULE), id="manual-invalid"
+    ),
+]
+
+
+@pytest.mark.parametrize(("caller_id", "traffic_class", "expected"), CALLER_IDS)
+async def test_telemarketing_call_transmits_a_valid_caller_id(
+    gate: Gate, caller_id: str, traffic_class: TrafficClass, expected: tuple[str, str, None, str]
+) -> None:
+    """47 CFR 64.1601(e)(1), 16 CFR 310.4(a)(8): caller ID transmitted (never masked), a
+    number that can be called back; by a dialer or an agent alike. (The pack had no
+    caller-ID rule: a masked or made-up caller ID was ALLOWed.)"""
+    attempt = Attempt(NY_NUMBER, now=at_ny(10), caller_id=caller_id, traffic_class=traffic_class)
+    decision = await gate.decide(attempt, record=True, door="cli")
+    assert expected == (*outcome(decision), decision.rule)
