@@ -1,5 +1,6 @@
 """The Canada pack (config/packs/ca.toml) against a REAL Redis: CRTC calling hours in the
-recipient's time and the National DNCL with its 31-day freshness."""
+recipient's time, the National DNCL with its 31-day freshness and the caller ID a
+telemarketer must display."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from gate.config.loader import Config
-from gate.core.model import Attempt
+from gate.core.model import Attempt, TrafficClass
 from gate.service import Gate
 from tests.packs.conftest import TENANT, admin, import_list, outcome, pack_config, pack_rules
 
@@ -41,7 +42,8 @@ async def gate(open_gate: Callable[[Config], Gate]) -> Gate:
 
 
 def test_pack_loads_with_sources() -> None:
-    """ca.toml loads; every rule names its source."""
+    """ca.toml loads; every rule names its source; the caller-ID rule is verify (its section
+    of the Rules is not cited)."""
     (pack,) = pack_config(["ca"], "CA").policy.packs
     rules = pack_rules(pack)
     assert ({"CA"}, {"dncl", "internal_dncl"}) == (
@@ -49,6 +51,7 @@ def test_pack_loads_with_sources() -> None:
         {rule.name for rule in pack.lists},
     )
     assert [] == [rule.id for rule in rules if not rule.source]
+    assert ["ca-crtc-cli"] == [rule.id for rule in rules if rule.verify]
 
 
 HOURS = [
@@ -160,3 +163,57 @@ async def test_dncl_copy_must_be_at_most_31_days_old(
     """CRTC: scrub against a National DNCL copy at most 31 days old, else DEFER."""
     await import_list(gate, "dncl", [], TUESDAY.astimezone(UTC) - age)
     assert expected == outcome(await gate.decide(call(TUESDAY), record=True, door="cli"))
+
+
+RULE = "caller_id:ca-crtc-cli"
+ALLOWED = ("ALLOW", "allowed", None, "")
+CAMPAIGN, MANUAL = TrafficClass.CAMPAIGN, TrafficClass.MANUAL
+CALLER_IDS = [
+    # (caller ID presented, traffic class, expected (verdict, reason, retry, deciding rule))
+    pytest.param(CALLER_ID, CAMPAIGN, ALLOWED, id="valid"),
+    pytest.param("416-555-0100", MANUAL, ALLOWED, id="valid-national"),
+    pytest.param("", CAMPAIGN, ("BLOCK", "caller_id:masked", None, RULE), id="masked"),
+    pytest.param(
+        "restricted", MANUAL, ("BLOCK", "caller_id:masked", None, RULE), id="manual-restricted"
+    ),
+    pytest.param("+1416555", CAMPAIGN, ("BLOCK", "caller_id:invalid", None, RULE), id="short"),
+    # Exchange 123 does not exist (an exchange never starts with 1): not dialable.
+    pytest.param(
+        "+14161234567", CAMPAIGN, ("BLOCK", "caller_id:invalid", None, RULE), id="invalid"
+    ),
+]
+
+
+@pytest.mark.parametrize(("caller_id", "traffic_class", "expected"), CALLER_IDS)
+async def test_telemarketer_displays_a_valid_caller_id(
+    gate: Gate, caller_id: str, traffic_class: TrafficClass, expected: tuple[str, str, None, str]
+) -> None:
+    """CRTC Telemarketing Rules: the originating (or an alternate) number is displayed, never
+    blocked; by a dialer or an agent alike. (The pack had no caller-ID rule: a masked or
+    made-up caller ID was ALLOWed.)"""
+    attempt = Attempt(TORONTO_NUMBER, now=TUESDAY, caller_id=caller_id, traffic_class=traffic_class)
+    decision = await gate.decide(attempt, record=True, door="cli")
+    assert expected == (*outcome(decision), decision.rule)
+
+
+async def test_caller_id_rules_follow_the_callee_region(
+    open_gate: Callable[[Config], Gate],
+) -> None:
+    """With the us and ca packs on a gate dialling from the UK, a masked call is refused by
+    the rule of the callee's country: a Canadian number by ca-crtc-cli, a US one by
+    us-telemarketing-cli; a UK number, governed by neither, is let through."""
+    gate = open_gate(pack_config(["us", "ca"], "GB"))
+    await import_list(gate, "dncl", [], TUESDAY - timedelta(days=1))
+    await import_list(gate, "national_dnc", [], TUESDAY - timedelta(days=1))
+    rules = [
+        (decision.verdict.value, decision.reason, decision.rule)
+        for decision in [
+            await gate.decide(Attempt(number, now=TUESDAY, caller_id=""), record=True, door="cli")
+            for number in (TORONTO_NUMBER, "+12125550123", "+442079460123")
+        ]
+    ]
+    assert [
+        ("BLOCK", "caller_id:masked", RULE),
+        ("BLOCK", "caller_id:masked", "caller_id:us-telemarketing-cli"),
+        ("ALLOW", "allowed", ""),
+    ] == rules
