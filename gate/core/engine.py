@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import enum
 import math
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import UTC, date, datetime, timedelta
@@ -312,7 +313,18 @@ def _destination_rule(rule: DestinationRule, dest: Destination) -> str | None:
     return None
 
 
-_MASKED = frozenset({"", "anonymous", "unknown", "restricted", "private"})
+# How a withheld number is written (case ignored): none at all, Asterisk's "unknown" (no
+# caller ID set), SIP's "anonymous" (RFC 3261 section 8.1.1.3, also as the user part of
+# sip:anonymous@anonymous.invalid), and the "restricted", "private", "unavailable" and
+# "withheld" of carriers and gateways. Each is masked, not merely invalid: a rule that
+# forbids masked caller IDs but not invalid ones must still refuse it.
+_MASKED = frozenset(
+    {"", "anonymous", "unknown", "restricted", "private", "unavailable", "withheld"}
+)
+# A caller ID as Asterisk's CALLERID(all) writes it: a display name, then the number in
+# angle brackets ("Acme" <+33162000000>). The number is what the callee is shown.
+_DISPLAY_NAME = re.compile(r'\s*(?:"[^"]*"|[^"<>]*?)\s*<([^<>]*)>\s*')
+_URI_SCHEMES = ("sip:", "sips:", "tel:")
 
 
 @dataclass(frozen=True, slots=True)
@@ -325,7 +337,12 @@ class _CallerId:
     @classmethod
     def of(cls, caller_id: str, region: str) -> _CallerId:
         shown = caller_id.strip()
-        if shown.lower() in _MASKED:
+        if named := _DISPLAY_NAME.fullmatch(shown):
+            shown = named[1].strip()
+        user = shown
+        if user.lower().startswith(_URI_SCHEMES):  # the URI's user part: "anonymous"
+            user = user.partition(":")[2].split("@", 1)[0].split(";", 1)[0]
+        if user.strip().lower() in _MASKED:
             return cls(True, None)
         result = classify(shown, region)
         return cls(False, result if isinstance(result, Destination) else None)

@@ -608,3 +608,41 @@ def test_an_audit_entry_reads_back_the_retry_the_decision_gave(
     assert decision.retry_after_s is not None
     expected = f"{decision.retry_after_s:.3f}".rstrip("0").rstrip(".")
     assert expected == stored_record(head, reply)["retry_after_s"]
+
+
+@pytest.mark.parametrize(
+    "caller_id",
+    [
+        "unavailable",
+        "Unavailable",
+        "WITHHELD",
+        "sip:anonymous@anonymous.invalid",
+        '"Anonymous" <anonymous>',
+        '"Acme" <sip:Anonymous@example.com;user=phone>',
+    ],
+)
+def test_every_spelling_of_a_withheld_caller_id_is_masked(tmp_path: Path, caller_id: str) -> None:
+    """A withheld caller ID however written (carriers' "unavailable", SIP's anonymous URI,
+    CALLERID(all)'s display name form) is masked: a rule that forbids masked caller IDs
+    but lets invalid ones pass refuses it, as it does "anonymous"."""
+    (tmp_path / "cid.toml").write_text(
+        '[pack]\nid = "cid"\nversion = "1"\nregions = ["FR"]\n\n'
+        '[[caller_id]]\nid = "cid-shown"\nrequire_valid = false\nsource = "test"\n'
+    )
+    config = make_config(
+        {"gate": {"default_region": "FR", "packs": ["cid"], "packs_dir": str(tmp_path)}}
+    )
+    result = plan(attempt("0612345678", caller_id=caller_id), config.policy, KEYS, True)
+    assert isinstance(result, Decision)
+    assert (Verdict.BLOCK, "caller_id:masked") == (result.verdict, result.reason)
+
+
+@pytest.mark.parametrize("named", ['"Acme" <+33612345678>', "Acme <+33612345678>"])
+def test_a_caller_id_with_a_display_name_is_read_as_its_number(named: str) -> None:
+    """CALLERID(all)'s ``"Acme" <+33612345678>`` presents +33612345678: the fr pack's
+    rules judge that number (a mobile, forbidden to a dialer), as for the bare number."""
+    bare = plan(attempt("0612345678", caller_id="+33612345678"), ALL_PACKS, KEYS, True)
+    shown = plan(attempt("0612345678", caller_id=named), ALL_PACKS, KEYS, True)
+    assert isinstance(bare, Decision)
+    assert isinstance(shown, Decision)
+    assert ("caller_id:forbidden_range", bare.reason) == (shown.reason, shown.reason)
