@@ -143,8 +143,10 @@ def attempt_from_params(
         tenant=ident_param(params, "tenant", default_tenant),
         campaign=ident_param(params, "campaign", ""),
         trunk=ident_param(params, "trunk", ""),
-        # As the door's headers are: a parameter is decoded after they were escaped.
-        caller_id=printable(params.get("caller_id") or caller_id),
+        # As the door's headers are: a parameter is decoded after they were escaped. The
+        # padding is stripped first, as the CLI's and the API's caller ID is stripped by
+        # the engine: escaped, "anonymous\t" (ARI's caller number) was an invalid number.
+        caller_id=printable((params.get("caller_id") or caller_id).strip()),
         traffic_class=traffic_class,
         channel=channel,
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from gate.core.params import (
     DECISION_FIELDS,
     BadRequest,
     answer_value,
+    attempt_from_params,
     decision_value,
     error_value,
     ident_param,
@@ -130,3 +132,19 @@ def test_an_identifier_with_a_trailing_newline_is_refused() -> None:
     with pytest.raises(BadRequest, match="campaign"):
         ident_param({"campaign": "spring\n"}, "campaign", "")
     assert "spring" == ident_param({"campaign": "spring"}, "campaign", "")
+
+
+@pytest.mark.parametrize(
+    ("given", "kept"),
+    [("+33612345678\t", "+33612345678"), ("\nanonymous\r\n", "anonymous"), ("01\x1b2", "01\\x1b2")],
+)
+def test_a_door_caller_id_is_stripped_before_its_control_characters_are_escaped(
+    given: str, kept: str
+) -> None:
+    """A Stasis channel's caller number "+33612345678\\t" is the number, as at the CLI and
+    the API (the engine strips them): not "+33612345678\\\\t", an invalid number."""
+    now = datetime(2026, 12, 1, 9, 30, tzinfo=UTC)
+    made = attempt_from_params(
+        {}, number="0612345678", caller_id=given, channel="c", default_tenant="t", now=now
+    )
+    assert kept == made.caller_id
