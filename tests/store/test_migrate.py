@@ -142,6 +142,17 @@ async def test_migrate_moves_lists_consents_counters_and_audit(
     assert ([], False) == (sync_redis.keys(OLD + "*"), again)
 
 
+def migrate_config(directory: Path, redis_url: str) -> Path:
+    """A config file for ``callgate migrate`` on ``redis_url``: the legacy store's lists."""
+    config = directory / "cg.toml"
+    config.write_text(
+        f'[redis]\nurl = "{redis_url}"\n[privacy]\nsecret = "{TEST_SECRET}"\n'
+        '[[lists]]\nname = "red"\nkind = "block"\nscope = "tenant"\n'
+        '[[lists]]\nname = "dnc"\nkind = "block"\nscope = "global"\n'
+    )
+    return config
+
+
 def test_the_migrate_command_says_what_it_moved_and_is_idempotent(
     redis_url: str,
     sync_redis: redis.Redis,
@@ -151,12 +162,7 @@ def test_the_migrate_command_says_what_it_moved_and_is_idempotent(
 ) -> None:
     """``callgate migrate`` prints the lists and counts moved; run again, nothing to do."""
     legacy_store(sync_redis, keyspace, int(time.time() * 1000))
-    config = tmp_path / "cg.toml"
-    config.write_text(
-        f'[redis]\nurl = "{redis_url}"\n[privacy]\nsecret = "{TEST_SECRET}"\n'
-        '[[lists]]\nname = "red"\nkind = "block"\nscope = "tenant"\n'
-        '[[lists]]\nname = "dnc"\nkind = "block"\nscope = "global"\n'
-    )
+    config = migrate_config(tmp_path, redis_url)
     first = main(["--config", str(config), "migrate"])
     out = capsys.readouterr().out
     second = main(["--config", str(config), "migrate"])
@@ -215,12 +221,7 @@ def test_a_legacy_list_callgate_did_not_write_stops_the_migrate_command_in_one_l
     else:
         sync_redis.hset(OLD + key, field, value)
     before = sorted(sync_redis.keys(OLD + "*"))
-    config = tmp_path / "cg.toml"
-    config.write_text(
-        f'[redis]\nurl = "{redis_url}"\n[privacy]\nsecret = "{TEST_SECRET}"\n'
-        '[[lists]]\nname = "red"\nkind = "block"\nscope = "tenant"\n'
-        '[[lists]]\nname = "dnc"\nkind = "block"\nscope = "global"\n'
-    )
+    config = migrate_config(tmp_path, redis_url)
     code = main(["--config", str(config), "migrate"])
     err = capsys.readouterr().err
     assert 0 != code
@@ -294,12 +295,7 @@ def test_a_legacy_key_callgate_did_not_write_stops_the_migrate_command_in_one_li
     key = OLD.encode() + (name if isinstance(name, bytes) else name.encode())
     _write_foreign(sync_redis, case, key)
     before = sorted(sync_redis.keys(OLD + "*"))
-    config = tmp_path / "cg.toml"
-    config.write_text(
-        f'[redis]\nurl = "{redis_url}"\n[privacy]\nsecret = "{TEST_SECRET}"\n'
-        '[[lists]]\nname = "red"\nkind = "block"\nscope = "tenant"\n'
-        '[[lists]]\nname = "dnc"\nkind = "block"\nscope = "global"\n'
-    )
+    config = migrate_config(tmp_path, redis_url)
     code = main(["--config", str(config), "migrate"])
     err = capsys.readouterr().err
     assert (EXIT_USAGE, 1) == (code, len(err.strip().splitlines())), err
