@@ -12,7 +12,8 @@ one Asterisk whose SIP context sends ``0…`` numbers through ``GoSub(callgate-a
 dialplan/callgate.conf) and ``9…`` numbers through the same dialplan without a gate. For
 each rate, SIPp places ``--calls`` calls ungated, then as many through each door
 (distinct numbers, so the cap never bites), and reports the INVITE→200 time (post-dial
-delay) p50/p99, the share of calls that failed (no 200), and the ratio door/ungated.
+delay) p50/p99, the share of calls that failed (no 200; how many by final response: 503 a
+DEFER or the fail mode, none no answer in time), and the ratio door/ungated.
 ``--rounds N`` places each row's calls in N parts, the modes taking turns (the machine is
 shared: drift in its load then hits every mode alike). ``--minimal`` adds a row per rate
 through ``bench/minimal_agi.py`` (``7…`` numbers): a FastAGI gate that does one SISMEMBER
@@ -210,6 +211,22 @@ def stop(process: subprocess.Popen[bytes]) -> None:
 
 def percentile(samples: list[float], q: int) -> float:
     return statistics.quantiles(samples, n=100, method="inclusive")[q - 1]
+
+
+def unanswered(results: dict[str, int], dialled: list[str]) -> Counter[str]:
+    """The calls of ``dialled`` that got no 200, by SIPp's final response ("503": the
+    dialplan hung up with cause 34, a DEFER or the fail mode; "none": no final response
+    before SIPp gave up, an overloaded box)."""
+    return Counter(
+        "none" if (code := results.get(number)) is None else str(code)
+        for number in dialled
+        if results.get(number) != 200
+    )
+
+
+def unanswered_text(counts: Counter[str]) -> str:
+    """``503 x25, none x2`` (the most frequent first), or ``-`` for none."""
+    return ", ".join(f"{code} x{n}" for code, n in counts.most_common()) or "-"
 
 
 def place(sandbox: AsteriskSandbox, numbers: list[str], rate: int, workdir: Path) -> SippRun:
@@ -548,6 +565,7 @@ def main() -> int:
     )
     gate = GateProcess(config, workdir / "callgate.log", port, ("--workers", str(args.workers)))
     rows: list[tuple[int, str, int, int, float, float]] = []
+    not_200: dict[tuple[int, str], str] = {}  # the calls without a 200, by final response
     rest_lines: list[str] = []
     agi_lines: list[str] = []
     profiles: list[Path] = []
@@ -573,6 +591,7 @@ def main() -> int:
             # machine's load (it is shared) hits every mode alike.
             pooled: dict[str, list[float]] = {mode: [] for mode in modes}
             answered: Counter[str] = Counter()
+            missed: dict[str, Counter[str]] = {mode: Counter() for mode in modes}
             used: dict[str, list[float]] = {mode: [0.0, 0.0, 0.0] for mode in modes}
             share = -(-args.calls // args.rounds)
             for part in range(args.rounds):
@@ -592,12 +611,14 @@ def main() -> int:
                     for k in range(3):
                         used[mode][k] += after[k] - before[k]
                     answered[mode] += sum(code == 200 for code in run.results.values())
+                    missed[mode] += unanswered(run.results, dialled)
                     pooled[mode] += [ms for code, ms in run.final_ms.values() if code == 200]
             for mode in modes:
                 per_call = [1000 * seconds / args.calls for seconds in used[mode]]
                 gate_ms = 0.0 if mode == "ungated" else per_call[0]
                 cpu[rate, mode] = (gate_ms, per_call[1], per_call[2])
                 samples = pooled[mode] or [float("nan")]
+                not_200[rate, mode] = unanswered_text(missed[mode])
                 rows.append(
                     (rate, mode, args.calls, answered[mode], percentile(samples, 50),
                      percentile(samples, 99))
@@ -625,11 +646,13 @@ def main() -> int:
     )
     print(
         f"{'cps':>5} {'mode':<8} {'calls':>6} {'200':>5} {'failed':>7} {'p50 ms':>8} {'p99 ms':>8}"
+        "  not 200, by final response"
     )
     for rate, mode, calls, answered, p50, p99 in rows:
         failed = 100 * (calls - answered) / calls
         print(
             f"{rate:>5} {mode:<8} {calls:>6} {answered:>5} {failed:>6.1f}% {p50:>8.2f} {p99:>8.2f}"
+            f"  {not_200[rate, mode]}"
         )
     print()
     print("CPU per call (ms), from /proc, during each row")

@@ -92,6 +92,16 @@ def test_goal_lines_set_each_door_against_ungated_and_the_minimal_gate(e2e: Modu
     )
 
 
+def test_unanswered_calls_are_counted_by_final_response(e2e: ModuleType) -> None:
+    """A call without a 200 counts under its final response, or "none" when SIPp got none
+    (a 503 is the dialplan's DEFER or fail mode; no answer is an overloaded box)."""
+    results = {"0601": 200, "0602": 503, "0603": 503, "0604": 480}
+    counts = e2e.unanswered(results, ["0601", "0602", "0603", "0604", "0605"])
+    assert counts == {"503": 2, "480": 1, "none": 1}
+    assert e2e.unanswered_text(counts) == "503 x2, 480 x1, none x1"
+    assert e2e.unanswered_text(e2e.unanswered(results, ["0601"])) == "-"
+
+
 def test_the_knee_names_where_calls_fail_and_how_many_failed_ungated(e2e: ModuleType) -> None:
     """A rate where 1 % or more fail is named with the ungated calls' failures at that rate
     (the box's limit, not the gate's); a door that fails at every rate says so, never
