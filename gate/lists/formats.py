@@ -50,7 +50,9 @@ from dataclasses import dataclass, field
 from functools import cache, partial
 from itertools import chain, islice
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, cast
+from re import _constants as _sre  # type: ignore[attr-defined]
+from re import _parser  # type: ignore[attr-defined]
+from typing import IO, TYPE_CHECKING, Any, cast
 
 from phonenumbers import COUNTRY_CODE_TO_REGION_CODE
 
@@ -686,6 +688,7 @@ def _line_entry(
 
 # What makes a national prefix pattern's match depend on what follows or precedes it.
 _FRANCE = 33
+_sre_parse = _parser.parse
 _ANCHORS = ("$", "^", "\\A", "\\Z", "\\b", "\\B", "(?=", "(?!", "(?<")
 
 
@@ -738,7 +741,115 @@ def _e164_run() -> re.Pattern[bytes]:
     return re.compile(rb"(?:\+(?=%b)[1-9][0-9]{7,14}\r?\n)+" % _prefix_pattern(guards).encode())
 
 
-_FR_RUN = re.compile(rb"(?:0(?!(?:%b)\r?\n)[1-9][0-9]{8}\r?\n)+" % FR_OVERSEAS.encode())
+_DIGITS = "0123456789"
+_HEAD = 4  # digits of a number's start that ``_heads`` tells apart
+
+
+def _class_digits(items: list[tuple[Any, Any]]) -> set[str] | None:
+    """The ASCII digits a parsed character class accepts (None: a class it cannot read)."""
+    found: set[str] = set()
+    for op, arg in items:
+        if op is _sre.LITERAL:
+            found.add(chr(arg))
+        elif op is _sre.RANGE:
+            found.update(d for d in _DIGITS if arg[0] <= ord(d) <= arg[1])
+        elif op is _sre.CATEGORY and arg is _sre.CATEGORY_DIGIT:
+            found.update(_DIGITS)
+        else:
+            return None
+    return found & set(_DIGITS)
+
+
+def _extend(items: Any, states: set[tuple[str, int]], size: int) -> set[tuple[str, int]] | None:
+    """Where matching the parsed ``items`` from ``states`` may get: (the first ``_HEAD``
+    digits taken, how many taken), digits only, at most ``size``; None for what it cannot
+    read. Assertions and anchors take nothing (a superset, never fewer)."""
+    for op, arg in items:
+        new: set[tuple[str, int]] | None
+        if op is _sre.LITERAL or op is _sre.IN:
+            chars = ({chr(arg)} & set(_DIGITS)) if op is _sre.LITERAL else _class_digits(arg)
+            if chars is None:
+                return None
+            new = {
+                (head + c if len(head) < _HEAD else head, taken + 1)
+                for head, taken in states
+                if taken < size
+                for c in chars
+            }
+        elif op is _sre.SUBPATTERN:
+            new = _extend(arg[3], states, size)
+        elif op is _sre.BRANCH:
+            new = set()
+            for branch in arg[1]:
+                part = _extend(branch, states, size)
+                if part is None:
+                    return None
+                new |= part
+        elif op is _sre.MAX_REPEAT or op is _sre.MIN_REPEAT:
+            low, high, sub = arg
+            now: set[tuple[str, int]] | None = states
+            for _ in range(min(low, size + 1)):
+                now = _extend(sub, now, size) if now is not None else None
+            if now is None:
+                return None
+            new = set(now)
+            more = size + 1 if high is _sre.MAXREPEAT else min(high, size + 1) - low
+            for _ in range(max(0, more)):  # each repeat past ``size`` digits takes none
+                now = _extend(sub, now, size)
+                if now is None:
+                    return None
+                if now <= new:
+                    break
+                new |= now
+        elif op is _sre.ASSERT or op is _sre.ASSERT_NOT or op is _sre.AT:
+            new = states
+        else:
+            return None
+        if new is None:
+            return None
+        states = new
+    return states
+
+
+def _heads(pattern: str, size: int) -> set[str] | None:
+    """The first ``_HEAD`` digits of every string of ``size`` ASCII digits that
+    ``pattern`` matches whole (maybe more, never fewer); None if it cannot tell."""
+    states = _extend(_sre_parse(pattern), {("", 0)}, size)
+    return None if states is None else {head for head, taken in states if taken == size}
+
+
+def _trie(heads: set[str]) -> str:
+    """A regular expression matching the start of a string that starts with one of
+    ``heads`` (strings of one length), one character tried after another."""
+    if heads == {""}:
+        return ""
+    rests: dict[str, set[str]] = {}
+    for head in heads:
+        rests.setdefault(head[0], set()).add(head[1:])
+    firsts: dict[str, list[str]] = {}
+    for char, rest in sorted(rests.items()):
+        firsts.setdefault(_trie(rest), []).append(char)
+    parts = []
+    for rest_pattern, chars in firsts.items():
+        lead = chars[0] if len(chars) == 1 else "[" + "".join(chars) + "]"
+        parts.append(lead + (f"(?:{rest_pattern})" if "|" in rest_pattern else rest_pattern))
+    return "|".join(parts)
+
+
+def _fr_run() -> re.Pattern[bytes]:
+    """A run of French national lines (``0`` and 9 digits), none of an overseas number.
+    FR_OVERSEAS, an alternation of some 40 patterns, is tried only on a line whose first
+    national digits can start one of its matches (``_heads``): tried on every line it took
+    1.1 µs a line, 90% of parsing a file of mobiles. The same lines as without the guard:
+    it refuses only what FR_OVERSEAS would not match."""
+    heads = _heads(FR_OVERSEAS, 9)
+    guard = "" if heads is None else f"(?={_trie(heads) or '(?!)'})"
+    return re.compile(
+        rb"(?:0(?!%b(?:%b)\r?\n)[1-9][0-9]{8}\r?\n)+" % (guard.encode(), FR_OVERSEAS.encode())
+    )
+
+
+_FR_RUN = _fr_run()
 _NANP_RUN = re.compile(rb"(?:[2-9][0-9]{2}[2-9][0-9]{6}\r?\n)+")
 _AREA_RUN = re.compile(rb"(?:[2-9][0-9]{2},[2-9][0-9]{6}\r?\n)+")
 _BOM = b"\xef\xbb\xbf"
