@@ -386,7 +386,7 @@ def test_an_overseas_line_of_the_french_plan_is_read_as_classify_reads_it(line: 
 
 
 def test_the_french_run_guard_refuses_only_lines_the_overseas_pattern_would_not_match() -> None:
-    """``_FR_RUN`` tries FR_OVERSEAS only on a line whose first digits can start one of its
+    """``_fr_run()`` tries FR_OVERSEAS only on a line whose first digits can start one of its
     matches (``_heads``): every line of a sample of each 4-digit start, and the overseas
     lines, is taken or refused as by the pattern without the guard."""
     import random
@@ -395,7 +395,8 @@ def test_the_french_run_guard_refuses_only_lines_the_overseas_pattern_would_not_
     from gate.core.numbers import FR_OVERSEAS
 
     heads = formats._heads(FR_OVERSEAS, 9)
-    assert heads is not None and len(heads) < 1000  # a guard that refuses most lines
+    assert heads is not None
+    assert len(heads) < 1000  # a guard that refuses most lines
     unguarded = re.compile(rb"(?:0(?!(?:%b)\r?\n)[1-9][0-9]{8}\r?\n)+" % FR_OVERSEAS.encode())
     overseas = re.compile(FR_OVERSEAS)
     rng = random.Random(20261202)
@@ -404,12 +405,12 @@ def test_the_french_run_guard_refuses_only_lines_the_overseas_pattern_would_not_
         lines += [b"0%d%05d" % (start, rng.randrange(100_000)) for _ in range(20)]
     for line in lines:
         for end in (b"\n", b"\r\n"):
-            assert bool(formats._FR_RUN.match(line + end)) == bool(unguarded.match(line + end))
+            assert bool(formats._fr_run().match(line + end)) == bool(unguarded.match(line + end))
         if overseas.fullmatch(line[1:].decode()):
             assert line[1:5].decode() in heads
     # A run is cut at the first overseas line, as before.
     block = b"0612345678\n0692123456\n0612345679\n"
-    assert formats._FR_RUN.match(block).end() == unguarded.match(block).end() == 11
+    assert formats._fr_run().match(block).end() == unguarded.match(block).end() == 11
     # What it cannot read (a backreference) gives no guard; what cannot be 9 digits, none.
     assert formats._heads(r"(\d)\1\d{7}", 9) is None
     assert formats._heads(r"6\d{4}", 9) == set()
